@@ -1,0 +1,45 @@
+# redis-fleet — the two commands:
+#   make test   everything CI runs: installs what is missing, fmt, clippy, unit + integration tests
+#   make demo   a local control plane with the CRDs and examples applied, left running
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+DEMO_DIR ?= $(CURDIR)/.demo
+APT_PACKAGES := redis-server redis-tools openssl
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: deps control-plane ## fmt check, clippy -D warnings, unit + integration tests (real apiserver, real Redis)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) test --all-targets --locked
+
+.PHONY: deps
+deps: ## install missing Debian packages (redis-server, redis-tools, openssl)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@# Debian starts a system redis-server on 6379; the tests use their own ports and do not need it.
+
+.PHONY: control-plane
+control-plane: ## build (once) and cache kube-apiserver and kube-controller-manager
+	@tests/control-plane/build.sh >/dev/null
+
+.PHONY: crds
+crds: ## regenerate crds/ from the Rust types
+	$(CARGO) run --quiet -- crds > crds/redis-fleet.crds.yaml
+
+.PHONY: demo
+demo: deps control-plane ## start a local control plane, apply the CRDs and examples, leave it running
+	@hack/demo.sh "$(DEMO_DIR)"
+
+.PHONY: demo-stop
+demo-stop: ## stop what `make demo` started
+	@if [ -f "$(DEMO_DIR)/pid" ]; then kill "$$(cat "$(DEMO_DIR)/pid")" 2>/dev/null || true; rm -rf "$(DEMO_DIR)"; echo "demo stopped"; else echo "no demo running"; fi

@@ -1,0 +1,448 @@
+//! `CachePolicy`: one application's data categories (by key prefix), where they live, their TTL
+//! rules and how the fleet balances them — and, in status, the routing the operator published.
+
+// `printcolumn(...)` entries repeat `type_ = ...` by design; clippy reads them as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::Duration;
+use super::redis_instance::InstancePhase;
+
+/// Annotation that asks for a rebalance plan now, whatever the thresholds say. Its value is
+/// free text (a timestamp is customary); each new value triggers one plan.
+pub const REBALANCE_NOW_ANNOTATION: &str = "redisfleet.io/rebalance-now";
+
+/// Name of the default category in the routing table: keys that match no prefix.
+pub const DEFAULT_CATEGORY: &str = "default";
+
+/// Data categories of one application, their placement and TTL rules, and how the fleet
+/// balances them.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "redisfleet.io",
+    version = "v1alpha1",
+    kind = "CachePolicy",
+    namespaced,
+    status = "CachePolicyStatus",
+    derive = "PartialEq",
+    shortname = "cp",
+    category = "redis-fleet",
+    doc = "Data categories of one application, where they live, their TTL rules and how the fleet balances them.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "integer",
+        json_path = ".status.routing.version",
+        description = "Version of the published routing table"
+    ),
+    printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".spec.balancing.strategy"
+    ),
+    printcolumn(
+        name = "Rebalance",
+        type_ = "string",
+        json_path = ".status.rebalance.phase"
+    ),
+    printcolumn(
+        name = "ConfigMap",
+        type_ = "string",
+        json_path = ".status.routing.configMap",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Sidecars",
+        type_ = "integer",
+        json_path = ".status.sidecars.count",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CachePolicySpec {
+    /// Which RedisInstances of this namespace form the fleet. Empty or absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_selector: Option<LabelSelector>,
+
+    /// Name of the routing ConfigMap the operator publishes. Default: `<policy name>-routing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub routing_config_map: Option<String>,
+
+    /// Data categories, each a set of key prefixes. A key belongs to the category with the
+    /// longest matching prefix, else to `defaultCategory`.
+    #[serde(default)]
+    #[schemars(length(max = 200))]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["name".into()]),
+        validation = Rule::new("self.all(c, c.keyPrefixes.all(p, self.exists_one(d, p in d.keyPrefixes)))").message("a key prefix may belong to one category only: the same prefix is listed under two categories")
+    )]
+    pub categories: Vec<CategorySpec>,
+
+    /// Placement and TTL of keys that match no category prefix.
+    #[serde(default)]
+    pub default_category: DefaultCategorySpec,
+
+    /// How slots are spread over instances and when data is rebalanced.
+    #[serde(default)]
+    pub balancing: BalancingSpec,
+}
+
+/// One data category: its key prefixes, where its slots live and its TTL rules.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.name != 'default'").message("name: 'default' is reserved for spec.defaultCategory"))]
+#[x_kube(validation = Rule::new("!has(self.tier) || !has(self.fallbackTier) || self.tier != self.fallbackTier").message("fallbackTier must differ from tier"))]
+#[serde(rename_all = "camelCase")]
+pub struct CategorySpec {
+    /// Category name, DNS-label-like (`auth`, `analytics-live`); unique within the policy.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Key prefixes of the category (`auth:`, `session:`). Each prefix belongs to one category.
+    #[schemars(length(min = 1, max = 8), inner(length(min = 1, max = 128)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub key_prefixes: Vec<String>,
+
+    /// Instances labelled `redisfleet.io/tier=<tier>` hold this category. Absent: all selected
+    /// instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        pattern(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    )]
+    pub tier: Option<String>,
+
+    /// Where the category's slots are served while its own instances are unreachable.
+    /// Absent: any other reachable instance of the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        pattern(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    )]
+    pub fallback_tier: Option<String>,
+
+    /// TTL rules applied by the sidecar to writes of this category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<TtlSpec>,
+}
+
+/// Placement and TTL of keys that match no category.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!has(self.tier) || !has(self.fallbackTier) || self.tier != self.fallbackTier").message("fallbackTier must differ from tier"))]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultCategorySpec {
+    /// Instances labelled `redisfleet.io/tier=<tier>` hold these keys. Absent: all selected
+    /// instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        pattern(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    )]
+    pub tier: Option<String>,
+
+    /// Where these keys are served while their instances are unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        pattern(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    )]
+    pub fallback_tier: Option<String>,
+
+    /// TTL rules applied by the sidecar to writes of these keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<TtlSpec>,
+}
+
+/// TTL rules of a category, applied by the sidecar.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!has(self.default) || !has(self.max) || duration(self.default) <= duration(self.max)").message("ttl.default must not exceed ttl.max"))]
+#[x_kube(validation = Rule::new("!self.adaptive || has(self.max)").message("ttl.adaptive needs ttl.max, the longest TTL a frequently read key may get"))]
+#[serde(rename_all = "camelCase")]
+pub struct TtlSpec {
+    /// Expiry given to a write that sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Duration>,
+
+    /// Longest expiry a key may have: longer EX/PX/EXPIRE values are capped to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Duration>,
+
+    /// Extend the TTL of frequently read keys, up to `max`.
+    #[serde(default)]
+    pub adaptive: bool,
+}
+
+/// How slots are spread and when data is rebalanced.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BalancingSpec {
+    /// Smart: slots in proportion to capacity × weight. ConsistentHash: equal shares.
+    /// Pinned: each category on a single instance.
+    #[serde(default)]
+    pub strategy: Strategy,
+
+    /// Percentage of an instance's capacity that triggers a rebalance.
+    #[serde(default = "default_capacity_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub capacity_threshold: i32,
+
+    /// Automatic data movement.
+    #[serde(default)]
+    pub rebalance: RebalanceSpec,
+}
+
+impl Default for BalancingSpec {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::default(),
+            capacity_threshold: default_capacity_threshold(),
+            rebalance: RebalanceSpec::default(),
+        }
+    }
+}
+
+fn default_capacity_threshold() -> i32 {
+    80
+}
+
+/// How a category's slots are spread over its candidate instances.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum Strategy {
+    /// In proportion to capacity × weight.
+    #[default]
+    Smart,
+    /// Equal shares, whatever the capacity.
+    ConsistentHash,
+    /// The whole category on one instance.
+    Pinned,
+}
+
+impl Strategy {
+    /// The strategy as written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Smart => "Smart",
+            Self::ConsistentHash => "ConsistentHash",
+            Self::Pinned => "Pinned",
+        }
+    }
+}
+
+/// Automatic data movement between instances.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceSpec {
+    /// Start rebalance Jobs when an instance passes the threshold or an instance joins.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Minimum time between the end of one rebalance and the start of the next.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: Duration,
+
+    /// Upper bound on keys moved per second by a rebalance Job.
+    #[serde(default = "default_keys_per_second")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub keys_per_second: i32,
+
+    /// Keys moved per pipelined batch.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch_size: i32,
+}
+
+impl Default for RebalanceSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cooldown: default_cooldown(),
+            keys_per_second: default_keys_per_second(),
+            batch_size: default_batch_size(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_cooldown() -> Duration {
+    Duration::from_std(std::time::Duration::from_secs(300))
+}
+fn default_keys_per_second() -> i32 {
+    50_000
+}
+fn default_batch_size() -> i32 {
+    256
+}
+
+/// What the operator published and observed for a policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CachePolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `RoutingPublished`, `Rebalancing`, `Degraded` and `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// The routing table last published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingStatus>,
+
+    /// The selected instances and what they hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<PolicyInstanceStatus>,
+
+    /// Categories served away from their instances because those are unreachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failovers: Vec<FailoverStatus>,
+
+    /// The rebalance in progress or last finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceStatus>,
+
+    /// Sidecars that reported a heartbeat recently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars: Option<SidecarsStatus>,
+
+    /// Capacity-planning advice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recommendations: Vec<String>,
+}
+
+/// The routing table last published.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingStatus {
+    /// Name of the routing ConfigMap.
+    pub config_map: String,
+    /// Table version; increases by one on every change.
+    pub version: i64,
+    /// Hash of the table content.
+    pub hash: String,
+    /// When this version was published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<Time>,
+}
+
+/// One selected instance as the policy sees it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyInstanceStatus {
+    /// RedisInstance name.
+    pub name: String,
+    /// Its phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<InstancePhase>,
+    /// Its memory use as a percentage of capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_percent: Option<i32>,
+    /// Categories with slots on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+    /// Number of slots (over all categories) it owns.
+    #[serde(default)]
+    pub slots: i32,
+}
+
+/// A category served away from its instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    /// Category name.
+    pub category: String,
+    /// The unreachable instance.
+    pub from: String,
+    /// The instance serving its slots meanwhile.
+    pub to: String,
+    /// Number of slots moved.
+    pub slots: i32,
+    /// When the failover started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+}
+
+/// Progress of a rebalance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceStatus {
+    /// Planned, Preparing, Flipping, Converging, Copying, Finalizing, Succeeded or Failed.
+    pub phase: String,
+    /// Name of the Job moving the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Why this rebalance was planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Slot ranges being moved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<MoveStatus>,
+    /// Keys moved so far.
+    #[serde(default)]
+    pub keys_moved: i64,
+    /// Keys to move (an estimate until the copy has scanned everything).
+    #[serde(default)]
+    pub keys_total: i64,
+    /// Current copy rate.
+    #[serde(default)]
+    pub keys_per_second: i64,
+    /// Attempts made (a failed Job is retried with backoff).
+    #[serde(default)]
+    pub attempts: i32,
+    /// When the rebalance started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Last error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One slot range moving between instances.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveStatus {
+    /// Category name.
+    pub category: String,
+    /// First slot of the range.
+    pub start: i32,
+    /// Last slot of the range (inclusive).
+    pub end: i32,
+    /// Source instance.
+    pub from: String,
+    /// Target instance.
+    pub to: String,
+}
+
+/// Sidecars that use this policy's routing table.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarsStatus {
+    /// Sidecars with a live heartbeat.
+    pub count: i32,
+    /// Lowest table version among them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<i64>,
+}

@@ -1,0 +1,28 @@
+//! `cargo run --example local-control-plane -- <state-dir>`: starts the same etcd +
+//! kube-apiserver + kube-controller-manager the tests use, writes `<state-dir>/kubeconfig`
+//! and `<state-dir>/pid`, and keeps them running until this process is stopped (SIGTERM or
+//! Ctrl-C), after which everything it started is killed and its files removed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+
+fn main() {
+    let state_dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .expect("usage: local-control-plane <state-dir>"),
+    );
+    std::fs::create_dir_all(&state_dir).expect("creating the state dir");
+    let cp = support::ControlPlane::shared();
+    let kubeconfig = state_dir.join("kubeconfig");
+    std::fs::copy(&cp.kubeconfig, &kubeconfig).expect("copying the kubeconfig");
+    std::fs::write(state_dir.join("pid"), std::process::id().to_string()).expect("writing pid");
+    println!("control plane up at {}", cp.server);
+    println!("kubeconfig: {}", kubeconfig.display());
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,418 @@
+//! The CRDs against a real kube-apiserver: they install cleanly as structural schemas, the
+//! examples are accepted, `kubectl get` shows the printer columns, and every invalid object
+//! is refused with a message that names the offending field.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::ControlPlane;
+use support::control_plane::{kubernetes_version, project_root};
+
+fn run(mut cmd: Command) -> Output {
+    cmd.output().expect("running a command")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn crds_directory_matches_the_generated_crds() {
+    let generated = redis_fleet::api::crds_yaml().unwrap();
+    let committed =
+        std::fs::read_to_string(project_root().join("crds/redis-fleet.crds.yaml")).unwrap();
+    assert!(
+        generated == committed,
+        "crds/redis-fleet.crds.yaml is out of date: run `make crds` and commit the result"
+    );
+}
+
+#[tokio::test]
+async fn control_plane_is_a_real_apiserver_of_the_built_version() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let version = client.apiserver_version().await.unwrap();
+    assert_eq!(version.git_version, kubernetes_version());
+}
+
+#[tokio::test]
+async fn crds_install_as_structural_schemas_without_warnings() {
+    let cp = ControlPlane::shared();
+    let mut cmd = cp.kubectl();
+    cmd.args(["apply", "--server-side", "--field-manager=crds-test", "-f"])
+        .arg(project_root().join("crds"));
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "kubectl apply -f crds/: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stderr).to_lowercase().contains("warning"),
+        "warnings while applying the CRDs: {}",
+        text(&out.stderr)
+    );
+
+    let client = cp.client().await;
+    let api: kube::Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = kube::Api::all(client);
+    for name in [
+        "redisinstances.redisfleet.io",
+        "cachepolicies.redisfleet.io",
+    ] {
+        support::control_plane::wait_for_established(&api, name).await;
+        let crd = api.get(name).await.unwrap();
+        let conditions = crd.status.unwrap().conditions.unwrap_or_default();
+        for c in &conditions {
+            assert!(
+                !(c.type_ == "NonStructuralSchema" && c.status == "True"),
+                "{name} is not structural: {}",
+                c.message.as_deref().unwrap_or_default()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn examples_apply_and_kubectl_get_shows_the_columns() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    cp.install_crds(&client).await;
+    let ns = cp.namespace(&client, "examples").await;
+
+    let mut cmd = cp.kubectl();
+    cmd.args(["apply", "-n", &ns, "-f"])
+        .arg(project_root().join("examples"));
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "kubectl apply -f examples/: {}",
+        text(&out.stderr)
+    );
+    let applied = text(&out.stdout);
+    for object in [
+        "redisinstance.redisfleet.io/primary",
+        "redisinstance.redisfleet.io/secondary",
+        "redisinstance.redisfleet.io/tertiary",
+        "cachepolicy.redisfleet.io/shop",
+    ] {
+        assert!(applied.contains(object), "{object} not applied: {applied}");
+    }
+
+    let mut cmd = cp.kubectl();
+    cmd.args(["get", "ri", "-n", &ns]);
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "kubectl get ri: {}",
+        text(&out.stderr)
+    );
+    let table = text(&out.stdout);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "PHASE", "USED", "CAPACITY", "USAGE%", "HIT%", "LATENCY", "AGE"
+        ],
+        "{table}"
+    );
+    assert!(
+        table.contains("primary") && table.contains("secondary"),
+        "{table}"
+    );
+
+    let mut cmd = cp.kubectl();
+    cmd.args(["get", "redis-fleet", "-n", &ns, "-o", "wide"]);
+    let out = run(cmd);
+    let wide = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl get redis-fleet: {}",
+        text(&out.stderr)
+    );
+    assert!(wide.contains("TIER") && wide.contains("ENDPOINT"), "{wide}");
+    assert!(wide.contains("cachepolicy.redisfleet.io/shop"), "{wide}");
+
+    // Defaults are applied by the API server, so users see the effective values.
+    let mut cmd = cp.kubectl();
+    cmd.args([
+        "get",
+        "ri",
+        "secondary",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.health.interval} {.spec.weight} {.spec.external.port}",
+    ]);
+    assert_eq!(text(&run(cmd).stdout), "5s 100 6379");
+}
+
+/// One object that must be refused, and what the refusal must say.
+struct Invalid {
+    case: &'static str,
+    yaml: String,
+    /// Fragments that must all appear in kubectl's error (the field path first).
+    expect: &'static [&'static str],
+}
+
+fn instance(spec: &str) -> String {
+    format!(
+        "apiVersion: redisfleet.io/v1alpha1\nkind: RedisInstance\nmetadata:\n  name: bad\nspec:\n{}",
+        indent(spec)
+    )
+}
+
+fn policy(spec: &str) -> String {
+    format!(
+        "apiVersion: redisfleet.io/v1alpha1\nkind: CachePolicy\nmetadata:\n  name: bad\nspec:\n{}",
+        indent(spec)
+    )
+}
+
+fn indent(block: &str) -> String {
+    block
+        .trim_matches('\n')
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect()
+}
+
+fn invalid_objects() -> Vec<Invalid> {
+    let ext = "external: {host: redis.example.com, port: 6379}\n";
+    vec![
+        Invalid {
+            case: "both external and managed",
+            yaml: instance(&format!("{ext}managed: {{maxMemory: 30Mi}}")),
+            expect: &["spec: Invalid value", "exactly one of spec.external"],
+        },
+        Invalid {
+            case: "neither external nor managed",
+            yaml: instance("capacity: 30Mi"),
+            expect: &["spec: Invalid value", "exactly one of spec.external"],
+        },
+        Invalid {
+            case: "port 0",
+            yaml: instance("external: {host: redis.example.com, port: 0}"),
+            expect: &["spec.external.port", "should be greater than or equal to 1"],
+        },
+        Invalid {
+            case: "port above 65535",
+            yaml: instance("external: {host: redis.example.com, port: 70000}"),
+            expect: &[
+                "spec.external.port",
+                "should be less than or equal to 65535",
+            ],
+        },
+        Invalid {
+            case: "empty host",
+            yaml: instance("external: {host: \"\"}"),
+            expect: &["spec.external.host", "at least 1 chars long"],
+        },
+        Invalid {
+            case: "zero capacity",
+            yaml: instance(&format!("{ext}capacity: \"0\"")),
+            expect: &["spec.capacity", "must be a positive whole number of bytes"],
+        },
+        Invalid {
+            case: "negative capacity",
+            yaml: instance(&format!("{ext}capacity: -30Mi")),
+            expect: &["spec.capacity", "must be a positive whole number of bytes"],
+        },
+        Invalid {
+            case: "capacity that is not a quantity",
+            yaml: instance(&format!("{ext}capacity: thirty")),
+            expect: &["spec.capacity", "must be a positive whole number of bytes"],
+        },
+        Invalid {
+            case: "fractional maxMemory",
+            yaml: instance("managed: {maxMemory: \"0.5\"}"),
+            expect: &[
+                "spec.managed.maxMemory",
+                "must be a positive whole number of bytes",
+            ],
+        },
+        Invalid {
+            case: "unknown eviction policy",
+            yaml: instance("managed: {maxMemory: 30Mi, evictionPolicy: lru}"),
+            expect: &["spec.managed.evictionPolicy", "Unsupported value: \"lru\""],
+        },
+        Invalid {
+            case: "weight of the wrong type",
+            yaml: instance(&format!("{ext}weight: heavy")),
+            expect: &["spec.weight", "must be of type integer"],
+        },
+        Invalid {
+            case: "weight 0",
+            yaml: instance(&format!("{ext}weight: 0")),
+            expect: &["spec.weight", "should be greater than or equal to 1"],
+        },
+        Invalid {
+            case: "interval that is not a duration",
+            yaml: instance(&format!("{ext}health: {{interval: 5 seconds}}")),
+            expect: &["spec.health.interval", "should match"],
+        },
+        Invalid {
+            case: "zero timeout",
+            yaml: instance(&format!("{ext}health: {{timeout: 0s}}")),
+            expect: &["spec.health.timeout", "must be a positive duration"],
+        },
+        Invalid {
+            case: "timeout longer than the interval",
+            yaml: instance(&format!("{ext}health: {{interval: 1s, timeout: 2s}}")),
+            expect: &[
+                "spec.health",
+                "health.timeout must not exceed health.interval",
+            ],
+        },
+        Invalid {
+            case: "failure threshold 0",
+            yaml: instance(&format!("{ext}health: {{failureThreshold: 0}}")),
+            expect: &["spec.health.failureThreshold", "greater than or equal to 1"],
+        },
+        Invalid {
+            case: "insecureSkipVerify without TLS",
+            yaml: instance(
+                "external: {host: redis.example.com, tls: {enabled: false, insecureSkipVerify: true}}",
+            ),
+            expect: &["spec.external.tls", "insecureSkipVerify is only meaningful"],
+        },
+        Invalid {
+            case: "misspelt field",
+            yaml: instance("external: {host: redis.example.com, prot: 6379}"),
+            expect: &["unknown field \"spec.external.prot\""],
+        },
+        Invalid {
+            case: "threshold 0",
+            yaml: policy("balancing: {capacityThreshold: 0}"),
+            expect: &[
+                "spec.balancing.capacityThreshold",
+                "greater than or equal to 1",
+            ],
+        },
+        Invalid {
+            case: "threshold above 100",
+            yaml: policy("balancing: {capacityThreshold: 101}"),
+            expect: &[
+                "spec.balancing.capacityThreshold",
+                "less than or equal to 100",
+            ],
+        },
+        Invalid {
+            case: "unknown strategy",
+            yaml: policy("balancing: {strategy: RoundRobin}"),
+            expect: &[
+                "spec.balancing.strategy",
+                "Unsupported value: \"RoundRobin\"",
+            ],
+        },
+        Invalid {
+            case: "cooldown that is not a duration",
+            yaml: policy("balancing: {rebalance: {cooldown: 5 minutes}}"),
+            expect: &["spec.balancing.rebalance.cooldown", "should match"],
+        },
+        Invalid {
+            case: "ttl default above max",
+            yaml: policy(
+                "categories:\n- {name: auth, keyPrefixes: [\"auth:\"], ttl: {default: 2h, max: 1h}}",
+            ),
+            expect: &[
+                "spec.categories[0].ttl",
+                "ttl.default must not exceed ttl.max",
+            ],
+        },
+        Invalid {
+            case: "adaptive ttl without max",
+            yaml: policy(
+                "categories:\n- {name: auth, keyPrefixes: [\"auth:\"], ttl: {default: 1h, adaptive: true}}",
+            ),
+            expect: &["spec.categories[0].ttl", "ttl.adaptive needs ttl.max"],
+        },
+        Invalid {
+            case: "duplicate category names",
+            yaml: policy(
+                "categories:\n- {name: auth, keyPrefixes: [\"auth:\"]}\n- {name: auth, keyPrefixes: [\"session:\"]}",
+            ),
+            expect: &["spec.categories[1]", "Duplicate value"],
+        },
+        Invalid {
+            case: "category name that is not a DNS label",
+            yaml: policy("categories:\n- {name: Auth_Data, keyPrefixes: [\"auth:\"]}"),
+            expect: &["spec.categories[0].name", "should match"],
+        },
+        Invalid {
+            case: "category named default",
+            yaml: policy("categories:\n- {name: default, keyPrefixes: [\"x:\"]}"),
+            expect: &["spec.categories[0]", "'default' is reserved"],
+        },
+        Invalid {
+            case: "no key prefixes",
+            yaml: policy("categories:\n- {name: auth, keyPrefixes: []}"),
+            expect: &["spec.categories[0].keyPrefixes", "at least 1 items"],
+        },
+        Invalid {
+            case: "empty key prefix",
+            yaml: policy("categories:\n- {name: auth, keyPrefixes: [\"\"]}"),
+            expect: &["spec.categories[0].keyPrefixes[0]", "at least 1 chars long"],
+        },
+        Invalid {
+            case: "prefix shared by two categories",
+            yaml: policy(
+                "categories:\n- {name: auth, keyPrefixes: [\"auth:\", \"session:\"]}\n- {name: login, keyPrefixes: [\"session:\"]}",
+            ),
+            expect: &[
+                "spec.categories",
+                "a key prefix may belong to one category only",
+            ],
+        },
+        Invalid {
+            case: "fallback tier equal to tier",
+            yaml: policy(
+                "categories:\n- {name: auth, keyPrefixes: [\"auth:\"], tier: hot, fallbackTier: hot}",
+            ),
+            expect: &["spec.categories[0]", "fallbackTier must differ from tier"],
+        },
+        Invalid {
+            case: "categories of the wrong type",
+            yaml: policy("categories: auth"),
+            expect: &["spec.categories", "must be of type array"],
+        },
+    ]
+}
+
+#[tokio::test]
+async fn invalid_objects_are_refused_with_the_field_named() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    cp.install_crds(&client).await;
+    let ns = cp.namespace(&client, "invalid").await;
+
+    let cases = invalid_objects();
+    assert!(cases.len() >= 15);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let path = cp
+            .dir
+            .join(format!("invalid-{}.yaml", case.case.replace(' ', "-")));
+        std::fs::write(&path, &case.yaml).unwrap();
+        let mut cmd = cp.kubectl();
+        cmd.args(["create", "-n", &ns, "-f"]).arg(&path);
+        let out = run(cmd);
+        let stderr = text(&out.stderr);
+        if out.status.success() {
+            failures.push(format!("{}: accepted\n{}", case.case, case.yaml));
+            continue;
+        }
+        for fragment in case.expect {
+            if !stderr.contains(fragment) {
+                failures.push(format!(
+                    "{}: error does not contain {fragment:?}\n  error: {stderr}",
+                    case.case
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,143 @@
+//! Real `redis-server` processes on free loopback ports, with a real `maxmemory`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use super::process::{ChildGuard, free_port, temp_dir, wait_until};
+
+/// How to start a redis-server.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// `maxmemory` in bytes; 0 leaves it unbounded.
+    pub maxmemory: u64,
+    /// `requirepass`.
+    pub password: Option<String>,
+    /// Extra `--name value` arguments, e.g. `["--cluster-enabled", "yes"]`.
+    pub extra_args: Vec<String>,
+}
+
+impl RedisOptions {
+    /// A server with the given `maxmemory` (the user's instances are 30 MB).
+    pub fn with_maxmemory(bytes: u64) -> Self {
+        Self {
+            maxmemory: bytes,
+            ..Self::default()
+        }
+    }
+}
+
+/// A redis-server owned by a test: stopped on drop, and by the reaper if the test dies.
+#[derive(Debug)]
+pub struct RedisServer {
+    /// TCP port on 127.0.0.1; kept across restarts.
+    pub port: u16,
+    /// Working directory (logs, config).
+    pub dir: PathBuf,
+    options: RedisOptions,
+    process: Option<ChildGuard>,
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it answers PING.
+    pub fn start(options: RedisOptions) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: temp_dir("redis"),
+            options,
+            process: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `redis://[:password@]127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        match &self.options.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// A `redis` crate client for this server.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("a redis client")
+    }
+
+    /// `redis-cli` pointed at this server.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(p) = &self.options.password {
+            cmd.env("REDISCLI_AUTH", p);
+        }
+        cmd
+    }
+
+    /// Process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(ChildGuard::pid)
+    }
+
+    /// `kill -9`: the server vanishes without a goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// A clean stop (SIGTERM).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.terminate(Duration::from_secs(5));
+        }
+    }
+
+    /// Starts the server again on the same port (empty: no persistence).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// Whether the server answers PING.
+    pub fn is_up(&self) -> bool {
+        self.cli()
+            .arg("PING")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--protected-mode", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--maxmemory", &self.options.maxmemory.to_string()])
+            .args(["--maxmemory-policy", "noeviction"]);
+        if let Some(p) = &self.options.password {
+            cmd.args(["--requirepass", p]);
+        }
+        cmd.args(&self.options.extra_args);
+        let mut process = ChildGuard::spawn("redis-server", cmd, &self.dir.join("redis.log"));
+        let up = wait_until(Duration::from_secs(20), || {
+            process.is_running() && self.is_up()
+        });
+        assert!(
+            up,
+            "redis-server on port {} did not start\n{}",
+            self.port,
+            process.log_tail(20)
+        );
+        self.process = Some(process);
+    }
+}
