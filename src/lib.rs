@@ -1,7 +1,9 @@
 //! redis-fleet runs several Redis instances as one cache on Kubernetes.
 //!
 //! - [`api`]: the `RedisInstance` and `CachePolicy` custom resources.
+//! - [`routing`]: the routing table contract, slots, placement and key resolution (pure).
 //!
 //! See `README.md` and `../shared/design/architecture.md` for the whole picture.
 
 pub mod api;
+pub mod routing;

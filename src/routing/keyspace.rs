@@ -1,0 +1,323 @@
+//! Key → category → slot → instance: the one `resolve(key)` that the operator, the sidecar and
+//! the rebalance Job all use, built once per table version so the per-key path stays cheap.
+
+use std::collections::HashMap;
+
+use super::slots::{SlotRange, key_slot};
+use super::table::{RoutingTable, TableError, TtlRules};
+
+/// Index of an instance in [`Resolver::instances`].
+pub type InstanceId = u16;
+
+/// Index of a category in [`Resolver::categories`]; the default category is last.
+pub type CategoryId = u16;
+
+/// Where one key goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The key's category.
+    pub category: CategoryId,
+    /// The key's slot.
+    pub slot: u16,
+    /// The owner of the slot in the table.
+    pub owner: InstanceId,
+    /// Where commands for the key go now: the owner, its failover instance, or the target of
+    /// a migration.
+    pub target: InstanceId,
+    /// Set while the slot migrates: the source, from which the key must be moved to `target`
+    /// before a command touches it (and where deletes go first).
+    pub migrating_from: Option<InstanceId>,
+}
+
+/// A category as the resolver sees it.
+#[derive(Debug, Clone)]
+pub struct ResolvedCategory {
+    /// Category name.
+    pub name: String,
+    /// Key prefixes (empty for the default category).
+    pub prefixes: Vec<String>,
+    /// TTL rules.
+    pub ttl: TtlRules,
+    runs: Vec<(SlotRange, InstanceId)>,
+    failover: Vec<(SlotRange, InstanceId, InstanceId)>,
+    migrating: Vec<(SlotRange, InstanceId, InstanceId)>,
+}
+
+impl ResolvedCategory {
+    /// Slot runs and their owners.
+    pub fn runs(&self) -> &[(SlotRange, InstanceId)] {
+        &self.runs
+    }
+}
+
+/// Longest-prefix matching: prefixes bucketed by length, longest bucket first.
+#[derive(Debug, Clone, Default)]
+struct PrefixIndex {
+    by_length: Vec<(usize, HashMap<Box<[u8]>, CategoryId>)>,
+}
+
+impl PrefixIndex {
+    fn insert(&mut self, prefix: &[u8], category: CategoryId) {
+        let len = prefix.len();
+        let pos = match self.by_length.binary_search_by(|(l, _)| len.cmp(l)) {
+            Ok(pos) => pos,
+            Err(pos) => {
+                self.by_length.insert(pos, (len, HashMap::new()));
+                pos
+            }
+        };
+        self.by_length[pos].1.insert(prefix.into(), category);
+    }
+
+    fn lookup(&self, key: &[u8]) -> Option<CategoryId> {
+        self.by_length
+            .iter()
+            .filter(|(len, _)| *len <= key.len())
+            .find_map(|(len, map)| map.get(&key[..*len]).copied())
+    }
+}
+
+/// A routing table compiled for fast lookups.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    table: RoutingTable,
+    instances: Vec<String>,
+    categories: Vec<ResolvedCategory>,
+    prefixes: PrefixIndex,
+}
+
+impl Resolver {
+    /// Validates and compiles `table`.
+    pub fn new(table: RoutingTable) -> Result<Self, TableError> {
+        table.validate()?;
+        let instances: Vec<String> = table.instances.keys().cloned().collect();
+        let id_of = |name: &str| -> InstanceId {
+            // validate() guarantees every referenced instance exists.
+            instances
+                .binary_search_by(|n| n.as_str().cmp(name))
+                .map(|i| i as InstanceId)
+                .unwrap_or_default()
+        };
+        let mut prefixes = PrefixIndex::default();
+        let mut categories = Vec::with_capacity(table.categories.len());
+        for (idx, cat) in table.categories.iter().enumerate() {
+            let id = idx as CategoryId;
+            for p in &cat.prefixes {
+                prefixes.insert(p.as_bytes(), id);
+            }
+            let ranges = |items: Vec<(SlotRange, &str, &str)>| {
+                let mut v: Vec<_> = items
+                    .into_iter()
+                    .map(|(r, from, to)| (r, id_of(from), id_of(to)))
+                    .collect();
+                v.sort_by_key(|(r, _, _)| r.start);
+                v
+            };
+            categories.push(ResolvedCategory {
+                name: cat.name.clone(),
+                prefixes: cat.prefixes.clone(),
+                ttl: cat.ttl,
+                runs: cat
+                    .slots
+                    .iter()
+                    .map(|o| (o.range, id_of(&o.instance)))
+                    .collect(),
+                failover: ranges(
+                    table
+                        .failover
+                        .iter()
+                        .filter(|f| f.category == cat.name)
+                        .map(|f| (f.range(), f.from.as_str(), f.to.as_str()))
+                        .collect(),
+                ),
+                migrating: ranges(
+                    table
+                        .migrating
+                        .iter()
+                        .filter(|m| m.category == cat.name)
+                        .map(|m| (m.range(), m.from.as_str(), m.to.as_str()))
+                        .collect(),
+                ),
+            });
+        }
+        Ok(Self {
+            table,
+            instances,
+            categories,
+            prefixes,
+        })
+    }
+
+    /// The table this resolver was built from.
+    pub fn table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// Table version.
+    pub fn version(&self) -> u64 {
+        self.table.version
+    }
+
+    /// Instance names, indexed by [`InstanceId`].
+    pub fn instances(&self) -> &[String] {
+        &self.instances
+    }
+
+    /// The name of instance `id`.
+    pub fn instance_name(&self, id: InstanceId) -> &str {
+        &self.instances[usize::from(id)]
+    }
+
+    /// The id of the instance called `name`.
+    pub fn instance_id(&self, name: &str) -> Option<InstanceId> {
+        self.instances
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .ok()
+            .map(|i| i as InstanceId)
+    }
+
+    /// Categories, indexed by [`CategoryId`]; the default category is last.
+    pub fn categories(&self) -> &[ResolvedCategory] {
+        &self.categories
+    }
+
+    /// The category of `key`: the longest matching prefix, else the default category.
+    pub fn category_of(&self, key: &[u8]) -> CategoryId {
+        self.prefixes
+            .lookup(key)
+            .unwrap_or((self.categories.len() - 1) as CategoryId)
+    }
+
+    /// Where `key` goes now.
+    pub fn resolve(&self, key: &[u8]) -> Route {
+        let category = self.category_of(key);
+        self.route(category, key_slot(key))
+    }
+
+    /// Where slot `slot` of `category` goes now.
+    pub fn route(&self, category: CategoryId, slot: u16) -> Route {
+        let cat = &self.categories[usize::from(category)];
+        let idx = cat.runs.partition_point(|(r, _)| r.end < slot);
+        let owner = cat.runs.get(idx).map(|(_, o)| *o).unwrap_or_default();
+        let find = |list: &[(SlotRange, InstanceId, InstanceId)]| {
+            let i = list.partition_point(|(r, _, _)| r.end < slot);
+            list.get(i)
+                .filter(|(r, from, _)| r.contains(slot) && *from == owner)
+                .map(|(_, from, to)| (*from, *to))
+        };
+        if let Some((_, to)) = find(&cat.failover) {
+            return Route {
+                category,
+                slot,
+                owner,
+                target: to,
+                migrating_from: None,
+            };
+        }
+        if let Some((from, to)) = find(&cat.migrating) {
+            return Route {
+                category,
+                slot,
+                owner,
+                target: to,
+                migrating_from: Some(from),
+            };
+        }
+        Route {
+            category,
+            slot,
+            owner,
+            target: owner,
+            migrating_from: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::table::tests::two_instance_table;
+    use crate::routing::table::{Category, Failover, Migration};
+
+    fn resolver() -> Resolver {
+        let mut t = two_instance_table();
+        t.categories.insert(
+            1,
+            Category {
+                name: "auth-admin".into(),
+                prefixes: vec!["auth:admin:".into()],
+                ttl: TtlRules::default(),
+                slots: vec![(0, 16383, "secondary".to_owned()).into()],
+                placement: Default::default(),
+            },
+        );
+        Resolver::new(t).unwrap()
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_unmatched_keys_are_default() {
+        let r = resolver();
+        let name = |key: &[u8]| &r.categories()[usize::from(r.category_of(key))].name;
+        assert_eq!(name(b"auth:token:1"), "auth");
+        assert_eq!(name(b"session:abc"), "auth");
+        assert_eq!(name(b"auth:admin:root"), "auth-admin");
+        assert_eq!(name(b"auth:"), "auth");
+        assert_eq!(name(b"auth"), "default");
+        assert_eq!(name(b"menu:1"), "default");
+        assert_eq!(name(b""), "default");
+    }
+
+    #[test]
+    fn routes_follow_slot_owners() {
+        let r = resolver();
+        for key in ["auth:1", "auth:2", "session:x", "auth:{tag}a", "menu:9"] {
+            let route = r.resolve(key.as_bytes());
+            let cat = &r.table().categories[usize::from(route.category)];
+            let slot = key_slot(key.as_bytes());
+            assert_eq!(route.slot, slot);
+            assert_eq!(r.instance_name(route.owner), cat.owner_of(slot).unwrap());
+            assert_eq!(route.target, route.owner);
+            assert_eq!(route.migrating_from, None);
+        }
+    }
+
+    #[test]
+    fn failover_and_migration_redirect_the_target() {
+        let mut t = two_instance_table();
+        t.failover.push(Failover {
+            category: "auth".into(),
+            start: 0,
+            end: 99,
+            from: "primary".into(),
+            to: "secondary".into(),
+        });
+        t.migrating.push(Migration {
+            category: "auth".into(),
+            start: 100,
+            end: 199,
+            from: "primary".into(),
+            to: "secondary".into(),
+            epoch: 7,
+        });
+        // An entry whose `from` is not the owner is ignored (stale entry).
+        t.failover.push(Failover {
+            category: "auth".into(),
+            start: 9000,
+            end: 9001,
+            from: "primary".into(),
+            to: "primary".into(),
+        });
+        let r = Resolver::new(t).unwrap();
+        let (p, s) = (
+            r.instance_id("primary").unwrap(),
+            r.instance_id("secondary").unwrap(),
+        );
+        let auth = 0;
+        assert_eq!(r.route(auth, 50).target, s);
+        assert_eq!(r.route(auth, 50).migrating_from, None);
+        assert_eq!(r.route(auth, 150).target, s);
+        assert_eq!(r.route(auth, 150).migrating_from, Some(p));
+        assert_eq!(r.route(auth, 250).target, p);
+        assert_eq!(r.route(auth, 9000).target, s);
+    }
+}

@@ -1,0 +1,563 @@
+//! The routing table (`routing.json` in the routing ConfigMap): the one contract between the
+//! operator that writes it, the sidecars that route by it and the rebalance Jobs that move
+//! data by it.
+//!
+//! Compatibility: readers refuse a `schemaVersion` they do not know; new optional fields may
+//! be added without bumping it. The table never contains credentials, only the *names* of the
+//! Secrets that hold them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::slots::{MAX_SLOT, SLOT_COUNT, SlotRange};
+
+/// Current `schemaVersion`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// ConfigMap data key holding the table.
+pub const TABLE_KEY: &str = "routing.json";
+
+/// ConfigMap annotation carrying the table version.
+pub const VERSION_ANNOTATION: &str = "redisfleet.io/routing-version";
+
+/// The routing table of one CachePolicy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingTable {
+    /// Format of this document; see [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Increases by one on every change of the content; also the fencing token of the
+    /// operator's decisions (a Job or sidecar acting on an older version is behind).
+    pub version: u64,
+    /// `<namespace>/<name>` of the CachePolicy.
+    pub policy: String,
+    /// Instances that own or serve slots, by RedisInstance name.
+    pub instances: BTreeMap<String, InstanceEndpoint>,
+    /// Categories in spec order; the default category (keys matching no prefix) is last and
+    /// has no prefixes.
+    pub categories: Vec<Category>,
+    /// Slot ranges being moved by a rebalance (see the migration protocol).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrating: Vec<Migration>,
+    /// Slot ranges served by a fallback instance while their owner is unreachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<Failover>,
+}
+
+/// How to reach an instance. Credentials are referenced, never embedded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceEndpoint {
+    /// Host name or IP.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// TLS settings; absent means plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+    /// Secret key holding the ACL user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_secret: Option<SecretKeyName>,
+    /// Secret key holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<SecretKeyName>,
+}
+
+impl InstanceEndpoint {
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// TLS settings of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSettings {
+    /// Secret key holding the PEM CA bundle; absent: system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyName>,
+    /// Name to verify and send as SNI; absent: the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Skip certificate verification (testing only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// A key of a Secret in the policy's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SecretKeyName {
+    /// Secret name.
+    pub name: String,
+    /// Key within the Secret.
+    pub key: String,
+}
+
+/// One category: its prefixes, TTL rules and who owns which slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Category {
+    /// Category name (`default` for keys matching no prefix).
+    pub name: String,
+    /// Key prefixes; empty for the default category.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
+    /// TTL rules applied by the sidecar.
+    #[serde(default, skip_serializing_if = "TtlRules::is_empty")]
+    pub ttl: TtlRules,
+    /// Owner of every slot, as `[start, end, instance]` runs covering 0..=16383 in order.
+    pub slots: Vec<SlotOwner>,
+    /// The candidates (name → share) this category's placement was computed for; the operator
+    /// re-places slots only when these change, so rebalance decisions are not undone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placement: BTreeMap<String, u64>,
+}
+
+/// TTL rules of a category, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TtlRules {
+    /// Expiry given to writes that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ms: Option<u64>,
+    /// Longest expiry allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<u64>,
+    /// Extend the TTL of frequently read keys up to `max_ms`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adaptive: bool,
+}
+
+impl TtlRules {
+    /// No rule at all.
+    pub fn is_empty(&self) -> bool {
+        self.default_ms.is_none() && self.max_ms.is_none() && !self.adaptive
+    }
+}
+
+/// `[start, end, instance]`: slots `start..=end` live on `instance`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(u16, u16, String)", into = "(u16, u16, String)")]
+pub struct SlotOwner {
+    /// The slots.
+    pub range: SlotRange,
+    /// RedisInstance name.
+    pub instance: String,
+}
+
+impl From<(u16, u16, String)> for SlotOwner {
+    fn from((start, end, instance): (u16, u16, String)) -> Self {
+        Self {
+            range: SlotRange::new(start, end),
+            instance,
+        }
+    }
+}
+
+impl From<SlotOwner> for (u16, u16, String) {
+    fn from(o: SlotOwner) -> Self {
+        (o.range.start, o.range.end, o.instance)
+    }
+}
+
+/// A slot range in flight from one instance to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Migration {
+    /// Category name.
+    pub category: String,
+    /// First slot.
+    pub start: u16,
+    /// Last slot (inclusive).
+    pub end: u16,
+    /// Current owner (the source).
+    pub from: String,
+    /// Future owner (the target); commands go here once the range is migrating.
+    pub to: String,
+    /// Table version at which the migration was flipped on.
+    pub epoch: u64,
+}
+
+impl Migration {
+    /// The slots.
+    pub fn range(&self) -> SlotRange {
+        SlotRange::new(self.start, self.end)
+    }
+}
+
+/// A slot range served by a fallback instance while its owner is unreachable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failover {
+    /// Category name.
+    pub category: String,
+    /// First slot.
+    pub start: u16,
+    /// Last slot (inclusive).
+    pub end: u16,
+    /// The unreachable owner.
+    pub from: String,
+    /// The instance serving the range meanwhile.
+    pub to: String,
+}
+
+impl Failover {
+    /// The slots.
+    pub fn range(&self) -> SlotRange {
+        SlotRange::new(self.start, self.end)
+    }
+}
+
+/// Why a table cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("routing table schemaVersion {0} is not supported (this build reads {SCHEMA_VERSION})")]
+    UnsupportedSchema(u32),
+    #[error("routing table is not valid JSON: {0}")]
+    Json(String),
+    #[error("category {category:?}: slots do not cover 0..=16383 exactly once ({detail})")]
+    SlotCoverage { category: String, detail: String },
+    #[error("{context} refers to unknown instance {instance:?}")]
+    UnknownInstance { context: String, instance: String },
+    #[error("{context} refers to unknown category {category:?}")]
+    UnknownCategory { context: String, category: String },
+    #[error("category names must be unique: {0:?} appears twice")]
+    DuplicateCategory(String),
+    #[error("key prefix {prefix:?} belongs to both {first:?} and {second:?}")]
+    SharedPrefix {
+        prefix: String,
+        first: String,
+        second: String,
+    },
+    #[error("exactly one category (the default, last) must have no prefixes")]
+    DefaultCategory,
+    #[error("{context}: slot range {start}-{end} is invalid")]
+    BadRange {
+        context: String,
+        start: u16,
+        end: u16,
+    },
+}
+
+impl RoutingTable {
+    /// Parses and validates `routing.json`.
+    pub fn from_json(text: &str) -> Result<Self, TableError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Header {
+            schema_version: u32,
+        }
+        let header: Header =
+            serde_json::from_str(text).map_err(|e| TableError::Json(e.to_string()))?;
+        if header.schema_version != SCHEMA_VERSION {
+            return Err(TableError::UnsupportedSchema(header.schema_version));
+        }
+        let table: RoutingTable =
+            serde_json::from_str(text).map_err(|e| TableError::Json(e.to_string()))?;
+        table.validate()?;
+        Ok(table)
+    }
+
+    /// Compact JSON, deterministic for equal tables.
+    pub fn to_json(&self) -> String {
+        // Serialising plain data (maps with string keys) cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A hash of the content, ignoring `version`: equal content, equal hash.
+    pub fn content_hash(&self) -> String {
+        let mut unversioned = self.clone();
+        unversioned.version = 0;
+        format!("{:016x}", fnv1a64(unversioned.to_json().as_bytes()))
+    }
+
+    /// The category called `name`.
+    pub fn category(&self, name: &str) -> Option<&Category> {
+        self.categories.iter().find(|c| c.name == name)
+    }
+
+    /// Checks the invariants every reader relies on.
+    pub fn validate(&self) -> Result<(), TableError> {
+        let mut seen_names = std::collections::HashSet::new();
+        let mut prefix_owner: BTreeMap<&str, &str> = BTreeMap::new();
+        let defaults = self
+            .categories
+            .iter()
+            .filter(|c| c.prefixes.is_empty())
+            .count();
+        if defaults != 1
+            || self
+                .categories
+                .last()
+                .is_none_or(|c| !c.prefixes.is_empty())
+        {
+            return Err(TableError::DefaultCategory);
+        }
+        for cat in &self.categories {
+            if !seen_names.insert(cat.name.as_str()) {
+                return Err(TableError::DuplicateCategory(cat.name.clone()));
+            }
+            for p in &cat.prefixes {
+                if let Some(first) = prefix_owner.insert(p, &cat.name) {
+                    return Err(TableError::SharedPrefix {
+                        prefix: p.clone(),
+                        first: first.to_owned(),
+                        second: cat.name.clone(),
+                    });
+                }
+            }
+            let mut next: u32 = 0;
+            for owner in &cat.slots {
+                if u32::from(owner.range.start) != next || owner.range.end < owner.range.start {
+                    return Err(TableError::SlotCoverage {
+                        category: cat.name.clone(),
+                        detail: format!("expected a run starting at {next}, found {}", owner.range),
+                    });
+                }
+                self.check_instance(&owner.instance, || format!("category {:?}", cat.name))?;
+                next = u32::from(owner.range.end) + 1;
+            }
+            if next != u32::from(SLOT_COUNT) {
+                return Err(TableError::SlotCoverage {
+                    category: cat.name.clone(),
+                    detail: format!("runs end at {}", next.saturating_sub(1)),
+                });
+            }
+        }
+        for m in &self.migrating {
+            let context = || format!("migrating {} {}-{}", m.category, m.start, m.end);
+            self.check_range(m.start, m.end, context)?;
+            self.check_category(&m.category, context)?;
+            self.check_instance(&m.from, context)?;
+            self.check_instance(&m.to, context)?;
+        }
+        for f in &self.failover {
+            let context = || format!("failover {} {}-{}", f.category, f.start, f.end);
+            self.check_range(f.start, f.end, context)?;
+            self.check_category(&f.category, context)?;
+            self.check_instance(&f.from, context)?;
+            self.check_instance(&f.to, context)?;
+        }
+        Ok(())
+    }
+
+    fn check_instance(&self, name: &str, context: impl Fn() -> String) -> Result<(), TableError> {
+        if self.instances.contains_key(name) {
+            Ok(())
+        } else {
+            Err(TableError::UnknownInstance {
+                context: context(),
+                instance: name.to_owned(),
+            })
+        }
+    }
+
+    fn check_category(&self, name: &str, context: impl Fn() -> String) -> Result<(), TableError> {
+        if self.category(name).is_some() {
+            Ok(())
+        } else {
+            Err(TableError::UnknownCategory {
+                context: context(),
+                category: name.to_owned(),
+            })
+        }
+    }
+
+    fn check_range(
+        &self,
+        start: u16,
+        end: u16,
+        context: impl Fn() -> String,
+    ) -> Result<(), TableError> {
+        if start <= end && end <= MAX_SLOT {
+            Ok(())
+        } else {
+            Err(TableError::BadRange {
+                context: context(),
+                start,
+                end,
+            })
+        }
+    }
+}
+
+impl Category {
+    /// The owner of `slot` (binary search over the runs).
+    pub fn owner_of(&self, slot: u16) -> Option<&str> {
+        let idx = self.slots.partition_point(|o| o.range.end < slot);
+        self.slots
+            .get(idx)
+            .filter(|o| o.range.contains(slot))
+            .map(|o| o.instance.as_str())
+    }
+
+    /// The owner of every slot, expanded.
+    pub fn owners(&self) -> Vec<&str> {
+        let mut out = Vec::with_capacity(usize::from(SLOT_COUNT));
+        for o in &self.slots {
+            for _ in 0..o.range.len() {
+                out.push(o.instance.as_str());
+            }
+        }
+        out
+    }
+}
+
+/// FNV-1a, 64 bit: a small, stable, dependency-free content hash (not for security).
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn endpoint(port: u16) -> InstanceEndpoint {
+        InstanceEndpoint {
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+            username_secret: None,
+            password_secret: Some(SecretKeyName {
+                name: "redis".into(),
+                key: "password".into(),
+            }),
+        }
+    }
+
+    pub(crate) fn two_instance_table() -> RoutingTable {
+        RoutingTable {
+            schema_version: SCHEMA_VERSION,
+            version: 3,
+            policy: "shop/shop".into(),
+            instances: [
+                ("primary".to_owned(), endpoint(7001)),
+                ("secondary".to_owned(), endpoint(7002)),
+            ]
+            .into(),
+            categories: vec![
+                Category {
+                    name: "auth".into(),
+                    prefixes: vec!["auth:".into(), "session:".into()],
+                    ttl: TtlRules {
+                        default_ms: Some(3_600_000),
+                        max_ms: Some(86_400_000),
+                        adaptive: true,
+                    },
+                    slots: vec![
+                        (0, 8191, "primary".to_owned()).into(),
+                        (8192, 16383, "secondary".to_owned()).into(),
+                    ],
+                    placement: BTreeMap::new(),
+                },
+                Category {
+                    name: "default".into(),
+                    prefixes: vec![],
+                    ttl: TtlRules::default(),
+                    slots: vec![(0, 16383, "secondary".to_owned()).into()],
+                    placement: BTreeMap::new(),
+                },
+            ],
+            migrating: vec![],
+            failover: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json_and_hashes_content_only() {
+        let table = two_instance_table();
+        let json = table.to_json();
+        assert!(json.contains(r#"[0,8191,"primary"]"#), "{json}");
+        assert!(!json.contains("secret\":\"") || !json.contains("password\":\"p"));
+        let back = RoutingTable::from_json(&json).unwrap();
+        assert_eq!(back, table);
+
+        let mut bumped = table.clone();
+        bumped.version += 1;
+        assert_eq!(bumped.content_hash(), table.content_hash());
+        let mut changed = table.clone();
+        changed.categories[0].ttl.max_ms = Some(1);
+        assert_ne!(changed.content_hash(), table.content_hash());
+    }
+
+    #[test]
+    fn refuses_unknown_schema_versions() {
+        let json = two_instance_table()
+            .to_json()
+            .replace("\"schemaVersion\":1", "\"schemaVersion\":2");
+        assert_eq!(
+            RoutingTable::from_json(&json),
+            Err(TableError::UnsupportedSchema(2))
+        );
+        assert!(matches!(
+            RoutingTable::from_json("{"),
+            Err(TableError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn validation_catches_broken_tables() {
+        let mut t = two_instance_table();
+        t.categories[0].slots[1].range.start = 8193;
+        assert!(matches!(t.validate(), Err(TableError::SlotCoverage { .. })));
+
+        let mut t = two_instance_table();
+        t.categories[0].slots.pop();
+        assert!(matches!(t.validate(), Err(TableError::SlotCoverage { .. })));
+
+        let mut t = two_instance_table();
+        t.categories[0].slots[0].instance = "ghost".into();
+        assert!(matches!(
+            t.validate(),
+            Err(TableError::UnknownInstance { .. })
+        ));
+
+        let mut t = two_instance_table();
+        t.categories[1].prefixes = vec!["auth:".into()];
+        assert!(matches!(t.validate(), Err(TableError::DefaultCategory)));
+
+        let mut t = two_instance_table();
+        t.categories.insert(1, t.categories[0].clone());
+        t.categories[1].name = "auth2".into();
+        assert!(matches!(t.validate(), Err(TableError::SharedPrefix { .. })));
+
+        let mut t = two_instance_table();
+        t.migrating.push(Migration {
+            category: "auth".into(),
+            start: 10,
+            end: 5,
+            from: "primary".into(),
+            to: "secondary".into(),
+            epoch: 1,
+        });
+        assert!(matches!(t.validate(), Err(TableError::BadRange { .. })));
+
+        let mut t = two_instance_table();
+        t.failover.push(Failover {
+            category: "nope".into(),
+            start: 0,
+            end: 5,
+            from: "primary".into(),
+            to: "secondary".into(),
+        });
+        assert!(matches!(
+            t.validate(),
+            Err(TableError::UnknownCategory { .. })
+        ));
+    }
+
+    #[test]
+    fn owner_lookup_by_binary_search() {
+        let t = two_instance_table();
+        let auth = t.category("auth").unwrap();
+        assert_eq!(auth.owner_of(0), Some("primary"));
+        assert_eq!(auth.owner_of(8191), Some("primary"));
+        assert_eq!(auth.owner_of(8192), Some("secondary"));
+        assert_eq!(auth.owner_of(16383), Some("secondary"));
+        assert_eq!(auth.owners().len(), 16384);
+    }
+}
