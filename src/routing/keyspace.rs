@@ -50,10 +50,13 @@ impl ResolvedCategory {
     }
 }
 
+/// Prefixes of one length and their categories.
+type PrefixBucket = HashMap<Box<[u8]>, CategoryId>;
+
 /// Longest-prefix matching: prefixes bucketed by length, longest bucket first.
 #[derive(Debug, Clone, Default)]
 struct PrefixIndex {
-    by_length: Vec<(usize, HashMap<Box<[u8]>, CategoryId>)>,
+    by_length: Vec<(usize, PrefixBucket)>,
 }
 
 impl PrefixIndex {
