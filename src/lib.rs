@@ -2,8 +2,12 @@
 //!
 //! - [`api`]: the `RedisInstance` and `CachePolicy` custom resources.
 //! - [`routing`]: the routing table contract, slots, placement and key resolution (pure).
+//! - [`redis`]: INFO parsing, connections and probes.
+//! - [`sidecar`]: the RESP proxy applications talk to.
 //!
 //! See `README.md` and `../shared/design/architecture.md` for the whole picture.
 
 pub mod api;
+pub mod redis;
 pub mod routing;
+pub mod sidecar;

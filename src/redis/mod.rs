@@ -1,0 +1,2 @@
+//! Talking to Redis: INFO parsing (pure) and the helpers the operator and the Job use to
+//! connect and probe.
