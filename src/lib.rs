@@ -2,12 +2,16 @@
 //!
 //! - [`api`]: the `RedisInstance` and `CachePolicy` custom resources.
 //! - [`routing`]: the routing table contract, slots, placement and key resolution (pure).
+//! - [`operator`]: the controllers (`redis-fleet operator`).
 //! - [`redis`]: INFO parsing, connections and probes.
 //! - [`sidecar`]: the RESP proxy applications talk to.
 //!
 //! See `README.md` and `../shared/design/architecture.md` for the whole picture.
 
 pub mod api;
+pub mod http;
+pub mod operator;
 pub mod redis;
 pub mod routing;
 pub mod sidecar;
+pub mod telemetry;

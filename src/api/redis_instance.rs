@@ -169,11 +169,6 @@ pub struct TlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
 
-    /// Server name to verify and to send as SNI. Absent: `host`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    pub server_name: Option<String>,
-
     /// Skip verification of the server's certificate. Only for testing: it allows anyone on the
     /// path to read the traffic and the password.
     #[serde(default)]

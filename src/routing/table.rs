@@ -78,9 +78,6 @@ pub struct TlsSettings {
     /// Secret key holding the PEM CA bundle; absent: system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<SecretKeyName>,
-    /// Name to verify and send as SNI; absent: the host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
     /// Skip certificate verification (testing only).
     #[serde(default)]
     pub insecure_skip_verify: bool,

@@ -4,8 +4,15 @@
 //! Ctrl-C), after which everything it started is killed and its files removed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../support/mod.rs"]
-mod support;
+// The parts of the test harness this launcher needs (not all of `tests/support`, which also
+// drives the operator binary and only builds inside test targets). `control_plane.rs` reaches
+// its sibling as `super::process`, which resolves here at the crate root.
+#[allow(dead_code)]
+#[path = "../support/control_plane.rs"]
+mod control_plane;
+#[allow(dead_code)]
+#[path = "../support/process.rs"]
+mod process;
 
 use std::path::PathBuf;
 
@@ -16,7 +23,7 @@ fn main() {
             .expect("usage: local-control-plane <state-dir>"),
     );
     std::fs::create_dir_all(&state_dir).expect("creating the state dir");
-    let cp = support::ControlPlane::shared();
+    let cp = control_plane::ControlPlane::shared();
     let kubeconfig = state_dir.join("kubeconfig");
     std::fs::copy(&cp.kubeconfig, &kubeconfig).expect("copying the kubeconfig");
     std::fs::write(state_dir.join("pid"), std::process::id().to_string()).expect("writing pid");

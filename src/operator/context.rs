@@ -1,0 +1,104 @@
+//! What every reconcile of one watch scope (a namespace, or the whole cluster) shares: the
+//! client, metrics, the event recorder, caches of the watched kinds, and per-instance probe
+//! state kept in memory between probes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::api::redis_instance::RedisInstanceStatus;
+use crate::api::{CachePolicy, RedisInstance};
+use crate::redis::info::Counters;
+use crate::redis::probe::Prober;
+
+use super::metrics::Metrics;
+use super::secrets::SecretReader;
+
+/// Shared by all reconciles of a scope.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Operator metrics (shared by all scopes).
+    pub metrics: Arc<Metrics>,
+    /// Event recorder (events.k8s.io).
+    pub recorder: Recorder,
+    /// Referenced Secrets' data.
+    pub secrets: SecretReader,
+    /// CachePolicies of the scope.
+    pub policies: Store<CachePolicy>,
+    /// RedisInstances of the scope.
+    pub instances: Store<RedisInstance>,
+    probes: Mutex<HashMap<ObjectRef<RedisInstance>, Arc<tokio::sync::Mutex<InstanceState>>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// In-memory state of one instance between probes.
+#[derive(Debug, Default)]
+pub struct InstanceState {
+    /// The probe connection.
+    pub prober: Prober,
+    /// When the last probe ran.
+    pub last_probe: Option<Instant>,
+    /// Generation and target fingerprint of the last probe: a change probes at once.
+    pub last_basis: Option<(Option<i64>, u64)>,
+    /// Counters of the last good probe, for window rates.
+    pub last_counters: Option<(Instant, Counters)>,
+    /// The status last written (more recent than the cache right after a write).
+    pub last_status: Option<RedisInstanceStatus>,
+    /// When status was last written.
+    pub last_write: Option<Instant>,
+}
+
+impl Context {
+    /// A context for one scope.
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        secrets: SecretReader,
+        policies: Store<CachePolicy>,
+        instances: Store<RedisInstance>,
+    ) -> Self {
+        Self {
+            client,
+            metrics,
+            recorder,
+            secrets,
+            policies,
+            instances,
+            probes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The probe state of `instance` (created on first use).
+    pub fn instance_state(
+        &self,
+        instance: &ObjectRef<RedisInstance>,
+    ) -> Arc<tokio::sync::Mutex<InstanceState>> {
+        let mut map = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(instance.clone()).or_default().clone()
+    }
+
+    /// Drops the state of instances that no longer exist; returns the dropped references.
+    pub fn forget_deleted_instances(&self) -> Vec<ObjectRef<RedisInstance>> {
+        let mut map = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<_> = map
+            .keys()
+            .filter(|r| self.instances.get(r).is_none())
+            .cloned()
+            .collect();
+        for r in &gone {
+            map.remove(r);
+        }
+        gone
+    }
+}

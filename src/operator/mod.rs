@@ -1,0 +1,288 @@
+//! `redis-fleet operator`: the controllers for RedisInstance (and, with later pieces,
+//! CachePolicy), the metrics/health endpoint, and graceful shutdown.
+//!
+//! One watch scope per `--namespace` (or one cluster-wide scope): each scope has its own
+//! caches and controllers, while metrics and the event reporter are shared.
+
+pub mod context;
+pub mod metrics;
+pub mod redis_instance;
+pub mod secrets;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher;
+use kube::runtime::{Controller, WatchStreamExt, predicates};
+use kube::{Client, Resource, ResourceExt};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::{CachePolicy, RedisInstance};
+use crate::http;
+use context::Context;
+use metrics::{InstanceLabels, Metrics};
+use secrets::SecretReader;
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Namespaces to watch; empty means all namespaces.
+    pub namespaces: Vec<String>,
+    /// Address of the metrics and health endpoint.
+    pub metrics_addr: SocketAddr,
+    /// Name reported on Events (`reportingController`).
+    pub controller_name: String,
+    /// Instance reported on Events (the pod name, when known).
+    pub instance_name: Option<String>,
+}
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No cluster configuration was found.
+    #[error("connecting to Kubernetes: {0}")]
+    Client(#[source] kube::Error),
+    /// The metrics address could not be bound.
+    #[error("serving metrics on {addr}: {source}")]
+    Metrics {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let probes = http::Probes::new(registry);
+    let (addr, _server) = http::serve(config.metrics_addr, probes.clone())
+        .await
+        .map_err(|source| Error::Metrics {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    info!(%addr, "serving /metrics, /healthz and /readyz");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested: finishing in-flight reconciles");
+        let _ = stop_tx.send(true);
+    });
+
+    let reporter = Reporter {
+        controller: config.controller_name.clone(),
+        instance: config.instance_name.clone(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut tasks = Vec::new();
+    for scope in scopes {
+        info!(namespace = scope.as_deref().unwrap_or("<all>"), "watching");
+        tasks.push(run_scope(
+            client.clone(),
+            scope,
+            metrics.clone(),
+            recorder.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    probes.set_ready(true);
+    futures::future::join_all(tasks).await;
+    info!("stopped");
+    Ok(())
+}
+
+fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Resolves when `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn run_scope(
+    client: Client,
+    scope: Option<String>,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    stop: watch::Receiver<bool>,
+) {
+    let ns = scope.as_deref();
+    let wc = watcher::Config::default();
+
+    // Caches: instances (driving the controller), policies (thresholds) and Secret metadata
+    // (credential rotation).
+    let (instance_reader, instance_writer) = reflector::store::<RedisInstance>();
+    let (policy_reader, policy_writer) = reflector::store::<CachePolicy>();
+    let (secret_reader, secret_writer) = reflector::store();
+
+    let policy_stream = watcher(api::<CachePolicy>(&client, ns), wc.clone())
+        .default_backoff()
+        .reflect(policy_writer)
+        .for_each(|_| futures::future::ready(()));
+    spawn_until(policy_stream, stop.clone());
+
+    let secrets = watcher(api::<PartialObjectMeta<Secret>>(&client, ns), wc.clone())
+        .default_backoff()
+        .reflect(secret_writer)
+        .touched_objects();
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        recorder,
+        SecretReader::new(client.clone(), secret_reader),
+        policy_reader,
+        instance_reader.clone(),
+    ));
+
+    // Reconcile on spec changes only: our own status writes must not trigger extra probes.
+    let instances = watcher(api::<RedisInstance>(&client, ns), wc.clone())
+        .default_backoff()
+        .reflect(instance_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+
+    let owned_wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=redis-fleet");
+    let by_secret = instance_reader.clone();
+    let controller = Controller::for_stream(instances, instance_reader.clone())
+        .owns(api::<StatefulSet>(&client, ns), owned_wc)
+        .watches_stream(secrets, move |secret| {
+            instances_referencing(
+                &by_secret,
+                &secret.namespace().unwrap_or_default(),
+                &secret.name_any(),
+            )
+        })
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(
+            redis_instance::reconcile,
+            redis_instance::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| {
+            if let Err(e) = result {
+                match e {
+                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                    other => warn!(error = %other, "RedisInstance controller"),
+                }
+            }
+            futures::future::ready(())
+        });
+
+    // Forget probe state and metric series of deleted instances.
+    let janitor_ctx = ctx.clone();
+    let janitor = async move {
+        let _ = janitor_ctx.instances.wait_until_ready().await;
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            for gone in janitor_ctx.forget_deleted_instances() {
+                janitor_ctx.metrics.forget_instance(&InstanceLabels {
+                    namespace: gone.namespace.clone().unwrap_or_default(),
+                    instance: gone.name.clone(),
+                });
+            }
+        }
+    };
+    spawn_until(janitor, stop.clone());
+
+    controller.await;
+}
+
+/// Runs `task` in the background until it ends or `stop` turns true.
+fn spawn_until<F>(task: F, stop: watch::Receiver<bool>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            () = stopped(stop) => {}
+        }
+    });
+}
+
+/// Instances whose spec references the Secret `name` in `namespace`.
+fn instances_referencing(
+    store: &reflector::Store<RedisInstance>,
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<RedisInstance>> {
+    store
+        .state()
+        .iter()
+        .filter(|ri| ri.namespace().as_deref() == Some(namespace))
+        .filter(|ri| referenced_secrets(ri).iter().any(|s| s == name))
+        .map(|ri| ObjectRef::from_obj(ri.as_ref()))
+        .collect()
+}
+
+/// Names of the Secrets an instance reads.
+pub fn referenced_secrets(ri: &RedisInstance) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(e) = &ri.spec.external {
+        names.extend(e.username_secret_ref.iter().map(|r| r.name.clone()));
+        names.extend(e.password_secret_ref.iter().map(|r| r.name.clone()));
+        if let Some(tls) = &e.tls {
+            names.extend(tls.ca_secret_ref.iter().map(|r| r.name.clone()));
+        }
+    }
+    if let Some(m) = &ri.spec.managed {
+        names.push(redis_instance::build::password_ref(&ri.name_any(), m).name);
+    }
+    names
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C (a terminal).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,519 @@
+//! The RedisInstance reconciler: apply a managed instance's objects, probe the instance every
+//! `spec.health.interval`, write its status (only when it changed in substance), record
+//! Events on phase changes and threshold crossings, and export metrics.
+//!
+//! The pipeline is fetch → build → apply → probe → status; `build` and `status` are pure.
+
+pub mod build;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::api::redis_instance::{InstancePhase, RedisInstance};
+use crate::api::{CachePolicy, FIELD_MANAGER};
+use crate::redis::connect::{Credentials, SecretString, Target, TlsOptions};
+use crate::redis::info::window;
+
+use super::context::{Context, InstanceState};
+use super::metrics::{InstanceLabels, ProbeErrorLabels};
+use super::secrets::SecretError;
+use status::{Failure, Observation, ProbeSummary, Transition, WindowStats};
+
+/// Controller name in metrics and logs.
+pub const CONTROLLER: &str = "RedisInstance";
+
+/// Default capacity threshold when no CachePolicy selects the instance.
+pub const DEFAULT_CAPACITY_THRESHOLD: i32 = 80;
+
+/// A status is rewritten at least this often, so `lastProbeTime` shows the operator is alive.
+const STATUS_REFRESH: Duration = Duration::from_secs(300);
+
+/// Reconcile errors; metric labels use the variant name.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object has no namespace (it is namespaced; this means a broken cache entry).
+    #[error("RedisInstance has no namespace")]
+    MissingNamespace,
+    /// Applying a managed child failed.
+    #[error("applying {kind} {name}: {source}")]
+    ApplyChild {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Name of the child.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing status failed.
+    #[error("writing status: {0}")]
+    WriteStatus(#[source] kube::Error),
+}
+
+impl Error {
+    /// The variant name, for metrics.
+    pub fn variant(&self) -> &'static str {
+        match self {
+            Self::MissingNamespace => "MissingNamespace",
+            Self::ApplyChild { .. } => "ApplyChild",
+            Self::WriteStatus(_) => "WriteStatus",
+        }
+    }
+}
+
+/// Reconciles one RedisInstance.
+#[tracing::instrument(skip_all, fields(instance = %ri.name_any(), namespace = ri.namespace().unwrap_or_default()))]
+pub async fn reconcile(ri: Arc<RedisInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
+    let namespace = ri.namespace().ok_or(Error::MissingNamespace)?;
+    let name = ri.name_any();
+    let state = ctx.instance_state(&ObjectRef::from_obj(ri.as_ref()));
+    let mut state = state.lock().await;
+    let health = &ri.spec.health;
+    let interval = health.interval.get();
+
+    let managed_ready = match &ri.spec.managed {
+        Some(_) => Some(apply_managed(&ri, &namespace, &ctx).await?),
+        None => None,
+    };
+
+    let target = resolve_target(&ri, &namespace, &ctx).await;
+    let basis = (
+        ri.metadata.generation,
+        target.as_ref().map_or(0, Target::fingerprint),
+    );
+    if let Some(last) = state.last_probe {
+        let since = last.elapsed();
+        // A probe is due every interval, or at once when the spec or credentials changed.
+        if since < interval.mul_f64(0.9) && state.last_basis == Some(basis) {
+            return Ok(Action::requeue(interval - since));
+        }
+    }
+    state.last_basis = Some(basis);
+
+    let endpoint = target
+        .as_ref()
+        .map_or_else(|_| endpoint_of(&ri, &namespace), Target::address);
+    let labels = InstanceLabels {
+        namespace: namespace.clone(),
+        instance: name.clone(),
+    };
+    let outcome = match &target {
+        Ok(target) => probe(&mut state, target, health.timeout.get()).await,
+        Err(e) => Err(Failure {
+            reason: e.reason().to_owned(),
+            message: e.to_string(),
+        }),
+    };
+    state.last_probe = Some(Instant::now());
+    record_probe_metrics(&ctx, &labels, &outcome);
+
+    let prev = state.last_status.clone().or_else(|| ri.status.clone());
+    let observation = Observation {
+        now: Timestamp::now(),
+        generation: ri.metadata.generation,
+        spec: &ri.spec,
+        endpoint,
+        outcome,
+        managed_ready,
+        capacity_threshold: capacity_threshold(&ri, &ctx),
+    };
+    let next = status::next_status(prev.as_ref(), &observation);
+    record_status_metrics(&ctx, &labels, &next.status);
+
+    let stale = state
+        .last_write
+        .is_none_or(|t| t.elapsed() >= STATUS_REFRESH);
+    if status::differs_in_substance(prev.as_ref(), &next.status) || stale {
+        let api: Api<RedisInstance> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({
+            "apiVersion": "redisfleet.io/v1alpha1",
+            "kind": "RedisInstance",
+            "status": next.status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::WriteStatus)?;
+        state.last_write = Some(Instant::now());
+        debug!(phase = ?next.status.phase, "status written");
+    }
+    state.last_status = Some(next.status);
+    drop(state);
+
+    for transition in &next.transitions {
+        publish(&ctx, &ri, transition).await;
+    }
+    Ok(Action::requeue(interval))
+}
+
+/// Requeues after an error with a short delay; the next attempt probes again.
+pub fn error_policy(ri: Arc<RedisInstance>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(instance = %ri.name_any(), %error, "reconcile failed");
+    ctx.metrics.reconcile_error(CONTROLLER, error.variant());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// `host:port` of an instance (for status when the Secret lookup failed).
+fn endpoint_of(ri: &RedisInstance, namespace: &str) -> String {
+    match (&ri.spec.external, &ri.spec.managed) {
+        (Some(e), _) => format!("{}:{}", e.host, e.port),
+        (None, Some(_)) => format!(
+            "{}:{}",
+            build::managed_host(&ri.name_any(), namespace),
+            build::REDIS_PORT
+        ),
+        (None, None) => String::new(),
+    }
+}
+
+/// Address, TLS and credentials of an instance, reading the referenced Secrets.
+pub async fn resolve_target(
+    ri: &RedisInstance,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Target, SecretError> {
+    let name = ri.name_any();
+    if let Some(managed) = &ri.spec.managed {
+        let password = ctx
+            .secrets
+            .read_text(namespace, &build::password_ref(&name, managed))
+            .await?;
+        return Ok(Target {
+            host: build::managed_host(&name, namespace),
+            port: build::REDIS_PORT,
+            tls: None,
+            credentials: Credentials {
+                username: None,
+                password: Some(SecretString::new(password)),
+            },
+        });
+    }
+    let Some(external) = &ri.spec.external else {
+        // Refused by the CRD rules; an empty target fails the probe with a clear message.
+        return Ok(Target::plain("", 0));
+    };
+    let username = match &external.username_secret_ref {
+        Some(r) => Some(ctx.secrets.read_text(namespace, r).await?),
+        None => None,
+    };
+    let password = match &external.password_secret_ref {
+        Some(r) => Some(SecretString::new(
+            ctx.secrets.read_text(namespace, r).await?,
+        )),
+        None => None,
+    };
+    let tls = match &external.tls {
+        Some(tls) if tls.enabled => Some(TlsOptions {
+            ca_pem: match &tls.ca_secret_ref {
+                Some(r) => Some(ctx.secrets.read(namespace, r).await?),
+                None => None,
+            },
+            insecure_skip_verify: tls.insecure_skip_verify,
+        }),
+        _ => None,
+    };
+    Ok(Target {
+        host: external.host.clone(),
+        port: u16::try_from(external.port).unwrap_or(6379),
+        tls,
+        credentials: Credentials { username, password },
+    })
+}
+
+async fn probe(
+    state: &mut InstanceState,
+    target: &Target,
+    timeout: Duration,
+) -> Result<ProbeSummary, Failure> {
+    let probe = state
+        .prober
+        .probe(target, timeout)
+        .await
+        .map_err(|e| Failure {
+            reason: e.failure.reason().to_owned(),
+            message: e.message,
+        })?;
+    let now = Instant::now();
+    let counters = probe.info.counters();
+    let window = match (&state.last_counters, &counters) {
+        (Some((then, prev)), Some(cur)) => {
+            let w = window(prev, cur, now.duration_since(*then));
+            Some(WindowStats {
+                hits: w.hits,
+                misses: w.misses,
+                ops_per_second: w.ops_per_second.unwrap_or(0.0),
+                evictions: w.evictions,
+            })
+        }
+        _ => None,
+    };
+    state.last_counters = counters.map(|c| (now, c));
+    let info = &probe.info;
+    Ok(ProbeSummary {
+        latency: probe.latency,
+        redis_version: info.version().map(str::to_owned),
+        used_bytes: info.used_memory.unwrap_or(0),
+        maxmemory: info.maxmemory.unwrap_or(0),
+        keys: info.total_keys(),
+        connected_clients: info.connected_clients.unwrap_or(0),
+        evicted_keys: info.evicted_keys.unwrap_or(0),
+        window,
+    })
+}
+
+/// The lowest capacity threshold among the CachePolicies of the namespace that select the
+/// instance (the strictest one decides when a crossing is reported).
+fn capacity_threshold(ri: &RedisInstance, ctx: &Context) -> i32 {
+    let namespace = ri.namespace();
+    ctx.policies
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace && selects(p, ri))
+        .map(|p| p.spec.balancing.capacity_threshold)
+        .min()
+        .unwrap_or(DEFAULT_CAPACITY_THRESHOLD)
+}
+
+/// Whether `policy` selects `instance` (same namespace assumed).
+pub fn selects(policy: &CachePolicy, instance: &RedisInstance) -> bool {
+    use kube::core::{Selector, SelectorExt};
+    match &policy.spec.instance_selector {
+        None => true,
+        Some(selector) => {
+            Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(instance.labels()))
+        }
+    }
+}
+
+/// Applies the managed children and returns whether the StatefulSet is ready.
+async fn apply_managed(ri: &RedisInstance, namespace: &str, ctx: &Context) -> Result<bool, Error> {
+    let Some(managed) = &ri.spec.managed else {
+        return Ok(false);
+    };
+    let client = ctx.client.clone();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    if managed.password_secret_ref.is_none() {
+        // Created once and never patched: re-applying would rotate the password under the
+        // running Redis. AlreadyExists is the normal case.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let secret = build::auth_secret(ri, &generate_password());
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => info!("generated the password Secret"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(source) => {
+                return Err(Error::ApplyChild {
+                    kind: "Secret",
+                    name: build::Names::of(&ri.name_any()).auth_secret,
+                    source,
+                });
+            }
+        }
+    }
+    let cm = build::config_map(ri, managed);
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), namespace),
+        &cm,
+        "ConfigMap",
+        &params,
+    )
+    .await?;
+    let svc = build::service(ri);
+    apply(
+        &Api::<Service>::namespaced(client.clone(), namespace),
+        &svc,
+        "Service",
+        &params,
+    )
+    .await?;
+    let sts = build::stateful_set(ri, managed);
+    let applied = apply(
+        &Api::<StatefulSet>::namespaced(client, namespace),
+        &sts,
+        "StatefulSet",
+        &params,
+    )
+    .await?;
+    Ok(build::stateful_set_ready(&applied))
+}
+
+async fn apply<K>(
+    api: &Api<K>,
+    obj: &K,
+    kind: &'static str,
+    params: &PatchParams,
+) -> Result<K, Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let mut value = serde_json::to_value(obj).map_err(|e| Error::ApplyChild {
+        kind,
+        name: name.clone(),
+        source: kube::Error::SerdeError(e),
+    })?;
+    // Server-side apply needs apiVersion and kind in the body.
+    let dt = K::DynamicType::default();
+    value["apiVersion"] = json!(K::api_version(&dt));
+    value["kind"] = json!(K::kind(&dt));
+    api.patch(&name, params, &Patch::Apply(&value))
+        .await
+        .map_err(|source| Error::ApplyChild { kind, name, source })
+}
+
+/// 32 random bytes as hex: a password for a generated Secret.
+fn generate_password() -> String {
+    let mut bytes = [0u8; 32];
+    // getrandom only fails when the OS has no entropy source, where nothing else works.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes[..16].copy_from_slice(&nanos.to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn record_probe_metrics(
+    ctx: &Context,
+    labels: &InstanceLabels,
+    outcome: &Result<ProbeSummary, Failure>,
+) {
+    let m = &ctx.metrics;
+    match outcome {
+        Ok(p) => {
+            m.instance_up.get_or_create(labels).set(1);
+            m.observe_latency(labels, p.latency);
+        }
+        Err(f) => {
+            m.instance_up.get_or_create(labels).set(0);
+            m.probe_errors
+                .get_or_create(&ProbeErrorLabels {
+                    namespace: labels.namespace.clone(),
+                    instance: labels.instance.clone(),
+                    reason: f.reason.clone(),
+                })
+                .inc();
+        }
+    }
+}
+
+fn record_status_metrics(
+    ctx: &Context,
+    labels: &InstanceLabels,
+    status: &crate::api::RedisInstanceStatus,
+) {
+    let m = &ctx.metrics;
+    if let Some(mem) = &status.memory {
+        m.used_bytes.get_or_create(labels).set(mem.used_bytes);
+        m.capacity_bytes
+            .get_or_create(labels)
+            .set(mem.capacity_bytes);
+        if mem.capacity_bytes > 0 {
+            m.usage_ratio
+                .get_or_create(labels)
+                .set(mem.used_bytes as f64 / mem.capacity_bytes as f64);
+        }
+    }
+    if let Some(keys) = status.keys {
+        m.keys.get_or_create(labels).set(keys);
+    }
+    if let Some(stats) = &status.stats {
+        if let Some(r) = stats.hit_ratio {
+            m.hit_ratio.get_or_create(labels).set(r);
+        }
+        m.ops_per_second
+            .get_or_create(labels)
+            .set(stats.ops_per_second as f64);
+        m.connected_clients
+            .get_or_create(labels)
+            .set(stats.connected_clients);
+        m.evicted_keys.get_or_create(labels).set(stats.evicted_keys);
+    }
+}
+
+async fn publish(ctx: &Context, ri: &RedisInstance, transition: &Transition) {
+    let event = match transition {
+        Transition::Phase {
+            from,
+            to,
+            reason,
+            message,
+        } => Event {
+            type_: if matches!(to, InstancePhase::Unreachable | InstancePhase::Degraded) {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            // Events with the same reason are folded into one series (keeping the first
+            // note), so a recovery gets a reason of its own.
+            reason: if *from == InstancePhase::Unreachable && to.serves_traffic() {
+                "Recovered".to_owned()
+            } else {
+                to.as_str().to_owned()
+            },
+            note: Some(truncate(
+                &format!("{from} → {to} ({reason}): {message}"),
+                1000,
+            )),
+            action: "Probe".to_owned(),
+            secondary: None,
+        },
+        Transition::ThresholdExceeded {
+            used_percent,
+            threshold,
+        } => Event {
+            type_: EventType::Warning,
+            reason: "CapacityThresholdExceeded".to_owned(),
+            note: Some(format!(
+                "memory use {used_percent}% is at or above the capacity threshold of {threshold}%"
+            )),
+            action: "Probe".to_owned(),
+            secondary: None,
+        },
+        Transition::ThresholdCleared {
+            used_percent,
+            threshold,
+        } => Event {
+            type_: EventType::Normal,
+            reason: "CapacityBelowThreshold".to_owned(),
+            note: Some(format!(
+                "memory use {used_percent}% is back below the capacity threshold of {threshold}%"
+            )),
+            action: "Probe".to_owned(),
+            secondary: None,
+        },
+    };
+    info!(reason = %event.reason, note = event.note.as_deref().unwrap_or_default(), "event");
+    if let Err(e) = ctx.recorder.publish(&event, &ri.object_ref(&())).await {
+        warn!(error = %e, "recording an event failed");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

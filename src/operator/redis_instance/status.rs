@@ -1,0 +1,781 @@
+//! The next status of a RedisInstance from its previous status and one probe — pure, so every
+//! phase rule is unit-tested without a cluster or a Redis.
+//!
+//! Phase rules:
+//! - `Unreachable` after `failureThreshold` failed probes in a row; before that the previous
+//!   phase stands (one lost packet does not fail a category over).
+//! - Back from `Unreachable` only after `recoveryThreshold` good probes in a row (no flapping).
+//! - `Pending` until the first good probe, while a managed StatefulSet is not ready, or while
+//!   the capacity is unknown (no `spec.capacity` and `maxmemory` 0).
+//! - `Degraded` when reachable but slow (latency above `latencyThreshold`), over 100 % of
+//!   capacity, or evicting keys during the last window.
+//! - `Draining` when `spec.drain` is set and it is reachable; else `Ready`.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::conditions::{Time, condition, find, set_condition};
+use crate::api::quantity::format_bytes_human;
+use crate::api::redis_instance::{
+    InstancePhase, MemoryStatus, RedisInstanceSpec, RedisInstanceStatus, StatsStatus,
+};
+
+/// Condition types of a RedisInstance.
+pub mod condition_type {
+    /// The last probe got an answer.
+    pub const REACHABLE: &str = "Reachable";
+    /// Used memory is below the capacity threshold.
+    pub const WITHIN_CAPACITY: &str = "WithinCapacity";
+    /// The instance can serve traffic.
+    pub const READY: &str = "Ready";
+}
+use condition_type::{REACHABLE, READY, WITHIN_CAPACITY};
+
+/// What one successful probe measured, reduced to what status needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSummary {
+    /// PING round trip.
+    pub latency: Duration,
+    /// `redis_version` (or `valkey_version`).
+    pub redis_version: Option<String>,
+    /// `used_memory`.
+    pub used_bytes: u64,
+    /// `maxmemory` (0 = unbounded).
+    pub maxmemory: u64,
+    /// Keys over all databases.
+    pub keys: u64,
+    /// `connected_clients`.
+    pub connected_clients: u64,
+    /// `evicted_keys` since the server started.
+    pub evicted_keys: u64,
+    /// Rates over the window since the previous probe; `None` on the first probe.
+    pub window: Option<WindowStats>,
+}
+
+/// Traffic between two probes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowStats {
+    /// Keyspace hits during the window.
+    pub hits: u64,
+    /// Keyspace misses during the window.
+    pub misses: u64,
+    /// Commands per second.
+    pub ops_per_second: f64,
+    /// Keys evicted during the window.
+    pub evictions: u64,
+}
+
+/// Why the operator could not probe or judge the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// CamelCase reason (`ConnectionRefused`, `AuthenticationFailed`, `SecretNotFound`, …).
+    pub reason: String,
+    /// Human-readable detail, free of credentials.
+    pub message: String,
+}
+
+/// One observation of an instance.
+#[derive(Debug, Clone)]
+pub struct Observation<'a> {
+    /// Now.
+    pub now: Timestamp,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The spec.
+    pub spec: &'a RedisInstanceSpec,
+    /// `host:port` probed.
+    pub endpoint: String,
+    /// The probe's result.
+    pub outcome: Result<ProbeSummary, Failure>,
+    /// For managed instances: whether the StatefulSet reports a ready replica.
+    pub managed_ready: Option<bool>,
+    /// The lowest `capacityThreshold` (percent) of the CachePolicies selecting the instance.
+    pub capacity_threshold: i32,
+}
+
+/// Something that happened and deserves an Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// The phase changed.
+    Phase {
+        /// Previous phase.
+        from: InstancePhase,
+        /// New phase.
+        to: InstancePhase,
+        /// CamelCase reason of the change.
+        reason: String,
+        /// Detail.
+        message: String,
+    },
+    /// Used memory crossed the capacity threshold upwards.
+    ThresholdExceeded {
+        /// Usage in percent.
+        used_percent: i32,
+        /// The threshold.
+        threshold: i32,
+    },
+    /// Used memory went back below the threshold.
+    ThresholdCleared {
+        /// Usage in percent.
+        used_percent: i32,
+        /// The threshold.
+        threshold: i32,
+    },
+}
+
+/// The new status and what changed.
+#[derive(Debug, Clone)]
+pub struct Next {
+    /// The status to write.
+    pub status: RedisInstanceStatus,
+    /// Events to record.
+    pub transitions: Vec<Transition>,
+}
+
+/// The effective capacity: `spec.capacity`, else `maxmemory`; `None` when unknown.
+pub fn capacity_bytes(spec: &RedisInstanceSpec, maxmemory: Option<u64>) -> Option<u64> {
+    spec.capacity
+        .as_ref()
+        .map(|c| c.bytes())
+        .or_else(|| spec.managed.as_ref().map(|m| m.max_memory.bytes()))
+        .or(maxmemory.filter(|m| *m > 0))
+}
+
+/// Whole percent of `used` in `capacity`, rounded down.
+pub fn percent(used: u64, capacity: u64) -> i32 {
+    if capacity == 0 {
+        return 0;
+    }
+    i32::try_from(u128::from(used) * 100 / u128::from(capacity)).unwrap_or(i32::MAX)
+}
+
+/// `420µs`, `1.2ms`, `35ms`.
+pub fn format_latency(latency: Duration) -> String {
+    let micros = latency.as_micros();
+    if micros < 1000 {
+        format!("{micros}µs")
+    } else if micros < 10_000 {
+        format!("{:.1}ms", micros as f64 / 1000.0)
+    } else {
+        format!("{}ms", micros / 1000)
+    }
+}
+
+/// Computes the next status.
+pub fn next_status(prev: Option<&RedisInstanceStatus>, obs: &Observation<'_>) -> Next {
+    let prev_status = prev.cloned().unwrap_or_default();
+    let prev_phase = prev_status.phase.unwrap_or_default();
+    let mut status = prev_status.clone();
+    status.observed_generation = obs.generation;
+    status.endpoint = Some(obs.endpoint.clone());
+    status.last_probe_time = Some(Time(obs.now));
+    let health = &obs.spec.health;
+    let generation = obs.generation;
+    let mut transitions = Vec::new();
+
+    let (phase, reason, message) = match &obs.outcome {
+        Err(failure) => {
+            status.consecutive_failures = prev_status.consecutive_failures.saturating_add(1);
+            status.consecutive_successes = 0;
+            set_condition(
+                &mut status.conditions,
+                condition(
+                    REACHABLE,
+                    false,
+                    &failure.reason,
+                    &failure.message,
+                    generation,
+                    obs.now,
+                ),
+            );
+            let failed_enough = status.consecutive_failures >= health.failure_threshold;
+            let never_served = matches!(prev_phase, InstancePhase::Pending);
+            if failed_enough && !(never_served && obs.managed_ready == Some(false)) {
+                (
+                    InstancePhase::Unreachable,
+                    failure.reason.clone(),
+                    format!(
+                        "{} probes failed in a row: {}",
+                        status.consecutive_failures, failure.message
+                    ),
+                )
+            } else if never_served {
+                let (reason, message) = if obs.managed_ready == Some(false) {
+                    (
+                        "StatefulSetNotReady".to_owned(),
+                        "waiting for the managed Redis pod to become ready".to_owned(),
+                    )
+                } else {
+                    (failure.reason.clone(), failure.message.clone())
+                };
+                (InstancePhase::Pending, reason, message)
+            } else {
+                // Below the failure threshold the previous verdict stands.
+                let keep = find(&prev_status.conditions, READY);
+                (
+                    prev_phase,
+                    keep.map_or_else(|| prev_phase.as_str().to_owned(), |c| c.reason.clone()),
+                    keep.map_or_else(String::new, |c| c.message.clone()),
+                )
+            }
+        }
+        Ok(probe) => {
+            status.consecutive_successes = prev_status.consecutive_successes.saturating_add(1);
+            status.consecutive_failures = 0;
+            set_condition(
+                &mut status.conditions,
+                condition(
+                    REACHABLE,
+                    true,
+                    "Pong",
+                    format!("PING answered in {}", format_latency(probe.latency)),
+                    generation,
+                    obs.now,
+                ),
+            );
+            apply_probe(&mut status, probe, obs);
+            judge_reachable(&mut status, prev_phase, probe, obs)
+        }
+    };
+
+    // Capacity threshold (WithinCapacity) from the memory now in status.
+    if let Some(memory) = &status.memory
+        && memory.capacity_bytes > 0
+    {
+        let used_percent = memory.used_percent.unwrap_or(0);
+        let within = used_percent < obs.capacity_threshold;
+        let was_within =
+            find(&prev_status.conditions, WITHIN_CAPACITY).is_none_or(|c| c.status == "True");
+        let (reason, message) = if within {
+            (
+                "BelowThreshold",
+                format!(
+                    "{} of {} used ({used_percent}%), threshold {}%",
+                    memory.used, memory.capacity, obs.capacity_threshold
+                ),
+            )
+        } else {
+            (
+                "AboveThreshold",
+                format!(
+                    "{} of {} used ({used_percent}%) is at or above the {}% threshold",
+                    memory.used, memory.capacity, obs.capacity_threshold
+                ),
+            )
+        };
+        set_condition(
+            &mut status.conditions,
+            condition(
+                WITHIN_CAPACITY,
+                within,
+                reason,
+                message,
+                generation,
+                obs.now,
+            ),
+        );
+        if was_within && !within {
+            transitions.push(Transition::ThresholdExceeded {
+                used_percent,
+                threshold: obs.capacity_threshold,
+            });
+        } else if !was_within && within {
+            transitions.push(Transition::ThresholdCleared {
+                used_percent,
+                threshold: obs.capacity_threshold,
+            });
+        }
+    } else if obs.outcome.is_ok() {
+        set_condition(
+            &mut status.conditions,
+            condition(
+                WITHIN_CAPACITY,
+                false,
+                "CapacityUnknown",
+                "maxmemory is 0 (unbounded) and spec.capacity is not set: set spec.capacity",
+                generation,
+                obs.now,
+            ),
+        );
+    }
+
+    let serving = phase.serves_traffic();
+    set_condition(
+        &mut status.conditions,
+        condition(READY, serving, &reason, &message, generation, obs.now),
+    );
+    status.phase = Some(phase);
+    if phase != prev_phase || prev.is_none() {
+        transitions.insert(
+            0,
+            Transition::Phase {
+                from: prev_phase,
+                to: phase,
+                reason,
+                message,
+            },
+        );
+    }
+    Next {
+        status,
+        transitions,
+    }
+}
+
+fn apply_probe(status: &mut RedisInstanceStatus, probe: &ProbeSummary, obs: &Observation<'_>) {
+    let capacity = capacity_bytes(obs.spec, Some(probe.maxmemory));
+    status.redis_version = probe.redis_version.clone();
+    status.memory = Some(MemoryStatus {
+        used_bytes: i64::try_from(probe.used_bytes).unwrap_or(i64::MAX),
+        capacity_bytes: capacity.map_or(0, |c| i64::try_from(c).unwrap_or(i64::MAX)),
+        used_percent: capacity.map(|c| percent(probe.used_bytes, c)),
+        used: format_bytes_human(probe.used_bytes),
+        capacity: capacity.map_or_else(|| "unknown".to_owned(), format_bytes_human),
+    });
+    status.keys = Some(i64::try_from(probe.keys).unwrap_or(i64::MAX));
+    let (hits, misses, hit_ratio, ops) = match probe.window {
+        Some(w) => {
+            let reads = w.hits + w.misses;
+            let ratio = (reads > 0).then(|| w.hits as f64 / reads as f64);
+            (w.hits, w.misses, ratio, w.ops_per_second)
+        }
+        None => (0, 0, None, 0.0),
+    };
+    status.stats = Some(StatsStatus {
+        hits: i64::try_from(hits).unwrap_or(i64::MAX),
+        misses: i64::try_from(misses).unwrap_or(i64::MAX),
+        hit_ratio: hit_ratio.map(|r| (r * 10_000.0).round() / 10_000.0),
+        hit_percent: hit_ratio.map(|r| (r * 100.0).floor() as i32),
+        ops_per_second: ops.round() as i64,
+        connected_clients: i64::try_from(probe.connected_clients).unwrap_or(i64::MAX),
+        evicted_keys: i64::try_from(probe.evicted_keys).unwrap_or(i64::MAX),
+    });
+    status.latency_micros = Some(i64::try_from(probe.latency.as_micros()).unwrap_or(i64::MAX));
+    status.latency = Some(format_latency(probe.latency));
+}
+
+/// The phase of an instance that answered.
+fn judge_reachable(
+    status: &mut RedisInstanceStatus,
+    prev_phase: InstancePhase,
+    probe: &ProbeSummary,
+    obs: &Observation<'_>,
+) -> (InstancePhase, String, String) {
+    let health = &obs.spec.health;
+    if prev_phase == InstancePhase::Unreachable
+        && status.consecutive_successes < health.recovery_threshold
+    {
+        return (
+            InstancePhase::Unreachable,
+            "Recovering".to_owned(),
+            format!(
+                "answering again: {} of {} good probes needed",
+                status.consecutive_successes, health.recovery_threshold
+            ),
+        );
+    }
+    if obs.managed_ready == Some(false) {
+        return (
+            InstancePhase::Pending,
+            "StatefulSetNotReady".to_owned(),
+            "the managed Redis answers but its pod is not ready".to_owned(),
+        );
+    }
+    let Some(capacity) = capacity_bytes(obs.spec, Some(probe.maxmemory)) else {
+        return (
+            InstancePhase::Pending,
+            "CapacityUnknown".to_owned(),
+            "maxmemory is 0 (unbounded) and spec.capacity is not set: set spec.capacity".to_owned(),
+        );
+    };
+    let used_percent = percent(probe.used_bytes, capacity);
+    let mut degraded = Vec::new();
+    if probe.latency > health.latency_threshold.get() {
+        degraded.push(format!(
+            "PING took {} (threshold {})",
+            format_latency(probe.latency),
+            health.latency_threshold
+        ));
+    }
+    if probe.used_bytes > capacity {
+        degraded.push(format!("{used_percent}% of capacity used"));
+    }
+    if let Some(w) = probe.window
+        && w.evictions > 0
+    {
+        degraded.push(format!("{} keys evicted since the last probe", w.evictions));
+    }
+    if !degraded.is_empty() {
+        let reason = if probe.latency > health.latency_threshold.get() {
+            "HighLatency"
+        } else if probe.used_bytes > capacity {
+            "OverCapacity"
+        } else {
+            "Evicting"
+        };
+        return (
+            InstancePhase::Degraded,
+            reason.to_owned(),
+            degraded.join("; "),
+        );
+    }
+    if obs.spec.drain {
+        return (
+            InstancePhase::Draining,
+            "Draining".to_owned(),
+            "spec.drain is set: no new slots, data moves to other instances".to_owned(),
+        );
+    }
+    (
+        InstancePhase::Ready,
+        "Healthy".to_owned(),
+        format!(
+            "{} of {} used",
+            format_bytes_human(probe.used_bytes),
+            format_bytes_human(capacity)
+        ),
+    )
+}
+
+/// Whether `next` differs from `prev` in a way worth a status write. Timestamps, PING jitter
+/// and small movements of counters are not: they would cost one API write per probe per
+/// instance for nothing. Memory moves are worth it (to 0.1 MiB or 1 %), as are phases,
+/// conditions, versions, clients and evictions.
+pub fn differs_in_substance(
+    prev: Option<&RedisInstanceStatus>,
+    next: &RedisInstanceStatus,
+) -> bool {
+    let Some(prev) = prev else {
+        return true;
+    };
+    let conds = |s: &RedisInstanceStatus| {
+        let mut v: Vec<(String, String, String)> = s
+            .conditions
+            .iter()
+            .map(|c| {
+                // Messages mostly quote measurements (latency, bytes) that are compared on
+                // their own terms above; an error text is worth a write, though.
+                let message = if c.type_ == REACHABLE && c.status == "False" {
+                    c.message.clone()
+                } else {
+                    String::new()
+                };
+                (
+                    c.type_.clone(),
+                    c.status.clone(),
+                    format!("{}|{message}", c.reason),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let memory = |s: &RedisInstanceStatus| {
+        s.memory
+            .as_ref()
+            .map(|m| (m.used.clone(), m.capacity_bytes, m.used_percent))
+    };
+    let stats = |s: &RedisInstanceStatus| {
+        s.stats.as_ref().map(|st| {
+            (
+                st.hit_percent,
+                significant(st.ops_per_second),
+                st.connected_clients,
+                st.evicted_keys,
+            )
+        })
+    };
+    prev.phase != next.phase
+        || prev.observed_generation != next.observed_generation
+        || prev.endpoint != next.endpoint
+        || prev.redis_version != next.redis_version
+        || prev.consecutive_failures != next.consecutive_failures
+        || (prev.phase == Some(InstancePhase::Unreachable)
+            && prev.consecutive_successes != next.consecutive_successes)
+        || memory(prev) != memory(next)
+        || prev.keys.map(significant) != next.keys.map(significant)
+        || stats(prev) != stats(next)
+        || conds(prev) != conds(next)
+}
+
+/// `n` rounded to two significant digits (12345 → 12000), so that noisy counters only
+/// trigger a write when they move by a few percent.
+fn significant(n: i64) -> i64 {
+    let mut scale = 1i64;
+    let mut v = n.abs();
+    while v >= 100 {
+        v /= 10;
+        scale *= 10;
+    }
+    n.signum() * v * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ByteSize;
+
+    fn spec() -> RedisInstanceSpec {
+        serde_json::from_value(serde_json::json!({
+            "external": {"host": "redis", "port": 6379},
+            "capacity": "30Mi",
+            "health": {"interval": "1s", "timeout": "500ms", "failureThreshold": 3,
+                       "recoveryThreshold": 2, "latencyThreshold": "50ms"}
+        }))
+        .unwrap()
+    }
+
+    fn probe(used: u64) -> ProbeSummary {
+        ProbeSummary {
+            latency: Duration::from_micros(400),
+            redis_version: Some("7.0.15".into()),
+            used_bytes: used,
+            maxmemory: 0,
+            keys: 10,
+            connected_clients: 2,
+            evicted_keys: 0,
+            window: Some(WindowStats {
+                hits: 90,
+                misses: 10,
+                ops_per_second: 100.0,
+                evictions: 0,
+            }),
+        }
+    }
+
+    fn fail() -> Result<ProbeSummary, Failure> {
+        Err(Failure {
+            reason: "ConnectionRefused".into(),
+            message: "127.0.0.1:1: connection refused".into(),
+        })
+    }
+
+    fn observe(
+        spec: &RedisInstanceSpec,
+        prev: Option<&RedisInstanceStatus>,
+        outcome: Result<ProbeSummary, Failure>,
+        t: i64,
+    ) -> Next {
+        next_status(
+            prev,
+            &Observation {
+                now: Timestamp::from_second(t).unwrap(),
+                generation: Some(1),
+                spec,
+                endpoint: "redis:6379".into(),
+                outcome,
+                managed_ready: None,
+                capacity_threshold: 80,
+            },
+        )
+    }
+
+    fn phase(n: &Next) -> InstancePhase {
+        n.status.phase.unwrap()
+    }
+
+    #[test]
+    fn first_good_probe_is_ready_with_memory_and_stats() {
+        let s = spec();
+        let n = observe(&s, None, Ok(probe(12 << 20)), 1);
+        assert_eq!(phase(&n), InstancePhase::Ready);
+        let m = n.status.memory.as_ref().unwrap();
+        assert_eq!(
+            (m.used_bytes, m.capacity_bytes, m.used_percent),
+            (12 << 20, 30 << 20, Some(40))
+        );
+        assert_eq!((m.used.as_str(), m.capacity.as_str()), ("12.0Mi", "30.0Mi"));
+        let st = n.status.stats.as_ref().unwrap();
+        assert_eq!(
+            (st.hit_ratio, st.hit_percent, st.ops_per_second),
+            (Some(0.9), Some(90), 100)
+        );
+        assert_eq!(n.status.latency.as_deref(), Some("400µs"));
+        for t in [READY, REACHABLE, WITHIN_CAPACITY] {
+            assert!(
+                crate::api::conditions::is_true(&n.status.conditions, t),
+                "{t}"
+            );
+        }
+        assert!(matches!(
+            n.transitions[0],
+            Transition::Phase {
+                to: InstancePhase::Ready,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unreachable_only_after_the_failure_threshold_and_back_after_recovery() {
+        let s = spec();
+        let mut st = observe(&s, None, Ok(probe(1 << 20)), 1).status;
+        for i in 1..=2 {
+            let n = observe(&s, Some(&st), fail(), 1 + i);
+            assert_eq!(
+                phase(&n),
+                InstancePhase::Ready,
+                "failure {i} must not flip the phase"
+            );
+            assert!(!crate::api::conditions::is_true(
+                &n.status.conditions,
+                REACHABLE
+            ));
+            st = n.status;
+        }
+        let n = observe(&s, Some(&st), fail(), 4);
+        assert_eq!(phase(&n), InstancePhase::Unreachable);
+        assert_eq!(n.status.consecutive_failures, 3);
+        assert!(matches!(
+            &n.transitions[0],
+            Transition::Phase { from: InstancePhase::Ready, to: InstancePhase::Unreachable, reason, .. } if reason == "ConnectionRefused"
+        ));
+        st = n.status;
+        let n = observe(&s, Some(&st), Ok(probe(1 << 20)), 5);
+        assert_eq!(
+            phase(&n),
+            InstancePhase::Unreachable,
+            "one good probe is not recovery"
+        );
+        assert!(n.transitions.is_empty());
+        let n = observe(&s, Some(&n.status), Ok(probe(1 << 20)), 6);
+        assert_eq!(phase(&n), InstancePhase::Ready);
+        assert_eq!(n.status.consecutive_successes, 2);
+    }
+
+    #[test]
+    fn a_failure_in_between_resets_recovery() {
+        let s = spec();
+        let mut st = observe(&s, None, Ok(probe(0)), 1).status;
+        for t in 2..=4 {
+            st = observe(&s, Some(&st), fail(), t).status;
+        }
+        st = observe(&s, Some(&st), Ok(probe(0)), 5).status;
+        st = observe(&s, Some(&st), fail(), 6).status;
+        st = observe(&s, Some(&st), Ok(probe(0)), 7).status;
+        assert_eq!(st.phase, Some(InstancePhase::Unreachable));
+    }
+
+    #[test]
+    fn degraded_when_slow_over_capacity_or_evicting() {
+        let s = spec();
+        let mut slow = probe(1 << 20);
+        slow.latency = Duration::from_millis(80);
+        let n = observe(&s, None, Ok(slow), 1);
+        assert_eq!(phase(&n), InstancePhase::Degraded);
+        assert!(crate::api::conditions::is_true(&n.status.conditions, READY));
+
+        let n = observe(&s, None, Ok(probe(31 << 20)), 1);
+        assert_eq!(phase(&n), InstancePhase::Degraded);
+        assert!(!crate::api::conditions::is_true(
+            &n.status.conditions,
+            WITHIN_CAPACITY
+        ));
+
+        let mut evicting = probe(1 << 20);
+        evicting.window.as_mut().unwrap().evictions = 5;
+        assert_eq!(
+            phase(&observe(&s, None, Ok(evicting), 1)),
+            InstancePhase::Degraded
+        );
+    }
+
+    #[test]
+    fn capacity_from_maxmemory_or_unknown() {
+        let mut s = spec();
+        s.capacity = None;
+        let mut p = probe(1 << 20);
+        p.maxmemory = 10 << 20;
+        let n = observe(&s, None, Ok(p.clone()), 1);
+        assert_eq!(n.status.memory.unwrap().capacity_bytes, 10 << 20);
+        p.maxmemory = 0;
+        let n = observe(&s, None, Ok(p), 1);
+        assert_eq!(phase(&n), InstancePhase::Pending);
+        let ready = find(&n.status.conditions, READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "CapacityUnknown")
+        );
+        assert_eq!(
+            find(&n.status.conditions, WITHIN_CAPACITY).unwrap().reason,
+            "CapacityUnknown"
+        );
+        s.capacity = Some("1Gi".parse::<ByteSize>().unwrap());
+        assert_eq!(capacity_bytes(&s, Some(0)), Some(1 << 30));
+    }
+
+    #[test]
+    fn threshold_crossings_are_reported_once() {
+        let s = spec();
+        let st = observe(&s, None, Ok(probe(10 << 20)), 1).status;
+        let n = observe(&s, Some(&st), Ok(probe(25 << 20)), 2);
+        assert!(n.transitions.contains(&Transition::ThresholdExceeded {
+            used_percent: 83,
+            threshold: 80
+        }));
+        let n2 = observe(&s, Some(&n.status), Ok(probe(26 << 20)), 3);
+        assert!(n2.transitions.is_empty());
+        let n3 = observe(&s, Some(&n2.status), Ok(probe(5 << 20)), 4);
+        assert!(n3.transitions.contains(&Transition::ThresholdCleared {
+            used_percent: 16,
+            threshold: 80
+        }));
+    }
+
+    #[test]
+    fn draining_and_pending_managed() {
+        let mut s = spec();
+        s.drain = true;
+        assert_eq!(
+            phase(&observe(&s, None, Ok(probe(0)), 1)),
+            InstancePhase::Draining
+        );
+        let s = spec();
+        let n = next_status(
+            None,
+            &Observation {
+                now: Timestamp::from_second(1).unwrap(),
+                generation: Some(1),
+                spec: &s,
+                endpoint: "x:6379".into(),
+                outcome: fail(),
+                managed_ready: Some(false),
+                capacity_threshold: 80,
+            },
+        );
+        assert_eq!(phase(&n), InstancePhase::Pending);
+        assert_eq!(
+            find(&n.status.conditions, READY).unwrap().reason,
+            "StatefulSetNotReady"
+        );
+    }
+
+    #[test]
+    fn only_substantial_changes_are_written() {
+        let s = spec();
+        let a = observe(&s, None, Ok(probe(12 << 20)), 1).status;
+        let mut jitter = probe(12 << 20);
+        jitter.latency = Duration::from_micros(650);
+        jitter.keys = 10;
+        let b = observe(&s, Some(&a), Ok(jitter), 2).status;
+        assert!(
+            !differs_in_substance(Some(&a), &b),
+            "timestamps and PING jitter are not substance"
+        );
+        let c = observe(&s, Some(&b), Ok(probe(13 << 20)), 3).status;
+        assert!(differs_in_substance(Some(&b), &c), "a MiB more memory is");
+        let d = observe(&s, Some(&c), fail(), 4).status;
+        assert!(differs_in_substance(Some(&c), &d), "a failed probe is");
+        assert!(differs_in_substance(None, &d));
+        assert_eq!(significant(12345), 12000);
+        assert_eq!(significant(99), 99);
+    }
+
+    #[test]
+    fn latency_formatting() {
+        assert_eq!(format_latency(Duration::from_micros(420)), "420µs");
+        assert_eq!(format_latency(Duration::from_micros(1234)), "1.2ms");
+        assert_eq!(format_latency(Duration::from_millis(35)), "35ms");
+    }
+}

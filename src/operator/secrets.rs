@@ -1,0 +1,168 @@
+//! Reading credentials from Secrets referenced by RedisInstances.
+//!
+//! The operator watches Secret *metadata* only (cheap: no data of unrelated Secrets in
+//! memory) and fetches a referenced Secret's data when its resourceVersion changes, so a
+//! rotated password is picked up at the next probe without polling the API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+
+use crate::api::redis_instance::SecretKeyRef;
+
+/// Why a credential could not be read. Messages name the Secret and key, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The Secret does not exist.
+    #[error("Secret {namespace}/{name} not found")]
+    NotFound {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+    },
+    /// The Secret exists but lacks the key.
+    #[error("Secret {namespace}/{name} has no key {key:?}")]
+    MissingKey {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// Key.
+        key: String,
+    },
+    /// The value is not UTF-8 (passwords and user names must be).
+    #[error("Secret {namespace}/{name} key {key:?} is not UTF-8 text")]
+    NotText {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// Key.
+        key: String,
+    },
+    /// The API call failed.
+    #[error("reading Secret {namespace}/{name}: {source}")]
+    Api {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl SecretError {
+    /// CamelCase reason for conditions.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "SecretNotFound",
+            Self::MissingKey { .. } => "SecretKeyMissing",
+            Self::NotText { .. } => "SecretNotText",
+            Self::Api { .. } => "SecretUnreadable",
+        }
+    }
+}
+
+type Data = BTreeMap<String, ByteString>;
+
+/// Cached Secret data, refreshed when the watched resourceVersion moves.
+pub struct SecretReader {
+    client: Client,
+    metadata: Store<PartialObjectMeta<Secret>>,
+    cache: Mutex<HashMap<(String, String), (String, Data)>>,
+}
+
+impl std::fmt::Debug for SecretReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretReader").finish_non_exhaustive()
+    }
+}
+
+impl SecretReader {
+    /// A reader using `metadata` (a reflector of Secret metadata) to detect changes.
+    pub fn new(client: Client, metadata: Store<PartialObjectMeta<Secret>>) -> Self {
+        Self {
+            client,
+            metadata,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The bytes of `reference` in `namespace`.
+    pub async fn read(
+        &self,
+        namespace: &str,
+        reference: &SecretKeyRef,
+    ) -> Result<Vec<u8>, SecretError> {
+        let key = (namespace.to_owned(), reference.name.clone());
+        let watched_version = self
+            .metadata
+            .get(&ObjectRef::new(&reference.name).within(namespace))
+            .and_then(|m| m.resource_version());
+        let cached = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.get(&key).cloned()
+        };
+        let data = match (cached, watched_version) {
+            (Some((version, data)), Some(watched)) if version == watched => data,
+            _ => {
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+                let secret =
+                    api.get_opt(&reference.name)
+                        .await
+                        .map_err(|source| SecretError::Api {
+                            namespace: namespace.to_owned(),
+                            name: reference.name.clone(),
+                            source,
+                        })?;
+                let Some(secret) = secret else {
+                    self.forget(&key);
+                    return Err(SecretError::NotFound {
+                        namespace: namespace.to_owned(),
+                        name: reference.name.clone(),
+                    });
+                };
+                let version = secret.resource_version().unwrap_or_default();
+                let data = secret.data.unwrap_or_default();
+                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache.insert(key, (version, data.clone()));
+                data
+            }
+        };
+        data.get(&reference.key)
+            .map(|v| v.0.clone())
+            .ok_or_else(|| SecretError::MissingKey {
+                namespace: namespace.to_owned(),
+                name: reference.name.clone(),
+                key: reference.key.clone(),
+            })
+    }
+
+    /// The value of `reference` as text (user names, passwords).
+    pub async fn read_text(
+        &self,
+        namespace: &str,
+        reference: &SecretKeyRef,
+    ) -> Result<String, SecretError> {
+        let bytes = self.read(namespace, reference).await?;
+        String::from_utf8(bytes).map_err(|_| SecretError::NotText {
+            namespace: namespace.to_owned(),
+            name: reference.name.clone(),
+            key: reference.key.clone(),
+        })
+    }
+
+    fn forget(&self, key: &(String, String)) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.remove(key);
+    }
+}
