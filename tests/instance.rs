@@ -653,3 +653,78 @@ async fn metrics_expose_per_instance_series_and_sigterm_stops_cleanly() {
         operator.log_tail(10)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_from_a_secret_system_roots_and_insecure_skip_verify() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    cp.install_crds(&client).await;
+    let ns = cp.namespace(&client, "tls").await;
+    let server = RedisServer::start(RedisOptions {
+        maxmemory: 30 * MB,
+        tls: true,
+        ..RedisOptions::default()
+    });
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let ca = String::from_utf8(server.ca_pem()).unwrap();
+    create_secret(&secrets, "redis-ca", &[("ca.crt", &ca)]).await;
+    let _operator = Operator::start(cp, &ns);
+    let api: Api<RedisInstance> = Api::namespaced(client.clone(), &ns);
+    let health = json!({"interval": "1s", "timeout": "500ms", "failureThreshold": 1});
+    let with_tls = |tls: serde_json::Value| json!({"external": {"host": "127.0.0.1", "port": server.port, "tls": tls}, "health": health});
+    create_instance(
+        &api,
+        "ca-from-secret",
+        with_tls(json!({"enabled": true, "caSecretRef": {"name": "redis-ca", "key": "ca.crt"}})),
+    )
+    .await;
+    create_instance(&api, "system-roots", with_tls(json!({"enabled": true}))).await;
+    create_instance(
+        &api,
+        "insecure",
+        with_tls(json!({"enabled": true, "insecureSkipVerify": true})),
+    )
+    .await;
+    create_instance(
+        &api,
+        "plain-to-tls",
+        json!({"external": {"host": "127.0.0.1", "port": server.port}, "health": health}),
+    )
+    .await;
+
+    wait_for(
+        &api,
+        "ca-from-secret",
+        Duration::from_secs(20),
+        "Ready over verified TLS",
+        |ri| phase(ri) == Some(InstancePhase::Ready),
+    )
+    .await;
+    wait_for(
+        &api,
+        "insecure",
+        Duration::from_secs(20),
+        "Ready without verification",
+        |ri| phase(ri) == Some(InstancePhase::Ready),
+    )
+    .await;
+    // The test CA is not among the system roots: verification must fail, clearly.
+    let ri = wait_for(
+        &api,
+        "system-roots",
+        Duration::from_secs(20),
+        "TLS failure",
+        |ri| phase(ri) == Some(InstancePhase::Unreachable),
+    )
+    .await;
+    let reason = &condition(&ri, "Reachable").unwrap().reason;
+    assert_eq!(reason, "TLSError", "{ri:#?}");
+    wait_for(
+        &api,
+        "plain-to-tls",
+        Duration::from_secs(20),
+        "no answer to plain text",
+        |ri| phase(ri) == Some(InstancePhase::Unreachable),
+    )
+    .await;
+}

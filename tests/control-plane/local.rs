@@ -11,6 +11,9 @@
 #[path = "../support/control_plane.rs"]
 mod control_plane;
 #[allow(dead_code)]
+#[path = "../support/pki.rs"]
+mod pki;
+#[allow(dead_code)]
 #[path = "../support/process.rs"]
 mod process;
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod pki;
 pub mod process;
 pub mod redis;
 

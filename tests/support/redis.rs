@@ -15,6 +15,8 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// Extra `--name value` arguments, e.g. `["--cluster-enabled", "yes"]`.
     pub extra_args: Vec<String>,
+    /// Serve TLS only (a test CA signs a certificate for 127.0.0.1; see `ca_pem`).
+    pub tls: bool,
 }
 
 impl RedisOptions {
@@ -56,12 +58,19 @@ impl RedisServer {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `redis://[:password@]127.0.0.1:<port>`.
+    /// `redis[s]://[:password@]127.0.0.1:<port>` (TLS without verification: tests only).
     pub fn url(&self) -> String {
+        let scheme = if self.options.tls { "rediss" } else { "redis" };
+        let insecure = if self.options.tls { "/#insecure" } else { "" };
         match &self.options.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}{insecure}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}{insecure}", self.port),
         }
+    }
+
+    /// The PEM of the CA that signed a TLS server's certificate.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("ca.crt")).expect("a TLS server has a CA")
     }
 
     /// A `redis` crate client for this server.
@@ -73,6 +82,11 @@ impl RedisServer {
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new("redis-cli");
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if self.options.tls {
+            cmd.arg("--tls")
+                .arg("--cacert")
+                .arg(self.dir.join("ca.crt"));
+        }
         if let Some(p) = &self.options.password {
             cmd.env("REDISCLI_AUTH", p);
         }
@@ -114,8 +128,22 @@ impl RedisServer {
 
     fn launch(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        if self.options.tls {
+            if !self.dir.join("server.crt").exists() {
+                super::pki::ca_and_server_certificate(&self.dir, "localhost");
+            }
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(self.dir.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--protected-mode", "no"])
