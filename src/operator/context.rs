@@ -15,6 +15,8 @@ use crate::api::{CachePolicy, RedisInstance};
 use crate::redis::info::Counters;
 use crate::redis::probe::Prober;
 
+use super::cache_policy::UsageHistory;
+use super::cache_policy::routing::InstanceView;
 use super::metrics::Metrics;
 use super::secrets::SecretReader;
 
@@ -33,6 +35,8 @@ pub struct Context {
     /// RedisInstances of the scope.
     pub instances: Store<RedisInstance>,
     probes: Mutex<HashMap<ObjectRef<RedisInstance>, Arc<tokio::sync::Mutex<InstanceState>>>>,
+    usage: Mutex<UsageHistory>,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Context {
@@ -76,7 +80,26 @@ impl Context {
             policies,
             instances,
             probes: Mutex::new(HashMap::new()),
+            usage: Mutex::new(UsageHistory::default()),
+            started: Instant::now(),
         }
+    }
+
+    /// Records the memory of `views` for growth estimates.
+    pub fn record_usage(&self, namespace: &str, views: &[InstanceView]) {
+        let now = self.started.elapsed().as_secs_f64();
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        usage.record(namespace, views, now);
+    }
+
+    /// Memory growth per instance in bytes per hour, where the history allows an estimate.
+    pub fn growth(
+        &self,
+        namespace: &str,
+        views: &[InstanceView],
+    ) -> std::collections::BTreeMap<String, f64> {
+        let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        usage.growth(namespace, views)
     }
 
     /// The probe state of `instance` (created on first use).

@@ -208,7 +208,7 @@ impl Metrics {
     }
 
     /// Counts a reconcile and records its duration when the returned guard drops.
-    pub fn reconcile_timer(&self, controller: &str) -> ReconcileTimer<'_> {
+    pub fn reconcile_timer(&self, controller: &str) -> ReconcileTimer {
         let labels = ControllerLabels {
             controller: controller.to_owned(),
         };
@@ -216,7 +216,6 @@ impl Metrics {
         ReconcileTimer {
             histogram: self.reconcile_duration.get_or_create_owned(&labels),
             started: Instant::now(),
-            _metrics: std::marker::PhantomData,
         }
     }
 
@@ -254,13 +253,12 @@ impl Metrics {
 
 /// Records a reconcile's duration on drop.
 #[derive(Debug)]
-pub struct ReconcileTimer<'a> {
+pub struct ReconcileTimer {
     histogram: Histogram,
     started: Instant,
-    _metrics: std::marker::PhantomData<&'a Metrics>,
 }
 
-impl Drop for ReconcileTimer<'_> {
+impl Drop for ReconcileTimer {
     fn drop(&mut self) {
         self.histogram.observe(self.started.elapsed().as_secs_f64());
     }

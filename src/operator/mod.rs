@@ -4,6 +4,7 @@
 //! One watch scope per `--namespace` (or one cluster-wide scope): each scope has its own
 //! caches and controllers, while metrics and the event reporter are shared.
 
+pub mod cache_policy;
 pub mod context;
 pub mod metrics;
 pub mod redis_instance;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
@@ -141,18 +142,18 @@ async fn run_scope(
     let ns = scope.as_deref();
     let wc = watcher::Config::default();
 
-    // Caches: instances (driving the controller), policies (thresholds) and Secret metadata
-    // (credential rotation).
-    let (instance_reader, instance_writer) = reflector::store::<RedisInstance>();
-    let (policy_reader, policy_writer) = reflector::store::<CachePolicy>();
-    let (secret_reader, secret_writer) = reflector::store();
-
-    let policy_stream = watcher(api::<CachePolicy>(&client, ns), wc.clone())
+    // The CachePolicy controller: its own cache of policies (also used for the instances'
+    // capacity thresholds) and a cache of instances fed by the same watch that triggers it, so
+    // a reconcile never sees an instance older than the change that woke it.
+    let policy_controller = Controller::new(api::<CachePolicy>(&client, ns), wc.clone());
+    let policy_reader = policy_controller.store();
+    let (all_instances, all_instances_writer) = reflector::store::<RedisInstance>();
+    let instance_changes = watcher(api::<RedisInstance>(&client, ns), wc.clone())
         .default_backoff()
-        .reflect(policy_writer)
-        .for_each(|_| futures::future::ready(()));
-    spawn_until(policy_stream, stop.clone());
+        .reflect(all_instances_writer)
+        .touched_objects();
 
+    let (secret_reader, secret_writer) = reflector::store();
     let secrets = watcher(api::<PartialObjectMeta<Secret>>(&client, ns), wc.clone())
         .default_backoff()
         .reflect(secret_writer)
@@ -163,20 +164,42 @@ async fn run_scope(
         metrics.clone(),
         recorder,
         SecretReader::new(client.clone(), secret_reader),
-        policy_reader,
-        instance_reader.clone(),
+        policy_reader.clone(),
+        all_instances.clone(),
     ));
 
-    // Reconcile on spec changes only: our own status writes must not trigger extra probes.
+    let owned_wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=redis-fleet");
+    let trigger_policies = policy_reader.clone();
+    let policies = policy_controller
+        .owns(api::<ConfigMap>(&client, ns), owned_wc.clone())
+        .watches_stream(instance_changes, move |ri| {
+            cache_policy::policies_selecting(&trigger_policies, &ri)
+        })
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(
+            cache_policy::reconcile,
+            cache_policy::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| {
+            if let Err(e) = result
+                && !matches!(e, kube::runtime::controller::Error::ObjectNotFound(_))
+            {
+                warn!(error = %e, "CachePolicy controller");
+            }
+            futures::future::ready(())
+        });
+
+    // The RedisInstance controller reconciles on spec changes only: its own status writes
+    // must not trigger extra probes (probes are paced by requeues).
+    let (instance_reader, instance_writer) = reflector::store::<RedisInstance>();
     let instances = watcher(api::<RedisInstance>(&client, ns), wc.clone())
         .default_backoff()
         .reflect(instance_writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
-
-    let owned_wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=redis-fleet");
     let by_secret = instance_reader.clone();
-    let controller = Controller::for_stream(instances, instance_reader.clone())
+    let instance_controller = Controller::for_stream(instances, instance_reader.clone())
         .owns(api::<StatefulSet>(&client, ns), owned_wc)
         .watches_stream(secrets, move |secret| {
             instances_referencing(
@@ -192,11 +215,10 @@ async fn run_scope(
             ctx.clone(),
         )
         .for_each(|result| {
-            if let Err(e) = result {
-                match e {
-                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                    other => warn!(error = %other, "RedisInstance controller"),
-                }
+            if let Err(e) = result
+                && !matches!(e, kube::runtime::controller::Error::ObjectNotFound(_))
+            {
+                warn!(error = %e, "RedisInstance controller");
             }
             futures::future::ready(())
         });
@@ -217,7 +239,7 @@ async fn run_scope(
     };
     spawn_until(janitor, stop.clone());
 
-    controller.await;
+    futures::future::join(instance_controller, policies).await;
 }
 
 /// Runs `task` in the background until it ends or `stop` turns true.

@@ -3,4 +3,5 @@
 
 pub mod connect;
 pub mod info;
+pub mod keys;
 pub mod probe;

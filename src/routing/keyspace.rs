@@ -251,7 +251,7 @@ mod tests {
                 prefixes: vec!["auth:admin:".into()],
                 ttl: TtlRules::default(),
                 slots: vec![(0, 16383, "secondary".to_owned()).into()],
-                placement: Default::default(),
+                placement_basis: None,
             },
         );
         Resolver::new(t).unwrap()

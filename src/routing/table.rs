@@ -43,6 +43,10 @@ pub struct RoutingTable {
     /// Slot ranges served by a fallback instance while their owner is unreachable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failover: Vec<Failover>,
+    /// The distinct placement bases (candidate → share) categories were placed for; a
+    /// category refers to one by index. Shared, because categories of one tier have the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_bases: Vec<BTreeMap<String, u64>>,
 }
 
 /// How to reach an instance. Credentials are referenced, never embedded.
@@ -106,10 +110,11 @@ pub struct Category {
     pub ttl: TtlRules,
     /// Owner of every slot, as `[start, end, instance]` runs covering 0..=16383 in order.
     pub slots: Vec<SlotOwner>,
-    /// The candidates (name → share) this category's placement was computed for; the operator
-    /// re-places slots only when these change, so rebalance decisions are not undone.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub placement: BTreeMap<String, u64>,
+    /// Index in [`RoutingTable::placement_bases`] of the candidates (name → share) this
+    /// category's placement was computed for. The operator re-places slots only when these
+    /// change, so rebalance decisions recorded in the table are not undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_basis: Option<usize>,
 }
 
 /// TTL rules of a category, in milliseconds.
@@ -230,6 +235,8 @@ pub enum TableError {
     },
     #[error("exactly one category (the default, last) must have no prefixes")]
     DefaultCategory,
+    #[error("category {0:?} refers to a placement basis that does not exist")]
+    UnknownBasis(String),
     #[error("{context}: slot range {start}-{end} is invalid")]
     BadRange {
         context: String,
@@ -275,6 +282,29 @@ impl RoutingTable {
         self.categories.iter().find(|c| c.name == name)
     }
 
+    /// The placement basis (candidate → share) of `category`; empty when unrecorded.
+    pub fn basis(&self, category: &Category) -> BTreeMap<String, u64> {
+        category
+            .placement_basis
+            .and_then(|i| self.placement_bases.get(i))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Records `basis` for the category at `index`, sharing an identical basis if present.
+    pub fn set_basis(&mut self, index: usize, basis: BTreeMap<String, u64>) {
+        let position = match self.placement_bases.iter().position(|b| *b == basis) {
+            Some(p) => p,
+            None => {
+                self.placement_bases.push(basis);
+                self.placement_bases.len() - 1
+            }
+        };
+        if let Some(c) = self.categories.get_mut(index) {
+            c.placement_basis = Some(position);
+        }
+    }
+
     /// Checks the invariants every reader relies on.
     pub fn validate(&self) -> Result<(), TableError> {
         let mut seen_names = std::collections::HashSet::new();
@@ -293,6 +323,12 @@ impl RoutingTable {
             return Err(TableError::DefaultCategory);
         }
         for cat in &self.categories {
+            if cat
+                .placement_basis
+                .is_some_and(|i| i >= self.placement_bases.len())
+            {
+                return Err(TableError::UnknownBasis(cat.name.clone()));
+            }
             if !seen_names.insert(cat.name.as_str()) {
                 return Err(TableError::DuplicateCategory(cat.name.clone()));
             }
@@ -449,18 +485,19 @@ pub(crate) mod tests {
                         (0, 8191, "primary".to_owned()).into(),
                         (8192, 16383, "secondary".to_owned()).into(),
                     ],
-                    placement: BTreeMap::new(),
+                    placement_basis: None,
                 },
                 Category {
                     name: "default".into(),
                     prefixes: vec![],
                     ttl: TtlRules::default(),
                     slots: vec![(0, 16383, "secondary".to_owned()).into()],
-                    placement: BTreeMap::new(),
+                    placement_basis: None,
                 },
             ],
             migrating: vec![],
             failover: vec![],
+            placement_bases: vec![],
         }
     }
 

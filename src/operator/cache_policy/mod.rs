@@ -1,0 +1,634 @@
+//! The CachePolicy reconciler: from the policy and the instances it selects, compute the
+//! routing table, purge stale copies from instances about to serve ranges again, publish the
+//! routing ConfigMap (server-side apply, owned by the policy, version bumped only when the
+//! content changes), and report status, Events and metrics.
+//!
+//! Pipeline: fetch (instances from the cache, previous table from the ConfigMap) → plan
+//! ([`routing::plan_routing`], pure) → prepare (purge) → publish → status ([`status`], pure).
+
+pub mod routing;
+pub mod status;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api::FIELD_MANAGER;
+use crate::api::cache_policy::CachePolicy;
+use crate::api::redis_instance::{InstancePhase, RedisInstance, TIER_LABEL};
+use crate::redis::keys::delete_ranges;
+use crate::routing::keyspace::Resolver;
+use crate::routing::slots::SlotRange;
+use crate::routing::table::{
+    InstanceEndpoint, RoutingTable, SecretKeyName, TABLE_KEY, TlsSettings, VERSION_ANNOTATION,
+};
+
+use super::context::Context;
+use super::metrics::PolicyLabels;
+use super::redis_instance::{self, build as managed};
+use routing::{InstanceView, plan_routing};
+
+/// Controller name in metrics and logs.
+pub const CONTROLLER: &str = "CachePolicy";
+
+/// Periodic reconcile: refreshes recommendations and catches anything a watch missed.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// Reconcile errors; metric labels use the variant name.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object has no namespace.
+    #[error("CachePolicy has no namespace")]
+    MissingNamespace,
+    /// Reading or writing the routing ConfigMap failed.
+    #[error("routing ConfigMap {name}: {source}")]
+    ConfigMap {
+        /// ConfigMap name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Stale copies could not be removed from an instance that is about to serve them.
+    #[error("purging stale keys on {instance} before routing to it: {message}")]
+    Purge {
+        /// Instance.
+        instance: String,
+        /// Cause (credentials redacted).
+        message: String,
+    },
+    /// Writing status failed.
+    #[error("writing status: {0}")]
+    WriteStatus(#[source] kube::Error),
+}
+
+impl Error {
+    /// The variant name, for metrics.
+    pub fn variant(&self) -> &'static str {
+        match self {
+            Self::MissingNamespace => "MissingNamespace",
+            Self::ConfigMap { .. } => "ConfigMap",
+            Self::Purge { .. } => "Purge",
+            Self::WriteStatus(_) => "WriteStatus",
+        }
+    }
+}
+
+/// The routing ConfigMap name of a policy.
+pub fn config_map_name(policy: &CachePolicy) -> String {
+    policy
+        .spec
+        .routing_config_map
+        .clone()
+        .unwrap_or_else(|| format!("{}-routing", policy.name_any()))
+}
+
+/// How an instance is reached, as written in the table (Secret names, never values).
+pub fn endpoint_of(ri: &RedisInstance, namespace: &str) -> InstanceEndpoint {
+    let name = ri.name_any();
+    if let Some(m) = &ri.spec.managed {
+        let pw = managed::password_ref(&name, m);
+        return InstanceEndpoint {
+            host: managed::managed_host(&name, namespace),
+            port: managed::REDIS_PORT,
+            tls: None,
+            username_secret: None,
+            password_secret: Some(SecretKeyName {
+                name: pw.name,
+                key: pw.key,
+            }),
+        };
+    }
+    let secret = |r: &crate::api::redis_instance::SecretKeyRef| SecretKeyName {
+        name: r.name.clone(),
+        key: r.key.clone(),
+    };
+    match &ri.spec.external {
+        Some(e) => InstanceEndpoint {
+            host: e.host.clone(),
+            port: u16::try_from(e.port).unwrap_or(6379),
+            tls: e.tls.as_ref().filter(|t| t.enabled).map(|t| TlsSettings {
+                ca_secret: t.ca_secret_ref.as_ref().map(secret),
+                insecure_skip_verify: t.insecure_skip_verify,
+            }),
+            username_secret: e.username_secret_ref.as_ref().map(secret),
+            password_secret: e.password_secret_ref.as_ref().map(secret),
+        },
+        None => InstanceEndpoint {
+            host: String::new(),
+            port: 0,
+            tls: None,
+            username_secret: None,
+            password_secret: None,
+        },
+    }
+}
+
+/// The policy's view of an instance.
+pub fn view_of(ri: &RedisInstance, namespace: &str) -> InstanceView {
+    let status = ri.status.as_ref();
+    let capacity = status
+        .and_then(|s| s.memory.as_ref())
+        .map(|m| m.capacity_bytes)
+        .filter(|c| *c > 0)
+        .map(|c| c as u64)
+        .or_else(|| ri.spec.capacity.as_ref().map(|c| c.bytes()))
+        .or_else(|| ri.spec.managed.as_ref().map(|m| m.max_memory.bytes()));
+    InstanceView {
+        name: ri.name_any(),
+        tier: ri.labels().get(TIER_LABEL).cloned(),
+        phase: status
+            .and_then(|s| s.phase)
+            .unwrap_or(InstancePhase::Pending),
+        capacity_bytes: capacity,
+        used_bytes: status
+            .and_then(|s| s.memory.as_ref())
+            .map_or(0, |m| m.used_bytes.max(0) as u64),
+        weight: u32::try_from(ri.spec.weight).unwrap_or(100),
+        drain: ri.spec.drain,
+        endpoint: endpoint_of(ri, namespace),
+    }
+}
+
+/// Instances of `namespace` selected by `policy`, by name.
+pub fn selected_instances(
+    ctx: &Context,
+    policy: &CachePolicy,
+    namespace: &str,
+) -> Vec<Arc<RedisInstance>> {
+    let mut v: Vec<Arc<RedisInstance>> = ctx
+        .instances
+        .state()
+        .into_iter()
+        .filter(|ri| ri.namespace().as_deref() == Some(namespace))
+        .filter(|ri| ri.metadata.deletion_timestamp.is_none())
+        .filter(|ri| redis_instance::selects(policy, ri))
+        .collect();
+    v.sort_by_key(|ri| ri.name_any());
+    v
+}
+
+/// Policies of the instance's namespace that select it (the trigger mapping).
+pub fn policies_selecting(
+    ctx_policies: &kube::runtime::reflector::Store<CachePolicy>,
+    ri: &RedisInstance,
+) -> Vec<ObjectRef<CachePolicy>> {
+    let ns = ri.namespace();
+    ctx_policies
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns && redis_instance::selects(p, ri))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Reads the table in the routing ConfigMap: `(table, version)`; the version survives a table
+/// this build cannot parse, so versions keep increasing.
+async fn read_published(
+    api: &Api<ConfigMap>,
+    name: &str,
+) -> Result<(Option<RoutingTable>, u64), Error> {
+    let cm = api.get_opt(name).await.map_err(|source| Error::ConfigMap {
+        name: name.to_owned(),
+        source,
+    })?;
+    let Some(cm) = cm else {
+        return Ok((None, 0));
+    };
+    let annotated = cm
+        .annotations()
+        .get(VERSION_ANNOTATION)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let table = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(TABLE_KEY))
+        .and_then(|text| match RoutingTable::from_json(text) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!(configmap = name, error = %e, "ignoring an unreadable routing table");
+                None
+            }
+        });
+    let version = table
+        .as_ref()
+        .map_or(annotated, |t| t.version.max(annotated));
+    Ok((table, version))
+}
+
+/// Reconciles one CachePolicy.
+#[tracing::instrument(skip_all, fields(policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
+pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let name = policy.name_any();
+    let cm_name = config_map_name(&policy);
+    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    let selected = selected_instances(&ctx, &policy, &namespace);
+    let views: Vec<InstanceView> = selected.iter().map(|ri| view_of(ri, &namespace)).collect();
+    ctx.record_usage(&namespace, &views);
+    let (previous, previous_version) = read_published(&cm_api, &cm_name).await?;
+    let key = format!("{namespace}/{name}");
+    let planned = plan_routing(&key, &policy.spec, &views, previous.as_ref());
+
+    let mut published = previous.clone();
+    let mut published_now = false;
+    let mut publish_error = None;
+    match planned.table {
+        None => {
+            publish_error = Some(if views.is_empty() {
+                "no RedisInstance is selected by spec.instanceSelector".to_owned()
+            } else {
+                "no selected instance is usable yet (healthy, with a known capacity)".to_owned()
+            });
+        }
+        Some(mut table) => {
+            let changed = previous
+                .as_ref()
+                .is_none_or(|p| p.content_hash() != table.content_hash());
+            if changed {
+                table.version = previous_version + 1;
+                prepare_targets(&ctx, &namespace, &selected, previous.as_ref(), &table).await?;
+                publish(&cm_api, &policy, &cm_name, &table).await?;
+                info!(version = table.version, configmap = %cm_name, "published routing table");
+                publish_events(&ctx, &policy, previous.as_ref(), &table).await;
+                cleanup_sources(&ctx, &namespace, &selected, previous.as_ref(), &table).await;
+                published = Some(table);
+                published_now = true;
+            } else if previous_version > 0
+                && previous
+                    .as_ref()
+                    .is_some_and(|p| p.version != previous_version)
+            {
+                // Keep the annotation and the table's own version in step.
+                table.version = previous_version;
+                publish(&cm_api, &policy, &cm_name, &table).await?;
+                published = Some(table);
+            }
+        }
+    }
+
+    let labels = PolicyLabels {
+        namespace: namespace.clone(),
+        policy: name.clone(),
+    };
+    if let Some(t) = &published {
+        ctx.metrics
+            .routing_version
+            .get_or_create(&labels)
+            .set(i64::try_from(t.version).unwrap_or(i64::MAX));
+        ctx.metrics
+            .failovers
+            .get_or_create(&labels)
+            .set(t.failover.len() as i64);
+    }
+
+    let growth = ctx.growth(&namespace, &views);
+    let observation = status::PolicyObservation {
+        now: Timestamp::now(),
+        generation: policy.metadata.generation,
+        config_map: &cm_name,
+        published: published.as_ref(),
+        published_now,
+        publish_error,
+        instances: &views,
+        problems: &planned.problems,
+        threshold: policy.spec.balancing.capacity_threshold,
+        growth: &growth,
+    };
+    let next = status::policy_status(policy.status.as_ref(), &observation);
+    if policy.status.as_ref() != Some(&next) {
+        let api: Api<CachePolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({
+            "apiVersion": "redisfleet.io/v1alpha1",
+            "kind": "CachePolicy",
+            "status": next,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::WriteStatus)?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Requeues after an error with a short delay.
+pub fn error_policy(policy: Arc<CachePolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(policy = %policy.name_any(), %error, "reconcile failed");
+    ctx.metrics.reconcile_error(CONTROLLER, error.variant());
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn publish(
+    api: &Api<ConfigMap>,
+    policy: &CachePolicy,
+    name: &str,
+    table: &RoutingTable,
+) -> Result<(), Error> {
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: policy.namespace(),
+            labels: Some(
+                [
+                    (
+                        "app.kubernetes.io/managed-by".to_owned(),
+                        "redis-fleet".to_owned(),
+                    ),
+                    ("redisfleet.io/policy".to_owned(), policy.name_any()),
+                ]
+                .into(),
+            ),
+            annotations: Some([(VERSION_ANNOTATION.to_owned(), table.version.to_string())].into()),
+            owner_references: policy.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: Some([(TABLE_KEY.to_owned(), table.to_json())].into()),
+        ..ConfigMap::default()
+    };
+    let mut body = serde_json::to_value(&cm).map_err(|e| Error::ConfigMap {
+        name: name.to_owned(),
+        source: kube::Error::SerdeError(e),
+    })?;
+    body["apiVersion"] = json!("v1");
+    body["kind"] = json!("ConfigMap");
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::ConfigMap {
+        name: name.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Deletes, on every reachable instance, the keys of the ranges it is about to serve but did
+/// not serve before: leftovers from an earlier failover or ownership must not be read.
+async fn prepare_targets(
+    ctx: &Context,
+    namespace: &str,
+    selected: &[Arc<RedisInstance>],
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+) -> Result<(), Error> {
+    let fresh = routing::newly_served(previous, next);
+    if fresh.is_empty() || previous.is_none() {
+        // The very first table: nothing routed anywhere before, nothing can be stale.
+        return Ok(());
+    }
+    let resolver = Resolver::new(next.clone()).map_err(|e| Error::Purge {
+        instance: String::new(),
+        message: e.to_string(),
+    })?;
+    for (instance, ranges) in fresh {
+        let Some(ri) = selected.iter().find(|ri| ri.name_any() == instance) else {
+            continue;
+        };
+        let deleted = purge(ctx, namespace, ri, &resolver, &ranges)
+            .await
+            .map_err(|message| Error::Purge {
+                instance: instance.clone(),
+                message,
+            })?;
+        if deleted > 0 {
+            info!(%instance, deleted, "removed stale copies before routing ranges to the instance");
+        }
+    }
+    Ok(())
+}
+
+/// Best effort: after publishing, free the copies of ranges an instance no longer serves
+/// (e.g. what a fallback instance held during a failover that ended).
+async fn cleanup_sources(
+    ctx: &Context,
+    namespace: &str,
+    selected: &[Arc<RedisInstance>],
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+) {
+    let Some(previous) = previous else { return };
+    let gone = routing::newly_served(Some(next), previous);
+    let Ok(resolver) = Resolver::new(previous.clone()) else {
+        return;
+    };
+    for (instance, ranges) in gone {
+        let Some(ri) = selected.iter().find(|ri| ri.name_any() == instance) else {
+            continue;
+        };
+        let phase = ri.status.as_ref().and_then(|s| s.phase);
+        if !matches!(phase, Some(p) if p.serves_traffic()) {
+            continue;
+        }
+        match purge(ctx, namespace, ri, &resolver, &ranges).await {
+            Ok(n) if n > 0 => {
+                info!(%instance, deleted = n, "freed copies of ranges the instance no longer serves")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(%instance, error = %e, "could not free copies of ranges the instance no longer serves")
+            }
+        }
+    }
+}
+
+/// Deletes the keys of `ranges` (by category) on one instance.
+async fn purge(
+    ctx: &Context,
+    namespace: &str,
+    ri: &RedisInstance,
+    resolver: &Resolver,
+    ranges: &[(String, SlotRange)],
+) -> Result<u64, String> {
+    let target = redis_instance::resolve_target(ri, namespace, ctx)
+        .await
+        .map_err(|e| e.to_string())?;
+    let timeout = ri.spec.health.timeout.get().max(Duration::from_secs(1));
+    let mut conn = target
+        .connect(timeout)
+        .await
+        .map_err(|e| crate::redis::connect::redact(&e.to_string(), &target.credentials))?;
+    let mut by_category: BTreeMap<&str, Vec<SlotRange>> = BTreeMap::new();
+    for (cat, r) in ranges {
+        by_category.entry(cat.as_str()).or_default().push(*r);
+    }
+    let mut deleted = 0;
+    for (cat, rs) in by_category {
+        let Some(id) = resolver.categories().iter().position(|c| c.name == cat) else {
+            continue;
+        };
+        deleted += delete_ranges(&mut conn, resolver, id as u16, &rs)
+            .await
+            .map_err(|e| crate::redis::connect::redact(&e.to_string(), &target.credentials))?;
+    }
+    Ok(deleted)
+}
+
+/// Events for a newly published table: what changed, and failovers starting or ending.
+async fn publish_events(
+    ctx: &Context,
+    policy: &CachePolicy,
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+) {
+    let reference = policy.object_ref(&());
+    let mut events = vec![Event {
+        type_: EventType::Normal,
+        reason: "RoutingPublished".to_owned(),
+        note: Some(describe_change(previous, next)),
+        action: "Publish".to_owned(),
+        secondary: None,
+    }];
+    let pairs = |t: Option<&RoutingTable>| -> BTreeMap<(String, String), Vec<String>> {
+        let mut m: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for f in t.map(|t| t.failover.as_slice()).unwrap_or_default() {
+            let cats = m.entry((f.from.clone(), f.to.clone())).or_default();
+            if !cats.contains(&f.category) {
+                cats.push(f.category.clone());
+            }
+        }
+        m
+    };
+    let (before, after) = (pairs(previous), pairs(Some(next)));
+    for ((from, to), cats) in &after {
+        if !before.contains_key(&(from.clone(), to.clone())) {
+            events.push(Event {
+                type_: EventType::Warning,
+                reason: "FailoverStarted".to_owned(),
+                note: Some(format!(
+                    "{from} is unreachable: {} now served by {to}",
+                    cats.join(", ")
+                )),
+                action: "Failover".to_owned(),
+                secondary: None,
+            });
+        }
+    }
+    for ((from, to), cats) in &before {
+        if !after.contains_key(&(from.clone(), to.clone())) {
+            events.push(Event {
+                type_: EventType::Normal,
+                reason: "FailoverEnded".to_owned(),
+                note: Some(format!(
+                    "{from} serves {} again (was {to})",
+                    cats.join(", ")
+                )),
+                action: "Failback".to_owned(),
+                secondary: None,
+            });
+        }
+    }
+    for event in events {
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %e, "recording an event failed");
+        }
+    }
+}
+
+/// A one-line summary of what changed between two tables.
+pub fn describe_change(previous: Option<&RoutingTable>, next: &RoutingTable) -> String {
+    let Some(prev) = previous else {
+        return format!(
+            "version {}: {} categories on {} instances",
+            next.version,
+            next.categories.len(),
+            next.instances.len()
+        );
+    };
+    let mut parts = Vec::new();
+    let mut moved: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for c in &next.categories {
+        if let Some(p) = prev.category(&c.name) {
+            for (a, b) in p.owners().iter().zip(c.owners()) {
+                if *a != b {
+                    *moved.entry(((*a).to_owned(), b.to_owned())).or_default() += 1;
+                }
+            }
+        }
+    }
+    for ((from, to), n) in moved {
+        parts.push(format!("{n} slots from {from} to {to}"));
+    }
+    if next.failover != prev.failover {
+        parts.push(format!("{} failover ranges", next.failover.len()));
+    }
+    let spec_changed = next
+        .categories
+        .iter()
+        .map(|c| (&c.name, &c.prefixes, c.ttl))
+        .ne(prev
+            .categories
+            .iter()
+            .map(|c| (&c.name, &c.prefixes, c.ttl)));
+    if spec_changed {
+        parts.push("categories or TTL rules changed".to_owned());
+    }
+    if next.instances != prev.instances {
+        parts.push("instance endpoints changed".to_owned());
+    }
+    if parts.is_empty() {
+        parts.push("content changed".to_owned());
+    }
+    format!("version {}: {}", next.version, parts.join(", "))
+}
+
+/// Memory samples of instances for growth estimates, kept in memory per scope.
+#[derive(Debug, Default)]
+pub struct UsageHistory {
+    samples: BTreeMap<(String, String), VecDeque<(f64, u64)>>,
+}
+
+impl UsageHistory {
+    const WINDOW_SECONDS: f64 = 3600.0;
+    const MAX_SAMPLES: usize = 120;
+
+    /// Adds a sample per instance (at most one per 20 s).
+    pub fn record(&mut self, namespace: &str, views: &[InstanceView], now: f64) {
+        for v in views.iter().filter(|v| v.capacity_bytes.is_some()) {
+            let q = self
+                .samples
+                .entry((namespace.to_owned(), v.name.clone()))
+                .or_default();
+            if q.back().is_some_and(|(t, _)| now - t < 20.0) {
+                continue;
+            }
+            q.push_back((now, v.used_bytes));
+            while q.len() > Self::MAX_SAMPLES
+                || q.front()
+                    .is_some_and(|(t, _)| now - t > Self::WINDOW_SECONDS)
+            {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// Growth in bytes per hour of each instance that has enough history.
+    pub fn growth(&self, namespace: &str, views: &[InstanceView]) -> BTreeMap<String, f64> {
+        views
+            .iter()
+            .filter_map(|v| {
+                let q = self.samples.get(&(namespace.to_owned(), v.name.clone()))?;
+                let samples: Vec<(f64, u64)> = q.iter().copied().collect();
+                status::growth_per_hour(&samples).map(|g| (v.name.clone(), g))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,757 @@
+//! The routing table a CachePolicy should publish, computed as a pure function of the policy,
+//! the instances it selects and the table published before.
+//!
+//! - Candidates of a category: selected instances of its tier (else of its fallback tier,
+//!   else all selected), not draining, with a known capacity. A new instance becomes a
+//!   candidate once it has been healthy; an existing member stays one through outages (its
+//!   slots are served elsewhere meanwhile by `failover` entries), so health never reshuffles
+//!   placement.
+//! - Placement: [`crate::routing::placement`], incremental from the previous table.
+//! - Failover: the runs of an Unreachable owner go to a serving instance of the category's
+//!   `fallbackTier`, else another serving candidate, else any serving selected instance —
+//!   chosen by weighted rendezvous hashing per run, and kept stable while the failover lasts.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::cache_policy::{CachePolicySpec, DEFAULT_CATEGORY, Strategy, TtlSpec};
+use crate::api::redis_instance::InstancePhase;
+use crate::routing::placement::{self, Candidate, Mode, Previous};
+use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
+use crate::routing::table::{
+    Category, Failover, InstanceEndpoint, RoutingTable, SCHEMA_VERSION, SlotOwner, TtlRules,
+};
+
+/// What the policy reconciler knows about one selected instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceView {
+    /// RedisInstance name.
+    pub name: String,
+    /// `redisfleet.io/tier` label.
+    pub tier: Option<String>,
+    /// Phase from status (`Pending` when never probed).
+    pub phase: InstancePhase,
+    /// Effective capacity (status, else spec); `None` when unknown.
+    pub capacity_bytes: Option<u64>,
+    /// Used memory from status.
+    pub used_bytes: u64,
+    /// `spec.weight`.
+    pub weight: u32,
+    /// `spec.drain`.
+    pub drain: bool,
+    /// How to reach it.
+    pub endpoint: InstanceEndpoint,
+}
+
+impl InstanceView {
+    fn serving(&self) -> bool {
+        matches!(self.phase, InstancePhase::Ready | InstancePhase::Degraded)
+    }
+
+    fn capacity_mib(&self) -> u64 {
+        self.capacity_bytes.map_or(0, |b| (b >> 20).max(1))
+    }
+}
+
+/// A problem that keeps (part of) the policy from being served as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// No instance can hold the category; it stays where it was, if anywhere.
+    NoCandidates {
+        /// Category.
+        category: String,
+        /// Tier asked for.
+        tier: Option<String>,
+    },
+    /// Slots of an unreachable instance have nowhere to go: their keys are unavailable.
+    NoFallback {
+        /// Category.
+        category: String,
+        /// The unreachable owner.
+        instance: String,
+    },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoCandidates { category, tier } => match tier {
+                Some(t) => write!(f, "category {category}: no usable instance in tier {t}"),
+                None => write!(f, "category {category}: no usable instance"),
+            },
+            Self::NoFallback { category, instance } => write!(
+                f,
+                "category {category}: {instance} is unreachable and no other instance can serve its slots"
+            ),
+        }
+    }
+}
+
+/// The outcome: the table to publish (with the previous version; the caller bumps it when
+/// the content changed), or nothing when no category can be placed at all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// The table; `None` when nothing can be published.
+    pub table: Option<RoutingTable>,
+    /// Problems to report in conditions.
+    pub problems: Vec<Problem>,
+}
+
+/// Milliseconds of a spec duration.
+fn ttl_rules(ttl: Option<&TtlSpec>) -> TtlRules {
+    let ms = |d: &crate::api::Duration| u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX);
+    match ttl {
+        None => TtlRules::default(),
+        Some(t) => TtlRules {
+            default_ms: t.default.as_ref().map(ms),
+            max_ms: t.max.as_ref().map(ms),
+            adaptive: t.adaptive,
+        },
+    }
+}
+
+/// A category as the planner needs it.
+struct CategoryInput {
+    name: String,
+    prefixes: Vec<String>,
+    tier: Option<String>,
+    fallback_tier: Option<String>,
+    ttl: TtlRules,
+}
+
+/// The categories of a policy, the default category last.
+fn category_specs(spec: &CachePolicySpec) -> Vec<CategoryInput> {
+    let mut out: Vec<_> = spec
+        .categories
+        .iter()
+        .map(|c| CategoryInput {
+            name: c.name.clone(),
+            prefixes: c.key_prefixes.clone(),
+            tier: c.tier.clone(),
+            fallback_tier: c.fallback_tier.clone(),
+            ttl: ttl_rules(c.ttl.as_ref()),
+        })
+        .collect();
+    let d = &spec.default_category;
+    out.push(CategoryInput {
+        name: DEFAULT_CATEGORY.to_owned(),
+        prefixes: Vec::new(),
+        tier: d.tier.clone(),
+        fallback_tier: d.fallback_tier.clone(),
+        ttl: ttl_rules(d.ttl.as_ref()),
+    });
+    out
+}
+
+/// Computes the table to publish for `spec`, from the selected `instances` and the table
+/// `previous`ly published (`policy` is `namespace/name`).
+pub fn plan_routing(
+    policy: &str,
+    spec: &CachePolicySpec,
+    instances: &[InstanceView],
+    previous: Option<&RoutingTable>,
+) -> Planned {
+    let mut problems = Vec::new();
+    let by_name: BTreeMap<&str, &InstanceView> =
+        instances.iter().map(|i| (i.name.as_str(), i)).collect();
+    let mode = match spec.balancing.strategy {
+        Strategy::Pinned => Mode::Pinned,
+        Strategy::Smart | Strategy::ConsistentHash => Mode::Spread,
+    };
+    let share = |i: &InstanceView| match spec.balancing.strategy {
+        Strategy::ConsistentHash => 100,
+        Strategy::Smart | Strategy::Pinned => i.capacity_mib() * u64::from(i.weight.max(1)),
+    };
+
+    let mut categories = Vec::new();
+    for CategoryInput {
+        name,
+        prefixes,
+        tier,
+        fallback_tier,
+        ttl,
+    } in category_specs(spec)
+    {
+        let prev_cat = previous.and_then(|t| t.category(&name));
+        let members: BTreeSet<String> = prev_cat
+            .map(|c| {
+                previous
+                    .map(|t| t.basis(c))
+                    .unwrap_or_default()
+                    .into_keys()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let usable = |i: &&InstanceView| {
+            !i.drain && i.capacity_bytes.is_some() && (i.serving() || members.contains(&i.name))
+        };
+        let in_tier = |t: &Option<String>, i: &&InstanceView| t.is_none() || i.tier == *t;
+        let mut pool: Vec<&InstanceView> = instances
+            .iter()
+            .filter(|i| in_tier(&tier, i))
+            .filter(usable)
+            .collect();
+        if pool.is_empty() && fallback_tier.is_some() {
+            pool = instances
+                .iter()
+                .filter(|i| in_tier(&fallback_tier, i))
+                .filter(usable)
+                .collect();
+        }
+        if pool.is_empty() {
+            pool = instances.iter().filter(usable).collect();
+        }
+        let candidates: Vec<Candidate> = pool
+            .iter()
+            .map(|i| Candidate {
+                name: i.name.clone(),
+                share: share(i),
+            })
+            .collect();
+        let prev_owners: Option<Vec<&str>> = prev_cat.map(|c| c.owners());
+        let prev_basis = match (previous, prev_cat) {
+            (Some(t), Some(c)) => t.basis(c),
+            _ => BTreeMap::new(),
+        };
+        let previous_placement = prev_owners.as_ref().map(|owners| Previous {
+            owners,
+            basis: &prev_basis,
+        });
+        let owners = match placement::place(&name, &candidates, previous_placement, mode) {
+            Some(owners) => owners,
+            None => {
+                problems.push(Problem::NoCandidates {
+                    category: name.clone(),
+                    tier: tier.clone(),
+                });
+                // Keep serving from where it was, if it was anywhere and those still exist.
+                match prev_cat {
+                    Some(c)
+                        if c.slots
+                            .iter()
+                            .all(|o| by_name.contains_key(o.instance.as_str())) =>
+                    {
+                        c.owners().into_iter().map(str::to_owned).collect()
+                    }
+                    _ => continue,
+                }
+            }
+        };
+        categories.push((
+            Category {
+                name: name.clone(),
+                prefixes,
+                ttl,
+                slots: runs(&owners)
+                    .into_iter()
+                    .map(|(range, instance)| SlotOwner { range, instance })
+                    .collect(),
+                placement_basis: None,
+            },
+            placement::basis_of(&candidates),
+            fallback_tier,
+            tier,
+        ));
+    }
+    if categories.iter().all(|(c, ..)| !c.prefixes.is_empty()) {
+        // Without the default category there is no valid table.
+        return Planned {
+            table: None,
+            problems,
+        };
+    }
+    if categories.len() != spec.categories.len() + 1 {
+        // A category without any instance cannot be routed; publishing a table that routes it
+        // to the default category instead would silently mix data. Publish nothing new.
+        return Planned {
+            table: previous.cloned(),
+            problems,
+        };
+    }
+
+    // Failover overlay.
+    let mut failover = Vec::new();
+    for (cat, _, fallback_tier, tier) in &categories {
+        for run in &cat.slots {
+            let Some(owner) = by_name.get(run.instance.as_str()) else {
+                continue;
+            };
+            if owner.phase != InstancePhase::Unreachable {
+                continue;
+            }
+            let kept = previous.and_then(|t| {
+                t.failover.iter().find(|f| {
+                    f.category == cat.name
+                        && f.from == run.instance
+                        && f.range() == run.range
+                        && by_name.get(f.to.as_str()).is_some_and(|i| i.serving())
+                })
+            });
+            let target = match kept {
+                Some(f) => Some(f.to.clone()),
+                None => choose_fallback(
+                    &cat.name,
+                    run.range,
+                    owner,
+                    fallback_tier,
+                    tier,
+                    instances,
+                    &share,
+                ),
+            };
+            match target {
+                Some(to) => failover.push(Failover {
+                    category: cat.name.clone(),
+                    start: run.range.start,
+                    end: run.range.end,
+                    from: run.instance.clone(),
+                    to,
+                }),
+                None => problems.push(Problem::NoFallback {
+                    category: cat.name.clone(),
+                    instance: run.instance.clone(),
+                }),
+            }
+        }
+    }
+    let mut problems_dedup = Vec::new();
+    for p in problems {
+        if !problems_dedup.contains(&p) {
+            problems_dedup.push(p);
+        }
+    }
+
+    let bases: Vec<BTreeMap<String, u64>> = categories.iter().map(|(_, b, ..)| b.clone()).collect();
+    let categories: Vec<Category> = categories.into_iter().map(|(c, ..)| c).collect();
+    let mut referenced: BTreeSet<&str> = BTreeSet::new();
+    for c in &categories {
+        referenced.extend(c.slots.iter().map(|o| o.instance.as_str()));
+    }
+    referenced.extend(failover.iter().map(|f| f.to.as_str()));
+    let table = RoutingTable {
+        schema_version: SCHEMA_VERSION,
+        version: previous.map_or(0, |t| t.version),
+        policy: policy.to_owned(),
+        instances: referenced
+            .iter()
+            .filter_map(|n| {
+                by_name
+                    .get(n)
+                    .map(|i| ((*n).to_owned(), i.endpoint.clone()))
+            })
+            .collect(),
+        categories,
+        migrating: Vec::new(),
+        failover,
+        placement_bases: Vec::new(),
+    };
+    let mut table = table;
+    for (i, basis) in bases.into_iter().enumerate() {
+        table.set_basis(i, basis);
+    }
+    Planned {
+        table: Some(table),
+        problems: problems_dedup,
+    }
+}
+
+/// A serving instance to take over `range` of `category` from the unreachable `owner`.
+fn choose_fallback(
+    category: &str,
+    range: SlotRange,
+    owner: &InstanceView,
+    fallback_tier: &Option<String>,
+    tier: &Option<String>,
+    instances: &[InstanceView],
+    share: &dyn Fn(&InstanceView) -> u64,
+) -> Option<String> {
+    let alive =
+        |i: &&InstanceView| i.serving() && i.name != owner.name && i.capacity_bytes.is_some();
+    let pick = |pool: Vec<&InstanceView>| -> Option<String> {
+        if pool.is_empty() {
+            return None;
+        }
+        let cands: Vec<Candidate> = pool
+            .iter()
+            .map(|i| Candidate {
+                name: i.name.clone(),
+                share: share(i).max(1),
+            })
+            .collect();
+        let key = format!("{category}/{}", range.start);
+        Some(placement::rendezvous_winner(&key, &cands).to_owned())
+    };
+    fn prefer_not_draining(pool: Vec<&InstanceView>) -> Vec<&InstanceView> {
+        let fresh: Vec<&InstanceView> = pool.iter().copied().filter(|i| !i.drain).collect();
+        if fresh.is_empty() { pool } else { fresh }
+    }
+    if let Some(ft) = fallback_tier {
+        let pool = prefer_not_draining(
+            instances
+                .iter()
+                .filter(alive)
+                .filter(|i| i.tier.as_deref() == Some(ft.as_str()))
+                .collect(),
+        );
+        if let Some(t) = pick(pool) {
+            return Some(t);
+        }
+    }
+    let same_tier = prefer_not_draining(
+        instances
+            .iter()
+            .filter(alive)
+            .filter(|i| tier.is_none() || i.tier == *tier)
+            .collect(),
+    );
+    if let Some(t) = pick(same_tier) {
+        return Some(t);
+    }
+    pick(prefer_not_draining(
+        instances.iter().filter(alive).collect(),
+    ))
+}
+
+/// Per instance, the (category, range) pairs it serves in `table` (owned and not failed
+/// over, or taken over by failover).
+pub fn served_ranges(table: &RoutingTable) -> BTreeMap<String, Vec<(String, SlotRange)>> {
+    let mut out: BTreeMap<String, Vec<(String, SlotRange)>> = BTreeMap::new();
+    for cat in &table.categories {
+        let mut served: Vec<String> = cat.owners().into_iter().map(str::to_owned).collect();
+        for f in table.failover.iter().filter(|f| f.category == cat.name) {
+            for slot in f.start..=f.end {
+                if served[usize::from(slot)] == f.from {
+                    served[usize::from(slot)] = f.to.clone();
+                }
+            }
+        }
+        for (range, instance) in runs(&served) {
+            out.entry(instance)
+                .or_default()
+                .push((cat.name.clone(), range));
+        }
+    }
+    out
+}
+
+/// What each instance serves in `next` but did not serve in `previous`: the ranges whose
+/// stale copies must be deleted from it before `next` is published.
+pub fn newly_served(
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+) -> BTreeMap<String, Vec<(String, SlotRange)>> {
+    let before = previous.map(served_ranges).unwrap_or_default();
+    let after = served_ranges(next);
+    let mut out = BTreeMap::new();
+    for (instance, ranges) in after {
+        let had: BTreeMap<&str, Vec<bool>> = {
+            let mut m: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
+            for (cat, r) in before.get(&instance).map(Vec::as_slice).unwrap_or_default() {
+                let bits = m
+                    .entry(cat.as_str())
+                    .or_insert_with(|| vec![false; usize::from(SLOT_COUNT)]);
+                for s in r.start..=r.end {
+                    bits[usize::from(s)] = true;
+                }
+            }
+            m
+        };
+        let mut fresh: Vec<(String, SlotRange)> = Vec::new();
+        for (cat, r) in ranges {
+            let bits = had.get(cat.as_str());
+            let mut start: Option<u16> = None;
+            for s in r.start..=r.end {
+                let new = bits.is_none_or(|b| !b[usize::from(s)]);
+                match (new, start) {
+                    (true, None) => start = Some(s),
+                    (false, Some(st)) => {
+                        fresh.push((cat.clone(), SlotRange::new(st, s - 1)));
+                        start = None;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(st) = start {
+                fresh.push((cat.clone(), SlotRange::new(st, r.end)));
+            }
+        }
+        if !fresh.is_empty() {
+            out.insert(instance, fresh);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::table::SecretKeyName;
+
+    fn view(name: &str, tier: &str, phase: InstancePhase, mib: u64) -> InstanceView {
+        InstanceView {
+            name: name.into(),
+            tier: Some(tier.into()),
+            phase,
+            capacity_bytes: Some(mib << 20),
+            used_bytes: 0,
+            weight: 100,
+            drain: false,
+            endpoint: InstanceEndpoint {
+                host: format!("{name}.example"),
+                port: 6379,
+                tls: None,
+                username_secret: None,
+                password_secret: Some(SecretKeyName {
+                    name: format!("{name}-redis"),
+                    key: "password".into(),
+                }),
+            },
+        }
+    }
+
+    fn shop() -> CachePolicySpec {
+        serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/cache-policy.yaml"
+            ))
+            .map(|y| {
+                let v: serde_json::Value = serde_saphyr::from_str(&y).unwrap();
+                v["spec"].to_string()
+            })
+            .unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn two() -> Vec<InstanceView> {
+        vec![
+            view("primary", "hot", InstancePhase::Ready, 30),
+            view("secondary", "warm", InstancePhase::Ready, 30),
+        ]
+    }
+
+    #[test]
+    fn the_shop_example_puts_each_category_on_its_tier() {
+        let planned = plan_routing("shop/shop", &shop(), &two(), None);
+        assert!(planned.problems.is_empty(), "{:?}", planned.problems);
+        let table = planned.table.unwrap();
+        table.validate().unwrap();
+        for (cat, owner) in [
+            ("auth", "primary"),
+            ("order", "primary"),
+            ("notification", "primary"),
+            ("analytics-live", "primary"),
+            ("user", "secondary"),
+            ("menu", "secondary"),
+            ("ml", "secondary"),
+            ("analytics-history", "secondary"),
+            ("default", "secondary"),
+        ] {
+            let c = table.category(cat).unwrap();
+            assert_eq!(c.slots.len(), 1, "{cat}");
+            assert_eq!(c.slots[0].instance, owner, "{cat}");
+        }
+        assert_eq!(
+            table.category("auth").unwrap().prefixes,
+            ["auth:", "session:"]
+        );
+        assert_eq!(
+            table.category("auth").unwrap().ttl.default_ms,
+            Some(3_600_000)
+        );
+        assert!(table.to_json().contains("primary-redis"));
+        assert!(!table.to_json().contains("change-me"));
+    }
+
+    #[test]
+    fn a_third_warm_instance_takes_a_share_of_warm_slots_only() {
+        let before = plan_routing("shop/shop", &shop(), &two(), None)
+            .table
+            .unwrap();
+        let mut three = two();
+        three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
+        let after = plan_routing("shop/shop", &shop(), &three, Some(&before))
+            .table
+            .unwrap();
+        after.validate().unwrap();
+        for cat in ["auth", "order", "notification", "analytics-live"] {
+            assert_eq!(
+                after.category(cat),
+                before.category(cat),
+                "hot category {cat} moved"
+            );
+        }
+        for cat in ["user", "menu", "ml", "analytics-history", "default"] {
+            let owners = after.category(cat).unwrap().owners();
+            let moved = owners.iter().filter(|o| **o == "tertiary").count();
+            assert_eq!(moved, 8192, "{cat}: half of the warm slots move");
+            assert!(owners.iter().all(|o| *o == "tertiary" || *o == "secondary"));
+        }
+        // Re-planning with nothing changed changes nothing.
+        let again = plan_routing("shop/shop", &shop(), &three, Some(&after))
+            .table
+            .unwrap();
+        assert_eq!(again, after);
+    }
+
+    #[test]
+    fn an_unhealthy_newcomer_gets_nothing_until_healthy() {
+        let before = plan_routing("shop/shop", &shop(), &two(), None)
+            .table
+            .unwrap();
+        let mut three = two();
+        three.push(view("tertiary", "warm", InstancePhase::Pending, 30));
+        let after = plan_routing("shop/shop", &shop(), &three, Some(&before))
+            .table
+            .unwrap();
+        assert_eq!(after, before);
+    }
+
+    #[test]
+    fn unreachable_owner_fails_over_to_the_fallback_tier_and_back() {
+        let before = plan_routing("shop/shop", &shop(), &two(), None)
+            .table
+            .unwrap();
+        let mut down = two();
+        down[0].phase = InstancePhase::Unreachable;
+        let during = plan_routing("shop/shop", &shop(), &down, Some(&before))
+            .table
+            .unwrap();
+        during.validate().unwrap();
+        // Ownership unchanged; hot categories served by secondary through failover entries.
+        for cat in &before.categories {
+            assert_eq!(during.category(&cat.name).unwrap().slots, cat.slots);
+        }
+        let failed: BTreeSet<&str> = during
+            .failover
+            .iter()
+            .map(|f| f.category.as_str())
+            .collect();
+        assert_eq!(
+            failed,
+            BTreeSet::from(["auth", "order", "notification", "analytics-live"])
+        );
+        assert!(
+            during
+                .failover
+                .iter()
+                .all(|f| f.from == "primary" && f.to == "secondary")
+        );
+        let resolver = crate::routing::Resolver::new(during.clone()).unwrap();
+        let route = resolver.resolve(b"auth:token");
+        assert_eq!(resolver.instance_name(route.target), "secondary");
+
+        let fresh = newly_served(Some(&before), &during);
+        assert_eq!(fresh.keys().collect::<Vec<_>>(), ["secondary"]);
+        assert_eq!(fresh["secondary"].len(), 4);
+
+        let after = plan_routing("shop/shop", &shop(), &two(), Some(&during))
+            .table
+            .unwrap();
+        assert!(after.failover.is_empty());
+        let back = newly_served(Some(&during), &after);
+        assert_eq!(
+            back.keys().collect::<Vec<_>>(),
+            ["primary"],
+            "primary's stale copies are purged first"
+        );
+        assert_eq!(after.categories, before.categories);
+    }
+
+    #[test]
+    fn no_fallback_is_a_problem_not_a_panic() {
+        let spec: CachePolicySpec = serde_json::from_value(serde_json::json!({
+            "categories": [{"name": "auth", "keyPrefixes": ["auth:"], "tier": "hot"}],
+            "defaultCategory": {"tier": "hot"}
+        }))
+        .unwrap();
+        let one = vec![view("primary", "hot", InstancePhase::Ready, 30)];
+        let before = plan_routing("ns/p", &spec, &one, None).table.unwrap();
+        let mut down = one.clone();
+        down[0].phase = InstancePhase::Unreachable;
+        let planned = plan_routing("ns/p", &spec, &down, Some(&before));
+        assert!(planned.table.unwrap().failover.is_empty());
+        assert!(planned.problems.contains(&Problem::NoFallback {
+            category: "auth".into(),
+            instance: "primary".into()
+        }));
+    }
+
+    #[test]
+    fn missing_tier_falls_back_or_reports() {
+        let spec: CachePolicySpec = serde_json::from_value(serde_json::json!({
+            "categories": [{"name": "auth", "keyPrefixes": ["auth:"], "tier": "ice", "fallbackTier": "warm"}]
+        }))
+        .unwrap();
+        let table = plan_routing("ns/p", &spec, &two(), None).table.unwrap();
+        assert_eq!(
+            table.category("auth").unwrap().slots[0].instance,
+            "secondary"
+        );
+
+        let planned = plan_routing("ns/p", &spec, &[], None);
+        assert!(planned.table.is_none());
+        assert!(matches!(planned.problems[0], Problem::NoCandidates { .. }));
+    }
+
+    #[test]
+    fn strategies() {
+        let mut spec = shop();
+        let mut unequal = two();
+        unequal[0].tier = Some("warm".into());
+        unequal[0].capacity_bytes = Some(90 << 20);
+        spec.balancing.strategy = Strategy::Smart;
+        let smart = plan_routing("s/s", &spec, &unequal, None).table.unwrap();
+        let count = |t: &RoutingTable, who: &str| {
+            t.category("user")
+                .unwrap()
+                .owners()
+                .iter()
+                .filter(|o| **o == who)
+                .count()
+        };
+        assert_eq!(count(&smart, "primary"), 12288, "3:1 by capacity");
+        spec.balancing.strategy = Strategy::ConsistentHash;
+        let equal = plan_routing("s/s", &spec, &unequal, None).table.unwrap();
+        assert_eq!(count(&equal, "primary"), 8192);
+        spec.balancing.strategy = Strategy::Pinned;
+        let pinned = plan_routing("s/s", &spec, &unequal, None).table.unwrap();
+        assert!(pinned.categories.iter().all(|c| c.slots.len() == 1));
+    }
+
+    #[test]
+    fn a_table_for_a_large_fleet_stays_under_one_mebibyte() {
+        // 1000 instances in 10 tiers of 100, 200 categories spread over the tiers.
+        let instances: Vec<InstanceView> = (0..1000)
+            .map(|i| {
+                view(
+                    &format!("redis-{i:04}"),
+                    &format!("tier-{}", i % 10),
+                    InstancePhase::Ready,
+                    30 + (i % 7) as u64,
+                )
+            })
+            .collect();
+        let categories: Vec<serde_json::Value> = (0..200)
+            .map(|c| {
+                serde_json::json!({
+                    "name": format!("category-{c:03}"),
+                    "keyPrefixes": [format!("c{c}:"), format!("cat{c}:")],
+                    "tier": format!("tier-{}", c % 10),
+                    "fallbackTier": format!("tier-{}", (c + 1) % 10),
+                    "ttl": {"default": "1h", "max": "24h"}
+                })
+            })
+            .collect();
+        let spec: CachePolicySpec =
+            serde_json::from_value(serde_json::json!({"categories": categories})).unwrap();
+        let table = plan_routing("big/big", &spec, &instances, None)
+            .table
+            .unwrap();
+        table.validate().unwrap();
+        let size = table.to_json().len();
+        eprintln!("routing.json: {size} bytes");
+        assert!(size < 1 << 20, "routing.json is {size} bytes");
+        assert_eq!(table.instances.len(), 1000);
+    }
+}

@@ -1,0 +1,421 @@
+//! The status of a CachePolicy — what was published, where each category lives, failovers,
+//! conditions and capacity-planning advice — as pure functions of what the reconciler saw.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::cache_policy::{
+    CachePolicyStatus, FailoverStatus, PolicyInstanceStatus, RoutingStatus,
+};
+use crate::api::conditions::{Time, condition, set_condition};
+use crate::api::quantity::format_bytes_human;
+use crate::api::redis_instance::InstancePhase;
+use crate::routing::table::RoutingTable;
+
+use super::routing::{InstanceView, Problem};
+
+/// Condition types of a CachePolicy.
+pub mod condition_type {
+    /// The routing ConfigMap holds the table for the current spec.
+    pub const ROUTING_PUBLISHED: &str = "RoutingPublished";
+    /// Data is being moved between instances.
+    pub const REBALANCING: &str = "Rebalancing";
+    /// Part of the keyspace is served away from its instances, or cannot be served.
+    pub const DEGRADED: &str = "Degraded";
+    /// Every category is served.
+    pub const READY: &str = "Ready";
+}
+use condition_type::{DEGRADED, READY, ROUTING_PUBLISHED};
+
+/// What the reconciler observed and did.
+#[derive(Debug, Clone)]
+pub struct PolicyObservation<'a> {
+    /// Now.
+    pub now: Timestamp,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// Routing ConfigMap name.
+    pub config_map: &'a str,
+    /// The table now in the ConfigMap, if any.
+    pub published: Option<&'a RoutingTable>,
+    /// Whether this reconcile published a new version.
+    pub published_now: bool,
+    /// Why no table could be published, if so.
+    pub publish_error: Option<String>,
+    /// Selected instances.
+    pub instances: &'a [InstanceView],
+    /// Problems found while planning.
+    pub problems: &'a [Problem],
+    /// `capacityThreshold` in percent.
+    pub threshold: i32,
+    /// Memory growth per instance in bytes per hour, where known.
+    pub growth: &'a BTreeMap<String, f64>,
+}
+
+/// Computes the policy status from the previous one and an observation.
+pub fn policy_status(
+    prev: Option<&CachePolicyStatus>,
+    obs: &PolicyObservation<'_>,
+) -> CachePolicyStatus {
+    let mut status = prev.cloned().unwrap_or_default();
+    status.observed_generation = obs.generation;
+    let generation = obs.generation;
+
+    if let Some(table) = obs.published {
+        let published_at = match (&status.routing, obs.published_now) {
+            (Some(r), false) if r.version == table.version as i64 => r.published_at.clone(),
+            _ => Some(Time(obs.now)),
+        };
+        status.routing = Some(RoutingStatus {
+            config_map: obs.config_map.to_owned(),
+            version: i64::try_from(table.version).unwrap_or(i64::MAX),
+            hash: table.content_hash(),
+            published_at,
+        });
+    }
+
+    // Instances and what they hold.
+    let mut slots: BTreeMap<&str, i32> = BTreeMap::new();
+    let mut cats: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    if let Some(table) = obs.published {
+        for c in &table.categories {
+            for run in &c.slots {
+                *slots.entry(run.instance.as_str()).or_default() += run.range.len() as i32;
+                cats.entry(run.instance.as_str())
+                    .or_default()
+                    .insert(c.name.as_str());
+            }
+        }
+    }
+    status.instances = obs
+        .instances
+        .iter()
+        .map(|i| PolicyInstanceStatus {
+            name: i.name.clone(),
+            phase: Some(i.phase),
+            used_percent: i
+                .capacity_bytes
+                .filter(|c| *c > 0)
+                .map(|c| (u128::from(i.used_bytes) * 100 / u128::from(c)) as i32),
+            categories: cats
+                .get(i.name.as_str())
+                .map(|s| s.iter().map(|c| (*c).to_owned()).collect())
+                .unwrap_or_default(),
+            slots: slots.get(i.name.as_str()).copied().unwrap_or(0),
+        })
+        .collect();
+
+    // Failovers, keeping `since` across reconciles.
+    let mut failovers: BTreeMap<(String, String, String), i32> = BTreeMap::new();
+    if let Some(table) = obs.published {
+        for f in &table.failover {
+            *failovers
+                .entry((f.category.clone(), f.from.clone(), f.to.clone()))
+                .or_default() += i32::from(f.end - f.start) + 1;
+        }
+    }
+    let prev_failovers = prev.map(|p| p.failovers.clone()).unwrap_or_default();
+    status.failovers = failovers
+        .into_iter()
+        .map(|((category, from, to), slots)| {
+            let since = prev_failovers
+                .iter()
+                .find(|f| f.category == category && f.from == from && f.to == to)
+                .and_then(|f| f.since.clone())
+                .or(Some(Time(obs.now)));
+            FailoverStatus {
+                category,
+                from,
+                to,
+                slots,
+                since,
+            }
+        })
+        .collect();
+
+    // Conditions.
+    match (&obs.publish_error, obs.published) {
+        (Some(err), _) => set_condition(
+            &mut status.conditions,
+            condition(
+                ROUTING_PUBLISHED,
+                false,
+                "NotPublished",
+                err.clone(),
+                generation,
+                obs.now,
+            ),
+        ),
+        (None, Some(t)) => set_condition(
+            &mut status.conditions,
+            condition(
+                ROUTING_PUBLISHED,
+                true,
+                "Published",
+                format!("version {} in ConfigMap {}", t.version, obs.config_map),
+                generation,
+                obs.now,
+            ),
+        ),
+        (None, None) => {}
+    }
+    let unreachable: Vec<&str> = obs
+        .instances
+        .iter()
+        .filter(|i| i.phase == InstancePhase::Unreachable)
+        .map(|i| i.name.as_str())
+        .collect();
+    let degraded_instances: Vec<&str> = obs
+        .instances
+        .iter()
+        .filter(|i| i.phase == InstancePhase::Degraded)
+        .map(|i| i.name.as_str())
+        .collect();
+    let (degraded, reason, message) = if let Some(p) = obs.problems.first() {
+        let reason = match p {
+            Problem::NoCandidates { .. } => "NoInstances",
+            Problem::NoFallback { .. } => "Unavailable",
+        };
+        let all: Vec<String> = obs.problems.iter().map(ToString::to_string).collect();
+        (true, reason, all.join("; "))
+    } else if !status.failovers.is_empty() {
+        let list: Vec<String> = status
+            .failovers
+            .iter()
+            .map(|f| format!("{} from {} to {}", f.category, f.from, f.to))
+            .collect();
+        (
+            true,
+            "FailedOver",
+            format!("served by a fallback: {}", list.join(", ")),
+        )
+    } else if !unreachable.is_empty() {
+        (
+            true,
+            "InstanceUnreachable",
+            format!("unreachable: {}", unreachable.join(", ")),
+        )
+    } else if !degraded_instances.is_empty() {
+        (
+            true,
+            "InstanceDegraded",
+            format!("degraded: {}", degraded_instances.join(", ")),
+        )
+    } else {
+        (
+            false,
+            "AllServed",
+            "every category is served by its own instances".to_owned(),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        condition(DEGRADED, degraded, reason, message, generation, obs.now),
+    );
+    let blocking: Vec<String> = obs.problems.iter().map(ToString::to_string).collect();
+    let ready = obs.published.is_some() && obs.publish_error.is_none() && blocking.is_empty();
+    let (reason, message) = if ready {
+        ("Serving", "every category has a published route".to_owned())
+    } else if let Some(e) = &obs.publish_error {
+        ("NotPublished", e.clone())
+    } else if !blocking.is_empty() {
+        ("Unavailable", blocking.join("; "))
+    } else {
+        ("NotPublished", "no routing table yet".to_owned())
+    };
+    set_condition(
+        &mut status.conditions,
+        condition(READY, ready, reason, message, generation, obs.now),
+    );
+
+    status.recommendations =
+        recommendations(obs.instances, obs.published, obs.threshold, obs.growth);
+    status
+}
+
+/// Capacity-planning advice: instances over the threshold, growth and time to full, and
+/// instances to add when a whole tier is over the threshold.
+pub fn recommendations(
+    instances: &[InstanceView],
+    table: Option<&RoutingTable>,
+    threshold: i32,
+    growth: &BTreeMap<String, f64>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let threshold_f = f64::from(threshold) / 100.0;
+    for i in instances {
+        let Some(cap) = i.capacity_bytes.filter(|c| *c > 0) else {
+            continue;
+        };
+        let used = i.used_bytes as f64;
+        let pct = used / cap as f64;
+        if pct >= threshold_f {
+            out.push(format!(
+                "{} is at {:.0}% of {} (threshold {threshold}%)",
+                i.name,
+                (pct * 100.0).floor(),
+                format_bytes_human(cap)
+            ));
+        }
+        if let Some(per_hour) = growth.get(&i.name).copied().filter(|g| *g > 1024.0) {
+            let to_threshold = (cap as f64 * threshold_f - used) / per_hour;
+            let to_full = (cap as f64 - used) / per_hour;
+            let rate = format_bytes_human(per_hour as u64);
+            if to_full > 0.0 {
+                let when = if to_threshold > 0.0 {
+                    format!(
+                        "reaches {threshold}% in ~{} and is full in ~{}",
+                        hours(to_threshold),
+                        hours(to_full)
+                    )
+                } else {
+                    format!("is full in ~{}", hours(to_full))
+                };
+                out.push(format!("{} grows ~{rate}/h: {when}", i.name));
+            }
+        }
+    }
+    // Tiers as a whole: the instances each category's slots live on.
+    let mut tiers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for i in instances.iter().filter(|i| !i.drain) {
+        let Some(cap) = i.capacity_bytes else {
+            continue;
+        };
+        let key = i.tier.clone().unwrap_or_else(|| "(untiered)".to_owned());
+        let e = tiers.entry(key).or_default();
+        e.0 += i.used_bytes;
+        e.1 += cap;
+    }
+    let used_tiers: BTreeSet<String> = table
+        .map(|t| {
+            let by_name: BTreeMap<&str, &InstanceView> =
+                instances.iter().map(|i| (i.name.as_str(), i)).collect();
+            t.categories
+                .iter()
+                .flat_map(|c| c.slots.iter())
+                .filter_map(|o| by_name.get(o.instance.as_str()))
+                .map(|i| i.tier.clone().unwrap_or_else(|| "(untiered)".to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let target = (f64::from(threshold) - 20.0).max(f64::from(threshold) / 2.0) / 100.0;
+    for (tier, (used, cap)) in tiers {
+        if cap == 0 || !used_tiers.contains(&tier) {
+            continue;
+        }
+        let pct = used as f64 / cap as f64;
+        if pct >= threshold_f {
+            let needed = (used as f64 / target - cap as f64).max(0.0);
+            let mib = (needed / f64::from(1 << 20)).ceil() as u64;
+            out.push(format!(
+                "tier {tier} is at {:.0}% of {}: add an instance of at least {}Mi (or raise capacity) to bring it to {:.0}%",
+                (pct * 100.0).floor(),
+                format_bytes_human(cap),
+                mib.max(1),
+                target * 100.0
+            ));
+        }
+    }
+    out
+}
+
+fn hours(h: f64) -> String {
+    if h < 1.0 {
+        format!("{:.0}m", (h * 60.0).max(1.0))
+    } else if h < 48.0 {
+        format!("{h:.0}h")
+    } else {
+        format!("{:.0}d", h / 24.0)
+    }
+}
+
+/// Least-squares growth in bytes per hour from `(seconds, bytes)` samples, when at least
+/// three samples span five minutes or more.
+pub fn growth_per_hour(samples: &[(f64, u64)]) -> Option<f64> {
+    if samples.len() < 3 {
+        return None;
+    }
+    let first = samples.first()?.0;
+    let last = samples.last()?.0;
+    if last - first < 300.0 {
+        return None;
+    }
+    let n = samples.len() as f64;
+    let mean_t = samples.iter().map(|(t, _)| *t).sum::<f64>() / n;
+    let mean_b = samples.iter().map(|(_, b)| *b as f64).sum::<f64>() / n;
+    let cov: f64 = samples
+        .iter()
+        .map(|(t, b)| (t - mean_t) * (*b as f64 - mean_b))
+        .sum();
+    let var: f64 = samples.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
+    (var > 0.0).then(|| cov / var * 3600.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::table::InstanceEndpoint;
+
+    fn view(name: &str, tier: &str, used_mib: u64, cap_mib: u64) -> InstanceView {
+        InstanceView {
+            name: name.into(),
+            tier: Some(tier.into()),
+            phase: InstancePhase::Ready,
+            capacity_bytes: Some(cap_mib << 20),
+            used_bytes: used_mib << 20,
+            weight: 100,
+            drain: false,
+            endpoint: InstanceEndpoint {
+                host: "h".into(),
+                port: 1,
+                tls: None,
+                username_secret: None,
+                password_secret: None,
+            },
+        }
+    }
+
+    #[test]
+    fn growth_is_a_least_squares_slope() {
+        let samples: Vec<(f64, u64)> = (0..10)
+            .map(|i| (f64::from(i) * 60.0, 1000 + i as u64 * 100))
+            .collect();
+        let g = growth_per_hour(&samples).unwrap();
+        assert!((g - 6000.0).abs() < 1e-6, "{g}");
+        assert_eq!(growth_per_hour(&samples[..2]), None);
+        assert_eq!(
+            growth_per_hour(&[(0.0, 1), (10.0, 2), (20.0, 3)]),
+            None,
+            "too short a span"
+        );
+    }
+
+    #[test]
+    fn advice_for_full_instances_growth_and_tiers() {
+        let instances = vec![
+            view("primary", "hot", 26, 30),
+            view("secondary", "warm", 10, 30),
+        ];
+        let table = crate::routing::table::tests::two_instance_table();
+        let growth = BTreeMap::from([("secondary".to_owned(), 2.0 * f64::from(1 << 20))]);
+        let recs = recommendations(&instances, Some(&table), 80, &growth);
+        assert!(
+            recs.iter()
+                .any(|r| r.starts_with("primary is at 86% of 30.0Mi")),
+            "{recs:?}"
+        );
+        assert!(
+            recs.iter().any(|r| r
+                .starts_with("secondary grows ~2.0Mi/h: reaches 80% in ~7h and is full in ~10h")),
+            "{recs:?}"
+        );
+        assert!(
+            recs.iter()
+                .any(|r| r
+                    .starts_with("tier hot is at 86% of 30.0Mi: add an instance of at least 14Mi")),
+            "{recs:?}"
+        );
+        assert!(!recs.iter().any(|r| r.starts_with("tier warm")));
+    }
+}

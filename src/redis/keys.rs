@@ -1,0 +1,193 @@
+//! Finding and deleting the keys of given slot ranges of a category on one instance: the
+//! "purge the target first" step that keeps stale copies from being read when a range starts
+//! being served by an instance that held it before (failover, failback, reassignment).
+//!
+//! Keys are found with SCAN (MATCH on each prefix of the category, or everything for the
+//! default category) and filtered by category and slot with the routing resolver itself, so
+//! the purge removes exactly what routing would send there.
+
+use redis::aio::MultiplexedConnection;
+
+use crate::routing::keyspace::{CategoryId, Resolver};
+use crate::routing::slots::{SlotRange, key_slot};
+
+/// Keys under this prefix belong to redis-fleet itself (sidecar heartbeats, migration
+/// tombstones and checkpoints) and are never purged or moved as application data.
+pub const RESERVED_PREFIX: &[u8] = b"redisfleet:";
+
+/// SCAN page size: large enough to keep round trips few, small enough not to block Redis.
+const SCAN_COUNT: usize = 1000;
+
+/// A glob pattern matching keys that start with `prefix` (glob metacharacters escaped).
+pub fn prefix_pattern(prefix: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 2);
+    for &b in prefix {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'*');
+    out
+}
+
+/// Whether `key` of the resolver's `category` lies in one of `ranges` (and is application
+/// data).
+pub fn in_ranges(
+    resolver: &Resolver,
+    category: CategoryId,
+    ranges: &[SlotRange],
+    key: &[u8],
+) -> bool {
+    !key.starts_with(RESERVED_PREFIX)
+        && resolver.category_of(key) == category
+        && ranges.iter().any(|r| r.contains(key_slot(key)))
+}
+
+/// A resumable SCAN over the keys of one category in some slot ranges on one instance.
+///
+/// Each call to [`RangeScan::next_batch`] runs one SCAN round trip and returns the matching
+/// keys (possibly none); [`RangeScan::checkpoint`] says where to resume after a crash.
+#[derive(Debug, Clone)]
+pub struct RangeScan<'r> {
+    resolver: &'r Resolver,
+    category: CategoryId,
+    ranges: Vec<SlotRange>,
+    patterns: Vec<Option<Vec<u8>>>,
+    pattern: usize,
+    cursor: u64,
+}
+
+/// Where a [`RangeScan`] stands: which prefix pattern, and the SCAN cursor within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScanCheckpoint {
+    /// Index of the prefix pattern being scanned.
+    pub pattern: usize,
+    /// SCAN cursor (0 = start of that pattern).
+    pub cursor: u64,
+}
+
+impl<'r> RangeScan<'r> {
+    /// A scan from the beginning.
+    pub fn new(resolver: &'r Resolver, category: CategoryId, ranges: &[SlotRange]) -> Self {
+        Self::resume(resolver, category, ranges, ScanCheckpoint::default())
+    }
+
+    /// A scan resuming at `checkpoint`.
+    pub fn resume(
+        resolver: &'r Resolver,
+        category: CategoryId,
+        ranges: &[SlotRange],
+        checkpoint: ScanCheckpoint,
+    ) -> Self {
+        let cat = &resolver.categories()[usize::from(category)];
+        let patterns = if cat.prefixes.is_empty() {
+            vec![None]
+        } else {
+            cat.prefixes
+                .iter()
+                .map(|p| Some(prefix_pattern(p.as_bytes())))
+                .collect()
+        };
+        Self {
+            resolver,
+            category,
+            ranges: ranges.to_vec(),
+            patterns,
+            pattern: checkpoint.pattern,
+            cursor: checkpoint.cursor,
+        }
+    }
+
+    /// Where to resume.
+    pub fn checkpoint(&self) -> ScanCheckpoint {
+        ScanCheckpoint {
+            pattern: self.pattern,
+            cursor: self.cursor,
+        }
+    }
+
+    /// Whether the scan has covered everything.
+    pub fn is_done(&self) -> bool {
+        self.pattern >= self.patterns.len()
+    }
+
+    /// One SCAN round trip: the keys of the category in the ranges it returned, or `None`
+    /// when the scan is complete.
+    pub async fn next_batch(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+    ) -> redis::RedisResult<Option<Vec<Vec<u8>>>> {
+        let Some(pattern) = self.patterns.get(self.pattern) else {
+            return Ok(None);
+        };
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(self.cursor);
+        if let Some(p) = pattern {
+            cmd.arg("MATCH").arg(p);
+        }
+        cmd.arg("COUNT").arg(SCAN_COUNT);
+        let (next, keys): (u64, Vec<Vec<u8>>) = cmd.query_async(conn).await?;
+        if next == 0 {
+            self.pattern += 1;
+        }
+        self.cursor = next;
+        Ok(Some(
+            keys.into_iter()
+                .filter(|k| in_ranges(self.resolver, self.category, &self.ranges, k))
+                .collect(),
+        ))
+    }
+}
+
+/// Deletes the keys of `category` in `ranges`; returns how many were deleted.
+pub async fn delete_ranges(
+    conn: &mut MultiplexedConnection,
+    resolver: &Resolver,
+    category: CategoryId,
+    ranges: &[SlotRange],
+) -> redis::RedisResult<u64> {
+    let mut deleted = 0u64;
+    let mut scan = RangeScan::new(resolver, category, ranges);
+    while let Some(batch) = scan.next_batch(conn).await? {
+        if !batch.is_empty() {
+            let n: u64 = redis::cmd("UNLINK").arg(&batch).query_async(conn).await?;
+            deleted += n;
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_escape_glob_characters() {
+        assert_eq!(prefix_pattern(b"user:"), b"user:*");
+        assert_eq!(prefix_pattern(b"a*b?[c]\\"), b"a\\*b\\?\\[c\\]\\\\*");
+    }
+
+    #[test]
+    fn reserved_keys_are_never_in_range() {
+        let table = crate::routing::table::tests::two_instance_table();
+        let r = Resolver::new(table).unwrap();
+        let default = r.category_of(b"anything");
+        assert!(in_ranges(&r, default, &[SlotRange::ALL], b"anything"));
+        assert!(!in_ranges(
+            &r,
+            default,
+            &[SlotRange::ALL],
+            b"redisfleet:sidecar:abc"
+        ));
+        let auth = r.category_of(b"auth:1");
+        assert!(!in_ranges(&r, auth, &[SlotRange::ALL], b"menu:1"));
+        let slot = key_slot(b"auth:1");
+        assert!(!in_ranges(
+            &r,
+            auth,
+            &[SlotRange::new(slot + 1, slot + 1)],
+            b"auth:1"
+        ));
+    }
+}
