@@ -380,14 +380,19 @@ async fn a_third_instance_is_discovered_and_only_what_must_move_moves() {
             "{cat}"
         );
     }
-    let metrics = shop.operator.metrics();
-    assert!(
-        metrics.contains(&format!(
-            "redisfleet_routing_version{{namespace=\"{}\",policy=\"shop\"}} {v2}",
-            shop.ns
-        )),
-        "{metrics}"
+    let series = format!(
+        "redisfleet_routing_version{{namespace=\"{}\",policy=\"shop\"}} {v2}",
+        shop.ns
     );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !shop.operator.metrics().contains(&series) {
+        assert!(
+            Instant::now() < deadline,
+            "{series} missing\n{}",
+            shop.operator.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
