@@ -41,8 +41,14 @@ async fn control_plane_is_a_real_apiserver_of_the_built_version() {
 async fn crds_install_as_structural_schemas_without_warnings() {
     let cp = ControlPlane::shared();
     let mut cmd = cp.kubectl();
-    cmd.args(["apply", "--server-side", "--force-conflicts", "--field-manager=crds-test", "-f"])
-        .arg(project_root().join("crds"));
+    cmd.args([
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=crds-test",
+        "-f",
+    ])
+    .arg(project_root().join("crds"));
     let out = run(cmd);
     assert!(
         out.status.success(),
