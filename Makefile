@@ -16,7 +16,7 @@ help: ## list the targets
 test: deps control-plane ## fmt check, clippy -D warnings, unit + integration tests (real apiserver, real Redis)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
-	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) test --all-targets --locked
+	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" REDIS_FLEET_HELM="$$(hack/helm.sh)" $(CARGO) test --all-targets --locked
 
 .PHONY: deps
 deps: ## install missing Debian packages (redis-server, redis-tools, openssl)
@@ -32,9 +32,22 @@ deps: ## install missing Debian packages (redis-server, redis-tools, openssl)
 control-plane: ## build (once) and cache kube-apiserver and kube-controller-manager
 	@tests/control-plane/build.sh >/dev/null
 
+.PHONY: helm
+helm: ## build (once) and cache Helm from the Go module proxy; prints its path
+	@hack/helm.sh
+
+.PHONY: chart
+chart: control-plane ## lint, render and server-side dry-run the Helm chart (cargo test --test chart)
+	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" REDIS_FLEET_HELM="$$(hack/helm.sh)" $(CARGO) test --locked --test chart
+
 .PHONY: crds
-crds: ## regenerate crds/ from the Rust types
+crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 	$(CARGO) run --quiet -- crds > crds/redis-fleet.crds.yaml
+	cp crds/redis-fleet.crds.yaml charts/redis-fleet/crds/redis-fleet.crds.yaml
+
+.PHONY: bench
+bench: deps control-plane ## benchmarks (numbers printed side by side; never pass/fail)
+	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) bench --locked --bench publish_latency
 
 .PHONY: demo
 demo: deps control-plane ## start a local control plane, apply the CRDs and examples, leave it running
