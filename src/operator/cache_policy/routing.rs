@@ -62,6 +62,11 @@ pub enum Problem {
         /// Tier asked for.
         tier: Option<String>,
     },
+    /// The category's instances have not been probed yet.
+    Waiting {
+        /// Category.
+        category: String,
+    },
     /// Slots of an unreachable instance have nowhere to go: their keys are unavailable.
     NoFallback {
         /// Category.
@@ -78,6 +83,12 @@ impl std::fmt::Display for Problem {
                 Some(t) => write!(f, "category {category}: no usable instance in tier {t}"),
                 None => write!(f, "category {category}: no usable instance"),
             },
+            Self::Waiting { category } => {
+                write!(
+                    f,
+                    "category {category}: waiting for its instances' first probe"
+                )
+            }
             Self::NoFallback { category, instance } => write!(
                 f,
                 "category {category}: {instance} is unreachable and no other instance can serve its slots"
@@ -190,6 +201,19 @@ pub fn plan_routing(
             .filter(|i| in_tier(&tier, i))
             .filter(usable)
             .collect();
+        if pool.is_empty()
+            && instances
+                .iter()
+                .filter(|i| in_tier(&tier, i))
+                .any(|i| !i.drain && i.phase == InstancePhase::Pending)
+        {
+            // The category's own instances have not been probed yet: placing it on the
+            // fallback tier now would only move its data back moments later. Wait.
+            problems.push(Problem::Waiting {
+                category: name.clone(),
+            });
+            continue;
+        }
         if pool.is_empty() && fallback_tier.is_some() {
             pool = instances
                 .iter()
@@ -656,6 +680,25 @@ mod tests {
             "primary's stale copies are purged first"
         );
         assert_eq!(after.categories, before.categories);
+    }
+
+    #[test]
+    fn a_tier_that_is_not_probed_yet_is_waited_for_not_replaced_by_its_fallback() {
+        let mut fresh = two();
+        fresh[1].phase = InstancePhase::Pending;
+        let planned = plan_routing("shop/shop", &shop(), &fresh, None);
+        assert!(
+            planned.table.is_none(),
+            "nothing published before every tier was probed"
+        );
+        assert!(planned.problems.contains(&Problem::Waiting {
+            category: "user".into()
+        }));
+        let published = plan_routing("shop/shop", &shop(), &two(), None)
+            .table
+            .unwrap();
+        let planned = plan_routing("shop/shop", &shop(), &fresh, Some(&published));
+        assert_eq!(planned.table, Some(published), "the previous table stays");
     }
 
     #[test]

@@ -175,6 +175,7 @@ pub fn policy_status(
     let (degraded, reason, message) = if let Some(p) = obs.problems.first() {
         let reason = match p {
             Problem::NoCandidates { .. } => "NoInstances",
+            Problem::Waiting { .. } => "WaitingForInstances",
             Problem::NoFallback { .. } => "Unavailable",
         };
         let all: Vec<String> = obs.problems.iter().map(ToString::to_string).collect();
