@@ -5,8 +5,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -17,53 +15,8 @@ use redis_fleet::routing::table::{RoutingTable, TABLE_KEY, VERSION_ANNOTATION};
 use redis_fleet::routing::{Resolver, key_slot};
 use support::control_plane::project_root;
 use support::operator::Operator;
+use support::shop::{MB, Shop, example, kubectl_apply, server_with_password, shop};
 use support::{ControlPlane, RedisOptions, RedisServer, wait_for};
-
-const MB: u64 = 1024 * 1024;
-
-/// `kubectl apply -n ns -f -` with `yaml` on stdin.
-fn kubectl_apply(cp: &ControlPlane, ns: &str, yaml: &str) -> std::process::Output {
-    let mut child = cp
-        .kubectl()
-        .args(["apply", "-n", ns, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-/// An example file with the placeholder endpoints replaced by local servers.
-fn example(file: &str, endpoints: &[(&str, &RedisServer)]) -> String {
-    let mut yaml = std::fs::read_to_string(project_root().join("examples").join(file)).unwrap();
-    for (host, server) in endpoints {
-        yaml = yaml.replace(
-            &format!("host: {host}\n    port: 6379"),
-            &format!("host: 127.0.0.1\n    port: {}", server.port),
-        );
-    }
-    // Probe fast so the tests do not wait on the 5 s default.
-    yaml.replace(
-        "  capacity: 30Mi\n",
-        "  capacity: 30Mi\n  health: {interval: 1s, timeout: 500ms, failureThreshold: 2, recoveryThreshold: 2}\n",
-    )
-    .replace("  health:\n    interval: 5s\n    timeout: 1s\n    failureThreshold: 3\n    recoveryThreshold: 3\n    latencyThreshold: 50ms\n", "")
-}
-
-fn server_with_password(password: &str) -> RedisServer {
-    RedisServer::start(RedisOptions {
-        maxmemory: 30 * MB,
-        password: Some(password.into()),
-        ..RedisOptions::default()
-    })
-}
 
 async fn routing(api: &Api<ConfigMap>, name: &str) -> Option<(u64, RoutingTable)> {
     let cm = api.get_opt(name).await.unwrap()?;
@@ -97,60 +50,6 @@ async fn wait_for_version(
             "no routing version after {after} within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct Shop {
-    cp: &'static ControlPlane,
-    ns: String,
-    primary: RedisServer,
-    /// Kept so the server lives as long as the scenario.
-    _secondary: RedisServer,
-    operator: Operator,
-    configmaps: Api<ConfigMap>,
-    instances: Api<RedisInstance>,
-    policies: Api<CachePolicy>,
-}
-
-/// The user's setup: two 30 MB instances (hot, warm) and the shop policy, from examples/.
-async fn shop(prefix: &str) -> Shop {
-    let cp = ControlPlane::shared();
-    let client = cp.client().await;
-    cp.install_crds(&client).await;
-    let ns = cp.namespace(&client, prefix).await;
-    let primary = server_with_password("change-me-primary");
-    let secondary = server_with_password("change-me-secondary");
-    let operator = Operator::start(cp, &ns);
-    let instances_yaml = example(
-        "redis-instances.yaml",
-        &[
-            ("redis-primary.example.com", &primary),
-            ("redis-secondary.example.com", &secondary),
-        ],
-    );
-    let out = kubectl_apply(cp, &ns, &instances_yaml);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let policy_yaml =
-        std::fs::read_to_string(project_root().join("examples/cache-policy.yaml")).unwrap();
-    let out = kubectl_apply(cp, &ns, &policy_yaml);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Shop {
-        cp,
-        configmaps: Api::namespaced(client.clone(), &ns),
-        instances: Api::namespaced(client.clone(), &ns),
-        policies: Api::namespaced(client, &ns),
-        ns,
-        primary,
-        _secondary: secondary,
-        operator,
     }
 }
 

@@ -3,9 +3,13 @@
 //!
 //! One watch scope per `--namespace` (or one cluster-wide scope): each scope has its own
 //! caches and controllers, while metrics and the event reporter are shared.
+//!
+//! With `--leader-election` the scopes start only once this replica holds the Lease (see
+//! [`leader`]); a standby serves `/metrics`, `/healthz` and a passing `/readyz` meanwhile.
 
 pub mod cache_policy;
 pub mod context;
+pub mod leader;
 pub mod metrics;
 pub mod redis_instance;
 pub mod secrets;
@@ -43,8 +47,11 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     /// Name reported on Events (`reportingController`).
     pub controller_name: String,
-    /// Instance reported on Events (the pod name, when known).
+    /// Instance reported on Events (the pod name, when known); also the leader-election
+    /// identity.
     pub instance_name: Option<String>,
+    /// Leader election; `None`: this process always leads.
+    pub leader_election: Option<leader::ElectionConfig>,
 }
 
 /// Why the operator stopped.
@@ -62,6 +69,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The leader-election settings are unusable.
+    #[error("leader election: {0}")]
+    LeaderElection(String),
+    /// This replica led and lost the Lease: it must stop writing at once.
+    #[error("lost the leader Lease ({0}): exiting so that this pod restarts as a standby")]
+    LeadershipLost(String),
 }
 
 /// Runs the operator until SIGTERM or Ctrl-C.
@@ -69,6 +82,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(Error::Client)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let leader_gauge = leader::register_gauge(&mut registry);
     let probes = http::Probes::new(registry);
     let (addr, _server) = http::serve(config.metrics_addr, probes.clone())
         .await
@@ -84,6 +98,29 @@ pub async fn run(config: Config) -> Result<(), Error> {
         info!("shutdown requested: finishing in-flight reconciles");
         let _ = stop_tx.send(true);
     });
+
+    // With leader election, nothing below runs (and nothing is written) before this replica
+    // holds the Lease.
+    let mut election = match &config.leader_election {
+        None => {
+            leader_gauge.set(1);
+            None
+        }
+        Some(le) => {
+            let mut election =
+                leader::Election::new(le, config.instance_name.as_deref(), leader_gauge).await?;
+            let leads = tokio::select! {
+                () = election.acquire(&probes) => true,
+                () = stopped(stop_rx.clone()) => false,
+            };
+            if !leads {
+                election.release().await;
+                info!("stopped (standby)");
+                return Ok(());
+            }
+            Some(election)
+        }
+    };
 
     let reporter = Reporter {
         controller: config.controller_name.clone(),
@@ -107,7 +144,25 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ));
     }
     probes.set_ready(true);
-    futures::future::join_all(tasks).await;
+    let controllers = futures::future::join_all(tasks);
+    match &mut election {
+        None => {
+            controllers.await;
+        }
+        Some(election) => {
+            let lost = tokio::select! {
+                _ = controllers => None,
+                why = election.hold() => Some(why),
+            };
+            if let Some(why) = lost {
+                // Dropping the controllers cancels what they had in flight; the caller exits.
+                tracing::error!(reason = %why, "lost the leader Lease: stopping at once");
+                return Err(Error::LeadershipLost(why));
+            }
+            // Stopped by a signal: the controllers are done, so let a standby take over now.
+            election.release().await;
+        }
+    }
     info!("stopped");
     Ok(())
 }

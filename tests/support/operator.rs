@@ -45,7 +45,7 @@ impl Operator {
         let mut process = ChildGuard::spawn("redis-fleet operator", cmd, &log);
         let ready = wait_until(Duration::from_secs(30), || {
             process.is_running()
-                && http_get(metrics_port, "/readyz").is_some_and(|b| b.contains("ready"))
+                && http_get(metrics_port, "/readyz").is_some_and(|b| b.trim() == "ready")
         });
         assert!(
             ready,
