@@ -23,8 +23,12 @@ struct Cli {
 enum Command {
     /// Run the controllers (RedisInstance, CachePolicy).
     Operator(OperatorArgs),
+    /// Run the RESP proxy applications talk to (beside the application, on 127.0.0.1:6379).
+    Sidecar(SidecarArgs),
     /// Print the CustomResourceDefinitions as YAML (the content of `crds/`).
     Crds,
+    /// Show a namespace's fleet or one policy: instances, usage, categories, routing, rebalances.
+    Status(redis_fleet::cli::status::StatusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,14 +44,160 @@ struct OperatorArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080", env = "REDIS_FLEET_METRICS_ADDR")]
     metrics_addr: SocketAddr,
-    /// Name of this operator replica on Events (the pod name in a cluster).
+    /// Name of this operator replica on Events (the pod name in a cluster); also its
+    /// leader-election identity (default: the host name with a random suffix).
     #[arg(long, env = "POD_NAME")]
     instance_name: Option<String>,
+    /// Run the controllers only while holding the leader Lease (for more than one replica).
+    #[arg(long, env = "REDIS_FLEET_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = redis_fleet::operator::leader::DEFAULT_LEASE_NAME)]
+    lease_name: String,
+    /// Namespace of the leader Lease. Default: the service account's namespace, else `default`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long the Lease stays valid after a renewal; the leader renews every third of it,
+    /// a standby looks every sixth.
+    #[arg(long, default_value = "15s", value_parser = redis_fleet::operator::leader::parse_lease_duration)]
+    lease_duration: std::time::Duration,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("table").required(true).args(["routing_file", "configmap"])))]
+struct SidecarArgs {
+    /// The routing table as a file (the mounted routing ConfigMap's `routing.json`).
+    #[arg(long, env = "REDIS_FLEET_ROUTING_FILE")]
+    routing_file: Option<std::path::PathBuf>,
+    /// The routing ConfigMap as `namespace/name`, read and watched through the API.
+    #[arg(long, env = "REDIS_FLEET_CONFIGMAP")]
+    configmap: Option<String>,
+    /// Where applications connect.
+    #[arg(long, default_value = "127.0.0.1:6379", env = "REDIS_FLEET_LISTEN")]
+    listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9121",
+        env = "REDIS_FLEET_METRICS_ADDR"
+    )]
+    metrics_addr: SocketAddr,
+    /// Mounted Secrets holding instance credentials, as `<dir>/<secret name>/<key>`. Without
+    /// it, `--configmap` mode reads the Secrets through the API.
+    #[arg(long, env = "REDIS_FLEET_SECRETS_DIR")]
+    secrets_dir: Option<std::path::PathBuf>,
+    /// File holding a password clients must send with AUTH. Default: AUTH is accepted as is.
+    #[arg(long, env = "REDIS_FLEET_CLIENT_PASSWORD_FILE")]
+    client_password_file: Option<std::path::PathBuf>,
+    /// This sidecar's id in heartbeats (default: the pod name or host name, plus a suffix).
+    #[arg(long, env = "POD_NAME")]
+    id: Option<String>,
+    /// Pipelined connections per instance.
+    #[arg(long, default_value_t = 2)]
+    connections_per_instance: usize,
+    /// A connection whose oldest request has waited this long is considered dead.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    request_timeout: std::time::Duration,
+    /// How often the table file and the credentials are re-read.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    poll: std::time::Duration,
+    /// Worker threads (1: a single-threaded event loop, like Redis itself).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    redis_fleet::api::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    runtime.context("starting the async runtime")
+}
+
+fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
+    use redis_fleet::sidecar::reload::{SecretSource, TableSource};
+    let table = match (args.routing_file, args.configmap) {
+        (Some(path), _) => TableSource::File(path),
+        (None, Some(cm)) => {
+            let (namespace, name) = cm
+                .split_once('/')
+                .context("--configmap takes namespace/name")?;
+            TableSource::ConfigMap {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }
+        }
+        (None, None) => anyhow::bail!("give --routing-file or --configmap"),
+    };
+    let secrets = match (&args.secrets_dir, &table) {
+        (Some(dir), _) => SecretSource::Dir(dir.clone()),
+        (None, TableSource::ConfigMap { namespace, .. }) => SecretSource::Api(namespace.clone()),
+        (None, TableSource::File(_)) => SecretSource::None,
+    };
+    let client_password = match &args.client_password_file {
+        Some(path) => Some(redis_fleet::redis::connect::SecretString::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim_end_matches('\n')
+                .to_owned(),
+        )),
+        None => None,
+    };
+    let id = args.id.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "sidecar".to_owned())
+    });
+    let mut suffix = [0u8; 3];
+    let _ = getrandom::fill(&mut suffix);
+    let id = format!("{id}-{:02x}{:02x}{:02x}", suffix[0], suffix[1], suffix[2]);
+    let runtime = runtime(args.threads)?;
+    runtime.block_on(redis_fleet::sidecar::run(redis_fleet::sidecar::Config {
+        listen: args.listen,
+        metrics_addr: args.metrics_addr,
+        table,
+        secrets,
+        client_password,
+        id,
+        backend: redis_fleet::sidecar::backend::BackendOptions {
+            lanes: args.connections_per_instance.max(1),
+            request_timeout: args.request_timeout,
+            ..Default::default()
+        },
+        poll: args.poll,
+    }))?;
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Status(args) => {
+            install_crypto_provider();
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let (width, color) = (
+                redis_fleet::cli::status::width_from_env(),
+                redis_fleet::cli::status::color_from_env(),
+            );
+            let text = runtime.block_on(redis_fleet::cli::status::run(&args, width, color))?;
+            std::io::stdout().write_all(text.as_bytes())?;
+            Ok(())
+        }
+        Command::Sidecar(args) => {
+            telemetry::init(cli.log_format, "info");
+            install_crypto_provider();
+            sidecar(args)
+        }
         Command::Crds => {
             let yaml = redis_fleet::api::crds_yaml().context("rendering the CRDs as YAML")?;
             std::io::stdout().write_all(yaml.as_bytes())?;
@@ -62,6 +212,13 @@ fn main() -> anyhow::Result<()> {
                 metrics_addr: args.metrics_addr,
                 controller_name: "redis-fleet-operator".to_owned(),
                 instance_name: args.instance_name,
+                leader_election: args.leader_election.then_some(
+                    redis_fleet::operator::leader::ElectionConfig {
+                        lease_name: args.lease_name,
+                        lease_namespace: args.lease_namespace,
+                        lease_duration: args.lease_duration,
+                    },
+                ),
             }))?;
             Ok(())
         }

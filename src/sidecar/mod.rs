@@ -1,5 +1,150 @@
 //! The sidecar: a RESP proxy on 127.0.0.1:6379 that makes the fleet look like one Redis.
-//! Every command is routed by the routing table to the instance that owns its key.
+//! Every command is routed by the routing table to the instance that serves its key.
+//!
+//! - [`resp`], [`command`], [`ttl`]: pure protocol, command-table and TTL logic;
+//! - [`backend`]: pipelined connections to instances; [`router`]: one table version;
+//! - [`session`]: one client connection; [`reload`]: table and credential updates;
+//! - [`heartbeat`]: the table version this sidecar uses, for rebalance Jobs;
+//! - [`metrics`]: Prometheus series on a separate port.
 
+pub mod backend;
 pub mod command;
+pub mod heartbeat;
+pub mod metrics;
+pub mod reload;
 pub mod resp;
+pub mod router;
+pub mod session;
+pub mod ttl;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::http;
+use crate::redis::connect::SecretString;
+use backend::BackendOptions;
+use metrics::SidecarMetrics;
+use reload::{Reloader, SecretSource, TableSource};
+use session::Shared;
+
+/// How the sidecar runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+    /// The routing table.
+    pub table: TableSource,
+    /// Instance credentials.
+    pub secrets: SecretSource,
+    /// Password clients must AUTH with, if any.
+    pub client_password: Option<SecretString>,
+    /// This sidecar's id (heartbeat key).
+    pub id: String,
+    /// Backend tuning.
+    pub backend: BackendOptions,
+    /// How often a mounted table file and the credentials are re-read.
+    pub poll: Duration,
+}
+
+/// Why the sidecar stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API could not be reached (`--configmap` mode).
+    #[error("connecting to Kubernetes: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// Runs the sidecar until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(SidecarMetrics::new(&mut registry));
+    let probes = http::Probes::new(registry);
+    let shared = Shared::new(metrics, config.client_password.clone(), config.id.clone());
+
+    let client = match (&config.table, &config.secrets) {
+        (TableSource::ConfigMap { .. }, _) | (_, SecretSource::Api(_)) => {
+            Some(kube::Client::try_default().await.map_err(Error::Client)?)
+        }
+        _ => None,
+    };
+    let reloader = Reloader::new(
+        shared.clone(),
+        config.backend.clone(),
+        config.secrets.clone(),
+        client.clone(),
+    );
+    match config.table.clone() {
+        TableSource::File(path) => {
+            tokio::spawn(reloader.watch_file(path, config.poll));
+        }
+        TableSource::ConfigMap { namespace, name } => {
+            if let Some(client) = client {
+                tokio::spawn(reloader.watch_config_map(
+                    client,
+                    namespace,
+                    name,
+                    Duration::from_secs(30),
+                ));
+            }
+        }
+    }
+    tokio::spawn(heartbeat::run(shared.clone(), Duration::from_secs(5)));
+
+    match http::serve(config.metrics_addr, probes.clone()).await {
+        Ok((addr, _)) => info!(%addr, "serving /metrics, /healthz and /readyz"),
+        Err(e) => warn!(addr = %config.metrics_addr, error = %e, "cannot serve metrics"),
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    info!(addr = %config.listen, id = %config.id, "accepting Redis clients");
+    let ready = {
+        let shared = shared.clone();
+        let probes = probes.clone();
+        async move {
+            while shared.router.load().is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            probes.set_ready(true);
+        }
+    };
+    tokio::spawn(ready);
+
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(session::serve(stream, shared.clone()));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = crate::operator::shutdown_signal() => info!("shutting down"),
+    }
+    Ok(())
+}

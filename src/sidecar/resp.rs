@@ -579,6 +579,16 @@ pub fn parse_request(
     )
 }
 
+/// One decoded client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Arguments; `args[0]` is the command name.
+    pub args: Vec<Bytes>,
+    /// The bytes of a multibulk request as received (the arguments are slices of them);
+    /// `None` for an inline command, which must be encoded to be forwarded.
+    pub raw: Option<Bytes>,
+}
+
 /// The request parser of one client connection: feed it the connection's read buffer after
 /// every read, like a `tokio_util` codec.
 ///
@@ -607,6 +617,12 @@ impl RequestDecoder {
     /// the front of `buf`, or `Ok(None)` until it has fully arrived. Requests Redis ignores
     /// (`*0`, blank inline lines) are dropped from `buf` silently.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        Ok(self.decode_request(buf)?.map(|r| r.args))
+    }
+
+    /// Like [`decode`](Self::decode), also returning the exact bytes of a multibulk request,
+    /// so a proxy can forward it without encoding it again.
+    pub fn decode_request(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
         loop {
             if buf.len() < self.state.examined() {
                 self.state = RequestState::Start;
@@ -624,7 +640,7 @@ impl RequestDecoder {
                 Parsed::Empty => buf.advance(used),
                 Parsed::Inline(args) => {
                     buf.advance(used);
-                    return Ok(Some(args));
+                    return Ok(Some(Request { args, raw: None }));
                 }
                 Parsed::Ranges(ranges) => {
                     let request = buf.split_to(used).freeze();
@@ -636,7 +652,10 @@ impl RequestDecoder {
                         }
                         args.push(request.slice(range));
                     }
-                    return Ok(Some(args));
+                    return Ok(Some(Request {
+                        args,
+                        raw: Some(request),
+                    }));
                 }
             }
         }

@@ -6,11 +6,13 @@ pub mod control_plane;
 pub mod pki;
 pub mod process;
 pub mod redis;
+pub mod shop;
 
 pub use control_plane::ControlPlane;
 #[allow(unused_imports)]
 pub use redis::{RedisOptions, RedisServer};
 pub mod operator;
+pub mod sidecar;
 
 use std::time::Duration;
 

@@ -1,0 +1,199 @@
+//! Prometheus metrics of the sidecar: per category (commands, hits, misses, errors), per
+//! instance (latency, connections, requests in flight), and the routing version loaded.
+//!
+//! The hot path never looks a series up by labels: each routing table version resolves its
+//! categories' counters once, and each backend gets its own handles.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-category series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabels {
+    /// Category name.
+    pub category: String,
+}
+
+/// Labels of per-instance series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// Instance name.
+    pub instance: String,
+}
+
+/// All sidecar metrics.
+#[derive(Debug)]
+pub struct SidecarMetrics {
+    commands: Family<CategoryLabels, Counter>,
+    hits: Family<CategoryLabels, Counter>,
+    misses: Family<CategoryLabels, Counter>,
+    errors: Family<CategoryLabels, Counter>,
+    latency: Family<InstanceLabels, Histogram>,
+    connections: Family<InstanceLabels, Gauge>,
+    in_flight: Family<InstanceLabels, Gauge>,
+    /// Client connections open.
+    pub clients: Gauge,
+    /// Routing table version in use.
+    pub routing_version: Gauge,
+    /// Tables loaded.
+    pub reloads: Counter,
+    /// Tables that could not be loaded.
+    pub reload_errors: Counter,
+    /// Keys moved on access during migrations.
+    pub keys_moved: Counter,
+}
+
+/// The counters of one category.
+#[derive(Debug, Clone, Default)]
+pub struct CategoryMetrics {
+    /// Commands routed to the category.
+    pub commands: Counter,
+    /// Reads that found their key.
+    pub hits: Counter,
+    /// Reads that did not.
+    pub misses: Counter,
+    /// Error replies.
+    pub errors: Counter,
+}
+
+/// The handles of one instance.
+#[derive(Debug, Clone)]
+pub struct BackendMetrics {
+    /// Request → reply time.
+    pub latency: Histogram,
+    /// Open connections.
+    pub connections: Gauge,
+    /// Requests in flight.
+    pub in_flight: Gauge,
+}
+
+/// Unregistered handles, for backends used outside the sidecar (the rebalance Job).
+impl Default for BackendMetrics {
+    fn default() -> Self {
+        Self {
+            latency: latency_histogram(),
+            connections: Gauge::default(),
+            in_flight: Gauge::default(),
+        }
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 16))
+}
+
+impl SidecarMetrics {
+    /// Creates the metrics, registered under `redisfleet_sidecar`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            commands: Family::default(),
+            hits: Family::default(),
+            misses: Family::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            connections: Family::default(),
+            in_flight: Family::default(),
+            clients: Gauge::default(),
+            routing_version: Gauge::default(),
+            reloads: Counter::default(),
+            reload_errors: Counter::default(),
+            keys_moved: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("redisfleet_sidecar");
+        r.register(
+            "commands",
+            "Commands routed, by category",
+            m.commands.clone(),
+        );
+        r.register(
+            "hits",
+            "Reads that found their key, by category",
+            m.hits.clone(),
+        );
+        r.register(
+            "misses",
+            "Reads that did not find their key, by category",
+            m.misses.clone(),
+        );
+        r.register("errors", "Error replies, by category", m.errors.clone());
+        r.register(
+            "backend_latency_seconds",
+            "Time from sending a request to an instance to its reply",
+            m.latency.clone(),
+        );
+        r.register(
+            "backend_connections",
+            "Open connections to each instance",
+            m.connections.clone(),
+        );
+        r.register(
+            "backend_in_flight",
+            "Requests waiting for a reply, by instance",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "client_connections",
+            "Client connections open",
+            m.clients.clone(),
+        );
+        r.register(
+            "routing_version",
+            "Version of the routing table in use",
+            m.routing_version.clone(),
+        );
+        r.register(
+            "routing_reloads",
+            "Routing tables loaded",
+            m.reloads.clone(),
+        );
+        r.register(
+            "routing_reload_errors",
+            "Routing tables that could not be loaded",
+            m.reload_errors.clone(),
+        );
+        r.register(
+            "keys_moved",
+            "Keys moved on access during a migration",
+            m.keys_moved.clone(),
+        );
+        m
+    }
+
+    /// The counters of `category`.
+    pub fn category(&self, category: &str) -> CategoryMetrics {
+        let labels = CategoryLabels {
+            category: category.to_owned(),
+        };
+        CategoryMetrics {
+            commands: self.commands.get_or_create_owned(&labels),
+            hits: self.hits.get_or_create_owned(&labels),
+            misses: self.misses.get_or_create_owned(&labels),
+            errors: self.errors.get_or_create_owned(&labels),
+        }
+    }
+
+    /// The handles of `instance`.
+    pub fn backend(&self, instance: &str) -> BackendMetrics {
+        let labels = InstanceLabels {
+            instance: instance.to_owned(),
+        };
+        BackendMetrics {
+            latency: self.latency.get_or_create_owned(&labels),
+            connections: self.connections.get_or_create_owned(&labels),
+            in_flight: self.in_flight.get_or_create_owned(&labels),
+        }
+    }
+}
+
+impl BackendMetrics {
+    /// Records a reply's latency.
+    pub fn observe(&self, latency: Duration) {
+        self.latency.observe(latency.as_secs_f64());
+    }
+}

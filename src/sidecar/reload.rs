@@ -1,0 +1,241 @@
+//! Keeping the routing table current: from a mounted file (polled: the kubelet updates
+//! ConfigMap volumes by swapping a symlink, which file watches miss) or from the API (a watch
+//! on the ConfigMap), with credentials from mounted Secret files (`<dir>/<secret>/<key>`) or,
+//! in API mode without a secrets dir, from the Secrets themselves.
+//!
+//! A new version is built completely, then swapped in; a table that cannot be read is logged
+//! and counted, and the previous one stays in use.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tracing::{info, warn};
+
+use crate::routing::table::{RoutingTable, SecretKeyName, TABLE_KEY, fnv1a64};
+
+use super::backend::BackendOptions;
+use super::router::{self, BackendRegistry, SecretValues};
+use super::session::Shared;
+
+/// Where the routing table comes from.
+#[derive(Debug, Clone)]
+pub enum TableSource {
+    /// A mounted ConfigMap key.
+    File(PathBuf),
+    /// A ConfigMap read through the API.
+    ConfigMap {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+}
+
+/// Where credentials come from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// Mounted Secrets: `<dir>/<secret name>/<key>`.
+    Dir(PathBuf),
+    /// Secrets read through the API, in this namespace.
+    Api(String),
+    /// No credentials (instances without AUTH).
+    None,
+}
+
+/// Reads the values of `wanted` from `source`.
+pub async fn read_secrets(
+    source: &SecretSource,
+    client: Option<&kube::Client>,
+    wanted: &[SecretKeyName],
+) -> Result<SecretValues, String> {
+    let mut out = SecretValues::new();
+    match source {
+        SecretSource::None => {}
+        SecretSource::Dir(dir) => {
+            for r in wanted {
+                let path = dir.join(&r.name).join(&r.key);
+                match std::fs::read(&path) {
+                    Ok(v) => {
+                        out.insert(r.clone(), v);
+                    }
+                    Err(e) => return Err(format!("reading {}: {e}", path.display())),
+                }
+            }
+        }
+        SecretSource::Api(namespace) => {
+            let Some(client) = client else {
+                return Err("no Kubernetes client to read Secrets with".to_owned());
+            };
+            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            for r in wanted {
+                let secret = api
+                    .get(&r.name)
+                    .await
+                    .map_err(|e| format!("reading Secret {}/{}: {e}", namespace, r.name))?;
+                let value = secret
+                    .data
+                    .and_then(|mut d| d.remove(&r.key))
+                    .ok_or_else(|| {
+                        format!("Secret {}/{} has no key {}", namespace, r.name, r.key)
+                    })?;
+                out.insert(r.clone(), value.0);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Loads tables and swaps them into `shared`.
+pub struct Reloader {
+    shared: Arc<Shared>,
+    registry: BackendRegistry,
+    options: BackendOptions,
+    secrets: SecretSource,
+    client: Option<kube::Client>,
+    /// Fingerprint of the table text and secret values last applied.
+    applied: Option<u64>,
+}
+
+impl Reloader {
+    /// A reloader for `shared`.
+    pub fn new(
+        shared: Arc<Shared>,
+        options: BackendOptions,
+        secrets: SecretSource,
+        client: Option<kube::Client>,
+    ) -> Self {
+        Self {
+            shared,
+            registry: BackendRegistry::default(),
+            options,
+            secrets,
+            client,
+            applied: None,
+        }
+    }
+
+    /// Parses `text`, reads the credentials it needs and swaps the new router in. Nothing
+    /// happens when neither the table nor the credentials changed.
+    pub async fn apply(&mut self, text: &str) -> Result<bool, String> {
+        let table = RoutingTable::from_json(text).map_err(|e| e.to_string())?;
+        let wanted = router::referenced_secrets(&table);
+        let secrets = read_secrets(&self.secrets, self.client.as_ref(), &wanted).await?;
+        let mut fingerprint_input = text.as_bytes().to_vec();
+        for (k, v) in &secrets {
+            fingerprint_input.extend_from_slice(k.name.as_bytes());
+            fingerprint_input.extend_from_slice(k.key.as_bytes());
+            fingerprint_input.extend_from_slice(v);
+        }
+        let fingerprint = fnv1a64(&fingerprint_input);
+        if self.applied == Some(fingerprint) {
+            return Ok(false);
+        }
+        let version = table.version;
+        let router = router::build(
+            table,
+            &secrets,
+            &self.registry,
+            &self.options,
+            &self.shared.metrics,
+        )?;
+        self.shared.router.store(Some(Arc::new(router)));
+        self.shared.metrics.routing_version.set(version as i64);
+        self.shared.metrics.reloads.inc();
+        self.applied = Some(fingerprint);
+        info!(version, "routing table loaded");
+        Ok(true)
+    }
+
+    fn failed(&self, error: &str) {
+        self.shared.metrics.reload_errors.inc();
+        warn!(%error, "keeping the previous routing table");
+    }
+
+    /// Polls `path` every `every` (and re-reads credentials at the same pace), forever.
+    pub async fn watch_file(mut self, path: PathBuf, every: Duration) {
+        let mut last_text: Option<String> = None;
+        let mut last_error: Option<String> = None;
+        loop {
+            match read_file(&path) {
+                Ok(text) => {
+                    let changed = last_text.as_deref() != Some(text.as_str());
+                    match self.apply(&text).await {
+                        Ok(_) => last_error = None,
+                        Err(e) => {
+                            if changed || last_error.as_deref() != Some(e.as_str()) {
+                                self.failed(&e);
+                            }
+                            last_error = Some(e);
+                        }
+                    }
+                    last_text = Some(text);
+                }
+                Err(e) => {
+                    if last_error.as_deref() != Some(e.as_str()) {
+                        self.failed(&e);
+                    }
+                    last_error = Some(e);
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Watches the ConfigMap through the API, re-reading credentials every `every`, forever.
+    pub async fn watch_config_map(
+        mut self,
+        client: kube::Client,
+        namespace: String,
+        name: String,
+        every: Duration,
+    ) {
+        let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = watcher(api, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        let mut latest: Option<String> = None;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(Ok(cm)) => {
+                        match cm.data.as_ref().and_then(|d| d.get(TABLE_KEY)) {
+                            Some(text) => latest = Some(text.clone()),
+                            None => self.failed(&format!("ConfigMap {namespace}/{name} has no {TABLE_KEY}")),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "watching the routing ConfigMap");
+                        continue;
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => {}
+            }
+            if let Some(text) = latest.clone()
+                && let Err(e) = self.apply(&text).await
+            {
+                self.failed(&e);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
+}

@@ -1,0 +1,381 @@
+//! Category TTL rules applied to writes (pure).
+//!
+//! - `ttl.default`: a write that creates or overwrites a key without giving it an expiry gets
+//!   one. `SET` gains `PX <default>`; other writers (HSET, LPUSH, INCR, …) are followed in the
+//!   same pipelined bundle by `PEXPIRE key <default> NX`, which leaves an existing TTL alone.
+//! - `ttl.max`: expiries above it (EX, PX, EXAT, PXAT, EXPIRE, SETEX, RESTORE, …) are capped;
+//!   PERSIST (and GETEX PERSIST) would lift the cap and are refused.
+//! - `ttl.adaptive`: reads of hot keys extend their TTL up to `max` — see
+//!   [`adaptive_extension`]; the caller samples, so only a fraction of reads pay for it.
+
+use bytes::Bytes;
+
+use crate::routing::table::TtlRules;
+
+use super::resp::parse_i64;
+
+/// What to do with a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TtlAction {
+    /// Forward as it is.
+    Unchanged,
+    /// Forward these arguments instead.
+    Replace(Vec<Bytes>),
+    /// Forward the command, followed by these commands in the same bundle; the client gets
+    /// the first reply.
+    Append(Vec<Vec<Bytes>>),
+    /// Refuse with this error text (without the leading `-`).
+    Refuse(String),
+}
+
+fn upper(arg: &[u8]) -> Vec<u8> {
+    arg.to_ascii_uppercase()
+}
+
+fn ms_bytes(ms: u64) -> Bytes {
+    Bytes::from(ms.to_string())
+}
+
+fn pexpire_nx(key: &Bytes, ms: u64) -> Vec<Bytes> {
+    vec![
+        Bytes::from_static(b"PEXPIRE"),
+        key.clone(),
+        ms_bytes(ms),
+        Bytes::from_static(b"NX"),
+    ]
+}
+
+/// Commands that create or overwrite keys without setting an expiry, and which of their
+/// arguments are those keys: `(name, first key, step, keys counted from the end)`.
+fn key_creating(name: &[u8], args: &[Bytes]) -> Vec<usize> {
+    let n = args.len();
+    match name {
+        b"SETNX" | b"GETSET" | b"APPEND" | b"INCR" | b"INCRBY" | b"INCRBYFLOAT" | b"DECR"
+        | b"DECRBY" | b"SETRANGE" | b"SETBIT" | b"BITFIELD" | b"HSET" | b"HSETNX" | b"HMSET"
+        | b"HINCRBY" | b"HINCRBYFLOAT" | b"LPUSH" | b"RPUSH" | b"SADD" | b"ZADD" | b"ZINCRBY"
+        | b"XADD" | b"PFADD" | b"GEOADD" => vec![1],
+        b"MSET" | b"MSETNX" => (1..n).step_by(2).collect(),
+        // Destination keys.
+        b"BITOP" => vec![2],
+        b"LMOVE" | b"RPOPLPUSH" | b"SMOVE" | b"COPY" => vec![2],
+        b"SINTERSTORE" | b"SUNIONSTORE" | b"SDIFFSTORE" | b"ZUNIONSTORE" | b"ZINTERSTORE"
+        | b"ZDIFFSTORE" | b"ZRANGESTORE" | b"PFMERGE" | b"GEOSEARCHSTORE" => vec![1],
+        _ => vec![],
+    }
+    .into_iter()
+    .filter(|i| *i < n)
+    .collect()
+}
+
+/// Applies `rules` to a command; `name` is its upper-case name (the sidecar passes the command
+/// table's, so nothing is allocated for commands that need no change), `args[0]` the name as
+/// sent, `now_ms` the Unix time.
+pub fn apply(rules: &TtlRules, name: &[u8], args: &[Bytes], now_ms: u64) -> TtlAction {
+    if rules.is_empty() || args.is_empty() {
+        return TtlAction::Unchanged;
+    }
+    let name = name.to_ascii_uppercase();
+    let cap = |ms: u64| rules.max_ms.map_or(ms, |max| ms.min(max));
+    match name.as_slice() {
+        b"SET" => set(rules, args, now_ms),
+        b"SETEX" | b"PSETEX" if args.len() == 4 => {
+            let Some(max) = rules.max_ms else {
+                return TtlAction::Unchanged;
+            };
+            let unit = if name == b"SETEX" { 1000 } else { 1 };
+            match parse_i64(&args[2]) {
+                Some(v) if v > 0 && (v as u64).saturating_mul(unit) > max => {
+                    let mut out = args.to_vec();
+                    out[0] = Bytes::from_static(b"PSETEX");
+                    out[2] = ms_bytes(max);
+                    TtlAction::Replace(out)
+                }
+                _ => TtlAction::Unchanged,
+            }
+        }
+        b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" if args.len() >= 3 => {
+            let Some(max) = rules.max_ms else {
+                return TtlAction::Unchanged;
+            };
+            let Some(v) = parse_i64(&args[2]) else {
+                return TtlAction::Unchanged;
+            };
+            let ms: i128 = match name.as_slice() {
+                b"EXPIRE" => i128::from(v) * 1000,
+                b"PEXPIRE" => i128::from(v),
+                b"EXPIREAT" => i128::from(v) * 1000 - i128::from(now_ms),
+                _ => i128::from(v) - i128::from(now_ms),
+            };
+            if ms <= i128::from(max) {
+                return TtlAction::Unchanged;
+            }
+            let mut out = args.to_vec();
+            out[0] = Bytes::from_static(b"PEXPIRE");
+            out[2] = ms_bytes(max);
+            TtlAction::Replace(out)
+        }
+        b"GETEX" if args.len() >= 3 => {
+            let Some(max) = rules.max_ms else {
+                return TtlAction::Unchanged;
+            };
+            let opt = upper(&args[2]);
+            if opt == b"PERSIST" {
+                return TtlAction::Refuse(format!(
+                    "ERR GETEX PERSIST would lift the {}ms TTL cap of this key's category",
+                    max
+                ));
+            }
+            if args.len() < 4 {
+                return TtlAction::Unchanged;
+            }
+            capped_option(&opt, &args[3], max, now_ms).map_or(TtlAction::Unchanged, |ms| {
+                let mut out = args.to_vec();
+                out[2] = Bytes::from_static(b"PX");
+                out[3] = ms_bytes(ms);
+                TtlAction::Replace(out)
+            })
+        }
+        b"PERSIST" if rules.max_ms.is_some() => TtlAction::Refuse(format!(
+            "ERR PERSIST would lift the {}ms TTL cap of this key's category",
+            rules.max_ms.unwrap_or_default()
+        )),
+        b"RESTORE" if args.len() >= 4 => match parse_i64(&args[2]) {
+            Some(0) => match rules.default_ms {
+                Some(d) => {
+                    let mut out = args.to_vec();
+                    out[2] = ms_bytes(cap(d));
+                    TtlAction::Replace(out)
+                }
+                None => TtlAction::Unchanged,
+            },
+            Some(v) if v > 0 && rules.max_ms.is_some_and(|m| v as u64 > m) => {
+                let mut out = args.to_vec();
+                out[2] = ms_bytes(cap(v as u64));
+                // ABSTTL would make the capped value an absolute time; drop the flag.
+                out.retain(|a| !a.eq_ignore_ascii_case(b"ABSTTL"));
+                TtlAction::Replace(out)
+            }
+            _ => TtlAction::Unchanged,
+        },
+        _ => {
+            let Some(default) = rules.default_ms else {
+                return TtlAction::Unchanged;
+            };
+            let keys = key_creating(&name, args);
+            if keys.is_empty() {
+                return TtlAction::Unchanged;
+            }
+            TtlAction::Append(
+                keys.iter()
+                    .map(|i| pexpire_nx(&args[*i], cap(default)))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// `EX s` / `PX ms` / `EXAT t` / `PXAT t` capped to `max`: the capped relative PX, or `None`
+/// when no cap is needed.
+fn capped_option(opt: &[u8], value: &[u8], max: u64, now_ms: u64) -> Option<u64> {
+    let v = i128::from(parse_i64(value)?);
+    let ms = match opt {
+        b"EX" => v * 1000,
+        b"PX" => v,
+        b"EXAT" => v * 1000 - i128::from(now_ms),
+        b"PXAT" => v - i128::from(now_ms),
+        _ => return None,
+    };
+    (ms > i128::from(max)).then_some(max)
+}
+
+fn set(rules: &TtlRules, args: &[Bytes], now_ms: u64) -> TtlAction {
+    // SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]
+    let mut expiry_at: Option<usize> = None;
+    let mut keepttl = false;
+    let mut i = 3;
+    while i < args.len() {
+        let opt = upper(&args[i]);
+        match opt.as_slice() {
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
+                expiry_at = Some(i);
+                i += 2;
+                continue;
+            }
+            b"KEEPTTL" => keepttl = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    match (expiry_at, keepttl) {
+        (Some(at), _) => {
+            let (Some(max), Some(value)) = (rules.max_ms, args.get(at + 1)) else {
+                return TtlAction::Unchanged;
+            };
+            match capped_option(&upper(&args[at]), value, max, now_ms) {
+                Some(ms) => {
+                    let mut out = args.to_vec();
+                    out[at] = Bytes::from_static(b"PX");
+                    out[at + 1] = ms_bytes(ms);
+                    TtlAction::Replace(out)
+                }
+                None => TtlAction::Unchanged,
+            }
+        }
+        (None, true) => TtlAction::Unchanged,
+        (None, false) => match rules.default_ms {
+            Some(d) if args.len() >= 3 => {
+                let mut out = args.to_vec();
+                out.push(Bytes::from_static(b"PX"));
+                out.push(ms_bytes(rules.max_ms.map_or(d, |m| d.min(m))));
+                TtlAction::Replace(out)
+            }
+            _ => TtlAction::Unchanged,
+        },
+    }
+}
+
+/// Reads whose hits may extend a key's TTL in an adaptive category.
+pub fn is_adaptive_read(name: &[u8]) -> bool {
+    [
+        "get", "hget", "hgetall", "hmget", "lrange", "smembers", "zrange", "getrange",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
+/// The command that extends a frequently read key's TTL to `max` (never shortening it, and
+/// leaving keys without a TTL alone).
+pub fn adaptive_extension(rules: &TtlRules, key: &Bytes) -> Option<Vec<Bytes>> {
+    if !rules.adaptive {
+        return None;
+    }
+    let max = rules.max_ms?;
+    Some(vec![
+        Bytes::from_static(b"PEXPIRE"),
+        key.clone(),
+        ms_bytes(max),
+        Bytes::from_static(b"GT"),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<Bytes> {
+        s.split(' ').map(|a| Bytes::from(a.to_owned())).collect()
+    }
+
+    fn rules(default: Option<u64>, max: Option<u64>) -> TtlRules {
+        TtlRules {
+            default_ms: default,
+            max_ms: max,
+            adaptive: false,
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn call(r: &TtlRules, a: &[Bytes]) -> TtlAction {
+        apply(r, &a[0].to_ascii_uppercase(), a, NOW)
+    }
+
+    #[test]
+    fn set_without_expiry_gets_the_default() {
+        let r = rules(Some(3_600_000), Some(86_400_000));
+        assert_eq!(
+            call(&r, &args("SET k v")),
+            TtlAction::Replace(args("SET k v PX 3600000"))
+        );
+        assert_eq!(
+            call(&r, &args("set k v NX GET")),
+            TtlAction::Replace(args("set k v NX GET PX 3600000"))
+        );
+        assert_eq!(call(&r, &args("SET k v KEEPTTL")), TtlAction::Unchanged);
+        assert_eq!(call(&r, &args("SET k v EX 10")), TtlAction::Unchanged);
+        assert_eq!(
+            call(&rules(None, None), &args("SET k v")),
+            TtlAction::Unchanged
+        );
+    }
+
+    #[test]
+    fn expiries_are_capped() {
+        let r = rules(None, Some(60_000));
+        assert_eq!(
+            call(&r, &args("SET k v EX 3600")),
+            TtlAction::Replace(args("SET k v PX 60000"))
+        );
+        assert_eq!(call(&r, &args("SET k v px 30000")), TtlAction::Unchanged);
+        assert_eq!(
+            call(&r, &args(&format!("SET k v PXAT {}", NOW + 120_000))),
+            TtlAction::Replace(args("SET k v PX 60000"))
+        );
+        assert_eq!(
+            call(&r, &args("EXPIRE k 3600")),
+            TtlAction::Replace(args("PEXPIRE k 60000"))
+        );
+        assert_eq!(
+            call(&r, &args("EXPIRE k 3600 GT")),
+            TtlAction::Replace(args("PEXPIRE k 60000 GT"))
+        );
+        assert_eq!(call(&r, &args("PEXPIRE k 100")), TtlAction::Unchanged);
+        assert_eq!(
+            call(&r, &args(&format!("EXPIREAT k {}", NOW / 1000 + 3600))),
+            TtlAction::Replace(args("PEXPIRE k 60000"))
+        );
+        assert_eq!(
+            call(&r, &args("SETEX k 3600 v")),
+            TtlAction::Replace(args("PSETEX k 60000 v"))
+        );
+        assert_eq!(
+            call(&r, &args("GETEX k EX 3600")),
+            TtlAction::Replace(args("GETEX k PX 60000"))
+        );
+        assert!(matches!(call(&r, &args("PERSIST k")), TtlAction::Refuse(_)));
+        assert!(matches!(
+            call(&r, &args("GETEX k PERSIST")),
+            TtlAction::Refuse(_)
+        ));
+        assert_eq!(
+            call(&r, &args("RESTORE k 3600000 payload")),
+            TtlAction::Replace(args("RESTORE k 60000 payload"))
+        );
+    }
+
+    #[test]
+    fn other_writers_get_a_pipelined_pexpire_nx() {
+        let r = rules(Some(1000), None);
+        assert_eq!(
+            call(&r, &args("HSET h f v")),
+            TtlAction::Append(vec![args("PEXPIRE h 1000 NX")])
+        );
+        assert_eq!(
+            call(&r, &args("INCR c")),
+            TtlAction::Append(vec![args("PEXPIRE c 1000 NX")])
+        );
+        assert_eq!(
+            call(&r, &args("MSET a 1 b 2")),
+            TtlAction::Append(vec![args("PEXPIRE a 1000 NX"), args("PEXPIRE b 1000 NX")])
+        );
+        assert_eq!(call(&r, &args("GET k")), TtlAction::Unchanged);
+        assert_eq!(call(&r, &args("DEL k")), TtlAction::Unchanged);
+        assert_eq!(
+            call(&r, &args("RESTORE k 0 payload")),
+            TtlAction::Replace(args("RESTORE k 1000 payload"))
+        );
+    }
+
+    #[test]
+    fn adaptive_extension_needs_adaptive_and_max() {
+        let mut r = rules(Some(1000), Some(5000));
+        assert_eq!(adaptive_extension(&r, &Bytes::from("k")), None);
+        r.adaptive = true;
+        assert_eq!(
+            adaptive_extension(&r, &Bytes::from("k")),
+            Some(args("PEXPIRE k 5000 GT"))
+        );
+        assert!(is_adaptive_read(b"get"));
+        assert!(!is_adaptive_read(b"SET"));
+    }
+}

@@ -1,0 +1,683 @@
+//! The sidecar with real redis-servers and real clients (`redis-cli`, the `redis` crate):
+//! the fleet looks like one Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use redis_fleet::routing::Resolver;
+use redis_fleet::routing::table::{Migration, RoutingTable, TtlRules};
+use support::sidecar::{Sidecar, category, endpoint, table};
+use support::{RedisOptions, RedisServer};
+
+const MB: u64 = 1024 * 1024;
+
+fn no_ttl() -> TtlRules {
+    TtlRules::default()
+}
+
+/// Two instances: `auth:` on a, `user:` on b, everything else split by slot.
+fn two(a: &RedisServer, b: &RedisServer, version: u64, auth_ttl: TtlRules) -> RoutingTable {
+    table(
+        version,
+        vec![
+            ("a", endpoint(a, Some("a-redis"))),
+            ("b", endpoint(b, Some("b-redis"))),
+        ],
+        vec![
+            category("auth", &["auth:", "session:"], auth_ttl, &[(0, 16383, "a")]),
+            category("user", &["user:"], no_ttl(), &[(0, 16383, "b")]),
+            category(
+                "default",
+                &[],
+                no_ttl(),
+                &[(0, 8191, "a"), (8192, 16383, "b")],
+            ),
+        ],
+    )
+}
+
+fn servers() -> (RedisServer, RedisServer) {
+    let opts = |p: &str| RedisOptions {
+        maxmemory: 30 * MB,
+        password: Some(p.into()),
+        ..RedisOptions::default()
+    };
+    (
+        RedisServer::start(opts("pa")),
+        RedisServer::start(opts("pb")),
+    )
+}
+
+const SECRETS: [(&str, &str, &str); 2] =
+    [("a-redis", "password", "pa"), ("b-redis", "password", "pb")];
+
+fn cli(sidecar: &Sidecar, args: &[&str]) -> String {
+    let out = sidecar.cli().args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn clients_see_one_database_and_keys_land_where_resolve_says() {
+    let (a, b) = servers();
+    let t = two(&a, &b, 1, no_ttl());
+    let sidecar = Sidecar::start(&t, &SECRETS);
+    let resolver = Resolver::new(t).unwrap();
+
+    // redis-cli, unchanged, as if it were one Redis.
+    assert_eq!(cli(&sidecar, &["PING"]), "PONG");
+    assert_eq!(cli(&sidecar, &["SET", "auth:token:1", "t1"]), "OK");
+    assert_eq!(cli(&sidecar, &["GET", "auth:token:1"]), "t1");
+    assert_eq!(cli(&sidecar, &["SELECT", "0"]), "OK");
+
+    // The redis crate, many keys: each lands on the instance resolve names, nowhere else.
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..300)
+        .map(|i| match i % 3 {
+            0 => format!("user:{i}"),
+            1 => format!("session:{i}"),
+            _ => format!("misc:{i}"),
+        })
+        .collect();
+    for k in &keys {
+        let _: () = conn.set(k, format!("v-{k}")).await.unwrap();
+    }
+    let mut on = BTreeMap::new();
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let c = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        on.insert(name, c);
+    }
+    for k in &keys {
+        let want = resolver
+            .instance_name(resolver.resolve(k.as_bytes()).target)
+            .to_owned();
+        for (name, c) in on.iter_mut() {
+            let v: Option<String> = c.get(k).await.unwrap();
+            assert_eq!(v.is_some(), *name == want, "{k} should live on {want} only");
+        }
+    }
+
+    // MGET across instances answers in the client's order, nils included.
+    let ask = ["user:0", "session:1", "misc:2", "nope", "user:3", "misc:5"];
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&ask)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let expected: Vec<Option<String>> = ask
+        .iter()
+        .map(|k| (*k != "nope").then(|| format!("v-{k}")))
+        .collect();
+    assert_eq!(values, expected);
+
+    // MSET / EXISTS / DEL across instances.
+    let _: () = redis::cmd("MSET")
+        .arg(&["user:m", "1", "session:m", "2", "misc:m", "3"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(&["user:m", "session:m", "misc:m", "none"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let n: i64 = redis::cmd("DEL")
+        .arg(&["user:m", "session:m", "misc:m"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+
+    // SCAN walks the whole fleet (heartbeats and other bookkeeping hidden).
+    let mut cursor = 0u64;
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(50)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        seen.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut expected: std::collections::BTreeSet<String> = keys.iter().cloned().collect();
+    expected.insert("auth:token:1".into());
+    assert_eq!(seen, expected);
+    assert!(!seen.iter().any(|k| k.starts_with("redisfleet:")));
+
+    // Refused administrative commands say why.
+    let err = redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not available through the redis-fleet sidecar"),
+        "{err}"
+    );
+    // Reserved keys stay reserved.
+    assert!(cli(&sidecar, &["GET", "redisfleet:sidecar:x"]).contains("reserved"));
+}
+
+#[tokio::test]
+async fn transactions_and_scripts_work_on_one_instance_and_fail_clearly_across() {
+    let (a, b) = servers();
+    let sidecar = Sidecar::start(&two(&a, &b, 1, no_ttl()), &SECRETS);
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // Same instance: MULTI/EXEC works.
+    let (x, y): (i64, i64) = redis::pipe()
+        .atomic()
+        .cmd("INCR")
+        .arg("session:c")
+        .cmd("INCRBY")
+        .arg("auth:c")
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((x, y), (1, 5));
+
+    // Across instances: a clear error, the transaction discarded.
+    let mut raw = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(b"MULTI\r\nSET auth:1 a\r\nSET user:1 b\r\nEXEC\r\nGET auth:1\r\n")
+        .unwrap();
+    let text = read_until(&mut raw, b"$-1\r\n");
+    assert!(
+        text.starts_with("+OK\r\n+QUEUED\r\n-CROSSINSTANCE"),
+        "{text}"
+    );
+    assert!(text.contains("-EXECABORT"), "{text}");
+
+    // Scripts: one instance fine, two refused.
+    let v: i64 = redis::cmd("EVAL")
+        .arg("redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCR', KEYS[2])")
+        .arg(2)
+        .arg("auth:s")
+        .arg("session:s")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    let err = redis::cmd("EVAL")
+        .arg("return 1")
+        .arg(2)
+        .arg("auth:s")
+        .arg("user:s")
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("CROSSINSTANCE"), "{err}");
+
+    // WATCH: optimistic locking works through the sidecar.
+    let mut c2 = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut tx = sidecar.client().get_connection().unwrap();
+    redis::cmd("WATCH").arg("auth:w").exec(&mut tx).unwrap();
+    let _: () = c2.set("auth:w", "changed").await.unwrap();
+    let res: Option<(String,)> = redis::pipe()
+        .atomic()
+        .set("auth:w", "mine")
+        .ignore()
+        .get("auth:w")
+        .query(&mut tx)
+        .unwrap();
+    assert_eq!(res, None, "EXEC aborted: the watched key changed");
+    let v: String = c2.get("auth:w").await.unwrap();
+    assert_eq!(v, "changed");
+
+    // Blocking commands wait on a connection of their own while others go on.
+    let client = sidecar.client();
+    let waiter = tokio::spawn(async move {
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let got: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg("user:queue")
+            .arg(5)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        got
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _: () = conn.set("auth:during", "1").await.unwrap();
+    let _: () = conn.rpush("user:queue", "job").await.unwrap();
+    assert_eq!(
+        waiter.await.unwrap(),
+        Some(("user:queue".to_owned(), "job".to_owned()))
+    );
+}
+
+fn read_until(stream: &mut TcpStream, end: &[u8]) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !out.ends_with(end) && Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn category_ttl_defaults_and_caps_are_applied() {
+    let (a, b) = servers();
+    let rules = TtlRules {
+        default_ms: Some(3_600_000),
+        max_ms: Some(7_200_000),
+        adaptive: false,
+    };
+    let sidecar = Sidecar::start(&two(&a, &b, 1, rules), &SECRETS);
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let direct = a.client().get_multiplexed_async_connection().await.unwrap();
+    let pttl = |k: &'static str| {
+        let mut d = direct.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(k)
+                .query_async::<i64>(&mut d)
+                .await
+                .unwrap()
+        }
+    };
+
+    let _: () = conn.set("auth:plain", "v").await.unwrap();
+    let t = pttl("auth:plain").await;
+    assert!((3_590_000..=3_600_000).contains(&t), "default applied: {t}");
+
+    let _: () = redis::cmd("SET")
+        .arg("auth:long")
+        .arg("v")
+        .arg("EX")
+        .arg(86_400)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let t = pttl("auth:long").await;
+    assert!((7_190_000..=7_200_000).contains(&t), "capped at max: {t}");
+
+    let _: () = redis::cmd("EXPIRE")
+        .arg("auth:long")
+        .arg(999_999)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl("auth:long").await <= 7_200_000);
+
+    let _: () = conn.hset("session:h", "f", "v").await.unwrap();
+    let t = pttl("session:h").await;
+    assert!(
+        (3_590_000..=3_600_000).contains(&t),
+        "HSET gets the default too: {t}"
+    );
+
+    let _: () = redis::cmd("SET")
+        .arg("auth:short")
+        .arg("v")
+        .arg("PX")
+        .arg(5000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        pttl("auth:short").await <= 5000,
+        "shorter expiries are kept"
+    );
+
+    let err = redis::cmd("PERSIST")
+        .arg("auth:plain")
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TTL cap"), "{err}");
+
+    // Other categories are untouched.
+    let _: () = conn.set("user:1", "v").await.unwrap();
+    let mut db = b.client().get_multiplexed_async_connection().await.unwrap();
+    let t: i64 = redis::cmd("PTTL")
+        .arg("user:1")
+        .query_async(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(t, -1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_under_load_loses_no_request_and_drops_no_connection() {
+    let (a, b) = servers();
+    let sidecar = Sidecar::start(&two(&a, &b, 1, no_ttl()), &SECRETS);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let client = sidecar.client();
+        let stop = stop.clone();
+        let acked = acked.clone();
+        workers.push(tokio::spawn(async move {
+            // One connection each for the whole run: a dropped connection fails the worker.
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let key = format!("misc:counter:{w}");
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let v: u64 = c
+                    .incr(&key, 1)
+                    .await
+                    .expect("an INCR failed during reloads");
+                n += 1;
+                assert_eq!(v, n, "counter {key} lost an increment");
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            n
+        }));
+    }
+    // Ten new versions while the workers run (TTL rules change, routes stay).
+    for v in 2..12 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let ttl = TtlRules {
+            default_ms: Some(60_000 * v),
+            max_ms: None,
+            adaptive: false,
+        };
+        sidecar.update_table(&two(&a, &b, v, ttl));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sidecar
+        .metrics()
+        .contains("redisfleet_sidecar_routing_version 11")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "version 11 never loaded\n{}",
+            sidecar.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap();
+    }
+    assert_eq!(total, acked.load(Ordering::Relaxed));
+    assert!(total > 100, "only {total} requests ran");
+    let metrics = sidecar.metrics();
+    // Versions that follow each other within one poll are coalesced: the latest wins.
+    let reloads: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redisfleet_sidecar_routing_reloads_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((5..=11).contains(&reloads), "{reloads} reloads\n{metrics}");
+    assert!(
+        metrics.contains("redisfleet_sidecar_routing_reload_errors_total 0"),
+        "{metrics}"
+    );
+    // Connections to the instances were reused across versions, not reopened.
+    assert!(
+        metrics.contains("redisfleet_sidecar_backend_connections{instance=\"a\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_instance_answers_unavailable_fast_for_its_keys_only() {
+    let (a, mut b) = servers();
+    let sidecar = Sidecar::start(&two(&a, &b, 1, no_ttl()), &SECRETS);
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = conn.set("user:1", "x").await.unwrap();
+    b.kill();
+    // The first request may be the one that notices; then the lane is down.
+    let _ = conn.get::<_, Option<String>>("user:1").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let err = conn.get::<_, Option<String>>("user:1").await.unwrap_err();
+    let took = started.elapsed();
+    assert!(err.to_string().contains("UNAVAILABLE"), "{err}");
+    assert!(err.to_string().contains("instance b"), "{err}");
+    assert!(took < Duration::from_millis(200), "took {took:?}");
+    // Keys of the live instance are unaffected.
+    let _: () = conn.set("auth:still", "ok").await.unwrap();
+    let v: String = conn.get("auth:still").await.unwrap();
+    assert_eq!(v, "ok");
+    // And when b is back, its keys are served again.
+    b.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if conn.set::<_, _, ()>("user:2", "y").await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_bytes_get_a_protocol_error_and_never_crash_it() {
+    let (a, b) = servers();
+    let mut sidecar = Sidecar::start(&two(&a, &b, 1, no_ttl()), &SECRETS);
+    for garbage in [
+        &b"*2\r\n$3\r\nGET\r\n$-5\r\n"[..],
+        b"*abc\r\n",
+        b"*1\r\n$99999999999\r\n",
+        b"SET \"unbalanced\r\n",
+        b"*2\r\n$3\r\nGET\r\n$3\r\nabcdef\r\n",
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(garbage).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            text.starts_with("-ERR Protocol error"),
+            "{garbage:?} → {text:?}"
+        );
+    }
+    // Random bytes in bulk.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+        let bytes: Vec<u8> = (0..64)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state & 0xff) as u8
+            })
+            .collect();
+        let _ = s.write_all(&bytes);
+    }
+    assert!(sidecar.is_running(), "{}", sidecar.log_tail(20));
+    assert_eq!(cli(&sidecar, &["PING"]), "PONG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrating_range_moves_keys_on_access_without_losing_increments() {
+    let (a, b) = servers();
+    let base = two(&a, &b, 1, no_ttl());
+    let sidecar = Sidecar::start(&base, &SECRETS);
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Data on b (user:), with TTLs on some keys.
+    for i in 0..50 {
+        let _: () = conn.set(format!("user:{i}"), i).await.unwrap();
+    }
+    let _: () = redis::cmd("SET")
+        .arg("user:ttl")
+        .arg("t")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = conn.set("user:counter", 1000).await.unwrap();
+
+    // The operator flips the user category to migrate from b to a.
+    let mut flipped = base.clone();
+    flipped.version = 2;
+    flipped.migrating.push(Migration {
+        category: "user".into(),
+        start: 0,
+        end: 16383,
+        from: "b".into(),
+        to: "a".into(),
+        epoch: 2,
+    });
+    sidecar.update_table(&flipped);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sidecar
+        .metrics()
+        .contains("redisfleet_sidecar_routing_version 2")
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Concurrent INCRs of the same key while it moves: none is lost.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = sidecar.client();
+        tasks.push(tokio::spawn(async move {
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            for _ in 0..25 {
+                let _: i64 = c.incr("user:counter", 1).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let v: i64 = conn.get("user:counter").await.unwrap();
+    assert_eq!(v, 1200);
+
+    // Every key reads back, and after access it lives on a only.
+    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    for i in 0..50 {
+        let v: i64 = conn.get(format!("user:{i}")).await.unwrap();
+        assert_eq!(v, i);
+        let there: bool = on_a.exists(format!("user:{i}")).await.unwrap();
+        let left: bool = on_b.exists(format!("user:{i}")).await.unwrap();
+        assert!(there && !left, "user:{i} moved");
+    }
+    // The TTL travelled with the key.
+    let _: String = conn.get("user:ttl").await.unwrap();
+    let t: i64 = redis::cmd("PTTL")
+        .arg("user:ttl")
+        .query_async(&mut on_a)
+        .await
+        .unwrap();
+    assert!((50_000..=60_000).contains(&t), "{t}");
+    // A delete during migration does not come back.
+    let _: () = conn.del("user:0").await.unwrap();
+    let gone: Option<i64> = conn.get("user:0").await.unwrap();
+    assert_eq!(gone, None);
+    // No tombstones or leases left behind.
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("redisfleet:tomb:*")
+        .query_async(&mut on_b)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        sidecar
+            .metrics()
+            .contains("redisfleet_sidecar_keys_moved_total")
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_and_metrics() {
+    let (a, b) = servers();
+    let sidecar = Sidecar::start(&two(&a, &b, 7, no_ttl()), &SECRETS);
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = conn.set("auth:1", "v").await.unwrap();
+    let _: Option<String> = conn.get("auth:1").await.unwrap();
+    let _: Option<String> = conn.get("auth:missing").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for server in [&a, &b] {
+        let mut c = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        loop {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("redisfleet:sidecar:*")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if let Some(k) = keys.first() {
+                assert!(k.starts_with("redisfleet:sidecar:test-sidecar"), "{k}");
+                let v: String = c.get(k).await.unwrap();
+                assert_eq!(v, "7");
+                let ttl: i64 = c.pttl(k).await.unwrap();
+                assert!(ttl > 0 && ttl <= 15_000);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no heartbeat on port {}",
+                server.port
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let m = sidecar.metrics();
+    for series in [
+        "redisfleet_sidecar_commands_total{category=\"auth\"} 3",
+        "redisfleet_sidecar_hits_total{category=\"auth\"} 1",
+        "redisfleet_sidecar_misses_total{category=\"auth\"} 1",
+        "redisfleet_sidecar_routing_version 7",
+        "redisfleet_sidecar_backend_latency_seconds_count{instance=\"a\"}",
+        "redisfleet_sidecar_client_connections 1",
+    ] {
+        assert!(m.contains(series), "missing {series}\n{m}");
+    }
+}

@@ -1,0 +1,181 @@
+//! The real `redis-fleet sidecar` binary, fed a routing table file (as the kubelet would mount
+//! it) and a secrets directory (as mounted Secrets would look).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use redis_fleet::routing::table::{
+    Category, InstanceEndpoint, RoutingTable, SCHEMA_VERSION, SecretKeyName, SlotOwner, TtlRules,
+};
+
+use super::process::{ChildGuard, free_port, temp_dir, wait_until};
+use super::redis::RedisServer;
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// Where clients connect.
+    pub port: u16,
+    /// Where /metrics is served.
+    pub metrics_port: u16,
+    /// The routing table file it polls.
+    pub routing_file: PathBuf,
+    /// `<dir>/<secret>/<key>` credentials.
+    pub secrets_dir: PathBuf,
+    process: ChildGuard,
+}
+
+impl Sidecar {
+    /// Starts a sidecar on `table` and waits until it is ready (table loaded).
+    pub fn start(table: &RoutingTable, secrets: &[(&str, &str, &str)]) -> Sidecar {
+        Self::start_with(table, secrets, &[])
+    }
+
+    /// Like [`Sidecar::start`], with extra arguments.
+    pub fn start_with(
+        table: &RoutingTable,
+        secrets: &[(&str, &str, &str)],
+        extra: &[&str],
+    ) -> Sidecar {
+        let dir = temp_dir("sidecar");
+        let routing_file = dir.join("routing.json");
+        std::fs::write(&routing_file, table.to_json()).expect("writing the routing table");
+        let secrets_dir = dir.join("secrets");
+        for (name, key, value) in secrets {
+            std::fs::create_dir_all(secrets_dir.join(name)).expect("secrets dir");
+            std::fs::write(secrets_dir.join(name).join(key), value).expect("writing a secret");
+        }
+        std::fs::create_dir_all(&secrets_dir).expect("secrets dir");
+        let port = free_port();
+        let metrics_port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-fleet"));
+        cmd.arg("sidecar")
+            .arg("--routing-file")
+            .arg(&routing_file)
+            .arg("--secrets-dir")
+            .arg(&secrets_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args([
+                "--poll",
+                "200ms",
+                "--request-timeout",
+                "1s",
+                "--id",
+                "test-sidecar",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,redis_fleet=debug");
+        let mut process = ChildGuard::spawn("redis-fleet sidecar", cmd, &dir.join("sidecar.log"));
+        let ready = wait_until(Duration::from_secs(20), || {
+            process.is_running()
+                && super::operator::http_get(metrics_port, "/readyz")
+                    .is_some_and(|b| b.trim() == "ready")
+        });
+        assert!(ready, "sidecar not ready\n{}", process.log_tail(30));
+        Sidecar {
+            port,
+            metrics_port,
+            routing_file,
+            secrets_dir,
+            process,
+        }
+    }
+
+    /// Replaces the table the way the kubelet updates a mounted ConfigMap (atomic rename).
+    pub fn update_table(&self, table: &RoutingTable) {
+        let tmp = self.routing_file.with_extension("tmp");
+        std::fs::write(&tmp, table.to_json()).expect("writing the new table");
+        std::fs::rename(&tmp, &self.routing_file).expect("replacing the table");
+    }
+
+    /// A `redis` crate client for the sidecar.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).expect("client")
+    }
+
+    /// `redis-cli` pointed at the sidecar.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        cmd
+    }
+
+    /// The body of /metrics.
+    pub fn metrics(&self) -> String {
+        super::operator::http_get(self.metrics_port, "/metrics").unwrap_or_default()
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// The end of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+}
+
+/// An endpoint for a local server (password in Secret `<name>-redis`, key `password`, when the
+/// server has one).
+pub fn endpoint(server: &RedisServer, secret: Option<&str>) -> InstanceEndpoint {
+    InstanceEndpoint {
+        host: "127.0.0.1".into(),
+        port: server.port,
+        tls: None,
+        username_secret: None,
+        password_secret: secret.map(|s| SecretKeyName {
+            name: s.to_owned(),
+            key: "password".to_owned(),
+        }),
+    }
+}
+
+/// A category of a hand-made table.
+pub fn category(
+    name: &str,
+    prefixes: &[&str],
+    ttl: TtlRules,
+    slots: &[(u16, u16, &str)],
+) -> Category {
+    Category {
+        name: name.to_owned(),
+        prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+        ttl,
+        slots: slots
+            .iter()
+            .map(|(s, e, i)| SlotOwner::from((*s, *e, (*i).to_owned())))
+            .collect(),
+        placement_basis: None,
+    }
+}
+
+/// A hand-made table.
+pub fn table(
+    version: u64,
+    instances: Vec<(&str, InstanceEndpoint)>,
+    categories: Vec<Category>,
+) -> RoutingTable {
+    let t = RoutingTable {
+        schema_version: SCHEMA_VERSION,
+        version,
+        policy: "test/test".into(),
+        instances: instances
+            .into_iter()
+            .map(|(n, e)| (n.to_owned(), e))
+            .collect(),
+        categories,
+        migrating: Vec::new(),
+        failover: Vec::new(),
+        placement_bases: Vec::new(),
+    };
+    t.validate().expect("a valid test table");
+    t
+}
