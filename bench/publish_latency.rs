@@ -19,15 +19,18 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use redis_fleet::api::redis_instance::{InstancePhase, RedisInstance};
 use redis_fleet::api::CachePolicy;
+use redis_fleet::api::redis_instance::{InstancePhase, RedisInstance};
 use support::operator::Operator;
 use support::{ControlPlane, RedisOptions, RedisServer};
 
 const FLIPS: usize = 50;
 
 fn signal(pid: u32, sig: &str) {
-    Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -46,7 +49,10 @@ async fn main() {
     let _operator = Operator::start_with(cp, &ns, &[]);
 
     let instances: Api<RedisInstance> = Api::namespaced(client.clone(), &ns);
-    for (name, tier, server) in [("primary", "hot", &primary), ("secondary", "warm", &secondary)] {
+    for (name, tier, server) in [
+        ("primary", "hot", &primary),
+        ("secondary", "warm", &secondary),
+    ] {
         let ri: RedisInstance = serde_json::from_value(serde_json::json!({
             "apiVersion": "redisfleet.io/v1alpha1", "kind": "RedisInstance",
             "metadata": {"name": name, "labels": {"redisfleet.io/tier": tier}},
@@ -63,32 +69,44 @@ async fn main() {
                  "defaultCategory": {"tier": "warm"}}
     }))
     .unwrap();
-    policies.create(&PostParams::default(), &policy).await.unwrap();
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
 
     // Timestamps of phase changes of the primary and of ConfigMap versions.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String, Instant)>();
     let tx2 = tx.clone();
-    let ri_watch = watcher(instances.clone(), watcher::Config::default().fields("metadata.name=primary"))
-        .applied_objects()
-        .for_each(move |ri| {
-            if let Ok(ri) = ri
-                && let Some(phase) = ri.status.and_then(|s| s.phase)
-            {
-                let _ = tx.send(("phase", phase.to_string(), Instant::now()));
-            }
-            futures::future::ready(())
-        });
+    let ri_watch = watcher(
+        instances.clone(),
+        watcher::Config::default().fields("metadata.name=primary"),
+    )
+    .applied_objects()
+    .for_each(move |ri| {
+        if let Ok(ri) = ri
+            && let Some(phase) = ri.status.and_then(|s| s.phase)
+        {
+            let _ = tx.send(("phase", phase.to_string(), Instant::now()));
+        }
+        futures::future::ready(())
+    });
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let cm_watch = watcher(cms, watcher::Config::default().fields("metadata.name=bench-routing"))
-        .applied_objects()
-        .for_each(move |cm| {
-            if let Ok(cm) = cm
-                && let Some(v) = cm.metadata.annotations.and_then(|a| a.get("redisfleet.io/routing-version").cloned())
-            {
-                let _ = tx2.send(("version", v, Instant::now()));
-            }
-            futures::future::ready(())
-        });
+    let cm_watch = watcher(
+        cms,
+        watcher::Config::default().fields("metadata.name=bench-routing"),
+    )
+    .applied_objects()
+    .for_each(move |cm| {
+        if let Ok(cm) = cm
+            && let Some(v) = cm
+                .metadata
+                .annotations
+                .and_then(|a| a.get("redisfleet.io/routing-version").cloned())
+        {
+            let _ = tx2.send(("version", v, Instant::now()));
+        }
+        futures::future::ready(())
+    });
     tokio::spawn(ri_watch);
     tokio::spawn(cm_watch);
 
@@ -97,7 +115,10 @@ async fn main() {
     let mut version = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while phase != "Ready" || version.is_empty() {
-        let (kind, value, _) = tokio::time::timeout_at(deadline.into(), rx.recv()).await.unwrap().unwrap();
+        let (kind, value, _) = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         match kind {
             "phase" => phase = value,
             _ => version = value,
@@ -107,12 +128,19 @@ async fn main() {
     let mut latencies = Vec::new();
     let mut by_direction: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     for i in 0..FLIPS {
-        let (sig, want) = if i % 2 == 0 { ("-STOP", InstancePhase::Unreachable) } else { ("-CONT", InstancePhase::Ready) };
+        let (sig, want) = if i % 2 == 0 {
+            ("-STOP", InstancePhase::Unreachable)
+        } else {
+            ("-CONT", InstancePhase::Ready)
+        };
         signal(pid, sig);
         let mut seen_phase = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (kind, value, at) = tokio::time::timeout_at(deadline.into(), rx.recv()).await.expect("flip timed out").unwrap();
+            let (kind, value, at) = tokio::time::timeout_at(deadline.into(), rx.recv())
+                .await
+                .expect("flip timed out")
+                .unwrap();
             match kind {
                 "phase" if value == want.as_str() => seen_phase = Some(at),
                 "version" if value != version => {
@@ -120,7 +148,10 @@ async fn main() {
                     if let Some(p) = seen_phase {
                         let l = at.saturating_duration_since(p);
                         latencies.push(l);
-                        by_direction.entry(if i % 2 == 0 { "failover" } else { "failback" }).or_default().push(l);
+                        by_direction
+                            .entry(if i % 2 == 0 { "failover" } else { "failback" })
+                            .or_default()
+                            .push(l);
                         break;
                     }
                 }
@@ -130,7 +161,9 @@ async fn main() {
     }
     signal(pid, "-CONT");
     latencies.sort();
-    println!("health change → routing ConfigMap republished ({FLIPS} phase flips, watch-to-watch):");
+    println!(
+        "health change → routing ConfigMap republished ({FLIPS} phase flips, watch-to-watch):"
+    );
     println!(
         "  all      p50 {:>7.1?}  p99 {:>7.1?}  max {:>7.1?}",
         percentile(&latencies, 0.5),
@@ -139,6 +172,10 @@ async fn main() {
     );
     for (dir, mut v) in by_direction {
         v.sort();
-        println!("  {dir:<8} p50 {:>7.1?}  p99 {:>7.1?}", percentile(&v, 0.5), percentile(&v, 0.99));
+        println!(
+            "  {dir:<8} p50 {:>7.1?}  p99 {:>7.1?}",
+            percentile(&v, 0.5),
+            percentile(&v, 0.99)
+        );
     }
 }
