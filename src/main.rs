@@ -92,8 +92,9 @@ struct SidecarArgs {
     /// This sidecar's id in heartbeats (default: the pod name or host name, plus a suffix).
     #[arg(long, env = "POD_NAME")]
     id: Option<String>,
-    /// Pipelined connections per instance.
-    #[arg(long, default_value_t = 2)]
+    /// Pipelined connections per instance. One gives the deepest pipelines (the cheapest for
+    /// Redis); more keep a very large request from delaying the others.
+    #[arg(long, default_value_t = 1)]
     connections_per_instance: usize,
     /// A connection whose oldest request has waited this long is considered dead.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]

@@ -37,6 +37,7 @@ pub struct SidecarMetrics {
     latency: Family<InstanceLabels, Histogram>,
     connections: Family<InstanceLabels, Gauge>,
     in_flight: Family<InstanceLabels, Gauge>,
+    writes: Family<InstanceLabels, Counter>,
     /// Client connections open.
     pub clients: Gauge,
     /// Routing table version in use.
@@ -71,6 +72,8 @@ pub struct BackendMetrics {
     pub connections: Gauge,
     /// Requests in flight.
     pub in_flight: Gauge,
+    /// Writes to the instance (requests / writes = how many requests one write carries).
+    pub writes: Counter,
 }
 
 /// Unregistered handles, for backends used outside the sidecar (the rebalance Job).
@@ -80,6 +83,7 @@ impl Default for BackendMetrics {
             latency: latency_histogram(),
             connections: Gauge::default(),
             in_flight: Gauge::default(),
+            writes: Counter::default(),
         }
     }
 }
@@ -99,6 +103,7 @@ impl SidecarMetrics {
             latency: Family::new_with_constructor(latency_histogram),
             connections: Family::default(),
             in_flight: Family::default(),
+            writes: Family::default(),
             clients: Gauge::default(),
             routing_version: Gauge::default(),
             reloads: Counter::default(),
@@ -136,6 +141,11 @@ impl SidecarMetrics {
             "backend_in_flight",
             "Requests waiting for a reply, by instance",
             m.in_flight.clone(),
+        );
+        r.register(
+            "backend_writes",
+            "Writes to each instance; requests per write shows how well requests are pipelined",
+            m.writes.clone(),
         );
         r.register(
             "client_connections",
@@ -187,6 +197,7 @@ impl SidecarMetrics {
             latency: self.latency.get_or_create_owned(&labels),
             connections: self.connections.get_or_create_owned(&labels),
             in_flight: self.in_flight.get_or_create_owned(&labels),
+            writes: self.writes.get_or_create_owned(&labels),
         }
     }
 }

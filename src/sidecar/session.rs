@@ -11,20 +11,18 @@
 //!   RANDOMKEY and SCRIPT LOAD/EXISTS/FLUSH go to every instance; administrative commands are
 //!   refused with a reason.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
-use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
 
 use super::backend::{BackendError, Dedicated, Replies, ReplyReceiver};
 use super::command::{self, FanOut, Kind, LocalCommand, Split, TxnCommand};
@@ -131,103 +129,144 @@ fn account(a: &Accounting, reply: &[u8]) {
 }
 
 impl Pending {
-    /// The reply, waiting for it.
-    async fn resolve(self) -> (Bytes, bool) {
+    /// Polls for the reply: `(bytes, close the connection after writing them)`.
+    fn poll_reply(&mut self, cx: &mut TaskContext<'_>) -> Poll<(Bytes, bool)> {
         match self {
-            Pending::Ready(b) => (b, false),
-            Pending::Close(b) => (b, true),
-            Pending::Backend { rx, accounting } => {
-                let result = rx.await.unwrap_or_else(|_| {
-                    Err(BackendError::Lost {
-                        instance: "?".to_owned(),
-                        reason: "the request was dropped".to_owned(),
-                    })
-                });
-                let reply = backend_reply(result, accounting.first);
-                account(&accounting, &reply);
-                (reply, false)
-            }
-            Pending::Future(f) => (f.await, false),
+            Pending::Ready(b) => Poll::Ready((std::mem::take(b), false)),
+            Pending::Close(b) => Poll::Ready((std::mem::take(b), true)),
+            Pending::Backend { rx, accounting } => match Pin::new(rx).poll(cx) {
+                Poll::Ready(result) => {
+                    let reply =
+                        backend_reply(result.unwrap_or_else(|_| Err(lost())), accounting.first);
+                    account(accounting, &reply);
+                    Poll::Ready((reply, false))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            Pending::Future(f) => f.as_mut().poll(cx).map(|b| (b, false)),
         }
     }
+}
+
+/// Moves the replies that are ready at the head of `queue` into `out`, in order. Ready when
+/// at least one was moved; `close` is set when one of them ends the connection.
+fn drain_ready(
+    queue: &mut VecDeque<Pending>,
+    out: &mut BytesMut,
+    close: &mut bool,
+    cx: &mut TaskContext<'_>,
+) -> Poll<()> {
+    let mut moved = false;
+    while let Some(head) = queue.front_mut() {
+        match head.poll_reply(cx) {
+            Poll::Ready((bytes, c)) => {
+                out.extend_from_slice(&bytes);
+                queue.pop_front();
+                moved = true;
+                if c {
+                    *close = true;
+                    queue.clear();
+                    break;
+                }
+            }
+            Poll::Pending => break,
+        }
+    }
+    if moved {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
+    }
+}
+
+/// Writes `out` and empties it (keeping a modest buffer around).
+async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let ok = stream.write_all(out).await.is_ok();
+    out.clear();
+    if out.capacity() > 64 * 1024 {
+        *out = BytesMut::new();
+    }
+    ok
 }
 
 /// Serves one client connection until it closes.
-pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+///
+/// One task per connection: requests are decoded and dispatched in order, and the replies are
+/// written in the same order as they become ready, coalescing every reply that is ready into
+/// one write. A request that has to wait before it can be sent (a key being migrated, a
+/// blocking command, a fan-out) lets the replies before it go out meanwhile.
+pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
     shared.metrics.clients.inc();
-    let (mut reader, writer) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Pending>(1024);
-    let writing = tokio::spawn(write_replies(writer, rx));
     let mut client = Client::new(id, shared.clone());
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::with_capacity(4096);
     let mut decoder = RequestDecoder::new(shared.limits);
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut out = BytesMut::new();
+    let mut closing = false;
     'conn: loop {
-        loop {
+        // Dispatch every request that has fully arrived.
+        while !closing {
             match decoder.decode_request(&mut buf) {
                 Ok(Some(request)) => {
-                    let pending = client.handle(request).await;
-                    let closing = matches!(pending, Pending::Close(_));
-                    if tx.send(pending).await.is_err() || closing {
-                        break 'conn;
-                    }
+                    let dispatch = client.handle(request);
+                    tokio::pin!(dispatch);
+                    let pending = loop {
+                        tokio::select! {
+                            biased;
+                            p = &mut dispatch => break p,
+                            () = std::future::poll_fn(|cx| drain_ready(&mut queue, &mut out, &mut closing, cx)),
+                                if !queue.is_empty() =>
+                            {
+                                if !flush(&mut stream, &mut out).await || closing {
+                                    break 'conn;
+                                }
+                            }
+                        }
+                    };
+                    closing = matches!(pending, Pending::Close(_));
+                    queue.push_back(pending);
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx
-                        .send(Pending::Close(encode(&Frame::protocol_error(e))))
-                        .await;
-                    break 'conn;
+                    queue.push_back(Pending::Close(encode(&Frame::protocol_error(e))));
+                    closing = true;
                 }
             }
         }
+        // Whatever is ready goes out in one write.
+        let _ = std::future::poll_fn(|cx| {
+            let _ = drain_ready(&mut queue, &mut out, &mut closing, cx);
+            Poll::Ready(())
+        })
+        .await;
+        if !flush(&mut stream, &mut out).await {
+            break;
+        }
+        if closing && queue.is_empty() {
+            let _ = stream.shutdown().await;
+            break;
+        }
         if let Some(needed) = decoder.needed() {
             buf.reserve(needed.saturating_sub(buf.len()));
-        } else if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
+        } else if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
         }
-        match reader.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        tokio::select! {
+            biased;
+            () = std::future::poll_fn(|cx| drain_ready(&mut queue, &mut out, &mut closing, cx)),
+                if !queue.is_empty() => {}
+            read = stream.read_buf(&mut buf), if !closing => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
         }
     }
-    drop(tx);
-    let _ = writing.await;
     shared.metrics.clients.dec();
-}
-
-async fn write_replies(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>) {
-    let mut out = BytesMut::with_capacity(16 * 1024);
-    while let Some(first) = rx.recv().await {
-        let (bytes, mut close) = first.resolve().await;
-        out.extend_from_slice(&bytes);
-        // Coalesce whatever else is ready into the same write.
-        while !close {
-            let Ok(next) = rx.try_recv() else { break };
-            let mut fut = Box::pin(next.resolve());
-            let (bytes, c) = match (&mut fut).now_or_never() {
-                Some(done) => done,
-                None => {
-                    if writer.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    out.clear();
-                    fut.await
-                }
-            };
-            out.extend_from_slice(&bytes);
-            close = c;
-        }
-        if writer.write_all(&out).await.is_err() {
-            return;
-        }
-        out.clear();
-        if close {
-            let _ = writer.shutdown().await;
-            return;
-        }
-    }
 }
 
 /// A transaction being queued (MULTI … EXEC).
