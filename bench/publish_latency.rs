@@ -66,7 +66,9 @@ async fn main() {
     let policy: CachePolicy = serde_json::from_value(serde_json::json!({
         "apiVersion": "redisfleet.io/v1alpha1", "kind": "CachePolicy", "metadata": {"name": "bench"},
         "spec": {"categories": [{"name": "auth", "keyPrefixes": ["auth:"], "tier": "hot", "fallbackTier": "warm"}],
-                 "defaultCategory": {"tier": "warm"}}
+                 "defaultCategory": {"tier": "warm"},
+                 // Failback without a data move: the path measured is probe → publish.
+                 "balancing": {"rebalance": {"enabled": false}}}
     }))
     .unwrap();
     policies

@@ -25,6 +25,8 @@ enum Command {
     Operator(OperatorArgs),
     /// Run the RESP proxy applications talk to (beside the application, on 127.0.0.1:6379).
     Sidecar(SidecarArgs),
+    /// Move the data of one rebalance plan (run by the operator as a Job).
+    Rebalance(RebalanceArgs),
     /// Print the CustomResourceDefinitions as YAML (the content of `crds/`).
     Crds,
     /// Show a namespace's fleet or one policy: instances, usage, categories, routing, rebalances.
@@ -61,6 +63,42 @@ struct OperatorArgs {
     /// a standby looks every sixth.
     #[arg(long, default_value = "15s", value_parser = redis_fleet::operator::leader::parse_lease_duration)]
     lease_duration: std::time::Duration,
+    /// Image of rebalance Jobs (normally the operator's own image).
+    #[arg(
+        long,
+        env = "REDIS_FLEET_IMAGE",
+        default_value = "ghcr.io/redis-fleet/redis-fleet:0.1.0"
+    )]
+    rebalance_image: String,
+    /// Pull policy of that image.
+    #[arg(long, env = "REDIS_FLEET_IMAGE_PULL_POLICY")]
+    rebalance_image_pull_policy: Option<String>,
+    /// Namespace of rebalance Jobs. Default: the policy's namespace (the Job is then owned by
+    /// the policy).
+    #[arg(long, env = "REDIS_FLEET_REBALANCE_NAMESPACE")]
+    rebalance_namespace: Option<String>,
+    /// ServiceAccount of rebalance Jobs.
+    #[arg(long, env = "REDIS_FLEET_REBALANCE_SERVICE_ACCOUNT")]
+    rebalance_service_account: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RebalanceArgs {
+    /// The CachePolicy, as `namespace/name`.
+    #[arg(long)]
+    policy: String,
+    /// The plan to carry out (`status.rebalance.planId`).
+    #[arg(long)]
+    plan: i64,
+    /// Longest wait for the operator to publish the next routing table.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    publish_timeout: std::time::Duration,
+    /// Longest wait for every sidecar to use the migrating table.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    converge_timeout: std::time::Duration,
+    /// Who holds the per-key leases (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    owner: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -199,6 +237,31 @@ fn main() -> anyhow::Result<()> {
             install_crypto_provider();
             sidecar(args)
         }
+        Command::Rebalance(args) => {
+            telemetry::init(cli.log_format, "info");
+            install_crypto_provider();
+            let (namespace, policy) = args
+                .policy
+                .split_once('/')
+                .context("--policy takes namespace/name")?;
+            let owner = args.owner.unwrap_or_else(|| {
+                let mut b = [0u8; 4];
+                let _ = getrandom::fill(&mut b);
+                format!("rebalance-{:08x}", u32::from_le_bytes(b))
+            });
+            let runtime = runtime(2)?;
+            runtime.block_on(redis_fleet::rebalance::migrate::run(
+                redis_fleet::rebalance::migrate::Config {
+                    namespace: namespace.to_owned(),
+                    policy: policy.to_owned(),
+                    plan_id: args.plan,
+                    owner,
+                    publish_timeout: args.publish_timeout,
+                    converge_timeout: args.converge_timeout,
+                },
+            ))?;
+            Ok(())
+        }
         Command::Crds => {
             let yaml = redis_fleet::api::crds_yaml().context("rendering the CRDs as YAML")?;
             std::io::stdout().write_all(yaml.as_bytes())?;
@@ -213,6 +276,13 @@ fn main() -> anyhow::Result<()> {
                 metrics_addr: args.metrics_addr,
                 controller_name: "redis-fleet-operator".to_owned(),
                 instance_name: args.instance_name,
+                jobs: redis_fleet::rebalance::job::JobSettings {
+                    namespace: args.rebalance_namespace,
+                    image: args.rebalance_image,
+                    pull_policy: args.rebalance_image_pull_policy,
+                    service_account: args.rebalance_service_account,
+                    backoff_limit: 3,
+                },
                 leader_election: args.leader_election.then_some(
                     redis_fleet::operator::leader::ElectionConfig {
                         lease_name: args.lease_name,

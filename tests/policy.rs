@@ -323,8 +323,10 @@ async fn a_dead_instance_fails_over_in_budget_and_fails_back_without_stale_keys(
         ],
     );
     assert!(kubectl_apply(cp, &ns, &yaml).status.success());
-    let policy =
-        std::fs::read_to_string(project_root().join("examples/cache-policy.yaml")).unwrap();
+    // Rebalancing off: failback is the purge-only kind (tests/rebalance.rs moves the data).
+    let policy = std::fs::read_to_string(project_root().join("examples/cache-policy.yaml"))
+        .unwrap()
+        .replace("      enabled: true\n", "      enabled: false\n");
     assert!(kubectl_apply(cp, &ns, &policy).status.success());
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let instances: Api<RedisInstance> = Api::namespaced(client.clone(), &ns);

@@ -648,17 +648,37 @@ async fn heartbeats_and_metrics() {
             .await
             .unwrap();
         loop {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg("redisfleet:sidecar:*")
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            if let Some(k) = keys.first() {
-                assert!(k.starts_with("redisfleet:sidecar:test-sidecar"), "{k}");
-                let v: String = c.get(k).await.unwrap();
-                assert_eq!(v, "7");
-                let ttl: i64 = c.pttl(k).await.unwrap();
-                assert!(ttl > 0 && ttl <= 15_000);
+            let beats = redis_fleet::sidecar::heartbeat::read(&mut c).await.unwrap();
+            if let Some((id, version)) = beats.iter().next() {
+                assert!(id.starts_with("test-sidecar"), "{id}");
+                assert_eq!(*version, 7);
+                assert_eq!(beats.len(), 1);
+                // Bookkeeping expires with the sidecars: two keys, with a TTL.
+                let ttl: i64 = c.pttl("redisfleet:sidecars").await.unwrap();
+                assert!(ttl > 0 && ttl <= 15_000, "{ttl}");
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg("redisfleet:*")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                assert_eq!(keys.len(), 2, "{keys:?}");
+                // A sidecar that stopped beating long ago no longer counts.
+                let () = redis::pipe()
+                    .cmd("ZADD")
+                    .arg("redisfleet:sidecars")
+                    .arg(1)
+                    .arg("ghost")
+                    .ignore()
+                    .cmd("HSET")
+                    .arg("redisfleet:sidecar-versions")
+                    .arg("ghost")
+                    .arg(1)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                let beats = redis_fleet::sidecar::heartbeat::read(&mut c).await.unwrap();
+                assert!(!beats.contains_key("ghost"), "{beats:?}");
                 break;
             }
             assert!(

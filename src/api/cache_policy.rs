@@ -325,6 +325,10 @@ pub struct CachePolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecars: Option<SidecarsStatus>,
 
+    /// Memory per category and instance, from samples taken while probing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<CategoryUsage>,
+
     /// Capacity-planning advice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recommendations: Vec<String>,
@@ -382,12 +386,46 @@ pub struct FailoverStatus {
     pub since: Option<Time>,
 }
 
-/// Progress of a rebalance.
+/// Rebalance steps reported by the Job (`status.rebalance.step`).
+pub mod rebalance_step {
+    /// Deleting stale copies on the targets.
+    pub const PREPARING: &str = "Preparing";
+    /// Targets clean; waiting for the operator to publish the migrating ranges.
+    pub const PREPARED: &str = "Prepared";
+    /// Waiting for every sidecar to use the table with the migrating ranges.
+    pub const CONVERGING: &str = "Converging";
+    /// Moving keys.
+    pub const COPYING: &str = "Copying";
+    /// Every key moved; waiting for the operator to publish the new owners.
+    pub const COPIED: &str = "Copied";
+    /// Finished and cleaned up.
+    pub const DONE: &str = "Done";
+}
+
+/// Rebalance phases decided by the operator (`status.rebalance.phase`).
+pub mod rebalance_phase {
+    /// The Job prepares the targets.
+    pub const PREPARING: &str = "Preparing";
+    /// The migrating ranges are published; the Job converges and copies.
+    pub const MIGRATING: &str = "Migrating";
+    /// The new owners are published; the Job cleans up.
+    pub const FINALIZING: &str = "Finalizing";
+    /// Done.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// Given up after retries (see message).
+    pub const FAILED: &str = "Failed";
+}
+
+/// Progress of a rebalance. The operator owns the plan and its phase; the Job reports its
+/// `step` and the counters (fields marked "Job").
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RebalanceStatus {
-    /// Planned, Preparing, Flipping, Converging, Copying, Finalizing, Succeeded or Failed.
+    /// Preparing, Migrating, Finalizing, Succeeded or Failed.
     pub phase: String,
+    /// Identifies the plan: the routing table version it was computed from.
+    #[serde(default)]
+    pub plan_id: i64,
     /// Name of the Job moving the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
@@ -397,15 +435,12 @@ pub struct RebalanceStatus {
     /// Slot ranges being moved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moves: Vec<MoveStatus>,
-    /// Keys moved so far.
-    #[serde(default)]
-    pub keys_moved: i64,
-    /// Keys to move (an estimate until the copy has scanned everything).
-    #[serde(default)]
-    pub keys_total: i64,
-    /// Current copy rate.
-    #[serde(default)]
-    pub keys_per_second: i64,
+    /// Routing version that published the migrating ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flip_version: Option<i64>,
+    /// Routing version that published the new owners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_version: Option<i64>,
     /// Attempts made (a failed Job is retried with backoff).
     #[serde(default)]
     pub attempts: i32,
@@ -418,6 +453,46 @@ pub struct RebalanceStatus {
     /// Last error, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The value of the `redisfleet.io/rebalance-now` annotation this plan answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_by: Option<String>,
+    /// Job: its current step (Preparing, Prepared, Converging, Copying, Copied, Done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Job: keys moved so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_moved: Option<i64>,
+    /// Job: keys to move (counted before copying).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_total: Option<i64>,
+    /// Job: current copy rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_per_second: Option<i64>,
+    /// Job: sidecars still on an older table while converging.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stragglers: Vec<String>,
+}
+
+/// The `status.rebalance` fields the Job writes; the operator leaves them out of its own
+/// writes so that the two never overwrite each other.
+pub const JOB_OWNED_REBALANCE_FIELDS: [&str; 5] = [
+    "step",
+    "keysMoved",
+    "keysTotal",
+    "keysPerSecond",
+    "stragglers",
+];
+
+/// Sampled memory of one category on one instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CategoryUsage {
+    /// RedisInstance name.
+    pub instance: String,
+    /// Category name.
+    pub category: String,
+    /// Estimated bytes (sampled keys' MEMORY USAGE, scaled to the instance's key count).
+    pub bytes: i64,
 }
 
 /// One slot range moving between instances.

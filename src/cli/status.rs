@@ -1632,7 +1632,12 @@ fn write_rebalance(
         "Failed" => RED,
         _ => CYAN,
     };
-    let mut first = vec![r.phase.clone()];
+    let mut first = vec![match r.step.as_deref() {
+        Some(step) if !matches!(r.phase.as_str(), "Succeeded" | "Failed") => {
+            format!("{} ({step})", r.phase)
+        }
+        _ => r.phase.clone(),
+    }];
     if let Some(job) = &r.job {
         first.push(format!("job {job}"));
     }
@@ -1662,19 +1667,24 @@ fn write_rebalance(
         entries.push(format!("moves: {}", moves.join("; ")));
     }
     let avail = width.saturating_sub(INDENT + LABEL);
-    let progress = if r.keys_total > 0 || r.keys_moved > 0 {
-        let total = r.keys_total.max(r.keys_moved);
+    let (keys_moved, keys_total, keys_per_second) = (
+        r.keys_moved.unwrap_or(0),
+        r.keys_total.unwrap_or(0),
+        r.keys_per_second.unwrap_or(0),
+    );
+    let progress = if keys_total > 0 || keys_moved > 0 {
+        let total = keys_total.max(keys_moved);
         let pct = if total > 0 {
-            r.keys_moved as f64 * 100.0 / total as f64
+            keys_moved as f64 * 100.0 / total as f64
         } else {
             0.0
         };
-        let mut text = format!("{} / {} keys  {pct:.0}%", group(r.keys_moved), group(total));
-        if r.keys_per_second > 0 {
-            let _ = write!(text, " · {} keys/s", group(r.keys_per_second));
-            let left = total - r.keys_moved;
+        let mut text = format!("{} / {} keys  {pct:.0}%", group(keys_moved), group(total));
+        if keys_per_second > 0 {
+            let _ = write!(text, " · {} keys/s", group(keys_per_second));
+            let left = total - keys_moved;
             if left > 0 && r.finished_at.is_none() {
-                let secs = (left + r.keys_per_second - 1) / r.keys_per_second;
+                let secs = (left + keys_per_second - 1) / keys_per_second;
                 let _ = write!(text, " · ~{} left", human_secs(secs));
             }
         }
@@ -2147,7 +2157,7 @@ mod tests {
             epoch: 17,
         }];
         policy.rebalance = Some(RebalanceStatus {
-            phase: "Copying".into(),
+            phase: "Migrating".into(),
             job: Some("shop-rebalance-17".into()),
             reason: Some("primary is at 86% of 30Mi, over the 80% threshold".into()),
             moves: vec![MoveStatus {
@@ -2157,13 +2167,13 @@ mod tests {
                 from: "primary".into(),
                 to: "secondary".into(),
             }],
-            keys_moved: 81_234,
-            keys_total: 120_000,
-            keys_per_second: 12_000,
+            keys_moved: Some(81_234),
+            keys_total: Some(120_000),
+            keys_per_second: Some(12_000),
             attempts: 1,
             started_at: Some(Time(at(190))),
-            finished_at: None,
-            message: None,
+            step: Some("Copying".into()),
+            ..RebalanceStatus::default()
         });
         policy.recommendations = vec![
             "primary is at 86% of 30Mi and grows ~2Mi/day: add an instance or raise capacity"
@@ -2186,7 +2196,7 @@ mod tests {
         );
         assert_eq!(
             line_with(&text, "rebalance").trim(),
-            "rebalance   Copying · job shop-rebalance-17 · started 3m ago"
+            "rebalance   Migrating (Copying) · job shop-rebalance-17 · started 3m ago"
         );
         assert!(text.contains("primary is at 86% of 30Mi, over the 80% threshold"));
         assert!(text.contains("moves: auth 0-4095 primary → secondary"));

@@ -15,10 +15,14 @@ use crate::api::{CachePolicy, RedisInstance};
 use crate::redis::info::Counters;
 use crate::redis::probe::Prober;
 
-use super::cache_policy::UsageHistory;
+use std::time::Duration;
+
 use super::cache_policy::routing::InstanceView;
+use super::cache_policy::{PolicySample, UsageHistory, sample_instances};
 use super::metrics::Metrics;
 use super::secrets::SecretReader;
+use crate::rebalance::job::JobSettings;
+use crate::routing::table::RoutingTable;
 
 /// Shared by all reconciles of a scope.
 pub struct Context {
@@ -34,8 +38,11 @@ pub struct Context {
     pub policies: Store<CachePolicy>,
     /// RedisInstances of the scope.
     pub instances: Store<RedisInstance>,
+    /// How rebalance Jobs are made.
+    pub jobs: JobSettings,
     probes: Mutex<HashMap<ObjectRef<RedisInstance>, Arc<tokio::sync::Mutex<InstanceState>>>>,
     usage: Mutex<UsageHistory>,
+    samples: Mutex<HashMap<String, (Instant, PolicySample)>>,
     started: Instant,
 }
 
@@ -71,6 +78,7 @@ impl Context {
         secrets: SecretReader,
         policies: Store<CachePolicy>,
         instances: Store<RedisInstance>,
+        jobs: JobSettings,
     ) -> Self {
         Self {
             client,
@@ -79,10 +87,36 @@ impl Context {
             secrets,
             policies,
             instances,
+            jobs,
             probes: Mutex::new(HashMap::new()),
             usage: Mutex::new(UsageHistory::default()),
+            samples: Mutex::new(HashMap::new()),
             started: Instant::now(),
         }
+    }
+
+    /// Samples the instances of policy `key` (memory per category, heartbeats); a sample
+    /// younger than `max_age` is reused.
+    pub async fn sample(
+        &self,
+        key: &str,
+        namespace: &str,
+        selected: &[Arc<RedisInstance>],
+        table: &RoutingTable,
+        max_age: Duration,
+    ) -> PolicySample {
+        {
+            let cache = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, s)) = cache.get(key)
+                && at.elapsed() < max_age
+            {
+                return s.clone();
+            }
+        }
+        let fresh = sample_instances(self, namespace, selected, table).await;
+        let mut cache = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        cache.insert(key.to_owned(), (Instant::now(), fresh.clone()));
+        fresh
     }
 
     /// Records the memory of `views` for growth estimates.

@@ -86,6 +86,16 @@ pub struct Metrics {
     pub failovers: Family<PolicyLabels, Gauge>,
     /// Seconds from an instance status change to the routing ConfigMap update.
     pub publish_latency: Histogram,
+    /// Keys moved by the rebalance in progress (or last finished), per policy.
+    pub rebalance_keys_moved: Family<PolicyLabels, Gauge>,
+    /// Keys that rebalance has to move, per policy.
+    pub rebalance_keys_total: Family<PolicyLabels, Gauge>,
+    /// Rebalance Jobs that failed, per policy.
+    pub rebalance_failures: Family<PolicyLabels, Counter>,
+    /// Sidecars with a live heartbeat, per policy.
+    pub sidecars: Family<PolicyLabels, Gauge>,
+    /// Lowest routing version among those sidecars, per policy.
+    pub sidecar_min_version: Family<PolicyLabels, Gauge>,
 }
 
 /// Labels of per-policy series.
@@ -121,6 +131,11 @@ impl Metrics {
             routing_version: Family::default(),
             failovers: Family::default(),
             publish_latency: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            rebalance_keys_moved: Family::default(),
+            rebalance_keys_total: Family::default(),
+            rebalance_failures: Family::default(),
+            sidecars: Family::default(),
+            sidecar_min_version: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("redisfleet");
         r.register(
@@ -203,6 +218,31 @@ impl Metrics {
             "routing_publish_latency_seconds",
             "Time from an instance status change to the routing ConfigMap update",
             m.publish_latency.clone(),
+        );
+        r.register(
+            "rebalance_keys_moved",
+            "Keys moved by the rebalance in progress or last finished",
+            m.rebalance_keys_moved.clone(),
+        );
+        r.register(
+            "rebalance_keys",
+            "Keys the rebalance in progress or last finished has to move",
+            m.rebalance_keys_total.clone(),
+        );
+        r.register(
+            "rebalance_failures",
+            "Rebalance Jobs that failed",
+            m.rebalance_failures.clone(),
+        );
+        r.register(
+            "sidecars",
+            "Sidecars with a live heartbeat on the policy's instances",
+            m.sidecars.clone(),
+        );
+        r.register(
+            "sidecar_min_version",
+            "Lowest routing table version among the live sidecars",
+            m.sidecar_min_version.clone(),
         );
         m
     }

@@ -52,6 +52,8 @@ pub struct Config {
     pub instance_name: Option<String>,
     /// Leader election; `None`: this process always leads.
     pub leader_election: Option<leader::ElectionConfig>,
+    /// How rebalance Jobs are made.
+    pub jobs: crate::rebalance::job::JobSettings,
 }
 
 /// Why the operator stopped.
@@ -140,6 +142,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             scope,
             metrics.clone(),
             recorder.clone(),
+            config.jobs.clone(),
             stop_rx.clone(),
         ));
     }
@@ -192,6 +195,7 @@ async fn run_scope(
     scope: Option<String>,
     metrics: Arc<Metrics>,
     recorder: Recorder,
+    jobs: crate::rebalance::job::JobSettings,
     stop: watch::Receiver<bool>,
 ) {
     let ns = scope.as_deref();
@@ -221,6 +225,7 @@ async fn run_scope(
         SecretReader::new(client.clone(), secret_reader),
         policy_reader.clone(),
         all_instances.clone(),
+        jobs,
     ));
 
     let owned_wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=redis-fleet");

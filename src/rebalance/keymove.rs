@@ -28,18 +28,25 @@ pub const LEASE_PREFIX: &[u8] = b"redisfleet:lease:";
 /// How long a mover owns a key; after that, another mover may take over its tombstone.
 pub const LEASE_MS: u64 = 5_000;
 
-/// Takes a key out of the source. KEYS: key, tombstone, lease. ARGV: owner, lease ms.
+/// Takes a key out of the source. KEYS: key, tombstone, lease. ARGV: owner, lease ms, and the
+/// largest value (MEMORY USAGE bytes) returned as a DUMP — larger ones answer `BIG` and are
+/// copied piece by piece from the tombstone (0: no limit).
 pub const TAKE_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'BUSY'} end
+local from = KEYS[1]
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
-  return {'TOMB', redis.call('DUMP', KEYS[2]), redis.call('PTTL', KEYS[2])}
+  from = KEYS[2]
+elseif redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'NONE'}
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'NONE'} end
-local dump = redis.call('DUMP', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-redis.call('RENAME', KEYS[1], KEYS[2])
+local limit = tonumber(ARGV[3])
+local ttl = redis.call('PTTL', from)
+local big = limit > 0 and (redis.call('MEMORY', 'USAGE', from, 'SAMPLES', 0) or 0) > limit
+local dump = false
+if not big then dump = redis.call('DUMP', from) end
+if from == KEYS[1] then redis.call('RENAME', KEYS[1], KEYS[2]) end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+if big then return {'BIG', redis.call('TYPE', KEYS[2])['ok'], ttl} end
 return {'MOVED', dump, ttl}
 ";
 
@@ -62,7 +69,7 @@ pub fn lease_key(key: &[u8]) -> Bytes {
     [LEASE_PREFIX, key].concat().into()
 }
 
-/// `EVAL <take> 3 key tomb lease owner lease_ms`.
+/// `EVAL <take> 3 key tomb lease owner lease_ms 0` (any size is dumped).
 pub fn take_command(key: &Bytes, owner: &str) -> Vec<Bytes> {
     vec![
         Bytes::from_static(b"EVAL"),
@@ -73,6 +80,7 @@ pub fn take_command(key: &Bytes, owner: &str) -> Vec<Bytes> {
         lease_key(key),
         Bytes::from(owner.to_owned()),
         Bytes::from(LEASE_MS.to_string()),
+        Bytes::from_static(b"0"),
     ]
 }
 
@@ -102,6 +110,13 @@ pub enum Taken {
         /// `PTTL`.
         pttl: i64,
     },
+    /// A value too large to DUMP at once: now in the tombstone, to be copied piece by piece.
+    Big {
+        /// `TYPE` of the value.
+        kind: String,
+        /// `PTTL`.
+        pttl: i64,
+    },
 }
 
 /// Why a move step failed.
@@ -126,6 +141,16 @@ pub fn parse_taken(reply: &Frame) -> Result<Taken, MoveError> {
         Frame::Array(items) => match items.first().and_then(Frame::as_bulk).map(|b| b.as_ref()) {
             Some(b"NONE") => Ok(Taken::None),
             Some(b"BUSY") => Ok(Taken::Busy),
+            Some(b"BIG") => match (
+                items.get(1).and_then(Frame::as_bulk),
+                items.get(2).and_then(Frame::as_integer),
+            ) {
+                (Some(kind), Some(pttl)) => Ok(Taken::Big {
+                    kind: String::from_utf8_lossy(kind).into_owned(),
+                    pttl,
+                }),
+                _ => Err(MoveError::Unexpected(format!("{reply:?}"))),
+            },
             Some(b"MOVED") | Some(b"TOMB") => {
                 let dump = items.get(1).and_then(Frame::as_bulk).cloned();
                 let pttl = items.get(2).and_then(Frame::as_integer);

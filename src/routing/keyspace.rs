@@ -202,13 +202,18 @@ impl Resolver {
         let cat = &self.categories[usize::from(category)];
         let idx = cat.runs.partition_point(|(r, _)| r.end < slot);
         let owner = cat.runs.get(idx).map(|(_, o)| *o).unwrap_or_default();
-        let find = |list: &[(SlotRange, InstanceId, InstanceId)]| {
+        // An entry that does not involve the owner is stale and ignored. A migration either
+        // moves the owner's data away (from == owner) or brings a failed-over range back to its
+        // recovered owner (to == owner).
+        let find = |list: &[(SlotRange, InstanceId, InstanceId)], to_owner_too: bool| {
             let i = list.partition_point(|(r, _, _)| r.end < slot);
             list.get(i)
-                .filter(|(r, from, _)| r.contains(slot) && *from == owner)
+                .filter(|(r, from, to)| {
+                    r.contains(slot) && (*from == owner || (to_owner_too && *to == owner))
+                })
                 .map(|(_, from, to)| (*from, *to))
         };
-        if let Some((_, to)) = find(&cat.failover) {
+        if let Some((_, to)) = find(&cat.failover, false) {
             return Route {
                 category,
                 slot,
@@ -217,7 +222,7 @@ impl Resolver {
                 migrating_from: None,
             };
         }
-        if let Some((from, to)) = find(&cat.migrating) {
+        if let Some((from, to)) = find(&cat.migrating, true) {
             return Route {
                 category,
                 slot,

@@ -453,6 +453,9 @@ impl Client {
                     self.shared.metrics.keys_moved.inc();
                     return Ok(());
                 }
+                Ok(keymove::Taken::Big { .. }) => {
+                    return Err(error_reply("TRYAGAIN the key is being migrated, retry"));
+                }
                 Err(e) => return Err(error_reply(&format!("ERR moving the key failed: {e}"))),
             }
         }

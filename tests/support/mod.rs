@@ -11,6 +11,7 @@ pub mod shop;
 pub use control_plane::ControlPlane;
 #[allow(unused_imports)]
 pub use redis::{RedisOptions, RedisServer};
+pub mod node;
 pub mod operator;
 pub mod sidecar;
 

@@ -85,8 +85,23 @@ pub struct Shop {
 }
 
 /// Starts the user's setup in a new namespace `<prefix>-<random>`: two 30 MB servers, the
-/// operator, and `examples/redis-instances.yaml` + `examples/cache-policy.yaml` applied.
+/// operator, and `examples/redis-instances.yaml` + `examples/cache-policy.yaml` applied,
+/// with rebalancing off (routing-only tests: ownership changes move no data).
 pub async fn shop(prefix: &str) -> Shop {
+    shop_with(prefix, |policy| {
+        policy.replace("      enabled: true\n", "      enabled: false\n")
+    })
+    .await
+}
+
+/// The policy of `examples/cache-policy.yaml`, as the user wrote it.
+pub fn example_policy() -> String {
+    std::fs::read_to_string(project_root().join("examples/cache-policy.yaml"))
+        .expect("reading examples/cache-policy.yaml")
+}
+
+/// Like [`shop`], with the policy YAML passed through `edit` first.
+pub async fn shop_with(prefix: &str, edit: impl Fn(String) -> String) -> Shop {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     cp.install_crds(&client).await;
@@ -107,8 +122,7 @@ pub async fn shop(prefix: &str) -> Shop {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let policy_yaml = std::fs::read_to_string(project_root().join("examples/cache-policy.yaml"))
-        .expect("reading examples/cache-policy.yaml");
+    let policy_yaml = edit(example_policy());
     let out = kubectl_apply(cp, &ns, &policy_yaml);
     assert!(
         out.status.success(),

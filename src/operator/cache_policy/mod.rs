@@ -6,6 +6,7 @@
 //! Pipeline: fetch (instances from the cache, previous table from the ConfigMap) → plan
 //! ([`routing::plan_routing`], pure) → prepare (purge) → publish → status ([`status`], pure).
 
+pub mod rebalance;
 pub mod routing;
 pub mod status;
 
@@ -22,10 +23,13 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::FIELD_MANAGER;
-use crate::api::cache_policy::CachePolicy;
+use crate::api::cache_policy::{
+    CachePolicy, JOB_OWNED_REBALANCE_FIELDS, REBALANCE_NOW_ANNOTATION, RebalanceStatus,
+    rebalance_phase, rebalance_step,
+};
 use crate::api::redis_instance::{InstancePhase, RedisInstance, TIER_LABEL};
 use crate::redis::keys::delete_ranges;
 use crate::routing::keyspace::Resolver;
@@ -71,6 +75,9 @@ pub enum Error {
     /// Writing status failed.
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
+    /// Creating or reading a rebalance Job failed.
+    #[error("rebalance Job: {0}")]
+    Rebalance(#[source] kube::Error),
 }
 
 impl Error {
@@ -81,6 +88,7 @@ impl Error {
             Self::ConfigMap { .. } => "ConfigMap",
             Self::Purge { .. } => "Purge",
             Self::WriteStatus(_) => "WriteStatus",
+            Self::Rebalance(_) => "Rebalance",
         }
     }
 }
@@ -234,6 +242,17 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<Context>) -> Result<Ac
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
     let name = policy.name_any();
+    // The cache may not hold our own last status write yet; the rebalance state machine must
+    // never act on an older one (it would plan twice or forget a running Job).
+    let policy = if policy.spec.balancing.rebalance.enabled {
+        let api: Api<CachePolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+        match api.get_opt(&name).await.map_err(Error::WriteStatus)? {
+            Some(fresh) => Arc::new(fresh),
+            None => return Ok(Action::await_change()),
+        }
+    } else {
+        policy
+    };
     let cm_name = config_map_name(&policy);
     let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
 
@@ -244,9 +263,12 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<Context>) -> Result<Ac
     let key = format!("{namespace}/{name}");
     let planned = plan_routing(&key, &policy.spec, &views, previous.as_ref());
 
+    let rebalance_on = policy.spec.balancing.rebalance.enabled;
+    let mut rb = policy.status.as_ref().and_then(|s| s.rebalance.clone());
     let mut published = previous.clone();
     let mut published_now = false;
     let mut publish_error = None;
+    let mut desired = None;
     match planned.table {
         None => {
             publish_error = Some(if views.is_empty() {
@@ -255,7 +277,15 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<Context>) -> Result<Ac
                 "no selected instance is usable yet (healthy, with a known capacity)".to_owned()
             });
         }
-        Some(mut table) => {
+        Some(planned_table) => {
+            // With rebalancing on, owners change only through a rebalance (with their data).
+            let mut table = if rebalance_on {
+                rebalance::hold_back(&planned_table, previous.as_ref(), &views)
+            } else {
+                planned_table.clone()
+            };
+            desired = Some(planned_table);
+            let transition = shape_for_rebalance(&mut table, rb.as_ref(), previous_version + 1);
             let changed = previous
                 .as_ref()
                 .is_none_or(|p| p.content_hash() != table.content_hash());
@@ -266,6 +296,19 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<Context>) -> Result<Ac
                 info!(version = table.version, configmap = %cm_name, "published routing table");
                 publish_events(&ctx, &policy, previous.as_ref(), &table).await;
                 cleanup_sources(&ctx, &namespace, &selected, previous.as_ref(), &table).await;
+                if let (Some(r), Some(t)) = (rb.as_mut(), transition) {
+                    let version = i64::try_from(table.version).unwrap_or(i64::MAX);
+                    match t {
+                        Transition::Flip => {
+                            r.phase = rebalance_phase::MIGRATING.to_owned();
+                            r.flip_version = Some(version);
+                        }
+                        Transition::Finalize => {
+                            r.phase = rebalance_phase::FINALIZING.to_owned();
+                            r.final_version = Some(version);
+                        }
+                    }
+                }
                 published = Some(table);
                 published_now = true;
             } else if previous_version > 0
@@ -279,6 +322,25 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<Context>) -> Result<Ac
                 published = Some(table);
             }
         }
+    }
+
+    // Samples (memory per category, sidecar heartbeats), then rebalance Jobs.
+    // Planning needs a sample taken after the memory change that woke us; while a Job runs,
+    // the sample only feeds status.
+    let planning = rebalance_on && rb.as_ref().is_none_or(|r| !rebalance::is_active(r));
+    let max_age = if planning {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(5)
+    };
+    let sample = match &published {
+        Some(t) => ctx.sample(&key, &namespace, &selected, t, max_age).await,
+        None => PolicySample::default(),
+    };
+    debug!(categories = ?sample.category_bytes, sidecars = sample.sidecars.len(), "sampled");
+    if rebalance_on && let (Some(table), Some(desired)) = (&published, &desired) {
+        rb = drive_rebalance(&ctx, &policy, rb, table, desired, &views, &sample).await?;
+        debug!(rebalance = ?rb.as_ref().map(|r| (&r.phase, r.plan_id, &r.job)), "rebalance driven");
     }
 
     let labels = PolicyLabels {
@@ -309,13 +371,47 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<Context>) -> Result<Ac
         threshold: policy.spec.balancing.capacity_threshold,
         growth: &growth,
     };
-    let next = status::policy_status(policy.status.as_ref(), &observation);
+    let mut next = status::policy_status(policy.status.as_ref(), &observation);
+    next.rebalance = rb;
+    next.usage = sample.usage();
+    next.sidecars = sample.sidecars(published.as_ref());
+    status::set_rebalancing_condition(&mut next, policy.metadata.generation, Timestamp::now());
+    if let Some(r) = &next.rebalance {
+        ctx.metrics
+            .rebalance_keys_moved
+            .get_or_create(&labels)
+            .set(r.keys_moved.unwrap_or(0));
+        ctx.metrics
+            .rebalance_keys_total
+            .get_or_create(&labels)
+            .set(r.keys_total.unwrap_or(0));
+    }
+    if let Some(s) = &next.sidecars {
+        ctx.metrics
+            .sidecars
+            .get_or_create(&labels)
+            .set(i64::from(s.count));
+        if let Some(v) = s.min_version {
+            ctx.metrics
+                .sidecar_min_version
+                .get_or_create(&labels)
+                .set(v);
+        }
+    }
     if policy.status.as_ref() != Some(&next) {
         let api: Api<CachePolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+        let mut body = serde_json::to_value(&next)
+            .map_err(|e| Error::WriteStatus(kube::Error::SerdeError(e)))?;
+        // The Job's progress fields are the Job's: never write them back.
+        if let Some(r) = body.get_mut("rebalance").and_then(|r| r.as_object_mut()) {
+            for field in JOB_OWNED_REBALANCE_FIELDS {
+                r.remove(field);
+            }
+        }
         let patch = json!({
             "apiVersion": "redisfleet.io/v1alpha1",
             "kind": "CachePolicy",
-            "status": next,
+            "status": body,
         });
         api.patch_status(
             &name,
@@ -324,6 +420,7 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<Context>) -> Result<Ac
         )
         .await
         .map_err(Error::WriteStatus)?;
+        debug!("status written");
     }
     Ok(Action::requeue(RESYNC))
 }
@@ -588,6 +685,412 @@ pub fn describe_change(previous: Option<&RoutingTable>, next: &RoutingTable) -> 
         parts.push("content changed".to_owned());
     }
     format!("version {}: {}", next.version, parts.join(", "))
+}
+
+/// What a publish does to a rebalance in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transition {
+    /// The migrating ranges go out.
+    Flip,
+    /// The new owners go out.
+    Finalize,
+}
+
+/// Shapes the table to publish for the rebalance phase (see [`rebalance`]).
+fn shape_for_rebalance(
+    table: &mut RoutingTable,
+    rb: Option<&RebalanceStatus>,
+    next_version: u64,
+) -> Option<Transition> {
+    let r = rb.filter(|r| rebalance::is_active(r))?;
+    let moves = rebalance::from_status(&r.moves);
+    let step = r.step.as_deref();
+    match r.phase.as_str() {
+        rebalance_phase::PREPARING if step == Some(rebalance_step::PREPARED) => {
+            rebalance::overlay_migrating(table, &moves, next_version);
+            Some(Transition::Flip)
+        }
+        rebalance_phase::MIGRATING if step == Some(rebalance_step::COPIED) => {
+            *table = rebalance::finalize(table, &moves);
+            Some(Transition::Finalize)
+        }
+        rebalance_phase::MIGRATING => {
+            let epoch = r
+                .flip_version
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(next_version);
+            rebalance::overlay_migrating(table, &moves, epoch);
+            None
+        }
+        rebalance_phase::FINALIZING => {
+            *table = rebalance::finalize(table, &moves);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Attempts of one plan before it is given up.
+const MAX_ATTEMPTS: i32 = 4;
+
+/// Follows the Job of the rebalance in progress, or plans and starts a new one.
+async fn drive_rebalance(
+    ctx: &Context,
+    policy: &CachePolicy,
+    rb: Option<RebalanceStatus>,
+    published: &RoutingTable,
+    desired: &RoutingTable,
+    views: &[InstanceView],
+    sample: &PolicySample,
+) -> Result<Option<RebalanceStatus>, Error> {
+    use crate::rebalance::job;
+    use k8s_openapi::api::batch::v1::Job;
+    let settings = &ctx.jobs;
+    let policy_ns = policy.namespace().unwrap_or_default();
+    let job_ns = settings
+        .namespace
+        .clone()
+        .unwrap_or_else(|| policy_ns.clone());
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job_ns);
+    let reference = policy.object_ref(&());
+    let forced = policy
+        .annotations()
+        .get(REBALANCE_NOW_ANNOTATION)
+        .filter(|v| rb.as_ref().is_none_or(|r| r.forced_by.as_ref() != Some(*v)))
+        .cloned();
+
+    if let Some(mut r) = rb.clone().filter(rebalance::is_active) {
+        let Some(name) = r.job.clone() else {
+            return Ok(Some(r));
+        };
+        let existing = jobs.get_opt(&name).await.map_err(Error::Rebalance)?;
+        let outcome = existing.as_ref().and_then(job::outcome);
+        match (existing, outcome) {
+            (None, _) => {
+                create_job(&jobs, policy, &r, settings).await?;
+            }
+            (Some(_), Some(true)) if r.phase == rebalance_phase::FINALIZING => {
+                r.phase = rebalance_phase::SUCCEEDED.to_owned();
+                r.finished_at = Some(crate::api::conditions::Time(Timestamp::now()));
+                r.message = None;
+                event(
+                    ctx,
+                    &reference,
+                    "RebalanceSucceeded",
+                    false,
+                    format!(
+                        "{} moves done: {}",
+                        r.moves.len(),
+                        r.reason.clone().unwrap_or_default()
+                    ),
+                )
+                .await;
+            }
+            (Some(_), Some(_)) => {
+                // Failed (or ended before finishing): retry with a fresh Job, up to a limit.
+                ctx.metrics
+                    .rebalance_failures
+                    .get_or_create(&PolicyLabels {
+                        namespace: policy_ns.clone(),
+                        policy: policy.name_any(),
+                    })
+                    .inc();
+                if r.attempts >= MAX_ATTEMPTS && forced.is_none() {
+                    r.phase = rebalance_phase::FAILED.to_owned();
+                    r.finished_at = Some(crate::api::conditions::Time(Timestamp::now()));
+                    r.message = Some(format!(
+                        "gave up after {} attempts; the ranges already flipped keep moving on access. Set the {REBALANCE_NOW_ANNOTATION} annotation to try again",
+                        r.attempts
+                    ));
+                    event(
+                        ctx,
+                        &reference,
+                        "RebalanceFailed",
+                        true,
+                        r.message.clone().unwrap_or_default(),
+                    )
+                    .await;
+                } else {
+                    r.attempts = if forced.is_some() { 1 } else { r.attempts + 1 };
+                    if forced.is_some() {
+                        r.forced_by = forced.clone();
+                    }
+                    r.job = Some(job::job_name(&policy.name_any(), r.plan_id, r.attempts));
+                    create_job(&jobs, policy, &r, settings).await?;
+                    event(
+                        ctx,
+                        &reference,
+                        "RebalanceRetried",
+                        true,
+                        format!("attempt {} of plan {}", r.attempts, r.plan_id),
+                    )
+                    .await;
+                }
+            }
+            (Some(_), None) => {}
+        }
+        return Ok(Some(r));
+    }
+    // A failed plan whose ranges were already flipped is resumed only on request.
+    if let Some(r) = rb
+        .as_ref()
+        .filter(|r| r.phase == rebalance_phase::FAILED && r.flip_version.is_some())
+        && forced.is_none()
+    {
+        return Ok(Some(r.clone()));
+    }
+
+    // Nothing running: plan.
+    let cooldown = policy.spec.balancing.rebalance.cooldown.get();
+    let cooled = rb
+        .as_ref()
+        .and_then(|r| r.finished_at.as_ref())
+        .is_none_or(|t| Timestamp::now().duration_since(t.0).unsigned_abs() >= cooldown);
+    let mut moves = rebalance::failback_moves(published, views);
+    let mut reasons = Vec::new();
+    if !moves.is_empty() {
+        reasons.push(
+            "failback: recovered instances take their ranges back, with the data written meanwhile"
+                .to_owned(),
+        );
+    }
+    if cooled || forced.is_some() {
+        let loads: Vec<crate::rebalance::plan::InstanceLoad> = views
+            .iter()
+            .map(|v| crate::rebalance::plan::InstanceLoad {
+                name: v.name.clone(),
+                tier: v.tier.clone(),
+                capacity: v.capacity_bytes.unwrap_or(0),
+                used: v.used_bytes,
+                serving: matches!(
+                    v.phase,
+                    InstancePhase::Ready | InstancePhase::Degraded | InstancePhase::Draining
+                ),
+                drain: v.drain,
+            })
+            .collect();
+        let mut tiers: Vec<crate::rebalance::plan::CategoryTiers> = policy
+            .spec
+            .categories
+            .iter()
+            .map(|c| crate::rebalance::plan::CategoryTiers {
+                name: c.name.clone(),
+                tier: c.tier.clone(),
+                fallback_tier: c.fallback_tier.clone(),
+            })
+            .collect();
+        tiers.push(crate::rebalance::plan::CategoryTiers {
+            name: crate::api::cache_policy::DEFAULT_CATEGORY.to_owned(),
+            tier: policy.spec.default_category.tier.clone(),
+            fallback_tier: policy.spec.default_category.fallback_tier.clone(),
+        });
+        let input = crate::rebalance::plan::PlanInput {
+            current: published,
+            desired: Some(desired),
+            instances: &loads,
+            category_bytes: &sample.category_bytes,
+            categories: &tiers,
+            threshold_percent: u32::try_from(policy.spec.balancing.capacity_threshold)
+                .unwrap_or(80),
+            force: forced.is_some(),
+        };
+        let planned = crate::rebalance::plan::plan(&input);
+        debug!(instances = ?loads, bytes = ?sample.category_bytes, plan = ?planned, "planned");
+        if let Some(plan) = planned {
+            reasons.push(plan.reason.clone());
+            moves.extend(plan.moves);
+        }
+        let legacy = rebalance::legacy_moves(published, views, &sample.category_bytes);
+        if !legacy.is_empty() {
+            reasons.push("draining instances hold data of the policy's categories".to_owned());
+            moves.extend(legacy);
+        }
+    }
+    let moves = rebalance::without_overlaps(moves);
+    if moves.is_empty() {
+        if forced.is_some() {
+            // Remember the request even when nothing needed to move.
+            let mut r = rb.unwrap_or_default();
+            r.forced_by = forced;
+            if r.phase.is_empty() {
+                r.phase = rebalance_phase::SUCCEEDED.to_owned();
+            }
+            return Ok(Some(r));
+        }
+        return Ok(rb);
+    }
+    let plan_id = i64::try_from(published.version).unwrap_or(i64::MAX);
+    let r = RebalanceStatus {
+        phase: rebalance_phase::PREPARING.to_owned(),
+        plan_id,
+        job: Some(job::job_name(&policy.name_any(), plan_id, 1)),
+        reason: Some(reasons.join("; ")),
+        moves: rebalance::to_status(&moves),
+        attempts: 1,
+        started_at: Some(crate::api::conditions::Time(Timestamp::now())),
+        forced_by: forced.or_else(|| rb.as_ref().and_then(|r| r.forced_by.clone())),
+        ..RebalanceStatus::default()
+    };
+    // The progress of an earlier plan must not be read as this one's.
+    let api: Api<CachePolicy> = Api::namespaced(ctx.client.clone(), &policy_ns);
+    let clear = json!({"status": {"rebalance": {
+        "phase": rebalance_phase::PREPARING, "planId": plan_id,
+        "step": null, "keysMoved": null, "keysTotal": null, "keysPerSecond": null, "stragglers": null,
+    }}});
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&clear),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
+    create_job(&jobs, policy, &r, settings).await?;
+    info!(
+        plan = plan_id,
+        moves = moves.len(),
+        reason = r.reason.as_deref().unwrap_or_default(),
+        "rebalance started"
+    );
+    event(
+        ctx,
+        &reference,
+        "RebalanceStarted",
+        false,
+        format!(
+            "plan {plan_id}: {} moves ({})",
+            moves.len(),
+            r.reason.clone().unwrap_or_default()
+        ),
+    )
+    .await;
+    Ok(Some(r))
+}
+
+async fn create_job(
+    jobs: &Api<k8s_openapi::api::batch::v1::Job>,
+    policy: &CachePolicy,
+    r: &RebalanceStatus,
+    settings: &crate::rebalance::job::JobSettings,
+) -> Result<(), Error> {
+    let job = crate::rebalance::job::build(policy, r.plan_id, r.attempts, settings);
+    match jobs.create(&kube::api::PostParams::default(), &job).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(Error::Rebalance(e)),
+    }
+}
+
+async fn event(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    reason: &str,
+    warning: bool,
+    note: String,
+) {
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Rebalance".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, reference).await {
+        warn!(error = %e, "recording an event failed");
+    }
+}
+
+/// What sampling the instances of a policy found.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySample {
+    /// Estimated bytes per (category, instance).
+    pub category_bytes: BTreeMap<(String, String), u64>,
+    /// Live sidecars (id → table version), over all instances.
+    pub sidecars: BTreeMap<String, u64>,
+}
+
+impl PolicySample {
+    /// As `status.usage`.
+    pub fn usage(&self) -> Vec<crate::api::cache_policy::CategoryUsage> {
+        self.category_bytes
+            .iter()
+            .map(
+                |((category, instance), bytes)| crate::api::cache_policy::CategoryUsage {
+                    instance: instance.clone(),
+                    category: category.clone(),
+                    bytes: i64::try_from(*bytes).unwrap_or(i64::MAX),
+                },
+            )
+            .collect()
+    }
+
+    /// As `status.sidecars`.
+    pub fn sidecars(
+        &self,
+        _table: Option<&RoutingTable>,
+    ) -> Option<crate::api::cache_policy::SidecarsStatus> {
+        if self.sidecars.is_empty() {
+            return None;
+        }
+        Some(crate::api::cache_policy::SidecarsStatus {
+            count: i32::try_from(self.sidecars.len()).unwrap_or(i32::MAX),
+            min_version: self
+                .sidecars
+                .values()
+                .min()
+                .map(|v| i64::try_from(*v).unwrap_or(i64::MAX)),
+        })
+    }
+}
+
+/// Samples every serving instance of the table (and draining ones) through `ctx`.
+pub async fn sample_instances(
+    ctx: &Context,
+    namespace: &str,
+    selected: &[Arc<RedisInstance>],
+    table: &RoutingTable,
+) -> PolicySample {
+    let mut out = PolicySample::default();
+    let Ok(resolver) = Resolver::new(table.clone()) else {
+        return out;
+    };
+    for ri in selected {
+        let name = ri.name_any();
+        let in_table = table.instances.contains_key(&name);
+        if !in_table && !ri.spec.drain {
+            continue;
+        }
+        let phase = ri.status.as_ref().and_then(|s| s.phase);
+        if !matches!(phase, Some(p) if p.serves_traffic()) {
+            continue;
+        }
+        let Ok(target) = redis_instance::resolve_target(ri, namespace, ctx).await else {
+            continue;
+        };
+        let Ok(mut conn) = target.connect(Duration::from_secs(2)).await else {
+            continue;
+        };
+        match crate::rebalance::sample::sample_categories(&mut conn, &resolver, 64).await {
+            Ok(s) => {
+                for (cat, bytes) in s.category_bytes {
+                    out.category_bytes.insert((cat, name.clone()), bytes);
+                }
+            }
+            Err(e) => {
+                warn!(instance = %name, error = %crate::redis::connect::redact(&e.to_string(), &target.credentials), "sampling failed")
+            }
+        }
+        if let Ok(beats) = crate::rebalance::sample::heartbeats(&mut conn).await {
+            for (id, v) in beats {
+                let e = out.sidecars.entry(id).or_insert(v);
+                *e = (*e).min(v);
+            }
+        }
+    }
+    out
 }
 
 /// Memory samples of instances for growth estimates, kept in memory per scope.

@@ -292,7 +292,9 @@ pub fn plan_routing(
         };
     }
 
-    // Failover overlay.
+    // Failover overlay. With rebalancing on, a recovered owner keeps its failover entries
+    // until the failback migration (which moves the data written meanwhile) replaces them.
+    let sticky = spec.balancing.rebalance.enabled;
     let mut failover = Vec::new();
     for (cat, _, fallback_tier, tier) in &categories {
         for run in &cat.slots {
@@ -300,6 +302,22 @@ pub fn plan_routing(
                 continue;
             };
             if owner.phase != InstancePhase::Unreachable {
+                if sticky && owner.serving() {
+                    failover.extend(
+                        previous
+                            .map(|t| t.failover.as_slice())
+                            .unwrap_or_default()
+                            .iter()
+                            .filter(|f| {
+                                f.category == cat.name
+                                    && f.from == run.instance
+                                    && run.range.contains(f.start)
+                                    && run.range.contains(f.end)
+                                    && by_name.get(f.to.as_str()).is_some_and(|i| i.serving())
+                            })
+                            .cloned(),
+                    );
+                }
                 continue;
             }
             let kept = previous.and_then(|t| {
@@ -436,9 +454,20 @@ fn choose_fallback(
 }
 
 /// Per instance, the (category, range) pairs it serves in `table` (owned and not failed
-/// over, or taken over by failover).
+/// over, taken over by failover, or either end of a migrating range).
 pub fn served_ranges(table: &RoutingTable) -> BTreeMap<String, Vec<(String, SlotRange)>> {
-    let mut out: BTreeMap<String, Vec<(String, SlotRange)>> = BTreeMap::new();
+    // instance → category → served slots
+    let mut bits: BTreeMap<String, BTreeMap<String, Vec<bool>>> = BTreeMap::new();
+    let mut mark = |instance: &str, category: &str, range: SlotRange| {
+        let b = bits
+            .entry(instance.to_owned())
+            .or_default()
+            .entry(category.to_owned())
+            .or_insert_with(|| vec![false; usize::from(SLOT_COUNT)]);
+        for s in range.start..=range.end {
+            b[usize::from(s)] = true;
+        }
+    };
     for cat in &table.categories {
         let mut served: Vec<String> = cat.owners().into_iter().map(str::to_owned).collect();
         for f in table.failover.iter().filter(|f| f.category == cat.name) {
@@ -449,12 +478,28 @@ pub fn served_ranges(table: &RoutingTable) -> BTreeMap<String, Vec<(String, Slot
             }
         }
         for (range, instance) in runs(&served) {
-            out.entry(instance)
-                .or_default()
-                .push((cat.name.clone(), range));
+            mark(&instance, &cat.name, range);
         }
     }
-    out
+    for m in &table.migrating {
+        for instance in [&m.from, &m.to] {
+            mark(instance, &m.category, SlotRange::new(m.start, m.end));
+        }
+    }
+    bits.into_iter()
+        .map(|(instance, cats)| {
+            let ranges = cats
+                .into_iter()
+                .flat_map(|(cat, b)| {
+                    runs(&b)
+                        .into_iter()
+                        .filter(|(_, on)| *on)
+                        .map(move |(r, _)| (cat.clone(), r))
+                })
+                .collect();
+            (instance, ranges)
+        })
+        .collect()
 }
 
 /// What each instance serves in `next` but did not serve in `previous`: the ranges whose
@@ -669,7 +714,16 @@ mod tests {
         assert_eq!(fresh.keys().collect::<Vec<_>>(), ["secondary"]);
         assert_eq!(fresh["secondary"].len(), 4);
 
-        let after = plan_routing("shop/shop", &shop(), &two(), Some(&during))
+        // With rebalancing on, the recovered owner keeps the failover entries until a
+        // failback migration moves the data written meanwhile.
+        let sticky = plan_routing("shop/shop", &shop(), &two(), Some(&during))
+            .table
+            .unwrap();
+        assert_eq!(sticky.failover, during.failover);
+        // With it off, the entries go and the owner's stale copies are purged first.
+        let mut off = shop();
+        off.balancing.rebalance.enabled = false;
+        let after = plan_routing("shop/shop", &off, &two(), Some(&during))
             .table
             .unwrap();
         assert!(after.failover.is_empty());
@@ -680,6 +734,37 @@ mod tests {
             "primary's stale copies are purged first"
         );
         assert_eq!(after.categories, before.categories);
+    }
+
+    #[test]
+    fn data_moved_by_a_rebalance_is_never_purged_as_stale() {
+        use crate::rebalance::plan::Move;
+        let before = plan_routing("shop/shop", &shop(), &two(), None)
+            .table
+            .unwrap();
+        let moves = vec![Move {
+            category: "auth".into(),
+            range: SlotRange::new(8192, 16383),
+            from: "primary".into(),
+            to: "secondary".into(),
+            bytes: 0,
+        }];
+        let mut migrating = before.clone();
+        super::super::rebalance::overlay_migrating(&mut migrating, &moves, 2);
+        let finalized = super::super::rebalance::finalize(&migrating, &moves);
+        // The flip: the target's stale copies of the range go before it serves it.
+        let flip = newly_served(Some(&before), &migrating);
+        assert_eq!(
+            flip["secondary"],
+            vec![("auth".to_owned(), SlotRange::new(8192, 16383))]
+        );
+        // The finalize: what the Job copied to the target stays; only the source lets go.
+        assert!(newly_served(Some(&migrating), &finalized).is_empty());
+        let released = newly_served(Some(&finalized), &migrating);
+        assert_eq!(
+            released["primary"],
+            vec![("auth".to_owned(), SlotRange::new(8192, 16383))]
+        );
     }
 
     #[test]

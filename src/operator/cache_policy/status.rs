@@ -235,6 +235,50 @@ pub fn policy_status(
     status
 }
 
+/// Sets the `Rebalancing` condition from `status.rebalance`.
+pub fn set_rebalancing_condition(
+    status: &mut CachePolicyStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    use crate::api::cache_policy::rebalance_phase;
+    let (on, reason, message) = match &status.rebalance {
+        Some(r) if super::rebalance::is_active(r) => (
+            true,
+            r.phase.clone(),
+            format!(
+                "plan {}: {} moves, {} of {} keys moved",
+                r.plan_id,
+                r.moves.len(),
+                r.keys_moved.unwrap_or(0),
+                r.keys_total.unwrap_or(0)
+            ),
+        ),
+        Some(r) if r.phase == rebalance_phase::FAILED => (
+            false,
+            "Failed".to_owned(),
+            r.message.clone().unwrap_or_default(),
+        ),
+        Some(r) => (
+            false,
+            "Idle".to_owned(),
+            format!("last plan {} {}", r.plan_id, r.phase),
+        ),
+        None => (false, "Idle".to_owned(), "no rebalance so far".to_owned()),
+    };
+    set_condition(
+        &mut status.conditions,
+        condition(
+            condition_type::REBALANCING,
+            on,
+            &reason,
+            message,
+            generation,
+            now,
+        ),
+    );
+}
+
 /// Capacity-planning advice: instances over the threshold, growth and time to full, and
 /// instances to add when a whole tier is over the threshold.
 pub fn recommendations(

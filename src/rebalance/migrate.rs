@@ -1,0 +1,942 @@
+//! `redis-fleet rebalance`: the Job that moves the data of one plan, online, losing nothing.
+//!
+//! The operator owns the routing table; the Job owns the data movement. They meet in the
+//! CachePolicy's `status.rebalance`: the operator writes the plan and its phase, the Job its
+//! `step` and counters.
+//!
+//! 1. **Prepare**: delete whatever the targets hold in the moving ranges (leftovers of an
+//!    older ownership), then report `Prepared`.
+//! 2. **Flip** (operator): publish the ranges as `migrating`; sidecars now send every command
+//!    for those keys to the target, moving the key first if it is still on the source.
+//! 3. **Converge**: wait until every live sidecar's heartbeat shows the flip version, so no
+//!    sidecar still writes to a source by an older table.
+//! 4. **Copy**: SCAN the source, move keys in pipelined batches (take into a tombstone,
+//!    RESTORE without REPLACE, finish — see [`super::keymove`]), big or non-portable values
+//!    piece by piece; checkpoint the cursor on the source so a restarted Job resumes; respect
+//!    `keysPerSecond`; sweep until no key and no tombstone of the ranges is left.
+//! 5. **Finalize** (operator): publish the targets as owners; the Job removes its checkpoints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use redis::aio::MultiplexedConnection;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api::CachePolicy;
+use crate::api::cache_policy::{MoveStatus, RebalanceStatus, rebalance_phase, rebalance_step};
+use crate::operator::cache_policy::config_map_name;
+use crate::redis::connect::{Target, redact};
+use crate::redis::keys::{RangeScan, ScanCheckpoint, delete_ranges, in_ranges};
+use crate::routing::keyspace::{CategoryId, Resolver};
+use crate::routing::slots::SlotRange;
+use crate::routing::table::{RoutingTable, TABLE_KEY};
+use crate::sidecar::reload::{SecretSource, read_secrets};
+use crate::sidecar::resp::Frame;
+use crate::sidecar::router::{referenced_secrets, target_of};
+
+use super::keymove::{
+    self, FINISH_SCRIPT, LEASE_MS, MoveError, Restored, TAKE_SCRIPT, TOMB_PREFIX, Taken,
+};
+use super::sample::heartbeats;
+
+/// Values larger than this (MEMORY USAGE) are copied piece by piece, not with one DUMP.
+pub const BIG_VALUE_BYTES: u64 = 8 << 20;
+
+/// Field manager of the Job's status writes.
+pub const FIELD_MANAGER: &str = "redis-fleet-rebalance";
+
+/// How the Job runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Namespace of the CachePolicy.
+    pub namespace: String,
+    /// Name of the CachePolicy.
+    pub policy: String,
+    /// The plan to carry out (`status.rebalance.planId`).
+    pub plan_id: i64,
+    /// Who holds the per-key leases (the pod name).
+    pub owner: String,
+    /// Longest wait for the operator to publish a table (flip, finalize).
+    pub publish_timeout: Duration,
+    /// Longest wait for the sidecars to converge on the flip version.
+    pub converge_timeout: Duration,
+}
+
+/// Why the Job failed; Kubernetes retries it, and it resumes from its checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Talking to the API failed.
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    /// Talking to an instance failed.
+    #[error("instance {instance}: {message}")]
+    Redis {
+        /// Instance.
+        instance: String,
+        /// Error text (credentials redacted).
+        message: String,
+    },
+    /// The routing table or a Secret could not be read.
+    #[error("{0}")]
+    Setup(String),
+    /// A wait ran out.
+    #[error("{0}")]
+    Timeout(String),
+    /// A key could not be moved.
+    #[error("moving {key:?}: {source}")]
+    Move {
+        /// The key.
+        key: String,
+        /// Cause.
+        #[source]
+        source: MoveError,
+    },
+}
+
+struct Instance {
+    name: String,
+    target: Target,
+    conn: MultiplexedConnection,
+}
+
+impl Instance {
+    fn err(&self, e: &redis::RedisError) -> Error {
+        Error::Redis {
+            instance: self.name.clone(),
+            message: redact(&e.to_string(), &self.target.credentials),
+        }
+    }
+}
+
+/// One move, resolved.
+struct Step {
+    index: usize,
+    category: CategoryId,
+    range: SlotRange,
+    from: String,
+    to: String,
+}
+
+struct Job {
+    config: Config,
+    policies: Api<CachePolicy>,
+    resolver: Resolver,
+    instances: HashMap<String, Instance>,
+    steps: Vec<Step>,
+    keys_per_second: u64,
+    batch_size: usize,
+    moved: u64,
+    total: u64,
+    started: Instant,
+    last_report: Instant,
+    take_sha: String,
+    finish_sha: String,
+}
+
+/// Runs the Job to completion.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let client = Client::try_default().await?;
+    let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &config.namespace);
+    let policy = policies.get(&config.policy).await?;
+    let Some(plan) = current_plan(&policy, config.plan_id) else {
+        info!(
+            plan = config.plan_id,
+            "the plan is finished or superseded; nothing to do"
+        );
+        return Ok(());
+    };
+    let mut job = Job::connect(client, policies, &policy, &plan, config).await?;
+    if plan.flip_version.is_none() {
+        job.report(rebalance_step::PREPARING, &[]).await?;
+        job.prepare().await?;
+        job.report(rebalance_step::PREPARED, &[]).await?;
+    }
+    let Some(flip) = job.wait_for(|r| r.flip_version).await? else {
+        return Ok(());
+    };
+    job.converge(flip).await?;
+    job.total = job.count().await?;
+    job.report(rebalance_step::COPYING, &[]).await?;
+    job.copy().await?;
+    job.sweep().await?;
+    job.report(rebalance_step::COPIED, &[]).await?;
+    if job.wait_for(|r| r.final_version).await?.is_none() {
+        return Ok(());
+    }
+    job.cleanup().await?;
+    job.report(rebalance_step::DONE, &[]).await?;
+    info!(
+        keys = job.moved,
+        seconds = job.started.elapsed().as_secs_f64(),
+        "rebalance done"
+    );
+    Ok(())
+}
+
+/// The rebalance status if it is still plan `plan_id` and still running.
+fn current_plan(policy: &CachePolicy, plan_id: i64) -> Option<RebalanceStatus> {
+    policy
+        .status
+        .as_ref()?
+        .rebalance
+        .clone()
+        .filter(|r| r.plan_id == plan_id)
+        .filter(|r| r.phase != rebalance_phase::SUCCEEDED && r.phase != rebalance_phase::FAILED)
+}
+
+impl Job {
+    async fn connect(
+        client: Client,
+        policies: Api<CachePolicy>,
+        policy: &CachePolicy,
+        plan: &RebalanceStatus,
+        config: Config,
+    ) -> Result<Self, Error> {
+        let namespace = policy.namespace().unwrap_or_default();
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(client.clone(), &namespace);
+        let cm = cms.get(&config_map_name(policy)).await?;
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(TABLE_KEY))
+            .ok_or_else(|| Error::Setup("the routing ConfigMap has no table".to_owned()))?;
+        let table = RoutingTable::from_json(text).map_err(|e| Error::Setup(e.to_string()))?;
+        let secrets = read_secrets(
+            &SecretSource::Api(namespace.clone()),
+            Some(&client),
+            &referenced_secrets(&table),
+        )
+        .await
+        .map_err(Error::Setup)?;
+        let resolver = Resolver::new(table).map_err(|e| Error::Setup(e.to_string()))?;
+        let mut instances = HashMap::new();
+        let mut take_sha = String::new();
+        let mut finish_sha = String::new();
+        for name in resolver.instances() {
+            let endpoint = &resolver.table().instances[name];
+            let target = target_of(name, endpoint, &secrets).map_err(Error::Setup)?;
+            let conn = target
+                .connect(Duration::from_secs(10))
+                .await
+                .map_err(|e| Error::Redis {
+                    instance: name.clone(),
+                    message: redact(&e.to_string(), &target.credentials),
+                })?;
+            let mut instance = Instance {
+                name: name.clone(),
+                target,
+                conn,
+            };
+            take_sha = load_script(&mut instance, TAKE_SCRIPT).await?;
+            finish_sha = load_script(&mut instance, FINISH_SCRIPT).await?;
+            instances.insert(name.clone(), instance);
+        }
+        let mut steps = Vec::new();
+        for (index, m) in plan.moves.iter().enumerate() {
+            steps.push(resolve_step(&resolver, index, m)?);
+        }
+        let spec = &policy.spec.balancing.rebalance;
+        Ok(Self {
+            config,
+            policies,
+            resolver,
+            instances,
+            steps,
+            keys_per_second: u64::try_from(spec.keys_per_second).unwrap_or(50_000).max(1),
+            batch_size: usize::try_from(spec.batch_size).unwrap_or(256).max(1),
+            moved: 0,
+            total: 0,
+            started: Instant::now(),
+            last_report: Instant::now(),
+            take_sha,
+            finish_sha,
+        })
+    }
+
+    fn instance(&mut self, name: &str) -> Result<&mut Instance, Error> {
+        self.instances
+            .get_mut(name)
+            .ok_or_else(|| Error::Setup(format!("instance {name} is not in the routing table")))
+    }
+
+    /// Merge-patches the Job-owned fields of `status.rebalance`.
+    async fn report(&mut self, step: &str, stragglers: &[String]) -> Result<(), Error> {
+        let rate = self.moved as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        let patch = json!({"status": {"rebalance": {
+            "step": step,
+            "keysMoved": self.moved,
+            "keysTotal": self.total.max(self.moved),
+            "keysPerSecond": rate.round() as i64,
+            "stragglers": stragglers,
+        }}});
+        self.policies
+            .patch_status(
+                &self.config.policy,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        self.last_report = Instant::now();
+        info!(step, moved = self.moved, total = self.total, "progress");
+        Ok(())
+    }
+
+    /// Waits until the operator publishes what `field` reads (flip or final version). `None`
+    /// when the plan was superseded meanwhile.
+    async fn wait_for(
+        &self,
+        field: impl Fn(&RebalanceStatus) -> Option<i64>,
+    ) -> Result<Option<i64>, Error> {
+        let deadline = Instant::now() + self.config.publish_timeout;
+        loop {
+            let policy = self.policies.get(&self.config.policy).await?;
+            let Some(plan) = current_plan(&policy, self.config.plan_id) else {
+                info!("the plan was superseded");
+                return Ok(None);
+            };
+            if let Some(v) = field(&plan) {
+                return Ok(Some(v));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(
+                    "the operator did not publish the next routing table in time".to_owned(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn prepare(&mut self) -> Result<(), Error> {
+        let work: Vec<(String, CategoryId, SlotRange)> = self
+            .steps
+            .iter()
+            .map(|s| (s.to.clone(), s.category, s.range))
+            .collect();
+        for (to, category, range) in work {
+            let resolver = self.resolver.clone();
+            let target = self.instance(&to)?;
+            let deleted = delete_ranges(&mut target.conn, &resolver, category, &[range])
+                .await
+                .map_err(|e| target.err(&e))?;
+            if deleted > 0 {
+                info!(instance = %to, deleted, "removed stale keys from the target");
+            }
+        }
+        Ok(())
+    }
+
+    async fn converge(&mut self, flip: i64) -> Result<(), Error> {
+        let deadline = Instant::now() + self.config.converge_timeout;
+        loop {
+            let mut behind = BTreeMap::new();
+            for instance in self.instances.values_mut() {
+                let beats = heartbeats(&mut instance.conn)
+                    .await
+                    .map_err(|e| instance.err(&e))?;
+                for (id, version) in beats {
+                    if (version as i64) < flip {
+                        behind.insert(id, version);
+                    }
+                }
+            }
+            if behind.is_empty() {
+                return Ok(());
+            }
+            let stragglers: Vec<String> = behind
+                .iter()
+                .map(|(id, v)| format!("{id} (v{v})"))
+                .collect();
+            if Instant::now() > deadline {
+                self.report(rebalance_step::CONVERGING, &stragglers).await?;
+                return Err(Error::Timeout(format!(
+                    "sidecars still on a table older than v{flip}: {}",
+                    stragglers.join(", ")
+                )));
+            }
+            if self.last_report.elapsed() > Duration::from_secs(1) {
+                self.report(rebalance_step::CONVERGING, &stragglers).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Keys left to move in every range (for progress).
+    async fn count(&mut self) -> Result<u64, Error> {
+        let mut total = 0;
+        let work: Vec<(String, CategoryId, SlotRange)> = self
+            .steps
+            .iter()
+            .map(|s| (s.from.clone(), s.category, s.range))
+            .collect();
+        let resolver = self.resolver.clone();
+        for (from, category, range) in work {
+            let source = self.instance(&from)?;
+            let mut scan = RangeScan::new(&resolver, category, &[range]);
+            while let Some(batch) = scan
+                .next_batch(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?
+            {
+                total += batch.len() as u64;
+            }
+        }
+        Ok(total)
+    }
+
+    fn checkpoint_key(&self, index: usize) -> String {
+        format!(
+            "redisfleet:checkpoint:{}/{}:{}:{index}",
+            self.config.namespace, self.config.policy, self.config.plan_id
+        )
+    }
+
+    async fn copy(&mut self) -> Result<(), Error> {
+        let resolver = self.resolver.clone();
+        for i in 0..self.steps.len() {
+            let (index, category, range, from, to) = {
+                let s = &self.steps[i];
+                (s.index, s.category, s.range, s.from.clone(), s.to.clone())
+            };
+            let key = self.checkpoint_key(index);
+            let source = self.instance(&from)?;
+            let saved: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?;
+            let checkpoint = saved
+                .as_deref()
+                .and_then(parse_checkpoint)
+                .unwrap_or_default();
+            if checkpoint != ScanCheckpoint::default() {
+                info!(move = index, ?checkpoint, "resuming from the checkpoint");
+            }
+            let mut scan = RangeScan::resume(&resolver, category, &[range], checkpoint);
+            loop {
+                let source = self.instance(&from)?;
+                let Some(batch) = scan
+                    .next_batch(&mut source.conn)
+                    .await
+                    .map_err(|e| source.err(&e))?
+                else {
+                    break;
+                };
+                for chunk in batch.chunks(self.batch_size) {
+                    let moved = self.move_batch(&from, &to, chunk).await?;
+                    self.moved += moved;
+                    self.pace().await;
+                }
+                let cp = scan.checkpoint();
+                let source = self.instance(&from)?;
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(format!("{}:{}", cp.pattern, cp.cursor))
+                    .arg("EX")
+                    .arg(86_400)
+                    .query_async(&mut source.conn)
+                    .await
+                    .map_err(|e| source.err(&e))?;
+                if self.last_report.elapsed() > Duration::from_secs(1) {
+                    self.report(rebalance_step::COPYING, &[]).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rescans every range until no key and no abandoned tombstone is left (keys a sidecar
+    /// was moving meanwhile, keys whose mover died).
+    async fn sweep(&mut self) -> Result<(), Error> {
+        let resolver = self.resolver.clone();
+        let deadline = Instant::now() + Duration::from_secs(LEASE_MS / 1000 * 6 + 60);
+        loop {
+            let mut found = 0usize;
+            for i in 0..self.steps.len() {
+                let (category, range, from, to) = {
+                    let s = &self.steps[i];
+                    (s.category, s.range, s.from.clone(), s.to.clone())
+                };
+                let mut keys: Vec<Vec<u8>> = Vec::new();
+                let source = self.instance(&from)?;
+                let mut scan = RangeScan::new(&resolver, category, &[range]);
+                while let Some(batch) = scan
+                    .next_batch(&mut source.conn)
+                    .await
+                    .map_err(|e| source.err(&e))?
+                {
+                    keys.extend(batch);
+                }
+                // Tombstones of keys in the range (their movers died or are still at it).
+                let pattern = crate::redis::keys::prefix_pattern(TOMB_PREFIX);
+                let mut cursor = 0u64;
+                loop {
+                    let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut source.conn)
+                        .await
+                        .map_err(|e| source.err(&e))?;
+                    for tomb in batch {
+                        let key = tomb[TOMB_PREFIX.len()..].to_vec();
+                        if in_ranges(&resolver, category, &[range], &key) {
+                            keys.push(key);
+                        }
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+                found += keys.len();
+                for chunk in keys.chunks(self.batch_size) {
+                    self.moved += self.move_batch(&from, &to, chunk).await?;
+                }
+            }
+            if found == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "{found} keys still to move after the sweep"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn cleanup(&mut self) -> Result<(), Error> {
+        let work: Vec<(usize, String)> = self
+            .steps
+            .iter()
+            .map(|s| (s.index, s.from.clone()))
+            .collect();
+        for (index, from) in work {
+            let key = self.checkpoint_key(index);
+            let source = self.instance(&from)?;
+            let _: () = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the copy at or below `keysPerSecond`.
+    async fn pace(&self) {
+        let earliest = Duration::from_secs_f64(self.moved as f64 / self.keys_per_second as f64);
+        let elapsed = self.started.elapsed();
+        if earliest > elapsed {
+            tokio::time::sleep(earliest - elapsed).await;
+        }
+    }
+
+    /// Moves a batch of keys; returns how many were moved (keys another mover holds are left
+    /// for the sweep).
+    async fn move_batch(&mut self, from: &str, to: &str, keys: &[Vec<u8>]) -> Result<u64, Error> {
+        let owner = self.config.owner.clone();
+        let take_sha = self.take_sha.clone();
+        let finish_sha = self.finish_sha.clone();
+        // 1. Take them all out of the source (one pipeline).
+        let source = self.instance(from)?;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            let kb = Bytes::copy_from_slice(k);
+            pipe.cmd("EVALSHA")
+                .arg(&take_sha)
+                .arg(3)
+                .arg(k)
+                .arg(keymove::tomb_key(&kb).as_ref())
+                .arg(keymove::lease_key(&kb).as_ref())
+                .arg(&owner)
+                .arg(LEASE_MS)
+                .arg(BIG_VALUE_BYTES);
+        }
+        let taken: Vec<redis::Value> = pipe
+            .query_async(&mut source.conn)
+            .await
+            .map_err(|e| source.err(&e))?;
+        let mut restores: Vec<(usize, Vec<Bytes>)> = Vec::new();
+        let mut piecewise: Vec<(usize, i64)> = Vec::new();
+        let mut finish: Vec<usize> = Vec::new();
+        for (i, value) in taken.iter().enumerate() {
+            let key = Bytes::copy_from_slice(&keys[i]);
+            match keymove::parse_taken(&to_frame(value)).map_err(|source| Error::Move {
+                key: String::from_utf8_lossy(&keys[i]).into_owned(),
+                source,
+            })? {
+                Taken::None | Taken::Busy => {}
+                Taken::Value { dump, pttl } => match keymove::restore_command(&key, &dump, pttl) {
+                    Some(cmd) => restores.push((i, cmd)),
+                    None => finish.push(i),
+                },
+                Taken::Big { pttl, .. } => piecewise.push((i, pttl)),
+            }
+        }
+        // 2. Restore on the target (one pipeline); BUSYKEY: the target's value is newer.
+        if !restores.is_empty() {
+            let target = self.instance(to)?;
+            let mut pipe = redis::pipe();
+            for (_, cmd) in &restores {
+                let c = pipe.cmd("RESTORE");
+                for a in &cmd[1..] {
+                    c.arg(a.as_ref());
+                }
+            }
+            // A per-command error must not fail the pipeline: read each reply as a value.
+            let replies: Vec<redis::Value> = match pipe.query_async(&mut target.conn).await {
+                Ok(r) => r,
+                Err(e) if e.kind() == redis::ErrorKind::Extension || e.code().is_some() => {
+                    // Fall back to one by one to learn which failed.
+                    let mut out = Vec::with_capacity(restores.len());
+                    for (_, cmd) in &restores {
+                        let mut c = redis::cmd("RESTORE");
+                        for a in &cmd[1..] {
+                            c.arg(a.as_ref());
+                        }
+                        out.push(
+                            match c.query_async::<redis::Value>(&mut target.conn).await {
+                                Ok(v) => v,
+                                Err(e) => redis::Value::SimpleString(format!("ERR:{e}")),
+                            },
+                        );
+                    }
+                    out
+                }
+                Err(e) => return Err(target.err(&e)),
+            };
+            for ((i, _), reply) in restores.iter().zip(replies) {
+                let frame = match reply {
+                    redis::Value::SimpleString(s) if s.starts_with("ERR:") => {
+                        let text = s.trim_start_matches("ERR:").to_owned();
+                        let code = if text.contains("BUSYKEY") || text.contains("already exists") {
+                            "BUSYKEY Target key name already exists."
+                        } else {
+                            text.as_str()
+                        };
+                        Frame::Error(Bytes::from(code.to_owned()))
+                    }
+                    other => to_frame(&other),
+                };
+                match keymove::parse_restored(&frame) {
+                    Ok(Restored::Done | Restored::TargetNewer) => finish.push(*i),
+                    Err(MoveError::NotPortable(_)) => {
+                        let pttl = self.tomb_pttl(from, &keys[*i]).await?;
+                        piecewise.push((*i, pttl));
+                    }
+                    Err(source) => {
+                        return Err(Error::Move {
+                            key: String::from_utf8_lossy(&keys[*i]).into_owned(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        // Big or non-portable values, piece by piece from the tombstone.
+        for (i, pttl) in piecewise {
+            self.copy_piecewise(from, to, &keys[i], pttl).await?;
+            finish.push(i);
+        }
+        // 3. Finish on the source (one pipeline).
+        if !finish.is_empty() {
+            let source = self.instance(from)?;
+            let mut pipe = redis::pipe();
+            for i in &finish {
+                let kb = Bytes::copy_from_slice(&keys[*i]);
+                pipe.cmd("EVALSHA")
+                    .arg(&finish_sha)
+                    .arg(2)
+                    .arg(keymove::tomb_key(&kb).as_ref())
+                    .arg(keymove::lease_key(&kb).as_ref())
+                    .arg(&owner)
+                    .ignore();
+            }
+            let () = pipe
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?;
+        }
+        Ok(finish.len() as u64)
+    }
+
+    async fn tomb_pttl(&mut self, from: &str, key: &[u8]) -> Result<i64, Error> {
+        let source = self.instance(from)?;
+        let tomb = keymove::tomb_key(key);
+        redis::cmd("PTTL")
+            .arg(tomb.as_ref())
+            .query_async(&mut source.conn)
+            .await
+            .map_err(|e| source.err(&e))
+    }
+
+    /// Copies the tombstone of `key` to the target type by type, in pieces, into a temporary
+    /// key renamed into place only if the target has no newer value.
+    async fn copy_piecewise(
+        &mut self,
+        from: &str,
+        to: &str,
+        key: &[u8],
+        pttl: i64,
+    ) -> Result<(), Error> {
+        let tomb = keymove::tomb_key(key);
+        let lease = keymove::lease_key(key);
+        let temp = [b"redisfleet:restore:".as_slice(), key].concat();
+        let owner = self.config.owner.clone();
+        let kind: String = {
+            let source = self.instance(from)?;
+            redis::cmd("TYPE")
+                .arg(tomb.as_ref())
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?
+        };
+        {
+            let target = self.instance(to)?;
+            let _: () = redis::cmd("DEL")
+                .arg(&temp)
+                .query_async(&mut target.conn)
+                .await
+                .map_err(|e| target.err(&e))?;
+        }
+        let mut cursor: u64 = 0;
+        let mut index: i64 = 0;
+        let mut last_id = "-".to_owned();
+        loop {
+            // Keep the lease while a long copy runs.
+            {
+                let source = self.instance(from)?;
+                let _: () = redis::cmd("SET")
+                    .arg(lease.as_ref())
+                    .arg(&owner)
+                    .arg("PX")
+                    .arg(LEASE_MS)
+                    .arg("XX")
+                    .query_async(&mut source.conn)
+                    .await
+                    .map_err(|e| source.err(&e))?;
+            }
+            let (cmd, done): (Option<redis::Cmd>, bool) = match kind.as_str() {
+                "string" => {
+                    let source = self.instance(from)?;
+                    let chunk: Vec<u8> = redis::cmd("GETRANGE")
+                        .arg(tomb.as_ref())
+                        .arg(index)
+                        .arg(index + (1 << 20) - 1)
+                        .query_async(&mut source.conn)
+                        .await
+                        .map_err(|e| source.err(&e))?;
+                    index += chunk.len() as i64;
+                    let done = chunk.len() < 1 << 20;
+                    let mut c = redis::cmd("APPEND");
+                    c.arg(&temp).arg(chunk);
+                    (Some(c), done)
+                }
+                "hash" | "set" | "zset" => {
+                    let scan = match kind.as_str() {
+                        "hash" => "HSCAN",
+                        "set" => "SSCAN",
+                        _ => "ZSCAN",
+                    };
+                    let source = self.instance(from)?;
+                    let (next, items): (u64, Vec<Vec<u8>>) = redis::cmd(scan)
+                        .arg(tomb.as_ref())
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut source.conn)
+                        .await
+                        .map_err(|e| source.err(&e))?;
+                    cursor = next;
+                    let c = if items.is_empty() {
+                        None
+                    } else {
+                        let mut c = match kind.as_str() {
+                            "hash" => redis::cmd("HSET"),
+                            "set" => redis::cmd("SADD"),
+                            _ => redis::cmd("ZADD"),
+                        };
+                        c.arg(&temp);
+                        if kind == "zset" {
+                            // ZSCAN yields member, score; ZADD wants score, member.
+                            for pair in items.chunks(2) {
+                                if let [member, score] = pair {
+                                    c.arg(score).arg(member);
+                                }
+                            }
+                        } else {
+                            for item in &items {
+                                c.arg(item);
+                            }
+                        }
+                        Some(c)
+                    };
+                    (c, next == 0)
+                }
+                "list" => {
+                    let source = self.instance(from)?;
+                    let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                        .arg(tomb.as_ref())
+                        .arg(index)
+                        .arg(index + 999)
+                        .query_async(&mut source.conn)
+                        .await
+                        .map_err(|e| source.err(&e))?;
+                    index += items.len() as i64;
+                    let done = items.len() < 1000;
+                    let c = (!items.is_empty()).then(|| {
+                        let mut c = redis::cmd("RPUSH");
+                        c.arg(&temp).arg(items);
+                        c
+                    });
+                    (c, done)
+                }
+                "stream" => {
+                    let source = self.instance(from)?;
+                    let start = if last_id == "-" {
+                        "-".to_owned()
+                    } else {
+                        format!("({last_id}")
+                    };
+                    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+                        .arg(tomb.as_ref())
+                        .arg(&start)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut source.conn)
+                        .await
+                        .map_err(|e| source.err(&e))?;
+                    let done = entries.len() < 500;
+                    let mut pipe_cmds = Vec::new();
+                    for (id, fields) in &entries {
+                        let mut c = redis::cmd("XADD");
+                        c.arg(&temp).arg(id).arg(fields);
+                        pipe_cmds.push(c);
+                        last_id = id.clone();
+                    }
+                    let target = self.instance(to)?;
+                    for c in pipe_cmds {
+                        let _: redis::Value = c
+                            .query_async(&mut target.conn)
+                            .await
+                            .map_err(|e| target.err(&e))?;
+                    }
+                    (None, done)
+                }
+                other => {
+                    return Err(Error::Move {
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        source: MoveError::NotPortable(format!(
+                            "cannot copy a {other} piece by piece"
+                        )),
+                    });
+                }
+            };
+            if let Some(c) = cmd {
+                let target = self.instance(to)?;
+                let _: redis::Value = c
+                    .query_async(&mut target.conn)
+                    .await
+                    .map_err(|e| target.err(&e))?;
+            }
+            if done {
+                break;
+            }
+        }
+        let target = self.instance(to)?;
+        if pttl > 0 {
+            let _: i64 = redis::cmd("PEXPIRE")
+                .arg(&temp)
+                .arg(pttl)
+                .query_async(&mut target.conn)
+                .await
+                .map_err(|e| target.err(&e))?;
+        }
+        let placed: i64 = redis::cmd("RENAMENX")
+            .arg(&temp)
+            .arg(key)
+            .query_async(&mut target.conn)
+            .await
+            .unwrap_or(0);
+        if placed == 0 {
+            // The target already had a newer value; or nothing was copied (empty).
+            let _: () = redis::cmd("DEL")
+                .arg(&temp)
+                .query_async(&mut target.conn)
+                .await
+                .map_err(|e| target.err(&e))?;
+        }
+        Ok(())
+    }
+}
+
+async fn load_script(instance: &mut Instance, script: &str) -> Result<String, Error> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script)
+        .query_async(&mut instance.conn)
+        .await
+        .map_err(|e| instance.err(&e))
+}
+
+fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Step, Error> {
+    let category = resolver
+        .categories()
+        .iter()
+        .position(|c| c.name == m.category)
+        .ok_or_else(|| {
+            Error::Setup(format!(
+                "category {} is not in the routing table",
+                m.category
+            ))
+        })?;
+    let start =
+        u16::try_from(m.start).map_err(|_| Error::Setup(format!("bad slot {}", m.start)))?;
+    let end = u16::try_from(m.end).map_err(|_| Error::Setup(format!("bad slot {}", m.end)))?;
+    Ok(Step {
+        index,
+        category: category as CategoryId,
+        range: SlotRange::new(start, end),
+        from: m.from.clone(),
+        to: m.to.clone(),
+    })
+}
+
+fn parse_checkpoint(text: &str) -> Option<ScanCheckpoint> {
+    let (pattern, cursor) = text.split_once(':')?;
+    Some(ScanCheckpoint {
+        pattern: pattern.parse().ok()?,
+        cursor: cursor.parse().ok()?,
+    })
+}
+
+/// A `redis` crate value as a RESP frame, so the move protocol's parsers serve both the
+/// sidecar and the Job.
+fn to_frame(value: &redis::Value) -> Frame {
+    match value {
+        redis::Value::Nil => Frame::Null,
+        redis::Value::Int(i) => Frame::Integer(*i),
+        redis::Value::BulkString(b) => Frame::Bulk(Bytes::copy_from_slice(b)),
+        redis::Value::SimpleString(s) => Frame::Simple(Bytes::from(s.clone())),
+        redis::Value::Okay => Frame::ok(),
+        redis::Value::Array(items) => Frame::Array(items.iter().map(to_frame).collect()),
+        redis::Value::ServerError(e) => Frame::Error(Bytes::from(format!(
+            "{} {}",
+            e.code(),
+            e.details().unwrap_or_default()
+        ))),
+        other => {
+            warn!(?other, "unexpected reply type");
+            Frame::Null
+        }
+    }
+}

@@ -1,0 +1,870 @@
+//! Rebalance planning (pure): which slot ranges of which categories move from which instance
+//! to which, given the published table, the placement the policy asks for, and how full the
+//! instances are.
+//!
+//! Two kinds of moves, in this order:
+//! 1. **Placement**: slots whose owner differs from the placement (an instance joined,
+//!    drains, or changed weight) move to their new owner — with their data, not by a bare
+//!    re-route, since the source is alive.
+//! 2. **Capacity**: while an instance is above the capacity threshold (or, when forced by the
+//!    `rebalance-now` annotation, while utilisation is uneven), slots move from the fullest
+//!    instance to the emptiest one that may hold its category: same tier first, then the
+//!    category's fallback tier, then any instance of the policy. Moves aim at equal
+//!    utilisation and never push a target above the threshold.
+//!
+//! Bytes per slot come from per-category samples of each instance (keys spread evenly over
+//! slots, since CRC16 does); without samples, an instance's memory is spread evenly over the
+//! slots it owns.
+
+use std::collections::BTreeMap;
+
+use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
+use crate::routing::table::RoutingTable;
+
+/// What the planner knows about an instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceLoad {
+    /// RedisInstance name.
+    pub name: String,
+    /// Tier label.
+    pub tier: Option<String>,
+    /// Effective capacity in bytes.
+    pub capacity: u64,
+    /// Used memory in bytes.
+    pub used: u64,
+    /// Reachable and serving.
+    pub serving: bool,
+    /// `spec.drain`.
+    pub drain: bool,
+}
+
+/// Tier preferences of a category.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CategoryTiers {
+    /// Category name.
+    pub name: String,
+    /// Its tier.
+    pub tier: Option<String>,
+    /// Its fallback tier.
+    pub fallback_tier: Option<String>,
+}
+
+/// One slot range moving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    /// Category name.
+    pub category: String,
+    /// The slots.
+    pub range: SlotRange,
+    /// Source instance.
+    pub from: String,
+    /// Target instance.
+    pub to: String,
+    /// Estimated bytes.
+    pub bytes: u64,
+}
+
+/// A rebalance plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The moves, in execution order.
+    pub moves: Vec<Move>,
+    /// Why, for status and Events.
+    pub reason: String,
+}
+
+/// Inputs of the planner.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    /// The published table (current owners).
+    pub current: &'a RoutingTable,
+    /// The table the placement asks for (same categories); `None` when it equals `current`.
+    pub desired: Option<&'a RoutingTable>,
+    /// The instances of the policy.
+    pub instances: &'a [InstanceLoad],
+    /// Sampled bytes of each (category, instance).
+    pub category_bytes: &'a BTreeMap<(String, String), u64>,
+    /// Tier preferences of every category.
+    pub categories: &'a [CategoryTiers],
+    /// `capacityThreshold` in percent.
+    pub threshold_percent: u32,
+    /// Balance even below the threshold (the `rebalance-now` annotation).
+    pub force: bool,
+}
+
+/// Utilisation spread tolerated when forced, in percentage points.
+const BALANCED_SPREAD: f64 = 0.05;
+
+/// A placement move onto a serving instance's data must leave its target this far below the
+/// threshold: slots a capacity move put on another tier go home only when home has room to
+/// spare, so the two kinds of moves never chase each other.
+const PLACEMENT_HEADROOM: f64 = 0.10;
+
+/// At most this many capacity moves per plan (each is one slot range).
+const MAX_CAPACITY_MOVES: usize = 64;
+
+struct State {
+    /// owners[category][slot]
+    owners: BTreeMap<String, Vec<String>>,
+    used: BTreeMap<String, f64>,
+    bytes_per_slot: BTreeMap<(String, String), f64>,
+}
+
+impl State {
+    fn slots_of(&self, category: &str, instance: &str) -> usize {
+        self.owners
+            .get(category)
+            .map_or(0, |o| o.iter().filter(|x| *x == instance).count())
+    }
+}
+
+/// Plans the moves; `None` when nothing needs to move.
+pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
+    let by_name: BTreeMap<&str, &InstanceLoad> = input
+        .instances
+        .iter()
+        .map(|i| (i.name.as_str(), i))
+        .collect();
+    let mut state = State {
+        owners: input
+            .current
+            .categories
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.owners().into_iter().map(str::to_owned).collect(),
+                )
+            })
+            .collect(),
+        used: input
+            .instances
+            .iter()
+            .map(|i| (i.name.clone(), i.used as f64))
+            .collect(),
+        bytes_per_slot: BTreeMap::new(),
+    };
+    // Bytes per slot of every (category, instance) that owns slots.
+    for inst in input.instances {
+        let owned: usize = state
+            .owners
+            .values()
+            .map(|o| o.iter().filter(|x| **x == inst.name).count())
+            .sum();
+        let sampled: u64 = input
+            .category_bytes
+            .iter()
+            .filter(|((_, i), _)| *i == inst.name)
+            .map(|(_, b)| *b)
+            .sum();
+        for cat in state.owners.keys() {
+            let slots = state.slots_of(cat, &inst.name);
+            if slots == 0 {
+                continue;
+            }
+            let per_slot = if sampled > 0 {
+                input
+                    .category_bytes
+                    .get(&(cat.clone(), inst.name.clone()))
+                    .map_or(0.0, |b| *b as f64 / slots as f64)
+            } else {
+                inst.used as f64 / owned.max(1) as f64
+            };
+            state
+                .bytes_per_slot
+                .insert((cat.clone(), inst.name.clone()), per_slot);
+        }
+    }
+
+    let mut moves = Vec::new();
+    let mut reasons = Vec::new();
+
+    // 1. Placement moves.
+    if let Some(desired) = input.desired {
+        let mut placement_moves = 0;
+        for cat in &desired.categories {
+            let Some(current) = state.owners.get(&cat.name).cloned() else {
+                continue;
+            };
+            let want = cat.owners();
+            let mut pairs: Vec<(usize, String, String)> = Vec::new();
+            for (slot, (now, to)) in current.iter().zip(want).enumerate() {
+                let movable = now != to
+                    && by_name.get(now.as_str()).is_some_and(|i| i.serving)
+                    && by_name.get(to).is_some_and(|i| i.serving);
+                if movable {
+                    pairs.push((slot, now.clone(), to.to_owned()));
+                }
+            }
+            for (range, (from, to)) in group_runs(&pairs) {
+                let draining = by_name.get(from.as_str()).is_some_and(|i| i.drain);
+                if !draining && !fits(&state, input, &cat.name, range, &from, &to) {
+                    continue;
+                }
+                let bytes = transfer(&mut state, &cat.name, range, &from, &to);
+                moves.push(Move {
+                    category: cat.name.clone(),
+                    range,
+                    from,
+                    to,
+                    bytes,
+                });
+                placement_moves += 1;
+            }
+        }
+        if placement_moves > 0 {
+            reasons.push(
+                "placement changed (an instance joined, drains or changed weight)".to_owned(),
+            );
+        }
+    }
+
+    // 2. Capacity moves.
+    let threshold = f64::from(input.threshold_percent) / 100.0;
+    let util = |state: &State, i: &InstanceLoad| {
+        if i.capacity == 0 {
+            0.0
+        } else {
+            state.used.get(&i.name).copied().unwrap_or(0.0) / i.capacity as f64
+        }
+    };
+    let eligible: Vec<&InstanceLoad> = input
+        .instances
+        .iter()
+        .filter(|i| i.serving && !i.drain && i.capacity > 0)
+        .collect();
+    let total_used: f64 = eligible.iter().map(|i| state.used[&i.name]).sum();
+    let total_cap: f64 = eligible.iter().map(|i| i.capacity as f64).sum();
+    if total_cap > 0.0 {
+        let mean = total_used / total_cap;
+        let over: Vec<String> = eligible
+            .iter()
+            .filter(|i| util(&state, i) > threshold)
+            .map(|i| format!("{} at {:.0}%", i.name, (util(&state, i) * 100.0).floor()))
+            .collect();
+        if !over.is_empty() {
+            reasons.push(format!(
+                "above the {}% threshold: {}",
+                input.threshold_percent,
+                over.join(", ")
+            ));
+        } else if input.force {
+            reasons.push("rebalance requested (redisfleet.io/rebalance-now)".to_owned());
+        }
+        let mut capacity_moves = 0;
+        while capacity_moves < MAX_CAPACITY_MOVES {
+            // The fullest instance that still needs relief.
+            let Some(source) = eligible
+                .iter()
+                .filter(|i| {
+                    let u = util(&state, i);
+                    u > threshold || (input.force && u > mean + BALANCED_SPREAD)
+                })
+                .max_by(|a, b| util(&state, a).total_cmp(&util(&state, b)))
+                .copied()
+            else {
+                break;
+            };
+            let excess = state.used[&source.name] - mean * source.capacity as f64;
+            if excess <= 0.0 {
+                break;
+            }
+            let Some(step) = best_step(&state, input, &eligible, source, excess, mean, threshold)
+            else {
+                break;
+            };
+            let (category, slots, target) = step;
+            for (range, _) in take_highest(&state, &category, &source.name, slots) {
+                let bytes = transfer(&mut state, &category, range, &source.name, &target);
+                moves.push(Move {
+                    category: category.clone(),
+                    range,
+                    from: source.name.clone(),
+                    to: target.clone(),
+                    bytes,
+                });
+            }
+            capacity_moves += 1;
+        }
+    }
+
+    if moves.is_empty() {
+        return None;
+    }
+    Some(Plan {
+        moves: merge_adjacent(moves),
+        reason: reasons.join("; "),
+    })
+}
+
+/// Whether moving `range` of `category` leaves `to` below the threshold minus the placement
+/// headroom (targets without a known capacity never fit).
+fn fits(
+    state: &State,
+    input: &PlanInput<'_>,
+    category: &str,
+    range: SlotRange,
+    from: &str,
+    to: &str,
+) -> bool {
+    let Some(target) = input.instances.iter().find(|i| i.name == to) else {
+        return false;
+    };
+    if target.capacity == 0 {
+        return false;
+    }
+    let per_slot = state
+        .bytes_per_slot
+        .get(&(category.to_owned(), from.to_owned()))
+        .copied()
+        .unwrap_or(0.0);
+    let after = state.used.get(to).copied().unwrap_or(0.0) + per_slot * f64::from(range.len());
+    let limit = f64::from(input.threshold_percent) / 100.0 - PLACEMENT_HEADROOM;
+    after <= limit * target.capacity as f64
+}
+
+/// The next capacity step out of `source`: (category, slots to move, target).
+fn best_step(
+    state: &State,
+    input: &PlanInput<'_>,
+    eligible: &[&InstanceLoad],
+    source: &InstanceLoad,
+    excess: f64,
+    mean: f64,
+    threshold: f64,
+) -> Option<(String, usize, String)> {
+    // Categories on the source, the largest first.
+    let mut cats: Vec<(&String, f64)> = state
+        .owners
+        .keys()
+        .filter_map(|c| {
+            let per = *state
+                .bytes_per_slot
+                .get(&(c.clone(), source.name.clone()))?;
+            let slots = state.slots_of(c, &source.name);
+            (per > 0.0 && slots > 0).then_some((c, per * slots as f64))
+        })
+        .collect();
+    cats.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (cat, _) in cats {
+        let tiers = input.categories.iter().find(|t| &t.name == cat);
+        let preference = |i: &InstanceLoad| -> u8 {
+            match tiers {
+                Some(t) if t.tier.is_some() && i.tier == t.tier => 0,
+                Some(t) if t.fallback_tier.is_some() && i.tier == t.fallback_tier => 1,
+                Some(t) if t.tier.is_none() => 0,
+                _ => 2,
+            }
+        };
+        let target = eligible
+            .iter()
+            .filter(|i| i.name != source.name)
+            .filter(|i| {
+                let used = state.used[&i.name];
+                used / (i.capacity as f64) < mean.min(threshold)
+            })
+            .min_by(|a, b| {
+                preference(a).cmp(&preference(b)).then(
+                    (state.used[&a.name] / a.capacity as f64)
+                        .total_cmp(&(state.used[&b.name] / b.capacity as f64)),
+                )
+            })?;
+        // Never above the threshold, aiming at the mean.
+        let room = mean.min(threshold) * target.capacity as f64 - state.used[&target.name];
+        let per_slot = state.bytes_per_slot[&(cat.clone(), source.name.clone())];
+        let amount = excess.min(room);
+        if amount <= 0.0 {
+            continue;
+        }
+        let slots = ((amount / per_slot).floor() as usize).min(state.slots_of(cat, &source.name));
+        if slots == 0 {
+            continue;
+        }
+        return Some((cat.clone(), slots, target.name.clone()));
+    }
+    None
+}
+
+/// The `count` highest-numbered slots of `category` on `instance`, as runs.
+fn take_highest(
+    state: &State,
+    category: &str,
+    instance: &str,
+    count: usize,
+) -> Vec<(SlotRange, ())> {
+    let Some(owners) = state.owners.get(category) else {
+        return Vec::new();
+    };
+    let mut mask = vec![false; usize::from(SLOT_COUNT)];
+    let mut left = count;
+    for slot in (0..owners.len()).rev() {
+        if left == 0 {
+            break;
+        }
+        if owners[slot] == instance {
+            mask[slot] = true;
+            left -= 1;
+        }
+    }
+    runs(&mask)
+        .into_iter()
+        .filter(|(_, m)| *m)
+        .map(|(r, _)| (r, ()))
+        .collect()
+}
+
+/// Applies a move to the simulated state; returns its estimated bytes.
+fn transfer(state: &mut State, category: &str, range: SlotRange, from: &str, to: &str) -> u64 {
+    let per_slot = state
+        .bytes_per_slot
+        .get(&(category.to_owned(), from.to_owned()))
+        .copied()
+        .unwrap_or(0.0);
+    let bytes = per_slot * f64::from(range.len());
+    if let Some(owners) = state.owners.get_mut(category) {
+        for slot in range.start..=range.end {
+            owners[usize::from(slot)] = to.to_owned();
+        }
+    }
+    *state.used.entry(from.to_owned()).or_default() -= bytes;
+    *state.used.entry(to.to_owned()).or_default() += bytes;
+    state
+        .bytes_per_slot
+        .entry((category.to_owned(), to.to_owned()))
+        .or_insert(per_slot);
+    bytes.max(0.0) as u64
+}
+
+/// Groups per-slot (from, to) pairs into contiguous ranges.
+fn group_runs(pairs: &[(usize, String, String)]) -> Vec<(SlotRange, (String, String))> {
+    let mut out: Vec<(SlotRange, (String, String))> = Vec::new();
+    for (slot, from, to) in pairs {
+        let slot = *slot as u16;
+        match out.last_mut() {
+            Some((r, (f, t))) if r.end + 1 == slot && f == from && t == to => r.end = slot,
+            _ => out.push((SlotRange::new(slot, slot), (from.clone(), to.clone()))),
+        }
+    }
+    out
+}
+
+/// Merges moves of the same category and direction whose ranges touch.
+fn merge_adjacent(moves: Vec<Move>) -> Vec<Move> {
+    let mut out: Vec<Move> = Vec::new();
+    let mut sorted = moves;
+    sorted.sort_by(|a, b| {
+        (
+            a.category.as_str(),
+            a.from.as_str(),
+            a.to.as_str(),
+            a.range.start,
+        )
+            .cmp(&(
+                b.category.as_str(),
+                b.from.as_str(),
+                b.to.as_str(),
+                b.range.start,
+            ))
+    });
+    for m in sorted {
+        match out.last_mut() {
+            Some(last)
+                if last.category == m.category
+                    && last.from == m.from
+                    && last.to == m.to
+                    && last.range.end + 1 == m.range.start =>
+            {
+                last.range.end = m.range.end;
+                last.bytes += m.bytes;
+            }
+            _ => out.push(m),
+        }
+    }
+    out
+}
+
+/// The table after `moves` completed: owners changed, nothing migrating.
+pub fn apply_moves(table: &RoutingTable, moves: &[Move]) -> RoutingTable {
+    let mut next = table.clone();
+    for cat in &mut next.categories {
+        let mut owners: Vec<String> = cat.owners().into_iter().map(str::to_owned).collect();
+        for m in moves.iter().filter(|m| m.category == cat.name) {
+            for slot in m.range.start..=m.range.end {
+                owners[usize::from(slot)] = m.to.clone();
+            }
+        }
+        cat.slots = runs(&owners)
+            .into_iter()
+            .map(|(range, instance)| crate::routing::table::SlotOwner { range, instance })
+            .collect();
+    }
+    next.migrating.clear();
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::table::tests::endpoint;
+    use crate::routing::table::{Category, SCHEMA_VERSION, TtlRules};
+
+    const MIB: u64 = 1 << 20;
+
+    fn table(cats: &[(&str, &str)]) -> RoutingTable {
+        RoutingTable {
+            schema_version: SCHEMA_VERSION,
+            version: 5,
+            policy: "shop/shop".into(),
+            instances: ["primary", "secondary", "tertiary"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ((*n).to_owned(), endpoint(7000 + i as u16)))
+                .collect(),
+            categories: cats
+                .iter()
+                .map(|(name, owner)| Category {
+                    name: (*name).to_owned(),
+                    prefixes: if *name == "default" {
+                        vec![]
+                    } else {
+                        vec![format!("{name}:")]
+                    },
+                    ttl: TtlRules::default(),
+                    slots: vec![(0, 16383, (*owner).to_owned()).into()],
+                    placement_basis: None,
+                })
+                .collect(),
+            migrating: vec![],
+            failover: vec![],
+            placement_bases: vec![],
+        }
+    }
+
+    fn inst(name: &str, tier: &str, used_mib: u64) -> InstanceLoad {
+        InstanceLoad {
+            name: name.into(),
+            tier: Some(tier.into()),
+            capacity: 30 * MIB,
+            used: used_mib * MIB,
+            serving: true,
+            drain: false,
+        }
+    }
+
+    fn tiers() -> Vec<CategoryTiers> {
+        vec![
+            CategoryTiers {
+                name: "auth".into(),
+                tier: Some("hot".into()),
+                fallback_tier: Some("warm".into()),
+            },
+            CategoryTiers {
+                name: "order".into(),
+                tier: Some("hot".into()),
+                fallback_tier: Some("warm".into()),
+            },
+            CategoryTiers {
+                name: "user".into(),
+                tier: Some("warm".into()),
+                fallback_tier: Some("hot".into()),
+            },
+            CategoryTiers {
+                name: "default".into(),
+                tier: Some("warm".into()),
+                fallback_tier: None,
+            },
+        ]
+    }
+
+    fn utilisation_after(input: &PlanInput<'_>, plan: &Plan) -> BTreeMap<String, f64> {
+        let mut used: BTreeMap<String, f64> = input
+            .instances
+            .iter()
+            .map(|i| (i.name.clone(), i.used as f64))
+            .collect();
+        for m in &plan.moves {
+            *used.get_mut(&m.from).unwrap() -= m.bytes as f64;
+            *used.get_mut(&m.to).unwrap() += m.bytes as f64;
+        }
+        input
+            .instances
+            .iter()
+            .map(|i| (i.name.clone(), used[&i.name] / i.capacity as f64))
+            .collect()
+    }
+
+    #[test]
+    fn an_instance_past_the_threshold_is_brought_toward_equal_use() {
+        // The seed: primary (hot) filled past 80 %, secondary (warm) lightly used.
+        let current = table(&[
+            ("auth", "primary"),
+            ("order", "primary"),
+            ("user", "secondary"),
+            ("default", "secondary"),
+        ]);
+        let instances = vec![inst("primary", "hot", 26), inst("secondary", "warm", 4)];
+        let bytes: BTreeMap<(String, String), u64> = [
+            (("auth".into(), "primary".into()), 16 * MIB),
+            (("order".into(), "primary".into()), 9 * MIB),
+            (("user".into(), "secondary".into()), 3 * MIB),
+            (("default".into(), "secondary".into()), MIB),
+        ]
+        .into();
+        let input = PlanInput {
+            current: &current,
+            desired: None,
+            instances: &instances,
+            category_bytes: &bytes,
+            categories: &tiers(),
+            threshold_percent: 80,
+            force: false,
+        };
+        let plan = plan(&input).expect("a plan");
+        assert!(
+            plan.reason
+                .contains("above the 80% threshold: primary at 86%"),
+            "{}",
+            plan.reason
+        );
+        assert!(
+            plan.moves
+                .iter()
+                .all(|m| m.from == "primary" && m.to == "secondary")
+        );
+        let after = utilisation_after(&input, &plan);
+        for (name, u) in &after {
+            assert!((0.4..=0.6).contains(u), "{name} at {u:.2}: {plan:#?}");
+        }
+        let moved: u64 = plan.moves.iter().map(|m| m.bytes).sum();
+        assert!(moved <= 12 * MIB, "moves no more than needed: {moved}");
+    }
+
+    #[test]
+    fn nothing_moves_below_the_threshold_unless_forced() {
+        let current = table(&[
+            ("auth", "primary"),
+            ("user", "secondary"),
+            ("default", "secondary"),
+        ]);
+        let instances = vec![inst("primary", "hot", 20), inst("secondary", "warm", 4)];
+        let bytes = BTreeMap::new();
+        let mut input = PlanInput {
+            current: &current,
+            desired: None,
+            instances: &instances,
+            category_bytes: &bytes,
+            categories: &tiers(),
+            threshold_percent: 80,
+            force: false,
+        };
+        assert_eq!(plan(&input), None);
+        input.force = true;
+        let p = plan(&input).expect("forced");
+        assert!(p.reason.contains("rebalance-now"));
+        let after = utilisation_after(&input, &p);
+        assert!(
+            (after["primary"] - after["secondary"]).abs() <= 0.12,
+            "{after:?}"
+        );
+    }
+
+    #[test]
+    fn targets_are_never_pushed_over_the_threshold() {
+        let current = table(&[
+            ("auth", "primary"),
+            ("user", "secondary"),
+            ("default", "secondary"),
+        ]);
+        // Both nearly full: moving would only move the problem.
+        let instances = vec![inst("primary", "hot", 29), inst("secondary", "warm", 23)];
+        let bytes = BTreeMap::new();
+        let input = PlanInput {
+            current: &current,
+            desired: None,
+            instances: &instances,
+            category_bytes: &bytes,
+            categories: &tiers(),
+            threshold_percent: 80,
+            force: false,
+        };
+        if let Some(p) = plan(&input) {
+            let after = utilisation_after(&input, &p);
+            assert!(after["secondary"] <= 0.80 + 1e-9, "{after:?}");
+        }
+    }
+
+    #[test]
+    fn a_joining_instance_gets_its_placement_share_with_data() {
+        let current = table(&[
+            ("auth", "primary"),
+            ("user", "secondary"),
+            ("default", "secondary"),
+        ]);
+        let mut desired = current.clone();
+        for c in &mut desired.categories {
+            if c.name == "user" || c.name == "default" {
+                c.slots = vec![
+                    (0, 8191, "secondary".to_owned()).into(),
+                    (8192, 16383, "tertiary".to_owned()).into(),
+                ];
+            }
+        }
+        let instances = vec![
+            inst("primary", "hot", 10),
+            inst("secondary", "warm", 12),
+            inst("tertiary", "warm", 1),
+        ];
+        let bytes = BTreeMap::new();
+        let input = PlanInput {
+            current: &current,
+            desired: Some(&desired),
+            instances: &instances,
+            category_bytes: &bytes,
+            categories: &tiers(),
+            threshold_percent: 80,
+            force: false,
+        };
+        let p = plan(&input).expect("placement moves");
+        assert_eq!(p.moves.len(), 2);
+        for m in &p.moves {
+            assert_eq!(
+                (m.from.as_str(), m.to.as_str(), m.range),
+                ("secondary", "tertiary", SlotRange::new(8192, 16383))
+            );
+        }
+        let next = apply_moves(&current, &p.moves);
+        assert_eq!(
+            next.category("user").unwrap().slots,
+            desired.category("user").unwrap().slots
+        );
+    }
+
+    #[test]
+    fn unreachable_sources_are_not_planned() {
+        let current = table(&[
+            ("auth", "primary"),
+            ("user", "secondary"),
+            ("default", "secondary"),
+        ]);
+        let mut instances = vec![inst("primary", "hot", 27), inst("secondary", "warm", 2)];
+        instances[0].serving = false;
+        let bytes = BTreeMap::new();
+        let input = PlanInput {
+            current: &current,
+            desired: None,
+            instances: &instances,
+            category_bytes: &bytes,
+            categories: &tiers(),
+            threshold_percent: 80,
+            force: false,
+        };
+        assert_eq!(plan(&input), None);
+    }
+
+    #[test]
+    fn empty_categories_never_move_for_capacity() {
+        // The shop as sampled: hot data in three of the four hot categories.
+        let current = table(&[
+            ("analytics-live", "primary"),
+            ("auth", "primary"),
+            ("notification", "primary"),
+            ("order", "primary"),
+            ("menu", "secondary"),
+            ("user", "secondary"),
+            ("default", "secondary"),
+        ]);
+        let mut instances = vec![inst("primary", "hot", 0), inst("secondary", "warm", 0)];
+        instances[0].used = 26_128_792;
+        instances[1].used = 3_794_768;
+        let bytes: BTreeMap<(String, String), u64> = [
+            (("auth".into(), "primary".into()), 13_130_375),
+            (("notification".into(), "primary".into()), 4_685_125),
+            (("order".into(), "primary".into()), 4_819_250),
+            (("menu".into(), "secondary".into()), 1_177_000),
+            (("user".into(), "secondary".into()), 1_355_000),
+        ]
+        .into();
+        let mut cats = tiers();
+        for (name, tier, fallback) in [
+            ("analytics-live", "hot", "warm"),
+            ("notification", "hot", "warm"),
+            ("menu", "warm", "hot"),
+        ] {
+            cats.push(CategoryTiers {
+                name: name.into(),
+                tier: Some(tier.into()),
+                fallback_tier: Some(fallback.into()),
+            });
+        }
+        let input = PlanInput {
+            current: &current,
+            desired: None,
+            instances: &instances,
+            category_bytes: &bytes,
+            categories: &cats,
+            threshold_percent: 80,
+            force: false,
+        };
+        let plan = plan(&input).expect("a plan");
+        assert!(
+            plan.moves.iter().all(|m| m.category != "analytics-live"),
+            "{plan:#?}"
+        );
+        let after = utilisation_after(&input, &plan);
+        for (name, u) in &after {
+            assert!((0.4..=0.6).contains(u), "{name} at {u:.2}: {plan:#?}");
+        }
+    }
+
+    #[test]
+    fn slots_moved_for_capacity_go_home_only_when_home_has_room() {
+        // A capacity move put 12 MiB of auth on the warm instance; placement wants it home.
+        let mut current = table(&[
+            ("auth", "primary"),
+            ("user", "secondary"),
+            ("default", "secondary"),
+        ]);
+        current.categories[0].slots = vec![
+            (0, 4095, "primary".to_owned()).into(),
+            (4096, 16383, "secondary".to_owned()).into(),
+        ];
+        let desired = table(&[
+            ("auth", "primary"),
+            ("user", "secondary"),
+            ("default", "secondary"),
+        ]);
+        let bytes: BTreeMap<(String, String), u64> = [
+            (("auth".into(), "primary".into()), 4 * MIB),
+            (("auth".into(), "secondary".into()), 12 * MIB),
+            (("user".into(), "secondary".into()), 3 * MIB),
+        ]
+        .into();
+        let busy = vec![inst("primary", "hot", 14), inst("secondary", "warm", 15)];
+        let input = PlanInput {
+            current: &current,
+            desired: Some(&desired),
+            instances: &busy,
+            category_bytes: &bytes,
+            categories: &tiers(),
+            threshold_percent: 80,
+            force: false,
+        };
+        assert_eq!(
+            plan(&input),
+            None,
+            "home (14 + 12 of 30 MiB) has no room to spare"
+        );
+        // Once home has emptied (say, expired keys), the slots go back.
+        let quiet = vec![inst("primary", "hot", 5), inst("secondary", "warm", 15)];
+        let input = PlanInput {
+            instances: &quiet,
+            ..input
+        };
+        let plan = plan(&input).expect("a placement move");
+        assert_eq!(plan.moves.len(), 1);
+        assert_eq!(
+            (plan.moves[0].from.as_str(), plan.moves[0].to.as_str()),
+            ("secondary", "primary")
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! Sampling an instance: how its memory splits over the categories (RANDOMKEY + MEMORY
+//! USAGE, scaled to its key count) and which sidecars report which table version there
+//! (heartbeats). The planner needs the first, the Job's converge step the second.
+
+use std::collections::BTreeMap;
+
+use redis::aio::MultiplexedConnection;
+
+use crate::redis::keys::RESERVED_PREFIX;
+use crate::routing::keyspace::Resolver;
+
+/// What one sample saw on an instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// Keys in the database.
+    pub keys: u64,
+    /// Estimated bytes per category (application keys only).
+    pub category_bytes: BTreeMap<String, u64>,
+}
+
+/// Samples `n` random keys of the instance and estimates the bytes of each category.
+pub async fn sample_categories(
+    conn: &mut MultiplexedConnection,
+    resolver: &Resolver,
+    n: usize,
+) -> redis::RedisResult<Sample> {
+    let keys: u64 = redis::cmd("DBSIZE").query_async(conn).await?;
+    if keys == 0 {
+        return Ok(Sample::default());
+    }
+    let mut pipe = redis::pipe();
+    for _ in 0..n {
+        pipe.cmd("RANDOMKEY");
+    }
+    let picked: Vec<Option<Vec<u8>>> = pipe.query_async(conn).await?;
+    let picked: Vec<Vec<u8>> = picked.into_iter().flatten().collect();
+    if picked.is_empty() {
+        return Ok(Sample {
+            keys,
+            category_bytes: BTreeMap::new(),
+        });
+    }
+    let mut pipe = redis::pipe();
+    for k in &picked {
+        pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+    }
+    let sizes: Vec<Option<u64>> = pipe.query_async(conn).await?;
+    let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+    for (k, size) in picked.iter().zip(sizes) {
+        if k.starts_with(RESERVED_PREFIX) {
+            continue;
+        }
+        let cat = &resolver.categories()[usize::from(resolver.category_of(k))].name;
+        *sums.entry(cat.clone()).or_default() += size.unwrap_or(0);
+    }
+    let samples = picked.len() as u64;
+    Ok(Sample {
+        keys,
+        category_bytes: sums
+            .into_iter()
+            .map(|(c, s)| (c, s.saturating_mul(keys) / samples))
+            .collect(),
+    })
+}
+
+/// The live heartbeats on an instance: sidecar id → table version.
+pub async fn heartbeats(
+    conn: &mut MultiplexedConnection,
+) -> redis::RedisResult<BTreeMap<String, u64>> {
+    crate::sidecar::heartbeat::read(conn).await
+}
