@@ -199,13 +199,23 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     assert!(!a.is_running());
     wait_metric(&b, "redisfleet_leader", 1.0, "the new leader reports it").await;
     assert!(metric(&b, "redisfleet_reconcile_total") > 0.0);
-    let reporters = event_reporters(&events).await;
-    assert!(
-        reporters
+    // The Event is posted right after the status write that changed the phase: poll for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reporters = event_reporters(&events).await;
+        if reporters
             .iter()
-            .any(|(who, why)| who == "leader-b" && why == "Unreachable"),
-        "the new leader records the Unreachable Event: {reporters:?}"
-    );
+            .any(|(who, why)| who == "leader-b" && why == "Unreachable")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new leader records the Unreachable Event: {reporters:?}\n{}",
+            b.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A graceful stop (SIGTERM) releases the Lease: C takes over at once, not after expiry.
     let c = start(cp, &ns, "leader-c");
