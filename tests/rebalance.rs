@@ -14,7 +14,9 @@ use redis_fleet::routing::Resolver;
 use redis_fleet::routing::table::{RoutingTable, TABLE_KEY};
 use support::RedisServer;
 use support::node::Node;
-use support::shop::{Shop, shop_with};
+use support::operator::Operator;
+use support::shop::{Shop, example, kubectl_apply, server_with_password, shop_with};
+use support::sidecar::Sidecar;
 
 /// A key's content: value, and absolute expiry (ms since the epoch; 0 without one).
 type Digest = BTreeMap<String, (Vec<u8>, u64)>;
@@ -266,4 +268,522 @@ async fn an_instance_past_its_threshold_is_rebalanced_and_nothing_is_lost() {
         let there: bool = on_secondary.exists(k).await.unwrap();
         assert_eq!(there, owner == "secondary", "{k} should be on {owner}");
     }
+}
+
+/// What the clients of [`traffic`] were told, per key; each worker owns its keys, so this is
+/// exact. A command that failed leaves its key uncertain between the outcomes it could have had.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Last acknowledged SET value, and values of failed SETs since.
+    values: BTreeMap<String, (Option<String>, Vec<String>)>,
+    /// Acknowledged INCRs, and failed ones.
+    counters: BTreeMap<String, (i64, i64)>,
+    /// Keys acknowledged as deleted and never written again.
+    deleted: std::collections::BTreeSet<String>,
+    /// Keys acknowledged with an EXPIRE of an hour.
+    expiring: std::collections::BTreeSet<String>,
+    ops: u64,
+    errors: Vec<String>,
+    latencies_us: Vec<u64>,
+}
+
+impl Ledger {
+    fn merge(&mut self, other: Ledger) {
+        self.values.extend(other.values);
+        self.counters.extend(other.counters);
+        self.deleted.extend(other.deleted);
+        self.expiring.extend(other.expiring);
+        self.ops += other.ops;
+        self.errors.extend(other.errors);
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    fn p99_us(&self) -> u64 {
+        let mut l = self.latencies_us.clone();
+        l.sort_unstable();
+        l.get(l.len() * 99 / 100).copied().unwrap_or(0)
+    }
+}
+
+/// Clients writing through the sidecar at a steady pace until stopped: SET, INCR, DEL and
+/// EXPIRE over keys of `prefixes` (each worker its own keys).
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Ledger>>,
+}
+
+impl Traffic {
+    fn start(port: u16, prefixes: &'static [&'static str], workers: usize) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = (0..workers)
+            .map(|w| {
+                let stop = stop.clone();
+                tokio::spawn(async move { work(port, prefixes, w, stop).await })
+            })
+            .collect();
+        Traffic { stop, workers }
+    }
+
+    async fn stop(self) -> Ledger {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut all = Ledger::default();
+        for w in self.workers {
+            all.merge(w.await.unwrap());
+        }
+        all
+    }
+}
+
+async fn work(
+    port: u16,
+    prefixes: &[&str],
+    worker: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Ledger {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut ledger = Ledger::default();
+    let mut i: u64 = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        i += 1;
+        let prefix = prefixes[(i as usize / 4) % prefixes.len()];
+        let n = (i * 7919) % 400;
+        let started = Instant::now();
+        let (key, outcome) = match i % 4 {
+            0 | 1 => {
+                let key = format!("{prefix}t{worker}:{n}");
+                let value = format!("{worker}-{i}");
+                let r: redis::RedisResult<()> = conn.set(&key, &value).await;
+                let entry = ledger.values.entry(key.clone()).or_default();
+                match &r {
+                    Ok(()) => *entry = (Some(value), Vec::new()),
+                    Err(_) => entry.1.push(value),
+                }
+                ledger.deleted.remove(&key);
+                ledger.expiring.remove(&key);
+                (key, r.map(|_| ()))
+            }
+            2 => {
+                let key = format!("{prefix}c{worker}:{}", n % 50);
+                let r: redis::RedisResult<i64> = conn.incr(&key, 1).await;
+                let entry = ledger.counters.entry(key.clone()).or_default();
+                match &r {
+                    Ok(_) => entry.0 += 1,
+                    Err(_) => entry.1 += 1,
+                }
+                (key, r.map(|_| ()))
+            }
+            _ => {
+                let key = format!("{prefix}t{worker}:{n}");
+                if n.is_multiple_of(2) {
+                    let r: redis::RedisResult<i64> = conn.del(&key).await;
+                    if r.is_ok() {
+                        ledger.values.remove(&key);
+                        ledger.expiring.remove(&key);
+                        ledger.deleted.insert(key.clone());
+                    } else {
+                        // Deleted or not: either is fine, as long as the value is a known one.
+                        ledger.deleted.remove(&key);
+                    }
+                    (key, r.map(|_| ()))
+                } else {
+                    let r: redis::RedisResult<bool> = conn.expire(&key, 3600).await;
+                    if let Ok(true) = r {
+                        ledger.expiring.insert(key.clone());
+                    }
+                    (key, r.map(|_| ()))
+                }
+            }
+        };
+        ledger
+            .latencies_us
+            .push(started.elapsed().as_micros() as u64);
+        ledger.ops += 1;
+        if let Err(e) = outcome {
+            ledger.errors.push(format!("{key}: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    ledger
+}
+
+/// Checks every acknowledged write through a connection to the fleet (the sidecar).
+async fn assert_ledger(port: u16, ledger: &Ledger) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for (key, (acked, failed)) in &ledger.values {
+        let got: Option<String> = c.get(key).await.unwrap();
+        let fine = got == *acked || got.as_ref().is_some_and(|g| failed.contains(g));
+        assert!(
+            fine,
+            "{key}: {got:?}, acknowledged {acked:?} (failed attempts {failed:?})"
+        );
+        if ledger.expiring.contains(key) && got == *acked {
+            let ttl: i64 = c.pttl(key).await.unwrap();
+            assert!(ttl > 0, "{key} lost its TTL ({ttl})");
+        }
+    }
+    for (key, (acked, failed)) in &ledger.counters {
+        let got: Option<i64> = c.get(key).await.unwrap();
+        let got = got.unwrap_or(0);
+        assert!(
+            (*acked..=acked + failed).contains(&got),
+            "{key} = {got}, {acked} INCRs acknowledged ({failed} failed)"
+        );
+    }
+    for key in &ledger.deleted {
+        let there: bool = c.exists(key).await.unwrap();
+        assert!(!there, "{key} came back after its DEL was acknowledged");
+    }
+}
+
+/// Reads `keys` through the sidecar as a digest (value and absolute expiry).
+async fn digest_through(port: u16, keys: &[String]) -> Digest {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut out = Digest::new();
+    for chunk in keys.chunks(200) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
+        }
+        let at = now_ms();
+        let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.unwrap();
+        for (k, pair) in chunk.iter().zip(replies.chunks(2)) {
+            if let (redis::Value::BulkString(v), redis::Value::Int(ttl)) = (&pair[0], &pair[1]) {
+                let expiry = if *ttl > 0 { at + *ttl as u64 } else { 0 };
+                out.insert(k.clone(), (v.clone(), expiry));
+            }
+        }
+    }
+    out
+}
+
+const TRAFFIC_PREFIXES: &[&str] = &["user:", "menu:", "auth:", "order:", "ml:"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_instance_takes_a_share_of_the_data_under_live_traffic() {
+    let shop = shop_with("join", fast_cooldown).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let hot = fill(&shop.primary, &["auth:s", "order:s"], 6_000).await;
+    let warm = fill(&shop.secondary, &["user:s", "menu:s", "ml:s"], 12_000).await;
+    let mut keys = hot;
+    keys.extend(warm);
+    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 4);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // GitOps applies the third instance.
+    let tertiary = server_with_password("change-me-tertiary");
+    let yaml = example(
+        "third-instance.yaml",
+        &[("redis-tertiary.example.com", &tertiary)],
+    );
+    let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ledger = traffic.stop().await;
+    let r = policy.status.unwrap().rebalance.unwrap();
+    assert!(
+        r.moves
+            .iter()
+            .all(|m| m.to == "tertiary" && m.from == "secondary"),
+        "{r:#?}"
+    );
+    assert!(r.keys_moved.unwrap_or(0) > 0, "{r:#?}");
+
+    // The seed data: all there, unchanged, exactly once, and some of it on the newcomer.
+    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
+    assert_same(&before, &after);
+    // Through the sidecar (whose reads may extend adaptive TTLs): every value.
+    let through = digest_through(sidecar.port, &keys).await;
+    assert_eq!(through.len(), before.len());
+    assert!(before.iter().all(|(k, (v, _))| through[k].0 == *v));
+    let on_tertiary = digest(&[&tertiary], &keys).await.len();
+    assert!(
+        on_tertiary > 1000,
+        "only {on_tertiary} keys moved to tertiary"
+    );
+    // The traffic: every acknowledged write, counter and delete.
+    assert_ledger(sidecar.port, &ledger).await;
+    assert!(ledger.ops > 1000, "only {} operations", ledger.ops);
+    assert!(
+        ledger.errors.len() * 100 <= ledger.ops as usize,
+        "{} of {} commands failed: {:?}",
+        ledger.errors.len(),
+        ledger.ops,
+        &ledger.errors[..ledger.errors.len().min(5)]
+    );
+    eprintln!(
+        "join: {} keys moved in plan {}, traffic {} ops, {} errors, p99 {} µs",
+        r.keys_moved.unwrap_or(0),
+        r.plan_id,
+        ledger.ops,
+        ledger.errors.len(),
+        ledger.p99_us()
+    );
+}
+
+fn slow_copy(policy: String) -> String {
+    fast_cooldown(policy).replace(
+        "      keysPerSecond: 50000\n",
+        "      keysPerSecond: 2500\n",
+    )
+}
+
+/// Waits until the running plan reports at least `moved` keys copied.
+async fn wait_copying(shop: &Shop, node: &Node, moved: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = shop.policies.get("shop").await.unwrap();
+        let r = p.status.and_then(|s| s.rebalance);
+        if r.as_ref().is_some_and(|r| {
+            r.step.as_deref() == Some("Copying") && r.keys_moved.unwrap_or(0) >= moved
+        }) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy never got to {moved} keys: {r:#?}\n{}",
+            node.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_job_and_a_restarted_operator_resume_where_they_stopped() {
+    let mut shop = shop_with("resume", slow_copy).await;
+    let (_, plan) = settled(&shop).await;
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let mut keys = fill(
+        &shop.primary,
+        &["auth:", "session:", "order:", "notification:"],
+        37_000,
+    )
+    .await;
+    keys.extend(fill(&shop.secondary, &["user:", "menu:"], 4_000).await);
+    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+
+    // The node dies mid-copy: the Job controller starts another pod, which resumes.
+    wait_copying(&shop, &node, 4_000).await;
+    assert_eq!(node.kill_running(), 1);
+    // And the operator restarts while the copy goes on.
+    wait_copying(&shop, &node, 1_000).await;
+    shop.operator.kill();
+    shop.operator = Operator::start(shop.cp, &shop.ns);
+
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let ledger = traffic.stop().await;
+    let r = policy.status.unwrap().rebalance.unwrap();
+    let logs = node.all_logs();
+    assert!(logs.contains("resuming from the checkpoint"), "{logs}");
+    assert_eq!(
+        node.finished.lock().unwrap().len(),
+        2,
+        "one killed pod, one that finished: {logs}"
+    );
+    assert_eq!(
+        r.attempts, 1,
+        "the operator did not start the plan over: {r:#?}"
+    );
+
+    let after = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    assert_same(&before, &after);
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "resume: {} keys in the last pod, traffic {} ops, {} errors, p99 {} µs",
+        r.keys_moved.unwrap_or(0),
+        ledger.ops,
+        ledger.errors.len(),
+        ledger.p99_us()
+    );
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Waits until the routing table satisfies `cond`.
+async fn wait_table(shop: &Shop, what: &str, cond: impl Fn(&RoutingTable) -> bool) -> RoutingTable {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = table(shop).await;
+        if cond(&t) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{what}: {t:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_instance_takes_its_ranges_back_with_the_data_written_meanwhile() {
+    let shop = shop_with("failback", fast_cooldown).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for n in 0..300 {
+        let _: () = c.set(format!("auth:k{n}"), "old").await.unwrap();
+    }
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+
+    // The primary hangs: its hot ranges fail over to the secondary.
+    let pid = shop.primary.pid().unwrap();
+    signal(pid, "-STOP");
+    wait_table(&shop, "no failover", |t| !t.failover.is_empty()).await;
+    // Give the sidecar the new table, then write during the failover.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in 0..100 {
+        let _: () = c.set(format!("auth:k{n}"), "new").await.unwrap();
+        let _: () = c
+            .set(format!("order:f{n}"), "written during failover")
+            .await
+            .unwrap();
+    }
+    for n in 100..150 {
+        let _: i64 = c.del(format!("auth:k{n}")).await.unwrap();
+    }
+
+    // It recovers: a failback rebalance brings the ranges home with what was written.
+    signal(pid, "-CONT");
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(120)).await;
+    let ledger = traffic.stop().await;
+    let r = policy.status.unwrap().rebalance.unwrap();
+    assert!(
+        r.reason.as_deref().unwrap_or_default().contains("failback"),
+        "{r:#?}"
+    );
+    assert!(
+        r.moves
+            .iter()
+            .all(|m| m.from == "secondary" && m.to == "primary"),
+        "{r:#?}"
+    );
+    let t = table(&shop).await;
+    assert!(t.failover.is_empty() && t.migrating.is_empty(), "{t:#?}");
+
+    let mut p = shop
+        .primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for n in 0..100 {
+        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
+        assert_eq!(v.as_deref(), Some("new"), "auth:k{n}");
+        let v: Option<String> = p.get(format!("order:f{n}")).await.unwrap();
+        assert_eq!(
+            v.as_deref(),
+            Some("written during failover"),
+            "order:f{n} is home"
+        );
+    }
+    for n in 100..150 {
+        let there: bool = c.exists(format!("auth:k{n}")).await.unwrap();
+        assert!(
+            !there,
+            "auth:k{n} was deleted during the failover and came back"
+        );
+    }
+    for n in 150..300 {
+        // Unreachable during the failover, stale after it: purged, never served.
+        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
+        assert_eq!(v, None, "auth:k{n}: a stale copy was served");
+    }
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "failback: {} keys moved home, traffic {} ops, {} errors (while the primary hung)",
+        r.keys_moved.unwrap_or(0),
+        ledger.ops,
+        ledger.errors.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_redis_is_emptied_into_the_fleet_while_every_key_stays_readable() {
+    let shop = shop_with("legacy", slow_copy).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    // The old single Redis, with keys of every kind of category (and none).
+    let legacy = server_with_password("change-me-legacy");
+    let keys = fill(
+        &legacy,
+        &["auth:", "order:", "user:", "menu:", "misc:"],
+        10_000,
+    )
+    .await;
+    let before = digest(&[&legacy], &keys).await;
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: legacy-redis}}\nstringData: {{password: change-me-legacy}}\n---\n\
+         apiVersion: redisfleet.io/v1alpha1\nkind: RedisInstance\nmetadata:\n  name: legacy\n  labels: {{app.kubernetes.io/part-of: shop}}\n\
+         spec:\n  drain: true\n  external: {{host: 127.0.0.1, port: {}, passwordSecretRef: {{name: legacy-redis, key: password}}}}\n  capacity: 30Mi\n  health: {{interval: 1s, timeout: 500ms, failureThreshold: 2, recoveryThreshold: 2}}\n",
+        legacy.port
+    );
+    let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // While the data moves, the sidecar serves every key.
+    wait_copying(&shop, &node, 500).await;
+    let during = digest_through(sidecar.port, &keys).await;
+    let missing: Vec<&String> = keys.iter().filter(|k| !during.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} keys unreadable mid-migration, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(before.iter().all(|(k, (v, _))| during[k].0 == *v));
+
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(120)).await;
+    let r = policy.status.unwrap().rebalance.unwrap();
+    assert!(
+        r.reason.as_deref().unwrap_or_default().contains("draining"),
+        "{r:#?}"
+    );
+    assert!(r.moves.iter().all(|m| m.from == "legacy"), "{r:#?}");
+    // Everything left the legacy Redis, and each key is where the table says, once.
+    let left = digest(&[&legacy], &keys).await;
+    assert!(
+        left.is_empty(),
+        "{} keys still on the legacy Redis",
+        left.len()
+    );
+    let after = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    assert_eq!(after.len(), before.len());
+    for (k, (v, exp)) in &before {
+        let (v2, exp2) = &after[k];
+        assert_eq!(v, v2, "{k}");
+        // Reads through the sidecar may extend adaptive TTLs; a TTL never vanishes.
+        assert_eq!(*exp == 0, *exp2 == 0, "{k}: TTL appeared or vanished");
+    }
+    eprintln!(
+        "legacy: {} keys moved into the fleet",
+        r.keys_moved.unwrap_or(0)
+    );
 }

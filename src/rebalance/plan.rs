@@ -297,6 +297,26 @@ pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
     })
 }
 
+/// Whether `to` already serves every slot of `range` of `category` in `table` (owner and not
+/// failed over, or the failover target): its keys there are live, not stale, and a move into
+/// it (emptying a legacy instance) must not purge them first.
+pub fn target_serves(table: &RoutingTable, category: &str, range: SlotRange, to: &str) -> bool {
+    let Some(cat) = table.category(category) else {
+        return false;
+    };
+    let owners = cat.owners();
+    (range.start..=range.end).all(|slot| {
+        let owner = owners.get(usize::from(slot)).copied().unwrap_or_default();
+        let redirected = table.failover.iter().find(|f| {
+            f.category == category && f.from == owner && (f.start..=f.end).contains(&slot)
+        });
+        match redirected {
+            Some(f) => f.to == to,
+            None => owner == to,
+        }
+    })
+}
+
 /// Whether moving `range` of `category` leaves `to` below the threshold minus the placement
 /// headroom (targets without a known capacity never fit).
 fn fits(
@@ -866,5 +886,28 @@ mod tests {
             (plan.moves[0].from.as_str(), plan.moves[0].to.as_str()),
             ("secondary", "primary")
         );
+    }
+
+    #[test]
+    fn live_targets_are_told_apart_from_stale_ones() {
+        let mut t = table(&[
+            ("auth", "primary"),
+            ("user", "secondary"),
+            ("default", "secondary"),
+        ]);
+        let all = SlotRange::new(0, 16383);
+        assert!(target_serves(&t, "auth", all, "primary"));
+        assert!(!target_serves(&t, "auth", all, "secondary"));
+        // Failed over: the fallback serves the range, the owner holds only stale copies.
+        t.failover.push(crate::routing::table::Failover {
+            category: "auth".into(),
+            start: 0,
+            end: 16383,
+            from: "primary".into(),
+            to: "secondary".into(),
+        });
+        assert!(!target_serves(&t, "auth", all, "primary"));
+        assert!(target_serves(&t, "auth", all, "secondary"));
+        assert!(!target_serves(&t, "nope", all, "secondary"));
     }
 }

@@ -79,6 +79,11 @@ impl Operator {
         self.process.is_running()
     }
 
+    /// SIGKILL, as a node failure would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
     /// Sends SIGTERM and waits up to `grace` for the process to exit.
     pub fn terminate(&mut self, grace: Duration) {
         self.process.terminate(grace);

@@ -83,6 +83,36 @@ impl Sidecar {
         }
     }
 
+    /// Starts a sidecar that follows routing ConfigMap `namespace/name` through the API (and
+    /// reads the Secrets there), as a pod without a mounted table would; waits until ready.
+    pub fn follow(cp: &super::ControlPlane, namespace: &str, name: &str, id: &str) -> Sidecar {
+        let dir = temp_dir("sidecar");
+        let port = free_port();
+        let metrics_port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-fleet"));
+        cmd.arg("sidecar")
+            .args(["--configmap", &format!("{namespace}/{name}")])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--request-timeout", "2s", "--id", id])
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("RUST_LOG", "info,redis_fleet=debug");
+        let mut process = ChildGuard::spawn("redis-fleet sidecar", cmd, &dir.join("sidecar.log"));
+        let ready = wait_until(Duration::from_secs(30), || {
+            process.is_running()
+                && super::operator::http_get(metrics_port, "/readyz")
+                    .is_some_and(|b| b.trim() == "ready")
+        });
+        assert!(ready, "sidecar not ready\n{}", process.log_tail(30));
+        Sidecar {
+            port,
+            metrics_port,
+            routing_file: dir.join("unused"),
+            secrets_dir: dir.join("unused"),
+            process,
+        }
+    }
+
     /// Replaces the table the way the kubelet updates a mounted ConfigMap (atomic rename).
     pub fn update_table(&self, table: &RoutingTable) {
         let tmp = self.routing_file.with_extension("tmp");

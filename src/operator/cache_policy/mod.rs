@@ -285,6 +285,16 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<Context>) -> Result<Ac
                 planned_table.clone()
             };
             desired = Some(planned_table);
+            if rebalance_on {
+                // Draining instances stay reachable for the Jobs (and, while their ranges
+                // migrate, for the sidecars) until they are empty.
+                for v in views.iter().filter(|v| v.drain && v.phase.serves_traffic()) {
+                    table
+                        .instances
+                        .entry(v.name.clone())
+                        .or_insert_with(|| v.endpoint.clone());
+                }
+            }
             let transition = shape_for_rebalance(&mut table, rb.as_ref(), previous_version + 1);
             let changed = previous
                 .as_ref()
@@ -487,7 +497,7 @@ async fn prepare_targets(
     previous: Option<&RoutingTable>,
     next: &RoutingTable,
 ) -> Result<(), Error> {
-    let fresh = routing::newly_served(previous, next);
+    let fresh = routing::stale_before_publishing(previous, next);
     if fresh.is_empty() || previous.is_none() {
         // The very first table: nothing routed anywhere before, nothing can be stale.
         return Ok(());
@@ -705,8 +715,15 @@ fn shape_for_rebalance(
     let r = rb.filter(|r| rebalance::is_active(r))?;
     let moves = rebalance::from_status(&r.moves);
     let step = r.step.as_deref();
+    // Moves into ranges their target already serves (a legacy instance emptied into the
+    // fleet) have nothing to prepare: they go out at once, so the sidecars find those keys.
+    let nothing_to_prepare = moves
+        .iter()
+        .all(|m| crate::rebalance::plan::target_serves(table, &m.category, m.range, &m.to));
     match r.phase.as_str() {
-        rebalance_phase::PREPARING if step == Some(rebalance_step::PREPARED) => {
+        rebalance_phase::PREPARING
+            if step == Some(rebalance_step::PREPARED) || nothing_to_prepare =>
+        {
             rebalance::overlay_migrating(table, &moves, next_version);
             Some(Transition::Flip)
         }
@@ -900,11 +917,12 @@ async fn drive_rebalance(
             reasons.push(plan.reason.clone());
             moves.extend(plan.moves);
         }
-        let legacy = rebalance::legacy_moves(published, views, &sample.category_bytes);
-        if !legacy.is_empty() {
-            reasons.push("draining instances hold data of the policy's categories".to_owned());
-            moves.extend(legacy);
-        }
+    }
+    // Emptying a legacy instance does not wait for the cooldown either.
+    let legacy = rebalance::legacy_moves(published, views, &sample.category_bytes);
+    if !legacy.is_empty() {
+        reasons.push("draining instances hold data of the policy's categories".to_owned());
+        moves.extend(legacy);
     }
     let moves = rebalance::without_overlaps(moves);
     if moves.is_empty() {

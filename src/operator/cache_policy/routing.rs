@@ -502,19 +502,43 @@ pub fn served_ranges(table: &RoutingTable) -> BTreeMap<String, Vec<(String, Slot
         .collect()
 }
 
-/// What each instance serves in `next` but did not serve in `previous`: the ranges whose
-/// stale copies must be deleted from it before `next` is published.
+/// The ranges whose stale copies must be deleted from each instance before `next` is
+/// published: what it serves in `next` but did not serve in `previous`, except the source of
+/// a range migrating in `next`, which holds the very data being moved (a draining legacy
+/// Redis enters the table that way).
+pub fn stale_before_publishing(
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+) -> BTreeMap<String, Vec<(String, SlotRange)>> {
+    let mut before = previous.map(served_ranges).unwrap_or_default();
+    for m in &next.migrating {
+        before
+            .entry(m.from.clone())
+            .or_default()
+            .push((m.category.clone(), SlotRange::new(m.start, m.end)));
+    }
+    difference(&served_ranges(next), &before)
+}
+
+/// What each instance serves in `next` but did not serve in `previous`.
 pub fn newly_served(
     previous: Option<&RoutingTable>,
     next: &RoutingTable,
 ) -> BTreeMap<String, Vec<(String, SlotRange)>> {
     let before = previous.map(served_ranges).unwrap_or_default();
-    let after = served_ranges(next);
+    difference(&served_ranges(next), &before)
+}
+
+/// Per instance, the ranges of `after` not covered by `before`.
+fn difference(
+    after: &BTreeMap<String, Vec<(String, SlotRange)>>,
+    before: &BTreeMap<String, Vec<(String, SlotRange)>>,
+) -> BTreeMap<String, Vec<(String, SlotRange)>> {
     let mut out = BTreeMap::new();
     for (instance, ranges) in after {
         let had: BTreeMap<&str, Vec<bool>> = {
             let mut m: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
-            for (cat, r) in before.get(&instance).map(Vec::as_slice).unwrap_or_default() {
+            for (cat, r) in before.get(instance).map(Vec::as_slice).unwrap_or_default() {
                 let bits = m
                     .entry(cat.as_str())
                     .or_insert_with(|| vec![false; usize::from(SLOT_COUNT)]);
@@ -544,7 +568,7 @@ pub fn newly_served(
             }
         }
         if !fresh.is_empty() {
-            out.insert(instance, fresh);
+            out.insert(instance.clone(), fresh);
         }
     }
     out
@@ -753,17 +777,51 @@ mod tests {
         super::super::rebalance::overlay_migrating(&mut migrating, &moves, 2);
         let finalized = super::super::rebalance::finalize(&migrating, &moves);
         // The flip: the target's stale copies of the range go before it serves it.
-        let flip = newly_served(Some(&before), &migrating);
+        let flip = stale_before_publishing(Some(&before), &migrating);
         assert_eq!(
             flip["secondary"],
             vec![("auth".to_owned(), SlotRange::new(8192, 16383))]
         );
         // The finalize: what the Job copied to the target stays; only the source lets go.
-        assert!(newly_served(Some(&migrating), &finalized).is_empty());
+        assert!(stale_before_publishing(Some(&migrating), &finalized).is_empty());
         let released = newly_served(Some(&finalized), &migrating);
         assert_eq!(
             released["primary"],
             vec![("auth".to_owned(), SlotRange::new(8192, 16383))]
+        );
+    }
+
+    #[test]
+    fn a_draining_legacy_source_is_never_purged_when_it_first_appears() {
+        use crate::rebalance::plan::Move;
+        let before = plan_routing("shop/shop", &shop(), &two(), None)
+            .table
+            .unwrap();
+        let moves = vec![Move {
+            category: "auth".into(),
+            range: SlotRange::new(0, 16383),
+            from: "legacy".into(),
+            to: "primary".into(),
+            bytes: 0,
+        }];
+        let mut migrating = before.clone();
+        super::super::rebalance::overlay_migrating(&mut migrating, &moves, 2);
+        let flip = stale_before_publishing(Some(&before), &migrating);
+        assert!(
+            !flip.contains_key("legacy"),
+            "the legacy Redis holds the data being moved: {flip:?}"
+        );
+        assert_eq!(
+            newly_served(Some(&before), &migrating)["legacy"],
+            vec![("auth".to_owned(), SlotRange::new(0, 16383))],
+            "though it does serve the range from the flip on"
+        );
+        // Once emptied, what is left there is released like any source's.
+        let finalized = super::super::rebalance::finalize(&migrating, &moves);
+        assert!(stale_before_publishing(Some(&migrating), &finalized).is_empty());
+        assert_eq!(
+            newly_served(Some(&finalized), &migrating)["legacy"],
+            vec![("auth".to_owned(), SlotRange::new(0, 16383))]
         );
     }
 
