@@ -1,11 +1,11 @@
 # redis-fleet — the two commands:
 #   make test   everything CI runs: installs what is missing, fmt, clippy, unit + integration tests
-#   make demo   a local control plane with the CRDs and examples applied, left running
+#   make demo   the story on a local control plane: routing, rebalance, a third instance, failover
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
-DEMO_DIR ?= $(CURDIR)/.demo
+PLAYGROUND_DIR ?= $(CURDIR)/.playground
 APT_PACKAGES := redis-server redis-tools openssl
 
 .PHONY: help
@@ -48,11 +48,17 @@ crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 .PHONY: bench
 bench: deps control-plane ## benchmarks (numbers printed side by side; never pass/fail)
 	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) bench --locked --bench publish_latency
+	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) bench --locked --bench rebalance_speed
 
 .PHONY: demo
-demo: deps control-plane ## start a local control plane, apply the CRDs and examples, leave it running
-	@hack/demo.sh "$(DEMO_DIR)"
+demo: deps control-plane ## the story: routing, a rebalance past 80 %, a third instance, a failover; ends cleanly
+	$(CARGO) build --locked --quiet --bin redis-fleet --example demo
+	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" target/debug/examples/demo
 
-.PHONY: demo-stop
-demo-stop: ## stop what `make demo` started
-	@if [ -f "$(DEMO_DIR)/pid" ]; then kill "$$(cat "$(DEMO_DIR)/pid")" 2>/dev/null || true; rm -rf "$(DEMO_DIR)"; echo "demo stopped"; else echo "no demo running"; fi
+.PHONY: playground
+playground: deps control-plane ## a local control plane with the CRDs and examples applied, left running
+	@hack/playground.sh "$(PLAYGROUND_DIR)"
+
+.PHONY: playground-stop
+playground-stop: ## stop what `make playground` started
+	@if [ -f "$(PLAYGROUND_DIR)/pid" ]; then kill "$$(cat "$(PLAYGROUND_DIR)/pid")" 2>/dev/null || true; rm -rf "$(PLAYGROUND_DIR)"; echo "playground stopped"; else echo "no playground running"; fi

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -230,8 +231,19 @@ async fn run_scope(
 
     let owned_wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=redis-fleet");
     let trigger_policies = policy_reader.clone();
+    // Rebalance Jobs live in the policy's namespace or in one Jobs namespace (chart mode);
+    // their labels name the policy, so a Job that fails or completes wakes it at once.
+    let jobs_scope = ctx.jobs.namespace.clone().or(scope.clone());
+    let jobs_wc = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by=redis-fleet,{}={}",
+        crate::rebalance::job::COMPONENT_LABEL.0,
+        crate::rebalance::job::COMPONENT_LABEL.1
+    ));
     let policies = policy_controller
         .owns(api::<ConfigMap>(&client, ns), owned_wc.clone())
+        .watches(api::<Job>(&client, jobs_scope.as_deref()), jobs_wc, |job| {
+            crate::rebalance::job::policy_of(&job)
+        })
         .watches_stream(instance_changes, move |ri| {
             cache_policy::policies_selecting(&trigger_policies, &ri)
         })

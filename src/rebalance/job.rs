@@ -172,6 +172,15 @@ pub fn build(policy: &CachePolicy, plan_id: i64, attempt: i32, settings: &JobSet
     }
 }
 
+/// The policy a rebalance Job works for, from its labels (the Job may run in another
+/// namespace than the policy, so the owner reference is not always there).
+pub fn policy_of(job: &Job) -> Option<kube::runtime::reflector::ObjectRef<CachePolicy>> {
+    let labels = job.metadata.labels.as_ref()?;
+    let name = labels.get(POLICY_LABEL)?;
+    let namespace = labels.get(POLICY_NAMESPACE_LABEL)?;
+    Some(kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+}
+
 /// Whether a Job has finished, and how: `Some(true)` succeeded, `Some(false)` failed.
 pub fn outcome(job: &Job) -> Option<bool> {
     let conditions = job.status.as_ref()?.conditions.as_ref()?;
@@ -238,6 +247,11 @@ mod tests {
         };
         let job = build(&policy(), 3, 2, &settings);
         assert!(job.metadata.owner_references.is_none());
+        let woken = policy_of(&job).unwrap();
+        assert_eq!(
+            (woken.name.as_str(), woken.namespace.as_deref()),
+            ("shop", Some("apps"))
+        );
         let labels = job.metadata.labels.unwrap();
         assert_eq!(
             (

@@ -163,10 +163,13 @@ pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
                 continue;
             }
             let per_slot = if sampled > 0 {
+                // Samples give each category's share; the instance's used memory (which
+                // also counts per-key overhead the samples miss) gives the amount.
+                let scale = inst.used.max(sampled) as f64 / sampled as f64;
                 input
                     .category_bytes
                     .get(&(cat.clone(), inst.name.clone()))
-                    .map_or(0.0, |b| *b as f64 / slots as f64)
+                    .map_or(0.0, |b| *b as f64 * scale / slots as f64)
             } else {
                 inst.used as f64 / owned.max(1) as f64
             };
@@ -657,6 +660,40 @@ mod tests {
         }
         let moved: u64 = plan.moves.iter().map(|m| m.bytes).sum();
         assert!(moved <= 12 * MIB, "moves no more than needed: {moved}");
+    }
+
+    #[test]
+    fn samples_give_shares_and_used_memory_gives_amounts() {
+        // Samples see 2/3 of the used memory (per-key overhead is not in MEMORY USAGE of a
+        // sample): the plan still brings the primary to the mean, not short of it.
+        let current = table(&[
+            ("auth", "primary"),
+            ("order", "primary"),
+            ("user", "secondary"),
+        ]);
+        let instances = vec![inst("primary", "hot", 27), inst("secondary", "warm", 3)];
+        let bytes: BTreeMap<(String, String), u64> = [
+            (("auth".into(), "primary".into()), 9 * MIB),
+            (("order".into(), "primary".into()), 9 * MIB),
+            (("user".into(), "secondary".into()), 2 * MIB),
+        ]
+        .into();
+        let input = PlanInput {
+            current: &current,
+            desired: None,
+            instances: &instances,
+            category_bytes: &bytes,
+            categories: &tiers(),
+            threshold_percent: 80,
+            force: false,
+        };
+        let plan = plan(&input).expect("a plan");
+        let moved: u64 = plan.moves.iter().map(|m| m.bytes).sum();
+        // (27 − 3) / 2 = 12 MiB to move, within one slot's worth.
+        assert!(
+            moved.abs_diff(12 * MIB) < MIB / 100,
+            "{moved} bytes planned: {plan:#?}"
+        );
     }
 
     #[test]

@@ -15,11 +15,24 @@ pub mod node;
 pub mod operator;
 pub mod sidecar;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::Resource;
 use kube::api::Api;
 use serde::de::DeserializeOwned;
+
+/// The `redis-fleet` binary under test: the one Cargo built for this test or bench target;
+/// for other targets (the demo) `REDIS_FLEET_BIN`, else `target/debug/redis-fleet`.
+pub fn redis_fleet_binary() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_redis-fleet") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::var_os("REDIS_FLEET_BIN").map_or_else(
+            || control_plane::project_root().join("target/debug/redis-fleet"),
+            PathBuf::from,
+        ),
+    }
+}
 
 /// Waits (with a watch, not a sleep loop) until object `name` satisfies `cond`, and returns
 /// it; panics with `what` and the last state seen after `timeout`.

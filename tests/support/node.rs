@@ -139,7 +139,7 @@ async fn run(
                 .await;
             let out = std::fs::File::create(&log).ok();
             let err = out.as_ref().and_then(|f| f.try_clone().ok());
-            let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redis-fleet"));
+            let mut cmd = tokio::process::Command::new(super::redis_fleet_binary());
             cmd.args(&args)
                 .env("KUBECONFIG", &kubeconfig)
                 .env("POD_NAME", &name)

@@ -31,7 +31,7 @@ impl Operator {
         let dir = temp_dir("operator");
         let log = dir.join("operator.log");
         let metrics_port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-fleet"));
+        let mut cmd = Command::new(super::redis_fleet_binary());
         cmd.arg("operator")
             .args(["--namespace", namespace])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])

@@ -49,7 +49,7 @@ impl Sidecar {
         std::fs::create_dir_all(&secrets_dir).expect("secrets dir");
         let port = free_port();
         let metrics_port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-fleet"));
+        let mut cmd = Command::new(super::redis_fleet_binary());
         cmd.arg("sidecar")
             .arg("--routing-file")
             .arg(&routing_file)
@@ -89,7 +89,7 @@ impl Sidecar {
         let dir = temp_dir("sidecar");
         let port = free_port();
         let metrics_port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-fleet"));
+        let mut cmd = Command::new(super::redis_fleet_binary());
         cmd.arg("sidecar")
             .args(["--configmap", &format!("{namespace}/{name}")])
             .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -1091,7 +1091,13 @@ pub async fn sample_instances(
         let Ok(mut conn) = target.connect(Duration::from_secs(2)).await else {
             continue;
         };
-        match crate::rebalance::sample::sample_categories(&mut conn, &resolver, 64).await {
+        match crate::rebalance::sample::sample_categories(
+            &mut conn,
+            &resolver,
+            crate::rebalance::sample::SAMPLE_KEYS,
+        )
+        .await
+        {
             Ok(s) => {
                 for (cat, bytes) in s.category_bytes {
                     out.category_bytes.insert((cat, name.clone()), bytes);

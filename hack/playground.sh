@@ -3,10 +3,10 @@
 # CRDs and the examples, shows them, and leaves the control plane running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-state="${1:-$PWD/.demo}"
+state="${1:-$PWD/.playground}"
 
 if [[ -f "$state/pid" ]] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
-  echo "a demo is already running (make demo-stop to stop it)"
+  echo "a playground is already running (make playground-stop to stop it)"
 else
   rm -rf "$state"
   mkdir -p "$state"
@@ -36,5 +36,5 @@ The control plane keeps running. Try:
   export KUBECONFIG=$KUBECONFIG
   kubectl get redis-fleet -o wide
   kubectl apply -f examples/third-instance.yaml
-Stop it with: make demo-stop
+Stop it with: make playground-stop
 MSG

@@ -1,0 +1,325 @@
+//! `make demo`: the user's story, end to end, on a local control plane.
+//!
+//! Two 30 MB Redis servers (`primary` hot, `secondary` warm) as in `examples/`, the real
+//! operator, a sidecar, and a workload writing the shop's categories through the sidecar. It
+//! shows the routing, fills the primary past its 80 % threshold and follows the rebalance,
+//! applies `examples/third-instance.yaml` and follows the data spreading to it, then kills one
+//! Redis and shows the failover — printing `redis-fleet status` after each step. Everything it
+//! started stops when it ends (or fails, or is interrupted).
+//!
+//! There is no kubelet here: a small stand-in (the test harness's `Node`) runs the rebalance
+//! Jobs' pods as local processes and reports their outcome through the API, like the tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kube::api::Api;
+use redis_fleet::api::cache_policy::{CachePolicy, rebalance_phase};
+use redis_fleet::routing::table::{RoutingTable, TABLE_KEY};
+use support::node::Node;
+use support::operator::Operator;
+use support::redis_fleet_binary;
+use support::shop::{example, example_policy, kubectl_apply, server_with_password};
+use support::sidecar::Sidecar;
+use support::{ControlPlane, RedisServer};
+
+/// The shop's keys: hot categories (auth, order, notification) and warm ones (user, menu).
+const HOT: [&str; 4] = ["auth:", "session:", "order:", "notification:"];
+const WARM: [&str; 2] = ["user:", "menu:"];
+const CAPACITY: u64 = 30 << 20;
+
+fn step(title: &str) {
+    println!("\n\x1b[1m==> {title}\x1b[0m");
+}
+
+fn status(cp: &ControlPlane, ns: &str) {
+    let out = Command::new(redis_fleet_binary())
+        .args(["status", "-n", ns])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("COLUMNS", "110")
+        .output()
+        .expect("running redis-fleet status");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn apply(cp: &ControlPlane, ns: &str, what: &str, yaml: &str) {
+    println!("$ kubectl apply -f {what}");
+    let out = kubectl_apply(cp, ns, yaml);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn used_memory(server: &RedisServer) -> u64 {
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn dbsize(server: &RedisServer) -> u64 {
+    let Ok(mut c) = server.client().get_multiplexed_async_connection().await else {
+        return 0;
+    };
+    redis::cmd("DBSIZE").query_async(&mut c).await.unwrap_or(0)
+}
+
+fn value(key: &str) -> String {
+    format!("{key}:{}", "x".repeat(600))
+}
+
+/// Writes keys of `prefixes` through the sidecar, 1 000 per pipeline, until `stop` says so.
+async fn write_until(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefixes: &[&str],
+    first: usize,
+    mut stop: impl AsyncFnMut(usize) -> bool,
+) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut n = first;
+    loop {
+        let mut pipe = redis::pipe();
+        for _ in 0..1_000 {
+            let key = format!("{}{n}", prefixes[n % prefixes.len()]);
+            pipe.cmd("SET").arg(&key).arg(value(&key)).ignore();
+            keys.push(key);
+            n += 1;
+        }
+        let () = pipe
+            .query_async(conn)
+            .await
+            .expect("writing through the sidecar");
+        if stop(keys.len()).await {
+            return keys;
+        }
+    }
+}
+
+/// Reads every key back through the sidecar; returns how many came back with their value.
+async fn read_back(conn: &mut redis::aio::MultiplexedConnection, keys: &[String]) -> usize {
+    let mut good = 0;
+    for chunk in keys.chunks(1_000) {
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(chunk)
+            .query_async(conn)
+            .await
+            .expect("reading through the sidecar");
+        good += chunk
+            .iter()
+            .zip(values)
+            .filter(|(k, v)| v.as_deref() == Some(value(k).as_str()))
+            .count();
+    }
+    good
+}
+
+/// Follows the rebalance after plan `after` until it succeeds, printing its progress.
+async fn follow_rebalance(policies: &Api<CachePolicy>, after: i64, node: &Node) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut last = String::new();
+    loop {
+        let p = policies.get("shop").await.unwrap();
+        if let Some(r) = p.status.and_then(|s| s.rebalance)
+            && r.plan_id > after
+        {
+            let line = format!(
+                "   plan {} · {} · {} · {} / {} keys",
+                r.plan_id,
+                r.phase,
+                r.step.as_deref().unwrap_or("-"),
+                r.keys_moved.unwrap_or(0),
+                r.keys_total.unwrap_or(0)
+            );
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+            assert_ne!(
+                r.phase,
+                rebalance_phase::FAILED,
+                "the rebalance failed: {r:#?}\n{}",
+                node.all_logs()
+            );
+            if r.phase == rebalance_phase::SUCCEEDED {
+                return r.plan_id;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rebalance finished\n{}",
+            node.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn table(cp: &ControlPlane, ns: &str) -> Option<RoutingTable> {
+    let client = cp.client().await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, ns);
+    let cm = cms.get_opt("shop-redis-routing").await.ok()??;
+    RoutingTable::from_json(cm.data?.get(TABLE_KEY)?).ok()
+}
+
+#[tokio::main]
+async fn main() {
+    let started = Instant::now();
+    step("a local Kubernetes control plane: etcd + kube-apiserver + kube-controller-manager");
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    println!("$ kubectl apply -f crds/");
+    cp.install_crds(&client).await;
+    let ns = cp.namespace(&client, "shop").await;
+    println!("namespace {ns}, API server {}", cp.server);
+
+    step("two 30 MB Redis servers stand in for the hosted primary (hot) and secondary (warm)");
+    let primary = server_with_password("change-me-primary");
+    let secondary = server_with_password("change-me-secondary");
+    println!(
+        "primary on {}, secondary on {}",
+        primary.addr(),
+        secondary.addr()
+    );
+    let _operator = Operator::start(cp, &ns);
+    let node = Node::start(cp, &ns);
+    apply(
+        cp,
+        &ns,
+        "examples/redis-instances.yaml",
+        &example(
+            "redis-instances.yaml",
+            &[
+                ("redis-primary.example.com", &primary),
+                ("redis-secondary.example.com", &secondary),
+            ],
+        ),
+    );
+    // The demo does not wait five minutes between two rebalances.
+    let policy = example_policy().replace("      cooldown: 5m\n", "      cooldown: 10s\n");
+    apply(
+        cp,
+        &ns,
+        "examples/cache-policy.yaml (cooldown 10s)",
+        &policy,
+    );
+    let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while table(cp, &ns).await.is_none() {
+        assert!(Instant::now() < deadline, "no routing table published");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sidecar = Sidecar::follow(cp, &ns, "shop-redis-routing", "shop-api-7d9f");
+    println!(
+        "the operator published the routing table; a sidecar serves it on 127.0.0.1:{}",
+        sidecar.port
+    );
+    status(cp, &ns);
+
+    step("the shop writes through the sidecar until the primary passes 80 %");
+    let mut app = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut keys = write_until(&mut app, &WARM, 0, async |n| n >= 4_000).await;
+    let hot = write_until(&mut app, &HOT, 1_000_000, async |_| {
+        used_memory(&primary).await * 100 > CAPACITY * 83
+    })
+    .await;
+    keys.extend(hot);
+    println!(
+        "{} keys written; primary at {}% of 30 MB, secondary at {}%",
+        keys.len(),
+        used_memory(&primary).await * 100 / CAPACITY,
+        used_memory(&secondary).await * 100 / CAPACITY
+    );
+
+    step("the operator plans a rebalance and a Job moves slots and their data online");
+    let plan = follow_rebalance(&policies, 0, &node).await;
+    println!(
+        "primary at {}%, secondary at {}%; {} of {} keys read back intact through the sidecar",
+        used_memory(&primary).await * 100 / CAPACITY,
+        used_memory(&secondary).await * 100 / CAPACITY,
+        read_back(&mut app, &keys).await,
+        keys.len()
+    );
+    status(cp, &ns);
+
+    step("a third 30 MB instance joins the warm tier (examples/third-instance.yaml)");
+    let tertiary = server_with_password("change-me-tertiary");
+    apply(
+        cp,
+        &ns,
+        "examples/third-instance.yaml",
+        &example(
+            "third-instance.yaml",
+            &[("redis-tertiary.example.com", &tertiary)],
+        ),
+    );
+    follow_rebalance(&policies, plan, &node).await;
+    println!(
+        "keys per instance: primary {}, secondary {}, tertiary {}; {} of {} keys read back intact",
+        dbsize(&primary).await,
+        dbsize(&secondary).await,
+        dbsize(&tertiary).await,
+        read_back(&mut app, &keys).await,
+        keys.len()
+    );
+    status(cp, &ns);
+
+    step("the secondary's Redis dies (kill -9): its slots fail over");
+    let before = table(cp, &ns).await.map_or(0, |t| t.version);
+    let mut secondary = secondary;
+    secondary.kill();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(t) = table(cp, &ns).await
+            && t.version > before
+            && t.failover.iter().any(|f| f.from == "secondary")
+        {
+            println!(
+                "routing v{}: {} failover entries for the secondary",
+                t.version,
+                t.failover.iter().filter(|f| f.from == "secondary").count()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failover published");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _: () = redis::cmd("SET")
+        .arg("user:after-failover")
+        .arg("still served")
+        .query_async(&mut app)
+        .await
+        .expect("a write after the failover");
+    let back: String = redis::cmd("GET")
+        .arg("user:after-failover")
+        .query_async(&mut app)
+        .await
+        .unwrap();
+    println!("SET/GET user:after-failover through the sidecar → {back:?}");
+    status(cp, &ns);
+
+    step(&format!(
+        "done in {:.0?}; stopping everything the demo started",
+        started.elapsed()
+    ));
+}
