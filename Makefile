@@ -46,8 +46,19 @@ crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 	cp crds/redis-fleet.crds.yaml charts/redis-fleet/crds/redis-fleet.crds.yaml
 
 .PHONY: bench
-bench: deps control-plane ## benchmarks (numbers printed side by side; never pass/fail)
+bench: bench-proxy bench-publish bench-rebalance ## all benchmarks (numbers printed side by side; never pass/fail)
+
+.PHONY: bench-proxy
+bench-proxy: ## sidecar vs direct Redis vs twemproxy: throughput, added latency, memory (bench/proxy.sh)
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_PACKAGES) nutcracker"
+	bench/proxy.sh
+
+.PHONY: bench-publish
+bench-publish: deps control-plane ## instance phase change → routing ConfigMap published (bench/publish_latency.rs)
 	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) bench --locked --bench publish_latency
+
+.PHONY: bench-rebalance
+bench-rebalance: deps control-plane ## 1M keys moved by a rebalance Job: keys/s, MB/s, foreground p99 (bench/rebalance_speed.rs)
 	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) bench --locked --bench rebalance_speed
 
 .PHONY: demo

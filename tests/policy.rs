@@ -416,6 +416,41 @@ async fn a_dead_instance_fails_over_in_budget_and_fails_back_without_stale_keys(
         .await
         .unwrap();
     assert!(warm_kept, "only the failed-over ranges are purged");
+    // The policy says so: Degraded (reason FailedOver) and a FailoverStarted Event.
+    let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &ns);
+    wait_for(
+        &policies,
+        "shop",
+        Duration::from_secs(10),
+        "Degraded=True while failed over",
+        |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Degraded" && c.status == "True" && c.reason == "FailedOver"
+                })
+            })
+        },
+    )
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = events.list(&Default::default()).await.unwrap();
+        let started = list.items.iter().find(|e| {
+            e.reason.as_deref() == Some("FailoverStarted")
+                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("CachePolicy")
+        });
+        if let Some(e) = started {
+            let note = e.note.clone().unwrap_or_default();
+            assert!(
+                note.contains("primary is unreachable") && note.contains("secondary"),
+                "{note}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no FailoverStarted Event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Writes during the failover land on the secondary (as a sidecar would send them).
     let _: () = redis::cmd("SET")
         .arg("session:42")
@@ -457,7 +492,6 @@ async fn a_dead_instance_fails_over_in_budget_and_fails_back_without_stale_keys(
         stale, None,
         "failback purged the stale copy before routing back"
     );
-    let policies: Api<CachePolicy> = Api::namespaced(client, &ns);
     let p = wait_for(
         &policies,
         "shop",
@@ -505,12 +539,8 @@ async fn runtime_changes_republish_and_bad_ones_are_refused_or_reported() {
         Some(7_200_000)
     );
 
-    // A strategy change republishes (Pinned: each category on one instance).
-    let patch = serde_json::json!({"spec": {"balancing": {"strategy": "ConsistentHash"}}});
-    shop.policies
-        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    // An instance relabelled into the warm tier: warm categories spread over both, hot ones
+    // have no tier of their own and use their fallback tier (warm).
     let patch = serde_json::json!({"metadata": {"labels": {"redisfleet.io/tier": "warm"}}});
     shop.instances
         .patch("primary", &PatchParams::default(), &Patch::Merge(&patch))
@@ -523,11 +553,68 @@ async fn runtime_changes_republish_and_bad_ones_are_refused_or_reported() {
         Duration::from_secs(10),
     )
     .await;
-    assert!(v3 > v2);
-    // Both instances are warm now: warm categories spread over both, hot ones have no tier
-    // of their own and use their fallback tier (warm).
     let user: BTreeSet<&str> = t3.category("user").unwrap().owners().into_iter().collect();
     assert_eq!(user.len(), 2, "{user:?}");
+
+    // The strategy alone republishes (Pinned: each category on one instance).
+    let patch = serde_json::json!({"spec": {"balancing": {"strategy": "Pinned"}}});
+    shop.policies
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let (v4, t4, _) = wait_for_version(
+        &shop.configmaps,
+        "shop-redis-routing",
+        v3,
+        Duration::from_secs(10),
+    )
+    .await;
+    for cat in &t4.categories {
+        let owners: BTreeSet<&str> = cat.owners().into_iter().collect();
+        assert_eq!(owners.len(), 1, "{}: {owners:?}", cat.name);
+    }
+
+    // Prefixes and tiers edited in the YAML (kubectl apply) republish too.
+    let patch = serde_json::json!({"metadata": {"labels": {"redisfleet.io/tier": "hot"}}});
+    shop.instances
+        .patch("primary", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let edited = std::fs::read_to_string(project_root().join("examples/cache-policy.yaml"))
+        .unwrap()
+        .replace("      enabled: true\n", "      enabled: false\n")
+        .replace("keyPrefixes: [\"order:\"]", "keyPrefixes: [\"order:\", \"checkout:\"]")
+        .replace(
+            "    - name: menu\n      keyPrefixes: [\"menu:\", \"restaurant:\"]\n      tier: warm\n      fallbackTier: hot\n",
+            "    - name: menu\n      keyPrefixes: [\"menu:\", \"restaurant:\"]\n      tier: hot\n      fallbackTier: warm\n",
+        );
+    assert!(edited.contains("\"checkout:\"") && edited.contains("restaurant:\"]\n      tier: hot"));
+    let out = kubectl_apply(shop.cp, &shop.ns, &edited);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut version = v4;
+    loop {
+        let (v, t, _) = wait_for_version(
+            &shop.configmaps,
+            "shop-redis-routing",
+            version,
+            Duration::from_secs(10),
+        )
+        .await;
+        version = v;
+        let resolver = Resolver::new(t.clone()).unwrap();
+        let checkout = resolver.resolve(b"checkout:1");
+        let menu: BTreeSet<&str> = t.category("menu").unwrap().owners().into_iter().collect();
+        let order_id = t.categories.iter().position(|c| c.name == "order").unwrap();
+        if usize::from(checkout.category) == order_id && menu == BTreeSet::from(["primary"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v{v}: {t:#?}");
+    }
 
     // A change the CRD rules refuse never reaches the operator.
     let bad = std::fs::read_to_string(project_root().join("examples/cache-policy.yaml"))

@@ -366,6 +366,67 @@ async fn category_ttl_defaults_and_caps_are_applied() {
         .unwrap_err();
     assert!(err.to_string().contains("TTL cap"), "{err}");
 
+    // Keys created by multi-key commands (destinations, MSETNX) get the rules too.
+    let _: () = conn.rpush("auth:src", &["a", "b"]).await.unwrap();
+    let _: String = redis::cmd("LMOVE")
+        .arg("auth:src")
+        .arg("auth:dst")
+        .arg("LEFT")
+        .arg("RIGHT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let t = pttl("auth:dst").await;
+    assert!(
+        (3_590_000..=3_600_000).contains(&t),
+        "LMOVE destination: {t}"
+    );
+    let _: i64 = redis::cmd("MSETNX")
+        .arg("auth:m1")
+        .arg("v")
+        .arg("session:m2")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for k in ["auth:m1", "session:m2"] {
+        let t = pttl(k).await;
+        assert!((3_590_000..=3_600_000).contains(&t), "MSETNX {k}: {t}");
+    }
+
+    // Inside MULTI: expiries are capped, written keys get the default (right after EXEC).
+    let (_, _): (i64, i64) = redis::pipe()
+        .atomic()
+        .hset("auth:tx", "f", "v")
+        .expire("auth:long", 999_999)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        pttl("auth:long").await <= 7_200_000,
+        "EXPIRE in MULTI capped"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let t = pttl("auth:tx").await;
+        if (3_590_000..=3_600_000).contains(&t) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HSET in MULTI gets the default: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = redis::pipe()
+        .atomic()
+        .cmd("PERSIST")
+        .arg("auth:tx")
+        .query_async::<(i64,)>(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TTL cap"), "{err}");
+
     // Other categories are untouched.
     let _: () = conn.set("user:1", "v").await.unwrap();
     let mut db = b.client().get_multiplexed_async_connection().await.unwrap();

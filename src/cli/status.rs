@@ -2449,6 +2449,7 @@ mod tests {
                 },
             ],
             placement_bases: vec![],
+            strategy: None,
         };
         table.validate().unwrap();
         let cm: ConfigMap = serde_json::from_value(json!({

@@ -28,27 +28,49 @@ pub const LEASE_PREFIX: &[u8] = b"redisfleet:lease:";
 /// How long a mover owns a key; after that, another mover may take over its tombstone.
 pub const LEASE_MS: u64 = 5_000;
 
+/// The take step as a Lua function, shared by the one-key and the many-key scripts.
+macro_rules! take_function {
+    () => {
+        r"
+local function take(key, tomb, lease, owner, ms, limit)
+  if redis.call('EXISTS', lease) == 1 then return {'BUSY'} end
+  local from = key
+  if redis.call('EXISTS', tomb) == 1 then
+    from = tomb
+  elseif redis.call('EXISTS', key) == 0 then
+    return {'NONE'}
+  end
+  local ttl = redis.call('PTTL', from)
+  local big = limit > 0 and (redis.call('MEMORY', 'USAGE', from, 'SAMPLES', 0) or 0) > limit
+  local dump = false
+  if not big then dump = redis.call('DUMP', from) end
+  if from == key then redis.call('RENAME', key, tomb) end
+  redis.call('SET', lease, owner, 'PX', ms)
+  if big then return {'BIG', redis.call('TYPE', tomb)['ok'], ttl} end
+  return {'MOVED', dump, ttl}
+end
+"
+    };
+}
+
 /// Takes a key out of the source. KEYS: key, tombstone, lease. ARGV: owner, lease ms, and the
 /// largest value (MEMORY USAGE bytes) returned as a DUMP — larger ones answer `BIG` and are
 /// copied piece by piece from the tombstone (0: no limit).
-pub const TAKE_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'BUSY'} end
-local from = KEYS[1]
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  from = KEYS[2]
-elseif redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'NONE'}
-end
-local limit = tonumber(ARGV[3])
-local ttl = redis.call('PTTL', from)
-local big = limit > 0 and (redis.call('MEMORY', 'USAGE', from, 'SAMPLES', 0) or 0) > limit
-local dump = false
-if not big then dump = redis.call('DUMP', from) end
-if from == KEYS[1] then redis.call('RENAME', KEYS[1], KEYS[2]) end
-redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
-if big then return {'BIG', redis.call('TYPE', KEYS[2])['ok'], ttl} end
-return {'MOVED', dump, ttl}
-";
+pub const TAKE_SCRIPT: &str = concat!(
+    take_function!(),
+    "return take(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]))\n"
+);
+
+/// [`TAKE_SCRIPT`] for many keys in one call (the bulk copy): KEYS are (key, tombstone, lease)
+/// triples, the reply is one take reply per key, in order.
+pub const TAKE_MANY_SCRIPT: &str = concat!(
+    take_function!(),
+    "local out = {}\n",
+    "for i = 1, #KEYS, 3 do\n",
+    "  out[#out + 1] = take(KEYS[i], KEYS[i + 1], KEYS[i + 2], ARGV[1], ARGV[2], tonumber(ARGV[3]))\n",
+    "end\n",
+    "return out\n"
+);
 
 /// Ends a move. KEYS: tombstone, lease. ARGV: owner.
 pub const FINISH_SCRIPT: &str = r"
@@ -57,6 +79,19 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
   return 1
 end
 return 0
+";
+
+/// [`FINISH_SCRIPT`] for many keys: KEYS are (tombstone, lease) pairs; replies how many were
+/// still ours.
+pub const FINISH_MANY_SCRIPT: &str = r"
+local done = 0
+for i = 1, #KEYS, 2 do
+  if redis.call('GET', KEYS[i + 1]) == ARGV[1] then
+    redis.call('DEL', KEYS[i], KEYS[i + 1])
+    done = done + 1
+  end
+end
+return done
 ";
 
 /// `redisfleet:tomb:<key>`.

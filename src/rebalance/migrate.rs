@@ -39,7 +39,7 @@ use crate::sidecar::resp::Frame;
 use crate::sidecar::router::{referenced_secrets, target_of};
 
 use super::keymove::{
-    self, FINISH_SCRIPT, LEASE_MS, MoveError, Restored, TAKE_SCRIPT, TOMB_PREFIX, Taken,
+    self, FINISH_MANY_SCRIPT, LEASE_MS, MoveError, Restored, TAKE_MANY_SCRIPT, TOMB_PREFIX, Taken,
 };
 use super::sample::heartbeats;
 
@@ -232,8 +232,8 @@ impl Job {
                 target,
                 conn,
             };
-            take_sha = load_script(&mut instance, TAKE_SCRIPT).await?;
-            finish_sha = load_script(&mut instance, FINISH_SCRIPT).await?;
+            take_sha = load_script(&mut instance, TAKE_MANY_SCRIPT).await?;
+            finish_sha = load_script(&mut instance, FINISH_MANY_SCRIPT).await?;
             instances.insert(name.clone(), instance);
         }
         let mut steps = Vec::new();
@@ -421,31 +421,63 @@ impl Job {
             if checkpoint != ScanCheckpoint::default() {
                 info!(move = index, ?checkpoint, "resuming from the checkpoint");
             }
+            let mover = self.mover(&from, &to)?;
+            let mut scan_conn = mover.from.clone();
             let mut scan = RangeScan::resume(&resolver, category, &[range], checkpoint);
+            // Batches in flight, in scan order: the source takes the next ones while the
+            // target restores earlier ones. A scan position is checkpointed once every batch
+            // before it has landed.
+            let mut in_flight = futures::stream::FuturesOrdered::new();
+            let mut scanned_all = false;
             loop {
-                let source = self.instance(&from)?;
-                let Some(batch) = scan
-                    .next_batch(&mut source.conn)
-                    .await
-                    .map_err(|e| source.err(&e))?
-                else {
+                while !scanned_all && in_flight.len() < BATCHES_IN_FLIGHT {
+                    let Some(batch) = scan
+                        .next_batch(&mut scan_conn.conn)
+                        .await
+                        .map_err(|e| scan_conn.err(&e))?
+                    else {
+                        scanned_all = true;
+                        break;
+                    };
+                    let chunks: Vec<Vec<Vec<u8>>> =
+                        batch.chunks(self.batch_size).map(<[_]>::to_vec).collect();
+                    let last = chunks.len().saturating_sub(1);
+                    let position = scan.checkpoint();
+                    if chunks.is_empty() {
+                        // Nothing of the range in this stretch: only the position moves.
+                        in_flight.push_back(tokio::spawn(futures::future::ready(Ok((
+                            BatchOutcome::default(),
+                            Some(position),
+                        )))));
+                    }
+                    for (n, chunk) in chunks.into_iter().enumerate() {
+                        let mover = mover.clone();
+                        let at = (n == last).then_some(position);
+                        // A task of its own: a batch holds its keys' leases, so it must run
+                        // to the end while the Job paces, checkpoints or reports.
+                        in_flight.push_back(tokio::spawn(async move {
+                            mover.move_batch(chunk).await.map(|o| (o, at))
+                        }));
+                    }
+                }
+                let Some(done) = futures::StreamExt::next(&mut in_flight).await else {
                     break;
                 };
-                for chunk in batch.chunks(self.batch_size) {
-                    let moved = self.move_batch(&from, &to, chunk).await?;
-                    self.moved += moved;
-                    self.pace().await;
+                let (outcome, position) =
+                    done.map_err(|e| Error::Setup(format!("a batch of the copy panicked: {e}")))??;
+                self.moved += self.settle(&from, &to, outcome).await?;
+                if let Some(cp) = position {
+                    let source = self.instance(&from)?;
+                    let _: () = redis::cmd("SET")
+                        .arg(&key)
+                        .arg(format!("{}:{}", cp.pattern, cp.cursor))
+                        .arg("EX")
+                        .arg(86_400)
+                        .query_async(&mut source.conn)
+                        .await
+                        .map_err(|e| source.err(&e))?;
                 }
-                let cp = scan.checkpoint();
-                let source = self.instance(&from)?;
-                let _: () = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(format!("{}:{}", cp.pattern, cp.cursor))
-                    .arg("EX")
-                    .arg(86_400)
-                    .query_async(&mut source.conn)
-                    .await
-                    .map_err(|e| source.err(&e))?;
+                self.pace().await;
                 if self.last_report.elapsed() > Duration::from_secs(1) {
                     self.report(rebalance_step::COPYING, &[]).await?;
                 }
@@ -453,7 +485,6 @@ impl Job {
         }
         Ok(())
     }
-
     /// Rescans every range until no key and no abandoned tombstone is left (keys a sidecar
     /// was moving meanwhile, keys whose mover died).
     async fn sweep(&mut self) -> Result<(), Error> {
@@ -501,9 +532,7 @@ impl Job {
                     cursor = next;
                 }
                 found += keys.len();
-                for chunk in keys.chunks(self.batch_size) {
-                    self.moved += self.move_batch(&from, &to, chunk).await?;
-                }
+                self.move_keys(&from, &to, &keys).await?;
             }
             if found == 0 {
                 return Ok(());
@@ -544,143 +573,44 @@ impl Job {
         }
     }
 
-    /// Moves a batch of keys; returns how many were moved (keys another mover holds are left
-    /// for the sweep).
-    async fn move_batch(&mut self, from: &str, to: &str, keys: &[Vec<u8>]) -> Result<u64, Error> {
-        let owner = self.config.owner.clone();
-        let take_sha = self.take_sha.clone();
-        let finish_sha = self.finish_sha.clone();
-        // 1. Take them all out of the source (one pipeline).
-        let source = self.instance(from)?;
-        let mut pipe = redis::pipe();
-        for k in keys {
-            let kb = Bytes::copy_from_slice(k);
-            pipe.cmd("EVALSHA")
-                .arg(&take_sha)
-                .arg(3)
-                .arg(k)
-                .arg(keymove::tomb_key(&kb).as_ref())
-                .arg(keymove::lease_key(&kb).as_ref())
-                .arg(&owner)
-                .arg(LEASE_MS)
-                .arg(BIG_VALUE_BYTES);
-        }
-        let taken: Vec<redis::Value> = pipe
-            .query_async(&mut source.conn)
-            .await
-            .map_err(|e| source.err(&e))?;
-        let mut restores: Vec<(usize, Vec<Bytes>)> = Vec::new();
-        let mut piecewise: Vec<(usize, i64)> = Vec::new();
-        let mut finish: Vec<usize> = Vec::new();
-        for (i, value) in taken.iter().enumerate() {
-            let key = Bytes::copy_from_slice(&keys[i]);
-            match keymove::parse_taken(&to_frame(value)).map_err(|source| Error::Move {
-                key: String::from_utf8_lossy(&keys[i]).into_owned(),
-                source,
-            })? {
-                Taken::None | Taken::Busy => {}
-                Taken::Value { dump, pttl } => match keymove::restore_command(&key, &dump, pttl) {
-                    Some(cmd) => restores.push((i, cmd)),
-                    None => finish.push(i),
-                },
-                Taken::Big { pttl, .. } => piecewise.push((i, pttl)),
-            }
-        }
-        // 2. Restore on the target (one pipeline); BUSYKEY: the target's value is newer.
-        if !restores.is_empty() {
-            let target = self.instance(to)?;
-            let mut pipe = redis::pipe();
-            for (_, cmd) in &restores {
-                let c = pipe.cmd("RESTORE");
-                for a in &cmd[1..] {
-                    c.arg(a.as_ref());
-                }
-            }
-            // A per-command error must not fail the pipeline: read each reply as a value.
-            let replies: Vec<redis::Value> = match pipe.query_async(&mut target.conn).await {
-                Ok(r) => r,
-                Err(e) if e.kind() == redis::ErrorKind::Extension || e.code().is_some() => {
-                    // Fall back to one by one to learn which failed.
-                    let mut out = Vec::with_capacity(restores.len());
-                    for (_, cmd) in &restores {
-                        let mut c = redis::cmd("RESTORE");
-                        for a in &cmd[1..] {
-                            c.arg(a.as_ref());
-                        }
-                        out.push(
-                            match c.query_async::<redis::Value>(&mut target.conn).await {
-                                Ok(v) => v,
-                                Err(e) => redis::Value::SimpleString(format!("ERR:{e}")),
-                            },
-                        );
-                    }
-                    out
-                }
-                Err(e) => return Err(target.err(&e)),
-            };
-            for ((i, _), reply) in restores.iter().zip(replies) {
-                let frame = match reply {
-                    redis::Value::SimpleString(s) if s.starts_with("ERR:") => {
-                        let text = s.trim_start_matches("ERR:").to_owned();
-                        let code = if text.contains("BUSYKEY") || text.contains("already exists") {
-                            "BUSYKEY Target key name already exists."
-                        } else {
-                            text.as_str()
-                        };
-                        Frame::Error(Bytes::from(code.to_owned()))
-                    }
-                    other => to_frame(&other),
-                };
-                match keymove::parse_restored(&frame) {
-                    Ok(Restored::Done | Restored::TargetNewer) => finish.push(*i),
-                    Err(MoveError::NotPortable(_)) => {
-                        let pttl = self.tomb_pttl(from, &keys[*i]).await?;
-                        piecewise.push((*i, pttl));
-                    }
-                    Err(source) => {
-                        return Err(Error::Move {
-                            key: String::from_utf8_lossy(&keys[*i]).into_owned(),
-                            source,
-                        });
-                    }
-                }
-            }
-        }
-        // Big or non-portable values, piece by piece from the tombstone.
-        for (i, pttl) in piecewise {
-            self.copy_piecewise(from, to, &keys[i], pttl).await?;
-            finish.push(i);
-        }
-        // 3. Finish on the source (one pipeline).
-        if !finish.is_empty() {
-            let source = self.instance(from)?;
-            let mut pipe = redis::pipe();
-            for i in &finish {
-                let kb = Bytes::copy_from_slice(&keys[*i]);
-                pipe.cmd("EVALSHA")
-                    .arg(&finish_sha)
-                    .arg(2)
-                    .arg(keymove::tomb_key(&kb).as_ref())
-                    .arg(keymove::lease_key(&kb).as_ref())
-                    .arg(&owner)
-                    .ignore();
-            }
-            let () = pipe
-                .query_async(&mut source.conn)
-                .await
-                .map_err(|e| source.err(&e))?;
-        }
-        Ok(finish.len() as u64)
+    /// A mover for keys from `from` to `to`, to be cloned into each batch in flight.
+    fn mover(&mut self, from: &str, to: &str) -> Result<Mover, Error> {
+        let side = |i: &Instance| Side {
+            name: i.name.clone(),
+            credentials: i.target.credentials.clone(),
+            conn: i.conn.clone(),
+        };
+        let from = side(self.instance(from)?);
+        let to = side(self.instance(to)?);
+        Ok(Mover {
+            from,
+            to,
+            take_sha: self.take_sha.clone(),
+            finish_sha: self.finish_sha.clone(),
+            owner: self.config.owner.clone(),
+        })
     }
 
-    async fn tomb_pttl(&mut self, from: &str, key: &[u8]) -> Result<i64, Error> {
-        let source = self.instance(from)?;
-        let tomb = keymove::tomb_key(key);
-        redis::cmd("PTTL")
-            .arg(tomb.as_ref())
-            .query_async(&mut source.conn)
-            .await
-            .map_err(|e| source.err(&e))
+    /// Moves `keys` one batch at a time (the sweep's leftovers); adds them to `moved`.
+    async fn move_keys(&mut self, from: &str, to: &str, keys: &[Vec<u8>]) -> Result<(), Error> {
+        for chunk in keys.chunks(self.batch_size) {
+            let outcome = self.mover(from, to)?.move_batch(chunk.to_vec()).await?;
+            self.moved += self.settle(from, to, outcome).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies the keys a batch left for piece-by-piece copying, ends their moves; returns the
+    /// keys the batch moved in all.
+    async fn settle(&mut self, from: &str, to: &str, outcome: BatchOutcome) -> Result<u64, Error> {
+        let mut moved = outcome.moved;
+        for (key, pttl) in outcome.piecewise {
+            self.copy_piecewise(from, to, &key, pttl).await?;
+            let mover = self.mover(from, to)?;
+            mover.finish(&[key]).await?;
+            moved += 1;
+        }
+        Ok(moved)
     }
 
     /// Copies the tombstone of `key` to the target type by type, in pieces, into a temporary
@@ -880,6 +810,201 @@ impl Job {
                 .await
                 .map_err(|e| target.err(&e))?;
         }
+        Ok(())
+    }
+}
+
+/// Keys per take or finish script call: a call holds its Redis for about this many keys' work
+/// (well under a millisecond for small values) and saves a script call per key.
+const KEYS_PER_SCRIPT: usize = 64;
+
+/// Batches moving at once: the source takes the next ones while the target restores earlier
+/// ones, and neither waits for the other's round trips.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// One end of a move: a connection to an instance, and how to report its errors.
+#[derive(Clone)]
+struct Side {
+    name: String,
+    credentials: crate::redis::connect::Credentials,
+    conn: MultiplexedConnection,
+}
+
+impl Side {
+    fn err(&self, e: &redis::RedisError) -> Error {
+        Error::Redis {
+            instance: self.name.clone(),
+            message: redact(&e.to_string(), &self.credentials),
+        }
+    }
+}
+
+/// What a batch needs, cloned into each batch in flight (connections are multiplexed).
+#[derive(Clone)]
+struct Mover {
+    from: Side,
+    to: Side,
+    take_sha: String,
+    finish_sha: String,
+    owner: String,
+}
+
+/// What a batch left to the Job.
+#[derive(Default)]
+struct BatchOutcome {
+    /// Keys moved and finished.
+    moved: u64,
+    /// Keys now in their tombstones, to copy piece by piece (too big for one DUMP, or a
+    /// payload the target refuses), with their remaining TTL.
+    piecewise: Vec<(Vec<u8>, i64)>,
+}
+
+impl Mover {
+    /// Moves a batch: takes every key out of the source (tombstone + lease), RESTOREs them on
+    /// the target (BUSYKEY: the target's value is newer and stays), finishes the moves.
+    /// Keys another mover holds are left for the sweep.
+    async fn move_batch(mut self, keys: Vec<Vec<u8>>) -> Result<BatchOutcome, Error> {
+        // 1. Take them out of the source: one pipeline of many-key script calls.
+        let mut pipe = redis::pipe();
+        for group in keys.chunks(KEYS_PER_SCRIPT) {
+            let call = pipe.cmd("EVALSHA").arg(&self.take_sha).arg(group.len() * 3);
+            for k in group {
+                call.arg(k)
+                    .arg(keymove::tomb_key(k).as_ref())
+                    .arg(keymove::lease_key(k).as_ref());
+            }
+            call.arg(&self.owner).arg(LEASE_MS).arg(BIG_VALUE_BYTES);
+        }
+        let replies: Vec<redis::Value> = pipe
+            .query_async(&mut self.from.conn)
+            .await
+            .map_err(|e| self.from.err(&e))?;
+        let taken: Vec<Frame> = replies
+            .iter()
+            .flat_map(|r| match to_frame(r) {
+                Frame::Array(items) => items,
+                other => vec![other],
+            })
+            .collect();
+        if taken.len() != keys.len() {
+            return Err(Error::Redis {
+                instance: self.from.name.clone(),
+                message: format!(
+                    "the take script answered for {} of {} keys",
+                    taken.len(),
+                    keys.len()
+                ),
+            });
+        }
+        let mut outcome = BatchOutcome::default();
+        let mut restores: Vec<(usize, Vec<Bytes>)> = Vec::new();
+        let mut finish: Vec<usize> = Vec::new();
+        for (i, reply) in taken.iter().enumerate() {
+            let key = Bytes::copy_from_slice(&keys[i]);
+            match keymove::parse_taken(reply).map_err(|source| Error::Move {
+                key: String::from_utf8_lossy(&keys[i]).into_owned(),
+                source,
+            })? {
+                Taken::None | Taken::Busy => {}
+                Taken::Value { dump, pttl } => match keymove::restore_command(&key, &dump, pttl) {
+                    Some(cmd) => restores.push((i, cmd)),
+                    None => finish.push(i),
+                },
+                Taken::Big { pttl, .. } => outcome.piecewise.push((keys[i].clone(), pttl)),
+            }
+        }
+        // 2. Restore on the target (one pipeline); BUSYKEY: the target's value is newer.
+        if !restores.is_empty() {
+            let mut pipe = redis::pipe();
+            for (_, cmd) in &restores {
+                let c = pipe.cmd("RESTORE");
+                for a in &cmd[1..] {
+                    c.arg(a.as_ref());
+                }
+            }
+            // A per-command error must not fail the pipeline: read each reply as a value.
+            let replies: Vec<redis::Value> = match pipe.query_async(&mut self.to.conn).await {
+                Ok(r) => r,
+                Err(e) if e.kind() == redis::ErrorKind::Extension || e.code().is_some() => {
+                    // Fall back to one by one to learn which failed.
+                    let mut out = Vec::with_capacity(restores.len());
+                    for (_, cmd) in &restores {
+                        let mut c = redis::cmd("RESTORE");
+                        for a in &cmd[1..] {
+                            c.arg(a.as_ref());
+                        }
+                        out.push(
+                            match c.query_async::<redis::Value>(&mut self.to.conn).await {
+                                Ok(v) => v,
+                                Err(e) => redis::Value::SimpleString(format!("ERR:{e}")),
+                            },
+                        );
+                    }
+                    out
+                }
+                Err(e) => return Err(self.to.err(&e)),
+            };
+            for ((i, _), reply) in restores.iter().zip(replies) {
+                let frame = match reply {
+                    redis::Value::SimpleString(s) if s.starts_with("ERR:") => {
+                        let text = s.trim_start_matches("ERR:").to_owned();
+                        let code = if text.contains("BUSYKEY") || text.contains("already exists") {
+                            "BUSYKEY Target key name already exists."
+                        } else {
+                            text.as_str()
+                        };
+                        Frame::Error(Bytes::from(code.to_owned()))
+                    }
+                    other => to_frame(&other),
+                };
+                match keymove::parse_restored(&frame) {
+                    Ok(Restored::Done | Restored::TargetNewer) => finish.push(*i),
+                    Err(MoveError::NotPortable(_)) => {
+                        let pttl: i64 = redis::cmd("PTTL")
+                            .arg(keymove::tomb_key(&keys[*i]).as_ref())
+                            .query_async(&mut self.from.conn)
+                            .await
+                            .map_err(|e| self.from.err(&e))?;
+                        outcome.piecewise.push((keys[*i].clone(), pttl));
+                    }
+                    Err(source) => {
+                        return Err(Error::Move {
+                            key: String::from_utf8_lossy(&keys[*i]).into_owned(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        // 3. Finish on the source.
+        let done: Vec<Vec<u8>> = finish.iter().map(|i| keys[*i].clone()).collect();
+        self.finish(&done).await?;
+        outcome.moved = done.len() as u64;
+        Ok(outcome)
+    }
+
+    /// Ends the moves of `keys` on the source (tombstones and leases that are still ours).
+    async fn finish(&self, keys: &[Vec<u8>]) -> Result<(), Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for group in keys.chunks(KEYS_PER_SCRIPT) {
+            let call = pipe
+                .cmd("EVALSHA")
+                .arg(&self.finish_sha)
+                .arg(group.len() * 2);
+            for k in group {
+                call.arg(keymove::tomb_key(k).as_ref())
+                    .arg(keymove::lease_key(k).as_ref());
+            }
+            call.arg(&self.owner).ignore();
+        }
+        let mut conn = self.from.conn.clone();
+        let () = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.from.err(&e))?;
         Ok(())
     }
 }

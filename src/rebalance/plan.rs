@@ -560,6 +560,7 @@ mod tests {
             migrating: vec![],
             failover: vec![],
             placement_bases: vec![],
+            strategy: None,
         }
     }
 

@@ -47,6 +47,10 @@ pub struct RoutingTable {
     /// category refers to one by index. Shared, because categories of one tier have the same.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placement_bases: Vec<BTreeMap<String, u64>>,
+    /// The balancing strategy the categories were placed by (`Smart`, `ConsistentHash`,
+    /// `Pinned`); when the policy's changes, every category is placed afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
 }
 
 /// How to reach an instance. Credentials are referenced, never embedded.
@@ -498,6 +502,7 @@ pub(crate) mod tests {
             migrating: vec![],
             failover: vec![],
             placement_bases: vec![],
+            strategy: None,
         }
     }
 

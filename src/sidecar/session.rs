@@ -273,6 +273,8 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
 #[derive(Default)]
 struct Transaction {
     queued: Vec<Vec<Bytes>>,
+    /// Category TTL commands for keys the transaction writes, sent after EXEC.
+    after: Vec<Vec<Bytes>>,
     target: Option<InstanceId>,
     aborted: bool,
 }
@@ -289,6 +291,41 @@ struct Client {
     /// Connections for blocking commands, by instance name.
     dedicated: HashMap<String, Dedicated>,
     sample: u32,
+}
+
+/// The category TTL rules for a command whose keys are the arguments at `keys`: each key gets
+/// the rules of its own category (the keys of one command may span several categories).
+fn ttl_action(router: &Router, name: &str, args: &[Bytes], keys: &[usize]) -> TtlAction {
+    let resolver = &router.resolver;
+    let mut categories: Vec<CategoryId> = keys
+        .iter()
+        .filter_map(|i| args.get(*i))
+        .map(|k| resolver.category_of(k))
+        .collect();
+    categories.sort_unstable();
+    categories.dedup();
+    let now = now_ms();
+    if let [only] = categories.as_slice() {
+        let rules = resolver.categories()[usize::from(*only)].ttl;
+        return ttl::apply(&rules, name.as_bytes(), args, now);
+    }
+    let mut appended = Vec::new();
+    for c in categories {
+        let rules = resolver.categories()[usize::from(c)].ttl;
+        match ttl::apply(&rules, name.as_bytes(), args, now) {
+            TtlAction::Unchanged => {}
+            TtlAction::Append(cmds) => appended.extend(
+                cmds.into_iter()
+                    .filter(|cmd| cmd.get(1).is_some_and(|k| resolver.category_of(k) == c)),
+            ),
+            other => return other,
+        }
+    }
+    if appended.is_empty() {
+        TtlAction::Unchanged
+    } else {
+        TtlAction::Append(appended)
+    }
 }
 
 fn now_ms() -> u64 {
@@ -643,8 +680,19 @@ impl Client {
                 name.to_ascii_uppercase()
             )));
         }
-        let bytes = wire(&request);
-        self.forward(router, target, category, bytes, 1, ReadKind::None)
+        // Destination keys (COPY, LMOVE, *STORE, MSETNX, …) get their category's TTL rules.
+        let (bytes, replies) = match ttl_action(&router, name, &request.args, keys) {
+            TtlAction::Unchanged => (wire(&request), 1),
+            TtlAction::Replace(args) => (bundle(&[args]), 1),
+            TtlAction::Append(extra) => {
+                let mut cmds = vec![request.args];
+                cmds.extend(extra);
+                let n = cmds.len();
+                (bundle(&cmds), n)
+            }
+            TtlAction::Refuse(text) => return Pending::Ready(error_reply(&text)),
+        };
+        self.forward(router, target, category, bytes, replies, ReadKind::None)
     }
 
     async fn blocking(&mut self, router: Arc<Router>, request: Request, keys: &[usize]) -> Pending {
@@ -713,7 +761,20 @@ impl Client {
                 }
             }
         }
-        t.queued.push(request.args);
+        let mut args = request.args;
+        if let Some(router) = self.shared.router.load_full() {
+            match ttl_action(&router, &String::from_utf8_lossy(&args[0]), &args, keys) {
+                TtlAction::Unchanged => {}
+                TtlAction::Replace(replaced) => args = replaced,
+                // Sent right after EXEC on the same connection (NX: never shortens a TTL).
+                TtlAction::Append(extra) => t.after.extend(extra),
+                TtlAction::Refuse(text) => {
+                    t.aborted = true;
+                    return Pending::Ready(error_reply(&text));
+                }
+            }
+        }
+        t.queued.push(args);
         Pending::Ready(Bytes::from_static(b"+QUEUED\r\n"))
     }
 
@@ -822,25 +883,36 @@ impl Client {
         cmds.push(vec![Bytes::from_static(b"EXEC")]);
         let replies = cmds.len();
         let bytes = bundle(&cmds);
+        let after = (!t.after.is_empty()).then(|| (bundle(&t.after), t.after.len()));
         if let Some((name, mut conn)) = self.watching.take() {
             if t.target.is_some_and(|tg| router.backend(tg).name() != name) {
                 return Pending::Ready(error_reply(
                     "CROSSINSTANCE the transaction's keys and the WATCHed keys live on different instances",
                 ));
             }
-            return match conn.call(&bytes, replies).await {
-                Ok(r) => Pending::Ready(r.last()),
-                Err(e) => Pending::Ready(e.reply()),
+            let reply = match conn.call(&bytes, replies).await {
+                Ok(r) => r.last(),
+                Err(e) => return Pending::Ready(e.reply()),
             };
+            if let Some((after, n)) = after {
+                let _ = conn.call(&after, n).await;
+            }
+            return Pending::Ready(reply);
         }
         if replies == 2 {
             return Pending::Ready(Bytes::from_static(b"*0\r\n"));
         }
         let target = t.target.unwrap_or(0);
         let category = (router.resolver.categories().len() - 1) as CategoryId;
+        let lane = self.lane();
+        let backend = router.backend(target).clone();
         let mut pending = self.forward(router, target, category, bytes, replies, ReadKind::None);
         if let Pending::Backend { accounting, .. } = &mut pending {
             accounting.first = false;
+        }
+        if let Some((after, n)) = after {
+            // Pipelined behind EXEC on the same connection; the client does not wait for it.
+            drop(backend.send(lane, after, n));
         }
         pending
     }

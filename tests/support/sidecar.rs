@@ -205,6 +205,7 @@ pub fn table(
         migrating: Vec::new(),
         failover: Vec::new(),
         placement_bases: Vec::new(),
+        strategy: None,
     };
     t.validate().expect("a valid test table");
     t

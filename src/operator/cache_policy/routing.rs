@@ -232,8 +232,14 @@ pub fn plan_routing(
             })
             .collect();
         let prev_owners: Option<Vec<&str>> = prev_cat.map(|c| c.owners());
+        // A new strategy places afresh (still moving as little as it can): an empty basis
+        // counts every candidate as changed. A table from before the strategy was recorded
+        // is taken as placed by the current one.
+        let strategy_changed = previous
+            .and_then(|t| t.strategy.as_deref())
+            .is_some_and(|s| s != spec.balancing.strategy.as_str());
         let prev_basis = match (previous, prev_cat) {
-            (Some(t), Some(c)) => t.basis(c),
+            (Some(t), Some(c)) if !strategy_changed => t.basis(c),
             _ => BTreeMap::new(),
         };
         let previous_placement = prev_owners.as_ref().map(|owners| Previous {
@@ -385,6 +391,7 @@ pub fn plan_routing(
         migrating: Vec::new(),
         failover,
         placement_bases: Vec::new(),
+        strategy: Some(spec.balancing.strategy.as_str().to_owned()),
     };
     let mut table = table;
     for (i, basis) in bases.into_iter().enumerate() {
@@ -903,6 +910,30 @@ mod tests {
         spec.balancing.strategy = Strategy::Pinned;
         let pinned = plan_routing("s/s", &spec, &unequal, None).table.unwrap();
         assert!(pinned.categories.iter().all(|c| c.slots.len() == 1));
+
+        // Switching strategy on a published table re-places, even when the candidates and
+        // their shares (capacity × weight for both Smart and Pinned) stay the same.
+        let repinned = plan_routing("s/s", &spec, &unequal, Some(&smart))
+            .table
+            .unwrap();
+        assert!(repinned.categories.iter().all(|c| c.slots.len() == 1));
+        spec.balancing.strategy = Strategy::Smart;
+        let respread = plan_routing("s/s", &spec, &unequal, Some(&pinned))
+            .table
+            .unwrap();
+        assert_eq!(count(&respread, "primary"), 12288);
+        // Same strategy: what a rebalance left is kept.
+        assert_eq!(
+            plan_routing("s/s", &spec, &unequal, Some(&respread)).table,
+            Some(respread.clone())
+        );
+        // A table published before the strategy was recorded is not re-placed.
+        let mut legacy = pinned.clone();
+        legacy.strategy = None;
+        let kept = plan_routing("s/s", &spec, &unequal, Some(&legacy))
+            .table
+            .unwrap();
+        assert!(kept.categories.iter().all(|c| c.slots.len() == 1));
     }
 
     #[test]
