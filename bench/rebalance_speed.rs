@@ -244,7 +244,7 @@ async fn main() {
             "the drain did not finish\n{}",
             node.all_logs()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let total = applied.elapsed();
     stop.store(true, Ordering::Relaxed);

@@ -606,6 +606,45 @@ async fn metrics_expose_per_instance_series_and_sigterm_stops_cleanly() {
     )
     .await;
 
+    // Three hits and one miss between two probes: a hit ratio of 0.75 for that window.
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // In one transaction, so that no probe falls between them.
+    let _: (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = redis::pipe()
+        .atomic()
+        .get("k")
+        .get("k")
+        .get("k")
+        .get("missing")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let hit_ratio =
+        format!("redisfleet_instance_hit_ratio{{namespace=\"{ns}\",instance=\"m1\"}} 0.75");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !operator.metrics().contains(&hit_ratio) {
+        assert!(
+            Instant::now() < deadline,
+            "missing {hit_ratio}\n{}",
+            operator.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let m = operator.metrics();
     let labels = format!("namespace=\"{ns}\",instance=\"m1\"");
     for series in [

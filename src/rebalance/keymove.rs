@@ -35,12 +35,9 @@ macro_rules! take_function {
 local function take(key, tomb, lease, owner, ms, limit)
   if redis.call('EXISTS', lease) == 1 then return {'BUSY'} end
   local from = key
-  if redis.call('EXISTS', tomb) == 1 then
-    from = tomb
-  elseif redis.call('EXISTS', key) == 0 then
-    return {'NONE'}
-  end
+  if redis.call('EXISTS', tomb) == 1 then from = tomb end
   local ttl = redis.call('PTTL', from)
+  if ttl == -2 then return {'NONE'} end
   local big = limit > 0 and (redis.call('MEMORY', 'USAGE', from, 'SAMPLES', 0) or 0) > limit
   local dump = false
   if not big then dump = redis.call('DUMP', from) end

@@ -820,7 +820,7 @@ const KEYS_PER_SCRIPT: usize = 64;
 
 /// Batches moving at once: the source takes the next ones while the target restores earlier
 /// ones, and neither waits for the other's round trips.
-const BATCHES_IN_FLIGHT: usize = 4;
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// One end of a move: a connection to an instance, and how to report its errors.
 #[derive(Clone)]

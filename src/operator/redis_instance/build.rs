@@ -188,7 +188,10 @@ pub fn stateful_set(instance: &RedisInstance, managed: &ManagedRedis) -> Statefu
     let name = instance.name_any();
     let names = Names::of(&name);
     let password = password_ref(&name, managed);
-    let ping = "redis-cli -h 127.0.0.1 -p 6379 --no-auth-warning -a \"$REDIS_PASSWORD\" ping | grep -q PONG";
+    // The password reaches redis-cli through its environment (REDISCLI_AUTH), never its
+    // command line, where any process of the node could read it.
+    let ping =
+        "REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG";
     let mut volumes = vec![Volume {
         name: "config".to_owned(),
         config_map: Some(ConfigMapVolumeSource {
