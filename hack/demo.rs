@@ -33,7 +33,12 @@ const WARM: [&str; 2] = ["user:", "menu:"];
 const CAPACITY: u64 = 30 << 20;
 
 fn step(title: &str) {
-    println!("\n\x1b[1m==> {title}\x1b[0m");
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        println!("\n\x1b[1m==> {title}\x1b[0m");
+    } else {
+        println!("\n==> {title}");
+    }
 }
 
 fn status(cp: &ControlPlane, ns: &str) {
