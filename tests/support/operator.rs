@@ -26,15 +26,23 @@ impl Operator {
         Self::start_with(cp, namespace, &[])
     }
 
-    /// Like [`Operator::start`], with extra command-line arguments.
+    /// Starts the operator watching every namespace (no `--namespace`), as the Helm chart's
+    /// default cluster-wide mode runs it.
+    pub fn cluster_wide(cp: &ControlPlane) -> Operator {
+        Self::start_with(cp, "", &[])
+    }
+
+    /// Like [`Operator::start`], with extra command-line arguments (`namespace` empty: all).
     pub fn start_with(cp: &ControlPlane, namespace: &str, extra: &[&str]) -> Operator {
         let dir = temp_dir("operator");
         let log = dir.join("operator.log");
         let metrics_port = free_port();
         let mut cmd = Command::new(super::redis_fleet_binary());
-        cmd.arg("operator")
-            .args(["--namespace", namespace])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        cmd.arg("operator");
+        if !namespace.is_empty() {
+            cmd.args(["--namespace", namespace]);
+        }
+        cmd.args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
             .env("KUBECONFIG", &cp.kubeconfig)
             .env(
