@@ -86,6 +86,9 @@ pub enum Error {
     /// A wait ran out.
     #[error("{0}")]
     Timeout(String),
+    /// A bug: a task of the Job panicked or was cancelled.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A key could not be moved.
     #[error("moving {key:?}: {source}")]
     Move {
@@ -464,7 +467,7 @@ impl Job {
                     break;
                 };
                 let (outcome, position) =
-                    done.map_err(|e| Error::Setup(format!("a batch of the copy panicked: {e}")))??;
+                    done.map_err(|e| Error::Internal(format!("a batch of the copy failed: {e}")))??;
                 self.moved += self.settle(&from, &to, outcome).await?;
                 if let Some(cp) = position {
                     let source = self.instance(&from)?;
@@ -485,6 +488,7 @@ impl Job {
         }
         Ok(())
     }
+
     /// Rescans every range until no key and no abandoned tombstone is left (keys a sidecar
     /// was moving meanwhile, keys whose mover died).
     async fn sweep(&mut self) -> Result<(), Error> {
