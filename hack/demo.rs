@@ -63,23 +63,6 @@ fn apply(cp: &ControlPlane, ns: &str, what: &str, yaml: &str) {
     );
 }
 
-async fn used_memory(server: &RedisServer) -> u64 {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 async fn dbsize(server: &RedisServer) -> u64 {
     let Ok(mut c) = server.client().get_multiplexed_async_connection().await else {
         return 0;
@@ -245,23 +228,23 @@ async fn main() {
         .unwrap();
     let mut keys = write_until(&mut app, &WARM, 0, async |n| n >= 4_000).await;
     let hot = write_until(&mut app, &HOT, 1_000_000, async |_| {
-        used_memory(&primary).await * 100 > CAPACITY * 83
+        primary.used_memory().await * 100 > CAPACITY * 83
     })
     .await;
     keys.extend(hot);
     println!(
         "{} keys written; primary at {}% of 30 MB, secondary at {}%",
         keys.len(),
-        used_memory(&primary).await * 100 / CAPACITY,
-        used_memory(&secondary).await * 100 / CAPACITY
+        primary.used_memory().await * 100 / CAPACITY,
+        secondary.used_memory().await * 100 / CAPACITY
     );
 
     step("the operator plans a rebalance and a Job moves slots and their data online");
     let plan = follow_rebalance(&policies, 0, &node).await;
     println!(
         "primary at {}%, secondary at {}%; {} of {} keys read back intact through the sidecar",
-        used_memory(&primary).await * 100 / CAPACITY,
-        used_memory(&secondary).await * 100 / CAPACITY,
+        primary.used_memory().await * 100 / CAPACITY,
+        secondary.used_memory().await * 100 / CAPACITY,
         read_back(&mut app, &keys).await,
         keys.len()
     );

@@ -50,25 +50,6 @@ async fn create_secret(api: &Api<Secret>, name: &str, data: &[(&str, &str)]) {
     api.create(&PostParams::default(), &secret).await.unwrap();
 }
 
-async fn used_memory(server: &RedisServer) -> u64 {
-    let mut conn = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_instance_goes_ready_and_status_tracks_memory() {
     let cp = ControlPlane::shared();
@@ -122,7 +103,7 @@ async fn external_instance_goes_ready_and_status_tracks_memory() {
             .await
             .unwrap();
     }
-    let expected = used_memory(&server).await;
+    let expected = server.used_memory().await;
     assert!(expected > 8 * MB);
     let started = Instant::now();
     let ri = wait_for(

@@ -28,25 +28,6 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-async fn used_memory(server: &RedisServer) -> u64 {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Writes `count` keys named `<prefix><n>` directly on `server`, values of 200–800 bytes, every
 /// other one with a TTL of 1–2 h.
 async fn fill(server: &RedisServer, prefixes: &[&str], count: usize) -> Vec<String> {
@@ -211,7 +192,7 @@ async fn an_instance_past_its_threshold_is_rebalanced_and_nothing_is_lost() {
     let warm = fill(&shop.secondary, &["user:", "menu:"], 4_000).await;
     let mut keys = hot;
     keys.extend(warm);
-    let used = used_memory(&shop.primary).await;
+    let used = shop.primary.used_memory().await;
     assert!(used * 100 > 31_457_280 * 80, "primary only at {used} bytes");
     let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
     // Jobs run from now on (the plan may already wait for its Job).
@@ -241,8 +222,8 @@ async fn an_instance_past_its_threshold_is_rebalanced_and_nothing_is_lost() {
     assert_same(&before, &after);
     // Both between 40 % and 60 % of their combined use.
     let (a, b) = (
-        used_memory(&shop.primary).await,
-        used_memory(&shop.secondary).await,
+        shop.primary.used_memory().await,
+        shop.secondary.used_memory().await,
     );
     let share = a as f64 / (a + b) as f64;
     let _ = std::fs::write("/tmp/rebalance-operator.log", shop.operator.logs());
