@@ -293,26 +293,29 @@ struct Client {
     sample: u32,
 }
 
-/// The category TTL rules for a command whose keys are the arguments at `keys`: each key gets
-/// the rules of its own category (the keys of one command may span several categories).
-fn ttl_action(router: &Router, name: &str, args: &[Bytes], keys: &[usize]) -> TtlAction {
+/// The category TTL rules for a command whose keys belong to `categories`: each key gets the
+/// rules of its own category (the keys of one command may span several categories).
+fn ttl_action(
+    router: &Router,
+    name: &str,
+    args: &[Bytes],
+    mut categories: impl Iterator<Item = CategoryId> + Clone,
+) -> TtlAction {
     let resolver = &router.resolver;
-    let mut categories: Vec<CategoryId> = keys
-        .iter()
-        .filter_map(|i| args.get(*i))
-        .map(|k| resolver.category_of(k))
-        .collect();
-    categories.sort_unstable();
-    categories.dedup();
+    let rules_of = |c: CategoryId| resolver.categories()[usize::from(c)].ttl;
     let now = now_ms();
-    if let [only] = categories.as_slice() {
-        let rules = resolver.categories()[usize::from(*only)].ttl;
-        return ttl::apply(&rules, name.as_bytes(), args, now);
+    let Some(first) = categories.clone().next() else {
+        return TtlAction::Unchanged;
+    };
+    if categories.clone().all(|c| c == first) {
+        return ttl::apply(&rules_of(first), name, args, now);
     }
+    let mut distinct: Vec<CategoryId> = categories.by_ref().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
     let mut appended = Vec::new();
-    for c in categories {
-        let rules = resolver.categories()[usize::from(c)].ttl;
-        match ttl::apply(&rules, name.as_bytes(), args, now) {
+    for c in distinct {
+        match ttl::apply(&rules_of(c), name, args, now) {
             TtlAction::Unchanged => {}
             TtlAction::Append(cmds) => appended.extend(
                 cmds.into_iter()
@@ -397,12 +400,11 @@ impl Client {
         {
             return Pending::Ready(error_reply("NOAUTH Authentication required."));
         }
-        if let Some(i) = resolved
+        if resolved
             .keys
             .iter()
-            .find(|i| request.args[**i].starts_with(RESERVED_PREFIX))
+            .any(|i| request.args[*i].starts_with(RESERVED_PREFIX))
         {
-            let _ = i;
             return Pending::Ready(error_reply(
                 "ERR keys starting with 'redisfleet:' are reserved for redis-fleet",
             ));
@@ -411,7 +413,7 @@ impl Client {
             return self.transaction_command(t, request).await;
         }
         if self.transaction.is_some() {
-            return self.queue(request, &resolved.keys);
+            return self.queue(request, &resolved.keys, spec.name);
         }
         if let Kind::Local(l) = spec.kind {
             return self.local(l, &request).await;
@@ -543,7 +545,7 @@ impl Client {
         };
         let mut extra: Vec<Vec<Bytes>> = Vec::new();
         let mut args_override: Option<Vec<Bytes>> = None;
-        match ttl::apply(&rules, name.as_bytes(), &request.args, now_ms()) {
+        match ttl::apply(&rules, name, &request.args, now_ms()) {
             TtlAction::Unchanged => {}
             TtlAction::Replace(args) => args_override = Some(args),
             TtlAction::Append(cmds) => extra = cmds,
@@ -619,19 +621,9 @@ impl Client {
             for n in members {
                 let at = keys[*n];
                 cmd.extend(request.args[at..at + per_key].iter().cloned());
-                if split == Split::Mset
-                    && let Some(d) = default_ttl(routes[*n].category)
-                {
-                    let max = router.resolver.categories()[usize::from(routes[*n].category)]
-                        .ttl
-                        .max_ms;
-                    let ms = max.map_or(d, |m| d.min(m));
-                    extra.push(vec![
-                        Bytes::from_static(b"PEXPIRE"),
-                        request.args[at].clone(),
-                        Bytes::from(ms.to_string()),
-                        Bytes::from_static(b"NX"),
-                    ]);
+                if split == Split::Mset {
+                    let rules = &router.resolver.categories()[usize::from(routes[*n].category)].ttl;
+                    extra.extend(ttl::default_expiry(rules, &request.args[at]));
                 }
             }
             for n in members {
@@ -681,7 +673,8 @@ impl Client {
             )));
         }
         // Destination keys (COPY, LMOVE, *STORE, MSETNX, …) get their category's TTL rules.
-        let (bytes, replies) = match ttl_action(&router, name, &request.args, keys) {
+        let categories = routes.iter().map(|r| r.category);
+        let (bytes, replies) = match ttl_action(&router, name, &request.args, categories) {
             TtlAction::Unchanged => (wire(&request), 1),
             TtlAction::Replace(args) => (bundle(&[args]), 1),
             TtlAction::Append(extra) => {
@@ -736,12 +729,12 @@ impl Client {
         }
     }
 
-    fn queue(&mut self, request: Request, keys: &[usize]) -> Pending {
+    fn queue(&mut self, request: Request, keys: &[usize], name: &str) -> Pending {
         let router = self.shared.router.load_full();
         let Some(t) = self.transaction.as_mut() else {
             return Pending::Ready(error_reply("ERR no transaction"));
         };
-        if let Some(router) = router {
+        if let Some(router) = &router {
             for i in keys {
                 let route = router.resolver.resolve(&request.args[*i]);
                 if route.migrating_from.is_some() {
@@ -762,8 +755,9 @@ impl Client {
             }
         }
         let mut args = request.args;
-        if let Some(router) = self.shared.router.load_full() {
-            match ttl_action(&router, &String::from_utf8_lossy(&args[0]), &args, keys) {
+        if let Some(router) = &router {
+            let categories = keys.iter().map(|i| router.resolver.category_of(&args[*i]));
+            match ttl_action(router, name, &args, categories) {
                 TtlAction::Unchanged => {}
                 TtlAction::Replace(replaced) => args = replaced,
                 // Sent right after EXEC on the same connection (NX: never shortens a TTL).

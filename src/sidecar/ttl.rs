@@ -45,21 +45,31 @@ fn pexpire_nx(key: &Bytes, ms: u64) -> Vec<Bytes> {
     ]
 }
 
+/// `PEXPIRE key <default> NX` for a key just written without an expiry (the default capped by
+/// `max`), or `None` when the category has no default.
+pub fn default_expiry(rules: &TtlRules, key: &Bytes) -> Option<Vec<Bytes>> {
+    let default = rules.default_ms?;
+    Some(pexpire_nx(
+        key,
+        rules.max_ms.map_or(default, |max| default.min(max)),
+    ))
+}
+
 /// Commands that create or overwrite keys without setting an expiry, and which of their
 /// arguments are those keys: `(name, first key, step, keys counted from the end)`.
-fn key_creating(name: &[u8], args: &[Bytes]) -> Vec<usize> {
+fn key_creating(name: &str, args: &[Bytes]) -> Vec<usize> {
     let n = args.len();
     match name {
-        b"SETNX" | b"GETSET" | b"APPEND" | b"INCR" | b"INCRBY" | b"INCRBYFLOAT" | b"DECR"
-        | b"DECRBY" | b"SETRANGE" | b"SETBIT" | b"BITFIELD" | b"HSET" | b"HSETNX" | b"HMSET"
-        | b"HINCRBY" | b"HINCRBYFLOAT" | b"LPUSH" | b"RPUSH" | b"SADD" | b"ZADD" | b"ZINCRBY"
-        | b"XADD" | b"PFADD" | b"GEOADD" => vec![1],
-        b"MSET" | b"MSETNX" => (1..n).step_by(2).collect(),
+        "setnx" | "getset" | "append" | "incr" | "incrby" | "incrbyfloat" | "decr" | "decrby"
+        | "setrange" | "setbit" | "bitfield" | "hset" | "hsetnx" | "hmset" | "hincrby"
+        | "hincrbyfloat" | "lpush" | "rpush" | "sadd" | "zadd" | "zincrby" | "xadd" | "pfadd"
+        | "geoadd" => vec![1],
+        "mset" | "msetnx" => (1..n).step_by(2).collect(),
         // Destination keys.
-        b"BITOP" => vec![2],
-        b"LMOVE" | b"RPOPLPUSH" | b"SMOVE" | b"COPY" => vec![2],
-        b"SINTERSTORE" | b"SUNIONSTORE" | b"SDIFFSTORE" | b"ZUNIONSTORE" | b"ZINTERSTORE"
-        | b"ZDIFFSTORE" | b"ZRANGESTORE" | b"PFMERGE" | b"GEOSEARCHSTORE" => vec![1],
+        "bitop" => vec![2],
+        "lmove" | "rpoplpush" | "smove" | "copy" => vec![2],
+        "sinterstore" | "sunionstore" | "sdiffstore" | "zunionstore" | "zinterstore"
+        | "zdiffstore" | "zrangestore" | "pfmerge" | "geosearchstore" => vec![1],
         _ => vec![],
     }
     .into_iter()
@@ -67,22 +77,21 @@ fn key_creating(name: &[u8], args: &[Bytes]) -> Vec<usize> {
     .collect()
 }
 
-/// Applies `rules` to a command; `name` is its upper-case name (the sidecar passes the command
-/// table's, so nothing is allocated for commands that need no change), `args[0]` the name as
+/// Applies `rules` to a command; `name` is the command table's lower-case spelling (so the
+/// per-command path allocates nothing for commands that need no change), `args[0]` the name as
 /// sent, `now_ms` the Unix time.
-pub fn apply(rules: &TtlRules, name: &[u8], args: &[Bytes], now_ms: u64) -> TtlAction {
+pub fn apply(rules: &TtlRules, name: &str, args: &[Bytes], now_ms: u64) -> TtlAction {
     if rules.is_empty() || args.is_empty() {
         return TtlAction::Unchanged;
     }
-    let name = name.to_ascii_uppercase();
     let cap = |ms: u64| rules.max_ms.map_or(ms, |max| ms.min(max));
-    match name.as_slice() {
-        b"SET" => set(rules, args, now_ms),
-        b"SETEX" | b"PSETEX" if args.len() == 4 => {
+    match name {
+        "set" => set(rules, args, now_ms),
+        "setex" | "psetex" if args.len() == 4 => {
             let Some(max) = rules.max_ms else {
                 return TtlAction::Unchanged;
             };
-            let unit = if name == b"SETEX" { 1000 } else { 1 };
+            let unit = if name == "setex" { 1000 } else { 1 };
             match parse_i64(&args[2]) {
                 Some(v) if v > 0 && (v as u64).saturating_mul(unit) > max => {
                     let mut out = args.to_vec();
@@ -93,17 +102,17 @@ pub fn apply(rules: &TtlRules, name: &[u8], args: &[Bytes], now_ms: u64) -> TtlA
                 _ => TtlAction::Unchanged,
             }
         }
-        b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" if args.len() >= 3 => {
+        "expire" | "pexpire" | "expireat" | "pexpireat" if args.len() >= 3 => {
             let Some(max) = rules.max_ms else {
                 return TtlAction::Unchanged;
             };
             let Some(v) = parse_i64(&args[2]) else {
                 return TtlAction::Unchanged;
             };
-            let ms: i128 = match name.as_slice() {
-                b"EXPIRE" => i128::from(v) * 1000,
-                b"PEXPIRE" => i128::from(v),
-                b"EXPIREAT" => i128::from(v) * 1000 - i128::from(now_ms),
+            let ms: i128 = match name {
+                "expire" => i128::from(v) * 1000,
+                "pexpire" => i128::from(v),
+                "expireat" => i128::from(v) * 1000 - i128::from(now_ms),
                 _ => i128::from(v) - i128::from(now_ms),
             };
             if ms <= i128::from(max) {
@@ -114,7 +123,7 @@ pub fn apply(rules: &TtlRules, name: &[u8], args: &[Bytes], now_ms: u64) -> TtlA
             out[2] = ms_bytes(max);
             TtlAction::Replace(out)
         }
-        b"GETEX" if args.len() >= 3 => {
+        "getex" if args.len() >= 3 => {
             let Some(max) = rules.max_ms else {
                 return TtlAction::Unchanged;
             };
@@ -135,11 +144,11 @@ pub fn apply(rules: &TtlRules, name: &[u8], args: &[Bytes], now_ms: u64) -> TtlA
                 TtlAction::Replace(out)
             })
         }
-        b"PERSIST" if rules.max_ms.is_some() => TtlAction::Refuse(format!(
+        "persist" if rules.max_ms.is_some() => TtlAction::Refuse(format!(
             "ERR PERSIST would lift the {}ms TTL cap of this key's category",
             rules.max_ms.unwrap_or_default()
         )),
-        b"RESTORE" if args.len() >= 4 => match parse_i64(&args[2]) {
+        "restore" if args.len() >= 4 => match parse_i64(&args[2]) {
             Some(0) => match rules.default_ms {
                 Some(d) => {
                     let mut out = args.to_vec();
@@ -158,16 +167,16 @@ pub fn apply(rules: &TtlRules, name: &[u8], args: &[Bytes], now_ms: u64) -> TtlA
             _ => TtlAction::Unchanged,
         },
         _ => {
-            let Some(default) = rules.default_ms else {
+            if rules.default_ms.is_none() {
                 return TtlAction::Unchanged;
-            };
-            let keys = key_creating(&name, args);
+            }
+            let keys = key_creating(name, args);
             if keys.is_empty() {
                 return TtlAction::Unchanged;
             }
             TtlAction::Append(
                 keys.iter()
-                    .map(|i| pexpire_nx(&args[*i], cap(default)))
+                    .filter_map(|i| default_expiry(rules, &args[*i]))
                     .collect(),
             )
         }
@@ -277,7 +286,12 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000;
 
     fn call(r: &TtlRules, a: &[Bytes]) -> TtlAction {
-        apply(r, &a[0].to_ascii_uppercase(), a, NOW)
+        apply(
+            r,
+            &String::from_utf8_lossy(&a[0]).to_ascii_lowercase(),
+            a,
+            NOW,
+        )
     }
 
     #[test]
