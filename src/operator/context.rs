@@ -9,9 +9,11 @@ use std::time::Instant;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
+use redis::aio::MultiplexedConnection;
 
 use crate::api::redis_instance::RedisInstanceStatus;
 use crate::api::{CachePolicy, RedisInstance};
+use crate::redis::connect::{Target, redact};
 use crate::redis::info::Counters;
 use crate::redis::probe::Prober;
 
@@ -43,6 +45,10 @@ pub struct Context {
     probes: Mutex<HashMap<ObjectRef<RedisInstance>, Arc<tokio::sync::Mutex<InstanceState>>>>,
     usage: Mutex<UsageHistory>,
     samples: Mutex<HashMap<String, (Instant, PolicySample)>>,
+    /// Connections for sampling and purging, kept between reconciles (a TLS handshake and
+    /// AUTH per reconcile would cost more than the work); keyed by instance, valid for the
+    /// target they were opened to.
+    connections: Mutex<HashMap<ObjectRef<RedisInstance>, (Target, MultiplexedConnection)>>,
     started: Instant,
 }
 
@@ -91,6 +97,7 @@ impl Context {
             probes: Mutex::new(HashMap::new()),
             usage: Mutex::new(UsageHistory::default()),
             samples: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
             started: Instant::now(),
         }
     }
@@ -117,6 +124,38 @@ impl Context {
         let mut cache = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         cache.insert(key.to_owned(), (Instant::now(), fresh.clone()));
         fresh
+    }
+
+    /// A connection to `instance` at `target`: the one kept from an earlier call while the
+    /// target is the same, else a new one. Errors are redacted. A caller whose command fails
+    /// calls [`Context::drop_connection`], so the next call connects afresh.
+    pub async fn connection(
+        &self,
+        instance: &ObjectRef<RedisInstance>,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<MultiplexedConnection, String> {
+        {
+            let cache = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((t, conn)) = cache.get(instance)
+                && t == target
+            {
+                return Ok(conn.clone());
+            }
+        }
+        let conn = target
+            .connect(timeout)
+            .await
+            .map_err(|e| redact(&e.to_string(), &target.credentials))?;
+        let mut cache = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        cache.insert(instance.clone(), (target.clone(), conn.clone()));
+        Ok(conn)
+    }
+
+    /// Forgets the kept connection to `instance` (after an error on it).
+    pub fn drop_connection(&self, instance: &ObjectRef<RedisInstance>) {
+        let mut cache = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        cache.remove(instance);
     }
 
     /// Records the memory of `views` for growth estimates.
@@ -153,8 +192,10 @@ impl Context {
             .filter(|r| self.instances.get(r).is_none())
             .cloned()
             .collect();
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         for r in &gone {
             map.remove(r);
+            connections.remove(r);
         }
         gone
     }

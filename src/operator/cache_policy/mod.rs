@@ -569,10 +569,8 @@ async fn purge(
         .await
         .map_err(|e| e.to_string())?;
     let timeout = ri.spec.health.timeout.get().max(Duration::from_secs(1));
-    let mut conn = target
-        .connect(timeout)
-        .await
-        .map_err(|e| crate::redis::connect::redact(&e.to_string(), &target.credentials))?;
+    let instance = ObjectRef::from_obj(ri);
+    let mut conn = ctx.connection(&instance, &target, timeout).await?;
     let mut by_category: BTreeMap<&str, Vec<SlotRange>> = BTreeMap::new();
     for (cat, r) in ranges {
         by_category.entry(cat.as_str()).or_default().push(*r);
@@ -584,7 +582,10 @@ async fn purge(
         };
         deleted += delete_ranges(&mut conn, resolver, id as u16, &rs)
             .await
-            .map_err(|e| crate::redis::connect::redact(&e.to_string(), &target.credentials))?;
+            .map_err(|e| {
+                ctx.drop_connection(&instance);
+                crate::redis::connect::redact(&e.to_string(), &target.credentials)
+            })?;
     }
     Ok(deleted)
 }
@@ -1088,7 +1089,11 @@ pub async fn sample_instances(
         let Ok(target) = redis_instance::resolve_target(ri, namespace, ctx).await else {
             continue;
         };
-        let Ok(mut conn) = target.connect(Duration::from_secs(2)).await else {
+        let instance = ObjectRef::from_obj(&**ri);
+        let Ok(mut conn) = ctx
+            .connection(&instance, &target, Duration::from_secs(2))
+            .await
+        else {
             continue;
         };
         match crate::rebalance::sample::sample_categories(
@@ -1104,14 +1109,19 @@ pub async fn sample_instances(
                 }
             }
             Err(e) => {
-                warn!(instance = %name, error = %crate::redis::connect::redact(&e.to_string(), &target.credentials), "sampling failed")
+                ctx.drop_connection(&instance);
+                warn!(instance = %name, error = %crate::redis::connect::redact(&e.to_string(), &target.credentials), "sampling failed");
+                continue;
             }
         }
-        if let Ok(beats) = crate::rebalance::sample::heartbeats(&mut conn).await {
-            for (id, v) in beats {
-                let e = out.sidecars.entry(id).or_insert(v);
-                *e = (*e).min(v);
+        match crate::rebalance::sample::heartbeats(&mut conn).await {
+            Ok(beats) => {
+                for (id, v) in beats {
+                    let e = out.sidecars.entry(id).or_insert(v);
+                    *e = (*e).min(v);
+                }
             }
+            Err(_) => ctx.drop_connection(&instance),
         }
     }
     out
