@@ -4,14 +4,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext,
+    Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::CachePolicy;
+use crate::operator::redis_instance::build::restricted_security_context;
 
 /// Label on rebalance Jobs and their pods.
 pub const COMPONENT_LABEL: (&str, &str) = ("app.kubernetes.io/component", "rebalance");
@@ -122,16 +123,7 @@ pub fn build(policy: &CachePolicy, plan_id: i64, attempt: i32, settings: &JobSet
             limits: Some([("memory".to_owned(), Quantity("512Mi".to_owned()))].into()),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_security_context()),
         ..Container::default()
     };
     Job {

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use crate::api::CachePolicy;
 use crate::api::cache_policy::{MoveStatus, RebalanceStatus, rebalance_phase, rebalance_step};
 use crate::operator::cache_policy::config_map_name;
-use crate::redis::connect::{Target, redact};
+use crate::redis::connect::{Credentials, redact};
 use crate::redis::keys::{RangeScan, ScanCheckpoint, delete_ranges, in_ranges};
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
@@ -100,9 +100,12 @@ pub enum Error {
     },
 }
 
+/// A connection to one instance of the table, and how to report its errors (credentials
+/// redacted). Cheap to clone: the connection is multiplexed.
+#[derive(Clone)]
 struct Instance {
     name: String,
-    target: Target,
+    credentials: Credentials,
     conn: MultiplexedConnection,
 }
 
@@ -110,7 +113,7 @@ impl Instance {
     fn err(&self, e: &redis::RedisError) -> Error {
         Error::Redis {
             instance: self.name.clone(),
-            message: redact(&e.to_string(), &self.target.credentials),
+            message: redact(&e.to_string(), &self.credentials),
         }
     }
 }
@@ -232,7 +235,7 @@ impl Job {
                 })?;
             let mut instance = Instance {
                 name: name.clone(),
-                target,
+                credentials: target.credentials,
                 conn,
             };
             take_sha = load_script(&mut instance, TAKE_MANY_SCRIPT).await?;
@@ -579,13 +582,8 @@ impl Job {
 
     /// A mover for keys from `from` to `to`, to be cloned into each batch in flight.
     fn mover(&mut self, from: &str, to: &str) -> Result<Mover, Error> {
-        let side = |i: &Instance| Side {
-            name: i.name.clone(),
-            credentials: i.target.credentials.clone(),
-            conn: i.conn.clone(),
-        };
-        let from = side(self.instance(from)?);
-        let to = side(self.instance(to)?);
+        let from = self.instance(from)?.clone();
+        let to = self.instance(to)?.clone();
         Ok(Mover {
             from,
             to,
@@ -826,28 +824,11 @@ const KEYS_PER_SCRIPT: usize = 64;
 /// ones, and neither waits for the other's round trips.
 const BATCHES_IN_FLIGHT: usize = 8;
 
-/// One end of a move: a connection to an instance, and how to report its errors.
-#[derive(Clone)]
-struct Side {
-    name: String,
-    credentials: crate::redis::connect::Credentials,
-    conn: MultiplexedConnection,
-}
-
-impl Side {
-    fn err(&self, e: &redis::RedisError) -> Error {
-        Error::Redis {
-            instance: self.name.clone(),
-            message: redact(&e.to_string(), &self.credentials),
-        }
-    }
-}
-
 /// What a batch needs, cloned into each batch in flight (connections are multiplexed).
 #[derive(Clone)]
 struct Mover {
-    from: Side,
-    to: Side,
+    from: Instance,
+    to: Instance,
     take_sha: String,
     finish_sha: String,
     owner: String,

@@ -183,6 +183,21 @@ fn default_resources(managed: &ManagedRedis) -> ResourceRequirements {
     }
 }
 
+/// The container securityContext of everything the operator runs (managed Redis, rebalance
+/// Jobs): non-root, read-only root filesystem, no privilege escalation, no capabilities.
+pub fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
 /// The one-replica StatefulSet running Redis.
 pub fn stateful_set(instance: &RedisInstance, managed: &ManagedRedis) -> StatefulSet {
     let name = instance.name_any();
@@ -288,16 +303,9 @@ pub fn stateful_set(instance: &RedisInstance, managed: &ManagedRedis) -> Statefu
                 .unwrap_or_else(|| default_resources(managed)),
         ),
         security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
             run_as_user: Some(REDIS_UID),
             run_as_group: Some(REDIS_UID),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
+            ..restricted_security_context()
         }),
         volume_mounts: Some(vec![
             VolumeMount {
