@@ -59,6 +59,31 @@ async fn fill(server: &RedisServer, prefixes: &[&str], count: usize) -> Vec<Stri
     keys
 }
 
+/// Each of `keys` present on `conn`, with its value and absolute expiry (0: none), read with
+/// GET + PTTL pipelines of `chunk` keys.
+async fn read_keys(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+    chunk: usize,
+) -> Vec<(String, (Vec<u8>, u64))> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(chunk) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
+        }
+        let at = now_ms();
+        let replies: Vec<redis::Value> = pipe.query_async(conn).await.unwrap();
+        for (k, pair) in chunk.iter().zip(replies.chunks(2)) {
+            if let (redis::Value::BulkString(v), redis::Value::Int(ttl)) = (&pair[0], &pair[1]) {
+                let expiry = if *ttl > 0 { at + *ttl as u64 } else { 0 };
+                out.push((k.clone(), (v.clone(), expiry)));
+            }
+        }
+    }
+    out
+}
+
 /// Reads every key from wherever it is (the servers of the fleet), with its absolute expiry.
 async fn digest(servers: &[&RedisServer], keys: &[String]) -> Digest {
     let mut out = Digest::new();
@@ -68,21 +93,9 @@ async fn digest(servers: &[&RedisServer], keys: &[String]) -> Digest {
             .get_multiplexed_async_connection()
             .await
             .unwrap();
-        for chunk in keys.chunks(500) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
-            }
-            let at = now_ms();
-            let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.unwrap();
-            for (k, pair) in chunk.iter().zip(replies.chunks(2)) {
-                if let (redis::Value::BulkString(v), redis::Value::Int(ttl)) = (&pair[0], &pair[1])
-                {
-                    let expiry = if *ttl > 0 { at + *ttl as u64 } else { 0 };
-                    let previous = out.insert(k.clone(), (v.clone(), expiry));
-                    assert!(previous.is_none(), "{k} exists on two instances");
-                }
-            }
+        for (k, entry) in read_keys(&mut c, keys, 500).await {
+            let previous = out.insert(k.clone(), entry);
+            assert!(previous.is_none(), "{k} exists on two instances");
         }
     }
     out
@@ -422,22 +435,7 @@ async fn assert_ledger(port: u16, ledger: &Ledger) {
 async fn digest_through(port: u16, keys: &[String]) -> Digest {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let mut out = Digest::new();
-    for chunk in keys.chunks(200) {
-        let mut pipe = redis::pipe();
-        for k in chunk {
-            pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
-        }
-        let at = now_ms();
-        let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.unwrap();
-        for (k, pair) in chunk.iter().zip(replies.chunks(2)) {
-            if let (redis::Value::BulkString(v), redis::Value::Int(ttl)) = (&pair[0], &pair[1]) {
-                let expiry = if *ttl > 0 { at + *ttl as u64 } else { 0 };
-                out.insert(k.clone(), (v.clone(), expiry));
-            }
-        }
-    }
-    out
+    read_keys(&mut c, keys, 200).await.into_iter().collect()
 }
 
 const TRAFFIC_PREFIXES: &[&str] = &["user:", "menu:", "auth:", "order:", "ml:"];

@@ -1,7 +1,7 @@
 //! The real `redis-fleet sidecar` binary, fed a routing table file (as the kubelet would mount
 //! it) and a secrets directory (as mounted Secrets would look).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -67,13 +67,7 @@ impl Sidecar {
             ])
             .args(extra)
             .env("RUST_LOG", "info,redis_fleet=debug");
-        let mut process = ChildGuard::spawn("redis-fleet sidecar", cmd, &dir.join("sidecar.log"));
-        let ready = wait_until(Duration::from_secs(20), || {
-            process.is_running()
-                && super::operator::http_get(metrics_port, "/readyz")
-                    .is_some_and(|b| b.trim() == "ready")
-        });
-        assert!(ready, "sidecar not ready\n{}", process.log_tail(30));
+        let process = spawn_ready(cmd, &dir, metrics_port, Duration::from_secs(20));
         Sidecar {
             port,
             metrics_port,
@@ -97,13 +91,7 @@ impl Sidecar {
             .args(["--request-timeout", "2s", "--id", id])
             .env("KUBECONFIG", &cp.kubeconfig)
             .env("RUST_LOG", "info,redis_fleet=debug");
-        let mut process = ChildGuard::spawn("redis-fleet sidecar", cmd, &dir.join("sidecar.log"));
-        let ready = wait_until(Duration::from_secs(30), || {
-            process.is_running()
-                && super::operator::http_get(metrics_port, "/readyz")
-                    .is_some_and(|b| b.trim() == "ready")
-        });
-        assert!(ready, "sidecar not ready\n{}", process.log_tail(30));
+        let process = spawn_ready(cmd, &dir, metrics_port, Duration::from_secs(30));
         Sidecar {
             port,
             metrics_port,
@@ -151,6 +139,18 @@ impl Sidecar {
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
     }
+}
+
+/// Starts the sidecar `cmd` (logging into `dir`) and waits until its `/readyz` says ready.
+fn spawn_ready(cmd: Command, dir: &Path, metrics_port: u16, timeout: Duration) -> ChildGuard {
+    let mut process = ChildGuard::spawn("redis-fleet sidecar", cmd, &dir.join("sidecar.log"));
+    let ready = wait_until(timeout, || {
+        process.is_running()
+            && super::operator::http_get(metrics_port, "/readyz")
+                .is_some_and(|b| b.trim() == "ready")
+    });
+    assert!(ready, "sidecar not ready\n{}", process.log_tail(30));
+    process
 }
 
 /// An endpoint for a local server (password in Secret `<name>-redis`, key `password`, when the
