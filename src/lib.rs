@@ -16,5 +16,6 @@ pub mod operator;
 pub mod rebalance;
 pub mod redis;
 pub mod routing;
+pub mod shutdown;
 pub mod sidecar;
 pub mod telemetry;

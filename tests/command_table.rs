@@ -3,7 +3,7 @@
 //! Redis is the oracle: `COMMAND INFO` for arity and flags, `COMMAND LIST` for completeness,
 //! `COMMAND GETKEYS` for key positions on generated invocations, the commands themselves for
 //! the error texts, and its replies and inline parsing for the RESP code. The connection is a
-//! plain TcpStream spoken through `redis_fleet::sidecar::resp`, so every reply also exercises
+//! plain TcpStream spoken through `redis_fleet::redis::resp`, so every reply also exercises
 //! the reply decoder.
 //!
 //! Commands newer than the server (CLIENT SETINFO, Redis 7.2) are skipped and listed.
@@ -17,10 +17,10 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use redis_fleet::redis::resp::{self, Frame, Limits, encode_request, frame_len, parse_frame};
 use redis_fleet::sidecar::command::{
     self, CommandError, CommandSpec, KeySpec, Kind, NumKeysErrors, key_indices, lookup,
 };
-use redis_fleet::sidecar::resp::{self, Frame, Limits, encode_request, frame_len, parse_frame};
 use support::{RedisOptions, RedisServer};
 
 /// Commands in the table that Redis 7.0 does not know.

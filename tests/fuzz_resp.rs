@@ -16,7 +16,7 @@
 
 use bytes::BytesMut;
 use proptest::prelude::*;
-use redis_fleet::sidecar::resp::{
+use redis_fleet::redis::resp::{
     Frame, FrameScanner, Limits, ProtocolError, RequestDecoder, encode_request, frame_len,
     parse_frame, parse_request, split_frame,
 };

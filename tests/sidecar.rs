@@ -717,7 +717,7 @@ async fn heartbeats_and_metrics() {
             .await
             .unwrap();
         loop {
-            let beats = redis_fleet::sidecar::heartbeat::read(&mut c).await.unwrap();
+            let beats = redis_fleet::redis::heartbeat::read(&mut c).await.unwrap();
             if let Some((id, version)) = beats.iter().next() {
                 assert!(id.starts_with("test-sidecar"), "{id}");
                 assert_eq!(*version, 7);
@@ -746,7 +746,7 @@ async fn heartbeats_and_metrics() {
                     .query_async(&mut c)
                     .await
                     .unwrap();
-                let beats = redis_fleet::sidecar::heartbeat::read(&mut c).await.unwrap();
+                let beats = redis_fleet::redis::heartbeat::read(&mut c).await.unwrap();
                 assert!(!beats.contains_key("ghost"), "{beats:?}");
                 break;
             }

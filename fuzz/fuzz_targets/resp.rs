@@ -5,8 +5,8 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code)]
-#[path = "../../src/sidecar/resp.rs"]
+#[allow(dead_code, unused_imports)]
+#[path = "../../src/redis/resp/mod.rs"]
 mod resp;
 
 use resp::{

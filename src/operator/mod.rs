@@ -97,7 +97,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        crate::shutdown::signal().await;
         info!("shutdown requested: finishing in-flight reconciles");
         let _ = stop_tx.send(true);
     });
@@ -356,27 +356,4 @@ pub fn referenced_secrets(ri: &RedisInstance) -> Vec<String> {
         names.push(redis_instance::build::password_ref(&ri.name_any(), m).name);
     }
     names
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C (a terminal).
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

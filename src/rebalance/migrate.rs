@@ -11,7 +11,7 @@
 //! 3. **Converge**: wait until every live sidecar's heartbeat shows the flip version, so no
 //!    sidecar still writes to a source by an older table.
 //! 4. **Copy**: SCAN the source, move keys in pipelined batches (take into a tombstone,
-//!    RESTORE without REPLACE, finish — see [`super::keymove`]), big or non-portable values
+//!    RESTORE without REPLACE, finish — see [`crate::redis::keymove`]), big or non-portable values
 //!    piece by piece; checkpoint the cursor on the source so a restarted Job resumes; respect
 //!    `keysPerSecond`; sweep until no key and no tombstone of the ranges is left.
 //! 5. **Finalize** (operator): publish the targets as owners; the Job removes its checkpoints.
@@ -31,17 +31,16 @@ use crate::api::cache_policy::{MoveStatus, RebalanceStatus, rebalance_phase, reb
 use crate::operator::cache_policy::config_map_name;
 use crate::redis::connect::{Credentials, redact};
 use crate::redis::keys::{RangeScan, ScanCheckpoint, delete_ranges, in_ranges};
+use crate::redis::resp::Frame;
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
 use crate::routing::table::{RoutingTable, TABLE_KEY};
 use crate::sidecar::reload::{SecretSource, read_secrets};
-use crate::sidecar::resp::Frame;
 use crate::sidecar::router::{referenced_secrets, target_of};
 
-use super::keymove::{
+use crate::redis::keymove::{
     self, FINISH_MANY_SCRIPT, LEASE_MS, MoveError, Restored, TAKE_MANY_SCRIPT, TOMB_PREFIX, Taken,
 };
-use super::sample::heartbeats;
 
 /// Values larger than this (MEMORY USAGE) are copied piece by piece, not with one DUMP.
 pub const BIG_VALUE_BYTES: u64 = 8 << 20;
@@ -346,7 +345,7 @@ impl Job {
         loop {
             let mut behind = BTreeMap::new();
             for instance in self.instances.values_mut() {
-                let beats = heartbeats(&mut instance.conn)
+                let beats = crate::redis::heartbeat::read(&mut instance.conn)
                     .await
                     .map_err(|e| instance.err(&e))?;
                 for (id, version) in beats {

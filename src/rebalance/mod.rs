@@ -1,9 +1,7 @@
 //! Moving data between instances online: planning ([`plan`], pure), the Job manifest
-//! ([`job`]), sampling instances ([`sample`]), the per-key move protocol shared with the
-//! sidecar ([`keymove`]) and the Job itself ([`migrate`]).
+//! ([`job`]) and the Job itself ([`migrate`]). The per-key move protocol it shares with the
+//! sidecar is [`crate::redis::keymove`].
 
 pub mod job;
-pub mod keymove;
 pub mod migrate;
 pub mod plan;
-pub mod sample;

@@ -1,7 +1,13 @@
-//! Talking to Redis: INFO parsing (pure) and the helpers the operator and the Job use to
-//! connect and probe.
+//! Talking to Redis, for every component: the RESP codec ([`resp`], pure), INFO parsing
+//! ([`info`], pure), connections ([`connect`]) and probes ([`probe`]), and the protocols the
+//! sidecar, the Job and the operator share on the instances — moving a key ([`keymove`]),
+//! heartbeats ([`heartbeat`]), key ranges ([`keys`]) and memory sampling ([`sample`]).
 
 pub mod connect;
+pub mod heartbeat;
 pub mod info;
+pub mod keymove;
 pub mod keys;
 pub mod probe;
+pub mod resp;
+pub mod sample;

@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::metrics::BackendMetrics;
-use super::resp::{FrameScanner, Limits, encode_request};
 use crate::redis::connect::Target;
+use crate::redis::resp::{FrameScanner, Limits, encode_request};
 
 /// How many scheduler turns a lane waits for more requests to join a write, at most. Each turn
 /// only lasts while other connections have work ready, so an idle proxy adds no delay.

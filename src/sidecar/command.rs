@@ -19,7 +19,7 @@ use std::cmp::Ordering;
 
 use thiserror::Error;
 
-use super::resp::parse_i64;
+use crate::redis::resp::parse_i64;
 
 /// What the sidecar knows about one command (or subcommand, like `object|encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

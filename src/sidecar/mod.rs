@@ -12,7 +12,6 @@ pub mod command;
 pub mod heartbeat;
 pub mod metrics;
 pub mod reload;
-pub mod resp;
 pub mod router;
 pub mod session;
 pub mod ttl;
@@ -144,7 +143,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     tokio::select! {
         () = accept => {}
-        () = crate::operator::shutdown_signal() => info!("shutting down"),
+        () = crate::shutdown::signal() => info!("shutting down"),
     }
     Ok(())
 }

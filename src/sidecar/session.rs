@@ -27,12 +27,12 @@ use tokio::net::TcpStream;
 use super::backend::{BackendError, Dedicated, Replies, ReplyReceiver};
 use super::command::{self, FanOut, Kind, LocalCommand, Split, TxnCommand};
 use super::metrics::SidecarMetrics;
-use super::resp::{Frame, Limits, Request, RequestDecoder, encode_request, parse_frame};
 use super::router::Router;
 use super::ttl::{self, TtlAction};
-use crate::rebalance::keymove;
 use crate::redis::connect::SecretString;
+use crate::redis::keymove;
 use crate::redis::keys::RESERVED_PREFIX;
+use crate::redis::resp::{Frame, Limits, Request, RequestDecoder, encode_request, parse_frame};
 use crate::routing::keyspace::{CategoryId, InstanceId, Route};
 
 /// State shared by all client connections.

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::routing::table::TtlRules;
 
-use super::resp::parse_i64;
+use crate::redis::resp::parse_i64;
 
 /// What to do with a write.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1096,10 +1096,10 @@ pub async fn sample_instances(
         else {
             continue;
         };
-        match crate::rebalance::sample::sample_categories(
+        match crate::redis::sample::sample_categories(
             &mut conn,
             &resolver,
-            crate::rebalance::sample::SAMPLE_KEYS,
+            crate::redis::sample::SAMPLE_KEYS,
         )
         .await
         {
@@ -1114,7 +1114,7 @@ pub async fn sample_instances(
                 continue;
             }
         }
-        match crate::rebalance::sample::heartbeats(&mut conn).await {
+        match crate::redis::heartbeat::read(&mut conn).await {
             Ok(beats) => {
                 for (id, v) in beats {
                     let e = out.sidecars.entry(id).or_insert(v);

@@ -17,7 +17,7 @@
 
 use bytes::Bytes;
 
-use crate::sidecar::resp::Frame;
+use super::resp::Frame;
 
 /// Prefix of tombstones of keys being moved.
 pub const TOMB_PREFIX: &[u8] = b"redisfleet:tomb:";

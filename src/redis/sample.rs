@@ -1,6 +1,6 @@
 //! Sampling an instance: how its memory splits over the categories (RANDOMKEY + MEMORY
-//! USAGE, scaled to its key count) and which sidecars report which table version there
-//! (heartbeats). The planner needs the first, the Job's converge step the second.
+//! USAGE, scaled to its key count). The rebalance planner works from these estimates; which
+//! sidecars report which table version there is [`super::heartbeat`].
 
 use std::collections::BTreeMap;
 
@@ -68,11 +68,4 @@ pub async fn sample_categories(
             .map(|(c, s)| (c, s.saturating_mul(keys) / samples))
             .collect(),
     })
-}
-
-/// The live heartbeats on an instance: sidecar id → table version.
-pub async fn heartbeats(
-    conn: &mut MultiplexedConnection,
-) -> redis::RedisResult<BTreeMap<String, u64>> {
-    crate::sidecar::heartbeat::read(conn).await
 }
