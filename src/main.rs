@@ -164,7 +164,8 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
-    use redis_fleet::sidecar::reload::{SecretSource, TableSource};
+    use redis_fleet::redis::endpoint::SecretSource;
+    use redis_fleet::sidecar::reload::TableSource;
     let table = match (args.routing_file, args.configmap) {
         (Some(path), _) => TableSource::File(path),
         (None, Some(cm)) => {
@@ -276,7 +277,7 @@ fn main() -> anyhow::Result<()> {
                 metrics_addr: args.metrics_addr,
                 controller_name: "redis-fleet-operator".to_owned(),
                 instance_name: args.instance_name,
-                jobs: redis_fleet::rebalance::job::JobSettings {
+                jobs: redis_fleet::operator::cache_policy::job::JobSettings {
                     namespace: args.rebalance_namespace,
                     image: args.rebalance_image,
                     pull_policy: args.rebalance_image_pull_policy,

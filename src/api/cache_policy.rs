@@ -5,11 +5,12 @@
 #![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
-use kube::{CustomResource, KubeSchema};
+use kube::core::{Selector, SelectorExt};
+use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use super::Duration;
-use super::redis_instance::InstancePhase;
+use super::redis_instance::{InstancePhase, RedisInstance};
 
 /// Annotation that asks for a rebalance plan now, whatever the thresholds say. Its value is
 /// free text (a timestamp is customary); each new value triggers one plan.
@@ -520,4 +521,23 @@ pub struct SidecarsStatus {
     /// Lowest table version among them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_version: Option<i64>,
+}
+
+/// The routing ConfigMap name of a policy: `spec.routingConfigMap`, else `<policy>-routing`.
+pub fn config_map_name(policy: &CachePolicy) -> String {
+    policy
+        .spec
+        .routing_config_map
+        .clone()
+        .unwrap_or_else(|| format!("{}-routing", policy.name_any()))
+}
+
+/// Whether `policy` selects `instance` (same namespace assumed).
+pub fn selects(policy: &CachePolicy, instance: &RedisInstance) -> bool {
+    match &policy.spec.instance_selector {
+        None => true,
+        Some(selector) => {
+            Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(instance.labels()))
+        }
+    }
 }

@@ -475,3 +475,50 @@ pub struct StatsStatus {
     /// Keys evicted since the server started.
     pub evicted_keys: i64,
 }
+
+// Names derived from a managed instance: the operator creates these objects, the routing
+// table and the operator's probes address them.
+
+/// Port of every managed Redis.
+pub const REDIS_PORT: u16 = 6379;
+
+/// Key of the generated password in the generated Secret.
+pub const PASSWORD_KEY: &str = "password";
+
+/// Names of the objects behind a managed instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// StatefulSet and Service.
+    pub workload: String,
+    /// ConfigMap with redis.conf.
+    pub config: String,
+    /// Generated password Secret.
+    pub auth_secret: String,
+}
+
+impl Names {
+    /// Names derived from the RedisInstance name.
+    pub fn of(instance: &str) -> Self {
+        Self {
+            workload: format!("{instance}-redis"),
+            config: format!("{instance}-redis-config"),
+            auth_secret: format!("{instance}-redis-auth"),
+        }
+    }
+}
+
+/// The Service DNS name the operator and sidecars use for a managed instance.
+pub fn managed_host(instance: &str, namespace: &str) -> String {
+    format!("{}.{namespace}.svc", Names::of(instance).workload)
+}
+
+/// The Secret key holding a managed instance's password: the user's, else the generated one.
+pub fn password_ref(instance: &str, managed: &ManagedRedis) -> SecretKeyRef {
+    managed
+        .password_secret_ref
+        .clone()
+        .unwrap_or_else(|| SecretKeyRef {
+            name: Names::of(instance).auth_secret,
+            key: PASSWORD_KEY.to_owned(),
+        })
+}

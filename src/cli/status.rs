@@ -22,15 +22,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::cache_policy::{
     CachePolicy, CachePolicySpec, DEFAULT_CATEGORY, RebalanceStatus, Strategy, TtlSpec,
+    config_map_name, selects,
 };
 use crate::api::quantity::format_bytes_human;
 use crate::api::redis_instance::{InstancePhase, RedisInstance, TIER_LABEL};
-use crate::operator::cache_policy::config_map_name;
-use crate::operator::redis_instance::selects;
+use crate::routing::config_map::{annotated_version, table_of};
 use crate::routing::slots::SLOT_COUNT;
-use crate::routing::table::{
-    Migration, RoutingTable, SlotOwner, TABLE_KEY, TtlRules, VERSION_ANNOTATION,
-};
+use crate::routing::table::{Migration, SlotOwner, TABLE_KEY, TtlRules};
 
 /// `schemaVersion` of the `-o json` document. New optional fields may be added without
 /// bumping it; renaming or removing one bumps it.
@@ -759,24 +757,19 @@ fn build_policy(
             None,
         ),
         Some(Ok(cm)) => {
-            let annotated = cm
-                .annotations()
-                .get(VERSION_ANNOTATION)
-                .and_then(|v| v.parse::<u64>().ok());
-            match cm.data.as_ref().and_then(|d| d.get(TABLE_KEY)) {
+            let annotated = annotated_version(cm);
+            match table_of(cm) {
                 None => (
                     None,
                     Some(format!("routing ConfigMap {cm_name} has no {TABLE_KEY}")),
                     annotated,
                 ),
-                Some(json) => match RoutingTable::from_json(json) {
-                    Ok(table) => (Some(table), None, annotated),
-                    Err(e) => (
-                        None,
-                        Some(format!("routing ConfigMap {cm_name}: {e}")),
-                        annotated,
-                    ),
-                },
+                Some(Ok(table)) => (Some(table), None, annotated),
+                Some(Err(e)) => (
+                    None,
+                    Some(format!("routing ConfigMap {cm_name}: {e}")),
+                    annotated,
+                ),
             }
         }
     };
@@ -1796,7 +1789,9 @@ mod tests {
     use super::*;
     use crate::api::cache_policy::MoveStatus;
     use crate::api::conditions::Time;
-    use crate::routing::table::{Category, Failover, InstanceEndpoint};
+    use crate::routing::table::{
+        Category, Failover, InstanceEndpoint, RoutingTable, VERSION_ANNOTATION,
+    };
     use serde_json::json;
 
     const MIB: u64 = 1 << 20;

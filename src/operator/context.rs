@@ -19,11 +19,11 @@ use crate::redis::probe::Prober;
 
 use std::time::Duration;
 
+use super::cache_policy::job::JobSettings;
 use super::cache_policy::routing::InstanceView;
 use super::cache_policy::{PolicySample, UsageHistory, sample_instances};
 use super::metrics::Metrics;
 use super::secrets::SecretReader;
-use crate::rebalance::job::JobSettings;
 use crate::routing::table::RoutingTable;
 
 /// Shared by all reconciles of a scope.

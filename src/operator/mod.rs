@@ -54,7 +54,7 @@ pub struct Config {
     /// Leader election; `None`: this process always leads.
     pub leader_election: Option<leader::ElectionConfig>,
     /// How rebalance Jobs are made.
-    pub jobs: crate::rebalance::job::JobSettings,
+    pub jobs: cache_policy::job::JobSettings,
 }
 
 /// Why the operator stopped.
@@ -196,7 +196,7 @@ async fn run_scope(
     scope: Option<String>,
     metrics: Arc<Metrics>,
     recorder: Recorder,
-    jobs: crate::rebalance::job::JobSettings,
+    jobs: cache_policy::job::JobSettings,
     stop: watch::Receiver<bool>,
 ) {
     let ns = scope.as_deref();
@@ -236,13 +236,13 @@ async fn run_scope(
     let jobs_scope = ctx.jobs.namespace.clone().or(scope.clone());
     let jobs_wc = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by=redis-fleet,{}={}",
-        crate::rebalance::job::COMPONENT_LABEL.0,
-        crate::rebalance::job::COMPONENT_LABEL.1
+        cache_policy::job::COMPONENT_LABEL.0,
+        cache_policy::job::COMPONENT_LABEL.1
     ));
     let policies = policy_controller
         .owns(api::<ConfigMap>(&client, ns), owned_wc.clone())
         .watches(api::<Job>(&client, jobs_scope.as_deref()), jobs_wc, |job| {
-            crate::rebalance::job::policy_of(&job)
+            cache_policy::job::policy_of(&job)
         })
         .watches_stream(instance_changes, move |ri| {
             cache_policy::policies_selecting(&trigger_policies, &ri)
@@ -353,7 +353,7 @@ pub fn referenced_secrets(ri: &RedisInstance) -> Vec<String> {
         }
     }
     if let Some(m) = &ri.spec.managed {
-        names.push(redis_instance::build::password_ref(&ri.name_any(), m).name);
+        names.push(crate::api::redis_instance::password_ref(&ri.name_any(), m).name);
     }
     names
 }

@@ -1,4 +1,5 @@
-//! Reading credentials from Secrets referenced by RedisInstances.
+//! Reading credentials from Secrets referenced by RedisInstances, for the operator's
+//! connections to them ([`SecretReader::target_of`]).
 //!
 //! The operator watches Secret *metadata* only (cheap: no data of unrelated Secrets in
 //! memory) and fetches a referenced Secret's data when its resourceVersion changes, so a
@@ -14,7 +15,10 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
-use crate::api::redis_instance::SecretKeyRef;
+use crate::api::redis_instance::RedisInstance;
+use crate::redis::connect::Target;
+use crate::redis::endpoint::{self, Secrets, endpoint_of};
+use crate::routing::table::SecretKeyName;
 
 /// Why a credential could not be read. Messages name the Secret and key, never the value.
 #[derive(Debug, thiserror::Error)]
@@ -97,11 +101,28 @@ impl SecretReader {
         }
     }
 
+    /// Address, TLS and credentials of an instance, reading the Secrets it references.
+    pub async fn target_of(
+        &self,
+        ri: &RedisInstance,
+        namespace: &str,
+    ) -> Result<Target, SecretError> {
+        endpoint::target(&endpoint_of(ri, namespace), &self.in_namespace(namespace)).await
+    }
+
+    /// The Secrets of `namespace`, to build targets from ([`endpoint::target`]).
+    pub fn in_namespace<'a>(&'a self, namespace: &'a str) -> InNamespace<'a> {
+        InNamespace {
+            reader: self,
+            namespace,
+        }
+    }
+
     /// The bytes of `reference` in `namespace`.
     pub async fn read(
         &self,
         namespace: &str,
-        reference: &SecretKeyRef,
+        reference: &SecretKeyName,
     ) -> Result<Vec<u8>, SecretError> {
         let key = (namespace.to_owned(), reference.name.clone());
         let watched_version = self
@@ -147,22 +168,31 @@ impl SecretReader {
             })
     }
 
-    /// The value of `reference` as text (user names, passwords).
-    pub async fn read_text(
-        &self,
-        namespace: &str,
-        reference: &SecretKeyRef,
-    ) -> Result<String, SecretError> {
-        let bytes = self.read(namespace, reference).await?;
-        String::from_utf8(bytes).map_err(|_| SecretError::NotText {
-            namespace: namespace.to_owned(),
-            name: reference.name.clone(),
-            key: reference.key.clone(),
-        })
-    }
-
     fn forget(&self, key: &(String, String)) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.remove(key);
+    }
+}
+
+/// The Secrets of one namespace, read through a [`SecretReader`].
+#[derive(Debug, Clone, Copy)]
+pub struct InNamespace<'a> {
+    reader: &'a SecretReader,
+    namespace: &'a str,
+}
+
+impl Secrets for InNamespace<'_> {
+    type Error = SecretError;
+
+    async fn read(&self, key: &SecretKeyName) -> Result<Vec<u8>, SecretError> {
+        self.reader.read(self.namespace, key).await
+    }
+
+    fn not_text(&self, key: &SecretKeyName) -> SecretError {
+        SecretError::NotText {
+            namespace: self.namespace.to_owned(),
+            name: key.name.clone(),
+            key: key.key.clone(),
+        }
     }
 }

@@ -27,16 +27,16 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::api::CachePolicy;
-use crate::api::cache_policy::{MoveStatus, RebalanceStatus, rebalance_phase, rebalance_step};
-use crate::operator::cache_policy::config_map_name;
+use crate::api::cache_policy::{
+    MoveStatus, RebalanceStatus, config_map_name, rebalance_phase, rebalance_step,
+};
 use crate::redis::connect::{Credentials, redact};
+use crate::redis::endpoint::{self, Available, SecretSource, read_secrets, referenced_secrets};
 use crate::redis::keys::{RangeScan, ScanCheckpoint, delete_ranges, in_ranges};
 use crate::redis::resp::Frame;
+use crate::routing::config_map::table_of;
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
-use crate::routing::table::{RoutingTable, TABLE_KEY};
-use crate::sidecar::reload::{SecretSource, read_secrets};
-use crate::sidecar::router::{referenced_secrets, target_of};
 
 use crate::redis::keymove::{
     self, FINISH_MANY_SCRIPT, LEASE_MS, MoveError, Restored, TAKE_MANY_SCRIPT, TOMB_PREFIX, Taken,
@@ -205,12 +205,9 @@ impl Job {
         let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
             Api::namespaced(client.clone(), &namespace);
         let cm = cms.get(&config_map_name(policy)).await?;
-        let text = cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get(TABLE_KEY))
-            .ok_or_else(|| Error::Setup("the routing ConfigMap has no table".to_owned()))?;
-        let table = RoutingTable::from_json(text).map_err(|e| Error::Setup(e.to_string()))?;
+        let table = table_of(&cm)
+            .ok_or_else(|| Error::Setup("the routing ConfigMap has no table".to_owned()))?
+            .map_err(|e| Error::Setup(e.to_string()))?;
         let secrets = read_secrets(
             &SecretSource::Api(namespace.clone()),
             Some(&client),
@@ -224,7 +221,13 @@ impl Job {
         let mut finish_sha = String::new();
         for name in resolver.instances() {
             let endpoint = &resolver.table().instances[name];
-            let target = target_of(name, endpoint, &secrets).map_err(Error::Setup)?;
+            let available = Available {
+                instance: name,
+                values: &secrets,
+            };
+            let target = endpoint::target(endpoint, &available)
+                .await
+                .map_err(Error::Setup)?;
             let conn = target
                 .connect(Duration::from_secs(10))
                 .await

@@ -4,6 +4,7 @@
 //! heartbeats ([`heartbeat`]), key ranges ([`keys`]) and memory sampling ([`sample`]).
 
 pub mod connect;
+pub mod endpoint;
 pub mod heartbeat;
 pub mod info;
 pub mod keymove;

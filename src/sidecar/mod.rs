@@ -26,9 +26,10 @@ use tracing::{info, warn};
 
 use crate::http;
 use crate::redis::connect::SecretString;
+use crate::redis::endpoint::SecretSource;
 use backend::BackendOptions;
 use metrics::SidecarMetrics;
-use reload::{Reloader, SecretSource, TableSource};
+use reload::{Reloader, TableSource};
 use session::Shared;
 
 /// How the sidecar runs.

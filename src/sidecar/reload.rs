@@ -11,15 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::{info, warn};
 
-use crate::routing::table::{RoutingTable, SecretKeyName, TABLE_KEY, fnv1a64};
+use crate::redis::endpoint::{SecretSource, read_secrets, referenced_secrets};
+use crate::routing::config_map::table_text;
+use crate::routing::table::{RoutingTable, TABLE_KEY, fnv1a64};
 
 use super::backend::BackendOptions;
-use super::router::{self, BackendRegistry, SecretValues};
+use super::router::{self, BackendRegistry};
 use super::session::Shared;
 
 /// Where the routing table comes from.
@@ -34,60 +36,6 @@ pub enum TableSource {
         /// Name.
         name: String,
     },
-}
-
-/// Where credentials come from.
-#[derive(Debug, Clone)]
-pub enum SecretSource {
-    /// Mounted Secrets: `<dir>/<secret name>/<key>`.
-    Dir(PathBuf),
-    /// Secrets read through the API, in this namespace.
-    Api(String),
-    /// No credentials (instances without AUTH).
-    None,
-}
-
-/// Reads the values of `wanted` from `source`.
-pub async fn read_secrets(
-    source: &SecretSource,
-    client: Option<&kube::Client>,
-    wanted: &[SecretKeyName],
-) -> Result<SecretValues, String> {
-    let mut out = SecretValues::new();
-    match source {
-        SecretSource::None => {}
-        SecretSource::Dir(dir) => {
-            for r in wanted {
-                let path = dir.join(&r.name).join(&r.key);
-                match std::fs::read(&path) {
-                    Ok(v) => {
-                        out.insert(r.clone(), v);
-                    }
-                    Err(e) => return Err(format!("reading {}: {e}", path.display())),
-                }
-            }
-        }
-        SecretSource::Api(namespace) => {
-            let Some(client) = client else {
-                return Err("no Kubernetes client to read Secrets with".to_owned());
-            };
-            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            for r in wanted {
-                let secret = api
-                    .get(&r.name)
-                    .await
-                    .map_err(|e| format!("reading Secret {}/{}: {e}", namespace, r.name))?;
-                let value = secret
-                    .data
-                    .and_then(|mut d| d.remove(&r.key))
-                    .ok_or_else(|| {
-                        format!("Secret {}/{} has no key {}", namespace, r.name, r.key)
-                    })?;
-                out.insert(r.clone(), value.0);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Loads tables and swaps them into `shared`.
@@ -123,7 +71,7 @@ impl Reloader {
     /// happens when neither the table nor the credentials changed.
     pub async fn apply(&mut self, text: &str) -> Result<bool, String> {
         let table = RoutingTable::from_json(text).map_err(|e| e.to_string())?;
-        let wanted = router::referenced_secrets(&table);
+        let wanted = referenced_secrets(&table);
         let secrets = read_secrets(&self.secrets, self.client.as_ref(), &wanted).await?;
         let mut fingerprint_input = text.as_bytes().to_vec();
         for (k, v) in &secrets {
@@ -142,7 +90,8 @@ impl Reloader {
             &self.registry,
             &self.options,
             &self.shared.metrics,
-        )?;
+        )
+        .await?;
         self.shared.router.store(Some(Arc::new(router)));
         self.shared.metrics.routing_version.set(version as i64);
         self.shared.metrics.reloads.inc();
@@ -206,8 +155,8 @@ impl Reloader {
             tokio::select! {
                 ev = events.next() => match ev {
                     Some(Ok(cm)) => {
-                        match cm.data.as_ref().and_then(|d| d.get(TABLE_KEY)) {
-                            Some(text) => latest = Some(text.clone()),
+                        match table_text(&cm) {
+                            Some(text) => latest = Some(text.to_owned()),
                             None => self.failed(&format!("ConfigMap {namespace}/{name} has no {TABLE_KEY}")),
                         }
                     }

@@ -3,18 +3,16 @@
 //! atomically; backends whose endpoint and credentials did not change are reused, so a reload
 //! drops no connection, and requests in flight finish on the version they started with.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::redis::connect::{Credentials, SecretString, Target, TlsOptions};
+use crate::redis::connect::Target;
+use crate::redis::endpoint::{self, Available, SecretValues};
 use crate::routing::keyspace::{InstanceId, Resolver};
-use crate::routing::table::{InstanceEndpoint, RoutingTable, SecretKeyName};
+use crate::routing::table::RoutingTable;
 
 use super::backend::{Backend, BackendOptions};
 use super::metrics::{CategoryMetrics, SidecarMetrics};
-
-/// Secret values by (Secret name, key).
-pub type SecretValues = BTreeMap<SecretKeyName, Vec<u8>>;
 
 /// A routing table version with its backends.
 #[derive(Debug)]
@@ -37,65 +35,6 @@ impl Router {
     pub fn version(&self) -> u64 {
         self.resolver.version()
     }
-}
-
-/// Every Secret key a table refers to.
-pub fn referenced_secrets(table: &RoutingTable) -> Vec<SecretKeyName> {
-    let mut out: Vec<SecretKeyName> = Vec::new();
-    for e in table.instances.values() {
-        out.extend(e.username_secret.iter().cloned());
-        out.extend(e.password_secret.iter().cloned());
-        if let Some(tls) = &e.tls {
-            out.extend(tls.ca_secret.iter().cloned());
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// How to reach `endpoint` with the credentials in `secrets`.
-pub fn target_of(
-    name: &str,
-    endpoint: &InstanceEndpoint,
-    secrets: &SecretValues,
-) -> Result<Target, String> {
-    let get = |r: &SecretKeyName| -> Result<Vec<u8>, String> {
-        secrets.get(r).cloned().ok_or_else(|| {
-            format!(
-                "instance {name}: Secret {} key {} is not available to the sidecar",
-                r.name, r.key
-            )
-        })
-    };
-    let text = |r: &SecretKeyName| -> Result<String, String> {
-        String::from_utf8(get(r)?).map_err(|_| {
-            format!(
-                "instance {name}: Secret {} key {} is not text",
-                r.name, r.key
-            )
-        })
-    };
-    Ok(Target {
-        host: endpoint.host.clone(),
-        port: endpoint.port,
-        tls: match &endpoint.tls {
-            None => None,
-            Some(tls) => Some(TlsOptions {
-                ca_pem: tls.ca_secret.as_ref().map(get).transpose()?,
-                insecure_skip_verify: tls.insecure_skip_verify,
-            }),
-        },
-        credentials: Credentials {
-            username: endpoint.username_secret.as_ref().map(text).transpose()?,
-            password: endpoint
-                .password_secret
-                .as_ref()
-                .map(text)
-                .transpose()?
-                .map(SecretString::new),
-        },
-    })
 }
 
 /// Live backends by instance name and target fingerprint, so that a new table version reuses
@@ -126,7 +65,7 @@ impl BackendRegistry {
 }
 
 /// Builds the router of `table`.
-pub fn build(
+pub async fn build(
     table: RoutingTable,
     secrets: &SecretValues,
     registry: &BackendRegistry,
@@ -137,7 +76,11 @@ pub fn build(
     let mut backends = Vec::with_capacity(resolver.instances().len());
     for name in resolver.instances() {
         let endpoint = &resolver.table().instances[name];
-        let target = target_of(name, endpoint, secrets)?;
+        let available = Available {
+            instance: name,
+            values: secrets,
+        };
+        let target = endpoint::target(endpoint, &available).await?;
         backends.push(registry.get_or_start(name, target, options, metrics));
     }
     let categories = resolver

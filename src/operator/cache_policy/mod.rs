@@ -6,6 +6,7 @@
 //! Pipeline: fetch (instances from the cache, previous table from the ConfigMap) → plan
 //! ([`routing::plan_routing`], pure) → prepare (purge) → publish → status ([`status`], pure).
 
+pub mod job;
 pub mod rebalance;
 pub mod routing;
 pub mod status;
@@ -28,19 +29,18 @@ use tracing::{debug, info, warn};
 use crate::api::FIELD_MANAGER;
 use crate::api::cache_policy::{
     CachePolicy, JOB_OWNED_REBALANCE_FIELDS, REBALANCE_NOW_ANNOTATION, RebalanceStatus,
-    rebalance_phase, rebalance_step,
+    config_map_name, rebalance_phase, rebalance_step, selects,
 };
 use crate::api::redis_instance::{InstancePhase, RedisInstance, TIER_LABEL};
+use crate::redis::endpoint::endpoint_of;
 use crate::redis::keys::delete_ranges;
+use crate::routing::config_map::{annotated_version, table_of};
 use crate::routing::keyspace::Resolver;
 use crate::routing::slots::SlotRange;
-use crate::routing::table::{
-    InstanceEndpoint, RoutingTable, SecretKeyName, TABLE_KEY, TlsSettings, VERSION_ANNOTATION,
-};
+use crate::routing::table::{RoutingTable, TABLE_KEY, VERSION_ANNOTATION};
 
 use super::context::Context;
 use super::metrics::PolicyLabels;
-use super::redis_instance::{self, build as managed};
 use routing::{InstanceView, plan_routing};
 
 /// Controller name in metrics and logs.
@@ -93,56 +93,6 @@ impl Error {
     }
 }
 
-/// The routing ConfigMap name of a policy.
-pub fn config_map_name(policy: &CachePolicy) -> String {
-    policy
-        .spec
-        .routing_config_map
-        .clone()
-        .unwrap_or_else(|| format!("{}-routing", policy.name_any()))
-}
-
-/// How an instance is reached, as written in the table (Secret names, never values).
-pub fn endpoint_of(ri: &RedisInstance, namespace: &str) -> InstanceEndpoint {
-    let name = ri.name_any();
-    if let Some(m) = &ri.spec.managed {
-        let pw = managed::password_ref(&name, m);
-        return InstanceEndpoint {
-            host: managed::managed_host(&name, namespace),
-            port: managed::REDIS_PORT,
-            tls: None,
-            username_secret: None,
-            password_secret: Some(SecretKeyName {
-                name: pw.name,
-                key: pw.key,
-            }),
-        };
-    }
-    let secret = |r: &crate::api::redis_instance::SecretKeyRef| SecretKeyName {
-        name: r.name.clone(),
-        key: r.key.clone(),
-    };
-    match &ri.spec.external {
-        Some(e) => InstanceEndpoint {
-            host: e.host.clone(),
-            port: u16::try_from(e.port).unwrap_or(6379),
-            tls: e.tls.as_ref().filter(|t| t.enabled).map(|t| TlsSettings {
-                ca_secret: t.ca_secret_ref.as_ref().map(secret),
-                insecure_skip_verify: t.insecure_skip_verify,
-            }),
-            username_secret: e.username_secret_ref.as_ref().map(secret),
-            password_secret: e.password_secret_ref.as_ref().map(secret),
-        },
-        None => InstanceEndpoint {
-            host: String::new(),
-            port: 0,
-            tls: None,
-            username_secret: None,
-            password_secret: None,
-        },
-    }
-}
-
 /// The policy's view of an instance.
 pub fn view_of(ri: &RedisInstance, namespace: &str) -> InstanceView {
     let status = ri.status.as_ref();
@@ -181,7 +131,7 @@ pub fn selected_instances(
         .into_iter()
         .filter(|ri| ri.namespace().as_deref() == Some(namespace))
         .filter(|ri| ri.metadata.deletion_timestamp.is_none())
-        .filter(|ri| redis_instance::selects(policy, ri))
+        .filter(|ri| selects(policy, ri))
         .collect();
     v.sort_by_key(|ri| ri.name_any());
     v
@@ -196,7 +146,7 @@ pub fn policies_selecting(
     ctx_policies
         .state()
         .iter()
-        .filter(|p| p.namespace() == ns && redis_instance::selects(p, ri))
+        .filter(|p| p.namespace() == ns && selects(p, ri))
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
@@ -214,22 +164,14 @@ async fn read_published(
     let Some(cm) = cm else {
         return Ok((None, 0));
     };
-    let annotated = cm
-        .annotations()
-        .get(VERSION_ANNOTATION)
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    let table = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(TABLE_KEY))
-        .and_then(|text| match RoutingTable::from_json(text) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                warn!(configmap = name, error = %e, "ignoring an unreadable routing table");
-                None
-            }
-        });
+    let annotated = annotated_version(&cm).unwrap_or(0);
+    let table = table_of(&cm).and_then(|parsed| match parsed {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(configmap = name, error = %e, "ignoring an unreadable routing table");
+            None
+        }
+    });
     let version = table
         .as_ref()
         .map_or(annotated, |t| t.version.max(annotated));
@@ -565,7 +507,9 @@ async fn purge(
     resolver: &Resolver,
     ranges: &[(String, SlotRange)],
 ) -> Result<u64, String> {
-    let target = redis_instance::resolve_target(ri, namespace, ctx)
+    let target = ctx
+        .secrets
+        .target_of(ri, namespace)
         .await
         .map_err(|e| e.to_string())?;
     let timeout = ri.spec.health.timeout.get().max(Duration::from_secs(1));
@@ -761,7 +705,6 @@ async fn drive_rebalance(
     views: &[InstanceView],
     sample: &PolicySample,
 ) -> Result<Option<RebalanceStatus>, Error> {
-    use crate::rebalance::job;
     use k8s_openapi::api::batch::v1::Job;
     let settings = &ctx.jobs;
     let policy_ns = policy.namespace().unwrap_or_default();
@@ -989,9 +932,9 @@ async fn create_job(
     jobs: &Api<k8s_openapi::api::batch::v1::Job>,
     policy: &CachePolicy,
     r: &RebalanceStatus,
-    settings: &crate::rebalance::job::JobSettings,
+    settings: &job::JobSettings,
 ) -> Result<(), Error> {
-    let job = crate::rebalance::job::build(policy, r.plan_id, r.attempts, settings);
+    let job = job::build(policy, r.plan_id, r.attempts, settings);
     match jobs.create(&kube::api::PostParams::default(), &job).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
@@ -1086,7 +1029,7 @@ pub async fn sample_instances(
         if !matches!(phase, Some(p) if p.serves_traffic()) {
             continue;
         }
-        let Ok(target) = redis_instance::resolve_target(ri, namespace, ctx).await else {
+        let Ok(target) = ctx.secrets.target_of(ri, namespace).await else {
             continue;
         };
         let instance = ObjectRef::from_obj(&**ri);

@@ -17,54 +17,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::api::redis_instance::{ManagedRedis, RedisInstance, SecretKeyRef};
-
-/// Port of every managed Redis.
-pub const REDIS_PORT: u16 = 6379;
-
-/// Key of the generated password in the generated Secret.
-pub const PASSWORD_KEY: &str = "password";
+use crate::api::redis_instance::{
+    ManagedRedis, Names, PASSWORD_KEY, REDIS_PORT, RedisInstance, password_ref,
+};
 
 /// UID/GID of the `redis` user in the official images.
 const REDIS_UID: i64 = 999;
-
-/// Names of the objects behind a managed instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Names {
-    /// StatefulSet and Service.
-    pub workload: String,
-    /// ConfigMap with redis.conf.
-    pub config: String,
-    /// Generated password Secret.
-    pub auth_secret: String,
-}
-
-impl Names {
-    /// Names derived from the RedisInstance name.
-    pub fn of(instance: &str) -> Self {
-        Self {
-            workload: format!("{instance}-redis"),
-            config: format!("{instance}-redis-config"),
-            auth_secret: format!("{instance}-redis-auth"),
-        }
-    }
-}
-
-/// The Service DNS name the operator and sidecars use for a managed instance.
-pub fn managed_host(instance: &str, namespace: &str) -> String {
-    format!("{}.{namespace}.svc", Names::of(instance).workload)
-}
-
-/// The Secret key holding a managed instance's password: the user's, else the generated one.
-pub fn password_ref(instance: &str, managed: &ManagedRedis) -> SecretKeyRef {
-    managed
-        .password_secret_ref
-        .clone()
-        .unwrap_or_else(|| SecretKeyRef {
-            name: Names::of(instance).auth_secret,
-            key: PASSWORD_KEY.to_owned(),
-        })
-}
 
 /// Labels on every object of a managed instance; the selector uses the last two.
 pub fn labels(instance: &str) -> BTreeMap<String, String> {
@@ -382,6 +340,7 @@ pub fn stateful_set_ready(sts: &StatefulSet) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::redis_instance::{SecretKeyRef, managed_host};
 
     fn instance(storage: bool) -> RedisInstance {
         let mut managed = serde_json::json!({"maxMemory": "30Mi", "evictionPolicy": "allkeys-lfu"});

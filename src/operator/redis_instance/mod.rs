@@ -21,14 +21,15 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::api::redis_instance::{InstancePhase, RedisInstance};
-use crate::api::{CachePolicy, FIELD_MANAGER};
-use crate::redis::connect::{Credentials, SecretString, Target, TlsOptions};
+use crate::api::FIELD_MANAGER;
+use crate::api::cache_policy::selects;
+use crate::api::redis_instance::{InstancePhase, Names, RedisInstance};
+use crate::redis::connect::Target;
+use crate::redis::endpoint::{self, endpoint_of};
 use crate::redis::info::window;
 
 use super::context::{Context, InstanceState};
 use super::metrics::{InstanceLabels, ProbeErrorLabels};
-use super::secrets::SecretError;
 use status::{Failure, Observation, ProbeSummary, Transition, WindowStats};
 
 /// Controller name in metrics and logs.
@@ -89,7 +90,8 @@ pub async fn reconcile(ri: Arc<RedisInstance>, ctx: Arc<Context>) -> Result<Acti
         None => None,
     };
 
-    let target = resolve_target(&ri, &namespace, &ctx).await;
+    let reached_at = endpoint_of(&ri, &namespace);
+    let target = endpoint::target(&reached_at, &ctx.secrets.in_namespace(&namespace)).await;
     let basis = (
         ri.metadata.generation,
         target.as_ref().map_or(0, Target::fingerprint),
@@ -103,9 +105,10 @@ pub async fn reconcile(ri: Arc<RedisInstance>, ctx: Arc<Context>) -> Result<Acti
     }
     state.last_basis = Some(basis);
 
-    let endpoint = target
+    // When the Secrets cannot be read, status still shows where the instance is.
+    let address = target
         .as_ref()
-        .map_or_else(|_| endpoint_of(&ri, &namespace), Target::address);
+        .map_or_else(|_| reached_at.address(), Target::address);
     let labels = InstanceLabels {
         namespace: namespace.clone(),
         instance: name.clone(),
@@ -125,7 +128,7 @@ pub async fn reconcile(ri: Arc<RedisInstance>, ctx: Arc<Context>) -> Result<Acti
         now: Timestamp::now(),
         generation: ri.metadata.generation,
         spec: &ri.spec,
-        endpoint,
+        endpoint: address,
         outcome,
         managed_ready,
         capacity_threshold: capacity_threshold(&ri, &ctx),
@@ -167,73 +170,6 @@ pub fn error_policy(ri: Arc<RedisInstance>, error: &Error, ctx: Arc<Context>) ->
     warn!(instance = %ri.name_any(), %error, "reconcile failed");
     ctx.metrics.reconcile_error(CONTROLLER, error.variant());
     Action::requeue(Duration::from_secs(5))
-}
-
-/// `host:port` of an instance (for status when the Secret lookup failed).
-fn endpoint_of(ri: &RedisInstance, namespace: &str) -> String {
-    match (&ri.spec.external, &ri.spec.managed) {
-        (Some(e), _) => format!("{}:{}", e.host, e.port),
-        (None, Some(_)) => format!(
-            "{}:{}",
-            build::managed_host(&ri.name_any(), namespace),
-            build::REDIS_PORT
-        ),
-        (None, None) => String::new(),
-    }
-}
-
-/// Address, TLS and credentials of an instance, reading the referenced Secrets.
-pub async fn resolve_target(
-    ri: &RedisInstance,
-    namespace: &str,
-    ctx: &Context,
-) -> Result<Target, SecretError> {
-    let name = ri.name_any();
-    if let Some(managed) = &ri.spec.managed {
-        let password = ctx
-            .secrets
-            .read_text(namespace, &build::password_ref(&name, managed))
-            .await?;
-        return Ok(Target {
-            host: build::managed_host(&name, namespace),
-            port: build::REDIS_PORT,
-            tls: None,
-            credentials: Credentials {
-                username: None,
-                password: Some(SecretString::new(password)),
-            },
-        });
-    }
-    let Some(external) = &ri.spec.external else {
-        // Refused by the CRD rules; an empty target fails the probe with a clear message.
-        return Ok(Target::plain("", 0));
-    };
-    let username = match &external.username_secret_ref {
-        Some(r) => Some(ctx.secrets.read_text(namespace, r).await?),
-        None => None,
-    };
-    let password = match &external.password_secret_ref {
-        Some(r) => Some(SecretString::new(
-            ctx.secrets.read_text(namespace, r).await?,
-        )),
-        None => None,
-    };
-    let tls = match &external.tls {
-        Some(tls) if tls.enabled => Some(TlsOptions {
-            ca_pem: match &tls.ca_secret_ref {
-                Some(r) => Some(ctx.secrets.read(namespace, r).await?),
-                None => None,
-            },
-            insecure_skip_verify: tls.insecure_skip_verify,
-        }),
-        _ => None,
-    };
-    Ok(Target {
-        host: external.host.clone(),
-        port: u16::try_from(external.port).unwrap_or(6379),
-        tls,
-        credentials: Credentials { username, password },
-    })
 }
 
 async fn probe(
@@ -290,17 +226,6 @@ fn capacity_threshold(ri: &RedisInstance, ctx: &Context) -> i32 {
         .unwrap_or(DEFAULT_CAPACITY_THRESHOLD)
 }
 
-/// Whether `policy` selects `instance` (same namespace assumed).
-pub fn selects(policy: &CachePolicy, instance: &RedisInstance) -> bool {
-    use kube::core::{Selector, SelectorExt};
-    match &policy.spec.instance_selector {
-        None => true,
-        Some(selector) => {
-            Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(instance.labels()))
-        }
-    }
-}
-
 /// Applies the managed children and returns whether the StatefulSet is ready.
 async fn apply_managed(ri: &RedisInstance, namespace: &str, ctx: &Context) -> Result<bool, Error> {
     let Some(managed) = &ri.spec.managed else {
@@ -319,7 +244,7 @@ async fn apply_managed(ri: &RedisInstance, namespace: &str, ctx: &Context) -> Re
             Err(source) => {
                 return Err(Error::ApplyChild {
                     kind: "Secret",
-                    name: build::Names::of(&ri.name_any()).auth_secret,
+                    name: Names::of(&ri.name_any()).auth_secret,
                     source,
                 });
             }

@@ -1,4 +1,5 @@
-//! The Kubernetes Job that runs `redis-fleet rebalance` for one plan (pure: built as a value).
+//! The Kubernetes Job that runs `redis-fleet rebalance` for one plan (pure: built as a value),
+//! and how the operator reads a Job back: whose it is, whether it ended.
 
 use std::collections::BTreeMap;
 
