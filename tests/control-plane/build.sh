@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager from the Go module proxy (through the
-# wrapper module beside this script) and caches them outside the checkout, keyed by version.
-# Prints the cache directory on stdout. A cold build takes several minutes on two cores;
-# a warm call returns at once.
+# Builds Kubernetes binaries from the Go module proxy (through the wrapper module beside this
+# script) and caches them outside the checkout, keyed by version. Prints the cache directory on
+# stdout. A cold build takes several minutes on two cores per binary; a warm call returns at once.
 #
-#   tests/control-plane/build.sh            # build if missing, print the directory
-#   KUBE_VERSION=v1.37.2 tests/control-plane/build.sh
+#   tests/control-plane/build.sh            # kube-apiserver and kube-controller-manager (the
+#                                           # fast tier's control plane)
+#   tests/control-plane/build.sh kubelet kube-proxy kube-scheduler kubectl
+#                                           # any binaries of k8s.io/kubernetes/cmd (the real
+#                                           # node of `make e2e`; see hack/e2e/build.sh)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,7 +19,8 @@ if [[ -z "$version" ]]; then
 fi
 cache_root="${REDIS_FLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/redis-fleet}"
 out="$cache_root/k8s-$version"
-binaries=(kube-apiserver kube-controller-manager)
+binaries=("$@")
+[[ ${#binaries[@]} -gt 0 ]] || binaries=(kube-apiserver kube-controller-manager)
 
 missing=()
 for b in "${binaries[@]}"; do
@@ -49,8 +52,9 @@ trap 'rm -rf "$tmp"' EXIT
 cd "$here"
 for b in "${missing[@]}"; do
   echo "build.sh: building $b $version into $out (cold build: several minutes)" >&2
+  # nice: the machine is shared with cargo builds; one Go build at a time.
   CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod \
-    go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/$b" "k8s.io/kubernetes/cmd/$b"
+    nice go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/$b" "k8s.io/kubernetes/cmd/$b"
   # Move into place only when complete, so an interrupted build never leaves a broken binary.
   mv "$tmp/$b" "$out/$b"
 done
