@@ -164,7 +164,7 @@ async fn resolve_agrees_with_redis_cluster_keyslot() {
             "categories": [{"name": "auth", "keyPrefixes": ["auth:", "session:"]}, {"name": "user", "keyPrefixes": ["user:"]}]
         }))
         .unwrap();
-        let view = |name: &str| redis_fleet::operator::cache_policy::routing::InstanceView {
+        let view = |name: &str| redis_fleet::operator::cache_policy::build::InstanceView {
             name: name.into(),
             tier: None,
             phase: InstancePhase::Ready,
@@ -180,7 +180,7 @@ async fn resolve_agrees_with_redis_cluster_keyslot() {
                 password_secret: None,
             },
         };
-        redis_fleet::operator::cache_policy::routing::plan_routing(
+        redis_fleet::operator::cache_policy::build::plan_routing(
             "t/t",
             &spec,
             &[view("a"), view("b"), view("c")],

@@ -3,6 +3,27 @@
 
 use std::time::{Duration, Instant};
 
+/// Gives a reconcile error enum `fn variant(&self) -> &'static str`: the variant's name, which
+/// labels the reconcile-error metric (never the message). Listing a variant twice or leaving
+/// one out does not compile.
+///
+/// ```ignore
+/// error_variants!(Error { MissingNamespace, WriteStatus });
+/// ```
+macro_rules! error_variants {
+    ($error:ident { $($variant:ident),+ $(,)? }) => {
+        impl $error {
+            /// The variant name, for metrics.
+            pub fn variant(&self) -> &'static str {
+                match self {
+                    $(Self::$variant { .. } => stringify!($variant),)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use error_variants;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

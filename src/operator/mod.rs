@@ -8,10 +8,12 @@
 //! [`leader`]); a standby serves `/metrics`, `/healthz` and a passing `/readyz` meanwhile.
 
 pub mod cache_policy;
+pub mod connections;
 pub mod context;
 pub mod leader;
 pub mod metrics;
 pub mod redis_instance;
+pub mod sampling;
 pub mod secrets;
 
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
@@ -35,8 +38,10 @@ use tracing::{info, warn};
 
 use crate::api::{CachePolicy, RedisInstance};
 use crate::http;
+use cache_policy::PolicyContext;
 use context::Context;
 use metrics::{InstanceLabels, Metrics};
+use redis_instance::InstanceContext;
 use secrets::SecretReader;
 
 /// How the operator runs.
@@ -219,21 +224,20 @@ async fn run_scope(
         .reflect(secret_writer)
         .touched_objects();
 
-    let ctx = Arc::new(Context::new(
+    let shared = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
         recorder,
         SecretReader::new(client.clone(), secret_reader),
         policy_reader.clone(),
         all_instances.clone(),
-        jobs,
     ));
 
     let owned_wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=redis-fleet");
     let trigger_policies = policy_reader.clone();
     // Rebalance Jobs live in the policy's namespace or in one Jobs namespace (chart mode);
     // their labels name the policy, so a Job that fails or completes wakes it at once.
-    let jobs_scope = ctx.jobs.namespace.clone().or(scope.clone());
+    let jobs_scope = jobs.namespace.clone().or(scope.clone());
     let jobs_wc = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by=redis-fleet,{}={}",
         cache_policy::job::COMPONENT_LABEL.0,
@@ -245,22 +249,15 @@ async fn run_scope(
             cache_policy::job::policy_of(&job)
         })
         .watches_stream(instance_changes, move |ri| {
-            cache_policy::policies_selecting(&trigger_policies, &ri)
+            cache_policy::fetch::policies_selecting(&trigger_policies, &ri)
         })
         .graceful_shutdown_on(stopped(stop.clone()))
         .run(
             cache_policy::reconcile,
             cache_policy::error_policy,
-            ctx.clone(),
+            Arc::new(PolicyContext::new(shared.clone(), jobs)),
         )
-        .for_each(|result| {
-            if let Err(e) = result
-                && !matches!(e, kube::runtime::controller::Error::ObjectNotFound(_))
-            {
-                warn!(error = %e, "CachePolicy controller");
-            }
-            futures::future::ready(())
-        });
+        .for_each(log_failures(cache_policy::CONTROLLER));
 
     // The RedisInstance controller reconciles on spec changes only: its own status writes
     // must not trigger extra probes (probes are paced by requeues).
@@ -271,6 +268,7 @@ async fn run_scope(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let by_secret = instance_reader.clone();
+    let instance_ctx = Arc::new(InstanceContext::new(shared.clone()));
     let instance_controller = Controller::for_stream(instances, instance_reader.clone())
         .owns(api::<StatefulSet>(&client, ns), owned_wc)
         .watches_stream(secrets, move |secret| {
@@ -284,25 +282,17 @@ async fn run_scope(
         .run(
             redis_instance::reconcile,
             redis_instance::error_policy,
-            ctx.clone(),
+            instance_ctx.clone(),
         )
-        .for_each(|result| {
-            if let Err(e) = result
-                && !matches!(e, kube::runtime::controller::Error::ObjectNotFound(_))
-            {
-                warn!(error = %e, "RedisInstance controller");
-            }
-            futures::future::ready(())
-        });
+        .for_each(log_failures(redis_instance::CONTROLLER));
 
     // Forget probe state and metric series of deleted instances.
-    let janitor_ctx = ctx.clone();
     let janitor = async move {
-        let _ = janitor_ctx.instances.wait_until_ready().await;
+        let _ = shared.instances.wait_until_ready().await;
         loop {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            for gone in janitor_ctx.forget_deleted_instances() {
-                janitor_ctx.metrics.forget_instance(&InstanceLabels {
+            for gone in instance_ctx.forget_deleted_instances() {
+                shared.metrics.forget_instance(&InstanceLabels {
                     namespace: gone.namespace.clone().unwrap_or_default(),
                     instance: gone.name.clone(),
                 });
@@ -313,6 +303,29 @@ async fn run_scope(
 
     futures::future::join(instance_controller, policies).await;
 }
+
+/// What a controller's run reports, logged: failed reconciles and watch errors, but not objects
+/// deleted before their reconcile ran.
+fn log_failures<K, E, W>(
+    controller: &'static str,
+) -> impl FnMut(ControllerResult<K, E, W>) -> futures::future::Ready<()>
+where
+    K: Resource,
+    E: std::error::Error + 'static,
+    W: std::error::Error + 'static,
+{
+    move |result| {
+        if let Err(e) = result
+            && !matches!(e, controller::Error::ObjectNotFound(_))
+        {
+            warn!(error = %e, "{controller} controller");
+        }
+        futures::future::ready(())
+    }
+}
+
+/// One result of a controller's run.
+type ControllerResult<K, E, W> = Result<(ObjectRef<K>, Action), controller::Error<E, W>>;
 
 /// Runs `task` in the background until it ends or `stop` turns true.
 fn spawn_until<F>(task: F, stop: watch::Receiver<bool>)

@@ -1,5 +1,7 @@
-//! Driving rebalances from the CachePolicy reconciler: what the published table looks like in
-//! each phase of a data move (pure), and the plan → Job → flip → finalize sequence.
+//! The rebalance step of a CachePolicy reconcile: what the published table looks like in each
+//! phase of a data move (pure: [`table_to_publish`]), and the plan → Job → flip → finalize
+//! sequence that [`drive`] moves along — planning from the sampled memory, creating the Job,
+//! following it, retrying it, giving up.
 //!
 //! Phases (`status.rebalance.phase`, decided here) and steps (`status.rebalance.step`,
 //! reported by the Job):
@@ -12,12 +14,33 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::cache_policy::{MoveStatus, RebalanceStatus, rebalance_phase};
-use crate::rebalance::plan::{Move, apply_moves};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::api::cache_policy::{
+    CachePolicy, DEFAULT_CATEGORY, MoveStatus, REBALANCE_NOW_ANNOTATION, RebalanceStatus,
+    rebalance_phase, rebalance_step,
+};
+use crate::api::conditions::Time;
+use crate::api::redis_instance::InstancePhase;
+use crate::operator::context::Context;
+use crate::operator::metrics::PolicyLabels;
+use crate::operator::sampling::PolicySample;
+use crate::rebalance::plan::{
+    self, CategoryTiers, InstanceLoad, Move, PlanInput, apply_moves, target_serves,
+};
 use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
 use crate::routing::table::{Migration, RoutingTable, SlotOwner};
 
-use super::routing::InstanceView;
+use super::build::InstanceView;
+use super::job::{self, JobSettings};
+use super::{Error, PolicyContext};
 
 /// Whether a rebalance is under way (its ranges must stay as the phase says).
 pub fn is_active(r: &RebalanceStatus) -> bool {
@@ -44,9 +67,7 @@ pub fn hold_back(
         .filter(|v| {
             matches!(
                 v.phase,
-                crate::api::redis_instance::InstancePhase::Ready
-                    | crate::api::redis_instance::InstancePhase::Degraded
-                    | crate::api::redis_instance::InstancePhase::Draining
+                InstancePhase::Ready | InstancePhase::Degraded | InstancePhase::Draining
             )
         })
         .map(|v| v.name.as_str())
@@ -185,12 +206,7 @@ pub fn finalize(table: &RoutingTable, moves: &[Move]) -> RoutingTable {
 pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move> {
     let serving = |name: &str| {
         views.iter().any(|v| {
-            v.name == name
-                && matches!(
-                    v.phase,
-                    crate::api::redis_instance::InstancePhase::Ready
-                        | crate::api::redis_instance::InstancePhase::Degraded
-                )
+            v.name == name && matches!(v.phase, InstancePhase::Ready | InstancePhase::Degraded)
         })
     };
     table
@@ -265,125 +281,442 @@ pub fn without_overlaps(moves: Vec<Move>) -> Vec<Move> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::redis_instance::InstancePhase;
-    use crate::routing::table::tests::{endpoint, two_instance_table};
-    use crate::routing::table::{Failover, InstanceEndpoint};
+// ---------------------------------------------------------------------------------------------
+// The table a reconcile publishes
+// ---------------------------------------------------------------------------------------------
 
-    fn view(name: &str, phase: InstancePhase, drain: bool) -> InstanceView {
-        InstanceView {
-            name: name.into(),
-            tier: None,
-            phase,
-            capacity_bytes: Some(30 << 20),
-            used_bytes: 0,
-            weight: 100,
-            drain,
-            endpoint: InstanceEndpoint {
-                host: "h".into(),
-                port: 1,
-                tls: None,
-                username_secret: None,
-                password_secret: None,
-            },
+/// What a publish does to a rebalance in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The migrating ranges go out.
+    Flip,
+    /// The new owners go out.
+    Finalize,
+}
+
+/// The table to publish from the one placement asks for (`desired`): with rebalancing on,
+/// owners change only through a rebalance, with their data ([`hold_back`]), and draining
+/// instances stay reachable; then the phase of a rebalance in progress shapes it. Also says
+/// which transition publishing it would carry out.
+pub fn table_to_publish(
+    desired: &RoutingTable,
+    previous: Option<&RoutingTable>,
+    views: &[InstanceView],
+    rb: Option<&RebalanceStatus>,
+    rebalance_on: bool,
+    next_version: u64,
+) -> (RoutingTable, Option<Transition>) {
+    let mut table = if rebalance_on {
+        hold_back(desired, previous, views)
+    } else {
+        desired.clone()
+    };
+    if rebalance_on {
+        // Draining instances stay reachable for the Jobs (and, while their ranges
+        // migrate, for the sidecars) until they are empty.
+        for v in views.iter().filter(|v| v.drain && v.phase.serves_traffic()) {
+            table
+                .instances
+                .entry(v.name.clone())
+                .or_insert_with(|| v.endpoint.clone());
+        }
+    }
+    let transition = shape_for_rebalance(&mut table, rb, next_version);
+    (table, transition)
+}
+
+/// Records in `r` that `version` carried `transition` out.
+pub fn record_transition(r: &mut RebalanceStatus, transition: Transition, version: u64) {
+    let version = i64::try_from(version).unwrap_or(i64::MAX);
+    match transition {
+        Transition::Flip => {
+            r.phase = rebalance_phase::MIGRATING.to_owned();
+            r.flip_version = Some(version);
+        }
+        Transition::Finalize => {
+            r.phase = rebalance_phase::FINALIZING.to_owned();
+            r.final_version = Some(version);
+        }
+    }
+}
+
+/// Shapes the table to publish for the rebalance phase (see the module docs).
+fn shape_for_rebalance(
+    table: &mut RoutingTable,
+    rb: Option<&RebalanceStatus>,
+    next_version: u64,
+) -> Option<Transition> {
+    let r = rb.filter(|r| is_active(r))?;
+    let moves = from_status(&r.moves);
+    let step = r.step.as_deref();
+    // Moves into ranges their target already serves (a legacy instance emptied into the
+    // fleet) have nothing to prepare: they go out at once, so the sidecars find those keys.
+    let nothing_to_prepare = moves
+        .iter()
+        .all(|m| target_serves(table, &m.category, m.range, &m.to));
+    match r.phase.as_str() {
+        rebalance_phase::PREPARING
+            if step == Some(rebalance_step::PREPARED) || nothing_to_prepare =>
+        {
+            overlay_migrating(table, &moves, next_version);
+            Some(Transition::Flip)
+        }
+        rebalance_phase::MIGRATING if step == Some(rebalance_step::COPIED) => {
+            *table = finalize(table, &moves);
+            Some(Transition::Finalize)
+        }
+        rebalance_phase::MIGRATING => {
+            let epoch = r
+                .flip_version
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(next_version);
+            overlay_migrating(table, &moves, epoch);
+            None
+        }
+        rebalance_phase::FINALIZING => {
+            *table = finalize(table, &moves);
+            None
+        }
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Jobs
+// ---------------------------------------------------------------------------------------------
+
+/// Attempts of one plan before it is given up.
+const MAX_ATTEMPTS: i32 = 4;
+
+/// Follows the Job of the rebalance in progress, or plans and starts a new one. Returns the
+/// rebalance status to write.
+pub async fn drive(
+    ctx: &PolicyContext,
+    policy: &CachePolicy,
+    rb: Option<RebalanceStatus>,
+    published: &RoutingTable,
+    desired: &RoutingTable,
+    views: &[InstanceView],
+    sample: &PolicySample,
+) -> Result<Option<RebalanceStatus>, Error> {
+    let driver = Driver::new(&ctx.shared, &ctx.jobs, policy, rb.as_ref());
+    if let Some(r) = rb.clone().filter(is_active) {
+        return driver.follow(r).await.map(Some);
+    }
+    // A failed plan whose ranges were already flipped is resumed only on request.
+    if let Some(r) = rb
+        .as_ref()
+        .filter(|r| r.phase == rebalance_phase::FAILED && r.flip_version.is_some())
+        && driver.forced.is_none()
+    {
+        return Ok(Some(r.clone()));
+    }
+
+    // Nothing running: plan.
+    let forced = driver.forced.is_some();
+    let (moves, reasons) = moves_to_make(
+        policy,
+        rb.as_ref(),
+        published,
+        desired,
+        views,
+        sample,
+        forced,
+    );
+    if moves.is_empty() {
+        if forced {
+            // Remember the request even when nothing needed to move.
+            let mut r = rb.unwrap_or_default();
+            r.forced_by = driver.forced;
+            if r.phase.is_empty() {
+                r.phase = rebalance_phase::SUCCEEDED.to_owned();
+            }
+            return Ok(Some(r));
+        }
+        return Ok(rb);
+    }
+    driver.start(rb, &moves, reasons, published).await.map(Some)
+}
+
+/// The moves of a new plan and why: failbacks first, then — once the cooldown has passed, or
+/// when forced — the planner's moves, then the emptying of draining (legacy) instances.
+fn moves_to_make(
+    policy: &CachePolicy,
+    rb: Option<&RebalanceStatus>,
+    published: &RoutingTable,
+    desired: &RoutingTable,
+    views: &[InstanceView],
+    sample: &PolicySample,
+    forced: bool,
+) -> (Vec<Move>, Vec<String>) {
+    let cooldown = policy.spec.balancing.rebalance.cooldown.get();
+    let cooled = rb
+        .and_then(|r| r.finished_at.as_ref())
+        .is_none_or(|t| Timestamp::now().duration_since(t.0).unsigned_abs() >= cooldown);
+    let mut moves = failback_moves(published, views);
+    let mut reasons = Vec::new();
+    if !moves.is_empty() {
+        reasons.push(
+            "failback: recovered instances take their ranges back, with the data written meanwhile"
+                .to_owned(),
+        );
+    }
+    if cooled || forced {
+        let loads: Vec<InstanceLoad> = views
+            .iter()
+            .map(|v| InstanceLoad {
+                name: v.name.clone(),
+                tier: v.tier.clone(),
+                capacity: v.capacity_bytes.unwrap_or(0),
+                used: v.used_bytes,
+                serving: matches!(
+                    v.phase,
+                    InstancePhase::Ready | InstancePhase::Degraded | InstancePhase::Draining
+                ),
+                drain: v.drain,
+            })
+            .collect();
+        let mut tiers: Vec<CategoryTiers> = policy
+            .spec
+            .categories
+            .iter()
+            .map(|c| CategoryTiers {
+                name: c.name.clone(),
+                tier: c.tier.clone(),
+                fallback_tier: c.fallback_tier.clone(),
+            })
+            .collect();
+        tiers.push(CategoryTiers {
+            name: DEFAULT_CATEGORY.to_owned(),
+            tier: policy.spec.default_category.tier.clone(),
+            fallback_tier: policy.spec.default_category.fallback_tier.clone(),
+        });
+        let input = PlanInput {
+            current: published,
+            desired: Some(desired),
+            instances: &loads,
+            category_bytes: &sample.category_bytes,
+            categories: &tiers,
+            threshold_percent: u32::try_from(policy.spec.balancing.capacity_threshold)
+                .unwrap_or(80),
+            force: forced,
+        };
+        let planned = plan::plan(&input);
+        debug!(instances = ?loads, bytes = ?sample.category_bytes, plan = ?planned, "planned");
+        if let Some(plan) = planned {
+            reasons.push(plan.reason.clone());
+            moves.extend(plan.moves);
+        }
+    }
+    // Emptying a legacy instance does not wait for the cooldown either.
+    let legacy = legacy_moves(published, views, &sample.category_bytes);
+    if !legacy.is_empty() {
+        reasons.push("draining instances hold data of the policy's categories".to_owned());
+        moves.extend(legacy);
+    }
+    (without_overlaps(moves), reasons)
+}
+
+/// The rebalance Jobs of one policy, and what following them needs.
+struct Driver<'a> {
+    ctx: &'a Context,
+    settings: &'a JobSettings,
+    policy: &'a CachePolicy,
+    policy_ns: String,
+    jobs: Api<Job>,
+    reference: ObjectReference,
+    /// A `rebalance-now` annotation value not acted on yet.
+    forced: Option<String>,
+}
+
+impl<'a> Driver<'a> {
+    fn new(
+        ctx: &'a Context,
+        settings: &'a JobSettings,
+        policy: &'a CachePolicy,
+        rb: Option<&RebalanceStatus>,
+    ) -> Self {
+        let policy_ns = policy.namespace().unwrap_or_default();
+        let job_ns = settings
+            .namespace
+            .clone()
+            .unwrap_or_else(|| policy_ns.clone());
+        let forced = policy
+            .annotations()
+            .get(REBALANCE_NOW_ANNOTATION)
+            .filter(|v| rb.is_none_or(|r| r.forced_by.as_ref() != Some(*v)))
+            .cloned();
+        Self {
+            ctx,
+            settings,
+            policy,
+            jobs: Api::namespaced(ctx.client.clone(), &job_ns),
+            policy_ns,
+            reference: policy.object_ref(&()),
+            forced,
         }
     }
 
-    #[test]
-    fn hold_back_keeps_owners_whose_data_must_move() {
-        let previous = two_instance_table();
-        let mut desired = previous.clone();
-        desired.instances.insert("tertiary".into(), endpoint(7003));
-        desired.categories[0].slots = vec![(0, 16383, "tertiary".to_owned()).into()];
-        let views = vec![
-            view("primary", InstancePhase::Ready, false),
-            view("secondary", InstancePhase::Ready, false),
-            view("tertiary", InstancePhase::Ready, false),
-        ];
-        let held = hold_back(&desired, Some(&previous), &views);
-        assert_eq!(held.categories[0].slots, previous.categories[0].slots);
-        // A removed instance's slots move at once: there is nothing to copy from.
-        let gone = vec![
-            view("secondary", InstancePhase::Ready, false),
-            view("tertiary", InstancePhase::Ready, false),
-        ];
-        let held = hold_back(&desired, Some(&previous), &gone);
-        assert_eq!(held.categories[0].owners()[0], "tertiary");
-        assert_eq!(held.categories[0].owners()[16383], "secondary");
-    }
-
-    #[test]
-    fn a_failback_replaces_the_failover_entries_with_a_migration_then_clears_them() {
-        let mut t = two_instance_table();
-        t.failover.push(Failover {
-            category: "auth".into(),
-            start: 0,
-            end: 8191,
-            from: "primary".into(),
-            to: "secondary".into(),
-        });
-        let views = vec![
-            view("primary", InstancePhase::Ready, false),
-            view("secondary", InstancePhase::Ready, false),
-        ];
-        let moves = failback_moves(&t, &views);
-        assert_eq!(moves.len(), 1);
-        assert_eq!(
-            (moves[0].from.as_str(), moves[0].to.as_str()),
-            ("secondary", "primary")
-        );
-        let mut flipped = t.clone();
-        overlay_migrating(&mut flipped, &moves, 9);
-        assert!(flipped.failover.is_empty());
-        assert_eq!(flipped.migrating[0].epoch, 9);
-        flipped.validate().unwrap();
-        // While it migrates, commands go to the recovered owner, moving keys back on access.
-        let r = crate::routing::Resolver::new(flipped.clone()).unwrap();
-        let route = r.route(0, 100);
-        assert_eq!(r.instance_name(route.target), "primary");
-        assert_eq!(
-            route.migrating_from.map(|i| r.instance_name(i)),
-            Some("secondary")
-        );
-        let done = finalize(&flipped, &moves);
-        assert!(done.failover.is_empty() && done.migrating.is_empty());
-        assert_eq!(
-            done.categories, t.categories,
-            "the owner was the owner all along"
-        );
-    }
-
-    #[test]
-    fn a_draining_legacy_instance_with_data_is_emptied_into_the_owners() {
-        let mut t = two_instance_table();
-        t.instances.insert("legacy".into(), endpoint(7009));
-        let views = vec![view("legacy", InstancePhase::Draining, true)];
-        let bytes = BTreeMap::from([(("auth".to_owned(), "legacy".to_owned()), 1000u64)]);
-        let moves = legacy_moves(&t, &views, &bytes);
-        assert_eq!(moves.len(), 2, "one per run of auth");
-        assert!(
-            moves
-                .iter()
-                .all(|m| m.from == "legacy" && m.category == "auth")
-        );
-        assert!(
-            legacy_moves(&t, &views, &BTreeMap::new()).is_empty(),
-            "nothing left: done"
-        );
-    }
-
-    #[test]
-    fn overlapping_moves_are_dropped() {
-        let m = |s, e, from: &str| Move {
-            category: "auth".into(),
-            range: SlotRange::new(s, e),
-            from: from.into(),
-            to: "x".into(),
-            bytes: 0,
+    /// Follows the Job of the rebalance in progress `r`: recreates it when it is gone,
+    /// records its success, retries a failure with a fresh Job up to a limit.
+    async fn follow(&self, mut r: RebalanceStatus) -> Result<RebalanceStatus, Error> {
+        let Some(name) = r.job.clone() else {
+            return Ok(r);
         };
-        let kept = without_overlaps(vec![m(0, 100, "a"), m(50, 200, "b"), m(201, 300, "c")]);
-        assert_eq!(kept.len(), 2);
+        let existing = self.jobs.get_opt(&name).await.map_err(Error::Rebalance)?;
+        let outcome = existing.as_ref().and_then(job::outcome);
+        match (existing, outcome) {
+            (None, _) => {
+                self.create_job(&r).await?;
+            }
+            (Some(_), Some(true)) if r.phase == rebalance_phase::FINALIZING => {
+                r.phase = rebalance_phase::SUCCEEDED.to_owned();
+                r.finished_at = Some(Time(Timestamp::now()));
+                r.message = None;
+                self.event(
+                    "RebalanceSucceeded",
+                    false,
+                    format!(
+                        "{} moves done: {}",
+                        r.moves.len(),
+                        r.reason.clone().unwrap_or_default()
+                    ),
+                )
+                .await;
+            }
+            (Some(_), Some(_)) => {
+                // Failed (or ended before finishing): retry with a fresh Job, up to a limit.
+                self.ctx
+                    .metrics
+                    .rebalance_failures
+                    .get_or_create(&PolicyLabels {
+                        namespace: self.policy_ns.clone(),
+                        policy: self.policy.name_any(),
+                    })
+                    .inc();
+                if r.attempts >= MAX_ATTEMPTS && self.forced.is_none() {
+                    r.phase = rebalance_phase::FAILED.to_owned();
+                    r.finished_at = Some(Time(Timestamp::now()));
+                    r.message = Some(format!(
+                        "gave up after {} attempts; the ranges already flipped keep moving on access. Set the {REBALANCE_NOW_ANNOTATION} annotation to try again",
+                        r.attempts
+                    ));
+                    self.event(
+                        "RebalanceFailed",
+                        true,
+                        r.message.clone().unwrap_or_default(),
+                    )
+                    .await;
+                } else {
+                    r.attempts = if self.forced.is_some() {
+                        1
+                    } else {
+                        r.attempts + 1
+                    };
+                    if self.forced.is_some() {
+                        r.forced_by = self.forced.clone();
+                    }
+                    r.job = Some(job::job_name(
+                        &self.policy.name_any(),
+                        r.plan_id,
+                        r.attempts,
+                    ));
+                    self.create_job(&r).await?;
+                    self.event(
+                        "RebalanceRetried",
+                        true,
+                        format!("attempt {} of plan {}", r.attempts, r.plan_id),
+                    )
+                    .await;
+                }
+            }
+            (Some(_), None) => {}
+        }
+        Ok(r)
+    }
+
+    /// Starts a plan of `moves`, numbered after the published table's version.
+    async fn start(
+        self,
+        rb: Option<RebalanceStatus>,
+        moves: &[Move],
+        reasons: Vec<String>,
+        published: &RoutingTable,
+    ) -> Result<RebalanceStatus, Error> {
+        let plan_id = i64::try_from(published.version).unwrap_or(i64::MAX);
+        let r = RebalanceStatus {
+            phase: rebalance_phase::PREPARING.to_owned(),
+            plan_id,
+            job: Some(job::job_name(&self.policy.name_any(), plan_id, 1)),
+            reason: Some(reasons.join("; ")),
+            moves: to_status(moves),
+            attempts: 1,
+            started_at: Some(Time(Timestamp::now())),
+            forced_by: self
+                .forced
+                .clone()
+                .or_else(|| rb.as_ref().and_then(|r| r.forced_by.clone())),
+            ..RebalanceStatus::default()
+        };
+        // The progress of an earlier plan must not be read as this one's.
+        let api: Api<CachePolicy> = Api::namespaced(self.ctx.client.clone(), &self.policy_ns);
+        let clear = json!({"status": {"rebalance": {
+            "phase": rebalance_phase::PREPARING, "planId": plan_id,
+            "step": null, "keysMoved": null, "keysTotal": null, "keysPerSecond": null, "stragglers": null,
+        }}});
+        api.patch_status(
+            &self.policy.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&clear),
+        )
+        .await
+        .map_err(Error::WriteStatus)?;
+        self.create_job(&r).await?;
+        info!(
+            plan = plan_id,
+            moves = moves.len(),
+            reason = r.reason.as_deref().unwrap_or_default(),
+            "rebalance started"
+        );
+        self.event(
+            "RebalanceStarted",
+            false,
+            format!(
+                "plan {plan_id}: {} moves ({})",
+                moves.len(),
+                r.reason.clone().unwrap_or_default()
+            ),
+        )
+        .await;
+        Ok(r)
+    }
+
+    async fn create_job(&self, r: &RebalanceStatus) -> Result<(), Error> {
+        let job = job::build(self.policy, r.plan_id, r.attempts, self.settings);
+        match self.jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(Error::Rebalance(e)),
+        }
+    }
+
+    async fn event(&self, reason: &str, warning: bool, note: String) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Rebalance".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.ctx.recorder.publish(&ev, &self.reference).await {
+            warn!(error = %e, "recording an event failed");
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

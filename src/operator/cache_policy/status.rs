@@ -1,19 +1,31 @@
-//! The status of a CachePolicy — what was published, where each category lives, failovers,
-//! conditions and capacity-planning advice — as pure functions of what the reconciler saw.
+//! The status step of a CachePolicy reconcile. What was published, where each category lives,
+//! failovers, conditions and capacity-planning advice are pure functions of what the
+//! reconciler saw ([`policy_status`]), the growth advice from a memory history kept between
+//! reconciles ([`UsageHistory`]); then the metrics and the status write ([`write`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use tracing::debug;
 
+use crate::api::FIELD_MANAGER;
 use crate::api::cache_policy::{
-    CachePolicyStatus, FailoverStatus, PolicyInstanceStatus, RoutingStatus,
+    CachePolicy, CachePolicyStatus, FailoverStatus, JOB_OWNED_REBALANCE_FIELDS,
+    PolicyInstanceStatus, RoutingStatus,
 };
 use crate::api::conditions::{Time, condition, set_condition};
 use crate::api::quantity::format_bytes_human;
 use crate::api::redis_instance::InstancePhase;
 use crate::routing::table::RoutingTable;
 
-use super::routing::{InstanceView, Problem};
+use crate::operator::context::Context;
+use crate::operator::metrics::{Metrics, PolicyLabels};
+
+use super::Error;
+use super::build::{InstanceView, Problem};
 
 /// Condition types of a CachePolicy.
 pub mod condition_type {
@@ -397,28 +409,137 @@ pub fn growth_per_hour(samples: &[(f64, u64)]) -> Option<f64> {
     (var > 0.0).then(|| cov / var * 3600.0)
 }
 
+/// Memory samples of instances for growth estimates, kept in memory per scope.
+#[derive(Debug, Default)]
+pub struct UsageHistory {
+    samples: BTreeMap<(String, String), VecDeque<(f64, u64)>>,
+}
+
+impl UsageHistory {
+    const WINDOW_SECONDS: f64 = 3600.0;
+    const MAX_SAMPLES: usize = 120;
+
+    /// Adds a sample per instance (at most one per 20 s).
+    pub fn record(&mut self, namespace: &str, views: &[InstanceView], now: f64) {
+        for v in views.iter().filter(|v| v.capacity_bytes.is_some()) {
+            let q = self
+                .samples
+                .entry((namespace.to_owned(), v.name.clone()))
+                .or_default();
+            if q.back().is_some_and(|(t, _)| now - t < 20.0) {
+                continue;
+            }
+            q.push_back((now, v.used_bytes));
+            while q.len() > Self::MAX_SAMPLES
+                || q.front()
+                    .is_some_and(|(t, _)| now - t > Self::WINDOW_SECONDS)
+            {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// Growth in bytes per hour of each instance that has enough history.
+    pub fn growth(&self, namespace: &str, views: &[InstanceView]) -> BTreeMap<String, f64> {
+        views
+            .iter()
+            .filter_map(|v| {
+                let q = self.samples.get(&(namespace.to_owned(), v.name.clone()))?;
+                let samples: Vec<(f64, u64)> = q.iter().copied().collect();
+                growth_per_hour(&samples).map(|g| (v.name.clone(), g))
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting: metrics and the status write (the only I/O of this step)
+// ---------------------------------------------------------------------------------------------
+
+/// Exports the policy's gauges: the published table's version and failovers, the rebalance's
+/// progress and the sidecars on the table.
+pub fn record_metrics(
+    metrics: &Metrics,
+    labels: &PolicyLabels,
+    published: Option<&RoutingTable>,
+    status: &CachePolicyStatus,
+) {
+    if let Some(t) = published {
+        metrics
+            .routing_version
+            .get_or_create(labels)
+            .set(i64::try_from(t.version).unwrap_or(i64::MAX));
+        metrics
+            .failovers
+            .get_or_create(labels)
+            .set(t.failover.len() as i64);
+    }
+    if let Some(r) = &status.rebalance {
+        metrics
+            .rebalance_keys_moved
+            .get_or_create(labels)
+            .set(r.keys_moved.unwrap_or(0));
+        metrics
+            .rebalance_keys_total
+            .get_or_create(labels)
+            .set(r.keys_total.unwrap_or(0));
+    }
+    if let Some(s) = &status.sidecars {
+        metrics
+            .sidecars
+            .get_or_create(labels)
+            .set(i64::from(s.count));
+        if let Some(v) = s.min_version {
+            metrics.sidecar_min_version.get_or_create(labels).set(v);
+        }
+    }
+}
+
+/// Writes `next` as the policy's status (server-side apply) when it differs from the status
+/// the policy has. The Job's progress fields are the Job's: they are never written back.
+pub async fn write(
+    ctx: &Context,
+    policy: &CachePolicy,
+    namespace: &str,
+    next: &CachePolicyStatus,
+) -> Result<(), Error> {
+    if policy.status.as_ref() == Some(next) {
+        return Ok(());
+    }
+    let api: Api<CachePolicy> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut body =
+        serde_json::to_value(next).map_err(|e| Error::WriteStatus(kube::Error::SerdeError(e)))?;
+    if let Some(r) = body.get_mut("rebalance").and_then(|r| r.as_object_mut()) {
+        for field in JOB_OWNED_REBALANCE_FIELDS {
+            r.remove(field);
+        }
+    }
+    let patch = json!({
+        "apiVersion": "redisfleet.io/v1alpha1",
+        "kind": "CachePolicy",
+        "status": body,
+    });
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
+    debug!("status written");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::table::InstanceEndpoint;
+    use crate::operator::cache_policy::fixtures;
 
     fn view(name: &str, tier: &str, used_mib: u64, cap_mib: u64) -> InstanceView {
-        InstanceView {
-            name: name.into(),
-            tier: Some(tier.into()),
-            phase: InstancePhase::Ready,
-            capacity_bytes: Some(cap_mib << 20),
-            used_bytes: used_mib << 20,
-            weight: 100,
-            drain: false,
-            endpoint: InstanceEndpoint {
-                host: "h".into(),
-                port: 1,
-                tls: None,
-                username_secret: None,
-                password_secret: None,
-            },
-        }
+        fixtures::view(name)
+            .in_tier(tier)
+            .with_used_mib(used_mib)
+            .with_capacity_mib(cap_mib)
     }
 
     #[test]

@@ -7,7 +7,8 @@
 pub mod build;
 pub mod status;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -23,13 +24,14 @@ use tracing::{debug, info, warn};
 
 use crate::api::FIELD_MANAGER;
 use crate::api::cache_policy::selects;
-use crate::api::redis_instance::{InstancePhase, Names, RedisInstance};
+use crate::api::redis_instance::{InstancePhase, Names, RedisInstance, RedisInstanceStatus};
 use crate::redis::connect::Target;
 use crate::redis::endpoint::{self, endpoint_of};
-use crate::redis::info::window;
+use crate::redis::info::{Counters, window};
+use crate::redis::probe::Prober;
 
-use super::context::{Context, InstanceState};
-use super::metrics::{InstanceLabels, ProbeErrorLabels};
+use super::context::Context;
+use super::metrics::{InstanceLabels, ProbeErrorLabels, error_variants};
 use status::{Failure, Observation, ProbeSummary, Transition, WindowStats};
 
 /// Controller name in metrics and logs.
@@ -63,30 +65,95 @@ pub enum Error {
     WriteStatus(#[source] kube::Error),
 }
 
-impl Error {
-    /// The variant name, for metrics.
-    pub fn variant(&self) -> &'static str {
-        match self {
-            Self::MissingNamespace => "MissingNamespace",
-            Self::ApplyChild { .. } => "ApplyChild",
-            Self::WriteStatus(_) => "WriteStatus",
+error_variants!(Error {
+    MissingNamespace,
+    ApplyChild,
+    WriteStatus,
+});
+
+/// What the RedisInstance controller shares and remembers between reconciles: the scope's
+/// handles and each instance's probe state.
+pub struct InstanceContext {
+    /// The scope's shared handles.
+    pub shared: Arc<Context>,
+    probes: Mutex<HashMap<ObjectRef<RedisInstance>, Arc<tokio::sync::Mutex<InstanceState>>>>,
+}
+
+impl std::fmt::Debug for InstanceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceContext").finish_non_exhaustive()
+    }
+}
+
+/// In-memory state of one instance between probes.
+#[derive(Debug, Default)]
+pub struct InstanceState {
+    /// The probe connection.
+    pub prober: Prober,
+    /// When the last probe ran.
+    pub last_probe: Option<Instant>,
+    /// Generation and target fingerprint of the last probe: a change probes at once.
+    pub last_basis: Option<(Option<i64>, u64)>,
+    /// Counters of the last good probe, for window rates.
+    pub last_counters: Option<(Instant, Counters)>,
+    /// The status last written (more recent than the cache right after a write).
+    pub last_status: Option<RedisInstanceStatus>,
+    /// When status was last written.
+    pub last_write: Option<Instant>,
+}
+
+impl InstanceContext {
+    /// The controller's context in a scope.
+    pub fn new(shared: Arc<Context>) -> Self {
+        Self {
+            shared,
+            probes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The probe state of `instance` (created on first use).
+    pub fn instance_state(
+        &self,
+        instance: &ObjectRef<RedisInstance>,
+    ) -> Arc<tokio::sync::Mutex<InstanceState>> {
+        let mut map = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(instance.clone()).or_default().clone()
+    }
+
+    /// Drops the state (and the kept connection) of instances that no longer exist; returns
+    /// the dropped references.
+    pub fn forget_deleted_instances(&self) -> Vec<ObjectRef<RedisInstance>> {
+        let mut map = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<_> = map
+            .keys()
+            .filter(|r| self.shared.instances.get(r).is_none())
+            .cloned()
+            .collect();
+        for r in &gone {
+            map.remove(r);
+            self.shared.connections.drop_connection(r);
+        }
+        gone
     }
 }
 
 /// Reconciles one RedisInstance.
 #[tracing::instrument(skip_all, fields(instance = %ri.name_any(), namespace = ri.namespace().unwrap_or_default()))]
-pub async fn reconcile(ri: Arc<RedisInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    ri: Arc<RedisInstance>,
+    ictx: Arc<InstanceContext>,
+) -> Result<Action, Error> {
+    let ctx = &ictx.shared;
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
     let namespace = ri.namespace().ok_or(Error::MissingNamespace)?;
     let name = ri.name_any();
-    let state = ctx.instance_state(&ObjectRef::from_obj(ri.as_ref()));
+    let state = ictx.instance_state(&ObjectRef::from_obj(ri.as_ref()));
     let mut state = state.lock().await;
     let health = &ri.spec.health;
     let interval = health.interval.get();
 
     let managed_ready = match &ri.spec.managed {
-        Some(_) => Some(apply_managed(&ri, &namespace, &ctx).await?),
+        Some(_) => Some(apply_managed(&ri, &namespace, ctx).await?),
         None => None,
     };
 
@@ -121,7 +188,7 @@ pub async fn reconcile(ri: Arc<RedisInstance>, ctx: Arc<Context>) -> Result<Acti
         }),
     };
     state.last_probe = Some(Instant::now());
-    record_probe_metrics(&ctx, &labels, &outcome);
+    record_probe_metrics(ctx, &labels, &outcome);
 
     let prev = state.last_status.clone().or_else(|| ri.status.clone());
     let observation = Observation {
@@ -131,10 +198,10 @@ pub async fn reconcile(ri: Arc<RedisInstance>, ctx: Arc<Context>) -> Result<Acti
         endpoint: address,
         outcome,
         managed_ready,
-        capacity_threshold: capacity_threshold(&ri, &ctx),
+        capacity_threshold: capacity_threshold(&ri, ctx),
     };
     let next = status::next_status(prev.as_ref(), &observation);
-    record_status_metrics(&ctx, &labels, &next.status);
+    record_status_metrics(ctx, &labels, &next.status);
 
     let stale = state
         .last_write
@@ -160,15 +227,17 @@ pub async fn reconcile(ri: Arc<RedisInstance>, ctx: Arc<Context>) -> Result<Acti
     drop(state);
 
     for transition in &next.transitions {
-        publish(&ctx, &ri, transition).await;
+        publish(ctx, &ri, transition).await;
     }
     Ok(Action::requeue(interval))
 }
 
 /// Requeues after an error with a short delay; the next attempt probes again.
-pub fn error_policy(ri: Arc<RedisInstance>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(ri: Arc<RedisInstance>, error: &Error, ctx: Arc<InstanceContext>) -> Action {
     warn!(instance = %ri.name_any(), %error, "reconcile failed");
-    ctx.metrics.reconcile_error(CONTROLLER, error.variant());
+    ctx.shared
+        .metrics
+        .reconcile_error(CONTROLLER, error.variant());
     Action::requeue(Duration::from_secs(5))
 }
 

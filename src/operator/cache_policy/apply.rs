@@ -1,0 +1,344 @@
+//! Apply, the step of a CachePolicy reconcile that writes: the routing ConfigMap (a new
+//! version only when the content changed), and on the instances the deletion of stale copies
+//! before a table routes ranges to them — and of copies no instance serves any more after it.
+//! Events say what changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api::FIELD_MANAGER;
+use crate::api::cache_policy::{CachePolicy, config_map_name};
+use crate::api::redis_instance::RedisInstance;
+use crate::operator::context::Context;
+use crate::redis::connect::redact;
+use crate::redis::keys::delete_ranges;
+use crate::routing::keyspace::Resolver;
+use crate::routing::slots::SlotRange;
+use crate::routing::table::{RoutingTable, TABLE_KEY, VERSION_ANNOTATION};
+
+use super::Error;
+use super::build;
+
+/// What the apply step left published.
+#[derive(Debug)]
+pub struct Published {
+    /// The table in the routing ConfigMap (the previous one when nothing changed).
+    pub table: Option<RoutingTable>,
+    /// Whether this reconcile published a new version.
+    pub now: bool,
+}
+
+/// Publishes `table` when its content differs from the previous one: as the next version,
+/// after deleting stale copies on the instances about to serve ranges, followed by Events and
+/// the freeing of copies no longer served. An unchanged table is published again only when
+/// the version annotation and the table's own version disagree.
+pub async fn publish_routing(
+    ctx: &Context,
+    policy: &CachePolicy,
+    namespace: &str,
+    selected: &[Arc<RedisInstance>],
+    previous: Option<&RoutingTable>,
+    previous_version: u64,
+    mut table: RoutingTable,
+) -> Result<Published, Error> {
+    let cm_name = config_map_name(policy);
+    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let changed = previous.is_none_or(|p| p.content_hash() != table.content_hash());
+    if changed {
+        table.version = previous_version + 1;
+        prepare_targets(ctx, namespace, selected, previous, &table).await?;
+        apply_config_map(&cm_api, policy, &cm_name, &table).await?;
+        info!(version = table.version, configmap = %cm_name, "published routing table");
+        publish_events(ctx, policy, previous, &table).await;
+        cleanup_sources(ctx, namespace, selected, previous, &table).await;
+        return Ok(Published {
+            table: Some(table),
+            now: true,
+        });
+    }
+    if previous_version > 0 && previous.is_some_and(|p| p.version != previous_version) {
+        // Keep the annotation and the table's own version in step.
+        table.version = previous_version;
+        apply_config_map(&cm_api, policy, &cm_name, &table).await?;
+        return Ok(Published {
+            table: Some(table),
+            now: false,
+        });
+    }
+    Ok(Published {
+        table: previous.cloned(),
+        now: false,
+    })
+}
+
+/// Applies the routing ConfigMap (server-side apply, owned by the policy).
+async fn apply_config_map(
+    api: &Api<ConfigMap>,
+    policy: &CachePolicy,
+    name: &str,
+    table: &RoutingTable,
+) -> Result<(), Error> {
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: policy.namespace(),
+            labels: Some(
+                [
+                    (
+                        "app.kubernetes.io/managed-by".to_owned(),
+                        "redis-fleet".to_owned(),
+                    ),
+                    ("redisfleet.io/policy".to_owned(), policy.name_any()),
+                ]
+                .into(),
+            ),
+            annotations: Some([(VERSION_ANNOTATION.to_owned(), table.version.to_string())].into()),
+            owner_references: policy.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: Some([(TABLE_KEY.to_owned(), table.to_json())].into()),
+        ..ConfigMap::default()
+    };
+    let mut body = serde_json::to_value(&cm).map_err(|e| Error::ConfigMap {
+        name: name.to_owned(),
+        source: kube::Error::SerdeError(e),
+    })?;
+    body["apiVersion"] = json!("v1");
+    body["kind"] = json!("ConfigMap");
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::ConfigMap {
+        name: name.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Deletes, on every reachable instance, the keys of the ranges it is about to serve but did
+/// not serve before: leftovers from an earlier failover or ownership must not be read.
+async fn prepare_targets(
+    ctx: &Context,
+    namespace: &str,
+    selected: &[Arc<RedisInstance>],
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+) -> Result<(), Error> {
+    let fresh = build::stale_before_publishing(previous, next);
+    if fresh.is_empty() || previous.is_none() {
+        // The very first table: nothing routed anywhere before, nothing can be stale.
+        return Ok(());
+    }
+    let resolver = Resolver::new(next.clone()).map_err(|e| Error::Purge {
+        instance: String::new(),
+        message: e.to_string(),
+    })?;
+    for (instance, ranges) in fresh {
+        let Some(ri) = selected.iter().find(|ri| ri.name_any() == instance) else {
+            continue;
+        };
+        let deleted = purge(ctx, namespace, ri, &resolver, &ranges)
+            .await
+            .map_err(|message| Error::Purge {
+                instance: instance.clone(),
+                message,
+            })?;
+        if deleted > 0 {
+            info!(%instance, deleted, "removed stale copies before routing ranges to the instance");
+        }
+    }
+    Ok(())
+}
+
+/// Best effort: after publishing, free the copies of ranges an instance no longer serves
+/// (e.g. what a fallback instance held during a failover that ended).
+async fn cleanup_sources(
+    ctx: &Context,
+    namespace: &str,
+    selected: &[Arc<RedisInstance>],
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+) {
+    let Some(previous) = previous else { return };
+    let gone = build::newly_served(Some(next), previous);
+    let Ok(resolver) = Resolver::new(previous.clone()) else {
+        return;
+    };
+    for (instance, ranges) in gone {
+        let Some(ri) = selected.iter().find(|ri| ri.name_any() == instance) else {
+            continue;
+        };
+        let phase = ri.status.as_ref().and_then(|s| s.phase);
+        if !matches!(phase, Some(p) if p.serves_traffic()) {
+            continue;
+        }
+        match purge(ctx, namespace, ri, &resolver, &ranges).await {
+            Ok(n) if n > 0 => {
+                info!(%instance, deleted = n, "freed copies of ranges the instance no longer serves")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(%instance, error = %e, "could not free copies of ranges the instance no longer serves")
+            }
+        }
+    }
+}
+
+/// Deletes the keys of `ranges` (by category) on one instance.
+async fn purge(
+    ctx: &Context,
+    namespace: &str,
+    ri: &RedisInstance,
+    resolver: &Resolver,
+    ranges: &[(String, SlotRange)],
+) -> Result<u64, String> {
+    let target = ctx
+        .secrets
+        .target_of(ri, namespace)
+        .await
+        .map_err(|e| e.to_string())?;
+    let timeout = ri.spec.health.timeout.get().max(Duration::from_secs(1));
+    let instance = ObjectRef::from_obj(ri);
+    let mut conn = ctx
+        .connections
+        .connection(&instance, &target, timeout)
+        .await?;
+    let mut by_category: BTreeMap<&str, Vec<SlotRange>> = BTreeMap::new();
+    for (cat, r) in ranges {
+        by_category.entry(cat.as_str()).or_default().push(*r);
+    }
+    let mut deleted = 0;
+    for (cat, rs) in by_category {
+        let Some(id) = resolver.categories().iter().position(|c| c.name == cat) else {
+            continue;
+        };
+        deleted += delete_ranges(&mut conn, resolver, id as u16, &rs)
+            .await
+            .map_err(|e| {
+                ctx.connections.drop_connection(&instance);
+                redact(&e.to_string(), &target.credentials)
+            })?;
+    }
+    Ok(deleted)
+}
+
+/// Events for a newly published table: what changed, and failovers starting or ending.
+async fn publish_events(
+    ctx: &Context,
+    policy: &CachePolicy,
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+) {
+    let reference = policy.object_ref(&());
+    let mut events = vec![Event {
+        type_: EventType::Normal,
+        reason: "RoutingPublished".to_owned(),
+        note: Some(describe_change(previous, next)),
+        action: "Publish".to_owned(),
+        secondary: None,
+    }];
+    let pairs = |t: Option<&RoutingTable>| -> BTreeMap<(String, String), Vec<String>> {
+        let mut m: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for f in t.map(|t| t.failover.as_slice()).unwrap_or_default() {
+            let cats = m.entry((f.from.clone(), f.to.clone())).or_default();
+            if !cats.contains(&f.category) {
+                cats.push(f.category.clone());
+            }
+        }
+        m
+    };
+    let (before, after) = (pairs(previous), pairs(Some(next)));
+    for ((from, to), cats) in &after {
+        if !before.contains_key(&(from.clone(), to.clone())) {
+            events.push(Event {
+                type_: EventType::Warning,
+                reason: "FailoverStarted".to_owned(),
+                note: Some(format!(
+                    "{from} is unreachable: {} now served by {to}",
+                    cats.join(", ")
+                )),
+                action: "Failover".to_owned(),
+                secondary: None,
+            });
+        }
+    }
+    for ((from, to), cats) in &before {
+        if !after.contains_key(&(from.clone(), to.clone())) {
+            events.push(Event {
+                type_: EventType::Normal,
+                reason: "FailoverEnded".to_owned(),
+                note: Some(format!(
+                    "{from} serves {} again (was {to})",
+                    cats.join(", ")
+                )),
+                action: "Failback".to_owned(),
+                secondary: None,
+            });
+        }
+    }
+    for event in events {
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %e, "recording an event failed");
+        }
+    }
+}
+
+/// A one-line summary of what changed between two tables.
+pub fn describe_change(previous: Option<&RoutingTable>, next: &RoutingTable) -> String {
+    let Some(prev) = previous else {
+        return format!(
+            "version {}: {} categories on {} instances",
+            next.version,
+            next.categories.len(),
+            next.instances.len()
+        );
+    };
+    let mut parts = Vec::new();
+    let mut moved: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for c in &next.categories {
+        if let Some(p) = prev.category(&c.name) {
+            for (a, b) in p.owners().iter().zip(c.owners()) {
+                if *a != b {
+                    *moved.entry(((*a).to_owned(), b.to_owned())).or_default() += 1;
+                }
+            }
+        }
+    }
+    for ((from, to), n) in moved {
+        parts.push(format!("{n} slots from {from} to {to}"));
+    }
+    if next.failover != prev.failover {
+        parts.push(format!("{} failover ranges", next.failover.len()));
+    }
+    let spec_changed = next
+        .categories
+        .iter()
+        .map(|c| (&c.name, &c.prefixes, c.ttl))
+        .ne(prev
+            .categories
+            .iter()
+            .map(|c| (&c.name, &c.prefixes, c.ttl)));
+    if spec_changed {
+        parts.push("categories or TTL rules changed".to_owned());
+    }
+    if next.instances != prev.instances {
+        parts.push("instance endpoints changed".to_owned());
+    }
+    if parts.is_empty() {
+        parts.push("content changed".to_owned());
+    }
+    format!("version {}: {}", next.version, parts.join(", "))
+}

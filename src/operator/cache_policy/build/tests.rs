@@ -1,0 +1,386 @@
+//! Tests of the routing table a policy should publish.
+
+use super::*;
+use crate::operator::cache_policy::fixtures;
+use crate::routing::table::SecretKeyName;
+
+fn view(name: &str, tier: &str, phase: InstancePhase, mib: u64) -> InstanceView {
+    fixtures::view(name)
+        .in_tier(tier)
+        .in_phase(phase)
+        .with_capacity_mib(mib)
+        .reached_at(InstanceEndpoint {
+            host: format!("{name}.example"),
+            port: 6379,
+            tls: None,
+            username_secret: None,
+            password_secret: Some(SecretKeyName {
+                name: format!("{name}-redis"),
+                key: "password".into(),
+            }),
+        })
+}
+
+fn shop() -> CachePolicySpec {
+    serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/cache-policy.yaml"
+        ))
+        .map(|y| {
+            let v: serde_json::Value = serde_saphyr::from_str(&y).unwrap();
+            v["spec"].to_string()
+        })
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+fn two() -> Vec<InstanceView> {
+    vec![
+        view("primary", "hot", InstancePhase::Ready, 30),
+        view("secondary", "warm", InstancePhase::Ready, 30),
+    ]
+}
+
+#[test]
+fn the_shop_example_puts_each_category_on_its_tier() {
+    let planned = plan_routing("shop/shop", &shop(), &two(), None);
+    assert!(planned.problems.is_empty(), "{:?}", planned.problems);
+    let table = planned.table.unwrap();
+    table.validate().unwrap();
+    for (cat, owner) in [
+        ("auth", "primary"),
+        ("order", "primary"),
+        ("notification", "primary"),
+        ("analytics-live", "primary"),
+        ("user", "secondary"),
+        ("menu", "secondary"),
+        ("ml", "secondary"),
+        ("analytics-history", "secondary"),
+        ("default", "secondary"),
+    ] {
+        let c = table.category(cat).unwrap();
+        assert_eq!(c.slots.len(), 1, "{cat}");
+        assert_eq!(c.slots[0].instance, owner, "{cat}");
+    }
+    assert_eq!(
+        table.category("auth").unwrap().prefixes,
+        ["auth:", "session:"]
+    );
+    assert_eq!(
+        table.category("auth").unwrap().ttl.default_ms,
+        Some(3_600_000)
+    );
+    assert!(table.to_json().contains("primary-redis"));
+    assert!(!table.to_json().contains("change-me"));
+}
+
+#[test]
+fn a_third_warm_instance_takes_a_share_of_warm_slots_only() {
+    let before = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let mut three = two();
+    three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
+    let after = plan_routing("shop/shop", &shop(), &three, Some(&before))
+        .table
+        .unwrap();
+    after.validate().unwrap();
+    for cat in ["auth", "order", "notification", "analytics-live"] {
+        assert_eq!(
+            after.category(cat),
+            before.category(cat),
+            "hot category {cat} moved"
+        );
+    }
+    for cat in ["user", "menu", "ml", "analytics-history", "default"] {
+        let owners = after.category(cat).unwrap().owners();
+        let moved = owners.iter().filter(|o| **o == "tertiary").count();
+        assert_eq!(moved, 8192, "{cat}: half of the warm slots move");
+        assert!(owners.iter().all(|o| *o == "tertiary" || *o == "secondary"));
+    }
+    // Re-planning with nothing changed changes nothing.
+    let again = plan_routing("shop/shop", &shop(), &three, Some(&after))
+        .table
+        .unwrap();
+    assert_eq!(again, after);
+}
+
+#[test]
+fn an_unhealthy_newcomer_gets_nothing_until_healthy() {
+    let before = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let mut three = two();
+    three.push(view("tertiary", "warm", InstancePhase::Pending, 30));
+    let after = plan_routing("shop/shop", &shop(), &three, Some(&before))
+        .table
+        .unwrap();
+    assert_eq!(after, before);
+}
+
+#[test]
+fn unreachable_owner_fails_over_to_the_fallback_tier_and_back() {
+    let before = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let mut down = two();
+    down[0].phase = InstancePhase::Unreachable;
+    let during = plan_routing("shop/shop", &shop(), &down, Some(&before))
+        .table
+        .unwrap();
+    during.validate().unwrap();
+    // Ownership unchanged; hot categories served by secondary through failover entries.
+    for cat in &before.categories {
+        assert_eq!(during.category(&cat.name).unwrap().slots, cat.slots);
+    }
+    let failed: BTreeSet<&str> = during
+        .failover
+        .iter()
+        .map(|f| f.category.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        BTreeSet::from(["auth", "order", "notification", "analytics-live"])
+    );
+    assert!(
+        during
+            .failover
+            .iter()
+            .all(|f| f.from == "primary" && f.to == "secondary")
+    );
+    let resolver = crate::routing::Resolver::new(during.clone()).unwrap();
+    let route = resolver.resolve(b"auth:token");
+    assert_eq!(resolver.instance_name(route.target), "secondary");
+
+    let fresh = newly_served(Some(&before), &during);
+    assert_eq!(fresh.keys().collect::<Vec<_>>(), ["secondary"]);
+    assert_eq!(fresh["secondary"].len(), 4);
+
+    // With rebalancing on, the recovered owner keeps the failover entries until a
+    // failback migration moves the data written meanwhile.
+    let sticky = plan_routing("shop/shop", &shop(), &two(), Some(&during))
+        .table
+        .unwrap();
+    assert_eq!(sticky.failover, during.failover);
+    // With it off, the entries go and the owner's stale copies are purged first.
+    let mut off = shop();
+    off.balancing.rebalance.enabled = false;
+    let after = plan_routing("shop/shop", &off, &two(), Some(&during))
+        .table
+        .unwrap();
+    assert!(after.failover.is_empty());
+    let back = newly_served(Some(&during), &after);
+    assert_eq!(
+        back.keys().collect::<Vec<_>>(),
+        ["primary"],
+        "primary's stale copies are purged first"
+    );
+    assert_eq!(after.categories, before.categories);
+}
+
+#[test]
+fn data_moved_by_a_rebalance_is_never_purged_as_stale() {
+    use crate::rebalance::plan::Move;
+    let before = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let moves = vec![Move {
+        category: "auth".into(),
+        range: SlotRange::new(8192, 16383),
+        from: "primary".into(),
+        to: "secondary".into(),
+        bytes: 0,
+    }];
+    let mut migrating = before.clone();
+    super::super::rebalance::overlay_migrating(&mut migrating, &moves, 2);
+    let finalized = super::super::rebalance::finalize(&migrating, &moves);
+    // The flip: the target's stale copies of the range go before it serves it.
+    let flip = stale_before_publishing(Some(&before), &migrating);
+    assert_eq!(
+        flip["secondary"],
+        vec![("auth".to_owned(), SlotRange::new(8192, 16383))]
+    );
+    // The finalize: what the Job copied to the target stays; only the source lets go.
+    assert!(stale_before_publishing(Some(&migrating), &finalized).is_empty());
+    let released = newly_served(Some(&finalized), &migrating);
+    assert_eq!(
+        released["primary"],
+        vec![("auth".to_owned(), SlotRange::new(8192, 16383))]
+    );
+}
+
+#[test]
+fn a_draining_legacy_source_is_never_purged_when_it_first_appears() {
+    use crate::rebalance::plan::Move;
+    let before = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let moves = vec![Move {
+        category: "auth".into(),
+        range: SlotRange::new(0, 16383),
+        from: "legacy".into(),
+        to: "primary".into(),
+        bytes: 0,
+    }];
+    let mut migrating = before.clone();
+    super::super::rebalance::overlay_migrating(&mut migrating, &moves, 2);
+    let flip = stale_before_publishing(Some(&before), &migrating);
+    assert!(
+        !flip.contains_key("legacy"),
+        "the legacy Redis holds the data being moved: {flip:?}"
+    );
+    assert_eq!(
+        newly_served(Some(&before), &migrating)["legacy"],
+        vec![("auth".to_owned(), SlotRange::new(0, 16383))],
+        "though it does serve the range from the flip on"
+    );
+    // Once emptied, what is left there is released like any source's.
+    let finalized = super::super::rebalance::finalize(&migrating, &moves);
+    assert!(stale_before_publishing(Some(&migrating), &finalized).is_empty());
+    assert_eq!(
+        newly_served(Some(&finalized), &migrating)["legacy"],
+        vec![("auth".to_owned(), SlotRange::new(0, 16383))]
+    );
+}
+
+#[test]
+fn a_tier_that_is_not_probed_yet_is_waited_for_not_replaced_by_its_fallback() {
+    let mut fresh = two();
+    fresh[1].phase = InstancePhase::Pending;
+    let planned = plan_routing("shop/shop", &shop(), &fresh, None);
+    assert!(
+        planned.table.is_none(),
+        "nothing published before every tier was probed"
+    );
+    assert!(planned.problems.contains(&Problem::Waiting {
+        category: "user".into()
+    }));
+    let published = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let planned = plan_routing("shop/shop", &shop(), &fresh, Some(&published));
+    assert_eq!(planned.table, Some(published), "the previous table stays");
+}
+
+#[test]
+fn no_fallback_is_a_problem_not_a_panic() {
+    let spec: CachePolicySpec = serde_json::from_value(serde_json::json!({
+        "categories": [{"name": "auth", "keyPrefixes": ["auth:"], "tier": "hot"}],
+        "defaultCategory": {"tier": "hot"}
+    }))
+    .unwrap();
+    let one = vec![view("primary", "hot", InstancePhase::Ready, 30)];
+    let before = plan_routing("ns/p", &spec, &one, None).table.unwrap();
+    let mut down = one.clone();
+    down[0].phase = InstancePhase::Unreachable;
+    let planned = plan_routing("ns/p", &spec, &down, Some(&before));
+    assert!(planned.table.unwrap().failover.is_empty());
+    assert!(planned.problems.contains(&Problem::NoFallback {
+        category: "auth".into(),
+        instance: "primary".into()
+    }));
+}
+
+#[test]
+fn missing_tier_falls_back_or_reports() {
+    let spec: CachePolicySpec = serde_json::from_value(serde_json::json!({
+        "categories": [{"name": "auth", "keyPrefixes": ["auth:"], "tier": "ice", "fallbackTier": "warm"}]
+    }))
+    .unwrap();
+    let table = plan_routing("ns/p", &spec, &two(), None).table.unwrap();
+    assert_eq!(
+        table.category("auth").unwrap().slots[0].instance,
+        "secondary"
+    );
+
+    let planned = plan_routing("ns/p", &spec, &[], None);
+    assert!(planned.table.is_none());
+    assert!(matches!(planned.problems[0], Problem::NoCandidates { .. }));
+}
+
+#[test]
+fn strategies() {
+    let mut spec = shop();
+    let mut unequal = two();
+    unequal[0].tier = Some("warm".into());
+    unequal[0].capacity_bytes = Some(90 << 20);
+    spec.balancing.strategy = Strategy::Smart;
+    let smart = plan_routing("s/s", &spec, &unequal, None).table.unwrap();
+    let count = |t: &RoutingTable, who: &str| {
+        t.category("user")
+            .unwrap()
+            .owners()
+            .iter()
+            .filter(|o| **o == who)
+            .count()
+    };
+    assert_eq!(count(&smart, "primary"), 12288, "3:1 by capacity");
+    spec.balancing.strategy = Strategy::ConsistentHash;
+    let equal = plan_routing("s/s", &spec, &unequal, None).table.unwrap();
+    assert_eq!(count(&equal, "primary"), 8192);
+    spec.balancing.strategy = Strategy::Pinned;
+    let pinned = plan_routing("s/s", &spec, &unequal, None).table.unwrap();
+    assert!(pinned.categories.iter().all(|c| c.slots.len() == 1));
+
+    // Switching strategy on a published table re-places, even when the candidates and
+    // their shares (capacity × weight for both Smart and Pinned) stay the same.
+    let repinned = plan_routing("s/s", &spec, &unequal, Some(&smart))
+        .table
+        .unwrap();
+    assert!(repinned.categories.iter().all(|c| c.slots.len() == 1));
+    spec.balancing.strategy = Strategy::Smart;
+    let respread = plan_routing("s/s", &spec, &unequal, Some(&pinned))
+        .table
+        .unwrap();
+    assert_eq!(count(&respread, "primary"), 12288);
+    // Same strategy: what a rebalance left is kept.
+    assert_eq!(
+        plan_routing("s/s", &spec, &unequal, Some(&respread)).table,
+        Some(respread.clone())
+    );
+    // A table published before the strategy was recorded is not re-placed.
+    let mut legacy = pinned.clone();
+    legacy.strategy = None;
+    let kept = plan_routing("s/s", &spec, &unequal, Some(&legacy))
+        .table
+        .unwrap();
+    assert!(kept.categories.iter().all(|c| c.slots.len() == 1));
+}
+
+#[test]
+fn a_table_for_a_large_fleet_stays_under_one_mebibyte() {
+    // 1000 instances in 10 tiers of 100, 200 categories spread over the tiers.
+    let instances: Vec<InstanceView> = (0..1000)
+        .map(|i| {
+            view(
+                &format!("redis-{i:04}"),
+                &format!("tier-{}", i % 10),
+                InstancePhase::Ready,
+                30 + (i % 7) as u64,
+            )
+        })
+        .collect();
+    let categories: Vec<serde_json::Value> = (0..200)
+        .map(|c| {
+            serde_json::json!({
+                "name": format!("category-{c:03}"),
+                "keyPrefixes": [format!("c{c}:"), format!("cat{c}:")],
+                "tier": format!("tier-{}", c % 10),
+                "fallbackTier": format!("tier-{}", (c + 1) % 10),
+                "ttl": {"default": "1h", "max": "24h"}
+            })
+        })
+        .collect();
+    let spec: CachePolicySpec =
+        serde_json::from_value(serde_json::json!({"categories": categories})).unwrap();
+    let table = plan_routing("big/big", &spec, &instances, None)
+        .table
+        .unwrap();
+    table.validate().unwrap();
+    let size = table.to_json().len();
+    eprintln!("routing.json: {size} bytes");
+    assert!(size < 1 << 20, "routing.json is {size} bytes");
+    assert_eq!(table.instances.len(), 1000);
+}

@@ -1,0 +1,107 @@
+//! Tests of the tables published while data moves.
+
+use super::*;
+use crate::api::redis_instance::InstancePhase;
+use crate::operator::cache_policy::fixtures;
+use crate::routing::table::Failover;
+use crate::routing::table::tests::{endpoint, two_instance_table};
+
+fn view(name: &str, phase: InstancePhase, drain: bool) -> InstanceView {
+    fixtures::view(name).in_phase(phase).draining(drain)
+}
+
+#[test]
+fn hold_back_keeps_owners_whose_data_must_move() {
+    let previous = two_instance_table();
+    let mut desired = previous.clone();
+    desired.instances.insert("tertiary".into(), endpoint(7003));
+    desired.categories[0].slots = vec![(0, 16383, "tertiary".to_owned()).into()];
+    let views = vec![
+        view("primary", InstancePhase::Ready, false),
+        view("secondary", InstancePhase::Ready, false),
+        view("tertiary", InstancePhase::Ready, false),
+    ];
+    let held = hold_back(&desired, Some(&previous), &views);
+    assert_eq!(held.categories[0].slots, previous.categories[0].slots);
+    // A removed instance's slots move at once: there is nothing to copy from.
+    let gone = vec![
+        view("secondary", InstancePhase::Ready, false),
+        view("tertiary", InstancePhase::Ready, false),
+    ];
+    let held = hold_back(&desired, Some(&previous), &gone);
+    assert_eq!(held.categories[0].owners()[0], "tertiary");
+    assert_eq!(held.categories[0].owners()[16383], "secondary");
+}
+
+#[test]
+fn a_failback_replaces_the_failover_entries_with_a_migration_then_clears_them() {
+    let mut t = two_instance_table();
+    t.failover.push(Failover {
+        category: "auth".into(),
+        start: 0,
+        end: 8191,
+        from: "primary".into(),
+        to: "secondary".into(),
+    });
+    let views = vec![
+        view("primary", InstancePhase::Ready, false),
+        view("secondary", InstancePhase::Ready, false),
+    ];
+    let moves = failback_moves(&t, &views);
+    assert_eq!(moves.len(), 1);
+    assert_eq!(
+        (moves[0].from.as_str(), moves[0].to.as_str()),
+        ("secondary", "primary")
+    );
+    let mut flipped = t.clone();
+    overlay_migrating(&mut flipped, &moves, 9);
+    assert!(flipped.failover.is_empty());
+    assert_eq!(flipped.migrating[0].epoch, 9);
+    flipped.validate().unwrap();
+    // While it migrates, commands go to the recovered owner, moving keys back on access.
+    let r = crate::routing::Resolver::new(flipped.clone()).unwrap();
+    let route = r.route(0, 100);
+    assert_eq!(r.instance_name(route.target), "primary");
+    assert_eq!(
+        route.migrating_from.map(|i| r.instance_name(i)),
+        Some("secondary")
+    );
+    let done = finalize(&flipped, &moves);
+    assert!(done.failover.is_empty() && done.migrating.is_empty());
+    assert_eq!(
+        done.categories, t.categories,
+        "the owner was the owner all along"
+    );
+}
+
+#[test]
+fn a_draining_legacy_instance_with_data_is_emptied_into_the_owners() {
+    let mut t = two_instance_table();
+    t.instances.insert("legacy".into(), endpoint(7009));
+    let views = vec![view("legacy", InstancePhase::Draining, true)];
+    let bytes = BTreeMap::from([(("auth".to_owned(), "legacy".to_owned()), 1000u64)]);
+    let moves = legacy_moves(&t, &views, &bytes);
+    assert_eq!(moves.len(), 2, "one per run of auth");
+    assert!(
+        moves
+            .iter()
+            .all(|m| m.from == "legacy" && m.category == "auth")
+    );
+    assert!(
+        legacy_moves(&t, &views, &BTreeMap::new()).is_empty(),
+        "nothing left: done"
+    );
+}
+
+#[test]
+fn overlapping_moves_are_dropped() {
+    let m = |s, e, from: &str| Move {
+        category: "auth".into(),
+        range: SlotRange::new(s, e),
+        from: from.into(),
+        to: "x".into(),
+        bytes: 0,
+    };
+    let kept = without_overlaps(vec![m(0, 100, "a"), m(50, 200, "b"), m(201, 300, "c")]);
+    assert_eq!(kept.len(), 2);
+}

@@ -1,0 +1,60 @@
+//! Connections to instances for sampling and purging, kept between reconciles: a TLS handshake
+//! and AUTH per reconcile would cost more than the work. A connection is kept per instance and
+//! is valid for the target it was opened to; a caller whose command fails drops it, so the next
+//! call connects afresh.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::runtime::reflector::ObjectRef;
+use redis::aio::MultiplexedConnection;
+
+use crate::api::RedisInstance;
+use crate::redis::connect::{Target, redact};
+
+/// Kept connections, by instance.
+#[derive(Default)]
+pub struct Connections {
+    kept: Mutex<HashMap<ObjectRef<RedisInstance>, (Target, MultiplexedConnection)>>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections").finish_non_exhaustive()
+    }
+}
+
+impl Connections {
+    /// A connection to `instance` at `target`: the one kept from an earlier call while the
+    /// target is the same, else a new one. Errors are redacted. A caller whose command fails
+    /// calls [`Connections::drop_connection`], so the next call connects afresh.
+    pub async fn connection(
+        &self,
+        instance: &ObjectRef<RedisInstance>,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<MultiplexedConnection, String> {
+        {
+            let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((t, conn)) = kept.get(instance)
+                && t == target
+            {
+                return Ok(conn.clone());
+            }
+        }
+        let conn = target
+            .connect(timeout)
+            .await
+            .map_err(|e| redact(&e.to_string(), &target.credentials))?;
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.insert(instance.clone(), (target.clone(), conn.clone()));
+        Ok(conn)
+    }
+
+    /// Forgets the kept connection to `instance` (after an error on it, or once it is gone).
+    pub fn drop_connection(&self, instance: &ObjectRef<RedisInstance>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.remove(instance);
+    }
+}

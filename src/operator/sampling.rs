@@ -1,0 +1,147 @@
+//! Sampling the instances of a policy: memory per category (which the rebalance planner works
+//! from) and the live sidecars with their table versions (for `status.sidecars`). It reads
+//! credentials through a [`SecretReader`] and reuses kept [`Connections`]; a sample is kept a
+//! little while per policy ([`SampleCache`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use tracing::warn;
+
+use crate::api::RedisInstance;
+use crate::api::cache_policy::{CategoryUsage, SidecarsStatus};
+use crate::redis::connect::redact;
+use crate::redis::{heartbeat, sample};
+use crate::routing::keyspace::Resolver;
+use crate::routing::table::RoutingTable;
+
+use super::connections::Connections;
+use super::secrets::SecretReader;
+
+/// What sampling the instances of a policy found.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySample {
+    /// Estimated bytes per (category, instance).
+    pub category_bytes: BTreeMap<(String, String), u64>,
+    /// Live sidecars (id → table version), over all instances.
+    pub sidecars: BTreeMap<String, u64>,
+}
+
+impl PolicySample {
+    /// As `status.usage`.
+    pub fn usage(&self) -> Vec<CategoryUsage> {
+        self.category_bytes
+            .iter()
+            .map(|((category, instance), bytes)| CategoryUsage {
+                instance: instance.clone(),
+                category: category.clone(),
+                bytes: i64::try_from(*bytes).unwrap_or(i64::MAX),
+            })
+            .collect()
+    }
+
+    /// As `status.sidecars`.
+    pub fn sidecars(&self, _table: Option<&RoutingTable>) -> Option<SidecarsStatus> {
+        if self.sidecars.is_empty() {
+            return None;
+        }
+        Some(SidecarsStatus {
+            count: i32::try_from(self.sidecars.len()).unwrap_or(i32::MAX),
+            min_version: self
+                .sidecars
+                .values()
+                .min()
+                .map(|v| i64::try_from(*v).unwrap_or(i64::MAX)),
+        })
+    }
+}
+
+/// Samples every serving instance of the table (and draining ones).
+pub async fn sample_instances(
+    secrets: &SecretReader,
+    connections: &Connections,
+    namespace: &str,
+    selected: &[Arc<RedisInstance>],
+    table: &RoutingTable,
+) -> PolicySample {
+    let mut out = PolicySample::default();
+    let Ok(resolver) = Resolver::new(table.clone()) else {
+        return out;
+    };
+    for ri in selected {
+        let name = ri.name_any();
+        let in_table = table.instances.contains_key(&name);
+        if !in_table && !ri.spec.drain {
+            continue;
+        }
+        let phase = ri.status.as_ref().and_then(|s| s.phase);
+        if !matches!(phase, Some(p) if p.serves_traffic()) {
+            continue;
+        }
+        let Ok(target) = secrets.target_of(ri, namespace).await else {
+            continue;
+        };
+        let instance = ObjectRef::from_obj(&**ri);
+        let Ok(mut conn) = connections
+            .connection(&instance, &target, Duration::from_secs(2))
+            .await
+        else {
+            continue;
+        };
+        match sample::sample_categories(&mut conn, &resolver, sample::SAMPLE_KEYS).await {
+            Ok(s) => {
+                for (cat, bytes) in s.category_bytes {
+                    out.category_bytes.insert((cat, name.clone()), bytes);
+                }
+            }
+            Err(e) => {
+                connections.drop_connection(&instance);
+                warn!(instance = %name, error = %redact(&e.to_string(), &target.credentials), "sampling failed");
+                continue;
+            }
+        }
+        match heartbeat::read(&mut conn).await {
+            Ok(beats) => {
+                for (id, v) in beats {
+                    let e = out.sidecars.entry(id).or_insert(v);
+                    *e = (*e).min(v);
+                }
+            }
+            Err(_) => connections.drop_connection(&instance),
+        }
+    }
+    out
+}
+
+/// The last sample of each policy, with when it was taken.
+#[derive(Debug, Default)]
+pub struct SampleCache {
+    samples: Mutex<HashMap<String, (Instant, PolicySample)>>,
+}
+
+impl SampleCache {
+    /// The sample of policy `key` (`namespace/name`): the kept one while it is younger than
+    /// `max_age`, else the one `take` takes (only then awaited), kept from now on.
+    pub async fn get_or_take(
+        &self,
+        key: &str,
+        max_age: Duration,
+        take: impl Future<Output = PolicySample>,
+    ) -> PolicySample {
+        {
+            let cache = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, s)) = cache.get(key)
+                && at.elapsed() < max_age
+            {
+                return s.clone();
+            }
+        }
+        let fresh = take.await;
+        let mut cache = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        cache.insert(key.to_owned(), (Instant::now(), fresh.clone()));
+        fresh
+    }
+}
