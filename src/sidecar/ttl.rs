@@ -7,12 +7,17 @@
 //!   PERSIST (and GETEX PERSIST) would lift the cap and are refused.
 //! - `ttl.adaptive`: reads of hot keys extend their TTL up to `max` — see
 //!   [`adaptive_extension`]; the caller samples, so only a fraction of reads pay for it.
+//!
+//! Which writes create keys, and which reads count as adaptive, are flags of the command table
+//! ([`CommandSpec::creates`], [`CommandSpec::adaptive_read`]).
 
 use bytes::Bytes;
 
 use crate::routing::table::TtlRules;
 
 use crate::redis::resp::parse_i64;
+
+use super::command::{self, CommandSpec};
 
 /// What to do with a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,35 +60,14 @@ pub fn default_expiry(rules: &TtlRules, key: &Bytes) -> Option<Vec<Bytes>> {
     ))
 }
 
-/// Commands that create or overwrite keys without setting an expiry, and which of their
-/// arguments are those keys: `(name, first key, step, keys counted from the end)`.
-fn key_creating(name: &str, args: &[Bytes]) -> Vec<usize> {
-    let n = args.len();
-    match name {
-        "setnx" | "getset" | "append" | "incr" | "incrby" | "incrbyfloat" | "decr" | "decrby"
-        | "setrange" | "setbit" | "bitfield" | "hset" | "hsetnx" | "hmset" | "hincrby"
-        | "hincrbyfloat" | "lpush" | "rpush" | "sadd" | "zadd" | "zincrby" | "xadd" | "pfadd"
-        | "geoadd" => vec![1],
-        "mset" | "msetnx" => (1..n).step_by(2).collect(),
-        // Destination keys.
-        "bitop" => vec![2],
-        "lmove" | "rpoplpush" | "smove" | "copy" => vec![2],
-        "sinterstore" | "sunionstore" | "sdiffstore" | "zunionstore" | "zinterstore"
-        | "zdiffstore" | "zrangestore" | "pfmerge" | "geosearchstore" => vec![1],
-        _ => vec![],
-    }
-    .into_iter()
-    .filter(|i| *i < n)
-    .collect()
-}
-
-/// Applies `rules` to a command; `name` is the command table's lower-case spelling (so the
-/// per-command path allocates nothing for commands that need no change), `args[0]` the name as
-/// sent, `now_ms` the Unix time.
-pub fn apply(rules: &TtlRules, name: &str, args: &[Bytes], now_ms: u64) -> TtlAction {
+/// Applies `rules` to a command; `spec` is its entry in the command table (whose lower-case
+/// name spares the per-command path an allocation, and which says the keys a write creates),
+/// `args[0]` the name as sent, `now_ms` the Unix time.
+pub fn apply(rules: &TtlRules, spec: &CommandSpec, args: &[Bytes], now_ms: u64) -> TtlAction {
     if rules.is_empty() || args.is_empty() {
         return TtlAction::Unchanged;
     }
+    let name = spec.name;
     let cap = |ms: u64| rules.max_ms.map_or(ms, |max| ms.min(max));
     match name {
         "set" => set(rules, args, now_ms),
@@ -170,7 +154,7 @@ pub fn apply(rules: &TtlRules, name: &str, args: &[Bytes], now_ms: u64) -> TtlAc
             if rules.default_ms.is_none() {
                 return TtlAction::Unchanged;
             }
-            let keys = key_creating(name, args);
+            let keys = spec.creates.keys(args.len());
             if keys.is_empty() {
                 return TtlAction::Unchanged;
             }
@@ -243,13 +227,10 @@ fn set(rules: &TtlRules, args: &[Bytes], now_ms: u64) -> TtlAction {
     }
 }
 
-/// Reads whose hits may extend a key's TTL in an adaptive category.
+/// Whether the command named `name` is a read whose hits may extend a key's TTL in an adaptive
+/// category (its [`CommandSpec::adaptive_read`] flag).
 pub fn is_adaptive_read(name: &[u8]) -> bool {
-    [
-        "get", "hget", "hgetall", "hmget", "lrange", "smembers", "zrange", "getrange",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+    command::lookup(name).is_some_and(|spec| spec.adaptive_read)
 }
 
 /// The command that extends a frequently read key's TTL to `max` (never shortening it, and
@@ -286,12 +267,7 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000;
 
     fn call(r: &TtlRules, a: &[Bytes]) -> TtlAction {
-        apply(
-            r,
-            &String::from_utf8_lossy(&a[0]).to_ascii_lowercase(),
-            a,
-            NOW,
-        )
+        apply(r, command::lookup(&a[0]).unwrap(), a, NOW)
     }
 
     #[test]

@@ -1,0 +1,495 @@
+//! One client connection: requests are read and dispatched in order, replies are written in
+//! the same order as they become ready, so a client may pipeline freely. This file holds the
+//! serve loop, the per-connection state and the dispatch; each kind of command has a file:
+//! `keyed.rs` (commands on keys), `transaction.rs` (MULTI/EXEC/WATCH), `local.rs` (answered
+//! here) and `fan_out.rs` (sent to every instance).
+//!
+//! Dispatch:
+//! - single-key commands go to the instance that serves the key (its owner, its failover
+//!   instance, or — while its slot migrates — the target, after the key was moved there);
+//! - MGET/MSET/DEL/UNLINK/EXISTS/TOUCH are split per instance and merged in the client's order;
+//! - scripts, multi-key commands and transactions must stay on one instance, else
+//!   `-CROSSINSTANCE`; blocking commands and WATCH use a connection of their own;
+//! - PING, ECHO, SELECT 0, AUTH, HELLO 2, CLIENT …, QUIT are answered here; DBSIZE, SCAN,
+//!   RANDOMKEY and SCRIPT LOAD/EXISTS/FLUSH go to every instance; administrative commands are
+//!   refused with a reason.
+
+mod fan_out;
+mod keyed;
+mod local;
+mod transaction;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::backend::{BackendError, Dedicated, Replies, ReplyReceiver};
+use super::command::{self, Kind, LocalCommand};
+use super::metrics::SidecarMetrics;
+use super::router::Router;
+use crate::redis::connect::SecretString;
+use crate::redis::keymove;
+use crate::redis::keys::RESERVED_PREFIX;
+use crate::redis::resp::{Frame, Limits, Request, RequestDecoder, encode_request, parse_frame};
+use crate::routing::keyspace::{CategoryId, InstanceId, Route};
+use transaction::Transaction;
+
+/// State shared by all client connections.
+#[derive(Debug)]
+pub struct Shared {
+    /// The routing table in use (`None` until the first one is loaded).
+    pub router: ArcSwapOption<Router>,
+    /// Metrics.
+    pub metrics: Arc<SidecarMetrics>,
+    /// Protocol limits for client requests.
+    pub limits: Limits,
+    /// Password clients must send with AUTH, if any.
+    pub password: Option<SecretString>,
+    /// This sidecar's id (heartbeats, move leases).
+    pub id: String,
+    next_client: AtomicU64,
+}
+
+impl Shared {
+    /// Shared state with no table loaded yet.
+    pub fn new(
+        metrics: Arc<SidecarMetrics>,
+        password: Option<SecretString>,
+        id: String,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            router: ArcSwapOption::empty(),
+            metrics,
+            limits: Limits::default(),
+            password,
+            id,
+            next_client: AtomicU64::new(1),
+        })
+    }
+}
+
+/// What the writer sends back, in request order.
+enum Pending {
+    Ready(Bytes),
+    /// Write this, then close the connection.
+    Close(Bytes),
+    Backend {
+        rx: ReplyReceiver,
+        accounting: Accounting,
+    },
+    Future(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+}
+
+/// How a backend reply is counted and which reply of a bundle the client gets.
+struct Accounting {
+    router: Arc<Router>,
+    category: CategoryId,
+    read: ReadKind,
+    first: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadKind {
+    /// Not a read: no hit or miss.
+    None,
+    /// A read whose nil reply is a miss.
+    Single,
+}
+
+fn error_reply(text: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    Frame::Error(Bytes::copy_from_slice(text.as_bytes())).encode(&mut out);
+    out.freeze()
+}
+
+fn encode(frame: &Frame) -> Bytes {
+    frame.to_bytes()
+}
+
+fn backend_reply(result: Result<Replies, BackendError>, first: bool) -> Bytes {
+    match result {
+        Ok(r) if first => r.first(),
+        Ok(r) => r.last(),
+        Err(e) => e.reply(),
+    }
+}
+
+fn account(a: &Accounting, reply: &[u8]) {
+    let m = &a.router.categories[usize::from(a.category)];
+    if reply.first() == Some(&b'-') {
+        m.errors.inc();
+    } else if a.read == ReadKind::Single {
+        if reply.starts_with(b"$-1") || reply.starts_with(b"*-1") {
+            m.misses.inc();
+        } else {
+            m.hits.inc();
+        }
+    }
+}
+
+impl Pending {
+    /// Polls for the reply: `(bytes, close the connection after writing them)`.
+    fn poll_reply(&mut self, cx: &mut TaskContext<'_>) -> Poll<(Bytes, bool)> {
+        match self {
+            Pending::Ready(b) => Poll::Ready((std::mem::take(b), false)),
+            Pending::Close(b) => Poll::Ready((std::mem::take(b), true)),
+            Pending::Backend { rx, accounting } => match Pin::new(rx).poll(cx) {
+                Poll::Ready(result) => {
+                    let reply =
+                        backend_reply(result.unwrap_or_else(|_| Err(lost())), accounting.first);
+                    account(accounting, &reply);
+                    Poll::Ready((reply, false))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            Pending::Future(f) => f.as_mut().poll(cx).map(|b| (b, false)),
+        }
+    }
+}
+
+/// Moves the replies that are ready at the head of `queue` into `out`, in order. Ready when
+/// at least one was moved; `close` is set when one of them ends the connection.
+fn drain_ready(
+    queue: &mut VecDeque<Pending>,
+    out: &mut BytesMut,
+    close: &mut bool,
+    cx: &mut TaskContext<'_>,
+) -> Poll<()> {
+    let mut moved = false;
+    while let Some(head) = queue.front_mut() {
+        match head.poll_reply(cx) {
+            Poll::Ready((bytes, c)) => {
+                out.extend_from_slice(&bytes);
+                queue.pop_front();
+                moved = true;
+                if c {
+                    *close = true;
+                    queue.clear();
+                    break;
+                }
+            }
+            Poll::Pending => break,
+        }
+    }
+    if moved {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
+    }
+}
+
+/// Writes `out` and empties it (keeping a modest buffer around).
+async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let ok = stream.write_all(out).await.is_ok();
+    out.clear();
+    if out.capacity() > 64 * 1024 {
+        *out = BytesMut::new();
+    }
+    ok
+}
+
+/// Serves one client connection until it closes.
+///
+/// One task per connection: requests are decoded and dispatched in order, and the replies are
+/// written in the same order as they become ready, coalescing every reply that is ready into
+/// one write. A request that has to wait before it can be sent (a key being migrated, a
+/// blocking command, a fan-out) lets the replies before it go out meanwhile.
+pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.clients.inc();
+    let mut client = Client::new(id, shared.clone());
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut decoder = RequestDecoder::new(shared.limits);
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut out = BytesMut::new();
+    let mut closing = false;
+    'conn: loop {
+        // Dispatch every request that has fully arrived.
+        while !closing {
+            match decoder.decode_request(&mut buf) {
+                Ok(Some(request)) => {
+                    let dispatch = client.handle(request);
+                    tokio::pin!(dispatch);
+                    let pending = loop {
+                        tokio::select! {
+                            biased;
+                            p = &mut dispatch => break p,
+                            () = std::future::poll_fn(|cx| drain_ready(&mut queue, &mut out, &mut closing, cx)),
+                                if !queue.is_empty() =>
+                            {
+                                if !flush(&mut stream, &mut out).await || closing {
+                                    break 'conn;
+                                }
+                            }
+                        }
+                    };
+                    closing = matches!(pending, Pending::Close(_));
+                    queue.push_back(pending);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    queue.push_back(Pending::Close(encode(&Frame::protocol_error(e))));
+                    closing = true;
+                }
+            }
+        }
+        // Whatever is ready goes out in one write.
+        let _ = std::future::poll_fn(|cx| {
+            let _ = drain_ready(&mut queue, &mut out, &mut closing, cx);
+            Poll::Ready(())
+        })
+        .await;
+        if !flush(&mut stream, &mut out).await {
+            break;
+        }
+        if closing && queue.is_empty() {
+            let _ = stream.shutdown().await;
+            break;
+        }
+        if let Some(needed) = decoder.needed() {
+            buf.reserve(needed.saturating_sub(buf.len()));
+        } else if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        tokio::select! {
+            biased;
+            () = std::future::poll_fn(|cx| drain_ready(&mut queue, &mut out, &mut closing, cx)),
+                if !queue.is_empty() => {}
+            read = stream.read_buf(&mut buf), if !closing => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+        }
+    }
+    shared.metrics.clients.dec();
+}
+
+/// Per-connection state.
+struct Client {
+    id: u64,
+    shared: Arc<Shared>,
+    name: Option<Bytes>,
+    authenticated: bool,
+    transaction: Option<Transaction>,
+    /// A connection holding WATCHed keys: (table instance name, connection).
+    watching: Option<(String, Dedicated)>,
+    /// Connections for blocking commands, by instance name.
+    dedicated: HashMap<String, Dedicated>,
+    sample: u32,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The request as it goes to an instance: its bytes as received, or encoded if inline.
+fn wire(request: &Request) -> Bytes {
+    match &request.raw {
+        Some(raw) => raw.clone(),
+        None => bundle(std::slice::from_ref(&request.args)),
+    }
+}
+
+fn bundle(commands: &[Vec<Bytes>]) -> Bytes {
+    let mut out = BytesMut::new();
+    for c in commands {
+        encode_request(c, &mut out);
+    }
+    out.freeze()
+}
+
+impl Client {
+    fn new(id: u64, shared: Arc<Shared>) -> Self {
+        let authenticated = shared.password.is_none();
+        Self {
+            id,
+            shared,
+            name: None,
+            authenticated,
+            transaction: None,
+            watching: None,
+            dedicated: HashMap::new(),
+            sample: (id as u32).wrapping_mul(2_654_435_761) | 1,
+        }
+    }
+
+    fn lane(&self) -> usize {
+        self.id as usize
+    }
+
+    /// One in sixteen, cheaply: which reads extend an adaptive TTL.
+    fn sampled(&mut self) -> bool {
+        self.sample ^= self.sample << 13;
+        self.sample ^= self.sample >> 17;
+        self.sample ^= self.sample << 5;
+        self.sample & 15 == 0
+    }
+
+    async fn handle(&mut self, request: Request) -> Pending {
+        let resolved = match command::resolve(&request.args) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(t) = &mut self.transaction {
+                    t.aborted = true;
+                }
+                return Pending::Ready(error_reply(&format!("ERR {e}")));
+            }
+        };
+        let spec = resolved.spec;
+        if !self.authenticated
+            && !matches!(
+                spec.kind,
+                Kind::Local(LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit)
+            )
+        {
+            return Pending::Ready(error_reply("NOAUTH Authentication required."));
+        }
+        if resolved
+            .keys
+            .iter()
+            .any(|i| request.args[*i].starts_with(RESERVED_PREFIX))
+        {
+            return Pending::Ready(error_reply(
+                "ERR keys starting with 'redisfleet:' are reserved for redis-fleet",
+            ));
+        }
+        if let Kind::Transaction(t) = spec.kind {
+            return self.transaction_command(t, request).await;
+        }
+        if self.transaction.is_some() {
+            return self.queue(request, &resolved.keys, spec);
+        }
+        if let Kind::Local(l) = spec.kind {
+            return self.local(l, &request).await;
+        }
+        let Some(router) = self.shared.router.load_full() else {
+            return Pending::Ready(error_reply("TRYAGAIN the routing table is not loaded yet"));
+        };
+        match spec.kind {
+            Kind::SingleKey => self.single(router, request, resolved.keys[0], spec).await,
+            Kind::MultiKey(split) => self.split(router, request, split, &resolved.keys).await,
+            Kind::SameInstance | Kind::Script => {
+                self.same_instance(router, request, &resolved.keys, spec)
+                    .await
+            }
+            Kind::Blocking => self.blocking(router, request, &resolved.keys).await,
+            Kind::FanOut(f) => self.fan_out(router, f, request).await,
+            Kind::Container | Kind::Refused(_) | Kind::Local(_) | Kind::Transaction(_) => {
+                Pending::Ready(error_reply("ERR unsupported command"))
+            }
+        }
+    }
+
+    /// The route of `key`, after moving it to the migration target if its slot migrates.
+    async fn route(&mut self, router: &Router, key: &Bytes) -> Result<Route, Bytes> {
+        let route = router.resolver.resolve(key);
+        if let Some(from) = route.migrating_from {
+            self.move_key(router, from, route.target, key).await?;
+        }
+        Ok(route)
+    }
+
+    /// Moves one key from `from` to `to` (see [`keymove`]); waits while another mover has it.
+    async fn move_key(
+        &mut self,
+        router: &Router,
+        from: InstanceId,
+        to: InstanceId,
+        key: &Bytes,
+    ) -> Result<(), Bytes> {
+        let owner = format!("{}/{}", self.shared.id, self.id);
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let take = router
+                .backend(from)
+                .command(self.lane(), &keymove::take_command(key, &owner));
+            let reply = backend_reply(take.await.unwrap_or_else(|_| Err(lost())), true);
+            let frame = parse(&reply)?;
+            match keymove::parse_taken(&frame) {
+                Ok(keymove::Taken::None) => return Ok(()),
+                Ok(keymove::Taken::Busy) => {
+                    if started.elapsed() > Duration::from_millis(keymove::LEASE_MS + 1000) {
+                        return Err(error_reply("TRYAGAIN the key is being migrated, retry"));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Ok(keymove::Taken::Value { dump, pttl }) => {
+                    if let Some(restore) = keymove::restore_command(key, &dump, pttl) {
+                        let rx = router.backend(to).command(self.lane(), &restore);
+                        let reply = backend_reply(rx.await.unwrap_or_else(|_| Err(lost())), true);
+                        if let Err(e) = keymove::parse_restored(&parse(&reply)?) {
+                            // The lease expires and the rebalance Job finishes this key.
+                            return Err(error_reply(&format!(
+                                "TRYAGAIN moving the key failed: {e}"
+                            )));
+                        }
+                    }
+                    let fin = router
+                        .backend(from)
+                        .command(self.lane(), &keymove::finish_command(key, &owner));
+                    let _ = fin.await;
+                    self.shared.metrics.keys_moved.inc();
+                    return Ok(());
+                }
+                Ok(keymove::Taken::Big { .. }) => {
+                    return Err(error_reply("TRYAGAIN the key is being migrated, retry"));
+                }
+                Err(e) => return Err(error_reply(&format!("ERR moving the key failed: {e}"))),
+            }
+        }
+    }
+
+    fn forward(
+        &self,
+        router: Arc<Router>,
+        target: InstanceId,
+        category: CategoryId,
+        bytes: Bytes,
+        replies: usize,
+        read: ReadKind,
+    ) -> Pending {
+        router.categories[usize::from(category)].commands.inc();
+        let rx = router.backend(target).send(self.lane(), bytes, replies);
+        Pending::Backend {
+            rx,
+            accounting: Accounting {
+                router,
+                category,
+                read,
+                first: true,
+            },
+        }
+    }
+}
+
+fn lost() -> BackendError {
+    BackendError::Lost {
+        instance: "?".to_owned(),
+        reason: "the request was dropped".to_owned(),
+    }
+}
+
+fn parse(reply: &Bytes) -> Result<Frame, Bytes> {
+    match parse_frame(reply, &Limits::replies()) {
+        Ok(Some((frame, _))) => Ok(frame),
+        _ => Err(error_reply("ERR unreadable reply from the instance")),
+    }
+}
