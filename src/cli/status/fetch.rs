@@ -1,0 +1,124 @@
+//! Fetch, the only step of `redis-fleet status` that talks to the API server: the
+//! RedisInstances, the CachePolicies and their routing ConfigMaps of one namespace.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+
+use crate::api::cache_policy::{CachePolicy, config_map_name};
+use crate::api::redis_instance::RedisInstance;
+
+use super::Error;
+use super::build::build;
+use super::snapshot::Snapshot;
+
+/// The objects [`build`] works from.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    /// RedisInstances of the namespace.
+    pub instances: Vec<RedisInstance>,
+    /// The CachePolicies shown (all of the namespace, or the one asked for).
+    pub policies: Vec<CachePolicy>,
+    /// Routing ConfigMaps by name; absent when not found, `Err` when unreadable.
+    pub config_maps: BTreeMap<String, Result<ConfigMap, String>>,
+}
+
+fn api_error(what: &'static str, namespace: &str) -> impl Fn(kube::Error) -> Error {
+    let namespace = namespace.to_owned();
+    move |e| match e {
+        kube::Error::Api(status) => Error::Api {
+            what,
+            namespace: namespace.clone(),
+            message: if status.message.is_empty() {
+                format!("HTTP {} {}", status.code, status.reason)
+            } else {
+                status.message.clone()
+            },
+            transport: false,
+        },
+        other => Error::Api {
+            what,
+            namespace: namespace.clone(),
+            message: other.to_string(),
+            transport: true,
+        },
+    }
+}
+
+/// Reads what a snapshot of `namespace` (or of one policy there) needs, and builds it.
+pub async fn fetch(
+    client: &Client,
+    namespace: &str,
+    policy: Option<&str>,
+) -> Result<Snapshot, Error> {
+    let instances_api: Api<RedisInstance> = Api::namespaced(client.clone(), namespace);
+    let policies_api: Api<CachePolicy> = Api::namespaced(client.clone(), namespace);
+    let config_maps_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let lp = ListParams::default();
+
+    let instances = match instances_api.list(&lp).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Err(Error::CrdsMissing),
+        Err(e) => return Err(api_error("RedisInstances", namespace)(e)),
+    };
+    let policies = match policy {
+        Some(name) => {
+            let found = policies_api
+                .get_opt(name)
+                .await
+                .map_err(api_error("CachePolicy", namespace))?;
+            match found {
+                Some(p) => vec![p],
+                None => {
+                    let available = policies_api
+                        .list(&lp)
+                        .await
+                        .map_err(api_error("CachePolicies", namespace))?
+                        .items
+                        .iter()
+                        .map(ResourceExt::name_any)
+                        .collect();
+                    return Err(Error::PolicyNotFound {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                        available,
+                    });
+                }
+            }
+        }
+        None => {
+            policies_api
+                .list(&lp)
+                .await
+                .map_err(api_error("CachePolicies", namespace))?
+                .items
+        }
+    };
+    let mut config_maps = BTreeMap::new();
+    for p in &policies {
+        let name = config_map_name(p);
+        match config_maps_api.get_opt(&name).await {
+            Ok(Some(cm)) => {
+                config_maps.insert(name, Ok(cm));
+            }
+            Ok(None) => {}
+            // Not fatal: a user may see policies without being allowed to read ConfigMaps.
+            Err(e) => {
+                let message = match api_error("ConfigMap", namespace)(e) {
+                    Error::Api { message, .. } => message,
+                    other => other.to_string(),
+                };
+                config_maps.insert(name, Err(message));
+            }
+        }
+    }
+    let objects = Objects {
+        instances,
+        policies,
+        config_maps,
+    };
+    Ok(build(namespace, policy, &objects, Timestamp::now()))
+}
