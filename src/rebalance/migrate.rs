@@ -11,20 +11,23 @@
 //! 3. **Converge**: wait until every live sidecar's heartbeat shows the flip version, so no
 //!    sidecar still writes to a source by an older table.
 //! 4. **Copy**: SCAN the source, move keys in pipelined batches (take into a tombstone,
-//!    RESTORE without REPLACE, finish — see [`crate::redis::keymove`]), big or non-portable values
-//!    piece by piece; checkpoint the cursor on the source so a restarted Job resumes; respect
-//!    `keysPerSecond`; sweep until no key and no tombstone of the ranges is left.
+//!    RESTORE without REPLACE, finish — see [`crate::redis::keymove`] and `migrate/batch.rs`),
+//!    big or non-portable values piece by piece (`migrate/piecewise.rs`); checkpoint the
+//!    cursor on the source so a restarted Job resumes; respect `keysPerSecond`; sweep until no
+//!    key and no tombstone of the ranges is left.
 //! 5. **Finalize** (operator): publish the targets as owners; the Job removes its checkpoints.
+
+mod batch;
+mod piecewise;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::api::CachePolicy;
 use crate::api::cache_policy::{
@@ -32,15 +35,15 @@ use crate::api::cache_policy::{
 };
 use crate::redis::connect::{Credentials, redact};
 use crate::redis::endpoint::{self, Available, SecretSource, read_secrets, referenced_secrets};
+use crate::redis::keymove::{
+    FINISH_MANY_SCRIPT, LEASE_MS, MoveError, TAKE_MANY_SCRIPT, TOMB_PREFIX,
+};
 use crate::redis::keys::{RangeScan, ScanCheckpoint, delete_ranges, in_ranges};
-use crate::redis::resp::Frame;
 use crate::routing::config_map::table_of;
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
 
-use crate::redis::keymove::{
-    self, FINISH_MANY_SCRIPT, LEASE_MS, MoveError, Restored, TAKE_MANY_SCRIPT, TOMB_PREFIX, Taken,
-};
+use batch::{BATCHES_IN_FLIGHT, BatchOutcome, Mover};
 
 /// Values larger than this (MEMORY USAGE) are copied piece by piece, not with one DUMP.
 pub const BIG_VALUE_BYTES: u64 = 8 << 20;
@@ -616,384 +619,6 @@ impl Job {
         }
         Ok(moved)
     }
-
-    /// Copies the tombstone of `key` to the target type by type, in pieces, into a temporary
-    /// key renamed into place only if the target has no newer value.
-    async fn copy_piecewise(
-        &mut self,
-        from: &str,
-        to: &str,
-        key: &[u8],
-        pttl: i64,
-    ) -> Result<(), Error> {
-        let tomb = keymove::tomb_key(key);
-        let lease = keymove::lease_key(key);
-        let temp = [b"redisfleet:restore:".as_slice(), key].concat();
-        let owner = self.config.owner.clone();
-        let kind: String = {
-            let source = self.instance(from)?;
-            redis::cmd("TYPE")
-                .arg(tomb.as_ref())
-                .query_async(&mut source.conn)
-                .await
-                .map_err(|e| source.err(&e))?
-        };
-        {
-            let target = self.instance(to)?;
-            let _: () = redis::cmd("DEL")
-                .arg(&temp)
-                .query_async(&mut target.conn)
-                .await
-                .map_err(|e| target.err(&e))?;
-        }
-        let mut cursor: u64 = 0;
-        let mut index: i64 = 0;
-        let mut last_id = "-".to_owned();
-        loop {
-            // Keep the lease while a long copy runs.
-            {
-                let source = self.instance(from)?;
-                let _: () = redis::cmd("SET")
-                    .arg(lease.as_ref())
-                    .arg(&owner)
-                    .arg("PX")
-                    .arg(LEASE_MS)
-                    .arg("XX")
-                    .query_async(&mut source.conn)
-                    .await
-                    .map_err(|e| source.err(&e))?;
-            }
-            let (cmd, done): (Option<redis::Cmd>, bool) = match kind.as_str() {
-                "string" => {
-                    let source = self.instance(from)?;
-                    let chunk: Vec<u8> = redis::cmd("GETRANGE")
-                        .arg(tomb.as_ref())
-                        .arg(index)
-                        .arg(index + (1 << 20) - 1)
-                        .query_async(&mut source.conn)
-                        .await
-                        .map_err(|e| source.err(&e))?;
-                    index += chunk.len() as i64;
-                    let done = chunk.len() < 1 << 20;
-                    let mut c = redis::cmd("APPEND");
-                    c.arg(&temp).arg(chunk);
-                    (Some(c), done)
-                }
-                "hash" | "set" | "zset" => {
-                    let scan = match kind.as_str() {
-                        "hash" => "HSCAN",
-                        "set" => "SSCAN",
-                        _ => "ZSCAN",
-                    };
-                    let source = self.instance(from)?;
-                    let (next, items): (u64, Vec<Vec<u8>>) = redis::cmd(scan)
-                        .arg(tomb.as_ref())
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut source.conn)
-                        .await
-                        .map_err(|e| source.err(&e))?;
-                    cursor = next;
-                    let c = if items.is_empty() {
-                        None
-                    } else {
-                        let mut c = match kind.as_str() {
-                            "hash" => redis::cmd("HSET"),
-                            "set" => redis::cmd("SADD"),
-                            _ => redis::cmd("ZADD"),
-                        };
-                        c.arg(&temp);
-                        if kind == "zset" {
-                            // ZSCAN yields member, score; ZADD wants score, member.
-                            for pair in items.chunks(2) {
-                                if let [member, score] = pair {
-                                    c.arg(score).arg(member);
-                                }
-                            }
-                        } else {
-                            for item in &items {
-                                c.arg(item);
-                            }
-                        }
-                        Some(c)
-                    };
-                    (c, next == 0)
-                }
-                "list" => {
-                    let source = self.instance(from)?;
-                    let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                        .arg(tomb.as_ref())
-                        .arg(index)
-                        .arg(index + 999)
-                        .query_async(&mut source.conn)
-                        .await
-                        .map_err(|e| source.err(&e))?;
-                    index += items.len() as i64;
-                    let done = items.len() < 1000;
-                    let c = (!items.is_empty()).then(|| {
-                        let mut c = redis::cmd("RPUSH");
-                        c.arg(&temp).arg(items);
-                        c
-                    });
-                    (c, done)
-                }
-                "stream" => {
-                    let source = self.instance(from)?;
-                    let start = if last_id == "-" {
-                        "-".to_owned()
-                    } else {
-                        format!("({last_id}")
-                    };
-                    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
-                        .arg(tomb.as_ref())
-                        .arg(&start)
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut source.conn)
-                        .await
-                        .map_err(|e| source.err(&e))?;
-                    let done = entries.len() < 500;
-                    let mut pipe_cmds = Vec::new();
-                    for (id, fields) in &entries {
-                        let mut c = redis::cmd("XADD");
-                        c.arg(&temp).arg(id).arg(fields);
-                        pipe_cmds.push(c);
-                        last_id = id.clone();
-                    }
-                    let target = self.instance(to)?;
-                    for c in pipe_cmds {
-                        let _: redis::Value = c
-                            .query_async(&mut target.conn)
-                            .await
-                            .map_err(|e| target.err(&e))?;
-                    }
-                    (None, done)
-                }
-                other => {
-                    return Err(Error::Move {
-                        key: String::from_utf8_lossy(key).into_owned(),
-                        source: MoveError::NotPortable(format!(
-                            "cannot copy a {other} piece by piece"
-                        )),
-                    });
-                }
-            };
-            if let Some(c) = cmd {
-                let target = self.instance(to)?;
-                let _: redis::Value = c
-                    .query_async(&mut target.conn)
-                    .await
-                    .map_err(|e| target.err(&e))?;
-            }
-            if done {
-                break;
-            }
-        }
-        let target = self.instance(to)?;
-        if pttl > 0 {
-            let _: i64 = redis::cmd("PEXPIRE")
-                .arg(&temp)
-                .arg(pttl)
-                .query_async(&mut target.conn)
-                .await
-                .map_err(|e| target.err(&e))?;
-        }
-        let placed: i64 = redis::cmd("RENAMENX")
-            .arg(&temp)
-            .arg(key)
-            .query_async(&mut target.conn)
-            .await
-            .unwrap_or(0);
-        if placed == 0 {
-            // The target already had a newer value; or nothing was copied (empty).
-            let _: () = redis::cmd("DEL")
-                .arg(&temp)
-                .query_async(&mut target.conn)
-                .await
-                .map_err(|e| target.err(&e))?;
-        }
-        Ok(())
-    }
-}
-
-/// Keys per take or finish script call: a call holds its Redis for about this many keys' work
-/// (well under a millisecond for small values) and saves a script call per key.
-const KEYS_PER_SCRIPT: usize = 64;
-
-/// Batches moving at once: the source takes the next ones while the target restores earlier
-/// ones, and neither waits for the other's round trips.
-const BATCHES_IN_FLIGHT: usize = 8;
-
-/// What a batch needs, cloned into each batch in flight (connections are multiplexed).
-#[derive(Clone)]
-struct Mover {
-    from: Instance,
-    to: Instance,
-    take_sha: String,
-    finish_sha: String,
-    owner: String,
-}
-
-/// What a batch left to the Job.
-#[derive(Default)]
-struct BatchOutcome {
-    /// Keys moved and finished.
-    moved: u64,
-    /// Keys now in their tombstones, to copy piece by piece (too big for one DUMP, or a
-    /// payload the target refuses), with their remaining TTL.
-    piecewise: Vec<(Vec<u8>, i64)>,
-}
-
-impl Mover {
-    /// Moves a batch: takes every key out of the source (tombstone + lease), RESTOREs them on
-    /// the target (BUSYKEY: the target's value is newer and stays), finishes the moves.
-    /// Keys another mover holds are left for the sweep.
-    async fn move_batch(mut self, keys: Vec<Vec<u8>>) -> Result<BatchOutcome, Error> {
-        // 1. Take them out of the source: one pipeline of many-key script calls.
-        let mut pipe = redis::pipe();
-        for group in keys.chunks(KEYS_PER_SCRIPT) {
-            let call = pipe.cmd("EVALSHA").arg(&self.take_sha).arg(group.len() * 3);
-            for k in group {
-                call.arg(k)
-                    .arg(keymove::tomb_key(k).as_ref())
-                    .arg(keymove::lease_key(k).as_ref());
-            }
-            call.arg(&self.owner).arg(LEASE_MS).arg(BIG_VALUE_BYTES);
-        }
-        let replies: Vec<redis::Value> = pipe
-            .query_async(&mut self.from.conn)
-            .await
-            .map_err(|e| self.from.err(&e))?;
-        let taken: Vec<Frame> = replies
-            .iter()
-            .flat_map(|r| match to_frame(r) {
-                Frame::Array(items) => items,
-                other => vec![other],
-            })
-            .collect();
-        if taken.len() != keys.len() {
-            return Err(Error::Redis {
-                instance: self.from.name.clone(),
-                message: format!(
-                    "the take script answered for {} of {} keys",
-                    taken.len(),
-                    keys.len()
-                ),
-            });
-        }
-        let mut outcome = BatchOutcome::default();
-        let mut restores: Vec<(usize, Vec<Bytes>)> = Vec::new();
-        let mut finish: Vec<usize> = Vec::new();
-        for (i, reply) in taken.iter().enumerate() {
-            let key = Bytes::copy_from_slice(&keys[i]);
-            match keymove::parse_taken(reply).map_err(|source| Error::Move {
-                key: String::from_utf8_lossy(&keys[i]).into_owned(),
-                source,
-            })? {
-                Taken::None | Taken::Busy => {}
-                Taken::Value { dump, pttl } => match keymove::restore_command(&key, &dump, pttl) {
-                    Some(cmd) => restores.push((i, cmd)),
-                    None => finish.push(i),
-                },
-                Taken::Big { pttl, .. } => outcome.piecewise.push((keys[i].clone(), pttl)),
-            }
-        }
-        // 2. Restore on the target (one pipeline); BUSYKEY: the target's value is newer.
-        if !restores.is_empty() {
-            let mut pipe = redis::pipe();
-            for (_, cmd) in &restores {
-                let c = pipe.cmd("RESTORE");
-                for a in &cmd[1..] {
-                    c.arg(a.as_ref());
-                }
-            }
-            // A per-command error must not fail the pipeline: read each reply as a value.
-            let replies: Vec<redis::Value> = match pipe.query_async(&mut self.to.conn).await {
-                Ok(r) => r,
-                Err(e) if e.kind() == redis::ErrorKind::Extension || e.code().is_some() => {
-                    // Fall back to one by one to learn which failed.
-                    let mut out = Vec::with_capacity(restores.len());
-                    for (_, cmd) in &restores {
-                        let mut c = redis::cmd("RESTORE");
-                        for a in &cmd[1..] {
-                            c.arg(a.as_ref());
-                        }
-                        out.push(
-                            match c.query_async::<redis::Value>(&mut self.to.conn).await {
-                                Ok(v) => v,
-                                Err(e) => redis::Value::SimpleString(format!("ERR:{e}")),
-                            },
-                        );
-                    }
-                    out
-                }
-                Err(e) => return Err(self.to.err(&e)),
-            };
-            for ((i, _), reply) in restores.iter().zip(replies) {
-                let frame = match reply {
-                    redis::Value::SimpleString(s) if s.starts_with("ERR:") => {
-                        let text = s.trim_start_matches("ERR:").to_owned();
-                        let code = if text.contains("BUSYKEY") || text.contains("already exists") {
-                            "BUSYKEY Target key name already exists."
-                        } else {
-                            text.as_str()
-                        };
-                        Frame::Error(Bytes::from(code.to_owned()))
-                    }
-                    other => to_frame(&other),
-                };
-                match keymove::parse_restored(&frame) {
-                    Ok(Restored::Done | Restored::TargetNewer) => finish.push(*i),
-                    Err(MoveError::NotPortable(_)) => {
-                        let pttl: i64 = redis::cmd("PTTL")
-                            .arg(keymove::tomb_key(&keys[*i]).as_ref())
-                            .query_async(&mut self.from.conn)
-                            .await
-                            .map_err(|e| self.from.err(&e))?;
-                        outcome.piecewise.push((keys[*i].clone(), pttl));
-                    }
-                    Err(source) => {
-                        return Err(Error::Move {
-                            key: String::from_utf8_lossy(&keys[*i]).into_owned(),
-                            source,
-                        });
-                    }
-                }
-            }
-        }
-        // 3. Finish on the source.
-        let done: Vec<Vec<u8>> = finish.iter().map(|i| keys[*i].clone()).collect();
-        self.finish(&done).await?;
-        outcome.moved = done.len() as u64;
-        Ok(outcome)
-    }
-
-    /// Ends the moves of `keys` on the source (tombstones and leases that are still ours).
-    async fn finish(&self, keys: &[Vec<u8>]) -> Result<(), Error> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for group in keys.chunks(KEYS_PER_SCRIPT) {
-            let call = pipe
-                .cmd("EVALSHA")
-                .arg(&self.finish_sha)
-                .arg(group.len() * 2);
-            for k in group {
-                call.arg(keymove::tomb_key(k).as_ref())
-                    .arg(keymove::lease_key(k).as_ref());
-            }
-            call.arg(&self.owner).ignore();
-        }
-        let mut conn = self.from.conn.clone();
-        let () = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.from.err(&e))?;
-        Ok(())
-    }
 }
 
 async fn load_script(instance: &mut Instance, script: &str) -> Result<String, Error> {
@@ -1034,26 +659,4 @@ fn parse_checkpoint(text: &str) -> Option<ScanCheckpoint> {
         pattern: pattern.parse().ok()?,
         cursor: cursor.parse().ok()?,
     })
-}
-
-/// A `redis` crate value as a RESP frame, so the move protocol's parsers serve both the
-/// sidecar and the Job.
-fn to_frame(value: &redis::Value) -> Frame {
-    match value {
-        redis::Value::Nil => Frame::Null,
-        redis::Value::Int(i) => Frame::Integer(*i),
-        redis::Value::BulkString(b) => Frame::Bulk(Bytes::copy_from_slice(b)),
-        redis::Value::SimpleString(s) => Frame::Simple(Bytes::from(s.clone())),
-        redis::Value::Okay => Frame::ok(),
-        redis::Value::Array(items) => Frame::Array(items.iter().map(to_frame).collect()),
-        redis::Value::ServerError(e) => Frame::Error(Bytes::from(format!(
-            "{} {}",
-            e.code(),
-            e.details().unwrap_or_default()
-        ))),
-        other => {
-            warn!(?other, "unexpected reply type");
-            Frame::Null
-        }
-    }
 }
