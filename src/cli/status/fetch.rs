@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -12,8 +11,6 @@ use crate::api::cache_policy::{CachePolicy, config_map_name};
 use crate::api::redis_instance::RedisInstance;
 
 use super::Error;
-use super::build::build;
-use super::snapshot::Snapshot;
 
 /// The objects [`build`] works from.
 #[derive(Debug, Clone, Default)]
@@ -48,12 +45,12 @@ fn api_error(what: &'static str, namespace: &str) -> impl Fn(kube::Error) -> Err
     }
 }
 
-/// Reads what a snapshot of `namespace` (or of one policy there) needs, and builds it.
-pub async fn fetch(
+/// Reads what a snapshot of `namespace` (or of one policy there) needs.
+pub async fn objects(
     client: &Client,
     namespace: &str,
     policy: Option<&str>,
-) -> Result<Snapshot, Error> {
+) -> Result<Objects, Error> {
     let instances_api: Api<RedisInstance> = Api::namespaced(client.clone(), namespace);
     let policies_api: Api<CachePolicy> = Api::namespaced(client.clone(), namespace);
     let config_maps_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
@@ -115,10 +112,9 @@ pub async fn fetch(
             }
         }
     }
-    let objects = Objects {
+    Ok(Objects {
         instances,
         policies,
         config_maps,
-    };
-    Ok(build(namespace, policy, &objects, Timestamp::now()))
+    })
 }

@@ -21,10 +21,11 @@ mod tests;
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use kube::Client;
 
 pub use build::build;
-pub use fetch::{Objects, fetch};
+pub use fetch::Objects;
 pub use render::render;
 pub use snapshot::*;
 
@@ -198,6 +199,16 @@ pub async fn run(args: &StatusArgs, width: usize, color: bool) -> Result<String,
         OutputFormat::Table => Ok(render(&snapshot, width, color)),
         OutputFormat::Json => Ok(to_json(&snapshot)? + "\n"),
     }
+}
+
+/// Reads what a snapshot of `namespace` (or of one policy there) needs, and builds it.
+pub async fn fetch(
+    client: &Client,
+    namespace: &str,
+    policy: Option<&str>,
+) -> Result<Snapshot, Error> {
+    let objects = fetch::objects(client, namespace, policy).await?;
+    Ok(build(namespace, policy, &objects, Timestamp::now()))
 }
 
 /// The snapshot as pretty-printed JSON (the `-o json` output).

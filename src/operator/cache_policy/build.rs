@@ -582,4 +582,6 @@ fn difference(
 }
 
 #[cfg(test)]
+pub mod fixtures;
+#[cfg(test)]
 mod tests;

@@ -16,8 +16,6 @@
 pub mod apply;
 pub mod build;
 pub mod fetch;
-#[cfg(test)]
-mod fixtures;
 pub mod job;
 pub mod rebalance;
 pub mod status;

@@ -533,7 +533,7 @@ pub async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::cache_policy::fixtures;
+    use crate::operator::cache_policy::build::fixtures;
 
     fn view(name: &str, tier: &str, used_mib: u64, cap_mib: u64) -> InstanceView {
         fixtures::view(name)

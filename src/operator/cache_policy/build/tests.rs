@@ -1,47 +1,7 @@
 //! Tests of the routing table a policy should publish.
 
 use super::*;
-use crate::operator::cache_policy::fixtures;
-use crate::routing::table::SecretKeyName;
-
-fn view(name: &str, tier: &str, phase: InstancePhase, mib: u64) -> InstanceView {
-    fixtures::view(name)
-        .in_tier(tier)
-        .in_phase(phase)
-        .with_capacity_mib(mib)
-        .reached_at(InstanceEndpoint {
-            host: format!("{name}.example"),
-            port: 6379,
-            tls: None,
-            username_secret: None,
-            password_secret: Some(SecretKeyName {
-                name: format!("{name}-redis"),
-                key: "password".into(),
-            }),
-        })
-}
-
-fn shop() -> CachePolicySpec {
-    serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/cache-policy.yaml"
-        ))
-        .map(|y| {
-            let v: serde_json::Value = serde_saphyr::from_str(&y).unwrap();
-            v["spec"].to_string()
-        })
-        .unwrap(),
-    )
-    .unwrap()
-}
-
-fn two() -> Vec<InstanceView> {
-    vec![
-        view("primary", "hot", InstancePhase::Ready, 30),
-        view("secondary", "warm", InstancePhase::Ready, 30),
-    ]
-}
+use crate::operator::cache_policy::build::fixtures::{example_view as view, shop, two};
 
 #[test]
 fn the_shop_example_puts_each_category_on_its_tier() {
@@ -178,71 +138,6 @@ fn unreachable_owner_fails_over_to_the_fallback_tier_and_back() {
         "primary's stale copies are purged first"
     );
     assert_eq!(after.categories, before.categories);
-}
-
-#[test]
-fn data_moved_by_a_rebalance_is_never_purged_as_stale() {
-    use crate::rebalance::plan::Move;
-    let before = plan_routing("shop/shop", &shop(), &two(), None)
-        .table
-        .unwrap();
-    let moves = vec![Move {
-        category: "auth".into(),
-        range: SlotRange::new(8192, 16383),
-        from: "primary".into(),
-        to: "secondary".into(),
-        bytes: 0,
-    }];
-    let mut migrating = before.clone();
-    super::super::rebalance::overlay_migrating(&mut migrating, &moves, 2);
-    let finalized = super::super::rebalance::finalize(&migrating, &moves);
-    // The flip: the target's stale copies of the range go before it serves it.
-    let flip = stale_before_publishing(Some(&before), &migrating);
-    assert_eq!(
-        flip["secondary"],
-        vec![("auth".to_owned(), SlotRange::new(8192, 16383))]
-    );
-    // The finalize: what the Job copied to the target stays; only the source lets go.
-    assert!(stale_before_publishing(Some(&migrating), &finalized).is_empty());
-    let released = newly_served(Some(&finalized), &migrating);
-    assert_eq!(
-        released["primary"],
-        vec![("auth".to_owned(), SlotRange::new(8192, 16383))]
-    );
-}
-
-#[test]
-fn a_draining_legacy_source_is_never_purged_when_it_first_appears() {
-    use crate::rebalance::plan::Move;
-    let before = plan_routing("shop/shop", &shop(), &two(), None)
-        .table
-        .unwrap();
-    let moves = vec![Move {
-        category: "auth".into(),
-        range: SlotRange::new(0, 16383),
-        from: "legacy".into(),
-        to: "primary".into(),
-        bytes: 0,
-    }];
-    let mut migrating = before.clone();
-    super::super::rebalance::overlay_migrating(&mut migrating, &moves, 2);
-    let flip = stale_before_publishing(Some(&before), &migrating);
-    assert!(
-        !flip.contains_key("legacy"),
-        "the legacy Redis holds the data being moved: {flip:?}"
-    );
-    assert_eq!(
-        newly_served(Some(&before), &migrating)["legacy"],
-        vec![("auth".to_owned(), SlotRange::new(0, 16383))],
-        "though it does serve the range from the flip on"
-    );
-    // Once emptied, what is left there is released like any source's.
-    let finalized = super::super::rebalance::finalize(&migrating, &moves);
-    assert!(stale_before_publishing(Some(&migrating), &finalized).is_empty());
-    assert_eq!(
-        newly_served(Some(&finalized), &migrating)["legacy"],
-        vec![("auth".to_owned(), SlotRange::new(0, 16383))]
-    );
 }
 
 #[test]

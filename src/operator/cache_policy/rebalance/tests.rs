@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::api::redis_instance::InstancePhase;
-use crate::operator::cache_policy::fixtures;
+use crate::operator::cache_policy::build::fixtures::{self, shop, two};
+use crate::operator::cache_policy::build::{newly_served, plan_routing, stale_before_publishing};
 use crate::routing::table::Failover;
 use crate::routing::table::tests::{endpoint, two_instance_table};
 
@@ -104,4 +105,67 @@ fn overlapping_moves_are_dropped() {
     };
     let kept = without_overlaps(vec![m(0, 100, "a"), m(50, 200, "b"), m(201, 300, "c")]);
     assert_eq!(kept.len(), 2);
+}
+
+#[test]
+fn data_moved_by_a_rebalance_is_never_purged_as_stale() {
+    let before = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let moves = vec![Move {
+        category: "auth".into(),
+        range: SlotRange::new(8192, 16383),
+        from: "primary".into(),
+        to: "secondary".into(),
+        bytes: 0,
+    }];
+    let mut migrating = before.clone();
+    overlay_migrating(&mut migrating, &moves, 2);
+    let finalized = finalize(&migrating, &moves);
+    // The flip: the target's stale copies of the range go before it serves it.
+    let flip = stale_before_publishing(Some(&before), &migrating);
+    assert_eq!(
+        flip["secondary"],
+        vec![("auth".to_owned(), SlotRange::new(8192, 16383))]
+    );
+    // The finalize: what the Job copied to the target stays; only the source lets go.
+    assert!(stale_before_publishing(Some(&migrating), &finalized).is_empty());
+    let released = newly_served(Some(&finalized), &migrating);
+    assert_eq!(
+        released["primary"],
+        vec![("auth".to_owned(), SlotRange::new(8192, 16383))]
+    );
+}
+
+#[test]
+fn a_draining_legacy_source_is_never_purged_when_it_first_appears() {
+    let before = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let moves = vec![Move {
+        category: "auth".into(),
+        range: SlotRange::new(0, 16383),
+        from: "legacy".into(),
+        to: "primary".into(),
+        bytes: 0,
+    }];
+    let mut migrating = before.clone();
+    overlay_migrating(&mut migrating, &moves, 2);
+    let flip = stale_before_publishing(Some(&before), &migrating);
+    assert!(
+        !flip.contains_key("legacy"),
+        "the legacy Redis holds the data being moved: {flip:?}"
+    );
+    assert_eq!(
+        newly_served(Some(&before), &migrating)["legacy"],
+        vec![("auth".to_owned(), SlotRange::new(0, 16383))],
+        "though it does serve the range from the flip on"
+    );
+    // Once emptied, what is left there is released like any source's.
+    let finalized = finalize(&migrating, &moves);
+    assert!(stale_before_publishing(Some(&migrating), &finalized).is_empty());
+    assert_eq!(
+        newly_served(Some(&finalized), &migrating)["legacy"],
+        vec![("auth".to_owned(), SlotRange::new(0, 16383))]
+    );
 }
