@@ -1,11 +1,16 @@
-//! `redis-fleet operator`: the controllers for RedisInstance (and, with later pieces,
-//! CachePolicy), the metrics/health endpoint, and graceful shutdown.
+//! `redis-fleet operator`: the RedisInstance and CachePolicy controllers, the metrics and
+//! health endpoint, leader election and graceful shutdown.
 //!
 //! One watch scope per `--namespace` (or one cluster-wide scope): each scope has its own
-//! caches and controllers, while metrics and the event reporter are shared.
+//! caches, controllers and [`context::Context`] of shared handles, while metrics and the
+//! event reporter are shared by all scopes.
 //!
-//! With `--leader-election` the scopes start only once this replica holds the Lease (see
-//! [`leader`]); a standby serves `/metrics`, `/healthz` and a passing `/readyz` meanwhile.
+//! - [`redis_instance`]: probes each instance and writes its status (managed ones: applies
+//!   their StatefulSet first);
+//! - [`cache_policy`]: computes, publishes and rebalances each policy's routing table;
+//! - [`context`], [`secrets`], [`connections`], [`sampling`], [`metrics`]: what both use;
+//! - [`leader`]: with `--leader-election` the scopes start only once this replica holds the
+//!   Lease; a standby serves `/metrics`, `/healthz` and a passing `/readyz` meanwhile.
 
 pub mod cache_policy;
 pub mod connections;

@@ -1,10 +1,12 @@
 //! The sidecar: a RESP proxy on 127.0.0.1:6379 that makes the fleet look like one Redis.
 //! Every command is routed by the routing table to the instance that serves its key.
 //!
-//! - [`resp`], [`command`], [`ttl`]: pure protocol, command-table and TTL logic;
+//! - [`command`], [`ttl`]: the command table and TTL rules (pure; the RESP codec they speak
+//!   is [`crate::redis::resp`]);
 //! - [`backend`]: pipelined connections to instances; [`router`]: one table version;
-//! - [`session`]: one client connection; [`reload`]: table and credential updates;
-//! - [`heartbeat`]: the table version this sidecar uses, for rebalance Jobs;
+//! - [`session`]: one client connection, one file per kind of command; [`reload`]: table and
+//!   credential updates;
+//! - [`heartbeat`]: writes the table version this sidecar uses, for rebalance Jobs;
 //! - [`metrics`]: Prometheus series on a separate port.
 
 pub mod backend;

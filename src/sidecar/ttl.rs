@@ -9,7 +9,7 @@
 //!   [`adaptive_extension`]; the caller samples, so only a fraction of reads pay for it.
 //!
 //! Which writes create keys, and which reads count as adaptive, are flags of the command table
-//! ([`CommandSpec::creates`], [`CommandSpec::adaptive_read`]).
+//! (`creates` and `adaptive_read` of [`CommandSpec`]).
 
 use bytes::Bytes;
 

@@ -12,7 +12,7 @@ use crate::api::redis_instance::RedisInstance;
 
 use super::Error;
 
-/// The objects [`build`] works from.
+/// The objects [`build`](super::build()) works from.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
     /// RedisInstances of the namespace.

@@ -8,7 +8,7 @@
 //! 2. [`build`](mod@build) turns those objects into a [`Snapshot`] ([`snapshot`], pure) —
 //!    also the `-o json` document;
 //! 3. [`render`](mod@render) draws a snapshot as text for a terminal of a given width (pure),
-//!    with the terminal kit of [`term`] (styles, cells, wrapping, bars).
+//!    with the terminal kit of `term.rs` (styles, cells, wrapping, bars).
 
 pub mod build;
 pub mod fetch;

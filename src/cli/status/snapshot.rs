@@ -12,7 +12,7 @@ use crate::routing::table::Migration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
-    /// Format of this document; see [`SCHEMA_VERSION`].
+    /// Format of this document; see [`SCHEMA_VERSION`](super::SCHEMA_VERSION).
     pub schema_version: u32,
     /// The namespace shown.
     pub namespace: String,

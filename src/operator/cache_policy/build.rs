@@ -1,5 +1,6 @@
-//! The routing table a CachePolicy should publish, computed as a pure function of the policy,
-//! the instances it selects and the table published before.
+//! Build, the pure step of a CachePolicy reconcile: the routing table the policy should
+//! publish, computed from the policy, the instances it selects ([`InstanceView`]) and the
+//! table published before.
 //!
 //! - Candidates of a category: selected instances of its tier (else of its fallback tier,
 //!   else all selected), not draining, with a known capacity. A new instance becomes a

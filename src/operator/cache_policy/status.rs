@@ -1,7 +1,7 @@
 //! The status step of a CachePolicy reconcile. What was published, where each category lives,
 //! failovers, conditions and capacity-planning advice are pure functions of what the
 //! reconciler saw ([`policy_status`]), the growth advice from a memory history kept between
-//! reconciles ([`UsageHistory`]); then the metrics and the status write ([`write`]).
+//! reconciles ([`UsageHistory`]); then the metrics and the status write ([`write()`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

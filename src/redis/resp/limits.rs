@@ -4,8 +4,8 @@ use std::fmt;
 
 use thiserror::Error;
 
-/// Hard ceiling on [`Limits::max_depth`]: [`FrameScanner`] keeps one counter per open array in a
-/// fixed array so that [`frame_len`] never allocates. Redis' own replies nest a handful of
+/// Hard ceiling on [`Limits::max_depth`]: [`FrameScanner`](super::FrameScanner) keeps one counter per open array in a
+/// fixed array so that [`frame_len`](super::frame_len) never allocates. Redis' own replies nest a handful of
 /// levels (COMMAND DOCS is the deepest, about 7); only Lua scripts could go deeper.
 pub const MAX_DEPTH_CAP: usize = 64;
 
@@ -53,7 +53,7 @@ impl Default for Limits {
 impl Limits {
     /// Limits for replies from our own Redis instances: like the defaults, but arrays are not
     /// limited in length, since a legitimate LRANGE or HGETALL reply can be long and scanning
-    /// it allocates nothing (decoding reserves at most [`PREALLOC_ARGS`] slots ahead).
+    /// it allocates nothing (decoding reserves at most `PREALLOC_ARGS` slots ahead).
     pub fn replies() -> Self {
         Limits {
             max_array_len: usize::MAX,

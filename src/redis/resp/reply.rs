@@ -11,7 +11,7 @@ use super::limits::{Limits, MAX_DEPTH_CAP, PREALLOC_ARGS, ProtocolError};
 use super::number::{checked_len, crlf_at, number_line};
 
 /// Finds where one reply ends, resuming where the previous call stopped: the reply-side
-/// counterpart of [`RequestDecoder`] for a proxy that forwards replies as raw bytes.
+/// counterpart of [`RequestDecoder`](super::RequestDecoder) for a proxy that forwards replies as raw bytes.
 ///
 /// It never allocates (open arrays are counted in a fixed array of [`MAX_DEPTH_CAP`] slots) and
 /// examines each byte at most once across calls, except a bulk header re-read while its
