@@ -12,9 +12,21 @@
 #     .
 # Pin the base images by digest for bit-for-bit rebuilds, e.g.
 #   --build-arg RUST_IMAGE=rust:1.95-slim-bookworm@sha256:… --build-arg RUNTIME_IMAGE=…@sha256:…
+#
+# Where the binary comes from (BINARY_FROM):
+#   builder   (default) compiled by the `builder` stage below, inside the build;
+#   prebuilt  the `prebuilt` stage: the file redis-fleet of the build context named
+#             "redis-fleet-bin", made by `cargo build --release --locked --bin redis-fleet` on a
+#             Debian 12 (bookworm, glibc 2.36) machine, for builders without a Rust image.
+#             `make image` builds so with buildah and locally made base images
+#             (hack/e2e/images.sh), and `make e2e` runs that image. Either way the image is the
+#             final stage below: the same base, user and entrypoint.
+#   docker buildx build --build-arg BINARY_FROM=prebuilt \
+#     --build-context redis-fleet-bin=<dir holding redis-fleet> -t redis-fleet:0.1.0 .
 
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+ARG BINARY_FROM=builder
 
 # ---------------------------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS builder
@@ -51,8 +63,18 @@ RUN cargo build --locked --release --bin redis-fleet \
  && /out/redis-fleet --version
 
 # ---------------------------------------------------------------------------------------------
+# The binary built outside (BINARY_FROM=prebuilt), from the named build context
+# "redis-fleet-bin" (not the main context, which holds the sources only).
+FROM scratch AS prebuilt
+COPY --from=redis-fleet-bin redis-fleet /out/redis-fleet
+
+# The stage the image takes its binary from (builders skip the stage not chosen).
+FROM ${BINARY_FROM} AS binary
+
+# ---------------------------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE}
 
+ARG RUNTIME_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="redis-fleet" \
@@ -64,11 +86,11 @@ LABEL org.opencontainers.image.title="redis-fleet" \
       org.opencontainers.image.vendor="redis-fleet" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
+      org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
 
 # Only the binary (root-owned, not writable by the runtime user). The base image brings glibc,
 # libgcc, CA certificates (TLS to hosted Redis, the API server) and /etc/passwd with "nonroot".
-COPY --from=builder /out/redis-fleet /redis-fleet
+COPY --from=binary /out/redis-fleet /redis-fleet
 
 # distroless "nonroot": uid/gid 65532, matching the chart's securityContext.
 USER 65532:65532
