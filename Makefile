@@ -1,5 +1,6 @@
-# redis-fleet — the two commands:
-#   make test   everything CI runs: installs what is missing, fmt, clippy, unit + integration tests
+# redis-fleet — the commands:
+#   make test   the fast tier: installs what is missing, fmt, clippy, unit + integration tests
+#   make e2e    the user's install path (image, helm, kubectl) on a real one-node cluster
 #   make demo   the story on a local control plane: routing, rebalance, a third instance, failover
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -10,13 +11,29 @@ APT_PACKAGES := redis-server redis-tools openssl
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: test
 test: deps control-plane ## fmt check, clippy -D warnings, unit + integration tests (real apiserver, real Redis)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" REDIS_FLEET_HELM="$$(hack/helm.sh)" $(CARGO) test --all-targets --locked
+
+.PHONY: image
+image: ## build the image localhost/redis-fleet:<version> from the Dockerfile with buildah (root; see hack/e2e/images.sh)
+	hack/e2e/images.sh fleet
+
+.PHONY: e2e
+e2e: ## the user's install path on a real node: image, helm install, pods, rebalance, failover, upgrade (root; hack/e2e/run.sh)
+	hack/e2e/run.sh
+
+.PHONY: e2e-cluster
+e2e-cluster: ## start the real one-node cluster of `make e2e` and leave it running (hack/e2e/cluster.sh up)
+	hack/e2e/cluster.sh up
+
+.PHONY: e2e-cluster-stop
+e2e-cluster-stop: ## stop that cluster and remove everything it made (hack/e2e/cluster.sh down)
+	hack/e2e/cluster.sh down
 
 .PHONY: deps
 deps: ## install missing Debian packages (redis-server, redis-tools, openssl)
