@@ -10,5 +10,6 @@ pub mod info;
 pub mod keymove;
 pub mod keys;
 pub mod probe;
+pub mod protocol;
 pub mod resp;
 pub mod sample;

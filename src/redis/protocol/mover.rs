@@ -1,0 +1,464 @@
+//! Moving keys from a migration's source to its target (the Job only; see `docs/protocol.md`,
+//! "Moving a key"). Every script first checks the *mover token* stored on the instance, so only
+//! the newest Job attempt of the newest plan changes anything: a Job whose pod was replaced but
+//! whose process lives on is fenced off at its next call.
+
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+
+use super::names;
+use crate::redis::resp::Frame;
+
+/// The prefix of a token check's error reply.
+pub const FENCED: &str = "REDISFLEET-FENCED";
+
+macro_rules! check_token {
+    () => {
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('REDISFLEET-FENCED a newer rebalance attempt took over') end\n"
+    };
+}
+
+/// KEYS: mover. ARGV: token. Raises the stored token to ARGV (never lowers it); 1 when the
+/// stored token is now ours, 0 when a newer one is there.
+pub const RAISE_TOKEN_SCRIPT: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local mine = tonumber(ARGV[1])
+if mine > cur then redis.call('SET', KEYS[1], ARGV[1]); return 1 end
+if mine == cur then return 1 end
+return 0
+";
+
+/// KEYS: mover, then (key, tombstone) pairs. ARGV: token, largest value to DUMP (bytes, by
+/// MEMORY USAGE; 0: any). Takes each key out of the source: a tombstone left by an earlier
+/// attempt is taken as it is; a present key is renamed to its tombstone. One reply per key:
+/// `{'NONE'}`, `{'MOVED', dump, pttl}` or `{'BIG', type, pttl}` (copied piece by piece).
+pub const TAKE_SCRIPT: &str = concat!(
+    check_token!(),
+    r"
+local limit = tonumber(ARGV[2])
+local out = {}
+for i = 2, #KEYS, 2 do
+  local key, tomb = KEYS[i], KEYS[i + 1]
+  local from = nil
+  if redis.call('EXISTS', tomb) == 1 then from = tomb
+  elseif redis.call('EXISTS', key) == 1 then from = key end
+  if not from then
+    out[#out + 1] = {'NONE'}
+  else
+    local ttl = redis.call('PTTL', from)
+    local big = limit > 0 and (redis.call('MEMORY', 'USAGE', from) or 0) > limit
+    if from == key then redis.call('RENAME', key, tomb) end
+    if big then
+      out[#out + 1] = {'BIG', redis.call('TYPE', tomb)['ok'], ttl}
+    else
+      out[#out + 1] = {'MOVED', redis.call('DUMP', tomb), ttl}
+    end
+  end
+end
+return out
+"
+);
+
+/// KEYS: mover, keys. ARGV: token, then (ttl ms, dump) per key. Restores each key that is
+/// absent on the target. One reply per key: 1 restored, 0 present already (the target's value
+/// stays), or the RESTORE error text.
+pub const RESTORE_SCRIPT: &str = concat!(
+    check_token!(),
+    r"
+local out = {}
+for i = 2, #KEYS do
+  local j = i - 1
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    out[#out + 1] = 0
+  else
+    local r = redis.pcall('RESTORE', KEYS[i], ARGV[2 * j], ARGV[2 * j + 1])
+    if type(r) == 'table' and r.err then out[#out + 1] = r.err else out[#out + 1] = 1 end
+  end
+end
+return out
+"
+);
+
+/// KEYS: mover, tombstones. ARGV: token. Deletes the tombstones; replies how many existed.
+pub const FINISH_SCRIPT: &str = concat!(
+    check_token!(),
+    "if #KEYS < 2 then return 0 end\nreturn redis.call('DEL', unpack(KEYS, 2))\n"
+);
+
+/// KEYS: mover, marker. ARGV: token. Sets the importing marker.
+pub const IMPORT_SCRIPT: &str = concat!(
+    check_token!(),
+    "redis.call('SET', KEYS[2], ARGV[1])\nreturn 1\n"
+);
+
+/// KEYS: mover, marker. ARGV: token. Deletes the importing marker.
+pub const UNMARK_SCRIPT: &str = concat!(check_token!(), "return redis.call('DEL', KEYS[2])\n");
+
+/// KEYS: mover, temporary key, key. ARGV: token, persist (1 when the source key had no TTL).
+/// Renames a value assembled piece by piece into place if the key is still absent (else the
+/// target's value is newer); 1 placed, 0 not.
+pub const PLACE_SCRIPT: &str = concat!(
+    check_token!(),
+    r"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('DEL', KEYS[2]); return 0 end
+redis.call('RENAME', KEYS[2], KEYS[3])
+if ARGV[2] == '1' then redis.call('PERSIST', KEYS[3]) end
+return 1
+"
+);
+
+static RAISE_TOKEN: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(RAISE_TOKEN_SCRIPT));
+static TAKE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(TAKE_SCRIPT));
+static RESTORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESTORE_SCRIPT));
+static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH_SCRIPT));
+static IMPORT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(IMPORT_SCRIPT));
+static UNMARK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UNMARK_SCRIPT));
+static PLACE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PLACE_SCRIPT));
+
+/// What the take script answered for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// Not on the source (moved already, deleted, expired, or never there).
+    None,
+    /// The serialized value and its remaining TTL when taken (ms; -1: none).
+    Value {
+        /// `DUMP` payload.
+        dump: Bytes,
+        /// `PTTL` at the take.
+        pttl: i64,
+    },
+    /// A value too large for one DUMP: it waits in its tombstone, to be copied piece by piece.
+    Big {
+        /// `TYPE` of the value.
+        kind: String,
+        /// `PTTL` at the take.
+        pttl: i64,
+    },
+}
+
+/// Why a move step failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoveError {
+    /// A newer Job attempt raised the mover token: this one must stop.
+    #[error("a newer rebalance attempt took over")]
+    Fenced,
+    /// The server answered an error.
+    #[error("{0}")]
+    Server(String),
+    /// The reply had an unexpected shape.
+    #[error("unexpected reply to a move script: {0}")]
+    Unexpected(String),
+}
+
+impl MoveError {
+    fn from_redis(e: &redis::RedisError) -> Self {
+        if e.to_string().contains(FENCED) {
+            Self::Fenced
+        } else {
+            Self::Server(e.to_string())
+        }
+    }
+}
+
+/// Interprets one element of the take script's reply.
+pub fn parse_taken(reply: &Frame) -> Result<Taken, MoveError> {
+    let Frame::Array(items) = reply else {
+        return Err(MoveError::Unexpected(format!("{reply:?}")));
+    };
+    let tag = items.first().and_then(Frame::as_bulk).map(|b| b.as_ref());
+    match tag {
+        Some(b"NONE") => Ok(Taken::None),
+        Some(b"MOVED") => match (
+            items.get(1).and_then(Frame::as_bulk),
+            items.get(2).and_then(Frame::as_integer),
+        ) {
+            (Some(dump), Some(pttl)) => Ok(Taken::Value {
+                dump: dump.clone(),
+                pttl,
+            }),
+            _ => Err(MoveError::Unexpected(format!("{reply:?}"))),
+        },
+        Some(b"BIG") => match (
+            items.get(1).and_then(Frame::as_bulk),
+            items.get(2).and_then(Frame::as_integer),
+        ) {
+            (Some(kind), Some(pttl)) => Ok(Taken::Big {
+                kind: String::from_utf8_lossy(kind).into_owned(),
+                pttl,
+            }),
+            _ => Err(MoveError::Unexpected(format!("{reply:?}"))),
+        },
+        _ => Err(MoveError::Unexpected(format!("{reply:?}"))),
+    }
+}
+
+/// The TTL to restore a key with, `elapsed_ms` after its take was sent: its PTTL at the take
+/// less the time since (never longer than it had), `Some(0)` for no TTL, `None` when it ran out.
+pub fn remaining_ttl(pttl: i64, elapsed_ms: u64) -> Option<u64> {
+    match pttl {
+        -1 => Some(0),
+        p if p <= 0 => None,
+        p => {
+            let left = p - i64::try_from(elapsed_ms).unwrap_or(i64::MAX);
+            (left > 0).then_some(left as u64)
+        }
+    }
+}
+
+/// One key to restore: name, TTL (0: none) and payload.
+#[derive(Debug, Clone)]
+pub struct Restore {
+    /// The key.
+    pub key: Bytes,
+    /// TTL in ms, 0 for none.
+    pub ttl_ms: u64,
+    /// `DUMP` payload.
+    pub dump: Bytes,
+}
+
+/// What the target did with one restored key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// Restored.
+    Done,
+    /// The target had the key already; its value stays.
+    Present,
+    /// `RESTORE` failed (e.g. a payload the target's version cannot load).
+    Failed(String),
+}
+
+/// A connection and the policy's mover token, for the move scripts.
+#[derive(Clone)]
+pub struct Mover {
+    /// `<namespace>/<name>` of the policy.
+    pub policy: String,
+    /// This Job attempt's token.
+    pub token: u64,
+}
+
+impl std::fmt::Debug for Mover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mover")
+            .field("policy", &self.policy)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl Mover {
+    /// Raises the instance's mover token to ours; `Fenced` when a newer one is there.
+    pub async fn claim(&self, conn: &mut MultiplexedConnection) -> Result<(), MoveError> {
+        let ours: i64 = RAISE_TOKEN
+            .key(names::mover(&self.policy))
+            .arg(self.token)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| MoveError::from_redis(&e))?;
+        if ours == 1 {
+            Ok(())
+        } else {
+            Err(MoveError::Fenced)
+        }
+    }
+
+    /// Takes `keys` out of the source; one answer per key, in order.
+    pub async fn take(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[Bytes],
+        dump_limit: u64,
+    ) -> Result<Vec<Taken>, MoveError> {
+        let mut call = TAKE.prepare_invoke();
+        call.key(names::mover(&self.policy));
+        for k in keys {
+            call.key(k.as_ref()).key(names::tomb(k).as_ref());
+        }
+        call.arg(self.token).arg(dump_limit);
+        let reply: redis::Value = call
+            .invoke_async(conn)
+            .await
+            .map_err(|e| MoveError::from_redis(&e))?;
+        let Frame::Array(items) = value_to_frame(&reply) else {
+            return Err(MoveError::Unexpected(format!("{reply:?}")));
+        };
+        if items.len() != keys.len() {
+            return Err(MoveError::Unexpected(format!(
+                "{} answers for {} keys",
+                items.len(),
+                keys.len()
+            )));
+        }
+        items.iter().map(parse_taken).collect()
+    }
+
+    /// Restores `items` on the target; one answer per item, in order.
+    pub async fn restore(
+        &self,
+        conn: &mut MultiplexedConnection,
+        items: &[Restore],
+    ) -> Result<Vec<Restored>, MoveError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut call = RESTORE.prepare_invoke();
+        call.key(names::mover(&self.policy));
+        for r in items {
+            call.key(r.key.as_ref());
+        }
+        call.arg(self.token);
+        for r in items {
+            call.arg(r.ttl_ms).arg(r.dump.as_ref());
+        }
+        let reply: redis::Value = call
+            .invoke_async(conn)
+            .await
+            .map_err(|e| MoveError::from_redis(&e))?;
+        let Frame::Array(answers) = value_to_frame(&reply) else {
+            return Err(MoveError::Unexpected(format!("{reply:?}")));
+        };
+        answers
+            .iter()
+            .map(|a| match a {
+                Frame::Integer(1) => Ok(Restored::Done),
+                Frame::Integer(0) => Ok(Restored::Present),
+                Frame::Bulk(text) => {
+                    Ok(Restored::Failed(String::from_utf8_lossy(text).into_owned()))
+                }
+                other => Err(MoveError::Unexpected(format!("{other:?}"))),
+            })
+            .collect()
+    }
+
+    /// Deletes the tombstones of `keys` on the source.
+    pub async fn finish(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[Bytes],
+    ) -> Result<(), MoveError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut call = FINISH.prepare_invoke();
+        call.key(names::mover(&self.policy));
+        for k in keys {
+            call.key(names::tomb(k).as_ref());
+        }
+        let _: i64 = call
+            .arg(self.token)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| MoveError::from_redis(&e))?;
+        Ok(())
+    }
+
+    /// Sets (`on`) or deletes the importing marker of a range on its source.
+    pub async fn mark_importing(
+        &self,
+        conn: &mut MultiplexedConnection,
+        marker: &str,
+        on: bool,
+    ) -> Result<(), MoveError> {
+        let script = if on { &*IMPORT } else { &*UNMARK };
+        let _: i64 = script
+            .key(names::mover(&self.policy))
+            .key(marker)
+            .arg(self.token)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| MoveError::from_redis(&e))?;
+        Ok(())
+    }
+
+    /// Renames a value assembled in `temp` to `key` if `key` is still absent on the target.
+    pub async fn place(
+        &self,
+        conn: &mut MultiplexedConnection,
+        temp: &[u8],
+        key: &[u8],
+        persist: bool,
+    ) -> Result<bool, MoveError> {
+        let placed: i64 = PLACE
+            .key(names::mover(&self.policy))
+            .key(temp)
+            .key(key)
+            .arg(self.token)
+            .arg(if persist { "1" } else { "0" })
+            .invoke_async(conn)
+            .await
+            .map_err(|e| MoveError::from_redis(&e))?;
+        Ok(placed == 1)
+    }
+}
+
+/// A `redis` crate value as a RESP frame, so one set of parsers serves the sidecar and the Job.
+pub fn value_to_frame(value: &redis::Value) -> Frame {
+    match value {
+        redis::Value::Nil => Frame::Null,
+        redis::Value::Int(i) => Frame::Integer(*i),
+        redis::Value::BulkString(b) => Frame::Bulk(Bytes::copy_from_slice(b)),
+        redis::Value::SimpleString(s) => Frame::Simple(Bytes::from(s.clone())),
+        redis::Value::Okay => Frame::ok(),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            Frame::Array(items.iter().map(value_to_frame).collect())
+        }
+        redis::Value::ServerError(e) => Frame::Error(Bytes::from(format!(
+            "{} {}",
+            e.code(),
+            e.details().unwrap_or_default()
+        ))),
+        other => Frame::Error(Bytes::from(format!("unexpected reply type: {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &[u8]) -> Frame {
+        Frame::Bulk(Bytes::copy_from_slice(s))
+    }
+
+    #[test]
+    fn take_replies() {
+        assert_eq!(
+            parse_taken(&Frame::Array(vec![bulk(b"NONE")])),
+            Ok(Taken::None)
+        );
+        assert_eq!(
+            parse_taken(&Frame::Array(vec![
+                bulk(b"MOVED"),
+                bulk(b"\x00dump"),
+                Frame::Integer(1500)
+            ])),
+            Ok(Taken::Value {
+                dump: Bytes::from_static(b"\x00dump"),
+                pttl: 1500
+            })
+        );
+        assert_eq!(
+            parse_taken(&Frame::Array(vec![
+                bulk(b"BIG"),
+                bulk(b"hash"),
+                Frame::Integer(-1)
+            ])),
+            Ok(Taken::Big {
+                kind: "hash".into(),
+                pttl: -1
+            })
+        );
+        assert!(parse_taken(&Frame::Integer(1)).is_err());
+    }
+
+    #[test]
+    fn ttls_never_grow_in_transit() {
+        assert_eq!(remaining_ttl(-1, 50), Some(0));
+        assert_eq!(remaining_ttl(-2, 0), None);
+        assert_eq!(remaining_ttl(1000, 100), Some(900));
+        assert_eq!(remaining_ttl(100, 100), None);
+        assert_eq!(remaining_ttl(100, 250), None);
+    }
+}

@@ -1,0 +1,119 @@
+//! The names redis-fleet gives its own keys and connections on an instance. Every key starts
+//! with [`RESERVED_PREFIX`](crate::redis::keys::RESERVED_PREFIX); applications cannot touch
+//! them through a sidecar. `<policy>` is the CachePolicy's `namespace/name`: one instance may
+//! serve several policies, whose table versions are unrelated.
+
+use bytes::Bytes;
+
+use crate::routing::table::Migration;
+
+/// Prefix of tombstones: a key in transit between two instances (renamed from `<key>`).
+pub const TOMB_PREFIX: &[u8] = b"redisfleet:tomb:";
+
+/// `redisfleet:tomb:<key>`.
+pub fn tomb(key: &[u8]) -> Bytes {
+    [TOMB_PREFIX, key].concat().into()
+}
+
+/// The key a tombstone stands for, if `tomb` is one.
+pub fn key_of_tomb(tomb: &[u8]) -> Option<&[u8]> {
+    tomb.strip_prefix(TOMB_PREFIX)
+}
+
+/// Hash: instance name → lowest table version allowed to use that instance.
+pub fn fences(policy: &str) -> String {
+    format!("redisfleet:fences:{policy}")
+}
+
+/// Sorted set: sidecar id → its last heartbeat (ms, the server's clock).
+pub fn sidecars(policy: &str) -> String {
+    format!("redisfleet:sidecars:{policy}")
+}
+
+/// Hash: sidecar id → the table version it routes by.
+pub fn sidecar_versions(policy: &str) -> String {
+    format!("redisfleet:sidecar-versions:{policy}")
+}
+
+/// String: the mover token of the Job attempt allowed to move keys (see
+/// [`mover_token`]).
+pub fn mover(policy: &str) -> String {
+    format!("redisfleet:mover:{policy}")
+}
+
+/// List: keys a sidecar needs moved now (a command touched some moved and some unmoved keys).
+pub fn urgent(policy: &str) -> String {
+    format!("redisfleet:urgent:{policy}")
+}
+
+/// The importing marker of one migrating range, on its source: once set, absent keys of the
+/// range live on the target.
+pub fn importing(policy: &str, m: &Migration) -> String {
+    format!(
+        "redisfleet:importing:{policy}:{}:{}:{}-{}",
+        m.epoch, m.category, m.start, m.end
+    )
+}
+
+/// Where a big value is assembled on the target, piece by piece, before it is renamed into
+/// place: one per mover token, so two movers never write into the same one.
+pub fn restore_temp(token: u64, key: &[u8]) -> Bytes {
+    [format!("redisfleet:restore:{token}:").as_bytes(), key]
+        .concat()
+        .into()
+}
+
+/// The mover token of a Job attempt: later plans and later attempts get larger tokens.
+pub fn mover_token(plan: u64, attempt: u32) -> u64 {
+    plan.saturating_mul(65_536)
+        .saturating_add(u64::from(attempt.min(65_535)))
+}
+
+/// Prefix of the names of sidecar connections.
+pub const CONNECTION_PREFIX: &str = "redisfleet:";
+
+/// The name of a sidecar's connection: `redisfleet:<policy>:<sidecar id>:v<version>`. Names
+/// may not contain spaces; any in the id are replaced.
+pub fn connection_name(policy: &str, sidecar: &str, version: u64) -> String {
+    let clean = |s: &str| s.replace([' ', '\n', '\r'], "_");
+    format!(
+        "{CONNECTION_PREFIX}{}:{}:v{version}",
+        clean(policy),
+        clean(sidecar)
+    )
+}
+
+/// `(policy, version)` of a sidecar connection's name.
+pub fn parse_connection_name(name: &str) -> Option<(&str, u64)> {
+    let rest = name.strip_prefix(CONNECTION_PREFIX)?;
+    let (head, version) = rest.rsplit_once(":v")?;
+    let version = version.parse().ok()?;
+    // `<namespace>/<name>:<sidecar id>`: the policy holds no ':' (Kubernetes names cannot).
+    let (policy, _sidecar) = head.split_once(':')?;
+    Some((policy, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_names_round_trip() {
+        let n = connection_name("shop/shop", "app-7d9 c", 42);
+        assert_eq!(n, "redisfleet:shop/shop:app-7d9_c:v42");
+        assert_eq!(parse_connection_name(&n), Some(("shop/shop", 42)));
+        // Sidecar ids may hold ':' and 'v'.
+        let n = connection_name("a/b", "pod:v1", 7);
+        assert_eq!(parse_connection_name(&n), Some(("a/b", 7)));
+        assert_eq!(parse_connection_name("redisfleet-operator"), None);
+        assert_eq!(parse_connection_name("redisfleet:a/b:x:vNaN"), None);
+    }
+
+    #[test]
+    fn tokens_grow_with_plan_and_attempt() {
+        assert!(mover_token(10, 2) > mover_token(10, 1));
+        assert!(mover_token(11, 1) > mover_token(10, 4));
+        assert_eq!(key_of_tomb(&tomb(b"user:1")), Some(b"user:1".as_slice()));
+        assert!(tomb(b"k").starts_with(crate::redis::keys::RESERVED_PREFIX));
+    }
+}

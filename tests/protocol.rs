@@ -1,0 +1,386 @@
+//! The data protocol's scripts against a real redis-server (`docs/protocol.md`): the guard,
+//! the move scripts with their mover token, fences that close older connections, heartbeats.
+//! Each test tries to break one rule the protocol relies on.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis_fleet::redis::protocol::guard::{self, Decision};
+use redis_fleet::redis::protocol::mover::{MoveError, Mover, Restore, Restored, Taken};
+use redis_fleet::redis::protocol::{fence, heartbeat, names};
+use support::{RedisOptions, RedisServer};
+
+const POLICY: &str = "shop/shop";
+
+async fn conn(server: &RedisServer) -> MultiplexedConnection {
+    server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connecting")
+}
+
+/// Runs a guarded command and returns the raw reply as a frame-ish value.
+async fn guarded(
+    c: &mut MultiplexedConnection,
+    marker: &str,
+    keys: &[&str],
+    command: &[&str],
+) -> (Decision, redis::Value) {
+    let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::from(k.to_string())).collect();
+    let command: Vec<Bytes> = command.iter().map(|k| Bytes::from(k.to_string())).collect();
+    let args = guard::guard_command(marker, &keys, &names::urgent(POLICY), &command, true);
+    let mut cmd = redis::cmd(std::str::from_utf8(&args[0]).unwrap());
+    for a in &args[1..] {
+        cmd.arg(a.as_ref());
+    }
+    match cmd.query_async::<redis::Value>(c).await {
+        Ok(v) => (Decision::Ran, v),
+        Err(e) => {
+            let code = e.code().unwrap_or_default().to_owned();
+            let reply = format!("-{code} x");
+            (guard::decision(reply.as_bytes()), redis::Value::Nil)
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_guard_runs_on_the_source_until_importing_then_redirects_absent_keys() {
+    let source = RedisServer::start(RedisOptions::default());
+    let mut c = conn(&source).await;
+    let marker = "redisfleet:importing:shop/shop:7:user:0-16383";
+
+    // Not importing: everything runs here, present or not.
+    let (d, _) = guarded(&mut c, marker, &["user:a"], &["SET", "user:a", "1"]).await;
+    assert_eq!(d, Decision::Ran);
+    let (d, v) = guarded(&mut c, marker, &["user:new"], &["GET", "user:new"]).await;
+    assert_eq!((d, v), (Decision::Ran, redis::Value::Nil));
+
+    // Importing: present keys run here, absent ones belong to the target.
+    let _: () = redis::cmd("SET")
+        .arg(marker)
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (d, v) = guarded(&mut c, marker, &["user:a"], &["INCR", "user:a"]).await;
+    assert_eq!((d, v), (Decision::Ran, redis::Value::Int(2)));
+    let (d, _) = guarded(&mut c, marker, &["user:new"], &["SET", "user:new", "x"]).await;
+    assert_eq!(d, Decision::Ask);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("user:new")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "an ASKed command must not run on the source");
+
+    // A key in transit: wait.
+    let _: () = redis::cmd("SET")
+        .arg("redisfleet:tomb:user:t")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (d, _) = guarded(&mut c, marker, &["user:t"], &["GET", "user:t"]).await;
+    assert_eq!(d, Decision::Busy);
+
+    // Some keys here, some not: nothing runs, the present ones are queued for the Job.
+    let (d, _) = guarded(
+        &mut c,
+        marker,
+        &["user:a", "user:b"],
+        &["RENAME", "user:a", "user:b"],
+    )
+    .await;
+    assert_eq!(d, Decision::TryAgain);
+    let a: Option<String> = redis::cmd("GET")
+        .arg("user:a")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(a.as_deref(), Some("2"));
+    let urgent: Vec<String> = redis::cmd("LRANGE")
+        .arg(names::urgent(POLICY))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(urgent, vec!["user:a".to_owned()]);
+
+    // Errors of the command itself come back as they are.
+    let keys = [Bytes::from_static(b"user:a")];
+    let args = guard::guard_command(
+        marker,
+        &keys,
+        "u",
+        &[
+            Bytes::from_static(b"LPUSH"),
+            Bytes::from_static(b"user:a"),
+            Bytes::from_static(b"x"),
+        ],
+        true,
+    );
+    let mut cmd = redis::cmd("EVAL");
+    for a in &args[1..] {
+        cmd.arg(a.as_ref());
+    }
+    let err = cmd.query_async::<redis::Value>(&mut c).await.unwrap_err();
+    assert_eq!(err.code(), Some("WRONGTYPE"));
+}
+
+fn mover(token: u64) -> Mover {
+    Mover {
+        policy: POLICY.to_owned(),
+        token,
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::from(s.to_owned())
+}
+
+#[tokio::test]
+async fn a_move_takes_restores_and_finishes_and_keeps_the_ttl_no_longer_than_it_was() {
+    let (source, target) = (
+        RedisServer::start(RedisOptions::default()),
+        RedisServer::start(RedisOptions::default()),
+    );
+    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
+    let m = mover(names::mover_token(5, 1));
+    m.claim(&mut s).await.unwrap();
+    m.claim(&mut t).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("k1")
+        .arg("v1")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("RPUSH")
+        .arg("k2")
+        .arg("a")
+        .arg("b")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+
+    let taken = m
+        .take(&mut s, &[b("k1"), b("k2"), b("gone")], 8 << 20)
+        .await
+        .unwrap();
+    assert_eq!(taken[2], Taken::None);
+    let mut restores = Vec::new();
+    for (key, t) in ["k1", "k2"].iter().zip(&taken) {
+        let Taken::Value { dump, pttl } = t else {
+            panic!("{t:?}")
+        };
+        assert!(*pttl == -1 || (*pttl > 59_000 && *pttl <= 60_000), "{pttl}");
+        let ttl_ms = redis_fleet::redis::protocol::mover::remaining_ttl(*pttl, 1_000).unwrap();
+        restores.push(Restore {
+            key: b(key),
+            ttl_ms,
+            dump: dump.clone(),
+        });
+    }
+    // While in transit, the keys are absent on the source and their tombstones exist.
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("k1")
+        .arg("redisfleet:tomb:k1")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    assert_eq!(exists, 1);
+    // The target already holds a newer k2: it stays.
+    let _: () = redis::cmd("RPUSH")
+        .arg("k2")
+        .arg("newer")
+        .query_async(&mut t)
+        .await
+        .unwrap();
+    let done = m.restore(&mut t, &restores).await.unwrap();
+    assert_eq!(done, vec![Restored::Done, Restored::Present]);
+    m.finish(&mut s, &[b("k1"), b("k2")]).await.unwrap();
+    let left: i64 = redis::cmd("DBSIZE").query_async(&mut s).await.unwrap();
+    assert_eq!(left, 1, "only the mover token is left on the source");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("k1")
+        .query_async(&mut t)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 59_000,
+        "the TTL shrank by the time in transit: {ttl}"
+    );
+    let k2: Vec<String> = redis::cmd("LRANGE")
+        .arg("k2")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut t)
+        .await
+        .unwrap();
+    assert_eq!(k2, vec!["newer"]);
+}
+
+#[tokio::test]
+async fn a_replaced_mover_can_no_longer_restore_what_it_took() {
+    // A Job attempt takes a key and stalls; a newer attempt finishes the key from its
+    // tombstone; the application deletes it on the target; the stalled attempt wakes up and
+    // tries to RESTORE its old copy. The mover token must refuse it.
+    let (source, target) = (
+        RedisServer::start(RedisOptions::default()),
+        RedisServer::start(RedisOptions::default()),
+    );
+    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
+    let old = mover(names::mover_token(9, 1));
+    old.claim(&mut s).await.unwrap();
+    old.claim(&mut t).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("session:1")
+        .arg("alive")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    let taken = old.take(&mut s, &[b("session:1")], 0).await.unwrap();
+    let Taken::Value { dump, .. } = taken[0].clone() else {
+        panic!()
+    };
+
+    let new = mover(names::mover_token(9, 2));
+    new.claim(&mut s).await.unwrap();
+    new.claim(&mut t).await.unwrap();
+    let again = new.take(&mut s, &[b("session:1")], 0).await.unwrap();
+    let Taken::Value { dump: d2, .. } = again[0].clone() else {
+        panic!("the tombstone is taken over: {again:?}")
+    };
+    assert_eq!(
+        new.restore(
+            &mut t,
+            &[Restore {
+                key: b("session:1"),
+                ttl_ms: 0,
+                dump: d2
+            }]
+        )
+        .await
+        .unwrap(),
+        vec![Restored::Done]
+    );
+    new.finish(&mut s, &[b("session:1")]).await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg("session:1")
+        .query_async(&mut t)
+        .await
+        .unwrap();
+
+    let late = old
+        .restore(
+            &mut t,
+            &[Restore {
+                key: b("session:1"),
+                ttl_ms: 0,
+                dump,
+            }],
+        )
+        .await;
+    assert_eq!(late, Err(MoveError::Fenced));
+    assert_eq!(old.claim(&mut s).await, Err(MoveError::Fenced));
+    assert_eq!(
+        old.finish(&mut s, &[b("session:1")]).await,
+        Err(MoveError::Fenced)
+    );
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("session:1")
+        .query_async(&mut t)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "the logout stays a logout");
+}
+
+#[tokio::test]
+async fn raising_a_fence_closes_older_sidecar_connections_and_later_handshakes_see_it() {
+    let server = RedisServer::start(RedisOptions::default());
+    let mut admin = conn(&server).await;
+    // Two "sidecar" connections named as the sidecar names them.
+    let client = server.client();
+    let mut stale = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(names::connection_name(POLICY, "a", 16))
+        .query_async(&mut stale)
+        .await
+        .unwrap();
+    let mut fresh = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(names::connection_name(POLICY, "b", 17))
+        .query_async(&mut fresh)
+        .await
+        .unwrap();
+    let mut other = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(names::connection_name("other/p", "c", 1))
+        .query_async(&mut other)
+        .await
+        .unwrap();
+
+    let fences = fence::raise(&mut admin, POLICY, &[("primary".to_owned(), 17)])
+        .await
+        .unwrap();
+    assert_eq!(fences.get("primary"), Some(&17));
+    // Never lowered.
+    let fences = fence::raise(&mut admin, POLICY, &[("primary".to_owned(), 3)])
+        .await
+        .unwrap();
+    assert_eq!(fences.get("primary"), Some(&17));
+    let closed = fence::close_older_connections(&mut admin, POLICY, 17)
+        .await
+        .unwrap();
+    assert_eq!(closed, 1);
+    assert!(
+        redis::cmd("PING")
+            .query_async::<String>(&mut stale)
+            .await
+            .is_err(),
+        "v16 is closed"
+    );
+    assert_eq!(
+        redis::cmd("PING")
+            .query_async::<String>(&mut fresh)
+            .await
+            .unwrap(),
+        "PONG"
+    );
+    assert_eq!(
+        redis::cmd("PING")
+            .query_async::<String>(&mut other)
+            .await
+            .unwrap(),
+        "PONG"
+    );
+
+    // A heartbeat answers with the fences, and is read back per policy.
+    let reply: redis::Value = {
+        let args = heartbeat::write_command(POLICY, "b", 17);
+        let mut cmd = redis::cmd("EVAL");
+        for a in &args[1..] {
+            cmd.arg(a.as_ref());
+        }
+        cmd.query_async(&mut fresh).await.unwrap()
+    };
+    let frame = redis_fleet::redis::protocol::mover::value_to_frame(&reply);
+    let seen = heartbeat::parse_write_reply(&frame).expect("a heartbeat reply");
+    assert_eq!(seen.get("primary"), Some(&17));
+    let live = heartbeat::read(&mut admin, POLICY).await.unwrap();
+    assert_eq!(live.get("b"), Some(&17));
+    assert!(
+        heartbeat::read(&mut admin, "other/p")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
