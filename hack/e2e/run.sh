@@ -7,6 +7,7 @@
 #
 #   hack/e2e/run.sh                  # cluster up, the story, cluster down
 #   E2E_KEEP=1 hack/e2e/run.sh       # leave the cluster running at the end (cluster.sh down)
+#   E2E_STOP_AFTER=N hack/e2e/run.sh # stop after step N (with E2E_KEEP=1: to look around)
 #
 # Needs root (the node) and the images of hack/e2e/images.sh (`make e2e` builds them).
 set -euo pipefail
@@ -31,6 +32,10 @@ run_started=$SECONDS
 
 step() {
   end_step
+  if [[ -n "${E2E_STOP_AFTER:-}" ]] && ((STEP >= E2E_STOP_AFTER)); then
+    say "stopping after step $STEP (E2E_STOP_AFTER)"
+    exit 0
+  fi
   STEP=$((STEP + 1))
   step_started=$SECONDS
   STEP_NAMES+=("$*")
@@ -143,6 +148,28 @@ check_keys() {
   shift
   out="$(shop check "$@" 2>&1)" || fail "$label: $out"
   say "$label: $out"
+}
+
+# check_nothing_stale LABEL MISSING PREFIXES FIRST COUNT: no key reads another value than the
+# one written last, and exactly MISSING are gone (those the deleted pod held: a cache).
+check_nothing_stale() {
+  local label="$1" missing="$2" out
+  shift 2
+  out="$(shop check "$@" 2>/dev/null)" || true
+  [[ "$out" == *"($missing missing, 0 with another value)"* ]] ||
+    fail "$label: $out; expected exactly $missing missing (the deleted pod's) and none stale"
+  say "$label: $out"
+}
+
+# Keys of the shop's categories on a managed instance's Redis.
+keys_on() {
+  local prefix total=0 n
+  for prefix in auth session order user menu; do
+    n="$(k -n "$NS" exec "$1-redis-0" -c redis -- sh -c \
+      "REDISCLI_AUTH=\"\$REDIS_PASSWORD\" redis-cli --scan --pattern '$prefix:*' | wc -l")"
+    total=$((total + n))
+  done
+  echo "$total"
 }
 
 # Predicates for wait_until.
@@ -322,21 +349,47 @@ EOF
   check_keys "hot keys" "$HOT" 1000000 "$hot"
   fleet_view
 
-  step "delete a Redis pod: failover, then back, nothing stale"
+  step "delete a Redis pod (its node cordoned, so it stays away): failover; uncordon: back, nothing stale"
   shop write fo: 0 300 before | tail -1 | sed 's/^/    /' || fail "writing through the sidecar"
+  local held
+  held="$(keys_on secondary)"
+  say "the secondary holds $held of the shop's keys; its pod has no persistent storage (a cache)"
+  # A deleted pod is back within a second or two, usually before two probes fail; while the
+  # node is cordoned (as during maintenance) its replacement cannot be scheduled.
+  k cordon "$E2E_NODE_NAME" | sed 's/^/    /'
   k -n "$NS" delete pod secondary-redis-0 --wait=false | sed 's/^/    /'
   local deleted=$SECONDS
   wait_until 60 "failover entries for the secondary" secondary_failed_over
   local failover_version
   failover_version="$(table_version)"
-  say "failover published $((SECONDS - deleted))s after the delete: routing v$failover_version"
+  say "failover published $((SECONDS - deleted))s after the delete: routing v$failover_version; secondary $(ri_field secondary phase)"
   wait_until 180 "every sidecar on the failover table (v$failover_version)" \
     sidecars_at_least "$failover_version"
-  say "every sidecar uses v$failover_version or later $((SECONDS - deleted))s after the delete"
+  say "every sidecar uses v$failover_version or later $((SECONDS - deleted))s after the delete (the kubelet refreshes mounted ConfigMaps lazily)"
   shop write fo: 0 300 during | tail -1 | sed 's/^/    /' || fail "writing through the sidecar"
+  k uncordon "$E2E_NODE_NAME" | sed 's/^/    /'
   wait_until 180 "the secondary back, its slots failed back" secondary_back
   plan="$(follow_rebalance "$plan")"
+  k -n "$NS" get pods -l redisfleet.io/instance=secondary -o wide | sed 's/^/    /'
   check_keys "keys written during the failover" fo: 0 300 during
+  local hot_lost warm_lost
+  hot_lost="$({ shop check "$HOT" 1000000 "$hot" 2>/dev/null || true; } | sed -n 's/.*(\([0-9]*\) missing.*/\1/p')"
+  warm_lost="$({ shop check "$WARM" 0 4000 2>/dev/null || true; } | sed -n 's/.*(\([0-9]*\) missing.*/\1/p')"
+  ((hot_lost + warm_lost == held)) ||
+    fail "$((hot_lost + warm_lost)) keys missing, but the deleted pod held $held"
+  check_nothing_stale "hot keys" "$hot_lost" "$HOT" 1000000 "$hot"
+  check_nothing_stale "warm keys" "$warm_lost" "$WARM" 0 4000
+  say "the application refills what the deleted pod held"
+  shop write "$HOT" 1000000 "$hot" >/dev/null || fail "writing through the sidecar"
+  shop write "$WARM" 0 4000 >/dev/null || fail "writing through the sidecar"
+  check_keys "warm keys" "$WARM" 0 4000
+  check_keys "hot keys" "$HOT" 1000000 "$hot"
+  if (($(redis_used_pct primary) >= 80)); then
+    say "the refill takes the primary past 80 % again (it holds the hot tier alone): another rebalance"
+    plan="$(follow_rebalance "$plan")"
+    check_keys "warm keys" "$WARM" 0 4000
+    check_keys "hot keys" "$HOT" 1000000 "$hot"
+  fi
   fleet_view
 
   step "delete the leader operator pod: the standby leads"
