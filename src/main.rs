@@ -93,10 +93,14 @@ struct RebalanceArgs {
     /// Longest wait for the operator to publish the next routing table.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     publish_timeout: std::time::Duration,
-    /// Longest wait for every sidecar to use the migrating table.
+    /// This attempt of the plan (the operator passes it); default: the attempt in status.
+    #[arg(long)]
+    attempt: Option<i32>,
+    /// Longest wait for every sidecar to use the migrating table; sidecars still behind then
+    /// are fenced off the instances the plan moves data between.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     converge_timeout: std::time::Duration,
-    /// Who holds the per-key leases (the pod name in a cluster).
+    /// The pod name, for logs.
     #[arg(long, env = "POD_NAME")]
     owner: Option<String>,
 }
@@ -256,6 +260,7 @@ fn main() -> anyhow::Result<()> {
                     namespace: namespace.to_owned(),
                     policy: policy.to_owned(),
                     plan_id: args.plan,
+                    attempt: args.attempt,
                     owner,
                     publish_timeout: args.publish_timeout,
                     converge_timeout: args.converge_timeout,

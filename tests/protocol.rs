@@ -31,7 +31,7 @@ async fn guarded(
 ) -> (Decision, redis::Value) {
     let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::from(k.to_string())).collect();
     let command: Vec<Bytes> = command.iter().map(|k| Bytes::from(k.to_string())).collect();
-    let args = guard::guard_command(marker, &keys, &names::urgent(POLICY), &command, true);
+    let args = guard::guard_command(marker, &keys, &names::urgent(POLICY), &[command], true);
     let mut cmd = redis::cmd(std::str::from_utf8(&args[0]).unwrap());
     for a in &args[1..] {
         cmd.arg(a.as_ref());
@@ -116,11 +116,11 @@ async fn the_guard_runs_on_the_source_until_importing_then_redirects_absent_keys
         marker,
         &keys,
         "u",
-        &[
+        &[vec![
             Bytes::from_static(b"LPUSH"),
             Bytes::from_static(b"user:a"),
             Bytes::from_static(b"x"),
-        ],
+        ]],
         true,
     );
     let mut cmd = redis::cmd("EVAL");
@@ -143,7 +143,7 @@ fn b(s: &str) -> Bytes {
 }
 
 #[tokio::test]
-async fn a_move_takes_restores_and_finishes_and_keeps_the_ttl_no_longer_than_it_was() {
+async fn a_move_takes_restores_and_finishes_and_keeps_the_expiry() {
     let (source, target) = (
         RedisServer::start(RedisOptions::default()),
         RedisServer::start(RedisOptions::default()),
@@ -169,20 +169,26 @@ async fn a_move_takes_restores_and_finishes_and_keeps_the_ttl_no_longer_than_it_
         .unwrap();
 
     let taken = m
-        .take(&mut s, &[b("k1"), b("k2"), b("gone")], 8 << 20)
+        .take(&mut s, &[b("k1"), b("k2"), b("gone")], 8 << 20, 0)
         .await
         .unwrap();
     assert_eq!(taken[2], Taken::None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let mut restores = Vec::new();
     for (key, t) in ["k1", "k2"].iter().zip(&taken) {
-        let Taken::Value { dump, pttl } = t else {
+        let Taken::Value { dump, expire_at } = t else {
             panic!("{t:?}")
         };
-        assert!(*pttl == -1 || (*pttl > 59_000 && *pttl <= 60_000), "{pttl}");
-        let ttl_ms = redis_fleet::redis::protocol::mover::remaining_ttl(*pttl, 1_000).unwrap();
+        assert!(
+            *expire_at == -1 || (expire_at - now - 60_000).abs() < 1_000,
+            "{expire_at}"
+        );
         restores.push(Restore {
             key: b(key),
-            ttl_ms,
+            expire_at: u64::try_from(*expire_at).unwrap_or(0),
             dump: dump.clone(),
         });
     }
@@ -206,14 +212,17 @@ async fn a_move_takes_restores_and_finishes_and_keeps_the_ttl_no_longer_than_it_
     m.finish(&mut s, &[b("k1"), b("k2")]).await.unwrap();
     let left: i64 = redis::cmd("DBSIZE").query_async(&mut s).await.unwrap();
     assert_eq!(left, 1, "only the mover token is left on the source");
-    let ttl: i64 = redis::cmd("PTTL")
+    let at_target: i64 = redis::cmd("PEXPIRETIME")
         .arg("k1")
         .query_async(&mut t)
         .await
         .unwrap();
-    assert!(
-        ttl > 0 && ttl <= 59_000,
-        "the TTL shrank by the time in transit: {ttl}"
+    let Taken::Value { expire_at, .. } = &taken[0] else {
+        panic!()
+    };
+    assert_eq!(
+        *expire_at, at_target,
+        "the expiry moves as an absolute time"
     );
     let k2: Vec<String> = redis::cmd("LRANGE")
         .arg("k2")
@@ -244,7 +253,7 @@ async fn a_replaced_mover_can_no_longer_restore_what_it_took() {
         .query_async(&mut s)
         .await
         .unwrap();
-    let taken = old.take(&mut s, &[b("session:1")], 0).await.unwrap();
+    let taken = old.take(&mut s, &[b("session:1")], 0, 0).await.unwrap();
     let Taken::Value { dump, .. } = taken[0].clone() else {
         panic!()
     };
@@ -252,7 +261,7 @@ async fn a_replaced_mover_can_no_longer_restore_what_it_took() {
     let new = mover(names::mover_token(9, 2));
     new.claim(&mut s).await.unwrap();
     new.claim(&mut t).await.unwrap();
-    let again = new.take(&mut s, &[b("session:1")], 0).await.unwrap();
+    let again = new.take(&mut s, &[b("session:1")], 0, 0).await.unwrap();
     let Taken::Value { dump: d2, .. } = again[0].clone() else {
         panic!("the tombstone is taken over: {again:?}")
     };
@@ -261,7 +270,7 @@ async fn a_replaced_mover_can_no_longer_restore_what_it_took() {
             &mut t,
             &[Restore {
                 key: b("session:1"),
-                ttl_ms: 0,
+                expire_at: 0,
                 dump: d2
             }]
         )
@@ -281,7 +290,7 @@ async fn a_replaced_mover_can_no_longer_restore_what_it_took() {
             &mut t,
             &[Restore {
                 key: b("session:1"),
-                ttl_ms: 0,
+                expire_at: 0,
                 dump,
             }],
         )

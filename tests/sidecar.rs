@@ -599,8 +599,65 @@ async fn malformed_bytes_get_a_protocol_error_and_never_crash_it() {
     assert_eq!(cli(&sidecar, &["PING"]), "PONG");
 }
 
+/// Moves every `user:` key from `b` to `a` the way the rebalance Job does (mover token,
+/// importing marker, take → restore → finish), in small batches, until none is left on `b`.
+async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, marker: &str) -> u64 {
+    use redis_fleet::redis::protocol::mover::{Mover, Restore, Taken};
+    let mover = Mover {
+        policy: "test/test".into(),
+        token: redis_fleet::redis::protocol::names::mover_token(2, 1),
+    };
+    let mut src = b.client().get_multiplexed_async_connection().await.unwrap();
+    let mut dst = a.client().get_multiplexed_async_connection().await.unwrap();
+    mover.claim(&mut src).await.unwrap();
+    mover.claim(&mut dst).await.unwrap();
+    mover.mark_importing(&mut src, marker, true).await.unwrap();
+    let mut moved = 0;
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("user:*")
+            .query_async(&mut src)
+            .await
+            .unwrap();
+        let tombs: Vec<String> = redis::cmd("KEYS")
+            .arg("redisfleet:tomb:user:*")
+            .query_async(&mut src)
+            .await
+            .unwrap();
+        let mut all: Vec<bytes::Bytes> = keys.into_iter().map(bytes::Bytes::from).collect();
+        all.extend(
+            tombs
+                .iter()
+                .map(|t| bytes::Bytes::from(t.trim_start_matches("redisfleet:tomb:").to_owned())),
+        );
+        if all.is_empty() {
+            return moved;
+        }
+        for batch in all.chunks(3) {
+            let taken = mover.take(&mut src, batch, 8 << 20, 0).await.unwrap();
+            let mut restores = Vec::new();
+            let mut done = Vec::new();
+            for (k, t) in batch.iter().zip(taken) {
+                if let Taken::Value { dump, expire_at } = t {
+                    restores.push(Restore {
+                        key: k.clone(),
+                        expire_at: u64::try_from(expire_at).unwrap_or(0),
+                        dump,
+                    });
+                    done.push(k.clone());
+                }
+            }
+            // A pause in transit, as a slow Job has: commands on these keys wait.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            mover.restore(&mut dst, &restores).await.unwrap();
+            mover.finish(&mut src, &done).await.unwrap();
+            moved += done.len() as u64;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_migrating_range_moves_keys_on_access_without_losing_increments() {
+async fn a_migrating_range_is_served_through_the_guard_while_its_keys_move() {
     let (a, b) = servers();
     let base = two(&a, &b, 1, no_ttl());
     let sidecar = Sidecar::start(&base, &SECRETS);
@@ -609,7 +666,7 @@ async fn a_migrating_range_moves_keys_on_access_without_losing_increments() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    // Data on b (user:), with TTLs on some keys.
+    // Data on b (user:), with a TTL on one key.
     for i in 0..50 {
         let _: () = conn.set(format!("user:{i}"), i).await.unwrap();
     }
@@ -626,14 +683,15 @@ async fn a_migrating_range_moves_keys_on_access_without_losing_increments() {
     // The operator flips the user category to migrate from b to a.
     let mut flipped = base.clone();
     flipped.version = 2;
-    flipped.migrating.push(Migration {
+    let migration = Migration {
         category: "user".into(),
         start: 0,
         end: 16383,
         from: "b".into(),
         to: "a".into(),
         epoch: 2,
-    });
+    };
+    flipped.migrating.push(migration.clone());
     sidecar.update_table(&flipped);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !sidecar
@@ -643,8 +701,17 @@ async fn a_migrating_range_moves_keys_on_access_without_losing_increments() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
 
-    // Concurrent INCRs of the same key while it moves: none is lost.
+    // Announced, not importing: everything still runs on the source, new keys included.
+    let _: i64 = conn.incr("user:counter", 1).await.unwrap();
+    let _: () = conn.set("user:new", "n").await.unwrap();
+    let there: bool = on_b.exists("user:new").await.unwrap();
+    assert!(there, "nothing moves before the Job says so");
+
+    // Concurrent INCRs of one key while the Job moves every key: none is lost.
+    let marker = redis_fleet::redis::protocol::names::importing("test/test", &migration);
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let client = sidecar.client();
@@ -655,15 +722,15 @@ async fn a_migrating_range_moves_keys_on_access_without_losing_increments() {
             }
         }));
     }
+    let moved = move_all_user_keys(&b, &a, &marker).await;
     for t in tasks {
         t.await.unwrap();
     }
+    assert!(moved >= 52, "{moved}");
     let v: i64 = conn.get("user:counter").await.unwrap();
-    assert_eq!(v, 1200);
+    assert_eq!(v, 1201);
 
-    // Every key reads back, and after access it lives on a only.
-    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
-    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    // Every key reads back, and lives on a only; new keys go to a.
     for i in 0..50 {
         let v: i64 = conn.get(format!("user:{i}")).await.unwrap();
         assert_eq!(v, i);
@@ -671,8 +738,13 @@ async fn a_migrating_range_moves_keys_on_access_without_losing_increments() {
         let left: bool = on_b.exists(format!("user:{i}")).await.unwrap();
         assert!(there && !left, "user:{i} moved");
     }
-    // The TTL travelled with the key.
-    let _: String = conn.get("user:ttl").await.unwrap();
+    let _: () = conn.set("user:after", "x").await.unwrap();
+    let there: bool = on_a.exists("user:after").await.unwrap();
+    assert!(
+        there,
+        "an absent key of an importing range lives on the target"
+    );
+    // The TTL travelled with the key, never longer.
     let t: i64 = redis::cmd("PTTL")
         .arg("user:ttl")
         .query_async(&mut on_a)
@@ -683,18 +755,13 @@ async fn a_migrating_range_moves_keys_on_access_without_losing_increments() {
     let _: () = conn.del("user:0").await.unwrap();
     let gone: Option<i64> = conn.get("user:0").await.unwrap();
     assert_eq!(gone, None);
-    // No tombstones or leases left behind.
+    // No tombstones left behind.
     let left: Vec<String> = redis::cmd("KEYS")
         .arg("redisfleet:tomb:*")
         .query_async(&mut on_b)
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
-    assert!(
-        sidecar
-            .metrics()
-            .contains("redisfleet_sidecar_keys_moved_total")
-    );
 }
 
 #[tokio::test]
@@ -717,16 +784,18 @@ async fn heartbeats_and_metrics() {
             .await
             .unwrap();
         loop {
-            let beats = redis_fleet::redis::heartbeat::read(&mut c).await.unwrap();
+            let beats = redis_fleet::redis::protocol::heartbeat::read(&mut c, "test/test")
+                .await
+                .unwrap();
             if let Some((id, version)) = beats.iter().next() {
                 assert!(id.starts_with("test-sidecar"), "{id}");
                 assert_eq!(*version, 7);
                 assert_eq!(beats.len(), 1);
                 // Bookkeeping expires with the sidecars: two keys, with a TTL.
-                let ttl: i64 = c.pttl("redisfleet:sidecars").await.unwrap();
+                let ttl: i64 = c.pttl("redisfleet:sidecars:test/test").await.unwrap();
                 assert!(ttl > 0 && ttl <= 15_000, "{ttl}");
                 let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg("redisfleet:*")
+                    .arg("redisfleet:sidecar*")
                     .query_async(&mut c)
                     .await
                     .unwrap();
@@ -734,19 +803,21 @@ async fn heartbeats_and_metrics() {
                 // A sidecar that stopped beating long ago no longer counts.
                 let () = redis::pipe()
                     .cmd("ZADD")
-                    .arg("redisfleet:sidecars")
+                    .arg("redisfleet:sidecars:test/test")
                     .arg(1)
                     .arg("ghost")
                     .ignore()
                     .cmd("HSET")
-                    .arg("redisfleet:sidecar-versions")
+                    .arg("redisfleet:sidecar-versions:test/test")
                     .arg("ghost")
                     .arg(1)
                     .ignore()
                     .query_async(&mut c)
                     .await
                     .unwrap();
-                let beats = redis_fleet::redis::heartbeat::read(&mut c).await.unwrap();
+                let beats = redis_fleet::redis::protocol::heartbeat::read(&mut c, "test/test")
+                    .await
+                    .unwrap();
                 assert!(!beats.contains_key("ghost"), "{beats:?}");
                 break;
             }

@@ -395,6 +395,10 @@ pub mod rebalance_step {
     pub const PREPARED: &str = "Prepared";
     /// Waiting for every sidecar to use the table with the migrating ranges.
     pub const CONVERGING: &str = "Converging";
+    /// Fencing older tables off the sources and targets (closing their connections).
+    pub const FENCING: &str = "Fencing";
+    /// The sources are importing: keys they no longer hold live on the targets.
+    pub const IMPORTING: &str = "Importing";
     /// Moving keys.
     pub const COPYING: &str = "Copying";
     /// Every key moved; waiting for the operator to publish the new owners.
@@ -457,7 +461,8 @@ pub struct RebalanceStatus {
     /// The value of the `redisfleet.io/rebalance-now` annotation this plan answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced_by: Option<String>,
-    /// Job: its current step (Preparing, Prepared, Converging, Copying, Copied, Done).
+    /// Job: its current step (Preparing, Prepared, Converging, Fencing, Importing, Copying,
+    /// Copied, Done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// Job: keys moved so far.

@@ -14,7 +14,8 @@ use tracing::warn;
 use crate::api::RedisInstance;
 use crate::api::cache_policy::{CategoryUsage, SidecarsStatus};
 use crate::redis::connect::redact;
-use crate::redis::{heartbeat, sample};
+use crate::redis::protocol::heartbeat;
+use crate::redis::sample;
 use crate::routing::keyspace::Resolver;
 use crate::routing::table::RoutingTable;
 
@@ -103,7 +104,7 @@ pub async fn sample_instances(
                 continue;
             }
         }
-        match heartbeat::read(&mut conn).await {
+        match heartbeat::read(&mut conn, &table.policy).await {
             Ok(beats) => {
                 for (id, v) in beats {
                     let e = out.sidecars.entry(id).or_insert(v);

@@ -1,21 +1,28 @@
 //! `redis-fleet rebalance`: the Job that moves the data of one plan, online, losing nothing.
+//! `docs/protocol.md` is the protocol; this is its Job side.
 //!
 //! The operator owns the routing table; the Job owns the data movement. They meet in the
 //! CachePolicy's `status.rebalance`: the operator writes the plan and its phase, the Job its
-//! `step` and counters.
+//! `step` and counters (only while the plan and attempt are still its own).
 //!
+//! 0. **Claim**: raise the mover token of this attempt on every source and target, so an
+//!    older attempt whose process lives on can no longer change anything.
 //! 1. **Prepare**: delete whatever the targets hold in the moving ranges (leftovers of an
 //!    older ownership), then report `Prepared`.
-//! 2. **Flip** (operator): publish the ranges as `migrating`; sidecars now send every command
-//!    for those keys to the target, moving the key first if it is still on the source.
-//! 3. **Converge**: wait until every live sidecar's heartbeat shows the flip version, so no
-//!    sidecar still writes to a source by an older table.
-//! 4. **Copy**: SCAN the source, move keys in pipelined batches (take into a tombstone,
-//!    RESTORE without REPLACE, finish — see [`crate::redis::keymove`] and `migrate/batch.rs`),
-//!    big or non-portable values piece by piece (`migrate/piecewise.rs`); checkpoint the
-//!    cursor on the source so a restarted Job resumes; respect `keysPerSecond`; sweep until no
-//!    key and no tombstone of the ranges is left.
-//! 5. **Finalize** (operator): publish the targets as owners; the Job removes its checkpoints.
+//! 2. **Flip** (operator): publish the ranges as `migrating`; sidecars run every command on
+//!    those keys through the guard on the source.
+//! 3. **Converge**: wait (up to `--converge-timeout`) until every live sidecar's heartbeat shows
+//!    the flip version.
+//! 4. **Fence**: raise the fences of the sources and targets to the flip version and close the
+//!    connections of older tables there — sidecars that did not converge are fenced off.
+//! 5. **Import**: set the importing markers: from now on, absent keys live on the target.
+//! 6. **Copy**: tombstones of earlier attempts first, then keys the sidecars asked for, then a
+//!    SCAN of each range (checkpointed, paced by `keysPerSecond`, batches in flight — see
+//!    `migrate/batch.rs`; big or non-portable values piece by piece, `migrate/piecewise.rs`),
+//!    then sweeps until nothing of the ranges is left on the sources.
+//! 7. **Finalize** (operator): publish the targets as owners.
+//! 8. **Cleanup**: once every live sidecar routes by the final table, fence the sources to it
+//!    and remove the markers; remove the checkpoints.
 
 mod batch;
 mod piecewise;
@@ -23,11 +30,12 @@ mod piecewise;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::CachePolicy;
 use crate::api::cache_policy::{
@@ -35,15 +43,15 @@ use crate::api::cache_policy::{
 };
 use crate::redis::connect::{Credentials, redact};
 use crate::redis::endpoint::{self, Available, SecretSource, read_secrets, referenced_secrets};
-use crate::redis::keymove::{
-    FINISH_MANY_SCRIPT, LEASE_MS, MoveError, TAKE_MANY_SCRIPT, TOMB_PREFIX,
-};
-use crate::redis::keys::{RangeScan, ScanCheckpoint, delete_ranges, in_ranges};
+use crate::redis::keys::{RangeScan, ScanCheckpoint, in_ranges};
+use crate::redis::protocol::mover::{self, MoveError};
+use crate::redis::protocol::{fence, heartbeat, names};
 use crate::routing::config_map::table_of;
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
+use crate::routing::table::Migration;
 
-use batch::{BATCHES_IN_FLIGHT, BatchOutcome, Mover};
+use batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher, move_error};
 
 /// Values larger than this (MEMORY USAGE) are copied piece by piece, not with one DUMP.
 pub const BIG_VALUE_BYTES: u64 = 8 << 20;
@@ -60,11 +68,15 @@ pub struct Config {
     pub policy: String,
     /// The plan to carry out (`status.rebalance.planId`).
     pub plan_id: i64,
-    /// Who holds the per-key leases (the pod name).
+    /// This attempt of the plan (`status.rebalance.attempts` when it started); `None`: the
+    /// attempt in status now.
+    pub attempt: Option<i32>,
+    /// The pod name, for logs.
     pub owner: String,
     /// Longest wait for the operator to publish a table (flip, finalize).
     pub publish_timeout: Duration,
-    /// Longest wait for the sidecars to converge on the flip version.
+    /// Longest wait for the sidecars to converge on the flip version; then sidecars still
+    /// behind are fenced off the sources and targets.
     pub converge_timeout: Duration,
 }
 
@@ -100,6 +112,9 @@ pub enum Error {
         #[source]
         source: MoveError,
     },
+    /// A newer plan or attempt took over: this Job stops without changing anything more.
+    #[error("a newer rebalance plan or attempt took over")]
+    Superseded,
 }
 
 /// A connection to one instance of the table, and how to report its errors (credentials
@@ -131,6 +146,7 @@ struct Step {
 
 struct Job {
     config: Config,
+    attempt: i32,
     policies: Api<CachePolicy>,
     resolver: Resolver,
     instances: HashMap<String, Instance>,
@@ -141,12 +157,22 @@ struct Job {
     total: u64,
     started: Instant,
     last_report: Instant,
-    take_sha: String,
-    finish_sha: String,
+    mover: mover::Mover,
 }
 
-/// Runs the Job to completion.
+/// Runs the Job to completion. A Job that finds a newer plan or attempt in charge stops
+/// quietly (`Ok`).
 pub async fn run(config: Config) -> Result<(), Error> {
+    match run_steps(config).await {
+        Err(Error::Superseded) => {
+            info!("a newer plan or attempt is in charge; stopping");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+async fn run_steps(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await?;
     let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &config.namespace);
     let policy = policies.get(&config.policy).await?;
@@ -157,7 +183,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
         );
         return Ok(());
     };
-    let mut job = Job::connect(client, policies, &policy, &plan, config).await?;
+    let attempt = config.attempt.unwrap_or(plan.attempts);
+    if attempt != plan.attempts {
+        return Err(Error::Superseded);
+    }
+    let mut job = Job::connect(client, policies, &policy, &plan, config, attempt).await?;
+    job.claim().await?;
     if plan.flip_version.is_none() {
         job.report(rebalance_step::PREPARING, &[]).await?;
         job.prepare().await?;
@@ -166,16 +197,26 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let Some(flip) = job.wait_for(|r| r.flip_version).await? else {
         return Ok(());
     };
-    job.converge(flip).await?;
+    let flip = u64::try_from(flip).unwrap_or_default();
+    if !job.converge(flip).await? {
+        warn!(
+            version = flip,
+            "sidecars still behind after the converge timeout are fenced off the moving instances"
+        );
+    }
+    job.report(rebalance_step::FENCING, &[]).await?;
+    job.fence(flip, true).await?;
+    job.report(rebalance_step::IMPORTING, &[]).await?;
+    job.import(true, false).await?;
     job.total = job.count().await?;
     job.report(rebalance_step::COPYING, &[]).await?;
     job.copy().await?;
     job.sweep().await?;
     job.report(rebalance_step::COPIED, &[]).await?;
-    if job.wait_for(|r| r.final_version).await?.is_none() {
+    let Some(last) = job.wait_for(|r| r.final_version).await? else {
         return Ok(());
-    }
-    job.cleanup().await?;
+    };
+    job.cleanup(u64::try_from(last).unwrap_or_default()).await?;
     job.report(rebalance_step::DONE, &[]).await?;
     info!(
         keys = job.moved,
@@ -203,6 +244,7 @@ impl Job {
         policy: &CachePolicy,
         plan: &RebalanceStatus,
         config: Config,
+        attempt: i32,
     ) -> Result<Self, Error> {
         let namespace = policy.namespace().unwrap_or_default();
         let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
@@ -220,8 +262,6 @@ impl Job {
         .map_err(Error::Setup)?;
         let resolver = Resolver::new(table).map_err(|e| Error::Setup(e.to_string()))?;
         let mut instances = HashMap::new();
-        let mut take_sha = String::new();
-        let mut finish_sha = String::new();
         for name in resolver.instances() {
             let endpoint = &resolver.table().instances[name];
             let available = Available {
@@ -238,13 +278,11 @@ impl Job {
                     instance: name.clone(),
                     message: redact(&e.to_string(), &target.credentials),
                 })?;
-            let mut instance = Instance {
+            let instance = Instance {
                 name: name.clone(),
                 credentials: target.credentials,
                 conn,
             };
-            take_sha = load_script(&mut instance, TAKE_MANY_SCRIPT).await?;
-            finish_sha = load_script(&mut instance, FINISH_MANY_SCRIPT).await?;
             instances.insert(name.clone(), instance);
         }
         let mut steps = Vec::new();
@@ -252,8 +290,16 @@ impl Job {
             steps.push(resolve_step(&resolver, index, m)?);
         }
         let spec = &policy.spec.balancing.rebalance;
+        let mover = mover::Mover {
+            policy: format!("{}/{}", config.namespace, config.policy),
+            token: names::mover_token(
+                u64::try_from(config.plan_id).unwrap_or_default(),
+                u32::try_from(attempt).unwrap_or_default(),
+            ),
+        };
         Ok(Self {
             config,
+            attempt,
             policies,
             resolver,
             instances,
@@ -264,8 +310,7 @@ impl Job {
             total: 0,
             started: Instant::now(),
             last_report: Instant::now(),
-            take_sha,
-            finish_sha,
+            mover,
         })
     }
 
@@ -275,25 +320,79 @@ impl Job {
             .ok_or_else(|| Error::Setup(format!("instance {name} is not in the routing table")))
     }
 
-    /// Merge-patches the Job-owned fields of `status.rebalance`.
+    /// Merge-patches the Job-owned fields of `status.rebalance`, on the condition (the
+    /// resourceVersion it read) that the plan and attempt in status are still this Job's: a
+    /// Job of an older plan or attempt never reports into a newer one.
     async fn report(&mut self, step: &str, stragglers: &[String]) -> Result<(), Error> {
         let rate = self.moved as f64 / self.started.elapsed().as_secs_f64().max(0.001);
-        let patch = json!({"status": {"rebalance": {
-            "step": step,
-            "keysMoved": self.moved,
-            "keysTotal": self.total.max(self.moved),
-            "keysPerSecond": rate.round() as i64,
-            "stragglers": stragglers,
-        }}});
-        self.policies
-            .patch_status(
-                &self.config.policy,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Merge(&patch),
-            )
-            .await?;
-        self.last_report = Instant::now();
-        info!(step, moved = self.moved, total = self.total, "progress");
+        for _ in 0..10 {
+            let policy = self.policies.get_status(&self.config.policy).await?;
+            let mine = policy
+                .status
+                .as_ref()
+                .and_then(|s| s.rebalance.as_ref())
+                .is_some_and(|r| r.plan_id == self.config.plan_id && r.attempts == self.attempt);
+            if !mine {
+                return Err(Error::Superseded);
+            }
+            let patch = json!({
+                "metadata": {"resourceVersion": policy.resource_version()},
+                "status": {"rebalance": {
+                    "step": step,
+                    "keysMoved": self.moved,
+                    "keysTotal": self.total.max(self.moved),
+                    "keysPerSecond": rate.round() as i64,
+                    "stragglers": stragglers,
+                }},
+            });
+            match self
+                .policies
+                .patch_status(
+                    &self.config.policy,
+                    &PatchParams::apply(FIELD_MANAGER),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.last_report = Instant::now();
+                    info!(step, moved = self.moved, total = self.total, "progress");
+                    return Ok(());
+                }
+                // Someone wrote the status meanwhile: read it again.
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        warn!(
+            step,
+            "the status kept changing; progress not reported this time"
+        );
+        Ok(())
+    }
+
+    /// The instances a move reads from or writes to.
+    fn moving_instances(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .steps
+            .iter()
+            .flat_map(|s| [s.from.clone(), s.to.clone()])
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Raises this attempt's mover token on every source and target.
+    async fn claim(&mut self) -> Result<(), Error> {
+        let mover = self.mover.clone();
+        for name in self.moving_instances() {
+            let instance = self.instance(&name)?;
+            mover
+                .claim(&mut instance.conn)
+                .await
+                .map_err(|e| move_error(name.as_bytes(), e))?;
+        }
         Ok(())
     }
 
@@ -328,6 +427,7 @@ impl Job {
             .iter()
             .map(|s| (s.to.clone(), s.category, s.range))
             .collect();
+        let mover = self.mover.clone();
         for (to, category, range) in work {
             let resolver = self.resolver.clone();
             let name = &resolver.categories()[usize::from(category)].name;
@@ -336,32 +436,49 @@ impl Job {
                 continue;
             }
             let target = self.instance(&to)?;
-            let deleted = delete_ranges(&mut target.conn, &resolver, category, &[range])
+            let mut scan = RangeScan::new(&resolver, category, &[range]);
+            let mut deleted = 0;
+            while let Some(batch) = scan
+                .next_batch(&mut target.conn)
                 .await
-                .map_err(|e| target.err(&e))?;
+                .map_err(|e| target.err(&e))?
+            {
+                let keys: Vec<Bytes> = batch.into_iter().map(Bytes::from).collect();
+                deleted += mover
+                    .delete(&mut target.conn, &keys)
+                    .await
+                    .map_err(|e| move_error(to.as_bytes(), e))?;
+            }
             if deleted > 0 {
                 info!(instance = %to, deleted, "removed stale keys from the target");
             }
         }
+        // Moves from a legacy instance into ranges their target serves already: the target
+        // holds live data, so absent keys live there from the first guarded command on.
+        self.import(true, true).await?;
         Ok(())
     }
 
-    async fn converge(&mut self, flip: i64) -> Result<(), Error> {
+    /// Waits until every live sidecar on the sources and targets routes by `version` or
+    /// later; `false` when the converge timeout ran out first.
+    async fn converge(&mut self, version: u64) -> Result<bool, Error> {
         let deadline = Instant::now() + self.config.converge_timeout;
+        let policy = self.mover.policy.clone();
         loop {
             let mut behind = BTreeMap::new();
-            for instance in self.instances.values_mut() {
-                let beats = crate::redis::heartbeat::read(&mut instance.conn)
+            for name in self.moving_instances() {
+                let instance = self.instance(&name)?;
+                let beats = heartbeat::read(&mut instance.conn, &policy)
                     .await
                     .map_err(|e| instance.err(&e))?;
-                for (id, version) in beats {
-                    if (version as i64) < flip {
-                        behind.insert(id, version);
+                for (id, v) in beats {
+                    if v < version {
+                        behind.insert(id, v);
                     }
                 }
             }
             if behind.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
             let stragglers: Vec<String> = behind
                 .iter()
@@ -369,16 +486,103 @@ impl Job {
                 .collect();
             if Instant::now() > deadline {
                 self.report(rebalance_step::CONVERGING, &stragglers).await?;
-                return Err(Error::Timeout(format!(
-                    "sidecars still on a table older than v{flip}: {}",
-                    stragglers.join(", ")
-                )));
+                warn!(stragglers = %stragglers.join(", "), "sidecars did not converge in time");
+                return Ok(false);
             }
             if self.last_report.elapsed() > Duration::from_secs(1) {
                 self.report(rebalance_step::CONVERGING, &stragglers).await?;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Raises the fences of the moving instances (all of them, or the sources only) to
+    /// `version` on every instance of the table, then closes the connections of older tables
+    /// on the moving instances themselves.
+    async fn fence(&mut self, version: u64, with_targets: bool) -> Result<(), Error> {
+        let policy = self.mover.policy.clone();
+        let fenced: Vec<String> = if with_targets {
+            self.moving_instances()
+        } else {
+            let mut v: Vec<String> = self.steps.iter().map(|s| s.from.clone()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let raise: Vec<(String, u64)> = fenced.iter().map(|n| (n.clone(), version)).collect();
+        let all: Vec<String> = self.resolver.instances().to_vec();
+        for name in all {
+            let must = fenced.contains(&name);
+            let instance = self.instance(&name)?;
+            match fence::raise(&mut instance.conn, &policy, &raise).await {
+                Ok(_) => {}
+                // The fence must hold where the data moves; elsewhere it is news for
+                // sidecars, best effort.
+                Err(e) if !must => {
+                    warn!(instance = %name, error = %instance.err(&e), "could not record the fences")
+                }
+                Err(e) => return Err(instance.err(&e)),
+            }
+        }
+        for name in fenced {
+            let instance = self.instance(&name)?;
+            let closed = fence::close_older_connections(&mut instance.conn, &policy, version)
+                .await
+                .map_err(|e| instance.err(&e))?;
+            if closed > 0 {
+                info!(instance = %name, closed, version, "closed connections of older routing tables");
+            }
+        }
+        Ok(())
+    }
+
+    /// The migration entries of this plan, as the flip table publishes them (their epoch is
+    /// the plan).
+    fn migrations(&self) -> Vec<(String, Migration)> {
+        let plan = u64::try_from(self.config.plan_id).unwrap_or_default();
+        let resolver = &self.resolver;
+        self.steps
+            .iter()
+            .map(|s| {
+                let category = resolver.categories()[usize::from(s.category)].name.clone();
+                (
+                    s.from.clone(),
+                    Migration {
+                        category,
+                        start: s.range.start,
+                        end: s.range.end,
+                        from: s.from.clone(),
+                        to: s.to.clone(),
+                        epoch: plan,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Sets (`on`) or removes the importing markers of the ranges on their sources (only of
+    /// the moves into ranges their target already serves, with `legacy_only`).
+    async fn import(&mut self, on: bool, legacy_only: bool) -> Result<(), Error> {
+        let mover = self.mover.clone();
+        for (from, m) in self.migrations() {
+            if legacy_only
+                && !super::plan::target_serves(
+                    self.resolver.table(),
+                    &m.category,
+                    SlotRange::new(m.start, m.end),
+                    &m.to,
+                )
+            {
+                continue;
+            }
+            let marker = names::importing(&mover.policy, &m);
+            let source = self.instance(&from)?;
+            mover
+                .mark_importing(&mut source.conn, &marker, on)
+                .await
+                .map_err(|e| move_error(marker.as_bytes(), e))?;
+        }
+        Ok(())
     }
 
     /// Keys left to move in every range (for progress).
@@ -412,6 +616,8 @@ impl Job {
     }
 
     async fn copy(&mut self) -> Result<(), Error> {
+        // Keys earlier attempts left in transit, and keys sidecars wait for, come first.
+        self.leftovers().await?;
         let resolver = self.resolver.clone();
         for i in 0..self.steps.len() {
             let (index, category, range, from, to) = {
@@ -432,8 +638,8 @@ impl Job {
             if checkpoint != ScanCheckpoint::default() {
                 info!(move = index, ?checkpoint, "resuming from the checkpoint");
             }
-            let mover = self.mover(&from, &to)?;
-            let mut scan_conn = mover.from.clone();
+            let batcher = self.batcher(&from, &to)?;
+            let mut scan_conn = batcher.from.clone();
             let mut scan = RangeScan::resume(&resolver, category, &[range], checkpoint);
             // Batches in flight, in scan order: the source takes the next ones while the
             // target restores earlier ones. A scan position is checkpointed once every batch
@@ -450,8 +656,9 @@ impl Job {
                         scanned_all = true;
                         break;
                     };
-                    let chunks: Vec<Vec<Vec<u8>>> =
-                        batch.chunks(self.batch_size).map(<[_]>::to_vec).collect();
+                    let keys: Vec<Bytes> = batch.into_iter().map(Bytes::from).collect();
+                    let chunks: Vec<Vec<Bytes>> =
+                        keys.chunks(self.batch_size).map(<[_]>::to_vec).collect();
                     let last = chunks.len().saturating_sub(1);
                     let position = scan.checkpoint();
                     if chunks.is_empty() {
@@ -462,12 +669,12 @@ impl Job {
                         )))));
                     }
                     for (n, chunk) in chunks.into_iter().enumerate() {
-                        let mover = mover.clone();
+                        let batcher = batcher.clone();
                         let at = (n == last).then_some(position);
-                        // A task of its own: a batch holds its keys' leases, so it must run
-                        // to the end while the Job paces, checkpoints or reports.
+                        // A task of its own: a batch holds keys in transit, so it runs to
+                        // the end while the Job paces, checkpoints or reports.
                         in_flight.push_back(tokio::spawn(async move {
-                            mover.move_batch(chunk).await.map(|o| (o, at))
+                            batcher.move_batch(chunk).await.map(|o| (o, at))
                         }));
                     }
                 }
@@ -488,6 +695,7 @@ impl Job {
                         .await
                         .map_err(|e| source.err(&e))?;
                 }
+                self.urgent().await?;
                 self.pace().await;
                 if self.last_report.elapsed() > Duration::from_secs(1) {
                     self.report(rebalance_step::COPYING, &[]).await?;
@@ -497,19 +705,98 @@ impl Job {
         Ok(())
     }
 
-    /// Rescans every range until no key and no abandoned tombstone is left (keys a sidecar
-    /// was moving meanwhile, keys whose mover died).
+    /// Moves the keys sidecars asked for (a command touched moved and unmoved keys at once).
+    async fn urgent(&mut self) -> Result<(), Error> {
+        let resolver = self.resolver.clone();
+        let list = names::urgent(&self.mover.policy);
+        let mut sources: Vec<String> = self.steps.iter().map(|s| s.from.clone()).collect();
+        sources.sort();
+        sources.dedup();
+        for from in sources {
+            let source = self.instance(&from)?;
+            let popped: Option<Vec<Vec<u8>>> = redis::cmd("LPOP")
+                .arg(&list)
+                .arg(512)
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?;
+            let Some(popped) = popped else { continue };
+            let work: Vec<(String, Vec<Bytes>)> = self
+                .steps
+                .iter()
+                .filter(|s| s.from == from)
+                .map(|s| {
+                    let keys = popped
+                        .iter()
+                        .filter(|k| in_ranges(&resolver, s.category, &[s.range], k))
+                        .map(|k| Bytes::copy_from_slice(k))
+                        .collect();
+                    (s.to.clone(), keys)
+                })
+                .collect();
+            for (to, keys) in work {
+                self.move_keys(&from, &to, &keys).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the keys of the ranges still in transit (tombstones of an earlier attempt) and
+    /// the urgent ones; how many there were.
+    async fn leftovers(&mut self) -> Result<usize, Error> {
+        let resolver = self.resolver.clone();
+        let mut found = 0;
+        for i in 0..self.steps.len() {
+            let (category, range, from, to) = {
+                let s = &self.steps[i];
+                (s.category, s.range, s.from.clone(), s.to.clone())
+            };
+            let mut keys: Vec<Bytes> = Vec::new();
+            let source = self.instance(&from)?;
+            let pattern = crate::redis::keys::prefix_pattern(names::TOMB_PREFIX);
+            let mut cursor = 0u64;
+            loop {
+                let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut source.conn)
+                    .await
+                    .map_err(|e| source.err(&e))?;
+                for tomb in batch {
+                    if let Some(key) = names::key_of_tomb(&tomb)
+                        && in_ranges(&resolver, category, &[range], key)
+                    {
+                        keys.push(Bytes::copy_from_slice(key));
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            found += keys.len();
+            self.move_keys(&from, &to, &keys).await?;
+        }
+        self.urgent().await?;
+        Ok(found)
+    }
+
+    /// Rescans every range until nothing of it is left on the sources: no key (new keys only
+    /// appear there if every key of their command was there) and no tombstone.
     async fn sweep(&mut self) -> Result<(), Error> {
         let resolver = self.resolver.clone();
-        let deadline = Instant::now() + Duration::from_secs(LEASE_MS / 1000 * 6 + 60);
+        let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let mut found = 0usize;
+            let mut found = self.leftovers().await?;
             for i in 0..self.steps.len() {
                 let (category, range, from, to) = {
                     let s = &self.steps[i];
                     (s.category, s.range, s.from.clone(), s.to.clone())
                 };
-                let mut keys: Vec<Vec<u8>> = Vec::new();
+                let mut keys: Vec<Bytes> = Vec::new();
                 let source = self.instance(&from)?;
                 let mut scan = RangeScan::new(&resolver, category, &[range]);
                 while let Some(batch) = scan
@@ -517,31 +804,7 @@ impl Job {
                     .await
                     .map_err(|e| source.err(&e))?
                 {
-                    keys.extend(batch);
-                }
-                // Tombstones of keys in the range (their movers died or are still at it).
-                let pattern = crate::redis::keys::prefix_pattern(TOMB_PREFIX);
-                let mut cursor = 0u64;
-                loop {
-                    let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut source.conn)
-                        .await
-                        .map_err(|e| source.err(&e))?;
-                    for tomb in batch {
-                        let key = tomb[TOMB_PREFIX.len()..].to_vec();
-                        if in_ranges(&resolver, category, &[range], &key) {
-                            keys.push(key);
-                        }
-                    }
-                    if next == 0 {
-                        break;
-                    }
-                    cursor = next;
+                    keys.extend(batch.into_iter().map(Bytes::from));
                 }
                 found += keys.len();
                 self.move_keys(&from, &to, &keys).await?;
@@ -554,11 +817,22 @@ impl Job {
                     "{found} keys still to move after the sweep"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    async fn cleanup(&mut self) -> Result<(), Error> {
+    /// Once every live sidecar routes by the final table `last`, fences the sources to it and
+    /// removes the importing markers (no sidecar uses the guard any more); removes the
+    /// checkpoints.
+    async fn cleanup(&mut self, last: u64) -> Result<(), Error> {
+        if self.converge(last).await? {
+            self.fence(last, false).await?;
+            self.import(false, false).await?;
+        } else {
+            warn!(
+                version = last,
+                "sidecars still route by the migrating table: the importing markers stay (they are harmless; a later plan removes them)"
+            );
+        }
         let work: Vec<(usize, String)> = self
             .steps
             .iter()
@@ -585,49 +859,46 @@ impl Job {
         }
     }
 
-    /// A mover for keys from `from` to `to`, to be cloned into each batch in flight.
-    fn mover(&mut self, from: &str, to: &str) -> Result<Mover, Error> {
+    /// What batches from `from` to `to` need, to be cloned into each batch in flight.
+    fn batcher(&mut self, from: &str, to: &str) -> Result<Batcher, Error> {
         let from = self.instance(from)?.clone();
         let to = self.instance(to)?.clone();
-        Ok(Mover {
+        Ok(Batcher {
             from,
             to,
-            take_sha: self.take_sha.clone(),
-            finish_sha: self.finish_sha.clone(),
-            owner: self.config.owner.clone(),
+            mover: self.mover.clone(),
         })
     }
 
-    /// Moves `keys` one batch at a time (the sweep's leftovers); adds them to `moved`.
-    async fn move_keys(&mut self, from: &str, to: &str, keys: &[Vec<u8>]) -> Result<(), Error> {
-        for chunk in keys.chunks(self.batch_size) {
-            let outcome = self.mover(from, to)?.move_batch(chunk.to_vec()).await?;
+    /// Moves `keys` one batch at a time (leftovers, urgent keys, the sweep); adds them to
+    /// `moved`.
+    async fn move_keys(&mut self, from: &str, to: &str, keys: &[Bytes]) -> Result<(), Error> {
+        let mut queue: Vec<Bytes> = keys.to_vec();
+        while !queue.is_empty() {
+            let take = queue.len().min(self.batch_size);
+            let chunk: Vec<Bytes> = queue.drain(..take).collect();
+            let mut outcome = self.batcher(from, to)?.move_batch(chunk).await?;
+            queue.append(&mut outcome.later);
             self.moved += self.settle(from, to, outcome).await?;
         }
         Ok(())
     }
 
-    /// Copies the keys a batch left for piece-by-piece copying, ends their moves; returns the
-    /// keys the batch moved in all.
+    /// Copies the keys a batch left for piece-by-piece copying and ends their moves; returns
+    /// the keys the batch moved in all. Keys the batch left for later are moved here too.
     async fn settle(&mut self, from: &str, to: &str, outcome: BatchOutcome) -> Result<u64, Error> {
         let mut moved = outcome.moved;
-        for (key, pttl) in outcome.piecewise {
-            self.copy_piecewise(from, to, &key, pttl).await?;
-            let mover = self.mover(from, to)?;
-            mover.finish(&[key]).await?;
+        for (key, expire_at) in outcome.piecewise {
+            self.copy_piecewise(from, to, &key, expire_at).await?;
+            self.finish_keys(from, std::slice::from_ref(&key)).await?;
             moved += 1;
+        }
+        if !outcome.later.is_empty() {
+            let later = outcome.later;
+            Box::pin(self.move_keys(from, to, &later)).await?;
         }
         Ok(moved)
     }
-}
-
-async fn load_script(instance: &mut Instance, script: &str) -> Result<String, Error> {
-    redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(script)
-        .query_async(&mut instance.conn)
-        .await
-        .map_err(|e| instance.err(&e))
 }
 
 fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Step, Error> {

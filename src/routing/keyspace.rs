@@ -24,9 +24,11 @@ pub struct Route {
     /// Where commands for the key go now: the owner, its failover instance, or the target of
     /// a migration.
     pub target: InstanceId,
-    /// Set while the slot migrates: the source, from which the key must be moved to `target`
-    /// before a command touches it (and where deletes go first).
+    /// Set while the slot migrates: the source, where commands on the key go through the
+    /// guard (see `docs/protocol.md`); `target` is then the migration's target.
     pub migrating_from: Option<InstanceId>,
+    /// Set while the slot migrates: the index of the migration in the table's `migrating`.
+    pub migration: Option<u16>,
 }
 
 /// A category as the resolver sees it.
@@ -39,8 +41,8 @@ pub struct ResolvedCategory {
     /// TTL rules.
     pub ttl: TtlRules,
     runs: Vec<(SlotRange, InstanceId)>,
-    failover: Vec<(SlotRange, InstanceId, InstanceId)>,
-    migrating: Vec<(SlotRange, InstanceId, InstanceId)>,
+    failover: Vec<(SlotRange, InstanceId, InstanceId, u16)>,
+    migrating: Vec<(SlotRange, InstanceId, InstanceId, u16)>,
 }
 
 impl ResolvedCategory {
@@ -108,12 +110,12 @@ impl Resolver {
             for p in &cat.prefixes {
                 prefixes.insert(p.as_bytes(), id);
             }
-            let ranges = |items: Vec<(SlotRange, &str, &str)>| {
+            let ranges = |items: Vec<(SlotRange, &str, &str, usize)>| {
                 let mut v: Vec<_> = items
                     .into_iter()
-                    .map(|(r, from, to)| (r, id_of(from), id_of(to)))
+                    .map(|(r, from, to, i)| (r, id_of(from), id_of(to), i as u16))
                     .collect();
-                v.sort_by_key(|(r, _, _)| r.start);
+                v.sort_by_key(|(r, _, _, _)| r.start);
                 v
             };
             categories.push(ResolvedCategory {
@@ -129,16 +131,18 @@ impl Resolver {
                     table
                         .failover
                         .iter()
-                        .filter(|f| f.category == cat.name)
-                        .map(|f| (f.range(), f.from.as_str(), f.to.as_str()))
+                        .enumerate()
+                        .filter(|(_, f)| f.category == cat.name)
+                        .map(|(i, f)| (f.range(), f.from.as_str(), f.to.as_str(), i))
                         .collect(),
                 ),
                 migrating: ranges(
                     table
                         .migrating
                         .iter()
-                        .filter(|m| m.category == cat.name)
-                        .map(|m| (m.range(), m.from.as_str(), m.to.as_str()))
+                        .enumerate()
+                        .filter(|(_, m)| m.category == cat.name)
+                        .map(|(i, m)| (m.range(), m.from.as_str(), m.to.as_str(), i))
                         .collect(),
                 ),
             });
@@ -205,30 +209,32 @@ impl Resolver {
         // An entry that does not involve the owner is stale and ignored. A migration either
         // moves the owner's data away (from == owner) or brings a failed-over range back to its
         // recovered owner (to == owner).
-        let find = |list: &[(SlotRange, InstanceId, InstanceId)], to_owner_too: bool| {
-            let i = list.partition_point(|(r, _, _)| r.end < slot);
+        let find = |list: &[(SlotRange, InstanceId, InstanceId, u16)], to_owner_too: bool| {
+            let i = list.partition_point(|(r, _, _, _)| r.end < slot);
             list.get(i)
-                .filter(|(r, from, to)| {
+                .filter(|(r, from, to, _)| {
                     r.contains(slot) && (*from == owner || (to_owner_too && *to == owner))
                 })
-                .map(|(_, from, to)| (*from, *to))
+                .map(|(_, from, to, index)| (*from, *to, *index))
         };
-        if let Some((_, to)) = find(&cat.failover, false) {
+        if let Some((_, to, _)) = find(&cat.failover, false) {
             return Route {
                 category,
                 slot,
                 owner,
                 target: to,
                 migrating_from: None,
+                migration: None,
             };
         }
-        if let Some((from, to)) = find(&cat.migrating, true) {
+        if let Some((from, to, index)) = find(&cat.migrating, true) {
             return Route {
                 category,
                 slot,
                 owner,
                 target: to,
                 migrating_from: Some(from),
+                migration: Some(index),
             };
         }
         Route {
@@ -237,6 +243,7 @@ impl Resolver {
             owner,
             target: owner,
             migrating_from: None,
+            migration: None,
         }
     }
 }
@@ -325,6 +332,7 @@ mod tests {
         assert_eq!(r.route(auth, 50).migrating_from, None);
         assert_eq!(r.route(auth, 150).target, s);
         assert_eq!(r.route(auth, 150).migrating_from, Some(p));
+        assert_eq!(r.route(auth, 150).migration, Some(0));
         assert_eq!(r.route(auth, 250).target, p);
         assert_eq!(r.route(auth, 9000).target, s);
     }

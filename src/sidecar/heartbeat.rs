@@ -1,26 +1,96 @@
-//! The sidecar's heartbeat: every few seconds, on every instance of its table, the routing
-//! table version it uses (the keys and scripts are in [`crate::redis::heartbeat`]). Rebalance
-//! Jobs wait for it before moving data; the operator counts live sidecars from it.
+//! The sidecar's heartbeat: every second (and whenever a new connection asks), on every
+//! instance of its table, the routing table version it uses — the keys and scripts are in
+//! [`crate::redis::protocol::heartbeat`]. Rebalance Jobs wait for it before moving data; the
+//! operator counts live sidecars from it. Every answer carries the policy's fences, which the
+//! [`FleetView`] keeps; a completed round confirms them for new connections.
+//!
+//! The heartbeat has connections of its own (named as control connections, never fenced), so
+//! it runs while the lanes wait for it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::redis::heartbeat::write_command;
+use bytes::BytesMut;
+use futures::future::join_all;
+use tracing::debug;
 
+use crate::redis::protocol::heartbeat::{HEARTBEAT_EVERY, parse_write_reply, write_command};
+use crate::redis::resp::{Limits, encode_request, parse_frame};
+
+use super::backend::Dedicated;
+use super::fleet::{FleetView, Round};
 use super::session::Shared;
 
-/// Writes heartbeats every `every`, forever.
-pub async fn run(shared: Arc<Shared>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
+/// How long one round waits for an instance's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Writes heartbeats every second, and at once when a round is requested, forever.
+pub async fn run(shared: Arc<Shared>) {
+    let view: Arc<FleetView> = shared.fleet.clone();
+    let mut conns: HashMap<String, Dedicated> = HashMap::new();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            () = view.round_requested() => {}
+        }
         let Some(router) = shared.router.load_full() else {
             continue;
         };
-        let command = write_command(&shared.id, router.version());
-        for backend in &router.backends {
-            // Fire and forget: a missed heartbeat only delays a migration.
-            drop(backend.command(0, &command));
+        let id = view.begin_round();
+        let command = write_command(router.policy(), &shared.id, router.version());
+        let mut bytes = BytesMut::new();
+        encode_request(&command, &mut bytes);
+        let bytes = bytes.freeze();
+        // Connections of instances that left the table go.
+        conns.retain(|name, _| router.resolver.instance_id(name).is_some());
+        let mut taken: Vec<(String, Option<Dedicated>)> = router
+            .backends
+            .iter()
+            .map(|b| (b.name().to_owned(), conns.remove(b.name())))
+            .collect();
+        let calls = router
+            .backends
+            .iter()
+            .zip(taken.iter_mut())
+            .map(|(backend, (_, conn))| {
+                let bytes = bytes.clone();
+                let conn = conn.take();
+                async move {
+                    let mut conn = match conn {
+                        Some(c) => c,
+                        None => match tokio::time::timeout(ANSWER_TIMEOUT, backend.control()).await
+                        {
+                            Ok(Ok(c)) => c,
+                            _ => return (None, None),
+                        },
+                    };
+                    match tokio::time::timeout(ANSWER_TIMEOUT, conn.call(&bytes, 1)).await {
+                        Ok(Ok(replies)) => {
+                            let reply = replies.first();
+                            let fences = parse_frame(&reply, &Limits::replies())
+                                .ok()
+                                .flatten()
+                                .and_then(|(frame, _)| parse_write_reply(&frame));
+                            (Some(conn), fences)
+                        }
+                        // A late answer would be read as the next round's: start afresh.
+                        _ => (None, None),
+                    }
+                }
+            });
+        let results = join_all(calls).await;
+        let mut answered = Vec::new();
+        for ((name, _), (conn, fences)) in taken.into_iter().zip(results) {
+            if let Some(fences) = fences {
+                view.merge(&fences);
+                answered.push(name.clone());
+            }
+            if let Some(conn) = conn {
+                conns.insert(name, conn);
+            }
         }
+        debug!(round = id, answered = answered.len(), "heartbeat");
+        view.end_round(Round { id, answered });
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod command;
+pub mod fleet;
 pub mod heartbeat;
 pub mod metrics;
 pub mod reload;
@@ -106,7 +107,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             }
         }
     }
-    tokio::spawn(heartbeat::run(shared.clone(), Duration::from_secs(5)));
+    tokio::spawn(heartbeat::run(shared.clone()));
 
     match http::serve(config.metrics_addr, probes.clone()).await {
         Ok((addr, _)) => info!(%addr, "serving /metrics, /healthz and /readyz"),

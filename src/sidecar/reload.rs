@@ -84,15 +84,29 @@ impl Reloader {
             return Ok(false);
         }
         let version = table.version;
-        let router = router::build(
-            table,
-            &secrets,
-            &self.registry,
-            &self.options,
-            &self.shared.metrics,
-        )
-        .await?;
-        self.shared.router.store(Some(Arc::new(router)));
+        if let Some(current) = self.shared.router.load_full()
+            && version < current.version()
+        {
+            return Err(format!(
+                "routing table v{version} is older than v{} in use",
+                current.version()
+            ));
+        }
+        let router = Arc::new(
+            router::build(
+                table,
+                &secrets,
+                &self.registry,
+                &self.options,
+                &self.shared.metrics,
+                &self.shared.id,
+                &self.shared.fleet,
+            )
+            .await?,
+        );
+        self.shared.fleet.set_instances(router.resolver.instances());
+        self.shared.router.store(Some(router.clone()));
+        router.installed();
         self.shared.metrics.routing_version.set(version as i64);
         self.shared.metrics.reloads.inc();
         self.applied = Some(fingerprint);

@@ -94,6 +94,8 @@ pub fn build(policy: &CachePolicy, plan_id: i64, attempt: i32, settings: &JobSet
             format!("{policy_ns}/{policy_name}"),
             "--plan".to_owned(),
             plan_id.to_string(),
+            "--attempt".to_owned(),
+            attempt.to_string(),
         ]),
         env: Some(vec![
             EnvVar {
@@ -222,7 +224,15 @@ mod tests {
         let c = &pod.containers[0];
         assert_eq!(
             c.args.as_ref().unwrap(),
-            &["rebalance", "--policy", "apps/shop", "--plan", "17"]
+            &[
+                "rebalance",
+                "--policy",
+                "apps/shop",
+                "--plan",
+                "17",
+                "--attempt",
+                "1"
+            ]
         );
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(

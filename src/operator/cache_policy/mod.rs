@@ -180,7 +180,6 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
                 &views,
                 rb.as_ref(),
                 rebalance_on,
-                previous_version + 1,
             );
             desired = Some(planned_table);
             let published = apply::publish_routing(

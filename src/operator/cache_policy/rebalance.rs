@@ -32,9 +32,7 @@ use crate::api::redis_instance::InstancePhase;
 use crate::operator::context::Context;
 use crate::operator::metrics::PolicyLabels;
 use crate::operator::sampling::PolicySample;
-use crate::rebalance::plan::{
-    self, CategoryTiers, InstanceLoad, Move, PlanInput, apply_moves, target_serves,
-};
+use crate::rebalance::plan::{self, CategoryTiers, InstanceLoad, Move, PlanInput, apply_moves};
 use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
 use crate::routing::table::{Migration, RoutingTable, SlotOwner};
 
@@ -304,7 +302,6 @@ pub fn table_to_publish(
     views: &[InstanceView],
     rb: Option<&RebalanceStatus>,
     rebalance_on: bool,
-    next_version: u64,
 ) -> (RoutingTable, Option<Transition>) {
     let mut table = if rebalance_on {
         hold_back(desired, previous, views)
@@ -321,7 +318,7 @@ pub fn table_to_publish(
                 .or_insert_with(|| v.endpoint.clone());
         }
     }
-    let transition = shape_for_rebalance(&mut table, rb, next_version);
+    let transition = shape_for_rebalance(&mut table, rb);
     (table, transition)
 }
 
@@ -344,21 +341,17 @@ pub fn record_transition(r: &mut RebalanceStatus, transition: Transition, versio
 fn shape_for_rebalance(
     table: &mut RoutingTable,
     rb: Option<&RebalanceStatus>,
-    next_version: u64,
 ) -> Option<Transition> {
     let r = rb.filter(|r| is_active(r))?;
     let moves = from_status(&r.moves);
     let step = r.step.as_deref();
-    // Moves into ranges their target already serves (a legacy instance emptied into the
-    // fleet) have nothing to prepare: they go out at once, so the sidecars find those keys.
-    let nothing_to_prepare = moves
-        .iter()
-        .all(|m| target_serves(table, &m.category, m.range, &m.to));
+    // The migrations carry the plan as their epoch: the sources' importing markers are named
+    // after it, so the Job can set them before the flip (moves into ranges the target already
+    // serves, from a legacy instance, import from the start).
+    let epoch = u64::try_from(r.plan_id).unwrap_or_default();
     match r.phase.as_str() {
-        rebalance_phase::PREPARING
-            if step == Some(rebalance_step::PREPARED) || nothing_to_prepare =>
-        {
-            overlay_migrating(table, &moves, next_version);
+        rebalance_phase::PREPARING if step == Some(rebalance_step::PREPARED) => {
+            overlay_migrating(table, &moves, epoch);
             Some(Transition::Flip)
         }
         rebalance_phase::MIGRATING if step == Some(rebalance_step::COPIED) => {
@@ -366,10 +359,6 @@ fn shape_for_rebalance(
             Some(Transition::Finalize)
         }
         rebalance_phase::MIGRATING => {
-            let epoch = r
-                .flip_version
-                .and_then(|v| u64::try_from(v).ok())
-                .unwrap_or(next_version);
             overlay_migrating(table, &moves, epoch);
             None
         }

@@ -1,17 +1,21 @@
-//! Moving keys in batches: one take script call per batch of keys on the source, the RESTOREs
-//! pipelined on the target, one finish call; several batches in flight at once.
+//! Moving keys in batches (see `docs/protocol.md`, "Moving a key"): take scripts on the
+//! source (a few dozen keys per call, a memory budget per call), one restore script per call
+//! on the target, one finish script; several batches in flight at once.
 
 use bytes::Bytes;
-use tracing::warn;
+use futures::future::join_all;
 
-use crate::redis::keymove::{self, LEASE_MS, MoveError, Restored, Taken};
-use crate::redis::resp::Frame;
+use crate::redis::protocol::mover::{self, MoveError, Restore, Restored, Taken};
 
 use super::{BIG_VALUE_BYTES, Error, Instance};
 
-/// Keys per take or finish script call: a call holds its Redis for about this many keys' work
-/// (well under a millisecond for small values) and saves a script call per key.
+/// Keys per take script call: a call holds its Redis for about this many keys' work (well
+/// under a millisecond for small values).
 const KEYS_PER_SCRIPT: usize = 64;
+
+/// DUMP bytes one take call may return: with [`BATCHES_IN_FLIGHT`] batches of a few calls
+/// each, the Job holds at most a few dozen MiB of values at a time, whatever their size.
+const TAKE_BUDGET: u64 = 2 << 20;
 
 /// Batches moving at once: the source takes the next ones while the target restores earlier
 /// ones, and neither waits for the other's round trips.
@@ -19,12 +23,10 @@ pub(super) const BATCHES_IN_FLIGHT: usize = 8;
 
 /// What a batch needs, cloned into each batch in flight (connections are multiplexed).
 #[derive(Clone)]
-pub(super) struct Mover {
+pub(super) struct Batcher {
     pub(super) from: Instance,
     pub(super) to: Instance,
-    pub(super) take_sha: String,
-    pub(super) finish_sha: String,
-    pub(super) owner: String,
+    pub(super) mover: mover::Mover,
 }
 
 /// What a batch left to the Job.
@@ -33,178 +35,92 @@ pub(super) struct BatchOutcome {
     /// Keys moved and finished.
     pub(super) moved: u64,
     /// Keys now in their tombstones, to copy piece by piece (too big for one DUMP, or a
-    /// payload the target refuses), with their remaining TTL.
-    pub(super) piecewise: Vec<(Vec<u8>, i64)>,
+    /// payload the target refuses), with their expiry (Unix ms, -1: none).
+    pub(super) piecewise: Vec<(Bytes, i64)>,
+    /// Keys left alone (the take's memory budget was spent): to take again.
+    pub(super) later: Vec<Bytes>,
 }
 
-impl Mover {
-    /// Moves a batch: takes every key out of the source (tombstone + lease), RESTOREs them on
-    /// the target (BUSYKEY: the target's value is newer and stays), finishes the moves.
-    /// Keys another mover holds are left for the sweep.
-    pub(super) async fn move_batch(mut self, keys: Vec<Vec<u8>>) -> Result<BatchOutcome, Error> {
-        // 1. Take them out of the source: one pipeline of many-key script calls.
-        let mut pipe = redis::pipe();
-        for group in keys.chunks(KEYS_PER_SCRIPT) {
-            let call = pipe.cmd("EVALSHA").arg(&self.take_sha).arg(group.len() * 3);
-            for k in group {
-                call.arg(k)
-                    .arg(keymove::tomb_key(k).as_ref())
-                    .arg(keymove::lease_key(k).as_ref());
+pub(super) fn move_error(key: &[u8], source: MoveError) -> Error {
+    match source {
+        MoveError::Fenced => Error::Superseded,
+        source => Error::Move {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        },
+    }
+}
+
+impl Batcher {
+    /// Moves a batch: takes every key out of the source (into its tombstone), restores them
+    /// on the target (a key the target has already stays as it is there), finishes the moves.
+    pub(super) async fn move_batch(self, keys: Vec<Bytes>) -> Result<BatchOutcome, Error> {
+        let first = keys.first().cloned().unwrap_or_default();
+        // 1. Take them out of the source: concurrent calls, pipelined on the connection.
+        let calls = keys.chunks(KEYS_PER_SCRIPT).map(|group| {
+            let mut conn = self.from.conn.clone();
+            let mover = self.mover.clone();
+            async move {
+                mover
+                    .take(&mut conn, group, BIG_VALUE_BYTES, TAKE_BUDGET)
+                    .await
             }
-            call.arg(&self.owner).arg(LEASE_MS).arg(BIG_VALUE_BYTES);
-        }
-        let replies: Vec<redis::Value> = pipe
-            .query_async(&mut self.from.conn)
-            .await
-            .map_err(|e| self.from.err(&e))?;
-        let taken: Vec<Frame> = replies
-            .iter()
-            .flat_map(|r| match to_frame(r) {
-                Frame::Array(items) => items,
-                other => vec![other],
-            })
-            .collect();
-        if taken.len() != keys.len() {
-            return Err(Error::Redis {
-                instance: self.from.name.clone(),
-                message: format!(
-                    "the take script answered for {} of {} keys",
-                    taken.len(),
-                    keys.len()
-                ),
-            });
+        });
+        let mut taken = Vec::with_capacity(keys.len());
+        for answer in join_all(calls).await {
+            taken.extend(answer.map_err(|e| move_error(&first, e))?);
         }
         let mut outcome = BatchOutcome::default();
-        let mut restores: Vec<(usize, Vec<Bytes>)> = Vec::new();
-        let mut finish: Vec<usize> = Vec::new();
-        for (i, reply) in taken.iter().enumerate() {
-            let key = Bytes::copy_from_slice(&keys[i]);
-            match keymove::parse_taken(reply).map_err(|source| Error::Move {
-                key: String::from_utf8_lossy(&keys[i]).into_owned(),
-                source,
-            })? {
-                Taken::None | Taken::Busy => {}
-                Taken::Value { dump, pttl } => match keymove::restore_command(&key, &dump, pttl) {
-                    Some(cmd) => restores.push((i, cmd)),
-                    None => finish.push(i),
-                },
-                Taken::Big { pttl, .. } => outcome.piecewise.push((keys[i].clone(), pttl)),
+        let mut restores: Vec<Restore> = Vec::new();
+        let mut finish: Vec<Bytes> = Vec::new();
+        for (key, t) in keys.iter().zip(taken) {
+            match t {
+                Taken::None => {}
+                Taken::Later => outcome.later.push(key.clone()),
+                // An expiry in the past: RESTORE … ABSTTL leaves nothing behind.
+                Taken::Value { dump, expire_at } => restores.push(Restore {
+                    key: key.clone(),
+                    expire_at: u64::try_from(expire_at).unwrap_or(0),
+                    dump,
+                }),
+                Taken::Big { expire_at, .. } => outcome.piecewise.push((key.clone(), expire_at)),
             }
         }
-        // 2. Restore on the target (one pipeline); BUSYKEY: the target's value is newer.
-        if !restores.is_empty() {
-            let mut pipe = redis::pipe();
-            for (_, cmd) in &restores {
-                let c = pipe.cmd("RESTORE");
-                for a in &cmd[1..] {
-                    c.arg(a.as_ref());
-                }
-            }
-            // A per-command error must not fail the pipeline: read each reply as a value.
-            let replies: Vec<redis::Value> = match pipe.query_async(&mut self.to.conn).await {
-                Ok(r) => r,
-                Err(e) if e.kind() == redis::ErrorKind::Extension || e.code().is_some() => {
-                    // Fall back to one by one to learn which failed.
-                    let mut out = Vec::with_capacity(restores.len());
-                    for (_, cmd) in &restores {
-                        let mut c = redis::cmd("RESTORE");
-                        for a in &cmd[1..] {
-                            c.arg(a.as_ref());
-                        }
-                        out.push(
-                            match c.query_async::<redis::Value>(&mut self.to.conn).await {
-                                Ok(v) => v,
-                                Err(e) => redis::Value::SimpleString(format!("ERR:{e}")),
-                            },
-                        );
-                    }
-                    out
-                }
-                Err(e) => return Err(self.to.err(&e)),
-            };
-            for ((i, _), reply) in restores.iter().zip(replies) {
-                let frame = match reply {
-                    redis::Value::SimpleString(s) if s.starts_with("ERR:") => {
-                        let text = s.trim_start_matches("ERR:").to_owned();
-                        let code = if text.contains("BUSYKEY") || text.contains("already exists") {
-                            "BUSYKEY Target key name already exists."
+        // 2. Restore on the target.
+        let calls = restores.chunks(KEYS_PER_SCRIPT).map(|group| {
+            let mut conn = self.to.conn.clone();
+            let mover = self.mover.clone();
+            async move { (group, mover.restore(&mut conn, group).await) }
+        });
+        for (group, answers) in join_all(calls).await {
+            let answers = answers.map_err(|e| move_error(&group[0].key, e))?;
+            for (r, a) in group.iter().zip(answers) {
+                match a {
+                    Restored::Done | Restored::Present => finish.push(r.key.clone()),
+                    // Another Redis version on the target: copy it type by type.
+                    Restored::Failed(e) if e.contains("DUMP payload") => {
+                        let at = if r.expire_at == 0 {
+                            -1
                         } else {
-                            text.as_str()
+                            r.expire_at as i64
                         };
-                        Frame::Error(Bytes::from(code.to_owned()))
+                        outcome.piecewise.push((r.key.clone(), at));
                     }
-                    other => to_frame(&other),
-                };
-                match keymove::parse_restored(&frame) {
-                    Ok(Restored::Done | Restored::TargetNewer) => finish.push(*i),
-                    Err(MoveError::NotPortable(_)) => {
-                        let pttl: i64 = redis::cmd("PTTL")
-                            .arg(keymove::tomb_key(&keys[*i]).as_ref())
-                            .query_async(&mut self.from.conn)
-                            .await
-                            .map_err(|e| self.from.err(&e))?;
-                        outcome.piecewise.push((keys[*i].clone(), pttl));
-                    }
-                    Err(source) => {
-                        return Err(Error::Move {
-                            key: String::from_utf8_lossy(&keys[*i]).into_owned(),
-                            source,
-                        });
+                    Restored::Failed(e) => {
+                        return Err(move_error(&r.key, MoveError::Server(e)));
                     }
                 }
             }
         }
         // 3. Finish on the source.
-        let done: Vec<Vec<u8>> = finish.iter().map(|i| keys[*i].clone()).collect();
-        self.finish(&done).await?;
-        outcome.moved = done.len() as u64;
-        Ok(outcome)
-    }
-
-    /// Ends the moves of `keys` on the source (tombstones and leases that are still ours).
-    pub(super) async fn finish(&self, keys: &[Vec<u8>]) -> Result<(), Error> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for group in keys.chunks(KEYS_PER_SCRIPT) {
-            let call = pipe
-                .cmd("EVALSHA")
-                .arg(&self.finish_sha)
-                .arg(group.len() * 2);
-            for k in group {
-                call.arg(keymove::tomb_key(k).as_ref())
-                    .arg(keymove::lease_key(k).as_ref());
-            }
-            call.arg(&self.owner).ignore();
-        }
         let mut conn = self.from.conn.clone();
-        let () = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.from.err(&e))?;
-        Ok(())
-    }
-}
-
-/// A `redis` crate value as a RESP frame, so the move protocol's parsers serve both the
-/// sidecar and the Job.
-fn to_frame(value: &redis::Value) -> Frame {
-    match value {
-        redis::Value::Nil => Frame::Null,
-        redis::Value::Int(i) => Frame::Integer(*i),
-        redis::Value::BulkString(b) => Frame::Bulk(Bytes::copy_from_slice(b)),
-        redis::Value::SimpleString(s) => Frame::Simple(Bytes::from(s.clone())),
-        redis::Value::Okay => Frame::ok(),
-        redis::Value::Array(items) => Frame::Array(items.iter().map(to_frame).collect()),
-        redis::Value::ServerError(e) => Frame::Error(Bytes::from(format!(
-            "{} {}",
-            e.code(),
-            e.details().unwrap_or_default()
-        ))),
-        other => {
-            warn!(?other, "unexpected reply type");
-            Frame::Null
+        for group in finish.chunks(KEYS_PER_SCRIPT * 4) {
+            self.mover
+                .finish(&mut conn, group)
+                .await
+                .map_err(|e| move_error(&group[0], e))?;
         }
+        outcome.moved = finish.len() as u64;
+        Ok(outcome)
     }
 }

@@ -1,25 +1,33 @@
 //! Values too large for one DUMP, or whose DUMP the target cannot load (another Redis
-//! version), copied type by type in pieces into a temporary key that is renamed into place
-//! only if the target has no newer value.
+//! version), copied type by type in pieces into a temporary key of this Job attempt (named
+//! after its mover token), which carries the key's remaining TTL from the first piece on and is
+//! renamed into place only if the key is still absent on the target — by a script that checks
+//! the mover token, so a replaced Job cannot place anything.
 
-use crate::redis::keymove::{self, LEASE_MS, MoveError};
+use bytes::Bytes;
 
+use crate::redis::protocol::mover::MoveError;
+use crate::redis::protocol::names;
+
+use super::batch::move_error;
 use super::{Error, Job};
 
+/// A value without a TTL is assembled under this one (lifted when it is placed), so the
+/// pieces of a Job that dies midway do not stay forever.
+const ASSEMBLY_TTL_MS: u64 = 3_600_000;
+
 impl Job {
-    /// Copies the tombstone of `key` to the target type by type, in pieces, into a temporary
-    /// key renamed into place only if the target has no newer value.
+    /// Copies the tombstone of `key` to the target type by type, in pieces. `expire_at` is
+    /// the key's expiry (Unix ms by the source's clock; -1: none).
     pub(super) async fn copy_piecewise(
         &mut self,
         from: &str,
         to: &str,
         key: &[u8],
-        pttl: i64,
+        expire_at: i64,
     ) -> Result<(), Error> {
-        let tomb = keymove::tomb_key(key);
-        let lease = keymove::lease_key(key);
-        let temp = [b"redisfleet:restore:".as_slice(), key].concat();
-        let owner = self.config.owner.clone();
+        let tomb = names::tomb(key);
+        let temp = names::restore_temp(self.mover.token, key);
         let kind: String = {
             let source = self.instance(from)?;
             redis::cmd("TYPE")
@@ -31,7 +39,7 @@ impl Job {
         {
             let target = self.instance(to)?;
             let _: () = redis::cmd("DEL")
-                .arg(&temp)
+                .arg(temp.as_ref())
                 .query_async(&mut target.conn)
                 .await
                 .map_err(|e| target.err(&e))?;
@@ -39,21 +47,11 @@ impl Job {
         let mut cursor: u64 = 0;
         let mut index: i64 = 0;
         let mut last_id = "-".to_owned();
+        let mut first_piece = true;
         loop {
-            // Keep the lease while a long copy runs.
-            {
-                let source = self.instance(from)?;
-                let _: () = redis::cmd("SET")
-                    .arg(lease.as_ref())
-                    .arg(&owner)
-                    .arg("PX")
-                    .arg(LEASE_MS)
-                    .arg("XX")
-                    .query_async(&mut source.conn)
-                    .await
-                    .map_err(|e| source.err(&e))?;
-            }
-            let (cmd, done): (Option<redis::Cmd>, bool) = match kind.as_str() {
+            let mut cmds: Vec<redis::Cmd> = Vec::new();
+            let done = match kind.as_str() {
+                "none" => true,
                 "string" => {
                     let source = self.instance(from)?;
                     let chunk: Vec<u8> = redis::cmd("GETRANGE")
@@ -66,8 +64,9 @@ impl Job {
                     index += chunk.len() as i64;
                     let done = chunk.len() < 1 << 20;
                     let mut c = redis::cmd("APPEND");
-                    c.arg(&temp).arg(chunk);
-                    (Some(c), done)
+                    c.arg(temp.as_ref()).arg(chunk);
+                    cmds.push(c);
+                    done
                 }
                 "hash" | "set" | "zset" => {
                     let scan = match kind.as_str() {
@@ -85,15 +84,13 @@ impl Job {
                         .await
                         .map_err(|e| source.err(&e))?;
                     cursor = next;
-                    let c = if items.is_empty() {
-                        None
-                    } else {
+                    if !items.is_empty() {
                         let mut c = match kind.as_str() {
                             "hash" => redis::cmd("HSET"),
                             "set" => redis::cmd("SADD"),
                             _ => redis::cmd("ZADD"),
                         };
-                        c.arg(&temp);
+                        c.arg(temp.as_ref());
                         if kind == "zset" {
                             // ZSCAN yields member, score; ZADD wants score, member.
                             for pair in items.chunks(2) {
@@ -106,9 +103,9 @@ impl Job {
                                 c.arg(item);
                             }
                         }
-                        Some(c)
-                    };
-                    (c, next == 0)
+                        cmds.push(c);
+                    }
+                    next == 0
                 }
                 "list" => {
                     let source = self.instance(from)?;
@@ -121,12 +118,12 @@ impl Job {
                         .map_err(|e| source.err(&e))?;
                     index += items.len() as i64;
                     let done = items.len() < 1000;
-                    let c = (!items.is_empty()).then(|| {
+                    if !items.is_empty() {
                         let mut c = redis::cmd("RPUSH");
-                        c.arg(&temp).arg(items);
-                        c
-                    });
-                    (c, done)
+                        c.arg(temp.as_ref()).arg(items);
+                        cmds.push(c);
+                    }
+                    done
                 }
                 "stream" => {
                     let source = self.instance(from)?;
@@ -145,65 +142,68 @@ impl Job {
                         .await
                         .map_err(|e| source.err(&e))?;
                     let done = entries.len() < 500;
-                    let mut pipe_cmds = Vec::new();
                     for (id, fields) in &entries {
                         let mut c = redis::cmd("XADD");
-                        c.arg(&temp).arg(id).arg(fields);
-                        pipe_cmds.push(c);
+                        c.arg(temp.as_ref()).arg(id).arg(fields);
+                        cmds.push(c);
                         last_id = id.clone();
                     }
-                    let target = self.instance(to)?;
-                    for c in pipe_cmds {
-                        let _: redis::Value = c
-                            .query_async(&mut target.conn)
-                            .await
-                            .map_err(|e| target.err(&e))?;
-                    }
-                    (None, done)
+                    done
                 }
                 other => {
-                    return Err(Error::Move {
-                        key: String::from_utf8_lossy(key).into_owned(),
-                        source: MoveError::NotPortable(format!(
-                            "cannot copy a {other} piece by piece"
-                        )),
-                    });
+                    return Err(move_error(
+                        key,
+                        MoveError::Server(format!("cannot copy a {other} piece by piece")),
+                    ));
                 }
             };
-            if let Some(c) = cmd {
+            if !cmds.is_empty() {
                 let target = self.instance(to)?;
-                let _: redis::Value = c
-                    .query_async(&mut target.conn)
-                    .await
-                    .map_err(|e| target.err(&e))?;
+                for c in cmds {
+                    let _: redis::Value = c
+                        .query_async(&mut target.conn)
+                        .await
+                        .map_err(|e| target.err(&e))?;
+                }
+                if first_piece {
+                    // The key's expiry from the start: a key that runs out mid-copy runs out
+                    // here too, and never comes back partly filled.
+                    first_piece = false;
+                    let c = if expire_at >= 0 {
+                        let mut c = redis::cmd("PEXPIREAT");
+                        c.arg(temp.as_ref()).arg(expire_at);
+                        c
+                    } else {
+                        let mut c = redis::cmd("PEXPIRE");
+                        c.arg(temp.as_ref()).arg(ASSEMBLY_TTL_MS);
+                        c
+                    };
+                    let _: i64 = c
+                        .query_async(&mut target.conn)
+                        .await
+                        .map_err(|e| target.err(&e))?;
+                }
             }
             if done {
                 break;
             }
         }
+        let mover = self.mover.clone();
         let target = self.instance(to)?;
-        if pttl > 0 {
-            let _: i64 = redis::cmd("PEXPIRE")
-                .arg(&temp)
-                .arg(pttl)
-                .query_async(&mut target.conn)
-                .await
-                .map_err(|e| target.err(&e))?;
-        }
-        let placed: i64 = redis::cmd("RENAMENX")
-            .arg(&temp)
-            .arg(key)
-            .query_async(&mut target.conn)
+        mover
+            .place(&mut target.conn, &temp, key, expire_at < 0)
             .await
-            .unwrap_or(0);
-        if placed == 0 {
-            // The target already had a newer value; or nothing was copied (empty).
-            let _: () = redis::cmd("DEL")
-                .arg(&temp)
-                .query_async(&mut target.conn)
-                .await
-                .map_err(|e| target.err(&e))?;
-        }
+            .map_err(|e| move_error(key, e))?;
         Ok(())
+    }
+
+    /// Finishes the move of keys copied piece by piece.
+    pub(super) async fn finish_keys(&mut self, from: &str, keys: &[Bytes]) -> Result<(), Error> {
+        let mover = self.mover.clone();
+        let source = self.instance(from)?;
+        mover
+            .finish(&mut source.conn, keys)
+            .await
+            .map_err(|e| move_error(keys.first().map_or(&[][..], |k| k), e))
     }
 }

@@ -4,7 +4,8 @@
 //! target.
 //!
 //! KEYS: the range's importing marker, the command's keys, their tombstones, the urgent list.
-//! ARGV: the command itself.
+//! ARGV: the commands to run: their count, then for each its number of arguments and the
+//! arguments (the client's command first; the category's TTL rules may add `PEXPIRE`s).
 
 use std::sync::OnceLock;
 
@@ -37,13 +38,22 @@ end
     };
 }
 
-/// Runs ARGV here when [`decide`] says `RUN`, else answers `-REDISFLEET-<decision>`.
+/// Runs the commands of ARGV here when `decide` says `RUN` and answers the first one's reply,
+/// else answers `-REDISFLEET-<decision>`.
 pub const GUARD_SCRIPT: &str = concat!(
     decide!(),
     r"
 local d = decide()
-if d == 'RUN' then return redis.pcall(unpack(ARGV)) end
-return {err = 'REDISFLEET-' .. d .. ' decided by the redis-fleet guard'}
+if d ~= 'RUN' then return {err = 'REDISFLEET-' .. d .. ' decided by the redis-fleet guard'} end
+local first
+local at = 2
+for c = 1, tonumber(ARGV[1]) do
+  local len = tonumber(ARGV[at])
+  local r = redis.pcall(unpack(ARGV, at + 1, at + len))
+  if c == 1 then first = r end
+  at = at + len + 1
+end
+return first
 "
 );
 
@@ -116,17 +126,18 @@ fn keys_args(marker: &str, keys: &[Bytes], urgent: &str) -> Vec<Bytes> {
     out
 }
 
-/// `EVALSHA <guard> <n> marker keys… tombs… urgent command…` (with `EVAL` and the body
-/// instead when `by_body`, after a `NOSCRIPT`).
+/// `EVALSHA <guard> <n> marker keys… tombs… urgent <commands>` (with `EVAL` and the body
+/// instead when `by_body`, after a `NOSCRIPT`). The reply is the first command's.
 pub fn guard_command(
     marker: &str,
     keys: &[Bytes],
     urgent: &str,
-    command: &[Bytes],
+    commands: &[Vec<Bytes>],
     by_body: bool,
 ) -> Vec<Bytes> {
     let k = keys_args(marker, keys, urgent);
-    let mut out = Vec::with_capacity(3 + k.len() + command.len());
+    let argc: usize = commands.iter().map(|c| c.len() + 1).sum();
+    let mut out = Vec::with_capacity(4 + k.len() + argc);
     if by_body {
         out.push(Bytes::from_static(b"EVAL"));
         out.push(Bytes::from_static(GUARD_SCRIPT.as_bytes()));
@@ -136,8 +147,17 @@ pub fn guard_command(
     }
     out.push(Bytes::from(k.len().to_string()));
     out.extend(k);
-    out.extend(command.iter().cloned());
+    out.push(Bytes::from(commands.len().to_string()));
+    for c in commands {
+        out.push(Bytes::from(c.len().to_string()));
+        out.extend(c.iter().cloned());
+    }
     out
+}
+
+/// Arguments the guard needs for `commands` on `keys` (see [`MAX_GUARDED_ARGS`]).
+pub fn guarded_args(keys: usize, commands: &[Vec<Bytes>]) -> usize {
+    2 * keys + 2 + 1 + commands.iter().map(|c| c.len() + 1).sum::<usize>()
 }
 
 /// `EVAL <check> <n> marker keys… tombs… urgent` (sent between WATCH and MULTI).
@@ -169,7 +189,7 @@ mod tests {
     #[test]
     fn command_layout() {
         let keys = [Bytes::from_static(b"a"), Bytes::from_static(b"b")];
-        let cmd = [Bytes::from_static(b"MSET"), Bytes::from_static(b"a")];
+        let cmd = vec![vec![Bytes::from_static(b"MSET"), Bytes::from_static(b"a")]];
         let c = guard_command("m", &keys, "u", &cmd, false);
         let text: Vec<&[u8]> = c.iter().map(|b| b.as_ref()).collect();
         assert_eq!(text[0], b"EVALSHA");
@@ -185,7 +205,7 @@ mod tests {
                 b"u"
             ]
         );
-        assert_eq!(&text[9..], &[b"MSET".as_slice(), b"a"]);
+        assert_eq!(&text[9..], &[b"1".as_slice(), b"2", b"MSET", b"a"]);
         assert_eq!(guard_sha().len(), 40);
     }
 }

@@ -31,13 +31,21 @@ return 0
 ";
 
 /// KEYS: mover, then (key, tombstone) pairs. ARGV: token, largest value to DUMP (bytes, by
-/// MEMORY USAGE; 0: any). Takes each key out of the source: a tombstone left by an earlier
-/// attempt is taken as it is; a present key is renamed to its tombstone. One reply per key:
-/// `{'NONE'}`, `{'MOVED', dump, pttl}` or `{'BIG', type, pttl}` (copied piece by piece).
+/// MEMORY USAGE; 0: any), and a budget of DUMP bytes for this call (0: none). Takes each key
+/// out of the source: a tombstone left by an earlier attempt is taken as it is; a present key
+/// is renamed to its tombstone. One reply per key: `{'NONE'}`, `{'MOVED', dump, expire_at}`,
+/// `{'BIG', type, expire_at}` (copied piece by piece) or `{'LATER'}` (untouched: the call's
+/// budget is spent, so a batch of big values never holds more than the budget in memory).
+/// `expire_at` is the key's expiry as a Unix time in ms by the source's clock (-1: none): a TTL
+/// moves as an absolute time, so the time in transit never extends it.
 pub const TAKE_SCRIPT: &str = concat!(
     check_token!(),
     r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3] or '0')
+local spent = 0
 local out = {}
 for i = 2, #KEYS, 2 do
   local key, tomb = KEYS[i], KEYS[i + 1]
@@ -47,13 +55,20 @@ for i = 2, #KEYS, 2 do
   if not from then
     out[#out + 1] = {'NONE'}
   else
-    local ttl = redis.call('PTTL', from)
-    local big = limit > 0 and (redis.call('MEMORY', 'USAGE', from) or 0) > limit
-    if from == key then redis.call('RENAME', key, tomb) end
-    if big then
-      out[#out + 1] = {'BIG', redis.call('TYPE', tomb)['ok'], ttl}
+    local size = redis.call('MEMORY', 'USAGE', from) or 0
+    if budget > 0 and spent > 0 and spent + size > budget then
+      out[#out + 1] = {'LATER'}
     else
-      out[#out + 1] = {'MOVED', redis.call('DUMP', tomb), ttl}
+      local ttl = redis.call('PTTL', from)
+      if ttl >= 0 then ttl = now + ttl end
+      local big = limit > 0 and size > limit
+      if from == key then redis.call('RENAME', key, tomb) end
+      if big then
+        out[#out + 1] = {'BIG', redis.call('TYPE', tomb)['ok'], ttl}
+      else
+        spent = spent + size
+        out[#out + 1] = {'MOVED', redis.call('DUMP', tomb), ttl}
+      end
     end
   end
 end
@@ -61,9 +76,16 @@ return out
 "
 );
 
-/// KEYS: mover, keys. ARGV: token, then (ttl ms, dump) per key. Restores each key that is
-/// absent on the target. One reply per key: 1 restored, 0 present already (the target's value
-/// stays), or the RESTORE error text.
+/// KEYS: mover, keys. ARGV: token. Deletes the keys (stale copies on a target, before a range
+/// is moved there); replies how many existed.
+pub const DELETE_SCRIPT: &str = concat!(
+    check_token!(),
+    "if #KEYS < 2 then return 0 end\nreturn redis.call('DEL', unpack(KEYS, 2))\n"
+);
+
+/// KEYS: mover, keys. ARGV: token, then (expiry as a Unix time in ms, 0 for none; dump) per key.
+/// Restores each key that is absent on the target. One reply per key: 1 restored, 0 present
+/// already (the target's value stays), or the RESTORE error text.
 pub const RESTORE_SCRIPT: &str = concat!(
     check_token!(),
     r"
@@ -73,7 +95,12 @@ for i = 2, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     out[#out + 1] = 0
   else
-    local r = redis.pcall('RESTORE', KEYS[i], ARGV[2 * j], ARGV[2 * j + 1])
+    local r
+    if ARGV[2 * j] == '0' then
+      r = redis.pcall('RESTORE', KEYS[i], 0, ARGV[2 * j + 1])
+    else
+      r = redis.pcall('RESTORE', KEYS[i], ARGV[2 * j], ARGV[2 * j + 1], 'ABSTTL')
+    end
     if type(r) == 'table' and r.err then out[#out + 1] = r.err else out[#out + 1] = 1 end
   end
 end
@@ -117,6 +144,7 @@ static RESTORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RE
 static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH_SCRIPT));
 static IMPORT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(IMPORT_SCRIPT));
 static UNMARK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UNMARK_SCRIPT));
+static DELETE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DELETE_SCRIPT));
 static PLACE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PLACE_SCRIPT));
 
 /// What the take script answered for one key.
@@ -124,19 +152,22 @@ static PLACE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PLAC
 pub enum Taken {
     /// Not on the source (moved already, deleted, expired, or never there).
     None,
-    /// The serialized value and its remaining TTL when taken (ms; -1: none).
+    /// Left alone: the call's memory budget was spent before it; take it again later.
+    Later,
+    /// The serialized value and its expiry (a Unix time in ms by the source's clock; -1:
+    /// none).
     Value {
         /// `DUMP` payload.
         dump: Bytes,
-        /// `PTTL` at the take.
-        pttl: i64,
+        /// Expiry, or -1.
+        expire_at: i64,
     },
     /// A value too large for one DUMP: it waits in its tombstone, to be copied piece by piece.
     Big {
         /// `TYPE` of the value.
         kind: String,
-        /// `PTTL` at the take.
-        pttl: i64,
+        /// Expiry, or -1.
+        expire_at: i64,
     },
 }
 
@@ -172,13 +203,14 @@ pub fn parse_taken(reply: &Frame) -> Result<Taken, MoveError> {
     let tag = items.first().and_then(Frame::as_bulk).map(|b| b.as_ref());
     match tag {
         Some(b"NONE") => Ok(Taken::None),
+        Some(b"LATER") => Ok(Taken::Later),
         Some(b"MOVED") => match (
             items.get(1).and_then(Frame::as_bulk),
             items.get(2).and_then(Frame::as_integer),
         ) {
-            (Some(dump), Some(pttl)) => Ok(Taken::Value {
+            (Some(dump), Some(expire_at)) => Ok(Taken::Value {
                 dump: dump.clone(),
-                pttl,
+                expire_at,
             }),
             _ => Err(MoveError::Unexpected(format!("{reply:?}"))),
         },
@@ -186,9 +218,9 @@ pub fn parse_taken(reply: &Frame) -> Result<Taken, MoveError> {
             items.get(1).and_then(Frame::as_bulk),
             items.get(2).and_then(Frame::as_integer),
         ) {
-            (Some(kind), Some(pttl)) => Ok(Taken::Big {
+            (Some(kind), Some(expire_at)) => Ok(Taken::Big {
                 kind: String::from_utf8_lossy(kind).into_owned(),
-                pttl,
+                expire_at,
             }),
             _ => Err(MoveError::Unexpected(format!("{reply:?}"))),
         },
@@ -196,26 +228,13 @@ pub fn parse_taken(reply: &Frame) -> Result<Taken, MoveError> {
     }
 }
 
-/// The TTL to restore a key with, `elapsed_ms` after its take was sent: its PTTL at the take
-/// less the time since (never longer than it had), `Some(0)` for no TTL, `None` when it ran out.
-pub fn remaining_ttl(pttl: i64, elapsed_ms: u64) -> Option<u64> {
-    match pttl {
-        -1 => Some(0),
-        p if p <= 0 => None,
-        p => {
-            let left = p - i64::try_from(elapsed_ms).unwrap_or(i64::MAX);
-            (left > 0).then_some(left as u64)
-        }
-    }
-}
-
-/// One key to restore: name, TTL (0: none) and payload.
+/// One key to restore: name, expiry and payload.
 #[derive(Debug, Clone)]
 pub struct Restore {
     /// The key.
     pub key: Bytes,
-    /// TTL in ms, 0 for none.
-    pub ttl_ms: u64,
+    /// Expiry as a Unix time in ms, 0 for none.
+    pub expire_at: u64,
     /// `DUMP` payload.
     pub dump: Bytes,
 }
@@ -265,19 +284,22 @@ impl Mover {
         }
     }
 
-    /// Takes `keys` out of the source; one answer per key, in order.
+    /// Takes `keys` out of the source; one answer per key, in order. Values over `dump_limit`
+    /// bytes are left in their tombstones for a piecewise copy; once the DUMPs of this call
+    /// passed `budget` bytes, further keys are left alone ([`Taken::Later`]).
     pub async fn take(
         &self,
         conn: &mut MultiplexedConnection,
         keys: &[Bytes],
         dump_limit: u64,
+        budget: u64,
     ) -> Result<Vec<Taken>, MoveError> {
         let mut call = TAKE.prepare_invoke();
         call.key(names::mover(&self.policy));
         for k in keys {
             call.key(k.as_ref()).key(names::tomb(k).as_ref());
         }
-        call.arg(self.token).arg(dump_limit);
+        call.arg(self.token).arg(dump_limit).arg(budget);
         let reply: redis::Value = call
             .invoke_async(conn)
             .await
@@ -311,7 +333,7 @@ impl Mover {
         }
         call.arg(self.token);
         for r in items {
-            call.arg(r.ttl_ms).arg(r.dump.as_ref());
+            call.arg(r.expire_at).arg(r.dump.as_ref());
         }
         let reply: redis::Value = call
             .invoke_async(conn)
@@ -353,6 +375,26 @@ impl Mover {
             .await
             .map_err(|e| MoveError::from_redis(&e))?;
         Ok(())
+    }
+
+    /// Deletes `keys` (stale copies on a target); how many existed.
+    pub async fn delete(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[Bytes],
+    ) -> Result<u64, MoveError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut call = DELETE.prepare_invoke();
+        call.key(names::mover(&self.policy));
+        for k in keys {
+            call.key(k.as_ref());
+        }
+        call.arg(self.token)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| MoveError::from_redis(&e))
     }
 
     /// Sets (`on`) or deletes the importing marker of a range on its source.
@@ -436,7 +478,7 @@ mod tests {
             ])),
             Ok(Taken::Value {
                 dump: Bytes::from_static(b"\x00dump"),
-                pttl: 1500
+                expire_at: 1500
             })
         );
         assert_eq!(
@@ -447,18 +489,9 @@ mod tests {
             ])),
             Ok(Taken::Big {
                 kind: "hash".into(),
-                pttl: -1
+                expire_at: -1
             })
         );
         assert!(parse_taken(&Frame::Integer(1)).is_err());
-    }
-
-    #[test]
-    fn ttls_never_grow_in_transit() {
-        assert_eq!(remaining_ttl(-1, 50), Some(0));
-        assert_eq!(remaining_ttl(-2, 0), None);
-        assert_eq!(remaining_ttl(1000, 100), Some(900));
-        assert_eq!(remaining_ttl(100, 100), None);
-        assert_eq!(remaining_ttl(100, 250), None);
     }
 }

@@ -25,7 +25,7 @@ impl Client {
             router
                 .backends
                 .iter()
-                .map(|b| b.send(lane, bytes.clone(), 1))
+                .map(|b| b.send_or_refuse(lane, router.version(), bytes.clone(), 1))
                 .collect::<Vec<_>>()
         };
         match f {
@@ -88,7 +88,7 @@ impl Client {
                 let start = (self.id as usize).wrapping_add(self.sample as usize) % n.max(1);
                 for k in 0..n {
                     let b = &router.backends[(start + k) % n];
-                    let rx = b.send(lane, wire(&request), 1);
+                    let rx = b.send_or_refuse(lane, router.version(), wire(&request), 1);
                     let reply = backend_reply(rx.await.unwrap_or_else(|_| Err(lost())), true);
                     if reply.starts_with(b"$") && !reply.starts_with(b"$-1") {
                         let key = parse(&reply).ok().and_then(|f| f.as_bulk().cloned());
@@ -121,7 +121,7 @@ impl Client {
             let mut cmd = args.clone();
             cmd[1] = Bytes::from(inner.to_string());
             let b = &router.backends[instance as usize];
-            let rx = b.send(self.lane(), bundle(&[cmd]), 1);
+            let rx = b.send_or_refuse(self.lane(), router.version(), bundle(&[cmd]), 1);
             let reply = backend_reply(rx.await.unwrap_or_else(|_| Err(lost())), true);
             let frame = match parse(&reply) {
                 Ok(f) => f,

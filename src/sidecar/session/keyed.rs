@@ -1,22 +1,24 @@
 //! Commands on keys: one key to its instance; MGET/MSET/DEL/UNLINK/EXISTS/TOUCH split per
 //! instance and merged in the client's order; scripts and multi-key commands on one instance
-//! (else `-CROSSINSTANCE`); blocking commands on a connection of their own. The category's TTL
-//! rules apply to what they write.
+//! (else `-CROSSINSTANCE`); blocking commands on a connection of their own. Keys of a
+//! migrating range go through the guard (`guarded.rs`). The category's TTL rules apply to
+//! what they write.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
 use super::super::backend::ReplyReceiver;
-use super::super::command::{CommandSpec, Split};
+use super::super::command::{CommandSpec, Kind, Split};
 use super::super::router::Router;
 use super::super::ttl::{self, TtlAction};
+use super::guarded::Guarded;
 use super::{
-    Client, Pending, ReadKind, backend_reply, bundle, encode, error_reply, lost, now_ms, parse,
-    wire,
+    Accounting, Client, Dispatched, Pending, ReadKind, account, backend_reply, bundle, encode,
+    error_reply, lost, now_ms, parse, wire,
 };
 use crate::redis::resp::{Frame, Request};
-use crate::routing::keyspace::{CategoryId, InstanceId};
+use crate::routing::keyspace::{CategoryId, InstanceId, Route};
 
 /// The category TTL rules for a command whose keys belong to `categories`: each key gets the
 /// rules of its own category (the keys of one command may span several categories).
@@ -56,19 +58,38 @@ pub(super) fn ttl_action(
     }
 }
 
+/// Where a group of keys goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    /// Straight to this instance.
+    Plain(InstanceId),
+    /// Through the guard of this migrating range.
+    Guard(u16),
+}
+
+fn dest(route: &Route) -> Dest {
+    match route.migration {
+        Some(m) => Dest::Guard(m),
+        None => Dest::Plain(route.target),
+    }
+}
+
+/// A part of a split command: sent and pending, or answered already (guarded parts).
+enum Part {
+    Sent(ReplyReceiver),
+    Done(Bytes),
+}
+
 impl Client {
     pub(super) async fn single(
         &mut self,
         router: Arc<Router>,
-        request: Request,
+        request: &Request,
         key_index: usize,
         spec: &CommandSpec,
-    ) -> Pending {
-        let key = request.args[key_index].clone();
-        let route = match self.route(&router, &key).await {
-            Ok(r) => r,
-            Err(e) => return Pending::Ready(e),
-        };
+    ) -> Dispatched {
+        let key = &request.args[key_index];
+        let route = router.resolver.resolve(key);
         let rules = router.resolver.categories()[usize::from(route.category)].ttl;
         let read = if spec.counts_hits {
             ReadKind::Single
@@ -81,15 +102,41 @@ impl Client {
             TtlAction::Unchanged => {}
             TtlAction::Replace(args) => args_override = Some(args),
             TtlAction::Append(cmds) => extra = cmds,
-            TtlAction::Refuse(text) => return Pending::Ready(error_reply(&text)),
+            TtlAction::Refuse(text) => return Ok(Pending::Ready(error_reply(&text))),
         }
         if rules.adaptive && spec.adaptive_read && self.sampled() {
-            extra.extend(ttl::adaptive_extension(&rules, &key));
+            extra.extend(ttl::adaptive_extension(&rules, key));
+        }
+        if let Some(m) = route.migration {
+            let mut cmds = vec![args_override.unwrap_or_else(|| request.args.clone())];
+            cmds.extend(extra);
+            let reply = self
+                .guarded(
+                    &router,
+                    m,
+                    std::slice::from_ref(key),
+                    cmds,
+                    Guarded::command(),
+                )
+                .await?;
+            router.categories[usize::from(route.category)]
+                .commands
+                .inc();
+            account(
+                &Accounting {
+                    router: router.clone(),
+                    category: route.category,
+                    read,
+                    first: true,
+                },
+                &reply,
+            );
+            return Ok(Pending::Ready(reply));
         }
         let bytes = match (args_override, extra.is_empty(), &request.raw) {
             (None, true, Some(raw)) => raw.clone(),
             (args, _, _) => {
-                let mut cmds = vec![args.unwrap_or(request.args)];
+                let mut cmds = vec![args.unwrap_or_else(|| request.args.clone())];
                 cmds.extend(extra.iter().cloned());
                 bundle(&cmds)
             }
@@ -107,22 +154,18 @@ impl Client {
     pub(super) async fn split(
         &mut self,
         router: Arc<Router>,
-        request: Request,
+        request: &Request,
         split: Split,
         keys: &[usize],
-    ) -> Pending {
+    ) -> Dispatched {
         let per_key = match split {
             Split::Mset => 2,
             _ => 1,
         };
-        // Route every key (moving migrating ones first).
-        let mut routes = Vec::with_capacity(keys.len());
-        for i in keys {
-            match self.route(&router, &request.args[*i]).await {
-                Ok(r) => routes.push(r),
-                Err(e) => return Pending::Ready(e),
-            }
-        }
+        let routes: Vec<Route> = keys
+            .iter()
+            .map(|i| router.resolver.resolve(&request.args[*i]))
+            .collect();
         let name = request.args[0].clone();
         let category = routes[0].category;
         let default_ttl = |cat: CategoryId| {
@@ -130,24 +173,29 @@ impl Client {
                 .ttl
                 .default_ms
         };
-        // One instance and no TTL to add: forward as it is.
-        let single_target = routes.iter().all(|r| r.target == routes[0].target);
+        // One instance, nothing migrating and no TTL to add: forward as it is.
+        let first = dest(&routes[0]);
+        let single = routes.iter().all(|r| dest(r) == first);
         let needs_ttl =
             split == Split::Mset && routes.iter().any(|r| default_ttl(r.category).is_some());
-        if single_target && !needs_ttl {
-            let bytes = wire(&request);
-            return self.forward(router, routes[0].target, category, bytes, 1, ReadKind::None);
+        if let Dest::Plain(target) = first
+            && single
+            && !needs_ttl
+        {
+            let bytes = wire(request);
+            return self.forward(router, target, category, bytes, 1, ReadKind::None);
         }
-        // Group keys by target, keeping the client's order inside each group.
-        let mut groups: Vec<(InstanceId, Vec<usize>)> = Vec::new();
+        // Group keys by destination, keeping the client's order inside each group.
+        let mut groups: Vec<(Dest, Vec<usize>)> = Vec::new();
         for (n, r) in routes.iter().enumerate() {
-            match groups.iter_mut().find(|(t, _)| *t == r.target) {
+            let d = dest(r);
+            match groups.iter_mut().find(|(t, _)| *t == d) {
                 Some((_, v)) => v.push(n),
-                None => groups.push((r.target, vec![n])),
+                None => groups.push((d, vec![n])),
             }
         }
         let mut parts = Vec::with_capacity(groups.len());
-        for (target, members) in &groups {
+        for (d, members) in &groups {
             let mut cmd = vec![name.clone()];
             let mut extra = Vec::new();
             for n in members {
@@ -166,119 +214,126 @@ impl Client {
             let mut cmds = vec![cmd];
             let replies = 1 + extra.len();
             cmds.extend(extra);
-            let rx = router
-                .backend(*target)
-                .send(self.lane(), bundle(&cmds), replies);
-            parts.push((members.clone(), rx));
+            let part = match d {
+                Dest::Plain(target) => {
+                    Part::Sent(router.send(*target, self.lane(), bundle(&cmds), replies)?)
+                }
+                Dest::Guard(m) => {
+                    let group_keys: Vec<Bytes> = members
+                        .iter()
+                        .map(|n| request.args[keys[*n]].clone())
+                        .collect();
+                    Part::Done(
+                        self.guarded(&router, *m, &group_keys, cmds, Guarded::command())
+                            .await?,
+                    )
+                }
+            };
+            parts.push((members.clone(), part));
         }
         let total = keys.len();
         let router2 = router.clone();
         let categories: Vec<CategoryId> = routes.iter().map(|r| r.category).collect();
-        Pending::Future(Box::pin(async move {
+        Ok(Pending::Future(Box::pin(async move {
             merge(split, parts, total, &router2, &categories).await
-        }))
+        })))
     }
 
     pub(super) async fn same_instance(
         &mut self,
         router: Arc<Router>,
-        request: Request,
+        request: &Request,
         keys: &[usize],
         spec: &CommandSpec,
-    ) -> Pending {
-        let mut routes = Vec::with_capacity(keys.len());
-        for i in keys {
-            match self.route(&router, &request.args[*i]).await {
-                Ok(r) => routes.push(r),
-                Err(e) => return Pending::Ready(e),
-            }
-        }
+    ) -> Dispatched {
+        let routes: Vec<Route> = keys
+            .iter()
+            .map(|i| router.resolver.resolve(&request.args[*i]))
+            .collect();
         let (target, category) = match routes.first() {
             Some(r) => (r.target, r.category),
             // A script without keys runs on the first instance of the table.
             None => (0, (router.resolver.categories().len() - 1) as CategoryId),
         };
-        if routes.iter().any(|r| r.target != target) {
-            return Pending::Ready(error_reply(&format!(
+        let cross = || {
+            Ok(Pending::Ready(error_reply(&format!(
                 "CROSSINSTANCE the keys of this {} command live on different instances",
                 spec.name.to_ascii_uppercase()
-            )));
-        }
+            ))))
+        };
         // Destination keys (COPY, LMOVE, *STORE, MSETNX, …) get their category's TTL rules.
         let categories = routes.iter().map(|r| r.category);
-        let (bytes, replies) = match ttl_action(&router, spec, &request.args, categories) {
-            TtlAction::Unchanged => (wire(&request), 1),
+        let action = ttl_action(&router, spec, &request.args, categories);
+        let migration = routes.iter().find_map(|r| r.migration);
+        if let Some(m) = migration {
+            let source = router.migrations[usize::from(m)].source;
+            // Every key in this one migrating range, or (for the others) on its source.
+            if routes.iter().any(|r| {
+                r.migration.is_some_and(|o| o != m) || (r.migration.is_none() && r.target != source)
+            }) {
+                return cross();
+            }
+            let mut cmds = match action {
+                TtlAction::Unchanged => vec![request.args.clone()],
+                TtlAction::Replace(args) => vec![args],
+                TtlAction::Append(extra) => {
+                    let mut c = vec![request.args.clone()];
+                    c.extend(extra);
+                    c
+                }
+                TtlAction::Refuse(text) => return Ok(Pending::Ready(error_reply(&text))),
+            };
+            // The guard decides by the migrating keys; the others must then stay here.
+            let guard_keys: Vec<Bytes> = keys
+                .iter()
+                .zip(&routes)
+                .filter(|(_, r)| r.migration.is_some())
+                .map(|(i, _)| request.args[*i].clone())
+                .collect();
+            let all_migrating = guard_keys.len() == keys.len();
+            let how = Guarded {
+                ask: all_migrating,
+                script: spec.kind == Kind::Script,
+            };
+            let reply = self
+                .guarded(&router, m, &guard_keys, std::mem::take(&mut cmds), how)
+                .await?;
+            router.categories[usize::from(category)].commands.inc();
+            return Ok(Pending::Ready(reply));
+        }
+        if routes.iter().any(|r| r.target != target) {
+            return cross();
+        }
+        let (bytes, replies) = match action {
+            TtlAction::Unchanged => (wire(request), 1),
             TtlAction::Replace(args) => (bundle(&[args]), 1),
             TtlAction::Append(extra) => {
-                let mut cmds = vec![request.args];
+                let mut cmds = vec![request.args.clone()];
                 cmds.extend(extra);
                 let n = cmds.len();
                 (bundle(&cmds), n)
             }
-            TtlAction::Refuse(text) => return Pending::Ready(error_reply(&text)),
+            TtlAction::Refuse(text) => return Ok(Pending::Ready(error_reply(&text))),
         };
         self.forward(router, target, category, bytes, replies, ReadKind::None)
-    }
-
-    pub(super) async fn blocking(
-        &mut self,
-        router: Arc<Router>,
-        request: Request,
-        keys: &[usize],
-    ) -> Pending {
-        let mut target = None;
-        for i in keys {
-            let r = match self.route(&router, &request.args[*i]).await {
-                Ok(r) => r,
-                Err(e) => return Pending::Ready(e),
-            };
-            router.categories[usize::from(r.category)].commands.inc();
-            if target.is_some_and(|t| t != r.target) {
-                return Pending::Ready(error_reply(
-                    "CROSSINSTANCE the keys of this blocking command live on different instances",
-                ));
-            }
-            target = Some(r.target);
-        }
-        let Some(target) = target else {
-            return Pending::Ready(error_reply("ERR blocking command without keys"));
-        };
-        let backend = router.backend(target).clone();
-        let name = backend.name().to_owned();
-        if !self.dedicated.contains_key(&name) {
-            match backend.dedicated().await {
-                Ok(conn) => {
-                    self.dedicated.insert(name.clone(), conn);
-                }
-                Err(e) => return Pending::Ready(e.reply()),
-            }
-        }
-        let bytes = wire(&request);
-        let Some(conn) = self.dedicated.get_mut(&name) else {
-            return Pending::Ready(error_reply("ERR no connection"));
-        };
-        match conn.call(&bytes, 1).await {
-            Ok(r) => Pending::Ready(r.first()),
-            Err(e) => {
-                self.dedicated.remove(&name);
-                Pending::Ready(e.reply())
-            }
-        }
     }
 }
 
 /// Merges the replies of a split command in the client's key order.
 async fn merge(
     split: Split,
-    parts: Vec<(Vec<usize>, ReplyReceiver)>,
+    parts: Vec<(Vec<usize>, Part)>,
     total: usize,
     router: &Router,
     categories: &[CategoryId],
 ) -> Bytes {
     let mut values: Vec<Frame> = vec![Frame::Null; total];
     let mut sum = 0i64;
-    for (members, rx) in parts {
-        let reply = backend_reply(rx.await.unwrap_or_else(|_| Err(lost())), true);
+    for (members, part) in parts {
+        let reply = match part {
+            Part::Sent(rx) => backend_reply(rx.await.unwrap_or_else(|_| Err(lost())), true),
+            Part::Done(b) => b,
+        };
         let frame = match parse(&reply) {
             Ok(f) => f,
             Err(e) => return e,

@@ -93,7 +93,7 @@ impl Client {
                     return Pending::Ready(error_reply("ERR no instance"));
                 };
                 let bytes = wire(request);
-                let rx = backend.send(self.lane(), bytes, 1);
+                let rx = backend.send_or_refuse(self.lane(), router.version(), bytes, 1);
                 Pending::Future(Box::pin(async move {
                     backend_reply(rx.await.unwrap_or_else(|_| Err(lost())), true)
                 }))

@@ -5,8 +5,9 @@
 //! here) and `fan_out.rs` (sent to every instance).
 //!
 //! Dispatch:
-//! - single-key commands go to the instance that serves the key (its owner, its failover
-//!   instance, or — while its slot migrates — the target, after the key was moved there);
+//! - single-key commands go to the instance that serves the key (its owner or its failover
+//!   instance); while its slot migrates, through the guard on the source (`guarded.rs`,
+//!   `docs/protocol.md`);
 //! - MGET/MSET/DEL/UNLINK/EXISTS/TOUCH are split per instance and merged in the client's order;
 //! - scripts, multi-key commands and transactions must stay on one instance, else
 //!   `-CROSSINSTANCE`; blocking commands and WATCH use a connection of their own;
@@ -14,33 +15,33 @@
 //!   RANDOMKEY and SCRIPT LOAD/EXISTS/FLUSH go to every instance; administrative commands are
 //!   refused with a reason.
 
+mod blocking;
 mod fan_out;
+mod guarded;
 mod keyed;
 mod local;
 mod transaction;
 
+use arc_swap::ArcSwapOption;
+use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
-
-use arc_swap::ArcSwapOption;
-use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::backend::{BackendError, Dedicated, Replies, ReplyReceiver};
-use super::command::{self, Kind, LocalCommand};
+use super::backend::{BackendError, Dedicated, Replies, ReplyReceiver, SendError};
+use super::command::{self, Kind, LocalCommand, Resolved};
+use super::fleet::FleetView;
 use super::metrics::SidecarMetrics;
 use super::router::Router;
 use crate::redis::connect::SecretString;
-use crate::redis::keymove;
 use crate::redis::keys::RESERVED_PREFIX;
 use crate::redis::resp::{Frame, Limits, Request, RequestDecoder, encode_request, parse_frame};
-use crate::routing::keyspace::{CategoryId, InstanceId, Route};
+use crate::routing::keyspace::{CategoryId, InstanceId};
 use transaction::Transaction;
 
 /// State shared by all client connections.
@@ -54,8 +55,10 @@ pub struct Shared {
     pub limits: Limits,
     /// Password clients must send with AUTH, if any.
     pub password: Option<SecretString>,
-    /// This sidecar's id (heartbeats, move leases).
+    /// This sidecar's id (heartbeats, connection names).
     pub id: String,
+    /// Fences and heartbeat rounds.
+    pub fleet: Arc<FleetView>,
     next_client: AtomicU64,
 }
 
@@ -72,6 +75,7 @@ impl Shared {
             limits: Limits::default(),
             password,
             id,
+            fleet: FleetView::new(),
             next_client: AtomicU64::new(1),
         })
     }
@@ -87,6 +91,31 @@ enum Pending {
         accounting: Accounting,
     },
     Future(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+}
+
+/// Why a dispatch stopped before it produced a pending reply.
+enum Interrupt {
+    /// A connection carries a newer table's commands now: route the request again.
+    Stale,
+    /// Answer the client this (an error, usually).
+    Reply(Bytes),
+}
+
+impl From<SendError> for Interrupt {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Stale => Interrupt::Stale,
+            other => Interrupt::Reply(other.reply()),
+        }
+    }
+}
+
+/// The result of a dispatch step.
+type Dispatched = Result<Pending, Interrupt>;
+
+/// Why a dispatch cannot continue, as the client's reply.
+fn stop(text: &str) -> Interrupt {
+    Interrupt::Reply(error_reply(text))
 }
 
 /// How a backend reply is counted and which reply of a bundle the client gets.
@@ -200,6 +229,13 @@ async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> bool {
     ok
 }
 
+/// Requests read ahead while one waits: beyond this, the client's further requests wait in
+/// its socket.
+const PENDING_READ_LIMIT: usize = 1 << 20;
+
+/// The most the read buffer grows by at once.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Serves one client connection until it closes.
 ///
 /// One task per connection: requests are decoded and dispatched in order, and the replies are
@@ -224,6 +260,13 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                     let dispatch = client.handle(request);
                     tokio::pin!(dispatch);
                     let pending = loop {
+                        // The client may hang up while its request waits (a blocking command, a
+                        // key in transit): read on, so the wait ends with the client and a
+                        // blocked pop is never served to a socket nobody reads.
+                        let room = buf.len() < PENDING_READ_LIMIT;
+                        if room && buf.capacity() - buf.len() < 1024 {
+                            buf.reserve(4096);
+                        }
                         tokio::select! {
                             biased;
                             p = &mut dispatch => break p,
@@ -234,6 +277,10 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                                     break 'conn;
                                 }
                             }
+                            read = stream.read_buf(&mut buf), if room => match read {
+                                Ok(0) | Err(_) => break 'conn,
+                                Ok(_) => {}
+                            },
                         }
                     };
                     closing = matches!(pending, Pending::Close(_));
@@ -259,8 +306,11 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             let _ = stream.shutdown().await;
             break;
         }
+        // Grow the buffer as data arrives, never by what a header merely announces: a
+        // `$536870912` must not reserve 512 MiB before a byte of it came.
         if let Some(needed) = decoder.needed() {
-            buf.reserve(needed.saturating_sub(buf.len()));
+            let missing = needed.saturating_sub(buf.len());
+            buf.reserve(missing.min(READ_CHUNK));
         } else if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
@@ -276,6 +326,9 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     }
     shared.metrics.clients.dec();
 }
+
+/// How many times a request is routed afresh when connections go over to a newer table.
+const ROUTING_ATTEMPTS: usize = 4;
 
 /// Per-connection state.
 struct Client {
@@ -369,17 +422,32 @@ impl Client {
                 "ERR keys starting with 'redisfleet:' are reserved for redis-fleet",
             ));
         }
+        // Routed afresh when a connection went over to a newer table meanwhile.
+        for _ in 0..ROUTING_ATTEMPTS {
+            match self.dispatch(&request, &resolved).await {
+                Ok(p) => return p,
+                Err(Interrupt::Reply(b)) => return Pending::Ready(b),
+                Err(Interrupt::Stale) => tokio::task::yield_now().await,
+            }
+        }
+        Pending::Ready(SendError::Stale.reply())
+    }
+
+    async fn dispatch(&mut self, request: &Request, resolved: &Resolved) -> Dispatched {
+        let spec = resolved.spec;
         if let Kind::Transaction(t) = spec.kind {
             return self.transaction_command(t, request).await;
         }
         if self.transaction.is_some() {
-            return self.queue(request, &resolved.keys, spec);
+            return self.queue(request, resolved).await;
         }
         if let Kind::Local(l) = spec.kind {
-            return self.local(l, &request).await;
+            return Ok(self.local(l, request).await);
         }
         let Some(router) = self.shared.router.load_full() else {
-            return Pending::Ready(error_reply("TRYAGAIN the routing table is not loaded yet"));
+            return Ok(Pending::Ready(error_reply(
+                "TRYAGAIN the routing table is not loaded yet",
+            )));
         };
         match spec.kind {
             Kind::SingleKey => self.single(router, request, resolved.keys[0], spec).await,
@@ -388,71 +456,10 @@ impl Client {
                 self.same_instance(router, request, &resolved.keys, spec)
                     .await
             }
-            Kind::Blocking => self.blocking(router, request, &resolved.keys).await,
-            Kind::FanOut(f) => self.fan_out(router, f, request).await,
+            Kind::Blocking => self.blocking(router, request, &resolved.keys, spec).await,
+            Kind::FanOut(f) => Ok(self.fan_out(router, f, request.clone()).await),
             Kind::Container | Kind::Refused(_) | Kind::Local(_) | Kind::Transaction(_) => {
-                Pending::Ready(error_reply("ERR unsupported command"))
-            }
-        }
-    }
-
-    /// The route of `key`, after moving it to the migration target if its slot migrates.
-    async fn route(&mut self, router: &Router, key: &Bytes) -> Result<Route, Bytes> {
-        let route = router.resolver.resolve(key);
-        if let Some(from) = route.migrating_from {
-            self.move_key(router, from, route.target, key).await?;
-        }
-        Ok(route)
-    }
-
-    /// Moves one key from `from` to `to` (see [`keymove`]); waits while another mover has it.
-    async fn move_key(
-        &mut self,
-        router: &Router,
-        from: InstanceId,
-        to: InstanceId,
-        key: &Bytes,
-    ) -> Result<(), Bytes> {
-        let owner = format!("{}/{}", self.shared.id, self.id);
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let take = router
-                .backend(from)
-                .command(self.lane(), &keymove::take_command(key, &owner));
-            let reply = backend_reply(take.await.unwrap_or_else(|_| Err(lost())), true);
-            let frame = parse(&reply)?;
-            match keymove::parse_taken(&frame) {
-                Ok(keymove::Taken::None) => return Ok(()),
-                Ok(keymove::Taken::Busy) => {
-                    if started.elapsed() > Duration::from_millis(keymove::LEASE_MS + 1000) {
-                        return Err(error_reply("TRYAGAIN the key is being migrated, retry"));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-                Ok(keymove::Taken::Value { dump, pttl }) => {
-                    if let Some(restore) = keymove::restore_command(key, &dump, pttl) {
-                        let rx = router.backend(to).command(self.lane(), &restore);
-                        let reply = backend_reply(rx.await.unwrap_or_else(|_| Err(lost())), true);
-                        if let Err(e) = keymove::parse_restored(&parse(&reply)?) {
-                            // The lease expires and the rebalance Job finishes this key.
-                            return Err(error_reply(&format!(
-                                "TRYAGAIN moving the key failed: {e}"
-                            )));
-                        }
-                    }
-                    let fin = router
-                        .backend(from)
-                        .command(self.lane(), &keymove::finish_command(key, &owner));
-                    let _ = fin.await;
-                    self.shared.metrics.keys_moved.inc();
-                    return Ok(());
-                }
-                Ok(keymove::Taken::Big { .. }) => {
-                    return Err(error_reply("TRYAGAIN the key is being migrated, retry"));
-                }
-                Err(e) => return Err(error_reply(&format!("ERR moving the key failed: {e}"))),
+                Ok(Pending::Ready(error_reply("ERR unsupported command")))
             }
         }
     }
@@ -465,10 +472,10 @@ impl Client {
         bytes: Bytes,
         replies: usize,
         read: ReadKind,
-    ) -> Pending {
+    ) -> Dispatched {
+        let rx = router.send(target, self.lane(), bytes, replies)?;
         router.categories[usize::from(category)].commands.inc();
-        let rx = router.backend(target).send(self.lane(), bytes, replies);
-        Pending::Backend {
+        Ok(Pending::Backend {
             rx,
             accounting: Accounting {
                 router,
@@ -476,7 +483,21 @@ impl Client {
                 read,
                 first: true,
             },
-        }
+        })
+    }
+
+    /// Sends `bytes` to instance `target` as routed by `router` and waits for the replies.
+    async fn call(
+        &self,
+        router: &Router,
+        target: InstanceId,
+        bytes: Bytes,
+        replies: usize,
+    ) -> Result<Replies, Interrupt> {
+        let rx = router.send(target, self.lane(), bytes, replies)?;
+        rx.await
+            .unwrap_or_else(|_| Err(lost()))
+            .map_err(|e| Interrupt::Reply(e.reply()))
     }
 }
 

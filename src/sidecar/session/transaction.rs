@@ -1,150 +1,258 @@
-//! Transactions: MULTI queues commands here until EXEC sends them to the one instance their
-//! keys live on (else `-CROSSINSTANCE`); WATCH holds a connection of its own.
+//! Transactions: MULTI queues commands here until EXEC sends them, with the TTL commands of
+//! their keys, inside one `MULTI … EXEC` to the one instance their keys live on (else
+//! `-CROSSINSTANCE`). Routes are decided at EXEC, by the table in use then. Keys of a migrating
+//! range take the WATCH path (`guarded.rs`). WATCH holds a connection of its own.
+//!
+//! Inside MULTI, as in Redis, QUIT and RESET act at once; commands that only make sense on
+//! the client's own connection (SELECT, AUTH, HELLO, CLIENT, …) or that span every instance
+//! are refused and abort the transaction, never forwarded on a connection other clients share.
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::super::command::{CommandSpec, TxnCommand};
+use super::super::backend::Dedicated;
+use super::super::command::{Kind, LocalCommand, Resolved, TxnCommand};
+use super::super::router::Router;
 use super::super::ttl::TtlAction;
+use super::guarded::exec_prefix;
 use super::keyed::ttl_action;
-use super::{Client, Pending, ReadKind, bundle, error_reply, wire};
+use super::{Client, Dispatched, Interrupt, Pending, backend_reply, bundle, error_reply, lost};
+use crate::redis::protocol::guard::{self, Decision};
+use crate::redis::protocol::names;
 use crate::redis::resp::{Frame, Request, encode_request};
-use crate::routing::keyspace::{CategoryId, InstanceId};
+use crate::routing::keyspace::{CategoryId, InstanceId, Route};
 
 /// A transaction being queued (MULTI … EXEC).
 #[derive(Default)]
 pub(super) struct Transaction {
     queued: Vec<Vec<Bytes>>,
-    /// Category TTL commands for keys the transaction writes, sent after EXEC.
+    /// Every key the queued commands touch.
+    keys: Vec<Bytes>,
+    /// Category TTL commands for keys the transaction writes, run inside it after them.
     after: Vec<Vec<Bytes>>,
-    target: Option<InstanceId>,
     /// A command failed to queue: EXEC answers EXECABORT.
     pub(super) aborted: bool,
 }
 
+/// Where a transaction's keys live, decided at EXEC.
+enum Place {
+    /// No keys at all.
+    Anywhere,
+    /// On this instance.
+    On(InstanceId),
+    /// In this migrating range (all `guard_keys` in it; any others on its source).
+    Migrating {
+        m: u16,
+        guard_keys: Vec<Bytes>,
+        all: bool,
+    },
+}
+
+fn cross() -> Interrupt {
+    Interrupt::Reply(error_reply(
+        "CROSSINSTANCE the keys of this transaction live on different instances",
+    ))
+}
+
+/// Where keys routed as `routes` must run.
+fn place(router: &Router, keys: &[Bytes], routes: &[Route]) -> Result<Place, Interrupt> {
+    let Some(first) = routes.first() else {
+        return Ok(Place::Anywhere);
+    };
+    if let Some(m) = routes.iter().find_map(|r| r.migration) {
+        let source = router.migrations[usize::from(m)].source;
+        if routes.iter().any(|r| {
+            r.migration.is_some_and(|o| o != m) || (r.migration.is_none() && r.target != source)
+        }) {
+            return Err(cross());
+        }
+        let guard_keys: Vec<Bytes> = keys
+            .iter()
+            .zip(routes)
+            .filter(|(_, r)| r.migration.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let all = guard_keys.len() == keys.len();
+        return Ok(Place::Migrating { m, guard_keys, all });
+    }
+    if routes.iter().any(|r| r.target != first.target) {
+        return Err(cross());
+    }
+    Ok(Place::On(first.target))
+}
+
 impl Client {
-    pub(super) fn queue(
-        &mut self,
-        request: Request,
-        keys: &[usize],
-        spec: &CommandSpec,
-    ) -> Pending {
-        let router = self.shared.router.load_full();
-        let Some(t) = self.transaction.as_mut() else {
-            return Pending::Ready(error_reply("ERR no transaction"));
-        };
-        if let Some(router) = &router {
-            for i in keys {
-                let route = router.resolver.resolve(&request.args[*i]);
-                if route.migrating_from.is_some() {
+    pub(super) async fn queue(&mut self, request: &Request, resolved: &Resolved) -> Dispatched {
+        let spec = resolved.spec;
+        match spec.kind {
+            Kind::SingleKey
+            | Kind::MultiKey(_)
+            | Kind::SameInstance
+            | Kind::Script
+            | Kind::Blocking => {}
+            // As in Redis: these act at once, inside MULTI too.
+            Kind::Local(l @ (LocalCommand::Quit | LocalCommand::Reset)) => {
+                return Ok(self.local(l, request).await);
+            }
+            _ => {
+                if let Some(t) = self.transaction.as_mut() {
                     t.aborted = true;
-                    return Pending::Ready(error_reply(
-                        "TRYAGAIN a key of this transaction is being migrated, retry the transaction",
-                    ));
                 }
-                match t.target {
-                    Some(existing) if existing != route.target => {
-                        t.aborted = true;
-                        return Pending::Ready(error_reply(
-                            "CROSSINSTANCE the keys of this transaction live on different instances",
-                        ));
-                    }
-                    _ => t.target = Some(route.target),
-                }
+                return Ok(Pending::Ready(error_reply(&format!(
+                    "ERR {} inside MULTI is not supported by redis-fleet (the transaction is discarded)",
+                    spec.name.to_ascii_uppercase()
+                ))));
             }
         }
-        let mut args = request.args;
+        let router = self.shared.router.load_full();
+        let Some(t) = self.transaction.as_mut() else {
+            return Ok(Pending::Ready(error_reply("ERR no transaction")));
+        };
+        let keys: Vec<Bytes> = resolved
+            .keys
+            .iter()
+            .map(|i| request.args[*i].clone())
+            .collect();
+        let mut args = request.args.clone();
         if let Some(router) = &router {
-            let categories = keys.iter().map(|i| router.resolver.category_of(&args[*i]));
+            // An early CROSSINSTANCE, as Redis Cluster answers CROSSSLOT while queueing; the
+            // routes themselves are decided again at EXEC.
+            let mut all = t.keys.clone();
+            all.extend(keys.iter().cloned());
+            let routes: Vec<Route> = all.iter().map(|k| router.resolver.resolve(k)).collect();
+            if let Err(Interrupt::Reply(e)) = place(router, &all, &routes) {
+                t.aborted = true;
+                return Ok(Pending::Ready(e));
+            }
+            let categories = keys.iter().map(|k| router.resolver.category_of(k));
             match ttl_action(router, spec, &args, categories) {
                 TtlAction::Unchanged => {}
                 TtlAction::Replace(replaced) => args = replaced,
-                // Sent right after EXEC on the same connection (NX: never shortens a TTL).
                 TtlAction::Append(extra) => t.after.extend(extra),
                 TtlAction::Refuse(text) => {
                     t.aborted = true;
-                    return Pending::Ready(error_reply(&text));
+                    return Ok(Pending::Ready(error_reply(&text)));
                 }
             }
         }
+        t.keys.extend(keys);
         t.queued.push(args);
-        Pending::Ready(Bytes::from_static(b"+QUEUED\r\n"))
+        Ok(Pending::Ready(Bytes::from_static(b"+QUEUED\r\n")))
     }
 
-    pub(super) async fn transaction_command(&mut self, t: TxnCommand, request: Request) -> Pending {
+    pub(super) async fn transaction_command(
+        &mut self,
+        t: TxnCommand,
+        request: &Request,
+    ) -> Dispatched {
         match t {
             TxnCommand::Multi => {
                 if self.transaction.is_some() {
-                    return Pending::Ready(error_reply("ERR MULTI calls can not be nested"));
+                    return Ok(Pending::Ready(error_reply(
+                        "ERR MULTI calls can not be nested",
+                    )));
                 }
                 self.transaction = Some(Transaction::default());
-                Pending::Ready(Frame::ok().to_bytes())
+                Ok(Pending::Ready(Frame::ok().to_bytes()))
             }
             TxnCommand::Discard => match self.transaction.take() {
-                None => Pending::Ready(error_reply("ERR DISCARD without MULTI")),
+                None => Ok(Pending::Ready(error_reply("ERR DISCARD without MULTI"))),
                 Some(_) => {
                     self.unwatch().await;
-                    Pending::Ready(Frame::ok().to_bytes())
+                    Ok(Pending::Ready(Frame::ok().to_bytes()))
                 }
             },
             TxnCommand::Exec => self.exec().await,
-            TxnCommand::Watch => {
-                if self.transaction.is_some() {
-                    return Pending::Ready(error_reply("ERR WATCH inside MULTI is not allowed"));
-                }
-                let Some(router) = self.shared.router.load_full() else {
-                    return Pending::Ready(error_reply(
-                        "TRYAGAIN the routing table is not loaded yet",
-                    ));
-                };
-                let mut target = None;
-                for key in &request.args[1..] {
-                    let r = match self.route(&router, key).await {
-                        Ok(r) => r,
-                        Err(e) => return Pending::Ready(e),
-                    };
-                    if target.is_some_and(|t| t != r.target) {
-                        return Pending::Ready(error_reply(
-                            "CROSSINSTANCE WATCHed keys live on different instances",
-                        ));
-                    }
-                    target = Some(r.target);
-                }
-                let Some(target) = target else {
-                    return Pending::Ready(error_reply(
-                        "ERR wrong number of arguments for 'watch' command",
-                    ));
-                };
-                let backend = router.backend(target).clone();
-                if self
-                    .watching
-                    .as_ref()
-                    .is_some_and(|(n, _)| n != backend.name())
-                {
-                    return Pending::Ready(error_reply(
-                        "CROSSINSTANCE WATCHed keys live on different instances",
-                    ));
-                }
-                if self.watching.is_none() {
-                    match backend.dedicated().await {
-                        Ok(conn) => self.watching = Some((backend.name().to_owned(), conn)),
-                        Err(e) => return Pending::Ready(e.reply()),
-                    }
-                }
-                let bytes = wire(&request);
-                let Some((_, conn)) = self.watching.as_mut() else {
-                    return Pending::Ready(error_reply("ERR no connection"));
-                };
-                match conn.call(&bytes, 1).await {
-                    Ok(r) => Pending::Ready(r.first()),
-                    Err(e) => {
-                        self.watching = None;
-                        Pending::Ready(e.reply())
+            TxnCommand::Watch => self.watch(request).await,
+            TxnCommand::Unwatch => {
+                self.unwatch().await;
+                Ok(Pending::Ready(Frame::ok().to_bytes()))
+            }
+        }
+    }
+
+    async fn watch(&mut self, request: &Request) -> Dispatched {
+        if self.transaction.is_some() {
+            return Ok(Pending::Ready(error_reply(
+                "ERR WATCH inside MULTI is not allowed",
+            )));
+        }
+        let Some(router) = self.shared.router.load_full() else {
+            return Ok(Pending::Ready(error_reply(
+                "TRYAGAIN the routing table is not loaded yet",
+            )));
+        };
+        let keys: Vec<Bytes> = request.args[1..].to_vec();
+        if keys.is_empty() {
+            return Ok(Pending::Ready(error_reply(
+                "ERR wrong number of arguments for 'watch' command",
+            )));
+        }
+        let routes: Vec<Route> = keys.iter().map(|k| router.resolver.resolve(k)).collect();
+        let mut watch = request.args.clone();
+        let instance = match place(&router, &keys, &routes).map_err(|_| {
+            Interrupt::Reply(error_reply(
+                "CROSSINSTANCE WATCHed keys live on different instances",
+            ))
+        })? {
+            Place::On(t) => t,
+            Place::Anywhere => 0,
+            Place::Migrating { m, guard_keys, .. } => {
+                // WATCH where the keys are now; on the source, moves must abort the
+                // transaction too, so the marker and the tombstones are WATCHed as well.
+                let mig = router.migrations[usize::from(m)].clone();
+                let urgent = String::from_utf8_lossy(&router.urgent).into_owned();
+                let check = guard::check_command(&mig.marker, &guard_keys, &urgent);
+                let mut waited = 0;
+                loop {
+                    let reply = self
+                        .call(&router, mig.source, bundle(std::slice::from_ref(&check)), 1)
+                        .await?
+                        .first();
+                    match guard::check_decision(&reply) {
+                        Some(Decision::Ran) => {
+                            watch.push(Bytes::from(mig.marker.clone()));
+                            watch.extend(guard_keys.iter().map(|k| names::tomb(k)));
+                            break mig.source;
+                        }
+                        Some(Decision::Ask) => break mig.target,
+                        Some(_) if waited < 200 => {
+                            waited += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                        Some(_) => {
+                            return Ok(Pending::Ready(error_reply(
+                                "TRYAGAIN the WATCHed keys are being migrated, retry",
+                            )));
+                        }
+                        None => return Ok(Pending::Ready(reply)),
                     }
                 }
             }
-            TxnCommand::Unwatch => {
-                self.unwatch().await;
-                Pending::Ready(Frame::ok().to_bytes())
+        };
+        let name = router.backend(instance).name().to_owned();
+        if self.watching.as_ref().is_some_and(|(n, _)| *n != name) {
+            return Ok(Pending::Ready(error_reply(
+                "CROSSINSTANCE WATCHed keys live on different instances",
+            )));
+        }
+        if self.watching.is_none() {
+            let conn = router
+                .backend(instance)
+                .dedicated(router.version())
+                .await
+                .map_err(|e| Interrupt::Reply(e.reply()))?;
+            self.watching = Some((name, conn));
+        }
+        let Some((_, conn)) = self.watching.as_mut() else {
+            return Ok(Pending::Ready(error_reply("ERR no connection")));
+        };
+        match conn.call(&bundle(&[watch]), 1).await {
+            Ok(r) => Ok(Pending::Ready(r.first())),
+            Err(e) => {
+                self.watching = None;
+                Ok(Pending::Ready(e.reply()))
             }
         }
     }
@@ -157,55 +265,104 @@ impl Client {
         }
     }
 
-    pub(super) async fn exec(&mut self) -> Pending {
+    pub(super) async fn exec(&mut self) -> Dispatched {
         let Some(t) = self.transaction.take() else {
-            return Pending::Ready(error_reply("ERR EXEC without MULTI"));
+            return Ok(Pending::Ready(error_reply("ERR EXEC without MULTI")));
         };
         if t.aborted {
             self.unwatch().await;
-            return Pending::Ready(error_reply(
+            return Ok(Pending::Ready(error_reply(
                 "EXECABORT Transaction discarded because of previous errors.",
-            ));
+            )));
+        }
+        if t.queued.is_empty() {
+            self.unwatch().await;
+            return Ok(Pending::Ready(Bytes::from_static(b"*0\r\n")));
         }
         let Some(router) = self.shared.router.load_full() else {
-            return Pending::Ready(error_reply("TRYAGAIN the routing table is not loaded yet"));
+            return Ok(Pending::Ready(error_reply(
+                "TRYAGAIN the routing table is not loaded yet",
+            )));
         };
-        let mut cmds = vec![vec![Bytes::from_static(b"MULTI")]];
-        cmds.extend(t.queued);
-        cmds.push(vec![Bytes::from_static(b"EXEC")]);
-        let replies = cmds.len();
-        let bytes = bundle(&cmds);
-        let after = (!t.after.is_empty()).then(|| (bundle(&t.after), t.after.len()));
-        if let Some((name, mut conn)) = self.watching.take() {
-            if t.target.is_some_and(|tg| router.backend(tg).name() != name) {
-                return Pending::Ready(error_reply(
-                    "CROSSINSTANCE the transaction's keys and the WATCHed keys live on different instances",
-                ));
+        let n = t.queued.len();
+        let mut cmds = t.queued.clone();
+        cmds.extend(t.after.iter().cloned());
+        let routes: Vec<Route> = t.keys.iter().map(|k| router.resolver.resolve(k)).collect();
+        let place = match place(&router, &t.keys, &routes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.unwatch().await;
+                return Err(e);
             }
-            let reply = match conn.call(&bytes, replies).await {
-                Ok(r) => r.last(),
-                Err(e) => return Pending::Ready(e.reply()),
-            };
-            if let Some((after, n)) = after {
-                let _ = conn.call(&after, n).await;
+        };
+        let watching = self.watching.take();
+        let result = self.run_exec(&router, place, &cmds, watching).await;
+        result.map(|exec| Pending::Ready(exec_prefix(&exec, n)))
+    }
+
+    async fn run_exec(
+        &mut self,
+        router: &Arc<Router>,
+        place: Place,
+        cmds: &[Vec<Bytes>],
+        watching: Option<(String, Dedicated)>,
+    ) -> Result<Bytes, Interrupt> {
+        let multi_exec = || {
+            let mut all = vec![vec![Bytes::from_static(b"MULTI")]];
+            all.extend(cmds.iter().cloned());
+            all.push(vec![Bytes::from_static(b"EXEC")]);
+            bundle(&all)
+        };
+        let replies = cmds.len() + 2;
+        let fail = |e: super::super::backend::BackendError| Interrupt::Reply(e.reply());
+        match (place, watching) {
+            (Place::Migrating { m, guard_keys, all }, Some((name, mut conn))) => {
+                let mig = router.migrations[usize::from(m)].clone();
+                if name == router.backend(mig.source).name() {
+                    let keys = guard_keys.clone();
+                    return self
+                        .watched(router, m, &keys, cmds, all, Some(&mut conn))
+                        .await;
+                }
+                if name != router.backend(mig.target).name() {
+                    return Err(cross());
+                }
+                conn.call(&multi_exec(), replies)
+                    .await
+                    .map(|r| r.last())
+                    .map_err(fail)
             }
-            return Pending::Ready(reply);
+            (Place::Migrating { m, guard_keys, all }, None) => {
+                self.watched(router, m, &guard_keys, cmds, all, None).await
+            }
+            (place, Some((name, mut conn))) => {
+                if let Place::On(target) = place
+                    && router.backend(target).name() != name
+                {
+                    return Err(Interrupt::Reply(error_reply(
+                        "CROSSINSTANCE the transaction's keys and the WATCHed keys live on different instances",
+                    )));
+                }
+                conn.call(&multi_exec(), replies)
+                    .await
+                    .map(|r| r.last())
+                    .map_err(fail)
+            }
+            (place, None) => {
+                let target = match place {
+                    Place::On(t) => t,
+                    _ => 0,
+                };
+                let rx = router
+                    .send(target, self.lane(), multi_exec(), replies)
+                    .map_err(Interrupt::from)?;
+                let category = (router.resolver.categories().len() - 1) as CategoryId;
+                router.categories[usize::from(category)].commands.inc();
+                Ok(backend_reply(
+                    rx.await.unwrap_or_else(|_| Err(lost())),
+                    false,
+                ))
+            }
         }
-        if replies == 2 {
-            return Pending::Ready(Bytes::from_static(b"*0\r\n"));
-        }
-        let target = t.target.unwrap_or(0);
-        let category = (router.resolver.categories().len() - 1) as CategoryId;
-        let lane = self.lane();
-        let backend = router.backend(target).clone();
-        let mut pending = self.forward(router, target, category, bytes, replies, ReadKind::None);
-        if let Pending::Backend { accounting, .. } = &mut pending {
-            accounting.first = false;
-        }
-        if let Some((after, n)) = after {
-            // Pipelined behind EXEC on the same connection; the client does not wait for it.
-            drop(backend.send(lane, after, n));
-        }
-        pending
     }
 }

@@ -6,6 +6,13 @@
 //! its reply as raw bytes (never decoded and re-encoded). A client always uses the same lane of
 //! an instance, so its commands to that instance stay in order.
 //!
+//! Every connection is named after the oldest routing table any command on it was routed by
+//! (`redisfleet:<policy>:<sidecar>:v<version>`, see `docs/protocol.md`): a request carries the
+//! version of the table that routed it, and a lane renamed for a newer table refuses requests
+//! of older ones ([`SendError::Stale`]; the session routes them again). A new connection reads
+//! the fleet's fences at its handshake and carries nothing until a heartbeat round confirmed
+//! them ([`FleetView::confirmed`]).
+//!
 //! A lane that cannot connect, or whose server stops answering for `request_timeout`, is
 //! *down*: requests to it fail at once with `-UNAVAILABLE instance <name> …` instead of
 //! hanging the client, while the lane reconnects with exponential backoff.
@@ -13,22 +20,26 @@
 //! Blocking commands and WATCHed transactions need a connection of their own
 //! ([`Backend::dedicated`]), since they hold connection state for as long as they run.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+mod dedicated;
+mod stream;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use super::fleet::FleetView;
 use super::metrics::BackendMetrics;
 use crate::redis::connect::Target;
+use crate::redis::protocol::names;
 use crate::redis::resp::{FrameScanner, Limits, encode_request};
+
+pub use dedicated::Dedicated;
+pub use stream::{Stream, handshake, open};
 
 /// How many scheduler turns a lane waits for more requests to join a write, at most. Each turn
 /// only lasts while other connections have work ready, so an idle proxy adds no delay.
@@ -61,6 +72,61 @@ impl Default for BackendOptions {
     }
 }
 
+/// How this sidecar names its connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Naming {
+    /// `<namespace>/<name>` of the CachePolicy whose table is routed.
+    pub policy: String,
+    /// This sidecar's id.
+    pub sidecar: String,
+}
+
+impl Naming {
+    /// The connection name for commands routed by table `version`.
+    pub fn connection(&self, version: u64) -> String {
+        names::connection_name(&self.policy, &self.sidecar, version)
+    }
+
+    /// The name of the heartbeat connections (never fenced: they carry no application data).
+    pub fn control(&self) -> String {
+        format!("redisfleet-control:{}:{}", self.policy, self.sidecar).replace(' ', "_")
+    }
+}
+
+/// Why a request was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// The lane carries commands of a newer table now: route the request again.
+    Stale,
+    /// The instance's fence is above the table that routed the request.
+    Fenced {
+        /// Instance name.
+        instance: String,
+        /// The fence.
+        fence: u64,
+        /// The table version that routed the request.
+        version: u64,
+    },
+}
+
+impl SendError {
+    /// The error reply for the client (for `Stale`, once retries ran out).
+    pub fn reply(&self) -> Bytes {
+        match self {
+            Self::Stale => Bytes::from_static(
+                b"-TRYAGAIN the routing table changed while the command was routed, retry\r\n",
+            ),
+            Self::Fenced {
+                instance,
+                fence,
+                version,
+            } => Bytes::from(format!(
+                "-TRYAGAIN this sidecar's routing table v{version} is behind the fleet (instance {instance} needs v{fence} or later); retry once the sidecar has the new table\r\n"
+            )),
+        }
+    }
+}
+
 /// Why a request got no reply from its instance.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
@@ -80,6 +146,9 @@ pub enum BackendError {
         /// Cause.
         reason: String,
     },
+    /// The request was not sent (see [`SendError`]); the text is the client's reply.
+    #[error("{0}")]
+    NotSent(String),
 }
 
 impl BackendError {
@@ -88,6 +157,9 @@ impl BackendError {
         let (code, text) = match self {
             Self::Unavailable { .. } => ("UNAVAILABLE", self.to_string()),
             Self::Lost { .. } => ("UNAVAILABLE", self.to_string()),
+            Self::NotSent(reply) => {
+                return Bytes::from(reply.clone());
+            }
         };
         let clean: String = text
             .chars()
@@ -127,10 +199,14 @@ impl Replies {
 /// The pending reply of a request.
 pub type ReplyReceiver = oneshot::Receiver<Result<Replies, BackendError>>;
 
-struct Job {
-    bytes: Bytes,
-    replies: usize,
-    tx: oneshot::Sender<Result<Replies, BackendError>>,
+enum Job {
+    Request {
+        bytes: Bytes,
+        replies: usize,
+        tx: oneshot::Sender<Result<Replies, BackendError>>,
+    },
+    /// Rename the connection for commands of this table version and later.
+    Rename(u64),
 }
 
 struct Slot {
@@ -143,6 +219,21 @@ struct Slot {
 struct Lane {
     tx: mpsc::UnboundedSender<Job>,
     up: Arc<AtomicBool>,
+    /// The version the lane is named for: requests of older tables are refused. Locked while a
+    /// request is queued, so a rename and the requests around it are ordered.
+    gate: Arc<Mutex<u64>>,
+}
+
+/// What a lane needs to (re)connect.
+#[derive(Clone)]
+struct LaneSetup {
+    name: String,
+    target: Target,
+    options: BackendOptions,
+    naming: Naming,
+    view: Arc<FleetView>,
+    last_error: Arc<Mutex<String>>,
+    metrics: BackendMetrics,
 }
 
 /// The pipelined connections to one instance.
@@ -150,8 +241,11 @@ pub struct Backend {
     name: String,
     target: Target,
     options: BackendOptions,
+    naming: Naming,
+    view: Arc<FleetView>,
+    fence: Arc<AtomicU64>,
     lanes: Vec<Lane>,
-    last_error: Arc<std::sync::Mutex<String>>,
+    last_error: Arc<Mutex<String>>,
     metrics: BackendMetrics,
 }
 
@@ -165,38 +259,69 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    /// Starts the lanes of instance `name` (they connect in the background).
+    /// Starts the lanes of instance `name`, named for table `version` (they connect in the
+    /// background).
     pub fn start(
         name: &str,
         target: Target,
         options: BackendOptions,
         metrics: BackendMetrics,
+        naming: Naming,
+        view: Arc<FleetView>,
+        version: u64,
     ) -> Arc<Self> {
-        let last_error = Arc::new(std::sync::Mutex::new("not connected yet".to_owned()));
+        let last_error = Arc::new(Mutex::new("not connected yet".to_owned()));
+        let setup = LaneSetup {
+            name: name.to_owned(),
+            target: target.clone(),
+            options: options.clone(),
+            naming: naming.clone(),
+            view: view.clone(),
+            last_error: last_error.clone(),
+            metrics: metrics.clone(),
+        };
         let lanes = (0..options.lanes.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let up = Arc::new(AtomicBool::new(false));
-                tokio::spawn(run_lane(
-                    name.to_owned(),
-                    target.clone(),
-                    options.clone(),
-                    rx,
-                    up.clone(),
-                    last_error.clone(),
-                    metrics.clone(),
-                ));
-                Lane { tx, up }
+                let gate = Arc::new(Mutex::new(version));
+                tokio::spawn(run_lane(setup.clone(), rx, up.clone(), gate.clone()));
+                Lane { tx, up, gate }
             })
             .collect();
         Arc::new(Self {
             name: name.to_owned(),
+            fence: view.fence_cell(name),
             target,
             options,
+            naming,
+            view,
             lanes,
             last_error,
             metrics,
         })
+    }
+
+    /// Renames the lanes for table `version`: from now on they refuse requests routed by an
+    /// older table.
+    pub fn rename(&self, version: u64) {
+        for lane in &self.lanes {
+            let mut gate = lane.gate.lock().unwrap_or_else(|e| e.into_inner());
+            if version > *gate {
+                *gate = version;
+                let _ = lane.tx.send(Job::Rename(version));
+            }
+        }
+    }
+
+    /// The instance's fence: the lowest table version allowed to send here.
+    pub fn fence(&self) -> u64 {
+        self.fence.load(Ordering::Acquire)
+    }
+
+    /// How this sidecar names its connections.
+    pub fn naming(&self) -> &Naming {
+        &self.naming
     }
 
     /// Instance name.
@@ -225,144 +350,192 @@ impl Backend {
         }
     }
 
-    /// Sends `bytes` (one or more encoded commands, `replies` replies expected) on the lane
-    /// chosen by `lane_hint`; the receiver yields the replies, or an error at once when the
-    /// lane is down.
-    pub fn send(&self, lane_hint: usize, bytes: Bytes, replies: usize) -> ReplyReceiver {
+    /// Whether a request routed by table `version` may go here: not when the instance is
+    /// fenced above that version.
+    pub fn admits(&self, version: u64) -> Result<(), SendError> {
+        let fence = self.fence();
+        if version < fence {
+            return Err(SendError::Fenced {
+                instance: self.name.clone(),
+                fence,
+                version,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends `bytes` (one or more encoded commands routed by table `version`, `replies`
+    /// replies expected) on the lane chosen by `lane_hint`; the receiver yields the replies,
+    /// or an error at once when the lane is down.
+    pub fn send(
+        &self,
+        lane_hint: usize,
+        version: u64,
+        bytes: Bytes,
+        replies: usize,
+    ) -> Result<ReplyReceiver, SendError> {
+        self.admits(version)?;
         let (tx, rx) = oneshot::channel();
         let lane = &self.lanes[lane_hint % self.lanes.len()];
         if !lane.up.load(Ordering::Acquire) {
             let _ = tx.send(Err(self.unavailable()));
-            return rx;
+            return Ok(rx);
         }
-        if let Err(mpsc::error::SendError(job)) = lane.tx.send(Job { bytes, replies, tx }) {
-            let _ = job.tx.send(Err(self.unavailable()));
+        let gate = lane.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if version < *gate {
+            return Err(SendError::Stale);
         }
-        rx
+        if let Err(mpsc::error::SendError(Job::Request { tx, .. })) =
+            lane.tx.send(Job::Request { bytes, replies, tx })
+        {
+            let _ = tx.send(Err(self.unavailable()));
+        }
+        drop(gate);
+        Ok(rx)
     }
 
-    /// Encodes and sends one command.
-    pub fn command<A: AsRef<[u8]>>(&self, lane_hint: usize, args: &[A]) -> ReplyReceiver {
+    /// Like [`Backend::send`], for requests whose refusal is an answer like any other (fan-out,
+    /// introspection): a refused request yields its error reply.
+    pub fn send_or_refuse(
+        &self,
+        lane_hint: usize,
+        version: u64,
+        bytes: Bytes,
+        replies: usize,
+    ) -> ReplyReceiver {
+        match self.send(lane_hint, version, bytes, replies) {
+            Ok(rx) => rx,
+            Err(e) => {
+                let (tx, rx) = oneshot::channel();
+                let text = String::from_utf8_lossy(&e.reply()).into_owned();
+                let _ = tx.send(Err(BackendError::NotSent(text)));
+                rx
+            }
+        }
+    }
+
+    /// Encodes and sends one command routed by table `version`.
+    pub fn command<A: AsRef<[u8]>>(
+        &self,
+        lane_hint: usize,
+        version: u64,
+        args: &[A],
+    ) -> Result<ReplyReceiver, SendError> {
         let mut buf = BytesMut::new();
         encode_request(args, &mut buf);
-        self.send(lane_hint, buf.freeze(), 1)
+        self.send(lane_hint, version, buf.freeze(), 1)
     }
 
-    /// A connection of its own, for blocking commands and WATCHed transactions.
-    pub async fn dedicated(&self) -> Result<Dedicated, BackendError> {
-        let stream = open(&self.target, self.options.connect_timeout)
-            .await
-            .map_err(|reason| BackendError::Unavailable {
-                instance: self.name.clone(),
-                reason,
-            })?;
-        self.metrics.connections.inc();
-        Ok(Dedicated {
-            name: self.name.clone(),
-            stream,
-            buf: BytesMut::with_capacity(16 * 1024),
-            scanner: FrameScanner::new(),
-            metrics: self.metrics.clone(),
-        })
-    }
-}
-
-/// A connection used by one client only.
-pub struct Dedicated {
-    name: String,
-    stream: Stream,
-    buf: BytesMut,
-    scanner: FrameScanner,
-    metrics: BackendMetrics,
-}
-
-impl std::fmt::Debug for Dedicated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dedicated")
-            .field("instance", &self.name)
-            .finish()
-    }
-}
-
-impl Drop for Dedicated {
-    fn drop(&mut self) {
-        self.metrics.connections.dec();
-    }
-}
-
-impl Dedicated {
-    /// Writes `bytes` and waits (without a deadline: blocking commands may wait long) for
-    /// `replies` replies.
-    pub async fn call(&mut self, bytes: &[u8], replies: usize) -> Result<Replies, BackendError> {
-        let lost = |e: io::Error| BackendError::Lost {
+    /// A connection of its own for commands routed by table `version`, for blocking commands
+    /// and WATCHed transactions: named, fenced and confirmed like a lane.
+    pub async fn dedicated(&self, version: u64) -> Result<Dedicated, BackendError> {
+        let unavailable = |reason: String| BackendError::Unavailable {
             instance: self.name.clone(),
-            reason: e.to_string(),
+            reason,
         };
-        self.stream.write_all(bytes).await.map_err(lost)?;
-        let mut out = Vec::with_capacity(replies);
-        let limits = Limits::replies();
-        while out.len() < replies {
-            match self.scanner.scan(&self.buf, &limits) {
-                Ok(Some(n)) => {
-                    out.push(self.buf.split_to(n).freeze());
-                    self.scanner.reset();
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(BackendError::Lost {
-                        instance: self.name.clone(),
-                        reason: format!("protocol error from the server: {e}"),
-                    });
-                }
-            }
-            self.buf.reserve(16 * 1024);
-            let n = self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|e| BackendError::Lost {
-                    instance: self.name.clone(),
-                    reason: e.to_string(),
-                })?;
-            if n == 0 {
-                return Err(BackendError::Lost {
-                    instance: self.name.clone(),
-                    reason: "the server closed the connection".to_owned(),
-                });
-            }
+        let mut stream = open(&self.target, self.options.connect_timeout)
+            .await
+            .map_err(unavailable)?;
+        let fences = handshake(
+            &mut stream,
+            &self.naming.connection(version),
+            &self.naming.policy,
+        )
+        .await
+        .map_err(unavailable)?;
+        self.view.merge(&fences);
+        let after = self.view.next_round();
+        if !self
+            .view
+            .confirmed(&self.name, after, confirm_timeout(&self.options))
+            .await
+        {
+            return Err(unavailable(unconfirmed()));
         }
-        Ok(if replies == 1 {
-            Replies::One(out.pop().unwrap_or_default())
-        } else {
-            Replies::Many(out)
-        })
+        self.metrics.connections.inc();
+        Ok(Dedicated::new(
+            self.name.clone(),
+            stream,
+            version,
+            self.naming.clone(),
+            self.metrics.clone(),
+        ))
     }
+
+    /// A connection for the heartbeat: named as a control connection, not fenced.
+    pub async fn control(&self) -> Result<Dedicated, BackendError> {
+        let unavailable = |reason: String| BackendError::Unavailable {
+            instance: self.name.clone(),
+            reason,
+        };
+        let mut stream = open(&self.target, self.options.connect_timeout)
+            .await
+            .map_err(unavailable)?;
+        let fences = handshake(&mut stream, &self.naming.control(), &self.naming.policy)
+            .await
+            .map_err(unavailable)?;
+        self.view.merge(&fences);
+        Ok(Dedicated::new(
+            self.name.clone(),
+            stream,
+            0,
+            self.naming.clone(),
+            self.metrics.clone(),
+        ))
+    }
+}
+
+/// How long a new connection waits for a heartbeat round to confirm the fleet's fences.
+fn confirm_timeout(options: &BackendOptions) -> Duration {
+    options.connect_timeout.max(Duration::from_secs(2))
+}
+
+fn unconfirmed() -> String {
+    "no other instance of the fleet answered a heartbeat, so the fleet's fences are unconfirmed"
+        .to_owned()
 }
 
 async fn run_lane(
-    name: String,
-    target: Target,
-    options: BackendOptions,
+    setup: LaneSetup,
     mut rx: mpsc::UnboundedReceiver<Job>,
     up: Arc<AtomicBool>,
-    last_error: Arc<std::sync::Mutex<String>>,
-    metrics: BackendMetrics,
+    gate: Arc<Mutex<u64>>,
 ) {
+    let LaneSetup {
+        name,
+        target,
+        options,
+        naming,
+        view,
+        last_error,
+        metrics,
+    } = setup;
     let mut backoff = options.min_backoff;
     loop {
+        let connect = async {
+            let mut stream = open(&target, options.connect_timeout).await?;
+            let version = *gate.lock().unwrap_or_else(|e| e.into_inner());
+            let fences = handshake(&mut stream, &naming.connection(version), &naming.policy)
+                .await
+                .map_err(|e| format!("{}: {e}", target.address()))?;
+            view.merge(&fences);
+            Ok::<_, String>((stream, view.next_round()))
+        };
         let attempt = tokio::select! {
-            r = open(&target, options.connect_timeout) => r,
+            r = connect => r,
             // The backend was dropped (table changed): stop.
             () = wait_closed(&rx) => return,
         };
         match attempt {
-            Ok(stream) => {
+            Ok((stream, after)) => {
                 backoff = options.min_backoff;
                 up.store(true, Ordering::Release);
                 metrics.connections.inc();
                 debug!(instance = %name, "connected");
-                let outcome = pipeline(&name, stream, &mut rx, &options, &metrics).await;
+                let outcome = pipeline(
+                    &name, stream, &mut rx, &options, &metrics, &naming, &view, after,
+                )
+                .await;
                 up.store(false, Ordering::Release);
                 metrics.connections.dec();
                 match outcome {
@@ -390,12 +563,13 @@ async fn run_lane(
         loop {
             tokio::select! {
                 job = rx.recv() => match job {
-                    Some(job) => {
-                        let _ = job.tx.send(Err(BackendError::Unavailable {
+                    Some(Job::Request { tx, .. }) => {
+                        let _ = tx.send(Err(BackendError::Unavailable {
                             instance: name.clone(),
                             reason: reason.clone(),
                         }));
                     }
+                    Some(Job::Rename(_)) => {}
                     None => return,
                 },
                 () = tokio::time::sleep_until(deadline) => break,
@@ -412,14 +586,23 @@ async fn wait_closed(rx: &mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// Runs one connected lane until the connection fails (`Err`) or the backend is dropped.
+/// Runs one connected lane until the connection fails (`Err`) or the backend is dropped. The
+/// lane writes nothing before a heartbeat round numbered `after` or later confirmed the
+/// fleet's fences (requests wait in the queue meanwhile).
+#[allow(clippy::too_many_arguments)]
 async fn pipeline(
     name: &str,
     stream: Stream,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     options: &BackendOptions,
     metrics: &BackendMetrics,
+    naming: &Naming,
+    view: &FleetView,
+    after: u64,
 ) -> Result<(), String> {
+    if !view.confirmed(name, after, confirm_timeout(options)).await {
+        return Err(unconfirmed());
+    }
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (slot_tx, mut slot_rx) = mpsc::unbounded_channel::<Slot>();
     let in_flight = AtomicUsize::new(0);
@@ -442,13 +625,24 @@ async fn pipeline(
             }
             buf.clear();
             let push = |job: Job, buf: &mut BytesMut| {
-                buf.extend_from_slice(&job.bytes);
+                let (tx, replies) = match job {
+                    Job::Request { bytes, replies, tx } => {
+                        buf.extend_from_slice(&bytes);
+                        (tx, replies)
+                    }
+                    Job::Rename(version) => {
+                        let name = naming.connection(version);
+                        encode_request(&[b"CLIENT".as_slice(), b"SETNAME", name.as_bytes()], buf);
+                        // Nobody waits for this reply.
+                        (oneshot::channel().0, 1)
+                    }
+                };
                 in_flight.fetch_add(1, Ordering::AcqRel);
                 metrics.in_flight.inc();
                 // The reader owns the slot before the bytes leave, so no reply can beat it.
                 let _ = slot_tx.send(Slot {
-                    tx: job.tx,
-                    expected: job.replies.max(1),
+                    tx,
+                    expected: replies.max(1),
                     collected: Vec::new(),
                     sent: Instant::now(),
                 });
@@ -547,218 +741,4 @@ async fn pipeline(
         }));
     }
     result
-}
-
-/// A TCP or TLS connection.
-#[allow(missing_debug_implementations)]
-pub enum Stream {
-    /// Plain TCP.
-    Tcp(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-/// Connects, upgrades to TLS when asked, and authenticates, within `timeout`. The error text
-/// never contains credentials.
-pub async fn open(target: &Target, timeout: Duration) -> Result<Stream, String> {
-    match tokio::time::timeout(timeout, open_inner(target)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "{}: no connection within {}ms",
-            target.address(),
-            timeout.as_millis()
-        )),
-    }
-}
-
-async fn open_inner(target: &Target) -> Result<Stream, String> {
-    let address = target.address();
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("{address}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let mut stream = match &target.tls {
-        None => Stream::Tcp(tcp),
-        Some(tls) => {
-            let config = tls_config(tls.ca_pem.as_deref(), tls.insecure_skip_verify)
-                .map_err(|e| format!("{address}: TLS configuration: {e}"))?;
-            let server_name = rustls::pki_types::ServerName::try_from(target.host.clone())
-                .map_err(|e| format!("{address}: invalid TLS server name: {e}"))?;
-            let connector = tokio_rustls::TlsConnector::from(config);
-            let tls = connector
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| format!("{address}: TLS handshake: {e}"))?;
-            Stream::Tls(Box::new(tls))
-        }
-    };
-    if let Some(password) = &target.credentials.password {
-        let mut args: Vec<&[u8]> = vec![b"AUTH"];
-        if let Some(user) = &target.credentials.username {
-            args.push(user.as_bytes());
-        }
-        args.push(password.expose().as_bytes());
-        let mut buf = BytesMut::new();
-        encode_request(&args, &mut buf);
-        stream
-            .write_all(&buf)
-            .await
-            .map_err(|e| format!("{address}: {e}"))?;
-        let reply = read_one(&mut stream)
-            .await
-            .map_err(|e| format!("{address}: {e}"))?;
-        if !reply.starts_with(b"+OK") {
-            let text = String::from_utf8_lossy(&reply).trim().to_owned();
-            let text = crate::redis::connect::redact(&text, &target.credentials);
-            return Err(format!(
-                "{address}: authentication failed: {}",
-                text.trim_start_matches('-')
-            ));
-        }
-    }
-    Ok(stream)
-}
-
-async fn read_one(stream: &mut Stream) -> io::Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(256);
-    let mut scanner = FrameScanner::new();
-    loop {
-        if let Some(n) = scanner
-            .scan(&buf, &Limits::replies())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
-        {
-            return Ok(buf.split_to(n).freeze());
-        }
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
-        }
-    }
-}
-
-/// The rustls client configuration for a CA (or the system roots) and verification mode.
-fn tls_config(ca_pem: Option<&[u8]>, insecure: bool) -> Result<Arc<rustls::ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let config = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_pem {
-            Some(pem) => {
-                use rustls::pki_types::pem::PemObject;
-                for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                    let cert = cert.map_err(|e| format!("CA bundle: {e}"))?;
-                    roots.add(cert).map_err(|e| format!("CA bundle: {e}"))?;
-                }
-            }
-            None => {
-                static SYSTEM: OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> =
-                    OnceLock::new();
-                let system = SYSTEM.get_or_init(|| rustls_native_certs::load_native_certs().certs);
-                for cert in system {
-                    let _ = roots.add(cert.clone());
-                }
-            }
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    Ok(Arc::new(config))
-}
-
-/// `tls.insecureSkipVerify`: any certificate is accepted (signatures are still checked, so
-/// the handshake is well-formed). For testing only; the CRD says so.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -1,0 +1,313 @@
+//! Commands on keys of a migrating range (see `docs/protocol.md`, "Guarded commands"). They go
+//! to the range's source inside the guard script, which runs them there or answers where they
+//! belong; scripts and transactions, which cannot run inside another script, take the WATCH
+//! path on a connection of their own: WATCH the keys, their tombstones and the importing
+//! marker, ask the guard's decision, then `MULTI … EXEC` — if the Job touched anything
+//! meanwhile, EXEC fails and the decision is asked again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::super::backend::{BackendError, Dedicated};
+use super::super::router::Router;
+use super::{Client, Interrupt, backend_reply, bundle, encode, lost, parse, stop};
+use crate::redis::protocol::guard::{self, Decision};
+use crate::redis::protocol::names;
+use crate::redis::resp::Frame;
+use crate::routing::keyspace::InstanceId;
+
+/// How long a command waits for keys in transit (or split by a move) before the client is
+/// told to retry.
+const TRANSIT_WAIT: Duration = Duration::from_secs(2);
+
+/// How a guarded command may run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Guarded {
+    /// It may run on the target when its keys are there (not when some of its keys are outside
+    /// the migrating range, on the source).
+    pub ask: bool,
+    /// It is a script: it cannot run inside the guard.
+    pub script: bool,
+}
+
+impl Guarded {
+    /// An ordinary command whose keys all migrate.
+    pub fn command() -> Self {
+        Self {
+            ask: true,
+            script: false,
+        }
+    }
+}
+
+/// Waits between retries while keys are in transit.
+struct Backoff {
+    started: Instant,
+    pause: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            pause: Duration::from_millis(1),
+        }
+    }
+
+    /// Sleeps before the next try, or `Err` with the client's reply when waited long enough.
+    async fn wait(&mut self) -> Result<(), Interrupt> {
+        if self.started.elapsed() > TRANSIT_WAIT {
+            return Err(stop(
+                "TRYAGAIN the keys of this command are being migrated, retry",
+            ));
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(50));
+        Ok(())
+    }
+}
+
+fn split_by_move() -> Interrupt {
+    stop("TRYAGAIN the keys of this command are split by a migration in progress, retry")
+}
+
+/// The first element of an EXEC reply (a command run alone inside MULTI … EXEC).
+fn first_of_exec(exec: &Bytes) -> Bytes {
+    match parse(exec) {
+        Ok(Frame::Array(mut items)) if !items.is_empty() => encode(&items.swap_remove(0)),
+        Ok(_) => exec.clone(),
+        Err(e) => e,
+    }
+}
+
+/// The first `n` elements of an EXEC reply (a transaction followed by the sidecar's own
+/// commands).
+pub(super) fn exec_prefix(exec: &Bytes, n: usize) -> Bytes {
+    match parse(exec) {
+        Ok(Frame::Array(mut items)) if items.len() > n => {
+            items.truncate(n);
+            encode(&Frame::Array(items))
+        }
+        _ => exec.clone(),
+    }
+}
+
+fn multi_exec(cmds: &[Vec<Bytes>]) -> Bytes {
+    let mut all = Vec::with_capacity(cmds.len() + 2);
+    all.push(vec![Bytes::from_static(b"MULTI")]);
+    all.extend(cmds.iter().cloned());
+    all.push(vec![Bytes::from_static(b"EXEC")]);
+    bundle(&all)
+}
+
+impl Client {
+    /// Runs `cmds` (a command, then the sidecar's TTL commands for it) on keys `keys` of
+    /// migrating range `m`; the reply is the first command's.
+    pub(super) async fn guarded(
+        &mut self,
+        router: &Arc<Router>,
+        m: u16,
+        keys: &[Bytes],
+        cmds: Vec<Vec<Bytes>>,
+        how: Guarded,
+    ) -> Result<Bytes, Interrupt> {
+        if how.script || guard::guarded_args(keys.len(), &cmds) > guard::MAX_GUARDED_ARGS {
+            let exec = self.watched(router, m, keys, &cmds, how.ask, None).await?;
+            return Ok(first_of_exec(&exec));
+        }
+        match self.guard_decide(router, m, keys, &cmds).await? {
+            Some(reply) => Ok(reply),
+            None if how.ask => {
+                let target = router.migrations[usize::from(m)].target;
+                let n = cmds.len();
+                Ok(self.call(router, target, bundle(&cmds), n).await?.first())
+            }
+            None => Err(split_by_move()),
+        }
+    }
+
+    /// Runs `cmds` through the guard of migrating range `m`, waiting while keys are in
+    /// transit: `Some(reply)` when they ran on the source, `None` when the keys are on the
+    /// target (nothing ran).
+    pub(super) async fn guard_decide(
+        &mut self,
+        router: &Arc<Router>,
+        m: u16,
+        keys: &[Bytes],
+        cmds: &[Vec<Bytes>],
+    ) -> Result<Option<Bytes>, Interrupt> {
+        let mig = &router.migrations[usize::from(m)];
+        let urgent = String::from_utf8_lossy(&router.urgent).into_owned();
+        let mut backoff = Backoff::new();
+        let mut by_body = false;
+        loop {
+            let args = guard::guard_command(&mig.marker, keys, &urgent, cmds, by_body);
+            let reply = self
+                .call(router, mig.source, bundle(&[args]), 1)
+                .await?
+                .first();
+            if reply.starts_with(b"-NOSCRIPT") && !by_body {
+                by_body = true;
+                continue;
+            }
+            match guard::decision(&reply) {
+                Decision::Ran => return Ok(Some(reply)),
+                Decision::Ask => return Ok(None),
+                Decision::Busy | Decision::TryAgain => backoff.wait().await?,
+            }
+        }
+    }
+
+    /// The client's connection of its own to `instance`, named for `router`'s table.
+    pub(super) async fn dedicated_for(
+        &mut self,
+        router: &Router,
+        instance: InstanceId,
+    ) -> Result<&mut Dedicated, Interrupt> {
+        let backend = router.backend(instance).clone();
+        backend.admits(router.version()).map_err(Interrupt::from)?;
+        let name = backend.name().to_owned();
+        let reusable = match self.dedicated.get_mut(&name) {
+            Some(conn) => match conn.rename(router.version()).await {
+                Ok(true) => true,
+                // Named for a newer table: this request must be routed by it.
+                Ok(false) => return Err(Interrupt::Stale),
+                Err(_) => false,
+            },
+            None => false,
+        };
+        if !reusable {
+            self.dedicated.remove(&name);
+            let conn = backend
+                .dedicated(router.version())
+                .await
+                .map_err(|e| Interrupt::Reply(e.reply()))?;
+            self.dedicated.insert(name.clone(), conn);
+        }
+        self.dedicated
+            .get_mut(&name)
+            .ok_or_else(|| stop("ERR no connection"))
+    }
+
+    /// The WATCH path: runs `cmds` atomically (`MULTI … EXEC`) where the keys of migrating
+    /// range `m` live, and returns EXEC's reply. With `watching`, the client's own WATCHed
+    /// connection to the source is used (taken out of the client by the caller): its WATCH
+    /// stays in force, and a move of the keys to the target aborts the transaction, as a
+    /// change of a WATCHed key would.
+    pub(super) async fn watched(
+        &mut self,
+        router: &Arc<Router>,
+        m: u16,
+        keys: &[Bytes],
+        cmds: &[Vec<Bytes>],
+        ask: bool,
+        mut watching: Option<&mut Dedicated>,
+    ) -> Result<Bytes, Interrupt> {
+        enum Next {
+            Done(Bytes),
+            Target,
+            Retry,
+        }
+        let mig = router.migrations[usize::from(m)].clone();
+        let urgent = String::from_utf8_lossy(&router.urgent).into_owned();
+        let mut watch = vec![
+            Bytes::from_static(b"WATCH"),
+            Bytes::from(mig.marker.clone()),
+        ];
+        watch.extend(keys.iter().cloned());
+        watch.extend(keys.iter().map(|k| names::tomb(k)));
+        let check = guard::check_command(&mig.marker, keys, &urgent);
+        let probe = bundle(&[watch, check]);
+        let unwatch = bundle(&[vec![Bytes::from_static(b"UNWATCH")]]);
+        let client_watch = watching.is_some();
+        let fail = |e: BackendError| Interrupt::Reply(e.reply());
+        let mut backoff = Backoff::new();
+        loop {
+            let next = {
+                let conn: &mut Dedicated = match watching.as_deref_mut() {
+                    Some(c) => c,
+                    None => self.dedicated_for(router, mig.source).await?,
+                };
+                let decided = conn.call(&probe, 2).await.map_err(fail)?.last();
+                match guard::check_decision(&decided) {
+                    Some(Decision::Ran) => {
+                        let exec = conn
+                            .call(&multi_exec(cmds), cmds.len() + 2)
+                            .await
+                            .map_err(fail)?
+                            .last();
+                        if exec.starts_with(b"*-1") && !client_watch {
+                            // The Job touched a key meanwhile: decide again.
+                            Next::Retry
+                        } else {
+                            Next::Done(exec)
+                        }
+                    }
+                    Some(Decision::Ask) => {
+                        conn.call(&unwatch, 1).await.map_err(fail)?;
+                        if client_watch {
+                            // The WATCHed keys moved: as if they had changed.
+                            Next::Done(Bytes::from_static(b"*-1\r\n"))
+                        } else if ask {
+                            Next::Target
+                        } else {
+                            return Err(split_by_move());
+                        }
+                    }
+                    Some(Decision::Busy | Decision::TryAgain) => {
+                        if !client_watch {
+                            conn.call(&unwatch, 1).await.map_err(fail)?;
+                        }
+                        Next::Retry
+                    }
+                    None => Next::Done(decided),
+                }
+            };
+            match next {
+                Next::Done(b) => return Ok(b),
+                Next::Target => {
+                    let n = cmds.len() + 2;
+                    return Ok(self
+                        .call(router, mig.target, multi_exec(cmds), n)
+                        .await?
+                        .last());
+                }
+                Next::Retry => backoff.wait().await?,
+            }
+        }
+    }
+
+    /// Runs one command on one key wherever the key lives now (guarded when it migrates), and
+    /// returns its reply: for the sidecar's own reads, e.g. resolving `XREAD … $`.
+    pub(super) async fn run_on_key(
+        &mut self,
+        router: &Arc<Router>,
+        key: &Bytes,
+        cmd: Vec<Bytes>,
+    ) -> Result<Bytes, Interrupt> {
+        let route = router.resolver.resolve(key);
+        match route.migration {
+            Some(m) => {
+                self.guarded(
+                    router,
+                    m,
+                    std::slice::from_ref(key),
+                    vec![cmd],
+                    Guarded::command(),
+                )
+                .await
+            }
+            None => {
+                let rx = router
+                    .send(route.target, self.lane(), bundle(&[cmd]), 1)
+                    .map_err(Interrupt::from)?;
+                Ok(backend_reply(
+                    rx.await.unwrap_or_else(|_| Err(lost())),
+                    true,
+                ))
+            }
+        }
+    }
+}
