@@ -287,7 +287,8 @@ fn main() -> anyhow::Result<()> {
                     image: args.rebalance_image,
                     pull_policy: args.rebalance_image_pull_policy,
                     service_account: args.rebalance_service_account,
-                    backoff_limit: 3,
+                    // One pod per attempt: a retry is a new Job with a new mover token.
+                    backoff_limit: 0,
                 },
                 leader_election: args.leader_election.then_some(
                     redis_fleet::operator::leader::ElectionConfig {

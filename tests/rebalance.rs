@@ -21,13 +21,6 @@ use support::sidecar::Sidecar;
 /// A key's content: value, and absolute expiry (ms since the epoch; 0 without one).
 type Digest = BTreeMap<String, (Vec<u8>, u64)>;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// Writes `count` keys named `<prefix><n>` directly on `server`, values of 200–800 bytes, every
 /// other one with a TTL of 1–2 h.
 async fn fill(server: &RedisServer, prefixes: &[&str], count: usize) -> Vec<String> {
@@ -60,7 +53,7 @@ async fn fill(server: &RedisServer, prefixes: &[&str], count: usize) -> Vec<Stri
 }
 
 /// Each of `keys` present on `conn`, with its value and absolute expiry (0: none), read with
-/// GET + PTTL pipelines of `chunk` keys.
+/// GET + PEXPIRETIME pipelines of `chunk` keys (exact, whatever the time the reads take).
 async fn read_keys(
     conn: &mut redis::aio::MultiplexedConnection,
     keys: &[String],
@@ -70,13 +63,12 @@ async fn read_keys(
     for chunk in keys.chunks(chunk) {
         let mut pipe = redis::pipe();
         for k in chunk {
-            pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
+            pipe.cmd("GET").arg(k).cmd("PEXPIRETIME").arg(k);
         }
-        let at = now_ms();
         let replies: Vec<redis::Value> = pipe.query_async(conn).await.unwrap();
         for (k, pair) in chunk.iter().zip(replies.chunks(2)) {
-            if let (redis::Value::BulkString(v), redis::Value::Int(ttl)) = (&pair[0], &pair[1]) {
-                let expiry = if *ttl > 0 { at + *ttl as u64 } else { 0 };
+            if let (redis::Value::BulkString(v), redis::Value::Int(at)) = (&pair[0], &pair[1]) {
+                let expiry = if *at > 0 { *at as u64 } else { 0 };
                 out.push((k.clone(), (v.clone(), expiry)));
             }
         }
@@ -596,8 +588,18 @@ async fn a_killed_job_and_a_restarted_operator_resume_where_they_stopped() {
     let node = Node::start(shop.cp, &shop.ns);
     let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
 
-    // The node dies mid-copy: the Job controller starts another pod, which resumes.
+    // The node dies mid-copy: the operator starts another attempt (a new Job, a new mover
+    // token), which resumes from the checkpoint.
     wait_copying(&shop, &node, 4_000).await;
+    let plan_id_started = shop
+        .policies
+        .get("shop")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.rebalance)
+        .map(|r| r.plan_id)
+        .unwrap();
     assert_eq!(node.kill_running(), 1);
     // And the operator restarts while the copy goes on.
     wait_copying(&shop, &node, 1_000).await;
@@ -615,8 +617,9 @@ async fn a_killed_job_and_a_restarted_operator_resume_where_they_stopped() {
         "one killed pod, one that finished: {logs}"
     );
     assert_eq!(
-        r.attempts, 1,
-        "the operator did not start the plan over: {r:#?}"
+        (r.plan_id, r.attempts),
+        (plan_id_started, 2),
+        "one retry of the same plan, not a new plan: {r:#?}"
     );
 
     let after = digest(&[&shop.primary, &shop.secondary], &keys).await;

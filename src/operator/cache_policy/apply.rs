@@ -28,6 +28,7 @@ use crate::routing::table::{RoutingTable, TABLE_KEY, VERSION_ANNOTATION};
 
 use super::Error;
 use super::build;
+use super::fences;
 
 /// What the apply step left published.
 #[derive(Debug)]
@@ -36,6 +37,53 @@ pub struct Published {
     pub table: Option<RoutingTable>,
     /// Whether this reconcile published a new version.
     pub now: bool,
+    /// A failover was held back because the instance answered again: reconcile again soon.
+    pub held_back: bool,
+}
+
+/// The instances `next` fails over that `previous` did not.
+fn newly_failed_over(previous: Option<&RoutingTable>, next: &RoutingTable) -> Vec<String> {
+    let before: std::collections::BTreeSet<&str> = previous
+        .map(|p| p.failover.iter().map(|f| f.from.as_str()).collect())
+        .unwrap_or_default();
+    let mut out: Vec<String> = next
+        .failover
+        .iter()
+        .map(|f| f.from.as_str())
+        .filter(|f| !before.contains(f))
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Fences every failed-over instance that answers again at `table`'s version, on itself (with
+/// the connections of older tables closed): a sidecar that missed the failover cannot write
+/// there (`docs/protocol.md`).
+pub async fn fence_returning_instances(
+    ctx: &Context,
+    namespace: &str,
+    selected: &[Arc<RedisInstance>],
+    table: &RoutingTable,
+) {
+    let mut from: Vec<&str> = table.failover.iter().map(|f| f.from.as_str()).collect();
+    from.sort_unstable();
+    from.dedup();
+    for name in from {
+        let Some(ri) = selected.iter().find(|ri| ri.name_any() == name) else {
+            continue;
+        };
+        let phase = ri.status.as_ref().and_then(|s| s.phase);
+        if !matches!(phase, Some(p) if p.serves_traffic()) {
+            continue;
+        }
+        if let Err(e) =
+            fences::fence_returning(ctx, namespace, &table.policy, ri, table.version).await
+        {
+            warn!(instance = %name, error = %e, "could not fence a returning instance");
+        }
+    }
 }
 
 /// Publishes `table` when its content differs from the previous one: as the next version,
@@ -47,45 +95,73 @@ pub async fn publish_routing(
     policy: &CachePolicy,
     namespace: &str,
     selected: &[Arc<RedisInstance>],
-    previous: Option<&RoutingTable>,
-    previous_version: u64,
+    current: &super::fetch::Current,
     mut table: RoutingTable,
 ) -> Result<Published, Error> {
+    let previous = current.table.as_ref();
+    let previous_version = current.version;
+    let resource_version = current.resource_version.as_deref();
     let cm_name = config_map_name(policy);
     let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let changed = previous.is_none_or(|p| p.content_hash() != table.content_hash());
     if changed {
         table.version = previous_version + 1;
+        // A failover of an instance that answers right now waits (it is back, or was never
+        // gone for the sidecars); otherwise every other instance learns its fence first.
+        let newly = newly_failed_over(previous, &table);
+        for name in &newly {
+            if let Some(ri) = selected.iter().find(|ri| ri.name_any() == *name)
+                && fences::answers(ctx, namespace, ri).await
+            {
+                info!(instance = %name, "holding a failover back: the instance answers again");
+                return Ok(Published {
+                    table: previous.cloned(),
+                    now: false,
+                    held_back: true,
+                });
+            }
+        }
+        if !newly.is_empty() {
+            let raise: Vec<(String, u64)> =
+                newly.iter().map(|n| (n.clone(), table.version)).collect();
+            let told = fences::notify(ctx, namespace, &table.policy, selected, &raise).await;
+            info!(failed_over = ?newly, instances = told, version = table.version, "failover notice recorded");
+        }
         prepare_targets(ctx, namespace, selected, previous, &table).await?;
-        apply_config_map(&cm_api, policy, &cm_name, &table).await?;
+        apply_config_map(&cm_api, policy, &cm_name, resource_version, &table).await?;
         info!(version = table.version, configmap = %cm_name, "published routing table");
         publish_events(ctx, policy, previous, &table).await;
         cleanup_sources(ctx, namespace, selected, previous, &table).await;
         return Ok(Published {
             table: Some(table),
             now: true,
+            held_back: false,
         });
     }
     if previous_version > 0 && previous.is_some_and(|p| p.version != previous_version) {
         // Keep the annotation and the table's own version in step.
         table.version = previous_version;
-        apply_config_map(&cm_api, policy, &cm_name, &table).await?;
+        apply_config_map(&cm_api, policy, &cm_name, resource_version, &table).await?;
         return Ok(Published {
             table: Some(table),
             now: false,
+            held_back: false,
         });
     }
     Ok(Published {
         table: previous.cloned(),
         now: false,
+        held_back: false,
     })
 }
 
-/// Applies the routing ConfigMap (server-side apply, owned by the policy).
+/// Applies the routing ConfigMap (server-side apply, owned by the policy), on the condition
+/// that it is still at `resource_version` when one is given.
 async fn apply_config_map(
     api: &Api<ConfigMap>,
     policy: &CachePolicy,
     name: &str,
+    resource_version: Option<&str>,
     table: &RoutingTable,
 ) -> Result<(), Error> {
     let cm = ConfigMap {
@@ -104,6 +180,7 @@ async fn apply_config_map(
             ),
             annotations: Some([(VERSION_ANNOTATION.to_owned(), table.version.to_string())].into()),
             owner_references: policy.controller_owner_ref(&()).map(|o| vec![o]),
+            resource_version: resource_version.map(str::to_owned),
             ..ObjectMeta::default()
         },
         data: Some([(TABLE_KEY.to_owned(), table.to_json())].into()),

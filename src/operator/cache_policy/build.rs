@@ -327,38 +327,43 @@ pub fn plan_routing(
                 }
                 continue;
             }
-            let kept = previous.and_then(|t| {
-                t.failover.iter().find(|f| {
-                    f.category == cat.name
-                        && f.from == run.instance
-                        && f.range() == run.range
-                        && by_name.get(f.to.as_str()).is_some_and(|i| i.serving())
-                })
-            });
-            let target = match kept {
-                Some(f) => Some(f.to.clone()),
-                None => choose_fallback(
-                    &cat.name,
-                    run.range,
-                    owner,
-                    fallback_tier,
-                    tier,
-                    instances,
-                    &share,
-                ),
-            };
-            match target {
-                Some(to) => failover.push(Failover {
-                    category: cat.name.clone(),
-                    start: run.range.start,
-                    end: run.range.end,
-                    from: run.instance.clone(),
-                    to,
-                }),
-                None => problems.push(Problem::NoFallback {
-                    category: cat.name.clone(),
-                    instance: run.instance.clone(),
-                }),
+            // A dead source's migrating ranges go to the migration's target, which holds
+            // what moved and what was written since; the rest to a fallback.
+            for (piece, handoff) in handoff_pieces(&cat.name, run, previous, &by_name) {
+                let kept = previous.and_then(|t| {
+                    t.failover.iter().find(|f| {
+                        f.category == cat.name
+                            && f.from == run.instance
+                            && f.range() == piece
+                            && by_name.get(f.to.as_str()).is_some_and(|i| i.serving())
+                    })
+                });
+                let target = match (kept, handoff) {
+                    (Some(f), _) => Some(f.to.clone()),
+                    (None, Some(to)) => Some(to),
+                    (None, None) => choose_fallback(
+                        &cat.name,
+                        piece,
+                        owner,
+                        fallback_tier,
+                        tier,
+                        instances,
+                        &share,
+                    ),
+                };
+                match target {
+                    Some(to) => failover.push(Failover {
+                        category: cat.name.clone(),
+                        start: piece.start,
+                        end: piece.end,
+                        from: run.instance.clone(),
+                        to,
+                    }),
+                    None => problems.push(Problem::NoFallback {
+                        category: cat.name.clone(),
+                        instance: run.instance.clone(),
+                    }),
+                }
             }
         }
     }
@@ -402,6 +407,49 @@ pub fn plan_routing(
         table: Some(table),
         problems: problems_dedup,
     }
+}
+
+/// `run` (owned by an unreachable instance) cut where the previous table migrated parts of it
+/// away: each piece, with the migration's target when that target serves.
+fn handoff_pieces(
+    category: &str,
+    run: &SlotOwner,
+    previous: Option<&RoutingTable>,
+    by_name: &BTreeMap<&str, &InstanceView>,
+) -> Vec<(SlotRange, Option<String>)> {
+    let mut handoffs: Vec<(SlotRange, String)> = previous
+        .map(|t| t.migrating.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| {
+            m.category == category
+                && m.from == run.instance
+                && by_name.get(m.to.as_str()).is_some_and(|i| i.serving())
+        })
+        .filter_map(|m| {
+            let start = m.start.max(run.range.start);
+            let end = m.end.min(run.range.end);
+            (start <= end).then(|| (SlotRange::new(start, end), m.to.clone()))
+        })
+        .collect();
+    handoffs.sort_by_key(|(r, _)| r.start);
+    let mut out = Vec::new();
+    let mut next = run.range.start;
+    for (r, to) in handoffs {
+        if r.start < next {
+            continue;
+        }
+        if r.start > next {
+            out.push((SlotRange::new(next, r.start - 1), None));
+        }
+        out.push((r, Some(to)));
+        if r.end >= run.range.end {
+            return out;
+        }
+        next = r.end + 1;
+    }
+    out.push((SlotRange::new(next, run.range.end), None));
+    out
 }
 
 /// A serving instance to take over `range` of `category` from the unreachable `owner`.

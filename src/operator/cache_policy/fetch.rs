@@ -97,18 +97,27 @@ pub fn policies_selecting(
         .collect()
 }
 
-/// Reads the table in the routing ConfigMap: `(table, version)`; the version survives a table
-/// this build cannot parse, so versions keep increasing.
-pub async fn read_published(
-    api: &Api<ConfigMap>,
-    name: &str,
-) -> Result<(Option<RoutingTable>, u64), Error> {
+/// What the routing ConfigMap holds now.
+#[derive(Debug, Clone, Default)]
+pub struct Current {
+    /// The table, if there is one this build can read.
+    pub table: Option<RoutingTable>,
+    /// Its version (which survives a table this build cannot read, so versions keep
+    /// increasing).
+    pub version: u64,
+    /// The ConfigMap's resourceVersion: the next publish is conditional on it, so two
+    /// operators that both think they lead cannot publish two tables under one version.
+    pub resource_version: Option<String>,
+}
+
+/// Reads the table in the routing ConfigMap.
+pub async fn read_published(api: &Api<ConfigMap>, name: &str) -> Result<Current, Error> {
     let cm = api.get_opt(name).await.map_err(|source| Error::ConfigMap {
         name: name.to_owned(),
         source,
     })?;
     let Some(cm) = cm else {
-        return Ok((None, 0));
+        return Ok(Current::default());
     };
     let annotated = annotated_version(&cm).unwrap_or(0);
     let table = table_of(&cm).and_then(|parsed| match parsed {
@@ -121,5 +130,9 @@ pub async fn read_published(
     let version = table
         .as_ref()
         .map_or(annotated, |t| t.version.max(annotated));
-    Ok((table, version))
+    Ok(Current {
+        table,
+        version,
+        resource_version: cm.resource_version(),
+    })
 }

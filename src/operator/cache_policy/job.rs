@@ -36,8 +36,8 @@ pub struct JobSettings {
     /// ServiceAccount of the Job's pod (needs to read the policy, its ConfigMap and Secrets,
     /// and to patch the policy's status).
     pub service_account: Option<String>,
-    /// Pod retries by the Job controller (with its exponential backoff); a retried pod resumes
-    /// from the checkpoint.
+    /// Pod retries by the Job controller. 0: each attempt is one pod, and the operator retries
+    /// with a new Job — a new mover token, so an old pod that lives on cannot interfere.
     pub backoff_limit: i32,
 }
 
@@ -48,7 +48,7 @@ impl Default for JobSettings {
             image: "ghcr.io/redis-fleet/redis-fleet:0.1.0".to_owned(),
             pull_policy: None,
             service_account: None,
-            backoff_limit: 3,
+            backoff_limit: 0,
         }
     }
 }
@@ -194,6 +194,17 @@ pub fn outcome(job: &Job) -> Option<bool> {
     }
 }
 
+/// When the Job ended (its Complete or Failed condition), if it did.
+pub fn ended_at(job: &Job) -> Option<k8s_openapi::jiff::Timestamp> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .filter(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        .find_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,7 +229,7 @@ mod tests {
             "CachePolicy"
         );
         let spec = job.spec.unwrap();
-        assert_eq!(spec.backoff_limit, Some(3));
+        assert_eq!(spec.backoff_limit, Some(0));
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         let c = &pod.containers[0];

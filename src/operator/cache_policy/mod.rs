@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod fences;
 pub mod fetch;
 pub mod job;
 pub mod rebalance;
@@ -152,13 +153,27 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
         .collect();
     ctx.record_usage(&namespace, &views);
     let cm_api = kube::Api::namespaced(shared.client.clone(), &namespace);
-    let (previous, previous_version) = fetch::read_published(&cm_api, &cm_name).await?;
+    let current = fetch::read_published(&cm_api, &cm_name).await?;
+    let (previous, previous_version) = (current.table.clone(), current.version);
     let key = format!("{namespace}/{name}");
+
+    // A plan whose source or target died is abandoned before anything else is decided.
+    let rebalance_on = policy.spec.balancing.rebalance.enabled;
+    let mut rb = policy.status.as_ref().and_then(|s| s.rebalance.clone());
+    if rebalance_on {
+        rb = rebalance::abandon_dead_ends(
+            &ctx,
+            &policy,
+            rb,
+            &views,
+            &selected,
+            previous_version + 1,
+        )
+        .await?;
+    }
 
     // Build, then apply.
     let planned = plan_routing(&key, &policy.spec, &views, previous.as_ref());
-    let rebalance_on = policy.spec.balancing.rebalance.enabled;
-    let mut rb = policy.status.as_ref().and_then(|s| s.rebalance.clone());
     let mut publish_error = None;
     let mut desired = None;
     let published = match planned.table {
@@ -171,6 +186,7 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
             Published {
                 table: previous.clone(),
                 now: false,
+                held_back: false,
             }
         }
         Some(planned_table) => {
@@ -182,16 +198,9 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
                 rebalance_on,
             );
             desired = Some(planned_table);
-            let published = apply::publish_routing(
-                shared,
-                &policy,
-                &namespace,
-                &selected,
-                previous.as_ref(),
-                previous_version,
-                table,
-            )
-            .await?;
+            let published =
+                apply::publish_routing(shared, &policy, &namespace, &selected, &current, table)
+                    .await?;
             if published.now
                 && let (Some(r), Some(t), Some(table)) = (rb.as_mut(), transition, &published.table)
             {
@@ -201,7 +210,11 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
         }
     };
     let published_now = published.now;
+    let held_back = published.held_back;
     let published = published.table;
+    if let Some(t) = &published {
+        apply::fence_returning_instances(shared, &namespace, &selected, t).await;
+    }
 
     // Rebalance: samples (memory per category, sidecar heartbeats), then rebalance Jobs.
     // Planning needs a sample taken after the memory change that woke us; while a Job runs,
@@ -256,6 +269,9 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
     };
     status::record_metrics(&shared.metrics, &labels, published.as_ref(), &next);
     status::write(shared, &policy, &namespace, &next).await?;
+    if held_back {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     Ok(Action::requeue(RESYNC))
 }
 

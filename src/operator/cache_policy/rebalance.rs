@@ -11,6 +11,13 @@
 //! | Preparing   | old owners                       | `Prepared` → publish migrating |
 //! | Migrating   | old owners + `migrating` ranges  | `Copied` → publish new owners  |
 //! | Finalizing  | new owners                       | Job complete → Succeeded       |
+//!
+//! A failed attempt is retried with a new Job (a new mover token). When attempts run out
+//! before any source imported, the plan is rolled back (its Jobs fenced off, the old owners
+//! published again); once a source imports, it is retried with a growing delay until it
+//! finishes, since its keys are split between source and target (served correctly through the
+//! guard meanwhile). A plan whose source or target becomes unreachable is abandoned at once
+//! ([`abandon_dead_ends`]): the ranges go to the side that is alive.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,8 +44,12 @@ use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
 use crate::routing::table::{Migration, RoutingTable, SlotOwner};
 
 use super::build::InstanceView;
+use super::fences;
 use super::job::{self, JobSettings};
 use super::{Error, PolicyContext};
+use crate::api::redis_instance::RedisInstance;
+use crate::redis::protocol::names;
+use std::sync::Arc;
 
 /// Whether a rebalance is under way (its ranges must stay as the phase says).
 pub fn is_active(r: &RebalanceStatus) -> bool {
@@ -374,8 +385,131 @@ fn shape_for_rebalance(
 // The Jobs
 // ---------------------------------------------------------------------------------------------
 
-/// Attempts of one plan before it is given up.
+/// Attempts of one plan before it is rolled back (when nothing moved yet) or retried more
+/// slowly (once keys moved).
 const MAX_ATTEMPTS: i32 = 4;
+
+/// The delay before attempt `attempt` once [`MAX_ATTEMPTS`] are spent: 30 s, doubling, at
+/// most 10 minutes.
+fn retry_delay(attempt: i32) -> std::time::Duration {
+    let extra = u32::try_from(attempt - MAX_ATTEMPTS).unwrap_or(0).min(5);
+    std::time::Duration::from_secs(30 * 2u64.pow(extra)).min(std::time::Duration::from_secs(600))
+}
+
+/// Whether a plan's Job had not imported yet by what it reported: before that, nothing moved.
+fn before_import(r: &RebalanceStatus) -> bool {
+    r.phase == rebalance_phase::PREPARING
+        || (r.phase == rebalance_phase::MIGRATING
+            && matches!(
+                r.step.as_deref(),
+                None | Some(rebalance_step::PREPARING)
+                    | Some(rebalance_step::PREPARED)
+                    | Some(rebalance_step::CONVERGING)
+                    | Some(rebalance_step::FENCING)
+            ))
+}
+
+/// The moves of an active plan whose source or target is unreachable, with the dead ends.
+pub fn dead_ends(r: &RebalanceStatus, views: &[InstanceView]) -> Vec<String> {
+    if !is_active(r) || r.phase == rebalance_phase::FINALIZING {
+        return Vec::new();
+    }
+    let dead = |name: &str| {
+        views
+            .iter()
+            .any(|v| v.name == name && v.phase == InstancePhase::Unreachable)
+    };
+    let mut out: Vec<String> = r
+        .moves
+        .iter()
+        .flat_map(|m| [m.from.clone(), m.to.clone()])
+        .filter(|n| dead(n))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Abandons an active plan whose source or target became unreachable (`docs/protocol.md`,
+/// "Failover and failback"): fences its Jobs off the instances that answer, removes the
+/// importing markers of moves whose target died (the source serves its range alone again),
+/// records the dead instances' fences at `next_version` on every instance that answers, and
+/// marks the plan Failed. The table published next has no migrating ranges; the routing
+/// build fails a dead source's migrating ranges over to their target.
+pub async fn abandon_dead_ends(
+    ctx: &PolicyContext,
+    policy: &CachePolicy,
+    rb: Option<RebalanceStatus>,
+    views: &[InstanceView],
+    selected: &[Arc<RedisInstance>],
+    next_version: u64,
+) -> Result<Option<RebalanceStatus>, Error> {
+    let Some(mut r) = rb else { return Ok(None) };
+    let dead = dead_ends(&r, views);
+    if dead.is_empty() {
+        return Ok(Some(r));
+    }
+    let shared = &ctx.shared;
+    let namespace = policy.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{}", policy.name_any());
+    let alive = |name: &str| {
+        selected
+            .iter()
+            .find(|ri| ri.name_any() == name && !dead.iter().any(|d| d == name))
+    };
+    for m in &r.moves {
+        for end in [&m.from, &m.to] {
+            if let Some(ri) = alive(end)
+                && let Err(e) = fences::fence_jobs(shared, &namespace, &key, r.plan_id, ri).await
+            {
+                warn!(instance = %end, error = %e, "could not fence the rebalance Jobs off an instance");
+            }
+        }
+        if dead.contains(&m.to)
+            && let Some(source) = alive(&m.from)
+        {
+            let migration = Migration {
+                category: m.category.clone(),
+                start: u16::try_from(m.start).unwrap_or_default(),
+                end: u16::try_from(m.end).unwrap_or_default(),
+                from: m.from.clone(),
+                to: m.to.clone(),
+                epoch: u64::try_from(r.plan_id).unwrap_or_default(),
+            };
+            let marker = names::importing(&key, &migration);
+            if let Err(e) =
+                fences::unmark(shared, &namespace, &key, r.plan_id, source, &marker).await
+            {
+                warn!(instance = %m.from, error = %e, "could not remove an importing marker");
+            }
+        }
+    }
+    let raise: Vec<(String, u64)> = dead.iter().map(|d| (d.clone(), next_version)).collect();
+    fences::notify(shared, &namespace, &key, selected, &raise).await;
+    if let Some(name) = r.job.clone() {
+        let driver = Driver::new(shared, &ctx.jobs, policy, Some(&r));
+        let _ = driver
+            .jobs
+            .delete(&name, &kube::api::DeleteParams::background())
+            .await;
+    }
+    r.phase = rebalance_phase::FAILED.to_owned();
+    r.finished_at = Some(Time(Timestamp::now()));
+    r.message = Some(format!(
+        "abandoned: {} became unreachable; its ranges go to the instances that are alive (data only the unreachable instance held is unavailable until it returns, then dropped)",
+        dead.join(", ")
+    ));
+    let driver = Driver::new(shared, &ctx.jobs, policy, Some(&r));
+    driver
+        .event(
+            "RebalanceAbandoned",
+            true,
+            r.message.clone().unwrap_or_default(),
+        )
+        .await;
+    warn!(plan = r.plan_id, dead = ?dead, "rebalance abandoned");
+    Ok(Some(r))
+}
 
 /// Follows the Job of the rebalance in progress, or plans and starts a new one. Returns the
 /// rebalance status to write.
@@ -392,15 +526,6 @@ pub async fn drive(
     if let Some(r) = rb.clone().filter(is_active) {
         return driver.follow(r).await.map(Some);
     }
-    // A failed plan whose ranges were already flipped is resumed only on request.
-    if let Some(r) = rb
-        .as_ref()
-        .filter(|r| r.phase == rebalance_phase::FAILED && r.flip_version.is_some())
-        && driver.forced.is_none()
-    {
-        return Ok(Some(r.clone()));
-    }
-
     // Nothing running: plan.
     let forced = driver.forced.is_some();
     let (moves, reasons) = moves_to_make(
@@ -573,8 +698,16 @@ impl<'a> Driver<'a> {
                 )
                 .await;
             }
-            (Some(_), Some(_)) => {
-                // Failed (or ended before finishing): retry with a fresh Job, up to a limit.
+            (Some(_), Some(true))
+                if matches!(
+                    r.step.as_deref(),
+                    Some(rebalance_step::COPIED | rebalance_step::DONE)
+                ) =>
+            {
+                // Finished, but the operator has not published the new owners yet: wait.
+            }
+            // Failed, or ended before finishing.
+            (Some(done), Some(_)) => {
                 self.ctx
                     .metrics
                     .rebalance_failures
@@ -583,45 +716,126 @@ impl<'a> Driver<'a> {
                         policy: self.policy.name_any(),
                     })
                     .inc();
-                if r.attempts >= MAX_ATTEMPTS && self.forced.is_none() {
+                if self.forced.is_some() || r.attempts < MAX_ATTEMPTS {
+                    return self.retry(r).await;
+                }
+                if r.phase == rebalance_phase::FINALIZING {
+                    // The new owners are published: only the cleanup failed.
+                    r.phase = rebalance_phase::SUCCEEDED.to_owned();
+                    r.finished_at = Some(Time(Timestamp::now()));
+                    r.message = Some(format!(
+                        "the data moved; the cleanup failed {} times (importing markers and checkpoints stay on the sources, harmless)",
+                        r.attempts
+                    ));
+                    return Ok(r);
+                }
+                if before_import(&r) && self.nothing_imported(&r).await {
                     r.phase = rebalance_phase::FAILED.to_owned();
                     r.finished_at = Some(Time(Timestamp::now()));
                     r.message = Some(format!(
-                        "gave up after {} attempts; the ranges already flipped keep moving on access. Set the {REBALANCE_NOW_ANNOTATION} annotation to try again",
+                        "rolled back after {} attempts, before any key moved: the old owners serve every range again",
                         r.attempts
                     ));
                     self.event(
-                        "RebalanceFailed",
+                        "RebalanceRolledBack",
                         true,
                         r.message.clone().unwrap_or_default(),
                     )
                     .await;
-                } else {
-                    r.attempts = if self.forced.is_some() {
-                        1
-                    } else {
-                        r.attempts + 1
-                    };
-                    if self.forced.is_some() {
-                        r.forced_by = self.forced.clone();
-                    }
-                    r.job = Some(job::job_name(
-                        &self.policy.name_any(),
-                        r.plan_id,
-                        r.attempts,
-                    ));
-                    self.create_job(&r).await?;
-                    self.event(
-                        "RebalanceRetried",
-                        true,
-                        format!("attempt {} of plan {}", r.attempts, r.plan_id),
-                    )
-                    .await;
+                    return Ok(r);
                 }
+                // Keys moved: only finishing leaves every key in one place. Retry, slower.
+                let ended = job::ended_at(&done).unwrap_or_else(Timestamp::now);
+                let wait = retry_delay(r.attempts + 1);
+                let since = Timestamp::now().duration_since(ended).unsigned_abs();
+                if since < wait {
+                    r.message = Some(format!(
+                        "attempt {} failed; retrying in {}s (the moving ranges are served through their sources meanwhile)",
+                        r.attempts,
+                        (wait - since).as_secs()
+                    ));
+                    return Ok(r);
+                }
+                return self.retry(r).await;
             }
             (Some(_), None) => {}
         }
         Ok(r)
+    }
+
+    /// Starts attempt `attempts + 1` of plan `r` with a new Job.
+    async fn retry(&self, mut r: RebalanceStatus) -> Result<RebalanceStatus, Error> {
+        r.attempts = if self.forced.is_some() {
+            r.attempts.max(1) + 1
+        } else {
+            r.attempts + 1
+        };
+        if self.forced.is_some() {
+            r.forced_by = self.forced.clone();
+        }
+        r.job = Some(job::job_name(
+            &self.policy.name_any(),
+            r.plan_id,
+            r.attempts,
+        ));
+        self.create_job(&r).await?;
+        self.event(
+            "RebalanceRetried",
+            true,
+            format!("attempt {} of plan {}", r.attempts, r.plan_id),
+        )
+        .await;
+        Ok(r)
+    }
+
+    /// Fences every Job of plan `r` off its sources and targets, then checks that no source
+    /// imports: `true` when the plan can be rolled back without moving a key.
+    async fn nothing_imported(&self, r: &RebalanceStatus) -> bool {
+        let namespace = &self.policy_ns;
+        let key = format!("{namespace}/{}", self.policy.name_any());
+        let instances: Vec<Arc<RedisInstance>> = self.ctx.instances.state();
+        let find = |name: &str| {
+            instances
+                .iter()
+                .find(|ri| ri.name_any() == name && ri.namespace().as_deref() == Some(namespace))
+                .cloned()
+        };
+        for m in &r.moves {
+            for end in [&m.from, &m.to] {
+                let Some(ri) = find(end) else { return false };
+                if fences::fence_jobs(self.ctx, namespace, &key, r.plan_id, &ri)
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+        }
+        for m in &r.moves {
+            let Some(ri) = find(&m.from) else {
+                return false;
+            };
+            let migration = Migration {
+                category: m.category.clone(),
+                start: u16::try_from(m.start).unwrap_or_default(),
+                end: u16::try_from(m.end).unwrap_or_default(),
+                from: m.from.clone(),
+                to: m.to.clone(),
+                epoch: u64::try_from(r.plan_id).unwrap_or_default(),
+            };
+            match fences::importing(
+                self.ctx,
+                namespace,
+                &ri,
+                &names::importing(&key, &migration),
+            )
+            .await
+            {
+                Ok(false) => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Starts a plan of `moves`, numbered after the published table's version.
@@ -632,7 +846,11 @@ impl<'a> Driver<'a> {
         reasons: Vec<String>,
         published: &RoutingTable,
     ) -> Result<RebalanceStatus, Error> {
-        let plan_id = i64::try_from(published.version).unwrap_or(i64::MAX);
+        // Plan ids never repeat (they name the importing markers): a plan that failed before
+        // anything was published has the same table version as the next one.
+        let plan_id = i64::try_from(published.version)
+            .unwrap_or(i64::MAX)
+            .max(rb.as_ref().map_or(0, |r| r.plan_id + 1));
         let r = RebalanceStatus {
             phase: rebalance_phase::PREPARING.to_owned(),
             plan_id,

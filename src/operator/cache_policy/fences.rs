@@ -1,0 +1,165 @@
+//! The operator's part of the data protocol (`docs/protocol.md`): fences it raises around
+//! failovers, and how it stops a rebalance whose Job must not act any more.
+//!
+//! - Before it publishes a failover of an instance, it records the instance's fence — the
+//!   version about to be published — on every other reachable instance (the *failover
+//!   notice*), so a sidecar that missed the failover cannot write to the instance when it
+//!   comes back: sidecars hear every instance's fences before they use a reconnected one.
+//! - While a failed-over instance answers again, it raises the fence on the instance itself
+//!   and closes the connections of older tables there.
+//! - To stop a plan, it raises the policy's mover token on the instances the plan moves data
+//!   between to the highest token of that plan: no attempt of it can change anything after.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use redis::aio::MultiplexedConnection;
+use tracing::{info, warn};
+
+use crate::api::redis_instance::RedisInstance;
+use crate::operator::context::Context;
+use crate::redis::connect::redact;
+use crate::redis::protocol::mover::{self, MoveError};
+use crate::redis::protocol::{fence, names};
+
+/// A connection to `ri`, kept between reconciles; errors carry no credentials.
+pub async fn connect(
+    ctx: &Context,
+    namespace: &str,
+    ri: &RedisInstance,
+) -> Result<MultiplexedConnection, String> {
+    let target = ctx
+        .secrets
+        .target_of(ri, namespace)
+        .await
+        .map_err(|e| e.to_string())?;
+    let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(500));
+    ctx.connections
+        .connection(&ObjectRef::from_obj(ri), &target, timeout)
+        .await
+        .map_err(|e| redact(&e, &target.credentials))
+}
+
+/// Whether `ri` answers a PING within its health timeout, now.
+pub async fn answers(ctx: &Context, namespace: &str, ri: &RedisInstance) -> bool {
+    let Ok(mut conn) = connect(ctx, namespace, ri).await else {
+        return false;
+    };
+    let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(200));
+    let cmd = redis::cmd("PING");
+    let ping = cmd.query_async::<String>(&mut conn);
+    match tokio::time::timeout(timeout, ping).await {
+        Ok(Ok(_)) => true,
+        _ => {
+            ctx.connections.drop_connection(&ObjectRef::from_obj(ri));
+            false
+        }
+    }
+}
+
+/// Raises the fences `raise` (instance → version) of `policy` on every instance of
+/// `selected` that answers; how many recorded them.
+pub async fn notify(
+    ctx: &Context,
+    namespace: &str,
+    policy: &str,
+    selected: &[Arc<RedisInstance>],
+    raise: &[(String, u64)],
+) -> usize {
+    let mut recorded = 0;
+    for ri in selected {
+        let name = ri.name_any();
+        let Ok(mut conn) = connect(ctx, namespace, ri).await else {
+            continue;
+        };
+        match fence::raise(&mut conn, policy, raise).await {
+            Ok(_) => recorded += 1,
+            Err(e) => {
+                ctx.connections.drop_connection(&ObjectRef::from_obj(&**ri));
+                warn!(instance = %name, error = %e, "could not record fences");
+            }
+        }
+    }
+    recorded
+}
+
+/// Raises `ri`'s own fence to `version` on it and closes the connections of older tables
+/// there (a failed-over instance that answers again).
+pub async fn fence_returning(
+    ctx: &Context,
+    namespace: &str,
+    policy: &str,
+    ri: &RedisInstance,
+    version: u64,
+) -> Result<(), String> {
+    let mut conn = connect(ctx, namespace, ri).await?;
+    let name = ri.name_any();
+    fence::raise(&mut conn, policy, &[(name.clone(), version)])
+        .await
+        .map_err(|e| e.to_string())?;
+    let closed = fence::close_older_connections(&mut conn, policy, version)
+        .await
+        .map_err(|e| e.to_string())?;
+    if closed > 0 {
+        info!(instance = %name, closed, version, "closed connections of routing tables older than the failover");
+    }
+    Ok(())
+}
+
+/// The operator's mover for `plan`: the highest token of the plan, above every attempt.
+pub fn operator_mover(policy: &str, plan: i64) -> mover::Mover {
+    mover::Mover {
+        policy: policy.to_owned(),
+        token: names::mover_token(u64::try_from(plan).unwrap_or_default(), u32::MAX),
+    }
+}
+
+/// Fences every Job attempt of `plan` off `ri` (raises the mover token above them).
+pub async fn fence_jobs(
+    ctx: &Context,
+    namespace: &str,
+    policy: &str,
+    plan: i64,
+    ri: &RedisInstance,
+) -> Result<(), String> {
+    let mut conn = connect(ctx, namespace, ri).await?;
+    match operator_mover(policy, plan).claim(&mut conn).await {
+        // A newer plan holds the token: this one's Jobs are fenced off already.
+        Ok(()) | Err(MoveError::Fenced) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether the importing marker `marker` is set on `ri`.
+pub async fn importing(
+    ctx: &Context,
+    namespace: &str,
+    ri: &RedisInstance,
+    marker: &str,
+) -> Result<bool, String> {
+    let mut conn = connect(ctx, namespace, ri).await?;
+    redis::cmd("EXISTS")
+        .arg(marker)
+        .query_async::<i64>(&mut conn)
+        .await
+        .map(|n| n == 1)
+        .map_err(|e| e.to_string())
+}
+
+/// Removes the importing marker `marker` of `plan` from `ri` (after the Jobs were fenced).
+pub async fn unmark(
+    ctx: &Context,
+    namespace: &str,
+    policy: &str,
+    plan: i64,
+    ri: &RedisInstance,
+    marker: &str,
+) -> Result<(), String> {
+    let mut conn = connect(ctx, namespace, ri).await?;
+    operator_mover(policy, plan)
+        .mark_importing(&mut conn, marker, false)
+        .await
+        .map_err(|e| e.to_string())
+}
