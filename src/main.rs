@@ -80,6 +80,11 @@ struct OperatorArgs {
     /// ServiceAccount of rebalance Jobs.
     #[arg(long, env = "REDIS_FLEET_REBALANCE_SERVICE_ACCOUNT")]
     rebalance_service_account: Option<String>,
+    /// How long a rebalance Job waits for every sidecar to load the table that announces a
+    /// migration; sidecars still behind then are fenced off the instances it moves data between
+    /// (their clients get -TRYAGAIN there until the sidecar has the new table).
+    #[arg(long, default_value = "2m", value_parser = parse_duration, env = "REDIS_FLEET_REBALANCE_CONVERGE_TIMEOUT")]
+    rebalance_converge_timeout: std::time::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -289,6 +294,7 @@ fn main() -> anyhow::Result<()> {
                     service_account: args.rebalance_service_account,
                     // One pod per attempt: a retry is a new Job with a new mover token.
                     backoff_limit: 0,
+                    converge_timeout: args.rebalance_converge_timeout,
                 },
                 leader_election: args.leader_election.then_some(
                     redis_fleet::operator::leader::ElectionConfig {

@@ -39,6 +39,8 @@ pub struct JobSettings {
     /// Pod retries by the Job controller. 0: each attempt is one pod, and the operator retries
     /// with a new Job — a new mover token, so an old pod that lives on cannot interfere.
     pub backoff_limit: i32,
+    /// How long the Job waits for the sidecars to converge (`--converge-timeout`).
+    pub converge_timeout: std::time::Duration,
 }
 
 impl Default for JobSettings {
@@ -49,6 +51,7 @@ impl Default for JobSettings {
             pull_policy: None,
             service_account: None,
             backoff_limit: 0,
+            converge_timeout: std::time::Duration::from_secs(120),
         }
     }
 }
@@ -96,6 +99,8 @@ pub fn build(policy: &CachePolicy, plan_id: i64, attempt: i32, settings: &JobSet
             plan_id.to_string(),
             "--attempt".to_owned(),
             attempt.to_string(),
+            "--converge-timeout".to_owned(),
+            format!("{}ms", settings.converge_timeout.as_millis()),
         ]),
         env: Some(vec![
             EnvVar {
@@ -242,7 +247,9 @@ mod tests {
                 "--plan",
                 "17",
                 "--attempt",
-                "1"
+                "1",
+                "--converge-timeout",
+                "120000ms"
             ]
         );
         let sc = c.security_context.as_ref().unwrap();
