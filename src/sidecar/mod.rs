@@ -16,6 +16,7 @@ pub mod heartbeat;
 pub mod metrics;
 pub mod reload;
 pub mod router;
+pub mod scripts;
 pub mod session;
 pub mod ttl;
 

@@ -141,12 +141,29 @@ pub fn apply(rules: &TtlRules, spec: &CommandSpec, args: &[Bytes], now_ms: u64) 
                 }
                 None => TtlAction::Unchanged,
             },
-            Some(v) if v > 0 && rules.max_ms.is_some_and(|m| v as u64 > m) => {
-                let mut out = args.to_vec();
-                out[2] = ms_bytes(cap(v as u64));
-                // ABSTTL would make the capped value an absolute time; drop the flag.
-                out.retain(|a| !a.eq_ignore_ascii_case(b"ABSTTL"));
-                TtlAction::Replace(out)
+            Some(v) if v > 0 => {
+                // With ABSTTL the TTL is a Unix time in ms, not a duration.
+                let absolute = args[4..].iter().any(|a| a.eq_ignore_ascii_case(b"ABSTTL"));
+                let ms = if absolute {
+                    (v as u64).saturating_sub(now_ms)
+                } else {
+                    v as u64
+                };
+                match rules.max_ms {
+                    Some(m) if ms > m => {
+                        let mut out = args[..4].to_vec();
+                        out[2] = ms_bytes(cap(ms));
+                        // Capped as a duration: the flag goes.
+                        out.extend(
+                            args[4..]
+                                .iter()
+                                .filter(|a| !a.eq_ignore_ascii_case(b"ABSTTL"))
+                                .cloned(),
+                        );
+                        TtlAction::Replace(out)
+                    }
+                    _ => TtlAction::Unchanged,
+                }
             }
             _ => TtlAction::Unchanged,
         },
@@ -225,6 +242,38 @@ fn set(rules: &TtlRules, args: &[Bytes], now_ms: u64) -> TtlAction {
             _ => TtlAction::Unchanged,
         },
     }
+}
+
+/// `PEXPIRE key ms NX` without the NX flag (Redis before 7.0 lacks it): only a key without a
+/// TTL gets one.
+pub const EXPIRE_NX_SCRIPT: &str = "if redis.call('PTTL', KEYS[1]) == -1 then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0";
+
+/// `PEXPIRE key ms GT` without the GT flag: only a TTL shorter than `ms` grows (a key without
+/// a TTL counts as one that never expires, as with GT).
+pub const EXPIRE_GT_SCRIPT: &str = "local t = redis.call('PTTL', KEYS[1]) if t > 0 and t < tonumber(ARGV[1]) then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0";
+
+/// The sidecar's own TTL commands (from [`default_expiry`] and [`adaptive_extension`]) as an
+/// instance runs them: unchanged on Redis 7.0 and later; on older servers, which have no
+/// `NX`/`GT` flags, as the equivalent scripts (they would otherwise fail, unseen, since the
+/// client never reads their replies).
+pub fn for_server(cmd: Vec<Bytes>, legacy: bool) -> Vec<Bytes> {
+    if !legacy || cmd.len() != 4 || !cmd[0].eq_ignore_ascii_case(b"PEXPIRE") {
+        return cmd;
+    }
+    let script = if cmd[3].eq_ignore_ascii_case(b"NX") {
+        EXPIRE_NX_SCRIPT
+    } else if cmd[3].eq_ignore_ascii_case(b"GT") {
+        EXPIRE_GT_SCRIPT
+    } else {
+        return cmd;
+    };
+    vec![
+        Bytes::from_static(b"EVAL"),
+        Bytes::from_static(script.as_bytes()),
+        Bytes::from_static(b"1"),
+        cmd[1].clone(),
+        cmd[2].clone(),
+    ]
 }
 
 /// Whether the command named `name` is a read whose hits may extend a key's TTL in an adaptive
@@ -354,6 +403,43 @@ mod tests {
             call(&r, &args("RESTORE k 0 payload")),
             TtlAction::Replace(args("RESTORE k 1000 payload"))
         );
+    }
+
+    #[test]
+    fn restore_with_an_absolute_expiry_is_capped_as_a_duration() {
+        let r = rules(None, Some(60_000));
+        let spec = command::lookup(b"restore").unwrap();
+        let now = 1_000_000_000;
+        // An hour from now, given as a Unix time: capped to a minute from now.
+        let far = args(&format!("RESTORE k {} payload ABSTTL", now + 3_600_000));
+        assert_eq!(
+            apply(&r, spec, &far, now),
+            TtlAction::Replace(args("RESTORE k 60000 payload"))
+        );
+        // Ten seconds from now: within the cap, untouched (the old rule read it as 31 years).
+        let near = args(&format!(
+            "RESTORE k {} payload ABSTTL REPLACE",
+            now + 10_000
+        ));
+        assert_eq!(apply(&r, spec, &near, now), TtlAction::Unchanged);
+        assert_eq!(
+            apply(&r, spec, &args("RESTORE k 3600000 payload REPLACE"), now),
+            TtlAction::Replace(args("RESTORE k 60000 payload REPLACE"))
+        );
+    }
+
+    #[test]
+    fn ttl_commands_become_scripts_on_servers_before_7() {
+        let nx = args("PEXPIRE k 1000 NX");
+        assert_eq!(for_server(nx.clone(), false), nx);
+        let old = for_server(nx, true);
+        assert_eq!(old[0], Bytes::from_static(b"EVAL"));
+        assert_eq!(old[1], Bytes::from_static(EXPIRE_NX_SCRIPT.as_bytes()));
+        assert_eq!(&old[2..], &args("1 k 1000")[..]);
+        let gt = for_server(args("PEXPIRE k 5000 GT"), true);
+        assert_eq!(gt[1], Bytes::from_static(EXPIRE_GT_SCRIPT.as_bytes()));
+        // Anything else is left alone.
+        assert_eq!(for_server(args("SET k v"), true), args("SET k v"));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::redis::protocol::names;
 use crate::redis::resp::{FrameScanner, Limits, encode_request};
 
 pub use dedicated::Dedicated;
-pub use stream::{Stream, handshake, open};
+pub use stream::{Greeting, Stream, handshake, open};
 
 /// How many scheduler turns a lane waits for more requests to join a write, at most. Each turn
 /// only lasts while other connections have work ready, so an idle proxy adds no delay.
@@ -227,6 +227,7 @@ struct Lane {
 /// What a lane needs to (re)connect.
 #[derive(Clone)]
 struct LaneSetup {
+    legacy: Arc<AtomicBool>,
     name: String,
     target: Target,
     options: BackendOptions,
@@ -244,6 +245,8 @@ pub struct Backend {
     naming: Naming,
     view: Arc<FleetView>,
     fence: Arc<AtomicU64>,
+    /// The server is older than Redis 7.0 (learnt at the lanes' handshakes).
+    legacy: Arc<AtomicBool>,
     lanes: Vec<Lane>,
     last_error: Arc<Mutex<String>>,
     metrics: BackendMetrics,
@@ -271,7 +274,9 @@ impl Backend {
         version: u64,
     ) -> Arc<Self> {
         let last_error = Arc::new(Mutex::new("not connected yet".to_owned()));
+        let legacy = Arc::new(AtomicBool::new(false));
         let setup = LaneSetup {
+            legacy: legacy.clone(),
             name: name.to_owned(),
             target: target.clone(),
             options: options.clone(),
@@ -283,7 +288,9 @@ impl Backend {
         let lanes = (0..options.lanes.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let up = Arc::new(AtomicBool::new(false));
+                // Requests queue while the first connection is being made; a failed attempt
+                // marks the lane down, and requests then fail at once.
+                let up = Arc::new(AtomicBool::new(true));
                 let gate = Arc::new(Mutex::new(version));
                 tokio::spawn(run_lane(setup.clone(), rx, up.clone(), gate.clone()));
                 Lane { tx, up, gate }
@@ -292,6 +299,7 @@ impl Backend {
         Arc::new(Self {
             name: name.to_owned(),
             fence: view.fence_cell(name),
+            legacy,
             target,
             options,
             naming,
@@ -312,6 +320,11 @@ impl Backend {
                 let _ = lane.tx.send(Job::Rename(version));
             }
         }
+    }
+
+    /// Whether the server is older than Redis 7.0 (see [`super::ttl::for_server`]).
+    pub fn legacy(&self) -> bool {
+        self.legacy.load(Ordering::Acquire)
     }
 
     /// The instance's fence: the lowest table version allowed to send here.
@@ -436,14 +449,14 @@ impl Backend {
         let mut stream = open(&self.target, self.options.connect_timeout)
             .await
             .map_err(unavailable)?;
-        let fences = handshake(
+        let greeting = handshake(
             &mut stream,
             &self.naming.connection(version),
             &self.naming.policy,
         )
         .await
         .map_err(unavailable)?;
-        self.view.merge(&fences);
+        self.view.merge(&greeting.fences);
         let after = self.view.next_round();
         if !self
             .view
@@ -471,10 +484,10 @@ impl Backend {
         let mut stream = open(&self.target, self.options.connect_timeout)
             .await
             .map_err(unavailable)?;
-        let fences = handshake(&mut stream, &self.naming.control(), &self.naming.policy)
+        let greeting = handshake(&mut stream, &self.naming.control(), &self.naming.policy)
             .await
             .map_err(unavailable)?;
-        self.view.merge(&fences);
+        self.view.merge(&greeting.fences);
         Ok(Dedicated::new(
             self.name.clone(),
             stream,
@@ -502,6 +515,7 @@ async fn run_lane(
     gate: Arc<Mutex<u64>>,
 ) {
     let LaneSetup {
+        legacy,
         name,
         target,
         options,
@@ -515,10 +529,11 @@ async fn run_lane(
         let connect = async {
             let mut stream = open(&target, options.connect_timeout).await?;
             let version = *gate.lock().unwrap_or_else(|e| e.into_inner());
-            let fences = handshake(&mut stream, &naming.connection(version), &naming.policy)
+            let greeting = handshake(&mut stream, &naming.connection(version), &naming.policy)
                 .await
                 .map_err(|e| format!("{}: {e}", target.address()))?;
-            view.merge(&fences);
+            view.merge(&greeting.fences);
+            legacy.store(greeting.legacy, Ordering::Release);
             Ok::<_, String>((stream, view.next_round()))
         };
         let attempt = tokio::select! {
@@ -549,6 +564,7 @@ async fn run_lane(
                 }
             }
             Err(reason) => {
+                up.store(false, Ordering::Release);
                 if let Ok(mut e) = last_error.lock() {
                     if *e != reason {
                         warn!(instance = %name, %reason, "cannot connect");

@@ -47,41 +47,42 @@ impl Client {
                 Pending::Ready(encode(&Frame::Integer(total)))
             }
             FanOut::ScriptLoad | FanOut::ScriptFlush => {
+                // Instances keep the wrapped script (see `scripts.rs`); the client gets the
+                // SHA1 of its own.
+                let mut cmd = args.clone();
+                let mut sha = None;
+                if f == FanOut::ScriptLoad
+                    && let Some(body) = args.get(2)
+                {
+                    let (s, wrapped) = self.shared.scripts.learn(body);
+                    cmd[2] = wrapped;
+                    sha = Some(s);
+                } else {
+                    self.shared.scripts.clear();
+                }
                 let mut last = Frame::ok().to_bytes();
-                for rx in call_all(args) {
+                for rx in call_all(&cmd) {
                     let reply = backend_reply(rx.await.unwrap_or_else(|_| Err(lost())), true);
                     if reply.starts_with(b"-") {
                         return Pending::Ready(reply);
                     }
                     last = reply;
                 }
-                Pending::Ready(last)
+                match sha {
+                    Some(s) => Pending::Ready(encode(&Frame::Bulk(Bytes::from(s)))),
+                    None => Pending::Ready(last),
+                }
             }
             FanOut::ScriptExists => {
-                let mut all: Option<Vec<i64>> = None;
-                for rx in call_all(args) {
-                    let reply = backend_reply(rx.await.unwrap_or_else(|_| Err(lost())), true);
-                    let Ok(Frame::Array(items)) = parse(&reply) else {
-                        return Pending::Ready(reply);
-                    };
-                    let flags: Vec<i64> =
-                        items.iter().map(|f| f.as_integer().unwrap_or(0)).collect();
-                    all = Some(match all {
-                        None => flags,
-                        Some(prev) => prev
-                            .iter()
-                            .zip(&flags)
-                            .map(|(a, b)| a.min(b))
-                            .copied()
-                            .collect(),
-                    });
-                }
-                Pending::Ready(encode(&Frame::Array(
-                    all.unwrap_or_default()
-                        .into_iter()
-                        .map(Frame::Integer)
-                        .collect(),
-                )))
+                // The scripts this sidecar can run by SHA1: it knows their bodies, and sends
+                // them wrapped (see `scripts.rs`).
+                let known = args[2..]
+                    .iter()
+                    .map(|sha| {
+                        Frame::Integer(i64::from(self.shared.scripts.wrapped(sha).is_some()))
+                    })
+                    .collect();
+                Pending::Ready(encode(&Frame::Array(known)))
             }
             FanOut::RandomKey => {
                 let n = router.backends.len();

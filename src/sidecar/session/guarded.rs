@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use super::super::backend::{BackendError, Dedicated};
 use super::super::router::Router;
+use super::super::ttl;
 use super::{Client, Interrupt, backend_reply, bundle, encode, lost, parse, stop};
 use crate::redis::protocol::guard::{self, Decision};
 use crate::redis::protocol::names;
@@ -114,6 +115,12 @@ impl Client {
         how: Guarded,
     ) -> Result<Bytes, Interrupt> {
         if how.script || guard::guarded_args(keys.len(), &cmds) > guard::MAX_GUARDED_ARGS {
+            // The sidecar's TTL commands as scripts: MULTI runs them on any Redis version.
+            let cmds: Vec<Vec<Bytes>> = cmds
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| if i == 0 { c } else { ttl::for_server(c, true) })
+                .collect();
             let exec = self.watched(router, m, keys, &cmds, how.ask, None).await?;
             return Ok(first_of_exec(&exec));
         }
@@ -121,6 +128,18 @@ impl Client {
             Some(reply) => Ok(reply),
             None if how.ask => {
                 let target = router.migrations[usize::from(m)].target;
+                let legacy = router.backend(target).legacy();
+                let cmds: Vec<Vec<Bytes>> = cmds
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if i == 0 {
+                            c
+                        } else {
+                            ttl::for_server(c, legacy)
+                        }
+                    })
+                    .collect();
                 let n = cmds.len();
                 Ok(self.call(router, target, bundle(&cmds), n).await?.first())
             }

@@ -133,11 +133,12 @@ impl Client {
             );
             return Ok(Pending::Ready(reply));
         }
+        let legacy = router.backend(route.target).legacy();
         let bytes = match (args_override, extra.is_empty(), &request.raw) {
             (None, true, Some(raw)) => raw.clone(),
             (args, _, _) => {
                 let mut cmds = vec![args.unwrap_or_else(|| request.args.clone())];
-                cmds.extend(extra.iter().cloned());
+                cmds.extend(extra.iter().map(|c| ttl::for_server(c.clone(), legacy)));
                 bundle(&cmds)
             }
         };
@@ -210,6 +211,13 @@ impl Client {
                 router.categories[usize::from(routes[*n].category)]
                     .commands
                     .inc();
+            }
+            if let Dest::Plain(target) = d {
+                let legacy = router.backend(*target).legacy();
+                extra = extra
+                    .into_iter()
+                    .map(|c| ttl::for_server(c, legacy))
+                    .collect();
             }
             let mut cmds = vec![cmd];
             let replies = 1 + extra.len();
@@ -304,12 +312,13 @@ impl Client {
         if routes.iter().any(|r| r.target != target) {
             return cross();
         }
+        let legacy = router.backend(target).legacy();
         let (bytes, replies) = match action {
             TtlAction::Unchanged => (wire(request), 1),
             TtlAction::Replace(args) => (bundle(&[args]), 1),
             TtlAction::Append(extra) => {
                 let mut cmds = vec![request.args.clone()];
-                cmds.extend(extra);
+                cmds.extend(extra.into_iter().map(|c| ttl::for_server(c, legacy)));
                 let n = cmds.len();
                 (bundle(&cmds), n)
             }

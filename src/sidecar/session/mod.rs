@@ -38,6 +38,7 @@ use super::command::{self, Kind, LocalCommand, Resolved};
 use super::fleet::FleetView;
 use super::metrics::SidecarMetrics;
 use super::router::Router;
+use super::scripts::ScriptCache;
 use crate::redis::connect::SecretString;
 use crate::redis::keys::RESERVED_PREFIX;
 use crate::redis::resp::{Frame, Limits, Request, RequestDecoder, encode_request, parse_frame};
@@ -59,6 +60,8 @@ pub struct Shared {
     pub id: String,
     /// Fences and heartbeat rounds.
     pub fleet: Arc<FleetView>,
+    /// Application scripts seen, wrapped.
+    pub scripts: ScriptCache,
     next_client: AtomicU64,
 }
 
@@ -76,6 +79,7 @@ impl Shared {
             password,
             id,
             fleet: FleetView::new(),
+            scripts: ScriptCache::default(),
             next_client: AtomicU64::new(1),
         })
     }
@@ -422,6 +426,23 @@ impl Client {
                 "ERR keys starting with 'redisfleet:' are reserved for redis-fleet",
             ));
         }
+        // Application scripts go to the instances wrapped (`scripts.rs`).
+        let request = if spec.kind == Kind::Script {
+            match super::scripts::rewrite(&self.shared.scripts, &request.args) {
+                Some(args) if args != request.args => Request { args, raw: None },
+                Some(_) => request,
+                None => {
+                    if let Some(t) = &mut self.transaction {
+                        t.aborted = true;
+                    }
+                    return Pending::Ready(error_reply(
+                        "NOSCRIPT No matching script. Please use EVAL.",
+                    ));
+                }
+            }
+        } else {
+            request
+        };
         // Routed afresh when a connection went over to a newer table meanwhile.
         for _ in 0..ROUTING_ATTEMPTS {
             match self.dispatch(&request, &resolved).await {

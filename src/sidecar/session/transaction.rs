@@ -286,7 +286,13 @@ impl Client {
         };
         let n = t.queued.len();
         let mut cmds = t.queued.clone();
-        cmds.extend(t.after.iter().cloned());
+        // The sidecar's TTL commands, as scripts (they run on any Redis version, inside
+        // MULTI as anywhere).
+        cmds.extend(
+            t.after
+                .iter()
+                .map(|c| super::super::ttl::for_server(c.clone(), true)),
+        );
         let routes: Vec<Route> = t.keys.iter().map(|k| router.resolver.resolve(k)).collect();
         let place = match place(&router, &t.keys, &routes) {
             Ok(p) => p,
