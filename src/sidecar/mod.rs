@@ -6,6 +6,7 @@
 //! - [`backend`]: pipelined connections to instances; [`router`]: one table version;
 //! - [`session`]: one client connection, one file per kind of command; [`reload`]: table and
 //!   credential updates;
+//! - [`resp3`]: what each reply becomes for a RESP3 client (pure);
 //! - [`heartbeat`]: writes the table version this sidecar uses, for rebalance Jobs;
 //! - [`metrics`]: Prometheus series on a separate port.
 
@@ -15,6 +16,7 @@ pub mod fleet;
 pub mod heartbeat;
 pub mod metrics;
 pub mod reload;
+pub mod resp3;
 pub mod router;
 pub mod session;
 pub mod ttl;

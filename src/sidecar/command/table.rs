@@ -10,7 +10,7 @@ use super::LocalCommand as L;
 use super::NumKeysErrors::*;
 use super::Split as S;
 use super::TxnCommand as T;
-use super::{CommandSpec, Creates, KeySpec, Kind, NumKeysErrors};
+use super::{CommandSpec, Creates, KeySpec, Kind, NumKeysErrors, Resp3};
 
 const READ: bool = false;
 const WRITE: bool = true;
@@ -47,6 +47,7 @@ const fn c(
         adaptive_read: false,
         creates: Creates::Nothing,
         subcommands: &[],
+        resp3: Resp3::Same,
     }
 }
 
@@ -66,6 +67,7 @@ const fn container(
         adaptive_read: false,
         creates: Creates::Nothing,
         subcommands,
+        resp3: Resp3::Same,
     }
 }
 
@@ -90,6 +92,11 @@ impl CommandSpec {
     /// A write that creates keys without an expiry ([`CommandSpec::creates`]).
     const fn creates(self, creates: Creates) -> Self {
         Self { creates, ..self }
+    }
+
+    /// A reply whose RESP3 form differs ([`CommandSpec::resp3`]).
+    const fn resp3(self, resp3: Resp3) -> Self {
+        Self { resp3, ..self }
     }
 }
 
@@ -143,12 +150,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("blpop", -3, Blocking, &[range(1, -2, 1)], WRITE),
     c("brpop", -3, Blocking, &[range(1, -2, 1)], WRITE),
     c("brpoplpush", 4, Blocking, &[key(1), key(2)], WRITE),
-    c("bzmpop", -5, Blocking, &[numkeys(2, 3, Mpop)], WRITE),
-    c("bzpopmax", -3, Blocking, &[range(1, -2, 1)], WRITE),
-    c("bzpopmin", -3, Blocking, &[range(1, -2, 1)], WRITE),
+    c("bzmpop", -5, Blocking, &[numkeys(2, 3, Mpop)], WRITE).resp3(Resp3::ZMPop),
+    c("bzpopmax", -3, Blocking, &[range(1, -2, 1)], WRITE).resp3(Resp3::BzPop),
+    c("bzpopmin", -3, Blocking, &[range(1, -2, 1)], WRITE).resp3(Resp3::BzPop),
     container("client", -2, Container, CLIENT_SUBCOMMANDS),
     c("cluster", -2, Refused(CLUSTER), &[], READ),
-    container("command", -1, Local(L::Command), COMMAND_SUBCOMMANDS),
+    container("command", -1, Local(L::Command), COMMAND_SUBCOMMANDS).resp3(Resp3::Introspection),
     c("config", -2, Refused(ADMIN), &[], READ),
     c("copy", -3, SameInstance, &[key(1), key(2)], WRITE).creates(Creates::Key(2)),
     c("dbsize", 1, FanOut(F::DbSize), &[], READ),
@@ -177,24 +184,26 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("geoadd", -5, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("geodist", -4, SingleKey, &[key(1)], READ),
     c("geohash", -2, SingleKey, &[key(1)], READ),
-    c("geopos", -2, SingleKey, &[key(1)], READ),
+    c("geopos", -2, SingleKey, &[key(1)], READ).resp3(Resp3::Geo),
     c(
         "georadius",
         -6,
         SameInstance,
         &[key(1), keyword("STORE", 6), keyword("STOREDIST", 6)],
         WRITE,
-    ),
-    c("georadius_ro", -6, SingleKey, &[key(1)], READ),
+    )
+    .resp3(Resp3::Geo),
+    c("georadius_ro", -6, SingleKey, &[key(1)], READ).resp3(Resp3::Geo),
     c(
         "georadiusbymember",
         -5,
         SameInstance,
         &[key(1), keyword("STORE", 5), keyword("STOREDIST", 5)],
         WRITE,
-    ),
-    c("georadiusbymember_ro", -5, SingleKey, &[key(1)], READ),
-    c("geosearch", -7, SingleKey, &[key(1)], READ),
+    )
+    .resp3(Resp3::Geo),
+    c("georadiusbymember_ro", -5, SingleKey, &[key(1)], READ).resp3(Resp3::Geo),
+    c("geosearch", -7, SingleKey, &[key(1)], READ).resp3(Resp3::Geo),
     c("geosearchstore", -8, SameInstance, &[key(1), key(2)], WRITE).creates(Creates::Key(1)),
     c("get", 2, SingleKey, &[key(1)], READ).hits().adaptive(),
     c("getbit", 3, SingleKey, &[key(1)], READ),
@@ -205,17 +214,19 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         .adaptive(),
     c("getset", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hdel", -3, SingleKey, &[key(1)], WRITE),
-    c("hello", -1, Local(L::Hello), &[], READ),
+    c("hello", -1, Local(L::Hello), &[], READ).resp3(Resp3::Map),
     c("hexists", 3, SingleKey, &[key(1)], READ),
     c("hget", 3, SingleKey, &[key(1)], READ).hits().adaptive(),
-    c("hgetall", 2, SingleKey, &[key(1)], READ).adaptive(),
+    c("hgetall", 2, SingleKey, &[key(1)], READ)
+        .adaptive()
+        .resp3(Resp3::Map),
     c("hincrby", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hincrbyfloat", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hkeys", 2, SingleKey, &[key(1)], READ),
     c("hlen", 2, SingleKey, &[key(1)], READ),
     c("hmget", -3, SingleKey, &[key(1)], READ).adaptive(),
     c("hmset", -4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
-    c("hrandfield", -2, SingleKey, &[key(1)], READ),
+    c("hrandfield", -2, SingleKey, &[key(1)], READ).resp3(Resp3::RandPairs { double: false }),
     c("hscan", -3, SingleKey, &[key(1)], READ),
     c("hset", -4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hsetnx", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
@@ -224,11 +235,11 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("incr", 2, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("incrby", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("incrbyfloat", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
-    c("info", -1, Local(L::Info), &[], READ),
+    c("info", -1, Local(L::Info), &[], READ).resp3(Resp3::Verbatim),
     c("keys", 2, Refused(KEYS), &[], READ),
     c("lastsave", 1, Refused(ADMIN), &[], READ),
     c("latency", -2, Refused(ADMIN), &[], READ),
-    c("lcs", -3, SameInstance, &[range(1, 2, 1)], READ),
+    c("lcs", -3, SameInstance, &[range(1, 2, 1)], READ).resp3(Resp3::Lcs),
     c("lindex", 3, SingleKey, &[key(1)], READ).hits(),
     c("linsert", 5, SingleKey, &[key(1)], WRITE),
     c("llen", 2, SingleKey, &[key(1)], READ),
@@ -298,7 +309,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("scan", -2, FanOut(F::Scan), &[], READ),
     c("scard", 2, SingleKey, &[key(1)], READ),
     container("script", -2, Container, SCRIPT_SUBCOMMANDS),
-    c("sdiff", -2, SameInstance, &[range(1, -1, 1)], READ),
+    c("sdiff", -2, SameInstance, &[range(1, -1, 1)], READ).resp3(Resp3::Set),
     c(
         "sdiffstore",
         -3,
@@ -314,7 +325,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("setnx", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("setrange", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("shutdown", -1, Refused(ADMIN), &[], READ),
-    c("sinter", -2, SameInstance, &[range(1, -1, 1)], READ),
+    c("sinter", -2, SameInstance, &[range(1, -1, 1)], READ).resp3(Resp3::Set),
     c(
         "sintercard",
         -3,
@@ -333,12 +344,14 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("sismember", 3, SingleKey, &[key(1)], READ),
     c("slaveof", 3, Refused(REPLICATION), &[], READ),
     c("slowlog", -2, Refused(ADMIN), &[], READ),
-    c("smembers", 2, SingleKey, &[key(1)], READ).adaptive(),
+    c("smembers", 2, SingleKey, &[key(1)], READ)
+        .adaptive()
+        .resp3(Resp3::Set),
     c("smismember", -3, SingleKey, &[key(1)], READ),
     c("smove", 4, SameInstance, &[key(1), key(2)], WRITE).creates(Creates::Key(2)),
     c("sort", -2, SameInstance, &[key(1), SortStore], WRITE),
     c("sort_ro", -2, SingleKey, &[key(1)], READ),
-    c("spop", -2, SingleKey, &[key(1)], WRITE),
+    c("spop", -2, SingleKey, &[key(1)], WRITE).resp3(Resp3::Set),
     c("spublish", 3, Refused(PUBSUB), &[], READ),
     c("srandmember", -2, SingleKey, &[key(1)], READ),
     c("srem", -3, SingleKey, &[key(1)], WRITE),
@@ -347,7 +360,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("strlen", 2, SingleKey, &[key(1)], READ),
     c("subscribe", -2, Refused(PUBSUB), &[], READ),
     c("substr", 4, SingleKey, &[key(1)], READ),
-    c("sunion", -2, SameInstance, &[range(1, -1, 1)], READ),
+    c("sunion", -2, SameInstance, &[range(1, -1, 1)], READ).resp3(Resp3::Set),
     c(
         "sunionstore",
         -3,
@@ -378,15 +391,17 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("xlen", 2, SingleKey, &[key(1)], READ),
     c("xpending", -3, SingleKey, &[key(1)], READ),
     c("xrange", -4, SingleKey, &[key(1)], READ),
-    c("xread", -4, Blocking, &[streams(false)], READ),
-    c("xreadgroup", -7, Blocking, &[streams(true)], WRITE),
+    c("xread", -4, Blocking, &[streams(false)], READ).resp3(Resp3::XRead),
+    c("xreadgroup", -7, Blocking, &[streams(true)], WRITE).resp3(Resp3::XRead),
     c("xrevrange", -4, SingleKey, &[key(1)], READ),
     c("xsetid", -3, SingleKey, &[key(1)], WRITE),
     c("xtrim", -4, SingleKey, &[key(1)], WRITE),
-    c("zadd", -4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
+    c("zadd", -4, SingleKey, &[key(1)], WRITE)
+        .creates(Creates::Key(1))
+        .resp3(Resp3::ZAdd),
     c("zcard", 2, SingleKey, &[key(1)], READ),
     c("zcount", 4, SingleKey, &[key(1)], READ),
-    c("zdiff", -3, SameInstance, &[numkeys(1, 2, Zset)], READ),
+    c("zdiff", -3, SameInstance, &[numkeys(1, 2, Zset)], READ).resp3(Resp3::WithScores),
     c(
         "zdiffstore",
         -4,
@@ -395,8 +410,10 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         WRITE,
     )
     .creates(Creates::Key(1)),
-    c("zincrby", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
-    c("zinter", -3, SameInstance, &[numkeys(1, 2, Zset)], READ),
+    c("zincrby", 4, SingleKey, &[key(1)], WRITE)
+        .creates(Creates::Key(1))
+        .resp3(Resp3::Double),
+    c("zinter", -3, SameInstance, &[numkeys(1, 2, Zset)], READ).resp3(Resp3::WithScores),
     c("zintercard", -3, SameInstance, &[numkeys(1, 2, Zset)], READ),
     c(
         "zinterstore",
@@ -407,27 +424,29 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     )
     .creates(Creates::Key(1)),
     c("zlexcount", 4, SingleKey, &[key(1)], READ),
-    c("zmpop", -4, SameInstance, &[numkeys(1, 2, Mpop)], WRITE),
-    c("zmscore", -3, SingleKey, &[key(1)], READ),
-    c("zpopmax", -2, SingleKey, &[key(1)], WRITE),
-    c("zpopmin", -2, SingleKey, &[key(1)], WRITE),
-    c("zrandmember", -2, SingleKey, &[key(1)], READ),
-    c("zrange", -4, SingleKey, &[key(1)], READ).adaptive(),
+    c("zmpop", -4, SameInstance, &[numkeys(1, 2, Mpop)], WRITE).resp3(Resp3::ZMPop),
+    c("zmscore", -3, SingleKey, &[key(1)], READ).resp3(Resp3::Doubles),
+    c("zpopmax", -2, SingleKey, &[key(1)], WRITE).resp3(Resp3::ZPop),
+    c("zpopmin", -2, SingleKey, &[key(1)], WRITE).resp3(Resp3::ZPop),
+    c("zrandmember", -2, SingleKey, &[key(1)], READ).resp3(Resp3::RandPairs { double: true }),
+    c("zrange", -4, SingleKey, &[key(1)], READ)
+        .adaptive()
+        .resp3(Resp3::WithScores),
     c("zrangebylex", -4, SingleKey, &[key(1)], READ),
-    c("zrangebyscore", -4, SingleKey, &[key(1)], READ),
+    c("zrangebyscore", -4, SingleKey, &[key(1)], READ).resp3(Resp3::WithScores),
     c("zrangestore", -5, SameInstance, &[key(1), key(2)], WRITE).creates(Creates::Key(1)),
-    c("zrank", 3, SingleKey, &[key(1)], READ),
+    c("zrank", 3, SingleKey, &[key(1)], READ).resp3(Resp3::RankWithScore),
     c("zrem", -3, SingleKey, &[key(1)], WRITE),
     c("zremrangebylex", 4, SingleKey, &[key(1)], WRITE),
     c("zremrangebyrank", 4, SingleKey, &[key(1)], WRITE),
     c("zremrangebyscore", 4, SingleKey, &[key(1)], WRITE),
-    c("zrevrange", -4, SingleKey, &[key(1)], READ),
+    c("zrevrange", -4, SingleKey, &[key(1)], READ).resp3(Resp3::WithScores),
     c("zrevrangebylex", -4, SingleKey, &[key(1)], READ),
-    c("zrevrangebyscore", -4, SingleKey, &[key(1)], READ),
-    c("zrevrank", 3, SingleKey, &[key(1)], READ),
+    c("zrevrangebyscore", -4, SingleKey, &[key(1)], READ).resp3(Resp3::WithScores),
+    c("zrevrank", 3, SingleKey, &[key(1)], READ).resp3(Resp3::RankWithScore),
     c("zscan", -3, SingleKey, &[key(1)], READ),
-    c("zscore", 3, SingleKey, &[key(1)], READ),
-    c("zunion", -3, SameInstance, &[numkeys(1, 2, Zset)], READ),
+    c("zscore", 3, SingleKey, &[key(1)], READ).resp3(Resp3::Double),
+    c("zunion", -3, SameInstance, &[numkeys(1, 2, Zset)], READ).resp3(Resp3::WithScores),
     c(
         "zunionstore",
         -4,
@@ -444,9 +463,9 @@ static CLIENT_SUBCOMMANDS: &[CommandSpec] = &[
     c("client|getredir", 2, Refused(TRACKING), &[], READ),
     c("client|help", 2, Local(L::Help), &[], READ),
     c("client|id", 2, Local(L::ClientId), &[], READ),
-    c("client|info", 2, Local(L::ClientInfo), &[], READ),
+    c("client|info", 2, Local(L::ClientInfo), &[], READ).resp3(Resp3::Verbatim),
     c("client|kill", -3, Refused(ADMIN), &[], READ),
-    c("client|list", -2, Local(L::ClientList), &[], READ),
+    c("client|list", -2, Local(L::ClientList), &[], READ).resp3(Resp3::Verbatim),
     c("client|no-evict", 3, Refused(ADMIN), &[], READ),
     c("client|pause", -3, Refused(ADMIN), &[], READ),
     c("client|reply", 3, Local(L::ClientReply), &[], READ),
@@ -459,19 +478,20 @@ static CLIENT_SUBCOMMANDS: &[CommandSpec] = &[
 ];
 
 static COMMAND_SUBCOMMANDS: &[CommandSpec] = &[
-    c("command|count", 2, Local(L::CommandCount), &[], READ),
-    c("command|docs", -2, Local(L::CommandDocs), &[], READ),
-    c("command|getkeys", -4, Local(L::CommandGetKeys), &[], READ),
+    c("command|count", 2, Local(L::CommandCount), &[], READ).resp3(Resp3::Introspection),
+    c("command|docs", -2, Local(L::CommandDocs), &[], READ).resp3(Resp3::Introspection),
+    c("command|getkeys", -4, Local(L::CommandGetKeys), &[], READ).resp3(Resp3::Introspection),
     c(
         "command|getkeysandflags",
         -4,
         Local(L::CommandGetKeysAndFlags),
         &[],
         READ,
-    ),
+    )
+    .resp3(Resp3::Introspection),
     c("command|help", 2, Local(L::Help), &[], READ),
-    c("command|info", -2, Local(L::CommandInfo), &[], READ),
-    c("command|list", -2, Local(L::CommandList), &[], READ),
+    c("command|info", -2, Local(L::CommandInfo), &[], READ).resp3(Resp3::Introspection),
+    c("command|list", -2, Local(L::CommandList), &[], READ).resp3(Resp3::Introspection),
 ];
 
 static MEMORY_SUBCOMMANDS: &[CommandSpec] = &[
@@ -510,8 +530,8 @@ static XGROUP_SUBCOMMANDS: &[CommandSpec] = &[
 ];
 
 static XINFO_SUBCOMMANDS: &[CommandSpec] = &[
-    c("xinfo|consumers", 4, SingleKey, &[key(2)], READ),
-    c("xinfo|groups", 3, SingleKey, &[key(2)], READ),
+    c("xinfo|consumers", 4, SingleKey, &[key(2)], READ).resp3(Resp3::XInfoList),
+    c("xinfo|groups", 3, SingleKey, &[key(2)], READ).resp3(Resp3::XInfoList),
     c("xinfo|help", 2, Local(L::Help), &[], READ),
-    c("xinfo|stream", -3, SingleKey, &[key(2)], READ),
+    c("xinfo|stream", -3, SingleKey, &[key(2)], READ).resp3(Resp3::XInfoStream),
 ];

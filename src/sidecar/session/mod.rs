@@ -20,6 +20,7 @@ mod fan_out;
 mod guarded;
 mod keyed;
 mod local;
+mod protocol;
 mod transaction;
 
 use arc_swap::ArcSwapOption;
@@ -91,6 +92,8 @@ enum Pending {
         accounting: Accounting,
     },
     Future(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+    /// A reply converted for a RESP3 client once it is ready (see `protocol.rs`).
+    Resp3(Box<Pending>, super::resp3::Shape),
 }
 
 /// Why a dispatch stopped before it produced a pending reply.
@@ -181,6 +184,9 @@ impl Pending {
                 Poll::Pending => Poll::Pending,
             },
             Pending::Future(f) => f.as_mut().poll(cx).map(|b| (b, false)),
+            Pending::Resp3(inner, shape) => inner
+                .poll_reply(cx)
+                .map(|(b, close)| (super::resp3::convert(&b, shape), close)),
         }
     }
 }
@@ -342,6 +348,8 @@ struct Client {
     /// Connections for blocking commands, by instance name.
     dedicated: HashMap<String, Dedicated>,
     sample: u32,
+    /// RESP version and what goes with it (`protocol.rs`).
+    protocol: protocol::Protocol,
 }
 
 fn now_ms() -> u64 {
@@ -379,6 +387,7 @@ impl Client {
             watching: None,
             dedicated: HashMap::new(),
             sample: (id as u32).wrapping_mul(2_654_435_761) | 1,
+            protocol: protocol::Protocol::default(),
         }
     }
 
@@ -394,7 +403,16 @@ impl Client {
         self.sample & 15 == 0
     }
 
+    /// Dispatches one request; a RESP3 client's reply is converted on its way out.
     async fn handle(&mut self, request: Request) -> Pending {
+        let shape = self
+            .protocol
+            .shape(&request.args, self.transaction.is_some());
+        let pending = self.handle_request(request).await;
+        self.protocol.wrap(pending, shape)
+    }
+
+    async fn handle_request(&mut self, request: Request) -> Pending {
         let resolved = match command::resolve(&request.args) {
             Ok(r) => r,
             Err(e) => {
