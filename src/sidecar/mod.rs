@@ -6,7 +6,8 @@
 //! - [`backend`]: pipelined connections to instances; [`router`]: one table version;
 //! - [`session`]: one client connection, one file per kind of command; [`reload`]: table and
 //!   credential updates;
-//! - [`resp3`]: what each reply becomes for a RESP3 client (pure);
+//! - [`resp3`]: what each reply becomes for a RESP3 client (pure); [`pubsub`]: the
+//!   sidecar's subscriptions on the instances, shared by its clients;
 //! - [`heartbeat`]: writes the table version this sidecar uses, for rebalance Jobs;
 //! - [`metrics`]: Prometheus series on a separate port.
 
@@ -15,6 +16,7 @@ pub mod command;
 pub mod fleet;
 pub mod heartbeat;
 pub mod metrics;
+pub mod pubsub;
 pub mod reload;
 pub mod resp3;
 pub mod router;
@@ -110,6 +112,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
     tokio::spawn(heartbeat::run(shared.clone()));
+    tokio::spawn(pubsub::watch(shared.pubsub.clone(), shared.clone()));
 
     match http::serve(config.metrics_addr, probes.clone()).await {
         Ok((addr, _)) => info!(%addr, "serving /metrics, /healthz and /readyz"),

@@ -81,6 +81,15 @@ pub fn shape<A: AsRef<[u8]>>(args: &[A]) -> Shape {
 /// Converts one reply (RESP2 or RESP3 bytes, one complete frame) for a RESP3 client.
 /// Bytes that do not parse are returned as they are.
 pub fn convert(reply: &[u8], shape: &Shape) -> Bytes {
+    if matches!(
+        shape,
+        Shape::Reply {
+            resp3: Resp3::Raw,
+            ..
+        }
+    ) {
+        return Bytes::copy_from_slice(reply);
+    }
     match parse_value(reply, &Limits::replies()) {
         Ok(Some((value, _))) => convert_value(value, shape).to_resp3(),
         _ => Bytes::copy_from_slice(reply),
@@ -121,7 +130,7 @@ pub fn convert_value(value: Value, shape: &Shape) -> Value {
 
 fn reply(value: Value, resp3: Resp3) -> Value {
     match resp3 {
-        Resp3::Same | Resp3::Introspection => value,
+        Resp3::Same | Resp3::Introspection | Resp3::Raw => value,
         Resp3::Map => to_map(value),
         Resp3::Set => match value {
             Value::Array(items) => Value::Set(items),

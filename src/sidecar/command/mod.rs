@@ -108,6 +108,9 @@ pub enum Resp3 {
     /// COMMAND and its subcommands, whose replies nest maps and sets: asked of an instance in
     /// RESP3 directly.
     Introspection,
+    /// Already in the client's protocol (pub/sub confirmations, push frames in RESP3): never
+    /// converted.
+    Raw,
 }
 
 /// How the sidecar handles a command.
@@ -135,6 +138,9 @@ pub enum Kind {
     Local(LocalCommand),
     /// Sent to every instance, the replies combined.
     FanOut(FanOut),
+    /// Pub/Sub, served through the sidecar's subscriptions on the instances
+    /// (`sidecar/pubsub.rs`).
+    PubSub(PubSub),
     /// A container whose subcommand, the second argument, says what to do; [`resolve`] and
     /// [`key_indices`] look it up. Only an argument list that is too short resolves to the
     /// container itself (and then fails the arity check).
@@ -282,6 +288,37 @@ pub enum LocalCommand {
     ClientList,
     /// `CLIENT REPLY ON|OFF|SKIP`.
     ClientReply,
+}
+
+/// Pub/Sub commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubSub {
+    /// `SUBSCRIBE channel...`.
+    Subscribe,
+    /// `PSUBSCRIBE pattern...`.
+    PSubscribe,
+    /// `SSUBSCRIBE shardchannel...`.
+    SSubscribe,
+    /// `UNSUBSCRIBE [channel...]`.
+    Unsubscribe,
+    /// `PUNSUBSCRIBE [pattern...]`.
+    PUnsubscribe,
+    /// `SUNSUBSCRIBE [shardchannel...]`.
+    SUnsubscribe,
+    /// `PUBLISH channel message`.
+    Publish,
+    /// `SPUBLISH shardchannel message`.
+    SPublish,
+    /// `PUBSUB CHANNELS [pattern]`.
+    Channels,
+    /// `PUBSUB NUMPAT`.
+    NumPat,
+    /// `PUBSUB NUMSUB [channel...]`.
+    NumSub,
+    /// `PUBSUB SHARDCHANNELS [pattern]`.
+    ShardChannels,
+    /// `PUBSUB SHARDNUMSUB [shardchannel...]`.
+    ShardNumSub,
 }
 
 /// Keyless commands sent to every instance.

@@ -8,6 +8,7 @@ use super::KeySpec::SortStore;
 use super::Kind::*;
 use super::LocalCommand as L;
 use super::NumKeysErrors::*;
+use super::PubSub as P;
 use super::Split as S;
 use super::TxnCommand as T;
 use super::{CommandSpec, Creates, KeySpec, Kind, NumKeysErrors, Resp3};
@@ -24,7 +25,6 @@ const KEYS: &str =
 const ONE_DB: &str = "the fleet has a single database, 0";
 const CLUSTER: &str = "the sidecar presents a standalone Redis, not a Redis Cluster";
 const REPLICATION: &str = "replication and failover are managed by the redis-fleet operator";
-const PUBSUB: &str = "pub/sub is not supported by the sidecar in this version";
 const TRACKING: &str = "client-side caching (tracking) is not supported by the sidecar";
 const FUNCTION: &str =
     "load functions on each instance directly; FCALL and FCALL_RO work once they are there";
@@ -282,12 +282,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("pfselftest", 1, Refused(ADMIN), &[], READ),
     c("ping", -1, Local(L::Ping), &[], READ),
     c("psetex", 4, SingleKey, &[key(1)], WRITE),
-    c("psubscribe", -2, Refused(PUBSUB), &[], READ),
+    c("psubscribe", -2, PubSub(P::PSubscribe), &[], READ).resp3(Resp3::Raw),
     c("psync", -3, Refused(REPLICATION), &[], READ),
     c("pttl", 2, SingleKey, &[key(1)], READ),
-    c("publish", 3, Refused(PUBSUB), &[], READ),
-    c("pubsub", -2, Refused(PUBSUB), &[], READ),
-    c("punsubscribe", -1, Refused(PUBSUB), &[], READ),
+    c("publish", 3, PubSub(P::Publish), &[], READ),
+    container("pubsub", -2, Container, PUBSUB_SUBCOMMANDS),
+    c("punsubscribe", -1, PubSub(P::PUnsubscribe), &[], READ).resp3(Resp3::Raw),
     c("quit", -1, Local(L::Quit), &[], READ),
     c("randomkey", 1, FanOut(F::RandomKey), &[], READ),
     c("readonly", 1, Refused(CLUSTER), &[], READ),
@@ -352,13 +352,13 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("sort", -2, SameInstance, &[key(1), SortStore], WRITE),
     c("sort_ro", -2, SingleKey, &[key(1)], READ),
     c("spop", -2, SingleKey, &[key(1)], WRITE).resp3(Resp3::Set),
-    c("spublish", 3, Refused(PUBSUB), &[], READ),
+    c("spublish", 3, PubSub(P::SPublish), &[], READ),
     c("srandmember", -2, SingleKey, &[key(1)], READ),
     c("srem", -3, SingleKey, &[key(1)], WRITE),
     c("sscan", -3, SingleKey, &[key(1)], READ),
-    c("ssubscribe", -2, Refused(PUBSUB), &[], READ),
+    c("ssubscribe", -2, PubSub(P::SSubscribe), &[], READ).resp3(Resp3::Raw),
     c("strlen", 2, SingleKey, &[key(1)], READ),
-    c("subscribe", -2, Refused(PUBSUB), &[], READ),
+    c("subscribe", -2, PubSub(P::Subscribe), &[], READ).resp3(Resp3::Raw),
     c("substr", 4, SingleKey, &[key(1)], READ),
     c("sunion", -2, SameInstance, &[range(1, -1, 1)], READ).resp3(Resp3::Set),
     c(
@@ -369,7 +369,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         WRITE,
     )
     .creates(Creates::Key(1)),
-    c("sunsubscribe", -1, Refused(PUBSUB), &[], READ),
+    c("sunsubscribe", -1, PubSub(P::SUnsubscribe), &[], READ).resp3(Resp3::Raw),
     c("swapdb", 3, Refused(ONE_DB), &[], WRITE),
     c("sync", 1, Refused(REPLICATION), &[], READ),
     c("time", 1, Local(L::Time), &[], READ),
@@ -377,7 +377,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("ttl", 2, SingleKey, &[key(1)], READ),
     c("type", 2, SingleKey, &[key(1)], READ),
     c("unlink", -2, MultiKey(S::Unlink), &[range(1, -1, 1)], WRITE),
-    c("unsubscribe", -1, Refused(PUBSUB), &[], READ),
+    c("unsubscribe", -1, PubSub(P::Unsubscribe), &[], READ).resp3(Resp3::Raw),
     c("unwatch", 1, Transaction(T::Unwatch), &[], READ),
     c("wait", 3, Refused(REPLICATION), &[], READ),
     c("watch", -2, Transaction(T::Watch), &[range(1, -1, 1)], READ),
@@ -455,6 +455,21 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         WRITE,
     )
     .creates(Creates::Key(1)),
+];
+
+static PUBSUB_SUBCOMMANDS: &[CommandSpec] = &[
+    c("pubsub|channels", -2, PubSub(P::Channels), &[], READ),
+    c("pubsub|help", 2, Local(L::Help), &[], READ),
+    c("pubsub|numpat", 2, PubSub(P::NumPat), &[], READ),
+    c("pubsub|numsub", -2, PubSub(P::NumSub), &[], READ).resp3(Resp3::Map),
+    c(
+        "pubsub|shardchannels",
+        -2,
+        PubSub(P::ShardChannels),
+        &[],
+        READ,
+    ),
+    c("pubsub|shardnumsub", -2, PubSub(P::ShardNumSub), &[], READ).resp3(Resp3::Map),
 ];
 
 static CLIENT_SUBCOMMANDS: &[CommandSpec] = &[

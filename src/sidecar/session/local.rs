@@ -35,6 +35,7 @@ impl Client {
                 self.dedicated.clear();
                 self.name = None;
                 self.protocol.reset();
+                self.pubsub.clear();
                 Pending::Ready(Bytes::from_static(b"+RESET\r\n"))
             }
             LocalCommand::Auth => self.auth(args.last()),

@@ -21,6 +21,7 @@ mod guarded;
 mod keyed;
 mod local;
 mod protocol;
+mod pubsub;
 mod transaction;
 
 use arc_swap::ArcSwapOption;
@@ -60,6 +61,8 @@ pub struct Shared {
     pub id: String,
     /// Fences and heartbeat rounds.
     pub fleet: Arc<FleetView>,
+    /// The sidecar's Pub/Sub subscriptions on the instances, for all its clients.
+    pub pubsub: Arc<super::pubsub::Hub>,
     next_client: AtomicU64,
 }
 
@@ -77,6 +80,7 @@ impl Shared {
             password,
             id,
             fleet: FleetView::new(),
+            pubsub: super::pubsub::Hub::new(),
             next_client: AtomicU64::new(1),
         })
     }
@@ -328,6 +332,14 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
+            // Pub/Sub messages, after the replies before them.
+            push = client.pubsub.next(), if client.pubsub.receiving() && !closing => match push {
+                Some(message) => queue.push_back(Pending::Ready(message)),
+                None => {
+                    queue.push_back(Pending::Close(Bytes::new()));
+                    closing = true;
+                }
+            },
         }
     }
     shared.metrics.clients.dec();
@@ -350,6 +362,8 @@ struct Client {
     sample: u32,
     /// RESP version and what goes with it (`protocol.rs`).
     protocol: protocol::Protocol,
+    /// Pub/Sub subscriptions (`pubsub.rs`).
+    pubsub: pubsub::Subscriptions,
 }
 
 fn now_ms() -> u64 {
@@ -378,6 +392,7 @@ fn bundle(commands: &[Vec<Bytes>]) -> Bytes {
 impl Client {
     fn new(id: u64, shared: Arc<Shared>) -> Self {
         let authenticated = shared.password.is_none();
+        let pubsub = pubsub::Subscriptions::new(shared.pubsub.clone(), id);
         Self {
             id,
             shared,
@@ -388,6 +403,7 @@ impl Client {
             dedicated: HashMap::new(),
             sample: (id as u32).wrapping_mul(2_654_435_761) | 1,
             protocol: protocol::Protocol::default(),
+            pubsub,
         }
     }
 
@@ -440,6 +456,9 @@ impl Client {
                 "ERR keys starting with 'redisfleet:' are reserved for redis-fleet",
             ));
         }
+        if let Some(refused) = self.pubsub_gate(spec, &request) {
+            return refused;
+        }
         // Routed afresh when a connection went over to a newer table meanwhile.
         for _ in 0..ROUTING_ATTEMPTS {
             match self.dispatch(&request, &resolved).await {
@@ -476,6 +495,7 @@ impl Client {
             }
             Kind::Blocking => self.blocking(router, request, &resolved.keys, spec).await,
             Kind::FanOut(f) => Ok(self.fan_out(router, f, request.clone()).await),
+            Kind::PubSub(p) => Ok(self.pubsub(router, p, request.clone()).await),
             Kind::Container | Kind::Refused(_) | Kind::Local(_) | Kind::Transaction(_) => {
                 Ok(Pending::Ready(error_reply("ERR unsupported command")))
             }
