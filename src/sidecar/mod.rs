@@ -8,6 +8,7 @@
 //!   credential updates;
 //! - [`resp3`]: what each reply becomes for a RESP3 client (pure); [`pubsub`]: the
 //!   sidecar's subscriptions on the instances, shared by its clients;
+//! - [`keyspace`]: the fleet's keyspace as one (SCAN's walk, stale copies, what moved);
 //! - [`heartbeat`]: writes the table version this sidecar uses, for rebalance Jobs;
 //! - [`metrics`]: Prometheus series on a separate port.
 
@@ -15,6 +16,7 @@ pub mod backend;
 pub mod command;
 pub mod fleet;
 pub mod heartbeat;
+pub mod keyspace;
 pub mod metrics;
 pub mod pubsub;
 pub mod reload;
@@ -58,6 +60,8 @@ pub struct Config {
     pub backend: BackendOptions,
     /// How often a mounted table file and the credentials are re-read.
     pub poll: Duration,
+    /// Whether FLUSHDB / FLUSHALL erase the fleet's application keys (else they are refused).
+    pub allow_flush: bool,
 }
 
 /// Why the sidecar stopped.
@@ -113,6 +117,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     tokio::spawn(heartbeat::run(shared.clone()));
     tokio::spawn(pubsub::watch(shared.pubsub.clone(), shared.clone()));
+    tokio::spawn(keyspace::watch(shared.keyspace.clone(), shared.clone()));
+    shared
+        .allow_flush
+        .store(config.allow_flush, std::sync::atomic::Ordering::Relaxed);
 
     match http::serve(config.metrics_addr, probes.clone()).await {
         Ok((addr, _)) => info!(%addr, "serving /metrics, /healthz and /readyz"),

@@ -329,9 +329,14 @@ pub enum FanOut {
     /// `SCAN cursor ...`: the sidecar walks the instances one after the other, keeping the
     /// instance in its cursor.
     Scan,
-    /// `RANDOMKEY`: ask instances in random order until one has a key. Cheap, though not
-    /// uniform over the fleet's keys; KEYS, by contrast, is refused.
+    /// `RANDOMKEY`: ask instances in turn until one has a key it serves. Cheap, though not
+    /// uniform over the fleet's keys.
     RandomKey,
+    /// `KEYS pattern`: every instance's matches it serves, once each.
+    Keys,
+    /// `FLUSHDB` / `FLUSHALL`: every application key of every instance, only when the sidecar
+    /// runs with `--allow-flush`.
+    Flush,
     /// `SCRIPT LOAD`: every instance must know the script for EVALSHA to work anywhere.
     ScriptLoad,
     /// `SCRIPT EXISTS sha...`: 1 where every instance has the script.

@@ -18,10 +18,6 @@ const WRITE: bool = true;
 
 const ADMIN: &str =
     "administrative commands act on a single Redis instance; run them on the instances directly";
-const FLUSH: &str =
-    "it would erase every instance of the fleet; flush the instances directly if you mean it";
-const KEYS: &str =
-    "KEYS would block every instance of the fleet; use SCAN, which the sidecar runs fleet-wide";
 const ONE_DB: &str = "the fleet has a single database, 0";
 const CLUSTER: &str = "the sidecar presents a standalone Redis, not a Redis Cluster";
 const REPLICATION: &str = "replication and failover are managed by the redis-fleet operator";
@@ -178,8 +174,8 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("failover", -1, Refused(REPLICATION), &[], READ),
     c("fcall", -3, Script, &[numkeys(2, 3, Fcall)], READ),
     c("fcall_ro", -3, Script, &[numkeys(2, 3, Fcall)], READ),
-    c("flushall", -1, Refused(FLUSH), &[], WRITE),
-    c("flushdb", -1, Refused(FLUSH), &[], WRITE),
+    c("flushall", -1, FanOut(F::Flush), &[], WRITE),
+    c("flushdb", -1, FanOut(F::Flush), &[], WRITE),
     c("function", -2, Refused(FUNCTION), &[], READ),
     c("geoadd", -5, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("geodist", -4, SingleKey, &[key(1)], READ),
@@ -236,7 +232,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("incrby", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("incrbyfloat", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("info", -1, Local(L::Info), &[], READ).resp3(Resp3::Verbatim),
-    c("keys", 2, Refused(KEYS), &[], READ),
+    c("keys", 2, FanOut(F::Keys), &[], READ),
     c("lastsave", 1, Refused(ADMIN), &[], READ),
     c("latency", -2, Refused(ADMIN), &[], READ),
     c("lcs", -3, SameInstance, &[range(1, 2, 1)], READ).resp3(Resp3::Lcs),

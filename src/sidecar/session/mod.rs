@@ -22,6 +22,7 @@ mod keyed;
 mod local;
 mod protocol;
 mod pubsub;
+mod scan;
 mod transaction;
 
 use arc_swap::ArcSwapOption;
@@ -63,6 +64,10 @@ pub struct Shared {
     pub fleet: Arc<FleetView>,
     /// The sidecar's Pub/Sub subscriptions on the instances, for all its clients.
     pub pubsub: Arc<super::pubsub::Hub>,
+    /// The tables loaded lately, for SCAN cursors across table changes.
+    pub keyspace: Arc<super::keyspace::History>,
+    /// Whether FLUSHDB / FLUSHALL may erase the fleet's keys (`--allow-flush`).
+    pub allow_flush: std::sync::atomic::AtomicBool,
     next_client: AtomicU64,
 }
 
@@ -81,6 +86,8 @@ impl Shared {
             id,
             fleet: FleetView::new(),
             pubsub: super::pubsub::Hub::new(),
+            keyspace: Arc::default(),
+            allow_flush: std::sync::atomic::AtomicBool::new(false),
             next_client: AtomicU64::new(1),
         })
     }
