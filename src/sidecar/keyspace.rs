@@ -164,13 +164,16 @@ impl History {
     }
 }
 
-/// Records every table the sidecar swaps in.
-pub async fn watch(history: Arc<History>, shared: Arc<super::session::Shared>) {
+/// Records every table the sidecar swaps in (`current`).
+pub async fn watch(
+    history: Arc<History>,
+    current: impl Fn() -> Option<Arc<super::router::Router>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Some(router) = shared.router.load_full() {
+        if let Some(router) = current() {
             history.record(router.resolver.table());
         }
     }

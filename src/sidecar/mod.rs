@@ -116,8 +116,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
     tokio::spawn(heartbeat::run(shared.clone()));
-    tokio::spawn(pubsub::watch(shared.pubsub.clone(), shared.clone()));
-    tokio::spawn(keyspace::watch(shared.keyspace.clone(), shared.clone()));
+    let current = {
+        let shared = shared.clone();
+        move || shared.router.load_full()
+    };
+    tokio::spawn(pubsub::watch(shared.pubsub.clone(), current.clone()));
+    tokio::spawn(keyspace::watch(shared.keyspace.clone(), current));
     shared
         .allow_flush
         .store(config.allow_flush, std::sync::atomic::Ordering::Relaxed);

@@ -501,13 +501,13 @@ fn as_push(frame: &Bytes) -> Bytes {
     out.freeze()
 }
 
-/// Keeps the hub's listeners in step with the routing table in use.
-pub async fn watch(hub: Arc<Hub>, shared: Arc<super::session::Shared>) {
+/// Keeps the hub's listeners in step with the routing table in use (`current`).
+pub async fn watch(hub: Arc<Hub>, current: impl Fn() -> Option<Arc<Router>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Some(router) = shared.router.load_full() {
+        if let Some(router) = current() {
             hub.reconcile(router);
         }
     }
