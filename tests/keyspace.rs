@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use redis_fleet::redis::resp::Value;
 use redis_fleet::routing::Resolver;
 use redis_fleet::routing::table::{Migration, RoutingTable, TtlRules};
-use redis_fleet::sidecar::keyspace::walk_order;
+use redis_fleet::sidecar::keyspace::{instance_hash, walk_order};
 use support::resp::RawConn;
 use support::sidecar::{Sidecar, category, endpoint, table};
 use support::{RedisOptions, RedisServer};
@@ -163,7 +163,8 @@ fn a_scan_survives_a_table_change_that_moves_its_keys_behind_it() {
         .map(|(_, i)| resolver.instance_name(*i).to_owned())
         .collect();
     // The scan walks `first` then `second`; the keys will move from `second` to `first`,
-    // behind the walk.
+    // behind the walk: without its second pass over the slots `first` was given, the scan
+    // would miss every one of them.
     let (first, second) = (order[0].clone(), order[1].clone());
     let (moving, servers) = if second == "a" {
         ("user", (&a, &b))
@@ -180,11 +181,19 @@ fn a_scan_survives_a_table_change_that_moves_its_keys_behind_it() {
             expected.insert(key);
         }
     }
-    // Scan `first` partway.
+    // Scan all of `first`: the cursor (bits 40–55: the instance's hash) moves on to `second`.
+    let second_hash = u64::from(instance_hash(&second));
     let mut seen = BTreeSet::new();
-    let (mut cursor, keys) = scan_step(&mut conn, "0", 20);
-    seen.extend(keys);
-    assert_ne!(cursor, "0");
+    let mut cursor = "0".to_owned();
+    loop {
+        let (next, keys) = scan_step(&mut conn, &cursor, 20);
+        seen.extend(keys);
+        assert_ne!(next, "0");
+        cursor = next;
+        if (cursor.parse::<u64>().unwrap() >> 40) & 0xffff == second_hash {
+            break;
+        }
+    }
 
     // The operator migrates `moving` from `second` to `first`, and the keys move (as the
     // rebalance Job moves them: DUMP, RESTORE with TTL, DEL).
