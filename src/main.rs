@@ -152,6 +152,10 @@ struct SidecarArgs {
     /// Worker threads (1: a single-threaded event loop, like Redis itself).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Let FLUSHDB / FLUSHALL erase every application key of every instance (the fleet's own
+    /// bookkeeping stays). Without it they are refused.
+    #[arg(long, env = "REDIS_FLEET_ALLOW_FLUSH")]
+    allow_flush: bool,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -224,6 +228,7 @@ fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         poll: args.poll,
+        allow_flush: args.allow_flush,
     }))?;
     Ok(())
 }

@@ -17,8 +17,8 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 use redis_fleet::redis::resp::{
-    Frame, FrameScanner, Limits, ProtocolError, RequestDecoder, encode_request, frame_len,
-    parse_frame, parse_request, split_frame,
+    Frame, FrameScanner, Limits, ProtocolError, RequestDecoder, Value, encode_request, frame_len,
+    parse_frame, parse_request, parse_value, split_frame,
 };
 
 fn config() -> ProptestConfig {
@@ -369,6 +369,63 @@ fn arb_sizes() -> impl Strategy<Value = Vec<usize>> {
     proptest::collection::vec(1usize..40, 1..5)
 }
 
+// --- RESP3 ----------------------------------------------------------------------------------
+
+fn arb_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        arb_line().prop_map(|l| Value::Simple(l.into())),
+        arb_line().prop_map(|l| Value::Error(l.into())),
+        any::<i64>().prop_map(Value::Integer),
+        proptest::collection::vec(any::<u8>(), 0..24).prop_map(|b| Value::Bulk(b.into())),
+        Just(Value::Null),
+        any::<f64>().prop_map(|d| Value::Double(format!("{d}").replace("NaN", "nan").into())),
+        any::<bool>().prop_map(Value::Boolean),
+        any::<i64>().prop_map(|n| Value::BigNumber(format!("{n}0").into())),
+        proptest::collection::vec(any::<u8>(), 0..24).prop_map(|b| Value::Verbatim {
+            format: *b"txt",
+            text: b.into()
+        }),
+        proptest::collection::vec(any::<u8>(), 0..24).prop_map(|b| Value::BlobError(b.into())),
+    ];
+    leaf.prop_recursive(5, 48, 5, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Set),
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Push),
+            proptest::collection::vec((inner.clone(), inner.clone()), 0..4).prop_map(Value::Map),
+            (
+                proptest::collection::vec((inner.clone(), inner.clone()), 1..3),
+                inner
+            )
+                .prop_filter("an attribute describes a value", |(_, v)| {
+                    !matches!(v, Value::Attribute { .. })
+                })
+                .prop_map(|(attributes, value)| Value::Attribute {
+                    attributes,
+                    value: Box::new(value)
+                }),
+        ]
+    })
+}
+
+/// The RESP3 parser on any bytes: never a panic; a value it accepts re-encodes to bytes that
+/// parse and re-encode identically (a CR or LF inside a line is normalised once).
+fn check_value(bytes: &[u8], limits: &Limits) -> Result<(), TestCaseError> {
+    if let Ok(Some((value, used))) = parse_value(bytes, limits) {
+        prop_assert!(used > 0 && used <= bytes.len());
+        let once = value.to_resp3();
+        let (again, again_used) = parse_value(&once, &Limits::replies())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?
+            .ok_or_else(|| TestCaseError::fail("re-encoding incomplete"))?;
+        prop_assert_eq!(again_used, once.len());
+        prop_assert_eq!(again.to_resp3(), once);
+        // RESP2 down-conversion always yields one valid RESP2 frame.
+        let two = value.to_resp2();
+        prop_assert_eq!(frame_len(&two, &Limits::replies()), Ok(Some(two.len())));
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -450,6 +507,38 @@ proptest! {
         for limits in [Limits::default(), tiny()] {
             let _ = check_reply(&bytes, &limits, &sizes);
             let _ = check_requests(&bytes, &limits, &sizes);
+        }
+    }
+
+    #[test]
+    fn valid_resp3_values_decode_exactly(value in arb_value(), cut in any::<usize>()) {
+        let bytes = value.to_resp3();
+        let (parsed, used) = parse_value(&bytes, &Limits::replies()).unwrap().unwrap();
+        prop_assert_eq!(used, bytes.len());
+        prop_assert_eq!(parsed.to_resp3(), bytes.clone());
+        let cut = cut % bytes.len().max(1);
+        prop_assert_eq!(parse_value(&bytes[..cut], &Limits::replies()), Ok(None));
+        check_value(&bytes, &Limits::replies())?;
+    }
+
+    #[test]
+    fn mutated_resp3_values_never_crash(
+        value in arb_value(),
+        mutations in proptest::collection::vec(arb_mutation(), 1..4),
+    ) {
+        let mut bytes = value.to_resp3().to_vec();
+        for m in &mutations {
+            apply(&mut bytes, m);
+        }
+        for limits in [Limits::replies(), tiny()] {
+            check_value(&bytes, &limits)?;
+        }
+    }
+
+    #[test]
+    fn random_bytes_as_resp3(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+        for limits in [Limits::replies(), tiny()] {
+            check_value(&bytes, &limits)?;
         }
     }
 }

@@ -10,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 mod resp;
 
 use resp::{
-    FrameScanner, Limits, RequestDecoder, frame_len, parse_frame, parse_request, split_frame,
+    FrameScanner, Limits, RequestDecoder, frame_len, parse_frame, parse_request, parse_value,
+    split_frame,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -49,6 +50,17 @@ fuzz_target!(|data: &[u8]| {
             let (again, used) = parse_frame(&once, &limits).unwrap().unwrap();
             assert_eq!(used, once.len());
             assert_eq!(again.to_bytes(), once);
+        }
+
+        // RESP3 values: what parses re-encodes to itself, in RESP3 and as one RESP2 frame.
+        if let Ok(Some((value, used))) = parse_value(data, &limits) {
+            assert!(used > 0 && used <= data.len());
+            let once = value.to_resp3();
+            let (again, again_used) = parse_value(&once, &Limits::replies()).unwrap().unwrap();
+            assert_eq!(again_used, once.len());
+            assert_eq!(again.to_resp3(), once);
+            let two = value.to_resp2();
+            assert_eq!(frame_len(&two, &Limits::replies()), Ok(Some(two.len())));
         }
 
         // Requests: one-shot parsing request by request vs the decoder fed byte by byte.

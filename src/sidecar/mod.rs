@@ -6,6 +6,9 @@
 //! - [`backend`]: pipelined connections to instances; [`router`]: one table version;
 //! - [`session`]: one client connection, one file per kind of command; [`reload`]: table and
 //!   credential updates;
+//! - [`resp3`]: what each reply becomes for a RESP3 client (pure); [`pubsub`]: the
+//!   sidecar's subscriptions on the instances, shared by its clients;
+//! - [`keyspace`]: the fleet's keyspace as one (SCAN's walk, stale copies, what moved);
 //! - [`heartbeat`]: writes the table version this sidecar uses, for rebalance Jobs;
 //! - [`metrics`]: Prometheus series on a separate port.
 
@@ -13,8 +16,11 @@ pub mod backend;
 pub mod command;
 pub mod fleet;
 pub mod heartbeat;
+pub mod keyspace;
 pub mod metrics;
+pub mod pubsub;
 pub mod reload;
+pub mod resp3;
 pub mod router;
 pub mod scripts;
 pub mod session;
@@ -55,6 +61,8 @@ pub struct Config {
     pub backend: BackendOptions,
     /// How often a mounted table file and the credentials are re-read.
     pub poll: Duration,
+    /// Whether FLUSHDB / FLUSHALL erase the fleet's application keys (else they are refused).
+    pub allow_flush: bool,
 }
 
 /// Why the sidecar stopped.
@@ -109,6 +117,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
     tokio::spawn(heartbeat::run(shared.clone()));
+    let current = {
+        let shared = shared.clone();
+        move || shared.router.load_full()
+    };
+    tokio::spawn(pubsub::watch(shared.pubsub.clone(), current.clone()));
+    tokio::spawn(keyspace::watch(shared.keyspace.clone(), current));
+    shared
+        .allow_flush
+        .store(config.allow_flush, std::sync::atomic::Ordering::Relaxed);
 
     match http::serve(config.metrics_addr, probes.clone()).await {
         Ok((addr, _)) => info!(%addr, "serving /metrics, /healthz and /readyz"),

@@ -6,6 +6,7 @@ pub mod control_plane;
 pub mod pki;
 pub mod process;
 pub mod redis;
+pub mod resp;
 pub mod shop;
 
 pub use control_plane::ControlPlane;

@@ -1,4 +1,4 @@
-//! RESP2 framing (pure: no I/O), spoken by the sidecar to clients and instances and by the
+//! RESP2 and RESP3 framing (pure: no I/O), spoken by the sidecar to clients and instances and by the
 //! rebalance Job's move scripts.
 //!
 //! Two directions, two shapes of work:
@@ -28,7 +28,8 @@
 //!
 //! Files: `limits.rs` (sizes and protocol errors), `frame.rs` (values and their encoding),
 //! `number.rs` (the decimal and line readers both directions share), `request.rs` (client →
-//! sidecar) and `reply.rs` (Redis → sidecar). Everything is re-exported here: callers name
+//! sidecar), `reply.rs` (Redis → sidecar) and `resp3.rs` (RESP3 values: parsed from either
+//! protocol, encoded in either). Everything is re-exported here: callers name
 //! `resp::Frame`, `resp::RequestDecoder`, … (and the fuzz target includes this directory as
 //! a module of its own, so nothing here may name the rest of the crate).
 
@@ -37,12 +38,14 @@ mod limits;
 mod number;
 mod reply;
 mod request;
+mod resp3;
 
 pub use frame::{Frame, encode_request};
 pub use limits::{Limits, MAX_DEPTH_CAP, ProtocolError};
 pub use number::parse_i64;
 pub use reply::{FrameScanner, frame_len, parse_frame, split_frame};
 pub use request::{Request, RequestDecoder, parse_request};
+pub use resp3::{Value, parse_value, value_len};
 
 #[cfg(test)]
 mod tests;

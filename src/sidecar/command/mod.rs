@@ -55,6 +55,62 @@ pub struct CommandSpec {
     pub creates: Creates,
     /// Subcommands, for container commands (`OBJECT`, `XINFO`, `CLIENT`, ...).
     pub subcommands: &'static [CommandSpec],
+    /// How the reply differs in RESP3 from the RESP2 reply the instances send.
+    pub resp3: Resp3,
+}
+
+/// What a command's reply becomes for a RESP3 client. The instances are spoken to in RESP2;
+/// Redis would answer a RESP3 client with richer types, so the sidecar converts (see
+/// `sidecar/resp3.rs`). Everything not listed keeps its shape (nulls become `_`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resp3 {
+    /// The same structure.
+    Same,
+    /// A flat key/value array becomes a map (HGETALL, HELLO, PUBSUB NUMSUB).
+    Map,
+    /// An array becomes a set (SMEMBERS, SINTER, SPOP with a count).
+    Set,
+    /// A bulk string becomes a double (ZSCORE, ZINCRBY).
+    Double,
+    /// An array of bulk strings or nils becomes doubles or nulls (ZMSCORE).
+    Doubles,
+    /// With `WITHSCORES`: a flat member/score list becomes `[member, score]` pairs, the scores
+    /// doubles (ZRANGE, ZUNION, ...).
+    WithScores,
+    /// With a count and `WITHSCORES` / `WITHVALUES`: pairs; scores become doubles when
+    /// `double` (ZRANDMEMBER, HRANDFIELD).
+    RandPairs {
+        /// Whether the second element of each pair is a score.
+        double: bool,
+    },
+    /// ZPOPMIN/ZPOPMAX: `[member, score]` with a double score; with a count, a list of pairs.
+    ZPop,
+    /// BZPOPMIN/BZPOPMAX: `[key, member, score]` with a double score.
+    BzPop,
+    /// ZMPOP/BZMPOP: `[key, [[member, score], ...]]` with double scores.
+    ZMPop,
+    /// ZRANK/ZREVRANK WITHSCORE: `[rank, score]` with a double score.
+    RankWithScore,
+    /// ZADD with INCR: a double (or null).
+    ZAdd,
+    /// XREAD/XREADGROUP: a list of `[key, entries]` becomes a map of key to entries.
+    XRead,
+    /// XINFO STREAM: a map; with FULL, its groups and their consumers are maps too.
+    XInfoStream,
+    /// XINFO GROUPS/CONSUMERS: a list of maps.
+    XInfoList,
+    /// LCS with IDX: a map.
+    Lcs,
+    /// GEOPOS, and GEOSEARCH/GEORADIUS with WITHCOORD: coordinates become doubles.
+    Geo,
+    /// A bulk string becomes a verbatim string (INFO, CLIENT INFO, CLIENT LIST).
+    Verbatim,
+    /// COMMAND and its subcommands, whose replies nest maps and sets: asked of an instance in
+    /// RESP3 directly.
+    Introspection,
+    /// Already in the client's protocol (pub/sub confirmations, push frames in RESP3): never
+    /// converted.
+    Raw,
 }
 
 /// How the sidecar handles a command.
@@ -82,6 +138,9 @@ pub enum Kind {
     Local(LocalCommand),
     /// Sent to every instance, the replies combined.
     FanOut(FanOut),
+    /// Pub/Sub, served through the sidecar's subscriptions on the instances
+    /// (`sidecar/pubsub.rs`).
+    PubSub(PubSub),
     /// A container whose subcommand, the second argument, says what to do; [`resolve`] and
     /// [`key_indices`] look it up. Only an argument list that is too short resolves to the
     /// container itself (and then fails the arity check).
@@ -231,6 +290,37 @@ pub enum LocalCommand {
     ClientReply,
 }
 
+/// Pub/Sub commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubSub {
+    /// `SUBSCRIBE channel...`.
+    Subscribe,
+    /// `PSUBSCRIBE pattern...`.
+    PSubscribe,
+    /// `SSUBSCRIBE shardchannel...`.
+    SSubscribe,
+    /// `UNSUBSCRIBE [channel...]`.
+    Unsubscribe,
+    /// `PUNSUBSCRIBE [pattern...]`.
+    PUnsubscribe,
+    /// `SUNSUBSCRIBE [shardchannel...]`.
+    SUnsubscribe,
+    /// `PUBLISH channel message`.
+    Publish,
+    /// `SPUBLISH shardchannel message`.
+    SPublish,
+    /// `PUBSUB CHANNELS [pattern]`.
+    Channels,
+    /// `PUBSUB NUMPAT`.
+    NumPat,
+    /// `PUBSUB NUMSUB [channel...]`.
+    NumSub,
+    /// `PUBSUB SHARDCHANNELS [pattern]`.
+    ShardChannels,
+    /// `PUBSUB SHARDNUMSUB [shardchannel...]`.
+    ShardNumSub,
+}
+
 /// Keyless commands sent to every instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FanOut {
@@ -239,9 +329,14 @@ pub enum FanOut {
     /// `SCAN cursor ...`: the sidecar walks the instances one after the other, keeping the
     /// instance in its cursor.
     Scan,
-    /// `RANDOMKEY`: ask instances in random order until one has a key. Cheap, though not
-    /// uniform over the fleet's keys; KEYS, by contrast, is refused.
+    /// `RANDOMKEY`: ask instances in turn until one has a key it serves. Cheap, though not
+    /// uniform over the fleet's keys.
     RandomKey,
+    /// `KEYS pattern`: every instance's matches it serves, once each.
+    Keys,
+    /// `FLUSHDB` / `FLUSHALL`: every application key of every instance, only when the sidecar
+    /// runs with `--allow-flush`.
+    Flush,
     /// `SCRIPT LOAD`: every instance must know the script for EVALSHA to work anywhere.
     ScriptLoad,
     /// `SCRIPT EXISTS sha...`: 1 where every instance has the script.

@@ -8,23 +8,19 @@ use super::KeySpec::SortStore;
 use super::Kind::*;
 use super::LocalCommand as L;
 use super::NumKeysErrors::*;
+use super::PubSub as P;
 use super::Split as S;
 use super::TxnCommand as T;
-use super::{CommandSpec, Creates, KeySpec, Kind, NumKeysErrors};
+use super::{CommandSpec, Creates, KeySpec, Kind, NumKeysErrors, Resp3};
 
 const READ: bool = false;
 const WRITE: bool = true;
 
 const ADMIN: &str =
     "administrative commands act on a single Redis instance; run them on the instances directly";
-const FLUSH: &str =
-    "it would erase every instance of the fleet; flush the instances directly if you mean it";
-const KEYS: &str =
-    "KEYS would block every instance of the fleet; use SCAN, which the sidecar runs fleet-wide";
 const ONE_DB: &str = "the fleet has a single database, 0";
 const CLUSTER: &str = "the sidecar presents a standalone Redis, not a Redis Cluster";
 const REPLICATION: &str = "replication and failover are managed by the redis-fleet operator";
-const PUBSUB: &str = "pub/sub is not supported by the sidecar in this version";
 const TRACKING: &str = "client-side caching (tracking) is not supported by the sidecar";
 const FUNCTION: &str =
     "load functions on each instance directly; FCALL and FCALL_RO work once they are there";
@@ -47,6 +43,7 @@ const fn c(
         adaptive_read: false,
         creates: Creates::Nothing,
         subcommands: &[],
+        resp3: Resp3::Same,
     }
 }
 
@@ -66,6 +63,7 @@ const fn container(
         adaptive_read: false,
         creates: Creates::Nothing,
         subcommands,
+        resp3: Resp3::Same,
     }
 }
 
@@ -90,6 +88,11 @@ impl CommandSpec {
     /// A write that creates keys without an expiry ([`CommandSpec::creates`]).
     const fn creates(self, creates: Creates) -> Self {
         Self { creates, ..self }
+    }
+
+    /// A reply whose RESP3 form differs ([`CommandSpec::resp3`]).
+    const fn resp3(self, resp3: Resp3) -> Self {
+        Self { resp3, ..self }
     }
 }
 
@@ -143,12 +146,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("blpop", -3, Blocking, &[range(1, -2, 1)], WRITE),
     c("brpop", -3, Blocking, &[range(1, -2, 1)], WRITE),
     c("brpoplpush", 4, Blocking, &[key(1), key(2)], WRITE),
-    c("bzmpop", -5, Blocking, &[numkeys(2, 3, Mpop)], WRITE),
-    c("bzpopmax", -3, Blocking, &[range(1, -2, 1)], WRITE),
-    c("bzpopmin", -3, Blocking, &[range(1, -2, 1)], WRITE),
+    c("bzmpop", -5, Blocking, &[numkeys(2, 3, Mpop)], WRITE).resp3(Resp3::ZMPop),
+    c("bzpopmax", -3, Blocking, &[range(1, -2, 1)], WRITE).resp3(Resp3::BzPop),
+    c("bzpopmin", -3, Blocking, &[range(1, -2, 1)], WRITE).resp3(Resp3::BzPop),
     container("client", -2, Container, CLIENT_SUBCOMMANDS),
     c("cluster", -2, Refused(CLUSTER), &[], READ),
-    container("command", -1, Local(L::Command), COMMAND_SUBCOMMANDS),
+    container("command", -1, Local(L::Command), COMMAND_SUBCOMMANDS).resp3(Resp3::Introspection),
     c("config", -2, Refused(ADMIN), &[], READ),
     c("copy", -3, SameInstance, &[key(1), key(2)], WRITE).creates(Creates::Key(2)),
     c("dbsize", 1, FanOut(F::DbSize), &[], READ),
@@ -171,30 +174,32 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("failover", -1, Refused(REPLICATION), &[], READ),
     c("fcall", -3, Script, &[numkeys(2, 3, Fcall)], READ),
     c("fcall_ro", -3, Script, &[numkeys(2, 3, Fcall)], READ),
-    c("flushall", -1, Refused(FLUSH), &[], WRITE),
-    c("flushdb", -1, Refused(FLUSH), &[], WRITE),
+    c("flushall", -1, FanOut(F::Flush), &[], WRITE),
+    c("flushdb", -1, FanOut(F::Flush), &[], WRITE),
     c("function", -2, Refused(FUNCTION), &[], READ),
     c("geoadd", -5, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("geodist", -4, SingleKey, &[key(1)], READ),
     c("geohash", -2, SingleKey, &[key(1)], READ),
-    c("geopos", -2, SingleKey, &[key(1)], READ),
+    c("geopos", -2, SingleKey, &[key(1)], READ).resp3(Resp3::Geo),
     c(
         "georadius",
         -6,
         SameInstance,
         &[key(1), keyword("STORE", 6), keyword("STOREDIST", 6)],
         WRITE,
-    ),
-    c("georadius_ro", -6, SingleKey, &[key(1)], READ),
+    )
+    .resp3(Resp3::Geo),
+    c("georadius_ro", -6, SingleKey, &[key(1)], READ).resp3(Resp3::Geo),
     c(
         "georadiusbymember",
         -5,
         SameInstance,
         &[key(1), keyword("STORE", 5), keyword("STOREDIST", 5)],
         WRITE,
-    ),
-    c("georadiusbymember_ro", -5, SingleKey, &[key(1)], READ),
-    c("geosearch", -7, SingleKey, &[key(1)], READ),
+    )
+    .resp3(Resp3::Geo),
+    c("georadiusbymember_ro", -5, SingleKey, &[key(1)], READ).resp3(Resp3::Geo),
+    c("geosearch", -7, SingleKey, &[key(1)], READ).resp3(Resp3::Geo),
     c("geosearchstore", -8, SameInstance, &[key(1), key(2)], WRITE).creates(Creates::Key(1)),
     c("get", 2, SingleKey, &[key(1)], READ).hits().adaptive(),
     c("getbit", 3, SingleKey, &[key(1)], READ),
@@ -205,17 +210,19 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         .adaptive(),
     c("getset", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hdel", -3, SingleKey, &[key(1)], WRITE),
-    c("hello", -1, Local(L::Hello), &[], READ),
+    c("hello", -1, Local(L::Hello), &[], READ).resp3(Resp3::Map),
     c("hexists", 3, SingleKey, &[key(1)], READ),
     c("hget", 3, SingleKey, &[key(1)], READ).hits().adaptive(),
-    c("hgetall", 2, SingleKey, &[key(1)], READ).adaptive(),
+    c("hgetall", 2, SingleKey, &[key(1)], READ)
+        .adaptive()
+        .resp3(Resp3::Map),
     c("hincrby", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hincrbyfloat", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hkeys", 2, SingleKey, &[key(1)], READ),
     c("hlen", 2, SingleKey, &[key(1)], READ),
     c("hmget", -3, SingleKey, &[key(1)], READ).adaptive(),
     c("hmset", -4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
-    c("hrandfield", -2, SingleKey, &[key(1)], READ),
+    c("hrandfield", -2, SingleKey, &[key(1)], READ).resp3(Resp3::RandPairs { double: false }),
     c("hscan", -3, SingleKey, &[key(1)], READ),
     c("hset", -4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hsetnx", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
@@ -224,11 +231,11 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("incr", 2, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("incrby", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("incrbyfloat", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
-    c("info", -1, Local(L::Info), &[], READ),
-    c("keys", 2, Refused(KEYS), &[], READ),
+    c("info", -1, Local(L::Info), &[], READ).resp3(Resp3::Verbatim),
+    c("keys", 2, FanOut(F::Keys), &[], READ),
     c("lastsave", 1, Refused(ADMIN), &[], READ),
     c("latency", -2, Refused(ADMIN), &[], READ),
-    c("lcs", -3, SameInstance, &[range(1, 2, 1)], READ),
+    c("lcs", -3, SameInstance, &[range(1, 2, 1)], READ).resp3(Resp3::Lcs),
     c("lindex", 3, SingleKey, &[key(1)], READ).hits(),
     c("linsert", 5, SingleKey, &[key(1)], WRITE),
     c("llen", 2, SingleKey, &[key(1)], READ),
@@ -271,12 +278,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("pfselftest", 1, Refused(ADMIN), &[], READ),
     c("ping", -1, Local(L::Ping), &[], READ),
     c("psetex", 4, SingleKey, &[key(1)], WRITE),
-    c("psubscribe", -2, Refused(PUBSUB), &[], READ),
+    c("psubscribe", -2, PubSub(P::PSubscribe), &[], READ).resp3(Resp3::Raw),
     c("psync", -3, Refused(REPLICATION), &[], READ),
     c("pttl", 2, SingleKey, &[key(1)], READ),
-    c("publish", 3, Refused(PUBSUB), &[], READ),
-    c("pubsub", -2, Refused(PUBSUB), &[], READ),
-    c("punsubscribe", -1, Refused(PUBSUB), &[], READ),
+    c("publish", 3, PubSub(P::Publish), &[], READ),
+    container("pubsub", -2, Container, PUBSUB_SUBCOMMANDS),
+    c("punsubscribe", -1, PubSub(P::PUnsubscribe), &[], READ).resp3(Resp3::Raw),
     c("quit", -1, Local(L::Quit), &[], READ),
     c("randomkey", 1, FanOut(F::RandomKey), &[], READ),
     c("readonly", 1, Refused(CLUSTER), &[], READ),
@@ -298,7 +305,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("scan", -2, FanOut(F::Scan), &[], READ),
     c("scard", 2, SingleKey, &[key(1)], READ),
     container("script", -2, Container, SCRIPT_SUBCOMMANDS),
-    c("sdiff", -2, SameInstance, &[range(1, -1, 1)], READ),
+    c("sdiff", -2, SameInstance, &[range(1, -1, 1)], READ).resp3(Resp3::Set),
     c(
         "sdiffstore",
         -3,
@@ -314,7 +321,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("setnx", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("setrange", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("shutdown", -1, Refused(ADMIN), &[], READ),
-    c("sinter", -2, SameInstance, &[range(1, -1, 1)], READ),
+    c("sinter", -2, SameInstance, &[range(1, -1, 1)], READ).resp3(Resp3::Set),
     c(
         "sintercard",
         -3,
@@ -333,21 +340,23 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("sismember", 3, SingleKey, &[key(1)], READ),
     c("slaveof", 3, Refused(REPLICATION), &[], READ),
     c("slowlog", -2, Refused(ADMIN), &[], READ),
-    c("smembers", 2, SingleKey, &[key(1)], READ).adaptive(),
+    c("smembers", 2, SingleKey, &[key(1)], READ)
+        .adaptive()
+        .resp3(Resp3::Set),
     c("smismember", -3, SingleKey, &[key(1)], READ),
     c("smove", 4, SameInstance, &[key(1), key(2)], WRITE).creates(Creates::Key(2)),
     c("sort", -2, SameInstance, &[key(1), SortStore], WRITE),
     c("sort_ro", -2, SingleKey, &[key(1)], READ),
-    c("spop", -2, SingleKey, &[key(1)], WRITE),
-    c("spublish", 3, Refused(PUBSUB), &[], READ),
+    c("spop", -2, SingleKey, &[key(1)], WRITE).resp3(Resp3::Set),
+    c("spublish", 3, PubSub(P::SPublish), &[], READ),
     c("srandmember", -2, SingleKey, &[key(1)], READ),
     c("srem", -3, SingleKey, &[key(1)], WRITE),
     c("sscan", -3, SingleKey, &[key(1)], READ),
-    c("ssubscribe", -2, Refused(PUBSUB), &[], READ),
+    c("ssubscribe", -2, PubSub(P::SSubscribe), &[], READ).resp3(Resp3::Raw),
     c("strlen", 2, SingleKey, &[key(1)], READ),
-    c("subscribe", -2, Refused(PUBSUB), &[], READ),
+    c("subscribe", -2, PubSub(P::Subscribe), &[], READ).resp3(Resp3::Raw),
     c("substr", 4, SingleKey, &[key(1)], READ),
-    c("sunion", -2, SameInstance, &[range(1, -1, 1)], READ),
+    c("sunion", -2, SameInstance, &[range(1, -1, 1)], READ).resp3(Resp3::Set),
     c(
         "sunionstore",
         -3,
@@ -356,7 +365,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         WRITE,
     )
     .creates(Creates::Key(1)),
-    c("sunsubscribe", -1, Refused(PUBSUB), &[], READ),
+    c("sunsubscribe", -1, PubSub(P::SUnsubscribe), &[], READ).resp3(Resp3::Raw),
     c("swapdb", 3, Refused(ONE_DB), &[], WRITE),
     c("sync", 1, Refused(REPLICATION), &[], READ),
     c("time", 1, Local(L::Time), &[], READ),
@@ -364,7 +373,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("ttl", 2, SingleKey, &[key(1)], READ),
     c("type", 2, SingleKey, &[key(1)], READ),
     c("unlink", -2, MultiKey(S::Unlink), &[range(1, -1, 1)], WRITE),
-    c("unsubscribe", -1, Refused(PUBSUB), &[], READ),
+    c("unsubscribe", -1, PubSub(P::Unsubscribe), &[], READ).resp3(Resp3::Raw),
     c("unwatch", 1, Transaction(T::Unwatch), &[], READ),
     c("wait", 3, Refused(REPLICATION), &[], READ),
     c("watch", -2, Transaction(T::Watch), &[range(1, -1, 1)], READ),
@@ -378,15 +387,17 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("xlen", 2, SingleKey, &[key(1)], READ),
     c("xpending", -3, SingleKey, &[key(1)], READ),
     c("xrange", -4, SingleKey, &[key(1)], READ),
-    c("xread", -4, Blocking, &[streams(false)], READ),
-    c("xreadgroup", -7, Blocking, &[streams(true)], WRITE),
+    c("xread", -4, Blocking, &[streams(false)], READ).resp3(Resp3::XRead),
+    c("xreadgroup", -7, Blocking, &[streams(true)], WRITE).resp3(Resp3::XRead),
     c("xrevrange", -4, SingleKey, &[key(1)], READ),
     c("xsetid", -3, SingleKey, &[key(1)], WRITE),
     c("xtrim", -4, SingleKey, &[key(1)], WRITE),
-    c("zadd", -4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
+    c("zadd", -4, SingleKey, &[key(1)], WRITE)
+        .creates(Creates::Key(1))
+        .resp3(Resp3::ZAdd),
     c("zcard", 2, SingleKey, &[key(1)], READ),
     c("zcount", 4, SingleKey, &[key(1)], READ),
-    c("zdiff", -3, SameInstance, &[numkeys(1, 2, Zset)], READ),
+    c("zdiff", -3, SameInstance, &[numkeys(1, 2, Zset)], READ).resp3(Resp3::WithScores),
     c(
         "zdiffstore",
         -4,
@@ -395,8 +406,10 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         WRITE,
     )
     .creates(Creates::Key(1)),
-    c("zincrby", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
-    c("zinter", -3, SameInstance, &[numkeys(1, 2, Zset)], READ),
+    c("zincrby", 4, SingleKey, &[key(1)], WRITE)
+        .creates(Creates::Key(1))
+        .resp3(Resp3::Double),
+    c("zinter", -3, SameInstance, &[numkeys(1, 2, Zset)], READ).resp3(Resp3::WithScores),
     c("zintercard", -3, SameInstance, &[numkeys(1, 2, Zset)], READ),
     c(
         "zinterstore",
@@ -407,27 +420,29 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     )
     .creates(Creates::Key(1)),
     c("zlexcount", 4, SingleKey, &[key(1)], READ),
-    c("zmpop", -4, SameInstance, &[numkeys(1, 2, Mpop)], WRITE),
-    c("zmscore", -3, SingleKey, &[key(1)], READ),
-    c("zpopmax", -2, SingleKey, &[key(1)], WRITE),
-    c("zpopmin", -2, SingleKey, &[key(1)], WRITE),
-    c("zrandmember", -2, SingleKey, &[key(1)], READ),
-    c("zrange", -4, SingleKey, &[key(1)], READ).adaptive(),
+    c("zmpop", -4, SameInstance, &[numkeys(1, 2, Mpop)], WRITE).resp3(Resp3::ZMPop),
+    c("zmscore", -3, SingleKey, &[key(1)], READ).resp3(Resp3::Doubles),
+    c("zpopmax", -2, SingleKey, &[key(1)], WRITE).resp3(Resp3::ZPop),
+    c("zpopmin", -2, SingleKey, &[key(1)], WRITE).resp3(Resp3::ZPop),
+    c("zrandmember", -2, SingleKey, &[key(1)], READ).resp3(Resp3::RandPairs { double: true }),
+    c("zrange", -4, SingleKey, &[key(1)], READ)
+        .adaptive()
+        .resp3(Resp3::WithScores),
     c("zrangebylex", -4, SingleKey, &[key(1)], READ),
-    c("zrangebyscore", -4, SingleKey, &[key(1)], READ),
+    c("zrangebyscore", -4, SingleKey, &[key(1)], READ).resp3(Resp3::WithScores),
     c("zrangestore", -5, SameInstance, &[key(1), key(2)], WRITE).creates(Creates::Key(1)),
-    c("zrank", 3, SingleKey, &[key(1)], READ),
+    c("zrank", 3, SingleKey, &[key(1)], READ).resp3(Resp3::RankWithScore),
     c("zrem", -3, SingleKey, &[key(1)], WRITE),
     c("zremrangebylex", 4, SingleKey, &[key(1)], WRITE),
     c("zremrangebyrank", 4, SingleKey, &[key(1)], WRITE),
     c("zremrangebyscore", 4, SingleKey, &[key(1)], WRITE),
-    c("zrevrange", -4, SingleKey, &[key(1)], READ),
+    c("zrevrange", -4, SingleKey, &[key(1)], READ).resp3(Resp3::WithScores),
     c("zrevrangebylex", -4, SingleKey, &[key(1)], READ),
-    c("zrevrangebyscore", -4, SingleKey, &[key(1)], READ),
-    c("zrevrank", 3, SingleKey, &[key(1)], READ),
+    c("zrevrangebyscore", -4, SingleKey, &[key(1)], READ).resp3(Resp3::WithScores),
+    c("zrevrank", 3, SingleKey, &[key(1)], READ).resp3(Resp3::RankWithScore),
     c("zscan", -3, SingleKey, &[key(1)], READ),
-    c("zscore", 3, SingleKey, &[key(1)], READ),
-    c("zunion", -3, SameInstance, &[numkeys(1, 2, Zset)], READ),
+    c("zscore", 3, SingleKey, &[key(1)], READ).resp3(Resp3::Double),
+    c("zunion", -3, SameInstance, &[numkeys(1, 2, Zset)], READ).resp3(Resp3::WithScores),
     c(
         "zunionstore",
         -4,
@@ -438,15 +453,30 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     .creates(Creates::Key(1)),
 ];
 
+static PUBSUB_SUBCOMMANDS: &[CommandSpec] = &[
+    c("pubsub|channels", -2, PubSub(P::Channels), &[], READ),
+    c("pubsub|help", 2, Local(L::Help), &[], READ),
+    c("pubsub|numpat", 2, PubSub(P::NumPat), &[], READ),
+    c("pubsub|numsub", -2, PubSub(P::NumSub), &[], READ).resp3(Resp3::Map),
+    c(
+        "pubsub|shardchannels",
+        -2,
+        PubSub(P::ShardChannels),
+        &[],
+        READ,
+    ),
+    c("pubsub|shardnumsub", -2, PubSub(P::ShardNumSub), &[], READ).resp3(Resp3::Map),
+];
+
 static CLIENT_SUBCOMMANDS: &[CommandSpec] = &[
     c("client|caching", 3, Refused(TRACKING), &[], READ),
     c("client|getname", 2, Local(L::ClientGetName), &[], READ),
     c("client|getredir", 2, Refused(TRACKING), &[], READ),
     c("client|help", 2, Local(L::Help), &[], READ),
     c("client|id", 2, Local(L::ClientId), &[], READ),
-    c("client|info", 2, Local(L::ClientInfo), &[], READ),
+    c("client|info", 2, Local(L::ClientInfo), &[], READ).resp3(Resp3::Verbatim),
     c("client|kill", -3, Refused(ADMIN), &[], READ),
-    c("client|list", -2, Local(L::ClientList), &[], READ),
+    c("client|list", -2, Local(L::ClientList), &[], READ).resp3(Resp3::Verbatim),
     c("client|no-evict", 3, Refused(ADMIN), &[], READ),
     c("client|pause", -3, Refused(ADMIN), &[], READ),
     c("client|reply", 3, Local(L::ClientReply), &[], READ),
@@ -459,19 +489,20 @@ static CLIENT_SUBCOMMANDS: &[CommandSpec] = &[
 ];
 
 static COMMAND_SUBCOMMANDS: &[CommandSpec] = &[
-    c("command|count", 2, Local(L::CommandCount), &[], READ),
-    c("command|docs", -2, Local(L::CommandDocs), &[], READ),
-    c("command|getkeys", -4, Local(L::CommandGetKeys), &[], READ),
+    c("command|count", 2, Local(L::CommandCount), &[], READ).resp3(Resp3::Introspection),
+    c("command|docs", -2, Local(L::CommandDocs), &[], READ).resp3(Resp3::Introspection),
+    c("command|getkeys", -4, Local(L::CommandGetKeys), &[], READ).resp3(Resp3::Introspection),
     c(
         "command|getkeysandflags",
         -4,
         Local(L::CommandGetKeysAndFlags),
         &[],
         READ,
-    ),
+    )
+    .resp3(Resp3::Introspection),
     c("command|help", 2, Local(L::Help), &[], READ),
-    c("command|info", -2, Local(L::CommandInfo), &[], READ),
-    c("command|list", -2, Local(L::CommandList), &[], READ),
+    c("command|info", -2, Local(L::CommandInfo), &[], READ).resp3(Resp3::Introspection),
+    c("command|list", -2, Local(L::CommandList), &[], READ).resp3(Resp3::Introspection),
 ];
 
 static MEMORY_SUBCOMMANDS: &[CommandSpec] = &[
@@ -510,8 +541,8 @@ static XGROUP_SUBCOMMANDS: &[CommandSpec] = &[
 ];
 
 static XINFO_SUBCOMMANDS: &[CommandSpec] = &[
-    c("xinfo|consumers", 4, SingleKey, &[key(2)], READ),
-    c("xinfo|groups", 3, SingleKey, &[key(2)], READ),
+    c("xinfo|consumers", 4, SingleKey, &[key(2)], READ).resp3(Resp3::XInfoList),
+    c("xinfo|groups", 3, SingleKey, &[key(2)], READ).resp3(Resp3::XInfoList),
     c("xinfo|help", 2, Local(L::Help), &[], READ),
-    c("xinfo|stream", -3, SingleKey, &[key(2)], READ),
+    c("xinfo|stream", -3, SingleKey, &[key(2)], READ).resp3(Resp3::XInfoStream),
 ];

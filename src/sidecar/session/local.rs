@@ -1,11 +1,16 @@
-//! Commands the sidecar answers itself: PING, ECHO, SELECT 0, QUIT, RESET, AUTH, HELLO 2,
+//! Commands the sidecar answers itself: PING, ECHO, SELECT 0, QUIT, RESET, AUTH, HELLO 2/3,
 //! TIME, INFO and CLIENT …; COMMAND and HELP are asked of an instance.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::super::backend::{Backend, BackendError, open};
 use super::super::command::LocalCommand;
 use super::{Client, Pending, backend_reply, encode, error_reply, lost, wire};
-use crate::redis::resp::{Frame, Request};
+use crate::redis::resp::{Frame, Limits, Request, encode_request, parse_value};
 
 impl Client {
     pub(super) async fn local(&mut self, l: LocalCommand, request: &Request) -> Pending {
@@ -29,6 +34,8 @@ impl Client {
                 self.unwatch().await;
                 self.dedicated.clear();
                 self.name = None;
+                self.protocol.reset();
+                self.pubsub.clear();
                 Pending::Ready(Bytes::from_static(b"+RESET\r\n"))
             }
             LocalCommand::Auth => self.auth(args.last()),
@@ -60,8 +67,9 @@ impl Client {
                     .map(|n| String::from_utf8_lossy(n).into_owned())
                     .unwrap_or_default();
                 Pending::Ready(encode(&Frame::Bulk(Bytes::from(format!(
-                    "id={} name={name} db=0 resp=2 lib=redis-fleet-sidecar\n",
-                    self.id
+                    "id={} name={name} db=0 resp={} lib=redis-fleet-sidecar\n",
+                    self.id,
+                    if self.protocol.resp3 { 3 } else { 2 },
                 )))))
             }
             LocalCommand::ClientReply => match args.get(2).map(|a| a.to_ascii_uppercase()) {
@@ -93,6 +101,13 @@ impl Client {
                     return Pending::Ready(error_reply("ERR no instance"));
                 };
                 let bytes = wire(request);
+                if self.protocol.resp3 {
+                    // Maps and sets nested deep in COMMAND's replies: ask in RESP3.
+                    let backend = backend.clone();
+                    return Pending::Future(Box::pin(async move {
+                        introspect_resp3(&backend, &bytes).await
+                    }));
+                }
                 let rx = backend.send_or_refuse(self.lane(), router.version(), bytes, 1);
                 Pending::Future(Box::pin(async move {
                     backend_reply(rx.await.unwrap_or_else(|_| Err(lost())), true)
@@ -118,12 +133,20 @@ impl Client {
     }
 
     fn hello(&mut self, args: &[Bytes]) -> Pending {
-        if let Some(v) = args.get(1)
-            && v.as_ref() != b"2"
-        {
-            return Pending::Ready(error_reply(
-                "NOPROTO sorry, this protocol version is not supported",
-            ));
+        let mut resp3 = self.protocol.resp3;
+        if let Some(v) = args.get(1) {
+            match crate::redis::resp::parse_i64(v) {
+                Some(2) => resp3 = false,
+                Some(3) => resp3 = true,
+                Some(_) => {
+                    return Pending::Ready(error_reply("NOPROTO unsupported protocol version"));
+                }
+                None => {
+                    return Pending::Ready(error_reply(
+                        "ERR Protocol version is not an integer or out of range",
+                    ));
+                }
+            }
         }
         let mut i = 2;
         while i < args.len() {
@@ -152,7 +175,7 @@ impl Client {
         let mut items = Vec::new();
         items.extend(field("server", Frame::Bulk(Bytes::from_static(b"redis"))));
         items.extend(field("version", Frame::Bulk(Bytes::from_static(b"7.0.0"))));
-        items.extend(field("proto", Frame::Integer(2)));
+        items.extend(field("proto", Frame::Integer(if resp3 { 3 } else { 2 })));
         items.extend(field("id", Frame::Integer(self.id as i64)));
         items.extend(field(
             "mode",
@@ -160,6 +183,8 @@ impl Client {
         ));
         items.extend(field("role", Frame::Bulk(Bytes::from_static(b"master"))));
         items.extend(field("modules", Frame::Array(Vec::new())));
+        // The switch applies from this reply on (the caller converts it for RESP3).
+        self.protocol.resp3 = resp3;
         Pending::Ready(encode(&Frame::Array(items)))
     }
 
@@ -177,5 +202,56 @@ impl Client {
             env!("CARGO_PKG_VERSION"),
             self.shared.metrics.clients.get(),
         )
+    }
+}
+
+/// Asks `backend` a COMMAND … request on a RESP3 connection of its own, so its maps and sets
+/// come back as Redis builds them; an instance that cannot speak RESP3 answers in RESP2,
+/// which the caller converts as it can.
+async fn introspect_resp3(backend: &Backend, request: &[u8]) -> Bytes {
+    let unavailable = |reason: String| {
+        BackendError::Unavailable {
+            instance: backend.name().to_owned(),
+            reason,
+        }
+        .reply()
+    };
+    let mut stream = match open(backend.target(), Duration::from_secs(2)).await {
+        Ok(stream) => stream,
+        Err(reason) => return unavailable(reason),
+    };
+    let mut bytes = BytesMut::new();
+    encode_request(&[&b"HELLO"[..], b"3"], &mut bytes);
+    bytes.extend_from_slice(request);
+    if let Err(e) = stream.write_all(&bytes).await {
+        return unavailable(e.to_string());
+    }
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut replies = 0;
+    let read = async {
+        loop {
+            match parse_value(&buf, &Limits::replies()) {
+                Ok(Some((_, used))) => {
+                    let reply = buf.split_to(used).freeze();
+                    replies += 1;
+                    if replies == 2 {
+                        return Ok(reply);
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("protocol error from the server: {e}")),
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) => return Err("the server closed the connection".to_owned()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(reason)) => unavailable(reason),
+        Err(_) => unavailable("no reply within 5s".to_owned()),
     }
 }

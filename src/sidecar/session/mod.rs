@@ -20,6 +20,9 @@ mod fan_out;
 mod guarded;
 mod keyed;
 mod local;
+mod protocol;
+mod pubsub;
+mod scan;
 mod transaction;
 
 use arc_swap::ArcSwapOption;
@@ -62,6 +65,12 @@ pub struct Shared {
     pub fleet: Arc<FleetView>,
     /// Application scripts seen, wrapped.
     pub scripts: ScriptCache,
+    /// The sidecar's Pub/Sub subscriptions on the instances, for all its clients.
+    pub pubsub: Arc<super::pubsub::Hub>,
+    /// The tables loaded lately, for SCAN cursors across table changes.
+    pub keyspace: Arc<super::keyspace::History>,
+    /// Whether FLUSHDB / FLUSHALL may erase the fleet's keys (`--allow-flush`).
+    pub allow_flush: std::sync::atomic::AtomicBool,
     next_client: AtomicU64,
 }
 
@@ -80,6 +89,9 @@ impl Shared {
             id,
             fleet: FleetView::new(),
             scripts: ScriptCache::default(),
+            pubsub: super::pubsub::Hub::new(),
+            keyspace: Arc::default(),
+            allow_flush: std::sync::atomic::AtomicBool::new(false),
             next_client: AtomicU64::new(1),
         })
     }
@@ -95,6 +107,8 @@ enum Pending {
         accounting: Accounting,
     },
     Future(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+    /// A reply converted for a RESP3 client once it is ready (see `protocol.rs`).
+    Resp3(Box<Pending>, super::resp3::Shape),
 }
 
 /// Why a dispatch stopped before it produced a pending reply.
@@ -185,6 +199,9 @@ impl Pending {
                 Poll::Pending => Poll::Pending,
             },
             Pending::Future(f) => f.as_mut().poll(cx).map(|b| (b, false)),
+            Pending::Resp3(inner, shape) => inner
+                .poll_reply(cx)
+                .map(|(b, close)| (super::resp3::convert(&b, shape), close)),
         }
     }
 }
@@ -326,6 +343,14 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
+            // Pub/Sub messages, after the replies before them.
+            push = client.pubsub.next(), if client.pubsub.receiving() && !closing => match push {
+                Some(message) => queue.push_back(Pending::Ready(message)),
+                None => {
+                    queue.push_back(Pending::Close(Bytes::new()));
+                    closing = true;
+                }
+            },
         }
     }
     shared.metrics.clients.dec();
@@ -346,6 +371,10 @@ struct Client {
     /// Connections for blocking commands, by instance name.
     dedicated: HashMap<String, Dedicated>,
     sample: u32,
+    /// RESP version and what goes with it (`protocol.rs`).
+    protocol: protocol::Protocol,
+    /// Pub/Sub subscriptions (`pubsub.rs`).
+    pubsub: pubsub::Subscriptions,
 }
 
 fn now_ms() -> u64 {
@@ -374,6 +403,7 @@ fn bundle(commands: &[Vec<Bytes>]) -> Bytes {
 impl Client {
     fn new(id: u64, shared: Arc<Shared>) -> Self {
         let authenticated = shared.password.is_none();
+        let pubsub = pubsub::Subscriptions::new(shared.pubsub.clone(), id);
         Self {
             id,
             shared,
@@ -383,6 +413,8 @@ impl Client {
             watching: None,
             dedicated: HashMap::new(),
             sample: (id as u32).wrapping_mul(2_654_435_761) | 1,
+            protocol: protocol::Protocol::default(),
+            pubsub,
         }
     }
 
@@ -398,7 +430,16 @@ impl Client {
         self.sample & 15 == 0
     }
 
+    /// Dispatches one request; a RESP3 client's reply is converted on its way out.
     async fn handle(&mut self, request: Request) -> Pending {
+        let shape = self
+            .protocol
+            .shape(&request.args, self.transaction.is_some());
+        let pending = self.handle_request(request).await;
+        self.protocol.wrap(pending, shape)
+    }
+
+    async fn handle_request(&mut self, request: Request) -> Pending {
         let resolved = match command::resolve(&request.args) {
             Ok(r) => r,
             Err(e) => {
@@ -425,6 +466,9 @@ impl Client {
             return Pending::Ready(error_reply(
                 "ERR keys starting with 'redisfleet:' are reserved for redis-fleet",
             ));
+        }
+        if let Some(refused) = self.pubsub_gate(spec, &request) {
+            return refused;
         }
         // Application scripts go to the instances wrapped (`scripts.rs`).
         let request = if spec.kind == Kind::Script {
@@ -479,6 +523,7 @@ impl Client {
             }
             Kind::Blocking => self.blocking(router, request, &resolved.keys, spec).await,
             Kind::FanOut(f) => Ok(self.fan_out(router, f, request.clone()).await),
+            Kind::PubSub(p) => Ok(self.pubsub(router, p, request.clone()).await),
             Kind::Container | Kind::Refused(_) | Kind::Local(_) | Kind::Transaction(_) => {
                 Ok(Pending::Ready(error_reply("ERR unsupported command")))
             }

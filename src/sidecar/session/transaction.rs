@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::super::backend::Dedicated;
-use super::super::command::{Kind, LocalCommand, Resolved, TxnCommand};
+use super::super::command::{Kind, LocalCommand, PubSub, Resolved, TxnCommand};
 use super::super::router::Router;
 use super::super::ttl::TtlAction;
 use super::guarded::exec_prefix;
@@ -91,6 +91,9 @@ impl Client {
             | Kind::SameInstance
             | Kind::Script
             | Kind::Blocking => {}
+            // Every instance is listened to (sidecar/pubsub.rs): a PUBLISH runs with the
+            // transaction, on its instance.
+            Kind::PubSub(PubSub::Publish) => {}
             // As in Redis: these act at once, inside MULTI too.
             Kind::Local(l @ (LocalCommand::Quit | LocalCommand::Reset)) => {
                 return Ok(self.local(l, request).await);

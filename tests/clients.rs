@@ -1,0 +1,156 @@
+//! Client libraries nobody here wrote, each running a small application workload (strings,
+//! hashes, lists, pipelines, a transaction and a script on one instance, SCAN, Pub/Sub from
+//! another pod's sidecar) through real sidecars in front of two real redis-servers — once on
+//! a settled table and once while a range migrates. Each workload lives in
+//! `tests/clients/<lang>/` with its lock file; `tests/clients/install.sh <lang>` installs it
+//! (once, cached under `~/.cache/redis-fleet/clients/`).
+//!
+//! The README's compatibility table is this file's matrix:
+//! `cargo test --test clients -- --nocapture` prints one line per client × protocol × table.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use redis_fleet::routing::table::{Migration, RoutingTable, TtlRules};
+use support::sidecar::{Sidecar, category, endpoint, table};
+use support::{RedisOptions, RedisServer};
+
+/// `user:` on a, `session:` on b, `notifications:` on a, the rest split by slot.
+fn fleet(a: &RedisServer, b: &RedisServer) -> RoutingTable {
+    table(
+        1,
+        vec![("a", endpoint(a, None)), ("b", endpoint(b, None))],
+        vec![
+            category("user", &["user:"], TtlRules::default(), &[(0, 16383, "a")]),
+            category(
+                "session",
+                &["session:"],
+                TtlRules::default(),
+                &[(0, 16383, "b")],
+            ),
+            category(
+                "notifications",
+                &["notifications:"],
+                TtlRules::default(),
+                &[(0, 16383, "a")],
+            ),
+            category(
+                "default",
+                &[],
+                TtlRules::default(),
+                &[(0, 8191, "a"), (8192, 16383, "b")],
+            ),
+        ],
+    )
+}
+
+/// The same fleet while `user:` migrates from a to b (slots 0–8191) — the path the data
+/// protocol's guard serves.
+fn migrating(a: &RedisServer, b: &RedisServer) -> RoutingTable {
+    let mut t = fleet(a, b);
+    t.version = 2;
+    t.migrating.push(Migration {
+        category: "user".into(),
+        start: 0,
+        end: 8191,
+        from: "a".into(),
+        to: "b".into(),
+        epoch: 2,
+    });
+    t
+}
+
+fn install(lang: &str) -> PathBuf {
+    let script = support::control_plane::project_root().join("tests/clients/install.sh");
+    let out = Command::new(&script)
+        .arg(lang)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "installing the {lang} client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Runs one workload; returns its output, failing the test with it when it failed.
+fn run(name: &str, mut cmd: Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{name}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{name} failed:\n{text}");
+    let summary = text
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed, "))
+        .unwrap_or("")
+        .to_owned();
+    println!("{name:<40} passes ({summary})");
+    text
+}
+
+struct Pods {
+    _a: RedisServer,
+    _b: RedisServer,
+    one: Sidecar,
+    two: Sidecar,
+}
+
+fn pods(migrate: bool) -> Pods {
+    let a = RedisServer::start(RedisOptions::default());
+    let b = RedisServer::start(RedisOptions::default());
+    let t = if migrate {
+        migrating(&a, &b)
+    } else {
+        fleet(&a, &b)
+    };
+    let one = Sidecar::start(&t, &[]);
+    let two = Sidecar::start(&t, &[]);
+    Pods {
+        _a: a,
+        _b: b,
+        one,
+        two,
+    }
+}
+
+fn python(pods: &Pods, protocol: &str, label: &str) {
+    let venv = install("python");
+    let workload = support::control_plane::project_root().join("tests/clients/python/workload.py");
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.arg(&workload)
+        .arg(pods.one.port.to_string())
+        .arg(pods.two.port.to_string())
+        .arg(protocol);
+    run(&format!("redis-py 8.1.0 {label}"), cmd);
+}
+
+#[test]
+fn redis_py() {
+    for migrate in [false, true] {
+        let pods = pods(migrate);
+        let table = if migrate { "migrating" } else { "settled" };
+        python(&pods, "default", &format!("RESP3 (default), {table}"));
+        python(&pods, "2", &format!("RESP2, {table}"));
+    }
+}
+
+#[test]
+fn go_redis() {
+    let dir = install("go");
+    for migrate in [false, true] {
+        let pods = pods(migrate);
+        let table = if migrate { "migrating" } else { "settled" };
+        let mut cmd = Command::new(dir.join("workload"));
+        cmd.arg(pods.one.port.to_string())
+            .arg(pods.two.port.to_string());
+        run(&format!("go-redis v9.23.0 RESP3 (default), {table}"), cmd);
+    }
+}

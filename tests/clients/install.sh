@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs a client library workload's dependencies once, into ~/.cache/redis-fleet/clients/,
+# keyed by the hash of its lock file; prints the directory. Idempotent: a second run with the
+# same lock file only prints the path.
+#   tests/clients/install.sh python    -> a venv with tests/clients/python/requirements.txt
+#   tests/clients/install.sh go        -> go-redis' workload built (go.mod, go.sum) as <dir>/workload
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cache="${REDIS_FLEET_CACHE:-$HOME/.cache/redis-fleet}/clients"
+lang="${1:?usage: install.sh python|go}"
+case "$lang" in
+  python)
+    lock="$here/python/requirements.txt"
+    dir="$cache/python-$(sha256sum "$lock" | cut -c1-12)"
+    if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.done" ]; then
+      rm -rf "$dir"
+      python3 -m venv "$dir" >&2
+      "$dir/bin/pip" install --quiet --disable-pip-version-check -r "$lock" >&2
+      touch "$dir/.done"
+    fi
+    echo "$dir"
+    ;;
+  go)
+    key="$(cat "$here/go/go.mod" "$here/go/go.sum" "$here/go/main.go" | sha256sum | cut -c1-12)"
+    dir="$cache/go-$key"
+    if [ ! -x "$dir/workload" ]; then
+      mkdir -p "$dir"
+      (cd "$here/go" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -o "$dir/workload.tmp" .) >&2
+      mv "$dir/workload.tmp" "$dir/workload"
+    fi
+    echo "$dir"
+    ;;
+  *)
+    echo "unknown client workload: $lang" >&2
+    exit 2
+    ;;
+esac
