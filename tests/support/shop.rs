@@ -102,13 +102,28 @@ pub fn example_policy() -> String {
 
 /// Like [`shop`], with the policy YAML passed through `edit` first.
 pub async fn shop_with(prefix: &str, edit: impl Fn(String) -> String) -> Shop {
+    shop_configured(prefix, edit, &[]).await
+}
+
+/// The instances' Secrets as a sidecar's `--secrets-dir` holds them.
+pub const SHOP_SECRETS: [(&str, &str, &str); 2] = [
+    ("primary-redis", "password", "change-me-primary"),
+    ("secondary-redis", "password", "change-me-secondary"),
+];
+
+/// Like [`shop_with`], with extra arguments for the operator.
+pub async fn shop_configured(
+    prefix: &str,
+    edit: impl Fn(String) -> String,
+    operator_args: &[&str],
+) -> Shop {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     cp.install_crds(&client).await;
     let ns = cp.namespace(&client, prefix).await;
     let primary = server_with_password("change-me-primary");
     let secondary = server_with_password("change-me-secondary");
-    let operator = Operator::start(cp, &ns);
+    let operator = Operator::start_with(cp, &ns, operator_args);
     let instances_yaml = example(
         "redis-instances.yaml",
         &[

@@ -1,0 +1,529 @@
+//! The zero-loss promise as a real cluster breaks it (`docs/protocol.md`): the real operator and
+//! rebalance Jobs on the test control plane, real redis-servers, and several sidecars whose
+//! routing tables arrive late — one follows the ConfigMap through the API, the other reads a
+//! mounted file that the test delivers when it chooses (a kubelet can lag by a minute and
+//! more). Each test keeps a ledger of every acknowledged write and delete and reads all of it
+//! back through every sidecar.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use redis_fleet::api::cache_policy::{RebalanceStatus, rebalance_phase};
+use redis_fleet::routing::table::{RoutingTable, TABLE_KEY};
+use support::RedisServer;
+use support::node::Node;
+use support::shop::{SHOP_SECRETS, Shop, shop_configured};
+use support::sidecar::Sidecar;
+
+fn quick(policy: String) -> String {
+    policy
+        .replace("      cooldown: 5m\n", "      cooldown: 1s\n")
+        .replace(
+            "      keysPerSecond: 50000\n",
+            "      keysPerSecond: 4000\n",
+        )
+}
+
+async fn table(shop: &Shop) -> RoutingTable {
+    let cm = shop.configmaps.get("shop-redis-routing").await.unwrap();
+    RoutingTable::from_json(&cm.data.unwrap()[TABLE_KEY]).unwrap()
+}
+
+/// The first table that routes to both instances with nothing migrating.
+async fn settled_table(shop: &Shop) -> RoutingTable {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(cm)) = shop.configmaps.get_opt("shop-redis-routing").await
+            && let Some(text) = cm.data.as_ref().and_then(|d| d.get(TABLE_KEY))
+            && let Ok(t) = RoutingTable::from_json(text)
+            && t.migrating.is_empty()
+            && t.categories.iter().any(|c| c.owners().contains(&"primary"))
+            && t.categories
+                .iter()
+                .any(|c| c.owners().contains(&"secondary"))
+        {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "no settled table");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn rebalance(shop: &Shop) -> Option<RebalanceStatus> {
+    shop.policies
+        .get("shop")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.rebalance)
+}
+
+/// Waits until `cond` holds for the rebalance in status.
+async fn wait_rebalance(
+    shop: &Shop,
+    node: &Node,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&RebalanceStatus) -> bool,
+) -> RebalanceStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(r) = rebalance(shop).await
+            && cond(&r)
+        {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {:#?}\n{}\n{}",
+            rebalance(shop).await,
+            node.all_logs(),
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Hot keys written straight into the primary until it passes its 80 % threshold.
+async fn fill_primary(primary: &RedisServer) -> Vec<String> {
+    let mut c = primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut keys = Vec::new();
+    for chunk in (0..37_000).collect::<Vec<usize>>().chunks(500) {
+        let mut pipe = redis::pipe();
+        for &n in chunk {
+            let key = format!("{}{n}", ["auth:", "session:", "order:"][n % 3]);
+            pipe.cmd("SET")
+                .arg(&key)
+                .arg(format!("{key}:{}", "v".repeat(500)))
+                .ignore();
+            keys.push(key);
+        }
+        let () = pipe.query_async(&mut c).await.unwrap();
+    }
+    keys
+}
+
+/// What clients were told: the last acknowledged value of each key (`None`: deleted), and
+/// for keys whose last write failed, the values that may have landed.
+#[derive(Debug, Default)]
+struct Ledger {
+    acked: BTreeMap<String, Option<String>>,
+    maybe: BTreeMap<String, Vec<Option<String>>>,
+    errors: Vec<String>,
+}
+
+impl Ledger {
+    async fn set(&mut self, c: &mut redis::aio::MultiplexedConnection, key: &str, value: &str) {
+        match c.set::<_, _, ()>(key, value).await {
+            Ok(()) => {
+                self.acked.insert(key.to_owned(), Some(value.to_owned()));
+                self.maybe.remove(key);
+            }
+            Err(e) => {
+                self.maybe
+                    .entry(key.to_owned())
+                    .or_default()
+                    .push(Some(value.to_owned()));
+                self.errors.push(e.to_string());
+            }
+        }
+    }
+
+    async fn del(&mut self, c: &mut redis::aio::MultiplexedConnection, key: &str) {
+        match c.del::<_, i64>(key).await {
+            Ok(_) => {
+                self.acked.insert(key.to_owned(), None);
+                self.maybe.remove(key);
+            }
+            Err(e) => {
+                self.maybe.entry(key.to_owned()).or_default().push(None);
+                self.errors.push(e.to_string());
+            }
+        }
+    }
+
+    /// Every acknowledged write and delete, read back through `sidecar`.
+    async fn check(&self, sidecar: &Sidecar, name: &str) {
+        let mut c = sidecar
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut wrong = Vec::new();
+        for (k, want) in &self.acked {
+            let got: Option<String> = c.get(k).await.unwrap();
+            let allowed = self.maybe.get(k).is_some_and(|m| m.contains(&got));
+            if got != *want && !allowed {
+                wrong.push(format!("{k}: acknowledged {want:?}, read {got:?}"));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "through {name}: {} of {} keys wrong, e.g. {:?}",
+            wrong.len(),
+            self.acked.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+    }
+}
+
+/// A sidecar on a mounted table that the test updates by hand.
+fn stuck_sidecar(t: &RoutingTable) -> Sidecar {
+    Sidecar::start(t, &SHOP_SECRETS)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_on_different_tables_lose_no_write_and_no_delete() {
+    let shop = shop_configured("lag", quick, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let settled = settled_table(&shop).await;
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    let stuck = stuck_sidecar(&settled);
+    let mut a = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut b = stuck
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    fill_primary(&shop.primary).await;
+
+    // The flip: the fresh sidecar routes the moving ranges through the guard, the stuck one
+    // still straight to the primary. Nothing may move until the stuck one is fenced off.
+    let r = wait_rebalance(&shop, &node, "no flip", Duration::from_secs(60), |r| {
+        r.phase == rebalance_phase::MIGRATING
+    })
+    .await;
+    let moving: Vec<String> = r.moves.iter().map(|m| m.category.clone()).collect();
+    assert!(moving.iter().any(|c| c == "auth"), "{r:#?}");
+    let mut ledger = Ledger::default();
+    // The reproduction: a write through each sidecar, the second wins everywhere; a
+    // logout through the stuck sidecar stays a logout.
+    for i in 0..200 {
+        let k = format!("auth:user-{i}");
+        ledger.set(&mut a, &k, "v2").await;
+        ledger.set(&mut b, &k, "v3").await;
+        let s = format!("session:{i}");
+        ledger.set(&mut a, &s, "logged-in").await;
+        ledger.del(&mut b, &s).await;
+    }
+    assert!(
+        ledger.errors.is_empty(),
+        "{:?}",
+        &ledger.errors[..ledger.errors.len().min(3)]
+    );
+    ledger.check(&fresh, "the fresh sidecar").await;
+    ledger.check(&stuck, "the stuck sidecar").await;
+
+    // The stuck sidecar is fenced off once the converge timeout passes; writes keep flowing
+    // through both the whole time, with their outcomes in the ledger.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut n = 0;
+    let mut fenced = false;
+    while rebalance(&shop)
+        .await
+        .is_some_and(|r| r.phase != rebalance_phase::SUCCEEDED)
+    {
+        let k = format!("auth:during-{}", n % 500);
+        let via_stuck = n % 2 == 0;
+        let c = if via_stuck { &mut b } else { &mut a };
+        let before = ledger.errors.len();
+        ledger.set(c, &k, &format!("w{n}")).await;
+        if via_stuck && ledger.errors.len() > before {
+            fenced |= ledger
+                .errors
+                .last()
+                .is_some_and(|e| e.contains("behind the fleet"));
+        }
+        n += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the plan never finished: {:#?}",
+            rebalance(&shop).await
+        );
+    }
+    assert!(fenced, "the stuck sidecar was never turned away");
+    assert!(
+        ledger.errors.iter().all(|e| e.contains("behind the fleet")
+            || e.contains("UNAVAILABLE")
+            || e.contains("TryAgain")
+            || e.contains("migrat")),
+        "{:?}",
+        ledger
+            .errors
+            .iter()
+            .filter(|e| !e.contains("behind the fleet"))
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    // Every acknowledged write and delete reads back through the fresh sidecar, and through
+    // the stuck one once its table arrives.
+    ledger.check(&fresh, "the fresh sidecar").await;
+    stuck.update_table(&table(&shop).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.get::<_, Option<String>>("auth:user-0").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck sidecar stayed fenced with the new table"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ledger.check(&stuck, "the formerly stuck sidecar").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_that_keeps_failing_before_any_key_moved_is_rolled_back() {
+    let shop = shop_configured("rollback", quick, &["--rebalance-converge-timeout", "60s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let settled = settled_table(&shop).await;
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    let stuck = stuck_sidecar(&settled);
+    let mut a = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut b = stuck
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    fill_primary(&shop.primary).await;
+    let first = wait_rebalance(&shop, &node, "no flip", Duration::from_secs(60), |r| {
+        r.phase == rebalance_phase::MIGRATING
+    })
+    .await;
+    let mut ledger = Ledger::default();
+    // Every attempt dies while it waits for the stuck sidecar (before anything is imported).
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut i = 0;
+    let rolled_back = loop {
+        let r = rebalance(&shop).await.unwrap();
+        if r.plan_id == first.plan_id && r.phase == rebalance_phase::FAILED {
+            break r;
+        }
+        if r.step.as_deref() == Some("Converging") {
+            node.kill_running();
+        }
+        let k = format!("auth:rb-{}", i % 300);
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        ledger.set(c, &k, &format!("w{i}")).await;
+        i += 1;
+        assert!(Instant::now() < deadline, "{r:#?}\n{}", node.all_logs());
+    };
+    assert!(
+        rolled_back
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("rolled back"),
+        "{rolled_back:#?}"
+    );
+    assert!(
+        ledger.errors.is_empty(),
+        "{:?}",
+        &ledger.errors[..ledger.errors.len().min(3)]
+    );
+    // The old owners are published again, without migrating ranges, and nothing was lost.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !table(&shop).await.migrating.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the rolled-back table was never published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ledger.check(&fresh, "the fresh sidecar").await;
+    ledger.check(&stuck, "the stuck sidecar").await;
+    // A Job of an older attempt of the plan that wakes up changes nothing.
+    let out = std::process::Command::new(support::redis_fleet_binary())
+        .args(["rebalance", "--policy", &format!("{}/shop", shop.ns)])
+        .args(["--plan", &first.plan_id.to_string(), "--attempt", "1"])
+        .env("KUBECONFIG", &shop.cp.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the fleet plans again: with the stuck sidecar caught up, the next plan finishes.
+    stuck.update_table(&table(&shop).await);
+    wait_rebalance(&shop, &node, "no new plan", Duration::from_secs(180), |r| {
+        r.plan_id > first.plan_id && r.phase == rebalance_phase::SUCCEEDED
+    })
+    .await;
+    ledger.check(&fresh, "the fresh sidecar").await;
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_stops_mid_copy_loses_no_write_made_meanwhile_and_revives_no_delete() {
+    let shop = shop_configured("pause", quick, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    let mut a = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = fill_primary(&shop.primary).await;
+    let copying = wait_rebalance(&shop, &node, "no copy", Duration::from_secs(90), |r| {
+        r.step.as_deref() == Some("Copying") && r.keys_moved.unwrap_or(0) > 2_000
+    })
+    .await;
+    // The source stops (SIGSTOP) well past the failure threshold, mid-copy.
+    let pid = shop.primary.pid().unwrap();
+    signal(pid, "-STOP");
+    let abandoned = wait_rebalance(
+        &shop,
+        &node,
+        "not abandoned",
+        Duration::from_secs(30),
+        |r| r.plan_id == copying.plan_id && r.phase == rebalance_phase::FAILED,
+    )
+    .await;
+    assert!(
+        abandoned
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("abandoned"),
+        "{abandoned:#?}"
+    );
+    // During the outage: writes and deletes of keys of the moving ranges, through the sidecar.
+    let mut ledger = Ledger::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut written = 0;
+    for (i, k) in keys.iter().enumerate().step_by(97).take(300) {
+        if i % 2 == 0 {
+            ledger.set(&mut a, k, &format!("outage-{i}")).await;
+        } else {
+            ledger.del(&mut a, k).await;
+        }
+        written += 1;
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    let acked_during = ledger.acked.len();
+    signal(pid, "-CONT");
+    // The fleet heals: failback, then a plan that finishes.
+    wait_rebalance(
+        &shop,
+        &node,
+        "never healed",
+        Duration::from_secs(240),
+        |r| r.plan_id > copying.plan_id && r.phase == rebalance_phase::SUCCEEDED,
+    )
+    .await;
+    assert!(
+        acked_during > written / 2,
+        "{acked_during} of {written} acknowledged during the outage"
+    );
+    // Writes acknowledged during the outage are there; deletes stayed deletes.
+    ledger.check(&fresh, "the sidecar").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_missed_a_failover_cannot_write_to_the_returning_owner() {
+    let shop = shop_configured("failover", quick, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let settled = settled_table(&shop).await;
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    let stuck = stuck_sidecar(&settled);
+    let mut a = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut b = stuck
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for i in 0..100 {
+        let () = a.set(format!("auth:f-{i}"), "before").await.unwrap();
+    }
+    // The primary stops; the operator fails its ranges over to the secondary. (What only the
+    // primary held is unavailable meanwhile and dropped at failback: without replicas, the
+    // data of an instance that dies is lost — docs/protocol.md. What is written during the
+    // outage must survive.)
+    let mut ledger = Ledger::default();
+    let pid = shop.primary.pid().unwrap();
+    signal(pid, "-STOP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while table(&shop).await.failover.is_empty() {
+        assert!(Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Writes through the sidecar that has the failover table land on the secondary.
+    for i in 0..100 {
+        ledger.set(&mut a, &format!("auth:f-{i}"), "during").await;
+    }
+    // The primary comes back. The stuck sidecar, which never saw the failover, must not write
+    // there: every write it gets acknowledged would be dropped at failback.
+    signal(pid, "-CONT");
+    let mut stuck_acked = Vec::new();
+    let until = Instant::now() + Duration::from_secs(8);
+    let mut i = 0;
+    while Instant::now() < until {
+        let k = format!("auth:f-{}", i % 100);
+        if b.set::<_, _, ()>(&k, "stuck").await.is_ok() {
+            stuck_acked.push(k);
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        stuck_acked.is_empty(),
+        "the stuck sidecar wrote {} keys to the returning primary, e.g. {:?}",
+        stuck_acked.len(),
+        &stuck_acked[..stuck_acked.len().min(3)]
+    );
+    // Failback: the writes made during the outage come home.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !table(&shop).await.failover.is_empty()
+        || rebalance(&shop).await.is_some_and(|r| {
+            r.phase != rebalance_phase::SUCCEEDED && r.phase != rebalance_phase::FAILED
+        })
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no failback: {:#?}\n{}",
+            rebalance(&shop).await,
+            node.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ledger.check(&fresh, "the fresh sidecar").await;
+    stuck.update_table(&table(&shop).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.get::<_, Option<String>>("auth:f-0").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck sidecar stayed fenced with the new table"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ledger.check(&stuck, "the formerly stuck sidecar").await;
+}
