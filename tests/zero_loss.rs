@@ -527,3 +527,68 @@ async fn a_sidecar_that_missed_a_failover_cannot_write_to_the_returning_owner() 
     }
     ledger.check(&stuck, "the formerly stuck sidecar").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_never_publish_two_tables_under_one_version() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let shop = shop_configured("twins", quick, &[]).await;
+    let _node = Node::start(shop.cp, &shop.ns);
+    settled_table(&shop).await;
+    // A second operator without leader election, as a misconfigured install would run.
+    let _twin = support::operator::Operator::start(shop.cp, &shop.ns);
+    let seen: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, std::collections::BTreeSet<String>>>> =
+        Default::default();
+    let recorder = {
+        let seen = seen.clone();
+        let cms = shop.configmaps.clone();
+        tokio::spawn(async move {
+            let config = watcher::Config::default().fields("metadata.name=shop-redis-routing");
+            let mut events = watcher(cms, config).applied_objects().boxed();
+            while let Some(Ok(cm)) = events.next().await {
+                if let Some(text) = cm.data.as_ref().and_then(|d| d.get(TABLE_KEY))
+                    && let Ok(t) = RoutingTable::from_json(text)
+                {
+                    seen.lock()
+                        .unwrap()
+                        .entry(t.version)
+                        .or_default()
+                        .insert(t.content_hash());
+                }
+            }
+        })
+    };
+    // Instances that come and go make both operators publish, racing each other.
+    let pid = shop.secondary.pid().unwrap();
+    for _ in 0..3 {
+        signal(pid, "-STOP");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while table(&shop).await.failover.is_empty() {
+            assert!(Instant::now() < deadline, "no failover");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        signal(pid, "-CONT");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !table(&shop).await.failover.is_empty() {
+            assert!(Instant::now() < deadline, "no failback");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    recorder.abort();
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.len() >= 6,
+        "versions seen: {:?}",
+        seen.keys().collect::<Vec<_>>()
+    );
+    let doubled: Vec<(&u64, usize)> = seen
+        .iter()
+        .filter(|(_, hashes)| hashes.len() > 1)
+        .map(|(v, h)| (v, h.len()))
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "versions published with different content: {doubled:?}"
+    );
+}
