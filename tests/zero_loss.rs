@@ -450,7 +450,9 @@ async fn a_sidecar_that_missed_a_failover_cannot_write_to_the_returning_owner() 
     let node = Node::start(shop.cp, &shop.ns);
     let settled = settled_table(&shop).await;
     let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
-    let stuck = stuck_sidecar(&settled);
+    // The stuck sidecar waits long for replies: what it sent to the paused primary is
+    // answered when the primary resumes, after the failover.
+    let stuck = Sidecar::start_with(&settled, &SHOP_SECRETS, &["--request-timeout", "60s"]);
     let mut a = fresh
         .client()
         .get_multiplexed_async_connection()
@@ -464,6 +466,8 @@ async fn a_sidecar_that_missed_a_failover_cannot_write_to_the_returning_owner() 
     for i in 0..100 {
         let () = a.set(format!("auth:f-{i}"), "before").await.unwrap();
     }
+    // Wait until the stuck sidecar uses the primary, so its connection stays open throughout.
+    let () = b.set("auth:f-0", "before").await.unwrap();
     // The primary stops; the operator fails its ranges over to the secondary. (What only the
     // primary held is unavailable meanwhile and dropped at failback: without replicas, the
     // data of an instance that dies is lost — docs/protocol.md. What is written during the
@@ -471,6 +475,21 @@ async fn a_sidecar_that_missed_a_failover_cannot_write_to_the_returning_owner() 
     let mut ledger = Ledger::default();
     let pid = shop.primary.pid().unwrap();
     signal(pid, "-STOP");
+    // A write the stuck sidecar sends to the paused primary: it runs there only when the
+    // primary resumes, after the failover — its OK must never reach the client.
+    let mut pending_conn = stuck
+        .client()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .unwrap();
+    let pending = tokio::spawn(async move {
+        pending_conn
+            .set::<_, _, ()>("auth:f-pending", "pending")
+            .await
+            .map_err(|e| e.to_string())
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     while table(&shop).await.failover.is_empty() {
         assert!(Instant::now() < deadline, "no failover");
@@ -483,6 +502,14 @@ async fn a_sidecar_that_missed_a_failover_cannot_write_to_the_returning_owner() 
     // The primary comes back. The stuck sidecar, which never saw the failover, must not write
     // there: every write it gets acknowledged would be dropped at failback.
     signal(pid, "-CONT");
+    let pending = pending.await.unwrap();
+    let Err(e) = pending else {
+        panic!(
+            "the write sent to the paused primary was acknowledged after the failover\n{}",
+            stuck.log_tail(40)
+        );
+    };
+    assert!(e.contains("may or may not have run"), "{e}");
     let mut stuck_acked = Vec::new();
     let until = Instant::now() + Duration::from_secs(8);
     let mut i = 0;
@@ -496,9 +523,10 @@ async fn a_sidecar_that_missed_a_failover_cannot_write_to_the_returning_owner() 
     }
     assert!(
         stuck_acked.is_empty(),
-        "the stuck sidecar wrote {} keys to the returning primary, e.g. {:?}",
+        "the stuck sidecar wrote {} keys to the returning primary, e.g. {:?}\n{}",
         stuck_acked.len(),
-        &stuck_acked[..stuck_acked.len().min(3)]
+        &stuck_acked[..stuck_acked.len().min(3)],
+        stuck.log_tail(60),
     );
     // Failback: the writes made during the outage come home.
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -6,6 +6,13 @@
 //! the connection was opened has been answered by another instance of the table: a sidecar that
 //! missed a failover learns the failover's fence from the other instances before it can write
 //! to the owner that comes back.
+//!
+//! A connection that stays open is not enough either: a paused instance (or one behind a
+//! partition) keeps its connections through a failover and answers what was queued when it
+//! resumes. So every reply is vouched for before the client gets it ([`FleetView::vouch`]):
+//! the instance is not fenced above the table that routed the command, and a round that
+//! another instance answered began less than [`LEASE`] ago. The operator waits longer than
+//! the lease between the failover notice and the failover.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::redis::protocol::fence::Fences;
+use crate::redis::protocol::heartbeat::LEASE;
 
 /// One completed heartbeat round.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,12 +32,29 @@ pub struct Round {
     pub id: u64,
     /// The instances that answered it.
     pub answered: Vec<String>,
+    /// When it began ([`FleetView::clock`]).
+    pub began: u64,
 }
+
+/// Why a reply was not vouched for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unvouched {
+    /// The instance is fenced above the table that routed the command.
+    Fenced(u64),
+    /// No heartbeat round confirmed the instance in time.
+    Unconfirmed,
+}
+
+/// The lease of one instance: when the latest round that confirmed it began (`clock() + 1`;
+/// 0 for never).
+pub type Lease = Arc<AtomicU64>;
 
 /// Fences and heartbeat rounds, shared by the backends, the heartbeat task and the sessions.
 #[derive(Debug)]
 pub struct FleetView {
+    epoch: Instant,
     fences: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+    leases: Mutex<BTreeMap<String, Lease>>,
     instances: Mutex<Vec<String>>,
     next_round: AtomicU64,
     rounds: watch::Sender<Round>,
@@ -38,7 +64,9 @@ pub struct FleetView {
 impl Default for FleetView {
     fn default() -> Self {
         Self {
+            epoch: Instant::now(),
             fences: Mutex::new(BTreeMap::new()),
+            leases: Mutex::new(BTreeMap::new()),
             instances: Mutex::new(Vec::new()),
             next_round: AtomicU64::new(1),
             rounds: watch::Sender::new(Round::default()),
@@ -73,6 +101,61 @@ impl FleetView {
         }
     }
 
+    /// The lease of `instance` (shared with its lanes: updated in place).
+    pub fn lease_cell(&self, instance: &str) -> Lease {
+        let mut map = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(instance.to_owned())
+            .or_insert_with(|| Arc::new(AtomicU64::new(0)))
+            .clone()
+    }
+
+    /// Nanoseconds since this view was made (a monotonic clock).
+    pub fn clock(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether `lease` is fresh now: the round behind it began less than [`LEASE`] ago.
+    pub fn fresh(&self, lease: &AtomicU64) -> bool {
+        let began = lease.load(Ordering::Acquire);
+        began > 0 && self.clock().saturating_sub(began - 1) < lease_nanos()
+    }
+
+    /// Whether a reply from `instance` (whose fence and lease cells are given) to a command
+    /// routed by table `version` may go to the client right now; `None` when only a new
+    /// round can tell.
+    pub fn check(
+        &self,
+        fence: &AtomicU64,
+        lease: &AtomicU64,
+        version: u64,
+    ) -> Option<Result<(), Unvouched>> {
+        let f = fence.load(Ordering::Acquire);
+        if version < f {
+            return Some(Err(Unvouched::Fenced(f)));
+        }
+        self.fresh(lease).then_some(Ok(()))
+    }
+
+    /// Vouches for a reply from `instance` to a command routed by table `version`: at once
+    /// when its lease is fresh, else after a round that begins now confirmed it (waiting up
+    /// to [`LEASE`]).
+    pub async fn vouch(&self, instance: &str, version: u64) -> Result<(), Unvouched> {
+        let fence = self.fence_cell(instance);
+        let lease = self.lease_cell(instance);
+        if let Some(verdict) = self.check(&fence, &lease, version) {
+            return verdict;
+        }
+        let after = self.next_round();
+        if !self.confirmed(instance, after, LEASE).await {
+            return Err(Unvouched::Unconfirmed);
+        }
+        let f = fence.load(Ordering::Acquire);
+        if version < f {
+            return Err(Unvouched::Fenced(f));
+        }
+        Ok(())
+    }
+
     /// The instances of the table in use.
     pub fn set_instances(&self, names: &[String]) {
         let mut i = self.instances.lock().unwrap_or_else(|e| e.into_inner());
@@ -89,8 +172,19 @@ impl FleetView {
         self.next_round.load(Ordering::Acquire)
     }
 
-    /// Records a completed round.
+    /// Records a completed round, and renews the lease of every instance it confirms.
     pub fn end_round(&self, round: Round) {
+        let instances = self
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for name in &instances {
+            if self.confirms(&round, name) {
+                self.lease_cell(name)
+                    .fetch_max(round.began + 1, Ordering::AcqRel);
+            }
+        }
         self.rounds.send_if_modified(|r| {
             if round.id > r.id {
                 *r = round;
@@ -143,6 +237,10 @@ impl FleetView {
     }
 }
 
+fn lease_nanos() -> u64 {
+    u64::try_from(LEASE.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +262,7 @@ mod tests {
         let only_a = Round {
             id: 3,
             answered: vec!["a".to_owned()],
+            began: 0,
         };
         assert!(!v.confirms(&only_a, "a"), "a cannot vouch for itself");
         assert!(v.confirms(&only_a, "b"));
@@ -180,6 +279,7 @@ mod tests {
         v.end_round(Round {
             id: old,
             answered: vec!["b".to_owned()],
+            began: v.clock(),
         });
         assert!(
             !v.confirmed("a", after, Duration::from_millis(50)).await,
@@ -193,7 +293,75 @@ mod tests {
         v.end_round(Round {
             id,
             answered: vec!["b".to_owned()],
+            began: v.clock(),
         });
         assert!(task.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_vouched_for_by_a_fresh_round_of_another_instance() {
+        let v = FleetView::new();
+        v.set_instances(&["a".to_owned(), "b".to_owned()]);
+        let (fence, lease) = (v.fence_cell("a"), v.lease_cell("a"));
+        assert_eq!(v.check(&fence, &lease, 1), None, "no round yet");
+        let id = v.begin_round();
+        v.end_round(Round {
+            id,
+            answered: vec!["a".to_owned()],
+            began: v.clock(),
+        });
+        assert_eq!(
+            v.check(&fence, &lease, 1),
+            None,
+            "a cannot vouch for itself"
+        );
+        let id = v.begin_round();
+        v.end_round(Round {
+            id,
+            answered: vec!["b".to_owned()],
+            began: v.clock(),
+        });
+        assert_eq!(v.check(&fence, &lease, 1), Some(Ok(())));
+        v.merge(&[("a".to_owned(), 2)].into());
+        assert_eq!(
+            v.check(&fence, &lease, 1),
+            Some(Err(Unvouched::Fenced(2))),
+            "a failover notice outranks the lease"
+        );
+        assert_eq!(v.vouch("a", 2).await, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_runs_out_and_a_new_round_renews_it() {
+        let v = FleetView::new();
+        v.set_instances(&["a".to_owned(), "b".to_owned()]);
+        let lease = v.lease_cell("a");
+        let id = v.begin_round();
+        v.end_round(Round {
+            id,
+            answered: vec!["b".to_owned()],
+            began: v.clock(),
+        });
+        assert!(v.fresh(&lease));
+        tokio::time::advance(LEASE).await;
+        assert!(
+            !v.fresh(&lease),
+            "a round that began a lease ago vouches no more"
+        );
+        let v2 = v.clone();
+        let task = tokio::spawn(async move { v2.vouch("a", 1).await });
+        v.round_requested().await;
+        let id = v.begin_round();
+        v.end_round(Round {
+            id,
+            answered: vec!["b".to_owned()],
+            began: v.clock(),
+        });
+        assert_eq!(task.await.unwrap(), Ok(()));
+        assert!(v.fresh(&lease));
+        // Nobody answers: the reply is not vouched for.
+        let v3 = FleetView::new();
+        v3.set_instances(&["a".to_owned(), "b".to_owned()]);
+        assert_eq!(v3.vouch("a", 1).await, Err(Unvouched::Unconfirmed));
     }
 }

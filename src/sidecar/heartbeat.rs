@@ -37,6 +37,7 @@ pub async fn run(shared: Arc<Shared>) {
         let Some(router) = shared.router.load_full() else {
             continue;
         };
+        let began = view.clock();
         let id = view.begin_round();
         let command = write_command(router.policy(), &shared.id, router.version());
         let mut bytes = BytesMut::new();
@@ -91,6 +92,10 @@ pub async fn run(shared: Arc<Shared>) {
             }
         }
         debug!(round = id, answered = answered.len(), "heartbeat");
-        view.end_round(Round { id, answered });
+        view.end_round(Round {
+            id,
+            answered,
+            began,
+        });
     }
 }

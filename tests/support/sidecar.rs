@@ -57,14 +57,12 @@ impl Sidecar {
             .arg(&secrets_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args([
-                "--poll",
-                "200ms",
-                "--request-timeout",
-                "1s",
-                "--id",
-                "test-sidecar",
-            ])
+            .args(["--poll", "200ms", "--id", "test-sidecar"])
+            .args(if extra.contains(&"--request-timeout") {
+                &[][..]
+            } else {
+                &["--request-timeout", "1s"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "info,redis_fleet=debug");
         let process = spawn_ready(cmd, &dir, metrics_port, Duration::from_secs(20));

@@ -22,6 +22,7 @@ use crate::api::redis_instance::RedisInstance;
 use crate::operator::context::Context;
 use crate::redis::connect::redact;
 use crate::redis::keys::delete_ranges;
+use crate::redis::protocol::heartbeat::NOTICE_WAIT;
 use crate::routing::keyspace::Resolver;
 use crate::routing::slots::SlotRange;
 use crate::routing::table::{RoutingTable, TABLE_KEY, VERSION_ANNOTATION};
@@ -125,7 +126,11 @@ pub async fn publish_routing(
             let raise: Vec<(String, u64)> =
                 newly.iter().map(|n| (n.clone(), table.version)).collect();
             let told = fences::notify(ctx, namespace, &table.policy, selected, &raise).await;
-            info!(failed_over = ?newly, instances = told, version = table.version, "failover notice recorded");
+            info!(failed_over = ?newly, instances = told, version = table.version, wait = ?NOTICE_WAIT, "failover notice recorded; waiting for the sidecars' leases to run out");
+            // A sidecar that has not heard the notice may still hand out replies of the failed
+            // instance while its lease lasts: none may be acknowledged once other instances
+            // serve the ranges.
+            tokio::time::sleep(NOTICE_WAIT).await;
         }
         prepare_targets(ctx, namespace, selected, previous, &table).await?;
         apply_config_map(&cm_api, policy, &cm_name, resource_version, &table).await?;

@@ -24,6 +24,19 @@ pub const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 /// How often a sidecar writes one.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a heartbeat round vouches for the instances it confirmed: a sidecar hands a reply
+/// from an instance to its client only while a round that another instance answered began
+/// less than this long ago (else it waits for a new round). A paused instance or a partition
+/// can keep a connection open through a failover; the lease bounds how long such a
+/// connection's replies can still be believed.
+pub const LEASE: Duration = Duration::from_secs(5);
+
+/// How long the operator waits between recording a failover notice and publishing the
+/// failover: every sidecar's lease taken before the notice has run out by then (one second
+/// of margin for scheduling and clock rates), so no reply of the failed instance is
+/// acknowledged once other instances serve its ranges.
+pub const NOTICE_WAIT: Duration = Duration::from_secs(LEASE.as_secs() + 1);
+
 /// KEYS: live, versions, fences. ARGV: id, version, ttl (ms). Returns `{now_ms, fences…}`.
 pub const WRITE_SCRIPT: &str = r"
 local t = redis.call('TIME')

@@ -6,6 +6,9 @@ use std::io;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use std::sync::Arc;
+
+use super::super::fleet::FleetView;
 use super::super::metrics::BackendMetrics;
 use super::{BackendError, Naming, Replies, Stream};
 use crate::redis::resp::{FrameScanner, Limits, encode_request};
@@ -20,6 +23,8 @@ pub struct Dedicated {
     version: u64,
     naming: Naming,
     metrics: BackendMetrics,
+    /// Vouches for replies (`None` for the heartbeat's control connections).
+    view: Option<Arc<FleetView>>,
 }
 
 impl std::fmt::Debug for Dedicated {
@@ -43,6 +48,7 @@ impl Dedicated {
         version: u64,
         naming: Naming,
         metrics: BackendMetrics,
+        view: Option<Arc<FleetView>>,
     ) -> Self {
         Self {
             name,
@@ -52,6 +58,7 @@ impl Dedicated {
             version,
             naming,
             metrics,
+            view,
         }
     }
 
@@ -85,8 +92,22 @@ impl Dedicated {
     }
 
     /// Writes `bytes` and waits (without a deadline: blocking commands may wait long) for
-    /// `replies` replies.
+    /// `replies` replies, which the fleet vouches for (see [`FleetView::vouch`]).
     pub async fn call(&mut self, bytes: &[u8], replies: usize) -> Result<Replies, BackendError> {
+        let out = self.call_unvouched(bytes, replies).await?;
+        if let Some(view) = &self.view {
+            view.vouch(&self.name, self.version)
+                .await
+                .map_err(|why| BackendError::unvouched(&self.name, &why))?;
+        }
+        Ok(out)
+    }
+
+    async fn call_unvouched(
+        &mut self,
+        bytes: &[u8],
+        replies: usize,
+    ) -> Result<Replies, BackendError> {
         let lost = |e: io::Error| BackendError::Lost {
             instance: self.name.clone(),
             reason: e.to_string(),

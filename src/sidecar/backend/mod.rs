@@ -11,7 +11,10 @@
 //! version of the table that routed it, and a lane renamed for a newer table refuses requests
 //! of older ones ([`SendError::Stale`]; the session routes them again). A new connection reads
 //! the fleet's fences at its handshake and carries nothing until a heartbeat round confirmed
-//! them ([`FleetView::confirmed`]).
+//! them ([`FleetView::confirmed`]). Every reply is vouched for before it goes to the client
+//! ([`FleetView::vouch`]): one that arrives when the instance's lease ran out, or after the
+//! fleet fenced the instance, is withheld (`-TRYAGAIN … may or may not have run`), since the
+//! instance may have been failed over while the command waited in it.
 //!
 //! A lane that cannot connect, or whose server stops answering for `request_timeout`, is
 //! *down*: requests to it fail at once with `-UNAVAILABLE instance <name> …` instead of
@@ -32,7 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::fleet::FleetView;
+use super::fleet::{FleetView, Unvouched};
 use super::metrics::BackendMetrics;
 use crate::redis::connect::Target;
 use crate::redis::protocol::names;
@@ -149,6 +152,34 @@ pub enum BackendError {
     /// The request was not sent (see [`SendError`]); the text is the client's reply.
     #[error("{0}")]
     NotSent(String),
+    /// The reply arrived, but the fleet fenced the instance meanwhile, or no heartbeat round
+    /// confirmed it in time: the instance may have been failed over while the command waited
+    /// in it, so the reply is withheld; the command may or may not have run.
+    #[error("instance {instance} {reason}; the command may or may not have run, retry")]
+    Unconfirmed {
+        /// Instance name.
+        instance: String,
+        /// What the sidecar found.
+        reason: String,
+    },
+}
+
+impl BackendError {
+    /// The error for a reply from `instance` that was not vouched for.
+    pub fn unvouched(instance: &str, why: &Unvouched) -> Self {
+        let reason = match why {
+            Unvouched::Fenced(fence) => {
+                format!("was fenced at routing table v{fence} (failed over) while the command ran")
+            }
+            Unvouched::Unconfirmed => {
+                "was not confirmed by a heartbeat of the other instances in time".to_owned()
+            }
+        };
+        Self::Unconfirmed {
+            instance: instance.to_owned(),
+            reason,
+        }
+    }
 }
 
 impl BackendError {
@@ -157,6 +188,7 @@ impl BackendError {
         let (code, text) = match self {
             Self::Unavailable { .. } => ("UNAVAILABLE", self.to_string()),
             Self::Lost { .. } => ("UNAVAILABLE", self.to_string()),
+            Self::Unconfirmed { .. } => ("TRYAGAIN", self.to_string()),
             Self::NotSent(reply) => {
                 return Bytes::from(reply.clone());
             }
@@ -203,6 +235,8 @@ enum Job {
     Request {
         bytes: Bytes,
         replies: usize,
+        /// The table version that routed it.
+        version: u64,
         tx: oneshot::Sender<Result<Replies, BackendError>>,
     },
     /// Rename the connection for commands of this table version and later.
@@ -211,6 +245,8 @@ enum Job {
 
 struct Slot {
     tx: oneshot::Sender<Result<Replies, BackendError>>,
+    /// The table version that routed the request (`None` for the lane's own commands).
+    version: Option<u64>,
     expected: usize,
     collected: Vec<Bytes>,
     sent: Instant,
@@ -398,9 +434,12 @@ impl Backend {
         if version < *gate {
             return Err(SendError::Stale);
         }
-        if let Err(mpsc::error::SendError(Job::Request { tx, .. })) =
-            lane.tx.send(Job::Request { bytes, replies, tx })
-        {
+        if let Err(mpsc::error::SendError(Job::Request { tx, .. })) = lane.tx.send(Job::Request {
+            bytes,
+            replies,
+            version,
+            tx,
+        }) {
             let _ = tx.send(Err(self.unavailable()));
         }
         drop(gate);
@@ -472,6 +511,7 @@ impl Backend {
             version,
             self.naming.clone(),
             self.metrics.clone(),
+            Some(self.view.clone()),
         ))
     }
 
@@ -494,6 +534,7 @@ impl Backend {
             0,
             self.naming.clone(),
             self.metrics.clone(),
+            None,
         ))
     }
 }
@@ -595,6 +636,42 @@ async fn run_lane(
     }
 }
 
+/// Hands `replies` to the request's client once they are vouched for (at once while the
+/// instance's lease is fresh; otherwise a task waits for a heartbeat round).
+fn deliver(
+    view: &Arc<FleetView>,
+    name: &str,
+    fence: &AtomicU64,
+    lease: &AtomicU64,
+    version: Option<u64>,
+    tx: oneshot::Sender<Result<Replies, BackendError>>,
+    replies: Replies,
+) {
+    let Some(version) = version else {
+        let _ = tx.send(Ok(replies));
+        return;
+    };
+    match view.check(fence, lease, version) {
+        Some(Ok(())) => {
+            let _ = tx.send(Ok(replies));
+        }
+        Some(Err(why)) => {
+            let _ = tx.send(Err(BackendError::unvouched(name, &why)));
+        }
+        None => {
+            let view = view.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let verdict = view.vouch(&name, version).await;
+                let _ = tx.send(verdict.map(|()| replies).map_err(|why| {
+                    warn!(instance = %name, ?why, "withheld a reply the fleet did not vouch for");
+                    BackendError::unvouched(&name, &why)
+                }));
+            });
+        }
+    }
+}
+
 /// Resolves when every sender of `rx` is gone.
 async fn wait_closed(rx: &mpsc::UnboundedReceiver<Job>) {
     while !rx.is_closed() {
@@ -613,9 +690,11 @@ async fn pipeline(
     options: &BackendOptions,
     metrics: &BackendMetrics,
     naming: &Naming,
-    view: &FleetView,
+    view: &Arc<FleetView>,
     after: u64,
 ) -> Result<(), String> {
+    let fence = view.fence_cell(name);
+    let lease = view.lease_cell(name);
     if !view.confirmed(name, after, confirm_timeout(options)).await {
         return Err(unconfirmed());
     }
@@ -641,16 +720,21 @@ async fn pipeline(
             }
             buf.clear();
             let push = |job: Job, buf: &mut BytesMut| {
-                let (tx, replies) = match job {
-                    Job::Request { bytes, replies, tx } => {
+                let (tx, replies, version) = match job {
+                    Job::Request {
+                        bytes,
+                        replies,
+                        version,
+                        tx,
+                    } => {
                         buf.extend_from_slice(&bytes);
-                        (tx, replies)
+                        (tx, replies, Some(version))
                     }
                     Job::Rename(version) => {
                         let name = naming.connection(version);
                         encode_request(&[b"CLIENT".as_slice(), b"SETNAME", name.as_bytes()], buf);
                         // Nobody waits for this reply.
-                        (oneshot::channel().0, 1)
+                        (oneshot::channel().0, 1, None)
                     }
                 };
                 in_flight.fetch_add(1, Ordering::AcqRel);
@@ -658,6 +742,7 @@ async fn pipeline(
                 // The reader owns the slot before the bytes leave, so no reply can beat it.
                 let _ = slot_tx.send(Slot {
                     tx,
+                    version,
                     expected: replies.max(1),
                     collected: Vec::new(),
                     sent: Instant::now(),
@@ -706,7 +791,7 @@ async fn pipeline(
                             } else {
                                 Replies::Many(slot.collected)
                             };
-                            let _ = slot.tx.send(Ok(replies));
+                            deliver(view, name, &fence, &lease, slot.version, slot.tx, replies);
                         } else {
                             current = Some(slot);
                         }
