@@ -3,15 +3,15 @@
 //! rounds that confirm them. See `docs/protocol.md`.
 //!
 //! A connection to an instance carries commands only after a heartbeat round that began after
-//! the connection was opened has been answered by another instance of the table: a sidecar that
-//! missed a failover learns the failover's fence from the other instances before it can write
-//! to the owner that comes back.
+//! the connection was opened has been answered (every answer carries the answering instance's
+//! fences): a sidecar that missed a failover learns the failover's fence from the other
+//! instances before it can write to the owner that comes back.
 //!
 //! A connection that stays open is not enough either: a paused instance (or one behind a
 //! partition) keeps its connections through a failover and answers what was queued when it
 //! resumes. So every reply is vouched for before the client gets it ([`FleetView::vouch`]):
-//! the instance is not fenced above the table that routed the command, and a round that
-//! another instance answered began less than [`LEASE`] ago. The operator waits longer than
+//! the instance is not fenced above the table that routed the command, and an answered round
+//! began less than [`LEASE`] ago. The operator waits longer than
 //! the lease between the failover notice and the failover.
 
 use std::collections::BTreeMap;
@@ -205,14 +205,13 @@ impl FleetView {
         self.wake.notified().await;
     }
 
-    /// Whether `round` confirms the fences for a connection to `instance`: another instance of
-    /// the table answered it (or `instance` is the table's only one and answered).
-    pub fn confirms(&self, round: &Round, instance: &str) -> bool {
-        if round.answered.iter().any(|a| a != instance) {
-            return true;
-        }
-        let instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
-        instances.len() <= 1 && round.answered.iter().any(|a| a == instance)
+    /// Whether `round` confirms the fences for `instance`: some instance of the table answered
+    /// it. The other instances hold the failover notices about `instance`, and a round merges
+    /// the fences of every instance that answered; when none of the others answered (they are
+    /// down: nothing can be failed over to them), the instance's own fences are all there is,
+    /// and the survivor of a two-instance fleet keeps serving.
+    pub fn confirms(&self, round: &Round, _instance: &str) -> bool {
+        !round.answered.is_empty()
     }
 
     /// Waits up to `timeout` for a round numbered `after` or later that confirms the fences
@@ -256,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn a_round_confirms_an_instance_when_another_answered() {
+    fn a_round_confirms_the_instances_when_any_answered() {
         let v = FleetView::default();
         v.set_instances(&["a".to_owned(), "b".to_owned()]);
         let only_a = Round {
@@ -264,10 +263,17 @@ mod tests {
             answered: vec!["a".to_owned()],
             began: 0,
         };
-        assert!(!v.confirms(&only_a, "a"), "a cannot vouch for itself");
-        assert!(v.confirms(&only_a, "b"));
-        v.set_instances(&["a".to_owned()]);
-        assert!(v.confirms(&only_a, "a"), "unless it is the only instance");
+        assert!(v.confirms(&only_a, "b"), "a holds the notices about b");
+        assert!(
+            v.confirms(&only_a, "a"),
+            "b is down: a's own fences are all there is"
+        );
+        let nobody = Round {
+            id: 4,
+            answered: vec![],
+            began: 0,
+        };
+        assert!(!v.confirms(&nobody, "a"));
     }
 
     #[tokio::test]
@@ -299,7 +305,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reply_is_vouched_for_by_a_fresh_round_of_another_instance() {
+    async fn a_reply_is_vouched_for_by_a_fresh_round() {
         let v = FleetView::new();
         v.set_instances(&["a".to_owned(), "b".to_owned()]);
         let (fence, lease) = (v.fence_cell("a"), v.lease_cell("a"));
@@ -307,14 +313,10 @@ mod tests {
         let id = v.begin_round();
         v.end_round(Round {
             id,
-            answered: vec!["a".to_owned()],
+            answered: vec![],
             began: v.clock(),
         });
-        assert_eq!(
-            v.check(&fence, &lease, 1),
-            None,
-            "a cannot vouch for itself"
-        );
+        assert_eq!(v.check(&fence, &lease, 1), None, "nobody answered");
         let id = v.begin_round();
         v.end_round(Round {
             id,
