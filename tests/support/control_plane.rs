@@ -73,13 +73,22 @@ impl ControlPlane {
     /// test that asks for it fails with the same message (without retrying the slow start).
     pub fn shared() -> &'static ControlPlane {
         let started = SHARED.get_or_init(|| {
-            std::panic::catch_unwind(ControlPlane::start).map_err(|panic| {
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "the control plane failed to start".to_owned())
-            })
+            // The ports are picked free and bound later by etcd and the apiserver, so another
+            // process can take one meanwhile: a failed start is tried again on new ports.
+            let mut failures = Vec::new();
+            for _ in 0..3 {
+                match std::panic::catch_unwind(ControlPlane::start) {
+                    Ok(cp) => return Ok(cp),
+                    Err(panic) => failures.push(
+                        panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_else(|| "the control plane failed to start".to_owned()),
+                    ),
+                }
+            }
+            Err(failures.join("\n--- next attempt ---\n"))
         });
         match started {
             Ok(cp) => cp,
