@@ -635,12 +635,7 @@ async fn a_killed_job_and_a_restarted_operator_resume_where_they_stopped() {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
+    assert!(support::process::signal(pid, sig), "kill {sig} {pid}");
 }
 
 /// Waits until the routing table satisfies `cond`.

@@ -204,3 +204,13 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`, `-9`, …) to process `pid` with `kill`; false when it failed
+/// (no such process).
+pub fn signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -1,6 +1,7 @@
 //! The real `redis-fleet sidecar` binary, fed a routing table file (as the kubelet would mount
 //! it) and a secrets directory (as mounted Secrets would look).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -24,6 +25,28 @@ pub struct Sidecar {
     /// `<dir>/<secret>/<key>` credentials.
     pub secrets_dir: PathBuf,
     process: ChildGuard,
+    /// How it was started, to start it again ([`Sidecar::restart`]).
+    launch: Launch,
+}
+
+/// A sidecar's command line and environment, kept to start it again on the same ports.
+#[derive(Debug, Clone)]
+struct Launch {
+    args: Vec<OsString>,
+    env: Vec<(&'static str, OsString)>,
+    dir: PathBuf,
+    timeout: Duration,
+}
+
+impl Launch {
+    fn spawn(&self, metrics_port: u16) -> ChildGuard {
+        let mut cmd = Command::new(super::redis_fleet_binary());
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        spawn_ready(cmd, &self.dir, metrics_port, self.timeout)
+    }
 }
 
 impl Sidecar {
@@ -34,6 +57,16 @@ impl Sidecar {
 
     /// Like [`Sidecar::start`], with extra arguments.
     pub fn start_with(
+        table: &RoutingTable,
+        secrets: &[(&str, &str, &str)],
+        extra: &[&str],
+    ) -> Sidecar {
+        Self::start_as("test-sidecar", table, secrets, extra)
+    }
+
+    /// Like [`Sidecar::start_with`], with heartbeat id `id` (the binary adds a suffix).
+    pub fn start_as(
+        id: &str,
         table: &RoutingTable,
         secrets: &[(&str, &str, &str)],
         extra: &[&str],
@@ -49,29 +82,44 @@ impl Sidecar {
         std::fs::create_dir_all(&secrets_dir).expect("secrets dir");
         let port = free_port();
         let metrics_port = free_port();
-        let mut cmd = Command::new(super::redis_fleet_binary());
-        cmd.arg("sidecar")
-            .arg("--routing-file")
-            .arg(&routing_file)
-            .arg("--secrets-dir")
-            .arg(&secrets_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--poll", "200ms", "--id", "test-sidecar"])
-            .args(if extra.contains(&"--request-timeout") {
-                &[][..]
-            } else {
-                &["--request-timeout", "1s"][..]
-            })
-            .args(extra)
-            .env("RUST_LOG", "info,redis_fleet=debug");
-        let process = spawn_ready(cmd, &dir, metrics_port, Duration::from_secs(20));
+        let mut args: Vec<OsString> = vec!["sidecar".into(), "--routing-file".into()];
+        args.push(routing_file.clone().into());
+        args.push("--secrets-dir".into());
+        args.push(secrets_dir.clone().into());
+        for a in [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--poll",
+            "200ms",
+            "--id",
+            id,
+        ]
+        .iter()
+        .chain(if extra.contains(&"--request-timeout") {
+            &[][..]
+        } else {
+            &["--request-timeout", "1s"][..]
+        })
+        .chain(extra)
+        {
+            args.push(a.into());
+        }
+        let launch = Launch {
+            args,
+            env: vec![("RUST_LOG", "info,redis_fleet=debug".into())],
+            dir,
+            timeout: Duration::from_secs(20),
+        };
+        let process = launch.spawn(metrics_port);
         Sidecar {
             port,
             metrics_port,
             routing_file,
             secrets_dir,
             process,
+            launch,
         }
     }
 
@@ -81,29 +129,42 @@ impl Sidecar {
         let dir = temp_dir("sidecar");
         let port = free_port();
         let metrics_port = free_port();
-        let mut cmd = Command::new(super::redis_fleet_binary());
-        cmd.arg("sidecar")
-            .args(["--configmap", &format!("{namespace}/{name}")])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--request-timeout", "2s", "--id", id])
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env("RUST_LOG", "info,redis_fleet=debug");
-        let process = spawn_ready(cmd, &dir, metrics_port, Duration::from_secs(30));
+        let args = [
+            "sidecar",
+            "--configmap",
+            &format!("{namespace}/{name}"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--request-timeout",
+            "2s",
+            "--id",
+            id,
+        ];
+        let launch = Launch {
+            args: args.iter().map(OsString::from).collect(),
+            env: vec![
+                ("KUBECONFIG", cp.kubeconfig.clone().into()),
+                ("RUST_LOG", "info,redis_fleet=debug".into()),
+            ],
+            dir: dir.clone(),
+            timeout: Duration::from_secs(30),
+        };
+        let process = launch.spawn(metrics_port);
         Sidecar {
             port,
             metrics_port,
             routing_file: dir.join("unused"),
             secrets_dir: dir.join("unused"),
             process,
+            launch,
         }
     }
 
     /// Replaces the table the way the kubelet updates a mounted ConfigMap (atomic rename).
     pub fn update_table(&self, table: &RoutingTable) {
-        let tmp = self.routing_file.with_extension("tmp");
-        std::fs::write(&tmp, table.to_json()).expect("writing the new table");
-        std::fs::rename(&tmp, &self.routing_file).expect("replacing the table");
+        replace_table(&self.routing_file, table);
     }
 
     /// A `redis` crate client for the sidecar.
@@ -128,15 +189,40 @@ impl Sidecar {
         self.process.is_running()
     }
 
+    /// SIGKILL, as a container that crashes.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again (after [`Sidecar::kill`], or killing it first) with the same command
+    /// line — same ports, table source and id — and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process = self.launch.spawn(self.metrics_port);
+    }
+
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.process.pid()
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> PathBuf {
+        self.launch.dir.join("sidecar.log")
     }
 
     /// The end of the log.
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
     }
+}
+
+/// Replaces the table file `routing_file` the way the kubelet updates a mounted ConfigMap
+/// (atomic rename).
+pub fn replace_table(routing_file: &Path, table: &RoutingTable) {
+    let tmp = routing_file.with_extension("tmp");
+    std::fs::write(&tmp, table.to_json()).expect("writing the new table");
+    std::fs::rename(&tmp, routing_file).expect("replacing the table");
 }
 
 /// Starts the sidecar `cmd` (logging into `dir`) and waits until its `/readyz` says ready.
