@@ -8,17 +8,31 @@
 //! before the read began, nor than what an earlier read (ended before this one began) saw, and
 //! when that write had begun before the read ended. Writes that failed or timed out may or
 //! may not have happened; the checker allows both.
+//!
+//! Three additions make more of a run checkable:
+//! - a write may leave a value that **expires** (a short TTL): the value must be gone once its
+//!   expiry has surely passed (beyond [`Tolerance::late`]), and may be missing once it may have
+//!   passed (less [`Tolerance::early`]);
+//! - a write's own reply is a read of the key **before** it (`DEL` answers whether the key was
+//!   there, `INCR` what it held, `SET … GET` its old value): such a read names the write, and
+//!   only earlier writes can explain what it saw ([`State::Present`] when the reply only says
+//!   that some value was there);
+//! - a **dropped** write stands for a failover: data held only by an instance that was declared
+//!   dead may be dropped (`docs/protocol.md`, "What is guaranteed"), so the harness inserts a
+//!   possible delete, of unknown outcome, where the outage began.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// What a write leaves behind.
+/// What a write leaves behind, or what a read saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     /// The key holds this value.
     Value(String),
-    /// The key is absent (deleted, or never written).
+    /// The key is absent (deleted, expired, or never written).
     Absent,
+    /// Some value, not known which (only what a read saw: `DEL` answered 1).
+    Present,
 }
 
 /// How an operation ended.
@@ -28,6 +42,16 @@ pub enum Outcome {
     Ok,
     /// Failed with a retryable error, or timed out: it may or may not have happened.
     Unknown,
+}
+
+/// When the value a write left expires, in the test's clock: between `earliest` (the expiry
+/// counted from when the write was sent) and `latest` (from when it was acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// The earliest moment it may expire.
+    pub earliest: u64,
+    /// The moment it has surely expired.
+    pub latest: u64,
 }
 
 /// One write (SET, INCR, DEL, …) of a key, in its writer's order.
@@ -43,9 +67,15 @@ pub struct Write {
     pub outcome: Outcome,
     /// Which sidecar it went through (for the report).
     pub via: usize,
+    /// When the value it left expires (`None`: not during the test).
+    pub expires: Option<Expiry>,
+    /// A failover's possible drop (inserted by the harness, not sent by a client). It stands
+    /// where the harness knows the failover was published, after the writes that started
+    /// before; `start` is the earliest moment it may have been.
+    pub dropped: bool,
 }
 
-/// One read (GET) of a key.
+/// One read (GET, or what a write's reply said about the key before it).
 #[derive(Debug, Clone)]
 pub struct Read {
     /// When it was sent.
@@ -58,15 +88,27 @@ pub struct Read {
     pub via: usize,
     /// A read at the end of the run, after the faults stopped.
     pub last: bool,
+    /// The reply of the write that started at this time: it saw the key before that write.
+    pub before: Option<u64>,
 }
 
 /// Everything that happened to one key.
 #[derive(Debug, Clone, Default)]
 pub struct KeyHistory {
-    /// Writes in the writer's order.
+    /// Writes in the writer's order (the order of their start, failovers' drops among them).
     pub writes: Vec<Write>,
     /// Reads in any order.
     pub reads: Vec<Read>,
+}
+
+/// How far expiries may be off (ns): a value may be read up to `late` after it surely expired,
+/// and be missing up to `early` before it could expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tolerance {
+    /// Grace after an expiry.
+    pub late: u64,
+    /// Grace before an expiry.
+    pub early: u64,
 }
 
 /// What went wrong, counted.
@@ -80,6 +122,10 @@ pub struct Report {
     pub stale_reads: u64,
     /// Reads that saw a value no write ever left.
     pub phantom_values: u64,
+    /// Reads that saw a value after its TTL had surely run out.
+    pub expired_served: u64,
+    /// Reads that found a key absent only because a failover may have dropped it (allowed).
+    pub failover_drops: u64,
     /// Reads checked.
     pub reads: u64,
     /// Writes acknowledged.
@@ -95,11 +141,14 @@ impl Report {
             && self.resurrected_deletes == 0
             && self.stale_reads == 0
             && self.phantom_values == 0
+            && self.expired_served == 0
     }
 
-    fn note(&mut self, example: String) {
-        if self.examples.len() < 20 {
-            self.examples.push(example);
+    /// Keeps a few examples of each kind of violation.
+    fn note(&mut self, kind: &str, example: String) {
+        let same = self.examples.iter().filter(|e| e.starts_with(kind)).count();
+        if same < 4 {
+            self.examples.push(format!("{kind}: {example}"));
         }
     }
 
@@ -109,10 +158,14 @@ impl Report {
         self.resurrected_deletes += other.resurrected_deletes;
         self.stale_reads += other.stale_reads;
         self.phantom_values += other.phantom_values;
+        self.expired_served += other.expired_served;
+        self.failover_drops += other.failover_drops;
         self.reads += other.reads;
         self.acknowledged += other.acknowledged;
         for e in &other.examples {
-            self.note(e.clone());
+            let kind = e.split(':').next().unwrap_or_default().to_owned();
+            let rest = e[kind.len()..].trim_start_matches(": ").to_owned();
+            self.note(&kind, rest);
         }
     }
 }
@@ -121,49 +174,91 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} writes acknowledged, {} reads checked: {} lost writes, {} resurrected deletes, {} stale reads, {} phantom values",
+            "{} writes acknowledged, {} reads checked: {} lost writes, {} resurrected deletes, {} stale reads, {} phantom values, {} expired values served ({} reads missed data a failover dropped)",
             self.acknowledged,
             self.reads,
             self.lost_writes,
             self.resurrected_deletes,
             self.stale_reads,
-            self.phantom_values
+            self.phantom_values,
+            self.expired_served,
+            self.failover_drops
         )
     }
 }
 
-/// Index of the write that left what `saw` shows: `Some(-1)`-like `None` for the initial
-/// absence, `Some(i)` for write i; the candidates when several writes left the same state
-/// (only absence repeats).
-fn candidates(writes: &[Write], saw: &State) -> Vec<i64> {
-    let mut out = Vec::new();
-    if *saw == State::Absent {
-        out.push(-1);
-    }
-    for (i, w) in writes.iter().enumerate() {
-        if w.after == *saw {
-            out.push(i as i64);
+/// Whether what `w` left can be what `r` saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    Yes,
+    /// It would be, but the value had surely expired when the read began.
+    Expired,
+    No,
+}
+
+fn fit(w: &Write, r: &Read, tol: Tolerance) -> Fit {
+    let expired_by_start = w
+        .expires
+        .is_some_and(|e| r.start > e.latest.saturating_add(tol.late));
+    let may_have_expired_by_end = w
+        .expires
+        .is_some_and(|e| e.earliest <= r.end.saturating_add(tol.early));
+    match (&r.saw, &w.after) {
+        (State::Absent, State::Absent) => Fit::Yes,
+        (State::Absent, State::Value(_)) if may_have_expired_by_end => Fit::Yes,
+        (State::Value(a), State::Value(b)) if a == b => {
+            if expired_by_start {
+                Fit::Expired
+            } else {
+                Fit::Yes
+            }
         }
+        (State::Present, State::Value(_)) => {
+            if expired_by_start {
+                Fit::Expired
+            } else {
+                Fit::Yes
+            }
+        }
+        _ => Fit::No,
     }
-    out
 }
 
 /// Checks one key's history.
-pub fn check_key(key: &str, h: &KeyHistory) -> Report {
+pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
+    let writes = &h.writes;
+    debug_assert!(
+        writes
+            .iter()
+            .filter(|w| !w.dropped)
+            .collect::<Vec<_>>()
+            .windows(2)
+            .all(|w| w[0].start <= w[1].start),
+        "{key}: writes out of order"
+    );
     let mut report = Report {
-        acknowledged: h.writes.iter().filter(|w| w.outcome == Outcome::Ok).count() as u64,
+        acknowledged: writes
+            .iter()
+            .filter(|w| w.outcome == Outcome::Ok && !w.dropped)
+            .count() as u64,
         ..Report::default()
     };
     // Reads in order of their start, so "what earlier reads saw" is known.
     let mut reads: Vec<&Read> = h.reads.iter().collect();
     reads.sort_by_key(|r| r.start);
-    // (end time, index seen) of the reads checked so far.
+    // (end time, index seen) of the reads checked so far; -1 is the absence before any write.
     let mut seen: Vec<(u64, i64)> = Vec::new();
     for r in reads {
         report.reads += 1;
+        // A write's reply saw the key before that write: only earlier writes explain it.
+        let limit = r.before.map_or(writes.len(), |t| {
+            writes
+                .iter()
+                .position(|w| !w.dropped && w.start >= t)
+                .unwrap_or(writes.len())
+        });
         // The last write acknowledged before the read began.
-        let floor_ack = h
-            .writes
+        let floor_ack = writes[..limit]
             .iter()
             .enumerate()
             .filter(|(_, w)| w.outcome == Outcome::Ok && w.end < r.start)
@@ -176,14 +271,34 @@ pub fn check_key(key: &str, h: &KeyHistory) -> Report {
             .map(|(_, i)| *i)
             .max()
             .unwrap_or(-1);
-        let cands = candidates(&h.writes, &r.saw);
-        let allowed = |i: i64| i == -1 || h.writes[i as usize].start < r.end;
-        let valid: Vec<i64> = cands
+        let mut fits: Vec<i64> = Vec::new();
+        let mut expired: Vec<i64> = Vec::new();
+        if r.saw == State::Absent {
+            fits.push(-1);
+        }
+        for (i, w) in writes[..limit].iter().enumerate() {
+            match fit(w, r, tol) {
+                Fit::Yes => fits.push(i as i64),
+                Fit::Expired => expired.push(i as i64),
+                Fit::No => {}
+            }
+        }
+        let allowed = |i: i64| i == -1 || writes[i as usize].start < r.end;
+        let dropped = |i: i64| i >= 0 && writes[i as usize].dropped;
+        let valid: Vec<i64> = fits
             .iter()
             .copied()
             .filter(|&i| allowed(i) && i >= floor_ack && i >= floor_seen)
             .collect();
-        if let Some(&i) = valid.first() {
+        // Prefer an explanation without a failover's drop.
+        if let Some(&i) = valid
+            .iter()
+            .find(|&&i| !dropped(i))
+            .or_else(|| valid.first())
+        {
+            if dropped(i) {
+                report.failover_drops += 1;
+            }
             seen.push((r.end, i));
             continue;
         }
@@ -191,32 +306,63 @@ pub fn check_key(key: &str, h: &KeyHistory) -> Report {
             if i < 0 {
                 "nothing written yet".to_owned()
             } else {
-                let w = &h.writes[i as usize];
-                format!("write #{i} ({:?}, {:?}, via sidecar {})", w.after, w.outcome, w.via)
+                let w = &writes[i as usize];
+                if w.dropped {
+                    format!("#{i}, a failover's drop")
+                } else {
+                    format!(
+                        "write #{i} ({:?}, {:?}, via sidecar {}, {:.3}..{:.3} s{})",
+                        w.after,
+                        w.outcome,
+                        w.via,
+                        w.start as f64 / 1e9,
+                        w.end as f64 / 1e9,
+                        w.expires.map_or(String::new(), |e| format!(
+                            ", expires {:.3}..{:.3} s",
+                            e.earliest as f64 / 1e9,
+                            e.latest as f64 / 1e9
+                        ))
+                    )
+                }
             }
         };
         let example = format!(
-            "{key}: read via sidecar {}{} saw {:?}; last acknowledged before it: {}; an earlier read saw: {}",
+            "{key}: {} via sidecar {}{} at {:.3}..{:.3} s saw {:?}; last acknowledged before it: {}; an earlier read saw: {}",
+            if r.before.is_some() {
+                "a write's reply"
+            } else {
+                "a read"
+            },
             r.via,
             if r.last { " (final)" } else { "" },
+            r.start as f64 / 1e9,
+            r.end as f64 / 1e9,
             r.saw,
             describe(floor_ack),
             describe(floor_seen),
         );
-        if cands.iter().all(|&i| !allowed(i)) || cands.is_empty() {
+        let after_floor = |i: i64| allowed(i) && i >= floor_ack;
+        let kind = if expired.iter().any(|&i| after_floor(i) && i >= floor_seen) {
+            report.expired_served += 1;
+            "expired value served"
+        } else if fits.iter().chain(&expired).all(|&i| !allowed(i)) {
             report.phantom_values += 1;
-        } else if cands.iter().any(|&i| allowed(i) && i >= floor_ack) {
+            "phantom"
+        } else if fits.iter().any(|&i| after_floor(i)) {
             // Not older than the acknowledged floor: only older than an earlier read.
             report.stale_reads += 1;
-        } else if floor_ack >= 0 && h.writes[floor_ack as usize].after == State::Absent {
+            "stale read"
+        } else if floor_ack >= 0 && writes[floor_ack as usize].after == State::Absent {
             report.resurrected_deletes += 1;
+            "resurrected delete"
         } else {
             report.lost_writes += 1;
-        }
-        report.note(example);
+            "lost write"
+        };
+        report.note(kind, example);
         // Count it as seen at its best candidate, so one lost write is not counted again and
         // again by every later read.
-        if let Some(&i) = cands.iter().filter(|&&i| allowed(i)).max() {
+        if let Some(&i) = fits.iter().filter(|&&i| allowed(i)).max() {
             seen.push((r.end, i));
         }
     }
@@ -224,10 +370,10 @@ pub fn check_key(key: &str, h: &KeyHistory) -> Report {
 }
 
 /// Checks every key.
-pub fn check(histories: &BTreeMap<String, KeyHistory>) -> Report {
+pub fn check(histories: &BTreeMap<String, KeyHistory>, tol: Tolerance) -> Report {
     let mut total = Report::default();
     for (key, h) in histories {
-        total.add(&check_key(key, h));
+        total.add(&check_key(key, h, tol));
     }
     total
 }
@@ -247,6 +393,8 @@ mod tests {
             },
             outcome,
             via: 0,
+            expires: None,
+            dropped: false,
         }
     }
 
@@ -261,7 +409,14 @@ mod tests {
             },
             via: 1,
             last: false,
+            before: None,
         }
+    }
+
+    const TOL: Tolerance = Tolerance { late: 5, early: 5 };
+
+    fn check_key(key: &str, h: &KeyHistory) -> Report {
+        super::check_key(key, h, TOL)
     }
 
     #[test]
@@ -321,5 +476,95 @@ mod tests {
             reads: vec![r(0, 10, "later"), r(0, 10, "never")],
         };
         assert_eq!(check_key("k", &h).phantom_values, 2);
+    }
+
+    fn expiring(start: u64, end: u64, after: &str, ttl: u64) -> Write {
+        Write {
+            expires: Some(Expiry {
+                earliest: start + ttl,
+                latest: end + ttl,
+            }),
+            ..w(start, end, after, Outcome::Ok)
+        }
+    }
+
+    #[test]
+    fn a_value_is_gone_once_its_ttl_has_surely_run_out() {
+        // SET PX 100 sent at 0, acknowledged at 10: it expires between 100 and 110.
+        let h = KeyHistory {
+            writes: vec![expiring(0, 10, "a", 100)],
+            reads: vec![
+                r(20, 30, "a"),
+                r(96, 97, ""),
+                r(100, 112, "a"),
+                r(120, 130, ""),
+            ],
+        };
+        assert!(check_key("k", &h).clean(), "{:?}", check_key("k", &h));
+        // Served after it surely expired (110 + 5 of tolerance): the TTL was lost or extended.
+        let h = KeyHistory {
+            writes: vec![expiring(0, 10, "a", 100)],
+            reads: vec![r(116, 120, "a")],
+        };
+        assert_eq!(check_key("k", &h).expired_served, 1);
+        // Missing long before it could expire: the write was lost.
+        let h = KeyHistory {
+            writes: vec![expiring(0, 10, "a", 100)],
+            reads: vec![r(50, 60, "")],
+        };
+        assert_eq!(check_key("k", &h).lost_writes, 1);
+    }
+
+    #[test]
+    fn a_writes_reply_is_checked_against_the_writes_before_it() {
+        // DEL answered 0 (absent) right after an acknowledged SET: the SET was lost.
+        let del = |start, end| w(start, end, "", Outcome::Ok);
+        let reply = |start, end, saw: State| Read {
+            before: Some(start),
+            saw,
+            ..r(start, end, "")
+        };
+        let h = KeyHistory {
+            writes: vec![w(0, 10, "a", Outcome::Ok), del(20, 30)],
+            reads: vec![reply(20, 30, State::Absent)],
+        };
+        assert_eq!(check_key("k", &h).lost_writes, 1);
+        // Answered 1 (present): fine. The DEL's own absence does not explain the reply.
+        let h = KeyHistory {
+            writes: vec![w(0, 10, "a", Outcome::Ok), del(20, 30)],
+            reads: vec![reply(20, 30, State::Present)],
+        };
+        assert!(check_key("k", &h).clean());
+        // A key deleted (acknowledged) that a later DEL still finds: a resurrected delete.
+        let h = KeyHistory {
+            writes: vec![w(0, 10, "a", Outcome::Ok), del(20, 30), del(40, 50)],
+            reads: vec![reply(40, 50, State::Present)],
+        };
+        assert_eq!(check_key("k", &h).resurrected_deletes, 1);
+    }
+
+    #[test]
+    fn a_failover_may_drop_what_the_dead_instance_held_and_nothing_written_after() {
+        let drop = Write {
+            dropped: true,
+            ..w(15, 25, "", Outcome::Unknown)
+        };
+        // Absent after the outage: allowed, and counted as a failover's drop.
+        let h = KeyHistory {
+            writes: vec![w(0, 10, "a", Outcome::Ok), drop.clone()],
+            reads: vec![r(30, 40, "")],
+        };
+        let rep = check_key("k", &h);
+        assert!(rep.clean() && rep.failover_drops == 1, "{rep:?}");
+        // A write acknowledged after the outage began survives it.
+        let h = KeyHistory {
+            writes: vec![
+                w(0, 10, "a", Outcome::Ok),
+                drop,
+                w(20, 30, "b", Outcome::Ok),
+            ],
+            reads: vec![r(40, 50, "")],
+        };
+        assert_eq!(check_key("k", &h).lost_writes, 1);
     }
 }
