@@ -1,5 +1,7 @@
 # redis-fleet — the commands:
 #   make test   the fast tier: installs what is missing, fmt, clippy, unit + integration tests
+#               (with one short chaos seed)
+#   make chaos  seeded faults against the real fleet, every write and read checked (10 × 3 min)
 #   make e2e    the user's install path (image, helm, kubectl) on a real one-node cluster
 #   make demo   the story on a local control plane: routing, rebalance, a third instance, failover
 SHELL := /bin/bash
@@ -18,6 +20,16 @@ test: deps control-plane ## fmt check, clippy -D warnings, unit + integration te
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" REDIS_FLEET_HELM="$$(hack/helm.sh)" $(CARGO) test --all-targets --locked
+
+# make chaos: CHAOS_SEEDS seeds from CHAOS_SEED, CHAOS_SECONDS of faults each; replay one seed
+# with e.g. `make chaos CHAOS_SEED=7 CHAOS_SEEDS=1`. (`make test` runs 1 seed of 60 s.)
+CHAOS_SEED ?= 1
+CHAOS_SEEDS ?= 10
+CHAOS_SECONDS ?= 180
+
+.PHONY: chaos
+chaos: deps control-plane ## seeded faults (Job pods, operator, sidecars killed; Redis stopped; instances added, drained, removed; fills) under writers and readers; a history check of every write, delete, read and TTL (tests/chaos)
+	CHAOS_SEED=$(CHAOS_SEED) CHAOS_SEEDS=$(CHAOS_SEEDS) CHAOS_SECONDS=$(CHAOS_SECONDS) REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) test --locked --test chaos -- --exact chaos --nocapture
 
 .PHONY: image
 image: ## build the image localhost/redis-fleet:<version> from the Dockerfile with buildah (root; see hack/e2e/images.sh)

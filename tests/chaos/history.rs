@@ -126,6 +126,11 @@ pub struct Report {
     pub expired_served: u64,
     /// Reads that found a key absent only because a failover may have dropped it (allowed).
     pub failover_drops: u64,
+    /// Reads that saw a value again after an earlier read had found it dropped by a failover
+    /// (the data came back instead of being dropped: no acknowledged write is older than it).
+    pub resurfaced: u64,
+    /// Keys with a violation (the first few).
+    pub keys: Vec<String>,
     /// Reads checked.
     pub reads: u64,
     /// Writes acknowledged.
@@ -160,6 +165,12 @@ impl Report {
         self.phantom_values += other.phantom_values;
         self.expired_served += other.expired_served;
         self.failover_drops += other.failover_drops;
+        self.resurfaced += other.resurfaced;
+        for k in &other.keys {
+            if self.keys.len() < 50 {
+                self.keys.push(k.clone());
+            }
+        }
         self.reads += other.reads;
         self.acknowledged += other.acknowledged;
         for e in &other.examples {
@@ -174,7 +185,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} writes acknowledged, {} reads checked: {} lost writes, {} resurrected deletes, {} stale reads, {} phantom values, {} expired values served ({} reads missed data a failover dropped)",
+            "{} writes acknowledged, {} reads checked: {} lost writes, {} resurrected deletes, {} stale reads, {} phantom values, {} expired values served ({} reads missed data a failover dropped, {} saw it again later)",
             self.acknowledged,
             self.reads,
             self.lost_writes,
@@ -182,7 +193,8 @@ impl fmt::Display for Report {
             self.stale_reads,
             self.phantom_values,
             self.expired_served,
-            self.failover_drops
+            self.failover_drops,
+            self.resurfaced
         )
     }
 }
@@ -265,9 +277,17 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
             .map(|(i, _)| i as i64)
             .max()
             .unwrap_or(-1);
+        let dropped = |i: i64| i >= 0 && writes[i as usize].dropped;
         let floor_seen = seen
             .iter()
             .filter(|(end, _)| *end < r.start)
+            .map(|(_, i)| *i)
+            .max()
+            .unwrap_or(-1);
+        // What earlier reads saw, but for the absence a failover's drop explains.
+        let floor_kept = seen
+            .iter()
+            .filter(|(end, i)| *end < r.start && !dropped(*i))
             .map(|(_, i)| *i)
             .max()
             .unwrap_or(-1);
@@ -284,12 +304,21 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
             }
         }
         let allowed = |i: i64| i == -1 || writes[i as usize].start < r.end;
-        let dropped = |i: i64| i >= 0 && writes[i as usize].dropped;
         let valid: Vec<i64> = fits
             .iter()
             .copied()
             .filter(|&i| allowed(i) && i >= floor_ack && i >= floor_seen)
             .collect();
+        // Older only than a failover's drop an earlier read saw: the data came back.
+        if valid.is_empty()
+            && let Some(&i) = fits
+                .iter()
+                .find(|&&i| allowed(i) && i >= floor_ack && i >= floor_kept && !dropped(i))
+        {
+            report.resurfaced += 1;
+            seen.push((r.end, i));
+            continue;
+        }
         // Prefer an explanation without a failover's drop.
         if let Some(&i) = valid
             .iter()
@@ -360,6 +389,9 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
             "lost write"
         };
         report.note(kind, example);
+        if report.keys.is_empty() {
+            report.keys.push(key.to_owned());
+        }
         // Count it as seen at its best candidate, so one lost write is not counted again and
         // again by every later read.
         if let Some(&i) = fits.iter().filter(|&&i| allowed(i)).max() {
@@ -566,5 +598,19 @@ mod tests {
             reads: vec![r(40, 50, "")],
         };
         assert_eq!(check_key("k", &h).lost_writes, 1);
+    }
+
+    #[test]
+    fn data_a_failover_dropped_may_come_back_but_is_counted() {
+        let drop = Write {
+            dropped: true,
+            ..w(15, 25, "", Outcome::Unknown)
+        };
+        let h = KeyHistory {
+            writes: vec![w(0, 10, "a", Outcome::Ok), drop],
+            reads: vec![r(30, 40, ""), r(50, 60, "a")],
+        };
+        let rep = check_key("k", &h);
+        assert!(rep.clean() && rep.resurfaced == 1, "{rep:?}");
     }
 }

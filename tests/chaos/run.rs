@@ -1,0 +1,505 @@
+//! One seed: the fleet, the clients and the faults for the run's length; then the faults stop,
+//! the fleet settles (no plan, no failover, every sidecar on the newest table), every key is
+//! read through every sidecar, and the history is checked.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use redis_fleet::api::cache_policy::rebalance_phase;
+use redis_fleet::api::redis_instance::InstancePhase;
+use redis_fleet::routing::Resolver;
+
+use crate::faults::{self, Counts};
+use crate::fleet::{Fleet, deliver, lock, observe, resume_all};
+use crate::history::{self, KeyHistory, Outcome, Report, State, Tolerance, Write};
+use crate::rng::Rng;
+use crate::workload::{
+    self, KeySpec, Log, Shared, TTL_EARLY_MS, TTL_LATE_MS, TtlReport, check_ttls, final_reads,
+    keyspace,
+};
+
+/// File sidecars beside the one that follows the API.
+const FILE_SIDECARS: usize = 2;
+/// Readers beside the writers (one writer per sidecar).
+const READERS: usize = 2;
+/// The longest the fleet may take to settle once the faults stop.
+const SETTLE_BOUND: Duration = Duration::from_secs(300);
+/// How long a key's possible homes are looked back on from an outage.
+const LOOK_BACK_NS: u64 = 150_000_000_000;
+
+/// What one seed did and what the checker found.
+#[derive(Debug)]
+pub struct Row {
+    /// The seed.
+    pub seed: u64,
+    /// Seconds of faults.
+    pub seconds: u64,
+    /// Operations the clients sent.
+    pub ops: u64,
+    /// Of those, answered after more than five seconds.
+    pub slow: u64,
+    /// The history's verdict.
+    pub history: Report,
+    /// The final reads' TTLs.
+    pub ttl: TtlReport,
+    /// Errors by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Errors that are neither retryable nor timeouts.
+    pub fatal: u64,
+    /// Examples of those.
+    pub fatal_examples: Vec<String>,
+    /// Keys a sidecar could not read after the fleet settled.
+    pub unreadable: Vec<String>,
+    /// How long the fleet took to settle, or why it did not.
+    pub settled: Result<Duration, String>,
+    /// Plans seen, and how many succeeded.
+    pub plans: (u64, u64),
+    /// Job pods run, and how many did not exit 0.
+    pub pods: (u64, u64),
+    /// Faults injected.
+    pub faults: Counts,
+    /// Times an instance was declared unreachable.
+    pub failovers: u64,
+    /// Where the logs of a failed seed were kept.
+    pub logs: Option<PathBuf>,
+}
+
+impl Row {
+    /// Nothing lost, stale, resurrected, invented, mistimed or refused.
+    pub fn clean(&self) -> bool {
+        self.history.clean()
+            && self.ttl.violations() == 0
+            && self.fatal == 0
+            && self.unreadable.is_empty()
+            && self.settled.is_ok()
+    }
+
+    /// Retryable errors and timeouts.
+    pub fn retryable(&self) -> u64 {
+        self.errors.values().sum::<u64>() - self.fatal
+    }
+}
+
+/// Runs seed `seed` with `seconds` of faults.
+pub async fn run_seed(seed: u64, seconds: u64) -> Row {
+    let rng = Rng::new(seed);
+    let fleet = Arc::new(Fleet::start(FILE_SIDECARS).await);
+    eprintln!(
+        "seed {seed}: namespace {}, {} sidecars, {} s of faults",
+        fleet.ns,
+        fleet.sidecars.len(),
+        seconds
+    );
+    let table = fleet.table().await.expect("a routing table");
+    let resolver = Resolver::new(table).expect("a valid routing table");
+    let writers = fleet.sidecars.len();
+    let shared = Arc::new(Shared {
+        keys: keyspace(writers, &resolver),
+        ports: fleet.sidecars.iter().map(|s| s.port).collect(),
+        clock: fleet.clock,
+        stop: Default::default(),
+    });
+    let mut background = vec![tokio::spawn(observe(fleet.clone()))];
+    for i in (0..fleet.sidecars.len()).filter(|i| fleet.sidecars[*i].file) {
+        background.push(tokio::spawn(deliver(
+            fleet.clone(),
+            i,
+            rng.fork(100 + i as u64),
+        )));
+    }
+    let mut clients = Vec::new();
+    for w in 0..writers {
+        clients.push(tokio::spawn(workload::writer(
+            shared.clone(),
+            w,
+            rng.fork(200 + w as u64),
+        )));
+    }
+    for r in 0..READERS {
+        clients.push(tokio::spawn(workload::reader(
+            shared.clone(),
+            rng.fork(300 + r as u64),
+        )));
+    }
+
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let faults = faults::inject(fleet.clone(), rng.fork(1), until).await;
+    eprintln!(
+        "seed {seed}: faults over at {:.0} s: {faults:?}",
+        fleet.clock.secs()
+    );
+    fleet.settling.store(true, Ordering::SeqCst);
+    resume_all(&fleet);
+    let settled = settle(&fleet, SETTLE_BOUND).await;
+    eprintln!(
+        "seed {seed}: settled: {:?} at {:.0} s",
+        settled.as_ref().map(|d| d.as_secs()),
+        fleet.clock.secs()
+    );
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut log = Log::default();
+    for c in clients {
+        log.merge(c.await.expect("a client task"));
+    }
+    let (last_reads, finals, unreadable) = final_reads(&shared).await;
+    fleet.stop.store(true, Ordering::SeqCst);
+    for b in background {
+        let _ = b.await;
+    }
+
+    let mut histories: BTreeMap<String, KeyHistory> = BTreeMap::new();
+    let name = |k: usize| shared.keys[k].name.clone();
+    for (k, w) in log.writes.drain(..) {
+        histories.entry(name(k)).or_default().writes.push(w);
+    }
+    for (k, r) in log.reads.drain(..).chain(last_reads) {
+        histories.entry(name(k)).or_default().reads.push(r);
+    }
+    for h in histories.values_mut() {
+        h.writes.sort_by_key(|w| w.start);
+    }
+    // A failover's drop stands after the writes that started before it was surely published.
+    let (failovers, drops) = failover_drops(&fleet, &shared.keys);
+    for (k, stands, d) in drops {
+        let writes = &mut histories.entry(name(k)).or_default().writes;
+        let at = writes
+            .iter()
+            .position(|w| !w.dropped && w.start > stands)
+            .unwrap_or(writes.len());
+        writes.insert(at, d);
+    }
+    let tolerance = Tolerance {
+        late: TTL_LATE_MS * 1_000_000,
+        early: TTL_EARLY_MS * 1_000_000,
+    };
+    let history = history::check(&histories, tolerance);
+    let last: BTreeMap<usize, _> = log
+        .last
+        .iter()
+        .map(|(k, s, t)| (*k, (s.clone(), *t)))
+        .collect();
+    let ttl = check_ttls(&shared.keys, &last, &finals);
+
+    let plans = lock(&fleet.plans);
+    let succeeded = plans
+        .values()
+        .filter(|r| r.phase == rebalance_phase::SUCCEEDED)
+        .count() as u64;
+    let finished = lock(&fleet.node.finished);
+    let failed_pods = finished.iter().filter(|(_, code)| *code != 0).count() as u64;
+    let mut row = Row {
+        seed,
+        seconds,
+        ops: log.ops,
+        slow: log.slow,
+        history,
+        ttl,
+        errors: log.errors,
+        fatal: log.fatal,
+        fatal_examples: log.fatal_examples,
+        unreadable,
+        settled,
+        plans: (plans.len() as u64, succeeded),
+        pods: (finished.len() as u64, failed_pods),
+        faults,
+        failovers,
+        logs: None,
+    };
+    drop((plans, finished));
+    if !row.clean() {
+        row.logs = keep_logs(&fleet, seed);
+        if let Some(dir) = &row.logs {
+            let dump: Vec<String> = row
+                .history
+                .keys
+                .iter()
+                .filter_map(|k| histories.get(k).map(|h| describe(k, h)))
+                .collect();
+            let _ = std::fs::write(dir.join("histories.txt"), dump.join("\n"));
+        }
+    }
+    let _ = fleet
+        .cp
+        .kubectl()
+        .args(["delete", "namespace", &fleet.ns, "--wait=false"])
+        .output();
+    row
+}
+
+/// Waits until no plan runs, nothing is failed over or migrating, every instance serves and
+/// every sidecar routes by the newest table — and all of it for five seconds.
+async fn settle(fleet: &Fleet, bound: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut steady: Option<(Instant, u64)> = None;
+    loop {
+        let idle = fleet.wait_idle(Duration::ZERO, |_| true).await;
+        let versions = fleet.sidecar_versions().await;
+        let phases: Vec<(String, Option<InstancePhase>)> = fleet
+            .instances
+            .list(&Default::default())
+            .await
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .map(|ri| {
+                        (
+                            ri.metadata.name.unwrap_or_default(),
+                            ri.status.and_then(|s| s.phase),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let serving = phases.iter().all(|(_, p)| {
+            matches!(
+                p,
+                Some(InstancePhase::Ready | InstancePhase::Degraded | InstancePhase::Draining)
+            )
+        });
+        match &idle {
+            Ok(t) if serving && versions.iter().all(|v| *v == t.version) => match steady {
+                Some((since, v)) if v == t.version => {
+                    if since.elapsed() >= Duration::from_secs(5) {
+                        return Ok(start.elapsed());
+                    }
+                }
+                _ => steady = Some((Instant::now(), t.version)),
+            },
+            _ => steady = None,
+        }
+        if start.elapsed() > bound {
+            return Err(format!(
+                "not settled after {bound:?}: sidecars on {versions:?}, instances {phases:?}, {}",
+                idle.err().unwrap_or_default()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The failovers of the run, and for each the keys whose data the dead instance may have held
+/// alone, with a possible drop (a delete of unknown outcome): the one loss `docs/protocol.md`
+/// allows. The drop stands where the failover table was surely published — until then the
+/// instance may acknowledge writes (a stopped Redis runs what waits in its input buffer as
+/// soon as it is continued), and those go with it — and reads may see it from the moment the
+/// table may have been published; when no failover table was seen, from the operator's verdict
+/// to two seconds after it.
+fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Vec<(usize, u64, Write)>) {
+    let phases = lock(&fleet.phases).clone();
+    let tables = lock(&fleet.tables).clone();
+    let mut failovers = 0;
+    let mut drops = Vec::new();
+    for (i, p) in phases.iter().enumerate() {
+        if p.phase != InstancePhase::Unreachable {
+            continue;
+        }
+        failovers += 1;
+        let end = phases[i + 1..]
+            .iter()
+            .find(|q| q.instance == p.instance)
+            .map_or(p.at, |q| q.at);
+        // The table that failed it over: new failover entries from it, or fewer migrations
+        // to or from it (a plan abandoned toward the live side).
+        let failed_over = |t: &redis_fleet::routing::RoutingTable| {
+            t.failover.iter().filter(|f| f.from == p.instance).count()
+        };
+        let migrating = |t: &redis_fleet::routing::RoutingTable| {
+            t.migrating
+                .iter()
+                .filter(|m| m.from == p.instance || m.to == p.instance)
+                .count()
+        };
+        let published = tables
+            .windows(2)
+            .find(|w| {
+                w[1].at + 2_000_000_000 >= p.at
+                    && (failed_over(&w[1].table) > failed_over(&w[0].table)
+                        || migrating(&w[1].table) < migrating(&w[0].table))
+            })
+            .map(|w| (w[1].after, w[1].at));
+        // Published between `start` and `stands`.
+        let (start, stands) = published.unwrap_or((p.at, p.at + 2_000_000_000));
+        // Every table that may have placed data on it: those published from a while before
+        // the outage to its end, and the one in force before them.
+        let from = stands.saturating_sub(LOOK_BACK_NS);
+        let first = tables.iter().rposition(|t| t.at <= from).unwrap_or(0);
+        let mut homes = vec![false; keys.len()];
+        for t in tables[first..]
+            .iter()
+            .filter(|t| t.at <= end + 10_000_000_000)
+        {
+            let Ok(resolver) = Resolver::new(t.table.clone()) else {
+                continue;
+            };
+            for (k, spec) in keys.iter().enumerate() {
+                let route = resolver.resolve(spec.name.as_bytes());
+                homes[k] |= [Some(route.owner), Some(route.target), route.migrating_from]
+                    .into_iter()
+                    .flatten()
+                    .any(|id| resolver.instance_name(id) == p.instance);
+            }
+        }
+        for (k, on) in homes.into_iter().enumerate() {
+            if on {
+                drops.push((
+                    k,
+                    stands,
+                    Write {
+                        start,
+                        end: end.max(stands),
+                        after: State::Absent,
+                        outcome: Outcome::Unknown,
+                        via: usize::MAX,
+                        expires: None,
+                        dropped: true,
+                    },
+                ));
+            }
+        }
+    }
+    (failovers, drops)
+}
+
+/// Copies the logs of the operator, the sidecars, the Job pods and the redis-servers to
+/// `target/chaos/seed-<seed>/` (the temporary originals go when the test binary exits).
+fn keep_logs(fleet: &Fleet, seed: u64) -> Option<PathBuf> {
+    let dir = crate::support::control_plane::project_root()
+        .join("target/chaos")
+        .join(format!("seed-{seed}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).ok()?;
+    let copy = |from: &Path, to: &str| {
+        let _ = std::fs::copy(from, dir.join(to));
+    };
+    let _ = std::fs::write(
+        dir.join("clock.txt"),
+        format!("0 s of the test clock = {}\n", fleet.clock.began()),
+    );
+    for (i, log) in lock(&fleet.operator_logs).iter().enumerate() {
+        copy(log, &format!("operator-{}.log", i + 1));
+    }
+    for s in &fleet.sidecars {
+        copy(&lock(&s.process).log(), &format!("sidecar-{}.log", s.name));
+    }
+    for m in lock(&fleet.members).iter() {
+        copy(
+            &m.server.dir.join("redis.log"),
+            &format!("redis-{}.log", m.name),
+        );
+    }
+    if let Ok(pods) = std::fs::read_dir(&fleet.node.logs) {
+        for p in pods.flatten() {
+            copy(
+                &p.path(),
+                &format!("job-{}", p.file_name().to_string_lossy()),
+            );
+        }
+    }
+    let tables: Vec<String> = lock(&fleet.tables)
+        .iter()
+        .map(|t| format!("{:.3} s: {}", t.at as f64 / 1e9, t.table.to_json()))
+        .collect();
+    let _ = std::fs::write(dir.join("tables.txt"), tables.join("\n"));
+    let phases: Vec<String> = lock(&fleet.phases)
+        .iter()
+        .map(|p| format!("{:.3} s: {} {:?}", p.at as f64 / 1e9, p.instance, p.phase))
+        .collect();
+    let _ = std::fs::write(dir.join("phases.txt"), phases.join("\n"));
+    let pauses: Vec<String> = lock(&fleet.pauses)
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {:.3} .. {:.3} s",
+                p.instance,
+                p.stop as f64 / 1e9,
+                p.cont as f64 / 1e9
+            )
+        })
+        .collect();
+    let _ = std::fs::write(dir.join("pauses.txt"), pauses.join("\n"));
+    let plans = format!("{:#?}", lock(&fleet.plans));
+    let _ = std::fs::write(dir.join("plans.txt"), plans);
+    // Job pods still running at the end: where each thread waits.
+    for (pod, pid) in fleet.node.running() {
+        let stacks = std::process::Command::new("gdb")
+            .args([
+                "-batch",
+                "-p",
+                &pid.to_string(),
+                "-ex",
+                "thread apply all bt",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("gdb: {e}"));
+        let sockets = std::process::Command::new("ss")
+            .args(["-tnp"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains(&format!("pid={pid},")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        let _ = std::fs::write(
+            dir.join(format!("running-{pod}.txt")),
+            format!("sockets:\n{sockets}\n\nstacks:\n{stacks}"),
+        );
+    }
+    Some(dir)
+}
+
+/// One key's history, every event in time order, for a failed seed's logs.
+fn describe(key: &str, h: &KeyHistory) -> String {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let mut events: Vec<(u64, String)> = Vec::new();
+    for (i, w) in h.writes.iter().enumerate() {
+        events.push((
+            w.start,
+            if w.dropped {
+                format!("#{i} failover drop possible from {:.3} s", secs(w.start))
+            } else {
+                format!(
+                    "#{i} write {:?} {:?} via {} {:.3}..{:.3} s{}",
+                    w.after,
+                    w.outcome,
+                    w.via,
+                    secs(w.start),
+                    secs(w.end),
+                    w.expires.map_or(String::new(), |e| format!(
+                        " expires {:.3}..{:.3}",
+                        secs(e.earliest),
+                        secs(e.latest)
+                    ))
+                )
+            },
+        ));
+    }
+    for r in &h.reads {
+        events.push((
+            r.start,
+            format!(
+                "   {} saw {:?} via {} {:.3}..{:.3} s",
+                if r.before.is_some() {
+                    "reply"
+                } else if r.last {
+                    "final read"
+                } else {
+                    "read"
+                },
+                r.saw,
+                r.via,
+                secs(r.start),
+                secs(r.end)
+            ),
+        ));
+    }
+    events.sort_by_key(|(t, _)| *t);
+    let lines: Vec<String> = events.into_iter().map(|(_, e)| e).collect();
+    format!("== {key}\n{}\n", lines.join("\n"))
+}
