@@ -296,7 +296,13 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
         if r.saw == State::Absent {
             fits.push(-1);
         }
-        for (i, w) in writes[..limit].iter().enumerate() {
+        // A failover's drop stands where the harness saw the table, which can be after a write
+        // that began once the table was already out: that write's reply may see the drop too.
+        let candidates = writes
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| *i < limit || (w.dropped && r.before.is_some_and(|t| w.start < t)));
+        for (i, w) in candidates {
             match fit(w, r, tol) {
                 Fit::Yes => fits.push(i as i64),
                 Fit::Expired => expired.push(i as i64),
@@ -596,6 +602,40 @@ mod tests {
                 w(20, 30, "b", Outcome::Ok),
             ],
             reads: vec![r(40, 50, "")],
+        };
+        assert_eq!(check_key("k", &h).lost_writes, 1);
+    }
+
+    #[test]
+    fn a_write_after_an_unseen_failover_may_find_its_key_dropped() {
+        // The harness saw the failover table at 25, but it may have been out from 15: a write
+        // that began at 20 may find the key gone (its reply says so), and the harness
+        // places the drop after that write.
+        let drop = Write {
+            dropped: true,
+            ..w(15, 25, "", Outcome::Unknown)
+        };
+        let mut seen_absent = r(20, 21, "");
+        seen_absent.before = Some(20);
+        let h = KeyHistory {
+            writes: vec![
+                w(0, 10, "a", Outcome::Ok),
+                w(20, 21, "b", Outcome::Ok),
+                drop.clone(),
+            ],
+            reads: vec![seen_absent.clone()],
+        };
+        let rep = check_key("k", &h);
+        assert!(rep.clean() && rep.failover_drops == 1, "{rep:?}");
+        // Not when the failover surely came after the write began.
+        let late = Write { start: 22, ..drop };
+        let h = KeyHistory {
+            writes: vec![
+                w(0, 10, "a", Outcome::Ok),
+                w(20, 21, "b", Outcome::Ok),
+                late,
+            ],
+            reads: vec![seen_absent],
         };
         assert_eq!(check_key("k", &h).lost_writes, 1);
     }
