@@ -865,11 +865,15 @@ impl<'a> Driver<'a> {
                 .or_else(|| rb.as_ref().and_then(|r| r.forced_by.clone())),
             ..RebalanceStatus::default()
         };
-        // The progress of an earlier plan must not be read as this one's.
+        // The progress of an earlier plan must not be read as this one's — nor its moves, flip
+        // and final versions: the Job may start before the reconcile writes the full status,
+        // and would then carry out the earlier plan's moves under this plan's id (moving
+        // nothing, while this plan's finalize frees its sources) or skip its prepare.
         let api: Api<CachePolicy> = Api::namespaced(self.ctx.client.clone(), &self.policy_ns);
         let clear = json!({"status": {"rebalance": {
-            "phase": rebalance_phase::PREPARING, "planId": plan_id,
+            "phase": rebalance_phase::PREPARING, "planId": plan_id, "moves": r.moves,
             "step": null, "keysMoved": null, "keysTotal": null, "keysPerSecond": null, "stragglers": null,
+            "flipVersion": null, "finalVersion": null,
         }}});
         api.patch_status(
             &self.policy.name_any(),
