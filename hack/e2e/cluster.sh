@@ -299,6 +299,9 @@ resolvConf: ""
 podLogsDir: $W/pod-logs
 # A shared disk: do not evict or garbage-collect images (none could be pulled back).
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+# A moment of pressure on the shared disk (another build) must not keep the node tainted for
+# the default five minutes.
+evictionPressureTransitionPeriod: 30s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
