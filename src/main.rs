@@ -129,8 +129,9 @@ struct SidecarArgs {
         env = "REDIS_FLEET_METRICS_ADDR"
     )]
     metrics_addr: SocketAddr,
-    /// Mounted Secrets holding instance credentials, as `<dir>/<secret name>/<key>`. Without
-    /// it, `--configmap` mode reads the Secrets through the API.
+    /// Mounted Secrets holding instance credentials: the policy's credentials Secret
+    /// (`<dir>/<secret name>.<key>`) or each instance Secret (`<dir>/<secret name>/<key>`).
+    /// Without it, `--configmap` mode reads the Secrets through the API.
     #[arg(long, env = "REDIS_FLEET_SECRETS_DIR")]
     secrets_dir: Option<std::path::PathBuf>,
     /// File holding a password clients must send with AUTH. Default: AUTH is accepted as is.

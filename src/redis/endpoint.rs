@@ -6,10 +6,14 @@
 //! Secret values come from wherever the component reads them ([`Secrets`]): the operator from
 //! the API through its cache, the sidecar and the rebalance Job from mounted files or the API
 //! ([`SecretSource`], [`read_secrets`]), read before the target is built.
+//!
+//! Mounted files come in two layouts, both read: each instance Secret mounted on its own
+//! (`<dir>/<secret>/<key>`), or the one credentials Secret the operator keeps per policy
+//! mounted whole (`<dir>/<secret>.<key>`, [`flat_name`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -162,10 +166,18 @@ pub fn referenced_secrets(table: &RoutingTable) -> Vec<SecretKeyName> {
     out
 }
 
+/// The name of `key`'s copy in a policy's credentials Secret, and so of its file where that
+/// Secret is mounted: `<secret>.<key>` (Secret data keys allow `[-._a-zA-Z0-9]`, and so do
+/// Secret names and keys).
+pub fn flat_name(key: &SecretKeyName) -> String {
+    format!("{}.{}", key.name, key.key)
+}
+
 /// Where the sidecar and the rebalance Job read credentials from.
 #[derive(Debug, Clone)]
 pub enum SecretSource {
-    /// Mounted Secrets: `<dir>/<secret name>/<key>`.
+    /// Mounted Secrets: `<dir>/<secret name>/<key>`, else `<dir>/<secret name>.<key>` (the
+    /// policy's credentials Secret mounted whole).
     Dir(PathBuf),
     /// Secrets read through the API, in this namespace.
     Api(String),
@@ -173,7 +185,9 @@ pub enum SecretSource {
     None,
 }
 
-/// Reads the values of `wanted` from `source`.
+/// Reads the values of `wanted` from `source`. A key with no file in either layout of a
+/// directory is left out: building the target of the instance that needs it then fails with
+/// the instance's name ([`Available`]).
 pub async fn read_secrets(
     source: &SecretSource,
     client: Option<&kube::Client>,
@@ -184,12 +198,8 @@ pub async fn read_secrets(
         SecretSource::None => {}
         SecretSource::Dir(dir) => {
             for r in wanted {
-                let path = dir.join(&r.name).join(&r.key);
-                match std::fs::read(&path) {
-                    Ok(v) => {
-                        out.insert(r.clone(), v);
-                    }
-                    Err(e) => return Err(format!("reading {}: {e}", path.display())),
+                if let Some(v) = read_mounted(dir, r)? {
+                    out.insert(r.clone(), v);
                 }
             }
         }
@@ -214,4 +224,92 @@ pub async fn read_secrets(
         }
     }
     Ok(out)
+}
+
+/// The value of `key` under `dir`: `<dir>/<secret>/<key>`, else `<dir>/<secret>.<key>`;
+/// `None` when neither file exists.
+fn read_mounted(dir: &Path, key: &SecretKeyName) -> Result<Option<Vec<u8>>, String> {
+    for path in [dir.join(&key.name).join(&key.key), dir.join(flat_name(key))] {
+        match std::fs::read(&path) {
+            Ok(v) => return Ok(Some(v)),
+            // `<dir>/<secret>` may be a file of the other layout (NotADirectory).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) => {}
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, key: &str) -> SecretKeyName {
+        SecretKeyName {
+            name: name.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+
+    #[test]
+    fn flat_names_join_secret_and_key_with_a_dot() {
+        assert_eq!(
+            flat_name(&key("tertiary-redis", "password")),
+            "tertiary-redis.password"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_directory_is_read_in_either_layout_and_a_missing_key_names_its_instance() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::create_dir_all(dir.path().join("primary-redis")).expect("mkdir");
+        std::fs::write(dir.path().join("primary-redis/password"), "p1").expect("write");
+        std::fs::write(dir.path().join("tertiary-redis.password"), "p3").expect("write");
+        let source = SecretSource::Dir(dir.path().to_owned());
+        let wanted = [
+            key("primary-redis", "password"),
+            key("tertiary-redis", "password"),
+            key("fourth-redis", "password"),
+        ];
+        let values = read_secrets(&source, None, &wanted).await.expect("read");
+        assert_eq!(values.get(&wanted[0]).map(Vec::as_slice), Some(&b"p1"[..]));
+        assert_eq!(values.get(&wanted[1]).map(Vec::as_slice), Some(&b"p3"[..]));
+        assert!(!values.contains_key(&wanted[2]));
+
+        let endpoint = InstanceEndpoint {
+            host: "127.0.0.1".to_owned(),
+            port: 6379,
+            tls: None,
+            username_secret: None,
+            password_secret: Some(wanted[2].clone()),
+        };
+        let available = Available {
+            instance: "fourth",
+            values: &values,
+        };
+        let Err(error) = target(&endpoint, &available).await else {
+            panic!("a target without its password");
+        };
+        assert_eq!(
+            error,
+            "instance fourth: Secret fourth-redis key password is not available to the sidecar"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_per_secret_layout_wins_over_the_flat_one() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::create_dir_all(dir.path().join("a")).expect("mkdir");
+        std::fs::write(dir.path().join("a/password"), "nested").expect("write");
+        std::fs::write(dir.path().join("a.password"), "flat").expect("write");
+        let wanted = [key("a", "password")];
+        let values = read_secrets(&SecretSource::Dir(dir.path().to_owned()), None, &wanted)
+            .await
+            .expect("read");
+        assert_eq!(values[&wanted[0]], b"nested");
+    }
 }

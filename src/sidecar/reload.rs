@@ -1,7 +1,11 @@
 //! Keeping the routing table current: from a mounted file (polled: the kubelet updates
 //! ConfigMap volumes by swapping a symlink, which file watches miss) or from the API (a watch
-//! on the ConfigMap), with credentials from mounted Secret files (`<dir>/<secret>/<key>`) or,
-//! in API mode without a secrets dir, from the Secrets themselves.
+//! on the ConfigMap), with credentials from mounted Secret files (`<dir>/<secret>/<key>`, or
+//! `<dir>/<secret>.<key>` where the policy's credentials Secret is mounted) or, in API mode
+//! without a secrets dir, from the Secrets themselves.
+//!
+//! Credentials are read again at every poll, and the fingerprint of a version covers them: a
+//! table that waits for a Secret file the kubelet has not written yet loads once it is there.
 //!
 //! A new version is built completely, then swapped in; a table that cannot be read is logged
 //! and counted, and the previous one stays in use.
