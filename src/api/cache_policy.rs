@@ -537,6 +537,12 @@ pub fn config_map_name(policy: &CachePolicy) -> String {
         .unwrap_or_else(|| format!("{}-routing", policy.name_any()))
 }
 
+/// The Secret holding a copy of every credential the policy's routing table references, for
+/// sidecars to mount whole: `<routing ConfigMap name>-credentials`.
+pub fn credentials_secret_name(policy: &CachePolicy) -> String {
+    format!("{}-credentials", config_map_name(policy))
+}
+
 /// Whether `policy` selects `instance` (same namespace assumed).
 pub fn selects(policy: &CachePolicy, instance: &RedisInstance) -> bool {
     match &policy.spec.instance_selector {

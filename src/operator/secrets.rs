@@ -76,7 +76,8 @@ impl SecretError {
     }
 }
 
-type Data = BTreeMap<String, ByteString>;
+/// A Secret's data, by key.
+pub type Data = BTreeMap<String, ByteString>;
 
 /// Cached Secret data, refreshed when the watched resourceVersion moves.
 pub struct SecretReader {
@@ -118,47 +119,53 @@ impl SecretReader {
         }
     }
 
+    /// The data of Secret `name` in `namespace` (from the cache while its resourceVersion has
+    /// not moved); `None` when it does not exist.
+    pub async fn data(&self, namespace: &str, name: &str) -> Result<Option<Data>, kube::Error> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let watched_version = self
+            .metadata
+            .get(&ObjectRef::new(name).within(namespace))
+            .and_then(|m| m.resource_version());
+        let cached = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.get(&key).cloned()
+        };
+        if let (Some((version, data)), Some(watched)) = (cached, watched_version)
+            && version == watched
+        {
+            return Ok(Some(data));
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let Some(secret) = api.get_opt(name).await? else {
+            self.forget(&key);
+            return Ok(None);
+        };
+        let version = secret.resource_version().unwrap_or_default();
+        let data = secret.data.unwrap_or_default();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.insert(key, (version, data.clone()));
+        Ok(Some(data))
+    }
+
     /// The bytes of `reference` in `namespace`.
     pub async fn read(
         &self,
         namespace: &str,
         reference: &SecretKeyName,
     ) -> Result<Vec<u8>, SecretError> {
-        let key = (namespace.to_owned(), reference.name.clone());
-        let watched_version = self
-            .metadata
-            .get(&ObjectRef::new(&reference.name).within(namespace))
-            .and_then(|m| m.resource_version());
-        let cached = {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(&key).cloned()
-        };
-        let data = match (cached, watched_version) {
-            (Some((version, data)), Some(watched)) if version == watched => data,
-            _ => {
-                let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-                let secret =
-                    api.get_opt(&reference.name)
-                        .await
-                        .map_err(|source| SecretError::Api {
-                            namespace: namespace.to_owned(),
-                            name: reference.name.clone(),
-                            source,
-                        })?;
-                let Some(secret) = secret else {
-                    self.forget(&key);
-                    return Err(SecretError::NotFound {
-                        namespace: namespace.to_owned(),
-                        name: reference.name.clone(),
-                    });
-                };
-                let version = secret.resource_version().unwrap_or_default();
-                let data = secret.data.unwrap_or_default();
-                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                cache.insert(key, (version, data.clone()));
-                data
-            }
-        };
+        let data = self
+            .data(namespace, &reference.name)
+            .await
+            .map_err(|source| SecretError::Api {
+                namespace: namespace.to_owned(),
+                name: reference.name.clone(),
+                source,
+            })?
+            .ok_or_else(|| SecretError::NotFound {
+                namespace: namespace.to_owned(),
+                name: reference.name.clone(),
+            })?;
         data.get(&reference.key)
             .map(|v| v.0.clone())
             .ok_or_else(|| SecretError::MissingKey {

@@ -1,5 +1,6 @@
-//! Apply, the step of a CachePolicy reconcile that writes: the routing ConfigMap (a new
-//! version only when the content changed), and on the instances the deletion of stale copies
+//! Apply, the step of a CachePolicy reconcile that writes: the credentials Secret the table
+//! needs (first, so it is there when the table arrives), the routing ConfigMap (a new version
+//! only when the content changed), and on the instances the deletion of stale copies
 //! before a table routes ranges to them — and of copies no instance serves any more after it.
 //! Events say what changed.
 
@@ -29,6 +30,7 @@ use crate::routing::table::{RoutingTable, TABLE_KEY, VERSION_ANNOTATION};
 
 use super::Error;
 use super::build;
+use super::credentials;
 use super::fences;
 
 /// What the apply step left published.
@@ -90,7 +92,8 @@ pub async fn fence_returning_instances(
 /// Publishes `table` when its content differs from the previous one: as the next version,
 /// after deleting stale copies on the instances about to serve ranges, followed by Events and
 /// the freeing of copies no longer served. An unchanged table is published again only when
-/// the version annotation and the table's own version disagree.
+/// the version annotation and the table's own version disagree. The credentials Secret is
+/// brought in step with `table` before anything is published.
 pub async fn publish_routing(
     ctx: &Context,
     policy: &CachePolicy,
@@ -99,6 +102,7 @@ pub async fn publish_routing(
     current: &super::fetch::Current,
     mut table: RoutingTable,
 ) -> Result<Published, Error> {
+    credentials::sync(ctx, policy, namespace, &table).await?;
     let previous = current.table.as_ref();
     let previous_version = current.version;
     let resource_version = current.resource_version.as_deref();

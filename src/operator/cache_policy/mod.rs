@@ -8,13 +8,15 @@
 //! 1. [`fetch`]: the policy, its instances (as [`InstanceView`]s), the table published before;
 //! 2. [`build`]: the table placement asks for ([`build::plan_routing`], pure), shaped for a
 //!    rebalance in progress ([`rebalance::table_to_publish`], pure);
-//! 3. [`apply`]: purge stale copies, publish the ConfigMap, Events;
+//! 3. [`apply`]: bring the credentials Secret in step ([`credentials`]), purge stale copies,
+//!    publish the ConfigMap, Events;
 //! 4. [`rebalance`]: sample the instances, then follow the rebalance Job or plan and start one
 //!    ([`job`] builds its manifest);
 //! 5. [`status`]: the status (pure), metrics, the status write.
 
 pub mod apply;
 pub mod build;
+pub mod credentials;
 pub mod fences;
 pub mod fetch;
 pub mod job;
@@ -60,6 +62,15 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Reading or writing the policy's credentials Secret failed (the table waits for it).
+    #[error("credentials Secret {name}: {source}")]
+    Credentials {
+        /// Secret name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
     /// Stale copies could not be removed from an instance that is about to serve them.
     #[error("purging stale keys on {instance} before routing to it: {message}")]
     Purge {
@@ -79,6 +90,7 @@ pub enum Error {
 error_variants!(Error {
     MissingNamespace,
     ConfigMap,
+    Credentials,
     Purge,
     WriteStatus,
     Rebalance,
