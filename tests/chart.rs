@@ -231,6 +231,8 @@ fn operator_permissions() -> BTreeSet<String> {
         "/secrets:list",
         "/secrets:watch",
         "/secrets:create",
+        // The policies' credentials Secrets, by server-side apply.
+        "/secrets:patch",
         "events.k8s.io/events:create",
         "events.k8s.io/events:patch",
     ]);
@@ -1225,16 +1227,15 @@ async fn the_chart_crds_install_and_the_sidecar_example_is_valid() {
         text(&out.stderr)
     );
 
-    // It names the policy's routing ConfigMap and mounts the Secrets the instances reference.
+    // It names the policy's routing ConfigMap and mounts the credentials Secret the operator
+    // keeps for it, not the instances' own Secrets (a new instance must need no edit here).
     let policy =
         std::fs::read_to_string(project_root().join("examples/cache-policy.yaml")).unwrap();
     assert!(policy.contains("routingConfigMap: shop-redis-routing"));
     assert!(example.contains("name: shop-redis-routing"));
+    assert!(example.contains("secretName: shop-redis-routing-credentials"));
     for secret in ["primary-redis", "secondary-redis"] {
-        assert!(
-            example.contains(&format!("path: {secret}/password")),
-            "{secret}"
-        );
+        assert!(!example.contains(&format!("name: {secret}")), "{secret}");
     }
 }
 
@@ -1257,6 +1258,7 @@ async fn helm_install_dry_run_against_the_cluster_prints_the_notes() {
         "restartPolicy: Always",
         "--routing-file=/etc/redis-fleet/routing/routing.json",
         "--secrets-dir=/etc/redis-fleet/secrets",
+        "secretName: shop-redis-routing-credentials",
         "kubectl apply --server-side -f",
     ] {
         assert!(out.contains(expected), "NOTES lack {expected:?}:\n{out}");
@@ -1362,6 +1364,7 @@ async fn installed_rbac_allows_what_the_operator_needs_and_no_more() {
                 ("get", "secrets"),
                 ("watch", "secrets"),
                 ("create", "secrets"),
+                ("patch", "secrets"),
                 ("patch", "configmaps"),
                 ("delete", "services"),
                 ("create", "statefulsets.apps"),

@@ -126,11 +126,15 @@ namespace and are granted there only (see role-local.yaml).
 - apiGroups: ["redisfleet.io"]
   resources: ["redisinstances/status", "cachepolicies/status"]
   verbs: ["get", "patch"]
-# Credentials referenced by RedisInstances (read at probe time, watched for rotation) and the
-# generated password Secrets of managed instances. No update, patch or delete.
+# Credentials referenced by RedisInstances (read at probe time, watched for rotation), the
+# generated password Secrets of managed instances, and each CachePolicy's credentials Secret
+# (<routing ConfigMap>-credentials, the copy sidecars mount), written by server-side apply:
+# create and patch are what that needs. RBAC cannot name Secrets that do not exist yet, so
+# patch is not limited by name. No update, no delete (the policy owns its Secret: garbage
+# collection removes it).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Routing tables (ConfigMaps), and what a managed Redis consists of: its redis.conf ConfigMap,
 # Service and StatefulSet, all owned by their RedisInstance.
 - apiGroups: [""]
@@ -163,8 +167,9 @@ namespace and are granted there only (see role-local.yaml).
 {{/*
 The sidecar container for an application pod, as a native sidecar (an init container with
 restartPolicy Always: it starts before the application and stops after it). Arguments: a dict
-with "root" (the chart context), "policy" (CachePolicy name) and "secrets" (names of the
-instance Secrets). Printed by NOTES.txt; the same YAML is in the README and the example.
+with "root" (the chart context). It mounts the policy's credentials Secret (volume
+redis-fleet-secrets) under --secrets-dir. Printed by NOTES.txt; the same YAML is in the README
+and the example.
 */}}
 {{- define "redis-fleet.sidecarContainer" -}}
 {{- $root := .root -}}
