@@ -71,15 +71,33 @@ impl Sidecar {
         secrets: &[(&str, &str, &str)],
         extra: &[&str],
     ) -> Sidecar {
+        let files: Vec<(String, Vec<u8>)> = secrets
+            .iter()
+            .map(|(name, key, value)| (format!("{name}/{key}"), value.as_bytes().to_vec()))
+            .collect();
+        Self::start_with_files(id, table, &files, extra)
+    }
+
+    /// Like [`Sidecar::start_as`], with the secrets directory holding `files` (paths relative
+    /// to it, e.g. `<secret>.<key>` as a mounted credentials Secret lays them out).
+    pub fn start_with_files(
+        id: &str,
+        table: &RoutingTable,
+        files: &[(String, Vec<u8>)],
+        extra: &[&str],
+    ) -> Sidecar {
         let dir = temp_dir("sidecar");
         let routing_file = dir.join("routing.json");
         std::fs::write(&routing_file, table.to_json()).expect("writing the routing table");
         let secrets_dir = dir.join("secrets");
-        for (name, key, value) in secrets {
-            std::fs::create_dir_all(secrets_dir.join(name)).expect("secrets dir");
-            std::fs::write(secrets_dir.join(name).join(key), value).expect("writing a secret");
-        }
         std::fs::create_dir_all(&secrets_dir).expect("secrets dir");
+        for (path, value) in files {
+            let path = secrets_dir.join(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("secrets dir");
+            }
+            std::fs::write(path, value).expect("writing a secret");
+        }
         let port = free_port();
         let metrics_port = free_port();
         let mut args: Vec<OsString> = vec!["sidecar".into(), "--routing-file".into()];
