@@ -261,23 +261,43 @@ impl Job {
         .await
         .map_err(Error::Setup)?;
         let resolver = Resolver::new(table).map_err(|e| Error::Setup(e.to_string()))?;
+        // The sources and targets must answer; the other instances only hear about fences
+        // (best effort): one that is down (failed over) must not stop the moves.
+        let moving: Vec<&str> = plan
+            .moves
+            .iter()
+            .flat_map(|m| [m.from.as_str(), m.to.as_str()])
+            .collect();
         let mut instances = HashMap::new();
         for name in resolver.instances() {
             let endpoint = &resolver.table().instances[name];
+            let must = moving.contains(&name.as_str());
             let available = Available {
                 instance: name,
                 values: &secrets,
             };
-            let target = endpoint::target(endpoint, &available)
-                .await
-                .map_err(Error::Setup)?;
-            let conn = target
-                .connect(Duration::from_secs(10))
-                .await
-                .map_err(|e| Error::Redis {
-                    instance: name.clone(),
-                    message: redact(&e.to_string(), &target.credentials),
-                })?;
+            let target = match endpoint::target(endpoint, &available).await {
+                Ok(t) => t,
+                Err(e) if !must => {
+                    warn!(instance = %name, error = %e, "skipping an instance no move uses");
+                    continue;
+                }
+                Err(e) => return Err(Error::Setup(e)),
+            };
+            let timeout = Duration::from_secs(if must { 10 } else { 3 });
+            let conn = match target.connect(timeout).await {
+                Ok(c) => c,
+                Err(e) if !must => {
+                    warn!(instance = %name, error = %redact(&e.to_string(), &target.credentials), "skipping an instance no move uses");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::Redis {
+                        instance: name.clone(),
+                        message: redact(&e.to_string(), &target.credentials),
+                    });
+                }
+            };
             let instance = Instance {
                 name: name.clone(),
                 credentials: target.credentials,
@@ -513,6 +533,10 @@ impl Job {
         let all: Vec<String> = self.resolver.instances().to_vec();
         for name in all {
             let must = fenced.contains(&name);
+            if !must && !self.instances.contains_key(&name) {
+                // Not connected (down): it hears the fences from the sidecars' rounds.
+                continue;
+            }
             let instance = self.instance(&name)?;
             match fence::raise(&mut instance.conn, &policy, &raise).await {
                 Ok(_) => {}
@@ -608,10 +632,21 @@ impl Job {
         Ok(total)
     }
 
+    /// The scan checkpoint of one move, named after the move itself (not its position: the
+    /// operator removes the moves of a plan whose source or target became unreachable, and the
+    /// other moves go on with their checkpoints).
     fn checkpoint_key(&self, index: usize) -> String {
+        let s = &self.steps[index];
+        let category = &self.resolver.categories()[usize::from(s.category)].name;
         format!(
-            "redisfleet:checkpoint:{}/{}:{}:{index}",
-            self.config.namespace, self.config.policy, self.config.plan_id
+            "redisfleet:checkpoint:{}/{}:{}:{category}:{}-{}:{}:{}",
+            self.config.namespace,
+            self.config.policy,
+            self.config.plan_id,
+            s.range.start,
+            s.range.end,
+            s.from,
+            s.to
         )
     }
 
