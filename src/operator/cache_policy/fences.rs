@@ -116,6 +116,19 @@ pub fn operator_mover(policy: &str, plan: i64) -> mover::Mover {
     }
 }
 
+/// The mover of attempt `attempt` of `plan`: claimed by the operator before that attempt's
+/// Job starts, it fences every earlier attempt off and leaves that attempt (which claims the
+/// same token) in charge.
+pub fn attempt_mover(policy: &str, plan: i64, attempt: i32) -> mover::Mover {
+    mover::Mover {
+        policy: policy.to_owned(),
+        token: names::mover_token(
+            u64::try_from(plan).unwrap_or_default(),
+            u32::try_from(attempt).unwrap_or_default(),
+        ),
+    }
+}
+
 /// Fences every Job attempt of `plan` off `ri` (raises the mover token above them).
 pub async fn fence_jobs(
     ctx: &Context,
@@ -124,8 +137,19 @@ pub async fn fence_jobs(
     plan: i64,
     ri: &RedisInstance,
 ) -> Result<(), String> {
+    claim(ctx, namespace, &operator_mover(policy, plan), ri).await
+}
+
+/// Raises the mover token on `ri` to `mover`'s; a newer token already there is fine (older
+/// attempts are fenced off either way).
+pub async fn claim(
+    ctx: &Context,
+    namespace: &str,
+    mover: &mover::Mover,
+    ri: &RedisInstance,
+) -> Result<(), String> {
     let mut conn = connect(ctx, namespace, ri).await?;
-    match operator_mover(policy, plan).claim(&mut conn).await {
+    match mover.claim(&mut conn).await {
         // A newer plan holds the token: this one's Jobs are fenced off already.
         Ok(()) | Err(MoveError::Fenced) => Ok(()),
         Err(e) => Err(e.to_string()),
@@ -148,17 +172,17 @@ pub async fn importing(
         .map_err(|e| e.to_string())
 }
 
-/// Removes the importing marker `marker` of `plan` from `ri` (after the Jobs were fenced).
+/// Removes the importing marker `marker` from `ri` as `mover` (after it claimed `ri`, which
+/// fenced the Jobs it must stop).
 pub async fn unmark(
     ctx: &Context,
     namespace: &str,
-    policy: &str,
-    plan: i64,
+    mover: &mover::Mover,
     ri: &RedisInstance,
     marker: &str,
 ) -> Result<(), String> {
     let mut conn = connect(ctx, namespace, ri).await?;
-    operator_mover(policy, plan)
+    mover
         .mark_importing(&mut conn, marker, false)
         .await
         .map_err(|e| e.to_string())

@@ -169,3 +169,66 @@ fn a_draining_legacy_source_is_never_purged_when_it_first_appears() {
         vec![("auth".to_owned(), SlotRange::new(0, 16383))]
     );
 }
+
+#[test]
+fn a_dead_end_takes_only_its_own_moves_out_of_the_plan() {
+    // default 0–16383 secondary → tertiary and auth 0–8191 primary → tertiary: with the
+    // primary unreachable only its move goes; secondary → tertiary (both alive) stays
+    // migrating in the tables published until it finishes.
+    let mut t = two_instance_table();
+    t.instances.insert("tertiary".into(), endpoint(7003));
+    let r = RebalanceStatus {
+        phase: rebalance_phase::MIGRATING.to_owned(),
+        plan_id: 7,
+        step: Some(rebalance_step::COPYING.to_owned()),
+        attempts: 1,
+        moves: vec![
+            MoveStatus {
+                category: "default".into(),
+                start: 0,
+                end: 16383,
+                from: "secondary".into(),
+                to: "tertiary".into(),
+            },
+            MoveStatus {
+                category: "auth".into(),
+                start: 0,
+                end: 8191,
+                from: "primary".into(),
+                to: "tertiary".into(),
+            },
+        ],
+        ..RebalanceStatus::default()
+    };
+    let views = vec![
+        view("primary", InstancePhase::Unreachable, false),
+        view("secondary", InstancePhase::Ready, false),
+        view("tertiary", InstancePhase::Ready, false),
+    ];
+    let dead = dead_ends(&r, &views);
+    assert_eq!(dead, vec!["primary".to_owned()]);
+    let live = live_moves(&r, &dead);
+    assert_eq!(live, vec![r.moves[0].clone()]);
+    let partly = RebalanceStatus {
+        moves: live,
+        attempts: 2,
+        ..r.clone()
+    };
+    assert!(dead_ends(&partly, &views).is_empty());
+    let mut shaped = t.clone();
+    assert_eq!(shape_for_rebalance(&mut shaped, Some(&partly)), None);
+    assert_eq!(shaped.migrating.len(), 1);
+    let m = &shaped.migrating[0];
+    assert_eq!(
+        (m.category.as_str(), m.from.as_str(), m.to.as_str(), m.epoch),
+        ("default", "secondary", "tertiary", 7)
+    );
+    // Every move with a dead end: nothing goes on.
+    let views = vec![
+        view("primary", InstancePhase::Unreachable, false),
+        view("secondary", InstancePhase::Ready, false),
+        view("tertiary", InstancePhase::Unreachable, false),
+    ];
+    let dead = dead_ends(&r, &views);
+    assert!(live_moves(&r, &dead).is_empty());
+}
