@@ -620,3 +620,191 @@ async fn two_operators_never_publish_two_tables_under_one_version() {
         "versions published with different content: {doubled:?}"
     );
 }
+
+/// A RedisInstance of `examples/third-instance.yaml` named `name` on `tier`, on `server`,
+/// labelled so that the shop's policy does not select it yet.
+fn later_instance(name: &str, tier: &str, server: &RedisServer) -> String {
+    support::shop::example(
+        "third-instance.yaml",
+        &[("redis-tertiary.example.com", server)],
+    )
+    .replace("tertiary", name)
+    .replace(
+        "redisfleet.io/tier: warm",
+        &format!("redisfleet.io/tier: {tier}"),
+    )
+    .replace(
+        "app.kubernetes.io/part-of: shop\n",
+        "app.kubernetes.io/part-of: shop-later\n",
+    )
+}
+
+/// Keys of `prefix` on `server` (no sidecar: where the data is).
+async fn keys_on(server: &RedisServer, prefix: &str) -> usize {
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = c.keys(format!("{prefix}*")).await.unwrap();
+    keys.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_instance_that_stops_mid_plan_leaves_the_moves_between_live_instances_whole() {
+    let slow = |p: String| {
+        p.replace("      cooldown: 5m\n", "      cooldown: 1s\n")
+            .replace("      keysPerSecond: 50000\n", "      keysPerSecond: 100\n")
+    };
+    let shop = shop_configured("partial", slow, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    settled_table(&shop).await;
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    let mut a = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Seed data through the sidecar: warm (user) and hot (auth) keys.
+    let mut ledger = Ledger::default();
+    let keys: Vec<String> = (0..1_500)
+        .flat_map(|n| [format!("user:{n}"), format!("auth:{n}")])
+        .collect();
+    for k in &keys {
+        ledger.set(&mut a, k, &format!("seed-{k}")).await;
+    }
+    assert!(ledger.acked.len() == keys.len(), "{:?}", ledger.errors);
+
+    // Two instances join at once (one policy change selects both): the plan moves warm ranges
+    // secondary → tertiary and hot ranges primary → quaternary.
+    let tertiary = support::shop::server_with_password("change-me-tertiary");
+    let quaternary = support::shop::server_with_password("change-me-quaternary");
+    for yaml in [
+        later_instance("tertiary", "warm", &tertiary),
+        later_instance("quaternary", "hot", &quaternary)
+            .replace("change-me-tertiary", "change-me-quaternary"),
+    ] {
+        let out = support::shop::kubectl_apply(shop.cp, &shop.ns, &yaml);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ready = |name: &'static str| {
+        let instances = shop.instances.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let ri = instances.get(name).await.unwrap();
+                if ri.status.and_then(|s| s.phase)
+                    == Some(redis_fleet::api::redis_instance::InstancePhase::Ready)
+                {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{name} never ready");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    ready("tertiary").await;
+    ready("quaternary").await;
+    let patch = serde_json::json!({"spec": {"instanceSelector": {
+        "matchLabels": null,
+        "matchExpressions": [{
+            "key": "app.kubernetes.io/part-of", "operator": "In", "values": ["shop", "shop-later"],
+        }],
+    }}});
+    shop.policies
+        .patch(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+
+    // Writes and deletes go on through the sidecar the whole time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let k = &keys[(n * 7919) % keys.len()];
+                if n % 5 == 4 {
+                    ledger.del(&mut a, k).await;
+                } else {
+                    ledger.set(&mut a, k, &format!("w{n}")).await;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            ledger
+        })
+    };
+
+    let copying = wait_rebalance(&shop, &node, "no copy", Duration::from_secs(120), |r| {
+        r.step.as_deref() == Some("Copying")
+            && r.keys_moved.unwrap_or(0) >= 30
+            && r.moves.iter().any(|m| m.to == "tertiary")
+            && r.moves.iter().any(|m| m.to == "quaternary")
+    })
+    .await;
+    // The live-live move is the one whose target receives keys; the other target has none
+    // yet: it stops (well past the failure threshold).
+    let (on_tertiary, on_quaternary) = (
+        keys_on(&tertiary, "user:").await,
+        keys_on(&quaternary, "auth:").await,
+    );
+    let stopped = match (on_tertiary > 0, on_quaternary > 0) {
+        (true, false) => &quaternary,
+        (false, true) => &tertiary,
+        other => panic!("both or neither target received keys: {other:?} {copying:#?}"),
+    };
+    let pid = stopped.pid().unwrap();
+    signal(pid, "-STOP");
+    wait_rebalance(
+        &shop,
+        &node,
+        "the dead end was never noticed",
+        Duration::from_secs(60),
+        |r| {
+            r.plan_id != copying.plan_id
+                || r.phase == rebalance_phase::FAILED
+                || r.attempts > copying.attempts
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    signal(pid, "-CONT");
+
+    // The fleet settles: every plan done, nothing migrating or failed over, both newcomers
+    // owning their share.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let t = table(&shop).await;
+        let r = rebalance(&shop).await;
+        let owners: Vec<&str> = t.categories.iter().flat_map(|c| c.owners()).collect();
+        if t.migrating.is_empty()
+            && t.failover.is_empty()
+            && r.as_ref()
+                .is_some_and(|r| r.phase == rebalance_phase::SUCCEEDED)
+            && owners.contains(&"tertiary")
+            && owners.contains(&"quaternary")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never settled: {t:#?}\n{r:#?}\n{}",
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ledger = writer.await.unwrap();
+    assert!(ledger.acked.len() == keys.len());
+    ledger.check(&fresh, "the sidecar").await;
+}
