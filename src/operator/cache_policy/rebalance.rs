@@ -16,8 +16,10 @@
 //! before any source imported, the plan is rolled back (its Jobs fenced off, the old owners
 //! published again); once a source imports, it is retried with a growing delay until it
 //! finishes, since its keys are split between source and target (served correctly through the
-//! guard meanwhile). A plan whose source or target becomes unreachable is abandoned at once
-//! ([`abandon_dead_ends`]): the ranges go to the side that is alive.
+//! guard meanwhile). The moves of a plan whose source or target becomes unreachable are
+//! abandoned at once ([`abandon_dead_ends`]): their ranges go to the side that is alive; the
+//! moves between live instances go on with a new attempt (the plan fails only when none is
+//! left).
 
 use std::collections::{BTreeMap, BTreeSet};
 
