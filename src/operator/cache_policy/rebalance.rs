@@ -53,6 +53,9 @@ use crate::api::redis_instance::RedisInstance;
 use crate::redis::protocol::names;
 use std::sync::Arc;
 
+mod abandon;
+pub use abandon::{abandon_dead_ends, dead_ends, live_moves};
+
 /// Whether a rebalance is under way (its ranges must stay as the phase says).
 pub fn is_active(r: &RebalanceStatus) -> bool {
     matches!(
@@ -409,159 +412,6 @@ fn before_import(r: &RebalanceStatus) -> bool {
                     | Some(rebalance_step::CONVERGING)
                     | Some(rebalance_step::FENCING)
             ))
-}
-
-/// The moves of an active plan whose source or target is unreachable, with the dead ends.
-pub fn dead_ends(r: &RebalanceStatus, views: &[InstanceView]) -> Vec<String> {
-    if !is_active(r) || r.phase == rebalance_phase::FINALIZING {
-        return Vec::new();
-    }
-    let dead = |name: &str| {
-        views
-            .iter()
-            .any(|v| v.name == name && v.phase == InstancePhase::Unreachable)
-    };
-    let mut out: Vec<String> = r
-        .moves
-        .iter()
-        .flat_map(|m| [m.from.clone(), m.to.clone()])
-        .filter(|n| dead(n))
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// The moves of `r` whose source and target are both alive (not in `dead`): they go on when
-/// the plan is partly abandoned.
-pub fn live_moves(r: &RebalanceStatus, dead: &[String]) -> Vec<MoveStatus> {
-    r.moves
-        .iter()
-        .filter(|m| !dead.contains(&m.from) && !dead.contains(&m.to))
-        .cloned()
-        .collect()
-}
-
-/// Takes the moves of an active plan whose source or target became unreachable out of it
-/// (`docs/protocol.md`, "Failover and failback"): a dead target's range goes back to its
-/// source (its importing marker removed), a dead source's to its target (the routing build
-/// hands the migrating range off). Moves between two live instances are never dropped
-/// half-done: when some are left, the plan goes on with them in a new attempt; only a plan
-/// whose every move has a dead end is marked Failed.
-///
-/// Before it changes anything it fences the running attempt off every live source and target:
-/// with the next attempt's own mover token when the plan goes on (that attempt claims the same
-/// token, so it is not fenced off; the operator's highest token would fence it too), with the
-/// plan's highest token when it ends. It records the dead instances' fences at
-/// `next_version` on every instance that answers, and deletes the running Job; the driver
-/// starts the next attempt.
-pub async fn abandon_dead_ends(
-    ctx: &PolicyContext,
-    policy: &CachePolicy,
-    rb: Option<RebalanceStatus>,
-    views: &[InstanceView],
-    selected: &[Arc<RedisInstance>],
-    next_version: u64,
-) -> Result<Option<RebalanceStatus>, Error> {
-    let Some(mut r) = rb else { return Ok(None) };
-    let dead = dead_ends(&r, views);
-    if dead.is_empty() {
-        return Ok(Some(r));
-    }
-    let shared = &ctx.shared;
-    let namespace = policy.namespace().unwrap_or_default();
-    let key = format!("{namespace}/{}", policy.name_any());
-    let alive = |name: &str| {
-        selected
-            .iter()
-            .find(|ri| ri.name_any() == name && !dead.iter().any(|d| d == name))
-    };
-    let live = live_moves(&r, &dead);
-    let goes_on = !live.is_empty();
-    let next_attempt = r.attempts.saturating_add(1).max(1);
-    let mover = if goes_on {
-        fences::attempt_mover(&key, r.plan_id, next_attempt)
-    } else {
-        fences::operator_mover(&key, r.plan_id)
-    };
-    // Fence the running attempt off every live end first: from here on it changes nothing.
-    let mut fenced: Vec<&str> = Vec::new();
-    for m in &r.moves {
-        for end in [&m.from, &m.to] {
-            if fenced.contains(&end.as_str()) {
-                continue;
-            }
-            fenced.push(end);
-            if let Some(ri) = alive(end)
-                && let Err(e) = fences::claim(shared, &namespace, &mover, ri).await
-            {
-                warn!(instance = %end, error = %e, "could not fence the rebalance Jobs off an instance");
-            }
-        }
-    }
-    for m in &r.moves {
-        if dead.contains(&m.to)
-            && let Some(source) = alive(&m.from)
-        {
-            let migration = Migration {
-                category: m.category.clone(),
-                start: u16::try_from(m.start).unwrap_or_default(),
-                end: u16::try_from(m.end).unwrap_or_default(),
-                from: m.from.clone(),
-                to: m.to.clone(),
-                epoch: u64::try_from(r.plan_id).unwrap_or_default(),
-            };
-            let marker = names::importing(&key, &migration);
-            if let Err(e) = fences::unmark(shared, &namespace, &mover, source, &marker).await {
-                warn!(instance = %m.from, error = %e, "could not remove an importing marker");
-            }
-        }
-    }
-    let raise: Vec<(String, u64)> = dead.iter().map(|d| (d.clone(), next_version)).collect();
-    fences::notify(shared, &namespace, &key, selected, &raise).await;
-    if let Some(name) = r.job.clone() {
-        let driver = Driver::new(shared, &ctx.jobs, policy, Some(&r));
-        let _ = driver
-            .jobs
-            .delete(&name, &kube::api::DeleteParams::background())
-            .await;
-    }
-    let driver = Driver::new(shared, &ctx.jobs, policy, Some(&r));
-    if goes_on {
-        let dropped = r.moves.len() - live.len();
-        r.moves = live;
-        r.attempts = next_attempt;
-        r.job = Some(job::job_name(&policy.name_any(), r.plan_id, next_attempt));
-        r.message = Some(format!(
-            "{} became unreachable: {dropped} moves with it resolved toward the instances that are alive (data only the unreachable instance held is unavailable until it returns, then dropped); the {} moves between live instances go on with attempt {next_attempt}",
-            dead.join(", "),
-            r.moves.len()
-        ));
-        driver
-            .event(
-                "RebalancePartlyAbandoned",
-                true,
-                r.message.clone().unwrap_or_default(),
-            )
-            .await;
-        warn!(plan = r.plan_id, dead = ?dead, attempt = next_attempt, "rebalance partly abandoned; the moves between live instances go on");
-        return Ok(Some(r));
-    }
-    r.phase = rebalance_phase::FAILED.to_owned();
-    r.finished_at = Some(Time(Timestamp::now()));
-    r.message = Some(format!(
-        "abandoned: {} became unreachable; its ranges go to the instances that are alive (data only the unreachable instance held is unavailable until it returns, then dropped)",
-        dead.join(", ")
-    ));
-    driver
-        .event(
-            "RebalanceAbandoned",
-            true,
-            r.message.clone().unwrap_or_default(),
-        )
-        .await;
-    warn!(plan = r.plan_id, dead = ?dead, "rebalance abandoned");
-    Ok(Some(r))
 }
 
 /// Follows the Job of the rebalance in progress, or plans and starts a new one. Returns the

@@ -1,0 +1,353 @@
+//! The copy: counting what is left, moving keys in budgeted batches (tombstones and urgent
+//! keys first), checkpointed range scans, the sweep of what batches left behind, pacing, and
+//! the cleanup once the table no longer routes by the sources.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use crate::api::cache_policy::rebalance_step;
+use crate::redis::keys::{RangeScan, ScanCheckpoint, in_ranges};
+use crate::redis::protocol::names;
+use crate::routing::keyspace::CategoryId;
+use crate::routing::slots::SlotRange;
+
+use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher};
+use super::{Error, Job};
+
+impl Job {
+    /// Keys left to move in every range (for progress).
+    pub(super) async fn count(&mut self) -> Result<u64, Error> {
+        let mut total = 0;
+        let work: Vec<(String, CategoryId, SlotRange)> = self
+            .steps
+            .iter()
+            .map(|s| (s.from.clone(), s.category, s.range))
+            .collect();
+        let resolver = self.resolver.clone();
+        for (from, category, range) in work {
+            let source = self.instance(&from)?;
+            let mut scan = RangeScan::new(&resolver, category, &[range]);
+            while let Some(batch) = scan
+                .next_batch(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?
+            {
+                total += batch.len() as u64;
+            }
+        }
+        Ok(total)
+    }
+
+    /// The scan checkpoint of one move, named after the move itself (not its position: the
+    /// operator removes the moves of a plan whose source or target became unreachable, and the
+    /// other moves go on with their checkpoints).
+    fn checkpoint_key(&self, index: usize) -> String {
+        let s = &self.steps[index];
+        let category = &self.resolver.categories()[usize::from(s.category)].name;
+        format!(
+            "redisfleet:checkpoint:{}/{}:{}:{category}:{}-{}:{}:{}",
+            self.config.namespace,
+            self.config.policy,
+            self.config.plan_id,
+            s.range.start,
+            s.range.end,
+            s.from,
+            s.to
+        )
+    }
+
+    pub(super) async fn copy(&mut self) -> Result<(), Error> {
+        // Keys earlier attempts left in transit, and keys sidecars wait for, come first.
+        self.leftovers().await?;
+        let resolver = self.resolver.clone();
+        for i in 0..self.steps.len() {
+            let (index, category, range, from, to) = {
+                let s = &self.steps[i];
+                (s.index, s.category, s.range, s.from.clone(), s.to.clone())
+            };
+            let key = self.checkpoint_key(index);
+            let source = self.instance(&from)?;
+            let saved: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?;
+            let checkpoint = saved
+                .as_deref()
+                .and_then(parse_checkpoint)
+                .unwrap_or_default();
+            if checkpoint != ScanCheckpoint::default() {
+                info!(move = index, ?checkpoint, "resuming from the checkpoint");
+            }
+            let batcher = self.batcher(&from, &to)?;
+            let mut scan_conn = batcher.from.clone();
+            let mut scan = RangeScan::resume(&resolver, category, &[range], checkpoint);
+            // Batches in flight, in scan order: the source takes the next ones while the
+            // target restores earlier ones. A scan position is checkpointed once every batch
+            // before it has landed.
+            let mut in_flight = futures::stream::FuturesOrdered::new();
+            let mut scanned_all = false;
+            loop {
+                while !scanned_all && in_flight.len() < BATCHES_IN_FLIGHT {
+                    let Some(batch) = scan
+                        .next_batch(&mut scan_conn.conn)
+                        .await
+                        .map_err(|e| scan_conn.err(&e))?
+                    else {
+                        scanned_all = true;
+                        break;
+                    };
+                    let keys: Vec<Bytes> = batch.into_iter().map(Bytes::from).collect();
+                    let chunks: Vec<Vec<Bytes>> =
+                        keys.chunks(self.batch_size).map(<[_]>::to_vec).collect();
+                    let last = chunks.len().saturating_sub(1);
+                    let position = scan.checkpoint();
+                    if chunks.is_empty() {
+                        // Nothing of the range in this stretch: only the position moves.
+                        in_flight.push_back(tokio::spawn(futures::future::ready(Ok((
+                            BatchOutcome::default(),
+                            Some(position),
+                        )))));
+                    }
+                    for (n, chunk) in chunks.into_iter().enumerate() {
+                        let batcher = batcher.clone();
+                        let at = (n == last).then_some(position);
+                        // A task of its own: a batch holds keys in transit, so it runs to
+                        // the end while the Job paces, checkpoints or reports.
+                        in_flight.push_back(tokio::spawn(async move {
+                            batcher.move_batch(chunk).await.map(|o| (o, at))
+                        }));
+                    }
+                }
+                let Some(done) = futures::StreamExt::next(&mut in_flight).await else {
+                    break;
+                };
+                let (outcome, position) =
+                    done.map_err(|e| Error::Internal(format!("a batch of the copy failed: {e}")))??;
+                self.moved += self.settle(&from, &to, outcome).await?;
+                if let Some(cp) = position {
+                    let source = self.instance(&from)?;
+                    let _: () = redis::cmd("SET")
+                        .arg(&key)
+                        .arg(format!("{}:{}", cp.pattern, cp.cursor))
+                        .arg("EX")
+                        .arg(86_400)
+                        .query_async(&mut source.conn)
+                        .await
+                        .map_err(|e| source.err(&e))?;
+                }
+                self.urgent().await?;
+                self.pace().await;
+                if self.last_report.elapsed() > Duration::from_secs(1) {
+                    self.report(rebalance_step::COPYING, &[]).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the keys sidecars asked for (a command touched moved and unmoved keys at once).
+    async fn urgent(&mut self) -> Result<(), Error> {
+        let resolver = self.resolver.clone();
+        let list = names::urgent(&self.mover.policy);
+        let mut sources: Vec<String> = self.steps.iter().map(|s| s.from.clone()).collect();
+        sources.sort();
+        sources.dedup();
+        for from in sources {
+            let source = self.instance(&from)?;
+            let popped: Option<Vec<Vec<u8>>> = redis::cmd("LPOP")
+                .arg(&list)
+                .arg(512)
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?;
+            let Some(popped) = popped else { continue };
+            let work: Vec<(String, Vec<Bytes>)> = self
+                .steps
+                .iter()
+                .filter(|s| s.from == from)
+                .map(|s| {
+                    let keys = popped
+                        .iter()
+                        .filter(|k| in_ranges(&resolver, s.category, &[s.range], k))
+                        .map(|k| Bytes::copy_from_slice(k))
+                        .collect();
+                    (s.to.clone(), keys)
+                })
+                .collect();
+            for (to, keys) in work {
+                self.move_keys(&from, &to, &keys).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the keys of the ranges still in transit (tombstones of an earlier attempt) and
+    /// the urgent ones; how many there were.
+    async fn leftovers(&mut self) -> Result<usize, Error> {
+        let resolver = self.resolver.clone();
+        let mut found = 0;
+        for i in 0..self.steps.len() {
+            let (category, range, from, to) = {
+                let s = &self.steps[i];
+                (s.category, s.range, s.from.clone(), s.to.clone())
+            };
+            let mut keys: Vec<Bytes> = Vec::new();
+            let source = self.instance(&from)?;
+            let pattern = crate::redis::keys::prefix_pattern(names::TOMB_PREFIX);
+            let mut cursor = 0u64;
+            loop {
+                let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut source.conn)
+                    .await
+                    .map_err(|e| source.err(&e))?;
+                for tomb in batch {
+                    if let Some(key) = names::key_of_tomb(&tomb)
+                        && in_ranges(&resolver, category, &[range], key)
+                    {
+                        keys.push(Bytes::copy_from_slice(key));
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            found += keys.len();
+            self.move_keys(&from, &to, &keys).await?;
+        }
+        self.urgent().await?;
+        Ok(found)
+    }
+
+    /// Rescans every range until nothing of it is left on the sources: no key (new keys only
+    /// appear there if every key of their command was there) and no tombstone.
+    pub(super) async fn sweep(&mut self) -> Result<(), Error> {
+        let resolver = self.resolver.clone();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let mut found = self.leftovers().await?;
+            for i in 0..self.steps.len() {
+                let (category, range, from, to) = {
+                    let s = &self.steps[i];
+                    (s.category, s.range, s.from.clone(), s.to.clone())
+                };
+                let mut keys: Vec<Bytes> = Vec::new();
+                let source = self.instance(&from)?;
+                let mut scan = RangeScan::new(&resolver, category, &[range]);
+                while let Some(batch) = scan
+                    .next_batch(&mut source.conn)
+                    .await
+                    .map_err(|e| source.err(&e))?
+                {
+                    keys.extend(batch.into_iter().map(Bytes::from));
+                }
+                found += keys.len();
+                self.move_keys(&from, &to, &keys).await?;
+            }
+            if found == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "{found} keys still to move after the sweep"
+                )));
+            }
+        }
+    }
+
+    /// Once every live sidecar routes by the final table `last`, fences the sources to it and
+    /// removes the importing markers (no sidecar uses the guard any more); removes the
+    /// checkpoints.
+    pub(super) async fn cleanup(&mut self, last: u64) -> Result<(), Error> {
+        if self.converge(last).await? {
+            self.fence(last, false).await?;
+            self.import(false, false).await?;
+        } else {
+            warn!(
+                version = last,
+                "sidecars still route by the migrating table: the importing markers stay (they are harmless; a later plan removes them)"
+            );
+        }
+        let work: Vec<(usize, String)> = self
+            .steps
+            .iter()
+            .map(|s| (s.index, s.from.clone()))
+            .collect();
+        for (index, from) in work {
+            let key = self.checkpoint_key(index);
+            let source = self.instance(&from)?;
+            let _: () = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the copy at or below `keysPerSecond`.
+    async fn pace(&self) {
+        let earliest = Duration::from_secs_f64(self.moved as f64 / self.keys_per_second as f64);
+        let elapsed = self.started.elapsed();
+        if earliest > elapsed {
+            tokio::time::sleep(earliest - elapsed).await;
+        }
+    }
+
+    /// What batches from `from` to `to` need, to be cloned into each batch in flight.
+    fn batcher(&mut self, from: &str, to: &str) -> Result<Batcher, Error> {
+        let from = self.instance(from)?.clone();
+        let to = self.instance(to)?.clone();
+        Ok(Batcher {
+            from,
+            to,
+            mover: self.mover.clone(),
+        })
+    }
+
+    /// Moves `keys` one batch at a time (leftovers, urgent keys, the sweep); adds them to
+    /// `moved`.
+    async fn move_keys(&mut self, from: &str, to: &str, keys: &[Bytes]) -> Result<(), Error> {
+        let mut queue: Vec<Bytes> = keys.to_vec();
+        while !queue.is_empty() {
+            let take = queue.len().min(self.batch_size);
+            let chunk: Vec<Bytes> = queue.drain(..take).collect();
+            let mut outcome = self.batcher(from, to)?.move_batch(chunk).await?;
+            queue.append(&mut outcome.later);
+            self.moved += self.settle(from, to, outcome).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies the keys a batch left for piece-by-piece copying and ends their moves; returns
+    /// the keys the batch moved in all. Keys the batch left for later are moved here too.
+    async fn settle(&mut self, from: &str, to: &str, outcome: BatchOutcome) -> Result<u64, Error> {
+        let mut moved = outcome.moved;
+        for (key, expire_at) in outcome.piecewise {
+            self.copy_piecewise(from, to, &key, expire_at).await?;
+            self.finish_keys(from, std::slice::from_ref(&key)).await?;
+            moved += 1;
+        }
+        if !outcome.later.is_empty() {
+            let later = outcome.later;
+            Box::pin(self.move_keys(from, to, &later)).await?;
+        }
+        Ok(moved)
+    }
+}
+
+pub(super) fn parse_checkpoint(text: &str) -> Option<ScanCheckpoint> {
+    let (pattern, cursor) = text.split_once(':')?;
+    Some(ScanCheckpoint {
+        pattern: pattern.parse().ok()?,
+        cursor: cursor.parse().ok()?,
+    })
+}

@@ -1,0 +1,315 @@
+//! One lane: a pipelined connection to an instance, kept connected with backoff. A writer
+//! coalesces whatever is queued into one write; a reader hands each request its reply once the
+//! fleet vouches for it ([`super::super::fleet::FleetView::vouch`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::super::fleet::FleetView;
+use super::super::metrics::BackendMetrics;
+use super::{
+    BackendError, BackendOptions, Job, LaneSetup, Naming, Replies, Slot, Stream, YIELD_ROUNDS,
+    confirm_timeout, handshake, open, unconfirmed,
+};
+use crate::redis::resp::{FrameScanner, Limits, encode_request};
+
+pub(super) async fn run_lane(
+    setup: LaneSetup,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    up: Arc<AtomicBool>,
+    gate: Arc<Mutex<u64>>,
+) {
+    let LaneSetup {
+        legacy,
+        name,
+        target,
+        options,
+        naming,
+        view,
+        last_error,
+        metrics,
+    } = setup;
+    let mut backoff = options.min_backoff;
+    loop {
+        let connect = async {
+            let mut stream = open(&target, options.connect_timeout).await?;
+            let version = *gate.lock().unwrap_or_else(|e| e.into_inner());
+            let greeting = handshake(&mut stream, &naming.connection(version), &naming.policy)
+                .await
+                .map_err(|e| format!("{}: {e}", target.address()))?;
+            view.merge(&greeting.fences);
+            legacy.store(greeting.legacy, Ordering::Release);
+            Ok::<_, String>((stream, view.next_round()))
+        };
+        let attempt = tokio::select! {
+            r = connect => r,
+            // The backend was dropped (table changed): stop.
+            () = wait_closed(&rx) => return,
+        };
+        match attempt {
+            Ok((stream, after)) => {
+                backoff = options.min_backoff;
+                up.store(true, Ordering::Release);
+                metrics.connections.inc();
+                debug!(instance = %name, "connected");
+                let outcome = pipeline(
+                    &name, stream, &mut rx, &options, &metrics, &naming, &view, after,
+                )
+                .await;
+                up.store(false, Ordering::Release);
+                metrics.connections.dec();
+                match outcome {
+                    Ok(()) => return,
+                    Err(reason) => {
+                        warn!(instance = %name, %reason, "connection lost; reconnecting");
+                        if let Ok(mut e) = last_error.lock() {
+                            *e = reason;
+                        }
+                    }
+                }
+            }
+            Err(reason) => {
+                up.store(false, Ordering::Release);
+                if let Ok(mut e) = last_error.lock() {
+                    if *e != reason {
+                        warn!(instance = %name, %reason, "cannot connect");
+                    }
+                    *e = reason;
+                }
+            }
+        }
+        // Fail what was queued meanwhile, then wait before the next attempt.
+        let reason = last_error.lock().map(|e| e.clone()).unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(Job::Request { tx, .. }) => {
+                        let _ = tx.send(Err(BackendError::Unavailable {
+                            instance: name.clone(),
+                            reason: reason.clone(),
+                        }));
+                    }
+                    Some(Job::Rename(_)) => {}
+                    None => return,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        backoff = (backoff * 2).min(options.max_backoff);
+    }
+}
+
+/// Hands `replies` to the request's client once they are vouched for (at once while the
+/// instance's lease is fresh; otherwise a task waits for a heartbeat round).
+fn deliver(
+    view: &Arc<FleetView>,
+    name: &str,
+    fence: &AtomicU64,
+    lease: &AtomicU64,
+    version: Option<u64>,
+    tx: oneshot::Sender<Result<Replies, BackendError>>,
+    replies: Replies,
+) {
+    let Some(version) = version else {
+        let _ = tx.send(Ok(replies));
+        return;
+    };
+    match view.check(fence, lease, version) {
+        Some(Ok(())) => {
+            let _ = tx.send(Ok(replies));
+        }
+        Some(Err(why)) => {
+            let _ = tx.send(Err(BackendError::unvouched(name, &why)));
+        }
+        None => {
+            let view = view.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let verdict = view.vouch(&name, version).await;
+                let _ = tx.send(verdict.map(|()| replies).map_err(|why| {
+                    warn!(instance = %name, ?why, "withheld a reply the fleet did not vouch for");
+                    BackendError::unvouched(&name, &why)
+                }));
+            });
+        }
+    }
+}
+
+/// Resolves when every sender of `rx` is gone.
+async fn wait_closed(rx: &mpsc::UnboundedReceiver<Job>) {
+    while !rx.is_closed() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs one connected lane until the connection fails (`Err`) or the backend is dropped. The
+/// lane writes nothing before a heartbeat round numbered `after` or later confirmed the
+/// fleet's fences (requests wait in the queue meanwhile).
+#[allow(clippy::too_many_arguments)]
+async fn pipeline(
+    name: &str,
+    stream: Stream,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    options: &BackendOptions,
+    metrics: &BackendMetrics,
+    naming: &Naming,
+    view: &Arc<FleetView>,
+    after: u64,
+) -> Result<(), String> {
+    let fence = view.fence_cell(name);
+    let lease = view.lease_cell(name);
+    if !view.confirmed(name, after, confirm_timeout(options)).await {
+        return Err(unconfirmed());
+    }
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (slot_tx, mut slot_rx) = mpsc::unbounded_channel::<Slot>();
+    let in_flight = AtomicUsize::new(0);
+    let limits = Limits::replies();
+
+    let write = async {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        while let Some(job) = rx.recv().await {
+            // Let the other clients that are ready run first, so that their requests join this
+            // write: one write (and one read on the server) for many requests is what makes
+            // the proxy cheap for Redis. Like twemproxy, which writes on the next event-loop turn.
+            let mut queued = rx.len();
+            for _ in 0..YIELD_ROUNDS {
+                tokio::task::yield_now().await;
+                let now = rx.len();
+                if now == queued {
+                    break;
+                }
+                queued = now;
+            }
+            buf.clear();
+            let push = |job: Job, buf: &mut BytesMut| {
+                let (tx, replies, version) = match job {
+                    Job::Request {
+                        bytes,
+                        replies,
+                        version,
+                        tx,
+                    } => {
+                        buf.extend_from_slice(&bytes);
+                        (tx, replies, Some(version))
+                    }
+                    Job::Rename(version) => {
+                        let name = naming.connection(version);
+                        encode_request(&[b"CLIENT".as_slice(), b"SETNAME", name.as_bytes()], buf);
+                        // Nobody waits for this reply.
+                        (oneshot::channel().0, 1, None)
+                    }
+                };
+                in_flight.fetch_add(1, Ordering::AcqRel);
+                metrics.in_flight.inc();
+                // The reader owns the slot before the bytes leave, so no reply can beat it.
+                let _ = slot_tx.send(Slot {
+                    tx,
+                    version,
+                    expected: replies.max(1),
+                    collected: Vec::new(),
+                    sent: Instant::now(),
+                });
+            };
+            push(job, &mut buf);
+            while buf.len() < 64 * 1024 {
+                match rx.try_recv() {
+                    Ok(job) => push(job, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            metrics.writes.inc();
+            writer
+                .write_all(&buf)
+                .await
+                .map_err(|e| format!("write failed: {e}"))?;
+        }
+        Ok::<(), String>(())
+    };
+
+    let read = async {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut scanner = FrameScanner::new();
+        let mut current: Option<Slot> = None;
+        loop {
+            // Hand out every complete reply in the buffer.
+            loop {
+                match scanner.scan(&buf, &limits) {
+                    Ok(Some(n)) => {
+                        scanner.reset();
+                        let frame = buf.split_to(n).freeze();
+                        let mut slot = match current.take() {
+                            Some(s) => s,
+                            None => slot_rx
+                                .try_recv()
+                                .map_err(|_| "a reply arrived that nobody asked for".to_owned())?,
+                        };
+                        slot.collected.push(frame);
+                        if slot.collected.len() >= slot.expected {
+                            in_flight.fetch_sub(1, Ordering::AcqRel);
+                            metrics.in_flight.dec();
+                            metrics.observe(slot.sent.elapsed());
+                            let replies = if slot.expected == 1 {
+                                Replies::One(slot.collected.pop().unwrap_or_default())
+                            } else {
+                                Replies::Many(slot.collected)
+                            };
+                            deliver(view, name, &fence, &lease, slot.version, slot.tx, replies);
+                        } else {
+                            current = Some(slot);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("protocol error from the server: {e}")),
+                }
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(64 * 1024);
+            }
+            let n = if in_flight.load(Ordering::Acquire) > 0 {
+                match tokio::time::timeout(options.request_timeout, reader.read_buf(&mut buf)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(format!(
+                            "no reply within {}ms",
+                            options.request_timeout.as_millis()
+                        ));
+                    }
+                }
+            } else {
+                reader.read_buf(&mut buf).await
+            }
+            .map_err(|e| format!("read failed: {e}"))?;
+            if n == 0 {
+                return Err("the server closed the connection".to_owned());
+            }
+        }
+    };
+
+    let result = tokio::select! {
+        r = write => r,
+        r = read => r,
+    };
+    // Everything in flight gets an error: it may or may not have run.
+    let reason = match &result {
+        Ok(()) => "the sidecar dropped the connection".to_owned(),
+        Err(e) => e.clone(),
+    };
+    drop(slot_tx);
+    while let Ok(slot) = slot_rx.try_recv() {
+        metrics.in_flight.dec();
+        let _ = slot.tx.send(Err(BackendError::Lost {
+            instance: name.to_owned(),
+            reason: reason.clone(),
+        }));
+    }
+    result
+}
