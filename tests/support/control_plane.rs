@@ -68,6 +68,9 @@ pub struct ControlPlane {
 
 static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 
+/// The bearer token of the cluster admin in the kubeconfig (`system:masters`).
+pub const ADMIN_TOKEN: &str = "redis-fleet-test-admin-token";
+
 impl ControlPlane {
     /// The control plane of this test binary, started on first use. If it cannot start, every
     /// test that asks for it fails with the same message (without retrying the slow start).
@@ -102,7 +105,7 @@ impl ControlPlane {
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki).expect("creating the pki dir");
         make_certificates(&pki);
-        let token = "redis-fleet-test-admin-token";
+        let token = ADMIN_TOKEN;
         std::fs::write(
             dir.join("tokens.csv"),
             format!("{token},admin,admin-uid,system:masters\n"),
@@ -247,6 +250,16 @@ impl ControlPlane {
             .await
             .expect("loading the test kubeconfig");
         Client::try_from(config).expect("building a client")
+    }
+
+    /// The kube-apiserver's process id.
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self._apiserver.pid()
+    }
+
+    /// The CA that signed the API server's serving certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("pki/ca.crt")
     }
 
     /// `kubectl` pointed at this control plane.

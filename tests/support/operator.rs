@@ -34,22 +34,36 @@ impl Operator {
 
     /// Like [`Operator::start`], with extra command-line arguments (`namespace` empty: all).
     pub fn start_with(cp: &ControlPlane, namespace: &str, extra: &[&str]) -> Operator {
+        Self::launch(
+            &super::redis_fleet_binary(),
+            &cp.kubeconfig,
+            namespace,
+            extra,
+            &std::env::var("TEST_OPERATOR_LOG").unwrap_or_else(|_| "info,redis_fleet=debug".into()),
+        )
+    }
+
+    /// Starts `binary` as the operator with `kubeconfig` and `RUST_LOG=log_filter` (benchmarks:
+    /// another build, the API server reached through a proxy, quieter logs).
+    pub fn launch(
+        binary: &std::path::Path,
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        extra: &[&str],
+        log_filter: &str,
+    ) -> Operator {
         let dir = temp_dir("operator");
         let log = dir.join("operator.log");
         let metrics_port = free_port();
-        let mut cmd = Command::new(super::redis_fleet_binary());
+        let mut cmd = Command::new(binary);
         cmd.arg("operator");
         if !namespace.is_empty() {
             cmd.args(["--namespace", namespace]);
         }
         cmd.args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_OPERATOR_LOG")
-                    .unwrap_or_else(|_| "info,redis_fleet=debug".into()),
-            );
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", log_filter);
         let mut process = ChildGuard::spawn("redis-fleet operator", cmd, &log);
         let ready = wait_until(Duration::from_secs(30), || {
             process.is_running()
