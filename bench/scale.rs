@@ -213,14 +213,8 @@ async fn main() {
         None => None,
     };
     println!("== operator (this build)");
-    let (after, ns, _operator) = run_operator(
-        cp,
-        &client,
-        &servers,
-        size,
-        &support::redis_fleet_binary(),
-    )
-    .await;
+    let (after, ns, _operator) =
+        run_operator(cp, &client, &servers, size, &support::redis_fleet_binary()).await;
     operator_rows(&mut report, before.as_ref(), &after, size);
 
     // 2. The sidecar swarm: heartbeats and the converge check.
@@ -254,10 +248,9 @@ async fn run_operator(
     let upstream: SocketAddr = cp.server.trim_start_matches("https://").parse().unwrap();
     let proxy = proxy::CountingProxy::start(upstream).await;
     let kubeconfig = cp.dir.join(format!("kubeconfig-{ns}"));
-    let text = std::fs::read_to_string(&cp.kubeconfig).unwrap().replace(
-        &cp.server,
-        &format!("https://127.0.0.1:{}", proxy.port),
-    );
+    let text = std::fs::read_to_string(&cp.kubeconfig)
+        .unwrap()
+        .replace(&cp.server, &format!("https://127.0.0.1:{}", proxy.port));
     std::fs::write(&kubeconfig, text).unwrap();
 
     // Watch the instances from the bench (its own connection, not through the proxy).
@@ -322,8 +315,17 @@ async fn run_operator(
     let writes = apiserver::writes_between(&before, &after);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let cm = cms.get("scale-routing").await.unwrap();
-    let table_bytes = cm.data.iter().flatten().map(|(_, v)| v.len()).sum::<usize>()
-        + cm.binary_data.iter().flatten().map(|(_, v)| v.0.len()).sum::<usize>();
+    let table_bytes = cm
+        .data
+        .iter()
+        .flatten()
+        .map(|(_, v)| v.len())
+        .sum::<usize>()
+        + cm.binary_data
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.0.len())
+            .sum::<usize>();
     watch.abort();
     let figures = OperatorFigures {
         all_ready,
@@ -407,6 +409,14 @@ async fn create_fleet(client: &Client, ns: &str, servers: &[RedisServer], size: 
         .unwrap();
 }
 
+/// A figure of an operator run: its name, how to print it, the target, whether it is met.
+type FigureRow = (
+    String,
+    Box<dyn Fn(&OperatorFigures) -> String>,
+    String,
+    Option<bool>,
+);
+
 fn operator_rows(
     report: &mut Report,
     before: Option<&OperatorFigures>,
@@ -414,7 +424,7 @@ fn operator_rows(
     size: Size,
 ) {
     let n = size.instances;
-    let mut rows: Vec<(String, Box<dyn Fn(&OperatorFigures) -> String>, String, Option<bool>)> = vec![
+    let mut rows: Vec<FigureRow> = vec![
         (
             format!("{n} instances: all Ready after"),
             Box::new(|f| format!("{:.1} s", f.all_ready.as_secs_f64())),
@@ -487,7 +497,9 @@ fn operator_rows(
             .join(", ")
     };
     if let Some(b) = before {
-        report.notes.push(format!("writes before: {}", breakdown(b)));
+        report
+            .notes
+            .push(format!("writes before: {}", breakdown(b)));
     }
     report.notes.push(format!("writes now: {}", breakdown(f)));
 }
@@ -561,10 +573,7 @@ async fn swarm_rows(report: &mut Report, servers: &[RedisServer], policy: &str, 
     );
     report.add(
         "swarm fill: all redis-servers' CPU per heartbeat",
-        format!(
-            "{:.1} µs",
-            redis_seconds * 1e6 / written.max(1) as f64
-        ),
+        format!("{:.1} µs", redis_seconds * 1e6 / written.max(1) as f64),
         "",
         None,
     );
@@ -664,7 +673,9 @@ async fn watch_rows(report: &mut Report, cp: &ControlPlane, client: &Client, ns:
     let pct = |p: f64| {
         fanout
             .get(((fanout.len().max(1) - 1) as f64 * p).round() as usize)
-            .map_or("-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+            .map_or("-".to_owned(), |d| {
+                format!("{:.0} ms", d.as_secs_f64() * 1e3)
+            })
     };
     let n = size.watchers;
     report.add(

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 use redis_fleet::api::cache_policy::{CachePolicy, rebalance_phase};
-use redis_fleet::routing::table::{RoutingTable, TABLE_KEY};
+use redis_fleet::routing::config_map::table_of;
+use redis_fleet::routing::table::RoutingTable;
 use support::node::Node;
 use support::operator::Operator;
 use support::redis_fleet_binary;
@@ -163,7 +164,7 @@ async fn table(cp: &ControlPlane, ns: &str) -> Option<RoutingTable> {
     let client = cp.client().await;
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, ns);
     let cm = cms.get_opt("shop-redis-routing").await.ok()??;
-    RoutingTable::from_json(cm.data?.get(TABLE_KEY)?).ok()
+    table_of(&cm)?.ok()
 }
 
 #[tokio::main]

@@ -85,6 +85,17 @@ struct OperatorArgs {
     /// (their clients get -TRYAGAIN there until the sidecar has the new table).
     #[arg(long, default_value = "2m", value_parser = parse_duration, env = "REDIS_FLEET_REBALANCE_CONVERGE_TIMEOUT")]
     rebalance_converge_timeout: std::time::Duration,
+    /// How often an unchanged status is rewritten (each object's interval is stretched by up
+    /// to a quarter). Changes of phase, conditions and memory (by a point of capacity) are
+    /// written at once; live figures are in the metrics. N instances cost about N / this
+    /// interval writes per second.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "REDIS_FLEET_STATUS_REFRESH")]
+    status_refresh: std::time::Duration,
+    /// Schema of the routing tables published: 2 (compact, gzip'ed in the ConfigMap's
+    /// binaryData) or 1 (plain JSON, for sidecars and Jobs older than 0.2 during an upgrade;
+    /// it stops fitting a ConfigMap near 1 400 instances × 200 categories).
+    #[arg(long, default_value_t = redis_fleet::routing::SCHEMA_VERSION, value_parser = clap::value_parser!(u32).range(1..=2), env = "REDIS_FLEET_ROUTING_SCHEMA")]
+    routing_schema: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -302,6 +313,8 @@ fn main() -> anyhow::Result<()> {
                     backoff_limit: 0,
                     converge_timeout: args.rebalance_converge_timeout,
                 },
+                status_refresh: args.status_refresh,
+                routing_schema: args.routing_schema,
                 leader_election: args.leader_election.then_some(
                     redis_fleet::operator::leader::ElectionConfig {
                         lease_name: args.lease_name,

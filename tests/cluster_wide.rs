@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use redis_fleet::api::redis_instance::{InstancePhase, RedisInstance};
-use redis_fleet::routing::table::{RoutingTable, TABLE_KEY};
+use redis_fleet::routing::config_map::table_of;
 use support::operator::Operator;
 use support::shop::{example, example_policy, kubectl_apply, server_with_password};
 use support::{ControlPlane, wait_for};
@@ -68,7 +68,7 @@ async fn one_operator_serves_the_fleets_of_every_namespace() {
         )
         .await;
         // Each namespace's table routes to its own servers only.
-        let table = RoutingTable::from_json(&cm.data.unwrap()[TABLE_KEY]).unwrap();
+        let table = table_of(&cm).unwrap().unwrap();
         let ports: Vec<u16> = table.instances.values().map(|e| e.port).collect();
         assert_eq!(table.policy, format!("{ns}/shop"));
         assert!(

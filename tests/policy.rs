@@ -12,7 +12,8 @@ use kube::api::{Api, Patch, PatchParams};
 use redis_fleet::api::cache_policy::CachePolicy;
 use redis_fleet::api::redis_instance::{InstancePhase, RedisInstance};
 use redis_fleet::redis::protocol::heartbeat::NOTICE_WAIT;
-use redis_fleet::routing::table::{RoutingTable, TABLE_KEY, VERSION_ANNOTATION};
+use redis_fleet::routing::config_map::table_of;
+use redis_fleet::routing::table::{RoutingTable, VERSION_ANNOTATION};
 use redis_fleet::routing::{Resolver, key_slot};
 use support::control_plane::project_root;
 use support::operator::Operator;
@@ -28,7 +29,7 @@ async fn routing(api: &Api<ConfigMap>, name: &str) -> Option<(u64, RoutingTable)
         .get(VERSION_ANNOTATION)?
         .parse()
         .unwrap();
-    let table = RoutingTable::from_json(&cm.data.as_ref()?[TABLE_KEY]).unwrap();
+    let table = table_of(&cm)?.unwrap();
     assert_eq!(table.version, version, "annotation and table agree");
     Some((version, table))
 }

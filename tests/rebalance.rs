@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use redis_fleet::api::cache_policy::{CachePolicy, rebalance_phase};
 use redis_fleet::routing::Resolver;
-use redis_fleet::routing::table::{RoutingTable, TABLE_KEY};
+use redis_fleet::routing::config_map::table_of;
+use redis_fleet::routing::table::RoutingTable;
 use support::RedisServer;
 use support::node::Node;
 use support::operator::Operator;
@@ -158,7 +159,7 @@ async fn settled_digest(shop: &Shop, servers: &[&RedisServer], keys: &[String]) 
 
 async fn table(shop: &Shop) -> RoutingTable {
     let cm = shop.configmaps.get("shop-redis-routing").await.unwrap();
-    RoutingTable::from_json(&cm.data.unwrap()[TABLE_KEY]).unwrap()
+    table_of(&cm).unwrap().unwrap()
 }
 
 /// Waits for the rebalance to finish (Succeeded), returning the policy; fails on Failed.
@@ -209,7 +210,7 @@ async fn settled(shop: &Shop) -> (RoutingTable, i64) {
             .as_ref()
             .is_none_or(|r| r.phase == rebalance_phase::SUCCEEDED);
         if idle && let Ok(Some(cm)) = shop.configmaps.get_opt("shop-redis-routing").await {
-            let t = RoutingTable::from_json(&cm.data.unwrap()[TABLE_KEY]).unwrap();
+            let t = table_of(&cm).unwrap().unwrap();
             let owners: std::collections::BTreeSet<&str> =
                 t.categories.iter().flat_map(|c| c.owners()).collect();
             if owners.len() == 2 && t.migrating.is_empty() {

@@ -49,8 +49,12 @@ impl Swarm {
                 .get_multiplexed_async_connection()
                 .await
                 .unwrap();
-            let (stop, written, errors, rounds) =
-                (stop.clone(), written.clone(), errors.clone(), rounds.clone());
+            let (stop, written, errors, rounds) = (
+                stop.clone(),
+                written.clone(),
+                errors.clone(),
+                rounds.clone(),
+            );
             let policy = policy.to_owned();
             tasks.push(tokio::spawn(async move {
                 write_rounds(

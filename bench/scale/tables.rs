@@ -50,7 +50,9 @@ pub fn table(instances: usize, categories: usize) -> RoutingTable {
         .collect();
     let spec: CachePolicySpec =
         serde_json::from_value(serde_json::json!({"categories": categories})).unwrap();
-    plan_routing("shop/shop", &spec, &views, None).table.unwrap()
+    plan_routing("shop/shop", &spec, &views, None)
+        .table
+        .unwrap()
 }
 
 /// Adds the size rows.

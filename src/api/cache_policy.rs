@@ -326,7 +326,9 @@ pub struct CachePolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecars: Option<SidecarsStatus>,
 
-    /// Memory per category and instance, from samples taken while probing.
+    /// Memory per category and instance, from samples taken while probing. In a large fleet
+    /// (more than 256 pairs) one entry per category, summed over its instances, with
+    /// `instance: "*"`, so that the status stays small.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage: Vec<CategoryUsage>,
 
@@ -493,7 +495,7 @@ pub const JOB_OWNED_REBALANCE_FIELDS: [&str; 5] = [
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct CategoryUsage {
-    /// RedisInstance name.
+    /// RedisInstance name; `*` for the sum over all instances (large fleets).
     pub instance: String,
     /// Category name.
     pub category: String,

@@ -59,6 +59,15 @@ pub struct ControllerLabels {
     pub controller: String,
 }
 
+/// Labels of status write decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusWriteLabels {
+    /// `RedisInstance` or `CachePolicy`.
+    pub controller: String,
+    /// `Changed` (written at once), `Refresh` (written, unchanged) or `Skip` (not written).
+    pub decision: String,
+}
+
 /// Labels of reconcile errors.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -101,6 +110,8 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     /// Reconcile errors by variant.
     pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// Status write decisions (written or skipped) by controller.
+    pub status_writes: Family<StatusWriteLabels, Counter>,
     /// Routing table version published per policy.
     pub routing_version: Family<PolicyLabels, Gauge>,
     /// Failed-over slot ranges per policy.
@@ -149,6 +160,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
             }),
             reconcile_errors: Family::default(),
+            status_writes: Family::default(),
             routing_version: Family::default(),
             failovers: Family::default(),
             publish_latency: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
@@ -226,6 +238,11 @@ impl Metrics {
             m.reconcile_errors.clone(),
         );
         r.register(
+            "status_writes",
+            "Status write decisions: Changed and Refresh are written, Skip is not",
+            m.status_writes.clone(),
+        );
+        r.register(
             "routing_version",
             "Version of the routing table published for the policy",
             m.routing_version.clone(),
@@ -286,6 +303,16 @@ impl Metrics {
             .get_or_create(&ErrorLabels {
                 controller: controller.to_owned(),
                 error: variant.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a status write decision (`Changed`, `Refresh`, `Skip`).
+    pub fn status_write(&self, controller: &str, decision: &str) {
+        self.status_writes
+            .get_or_create(&StatusWriteLabels {
+                controller: controller.to_owned(),
+                decision: decision.to_owned(),
             })
             .inc();
     }

@@ -8,7 +8,8 @@
 //! - [`redis_instance`]: probes each instance and writes its status (managed ones: applies
 //!   their StatefulSet first);
 //! - [`cache_policy`]: computes, publishes and rebalances each policy's routing table;
-//! - [`context`], [`secrets`], [`connections`], [`sampling`], [`metrics`]: what both use;
+//! - [`context`], [`secrets`], [`connections`], [`sampling`], [`metrics`], [`status_writes`]:
+//!   what both use;
 //! - [`leader`]: with `--leader-election` the scopes start only once this replica holds the
 //!   Lease; a standby serves `/metrics`, `/healthz` and a passing `/readyz` meanwhile.
 
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod redis_instance;
 pub mod sampling;
 pub mod secrets;
+pub mod status_writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +67,10 @@ pub struct Config {
     pub leader_election: Option<leader::ElectionConfig>,
     /// How rebalance Jobs are made.
     pub jobs: cache_policy::job::JobSettings,
+    /// How often an unchanged status is rewritten ([`status_writes`]).
+    pub status_refresh: Duration,
+    /// Schema of the routing tables published (see [`crate::routing::encoding`]).
+    pub routing_schema: u32,
 }
 
 /// Why the operator stopped.
@@ -153,7 +159,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             scope,
             metrics.clone(),
             recorder.clone(),
-            config.jobs.clone(),
+            &config,
             stop_rx.clone(),
         ));
     }
@@ -206,10 +212,11 @@ async fn run_scope(
     scope: Option<String>,
     metrics: Arc<Metrics>,
     recorder: Recorder,
-    jobs: cache_policy::job::JobSettings,
+    config: &Config,
     stop: watch::Receiver<bool>,
 ) {
     let ns = scope.as_deref();
+    let jobs = config.jobs.clone();
     let wc = watcher::Config::default();
 
     // The CachePolicy controller: its own cache of policies (also used for the instances'
@@ -218,10 +225,11 @@ async fn run_scope(
     let policy_controller = Controller::new(api::<CachePolicy>(&client, ns), wc.clone());
     let policy_reader = policy_controller.store();
     let (all_instances, all_instances_writer) = reflector::store::<RedisInstance>();
-    let instance_changes = watcher(api::<RedisInstance>(&client, ns), wc.clone())
-        .default_backoff()
-        .reflect(all_instances_writer)
-        .touched_objects();
+    let instance_changes = relevant_to_policies(
+        watcher(api::<RedisInstance>(&client, ns), wc.clone())
+            .default_backoff()
+            .reflect(all_instances_writer),
+    );
 
     let (secret_reader, secret_writer) = reflector::store();
     let secrets = watcher(api::<PartialObjectMeta<Secret>>(&client, ns), wc.clone())
@@ -260,7 +268,12 @@ async fn run_scope(
         .run(
             cache_policy::reconcile,
             cache_policy::error_policy,
-            Arc::new(PolicyContext::new(shared.clone(), jobs)),
+            Arc::new(PolicyContext::new(
+                shared.clone(),
+                jobs,
+                config.status_refresh,
+                config.routing_schema,
+            )),
         )
         .for_each(log_failures(cache_policy::CONTROLLER));
 
@@ -273,7 +286,7 @@ async fn run_scope(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let by_secret = instance_reader.clone();
-    let instance_ctx = Arc::new(InstanceContext::new(shared.clone()));
+    let instance_ctx = Arc::new(InstanceContext::new(shared.clone(), config.status_refresh));
     let instance_controller = Controller::for_stream(instances, instance_reader.clone())
         .owns(api::<StatefulSet>(&client, ns), owned_wc)
         .watches_stream(secrets, move |secret| {
@@ -307,6 +320,36 @@ async fn run_scope(
     spawn_until(janitor, stop.clone());
 
     futures::future::join(instance_controller, policies).await;
+}
+
+/// The instances whose change matters to a policy ([`cache_policy::fetch::trigger_fingerprint`])
+/// and the deleted ones, out of a watch of RedisInstances: a status refresh or a probe's live
+/// figures wake no policy (at 1 000 instances they would wake it several times a second).
+fn relevant_to_policies<S>(
+    events: S,
+) -> impl futures::Stream<Item = Result<RedisInstance, watcher::Error>>
+where
+    S: futures::Stream<Item = Result<watcher::Event<RedisInstance>, watcher::Error>>,
+{
+    let mut seen: std::collections::HashMap<ObjectRef<RedisInstance>, u64> =
+        std::collections::HashMap::new();
+    events.filter_map(move |event| {
+        let out = match event {
+            Ok(watcher::Event::Apply(ri) | watcher::Event::InitApply(ri)) => {
+                let fingerprint = cache_policy::fetch::trigger_fingerprint(&ri);
+                let changed =
+                    seen.insert(ObjectRef::from_obj(&ri), fingerprint) != Some(fingerprint);
+                changed.then_some(Ok(ri))
+            }
+            Ok(watcher::Event::Delete(ri)) => {
+                seen.remove(&ObjectRef::from_obj(&ri));
+                Some(Ok(ri))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(out)
+    })
 }
 
 /// What a controller's run reports, logged: failed reconciles and watch errors, but not objects

@@ -22,6 +22,9 @@ use crate::routing::table::RoutingTable;
 use super::connections::Connections;
 use super::secrets::SecretReader;
 
+/// Most (category, instance) pairs `status.usage` lists one by one.
+pub const USAGE_PAIRS: usize = 256;
+
 /// What sampling the instances of a policy found.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySample {
@@ -32,15 +35,29 @@ pub struct PolicySample {
 }
 
 impl PolicySample {
-    /// As `status.usage`.
+    /// As `status.usage`: per category and instance, or (beyond [`USAGE_PAIRS`] pairs) per
+    /// category over all its instances, as instance `*` — status is an object of its own,
+    /// limited to 1.5 MiB by etcd, and 1 000 instances × 50 categories are 3 MB of pairs.
     pub fn usage(&self) -> Vec<CategoryUsage> {
-        self.category_bytes
-            .iter()
-            .map(|((category, instance), bytes)| CategoryUsage {
-                instance: instance.clone(),
-                category: category.clone(),
-                bytes: i64::try_from(*bytes).unwrap_or(i64::MAX),
-            })
+        let entry = |category: &str, instance: &str, bytes: u64| CategoryUsage {
+            instance: instance.to_owned(),
+            category: category.to_owned(),
+            bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+        };
+        if self.category_bytes.len() <= USAGE_PAIRS {
+            return self
+                .category_bytes
+                .iter()
+                .map(|((category, instance), bytes)| entry(category, instance, *bytes))
+                .collect();
+        }
+        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+        for ((category, _), bytes) in &self.category_bytes {
+            *totals.entry(category).or_default() += bytes;
+        }
+        totals
+            .into_iter()
+            .map(|(category, bytes)| entry(category, "*", bytes))
             .collect()
     }
 
@@ -115,6 +132,45 @@ pub async fn sample_instances(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_listed_per_pair_in_small_fleets_and_per_category_in_large_ones() {
+        let mut sample = PolicySample::default();
+        sample
+            .category_bytes
+            .insert(("auth".into(), "primary".into()), 10);
+        sample
+            .category_bytes
+            .insert(("auth".into(), "secondary".into()), 5);
+        let usage = sample.usage();
+        assert_eq!(usage.len(), 2);
+        assert_eq!(
+            (usage[0].instance.as_str(), usage[0].bytes),
+            ("primary", 10)
+        );
+
+        for i in 0..USAGE_PAIRS {
+            sample
+                .category_bytes
+                .insert(("menu".into(), format!("redis-{i:04}")), 1);
+        }
+        let usage = sample.usage();
+        assert_eq!(usage.len(), 2, "{usage:?}");
+        assert_eq!(
+            (
+                usage[0].category.as_str(),
+                usage[0].instance.as_str(),
+                usage[0].bytes
+            ),
+            ("auth", "*", 15)
+        );
+        assert_eq!(usage[1].bytes, USAGE_PAIRS as i64);
+    }
 }
 
 /// The last sample of each policy, with when it was taken.

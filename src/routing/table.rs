@@ -3,8 +3,9 @@
 //! data by it.
 //!
 //! Compatibility: readers refuse a `schemaVersion` they do not know; new optional fields may
-//! be added without bumping it. The table never contains credentials, only the *names* of the
-//! Secrets that hold them.
+//! be added without bumping it. This build writes schema 2 and reads 1 and 2 (the serialized
+//! forms are in [`super::encoding`]; the type here is the same for both). The table never
+//! contains credentials, only the *names* of the Secrets that hold them.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::slots::{MAX_SLOT, SLOT_COUNT, SlotRange};
 
-/// Current `schemaVersion`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The `schemaVersion` this build writes (2: compact slot runs, gzip'ed in the ConfigMap);
+/// it reads [`super::encoding::READABLE_SCHEMAS`].
+pub const SCHEMA_VERSION: u32 = super::encoding::SCHEMA_V2;
 
 /// ConfigMap data key holding the table.
 pub const TABLE_KEY: &str = "routing.json";
@@ -25,7 +27,8 @@ pub const VERSION_ANNOTATION: &str = "redisfleet.io/routing-version";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoutingTable {
-    /// Format of this document; see [`SCHEMA_VERSION`].
+    /// Format of this document; see [`SCHEMA_VERSION`]: the schema it was read in, and the
+    /// one [`RoutingTable::to_json`] writes.
     pub schema_version: u32,
     /// Increases by one on every change of the content; also the fencing token of the
     /// operator's decisions (a Job or sidecar acting on an older version is behind).
@@ -219,7 +222,7 @@ impl Failover {
 /// Why a table cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TableError {
-    #[error("routing table schemaVersion {0} is not supported (this build reads {SCHEMA_VERSION})")]
+    #[error("routing table schemaVersion {0} is not supported (this build reads 1 and 2)")]
     UnsupportedSchema(u32),
     #[error("routing table is not valid JSON: {0}")]
     Json(String),
@@ -250,34 +253,23 @@ pub enum TableError {
 }
 
 impl RoutingTable {
-    /// Parses and validates `routing.json`.
+    /// Parses and validates `routing.json` in any schema this build reads.
     pub fn from_json(text: &str) -> Result<Self, TableError> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Header {
-            schema_version: u32,
-        }
-        let header: Header =
-            serde_json::from_str(text).map_err(|e| TableError::Json(e.to_string()))?;
-        if header.schema_version != SCHEMA_VERSION {
-            return Err(TableError::UnsupportedSchema(header.schema_version));
-        }
-        let table: RoutingTable =
-            serde_json::from_str(text).map_err(|e| TableError::Json(e.to_string()))?;
+        let table = super::encoding::from_json(text)?;
         table.validate()?;
         Ok(table)
     }
 
-    /// Compact JSON, deterministic for equal tables.
+    /// Compact JSON in the table's `schema_version`, deterministic for equal tables.
     pub fn to_json(&self) -> String {
-        // Serialising plain data (maps with string keys) cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        super::encoding::to_json(self, self.schema_version)
     }
 
-    /// A hash of the content, ignoring `version`: equal content, equal hash.
+    /// A hash of the content, ignoring `version` and the schema: equal content, equal hash.
     pub fn content_hash(&self) -> String {
         let mut unversioned = self.clone();
         unversioned.version = 0;
+        unversioned.schema_version = SCHEMA_VERSION;
         format!("{:016x}", fnv1a64(unversioned.to_json().as_bytes()))
     }
 
@@ -510,7 +502,8 @@ pub(crate) mod tests {
     fn round_trips_through_json_and_hashes_content_only() {
         let table = two_instance_table();
         let json = table.to_json();
-        assert!(json.contains(r#"[0,8191,"primary"]"#), "{json}");
+        assert!(json.contains(r#""schemaVersion":2"#), "{json}");
+        assert!(json.contains(r#""runs":[8192,0,8192,1]"#), "{json}");
         assert!(!json.contains("secret\":\"") || !json.contains("password\":\"p"));
         let back = RoutingTable::from_json(&json).unwrap();
         assert_eq!(back, table);
@@ -521,16 +514,53 @@ pub(crate) mod tests {
         let mut changed = table.clone();
         changed.categories[0].ttl.max_ms = Some(1);
         assert_ne!(changed.content_hash(), table.content_hash());
+        let mut v1 = table.clone();
+        v1.schema_version = 1;
+        assert_eq!(
+            v1.content_hash(),
+            table.content_hash(),
+            "the schema is not content"
+        );
+    }
+
+    #[test]
+    fn both_schemas_are_read_into_the_same_table() {
+        let mut table = two_instance_table();
+        table.failover.push(Failover {
+            category: "auth".into(),
+            start: 0,
+            end: 99,
+            from: "primary".into(),
+            to: "secondary".into(),
+        });
+        let v1 = crate::routing::encoding::to_json(&table, 1);
+        assert!(v1.contains(r#""schemaVersion":1"#), "{v1}");
+        assert!(v1.contains(r#"[0,8191,"primary"]"#), "{v1}");
+        let v2 = crate::routing::encoding::to_json(&table, 2);
+        let from_v1 = RoutingTable::from_json(&v1).unwrap();
+        let from_v2 = RoutingTable::from_json(&v2).unwrap();
+        assert_eq!(from_v1.schema_version, 1);
+        assert_eq!(from_v2.schema_version, 2);
+        assert_eq!(
+            RoutingTable {
+                schema_version: 2,
+                ..from_v1.clone()
+            },
+            from_v2
+        );
+        assert_eq!(from_v2, table);
+        // Written back in the schema it was read in.
+        assert_eq!(from_v1.to_json(), v1);
     }
 
     #[test]
     fn refuses_unknown_schema_versions() {
         let json = two_instance_table()
             .to_json()
-            .replace("\"schemaVersion\":1", "\"schemaVersion\":2");
+            .replace("\"schemaVersion\":2", "\"schemaVersion\":3");
         assert_eq!(
             RoutingTable::from_json(&json),
-            Err(TableError::UnsupportedSchema(2))
+            Err(TableError::UnsupportedSchema(3))
         );
         assert!(matches!(
             RoutingTable::from_json("{"),

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::redis::endpoint::{SecretSource, read_secrets, referenced_secrets};
 use crate::routing::config_map::table_text;
+use crate::routing::encoding::decode;
 use crate::routing::table::{RoutingTable, TABLE_KEY, fnv1a64};
 
 use super::backend::BackendOptions;
@@ -174,7 +175,8 @@ impl Reloader {
                 ev = events.next() => match ev {
                     Some(Ok(cm)) => {
                         match table_text(&cm) {
-                            Some(text) => latest = Some(text.to_owned()),
+                            Some(Ok(text)) => latest = Some(text.into_owned()),
+                            Some(Err(e)) => self.failed(&format!("ConfigMap {namespace}/{name}: {e}")),
                             None => self.failed(&format!("ConfigMap {namespace}/{name} has no {TABLE_KEY}")),
                         }
                     }
@@ -203,6 +205,9 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
+/// The table's text in a mounted file: plain JSON (schema 1) or gzip (schema 2, from
+/// `binaryData`).
 fn read_file(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    decode(&bytes).map_err(|e| format!("reading {}: {e}", path.display()))
 }

@@ -24,9 +24,10 @@ use crate::operator::context::Context;
 use crate::redis::connect::redact;
 use crate::redis::keys::delete_ranges;
 use crate::redis::protocol::heartbeat::NOTICE_WAIT;
+use crate::routing::config_map::contents;
 use crate::routing::keyspace::Resolver;
 use crate::routing::slots::SlotRange;
-use crate::routing::table::{RoutingTable, TABLE_KEY, VERSION_ANNOTATION};
+use crate::routing::table::{RoutingTable, VERSION_ANNOTATION};
 
 use super::Error;
 use super::build;
@@ -108,7 +109,11 @@ pub async fn publish_routing(
     let resource_version = current.resource_version.as_deref();
     let cm_name = config_map_name(policy);
     let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-    let changed = previous.is_none_or(|p| p.content_hash() != table.content_hash());
+    // A new schema (`--routing-schema` changed, or the previous operator wrote another) is
+    // published as a new version too, so that the ConfigMap moves to it at once.
+    let changed = previous.is_none_or(|p| {
+        p.content_hash() != table.content_hash() || p.schema_version != table.schema_version
+    });
     if changed {
         table.version = previous_version + 1;
         // A failover of an instance that answers right now waits (it is back, or was never
@@ -164,8 +169,9 @@ pub async fn publish_routing(
     })
 }
 
-/// Applies the routing ConfigMap (server-side apply, owned by the policy), on the condition
-/// that it is still at `resource_version` when one is given.
+/// Applies the routing ConfigMap (server-side apply, owned by the policy), the table in its
+/// `schema_version` ([`contents`]), on the condition that it is still at `resource_version`
+/// when one is given.
 async fn apply_config_map(
     api: &Api<ConfigMap>,
     policy: &CachePolicy,
@@ -173,6 +179,7 @@ async fn apply_config_map(
     resource_version: Option<&str>,
     table: &RoutingTable,
 ) -> Result<(), Error> {
+    let (data, binary_data) = contents(table, table.schema_version);
     let cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -192,7 +199,8 @@ async fn apply_config_map(
             resource_version: resource_version.map(str::to_owned),
             ..ObjectMeta::default()
         },
-        data: Some([(TABLE_KEY.to_owned(), table.to_json())].into()),
+        data,
+        binary_data,
         ..ConfigMap::default()
     };
     let mut body = serde_json::to_value(&cm).map_err(|e| Error::ConfigMap {

@@ -83,6 +83,25 @@ pub fn selected_instances(
     v
 }
 
+/// What of an instance its policies act on, as a number: its labels (selectors, tiers), its
+/// spec (generation), deletion, phase, capacity and whole percent of memory used — the
+/// fields [`view_of`] reads, memory to the point of capacity that status is written at. A
+/// change of anything else (a status refresh, live figures) need not wake a policy.
+pub fn trigger_fingerprint(ri: &RedisInstance) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ri.metadata.labels.hash(&mut h);
+    ri.metadata.generation.hash(&mut h);
+    ri.metadata.deletion_timestamp.is_some().hash(&mut h);
+    let status = ri.status.as_ref();
+    status.and_then(|s| s.phase).hash(&mut h);
+    let memory = status.and_then(|s| s.memory.as_ref());
+    memory
+        .map(|m| (m.capacity_bytes, m.used_percent))
+        .hash(&mut h);
+    h.finish()
+}
+
 /// Policies of the instance's namespace that select it (the trigger mapping).
 pub fn policies_selecting(
     ctx_policies: &Store<CachePolicy>,

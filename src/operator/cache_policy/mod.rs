@@ -12,7 +12,8 @@
 //!    publish the ConfigMap, Events;
 //! 4. [`rebalance`]: sample the instances, then follow the rebalance Job or plan and start one
 //!    ([`job`] builds its manifest);
-//! 5. [`status`]: the status (pure), metrics, the status write.
+//! 5. [`status`]: the status (pure), metrics, and the status write when it changed materially
+//!    or the last one is older than the refresh interval ([`status::write_decision`]).
 
 pub mod apply;
 pub mod build;
@@ -23,6 +24,7 @@ pub mod job;
 pub mod rebalance;
 pub mod status;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,7 @@ use crate::api::cache_policy::{CachePolicy, config_map_name};
 use super::context::Context;
 use super::metrics::{PolicyLabels, error_variants};
 use super::sampling::{PolicySample, SampleCache, sample_instances};
+use super::status_writes::refresh_interval;
 use apply::Published;
 use build::{InstanceView, plan_routing};
 use job::JobSettings;
@@ -106,6 +109,12 @@ pub struct PolicyContext {
     samples: SampleCache,
     /// Memory of the instances over the last hour, for growth advice.
     usage: Mutex<UsageHistory>,
+    /// When this process last wrote each policy's status.
+    written: Mutex<HashMap<String, Instant>>,
+    /// How often an unchanged status is rewritten.
+    status_refresh: Duration,
+    /// Schema of the routing tables published.
+    pub routing_schema: u32,
     started: Instant,
 }
 
@@ -117,14 +126,33 @@ impl std::fmt::Debug for PolicyContext {
 
 impl PolicyContext {
     /// The controller's context in a scope.
-    pub fn new(shared: Arc<Context>, jobs: JobSettings) -> Self {
+    pub fn new(
+        shared: Arc<Context>,
+        jobs: JobSettings,
+        status_refresh: Duration,
+        routing_schema: u32,
+    ) -> Self {
         Self {
             shared,
             jobs,
             samples: SampleCache::default(),
             usage: Mutex::new(UsageHistory::default()),
+            written: Mutex::new(HashMap::new()),
+            status_refresh,
+            routing_schema,
             started: Instant::now(),
         }
+    }
+
+    /// How long ago this process wrote the status of policy `key`, if it did.
+    fn written_ago(&self, key: &str) -> Option<Duration> {
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.get(key).map(Instant::elapsed)
+    }
+
+    fn wrote(&self, key: &str) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.insert(key.to_owned(), Instant::now());
     }
 
     /// Records the memory of `views` for growth estimates.
@@ -202,7 +230,7 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
             }
         }
         Some(planned_table) => {
-            let (table, transition) = rebalance::table_to_publish(
+            let (mut table, transition) = rebalance::table_to_publish(
                 &planned_table,
                 previous.as_ref(),
                 &views,
@@ -210,6 +238,7 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
                 rebalance_on,
             );
             desired = Some(planned_table);
+            table.schema_version = ctx.routing_schema;
             let published =
                 apply::publish_routing(shared, &policy, &namespace, &selected, &current, table)
                     .await?;
@@ -280,7 +309,22 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
         policy: name.clone(),
     };
     status::record_metrics(&shared.metrics, &labels, published.as_ref(), &next);
-    status::write(shared, &policy, &namespace, &next).await?;
+    let capacities = views
+        .iter()
+        .filter_map(|v| Some((v.name.clone(), v.capacity_bytes?)))
+        .collect();
+    let decision = status::write_decision(
+        policy.status.as_ref(),
+        &next,
+        &capacities,
+        ctx.written_ago(&key),
+        refresh_interval(ctx.status_refresh, &key),
+    );
+    shared.metrics.status_write(CONTROLLER, decision.as_str());
+    if decision.writes() {
+        status::write(shared, &policy, &namespace, &next).await?;
+        ctx.wrote(&key);
+    }
     if held_back {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }

@@ -1,9 +1,11 @@
 //! The status step of a CachePolicy reconcile. What was published, where each category lives,
 //! failovers, conditions and capacity-planning advice are pure functions of what the
 //! reconciler saw ([`policy_status`]), the growth advice from a memory history kept between
-//! reconciles ([`UsageHistory`]); then the metrics and the status write ([`write()`]).
+//! reconciles ([`UsageHistory`]); then the metrics and the status write ([`write()`]), when
+//! [`write_decision`] says so.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -13,7 +15,7 @@ use tracing::debug;
 
 use crate::api::FIELD_MANAGER;
 use crate::api::cache_policy::{
-    CachePolicy, CachePolicyStatus, FailoverStatus, JOB_OWNED_REBALANCE_FIELDS,
+    CachePolicy, CachePolicyStatus, CategoryUsage, FailoverStatus, JOB_OWNED_REBALANCE_FIELDS,
     PolicyInstanceStatus, RoutingStatus,
 };
 use crate::api::conditions::{Time, condition, set_condition};
@@ -23,6 +25,7 @@ use crate::routing::table::RoutingTable;
 
 use crate::operator::context::Context;
 use crate::operator::metrics::{Metrics, PolicyLabels};
+use crate::operator::status_writes::{Write, moved_a_point};
 
 use super::Error;
 use super::build::{InstanceView, Problem};
@@ -495,6 +498,103 @@ pub fn record_metrics(
     }
 }
 
+/// Decides whether `next` is written over `prev` (the policy's status as read), given how
+/// long ago this process last wrote it (`age`, `None`: unknown).
+///
+/// Material, written at once: the observed generation, conditions, the routing table
+/// published, failovers, the rebalance, each instance's phase, slots, categories and whole
+/// percent of memory used, the lowest sidecar version and whether any sidecar is live, and
+/// the kind of advice given. Not material: the number of live sidecars, memory per category
+/// by less than a point of its instance's capacity (`capacities`: name → bytes), and the
+/// figures quoted in advice — they go to the metrics and into status with the refresh.
+pub fn write_decision(
+    prev: Option<&CachePolicyStatus>,
+    next: &CachePolicyStatus,
+    capacities: &BTreeMap<String, u64>,
+    age: Option<Duration>,
+    refresh: Duration,
+) -> Write {
+    let Some(prev) = prev else {
+        return Write::Changed;
+    };
+    Write::decide(
+        changed_materially(prev, next, capacities),
+        prev != next,
+        age,
+        refresh,
+    )
+}
+
+fn changed_materially(
+    prev: &CachePolicyStatus,
+    next: &CachePolicyStatus,
+    capacities: &BTreeMap<String, u64>,
+) -> bool {
+    fn conditions(s: &CachePolicyStatus) -> Vec<(&str, &str, &str, &str)> {
+        let mut v: Vec<(&str, &str, &str, &str)> = s
+            .conditions
+            .iter()
+            .map(|c| {
+                (
+                    c.type_.as_str(),
+                    c.status.as_str(),
+                    c.reason.as_str(),
+                    c.message.as_str(),
+                )
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+    let sidecars =
+        |s: &CachePolicyStatus| s.sidecars.as_ref().map(|c| (c.count > 0, c.min_version));
+    // Advice quotes figures ("at 86%", "full in ~7h"): what it is about is material, the
+    // figures are not.
+    let advice = |s: &CachePolicyStatus| -> Vec<String> {
+        s.recommendations
+            .iter()
+            .map(|r| {
+                r.chars()
+                    .filter(|c| !c.is_ascii_digit() && *c != '.')
+                    .collect()
+            })
+            .collect()
+    };
+    prev.observed_generation != next.observed_generation
+        || conditions(prev) != conditions(next)
+        || prev.routing != next.routing
+        || prev.failovers != next.failovers
+        || prev.rebalance != next.rebalance
+        || prev.instances != next.instances
+        || sidecars(prev) != sidecars(next)
+        || usage_moved(&prev.usage, &next.usage, capacities)
+        || advice(prev) != advice(next)
+}
+
+/// Whether memory per category moved by a point of its instance's capacity anywhere, or a
+/// category appeared on or left an instance.
+fn usage_moved(
+    prev: &[CategoryUsage],
+    next: &[CategoryUsage],
+    capacities: &BTreeMap<String, u64>,
+) -> bool {
+    let by_key = |u: &[CategoryUsage]| -> BTreeMap<(String, String), i64> {
+        u.iter()
+            .map(|u| ((u.category.clone(), u.instance.clone()), u.bytes))
+            .collect()
+    };
+    let (prev, next) = (by_key(prev), by_key(next));
+    prev.len() != next.len()
+        || next.iter().any(|(key, bytes)| match prev.get(key) {
+            None => true,
+            Some(before) => moved_a_point(
+                (*before).max(0) as u64,
+                (*bytes).max(0) as u64,
+                capacities.get(&key.1).copied(),
+            ),
+        })
+}
+
 /// Writes `next` as the policy's status (server-side apply) when it differs from the status
 /// the policy has. The Job's progress fields are the Job's: they are never written back.
 pub async fn write(
@@ -540,6 +640,112 @@ mod tests {
             .in_tier(tier)
             .with_used_mib(used_mib)
             .with_capacity_mib(cap_mib)
+    }
+
+    const REFRESH: Duration = Duration::from_secs(300);
+    const RECENT: Option<Duration> = Some(Duration::from_secs(10));
+
+    fn written() -> CachePolicyStatus {
+        CachePolicyStatus {
+            observed_generation: Some(1),
+            instances: vec![PolicyInstanceStatus {
+                name: "primary".into(),
+                phase: Some(InstancePhase::Ready),
+                used_percent: Some(40),
+                categories: vec!["auth".into()],
+                slots: 16384,
+            }],
+            sidecars: Some(crate::api::cache_policy::SidecarsStatus {
+                count: 12,
+                min_version: Some(7),
+            }),
+            usage: vec![CategoryUsage {
+                instance: "primary".into(),
+                category: "auth".into(),
+                bytes: 10 << 20,
+            }],
+            recommendations: vec!["primary grows ~1.2Mi/h: is full in ~20h".into()],
+            ..CachePolicyStatus::default()
+        }
+    }
+
+    fn decide(next: &CachePolicyStatus) -> Write {
+        let capacities = BTreeMap::from([("primary".to_owned(), 30u64 << 20)]);
+        write_decision(Some(&written()), next, &capacities, RECENT, REFRESH)
+    }
+
+    #[test]
+    fn live_figures_of_a_policy_wait_for_the_refresh() {
+        let mut next = written();
+        next.sidecars.as_mut().unwrap().count = 13;
+        next.usage[0].bytes += 200 << 10; // less than a point of 30 MiB
+        next.recommendations = vec!["primary grows ~1.3Mi/h: is full in ~18h".into()];
+        assert_eq!(decide(&next), Write::Skip);
+        let capacities = BTreeMap::from([("primary".to_owned(), 30u64 << 20)]);
+        assert_eq!(
+            write_decision(Some(&written()), &next, &capacities, Some(REFRESH), REFRESH),
+            Write::Refresh
+        );
+        assert_eq!(
+            write_decision(Some(&written()), &written(), &capacities, None, REFRESH),
+            Write::Skip,
+            "an identical status is never rewritten"
+        );
+    }
+
+    #[test]
+    fn what_a_policy_status_is_read_for_is_written_at_once() {
+        let mut next = written();
+        next.usage[0].bytes += 400 << 10; // more than a point
+        assert_eq!(decide(&next), Write::Changed, "usage by a point");
+
+        let mut next = written();
+        next.instances[0].used_percent = Some(41);
+        assert_eq!(decide(&next), Write::Changed, "an instance's percent");
+
+        let mut next = written();
+        next.instances[0].phase = Some(InstancePhase::Unreachable);
+        assert_eq!(decide(&next), Write::Changed, "an instance's phase");
+
+        let mut next = written();
+        next.sidecars.as_mut().unwrap().min_version = Some(8);
+        assert_eq!(decide(&next), Write::Changed, "the sidecars' version");
+
+        let mut next = written();
+        next.sidecars.as_mut().unwrap().count = 0;
+        assert_eq!(decide(&next), Write::Changed, "no sidecar left");
+
+        let mut next = written();
+        next.recommendations
+            .push("tier hot is at 86% of 30.0Mi: add an instance".into());
+        assert_eq!(decide(&next), Write::Changed, "new advice");
+
+        let mut next = written();
+        next.routing = Some(RoutingStatus {
+            config_map: "shop-routing".into(),
+            version: 8,
+            hash: "0".into(),
+            published_at: None,
+        });
+        assert_eq!(decide(&next), Write::Changed, "a new table");
+
+        let mut next = written();
+        set_condition(
+            &mut next.conditions,
+            condition(
+                DEGRADED,
+                true,
+                "InstanceUnreachable",
+                "unreachable: primary",
+                Some(1),
+                Timestamp::UNIX_EPOCH,
+            ),
+        );
+        assert_eq!(decide(&next), Write::Changed, "a condition");
+        assert_eq!(
+            write_decision(None, &written(), &BTreeMap::new(), RECENT, REFRESH),
+            Write::Changed
+        );
     }
 
     #[test]

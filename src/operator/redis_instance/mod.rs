@@ -1,6 +1,7 @@
 //! The RedisInstance reconciler: apply a managed instance's objects, probe the instance every
-//! `spec.health.interval`, write its status (only when it changed in substance), record
-//! Events on phase changes and threshold crossings, and export metrics.
+//! `spec.health.interval`, write its status (at once when it changed materially, else once per
+//! refresh interval: [`status::write_decision`]), record Events on phase changes and threshold
+//! crossings, and export every probe's figures as metrics.
 //!
 //! The pipeline is fetch → build → apply → probe → status; `build` and `status` are pure.
 
@@ -32,6 +33,7 @@ use crate::redis::probe::Prober;
 
 use super::context::Context;
 use super::metrics::{InstanceLabels, ProbeErrorLabels, error_variants};
+use super::status_writes::refresh_interval;
 use status::{Failure, Observation, ProbeSummary, Transition, WindowStats};
 
 /// Controller name in metrics and logs.
@@ -39,9 +41,6 @@ pub const CONTROLLER: &str = "RedisInstance";
 
 /// Default capacity threshold when no CachePolicy selects the instance.
 pub const DEFAULT_CAPACITY_THRESHOLD: i32 = 80;
-
-/// A status is rewritten at least this often, so `lastProbeTime` shows the operator is alive.
-const STATUS_REFRESH: Duration = Duration::from_secs(300);
 
 /// Reconcile errors; metric labels use the variant name.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +75,8 @@ error_variants!(Error {
 pub struct InstanceContext {
     /// The scope's shared handles.
     pub shared: Arc<Context>,
+    /// How often an unchanged status is rewritten (before the per-instance spread).
+    pub status_refresh: Duration,
     probes: Mutex<HashMap<ObjectRef<RedisInstance>, Arc<tokio::sync::Mutex<InstanceState>>>>,
 }
 
@@ -96,17 +97,19 @@ pub struct InstanceState {
     pub last_basis: Option<(Option<i64>, u64)>,
     /// Counters of the last good probe, for window rates.
     pub last_counters: Option<(Instant, Counters)>,
-    /// The status last written (more recent than the cache right after a write).
+    /// The status computed at the last probe: the phase rules' memory (failure and success
+    /// counts), newer than what was written.
     pub last_status: Option<RedisInstanceStatus>,
-    /// When status was last written.
-    pub last_write: Option<Instant>,
+    /// The status this process last wrote, and when.
+    pub written: Option<(Instant, RedisInstanceStatus)>,
 }
 
 impl InstanceContext {
     /// The controller's context in a scope.
-    pub fn new(shared: Arc<Context>) -> Self {
+    pub fn new(shared: Arc<Context>, status_refresh: Duration) -> Self {
         Self {
             shared,
+            status_refresh,
             probes: Mutex::new(HashMap::new()),
         }
     }
@@ -203,10 +206,23 @@ pub async fn reconcile(
     let next = status::next_status(prev.as_ref(), &observation);
     record_status_metrics(ctx, &labels, &next.status);
 
-    let stale = state
-        .last_write
-        .is_none_or(|t| t.elapsed() >= STATUS_REFRESH);
-    if status::differs_in_substance(prev.as_ref(), &next.status) || stale {
+    // Compared with what was written last: by this process, else (after a restart) what the
+    // object holds, as old as its lastProbeTime.
+    let (written, age) = match &state.written {
+        Some((at, written)) => (Some(written), Some(at.elapsed())),
+        None => (
+            ri.status.as_ref(),
+            ri.status
+                .as_ref()
+                .and_then(|s| s.last_probe_time.as_ref())
+                .and_then(|t| u64::try_from(observation.now.duration_since(t.0).as_secs()).ok())
+                .map(Duration::from_secs),
+        ),
+    };
+    let refresh = refresh_interval(ictx.status_refresh, &name);
+    let decision = status::write_decision(written, &next.status, age, refresh);
+    ctx.metrics.status_write(CONTROLLER, decision.as_str());
+    if decision.writes() {
         let api: Api<RedisInstance> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({
             "apiVersion": "redisfleet.io/v1alpha1",
@@ -220,8 +236,8 @@ pub async fn reconcile(
         )
         .await
         .map_err(Error::WriteStatus)?;
-        state.last_write = Some(Instant::now());
-        debug!(phase = ?next.status.phase, "status written");
+        state.written = Some((Instant::now(), next.status.clone()));
+        debug!(phase = ?next.status.phase, ?decision, "status written");
     }
     state.last_status = Some(next.status);
     drop(state);

@@ -20,6 +20,7 @@ use crate::api::quantity::format_bytes_human;
 use crate::api::redis_instance::{
     InstancePhase, MemoryStatus, RedisInstanceSpec, RedisInstanceStatus, StatsStatus,
 };
+use crate::operator::status_writes::{Write, moved_a_point};
 
 /// Condition types of a RedisInstance.
 pub mod condition_type {
@@ -438,77 +439,80 @@ fn judge_reachable(
     )
 }
 
-/// Whether `next` differs from `prev` in a way worth a status write. Timestamps, PING jitter
-/// and small movements of counters are not: they would cost one API write per probe per
-/// instance for nothing. Memory moves are worth it (to 0.1 MiB or 1 %), as are phases,
-/// conditions, versions, clients and evictions.
-pub fn differs_in_substance(
-    prev: Option<&RedisInstanceStatus>,
+/// Decides whether `next` is written, given the status last `written` and how long ago
+/// (`None`: unknown, treated as due).
+///
+/// Material, written at once: the phase, a condition's status or reason (the `Reachable`
+/// error text too), the observed generation, endpoint and Redis version, the capacity, and
+/// used memory once it moved by at least one point of capacity from what was written (so a
+/// slow drift is written too, once it adds up). Not material: timestamps, PING latency,
+/// traffic, keys, clients, probe counters — live figures, which go to the metrics at every
+/// probe and into status with the refresh. The failover path is unaffected: phase and
+/// condition changes are never held back.
+pub fn write_decision(
+    written: Option<&RedisInstanceStatus>,
     next: &RedisInstanceStatus,
-) -> bool {
-    let Some(prev) = prev else {
-        return true;
+    age: Option<Duration>,
+    refresh: Duration,
+) -> Write {
+    let Some(written) = written else {
+        return Write::Changed;
     };
-    let conds = |s: &RedisInstanceStatus| {
-        let mut v: Vec<(String, String, String)> = s
+    Write::decide(
+        changed_materially(written, next),
+        written != next,
+        age,
+        refresh,
+    )
+}
+
+fn changed_materially(written: &RedisInstanceStatus, next: &RedisInstanceStatus) -> bool {
+    fn conditions(s: &RedisInstanceStatus) -> Vec<(&str, &str, &str, &str)> {
+        let mut v: Vec<(&str, &str, &str, &str)> = s
             .conditions
             .iter()
             .map(|c| {
-                // Messages mostly quote measurements (latency, bytes) that are compared on
-                // their own terms above; an error text is worth a write, though.
+                // Messages mostly quote measurements (latency, bytes), compared on their own
+                // terms below; an error text is worth a write, though.
                 let message = if c.type_ == REACHABLE && c.status == "False" {
-                    c.message.clone()
+                    c.message.as_str()
                 } else {
-                    String::new()
+                    ""
                 };
                 (
-                    c.type_.clone(),
-                    c.status.clone(),
-                    format!("{}|{message}", c.reason),
+                    c.type_.as_str(),
+                    c.status.as_str(),
+                    c.reason.as_str(),
+                    message,
                 )
             })
             .collect();
-        v.sort();
+        v.sort_unstable();
         v
-    };
-    let memory = |s: &RedisInstanceStatus| {
-        s.memory
-            .as_ref()
-            .map(|m| (m.used.clone(), m.capacity_bytes, m.used_percent))
-    };
-    let stats = |s: &RedisInstanceStatus| {
-        s.stats.as_ref().map(|st| {
-            (
-                st.hit_percent,
-                significant(st.ops_per_second),
-                st.connected_clients,
-                st.evicted_keys,
-            )
-        })
-    };
-    prev.phase != next.phase
-        || prev.observed_generation != next.observed_generation
-        || prev.endpoint != next.endpoint
-        || prev.redis_version != next.redis_version
-        || prev.consecutive_failures != next.consecutive_failures
-        || (prev.phase == Some(InstancePhase::Unreachable)
-            && prev.consecutive_successes != next.consecutive_successes)
-        || memory(prev) != memory(next)
-        || prev.keys.map(significant) != next.keys.map(significant)
-        || stats(prev) != stats(next)
-        || conds(prev) != conds(next)
+    }
+    written.phase != next.phase
+        || written.observed_generation != next.observed_generation
+        || written.endpoint != next.endpoint
+        || written.redis_version != next.redis_version
+        || memory_moved(written.memory.as_ref(), next.memory.as_ref())
+        || conditions(written) != conditions(next)
 }
 
-/// `n` rounded to two significant digits (12345 → 12000), so that noisy counters only
-/// trigger a write when they move by a few percent.
-fn significant(n: i64) -> i64 {
-    let mut scale = 1i64;
-    let mut v = n.abs();
-    while v >= 100 {
-        v /= 10;
-        scale *= 10;
+/// Whether memory moved by at least one point of capacity from what was written, or the
+/// capacity changed.
+fn memory_moved(written: Option<&MemoryStatus>, next: Option<&MemoryStatus>) -> bool {
+    match (written, next) {
+        (None, None) => false,
+        (Some(w), Some(n)) => {
+            w.capacity_bytes != n.capacity_bytes
+                || moved_a_point(
+                    w.used_bytes.max(0) as u64,
+                    n.used_bytes.max(0) as u64,
+                    u64::try_from(n.capacity_bytes).ok(),
+                )
+        }
+        _ => true,
     }
-    n.signum() * v * scale
 }
 
 #[cfg(test)]
@@ -751,25 +755,101 @@ mod tests {
         );
     }
 
+    const REFRESH: Duration = Duration::from_secs(300);
+    const RECENT: Option<Duration> = Some(Duration::from_secs(10));
+
+    fn decide(written: &RedisInstanceStatus, next: &RedisInstanceStatus) -> Write {
+        write_decision(Some(written), next, RECENT, REFRESH)
+    }
+
     #[test]
-    fn only_substantial_changes_are_written() {
+    fn live_figures_alone_are_not_written() {
         let s = spec();
         let a = observe(&s, None, Ok(probe(12 << 20)), 1).status;
-        let mut jitter = probe(12 << 20);
-        jitter.latency = Duration::from_micros(650);
-        jitter.keys = 10;
-        let b = observe(&s, Some(&a), Ok(jitter), 2).status;
-        assert!(
-            !differs_in_substance(Some(&a), &b),
-            "timestamps and PING jitter are not substance"
+        let mut live = probe(12 << 20);
+        live.latency = Duration::from_micros(650);
+        live.keys = 10_000;
+        live.connected_clients = 40;
+        live.window = Some(WindowStats {
+            hits: 5000,
+            misses: 1,
+            ops_per_second: 9000.0,
+            evictions: 0,
+        });
+        let b = observe(&s, Some(&a), Ok(live), 2).status;
+        assert_ne!(a, b, "the probe did change the figures");
+        assert_eq!(
+            decide(&a, &b),
+            Write::Skip,
+            "timestamps, latency, keys, clients and traffic are metrics"
         );
-        let c = observe(&s, Some(&b), Ok(probe(13 << 20)), 3).status;
-        assert!(differs_in_substance(Some(&b), &c), "a MiB more memory is");
-        let d = observe(&s, Some(&c), fail(), 4).status;
-        assert!(differs_in_substance(Some(&c), &d), "a failed probe is");
-        assert!(differs_in_substance(None, &d));
-        assert_eq!(significant(12345), 12000);
-        assert_eq!(significant(99), 99);
+    }
+
+    #[test]
+    fn memory_is_written_once_it_moved_a_point_of_capacity_from_the_last_write() {
+        let s = spec(); // 30 MiB: one point is 314 573 bytes
+        let written = observe(&s, None, Ok(probe(12 << 20)), 1).status;
+        let mut prev = written.clone();
+        // Creeping up 100 KiB a probe: each step is small, the sum is not.
+        let mut decisions = Vec::new();
+        for step in 1..=4u64 {
+            let next = observe(
+                &s,
+                Some(&prev),
+                Ok(probe((12 << 20) + step * 100 * 1024)),
+                1 + step as i64,
+            )
+            .status;
+            decisions.push(decide(&written, &next));
+            prev = next;
+        }
+        assert_eq!(
+            decisions,
+            [Write::Skip, Write::Skip, Write::Skip, Write::Changed],
+            "400 KiB of drift is more than one point of 30 MiB; 300 KiB is not"
+        );
+        let down = observe(&s, Some(&written), Ok(probe((12 << 20) - 320 * 1024)), 9).status;
+        assert_eq!(decide(&written, &down), Write::Changed, "down counts too");
+    }
+
+    #[test]
+    fn phases_and_conditions_are_written_at_once() {
+        let s = spec();
+        let ready = observe(&s, None, Ok(probe(1 << 20)), 1).status;
+        // The first failed probe keeps the phase but flips Reachable.
+        let failed = observe(&s, Some(&ready), fail(), 2).status;
+        assert_eq!(failed.phase, Some(InstancePhase::Ready));
+        assert_eq!(decide(&ready, &failed), Write::Changed);
+        // Failures 2 and 3: the count is in memory, the phase change is written.
+        let second = observe(&s, Some(&failed), fail(), 3).status;
+        assert_eq!(decide(&failed, &second), Write::Skip);
+        let third = observe(&s, Some(&second), fail(), 4).status;
+        assert_eq!(third.phase, Some(InstancePhase::Unreachable));
+        assert_eq!(decide(&failed, &third), Write::Changed);
+        // Crossing the capacity threshold flips WithinCapacity.
+        let full = observe(&s, Some(&ready), Ok(probe(25 << 20)), 5).status;
+        assert_eq!(decide(&ready, &full), Write::Changed);
+        // A new generation is written even when nothing else changed.
+        let mut next = observe(&s, Some(&ready), Ok(probe(1 << 20)), 6).status;
+        next.observed_generation = Some(2);
+        assert_eq!(decide(&ready, &next), Write::Changed);
+    }
+
+    #[test]
+    fn an_unchanged_status_is_refreshed_after_the_interval() {
+        let s = spec();
+        let a = observe(&s, None, Ok(probe(1 << 20)), 1).status;
+        let b = observe(&s, Some(&a), Ok(probe(1 << 20)), 2).status;
+        assert_eq!(write_decision(None, &b, None, REFRESH), Write::Changed);
+        assert_eq!(
+            write_decision(Some(&a), &b, Some(Duration::from_secs(299)), REFRESH),
+            Write::Skip
+        );
+        assert_eq!(
+            write_decision(Some(&a), &b, Some(REFRESH), REFRESH),
+            Write::Refresh
+        );
+        assert_eq!(write_decision(Some(&a), &b, None, REFRESH), Write::Refresh);
     }
 
     #[test]

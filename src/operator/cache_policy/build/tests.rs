@@ -244,10 +244,9 @@ fn strategies() {
     assert!(kept.categories.iter().all(|c| c.slots.len() == 1));
 }
 
-#[test]
-fn a_table_for_a_large_fleet_stays_under_one_mebibyte() {
-    // 1000 instances in 10 tiers of 100, 200 categories spread over the tiers.
-    let instances: Vec<InstanceView> = (0..1000)
+/// A fleet of `n` instances in 10 tiers, with 200 categories spread over the tiers.
+fn large_fleet(n: usize) -> RoutingTable {
+    let instances: Vec<InstanceView> = (0..n)
         .map(|i| {
             view(
                 &format!("redis-{i:04}"),
@@ -274,8 +273,41 @@ fn a_table_for_a_large_fleet_stays_under_one_mebibyte() {
         .table
         .unwrap();
     table.validate().unwrap();
-    let size = table.to_json().len();
-    eprintln!("routing.json: {size} bytes");
-    assert!(size < 1 << 20, "routing.json is {size} bytes");
-    assert_eq!(table.instances.len(), 1000);
+    assert_eq!(table.instances.len(), n);
+    table
+}
+
+/// What a ConfigMap holds for `table` in `schema`, in bytes.
+fn stored_bytes(table: &RoutingTable, schema: u32) -> usize {
+    let (data, binary) = crate::routing::config_map::contents(table, schema);
+    data.iter().flatten().map(|(_, v)| v.len()).sum::<usize>()
+        + binary
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.0.len())
+            .sum::<usize>()
+}
+
+#[test]
+fn a_table_for_a_large_fleet_stays_under_one_mebibyte() {
+    // Schema 1 holds 1 000 instances × 200 categories in 70 % of a ConfigMap; schema 2 holds
+    // 5 000 in a small part of it, and reads back the same table.
+    let thousand = large_fleet(1000);
+    let v1 = stored_bytes(&thousand, 1);
+    assert!(v1 < 1 << 20, "schema 1: {v1} bytes");
+    let five_thousand = large_fleet(5000);
+    let v2 = stored_bytes(&five_thousand, 2);
+    eprintln!(
+        "1000 × 200: schema 1 {v1} bytes, schema 2 {}; 5000 × 200: schema 1 {}, schema 2 {v2}",
+        stored_bytes(&thousand, 2),
+        stored_bytes(&five_thousand, 1)
+    );
+    assert!(v2 < 256 << 10, "schema 2: {v2} bytes");
+    let (_, binary) = crate::routing::config_map::contents(&five_thousand, 2);
+    let cm = k8s_openapi::api::core::v1::ConfigMap {
+        binary_data: binary,
+        ..Default::default()
+    };
+    let back = crate::routing::config_map::table_of(&cm).unwrap().unwrap();
+    assert_eq!(back, five_thousand);
 }
