@@ -10,9 +10,11 @@
 //! - [`cache_policy`]: computes, publishes and rebalances each policy's routing table;
 //! - [`context`], [`secrets`], [`connections`], [`sampling`], [`metrics`], [`status_writes`]:
 //!   what both use;
+//! - [`api_client`]: the one API connection every reconcile and watch shares;
 //! - [`leader`]: with `--leader-election` the scopes start only once this replica holds the
 //!   Lease; a standby serves `/metrics`, `/healthz` and a passing `/readyz` meanwhile.
 
+pub mod api_client;
 pub mod cache_policy;
 pub mod connections;
 pub mod context;
@@ -50,6 +52,9 @@ use context::Context;
 use metrics::{InstanceLabels, Metrics};
 use redis_instance::InstanceContext;
 use secrets::SecretReader;
+
+/// RedisInstance reconciles (probes) in flight at once.
+const INSTANCE_CONCURRENCY: u16 = 32;
 
 /// How the operator runs.
 #[derive(Debug, Clone)]
@@ -98,7 +103,8 @@ pub enum Error {
 
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let client = Client::try_default().await.map_err(Error::Client)?;
+    // One HTTP/2 connection for everything the process asks of the API server.
+    let client = api_client::infer().await.map_err(Error::Client)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let leader_gauge = leader::register_gauge(&mut registry);
@@ -287,7 +293,10 @@ async fn run_scope(
         .predicate_filter(predicates::generation, Default::default());
     let by_secret = instance_reader.clone();
     let instance_ctx = Arc::new(InstanceContext::new(shared.clone(), config.status_refresh));
+    // Probes in flight at once: each takes a round trip (or its timeout, when the instance is
+    // down); bounding them keeps memory and API bursts flat when 1 000 instances start.
     let instance_controller = Controller::for_stream(instances, instance_reader.clone())
+        .with_config(controller::Config::default().concurrency(INSTANCE_CONCURRENCY))
         .owns(api::<StatefulSet>(&client, ns), owned_wc)
         .watches_stream(secrets, move |secret| {
             instances_referencing(

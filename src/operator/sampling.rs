@@ -21,6 +21,7 @@ use crate::routing::table::RoutingTable;
 
 use super::connections::Connections;
 use super::secrets::SecretReader;
+use super::status_writes::moved_a_point;
 
 /// Most (category, instance) pairs `status.usage` lists one by one.
 pub const USAGE_PAIRS: usize = 256;
@@ -77,27 +78,55 @@ impl PolicySample {
     }
 }
 
-/// Samples every serving instance of the table (and draining ones).
+/// A kept sample of an instance is reused this long at most (while its memory stays within a
+/// point of capacity of what it was): sampling looks at [`sample::SAMPLE_KEYS`] keys, so at
+/// 1 000 instances one sample per reconcile would cost a million commands every 30 s.
+pub const SAMPLE_REUSE: Duration = Duration::from_secs(600);
+
+/// Instances read per reconcile for sidecar heartbeats: every sidecar heartbeats every
+/// instance of its table, so a few show them all; the read is O(sidecars) per instance.
+pub const HEARTBEAT_READS: usize = 3;
+
+/// Samples the serving instances of the table (and draining ones): memory per category where
+/// the kept sample cannot be reused ([`Kept::reusable`]), heartbeats on the first
+/// [`HEARTBEAT_READS`] instances that answer.
 pub async fn sample_instances(
     secrets: &SecretReader,
     connections: &Connections,
+    cache: &SampleCache,
+    policy: &str,
     namespace: &str,
     selected: &[Arc<RedisInstance>],
     table: &RoutingTable,
 ) -> PolicySample {
     let mut out = PolicySample::default();
-    let Ok(resolver) = Resolver::new(table.clone()) else {
-        return out;
-    };
+    let layout = layout_of(table);
+    let mut resolver: Option<Resolver> = None;
+    let mut heartbeats_read = 0;
+    let mut sampled = Vec::new();
     for ri in selected {
         let name = ri.name_any();
         let in_table = table.instances.contains_key(&name);
         if !in_table && !ri.spec.drain {
             continue;
         }
-        let phase = ri.status.as_ref().and_then(|s| s.phase);
-        if !matches!(phase, Some(p) if p.serves_traffic()) {
+        let status = ri.status.as_ref();
+        if !matches!(status.and_then(|s| s.phase), Some(p) if p.serves_traffic()) {
             continue;
+        }
+        sampled.push(name.clone());
+        let memory = status.and_then(|s| s.memory.as_ref());
+        let used = memory.map_or(0, |m| m.used_bytes.max(0) as u64);
+        let capacity = memory.and_then(|m| u64::try_from(m.capacity_bytes).ok());
+        let kept = cache.reusable(policy, &name, used, capacity, layout);
+        let wants_heartbeats = heartbeats_read < HEARTBEAT_READS;
+        if let Some(bytes) = &kept {
+            for (cat, b) in bytes {
+                out.category_bytes.insert((cat.clone(), name.clone()), *b);
+            }
+            if !wants_heartbeats {
+                continue;
+            }
         }
         let Ok(target) = secrets.target_of(ri, namespace).await else {
             continue;
@@ -109,34 +138,158 @@ pub async fn sample_instances(
         else {
             continue;
         };
-        match sample::sample_categories(&mut conn, &resolver, sample::SAMPLE_KEYS).await {
-            Ok(s) => {
-                for (cat, bytes) in s.category_bytes {
-                    out.category_bytes.insert((cat, name.clone()), bytes);
+        if kept.is_none() {
+            if resolver.is_none() {
+                match Resolver::new(table.clone()) {
+                    Ok(r) => resolver = Some(r),
+                    Err(_) => return out,
                 }
             }
-            Err(e) => {
-                connections.drop_connection(&instance);
-                warn!(instance = %name, error = %redact(&e.to_string(), &target.credentials), "sampling failed");
-                continue;
+            let Some(resolver) = &resolver else {
+                return out;
+            };
+            match sample::sample_categories(&mut conn, resolver, sample::SAMPLE_KEYS).await {
+                Ok(s) => {
+                    for (cat, bytes) in &s.category_bytes {
+                        out.category_bytes
+                            .insert((cat.clone(), name.clone()), *bytes);
+                    }
+                    cache.keep(policy, &name, used, layout, s.category_bytes);
+                }
+                Err(e) => {
+                    connections.drop_connection(&instance);
+                    warn!(instance = %name, error = %redact(&e.to_string(), &target.credentials), "sampling failed");
+                    continue;
+                }
             }
         }
-        match heartbeat::read(&mut conn, &table.policy).await {
-            Ok(beats) => {
-                for (id, v) in beats {
-                    let e = out.sidecars.entry(id).or_insert(v);
-                    *e = (*e).min(v);
+        if wants_heartbeats {
+            match heartbeat::read(&mut conn, &table.policy).await {
+                Ok(beats) => {
+                    heartbeats_read += 1;
+                    for (id, v) in beats {
+                        let e = out.sidecars.entry(id).or_insert(v);
+                        *e = (*e).min(v);
+                    }
                 }
+                Err(_) => connections.drop_connection(&instance),
             }
-            Err(_) => connections.drop_connection(&instance),
         }
     }
+    cache.forget_others(policy, &sampled);
     out
+}
+
+/// What of a table decides which category a key is in: category names and prefixes.
+fn layout_of(table: &RoutingTable) -> u64 {
+    let mut text = String::new();
+    for c in &table.categories {
+        text.push_str(&c.name);
+        for p in &c.prefixes {
+            text.push('\0');
+            text.push_str(p);
+        }
+        text.push('\n');
+    }
+    crate::routing::table::fnv1a64(text.as_bytes())
+}
+
+/// A kept sample of one instance.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    at: Instant,
+    used_bytes: u64,
+    layout: u64,
+    category_bytes: BTreeMap<String, u64>,
+}
+
+impl Kept {
+    /// Whether this sample still stands for an instance using `used` bytes of `capacity`
+    /// under a table of `layout`: taken under the same categories, less than
+    /// [`SAMPLE_REUSE`] ago, and the memory has not moved a point of capacity since (then
+    /// the instance's status was written anew, and a planner needs a sample taken after it).
+    pub fn reusable(&self, used: u64, capacity: Option<u64>, layout: u64) -> bool {
+        self.layout == layout
+            && self.at.elapsed() < SAMPLE_REUSE
+            && !moved_a_point(self.used_bytes, used, capacity)
+    }
+}
+
+/// Kept samples, by policy and instance.
+#[derive(Debug, Default)]
+pub struct SampleCache {
+    kept: Mutex<HashMap<(String, String), Kept>>,
+}
+
+impl SampleCache {
+    /// The kept memory per category of `instance`, if it can be reused ([`Kept::reusable`]).
+    pub fn reusable(
+        &self,
+        policy: &str,
+        instance: &str,
+        used: u64,
+        capacity: Option<u64>,
+        layout: u64,
+    ) -> Option<BTreeMap<String, u64>> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.get(&(policy.to_owned(), instance.to_owned()))
+            .filter(|k| k.reusable(used, capacity, layout))
+            .map(|k| k.category_bytes.clone())
+    }
+
+    fn keep(
+        &self,
+        policy: &str,
+        instance: &str,
+        used_bytes: u64,
+        layout: u64,
+        category_bytes: BTreeMap<String, u64>,
+    ) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.insert(
+            (policy.to_owned(), instance.to_owned()),
+            Kept {
+                at: Instant::now(),
+                used_bytes,
+                layout,
+                category_bytes,
+            },
+        );
+    }
+
+    /// Drops the samples of `policy`'s instances other than `instances`.
+    fn forget_others(&self, policy: &str, instances: &[String]) {
+        let keep: std::collections::HashSet<&str> = instances.iter().map(String::as_str).collect();
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|(p, i), _| p != policy || keep.contains(i.as_str()));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_sample_stands_until_memory_moves_a_point_the_layout_changes_or_it_ages() {
+        let kept = Kept {
+            at: Instant::now(),
+            used_bytes: 10 << 20,
+            layout: 7,
+            category_bytes: BTreeMap::new(),
+        };
+        let cap = Some(30 << 20);
+        assert!(kept.reusable((10 << 20) + 100_000, cap, 7));
+        assert!(
+            !kept.reusable((10 << 20) + 400_000, cap, 7),
+            "a point moved"
+        );
+        assert!(!kept.reusable(10 << 20, cap, 8), "other categories");
+        let old = Kept {
+            at: Instant::now() - SAMPLE_REUSE,
+            ..kept
+        };
+        assert!(!old.reusable(10 << 20, cap, 7), "too old");
+    }
 
     #[test]
     fn usage_is_listed_per_pair_in_small_fleets_and_per_category_in_large_ones() {
@@ -170,35 +323,5 @@ mod tests {
             ("auth", "*", 15)
         );
         assert_eq!(usage[1].bytes, USAGE_PAIRS as i64);
-    }
-}
-
-/// The last sample of each policy, with when it was taken.
-#[derive(Debug, Default)]
-pub struct SampleCache {
-    samples: Mutex<HashMap<String, (Instant, PolicySample)>>,
-}
-
-impl SampleCache {
-    /// The sample of policy `key` (`namespace/name`): the kept one while it is younger than
-    /// `max_age`, else the one `take` takes (only then awaited), kept from now on.
-    pub async fn get_or_take(
-        &self,
-        key: &str,
-        max_age: Duration,
-        take: impl Future<Output = PolicySample>,
-    ) -> PolicySample {
-        {
-            let cache = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, s)) = cache.get(key)
-                && at.elapsed() < max_age
-            {
-                return s.clone();
-            }
-        }
-        let fresh = take.await;
-        let mut cache = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        cache.insert(key.to_owned(), (Instant::now(), fresh.clone()));
-        fresh
     }
 }

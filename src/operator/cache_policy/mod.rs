@@ -105,7 +105,7 @@ pub struct PolicyContext {
     pub shared: Arc<Context>,
     /// How rebalance Jobs are made.
     pub jobs: JobSettings,
-    /// The last sample of each policy's instances.
+    /// The kept samples of each policy's instances.
     samples: SampleCache,
     /// Memory of the instances over the last hour, for growth advice.
     usage: Mutex<UsageHistory>,
@@ -257,25 +257,21 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
         apply::fence_returning_instances(shared, &namespace, &selected, t).await;
     }
 
-    // Rebalance: samples (memory per category, sidecar heartbeats), then rebalance Jobs.
-    // Planning needs a sample taken after the memory change that woke us; while a Job runs,
-    // the sample only feeds status.
-    let planning = rebalance_on && rb.as_ref().is_none_or(|r| !rebalance::is_active(r));
-    let max_age = if planning {
-        Duration::ZERO
-    } else {
-        Duration::from_secs(5)
-    };
+    // Rebalance: samples (memory per category, sidecar heartbeats), then rebalance Jobs. An
+    // instance whose memory moved a point since its sample is sampled again, so planning
+    // works from a sample taken after the change that woke us.
     let sample = match &published {
         Some(t) => {
-            let take = sample_instances(
+            sample_instances(
                 &shared.secrets,
                 &shared.connections,
+                &ctx.samples,
+                &key,
                 &namespace,
                 &selected,
                 t,
-            );
-            ctx.samples.get_or_take(&key, max_age, take).await
+            )
+            .await
         }
         None => PolicySample::default(),
     };
