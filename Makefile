@@ -75,7 +75,7 @@ crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 	cp crds/redis-fleet.crds.yaml charts/redis-fleet/crds/redis-fleet.crds.yaml
 
 .PHONY: bench
-bench: bench-proxy bench-publish bench-rebalance ## all benchmarks (numbers printed side by side; never pass/fail)
+bench: bench-proxy bench-publish bench-rebalance bench-scale ## all benchmarks (numbers printed side by side; never pass/fail)
 
 .PHONY: bench-proxy
 bench-proxy: ## sidecar vs direct Redis vs twemproxy: throughput, added latency, memory (bench/proxy.sh)
@@ -89,6 +89,10 @@ bench-publish: deps control-plane ## instance phase change → routing ConfigMap
 .PHONY: bench-rebalance
 bench-rebalance: deps control-plane ## 1M keys moved by a rebalance Job: keys/s, MB/s, foreground p99 (bench/rebalance_speed.rs)
 	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) bench --locked --bench rebalance_speed
+
+.PHONY: bench-scale
+bench-scale: deps control-plane ## 1 000 instances, 10 000 sidecars: API writes/s, operator CPU/RSS, API connections, heartbeats, watches, table sizes vs targets (bench/scale.rs; REDIS_FLEET_BASELINE_BIN=<binary> adds a before column)
+	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" nice $(CARGO) bench --locked --bench scale
 
 .PHONY: demo
 demo: deps control-plane ## the story: routing, a rebalance past 80 %, a third instance, a failover; ends cleanly

@@ -18,7 +18,10 @@
 //! Numbers are printed side by side with the targets of issue 17; nothing here asserts a
 //! timing. `REDIS_FLEET_BASELINE_BIN=<another redis-fleet binary>` measures that build's
 //! operator first, in the same run, for a before/after. Sizes can be changed with
-//! `SCALE_INSTANCES`, `SCALE_SIDECARS`, `SCALE_WATCHERS`, `SCALE_WINDOW` (seconds). Under `cargo
+//! `SCALE_INSTANCES`, `SCALE_SIDECARS`, `SCALE_WATCHERS`, `SCALE_WINDOW` (seconds) and
+//! `SCALE_KEYS` (keys per redis-server, 20 000: sampling memory per category does real work);
+//! `SCALE_PHASES=operator,swarm,watches,tables` picks phases. Every server takes 200 writes/s
+//! of expiring keys throughout, as an application would. Under `cargo
 //! test` (no `--bench` argument) the same path runs at a small size as a smoke test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -198,10 +201,22 @@ async fn main() {
         .map(|_| RedisServer::start(RedisOptions::with_maxmemory(30 << 20)))
         .collect();
     // Some data, so that sampling (memory per category) does real work.
+    let keys = std::env::var("SCALE_KEYS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(if bench { 20_000 } else { 1_000 });
     for server in &servers {
-        fill(server, size.categories, 20_000).await;
+        fill(server, size.categories, keys).await;
+    }
+    // An application's traffic on every server all along (200 writes/s each, keys that
+    // expire after 30 s): memory, keys and ops/s move a little between probes, as in a
+    // fleet in use.
+    for server in &servers {
+        tokio::spawn(traffic(server.url(), size.categories));
     }
     let mut report = Report::default();
+    let phases = std::env::var("SCALE_PHASES").unwrap_or_else(|_| "all".into());
+    let phase = |name: &str| phases == "all" || phases.split(',').any(|p| p == name);
 
     // 1. The operator: the baseline build first (if given), then this one.
     let baseline = std::env::var_os("REDIS_FLEET_BASELINE_BIN").map(PathBuf::from);
@@ -218,16 +233,22 @@ async fn main() {
     operator_rows(&mut report, before.as_ref(), &after, size);
 
     // 2. The sidecar swarm: heartbeats and the converge check.
-    println!("== sidecar swarm: {} heartbeat writers", size.sidecars);
-    swarm_rows(&mut report, &servers, &format!("{ns}/scale"), size).await;
+    if phase("swarm") {
+        println!("== sidecar swarm: {} heartbeat writers", size.sidecars);
+        swarm_rows(&mut report, &servers, &format!("{ns}/scale"), size).await;
+    }
 
     // 3. Sidecars in --configmap mode: watches of the routing ConfigMap.
-    println!("== {} watches of the routing ConfigMap", size.watchers);
-    watch_rows(&mut report, cp, &client, &ns, size).await;
+    if phase("watches") {
+        println!("== {} watches of the routing ConfigMap", size.watchers);
+        watch_rows(&mut report, cp, &client, &ns, size).await;
+    }
 
     // 4. Routing table sizes.
-    println!("== routing table sizes");
-    tables::rows(&mut report, bench);
+    if phase("tables") {
+        println!("== routing table sizes");
+        tables::rows(&mut report, bench);
+    }
 
     report.print();
 }
@@ -287,16 +308,18 @@ async fn run_operator(
     }
     let all_ready = started.elapsed();
     println!("  all {} Ready after {all_ready:.1?}", size.instances);
-    let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &ns);
+    // The table with every instance published (the policy's status may fail to be written:
+    // before issue 17, its usage list outgrew etcd's request limit with data in the fleet).
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     support::wait_for(
-        &policies,
-        "scale",
+        &cms,
+        "scale-routing",
         Duration::from_secs(300),
-        "the policy's routing table with every instance",
-        |p| {
-            p.status
-                .as_ref()
-                .is_some_and(|s| s.routing.is_some() && s.instances.len() == size.instances)
+        "the routing table with every instance",
+        |cm| {
+            redis_fleet::routing::config_map::table_of(cm)
+                .and_then(Result::ok)
+                .is_some_and(|t| t.instances.len() == size.instances)
         },
     )
     .await;
@@ -313,7 +336,6 @@ async fn run_operator(
     let window = t0.elapsed().as_secs_f64();
     let (rss, peak_rss) = procstat::memory(pid);
     let writes = apiserver::writes_between(&before, &after);
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let cm = cms.get("scale-routing").await.unwrap();
     let table_bytes = cm
         .data
@@ -343,6 +365,31 @@ async fn run_operator(
     println!("  {figures:#?}");
     std::mem::forget(proxy); // keeps serving the operator that is still running
     (figures, ns, operator)
+}
+
+/// 200 writes/s of keys that expire after 30 s, forever.
+async fn traffic(url: String, categories: usize) {
+    let Ok(client) = redis::Client::open(url.as_str()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        let mut pipe = redis::pipe();
+        for _ in 0..20 {
+            n += 1;
+            pipe.cmd("SET")
+                .arg(format!("c{}:t{n}", n as usize % categories))
+                .arg([b'v'; 100].as_slice())
+                .arg("EX")
+                .arg(30);
+        }
+        let _ = pipe.query_async::<()>(&mut conn).await;
+    }
 }
 
 /// Writes `keys` keys of 100 bytes over the categories' prefixes into `server`.
@@ -400,7 +447,9 @@ async fn create_fleet(client: &Client, ns: &str, servers: &[RedisServer], size: 
     let policy: CachePolicy = serde_json::from_value(serde_json::json!({
         "apiVersion": "redisfleet.io/v1alpha1", "kind": "CachePolicy",
         "metadata": {"name": "scale"},
-        "spec": {"categories": categories, "defaultCategory": {"tier": "tier-0"}}
+        // No rebalance: no kubelet runs Jobs here, and the steady state is what is measured.
+        "spec": {"categories": categories, "defaultCategory": {"tier": "tier-0"},
+                 "balancing": {"rebalance": {"enabled": false}}}
     }))
     .unwrap();
     Api::<CachePolicy>::namespaced(client.clone(), ns)

@@ -55,26 +55,70 @@ pub fn table(instances: usize, categories: usize) -> RoutingTable {
         .unwrap()
 }
 
+/// The same table with no two categories placed alike (as after rebalances): each category's
+/// owners rotated by its index, so schema 2 cannot share runs between categories.
+fn all_different(mut t: RoutingTable) -> RoutingTable {
+    for (i, c) in t.categories.iter_mut().enumerate() {
+        let owners: Vec<String> = c.slots.iter().map(|o| o.instance.clone()).collect();
+        for (k, run) in c.slots.iter_mut().enumerate() {
+            run.instance = owners[(k + i) % owners.len()].clone();
+        }
+    }
+    t
+}
+
+fn stored(t: &RoutingTable, schema: u32) -> usize {
+    let (data, binary) = redis_fleet::routing::config_map::contents(t, schema);
+    data.iter().flatten().map(|(_, v)| v.len()).sum::<usize>()
+        + binary
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.0.len())
+            .sum::<usize>()
+}
+
+/// Parse time of the ConfigMap contents as a sidecar reads them.
+fn parse_ms(t: &RoutingTable, schema: u32) -> f64 {
+    let (data, binary) = redis_fleet::routing::config_map::contents(t, schema);
+    let cm = k8s_openapi::api::core::v1::ConfigMap {
+        data,
+        binary_data: binary,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    redis_fleet::routing::config_map::table_of(&cm)
+        .unwrap()
+        .unwrap();
+    started.elapsed().as_secs_f64() * 1e3
+}
+
 /// Adds the size rows.
 pub fn rows(report: &mut Report, bench: bool) {
     let sizes: &[usize] = if bench { &[1000, 1400, 5000] } else { &[100] };
     for &n in sizes {
         let t = table(n, 200);
-        let json = t.to_json();
-        let started = Instant::now();
-        RoutingTable::from_json(&json).unwrap();
-        let parse = started.elapsed();
+        for schema in [1, 2] {
+            let bytes = stored(&t, schema);
+            report.add(
+                &format!("routing ConfigMap, schema {schema}, {n} × 200"),
+                format!("{} KiB", bytes / 1024),
+                "< 1024 KiB",
+                Some(bytes < 1 << 20),
+            );
+        }
         report.add(
-            &format!("routing.json (schema 1), {n} × 200 categories"),
-            format!("{} KiB", json.len() / 1024),
-            "< 1024 KiB",
-            Some(json.len() < 1 << 20),
-        );
-        report.add(
-            &format!("  parse, {n} × 200"),
-            format!("{:.1} ms", parse.as_secs_f64() * 1e3),
+            &format!("  read by a sidecar, schema 1 / 2, {n} × 200"),
+            format!("{:.0} / {:.0} ms", parse_ms(&t, 1), parse_ms(&t, 2)),
             "",
             None,
+        );
+        let worst = all_different(t);
+        let bytes = stored(&worst, 2);
+        report.add(
+            &format!("  schema 2, no two categories alike, {n} × 200"),
+            format!("{} KiB", bytes / 1024),
+            "< 1024 KiB",
+            Some(bytes < 1 << 20),
         );
     }
 }

@@ -378,7 +378,10 @@ impl std::fmt::Display for InstancePhase {
     }
 }
 
-/// What the operator last observed of an instance. Never contains credentials.
+/// What the operator last observed of an instance. Never contains credentials. Written when
+/// the phase, a condition or the memory (by a point of capacity) changes, else once per
+/// status refresh (5 minutes by default): latency, traffic and keys are as of that write, the
+/// operator's metrics have them at every probe.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisInstanceStatus {
@@ -426,7 +429,7 @@ pub struct RedisInstanceStatus {
     #[serde(default)]
     pub consecutive_successes: i32,
 
-    /// When the last probe finished.
+    /// When the probe this status reports finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
 

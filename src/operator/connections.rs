@@ -1,7 +1,8 @@
-//! Connections to instances for sampling and purging, kept between reconciles: a TLS handshake
-//! and AUTH per reconcile would cost more than the work. A connection is kept per instance and
-//! is valid for the target it was opened to; a caller whose command fails drops it, so the next
-//! call connects afresh.
+//! Connections to instances, kept between reconciles: a TLS handshake and AUTH per probe would
+//! cost more than the work. One connection per instance serves its probes, sampling and
+//! purging (multiplexed: one socket and one pair of buffers per instance, which at 1 000
+//! instances is most of the operator's memory); it is valid for the target it was opened to;
+//! a caller whose command fails drops it, so the next call connects afresh.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -35,6 +36,19 @@ impl Connections {
         target: &Target,
         timeout: Duration,
     ) -> Result<MultiplexedConnection, String> {
+        self.connect(instance, target, timeout)
+            .await
+            .map_err(|e| redact(&e.to_string(), &target.credentials))
+    }
+
+    /// Like [`Connections::connection`], with the `redis` error as it is (for probes, which
+    /// classify it); its text may hold credentials.
+    pub async fn connect(
+        &self,
+        instance: &ObjectRef<RedisInstance>,
+        target: &Target,
+        timeout: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
         {
             let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((t, conn)) = kept.get(instance)
@@ -43,10 +57,7 @@ impl Connections {
                 return Ok(conn.clone());
             }
         }
-        let conn = target
-            .connect(timeout)
-            .await
-            .map_err(|e| redact(&e.to_string(), &target.credentials))?;
+        let conn = target.connect(timeout).await?;
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.insert(instance.clone(), (target.clone(), conn.clone()));
         Ok(conn)

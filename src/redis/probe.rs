@@ -85,14 +85,7 @@ impl Prober {
         let result = tokio::time::timeout(timeout, self.probe_inner(target, timeout)).await;
         let outcome = match result {
             Ok(r) => r,
-            Err(_) => Err(ProbeError {
-                failure: ProbeFailure::Timeout,
-                message: format!(
-                    "no answer from {} within {}ms",
-                    target.address(),
-                    timeout.as_millis()
-                ),
-            }),
+            Err(_) => Err(timed_out(target, timeout)),
         };
         if outcome.is_err() {
             // A connection that saw an error may be half-broken; start afresh next time.
@@ -124,33 +117,54 @@ impl Prober {
                 &mut slot.insert((fingerprint, conn)).1
             }
         };
-        let started = Instant::now();
-        let pong: String = redis::cmd("PING")
-            .query_async(conn)
-            .await
-            .map_err(|e| classify(&e, target))?;
-        let latency = started.elapsed();
-        if pong != "PONG" {
-            return Err(ProbeError {
-                failure: ProbeFailure::Protocol,
-                message: format!("PING answered {pong:?} instead of PONG"),
-            });
-        }
-        // Plain INFO (the default sections) works on every Redis version and on Valkey.
-        let text: String = redis::cmd("INFO")
-            .query_async(conn)
-            .await
-            .map_err(|e| classify(&e, target))?;
-        let info = parse_info(&text).map_err(|e| ProbeError {
-            failure: ProbeFailure::InfoUnreadable,
-            message: e.to_string(),
-        })?;
-        Ok(Probe { latency, info })
+        probe_on(conn, target).await
+    }
+}
+
+/// PING and INFO on `conn`, an open connection to `target` (the caller bounds the time and
+/// drops the connection after an error).
+pub async fn probe_on(
+    conn: &mut MultiplexedConnection,
+    target: &Target,
+) -> Result<Probe, ProbeError> {
+    let started = Instant::now();
+    let pong: String = redis::cmd("PING")
+        .query_async(conn)
+        .await
+        .map_err(|e| classify(&e, target))?;
+    let latency = started.elapsed();
+    if pong != "PONG" {
+        return Err(ProbeError {
+            failure: ProbeFailure::Protocol,
+            message: format!("PING answered {pong:?} instead of PONG"),
+        });
+    }
+    // Plain INFO (the default sections) works on every Redis version and on Valkey.
+    let text: String = redis::cmd("INFO")
+        .query_async(conn)
+        .await
+        .map_err(|e| classify(&e, target))?;
+    let info = parse_info(&text).map_err(|e| ProbeError {
+        failure: ProbeFailure::InfoUnreadable,
+        message: e.to_string(),
+    })?;
+    Ok(Probe { latency, info })
+}
+
+/// The error of a probe that got no answer from `target` within `timeout`.
+pub fn timed_out(target: &Target, timeout: Duration) -> ProbeError {
+    ProbeError {
+        failure: ProbeFailure::Timeout,
+        message: format!(
+            "no answer from {} within {}ms",
+            target.address(),
+            timeout.as_millis()
+        ),
     }
 }
 
 /// Maps a `redis` crate error to a reason and a status-safe message.
-fn classify(err: &redis::RedisError, target: &Target) -> ProbeError {
+pub fn classify(err: &redis::RedisError, target: &Target) -> ProbeError {
     let text = redact(&err.to_string(), &target.credentials);
     let lower = text.to_ascii_lowercase();
     let failure = if err.kind() == redis::ErrorKind::AuthenticationFailed

@@ -29,7 +29,7 @@ use crate::api::redis_instance::{InstancePhase, Names, RedisInstance, RedisInsta
 use crate::redis::connect::Target;
 use crate::redis::endpoint::{self, endpoint_of};
 use crate::redis::info::{Counters, window};
-use crate::redis::probe::Prober;
+use crate::redis::probe::{classify, probe_on, timed_out};
 
 use super::context::Context;
 use super::metrics::{InstanceLabels, ProbeErrorLabels, error_variants};
@@ -89,8 +89,6 @@ impl std::fmt::Debug for InstanceContext {
 /// In-memory state of one instance between probes.
 #[derive(Debug, Default)]
 pub struct InstanceState {
-    /// The probe connection.
-    pub prober: Prober,
     /// When the last probe ran.
     pub last_probe: Option<Instant>,
     /// Generation and target fingerprint of the last probe: a change probes at once.
@@ -184,7 +182,10 @@ pub async fn reconcile(
         instance: name.clone(),
     };
     let outcome = match &target {
-        Ok(target) => probe(&mut state, target, health.timeout.get()).await,
+        Ok(target) => {
+            let instance = ObjectRef::from_obj(ri.as_ref());
+            probe(ctx, &instance, &mut state, target, health.timeout.get()).await
+        }
         Err(e) => Err(Failure {
             reason: e.reason().to_owned(),
             message: e.to_string(),
@@ -258,18 +259,32 @@ pub fn error_policy(ri: Arc<RedisInstance>, error: &Error, ctx: Arc<InstanceCont
 }
 
 async fn probe(
+    ctx: &Context,
+    instance: &ObjectRef<RedisInstance>,
     state: &mut InstanceState,
     target: &Target,
     timeout: Duration,
 ) -> Result<ProbeSummary, Failure> {
-    let probe = state
-        .prober
-        .probe(target, timeout)
+    // The instance's one kept connection (shared with sampling and purging).
+    let attempt = async {
+        let mut conn = ctx
+            .connections
+            .connect(instance, target, timeout)
+            .await
+            .map_err(|e| classify(&e, target))?;
+        probe_on(&mut conn, target).await
+    };
+    let outcome = tokio::time::timeout(timeout, attempt)
         .await
-        .map_err(|e| Failure {
+        .unwrap_or_else(|_| Err(timed_out(target, timeout)));
+    let probe = outcome.map_err(|e| {
+        // A connection that saw an error may be half-broken; start afresh next time.
+        ctx.connections.drop_connection(instance);
+        Failure {
             reason: e.failure.reason().to_owned(),
             message: e.message,
-        })?;
+        }
+    })?;
     let now = Instant::now();
     let counters = probe.info.counters();
     let window = match (&state.last_counters, &counters) {
