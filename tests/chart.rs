@@ -1259,7 +1259,7 @@ async fn helm_install_dry_run_against_the_cluster_prints_the_notes() {
         "--routing-file=/etc/redis-fleet/routing/routing.json",
         "--secrets-dir=/etc/redis-fleet/secrets",
         "secretName: shop-redis-routing-credentials",
-        "kubectl apply --server-side -f",
+        "kubectl apply --server-side --force-conflicts -f",
     ] {
         assert!(out.contains(expected), "NOTES lack {expected:?}:\n{out}");
     }
