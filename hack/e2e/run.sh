@@ -120,7 +120,17 @@ k() { kubectl "$@"; }
 shop() { k -n "$NS" exec deploy/shop-backend -c app -- shop "$@"; }
 ri_field() { k -n "$NS" get ri "$1" -o jsonpath="{.status.$2}"; }
 rebalance_field() { k -n "$NS" get cp shop -o jsonpath="{.status.rebalance.$1}"; }
-routing_json() { k -n "$NS" get cm shop-redis-routing -o jsonpath='{.data.routing\.json}'; }
+# The routing table document: schema 1 is text in data, schema 2 gzip'ed in binaryData (both
+# under routing.json; failover, migrating and version are the same fields in both).
+routing_json() {
+  local plain
+  plain="$(k -n "$NS" get cm shop-redis-routing -o jsonpath='{.data.routing\.json}')"
+  if [[ -n "$plain" ]]; then
+    printf '%s\n' "$plain"
+  else
+    k -n "$NS" get cm shop-redis-routing -o jsonpath='{.binaryData.routing\.json}' | base64 -d | gunzip
+  fi
+}
 table_version() { routing_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])'; }
 failovers_from() {
   routing_json | python3 -c 'import json,sys
