@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis_fleet::api::cache_policy::{RebalanceStatus, rebalance_phase};
-use redis_fleet::routing::table::{RoutingTable, TABLE_KEY};
+use redis_fleet::routing::config_map::table_of;
+use redis_fleet::routing::table::RoutingTable;
 use support::RedisServer;
 use support::node::Node;
 use support::shop::{SHOP_SECRETS, Shop, shop_configured};
@@ -30,7 +31,7 @@ fn quick(policy: String) -> String {
 
 async fn table(shop: &Shop) -> RoutingTable {
     let cm = shop.configmaps.get("shop-redis-routing").await.unwrap();
-    RoutingTable::from_json(&cm.data.unwrap()[TABLE_KEY]).unwrap()
+    table_of(&cm).unwrap().unwrap()
 }
 
 /// The first table that routes to both instances with nothing migrating.
@@ -38,8 +39,7 @@ async fn settled_table(shop: &Shop) -> RoutingTable {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(Some(cm)) = shop.configmaps.get_opt("shop-redis-routing").await
-            && let Some(text) = cm.data.as_ref().and_then(|d| d.get(TABLE_KEY))
-            && let Ok(t) = RoutingTable::from_json(text)
+            && let Some(Ok(t)) = table_of(&cm)
             && t.migrating.is_empty()
             && t.categories.iter().any(|c| c.owners().contains(&"primary"))
             && t.categories
@@ -574,9 +574,7 @@ async fn two_operators_never_publish_two_tables_under_one_version() {
             let config = watcher::Config::default().fields("metadata.name=shop-redis-routing");
             let mut events = watcher(cms, config).applied_objects().boxed();
             while let Some(Ok(cm)) = events.next().await {
-                if let Some(text) = cm.data.as_ref().and_then(|d| d.get(TABLE_KEY))
-                    && let Ok(t) = RoutingTable::from_json(text)
-                {
+                if let Some(Ok(t)) = table_of(&cm) {
                     seen.lock()
                         .unwrap()
                         .entry(t.version)

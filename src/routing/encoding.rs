@@ -40,6 +40,20 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// expansion, far above any real table: 5 000 instances × 200 categories are ~1.5 MB).
 const MAX_TEXT: u64 = 64 << 20;
 
+impl RoutingTable {
+    /// Parses and validates `routing.json` in any schema this build reads.
+    pub fn from_json(text: &str) -> Result<Self, TableError> {
+        let table = from_json(text)?;
+        table.validate()?;
+        Ok(table)
+    }
+
+    /// Compact JSON in the table's `schema_version`, deterministic for equal tables.
+    pub fn to_json(&self) -> String {
+        to_json(self, self.schema_version)
+    }
+}
+
 /// The table as JSON in `schema` (1; anything else is written as 2).
 pub fn to_json(table: &RoutingTable, schema: u32) -> String {
     let text = if schema == SCHEMA_V1 {
@@ -210,7 +224,42 @@ fn slots_of_runs(runs: &Value, names: &[String]) -> Result<Value, String> {
 mod tests {
     use super::*;
     use crate::routing::table::tests::two_instance_table;
-    use crate::routing::table::{Category, SlotOwner, TtlRules};
+    use crate::routing::table::{Category, Failover, SCHEMA_VERSION, SlotOwner, TtlRules};
+
+    #[test]
+    fn the_table_is_written_in_the_newest_schema() {
+        assert_eq!(SCHEMA_VERSION, SCHEMA_V2);
+    }
+
+    #[test]
+    fn both_schemas_are_read_into_the_same_table() {
+        let mut table = two_instance_table();
+        table.failover.push(Failover {
+            category: "auth".into(),
+            start: 0,
+            end: 99,
+            from: "primary".into(),
+            to: "secondary".into(),
+        });
+        let v1 = to_json(&table, 1);
+        assert!(v1.contains(r#""schemaVersion":1"#), "{v1}");
+        assert!(v1.contains(r#"[0,8191,"primary"]"#), "{v1}");
+        let v2 = to_json(&table, 2);
+        let from_v1 = RoutingTable::from_json(&v1).unwrap();
+        let from_v2 = RoutingTable::from_json(&v2).unwrap();
+        assert_eq!(from_v1.schema_version, 1);
+        assert_eq!(from_v2.schema_version, 2);
+        assert_eq!(
+            RoutingTable {
+                schema_version: 2,
+                ..from_v1.clone()
+            },
+            from_v2
+        );
+        assert_eq!(from_v2, table);
+        // Written back in the schema it was read in.
+        assert_eq!(from_v1.to_json(), v1);
+    }
 
     /// Three categories: two placed alike, one not.
     fn tiered() -> RoutingTable {

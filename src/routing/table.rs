@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::slots::{MAX_SLOT, SLOT_COUNT, SlotRange};
 
-/// The `schemaVersion` this build writes (2: compact slot runs, gzip'ed in the ConfigMap);
-/// it reads [`super::encoding::READABLE_SCHEMAS`].
-pub const SCHEMA_VERSION: u32 = super::encoding::SCHEMA_V2;
+/// The `schemaVersion` this build writes (2: compact slot runs, gzip'ed in the ConfigMap). The
+/// serialized forms, and the schemas this build reads, are in `routing/encoding.rs`, which
+/// also implements [`RoutingTable::from_json`] and [`RoutingTable::to_json`].
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// ConfigMap data key holding the table.
 pub const TABLE_KEY: &str = "routing.json";
@@ -253,18 +254,6 @@ pub enum TableError {
 }
 
 impl RoutingTable {
-    /// Parses and validates `routing.json` in any schema this build reads.
-    pub fn from_json(text: &str) -> Result<Self, TableError> {
-        let table = super::encoding::from_json(text)?;
-        table.validate()?;
-        Ok(table)
-    }
-
-    /// Compact JSON in the table's `schema_version`, deterministic for equal tables.
-    pub fn to_json(&self) -> String {
-        super::encoding::to_json(self, self.schema_version)
-    }
-
     /// A hash of the content, ignoring `version` and the schema: equal content, equal hash.
     pub fn content_hash(&self) -> String {
         let mut unversioned = self.clone();
@@ -521,36 +510,6 @@ pub(crate) mod tests {
             table.content_hash(),
             "the schema is not content"
         );
-    }
-
-    #[test]
-    fn both_schemas_are_read_into_the_same_table() {
-        let mut table = two_instance_table();
-        table.failover.push(Failover {
-            category: "auth".into(),
-            start: 0,
-            end: 99,
-            from: "primary".into(),
-            to: "secondary".into(),
-        });
-        let v1 = crate::routing::encoding::to_json(&table, 1);
-        assert!(v1.contains(r#""schemaVersion":1"#), "{v1}");
-        assert!(v1.contains(r#"[0,8191,"primary"]"#), "{v1}");
-        let v2 = crate::routing::encoding::to_json(&table, 2);
-        let from_v1 = RoutingTable::from_json(&v1).unwrap();
-        let from_v2 = RoutingTable::from_json(&v2).unwrap();
-        assert_eq!(from_v1.schema_version, 1);
-        assert_eq!(from_v2.schema_version, 2);
-        assert_eq!(
-            RoutingTable {
-                schema_version: 2,
-                ..from_v1.clone()
-            },
-            from_v2
-        );
-        assert_eq!(from_v2, table);
-        // Written back in the schema it was read in.
-        assert_eq!(from_v1.to_json(), v1);
     }
 
     #[test]
