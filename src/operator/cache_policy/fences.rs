@@ -71,14 +71,27 @@ pub async fn notify(
     let mut recorded = 0;
     for ri in selected {
         let name = ri.name_any();
-        let Ok(mut conn) = connect(ctx, namespace, ri).await else {
+        // The instances being fenced are the unreachable ones: a frozen server would hold the
+        // notice (and the failover) up for as long as it stays frozen.
+        if raise.iter().any(|(n, _)| *n == name) {
             continue;
+        }
+        let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(500));
+        let attempt = async {
+            let mut conn = connect(ctx, namespace, ri).await?;
+            fence::raise(&mut conn, policy, raise)
+                .await
+                .map_err(|e| e.to_string())
         };
-        match fence::raise(&mut conn, policy, raise).await {
-            Ok(_) => recorded += 1,
-            Err(e) => {
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(_)) => recorded += 1,
+            Ok(Err(e)) => {
                 ctx.connections.drop_connection(&ObjectRef::from_obj(&**ri));
                 warn!(instance = %name, error = %e, "could not record fences");
+            }
+            Err(_) => {
+                ctx.connections.drop_connection(&ObjectRef::from_obj(&**ri));
+                warn!(instance = %name, "could not record fences: no answer in time");
             }
         }
     }
