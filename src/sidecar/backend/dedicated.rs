@@ -8,7 +8,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use std::sync::Arc;
 
-use super::super::fleet::FleetView;
+use std::sync::atomic::AtomicU64;
+
+use super::super::fleet::{FleetView, Lease};
 use super::super::metrics::BackendMetrics;
 use super::{BackendError, Naming, Replies, Stream};
 use crate::redis::resp::{FrameScanner, Limits, encode_request};
@@ -24,7 +26,15 @@ pub struct Dedicated {
     naming: Naming,
     metrics: BackendMetrics,
     /// Vouches for replies (`None` for the heartbeat's control connections).
-    view: Option<Arc<FleetView>>,
+    vouching: Option<Vouching>,
+}
+
+/// The fleet view and this instance's fence and lease cells, looked up once per connection
+/// (not per command).
+struct Vouching {
+    view: Arc<FleetView>,
+    fence: Arc<AtomicU64>,
+    lease: Lease,
 }
 
 impl std::fmt::Debug for Dedicated {
@@ -50,15 +60,20 @@ impl Dedicated {
         metrics: BackendMetrics,
         view: Option<Arc<FleetView>>,
     ) -> Self {
+        let vouching = view.map(|view| Vouching {
+            fence: view.fence_cell(&name),
+            lease: view.lease_cell(&name),
+            view,
+        });
         Self {
             name,
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
             scanner: FrameScanner::new(),
             version,
+            vouching,
             naming,
             metrics,
-            view,
         }
     }
 
@@ -95,10 +110,12 @@ impl Dedicated {
     /// `replies` replies, which the fleet vouches for (see [`FleetView::vouch`]).
     pub async fn call(&mut self, bytes: &[u8], replies: usize) -> Result<Replies, BackendError> {
         let out = self.call_unvouched(bytes, replies).await?;
-        if let Some(view) = &self.view {
-            view.vouch(&self.name, self.version)
-                .await
-                .map_err(|why| BackendError::unvouched(&self.name, &why))?;
+        if let Some(v) = &self.vouching {
+            let verdict = match v.view.check(&v.fence, &v.lease, self.version) {
+                Some(verdict) => verdict,
+                None => v.view.vouch(&self.name, self.version).await,
+            };
+            verdict.map_err(|why| BackendError::unvouched(&self.name, &why))?;
         }
         Ok(out)
     }
