@@ -179,6 +179,10 @@ pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
         }
     }
 
+    // Where every slot is now: the moves are planned step by step on `state`, then taken as
+    // the difference between this and where the steps left each slot.
+    let origin = state.owners.clone();
+    let origin_bytes = state.bytes_per_slot.clone();
     let mut moves = Vec::new();
     let mut reasons = Vec::new();
 
@@ -294,10 +298,53 @@ pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
     if moves.is_empty() {
         return None;
     }
+    let moves = net_moves(&origin, &state.owners, &origin_bytes);
+    if moves.is_empty() {
+        return None;
+    }
     Some(Plan {
         moves: merge_adjacent(moves),
         reason: reasons.join("; "),
     })
+}
+
+/// The moves that take every slot from where it is (`origin`) straight to where the planned
+/// steps left it (`planned`). A slot that one step handed to an instance and a later step moved
+/// on (a drain that overfills its target) moves once, from its real owner — a move from the
+/// intermediate instance would find none of its keys there and publish an owner without them.
+/// A slot that went back where it was does not move.
+fn net_moves(
+    origin: &BTreeMap<String, Vec<String>>,
+    planned: &BTreeMap<String, Vec<String>>,
+    bytes_per_slot: &BTreeMap<(String, String), f64>,
+) -> Vec<Move> {
+    let mut out = Vec::new();
+    for (category, before) in origin {
+        let Some(after) = planned.get(category) else {
+            continue;
+        };
+        let pairs: Vec<(usize, String, String)> = before
+            .iter()
+            .zip(after)
+            .enumerate()
+            .filter(|(_, (from, to))| from != to)
+            .map(|(slot, (from, to))| (slot, from.clone(), to.clone()))
+            .collect();
+        for (range, (from, to)) in group_runs(&pairs) {
+            let per_slot = bytes_per_slot
+                .get(&(category.clone(), from.clone()))
+                .copied()
+                .unwrap_or(0.0);
+            out.push(Move {
+                category: category.clone(),
+                range,
+                bytes: (per_slot * f64::from(range.len())).max(0.0) as u64,
+                from,
+                to,
+            });
+        }
+    }
+    out
 }
 
 /// Whether `to` already serves every slot of `range` of `category` in `table` (owner and not

@@ -421,3 +421,162 @@ fn live_targets_are_told_apart_from_stale_ones() {
     assert!(target_serves(&t, "auth", all, "secondary"));
     assert!(!target_serves(&t, "nope", all, "secondary"));
 }
+
+/// Every move of `plan` starts where its slots are: the current owner of each of them.
+fn assert_moves_start_at_the_owner(current: &RoutingTable, plan: &Plan) {
+    let mut seen: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
+    for m in &plan.moves {
+        let owners = current.category(&m.category).expect("category").owners();
+        let taken = seen
+            .entry(m.category.as_str())
+            .or_insert_with(|| vec![false; usize::from(SLOT_COUNT)]);
+        for slot in m.range.start..=m.range.end {
+            assert_eq!(
+                owners[usize::from(slot)],
+                m.from,
+                "{m:?}: slot {slot} is on {}, not on the move's source",
+                owners[usize::from(slot)]
+            );
+            assert!(!taken[usize::from(slot)], "{m:?}: slot {slot} moves twice");
+            taken[usize::from(slot)] = true;
+        }
+    }
+}
+
+#[test]
+fn slots_a_drain_hands_on_and_capacity_moves_on_again_move_once_from_where_they_are() {
+    // Chaos seed 4 (180 s): tertiary drains its half of `user` onto secondary, which that
+    // overfills, so the same plan moves secondary's highest slots on to primary — the slots it
+    // had just been given. Planned as "secondary → primary", those slots' keys were left on
+    // tertiary and were lost when primary was published as their owner.
+    let mut current = table(&[("auth", "primary"), ("user", "secondary")]);
+    current.categories[1].slots = vec![
+        (0, 8191, "secondary".to_owned()).into(),
+        (8192, 16383, "tertiary".to_owned()).into(),
+    ];
+    let mut desired = current.clone();
+    desired.categories[1].slots = vec![(0, 16383, "secondary".to_owned()).into()];
+    let mut instances = vec![
+        inst("primary", "hot", 3),
+        inst("secondary", "warm", 20),
+        inst("tertiary", "warm", 10),
+    ];
+    instances[2].drain = true;
+    let bytes: BTreeMap<(String, String), u64> = [
+        (("auth".into(), "primary".into()), 3 * MIB),
+        (("user".into(), "secondary".into()), 20 * MIB),
+        (("user".into(), "tertiary".into()), 10 * MIB),
+    ]
+    .into();
+    let input = PlanInput {
+        current: &current,
+        desired: Some(&desired),
+        instances: &instances,
+        category_bytes: &bytes,
+        categories: &tiers(),
+        threshold_percent: 80,
+        force: false,
+    };
+    let p = plan(&input).expect("a plan");
+    assert!(
+        p.moves.iter().any(|m| m.to == "primary"),
+        "the drain overfills secondary, so some slots go on to primary: {p:?}"
+    );
+    assert!(
+        p.moves
+            .iter()
+            .all(|m| m.from != "tertiary" || m.to != "tertiary"),
+        "{p:?}"
+    );
+    assert_moves_start_at_the_owner(&current, &p);
+    // Nothing is left on the draining instance.
+    let next = apply_moves(&current, &p.moves);
+    assert!(
+        next.category("user")
+            .unwrap()
+            .slots
+            .iter()
+            .all(|o| o.instance != "tertiary"),
+        "{next:?}"
+    );
+}
+
+mod any_plan {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NAMES: [&str; 3] = ["primary", "secondary", "tertiary"];
+
+    /// A category's owners as up to four runs of random instances.
+    fn owners() -> impl Strategy<Value = Vec<(u16, usize)>> {
+        prop::collection::vec((1u16..16383, 0usize..3), 1..4)
+    }
+
+    fn slots(runs: &[(u16, usize)]) -> Vec<crate::routing::table::SlotOwner> {
+        let mut cuts: Vec<(u16, usize)> = runs.to_vec();
+        cuts.sort();
+        cuts.dedup_by_key(|c| c.0);
+        let mut owners = vec![NAMES[cuts[0].1].to_owned(); usize::from(SLOT_COUNT)];
+        for (cut, who) in &cuts {
+            for o in owners.iter_mut().skip(usize::from(*cut)) {
+                *o = NAMES[*who].to_owned();
+            }
+        }
+        runs_of(&owners)
+    }
+
+    fn runs_of(owners: &[String]) -> Vec<crate::routing::table::SlotOwner> {
+        crate::routing::slots::runs(owners)
+            .into_iter()
+            .map(|(range, instance)| crate::routing::table::SlotOwner { range, instance })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn every_move_starts_at_the_owner_of_its_slots(
+            now in prop::collection::vec(owners(), 3),
+            want in prop::collection::vec(owners(), 3),
+            used in prop::collection::vec(0u64..30, 3),
+            drain in 0usize..4,
+            force in any::<bool>(),
+        ) {
+            let mut current = table(&[("auth", "primary"), ("user", "secondary"), ("default", "secondary")]);
+            let mut desired = current.clone();
+            for i in 0..3 {
+                current.categories[i].slots = slots(&now[i]);
+                desired.categories[i].slots = slots(&want[i]);
+            }
+            let mut instances: Vec<InstanceLoad> = NAMES
+                .iter()
+                .zip(["hot", "warm", "warm"])
+                .zip(&used)
+                .map(|((n, t), u)| inst(n, t, *u))
+                .collect();
+            if let Some(i) = instances.get_mut(drain) {
+                i.drain = true;
+            }
+            let mut bytes = BTreeMap::new();
+            for c in &current.categories {
+                for n in NAMES {
+                    let slots = c.owners().iter().filter(|o| **o == n).count() as u64;
+                    bytes.insert((c.name.clone(), n.to_owned()), slots * 512);
+                }
+            }
+            let input = PlanInput {
+                current: &current,
+                desired: Some(&desired),
+                instances: &instances,
+                category_bytes: &bytes,
+                categories: &tiers(),
+                threshold_percent: 80,
+                force,
+            };
+            if let Some(p) = plan(&input) {
+                prop_assert!(!p.moves.is_empty());
+                assert_moves_start_at_the_owner(&current, &p);
+                prop_assert!(p.moves.iter().all(|m| m.from != m.to));
+            }
+        }
+    }
+}
