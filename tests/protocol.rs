@@ -393,3 +393,134 @@ async fn raising_a_fence_closes_older_sidecar_connections_and_later_handshakes_s
             .is_empty()
     );
 }
+
+/// Fills `server` past its `maxmemory` (writes until Redis answers OOM).
+async fn fill_past_maxmemory(c: &mut MultiplexedConnection) {
+    let value = "x".repeat(64 << 10);
+    for i in 0.. {
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("fill:{i}"))
+            .arg(&value)
+            .query_async(c)
+            .await;
+        if let Err(e) = r {
+            assert_eq!(e.code(), Some("OOM"), "{e}");
+            return;
+        }
+        assert!(i < 10_000, "never reached maxmemory");
+    }
+}
+
+#[tokio::test]
+async fn a_full_source_can_still_be_emptied_and_a_full_target_takes_nothing() {
+    // Chaos seed 4 (180 s): the failover fallback filled past maxmemory, and every attempt of
+    // the failback that would have emptied it failed on Redis's OOM refusal of the mover token
+    // (then of the fences and the importing marker); sidecars' heartbeats were refused there
+    // too. The protocol's own small writes must run on a full instance; the application's
+    // writes and the copy's RESTOREs must not.
+    let opts = RedisOptions {
+        maxmemory: 4 << 20,
+        ..RedisOptions::default()
+    };
+    let (source, target) = (RedisServer::start(opts.clone()), RedisServer::start(opts));
+    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
+    let _: () = redis::cmd("SET")
+        .arg("user:1")
+        .arg("v1")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    fill_past_maxmemory(&mut s).await;
+    fill_past_maxmemory(&mut t).await;
+
+    // The source: claim, fences, heartbeat, importing marker, the guard's urgent queue, take.
+    let m = mover(names::mover_token(9, 1));
+    m.claim(&mut s)
+        .await
+        .expect("the mover token on a full source");
+    fence::raise(&mut s, POLICY, &[("source".to_owned(), 12)])
+        .await
+        .expect("a fence on a full instance");
+    let hb = heartbeat::write_command(POLICY, "sidecar-a", 12);
+    let mut call = redis::cmd("EVAL");
+    for a in &hb[1..] {
+        call.arg(a.as_ref());
+    }
+    let reply: redis::Value = call
+        .query_async(&mut s)
+        .await
+        .expect("a heartbeat on a full instance");
+    assert!(
+        matches!(reply, redis::Value::Array(ref a) if a.len() == 2),
+        "{reply:?}"
+    );
+    let marker = "redisfleet:importing:shop/shop:12:user:0-16383";
+    m.mark_importing(&mut s, marker, true)
+        .await
+        .expect("the importing marker on a full source");
+    // One key present, one absent: the guard queues the present one for the Job.
+    let (d, _) = guarded(
+        &mut s,
+        marker,
+        &["user:1", "user:2"],
+        &["MSET", "user:1", "a", "user:2", "b"],
+    )
+    .await;
+    assert_eq!(d, Decision::TryAgain, "the urgent queue on a full source");
+    let queued: i64 = redis::cmd("LLEN")
+        .arg(names::urgent(POLICY))
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1);
+    let taken = m.take(&mut s, &[b("user:1")], 8 << 20, 0).await.unwrap();
+    let Taken::Value { dump, .. } = &taken[0] else {
+        panic!("{taken:?}")
+    };
+
+    // The application's writes on a full instance stay refused, through the guard too.
+    let args = guard::guard_command(
+        marker,
+        &[b("fill:0")],
+        &names::urgent(POLICY),
+        &[vec![b("SET"), b("fill:0"), b("y")]],
+        true,
+    );
+    let mut call = redis::cmd(std::str::from_utf8(&args[0]).unwrap());
+    for a in &args[1..] {
+        call.arg(a.as_ref());
+    }
+    let through_guard: redis::RedisResult<redis::Value> = call.query_async(&mut s).await;
+    assert_eq!(through_guard.unwrap_err().code(), Some("OOM"));
+    let plain: redis::RedisResult<()> = redis::cmd("SET")
+        .arg("user:3")
+        .arg("c")
+        .query_async(&mut s)
+        .await;
+    assert_eq!(plain.unwrap_err().code(), Some("OOM"));
+
+    // The full target: its token is claimed, but a RESTORE is refused.
+    m.claim(&mut t)
+        .await
+        .expect("the mover token on a full target");
+    let restored = m
+        .restore(
+            &mut t,
+            &[Restore {
+                key: b("user:1"),
+                expire_at: 0,
+                dump: dump.clone(),
+            }],
+        )
+        .await;
+    assert!(
+        !matches!(restored.as_deref(), Ok([Restored::Done])),
+        "a full target must not take a key: {restored:?}"
+    );
+    let there: i64 = redis::cmd("EXISTS")
+        .arg("user:1")
+        .query_async(&mut t)
+        .await
+        .unwrap();
+    assert_eq!(there, 0);
+}

@@ -15,7 +15,9 @@ pub type Fences = BTreeMap<String, u64>;
 
 /// KEYS: fences. ARGV: instance, version, instance, version, … Raises each instance's fence to
 /// at least the given version (fences never go down) and returns the whole hash flattened.
-pub const RAISE_SCRIPT: &str = r"
+pub const RAISE_SCRIPT: &str = concat!(
+    oom_exempt!(),
+    r"
 for i = 1, #ARGV, 2 do
   local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
   if tonumber(ARGV[i + 1]) > cur then
@@ -23,7 +25,8 @@ for i = 1, #ARGV, 2 do
   end
 end
 return redis.call('HGETALL', KEYS[1])
-";
+"
+);
 
 /// Reads a flattened `HGETALL` of the fences hash.
 pub fn parse(frame: &Frame) -> Fences {

@@ -28,6 +28,8 @@ local function decide()
   end
   if #present == n then return 'RUN' end
   if #present == 0 then return 'ASK' end
+  -- The queue must take the keys on a full source too (see `oom_exempt!`).
+  redis.call('DEL', 'redisfleet:oom-exempt')
   for i = 1, #present, 1000 do
     redis.call('RPUSH', KEYS[#KEYS], unpack(present, i, math.min(i + 999, #present)))
   end

@@ -38,7 +38,9 @@ pub const LEASE: Duration = Duration::from_secs(5);
 pub const NOTICE_WAIT: Duration = Duration::from_secs(LEASE.as_secs() + 1);
 
 /// KEYS: live, versions, fences. ARGV: id, version, ttl (ms). Returns `{now_ms, fences…}`.
-pub const WRITE_SCRIPT: &str = r"
+pub const WRITE_SCRIPT: &str = concat!(
+    oom_exempt!(),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
@@ -52,7 +54,8 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 return {now, redis.call('HGETALL', KEYS[3])}
-";
+"
+);
 
 /// KEYS: live, versions. ARGV: ttl (ms). Returns id, version, id, version, …
 pub const READ_SCRIPT: &str = r"

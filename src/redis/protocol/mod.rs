@@ -3,6 +3,22 @@
 //! migrating ranges, and the move scripts. `docs/protocol.md` explains how they fit together
 //! and what they guarantee.
 
+/// The first line of every script that writes redis-fleet's own small keys (mover token,
+/// fences, heartbeats, the importing marker, the guard's urgent queue): a `DEL` of a key that
+/// never exists. Above `maxmemory`, Redis refuses a script's first write that could grow memory
+/// (`SET`, `HSET`, `ZADD`, `RPUSH`), but not the later ones of a script that has already
+/// written, since it cannot stop a script half-way; `DEL` itself is always allowed. Without
+/// it, an instance past `maxmemory` could never be emptied: the rebalance that would relieve it
+/// could not claim it, fence it or mark it importing. Scripts that write the application's data
+/// (the guard's `RUN` branch, `RESTORE` on a target, the piecewise copy) never use it, so a full
+/// instance still answers their writes with `-OOM`. (`#!lua flags=allow-oom` says the same on
+/// Redis ≥ 7 only; this works on every version the fleet supports.)
+macro_rules! oom_exempt {
+    () => {
+        "redis.call('DEL', 'redisfleet:oom-exempt')\n"
+    };
+}
+
 pub mod fence;
 pub mod guard;
 pub mod heartbeat;

@@ -22,13 +22,16 @@ macro_rules! check_token {
 
 /// KEYS: mover. ARGV: token. Raises the stored token to ARGV (never lowers it); 1 when the
 /// stored token is now ours, 0 when a newer one is there.
-pub const RAISE_TOKEN_SCRIPT: &str = r"
+pub const RAISE_TOKEN_SCRIPT: &str = concat!(
+    oom_exempt!(),
+    r"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local mine = tonumber(ARGV[1])
 if mine > cur then redis.call('SET', KEYS[1], ARGV[1]); return 1 end
 if mine == cur then return 1 end
 return 0
-";
+"
+);
 
 /// KEYS: mover, then (key, tombstone) pairs. ARGV: token, largest value to DUMP (bytes, by
 /// MEMORY USAGE; 0: any), and a budget of DUMP bytes for this call (0: none). Takes each key
@@ -116,6 +119,7 @@ pub const FINISH_SCRIPT: &str = concat!(
 
 /// KEYS: mover, marker. ARGV: token. Sets the importing marker.
 pub const IMPORT_SCRIPT: &str = concat!(
+    oom_exempt!(),
     check_token!(),
     "redis.call('SET', KEYS[2], ARGV[1])\nreturn 1\n"
 );
