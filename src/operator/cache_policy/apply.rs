@@ -62,6 +62,29 @@ fn newly_failed_over(previous: Option<&RoutingTable>, next: &RoutingTable) -> Ve
     out
 }
 
+/// Whether every failover entry of `name` in `next` gives back the ranges of a failback of
+/// `previous` that ended without finishing (`build::failovers_in`): the owner answers, but its
+/// copies of those ranges are stale, so that failover is published all the same (after the
+/// notice, as any other).
+fn only_restores_failbacks(
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+    name: &str,
+) -> bool {
+    let Some(previous) = previous else {
+        return false;
+    };
+    next.failover.iter().filter(|f| f.from == name).all(|f| {
+        previous.migrating.iter().any(|m| {
+            m.category == f.category
+                && m.to == f.from
+                && m.from == f.to
+                && m.start <= f.end
+                && f.start <= m.end
+        })
+    })
+}
+
 /// Fences every failed-over instance that answers again at `table`'s version, on itself (with
 /// the connections of older tables closed): a sidecar that missed the failover cannot write
 /// there (`docs/protocol.md`).
@@ -120,7 +143,8 @@ pub async fn publish_routing(
         // gone for the sidecars); otherwise every other instance learns its fence first.
         let newly = newly_failed_over(previous, &table);
         for name in &newly {
-            if let Some(ri) = selected.iter().find(|ri| ri.name_any() == *name)
+            if !only_restores_failbacks(previous, &table, name)
+                && let Some(ri) = selected.iter().find(|ri| ri.name_any() == *name)
                 && fences::answers(ctx, namespace, ri).await
             {
                 info!(instance = %name, "holding a failover back: the instance answers again");

@@ -302,6 +302,7 @@ pub fn plan_routing(
     // Failover overlay. With rebalancing on, a recovered owner keeps its failover entries
     // until the failback migration (which moves the data written meanwhile) replaces them.
     let sticky = spec.balancing.rebalance.enabled;
+    let prev_failover = failovers_in(previous, &by_name);
     let mut failover = Vec::new();
     for (cat, _, fallback_tier, tier) in &categories {
         for run in &cat.slots {
@@ -311,9 +312,7 @@ pub fn plan_routing(
             if owner.phase != InstancePhase::Unreachable {
                 if sticky && owner.serving() {
                     failover.extend(
-                        previous
-                            .map(|t| t.failover.as_slice())
-                            .unwrap_or_default()
+                        prev_failover
                             .iter()
                             .filter(|f| {
                                 f.category == cat.name
@@ -330,13 +329,11 @@ pub fn plan_routing(
             // A dead source's migrating ranges go to the migration's target, which holds
             // what moved and what was written since; the rest to a fallback.
             for (piece, handoff) in handoff_pieces(&cat.name, run, previous, &by_name) {
-                let kept = previous.and_then(|t| {
-                    t.failover.iter().find(|f| {
-                        f.category == cat.name
-                            && f.from == run.instance
-                            && f.range() == piece
-                            && by_name.get(f.to.as_str()).is_some_and(|i| i.serving())
-                    })
+                let kept = prev_failover.iter().find(|f| {
+                    f.category == cat.name
+                        && f.from == run.instance
+                        && f.range() == piece
+                        && by_name.get(f.to.as_str()).is_some_and(|i| i.serving())
                 });
                 let target = match (kept, handoff) {
                     (Some(f), _) => Some(f.to.clone()),
@@ -411,6 +408,46 @@ pub fn plan_routing(
 
 /// `run` (owned by an unreachable instance) cut where the previous table migrated parts of it
 /// away: each piece, with the migration's target when that target serves.
+/// The failover entries of `previous`, and the ones its failbacks stand in for: while a
+/// failback migrates, the table carries its ranges as `migrating` (from the failover target
+/// back to the owner) instead of their failover entries. A migration to the range's owner from
+/// an instance that is not a draining one owning nothing (the old single Redis being emptied)
+/// is a failback; should it end without finishing (rolled back, or its owner lost again), its
+/// ranges stay where their data is, on the failover target.
+fn failovers_in(
+    previous: Option<&RoutingTable>,
+    by_name: &BTreeMap<&str, &InstanceView>,
+) -> Vec<Failover> {
+    let Some(previous) = previous else {
+        return Vec::new();
+    };
+    let mut out = previous.failover.clone();
+    for m in &previous.migrating {
+        let Some(cat) = previous.category(&m.category) else {
+            continue;
+        };
+        let owned_by_target = cat
+            .slots
+            .iter()
+            .any(|o| o.instance == m.to && o.range.contains(m.start) && o.range.contains(m.end));
+        let legacy = by_name.get(m.from.as_str()).is_some_and(|i| i.drain)
+            && !previous
+                .categories
+                .iter()
+                .any(|c| c.slots.iter().any(|o| o.instance == m.from));
+        if owned_by_target && !legacy {
+            out.push(Failover {
+                category: m.category.clone(),
+                start: m.start,
+                end: m.end,
+                from: m.to.clone(),
+                to: m.from.clone(),
+            });
+        }
+    }
+    out
+}
+
 fn handoff_pieces(
     category: &str,
     run: &SlotOwner,

@@ -311,3 +311,49 @@ fn a_table_for_a_large_fleet_stays_under_one_mebibyte() {
     let back = crate::routing::config_map::table_of(&cm).unwrap().unwrap();
     assert_eq!(back, five_thousand);
 }
+
+#[test]
+fn a_failback_that_ends_before_finishing_leaves_its_ranges_on_the_failover_target() {
+    // Chaos seed 4 (180 s): a failback's Job kept failing (its source was past maxmemory) and
+    // the plan was rolled back. The table published during the failback carries the ranges as
+    // `migrating` in place of their failover entries; the table after the roll-back was built
+    // from it and gave the ranges to the recovered owner, whose stale copies the Job had
+    // purged, and the fallback's copies — every write of the outage — were freed.
+    let before = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let mut down = two();
+    down[0].phase = InstancePhase::Unreachable;
+    let during = plan_routing("shop/shop", &shop(), &down, Some(&before))
+        .table
+        .unwrap();
+    assert!(!during.failover.is_empty());
+    // The failback's flip: the failover entries replaced by migrations back to the owner.
+    let mut flipped = during.clone();
+    flipped.migrating = flipped
+        .failover
+        .drain(..)
+        .map(|f| crate::routing::table::Migration {
+            category: f.category,
+            start: f.start,
+            end: f.end,
+            from: f.to,
+            to: f.from,
+            epoch: 9,
+        })
+        .collect();
+
+    // The plan is over without finishing: the next table serves the ranges where their data is.
+    let after = plan_routing("shop/shop", &shop(), &two(), Some(&flipped))
+        .table
+        .unwrap();
+    assert_eq!(after.failover, during.failover);
+    let resolver = crate::routing::Resolver::new(after.clone()).unwrap();
+    let route = resolver.resolve(b"auth:token");
+    assert_eq!(resolver.instance_name(route.target), "secondary");
+    // And when the owner dies again meanwhile, the ranges stay on the same fallback.
+    let again = plan_routing("shop/shop", &shop(), &down, Some(&flipped))
+        .table
+        .unwrap();
+    assert_eq!(again.failover, during.failover);
+}
