@@ -35,6 +35,31 @@ pub fn redis_6_2() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// A server binary newer than Debian's, from the environment variable `var` (`make test` sets
+/// `REDIS_FLEET_REDIS_8`, `REDIS_FLEET_VALKEY_8` and `REDIS_FLEET_VALKEY_9` from
+/// `hack/redis-servers.sh`). When it is unset the caller is to skip that server: this says so
+/// loudly — and fails under CI (`CI` set), whose `make test` always sets it.
+pub fn server_from_env(var: &str, what: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(path) if !path.is_empty() => {
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "{var}={} is not a file", path.display());
+            Some(path)
+        }
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{var} is unset under CI: `make test` sets it from hack/redis-servers.sh"
+            );
+            eprintln!(
+                "\n!!!!! SKIPPING {what}: {var} is unset. `make test` sets it; by hand: \
+                 export $(hack/redis-servers.sh) !!!!!\n"
+            );
+            None
+        }
+    }
+}
+
 impl RedisOptions {
     /// A server with the given `maxmemory` (the user's instances are 30 MB).
     pub fn with_maxmemory(bytes: u64) -> Self {
