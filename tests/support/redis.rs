@@ -1,5 +1,6 @@
 //! Real `redis-server` processes on free loopback ports, with a real `maxmemory`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -51,7 +52,9 @@ pub fn server_from_env(var: &str, what: &str) -> Option<PathBuf> {
                 std::env::var_os("CI").is_none(),
                 "{var} is unset under CI: `make test` sets it from hack/redis-servers.sh"
             );
-            eprintln!(
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n!!!!! SKIPPING {what}: {var} is unset. `make test` sets it; by hand: \
                  export $(hack/redis-servers.sh) !!!!!\n"
             );
