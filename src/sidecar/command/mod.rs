@@ -1,21 +1,24 @@
 //! Which arguments of a command are keys, and how the sidecar must treat the command (pure).
-//! The types are here; key extraction is in `keys.rs`, the table of Redis 7 commands, as data,
-//! in `table.rs`.
+//! The types are here; key extraction is in `keys.rs`, the table of commands (Redis 7.0 to 8.2,
+//! Valkey 8 and 9), as data, in `table.rs`.
 //!
 //! The sidecar routes every key to the instance that owns it, so for each command it needs to
 //! know where the keys are, whether they may be split across instances, and whether the
 //! command is to be answered locally, sent to every instance, or refused. This module holds a
-//! static table of the Redis 7 commands with that knowledge, and extracts key positions from
-//! an argument list exactly as Redis' own key specs do (`COMMAND GETKEYS` is the oracle: the
-//! integration test `tests/command_table.rs` compares the two on thousands of invocations).
+//! static table of the commands of Redis 7.0 to 8.2 and Valkey 8 and 9 with that knowledge,
+//! and extracts key positions from an argument list exactly as the servers' own key specs do
+//! (`COMMAND GETKEYS` is the oracle: the integration test `tests/command_table.rs` compares
+//! the two on thousands of invocations, against each of those servers).
 //! Two deliberate differences, both where GETKEYS disagrees with the command it describes:
 //! XREAD/XREADGROUP options are walked as the command walks them (GETKEYS takes the first
 //! argument spelled "streams", even a consumer's name), and `PFMERGE dest` keeps its key
 //! (GETKEYS gives up on it). Where the command would fail before touching a key (arity, a bad
 //! numkeys), [`key_indices`] fails with the command's own error text.
 //!
-//! Every command Redis 7.0 knows is in the table, if only to be refused with a reason, so
-//! "unknown command" is only ever said of commands Redis would not know either.
+//! Every command those servers know is in the table, if only to be refused with a reason, so
+//! "unknown command" is only ever said of commands none of them knows. The table is the union:
+//! a command only Valkey has (DELIFEQ) is routed to a Redis instance like any other, and that
+//! instance answers that it does not know it.
 
 mod keys;
 mod table;
@@ -36,7 +39,9 @@ pub struct CommandSpec {
     /// uses this spelling in its error messages, and so do we.
     pub name: &'static str,
     /// Number of arguments including the command name (and subcommand); negative means
-    /// "at least", as in `COMMAND INFO`.
+    /// "at least", as in `COMMAND INFO`. Module commands declare -1 there and check their
+    /// arguments themselves; for them this is the least the module accepts, which is never
+    /// less than the command and its key.
     pub arity: i32,
     /// How the sidecar handles the command.
     pub kind: Kind,
@@ -57,6 +62,9 @@ pub struct CommandSpec {
     pub subcommands: &'static [CommandSpec],
     /// How the reply differs in RESP3 from the RESP2 reply the instances send.
     pub resp3: Resp3,
+    /// For a command a module registers (Redis 8's built-in vector sets): the name as the
+    /// module registered it, which the server uses in the command's error messages (`'VADD'`).
+    pub module: Option<&'static str>,
 }
 
 /// What a command's reply becomes for a RESP3 client. The instances are spoken to in RESP2;
@@ -282,6 +290,9 @@ pub enum LocalCommand {
     ClientSetName,
     /// `CLIENT SETINFO LIB-NAME|LIB-VER value` (Redis 7.2; client libraries send it on connect).
     ClientSetInfo,
+    /// `CLIENT CAPA capability...` (Valkey 8): the capabilities a client declares (`redirect`,
+    /// for replies the sidecar never sends).
+    ClientCapa,
     /// `CLIENT INFO`.
     ClientInfo,
     /// `CLIENT LIST [...]`: the sidecar's own clients.
@@ -408,7 +419,7 @@ pub enum NumKeysErrors {
 /// the proxy replies `-ERR <Display>`.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CommandError {
-    /// Not a command Redis 7 knows (nor the sidecar).
+    /// Not a command the table knows.
     #[error("unknown command '{name}', with args beginning with: {args}")]
     UnknownCommand {
         /// The name as sent (at most 128 bytes).
@@ -496,6 +507,11 @@ impl CommandSpec {
                 .split_once('|')
                 .is_some_and(|(_, sub)| sub.as_bytes().eq_ignore_ascii_case(name))
         })
+    }
+
+    /// The command's name as the server spells it in "wrong number of arguments" errors.
+    pub fn error_name(&self) -> &'static str {
+        self.module.unwrap_or(self.name)
     }
 
     /// Whether `argc` arguments (the name included) satisfy the arity.

@@ -1,4 +1,4 @@
-//! The command table: every command Redis 7.0 knows, as data — its arity, how the sidecar
+//! The command table: every command Redis 7.0 to 8.2 and Valkey 8 and 9 know, as data — its arity, how the sidecar
 //! handles it, where its keys are, Redis' `write` flag and the sidecar's own flags (a read that
 //! counts hits, a read that extends an adaptive TTL, the keys a write creates). Sorted by name
 //! for [`super::lookup`]'s binary search; its many short names stay local to this file.
@@ -25,6 +25,8 @@ const TRACKING: &str = "client-side caching (tracking) is not supported by the s
 const FUNCTION: &str =
     "load functions on each instance directly; FCALL and FCALL_RO work once they are there";
 const UNSUPPORTED: &str = "not supported by the sidecar";
+const PER_CONNECTION: &str = "the sidecar shares its instance connections among its clients, \
+     so one client's connection mode cannot be set on them";
 
 const fn c(
     name: &'static str,
@@ -44,6 +46,7 @@ const fn c(
         creates: Creates::Nothing,
         subcommands: &[],
         resp3: Resp3::Same,
+        module: None,
     }
 }
 
@@ -64,6 +67,7 @@ const fn container(
         creates: Creates::Nothing,
         subcommands,
         resp3: Resp3::Same,
+        module: None,
     }
 }
 
@@ -93,6 +97,14 @@ impl CommandSpec {
     /// A reply whose RESP3 form differs ([`CommandSpec::resp3`]).
     const fn resp3(self, resp3: Resp3) -> Self {
         Self { resp3, ..self }
+    }
+
+    /// A command a module registers under `registered` ([`CommandSpec::module`]).
+    const fn module(self, registered: &'static str) -> Self {
+        Self {
+            module: Some(registered),
+            ..self
+        }
     }
 }
 
@@ -128,7 +140,8 @@ const fn streams(group: bool) -> KeySpec {
 }
 
 // Sorted by name (lookup is a binary search; a test checks the order). Arity, keys and the
-// write flag are Redis 7.0's, checked against a real server by tests/command_table.rs.
+// write flag are the servers' own, checked against real Redis 7.0 and 8.2 and Valkey 8.1 and
+// 9.0 servers by tests/command_table.rs, which also knows which server lacks which command.
 pub(super) static COMMANDS: &[CommandSpec] = &[
     c("acl", -2, Refused(ADMIN), &[], READ),
     c("append", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
@@ -152,6 +165,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     container("client", -2, Container, CLIENT_SUBCOMMANDS),
     c("cluster", -2, Refused(CLUSTER), &[], READ),
     container("command", -1, Local(L::Command), COMMAND_SUBCOMMANDS).resp3(Resp3::Introspection),
+    c("commandlog", -2, Refused(ADMIN), &[], READ),
     c("config", -2, Refused(ADMIN), &[], READ),
     c("copy", -3, SameInstance, &[key(1), key(2)], WRITE).creates(Creates::Key(2)),
     c("dbsize", 1, FanOut(F::DbSize), &[], READ),
@@ -159,6 +173,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("decr", 2, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("decrby", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("del", -2, MultiKey(S::Del), &[range(1, -1, 1)], WRITE),
+    c("delifeq", 3, SingleKey, &[key(1)], WRITE),
     c("discard", 1, Transaction(T::Discard), &[], READ),
     c("dump", 2, SingleKey, &[key(1)], READ),
     c("echo", 2, Local(L::Echo), &[], READ),
@@ -212,21 +227,34 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("hdel", -3, SingleKey, &[key(1)], WRITE),
     c("hello", -1, Local(L::Hello), &[], READ).resp3(Resp3::Map),
     c("hexists", 3, SingleKey, &[key(1)], READ),
+    c("hexpire", -6, SingleKey, &[key(1)], WRITE),
+    c("hexpireat", -6, SingleKey, &[key(1)], WRITE),
+    c("hexpiretime", -5, SingleKey, &[key(1)], READ),
     c("hget", 3, SingleKey, &[key(1)], READ).hits().adaptive(),
     c("hgetall", 2, SingleKey, &[key(1)], READ)
         .adaptive()
         .resp3(Resp3::Map),
+    c("hgetdel", -5, SingleKey, &[key(1)], WRITE),
+    c("hgetex", -5, SingleKey, &[key(1)], WRITE),
     c("hincrby", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hincrbyfloat", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hkeys", 2, SingleKey, &[key(1)], READ),
     c("hlen", 2, SingleKey, &[key(1)], READ),
     c("hmget", -3, SingleKey, &[key(1)], READ).adaptive(),
     c("hmset", -4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
+    c("hpersist", -5, SingleKey, &[key(1)], WRITE),
+    c("hpexpire", -6, SingleKey, &[key(1)], WRITE),
+    c("hpexpireat", -6, SingleKey, &[key(1)], WRITE),
+    c("hpexpiretime", -5, SingleKey, &[key(1)], READ),
+    c("hpttl", -5, SingleKey, &[key(1)], READ),
     c("hrandfield", -2, SingleKey, &[key(1)], READ).resp3(Resp3::RandPairs { double: false }),
     c("hscan", -3, SingleKey, &[key(1)], READ),
     c("hset", -4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
+    // Field expiries are not the key's: a hash HSETEX creates gets the category's default TTL.
+    c("hsetex", -6, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hsetnx", 4, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("hstrlen", 3, SingleKey, &[key(1)], READ),
+    c("httl", -5, SingleKey, &[key(1)], READ),
     c("hvals", 2, SingleKey, &[key(1)], READ),
     c("incr", 2, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("incrby", 3, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
@@ -375,13 +403,33 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("unlink", -2, MultiKey(S::Unlink), &[range(1, -1, 1)], WRITE),
     c("unsubscribe", -1, PubSub(P::Unsubscribe), &[], READ).resp3(Resp3::Raw),
     c("unwatch", 1, Transaction(T::Unwatch), &[], READ),
+    // Vector sets (Redis 8): a module built into the server and always loaded.
+    c("vadd", -5, SingleKey, &[key(1)], WRITE)
+        .module("VADD")
+        .creates(Creates::Key(1)),
+    c("vcard", 2, SingleKey, &[key(1)], READ).module("VCARD"),
+    c("vdim", 2, SingleKey, &[key(1)], READ).module("VDIM"),
+    c("vemb", -3, SingleKey, &[key(1)], READ).module("VEMB"),
+    c("vgetattr", 3, SingleKey, &[key(1)], READ).module("VGETATTR"),
+    c("vinfo", 2, SingleKey, &[key(1)], READ)
+        .module("VINFO")
+        .resp3(Resp3::Map),
+    c("vismember", 3, SingleKey, &[key(1)], READ).module("VISMEMBER"),
+    c("vlinks", -3, SingleKey, &[key(1)], READ).module("VLINKS"),
+    c("vrandmember", -2, SingleKey, &[key(1)], READ).module("VRANDMEMBER"),
+    c("vrem", 3, SingleKey, &[key(1)], WRITE).module("VREM"),
+    c("vsetattr", 4, SingleKey, &[key(1)], WRITE).module("VSETATTR"),
+    c("vsim", -4, SingleKey, &[key(1)], READ).module("VSIM"),
     c("wait", 3, Refused(REPLICATION), &[], READ),
+    c("waitaof", 4, Refused(REPLICATION), &[], READ),
     c("watch", -2, Transaction(T::Watch), &[range(1, -1, 1)], READ),
     c("xack", -4, SingleKey, &[key(1)], WRITE),
+    c("xackdel", -6, SingleKey, &[key(1)], WRITE),
     c("xadd", -5, SingleKey, &[key(1)], WRITE).creates(Creates::Key(1)),
     c("xautoclaim", -6, SingleKey, &[key(1)], WRITE),
     c("xclaim", -6, SingleKey, &[key(1)], WRITE),
     c("xdel", -3, SingleKey, &[key(1)], WRITE),
+    c("xdelex", -5, SingleKey, &[key(1)], WRITE),
     container("xgroup", -2, Container, XGROUP_SUBCOMMANDS),
     container("xinfo", -2, Container, XINFO_SUBCOMMANDS),
     c("xlen", 2, SingleKey, &[key(1)], READ),
@@ -431,7 +479,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("zrangebylex", -4, SingleKey, &[key(1)], READ),
     c("zrangebyscore", -4, SingleKey, &[key(1)], READ).resp3(Resp3::WithScores),
     c("zrangestore", -5, SameInstance, &[key(1), key(2)], WRITE).creates(Creates::Key(1)),
-    c("zrank", 3, SingleKey, &[key(1)], READ).resp3(Resp3::RankWithScore),
+    c("zrank", -3, SingleKey, &[key(1)], READ).resp3(Resp3::RankWithScore),
     c("zrem", -3, SingleKey, &[key(1)], WRITE),
     c("zremrangebylex", 4, SingleKey, &[key(1)], WRITE),
     c("zremrangebyrank", 4, SingleKey, &[key(1)], WRITE),
@@ -439,7 +487,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     c("zrevrange", -4, SingleKey, &[key(1)], READ).resp3(Resp3::WithScores),
     c("zrevrangebylex", -4, SingleKey, &[key(1)], READ),
     c("zrevrangebyscore", -4, SingleKey, &[key(1)], READ).resp3(Resp3::WithScores),
-    c("zrevrank", 3, SingleKey, &[key(1)], READ).resp3(Resp3::RankWithScore),
+    c("zrevrank", -3, SingleKey, &[key(1)], READ).resp3(Resp3::RankWithScore),
     c("zscan", -3, SingleKey, &[key(1)], READ),
     c("zscore", 3, SingleKey, &[key(1)], READ).resp3(Resp3::Double),
     c("zunion", -3, SameInstance, &[numkeys(1, 2, Zset)], READ).resp3(Resp3::WithScores),
@@ -470,14 +518,17 @@ static PUBSUB_SUBCOMMANDS: &[CommandSpec] = &[
 
 static CLIENT_SUBCOMMANDS: &[CommandSpec] = &[
     c("client|caching", 3, Refused(TRACKING), &[], READ),
+    c("client|capa", -3, Local(L::ClientCapa), &[], READ),
     c("client|getname", 2, Local(L::ClientGetName), &[], READ),
     c("client|getredir", 2, Refused(TRACKING), &[], READ),
     c("client|help", 2, Local(L::Help), &[], READ),
     c("client|id", 2, Local(L::ClientId), &[], READ),
+    c("client|import-source", 3, Refused(ADMIN), &[], READ),
     c("client|info", 2, Local(L::ClientInfo), &[], READ).resp3(Resp3::Verbatim),
     c("client|kill", -3, Refused(ADMIN), &[], READ),
     c("client|list", -2, Local(L::ClientList), &[], READ).resp3(Resp3::Verbatim),
     c("client|no-evict", 3, Refused(ADMIN), &[], READ),
+    c("client|no-touch", 3, Refused(PER_CONNECTION), &[], READ),
     c("client|pause", -3, Refused(ADMIN), &[], READ),
     c("client|reply", 3, Local(L::ClientReply), &[], READ),
     c("client|setinfo", 4, Local(L::ClientSetInfo), &[], READ),
@@ -491,10 +542,10 @@ static CLIENT_SUBCOMMANDS: &[CommandSpec] = &[
 static COMMAND_SUBCOMMANDS: &[CommandSpec] = &[
     c("command|count", 2, Local(L::CommandCount), &[], READ).resp3(Resp3::Introspection),
     c("command|docs", -2, Local(L::CommandDocs), &[], READ).resp3(Resp3::Introspection),
-    c("command|getkeys", -4, Local(L::CommandGetKeys), &[], READ).resp3(Resp3::Introspection),
+    c("command|getkeys", -3, Local(L::CommandGetKeys), &[], READ).resp3(Resp3::Introspection),
     c(
         "command|getkeysandflags",
-        -4,
+        -3,
         Local(L::CommandGetKeysAndFlags),
         &[],
         READ,
@@ -529,6 +580,7 @@ static SCRIPT_SUBCOMMANDS: &[CommandSpec] = &[
     c("script|help", 2, Local(L::Help), &[], READ),
     c("script|kill", 2, Refused(ADMIN), &[], READ),
     c("script|load", 3, FanOut(F::ScriptLoad), &[], READ),
+    c("script|show", 3, Refused(ADMIN), &[], READ),
 ];
 
 static XGROUP_SUBCOMMANDS: &[CommandSpec] = &[

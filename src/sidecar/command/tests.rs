@@ -184,6 +184,84 @@ fn numkeys_commands() {
 }
 
 #[test]
+fn commands_of_redis_7_2_to_8_2_and_valkey() {
+    // Hash-field expiry (Redis 7.4, Valkey 9): the key first, then the fields.
+    ok("HEXPIRE h 10 NX FIELDS 2 a b", &["h"]);
+    ok("hpexpire h 100 FIELDS 1 a", &["h"]);
+    ok("HEXPIREAT h 1700000000 GT FIELDS 1 a", &["h"]);
+    ok("HPEXPIREAT h 1700000000000 FIELDS 1 a", &["h"]);
+    for read in ["HTTL", "HPTTL", "HEXPIRETIME", "HPEXPIRETIME", "HPERSIST"] {
+        ok(&format!("{read} h FIELDS 2 a b"), &["h"]);
+    }
+    err(
+        "HTTL h FIELDS",
+        "wrong number of arguments for 'httl' command",
+    );
+    err(
+        "HEXPIRE h 10 FIELDS",
+        "wrong number of arguments for 'hexpire' command",
+    );
+    // HGETDEL, HGETEX, HSETEX (Redis 8.0; Valkey 9 has the last two).
+    ok("HGETDEL h FIELDS 2 a b", &["h"]);
+    ok("HGETEX h PX 100 FIELDS 1 a", &["h"]);
+    ok("HGETEX h PERSIST FIELDS 1 a", &["h"]);
+    ok("HSETEX h FNX EX 10 FIELDS 2 a 1 b 2", &["h"]);
+    ok("hsetex h KEEPTTL FIELDS 1 a 1", &["h"]);
+    err(
+        "HSETEX h FIELDS 1 a",
+        "wrong number of arguments for 'hsetex' command",
+    );
+    err(
+        "HGETDEL h FIELDS 1",
+        "wrong number of arguments for 'hgetdel' command",
+    );
+    // Streams (Redis 8.2), DELIFEQ (Valkey 9), ZRANK WITHSCORE (Redis 7.2).
+    ok("XACKDEL s g KEEPREF IDS 2 1-0 2-0", &["s"]);
+    ok("XDELEX s ACKED IDS 1 1-0", &["s"]);
+    ok("DELIFEQ k v", &["k"]);
+    ok("ZRANK z m WITHSCORE", &["z"]);
+    ok("ZREVRANK z m", &["z"]);
+    // Vector sets (Redis 8.0): a module's commands, whose arity errors name them as the
+    // module registered them.
+    ok("VADD v VALUES 2 1 0 a SETATTR {}", &["v"]);
+    ok("VSIM v ELE a WITHSCORES COUNT 3", &["v"]);
+    ok("VCARD v", &["v"]);
+    ok("VEMB v a RAW", &["v"]);
+    ok("VRANDMEMBER v", &["v"]);
+    err("VCARD", "wrong number of arguments for 'VCARD' command");
+    err("VCARD v x", "wrong number of arguments for 'VCARD' command");
+    err(
+        "vsetattr v a",
+        "wrong number of arguments for 'VSETATTR' command",
+    );
+    assert_eq!(lookup(b"vadd").unwrap().module, Some("VADD"));
+    assert_eq!(lookup(b"get").unwrap().error_name(), "get");
+}
+
+#[test]
+fn connection_and_server_commands_of_redis_7_2_to_8_2_and_valkey() {
+    let refused = |line: &str, name: &str| match resolve(&split(line)) {
+        Err(CommandError::Refused { command, .. }) => assert_eq!(command, name, "{line}"),
+        other => panic!("{line}: {other:?}"),
+    };
+    // The sidecar's instance connections are shared: no per-client connection mode.
+    refused("CLIENT NO-TOUCH ON", "client|no-touch");
+    refused("WAITAOF 1 0 100", "waitaof");
+    refused("CLIENT IMPORT-SOURCE ON", "client|import-source");
+    refused("COMMANDLOG GET 10 slow", "commandlog");
+    refused("SCRIPT SHOW 0123", "script|show");
+    // Valkey clients may declare capabilities; none needs anything of the sidecar.
+    assert_eq!(
+        resolve(&split("CLIENT CAPA redirect")).unwrap().spec.kind,
+        Kind::Local(LocalCommand::ClientCapa)
+    );
+    assert_eq!(
+        resolve(&split("client capa")).unwrap_err(),
+        CommandError::WrongArity("client|capa")
+    );
+}
+
+#[test]
 fn streams() {
     ok("XREAD STREAMS a b 0 0", &["a", "b"]);
     ok("XREAD COUNT 10 BLOCK 0 streams a 0", &["a"]);
@@ -444,7 +522,7 @@ fn the_sidecar_flags_mark_reads_and_key_creating_writes() {
     );
     let creates = |name: &str| lookup(name.as_bytes()).unwrap().creates;
     for name in [
-        "hset", "incr", "lpush", "zadd", "xadd", "pfadd", "geoadd", "bitfield",
+        "hset", "hsetex", "incr", "lpush", "zadd", "xadd", "pfadd", "geoadd", "bitfield", "vadd",
     ] {
         assert_eq!(creates(name), Creates::Key(1), "{name}");
     }
@@ -478,6 +556,7 @@ fn the_sidecar_flags_mark_reads_and_key_creating_writes() {
         "hset",
         "hsetnx",
         "hmset",
+        "hsetex",
         "hincrby",
         "hincrbyfloat",
         "lpush",
@@ -488,6 +567,7 @@ fn the_sidecar_flags_mark_reads_and_key_creating_writes() {
         "xadd",
         "pfadd",
         "geoadd",
+        "vadd",
         "mset",
         "msetnx",
         "bitop",

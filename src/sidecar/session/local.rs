@@ -59,7 +59,7 @@ impl Client {
                 self.name = args.get(2).cloned();
                 ok()
             }
-            LocalCommand::ClientSetInfo => ok(),
+            LocalCommand::ClientSetInfo | LocalCommand::ClientCapa => ok(),
             LocalCommand::ClientInfo | LocalCommand::ClientList => {
                 let name = self
                     .name
