@@ -323,7 +323,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
     static NAMES: OnceLock<BTreeSet<String>> = OnceLock::new();
     NAMES.get_or_init(|| {
         use redis_fleet::operator::metrics::{
-            ControllerLabels, ErrorLabels, InstanceLabels, Metrics, PolicyLabels, ProbeErrorLabels,
+            ControllerLabels, ErrorLabels, InstanceLabels, Metrics, PolicyLabels, RedisCounters,
         };
         let mut registry = prometheus_client::registry::Registry::default();
         let operator = Metrics::new(&mut registry);
@@ -332,7 +332,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
         // Families are exposed once they have a series: give each one.
         let instance = InstanceLabels {
             namespace: "ns".into(),
-            instance: "i".into(),
+            redis_instance: "i".into(),
         };
         for f in [
             &operator.instance_up,
@@ -340,26 +340,21 @@ fn exported_metrics() -> &'static BTreeSet<String> {
             &operator.capacity_bytes,
             &operator.keys,
             &operator.connected_clients,
-            &operator.evicted_keys,
         ] {
             f.get_or_create(&instance).set(1);
         }
-        for f in [
-            &operator.usage_ratio,
-            &operator.hit_ratio,
-            &operator.ops_per_second,
-        ] {
-            f.get_or_create(&instance).set(1.0);
-        }
+        operator.usage_ratio.get_or_create(&instance).set(1.0);
+        operator.set_redis_counters(
+            &instance,
+            &RedisCounters {
+                commands_processed: Some(1),
+                keyspace_hits: Some(1),
+                keyspace_misses: Some(1),
+                evicted_keys: Some(1),
+            },
+        );
         operator.observe_latency(&instance, std::time::Duration::from_millis(1));
-        operator
-            .probe_errors
-            .get_or_create(&ProbeErrorLabels {
-                namespace: "ns".into(),
-                instance: "i".into(),
-                reason: "Timeout".into(),
-            })
-            .inc();
+        operator.probe_error(&instance, "Timeout");
         let controller = ControllerLabels {
             controller: "c".into(),
         };
@@ -389,7 +384,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
         ] {
             f.get_or_create(&policy).set(1);
         }
-        operator.rebalance_failures.get_or_create(&policy).inc();
+        operator.rebalance_failed(&policy);
         let category = sidecar.category("c");
         for c in [
             &category.commands,
@@ -423,8 +418,37 @@ fn exported_metrics() -> &'static BTreeSet<String> {
                 && names.contains("redisfleet_sidecar_hits_total"),
             "{text}"
         );
+        // Redis's own counters are counters, for rate(); no rate is computed by the operator.
+        for counter in [
+            "redisfleet_instance_commands_processed_total",
+            "redisfleet_instance_keyspace_hits_total",
+            "redisfleet_instance_keyspace_misses_total",
+            "redisfleet_instance_evicted_keys_total",
+        ] {
+            assert!(names.contains(counter), "{counter} missing\n{text}");
+        }
+        for gone in [
+            "redisfleet_instance_ops_per_second",
+            "redisfleet_instance_hit_ratio",
+        ] {
+            assert!(!names.contains(gone), "{gone} is still exported");
+        }
+        // `instance` is Prometheus's target label: no series carries one of its own.
+        for series in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                !uses_instance_label(series),
+                "a series labelled `instance`: {series}"
+            );
+        }
         names
     })
+}
+
+/// Whether `text` (PromQL, a legend, an alert template, a series) names the label `instance`:
+/// the word alone, not inside `redis_instance` or `redisfleet_instance_up`.
+fn uses_instance_label(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|word| word == "instance")
 }
 
 /// The `redisfleet_*` names a PromQL expression uses, without histogram suffixes.
@@ -873,7 +897,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
     assert_eq!(endpoint["path"], "/metrics");
     assert_eq!(
         endpoint["honorLabels"], true,
-        "keep the series' own namespace/instance labels"
+        "keep the series' own namespace label"
     );
     let service = one(&objects, "Service");
     for (k, v) in monitor["spec"]["selector"]["matchLabels"]
@@ -895,6 +919,12 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
     assert_eq!(
         pod_monitor["spec"]["podMetricsEndpoints"][0]["port"],
         "fleet-metrics"
+    );
+    assert!(
+        pod_monitor["spec"]["podMetricsEndpoints"][0]
+            .get("honorLabels")
+            .is_none(),
+        "a sidecar's series must not overwrite its pod's target labels"
     );
 
     // The four alerts, each with a summary, a runbook-style description and a runbook link.
@@ -961,6 +991,17 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
             assert!(
                 exported_metrics().contains(&m),
                 "{n} uses unknown metric {m}"
+            );
+        }
+        let expr = r["expr"].as_str().unwrap();
+        assert!(
+            !uses_instance_label(expr),
+            "{n}: the RedisInstance is `redis_instance`, not `instance`: {expr}"
+        );
+        for text in [summary, description] {
+            assert!(
+                !text.contains("$labels.instance "),
+                "{n}: the RedisInstance is `$labels.redis_instance`: {text}"
             );
         }
     }
@@ -1031,6 +1072,12 @@ fn check_dashboard(dashboard: &Value) {
                 );
                 used.insert(m);
             }
+            let legend = t["legendFormat"].as_str().unwrap_or_default();
+            assert!(
+                !uses_instance_label(expr) && !uses_instance_label(legend),
+                "{}: the RedisInstance is `redis_instance`, not `instance`: {expr} / {legend}",
+                p["title"]
+            );
         }
     }
     for wanted in [
@@ -1038,6 +1085,8 @@ fn check_dashboard(dashboard: &Value) {
         "Usage vs threshold",
         "Hit ratio per category",
         "Probe latency p50 / p99",
+        "Instance hit ratio",
+        "Commands and evictions per instance",
         "Rebalance progress",
         "Routing version vs sidecar min version",
     ] {
@@ -1052,6 +1101,10 @@ fn check_dashboard(dashboard: &Value) {
         "redisfleet_sidecar_hits_total",
         "redisfleet_sidecar_misses_total",
         "redisfleet_instance_probe_latency_seconds",
+        "redisfleet_instance_keyspace_hits_total",
+        "redisfleet_instance_keyspace_misses_total",
+        "redisfleet_instance_commands_processed_total",
+        "redisfleet_instance_evicted_keys_total",
         "redisfleet_rebalance_keys_moved",
         "redisfleet_rebalance_keys",
         "redisfleet_routing_version",

@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -55,6 +55,9 @@ use secrets::SecretReader;
 
 /// RedisInstance reconciles (probes) in flight at once.
 const INSTANCE_CONCURRENCY: u16 = 32;
+
+/// How often the series of deleted instances and policies are looked for.
+const JANITOR_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How the operator runs.
 #[derive(Debug, Clone)]
@@ -204,6 +207,18 @@ where
     }
 }
 
+/// Whether the store has listed its objects once.
+fn ready<K>(store: &reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
 /// Resolves when `stop` turns true.
 async fn stopped(mut stop: watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
@@ -313,16 +328,37 @@ async fn run_scope(
         )
         .for_each(log_failures(redis_instance::CONTROLLER));
 
-    // Forget probe state and metric series of deleted instances.
+    // Forget probe state and metric series of deleted instances and policies: a series left
+    // at its last value would keep alerts on it firing. Cheap (a store lookup per object), so
+    // it runs often enough that a deleted object's series go within seconds. A store that has
+    // not listed its objects yet (e.g. its first watch was refused while the apiserver's
+    // storage initialised) says nothing about what is deleted: its objects wait for it.
+    // The metrics are shared by every scope: each janitor looks at its own namespace only.
+    let janitor_scope = scope.clone();
     let janitor = async move {
-        let _ = shared.instances.wait_until_ready().await;
         loop {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            for gone in instance_ctx.forget_deleted_instances() {
-                shared.metrics.forget_instance(&InstanceLabels {
-                    namespace: gone.namespace.clone().unwrap_or_default(),
-                    instance: gone.name.clone(),
-                });
+            tokio::time::sleep(JANITOR_INTERVAL).await;
+            if ready(&shared.instances) {
+                for gone in instance_ctx.forget_deleted_instances() {
+                    shared.metrics.forget_instance(&InstanceLabels {
+                        namespace: gone.namespace.clone().unwrap_or_default(),
+                        redis_instance: gone.name.clone(),
+                    });
+                }
+            }
+            if ready(&shared.policies) {
+                let in_scope = |labels: &metrics::PolicyLabels| {
+                    janitor_scope
+                        .as_deref()
+                        .is_none_or(|ns| ns == labels.namespace)
+                };
+                for labels in shared.metrics.policies().into_iter().filter(in_scope) {
+                    let policy =
+                        ObjectRef::<CachePolicy>::new(&labels.policy).within(&labels.namespace);
+                    if shared.policies.get(&policy).is_none() {
+                        shared.metrics.forget_policy(&labels);
+                    }
+                }
             }
         }
     };
