@@ -138,9 +138,10 @@ async fn external_instance_goes_ready_and_status_tracks_memory() {
     let table = String::from_utf8_lossy(&out.stdout);
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[0], "primary");
-    assert_eq!(row[1], "Ready", "{table}");
-    assert!(row[2].ends_with("Mi") && row[3] == "30.0Mi", "{table}");
-    assert!(row[4].parse::<u32>().unwrap() >= 26, "{table}");
+    assert_eq!(row[1], "True", "the Ready condition: {table}");
+    assert_eq!(row[2], "Ready", "the phase: {table}");
+    assert!(row[3].ends_with("Mi") && row[4] == "30.0Mi", "{table}");
+    assert!(row[5].parse::<u32>().unwrap() >= 26, "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
