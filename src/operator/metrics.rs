@@ -141,8 +141,8 @@ pub struct Metrics {
     pub sidecars: Family<PolicyLabels, Gauge>,
     /// Lowest routing version among those sidecars, per policy.
     pub sidecar_min_version: Family<PolicyLabels, Gauge>,
-    /// The series each instance and policy has, beyond its fixed families: the probe error
-    /// reasons seen, and whether any policy series was made — what forgetting must remove.
+    /// The instances and policies that have series, and the probe error reasons seen: what
+    /// the janitor compares with what exists, and what forgetting must remove.
     known: Mutex<Known>,
 }
 
@@ -150,6 +150,7 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 struct Known {
     probe_error_reasons: HashMap<InstanceLabels, BTreeSet<String>>,
+    instances: HashSet<InstanceLabels>,
     policies: HashSet<PolicyLabels>,
 }
 
@@ -382,8 +383,24 @@ impl Metrics {
         }
     }
 
+    /// Notes that the instance has series, so that the janitor finds them once it is deleted
+    /// (even when a probe that was under way re-made them after an earlier forgetting).
+    /// Whoever makes a per-instance series calls this.
+    pub fn note_instance(&self, labels: &InstanceLabels) {
+        let mut known = self.known();
+        if !known.instances.contains(labels) {
+            known.instances.insert(labels.clone());
+        }
+    }
+
+    /// The instances that have series, for the janitor to compare with the ones that exist.
+    pub fn instances(&self) -> Vec<InstanceLabels> {
+        self.known().instances.iter().cloned().collect()
+    }
+
     /// Forgets every series of a deleted instance.
     pub fn forget_instance(&self, labels: &InstanceLabels) {
+        self.known().instances.remove(labels);
         self.instance_up.remove(labels);
         self.used_bytes.remove(labels);
         self.capacity_bytes.remove(labels);
@@ -547,6 +564,7 @@ mod tests {
         let m = Metrics::new(&mut registry);
         let (a, b) = (instance("a"), instance("b"));
         for labels in [&a, &b] {
+            m.note_instance(labels);
             m.instance_up.get_or_create(labels).set(1);
             m.usage_ratio.get_or_create(labels).set(0.5);
             m.set_redis_counters(
@@ -560,7 +578,11 @@ mod tests {
             m.probe_error(labels, "Timeout");
             m.probe_error(labels, "ConnectionRefused");
         }
+        let mut known = m.instances();
+        known.sort_by(|x, y| x.redis_instance.cmp(&y.redis_instance));
+        assert_eq!(known, vec![a.clone(), b.clone()]);
         m.forget_instance(&a);
+        assert_eq!(m.instances(), vec![b.clone()]);
         let out = text(&registry);
         assert!(!out.contains("redis_instance=\"a\""), "{out}");
         for series in [

@@ -49,7 +49,7 @@ use crate::api::{CachePolicy, RedisInstance};
 use crate::http;
 use cache_policy::PolicyContext;
 use context::Context;
-use metrics::{InstanceLabels, Metrics};
+use metrics::Metrics;
 use redis_instance::InstanceContext;
 use secrets::SecretReader;
 
@@ -338,21 +338,30 @@ async fn run_scope(
     let janitor = async move {
         loop {
             tokio::time::sleep(JANITOR_INTERVAL).await;
+            let in_scope =
+                |namespace: &str| janitor_scope.as_deref().is_none_or(|ns| ns == namespace);
             if ready(&shared.instances) {
-                for gone in instance_ctx.forget_deleted_instances() {
-                    shared.metrics.forget_instance(&InstanceLabels {
-                        namespace: gone.namespace.clone().unwrap_or_default(),
-                        redis_instance: gone.name.clone(),
-                    });
+                instance_ctx.forget_deleted_instances();
+                // By the metrics' own list, not the probe states: a probe under way when its
+                // state was dropped may have made the series again.
+                for labels in shared.metrics.instances() {
+                    if !in_scope(&labels.namespace) {
+                        continue;
+                    }
+                    let instance = ObjectRef::<RedisInstance>::new(&labels.redis_instance)
+                        .within(&labels.namespace);
+                    if shared.instances.get(&instance).is_none() {
+                        shared.metrics.forget_instance(&labels);
+                    }
                 }
             }
             if ready(&shared.policies) {
-                let in_scope = |labels: &metrics::PolicyLabels| {
-                    janitor_scope
-                        .as_deref()
-                        .is_none_or(|ns| ns == labels.namespace)
-                };
-                for labels in shared.metrics.policies().into_iter().filter(in_scope) {
+                for labels in shared
+                    .metrics
+                    .policies()
+                    .into_iter()
+                    .filter(|l| in_scope(&l.namespace))
+                {
                     let policy =
                         ObjectRef::<CachePolicy>::new(&labels.policy).within(&labels.namespace);
                     if shared.policies.get(&policy).is_none() {

@@ -121,9 +121,9 @@ impl InstanceContext {
         map.entry(instance.clone()).or_default().clone()
     }
 
-    /// Drops the state (and the kept connection) of instances that no longer exist; returns
-    /// the dropped references.
-    pub fn forget_deleted_instances(&self) -> Vec<ObjectRef<RedisInstance>> {
+    /// Drops the state (and the kept connection) of instances that no longer exist. (Their
+    /// metric series go by the metrics' own list: see the janitor in `operator::run_scope`.)
+    pub fn forget_deleted_instances(&self) {
         let mut map = self.probes.lock().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<_> = map
             .keys()
@@ -134,7 +134,6 @@ impl InstanceContext {
             map.remove(r);
             self.shared.connections.drop_connection(r);
         }
-        gone
     }
 }
 
@@ -428,6 +427,7 @@ fn record_probe_metrics(
     outcome: &Result<ProbeSummary, Failure>,
 ) {
     let m = &ctx.metrics;
+    m.note_instance(labels);
     match outcome {
         Ok(p) => {
             m.instance_up.get_or_create(labels).set(1);
