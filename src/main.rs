@@ -85,6 +85,11 @@ struct OperatorArgs {
     /// (their clients get -TRYAGAIN there until the sidecar has the new table).
     #[arg(long, default_value = "2m", value_parser = parse_duration, env = "REDIS_FLEET_REBALANCE_CONVERGE_TIMEOUT")]
     rebalance_converge_timeout: std::time::Duration,
+    /// Scheduling and resources of rebalance Jobs' pods, a JSON object with any of
+    /// `resources`, `nodeSelector`, `tolerations` and `priorityClassName` (Kubernetes' own
+    /// shapes). Absent: 100m CPU and 64Mi requested, 512Mi memory limit, no placement.
+    #[arg(long, value_parser = parse_job_pod, env = "REDIS_FLEET_REBALANCE_POD")]
+    rebalance_pod: Option<Box<redis_fleet::operator::cache_policy::job::JobPod>>,
     /// How often an unchanged status is rewritten (each object's interval is stretched by up
     /// to a quarter). Changes of phase, conditions and memory (by a point of capacity) are
     /// written at once; live figures are in the metrics. N instances cost about N / this
@@ -172,6 +177,17 @@ struct SidecarArgs {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     redis_fleet::api::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
+// Boxed: the settings are several times the size of the other commands' arguments.
+fn parse_job_pod(s: &str) -> Result<Box<redis_fleet::operator::cache_policy::job::JobPod>, String> {
+    redis_fleet::operator::cache_policy::job::JobPod::from_json(s)
+        .map(Box::new)
+        .map_err(|e| {
+            format!(
+                "not a JSON object of resources, nodeSelector, tolerations, priorityClassName: {e}"
+            )
+        })
 }
 
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -312,6 +328,7 @@ fn main() -> anyhow::Result<()> {
                     // One pod per attempt: a retry is a new Job with a new mover token.
                     backoff_limit: 0,
                     converge_timeout: args.rebalance_converge_timeout,
+                    pod: args.rebalance_pod.map(|p| *p).unwrap_or_default(),
                 },
                 status_refresh: args.status_refresh,
                 routing_schema: args.routing_schema,

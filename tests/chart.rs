@@ -323,7 +323,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
     static NAMES: OnceLock<BTreeSet<String>> = OnceLock::new();
     NAMES.get_or_init(|| {
         use redis_fleet::operator::metrics::{
-            ControllerLabels, ErrorLabels, InstanceLabels, Metrics, PolicyLabels, ProbeErrorLabels,
+            ControllerLabels, ErrorLabels, InstanceLabels, Metrics, PolicyLabels, RedisCounters,
         };
         let mut registry = prometheus_client::registry::Registry::default();
         let operator = Metrics::new(&mut registry);
@@ -332,7 +332,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
         // Families are exposed once they have a series: give each one.
         let instance = InstanceLabels {
             namespace: "ns".into(),
-            instance: "i".into(),
+            redis_instance: "i".into(),
         };
         for f in [
             &operator.instance_up,
@@ -340,26 +340,21 @@ fn exported_metrics() -> &'static BTreeSet<String> {
             &operator.capacity_bytes,
             &operator.keys,
             &operator.connected_clients,
-            &operator.evicted_keys,
         ] {
             f.get_or_create(&instance).set(1);
         }
-        for f in [
-            &operator.usage_ratio,
-            &operator.hit_ratio,
-            &operator.ops_per_second,
-        ] {
-            f.get_or_create(&instance).set(1.0);
-        }
+        operator.usage_ratio.get_or_create(&instance).set(1.0);
+        operator.set_redis_counters(
+            &instance,
+            &RedisCounters {
+                commands_processed: Some(1),
+                keyspace_hits: Some(1),
+                keyspace_misses: Some(1),
+                evicted_keys: Some(1),
+            },
+        );
         operator.observe_latency(&instance, std::time::Duration::from_millis(1));
-        operator
-            .probe_errors
-            .get_or_create(&ProbeErrorLabels {
-                namespace: "ns".into(),
-                instance: "i".into(),
-                reason: "Timeout".into(),
-            })
-            .inc();
+        operator.probe_error(&instance, "Timeout");
         let controller = ControllerLabels {
             controller: "c".into(),
         };
@@ -389,7 +384,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
         ] {
             f.get_or_create(&policy).set(1);
         }
-        operator.rebalance_failures.get_or_create(&policy).inc();
+        operator.rebalance_failed(&policy);
         let category = sidecar.category("c");
         for c in [
             &category.commands,
@@ -423,8 +418,37 @@ fn exported_metrics() -> &'static BTreeSet<String> {
                 && names.contains("redisfleet_sidecar_hits_total"),
             "{text}"
         );
+        // Redis's own counters are counters, for rate(); no rate is computed by the operator.
+        for counter in [
+            "redisfleet_instance_commands_processed_total",
+            "redisfleet_instance_keyspace_hits_total",
+            "redisfleet_instance_keyspace_misses_total",
+            "redisfleet_instance_evicted_keys_total",
+        ] {
+            assert!(names.contains(counter), "{counter} missing\n{text}");
+        }
+        for gone in [
+            "redisfleet_instance_ops_per_second",
+            "redisfleet_instance_hit_ratio",
+        ] {
+            assert!(!names.contains(gone), "{gone} is still exported");
+        }
+        // `instance` is Prometheus's target label: no series carries one of its own.
+        for series in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                !uses_instance_label(series),
+                "a series labelled `instance`: {series}"
+            );
+        }
         names
     })
+}
+
+/// Whether `text` (PromQL, a legend, an alert template, a series) names the label `instance`:
+/// the word alone, not inside `redis_instance` or `redisfleet_instance_up`.
+fn uses_instance_label(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|word| word == "instance")
 }
 
 /// The `redisfleet_*` names a PromQL expression uses, without histogram suffixes.
@@ -542,7 +566,35 @@ fn chart_metadata_matches_the_crate() {
     assert_eq!(chart["apiVersion"], "v2");
     assert_eq!(chart["name"], "redis-fleet");
     assert_eq!(chart["type"], "application");
-    assert_eq!(chart["kubeVersion"], ">=1.33.0-0");
+    // The CRDs' CEL rules (the quantity library in new rules) need 1.29; see Chart.yaml.
+    assert_eq!(chart["kubeVersion"], ">=1.29.0-0");
+    assert!(chart["icon"].as_str().unwrap().starts_with("https://"));
+    assert!(
+        std::path::Path::new(&chart_dir().join("icon.svg")).exists(),
+        "the icon URL names the chart's icon.svg"
+    );
+    assert!(!chart["maintainers"].as_array().unwrap().is_empty());
+    let changes: Value = serde_saphyr::from_str(
+        chart["annotations"]["artifacthub.io/changes"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    for change in changes.as_array().unwrap() {
+        assert!(
+            [
+                "added",
+                "changed",
+                "deprecated",
+                "removed",
+                "fixed",
+                "security"
+            ]
+            .contains(&change["kind"].as_str().unwrap()),
+            "{change}"
+        );
+        assert!(!change["description"].as_str().unwrap().is_empty());
+    }
     assert_eq!(
         chart["appVersion"],
         env!("CARGO_PKG_VERSION"),
@@ -624,9 +676,15 @@ fn default_values_run_one_operator_cluster_wide_with_leader_election() {
             "operator",
             "--metrics-addr=0.0.0.0:8080",
             "--log-format=json",
-            "--leader-election"
+            "--leader-election",
+            "--lease-name=redis-fleet-operator",
+            r#"--rebalance-pod={"nodeSelector":{},"priorityClassName":"","resources":{"limits":{"memory":"512Mi"},"requests":{"cpu":"100m","memory":"64Mi"}},"tolerations":[]}"#,
         ]
     );
+    // Nothing of the opt-in parts by default.
+    for k in ["NetworkPolicy", "CustomResourceDefinition"] {
+        assert!(of_kind(&objects, k).is_empty(), "{k} rendered by default");
+    }
 
     let container = operator_container(&objects);
     assert_eq!(
@@ -873,7 +931,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
     assert_eq!(endpoint["path"], "/metrics");
     assert_eq!(
         endpoint["honorLabels"], true,
-        "keep the series' own namespace/instance labels"
+        "keep the series' own namespace label"
     );
     let service = one(&objects, "Service");
     for (k, v) in monitor["spec"]["selector"]["matchLabels"]
@@ -895,6 +953,12 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
     assert_eq!(
         pod_monitor["spec"]["podMetricsEndpoints"][0]["port"],
         "fleet-metrics"
+    );
+    assert!(
+        pod_monitor["spec"]["podMetricsEndpoints"][0]
+            .get("honorLabels")
+            .is_none(),
+        "a sidecar's series must not overwrite its pod's target labels"
     );
 
     // The four alerts, each with a summary, a runbook-style description and a runbook link.
@@ -961,6 +1025,17 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
             assert!(
                 exported_metrics().contains(&m),
                 "{n} uses unknown metric {m}"
+            );
+        }
+        let expr = r["expr"].as_str().unwrap();
+        assert!(
+            !uses_instance_label(expr),
+            "{n}: the RedisInstance is `redis_instance`, not `instance`: {expr}"
+        );
+        for text in [summary, description] {
+            assert!(
+                !text.contains("$labels.instance "),
+                "{n}: the RedisInstance is `$labels.redis_instance`: {text}"
             );
         }
     }
@@ -1031,6 +1106,12 @@ fn check_dashboard(dashboard: &Value) {
                 );
                 used.insert(m);
             }
+            let legend = t["legendFormat"].as_str().unwrap_or_default();
+            assert!(
+                !uses_instance_label(expr) && !uses_instance_label(legend),
+                "{}: the RedisInstance is `redis_instance`, not `instance`: {expr} / {legend}",
+                p["title"]
+            );
         }
     }
     for wanted in [
@@ -1038,6 +1119,8 @@ fn check_dashboard(dashboard: &Value) {
         "Usage vs threshold",
         "Hit ratio per category",
         "Probe latency p50 / p99",
+        "Instance hit ratio",
+        "Commands and evictions per instance",
         "Rebalance progress",
         "Routing version vs sidecar min version",
     ] {
@@ -1052,6 +1135,10 @@ fn check_dashboard(dashboard: &Value) {
         "redisfleet_sidecar_hits_total",
         "redisfleet_sidecar_misses_total",
         "redisfleet_instance_probe_latency_seconds",
+        "redisfleet_instance_keyspace_hits_total",
+        "redisfleet_instance_keyspace_misses_total",
+        "redisfleet_instance_commands_processed_total",
+        "redisfleet_instance_evicted_keys_total",
         "redisfleet_rebalance_keys_moved",
         "redisfleet_rebalance_keys",
         "redisfleet_routing_version",
@@ -1090,6 +1177,287 @@ fn the_capacity_threshold_is_a_value() {
     }
 }
 
+/// The JSON of the operator's `--rebalance-pod` argument.
+fn rebalance_pod_arg(objects: &[Value]) -> Value {
+    let args = args(objects);
+    let json = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--rebalance-pod="))
+        .unwrap_or_else(|| panic!("no --rebalance-pod in {args:?}"));
+    serde_json::from_str(json).unwrap()
+}
+
+#[test]
+fn rebalance_jobs_are_placed_and_sized_from_values_and_the_lease_is_named() {
+    let objects = render(&["ci/platform-values.yaml"], &[]);
+    let values: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(chart_dir().join("ci/platform-values.yaml")).unwrap(),
+    )
+    .unwrap();
+    let pod = rebalance_pod_arg(&objects);
+    assert_eq!(pod, values["rebalance"]["job"], "the values, as given");
+
+    // The operator reads the argument into the Jobs it builds.
+    let settings = redis_fleet::operator::cache_policy::job::JobSettings {
+        pod: redis_fleet::operator::cache_policy::job::JobPod::from_json(&pod.to_string()).unwrap(),
+        ..Default::default()
+    };
+    let mut policy = redis_fleet::api::CachePolicy::new(
+        "shop",
+        serde_json::from_value(serde_json::json!({})).unwrap(),
+    );
+    policy.metadata.namespace = Some("shop".into());
+    let job = redis_fleet::operator::cache_policy::job::build(&policy, 1, 1, &settings);
+    let job = serde_json::to_value(&job).unwrap();
+    let spec = &job["spec"]["template"]["spec"];
+    assert_eq!(spec["nodeSelector"]["node-pool"], "batch");
+    assert_eq!(spec["tolerations"][0]["value"], "batch");
+    assert_eq!(spec["priorityClassName"], "batch-low");
+    assert_eq!(
+        spec["containers"][0]["resources"]["limits"]["memory"],
+        "1Gi"
+    );
+
+    // The Lease the operator takes is the one its Role may update.
+    assert!(
+        args(&objects).contains(&"--lease-name=shop-cache-operator".to_owned()),
+        "{:?}",
+        args(&objects)
+    );
+    let local = of_kind(&objects, "Role")
+        .into_iter()
+        .find(|r| name(r).ends_with("-local"))
+        .unwrap();
+    let lease_rules: Vec<&Value> = local["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"][0] == "leases")
+        .collect();
+    assert!(
+        lease_rules.iter().any(|r| r["resourceNames"]
+            == serde_json::json!(["shop-cache-operator"])
+            && r["verbs"] == serde_json::json!(["get", "update", "patch"])),
+        "{lease_rules:?}"
+    );
+    assert!(
+        !serde_json::to_string(&local)
+            .unwrap()
+            .contains("redis-fleet-operator"),
+        "the default Lease is not granted: {local}"
+    );
+}
+
+#[test]
+fn network_policies_let_metrics_in_and_dns_the_api_server_and_redis_out() {
+    let objects = render(&["ci/platform-values.yaml"], &[]);
+    let policies = of_kind(&objects, "NetworkPolicy");
+    assert_eq!(policies.len(), 2);
+    let ports = |rule: &Value| -> Vec<(String, i64)> {
+        rule["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["protocol"].as_str().unwrap().to_owned(),
+                    p["port"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let tcp = |ports: &[i64]| -> Vec<(String, i64)> {
+        ports.iter().map(|p| ("TCP".to_owned(), *p)).collect()
+    };
+
+    // The operator: its metrics port from the monitoring namespace only.
+    let operator = policies
+        .iter()
+        .find(|p| !name(p).ends_with("-rebalance"))
+        .unwrap();
+    assert_eq!(
+        operator["spec"]["podSelector"]["matchLabels"],
+        operator_deployment(&objects)["spec"]["selector"]["matchLabels"],
+        "selects the operator pods"
+    );
+    let ingress = operator["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(ports(&ingress[0]), tcp(&[8080]));
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+
+    // Both: DNS, the API server at its address, Redis on its ports; nothing else.
+    let rebalance = policies
+        .iter()
+        .find(|p| name(p).ends_with("-rebalance"))
+        .unwrap();
+    for policy in [operator, rebalance] {
+        assert_eq!(
+            policy["spec"]["policyTypes"],
+            serde_json::json!(["Ingress", "Egress"])
+        );
+        let egress = policy["spec"]["egress"].as_array().unwrap();
+        assert_eq!(egress.len(), 3, "{}", name(policy));
+        assert_eq!(
+            ports(&egress[0]),
+            [("UDP".to_owned(), 53), ("TCP".to_owned(), 53)]
+        );
+        assert_eq!(ports(&egress[1]), tcp(&[443, 6443]));
+        assert_eq!(egress[1]["to"][0]["ipBlock"]["cidr"], "10.0.0.1/32");
+        assert_eq!(ports(&egress[2]), tcp(&[6379, 6380]));
+        assert!(egress[2].get("to").is_none(), "Redis may be anywhere");
+    }
+    assert!(
+        rebalance["spec"].get("ingress").is_none(),
+        "nothing connects to a rebalance pod"
+    );
+
+    // The rebalance policy selects the pods of the Jobs the operator builds.
+    let mut policy = redis_fleet::api::CachePolicy::new(
+        "shop",
+        serde_json::from_value(serde_json::json!({})).unwrap(),
+    );
+    policy.metadata.namespace = Some("shop".into());
+    let job = redis_fleet::operator::cache_policy::job::build(&policy, 1, 1, &Default::default());
+    let pod_labels = job.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+    for (k, v) in rebalance["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(pod_labels.get(k).map(String::as_str), v.as_str(), "{k}");
+    }
+}
+
+/// `value` with every number as a float: Helm's toYaml writes `minimum: 1.0` as `1`, which
+/// the API server reads as the same number.
+fn numbers_as_floats(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
+        Value::Array(items) => Value::Array(items.iter().map(numbers_as_floats).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The documents of the generated `crds/` file.
+fn generated_crds() -> Vec<Value> {
+    parse_objects(
+        &std::fs::read_to_string(project_root().join("crds/redis-fleet.crds.yaml")).unwrap(),
+    )
+}
+
+#[test]
+fn crds_install_renders_the_generated_crds_kept_on_uninstall() {
+    let objects = render(&[], &["crds.install=true"]);
+    let crds = of_kind(&objects, "CustomResourceDefinition");
+    let generated = generated_crds();
+    assert_eq!(crds.len(), generated.len());
+    for (rendered, generated) in crds.iter().zip(&generated) {
+        assert_eq!(rendered["metadata"]["name"], generated["metadata"]["name"]);
+        assert_eq!(
+            numbers_as_floats(&rendered["spec"]),
+            numbers_as_floats(&generated["spec"]),
+            "the crds/ file, unchanged"
+        );
+        assert_eq!(
+            rendered["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+        assert_eq!(
+            rendered["metadata"]["labels"]["app.kubernetes.io/component"],
+            "crds"
+        );
+        assert_eq!(
+            rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
+    }
+
+    let objects = render(&[], &["crds.install=true", "crds.keep=false"]);
+    for crd in of_kind(&objects, "CustomResourceDefinition") {
+        assert!(
+            crd["metadata"]["annotations"]
+                .get("helm.sh/resource-policy")
+                .is_none(),
+            "{}",
+            name(crd)
+        );
+    }
+}
+
+#[tokio::test]
+async fn crds_install_refuses_crds_it_does_not_own_and_its_crds_apply() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    // CRDs installed outside the release, as Helm's crds/ step (or kubectl) leaves them.
+    cp.install_crds(&client).await;
+    let ns = cp.namespace(&client, "crds-install").await;
+    let mut cmd = helm();
+    cmd.args(["install", RELEASE])
+        .arg(chart_dir())
+        .args([
+            "--namespace",
+            &ns,
+            "--dry-run=server",
+            "--set",
+            "crds.install=true",
+        ])
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig);
+    let out = run(cmd);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "rendered over CRDs it does not own");
+    for expected in [
+        "crds.install: CustomResourceDefinition redisinstances.redisfleet.io exists and is not this release's",
+        "--skip-crds",
+        "kubectl annotate crd redisinstances.redisfleet.io meta.helm.sh/release-name=redis-fleet",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in: {stderr}");
+    }
+
+    // What it renders is what the API server takes (server-side apply, dry run).
+    let yaml = render_yaml(&ns, &[], &["crds.install=true"]);
+    let crds: String = parse_objects(&yaml)
+        .into_iter()
+        .filter(|o| kind(o) == "CustomResourceDefinition")
+        .map(|o| format!("---\n{}\n", serde_json::to_string(&o).unwrap()))
+        .collect();
+    let mut cmd = cp.kubectl();
+    cmd.args([
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=chart-test",
+        "-f",
+        "-",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(crds.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).matches("(server dry run)").count(),
+        2,
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 #[test]
 fn invalid_values_are_refused_with_a_reason() {
     let cases: &[(&[&str], &str)] = &[
@@ -1108,6 +1476,14 @@ fn invalid_values_are_refused_with_a_reason() {
             "capacityThreshold",
         ),
         (&["leaderElection=true"], "leaderElection"),
+        (&["leaderElection.leaseName=Shop_Lease"], "leaseName"),
+        (&["networkPolicy.redisPorts={0}"], "redisPorts"),
+        (
+            &["networkPolicy.apiServerCidrs={10.0.0.1}"],
+            "apiServerCidrs",
+        ),
+        (&["crds.install=yes"], "crds"),
+        (&["rebalance.job.nodeSelecter.pool=batch"], "nodeSelecter"),
         (&["replicas=2"], "replicas"),
         (
             &[
@@ -1491,6 +1867,7 @@ fn the_binary_accepts_the_arguments_the_chart_gives_it() {
         vec![],
         vec!["ci/namespaced-values.yaml"],
         vec!["ci/ha-values.yaml"],
+        vec!["ci/platform-values.yaml"],
     ] {
         let objects = render(&values, &["logFormat=text"]);
         let mut rendered = args(&objects);

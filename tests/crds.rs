@@ -121,7 +121,7 @@ async fn examples_apply_and_kubectl_get_shows_the_columns() {
     assert_eq!(
         header,
         [
-            "NAME", "PHASE", "USED", "CAPACITY", "USAGE%", "HIT%", "LATENCY", "AGE"
+            "NAME", "READY", "PHASE", "USED", "CAPACITY", "USAGE%", "HIT%", "LATENCY", "AGE"
         ],
         "{table}"
     );
@@ -140,6 +140,9 @@ async fn examples_apply_and_kubectl_get_shows_the_columns() {
         text(&out.stderr)
     );
     assert!(wide.contains("TIER") && wide.contains("ENDPOINT"), "{wide}");
+    // The Ready condition's message, for both kinds, only under -o wide.
+    assert_eq!(wide.matches("MESSAGE").count(), 2, "{wide}");
+    assert!(!table.contains("MESSAGE"), "{table}");
     assert!(wide.contains("cachepolicy.redisfleet.io/shop"), "{wide}");
 
     // Defaults are applied by the API server, so users see the effective values.
@@ -192,12 +195,20 @@ fn invalid_objects() -> Vec<Invalid> {
         Invalid {
             case: "both external and managed",
             yaml: instance(&format!("{ext}managed: {{maxMemory: 30Mi}}")),
-            expect: &["spec: Invalid value", "exactly one of spec.external"],
+            expect: &[
+                "spec: Invalid value",
+                "exactly one of spec.external",
+                "not both",
+            ],
         },
         Invalid {
             case: "neither external nor managed",
             yaml: instance("capacity: 30Mi"),
-            expect: &["spec: Invalid value", "exactly one of spec.external"],
+            expect: &[
+                "spec: Invalid value",
+                "exactly one of spec.external",
+                "neither is set",
+            ],
         },
         Invalid {
             case: "port 0",
@@ -269,8 +280,8 @@ fn invalid_objects() -> Vec<Invalid> {
             case: "timeout longer than the interval",
             yaml: instance(&format!("{ext}health: {{interval: 1s, timeout: 2s}}")),
             expect: &[
-                "spec.health",
-                "health.timeout must not exceed health.interval",
+                "spec.health.timeout: Invalid value",
+                "health.timeout must not exceed health.interval: 2s is longer than 1s",
             ],
         },
         Invalid {
@@ -283,7 +294,10 @@ fn invalid_objects() -> Vec<Invalid> {
             yaml: instance(
                 "external: {host: redis.example.com, tls: {enabled: false, insecureSkipVerify: true}}",
             ),
-            expect: &["spec.external.tls", "insecureSkipVerify is only meaningful"],
+            expect: &[
+                "spec.external.tls.insecureSkipVerify: Forbidden",
+                "insecureSkipVerify is only meaningful",
+            ],
         },
         Invalid {
             case: "misspelt field",
@@ -325,8 +339,8 @@ fn invalid_objects() -> Vec<Invalid> {
                 "categories:\n- {name: auth, keyPrefixes: [\"auth:\"], ttl: {default: 2h, max: 1h}}",
             ),
             expect: &[
-                "spec.categories[0].ttl",
-                "ttl.default must not exceed ttl.max",
+                "spec.categories[0].ttl.default: Invalid value",
+                "ttl.default must not exceed ttl.max: 2h is longer than 1h",
             ],
         },
         Invalid {
@@ -334,7 +348,10 @@ fn invalid_objects() -> Vec<Invalid> {
             yaml: policy(
                 "categories:\n- {name: auth, keyPrefixes: [\"auth:\"], ttl: {default: 1h, adaptive: true}}",
             ),
-            expect: &["spec.categories[0].ttl", "ttl.adaptive needs ttl.max"],
+            expect: &[
+                "spec.categories[0].ttl.max: Required value",
+                "ttl.adaptive needs ttl.max",
+            ],
         },
         Invalid {
             case: "duplicate category names",
@@ -351,7 +368,10 @@ fn invalid_objects() -> Vec<Invalid> {
         Invalid {
             case: "category named default",
             yaml: policy("categories:\n- {name: default, keyPrefixes: [\"x:\"]}"),
-            expect: &["spec.categories[0]", "'default' is reserved"],
+            expect: &[
+                "spec.categories[0].name: Forbidden",
+                "'default' is reserved",
+            ],
         },
         Invalid {
             case: "no key prefixes",
@@ -369,16 +389,40 @@ fn invalid_objects() -> Vec<Invalid> {
                 "categories:\n- {name: auth, keyPrefixes: [\"auth:\", \"session:\"]}\n- {name: login, keyPrefixes: [\"session:\"]}",
             ),
             expect: &[
-                "spec.categories",
+                "spec.categories: Invalid value",
                 "a key prefix may belong to one category only",
             ],
+        },
+        Invalid {
+            case: "prefix listed twice in one category",
+            yaml: policy("categories:\n- {name: auth, keyPrefixes: [\"auth:\", \"auth:\"]}"),
+            expect: &["spec.categories[0].keyPrefixes[1]: Duplicate value: \"auth:\""],
+        },
+        Invalid {
+            case: "key prefix too long",
+            yaml: policy(&format!(
+                "categories:\n- {{name: auth, keyPrefixes: [\"{}\"]}}",
+                "a".repeat(129)
+            )),
+            expect: &["spec.categories[0].keyPrefixes[0]", "Too long"],
         },
         Invalid {
             case: "fallback tier equal to tier",
             yaml: policy(
                 "categories:\n- {name: auth, keyPrefixes: [\"auth:\"], tier: hot, fallbackTier: hot}",
             ),
-            expect: &["spec.categories[0]", "fallbackTier must differ from tier"],
+            expect: &[
+                "spec.categories[0].fallbackTier: Invalid value",
+                "fallbackTier must differ from tier: both are hot",
+            ],
+        },
+        Invalid {
+            case: "default category fallback tier equal to tier",
+            yaml: policy("defaultCategory: {tier: warm, fallbackTier: warm}"),
+            expect: &[
+                "spec.defaultCategory.fallbackTier: Invalid value",
+                "fallbackTier must differ from tier: both are warm",
+            ],
         },
         Invalid {
             case: "categories of the wrong type",
@@ -421,4 +465,82 @@ async fn invalid_objects_are_refused_with_the_field_named() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn conditions_have_the_upstream_bounds() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    cp.install_crds(&client).await;
+    let ns = cp.namespace(&client, "conditions").await;
+    let path = cp.dir.join(format!("{ns}-instance.yaml"));
+    std::fs::write(
+        &path,
+        instance("external: {host: redis.example.com}").replace("name: bad", "name: good"),
+    )
+    .unwrap();
+    let mut cmd = cp.kubectl();
+    cmd.args(["create", "-n", &ns, "-f"]).arg(&path);
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let patch_status = |condition: &str| {
+        let mut cmd = cp.kubectl();
+        cmd.args([
+            "patch",
+            "redisinstance",
+            "good",
+            "-n",
+            &ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!("{{\"status\": {{\"conditions\": [{condition}]}}}}"),
+        ]);
+        run(cmd)
+    };
+    let good = r#"{"type": "Ready", "status": "True", "reason": "Healthy", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}"#;
+    let out = patch_status(good);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    for (case, condition, expect) in [
+        (
+            "status outside True/False/Unknown",
+            good.replace("\"True\"", "\"Yes\""),
+            "status.conditions[0].status: Unsupported value: \"Yes\"",
+        ),
+        (
+            "empty reason",
+            good.replace("\"Healthy\"", "\"\""),
+            "status.conditions[0].reason",
+        ),
+        (
+            "reason that is not CamelCase-like",
+            good.replace("\"Healthy\"", "\"not healthy\""),
+            "status.conditions[0].reason: Invalid value",
+        ),
+        (
+            "type with a space",
+            good.replace("\"Ready\"", "\"Is Ready\""),
+            "status.conditions[0].type: Invalid value",
+        ),
+        (
+            "type longer than 316",
+            good.replace("\"Ready\"", &format!("\"{}\"", "R".repeat(317))),
+            "status.conditions[0].type: Too long",
+        ),
+        (
+            "message longer than 32768",
+            good.replace(
+                "\"message\": \"\"",
+                &format!("\"message\": \"{}\"", "m".repeat(32769)),
+            ),
+            "status.conditions[0].message: Too long",
+        ),
+    ] {
+        let out = patch_status(&condition);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{case}: accepted");
+        assert!(stderr.contains(expect), "{case}: {stderr}");
+    }
 }

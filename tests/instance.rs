@@ -138,9 +138,10 @@ async fn external_instance_goes_ready_and_status_tracks_memory() {
     let table = String::from_utf8_lossy(&out.stdout);
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[0], "primary");
-    assert_eq!(row[1], "Ready", "{table}");
-    assert!(row[2].ends_with("Mi") && row[3] == "30.0Mi", "{table}");
-    assert!(row[4].parse::<u32>().unwrap() >= 26, "{table}");
+    assert_eq!(row[1], "True", "the Ready condition: {table}");
+    assert_eq!(row[2], "Ready", "the phase: {table}");
+    assert!(row[3].ends_with("Mi") && row[4] == "30.0Mi", "{table}");
+    assert!(row[5].parse::<u32>().unwrap() >= 26, "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,7 +588,7 @@ async fn metrics_expose_per_instance_series_and_sigterm_stops_cleanly() {
     )
     .await;
 
-    // Three hits and one miss between two probes: a hit ratio of 0.75 for that window.
+    // Three hits and one miss.
     let mut c = server
         .client()
         .get_multiplexed_async_connection()
@@ -614,35 +615,57 @@ async fn metrics_expose_per_instance_series_and_sigterm_stops_cleanly() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let hit_ratio =
-        format!("redisfleet_instance_hit_ratio{{namespace=\"{ns}\",instance=\"m1\"}} 0.75");
+    // Redis's own counters, exported as they are for rate(): three hits and one miss.
+    let labels = format!("namespace=\"{ns}\",redis_instance=\"m1\"");
+    let counters = [
+        format!("redisfleet_instance_keyspace_hits_total{{{labels}}} 3"),
+        format!("redisfleet_instance_keyspace_misses_total{{{labels}}} 1"),
+        format!("redisfleet_instance_evicted_keys_total{{{labels}}} 0"),
+    ];
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !operator.metrics().contains(&hit_ratio) {
+    while !counters.iter().all(|c| operator.metrics().contains(c)) {
         assert!(
             Instant::now() < deadline,
-            "missing {hit_ratio}\n{}",
+            "missing {counters:?}\n{}",
             operator.metrics()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let m = operator.metrics();
-    let labels = format!("namespace=\"{ns}\",instance=\"m1\"");
     for series in [
         format!("redisfleet_instance_up{{{labels}}} 1"),
         format!("redisfleet_instance_capacity_bytes{{{labels}}} {}", 30 * MB),
         format!("redisfleet_instance_used_bytes{{{labels}}} "),
         format!("redisfleet_instance_usage_ratio{{{labels}}} "),
+        format!("redisfleet_instance_commands_processed_total{{{labels}}} "),
         format!("redisfleet_instance_probe_latency_seconds_count{{{labels}}} "),
-        format!("redisfleet_instance_up{{namespace=\"{ns}\",instance=\"dead\"}} 0"),
+        format!("redisfleet_instance_up{{namespace=\"{ns}\",redis_instance=\"dead\"}} 0"),
         format!(
-            "redisfleet_instance_probe_errors_total{{namespace=\"{ns}\",instance=\"dead\",reason=\"ConnectionRefused\"}} "
+            "redisfleet_instance_probe_errors_total{{namespace=\"{ns}\",redis_instance=\"dead\",reason=\"ConnectionRefused\"}} "
         ),
         "redisfleet_reconcile_total{controller=\"RedisInstance\"} ".to_owned(),
         "redisfleet_reconcile_duration_seconds_count{controller=\"RedisInstance\"} ".to_owned(),
     ] {
         assert!(m.contains(&series), "missing {series}\n{m}");
     }
+    // A deleted instance's series go, its probe errors by reason too.
+    api.delete("dead", &Default::default()).await.unwrap();
+    let dead = "redis_instance=\"dead\"";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while operator.metrics().contains(dead) {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted instance's series stay\n{}",
+            operator.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        operator
+            .metrics()
+            .contains(&format!("redisfleet_instance_up{{{labels}}} 1"))
+    );
     // JSON logs, one object per line.
     let logs = operator.logs();
     let first = logs.lines().next().unwrap();

@@ -142,6 +142,66 @@ async fn examples_publish_a_routing_configmap_on_their_tiers() {
     );
 }
 
+/// Polls the operator's `/metrics` until `done` holds for it, or fails with the text.
+async fn wait_for_metrics(shop: &Shop, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = shop.operator.metrics();
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_policies_and_instances_leave_no_series_in_the_metrics() {
+    let shop = shop("forget").await;
+    let ns = &shop.ns;
+    let policy = format!("namespace=\"{ns}\",policy=\"shop\"");
+    let secondary = format!("namespace=\"{ns}\",redis_instance=\"secondary\"");
+    let primary = format!("namespace=\"{ns}\",redis_instance=\"primary\"");
+    wait_for_metrics(&shop, "the policy's and instances' series", |m| {
+        m.contains(&format!("redisfleet_routing_version{{{policy}}} "))
+            && m.contains(&format!("redisfleet_sidecars{{{policy}}} 0"))
+            && m.contains(&format!("redisfleet_instance_up{{{secondary}}} 1"))
+            && m.contains(&format!("redisfleet_instance_up{{{primary}}} 1"))
+    })
+    .await;
+
+    // A deleted policy's series go: a routing version or a sidecar version left behind would
+    // keep RedisFleetSidecarsOnOldRoutingTable firing for a policy that no longer exists.
+    shop.policies
+        .delete("shop", &Default::default())
+        .await
+        .unwrap();
+    let m = wait_for_metrics(&shop, "the deleted policy's series are still there", |m| {
+        !m.contains(&policy)
+    })
+    .await;
+    assert!(
+        m.contains(&format!("redisfleet_instance_up{{{secondary}}} 1")),
+        "the instances' series stay: {m}"
+    );
+
+    // A deleted instance's series go, the other instance's stay.
+    shop.instances
+        .delete("secondary", &Default::default())
+        .await
+        .unwrap();
+    let m = wait_for_metrics(
+        &shop,
+        "the deleted instance's series are still there",
+        |m| !m.contains(&secondary),
+    )
+    .await;
+    assert!(
+        m.contains(&format!("redisfleet_instance_up{{{primary}}} 1")),
+        "{m}"
+    );
+}
+
 async fn routing_version(shop: &Shop) -> u64 {
     routing(&shop.configmaps, "shop-redis-routing")
         .await

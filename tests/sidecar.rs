@@ -510,7 +510,7 @@ async fn a_reload_under_load_loses_no_request_and_drops_no_connection() {
     );
     // Connections to the instances were reused across versions, not reopened.
     assert!(
-        metrics.contains("redisfleet_sidecar_backend_connections{instance=\"a\"} 1"),
+        metrics.contains("redisfleet_sidecar_backend_connections{redis_instance=\"a\"} 1"),
         "{metrics}"
     );
 }
@@ -835,7 +835,7 @@ async fn heartbeats_and_metrics() {
         "redisfleet_sidecar_hits_total{category=\"auth\"} 1",
         "redisfleet_sidecar_misses_total{category=\"auth\"} 1",
         "redisfleet_sidecar_routing_version 7",
-        "redisfleet_sidecar_backend_latency_seconds_count{instance=\"a\"}",
+        "redisfleet_sidecar_backend_latency_seconds_count{redis_instance=\"a\"}",
         "redisfleet_sidecar_client_connections 1",
     ] {
         assert!(m.contains(series), "missing {series}\n{m}");

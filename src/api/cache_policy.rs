@@ -19,6 +19,9 @@ pub const REBALANCE_NOW_ANNOTATION: &str = "redisfleet.io/rebalance-now";
 /// Name of the default category in the routing table: keys that match no prefix.
 pub const DEFAULT_CATEGORY: &str = "default";
 
+/// The refusal of a fallback tier equal to the tier, naming it.
+const FALLBACK_TIER_MESSAGE: &str = "'fallbackTier must differ from tier: both are ' + self.tier";
+
 /// Data categories of one application, their placement and TTL rules, and how the fleet
 /// balances them.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -66,6 +69,13 @@ pub const DEFAULT_CATEGORY: &str = "default";
         priority = 1
     ),
     printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "Why the policy is or is not Ready",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -87,11 +97,14 @@ pub struct CachePolicySpec {
 
     /// Data categories, each a set of key prefixes. A key belongs to the category with the
     /// longest matching prefix, else to `defaultCategory`.
+    // The duplicate-prefix rule has a static message: a `messageExpression` naming the
+    // category would concatenate a string taken from a `filter` result, whose size the API
+    // server's cost estimator does not know, and it refuses the CRD (over 100x its budget).
     #[serde(default)]
     #[schemars(length(max = 200))]
     #[x_kube(
         merge_strategy = ListMerge::Map(vec!["name".into()]),
-        validation = Rule::new("self.all(c, c.keyPrefixes.all(p, self.exists_one(d, p in d.keyPrefixes)))").message("a key prefix may belong to one category only: the same prefix is listed under two categories")
+        validation = Rule::new("self.all(c, c.keyPrefixes.all(p, self.exists_one(d, p in d.keyPrefixes)))").reason(Reason::FieldValueInvalid).message("a key prefix may belong to one category only: the same prefix is listed under two categories")
     )]
     pub categories: Vec<CategorySpec>,
 
@@ -106,8 +119,8 @@ pub struct CachePolicySpec {
 
 /// One data category: its key prefixes, where its slots live and its TTL rules.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("self.name != 'default'").message("name: 'default' is reserved for spec.defaultCategory"))]
-#[x_kube(validation = Rule::new("!has(self.tier) || !has(self.fallbackTier) || self.tier != self.fallbackTier").message("fallbackTier must differ from tier"))]
+#[x_kube(validation = Rule::new("self.name != 'default'").field_path(".name").reason(Reason::FieldValueForbidden).message("'default' is reserved for spec.defaultCategory"))]
+#[x_kube(validation = Rule::new("!has(self.tier) || !has(self.fallbackTier) || self.tier != self.fallbackTier").field_path(".fallbackTier").reason(Reason::FieldValueInvalid).message(Message::Expression(FALLBACK_TIER_MESSAGE.into())))]
 #[serde(rename_all = "camelCase")]
 pub struct CategorySpec {
     /// Category name, DNS-label-like (`auth`, `analytics-live`); unique within the policy.
@@ -144,7 +157,7 @@ pub struct CategorySpec {
 
 /// Placement and TTL of keys that match no category.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("!has(self.tier) || !has(self.fallbackTier) || self.tier != self.fallbackTier").message("fallbackTier must differ from tier"))]
+#[x_kube(validation = Rule::new("!has(self.tier) || !has(self.fallbackTier) || self.tier != self.fallbackTier").field_path(".fallbackTier").reason(Reason::FieldValueInvalid).message(Message::Expression(FALLBACK_TIER_MESSAGE.into())))]
 #[serde(rename_all = "camelCase")]
 pub struct DefaultCategorySpec {
     /// Instances labelled `redisfleet.io/tier=<tier>` hold these keys. Absent: all selected
@@ -171,8 +184,8 @@ pub struct DefaultCategorySpec {
 
 /// TTL rules of a category, applied by the sidecar.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("!has(self.default) || !has(self.max) || duration(self.default) <= duration(self.max)").message("ttl.default must not exceed ttl.max"))]
-#[x_kube(validation = Rule::new("!self.adaptive || has(self.max)").message("ttl.adaptive needs ttl.max, the longest TTL a frequently read key may get"))]
+#[x_kube(validation = Rule::new("!has(self.default) || !has(self.max) || duration(self.default) <= duration(self.max)").field_path(".default").reason(Reason::FieldValueInvalid).message(Message::Expression("'ttl.default must not exceed ttl.max: ' + self.default + ' is longer than ' + self.max".into())))]
+#[x_kube(validation = Rule::new("!self.adaptive || has(self.max)").field_path(".max").reason(Reason::FieldValueRequired).message("ttl.adaptive needs ttl.max, the longest TTL a frequently read key may get"))]
 #[serde(rename_all = "camelCase")]
 pub struct TtlSpec {
     /// Expiry given to a write that sets none.
@@ -303,6 +316,7 @@ pub struct CachePolicyStatus {
 
     /// `RoutingPublished`, `Rebalancing`, `Degraded` and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::conditions::schema")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 

@@ -2,6 +2,7 @@
 //! `lastTransitionTime` moves only when `status` flips.
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -46,6 +47,55 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
 /// Whether the condition of the given type is present and "True".
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+/// The schema of a `conditions` list: `metav1.Condition` with the bounds upstream declares
+/// (`+kubebuilder:validation` markers that k8s-openapi's schema does not carry), so that the API
+/// server refuses a malformed condition from any writer as it would for a built-in type.
+pub fn schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut item = Condition::json_schema(generator);
+    let bounds = [
+        (
+            "type",
+            serde_json::json!({
+                "maxLength": 316,
+                "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+            }),
+        ),
+        (
+            "status",
+            serde_json::json!({"enum": ["True", "False", "Unknown"]}),
+        ),
+        (
+            "reason",
+            serde_json::json!({
+                "minLength": 1,
+                "maxLength": 1024,
+                "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+            }),
+        ),
+        ("message", serde_json::json!({"maxLength": 32768})),
+        ("observedGeneration", serde_json::json!({"minimum": 0})),
+    ];
+    if let Some(properties) = item
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for (field, extra) in bounds {
+            let (Some(property), serde_json::Value::Object(extra)) =
+                (properties.get_mut(field), extra)
+            else {
+                continue;
+            };
+            if let Some(property) = property.as_object_mut() {
+                property.extend(extra);
+            }
+        }
+    }
+    json_schema!({
+        "type": "array",
+        "items": item,
+    })
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ pub const TIER_LABEL: &str = "redisfleet.io/tier";
     category = "redis-fleet",
     doc = "One Redis endpoint of a redis-fleet: an external Redis the operator connects to, or one it runs itself.",
     printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the instance can serve traffic (the Ready condition)"
+    ),
+    printcolumn(
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
@@ -82,12 +88,19 @@ pub const TIER_LABEL: &str = "redisfleet.io/tier";
         priority = 1
     ),
     printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "Why the instance is or is not Ready",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("has(self.external) != has(self.managed)").message("spec: set exactly one of spec.external (a Redis the operator connects to) or spec.managed (a Redis the operator runs)"))]
+#[x_kube(validation = Rule::new("has(self.external) != has(self.managed)").reason(Reason::FieldValueInvalid).message(Message::Expression("has(self.external) ? 'spec: set exactly one of spec.external (a Redis the operator connects to) or spec.managed (a Redis the operator runs), not both' : 'spec: set exactly one of spec.external (a Redis the operator connects to) or spec.managed (a Redis the operator runs); neither is set'".into())))]
 #[serde(rename_all = "camelCase")]
 pub struct RedisInstanceSpec {
     /// A Redis that already runs elsewhere (hosted, VM, another cluster). Exactly one of
@@ -157,7 +170,7 @@ fn default_port() -> i32 {
 
 /// TLS settings for connections to an external Redis.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("!self.insecureSkipVerify || self.enabled").message("tls.insecureSkipVerify is only meaningful with tls.enabled: true"))]
+#[x_kube(validation = Rule::new("!self.insecureSkipVerify || self.enabled").field_path(".insecureSkipVerify").reason(Reason::FieldValueForbidden).message("tls.insecureSkipVerify is only meaningful with tls.enabled: true"))]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
     /// Connect with TLS.
@@ -285,7 +298,7 @@ impl EvictionPolicy {
 
 /// How the operator probes an instance and judges its health.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("duration(self.timeout) <= duration(self.interval)").message("health.timeout must not exceed health.interval"))]
+#[x_kube(validation = Rule::new("duration(self.timeout) <= duration(self.interval)").field_path(".timeout").reason(Reason::FieldValueInvalid).message(Message::Expression("'health.timeout must not exceed health.interval: ' + self.timeout + ' is longer than ' + self.interval".into())))]
 #[serde(rename_all = "camelCase")]
 pub struct HealthSpec {
     /// Time between two probes.
@@ -435,6 +448,7 @@ pub struct RedisInstanceStatus {
 
     /// `Reachable`, `WithinCapacity` and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::conditions::schema")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 }

@@ -1,5 +1,14 @@
 //! Prometheus metrics of the operator: per-instance health and memory, and per-controller
 //! reconcile counts, durations and errors (labelled by error variant, never by message).
+//!
+//! A RedisInstance is labelled `redis_instance`, never `instance`: Prometheus sets `instance`
+//! on every scraped series (the target), and a series' own `instance` would be renamed
+//! `exported_instance` or, with `honorLabels`, overwrite it. Redis's own monotonic counters
+//! (commands, keyspace hits and misses, evictions) are exported as they are, as `_total`
+//! counters, for PromQL's `rate()`; a restart of the server resets them, which `rate()` handles.
+//! The series of a deleted RedisInstance or CachePolicy are removed
+//! ([`Metrics::forget_instance`], [`Metrics::forget_policy`]), so that no stale value keeps an
+//! alert firing.
 
 use std::time::{Duration, Instant};
 
@@ -30,15 +39,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Labels of per-instance series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
     /// Namespace of the RedisInstance.
     pub namespace: String,
-    /// Name of the RedisInstance.
-    pub instance: String,
+    /// Name of the RedisInstance (not `instance`, Prometheus's target label).
+    pub redis_instance: String,
 }
 
 /// Labels of probe errors.
@@ -47,7 +58,7 @@ pub struct ProbeErrorLabels {
     /// Namespace of the RedisInstance.
     pub namespace: String,
     /// Name of the RedisInstance.
-    pub instance: String,
+    pub redis_instance: String,
     /// Failure reason (`ConnectionRefused`, `Timeout`, …).
     pub reason: String,
 }
@@ -90,16 +101,18 @@ pub struct Metrics {
     pub capacity_bytes: Family<InstanceLabels, Gauge>,
     /// used / capacity.
     pub usage_ratio: Family<InstanceLabels, FloatGauge>,
-    /// Keyspace hit ratio over the last probe window.
-    pub hit_ratio: Family<InstanceLabels, FloatGauge>,
+    /// `keyspace_hits` since the server started.
+    pub keyspace_hits: Family<InstanceLabels, Counter>,
+    /// `keyspace_misses` since the server started.
+    pub keyspace_misses: Family<InstanceLabels, Counter>,
     /// Keys over all databases.
     pub keys: Family<InstanceLabels, Gauge>,
-    /// Commands per second over the last probe window.
-    pub ops_per_second: Family<InstanceLabels, FloatGauge>,
+    /// `total_commands_processed` since the server started.
+    pub commands_processed: Family<InstanceLabels, Counter>,
     /// Connected clients.
     pub connected_clients: Family<InstanceLabels, Gauge>,
-    /// Keys evicted since the server started.
-    pub evicted_keys: Family<InstanceLabels, Gauge>,
+    /// `evicted_keys` since the server started.
+    pub evicted_keys: Family<InstanceLabels, Counter>,
     /// PING round trips.
     pub probe_latency: Family<InstanceLabels, Histogram>,
     /// Failed probes by reason.
@@ -128,6 +141,17 @@ pub struct Metrics {
     pub sidecars: Family<PolicyLabels, Gauge>,
     /// Lowest routing version among those sidecars, per policy.
     pub sidecar_min_version: Family<PolicyLabels, Gauge>,
+    /// The instances and policies that have series, and the probe error reasons seen: what
+    /// the janitor compares with what exists, and what forgetting must remove.
+    known: Mutex<Known>,
+}
+
+/// Label sets made so far that [`Family`] cannot list.
+#[derive(Debug, Default)]
+struct Known {
+    probe_error_reasons: HashMap<InstanceLabels, BTreeSet<String>>,
+    instances: HashSet<InstanceLabels>,
+    policies: HashSet<PolicyLabels>,
 }
 
 /// Labels of per-policy series.
@@ -148,9 +172,10 @@ impl Metrics {
             used_bytes: Family::default(),
             capacity_bytes: Family::default(),
             usage_ratio: Family::default(),
-            hit_ratio: Family::default(),
+            keyspace_hits: Family::default(),
+            keyspace_misses: Family::default(),
             keys: Family::default(),
-            ops_per_second: Family::default(),
+            commands_processed: Family::default(),
             connected_clients: Family::default(),
             evicted_keys: Family::default(),
             probe_latency: Family::new_with_constructor(latency),
@@ -169,6 +194,7 @@ impl Metrics {
             rebalance_failures: Family::default(),
             sidecars: Family::default(),
             sidecar_min_version: Family::default(),
+            known: Mutex::new(Known::default()),
         };
         let r = registry.sub_registry_with_prefix("redisfleet");
         r.register(
@@ -192,9 +218,14 @@ impl Metrics {
             m.usage_ratio.clone(),
         );
         r.register(
-            "instance_hit_ratio",
-            "Keyspace hit ratio over the last probe window",
-            m.hit_ratio.clone(),
+            "instance_keyspace_hits",
+            "Key lookups that found their key since the instance started (INFO keyspace_hits)",
+            m.keyspace_hits.clone(),
+        );
+        r.register(
+            "instance_keyspace_misses",
+            "Key lookups that did not find their key since the instance started (INFO keyspace_misses)",
+            m.keyspace_misses.clone(),
         );
         r.register(
             "instance_keys",
@@ -202,9 +233,9 @@ impl Metrics {
             m.keys.clone(),
         );
         r.register(
-            "instance_ops_per_second",
-            "Commands per second over the last probe window",
-            m.ops_per_second.clone(),
+            "instance_commands_processed",
+            "Commands processed since the instance started (INFO total_commands_processed)",
+            m.commands_processed.clone(),
         );
         r.register(
             "instance_connected_clients",
@@ -213,7 +244,7 @@ impl Metrics {
         );
         r.register(
             "instance_evicted_keys",
-            "Keys evicted since the instance started",
+            "Keys evicted since the instance started (INFO evicted_keys)",
             m.evicted_keys.clone(),
         );
         r.register(
@@ -317,18 +348,115 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a failed probe of an instance, by reason.
+    pub fn probe_error(&self, labels: &InstanceLabels, reason: &str) {
+        self.probe_errors
+            .get_or_create(&ProbeErrorLabels {
+                namespace: labels.namespace.clone(),
+                redis_instance: labels.redis_instance.clone(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+        self.known()
+            .probe_error_reasons
+            .entry(labels.clone())
+            .or_default()
+            .insert(reason.to_owned());
+    }
+
+    /// Sets the instance's mirrors of Redis's own counters to the values INFO reported. They
+    /// only go down when the server restarted (or `CONFIG RESETSTAT`), which Prometheus reads
+    /// as a counter reset.
+    pub fn set_redis_counters(&self, labels: &InstanceLabels, counters: &RedisCounters) {
+        for (family, value) in [
+            (&self.commands_processed, counters.commands_processed),
+            (&self.keyspace_hits, counters.keyspace_hits),
+            (&self.keyspace_misses, counters.keyspace_misses),
+            (&self.evicted_keys, counters.evicted_keys),
+        ] {
+            if let Some(v) = value {
+                family
+                    .get_or_create(labels)
+                    .inner()
+                    .store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Notes that the instance has series, so that the janitor finds them once it is deleted
+    /// (even when a probe that was under way re-made them after an earlier forgetting).
+    /// Whoever makes a per-instance series calls this.
+    pub fn note_instance(&self, labels: &InstanceLabels) {
+        let mut known = self.known();
+        if !known.instances.contains(labels) {
+            known.instances.insert(labels.clone());
+        }
+    }
+
+    /// The instances that have series, for the janitor to compare with the ones that exist.
+    pub fn instances(&self) -> Vec<InstanceLabels> {
+        self.known().instances.iter().cloned().collect()
+    }
+
     /// Forgets every series of a deleted instance.
     pub fn forget_instance(&self, labels: &InstanceLabels) {
+        self.known().instances.remove(labels);
         self.instance_up.remove(labels);
         self.used_bytes.remove(labels);
         self.capacity_bytes.remove(labels);
         self.usage_ratio.remove(labels);
-        self.hit_ratio.remove(labels);
+        self.keyspace_hits.remove(labels);
+        self.keyspace_misses.remove(labels);
         self.keys.remove(labels);
-        self.ops_per_second.remove(labels);
+        self.commands_processed.remove(labels);
         self.connected_clients.remove(labels);
         self.evicted_keys.remove(labels);
         self.probe_latency.remove(labels);
+        let reasons = self.known().probe_error_reasons.remove(labels);
+        for reason in reasons.into_iter().flatten() {
+            self.probe_errors.remove(&ProbeErrorLabels {
+                namespace: labels.namespace.clone(),
+                redis_instance: labels.redis_instance.clone(),
+                reason,
+            });
+        }
+    }
+
+    /// Notes that the policy has series, so that the janitor finds them once it is deleted.
+    /// Whoever makes a per-policy series calls this.
+    pub fn note_policy(&self, labels: &PolicyLabels) {
+        let mut known = self.known();
+        if !known.policies.contains(labels) {
+            known.policies.insert(labels.clone());
+        }
+    }
+
+    /// Counts a failed rebalance Job of the policy.
+    pub fn rebalance_failed(&self, labels: &PolicyLabels) {
+        self.note_policy(labels);
+        self.rebalance_failures.get_or_create(labels).inc();
+    }
+
+    /// The policies that have series, for the janitor to compare with the ones that exist.
+    pub fn policies(&self) -> Vec<PolicyLabels> {
+        self.known().policies.iter().cloned().collect()
+    }
+
+    /// Forgets every series of a deleted policy.
+    pub fn forget_policy(&self, labels: &PolicyLabels) {
+        self.known().policies.remove(labels);
+        self.routing_version.remove(labels);
+        self.failovers.remove(labels);
+        self.rebalance_keys_moved.remove(labels);
+        self.rebalance_keys_total.remove(labels);
+        self.rebalance_failures.remove(labels);
+        self.sidecars.remove(labels);
+        self.sidecar_min_version.remove(labels);
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        // The sets stay consistent under a panic elsewhere: each update is one insert/remove.
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a probe latency.
@@ -337,6 +465,19 @@ impl Metrics {
             .get_or_create(labels)
             .observe(latency.as_secs_f64());
     }
+}
+
+/// Redis's own counters from one INFO reply (`None` when the reply lacked the field).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedisCounters {
+    /// `total_commands_processed`.
+    pub commands_processed: Option<u64>,
+    /// `keyspace_hits`.
+    pub keyspace_hits: Option<u64>,
+    /// `keyspace_misses`.
+    pub keyspace_misses: Option<u64>,
+    /// `evicted_keys`.
+    pub evicted_keys: Option<u64>,
 }
 
 /// Records a reconcile's duration on drop.
@@ -349,5 +490,150 @@ pub struct ReconcileTimer {
 impl Drop for ReconcileTimer {
     fn drop(&mut self) {
         self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    fn instance(name: &str) -> InstanceLabels {
+        InstanceLabels {
+            namespace: "shop".into(),
+            redis_instance: name.into(),
+        }
+    }
+
+    #[test]
+    fn redis_counters_are_counters_with_the_values_info_reported() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let a = instance("a");
+        let counters = RedisCounters {
+            commands_processed: Some(1_000),
+            keyspace_hits: Some(90),
+            keyspace_misses: Some(10),
+            evicted_keys: Some(3),
+        };
+        m.set_redis_counters(&a, &counters);
+        let out = text(&registry);
+        for line in [
+            "# TYPE redisfleet_instance_commands_processed counter",
+            "redisfleet_instance_commands_processed_total{namespace=\"shop\",redis_instance=\"a\"} 1000",
+            "redisfleet_instance_keyspace_hits_total{namespace=\"shop\",redis_instance=\"a\"} 90",
+            "redisfleet_instance_keyspace_misses_total{namespace=\"shop\",redis_instance=\"a\"} 10",
+            "# TYPE redisfleet_instance_evicted_keys counter",
+            "redisfleet_instance_evicted_keys_total{namespace=\"shop\",redis_instance=\"a\"} 3",
+        ] {
+            assert!(out.contains(line), "missing {line}\n{out}");
+        }
+
+        // A restarted server starts from zero: the counter resets, as rate() expects; a field
+        // missing from the reply leaves the last value.
+        m.set_redis_counters(
+            &a,
+            &RedisCounters {
+                keyspace_hits: Some(2),
+                ..RedisCounters::default()
+            },
+        );
+        let out = text(&registry);
+        assert!(
+            out.contains(
+                "redisfleet_instance_keyspace_hits_total{namespace=\"shop\",redis_instance=\"a\"} 2"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "redisfleet_instance_evicted_keys_total{namespace=\"shop\",redis_instance=\"a\"} 3"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn forgetting_an_instance_removes_its_series_and_only_its() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let (a, b) = (instance("a"), instance("b"));
+        for labels in [&a, &b] {
+            m.note_instance(labels);
+            m.instance_up.get_or_create(labels).set(1);
+            m.usage_ratio.get_or_create(labels).set(0.5);
+            m.set_redis_counters(
+                labels,
+                &RedisCounters {
+                    commands_processed: Some(5),
+                    ..RedisCounters::default()
+                },
+            );
+            m.observe_latency(labels, Duration::from_millis(1));
+            m.probe_error(labels, "Timeout");
+            m.probe_error(labels, "ConnectionRefused");
+        }
+        let mut known = m.instances();
+        known.sort_by(|x, y| x.redis_instance.cmp(&y.redis_instance));
+        assert_eq!(known, vec![a.clone(), b.clone()]);
+        m.forget_instance(&a);
+        assert_eq!(m.instances(), vec![b.clone()]);
+        let out = text(&registry);
+        assert!(!out.contains("redis_instance=\"a\""), "{out}");
+        for series in [
+            "redisfleet_instance_up{namespace=\"shop\",redis_instance=\"b\"} 1",
+            "redisfleet_instance_probe_errors_total{namespace=\"shop\",redis_instance=\"b\",reason=\"Timeout\"} 1",
+            "redisfleet_instance_probe_errors_total{namespace=\"shop\",redis_instance=\"b\",reason=\"ConnectionRefused\"} 1",
+        ] {
+            assert!(out.contains(series), "missing {series}\n{out}");
+        }
+    }
+
+    #[test]
+    fn forgetting_a_policy_removes_its_series_and_only_its() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let policy = |name: &str| PolicyLabels {
+            namespace: "shop".into(),
+            policy: name.into(),
+        };
+        let (gone, kept) = (policy("gone"), policy("kept"));
+        for labels in [&gone, &kept] {
+            m.note_policy(labels);
+            for family in [
+                &m.routing_version,
+                &m.failovers,
+                &m.rebalance_keys_moved,
+                &m.rebalance_keys_total,
+                &m.sidecars,
+                &m.sidecar_min_version,
+            ] {
+                family.get_or_create(labels).set(3);
+            }
+            m.rebalance_failed(labels);
+        }
+        let mut known = m.policies();
+        known.sort_by(|x, y| x.policy.cmp(&y.policy));
+        assert_eq!(known, vec![gone.clone(), kept.clone()]);
+
+        m.forget_policy(&gone);
+        let out = text(&registry);
+        assert!(!out.contains("policy=\"gone\""), "{out}");
+        assert!(
+            out.contains("redisfleet_sidecar_min_version{namespace=\"shop\",policy=\"kept\"} 3"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "redisfleet_rebalance_failures_total{namespace=\"shop\",policy=\"kept\"} 1"
+            ),
+            "{out}"
+        );
+        assert_eq!(m.policies(), vec![kept]);
     }
 }

@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -49,12 +49,15 @@ use crate::api::{CachePolicy, RedisInstance};
 use crate::http;
 use cache_policy::PolicyContext;
 use context::Context;
-use metrics::{InstanceLabels, Metrics};
+use metrics::Metrics;
 use redis_instance::InstanceContext;
 use secrets::SecretReader;
 
 /// RedisInstance reconciles (probes) in flight at once.
 const INSTANCE_CONCURRENCY: u16 = 32;
+
+/// How often the series of deleted instances and policies are looked for.
+const JANITOR_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How the operator runs.
 #[derive(Debug, Clone)]
@@ -204,6 +207,18 @@ where
     }
 }
 
+/// Whether the store has listed its objects once.
+fn ready<K>(store: &reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
 /// Resolves when `stop` turns true.
 async fn stopped(mut stop: watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
@@ -313,16 +328,46 @@ async fn run_scope(
         )
         .for_each(log_failures(redis_instance::CONTROLLER));
 
-    // Forget probe state and metric series of deleted instances.
+    // Forget probe state and metric series of deleted instances and policies: a series left
+    // at its last value would keep alerts on it firing. Cheap (a store lookup per object), so
+    // it runs often enough that a deleted object's series go within seconds. A store that has
+    // not listed its objects yet (e.g. its first watch was refused while the apiserver's
+    // storage initialised) says nothing about what is deleted: its objects wait for it.
+    // The metrics are shared by every scope: each janitor looks at its own namespace only.
+    let janitor_scope = scope.clone();
     let janitor = async move {
-        let _ = shared.instances.wait_until_ready().await;
         loop {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            for gone in instance_ctx.forget_deleted_instances() {
-                shared.metrics.forget_instance(&InstanceLabels {
-                    namespace: gone.namespace.clone().unwrap_or_default(),
-                    instance: gone.name.clone(),
-                });
+            tokio::time::sleep(JANITOR_INTERVAL).await;
+            let in_scope =
+                |namespace: &str| janitor_scope.as_deref().is_none_or(|ns| ns == namespace);
+            if ready(&shared.instances) {
+                instance_ctx.forget_deleted_instances();
+                // By the metrics' own list, not the probe states: a probe under way when its
+                // state was dropped may have made the series again.
+                for labels in shared.metrics.instances() {
+                    if !in_scope(&labels.namespace) {
+                        continue;
+                    }
+                    let instance = ObjectRef::<RedisInstance>::new(&labels.redis_instance)
+                        .within(&labels.namespace);
+                    if shared.instances.get(&instance).is_none() {
+                        shared.metrics.forget_instance(&labels);
+                    }
+                }
+            }
+            if ready(&shared.policies) {
+                for labels in shared
+                    .metrics
+                    .policies()
+                    .into_iter()
+                    .filter(|l| in_scope(&l.namespace))
+                {
+                    let policy =
+                        ObjectRef::<CachePolicy>::new(&labels.policy).within(&labels.namespace);
+                    if shared.policies.get(&policy).is_none() {
+                        shared.metrics.forget_policy(&labels);
+                    }
+                }
             }
         }
     };

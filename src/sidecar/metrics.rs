@@ -23,8 +23,9 @@ pub struct CategoryLabels {
 /// Labels of per-instance series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
-    /// Instance name.
-    pub instance: String,
+    /// Name of the RedisInstance (not `instance`: Prometheus sets that to the scraped target,
+    /// the sidecar's pod, and the two would clash).
+    pub redis_instance: String,
 }
 
 /// All sidecar metrics.
@@ -191,7 +192,7 @@ impl SidecarMetrics {
     /// The handles of `instance`.
     pub fn backend(&self, instance: &str) -> BackendMetrics {
         let labels = InstanceLabels {
-            instance: instance.to_owned(),
+            redis_instance: instance.to_owned(),
         };
         BackendMetrics {
             latency: self.latency.get_or_create_owned(&labels),

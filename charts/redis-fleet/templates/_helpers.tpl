@@ -204,3 +204,38 @@ and the example.
     - {name: redis-fleet-routing, mountPath: /etc/redis-fleet/routing, readOnly: true}
     - {name: redis-fleet-secrets, mountPath: /etc/redis-fleet/secrets, readOnly: true}
 {{- end }}
+
+{{/*
+Egress of the operator and rebalance pods under networkPolicy.enabled (networkpolicy.yaml):
+DNS, the API server, Redis by port, and networkPolicy.extraEgress.
+*/}}
+{{- define "redis-fleet.egressRules" -}}
+# DNS, wherever the cluster's resolver runs.
+- ports:
+    - protocol: UDP
+      port: 53
+    - protocol: TCP
+      port: 53
+# The Kubernetes API server.
+- ports:
+    {{- range .Values.networkPolicy.apiServerPorts }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+  {{- with .Values.networkPolicy.apiServerCidrs }}
+  to:
+    {{- range . }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  {{- end }}
+# Redis instances: probes, sampling, purges and moved keys.
+- ports:
+    {{- range .Values.networkPolicy.redisPorts }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+{{- with .Values.networkPolicy.extraEgress }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -25,7 +25,7 @@ pub const POLICY_LABEL: &str = "redisfleet.io/policy";
 pub const POLICY_NAMESPACE_LABEL: &str = "redisfleet.io/policy-namespace";
 
 /// How rebalance Jobs are made.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobSettings {
     /// Namespace of the Jobs; `None`: the policy's own (then the Job is owned by the policy).
     pub namespace: Option<String>,
@@ -41,6 +41,52 @@ pub struct JobSettings {
     pub backoff_limit: i32,
     /// How long the Job waits for the sidecars to converge (`--converge-timeout`).
     pub converge_timeout: std::time::Duration,
+    /// Where and with what the Job's pod runs (the chart's `rebalance.job` values).
+    pub pod: JobPod,
+}
+
+/// Scheduling and resources of a rebalance Job's pod, as the operator is told them
+/// (`--rebalance-pod`, a JSON object; the chart passes its `rebalance.job` values). Absent
+/// fields keep the defaults: [`default_resources`], no node selector, tolerations or
+/// priority class.
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobPod {
+    /// Requests and limits of the rebalance container.
+    #[serde(default)]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the pod must match.
+    #[serde(default)]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the pod.
+    #[serde(default)]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// PriorityClass of the pod; empty means none.
+    #[serde(default)]
+    pub priority_class_name: Option<String>,
+}
+
+impl JobPod {
+    /// Reads the JSON object of `--rebalance-pod`.
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+}
+
+/// The rebalance container's resources unless told otherwise: it streams keys in batches
+/// (`keysPerSecond`, `batchSize`), so memory stays flat whatever the instance's size.
+pub fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_owned(), Quantity("100m".to_owned())),
+                ("memory".to_owned(), Quantity("64Mi".to_owned())),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".to_owned(), Quantity("512Mi".to_owned()))].into()),
+        ..ResourceRequirements::default()
+    }
 }
 
 impl Default for JobSettings {
@@ -52,6 +98,7 @@ impl Default for JobSettings {
             service_account: None,
             backoff_limit: 0,
             converge_timeout: std::time::Duration::from_secs(120),
+            pod: JobPod::default(),
         }
     }
 }
@@ -120,17 +167,13 @@ pub fn build(policy: &CachePolicy, plan_id: i64, attempt: i32, settings: &JobSet
                 ..EnvVar::default()
             },
         ]),
-        resources: Some(ResourceRequirements {
-            requests: Some(
-                [
-                    ("cpu".to_owned(), Quantity("100m".to_owned())),
-                    ("memory".to_owned(), Quantity("64Mi".to_owned())),
-                ]
-                .into(),
-            ),
-            limits: Some([("memory".to_owned(), Quantity("512Mi".to_owned()))].into()),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(
+            settings
+                .pod
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
         security_context: Some(restricted_security_context()),
         ..Container::default()
     };
@@ -163,6 +206,13 @@ pub fn build(policy: &CachePolicy, plan_id: i64, attempt: i32, settings: &JobSet
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
+                    node_selector: settings.pod.node_selector.clone().filter(|m| !m.is_empty()),
+                    tolerations: settings.pod.tolerations.clone().filter(|t| !t.is_empty()),
+                    priority_class_name: settings
+                        .pod
+                        .priority_class_name
+                        .clone()
+                        .filter(|p| !p.is_empty()),
                     ..PodSpec::default()
                 }),
             },
@@ -281,6 +331,65 @@ mod tests {
             ),
             ("shop", "apps")
         );
+    }
+
+    #[test]
+    fn the_pod_settings_place_and_size_the_pod() {
+        let pod = JobPod::from_json(
+            r#"{"resources": {"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+                "nodeSelector": {"pool": "batch"},
+                "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+                "priorityClassName": "low"}"#,
+        )
+        .unwrap();
+        let settings = JobSettings {
+            pod,
+            ..JobSettings::default()
+        };
+        let spec = build(&policy(), 1, 1, &settings)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(spec.node_selector.unwrap()["pool"], "batch");
+        assert_eq!(spec.tolerations.unwrap()[0].key.as_deref(), Some("batch"));
+        assert_eq!(spec.priority_class_name.as_deref(), Some("low"));
+        let resources = spec.containers[0].resources.clone().unwrap();
+        assert_eq!(resources.limits.unwrap()["memory"], Quantity("1Gi".into()));
+        assert_eq!(resources.requests.unwrap()["cpu"], Quantity("250m".into()));
+
+        // Empty values (the chart's defaults) change nothing.
+        let empty = JobPod::from_json(
+            r#"{"nodeSelector": {}, "tolerations": [], "priorityClassName": ""}"#,
+        )
+        .unwrap();
+        let spec = build(
+            &policy(),
+            1,
+            1,
+            &JobSettings {
+                pod: empty,
+                ..JobSettings::default()
+            },
+        )
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+        assert_eq!(
+            (
+                spec.node_selector,
+                spec.tolerations,
+                spec.priority_class_name
+            ),
+            (None, None, None)
+        );
+        assert_eq!(spec.containers[0].resources, Some(default_resources()));
+
+        // A misspelt key is refused, not ignored.
+        assert!(JobPod::from_json(r#"{"nodeSelecter": {}}"#).is_err());
     }
 
     #[test]

@@ -611,14 +611,10 @@ impl<'a> Driver<'a> {
             }
             // Failed, or ended before finishing.
             (Some(done), Some(_)) => {
-                self.ctx
-                    .metrics
-                    .rebalance_failures
-                    .get_or_create(&PolicyLabels {
-                        namespace: self.policy_ns.clone(),
-                        policy: self.policy.name_any(),
-                    })
-                    .inc();
+                self.ctx.metrics.rebalance_failed(&PolicyLabels {
+                    namespace: self.policy_ns.clone(),
+                    policy: self.policy.name_any(),
+                });
                 if self.forced.is_some() || r.attempts < MAX_ATTEMPTS {
                     return self.retry(r).await;
                 }

@@ -460,13 +460,16 @@ impl UsageHistory {
 // ---------------------------------------------------------------------------------------------
 
 /// Exports the policy's gauges: the published table's version and failovers, the rebalance's
-/// progress and the sidecars on the table.
+/// progress and the sidecars on the table. A figure the status no longer has is removed, not
+/// left at its last value: a sidecar version kept after the last lagging sidecar went away
+/// would keep `RedisFleetSidecarsOnOldRoutingTable` firing.
 pub fn record_metrics(
     metrics: &Metrics,
     labels: &PolicyLabels,
     published: Option<&RoutingTable>,
     status: &CachePolicyStatus,
 ) {
+    metrics.note_policy(labels);
     if let Some(t) = published {
         metrics
             .routing_version
@@ -487,13 +490,14 @@ pub fn record_metrics(
             .get_or_create(labels)
             .set(r.keys_total.unwrap_or(0));
     }
-    if let Some(s) = &status.sidecars {
-        metrics
-            .sidecars
-            .get_or_create(labels)
-            .set(i64::from(s.count));
-        if let Some(v) = s.min_version {
+    let count = status.sidecars.as_ref().map_or(0, |s| s.count);
+    metrics.sidecars.get_or_create(labels).set(i64::from(count));
+    match status.sidecars.as_ref().and_then(|s| s.min_version) {
+        Some(v) => {
             metrics.sidecar_min_version.get_or_create(labels).set(v);
+        }
+        None => {
+            metrics.sidecar_min_version.remove(labels);
         }
     }
 }
@@ -691,6 +695,43 @@ mod tests {
             Write::Skip,
             "an identical status is never rewritten"
         );
+    }
+
+    #[test]
+    fn a_sidecar_version_no_longer_reported_leaves_the_metrics() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let labels = PolicyLabels {
+            namespace: "shop".into(),
+            policy: "cache".into(),
+        };
+        let text = |registry: &prometheus_client::registry::Registry| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+            out
+        };
+        record_metrics(&metrics, &labels, None, &written());
+        let series = "{namespace=\"shop\",policy=\"cache\"}";
+        let before = text(&registry);
+        assert!(
+            before.contains(&format!("redisfleet_sidecar_min_version{series} 7")),
+            "{before}"
+        );
+
+        // The lagging sidecar went away: no version is left to compare with the table.
+        let mut next = written();
+        next.sidecars = None;
+        record_metrics(&metrics, &labels, None, &next);
+        let after = text(&registry);
+        assert!(
+            !after.contains("redisfleet_sidecar_min_version{"),
+            "a stale version keeps the lag alert firing: {after}"
+        );
+        assert!(
+            after.contains(&format!("redisfleet_sidecars{series} 0")),
+            "{after}"
+        );
+        assert_eq!(metrics.policies(), vec![labels]);
     }
 
     #[test]

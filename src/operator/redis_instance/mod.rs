@@ -32,7 +32,7 @@ use crate::redis::info::{Counters, window};
 use crate::redis::probe::{classify, probe_on, timed_out};
 
 use super::context::Context;
-use super::metrics::{InstanceLabels, ProbeErrorLabels, error_variants};
+use super::metrics::{InstanceLabels, RedisCounters, error_variants};
 use super::status_writes::refresh_interval;
 use status::{Failure, Observation, ProbeSummary, Transition, WindowStats};
 
@@ -121,9 +121,9 @@ impl InstanceContext {
         map.entry(instance.clone()).or_default().clone()
     }
 
-    /// Drops the state (and the kept connection) of instances that no longer exist; returns
-    /// the dropped references.
-    pub fn forget_deleted_instances(&self) -> Vec<ObjectRef<RedisInstance>> {
+    /// Drops the state (and the kept connection) of instances that no longer exist. (Their
+    /// metric series go by the metrics' own list: see the janitor in `operator::run_scope`.)
+    pub fn forget_deleted_instances(&self) {
         let mut map = self.probes.lock().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<_> = map
             .keys()
@@ -134,7 +134,6 @@ impl InstanceContext {
             map.remove(r);
             self.shared.connections.drop_connection(r);
         }
-        gone
     }
 }
 
@@ -179,7 +178,7 @@ pub async fn reconcile(
         .map_or_else(|_| reached_at.address(), Target::address);
     let labels = InstanceLabels {
         namespace: namespace.clone(),
-        instance: name.clone(),
+        redis_instance: name.clone(),
     };
     let outcome = match &target {
         Ok(target) => {
@@ -309,6 +308,12 @@ async fn probe(
         keys: info.total_keys(),
         connected_clients: info.connected_clients.unwrap_or(0),
         evicted_keys: info.evicted_keys.unwrap_or(0),
+        counters: RedisCounters {
+            commands_processed: info.total_commands_processed,
+            keyspace_hits: info.keyspace_hits,
+            keyspace_misses: info.keyspace_misses,
+            evicted_keys: info.evicted_keys,
+        },
         window,
     })
 }
@@ -422,20 +427,16 @@ fn record_probe_metrics(
     outcome: &Result<ProbeSummary, Failure>,
 ) {
     let m = &ctx.metrics;
+    m.note_instance(labels);
     match outcome {
         Ok(p) => {
             m.instance_up.get_or_create(labels).set(1);
             m.observe_latency(labels, p.latency);
+            m.set_redis_counters(labels, &p.counters);
         }
         Err(f) => {
             m.instance_up.get_or_create(labels).set(0);
-            m.probe_errors
-                .get_or_create(&ProbeErrorLabels {
-                    namespace: labels.namespace.clone(),
-                    instance: labels.instance.clone(),
-                    reason: f.reason.clone(),
-                })
-                .inc();
+            m.probe_error(labels, &f.reason);
         }
     }
 }
@@ -461,16 +462,9 @@ fn record_status_metrics(
         m.keys.get_or_create(labels).set(keys);
     }
     if let Some(stats) = &status.stats {
-        if let Some(r) = stats.hit_ratio {
-            m.hit_ratio.get_or_create(labels).set(r);
-        }
-        m.ops_per_second
-            .get_or_create(labels)
-            .set(stats.ops_per_second as f64);
         m.connected_clients
             .get_or_create(labels)
             .set(stats.connected_clients);
-        m.evicted_keys.get_or_create(labels).set(stats.evicted_keys);
     }
 }
 

@@ -20,6 +20,7 @@ use crate::api::quantity::format_bytes_human;
 use crate::api::redis_instance::{
     InstancePhase, MemoryStatus, RedisInstanceSpec, RedisInstanceStatus, StatsStatus,
 };
+use crate::operator::metrics::RedisCounters;
 use crate::operator::status_writes::{Write, moved_a_point};
 
 /// Condition types of a RedisInstance.
@@ -50,6 +51,8 @@ pub struct ProbeSummary {
     pub connected_clients: u64,
     /// `evicted_keys` since the server started.
     pub evicted_keys: u64,
+    /// Redis's own counters as INFO reported them, mirrored by the metrics.
+    pub counters: RedisCounters,
     /// Rates over the window since the previous probe; `None` on the first probe.
     pub window: Option<WindowStats>,
 }

@@ -20,6 +20,7 @@ fn probe(used: u64) -> ProbeSummary {
         keys: 10,
         connected_clients: 2,
         evicted_keys: 0,
+        counters: RedisCounters::default(),
         window: Some(WindowStats {
             hits: 90,
             misses: 10,
