@@ -455,7 +455,7 @@ async fn a_full_source_can_still_be_emptied_and_a_full_target_takes_nothing() {
         "{reply:?}"
     );
     let marker = "redisfleet:importing:shop/shop:12:user:0-16383";
-    m.mark_importing(&mut s, marker, true)
+    m.mark_importing(&mut s, marker, true, false)
         .await
         .expect("the importing marker on a full source");
     // One key present, one absent: the guard queues the present one for the Job.
@@ -523,4 +523,78 @@ async fn a_full_source_can_still_be_emptied_and_a_full_target_takes_nothing() {
         .await
         .unwrap();
     assert_eq!(there, 0);
+}
+
+#[tokio::test]
+async fn a_draining_source_never_answers_for_a_key_its_target_serves() {
+    // Chaos seed 4 (180 s): a move died with its source, so its ranges went to the target
+    // with some keys still on the source. When the source came back (draining), the move that
+    // emptied it ran commands on its old copies through the guard — a read returned an old
+    // value, and a write landed there and was dropped by the copy, since the target's newer
+    // value wins.
+    let (source, target) = (
+        RedisServer::start(RedisOptions::default()),
+        RedisServer::start(RedisOptions::default()),
+    );
+    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
+    for (c, v) in [(&mut s, "old"), (&mut t, "newer")] {
+        let _: () = redis::cmd("SET")
+            .arg("user:1")
+            .arg(v)
+            .query_async(c)
+            .await
+            .unwrap();
+    }
+    let m = mover(names::mover_token(11, 1));
+    m.claim(&mut s).await.unwrap();
+    m.claim(&mut t).await.unwrap();
+    let marker = "redisfleet:importing:shop/shop:11:user:0-16383";
+    m.mark_importing(&mut s, marker, true, true).await.unwrap();
+
+    // The source's copy is queued for the Job, never read or written.
+    for command in [&["GET", "user:1"][..], &["SET", "user:1", "lost?"][..]] {
+        let (d, _) = guarded(&mut s, marker, &["user:1"], command).await;
+        assert_eq!(d, Decision::TryAgain, "{command:?}");
+    }
+    let old: String = redis::cmd("GET")
+        .arg("user:1")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    assert_eq!(old, "old");
+    // The Job moves it: the target's newer value stays, and the guard sends the key there.
+    let taken = m.take(&mut s, &[b("user:1")], 8 << 20, 0).await.unwrap();
+    let Taken::Value { dump, .. } = &taken[0] else {
+        panic!("{taken:?}")
+    };
+    let done = m
+        .restore(
+            &mut t,
+            &[Restore {
+                key: b("user:1"),
+                expire_at: 0,
+                dump: dump.clone(),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, vec![Restored::Present]);
+    m.finish(&mut s, &[b("user:1")]).await.unwrap();
+    let (d, _) = guarded(&mut s, marker, &["user:1"], &["GET", "user:1"]).await;
+    assert_eq!(d, Decision::Ask);
+
+    // A move whose source holds the live copies still runs there until they move.
+    let marker = "redisfleet:importing:shop/shop:11:user:live";
+    let _: () = redis::cmd("SET")
+        .arg("user:2")
+        .arg("live")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    m.mark_importing(&mut s, marker, true, false).await.unwrap();
+    let (d, v) = guarded(&mut s, marker, &["user:2"], &["GET", "user:2"]).await;
+    assert_eq!(
+        (d, v),
+        (Decision::Ran, redis::Value::BulkString(b"live".to_vec()))
+    );
 }

@@ -611,7 +611,10 @@ async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, marker: &str) -> u
     let mut dst = a.client().get_multiplexed_async_connection().await.unwrap();
     mover.claim(&mut src).await.unwrap();
     mover.claim(&mut dst).await.unwrap();
-    mover.mark_importing(&mut src, marker, true).await.unwrap();
+    mover
+        .mark_importing(&mut src, marker, true, false)
+        .await
+        .unwrap();
     let mut moved = 0;
     loop {
         let keys: Vec<String> = redis::cmd("KEYS")

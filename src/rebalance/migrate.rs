@@ -590,20 +590,22 @@ impl Job {
     async fn import(&mut self, on: bool, legacy_only: bool) -> Result<(), Error> {
         let mover = self.mover.clone();
         for (from, m) in self.migrations() {
-            if legacy_only
-                && !super::plan::target_serves(
-                    self.resolver.table(),
-                    &m.category,
-                    SlotRange::new(m.start, m.end),
-                    &m.to,
-                )
-            {
+            // Read from the table this attempt started with. After the flip a failback looks
+            // the same (its failover entries gave way to the migration): it is then marked as
+            // one whose source copies move before use too, which is slower but as safe.
+            let serves = super::plan::target_serves(
+                self.resolver.table(),
+                &m.category,
+                SlotRange::new(m.start, m.end),
+                &m.to,
+            );
+            if legacy_only && !serves {
                 continue;
             }
             let marker = names::importing(&mover.policy, &m);
             let source = self.instance(&from)?;
             mover
-                .mark_importing(&mut source.conn, &marker, on)
+                .mark_importing(&mut source.conn, &marker, on, serves)
                 .await
                 .map_err(|e| move_error(marker.as_bytes(), e))?;
         }

@@ -196,7 +196,7 @@ pub async fn unmark(
 ) -> Result<(), String> {
     let mut conn = connect(ctx, namespace, ri).await?;
     mover
-        .mark_importing(&mut conn, marker, false)
+        .mark_importing(&mut conn, marker, false, false)
         .await
         .map_err(|e| e.to_string())
 }

@@ -117,12 +117,17 @@ pub const FINISH_SCRIPT: &str = concat!(
     "if #KEYS < 2 then return 0 end\nreturn redis.call('DEL', unpack(KEYS, 2))\n"
 );
 
-/// KEYS: mover, marker. ARGV: token. Sets the importing marker.
+/// KEYS: mover, marker. ARGV: token, the marker's value. Sets the importing marker.
 pub const IMPORT_SCRIPT: &str = concat!(
     oom_exempt!(),
     check_token!(),
-    "redis.call('SET', KEYS[2], ARGV[1])\nreturn 1\n"
+    "redis.call('SET', KEYS[2], ARGV[2] or ARGV[1])\nreturn 1\n"
 );
+
+/// What the importing marker of a move into a range its target serves already holds after the
+/// token: the guard then never runs a command on the source's copy (it may be older than the
+/// target's) but moves it first.
+pub const TARGET_SERVES: &str = ":target-serves";
 
 /// KEYS: mover, marker. ARGV: token. Deletes the importing marker.
 pub const UNMARK_SCRIPT: &str = concat!(check_token!(), "return redis.call('DEL', KEYS[2])\n");
@@ -401,18 +406,27 @@ impl Mover {
             .map_err(|e| MoveError::from_redis(&e))
     }
 
-    /// Sets (`on`) or deletes the importing marker of a range on its source.
+    /// Sets (`on`) or deletes the importing marker of a range on its source; `target_serves`
+    /// when the move's target serves the range already (its source is being emptied), so that
+    /// the guard moves a key before any command uses the source's copy.
     pub async fn mark_importing(
         &self,
         conn: &mut MultiplexedConnection,
         marker: &str,
         on: bool,
+        target_serves: bool,
     ) -> Result<(), MoveError> {
         let script = if on { &*IMPORT } else { &*UNMARK };
+        let value = if target_serves {
+            format!("{}{TARGET_SERVES}", self.token)
+        } else {
+            self.token.to_string()
+        };
         let _: i64 = script
             .key(names::mover(&self.policy))
             .key(marker)
             .arg(self.token)
+            .arg(value)
             .invoke_async(conn)
             .await
             .map_err(|e| MoveError::from_redis(&e))?;
