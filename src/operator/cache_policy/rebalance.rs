@@ -43,7 +43,7 @@ use crate::operator::metrics::PolicyLabels;
 use crate::operator::sampling::PolicySample;
 use crate::rebalance::plan::{self, CategoryTiers, InstanceLoad, Move, PlanInput, apply_moves};
 use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
-use crate::routing::table::{Migration, RoutingTable, SlotOwner};
+use crate::routing::table::{Failover, Migration, RoutingTable, SlotOwner};
 
 use super::build::InstanceView;
 use super::fences;
@@ -106,6 +106,7 @@ pub fn hold_back(
             }
         }
         if held {
+            clip_failovers(&mut out.failover, &name, &owners);
             out.categories[i].slots = to_runs(&owners);
             out.set_basis(i, previous.basis(prev));
             // The endpoints of every owner must stay in the table.
@@ -119,6 +120,39 @@ pub fn hold_back(
         }
     }
     out
+}
+
+/// Keeps of `category`'s failover entries only the slots their failed instance still owns in
+/// `owners`: a slot held back for its old owner is that owner's, and a failover of the instance
+/// placement had meant it for must not take it over.
+fn clip_failovers(failover: &mut Vec<Failover>, category: &str, owners: &[String]) {
+    let mut out = Vec::with_capacity(failover.len());
+    for f in failover.drain(..) {
+        if f.category != category {
+            out.push(f);
+            continue;
+        }
+        let mut start: Option<u16> = None;
+        for slot in f.start..=f.end {
+            let owned = owners[usize::from(slot)] == f.from;
+            match (owned, start) {
+                (true, None) => start = Some(slot),
+                (false, Some(s)) => {
+                    out.push(Failover {
+                        start: s,
+                        end: slot - 1,
+                        ..f.clone()
+                    });
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            out.push(Failover { start: s, ..f });
+        }
+    }
+    *failover = out;
 }
 
 fn to_runs(owners: &[String]) -> Vec<SlotOwner> {

@@ -232,3 +232,51 @@ fn a_dead_end_takes_only_its_own_moves_out_of_the_plan() {
     let dead = dead_ends(&r, &views);
     assert!(live_moves(&r, &dead).is_empty());
 }
+
+#[test]
+fn a_held_back_owner_keeps_its_ranges_out_of_another_instances_failover() {
+    // Chaos seed 6 (180 s): placement wanted a draining instance's slots on `secondary`, which
+    // then died; its failover entry covered the whole range placement gave it, while holding
+    // back kept the draining instance as the owner of part of it. That part was served by the
+    // fallback — the draining owner's data unread, and writes of sidecars still on the older
+    // table landing there, dropped later.
+    let mut previous = two_instance_table();
+    previous.instances.insert("extra".into(), endpoint(7003));
+    previous.categories[1].slots = vec![
+        (0, 8191, "secondary".to_owned()).into(),
+        (8192, 16383, "extra".to_owned()).into(),
+    ];
+    let mut desired = previous.clone();
+    desired.categories[1].slots = vec![(0, 16383, "secondary".to_owned()).into()];
+    desired.failover = vec![Failover {
+        category: desired.categories[1].name.clone(),
+        start: 0,
+        end: 16383,
+        from: "secondary".into(),
+        to: "primary".into(),
+    }];
+    let views = vec![
+        view("primary", InstancePhase::Ready, false),
+        view("secondary", InstancePhase::Unreachable, false),
+        view("extra", InstancePhase::Draining, true),
+    ];
+    let held = hold_back(&desired, Some(&previous), &views);
+    assert_eq!(held.categories[1].slots, previous.categories[1].slots);
+    assert_eq!(
+        held.failover
+            .iter()
+            .map(|f| (f.start, f.end, f.from.as_str(), f.to.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(0, 8191, "secondary", "primary")]
+    );
+    let resolver = crate::routing::Resolver::new(held.clone()).unwrap();
+    // A key of the default category in the draining instance's half.
+    let key = (0..)
+        .map(|i| format!("misc:k{i}"))
+        .find(|k| crate::routing::slots::key_slot(k.as_bytes()) >= 8192)
+        .unwrap();
+    assert_eq!(
+        resolver.instance_name(resolver.resolve(key.as_bytes()).target),
+        "extra"
+    );
+}
