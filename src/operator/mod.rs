@@ -249,12 +249,14 @@ async fn run_scope(
     let instance_changes = relevant_to_policies(
         watcher(api::<RedisInstance>(&client, ns), wc.clone())
             .default_backoff()
+            .modify(slim)
             .reflect(all_instances_writer),
     );
 
     let (secret_reader, secret_writer) = reflector::store();
     let secrets = watcher(api::<PartialObjectMeta<Secret>>(&client, ns), wc.clone())
         .default_backoff()
+        .modify(slim)
         .reflect(secret_writer)
         .touched_objects();
 
@@ -303,6 +305,7 @@ async fn run_scope(
     let (instance_reader, instance_writer) = reflector::store::<RedisInstance>();
     let instances = watcher(api::<RedisInstance>(&client, ns), wc.clone())
         .default_backoff()
+        .modify(slim)
         .reflect(instance_writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
@@ -471,4 +474,15 @@ pub fn referenced_secrets(ri: &RedisInstance) -> Vec<String> {
         names.push(crate::api::redis_instance::password_ref(&ri.name_any(), m).name);
     }
     names
+}
+
+/// Drops what the operator never reads from an object before it is cached: the field managers
+/// (often the largest part of a small object's metadata) and the copy `kubectl apply` keeps of
+/// the last applied manifest. At 1 000 RedisInstances (cached twice) and every Secret of the
+/// scope, that is most of the caches.
+fn slim<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+    if let Some(annotations) = object.meta_mut().annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
