@@ -187,6 +187,7 @@ pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
     let mut reasons = Vec::new();
 
     // 1. Placement moves.
+    let mut waiting: Vec<String> = Vec::new();
     if let Some(desired) = input.desired {
         let mut placement_moves = 0;
         for cat in &desired.categories {
@@ -205,9 +206,21 @@ pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
             }
             for (range, (from, to)) in group_runs(&pairs) {
                 let draining = by_name.get(from.as_str()).is_some_and(|i| i.drain);
-                if !draining && !fits(&state, input, &cat.name, range, &from, &to) {
+                let to = if draining {
+                    // A drain must happen, but never by filling an instance up: past
+                    // `maxmemory` the application's writes there would be refused.
+                    match drain_target(&state, input, &cat.name, range, &from, &to) {
+                        Some(to) => to,
+                        None => {
+                            waiting.push(format!("{} {}-{}", cat.name, range.start, range.end));
+                            continue;
+                        }
+                    }
+                } else if fits(&state, input, &cat.name, range, &from, &to) {
+                    to
+                } else {
                     continue;
-                }
+                };
                 let bytes = transfer(&mut state, &cat.name, range, &from, &to);
                 moves.push(Move {
                     category: cat.name.clone(),
@@ -223,6 +236,12 @@ pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
             reasons.push(
                 "placement changed (an instance joined, drains or changed weight)".to_owned(),
             );
+        }
+        if !waiting.is_empty() {
+            reasons.push(format!(
+                "a drain waits for room (no instance would stay below {DRAIN_LIMIT_PERCENT}% of its capacity): {}",
+                waiting.join(", ")
+            ));
         }
     }
 
@@ -365,6 +384,72 @@ pub fn target_serves(table: &RoutingTable, category: &str, range: SlotRange, to:
             None => owner == to,
         }
     })
+}
+
+/// How full a drain may leave an instance when no instance stays below the threshold: a
+/// little room under `maxmemory` for the writes that arrive meanwhile.
+const DRAIN_LIMIT_PERCENT: u32 = 95;
+
+/// Where a draining instance's `range` of `category` goes: placement's choice `to` while it
+/// stays below the threshold, else the emptiest instance of the category's tier (then its
+/// fallback tier) that does, else `to` while it stays below [`DRAIN_LIMIT_PERCENT`]. `None`:
+/// the range waits on the draining instance (which keeps serving it) until room appears.
+fn drain_target(
+    state: &State,
+    input: &PlanInput<'_>,
+    category: &str,
+    range: SlotRange,
+    from: &str,
+    to: &str,
+) -> Option<String> {
+    let per_slot = state
+        .bytes_per_slot
+        .get(&(category.to_owned(), from.to_owned()))
+        .copied()
+        .unwrap_or(0.0);
+    let amount = per_slot * f64::from(range.len());
+    let below = |i: &InstanceLoad, percent: u32| {
+        i.capacity > 0
+            && state.used.get(&i.name).copied().unwrap_or(0.0) + amount
+                <= f64::from(percent) / 100.0 * i.capacity as f64
+    };
+    let usable = |i: &&InstanceLoad| i.serving && !i.drain && i.name != from;
+    if input
+        .instances
+        .iter()
+        .filter(usable)
+        .any(|i| i.name == to && below(i, input.threshold_percent))
+    {
+        return Some(to.to_owned());
+    }
+    let tiers = input.categories.iter().find(|t| t.name == category);
+    let preference = |i: &InstanceLoad| -> u8 {
+        match tiers {
+            Some(t) if t.tier.is_none() || i.tier == t.tier => 0,
+            Some(t) if t.fallback_tier.is_some() && i.tier == t.fallback_tier => 1,
+            _ => 2,
+        }
+    };
+    let emptiest = input
+        .instances
+        .iter()
+        .filter(usable)
+        .filter(|i| preference(i) < 2 && below(i, input.threshold_percent))
+        .min_by(|a, b| {
+            preference(a).cmp(&preference(b)).then(
+                (state.used[&a.name] / a.capacity as f64)
+                    .total_cmp(&(state.used[&b.name] / b.capacity as f64)),
+            )
+        });
+    if let Some(i) = emptiest {
+        return Some(i.name.clone());
+    }
+    input
+        .instances
+        .iter()
+        .filter(usable)
+        .find(|i| i.name == to && below(i, DRAIN_LIMIT_PERCENT))
+        .map(|i| i.name.clone())
 }
 
 /// Whether moving `range` of `category` leaves `to` below the threshold minus the placement

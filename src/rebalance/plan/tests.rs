@@ -580,3 +580,67 @@ mod any_plan {
         }
     }
 }
+
+#[test]
+fn a_drain_never_fills_an_instance_up() {
+    // Chaos seed 7 (180 s): a draining instance's slots went to their placement target
+    // whatever its room, which filled it to `maxmemory`: the application's writes there were
+    // refused (OOM).
+    let mut current = table(&[("auth", "primary"), ("user", "tertiary")]);
+    let mut desired = current.clone();
+    desired.categories[1].slots = vec![(0, 16383, "secondary".to_owned()).into()];
+    let bytes: BTreeMap<(String, String), u64> =
+        [(("user".into(), "tertiary".into()), 10 * MIB)].into();
+    let run = |instances: &[InstanceLoad], current: &RoutingTable| {
+        plan(&PlanInput {
+            current,
+            desired: Some(&desired),
+            instances,
+            category_bytes: &bytes,
+            categories: &tiers(),
+            threshold_percent: 80,
+            force: false,
+        })
+    };
+    let mut instances = vec![
+        inst("primary", "hot", 3),
+        inst("secondary", "warm", 20),
+        inst("tertiary", "warm", 10),
+    ];
+    instances[2].drain = true;
+    // Secondary would end at 100 %: the slots go to the emptiest instance of the category's
+    // fallback tier instead (placement moves them home once home has room).
+    let p = run(&instances, &current).expect("a plan");
+    assert_eq!(
+        p.moves
+            .iter()
+            .map(|m| (m.from.as_str(), m.to.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("tertiary", "primary")]
+    );
+    assert!(utilisation_after(&current_input(&current, &instances), &p)["primary"] <= 0.8);
+    // Every instance nearly full: the drain waits, its instance keeps serving the range.
+    instances[0].used = 25 * MIB;
+    instances[1].used = 25 * MIB;
+    current.version += 1;
+    let p = run(&instances, &current);
+    assert!(
+        p.as_ref()
+            .is_none_or(|p| p.moves.iter().all(|m| m.from != "tertiary")),
+        "{p:?}"
+    );
+}
+
+fn current_input<'a>(current: &'a RoutingTable, instances: &'a [InstanceLoad]) -> PlanInput<'a> {
+    static NO_BYTES: std::sync::LazyLock<BTreeMap<(String, String), u64>> =
+        std::sync::LazyLock::new(BTreeMap::new);
+    PlanInput {
+        current,
+        desired: None,
+        instances,
+        category_bytes: &NO_BYTES,
+        categories: &[],
+        threshold_percent: 80,
+        force: false,
+    }
+}
