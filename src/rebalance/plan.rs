@@ -120,6 +120,9 @@ impl State {
 
 /// Plans the moves; `None` when nothing needs to move.
 pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
+    if nothing_to_plan(input) {
+        return None;
+    }
     let by_name: BTreeMap<&str, &InstanceLoad> = input
         .instances
         .iter()
@@ -325,6 +328,24 @@ pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
         moves: merge_adjacent(moves),
         reason: reasons.join("; "),
     })
+}
+
+/// Whether [`plan`] would find nothing to do, told cheaply (a steady fleet's every reconcile
+/// asks): placement asks for no change, no instance is past the threshold, nothing is forced.
+fn nothing_to_plan(input: &PlanInput<'_>) -> bool {
+    let placed = input.desired.is_none_or(|desired| {
+        desired.categories.iter().all(|c| {
+            input
+                .current
+                .category(&c.name)
+                .is_none_or(|now| now.slots == c.slots)
+        })
+    });
+    let below = input.instances.iter().all(|i| {
+        !(i.serving && !i.drain && i.capacity > 0)
+            || i.used as f64 <= f64::from(input.threshold_percent) / 100.0 * i.capacity as f64
+    });
+    placed && below && !input.force
 }
 
 /// The moves that take every slot from where it is (`origin`) straight to where the planned

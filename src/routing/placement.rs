@@ -66,23 +66,10 @@ pub fn place(
     if candidates.is_empty() {
         return None;
     }
-    let mut candidates: Vec<Candidate> = candidates
-        .iter()
-        .map(|c| Candidate {
-            name: c.name.clone(),
-            share: c.share.max(1),
-        })
-        .collect();
-    candidates.sort_by(|a, b| a.name.cmp(&b.name));
-    candidates.dedup_by(|a, b| a.name == b.name);
-
+    let candidates = normalized(candidates);
     if let Some(prev) = previous
         && prev.owners.len() == usize::from(SLOT_COUNT)
-        && *prev.basis == basis_of(&candidates)
-        && prev
-            .owners
-            .iter()
-            .all(|o| candidates.iter().any(|c| c.name == *o))
+        && unchanged(&candidates, prev.owners.iter().copied(), prev.basis)
     {
         return Some(prev.owners.iter().map(|o| (*o).to_owned()).collect());
     }
@@ -94,6 +81,58 @@ pub fn place(
         }
         Mode::Spread => Some(spread(&candidates, previous)),
     }
+}
+
+/// Whether placing on `candidates` keeps the previous owners (`owners`, slot by slot or as the
+/// instances of runs) as they are: the candidates and shares are those the owners were
+/// computed for (`basis`) and every owner is still a candidate. Cheap enough to run on every
+/// reconcile of a large fleet (each distinct owner is looked up once, by binary search), so a
+/// caller holding the owners as runs can skip [`place`] when nothing changed.
+pub fn keeps_previous<'a>(
+    candidates: &[Candidate],
+    owners: impl IntoIterator<Item = &'a str>,
+    basis: &BTreeMap<String, u64>,
+) -> bool {
+    !candidates.is_empty() && unchanged(&normalized(candidates), owners, basis)
+}
+
+/// Sorted by name, without duplicates, every share at least 1.
+fn normalized(candidates: &[Candidate]) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = candidates
+        .iter()
+        .map(|c| Candidate {
+            name: c.name.clone(),
+            share: c.share.max(1),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|a, b| a.name == b.name);
+    out
+}
+
+/// [`keeps_previous`] on normalized candidates.
+fn unchanged<'a>(
+    candidates: &[Candidate],
+    owners: impl IntoIterator<Item = &'a str>,
+    basis: &BTreeMap<String, u64>,
+) -> bool {
+    if basis.len() != candidates.len()
+        || !candidates
+            .iter()
+            .all(|c| basis.get(&c.name) == Some(&c.share))
+    {
+        return false;
+    }
+    let mut last: Option<&str> = None;
+    owners.into_iter().all(|o| {
+        if last == Some(o) {
+            return true;
+        }
+        last = Some(o);
+        candidates
+            .binary_search_by(|c| c.name.as_str().cmp(o))
+            .is_ok()
+    })
 }
 
 /// Quotas by the largest-remainder method: shares of `total`, summing to `total` exactly.

@@ -232,7 +232,6 @@ pub fn plan_routing(
                 share: share(i),
             })
             .collect();
-        let prev_owners: Option<Vec<&str>> = prev_cat.map(|c| c.owners());
         // A new strategy places afresh (still moving as little as it can): an empty basis
         // counts every candidate as changed. A table from before the strategy was recorded
         // is taken as placed by the current one.
@@ -243,6 +242,30 @@ pub fn plan_routing(
             (Some(t), Some(c)) if !strategy_changed => t.basis(c),
             _ => BTreeMap::new(),
         };
+        // Nothing changed for this category (every reconcile of a steady fleet): its runs
+        // stay as they are, without placing 16 384 slots again.
+        if let Some(c) = prev_cat
+            && placement::keeps_previous(
+                &candidates,
+                c.slots.iter().map(|o| o.instance.as_str()),
+                &prev_basis,
+            )
+        {
+            categories.push((
+                Category {
+                    name: name.clone(),
+                    prefixes,
+                    ttl,
+                    slots: c.slots.clone(),
+                    placement_basis: None,
+                },
+                placement::basis_of(&candidates),
+                fallback_tier,
+                tier,
+            ));
+            continue;
+        }
+        let prev_owners: Option<Vec<&str>> = prev_cat.map(|c| c.owners());
         let previous_placement = prev_owners.as_ref().map(|owners| Previous {
             owners,
             basis: &prev_basis,

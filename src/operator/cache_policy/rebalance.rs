@@ -92,6 +92,9 @@ pub fn hold_back(
         let Some(prev) = previous.category(&name) else {
             continue;
         };
+        if prev.slots == out.categories[i].slots {
+            continue;
+        }
         let before = prev.owners();
         let mut owners: Vec<String> = out.categories[i]
             .owners()
