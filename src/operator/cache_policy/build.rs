@@ -342,7 +342,9 @@ pub fn plan_routing(
                                     && f.from == run.instance
                                     && run.range.contains(f.start)
                                     && run.range.contains(f.end)
-                                    && by_name.get(f.to.as_str()).is_some_and(|i| i.serving())
+                                    && by_name
+                                        .get(f.to.as_str())
+                                        .is_some_and(|i| i.phase.serves_traffic())
                             })
                             .cloned(),
                     );
@@ -356,7 +358,9 @@ pub fn plan_routing(
                     f.category == cat.name
                         && f.from == run.instance
                         && f.range() == piece
-                        && by_name.get(f.to.as_str()).is_some_and(|i| i.serving())
+                        && by_name
+                            .get(f.to.as_str())
+                            .is_some_and(|i| i.phase.serves_traffic())
                 });
                 let target = match (kept, handoff) {
                     (Some(f), _) => Some(f.to.clone()),

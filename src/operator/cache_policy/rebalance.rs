@@ -255,15 +255,18 @@ pub fn finalize(table: &RoutingTable, moves: &[Move]) -> RoutingTable {
 /// Moves that bring failed-over ranges back to their recovered owner, with the data written
 /// meanwhile.
 pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move> {
-    let serving = |name: &str| {
-        views.iter().any(|v| {
-            v.name == name && matches!(v.phase, InstancePhase::Ready | InstancePhase::Degraded)
-        })
-    };
+    let phase = |name: &str| views.iter().find(|v| v.name == name).map(|v| v.phase);
     table
         .failover
         .iter()
-        .filter(|f| serving(&f.from) && serving(&f.to))
+        // The owner must be back; the fallback only has to be up (a draining fallback is
+        // emptied by this very move).
+        .filter(|f| {
+            matches!(
+                phase(&f.from),
+                Some(InstancePhase::Ready | InstancePhase::Degraded)
+            ) && phase(&f.to).is_some_and(InstancePhase::serves_traffic)
+        })
         .map(|f| Move {
             category: f.category.clone(),
             range: f.range(),

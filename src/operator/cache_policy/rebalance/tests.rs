@@ -280,3 +280,35 @@ fn a_held_back_owner_keeps_its_ranges_out_of_another_instances_failover() {
         "extra"
     );
 }
+
+#[test]
+fn a_draining_fallback_keeps_its_failover_ranges_until_they_fail_back() {
+    // Chaos seed 8 (180 s): `primary` served `secondary`'s ranges after a failover when the
+    // harness began draining it; the next table dropped the failover entries (a draining
+    // instance does not count as serving), so the owner served the ranges without the writes
+    // of the outage, and no failback moved them.
+    let before = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let mut down = two();
+    down[1].phase = InstancePhase::Unreachable;
+    let during = plan_routing("shop/shop", &shop(), &down, Some(&before))
+        .table
+        .unwrap();
+    assert!(!during.failover.is_empty());
+    assert!(during.failover.iter().all(|f| f.to == "primary"));
+    let mut back = two();
+    back[0].phase = InstancePhase::Draining;
+    back[0].drain = true;
+    let after = plan_routing("shop/shop", &shop(), &back, Some(&during))
+        .table
+        .unwrap();
+    assert_eq!(after.failover, during.failover);
+    let moves = failback_moves(&after, &back);
+    assert_eq!(moves.len(), during.failover.len());
+    assert!(
+        moves
+            .iter()
+            .all(|m| m.from == "primary" && m.to == "secondary")
+    );
+}
