@@ -185,18 +185,55 @@ pub async fn importing(
         .map_err(|e| e.to_string())
 }
 
+/// Whether a move abandoned for its dead target gives its range back to its source, by the
+/// source's importing marker (`None`: not importing yet, nothing moved).
+fn source_takes_back(marker: Option<&str>) -> bool {
+    marker.is_none_or(|v| !v.ends_with(mover::TARGET_SERVES))
+}
+
 /// Removes the importing marker `marker` from `ri` as `mover` (after it claimed `ri`, which
-/// fenced the Jobs it must stop).
+/// fenced the Jobs it must stop), so that the source serves the range again — unless the move
+/// went into a range its target served already (`…:target-serves`): that source (a draining
+/// instance) never held the range's live data, so its marker stays and the guard keeps
+/// sending the range's commands on rather than answering from its old copies. `Ok(false)`
+/// then.
 pub async fn unmark(
     ctx: &Context,
     namespace: &str,
     mover: &mover::Mover,
     ri: &RedisInstance,
     marker: &str,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let mut conn = connect(ctx, namespace, ri).await?;
+    let value: Option<String> = redis::cmd("GET")
+        .arg(marker)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !source_takes_back(value.as_deref()) {
+        return Ok(false);
+    }
     mover
         .mark_importing(&mut conn, marker, false, false)
         .await
+        .map(|()| true)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_source_that_held_the_live_data_takes_its_range_back() {
+        // Chaos seed 10 (180 s): a draining instance's move into a range its target served
+        // lost its target; the marker was removed and the guard answered from the draining
+        // instance's old copies (Absent) until the failover was published.
+        assert!(source_takes_back(None));
+        assert!(source_takes_back(Some("1310721")));
+        assert!(!source_takes_back(Some(&format!(
+            "1310721{}",
+            mover::TARGET_SERVES
+        ))));
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::api::cache_policy::{CachePolicy, MoveStatus, RebalanceStatus, rebalance_phase};
 use crate::api::conditions::Time;
@@ -118,8 +118,16 @@ pub async fn abandon_dead_ends(
                 epoch: u64::try_from(r.plan_id).unwrap_or_default(),
             };
             let marker = names::importing(&key, &migration);
-            if let Err(e) = fences::unmark(shared, &namespace, &mover, source, &marker).await {
-                warn!(instance = %m.from, error = %e, "could not remove an importing marker");
+            match fences::unmark(shared, &namespace, &mover, source, &marker).await {
+                Ok(true) => {}
+                Ok(false) => info!(
+                    instance = %m.from,
+                    marker = %marker,
+                    "kept the importing marker of a move into a range its dead target served: the draining source never answers for it"
+                ),
+                Err(e) => {
+                    warn!(instance = %m.from, error = %e, "could not remove an importing marker")
+                }
             }
         }
     }
