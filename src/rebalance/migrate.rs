@@ -591,8 +591,9 @@ impl Job {
         let mover = self.mover.clone();
         for (from, m) in self.migrations() {
             // Read from the table this attempt started with. After the flip a failback looks
-            // the same (its failover entries gave way to the migration): it is then marked as
-            // one whose source copies move before use too, which is slower but as safe.
+            // the same (its failover entries gave way to the migration): should its target die,
+            // its source then keeps the marker (commands fail until the failover table is
+            // out) instead of taking the range back — slower, never wrong.
             let serves = super::plan::target_serves(
                 self.resolver.table(),
                 &m.category,

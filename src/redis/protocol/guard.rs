@@ -20,17 +20,13 @@ macro_rules! decide {
         r"
 local function decide()
   local n = (#KEYS - 2) / 2
-  local marker = redis.call('GET', KEYS[1])
-  if not marker then return 'RUN' end
-  -- Into a range its target serves already (a draining instance being emptied), a copy here
-  -- may be older than the target's: it moves before any command uses it.
-  local stale = string.find(marker, ':target-serves', 1, true) ~= nil
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 'RUN' end
   local present = {}
   for i = 1, n do
     if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then return 'BUSY' end
     if redis.call('EXISTS', KEYS[1 + i]) == 1 then present[#present + 1] = KEYS[1 + i] end
   end
-  if #present == n and not stale then return 'RUN' end
+  if #present == n then return 'RUN' end
   if #present == 0 then return 'ASK' end
   -- The queue must take the keys on a full source too (see `oom_exempt!`).
   redis.call('DEL', 'redisfleet:oom-exempt')

@@ -125,8 +125,8 @@ pub const IMPORT_SCRIPT: &str = concat!(
 );
 
 /// What the importing marker of a move into a range its target serves already holds after the
-/// token: the guard then never runs a command on the source's copy (it may be older than the
-/// target's) but moves it first.
+/// token: should the target die, the source (a draining instance) never held the range's live
+/// data, so the operator leaves the marker where it is (`docs/protocol.md`).
 pub const TARGET_SERVES: &str = ":target-serves";
 
 /// KEYS: mover, marker. ARGV: token. Deletes the importing marker.
@@ -407,8 +407,7 @@ impl Mover {
     }
 
     /// Sets (`on`) or deletes the importing marker of a range on its source; `target_serves`
-    /// when the move's target serves the range already (its source is being emptied), so that
-    /// the guard moves a key before any command uses the source's copy.
+    /// when the move's target serves the range already (its source is being emptied).
     pub async fn mark_importing(
         &self,
         conn: &mut MultiplexedConnection,
