@@ -367,6 +367,83 @@ async fn a_plan_that_keeps_failing_before_any_key_moved_is_rolled_back() {
     ledger.check(&fresh, "the fresh sidecar").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_whose_attempts_keep_failing_after_keys_moved_still_finishes() {
+    // Chaos seed 1 (180 s, this stop): a plan's first attempt imported and failed mid-copy;
+    // the next attempts died before their own import. When attempts ran out, the operator
+    // checked for a roll-back by fencing the plan's Jobs with the plan's *highest* mover token;
+    // a source imported, so the plan was to be retried — but every later attempt found that
+    // token and stopped at once ("a newer plan or attempt is in charge"): the ranges stayed
+    // `migrating` for good.
+    let shop = shop_configured(
+        "afterimport",
+        quick,
+        &["--rebalance-converge-timeout", "20s"],
+    )
+    .await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let settled = settled_table(&shop).await;
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    // A sidecar that never gets a new table keeps every attempt converging for 20 s.
+    let _stuck = stuck_sidecar(&settled);
+    let keys = fill_primary(&shop.primary).await;
+    // The first attempt dies once it copies (its source imports); the next ones die while
+    // they converge, before their own import, until attempts run out.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let plan = loop {
+        let r = rebalance(&shop).await;
+        if let Some(r) = &r
+            && r.attempts >= 4
+            && r.message
+                .as_deref()
+                .is_some_and(|m| m.contains("retrying in"))
+        {
+            break r.clone();
+        }
+        let kill = r
+            .as_ref()
+            .is_some_and(|r| match (r.attempts, r.step.as_deref()) {
+                // Copying comes after the import.
+                (1, Some("Copying")) => true,
+                (1, _) => false,
+                (_, step) => step == Some("Converging"),
+            });
+        if kill {
+            node.kill_running();
+        }
+        assert!(Instant::now() < deadline, "{r:#?}\n{}", node.all_logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(plan.phase, rebalance_phase::MIGRATING, "{plan:#?}");
+    // Left alone, the next attempt finishes the plan.
+    wait_rebalance(
+        &shop,
+        &node,
+        "the plan never finished",
+        Duration::from_secs(240),
+        |r| r.plan_id == plan.plan_id && r.phase == rebalance_phase::SUCCEEDED,
+    )
+    .await;
+    let mut c = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for chunk in keys.chunks(500) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("GET").arg(k);
+        }
+        let values: Vec<Option<String>> = pipe.query_async(&mut c).await.unwrap();
+        for (k, v) in chunk.iter().zip(values) {
+            assert!(
+                v.as_deref().is_some_and(|v| v.starts_with(k.as_str())),
+                "{k}: {v:?}"
+            );
+        }
+    }
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])

@@ -142,17 +142,6 @@ pub fn attempt_mover(policy: &str, plan: i64, attempt: i32) -> mover::Mover {
     }
 }
 
-/// Fences every Job attempt of `plan` off `ri` (raises the mover token above them).
-pub async fn fence_jobs(
-    ctx: &Context,
-    namespace: &str,
-    policy: &str,
-    plan: i64,
-    ri: &RedisInstance,
-) -> Result<(), String> {
-    claim(ctx, namespace, &operator_mover(policy, plan), ri).await
-}
-
 /// Raises the mover token on `ri` to `mover`'s; a newer token already there is fine (older
 /// attempts are fenced off either way).
 pub async fn claim(

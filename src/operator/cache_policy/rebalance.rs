@@ -739,10 +739,15 @@ impl<'a> Driver<'a> {
                 .find(|ri| ri.name_any() == name && ri.namespace().as_deref() == Some(namespace))
                 .cloned()
         };
+        // Fence the attempts so far off with the *next* attempt's token, not the plan's
+        // highest: when a source imports already, that next attempt must still be able to
+        // claim the instances and finish the plan (with the highest token, every later
+        // attempt stopped at once, "a newer attempt is in charge", and the plan never ended).
+        let next = fences::attempt_mover(&key, r.plan_id, r.attempts.saturating_add(1));
         for m in &r.moves {
             for end in [&m.from, &m.to] {
                 let Some(ri) = find(end) else { return false };
-                if fences::fence_jobs(self.ctx, namespace, &key, r.plan_id, &ri)
+                if fences::claim(self.ctx, namespace, &next, &ri)
                     .await
                     .is_err()
                 {
