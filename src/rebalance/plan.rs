@@ -111,6 +111,14 @@ struct State {
 }
 
 impl State {
+    /// Estimated bytes per slot of `category` on `instance` (0 when unknown).
+    fn per_slot(&self, category: &str, instance: &str) -> f64 {
+        self.bytes_per_slot
+            .get(&(category.to_owned(), instance.to_owned()))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
     fn slots_of(&self, category: &str, instance: &str) -> usize {
         self.owners
             .get(category)
@@ -407,6 +415,16 @@ pub fn target_serves(table: &RoutingTable, category: &str, range: SlotRange, to:
     })
 }
 
+/// How well `i` suits a category with `tiers`: 0 its tier (or any, for a category without
+/// one), 1 its fallback tier, 2 neither (or an unknown category).
+fn tier_preference(tiers: Option<&CategoryTiers>, i: &InstanceLoad) -> u8 {
+    match tiers {
+        Some(t) if t.tier.is_none() || i.tier == t.tier => 0,
+        Some(t) if t.fallback_tier.is_some() && i.tier == t.fallback_tier => 1,
+        _ => 2,
+    }
+}
+
 /// How full a drain may leave an instance when no instance stays below the threshold: a
 /// little room under `maxmemory` for the writes that arrive meanwhile.
 const DRAIN_LIMIT_PERCENT: u32 = 95;
@@ -423,11 +441,7 @@ fn drain_target(
     from: &str,
     to: &str,
 ) -> Option<String> {
-    let per_slot = state
-        .bytes_per_slot
-        .get(&(category.to_owned(), from.to_owned()))
-        .copied()
-        .unwrap_or(0.0);
+    let per_slot = state.per_slot(category, from);
     let amount = per_slot * f64::from(range.len());
     let below = |i: &InstanceLoad, percent: u32| {
         i.capacity > 0
@@ -444,13 +458,7 @@ fn drain_target(
         return Some(to.to_owned());
     }
     let tiers = input.categories.iter().find(|t| t.name == category);
-    let preference = |i: &InstanceLoad| -> u8 {
-        match tiers {
-            Some(t) if t.tier.is_none() || i.tier == t.tier => 0,
-            Some(t) if t.fallback_tier.is_some() && i.tier == t.fallback_tier => 1,
-            _ => 2,
-        }
-    };
+    let preference = |i: &InstanceLoad| tier_preference(tiers, i);
     let emptiest = input
         .instances
         .iter()
@@ -489,11 +497,7 @@ fn fits(
     if target.capacity == 0 {
         return false;
     }
-    let per_slot = state
-        .bytes_per_slot
-        .get(&(category.to_owned(), from.to_owned()))
-        .copied()
-        .unwrap_or(0.0);
+    let per_slot = state.per_slot(category, from);
     let after = state.used.get(to).copied().unwrap_or(0.0) + per_slot * f64::from(range.len());
     let limit = f64::from(input.threshold_percent) / 100.0 - PLACEMENT_HEADROOM;
     after <= limit * target.capacity as f64
@@ -524,14 +528,7 @@ fn best_step(
     cats.sort_by(|a, b| b.1.total_cmp(&a.1));
     for (cat, _) in cats {
         let tiers = input.categories.iter().find(|t| &t.name == cat);
-        let preference = |i: &InstanceLoad| -> u8 {
-            match tiers {
-                Some(t) if t.tier.is_some() && i.tier == t.tier => 0,
-                Some(t) if t.fallback_tier.is_some() && i.tier == t.fallback_tier => 1,
-                Some(t) if t.tier.is_none() => 0,
-                _ => 2,
-            }
-        };
+        let preference = |i: &InstanceLoad| tier_preference(tiers, i);
         let target = eligible
             .iter()
             .filter(|i| i.name != source.name)
@@ -591,11 +588,7 @@ fn take_highest(
 
 /// Applies a move to the simulated state; returns its estimated bytes.
 fn transfer(state: &mut State, category: &str, range: SlotRange, from: &str, to: &str) -> u64 {
-    let per_slot = state
-        .bytes_per_slot
-        .get(&(category.to_owned(), from.to_owned()))
-        .copied()
-        .unwrap_or(0.0);
+    let per_slot = state.per_slot(category, from);
     let bytes = per_slot * f64::from(range.len());
     if let Some(owners) = state.owners.get_mut(category) {
         for slot in range.start..=range.end {
