@@ -155,6 +155,8 @@ struct Job {
     keys_per_second: u64,
     batch_size: usize,
     moved: u64,
+    /// Keys the copy has sent on their way (paced by `keys_per_second`).
+    launched: u64,
     total: u64,
     started: Instant,
     last_report: Instant,
@@ -328,6 +330,7 @@ impl Job {
             keys_per_second: u64::try_from(spec.keys_per_second).unwrap_or(50_000).max(1),
             batch_size: usize::try_from(spec.batch_size).unwrap_or(256).max(1),
             moved: 0,
+            launched: 0,
             total: 0,
             started: Instant::now(),
             last_report: Instant::now(),

@@ -2,6 +2,7 @@
 //! keys first), checkpointed range scans, the sweep of what batches left behind, pacing, and
 //! the cleanup once the table no longer routes by the sources.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -88,38 +89,59 @@ impl Job {
             // target restores earlier ones. A scan position is checkpointed once every batch
             // before it has landed.
             let mut in_flight = futures::stream::FuturesOrdered::new();
+            // Batches scanned but not sent yet, each with the scan position to checkpoint
+            // once it has landed (the last batch of a scan step).
+            let mut pending: VecDeque<(Vec<Bytes>, Option<ScanCheckpoint>)> = VecDeque::new();
             let mut scanned_all = false;
             loop {
-                while !scanned_all && in_flight.len() < BATCHES_IN_FLIGHT {
-                    let Some(batch) = scan
-                        .next_batch(&mut scan_conn.conn)
-                        .await
-                        .map_err(|e| scan_conn.err(&e))?
-                    else {
-                        scanned_all = true;
+                while in_flight.len() < BATCHES_IN_FLIGHT {
+                    if pending.is_empty() && !scanned_all {
+                        let Some(batch) = scan
+                            .next_batch(&mut scan_conn.conn)
+                            .await
+                            .map_err(|e| scan_conn.err(&e))?
+                        else {
+                            scanned_all = true;
+                            break;
+                        };
+                        let keys: Vec<Bytes> = batch.into_iter().map(Bytes::from).collect();
+                        let position = scan.checkpoint();
+                        if keys.is_empty() {
+                            // Nothing of the range in this stretch: only the position moves.
+                            in_flight.push_back(tokio::spawn(futures::future::ready(Ok((
+                                BatchOutcome::default(),
+                                Some(position),
+                            )))));
+                            continue;
+                        }
+                        let chunks: Vec<Vec<Bytes>> =
+                            keys.chunks(self.batch_size).map(<[_]>::to_vec).collect();
+                        let last = chunks.len().saturating_sub(1);
+                        for (n, chunk) in chunks.into_iter().enumerate() {
+                            pending.push_back((chunk, (n == last).then_some(position)));
+                        }
+                    }
+                    if pending.is_empty() {
                         break;
                     };
-                    let keys: Vec<Bytes> = batch.into_iter().map(Bytes::from).collect();
-                    let chunks: Vec<Vec<Bytes>> =
-                        keys.chunks(self.batch_size).map(<[_]>::to_vec).collect();
-                    let last = chunks.len().saturating_sub(1);
-                    let position = scan.checkpoint();
-                    if chunks.is_empty() {
-                        // Nothing of the range in this stretch: only the position moves.
-                        in_flight.push_back(tokio::spawn(futures::future::ready(Ok((
-                            BatchOutcome::default(),
-                            Some(position),
-                        )))));
+                    if let Some(wait) = self.pace() {
+                        if !in_flight.is_empty() {
+                            // Land (and report) what is in flight while the rate holds the
+                            // next batch back.
+                            break;
+                        }
+                        tokio::time::sleep(wait).await;
                     }
-                    for (n, chunk) in chunks.into_iter().enumerate() {
-                        let batcher = batcher.clone();
-                        let at = (n == last).then_some(position);
-                        // A task of its own: a batch holds keys in transit, so it runs to
-                        // the end while the Job paces, checkpoints or reports.
-                        in_flight.push_back(tokio::spawn(async move {
-                            batcher.move_batch(chunk).await.map(|o| (o, at))
-                        }));
-                    }
+                    let Some((chunk, at)) = pending.pop_front() else {
+                        break;
+                    };
+                    self.launched += chunk.len() as u64;
+                    let batcher = batcher.clone();
+                    // A task of its own: a batch holds keys in transit, so it runs to the end
+                    // while the Job paces, checkpoints or reports.
+                    in_flight.push_back(tokio::spawn(async move {
+                        batcher.move_batch(chunk).await.map(|o| (o, at))
+                    }));
                 }
                 let Some(done) = futures::StreamExt::next(&mut in_flight).await else {
                     break;
@@ -139,7 +161,6 @@ impl Job {
                         .map_err(|e| source.err(&e))?;
                 }
                 self.urgent().await?;
-                self.pace().await;
                 if self.last_report.elapsed() > Duration::from_secs(1) {
                     self.report(rebalance_step::COPYING, &[]).await?;
                 }
@@ -293,13 +314,14 @@ impl Job {
         Ok(())
     }
 
-    /// Keeps the copy at or below `keysPerSecond`.
-    async fn pace(&self) {
-        let earliest = Duration::from_secs_f64(self.moved as f64 / self.keys_per_second as f64);
-        let elapsed = self.started.elapsed();
-        if earliest > elapsed {
-            tokio::time::sleep(earliest - elapsed).await;
-        }
+    /// Keeps the copy at or below `keysPerSecond`: how long the next batch must wait until
+    /// it fits the rate, counting every key the copy sent before it (urgent keys, which
+    /// clients wait for, are not paced).
+    fn pace(&self) -> Option<Duration> {
+        let earliest = Duration::from_secs_f64(self.launched as f64 / self.keys_per_second as f64);
+        earliest
+            .checked_sub(self.started.elapsed())
+            .filter(|d| !d.is_zero())
     }
 
     /// What batches from `from` to `to` need, to be cloned into each batch in flight.
