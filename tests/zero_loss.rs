@@ -888,3 +888,149 @@ async fn a_third_instance_that_stops_mid_plan_leaves_the_moves_between_live_inst
     assert!(ledger.acked.len() == keys.len());
     ledger.check(&fresh, "the sidecar").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_source_that_dies_mid_move_serves_none_of_its_old_copies_when_it_returns() {
+    // Chaos seed 4 (180 s): a draining instance died while it was the source of a move, its
+    // ranges went to the target with the keys not moved yet, and when it answered again the
+    // move that emptied it treated its leftover copies as the ranges' data: writes made
+    // through the target meanwhile were read back old, and deletes came back.
+    let slow = |p: String| {
+        p.replace("      cooldown: 5m\n", "      cooldown: 1s\n")
+            .replace("      keysPerSecond: 50000\n", "      keysPerSecond: 100\n")
+            .replace("      batchSize: 256\n", "      batchSize: 10\n")
+    };
+    let shop = shop_configured("drained", slow, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    settled_table(&shop).await;
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    let mut a = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Warm keys: they live on the secondary.
+    let keys: Vec<String> = (0..1_500).map(|n| format!("user:{n}")).collect();
+    let mut seed = Ledger::default();
+    for k in &keys {
+        seed.set(&mut a, k, &format!("seed-{k}")).await;
+    }
+    assert!(seed.acked.len() == keys.len(), "{:?}", seed.errors);
+    assert!(keys_on(&shop.secondary, "user:").await == keys.len());
+    assert!(keys_on(&shop.primary, "user:").await == 0);
+
+    // The secondary drains, slowly; it stops in the middle of the move.
+    let patch = serde_json::json!({"spec": {"drain": true}});
+    shop.instances
+        .patch(
+            "secondary",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    wait_rebalance(&shop, &node, "no copy", Duration::from_secs(120), |r| {
+        r.step.as_deref() == Some("Copying")
+            && r.keys_moved.unwrap_or(0) >= 30
+            && r.moves.iter().all(|m| m.from == "secondary")
+    })
+    .await;
+    let pid = shop.secondary.pid().unwrap();
+    signal(pid, "-STOP");
+    println!(
+        "stopped the secondary with {} user keys on the primary: {:#?}",
+        keys_on(&shop.primary, "user:").await,
+        rebalance(&shop).await
+    );
+    // Its ranges go to the primary with what moved; what did not is unavailable (and, by the
+    // failover rule, dropped).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let t = table(&shop).await;
+        let secondary_serves = t.migrating.iter().any(|m| m.from == "secondary")
+            || t.categories
+                .iter()
+                .any(|c| c.owners().contains(&"secondary"));
+        if !secondary_serves {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead source's ranges never went to the primary: {t:#?}\n{}",
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leftovers = {
+        // Counted while it is stopped: what the secondary still holds of the moving ranges.
+        keys.len() - keys_on(&shop.primary, "user:").await
+    };
+    assert!(
+        leftovers > 500,
+        "only {leftovers} keys were left on the secondary"
+    );
+
+    // While it is down: every key is written or deleted through the sidecar.
+    let mut ledger = Ledger::default();
+    for (i, k) in keys.iter().enumerate() {
+        if i % 3 == 0 {
+            ledger.del(&mut a, k).await;
+        } else {
+            ledger.set(&mut a, k, &format!("outage-{i}")).await;
+        }
+    }
+    assert!(
+        ledger.acked.len() > keys.len() * 9 / 10,
+        "{:?}",
+        &ledger.errors[..ledger.errors.len().min(5)]
+    );
+    signal(pid, "-CONT");
+
+    // It answers again, still draining: writes go on for a while through the sidecar.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let k = &keys[(n * 7919) % keys.len()];
+                if n % 5 == 4 {
+                    ledger.del(&mut a, k).await;
+                } else {
+                    ledger.set(&mut a, k, &format!("back-{n}")).await;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            ledger
+        })
+    };
+    // The fleet settles: the secondary holds nothing of the policy, nothing is migrating or
+    // failed over, and no plan runs.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let t = table(&shop).await;
+        let r = rebalance(&shop).await;
+        let running = r.as_ref().is_some_and(|r| {
+            r.phase != rebalance_phase::SUCCEEDED && r.phase != rebalance_phase::FAILED
+        });
+        if t.migrating.is_empty()
+            && t.failover.is_empty()
+            && !running
+            && keys_on(&shop.secondary, "user:").await == 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never settled: {t:#?}\n{r:#?}\n{}",
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ledger = writer.await.unwrap();
+    ledger.check(&fresh, "the sidecar").await;
+}

@@ -23,6 +23,7 @@ pub fn table(instances: usize, categories: usize) -> RoutingTable {
                 used_bytes: 0,
                 weight: 100,
                 drain: false,
+                copies_to_free: false,
                 endpoint: InstanceEndpoint {
                     host: format!("{name}.shop.svc.cluster.local"),
                     port: 6379,

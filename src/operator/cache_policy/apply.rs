@@ -4,7 +4,7 @@
 //! before a table routes ranges to them — and of copies no instance serves any more after it.
 //! Events say what changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use super::Error;
 use super::build;
 use super::credentials;
 use super::fences;
+use super::unfreed::{UNFREED_ANNOTATION, Unfreed};
 
 /// What the apply step left published.
 #[derive(Debug)]
@@ -43,6 +44,8 @@ pub struct Published {
     pub now: bool,
     /// A failover was held back because the instance answered again: reconcile again soon.
     pub held_back: bool,
+    /// Instances that still hold copies of ranges no table routes to them (`super::unfreed`).
+    pub copies_to_free: BTreeSet<String>,
 }
 
 /// The instances `next` fails over that `previous` did not.
@@ -132,6 +135,7 @@ pub async fn publish_routing(
     let resource_version = current.resource_version.as_deref();
     let cm_name = config_map_name(policy);
     let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let names: BTreeSet<String> = selected.iter().map(|ri| ri.name_any()).collect();
     // A new schema (`--routing-schema` changed, or the previous operator wrote another) is
     // published as a new version too, so that the ConfigMap moves to it at once.
     let changed = previous.is_none_or(|p| {
@@ -152,6 +156,7 @@ pub async fn publish_routing(
                     table: previous.cloned(),
                     now: false,
                     held_back: true,
+                    copies_to_free: current.unfreed.instances(),
                 });
             }
         }
@@ -166,31 +171,102 @@ pub async fn publish_routing(
             tokio::time::sleep(NOTICE_WAIT).await;
         }
         prepare_targets(ctx, namespace, selected, previous, &table).await?;
-        apply_config_map(&cm_api, policy, &cm_name, resource_version, &table).await?;
+        // The copies of what `previous` routed to an instance and `table` does not are
+        // recorded in the same write as the table: a restart between the two forgets nothing.
+        let mut unfreed = current.unfreed.after(previous, &table);
+        unfreed.retain_instances(&names);
+        let rv = apply_config_map(
+            &cm_api,
+            policy,
+            &cm_name,
+            resource_version,
+            &table,
+            &unfreed,
+        )
+        .await?;
         info!(version = table.version, configmap = %cm_name, "published routing table");
         publish_events(ctx, policy, previous, &table).await;
-        cleanup_sources(ctx, namespace, selected, previous, &table).await;
+        let written = Written {
+            api: &cm_api,
+            policy,
+            name: &cm_name,
+            resource_version: rv,
+            table: &table,
+            unfreed: unfreed.clone(),
+        };
+        let left = free_copies(ctx, namespace, selected, written, unfreed).await;
         return Ok(Published {
             table: Some(table),
             now: true,
             held_back: false,
+            copies_to_free: left.instances(),
         });
+    }
+    let mut unfreed = current.unfreed.clone();
+    unfreed.retain_instances(&names);
+    if let Some(previous) = previous {
+        unfreed.without_served(previous);
     }
     if previous_version > 0 && previous.is_some_and(|p| p.version != previous_version) {
         // Keep the annotation and the table's own version in step.
         table.version = previous_version;
-        apply_config_map(&cm_api, policy, &cm_name, resource_version, &table).await?;
+        let rv = apply_config_map(
+            &cm_api,
+            policy,
+            &cm_name,
+            resource_version,
+            &table,
+            &unfreed,
+        )
+        .await?;
+        let written = Written {
+            api: &cm_api,
+            policy,
+            name: &cm_name,
+            resource_version: rv,
+            table: &table,
+            unfreed: unfreed.clone(),
+        };
+        let left = free_copies(ctx, namespace, selected, written, unfreed).await;
         return Ok(Published {
             table: Some(table),
             now: false,
             held_back: false,
+            copies_to_free: left.instances(),
         });
     }
+    let left = match previous {
+        Some(previous) if !current.unfreed.is_empty() => {
+            let written = Written {
+                api: &cm_api,
+                policy,
+                name: &cm_name,
+                resource_version: current.resource_version.clone(),
+                table: previous,
+                unfreed: current.unfreed.clone(),
+            };
+            free_copies(ctx, namespace, selected, written, unfreed).await
+        }
+        _ => unfreed,
+    };
     Ok(Published {
         table: previous.cloned(),
         now: false,
         held_back: false,
+        copies_to_free: left.instances(),
     })
+}
+
+/// The routing ConfigMap as last written (or read): what writing its list of copies to free
+/// again needs.
+struct Written<'a> {
+    api: &'a Api<ConfigMap>,
+    policy: &'a CachePolicy,
+    name: &'a str,
+    resource_version: Option<String>,
+    table: &'a RoutingTable,
+    /// The copies to free it lists.
+    unfreed: Unfreed,
 }
 
 /// Applies the routing ConfigMap (server-side apply, owned by the policy), the table in its
@@ -202,8 +278,14 @@ async fn apply_config_map(
     name: &str,
     resource_version: Option<&str>,
     table: &RoutingTable,
-) -> Result<(), Error> {
+    unfreed: &Unfreed,
+) -> Result<Option<String>, Error> {
     let (data, binary_data) = contents(table, table.schema_version);
+    let mut annotations: BTreeMap<String, String> =
+        [(VERSION_ANNOTATION.to_owned(), table.version.to_string())].into();
+    if let Some(list) = unfreed.render() {
+        annotations.insert(UNFREED_ANNOTATION.to_owned(), list);
+    }
     let cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -218,7 +300,7 @@ async fn apply_config_map(
                 ]
                 .into(),
             ),
-            annotations: Some([(VERSION_ANNOTATION.to_owned(), table.version.to_string())].into()),
+            annotations: Some(annotations),
             owner_references: policy.controller_owner_ref(&()).map(|o| vec![o]),
             resource_version: resource_version.map(str::to_owned),
             ..ObjectMeta::default()
@@ -233,17 +315,18 @@ async fn apply_config_map(
     })?;
     body["apiVersion"] = json!("v1");
     body["kind"] = json!("ConfigMap");
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| Error::ConfigMap {
-        name: name.to_owned(),
-        source,
-    })?;
-    Ok(())
+    let applied = api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|source| Error::ConfigMap {
+            name: name.to_owned(),
+            source,
+        })?;
+    Ok(applied.resource_version())
 }
 
 /// Deletes, on every reachable instance, the keys of the ranges it is about to serve but did
@@ -281,36 +364,58 @@ async fn prepare_targets(
     Ok(())
 }
 
-/// Best effort: after publishing, free the copies of ranges an instance no longer serves
-/// (e.g. what a fallback instance held during a failover that ended).
-async fn cleanup_sources(
+/// Deletes the copies to free (`super::unfreed`) on every instance that serves traffic, and
+/// writes the list that is left back to the ConfigMap when it differs from what it lists.
+/// Returns what is left (what the ConfigMap lists when that write fails: deleting a copy
+/// twice is harmless, forgetting one is not).
+async fn free_copies(
     ctx: &Context,
     namespace: &str,
     selected: &[Arc<RedisInstance>],
-    previous: Option<&RoutingTable>,
-    next: &RoutingTable,
-) {
-    let Some(previous) = previous else { return };
-    let gone = build::newly_served(Some(next), previous);
-    let Ok(resolver) = Resolver::new(previous.clone()) else {
-        return;
-    };
-    for (instance, ranges) in gone {
-        let Some(ri) = selected.iter().find(|ri| ri.name_any() == instance) else {
-            continue;
-        };
-        let phase = ri.status.as_ref().and_then(|s| s.phase);
-        if !matches!(phase, Some(p) if p.serves_traffic()) {
-            continue;
+    written: Written<'_>,
+    mut unfreed: Unfreed,
+) -> Unfreed {
+    if !unfreed.is_empty()
+        && let Ok(resolver) = Resolver::new(written.table.clone())
+    {
+        for instance in unfreed.instances() {
+            let Some(ri) = selected.iter().find(|ri| ri.name_any() == instance) else {
+                continue;
+            };
+            let phase = ri.status.as_ref().and_then(|s| s.phase);
+            if !matches!(phase, Some(p) if p.serves_traffic()) {
+                continue;
+            }
+            match purge(ctx, namespace, ri, &resolver, &unfreed.ranges_of(&instance)).await {
+                Ok(n) => {
+                    if n > 0 {
+                        info!(%instance, deleted = n, "freed copies of ranges the instance no longer serves");
+                    }
+                    unfreed.freed(&instance);
+                }
+                Err(e) => {
+                    warn!(%instance, error = %e, "could not free copies of ranges the instance no longer serves; retrying at the next reconcile")
+                }
+            }
         }
-        match purge(ctx, namespace, ri, &resolver, &ranges).await {
-            Ok(n) if n > 0 => {
-                info!(%instance, deleted = n, "freed copies of ranges the instance no longer serves")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(%instance, error = %e, "could not free copies of ranges the instance no longer serves")
-            }
+    }
+    if unfreed == written.unfreed {
+        return unfreed;
+    }
+    match apply_config_map(
+        written.api,
+        written.policy,
+        written.name,
+        written.resource_version.as_deref(),
+        written.table,
+        &unfreed,
+    )
+    .await
+    {
+        Ok(_) => unfreed,
+        Err(e) => {
+            warn!(error = %e, "could not record the copies left to free");
+            written.unfreed
         }
     }
 }

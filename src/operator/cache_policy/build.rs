@@ -39,6 +39,9 @@ pub struct InstanceView {
     pub weight: u32,
     /// `spec.drain`.
     pub drain: bool,
+    /// It still holds copies of ranges no table routes to it any more (`super::unfreed`):
+    /// until they are deleted, what it holds is not legacy data to move into the owners.
+    pub copies_to_free: bool,
     /// How to reach it.
     pub endpoint: InstanceEndpoint,
 }

@@ -19,6 +19,7 @@ use crate::routing::table::RoutingTable;
 
 use super::Error;
 use super::build::InstanceView;
+use super::unfreed::{UNFREED_ANNOTATION, Unfreed};
 
 /// The policy as last written: with rebalancing on, read from the API, because the cache may
 /// not hold our own last status write yet and the rebalance state machine must never act on
@@ -61,6 +62,7 @@ pub fn view_of(ri: &RedisInstance, namespace: &str) -> InstanceView {
             .map_or(0, |m| m.used_bytes.max(0) as u64),
         weight: u32::try_from(ri.spec.weight).unwrap_or(100),
         drain: ri.spec.drain,
+        copies_to_free: false,
         endpoint: endpoint_of(ri, namespace),
     }
 }
@@ -127,6 +129,8 @@ pub struct Current {
     /// The ConfigMap's resourceVersion: the next publish is conditional on it, so two
     /// operators that both think they lead cannot publish two tables under one version.
     pub resource_version: Option<String>,
+    /// Copies of ranges no table routes to their instance any more, still to be deleted.
+    pub unfreed: Unfreed,
 }
 
 /// Reads the table in the routing ConfigMap.
@@ -149,9 +153,17 @@ pub async fn read_published(api: &Api<ConfigMap>, name: &str) -> Result<Current,
     let version = table
         .as_ref()
         .map_or(annotated, |t| t.version.max(annotated));
+    let unfreed = match cm.annotations().get(UNFREED_ANNOTATION) {
+        None => Unfreed::default(),
+        Some(value) => Unfreed::parse(value).unwrap_or_else(|e| {
+            warn!(configmap = name, annotation = UNFREED_ANNOTATION, error = %e, "ignoring an unreadable list of copies to free");
+            Unfreed::default()
+        }),
+    };
     Ok(Current {
         table,
         version,
         resource_version: cm.resource_version(),
+        unfreed,
     })
 }

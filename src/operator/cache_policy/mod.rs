@@ -23,6 +23,7 @@ pub mod fetch;
 pub mod job;
 pub mod rebalance;
 pub mod status;
+pub mod unfreed;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -227,6 +228,7 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
                 table: previous.clone(),
                 now: false,
                 held_back: false,
+                copies_to_free: current.unfreed.instances(),
             }
         }
         Some(planned_table) => {
@@ -252,6 +254,14 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
     };
     let published_now = published.now;
     let held_back = published.held_back;
+    // What an instance holds while copies are left to free there is not data to move.
+    let views: Vec<InstanceView> = views
+        .into_iter()
+        .map(|v| InstanceView {
+            copies_to_free: published.copies_to_free.contains(&v.name),
+            ..v
+        })
+        .collect();
     let published = published.table;
     if let Some(t) = &published {
         apply::fence_returning_instances(shared, &namespace, &selected, t).await;

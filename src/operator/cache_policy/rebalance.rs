@@ -279,14 +279,15 @@ pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move>
 
 /// Moves that empty a draining instance that owns no slot but still holds data of the
 /// policy's categories (the old single Redis being migrated into the fleet): every range of
-/// every such category, from it to the range's owner.
+/// every such category, from it to the range's owner. Not while it still holds copies to free
+/// (ranges handed off while it was down, say): those are stale, not data, and go first.
 pub fn legacy_moves(
     table: &RoutingTable,
     views: &[InstanceView],
     category_bytes: &BTreeMap<(String, String), u64>,
 ) -> Vec<Move> {
     let mut out = Vec::new();
-    for v in views.iter().filter(|v| v.drain) {
+    for v in views.iter().filter(|v| v.drain && !v.copies_to_free) {
         let owns_any = table
             .categories
             .iter()

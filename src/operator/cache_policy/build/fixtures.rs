@@ -61,6 +61,7 @@ pub fn view(name: &str) -> InstanceView {
         used_bytes: 0,
         weight: 100,
         drain: false,
+        copies_to_free: false,
         endpoint: InstanceEndpoint {
             host: "h".into(),
             port: 1,
