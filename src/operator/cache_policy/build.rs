@@ -9,8 +9,9 @@
 //!   placement.
 //! - Placement: [`crate::routing::placement`], incremental from the previous table.
 //! - Failover: the runs of an Unreachable owner go to a serving instance of the category's
-//!   `fallbackTier`, else another serving candidate, else any serving selected instance —
-//!   chosen by weighted rendezvous hashing per run, and kept stable while the failover lasts.
+//!   `fallbackTier`, else another serving candidate, else any serving selected instance — one
+//!   below 90 % of its capacity before a fuller one — chosen by weighted rendezvous hashing
+//!   per run, and kept stable while the failover lasts.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -519,7 +520,13 @@ fn handoff_pieces(
     out
 }
 
-/// A serving instance to take over `range` of `category` from the unreachable `owner`.
+/// Past this share of its capacity an instance is a fallback of last resort: the failed
+/// instance's writes would soon be refused there (`-OOM`).
+const FALLBACK_FULL_PERCENT: u64 = 90;
+
+/// A serving instance to take over `range` of `category` from the unreachable `owner`: of the
+/// category's fallback tier, else of its own tier, else any — in each, one with room before
+/// one that is nearly full, and one not draining before one that is.
 fn choose_fallback(
     category: &str,
     range: SlotRange,
@@ -531,6 +538,10 @@ fn choose_fallback(
 ) -> Option<String> {
     let alive =
         |i: &&InstanceView| i.serving() && i.name != owner.name && i.capacity_bytes.is_some();
+    let roomy = |i: &&InstanceView| {
+        let capacity = i.capacity_bytes.unwrap_or(0);
+        i.used_bytes.saturating_mul(100) < capacity.saturating_mul(FALLBACK_FULL_PERCENT)
+    };
     let pick = |pool: Vec<&InstanceView>| -> Option<String> {
         if pool.is_empty() {
             return None;
@@ -549,31 +560,24 @@ fn choose_fallback(
         let fresh: Vec<&InstanceView> = pool.iter().copied().filter(|i| !i.drain).collect();
         if fresh.is_empty() { pool } else { fresh }
     }
-    if let Some(ft) = fallback_tier {
-        let pool = prefer_not_draining(
-            instances
+    let in_fallback_tier =
+        |i: &&InstanceView| fallback_tier.is_some() && i.tier.as_deref() == fallback_tier.as_deref();
+    let in_tier = |i: &&InstanceView| tier.is_none() || i.tier == *tier;
+    let pools: [&dyn Fn(&&InstanceView) -> bool; 3] = [&in_fallback_tier, &in_tier, &|_| true];
+    for with_room in [true, false] {
+        for in_pool in pools {
+            let pool: Vec<&InstanceView> = instances
                 .iter()
                 .filter(alive)
-                .filter(|i| i.tier.as_deref() == Some(ft.as_str()))
-                .collect(),
-        );
-        if let Some(t) = pick(pool) {
-            return Some(t);
+                .filter(|i| in_pool(i))
+                .filter(|i| !with_room || roomy(i))
+                .collect();
+            if let Some(t) = pick(prefer_not_draining(pool)) {
+                return Some(t);
+            }
         }
     }
-    let same_tier = prefer_not_draining(
-        instances
-            .iter()
-            .filter(alive)
-            .filter(|i| tier.is_none() || i.tier == *tier)
-            .collect(),
-    );
-    if let Some(t) = pick(same_tier) {
-        return Some(t);
-    }
-    pick(prefer_not_draining(
-        instances.iter().filter(alive).collect(),
-    ))
+    None
 }
 
 /// Per instance, the (category, range) pairs it serves in `table` (owned and not failed

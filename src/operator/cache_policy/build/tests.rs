@@ -141,6 +141,35 @@ fn unreachable_owner_fails_over_to_the_fallback_tier_and_back() {
 }
 
 #[test]
+fn a_failover_avoids_a_fallback_that_is_nearly_full() {
+    // Chaos seeds 4, 7, 9 (180 s): a failed instance's writes went to a fallback that was
+    // already near `maxmemory`, and were refused there (`-OOM`) while another instance of the
+    // fallback tier had room.
+    let mut three = two();
+    three[1] = three[1].clone().with_used_mib(29);
+    three.push(view("tertiary", "warm", InstancePhase::Ready, 30).with_used_mib(3));
+    let before = plan_routing("shop/shop", &shop(), &three, None)
+        .table
+        .unwrap();
+    three[0].phase = InstancePhase::Unreachable;
+    let during = plan_routing("shop/shop", &shop(), &three, Some(&before))
+        .table
+        .unwrap();
+    assert!(!during.failover.is_empty());
+    for f in &during.failover {
+        assert_eq!(f.to, "tertiary", "{f:?}");
+    }
+    // When every instance is that full, the failover still happens.
+    for v in &mut three[1..] {
+        *v = v.clone().with_used_mib(29);
+    }
+    let full = plan_routing("shop/shop", &shop(), &three, Some(&before))
+        .table
+        .unwrap();
+    assert_eq!(full.failover.len(), during.failover.len());
+}
+
+#[test]
 fn a_tier_that_is_not_probed_yet_is_waited_for_not_replaced_by_its_fallback() {
     let mut fresh = two();
     fresh[1].phase = InstancePhase::Pending;
