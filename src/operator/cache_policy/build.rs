@@ -560,8 +560,9 @@ fn choose_fallback(
         let fresh: Vec<&InstanceView> = pool.iter().copied().filter(|i| !i.drain).collect();
         if fresh.is_empty() { pool } else { fresh }
     }
-    let in_fallback_tier =
-        |i: &&InstanceView| fallback_tier.is_some() && i.tier.as_deref() == fallback_tier.as_deref();
+    let in_fallback_tier = |i: &&InstanceView| {
+        fallback_tier.is_some() && i.tier.as_deref() == fallback_tier.as_deref()
+    };
     let in_tier = |i: &&InstanceView| tier.is_none() || i.tier == *tier;
     let pools: [&dyn Fn(&&InstanceView) -> bool; 3] = [&in_fallback_tier, &in_tier, &|_| true];
     for with_room in [true, false] {
