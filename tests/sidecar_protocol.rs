@@ -601,3 +601,152 @@ async fn the_job_holds_at_most_its_budget_of_big_values_at_once() {
     let v: Vec<u8> = t.get("user:0").await.unwrap();
     assert_eq!(v.len(), 128 * 1024);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_commands_wait_in_a_range_that_migrates_before_it_imports() {
+    // Found by BullMQ (its worker waits with BZPOPMIN, its events with XREAD BLOCK): in a
+    // migrating range every command goes through the guard, a script, and Redis refuses
+    // blocking commands inside scripts (`ERR This Redis command is not allowed from script`).
+    let (a, b) = (server(), server());
+    let mut t = two(&a, &b, 2, TtlRules::default());
+    t.migrating.push(Migration {
+        category: "user".into(),
+        start: 0,
+        end: 16383,
+        from: "b".into(),
+        to: "a".into(),
+        epoch: 2,
+    });
+    let sidecar = Sidecar::start(&t, &SECRETS);
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let client = sidecar.client();
+    let mut pusher = client.get_multiplexed_async_connection().await.unwrap();
+    // Each wait starts before its data arrives, which comes through the sidecar too.
+    async fn waits<T: redis::FromRedisValue + Send + 'static>(
+        client: &redis::Client,
+        config: &redis::AsyncConnectionConfig,
+        cmd: redis::Cmd,
+    ) -> tokio::task::JoinHandle<redis::RedisResult<T>> {
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(config)
+            .await
+            .unwrap();
+        tokio::spawn(async move { cmd.query_async::<T>(&mut c).await })
+    }
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+
+    let one = waits::<Option<(String, String)>>(
+        &client,
+        &config,
+        redis::cmd("BLPOP").arg("user:q1").arg(10).clone(),
+    )
+    .await;
+    let two_keys = waits::<Option<(String, String)>>(
+        &client,
+        &config,
+        redis::cmd("BRPOP")
+            .arg("user:q2")
+            .arg("user:q3")
+            .arg(10)
+            .clone(),
+    )
+    .await;
+    let zset = waits::<Option<(String, String, f64)>>(
+        &client,
+        &config,
+        redis::cmd("BZPOPMIN").arg("user:z").arg(10).clone(),
+    )
+    .await;
+    let moved = waits::<Option<String>>(
+        &client,
+        &config,
+        redis::cmd("BLMOVE")
+            .arg("user:src")
+            .arg("user:dst")
+            .arg("LEFT")
+            .arg("RIGHT")
+            .arg(10)
+            .clone(),
+    )
+    .await;
+    let stream = waits::<redis::Value>(
+        &client,
+        &config,
+        redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(10_000)
+            .arg("STREAMS")
+            .arg("user:events")
+            .arg("$")
+            .clone(),
+    )
+    .await;
+    settle().await;
+    let _: i64 = pusher.rpush("user:q1", "job-1").await.unwrap();
+    let _: i64 = pusher.rpush("user:q3", "job-3").await.unwrap();
+    let _: i64 = pusher.zadd("user:z", "m", 2.5).await.unwrap();
+    let _: i64 = pusher.rpush("user:src", "item").await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("user:events")
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut pusher)
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(8), one)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Some(("user:q1".to_owned(), "job-1".to_owned()))
+    );
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(8), two_keys)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Some(("user:q3".to_owned(), "job-3".to_owned()))
+    );
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(8), zset)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Some(("user:z".to_owned(), "m".to_owned(), 2.5))
+    );
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(8), moved)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Some("item".to_owned())
+    );
+    let events = tokio::time::timeout(Duration::from_secs(8), stream)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(format!("{events:?}").contains("user:events"), "{events:?}");
+    // The data was on the source (nothing imported): popped there, nothing left behind.
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    let dst: Vec<String> = on_b.lrange("user:dst", 0, -1).await.unwrap();
+    assert_eq!(dst, ["item"]);
+    // And a wait that times out answers nil, as Redis does.
+    let mut c = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let none: Option<(String, String, f64)> = redis::cmd("BZPOPMAX")
+        .arg("user:empty")
+        .arg("user:empty2")
+        .arg(0.3)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+}

@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::super::command::CommandSpec;
 use super::{Client, Dispatched, Interrupt, Pending, bundle, stop};
-use crate::redis::resp::{Request, parse_i64};
+use crate::redis::resp::{Frame, Request, parse_i64};
 use crate::routing::keyspace::Route;
 
 /// The longest one blocking call lasts before the keys are routed again.
@@ -100,6 +100,131 @@ fn with_timeout(t: Timeout, args: &[Bytes], d: Duration) -> Vec<Bytes> {
         }
     }
     out
+}
+
+/// How the reply of a blocking command's non-blocking form becomes the blocking command's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PollReply {
+    /// The same shape (RPOPLPUSH, LMOVE, LMPOP, ZMPOP, XREAD without BLOCK).
+    Same,
+    /// LPOP/RPOP of this key: an element or nil, as BLPOP's `[key, element]` or nil array.
+    ListPop(Bytes),
+    /// ZPOPMIN/ZPOPMAX of this key: `[member, score]` or empty, as BZPOPMIN's
+    /// `[key, member, score]` or nil array.
+    ZSetPop(Bytes),
+    /// LMPOP … COUNT 1 for a multi-key BLPOP/BRPOP: `[key, [element]]` as `[key, element]`.
+    FirstOfLmpop,
+    /// ZMPOP … COUNT 1 for a multi-key BZPOPMIN/BZPOPMAX: `[key, [[member, score]]]` as
+    /// `[key, member, score]`.
+    FirstOfZmpop,
+}
+
+/// The non-blocking form of blocking command `cmd` (named `name`, its timeout at `at`), for
+/// one poll of a migrating range's source through the guard: Redis refuses blocking commands
+/// inside scripts (since 7.0), and the guard is a script.
+fn non_blocking(name: &str, cmd: &[Bytes], at: Timeout) -> (Vec<Bytes>, PollReply) {
+    let word = |w: &'static str| Bytes::from_static(w.as_bytes());
+    // The keys of the BLPOP family: everything between the name and the timeout.
+    let keys = || cmd[1..cmd.len().saturating_sub(1).max(1)].to_vec();
+    match name {
+        "blpop" | "brpop" => {
+            let keys = keys();
+            if let [key] = keys.as_slice() {
+                let pop = if name == "blpop" { "LPOP" } else { "RPOP" };
+                return (
+                    vec![word(pop), key.clone()],
+                    PollReply::ListPop(key.clone()),
+                );
+            }
+            let mut out = vec![word("LMPOP"), Bytes::from(keys.len().to_string())];
+            out.extend(keys);
+            out.push(word(if name == "blpop" { "LEFT" } else { "RIGHT" }));
+            (out, PollReply::FirstOfLmpop)
+        }
+        "bzpopmin" | "bzpopmax" => {
+            let keys = keys();
+            if let [key] = keys.as_slice() {
+                let pop = if name == "bzpopmin" {
+                    "ZPOPMIN"
+                } else {
+                    "ZPOPMAX"
+                };
+                return (
+                    vec![word(pop), key.clone()],
+                    PollReply::ZSetPop(key.clone()),
+                );
+            }
+            let mut out = vec![word("ZMPOP"), Bytes::from(keys.len().to_string())];
+            out.extend(keys);
+            out.push(word(if name == "bzpopmin" { "MIN" } else { "MAX" }));
+            (out, PollReply::FirstOfZmpop)
+        }
+        "brpoplpush" => {
+            let mut out = vec![word("RPOPLPUSH")];
+            out.extend(cmd[1..cmd.len().saturating_sub(1).max(1)].iter().cloned());
+            (out, PollReply::Same)
+        }
+        "blmove" => {
+            let mut out = vec![word("LMOVE")];
+            out.extend(cmd[1..cmd.len().saturating_sub(1).max(1)].iter().cloned());
+            (out, PollReply::Same)
+        }
+        "blmpop" | "bzmpop" => {
+            let mut out = vec![word(if name == "blmpop" { "LMPOP" } else { "ZMPOP" })];
+            out.extend(cmd.iter().skip(2).cloned());
+            (out, PollReply::Same)
+        }
+        _ => {
+            // XREAD / XREADGROUP: without `BLOCK ms`.
+            let mut out = cmd.to_vec();
+            if let Timeout::Millis(i) = at
+                && i >= 1
+                && i < out.len()
+            {
+                out.drain(i - 1..=i);
+            }
+            (out, PollReply::Same)
+        }
+    }
+}
+
+/// The reply of a poll (`reply`, from the non-blocking form) as the blocking command's.
+fn as_blocking_reply(shape: &PollReply, reply: Bytes) -> Bytes {
+    if matches!(shape, PollReply::Same) {
+        return reply;
+    }
+    let Ok(frame) = super::parse(&reply) else {
+        return reply;
+    };
+    let converted = match (shape, frame) {
+        (_, Frame::Error(_)) => return reply,
+        (PollReply::ListPop(key), Frame::Bulk(element)) => {
+            Frame::array([Frame::Bulk(key.clone()), Frame::Bulk(element)])
+        }
+        (PollReply::ZSetPop(key), Frame::Array(pair)) if pair.len() == 2 => {
+            let mut items = vec![Frame::Bulk(key.clone())];
+            items.extend(pair);
+            Frame::Array(items)
+        }
+        (PollReply::FirstOfLmpop, Frame::Array(parts)) => match parts.as_slice() {
+            [key, Frame::Array(elements)] if !elements.is_empty() => {
+                Frame::array([key.clone(), elements[0].clone()])
+            }
+            _ => Frame::NullArray,
+        },
+        (PollReply::FirstOfZmpop, Frame::Array(parts)) => match parts.as_slice() {
+            [key, Frame::Array(pairs)] => match pairs.first() {
+                Some(Frame::Array(pair)) if pair.len() == 2 => {
+                    Frame::array([key.clone(), pair[0].clone(), pair[1].clone()])
+                }
+                _ => Frame::NullArray,
+            },
+            _ => Frame::NullArray,
+        },
+        // Nothing popped (nil, an empty array).
+        _ => Frame::NullArray,
+    };
+    converted.to_bytes()
 }
 
 /// A nil reply: the wait ended without data.
@@ -204,10 +329,17 @@ impl Client {
         let ends = Instant::now() + slice;
         let key_args: Vec<Bytes> = keys.iter().map(|i| request.args[*i].clone()).collect();
         let mig = router.migrations[usize::from(m)].clone();
+        let name = String::from_utf8_lossy(&cmd[0]).to_ascii_lowercase();
+        let at = timeout_at(&name, cmd);
+        let (poll, shape) = match at {
+            Some(at) => non_blocking(&name, cmd, at),
+            None => (cmd.to_vec(), PollReply::Same),
+        };
         loop {
             match self
-                .guard_decide(router, m, &key_args, &[cmd.to_vec()])
+                .guard_decide(router, m, &key_args, std::slice::from_ref(&poll))
                 .await?
+                .map(|reply| as_blocking_reply(&shape, reply))
             {
                 Some(reply) if !is_nil(&reply) => return Ok(reply),
                 Some(nil) => {
@@ -221,8 +353,7 @@ impl Client {
                     let left = ends
                         .saturating_duration_since(Instant::now())
                         .max(Duration::from_millis(1));
-                    let name = String::from_utf8_lossy(&cmd[0]).to_ascii_lowercase();
-                    let on_target = match timeout_at(&name, cmd) {
+                    let on_target = match at {
                         Some(at) => with_timeout(at, cmd, left),
                         None => cmd.to_vec(),
                     };
@@ -290,6 +421,105 @@ mod tests {
 
     fn args(s: &str) -> Vec<Bytes> {
         s.split(' ').map(|a| Bytes::from(a.to_owned())).collect()
+    }
+
+    fn poll_of(s: &str) -> (String, PollReply) {
+        let cmd = args(s);
+        let name = String::from_utf8_lossy(&cmd[0]).to_ascii_lowercase();
+        let at = timeout_at(&name, &cmd).unwrap();
+        let (poll, shape) = non_blocking(&name, &cmd, at);
+        let text: Vec<String> = poll
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (text.join(" "), shape)
+    }
+
+    #[test]
+    fn each_blocking_command_polls_with_its_non_blocking_form() {
+        let key = |k: &'static str| Bytes::from_static(k.as_bytes());
+        assert_eq!(
+            poll_of("BLPOP q 0"),
+            ("LPOP q".into(), PollReply::ListPop(key("q")))
+        );
+        assert_eq!(
+            poll_of("BRPOP a b 1.5"),
+            ("LMPOP 2 a b RIGHT".into(), PollReply::FirstOfLmpop)
+        );
+        assert_eq!(
+            poll_of("BZPOPMAX z 0"),
+            ("ZPOPMAX z".into(), PollReply::ZSetPop(key("z")))
+        );
+        assert_eq!(
+            poll_of("BZPOPMIN a b 0"),
+            ("ZMPOP 2 a b MIN".into(), PollReply::FirstOfZmpop)
+        );
+        assert_eq!(
+            poll_of("BRPOPLPUSH s d 0"),
+            ("RPOPLPUSH s d".into(), PollReply::Same)
+        );
+        assert_eq!(
+            poll_of("BLMOVE s d LEFT RIGHT 0"),
+            ("LMOVE s d LEFT RIGHT".into(), PollReply::Same)
+        );
+        assert_eq!(
+            poll_of("BLMPOP 0 2 a b LEFT COUNT 3"),
+            ("LMPOP 2 a b LEFT COUNT 3".into(), PollReply::Same)
+        );
+        assert_eq!(
+            poll_of("BZMPOP 1 1 z MAX"),
+            ("ZMPOP 1 z MAX".into(), PollReply::Same)
+        );
+        assert_eq!(
+            poll_of("XREAD COUNT 2 BLOCK 100 STREAMS s 0-0"),
+            ("XREAD COUNT 2 STREAMS s 0-0".into(), PollReply::Same)
+        );
+        assert_eq!(
+            poll_of("XREADGROUP GROUP g c BLOCK 0 STREAMS s >"),
+            ("XREADGROUP GROUP g c STREAMS s >".into(), PollReply::Same)
+        );
+    }
+
+    #[test]
+    fn poll_replies_read_as_the_blocking_commands_replies() {
+        let key = Bytes::from_static(b"q");
+        let reply = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let list = PollReply::ListPop(key.clone());
+        assert_eq!(
+            as_blocking_reply(&list, reply("$1\r\nx\r\n")),
+            reply("*2\r\n$1\r\nq\r\n$1\r\nx\r\n")
+        );
+        assert_eq!(as_blocking_reply(&list, reply("$-1\r\n")), reply("*-1\r\n"));
+        let zset = PollReply::ZSetPop(key);
+        assert_eq!(
+            as_blocking_reply(&zset, reply("*2\r\n$1\r\nm\r\n$3\r\n2.5\r\n")),
+            reply("*3\r\n$1\r\nq\r\n$1\r\nm\r\n$3\r\n2.5\r\n")
+        );
+        assert_eq!(as_blocking_reply(&zset, reply("*0\r\n")), reply("*-1\r\n"));
+        assert_eq!(
+            as_blocking_reply(
+                &PollReply::FirstOfLmpop,
+                reply("*2\r\n$1\r\nb\r\n*1\r\n$1\r\nx\r\n")
+            ),
+            reply("*2\r\n$1\r\nb\r\n$1\r\nx\r\n")
+        );
+        assert_eq!(
+            as_blocking_reply(
+                &PollReply::FirstOfZmpop,
+                reply("*2\r\n$1\r\nb\r\n*1\r\n*2\r\n$1\r\nm\r\n$1\r\n1\r\n")
+            ),
+            reply("*3\r\n$1\r\nb\r\n$1\r\nm\r\n$1\r\n1\r\n")
+        );
+        assert_eq!(
+            as_blocking_reply(&PollReply::FirstOfZmpop, reply("*-1\r\n")),
+            reply("*-1\r\n")
+        );
+        // Errors pass as they are.
+        let wrong = reply("-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
+        assert_eq!(
+            as_blocking_reply(&PollReply::ListPop(Bytes::new()), wrong.clone()),
+            wrong
+        );
     }
 
     #[test]
