@@ -47,19 +47,26 @@ fn fleet(a: &RedisServer, b: &RedisServer) -> RoutingTable {
     )
 }
 
-/// The same fleet while `user:` migrates from a to b (slots 0–8191) — the path the data
-/// protocol's guard serves.
+/// The same fleet while `user:` migrates from a to b (slots 0–8191) and the default category
+/// swaps its halves (queues under `{bull}`, transactions and scripts under `{order-…}`) — the
+/// path the data protocol's guard serves.
 fn migrating(a: &RedisServer, b: &RedisServer) -> RoutingTable {
     let mut t = fleet(a, b);
     t.version = 2;
-    t.migrating.push(Migration {
-        category: "user".into(),
-        start: 0,
-        end: 8191,
-        from: "a".into(),
-        to: "b".into(),
-        epoch: 2,
-    });
+    for (category, start, end, from, to) in [
+        ("user", 0, 8191, "a", "b"),
+        ("default", 0, 8191, "a", "b"),
+        ("default", 8192, 16383, "b", "a"),
+    ] {
+        t.migrating.push(Migration {
+            category: category.into(),
+            start,
+            end,
+            from: from.into(),
+            to: to.into(),
+            epoch: 2,
+        });
+    }
     t
 }
 
@@ -152,5 +159,56 @@ fn go_redis() {
         cmd.arg(pods.one.port.to_string())
             .arg(pods.two.port.to_string());
         run(&format!("go-redis v9.23.0 RESP3 (default), {table}"), cmd);
+    }
+}
+
+/// The Node workload (`tests/clients/node/workload.mjs`) with `client`, run from the
+/// installed dependencies.
+fn node(pods: &Pods, client: &str, label: &str) {
+    let dir = install("node");
+    let workload = support::control_plane::project_root().join("tests/clients/node/workload.mjs");
+    let copy = dir.join("workload.mjs");
+    std::fs::copy(&workload, &copy).unwrap();
+    let mut cmd = Command::new("node");
+    cmd.arg(&copy)
+        .arg(client)
+        .arg(pods.one.port.to_string())
+        .arg(pods.two.port.to_string());
+    run(label, cmd);
+}
+
+#[test]
+fn ioredis() {
+    for migrate in [false, true] {
+        let pods = pods(migrate);
+        let table = if migrate { "migrating" } else { "settled" };
+        node(&pods, "ioredis", &format!("ioredis 6.0.0 RESP2, {table}"));
+    }
+}
+
+#[test]
+fn node_redis() {
+    for migrate in [false, true] {
+        let pods = pods(migrate);
+        let table = if migrate { "migrating" } else { "settled" };
+        node(
+            &pods,
+            "node-redis",
+            &format!("node-redis 6.3.1 RESP2 (default), {table}"),
+        );
+        node(
+            &pods,
+            "node-redis-resp3",
+            &format!("node-redis 6.3.1 RESP3, {table}"),
+        );
+    }
+}
+
+#[test]
+fn bullmq() {
+    for migrate in [false, true] {
+        let pods = pods(migrate);
+        let table = if migrate { "migrating" } else { "settled" };
+        node(&pods, "bullmq", &format!("BullMQ 6.7.0 (ioredis), {table}"));
     }
 }

@@ -4,10 +4,11 @@
 # same lock file only prints the path.
 #   tests/clients/install.sh python    -> a venv with tests/clients/python/requirements.txt
 #   tests/clients/install.sh go        -> go-redis' workload built (go.mod, go.sum) as <dir>/workload
+#   tests/clients/install.sh node      -> <dir>/node_modules from tests/clients/node/package-lock.json
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${REDIS_FLEET_CACHE:-$HOME/.cache/redis-fleet}/clients"
-lang="${1:?usage: install.sh python|go}"
+lang="${1:?usage: install.sh python|go|node}"
 case "$lang" in
   python)
     lock="$here/python/requirements.txt"
@@ -27,6 +28,20 @@ case "$lang" in
       mkdir -p "$dir"
       (cd "$here/go" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -o "$dir/workload.tmp" .) >&2
       mv "$dir/workload.tmp" "$dir/workload"
+    fi
+    echo "$dir"
+    ;;
+  node)
+    lock="$here/node/package-lock.json"
+    dir="$cache/node-$(cat "$here/node/package.json" "$lock" | sha256sum | cut -c1-12)"
+    if [ ! -f "$dir/.done" ]; then
+      rm -rf "$dir"
+      mkdir -p "$dir"
+      cp "$here/node/package.json" "$lock" "$dir/"
+      # Exactly the lock file; no install scripts (msgpackr's optional native build is not
+      # needed: it falls back to JavaScript).
+      (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) >&2
+      touch "$dir/.done"
     fi
     echo "$dir"
     ;;
