@@ -212,3 +212,26 @@ fn bullmq() {
         node(&pods, "bullmq", &format!("BullMQ 6.7.0 (ioredis), {table}"));
     }
 }
+
+#[test]
+fn jedis() {
+    let dir = install("java");
+    for migrate in [false, true] {
+        let pods = pods(migrate);
+        let table = if migrate { "migrating" } else { "settled" };
+        for (protocol, label) in [("2", "RESP2 (default)"), ("3", "RESP3")] {
+            let mut cmd = Command::new("java");
+            cmd.arg("-cp")
+                .arg(format!(
+                    "{}:{}/*",
+                    dir.join("classes").display(),
+                    dir.join("deps").display()
+                ))
+                .arg("Workload")
+                .arg(pods.one.port.to_string())
+                .arg(pods.two.port.to_string())
+                .arg(protocol);
+            run(&format!("Jedis 8.0.2 {label}, {table}"), cmd);
+        }
+    }
+}

@@ -5,10 +5,11 @@
 #   tests/clients/install.sh python    -> a venv with tests/clients/python/requirements.txt
 #   tests/clients/install.sh go        -> go-redis' workload built (go.mod, go.sum) as <dir>/workload
 #   tests/clients/install.sh node      -> <dir>/node_modules from tests/clients/node/package-lock.json
+#   tests/clients/install.sh java      -> Jedis' workload built by Maven: <dir>/classes, <dir>/deps/*.jar
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${REDIS_FLEET_CACHE:-$HOME/.cache/redis-fleet}/clients"
-lang="${1:?usage: install.sh python|go|node}"
+lang="${1:?usage: install.sh python|go|node|java}"
 case "$lang" in
   python)
     lock="$here/python/requirements.txt"
@@ -41,6 +42,20 @@ case "$lang" in
       # Exactly the lock file; no install scripts (msgpackr's optional native build is not
       # needed: it falls back to JavaScript).
       (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) >&2
+      touch "$dir/.done"
+    fi
+    echo "$dir"
+    ;;
+  java)
+    key="$(cat "$here/java/pom.xml" "$here/java/src/main/java/Workload.java" | sha256sum | cut -c1-12)"
+    dir="$cache/java-$key"
+    if [ ! -f "$dir/.done" ]; then
+      rm -rf "$dir"
+      mkdir -p "$dir"
+      cp -r "$here/java/pom.xml" "$here/java/src" "$dir/"
+      (cd "$dir" && mvn -q -B -DskipTests package dependency:copy-dependencies \
+        -DoutputDirectory=deps) >&2
+      mv "$dir/target/classes" "$dir/classes"
       touch "$dir/.done"
     fi
     echo "$dir"
