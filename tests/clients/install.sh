@@ -10,6 +10,15 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${REDIS_FLEET_CACHE:-$HOME/.cache/redis-fleet}/clients"
 lang="${1:?usage: install.sh python|go|node|java}"
+# A tool this machine lacks comes from Debian (CI runs as root on a fresh machine).
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "installing $2 for the $lang client workload" >&2
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $2 >&2
+}
 case "$lang" in
   python)
     lock="$here/python/requirements.txt"
@@ -33,6 +42,7 @@ case "$lang" in
     echo "$dir"
     ;;
   node)
+    need npm "nodejs npm"
     lock="$here/node/package-lock.json"
     dir="$cache/node-$(cat "$here/node/package.json" "$lock" | sha256sum | cut -c1-12)"
     if [ ! -f "$dir/.done" ]; then
@@ -47,6 +57,8 @@ case "$lang" in
     echo "$dir"
     ;;
   java)
+    need java default-jdk-headless
+    need mvn maven
     key="$(cat "$here/java/pom.xml" "$here/java/src/main/java/Workload.java" | sha256sum | cut -c1-12)"
     dir="$cache/java-$key"
     if [ ! -f "$dir/.done" ]; then
