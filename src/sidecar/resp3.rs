@@ -62,7 +62,13 @@ pub fn shape<A: AsRef<[u8]>>(args: &[A]) -> Shape {
     {
         spec = s;
     }
-    let resp3 = spec.resp3;
+    let mut resp3 = spec.resp3;
+    if let Resp3::VSim { .. } = resp3 {
+        resp3 = Resp3::VSim {
+            scores: has_arg(args, 2, b"WITHSCORES"),
+            attribs: has_arg(args, 2, b"WITHATTRIBS"),
+        };
+    }
     let with = match resp3 {
         Resp3::WithScores => has_arg(args, 2, b"WITHSCORES"),
         Resp3::RandPairs { double } => {
@@ -73,6 +79,9 @@ pub fn shape<A: AsRef<[u8]>>(args: &[A]) -> Shape {
         Resp3::ZAdd => has_arg(args, 2, b"INCR"),
         Resp3::Lcs => has_arg(args, 3, b"IDX"),
         Resp3::Geo => spec.name == "geopos" || has_arg(args, 2, b"WITHCOORD"),
+        Resp3::VEmb => !has_arg(args, 3, b"RAW"),
+        Resp3::VSim { scores, attribs } => scores || attribs,
+        Resp3::VLinks => has_arg(args, 3, b"WITHSCORES"),
         _ => true,
     };
     Shape::Reply { resp3, with }
@@ -123,6 +132,20 @@ pub fn convert_value(value: Value, shape: &Shape) -> Value {
                 map_at(value, 1, to_double)
             }
         }
+        // VEMB … RAW: `[type, blob, norm, range]`, the last two doubles.
+        Shape::Reply {
+            resp3: Resp3::VEmb,
+            with: false,
+        } => match value {
+            Value::Array(items) => Value::Array(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| if i >= 2 { to_double(v) } else { v })
+                    .collect(),
+            ),
+            other => other,
+        },
         Shape::Reply { with: false, .. } => value,
         Shape::Reply { resp3, with: true } => reply(value, *resp3),
     }
@@ -174,6 +197,47 @@ fn reply(value: Value, resp3: Resp3) -> Value {
             },
             other => other,
         },
+        Resp3::Boolean => match value {
+            Value::Integer(n) => Value::Boolean(n != 0),
+            other => other,
+        },
+        Resp3::VEmb => map_items(value, to_double),
+        Resp3::VSim { scores, attribs } => vsim(value, scores, attribs),
+        Resp3::VLinks => map_items(value, |level| match to_map(level) {
+            Value::Map(pairs) => Value::Map(
+                pairs
+                    .into_iter()
+                    .map(|(member, score)| (member, to_double(score)))
+                    .collect(),
+            ),
+            other => other,
+        }),
+    }
+}
+
+/// VSIM with `WITHSCORES` and/or `WITHATTRIBS`: the flat list (two or three items per member)
+/// as a map of member to score, attributes, or `[score, attributes]`. Already a map (an
+/// instance spoken to in RESP3): unchanged.
+fn vsim(value: Value, scores: bool, attribs: bool) -> Value {
+    let per = if scores && attribs { 3 } else { 2 };
+    match value {
+        Value::Array(items) if items.len() % per == 0 => {
+            let mut out = Vec::with_capacity(items.len() / per);
+            let mut it = items.into_iter();
+            while let Some(member) = it.next() {
+                let first = it.next().unwrap_or(Value::Null);
+                let v = if per == 3 {
+                    Value::Array(vec![to_double(first), it.next().unwrap_or(Value::Null)])
+                } else if scores {
+                    to_double(first)
+                } else {
+                    first
+                };
+                out.push((member, v));
+            }
+            Value::Map(out)
+        }
+        other => other,
     }
 }
 
@@ -310,6 +374,23 @@ mod tests {
     fn conv(args: &str, reply: &[u8]) -> String {
         let args: Vec<&str> = args.split(' ').collect();
         String::from_utf8_lossy(&convert(reply, &shape(&args))).into_owned()
+    }
+
+    #[test]
+    fn vector_set_links_read_as_redis_8_sends_them() {
+        // Redis 8.2 in RESP3: one map per level with WITHSCORES, arrays without.
+        assert_eq!(
+            conv(
+                "VLINKS v a WITHSCORES",
+                b"*2\r\n*0\r\n*2\r\n$1\r\nb\r\n$3\r\n0.5\r\n"
+            ),
+            "*2\r\n%0\r\n%1\r\n$1\r\nb\r\n,0.5\r\n"
+        );
+        assert_eq!(
+            conv("VLINKS v a", b"*1\r\n*1\r\n$1\r\nb\r\n"),
+            "*1\r\n*1\r\n$1\r\nb\r\n"
+        );
+        assert_eq!(conv("VLINKS v nope", b"$-1\r\n"), "_\r\n");
     }
 
     #[test]

@@ -113,6 +113,22 @@ pub enum Resp3 {
     Geo,
     /// A bulk string becomes a verbatim string (INFO, CLIENT INFO, CLIENT LIST).
     Verbatim,
+    /// An integer 1 or 0 becomes a boolean (VADD, VREM, VISMEMBER, VSETATTR).
+    Boolean,
+    /// VEMB: the components become doubles; with `RAW`, those after the quantization type
+    /// and the raw blob.
+    VEmb,
+    /// VSIM: with `WITHSCORES` and/or `WITHATTRIBS`, a map of member to its score (a
+    /// double), its attributes, or `[score, attributes]` with both (the flags are read from
+    /// the arguments by `resp3::shape`).
+    VSim {
+        /// `WITHSCORES` is present.
+        scores: bool,
+        /// `WITHATTRIBS` is present.
+        attribs: bool,
+    },
+    /// VLINKS WITHSCORES: each level's flat member/score list becomes a map with doubles.
+    VLinks,
     /// COMMAND and its subcommands, whose replies nest maps and sets: asked of an instance in
     /// RESP3 directly.
     Introspection,

@@ -406,20 +406,36 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     // Vector sets (Redis 8): a module built into the server and always loaded.
     c("vadd", -5, SingleKey, &[key(1)], WRITE)
         .module("VADD")
-        .creates(Creates::Key(1)),
+        .creates(Creates::Key(1))
+        .resp3(Resp3::Boolean),
     c("vcard", 2, SingleKey, &[key(1)], READ).module("VCARD"),
     c("vdim", 2, SingleKey, &[key(1)], READ).module("VDIM"),
-    c("vemb", -3, SingleKey, &[key(1)], READ).module("VEMB"),
+    c("vemb", -3, SingleKey, &[key(1)], READ)
+        .module("VEMB")
+        .resp3(Resp3::VEmb),
     c("vgetattr", 3, SingleKey, &[key(1)], READ).module("VGETATTR"),
     c("vinfo", 2, SingleKey, &[key(1)], READ)
         .module("VINFO")
         .resp3(Resp3::Map),
-    c("vismember", 3, SingleKey, &[key(1)], READ).module("VISMEMBER"),
-    c("vlinks", -3, SingleKey, &[key(1)], READ).module("VLINKS"),
+    c("vismember", 3, SingleKey, &[key(1)], READ)
+        .module("VISMEMBER")
+        .resp3(Resp3::Boolean),
+    c("vlinks", -3, SingleKey, &[key(1)], READ)
+        .module("VLINKS")
+        .resp3(Resp3::VLinks),
     c("vrandmember", -2, SingleKey, &[key(1)], READ).module("VRANDMEMBER"),
-    c("vrem", 3, SingleKey, &[key(1)], WRITE).module("VREM"),
-    c("vsetattr", 4, SingleKey, &[key(1)], WRITE).module("VSETATTR"),
-    c("vsim", -4, SingleKey, &[key(1)], READ).module("VSIM"),
+    c("vrem", 3, SingleKey, &[key(1)], WRITE)
+        .module("VREM")
+        .resp3(Resp3::Boolean),
+    c("vsetattr", 4, SingleKey, &[key(1)], WRITE)
+        .module("VSETATTR")
+        .resp3(Resp3::Boolean),
+    c("vsim", -4, SingleKey, &[key(1)], READ)
+        .module("VSIM")
+        .resp3(Resp3::VSim {
+            scores: false,
+            attribs: false,
+        }),
     c("wait", 3, Refused(REPLICATION), &[], READ),
     c("waitaof", 4, Refused(REPLICATION), &[], READ),
     c("watch", -2, Transaction(T::Watch), &[range(1, -1, 1)], READ),
