@@ -218,6 +218,15 @@ impl Failover {
     pub fn range(&self) -> SlotRange {
         SlotRange::new(self.start, self.end)
     }
+
+    /// Whether a move of `range` of `category` from `from` to `to` gives some of these slots
+    /// back: a failback, from the fallback to the instance that failed.
+    pub fn given_back_by(&self, category: &str, range: SlotRange, from: &str, to: &str) -> bool {
+        self.category == category
+            && self.to == from
+            && self.from == to
+            && self.range().overlaps(&range)
+    }
 }
 
 /// Why a table cannot be used.
@@ -254,6 +263,13 @@ pub enum TableError {
 }
 
 impl RoutingTable {
+    /// Whether `instance` owns a slot of any category.
+    pub fn owns_any(&self, instance: &str) -> bool {
+        self.categories
+            .iter()
+            .any(|c| c.slots.iter().any(|o| o.instance == instance))
+    }
+
     /// A hash of the content, ignoring `version` and the schema: equal content, equal hash.
     pub fn content_hash(&self) -> String {
         let mut unversioned = self.clone();

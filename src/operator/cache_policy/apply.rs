@@ -78,13 +78,10 @@ fn only_restores_failbacks(
         return false;
     };
     next.failover.iter().filter(|f| f.from == name).all(|f| {
-        previous.migrating.iter().any(|m| {
-            m.category == f.category
-                && m.to == f.from
-                && m.from == f.to
-                && m.start <= f.end
-                && f.start <= m.end
-        })
+        previous
+            .migrating
+            .iter()
+            .any(|m| f.given_back_by(&m.category, SlotRange::new(m.start, m.end), &m.from, &m.to))
     })
 }
 

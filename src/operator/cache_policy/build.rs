@@ -461,11 +461,8 @@ fn failovers_in(
             .slots
             .iter()
             .any(|o| o.instance == m.to && o.range.contains(m.start) && o.range.contains(m.end));
-        let legacy = by_name.get(m.from.as_str()).is_some_and(|i| i.drain)
-            && !previous
-                .categories
-                .iter()
-                .any(|c| c.slots.iter().any(|o| o.instance == m.from));
+        let legacy =
+            by_name.get(m.from.as_str()).is_some_and(|i| i.drain) && !previous.owns_any(&m.from);
         if owned_by_target && !legacy {
             out.push(Failover {
                 category: m.category.clone(),

@@ -202,12 +202,9 @@ fn covered(table: &RoutingTable, moves: &[Move]) -> Vec<usize> {
         .iter()
         .enumerate()
         .filter(|(_, f)| {
-            moves.iter().any(|m| {
-                m.category == f.category
-                    && m.to == f.from
-                    && m.from == f.to
-                    && m.range.overlaps(&f.range())
-            })
+            moves
+                .iter()
+                .any(|m| f.given_back_by(&m.category, m.range, &m.from, &m.to))
         })
         .map(|(i, _)| i)
         .collect()
@@ -288,11 +285,7 @@ pub fn legacy_moves(
 ) -> Vec<Move> {
     let mut out = Vec::new();
     for v in views.iter().filter(|v| v.drain && !v.copies_to_free) {
-        let owns_any = table
-            .categories
-            .iter()
-            .any(|c| c.slots.iter().any(|o| o.instance == v.name));
-        if owns_any {
+        if table.owns_any(&v.name) {
             continue;
         }
         for cat in &table.categories {
