@@ -935,6 +935,14 @@ async fn a_draining_source_that_dies_mid_move_serves_none_of_its_old_copies_when
             && r.moves.iter().all(|m| m.from == "secondary")
     })
     .await;
+    // A sidecar whose table stays the migrating one, with connections open to both.
+    let stuck = stuck_sidecar(&table(&shop).await);
+    let mut late = stuck
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: Option<String> = late.get(&keys[0]).await.unwrap();
     let pid = shop.secondary.pid().unwrap();
     signal(pid, "-STOP");
     println!(
@@ -985,6 +993,28 @@ async fn a_draining_source_that_dies_mid_move_serves_none_of_its_old_copies_when
         &ledger.errors[..ledger.errors.len().min(5)]
     );
     signal(pid, "-CONT");
+    // The sidecar that missed the handoff writes keys the secondary still held: the secondary
+    // must not acknowledge them (its copies are dropped), or they must survive.
+    let mut late_writes = Ledger::default();
+    for k in keys.iter().skip(1).step_by(15).take(100) {
+        let write = late_writes.set(&mut late, k, "late");
+        let _ = tokio::time::timeout(Duration::from_secs(10), write).await;
+    }
+    // Every one of them goes to the secondary first (the migrating table's source), which the
+    // handoff fenced: no reply of it may be used.
+    assert!(
+        late_writes.acked.is_empty(),
+        "the stuck sidecar: {} of 100 late writes acknowledged: {:?}",
+        late_writes.acked.len(),
+        late_writes.acked
+    );
+    for (k, v) in late_writes.acked {
+        ledger.acked.insert(k.clone(), v);
+        ledger.maybe.remove(&k);
+    }
+    for (k, vs) in late_writes.maybe {
+        ledger.maybe.entry(k).or_default().extend(vs);
+    }
 
     // It answers again, still draining: writes go on for a while through the sidecar.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

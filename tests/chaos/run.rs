@@ -302,7 +302,7 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Vec<(usize, u64, Wri
             .find(|q| q.instance == p.instance)
             .map_or(p.at, |q| q.at);
         // The table that failed it over: new failover entries from it, or fewer migrations
-        // to or from it (a plan abandoned toward the live side).
+        // to or from it (a plan abandoned toward the live side), or fewer slots it serves.
         let failed_over = |t: &redis_fleet::routing::RoutingTable| {
             t.failover.iter().filter(|f| f.from == p.instance).count()
         };
@@ -312,12 +312,20 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Vec<(usize, u64, Wri
                 .filter(|m| m.from == p.instance || m.to == p.instance)
                 .count()
         };
+        // Or, after the verdict, fewer slots served by it without a failover entry (a
+        // draining instance's ranges handed to their new owner).
+        let served = |t: &redis_fleet::routing::RoutingTable| -> u32 {
+            redis_fleet::operator::cache_policy::build::served_ranges(t)
+                .get(&p.instance)
+                .map_or(0, |ranges| ranges.iter().map(|(_, r)| r.len()).sum())
+        };
         let published = tables
             .windows(2)
             .find(|w| {
                 w[1].at + 2_000_000_000 >= p.at
                     && (failed_over(&w[1].table) > failed_over(&w[0].table)
-                        || migrating(&w[1].table) < migrating(&w[0].table))
+                        || migrating(&w[1].table) < migrating(&w[0].table)
+                        || (w[1].at >= p.at && served(&w[1].table) < served(&w[0].table)))
             })
             .map(|w| (w[1].after, w[1].at));
         // Published between `start` and `stands`.

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::api::FIELD_MANAGER;
 use crate::api::cache_policy::{CachePolicy, config_map_name};
-use crate::api::redis_instance::RedisInstance;
+use crate::api::redis_instance::{InstancePhase, RedisInstance};
 use crate::operator::context::Context;
 use crate::redis::connect::redact;
 use crate::redis::keys::delete_ranges;
@@ -63,6 +63,26 @@ fn newly_failed_over(previous: Option<&RoutingTable>, next: &RoutingTable) -> Ve
     out.sort();
     out.dedup();
     out
+}
+
+/// Unreachable instances that serve ranges in `previous` that `next` routes elsewhere.
+fn handed_off_while_down(
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+    selected: &[Arc<RedisInstance>],
+) -> Vec<String> {
+    let Some(previous) = previous else {
+        return Vec::new();
+    };
+    build::newly_served(Some(next), previous)
+        .into_keys()
+        .filter(|name| {
+            selected.iter().any(|ri| {
+                ri.name_any() == *name
+                    && ri.status.as_ref().and_then(|s| s.phase) == Some(InstancePhase::Unreachable)
+            })
+        })
+        .collect()
 }
 
 /// Whether every failover entry of `name` in `next` gives back the ranges of a failback of
@@ -155,6 +175,16 @@ pub async fn publish_routing(
                     held_back: true,
                     copies_to_free: current.unfreed.instances(),
                 });
+            }
+        }
+        // An unreachable instance whose ranges go elsewhere without failover entries (a
+        // draining instance's to their new owner, a dead move source's to its target) is
+        // failed over all the same: a sidecar that missed this table must not use it when it
+        // answers again.
+        let mut newly = newly;
+        for name in handed_off_while_down(previous, &table, selected) {
+            if !newly.contains(&name) {
+                newly.push(name);
             }
         }
         if !newly.is_empty() {
