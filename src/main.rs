@@ -268,8 +268,8 @@ fn main() -> anyhow::Result<()> {
             install_crypto_provider();
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let (width, color) = (
-                redis_fleet::cli::status::width_from_env(),
-                redis_fleet::cli::status::color_from_env(),
+                redis_fleet::cli::width_from_env(),
+                redis_fleet::cli::color_from_env(),
             );
             let text = runtime.block_on(redis_fleet::cli::status::run(&args, width, color))?;
             std::io::stdout().write_all(text.as_bytes())?;
