@@ -29,7 +29,7 @@ enum Command {
     Rebalance(RebalanceArgs),
     /// Print the CustomResourceDefinitions as YAML (the content of `crds/`).
     Crds,
-    /// The views for people: `status` and `where`.
+    /// The views for people: `status` and `where` (also `kubectl fleet status|where`).
     #[command(flatten)]
     View(redis_fleet::cli::View),
 }
@@ -276,7 +276,15 @@ fn view(view: redis_fleet::cli::View) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Called as `kubectl-fleet` (by kubectl, for `kubectl fleet …`): the views only.
+    if args
+        .first()
+        .is_some_and(|argv0| redis_fleet::cli::invoked_as_plugin(argv0))
+    {
+        return view(redis_fleet::cli::Plugin::parse_from(args).view);
+    }
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::View(v) => view(v),
         Command::Sidecar(args) => {
