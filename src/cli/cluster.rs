@@ -30,7 +30,7 @@ pub enum Error {
     )]
     NoCluster(String),
     /// The file given with `--kubeconfig` cannot be read.
-    #[error("reading the kubeconfig {}: {message}", path.display())]
+    #[error("--kubeconfig {}: {message}", path.display())]
     Kubeconfig {
         /// The file.
         path: PathBuf,
