@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # The redis-fleet image: one static-ish binary (`redis-fleet operator | sidecar | rebalance |
-# crds | status`) on distroless, running as uid 65532.
+# crds | status | where`) on distroless, running as uid 65532.
 #
 # Reproducible build (same sources + same base images => same image digest):
 #   docker buildx build \

@@ -4,6 +4,7 @@
 #   make chaos  seeded faults against the real fleet, every write and read checked (10 × 3 min)
 #   make e2e    the user's install path (image, helm, kubectl) on a real one-node cluster
 #   make demo   the story on a local control plane: routing, rebalance, a third instance, failover
+#   make install  redis-fleet and the kubectl plugin (kubectl-fleet) into ~/.cargo/bin
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -34,6 +35,25 @@ CHAOS_SECONDS ?= 180
 .PHONY: chaos
 chaos: deps control-plane ## seeded faults (Job pods, operator, sidecars killed; Redis stopped; instances added, drained, removed; fills) under writers and readers; a history check of every write, delete, read and TTL (tests/chaos)
 	CHAOS_SEED=$(CHAOS_SEED) CHAOS_SEEDS=$(CHAOS_SEEDS) CHAOS_SECONDS=$(CHAOS_SECONDS) REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) test --locked --test chaos -- --exact chaos --nocapture
+
+# make install: `cargo install` puts redis-fleet in $(INSTALL_ROOT)/bin, and kubectl-fleet beside it
+# is a link to it (the binary is the plugin `kubectl fleet` under that name).
+INSTALL_ROOT ?= $(or $(CARGO_INSTALL_ROOT),$(CARGO_HOME),$(HOME)/.cargo)
+
+.PHONY: install
+install: ## install redis-fleet and the kubectl plugin kubectl-fleet (a link to it) into $(INSTALL_ROOT)/bin
+	$(CARGO) install --locked --path . --root "$(INSTALL_ROOT)"
+	ln -sf redis-fleet "$(INSTALL_ROOT)/bin/kubectl-fleet"
+	@echo "kubectl fleet: $(INSTALL_ROOT)/bin/kubectl-fleet (that directory must be on PATH)"
+
+# make krew KREW_DOWNLOAD_BASE=https://…: the plugin's archive and filled-in krew manifest for a
+# release, in target/krew/ (hack/krew.sh; uploading them is the release's job).
+KREW_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+.PHONY: krew
+krew: ## pack kubectl-fleet for krew and fill plugins/krew/fleet.yaml in (KREW_DOWNLOAD_BASE=<release URL>)
+	@test -n "$(KREW_DOWNLOAD_BASE)" || { echo "make krew: set KREW_DOWNLOAD_BASE to the URL the release's archives go to" >&2; exit 2; }
+	hack/krew.sh "$(KREW_VERSION)" "$(KREW_DOWNLOAD_BASE)"
 
 .PHONY: image
 image: ## build the image localhost/redis-fleet:<version> from the Dockerfile with buildah (root; see hack/e2e/images.sh)

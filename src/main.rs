@@ -29,8 +29,9 @@ enum Command {
     Rebalance(RebalanceArgs),
     /// Print the CustomResourceDefinitions as YAML (the content of `crds/`).
     Crds,
-    /// Show a namespace's fleet or one policy: instances, usage, categories, routing, rebalances.
-    Status(redis_fleet::cli::status::StatusArgs),
+    /// The views for people: `status` and `where` (also `kubectl fleet status|where`).
+    #[command(flatten)]
+    View(redis_fleet::cli::View),
 }
 
 #[derive(Debug, clap::Args)]
@@ -261,20 +262,31 @@ fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A view (`status`, `where`), printed to stdout.
+fn view(view: redis_fleet::cli::View) -> anyhow::Result<()> {
+    install_crypto_provider();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let (width, color) = (
+        redis_fleet::cli::width_from_env(),
+        redis_fleet::cli::color_from_env(),
+    );
+    let text = runtime.block_on(view.run(width, color))?;
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Called as `kubectl-fleet` (by kubectl, for `kubectl fleet …`): the views only.
+    if args
+        .first()
+        .is_some_and(|argv0| redis_fleet::cli::invoked_as_plugin(argv0))
+    {
+        return view(redis_fleet::cli::Plugin::parse_from(args).view);
+    }
+    let cli = Cli::parse_from(args);
     match cli.command {
-        Command::Status(args) => {
-            install_crypto_provider();
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let (width, color) = (
-                redis_fleet::cli::status::width_from_env(),
-                redis_fleet::cli::status::color_from_env(),
-            );
-            let text = runtime.block_on(redis_fleet::cli::status::run(&args, width, color))?;
-            std::io::stdout().write_all(text.as_bytes())?;
-            Ok(())
-        }
+        Command::View(v) => view(v),
         Command::Sidecar(args) => {
             telemetry::init(cli.log_format, "info");
             install_crypto_provider();

@@ -12,7 +12,7 @@ use crate::api::redis_instance::InstancePhase;
 use crate::routing::slots::SLOT_COUNT;
 
 use super::snapshot::*;
-use super::term::*;
+use crate::cli::term::*;
 
 fn phase_style(phase: InstancePhase) -> &'static str {
     match phase {

@@ -28,6 +28,18 @@ pub struct Snapshot {
     pub unselected_instances: Vec<InstanceSnapshot>,
 }
 
+/// The `-A -o json` document: the snapshot of every namespace that has a CachePolicy or a
+/// RedisInstance, by namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllNamespaces {
+    /// Format of this document and of the snapshots in it; see
+    /// [`SCHEMA_VERSION`](super::SCHEMA_VERSION).
+    pub schema_version: u32,
+    /// One snapshot per namespace.
+    pub namespaces: Vec<Snapshot>,
+}
+
 /// One CachePolicy and its fleet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

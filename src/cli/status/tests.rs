@@ -317,3 +317,57 @@ fn json_has_a_schema_version_and_round_trips() {
     let back: Snapshot = serde_json::from_str(&text).unwrap();
     assert_eq!(back, s);
 }
+
+#[test]
+fn all_namespaces_one_after_the_other() {
+    let shop = build("shop", None, &objects(), at(0));
+    let mut objects_of_cafe = objects();
+    objects_of_cafe.instances.truncate(1);
+    let cafe = build("cafe", None, &objects_of_cafe, at(0));
+    let text = render_all(&[cafe.clone(), shop.clone()], 100, false);
+    assert_eq!(
+        text,
+        format!(
+            "{}\n{}",
+            render(&cafe, 100, false),
+            render(&shop, 100, false)
+        )
+    );
+    assert!(
+        text.starts_with("namespace cafe · 1 policy · 1 instance\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nnamespace shop · 1 policy · 4 instances\n"),
+        "{text}"
+    );
+    assert_eq!(
+        render_all(&[], 100, false),
+        "No CachePolicy and no RedisInstance in any namespace.\n"
+    );
+
+    let value: serde_json::Value =
+        serde_json::from_str(&to_json_all(vec![cafe, shop.clone()]).unwrap()).unwrap();
+    assert_eq!(value["schemaVersion"], 1);
+    assert_eq!(value["namespaces"][0]["namespace"], "cafe");
+    assert_eq!(value["namespaces"][1]["namespace"], "shop");
+    let back: Snapshot = serde_json::from_value(value["namespaces"][1].clone()).unwrap();
+    assert_eq!(back, shop);
+}
+
+#[test]
+fn output_that_is_not_a_terminal_is_not_wrapped() {
+    let s = build("shop", None, &objects(), at(0));
+    let narrow = render(&s, 60, false);
+    let unwrapped = render(&s, usize::MAX, false);
+    // The policy header takes one line, not several.
+    let header = |text: &str| {
+        text.lines()
+            .skip_while(|l| !l.starts_with("shop "))
+            .take_while(|l| !l.trim_start().starts_with("INSTANCE"))
+            .count()
+    };
+    assert!(header(&narrow) > 1, "{narrow}");
+    assert_eq!(header(&unwrapped), 1, "{unwrapped}");
+    assert!(unwrapped.lines().count() < narrow.lines().count());
+}

@@ -1,7 +1,9 @@
-//! The terminal kit of `redis-fleet status`: ANSI styles that switch off without a terminal,
-//! aligned table cells, word wrap, labelled blocks, bars and compact number formats.
+//! The terminal kit of the command-line views: where the output goes (the terminal's width,
+//! whether to color), ANSI styles that switch off without a terminal, aligned table cells,
+//! word wrap, labelled blocks, bars and compact number formats.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 
 use jiff::Timestamp;
 
@@ -11,6 +13,62 @@ pub(super) const RED: &str = "31";
 pub(super) const GREEN: &str = "32";
 pub(super) const YELLOW: &str = "33";
 pub(super) const CYAN: &str = "36";
+
+/// Width of a terminal that does not tell its size.
+pub const FALLBACK_WIDTH: usize = 80;
+
+/// Where a view's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// A terminal, `columns` wide when it says (the `TIOCGWINSZ` ioctl).
+    Terminal {
+        /// Its width in columns, if known.
+        columns: Option<u16>,
+    },
+    /// A pipe or a file.
+    Pipe,
+}
+
+impl Output {
+    /// Where stdout goes: a terminal (asked for its size) or not.
+    pub fn stdout() -> Output {
+        let stdout = std::io::stdout();
+        if !stdout.is_terminal() {
+            return Output::Pipe;
+        }
+        Output::Terminal {
+            columns: rustix::termios::tcgetwinsize(&stdout)
+                .ok()
+                .map(|size| size.ws_col),
+        }
+    }
+}
+
+/// The width to fit text in, `None` for no wrapping at all: `COLUMNS` when it is a positive
+/// number (an override, as for other terminal programs), else the terminal's own width, else
+/// [`FALLBACK_WIDTH`] on a terminal that does not say; output that goes to a pipe or a file
+/// is not wrapped (as `kubectl get` does not wrap).
+pub fn width(columns_env: Option<&str>, output: Output) -> Option<usize> {
+    let columns = columns_env
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|w| *w > 0);
+    match (columns, output) {
+        (Some(columns), _) => Some(columns),
+        (None, Output::Terminal { columns: Some(c) }) if c > 0 => Some(usize::from(c)),
+        (None, Output::Terminal { .. }) => Some(FALLBACK_WIDTH),
+        (None, Output::Pipe) => None,
+    }
+}
+
+/// [`width`] for this process's stdout and environment.
+pub fn width_from_env() -> Option<usize> {
+    width(std::env::var("COLUMNS").ok().as_deref(), Output::stdout())
+}
+
+/// Whether to use ANSI colors: stdout is a terminal and `NO_COLOR` is unset or empty.
+pub fn color_from_env() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
 
 /// Indentation of the blocks under a policy header.
 pub(super) const INDENT: usize = 2;
@@ -284,5 +342,27 @@ pub(super) fn progress_bar(percent: f64, cells: usize, p: Painter) -> Cell {
         ),
         width: cells + 2,
         right: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_overrides_the_terminal_and_a_pipe_is_not_wrapped() {
+        let tty = |columns| Output::Terminal { columns };
+        // The terminal's own width, else 80 when it does not say.
+        assert_eq!(width(None, tty(Some(132))), Some(132));
+        assert_eq!(width(None, tty(None)), Some(FALLBACK_WIDTH));
+        assert_eq!(width(None, tty(Some(0))), Some(FALLBACK_WIDTH));
+        // COLUMNS wins wherever the output goes; nonsense in it is ignored.
+        assert_eq!(width(Some("100"), tty(Some(132))), Some(100));
+        assert_eq!(width(Some(" 90 "), Output::Pipe), Some(90));
+        assert_eq!(width(Some("wide"), tty(Some(132))), Some(132));
+        assert_eq!(width(Some("0"), tty(None)), Some(FALLBACK_WIDTH));
+        assert_eq!(width(Some(""), Output::Pipe), None);
+        // A pipe or a file: no wrapping.
+        assert_eq!(width(None, Output::Pipe), None);
     }
 }
