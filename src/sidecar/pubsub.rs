@@ -25,6 +25,10 @@
 //! is queued). Each listener's connection is one subscriber for Redis: `PUBLISH` and
 //! `PUBSUB NUMSUB` count sidecars (and direct subscribers), not application connections.
 //!
+//! The hub also serves client-side caching (`CLIENT TRACKING`, `pubsub/tracking.rs`): while a
+//! client tracks, one more connection per instance hears of every modified key, and the hub
+//! sends each tracking client the invalidations it asked for, through the same queues.
+//!
 //! Delivery to a client goes through a bounded queue; a client that does not read its
 //! messages and lets [`CLIENT_QUEUE`] of them pile up is disconnected, as Redis does with its
 //! pub/sub output buffer limit.

@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 use super::super::backend::open;
 use super::{Hub, KEEPALIVE, State, SubKind, lock};
 use crate::redis::connect::Target;
+use crate::redis::keys::RESERVED_PREFIX;
 use crate::redis::resp::{FrameScanner, Limits, Value, encode_request, parse_value};
 
 /// The channel Redis sends invalidations on (RESP2 redirection).
@@ -244,7 +245,7 @@ impl State {
                 let subscribed = self.subs[SubKind::Channel.index()]
                     .get(CHANNEL)
                     .is_some_and(|s| s.contains(&to));
-                if to == id || !subscribed {
+                if t.config.redirect.is_none() || !subscribed {
                     // A RESP2 client without a subscribed redirection gets nothing, as in Redis.
                     return;
                 }
@@ -444,8 +445,18 @@ async fn listen(
                         }
                         Some(b"message") if channel.is_some_and(|c| c == CHANNEL) => {
                             let keys = match items.get(2) {
+                                // The fleet's own bookkeeping keys are nobody's cache.
                                 Some(Value::Array(keys)) => {
-                                    Some(keys.iter().filter_map(Value::as_bytes).cloned().collect())
+                                    let keys: Vec<Bytes> = keys
+                                        .iter()
+                                        .filter_map(Value::as_bytes)
+                                        .filter(|k| !k.starts_with(RESERVED_PREFIX))
+                                        .cloned()
+                                        .collect();
+                                    if keys.is_empty() {
+                                        continue;
+                                    }
+                                    Some(keys)
                                 }
                                 _ => None,
                             };
@@ -478,5 +489,44 @@ async fn listen(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(bytes: &[u8]) -> Value {
+        let (value, used) = parse_value(bytes, &Limits::replies()).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        value
+    }
+
+    #[test]
+    fn invalidations_in_both_protocols() {
+        let keys = [Bytes::from_static(b"k"), Bytes::from_static(b"")];
+        assert_eq!(
+            decoded(&invalidation(true, Some(&keys))),
+            Value::Push(vec![
+                Value::Bulk(Bytes::from_static(b"invalidate")),
+                Value::Array(keys.iter().cloned().map(Value::Bulk).collect()),
+            ])
+        );
+        assert_eq!(
+            decoded(&invalidation(true, None)),
+            Value::Push(vec![
+                Value::Bulk(Bytes::from_static(b"invalidate")),
+                Value::Null
+            ])
+        );
+        assert_eq!(
+            decoded(&invalidation(false, None)),
+            Value::Array(vec![
+                Value::Bulk(Bytes::from_static(b"message")),
+                Value::Bulk(Bytes::from_static(CHANNEL)),
+                Value::Null,
+            ])
+        );
+        assert!(matches!(decoded(&redirect_broken(7)), Value::Push(v) if v.len() == 2));
     }
 }
