@@ -25,6 +25,10 @@
 //! is queued). Each listener's connection is one subscriber for Redis: `PUBLISH` and
 //! `PUBSUB NUMSUB` count sidecars (and direct subscribers), not application connections.
 //!
+//! The hub also serves client-side caching (`CLIENT TRACKING`, `pubsub/tracking.rs`): while a
+//! client tracks, one more connection per instance hears of every modified key, and the hub
+//! sends each tracking client the invalidations it asked for, through the same queues.
+//!
 //! Delivery to a client goes through a bounded queue; a client that does not read its
 //! messages and lets [`CLIENT_QUEUE`] of them pile up is disconnected, as Redis does with its
 //! pub/sub output buffer limit.
@@ -44,6 +48,9 @@ use super::router::Router;
 use crate::redis::connect::Target;
 use crate::redis::resp::{FrameScanner, Limits, Value, encode_request, parse_value};
 use crate::routing::slots::crc16;
+
+mod tracking;
+pub use tracking::{CHANNEL as INVALIDATE_CHANNEL, MAX_TRACKED_KEYS, TrackConfig, invalidation};
 
 /// How long a shard channel stays subscribed on an instance that no longer carries it.
 pub const LINGER: Duration = Duration::from_secs(30);
@@ -142,6 +149,11 @@ struct State {
     /// Shard channel → the instances it is subscribed on (carriers and lingering ones).
     shard_on: HashMap<Bytes, HashMap<String, Option<Instant>>>,
     router: Option<Arc<Router>>,
+    /// Clients with tracking on (`tracking.rs`).
+    tracking: HashMap<u64, tracking::Tracked>,
+    /// One invalidation connection per instance while a client tracks.
+    trackers: HashMap<String, tracking::Conn>,
+    me: Weak<Hub>,
 }
 
 #[derive(Debug)]
@@ -172,7 +184,10 @@ impl Hub {
     /// An empty hub.
     pub fn new() -> Arc<Hub> {
         Arc::new_cyclic(|me| Hub {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                me: me.clone(),
+                ..State::default()
+            }),
             me: me.clone(),
         })
     }
@@ -236,7 +251,9 @@ impl Hub {
         for (kind, names) in SubKind::ALL.into_iter().zip(subscribed) {
             self.unsubscribe(id, kind, &names);
         }
-        lock(&self.state).sinks.remove(&id);
+        let mut state = lock(&self.state);
+        state.sinks.remove(&id);
+        state.forget_tracking(id);
     }
 
     /// The instance a `PUBLISH` on `channel` goes to: by the channel's hash among the
@@ -265,7 +282,12 @@ impl Hub {
             state.expire_lingering();
             return;
         }
+        // A key may be served by another instance now: tracking clients start over.
+        if state.router.is_some() {
+            state.flush_tracking();
+        }
         state.router = Some(router.clone());
+        state.keep_trackers();
         let mut keep = HashSet::new();
         for backend in &router.backends {
             let name = backend.name().to_owned();
@@ -344,36 +366,42 @@ impl Hub {
     /// Hands a message frame (RESP2, as the instance sent it) to the subscribers of `name`.
     fn deliver(&self, kind: SubKind, name: &[u8], frame: &Bytes) {
         let mut state = lock(&self.state);
-        let mut overflowed = Vec::new();
-        {
-            let State { subs, sinks, .. } = &*state;
-            let Some(subscribers) = subs[kind.index()].get(name) else {
-                return;
+        let Some(subscribers) = state.subs[kind.index()].get(name) else {
+            return;
+        };
+        let ids: Vec<u64> = subscribers.iter().copied().collect();
+        let mut resp3: Option<Bytes> = None;
+        for id in ids {
+            let Some(sink) = state.sinks.get(&id) else {
+                continue;
             };
-            let mut resp3: Option<Bytes> = None;
-            for id in subscribers {
-                let Some(sink) = sinks.get(id) else { continue };
-                let bytes = if sink.resp3.load(Ordering::Relaxed) {
-                    resp3.get_or_insert_with(|| as_push(frame)).clone()
-                } else {
-                    frame.clone()
-                };
-                if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send(bytes) {
-                    overflowed.push(*id);
-                }
-            }
+            let bytes = if sink.resp3.load(Ordering::Relaxed) {
+                resp3.get_or_insert_with(|| as_push(frame)).clone()
+            } else {
+                frame.clone()
+            };
+            state.send(id, bytes);
         }
-        for id in overflowed {
+    }
+}
+
+impl State {
+    /// Queues `bytes` for client `id`; a client whose queue is full is dropped.
+    fn send(&mut self, id: u64, bytes: Bytes) {
+        let Some(sink) = self.sinks.get(&id) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send(bytes) {
             warn!(
                 client = id,
                 "pub/sub client does not read its messages: dropping it"
             );
             // Dropping the sender ends the client's inbox: its connection closes once what
-            // it was sent is written. Its subscriptions end now.
-            state.sinks.remove(&id);
+            // it was sent is written. Its subscriptions and tracking end now.
+            self.sinks.remove(&id);
             for kind in SubKind::ALL {
                 let mut gone = Vec::new();
-                state.subs[kind.index()].retain(|name, subscribers| {
+                self.subs[kind.index()].retain(|name, subscribers| {
                     subscribers.remove(&id);
                     let empty = subscribers.is_empty();
                     if empty {
@@ -381,13 +409,12 @@ impl Hub {
                     }
                     !empty
                 });
-                state.remove(kind, gone);
+                self.remove(kind, gone);
             }
+            self.forget_tracking(id);
         }
     }
-}
 
-impl State {
     /// Asks the listeners to subscribe to `names`; the acknowledgements to wait for.
     fn add(&mut self, kind: SubKind, names: Vec<Bytes>) -> Vec<oneshot::Receiver<()>> {
         let mut acks = Vec::new();

@@ -315,6 +315,16 @@ pub enum LocalCommand {
     ClientList,
     /// `CLIENT REPLY ON|OFF|SKIP`.
     ClientReply,
+    /// `CLIENT TRACKING ON|OFF [REDIRECT id] [PREFIX p]... [BCAST] [OPTIN] [OPTOUT]`:
+    /// client-side caching through the sidecar's invalidation connections
+    /// (`sidecar/pubsub/tracking.rs`).
+    ClientTracking,
+    /// `CLIENT CACHING YES|NO` (OPTIN / OPTOUT tracking).
+    ClientCaching,
+    /// `CLIENT GETREDIR`.
+    ClientGetRedir,
+    /// `CLIENT TRACKINGINFO`.
+    ClientTrackingInfo,
 }
 
 /// Pub/Sub commands.

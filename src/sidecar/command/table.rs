@@ -21,7 +21,6 @@ const ADMIN: &str =
 const ONE_DB: &str = "the fleet has a single database, 0";
 const CLUSTER: &str = "the sidecar presents a standalone Redis, not a Redis Cluster";
 const REPLICATION: &str = "replication and failover are managed by the redis-fleet operator";
-const TRACKING: &str = "client-side caching (tracking) is not supported by the sidecar";
 const FUNCTION: &str =
     "load functions on each instance directly; FCALL and FCALL_RO work once they are there";
 const UNSUPPORTED: &str = "not supported by the sidecar";
@@ -533,10 +532,10 @@ static PUBSUB_SUBCOMMANDS: &[CommandSpec] = &[
 ];
 
 static CLIENT_SUBCOMMANDS: &[CommandSpec] = &[
-    c("client|caching", 3, Refused(TRACKING), &[], READ),
+    c("client|caching", 3, Local(L::ClientCaching), &[], READ),
     c("client|capa", -3, Local(L::ClientCapa), &[], READ),
     c("client|getname", 2, Local(L::ClientGetName), &[], READ),
-    c("client|getredir", 2, Refused(TRACKING), &[], READ),
+    c("client|getredir", 2, Local(L::ClientGetRedir), &[], READ),
     c("client|help", 2, Local(L::Help), &[], READ),
     c("client|id", 2, Local(L::ClientId), &[], READ),
     c("client|import-source", 3, Refused(ADMIN), &[], READ),
@@ -549,8 +548,15 @@ static CLIENT_SUBCOMMANDS: &[CommandSpec] = &[
     c("client|reply", 3, Local(L::ClientReply), &[], READ),
     c("client|setinfo", 4, Local(L::ClientSetInfo), &[], READ),
     c("client|setname", 3, Local(L::ClientSetName), &[], READ),
-    c("client|tracking", -3, Refused(TRACKING), &[], READ),
-    c("client|trackinginfo", 2, Refused(TRACKING), &[], READ),
+    c("client|tracking", -3, Local(L::ClientTracking), &[], READ),
+    c(
+        "client|trackinginfo",
+        2,
+        Local(L::ClientTrackingInfo),
+        &[],
+        READ,
+    )
+    .resp3(Resp3::Map),
     c("client|unblock", -3, Refused(ADMIN), &[], READ),
     c("client|unpause", 2, Refused(ADMIN), &[], READ),
 ];

@@ -12,6 +12,10 @@ use super::super::command::LocalCommand;
 use super::{Client, Pending, backend_reply, encode, error_reply, lost, wire};
 use crate::redis::resp::{Frame, Limits, Request, encode_request, parse_value};
 
+/// The Redis version the sidecar presents (HELLO, INFO): 7.4, the first whose clients use
+/// client-side caching (redis-py and Jedis require it), which the sidecar serves itself.
+const REDIS_VERSION: &str = "7.4.0";
+
 impl Client {
     pub(super) async fn local(&mut self, l: LocalCommand, request: &Request) -> Pending {
         let args = &request.args;
@@ -36,6 +40,7 @@ impl Client {
                 self.name = None;
                 self.protocol.reset();
                 self.pubsub.clear();
+                self.tracking.reset();
                 Pending::Ready(Bytes::from_static(b"+RESET\r\n"))
             }
             LocalCommand::Auth => self.auth(args.last()),
@@ -72,6 +77,10 @@ impl Client {
                     if self.protocol.resp3 { 3 } else { 2 },
                 )))))
             }
+            LocalCommand::ClientTracking
+            | LocalCommand::ClientCaching
+            | LocalCommand::ClientGetRedir
+            | LocalCommand::ClientTrackingInfo => self.tracking_command(l, args).await,
             LocalCommand::ClientReply => match args.get(2).map(|a| a.to_ascii_uppercase()) {
                 Some(v) if v == b"ON" => ok(),
                 _ => Pending::Ready(error_reply(
@@ -174,7 +183,10 @@ impl Client {
         let field = |k: &'static str, v: Frame| [Frame::Bulk(Bytes::from_static(k.as_bytes())), v];
         let mut items = Vec::new();
         items.extend(field("server", Frame::Bulk(Bytes::from_static(b"redis"))));
-        items.extend(field("version", Frame::Bulk(Bytes::from_static(b"7.0.0"))));
+        items.extend(field(
+            "version",
+            Frame::Bulk(Bytes::from_static(REDIS_VERSION.as_bytes())),
+        ));
         items.extend(field("proto", Frame::Integer(if resp3 { 3 } else { 2 })));
         items.extend(field("id", Frame::Integer(self.id as i64)));
         items.extend(field(
@@ -196,7 +208,7 @@ impl Client {
             .as_ref()
             .map_or(0, |r| r.backends.iter().filter(|b| b.is_up()).count());
         format!(
-            "# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\nserver_name:redis-fleet-sidecar\r\n\
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nserver_name:redis-fleet-sidecar\r\n\
              sidecar_version:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Keyspace\r\n\r\n\
              # Fleet\r\nrouting_version:{version}\r\ninstances:{instances}\r\ninstances_up:{up}\r\n",
             env!("CARGO_PKG_VERSION"),

@@ -23,6 +23,7 @@ mod local;
 mod protocol;
 mod pubsub;
 mod scan;
+mod tracking;
 mod transaction;
 
 use arc_swap::ArcSwapOption;
@@ -375,6 +376,8 @@ struct Client {
     protocol: protocol::Protocol,
     /// Pub/Sub subscriptions (`pubsub.rs`).
     pubsub: pubsub::Subscriptions,
+    /// Client-side caching (`tracking.rs`).
+    tracking: tracking::Tracking,
 }
 
 fn now_ms() -> u64 {
@@ -415,6 +418,7 @@ impl Client {
             sample: (id as u32).wrapping_mul(2_654_435_761) | 1,
             protocol: protocol::Protocol::default(),
             pubsub,
+            tracking: tracking::Tracking::default(),
         }
     }
 
@@ -435,7 +439,15 @@ impl Client {
         let shape = self
             .protocol
             .shape(&request.args, self.transaction.is_some());
+        // `CLIENT CACHING` applies to the next command only: which one this is.
+        let head: Option<Vec<Bytes>> = self
+            .tracking
+            .on()
+            .then(|| request.args.iter().take(2).cloned().collect());
         let pending = self.handle_request(request).await;
+        if let Some(head) = head {
+            self.caching_done(&head);
+        }
         self.protocol.wrap(pending, shape)
     }
 
@@ -470,6 +482,8 @@ impl Client {
         if let Some(refused) = self.pubsub_gate(spec, &request) {
             return refused;
         }
+        // Client-side caching: a read's keys are remembered before it is sent.
+        self.remember_reads(spec, &resolved.keys, &request);
         // Application scripts go to the instances wrapped (`scripts.rs`).
         let request = if spec.kind == Kind::Script {
             match super::scripts::rewrite(&self.shared.scripts, &request.args) {

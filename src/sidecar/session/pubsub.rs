@@ -58,6 +58,14 @@ impl Subscriptions {
         }
     }
 
+    /// The client's message queue, created if it has none yet (tracking sends invalidations
+    /// through it).
+    pub(super) fn ensure_inbox(&mut self, resp3: bool) {
+        if self.inbox.is_none() {
+            self.inbox = Some(self.hub.inbox(self.id, resp3));
+        }
+    }
+
     /// Every subscription dropped (RESET).
     pub(super) fn clear(&mut self) {
         let names = std::mem::take(&mut self.names);
