@@ -97,6 +97,12 @@ struct OperatorArgs {
     /// interval writes per second.
     #[arg(long, default_value = "5m", value_parser = parse_duration, env = "REDIS_FLEET_STATUS_REFRESH")]
     status_refresh: std::time::Duration,
+    /// How long the data of a Secret a RedisInstance references is used before it is read
+    /// again (by name: the operator neither lists nor watches Secrets). A rotated password is
+    /// noticed within this period plus one probe interval; N referenced Secrets cost about
+    /// N / this period GETs per second.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "REDIS_FLEET_SECRET_REREAD")]
+    secret_reread: std::time::Duration,
     /// Schema of the routing tables published: 2 (compact, gzip'ed in the ConfigMap's
     /// binaryData) or 1 (plain JSON, for sidecars and Jobs older than 0.2 during an upgrade;
     /// it stops fitting a ConfigMap near 1 400 instances × 200 categories).
@@ -344,6 +350,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 status_refresh: args.status_refresh,
                 routing_schema: args.routing_schema,
+                secret_reread: args.secret_reread,
                 leader_election: args.leader_election.then_some(
                     redis_fleet::operator::leader::ElectionConfig {
                         lease_name: args.lease_name,

@@ -16,11 +16,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, PostParams};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use redis_fleet::api::cache_policy::{CachePolicy, credentials_secret_name};
+use redis_fleet::api::redis_instance::{InstancePhase, RedisInstance};
 use serde_json::Value;
-use support::ControlPlane;
 use support::control_plane::{kubernetes_version, project_root};
+use support::operator::Operator;
+use support::{ControlPlane, RedisOptions, RedisServer, wait_for};
 
 const RELEASE: &str = "redis-fleet";
 
@@ -227,9 +232,8 @@ fn operator_permissions() -> BTreeSet<String> {
         "redisfleet.io/redisinstances/status:patch",
         "redisfleet.io/cachepolicies/status:get",
         "redisfleet.io/cachepolicies/status:patch",
+        // Secrets by name only: list or watch would read every Secret in scope.
         "/secrets:get",
-        "/secrets:list",
-        "/secrets:watch",
         "/secrets:create",
         // The policies' credentials Secrets, by server-side apply.
         "/secrets:patch",
@@ -1738,7 +1742,6 @@ async fn installed_rbac_allows_what_the_operator_needs_and_no_more() {
                 ("patch", "redisinstances.redisfleet.io:status"),
                 ("patch", "cachepolicies.redisfleet.io:status"),
                 ("get", "secrets"),
-                ("watch", "secrets"),
                 ("create", "secrets"),
                 ("patch", "secrets"),
                 ("patch", "configmaps"),
@@ -1749,6 +1752,8 @@ async fn installed_rbac_allows_what_the_operator_needs_and_no_more() {
                 expect(op, verb, resource, watched, true);
             }
             for (verb, resource) in [
+                ("list", "secrets"),
+                ("watch", "secrets"),
                 ("update", "secrets"),
                 ("delete", "secrets"),
                 ("delete", "redisinstances.redisfleet.io"),
@@ -1809,6 +1814,8 @@ async fn installed_rbac_allows_what_the_operator_needs_and_no_more() {
         let op = (ns.as_str(), "redis-fleet");
         let rb = (ns.as_str(), "redis-fleet-rebalance");
         assert!(can_i(cp, op, "get", "secrets", &elsewhere));
+        assert!(!can_i(cp, op, "list", "secrets", &elsewhere));
+        assert!(!can_i(cp, op, "watch", "secrets", &elsewhere));
         assert!(can_i(
             cp,
             op,
@@ -1822,6 +1829,221 @@ async fn installed_rbac_allows_what_the_operator_needs_and_no_more() {
         assert!(can_i(cp, rb, "get", "secrets", &elsewhere));
         assert!(!can_i(cp, rb, "list", "secrets", &elsewhere));
     });
+}
+
+/// A Secret of `data` (string values) named `name`.
+fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "stringData": data.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<std::collections::BTreeMap<_, _>>(),
+    }))
+    .unwrap()
+}
+
+fn phase(ri: &RedisInstance) -> Option<InstancePhase> {
+    ri.status.as_ref().and_then(|s| s.phase)
+}
+
+fn reason(ri: &RedisInstance, type_: &str) -> Option<String> {
+    ri.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| c.reason.clone())
+}
+
+/// The operator run as the chart's ServiceAccount (a token for it, no admin rights), bound to
+/// the chart's namespaced Role: it may get Secrets but not list or watch them, and still reads
+/// an instance's password from its Secret, picks a rotated one up by re-reading it on its
+/// timer, and writes a CachePolicy's credentials Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_works_under_the_chart_role_reading_secrets_by_name_only() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    cp.install_crds(&client).await;
+    let watched = cp.namespace(&client, "secrets-by-name").await;
+    let ns = cp.namespace(&client, "rbac-secrets").await;
+    let mut install = helm();
+    install
+        .args(["install", RELEASE])
+        .arg(chart_dir())
+        .args(["--namespace", &ns, "--skip-crds"])
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .arg("--values")
+        .arg(chart_dir().join("ci/namespaced-values.yaml"))
+        .args(["--set", &format!("watchNamespaces={{{watched}}}")]);
+    succeed(install);
+
+    let op = (ns.as_str(), "redis-fleet");
+    for verb in ["list", "watch"] {
+        assert!(
+            !can_i(cp, op, verb, "secrets", &watched),
+            "{verb} secrets is denied"
+        );
+    }
+    assert!(can_i(cp, op, "get", "secrets", &watched));
+
+    // A token of the chart's ServiceAccount: the operator has the chart's rights, no more.
+    let mut create_token = cp.kubectl();
+    create_token.args(["create", "token", "redis-fleet", "-n", &ns, "--duration=2h"]);
+    let token = succeed(create_token);
+    let kubeconfig = cp.kubeconfig_with_token(&format!("{ns}.kubeconfig"), token.trim());
+
+    let password = "first-pass-5150";
+    let rotated = "rotated-pass-8086";
+    let server = RedisServer::start(RedisOptions {
+        maxmemory: 30 * 1024 * 1024,
+        password: Some(rotated.into()),
+        ..RedisOptions::default()
+    });
+    let out = server
+        .cli()
+        .args([
+            "ACL",
+            "SETUSER",
+            "app",
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "+@all",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &watched);
+    let pp = PostParams::default();
+    secrets
+        .create(
+            &pp,
+            &secret("acl", &[("username", "app"), ("password", password)]),
+        )
+        .await
+        .unwrap();
+    // Not yet the server's password: rotated below.
+    secrets
+        .create(&pp, &secret("rotating", &[("password", password)]))
+        .await
+        .unwrap();
+
+    // As the chart's Deployment runs it (rebalance Jobs in the release namespace), with a
+    // short re-read period so the rotation is seen quickly.
+    let jobs_namespace = format!("--rebalance-namespace={ns}");
+    let mut operator = Operator::launch(
+        &support::redis_fleet_binary(),
+        &kubeconfig,
+        &watched,
+        &[
+            "--secret-reread=2s",
+            &jobs_namespace,
+            "--rebalance-service-account=redis-fleet-rebalance",
+        ],
+        "info,redis_fleet=debug",
+    );
+    let instances: Api<RedisInstance> = Api::namespaced(client.clone(), &watched);
+    let health = serde_json::json!({"interval": "1s", "timeout": "500ms", "failureThreshold": 2, "recoveryThreshold": 1});
+    for (name, external) in [
+        (
+            "acl-user",
+            serde_json::json!({"host": "127.0.0.1", "port": server.port,
+                "usernameSecretRef": {"name": "acl", "key": "username"},
+                "passwordSecretRef": {"name": "acl", "key": "password"}}),
+        ),
+        (
+            "rotating",
+            serde_json::json!({"host": "127.0.0.1", "port": server.port,
+                "passwordSecretRef": {"name": "rotating", "key": "password"}}),
+        ),
+    ] {
+        let ri: RedisInstance = serde_json::from_value(serde_json::json!({
+            "apiVersion": "redisfleet.io/v1alpha1",
+            "kind": "RedisInstance",
+            "metadata": {"name": name},
+            "spec": {"external": external, "health": health},
+        }))
+        .unwrap();
+        instances.create(&pp, &ri).await.unwrap();
+    }
+    let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &watched);
+    let policy: CachePolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "redisfleet.io/v1alpha1",
+        "kind": "CachePolicy",
+        "metadata": {"name": "shop"},
+        "spec": {"categories": [{"name": "auth", "keyPrefixes": ["auth:"]}]},
+    }))
+    .unwrap();
+    let policy = policies.create(&pp, &policy).await.unwrap();
+
+    let timeout = Duration::from_secs(30);
+    wait_for(&instances, "acl-user", timeout, "Ready", |ri| {
+        phase(ri) == Some(InstancePhase::Ready)
+    })
+    .await;
+    wait_for(
+        &instances,
+        "rotating",
+        timeout,
+        "AuthenticationFailed",
+        |ri| reason(ri, "Reachable").as_deref() == Some("AuthenticationFailed"),
+    )
+    .await;
+    // The policy's credentials Secret, created under the role (create + patch, no list).
+    let credentials = credentials_secret_name(&policy);
+    let holds = |s: &Secret, key: &str, value: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .is_some_and(|v| v.0 == value.as_bytes())
+    };
+    wait_for(
+        &secrets,
+        &credentials,
+        timeout,
+        "the ACL password copied",
+        |s| holds(s, "acl.password", password),
+    )
+    .await;
+
+    // Rotation: no watch tells the operator; its timed re-read does.
+    let patch = serde_json::json!({"stringData": {"password": rotated}});
+    secrets
+        .patch("rotating", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for(
+        &instances,
+        "rotating",
+        timeout,
+        "Ready after rotation",
+        |ri| phase(ri) == Some(InstancePhase::Ready),
+    )
+    .await;
+    wait_for(
+        &secrets,
+        &credentials,
+        timeout,
+        "the rotated password copied",
+        |s| holds(s, "rotating.password", rotated),
+    )
+    .await;
+
+    let logs = operator.logs();
+    assert!(operator.is_running(), "{}", operator.log_tail(40));
+    assert!(
+        !logs.contains("forbidden") && !logs.contains("Forbidden"),
+        "the operator asked for something the role does not grant:\n{}",
+        operator.log_tail(40)
+    );
+    for value in [password, rotated] {
+        assert!(!logs.contains(value), "a password leaked into the logs");
+    }
+    operator.terminate(Duration::from_secs(10));
+
+    let mut uninstall = helm();
+    uninstall
+        .args(["uninstall", RELEASE, "--namespace", &ns, "--wait"])
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig);
+    succeed(uninstall);
 }
 
 // ---------------------------------------------------------------------------------------------

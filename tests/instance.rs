@@ -181,7 +181,8 @@ async fn credentials_from_secrets_wrong_password_and_rotation() {
     .await;
     let wrong = "wrong-pass-9876";
     create_secret(&secrets, "rotating", &[("password", wrong)]).await;
-    let mut operator = Operator::start(cp, &ns);
+    // Secrets are read again on a timer, not watched: a short period for the rotation below.
+    let mut operator = Operator::start_with(cp, &ns, &["--secret-reread=2s"]);
     let api: Api<RedisInstance> = Api::namespaced(client.clone(), &ns);
     let health = json!({"interval": "1s", "timeout": "500ms", "failureThreshold": 2, "recoveryThreshold": 1});
     create_instance(
@@ -244,7 +245,8 @@ async fn credentials_from_secrets_wrong_password_and_rotation() {
         }
     }
 
-    // Rotate the Secret: the instance recovers without restarting anything.
+    // Rotate the Secret: the instance recovers without restarting anything, once the operator
+    // reads the Secret again (--secret-reread).
     let pid = operator.pid();
     let patch = json!({"stringData": {"password": admin_password}});
     secrets

@@ -32,15 +32,14 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::runtime::{Controller, WatchStreamExt, predicates};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -79,6 +78,8 @@ pub struct Config {
     pub status_refresh: Duration,
     /// Schema of the routing tables published (see [`crate::routing::encoding`]).
     pub routing_schema: u32,
+    /// How long a Secret's data is used before it is read again ([`secrets`]).
+    pub secret_reread: Duration,
 }
 
 /// Why the operator stopped.
@@ -253,18 +254,13 @@ async fn run_scope(
             .reflect(all_instances_writer),
     );
 
-    let (secret_reader, secret_writer) = reflector::store();
-    let secrets = watcher(api::<PartialObjectMeta<Secret>>(&client, ns), wc.clone())
-        .default_backoff()
-        .modify(slim)
-        .reflect(secret_writer)
-        .touched_objects();
-
+    // Secrets are read by name and re-read on a timer ([`secrets`]), never listed or watched:
+    // no Secret change wakes a reconcile; the instances' probe requeues pick rotations up.
     let shared = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
         recorder,
-        SecretReader::new(client.clone(), secret_reader),
+        SecretReader::new(client.clone(), config.secret_reread),
         policy_reader.clone(),
         all_instances.clone(),
     ));
@@ -309,20 +305,12 @@ async fn run_scope(
         .reflect(instance_writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
-    let by_secret = instance_reader.clone();
     let instance_ctx = Arc::new(InstanceContext::new(shared.clone(), config.status_refresh));
     // Probes in flight at once: each takes a round trip (or its timeout, when the instance is
     // down); bounding them keeps memory and API bursts flat when 1 000 instances start.
     let instance_controller = Controller::for_stream(instances, instance_reader.clone())
         .with_config(controller::Config::default().concurrency(INSTANCE_CONCURRENCY))
         .owns(api::<StatefulSet>(&client, ns), owned_wc)
-        .watches_stream(secrets, move |secret| {
-            instances_referencing(
-                &by_secret,
-                &secret.namespace().unwrap_or_default(),
-                &secret.name_any(),
-            )
-        })
         .graceful_shutdown_on(stopped(stop.clone()))
         .run(
             redis_instance::reconcile,
@@ -445,41 +433,10 @@ where
     });
 }
 
-/// Instances whose spec references the Secret `name` in `namespace`.
-fn instances_referencing(
-    store: &reflector::Store<RedisInstance>,
-    namespace: &str,
-    name: &str,
-) -> Vec<ObjectRef<RedisInstance>> {
-    store
-        .state()
-        .iter()
-        .filter(|ri| ri.namespace().as_deref() == Some(namespace))
-        .filter(|ri| referenced_secrets(ri).iter().any(|s| s == name))
-        .map(|ri| ObjectRef::from_obj(ri.as_ref()))
-        .collect()
-}
-
-/// Names of the Secrets an instance reads.
-pub fn referenced_secrets(ri: &RedisInstance) -> Vec<String> {
-    let mut names = Vec::new();
-    if let Some(e) = &ri.spec.external {
-        names.extend(e.username_secret_ref.iter().map(|r| r.name.clone()));
-        names.extend(e.password_secret_ref.iter().map(|r| r.name.clone()));
-        if let Some(tls) = &e.tls {
-            names.extend(tls.ca_secret_ref.iter().map(|r| r.name.clone()));
-        }
-    }
-    if let Some(m) = &ri.spec.managed {
-        names.push(crate::api::redis_instance::password_ref(&ri.name_any(), m).name);
-    }
-    names
-}
-
 /// Drops what the operator never reads from an object before it is cached: the field managers
 /// (often the largest part of a small object's metadata) and the copy `kubectl apply` keeps of
-/// the last applied manifest. At 1 000 RedisInstances (cached twice) and every Secret of the
-/// scope, that is most of the caches.
+/// the last applied manifest. At 1 000 RedisInstances (cached twice), that is most of the
+/// caches.
 fn slim<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
     if let Some(annotations) = object.meta_mut().annotations.as_mut() {

@@ -269,6 +269,18 @@ impl ControlPlane {
         cmd
     }
 
+    /// A kubeconfig authenticating with `token` (e.g. a ServiceAccount's, from
+    /// `kubectl create token`), written next to the admin's as `<file name>`.
+    pub fn kubeconfig_with_token(&self, file_name: &str, token: &str) -> PathBuf {
+        let path = self.dir.join(file_name);
+        std::fs::write(
+            &path,
+            kubeconfig_yaml(&self.server, &self.dir.join("pki/ca.crt"), token),
+        )
+        .expect("writing a kubeconfig");
+        path
+    }
+
     /// Creates a namespace named `<prefix>-<random>` and returns its name.
     pub async fn namespace(&self, client: &Client, prefix: &str) -> String {
         let name = format!("{prefix}-{:08x}", rand_u32());

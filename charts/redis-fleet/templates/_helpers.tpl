@@ -126,15 +126,18 @@ namespace and are granted there only (see role-local.yaml).
 - apiGroups: ["redisfleet.io"]
   resources: ["redisinstances/status", "cachepolicies/status"]
   verbs: ["get", "patch"]
-# Credentials referenced by RedisInstances (read at probe time, watched for rotation), the
-# generated password Secrets of managed instances, and each CachePolicy's credentials Secret
-# (<routing ConfigMap>-credentials, the copy sidecars mount), written by server-side apply:
-# create and patch are what that needs. RBAC cannot name Secrets that do not exist yet, so
-# patch is not limited by name. No update, no delete (the policy owns its Secret: garbage
-# collection removes it).
+# Secrets: get by name, never list or watch. RBAC cannot limit list/watch to some Secrets (not
+# by label), and a list returns values, so either would be read access to every Secret here.
+# The operator gets the Secrets RedisInstances reference and reads them again every
+# --secret-reread (30s): a rotated password is noticed within that period plus a probe
+# interval. It writes the generated password Secrets of managed instances and each
+# CachePolicy's credentials Secret (<routing ConfigMap>-credentials, the copy sidecars mount)
+# by server-side apply: create and patch are what that needs. RBAC cannot name Secrets that do
+# not exist yet, so get and patch are not limited by name. No update, no delete (the policy
+# owns its Secret: garbage collection removes it).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "create", "patch"]
 # Routing tables (ConfigMaps), and what a managed Redis consists of: its redis.conf ConfigMap,
 # Service and StatefulSet, all owned by their RedisInstance.
 - apiGroups: [""]

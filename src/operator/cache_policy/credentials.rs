@@ -111,9 +111,11 @@ pub async fn sync(
     if previous.as_ref() == Some(&next.data) {
         return Ok(());
     }
-    apply(ctx, policy, namespace, &name, next.data)
+    apply(ctx, policy, namespace, &name, next.data.clone())
         .await
         .map_err(failed)?;
+    // Not read back until the re-read period ends: what was applied is what it holds.
+    ctx.secrets.wrote(namespace, &name, next.data);
     info!(secret = %name, keys = wanted.len(), "updated the credentials Secret");
     Ok(())
 }
