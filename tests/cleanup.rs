@@ -296,3 +296,58 @@ async fn a_deleted_policy_takes_its_jobs_from_another_namespace() {
         "another policy's Job stays"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instance_holds_the_deletion_two_minutes_at_most() {
+    use k8s_openapi::api::events::v1::Event;
+
+    let mut shop = shop("deadline").await;
+    let ns = shop.ns.clone();
+    let policy = format!("{ns}/shop");
+    wait_until(Duration::from_secs(30), "a routing table", || async {
+        table_instances(&shop).await.len() == 2
+    })
+    .await;
+    seed(&shop.primary, &ns).await;
+    shop.secondary.kill();
+
+    let deleted = Instant::now();
+    shop.policies
+        .delete("shop", &Default::default())
+        .await
+        .unwrap();
+    // The reachable instance is cleaned at once; the policy waits for the dead one.
+    wait_until(
+        Duration::from_secs(30),
+        "the policy's keys gone from primary",
+        || async { of_policy(&keys(&shop.primary).await, &policy).is_empty() },
+    )
+    .await;
+    let held = shop.policies.get_opt("shop").await.unwrap();
+    assert!(
+        held.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+        "the finalizer holds the policy while an instance does not answer"
+    );
+    wait_until(
+        Duration::from_secs(180),
+        "the policy is gone after the deadline",
+        || async { shop.policies.get_opt("shop").await.unwrap().is_none() },
+    )
+    .await;
+    let took = deleted.elapsed();
+    assert!(took >= Duration::from_secs(100), "gone after {took:?}");
+    let events: kube::Api<Event> = kube::Api::namespaced(shop.policies.clone().into_client(), &ns);
+    let events = events.list(&Default::default()).await.unwrap();
+    let warning = events
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("CleanupIncomplete"))
+        .expect("a CleanupIncomplete Event");
+    let note = warning.note.clone().unwrap_or_default();
+    assert!(note.contains("secondary"), "{note}");
+    assert!(
+        !note.contains("change-me"),
+        "no secret in the Event: {note}"
+    );
+    untouched(&keys(&shop.primary).await, &ns);
+}
