@@ -118,7 +118,8 @@ per namespace otherwise). Rebalance Jobs, their pods and the leader Lease live i
 namespace and are granted there only (see role-local.yaml).
 */}}
 {{- define "redis-fleet.operatorRules" -}}
-# The resources it reconciles: read and watch; patch for its annotations and finalizers.
+# The resources it reconciles: read and watch; patch for its annotations and the CachePolicy
+# finalizer redisfleet.io/cleanup (a JSON patch of metadata.finalizers: no update).
 - apiGroups: ["redisfleet.io"]
   resources: ["redisinstances", "cachepolicies"]
   verbs: ["get", "list", "watch", "patch"]

@@ -14,9 +14,13 @@
 //!    ([`job`] builds its manifest);
 //! 5. [`status`]: the status (pure), metrics, and the status write when it changed materially
 //!    or the last one is older than the refresh interval ([`status::write_decision`]).
+//!
+//! Around it, the finalizer of [`cleanup`]: a deleted policy's Jobs and `redisfleet:` keys go
+//! before it does; instances that leave a live policy lose its keys after step 3.
 
 pub mod apply;
 pub mod build;
+pub mod cleanup;
 pub mod credentials;
 pub mod fences;
 pub mod fetch;
@@ -32,8 +36,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, finalizer};
 use tracing::{debug, warn};
 
+use crate::api::RedisInstance;
 use crate::api::cache_policy::{CachePolicy, config_map_name};
 
 use super::context::Context;
@@ -89,6 +95,12 @@ pub enum Error {
     /// Creating or reading a rebalance Job failed.
     #[error("rebalance Job: {0}")]
     Rebalance(#[source] kube::Error),
+    /// A deleted policy's cleanup is not finished (retried until the deadline).
+    #[error("cleanup of a deleted policy unfinished: {0}")]
+    Cleanup(String),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
 }
 
 error_variants!(Error {
@@ -98,6 +110,8 @@ error_variants!(Error {
     Purge,
     WriteStatus,
     Rebalance,
+    Cleanup,
+    Finalizer,
 });
 
 /// What the CachePolicy controller shares and remembers between reconciles.
@@ -112,6 +126,9 @@ pub struct PolicyContext {
     usage: Mutex<UsageHistory>,
     /// When this process last wrote each policy's status.
     written: Mutex<HashMap<String, Instant>>,
+    /// The instances each policy selected at its last reconcile: a deleted RedisInstance can
+    /// still be reached to remove the policy's keys.
+    selected: Mutex<HashMap<String, Vec<Arc<RedisInstance>>>>,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.
@@ -139,6 +156,7 @@ impl PolicyContext {
             samples: SampleCache::default(),
             usage: Mutex::new(UsageHistory::default()),
             written: Mutex::new(HashMap::new()),
+            selected: Mutex::new(HashMap::new()),
             status_refresh,
             routing_schema,
             started: Instant::now(),
@@ -154,6 +172,39 @@ impl PolicyContext {
     fn wrote(&self, key: &str) {
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         written.insert(key.to_owned(), Instant::now());
+    }
+
+    /// Remembers the instances policy `key` selects now.
+    fn remember(&self, key: &str, selected: &[Arc<RedisInstance>]) {
+        let mut remembered = self.selected.lock().unwrap_or_else(|e| e.into_inner());
+        remembered.insert(key.to_owned(), selected.to_vec());
+    }
+
+    /// Instance `name` as policy `key` last selected it.
+    fn remembered(&self, key: &str, name: &str) -> Option<Arc<RedisInstance>> {
+        let remembered = self.selected.lock().unwrap_or_else(|e| e.into_inner());
+        remembered
+            .get(key)?
+            .iter()
+            .find(|ri| ri.name_any() == name)
+            .cloned()
+    }
+
+    /// Names of the instances policy `key` last selected.
+    fn remembered_names(&self, key: &str) -> Vec<String> {
+        let remembered = self.selected.lock().unwrap_or_else(|e| e.into_inner());
+        remembered
+            .get(key)
+            .map(|v| v.iter().map(|ri| ri.name_any()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets what this process remembers of deleted policy `key`.
+    fn forget(&self, key: &str) {
+        let mut remembered = self.selected.lock().unwrap_or_else(|e| e.into_inner());
+        remembered.remove(key);
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.remove(key);
     }
 
     /// Records the memory of `views` for growth estimates.
@@ -174,11 +225,29 @@ impl PolicyContext {
     }
 }
 
-/// Reconciles one CachePolicy.
+/// Reconciles one CachePolicy: under the finalizer [`cleanup::FINALIZER`], the pipeline while
+/// it lives, [`cleanup::on_delete`] once it is deleted.
 #[tracing::instrument(skip_all, fields(policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
 pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {
+    let _timer = ctx.shared.metrics.reconcile_timer(CONTROLLER);
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let api: kube::Api<CachePolicy> = kube::Api::namespaced(ctx.shared.client.clone(), &namespace);
+    finalizer(&api, cleanup::FINALIZER, policy, |event| async {
+        match event {
+            finalizer::Event::Apply(policy) => reconcile_live(policy, &ctx).await,
+            finalizer::Event::Cleanup(policy) => cleanup::on_delete(policy, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// The pipeline of a live policy.
+async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result<Action, Error> {
     let shared = &ctx.shared;
-    let _timer = shared.metrics.reconcile_timer(CONTROLLER);
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
     let name = policy.name_any();
 
@@ -202,15 +271,9 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
     let rebalance_on = policy.spec.balancing.rebalance.enabled;
     let mut rb = policy.status.as_ref().and_then(|s| s.rebalance.clone());
     if rebalance_on {
-        rb = rebalance::abandon_dead_ends(
-            &ctx,
-            &policy,
-            rb,
-            &views,
-            &selected,
-            previous_version + 1,
-        )
-        .await?;
+        rb =
+            rebalance::abandon_dead_ends(ctx, &policy, rb, &views, &selected, previous_version + 1)
+                .await?;
     }
 
     // Build, then apply.
@@ -266,6 +329,15 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
     if let Some(t) = &published {
         apply::fence_returning_instances(shared, &namespace, &selected, t).await;
     }
+    // Instances a table no longer names since this reconcile lose the policy's keys.
+    if let (Some(before), Some(now)) = (&previous, &published) {
+        let names = selected.iter().map(|ri| ri.name_any()).collect();
+        let left = cleanup::departed(before, &names, now);
+        if !left.is_empty() {
+            cleanup::clean_departed(ctx, &namespace, &key, &left).await;
+        }
+    }
+    ctx.remember(&key, &selected);
 
     // Rebalance: samples (memory per category, sidecar heartbeats), then rebalance Jobs. An
     // instance whose memory moved a point since its sample is sampled again, so planning
@@ -287,7 +359,7 @@ pub async fn reconcile(policy: Arc<CachePolicy>, ctx: Arc<PolicyContext>) -> Res
     };
     debug!(categories = ?sample.category_bytes, sidecars = sample.sidecars.len(), "sampled");
     if rebalance_on && let (Some(table), Some(desired)) = (&published, &desired) {
-        rb = rebalance::drive(&ctx, &policy, rb, table, desired, &views, &sample).await?;
+        rb = rebalance::drive(ctx, &policy, rb, table, desired, &views, &sample).await?;
         debug!(rebalance = ?rb.as_ref().map(|r| (&r.phase, r.plan_id, &r.job)), "rebalance driven");
     }
 
@@ -343,5 +415,8 @@ pub fn error_policy(policy: Arc<CachePolicy>, error: &Error, ctx: Arc<PolicyCont
     ctx.shared
         .metrics
         .reconcile_error(CONTROLLER, error.variant());
+    if matches!(error, Error::Cleanup(_)) {
+        return Action::requeue(cleanup::CLEANUP_RETRY);
+    }
     Action::requeue(Duration::from_secs(2))
 }

@@ -69,6 +69,38 @@ pub fn mover_token(plan: u64, attempt: u32) -> u64 {
         .saturating_add(u64::from(attempt.min(65_535)))
 }
 
+/// Prefix of the scan checkpoints a rebalance Job of `policy` keeps
+/// (`redisfleet:checkpoint:<policy>:<plan>:…`, written by the Job's copy step).
+pub fn checkpoint_prefix(policy: &str) -> String {
+    format!("redisfleet:checkpoint:{policy}:")
+}
+
+/// The keys of `policy` with fixed names, on each instance it uses: fences, sidecar
+/// heartbeats and versions, the mover token and the urgent queue.
+pub fn policy_keys(policy: &str) -> Vec<String> {
+    vec![
+        fences(policy),
+        sidecars(policy),
+        sidecar_versions(policy),
+        mover(policy),
+        urgent(policy),
+    ]
+}
+
+/// SCAN MATCH patterns of the other keys of `policy`: importing markers and the Jobs' scan
+/// checkpoints. Each ends with `<policy>:*`, so it matches no other policy's keys (names hold
+/// no `:`) and, under the reserved prefix, no application key. Tombstones and restore
+/// temporaries are named after application keys, not policies: they are not among these.
+pub fn policy_key_patterns(policy: &str) -> Vec<Vec<u8>> {
+    [
+        format!("redisfleet:importing:{policy}:"),
+        checkpoint_prefix(policy),
+    ]
+    .iter()
+    .map(|p| crate::redis::keys::prefix_pattern(p.as_bytes()))
+    .collect()
+}
+
 /// Prefix of the names of sidecar connections.
 pub const CONNECTION_PREFIX: &str = "redisfleet:";
 
@@ -107,6 +139,44 @@ mod tests {
         assert_eq!(parse_connection_name(&n), Some(("a/b", 7)));
         assert_eq!(parse_connection_name("redisfleet-operator"), None);
         assert_eq!(parse_connection_name("redisfleet:a/b:x:vNaN"), None);
+    }
+
+    #[test]
+    fn policy_keys_are_the_policys_own_and_nobody_elses() {
+        let m = Migration {
+            epoch: 3,
+            category: "user".into(),
+            start: 0,
+            end: 99,
+            from: "x".into(),
+            to: "y".into(),
+        };
+        let own = [
+            fences("a/b"),
+            sidecars("a/b"),
+            sidecar_versions("a/b"),
+            mover("a/b"),
+            urgent("a/b"),
+        ];
+        assert_eq!(policy_keys("a/b"), own);
+        let patterns = policy_key_patterns("a/b");
+        let matches = |key: &str| {
+            patterns.iter().any(|p| {
+                let prefix = p.strip_suffix(b"*").unwrap();
+                key.as_bytes().starts_with(prefix)
+            })
+        };
+        assert!(matches(&importing("a/b", &m)));
+        assert!(matches("redisfleet:checkpoint:a/b:7:user:0-99:x:y"));
+        // Another policy whose name extends this one's, and application keys, never match.
+        assert!(!matches(&importing("a/bc", &m)));
+        assert!(!matches("redisfleet:checkpoint:a/bc:7:user:0-99:x:y"));
+        assert!(!matches("importing:a/b:1"));
+        assert!(!matches(&String::from_utf8_lossy(&tomb(b"a/b:1"))));
+        assert!(policy_keys("a/bc").iter().all(|k| !own.contains(k)));
+        for p in &patterns {
+            assert!(p.starts_with(crate::redis::keys::RESERVED_PREFIX));
+        }
     }
 
     #[test]

@@ -1,0 +1,382 @@
+//! Cleanup: what a policy leaves behind goes with it.
+//!
+//! - A deleted CachePolicy is held by the finalizer [`FINALIZER`] until its rebalance Jobs are
+//!   deleted (a Job in another namespace than the policy cannot be owned by it, so garbage
+//!   collection would never remove it) and its own `redisfleet:` keys — fences, heartbeats,
+//!   the mover token, the urgent queue, importing markers, the Jobs' scan checkpoints
+//!   ([`names::policy_keys`], [`names::policy_key_patterns`]) — are removed from every instance
+//!   its last routing table names or it selects. Best effort with a bound: an unreachable
+//!   instance is retried, and [`CLEANUP_DEADLINE`] after the deletion the finalizer goes
+//!   anyway, with a Warning Event naming what was left. Deleting a policy never hangs.
+//! - An instance that leaves a live policy (no longer selected, or its RedisInstance deleted)
+//!   loses that policy's keys once a table without it is published ([`departed`], pure), if
+//!   it answers; logged, never retried.
+//!
+//! Application keys are never touched, nor another policy's: exact names, or SCAN MATCH on
+//! patterns that end with `<policy>:`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use redis::aio::MultiplexedConnection;
+use tracing::{info, warn};
+
+use crate::api::cache_policy::{CachePolicy, config_map_name};
+use crate::api::redis_instance::RedisInstance;
+use crate::redis::keys::RESERVED_PREFIX;
+use crate::redis::protocol::names;
+use crate::routing::table::RoutingTable;
+
+use super::job::{COMPONENT_LABEL, JobSettings, POLICY_LABEL, POLICY_NAMESPACE_LABEL};
+use super::{Error, PolicyContext, fences, fetch};
+
+/// The finalizer on CachePolicies.
+pub const FINALIZER: &str = "redisfleet.io/cleanup";
+
+/// How long after its deletion a policy waits for unreachable instances before its finalizer
+/// is removed anyway.
+pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How often an unfinished cleanup is tried again.
+pub const CLEANUP_RETRY: Duration = Duration::from_secs(10);
+
+/// How long the keys of one instance may take to remove.
+const INSTANCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SCAN page size.
+const SCAN_COUNT: usize = 1000;
+
+/// Instances the previous table named that are neither selected nor in the table published
+/// now: they left the policy.
+pub fn departed(
+    previous: &RoutingTable,
+    selected: &BTreeSet<String>,
+    published: &RoutingTable,
+) -> Vec<String> {
+    previous
+        .instances
+        .keys()
+        .filter(|n| !selected.contains(*n) && !published.instances.contains_key(*n))
+        .cloned()
+        .collect()
+}
+
+/// Instances a deleted policy's keys are removed from: those its last table names and those
+/// it selects (the ConfigMap may already be garbage-collected).
+pub fn to_clean(table: Option<&RoutingTable>, selected: &BTreeSet<String>) -> BTreeSet<String> {
+    table
+        .into_iter()
+        .flat_map(|t| t.instances.keys().cloned())
+        .chain(selected.iter().cloned())
+        .collect()
+}
+
+/// Whether the cleanup of a policy deleted at `deleted` should give up at `now`.
+pub fn past_deadline(deleted: Option<Timestamp>, now: Timestamp) -> bool {
+    deleted.is_some_and(|d| {
+        now.duration_since(d)
+            .try_into()
+            .is_ok_and(|elapsed: Duration| elapsed >= CLEANUP_DEADLINE)
+    })
+}
+
+/// The label selector of `namespace/name`'s rebalance Jobs.
+pub fn jobs_selector(namespace: &str, name: &str) -> String {
+    format!(
+        "{}={},{POLICY_LABEL}={name},{POLICY_NAMESPACE_LABEL}={namespace}",
+        COMPONENT_LABEL.0, COMPONENT_LABEL.1
+    )
+}
+
+/// Removes `policy`'s own keys from one instance: UNLINK of the fixed names, SCAN MATCH +
+/// UNLINK for the others. How many were removed.
+pub async fn remove_policy_keys(
+    conn: &mut MultiplexedConnection,
+    policy: &str,
+) -> redis::RedisResult<u64> {
+    let mut removed: u64 = redis::cmd("UNLINK")
+        .arg(names::policy_keys(policy))
+        .query_async(conn)
+        .await?;
+    for pattern in names::policy_key_patterns(policy) {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(conn)
+                .await?;
+            let keys: Vec<Vec<u8>> = keys
+                .into_iter()
+                .filter(|k| k.starts_with(RESERVED_PREFIX))
+                .collect();
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(conn).await?;
+                removed += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(removed)
+}
+
+/// Why an instance's keys were not removed.
+#[derive(Debug)]
+enum Unclean {
+    /// Its RedisInstance is gone and this process does not remember it: nothing to connect
+    /// to, and trying again will not change that.
+    Unknown,
+    /// It did not answer, or failed (credentials redacted): worth another try.
+    Failed(String),
+}
+
+/// The RedisInstance `name` of `namespace`: from the cache, else as the policy last selected
+/// it (a deleted one).
+fn instance(
+    ctx: &PolicyContext,
+    namespace: &str,
+    policy: &str,
+    name: &str,
+) -> Option<Arc<RedisInstance>> {
+    ctx.shared
+        .instances
+        .get(&ObjectRef::new(name).within(namespace))
+        .or_else(|| ctx.remembered(policy, name))
+}
+
+/// Removes `policy`'s keys from instance `name`.
+async fn clean_instance(
+    ctx: &PolicyContext,
+    namespace: &str,
+    policy: &str,
+    name: &str,
+) -> Result<u64, Unclean> {
+    let ri = instance(ctx, namespace, policy, name).ok_or(Unclean::Unknown)?;
+    let attempt = async {
+        let mut conn = fences::connect(&ctx.shared, namespace, &ri).await?;
+        remove_policy_keys(&mut conn, policy)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let result = match tokio::time::timeout(INSTANCE_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {INSTANCE_TIMEOUT:?}")),
+    };
+    result.map_err(|e| {
+        ctx.shared
+            .connections
+            .drop_connection(&ObjectRef::from_obj(&*ri));
+        Unclean::Failed(e)
+    })
+}
+
+/// Removes the keys of policy `key` from the instances that left it (best effort, logged).
+pub async fn clean_departed(ctx: &PolicyContext, namespace: &str, key: &str, left: &[String]) {
+    for name in left {
+        match clean_instance(ctx, namespace, key, name).await {
+            Ok(removed) => {
+                info!(instance = %name, removed, "removed the policy's keys from an instance that left it");
+            }
+            Err(Unclean::Unknown) => {
+                info!(instance = %name, "an instance left the policy; its RedisInstance is gone, its keys of the policy stay");
+            }
+            Err(Unclean::Failed(e)) => {
+                warn!(instance = %name, error = %e, "could not remove the policy's keys from an instance that left it");
+            }
+        }
+    }
+}
+
+/// Deletes the rebalance Jobs of policy `namespace/name` (their pods go with them).
+async fn delete_jobs(
+    ctx: &PolicyContext,
+    settings: &JobSettings,
+    namespace: &str,
+    name: &str,
+) -> Result<usize, kube::Error> {
+    let job_namespace = settings.namespace.as_deref().unwrap_or(namespace);
+    let api: Api<Job> = Api::namespaced(ctx.shared.client.clone(), job_namespace);
+    let jobs = api
+        .list_metadata(&ListParams::default().labels(&jobs_selector(namespace, name)))
+        .await?;
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    let mut deleted = 0;
+    for job in jobs.items {
+        match api.delete(&job.name_any(), &params).await {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+/// The finalizer's cleanup of a deleted policy: `Ok` lets the finalizer go, an error keeps it
+/// (retried after [`CLEANUP_RETRY`]).
+pub async fn on_delete(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result<Action, Error> {
+    let shared = &ctx.shared;
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let name = policy.name_any();
+    let key = format!("{namespace}/{name}");
+    let mut left = Vec::new();
+
+    // Jobs first: a running one could write its keys again.
+    match delete_jobs(ctx, &ctx.jobs, &namespace, &name).await {
+        Ok(n) if n > 0 => info!(policy = %key, jobs = n, "deleted the policy's rebalance Jobs"),
+        Ok(_) => {}
+        Err(e) => left.push(format!("rebalance Jobs ({e})")),
+    }
+
+    let cm_api = Api::namespaced(shared.client.clone(), &namespace);
+    let table = match fetch::read_published(&cm_api, &config_map_name(&policy)).await {
+        Ok(current) => current.table,
+        Err(e) => {
+            warn!(policy = %key, error = %e, "cleanup: reading the last routing table failed");
+            None
+        }
+    };
+    let selected: BTreeSet<String> = fetch::selected_instances(shared, &policy, &namespace)
+        .iter()
+        .map(|ri| ri.name_any())
+        .chain(ctx.remembered_names(&key))
+        .collect();
+    let mut unknown = Vec::new();
+    for instance in to_clean(table.as_ref(), &selected) {
+        match clean_instance(ctx, &namespace, &key, &instance).await {
+            Ok(removed) => {
+                info!(policy = %key, %instance, removed, "removed the deleted policy's keys");
+            }
+            Err(Unclean::Unknown) => unknown.push(instance),
+            Err(Unclean::Failed(e)) => left.push(format!("keys on {instance} ({e})")),
+        }
+    }
+    if !unknown.is_empty() {
+        left.push(format!(
+            "keys on {} (RedisInstance gone)",
+            unknown.join(", ")
+        ));
+    }
+    let retryable = left.len() > usize::from(!unknown.is_empty());
+    let deleted = policy.metadata.deletion_timestamp.as_ref().map(|t| t.0);
+    if retryable && !past_deadline(deleted, Timestamp::now()) {
+        return Err(Error::Cleanup(left.join("; ")));
+    }
+    if !left.is_empty() {
+        let note = format!(
+            "finalizer {FINALIZER} removed; left behind: {}",
+            left.join("; ")
+        );
+        warn!(policy = %key, left = %left.join("; "), "cleanup incomplete: removing the finalizer anyway");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "CleanupIncomplete".to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Cleanup".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = shared
+            .recorder
+            .publish(&event, &policy.object_ref(&()))
+            .await
+        {
+            warn!(error = %e, "recording an event failed");
+        }
+    }
+    ctx.forget(&key);
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::table::InstanceEndpoint;
+
+    fn table(names: &[&str]) -> RoutingTable {
+        RoutingTable {
+            schema_version: 1,
+            version: 1,
+            policy: "apps/shop".into(),
+            instances: names
+                .iter()
+                .map(|n| {
+                    let endpoint = InstanceEndpoint {
+                        host: format!("{n}.apps"),
+                        port: 6379,
+                        tls: None,
+                        username_secret: None,
+                        password_secret: None,
+                    };
+                    ((*n).to_owned(), endpoint)
+                })
+                .collect(),
+            categories: Vec::new(),
+            migrating: Vec::new(),
+            failover: Vec::new(),
+            placement_bases: Vec::new(),
+            strategy: None,
+        }
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn instances_that_left_are_those_neither_selected_nor_published() {
+        let previous = table(&["a", "b", "c"]);
+        // c deselected (or deleted) and no longer published: it left.
+        assert_eq!(
+            departed(&previous, &set(&["a", "b"]), &table(&["a", "b"])),
+            ["c"]
+        );
+        // Still published (the new table could not drop it yet): it has not left.
+        assert!(departed(&previous, &set(&["a", "b"]), &table(&["a", "b", "c"])).is_empty());
+        // Selected again: not left. Nothing changed: nothing left.
+        assert!(departed(&previous, &set(&["a", "b", "c"]), &table(&["a", "b"])).is_empty());
+        assert!(departed(&previous, &set(&["a", "b", "c"]), &previous).is_empty());
+    }
+
+    #[test]
+    fn a_deleted_policy_is_cleaned_on_its_table_and_its_selection() {
+        assert_eq!(
+            to_clean(Some(&table(&["a", "b"])), &set(&["b", "c"])),
+            set(&["a", "b", "c"])
+        );
+        assert_eq!(to_clean(None, &set(&["c"])), set(&["c"]));
+    }
+
+    #[test]
+    fn the_cleanup_gives_up_after_its_deadline() {
+        let deleted: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let soon: Timestamp = "2026-01-01T00:01:59Z".parse().unwrap();
+        let late: Timestamp = "2026-01-01T00:02:00Z".parse().unwrap();
+        assert!(!past_deadline(Some(deleted), soon));
+        assert!(past_deadline(Some(deleted), late));
+        assert!(!past_deadline(None, late));
+    }
+
+    #[test]
+    fn the_jobs_selector_names_the_policy_and_its_namespace() {
+        assert_eq!(
+            jobs_selector("apps", "shop"),
+            "app.kubernetes.io/component=rebalance,redisfleet.io/policy=shop,redisfleet.io/policy-namespace=apps"
+        );
+    }
+}

@@ -1,0 +1,353 @@
+//! Cleanup against a real kube-apiserver and real redis-servers: a deleted CachePolicy's own
+//! `redisfleet:` keys go from its instances (the finalizer), then the policy itself; an
+//! instance that leaves a live policy loses that policy's keys; a deleted policy's rebalance
+//! Jobs in another namespace (which it cannot own) go with it. Application keys, other policies' keys and Jobs
+//! stay.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kube::api::{Patch, PatchParams};
+use redis_fleet::routing::config_map::table_of;
+use support::ControlPlane;
+use support::RedisServer;
+use support::shop::{Shop, example, kubectl_apply, server_with_password, shop, shop_configured};
+use support::sidecar::Sidecar;
+
+const ROUTING: &str = "shop-redis-routing";
+
+async fn conn(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn keys(server: &RedisServer) -> Vec<String> {
+    let mut c = conn(server).await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// Keys of policy `policy` (`<namespace>/<name>`) among `keys`.
+fn of_policy(keys: &[String], policy: &str) -> Vec<String> {
+    keys.iter()
+        .filter(|k| k.starts_with("redisfleet:"))
+        .filter(|k| k.ends_with(&format!(":{policy}")) || k.contains(&format!(":{policy}:")))
+        .cloned()
+        .collect()
+}
+
+async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < timeout, "{what} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Instances the published table names.
+async fn table_instances(shop: &Shop) -> Vec<String> {
+    let Some(cm) = shop.configmaps.get_opt(ROUTING).await.unwrap() else {
+        return Vec::new();
+    };
+    table_of(&cm)
+        .and_then(Result::ok)
+        .map(|t| t.instances.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Writes application keys, another policy's keys and some of `policy`'s own keys that only a
+/// SCAN finds (an importing marker, a Job's checkpoint).
+async fn seed(server: &RedisServer, ns: &str) {
+    let mut c = conn(server).await;
+    let policy = format!("{ns}/shop");
+    let pairs = [
+        "user:1".to_owned(),
+        "order:7".to_owned(),
+        format!("app:{policy}:x"),
+        format!("redisfleet:sidecars:{ns}/shop2"),
+        format!("redisfleet:importing:{ns}/shop2:1:user:0-9"),
+        format!("redisfleet:importing:{policy}:3:user:0-99"),
+        format!("redisfleet:checkpoint:{policy}:2:user:0-99:primary:secondary"),
+    ];
+    for k in &pairs {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg("v")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+}
+
+fn untouched(keys: &[String], ns: &str) {
+    for k in [
+        "user:1".to_owned(),
+        "order:7".to_owned(),
+        format!("app:{ns}/shop:x"),
+        format!("redisfleet:sidecars:{ns}/shop2"),
+        format!("redisfleet:importing:{ns}/shop2:1:user:0-9"),
+    ] {
+        assert!(keys.contains(&k), "{k} must stay: {keys:?}");
+    }
+}
+
+/// Starts a sidecar and waits until it has written heartbeats of `shop` into every server.
+async fn heartbeats(shop: &Shop, servers: &[&RedisServer]) -> Sidecar {
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, ROUTING, "app-1");
+    let key = format!("redisfleet:sidecars:{}/shop", shop.ns);
+    for server in servers {
+        wait_until(Duration::from_secs(30), "sidecar heartbeats", || async {
+            keys(server).await.contains(&key)
+        })
+        .await;
+    }
+    sidecar
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_policy_takes_its_keys_and_leaves_the_applications() {
+    let shop = shop("cleanup").await;
+    let ns = shop.ns.clone();
+    let policy = format!("{ns}/shop");
+    wait_until(Duration::from_secs(30), "a routing table", || async {
+        table_instances(&shop).await.len() == 2
+    })
+    .await;
+    let p = shop.policies.get("shop").await.unwrap();
+    assert!(
+        p.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"redisfleet.io/cleanup".to_owned()),
+        "the policy carries the cleanup finalizer"
+    );
+    let mut sidecar = heartbeats(&shop, &[&shop.primary, &shop.secondary]).await;
+    // The applications have gone (their sidecars with them) before the policy is deleted.
+    sidecar.kill();
+    for server in [&shop.primary, &shop.secondary] {
+        seed(server, &ns).await;
+        assert!(of_policy(&keys(server).await, &policy).len() >= 3);
+    }
+
+    shop.policies
+        .delete("shop", &Default::default())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(60), "the policy is gone", || async {
+        shop.policies.get_opt("shop").await.unwrap().is_none()
+    })
+    .await;
+    for server in [&shop.primary, &shop.secondary] {
+        let keys = keys(server).await;
+        assert_eq!(of_policy(&keys, &policy), Vec::<String>::new(), "{keys:?}");
+        untouched(&keys, &ns);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_leaves_the_policy_loses_its_keys() {
+    let shop = shop("leave").await;
+    let ns = shop.ns.clone();
+    let policy = format!("{ns}/shop");
+    let tertiary = server_with_password("change-me-tertiary");
+    let yaml = example(
+        "third-instance.yaml",
+        &[("redis-tertiary.example.com", &tertiary)],
+    );
+    let out = kubectl_apply(shop.cp, &ns, &yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(30), "tertiary in the table", || async {
+        table_instances(&shop).await.len() == 3
+    })
+    .await;
+    let mut sidecar = heartbeats(&shop, &[&shop.primary, &tertiary]).await;
+    sidecar.kill();
+    seed(&tertiary, &ns).await;
+    seed(&shop.primary, &ns).await;
+    assert!(of_policy(&keys(&tertiary).await, &policy).len() >= 3);
+
+    // Deselected: the label the policy selects on goes.
+    let patch = serde_json::json!({
+        "metadata": {"labels": {"app.kubernetes.io/part-of": null}}
+    });
+    shop.instances
+        .patch("tertiary", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "tertiary out of the table",
+        || async {
+            !table_instances(&shop)
+                .await
+                .contains(&"tertiary".to_owned())
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the policy's keys gone from tertiary",
+        || async { of_policy(&keys(&tertiary).await, &policy).is_empty() },
+    )
+    .await;
+    untouched(&keys(&tertiary).await, &ns);
+    // The instances still in the policy keep its keys.
+    let marker = format!("redisfleet:importing:{policy}:3:user:0-99");
+    let primary = keys(&shop.primary).await;
+    assert!(
+        primary.contains(&marker),
+        "primary keeps the policy's keys: {primary:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_policy_takes_its_jobs_from_another_namespace() {
+    use k8s_openapi::api::batch::v1::Job;
+    use redis_fleet::operator::cache_policy::job::{self, JobSettings};
+
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let jobs_ns = cp.namespace(&client, "jobs").await;
+    let shop = shop_configured(
+        "elsewhere",
+        |p| p.replace("      enabled: true\n", "      enabled: false\n"),
+        &["--rebalance-namespace", &jobs_ns],
+    )
+    .await;
+    wait_until(Duration::from_secs(30), "a routing table", || async {
+        table_instances(&shop).await.len() == 2
+    })
+    .await;
+    let policy = shop.policies.get("shop").await.unwrap();
+    let settings = JobSettings {
+        namespace: Some(jobs_ns.clone()),
+        ..JobSettings::default()
+    };
+    let jobs: kube::Api<Job> = kube::Api::namespaced(client, &jobs_ns);
+    // The policy's Job (suspended: no pod), and one of a policy of the same name elsewhere.
+    let mut own = job::build(&policy, 1, 1, &settings);
+    let mut other = job::build(&policy, 1, 2, &settings);
+    other.metadata.name = Some("other-rebalance-1-2".into());
+    for (j, ns) in [
+        (&mut own, shop.ns.as_str()),
+        (&mut other, "another-namespace"),
+    ] {
+        j.spec.as_mut().unwrap().suspend = Some(true);
+        j.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(job::POLICY_NAMESPACE_LABEL.into(), ns.into());
+        j.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(job::POLICY_NAMESPACE_LABEL.into(), ns.into());
+        jobs.create(&Default::default(), j).await.unwrap();
+    }
+    assert!(
+        own.metadata.owner_references.is_none(),
+        "not owned: GC cannot remove it"
+    );
+
+    shop.policies
+        .delete("shop", &Default::default())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(60), "the policy is gone", || async {
+        shop.policies.get_opt("shop").await.unwrap().is_none()
+    })
+    .await;
+    let own_name = own.metadata.name.clone().unwrap();
+    wait_until(Duration::from_secs(30), "its Job is gone", || async {
+        jobs.get_opt(&own_name)
+            .await
+            .unwrap()
+            .is_none_or(|j| j.metadata.deletion_timestamp.is_some())
+    })
+    .await;
+    let other = jobs.get("other-rebalance-1-2").await.unwrap();
+    assert!(
+        other.metadata.deletion_timestamp.is_none(),
+        "another policy's Job stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instance_holds_the_deletion_two_minutes_at_most() {
+    use k8s_openapi::api::events::v1::Event;
+
+    let mut shop = shop("deadline").await;
+    let ns = shop.ns.clone();
+    let policy = format!("{ns}/shop");
+    wait_until(Duration::from_secs(30), "a routing table", || async {
+        table_instances(&shop).await.len() == 2
+    })
+    .await;
+    seed(&shop.primary, &ns).await;
+    shop.secondary.kill();
+
+    let deleted = Instant::now();
+    shop.policies
+        .delete("shop", &Default::default())
+        .await
+        .unwrap();
+    // The reachable instance is cleaned at once; the policy waits for the dead one.
+    wait_until(
+        Duration::from_secs(30),
+        "the policy's keys gone from primary",
+        || async { of_policy(&keys(&shop.primary).await, &policy).is_empty() },
+    )
+    .await;
+    let held = shop.policies.get_opt("shop").await.unwrap();
+    assert!(
+        held.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+        "the finalizer holds the policy while an instance does not answer"
+    );
+    wait_until(
+        Duration::from_secs(180),
+        "the policy is gone after the deadline",
+        || async { shop.policies.get_opt("shop").await.unwrap().is_none() },
+    )
+    .await;
+    let took = deleted.elapsed();
+    assert!(took >= Duration::from_secs(100), "gone after {took:?}");
+    let events: kube::Api<Event> = kube::Api::namespaced(shop.policies.clone().into_client(), &ns);
+    let events = events.list(&Default::default()).await.unwrap();
+    let warning = events
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("CleanupIncomplete"))
+        .expect("a CleanupIncomplete Event");
+    let note = warning.note.clone().unwrap_or_default();
+    assert!(note.contains("secondary"), "{note}");
+    assert!(
+        !note.contains("change-me"),
+        "no secret in the Event: {note}"
+    );
+    untouched(&keys(&shop.primary).await, &ns);
+}
