@@ -524,3 +524,39 @@ async fn a_full_source_can_still_be_emptied_and_a_full_target_takes_nothing() {
         .unwrap();
     assert_eq!(there, 0);
 }
+
+#[tokio::test]
+async fn a_tombstone_beside_a_live_key_is_stale_and_the_live_key_moves() {
+    // Chaos seed 7 (180 s): a move's target died mid-copy; its range went back to the source,
+    // where the key in transit stayed as a tombstone. The application wrote the key again
+    // (plain commands: no migration, no guard), and a later plan took the old tombstone
+    // first: it reached the target and the live key's newer value was kept out by it.
+    let (source, target) = (
+        RedisServer::start(RedisOptions::default()),
+        RedisServer::start(RedisOptions::default()),
+    );
+    use redis::AsyncCommands;
+    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
+    let m = mover(names::mover_token(7, 1));
+    m.claim(&mut s).await.unwrap();
+    m.claim(&mut t).await.unwrap();
+    let tomb = names::tomb(b"user:k");
+    let _: () = s.set(tomb.as_ref(), "old").await.unwrap();
+    let _: () = s.set("user:k", "new").await.unwrap();
+    let taken = m.take(&mut s, &[b("user:k")], 8 << 20, 0).await.unwrap();
+    let Taken::Value { dump, .. } = &taken[0] else {
+        panic!("{taken:?}");
+    };
+    let _: () = redis::cmd("RESTORE")
+        .arg("check")
+        .arg(0)
+        .arg(dump.as_ref())
+        .query_async(&mut t)
+        .await
+        .unwrap();
+    let moved: String = t.get("check").await.unwrap();
+    assert_eq!(moved, "new", "the stale tombstone was taken");
+    // The stale tombstone is gone; the live key is in transit now.
+    let left: Option<String> = s.get("user:k").await.unwrap();
+    assert_eq!(left, None);
+}

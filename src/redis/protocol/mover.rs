@@ -35,8 +35,9 @@ return 0
 
 /// KEYS: mover, then (key, tombstone) pairs. ARGV: token, largest value to DUMP (bytes, by
 /// MEMORY USAGE; 0: any), and a budget of DUMP bytes for this call (0: none). Takes each key
-/// out of the source: a tombstone left by an earlier attempt is taken as it is; a present key
-/// is renamed to its tombstone. One reply per key: `{'NONE'}`, `{'MOVED', dump, expire_at}`,
+/// out of the source: a tombstone left by an earlier attempt is taken as it is, unless the key
+/// exists beside it (written after that move ended: the tombstone is stale and is dropped); a
+/// present key is renamed to its tombstone. One reply per key: `{'NONE'}`, `{'MOVED', dump, expire_at}`,
 /// `{'BIG', type, expire_at}` (copied piece by piece) or `{'LATER'}` (untouched: the call's
 /// budget is spent, so a batch of big values never holds more than the budget in memory).
 /// `expire_at` is the key's expiry as a Unix time in ms by the source's clock (-1: none): a TTL
@@ -53,7 +54,15 @@ local out = {}
 for i = 2, #KEYS, 2 do
   local key, tomb = KEYS[i], KEYS[i + 1]
   local from = nil
-  if redis.call('EXISTS', tomb) == 1 then from = tomb
+  if redis.call('EXISTS', tomb) == 1 then
+    if redis.call('EXISTS', key) == 1 then
+      -- Written after its tombstone's move ended (the guard never lets a key in transit be
+      -- written): the tombstone is stale, the key moves.
+      redis.call('DEL', tomb)
+      from = key
+    else
+      from = tomb
+    end
   elseif redis.call('EXISTS', key) == 1 then from = key end
   if not from then
     out[#out + 1] = {'NONE'}
