@@ -943,6 +943,17 @@ async fn a_draining_source_that_dies_mid_move_serves_none_of_its_old_copies_when
         .await
         .unwrap();
     let _: Option<String> = late.get(&keys[0]).await.unwrap();
+    // A value the move had in transit there (its tombstone), for a key nobody writes again.
+    let mut on_secondary = shop
+        .secondary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = on_secondary
+        .set("redisfleet:tomb:user:ghost", "in transit")
+        .await
+        .unwrap();
     let pid = shop.secondary.pid().unwrap();
     signal(pid, "-STOP");
     println!(
@@ -1063,4 +1074,10 @@ async fn a_draining_source_that_dies_mid_move_serves_none_of_its_old_copies_when
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let ledger = writer.await.unwrap();
     ledger.check(&fresh, "the sidecar").await;
+    // Its tombstone went with its other copies: a later move out of it cannot carry it.
+    let tomb: Option<String> = on_secondary
+        .get("redisfleet:tomb:user:ghost")
+        .await
+        .unwrap();
+    assert_eq!(tomb, None);
 }

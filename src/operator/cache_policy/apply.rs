@@ -22,8 +22,9 @@ use crate::api::cache_policy::{CachePolicy, config_map_name};
 use crate::api::redis_instance::{InstancePhase, RedisInstance};
 use crate::operator::context::Context;
 use crate::redis::connect::redact;
-use crate::redis::keys::delete_ranges;
+use crate::redis::keys::{delete_ranges, in_ranges, prefix_pattern};
 use crate::redis::protocol::heartbeat::NOTICE_WAIT;
+use crate::redis::protocol::names;
 use crate::routing::config_map::contents;
 use crate::routing::keyspace::Resolver;
 use crate::routing::slots::SlotRange;
@@ -475,14 +476,58 @@ async fn purge(
         let Some(id) = resolver.categories().iter().position(|c| c.name == cat) else {
             continue;
         };
-        deleted += delete_ranges(&mut conn, resolver, id as u16, &rs)
-            .await
-            .map_err(|e| {
-                ctx.connections.drop_connection(&instance);
-                redact(&e.to_string(), &target.credentials)
-            })?;
+        let category = id as u16;
+        let ranges_and_transit = async {
+            let keys = delete_ranges(&mut conn, resolver, category, &rs).await?;
+            let tombs = delete_tombstones(&mut conn, resolver, category, &rs).await?;
+            Ok::<u64, redis::RedisError>(keys + tombs)
+        };
+        deleted += ranges_and_transit.await.map_err(|e| {
+            ctx.connections.drop_connection(&instance);
+            redact(&e.to_string(), &target.credentials)
+        })?;
     }
     Ok(deleted)
+}
+
+/// Deletes the tombstones of keys of `category` in `ranges` (values a move had in transit
+/// there): a stale copy's tombstone must not reach a target with a later move.
+async fn delete_tombstones(
+    conn: &mut redis::aio::MultiplexedConnection,
+    resolver: &Resolver,
+    category: u16,
+    ranges: &[SlotRange],
+) -> redis::RedisResult<u64> {
+    let pattern = prefix_pattern(names::TOMB_PREFIX);
+    let mut cursor = 0u64;
+    let mut deleted = 0;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        let stale: Vec<&Vec<u8>> = batch
+            .iter()
+            .filter(|tomb| {
+                names::key_of_tomb(tomb)
+                    .is_some_and(|key| in_ranges(resolver, category, ranges, key))
+            })
+            .collect();
+        if !stale.is_empty() {
+            deleted += redis::cmd("UNLINK")
+                .arg(&stale)
+                .query_async::<u64>(conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
 }
 
 /// Events for a newly published table: what changed, and failovers starting or ending.
