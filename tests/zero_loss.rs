@@ -1074,6 +1074,14 @@ async fn a_draining_source_that_dies_mid_move_serves_none_of_its_old_copies_when
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let ledger = writer.await.unwrap();
     ledger.check(&fresh, "the sidecar").await;
+    // Nothing the stuck sidecar sends reaches the secondary any more: its connections of the
+    // old table were closed when the secondary came back (replies alone being withheld, the
+    // writes would run there and be taken for its data).
+    for k in keys.iter().take(50) {
+        let write = late.set::<_, _, ()>(k, "later");
+        let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+    }
+    assert_eq!(keys_on(&shop.secondary, "user:").await, 0);
     // Its tombstone went with its other copies: a later move out of it cannot carry it.
     let tomb: Option<String> = on_secondary
         .get("redisfleet:tomb:user:ghost")

@@ -221,6 +221,7 @@ pub async fn publish_routing(
             resource_version: rv,
             table: &table,
             unfreed: unfreed.clone(),
+            returning: current.unfreed.instances(),
         };
         let left = free_copies(ctx, namespace, selected, written, unfreed).await;
         return Ok(Published {
@@ -254,6 +255,7 @@ pub async fn publish_routing(
             resource_version: rv,
             table: &table,
             unfreed: unfreed.clone(),
+            returning: current.unfreed.instances(),
         };
         let left = free_copies(ctx, namespace, selected, written, unfreed).await;
         return Ok(Published {
@@ -272,6 +274,7 @@ pub async fn publish_routing(
                 resource_version: current.resource_version.clone(),
                 table: previous,
                 unfreed: current.unfreed.clone(),
+                returning: current.unfreed.instances(),
             };
             free_copies(ctx, namespace, selected, written, unfreed).await
         }
@@ -295,6 +298,10 @@ struct Written<'a> {
     table: &'a RoutingTable,
     /// The copies to free it lists.
     unfreed: Unfreed,
+    /// Instances it listed before this reconcile: they were unreachable when their ranges went
+    /// elsewhere (or their copies could not be freed then), so sidecars on older tables may
+    /// still hold connections to them.
+    returning: BTreeSet<String>,
 }
 
 /// Applies the routing ConfigMap (server-side apply, owned by the policy), the table in its
@@ -412,6 +419,22 @@ async fn free_copies(
             };
             let phase = ri.status.as_ref().and_then(|s| s.phase);
             if !matches!(phase, Some(p) if p.serves_traffic()) {
+                continue;
+            }
+            // An instance back from an outage is fenced on itself first, its connections of
+            // older tables closed: a sidecar that missed the handoff must not write there once
+            // its copies are gone (its replies would be withheld, but the writes would run).
+            if written.returning.contains(&instance)
+                && let Err(e) = fences::fence_returning(
+                    ctx,
+                    namespace,
+                    &written.table.policy,
+                    ri,
+                    written.table.version,
+                )
+                .await
+            {
+                warn!(%instance, error = %e, "could not fence a returning instance; its copies are freed at the next reconcile");
                 continue;
             }
             match purge(ctx, namespace, ri, &resolver, &unfreed.ranges_of(&instance)).await {
