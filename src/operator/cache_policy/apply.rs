@@ -154,6 +154,12 @@ pub async fn publish_routing(
     let cm_name = config_map_name(policy);
     let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let names: BTreeSet<String> = selected.iter().map(|ri| ri.name_any()).collect();
+    let cm = RoutingConfigMap {
+        api: &cm_api,
+        policy,
+        name: &cm_name,
+        returning: current.unfreed.instances(),
+    };
     // A new schema (`--routing-schema` changed, or the previous operator wrote another) is
     // published as a new version too, so that the ConfigMap moves to it at once.
     let changed = previous.is_none_or(|p| {
@@ -203,26 +209,9 @@ pub async fn publish_routing(
         // recorded in the same write as the table: a restart between the two forgets nothing.
         let mut unfreed = current.unfreed.after(previous, &table);
         unfreed.retain_instances(&names);
-        let rv = apply_config_map(
-            &cm_api,
-            policy,
-            &cm_name,
-            resource_version,
-            &table,
-            &unfreed,
-        )
-        .await?;
+        let written = cm.write(resource_version, &table, &unfreed).await?;
         info!(version = table.version, configmap = %cm_name, "published routing table");
         publish_events(ctx, policy, previous, &table).await;
-        let written = Written {
-            api: &cm_api,
-            policy,
-            name: &cm_name,
-            resource_version: rv,
-            table: &table,
-            unfreed: unfreed.clone(),
-            returning: current.unfreed.instances(),
-        };
         let left = free_copies(ctx, namespace, selected, written, unfreed).await;
         return Ok(Published {
             table: Some(table),
@@ -239,24 +228,7 @@ pub async fn publish_routing(
     if previous_version > 0 && previous.is_some_and(|p| p.version != previous_version) {
         // Keep the annotation and the table's own version in step.
         table.version = previous_version;
-        let rv = apply_config_map(
-            &cm_api,
-            policy,
-            &cm_name,
-            resource_version,
-            &table,
-            &unfreed,
-        )
-        .await?;
-        let written = Written {
-            api: &cm_api,
-            policy,
-            name: &cm_name,
-            resource_version: rv,
-            table: &table,
-            unfreed: unfreed.clone(),
-            returning: current.unfreed.instances(),
-        };
+        let written = cm.write(resource_version, &table, &unfreed).await?;
         let left = free_copies(ctx, namespace, selected, written, unfreed).await;
         return Ok(Published {
             table: Some(table),
@@ -268,13 +240,10 @@ pub async fn publish_routing(
     let left = match previous {
         Some(previous) if !current.unfreed.is_empty() => {
             let written = Written {
-                api: &cm_api,
-                policy,
-                name: &cm_name,
+                cm: &cm,
                 resource_version: current.resource_version.clone(),
                 table: previous,
                 unfreed: current.unfreed.clone(),
-                returning: current.unfreed.instances(),
             };
             free_copies(ctx, namespace, selected, written, unfreed).await
         }
@@ -288,20 +257,51 @@ pub async fn publish_routing(
     })
 }
 
-/// The routing ConfigMap as last written (or read): what writing its list of copies to free
-/// again needs.
-struct Written<'a> {
+/// The policy's routing ConfigMap, for the writes of one reconcile.
+struct RoutingConfigMap<'a> {
     api: &'a Api<ConfigMap>,
     policy: &'a CachePolicy,
     name: &'a str,
+    /// Instances it listed copies to free of before this reconcile: they were unreachable
+    /// when their ranges went elsewhere (or their copies could not be freed then), so
+    /// sidecars on older tables may still hold connections to them.
+    returning: BTreeSet<String>,
+}
+
+impl RoutingConfigMap<'_> {
+    /// Writes `table` with its list of copies to free, on condition of `resource_version`.
+    async fn write<'b>(
+        &'b self,
+        resource_version: Option<&str>,
+        table: &'b RoutingTable,
+        unfreed: &Unfreed,
+    ) -> Result<Written<'b>, Error> {
+        let written = apply_config_map(
+            self.api,
+            self.policy,
+            self.name,
+            resource_version,
+            table,
+            unfreed,
+        )
+        .await?;
+        Ok(Written {
+            cm: self,
+            resource_version: written,
+            table,
+            unfreed: unfreed.clone(),
+        })
+    }
+}
+
+/// The routing ConfigMap as last written (or read): what writing its list of copies to free
+/// again needs.
+struct Written<'a> {
+    cm: &'a RoutingConfigMap<'a>,
     resource_version: Option<String>,
     table: &'a RoutingTable,
     /// The copies to free it lists.
     unfreed: Unfreed,
-    /// Instances it listed before this reconcile: they were unreachable when their ranges went
-    /// elsewhere (or their copies could not be freed then), so sidecars on older tables may
-    /// still hold connections to them.
-    returning: BTreeSet<String>,
 }
 
 /// Applies the routing ConfigMap (server-side apply, owned by the policy), the table in its
@@ -424,7 +424,7 @@ async fn free_copies(
             // An instance back from an outage is fenced on itself first, its connections of
             // older tables closed: a sidecar that missed the handoff must not write there once
             // its copies are gone (its replies would be withheld, but the writes would run).
-            if written.returning.contains(&instance)
+            if written.cm.returning.contains(&instance)
                 && let Err(e) = fences::fence_returning(
                     ctx,
                     namespace,
@@ -454,9 +454,9 @@ async fn free_copies(
         return unfreed;
     }
     match apply_config_map(
-        written.api,
-        written.policy,
-        written.name,
+        written.cm.api,
+        written.cm.policy,
+        written.cm.name,
         written.resource_version.as_deref(),
         written.table,
         &unfreed,
