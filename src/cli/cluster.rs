@@ -45,6 +45,31 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The API server did not answer.
+    #[error("cannot reach the Kubernetes API server at {server}: {message}")]
+    Unreachable {
+        /// Cluster URL.
+        server: String,
+        /// Cause.
+        message: String,
+    },
+    /// The CRDs are not installed.
+    #[error(
+        "the redis-fleet resource types are not installed in this cluster (install them with `kubectl apply --server-side -f crds/`)"
+    )]
+    CrdsMissing,
+}
+
+/// What an API error says, and whether the request never got an answer (connection refused,
+/// TLS, timeout) rather than a refusal.
+pub fn api_message(e: &kube::Error) -> (String, bool) {
+    match e {
+        kube::Error::Api(status) if status.message.is_empty() => {
+            (format!("HTTP {} {}", status.code, status.reason), false)
+        }
+        kube::Error::Api(status) => (status.message.clone(), false),
+        other => (other.to_string(), true),
+    }
 }
 
 fn context_hint(context: &Option<String>) -> String {

@@ -12,6 +12,7 @@ use crate::api::cache_policy::{CachePolicy, config_map_name};
 use crate::api::redis_instance::RedisInstance;
 
 use super::Error;
+use crate::cli::cluster;
 
 /// The objects [`build`](super::build()) works from.
 #[derive(Debug, Clone, Default)]
@@ -27,23 +28,14 @@ pub struct Objects {
 /// The error of reading `what` in `namespace` (`None`: in all namespaces).
 fn api_error(what: &'static str, namespace: Option<&str>) -> impl Fn(kube::Error) -> Error {
     let namespace = namespace.map(str::to_owned);
-    move |e| match e {
-        kube::Error::Api(status) => Error::Api {
+    move |e| {
+        let (message, transport) = cluster::api_message(&e);
+        Error::Api {
             what,
             namespace: namespace.clone(),
-            message: if status.message.is_empty() {
-                format!("HTTP {} {}", status.code, status.reason)
-            } else {
-                status.message.clone()
-            },
-            transport: false,
-        },
-        other => Error::Api {
-            what,
-            namespace: namespace.clone(),
-            message: other.to_string(),
-            transport: true,
-        },
+            message,
+            transport,
+        }
     }
 }
 
@@ -59,7 +51,7 @@ pub async fn objects(
 
     let instances = match instances_api.list(&lp).await {
         Ok(list) => list.items,
-        Err(kube::Error::Api(s)) if s.code == 404 => return Err(Error::CrdsMissing),
+        Err(kube::Error::Api(s)) if s.code == 404 => return Err(cluster::Error::CrdsMissing.into()),
         Err(e) => return Err(api_error("RedisInstances", Some(namespace))(e)),
     };
     let policies = match policy {
@@ -109,7 +101,7 @@ pub async fn all_namespaces(client: &Client) -> Result<BTreeMap<String, Objects>
     let lp = ListParams::default();
     let instances = match Api::<RedisInstance>::all(client.clone()).list(&lp).await {
         Ok(list) => list.items,
-        Err(kube::Error::Api(s)) if s.code == 404 => return Err(Error::CrdsMissing),
+        Err(kube::Error::Api(s)) if s.code == 404 => return Err(cluster::Error::CrdsMissing.into()),
         Err(e) => return Err(api_error("RedisInstances", None)(e)),
     };
     let policies = Api::<CachePolicy>::all(client.clone())

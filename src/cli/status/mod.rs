@@ -69,19 +69,6 @@ pub enum Error {
     /// No usable cluster.
     #[error(transparent)]
     Cluster(#[from] cluster::Error),
-    /// The API server did not answer.
-    #[error("cannot reach the Kubernetes API server at {server}: {message}")]
-    Unreachable {
-        /// Cluster URL.
-        server: String,
-        /// Cause.
-        message: String,
-    },
-    /// The CRDs are not installed.
-    #[error(
-        "the redis-fleet resource types are not installed in this cluster (install them with `kubectl apply --server-side -f crds/`)"
-    )]
-    CrdsMissing,
     /// The POLICY argument names no CachePolicy.
     #[error("CachePolicy {name:?} not found in namespace {namespace:?} ({})", available_hint(.available))]
     PolicyNotFound {
@@ -133,10 +120,11 @@ pub async fn run(args: &StatusArgs, width: Option<usize>, color: bool) -> Result
             message,
             transport: true,
             ..
-        } => Error::Unreachable {
+        } => cluster::Error::Unreachable {
             server: cluster.server.clone(),
             message,
-        },
+        }
+        .into(),
         other => other,
     };
     // A width nothing wraps at: the views then lay every line out in one.

@@ -55,19 +55,6 @@ pub enum Error {
     /// No usable cluster.
     #[error(transparent)]
     Cluster(#[from] cluster::Error),
-    /// The API server did not answer.
-    #[error("cannot reach the Kubernetes API server at {server}: {message}")]
-    Unreachable {
-        /// Cluster URL.
-        server: String,
-        /// Cause.
-        message: String,
-    },
-    /// The CRDs are not installed.
-    #[error(
-        "the redis-fleet resource types are not installed in this cluster (install them with `kubectl apply --server-side -f crds/`)"
-    )]
-    CrdsMissing,
     /// The namespace has no CachePolicy.
     #[error("there is no CachePolicy in namespace {namespace:?}")]
     NoPolicy {
@@ -163,10 +150,11 @@ pub async fn run(args: &WhereArgs) -> Result<String, Error> {
                 transport: true,
                 ..
             }) => {
-                return Err(Error::Unreachable {
+                return Err(cluster::Error::Unreachable {
                     server: cluster.server,
                     message,
-                });
+                }
+                .into());
             }
             Err(other) => return Err(other),
         };
@@ -179,23 +167,14 @@ pub async fn run(args: &WhereArgs) -> Result<String, Error> {
 
 fn api_error(what: &'static str, namespace: &str) -> impl Fn(kube::Error) -> Error {
     let namespace = namespace.to_owned();
-    move |e| match e {
-        kube::Error::Api(status) => Error::Api {
+    move |e| {
+        let (message, transport) = cluster::api_message(&e);
+        Error::Api {
             what,
             namespace: namespace.clone(),
-            message: if status.message.is_empty() {
-                format!("HTTP {} {}", status.code, status.reason)
-            } else {
-                status.message.clone()
-            },
-            transport: false,
-        },
-        other => Error::Api {
-            what,
-            namespace: namespace.clone(),
-            message: other.to_string(),
-            transport: true,
-        },
+            message,
+            transport,
+        }
     }
 }
 
@@ -215,7 +194,7 @@ pub async fn fetch(
                 .iter()
                 .map(ResourceExt::name_any)
                 .collect::<Vec<_>>()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::CrdsMissing),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(cluster::Error::CrdsMissing.into()),
             Err(e) => Err(api_error("CachePolicies", namespace)(e)),
         }
     };
