@@ -1089,3 +1089,165 @@ async fn a_draining_source_that_dies_mid_move_serves_none_of_its_old_copies_when
         .unwrap();
     assert_eq!(tomb, None);
 }
+
+/// Up to `n` keys of `prefixes` on `server` (no sidecar: where the data is).
+async fn some_keys_on(server: &RedisServer, prefixes: &[&str], n: usize) -> Vec<String> {
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for p in prefixes {
+        let keys: Vec<String> = c.keys(format!("{p}*")).await.unwrap();
+        out.extend(keys);
+    }
+    out.sort();
+    out.truncate(n);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stops_mid_move_reads_no_taken_key_as_absent_before_the_table_says_so() {
+    // Chaos seed 7: the target of a move stopped; the operator removed the source's importing
+    // marker at once, and published the table that gives the range back to the source only
+    // after the failover notice's wait (6 s). Meanwhile sidecars on the migrating table went
+    // through the guard on the unmarked source, which answered for the keys already on the
+    // target from itself: they read nil while the table still routed them to the target.
+    let slow = |p: String| {
+        p.replace("      cooldown: 5m\n", "      cooldown: 1s\n")
+            .replace("      keysPerSecond: 50000\n", "      keysPerSecond: 500\n")
+            .replace("      batchSize: 256\n", "      batchSize: 50\n")
+    };
+    let shop = shop_configured("unmark", slow, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let keys = fill_primary(&shop.primary).await;
+    let copying = wait_rebalance(&shop, &node, "no copy", Duration::from_secs(120), |r| {
+        r.step.as_deref() == Some("Copying")
+            && r.keys_moved.unwrap_or(0) >= 500
+            && r.moves.iter().all(|m| m.to == "secondary")
+    })
+    .await;
+    let migrating = table(&shop).await;
+    let to_secondary = |t: &RoutingTable| t.migrating.iter().any(|m| m.to == "secondary");
+    assert!(to_secondary(&migrating), "{migrating:#?}");
+    // A sidecar that stays on the migrating table, its connections open.
+    let stuck = stuck_sidecar(&migrating);
+    let taken = some_keys_on(&shop.secondary, &["auth:", "session:", "order:"], 40).await;
+    assert!(
+        taken.len() >= 20,
+        "{} keys taken: {copying:#?}",
+        taken.len()
+    );
+    let on_source: Vec<String> = {
+        let mut c = shop
+            .primary
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for k in keys.iter().step_by(7) {
+            if c.exists::<_, bool>(k).await.unwrap() {
+                out.push(k.clone());
+            }
+            if out.len() == 40 {
+                break;
+            }
+        }
+        out
+    };
+    {
+        let mut c = stuck
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let v: Option<String> = c.get(&taken[0]).await.unwrap();
+        assert!(v.is_some(), "{} before the target stopped", taken[0]);
+    }
+
+    // The target stops (SIGSTOP), well past the failure threshold.
+    let pid = shop.secondary.pid().unwrap();
+    signal(pid, "-STOP");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
+    let (mut reads, mut errors) = (0usize, 0usize);
+    let mut nil: Vec<String> = Vec::new();
+    let mut ledger = Ledger::default();
+    let mut round = 0usize;
+    loop {
+        // Each round on a connection of its own: a read the stopped target holds up holds up
+        // every later command of its connection.
+        let mut c = stuck
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for k in taken.iter().skip(round % 4).step_by(4) {
+            let r = tokio::time::timeout(Duration::from_millis(700), c.get::<_, Option<String>>(k))
+                .await;
+            got.push((k.clone(), r));
+            if matches!(got.last(), Some((_, Err(_)))) {
+                break;
+            }
+        }
+        // Writes of keys the source still holds go on there (or fail); never silently lost.
+        let mut w = stuck
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let (k, v) = (
+            &on_source[round % on_source.len()],
+            format!("window-{round}"),
+        );
+        let write = ledger.set(&mut w, k, &v);
+        if tokio::time::timeout(Duration::from_millis(700), write)
+            .await
+            .is_err()
+        {
+            ledger.maybe.entry(k.clone()).or_default().push(Some(v));
+        }
+        round += 1;
+        // Counted only if the table still routed the range to the target after the reads.
+        let still = to_secondary(&table(&shop).await);
+        if still {
+            for (k, r) in got {
+                reads += 1;
+                match r {
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Ok(None)) => nil.push(k),
+                    Ok(Err(_)) | Err(_) => errors += 1,
+                }
+            }
+        } else {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the range never left the stopped target\n{}",
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{:?} until the table left the target: {reads} reads of taken keys through the stuck sidecar, {errors} errors, {} nil; {} of {round} writes on the source acknowledged",
+        started.elapsed(),
+        nil.len(),
+        ledger.acked.len()
+    );
+    signal(pid, "-CONT");
+    assert!(reads > 0, "no read while the table routed to the target");
+    assert!(
+        nil.is_empty(),
+        "{} of {reads} reads of keys on the stopped target answered nil while the table still routed them there: {:?}\n{}",
+        nil.len(),
+        &nil[..nil.len().min(5)],
+        shop.operator.log_tail(40)
+    );
+    // What the source acknowledged meanwhile is there.
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    ledger.check(&fresh, "a sidecar on the new table").await;
+}
