@@ -180,16 +180,24 @@ fn source_takes_back(marker: Option<&str>) -> bool {
     marker.is_none_or(|v| !v.ends_with(mover::TARGET_SERVES))
 }
 
-/// Removes the importing marker `marker` from `ri` as `mover` (after it claimed `ri`, which
-/// fenced the Jobs it must stop), so that the source serves the range again — unless the move
-/// went into a range its target served already (`…:target-serves`): that source (a draining
-/// instance) never held the range's live data, so its marker stays and the guard keeps
-/// sending the range's commands on rather than answering from its old copies. `Ok(false)`
-/// then.
+/// Deletes a marker if it still holds the value read (KEYS: marker; ARGV: value).
+const UNMARK_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\nreturn 0\n";
+static UNMARK_IF: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(UNMARK_IF_SCRIPT));
+
+/// Removes the importing marker `marker` of a move whose range a published table gave back
+/// to its source `ri` (its target died), so that the source serves the range again through
+/// the guard too — unless the move went into a range its target served already
+/// (`…:target-serves`): that source (a draining instance) never held the range's live data,
+/// so its marker stays and the guard keeps sending the range's commands on rather than
+/// answering from its old copies. `Ok(false)` then, or when there is no marker.
+///
+/// No mover token: the move is in no plan any more, and the attempt that had it was fenced
+/// off every live end before the table was published (`abandon_dead_ends`), so nothing can
+/// set the marker again.
 pub async fn unmark(
     ctx: &Context,
     namespace: &str,
-    mover: &mover::Mover,
     ri: &RedisInstance,
     marker: &str,
 ) -> Result<bool, String> {
@@ -199,14 +207,16 @@ pub async fn unmark(
         .query_async(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
-    if !source_takes_back(value.as_deref()) {
+    let Some(value) = value.filter(|v| source_takes_back(Some(v))) else {
         return Ok(false);
-    }
-    mover
-        .mark_importing(&mut conn, marker, false, false)
+    };
+    let deleted: i64 = UNMARK_IF
+        .key(marker)
+        .arg(value)
+        .invoke_async(&mut conn)
         .await
-        .map(|()| true)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(deleted == 1)
 }
 
 #[cfg(test)]

@@ -329,6 +329,11 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     if let Some(t) = &published {
         apply::fence_returning_instances(shared, &namespace, &selected, t).await;
     }
+    // A move given back to its source loses the source's importing marker only now that the
+    // table that takes its range off the target is published.
+    if published_now && let (Some(before), Some(now)) = (&previous, &published) {
+        rebalance::unmark_given_back(ctx, &policy, &selected, before, now).await;
+    }
     // Instances a table no longer names since this reconcile lose the policy's keys.
     if let (Some(before), Some(now)) = (&previous, &published) {
         let names = selected.iter().map(|ri| ri.name_any()).collect();

@@ -11,10 +11,11 @@ use tracing::{info, warn};
 use crate::api::cache_policy::{CachePolicy, MoveStatus, RebalanceStatus, rebalance_phase};
 use crate::api::conditions::Time;
 use crate::api::redis_instance::{InstancePhase, RedisInstance};
-use crate::operator::cache_policy::build::InstanceView;
+use crate::operator::cache_policy::build::{InstanceView, served_ranges};
 use crate::operator::cache_policy::{Error, PolicyContext, fences, job};
 use crate::redis::protocol::names;
-use crate::routing::table::Migration;
+use crate::routing::slots::SlotRange;
+use crate::routing::table::{Migration, RoutingTable};
 
 use super::{Driver, is_active};
 /// The moves of an active plan whose source or target is unreachable, with the dead ends.
@@ -50,8 +51,11 @@ pub fn live_moves(r: &RebalanceStatus, dead: &[String]) -> Vec<MoveStatus> {
 
 /// Takes the moves of an active plan whose source or target became unreachable out of it
 /// (`docs/protocol.md`, "Failover and failback"): a dead target's range goes back to its
-/// source (its importing marker removed), a dead source's to its target (the routing build
-/// hands the migrating range off). Moves between two live instances are never dropped
+/// source, a dead source's to its target (the routing build hands the migrating range off).
+/// The source's importing marker stays until the table that gives the range back is
+/// published ([`unmark_given_back`]): until then sidecars on the migrating table keep sending
+/// the keys that moved to the dead target, where they fail, rather than reading them from the
+/// source as absent. Moves between two live instances are never dropped
 /// half-done: when some are left, the plan goes on with them in a new attempt; only a plan
 /// whose every move has a dead end is marked Failed.
 ///
@@ -105,32 +109,6 @@ pub async fn abandon_dead_ends(
             }
         }
     }
-    for m in &r.moves {
-        if dead.contains(&m.to)
-            && let Some(source) = alive(&m.from)
-        {
-            let migration = Migration {
-                category: m.category.clone(),
-                start: u16::try_from(m.start).unwrap_or_default(),
-                end: u16::try_from(m.end).unwrap_or_default(),
-                from: m.from.clone(),
-                to: m.to.clone(),
-                epoch: u64::try_from(r.plan_id).unwrap_or_default(),
-            };
-            let marker = names::importing(&key, &migration);
-            match fences::unmark(shared, &namespace, &mover, source, &marker).await {
-                Ok(true) => {}
-                Ok(false) => info!(
-                    instance = %m.from,
-                    marker = %marker,
-                    "kept the importing marker of a move into a range its dead target served: the draining source never answers for it"
-                ),
-                Err(e) => {
-                    warn!(instance = %m.from, error = %e, "could not remove an importing marker")
-                }
-            }
-        }
-    }
     let raise: Vec<(String, u64)> = dead.iter().map(|d| (d.clone(), next_version)).collect();
     fences::notify(shared, &namespace, &key, selected, &raise).await;
     if let Some(name) = r.job.clone() {
@@ -176,4 +154,65 @@ pub async fn abandon_dead_ends(
         .await;
     warn!(plan = r.plan_id, dead = ?dead, "rebalance abandoned");
     Ok(Some(r))
+}
+
+/// The migrations of `previous` that `next` gives back to their source: no longer migrating,
+/// the source serves the whole range and the target none of it (a move abandoned for its dead
+/// target, or rolled back).
+pub fn given_back(previous: &RoutingTable, next: &RoutingTable) -> Vec<Migration> {
+    let served = served_ranges(next);
+    let covers = |instance: &str, category: &str, slot: u16| {
+        served.get(instance).is_some_and(|ranges| {
+            ranges.iter().any(|(c, r): &(String, SlotRange)| {
+                c == category && r.start <= slot && slot <= r.end
+            })
+        })
+    };
+    previous
+        .migrating
+        .iter()
+        .filter(|m| !next.migrating.contains(m))
+        .filter(|m| {
+            (m.start..=m.end).all(|s| covers(&m.from, &m.category, s))
+                && !(m.start..=m.end).any(|s| covers(&m.to, &m.category, s))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Removes the importing markers of the moves that `published` (just published after
+/// `previous`) gave back to their source, now that no table routes their ranges to the target
+/// any more (`docs/protocol.md`, "Failover and failback"). Not before: while the migrating
+/// table is the newest, sidecars on it send the keys that moved to the target through the
+/// source's guard, and an unmarked source would answer for them from itself — as absent.
+/// A marker that cannot be removed now stays (it is only garbage: sidecars on the migrating
+/// table get errors for the keys the source does not hold until they load a newer table).
+pub async fn unmark_given_back(
+    ctx: &PolicyContext,
+    policy: &CachePolicy,
+    selected: &[Arc<RedisInstance>],
+    previous: &RoutingTable,
+    published: &RoutingTable,
+) {
+    let namespace = policy.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{}", policy.name_any());
+    for m in given_back(previous, published) {
+        let Some(source) = selected.iter().find(|ri| ri.name_any() == m.from) else {
+            continue;
+        };
+        let marker = names::importing(&key, &m);
+        match fences::unmark(&ctx.shared, &namespace, source, &marker).await {
+            Ok(true) => {
+                info!(instance = %m.from, marker = %marker, version = published.version, "removed the importing marker of a move given back to its source")
+            }
+            Ok(false) => info!(
+                instance = %m.from,
+                marker = %marker,
+                "no importing marker to remove, or one of a move into a range its dead target served: the draining source never answers for it"
+            ),
+            Err(e) => {
+                warn!(instance = %m.from, error = %e, "could not remove an importing marker")
+            }
+        }
+    }
 }

@@ -312,3 +312,60 @@ fn a_draining_fallback_keeps_its_failover_ranges_until_they_fail_back() {
             .all(|m| m.from == "primary" && m.to == "secondary")
     );
 }
+
+#[test]
+fn only_a_move_whose_range_went_back_to_its_source_is_given_back() {
+    // Chaos seed 7: the source's importing marker goes once the table that gives the range
+    // back is published, and only for such a move.
+    let mut migrating = two_instance_table();
+    let m = Migration {
+        category: "auth".into(),
+        start: 0,
+        end: 4095,
+        from: "primary".into(),
+        to: "secondary".into(),
+        epoch: 4,
+    };
+    migrating.migrating.push(m.clone());
+    // Still migrating: nothing given back.
+    assert!(given_back(&migrating, &migrating).is_empty());
+    // The move abandoned for its dead target: the range is the source's again.
+    let back = two_instance_table();
+    assert_eq!(given_back(&migrating, &back), vec![m.clone()]);
+    // The move finished: the target owns the range.
+    let mut finished = two_instance_table();
+    finished.categories[0].slots = vec![
+        (0, 4095, "secondary".to_owned()).into(),
+        (4096, 8191, "primary".to_owned()).into(),
+        (8192, 16383, "secondary".to_owned()).into(),
+    ];
+    assert!(given_back(&migrating, &finished).is_empty());
+    // A failback (fallback → owner) whose owner died again: the failover entries give the
+    // range back to the fallback, which keeps serving it.
+    let mut failback = two_instance_table();
+    let fb = Migration {
+        from: "secondary".into(),
+        to: "primary".into(),
+        ..m.clone()
+    };
+    failback.migrating.push(fb.clone());
+    let mut failed_over = two_instance_table();
+    failed_over.failover.push(Failover {
+        category: "auth".into(),
+        start: 0,
+        end: 8191,
+        from: "primary".into(),
+        to: "secondary".into(),
+    });
+    assert_eq!(given_back(&failback, &failed_over), vec![fb]);
+    // A dead source's range handed to its target is not given back.
+    let mut handed = two_instance_table();
+    handed.failover.push(Failover {
+        category: "auth".into(),
+        start: 0,
+        end: 8191,
+        from: "primary".into(),
+        to: "secondary".into(),
+    });
+    assert!(given_back(&migrating, &handed).is_empty());
+}
