@@ -270,10 +270,13 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     // A plan whose source or target died is abandoned before anything else is decided.
     let rebalance_on = policy.spec.balancing.rebalance.enabled;
     let mut rb = policy.status.as_ref().and_then(|s| s.rebalance.clone());
+    let mut abandoned = Vec::new();
     if rebalance_on {
+        let before = rb.clone();
         rb =
             rebalance::abandon_dead_ends(ctx, &policy, rb, &views, &selected, previous_version + 1)
                 .await?;
+        abandoned = rebalance::dropped_moves(before.as_ref(), rb.as_ref());
     }
 
     // Build, then apply.
@@ -331,8 +334,12 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     }
     // A move given back to its source loses the source's importing marker only now that the
     // table that takes its range off the target is published.
-    if published_now && let (Some(before), Some(now)) = (&previous, &published) {
-        rebalance::unmark_given_back(ctx, &policy, &selected, before, now).await;
+    if let Some(now) = &published {
+        let mut candidates = abandoned;
+        if published_now && let Some(before) = &previous {
+            candidates.extend(before.migrating.iter().cloned());
+        }
+        rebalance::unmark_given_back(ctx, &policy, &selected, &candidates, now).await;
     }
     // Instances a table no longer names since this reconcile lose the policy's keys.
     if let (Some(before), Some(now)) = (&previous, &published) {

@@ -54,7 +54,9 @@ use crate::redis::protocol::names;
 use std::sync::Arc;
 
 mod abandon;
-pub use abandon::{abandon_dead_ends, dead_ends, given_back, live_moves, unmark_given_back};
+pub use abandon::{
+    abandon_dead_ends, dead_ends, dropped_moves, given_back, live_moves, unmark_given_back,
+};
 
 /// Whether a rebalance is under way (its ranges must stay as the phase says).
 pub fn is_active(r: &RebalanceStatus) -> bool {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::cache_policy::{CachePolicy, MoveStatus, RebalanceStatus, rebalance_phase};
 use crate::api::conditions::Time;
@@ -156,11 +156,41 @@ pub async fn abandon_dead_ends(
     Ok(Some(r))
 }
 
-/// The migrations of `previous` that `next` gives back to their source: no longer migrating,
+/// The migrations of the moves of the active plan `before` that `after` no longer runs (taken
+/// out of it, or the plan ended): the moves given up in this reconcile, as the tables carried
+/// them.
+pub fn dropped_moves(
+    before: Option<&RebalanceStatus>,
+    after: Option<&RebalanceStatus>,
+) -> Vec<Migration> {
+    let Some(before) = before.filter(|b| is_active(b)) else {
+        return Vec::new();
+    };
+    // A plan that ended (every move had a dead end) keeps its moves in its status.
+    let kept = after.filter(|a| a.plan_id == before.plan_id && is_active(a));
+    before
+        .moves
+        .iter()
+        .filter(|m| kept.is_none_or(|a| !a.moves.contains(m)))
+        .map(|m| Migration {
+            category: m.category.clone(),
+            start: u16::try_from(m.start).unwrap_or_default(),
+            end: u16::try_from(m.end).unwrap_or_default(),
+            from: m.from.clone(),
+            to: m.to.clone(),
+            epoch: u64::try_from(before.plan_id).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The migrations among `candidates` that `table` gives back to their source: not migrating,
 /// the source serves the whole range and the target none of it (a move abandoned for its dead
 /// target, or rolled back).
-pub fn given_back(previous: &RoutingTable, next: &RoutingTable) -> Vec<Migration> {
-    let served = served_ranges(next);
+pub fn given_back<'a>(
+    candidates: impl IntoIterator<Item = &'a Migration>,
+    table: &RoutingTable,
+) -> Vec<Migration> {
+    let served = served_ranges(table);
     let covers = |instance: &str, category: &str, slot: u16| {
         served.get(instance).is_some_and(|ranges| {
             ranges.iter().any(|(c, r): &(String, SlotRange)| {
@@ -168,47 +198,54 @@ pub fn given_back(previous: &RoutingTable, next: &RoutingTable) -> Vec<Migration
             })
         })
     };
-    previous
-        .migrating
-        .iter()
-        .filter(|m| !next.migrating.contains(m))
-        .filter(|m| {
-            (m.start..=m.end).all(|s| covers(&m.from, &m.category, s))
-                && !(m.start..=m.end).any(|s| covers(&m.to, &m.category, s))
-        })
-        .cloned()
-        .collect()
+    let mut out: Vec<Migration> = Vec::new();
+    for m in candidates {
+        if !table.migrating.contains(m)
+            && !out.contains(m)
+            && (m.start..=m.end).all(|s| covers(&m.from, &m.category, s))
+            && !(m.start..=m.end).any(|s| covers(&m.to, &m.category, s))
+        {
+            out.push(m.clone());
+        }
+    }
+    out
 }
 
-/// Removes the importing markers of the moves that `published` (just published after
-/// `previous`) gave back to their source, now that no table routes their ranges to the target
-/// any more (`docs/protocol.md`, "Failover and failback"). Not before: while the migrating
-/// table is the newest, sidecars on it send the keys that moved to the target through the
-/// source's guard, and an unmarked source would answer for them from itself — as absent.
-/// A marker that cannot be removed now stays (it is only garbage: sidecars on the migrating
-/// table get errors for the keys the source does not hold until they load a newer table).
+/// Removes the importing markers of the moves among `candidates` that the published `table`
+/// gives back to their source, now that no table routes their ranges to the target any more
+/// (`docs/protocol.md`, "Failover and failback"). Not before: while the migrating table is the
+/// newest, sidecars on it send the keys that moved to the target through the source's guard,
+/// and an unmarked source would answer for them from itself — as absent. The candidates are
+/// the migrations of the table this one replaced (when it was published in this reconcile)
+/// and the moves given up in this reconcile (an operator that restarted between publishing
+/// and unmarking gives them up again, its status not written yet). A marker that cannot be
+/// removed now stays: it is only garbage (sidecars on the migrating table get errors for the
+/// keys the source does not hold until they load a newer table).
 pub async fn unmark_given_back(
     ctx: &PolicyContext,
     policy: &CachePolicy,
     selected: &[Arc<RedisInstance>],
-    previous: &RoutingTable,
-    published: &RoutingTable,
+    candidates: &[Migration],
+    table: &RoutingTable,
 ) {
     let namespace = policy.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", policy.name_any());
-    for m in given_back(previous, published) {
+    for m in given_back(candidates, table) {
         let Some(source) = selected.iter().find(|ri| ri.name_any() == m.from) else {
             continue;
         };
         let marker = names::importing(&key, &m);
         match fences::unmark(&ctx.shared, &namespace, source, &marker).await {
-            Ok(true) => {
-                info!(instance = %m.from, marker = %marker, version = published.version, "removed the importing marker of a move given back to its source")
-            }
-            Ok(false) => info!(
+            Ok(true) => info!(
                 instance = %m.from,
                 marker = %marker,
-                "no importing marker to remove, or one of a move into a range its dead target served: the draining source never answers for it"
+                version = table.version,
+                "removed the importing marker of a move given back to its source"
+            ),
+            Ok(false) => debug!(
+                instance = %m.from,
+                marker = %marker,
+                "no importing marker to remove, or one of a move into a range its dead target served (the draining source never answers for it)"
             ),
             Err(e) => {
                 warn!(instance = %m.from, error = %e, "could not remove an importing marker")

@@ -328,10 +328,10 @@ fn only_a_move_whose_range_went_back_to_its_source_is_given_back() {
     };
     migrating.migrating.push(m.clone());
     // Still migrating: nothing given back.
-    assert!(given_back(&migrating, &migrating).is_empty());
+    assert!(given_back(&migrating.migrating, &migrating).is_empty());
     // The move abandoned for its dead target: the range is the source's again.
     let back = two_instance_table();
-    assert_eq!(given_back(&migrating, &back), vec![m.clone()]);
+    assert_eq!(given_back(&migrating.migrating, &back), vec![m.clone()]);
     // The move finished: the target owns the range.
     let mut finished = two_instance_table();
     finished.categories[0].slots = vec![
@@ -339,7 +339,7 @@ fn only_a_move_whose_range_went_back_to_its_source_is_given_back() {
         (4096, 8191, "primary".to_owned()).into(),
         (8192, 16383, "secondary".to_owned()).into(),
     ];
-    assert!(given_back(&migrating, &finished).is_empty());
+    assert!(given_back(&migrating.migrating, &finished).is_empty());
     // A failback (fallback → owner) whose owner died again: the failover entries give the
     // range back to the fallback, which keeps serving it.
     let mut failback = two_instance_table();
@@ -357,7 +357,7 @@ fn only_a_move_whose_range_went_back_to_its_source_is_given_back() {
         from: "primary".into(),
         to: "secondary".into(),
     });
-    assert_eq!(given_back(&failback, &failed_over), vec![fb]);
+    assert_eq!(given_back(&failback.migrating, &failed_over), vec![fb]);
     // A dead source's range handed to its target is not given back.
     let mut handed = two_instance_table();
     handed.failover.push(Failover {
@@ -367,5 +367,58 @@ fn only_a_move_whose_range_went_back_to_its_source_is_given_back() {
         from: "primary".into(),
         to: "secondary".into(),
     });
-    assert!(given_back(&migrating, &handed).is_empty());
+    assert!(given_back(&migrating.migrating, &handed).is_empty());
+}
+
+#[test]
+fn the_moves_given_up_are_those_the_plan_no_longer_runs() {
+    let live = MoveStatus {
+        category: "auth".into(),
+        start: 0,
+        end: 4095,
+        from: "primary".into(),
+        to: "secondary".into(),
+    };
+    let dead = MoveStatus {
+        to: "tertiary".into(),
+        ..live.clone()
+    };
+    let before = RebalanceStatus {
+        phase: rebalance_phase::MIGRATING.to_owned(),
+        plan_id: 7,
+        moves: vec![live.clone(), dead.clone()],
+        ..RebalanceStatus::default()
+    };
+    let as_migration = |m: &MoveStatus| Migration {
+        category: m.category.clone(),
+        start: 0,
+        end: 4095,
+        from: m.from.clone(),
+        to: m.to.clone(),
+        epoch: 7,
+    };
+    // Nothing given up.
+    assert!(dropped_moves(Some(&before), Some(&before)).is_empty());
+    // Partly abandoned: the move with the dead end.
+    let partly = RebalanceStatus {
+        moves: vec![live.clone()],
+        attempts: 2,
+        ..before.clone()
+    };
+    assert_eq!(
+        dropped_moves(Some(&before), Some(&partly)),
+        vec![as_migration(&dead)]
+    );
+    // Failed: the plan keeps its moves in its status, and runs none of them.
+    let failed = RebalanceStatus {
+        phase: rebalance_phase::FAILED.to_owned(),
+        ..before.clone()
+    };
+    assert_eq!(
+        dropped_moves(Some(&before), Some(&failed)),
+        vec![as_migration(&live), as_migration(&dead)]
+    );
+    // A plan that had ended gives up nothing again.
+    assert!(dropped_moves(Some(&failed), Some(&failed)).is_empty());
+    assert!(dropped_moves(None, Some(&before)).is_empty());
 }
