@@ -1275,3 +1275,207 @@ async fn a_target_that_stops_mid_move_reads_no_taken_key_as_absent_before_the_ta
     let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
     ledger.check(&fresh, "a sidecar on the new table").await;
 }
+
+/// The tombstones on `server` (keys a move has in transit there), with the keys they stand for.
+async fn tombstones_on(server: &RedisServer) -> Vec<String> {
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut tombs: Vec<String> = c.keys("redisfleet:tomb:*").await.unwrap();
+    tombs.sort();
+    tombs
+}
+
+/// Runs `cmd` through `sidecar` until it is answered (a sidecar withholds replies while it
+/// cannot vouch for them, and a stopped instance holds up its connections).
+async fn retrying<T: redis::FromRedisValue>(sidecar: &Sidecar, cmd: &redis::Cmd) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tried = async {
+            let mut c = sidecar
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            cmd.query_async::<T>(&mut c).await.map_err(|e| e.to_string())
+        };
+        let e = match tokio::time::timeout(Duration::from_secs(3), tried).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(e)) => e,
+            Err(_) => "timed out".to_owned(),
+        };
+        assert!(Instant::now() < deadline, "{cmd:?}: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_given_back_for_its_dead_target_loses_no_key_in_transit_and_revives_no_delete() {
+    // A move's target stops while the Job has a batch in transit: taken out of the source
+    // (renamed to their tombstones, which the guard refuses every command on) and not yet
+    // restored on the target. The move is given up and the range goes back to the source,
+    // whose importing marker then goes: unless the keys in transit went back under their
+    // names first, they read as absent (acknowledged values lost), and their tombstones stay,
+    // for a later move to take as the keys — bringing back keys deleted in between.
+    let slow = |p: String| {
+        p.replace("      cooldown: 5m\n", "      cooldown: 1s\n")
+            .replace("      keysPerSecond: 50000\n", "      keysPerSecond: 500\n")
+            .replace("      batchSize: 256\n", "      batchSize: 50\n")
+    };
+    let shop = shop_configured("transit", slow, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    fill_primary(&shop.primary).await;
+    let copying = wait_rebalance(&shop, &node, "no copy", Duration::from_secs(120), |r| {
+        r.step.as_deref() == Some("Copying")
+            && r.keys_moved.unwrap_or(0) >= 200
+            && r.moves.iter().all(|m| m.to == "secondary")
+    })
+    .await;
+    let to_secondary = |t: &RoutingTable| t.migrating.iter().any(|m| m.to == "secondary");
+    assert!(to_secondary(&table(&shop).await));
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+
+    // The target stops (SIGSTOP): the Job's next batch is taken out of the source and its
+    // restore hangs on the target, so the batch stays in transit.
+    let pid = shop.secondary.pid().unwrap();
+    signal(pid, "-STOP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tombs = loop {
+        let tombs = tombstones_on(&shop.primary).await;
+        if !tombs.is_empty() {
+            break tombs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no key in transit on the source\n{}",
+            node.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // What each key in transit last held (acknowledged: written before the move began).
+    let mut in_transit: Vec<(String, String)> = Vec::new();
+    {
+        let mut c = shop
+            .primary
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for t in &tombs {
+            let v: Option<String> = c.get(t).await.unwrap();
+            let key = t.strip_prefix("redisfleet:tomb:").unwrap().to_owned();
+            in_transit.push((key, v.expect("a tombstone with a value")));
+        }
+    }
+    println!(
+        "{} keys in transit when the target stopped (plan {})",
+        in_transit.len(),
+        copying.plan_id
+    );
+
+    // The move is given up: the table gives the range back to the source, then the source's
+    // importing marker goes.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while to_secondary(&table(&shop).await) {
+        assert!(
+            Instant::now() < deadline,
+            "the range never left the stopped target\n{}",
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut on_primary = shop
+        .primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let markers: Vec<String> = on_primary.keys("redisfleet:importing:*").await.unwrap();
+        if markers.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the source kept {markers:?}\n{}",
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every key that was in transit reads its value through a sidecar on the new table; half
+    // of them are deleted then.
+    let mut lost = Vec::new();
+    let mut ledger = Ledger::default();
+    for (i, (k, v)) in in_transit.iter().enumerate() {
+        let got: Option<String> = retrying(&fresh, redis::cmd("GET").arg(k)).await;
+        if got.as_deref() != Some(v.as_str()) {
+            lost.push(format!("{k}: read {:?}", got.map(|g| g.len())));
+        }
+        if i % 2 == 0 {
+            ledger.acked.insert(k.clone(), Some(v.clone()));
+        } else {
+            let _: i64 = retrying(&fresh, redis::cmd("DEL").arg(k)).await;
+            ledger.acked.insert(k.clone(), None);
+        }
+    }
+    let tombs_left = tombstones_on(&shop.primary).await;
+    println!(
+        "after the give-back: {} of {} keys in transit lost, {} tombstones left on the source",
+        lost.len(),
+        in_transit.len(),
+        tombs_left.len()
+    );
+
+    // The target returns; a later plan moves the ranges again, at full speed.
+    signal(pid, "-CONT");
+    let patch = serde_json::json!({"spec": {"balancing": {"rebalance": {"keysPerSecond": 50000, "batchSize": 256}}}});
+    shop.policies
+        .patch(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let later = wait_rebalance(
+        &shop,
+        &node,
+        "no later plan finished",
+        Duration::from_secs(240),
+        |r| r.plan_id > copying.plan_id && r.phase == rebalance_phase::SUCCEEDED,
+    )
+    .await;
+    let mut revived = Vec::new();
+    for (k, want) in &ledger.acked {
+        if want.is_none() {
+            let got: Option<String> = retrying(&fresh, redis::cmd("GET").arg(k)).await;
+            if got.is_some() {
+                revived.push(k.clone());
+            }
+        }
+    }
+    println!(
+        "after plan {} moved {:?} keys: {} of {} deleted keys back",
+        later.plan_id,
+        later.keys_moved,
+        revived.len(),
+        ledger.acked.values().filter(|v| v.is_none()).count()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {} keys in transit read wrong once the range was back on the source: {:?}",
+        lost.len(),
+        in_transit.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        tombs_left.is_empty(),
+        "tombstones left on the source after the give-back: {:?}",
+        &tombs_left[..tombs_left.len().min(5)]
+    );
+    assert!(revived.is_empty(), "deleted keys back: {revived:?}");
+    ledger.check(&fresh, "a sidecar on the newest table").await;
+}
