@@ -560,3 +560,94 @@ async fn a_tombstone_beside_a_live_key_is_stale_and_the_live_key_moves() {
     let left: Option<String> = s.get("user:k").await.unwrap();
     assert_eq!(left, None);
 }
+
+#[tokio::test]
+async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_off() {
+    // A move's target died with keys in transit: the operator gives them back to the source
+    // before the range returns there. A tombstone whose key is absent is the key's last
+    // acknowledged value; one beside its key is stale. The Job's attempt takes nothing after.
+    let source = RedisServer::start(RedisOptions::default());
+    let mut s = conn(&source).await;
+    let marker = "redisfleet:importing:shop/shop:7:auth:0-16383";
+    let job = mover(names::mover_token(7, 1));
+    job.claim(&mut s).await.unwrap();
+    for (k, v) in [("auth:1", "one"), ("auth:2", "two"), ("auth:3", "three")] {
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg(v)
+            .arg("PX")
+            .arg(600_000)
+            .query_async(&mut s)
+            .await
+            .unwrap();
+    }
+    // Not importing: nothing is in transit, nothing goes back, the token is raised anyway.
+    let operator = mover(names::mover_token(7, 2));
+    assert_eq!(operator.give_back(&mut s, marker, &[]).await, Ok(None));
+    assert_eq!(job.claim(&mut s).await, Err(MoveError::Fenced));
+
+    let job = mover(names::mover_token(7, 3));
+    job.claim(&mut s).await.unwrap();
+    job.mark_importing(&mut s, marker, true, false)
+        .await
+        .unwrap();
+    let taken = job
+        .take(&mut s, &[b("auth:1"), b("auth:2")], 8 << 20, 0)
+        .await
+        .unwrap();
+    assert!(matches!(taken[0], Taken::Value { .. }), "{taken:?}");
+    // auth:3 has a stale tombstone beside it (left by an earlier move that ended).
+    let _: () = redis::cmd("SET")
+        .arg("redisfleet:tomb:auth:3")
+        .arg("old")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+
+    let operator = mover(names::mover_token(7, 4));
+    let back = operator
+        .give_back(
+            &mut s,
+            marker,
+            &[b("auth:1"), b("auth:2"), b("auth:3"), b("auth:4")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(back, Some(2));
+    for (k, v) in [("auth:1", "one"), ("auth:2", "two"), ("auth:3", "three")] {
+        let got: Option<String> = redis::cmd("GET").arg(k).query_async(&mut s).await.unwrap();
+        assert_eq!(got.as_deref(), Some(v), "{k}");
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut s).await.unwrap();
+        assert!(ttl > 0 && ttl <= 600_000, "{k} keeps its expiry: {ttl}");
+    }
+    let tombs: Vec<String> = redis::cmd("KEYS")
+        .arg("redisfleet:tomb:*")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    assert!(tombs.is_empty(), "{tombs:?}");
+    // The attempt that had the keys in transit can no longer take or finish anything.
+    assert_eq!(
+        job.take(&mut s, &[b("auth:1")], 8 << 20, 0).await,
+        Err(MoveError::Fenced)
+    );
+    // A move into a range its target served already gives nothing back to its draining source.
+    let drained = "redisfleet:importing:shop/shop:7:auth:0-99";
+    let job = mover(names::mover_token(7, 5));
+    job.claim(&mut s).await.unwrap();
+    job.mark_importing(&mut s, drained, true, true)
+        .await
+        .unwrap();
+    job.take(&mut s, &[b("auth:1")], 8 << 20, 0).await.unwrap();
+    let operator = mover(names::mover_token(7, 6));
+    assert_eq!(
+        operator.give_back(&mut s, drained, &[b("auth:1")]).await,
+        Ok(None)
+    );
+    let tomb: i64 = redis::cmd("EXISTS")
+        .arg("redisfleet:tomb:auth:1")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    assert_eq!(tomb, 1);
+}

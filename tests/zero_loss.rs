@@ -1299,7 +1299,9 @@ async fn retrying<T: redis::FromRedisValue>(sidecar: &Sidecar, cmd: &redis::Cmd)
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(|e| e.to_string())?;
-            cmd.query_async::<T>(&mut c).await.map_err(|e| e.to_string())
+            cmd.query_async::<T>(&mut c)
+                .await
+                .map_err(|e| e.to_string())
         };
         let e = match tokio::time::timeout(Duration::from_secs(3), tried).await {
             Ok(Ok(v)) => return v,

@@ -21,8 +21,11 @@ use tracing::{info, warn};
 use crate::api::redis_instance::RedisInstance;
 use crate::operator::context::Context;
 use crate::redis::connect::redact;
+use crate::redis::keys::{in_ranges, prefix_pattern};
 use crate::redis::protocol::mover::{self, MoveError};
 use crate::redis::protocol::{fence, names};
+use crate::routing::keyspace::{CategoryId, Resolver};
+use crate::routing::slots::SlotRange;
 
 /// A connection to `ri`, kept between reconciles; errors carry no credentials.
 pub async fn connect(
@@ -217,6 +220,90 @@ pub async fn unmark(
         .await
         .map_err(|e| e.to_string())?;
     Ok(deleted == 1)
+}
+
+/// One move given up for its dead target, as its source sees it: the importing marker, and the
+/// category and range whose keys in transit go back.
+#[derive(Debug, Clone)]
+pub struct GivenBack {
+    /// The move's importing marker on the source.
+    pub marker: String,
+    /// The range's category.
+    pub category: CategoryId,
+    /// The range.
+    pub range: SlotRange,
+}
+
+/// Gives the keys that moves whose target died had in transit back to their source `ri`
+/// (`docs/protocol.md`, "Failover and failback", step 2), before the table that gives the
+/// ranges back is published: each tombstone of a key of a move's range is renamed back to its
+/// key, or dropped if the key exists (`mover::GIVE_BACK_SCRIPT`). A first call per move raises
+/// the mover token to `mover`'s, so no attempt takes a key out of the source after the scan
+/// began, and reads the marker: nothing goes back to a source that never imported (nothing is
+/// in transit) or whose move went into a range its target served already. One scan of the
+/// source serves all its moves. Replies how many keys came back.
+pub async fn give_back_transit(
+    ctx: &Context,
+    namespace: &str,
+    ri: &RedisInstance,
+    mover: &mover::Mover,
+    resolver: &Resolver,
+    moves: &[GivenBack],
+) -> Result<u64, String> {
+    let mut conn = connect(ctx, namespace, ri).await?;
+    let failed = |e: MoveError| {
+        ctx.connections.drop_connection(&ObjectRef::from_obj(ri));
+        e.to_string()
+    };
+    let mut taking_back = Vec::new();
+    for m in moves {
+        if mover
+            .give_back(&mut conn, &m.marker, &[])
+            .await
+            .map_err(failed)?
+            .is_some()
+        {
+            taking_back.push(m);
+        }
+    }
+    if taking_back.is_empty() {
+        return Ok(0);
+    }
+    let pattern = prefix_pattern(names::TOMB_PREFIX);
+    let (mut cursor, mut back) = (0u64, 0u64);
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| failed(MoveError::Server(e.to_string())))?;
+        let mut by_move: Vec<Vec<bytes::Bytes>> = vec![Vec::new(); taking_back.len()];
+        for key in batch.iter().filter_map(|tomb| names::key_of_tomb(tomb)) {
+            if let Some(i) = taking_back
+                .iter()
+                .position(|m| in_ranges(resolver, m.category, &[m.range], key))
+            {
+                by_move[i].push(bytes::Bytes::copy_from_slice(key));
+            }
+        }
+        for (m, keys) in taking_back.iter().zip(&by_move) {
+            for chunk in keys.chunks(500) {
+                back += mover
+                    .give_back(&mut conn, &m.marker, chunk)
+                    .await
+                    .map_err(failed)?
+                    .unwrap_or(0);
+            }
+        }
+        if next == 0 {
+            return Ok(back);
+        }
+        cursor = next;
+    }
 }
 
 #[cfg(test)]

@@ -89,6 +89,15 @@ pub enum Error {
         /// Cause (credentials redacted).
         message: String,
     },
+    /// The keys a move had in transit could not be given back to its source, whose target
+    /// died, before the table that gives the range back is published.
+    #[error("giving the keys in transit back to {instance} before its range returns: {message}")]
+    GiveBack {
+        /// The move's source.
+        instance: String,
+        /// Cause (credentials redacted).
+        message: String,
+    },
     /// Writing status failed.
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
@@ -108,6 +117,7 @@ error_variants!(Error {
     ConfigMap,
     Credentials,
     Purge,
+    GiveBack,
     WriteStatus,
     Rebalance,
     Cleanup,
@@ -273,9 +283,16 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     let mut abandoned = Vec::new();
     if rebalance_on {
         let before = rb.clone();
-        rb =
-            rebalance::abandon_dead_ends(ctx, &policy, rb, &views, &selected, previous_version + 1)
-                .await?;
+        rb = rebalance::abandon_dead_ends(
+            ctx,
+            &policy,
+            rb,
+            &views,
+            &selected,
+            previous.as_ref(),
+            previous_version + 1,
+        )
+        .await?;
         abandoned = rebalance::dropped_moves(before.as_ref(), rb.as_ref());
     }
 

@@ -141,6 +141,40 @@ pub const TARGET_SERVES: &str = ":target-serves";
 /// KEYS: mover, marker. ARGV: token. Deletes the importing marker.
 pub const UNMARK_SCRIPT: &str = concat!(check_token!(), "return redis.call('DEL', KEYS[2])\n");
 
+/// KEYS: mover, importing marker, then (key, tombstone) pairs. ARGV: token, the marker's
+/// suffix of a move into a range its target served already ([`TARGET_SERVES`]). Gives the
+/// keys a move had in transit back to its source, whose target died (the operator only,
+/// before it publishes the table that gives the range back; `docs/protocol.md`, "Failover and
+/// failback"): raises the mover token to ARGV (never lowers it), so no Job attempt of the move
+/// takes a key again, then, if the marker is set and not of a move into a range its target
+/// served, renames each tombstone back to its key when the key is absent (the tombstone holds
+/// the key's last acknowledged value: the guard refuses every command on a key in transit) and
+/// deletes it when the key exists (it is stale: the key was written after an earlier move of
+/// it ended). Replies -1 when the marker says the source takes nothing back, else how many
+/// keys were renamed back.
+pub const GIVE_BACK_SCRIPT: &str = concat!(
+    oom_exempt!(),
+    r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+local m = redis.call('GET', KEYS[2])
+if not m or string.sub(m, -#ARGV[2]) == ARGV[2] then return -1 end
+local back = 0
+for i = 3, #KEYS, 2 do
+  local key, tomb = KEYS[i], KEYS[i + 1]
+  if redis.call('EXISTS', tomb) == 1 then
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('DEL', tomb)
+    else
+      redis.call('RENAME', tomb, key)
+      back = back + 1
+    end
+  end
+end
+return back
+"
+);
+
 /// KEYS: mover, temporary key, key. ARGV: token, persist (1 when the source key had no TTL).
 /// Renames a value assembled piece by piece into place if the key is still absent (else the
 /// target's value is newer); 1 placed, 0 not.
@@ -164,6 +198,7 @@ static IMPORT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(IMP
 static UNMARK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UNMARK_SCRIPT));
 static DELETE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DELETE_SCRIPT));
 static PLACE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PLACE_SCRIPT));
+static GIVE_BACK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GIVE_BACK_SCRIPT));
 
 /// What the take script answered for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +322,31 @@ impl std::fmt::Debug for Mover {
 }
 
 impl Mover {
+    /// Gives the keys of `keys` that are in transit (under their tombstones) back to the
+    /// source of the move marked by `marker`, raising the mover token to ours first
+    /// ([`GIVE_BACK_SCRIPT`]). `None` when the marker is absent or of a move into a range its
+    /// target served already (the source takes nothing back), else how many keys came back.
+    /// With no keys it only raises the token and reads the marker.
+    pub async fn give_back(
+        &self,
+        conn: &mut MultiplexedConnection,
+        marker: &str,
+        keys: &[Bytes],
+    ) -> Result<Option<u64>, MoveError> {
+        let mut inv = GIVE_BACK.prepare_invoke();
+        inv.key(names::mover(&self.policy)).key(marker);
+        for k in keys {
+            inv.key(k.as_ref()).key(names::tomb(k).as_ref());
+        }
+        let back: i64 = inv
+            .arg(self.token)
+            .arg(TARGET_SERVES)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| MoveError::from_redis(&e))?;
+        Ok(u64::try_from(back).ok())
+    }
+
     /// Raises the instance's mover token to ours; `Fenced` when a newer one is there.
     pub async fn claim(&self, conn: &mut MultiplexedConnection) -> Result<(), MoveError> {
         let ours: i64 = RAISE_TOKEN

@@ -14,6 +14,7 @@ use crate::api::redis_instance::{InstancePhase, RedisInstance};
 use crate::operator::cache_policy::build::{InstanceView, served_ranges};
 use crate::operator::cache_policy::{Error, PolicyContext, fences, job};
 use crate::redis::protocol::names;
+use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
 use crate::routing::table::{Migration, RoutingTable};
 
@@ -64,13 +65,17 @@ pub fn live_moves(r: &RebalanceStatus, dead: &[String]) -> Vec<MoveStatus> {
 /// token, so it is not fenced off; the operator's highest token would fence it too), with the
 /// plan's highest token when it ends. It records the dead instances' fences at
 /// `next_version` on every instance that answers, and deletes the running Job; the driver
-/// starts the next attempt.
+/// starts the next attempt. Then, before anything is published, each source whose target died
+/// gets back the keys the move had in transit ([`give_back_transit`]); `table` is the
+/// published table (the one that runs the moves). An error there fails the reconcile before
+/// it publishes, and the next one gives the moves up again.
 pub async fn abandon_dead_ends(
     ctx: &PolicyContext,
     policy: &CachePolicy,
     rb: Option<RebalanceStatus>,
     views: &[InstanceView],
     selected: &[Arc<RedisInstance>],
+    table: Option<&RoutingTable>,
     next_version: u64,
 ) -> Result<Option<RebalanceStatus>, Error> {
     let Some(mut r) = rb else { return Ok(None) };
@@ -108,6 +113,14 @@ pub async fn abandon_dead_ends(
                 warn!(instance = %end, error = %e, "could not fence the rebalance Jobs off an instance");
             }
         }
+    }
+    // The keys a move whose target died has in transit go back under their names on its
+    // source now, while its importing marker is set and no table routes the range to the
+    // source without the guard: every sidecar that can send a command on those keys goes
+    // through the guard, which refuses them while their tombstones exist. Once the table that
+    // gives the range back is out, plain commands run on the source, and the marker goes.
+    if let Some(table) = table {
+        give_back_transit(ctx, &namespace, &key, &r, &dead, selected, &mover, table).await?;
     }
     let raise: Vec<(String, u64)> = dead.iter().map(|d| (d.clone(), next_version)).collect();
     fences::notify(shared, &namespace, &key, selected, &raise).await;
@@ -156,6 +169,91 @@ pub async fn abandon_dead_ends(
     Ok(Some(r))
 }
 
+/// The migration of the move `m` of plan `plan`, as the tables carry it.
+fn migration_of(m: &MoveStatus, plan: i64) -> Migration {
+    Migration {
+        category: m.category.clone(),
+        start: u16::try_from(m.start).unwrap_or_default(),
+        end: u16::try_from(m.end).unwrap_or_default(),
+        from: m.from.clone(),
+        to: m.to.clone(),
+        epoch: u64::try_from(plan).unwrap_or_default(),
+    }
+}
+
+/// Gives the keys in transit of every move of `r` whose target is dead (and source alive) back
+/// to its source ([`fences::give_back_transit`]), by `mover`, which also fences every earlier
+/// attempt off the source in the same script. A move into a range its target served already
+/// (from a draining instance) gets nothing back: its range fails over with the target.
+#[allow(clippy::too_many_arguments)]
+async fn give_back_transit(
+    ctx: &PolicyContext,
+    namespace: &str,
+    key: &str,
+    r: &RebalanceStatus,
+    dead: &[String],
+    selected: &[Arc<RedisInstance>],
+    mover: &crate::redis::protocol::mover::Mover,
+    table: &RoutingTable,
+) -> Result<(), Error> {
+    let mut by_source: Vec<(&str, Vec<fences::GivenBack>)> = Vec::new();
+    let mut resolver = None;
+    for m in r
+        .moves
+        .iter()
+        .filter(|m| dead.contains(&m.to) && !dead.contains(&m.from))
+    {
+        let resolver = match &resolver {
+            Some(r) => r,
+            None => resolver.insert(Resolver::new(table.clone()).map_err(|e| Error::GiveBack {
+                instance: m.from.clone(),
+                message: e.to_string(),
+            })?),
+        };
+        let Some(category) = resolver
+            .categories()
+            .iter()
+            .position(|c| c.name == m.category)
+            .and_then(|id| CategoryId::try_from(id).ok())
+        else {
+            continue;
+        };
+        let migration = migration_of(m, r.plan_id);
+        let given = fences::GivenBack {
+            marker: names::importing(key, &migration),
+            category,
+            range: SlotRange::new(migration.start, migration.end),
+        };
+        match by_source.iter_mut().find(|(s, _)| *s == m.from) {
+            Some((_, moves)) => moves.push(given),
+            None => by_source.push((&m.from, vec![given])),
+        }
+    }
+    let Some(resolver) = resolver else {
+        return Ok(());
+    };
+    for (from, moves) in by_source {
+        let Some(source) = selected.iter().find(|ri| ri.name_any() == from) else {
+            continue;
+        };
+        let back =
+            fences::give_back_transit(&ctx.shared, namespace, source, mover, &resolver, &moves)
+                .await
+                .map_err(|message| Error::GiveBack {
+                    instance: from.to_owned(),
+                    message,
+                })?;
+        if back > 0 {
+            info!(
+                instance = %from,
+                keys = back,
+                "gave the keys in transit back to the source of moves whose target died"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The migrations of the moves of the active plan `before` that `after` no longer runs (taken
 /// out of it, or the plan ended): the moves given up in this reconcile, as the tables carried
 /// them.
@@ -172,14 +270,7 @@ pub fn dropped_moves(
         .moves
         .iter()
         .filter(|m| kept.is_none_or(|a| !a.moves.contains(m)))
-        .map(|m| Migration {
-            category: m.category.clone(),
-            start: u16::try_from(m.start).unwrap_or_default(),
-            end: u16::try_from(m.end).unwrap_or_default(),
-            from: m.from.clone(),
-            to: m.to.clone(),
-            epoch: u64::try_from(before.plan_id).unwrap_or_default(),
-        })
+        .map(|m| migration_of(m, before.plan_id))
         .collect()
 }
 
