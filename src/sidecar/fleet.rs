@@ -111,13 +111,24 @@ impl FleetView {
 
     /// Nanoseconds since this view was made (a monotonic clock).
     pub fn clock(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.clock_at(Instant::now())
+    }
+
+    /// [`Self::clock`] at `at`: a lane reads the clock once per read from its instance and
+    /// judges every reply of that read by it — the time the replies were in hand.
+    pub fn clock_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Whether `lease` is fresh now: the round behind it began less than [`LEASE`] ago.
     pub fn fresh(&self, lease: &AtomicU64) -> bool {
+        self.fresh_at(lease, self.clock())
+    }
+
+    /// Whether `lease` is fresh at `clock` (a reading of [`Self::clock`]).
+    fn fresh_at(&self, lease: &AtomicU64, clock: u64) -> bool {
         let began = lease.load(Ordering::Acquire);
-        began > 0 && self.clock().saturating_sub(began - 1) < lease_nanos()
+        began > 0 && clock.saturating_sub(began - 1) < lease_nanos()
     }
 
     /// Whether a reply from `instance` (whose fence and lease cells are given) to a command
@@ -129,11 +140,23 @@ impl FleetView {
         lease: &AtomicU64,
         version: u64,
     ) -> Option<Result<(), Unvouched>> {
+        self.check_at(fence, lease, version, self.clock())
+    }
+
+    /// [`Self::check`] for replies that were in hand at `clock` (a reading of
+    /// [`Self::clock`] taken when they arrived).
+    pub fn check_at(
+        &self,
+        fence: &AtomicU64,
+        lease: &AtomicU64,
+        version: u64,
+        clock: u64,
+    ) -> Option<Result<(), Unvouched>> {
         let f = fence.load(Ordering::Acquire);
         if version < f {
             return Some(Err(Unvouched::Fenced(f)));
         }
-        self.fresh(lease).then_some(Ok(()))
+        self.fresh_at(lease, clock).then_some(Ok(()))
     }
 
     /// Vouches for a reply from `instance` to a command routed by table `version`: at once

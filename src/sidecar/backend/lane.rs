@@ -2,6 +2,7 @@
 //! coalesces whatever is queued into one write; a reader hands each request its reply once the
 //! fleet vouches for it ([`super::super::fleet::FleetView::vouch`]).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -108,12 +109,15 @@ pub(super) async fn run_lane(
 
 /// Hands `replies` to the request's client once they are vouched for (at once while the
 /// instance's lease is fresh; otherwise a task waits for a heartbeat round).
+/// `clock` is the view's clock when the replies were read.
+#[allow(clippy::too_many_arguments)]
 fn deliver(
     view: &Arc<FleetView>,
     name: &str,
     fence: &AtomicU64,
     lease: &AtomicU64,
     version: Option<u64>,
+    clock: u64,
     tx: oneshot::Sender<Result<Replies, BackendError>>,
     replies: Replies,
 ) {
@@ -121,7 +125,7 @@ fn deliver(
         let _ = tx.send(Ok(replies));
         return;
     };
-    match view.check(fence, lease, version) {
+    match view.check_at(fence, lease, version, clock) {
         Some(Ok(())) => {
             let _ = tx.send(Ok(replies));
         }
@@ -169,7 +173,9 @@ async fn pipeline(
         return Err(unconfirmed());
     }
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let (slot_tx, mut slot_rx) = mpsc::unbounded_channel::<Slot>();
+    // The requests written and not yet answered, oldest first: the writer pushes, the reader
+    // pops (both run in this task, so the lock is never contended).
+    let slots: Mutex<VecDeque<Slot>> = Mutex::new(VecDeque::new());
     let in_flight = AtomicUsize::new(0);
     let limits = Limits::replies();
 
@@ -189,7 +195,9 @@ async fn pipeline(
                 queued = now;
             }
             buf.clear();
-            let push = |job: Job, buf: &mut BytesMut| {
+            // One clock reading for the whole write: its requests leave together.
+            let sent = Instant::now();
+            let push = |job: Job, buf: &mut BytesMut, queue: &mut VecDeque<Slot>| {
                 let (tx, replies, version) = match job {
                     Job::Request {
                         bytes,
@@ -210,19 +218,22 @@ async fn pipeline(
                 in_flight.fetch_add(1, Ordering::AcqRel);
                 metrics.in_flight.inc();
                 // The reader owns the slot before the bytes leave, so no reply can beat it.
-                let _ = slot_tx.send(Slot {
+                queue.push_back(Slot {
                     tx,
                     version,
                     expected: replies.max(1),
                     collected: Vec::new(),
-                    sent: Instant::now(),
+                    sent,
                 });
             };
-            push(job, &mut buf);
-            while buf.len() < 64 * 1024 {
-                match rx.try_recv() {
-                    Ok(job) => push(job, &mut buf),
-                    Err(_) => break,
+            {
+                let mut queue = slots.lock().unwrap_or_else(|e| e.into_inner());
+                push(job, &mut buf, &mut queue);
+                while buf.len() < 64 * 1024 {
+                    match rx.try_recv() {
+                        Ok(job) => push(job, &mut buf, &mut queue),
+                        Err(_) => break,
+                    }
                 }
             }
             metrics.writes.inc();
@@ -238,7 +249,10 @@ async fn pipeline(
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut scanner = FrameScanner::new();
         let mut current: Option<Slot> = None;
+        // When the bytes in `buf` were read: one clock reading per read, for every reply in it.
+        let mut read_at = Instant::now();
         loop {
+            let clock = view.clock_at(read_at.into());
             // Hand out every complete reply in the buffer.
             loop {
                 match scanner.scan(&buf, &limits) {
@@ -247,21 +261,34 @@ async fn pipeline(
                         let frame = buf.split_to(n).freeze();
                         let mut slot = match current.take() {
                             Some(s) => s,
-                            None => slot_rx
-                                .try_recv()
-                                .map_err(|_| "a reply arrived that nobody asked for".to_owned())?,
+                            None => slots
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .pop_front()
+                                .ok_or_else(|| {
+                                    "a reply arrived that nobody asked for".to_owned()
+                                })?,
                         };
                         slot.collected.push(frame);
                         if slot.collected.len() >= slot.expected {
                             in_flight.fetch_sub(1, Ordering::AcqRel);
                             metrics.in_flight.dec();
-                            metrics.observe(slot.sent.elapsed());
+                            metrics.observe(read_at.saturating_duration_since(slot.sent));
                             let replies = if slot.expected == 1 {
                                 Replies::One(slot.collected.pop().unwrap_or_default())
                             } else {
                                 Replies::Many(slot.collected)
                             };
-                            deliver(view, name, &fence, &lease, slot.version, slot.tx, replies);
+                            deliver(
+                                view,
+                                name,
+                                &fence,
+                                &lease,
+                                slot.version,
+                                clock,
+                                slot.tx,
+                                replies,
+                            );
                         } else {
                             current = Some(slot);
                         }
@@ -291,6 +318,7 @@ async fn pipeline(
             if n == 0 {
                 return Err("the server closed the connection".to_owned());
             }
+            read_at = Instant::now();
         }
     };
 
@@ -303,8 +331,8 @@ async fn pipeline(
         Ok(()) => "the sidecar dropped the connection".to_owned(),
         Err(e) => e.clone(),
     };
-    drop(slot_tx);
-    while let Ok(slot) = slot_rx.try_recv() {
+    let unanswered = std::mem::take(&mut *slots.lock().unwrap_or_else(|e| e.into_inner()));
+    for slot in unanswered {
         metrics.in_flight.dec();
         let _ = slot.tx.send(Err(BackendError::Lost {
             instance: name.to_owned(),
