@@ -19,6 +19,7 @@ use super::{
 };
 use crate::redis::resp::{Frame, Request};
 use crate::routing::keyspace::{CategoryId, InstanceId, Route};
+use crate::routing::table::TtlRules;
 
 /// The category TTL rules for a command whose keys belong to `categories`: each key gets the
 /// rules of its own category (the keys of one command may span several categories).
@@ -30,13 +31,14 @@ pub(super) fn ttl_action(
 ) -> TtlAction {
     let resolver = &router.resolver;
     let rules_of = |c: CategoryId| resolver.categories()[usize::from(c)].ttl;
-    let now = now_ms();
     let Some(first) = categories.clone().next() else {
         return TtlAction::Unchanged;
     };
     if categories.clone().all(|c| c == first) {
-        return ttl::apply(&rules_of(first), spec, args, now);
+        let rules = rules_of(first);
+        return ttl::apply(&rules, spec, args, now_if_ruled(&rules));
     }
+    let now = now_ms();
     let mut distinct: Vec<CategoryId> = categories.by_ref().collect();
     distinct.sort_unstable();
     distinct.dedup();
@@ -56,6 +58,12 @@ pub(super) fn ttl_action(
     } else {
         TtlAction::Append(appended)
     }
+}
+
+/// The time for `ttl::apply`, read only when there are rules to apply (it is on every
+/// command's path, and most categories have none).
+fn now_if_ruled(rules: &TtlRules) -> u64 {
+    if rules.is_empty() { 0 } else { now_ms() }
 }
 
 /// Where a group of keys goes.
@@ -98,7 +106,7 @@ impl Client {
         };
         let mut extra: Vec<Vec<Bytes>> = Vec::new();
         let mut args_override: Option<Vec<Bytes>> = None;
-        match ttl::apply(&rules, spec, &request.args, now_ms()) {
+        match ttl::apply(&rules, spec, &request.args, now_if_ruled(&rules)) {
             TtlAction::Unchanged => {}
             TtlAction::Replace(args) => args_override = Some(args),
             TtlAction::Append(cmds) => extra = cmds,
@@ -110,15 +118,16 @@ impl Client {
         if let Some(m) = route.migration {
             let mut cmds = vec![args_override.unwrap_or_else(|| request.args.clone())];
             cmds.extend(extra);
-            let reply = self
-                .guarded(
-                    &router,
-                    m,
-                    std::slice::from_ref(key),
-                    cmds,
-                    Guarded::command(),
-                )
-                .await?;
+            // Boxed, here and below: the guard's wait is rare and large, and every connection's
+            // task would otherwise carry room for it.
+            let reply = Box::pin(self.guarded(
+                &router,
+                m,
+                std::slice::from_ref(key),
+                cmds,
+                Guarded::command(),
+            ))
+            .await?;
             router.categories[usize::from(route.category)]
                 .commands
                 .inc();
@@ -232,7 +241,7 @@ impl Client {
                         .map(|n| request.args[keys[*n]].clone())
                         .collect();
                     Part::Done(
-                        self.guarded(&router, *m, &group_keys, cmds, Guarded::command())
+                        Box::pin(self.guarded(&router, *m, &group_keys, cmds, Guarded::command()))
                             .await?,
                     )
                 }
@@ -303,9 +312,9 @@ impl Client {
                 ask: all_migrating,
                 script: spec.kind == Kind::Script,
             };
-            let reply = self
-                .guarded(&router, m, &guard_keys, std::mem::take(&mut cmds), how)
-                .await?;
+            let reply =
+                Box::pin(self.guarded(&router, m, &guard_keys, std::mem::take(&mut cmds), how))
+                    .await?;
             router.categories[usize::from(category)].commands.inc();
             return Ok(Pending::Ready(reply));
         }

@@ -269,7 +269,7 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
     shared.metrics.clients.inc();
     let mut client = Client::new(id, shared.clone());
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::new();
     let mut decoder = RequestDecoder::new(shared.limits);
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut out = BytesMut::new();
@@ -328,21 +328,33 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             let _ = stream.shutdown().await;
             break;
         }
-        // Grow the buffer as data arrives, never by what a header merely announces: a
-        // `$536870912` must not reserve 512 MiB before a byte of it came.
-        if let Some(needed) = decoder.needed() {
-            let missing = needed.saturating_sub(buf.len());
-            buf.reserve(missing.min(READ_CHUNK));
-        } else if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
+        // A connection waiting for its client holds no read buffer: one is taken when bytes
+        // are there (most connections of a busy application are idle at any moment).
+        if buf.is_empty() && buf.capacity() > 0 {
+            buf = BytesMut::new();
         }
         tokio::select! {
             biased;
             () = std::future::poll_fn(|cx| drain_ready(&mut queue, &mut out, &mut closing, cx)),
                 if !queue.is_empty() => {}
-            read = stream.read_buf(&mut buf), if !closing => match read {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            ready = stream.readable(), if !closing => {
+                if ready.is_err() {
+                    break;
+                }
+                // Grow the buffer as data arrives, never by what a header merely announces: a
+                // `$536870912` must not reserve 512 MiB before a byte of it came.
+                if let Some(needed) = decoder.needed() {
+                    let missing = needed.saturating_sub(buf.len());
+                    buf.reserve(missing.min(READ_CHUNK));
+                } else if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(4096);
+                }
+                match stream.try_read_buf(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
             },
             // Pub/Sub messages, after the replies before them.
             push = client.pubsub.next(), if client.pubsub.receiving() && !closing => match push {
@@ -512,16 +524,19 @@ impl Client {
         Pending::Ready(SendError::Stale.reply())
     }
 
+    /// Routes one request. Only the commands on keys are awaited in place; every other kind
+    /// is boxed, so that each connection's task only has room for the common case (a
+    /// connection's task holds its largest possible dispatch for its whole life).
     async fn dispatch(&mut self, request: &Request, resolved: &Resolved) -> Dispatched {
         let spec = resolved.spec;
         if let Kind::Transaction(t) = spec.kind {
-            return self.transaction_command(t, request).await;
+            return Box::pin(self.transaction_command(t, request)).await;
         }
         if self.transaction.is_some() {
-            return self.queue(request, resolved).await;
+            return Box::pin(self.queue(request, resolved)).await;
         }
         if let Kind::Local(l) = spec.kind {
-            return Ok(self.local(l, request).await);
+            return Ok(Box::pin(self.local(l, request)).await);
         }
         let Some(router) = self.shared.router.load_full() else {
             return Ok(Pending::Ready(error_reply(
@@ -532,12 +547,11 @@ impl Client {
             Kind::SingleKey => self.single(router, request, resolved.keys[0], spec).await,
             Kind::MultiKey(split) => self.split(router, request, split, &resolved.keys).await,
             Kind::SameInstance | Kind::Script => {
-                self.same_instance(router, request, &resolved.keys, spec)
-                    .await
+                Box::pin(self.same_instance(router, request, &resolved.keys, spec)).await
             }
-            Kind::Blocking => self.blocking(router, request, &resolved.keys, spec).await,
-            Kind::FanOut(f) => Ok(self.fan_out(router, f, request.clone()).await),
-            Kind::PubSub(p) => Ok(self.pubsub(router, p, request.clone()).await),
+            Kind::Blocking => Box::pin(self.blocking(router, request, &resolved.keys, spec)).await,
+            Kind::FanOut(f) => Ok(Box::pin(self.fan_out(router, f, request.clone())).await),
+            Kind::PubSub(p) => Ok(Box::pin(self.pubsub(router, p, request.clone())).await),
             Kind::Container | Kind::Refused(_) | Kind::Local(_) | Kind::Transaction(_) => {
                 Ok(Pending::Ready(error_reply("ERR unsupported command")))
             }
