@@ -46,7 +46,8 @@ bench:
     - 127.0.0.1:$redis_port:1
 EOF
 nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" -s "$(port)" &
-pids+=($!)
+twem_pid=$!
+pids+=($twem_pid)
 wait_port "$twem_port"
 
 cat > "$work/routing.json" <<EOF
@@ -59,52 +60,82 @@ RUST_LOG=warn "$bin" sidecar --routing-file "$work/routing.json" --listen "127.0
 side_pid=$!
 pids+=($side_pid)
 wait_port "$side_port"
+idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$side_pid/status")
+idle_file=$(awk '/RssFile/ {print $2}' "/proc/$side_pid/status")
 
-# rps <port> <test> <pipeline> <clients> -> requests per second (median of ROUNDS)
-rps() {
-  local vals=()
+# CPU nanoseconds a process has used so far, all its threads (schedstat: exact, not ticks).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
+
+# run <port> <test> <pipeline> <clients> <proxy pid or 0> [extra redis-benchmark flags]
+#   -> "<requests/s, median of ROUNDS> <proxy CPU µs per request over all rounds>"
+run() {
+  local vals=() before after
+  before=$([ "$5" != 0 ] && cpu_ns "$5" || echo 0)
   for _ in $(seq 1 "$ROUNDS"); do
-    vals+=("$(redis-benchmark -h 127.0.0.1 -p "$1" -t "$2" -P "$3" -c "$4" -n "$REQUESTS" -r 100000 -d 64 --csv -q \
+    vals+=("$(redis-benchmark -h 127.0.0.1 -p "$1" -t "$2" -P "$3" -c "$4" -n "$REQUESTS" -r 100000 -d 64 --csv -q ${6:-} \
       | awk -F'","' 'NR==2 {gsub(/"/,"",$2); print $2}')")
   done
-  printf '%s\n' "${vals[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+  after=$([ "$5" != 0 ] && cpu_ns "$5" || echo 0)
+  printf '%s %s\n' \
+    "$(printf '%s\n' "${vals[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')" \
+    "$(echo "($after - $before) / 1000 / ($REQUESTS * $ROUNDS)" | bc -l)"
 }
 
 # p50 and p99 in ms with one client (median run)
 lat() {
-  redis-benchmark -h 127.0.0.1 -p "$1" -t "$2" -P 1 -c 1 -n 50000 -r 100000 -d 64 --csv -q \
+  redis-benchmark -h 127.0.0.1 -p "$1" -t "$2" -P 1 -c 1 -n 50000 -r 100000 -d 64 --csv -q ${3:-} \
     | awk -F'","' 'NR==2 {gsub(/"/,"",$0); split($0,f,","); print f[5], f[7]}'
 }
 
-declare -A R
+declare -A R C
 for P in 1 16; do
   for t in set get; do
-    for target in direct:$redis_port twemproxy:$twem_port sidecar:$side_port; do
-      name=${target%%:*}; p=${target##*:}
-      R[$name,$t,$P]=$(rps "$p" "$t" "$P" "$CLIENTS")
+    for target in direct:$redis_port:0 twemproxy:$twem_port:$twem_pid sidecar:$side_port:$side_pid; do
+      IFS=: read -r name p pid <<<"$target"
+      read -r R[$name,$t,$P] C[$name,$t,$P] <<<"$(run "$p" "$t" "$P" "$CLIENTS" "$pid")"
     done
+    # RESP3 (HELLO 3 first): twemproxy does not speak it.
+    read -r R[direct3,$t,$P] C[direct3,$t,$P] <<<"$(run "$redis_port" "$t" "$P" "$CLIENTS" 0 -3)"
+    read -r R[sidecar3,$t,$P] C[sidecar3,$t,$P] <<<"$(run "$side_port" "$t" "$P" "$CLIENTS" "$side_pid" -3)"
   done
 done
 
-printf '\nredis-benchmark, %s clients, %s requests, 64-byte values, median of %s runs (requests/s)\n' "$CLIENTS" "$REQUESTS" "$ROUNDS"
-printf '%-10s %-4s %12s %12s %12s %10s %12s\n' pipeline cmd direct twemproxy sidecar side/dir side/twem
+printf '\nredis-benchmark, %s clients, %s requests, 64-byte values, median of %s runs (requests/s);\n' "$CLIENTS" "$REQUESTS" "$ROUNDS"
+printf 'CPU: the proxy process'"'"'s CPU time per request, in µs (lower is better; the ratio is what a\n'
+printf 'proxy costs, which on a 2-core machine shared with redis-benchmark and Redis decides the rest)\n'
+printf '%-5s %-10s %-4s %10s %10s %10s %9s %9s %9s %9s %8s\n' \
+  RESP pipeline cmd direct twemproxy sidecar side/dir side/twem cpu-twem cpu-side cpu-s/t
 for P in 1 16; do
   for t in set get; do
     d=${R[direct,$t,$P]}; w=${R[twemproxy,$t,$P]}; s=${R[sidecar,$t,$P]}
-    printf '%-10s %-4s %12.0f %12.0f %12.0f %10.2f %12.2f\n' "-P $P" "$t" "$d" "$w" "$s" \
-      "$(echo "$s / $d" | bc -l)" "$(echo "$s / $w" | bc -l)"
+    cw=${C[twemproxy,$t,$P]}; cs=${C[sidecar,$t,$P]}
+    printf '%-5s %-10s %-4s %10.0f %10.0f %10.0f %9.2f %9.2f %9.2f %9.2f %8.2f\n' 2 "-P $P" "$t" "$d" "$w" "$s" \
+      "$(echo "$s / $d" | bc -l)" "$(echo "$s / $w" | bc -l)" "$cw" "$cs" "$(echo "$cs / $cw" | bc -l)"
+  done
+done
+for P in 1 16; do
+  for t in set get; do
+    d=${R[direct3,$t,$P]}; s=${R[sidecar3,$t,$P]}; cs=${C[sidecar3,$t,$P]}
+    printf '%-5s %-10s %-4s %10.0f %10s %10.0f %9.2f %9s %9s %9.2f %8s\n' 3 "-P $P" "$t" "$d" - "$s" \
+      "$(echo "$s / $d" | bc -l)" - - "$cs" -
   done
 done
 
-read -r d50 d99 <<<"$(lat "$redis_port" get)"
-read -r s50 s99 <<<"$(lat "$side_port" get)"
-printf '\none client, GET: direct p50 %.3f ms p99 %.3f ms; sidecar p50 %.3f ms p99 %.3f ms\n' "$d50" "$d99" "$s50" "$s99"
-printf 'added by the sidecar: p50 %.0f µs, p99 %.0f µs\n' \
-  "$(echo "($s50 - $d50) * 1000" | bc -l)" "$(echo "($s99 - $d99) * 1000" | bc -l)"
+printf '\n'
+for resp in 2 3; do
+  flag=$([ "$resp" = 3 ] && echo -3 || true)
+  read -r d50 d99 <<<"$(lat "$redis_port" get "$flag")"
+  read -r s50 s99 <<<"$(lat "$side_port" get "$flag")"
+  printf 'one client, GET, RESP%s: direct p50 %.3f ms p99 %.3f ms; sidecar p50 %.3f ms p99 %.3f ms; added p50 %.0f µs, p99 %.0f µs\n' \
+    "$resp" "$d50" "$d99" "$s50" "$s99" \
+    "$(echo "($s50 - $d50) * 1000" | bc -l)" "$(echo "($s99 - $d99) * 1000" | bc -l)"
+done
 
 # Memory: 1000 client connections at once.
 redis-benchmark -h 127.0.0.1 -p "$side_port" -t get -c 1000 -n 200000 -q > /dev/null
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$side_pid/status")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$side_pid/status")
-printf '\nsidecar memory: peak RSS %.1f MB with 1000 client connections (now %.1f MB)\n' \
-  "$(echo "$hwm / 1024" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+printf '\nsidecar memory: peak RSS %.1f MB with 1000 client connections (now %.1f MB; %.1f MB before any\n' \
+  "$(echo "$hwm / 1024" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$(echo "$idle_rss / 1024" | bc -l)"
+printf 'client, %.1f MB of it the binary'"'"'s pages): %.1f KB per connection at the peak\n' \
+  "$(echo "$idle_file / 1024" | bc -l)" "$(echo "($hwm - $idle_rss) / 1000" | bc -l)"
