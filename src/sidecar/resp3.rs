@@ -87,6 +87,28 @@ pub fn shape<A: AsRef<[u8]>>(args: &[A]) -> Shape {
     Shape::Reply { resp3, with }
 }
 
+/// [`convert`] for a reply the caller owns: a scalar whose shape keeps it (most replies:
+/// GET, SET, INCR, …) goes through as it is, without being parsed and encoded again; a
+/// RESP2 null becomes RESP3's `_`.
+pub fn convert_owned(reply: Bytes, shape: &Shape) -> Bytes {
+    match shape {
+        Shape::Reply {
+            resp3: Resp3::Raw, ..
+        } => reply,
+        Shape::Reply {
+            resp3: Resp3::Same, ..
+        } => match reply.first() {
+            Some(b'+' | b'-' | b':') => reply,
+            Some(b'$' | b'*') if &reply[..] == b"$-1\r\n" || &reply[..] == b"*-1\r\n" => {
+                Bytes::from_static(b"_\r\n")
+            }
+            Some(b'$') => reply,
+            _ => convert(&reply, shape),
+        },
+        Shape::Reply { .. } | Shape::Exec(_) => convert(&reply, shape),
+    }
+}
+
 /// Converts one reply (RESP2 or RESP3 bytes, one complete frame) for a RESP3 client.
 /// Bytes that do not parse are returned as they are.
 pub fn convert(reply: &[u8], shape: &Shape) -> Bytes {
@@ -370,6 +392,31 @@ fn geo(value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_that_keep_their_shape_go_through_as_convert_would_make_them() {
+        let replies: [&[u8]; 9] = [
+            b"+OK\r\n",
+            b"-ERR no\r\n",
+            b":42\r\n",
+            b"$3\r\nabc\r\n",
+            b"$0\r\n\r\n",
+            b"$-1\r\n",
+            b"*-1\r\n",
+            b"*2\r\n$1\r\na\r\n$-1\r\n",
+            b"*0\r\n",
+        ];
+        for shape in [shape(&["GET", "k"]), shape(&["INCR", "k"]), Shape::SAME] {
+            for reply in replies {
+                assert_eq!(
+                    convert_owned(Bytes::copy_from_slice(reply), &shape),
+                    convert(reply, &shape),
+                    "{:?}",
+                    String::from_utf8_lossy(reply)
+                );
+            }
+        }
+    }
 
     fn conv(args: &str, reply: &[u8]) -> String {
         let args: Vec<&str> = args.split(' ').collect();

@@ -202,7 +202,7 @@ impl Pending {
             Pending::Future(f) => f.as_mut().poll(cx).map(|b| (b, false)),
             Pending::Resp3(inner, shape) => inner
                 .poll_reply(cx)
-                .map(|(b, close)| (super::resp3::convert(&b, shape), close)),
+                .map(|(b, close)| (super::resp3::convert_owned(b, shape), close)),
         }
     }
 }
