@@ -5,6 +5,7 @@
 #
 #   bench/proxy.sh            # default: 200k requests per run, 3 rounds (median kept)
 #   REQUESTS=500000 ROUNDS=5 bench/proxy.sh
+#   REDIS_FLEET_BASELINE_BIN=/path/to/older/redis-fleet bench/proxy.sh   # adds before columns
 #
 # Needs redis-server, redis-benchmark (redis-tools) and nutcracker (make bench installs them).
 set -euo pipefail
@@ -63,6 +64,19 @@ wait_port "$side_port"
 idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$side_pid/status")
 idle_file=$(awk '/RssFile/ {print $2}' "/proc/$side_pid/status")
 
+# REDIS_FLEET_BASELINE_BIN=<another redis-fleet binary>: its sidecar is measured in the same
+# run (the "before" columns), so that a change is judged side by side on the same noise.
+base_pid=0
+if [ -n "${REDIS_FLEET_BASELINE_BIN:-}" ]; then
+  base_port=$(port)
+  RUST_LOG=warn "$REDIS_FLEET_BASELINE_BIN" sidecar --routing-file "$work/routing.json" \
+    --listen "127.0.0.1:$base_port" --metrics-addr "127.0.0.1:$(port)" --id bench-baseline \
+    > "$work/baseline.log" 2>&1 &
+  base_pid=$!
+  pids+=($base_pid)
+  wait_port "$base_port"
+fi
+
 # CPU nanoseconds a process has used so far, all its threads (schedstat: exact, not ticks).
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
@@ -97,6 +111,9 @@ for P in 1 16; do
     # RESP3 (HELLO 3 first): twemproxy does not speak it.
     read -r R[direct3,$t,$P] C[direct3,$t,$P] <<<"$(run "$redis_port" "$t" "$P" "$CLIENTS" 0 -3)"
     read -r R[sidecar3,$t,$P] C[sidecar3,$t,$P] <<<"$(run "$side_port" "$t" "$P" "$CLIENTS" "$side_pid" -3)"
+    if [ "$base_pid" != 0 ]; then
+      read -r R[base,$t,$P] C[base,$t,$P] <<<"$(run "$base_port" "$t" "$P" "$CLIENTS" "$base_pid")"
+    fi
   done
 done
 
@@ -120,6 +137,19 @@ for P in 1 16; do
       "$(echo "$s / $d" | bc -l)" - - "$cs" -
   done
 done
+
+if [ "$base_pid" != 0 ]; then
+  printf '\nbaseline sidecar (%s), RESP2, same run\n' "$REDIS_FLEET_BASELINE_BIN"
+  printf '%-10s %-4s %12s %12s %10s %12s %12s %10s\n' pipeline cmd before now now/before \
+    cpu-before cpu-now cpu-n/b
+  for P in 1 16; do
+    for t in set get; do
+      b=${R[base,$t,$P]}; s=${R[sidecar,$t,$P]}; cb=${C[base,$t,$P]}; cs=${C[sidecar,$t,$P]}
+      printf '%-10s %-4s %12.0f %12.0f %10.2f %12.2f %12.2f %10.2f\n' "-P $P" "$t" "$b" "$s" \
+        "$(echo "$s / $b" | bc -l)" "$cb" "$cs" "$(echo "$cs / $cb" | bc -l)"
+    done
+  done
+fi
 
 printf '\n'
 for resp in 2 3; do
