@@ -581,29 +581,30 @@ fn choose_fallback(
 /// Per instance, the (category, range) pairs it serves in `table` (owned and not failed
 /// over, taken over by failover, or either end of a migrating range).
 pub fn served_ranges(table: &RoutingTable) -> BTreeMap<String, Vec<(String, SlotRange)>> {
-    // instance → category → served slots
-    let mut bits: BTreeMap<String, BTreeMap<String, Vec<bool>>> = BTreeMap::new();
-    let mut mark = |instance: &str, category: &str, range: SlotRange| {
-        let b = bits
-            .entry(instance.to_owned())
+    // instance → category → served ranges (unsorted, may touch or overlap). Borrowed names
+    // and ranges, not a slot bitmap nor an owned name per slot: a policy reconcile calls this
+    // on every table, and at 1 000 instances × 50 categories the bitmaps took 84 MB and the
+    // names 800 000 allocations a call (most of the operator's CPU and heap fragmentation).
+    let mut served: BTreeMap<&str, BTreeMap<&str, Vec<SlotRange>>> = BTreeMap::new();
+    let mut mark = |instance, category, range| {
+        served
+            .entry(instance)
             .or_default()
-            .entry(category.to_owned())
-            .or_insert_with(|| vec![false; usize::from(SLOT_COUNT)]);
-        for s in range.start..=range.end {
-            b[usize::from(s)] = true;
-        }
+            .entry(category)
+            .or_default()
+            .push(range);
     };
     for cat in &table.categories {
-        let mut served: Vec<String> = cat.owners().into_iter().map(str::to_owned).collect();
+        let mut owners = cat.owners();
         for f in table.failover.iter().filter(|f| f.category == cat.name) {
             for slot in f.start..=f.end {
-                if served[usize::from(slot)] == f.from {
-                    served[usize::from(slot)] = f.to.clone();
+                if owners[usize::from(slot)] == f.from {
+                    owners[usize::from(slot)] = f.to.as_str();
                 }
             }
         }
-        for (range, instance) in runs(&served) {
-            mark(&instance, &cat.name, range);
+        for (range, instance) in runs(&owners) {
+            mark(instance, cat.name.as_str(), range);
         }
     }
     for m in &table.migrating {
@@ -611,20 +612,33 @@ pub fn served_ranges(table: &RoutingTable) -> BTreeMap<String, Vec<(String, Slot
             mark(instance, &m.category, SlotRange::new(m.start, m.end));
         }
     }
-    bits.into_iter()
+    served
+        .into_iter()
         .map(|(instance, cats)| {
             let ranges = cats
                 .into_iter()
-                .flat_map(|(cat, b)| {
-                    runs(&b)
-                        .into_iter()
-                        .filter(|(_, on)| *on)
-                        .map(move |(r, _)| (cat.clone(), r))
+                .flat_map(|(cat, ranges)| {
+                    merged(ranges).into_iter().map(move |r| (cat.to_owned(), r))
                 })
                 .collect();
-            (instance, ranges)
+            (instance.to_owned(), ranges)
         })
         .collect()
+}
+
+/// `ranges` as the maximal runs of the slots they cover, in slot order.
+fn merged(mut ranges: Vec<SlotRange>) -> Vec<SlotRange> {
+    ranges.sort_unstable();
+    let mut out: Vec<SlotRange> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if u32::from(r.start) <= u32::from(last.end) + 1 => {
+                last.end = last.end.max(r.end);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 /// The ranges whose stale copies must be deleted from each instance before `next` is

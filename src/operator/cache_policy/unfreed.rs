@@ -115,6 +115,10 @@ impl Unfreed {
     /// Drops what `table` routes to an instance: those keys are its live data again (the
     /// instance's stale copies were deleted before the table routed the range to it).
     pub fn without_served(&mut self, table: &RoutingTable) {
+        // Nothing to drop (the steady state): skip working out what `table` serves.
+        if self.0.is_empty() {
+            return;
+        }
         for (instance, ranges) in build::served_ranges(table) {
             let Some(categories) = self.0.get_mut(&instance) else {
                 continue;

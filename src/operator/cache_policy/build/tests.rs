@@ -386,3 +386,80 @@ fn a_failback_that_ends_before_finishing_leaves_its_ranges_on_the_failover_targe
         .unwrap();
     assert_eq!(again.failover, during.failover);
 }
+
+/// What each instance serves, read slot by slot (the former implementation): the reference
+/// for [`served_ranges`], which works on ranges.
+fn served_slot_by_slot(table: &RoutingTable) -> BTreeMap<String, Vec<(String, SlotRange)>> {
+    let mut bits: BTreeMap<String, BTreeMap<String, Vec<bool>>> = BTreeMap::new();
+    let mut mark = |instance: &str, category: &str, range: SlotRange| {
+        let b = bits
+            .entry(instance.to_owned())
+            .or_default()
+            .entry(category.to_owned())
+            .or_insert_with(|| vec![false; usize::from(SLOT_COUNT)]);
+        for s in range.start..=range.end {
+            b[usize::from(s)] = true;
+        }
+    };
+    for cat in &table.categories {
+        let mut served = cat.owners();
+        for f in table.failover.iter().filter(|f| f.category == cat.name) {
+            for slot in f.start..=f.end {
+                if served[usize::from(slot)] == f.from {
+                    served[usize::from(slot)] = &f.to;
+                }
+            }
+        }
+        for (range, instance) in runs(&served) {
+            mark(instance, &cat.name, range);
+        }
+    }
+    for m in &table.migrating {
+        for instance in [&m.from, &m.to] {
+            mark(instance, &m.category, SlotRange::new(m.start, m.end));
+        }
+    }
+    bits.into_iter()
+        .map(|(instance, cats)| {
+            let ranges = cats
+                .into_iter()
+                .flat_map(|(cat, b)| {
+                    runs(&b)
+                        .into_iter()
+                        .filter(|(_, on)| *on)
+                        .map(move |(r, _)| (cat.clone(), r))
+                })
+                .collect();
+            (instance, ranges)
+        })
+        .collect()
+}
+
+#[test]
+fn served_ranges_are_the_maximal_runs_of_served_slots() {
+    let before = plan_routing("shop/shop", &shop(), &two(), None)
+        .table
+        .unwrap();
+    let mut down = two();
+    down[0].phase = InstancePhase::Unreachable;
+    let mut table = plan_routing("shop/shop", &shop(), &down, Some(&before))
+        .table
+        .unwrap();
+    assert!(!table.failover.is_empty());
+    // Migrations that overlap, touch and extend what their ends already serve.
+    let user = table.category("user").unwrap().slots[0].clone();
+    for (start, end) in [(0, 99), (50, 199), (200, 299), (1000, 1000)] {
+        table.migrating.push(crate::routing::table::Migration {
+            category: "user".into(),
+            start,
+            end,
+            from: user.instance.clone(),
+            to: "primary".into(),
+            epoch: 1,
+        });
+    }
+    let served = served_ranges(&table);
+    assert_eq!(served, served_slot_by_slot(&table));
+    assert!(served["primary"].contains(&("user".to_owned(), SlotRange::new(0, 299))));
+    assert_eq!(served_ranges(&before), served_slot_by_slot(&before));
+}
