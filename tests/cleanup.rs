@@ -1,6 +1,7 @@
 //! Cleanup against a real kube-apiserver and real redis-servers: a deleted CachePolicy's own
 //! `redisfleet:` keys go from its instances (the finalizer), then the policy itself; an
-//! instance that leaves a live policy loses that policy's keys; a deleted policy's rebalance
+//! instance that leaves a live policy loses that policy's keys but its fences (it is fenced on
+//! itself first); a deleted policy's rebalance
 //! Jobs in another namespace (which it cannot own) go with it. Application keys, other policies' keys and Jobs
 //! stay.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -180,6 +181,8 @@ async fn an_instance_that_leaves_the_policy_loses_its_keys() {
     .await;
     let mut sidecar = heartbeats(&shop, &[&shop.primary, &tertiary]).await;
     sidecar.kill();
+    let cm = shop.configmaps.get(ROUTING).await.unwrap();
+    let named = table_of(&cm).unwrap().unwrap().version;
     seed(&tertiary, &ns).await;
     seed(&shop.primary, &ns).await;
     assert!(of_policy(&keys(&tertiary).await, &policy).len() >= 3);
@@ -202,13 +205,29 @@ async fn an_instance_that_leaves_the_policy_loses_its_keys() {
         },
     )
     .await;
+    // All but its fences: it is fenced on itself at the table that no longer names it, so a
+    // sidecar still on an older table is refused there (it could write there unfenced, and the
+    // guard would answer from it once the importing markers are gone).
+    let fences = format!("redisfleet:fences:{policy}");
     wait_until(
         Duration::from_secs(30),
-        "the policy's keys gone from tertiary",
-        || async { of_policy(&keys(&tertiary).await, &policy).is_empty() },
+        "the policy's keys but its fences gone from tertiary",
+        || async { of_policy(&keys(&tertiary).await, &policy) == [fences.clone()] },
     )
     .await;
     untouched(&keys(&tertiary).await, &ns);
+    let cm = shop.configmaps.get(ROUTING).await.unwrap();
+    let version = table_of(&cm).unwrap().unwrap().version;
+    let fence: Option<u64> = redis::cmd("HGET")
+        .arg(&fences)
+        .arg("tertiary")
+        .query_async(&mut conn(&tertiary).await)
+        .await
+        .unwrap();
+    assert!(
+        fence.is_some_and(|f| f > named && f <= version),
+        "tertiary fenced on itself at the table without it (named until v{named}, v{version} now): {fence:?}"
+    );
     // The instances still in the policy keep its keys.
     let marker = format!("redisfleet:importing:{policy}:3:user:0-99");
     let primary = keys(&shop.primary).await;

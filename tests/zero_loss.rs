@@ -1481,3 +1481,179 @@ async fn a_move_given_back_for_its_dead_target_loses_no_key_in_transit_and_reviv
     assert!(revived.is_empty(), "deleted keys back: {revived:?}");
     ledger.check(&fresh, "a sidecar on the newest table").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_instance_a_move_emptied_takes_no_write_from_a_sidecar_on_the_migrating_table() {
+    // Chaos seed 1 (180 s): an instance was drained, a sidecar stayed on the table that marked
+    // its range migrating, and its RedisInstance was deleted (its server kept running). The
+    // cleanup of the instance that left removed the policy's keys there — its fences and the
+    // importing marker — and the guard on it answered the straggler from the instance itself:
+    // writes acknowledged on a server no table reads, deletes undone.
+    let slow = |p: String| {
+        p.replace("      cooldown: 5m\n", "      cooldown: 1s\n")
+            .replace("      keysPerSecond: 50000\n", "      keysPerSecond: 100\n")
+            .replace("      batchSize: 256\n", "      batchSize: 10\n")
+    };
+    let shop = shop_configured("departed", slow, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    settled_table(&shop).await;
+    let policy = format!("{}/shop", shop.ns);
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    let mut a = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Warm keys: they live on the secondary.
+    let keys: Vec<String> = (0..900).map(|n| format!("user:{n}")).collect();
+    let mut ledger = Ledger::default();
+    for k in &keys {
+        ledger.set(&mut a, k, &format!("seed-{k}")).await;
+    }
+    assert!(ledger.acked.len() == keys.len(), "{:?}", ledger.errors);
+    assert!(keys_on(&shop.secondary, "user:").await == keys.len());
+
+    // The secondary drains, slowly; a sidecar keeps the migrating table.
+    let patch = serde_json::json!({"spec": {"drain": true}});
+    shop.instances
+        .patch(
+            "secondary",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    wait_rebalance(&shop, &node, "no copy", Duration::from_secs(120), |r| {
+        r.step.as_deref() == Some("Copying")
+            && r.keys_moved.unwrap_or(0) >= 30
+            && r.moves.iter().all(|m| m.from == "secondary")
+    })
+    .await;
+    let migrating = table(&shop).await;
+    assert!(
+        migrating.migrating.iter().any(|m| m.from == "secondary"),
+        "{migrating:#?}"
+    );
+    let stuck = stuck_sidecar(&migrating);
+    let mut late = stuck
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: Option<String> = late.get(&keys[0]).await.unwrap();
+
+    // The plan finishes: the secondary serves nothing and holds nothing of the range.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let t = table(&shop).await;
+        let r = rebalance(&shop).await;
+        let done = r
+            .as_ref()
+            .is_some_and(|r| r.phase == rebalance_phase::SUCCEEDED);
+        let secondary_serves = t.migrating.iter().any(|m| m.from == "secondary")
+            || t.categories
+                .iter()
+                .any(|c| c.owners().contains(&"secondary"));
+        if done && !secondary_serves && keys_on(&shop.secondary, "user:").await == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drain never finished: {t:#?}\n{r:#?}\n{}",
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The straggler still reaches the range through the guard on the secondary.
+    for k in keys.iter().step_by(30).take(10) {
+        let write = ledger.set(&mut late, k, "straggler-before");
+        let _ = tokio::time::timeout(Duration::from_secs(10), write).await;
+    }
+
+    // The secondary's RedisInstance is deleted; its server keeps running.
+    shop.instances
+        .delete("secondary", &Default::default())
+        .await
+        .unwrap();
+    let mover_key = format!("redisfleet:mover:{policy}");
+    let mut on_secondary = shop
+        .secondary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let t = table(&shop).await;
+        let cleaned = !on_secondary.exists::<_, bool>(&mover_key).await.unwrap();
+        if !t.instances.contains_key("secondary") && cleaned {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the secondary never left the policy: {t:#?}\n{}",
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "the secondary left; its keys now: {:?}",
+        redis::cmd("KEYS")
+            .arg("redisfleet:*")
+            .query_async::<Vec<String>>(&mut on_secondary)
+            .await
+            .unwrap()
+    );
+
+    // Through the straggler: writes, deletes and reads of the range. None may be acknowledged
+    // by the secondary (no table reads it any more).
+    let mut late_writes = Ledger::default();
+    let mut late_reads = Vec::new();
+    for (i, k) in keys.iter().skip(1).step_by(9).take(60).enumerate() {
+        if i % 3 == 0 {
+            let del = late_writes.del(&mut late, k);
+            let _ = tokio::time::timeout(Duration::from_secs(10), del).await;
+        } else {
+            let write = late_writes.set(&mut late, k, "late");
+            let _ = tokio::time::timeout(Duration::from_secs(10), write).await;
+        }
+        let read = late.get::<_, Option<String>>(&keys[i * 7 + 2]);
+        if let Ok(Ok(got)) = tokio::time::timeout(Duration::from_secs(10), read).await {
+            late_reads.push((keys[i * 7 + 2].clone(), got));
+        }
+    }
+    let on_it = keys_on(&shop.secondary, "user:").await;
+    assert!(
+        late_writes.acked.is_empty(),
+        "the straggler: {} of 60 writes and deletes acknowledged after the secondary left ({on_it} user keys on it now): {:?}",
+        late_writes.acked.len(),
+        late_writes.acked.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(on_it, 0, "writes landed on the secondary");
+    // Refused as behind the fleet (the secondary's own fence), not answered.
+    println!(
+        "the straggler was told: {:?}",
+        &late_writes.errors[..late_writes.errors.len().min(3)]
+    );
+    assert!(
+        late_writes
+            .errors
+            .iter()
+            .any(|e| e.to_uppercase().contains("TRYAGAIN")),
+        "{:?}",
+        late_writes.errors
+    );
+    for (k, got) in &late_reads {
+        let want = ledger.acked.get(k).cloned().flatten();
+        assert_eq!(*got, want, "the straggler read {k} from the secondary");
+    }
+    for (k, vs) in late_writes.maybe {
+        ledger.maybe.entry(k).or_default().extend(vs);
+    }
+
+    // The up-to-date sidecar writes on; everything acknowledged reads back through it.
+    for (i, k) in keys.iter().enumerate().step_by(4) {
+        ledger.set(&mut a, k, &format!("after-{i}")).await;
+    }
+    ledger.check(&fresh, "the sidecar").await;
+}

@@ -10,7 +10,14 @@
 //!   anyway, with a Warning Event naming what was left. Deleting a policy never hangs.
 //! - An instance that leaves a live policy (no longer selected, or its RedisInstance deleted)
 //!   loses that policy's keys once a table without it is published ([`departed`], pure), if
-//!   it answers; logged, never retried.
+//!   it answers; logged, never retried — all but its fences: it is first fenced on itself at
+//!   the published table's version (its own fence raised, the connections of older tables
+//!   closed), and the fences hash stays. A sidecar still on an older table that names it (a
+//!   straggler, which may route a range through the guard there) is refused by it from then
+//!   on, reconnecting or not; without the fence and with its importing markers gone, the
+//!   guard would run that sidecar's commands on an instance no table reads (chaos seed 1).
+//!   An instance that cannot be fenced keeps every key (it answers nothing anyway).
+//!   A deleted policy's cleanup removes the fences too: no table of it is left.
 //!
 //! Application keys are never touched, nor another policy's: exact names, or SCAN MATCH on
 //! patterns that end with `<policy>:`.
@@ -96,14 +103,25 @@ pub fn jobs_selector(namespace: &str, name: &str) -> String {
     )
 }
 
-/// Removes `policy`'s own keys from one instance: UNLINK of the fixed names, SCAN MATCH +
-/// UNLINK for the others. How many were removed.
+/// The fixed names of `policy`'s keys that a cleanup removes: all of them, or all but the
+/// fences hash (`keep_fences`, an instance that left a live policy).
+pub fn keys_to_remove(policy: &str, keep_fences: bool) -> Vec<String> {
+    let fences = names::fences(policy);
+    names::policy_keys(policy)
+        .into_iter()
+        .filter(|k| !keep_fences || *k != fences)
+        .collect()
+}
+
+/// Removes `policy`'s own keys from one instance: UNLINK of the fixed names (the fences hash
+/// too unless `keep_fences`), SCAN MATCH + UNLINK for the others. How many were removed.
 pub async fn remove_policy_keys(
     conn: &mut MultiplexedConnection,
     policy: &str,
+    keep_fences: bool,
 ) -> redis::RedisResult<u64> {
     let mut removed: u64 = redis::cmd("UNLINK")
-        .arg(names::policy_keys(policy))
+        .arg(keys_to_remove(policy, keep_fences))
         .query_async(conn)
         .await?;
     for pattern in names::policy_key_patterns(policy) {
@@ -158,17 +176,39 @@ fn instance(
         .or_else(|| ctx.remembered(policy, name))
 }
 
+/// What a cleanup removes from an instance.
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    /// Every key of the policy (a deleted policy: no table of it is left).
+    All,
+    /// An instance that left a live policy whose table `version` no longer names it: fenced
+    /// on itself at that version first, then every key of the policy but the fences.
+    LeftAt(u64),
+}
+
 /// Removes `policy`'s keys from instance `name`.
 async fn clean_instance(
     ctx: &PolicyContext,
     namespace: &str,
     policy: &str,
     name: &str,
+    removal: Removal,
 ) -> Result<u64, Unclean> {
     let ri = instance(ctx, namespace, policy, name).ok_or(Unclean::Unknown)?;
     let attempt = async {
+        let keep_fences = match removal {
+            Removal::All => false,
+            Removal::LeftAt(version) => {
+                // Fenced before anything goes: the guard answers a sidecar of an older table
+                // from this instance as soon as the importing markers are gone.
+                fences::fence_returning(&ctx.shared, namespace, policy, &ri, version)
+                    .await
+                    .map_err(|e| format!("fencing it at v{version}: {e}"))?;
+                true
+            }
+        };
         let mut conn = fences::connect(&ctx.shared, namespace, &ri).await?;
-        remove_policy_keys(&mut conn, policy)
+        remove_policy_keys(&mut conn, policy, keep_fences)
             .await
             .map_err(|e| e.to_string())
     };
@@ -184,18 +224,26 @@ async fn clean_instance(
     })
 }
 
-/// Removes the keys of policy `key` from the instances that left it (best effort, logged).
-pub async fn clean_departed(ctx: &PolicyContext, namespace: &str, key: &str, left: &[String]) {
+/// Removes the keys of policy `key` from the instances that left it, once the table `version`
+/// that no longer names them is published (best effort, logged): each is fenced on itself at
+/// `version` first, and keeps its fences; one that cannot be fenced keeps every key.
+pub async fn clean_departed(
+    ctx: &PolicyContext,
+    namespace: &str,
+    key: &str,
+    left: &[String],
+    version: u64,
+) {
     for name in left {
-        match clean_instance(ctx, namespace, key, name).await {
+        match clean_instance(ctx, namespace, key, name, Removal::LeftAt(version)).await {
             Ok(removed) => {
-                info!(instance = %name, removed, "removed the policy's keys from an instance that left it");
+                info!(instance = %name, removed, version, "fenced an instance that left the policy and removed the policy's other keys from it");
             }
             Err(Unclean::Unknown) => {
                 info!(instance = %name, "an instance left the policy; its RedisInstance is gone, its keys of the policy stay");
             }
             Err(Unclean::Failed(e)) => {
-                warn!(instance = %name, error = %e, "could not remove the policy's keys from an instance that left it");
+                warn!(instance = %name, error = %e, "could not fence an instance that left the policy or remove the policy's keys from it; they stay");
             }
         }
     }
@@ -259,7 +307,7 @@ pub async fn on_delete(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result<
         .collect();
     let mut unknown = Vec::new();
     for instance in to_clean(table.as_ref(), &selected) {
-        match clean_instance(ctx, &namespace, &key, &instance).await {
+        match clean_instance(ctx, &namespace, &key, &instance, Removal::All).await {
             Ok(removed) => {
                 info!(policy = %key, %instance, removed, "removed the deleted policy's keys");
             }
@@ -351,6 +399,16 @@ mod tests {
         // Selected again: not left. Nothing changed: nothing left.
         assert!(departed(&previous, &set(&["a", "b", "c"]), &table(&["a", "b"])).is_empty());
         assert!(departed(&previous, &set(&["a", "b", "c"]), &previous).is_empty());
+    }
+
+    #[test]
+    fn an_instance_that_left_keeps_its_fences_and_a_deleted_policy_does_not() {
+        let all = keys_to_remove("apps/shop", false);
+        assert_eq!(all, names::policy_keys("apps/shop"));
+        let left = keys_to_remove("apps/shop", true);
+        assert!(!left.contains(&names::fences("apps/shop")), "{left:?}");
+        assert_eq!(left.len(), all.len() - 1);
+        assert!(left.contains(&names::mover("apps/shop")));
     }
 
     #[test]

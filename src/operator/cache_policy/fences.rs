@@ -102,7 +102,7 @@ pub async fn notify(
 }
 
 /// Raises `ri`'s own fence to `version` on it and closes the connections of older tables
-/// there (a failed-over instance that answers again).
+/// there (a failed-over instance that answers again, an instance that left the policy).
 pub async fn fence_returning(
     ctx: &Context,
     namespace: &str,
@@ -119,7 +119,7 @@ pub async fn fence_returning(
         .await
         .map_err(|e| e.to_string())?;
     if closed > 0 {
-        info!(instance = %name, closed, version, "closed connections of routing tables older than the failover");
+        info!(instance = %name, closed, version, "closed connections of routing tables older than the instance's fence");
     }
     Ok(())
 }

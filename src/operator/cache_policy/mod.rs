@@ -358,12 +358,13 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         }
         rebalance::unmark_given_back(ctx, &policy, &selected, &candidates, now).await;
     }
-    // Instances a table no longer names since this reconcile lose the policy's keys.
+    // Instances a table no longer names since this reconcile are fenced at its version and
+    // lose the policy's other keys.
     if let (Some(before), Some(now)) = (&previous, &published) {
         let names = selected.iter().map(|ri| ri.name_any()).collect();
         let left = cleanup::departed(before, &names, now);
         if !left.is_empty() {
-            cleanup::clean_departed(ctx, &namespace, &key, &left).await;
+            cleanup::clean_departed(ctx, &namespace, &key, &left, now.version).await;
         }
     }
     ctx.remember(&key, &selected);
