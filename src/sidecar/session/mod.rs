@@ -251,6 +251,32 @@ async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> bool {
     ok
 }
 
+/// Reads what the client sent into `buf`, taking a buffer only once the socket is readable
+/// (a connection waiting for its client holds none). The read itself is tokio's, which marks
+/// the socket drained after a short read, so a request costs one read, not a read and an
+/// empty one.
+fn read_lazily(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    decoder: &RequestDecoder,
+    cx: &mut TaskContext<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if let Err(e) = std::task::ready!(stream.poll_read_ready(cx)) {
+        return Poll::Ready(Err(e));
+    }
+    // Grow the buffer as data arrives, never by what a header merely announces: a
+    // `$536870912` must not reserve 512 MiB before a byte of it came.
+    if let Some(needed) = decoder.needed() {
+        let missing = needed.saturating_sub(buf.len());
+        buf.reserve(missing.min(READ_CHUNK));
+    } else if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    let read = stream.read_buf(buf);
+    tokio::pin!(read);
+    read.poll(cx)
+}
+
 /// Requests read ahead while one waits: beyond this, the client's further requests wait in
 /// its socket.
 const PENDING_READ_LIMIT: usize = 1 << 20;
@@ -337,24 +363,10 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             biased;
             () = std::future::poll_fn(|cx| drain_ready(&mut queue, &mut out, &mut closing, cx)),
                 if !queue.is_empty() => {}
-            ready = stream.readable(), if !closing => {
-                if ready.is_err() {
-                    break;
-                }
-                // Grow the buffer as data arrives, never by what a header merely announces: a
-                // `$536870912` must not reserve 512 MiB before a byte of it came.
-                if let Some(needed) = decoder.needed() {
-                    let missing = needed.saturating_sub(buf.len());
-                    buf.reserve(missing.min(READ_CHUNK));
-                } else if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(4096);
-                }
-                match stream.try_read_buf(&mut buf) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
-                }
+            read = std::future::poll_fn(|cx| read_lazily(&mut stream, &mut buf, &decoder, cx)),
+                if !closing => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             },
             // Pub/Sub messages, after the replies before them.
             push = client.pubsub.next(), if client.pubsub.receiving() && !closing => match push {
