@@ -58,6 +58,42 @@ pub use abandon::{
     abandon_dead_ends, dead_ends, dropped_moves, given_back, live_moves, unmark_given_back,
 };
 
+/// Every field of a [`RebalanceStatus`] as it is written (camelCase).
+const REBALANCE_FIELDS: [&str; 17] = [
+    "phase",
+    "planId",
+    "job",
+    "reason",
+    "moves",
+    "flipVersion",
+    "finalVersion",
+    "attempts",
+    "startedAt",
+    "finishedAt",
+    "message",
+    "forcedBy",
+    "step",
+    "keysMoved",
+    "keysTotal",
+    "keysPerSecond",
+    "stragglers",
+];
+
+/// The merge patch that makes `r` (a plan just started) the whole of `status.rebalance`:
+/// every field the new plan does not set is cleared (`null`). A field left out would keep
+/// the previous plan's value — an operator killed between this patch and its full status
+/// write left a new plan with the previous one's Job name, and its successor waited for that
+/// deleted Job for good (chaos seed 10, 180 s: never settled).
+fn new_plan_patch(r: &RebalanceStatus) -> serde_json::Value {
+    let mut body = serde_json::to_value(r).unwrap_or_else(|_| json!({}));
+    if let Some(fields) = body.as_object_mut() {
+        for name in REBALANCE_FIELDS {
+            fields.entry(name).or_insert(serde_json::Value::Null);
+        }
+    }
+    body
+}
+
 /// Whether a rebalance is under way (its ranges must stay as the phase says).
 pub fn is_active(r: &RebalanceStatus) -> bool {
     matches!(
@@ -810,11 +846,7 @@ impl<'a> Driver<'a> {
         // and would then carry out the earlier plan's moves under this plan's id (moving
         // nothing, while this plan's finalize frees its sources) or skip its prepare.
         let api: Api<CachePolicy> = Api::namespaced(self.ctx.client.clone(), &self.policy_ns);
-        let clear = json!({"status": {"rebalance": {
-            "phase": rebalance_phase::PREPARING, "planId": plan_id, "moves": r.moves,
-            "step": null, "keysMoved": null, "keysTotal": null, "keysPerSecond": null, "stragglers": null,
-            "flipVersion": null, "finalVersion": null,
-        }}});
+        let clear = json!({"status": {"rebalance": new_plan_patch(&r)}});
         api.patch_status(
             &self.policy.name_any(),
             &PatchParams::default(),

@@ -422,3 +422,61 @@ fn the_moves_given_up_are_those_the_plan_no_longer_runs() {
     assert!(dropped_moves(Some(&failed), Some(&failed)).is_empty());
     assert!(dropped_moves(None, Some(&before)).is_empty());
 }
+
+#[test]
+fn a_new_plan_clears_every_field_of_the_previous_one() {
+    // Chaos seed 10 (180 s): the operator started plan 14 with a merge patch that set its id
+    // and phase, was killed before writing the rest, and the next operator drove plan 14 with
+    // plan 10's Job name, message and end time, waiting for that deleted Job for good.
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let full = RebalanceStatus {
+        phase: "Failed".into(),
+        plan_id: 10,
+        job: Some("shop-rebalance-10-1".into()),
+        reason: Some("r".into()),
+        moves: vec![MoveStatus {
+            category: "user".into(),
+            start: 0,
+            end: 1,
+            from: "a".into(),
+            to: "b".into(),
+        }],
+        flip_version: Some(1),
+        final_version: Some(2),
+        attempts: 3,
+        started_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+        finished_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+        message: Some("abandoned".into()),
+        forced_by: Some("me".into()),
+        step: Some("Done".into()),
+        keys_moved: Some(1),
+        keys_total: Some(1),
+        keys_per_second: Some(1),
+        stragglers: vec!["s".into()],
+    };
+    let every = serde_json::to_value(&full).unwrap();
+    let fresh = RebalanceStatus {
+        phase: "Preparing".into(),
+        plan_id: 14,
+        job: Some("shop-rebalance-14-1".into()),
+        attempts: 1,
+        ..RebalanceStatus::default()
+    };
+    let patch = new_plan_patch(&fresh);
+    for field in every.as_object().unwrap().keys() {
+        assert!(
+            patch.get(field).is_some(),
+            "the new plan's patch leaves {field} as the previous plan had it"
+        );
+    }
+    let mut merged = every.clone();
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            merged.as_object_mut().unwrap().remove(k);
+        } else {
+            merged[k] = v.clone();
+        }
+    }
+    let merged: RebalanceStatus = serde_json::from_value(merged).unwrap();
+    assert_eq!(merged, fresh);
+}
