@@ -444,6 +444,21 @@ async fn a_plan_whose_attempts_keep_failing_after_keys_moved_still_finishes() {
     }
 }
 
+/// The shop policy with a 1 s cooldown and moves paced at `keys_per_second` in batches of
+/// `batch`, so that a test can act while a plan copies.
+fn paced(policy: String, keys_per_second: u32, batch: u32) -> String {
+    policy
+        .replace("      cooldown: 5m\n", "      cooldown: 1s\n")
+        .replace(
+            "      keysPerSecond: 50000\n",
+            &format!("      keysPerSecond: {keys_per_second}\n"),
+        )
+        .replace(
+            "      batchSize: 256\n",
+            &format!("      batchSize: {batch}\n"),
+        )
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -895,11 +910,7 @@ async fn a_draining_source_that_dies_mid_move_serves_none_of_its_old_copies_when
     // ranges went to the target with the keys not moved yet, and when it answered again the
     // move that emptied it treated its leftover copies as the ranges' data: writes made
     // through the target meanwhile were read back old, and deletes came back.
-    let slow = |p: String| {
-        p.replace("      cooldown: 5m\n", "      cooldown: 1s\n")
-            .replace("      keysPerSecond: 50000\n", "      keysPerSecond: 100\n")
-            .replace("      batchSize: 256\n", "      batchSize: 10\n")
-    };
+    let slow = |p: String| paced(p, 100, 10);
     let shop = shop_configured("drained", slow, &["--rebalance-converge-timeout", "8s"]).await;
     let node = Node::start(shop.cp, &shop.ns);
     settled_table(&shop).await;
@@ -1114,11 +1125,7 @@ async fn a_target_that_stops_mid_move_reads_no_taken_key_as_absent_before_the_ta
     // after the failover notice's wait (6 s). Meanwhile sidecars on the migrating table went
     // through the guard on the unmarked source, which answered for the keys already on the
     // target from itself: they read nil while the table still routed them to the target.
-    let slow = |p: String| {
-        p.replace("      cooldown: 5m\n", "      cooldown: 1s\n")
-            .replace("      keysPerSecond: 50000\n", "      keysPerSecond: 500\n")
-            .replace("      batchSize: 256\n", "      batchSize: 50\n")
-    };
+    let slow = |p: String| paced(p, 500, 50);
     let shop = shop_configured("unmark", slow, &["--rebalance-converge-timeout", "8s"]).await;
     let node = Node::start(shop.cp, &shop.ns);
     let keys = fill_primary(&shop.primary).await;
@@ -1321,11 +1328,7 @@ async fn a_move_given_back_for_its_dead_target_loses_no_key_in_transit_and_reviv
     // whose importing marker then goes: unless the keys in transit went back under their
     // names first, they read as absent (acknowledged values lost), and their tombstones stay,
     // for a later move to take as the keys — bringing back keys deleted in between.
-    let slow = |p: String| {
-        p.replace("      cooldown: 5m\n", "      cooldown: 1s\n")
-            .replace("      keysPerSecond: 50000\n", "      keysPerSecond: 500\n")
-            .replace("      batchSize: 256\n", "      batchSize: 50\n")
-    };
+    let slow = |p: String| paced(p, 500, 50);
     let shop = shop_configured("transit", slow, &["--rebalance-converge-timeout", "8s"]).await;
     let node = Node::start(shop.cp, &shop.ns);
     fill_primary(&shop.primary).await;
@@ -1489,11 +1492,7 @@ async fn a_deleted_instance_a_move_emptied_takes_no_write_from_a_sidecar_on_the_
     // cleanup of the instance that left removed the policy's keys there — its fences and the
     // importing marker — and the guard on it answered the straggler from the instance itself:
     // writes acknowledged on a server no table reads, deletes undone.
-    let slow = |p: String| {
-        p.replace("      cooldown: 5m\n", "      cooldown: 1s\n")
-            .replace("      keysPerSecond: 50000\n", "      keysPerSecond: 100\n")
-            .replace("      batchSize: 256\n", "      batchSize: 10\n")
-    };
+    let slow = |p: String| paced(p, 100, 10);
     let shop = shop_configured("departed", slow, &["--rebalance-converge-timeout", "8s"]).await;
     let node = Node::start(shop.cp, &shop.ns);
     settled_table(&shop).await;
