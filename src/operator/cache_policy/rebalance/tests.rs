@@ -480,3 +480,50 @@ fn a_new_plan_clears_every_field_of_the_previous_one() {
     let merged: RebalanceStatus = serde_json::from_value(merged).unwrap();
     assert_eq!(merged, fresh);
 }
+
+#[test]
+fn a_recovered_owner_keeps_its_failover_entries_when_an_instance_joins_its_tier() {
+    // Chaos seed 8 (180 s): the hot owner came back; before its failback ran, a new hot
+    // instance joined and placement gave it part of the owner's ranges. The failover entries
+    // were kept only where the owner still owned the whole entry, so they all went; the table
+    // routed the ranges to the owner without the data written to the fallback meanwhile, and
+    // the fallback's copies were freed: 103 acknowledged writes lost.
+    let mut views = two();
+    let before = plan_routing("shop/shop", &shop(), &views, None)
+        .table
+        .unwrap();
+    views[0].phase = InstancePhase::Unreachable;
+    let during = plan_routing("shop/shop", &shop(), &views, Some(&before))
+        .table
+        .unwrap();
+    assert!(!during.failover.is_empty());
+    views[0].phase = InstancePhase::Ready;
+    views.push(fixtures::example_view(
+        "extra",
+        "hot",
+        InstancePhase::Ready,
+        30,
+    ));
+    let desired = plan_routing("shop/shop", &shop(), &views, Some(&during))
+        .table
+        .unwrap();
+    let (published, _) = table_to_publish(&desired, Some(&during), &views, None, true);
+    let resolver = crate::routing::Resolver::new(published.clone()).unwrap();
+    let was = crate::routing::Resolver::new(during.clone()).unwrap();
+    for f in &during.failover {
+        let category = published
+            .categories
+            .iter()
+            .position(|c| c.name == f.category);
+        let category = u16::try_from(category.unwrap()).unwrap();
+        for slot in [f.start, (f.start + f.end) / 2, f.end] {
+            assert_eq!(
+                resolver.instance_name(resolver.route(category, slot).target),
+                was.instance_name(was.route(category, slot).target),
+                "{} slot {slot}: the data written during the failover is on {}",
+                f.category,
+                f.to
+            );
+        }
+    }
+}
