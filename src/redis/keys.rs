@@ -18,6 +18,23 @@ pub const RESERVED_PREFIX: &[u8] = b"redisfleet:";
 /// SCAN page size: large enough to keep round trips few, small enough not to block Redis.
 const SCAN_COUNT: usize = 1000;
 
+/// One SCAN round trip over the keys matching `pattern`: the next cursor (0 at the end) and
+/// the keys of this page.
+pub async fn scan_page(
+    conn: &mut MultiplexedConnection,
+    cursor: u64,
+    pattern: &[u8],
+) -> redis::RedisResult<(u64, Vec<Vec<u8>>)> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_COUNT)
+        .query_async(conn)
+        .await
+}
+
 /// A glob pattern matching keys that start with `prefix` (glob metacharacters escaped).
 pub fn prefix_pattern(prefix: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(prefix.len() + 2);

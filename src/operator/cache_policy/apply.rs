@@ -525,14 +525,7 @@ async fn delete_tombstones(
     let mut cursor = 0u64;
     let mut deleted = 0;
     loop {
-        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
+        let (next, batch) = crate::redis::keys::scan_page(conn, cursor, &pattern).await?;
         let stale: Vec<&Vec<u8>> = batch
             .iter()
             .filter(|tomb| {

@@ -272,13 +272,7 @@ pub async fn give_back_transit(
     let pattern = prefix_pattern(names::TOMB_PREFIX);
     let (mut cursor, mut back) = (0u64, 0u64);
     loop {
-        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
+        let (next, batch) = crate::redis::keys::scan_page(&mut conn, cursor, &pattern)
             .await
             .map_err(|e| failed(MoveError::Server(e.to_string())))?;
         let mut by_move: Vec<Vec<bytes::Bytes>> = vec![Vec::new(); taking_back.len()];

@@ -220,15 +220,10 @@ impl Job {
             let pattern = crate::redis::keys::prefix_pattern(names::TOMB_PREFIX);
             let mut cursor = 0u64;
             loop {
-                let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut source.conn)
-                    .await
-                    .map_err(|e| source.err(&e))?;
+                let (next, batch) =
+                    crate::redis::keys::scan_page(&mut source.conn, cursor, &pattern)
+                        .await
+                        .map_err(|e| source.err(&e))?;
                 for tomb in batch {
                     if let Some(key) = names::key_of_tomb(&tomb)
                         && in_ranges(&resolver, category, &[range], key)
