@@ -459,6 +459,29 @@ fn paced(policy: String, keys_per_second: u32, batch: u32) -> String {
         )
 }
 
+/// Waits (30 s at most) until the primary holds no importing marker.
+async fn markers_gone(shop: &Shop) {
+    let mut on_primary = shop
+        .primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let markers: Vec<String> = on_primary.keys("redisfleet:importing:*").await.unwrap();
+        if markers.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the source kept {markers:?}\n{}",
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -1259,25 +1282,7 @@ async fn a_target_that_stops_mid_move_reads_no_taken_key_as_absent_before_the_ta
     );
     // Once that table is out, the source serves the range again through the guard too: its
     // importing marker goes.
-    let mut on_primary = shop
-        .primary
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let markers: Vec<String> = on_primary.keys("redisfleet:importing:*").await.unwrap();
-        if markers.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the source kept {markers:?}\n{}",
-            shop.operator.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    markers_gone(&shop).await;
     // What the source acknowledged meanwhile is there.
     let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
     ledger.check(&fresh, "a sidecar on the new table").await;
@@ -1391,25 +1396,7 @@ async fn a_move_given_back_for_its_dead_target_loses_no_key_in_transit_and_reviv
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut on_primary = shop
-        .primary
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let markers: Vec<String> = on_primary.keys("redisfleet:importing:*").await.unwrap();
-        if markers.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the source kept {markers:?}\n{}",
-            shop.operator.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    markers_gone(&shop).await;
     // Every key that was in transit reads its value through a sidecar on the new table; half
     // of them are deleted then.
     let mut lost = Vec::new();
