@@ -385,7 +385,9 @@ pub fn plan_routing(
         // rebalance moves it (`rebalance::hold_back`), and the data written to the fallback
         // meanwhile stays reachable only through these entries, until the failback moves it.
         // (Kept only where the owner still owned the whole entry, they went when an instance
-        // joined, and the fallback's copies were freed: chaos seed 8, 103 writes lost.)
+        // joined, and the fallback's copies were freed: chaos seed 8, 103 writes lost.) An
+        // owner that came back draining keeps them too: hold_back keeps it as the owner, so
+        // the writes of the outage fail back to it before the drain moves them on.
         failover.extend(
             prev_failover
                 .iter()
@@ -393,7 +395,7 @@ pub fn plan_routing(
                     categories.iter().any(|(c, ..)| c.name == f.category)
                         && by_name
                             .get(f.from.as_str())
-                            .is_some_and(|o| o.phase != InstancePhase::Unreachable && o.serving())
+                            .is_some_and(|o| o.phase.serves_traffic())
                         && by_name
                             .get(f.to.as_str())
                             .is_some_and(|i| i.phase.serves_traffic())

@@ -294,13 +294,12 @@ pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move>
     table
         .failover
         .iter()
-        // The owner must be back; the fallback only has to be up (a draining fallback is
-        // emptied by this very move).
+        // The owner must be back, and the fallback up (a draining fallback is emptied by this
+        // very move). A draining owner takes its ranges back too: it is still their owner
+        // (`hold_back`), and its drain moves them on with the writes of the outage.
         .filter(|f| {
-            matches!(
-                phase(&f.from),
-                Some(InstancePhase::Ready | InstancePhase::Degraded)
-            ) && phase(&f.to).is_some_and(InstancePhase::serves_traffic)
+            phase(&f.from).is_some_and(InstancePhase::serves_traffic)
+                && phase(&f.to).is_some_and(InstancePhase::serves_traffic)
         })
         .map(|f| Move {
             category: f.category.clone(),

@@ -527,3 +527,53 @@ fn a_recovered_owner_keeps_its_failover_entries_when_an_instance_joins_its_tier(
         }
     }
 }
+
+#[test]
+fn an_owner_that_comes_back_draining_keeps_its_failover_entries_and_fails_back() {
+    // Review of the seed 8 fix: an owner that died and came back with `spec.drain` set is
+    // Draining, not serving. hold_back kept it as the owner of its ranges, but the failover
+    // entries were dropped, so the table routed the ranges to it without the writes of the
+    // outage (those stayed on the fallback, to be freed), and no failback was planned.
+    let mut views = two();
+    let before = plan_routing("shop/shop", &shop(), &views, None)
+        .table
+        .unwrap();
+    views[0].phase = InstancePhase::Unreachable;
+    let during = plan_routing("shop/shop", &shop(), &views, Some(&before))
+        .table
+        .unwrap();
+    assert!(!during.failover.is_empty());
+    assert!(during.failover.iter().all(|f| f.from == "primary"));
+    views[0].phase = InstancePhase::Draining;
+    views[0].drain = true;
+    let desired = plan_routing("shop/shop", &shop(), &views, Some(&during))
+        .table
+        .unwrap();
+    let (published, _) = table_to_publish(&desired, Some(&during), &views, None, true);
+    let resolver = crate::routing::Resolver::new(published.clone()).unwrap();
+    let was = crate::routing::Resolver::new(during.clone()).unwrap();
+    for f in &during.failover {
+        let category = published
+            .categories
+            .iter()
+            .position(|c| c.name == f.category);
+        let category = u16::try_from(category.unwrap()).unwrap();
+        for slot in [f.start, (f.start + f.end) / 2, f.end] {
+            assert_eq!(
+                resolver.instance_name(resolver.route(category, slot).target),
+                was.instance_name(was.route(category, slot).target),
+                "{} slot {slot}: the data written during the failover is on {}",
+                f.category,
+                f.to
+            );
+        }
+    }
+    // The writes of the outage go home first; the drain empties the owner after that.
+    let moves = failback_moves(&published, &views);
+    assert_eq!(moves.len(), during.failover.len());
+    assert!(
+        moves
+            .iter()
+            .all(|m| m.from == "secondary" && m.to == "primary")
+    );
+}
