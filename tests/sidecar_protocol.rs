@@ -1,7 +1,8 @@
 //! What one sidecar must get right for the data protocol (`docs/protocol.md`), with real
 //! redis-servers and real clients, each test trying to break one rule: per-client connection
 //! state never leaks into shared connections, transactions are routed by the table in use at
-//! EXEC, a blocked pop is never served to a client that hung up, a wait follows its list when
+//! EXEC, a blocked pop is never served to a client that hung up (a half-close included) while
+//! every other request read before it is answered, a wait follows its list when
 //! it moves, the category TTLs work on Redis 6.2, oversized requests cost nothing up front,
 //! application scripts cannot reach around the sidecar, and older tables are fenced off.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -226,6 +227,67 @@ async fn a_client_that_hangs_up_while_blocked_pops_nothing() {
         .unwrap();
     let _: i64 = c.lpush("user:q", "job-1").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let len: i64 = c.llen("user:q").await.unwrap();
+    assert_eq!(len, 1, "the element was popped for a client that hung up");
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_gets_every_reply_but_no_blocked_pop() {
+    // `printf '…' | nc -N sidecar 6379`: the client sends its requests, shuts its side down
+    // and reads the replies. Redis answers what it read before the end of the stream; the
+    // sidecar dropped the replies still on their way from the instances.
+    let (a, b) = (server(), server());
+    let sidecar = Sidecar::start(&two(&a, &b, 1, TtlRules::default()), &SECRETS);
+    let n = 2_000;
+    let mut request = String::new();
+    for i in 0..n {
+        let key = format!("{}:{i}", if i % 2 == 0 { "user" } else { "auth" });
+        request.push_str(&format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n",
+            key.len()
+        ));
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut replies = String::new();
+    s.read_to_string(&mut replies).unwrap();
+    assert_eq!(
+        replies.matches("+OK\r\n").count(),
+        n,
+        "every request read before the end of the stream is answered"
+    );
+
+    // A blocked pop of a client that half-closed ends, as Redis ends it: nothing is popped
+    // for it.
+    let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+    s.write_all(b"*3\r\n$5\r\nBLPOP\r\n$6\r\nuser:q\r\n$1\r\n0\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = c.lpush("user:q", "job-1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let len: i64 = c.llen("user:q").await.unwrap();
+    assert_eq!(len, 1, "the element was popped for a client that hung up");
+    // The same when the end of the stream comes with the pop itself, behind a write.
+    let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+    s.write_all(
+        b"*3\r\n$3\r\nSET\r\n$6\r\nuser:w\r\n$1\r\nv\r\n*3\r\n$5\r\nBLPOP\r\n$6\r\nuser:q\r\n$1\r\n0\r\n",
+    )
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut replies = String::new();
+    s.read_to_string(&mut replies).unwrap();
+    assert_eq!(replies, "+OK\r\n");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let len: i64 = c.llen("user:q").await.unwrap();
     assert_eq!(len, 1, "the element was popped for a client that hung up");
 }

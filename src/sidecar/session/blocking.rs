@@ -1,8 +1,8 @@
 //! Blocking commands (BLPOP, BLMOVE, BZPOPMIN, XREAD … BLOCK, …). They wait on a connection of
 //! their own, at most one second at a time: before each second the keys are routed afresh, so
 //! a client waiting on a list that moves (a migration, a failover) waits where the list is now.
-//! A client that hangs up while it waits ends the wait (the serve loop drops this future and
-//! its connection), so nothing is popped for a socket nobody reads.
+//! A client that hangs up while it waits, or half-closes its stream, ends the wait (the serve
+//! loop drops this future and its connection), so nothing is popped for a socket nobody reads.
 //!
 //! In a migrating range, a wait on the source is a poll through the guard (a blocking command
 //! inside a script does not block): popping into a destination key must not happen outside the
@@ -252,6 +252,13 @@ impl Client {
         if matches!(spec.name, "xread" | "xreadgroup") {
             args = self.resolve_last_ids(&router, args, keys).await?;
         }
+        // A client whose stream ended before its blocking command ran is gone for Redis too:
+        // nothing is popped for it. One that hangs up while it waits ends the wait (`serve`).
+        if self.liveness.hung_up() {
+            return Ok(Pending::Close(Bytes::new()));
+        }
+        let liveness = self.liveness.clone();
+        let _blocked = liveness.block();
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut first = true;
         loop {

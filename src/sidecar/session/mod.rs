@@ -32,7 +32,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -284,12 +284,50 @@ const PENDING_READ_LIMIT: usize = 1 << 20;
 /// The most the read buffer grows by at once.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Whether the client still reads, and whether its request waits in a blocking command:
+/// shared by the serve loop, which sees the end of the client's stream, and a blocking
+/// dispatch, which must not pop anything for a client that went away (one task polls both).
+#[derive(Clone, Default)]
+struct Liveness(Arc<AtomicU8>);
+
+impl Liveness {
+    const BLOCKED: u8 = 1;
+    const HUNG_UP: u8 = 2;
+
+    /// The client's stream ended; true if a blocking command waits for it (the wait must end).
+    fn hang_up(&self) -> bool {
+        self.0.fetch_or(Self::HUNG_UP, Ordering::Relaxed) & Self::BLOCKED != 0
+    }
+
+    fn hung_up(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & Self::HUNG_UP != 0
+    }
+
+    /// Marks a blocking wait until the returned guard is dropped.
+    fn block(&self) -> BlockedGuard<'_> {
+        self.0.fetch_or(Self::BLOCKED, Ordering::Relaxed);
+        BlockedGuard(self)
+    }
+}
+
+struct BlockedGuard<'a>(&'a Liveness);
+
+impl Drop for BlockedGuard<'_> {
+    fn drop(&mut self) {
+        (self.0).0.fetch_and(!Liveness::BLOCKED, Ordering::Relaxed);
+    }
+}
+
 /// Serves one client connection until it closes.
 ///
 /// One task per connection: requests are decoded and dispatched in order, and the replies are
 /// written in the same order as they become ready, coalescing every reply that is ready into
 /// one write. A request that has to wait before it can be sent (a key being migrated, a
 /// blocking command, a fan-out) lets the replies before it go out meanwhile.
+///
+/// When the client's stream ends (a half-close: `printf … | nc -N`), every request read before
+/// it is answered and then the connection closes, as Redis does; a blocking command waiting
+/// then, or after it, ends without popping anything.
 pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
@@ -300,37 +338,54 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut out = BytesMut::new();
     let mut closing = false;
+    let liveness = client.liveness.clone();
     'conn: loop {
         // Dispatch every request that has fully arrived.
         while !closing {
             match decoder.decode_request(&mut buf) {
                 Ok(Some(request)) => {
-                    let dispatch = client.handle(request);
-                    tokio::pin!(dispatch);
-                    let pending = loop {
-                        // The client may hang up while its request waits (a blocking command, a
-                        // key in transit): read on, so the wait ends with the client and a
-                        // blocked pop is never served to a socket nobody reads.
-                        let room = buf.len() < PENDING_READ_LIMIT;
-                        if room && buf.capacity() - buf.len() < 1024 {
-                            buf.reserve(4096);
-                        }
-                        tokio::select! {
-                            biased;
-                            p = &mut dispatch => break p,
-                            () = std::future::poll_fn(|cx| drain_ready(&mut queue, &mut out, &mut closing, cx)),
-                                if !queue.is_empty() =>
-                            {
-                                if !flush(&mut stream, &mut out).await || closing {
-                                    break 'conn;
-                                }
+                    let mut abandoned = false;
+                    let pending = {
+                        let dispatch = client.handle(request);
+                        tokio::pin!(dispatch);
+                        loop {
+                            // The client may hang up while its request waits (a blocking
+                            // command, a key in transit): read on, so the wait ends with the
+                            // client and a blocked pop is never served to a socket nobody reads.
+                            let room = !liveness.hung_up() && buf.len() < PENDING_READ_LIMIT;
+                            if room && buf.capacity() - buf.len() < 1024 {
+                                buf.reserve(4096);
                             }
-                            read = stream.read_buf(&mut buf), if room => match read {
-                                Ok(0) | Err(_) => break 'conn,
-                                Ok(_) => {}
-                            },
+                            tokio::select! {
+                                biased;
+                                p = &mut dispatch => break p,
+                                () = std::future::poll_fn(|cx| drain_ready(&mut queue, &mut out, &mut closing, cx)),
+                                    if !queue.is_empty() =>
+                                {
+                                    if !flush(&mut stream, &mut out).await || closing {
+                                        break 'conn;
+                                    }
+                                }
+                                read = stream.read_buf(&mut buf), if room => match read {
+                                    // The wait ends unanswered (the dispatch is dropped); the
+                                    // replies before it still go out.
+                                    Ok(0) => {
+                                        if liveness.hang_up() {
+                                            abandoned = true;
+                                            break Pending::Close(Bytes::new());
+                                        }
+                                    }
+                                    Err(_) => break 'conn,
+                                    Ok(_) => {}
+                                },
+                            }
                         }
                     };
+                    if abandoned {
+                        // Its blocking call may still wait on the instance: that connection
+                        // goes now, not when the replies before it are out.
+                        client.dedicated.clear();
+                    }
                     closing = matches!(pending, Pending::Close(_));
                     queue.push_back(pending);
                 }
@@ -350,7 +405,7 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         if !flush(&mut stream, &mut out).await {
             break;
         }
-        if closing && queue.is_empty() {
+        if (closing || liveness.hung_up()) && queue.is_empty() {
             let _ = stream.shutdown().await;
             break;
         }
@@ -364,12 +419,16 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             () = std::future::poll_fn(|cx| drain_ready(&mut queue, &mut out, &mut closing, cx)),
                 if !queue.is_empty() => {}
             read = std::future::poll_fn(|cx| read_lazily(&mut stream, &mut buf, &decoder, cx)),
-                if !closing => match read {
-                Ok(0) | Err(_) => break,
+                if !closing && !liveness.hung_up() => match read {
+                Ok(0) => {
+                    liveness.hang_up();
+                }
+                Err(_) => break,
                 Ok(_) => {}
             },
             // Pub/Sub messages, after the replies before them.
-            push = client.pubsub.next(), if client.pubsub.receiving() && !closing => match push {
+            push = client.pubsub.next(),
+                if client.pubsub.receiving() && !closing && !liveness.hung_up() => match push {
                 Some(message) => queue.push_back(Pending::Ready(message)),
                 None => {
                     queue.push_back(Pending::Close(Bytes::new()));
@@ -402,6 +461,8 @@ struct Client {
     pubsub: pubsub::Subscriptions,
     /// Client-side caching (`tracking.rs`).
     tracking: tracking::Tracking,
+    /// Whether the client still reads (`serve`) and whether it waits in a blocking command.
+    liveness: Liveness,
 }
 
 fn now_ms() -> u64 {
@@ -443,6 +504,7 @@ impl Client {
             protocol: protocol::Protocol::default(),
             pubsub,
             tracking: tracking::Tracking::default(),
+            liveness: Liveness::default(),
         }
     }
 
