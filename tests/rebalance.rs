@@ -635,6 +635,64 @@ async fn a_killed_job_and_a_restarted_operator_resume_where_they_stopped() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_rebalancing_off_mid_plan_lets_the_plan_finish_and_loses_nothing() {
+    // `spec.balancing.rebalance.enabled: false` while a join's Job copies: the operator
+    // stopped driving the plan (no Job followed, no finalize), so it stayed in Finalizing for
+    // good with both copies of the moved ranges, and no dead end would have been abandoned.
+    // Off means no new plan; the plan under way runs to its end.
+    let shop = shop_with("rebalance-off", slow_copy).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let keys = fill(&shop.secondary, &["user:s", "menu:s", "ml:s"], 30_000).await;
+    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+    let tertiary = server_with_password("change-me-tertiary");
+    let yaml = example(
+        "third-instance.yaml",
+        &[("redis-tertiary.example.com", &tertiary)],
+    );
+    assert!(kubectl_apply(shop.cp, &shop.ns, &yaml).status.success());
+
+    wait_copying(&shop, &node, 2_000).await;
+    shop.policies
+        .patch(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "spec": {"balancing": {"rebalance": {"enabled": false}}}
+            })),
+        )
+        .await
+        .unwrap();
+
+    // The plan that runs finishes; no other starts.
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let r = policy.status.unwrap().rebalance.unwrap();
+    let done = table(&shop).await;
+    assert!(done.migrating.is_empty(), "{done:#?}");
+    let ledger = traffic.stop().await;
+    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
+    assert_same(&before, &after);
+    assert_ledger(sidecar.port, &ledger).await;
+    assert!(r.keys_moved.unwrap_or(0) > 2_000, "{r:#?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = shop.policies.get("shop").await.unwrap();
+    assert_eq!(
+        later.status.and_then(|s| s.rebalance).map(|r| r.plan_id),
+        Some(r.plan_id),
+        "rebalancing is off: no new plan"
+    );
+    eprintln!(
+        "rebalancing off mid-plan: {} keys moved in plan {}, traffic {} ops, {} errors",
+        r.keys_moved.unwrap_or(0),
+        r.plan_id,
+        ledger.ops,
+        ledger.errors.len(),
+    );
+}
+
 fn signal(pid: u32, sig: &str) {
     assert!(support::process::signal(pid, sig), "kill {sig} {pid}");
 }

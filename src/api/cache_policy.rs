@@ -263,7 +263,9 @@ impl Strategy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RebalanceSpec {
-    /// Start rebalance Jobs when an instance passes the threshold or an instance joins.
+    /// Start rebalance Jobs when an instance passes the threshold or an instance joins. Off:
+    /// ownership changes move no data (their keys read as misses); a plan under way still runs
+    /// to its end.
     #[serde(default = "default_true")]
     pub enabled: bool,
 
@@ -493,6 +495,16 @@ pub struct RebalanceStatus {
     /// Job: sidecars still on an older table while converging.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stragglers: Vec<String>,
+}
+
+impl RebalanceStatus {
+    /// Whether the plan is under way (its ranges must stay as the phase says).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.phase.as_str(),
+            rebalance_phase::PREPARING | rebalance_phase::MIGRATING | rebalance_phase::FINALIZING
+        )
+    }
 }
 
 /// The `status.rebalance` fields the Job writes; the operator leaves them out of its own

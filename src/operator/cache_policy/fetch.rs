@@ -21,15 +21,21 @@ use super::Error;
 use super::build::InstanceView;
 use super::unfreed::{UNFREED_ANNOTATION, Unfreed};
 
-/// The policy as last written: with rebalancing on, read from the API, because the cache may
-/// not hold our own last status write yet and the rebalance state machine must never act on
-/// an older one (it would plan twice or forget a running Job). `None`: it is gone.
+/// The policy as last written: with rebalancing on, or a plan under way, read from the API,
+/// because the cache may not hold our own last status write yet and the rebalance state
+/// machine must never act on an older one (it would plan twice or forget a running Job).
+/// `None`: it is gone.
 pub async fn latest(
     ctx: &Context,
     policy: Arc<CachePolicy>,
     namespace: &str,
 ) -> Result<Option<Arc<CachePolicy>>, Error> {
-    if !policy.spec.balancing.rebalance.enabled {
+    let running = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.rebalance.as_ref())
+        .is_some_and(|r| r.is_active());
+    if !policy.spec.balancing.rebalance.enabled && !running {
         return Ok(Some(policy));
     }
     let api: Api<CachePolicy> = Api::namespaced(ctx.client.clone(), namespace);

@@ -278,8 +278,11 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     let key = format!("{namespace}/{name}");
 
     // A plan whose source or target died is abandoned before anything else is decided.
-    let rebalance_on = policy.spec.balancing.rebalance.enabled;
+    // Turning rebalancing off starts no new plan; one under way runs to its end (stopped
+    // midway, its ranges would be routed to instances without their data).
     let mut rb = policy.status.as_ref().and_then(|s| s.rebalance.clone());
+    let rebalance_on =
+        policy.spec.balancing.rebalance.enabled || rb.as_ref().is_some_and(rebalance::is_active);
     let mut abandoned = Vec::new();
     if rebalance_on {
         let before = rb.clone();

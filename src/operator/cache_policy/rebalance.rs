@@ -96,10 +96,7 @@ fn new_plan_patch(r: &RebalanceStatus) -> serde_json::Value {
 
 /// Whether a rebalance is under way (its ranges must stay as the phase says).
 pub fn is_active(r: &RebalanceStatus) -> bool {
-    matches!(
-        r.phase.as_str(),
-        rebalance_phase::PREPARING | rebalance_phase::MIGRATING | rebalance_phase::FINALIZING
-    )
+    r.is_active()
 }
 
 /// `desired` with the owners of `previous` kept wherever a slot's data would have to move
@@ -499,6 +496,10 @@ pub async fn drive(
     let driver = Driver::new(&ctx.shared, &ctx.jobs, policy, rb.as_ref());
     if let Some(r) = rb.clone().filter(is_active) {
         return driver.follow(r).await.map(Some);
+    }
+    if !policy.spec.balancing.rebalance.enabled {
+        // Turned off while a plan ran: that plan is over, no other starts.
+        return Ok(rb);
     }
     // Nothing running: plan.
     let forced = driver.forced.is_some();
