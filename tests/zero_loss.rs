@@ -1479,8 +1479,24 @@ async fn a_deleted_instance_a_move_emptied_takes_no_write_from_a_sidecar_on_the_
     // cleanup of the instance that left removed the policy's keys there — its fences and the
     // importing marker — and the guard on it answered the straggler from the instance itself:
     // writes acknowledged on a server no table reads, deletes undone.
+    deleted_instance_case("departed", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_instance_that_cannot_be_fenced_when_it_leaves_is_fenced_once_it_can() {
+    // Review of the seed 1 fix: the instance that left was fenced in the one reconcile that
+    // published the first table without it. When that failed (the instance paused, or
+    // refusing the operator's password for a while), nothing tried again: a straggler kept
+    // writing there for good.
+    deleted_instance_case("departed-locked", true).await;
+}
+
+/// The secondary drains, a sidecar stays on the migrating table, the secondary's RedisInstance
+/// is deleted (refusing the operator's password at that moment when `locked_out`): no write of
+/// the straggler is acknowledged by it afterwards.
+async fn deleted_instance_case(prefix: &str, locked_out: bool) {
     let slow = |p: String| paced(p, 100, 10);
-    let shop = shop_configured("departed", slow, &["--rebalance-converge-timeout", "8s"]).await;
+    let shop = shop_configured(prefix, slow, &["--rebalance-converge-timeout", "8s"]).await;
     let node = Node::start(shop.cp, &shop.ns);
     settled_table(&shop).await;
     let policy = format!("{}/shop", shop.ns);
@@ -1557,17 +1573,59 @@ async fn a_deleted_instance_a_move_emptied_takes_no_write_from_a_sidecar_on_the_
     }
 
     // The secondary's RedisInstance is deleted; its server keeps running.
-    shop.instances
-        .delete("secondary", &Default::default())
-        .await
-        .unwrap();
-    let mover_key = format!("redisfleet:mover:{policy}");
     let mut on_secondary = shop
         .secondary
         .client()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    if locked_out {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("not-the-operators")
+            .query_async(&mut on_secondary)
+            .await
+            .unwrap();
+        // Every other connection goes, the operator's too: it has to log in again.
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(&mut on_secondary)
+            .await
+            .unwrap();
+    }
+    shop.instances
+        .delete("secondary", &Default::default())
+        .await
+        .unwrap();
+    let mover_key = format!("redisfleet:mover:{policy}");
+    if locked_out {
+        // The first try fails; the password comes back later.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !shop
+            .operator
+            .logs()
+            .contains("could not fence an instance that left the policy")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no failed fence: {}",
+                shop.operator.log_tail(60)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(on_secondary.exists::<_, bool>(&mover_key).await.unwrap());
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("change-me-secondary")
+            .query_async(&mut on_secondary)
+            .await
+            .unwrap();
+    }
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let t = table(&shop).await;

@@ -9,21 +9,23 @@
 //!   instance is retried, and [`CLEANUP_DEADLINE`] after the deletion the finalizer goes
 //!   anyway, with a Warning Event naming what was left. Deleting a policy never hangs.
 //! - An instance that leaves a live policy (no longer selected, or its RedisInstance deleted)
-//!   loses that policy's keys once a table without it is published ([`departed`], pure), if
-//!   it answers; logged, never retried — all but its fences: it is first fenced on itself at
+//!   loses that policy's keys once a table without it is published ([`departed`], pure), in
+//!   the background ([`Departures`]): tried again every [`CLEANUP_RETRY`] while it does not
+//!   answer, for at most [`DEPARTED_RETRY_FOR`] — all but its fences: it is first fenced on itself at
 //!   the published table's version (its own fence raised, the connections of older tables
 //!   closed), and the fences hash stays. A sidecar still on an older table that names it (a
 //!   straggler, which may route a range through the guard there) is refused by it from then
 //!   on, reconnecting or not; without the fence and with its importing markers gone, the
 //!   guard would run that sidecar's commands on an instance no table reads (chaos seed 1).
-//!   An instance that cannot be fenced keeps every key (it answers nothing anyway).
+//!   An instance that cannot be fenced keeps every key (it answers nothing anyway) until it
+//!   can; one that a table names again before that is left alone.
 //!   A deleted policy's cleanup removes the fences too: no table of it is left.
 //!
 //! Application keys are never touched, nor another policy's: exact names, or SCAN MATCH on
 //! patterns that end with `<policy>:`.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -44,6 +46,7 @@ use crate::routing::table::RoutingTable;
 
 use super::job::{COMPONENT_LABEL, JobSettings, POLICY_LABEL, POLICY_NAMESPACE_LABEL};
 use super::{Error, PolicyContext, fences, fetch};
+use crate::operator::context::Context;
 
 /// The finalizer on CachePolicies.
 pub const FINALIZER: &str = "redisfleet.io/cleanup";
@@ -54,6 +57,9 @@ pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(120);
 
 /// How often an unfinished cleanup is tried again.
 pub const CLEANUP_RETRY: Duration = Duration::from_secs(10);
+
+/// How long an instance that left a live policy is tried again while it does not answer.
+pub const DEPARTED_RETRY_FOR: Duration = Duration::from_secs(3600);
 
 /// How long the keys of one instance may take to remove.
 const INSTANCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,16 +158,6 @@ pub async fn remove_policy_keys(
     Ok(removed)
 }
 
-/// Why an instance's keys were not removed.
-#[derive(Debug)]
-enum Unclean {
-    /// Its RedisInstance is gone and this process does not remember it: nothing to connect
-    /// to, and trying again will not change that.
-    Unknown,
-    /// It did not answer, or failed (credentials redacted): worth another try.
-    Failed(String),
-}
-
 /// The RedisInstance `name` of `namespace`: from the cache, else as the policy last selected
 /// it (a deleted one).
 fn instance(
@@ -186,28 +182,27 @@ enum Removal {
     LeftAt(u64),
 }
 
-/// Removes `policy`'s keys from instance `name`.
+/// Removes `policy`'s keys from instance `ri`; the error says why not (credentials redacted).
 async fn clean_instance(
-    ctx: &PolicyContext,
+    ctx: &Context,
     namespace: &str,
     policy: &str,
-    name: &str,
+    ri: &RedisInstance,
     removal: Removal,
-) -> Result<u64, Unclean> {
-    let ri = instance(ctx, namespace, policy, name).ok_or(Unclean::Unknown)?;
+) -> Result<u64, String> {
     let attempt = async {
         let keep_fences = match removal {
             Removal::All => false,
             Removal::LeftAt(version) => {
                 // Fenced before anything goes: the guard answers a sidecar of an older table
                 // from this instance as soon as the importing markers are gone.
-                fences::fence_returning(&ctx.shared, namespace, policy, &ri, version)
+                fences::fence_returning(ctx, namespace, policy, ri, version)
                     .await
                     .map_err(|e| format!("fencing it at v{version}: {e}"))?;
                 true
             }
         };
-        let mut conn = fences::connect(&ctx.shared, namespace, &ri).await?;
+        let mut conn = fences::connect(ctx, namespace, ri).await?;
         remove_policy_keys(&mut conn, policy, keep_fences)
             .await
             .map_err(|e| e.to_string())
@@ -216,18 +211,85 @@ async fn clean_instance(
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {INSTANCE_TIMEOUT:?}")),
     };
-    result.map_err(|e| {
-        ctx.shared
-            .connections
-            .drop_connection(&ObjectRef::from_obj(&*ri));
-        Unclean::Failed(e)
+    result.inspect_err(|_| {
+        ctx.connections.drop_connection(&ObjectRef::from_obj(ri));
     })
 }
 
-/// Removes the keys of policy `key` from the instances that left it, once the table `version`
-/// that no longer names them is published (best effort, logged): each is fenced on itself at
-/// `version` first, and keeps its fences; one that cannot be fenced keeps every key.
-pub async fn clean_departed(
+/// Instances that left a live policy, being fenced and cleaned in the background (by policy
+/// key and instance name): a reconcile never waits for an instance that does not answer.
+#[derive(Debug, Default, Clone)]
+pub struct Departures(Arc<Mutex<HashMap<(String, String), tokio::task::AbortHandle>>>);
+
+impl Departures {
+    /// Fences instance `ri`, which left policy `key` when table `version` was published, on
+    /// itself at that version, then removes the policy's other keys from it; tried again every
+    /// [`CLEANUP_RETRY`] while it fails, for at most [`DEPARTED_RETRY_FOR`]. Nothing new when
+    /// that is under way already.
+    pub fn start(
+        &self,
+        ctx: Arc<Context>,
+        namespace: &str,
+        key: &str,
+        ri: Arc<RedisInstance>,
+        version: u64,
+    ) {
+        let id = (key.to_owned(), ri.name_any());
+        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if running.contains_key(&id) {
+            return;
+        }
+        let (namespace, key) = (namespace.to_owned(), key.to_owned());
+        let this = self.clone();
+        let finished = id.clone();
+        let task = tokio::spawn(async move {
+            let name = ri.name_any();
+            let give_up = tokio::time::Instant::now() + DEPARTED_RETRY_FOR;
+            let mut tries = 0u32;
+            loop {
+                tries += 1;
+                let removal = Removal::LeftAt(version);
+                match clean_instance(&ctx, &namespace, &key, &ri, removal).await {
+                    Ok(removed) => {
+                        info!(policy = %key, instance = %name, removed, version, tries, "fenced an instance that left the policy and removed the policy's other keys from it");
+                        break;
+                    }
+                    Err(e) if tokio::time::Instant::now() + CLEANUP_RETRY < give_up => {
+                        warn!(policy = %key, instance = %name, error = %e, tries, "could not fence an instance that left the policy or remove the policy's keys from it; trying again in {CLEANUP_RETRY:?}");
+                        tokio::time::sleep(CLEANUP_RETRY).await;
+                    }
+                    Err(e) => {
+                        warn!(policy = %key, instance = %name, error = %e, tries, "could not fence an instance that left the policy for {DEPARTED_RETRY_FOR:?}; giving up, its keys stay");
+                        break;
+                    }
+                }
+            }
+            this.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&finished);
+        });
+        running.insert(id, task.abort_handle());
+    }
+
+    /// Stops the work on policy `key`'s instances for which `stop` holds (named by a table
+    /// again, or the policy deleted).
+    pub fn stop(&self, key: &str, stop: impl Fn(&str) -> bool) {
+        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|(k, name), task| {
+            let halt = k == key && stop(name);
+            if halt {
+                task.abort();
+            }
+            !halt
+        });
+    }
+}
+
+/// Starts the fencing and cleaning of the instances that left policy `key` ([`departed`]),
+/// now that table `version` without them is published. A RedisInstance this process cannot
+/// find any more (deleted before it was ever seen selected) is logged and left alone.
+pub fn clean_departed(
     ctx: &PolicyContext,
     namespace: &str,
     key: &str,
@@ -235,15 +297,13 @@ pub async fn clean_departed(
     version: u64,
 ) {
     for name in left {
-        match clean_instance(ctx, namespace, key, name, Removal::LeftAt(version)).await {
-            Ok(removed) => {
-                info!(instance = %name, removed, version, "fenced an instance that left the policy and removed the policy's other keys from it");
+        match instance(ctx, namespace, key, name) {
+            Some(ri) => {
+                ctx.departures
+                    .start(ctx.shared.clone(), namespace, key, ri, version);
             }
-            Err(Unclean::Unknown) => {
+            None => {
                 info!(instance = %name, "an instance left the policy; its RedisInstance is gone, its keys of the policy stay");
-            }
-            Err(Unclean::Failed(e)) => {
-                warn!(instance = %name, error = %e, "could not fence an instance that left the policy or remove the policy's keys from it; they stay");
             }
         }
     }
@@ -306,13 +366,17 @@ pub async fn on_delete(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result<
         .chain(ctx.remembered_names(&key))
         .collect();
     let mut unknown = Vec::new();
+    ctx.departures.stop(&key, |_| true);
     for instance in to_clean(table.as_ref(), &selected) {
-        match clean_instance(ctx, &namespace, &key, &instance, Removal::All).await {
+        let Some(ri) = self::instance(ctx, &namespace, &key, &instance) else {
+            unknown.push(instance);
+            continue;
+        };
+        match clean_instance(&ctx.shared, &namespace, &key, &ri, Removal::All).await {
             Ok(removed) => {
                 info!(policy = %key, %instance, removed, "removed the deleted policy's keys");
             }
-            Err(Unclean::Unknown) => unknown.push(instance),
-            Err(Unclean::Failed(e)) => left.push(format!("keys on {instance} ({e})")),
+            Err(e) => left.push(format!("keys on {instance} ({e})")),
         }
     }
     if !unknown.is_empty() {

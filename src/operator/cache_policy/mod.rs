@@ -139,6 +139,8 @@ pub struct PolicyContext {
     /// The instances each policy selected at its last reconcile: a deleted RedisInstance can
     /// still be reached to remove the policy's keys.
     selected: Mutex<HashMap<String, Vec<Arc<RedisInstance>>>>,
+    /// Instances that left a policy, being fenced and cleaned (`cleanup`).
+    departures: cleanup::Departures,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.
@@ -167,6 +169,7 @@ impl PolicyContext {
             usage: Mutex::new(UsageHistory::default()),
             written: Mutex::new(HashMap::new()),
             selected: Mutex::new(HashMap::new()),
+            departures: cleanup::Departures::default(),
             status_refresh,
             routing_schema,
             started: Instant::now(),
@@ -362,12 +365,17 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         rebalance::unmark_given_back(ctx, &policy, &selected, &candidates, now).await;
     }
     // Instances a table no longer names since this reconcile are fenced at its version and
-    // lose the policy's other keys.
+    // lose the policy's other keys (in the background, until they answer); one named again
+    // is left alone.
+    if let Some(now) = &published {
+        ctx.departures
+            .stop(&key, |name| now.instances.contains_key(name));
+    }
     if let (Some(before), Some(now)) = (&previous, &published) {
         let names = selected.iter().map(|ri| ri.name_any()).collect();
         let left = cleanup::departed(before, &names, now);
         if !left.is_empty() {
-            cleanup::clean_departed(ctx, &namespace, &key, &left, now.version).await;
+            cleanup::clean_departed(ctx, &namespace, &key, &left, now.version);
         }
     }
     ctx.remember(&key, &selected);
