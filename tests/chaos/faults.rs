@@ -2,7 +2,9 @@
 //! operator and of a sidecar (each restarted, as Kubernetes would); SIGSTOP … SIGCONT of a
 //! redis-server, shorter and longer than the failover threshold (probes every 1 s, 2 failures);
 //! an instance added, drained and removed once empty; a category filled past the capacity
-//! threshold; and `redisfleet.io/rebalance-now`.
+//! threshold; and `redisfleet.io/rebalance-now`. Fills and drains keep the fleet within its
+//! capacity ([`fleet_budget`]): a fleet filled whole refuses writes with `-OOM`, as a full
+//! Redis does, and the checker counts every refusal as a failure.
 //!
 //! Redis servers are never killed: a dead instance's data is lost by design (failover is the
 //! protocol's one exception), and stopping one long enough already makes the operator fail it
@@ -12,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{Fleet, fill_limit, lock};
+use crate::fleet::{Fleet, fill_limit, fleet_budget, lock};
 use crate::rng::Rng;
 use crate::workload::Client;
 
@@ -119,14 +121,19 @@ async fn lifecycle(fleet: &Fleet, rng: &mut Rng, added: &mut usize) -> Option<&'
     if drainable.is_empty() {
         return None;
     }
+    // The others must have room for what it holds.
+    let used: u64 = fleet.used_memory().await.iter().map(|(_, u)| u).sum();
+    if used > fleet_budget(fleet.serving_members()) {
+        return None;
+    }
     let name = (*rng.pick(&drainable)).clone();
     fleet.drain(&name).await;
     Some("instance drained")
 }
 
 /// Writes keys of one category through the API sidecar (2 KB values that expire after one to
-/// two and a half minutes) until an instance passes the capacity threshold; false when one
-/// was past it already.
+/// two and a half minutes) until an instance passes the capacity threshold, or the fleet holds
+/// its budget ([`fleet_budget`]); false when one of them was reached already.
 async fn fill(fleet: &Fleet, rng: &mut Rng, round: u64) -> bool {
     let prefix = *rng.pick(&["order:", "menu:", "ml:", "auth:", "user:", "restaurant:"]);
     let ttl = rng.range(60_000, 150_000);
@@ -135,7 +142,10 @@ async fn fill(fleet: &Fleet, rng: &mut Rng, round: u64) -> bool {
     let mut written = 0;
     for batch in 0..60u64 {
         let used = fleet.used_memory().await;
-        if used.iter().any(|(_, u)| *u >= fill_limit()) {
+        let total: u64 = used.iter().map(|(_, u)| u).sum();
+        if used.iter().any(|(_, u)| *u >= fill_limit())
+            || total >= fleet_budget(fleet.serving_members())
+        {
             break;
         }
         let mut pipe = redis::pipe();

@@ -177,6 +177,8 @@ pub struct Fleet {
     pub plans: Mutex<BTreeMap<i64, RebalanceStatus>>,
     /// Every pause.
     pub pauses: Mutex<Vec<Pause>>,
+    /// The instances' memory (percent of capacity, from their status) whenever it changed.
+    pub memory: Mutex<Vec<(u64, String)>>,
     /// A redis-server is stopped now.
     pub pausing: AtomicBool,
     /// The faults are over: tables reach every sidecar at once.
@@ -276,6 +278,7 @@ impl Fleet {
             phases: Mutex::new(Vec::new()),
             plans: Mutex::new(BTreeMap::new()),
             pauses: Mutex::new(Vec::new()),
+            memory: Mutex::new(Vec::new()),
             pausing: AtomicBool::new(false),
             settling: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -491,6 +494,14 @@ impl Fleet {
     }
 
     /// `spec.drain: true` on `name`.
+    /// The instances that serve and are not draining.
+    pub fn serving_members(&self) -> usize {
+        lock(&self.members)
+            .iter()
+            .filter(|m| !m.removed && !m.draining)
+            .count()
+    }
+
     pub async fn drain(&self, name: &str) {
         self.instances
             .patch(
@@ -660,6 +671,23 @@ pub async fn observe(fleet: Arc<Fleet>) {
             asked = asking;
         }
         if let Ok(list) = fleet.instances.list(&ListParams::default()).await {
+            let memory: Vec<String> = list
+                .iter()
+                .filter_map(|ri| {
+                    let m = ri.status.as_ref()?.memory.as_ref()?;
+                    Some(format!(
+                        "{} {}%",
+                        ri.metadata.name.as_deref().unwrap_or_default(),
+                        m.used_percent?
+                    ))
+                })
+                .collect();
+            let memory = memory.join(", ");
+            let mut seen = lock(&fleet.memory);
+            if seen.last().is_none_or(|(_, last)| *last != memory) {
+                seen.push((fleet.clock.now(), memory));
+            }
+            drop(seen);
             for ri in list {
                 let name = ri.metadata.name.clone().unwrap_or_default();
                 let Some(phase) = ri.status.and_then(|s| s.phase) else {
@@ -737,4 +765,13 @@ pub fn resume_all(fleet: &Fleet) {
 /// The capacity threshold, 80 % of 30 MB, and how far past it a fill goes.
 pub fn fill_limit() -> u64 {
     CAPACITY * 83 / 100
+}
+
+/// The most the fleet holds in all before a fill stops, or a drain is refused: 55 % of the
+/// capacity of the instances that serve, but one. A fleet filled past that has no room left
+/// for a drain or a failover to move into, and its instances answer writes with `-OOM` (as
+/// one full Redis would): the guarantees under test hold for a fleet run within its capacity,
+/// and a fault model that fills the whole fleet tests only that Redis refuses writes.
+pub fn fleet_budget(serving: usize) -> u64 {
+    CAPACITY * (serving.saturating_sub(1) as u64) * 55 / 100
 }

@@ -428,6 +428,11 @@ fn keep_logs(fleet: &Fleet, seed: u64) -> Option<PathBuf> {
         })
         .collect();
     let _ = std::fs::write(dir.join("pauses.txt"), pauses.join("\n"));
+    let memory: Vec<String> = lock(&fleet.memory)
+        .iter()
+        .map(|(at, m)| format!("{:.3} s: {m}", *at as f64 / 1e9))
+        .collect();
+    let _ = std::fs::write(dir.join("memory.txt"), memory.join("\n"));
     let plans = format!("{:#?}", lock(&fleet.plans));
     let _ = std::fs::write(dir.join("plans.txt"), plans);
     // Job pods still running at the end: where each thread waits.
