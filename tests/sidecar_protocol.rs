@@ -208,6 +208,21 @@ async fn a_transaction_runs_where_the_table_in_use_at_exec_says() {
     assert_eq!(pong, "PONG", "the sidecar survived");
 }
 
+/// Pushes an element onto `user:q`, where a client that went away waited, and checks that it
+/// stays there; the connection is returned.
+async fn pushed_and_not_popped(sidecar: &Sidecar) -> redis::aio::MultiplexedConnection {
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = c.lpush("user:q", "job-1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let len: i64 = c.llen("user:q").await.unwrap();
+    assert_eq!(len, 1, "the element was popped for a client that hung up");
+    c
+}
+
 #[tokio::test]
 async fn a_client_that_hangs_up_while_blocked_pops_nothing() {
     let (a, b) = (server(), server());
@@ -220,15 +235,7 @@ async fn a_client_that_hangs_up_while_blocked_pops_nothing() {
         // The client goes away without waiting for its element.
     }
     std::thread::sleep(Duration::from_millis(300));
-    let mut c = sidecar
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: i64 = c.lpush("user:q", "job-1").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let len: i64 = c.llen("user:q").await.unwrap();
-    assert_eq!(len, 1, "the element was popped for a client that hung up");
+    pushed_and_not_popped(&sidecar).await;
 }
 
 #[tokio::test]
@@ -267,15 +274,7 @@ async fn a_client_that_half_closes_gets_every_reply_but_no_blocked_pop() {
     std::thread::sleep(Duration::from_millis(300));
     s.shutdown(std::net::Shutdown::Write).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let mut c = sidecar
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: i64 = c.lpush("user:q", "job-1").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let len: i64 = c.llen("user:q").await.unwrap();
-    assert_eq!(len, 1, "the element was popped for a client that hung up");
+    let mut c = pushed_and_not_popped(&sidecar).await;
     // The same when the end of the stream comes with the pop itself, behind a write.
     let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
     s.write_all(

@@ -318,6 +318,58 @@ impl Drop for BlockedGuard<'_> {
     }
 }
 
+/// How the wait for a request's dispatch ended.
+enum Waited {
+    /// Its reply, pending or ready.
+    Done(Pending),
+    /// The client's stream ended while the request waited in a blocking command: the wait
+    /// ends unanswered (the replies before it still go out).
+    HungUp,
+    /// The connection is gone (a write or read failed, or a reply closed it).
+    Lost,
+}
+
+/// Waits for `dispatch` — a request that may wait before it can be sent (a blocking command,
+/// a key in transit) — while the replies before it go out and the client is read on, so the
+/// wait ends with the client and a blocked pop is never served to a socket nobody reads.
+async fn wait_reading(
+    dispatch: impl Future<Output = Pending>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    queue: &mut VecDeque<Pending>,
+    out: &mut BytesMut,
+    closing: &mut bool,
+    liveness: &Liveness,
+) -> Waited {
+    tokio::pin!(dispatch);
+    loop {
+        let room = !liveness.hung_up() && buf.len() < PENDING_READ_LIMIT;
+        if room && buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        tokio::select! {
+            biased;
+            p = &mut dispatch => return Waited::Done(p),
+            () = std::future::poll_fn(|cx| drain_ready(queue, out, closing, cx)),
+                if !queue.is_empty() =>
+            {
+                if !flush(stream, out).await || *closing {
+                    return Waited::Lost;
+                }
+            }
+            read = stream.read_buf(buf), if room => match read {
+                Ok(0) => {
+                    if liveness.hang_up() {
+                        return Waited::HungUp;
+                    }
+                }
+                Err(_) => return Waited::Lost,
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
 /// Serves one client connection until it closes.
 ///
 /// One task per connection: requests are decoded and dispatched in order, and the replies are
@@ -344,48 +396,26 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         while !closing {
             match decoder.decode_request(&mut buf) {
                 Ok(Some(request)) => {
-                    let mut abandoned = false;
-                    let pending = {
-                        let dispatch = client.handle(request);
-                        tokio::pin!(dispatch);
-                        loop {
-                            // The client may hang up while its request waits (a blocking
-                            // command, a key in transit): read on, so the wait ends with the
-                            // client and a blocked pop is never served to a socket nobody reads.
-                            let room = !liveness.hung_up() && buf.len() < PENDING_READ_LIMIT;
-                            if room && buf.capacity() - buf.len() < 1024 {
-                                buf.reserve(4096);
-                            }
-                            tokio::select! {
-                                biased;
-                                p = &mut dispatch => break p,
-                                () = std::future::poll_fn(|cx| drain_ready(&mut queue, &mut out, &mut closing, cx)),
-                                    if !queue.is_empty() =>
-                                {
-                                    if !flush(&mut stream, &mut out).await || closing {
-                                        break 'conn;
-                                    }
-                                }
-                                read = stream.read_buf(&mut buf), if room => match read {
-                                    // The wait ends unanswered (the dispatch is dropped); the
-                                    // replies before it still go out.
-                                    Ok(0) => {
-                                        if liveness.hang_up() {
-                                            abandoned = true;
-                                            break Pending::Close(Bytes::new());
-                                        }
-                                    }
-                                    Err(_) => break 'conn,
-                                    Ok(_) => {}
-                                },
-                            }
+                    let waited = wait_reading(
+                        client.handle(request),
+                        &mut stream,
+                        &mut buf,
+                        &mut queue,
+                        &mut out,
+                        &mut closing,
+                        &liveness,
+                    )
+                    .await;
+                    let pending = match waited {
+                        Waited::Done(pending) => pending,
+                        Waited::HungUp => {
+                            // Its blocking call may still wait on the instance: that
+                            // connection goes now, not when the replies before it are out.
+                            client.dedicated.clear();
+                            Pending::Close(Bytes::new())
                         }
+                        Waited::Lost => break 'conn,
                     };
-                    if abandoned {
-                        // Its blocking call may still wait on the instance: that connection
-                        // goes now, not when the replies before it are out.
-                        client.dedicated.clear();
-                    }
                     closing = matches!(pending, Pending::Close(_));
                     queue.push_back(pending);
                 }
