@@ -291,6 +291,28 @@ async fn a_client_that_half_closes_gets_every_reply_but_no_blocked_pop() {
     assert_eq!(len, 1, "the element was popped for a client that hung up");
 }
 
+#[tokio::test]
+async fn nothing_sent_after_quit_runs_on_a_resp3_connection() {
+    // Review: the reply that closes the connection was wrapped for RESP3 clients, so the
+    // serve loop did not see it close, and the requests pipelined after QUIT (or after a
+    // blocking command of a client that half-closed) still ran, their replies thrown away.
+    let (a, b) = (server(), server());
+    let sidecar = Sidecar::start(&two(&a, &b, 1, TtlRules::default()), &SECRETS);
+    let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+    s.write_all(
+        b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*1\r\n$4\r\nQUIT\r\n*3\r\n$3\r\nSET\r\n$7\r\nuser:aq\r\n$1\r\nv\r\n",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut replies = String::new();
+    s.read_to_string(&mut replies).unwrap();
+    assert!(replies.ends_with("+OK\r\n"), "{replies:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    let there: bool = on_b.exists("user:aq").await.unwrap();
+    assert!(!there, "a SET sent after QUIT ran");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_pop_follows_its_list_when_the_range_moves() {
     let (a, b) = (server(), server());

@@ -185,6 +185,16 @@ fn account(a: &Accounting, reply: &[u8]) {
 }
 
 impl Pending {
+    /// Whether the connection closes once this reply is written (whatever the protocol
+    /// wrapped around it): no request after it runs.
+    fn closes(&self) -> bool {
+        match self {
+            Pending::Close(_) => true,
+            Pending::Resp3(inner, _) => inner.closes(),
+            _ => false,
+        }
+    }
+
     /// Polls for the reply: `(bytes, close the connection after writing them)`.
     fn poll_reply(&mut self, cx: &mut TaskContext<'_>) -> Poll<(Bytes, bool)> {
         match self {
@@ -416,7 +426,7 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                         }
                         Waited::Lost => break 'conn,
                     };
-                    closing = matches!(pending, Pending::Close(_));
+                    closing = pending.closes();
                     queue.push_back(pending);
                 }
                 Ok(None) => break,
