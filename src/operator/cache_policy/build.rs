@@ -166,6 +166,25 @@ pub fn plan_routing(
     instances: &[InstanceView],
     previous: Option<&RoutingTable>,
 ) -> Planned {
+    plan_routing_with(
+        policy,
+        spec,
+        instances,
+        previous,
+        spec.balancing.rebalance.enabled,
+    )
+}
+
+/// [`plan_routing`], saying whether data moves through rebalances (`moving`: rebalancing is
+/// on, or a plan still runs after it was turned off): then a recovered owner keeps its
+/// failover entries until the failback migration replaces them.
+pub fn plan_routing_with(
+    policy: &str,
+    spec: &CachePolicySpec,
+    instances: &[InstanceView],
+    previous: Option<&RoutingTable>,
+    moving: bool,
+) -> Planned {
     let mut problems = Vec::new();
     let by_name: BTreeMap<&str, &InstanceView> =
         instances.iter().map(|i| (i.name.as_str(), i)).collect();
@@ -328,7 +347,7 @@ pub fn plan_routing(
 
     // Failover overlay. With rebalancing on, a recovered owner keeps its failover entries
     // until the failback migration (which moves the data written meanwhile) replaces them.
-    let sticky = spec.balancing.rebalance.enabled;
+    let sticky = moving;
     let prev_failover = failovers_in(previous, &by_name);
     let mut failover = Vec::new();
     for (cat, _, fallback_tier, tier) in &categories {

@@ -47,7 +47,7 @@ use super::metrics::{PolicyLabels, error_variants};
 use super::sampling::{PolicySample, SampleCache, sample_instances};
 use super::status_writes::refresh_interval;
 use apply::Published;
-use build::{InstanceView, plan_routing};
+use build::{InstanceView, plan_routing_with};
 use job::JobSettings;
 use status::UsageHistory;
 
@@ -303,7 +303,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     }
 
     // Build, then apply.
-    let planned = plan_routing(&key, &policy.spec, &views, previous.as_ref());
+    let planned = plan_routing_with(&key, &policy.spec, &views, previous.as_ref(), rebalance_on);
     let mut publish_error = None;
     let mut desired = None;
     let published = match planned.table {
