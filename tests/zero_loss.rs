@@ -1491,6 +1491,87 @@ async fn a_deleted_instance_that_cannot_be_fenced_when_it_leaves_is_fenced_once_
     deleted_instance_case("departed-locked", true).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_selected_again_while_its_departure_retries_is_left_alone() {
+    // Review of the retry: the work on an instance that left stopped only once a published
+    // table named it again. Selected again but not serving yet (or before a plan gave it a
+    // range), it was still fenced and emptied of the policy's keys — a Job importing into it
+    // would lose its markers.
+    let shop = shop_configured("rejoin", |p| paced(p, 2000, 64), &[]).await;
+    let _node = Node::start(shop.cp, &shop.ns);
+    settled_table(&shop).await;
+    let mut on_secondary = shop
+        .secondary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    lock_out(&mut on_secondary, "not-the-operators").await;
+    shop.instances
+        .delete("secondary", &Default::default())
+        .await
+        .unwrap();
+    wait_logged(&shop, "could not fence an instance that left the policy").await;
+
+    // Selected again, in a tier no category uses: no table names it.
+    let yaml = support::shop::example(
+        "redis-instances.yaml",
+        &[
+            ("redis-primary.example.com", &shop.primary),
+            ("redis-secondary.example.com", &shop.secondary),
+        ],
+    )
+    .replace("redisfleet.io/tier: warm", "redisfleet.io/tier: cold");
+    assert!(
+        support::shop::kubectl_apply(shop.cp, &shop.ns, &yaml)
+            .status
+            .success()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    lock_out(&mut on_secondary, "change-me-secondary").await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let logs = shop.operator.logs();
+    for line in logs.lines().filter(|l| l.contains("left the policy")) {
+        println!("{line}");
+    }
+    assert!(
+        !logs.contains("fenced an instance that left the policy and removed"),
+        "an instance selected again was fenced and emptied: {}",
+        shop.operator.log_tail(40)
+    );
+}
+
+/// Sets the server's password to `password` and closes every other connection to it.
+async fn lock_out(conn: &mut redis::aio::MultiplexedConnection, password: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(password)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// Waits until the operator logged `what`.
+async fn wait_logged(shop: &Shop, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !shop.operator.logs().contains(what) {
+        assert!(
+            Instant::now() < deadline,
+            "never logged {what:?}: {}",
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// The secondary drains, a sidecar stays on the migrating table, the secondary's RedisInstance
 /// is deleted (refusing the operator's password at that moment when `locked_out`): no write of
 /// the straggler is acknowledged by it afterwards.
@@ -1580,21 +1661,8 @@ async fn deleted_instance_case(prefix: &str, locked_out: bool) {
         .await
         .unwrap();
     if locked_out {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("requirepass")
-            .arg("not-the-operators")
-            .query_async(&mut on_secondary)
-            .await
-            .unwrap();
         // Every other connection goes, the operator's too: it has to log in again.
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("normal")
-            .query_async(&mut on_secondary)
-            .await
-            .unwrap();
+        lock_out(&mut on_secondary, "not-the-operators").await;
     }
     shop.instances
         .delete("secondary", &Default::default())
@@ -1603,19 +1671,7 @@ async fn deleted_instance_case(prefix: &str, locked_out: bool) {
     let mover_key = format!("redisfleet:mover:{policy}");
     if locked_out {
         // The first try fails; the password comes back later.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !shop
-            .operator
-            .logs()
-            .contains("could not fence an instance that left the policy")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no failed fence: {}",
-                shop.operator.log_tail(60)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        wait_logged(&shop, "could not fence an instance that left the policy").await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(on_secondary.exists::<_, bool>(&mover_key).await.unwrap());
         let _: () = redis::cmd("CONFIG")

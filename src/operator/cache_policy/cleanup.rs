@@ -18,13 +18,13 @@
 //!   on, reconnecting or not; without the fence and with its importing markers gone, the
 //!   guard would run that sidecar's commands on an instance no table reads (chaos seed 1).
 //!   An instance that cannot be fenced keeps every key (it answers nothing anyway) until it
-//!   can; one that a table names again before that is left alone.
+//!   can; one selected again before that is left alone.
 //!   A deleted policy's cleanup removes the fences too: no table of it is left.
 //!
 //! Application keys are never touched, nor another policy's: exact names, or SCAN MATCH on
 //! patterns that end with `<policy>:`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -219,7 +219,14 @@ async fn clean_instance(
 /// Instances that left a live policy, being fenced and cleaned in the background (by policy
 /// key and instance name): a reconcile never waits for an instance that does not answer.
 #[derive(Debug, Default, Clone)]
-pub struct Departures(Arc<Mutex<HashMap<(String, String), tokio::task::AbortHandle>>>);
+pub struct Departures(Arc<Mutex<HashMap<(String, String), Departure>>>);
+
+/// One instance's departure under way.
+#[derive(Debug)]
+struct Departure {
+    task: tokio::task::JoinHandle<()>,
+    instance: Arc<RedisInstance>,
+}
 
 impl Departures {
     /// Fences instance `ri`, which left policy `key` when table `version` was published, on
@@ -242,6 +249,7 @@ impl Departures {
         let (namespace, key) = (namespace.to_owned(), key.to_owned());
         let this = self.clone();
         let finished = id.clone();
+        let instance = ri.clone();
         let task = tokio::spawn(async move {
             let name = ri.name_any();
             let give_up = tokio::time::Instant::now() + DEPARTED_RETRY_FOR;
@@ -269,20 +277,29 @@ impl Departures {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&finished);
         });
-        running.insert(id, task.abort_handle());
+        running.insert(id, Departure { task, instance });
     }
 
-    /// Stops the work on policy `key`'s instances for which `stop` holds (named by a table
-    /// again, or the policy deleted).
-    pub fn stop(&self, key: &str, stop: impl Fn(&str) -> bool) {
-        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|(k, name), task| {
-            let halt = k == key && stop(name);
-            if halt {
-                task.abort();
-            }
-            !halt
-        });
+    /// Stops the work on policy `key`'s instances for which `stop` holds (selected again, or
+    /// the policy deleted), and waits until it stopped: no command of it lands afterwards.
+    /// Returns those instances.
+    pub async fn stop(&self, key: &str, stop: impl Fn(&str) -> bool) -> Vec<Arc<RedisInstance>> {
+        let halted: Vec<Departure> = {
+            let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<(String, String)> = running
+                .keys()
+                .filter(|(k, name)| k == key && stop(name))
+                .cloned()
+                .collect();
+            ids.iter().filter_map(|id| running.remove(id)).collect()
+        };
+        let mut out = Vec::new();
+        for d in halted {
+            d.task.abort();
+            let _ = d.task.await;
+            out.push(d.instance);
+        }
+        out
     }
 }
 
@@ -366,9 +383,24 @@ pub async fn on_delete(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result<
         .chain(ctx.remembered_names(&key))
         .collect();
     let mut unknown = Vec::new();
-    ctx.departures.stop(&key, |_| true);
-    for instance in to_clean(table.as_ref(), &selected) {
-        let Some(ri) = self::instance(ctx, &namespace, &key, &instance) else {
+    // Instances still leaving the policy are cleaned with the rest.
+    let leaving: BTreeMap<String, Arc<RedisInstance>> = ctx
+        .departures
+        .stop(&key, |_| true)
+        .await
+        .into_iter()
+        .map(|ri| (ri.name_any(), ri))
+        .collect();
+    let names = to_clean(table.as_ref(), &selected)
+        .into_iter()
+        .chain(leaving.keys().cloned())
+        .collect::<BTreeSet<String>>();
+    for instance in names {
+        let ri = leaving
+            .get(&instance)
+            .cloned()
+            .or_else(|| self::instance(ctx, &namespace, &key, &instance));
+        let Some(ri) = ri else {
             unknown.push(instance);
             continue;
         };

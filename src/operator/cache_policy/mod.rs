@@ -280,6 +280,12 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     let (previous, previous_version) = (current.table.clone(), current.version);
     let key = format!("{namespace}/{name}");
 
+    // An instance that left and is selected again is no longer fenced and emptied: that
+    // stops before anything could give it ranges or a Job could import into it.
+    ctx.departures
+        .stop(&key, |name| selected.iter().any(|ri| ri.name_any() == name))
+        .await;
+
     // A plan whose source or target died is abandoned before anything else is decided.
     // Turning rebalancing off starts no new plan; one under way runs to its end (stopped
     // midway, its ranges would be routed to instances without their data).
@@ -365,12 +371,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         rebalance::unmark_given_back(ctx, &policy, &selected, &candidates, now).await;
     }
     // Instances a table no longer names since this reconcile are fenced at its version and
-    // lose the policy's other keys (in the background, until they answer); one named again
-    // is left alone.
-    if let Some(now) = &published {
-        ctx.departures
-            .stop(&key, |name| now.instances.contains_key(name));
-    }
+    // lose the policy's other keys (in the background, until they answer).
     if let (Some(before), Some(now)) = (&previous, &published) {
         let names = selected.iter().map(|ri| ri.name_any()).collect();
         let left = cleanup::departed(before, &names, now);
