@@ -93,6 +93,38 @@ impl SlotRange {
     pub fn overlaps(&self, other: &SlotRange) -> bool {
         self.start <= other.end && other.start <= self.end
     }
+
+    /// The slots both ranges hold.
+    pub fn intersection(&self, other: &SlotRange) -> Option<SlotRange> {
+        self.overlaps(other)
+            .then(|| SlotRange::new(self.start.max(other.start), self.end.min(other.end)))
+    }
+
+    /// The slots of this range that none of `others` holds, as ranges in slot order.
+    pub fn minus(&self, others: &[SlotRange]) -> Vec<SlotRange> {
+        let mut cut: Vec<SlotRange> = others.iter().filter_map(|o| o.intersection(self)).collect();
+        cut.sort();
+        let mut out = Vec::new();
+        let mut next = Some(self.start);
+        for c in cut {
+            if let Some(n) = next
+                && n < c.start
+            {
+                out.push(SlotRange::new(n, c.start - 1));
+            }
+            next = match next {
+                Some(n) if c.end < n => Some(n),
+                _ => c.end.checked_add(1).filter(|s| *s <= self.end),
+            };
+            if next.is_none() {
+                break;
+            }
+        }
+        if let Some(n) = next {
+            out.push(SlotRange::new(n, self.end));
+        }
+        out
+    }
 }
 
 impl std::fmt::Display for SlotRange {
@@ -176,5 +208,48 @@ mod tests {
         assert!(!r.overlaps(&SlotRange::new(21, 30)));
         assert_eq!(SlotRange::ALL.len(), 16384);
         assert_eq!(r.to_string(), "10-20");
+    }
+
+    #[test]
+    fn a_range_minus_others_keeps_exactly_the_slots_they_do_not_hold() {
+        let r = SlotRange::new(0, 100);
+        let cut = |others: &[(u16, u16)]| {
+            let others: Vec<SlotRange> =
+                others.iter().map(|(a, b)| SlotRange::new(*a, *b)).collect();
+            r.minus(&others)
+                .into_iter()
+                .map(|x| (x.start, x.end))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cut(&[]), [(0, 100)]);
+        assert_eq!(cut(&[(50, 200)]), [(0, 49)]);
+        assert_eq!(cut(&[(0, 100)]), []);
+        assert_eq!(
+            cut(&[(60, 70), (10, 20), (15, 30)]),
+            [(0, 9), (31, 59), (71, 100)]
+        );
+        assert_eq!(cut(&[(200, 300)]), [(0, 100)]);
+        assert_eq!(cut(&[(0, 0), (100, 100)]), [(1, 99)]);
+        assert_eq!(
+            SlotRange::new(5, 9).intersection(&SlotRange::new(8, 20)),
+            Some(SlotRange::new(8, 9))
+        );
+        assert_eq!(
+            SlotRange::new(5, 9).intersection(&SlotRange::new(10, 20)),
+            None
+        );
+        // Against a slot-by-slot reference.
+        for (a, b, c, d) in [
+            (0, 100, 3, 7),
+            (20, 40, 0, 19),
+            (20, 40, 41, 90),
+            (20, 40, 30, 30),
+        ] {
+            let r = SlotRange::new(a, b);
+            let o = SlotRange::new(c, d);
+            let left: Vec<u16> = r.minus(&[o]).iter().flat_map(|x| x.start..=x.end).collect();
+            let want: Vec<u16> = (a..=b).filter(|s| !o.contains(*s)).collect();
+            assert_eq!(left, want);
+        }
     }
 }

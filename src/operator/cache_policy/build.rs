@@ -361,39 +361,56 @@ pub fn plan_routing_with(
             // A dead source's migrating ranges go to the migration's target, which holds
             // what moved and what was written since; the rest to a fallback.
             for (piece, handoff) in handoff_pieces(&cat.name, run, previous, &by_name) {
-                let kept = prev_failover.iter().find(|f| {
-                    f.category == cat.name
-                        && f.from == run.instance
-                        && f.range() == piece
-                        && by_name
-                            .get(f.to.as_str())
-                            .is_some_and(|i| i.phase.serves_traffic())
+                // What already failed over stays with its fallback, which holds the writes of
+                // the outage — also when the piece grew (placement gave the dead owner more
+                // slots: another instance of its tier began draining). Kept only for the very
+                // same range, a grown piece got a fallback of its own choosing and the first
+                // one's copies were freed (chaos seed 2, 361 writes lost).
+                let kept: Vec<(SlotRange, String)> = prev_failover
+                    .iter()
+                    .filter(|f| {
+                        f.category == cat.name
+                            && f.from == run.instance
+                            && by_name
+                                .get(f.to.as_str())
+                                .is_some_and(|i| i.phase.serves_traffic())
+                    })
+                    .filter_map(|f| Some((f.range().intersection(&piece)?, f.to.clone())))
+                    .collect();
+                let covered: Vec<SlotRange> = kept.iter().map(|(r, _)| *r).collect();
+                let fresh = piece.minus(&covered).into_iter().map(|range| {
+                    let to = handoff.clone().or_else(|| {
+                        choose_fallback(
+                            &cat.name,
+                            range,
+                            owner,
+                            fallback_tier,
+                            tier,
+                            instances,
+                            &share,
+                        )
+                    });
+                    (range, to)
                 });
-                let target = match (kept, handoff) {
-                    (Some(f), _) => Some(f.to.clone()),
-                    (None, Some(to)) => Some(to),
-                    (None, None) => choose_fallback(
-                        &cat.name,
-                        piece,
-                        owner,
-                        fallback_tier,
-                        tier,
-                        instances,
-                        &share,
-                    ),
-                };
-                match target {
-                    Some(to) => failover.push(Failover {
-                        category: cat.name.clone(),
-                        start: piece.start,
-                        end: piece.end,
-                        from: run.instance.clone(),
-                        to,
-                    }),
-                    None => problems.push(Problem::NoFallback {
-                        category: cat.name.clone(),
-                        instance: run.instance.clone(),
-                    }),
+                let pieces: Vec<(SlotRange, Option<String>)> = kept
+                    .into_iter()
+                    .map(|(r, to)| (r, Some(to)))
+                    .chain(fresh)
+                    .collect();
+                for (range, target) in pieces {
+                    match target {
+                        Some(to) => failover.push(Failover {
+                            category: cat.name.clone(),
+                            start: range.start,
+                            end: range.end,
+                            from: run.instance.clone(),
+                            to,
+                        }),
+                        None => problems.push(Problem::NoFallback {
+                            category: cat.name.clone(),
+                            instance: run.instance.clone(),
+                        }),
+                    }
                 }
             }
         }

@@ -470,3 +470,55 @@ fn served_ranges_are_the_maximal_runs_of_served_slots() {
     assert!(served["primary"].contains(&("user".to_owned(), SlotRange::new(0, 299))));
     assert_eq!(served_ranges(&before), served_slot_by_slot(&before));
 }
+
+#[test]
+fn a_dead_owner_whose_range_grows_keeps_its_fallback_for_what_failed_over() {
+    // Chaos seed 2 (180 s): `extra-1` (hot) was down, its half of the hot ranges failed over
+    // to a warm fallback. The other hot instance began draining, so placement gave the dead
+    // instance the whole hot range; its failover entries were kept only where the piece was
+    // the same range, so the grown piece got a fallback of its own choosing — another
+    // instance — and the first fallback's copies (the writes of the outage) were freed.
+    let mut views = vec![
+        view("primary", "hot", InstancePhase::Ready, 30),
+        view("extra", "hot", InstancePhase::Ready, 30),
+        view("secondary", "warm", InstancePhase::Ready, 30),
+        view("tertiary", "warm", InstancePhase::Ready, 30),
+    ];
+    let before = plan_routing("shop/shop", &shop(), &views, None)
+        .table
+        .unwrap();
+    // The instance that owns the upper half dies (a grown piece starts elsewhere).
+    let upper = before.categories[0].owners()[16383].to_owned();
+    let (dead, other) = if upper == "extra" { (1, 0) } else { (0, 1) };
+    views[dead].phase = InstancePhase::Unreachable;
+    let during = plan_routing("shop/shop", &shop(), &views, Some(&before))
+        .table
+        .unwrap();
+    assert!(during.failover.iter().any(|f| f.from == upper));
+    views[other].phase = InstancePhase::Draining;
+    views[other].drain = true;
+    let next = plan_routing("shop/shop", &shop(), &views, Some(&during))
+        .table
+        .unwrap();
+    let was = crate::routing::Resolver::new(during.clone()).unwrap();
+    let now = crate::routing::Resolver::new(next.clone()).unwrap();
+    for f in during.failover.iter().filter(|f| f.from == upper) {
+        let category = u16::try_from(
+            during
+                .categories
+                .iter()
+                .position(|c| c.name == f.category)
+                .unwrap(),
+        )
+        .unwrap();
+        for slot in f.start..=f.end {
+            assert_eq!(
+                now.instance_name(now.route(category, slot).target),
+                was.instance_name(was.route(category, slot).target),
+                "{} slot {slot}: the writes of the outage are on {}",
+                f.category,
+                f.to
+            );
+        }
+    }
+}
