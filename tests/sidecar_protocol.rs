@@ -275,7 +275,9 @@ async fn a_client_that_half_closes_gets_every_reply_but_no_blocked_pop() {
     s.shutdown(std::net::Shutdown::Write).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let mut c = pushed_and_not_popped(&sidecar).await;
-    // The same when the end of the stream comes with the pop itself, behind a write.
+    // The end of the stream right behind a write and a pop of a list that holds an element:
+    // Redis pops it at once and the client, which still reads, gets it. Whatever the sidecar
+    // does, the element is never lost: the client got it, or it is still in the list.
     let mut s = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
     s.write_all(
         b"*3\r\n$3\r\nSET\r\n$6\r\nuser:w\r\n$1\r\nv\r\n*3\r\n$5\r\nBLPOP\r\n$6\r\nuser:q\r\n$1\r\n0\r\n",
@@ -285,10 +287,13 @@ async fn a_client_that_half_closes_gets_every_reply_but_no_blocked_pop() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut replies = String::new();
     s.read_to_string(&mut replies).unwrap();
-    assert_eq!(replies, "+OK\r\n");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let len: i64 = c.llen("user:q").await.unwrap();
-    assert_eq!(len, 1, "the element was popped for a client that hung up");
+    let got = replies == "+OK\r\n*2\r\n$6\r\nuser:q\r\n$5\r\njob-1\r\n";
+    assert!(
+        (replies == "+OK\r\n" && len == 1) || (got && len == 0),
+        "replies {replies:?}, {len} left in the list"
+    );
 }
 
 #[tokio::test]

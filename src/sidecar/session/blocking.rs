@@ -252,16 +252,15 @@ impl Client {
         if matches!(spec.name, "xread" | "xreadgroup") {
             args = self.resolve_last_ids(&router, args, keys).await?;
         }
-        // A client whose stream ended before its blocking command ran is gone for Redis too:
-        // nothing is popped for it. One that hangs up while it waits ends the wait (`serve`).
-        if self.liveness.hung_up() {
-            return Ok(Pending::Close(Bytes::new()));
-        }
-        let liveness = self.liveness.clone();
-        let _blocked = liveness.block();
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut first = true;
         loop {
+            // A client whose stream ended before (or between) the slices of its wait is gone
+            // for Redis too: nothing is popped for it. One that hangs up while it waits ends
+            // the wait (`serve`).
+            if self.liveness.hung_up() {
+                return Ok(Pending::Close(Bytes::new()));
+            }
             // Routed afresh every slice, by the newest table.
             let router = if first {
                 router.clone()
@@ -305,7 +304,10 @@ impl Client {
                         "CROSSINSTANCE the keys of this blocking command live on different instances",
                     )));
                 }
+                // The real blocking call ends with the client (`serve`).
+                let liveness = self.liveness.clone();
                 let conn = self.dedicated_for(&router, r0.target).await?;
+                let _blocked = liveness.block();
                 match conn.call(&bundle(&[cmd]), 1).await {
                     Ok(r) => r.first(),
                     Err(e) => {
@@ -315,7 +317,13 @@ impl Client {
                     }
                 }
             };
-            if !is_nil(&reply) || last {
+            if !is_nil(&reply) {
+                return Ok(Pending::Ready(reply));
+            }
+            if self.liveness.hung_up() {
+                return Ok(Pending::Close(Bytes::new()));
+            }
+            if last {
                 return Ok(Pending::Ready(reply));
             }
         }
@@ -350,9 +358,13 @@ impl Client {
             {
                 Some(reply) if !is_nil(&reply) => return Ok(reply),
                 Some(nil) => {
-                    if Instant::now() + POLL >= ends {
+                    // A poll runs to its end (what it popped goes to the client, which may
+                    // still read after a half-close); only the pause between polls ends
+                    // with the client.
+                    if Instant::now() + POLL >= ends || self.liveness.hung_up() {
                         return Ok(nil);
                     }
+                    let _blocked = self.liveness.block();
                     tokio::time::sleep(POLL).await;
                 }
                 None => {
@@ -364,7 +376,9 @@ impl Client {
                         Some(at) => with_timeout(at, cmd, left),
                         None => cmd.to_vec(),
                     };
+                    let liveness = self.liveness.clone();
                     let conn = self.dedicated_for(router, mig.target).await?;
+                    let _blocked = liveness.block();
                     return match conn.call(&bundle(&[on_target]), 1).await {
                         Ok(r) => Ok(r.first()),
                         Err(e) => {
