@@ -138,7 +138,10 @@ pub async fn fence_returning_instances(
 /// after deleting stale copies on the instances about to serve ranges, followed by Events and
 /// the freeing of copies no longer served. An unchanged table is published again only when
 /// the version annotation and the table's own version disagree. The credentials Secret is
-/// brought in step with `table` before anything is published.
+/// brought in step with `table` before anything is published. `before_write` runs right
+/// before a new table is written, after every wait and purge (the keys in transit of the moves
+/// given up go back to their sources then: `rebalance::GiveBack`), or when a failover is held
+/// back; not when nothing new is published or a step before it fails.
 pub async fn publish_routing(
     ctx: &Context,
     policy: &CachePolicy,
@@ -146,6 +149,7 @@ pub async fn publish_routing(
     selected: &[Arc<RedisInstance>],
     current: &super::fetch::Current,
     mut table: RoutingTable,
+    mut before_write: Option<impl Future<Output = Result<(), Error>>>,
 ) -> Result<Published, Error> {
     credentials::sync(ctx, policy, namespace, &table).await?;
     let previous = current.table.as_ref();
@@ -176,6 +180,12 @@ pub async fn publish_routing(
                 && fences::answers(ctx, namespace, ri).await
             {
                 info!(instance = %name, "holding a failover back: the instance answers again");
+                // What was decided stands (the plan's status is written without the moves
+                // given up), so their keys in transit go back now all the same; the table
+                // that gives their ranges back follows once the instance serves again.
+                if let Some(before_write) = before_write.take() {
+                    before_write.await?;
+                }
                 return Ok(Published {
                     table: previous.cloned(),
                     now: false,
@@ -209,6 +219,9 @@ pub async fn publish_routing(
         // recorded in the same write as the table: a restart between the two forgets nothing.
         let mut unfreed = current.unfreed.after(previous, &table);
         unfreed.retain_instances(&names);
+        if let Some(before_write) = before_write {
+            before_write.await?;
+        }
         let written = cm.write(resource_version, &table, &unfreed).await?;
         info!(version = table.version, configmap = %cm_name, "published routing table");
         publish_events(ctx, policy, previous, &table).await;

@@ -293,9 +293,10 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     let rebalance_on =
         policy.spec.balancing.rebalance.enabled || rb.as_ref().is_some_and(rebalance::is_active);
     let mut abandoned = Vec::new();
+    let mut give_back = None;
     if rebalance_on {
         let before = rb.clone();
-        rb = rebalance::abandon_dead_ends(
+        (rb, give_back) = rebalance::abandon_dead_ends(
             ctx,
             &policy,
             rb,
@@ -336,9 +337,16 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
             );
             desired = Some(planned_table);
             table.schema_version = ctx.routing_schema;
-            let published =
-                apply::publish_routing(shared, &policy, &namespace, &selected, &current, table)
-                    .await?;
+            let published = apply::publish_routing(
+                shared,
+                &policy,
+                &namespace,
+                &selected,
+                &current,
+                table,
+                give_back.as_ref().map(|g| g.run(ctx, &selected)),
+            )
+            .await?;
             if published.now
                 && let (Some(r), Some(t), Some(table)) = (rb.as_mut(), transition, &published.table)
             {

@@ -55,7 +55,8 @@ use std::sync::Arc;
 
 mod abandon;
 pub use abandon::{
-    abandon_dead_ends, dead_ends, dropped_moves, given_back, live_moves, unmark_given_back,
+    GiveBack, abandon_dead_ends, dead_ends, dropped_moves, given_back, live_moves,
+    unmark_given_back,
 };
 
 /// Every field of a [`RebalanceStatus`] as it is written (camelCase).

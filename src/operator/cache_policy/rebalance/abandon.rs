@@ -65,10 +65,9 @@ pub fn live_moves(r: &RebalanceStatus, dead: &[String]) -> Vec<MoveStatus> {
 /// token, so it is not fenced off; the operator's highest token would fence it too), with the
 /// plan's highest token when it ends. It records the dead instances' fences at
 /// `next_version` on every instance that answers, and deletes the running Job; the driver
-/// starts the next attempt. Then, before anything is published, each source whose target died
-/// gets back the keys the move had in transit ([`give_back_transit`]); `table` is the
-/// published table (the one that runs the moves). An error there fails the reconcile before
-/// it publishes, and the next one gives the moves up again.
+/// starts the next attempt. Each source whose target died is to get back the keys the move
+/// had in transit ([`GiveBack`], returned): right before the table that gives the range back
+/// is written, not before — `table` is the published table (the one that runs the moves).
 pub async fn abandon_dead_ends(
     ctx: &PolicyContext,
     policy: &CachePolicy,
@@ -77,11 +76,13 @@ pub async fn abandon_dead_ends(
     selected: &[Arc<RedisInstance>],
     table: Option<&RoutingTable>,
     next_version: u64,
-) -> Result<Option<RebalanceStatus>, Error> {
-    let Some(mut r) = rb else { return Ok(None) };
+) -> Result<(Option<RebalanceStatus>, Option<GiveBack>), Error> {
+    let Some(mut r) = rb else {
+        return Ok((None, None));
+    };
     let dead = dead_ends(&r, views);
     if dead.is_empty() {
-        return Ok(Some(r));
+        return Ok((Some(r), None));
     }
     let shared = &ctx.shared;
     let namespace = policy.namespace().unwrap_or_default();
@@ -115,13 +116,23 @@ pub async fn abandon_dead_ends(
         }
     }
     // The keys a move whose target died has in transit go back under their names on its
-    // source now, while its importing marker is set and no table routes the range to the
-    // source without the guard: every sidecar that can send a command on those keys goes
-    // through the guard, which refuses them while their tombstones exist. Once the table that
-    // gives the range back is out, plain commands run on the source, and the marker goes.
-    if let Some(table) = table {
-        give_back_transit(ctx, &namespace, &key, &r, &dead, selected, &mover, table).await?;
-    }
+    // source right before the table that gives the range back is written, while its
+    // importing marker is set: every sidecar that can send a command on those keys goes
+    // through the guard, which refuses them while their tombstones exist. Once the table is
+    // out, plain commands run on the source, and the marker goes. Not earlier: back on the
+    // source, the keys take writes through its guard from sidecars that know the target
+    // failed over, and a reconcile that stops before the table is written (a purge timing
+    // out, the operator killed) leaves them there while the published table still runs the
+    // move — should the source die next, its range goes to the target's older copies and its
+    // writes are freed (chaos seed 3).
+    let give_back = table.map(|table| GiveBack {
+        namespace: namespace.clone(),
+        key: key.clone(),
+        plan: r.clone(),
+        dead: dead.clone(),
+        mover: mover.clone(),
+        table: table.clone(),
+    });
     let raise: Vec<(String, u64)> = dead.iter().map(|d| (d.clone(), next_version)).collect();
     fences::notify(shared, &namespace, &key, selected, &raise).await;
     if let Some(name) = r.job.clone() {
@@ -150,7 +161,7 @@ pub async fn abandon_dead_ends(
             )
             .await;
         warn!(plan = r.plan_id, dead = ?dead, attempt = next_attempt, "rebalance partly abandoned; the moves between live instances go on");
-        return Ok(Some(r));
+        return Ok((Some(r), give_back));
     }
     r.phase = rebalance_phase::FAILED.to_owned();
     r.finished_at = Some(Time(Timestamp::now()));
@@ -166,7 +177,51 @@ pub async fn abandon_dead_ends(
         )
         .await;
     warn!(plan = r.plan_id, dead = ?dead, "rebalance abandoned");
-    Ok(Some(r))
+    Ok((Some(r), give_back))
+}
+
+/// The keys in transit of the moves given up for their dead targets, to go back to their
+/// sources right before the table that gives the ranges back is written ([`GiveBack::run`]).
+pub struct GiveBack {
+    namespace: String,
+    key: String,
+    /// The plan as it was, with the moves given up.
+    plan: RebalanceStatus,
+    dead: Vec<String>,
+    mover: crate::redis::protocol::mover::Mover,
+    /// The published table, which runs the moves.
+    table: RoutingTable,
+}
+
+impl std::fmt::Debug for GiveBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GiveBack")
+            .field("plan", &self.plan.plan_id)
+            .field("dead", &self.dead)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GiveBack {
+    /// Gives the keys back ([`give_back_transit`]). An error fails the reconcile before it
+    /// publishes; the next one gives the moves up again (this is idempotent).
+    pub async fn run(
+        &self,
+        ctx: &PolicyContext,
+        selected: &[Arc<RedisInstance>],
+    ) -> Result<(), Error> {
+        give_back_transit(
+            ctx,
+            &self.namespace,
+            &self.key,
+            &self.plan,
+            &self.dead,
+            selected,
+            &self.mover,
+            &self.table,
+        )
+        .await
+    }
 }
 
 /// The migration of the move `m` of plan `plan`, as the tables carry it.
