@@ -489,14 +489,7 @@ fn a_recovered_owner_keeps_its_failover_entries_when_an_instance_joins_its_tier(
     // routed the ranges to the owner without the data written to the fallback meanwhile, and
     // the fallback's copies were freed: 103 acknowledged writes lost.
     let mut views = two();
-    let before = plan_routing("shop/shop", &shop(), &views, None)
-        .table
-        .unwrap();
-    views[0].phase = InstancePhase::Unreachable;
-    let during = plan_routing("shop/shop", &shop(), &views, Some(&before))
-        .table
-        .unwrap();
-    assert!(!during.failover.is_empty());
+    let during = primary_failed_over(&mut views);
     views[0].phase = InstancePhase::Ready;
     views.push(fixtures::example_view(
         "extra",
@@ -518,14 +511,7 @@ fn an_owner_that_comes_back_draining_keeps_its_failover_entries_and_fails_back()
     // entries were dropped, so the table routed the ranges to it without the writes of the
     // outage (those stayed on the fallback, to be freed), and no failback was planned.
     let mut views = two();
-    let before = plan_routing("shop/shop", &shop(), &views, None)
-        .table
-        .unwrap();
-    views[0].phase = InstancePhase::Unreachable;
-    let during = plan_routing("shop/shop", &shop(), &views, Some(&before))
-        .table
-        .unwrap();
-    assert!(!during.failover.is_empty());
+    let during = primary_failed_over(&mut views);
     assert!(during.failover.iter().all(|f| f.from == "primary"));
     views[0].phase = InstancePhase::Draining;
     views[0].drain = true;
@@ -568,4 +554,18 @@ fn assert_failed_over_ranges_still_go_to_the_fallback(
             );
         }
     }
+}
+
+/// The shop's table while `primary` (the first of `views`) is unreachable: its ranges fail
+/// over to `secondary`.
+fn primary_failed_over(views: &mut [InstanceView]) -> RoutingTable {
+    let before = plan_routing("shop/shop", &shop(), views, None)
+        .table
+        .unwrap();
+    views[0].phase = InstancePhase::Unreachable;
+    let during = plan_routing("shop/shop", &shop(), views, Some(&before))
+        .table
+        .unwrap();
+    assert!(!during.failover.is_empty());
+    during
 }
