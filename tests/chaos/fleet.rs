@@ -354,9 +354,7 @@ impl Fleet {
         let deadline = Instant::now() + bound;
         loop {
             let rb = self.rebalance().await;
-            let active = rb
-                .as_ref()
-                .is_some_and(redis_fleet::operator::cache_policy::rebalance::is_active);
+            let active = rb.as_ref().is_some_and(|r| r.is_active());
             let table = self.table().await;
             if let Some(t) = &table
                 && !active
@@ -534,12 +532,7 @@ impl Fleet {
                 .failover
                 .iter()
                 .any(|f| f.from == name || f.to == name);
-        if referenced
-            || self
-                .rebalance()
-                .await
-                .is_some_and(|r| redis_fleet::operator::cache_policy::rebalance::is_active(&r))
-        {
+        if referenced || self.rebalance().await.is_some_and(|r| r.is_active()) {
             return false;
         }
         let client = lock(&self.members)

@@ -10,7 +10,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::warn;
 
-use crate::api::cache_policy::{CachePolicy, selects};
+use crate::api::cache_policy::{CachePolicy, RebalanceStatus, selects};
 use crate::api::redis_instance::{InstancePhase, RedisInstance, TIER_LABEL};
 use crate::operator::context::Context;
 use crate::redis::endpoint::endpoint_of;
@@ -34,7 +34,7 @@ pub async fn latest(
         .status
         .as_ref()
         .and_then(|s| s.rebalance.as_ref())
-        .is_some_and(|r| r.is_active());
+        .is_some_and(RebalanceStatus::is_active);
     if !policy.spec.balancing.rebalance.enabled && !running {
         return Ok(Some(policy));
     }

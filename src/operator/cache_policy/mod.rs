@@ -291,7 +291,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     // midway, its ranges would be routed to instances without their data).
     let mut rb = policy.status.as_ref().and_then(|s| s.rebalance.clone());
     let rebalance_on =
-        policy.spec.balancing.rebalance.enabled || rb.as_ref().is_some_and(rebalance::is_active);
+        policy.spec.balancing.rebalance.enabled || rb.as_ref().is_some_and(|r| r.is_active());
     let mut abandoned = Vec::new();
     let mut give_back = None;
     if rebalance_on {

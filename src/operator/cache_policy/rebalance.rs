@@ -95,11 +95,6 @@ fn new_plan_patch(r: &RebalanceStatus) -> serde_json::Value {
     body
 }
 
-/// Whether a rebalance is under way (its ranges must stay as the phase says).
-pub fn is_active(r: &RebalanceStatus) -> bool {
-    r.is_active()
-}
-
 /// `desired` with the owners of `previous` kept wherever a slot's data would have to move
 /// from a serving instance: those changes happen through a rebalance, never by re-routing
 /// alone. Categories with held-back slots keep their previous placement basis, so placement
@@ -427,7 +422,7 @@ fn shape_for_rebalance(
     table: &mut RoutingTable,
     rb: Option<&RebalanceStatus>,
 ) -> Option<Transition> {
-    let r = rb.filter(|r| is_active(r))?;
+    let r = rb.filter(|r| r.is_active())?;
     let moves = from_status(&r.moves);
     let step = r.step.as_deref();
     // The migrations carry the plan as their epoch: the sources' importing markers are named
@@ -495,7 +490,7 @@ pub async fn drive(
     sample: &PolicySample,
 ) -> Result<Option<RebalanceStatus>, Error> {
     let driver = Driver::new(&ctx.shared, &ctx.jobs, policy, rb.as_ref());
-    if let Some(r) = rb.clone().filter(is_active) {
+    if let Some(r) = rb.clone().filter(RebalanceStatus::is_active) {
         return driver.follow(r).await.map(Some);
     }
     if !policy.spec.balancing.rebalance.enabled {

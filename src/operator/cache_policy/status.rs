@@ -258,7 +258,7 @@ pub fn set_rebalancing_condition(
 ) {
     use crate::api::cache_policy::rebalance_phase;
     let (on, reason, message) = match &status.rebalance {
-        Some(r) if super::rebalance::is_active(r) => (
+        Some(r) if r.is_active() => (
             true,
             r.phase.clone(),
             format!(

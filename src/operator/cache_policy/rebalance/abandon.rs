@@ -18,10 +18,10 @@ use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
 use crate::routing::table::{Migration, RoutingTable};
 
-use super::{Driver, is_active};
+use super::Driver;
 /// The moves of an active plan whose source or target is unreachable, with the dead ends.
 pub fn dead_ends(r: &RebalanceStatus, views: &[InstanceView]) -> Vec<String> {
-    if !is_active(r) || r.phase == rebalance_phase::FINALIZING {
+    if !r.is_active() || r.phase == rebalance_phase::FINALIZING {
         return Vec::new();
     }
     let dead = |name: &str| {
@@ -316,11 +316,11 @@ pub fn dropped_moves(
     before: Option<&RebalanceStatus>,
     after: Option<&RebalanceStatus>,
 ) -> Vec<Migration> {
-    let Some(before) = before.filter(|b| is_active(b)) else {
+    let Some(before) = before.filter(|b| b.is_active()) else {
         return Vec::new();
     };
     // A plan that ended (every move had a dead end) keeps its moves in its status.
-    let kept = after.filter(|a| a.plan_id == before.plan_id && is_active(a));
+    let kept = after.filter(|a| a.plan_id == before.plan_id && a.is_active());
     before
         .moves
         .iter()
