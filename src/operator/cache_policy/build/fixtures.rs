@@ -3,7 +3,7 @@
 
 use crate::api::cache_policy::CachePolicySpec;
 use crate::api::redis_instance::InstancePhase;
-use crate::routing::table::{InstanceEndpoint, SecretKeyName};
+use crate::routing::table::{InstanceEndpoint, RoutingTable, SecretKeyName};
 
 use super::InstanceView;
 
@@ -110,5 +110,32 @@ impl InstanceView {
     /// Reached at `endpoint`.
     pub fn reached_at(self, endpoint: InstanceEndpoint) -> Self {
         Self { endpoint, ..self }
+    }
+}
+
+/// Every slot of every failover entry of `during` is routed by `next` where `during` routed
+/// it: to the fallback, which holds the writes of the outage.
+pub fn assert_failed_over_slots_stay_with_their_fallback(
+    during: &RoutingTable,
+    next: &RoutingTable,
+) {
+    let was = crate::routing::Resolver::new(during.clone()).unwrap();
+    let now = crate::routing::Resolver::new(next.clone()).unwrap();
+    for f in &during.failover {
+        let category = during
+            .categories
+            .iter()
+            .position(|c| c.name == f.category)
+            .and_then(|c| u16::try_from(c).ok())
+            .unwrap();
+        for slot in f.start..=f.end {
+            assert_eq!(
+                now.instance_name(now.route(category, slot).target),
+                was.instance_name(was.route(category, slot).target),
+                "{} slot {slot}: the writes of the outage are on {}",
+                f.category,
+                f.to
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Tests of the routing table a policy should publish.
 
 use super::*;
-use crate::operator::cache_policy::build::fixtures::{example_view as view, shop, two};
+use crate::operator::cache_policy::build::fixtures::{self, example_view as view, shop, two};
 
 #[test]
 fn the_shop_example_puts_each_category_on_its_tier() {
@@ -500,25 +500,5 @@ fn a_dead_owner_whose_range_grows_keeps_its_fallback_for_what_failed_over() {
     let next = plan_routing("shop/shop", &shop(), &views, Some(&during))
         .table
         .unwrap();
-    let was = crate::routing::Resolver::new(during.clone()).unwrap();
-    let now = crate::routing::Resolver::new(next.clone()).unwrap();
-    for f in during.failover.iter().filter(|f| f.from == upper) {
-        let category = u16::try_from(
-            during
-                .categories
-                .iter()
-                .position(|c| c.name == f.category)
-                .unwrap(),
-        )
-        .unwrap();
-        for slot in f.start..=f.end {
-            assert_eq!(
-                now.instance_name(now.route(category, slot).target),
-                was.instance_name(was.route(category, slot).target),
-                "{} slot {slot}: the writes of the outage are on {}",
-                f.category,
-                f.to
-            );
-        }
-    }
+    fixtures::assert_failed_over_slots_stay_with_their_fallback(&during, &next);
 }

@@ -501,7 +501,7 @@ fn a_recovered_owner_keeps_its_failover_entries_when_an_instance_joins_its_tier(
         .table
         .unwrap();
     let (published, _) = table_to_publish(&desired, Some(&during), &views, None, true);
-    assert_failed_over_ranges_still_go_to_the_fallback(&during, &published);
+    fixtures::assert_failed_over_slots_stay_with_their_fallback(&during, &published);
 }
 
 #[test]
@@ -519,7 +519,7 @@ fn an_owner_that_comes_back_draining_keeps_its_failover_entries_and_fails_back()
         .table
         .unwrap();
     let (published, _) = table_to_publish(&desired, Some(&during), &views, None, true);
-    assert_failed_over_ranges_still_go_to_the_fallback(&during, &published);
+    fixtures::assert_failed_over_slots_stay_with_their_fallback(&during, &published);
     // The writes of the outage go home first; the drain empties the owner after that.
     let moves = failback_moves(&published, &views);
     assert_eq!(moves.len(), during.failover.len());
@@ -528,32 +528,6 @@ fn an_owner_that_comes_back_draining_keeps_its_failover_entries_and_fails_back()
             .iter()
             .all(|m| m.from == "secondary" && m.to == "primary")
     );
-}
-
-/// Every failover range of `during` is routed by `published` where `during` routed it: to the
-/// fallback, which holds the writes of the outage.
-fn assert_failed_over_ranges_still_go_to_the_fallback(
-    during: &RoutingTable,
-    published: &RoutingTable,
-) {
-    let resolver = crate::routing::Resolver::new(published.clone()).unwrap();
-    let was = crate::routing::Resolver::new(during.clone()).unwrap();
-    for f in &during.failover {
-        let category = published
-            .categories
-            .iter()
-            .position(|c| c.name == f.category);
-        let category = u16::try_from(category.unwrap()).unwrap();
-        for slot in [f.start, (f.start + f.end) / 2, f.end] {
-            assert_eq!(
-                resolver.instance_name(resolver.route(category, slot).target),
-                was.instance_name(was.route(category, slot).target),
-                "{} slot {slot}: the data written during the failover is on {}",
-                f.category,
-                f.to
-            );
-        }
-    }
 }
 
 /// The shop's table while `primary` (the first of `views`) is unreachable: its ranges fail
