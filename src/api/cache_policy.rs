@@ -495,6 +495,57 @@ pub struct RebalanceStatus {
     /// Job: sidecars still on an older table while converging.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stragglers: Vec<String>,
+    /// How the plan balances the fleet: the planner's estimate, and what was measured once
+    /// it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<RebalanceBalance>,
+}
+
+/// How a rebalance balances the fleet: every instance's used share within `bandPoints` of
+/// the fleet's mean. The planner's estimates from the sampled memory, next to what was
+/// measured once the plan finished.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceBalance {
+    /// The fleet's mean used share when planned, in percent: the policy's bytes over the
+    /// capacity of the instances that may hold them.
+    pub mean_percent: f64,
+    /// Half-width of the band, in percentage points around the mean.
+    pub band_points: i32,
+    /// Bytes the plan moves, as the planner estimates them.
+    pub estimated_bytes: i64,
+    /// Keys the plan moves, as the planner estimates them.
+    pub estimated_keys: i64,
+    /// The least bytes that bring every instance within the band, as far as the tier rules
+    /// allow (planner's estimate; absent for plans the balance planner did not make, such as
+    /// a failback alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub least_bytes: Option<i64>,
+    /// Measured once the plan finished: half the summed change of the instances' used memory
+    /// between the start and the first probes after the end (what left the sources and
+    /// arrived at the targets; writes meanwhile count too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_bytes: Option<i64>,
+    /// Each instance: before, planned, and measured after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceBalanceStatus>,
+}
+
+/// One instance in a rebalance's balance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceBalanceStatus {
+    /// RedisInstance name.
+    pub name: String,
+    /// Capacity in bytes (0: unknown).
+    pub capacity_bytes: i64,
+    /// Used memory when planned.
+    pub used_bytes_before: i64,
+    /// Used memory the planner expects once the plan is done.
+    pub planned_bytes: i64,
+    /// Used memory measured after the plan finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes_after: Option<i64>,
 }
 
 impl RebalanceStatus {
@@ -527,6 +578,9 @@ pub struct CategoryUsage {
     pub category: String,
     /// Estimated bytes (sampled keys' MEMORY USAGE, scaled to the instance's key count).
     pub bytes: i64,
+    /// Estimated keys (the sampled keys' share, scaled to the instance's key count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<i64>,
 }
 
 /// One slot range moving between instances.

@@ -31,6 +31,8 @@ pub const USAGE_PAIRS: usize = 256;
 pub struct PolicySample {
     /// Estimated bytes per (category, instance).
     pub category_bytes: BTreeMap<(String, String), u64>,
+    /// Estimated keys per (category, instance).
+    pub category_keys: BTreeMap<(String, String), u64>,
     /// Live sidecars (id → table version), over all instances.
     pub sidecars: BTreeMap<String, u64>,
 }
@@ -40,25 +42,38 @@ impl PolicySample {
     /// category over all its instances, as instance `*` — status is an object of its own,
     /// limited to 1.5 MiB by etcd, and 1 000 instances × 50 categories are 3 MB of pairs.
     pub fn usage(&self) -> Vec<CategoryUsage> {
-        let entry = |category: &str, instance: &str, bytes: u64| CategoryUsage {
+        let keys_of = |keys: Option<u64>| keys.map(|k| i64::try_from(k).unwrap_or(i64::MAX));
+        let entry = |category: &str, instance: &str, bytes: u64, keys: Option<u64>| CategoryUsage {
             instance: instance.to_owned(),
             category: category.to_owned(),
             bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            keys: keys_of(keys),
         };
         if self.category_bytes.len() <= USAGE_PAIRS {
             return self
                 .category_bytes
                 .iter()
-                .map(|((category, instance), bytes)| entry(category, instance, *bytes))
+                .map(|(pair, bytes)| {
+                    entry(
+                        &pair.0,
+                        &pair.1,
+                        *bytes,
+                        self.category_keys.get(pair).copied(),
+                    )
+                })
                 .collect();
         }
-        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
-        for ((category, _), bytes) in &self.category_bytes {
-            *totals.entry(category).or_default() += bytes;
+        let mut totals: BTreeMap<&str, (u64, Option<u64>)> = BTreeMap::new();
+        for (pair, bytes) in &self.category_bytes {
+            let total = totals.entry(&pair.0).or_default();
+            total.0 += bytes;
+            if let Some(k) = self.category_keys.get(pair) {
+                total.1 = Some(total.1.unwrap_or(0) + k);
+            }
         }
         totals
             .into_iter()
-            .map(|(category, bytes)| entry(category, "*", bytes))
+            .map(|(category, (bytes, keys))| entry(category, "*", bytes, keys))
             .collect()
     }
 
@@ -120,9 +135,12 @@ pub async fn sample_instances(
         let capacity = memory.and_then(|m| u64::try_from(m.capacity_bytes).ok());
         let kept = cache.reusable(policy, &name, used, capacity, layout);
         let wants_heartbeats = heartbeats_read < HEARTBEAT_READS;
-        if let Some(bytes) = &kept {
+        if let Some((bytes, keys)) = &kept {
             for (cat, b) in bytes {
                 out.category_bytes.insert((cat.clone(), name.clone()), *b);
+            }
+            for (cat, k) in keys {
+                out.category_keys.insert((cat.clone(), name.clone()), *k);
             }
             if !wants_heartbeats {
                 continue;
@@ -154,7 +172,17 @@ pub async fn sample_instances(
                         out.category_bytes
                             .insert((cat.clone(), name.clone()), *bytes);
                     }
-                    cache.keep(policy, &name, used, layout, s.category_bytes);
+                    for (cat, keys) in &s.category_keys {
+                        out.category_keys.insert((cat.clone(), name.clone()), *keys);
+                    }
+                    cache.keep(
+                        policy,
+                        &name,
+                        used,
+                        layout,
+                        s.category_bytes,
+                        s.category_keys,
+                    );
                 }
                 Err(e) => {
                     connections.drop_connection(&instance);
@@ -195,6 +223,7 @@ pub struct Kept {
     used_bytes: u64,
     layout: u64,
     category_bytes: BTreeMap<String, u64>,
+    category_keys: BTreeMap<String, u64>,
 }
 
 impl Kept {
@@ -216,7 +245,8 @@ pub struct SampleCache {
 }
 
 impl SampleCache {
-    /// The kept memory per category of `instance`, if it can be reused ([`Kept::reusable`]).
+    /// The kept memory and keys per category of `instance`, if they can be reused
+    /// ([`Kept::reusable`]).
     pub fn reusable(
         &self,
         policy: &str,
@@ -224,11 +254,11 @@ impl SampleCache {
         used: u64,
         capacity: Option<u64>,
         layout: u64,
-    ) -> Option<BTreeMap<String, u64>> {
+    ) -> Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.get(&(policy.to_owned(), instance.to_owned()))
             .filter(|k| k.reusable(used, capacity, layout))
-            .map(|k| k.category_bytes.clone())
+            .map(|k| (k.category_bytes.clone(), k.category_keys.clone()))
     }
 
     fn keep(
@@ -238,6 +268,7 @@ impl SampleCache {
         used_bytes: u64,
         layout: u64,
         category_bytes: BTreeMap<String, u64>,
+        category_keys: BTreeMap<String, u64>,
     ) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.insert(
@@ -247,6 +278,7 @@ impl SampleCache {
                 used_bytes,
                 layout,
                 category_bytes,
+                category_keys,
             },
         );
     }
@@ -270,6 +302,7 @@ mod tests {
             used_bytes: 10 << 20,
             layout: 7,
             category_bytes: BTreeMap::new(),
+            category_keys: BTreeMap::new(),
         };
         let cap = Some(30 << 20);
         assert!(kept.reusable((10 << 20) + 100_000, cap, 7));

@@ -1,5 +1,5 @@
-//! Sampling an instance: how its memory splits over the categories (RANDOMKEY + MEMORY
-//! USAGE, scaled to its key count). The rebalance planner works from these estimates; which
+//! Sampling an instance: how its memory and keys split over the categories (RANDOMKEY +
+//! MEMORY USAGE, scaled to its key count). Read-only. The rebalance planner works from these estimates; which
 //! sidecars report which table version there is [`super::heartbeat`].
 
 use std::collections::BTreeMap;
@@ -16,6 +16,8 @@ pub struct Sample {
     pub keys: u64,
     /// Estimated bytes per category (application keys only).
     pub category_bytes: BTreeMap<String, u64>,
+    /// Estimated keys per category (application keys only).
+    pub category_keys: BTreeMap<String, u64>,
 }
 
 /// Random keys looked at per sample: enough that a category holding a quarter of the keys is
@@ -27,7 +29,7 @@ pub const SAMPLE_KEYS: usize = 512;
 /// grew them by ~45 KiB each, 45 MiB at 1 000 instances; 64 keep them in their initial 8 KiB.
 const PIPELINE: usize = 64;
 
-/// Samples `n` random keys of the instance and estimates the bytes of each category.
+/// Samples `n` random keys of the instance and estimates the bytes and keys of each category.
 pub async fn sample_categories(
     conn: &mut MultiplexedConnection,
     resolver: &Resolver,
@@ -51,7 +53,7 @@ pub async fn sample_categories(
     if picked.is_empty() {
         return Ok(Sample {
             keys,
-            category_bytes: BTreeMap::new(),
+            ..Sample::default()
         });
     }
     let mut sizes: Vec<Option<u64>> = Vec::with_capacity(picked.len());
@@ -65,20 +67,21 @@ pub async fn sample_categories(
         let some: Vec<Option<u64>> = pipe.query_async(conn).await?;
         sizes.extend(some);
     }
-    let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (k, size) in picked.iter().zip(sizes) {
         if k.starts_with(RESERVED_PREFIX) {
             continue;
         }
         let cat = &resolver.categories()[usize::from(resolver.category_of(k))].name;
-        *sums.entry(cat.clone()).or_default() += size.unwrap_or(0);
+        let sum = sums.entry(cat.clone()).or_default();
+        sum.0 += size.unwrap_or(0);
+        sum.1 += 1;
     }
     let samples = picked.len() as u64;
+    let scale = |x: u64| x.saturating_mul(keys) / samples;
     Ok(Sample {
         keys,
-        category_bytes: sums
-            .into_iter()
-            .map(|(c, s)| (c, s.saturating_mul(keys) / samples))
-            .collect(),
+        category_bytes: sums.iter().map(|(c, s)| (c.clone(), scale(s.0))).collect(),
+        category_keys: sums.iter().map(|(c, s)| (c.clone(), scale(s.1))).collect(),
     })
 }

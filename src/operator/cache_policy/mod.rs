@@ -11,7 +11,8 @@
 //! 3. [`apply`]: bring the credentials Secret in step ([`credentials`]), purge stale copies,
 //!    publish the ConfigMap, Events;
 //! 4. [`rebalance`]: sample the instances, then follow the rebalance Job or plan and start one
-//!    ([`job`] builds its manifest);
+//!    ([`job`] builds its manifest); [`planning`] gives the plan's estimate, and its
+//!    measurement once it finished, to status;
 //! 5. [`status`]: the status (pure), metrics, and the status write when it changed materially
 //!    or the last one is older than the refresh interval ([`status::write_decision`]).
 //!
@@ -25,6 +26,7 @@ pub mod credentials;
 pub mod fences;
 pub mod fetch;
 pub mod job;
+pub mod planning;
 pub mod rebalance;
 pub mod status;
 pub mod unfreed;
@@ -40,7 +42,11 @@ use kube::runtime::finalizer::{self, finalizer};
 use tracing::{debug, warn};
 
 use crate::api::RedisInstance;
-use crate::api::cache_policy::{CachePolicy, config_map_name};
+use crate::api::cache_policy::{
+    CachePolicy, REBALANCE_NOW_ANNOTATION, RebalanceStatus, config_map_name,
+};
+use crate::rebalance::plan::PlanInput;
+use crate::routing::table::RoutingTable;
 
 use super::context::Context;
 use super::metrics::{PolicyLabels, error_variants};
@@ -411,6 +417,9 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     if rebalance_on && let (Some(table), Some(desired)) = (&published, &desired) {
         rb = rebalance::drive(ctx, &policy, rb, table, desired, &views, &sample).await?;
         debug!(rebalance = ?rb.as_ref().map(|r| (&r.phase, r.plan_id, &r.job)), "rebalance driven");
+        if let Some(r) = rb.as_mut() {
+            note_balance(r, &policy, table, desired, &views, &selected, &sample);
+        }
     }
 
     // Status.
@@ -457,6 +466,61 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// Gives a plan that just started the planner's estimate (from the table and sample it was
+/// planned from), and a finished one its measurement once the instances' status shows it.
+fn note_balance(
+    r: &mut RebalanceStatus,
+    policy: &CachePolicy,
+    published: &RoutingTable,
+    desired: &RoutingTable,
+    views: &[InstanceView],
+    selected: &[Arc<RedisInstance>],
+    sample: &PolicySample,
+) {
+    if planning::wants_estimate(r) {
+        let loads = planning::loads(views);
+        let tiers = planning::tiers(&policy.spec);
+        let input = PlanInput {
+            current: published,
+            desired: Some(desired),
+            instances: &loads,
+            category_bytes: &sample.category_bytes,
+            categories: &tiers,
+            threshold_percent: planning::threshold_percent(&policy.spec),
+            force: r
+                .reason
+                .as_deref()
+                .is_some_and(|why| why.contains(REBALANCE_NOW_ANNOTATION)),
+        };
+        let moves = rebalance::from_status(&r.moves);
+        r.balance = Some(planning::estimated_balance(
+            &input,
+            &sample.category_keys,
+            &moves,
+        ));
+    } else if planning::wants_measurement(r)
+        && let Some(finished) = &r.finished_at
+    {
+        let probes: Vec<_> = selected
+            .iter()
+            .map(|ri| {
+                (
+                    ri.status
+                        .as_ref()
+                        .and_then(|s| s.last_probe_time.as_ref())
+                        .map(|t| t.0),
+                    ri.spec.health.interval.get(),
+                )
+            })
+            .collect();
+        if planning::settled_since(finished.0, Timestamp::now(), &probes)
+            && let Some(balance) = r.balance.as_mut()
+        {
+            planning::record_measurement(balance, views);
+        }
+    }
 }
 
 /// Requeues after an error with a short delay.

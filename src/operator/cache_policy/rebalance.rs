@@ -60,7 +60,7 @@ pub use abandon::{
 };
 
 /// Every field of a [`RebalanceStatus`] as it is written (camelCase).
-const REBALANCE_FIELDS: [&str; 17] = [
+const REBALANCE_FIELDS: [&str; 18] = [
     "phase",
     "planId",
     "job",
@@ -78,6 +78,7 @@ const REBALANCE_FIELDS: [&str; 17] = [
     "keysTotal",
     "keysPerSecond",
     "stragglers",
+    "balance",
 ];
 
 /// The merge patch that makes `r` (a plan just started) the whole of `status.rebalance`:

@@ -667,6 +667,7 @@ mod tests {
                 instance: "primary".into(),
                 category: "auth".into(),
                 bytes: 10 << 20,
+                keys: None,
             }],
             recommendations: vec!["primary grows ~1.2Mi/h: is full in ~20h".into()],
             ..CachePolicyStatus::default()

@@ -453,6 +453,10 @@ fn a_new_plan_clears_every_field_of_the_previous_one() {
         keys_total: Some(1),
         keys_per_second: Some(1),
         stragglers: vec!["s".into()],
+        balance: Some(crate::api::cache_policy::RebalanceBalance {
+            measured_bytes: Some(1),
+            ..Default::default()
+        }),
     };
     let every = serde_json::to_value(&full).unwrap();
     let fresh = RebalanceStatus {
