@@ -1,5 +1,6 @@
-//! Prometheus metrics of the operator: per-instance health and memory, and per-controller
-//! reconcile counts, durations and errors (labelled by error variant, never by message).
+//! Prometheus metrics of the operator: per-instance health and memory, per-policy memory by
+//! category and rebalance estimates, and per-controller reconcile counts, durations and errors
+//! (labelled by error variant, never by message).
 //!
 //! A RedisInstance is labelled `redis_instance`, never `instance`: Prometheus sets `instance`
 //! on every scraped series (the target), and a series' own `instance` would be renamed
@@ -39,7 +40,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -141,6 +142,20 @@ pub struct Metrics {
     pub sidecars: Family<PolicyLabels, Gauge>,
     /// Lowest routing version among those sidecars, per policy.
     pub sidecar_min_version: Family<PolicyLabels, Gauge>,
+    /// Sampled memory per category and instance, per policy.
+    pub category_bytes: Family<CategoryLabels, Gauge>,
+    /// Sampled keys per category and instance, per policy.
+    pub category_keys: Family<CategoryLabels, Gauge>,
+    /// The fleet's mean used share (the centre of the balance band), per policy.
+    pub mean_usage_ratio: Family<PolicyLabels, FloatGauge>,
+    /// Bytes the rebalance in progress or last finished moves, as planned.
+    pub rebalance_estimated_bytes: Family<PolicyLabels, Gauge>,
+    /// The least bytes that reach the balance band, as the planner estimated them.
+    pub rebalance_least_bytes: Family<PolicyLabels, Gauge>,
+    /// Bytes the last finished rebalance moved, as measured.
+    pub rebalance_measured_bytes: Family<PolicyLabels, Gauge>,
+    /// The category series last set per policy, to remove those that went away.
+    category_series: Mutex<BTreeMap<PolicyLabels, BTreeSet<CategoryLabels>>>,
     /// The instances and policies that have series, and the probe error reasons seen: what
     /// the janitor compares with what exists, and what forgetting must remove.
     known: Mutex<Known>,
@@ -154,8 +169,21 @@ struct Known {
     policies: HashSet<PolicyLabels>,
 }
 
+/// Labels of per-category series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct CategoryLabels {
+    /// Namespace of the CachePolicy.
+    pub namespace: String,
+    /// Name of the CachePolicy.
+    pub policy: String,
+    /// Category name.
+    pub category: String,
+    /// RedisInstance name (not `instance`, Prometheus's target label).
+    pub redis_instance: String,
+}
+
 /// Labels of per-policy series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct PolicyLabels {
     /// Namespace of the CachePolicy.
     pub namespace: String,
@@ -194,6 +222,13 @@ impl Metrics {
             rebalance_failures: Family::default(),
             sidecars: Family::default(),
             sidecar_min_version: Family::default(),
+            category_bytes: Family::default(),
+            category_keys: Family::default(),
+            mean_usage_ratio: Family::default(),
+            rebalance_estimated_bytes: Family::default(),
+            rebalance_least_bytes: Family::default(),
+            rebalance_measured_bytes: Family::default(),
+            category_series: Mutex::default(),
             known: Mutex::new(Known::default()),
         };
         let r = registry.sub_registry_with_prefix("redisfleet");
@@ -313,7 +348,75 @@ impl Metrics {
             "Lowest routing table version among the live sidecars",
             m.sidecar_min_version.clone(),
         );
+        r.register(
+            "category_used_bytes",
+            "Memory of a category on an instance, estimated from samples",
+            m.category_bytes.clone(),
+        );
+        r.register(
+            "category_keys",
+            "Keys of a category on an instance, estimated from samples",
+            m.category_keys.clone(),
+        );
+        r.register(
+            "policy_mean_usage_ratio",
+            "The fleet's mean used share: the policy's bytes over the capacity of the instances that may hold them",
+            m.mean_usage_ratio.clone(),
+        );
+        r.register(
+            "rebalance_estimated_bytes",
+            "Bytes the rebalance in progress or last finished moves, as the planner estimated them",
+            m.rebalance_estimated_bytes.clone(),
+        );
+        r.register(
+            "rebalance_least_bytes",
+            "The least bytes that bring every instance within the balance band, as the planner estimated them",
+            m.rebalance_least_bytes.clone(),
+        );
+        r.register(
+            "rebalance_measured_bytes",
+            "Bytes the last finished rebalance moved, as measured from the instances' memory",
+            m.rebalance_measured_bytes.clone(),
+        );
         m
+    }
+
+    /// Sets the policy's memory and keys per (category, instance, bytes, keys), removing the
+    /// series of pairs no longer sampled.
+    pub fn set_category_usage(
+        &self,
+        policy: &PolicyLabels,
+        usage: impl IntoIterator<Item = (String, String, i64, Option<i64>)>,
+    ) {
+        let mut now = BTreeSet::new();
+        for (category, instance, bytes, keys) in usage {
+            let labels = CategoryLabels {
+                namespace: policy.namespace.clone(),
+                policy: policy.policy.clone(),
+                category,
+                redis_instance: instance,
+            };
+            self.category_bytes.get_or_create(&labels).set(bytes);
+            match keys {
+                Some(k) => {
+                    self.category_keys.get_or_create(&labels).set(k);
+                }
+                None => {
+                    self.category_keys.remove(&labels);
+                }
+            }
+            now.insert(labels);
+        }
+        let mut series = self
+            .category_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(before) = series.insert(policy.clone(), now.clone()) {
+            for gone in before.difference(&now) {
+                self.category_bytes.remove(gone);
+                self.category_keys.remove(gone);
+            }
+        }
     }
 
     /// Counts a reconcile and records its duration when the returned guard drops.
@@ -452,6 +555,19 @@ impl Metrics {
         self.rebalance_failures.remove(labels);
         self.sidecars.remove(labels);
         self.sidecar_min_version.remove(labels);
+        self.mean_usage_ratio.remove(labels);
+        self.rebalance_estimated_bytes.remove(labels);
+        self.rebalance_least_bytes.remove(labels);
+        self.rebalance_measured_bytes.remove(labels);
+        let series = self
+            .category_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(labels);
+        for gone in series.into_iter().flatten() {
+            self.category_bytes.remove(&gone);
+            self.category_keys.remove(&gone);
+        }
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {
@@ -612,9 +728,14 @@ mod tests {
                 &m.rebalance_keys_total,
                 &m.sidecars,
                 &m.sidecar_min_version,
+                &m.rebalance_estimated_bytes,
+                &m.rebalance_least_bytes,
+                &m.rebalance_measured_bytes,
             ] {
                 family.get_or_create(labels).set(3);
             }
+            m.mean_usage_ratio.get_or_create(labels).set(0.5);
+            m.set_category_usage(labels, [("auth".into(), "a".into(), 3, Some(1))]);
             m.rebalance_failed(labels);
         }
         let mut known = m.policies();
@@ -635,5 +756,42 @@ mod tests {
             "{out}"
         );
         assert_eq!(m.policies(), vec![kept]);
+    }
+
+    #[test]
+    fn category_series_follow_the_samples() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let shop = PolicyLabels {
+            namespace: "shop".into(),
+            policy: "shop".into(),
+        };
+        m.set_category_usage(
+            &shop,
+            [
+                ("auth".into(), "primary".into(), 13_000_000, Some(21_000)),
+                ("user".into(), "secondary".into(), 2_000_000, None),
+            ],
+        );
+        let t = text(&registry);
+        assert!(
+            t.contains(
+                r#"redisfleet_category_used_bytes{namespace="shop",policy="shop",category="auth",redis_instance="primary"} 13000000"#
+            ),
+            "{t}"
+        );
+        assert!(t.contains(
+            r#"redisfleet_category_keys{namespace="shop",policy="shop",category="auth",redis_instance="primary"} 21000"#
+        ));
+        // auth left the primary: its series go.
+        m.set_category_usage(
+            &shop,
+            [("user".into(), "secondary".into(), 2_500_000, Some(4_000))],
+        );
+        let t = text(&registry);
+        assert!(!t.contains(r#"category="auth""#), "{t}");
+        assert!(t.contains(
+            r#"redisfleet_category_used_bytes{namespace="shop",policy="shop",category="user",redis_instance="secondary"} 2500000"#
+        ));
     }
 }

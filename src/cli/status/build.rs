@@ -10,7 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 
 use crate::api::cache_policy::{
-    CachePolicy, CachePolicySpec, DEFAULT_CATEGORY, TtlSpec, config_map_name, selects,
+    CachePolicy, CachePolicySpec, CategoryUsage, DEFAULT_CATEGORY, TtlSpec, config_map_name,
+    selects,
 };
 use crate::api::redis_instance::{InstancePhase, RedisInstance, TIER_LABEL};
 use crate::routing::config_map::{annotated_version, table_of};
@@ -384,6 +385,7 @@ fn build_policy(
         routing,
         sidecars,
         instances: selected.iter().map(|ri| instance_snapshot(ri)).collect(),
+        memory: memory_by_instance(&status.usage),
         categories,
         failovers,
         migrating: table
@@ -396,9 +398,61 @@ fn build_policy(
     }
 }
 
+/// `status.usage` by instance (by name), each instance's categories the largest first.
+pub fn memory_by_instance(usage: &[CategoryUsage]) -> Vec<InstanceMemorySnapshot> {
+    let mut by_instance: BTreeMap<&str, Vec<&CategoryUsage>> = BTreeMap::new();
+    for u in usage.iter().filter(|u| u.bytes > 0) {
+        by_instance.entry(u.instance.as_str()).or_default().push(u);
+    }
+    by_instance
+        .into_iter()
+        .map(|(instance, mut cats)| {
+            cats.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.category.cmp(&b.category)));
+            let total: i64 = cats.iter().map(|u| u.bytes).sum();
+            InstanceMemorySnapshot {
+                instance: instance.to_owned(),
+                categories: cats
+                    .iter()
+                    .map(|u| CategoryMemorySnapshot {
+                        category: u.category.clone(),
+                        bytes: u.bytes.max(0) as u64,
+                        keys: u.keys.map(|k| k.max(0) as u64),
+                        percent: round2(u.bytes as f64 * 100.0 / total.max(1) as f64),
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_by_category_is_grouped_per_instance_largest_first() {
+        let usage = |instance: &str, category: &str, bytes: i64| CategoryUsage {
+            instance: instance.into(),
+            category: category.into(),
+            bytes,
+            keys: Some(bytes / 100),
+        };
+        let m = memory_by_instance(&[
+            usage("secondary", "user", 300),
+            usage("primary", "order", 250),
+            usage("primary", "auth", 750),
+            usage("primary", "menu", 0),
+        ]);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].instance, "primary");
+        let cats: Vec<(&str, u64, f64)> = m[0]
+            .categories
+            .iter()
+            .map(|c| (c.category.as_str(), c.bytes, c.percent))
+            .collect();
+        assert_eq!(cats, [("auth", 750, 75.0), ("order", 250, 25.0)]);
+        assert_eq!(m[1].categories[0].keys, Some(3));
+    }
 
     #[test]
     fn builds_slot_shares_from_runs() {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use jiff::Timestamp;
 
-use crate::api::cache_policy::RebalanceStatus;
+use crate::api::cache_policy::{RebalanceBalance, RebalanceStatus};
 use crate::api::quantity::format_bytes_human;
 use crate::api::redis_instance::InstancePhase;
 use crate::routing::slots::SLOT_COUNT;
@@ -166,6 +166,39 @@ fn render_policy(
             width,
             p,
         );
+    }
+
+    // What fills each instance.
+    if !policy.memory.is_empty() {
+        out.push('\n');
+        let entries: Vec<String> = policy
+            .memory
+            .iter()
+            .map(|m| {
+                let cats: Vec<String> = m
+                    .categories
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} {}",
+                            c.category,
+                            format_bytes_human(c.bytes),
+                            share(c.percent)
+                        )
+                    })
+                    .collect();
+                format!("{}: {}", m.instance, cats.join(" · "))
+            })
+            .collect();
+        write_block(out, "memory", &entries, width, p, |_, n, l| {
+            if n > 0 {
+                return l.to_owned();
+            }
+            match l.split_once(':') {
+                Some((name, rest)) => format!("{}:{rest}", p.paint(name, Some(BOLD))),
+                None => l.to_owned(),
+            }
+        });
     }
 
     // Categories.
@@ -428,6 +461,53 @@ fn write_instances(
     write_table(out, &table, INDENT);
 }
 
+/// A plan's balance: the estimate next to the measurement, and each instance before → after.
+fn balance_lines(b: &RebalanceBalance) -> Vec<String> {
+    let bytes = |n: i64| format_bytes_human(n.max(0) as u64);
+    let band = format!(
+        "band: every instance within ±{} points of the {:.0}% mean",
+        b.band_points, b.mean_percent
+    );
+    let mut moved = format!("bytes: planned {}", bytes(b.estimated_bytes));
+    let mut details = Vec::new();
+    if b.estimated_keys > 0 {
+        details.push(format!("{} keys", group(b.estimated_keys)));
+    }
+    if let Some(least) = b.least_bytes {
+        details.push(format!("least to the band {}", bytes(least)));
+    }
+    if !details.is_empty() {
+        let _ = write!(moved, " ({})", details.join("; "));
+    }
+    if let Some(measured) = b.measured_bytes {
+        let _ = write!(moved, " · measured {}", bytes(measured));
+    }
+    let pct = |used: i64, cap: i64| {
+        if cap > 0 {
+            format!("{:.0}%", used as f64 * 100.0 / cap as f64)
+        } else {
+            bytes(used)
+        }
+    };
+    let instances: Vec<String> = b
+        .instances
+        .iter()
+        .map(|i| {
+            let before = pct(i.used_bytes_before, i.capacity_bytes);
+            let planned = pct(i.planned_bytes, i.capacity_bytes);
+            match i.used_bytes_after {
+                Some(after) => format!(
+                    "{} {before} → {} (planned {planned})",
+                    i.name,
+                    pct(after, i.capacity_bytes)
+                ),
+                None => format!("{} {before} → {planned} planned", i.name),
+            }
+        })
+        .collect();
+    vec![band, moved, instances.join(" · ")]
+}
+
 fn write_rebalance(
     out: &mut String,
     r: &RebalanceStatus,
@@ -473,6 +553,9 @@ fn write_rebalance(
             moves.push(format!("and {} more", r.moves.len() - SHOWN));
         }
         entries.push(format!("moves: {}", moves.join("; ")));
+    }
+    if let Some(b) = &r.balance {
+        entries.extend(balance_lines(b));
     }
     let avail = width.saturating_sub(INDENT + LABEL);
     let (keys_moved, keys_total, keys_per_second) = (

@@ -60,6 +60,10 @@ pub struct PolicySnapshot {
     pub sidecars: Option<SidecarsSnapshot>,
     /// The selected instances, by name.
     pub instances: Vec<InstanceSnapshot>,
+    /// What fills each instance: its sampled memory by category (`status.usage`), by
+    /// instance name.
+    #[serde(default)]
+    pub memory: Vec<InstanceMemorySnapshot>,
     /// Categories in table order (spec order, the default category last).
     pub categories: Vec<CategorySnapshot>,
     /// Slots served by a fallback while their owner is unavailable.
@@ -159,6 +163,31 @@ pub struct InstanceSnapshot {
     /// Its conditions.
     #[serde(default)]
     pub conditions: Vec<ConditionSnapshot>,
+}
+
+/// One instance's sampled memory by category.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceMemorySnapshot {
+    /// RedisInstance name.
+    pub instance: String,
+    /// Its categories, the largest first.
+    pub categories: Vec<CategoryMemorySnapshot>,
+}
+
+/// One category's sampled memory on an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CategoryMemorySnapshot {
+    /// Category name.
+    pub category: String,
+    /// Estimated bytes.
+    pub bytes: u64,
+    /// Estimated keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
+    /// `bytes` as a percentage of the instance's sampled bytes (two decimals).
+    pub percent: f64,
 }
 
 /// One category and where its slots live.

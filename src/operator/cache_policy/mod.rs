@@ -446,6 +446,18 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         policy: name.clone(),
     };
     status::record_metrics(&shared.metrics, &labels, published.as_ref(), &next);
+    match planning::mean_usage(&views) {
+        Some(mean) => {
+            shared
+                .metrics
+                .mean_usage_ratio
+                .get_or_create(&labels)
+                .set(mean);
+        }
+        None => {
+            shared.metrics.mean_usage_ratio.remove(&labels);
+        }
+    }
     let capacities = views
         .iter()
         .filter_map(|v| Some((v.name.clone(), v.capacity_bytes?)))

@@ -460,9 +460,10 @@ impl UsageHistory {
 // ---------------------------------------------------------------------------------------------
 
 /// Exports the policy's gauges: the published table's version and failovers, the rebalance's
-/// progress and the sidecars on the table. A figure the status no longer has is removed, not
-/// left at its last value: a sidecar version kept after the last lagging sidecar went away
-/// would keep `RedisFleetSidecarsOnOldRoutingTable` firing.
+/// progress and estimates, the sidecars on the table and the memory per category. A figure
+/// the status no longer has is removed, not left at its last value: a sidecar version kept
+/// after the last lagging sidecar went away would keep `RedisFleetSidecarsOnOldRoutingTable`
+/// firing.
 pub fn record_metrics(
     metrics: &Metrics,
     labels: &PolicyLabels,
@@ -490,6 +491,37 @@ pub fn record_metrics(
             .get_or_create(labels)
             .set(r.keys_total.unwrap_or(0));
     }
+    let balance = status.rebalance.as_ref().and_then(|r| r.balance.as_ref());
+    for (family, value) in [
+        (
+            &metrics.rebalance_estimated_bytes,
+            balance.map(|b| b.estimated_bytes),
+        ),
+        (
+            &metrics.rebalance_least_bytes,
+            balance.and_then(|b| b.least_bytes),
+        ),
+        (
+            &metrics.rebalance_measured_bytes,
+            balance.and_then(|b| b.measured_bytes),
+        ),
+    ] {
+        match value {
+            Some(v) => {
+                family.get_or_create(labels).set(v);
+            }
+            None => {
+                family.remove(labels);
+            }
+        }
+    }
+    metrics.set_category_usage(
+        labels,
+        status
+            .usage
+            .iter()
+            .map(|u| (u.category.clone(), u.instance.clone(), u.bytes, u.keys)),
+    );
     let count = status.sidecars.as_ref().map_or(0, |s| s.count);
     metrics.sidecars.get_or_create(labels).set(i64::from(count));
     match status.sidecars.as_ref().and_then(|s| s.min_version) {

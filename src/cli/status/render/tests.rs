@@ -1,7 +1,7 @@
 //! Tests of the terminal view: snapshots drawn at several widths, with and without color.
 
 use super::*;
-use crate::api::cache_policy::{MoveStatus, Strategy};
+use crate::api::cache_policy::{InstanceBalanceStatus, MoveStatus, Strategy};
 use crate::api::conditions::Time;
 use crate::cli::status::SCHEMA_VERSION;
 use crate::cli::status::build::{format_ms, is_healthy, round2};
@@ -71,6 +71,21 @@ fn category(
     }
 }
 
+fn memory(instance: &str, cats: &[(&str, f64, f64)]) -> InstanceMemorySnapshot {
+    InstanceMemorySnapshot {
+        instance: instance.into(),
+        categories: cats
+            .iter()
+            .map(|(c, mib, pct)| CategoryMemorySnapshot {
+                category: (*c).into(),
+                bytes: (mib * MIB as f64) as u64,
+                keys: None,
+                percent: *pct,
+            })
+            .collect(),
+    }
+}
+
 /// The user's fleet, healthy: primary (hot) at 52 %, secondary (warm) at 20 %.
 fn healthy() -> Snapshot {
     Snapshot {
@@ -98,6 +113,10 @@ fn healthy() -> Snapshot {
             instances: vec![
                 instance("primary", "hot", InstancePhase::Ready, 15.6),
                 instance("secondary", "warm", InstancePhase::Ready, 6.0),
+            ],
+            memory: vec![
+                memory("primary", &[("auth", 11.7, 75.0), ("order", 3.9, 25.0)]),
+                memory("secondary", &[("menu", 4.5, 75.0), ("default", 1.5, 25.0)]),
             ],
             categories: vec![
                 category(
@@ -373,6 +392,30 @@ fn renders_a_rebalance_in_progress_and_sidecars_behind() {
         attempts: 1,
         started_at: Some(Time(at(190))),
         step: Some("Copying".into()),
+        balance: Some(RebalanceBalance {
+            mean_percent: 53.4,
+            band_points: 10,
+            estimated_bytes: (9 * MIB) as i64,
+            estimated_keys: 12_000,
+            least_bytes: Some((8 * MIB) as i64),
+            measured_bytes: None,
+            instances: vec![
+                InstanceBalanceStatus {
+                    name: "primary".into(),
+                    capacity_bytes: (30 * MIB) as i64,
+                    used_bytes_before: (26 * MIB) as i64,
+                    planned_bytes: (17 * MIB) as i64,
+                    used_bytes_after: None,
+                },
+                InstanceBalanceStatus {
+                    name: "secondary".into(),
+                    capacity_bytes: (30 * MIB) as i64,
+                    used_bytes_before: (6 * MIB) as i64,
+                    planned_bytes: (15 * MIB) as i64,
+                    used_bytes_after: None,
+                },
+            ],
+        }),
         ..RebalanceStatus::default()
     });
     policy.recommendations = vec![
@@ -406,6 +449,53 @@ fn renders_a_rebalance_in_progress_and_sidecars_behind() {
     );
     assert!(progress.trim_start().starts_with("[███"), "{progress}");
     assert!(line_with(&text, "advice").contains("primary is at 86% of 30Mi"));
+    // The planner's estimate, each instance before → planned.
+    assert_eq!(
+        line_with(&text, "band:").trim(),
+        "band: every instance within ±10 points of the 53% mean"
+    );
+    assert_eq!(
+        line_with(&text, "bytes:").trim(),
+        "bytes: planned 9.0Mi (12,000 keys; least to the band 8.0Mi)"
+    );
+    assert!(
+        text.contains("primary 87% → 57% planned · secondary 20% → 50% planned"),
+        "{text}"
+    );
+
+    // Done and measured: before → after, next to the plan.
+    let b = s.policies[0]
+        .rebalance
+        .as_mut()
+        .unwrap()
+        .balance
+        .as_mut()
+        .unwrap();
+    b.measured_bytes = Some((8 * MIB + MIB / 2) as i64);
+    b.instances[0].used_bytes_after = Some((17 * MIB + MIB / 3) as i64);
+    b.instances[1].used_bytes_after = Some((15 * MIB) as i64);
+    let text = render(&s, 100, false);
+    assert!(
+        line_with(&text, "bytes:").ends_with("· measured 8.5Mi"),
+        "{text}"
+    );
+    assert!(
+        text.contains("primary 87% → 58% (planned 57%) · secondary 20% → 50% (planned 50%)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn shows_what_fills_each_instance() {
+    let text = render(&healthy(), 100, false);
+    assert_eq!(
+        line_with(&text, "memory").trim(),
+        "memory      primary: auth 11.7Mi 75% · order 3.9Mi 25%"
+    );
+    assert_eq!(
+        line_with(&text, "secondary: menu").trim(),
+        "secondary: menu 4.5Mi 75% · default 1.5Mi 25%"
+    );
 }
 
 #[test]
