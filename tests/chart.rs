@@ -388,6 +388,15 @@ fn exported_metrics() -> &'static BTreeSet<String> {
         ] {
             f.get_or_create(&policy).set(1);
         }
+        for f in [
+            &operator.rebalance_estimated_bytes,
+            &operator.rebalance_least_bytes,
+            &operator.rebalance_measured_bytes,
+        ] {
+            f.get_or_create(&policy).set(1);
+        }
+        operator.mean_usage_ratio.get_or_create(&policy).set(0.5);
+        operator.set_category_usage(&policy, [("c".into(), "i".into(), 1, Some(1))]);
         operator.rebalance_failed(&policy);
         let category = sidecar.category("c");
         for c in [
@@ -1127,6 +1136,9 @@ fn check_dashboard(dashboard: &Value) {
         "Commands and evictions per instance",
         "Rebalance progress",
         "Routing version vs sidecar min version",
+        "Memory by category",
+        "Balance band",
+        "Rebalance bytes: planned, least, measured",
     ] {
         assert!(
             titles.iter().any(|t| t == wanted),
@@ -1147,6 +1159,11 @@ fn check_dashboard(dashboard: &Value) {
         "redisfleet_rebalance_keys",
         "redisfleet_routing_version",
         "redisfleet_sidecar_min_version",
+        "redisfleet_category_used_bytes",
+        "redisfleet_policy_mean_usage_ratio",
+        "redisfleet_rebalance_estimated_bytes",
+        "redisfleet_rebalance_least_bytes",
+        "redisfleet_rebalance_measured_bytes",
     ] {
         assert!(used.contains(m), "the dashboard does not show {m}");
     }
