@@ -29,7 +29,7 @@ enum Command {
     Rebalance(RebalanceArgs),
     /// Print the CustomResourceDefinitions as YAML (the content of `crds/`).
     Crds,
-    /// The views for people: `status` and `where` (also `kubectl fleet status|where`).
+    /// The views for people: `status`, `where` and `plan` (also `kubectl fleet status|where|plan`).
     #[command(flatten)]
     View(redis_fleet::cli::View),
 }

@@ -4,10 +4,13 @@
 //!
 //! - [`status`]: a terminal (or JSON) view of a namespace, of every namespace or of a policy;
 //! - [`where_key`]: which category, slot and instance keys live on, and whether they move;
+//! - [`plan`]: what a rebalance would move now (or after a what-if: an instance added, one
+//!   drained, another threshold), changing nothing;
 //! - [`cluster`]: the kubectl-style flags that pick the cluster (`--kubeconfig`, `--context`);
 //! - `term`: the terminal kit (width, colors, tables, wrapping, bars).
 
 pub mod cluster;
+pub mod plan;
 pub mod status;
 mod term;
 pub mod where_key;
@@ -38,6 +41,8 @@ pub enum View {
     Status(status::StatusArgs),
     /// Show which category, slot and instance keys live on now, and whether they are migrating.
     Where(where_key::WhereArgs),
+    /// Show what a rebalance would move now, or after a what-if, without changing anything.
+    Plan(plan::PlanArgs),
 }
 
 /// Why a view could not be shown.
@@ -49,6 +54,9 @@ pub enum Error {
     /// From `where`.
     #[error(transparent)]
     Where(#[from] where_key::Error),
+    /// From `plan`.
+    #[error(transparent)]
+    Plan(#[from] plan::Error),
 }
 
 impl View {
@@ -58,6 +66,7 @@ impl View {
         match self {
             View::Status(args) => Ok(status::run(args, width, color).await?),
             View::Where(args) => Ok(where_key::run(args).await?),
+            View::Plan(args) => Ok(plan::run(args, width, color).await?),
         }
     }
 }
@@ -68,7 +77,7 @@ impl View {
     name = PLUGIN_EXECUTABLE,
     bin_name = "kubectl fleet",
     version,
-    about = "redis-fleet's views as a kubectl plugin: the fleet's status, and where keys live."
+    about = "redis-fleet's views as a kubectl plugin: the fleet's status, where keys live, and what a rebalance would move."
 )]
 pub struct Plugin {
     /// The view.

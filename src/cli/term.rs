@@ -1,6 +1,6 @@
-//! The terminal kit of the command-line views: where the output goes (the terminal's width,
-//! whether to color), ANSI styles that switch off without a terminal, aligned table cells,
-//! word wrap, labelled blocks, bars and compact number formats.
+//! The terminal kit of the command-line views (`status`, `where`, `plan`): where the output
+//! goes (the terminal's width, whether to color), ANSI styles that switch off without a
+//! terminal, aligned table cells, word wrap, labelled blocks, bars and compact number formats.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
