@@ -46,9 +46,10 @@
 //!
 //! # How
 //!
-//! Bytes per slot come from per-category samples of each instance, scaled to its used memory
-//! (keys spread evenly over slots, since CRC16 does); without samples, an instance's memory
-//! is spread evenly over the slots it owns. The plan itself is the cheapest flow of bytes
+//! Bytes per slot come from per-category samples of each instance (keys spread evenly over
+//! slots, since CRC16 does): the samples' bytes are what a move takes along; the rest of the
+//! instance's used memory (the server's own, the key tables, buffers) stays where it is.
+//! Without samples, an instance's memory is spread evenly over the slots it owns. The plan itself is the cheapest flow of bytes
 //! from (category, holder) groups to the instances that end up holding them (`balance`,
 //! `flow`): penalties per byte for a drain left behind, bytes over a threshold, bytes outside
 //! the band, in that order, and a cost per byte moved, slightly lower for a return home or a
@@ -249,9 +250,11 @@ pub fn assess(input: &PlanInput<'_>) -> Assessment {
 }
 
 /// Estimated bytes per slot of each (category, instance) that owns slots in `input.current`:
-/// its sampled bytes scaled to the instance's used memory (the samples give shares, used
-/// memory the amount, since MEMORY USAGE of a sample misses per-key overhead), else the
-/// instance's used memory spread evenly over the slots it owns.
+/// its sampled bytes (scaled down to the instance's used memory when the samples overshoot
+/// it), else the instance's used memory spread evenly over the slots it owns. What the
+/// samples do not see — the server's own memory, the key tables, buffers — does not move
+/// with slots: measured, a source sheds about its sampled bytes, not a share of its used
+/// memory.
 pub fn bytes_per_slot(input: &PlanInput<'_>) -> BTreeMap<(String, String), f64> {
     // Slots of each (category, instance), and of each instance over all categories.
     let mut slots: BTreeMap<(&str, &str), usize> = BTreeMap::new();
@@ -273,7 +276,7 @@ pub fn bytes_per_slot(input: &PlanInput<'_>) -> BTreeMap<(String, String), f64> 
             .sum();
         for ((cat, _), n) in slots.iter().filter(|((_, i), _)| *i == inst.name) {
             let per_slot = if sampled > 0 {
-                let scale = inst.used as f64 / sampled as f64;
+                let scale = (inst.used as f64 / sampled as f64).min(1.0);
                 input
                     .category_bytes
                     .get(&((*cat).to_owned(), inst.name.clone()))

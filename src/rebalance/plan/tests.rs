@@ -663,9 +663,10 @@ fn an_instance_past_the_threshold_is_brought_toward_equal_use() {
 }
 
 #[test]
-fn samples_give_shares_and_used_memory_gives_amounts() {
-    // Samples see 2/3 of the used memory (per-key overhead is not in MEMORY USAGE of a
-    // sample): the plan still counts in used memory, so the primary ends inside the band.
+fn samples_give_the_amounts_and_the_rest_of_used_memory_stays() {
+    // Samples see 24 of the primary's 27 MiB: the other 3 MiB (the server's own memory, key
+    // tables) do not move with slots, so bringing the primary to 60 % takes 9 MiB of its
+    // sampled data, and only 24 MiB of it can move at all.
     let current = table(&[
         ("auth", "primary"),
         ("order", "primary"),
@@ -673,8 +674,8 @@ fn samples_give_shares_and_used_memory_gives_amounts() {
     ]);
     let instances = vec![inst("primary", "hot", 27), inst("secondary", "warm", 3)];
     let bytes: BTreeMap<(String, String), u64> = [
-        (("auth".into(), "primary".into()), 9 * MIB),
-        (("order".into(), "primary".into()), 9 * MIB),
+        (("auth".into(), "primary".into()), 12 * MIB),
+        (("order".into(), "primary".into()), 12 * MIB),
         (("user".into(), "secondary".into()), 2 * MIB),
     ]
     .into();
@@ -687,6 +688,12 @@ fn samples_give_shares_and_used_memory_gives_amounts() {
         threshold_percent: 80,
         force: false,
     };
+    let per_slot = bytes_per_slot(&input);
+    assert_eq!(
+        per_slot[&("auth".to_owned(), "primary".to_owned())],
+        (12 * MIB) as f64 / 16384.0,
+        "sampled bytes, not scaled up to used memory"
+    );
     let plan = plan(&input).expect("a plan");
     // Mean 50 %: at least 9 MiB (to 60 %), at most 1.15 × that.
     let bytes = moved(&plan);
@@ -695,6 +702,18 @@ fn samples_give_shares_and_used_memory_gives_amounts() {
         "{bytes} bytes planned: {plan:#?}"
     );
     assert_eq!(plan.balance.least_bytes / (MIB / 100), 9 * 100);
+    // Samples that overshoot used memory are scaled down to it.
+    let overshoot: BTreeMap<(String, String), u64> =
+        [(("auth".into(), "primary".into()), 54 * MIB)].into();
+    let input = PlanInput {
+        category_bytes: &overshoot,
+        ..input
+    };
+    let per_slot = bytes_per_slot(&input);
+    assert_eq!(
+        per_slot[&("auth".to_owned(), "primary".to_owned())],
+        (27 * MIB) as f64 / 16384.0
+    );
 }
 
 #[test]
@@ -985,9 +1004,9 @@ fn estimates_count_keys_and_bytes_per_move() {
         bytes: 0,
     };
     let e = estimate(&input, &keys, std::slice::from_ref(&half));
-    // Half the slots: half the keys, half the used memory (scaled from the sample).
+    // Half the slots: half the keys, half the sampled bytes.
     assert_eq!(e[0].keys, 16_384);
-    assert_eq!(e[0].bytes, 13 * MIB);
+    assert_eq!(e[0].bytes, 13 * MIB / 2);
     // Out of an instance that owns no slot of the category (a legacy one): the range's
     // share of all it holds.
     let legacy = Move {
