@@ -569,10 +569,13 @@ impl<'i> Fleet<'i> {
             for (k, aligned, x) in &flows {
                 // Whole slots, never more than the flow: a target never ends above what the
                 // flow gave it (the thresholds keep a margin for the source's rest).
-                let mut n = if g.per_slot > 0.0 {
-                    (*x as f64 / g.per_slot + 1e-9).floor() as usize
-                } else {
+                let mut n = if g.per_slot <= 0.0 {
                     0
+                } else if *x as f64 + g.per_slot >= g.bytes as f64 {
+                    // The whole group (up to rounding): every slot, no stray one left behind.
+                    g.slots.len()
+                } else {
+                    (*x as f64 / g.per_slot + 1e-9).floor() as usize
                 };
                 let order: Vec<usize> = if *aligned {
                     (0..g.slots.len())
@@ -755,11 +758,7 @@ pub(super) fn assess(input: &PlanInput<'_>) -> Assessment {
     balance.aim = aim;
     balance.least_bytes = least_bytes.max(0) as u64;
     balance.planned_bytes = moves.iter().map(|m| m.bytes).sum();
-    let reason = format!(
-        "{}; goal: every instance within ±{points} points of the {} mean",
-        triggers.join("; "),
-        percent(mean)
-    );
+    let reason = triggers.join("; ");
     Assessment {
         plan: Some(Plan {
             moves,
