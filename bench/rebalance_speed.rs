@@ -259,6 +259,21 @@ async fn main() {
         "{in_fleet} keys in the fleet, {keys} written"
     );
 
+    // The planner's estimate of the plan, next to what the operator measured once it finished
+    // (status.rebalance.balance; measured after the instances' next probes).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let balance = loop {
+        let b = policies
+            .get("shop")
+            .await
+            .ok()
+            .and_then(|p| p.status?.rebalance?.balance);
+        if b.as_ref().is_some_and(|b| b.measured_bytes.is_some()) || Instant::now() > deadline {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
     let (start, moved_at_start) = copying.expect("the Copying step was seen");
     let (end, moved) = copied.expect("the Copied step was seen");
     let copy_secs = (end - start).as_secs_f64();
@@ -284,6 +299,22 @@ async fn main() {
         "  Job's own report             {} keys/s",
         done.keys_per_second.unwrap_or(0)
     );
+    if let Some(b) = &balance {
+        let mb = |b: i64| b as f64 / 1e6;
+        println!(
+            "  planner's estimate           {:.1} MB, {} keys (sampled memory)",
+            mb(b.estimated_bytes),
+            b.estimated_keys
+        );
+        match b.measured_bytes {
+            Some(m) => println!(
+                "  measured                     {:.1} MB ({:.2}× the estimate; used memory, foreground writes included)",
+                mb(m),
+                m as f64 / b.estimated_bytes.max(1) as f64
+            ),
+            None => println!("  measured                     not yet (the instances' probes lag)"),
+        }
+    }
     println!();
     println!("foreground through the sidecar ({FOREGROUND_RATE} ops/s, 3 GET : 1 SET)");
     println!("                  requests  errors   p50 µs   p99 µs  p99.9 µs");

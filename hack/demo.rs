@@ -3,8 +3,9 @@
 //! Two 30 MB Redis servers (`primary` hot, `secondary` warm) as in `examples/`, the real
 //! operator, a sidecar, and a workload writing the shop's categories through the sidecar. It
 //! shows the routing, fills the primary past its 80 % threshold and follows the rebalance,
-//! applies `examples/third-instance.yaml` and follows the data spreading to it, then kills one
-//! Redis and shows the failover — printing `redis-fleet status` after each step. Everything it
+//! previews a third instance with `redis-fleet plan`, applies `examples/third-instance.yaml`
+//! and follows the data spreading to it until all three are within the balance band, then
+//! kills one Redis and shows the failover — printing `redis-fleet status` after each step. Everything it
 //! started stops when it ends (or fails, or is interrupted).
 //!
 //! There is no kubelet here: a small stand-in (the test harness's `Node`) runs the rebalance
@@ -43,8 +44,13 @@ fn step(title: &str) {
 }
 
 fn status(cp: &ControlPlane, ns: &str) {
+    redis_fleet(cp, &["status", "-n", ns]);
+}
+
+/// Runs `redis-fleet ARGS` against the demo's cluster and prints what it says.
+fn redis_fleet(cp: &ControlPlane, args: &[&str]) {
     let out = Command::new(redis_fleet_binary())
-        .args(["status", "-n", ns])
+        .args(args)
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("COLUMNS", "110")
         .output()
@@ -160,6 +166,23 @@ async fn follow_rebalance(policies: &Api<CachePolicy>, after: i64, node: &Node) 
     }
 }
 
+/// Waits (a little) until the operator measured the finished plan, so that the status view
+/// shows the measurement next to the estimate.
+async fn wait_measured(policies: &Api<CachePolicy>) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let measured = policies
+            .get("shop")
+            .await
+            .ok()
+            .and_then(|p| p.status?.rebalance?.balance?.measured_bytes);
+        if measured.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn table(cp: &ControlPlane, ns: &str) -> Option<RoutingTable> {
     let client = cp.client().await;
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, ns);
@@ -242,6 +265,7 @@ async fn main() {
 
     step("the operator plans a rebalance and a Job moves slots and their data online");
     let plan = follow_rebalance(&policies, 0, &node).await;
+    wait_measured(&policies).await;
     println!(
         "primary at {}%, secondary at {}%; {} of {} keys read back intact through the sidecar",
         primary.used_memory().await * 100 / CAPACITY,
@@ -251,18 +275,34 @@ async fn main() {
     );
     status(cp, &ns);
 
-    step("a third 30 MB instance joins the warm tier (examples/third-instance.yaml)");
+    step("before a third 30 MB instance joins the warm tier: what would move? (redis-fleet plan)");
     let tertiary = server_with_password("change-me-tertiary");
-    apply(
-        cp,
-        &ns,
-        "examples/third-instance.yaml",
-        &example(
-            "third-instance.yaml",
-            &[("redis-tertiary.example.com", &tertiary)],
-        ),
+    let third = example(
+        "third-instance.yaml",
+        &[("redis-tertiary.example.com", &tertiary)],
     );
+    let file = std::env::temp_dir().join(format!("redis-fleet-demo-{}.yaml", std::process::id()));
+    std::fs::write(&file, &third).expect("writing the third instance's file");
+    let policy_ref = format!("{ns}/shop");
+    println!(
+        "$ redis-fleet plan --policy {policy_ref} --add-instance examples/third-instance.yaml"
+    );
+    redis_fleet(
+        cp,
+        &[
+            "plan",
+            "--policy",
+            &policy_ref,
+            "--add-instance",
+            &file.to_string_lossy(),
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+
+    step("the third instance joins (examples/third-instance.yaml)");
+    apply(cp, &ns, "examples/third-instance.yaml", &third);
     follow_rebalance(&policies, plan, &node).await;
+    wait_measured(&policies).await;
     println!(
         "keys per instance: primary {}, secondary {}, tertiary {}; {} of {} keys read back intact",
         dbsize(&primary).await,
@@ -270,6 +310,31 @@ async fn main() {
         dbsize(&tertiary).await,
         read_back(&mut app, &keys).await,
         keys.len()
+    );
+    let shares = [
+        ("primary", primary.used_memory().await),
+        ("secondary", secondary.used_memory().await),
+        ("tertiary", tertiary.used_memory().await),
+    ];
+    let mean = shares.iter().map(|(_, u)| *u).sum::<u64>() as f64 / (3 * CAPACITY) as f64;
+    let outside: Vec<&str> = shares
+        .iter()
+        .filter(|(_, u)| (*u as f64 / CAPACITY as f64 - mean).abs() > 0.10)
+        .map(|(n, _)| *n)
+        .collect();
+    println!(
+        "{}: mean {:.0}%, {}",
+        shares
+            .iter()
+            .map(|(n, u)| format!("{n} at {}%", u * 100 / CAPACITY))
+            .collect::<Vec<_>>()
+            .join(", "),
+        mean * 100.0,
+        if outside.is_empty() {
+            "every instance within ±10 points of it".to_owned()
+        } else {
+            format!("outside ±10 points: {}", outside.join(", "))
+        }
     );
     status(cp, &ns);
 
