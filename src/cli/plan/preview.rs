@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
-use crate::api::cache_policy::{CachePolicy, rebalance_phase};
+use crate::api::cache_policy::CachePolicy;
 use crate::operator::cache_policy::build::{InstanceView, plan_routing};
 use crate::operator::cache_policy::{planning, rebalance};
 use crate::rebalance::plan::{self, PlanInput};
@@ -281,12 +281,6 @@ fn when(policy: &CachePolicy, now: Timestamp) -> Option<String> {
             "plan {} is {}: the operator plans again once it finished",
             r.plan_id,
             r.phase.to_lowercase()
-        ));
-    }
-    if r.phase == rebalance_phase::FAILED && r.flip_version.is_some() {
-        return Some(format!(
-            "plan {} failed after its ranges flipped: the operator resumes it only on the redisfleet.io/rebalance-now annotation",
-            r.plan_id
         ));
     }
     let finished = r.finished_at.as_ref()?.0;
