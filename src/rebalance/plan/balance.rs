@@ -165,30 +165,17 @@ impl<'i> Fleet<'i> {
                 target: !load.drain && load.capacity > 0,
             })
             .collect();
-        let owners: BTreeMap<&'i str, Vec<&'i str>> = input
-            .current
-            .categories
-            .iter()
-            .map(|c| (c.name.as_str(), c.owners()))
-            .collect();
-        let desired: BTreeMap<&str, Vec<&str>> = input
-            .desired
-            .map(|d| {
-                d.categories
-                    .iter()
-                    .map(|c| (c.name.as_str(), c.owners()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let has_target = |tier: &str| {
             members
                 .iter()
                 .any(|m| m.target && m.load.tier.as_deref() == Some(tier))
         };
-        let homes: BTreeMap<&'i str, Home<'i>> = owners
-            .keys()
-            .map(|name| {
-                let tiers = input.categories.iter().find(|t| t.name == *name);
+        let homes: BTreeMap<&'i str, Home<'i>> = input
+            .current
+            .categories
+            .iter()
+            .map(|c| {
+                let tiers = input.categories.iter().find(|t| t.name == c.name);
                 let tier = tiers.and_then(|t| t.tier.as_deref());
                 let fallback = tiers.and_then(|t| t.fallback_tier.as_deref());
                 let home = match (tier, fallback) {
@@ -199,7 +186,7 @@ impl<'i> Fleet<'i> {
                     },
                     _ => Home::Anywhere,
                 };
-                (*name, home)
+                (c.name.as_str(), home)
             })
             .collect();
 
@@ -209,49 +196,67 @@ impl<'i> Fleet<'i> {
             .enumerate()
             .map(|(k, m)| (m.load.name.as_str(), k))
             .collect();
-        let targets: BTreeMap<&str, usize> = members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.target)
-            .map(|(k, m)| (m.load.name.as_str(), k))
-            .collect();
         let mut groups = Vec::new();
         let mut placement_differs = false;
-        for (cat, now) in &owners {
-            let want = desired.get(cat);
-            // Slots of each member, ascending.
-            let mut held: BTreeMap<usize, Vec<u16>> = BTreeMap::new();
-            for (slot, owner) in now.iter().enumerate() {
-                if let Some(k) = index.get(owner) {
-                    held.entry(*k).or_default().push(slot as u16);
+        // Slot runs, owners resolved once per run (a table has few runs, 16384 slots).
+        for cat in &input.current.categories {
+            let mut runs: Vec<(SlotRange, Option<usize>)> = cat
+                .slots
+                .iter()
+                .map(|r| (r.range, index.get(r.instance.as_str()).copied()))
+                .collect();
+            runs.sort_by_key(|(r, _)| r.start);
+            let mut wanted: Vec<(SlotRange, Option<usize>)> = input
+                .desired
+                .and_then(|d| d.category(&cat.name))
+                .map(|c| {
+                    c.slots
+                        .iter()
+                        .map(|r| {
+                            let k = index.get(r.instance.as_str()).copied();
+                            (r.range, k.filter(|k| members[*k].target))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            wanted.sort_by_key(|(r, _)| r.start);
+            // Slots of each member, ascending, with their placement owner.
+            let mut held: BTreeMap<usize, (Vec<u16>, Vec<Option<usize>>)> = BTreeMap::new();
+            let mut w = 0;
+            for (range, owner) in runs {
+                let Some(k) = owner else { continue };
+                let entry = held.entry(k).or_default();
+                for slot in range.start..=range.end {
+                    while w < wanted.len() && wanted[w].0.end < slot {
+                        w += 1;
+                    }
+                    let want = wanted
+                        .get(w)
+                        .filter(|(r, _)| r.contains(slot))
+                        .and_then(|(_, o)| *o)
+                        .filter(|o| *o != k);
+                    entry.0.push(slot);
+                    entry.1.push(want);
                 }
             }
-            for (k, slots) in held {
+            for (k, (slots, want)) in held {
                 let m = &members[k];
                 if !m.target && !m.load.drain {
                     // Capacity unknown: it keeps what it has.
                     continue;
                 }
-                let want: Vec<Option<usize>> = slots
-                    .iter()
-                    .map(|s| {
-                        want.and_then(|w| w.get(usize::from(*s)))
-                            .and_then(|w| targets.get(w).copied())
-                            .filter(|w| *w != k)
-                    })
-                    .collect();
                 placement_differs |= want.iter().any(Option::is_some);
                 let mut aligned = BTreeMap::new();
                 for w in want.iter().flatten() {
                     *aligned.entry(*w).or_default() += 1;
                 }
                 let per = per_slot
-                    .get(&((*cat).to_owned(), m.load.name.clone()))
+                    .get(&(cat.name.clone(), m.load.name.clone()))
                     .copied()
                     .unwrap_or(0.0);
-                let fit = homes[cat].fit(m.load.tier.as_deref());
+                let fit = homes[cat.name.as_str()].fit(m.load.tier.as_deref());
                 groups.push(Group {
-                    category: (*cat).to_owned(),
+                    category: cat.name.clone(),
                     holder: k,
                     bytes: (per * slots.len() as f64).round() as i64,
                     slots,
