@@ -28,10 +28,15 @@
 //!    the category's overflow is the first thing it takes — but it never moves data onto an
 //!    instance that ends above the band, and it moves back only what the band needs.
 //! 4. **Must leave.** Slots of a draining instance all move (even past a target's threshold
-//!    if nothing else can take them); a category found on an instance outside both its tiers
-//!    (its tier changed) moves to them unless that would push them past the threshold.
+//!    if nothing else can take them — but never past [`DRAIN_LIMIT_PERCENT`] of a target's
+//!    capacity: a drain that finds no room waits, its instance serving the range, and the
+//!    plan's reason says so); a category found on an instance outside both its tiers (its tier changed)
+//!    moves to them unless that would push them past the threshold.
 //! 5. **Last resort.** Onto any other instance only to bring an instance under the capacity
 //!    threshold when neither tier can.
+//! 6. **Never onto a full instance.** Nothing moves onto an instance that is above its
+//!    threshold before the plan, and nothing leaves an instance above
+//!    [`DRAIN_LIMIT_PERCENT`] of its capacity (or its threshold, if higher).
 //!
 //! Among equally small plans the planner prefers slots that placement assigns to the target
 //! ([`PlanInput::desired`]), so that later placements do not move them again.
@@ -73,6 +78,11 @@ pub const FORCED_BAND_POINTS: u32 = 5;
 /// A plan may aim inside the band (for a margin against sampling errors) while it moves at
 /// most this many times the least that reaches the band.
 pub const MARGIN_BUDGET: f64 = 1.15;
+
+/// How full a plan may leave an instance at all, in percent of its capacity (or the
+/// threshold, if higher): a little room under `maxmemory` for the writes that arrive
+/// meanwhile. A drain that finds no room below it waits, its instance serving the range.
+pub const DRAIN_LIMIT_PERCENT: u32 = 95;
 
 /// What the planner knows about an instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -239,9 +249,32 @@ pub struct PlanInput<'a> {
     pub force: bool,
 }
 
-/// Plans the moves; `None` when nothing needs to move.
+/// Plans the moves; `None` when nothing needs to move. A steady fleet (every reconcile asks)
+/// is told cheaply, without building the planner's view ([`nothing_to_plan`]).
 pub fn plan(input: &PlanInput<'_>) -> Option<Plan> {
+    if nothing_to_plan(input) {
+        return None;
+    }
     assess(input).plan
+}
+
+/// Whether [`plan`] would find nothing to do, told cheaply (from the instances and the
+/// table's slot runs): placement asks for no change, no instance is past the threshold, no
+/// slot must leave its instance (a drain, a tier change), nothing is forced.
+pub fn nothing_to_plan(input: &PlanInput<'_>) -> bool {
+    let placed = input.desired.is_none_or(|desired| {
+        desired.categories.iter().all(|c| {
+            input
+                .current
+                .category(&c.name)
+                .is_none_or(|now| now.slots == c.slots)
+        })
+    });
+    let below = input.instances.iter().all(|i| {
+        !(i.serving && !i.drain && i.capacity > 0)
+            || i.used as f64 <= f64::from(input.threshold_percent) / 100.0 * i.capacity as f64
+    });
+    placed && below && !input.force && !balance::must_leave(input)
 }
 
 /// Plans the moves and reports the balance before and after (see the module docs).

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use super::flow::{Arc, Cost, Network};
 use super::{
-    Assessment, BAND_POINTS, Balance, FORCED_BAND_POINTS, InstanceBalance, InstanceLoad,
-    MARGIN_BUDGET, Move, Plan, PlanInput, bytes_per_slot, merge_adjacent,
+    Assessment, BAND_POINTS, Balance, DRAIN_LIMIT_PERCENT, FORCED_BAND_POINTS, InstanceBalance,
+    InstanceLoad, MARGIN_BUDGET, Move, Plan, PlanInput, bytes_per_slot, merge_adjacent,
 };
 use crate::routing::slots::SlotRange;
 
@@ -17,6 +17,10 @@ use crate::routing::slots::SlotRange;
 const MUST_LEAVE: Cost = 1_000_000_000_000;
 /// A byte above an instance's capacity threshold.
 const THRESHOLD: Cost = 10_000_000_000;
+/// A byte above [`DRAIN_LIMIT_PERCENT`] of an instance's capacity (or its threshold, if
+/// higher): dearer than a drain left behind, so a drain waits rather than fill an instance up —
+/// past `maxmemory` the application's writes there would be refused (chaos seed 7).
+const OVERFULL: Cost = 10 * MUST_LEAVE;
 /// A byte moved onto an instance outside both tiers of its category (last resort), or left
 /// on one (a tier change).
 const OTHER_TIER: Cost = 100_000_000;
@@ -80,6 +84,52 @@ impl Home<'_> {
     }
 }
 
+/// Where `category` lives: its tier (and fallback tier) when `has_target` finds an instance
+/// there that may hold data, else its fallback tier, else anywhere — as placement does.
+fn home_of<'i>(
+    input: &'i PlanInput<'i>,
+    category: &str,
+    has_target: impl Fn(&str) -> bool,
+) -> Home<'i> {
+    let tiers = input.categories.iter().find(|t| t.name == category);
+    let tier = tiers.and_then(|t| t.tier.as_deref());
+    let fallback = tiers.and_then(|t| t.fallback_tier.as_deref());
+    match (tier, fallback) {
+        (Some(t), fallback) if has_target(t) => Home::Tier { tier: t, fallback },
+        (Some(_), Some(f)) if has_target(f) => Home::Tier {
+            tier: f,
+            fallback: None,
+        },
+        _ => Home::Anywhere,
+    }
+}
+
+/// Whether slots must leave an instance whatever the balance: a serving draining instance
+/// owns some, or a category has slots on an instance outside both its tiers. Told from the
+/// table's slot runs, without the planner's view.
+pub(super) fn must_leave(input: &PlanInput<'_>) -> bool {
+    let by_name: BTreeMap<&str, &InstanceLoad> = input
+        .instances
+        .iter()
+        .filter(|i| i.serving)
+        .map(|i| (i.name.as_str(), i))
+        .collect();
+    let has_target = |tier: &str| {
+        input
+            .instances
+            .iter()
+            .any(|i| i.serving && !i.drain && i.capacity > 0 && i.tier.as_deref() == Some(tier))
+    };
+    input.current.categories.iter().any(|c| {
+        let home = home_of(input, &c.name, has_target);
+        c.slots.iter().any(|run| {
+            by_name.get(run.instance.as_str()).is_some_and(|i| {
+                i.drain || (i.capacity > 0 && home.fit(i.tier.as_deref()) == Fit::Other)
+            })
+        })
+    })
+}
+
 /// A serving instance.
 struct Member<'i> {
     load: &'i InstanceLoad,
@@ -110,6 +160,8 @@ struct Solution {
     flows: Vec<(usize, usize, bool, i64)>,
     /// Bytes each member holds afterwards.
     after: Vec<i64>,
+    /// Bytes of each group that stay on its holder.
+    stay: Vec<i64>,
     moved: i64,
     drain_left: i64,
     misplaced_left: i64,
@@ -174,20 +226,7 @@ impl<'i> Fleet<'i> {
             .current
             .categories
             .iter()
-            .map(|c| {
-                let tiers = input.categories.iter().find(|t| t.name == c.name);
-                let tier = tiers.and_then(|t| t.tier.as_deref());
-                let fallback = tiers.and_then(|t| t.fallback_tier.as_deref());
-                let home = match (tier, fallback) {
-                    (Some(t), fallback) if has_target(t) => Home::Tier { tier: t, fallback },
-                    (Some(_), Some(f)) if has_target(f) => Home::Tier {
-                        tier: f,
-                        fallback: None,
-                    },
-                    _ => Home::Anywhere,
-                };
-                (c.name.as_str(), home)
-            })
+            .map(|c| (c.name.as_str(), home_of(input, &c.name, has_target)))
             .collect();
 
         let per_slot = bytes_per_slot(input);
@@ -417,6 +456,22 @@ impl<'i> Fleet<'i> {
             .collect()
     }
 
+    /// Whether member `k` is above its capacity threshold before the plan: nothing moves onto
+    /// it (a drain waits rather than fill it further, or push its bytes there).
+    fn over_threshold(&self, k: usize) -> bool {
+        let load = self.members[k].load;
+        load.used as f64 > self.threshold * load.capacity as f64
+    }
+
+    /// The most target `k` may hold at all, in bytes: [`DRAIN_LIMIT_PERCENT`] of its
+    /// capacity, or its threshold if that is higher (less the rounding margin).
+    fn limit(&self, k: usize) -> i64 {
+        let cap = self.members[k].load.capacity as f64;
+        let margin = self.margin.min((cap * 0.005) as i64);
+        let percent = DRAIN_LIMIT_PERCENT.max(self.input.threshold_percent);
+        (f64::from(percent) / 100.0 * cap) as i64 - margin
+    }
+
     /// The band in bytes of target `k`: (lower, upper, threshold).
     fn bounds(&self, k: usize, mean: f64, aim: f64) -> (i64, i64, i64) {
         let cap = self.members[k].load.capacity as f64;
@@ -469,7 +524,7 @@ impl<'i> Fleet<'i> {
             };
             stays.push((gi, net.arc(node, final_of(g.holder), g.bytes, stay_cost)));
             for (k, m) in self.members.iter().enumerate() {
-                if !m.target || k == g.holder {
+                if !m.target || k == g.holder || self.over_threshold(k) {
                     continue;
                 }
                 let fit = self.fit_of(g, k);
@@ -502,7 +557,17 @@ impl<'i> Fleet<'i> {
             if threshold > upper {
                 net.arc(final_of(k), SINK, threshold - upper, BAND);
             }
-            net.arc(final_of(k), SINK, unlimited, BAND + THRESHOLD);
+            if self.over_threshold(k) {
+                // Relieved, never filled: nothing moves here (see the group arcs above).
+                net.arc(final_of(k), SINK, unlimited, BAND + THRESHOLD);
+                continue;
+            }
+            let limit = self.limit(k);
+            let above = threshold.max(upper);
+            if limit > above {
+                net.arc(final_of(k), SINK, limit - above, BAND + THRESHOLD);
+            }
+            net.arc(final_of(k), SINK, unlimited, BAND + THRESHOLD + OVERFULL);
         }
         net.solve(SOURCE, SINK, supply);
 
@@ -525,9 +590,14 @@ impl<'i> Fleet<'i> {
                 .map(|(_, arc)| net.flow(*arc))
                 .sum()
         };
+        let mut stay = vec![0; self.groups.len()];
+        for (gi, arc) in &stays {
+            stay[*gi] = net.flow(*arc);
+        }
         Solution {
             flows,
             after,
+            stay,
             moved,
             drain_left: left(Stay::Drain),
             misplaced_left: left(Stay::Misplaced),
@@ -602,9 +672,11 @@ impl<'i> Fleet<'i> {
                     }
                 }
             }
-            if g.stay != Stay::Free {
-                // Everything goes: the rest where most of the bytes went, else to the
-                // slot's placement owner, else the emptiest suitable target.
+            if g.stay != Stay::Free && s.stay[gi] == 0 {
+                // Everything goes (the flow took all its bytes; whole slots left a rest):
+                // the rest where most of the bytes went, else to the slot's placement owner,
+                // else the emptiest suitable target. When the flow left bytes on the holder
+                // (no instance has room for them below its limit), those slots wait there.
                 let main = flows.iter().max_by_key(|f| f.2).map(|f| f.0);
                 for (i, t) in to.iter_mut().enumerate() {
                     if t.is_none() {
@@ -669,6 +741,16 @@ impl<'i> Fleet<'i> {
                             .total_cmp(&self.share(*b, s.after[*b])),
                     )
             })
+    }
+
+    /// The draining groups `s` leaves (partly) where they are, as "category on instance".
+    fn waiting(&self, s: &Solution) -> Vec<String> {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter(|(gi, g)| g.stay == Stay::Drain && s.stay[*gi] > 0)
+            .map(|(_, g)| format!("{} on {}", g.category, self.members[g.holder].load.name))
+            .collect()
     }
 
     /// Why nothing is planned although the triggers asked for it, or why none did.
@@ -763,7 +845,15 @@ pub(super) fn assess(input: &PlanInput<'_>) -> Assessment {
     balance.aim = aim;
     balance.least_bytes = least_bytes.max(0) as u64;
     balance.planned_bytes = moves.iter().map(|m| m.bytes).sum();
-    let reason = triggers.join("; ");
+    let mut reason = triggers.join("; ");
+    let waiting = fleet.waiting(&solution);
+    if !waiting.is_empty() {
+        reason.push_str(&format!(
+            "; a drain waits for room (no instance would stay below {}% of its capacity): {}",
+            DRAIN_LIMIT_PERCENT.max(input.threshold_percent),
+            waiting.join(", ")
+        ));
+    }
     Assessment {
         plan: Some(Plan {
             moves,

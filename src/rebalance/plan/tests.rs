@@ -1189,3 +1189,266 @@ proptest! {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Zero loss: moves start at their slots' owners; a drain never fills an instance up
+// ---------------------------------------------------------------------------------------------
+
+/// Every move of `plan` starts where its slots are: the current owner of each of them.
+fn assert_moves_start_at_the_owner(current: &RoutingTable, plan: &Plan) {
+    let mut seen: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
+    for m in &plan.moves {
+        let owners = current.category(&m.category).expect("category").owners();
+        let taken = seen
+            .entry(m.category.as_str())
+            .or_insert_with(|| vec![false; usize::from(SLOT_COUNT)]);
+        for slot in m.range.start..=m.range.end {
+            assert_eq!(
+                owners[usize::from(slot)],
+                m.from,
+                "{m:?}: slot {slot} is on {}, not on the move's source",
+                owners[usize::from(slot)]
+            );
+            assert!(!taken[usize::from(slot)], "{m:?}: slot {slot} moves twice");
+            taken[usize::from(slot)] = true;
+        }
+    }
+}
+
+#[test]
+fn slots_a_drain_hands_on_and_capacity_moves_on_again_move_once_from_where_they_are() {
+    // Chaos seed 4 (180 s): tertiary drains its half of `user` onto secondary, which that
+    // overfills, so the same plan moves secondary's highest slots on to primary — the slots it
+    // had just been given. Planned as "secondary → primary", those slots' keys were left on
+    // tertiary and were lost when primary was published as their owner.
+    let mut current = table(&[("auth", "primary"), ("user", "secondary")]);
+    current.categories[1].slots = vec![
+        (0, 8191, "secondary".to_owned()).into(),
+        (8192, 16383, "tertiary".to_owned()).into(),
+    ];
+    let mut desired = current.clone();
+    desired.categories[1].slots = vec![(0, 16383, "secondary".to_owned()).into()];
+    let mut instances = vec![
+        inst("primary", "hot", 3),
+        inst("secondary", "warm", 20),
+        inst("tertiary", "warm", 10),
+    ];
+    instances[2].drain = true;
+    let bytes: BTreeMap<(String, String), u64> = [
+        (("auth".into(), "primary".into()), 3 * MIB),
+        (("user".into(), "secondary".into()), 20 * MIB),
+        (("user".into(), "tertiary".into()), 10 * MIB),
+    ]
+    .into();
+    let input = PlanInput {
+        current: &current,
+        desired: Some(&desired),
+        instances: &instances,
+        category_bytes: &bytes,
+        categories: &tiers(),
+        threshold_percent: 80,
+        force: false,
+    };
+    let p = plan(&input).expect("a plan");
+    assert!(
+        p.moves.iter().any(|m| m.to == "primary"),
+        "the drain overfills secondary, so some slots go on to primary: {p:?}"
+    );
+    assert!(
+        p.moves
+            .iter()
+            .all(|m| m.from != "tertiary" || m.to != "tertiary"),
+        "{p:?}"
+    );
+    assert_moves_start_at_the_owner(&current, &p);
+    // Nothing is left on the draining instance.
+    let next = apply_moves(&current, &p.moves);
+    assert!(
+        next.category("user")
+            .unwrap()
+            .slots
+            .iter()
+            .all(|o| o.instance != "tertiary"),
+        "{next:?}"
+    );
+}
+
+mod any_plan {
+    use super::*;
+
+    const NAMES: [&str; 3] = ["primary", "secondary", "tertiary"];
+
+    /// A category's owners as up to four runs of random instances.
+    fn owners() -> impl Strategy<Value = Vec<(u16, usize)>> {
+        prop::collection::vec((1u16..16383, 0usize..3), 1..4)
+    }
+
+    fn slots(runs: &[(u16, usize)]) -> Vec<crate::routing::table::SlotOwner> {
+        let mut cuts: Vec<(u16, usize)> = runs.to_vec();
+        cuts.sort();
+        cuts.dedup_by_key(|c| c.0);
+        let mut owners = vec![NAMES[cuts[0].1].to_owned(); usize::from(SLOT_COUNT)];
+        for (cut, who) in &cuts {
+            for o in owners.iter_mut().skip(usize::from(*cut)) {
+                *o = NAMES[*who].to_owned();
+            }
+        }
+        runs_of(&owners)
+    }
+
+    fn runs_of(owners: &[String]) -> Vec<crate::routing::table::SlotOwner> {
+        crate::routing::slots::runs(owners)
+            .into_iter()
+            .map(|(range, instance)| crate::routing::table::SlotOwner { range, instance })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn every_move_starts_at_the_owner_of_its_slots(
+            now in prop::collection::vec(owners(), 3),
+            want in prop::collection::vec(owners(), 3),
+            used in prop::collection::vec(0u64..30, 3),
+            drain in 0usize..4,
+            force in any::<bool>(),
+            placed in any::<bool>(),
+        ) {
+            let mut current = table(&[("auth", "primary"), ("user", "secondary"), ("default", "secondary")]);
+            let mut desired = current.clone();
+            for i in 0..3 {
+                current.categories[i].slots = slots(&now[i]);
+                desired.categories[i].slots = slots(&want[i]);
+            }
+            if placed {
+                desired = current.clone();
+            }
+            let mut instances: Vec<InstanceLoad> = NAMES
+                .iter()
+                .zip(["hot", "warm", "warm"])
+                .zip(&used)
+                .map(|((n, t), u)| inst(n, t, *u))
+                .collect();
+            if let Some(i) = instances.get_mut(drain) {
+                i.drain = true;
+            }
+            let mut bytes = BTreeMap::new();
+            for c in &current.categories {
+                for n in NAMES {
+                    let slots = c.owners().iter().filter(|o| **o == n).count() as u64;
+                    bytes.insert((c.name.clone(), n.to_owned()), slots * 512);
+                }
+            }
+            let input = PlanInput {
+                current: &current,
+                desired: Some(&desired),
+                instances: &instances,
+                category_bytes: &bytes,
+                categories: &tiers(),
+                threshold_percent: 80,
+                force,
+            };
+            // The operator's shortcut for a steady fleet skips only fleets the planner
+            // would leave alone.
+            if nothing_to_plan(&input) {
+                prop_assert!(assess(&input).plan.is_none());
+            }
+            if let Some(p) = plan(&input) {
+                prop_assert!(!p.moves.is_empty());
+                assert_moves_start_at_the_owner(&current, &p);
+                prop_assert!(p.moves.iter().all(|m| m.from != m.to));
+                // Nothing fills an instance up: every target of bytes ends below the drain
+                // limit.
+                let after = utilisation_after(&input, &p);
+                for m in p.moves.iter().filter(|m| m.bytes > 0) {
+                    prop_assert!(
+                        after[&m.to] <= f64::from(DRAIN_LIMIT_PERCENT) / 100.0 + 0.005,
+                        "{:?} leaves {} at {}", m, m.to, after[&m.to]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_drain_never_fills_an_instance_up() {
+    // Chaos seed 7 (180 s): a draining instance's slots went to their placement target
+    // whatever its room, which filled it to `maxmemory`: the application's writes there were
+    // refused (OOM).
+    let mut current = table(&[("auth", "primary"), ("user", "tertiary")]);
+    let mut desired = current.clone();
+    desired.categories[1].slots = vec![(0, 16383, "secondary".to_owned()).into()];
+    let bytes: BTreeMap<(String, String), u64> =
+        [(("user".into(), "tertiary".into()), 10 * MIB)].into();
+    let run = |instances: &[InstanceLoad], current: &RoutingTable| {
+        plan(&PlanInput {
+            current,
+            desired: Some(&desired),
+            instances,
+            category_bytes: &bytes,
+            categories: &tiers(),
+            threshold_percent: 80,
+            force: false,
+        })
+    };
+    let mut instances = vec![
+        inst("primary", "hot", 3),
+        inst("secondary", "warm", 20),
+        inst("tertiary", "warm", 10),
+    ];
+    instances[2].drain = true;
+    // Secondary would end at 100 %: the slots go to the category's fallback tier instead
+    // (the balance planner moves them home once home has room).
+    let p = run(&instances, &current).expect("a plan");
+    assert_eq!(
+        p.moves
+            .iter()
+            .map(|m| (m.from.as_str(), m.to.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("tertiary", "primary")]
+    );
+    assert!(utilisation_after(&current_input(&current, &instances), &p)["primary"] <= 0.8);
+    // Every instance nearly full: the drain waits, its instance keeps serving the range.
+    instances[0].used = 25 * MIB;
+    instances[1].used = 25 * MIB;
+    current.version += 1;
+    let p = run(&instances, &current);
+    assert!(
+        p.as_ref()
+            .is_none_or(|p| p.moves.iter().all(|m| m.from != "tertiary")),
+        "{p:?}"
+    );
+    // Room for part of it below the limit: that part moves, the rest waits on the draining
+    // instance (and the reason says so); no instance ends above the limit.
+    instances[0].used = 20 * MIB;
+    instances[1].used = 25 * MIB;
+    current.version += 1;
+    let p = run(&instances, &current).expect("a partial drain");
+    assert!(p.moves.iter().any(|m| m.from == "tertiary"), "{p:?}");
+    assert!(
+        apply_moves(&current, &p.moves)
+            .category("user")
+            .unwrap()
+            .slots
+            .iter()
+            .any(|o| o.instance == "tertiary"),
+        "part of the drain waits: {p:?}"
+    );
+    assert!(p.reason.contains("a drain waits for room"), "{}", p.reason);
+    let after = utilisation_after(&current_input(&current, &instances), &p);
+    assert!(after.values().all(|u| *u <= 0.95), "{after:?}");
+}
+
+fn current_input<'a>(current: &'a RoutingTable, instances: &'a [InstanceLoad]) -> PlanInput<'a> {
+    static NO_BYTES: std::sync::LazyLock<BTreeMap<(String, String), u64>> =
+        std::sync::LazyLock::new(BTreeMap::new);
+    PlanInput {
+        current,
+        desired: None,
+        instances,
+        category_bytes: &NO_BYTES,
+        categories: &[],
+        threshold_percent: 80,
+        force: false,
+    }
+}
