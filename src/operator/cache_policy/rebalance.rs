@@ -157,6 +157,37 @@ pub fn hold_back(
     out
 }
 
+/// With rebalancing off, keeps the categories the last plan moved (`moves`, finished) as that
+/// plan left them, as [`hold_back`] would while rebalancing is on: a balance plan need not
+/// follow placement (overflow onto a fallback tier, ranges left in place once the fleet is
+/// in the band), and publishing placement the moment the plan ended re-routed those ranges
+/// away from their keys — a plan under way when rebalancing was turned off runs to its end,
+/// and its result stands. The other categories follow placement (their ownership changes
+/// re-route without their keys, as documented).
+fn keep_plan_result(
+    desired: &RoutingTable,
+    previous: &RoutingTable,
+    views: &[InstanceView],
+    moves: &[Move],
+) -> RoutingTable {
+    let touched = |category: &str| moves.iter().any(|m| m.category == category);
+    let mut table = hold_back(desired, Some(previous), views);
+    for (i, c) in desired.categories.iter().enumerate() {
+        if !touched(&c.name) {
+            table.categories[i] = c.clone();
+        }
+    }
+    table.failover.retain(|f| touched(&f.category));
+    table.failover.extend(
+        desired
+            .failover
+            .iter()
+            .filter(|f| !touched(&f.category))
+            .cloned(),
+    );
+    table
+}
+
 /// Keeps of `category`'s failover entries only the slots their failed instance still owns in
 /// `owners`: a slot held back for its old owner is that owner's, and a failover of the instance
 /// placement had meant it for must not take it over.
@@ -387,7 +418,15 @@ pub fn table_to_publish(
     let mut table = if rebalance_on {
         hold_back(desired, previous, views)
     } else {
-        desired.clone()
+        match (
+            previous,
+            rb.filter(|r| r.phase == rebalance_phase::SUCCEEDED),
+        ) {
+            (Some(previous), Some(r)) => {
+                keep_plan_result(desired, previous, views, &from_status(&r.moves))
+            }
+            _ => desired.clone(),
+        }
     };
     if rebalance_on {
         // Draining instances stay reachable for the Jobs (and, while their ranges

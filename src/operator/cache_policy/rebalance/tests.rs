@@ -547,3 +547,62 @@ fn primary_failed_over(views: &mut [InstanceView]) -> RoutingTable {
     assert!(!during.failover.is_empty());
     during
 }
+
+#[test]
+fn with_rebalancing_off_the_last_plan_s_result_stands() {
+    // tests/rebalance.rs (rebalancing turned off mid-plan): the balance planner overflowed
+    // `menu` onto the hot primary and left part of `user` where it was; once the plan ended,
+    // the table published placement and re-routed those ranges away from their keys.
+    let views = two();
+    let desired = plan_routing("shop/shop", &shop(), &views, None)
+        .table
+        .unwrap();
+    let warm = desired
+        .category("menu")
+        .unwrap()
+        .owners()
+        .first()
+        .map(|o| (*o).to_owned())
+        .unwrap();
+    let hot = views.iter().find(|v| v.name != warm).unwrap().name.clone();
+    let mut after_plan = desired.clone();
+    let i = after_plan
+        .categories
+        .iter()
+        .position(|c| c.name == "menu")
+        .unwrap();
+    after_plan.categories[i].slots = vec![SlotOwner {
+        range: SlotRange::new(0, 99),
+        instance: hot.clone(),
+    }]
+    .into_iter()
+    .chain(std::iter::once(SlotOwner {
+        range: SlotRange::new(100, SLOT_COUNT - 1),
+        instance: warm.clone(),
+    }))
+    .collect();
+    let done = RebalanceStatus {
+        phase: rebalance_phase::SUCCEEDED.into(),
+        plan_id: 3,
+        moves: vec![MoveStatus {
+            category: "menu".into(),
+            start: 0,
+            end: 99,
+            from: warm.clone(),
+            to: hot.clone(),
+        }],
+        ..RebalanceStatus::default()
+    };
+    let (published, _) = table_to_publish(&desired, Some(&after_plan), &views, Some(&done), false);
+    assert_eq!(
+        published.category("menu").unwrap().slots,
+        after_plan.categories[i].slots,
+        "the plan's result stands"
+    );
+    // Without a finished plan, rebalancing off publishes placement (re-routing, as documented).
+    let (published, _) = table_to_publish(&desired, Some(&after_plan), &views, None, false);
+    assert_eq!(
+        published.category("menu").unwrap().slots,
+        desired.category("menu").unwrap().slots
+    );
+}
