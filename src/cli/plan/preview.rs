@@ -276,7 +276,7 @@ fn when(policy: &CachePolicy, now: Timestamp) -> Option<String> {
         );
     }
     let r = policy.status.as_ref().and_then(|s| s.rebalance.as_ref())?;
-    if rebalance::is_active(r) {
+    if r.is_active() {
         return Some(format!(
             "plan {} is {}: the operator plans again once it finished",
             r.plan_id,
