@@ -778,13 +778,16 @@ async fn a_third_instance_that_stops_mid_plan_leaves_the_moves_between_live_inst
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    // Seed data through the sidecar: warm (user) and hot (auth) keys.
+    // Seed data through the sidecar: warm (user) and hot (auth) keys, 12 KB each, so that the
+    // primary and the secondary hold ~60 % of their 30 MB and the two empty newcomers put the
+    // fleet far out of the balance band: the join moves hundreds of keys onto both.
     let mut ledger = Ledger::default();
     let keys: Vec<String> = (0..1_500)
         .flat_map(|n| [format!("user:{n}"), format!("auth:{n}")])
         .collect();
+    let pad = "p".repeat(12_000);
     for k in &keys {
-        ledger.set(&mut a, k, &format!("seed-{k}")).await;
+        ledger.set(&mut a, k, &format!("seed-{k}-{pad}")).await;
     }
     assert!(ledger.acked.len() == keys.len(), "{:?}", ledger.errors);
 
