@@ -865,3 +865,245 @@ async fn a_legacy_redis_is_emptied_into_the_fleet_while_every_key_stays_readable
         r.keys_moved.unwrap_or(0)
     );
 }
+
+/// Sets the policy's `redisfleet.io/rebalance` annotation (`None`: removes it).
+async fn control(shop: &Shop, value: Option<&str>) {
+    shop.policies
+        .patch(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"redisfleet.io/rebalance": value}}
+            })),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until the policy's rebalance status satisfies `cond`; returns it.
+async fn wait_status(
+    shop: &Shop,
+    node: Option<&Node>,
+    what: &str,
+    cond: impl Fn(&redis_fleet::api::cache_policy::RebalanceStatus) -> bool,
+) -> CachePolicy {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = shop.policies.get("shop").await.unwrap();
+        if p.status
+            .as_ref()
+            .and_then(|s| s.rebalance.as_ref())
+            .is_some_and(&cond)
+        {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {:#?}\n{}\n{}",
+            p.status.and_then(|s| s.rebalance),
+            node.map(Node::all_logs).unwrap_or_default(),
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Keys of `prefixes` on `server` (read straight from it).
+async fn count_on(server: &RedisServer, prefixes: &[&str]) -> usize {
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut n = 0;
+    for p in prefixes {
+        let keys: Vec<String> = c.keys(format!("{p}*")).await.unwrap();
+        n += keys.len();
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_finish() {
+    // `redisfleet.io/rebalance: pause` mid-copy: the Job lands its batches in flight and moves
+    // nothing more (no key of the copy reaches the target) while the application's traffic
+    // goes on through the sidecar; `resume` goes on; a `cancel` after keys moved cannot roll
+    // the plan back without moving them again, so it is refused and the plan finishes —
+    // and no new plan starts until the annotation goes. Every acknowledged write survives.
+    let shop = shop_with("pause", slow_copy).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let prefixes = ["user:s", "menu:s", "ml:s"];
+    let keys = fill(&shop.secondary, &prefixes, 30_000).await;
+    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+    let tertiary = server_with_password("change-me-tertiary");
+    let yaml = example(
+        "third-instance.yaml",
+        &[("redis-tertiary.example.com", &tertiary)],
+    );
+    assert!(kubectl_apply(shop.cp, &shop.ns, &yaml).status.success());
+
+    wait_copying(&shop, &node, 1_000).await;
+    control(&shop, Some("pause")).await;
+    let paused = wait_status(&shop, Some(&node), "never paused", |r| {
+        r.step.as_deref() == Some("Paused") && r.paused == Some(true)
+    })
+    .await;
+    let condition = paused
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Rebalancing")
+        .cloned()
+        .unwrap();
+    assert_eq!(condition.reason, "Paused", "{condition:?}");
+    let held = count_on(&tertiary, &prefixes).await;
+    let moved = paused
+        .status
+        .unwrap()
+        .rebalance
+        .unwrap()
+        .keys_moved
+        .unwrap();
+    assert!(held > 0 && (held as i64) < 30_000, "{held}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        count_on(&tertiary, &prefixes).await,
+        held,
+        "keys moved while paused"
+    );
+    let still = rebalance_of(&shop).await;
+    assert_eq!(still.keys_moved, Some(moved), "{still:#?}");
+    assert_eq!(still.step.as_deref(), Some("Paused"));
+
+    control(&shop, Some("resume")).await;
+    wait_status(&shop, Some(&node), "never resumed", |r| {
+        r.step.as_deref() == Some("Copying") && r.keys_moved.unwrap_or(0) > moved
+    })
+    .await;
+    assert!(count_on(&tertiary, &prefixes).await > held);
+
+    control(&shop, Some("cancel")).await;
+    let refused = wait_status(
+        &shop,
+        Some(&node),
+        "the late cancel was not answered",
+        |r| r.cancel_refused == Some(true),
+    )
+    .await;
+    let r = refused.status.unwrap().rebalance.unwrap();
+    assert!(
+        r.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("after keys moved"),
+        "{r:#?}"
+    );
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let done = policy.status.unwrap().rebalance.unwrap();
+    assert_eq!(done.plan_id, r.plan_id, "the same plan finished: {done:#?}");
+    assert_eq!(done.paused, None);
+    let logs = node.all_logs();
+    assert!(
+        logs.contains("paused") && logs.contains("resumed"),
+        "{logs}"
+    );
+
+    let ledger = traffic.stop().await;
+    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
+    assert_same(&before, &after);
+    assert_ledger(sidecar.port, &ledger).await;
+    let table = table(&shop).await;
+    assert!(table.migrating.is_empty(), "{table:#?}");
+    eprintln!(
+        "pause: {held} keys on the target when paused, {} moved in all; traffic {} ops, {} errors",
+        done.keys_moved.unwrap_or(0),
+        ledger.ops,
+        ledger.errors.len()
+    );
+}
+
+async fn rebalance_of(shop: &Shop) -> redis_fleet::api::cache_policy::RebalanceStatus {
+    shop.policies
+        .get("shop")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.rebalance)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_cancelled_before_any_key_moved_is_rolled_back_and_planning_waits_for_resume() {
+    // A plan whose Job has not run yet (no node to run it) is cancelled: it is rolled back at
+    // once — the old owners serve every range, nothing migrates — and no plan starts while
+    // the annotation says cancel; `resume` lets the operator plan again, and that plan moves
+    // the data with every key intact.
+    let shop = shop_with("cancel", slow_copy).await;
+    let (_, plan) = settled(&shop).await;
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let prefixes = ["user:s", "menu:s", "ml:s"];
+    let keys = fill(&shop.secondary, &prefixes, 20_000).await;
+    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+    let tertiary = server_with_password("change-me-tertiary");
+    let yaml = example(
+        "third-instance.yaml",
+        &[("redis-tertiary.example.com", &tertiary)],
+    );
+    assert!(kubectl_apply(shop.cp, &shop.ns, &yaml).status.success());
+    let started = wait_status(&shop, None, "no plan for the join", |r| {
+        r.plan_id > plan && r.phase == rebalance_phase::PREPARING
+    })
+    .await;
+    let planned = started.status.unwrap().rebalance.unwrap();
+
+    control(&shop, Some("cancel")).await;
+    let cancelled = wait_status(&shop, None, "never rolled back", |r| {
+        r.phase == rebalance_phase::FAILED
+    })
+    .await;
+    let r = cancelled.status.unwrap().rebalance.unwrap();
+    assert_eq!(r.plan_id, planned.plan_id);
+    assert!(
+        r.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cancelled"),
+        "{r:#?}"
+    );
+    let rolled_back = table(&shop).await;
+    assert!(rolled_back.migrating.is_empty(), "{rolled_back:#?}");
+    assert_eq!(count_on(&tertiary, &prefixes).await, 0);
+    // The Job of the cancelled plan, run now, finds its plan over and changes nothing.
+    let node = Node::start(shop.cp, &shop.ns);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r2 = rebalance_of(&shop).await;
+    assert_eq!(
+        (r2.plan_id, r2.phase.as_str()),
+        (r.plan_id, rebalance_phase::FAILED),
+        "a plan started while the annotation says cancel: {r2:#?}"
+    );
+    assert_eq!(count_on(&tertiary, &prefixes).await, 0);
+
+    control(&shop, Some("resume")).await;
+    let policy = wait_rebalanced(&shop, &node, r.plan_id, Duration::from_secs(180)).await;
+    let done = policy.status.unwrap().rebalance.unwrap();
+    assert!(done.keys_moved.unwrap_or(0) > 0, "{done:#?}");
+    let ledger = traffic.stop().await;
+    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
+    assert_same(&before, &after);
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "cancel: plan {} rolled back, plan {} moved {} keys; traffic {} ops, {} errors",
+        r.plan_id,
+        done.plan_id,
+        done.keys_moved.unwrap_or(0),
+        ledger.ops,
+        ledger.errors.len()
+    );
+}

@@ -16,6 +16,52 @@ use super::redis_instance::{InstancePhase, RedisInstance};
 /// free text (a timestamp is customary); each new value triggers one plan.
 pub const REBALANCE_NOW_ANNOTATION: &str = "redisfleet.io/rebalance-now";
 
+/// Annotation that holds or stops rebalancing: `pause` holds the plan in progress at its next
+/// safe point (and starts no other), `resume` (or no annotation) lets it go on, `cancel` rolls
+/// the plan in progress back when no key has moved yet and starts no other.
+pub const REBALANCE_CONTROL_ANNOTATION: &str = "redisfleet.io/rebalance";
+
+/// What the `redisfleet.io/rebalance` annotation asks of the policy's rebalancing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RebalanceControl {
+    /// No annotation, or `resume`: plans start and run.
+    #[default]
+    Run,
+    /// `pause`: the plan in progress holds at its next safe point; no plan starts.
+    Pause,
+    /// `cancel`: the plan in progress is rolled back if no key has moved yet (else it runs to
+    /// its end); no plan starts.
+    Cancel,
+}
+
+impl RebalanceControl {
+    /// The control a value of the annotation asks for; an unknown value is an error that
+    /// names the annotation and the values it takes.
+    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value.map(str::trim) {
+            None | Some("" | "resume") => Ok(Self::Run),
+            Some("pause") => Ok(Self::Pause),
+            Some("cancel") => Ok(Self::Cancel),
+            Some(other) => Err(format!(
+                "annotation {REBALANCE_CONTROL_ANNOTATION}={other:?} is not understood (pause, resume or cancel); rebalancing goes on"
+            )),
+        }
+    }
+
+    /// The control `policy`'s annotation asks for (an unknown value reads as [`Self::Run`]).
+    pub fn of(policy: &CachePolicy) -> Self {
+        Self::parse(
+            policy
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REBALANCE_CONTROL_ANNOTATION))
+                .map(String::as_str),
+        )
+        .unwrap_or_default()
+    }
+}
+
 /// Name of the default category in the routing table: keys that match no prefix.
 pub const DEFAULT_CATEGORY: &str = "default";
 
@@ -419,6 +465,9 @@ pub mod rebalance_step {
     pub const IMPORTING: &str = "Importing";
     /// Moving keys.
     pub const COPYING: &str = "Copying";
+    /// Holding the copy (`redisfleet.io/rebalance: pause`): no key in transit, keys that
+    /// sidecars ask for still move.
+    pub const PAUSED: &str = "Paused";
     /// Every key moved; waiting for the operator to publish the new owners.
     pub const COPIED: &str = "Copied";
     /// Finished and cleaned up.
@@ -479,8 +528,16 @@ pub struct RebalanceStatus {
     /// The value of the `redisfleet.io/rebalance-now` annotation this plan answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced_by: Option<String>,
+    /// The plan is held by `redisfleet.io/rebalance: pause`: the Job moves no key and the
+    /// operator publishes no flip until it is resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    /// A `redisfleet.io/rebalance: cancel` came after keys had moved: the plan runs to its end
+    /// (the cancel is not tried again for this plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_refused: Option<bool>,
     /// Job: its current step (Preparing, Prepared, Converging, Fencing, Importing, Copying,
-    /// Copied, Done).
+    /// Paused, Copied, Done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// Job: keys moved so far.
@@ -632,5 +689,31 @@ pub fn selects(policy: &CachePolicy, instance: &RedisInstance) -> bool {
         Some(selector) => {
             Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(instance.labels()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rebalance_annotation_takes_pause_resume_and_cancel_and_names_itself_otherwise() {
+        assert_eq!(RebalanceControl::parse(None), Ok(RebalanceControl::Run));
+        assert_eq!(RebalanceControl::parse(Some("")), Ok(RebalanceControl::Run));
+        assert_eq!(
+            RebalanceControl::parse(Some("resume")),
+            Ok(RebalanceControl::Run)
+        );
+        assert_eq!(
+            RebalanceControl::parse(Some(" pause ")),
+            Ok(RebalanceControl::Pause)
+        );
+        assert_eq!(
+            RebalanceControl::parse(Some("cancel")),
+            Ok(RebalanceControl::Cancel)
+        );
+        let err = RebalanceControl::parse(Some("stop")).unwrap_err();
+        assert!(err.contains(REBALANCE_CONTROL_ANNOTATION) && err.contains("\"stop\""));
+        assert!(err.contains("pause, resume or cancel"));
     }
 }

@@ -25,6 +25,7 @@
 //!    and remove the markers; remove the checkpoints.
 
 mod batch;
+mod control;
 mod copy;
 mod piecewise;
 
@@ -160,6 +161,10 @@ struct Job {
     total: u64,
     started: Instant,
     last_report: Instant,
+    /// When the copy last read the policy's `redisfleet.io/rebalance` annotation.
+    control_read: Instant,
+    /// The annotation asked for a pause: the copy holds once its batches in flight landed.
+    pausing: bool,
     mover: mover::Mover,
 }
 
@@ -334,6 +339,8 @@ impl Job {
             total: 0,
             started: Instant::now(),
             last_report: Instant::now(),
+            control_read: Instant::now(),
+            pausing: false,
             mover,
         })
     }
@@ -426,7 +433,7 @@ impl Job {
         &self,
         field: impl Fn(&RebalanceStatus) -> Option<i64>,
     ) -> Result<Option<i64>, Error> {
-        let deadline = Instant::now() + self.config.publish_timeout;
+        let mut deadline = Instant::now() + self.config.publish_timeout;
         loop {
             let policy = self.policies.get(&self.config.policy).await?;
             let Some(plan) = current_plan(&policy, self.config.plan_id) else {
@@ -435,6 +442,10 @@ impl Job {
             };
             if let Some(v) = field(&plan) {
                 return Ok(Some(v));
+            }
+            if control::paused(&policy) {
+                // A paused plan is not flipped: the wait starts again once it resumes.
+                deadline = Instant::now() + self.config.publish_timeout;
             }
             if Instant::now() > deadline {
                 return Err(Error::Timeout(

@@ -43,7 +43,7 @@ use tracing::{debug, warn};
 
 use crate::api::RedisInstance;
 use crate::api::cache_policy::{
-    CachePolicy, REBALANCE_NOW_ANNOTATION, RebalanceStatus, config_map_name,
+    CachePolicy, REBALANCE_NOW_ANNOTATION, RebalanceControl, RebalanceStatus, config_map_name,
 };
 use crate::rebalance::plan::PlanInput;
 use crate::routing::table::RoutingTable;
@@ -296,6 +296,11 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     // Turning rebalancing off starts no new plan; one under way runs to its end (stopped
     // midway, its ranges would be routed to instances without their data).
     let mut rb = policy.status.as_ref().and_then(|s| s.rebalance.clone());
+    // `redisfleet.io/rebalance: pause` holds the plan in progress: no flip is published, and
+    // the Job moves no key until it is resumed.
+    if let Some(r) = rb.as_mut().filter(|r| r.is_active()) {
+        r.paused = (RebalanceControl::of(&policy) == RebalanceControl::Pause).then_some(true);
+    }
     let rebalance_on =
         policy.spec.balancing.rebalance.enabled || rb.as_ref().is_some_and(|r| r.is_active());
     let mut abandoned = Vec::new();

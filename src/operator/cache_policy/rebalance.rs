@@ -33,8 +33,8 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::api::cache_policy::{
-    CachePolicy, DEFAULT_CATEGORY, MoveStatus, REBALANCE_NOW_ANNOTATION, RebalanceStatus,
-    rebalance_phase, rebalance_step,
+    CachePolicy, DEFAULT_CATEGORY, MoveStatus, REBALANCE_CONTROL_ANNOTATION,
+    REBALANCE_NOW_ANNOTATION, RebalanceControl, RebalanceStatus, rebalance_phase, rebalance_step,
 };
 use crate::api::conditions::Time;
 use crate::api::redis_instance::InstancePhase;
@@ -60,7 +60,7 @@ pub use abandon::{
 };
 
 /// Every field of a [`RebalanceStatus`] as it is written (camelCase).
-const REBALANCE_FIELDS: [&str; 18] = [
+const REBALANCE_FIELDS: [&str; 20] = [
     "phase",
     "planId",
     "job",
@@ -73,6 +73,8 @@ const REBALANCE_FIELDS: [&str; 18] = [
     "finishedAt",
     "message",
     "forcedBy",
+    "paused",
+    "cancelRefused",
     "step",
     "keysMoved",
     "keysTotal",
@@ -470,7 +472,10 @@ fn shape_for_rebalance(
     // serves, from a legacy instance, import from the start).
     let epoch = u64::try_from(r.plan_id).unwrap_or_default();
     match r.phase.as_str() {
-        rebalance_phase::PREPARING if step == Some(rebalance_step::PREPARED) => {
+        // A paused plan is not flipped: its Job waits, and the old owners serve.
+        rebalance_phase::PREPARING
+            if step == Some(rebalance_step::PREPARED) && r.paused != Some(true) =>
+        {
             overlay_migrating(table, &moves, epoch);
             Some(Transition::Flip)
         }
@@ -530,11 +535,30 @@ pub async fn drive(
     sample: &PolicySample,
 ) -> Result<Option<RebalanceStatus>, Error> {
     let driver = Driver::new(&ctx.shared, &ctx.jobs, policy, rb.as_ref());
+    let control = driver.control().await;
     if let Some(r) = rb.clone().filter(RebalanceStatus::is_active) {
-        return driver.follow(r).await.map(Some);
+        let r = if control == RebalanceControl::Cancel {
+            driver.cancel(r).await?
+        } else {
+            r
+        };
+        if !r.is_active() {
+            return Ok(Some(r));
+        }
+        return driver.follow(r).await.map(|mut r| {
+            if !r.is_active() {
+                r.paused = None;
+            }
+            Some(r)
+        });
     }
     if !policy.spec.balancing.rebalance.enabled {
         // Turned off while a plan ran: that plan is over, no other starts.
+        return Ok(rb);
+    }
+    if control != RebalanceControl::Run {
+        // Paused or cancelled: no plan starts (failbacks included: the fallback keeps
+        // serving the failed-over ranges) until the annotation says resume or goes.
         return Ok(rb);
     }
     // Nothing running: plan.
@@ -680,6 +704,68 @@ impl<'a> Driver<'a> {
             reference: policy.object_ref(&()),
             forced,
         }
+    }
+
+    /// What the `redisfleet.io/rebalance` annotation asks for; an unknown value is reported
+    /// (a Warning Event naming the annotation) and read as `resume`.
+    async fn control(&self) -> RebalanceControl {
+        let value = self.policy.annotations().get(REBALANCE_CONTROL_ANNOTATION);
+        match RebalanceControl::parse(value.map(String::as_str)) {
+            Ok(control) => control,
+            Err(message) => {
+                warn!(%message, "rebalance annotation");
+                self.event("RebalanceAnnotationInvalid", true, message)
+                    .await;
+                RebalanceControl::Run
+            }
+        }
+    }
+
+    /// `redisfleet.io/rebalance: cancel` on plan `r` in progress. Before any key moved, every
+    /// Job of the plan is fenced off its instances and the plan is rolled back: the old
+    /// owners serve every range, as after a plan that never started. Once keys moved, a
+    /// range's keys are split between source and target and only the plan's end puts them in
+    /// one place: the plan runs on (pause holds it), and the cancel is not tried again.
+    async fn cancel(&self, mut r: RebalanceStatus) -> Result<RebalanceStatus, Error> {
+        if r.cancel_refused == Some(true) {
+            return Ok(r);
+        }
+        if before_import(&r) && self.nothing_imported(&r).await {
+            r.phase = rebalance_phase::FAILED.to_owned();
+            r.finished_at = Some(Time(Timestamp::now()));
+            r.paused = None;
+            r.message = Some(format!(
+                "cancelled ({REBALANCE_CONTROL_ANNOTATION}=cancel) before any key moved: rolled back, the old owners serve every range; no plan starts until the annotation says resume or goes"
+            ));
+            info!(plan = r.plan_id, "rebalance cancelled and rolled back");
+            self.event(
+                "RebalanceCancelled",
+                false,
+                format!(
+                    "plan {}: {}",
+                    r.plan_id,
+                    r.message.clone().unwrap_or_default()
+                ),
+            )
+            .await;
+            return Ok(r);
+        }
+        r.cancel_refused = Some(true);
+        r.message = Some(format!(
+            "cancel ({REBALANCE_CONTROL_ANNOTATION}=cancel) came after keys moved: their ranges are split between sources and targets, so the plan runs to its end ({REBALANCE_CONTROL_ANNOTATION}=pause holds it); no other plan starts until the annotation says resume or goes"
+        ));
+        warn!(plan = r.plan_id, "rebalance cancel refused: keys moved");
+        self.event(
+            "RebalanceCancelRefused",
+            true,
+            format!(
+                "plan {}: {}",
+                r.plan_id,
+                r.message.clone().unwrap_or_default()
+            ),
+        )
+        .await;
+        Ok(r)
     }
 
     /// Follows the Job of the rebalance in progress `r`: recreates it when it is gone,

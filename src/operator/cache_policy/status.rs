@@ -258,6 +258,17 @@ pub fn set_rebalancing_condition(
 ) {
     use crate::api::cache_policy::rebalance_phase;
     let (on, reason, message) = match &status.rebalance {
+        Some(r) if r.is_active() && r.paused == Some(true) => (
+            true,
+            "Paused".to_owned(),
+            format!(
+                "plan {} paused (redisfleet.io/rebalance=pause) in {}: {} of {} keys moved",
+                r.plan_id,
+                r.phase,
+                r.keys_moved.unwrap_or(0),
+                r.keys_total.unwrap_or(0)
+            ),
+        ),
         Some(r) if r.is_active() => (
             true,
             r.phase.clone(),

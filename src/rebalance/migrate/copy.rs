@@ -124,6 +124,13 @@ impl Job {
                     if pending.is_empty() {
                         break;
                     };
+                    if self.pause_requested().await? {
+                        if !in_flight.is_empty() {
+                            // Pause with no key in transit: land what is in flight first.
+                            break;
+                        }
+                        self.hold().await?;
+                    }
                     if let Some(wait) = self.pace() {
                         if !in_flight.is_empty() {
                             // Land (and report) what is in flight while the rate holds the
@@ -170,7 +177,7 @@ impl Job {
     }
 
     /// Moves the keys sidecars asked for (a command touched moved and unmoved keys at once).
-    async fn urgent(&mut self) -> Result<(), Error> {
+    pub(super) async fn urgent(&mut self) -> Result<(), Error> {
         let resolver = self.resolver.clone();
         let list = names::urgent(&self.mover.policy);
         let mut sources: Vec<String> = self.steps.iter().map(|s| s.from.clone()).collect();

@@ -448,6 +448,8 @@ fn a_new_plan_clears_every_field_of_the_previous_one() {
         finished_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
         message: Some("abandoned".into()),
         forced_by: Some("me".into()),
+        paused: Some(true),
+        cancel_refused: Some(true),
         step: Some("Done".into()),
         keys_moved: Some(1),
         keys_total: Some(1),
@@ -605,4 +607,38 @@ fn with_rebalancing_off_the_last_plan_s_result_stands() {
         published.category("menu").unwrap().slots,
         desired.category("menu").unwrap().slots
     );
+}
+
+#[test]
+fn a_paused_plan_is_not_flipped_until_it_resumes() {
+    // `redisfleet.io/rebalance: pause` before the flip: the Job has prepared the targets, but
+    // the operator publishes no migrating ranges while the plan is paused.
+    let t = two_instance_table();
+    let views = vec![
+        view("primary", InstancePhase::Ready, false),
+        view("secondary", InstancePhase::Ready, false),
+    ];
+    let mut r = RebalanceStatus {
+        phase: rebalance_phase::PREPARING.to_owned(),
+        plan_id: 7,
+        step: Some(rebalance_step::PREPARED.to_owned()),
+        moves: to_status(&[Move {
+            category: "auth".into(),
+            range: SlotRange::new(0, 99),
+            from: "primary".into(),
+            to: "secondary".into(),
+            bytes: 0,
+        }]),
+        paused: Some(true),
+        ..RebalanceStatus::default()
+    };
+    let (held, transition) = table_to_publish(&t, Some(&t), &views, Some(&r), true);
+    assert!(
+        transition.is_none() && held.migrating.is_empty(),
+        "{held:?}"
+    );
+    r.paused = None;
+    let (flipped, transition) = table_to_publish(&t, Some(&t), &views, Some(&r), true);
+    assert!(matches!(transition, Some(Transition::Flip)));
+    assert_eq!(flipped.migrating.len(), 1, "{flipped:?}");
 }

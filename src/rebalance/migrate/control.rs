@@ -1,0 +1,72 @@
+//! `redisfleet.io/rebalance: pause` as the Job sees it. The copy holds between batches —
+//! every batch in flight has landed, so no key is in transit — and stays there, moving only
+//! the keys sidecars ask for (a client waits on them), until the annotation says `resume` or
+//! goes. Before the flip the operator holds the plan itself (it publishes no migrating
+//! ranges), and the Job's wait for the flip does not time out meanwhile.
+
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::api::CachePolicy;
+use crate::api::cache_policy::{REBALANCE_CONTROL_ANNOTATION, RebalanceControl, rebalance_step};
+
+use super::{Error, Job};
+
+/// How often the copy reads the policy's annotation.
+const CONTROL_EVERY: Duration = Duration::from_secs(1);
+/// How often a paused Job reports (a report also finds out that a newer attempt took over).
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether `policy` asks the plan to hold.
+pub(super) fn paused(policy: &CachePolicy) -> bool {
+    RebalanceControl::of(policy) == RebalanceControl::Pause
+}
+
+impl Job {
+    /// Whether the policy asks the copy to pause: the annotation is read at most once per
+    /// [`CONTROL_EVERY`]; once seen, the request stands until [`Job::hold`] ran.
+    pub(super) async fn pause_requested(&mut self) -> Result<bool, Error> {
+        if !self.pausing && self.control_read.elapsed() >= CONTROL_EVERY {
+            self.control_read = Instant::now();
+            let policy = self.policies.get(&self.config.policy).await?;
+            self.pausing = paused(&policy);
+        }
+        Ok(self.pausing)
+    }
+
+    /// Holds the copy while the policy says pause (call with no batch in flight). Keys that
+    /// sidecars ask for still move; the time held does not count toward the copy's rate, so
+    /// the copy does not burst to catch up when it resumes.
+    pub(super) async fn hold(&mut self) -> Result<(), Error> {
+        let since = Instant::now();
+        info!(
+            moved = self.moved,
+            total = self.total,
+            annotation = REBALANCE_CONTROL_ANNOTATION,
+            "paused"
+        );
+        self.report(rebalance_step::PAUSED, &[]).await?;
+        loop {
+            tokio::time::sleep(CONTROL_EVERY).await;
+            self.urgent().await?;
+            let policy = self.policies.get(&self.config.policy).await?;
+            if !paused(&policy) {
+                break;
+            }
+            if self.last_report.elapsed() >= REPORT_EVERY {
+                self.report(rebalance_step::PAUSED, &[]).await?;
+            }
+        }
+        let held = since.elapsed();
+        self.started += held;
+        self.pausing = false;
+        self.control_read = Instant::now();
+        info!(
+            seconds = held.as_secs_f64(),
+            policy = %self.config.policy,
+            "resumed"
+        );
+        self.report(rebalance_step::COPYING, &[]).await
+    }
+}
