@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
-use crate::api::cache_policy::CachePolicy;
+use crate::api::cache_policy::{CachePolicy, REBALANCE_CONTROL_ANNOTATION, RebalanceControl};
 use crate::operator::cache_policy::build::{InstanceView, plan_routing};
 use crate::operator::cache_policy::{planning, rebalance};
 use crate::rebalance::plan::{self, PlanInput};
@@ -266,7 +266,8 @@ pub fn preview(inputs: &Inputs<'_>, what_if: Vec<String>, mut notes: Vec<String>
 }
 
 /// When the operator would act on a plan: not while one runs, not before the cooldown has
-/// passed, never with rebalancing off.
+/// passed, not while the `redisfleet.io/rebalance` annotation holds it, never with
+/// rebalancing off.
 fn when(policy: &CachePolicy, now: Timestamp) -> Option<String> {
     let rebalance = &policy.spec.balancing.rebalance;
     if !rebalance.enabled {
@@ -274,6 +275,19 @@ fn when(policy: &CachePolicy, now: Timestamp) -> Option<String> {
             "rebalancing is off (spec.balancing.rebalance.enabled: false): the operator moves nothing"
                 .to_owned(),
         );
+    }
+    match RebalanceControl::of(policy) {
+        RebalanceControl::Run => {}
+        held => {
+            let value = if held == RebalanceControl::Pause {
+                "pause"
+            } else {
+                "cancel"
+            };
+            return Some(format!(
+                "rebalancing is held ({REBALANCE_CONTROL_ANNOTATION}={value}): the operator starts no plan until the annotation says resume or goes"
+            ));
+        }
     }
     let r = policy.status.as_ref().and_then(|s| s.rebalance.as_ref())?;
     if r.is_active() {

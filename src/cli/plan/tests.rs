@@ -198,3 +198,27 @@ fn the_json_document_round_trips() {
     let back: Preview = serde_json::from_str(&json).unwrap();
     assert_eq!(back, p);
 }
+
+#[test]
+fn a_held_rebalance_says_so_and_still_shows_what_would_move() {
+    let mut s = shop();
+    assert_eq!(preview_of(&s, &s.views, 80).when, None);
+    for (value, shown) in [("pause", "=pause"), ("cancel", "=cancel")] {
+        s.policy.metadata.annotations = Some(BTreeMap::from([(
+            "redisfleet.io/rebalance".to_owned(),
+            value.to_owned(),
+        )]));
+        let p = preview_of(&s, &s.views, 80);
+        let when = p.when.unwrap_or_default();
+        assert!(
+            when.contains(shown) && when.contains("starts no plan"),
+            "{when}"
+        );
+        assert!(!p.moves.is_empty());
+    }
+    s.policy.metadata.annotations = Some(BTreeMap::from([(
+        "redisfleet.io/rebalance".to_owned(),
+        "resume".to_owned(),
+    )]));
+    assert_eq!(preview_of(&s, &s.views, 80).when, None);
+}
