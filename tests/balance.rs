@@ -444,7 +444,6 @@ async fn three_instances_of_30_mb_holding_32_mb_end_within_25_to_45() {
         r.moves.iter().all(|m| m.to != "primary"),
         "nothing moves back onto the fullest instance: {r:#?}"
     );
-    let _ = std::fs::write("/tmp/wt14-operator.log", shop.operator.logs());
     let shares = [
         ("primary", share(&shop.primary).await),
         ("secondary", share(&shop.secondary).await),
