@@ -2,7 +2,8 @@
 //! operator and of a sidecar (each restarted, as Kubernetes would); SIGSTOP … SIGCONT of a
 //! redis-server, shorter and longer than the failover threshold (probes every 1 s, 2 failures);
 //! an instance added, drained and removed once empty; a category filled past the capacity
-//! threshold; and `redisfleet.io/rebalance-now`. Fills and drains keep the fleet within its
+//! threshold; `redisfleet.io/rebalance-now`; and `redisfleet.io/rebalance` set to `pause` or
+//! `cancel` for 1–8 s, then removed. Fills and drains keep the fleet within its
 //! capacity ([`fleet_budget`]): a fleet filled whole refuses writes with `-OOM`, as a full
 //! Redis does, and the checker counts every refusal as a failure.
 //!
@@ -34,7 +35,7 @@ pub async fn inject(fleet: Arc<Fleet>, mut rng: Rng, until: Instant) -> Counts {
             break;
         }
         tokio::time::sleep(gap).await;
-        let kinds = [4, 2, 2, 2, 2, 3, 1, 2];
+        let kinds = [4, 2, 2, 2, 2, 3, 1, 2, 2];
         match rng.weighted(&kinds) {
             0 => {
                 if fleet.node.kill_running() > 0 {
@@ -77,6 +78,22 @@ pub async fn inject(fleet: Arc<Fleet>, mut rng: Rng, until: Instant) -> Counts {
                 forced += 1;
                 fleet.rebalance_now(&format!("chaos-{forced}")).await;
                 *counts.entry("rebalance-now").or_default() += 1;
+            }
+            8 => {
+                // Pause or cancel whatever plan runs (or none), and resume after a while.
+                let (value, what) = if rng.range(0, 2) == 0 {
+                    ("pause", "rebalance paused, then resumed")
+                } else {
+                    ("cancel", "rebalance cancelled, then resumed")
+                };
+                fleet.rebalance_control(Some(value)).await;
+                let hold = Duration::from_millis(rng.range(1_000, 8_000));
+                let f = fleet.clone();
+                pauses.push(tokio::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    f.rebalance_control(None).await;
+                    Some(what)
+                }));
             }
             _ => {
                 if let Some(what) = lifecycle(&fleet, &mut rng, &mut added).await {

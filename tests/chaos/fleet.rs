@@ -573,6 +573,28 @@ impl Fleet {
             .await;
     }
 
+    /// Sets (`Some`) or removes (`None`) the policy's `redisfleet.io/rebalance` annotation;
+    /// retried until the API server takes it (a held rebalance left behind never settles).
+    pub async fn rebalance_control(&self, value: Option<&str>) {
+        for _ in 0..50 {
+            let done = self
+                .policies
+                .patch(
+                    POLICY,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"metadata": {"annotations": {
+                        redis_fleet::api::cache_policy::REBALANCE_CONTROL_ANNOTATION: value
+                    }}})),
+                )
+                .await;
+            if done.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the rebalance annotation could not be set to {value:?}");
+    }
+
     /// `used_memory` of every instance still in the fleet that answers within a second.
     pub async fn used_memory(&self) -> Vec<(String, u64)> {
         let clients: Vec<(String, redis::Client)> = lock(&self.members)
