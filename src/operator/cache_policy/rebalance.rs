@@ -730,7 +730,8 @@ impl<'a> Driver<'a> {
         if r.cancel_refused == Some(true) {
             return Ok(r);
         }
-        if before_import(&r) && self.nothing_imported(&r).await {
+        let early = before_import(&r);
+        if early && self.nothing_imported(&r).await {
             r.phase = rebalance_phase::FAILED.to_owned();
             r.finished_at = Some(Time(Timestamp::now()));
             r.paused = None;
@@ -750,9 +751,15 @@ impl<'a> Driver<'a> {
             .await;
             return Ok(r);
         }
+        // Refused for good: trying again would fence each new attempt off in turn.
         r.cancel_refused = Some(true);
+        let why = if early {
+            "could not roll the plan back: a source of it imports already (keys may have moved), or one of its instances did not answer"
+        } else {
+            "came after keys moved: their ranges are split between sources and targets"
+        };
         r.message = Some(format!(
-            "cancel ({REBALANCE_CONTROL_ANNOTATION}=cancel) came after keys moved: their ranges are split between sources and targets, so the plan runs to its end ({REBALANCE_CONTROL_ANNOTATION}=pause holds it); no other plan starts until the annotation says resume or goes"
+            "cancel ({REBALANCE_CONTROL_ANNOTATION}=cancel) {why}, so the plan runs to its end ({REBALANCE_CONTROL_ANNOTATION}=pause holds it); no other plan starts until the annotation says resume or goes"
         ));
         warn!(plan = r.plan_id, "rebalance cancel refused: keys moved");
         self.event(
@@ -822,7 +829,8 @@ impl<'a> Driver<'a> {
                     ));
                     return Ok(r);
                 }
-                if before_import(&r) && self.nothing_imported(&r).await {
+                let early = before_import(&r);
+        if early && self.nothing_imported(&r).await {
                     r.phase = rebalance_phase::FAILED.to_owned();
                     r.finished_at = Some(Time(Timestamp::now()));
                     r.message = Some(format!(
