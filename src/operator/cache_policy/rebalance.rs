@@ -829,8 +829,7 @@ impl<'a> Driver<'a> {
                     ));
                     return Ok(r);
                 }
-                let early = before_import(&r);
-        if early && self.nothing_imported(&r).await {
+                if before_import(&r) && self.nothing_imported(&r).await {
                     r.phase = rebalance_phase::FAILED.to_owned();
                     r.finished_at = Some(Time(Timestamp::now()));
                     r.message = Some(format!(
