@@ -46,8 +46,12 @@
 //! When an instance is above the threshold, when forced, when slots must leave (a drain, a
 //! tier change), or when placement differs from the owners (a join, a drain, a weight change,
 //! overflow waiting to return) *and* some instance is outside the band. A fleet inside the
-//! band whose placement merely differs moves nothing; so does a fleet outside the band with
-//! nothing that triggers (it is rebalanced when an instance passes the threshold).
+//! band whose placement differs follows placement only when that is cheap — at most
+//! [`CHEAP_PLACEMENT_PERCENT`] of its capacity, no instance pushed farther from the mean
+//! than half the band (or than it was), so that no balance plan can follow to move it back:
+//! a newcomer to an empty fleet takes its slots at once — and otherwise moves nothing; so
+//! does a fleet outside the band with nothing that triggers (it is rebalanced when an
+//! instance passes the threshold).
 //!
 //! # How
 //!
@@ -71,6 +75,12 @@ mod flow;
 
 /// Half-width of the balance band, in percentage points of capacity around the fleet's mean.
 pub const BAND_POINTS: u32 = 10;
+
+/// A fleet within the band whose placement changed (a join, a weight) follows placement
+/// anyway when that moves at most this share of its capacity, in percent: a newcomer to an
+/// empty or nearly empty fleet takes its slots at once, at no cost, instead of a larger move
+/// once the fleet has filled.
+pub const CHEAP_PLACEMENT_PERCENT: u64 = 1;
 
 /// Half-width of the band a forced plan (`redisfleet.io/rebalance-now`) aims at.
 pub const FORCED_BAND_POINTS: u32 = 5;

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use super::flow::{Arc, Cost, Network};
 use super::{
-    Assessment, BAND_POINTS, Balance, DRAIN_LIMIT_PERCENT, FORCED_BAND_POINTS, InstanceBalance,
-    InstanceLoad, MARGIN_BUDGET, Move, Plan, PlanInput, bytes_per_slot, merge_adjacent,
+    Assessment, BAND_POINTS, Balance, CHEAP_PLACEMENT_PERCENT, DRAIN_LIMIT_PERCENT,
+    FORCED_BAND_POINTS, InstanceBalance, InstanceLoad, MARGIN_BUDGET, Move, Plan, PlanInput,
+    bytes_per_slot, merge_adjacent,
 };
 use crate::routing::slots::SlotRange;
 
@@ -632,7 +633,6 @@ impl<'i> Fleet<'i> {
     fn moves_of(&self, s: &Solution, follow_placement: bool) -> Vec<Move> {
         let mut out = Vec::new();
         for (gi, g) in self.groups.iter().enumerate() {
-            let holder = self.members[g.holder].load.name.as_str();
             let mut flows: Vec<(usize, bool, i64)> = s
                 .flows
                 .iter()
@@ -690,32 +690,93 @@ impl<'i> Fleet<'i> {
                     *t = self.placement_target(g, i);
                 }
             }
-            // Runs of consecutive slots with one target.
-            let mut picked: Vec<(u16, usize)> = g
-                .slots
-                .iter()
-                .zip(&to)
-                .filter_map(|(s, t)| t.map(|t| (*s, t)))
-                .collect();
-            picked.sort_by_key(|(s, t)| (*t, *s));
-            let mut runs: Vec<(SlotRange, usize)> = Vec::new();
-            for (slot, k) in picked {
-                match runs.last_mut() {
-                    Some((r, t)) if *t == k && r.end + 1 == slot => r.end = slot,
-                    _ => runs.push((SlotRange::new(slot, slot), k)),
-                }
-            }
-            for (range, k) in runs {
-                out.push(Move {
-                    category: g.category.clone(),
-                    range,
-                    from: holder.to_owned(),
-                    to: self.members[k].load.name.clone(),
-                    bytes: (g.per_slot * f64::from(range.len())).round() as u64,
-                });
-            }
+            self.push_moves(&mut out, g, &to);
         }
         out
+    }
+
+    /// The plan that follows placement when it moves at most [`CHEAP_PLACEMENT_PERCENT`] of
+    /// the fleet's capacity; `None` when it would move more, or nothing.
+    fn cheap_placement(&self, now: &Balance) -> Option<Plan> {
+        let moves = merge_adjacent(self.placement_moves());
+        let bytes: u64 = moves.iter().map(|m| m.bytes).sum();
+        let limit = self.capacity.max(0) as u64 * CHEAP_PLACEMENT_PERCENT / 100;
+        if moves.is_empty() || bytes > limit {
+            return None;
+        }
+        let mut balance = now.clone();
+        apply_moves(&mut balance, &moves);
+        // Never toward the band's edges: no instance ends farther from the mean than half the
+        // band, or than it was — so following placement can never set off a balance plan
+        // that moves the data back.
+        let mean = balance.mean;
+        let near = |share: Option<f64>| share.map_or(0.0, |s| (s - mean).abs());
+        if balance.instances.iter().filter(|i| i.in_fleet).any(|i| {
+            near(i.share_after()) > (balance.band / 2.0).max(near(i.share_before())) + 1e-9
+        }) {
+            return None;
+        }
+        balance.planned_bytes = bytes;
+        balance.least_bytes = 0;
+        Some(Plan {
+            reason: format!(
+                "placement changed (an instance joined, drains or changed weight) and following it moves little: {} of the fleet's capacity (at most {CHEAP_PLACEMENT_PERCENT}%), every instance within the band",
+                percent(bytes as f64 / self.capacity.max(1) as f64)
+            ),
+            moves,
+            balance,
+        })
+    }
+
+    /// Every slot to its placement owner (a target on the category's tiers, not above the
+    /// threshold): the plan of a fleet that is within the band but whose placement changed,
+    /// made only when it moves little ([`CHEAP_PLACEMENT_PERCENT`]) — a newcomer to an empty
+    /// fleet takes its share at once, instead of a larger move once the fleet fills.
+    fn placement_moves(&self) -> Vec<Move> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            if !self.members[g.holder].target {
+                continue;
+            }
+            let to: Vec<Option<usize>> = (0..g.slots.len())
+                .map(|i| {
+                    self.placement_target(g, i).filter(|k| {
+                        self.share(*k, self.members[*k].load.used as i64) <= self.threshold
+                    })
+                })
+                .collect();
+            self.push_moves(&mut out, g, &to);
+        }
+        out
+    }
+
+    /// The moves of group `g` whose `i`-th slot goes to target `to[i]`: runs of consecutive
+    /// slots with one target, each with its share of the group's bytes.
+    fn push_moves(&self, out: &mut Vec<Move>, g: &Group, to: &[Option<usize>]) {
+        let holder = self.members[g.holder].load.name.as_str();
+        let mut picked: Vec<(u16, usize)> = g
+            .slots
+            .iter()
+            .zip(to)
+            .filter_map(|(s, t)| t.map(|t| (*s, t)))
+            .collect();
+        picked.sort_by_key(|(s, t)| (*t, *s));
+        let mut runs: Vec<(SlotRange, usize)> = Vec::new();
+        for (slot, k) in picked {
+            match runs.last_mut() {
+                Some((r, t)) if *t == k && r.end + 1 == slot => r.end = slot,
+                _ => runs.push((SlotRange::new(slot, slot), k)),
+            }
+        }
+        for (range, k) in runs {
+            out.push(Move {
+                category: g.category.clone(),
+                range,
+                from: holder.to_owned(),
+                to: self.members[k].load.name.clone(),
+                bytes: (g.per_slot * f64::from(range.len())).round() as u64,
+            });
+        }
     }
 
     /// The placement owner of the group's `i`-th slot, when it is another target on the
@@ -781,6 +842,19 @@ impl<'i> Fleet<'i> {
     }
 }
 
+/// Sets each instance's `after` in `balance` to its `before` changed by `moves`' bytes.
+fn apply_moves(balance: &mut Balance, moves: &[Move]) {
+    let mut delta: BTreeMap<&str, i64> = BTreeMap::new();
+    for m in moves {
+        *delta.entry(m.from.as_str()).or_default() -= m.bytes as i64;
+        *delta.entry(m.to.as_str()).or_default() += m.bytes as i64;
+    }
+    for i in &mut balance.instances {
+        let d = delta.get(i.name.as_str()).copied().unwrap_or(0);
+        i.after = (i.before as i64 + d).max(0) as u64;
+    }
+}
+
 /// See [`super::assess`].
 pub(super) fn assess(input: &PlanInput<'_>) -> Assessment {
     let fleet = Fleet::new(input);
@@ -804,6 +878,15 @@ pub(super) fn assess(input: &PlanInput<'_>) -> Assessment {
     }
     let triggers = fleet.triggers(band);
     if triggers.is_empty() {
+        if fleet.placement_differs
+            && let Some(plan) = fleet.cheap_placement(&balance)
+        {
+            return Assessment {
+                plan: Some(plan.clone()),
+                balance: plan.balance,
+                idle: String::new(),
+            };
+        }
         let why = fleet.idle(band, &triggers);
         return idle(balance, why);
     }
@@ -833,15 +916,7 @@ pub(super) fn assess(input: &PlanInput<'_>) -> Assessment {
         return idle(balance, why);
     }
     // The balance the slot moves give (slots round the flow a little).
-    let mut delta: BTreeMap<&str, i64> = BTreeMap::new();
-    for m in &moves {
-        *delta.entry(m.from.as_str()).or_default() -= m.bytes as i64;
-        *delta.entry(m.to.as_str()).or_default() += m.bytes as i64;
-    }
-    for i in &mut balance.instances {
-        let d = delta.get(i.name.as_str()).copied().unwrap_or(0);
-        i.after = (i.before as i64 + d).max(0) as u64;
-    }
+    apply_moves(&mut balance, &moves);
     balance.aim = aim;
     balance.least_bytes = least_bytes.max(0) as u64;
     balance.planned_bytes = moves.iter().map(|m| m.bytes).sum();
