@@ -923,6 +923,12 @@ async fn count_on(server: &RedisServer, prefixes: &[&str]) -> usize {
     n
 }
 
+/// Keys of `prefixes` (filled on the secondary) that a plan moved away from it: on the
+/// primary or on `tertiary`.
+async fn moved_off(shop: &Shop, tertiary: &RedisServer, prefixes: &[&str]) -> usize {
+    count_on(&shop.primary, prefixes).await + count_on(tertiary, prefixes).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_finish() {
     // `redisfleet.io/rebalance: pause` mid-copy: the Job lands its batches in flight and moves
@@ -961,7 +967,7 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
         .cloned()
         .unwrap();
     assert_eq!(condition.reason, "Paused", "{condition:?}");
-    let held = count_on(&tertiary, &prefixes).await;
+    let held = moved_off(&shop, &tertiary, &prefixes).await;
     let moved = paused
         .status
         .unwrap()
@@ -972,7 +978,7 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     assert!(held > 0 && (held as i64) < 30_000, "{held}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
-        count_on(&tertiary, &prefixes).await,
+        moved_off(&shop, &tertiary, &prefixes).await,
         held,
         "keys moved while paused"
     );
@@ -980,12 +986,45 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     assert_eq!(still.keys_moved, Some(moved), "{still:#?}");
     assert_eq!(still.step.as_deref(), Some("Paused"));
 
+    // Commands over moved and unmoved keys at once make the sidecar ask the Job for the
+    // unmoved ones: the paused Job still moves those, and every such command answers.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", sidecar.port)).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut mgets = 0;
+    let mut round = 0usize;
+    while Instant::now() < until {
+        round += 1;
+        let some: Vec<&String> = (0..8)
+            .map(|n| &keys[(round * 7_919 + n * 3_659) % keys.len()])
+            .collect();
+        let got: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&some)
+            .query_async(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("MGET while paused: {e}"));
+        for (k, v) in some.iter().zip(got) {
+            assert_eq!(v.as_ref(), before.get(*k).map(|(v, _)| v), "{k}");
+        }
+        mgets += 1;
+    }
+    let asked = moved_off(&shop, &tertiary, &prefixes).await;
+    let urgent_moved = asked - held;
+    // Beyond what the commands asked for, the copy still moves nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        moved_off(&shop, &tertiary, &prefixes).await,
+        asked,
+        "keys moved while paused"
+    );
+    assert_eq!(rebalance_of(&shop).await.step.as_deref(), Some("Paused"));
+
     control(&shop, Some("resume")).await;
     wait_status(&shop, Some(&node), "never resumed", |r| {
         r.step.as_deref() == Some("Copying") && r.keys_moved.unwrap_or(0) > moved
     })
     .await;
-    assert!(count_on(&tertiary, &prefixes).await > held);
+    assert!(moved_off(&shop, &tertiary, &prefixes).await > held);
 
     control(&shop, Some("cancel")).await;
     let refused = wait_status(
@@ -1020,7 +1059,7 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     let table = table(&shop).await;
     assert!(table.migrating.is_empty(), "{table:#?}");
     eprintln!(
-        "pause: {held} keys on the target when paused, {} moved in all; traffic {} ops, {} errors",
+        "pause: {held} keys on the target when paused, {urgent_moved} more that {mgets} MGETs asked for while paused, {} moved in all; traffic {} ops, {} errors",
         done.keys_moved.unwrap_or(0),
         ledger.ops,
         ledger.errors.len()
@@ -1038,11 +1077,12 @@ async fn rebalance_of(shop: &Shop) -> redis_fleet::api::cache_policy::RebalanceS
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plan_cancelled_before_any_key_moved_is_rolled_back_and_planning_waits_for_resume() {
-    // A plan whose Job has not run yet (no node to run it) is cancelled: it is rolled back at
-    // once — the old owners serve every range, nothing migrates — and no plan starts while
-    // the annotation says cancel; `resume` lets the operator plan again, and that plan moves
-    // the data with every key intact.
+async fn a_paused_plan_is_not_flipped_and_a_cancel_rolls_it_back_then_resume_plans_again() {
+    // A join's plan is paused before its flip: its Job prepares the targets and waits, and the
+    // operator publishes no migrating ranges however long it waits. `cancel` then rolls it
+    // back — its running Job fenced off, no flip ever published, the old owners serving —
+    // and no plan starts while the annotation says cancel; `resume` lets the operator plan
+    // again, and that plan moves the data with every key intact.
     let shop = shop_with("cancel", slow_copy).await;
     let (_, plan) = settled(&shop).await;
     let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
@@ -1056,19 +1096,42 @@ async fn a_plan_cancelled_before_any_key_moved_is_rolled_back_and_planning_waits
         &[("redis-tertiary.example.com", &tertiary)],
     );
     assert!(kubectl_apply(shop.cp, &shop.ns, &yaml).status.success());
+    // No node yet: the plan waits for its Job to run.
     let started = wait_status(&shop, None, "no plan for the join", |r| {
         r.plan_id > plan && r.phase == rebalance_phase::PREPARING
     })
     .await;
     let planned = started.status.unwrap().rebalance.unwrap();
+    control(&shop, Some("pause")).await;
+    wait_status(&shop, None, "never marked paused", |r| {
+        r.paused == Some(true)
+    })
+    .await;
+    let node = Node::start(shop.cp, &shop.ns);
+    wait_status(&shop, Some(&node), "the Job never prepared", |r| {
+        r.step.as_deref() == Some("Prepared")
+    })
+    .await;
+    let version = table(&shop).await.version;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let held = rebalance_of(&shop).await;
+    assert_eq!(held.flip_version, None, "flipped while paused: {held:#?}");
+    assert_eq!(held.phase, rebalance_phase::PREPARING, "{held:#?}");
+    let unflipped = table(&shop).await;
+    assert!(unflipped.migrating.is_empty(), "{unflipped:#?}");
+    assert_eq!(
+        unflipped.version, version,
+        "a table was published while paused"
+    );
 
     control(&shop, Some("cancel")).await;
-    let cancelled = wait_status(&shop, None, "never rolled back", |r| {
+    let cancelled = wait_status(&shop, Some(&node), "never rolled back", |r| {
         r.phase == rebalance_phase::FAILED
     })
     .await;
     let r = cancelled.status.unwrap().rebalance.unwrap();
     assert_eq!(r.plan_id, planned.plan_id);
+    assert_eq!(r.flip_version, None, "a flip was published: {r:#?}");
     assert!(
         r.message
             .as_deref()
@@ -1078,9 +1141,8 @@ async fn a_plan_cancelled_before_any_key_moved_is_rolled_back_and_planning_waits
     );
     let rolled_back = table(&shop).await;
     assert!(rolled_back.migrating.is_empty(), "{rolled_back:#?}");
-    assert_eq!(count_on(&tertiary, &prefixes).await, 0);
-    // The Job of the cancelled plan, run now, finds its plan over and changes nothing.
-    let node = Node::start(shop.cp, &shop.ns);
+    assert_eq!(moved_off(&shop, &tertiary, &prefixes).await, 0);
+    // The cancelled plan's Job stops; no plan starts while the annotation says cancel.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let r2 = rebalance_of(&shop).await;
     assert_eq!(
@@ -1088,7 +1150,7 @@ async fn a_plan_cancelled_before_any_key_moved_is_rolled_back_and_planning_waits
         (r.plan_id, rebalance_phase::FAILED),
         "a plan started while the annotation says cancel: {r2:#?}"
     );
-    assert_eq!(count_on(&tertiary, &prefixes).await, 0);
+    assert_eq!(moved_off(&shop, &tertiary, &prefixes).await, 0);
 
     control(&shop, Some("resume")).await;
     let policy = wait_rebalanced(&shop, &node, r.plan_id, Duration::from_secs(180)).await;
@@ -1099,7 +1161,7 @@ async fn a_plan_cancelled_before_any_key_moved_is_rolled_back_and_planning_waits
     assert_same(&before, &after);
     assert_ledger(sidecar.port, &ledger).await;
     eprintln!(
-        "cancel: plan {} rolled back, plan {} moved {} keys; traffic {} ops, {} errors",
+        "cancel: plan {} held unflipped at table v{version}, rolled back; plan {} moved {} keys; traffic {} ops, {} errors",
         r.plan_id,
         done.plan_id,
         done.keys_moved.unwrap_or(0),

@@ -38,12 +38,13 @@ impl RebalanceControl {
     /// The control a value of the annotation asks for; an unknown value is an error that
     /// names the annotation and the values it takes.
     pub fn parse(value: Option<&str>) -> Result<Self, String> {
-        match value.map(str::trim) {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
             None | Some("" | "resume") => Ok(Self::Run),
             Some("pause") => Ok(Self::Pause),
             Some("cancel") => Ok(Self::Cancel),
-            Some(other) => Err(format!(
-                "annotation {REBALANCE_CONTROL_ANNOTATION}={other:?} is not understood (pause, resume or cancel); rebalancing goes on"
+            Some(_) => Err(format!(
+                "annotation {REBALANCE_CONTROL_ANNOTATION}={:?} is not understood (pause, resume or cancel); rebalancing goes on",
+                value.unwrap_or_default()
             )),
         }
     }
@@ -706,6 +707,10 @@ mod tests {
         );
         assert_eq!(
             RebalanceControl::parse(Some(" pause ")),
+            Ok(RebalanceControl::Pause)
+        );
+        assert_eq!(
+            RebalanceControl::parse(Some("Pause")),
             Ok(RebalanceControl::Pause)
         );
         assert_eq!(

@@ -218,6 +218,9 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     job.import(true, false).await?;
     job.total = job.count().await?;
     job.report(rebalance_step::COPYING, &[]).await?;
+    // `keysPerSecond` counts from here: the time before (a paused flip, converging, counting)
+    // gives the copy no allowance to burst with.
+    job.started = Instant::now();
     job.copy().await?;
     job.sweep().await?;
     job.report(rebalance_step::COPIED, &[]).await?;

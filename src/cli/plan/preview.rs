@@ -276,6 +276,19 @@ fn when(policy: &CachePolicy, now: Timestamp) -> Option<String> {
                 .to_owned(),
         );
     }
+    let r = policy.status.as_ref().and_then(|s| s.rebalance.as_ref());
+    if let Some(r) = r.filter(|r| r.is_active()) {
+        return Some(format!(
+            "plan {} is {}{}: the operator plans again once it finished",
+            r.plan_id,
+            r.phase.to_lowercase(),
+            if r.paused == Some(true) {
+                format!(" and paused ({REBALANCE_CONTROL_ANNOTATION}=pause)")
+            } else {
+                String::new()
+            }
+        ));
+    }
     match RebalanceControl::of(policy) {
         RebalanceControl::Run => {}
         held => {
@@ -289,14 +302,7 @@ fn when(policy: &CachePolicy, now: Timestamp) -> Option<String> {
             ));
         }
     }
-    let r = policy.status.as_ref().and_then(|s| s.rebalance.as_ref())?;
-    if r.is_active() {
-        return Some(format!(
-            "plan {} is {}: the operator plans again once it finished",
-            r.plan_id,
-            r.phase.to_lowercase()
-        ));
-    }
+    let r = r?;
     let finished = r.finished_at.as_ref()?.0;
     let cooldown = rebalance.cooldown.get();
     let since = now.duration_since(finished).unsigned_abs();

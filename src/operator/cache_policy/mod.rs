@@ -297,9 +297,14 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     // midway, its ranges would be routed to instances without their data).
     let mut rb = policy.status.as_ref().and_then(|s| s.rebalance.clone());
     // `redisfleet.io/rebalance: pause` holds the plan in progress: no flip is published, and
-    // the Job moves no key until it is resumed.
+    // the Job moves no key until it is resumed. A cancel not decided yet holds the flip too
+    // (the rebalance step below rolls the plan back, or refuses).
     if let Some(r) = rb.as_mut().filter(|r| r.is_active()) {
-        r.paused = (RebalanceControl::of(&policy) == RebalanceControl::Pause).then_some(true);
+        r.paused = match RebalanceControl::of(&policy) {
+            RebalanceControl::Pause => Some(true),
+            RebalanceControl::Cancel if r.cancel_refused != Some(true) => Some(true),
+            _ => None,
+        };
     }
     let rebalance_on =
         policy.spec.balancing.rebalance.enabled || rb.as_ref().is_some_and(|r| r.is_active());
@@ -318,6 +323,9 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         )
         .await?;
         abandoned = rebalance::dropped_moves(before.as_ref(), rb.as_ref());
+    }
+    if let Some(r) = rb.as_mut().filter(|r| !r.is_active()) {
+        r.paused = None;
     }
 
     // Build, then apply.

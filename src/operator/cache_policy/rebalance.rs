@@ -159,8 +159,8 @@ pub fn hold_back(
     out
 }
 
-/// With rebalancing off, keeps the categories the last plan moved (`moves`, finished) as that
-/// plan left them, as [`hold_back`] would while rebalancing is on: a balance plan need not
+/// With rebalancing off, keeps the categories the last plan moved (`moves`; it finished, was
+/// rolled back or abandoned) as that plan left them, as [`hold_back`] would while rebalancing is on: a balance plan need not
 /// follow placement (overflow onto a fallback tier, ranges left in place once the fleet is
 /// in the band), and publishing placement the moment the plan ended re-routed those ranges
 /// away from their keys — a plan under way when rebalancing was turned off runs to its end,
@@ -420,10 +420,7 @@ pub fn table_to_publish(
     let mut table = if rebalance_on {
         hold_back(desired, previous, views)
     } else {
-        match (
-            previous,
-            rb.filter(|r| r.phase == rebalance_phase::SUCCEEDED),
-        ) {
+        match (previous, rb.filter(|r| !r.is_active())) {
             (Some(previous), Some(r)) => {
                 keep_plan_result(desired, previous, views, &from_status(&r.moves))
             }
@@ -521,6 +518,19 @@ fn before_import(r: &RebalanceStatus) -> bool {
                     | Some(rebalance_step::CONVERGING)
                     | Some(rebalance_step::FENCING)
             ))
+}
+
+/// The migration entry of move `m` of plan `plan_id`, as its flip publishes it (its marker
+/// is named after it).
+fn migration_of(m: &MoveStatus, plan_id: i64) -> Migration {
+    Migration {
+        category: m.category.clone(),
+        start: u16::try_from(m.start).unwrap_or_default(),
+        end: u16::try_from(m.end).unwrap_or_default(),
+        from: m.from.clone(),
+        to: m.to.clone(),
+        epoch: u64::try_from(plan_id).unwrap_or_default(),
+    }
 }
 
 /// Follows the Job of the rebalance in progress, or plans and starts a new one. Returns the
@@ -730,7 +740,9 @@ impl<'a> Driver<'a> {
         if r.cancel_refused == Some(true) {
             return Ok(r);
         }
-        let early = before_import(&r);
+        // Markers are read first, changing nothing: a plan that imports already is refused
+        // without fencing its running attempt off.
+        let early = before_import(&r) && self.no_marker(&r).await;
         if early && self.nothing_imported(&r).await {
             r.phase = rebalance_phase::FAILED.to_owned();
             r.finished_at = Some(Time(Timestamp::now()));
@@ -753,6 +765,7 @@ impl<'a> Driver<'a> {
         }
         // Refused for good: trying again would fence each new attempt off in turn.
         r.cancel_refused = Some(true);
+        r.paused = None;
         let why = if early {
             "could not roll the plan back: a source of it imports already (keys may have moved), or one of its instances did not answer"
         } else {
@@ -888,6 +901,30 @@ impl<'a> Driver<'a> {
         Ok(r)
     }
 
+    /// Whether no source of plan `r` holds its importing marker, read without changing
+    /// anything (`false` also when a source does not answer).
+    async fn no_marker(&self, r: &RebalanceStatus) -> bool {
+        let namespace = &self.policy_ns;
+        let key = format!("{namespace}/{}", self.policy.name_any());
+        let instances: Vec<Arc<RedisInstance>> = self.ctx.instances.state();
+        for m in &r.moves {
+            let Some(ri) = instances
+                .iter()
+                .find(|ri| ri.name_any() == m.from && ri.namespace().as_deref() == Some(namespace))
+            else {
+                return false;
+            };
+            let marker = names::importing(&key, &migration_of(m, r.plan_id));
+            if !matches!(
+                fences::importing(self.ctx, namespace, ri, &marker).await,
+                Ok(false)
+            ) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Fences every Job of plan `r` off its sources and targets, then checks that no source
     /// imports: `true` when the plan can be rolled back without moving a key.
     async fn nothing_imported(&self, r: &RebalanceStatus) -> bool {
@@ -920,19 +957,11 @@ impl<'a> Driver<'a> {
             let Some(ri) = find(&m.from) else {
                 return false;
             };
-            let migration = Migration {
-                category: m.category.clone(),
-                start: u16::try_from(m.start).unwrap_or_default(),
-                end: u16::try_from(m.end).unwrap_or_default(),
-                from: m.from.clone(),
-                to: m.to.clone(),
-                epoch: u64::try_from(r.plan_id).unwrap_or_default(),
-            };
             match fences::importing(
                 self.ctx,
                 namespace,
                 &ri,
-                &names::importing(&key, &migration),
+                &names::importing(&key, &migration_of(m, r.plan_id)),
             )
             .await
             {

@@ -11,12 +11,14 @@ use tracing::info;
 use crate::api::CachePolicy;
 use crate::api::cache_policy::{REBALANCE_CONTROL_ANNOTATION, RebalanceControl, rebalance_step};
 
-use super::{Error, Job};
+use super::{Error, Job, current_plan};
 
 /// How often the copy reads the policy's annotation.
 const CONTROL_EVERY: Duration = Duration::from_secs(1);
 /// How often a paused Job reports (a report also finds out that a newer attempt took over).
 const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How often a paused Job moves the keys sidecars ask for (as often as the copy would).
+const URGENT_EVERY: Duration = Duration::from_millis(20);
 
 /// Whether `policy` asks the plan to hold.
 pub(super) fn paused(policy: &CachePolicy) -> bool {
@@ -36,8 +38,10 @@ impl Job {
     }
 
     /// Holds the copy while the policy says pause (call with no batch in flight). Keys that
-    /// sidecars ask for still move; the time held does not count toward the copy's rate, so
-    /// the copy does not burst to catch up when it resumes.
+    /// sidecars ask for still move, the list emptied every [`URGENT_EVERY`] (a client waits on
+    /// them, and its sidecar gives up after a couple of seconds); the time held does not count
+    /// toward the copy's rate, so the copy does not burst to catch up when it resumes. A plan
+    /// that ended meanwhile (abandoned, rolled back) or a newer attempt stops the Job.
     pub(super) async fn hold(&mut self) -> Result<(), Error> {
         let since = Instant::now();
         info!(
@@ -47,10 +51,19 @@ impl Job {
             "paused"
         );
         self.report(rebalance_step::PAUSED, &[]).await?;
+        let mut read = Instant::now();
         loop {
-            tokio::time::sleep(CONTROL_EVERY).await;
+            tokio::time::sleep(URGENT_EVERY).await;
             self.urgent().await?;
+            if read.elapsed() < CONTROL_EVERY {
+                continue;
+            }
+            read = Instant::now();
             let policy = self.policies.get(&self.config.policy).await?;
+            if current_plan(&policy, self.config.plan_id).is_none_or(|r| r.attempts != self.attempt)
+            {
+                return Err(Error::Superseded);
+            }
             if !paused(&policy) {
                 break;
             }

@@ -601,6 +601,32 @@ fn with_rebalancing_off_the_last_plan_s_result_stands() {
         after_plan.categories[i].slots,
         "the plan's result stands"
     );
+    // A plan rolled back (cancelled, or out of attempts before anything moved) leaves the old
+    // owners serving its ranges: they stay with rebalancing off too, not re-routed to
+    // placement without their keys (review: cancel with rebalancing off).
+    let rolled_back = RebalanceStatus {
+        phase: rebalance_phase::FAILED.into(),
+        moves: vec![MoveStatus {
+            category: "menu".into(),
+            start: 0,
+            end: 99,
+            from: hot.clone(),
+            to: warm.clone(),
+        }],
+        ..done.clone()
+    };
+    let (published, _) = table_to_publish(
+        &desired,
+        Some(&after_plan),
+        &views,
+        Some(&rolled_back),
+        false,
+    );
+    assert_eq!(
+        published.category("menu").unwrap().slots,
+        after_plan.categories[i].slots,
+        "a rolled-back plan's ranges stay with their old owners"
+    );
     // Without a finished plan, rebalancing off publishes placement (re-routing, as documented).
     let (published, _) = table_to_publish(&desired, Some(&after_plan), &views, None, false);
     assert_eq!(
