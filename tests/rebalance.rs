@@ -466,10 +466,18 @@ async fn assert_ledger(port: u16, ledger: &Ledger) {
     }
 }
 
-/// Reads `keys` through the sidecar as a digest (value and absolute expiry).
+/// Reads `keys` through the sidecar as a digest (value and absolute expiry). The client waits
+/// up to 10 s for a pipeline (the redis crate's own limit is 500 ms): what this checks is that
+/// every key reads back, and 400 guarded commands mid-migration on a machine shared with other
+/// work took longer than that.
 async fn digest_through(port: u16, keys: &[String]) -> Digest {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    let mut c = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
     read_keys(&mut c, keys, 200).await.into_iter().collect()
 }
 
