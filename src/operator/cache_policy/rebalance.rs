@@ -120,6 +120,7 @@ pub fn hold_back(
         })
         .map(|v| v.name.as_str())
         .collect();
+    let selected: BTreeSet<&str> = views.iter().map(|v| v.name.as_str()).collect();
     let mut out = desired.clone();
     for i in 0..out.categories.len() {
         let name = out.categories[i].name.clone();
@@ -130,6 +131,21 @@ pub fn hold_back(
             continue;
         }
         let before = prev.owners();
+        // Where each slot's data is: on its owner, or — failed over — on the fallback that
+        // took the writes of the outage.
+        let mut holders: Vec<&str> = before.clone();
+        let failed_over: Vec<&Failover> = previous
+            .failover
+            .iter()
+            .filter(|f| f.category == name)
+            .collect();
+        for f in &failed_over {
+            for slot in f.start..=f.end {
+                if holders[usize::from(slot)] == f.from {
+                    holders[usize::from(slot)] = f.to.as_str();
+                }
+            }
+        }
         let mut owners: Vec<String> = out.categories[i]
             .owners()
             .into_iter()
@@ -137,13 +153,24 @@ pub fn hold_back(
             .collect();
         let mut held = false;
         for (slot, old) in before.iter().enumerate() {
-            if owners[slot] != *old && serving.contains(old) {
-                owners[slot] = (*old).to_owned();
+            let holder = holders[slot];
+            // Held when the data would have to move from a serving instance: the owner's
+            // own, or a fallback's while the owner is down (its range keeps its owner and
+            // its failover until the failback, as the range of a dead owner does).
+            if owners[slot] != *old && owners[slot] != holder && serving.contains(holder) {
+                owners[slot] = if holder != *old && !selected.contains(old) {
+                    // The failed owner left the fleet for good (deleted): the fallback that
+                    // holds the data owns the slot now; a rebalance moves it on later.
+                    holder.to_owned()
+                } else {
+                    (*old).to_owned()
+                };
                 held = true;
             }
         }
         if held {
             clip_failovers(&mut out.failover, &name, &owners);
+            restore_failovers(&mut out.failover, &failed_over, &owners);
             out.categories[i].slots = to_runs(&owners);
             out.set_basis(i, previous.basis(prev));
             // The endpoints of every owner must stay in the table.
@@ -221,6 +248,43 @@ fn clip_failovers(failover: &mut Vec<Failover>, category: &str, owners: &[String
         }
     }
     *failover = out;
+}
+
+/// Adds back, of the `previous` failover entries of one category, the slots whose failed
+/// owner still owns them in `owners` and that no entry covers: a failed-over slot held back
+/// for its dead owner stays with the fallback that holds its data.
+fn restore_failovers(failover: &mut Vec<Failover>, previous: &[&Failover], owners: &[String]) {
+    for f in previous {
+        let covered = |slot: u16| {
+            failover
+                .iter()
+                .any(|g| g.category == f.category && g.start <= slot && slot <= g.end)
+        };
+        let mut add = Vec::new();
+        let mut start: Option<u16> = None;
+        for slot in f.start..=f.end {
+            let wanted = owners[usize::from(slot)] == f.from && !covered(slot);
+            match (wanted, start) {
+                (true, None) => start = Some(slot),
+                (false, Some(s)) => {
+                    add.push(Failover {
+                        start: s,
+                        end: slot - 1,
+                        ..(*f).clone()
+                    });
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            add.push(Failover {
+                start: s,
+                ..(*f).clone()
+            });
+        }
+        failover.extend(add);
+    }
 }
 
 fn to_runs(owners: &[String]) -> Vec<SlotOwner> {

@@ -668,3 +668,58 @@ fn a_paused_plan_is_not_flipped_until_it_resumes() {
     assert!(matches!(transition, Some(Transition::Flip)));
     assert_eq!(flipped.migrating.len(), 1, "{flipped:?}");
 }
+
+#[test]
+fn a_dead_owner_keeps_its_failed_over_range_when_an_instance_joins_its_tier() {
+    // Chaos seed 4 (180 s, first run of the balance planner): extra-1 (hot) was failed over
+    // to the secondary when extra-2 joined the hot tier. Placement gave part of extra-1's
+    // range to extra-2, and the table routed it there at once — its owner was not serving, so
+    // nothing held it back — although its data, the writes of the outage, was on the
+    // secondary, which then freed it: 131 acknowledged writes lost, 4 deletes back.
+    let mut views = two();
+    let during = primary_failed_over(&mut views);
+    views.push(fixtures::example_view(
+        "extra",
+        "hot",
+        InstancePhase::Ready,
+        30,
+    ));
+    let desired = plan_routing("shop/shop", &shop(), &views, Some(&during))
+        .table
+        .unwrap();
+    let (published, _) = table_to_publish(&desired, Some(&during), &views, None, true);
+    fixtures::assert_failed_over_slots_stay_with_their_fallback(&during, &published);
+}
+
+#[test]
+fn a_failed_over_owner_that_is_deleted_leaves_its_range_to_the_fallback_that_holds_the_data() {
+    // The same while the dead owner's RedisInstance is deleted: its range cannot wait for a
+    // failback that never comes, and re-routing it to placement's new owner loses the writes
+    // of the outage; the fallback that holds them owns it.
+    let mut views = two();
+    let during = primary_failed_over(&mut views);
+    views.remove(0);
+    views.push(fixtures::example_view(
+        "extra",
+        "hot",
+        InstancePhase::Ready,
+        30,
+    ));
+    let desired = plan_routing("shop/shop", &shop(), &views, Some(&during))
+        .table
+        .unwrap();
+    let (published, _) = table_to_publish(&desired, Some(&during), &views, None, true);
+    fixtures::assert_failed_over_slots_stay_with_their_fallback(&during, &published);
+    assert!(
+        published.failover.iter().all(|f| f.from != "primary"),
+        "{:?}",
+        published.failover
+    );
+    assert!(
+        published
+            .categories
+            .iter()
+            .all(|c| !c.owners().contains(&"primary")),
+        "the deleted owner still owns slots"
+    );
+}
