@@ -584,19 +584,6 @@ fn before_import(r: &RebalanceStatus) -> bool {
             ))
 }
 
-/// The migration entry of move `m` of plan `plan_id`, as its flip publishes it (its marker
-/// is named after it).
-fn migration_of(m: &MoveStatus, plan_id: i64) -> Migration {
-    Migration {
-        category: m.category.clone(),
-        start: u16::try_from(m.start).unwrap_or_default(),
-        end: u16::try_from(m.end).unwrap_or_default(),
-        from: m.from.clone(),
-        to: m.to.clone(),
-        epoch: u64::try_from(plan_id).unwrap_or_default(),
-    }
-}
-
 /// Follows the Job of the rebalance in progress, or plans and starts a new one. Returns the
 /// rebalance status to write.
 pub async fn drive(
@@ -978,7 +965,7 @@ impl<'a> Driver<'a> {
             else {
                 return false;
             };
-            let marker = names::importing(&key, &migration_of(m, r.plan_id));
+            let marker = names::importing(&key, &abandon::migration_of(m, r.plan_id));
             if !matches!(
                 fences::importing(self.ctx, namespace, ri, &marker).await,
                 Ok(false)
@@ -1025,7 +1012,7 @@ impl<'a> Driver<'a> {
                 self.ctx,
                 namespace,
                 &ri,
-                &names::importing(&key, &migration_of(m, r.plan_id)),
+                &names::importing(&key, &abandon::migration_of(m, r.plan_id)),
             )
             .await
             {

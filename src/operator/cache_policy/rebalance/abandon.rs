@@ -225,7 +225,7 @@ impl GiveBack {
 }
 
 /// The migration of the move `m` of plan `plan`, as the tables carry it.
-fn migration_of(m: &MoveStatus, plan: i64) -> Migration {
+pub(super) fn migration_of(m: &MoveStatus, plan: i64) -> Migration {
     Migration {
         category: m.category.clone(),
         start: u16::try_from(m.start).unwrap_or_default(),
