@@ -489,6 +489,30 @@ pub fn plan_routing_with(
 /// an instance that is not a draining one owning nothing (the old single Redis being emptied)
 /// is a failback; should it end without finishing (rolled back, or its owner lost again), its
 /// ranges stay where their data is, on the failover target.
+/// Where the data of `previous`'s unreachable owners is: its failover entries, the failbacks
+/// that stand in for them ([`failovers_in`]), and — for a migration whose source is dead and
+/// whose target serves — the target, which holds what moved and what was written since.
+pub fn data_elsewhere(previous: &RoutingTable, views: &[InstanceView]) -> Vec<Failover> {
+    let by_name: BTreeMap<&str, &InstanceView> =
+        views.iter().map(|v| (v.name.as_str(), v)).collect();
+    let mut out = failovers_in(Some(previous), &by_name);
+    for m in &previous.migrating {
+        let dead = by_name
+            .get(m.from.as_str())
+            .is_none_or(|v| v.phase == InstancePhase::Unreachable);
+        if dead && by_name.get(m.to.as_str()).is_some_and(|v| v.serving()) {
+            out.push(Failover {
+                category: m.category.clone(),
+                start: m.start,
+                end: m.end,
+                from: m.from.clone(),
+                to: m.to.clone(),
+            });
+        }
+    }
+    out
+}
+
 fn failovers_in(
     previous: Option<&RoutingTable>,
     by_name: &BTreeMap<&str, &InstanceView>,

@@ -45,7 +45,7 @@ use crate::rebalance::plan::{self, CategoryTiers, InstanceLoad, Move, PlanInput,
 use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
 use crate::routing::table::{Failover, Migration, RoutingTable, SlotOwner};
 
-use super::build::InstanceView;
+use super::build::{InstanceView, data_elsewhere};
 use super::fences;
 use super::job::{self, JobSettings};
 use super::{Error, PolicyContext};
@@ -121,6 +121,7 @@ pub fn hold_back(
         .map(|v| v.name.as_str())
         .collect();
     let selected: BTreeSet<&str> = views.iter().map(|v| v.name.as_str()).collect();
+    let elsewhere = data_elsewhere(previous, views);
     let mut out = desired.clone();
     for i in 0..out.categories.len() {
         let name = out.categories[i].name.clone();
@@ -131,14 +132,10 @@ pub fn hold_back(
             continue;
         }
         let before = prev.owners();
-        // Where each slot's data is: on its owner, or — failed over — on the fallback that
-        // took the writes of the outage.
+        // Where each slot's data is: on its owner, or — failed over, or a failback or a move
+        // from a dead source under way — on the instance that took the writes meanwhile.
         let mut holders: Vec<&str> = before.clone();
-        let failed_over: Vec<&Failover> = previous
-            .failover
-            .iter()
-            .filter(|f| f.category == name)
-            .collect();
+        let failed_over: Vec<&Failover> = elsewhere.iter().filter(|f| f.category == name).collect();
         for f in &failed_over {
             for slot in f.start..=f.end {
                 if holders[usize::from(slot)] == f.from {
@@ -155,9 +152,15 @@ pub fn hold_back(
         for (slot, old) in before.iter().enumerate() {
             let holder = holders[slot];
             // Held when the data would have to move from a serving instance: the owner's
-            // own, or a fallback's while the owner is down (its range keeps its owner and
-            // its failover until the failback, as the range of a dead owner does).
-            if owners[slot] != *old && owners[slot] != holder && serving.contains(holder) {
+            // own, or — the owner down — the instance that holds its data (the range keeps
+            // its owner and its failover until the failback, as the range of a dead owner
+            // does).
+            let moves_data = if serving.contains(old) {
+                true
+            } else {
+                holder != *old && owners[slot] != holder && serving.contains(holder)
+            };
+            if owners[slot] != *old && moves_data {
                 owners[slot] = if holder != *old && !selected.contains(old) {
                     // The failed owner left the fleet for good (deleted): the fallback that
                     // holds the data owns the slot now; a rebalance moves it on later.
@@ -170,7 +173,12 @@ pub fn hold_back(
         }
         if held {
             clip_failovers(&mut out.failover, &name, &owners);
-            restore_failovers(&mut out.failover, &failed_over, &owners);
+            let down: Vec<&Failover> = failed_over
+                .iter()
+                .filter(|f| !serving.contains(f.from.as_str()))
+                .copied()
+                .collect();
+            restore_failovers(&mut out.failover, &down, &owners);
             out.categories[i].slots = to_runs(&owners);
             out.set_basis(i, previous.basis(prev));
             // The endpoints of every owner must stay in the table.

@@ -723,3 +723,90 @@ fn a_failed_over_owner_that_is_deleted_leaves_its_range_to_the_fallback_that_hol
         "the deleted owner still owns slots"
     );
 }
+
+#[test]
+fn a_failback_given_up_for_its_dead_owner_keeps_the_range_on_the_fallback_when_an_instance_joins() {
+    // Chaos seed 4 again (the replay): a failback (secondary → extra-1) was under way when
+    // extra-1 died again and extra-2 joined its tier. The table that gave the failback up
+    // routed the range to extra-2 — placement's new owner, with none of the data — instead of
+    // back to the fallback that held it, and the fallback's copies were freed: 76 lost, 4
+    // deletes back.
+    let mut views = two();
+    let during = primary_failed_over(&mut views);
+    views[0].phase = InstancePhase::Ready;
+    let moves = failback_moves(&during, &views);
+    assert!(!moves.is_empty());
+    let mut failing_back = during.clone();
+    overlay_migrating(&mut failing_back, &moves, 9);
+    views[0].phase = InstancePhase::Unreachable;
+    views.push(fixtures::example_view(
+        "extra",
+        "hot",
+        InstancePhase::Ready,
+        30,
+    ));
+    let desired = plan_routing("shop/shop", &shop(), &views, Some(&failing_back))
+        .table
+        .unwrap();
+    let (published, _) = table_to_publish(&desired, Some(&failing_back), &views, None, true);
+    // Every slot of the failback is served by its source, the fallback.
+    fixtures::assert_failed_over_slots_stay_with_their_fallback(&during, &published);
+    assert!(published.migrating.is_empty());
+}
+
+#[test]
+fn a_dead_source_s_range_stays_with_the_move_s_target_when_placement_wants_it_elsewhere() {
+    // The same for a move whose source died: its target holds what moved and what was written
+    // since, so the range goes there (the hand-off), not to a third instance placement
+    // prefers now.
+    let views3 = vec![
+        fixtures::example_view("primary", "hot", InstancePhase::Ready, 30),
+        fixtures::example_view("secondary", "warm", InstancePhase::Ready, 30),
+    ];
+    let before = plan_routing("shop/shop", &shop(), &views3, None)
+        .table
+        .unwrap();
+    let auth = before.category("auth").unwrap().owners()[0].to_owned();
+    let other = views3.iter().find(|v| v.name != auth).unwrap().name.clone();
+    let moving = vec![Move {
+        category: "auth".into(),
+        range: SlotRange::new(0, 999),
+        from: auth.clone(),
+        to: other.clone(),
+        bytes: 0,
+    }];
+    let mut flipped = before.clone();
+    overlay_migrating(&mut flipped, &moving, 5);
+    let mut views = views3.clone();
+    for v in &mut views {
+        if v.name == auth {
+            v.phase = InstancePhase::Unreachable;
+        }
+    }
+    views.push(fixtures::example_view(
+        "extra",
+        "hot",
+        InstancePhase::Ready,
+        30,
+    ));
+    let desired = plan_routing("shop/shop", &shop(), &views, Some(&flipped))
+        .table
+        .unwrap();
+    let (published, _) = table_to_publish(&desired, Some(&flipped), &views, None, true);
+    let r = crate::routing::Resolver::new(published.clone()).unwrap();
+    let auth_id = u16::try_from(
+        published
+            .categories
+            .iter()
+            .position(|c| c.name == "auth")
+            .unwrap(),
+    )
+    .unwrap();
+    for slot in [0u16, 500, 999] {
+        assert_eq!(
+            r.instance_name(r.route(auth_id, slot).target),
+            other,
+            "slot {slot}: {published:?}"
+        );
+    }
+}
