@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use redis::AsyncCommands;
 use redis_fleet::api::CachePolicy;
-use redis_fleet::api::cache_policy::rebalance_phase;
+use redis_fleet::api::cache_policy::{RebalanceStatus, rebalance_phase};
 use support::node::Node;
 use support::operator::Operator;
 use support::shop::{example_policy, kubectl_apply};
@@ -43,8 +43,9 @@ fn key(n: usize) -> String {
     format!("{}{n:08}", PREFIXES[n % PREFIXES.len()])
 }
 
-/// Writes `count` keys straight into `server`; returns the bytes of keys and values written.
-async fn fill(server: &RedisServer, count: usize) -> u64 {
+/// Writes keys `first..first + count` straight into `server`; returns the bytes of keys and
+/// values written.
+async fn fill(server: &RedisServer, first: usize, count: usize) -> u64 {
     let mut c = server
         .client()
         .get_multiplexed_async_connection()
@@ -52,9 +53,9 @@ async fn fill(server: &RedisServer, count: usize) -> u64 {
         .unwrap();
     let value = [b'v'; VALUE_BYTES];
     let mut bytes = 0u64;
-    for start in (0..count).step_by(2_000) {
+    for start in (first..first + count).step_by(2_000) {
         let mut pipe = redis::pipe();
-        for n in start..(start + 2_000).min(count) {
+        for n in start..(start + 2_000).min(first + count) {
             let k = key(n);
             bytes += (k.len() + VALUE_BYTES) as u64;
             let cmd = pipe.cmd("SET").arg(&k).arg(&value[..]);
@@ -97,9 +98,81 @@ async fn app_keys(server: &RedisServer) -> u64 {
     }
 }
 
-/// Steady foreground traffic through the sidecar until `stop`; returns per-request latencies
-/// in microseconds and the number of errors.
-async fn foreground(port: u16, keys: usize, stop: Arc<AtomicBool>) -> (Vec<u64>, u64) {
+/// The anchor: a plain pipelined DUMP/RESTORE copy of every key of `from` into database 1 of
+/// `to` — what `redis-cli --pipe` does with a dump of the keys, written here in Rust: SCAN
+/// pages of 1 000 keys, one pipeline of `DUMP` + `PTTL` per page on the source, one pipeline of
+/// `RESTORE … REPLACE` per page on the target, the next page read while the last one is written.
+/// No atomicity, no tombstones, no token: the speed of the servers and the loopback alone.
+/// Returns the keys copied and the time it took; database 1 is flushed afterwards.
+async fn anchor_copy(from: &RedisServer, to: &RedisServer) -> (u64, Duration) {
+    let mut src = from
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut dst = redis::Client::open(format!("redis://127.0.0.1:{}/1", to.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<redis::Pipeline>(4);
+    let writer = {
+        let mut dst = dst.clone();
+        tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                let () = p.query_async(&mut dst).await.unwrap();
+            }
+        })
+    };
+    let mut copied = 0u64;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(&mut src)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let mut read = redis::pipe();
+            for k in &keys {
+                read.cmd("DUMP").arg(k).cmd("PTTL").arg(k);
+            }
+            let values: Vec<redis::Value> = read.query_async(&mut src).await.unwrap();
+            let mut write = redis::pipe();
+            for (k, pair) in keys.iter().zip(values.chunks(2)) {
+                if let [redis::Value::BulkString(dump), redis::Value::Int(ttl)] = pair
+                    && *ttl != -2
+                {
+                    write
+                        .cmd("RESTORE")
+                        .arg(k)
+                        .arg((*ttl).max(0))
+                        .arg(dump)
+                        .arg("REPLACE")
+                        .ignore();
+                    copied += 1;
+                }
+            }
+            tx.send(write).await.unwrap();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    drop(tx);
+    writer.await.unwrap();
+    let took = started.elapsed();
+    let () = redis::cmd("FLUSHDB").query_async(&mut dst).await.unwrap();
+    (copied, took)
+}
+
+/// Steady foreground traffic through the sidecar until `stop`; returns when each request
+/// started and its latency in microseconds, and the number of errors.
+async fn foreground(port: u16, keys: usize, stop: Arc<AtomicBool>) -> (Vec<(Instant, u64)>, u64) {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let mut latencies = Vec::new();
@@ -119,7 +192,7 @@ async fn foreground(port: u16, keys: usize, stop: Arc<AtomicBool>) -> (Vec<u64>,
         } else {
             c.get::<_, Option<Vec<u8>>>(key(target)).await.is_ok()
         };
-        latencies.push(started.elapsed().as_micros() as u64);
+        latencies.push((started, started.elapsed().as_micros() as u64));
         if !ok {
             errors += 1;
         }
@@ -188,7 +261,7 @@ async fn main() {
     }
 
     let filling = Instant::now();
-    let bytes = fill(&legacy, keys).await;
+    let bytes = fill(&legacy, 0, keys).await;
     println!(
         "filled the legacy Redis: {keys} keys, {:.1} MB of keys + values, in {:.1?}",
         bytes as f64 / 1e6,
@@ -197,12 +270,16 @@ async fn main() {
     let node = Node::start(cp, &ns);
     let sidecar = Sidecar::follow(cp, &ns, "shop-redis-routing", "bench-app");
 
+    // The anchor, between the same two servers, with the fleet running beside it.
+    let (anchor_keys, anchor_time) = anchor_copy(&legacy, &primary).await;
+    assert_eq!(anchor_keys, keys as u64, "the anchor copied every key");
+
     // Baseline: the same traffic with nothing moving.
     let stop = Arc::new(AtomicBool::new(false));
     let base = tokio::spawn(foreground(sidecar.port, keys, stop.clone()));
     tokio::time::sleep(BASELINE).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut baseline, baseline_errors) = base.await.unwrap();
+    let (baseline, baseline_errors) = base.await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let during = tokio::spawn(foreground(sidecar.port, keys, stop.clone()));
@@ -213,42 +290,10 @@ async fn main() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-
-    // Follow the Job through status.rebalance.
-    let mut copying: Option<(Instant, i64)> = None;
-    let mut copied: Option<(Instant, i64)> = None;
-    let deadline = Instant::now() + Duration::from_secs(if full { 900 } else { 120 });
-    let done = loop {
-        let p = policies.get("shop").await.unwrap();
-        if let Some(r) = p.status.and_then(|s| s.rebalance) {
-            let moved = r.keys_moved.unwrap_or(0);
-            match r.step.as_deref() {
-                Some("Copying") if copying.is_none() => copying = Some((Instant::now(), moved)),
-                Some("Copied" | "Done") if copied.is_none() && copying.is_some() => {
-                    copied = Some((Instant::now(), moved))
-                }
-                _ => {}
-            }
-            assert_ne!(
-                r.phase,
-                rebalance_phase::FAILED,
-                "{r:#?}\n{}",
-                node.all_logs()
-            );
-            if r.phase == rebalance_phase::SUCCEEDED && r.moves.iter().any(|m| m.from == "legacy") {
-                break r;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the drain did not finish\n{}",
-            node.all_logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let fast = follow(&policies, &node, 0, if full { 900 } else { 120 }).await;
     let total = applied.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (mut moving, moving_errors) = during.await.unwrap();
+    let (moving, moving_errors) = during.await.unwrap();
 
     // Every key arrived: nothing left behind, nothing lost.
     let left = app_keys(&legacy).await;
@@ -274,30 +319,42 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 
-    let (start, moved_at_start) = copying.expect("the Copying step was seen");
-    let (end, moved) = copied.expect("the Copied step was seen");
-    let copy_secs = (end - start).as_secs_f64();
-    let job_moved = done.keys_moved.unwrap_or(moved).max(moved);
-    let rate = (moved - moved_at_start) as f64 / copy_secs;
+    // keysPerSecond honoured: the same drain again, of fresh keys, at a set rate.
+    let (paced_keys, paced_rate) = if full {
+        (300_000, 20_000)
+    } else {
+        (10_000, 5_000)
+    };
+    let patch =
+        serde_json::json!({"spec": {"balancing": {"rebalance": {"keysPerSecond": paced_rate}}}});
+    policies
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    fill(&legacy, keys, paced_keys).await;
+    let paced = follow(&policies, &node, fast.done.plan_id, 300).await;
+    assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
+
+    let copy_secs = (fast.copied.0 - fast.copying.0).as_secs_f64();
+    let job_moved = fast
+        .done
+        .keys_moved
+        .unwrap_or(fast.copied.1)
+        .max(fast.copied.1);
+    let rate = (fast.copied.1 - fast.copying.1) as f64 / copy_secs;
     let mb_per_key = bytes as f64 / keys as f64 / 1e6;
-    baseline.sort_unstable();
-    moving.sort_unstable();
+    let anchor_rate = anchor_keys as f64 / anchor_time.as_secs_f64();
     println!();
     println!("rebalance copy ({keys} keys, {VALUE_BYTES} B values, half with TTL, loopback)");
     println!("  keys moved by the Job        {job_moved} (the rest moved by sidecar reads)");
     println!("  copy step                    {copy_secs:.2} s");
-    println!("  copy rate                    {rate:.0} keys/s");
-    println!(
-        "  copy rate                    {:.1} MB/s of keys + values",
-        rate * mb_per_key
-    );
     println!(
         "  apply → Succeeded            {:.2} s",
         total.as_secs_f64()
     );
     println!(
         "  Job's own report             {} keys/s",
-        done.keys_per_second.unwrap_or(0)
+        fast.done.keys_per_second.unwrap_or(0)
     );
     if let Some(b) = &balance {
         let mb = |b: i64| b as f64 / 1e6;
@@ -315,15 +372,49 @@ async fn main() {
             None => println!("  measured                     not yet (the instances' probes lag)"),
         }
     }
+    println!("                                  keys/s     MB/s  (keys + values)");
+    println!(
+        "  the Job (keysPerSecond off)  {rate:>10.0} {:>8.1}",
+        rate * mb_per_key
+    );
+    println!(
+        "  anchor: pipelined DUMP/RESTORE {anchor_rate:>8.0} {:>8.1}   (same servers, same keys, {:.2} s)",
+        anchor_rate * mb_per_key,
+        anchor_time.as_secs_f64()
+    );
+    println!(
+        "  Job / anchor                 {:>10.2}×",
+        rate / anchor_rate
+    );
+    match paced.steady_rate() {
+        Some(measured) => println!(
+            "  keysPerSecond {paced_rate:>6}         {measured:>10.0}          ({paced_keys} more keys; {:+.1} % of the setting, between the Job's reports)",
+            (measured / paced_rate as f64 - 1.0) * 100.0
+        ),
+        None => println!("  keysPerSecond {paced_rate:>6}         (too few reports to measure)"),
+    }
     println!();
+    let (copy_from, copy_to) = (fast.copying.0, fast.copied.0);
+    let mut copying: Vec<u64> = moving
+        .iter()
+        .filter(|(at, _)| *at >= copy_from && *at <= copy_to)
+        .map(|(_, l)| *l)
+        .collect();
+    let mut moving: Vec<u64> = moving.into_iter().map(|(_, l)| l).collect();
+    let mut baseline: Vec<u64> = baseline.into_iter().map(|(_, l)| l).collect();
+    baseline.sort_unstable();
+    moving.sort_unstable();
+    copying.sort_unstable();
     println!("foreground through the sidecar ({FOREGROUND_RATE} ops/s, 3 GET : 1 SET)");
-    println!("                  requests  errors   p50 µs   p99 µs  p99.9 µs");
+    println!("                            requests  errors   p50 µs   p99 µs  p99.9 µs");
     for (label, l, e) in [
-        ("before the move", &baseline, baseline_errors),
-        ("during the move", &moving, moving_errors),
+        ("before the move", &baseline, Some(baseline_errors)),
+        ("apply → Succeeded", &moving, Some(moving_errors)),
+        ("during the copy step", &copying, None),
     ] {
+        let e = e.map_or("".to_owned(), |e| e.to_string());
         println!(
-            "  {label:<15} {:>9} {e:>7} {:>8} {:>8} {:>9}",
+            "  {label:<25} {:>9} {e:>7} {:>8} {:>8} {:>9}",
             l.len(),
             percentile(l, 0.5),
             percentile(l, 0.99),
@@ -331,7 +422,79 @@ async fn main() {
         );
     }
     println!(
-        "  p99 during / before: {:.2}×",
-        percentile(&moving, 0.99) as f64 / percentile(&baseline, 0.99).max(1) as f64
+        "  p99 during the copy / before: {:.2}×",
+        percentile(&copying, 0.99) as f64 / percentile(&baseline, 0.99).max(1) as f64
     );
+}
+
+/// What following one plan through `status.rebalance` saw.
+struct Followed {
+    done: RebalanceStatus,
+    /// When the Copying step was first seen, and the keys moved then.
+    copying: (Instant, i64),
+    /// When the Copied (or Done) step was first seen, and the keys moved then.
+    copied: (Instant, i64),
+    /// Each change of `keysMoved` seen while Copying: when, and the count.
+    reports: Vec<(Instant, i64)>,
+}
+
+impl Followed {
+    /// The copy's rate between its first and last progress report while copying (the
+    /// Job reports about once a second).
+    fn steady_rate(&self) -> Option<f64> {
+        let (first, last) = (self.reports.first()?, self.reports.last()?);
+        let secs = (last.0 - first.0).as_secs_f64();
+        (secs >= 1.0).then(|| (last.1 - first.1) as f64 / secs)
+    }
+}
+
+/// Follows the first plan after `after` that drains the legacy Redis until it succeeds.
+async fn follow(policies: &Api<CachePolicy>, node: &Node, after: i64, secs: u64) -> Followed {
+    let mut copying: Option<(Instant, i64)> = None;
+    let mut copied: Option<(Instant, i64)> = None;
+    let mut reports: Vec<(Instant, i64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let p = policies.get("shop").await.unwrap();
+        if let Some(r) = p.status.and_then(|s| s.rebalance)
+            && r.plan_id > after
+        {
+            let moved = r.keys_moved.unwrap_or(0);
+            let now = Instant::now();
+            match r.step.as_deref() {
+                Some("Copying") => {
+                    if copying.is_none() {
+                        copying = Some((now, moved));
+                    }
+                    if reports.last().is_none_or(|(_, m)| *m != moved) {
+                        reports.push((now, moved));
+                    }
+                }
+                Some("Copied" | "Done") if copied.is_none() && copying.is_some() => {
+                    copied = Some((now, moved))
+                }
+                _ => {}
+            }
+            assert_ne!(
+                r.phase,
+                rebalance_phase::FAILED,
+                "{r:#?}\n{}",
+                node.all_logs()
+            );
+            if r.phase == rebalance_phase::SUCCEEDED && r.moves.iter().any(|m| m.from == "legacy") {
+                return Followed {
+                    done: r,
+                    copying: copying.expect("the Copying step was seen"),
+                    copied: copied.expect("the Copied step was seen"),
+                    reports,
+                };
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drain did not finish\n{}",
+            node.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
