@@ -166,7 +166,11 @@ async fn anchor_copy(from: &RedisServer, to: &RedisServer) -> (u64, Duration) {
     drop(tx);
     writer.await.unwrap();
     let took = started.elapsed();
-    let () = redis::cmd("FLUSHDB").query_async(&mut dst).await.unwrap();
+    let () = redis::cmd("FLUSHDB")
+        .arg("ASYNC")
+        .query_async(&mut dst)
+        .await
+        .unwrap();
     (copied, took)
 }
 
