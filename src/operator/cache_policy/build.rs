@@ -481,14 +481,6 @@ pub fn plan_routing_with(
     }
 }
 
-/// `run` (owned by an unreachable instance) cut where the previous table migrated parts of it
-/// away: each piece, with the migration's target when that target serves.
-/// The failover entries of `previous`, and the ones its failbacks stand in for: while a
-/// failback migrates, the table carries its ranges as `migrating` (from the failover target
-/// back to the owner) instead of their failover entries. A migration to the range's owner from
-/// an instance that is not a draining one owning nothing (the old single Redis being emptied)
-/// is a failback; should it end without finishing (rolled back, or its owner lost again), its
-/// ranges stay where their data is, on the failover target.
 /// Where the data of `previous`'s unreachable owners is: its failover entries, the failbacks
 /// that stand in for them ([`failovers_in`]), and — for a migration whose source is dead and
 /// whose target serves — the target, which holds what moved and what was written since.
@@ -513,6 +505,12 @@ pub fn data_elsewhere(previous: &RoutingTable, views: &[InstanceView]) -> Vec<Fa
     out
 }
 
+/// The failover entries of `previous`, and the ones its failbacks stand in for: while a
+/// failback migrates, the table carries its ranges as `migrating` (from the failover target
+/// back to the owner) instead of their failover entries. A migration to the range's owner from
+/// an instance that is not a draining one owning nothing (the old single Redis being emptied)
+/// is a failback; should it end without finishing (rolled back, or its owner lost again), its
+/// ranges stay where their data is, on the failover target.
 fn failovers_in(
     previous: Option<&RoutingTable>,
     by_name: &BTreeMap<&str, &InstanceView>,
@@ -544,6 +542,8 @@ fn failovers_in(
     out
 }
 
+/// `run` (owned by an unreachable instance) cut where the previous table migrated parts of it
+/// away: each piece, with the migration's target when that target serves.
 fn handoff_pieces(
     category: &str,
     run: &SlotOwner,

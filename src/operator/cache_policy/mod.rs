@@ -39,7 +39,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, finalizer};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::api::RedisInstance;
 use crate::api::cache_policy::{
@@ -356,16 +356,35 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
             );
             desired = Some(planned_table);
             table.schema_version = ctx.routing_schema;
-            let published = apply::publish_routing(
-                shared,
-                &policy,
-                &namespace,
-                &selected,
-                &current,
-                table,
-                give_back.as_ref().map(|g| g.run(ctx, &selected)),
-            )
-            .await?;
+            let mut return_previous = false;
+            if let Err(e) = table.validate() {
+                // A bug, never a table: sidecars would refuse it and the next reconcile could
+                // not read it back (losing every hold and failover it knows of).
+                error!(error = %e, "the routing table built is invalid; the published one stays");
+                publish_error = Some(format!(
+                    "the routing table built is invalid ({e}); the published one stays"
+                ));
+                return_previous = true;
+            }
+            let published = if return_previous {
+                Published {
+                    table: previous.clone(),
+                    now: false,
+                    held_back: false,
+                    copies_to_free: current.unfreed.instances(),
+                }
+            } else {
+                apply::publish_routing(
+                    shared,
+                    &policy,
+                    &namespace,
+                    &selected,
+                    &current,
+                    table,
+                    give_back.as_ref().map(|g| g.run(ctx, &selected)),
+                )
+                .await?
+            };
             if published.now
                 && let (Some(r), Some(t), Some(table)) = (rb.as_mut(), transition, &published.table)
             {

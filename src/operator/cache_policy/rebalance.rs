@@ -173,22 +173,33 @@ pub fn hold_back(
         }
         if held {
             clip_failovers(&mut out.failover, &name, &owners);
+            // Only entries of owners that are down, onto instances that serve (the build's
+            // own rule for what stays failed over).
             let down: Vec<&Failover> = failed_over
                 .iter()
-                .filter(|f| !serving.contains(f.from.as_str()))
+                .filter(|f| !serving.contains(f.from.as_str()) && serving.contains(f.to.as_str()))
                 .copied()
                 .collect();
             restore_failovers(&mut out.failover, &down, &owners);
             out.categories[i].slots = to_runs(&owners);
             out.set_basis(i, previous.basis(prev));
-            // The endpoints of every owner must stay in the table.
-            for o in &before {
-                if let Some(e) = previous.instances.get(*o) {
-                    out.instances
-                        .entry((*o).to_owned())
-                        .or_insert_with(|| e.clone());
-                }
-            }
+        }
+    }
+    // Every instance the held table names — an owner kept or made so, a restored entry's
+    // fallback — keeps its endpoint, from the table that named it before.
+    let named: BTreeSet<String> = out
+        .categories
+        .iter()
+        .flat_map(|c| c.slots.iter().map(|s| s.instance.clone()))
+        .chain(
+            out.failover
+                .iter()
+                .flat_map(|f| [f.from.clone(), f.to.clone()]),
+        )
+        .collect();
+    for name in named {
+        if let Some(e) = previous.instances.get(&name) {
+            out.instances.entry(name).or_insert_with(|| e.clone());
         }
     }
     out

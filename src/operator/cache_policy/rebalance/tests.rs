@@ -810,3 +810,50 @@ fn a_dead_source_s_range_stays_with_the_move_s_target_when_placement_wants_it_el
         );
     }
 }
+
+#[test]
+fn a_held_table_names_every_instance_it_routes_to() {
+    // Review of the hold_back fix: with a fallback that owns no slot of its own (a spare
+    // tier), the slots a deleted, failed-over owner left to it were routed to an instance the
+    // table did not list — an invalid table, refused by sidecars and unreadable next time.
+    let mut previous = two_instance_table();
+    previous.instances.insert("spare".into(), endpoint(7009));
+    previous.failover.push(Failover {
+        category: "auth".into(),
+        start: 0,
+        end: 8191,
+        from: "primary".into(),
+        to: "spare".into(),
+    });
+    previous.validate().unwrap();
+    // primary was deleted: placement gives its slots to the secondary.
+    let mut desired = previous.clone();
+    desired.instances.remove("primary");
+    desired.instances.remove("spare");
+    desired.failover.clear();
+    desired.categories[0].slots = vec![(0, 16383, "secondary".to_owned()).into()];
+    let views = vec![
+        view("secondary", InstancePhase::Ready, false),
+        view("spare", InstancePhase::Ready, false),
+    ];
+    let held = hold_back(&desired, Some(&previous), &views);
+    held.validate().unwrap();
+    assert_eq!(held.categories[0].owners()[0], "spare", "{held:?}");
+    assert_eq!(held.categories[0].owners()[9000], "secondary");
+    // A dead owner still selected keeps its range, failed over to the spare that serves.
+    let views = vec![
+        view("primary", InstancePhase::Unreachable, false),
+        view("secondary", InstancePhase::Ready, false),
+        view("spare", InstancePhase::Ready, false),
+    ];
+    let held = hold_back(&desired, Some(&previous), &views);
+    held.validate().unwrap();
+    assert_eq!(held.categories[0].owners()[0], "primary");
+    assert!(
+        held.failover
+            .iter()
+            .any(|f| f.from == "primary" && f.to == "spare" && f.start == 0 && f.end == 8191),
+        "{:?}",
+        held.failover
+    );
+}
