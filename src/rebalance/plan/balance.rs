@@ -711,8 +711,14 @@ impl<'i> Fleet<'i> {
         // that moves the data back.
         let mean = balance.mean;
         let near = |share: Option<f64>| share.map_or(0.0, |s| (s - mean).abs());
+        // Nor over the threshold: a receiver pushed past it would set off a threshold plan that
+        // moves the same slots away again, every cooldown (review: a fleet near the threshold).
+        let over = |i: &InstanceBalance| {
+            i.after > i.before && i.share_after().is_some_and(|s| s > balance.threshold)
+        };
         if balance.instances.iter().filter(|i| i.in_fleet).any(|i| {
             near(i.share_after()) > (balance.band / 2.0).max(near(i.share_before())) + 1e-9
+                || over(i)
         }) {
             return None;
         }
@@ -720,7 +726,7 @@ impl<'i> Fleet<'i> {
         balance.least_bytes = 0;
         Some(Plan {
             reason: format!(
-                "placement changed (an instance joined, drains or changed weight) and following it moves little: {} of the fleet's capacity (at most {CHEAP_PLACEMENT_PERCENT}%), every instance within the band",
+                "placement changed (an instance joined or changed weight) and following it moves little: {} of the fleet's capacity (at most {CHEAP_PLACEMENT_PERCENT}%), every instance within the band and below the threshold",
                 percent(bytes as f64 / self.capacity.max(1) as f64)
             ),
             moves,
