@@ -33,22 +33,22 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::api::cache_policy::{
-    CachePolicy, DEFAULT_CATEGORY, MoveStatus, REBALANCE_CONTROL_ANNOTATION,
-    REBALANCE_NOW_ANNOTATION, RebalanceControl, RebalanceStatus, rebalance_phase, rebalance_step,
+    CachePolicy, MoveStatus, REBALANCE_CONTROL_ANNOTATION, REBALANCE_NOW_ANNOTATION,
+    RebalanceControl, RebalanceStatus, rebalance_phase, rebalance_step,
 };
 use crate::api::conditions::Time;
 use crate::api::redis_instance::InstancePhase;
 use crate::operator::context::Context;
 use crate::operator::metrics::PolicyLabels;
 use crate::operator::sampling::PolicySample;
-use crate::rebalance::plan::{self, CategoryTiers, InstanceLoad, Move, PlanInput, apply_moves};
+use crate::rebalance::plan::{self, Move, PlanInput, apply_moves};
 use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
 use crate::routing::table::{Failover, Migration, RoutingTable, SlotOwner};
 
 use super::build::{InstanceView, data_elsewhere};
-use super::fences;
 use super::job::{self, JobSettings};
 use super::{Error, PolicyContext};
+use super::{fences, planning};
 use crate::api::redis_instance::RedisInstance;
 use crate::redis::protocol::names;
 use std::sync::Arc;
@@ -691,43 +691,15 @@ fn moves_to_make(
         );
     }
     if cooled || forced {
-        let loads: Vec<InstanceLoad> = views
-            .iter()
-            .map(|v| InstanceLoad {
-                name: v.name.clone(),
-                tier: v.tier.clone(),
-                capacity: v.capacity_bytes.unwrap_or(0),
-                used: v.used_bytes,
-                serving: matches!(
-                    v.phase,
-                    InstancePhase::Ready | InstancePhase::Degraded | InstancePhase::Draining
-                ),
-                drain: v.drain,
-            })
-            .collect();
-        let mut tiers: Vec<CategoryTiers> = policy
-            .spec
-            .categories
-            .iter()
-            .map(|c| CategoryTiers {
-                name: c.name.clone(),
-                tier: c.tier.clone(),
-                fallback_tier: c.fallback_tier.clone(),
-            })
-            .collect();
-        tiers.push(CategoryTiers {
-            name: DEFAULT_CATEGORY.to_owned(),
-            tier: policy.spec.default_category.tier.clone(),
-            fallback_tier: policy.spec.default_category.fallback_tier.clone(),
-        });
+        let loads = planning::loads(views);
+        let tiers = planning::tiers(&policy.spec);
         let input = PlanInput {
             current: published,
             desired: Some(desired),
             instances: &loads,
             category_bytes: &sample.category_bytes,
             categories: &tiers,
-            threshold_percent: u32::try_from(policy.spec.balancing.capacity_threshold)
-                .unwrap_or(80),
+            threshold_percent: planning::threshold_percent(&policy.spec),
             force: forced,
         };
         let planned = plan::plan(&input);
