@@ -353,10 +353,16 @@ async fn two_instances_at_85_and_10_percent_end_within_40_to_60() {
             after.1
         };
         let predicted = i.after_percent.unwrap() / 100.0;
+        let server = if i.name == "primary" {
+            &shop.primary
+        } else {
+            &shop.secondary
+        };
         assert!(
             (measured - predicted).abs() < 0.05,
-            "{}: predicted {predicted:.3}, ended at {measured:.3}",
-            i.name
+            "{}: predicted {predicted:.3}, ended at {measured:.3}\n{}",
+            i.name,
+            server.memory_stats().await
         );
     }
     assert_estimate(&measured(&shop).await);

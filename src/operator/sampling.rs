@@ -95,7 +95,7 @@ impl PolicySample {
 
 /// A kept sample of an instance is reused this long at most (while its memory stays within a
 /// point of capacity of what it was): sampling looks at [`sample::SAMPLE_KEYS`] keys, so at
-/// 1 000 instances one sample per reconcile would cost a million commands every 30 s.
+/// 1 000 instances one sample per reconcile would cost four million commands every 30 s.
 pub const SAMPLE_REUSE: Duration = Duration::from_secs(600);
 
 /// Instances read per reconcile for sidecar heartbeats: every sidecar heartbeats every

@@ -382,6 +382,28 @@ pub fn estimate(
         .collect()
 }
 
+/// What a key costs the instance it moves to beyond its sampled `MEMORY USAGE`, in bytes: the
+/// target's main hash table grows (a bucket of 8 bytes per key, up to twice that right after
+/// it doubles) and the allocator rounds the 24-byte entry up to 32; the source keeps its
+/// buckets. Measured on Redis 7.0: restoring 16 000 keys of ~600 bytes grew the target's used
+/// memory by 34 bytes per key more than their `MEMORY USAGE`; deleting them on the source
+/// freed 4 more.
+pub const KEY_TABLE_BYTES: u64 = 32;
+
+/// How each instance's used memory changes once `moves` are done, as `estimates` (from
+/// [`estimate`], in the same order) predict: a source gives up the sampled bytes, a target
+/// gains them and [`KEY_TABLE_BYTES`] per key.
+pub fn used_change(moves: &[Move], estimates: &[MoveEstimate]) -> BTreeMap<String, i64> {
+    let mut change: BTreeMap<String, i64> = BTreeMap::new();
+    for (m, e) in moves.iter().zip(estimates) {
+        let bytes = i64::try_from(e.bytes).unwrap_or(i64::MAX);
+        let table = i64::try_from(e.keys.saturating_mul(KEY_TABLE_BYTES)).unwrap_or(i64::MAX);
+        *change.entry(m.from.clone()).or_default() -= bytes;
+        *change.entry(m.to.clone()).or_default() += bytes.saturating_add(table);
+    }
+    change
+}
+
 /// Whether `to` already serves every slot of `range` of `category` in `table` (owner and not
 /// failed over, or the failover target): its keys there are live, not stale, and a move into
 /// it (emptying a legacy instance) must not purge them first.

@@ -115,6 +115,21 @@ impl RedisServer {
             .expect("used_memory in INFO memory")
     }
 
+    /// `MEMORY STATS` as text (for a failing assertion about memory).
+    pub async fn memory_stats(&self) -> String {
+        let mut conn = self
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connecting to redis-server");
+        let stats: redis::Value = redis::cmd("MEMORY")
+            .arg("STATS")
+            .query_async(&mut conn)
+            .await
+            .expect("MEMORY STATS");
+        format!("{stats:?}")
+    }
+
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)

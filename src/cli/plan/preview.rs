@@ -198,11 +198,7 @@ pub fn preview(inputs: &Inputs<'_>, what_if: Vec<String>, mut notes: Vec<String>
     let moves = rebalance::without_overlaps(moves);
     let estimates = plan::estimate(&input, inputs.category_keys, &moves);
 
-    let mut delta: BTreeMap<&str, i64> = BTreeMap::new();
-    for (m, e) in moves.iter().zip(&estimates) {
-        *delta.entry(m.from.as_str()).or_default() -= e.bytes as i64;
-        *delta.entry(m.to.as_str()).or_default() += e.bytes as i64;
-    }
+    let delta = plan::used_change(&moves, &estimates);
     let balance = &assessment.balance;
     let (lower, upper) = (balance.lower(), balance.upper());
     let instances = inputs
@@ -211,8 +207,7 @@ pub fn preview(inputs: &Inputs<'_>, what_if: Vec<String>, mut notes: Vec<String>
         .zip(&loads)
         .map(|(v, l)| {
             let capacity = l.capacity;
-            let planned =
-                (l.used as i64 + delta.get(l.name.as_str()).copied().unwrap_or(0)).max(0) as u64;
+            let planned = (l.used as i64 + delta.get(&l.name).copied().unwrap_or(0)).max(0) as u64;
             let after = percent(planned, capacity);
             let in_fleet = l.serving && !l.drain && capacity > 0;
             PlannedInstance {

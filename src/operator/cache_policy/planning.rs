@@ -87,12 +87,7 @@ pub fn estimated_balance(
 ) -> RebalanceBalance {
     let assessment = plan::assess(input);
     let estimates = plan::estimate(input, category_keys, moves);
-    let mut delta: BTreeMap<&str, i64> = BTreeMap::new();
-    for (m, e) in moves.iter().zip(&estimates) {
-        let b = i64::try_from(e.bytes).unwrap_or(i64::MAX);
-        *delta.entry(m.from.as_str()).or_default() -= b;
-        *delta.entry(m.to.as_str()).or_default() += b;
-    }
+    let delta = plan::used_change(moves, &estimates);
     let i64_of = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
     RebalanceBalance {
         mean_percent: (assessment.balance.mean * 1000.0).round() / 10.0,

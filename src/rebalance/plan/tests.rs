@@ -1098,6 +1098,35 @@ fn estimates_count_keys_and_bytes_per_move() {
 }
 
 #[test]
+fn a_target_gains_the_sampled_bytes_and_a_table_entry_per_key_a_source_gives_up_the_bytes() {
+    let m = |from: &str, to: &str| Move {
+        category: "auth".into(),
+        range: SlotRange::new(0, 99),
+        from: from.into(),
+        to: to.into(),
+        bytes: 0,
+    };
+    let moves = [m("primary", "secondary"), m("secondary", "tertiary")];
+    let estimates = [
+        MoveEstimate {
+            keys: 1_000,
+            bytes: MIB,
+        },
+        MoveEstimate {
+            keys: 10,
+            bytes: 4_096,
+        },
+    ];
+    let change = used_change(&moves, &estimates);
+    assert_eq!(change["primary"], -(MIB as i64));
+    assert_eq!(
+        change["secondary"],
+        (MIB + 1_000 * KEY_TABLE_BYTES) as i64 - 4_096
+    );
+    assert_eq!(change["tertiary"], (4_096 + 10 * KEY_TABLE_BYTES) as i64);
+}
+
+#[test]
 fn live_targets_are_told_apart_from_stale_ones() {
     let mut t = table(&[
         ("auth", "primary"),
