@@ -313,7 +313,10 @@ async fn a_third_instance_is_discovered_and_only_what_must_move_moves() {
     .await;
     let took = applied.elapsed();
     println!("third instance applied → routing version {v2} published in {took:?}");
-    assert!(took <= Duration::from_secs(2), "new version after {took:?}");
+    // The watch on RedisInstances brought the join, not the operator's periodic resync
+    // (30 s). How fast is the benchmarks' business (README, "Benchmarks": about 0.3 s); a
+    // shared machine took 2.2 s once, so the test only tells the two apart.
+    assert!(took < Duration::from_secs(15), "new version after {took:?}");
     assert_eq!(v2, v1 + 1);
     assert!(after.instances.contains_key("tertiary"));
     for cat in HOT {
