@@ -125,7 +125,12 @@ pub enum Error {
 struct Instance {
     name: String,
     credentials: Credentials,
+    /// The Job's own commands: scans, checkpoints, markers, the urgent list.
     conn: MultiplexedConnection,
+    /// The copy's move scripts (the connection of `conn` for an instance no move uses): on a
+    /// connection of their own, so that a scan or a checkpoint does not wait in line behind
+    /// every script in flight.
+    data: MultiplexedConnection,
 }
 
 impl Instance {
@@ -165,6 +170,8 @@ struct Job {
     control_read: Instant,
     /// The annotation asked for a pause: the copy holds once its batches in flight landed.
     pausing: bool,
+    /// When the copy last emptied the urgent list.
+    urgent_read: Instant,
     mover: mover::Mover,
 }
 
@@ -309,10 +316,19 @@ impl Job {
                     });
                 }
             };
+            let data = if must {
+                target.connect(timeout).await.map_err(|e| Error::Redis {
+                    instance: name.clone(),
+                    message: redact(&e.to_string(), &target.credentials),
+                })?
+            } else {
+                conn.clone()
+            };
             let instance = Instance {
                 name: name.clone(),
                 credentials: target.credentials,
                 conn,
+                data,
             };
             instances.insert(name.clone(), instance);
         }
@@ -342,6 +358,7 @@ impl Job {
             total: 0,
             started: Instant::now(),
             last_report: Instant::now(),
+            urgent_read: Instant::now(),
             control_read: Instant::now(),
             pausing: false,
             mover,

@@ -58,7 +58,7 @@ impl Batcher {
         let first = keys.first().cloned().unwrap_or_default();
         // 1. Take them out of the source: concurrent calls, pipelined on the connection.
         let calls = keys.chunks(KEYS_PER_SCRIPT).map(|group| {
-            let mut conn = self.from.conn.clone();
+            let mut conn = self.from.data.clone();
             let mover = self.mover.clone();
             async move {
                 mover
@@ -88,7 +88,7 @@ impl Batcher {
         }
         // 2. Restore on the target.
         let calls = restores.chunks(KEYS_PER_SCRIPT).map(|group| {
-            let mut conn = self.to.conn.clone();
+            let mut conn = self.to.data.clone();
             let mover = self.mover.clone();
             async move { (group, mover.restore(&mut conn, group).await) }
         });
@@ -113,7 +113,7 @@ impl Batcher {
             }
         }
         // 3. Finish on the source.
-        let mut conn = self.from.conn.clone();
+        let mut conn = self.from.data.clone();
         for group in finish.chunks(KEYS_PER_SCRIPT * 4) {
             self.mover
                 .finish(&mut conn, group)

@@ -18,7 +18,7 @@ const CONTROL_EVERY: Duration = Duration::from_secs(1);
 /// How often a paused Job reports (a report also finds out that a newer attempt took over).
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How often a paused Job moves the keys sidecars ask for (as often as the copy would).
-const URGENT_EVERY: Duration = Duration::from_millis(20);
+pub(super) const URGENT_EVERY: Duration = Duration::from_millis(20);
 
 /// Whether `policy` asks the plan to hold.
 pub(super) fn paused(policy: &CachePolicy) -> bool {

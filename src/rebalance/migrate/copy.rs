@@ -6,16 +6,57 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::api::cache_policy::rebalance_step;
 use crate::redis::keys::{RangeScan, ScanCheckpoint, in_ranges};
 use crate::redis::protocol::names;
-use crate::routing::keyspace::CategoryId;
+use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
 
 use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher};
-use super::{Error, Job};
+use super::control::URGENT_EVERY;
+use super::{Error, Instance, Job};
+
+/// How often the copy saves its scan position: an attempt that replaces a failed one rescans
+/// from there (keys already moved are found absent), so saving after every batch (a round
+/// trip that held the copy up each time) buys nothing.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Scan pages read ahead of the batches.
+const PAGES_AHEAD: usize = 2;
+
+/// Scans `range` of `category` on `source` from `checkpoint` in a task of its own, so that the
+/// next page is there when a batch slot frees: each page's keys and the position after it;
+/// the channel closes at the end of the range (or when the copy stops listening).
+fn scan_ahead(
+    resolver: Resolver,
+    category: CategoryId,
+    range: SlotRange,
+    checkpoint: ScanCheckpoint,
+    mut source: Instance,
+) -> mpsc::Receiver<Result<(Vec<Bytes>, ScanCheckpoint), Error>> {
+    let (tx, rx) = mpsc::channel(PAGES_AHEAD);
+    tokio::spawn(async move {
+        let mut scan = RangeScan::resume(&resolver, category, &[range], checkpoint);
+        loop {
+            let page = match scan.next_batch(&mut source.conn).await {
+                Ok(Some(keys)) => Ok((
+                    keys.into_iter().map(Bytes::from).collect(),
+                    scan.checkpoint(),
+                )),
+                Ok(None) => return,
+                Err(e) => Err(source.err(&e)),
+            };
+            let failed = page.is_err();
+            if tx.send(page).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
 
 impl Job {
     /// Keys left to move in every range (for progress).
@@ -83,8 +124,8 @@ impl Job {
                 info!(move = index, ?checkpoint, "resuming from the checkpoint");
             }
             let batcher = self.batcher(&from, &to)?;
-            let mut scan_conn = batcher.from.clone();
-            let mut scan = RangeScan::resume(&resolver, category, &[range], checkpoint);
+            let source = self.instance(&from)?.clone();
+            let mut scanned = scan_ahead(resolver.clone(), category, range, checkpoint, source);
             // Batches in flight, in scan order: the source takes the next ones while the
             // target restores earlier ones. A scan position is checkpointed once every batch
             // before it has landed.
@@ -93,37 +134,11 @@ impl Job {
             // once it has landed (the last batch of a scan step).
             let mut pending: VecDeque<(Vec<Bytes>, Option<ScanCheckpoint>)> = VecDeque::new();
             let mut scanned_all = false;
+            // The newest position every batch before has landed at, not saved yet.
+            let mut landed: Option<ScanCheckpoint> = None;
+            let mut saved = Instant::now();
             loop {
-                while in_flight.len() < BATCHES_IN_FLIGHT {
-                    if pending.is_empty() && !scanned_all {
-                        let Some(batch) = scan
-                            .next_batch(&mut scan_conn.conn)
-                            .await
-                            .map_err(|e| scan_conn.err(&e))?
-                        else {
-                            scanned_all = true;
-                            break;
-                        };
-                        let keys: Vec<Bytes> = batch.into_iter().map(Bytes::from).collect();
-                        let position = scan.checkpoint();
-                        if keys.is_empty() {
-                            // Nothing of the range in this stretch: only the position moves.
-                            in_flight.push_back(tokio::spawn(futures::future::ready(Ok((
-                                BatchOutcome::default(),
-                                Some(position),
-                            )))));
-                            continue;
-                        }
-                        let chunks: Vec<Vec<Bytes>> =
-                            keys.chunks(self.batch_size).map(<[_]>::to_vec).collect();
-                        let last = chunks.len().saturating_sub(1);
-                        for (n, chunk) in chunks.into_iter().enumerate() {
-                            pending.push_back((chunk, (n == last).then_some(position)));
-                        }
-                    }
-                    if pending.is_empty() {
-                        break;
-                    };
+                while in_flight.len() < BATCHES_IN_FLIGHT && !pending.is_empty() {
                     if self.pause_requested().await? {
                         if !in_flight.is_empty() {
                             // Pause with no key in transit: land what is in flight first.
@@ -150,34 +165,83 @@ impl Job {
                         batcher.move_batch(chunk).await.map(|o| (o, at))
                     }));
                 }
-                let Some(done) = futures::StreamExt::next(&mut in_flight).await else {
+                // The next scan page is taken once the pages before are all sent, so that
+                // positions land in scan order.
+                let wants_page = pending.is_empty() && !scanned_all;
+                if in_flight.is_empty() && !wants_page {
                     break;
-                };
-                let (outcome, position) =
-                    done.map_err(|e| Error::Internal(format!("a batch of the copy failed: {e}")))??;
-                self.moved += self.settle(&from, &to, outcome).await?;
-                if let Some(cp) = position {
-                    let source = self.instance(&from)?;
-                    let _: () = redis::cmd("SET")
-                        .arg(&key)
-                        .arg(format!("{}:{}", cp.pattern, cp.cursor))
-                        .arg("EX")
-                        .arg(86_400)
-                        .query_async(&mut source.conn)
-                        .await
-                        .map_err(|e| source.err(&e))?;
                 }
-                self.urgent().await?;
-                if self.last_report.elapsed() > Duration::from_secs(1) {
-                    self.report(rebalance_step::COPYING, &[]).await?;
+                tokio::select! {
+                    page = scanned.recv(), if wants_page => match page {
+                        None => scanned_all = true,
+                        Some(Err(e)) => return Err(e),
+                        Some(Ok((keys, position))) if keys.is_empty() => {
+                            // Nothing of the range in this stretch: only the position moves.
+                            in_flight.push_back(tokio::spawn(futures::future::ready(Ok((
+                                BatchOutcome::default(),
+                                Some(position),
+                            )))));
+                        }
+                        Some(Ok((keys, position))) => {
+                            let chunks: Vec<Vec<Bytes>> =
+                                keys.chunks(self.batch_size).map(<[_]>::to_vec).collect();
+                            let last = chunks.len().saturating_sub(1);
+                            for (n, chunk) in chunks.into_iter().enumerate() {
+                                pending.push_back((chunk, (n == last).then_some(position)));
+                            }
+                        }
+                    },
+                    Some(done) = futures::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {
+                        let (outcome, position) = done.map_err(|e| {
+                            Error::Internal(format!("a batch of the copy failed: {e}"))
+                        })??;
+                        self.moved += self.settle(&from, &to, outcome).await?;
+                        if position.is_some() {
+                            landed = position;
+                        }
+                        if saved.elapsed() >= CHECKPOINT_EVERY
+                            && let Some(cp) = landed.take()
+                        {
+                            self.save_checkpoint(&from, &key, cp).await?;
+                            saved = Instant::now();
+                        }
+                        if self.urgent_read.elapsed() >= URGENT_EVERY {
+                            self.urgent().await?;
+                        }
+                        if self.last_report.elapsed() > Duration::from_secs(1) {
+                            self.report(rebalance_step::COPYING, &[]).await?;
+                        }
+                    }
                 }
+            }
+            if let Some(cp) = landed {
+                self.save_checkpoint(&from, &key, cp).await?;
             }
         }
         Ok(())
     }
 
+    /// Saves where the scan of a move stands (every batch before it landed).
+    async fn save_checkpoint(
+        &mut self,
+        from: &str,
+        key: &str,
+        cp: ScanCheckpoint,
+    ) -> Result<(), Error> {
+        let source = self.instance(from)?;
+        redis::cmd("SET")
+            .arg(key)
+            .arg(format!("{}:{}", cp.pattern, cp.cursor))
+            .arg("EX")
+            .arg(86_400)
+            .query_async(&mut source.conn)
+            .await
+            .map_err(|e| source.err(&e))
+    }
+
     /// Moves the keys sidecars asked for (a command touched moved and unmoved keys at once).
     pub(super) async fn urgent(&mut self) -> Result<(), Error> {
+        self.urgent_read = Instant::now();
         let resolver = self.resolver.clone();
         let list = names::urgent(&self.mover.policy);
         let mut sources: Vec<String> = self.steps.iter().map(|s| s.from.clone()).collect();
