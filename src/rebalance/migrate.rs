@@ -30,7 +30,10 @@ mod copy;
 mod piecewise;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use bytes::Bytes;
 use kube::api::{Api, Patch, PatchParams};
@@ -131,6 +134,8 @@ struct Instance {
     /// connection of their own, so that a scan or a checkpoint does not wait in line behind
     /// every script in flight.
     data: MultiplexedConnection,
+    /// Move scripts under way on `data` (see [`batch::SCRIPTS_AT_ONCE`]).
+    scripts: Arc<Semaphore>,
 }
 
 impl Instance {
@@ -329,6 +334,7 @@ impl Job {
                 credentials: target.credentials,
                 conn,
                 data,
+                scripts: Arc::new(Semaphore::new(batch::SCRIPTS_AT_ONCE)),
             };
             instances.insert(name.clone(), instance);
         }

@@ -17,6 +17,11 @@ const KEYS_PER_SCRIPT: usize = 64;
 /// each, the Job holds at most a few dozen MiB of values at a time, whatever their size.
 const TAKE_BUDGET: u64 = 2 << 20;
 
+/// Move scripts a Job has under way on one instance at a time: an application's command
+/// there waits behind at most these (each a few hundred microseconds of the server's time),
+/// not behind every batch in flight.
+pub(super) const SCRIPTS_AT_ONCE: usize = 2;
+
 /// Batches moving at once: the source takes the next ones while the target restores earlier
 /// ones, and neither waits for the other's round trips.
 pub(super) const BATCHES_IN_FLIGHT: usize = 8;
@@ -59,8 +64,10 @@ impl Batcher {
         // 1. Take them out of the source: concurrent calls, pipelined on the connection.
         let calls = keys.chunks(KEYS_PER_SCRIPT).map(|group| {
             let mut conn = self.from.data.clone();
+            let scripts = self.from.scripts.clone();
             let mover = self.mover.clone();
             async move {
+                let _turn = scripts.acquire().await;
                 mover
                     .take(&mut conn, group, BIG_VALUE_BYTES, TAKE_BUDGET)
                     .await
@@ -89,8 +96,12 @@ impl Batcher {
         // 2. Restore on the target.
         let calls = restores.chunks(KEYS_PER_SCRIPT).map(|group| {
             let mut conn = self.to.data.clone();
+            let scripts = self.to.scripts.clone();
             let mover = self.mover.clone();
-            async move { (group, mover.restore(&mut conn, group).await) }
+            async move {
+                let _turn = scripts.acquire().await;
+                (group, mover.restore(&mut conn, group).await)
+            }
         });
         for (group, answers) in join_all(calls).await {
             let answers = answers.map_err(|e| move_error(&group[0].key, e))?;
@@ -115,6 +126,7 @@ impl Batcher {
         // 3. Finish on the source.
         let mut conn = self.from.data.clone();
         for group in finish.chunks(KEYS_PER_SCRIPT * 4) {
+            let _turn = self.from.scripts.acquire().await;
             self.mover
                 .finish(&mut conn, group)
                 .await
