@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, Patch, PatchParams};
 use redis::AsyncCommands;
 use redis_fleet::api::CachePolicy;
-use redis_fleet::api::cache_policy::{RebalanceStatus, rebalance_phase};
+use redis_fleet::api::cache_policy::{
+    REBALANCE_CONTROL_ANNOTATION, RebalanceStatus, rebalance_phase,
+};
 use support::node::Node;
 use support::operator::Operator;
 use support::shop::{example_policy, kubectl_apply};
@@ -343,6 +345,47 @@ async fn main() {
     let paced = follow(&policies, &node, fast.done.plan_id, 300).await;
     assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
 
+    // Where the foreground's latency goes during a copy: the same traffic during a slow copy,
+    // and while that copy is paused (every key still routed through the guard on the legacy
+    // Redis, most answered from the target: the guard and its redirects alone).
+    let (slow_keys, slow_rate) = if full {
+        (100_000, 5_000)
+    } else {
+        (5_000, 2_500)
+    };
+    let patch =
+        serde_json::json!({"spec": {"balancing": {"rebalance": {"keysPerSecond": slow_rate}}}});
+    policies
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    fill(&legacy, keys + paced_keys, slow_keys).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow_traffic = tokio::spawn(foreground(sidecar.port, keys, stop.clone()));
+    let pausing = tokio::spawn(pause_once(policies.clone(), paced.done.plan_id));
+    let slow = follow(&policies, &node, paced.done.plan_id, 300).await;
+    stop.store(true, Ordering::Relaxed);
+    let (slow_latencies, _) = slow_traffic.await.unwrap();
+    let paused_window = pausing.await.unwrap();
+    assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
+    let in_window =
+        |(at, _): &&(Instant, u64), (from, to): (Instant, Instant)| *at >= from && *at <= to;
+    let mut slow_copying: Vec<u64> = slow_latencies
+        .iter()
+        .filter(|l| in_window(l, (slow.copying.0, slow.copied.0)))
+        .filter(|l| paused_window.is_none_or(|w| !in_window(l, w)))
+        .map(|(_, l)| *l)
+        .collect();
+    let mut paused_latencies: Vec<u64> = paused_window.map_or(Vec::new(), |w| {
+        slow_latencies
+            .iter()
+            .filter(|l| in_window(l, w))
+            .map(|(_, l)| *l)
+            .collect()
+    });
+    slow_copying.sort_unstable();
+    paused_latencies.sort_unstable();
+
     let copy_secs = (fast.copied.0 - fast.copying.0).as_secs_f64();
     let job_moved = fast
         .done
@@ -413,12 +456,15 @@ async fn main() {
     baseline.sort_unstable();
     moving.sort_unstable();
     copying.sort_unstable();
+    let slow_label = format!("copy at {slow_rate} keys/s");
     println!("foreground through the sidecar ({FOREGROUND_RATE} ops/s, 3 GET : 1 SET)");
     println!("                            requests  errors   p50 µs   p99 µs  p99.9 µs");
     for (label, l, e) in [
         ("before the move", &baseline, Some(baseline_errors)),
         ("apply → Succeeded", &moving, Some(moving_errors)),
         ("during the copy step", &copying, None),
+        (slow_label.as_str(), &slow_copying, None),
+        ("that copy paused (guard)", &paused_latencies, None),
     ] {
         let e = e.map_or("".to_owned(), |e| e.to_string());
         println!(
@@ -433,6 +479,60 @@ async fn main() {
         "  p99 during the copy / before: {:.2}×",
         percentile(&copying, 0.99) as f64 / percentile(&baseline, 0.99).max(1) as f64
     );
+}
+
+/// Pauses the plan after `after` once it copies, for a few seconds of traffic, then resumes
+/// it; the window in which it was paused (`None`: the copy ended first).
+async fn pause_once(policies: Api<CachePolicy>, after: i64) -> Option<(Instant, Instant)> {
+    let annotate = |value: Option<&str>| serde_json::json!({"metadata": {"annotations": {REBALANCE_CONTROL_ANNOTATION: value}}});
+    let step = |p: &CachePolicy| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.rebalance.as_ref())
+            .filter(|r| r.plan_id > after)
+            .map(|r| (r.step.clone().unwrap_or_default(), r.phase.clone()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = policies.get("shop").await.ok()?;
+        match step(&p) {
+            Some((s, _)) if s == "Copying" => break,
+            Some((_, phase)) if phase == rebalance_phase::SUCCEEDED => return None,
+            _ if Instant::now() > deadline => return None,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    policies
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(&annotate(Some("pause"))),
+        )
+        .await
+        .ok()?;
+    let mut window = None;
+    while Instant::now() < deadline {
+        let p = policies.get("shop").await.ok()?;
+        match step(&p) {
+            Some((s, _)) if s == "Paused" => {
+                let from = Instant::now();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                window = Some((from, Instant::now()));
+                break;
+            }
+            Some((s, _)) if s != "Copying" => break,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    policies
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(&annotate(None)),
+        )
+        .await
+        .ok()?;
+    window
 }
 
 /// What following one plan through `status.rebalance` saw.
