@@ -345,13 +345,15 @@ async fn main() {
     let paced = follow(&policies, &node, fast.done.plan_id, 300).await;
     assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
 
-    // Where the foreground's latency goes during a copy: the same traffic during a slow copy,
+    // Where the foreground's latency goes during a copy: the same traffic during a slower copy,
     // and while that copy is paused (every key still routed through the guard on the legacy
     // Redis, most answered from the target: the guard and its redirects alone).
+    // (Enough keys to move the legacy instance's memory by a point of its capacity, as the
+    // paced drain: the operator samples an instance again when its use changed by a point.)
     let (slow_keys, slow_rate) = if full {
-        (100_000, 5_000)
+        (200_000, 10_000)
     } else {
-        (5_000, 2_500)
+        (10_000, 5_000)
     };
     let patch =
         serde_json::json!({"spec": {"balancing": {"rebalance": {"keysPerSecond": slow_rate}}}});
