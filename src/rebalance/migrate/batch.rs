@@ -17,9 +17,9 @@ const KEYS_PER_SCRIPT: usize = 64;
 /// each, the Job holds at most a few dozen MiB of values at a time, whatever their size.
 const TAKE_BUDGET: u64 = 2 << 20;
 
-/// Move scripts a Job has under way on one instance at a time: an application's command
-/// there waits behind at most these (each a few hundred microseconds of the server's time),
-/// not behind every batch in flight.
+/// Take and restore scripts the bulk copy has under way on one instance at a time: an
+/// application's command there waits behind at most these (each a few hundred microseconds of
+/// the server's time), not behind every batch in flight.
 pub(super) const SCRIPTS_AT_ONCE: usize = 2;
 
 /// Batches moving at once: the source takes the next ones while the target restores earlier
@@ -32,6 +32,9 @@ pub(super) struct Batcher {
     pub(super) from: Instance,
     pub(super) to: Instance,
     pub(super) mover: mover::Mover,
+    /// Takes and restores wait for their turn ([`SCRIPTS_AT_ONCE`]): the bulk copy. Keys a
+    /// sidecar waits for, and the few left over, go past the queue.
+    pub(super) queued: bool,
 }
 
 /// What a batch left to the Job.
@@ -64,10 +67,13 @@ impl Batcher {
         // 1. Take them out of the source: concurrent calls, pipelined on the connection.
         let calls = keys.chunks(KEYS_PER_SCRIPT).map(|group| {
             let mut conn = self.from.data.clone();
-            let scripts = self.from.scripts.clone();
+            let scripts = self.queued.then(|| self.from.scripts.clone());
             let mover = self.mover.clone();
             async move {
-                let _turn = scripts.acquire().await;
+                let _turn = match &scripts {
+                    Some(s) => s.acquire().await.ok(),
+                    None => None,
+                };
                 mover
                     .take(&mut conn, group, BIG_VALUE_BYTES, TAKE_BUDGET)
                     .await
@@ -96,10 +102,13 @@ impl Batcher {
         // 2. Restore on the target.
         let calls = restores.chunks(KEYS_PER_SCRIPT).map(|group| {
             let mut conn = self.to.data.clone();
-            let scripts = self.to.scripts.clone();
+            let scripts = self.queued.then(|| self.to.scripts.clone());
             let mover = self.mover.clone();
             async move {
-                let _turn = scripts.acquire().await;
+                let _turn = match &scripts {
+                    Some(s) => s.acquire().await.ok(),
+                    None => None,
+                };
                 (group, mover.restore(&mut conn, group).await)
             }
         });
@@ -123,10 +132,10 @@ impl Batcher {
                 }
             }
         }
-        // 3. Finish on the source.
         let mut conn = self.from.data.clone();
+        // 3. Finish on the source, without waiting for a turn: deleting tombstones is cheap,
+        //    and the keys are in transit (commands on them wait) until it is done.
         for group in finish.chunks(KEYS_PER_SCRIPT * 4) {
-            let _turn = self.from.scripts.acquire().await;
             self.mover
                 .finish(&mut conn, group)
                 .await

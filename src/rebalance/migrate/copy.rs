@@ -123,7 +123,7 @@ impl Job {
             if checkpoint != ScanCheckpoint::default() {
                 info!(move = index, ?checkpoint, "resuming from the checkpoint");
             }
-            let batcher = self.batcher(&from, &to)?;
+            let batcher = self.batcher(&from, &to, true)?;
             let source = self.instance(&from)?.clone();
             let mut scanned = scan_ahead(resolver.clone(), category, range, checkpoint, source);
             // Batches in flight, in scan order: the source takes the next ones while the
@@ -137,6 +137,9 @@ impl Job {
             // The newest position every batch before has landed at, not saved yet.
             let mut landed: Option<ScanCheckpoint> = None;
             let mut saved = Instant::now();
+            // Keys sidecars wait for move even while the oldest batch has not landed.
+            let mut urgent_tick = tokio::time::interval(URGENT_EVERY);
+            urgent_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 while in_flight.len() < BATCHES_IN_FLIGHT && !pending.is_empty() {
                     if self.pause_requested().await? {
@@ -167,11 +170,19 @@ impl Job {
                 }
                 // The next scan page is taken once the pages before are all sent, so that
                 // positions land in scan order.
-                let wants_page = pending.is_empty() && !scanned_all;
+                // (An empty page takes a place in flight too, so the scan never runs ahead of
+                // the batches by more than their number.)
+                let wants_page =
+                    pending.is_empty() && !scanned_all && in_flight.len() < BATCHES_IN_FLIGHT;
                 if in_flight.is_empty() && !wants_page {
                     break;
                 }
                 tokio::select! {
+                    _ = urgent_tick.tick() => {
+                        if self.urgent_read.elapsed() >= URGENT_EVERY {
+                            self.urgent().await?;
+                        }
+                    }
                     page = scanned.recv(), if wants_page => match page {
                         None => scanned_all = true,
                         Some(Err(e)) => return Err(e),
@@ -391,13 +402,14 @@ impl Job {
     }
 
     /// What batches from `from` to `to` need, to be cloned into each batch in flight.
-    fn batcher(&mut self, from: &str, to: &str) -> Result<Batcher, Error> {
+    fn batcher(&mut self, from: &str, to: &str, queued: bool) -> Result<Batcher, Error> {
         let from = self.instance(from)?.clone();
         let to = self.instance(to)?.clone();
         Ok(Batcher {
             from,
             to,
             mover: self.mover.clone(),
+            queued,
         })
     }
 
@@ -408,7 +420,7 @@ impl Job {
         while !queue.is_empty() {
             let take = queue.len().min(self.batch_size);
             let chunk: Vec<Bytes> = queue.drain(..take).collect();
-            let mut outcome = self.batcher(from, to)?.move_batch(chunk).await?;
+            let mut outcome = self.batcher(from, to, false)?.move_batch(chunk).await?;
             queue.append(&mut outcome.later);
             self.moved += self.settle(from, to, outcome).await?;
         }
