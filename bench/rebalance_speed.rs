@@ -335,12 +335,7 @@ async fn main() {
     } else {
         (10_000, 5_000)
     };
-    let patch =
-        serde_json::json!({"spec": {"balancing": {"rebalance": {"keysPerSecond": paced_rate}}}});
-    policies
-        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    set_keys_per_second(&policies, paced_rate).await;
     fill(&legacy, keys, paced_keys).await;
     let paced = follow(&policies, &node, fast.done.plan_id, 300).await;
     assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
@@ -355,12 +350,7 @@ async fn main() {
     } else {
         (10_000, 5_000)
     };
-    let patch =
-        serde_json::json!({"spec": {"balancing": {"rebalance": {"keysPerSecond": slow_rate}}}});
-    policies
-        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    set_keys_per_second(&policies, slow_rate).await;
     fill(&legacy, keys + paced_keys, slow_keys).await;
     let stop = Arc::new(AtomicBool::new(false));
     let slow_traffic = tokio::spawn(foreground(sidecar.port, keys, stop.clone()));
@@ -481,6 +471,15 @@ async fn main() {
         "  p99 during the copy / before: {:.2}×",
         percentile(&copying, 0.99) as f64 / percentile(&baseline, 0.99).max(1) as f64
     );
+}
+
+/// Sets the policy's `keysPerSecond`.
+async fn set_keys_per_second(policies: &Api<CachePolicy>, rate: u64) {
+    let patch = serde_json::json!({"spec": {"balancing": {"rebalance": {"keysPerSecond": rate}}}});
+    policies
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
 }
 
 /// Pauses the plan after `after` once it copies, for a few seconds of traffic, then resumes

@@ -97,13 +97,17 @@ impl RedisServer {
         server
     }
 
-    /// `used_memory` of `INFO memory`, in bytes.
-    pub async fn used_memory(&self) -> u64 {
-        let mut conn = self
-            .client()
+    /// A fresh connection (panics if the server does not answer).
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
             .get_multiplexed_async_connection()
             .await
-            .expect("connecting to redis-server");
+            .expect("connecting to redis-server")
+    }
+
+    /// `used_memory` of `INFO memory`, in bytes.
+    pub async fn used_memory(&self) -> u64 {
+        let mut conn = self.connection().await;
         let info: String = redis::cmd("INFO")
             .arg("memory")
             .query_async(&mut conn)
@@ -117,11 +121,7 @@ impl RedisServer {
 
     /// `MEMORY STATS` as text (for a failing assertion about memory).
     pub async fn memory_stats(&self) -> String {
-        let mut conn = self
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connecting to redis-server");
+        let mut conn = self.connection().await;
         let stats: redis::Value = redis::cmd("MEMORY")
             .arg("STATS")
             .query_async(&mut conn)

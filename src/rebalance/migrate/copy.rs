@@ -216,9 +216,6 @@ impl Job {
                             self.save_checkpoint(&from, &key, cp).await?;
                             saved = Instant::now();
                         }
-                        if self.urgent_read.elapsed() >= URGENT_EVERY {
-                            self.urgent().await?;
-                        }
                         if self.last_report.elapsed() > Duration::from_secs(1) {
                             self.report(rebalance_step::COPYING, &[]).await?;
                         }
