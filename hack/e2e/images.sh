@@ -107,8 +107,9 @@ runtime_rootfs() {
   rm -rf "$dir" "$debs"
   mkdir -p "$dir" "$debs"
   e2e_log "apt-get download ${packages[*]}"
-  (cd "$debs" && apt-get download "${packages[@]}" >/dev/null 2>&1) ||
-    (apt-get update -qq && cd "$debs" && apt-get download "${packages[@]}" >/dev/null)
+  (cd "$debs" && apt-get -o Acquire::Retries=3 download "${packages[@]}" >/dev/null 2>&1) ||
+    (apt-get -o Acquire::Retries=3 update -qq && cd "$debs" &&
+      apt-get -o Acquire::Retries=3 download "${packages[@]}" >/dev/null)
   for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$dir"; done
   rm -rf "$dir"/usr/share/doc "$dir"/usr/share/man "$dir"/usr/share/info "$dir"/usr/share/lintian
   install -d -m 0755 "$dir/etc/ssl/certs"

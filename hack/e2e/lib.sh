@@ -63,8 +63,17 @@ e2e_apt() {
   e2e_log "installing ${missing[*]}"
   local sudo=""
   [[ "$(id -u)" == 0 ]] || sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # A mirror that hiccups, or another apt holding the lock for a moment, gets three tries.
+  local try
+  for try in 1 2 3; do
+    if $sudo apt-get -o Acquire::Retries=3 update -qq &&
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get -o Acquire::Retries=3 \
+        -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+      return 0
+    fi
+    ((try < 3)) && { e2e_log "apt-get failed (try $try of 3); again in $((try * 10))s"; sleep $((try * 10)); }
+  done
+  e2e_die "could not install ${missing[*]} with apt-get"
 }
 
 # The Debian packages of the node and of the image builds.

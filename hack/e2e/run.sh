@@ -62,8 +62,14 @@ summary() {
 }
 
 say() { printf '    %s\n' "$*"; }
+# The failure, printed where it happens and again as the run's last lines (after the
+# diagnostics and the cluster's teardown), with the tail of the failing README block's output:
+# a log read from its end shows why.
+FAILURE=""
+FAILURE_OUTPUT=""
 fail() {
-  printf '\n\033[1;31mFAILED in step %d (%s): %s\033[0m\n' "$STEP" "${STEP_NAMES[$((STEP - 1))]:-}" "$*" >&2
+  FAILURE="$(printf 'FAILED in step %d (%s): %s' "$STEP" "${STEP_NAMES[$((STEP - 1))]:-}" "$*")"
+  printf '\n\033[1;31m%s\033[0m\n' "$FAILURE" >&2
   diagnose >&2 || true
   exit 1
 }
@@ -99,9 +105,14 @@ run_readme() {
   [[ -n "$block" ]] || fail "README.md has no block <!-- e2e: $1 -->"
   say "README.md, <!-- e2e: $1 -->, in ${dir/#$E2E_ROOT/<checkout>}:"
   sed 's/^/    $ /' <<<"$block"
-  if ! (cd "$dir" && bash -euo pipefail -c "$block") 2>&1 | sed 's/^/      /'; then
+  local out
+  out="$(mktemp)"
+  if ! (cd "$dir" && bash -euo pipefail -c "$block") 2>&1 | sed 's/^/      /' | tee "$out"; then
+    FAILURE_OUTPUT="$(tail -n 30 "$out")"
+    rm -f "$out"
     fail "the README's block $1 failed"
   fi
+  rm -f "$out"
 }
 
 # user_copy SRC DEST SED-SCRIPT: the user's adapted copy of SRC, shown as a diff.
@@ -251,6 +262,10 @@ settle() {
 
 diagnose() {
   echo "--- diagnostics"
+  if ! k get --raw /readyz --request-timeout=5s >/dev/null 2>&1; then
+    echo "(no cluster answers yet: nothing to ask it)"
+    return 0
+  fi
   k get nodes -o wide || true
   k describe node "$E2E_NODE_NAME" | sed -n '/^Taints:/,/^Capacity:/p' || true
   k get pods -A -o wide || true
@@ -285,6 +300,12 @@ cleanup() {
     echo "the cluster keeps running: eval \"\$(hack/e2e/cluster.sh env)\"; stop it with hack/e2e/cluster.sh down"
   else
     "$E2E_HACK/cluster.sh" down
+  fi
+  if [[ -n "$FAILURE" ]]; then
+    if [[ -n "$FAILURE_OUTPUT" ]]; then
+      printf '\nthe end of its output:\n%s\n' "$FAILURE_OUTPUT" >&2
+    fi
+    printf '\n\033[1;31m%s\033[0m\n' "$FAILURE" >&2
   fi
   exit "$rc"
 }
