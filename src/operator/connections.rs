@@ -1,23 +1,23 @@
 //! Connections to instances, kept between reconciles: a TLS handshake and AUTH per probe would
 //! cost more than the work. One connection per instance serves its probes, sampling and
-//! purging (multiplexed: one socket and one pair of buffers per instance, which at 1 000
-//! instances is most of the operator's memory); it is valid for the target it was opened to;
-//! a caller whose command fails drops it, so the next call connects afresh.
+//! purging, one request at a time ([`SerialConnection`]: between requests it holds its socket
+//! and no buffers, which at 1 000 instances matters); it is valid for the target it was
+//! opened to; a caller whose command fails drops it, so the next call connects afresh.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef;
-use redis::aio::MultiplexedConnection;
 
 use crate::api::RedisInstance;
 use crate::redis::connect::{Target, redact};
+use crate::redis::serial::SerialConnection;
 
 /// Kept connections, by instance.
 #[derive(Default)]
 pub struct Connections {
-    kept: Mutex<HashMap<ObjectRef<RedisInstance>, (Target, MultiplexedConnection)>>,
+    kept: Mutex<HashMap<ObjectRef<RedisInstance>, (Target, SerialConnection)>>,
 }
 
 impl std::fmt::Debug for Connections {
@@ -35,7 +35,7 @@ impl Connections {
         instance: &ObjectRef<RedisInstance>,
         target: &Target,
         timeout: Duration,
-    ) -> Result<MultiplexedConnection, String> {
+    ) -> Result<SerialConnection, String> {
         self.connect(instance, target, timeout)
             .await
             .map_err(|e| redact(&e.to_string(), &target.credentials))
@@ -48,7 +48,7 @@ impl Connections {
         instance: &ObjectRef<RedisInstance>,
         target: &Target,
         timeout: Duration,
-    ) -> redis::RedisResult<MultiplexedConnection> {
+    ) -> redis::RedisResult<SerialConnection> {
         {
             let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((t, conn)) = kept.get(instance)
@@ -57,7 +57,7 @@ impl Connections {
                 return Ok(conn.clone());
             }
         }
-        let conn = target.connect(timeout).await?;
+        let conn = SerialConnection::open(target, timeout).await?;
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.insert(instance.clone(), (target.clone(), conn.clone()));
         Ok(conn)

@@ -6,7 +6,7 @@
 //! default category) and filtered by category and slot with the routing resolver itself, so
 //! the purge removes exactly what routing would send there.
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::{SlotRange, key_slot};
@@ -21,7 +21,7 @@ const SCAN_COUNT: usize = 1000;
 /// One SCAN round trip over the keys matching `pattern`: the next cursor (0 at the end) and
 /// the keys of this page.
 pub async fn scan_page(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     cursor: u64,
     pattern: &[u8],
 ) -> redis::RedisResult<(u64, Vec<Vec<u8>>)> {
@@ -133,7 +133,7 @@ impl<'r> RangeScan<'r> {
     /// when the scan is complete.
     pub async fn next_batch(
         &mut self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl ConnectionLike + Send),
     ) -> redis::RedisResult<Option<Vec<Vec<u8>>>> {
         let Some(pattern) = self.patterns.get(self.pattern) else {
             return Ok(None);
@@ -159,7 +159,7 @@ impl<'r> RangeScan<'r> {
 
 /// Deletes the keys of `category` in `ranges`; returns how many were deleted.
 pub async fn delete_ranges(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     resolver: &Resolver,
     category: CategoryId,
     ranges: &[SlotRange],

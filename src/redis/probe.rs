@@ -4,10 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 
 use super::connect::{Target, redact};
 use super::info::{Info, parse_info};
+use super::serial::SerialConnection;
 
 /// What one successful probe saw.
 #[derive(Debug, Clone)]
@@ -68,7 +69,7 @@ pub struct ProbeError {
 /// Probes one instance, reusing its connection between probes.
 #[derive(Default)]
 pub struct Prober {
-    connection: Option<(u64, MultiplexedConnection)>,
+    connection: Option<(u64, SerialConnection)>,
 }
 
 impl std::fmt::Debug for Prober {
@@ -110,8 +111,7 @@ impl Prober {
         let conn = match &mut self.connection {
             Some((_, conn)) => conn,
             slot @ None => {
-                let conn = target
-                    .connect(timeout)
+                let conn = SerialConnection::open(target, timeout)
                     .await
                     .map_err(|e| classify(&e, target))?;
                 &mut slot.insert((fingerprint, conn)).1
@@ -124,7 +124,7 @@ impl Prober {
 /// PING and INFO on `conn`, an open connection to `target` (the caller bounds the time and
 /// drops the connection after an error).
 pub async fn probe_on(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     target: &Target,
 ) -> Result<Probe, ProbeError> {
     let started = Instant::now();

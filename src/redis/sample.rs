@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 
 use crate::redis::keys::RESERVED_PREFIX;
 use crate::routing::keyspace::Resolver;
@@ -35,7 +35,7 @@ const PIPELINE: usize = 64;
 
 /// Samples `n` random keys of the instance and estimates the bytes and keys of each category.
 pub async fn sample_categories(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     resolver: &Resolver,
     n: usize,
 ) -> redis::RedisResult<Sample> {

@@ -14,6 +14,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use redis::aio::ConnectionLike;
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -529,7 +530,7 @@ async fn purge(
 /// Deletes the tombstones of keys of `category` in `ranges` (values a move had in transit
 /// there): a stale copy's tombstone must not reach a target with a later move.
 async fn delete_tombstones(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     resolver: &Resolver,
     category: u16,
     ranges: &[SlotRange],

@@ -35,7 +35,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 use tracing::{info, warn};
 
 use crate::api::cache_policy::{CachePolicy, config_map_name};
@@ -122,7 +122,7 @@ pub fn keys_to_remove(policy: &str, keep_fences: bool) -> Vec<String> {
 /// Removes `policy`'s own keys from one instance: UNLINK of the fixed names (the fences hash
 /// too unless `keep_fences`), SCAN MATCH + UNLINK for the others. How many were removed.
 pub async fn remove_policy_keys(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     policy: &str,
     keep_fences: bool,
 ) -> redis::RedisResult<u64> {

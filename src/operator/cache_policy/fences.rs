@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use redis::aio::MultiplexedConnection;
 use tracing::{info, warn};
 
 use crate::api::redis_instance::RedisInstance;
@@ -24,6 +23,7 @@ use crate::redis::connect::redact;
 use crate::redis::keys::{in_ranges, prefix_pattern};
 use crate::redis::protocol::mover::{self, MoveError};
 use crate::redis::protocol::{fence, names};
+use crate::redis::serial::SerialConnection;
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
 
@@ -32,7 +32,7 @@ pub async fn connect(
     ctx: &Context,
     namespace: &str,
     ri: &RedisInstance,
-) -> Result<MultiplexedConnection, String> {
+) -> Result<SerialConnection, String> {
     let target = ctx
         .secrets
         .target_of(ri, namespace)

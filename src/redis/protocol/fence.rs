@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 
 use super::names;
 use crate::redis::resp::Frame;
@@ -54,7 +54,7 @@ pub fn merge(into: &mut Fences, other: &Fences) {
 /// Raises fences of `raise` (instance → version) in `policy`'s hash on one instance and returns
 /// the hash.
 pub async fn raise(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     policy: &str,
     raise: &[(String, u64)],
 ) -> redis::RedisResult<Fences> {
@@ -73,7 +73,10 @@ pub async fn raise(
 }
 
 /// Reads `policy`'s fences on one instance.
-pub async fn read(conn: &mut MultiplexedConnection, policy: &str) -> redis::RedisResult<Fences> {
+pub async fn read(
+    conn: &mut (impl ConnectionLike + Send),
+    policy: &str,
+) -> redis::RedisResult<Fences> {
     raise(conn, policy, &[]).await
 }
 
@@ -81,7 +84,7 @@ pub async fn read(conn: &mut MultiplexedConnection, policy: &str) -> redis::Redi
 /// `min_version` (their names say so); returns how many. Call it after raising the fence on
 /// this instance: a connection opened later sees the fence at its handshake.
 pub async fn close_older_connections(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     policy: &str,
     min_version: u64,
 ) -> redis::RedisResult<usize> {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 
 use super::fence::{self, Fences};
 use super::names;
@@ -103,7 +103,7 @@ pub fn parse_write_reply(reply: &Frame) -> Option<Fences> {
 
 /// The live heartbeats of `policy` on an instance: sidecar id → table version.
 pub async fn read(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     policy: &str,
 ) -> redis::RedisResult<BTreeMap<String, u64>> {
     let flat: Vec<String> = redis::Script::new(READ_SCRIPT)

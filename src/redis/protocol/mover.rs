@@ -6,7 +6,7 @@
 use std::sync::LazyLock;
 
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 
 use super::names;
 use crate::redis::resp::Frame;
@@ -329,7 +329,7 @@ impl Mover {
     /// With no keys it only raises the token and reads the marker.
     pub async fn give_back(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl ConnectionLike + Send),
         marker: &str,
         keys: &[Bytes],
     ) -> Result<Option<u64>, MoveError> {
@@ -348,7 +348,7 @@ impl Mover {
     }
 
     /// Raises the instance's mover token to ours; `Fenced` when a newer one is there.
-    pub async fn claim(&self, conn: &mut MultiplexedConnection) -> Result<(), MoveError> {
+    pub async fn claim(&self, conn: &mut (impl ConnectionLike + Send)) -> Result<(), MoveError> {
         let ours: i64 = RAISE_TOKEN
             .key(names::mover(&self.policy))
             .arg(self.token)
@@ -367,7 +367,7 @@ impl Mover {
     /// passed `budget` bytes, further keys are left alone ([`Taken::Later`]).
     pub async fn take(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl ConnectionLike + Send),
         keys: &[Bytes],
         dump_limit: u64,
         budget: u64,
@@ -398,7 +398,7 @@ impl Mover {
     /// Restores `items` on the target; one answer per item, in order.
     pub async fn restore(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl ConnectionLike + Send),
         items: &[Restore],
     ) -> Result<Vec<Restored>, MoveError> {
         if items.is_empty() {
@@ -436,7 +436,7 @@ impl Mover {
     /// Deletes the tombstones of `keys` on the source.
     pub async fn finish(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl ConnectionLike + Send),
         keys: &[Bytes],
     ) -> Result<(), MoveError> {
         if keys.is_empty() {
@@ -458,7 +458,7 @@ impl Mover {
     /// Deletes `keys` (stale copies on a target); how many existed.
     pub async fn delete(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl ConnectionLike + Send),
         keys: &[Bytes],
     ) -> Result<u64, MoveError> {
         if keys.is_empty() {
@@ -479,7 +479,7 @@ impl Mover {
     /// when the move's target serves the range already (its source is being emptied).
     pub async fn mark_importing(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl ConnectionLike + Send),
         marker: &str,
         on: bool,
         target_serves: bool,
@@ -504,7 +504,7 @@ impl Mover {
     /// Renames a value assembled in `temp` to `key` if `key` is still absent on the target.
     pub async fn place(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl ConnectionLike + Send),
         temp: &[u8],
         key: &[u8],
         persist: bool,
