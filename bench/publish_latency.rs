@@ -21,10 +21,17 @@ use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use redis_fleet::api::CachePolicy;
 use redis_fleet::api::redis_instance::{InstancePhase, RedisInstance};
+use redis_fleet::routing::config_map::table_of;
 use support::operator::Operator;
 use support::{ControlPlane, RedisOptions, RedisServer};
 
-const FLIPS: usize = 50;
+/// What the watches saw.
+enum Seen {
+    /// The primary's phase.
+    Phase(InstancePhase),
+    /// A published table: its version, and whether the primary's slots are failed over.
+    Table(u64, bool),
+}
 
 fn signal(pid: u32, sig: &str) {
     Command::new("kill")
@@ -40,6 +47,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
+    // `cargo test` runs this as a smoke test, on a machine busy with other tests: fewer flips,
+    // and probes that a loaded machine does not fail by themselves.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (flips, flip_limit, interval, timeout) = if full {
+        (50, Duration::from_secs(20), "200ms", "100ms")
+    } else {
+        (4, Duration::from_secs(90), "1s", "500ms")
+    };
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     cp.install_crds(&client).await;
@@ -57,7 +72,7 @@ async fn main() {
             "apiVersion": "redisfleet.io/v1alpha1", "kind": "RedisInstance",
             "metadata": {"name": name, "labels": {"redisfleet.io/tier": tier}},
             "spec": {"external": {"host": "127.0.0.1", "port": server.port},
-                     "health": {"interval": "200ms", "timeout": "100ms", "failureThreshold": 1, "recoveryThreshold": 1}}
+                     "health": {"interval": interval, "timeout": timeout, "failureThreshold": 1, "recoveryThreshold": 1}}
         }))
         .unwrap();
         instances.create(&PostParams::default(), &ri).await.unwrap();
@@ -76,8 +91,10 @@ async fn main() {
         .await
         .unwrap();
 
-    // Timestamps of phase changes of the primary and of ConfigMap versions.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String, Instant)>();
+    // Timestamps of phase changes of the primary and of published tables (whether the
+    // primary's slots are failed over in them). The two watches deliver in any order: a
+    // table may be seen before the phase it reflects.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Seen, Instant)>();
     let tx2 = tx.clone();
     let ri_watch = watcher(
         instances.clone(),
@@ -88,7 +105,7 @@ async fn main() {
         if let Ok(ri) = ri
             && let Some(phase) = ri.status.and_then(|s| s.phase)
         {
-            let _ = tx.send(("phase", phase.to_string(), Instant::now()));
+            let _ = tx.send((Seen::Phase(phase), Instant::now()));
         }
         futures::future::ready(())
     });
@@ -100,12 +117,10 @@ async fn main() {
     .applied_objects()
     .for_each(move |cm| {
         if let Ok(cm) = cm
-            && let Some(v) = cm
-                .metadata
-                .annotations
-                .and_then(|a| a.get("redisfleet.io/routing-version").cloned())
+            && let Some(Ok(table)) = table_of(&cm)
         {
-            let _ = tx2.send(("version", v, Instant::now()));
+            let failed_over = table.failover.iter().any(|f| f.from == "primary");
+            let _ = tx2.send((Seen::Table(table.version, failed_over), Instant::now()));
         }
         futures::future::ready(())
     });
@@ -113,58 +128,63 @@ async fn main() {
     tokio::spawn(cm_watch);
 
     // Wait until Ready and published.
-    let mut phase = String::new();
-    let mut version = String::new();
+    let mut phase = None;
+    let mut version = None;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while phase != "Ready" || version.is_empty() {
-        let (kind, value, _) = tokio::time::timeout_at(deadline.into(), rx.recv())
+    while phase != Some(InstancePhase::Ready) || version.is_none() {
+        match tokio::time::timeout_at(deadline.into(), rx.recv())
             .await
             .unwrap()
-            .unwrap();
-        match kind {
-            "phase" => phase = value,
-            _ => version = value,
+            .unwrap()
+        {
+            (Seen::Phase(p), _) => phase = Some(p),
+            (Seen::Table(v, _), _) => version = Some(v),
         }
     }
     let pid = primary.pid().unwrap();
     let mut latencies = Vec::new();
     let mut by_direction: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
-    for i in 0..FLIPS {
-        let (sig, want) = if i % 2 == 0 {
-            ("-STOP", InstancePhase::Unreachable)
+    for i in 0..flips {
+        let (sig, want, failed_over) = if i % 2 == 0 {
+            ("-STOP", InstancePhase::Unreachable, true)
         } else {
-            ("-CONT", InstancePhase::Ready)
+            ("-CONT", InstancePhase::Ready, false)
         };
         signal(pid, sig);
         let mut seen_phase = None;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (kind, value, at) = tokio::time::timeout_at(deadline.into(), rx.recv())
+        let mut seen_table = None;
+        let deadline = Instant::now() + flip_limit;
+        while seen_phase.is_none() || seen_table.is_none() {
+            match tokio::time::timeout_at(deadline.into(), rx.recv())
                 .await
-                .expect("flip timed out")
-                .unwrap();
-            match kind {
-                "phase" if value == want.as_str() => seen_phase = Some(at),
-                "version" if value != version => {
-                    version = value;
-                    if let Some(p) = seen_phase {
-                        let l = at.saturating_duration_since(p);
-                        latencies.push(l);
-                        by_direction
-                            .entry(if i % 2 == 0 { "failover" } else { "failback" })
-                            .or_default()
-                            .push(l);
-                        break;
-                    }
+                .unwrap_or_else(|_| {
+                    panic!("flip {i} ({sig}): no {want} phase and table within {flip_limit:?}")
+                })
+                .unwrap()
+            {
+                (Seen::Phase(p), at) if p == want => seen_phase = Some(at),
+                (Seen::Table(v, f), at) if Some(v) != version && f == failed_over => {
+                    version = Some(v);
+                    seen_table = Some(at);
                 }
                 _ => {}
             }
         }
+        let (Some(p), Some(t)) = (seen_phase, seen_table) else {
+            unreachable!()
+        };
+        // A table seen before the phase it reflects counts as published at once.
+        let l = t.saturating_duration_since(p);
+        latencies.push(l);
+        by_direction
+            .entry(if i % 2 == 0 { "failover" } else { "failback" })
+            .or_default()
+            .push(l);
     }
     signal(pid, "-CONT");
     latencies.sort();
     println!(
-        "health change → routing ConfigMap republished ({FLIPS} phase flips, watch-to-watch):"
+        "health change → routing ConfigMap republished ({flips} phase flips, watch-to-watch):"
     );
     println!(
         "  all      p50 {:>7.1?}  p99 {:>7.1?}  max {:>7.1?}",
