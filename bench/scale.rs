@@ -174,6 +174,8 @@ struct OperatorFigures {
     reads_per_second: f64,
     cores: f64,
     rss: u64,
+    /// Of `rss`, the file-backed pages (the binary's code).
+    rss_file: u64,
     peak_rss: u64,
     connections_in_window: u64,
     connections_total: u64,
@@ -335,6 +337,7 @@ async fn run_operator(
     let after = apiserver::requests(client).await;
     let window = t0.elapsed().as_secs_f64();
     let (rss, peak_rss) = procstat::memory(pid);
+    let rss_file = procstat::file_backed(pid);
     let writes = apiserver::writes_between(&before, &after);
     let cm = cms.get("scale-routing").await.unwrap();
     let table_bytes = cm
@@ -356,6 +359,7 @@ async fn run_operator(
         writes: writes.into_iter().map(|(k, v)| (k, v / window)).collect(),
         cores,
         rss,
+        rss_file,
         peak_rss,
         connections_in_window: proxy.accepted() - conns_before,
         connections_total: proxy.accepted(),
@@ -503,6 +507,12 @@ fn operator_rows(
             Box::new(|f| mib(f.rss)),
             "≤ 64 MiB".into(),
             Some(f.rss <= 64 << 20),
+        ),
+        (
+            "  of which file-backed (the binary's code pages)".into(),
+            Box::new(|f| mib(f.rss_file)),
+            String::new(),
+            None,
         ),
         (
             "operator peak RSS (VmHWM, incl. start-up)".into(),

@@ -27,19 +27,27 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / clock_ticks()
 }
 
+/// A field of /proc/`pid`/status in bytes (`VmRSS:`, `RssFile:`, …).
+fn status_bytes(pid: u32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 /// `(VmRSS, VmHWM)` of `pid` in bytes.
 pub fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (status_bytes(pid, "VmRSS:"), status_bytes(pid, "VmHWM:"))
+}
+
+/// The file-backed part of `pid`'s RSS in bytes (`RssFile`: the binary's code and read-only
+/// data pages it touched, shared with every process of the same binary).
+pub fn file_backed(pid: u32) -> u64 {
+    status_bytes(pid, "RssFile:")
 }
 
 /// CPU use of `pid` over a window, in cores.
