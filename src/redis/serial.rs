@@ -8,8 +8,9 @@
 //!
 //! It implements the `redis` crate's `aio::ConnectionLike`, so commands, pipelines and scripts
 //! are written as on any connection. A request that fails, times out or is dropped half-way (a
-//! caller's own timeout) leaves the connection closed: every later request gets an error, so
-//! the caller connects afresh — never a reply meant for an earlier request.
+//! caller's own timeout) closes the socket, and the next request, from any clone, opens a new
+//! one: it never reads a reply meant for an earlier request, and one user's failure (a slow
+//! sampling pipeline) does not fail the next user's request (the probe) with it.
 
 use std::io;
 use std::sync::Arc;
@@ -25,7 +26,9 @@ use super::stream::{OpenError, Stream, open_within, read_replies};
 /// A connection with one request at a time (see the module's documentation).
 #[derive(Clone)]
 pub struct SerialConnection {
-    /// `None` once a request failed or was abandoned half-way.
+    /// What it connects to, again after a failed request.
+    target: Arc<Target>,
+    /// `None` once a request failed or was abandoned half-way, until the next one opens it.
     stream: Arc<Mutex<Option<Stream>>>,
     /// How long a request may take, from sending to its last reply.
     timeout: Duration,
@@ -48,6 +51,7 @@ impl SerialConnection {
             .await
             .map_err(|e| open_error(e, &target.address()))?;
         Ok(Self {
+            target: Arc::new(target.clone()),
             stream: Arc::new(Mutex::new(Some(stream))),
             timeout,
         })
@@ -58,12 +62,11 @@ impl SerialConnection {
         let mut slot = self.stream.lock().await;
         // Taken out for the exchange, put back only after it: a request dropped half-way
         // (its future cancelled) leaves `None`, not a stream with replies still to read.
-        let Some(mut stream) = slot.take() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the connection was closed by an earlier failed request",
-            )
-            .into());
+        let mut stream = match slot.take() {
+            Some(stream) => stream,
+            None => open_within(&self.target, self.timeout)
+                .await
+                .map_err(|e| open_error(e, &self.target.address()))?,
         };
         let exchange = async {
             stream.write_all(packed).await?;
