@@ -176,6 +176,8 @@ struct OperatorFigures {
     rss: u64,
     /// Of `rss`, the file-backed pages (the binary's code).
     rss_file: u64,
+    /// Events last seen in the window, by reason (their counts).
+    event_reasons: BTreeMap<String, i32>,
     peak_rss: u64,
     connections_in_window: u64,
     connections_total: u64,
@@ -352,6 +354,23 @@ async fn run_operator(
             .map(|(_, v)| v.0.len())
             .sum::<usize>();
     watch.abort();
+    // What the Events written during the window say (a steady operator writes none).
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let mut event_reasons: BTreeMap<String, i32> = BTreeMap::new();
+    for e in events.list(&Default::default()).await.unwrap() {
+        let last = e
+            .last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0));
+        let window_start = jiff::Timestamp::now()
+            - jiff::SignedDuration::from_secs_f64(t0.elapsed().as_secs_f64());
+        if last.is_some_and(|t| t >= window_start) {
+            *event_reasons
+                .entry(e.reason.clone().unwrap_or_default())
+                .or_default() += e.count.unwrap_or(1);
+        }
+    }
     let figures = OperatorFigures {
         all_ready,
         writes_per_second: writes.values().sum::<f64>() / window,
@@ -361,6 +380,7 @@ async fn run_operator(
         rss,
         rss_file,
         peak_rss,
+        event_reasons,
         connections_in_window: proxy.accepted() - conns_before,
         connections_total: proxy.accepted(),
         connections_open: proxy.open(),
@@ -549,11 +569,23 @@ fn operator_rows(
         });
     }
     let breakdown = |f: &OperatorFigures| {
-        f.writes
+        let events = f
+            .event_reasons
+            .iter()
+            .map(|(reason, n)| format!("{reason} ×{n}"))
+            .collect::<Vec<_>>();
+        let events = if events.is_empty() {
+            "none".to_owned()
+        } else {
+            events.join(", ")
+        };
+        let writes = f
+            .writes
             .iter()
             .map(|(k, v)| format!("{k} {v:.2}/s"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        format!("{writes}; Events in the window: {events}")
     };
     if let Some(b) = before {
         report
