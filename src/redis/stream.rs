@@ -136,6 +136,7 @@ async fn open_inner(target: &Target) -> Result<Stream, OpenError> {
         let mut buf = BytesMut::new();
         encode_request(&args, &mut buf);
         stream.write_all(&buf).await.map_err(OpenError::Io)?;
+        stream.flush().await.map_err(OpenError::Io)?;
         let reply = read_one(&mut stream).await.map_err(OpenError::Io)?;
         if !reply.starts_with(b"+OK") {
             let text = String::from_utf8_lossy(&reply).trim().to_owned();

@@ -671,6 +671,7 @@ async fn listen(
         command(kind.subscribe(), &names, &mut out);
     }
     writer.write_all(&out).await.map_err(|e| e.to_string())?;
+    writer.flush().await.map_err(|e| e.to_string())?;
     connected.store(true, Ordering::Release);
     let result = async {
         let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -691,35 +692,37 @@ async fn listen(
                 handle_frame(hub, wanted, frame)?;
             }
             tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    None => return Ok(()),
-                    Some(cmd) => {
-                        let (add, kind, names, held) = wanted.apply(cmd);
-                        let mut out = BytesMut::new();
-                        let verb = if add { kind.subscribe() } else { kind.unsubscribe() };
-                        command(verb, &names, &mut out);
-                        if !out.is_empty() {
+                        cmd = rx.recv() => match cmd {
+                            None => return Ok(()),
+                            Some(cmd) => {
+                                let (add, kind, names, held) = wanted.apply(cmd);
+                                let mut out = BytesMut::new();
+                                let verb = if add { kind.subscribe() } else { kind.unsubscribe() };
+                                command(verb, &names, &mut out);
+                                if !out.is_empty() {
+                                    writer.write_all(&out).await.map_err(|e| e.to_string())?;
+            writer.flush().await.map_err(|e| e.to_string())?;
+                                }
+                                for n in held {
+                                    wanted.confirmed(kind, &n);
+                                }
+                            }
+                        },
+                        read = reader.read_buf(&mut buf) => match read {
+                            Ok(0) => return Err("the server closed the connection".to_owned()),
+                            Ok(_) => {}
+                            Err(e) => return Err(e.to_string()),
+                        },
+                        _ = keepalive.tick() => {
+                            if last_heard.elapsed() > KEEPALIVE * 2 {
+                                return Err("no answer to PING".to_owned());
+                            }
+                            let mut out = BytesMut::new();
+                            encode_request(&[&b"PING"[..]], &mut out);
                             writer.write_all(&out).await.map_err(|e| e.to_string())?;
-                        }
-                        for n in held {
-                            wanted.confirmed(kind, &n);
+            writer.flush().await.map_err(|e| e.to_string())?;
                         }
                     }
-                },
-                read = reader.read_buf(&mut buf) => match read {
-                    Ok(0) => return Err("the server closed the connection".to_owned()),
-                    Ok(_) => {}
-                    Err(e) => return Err(e.to_string()),
-                },
-                _ = keepalive.tick() => {
-                    if last_heard.elapsed() > KEEPALIVE * 2 {
-                        return Err("no answer to PING".to_owned());
-                    }
-                    let mut out = BytesMut::new();
-                    encode_request(&[&b"PING"[..]], &mut out);
-                    writer.write_all(&out).await.map_err(|e| e.to_string())?;
-                }
-            }
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(16 * 1024);
             }

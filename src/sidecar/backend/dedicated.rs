@@ -130,6 +130,8 @@ impl Dedicated {
             reason: e.to_string(),
         };
         self.stream.write_all(bytes).await.map_err(lost)?;
+        // Over TLS, what the socket could not take yet waits in the session for a flush.
+        self.stream.flush().await.map_err(lost)?;
         let mut out = Vec::with_capacity(replies);
         let limits = Limits::replies();
         while out.len() < replies {

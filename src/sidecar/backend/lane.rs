@@ -237,8 +237,14 @@ async fn pipeline(
                 }
             }
             metrics.writes.inc();
+            // Flushed: over TLS, bytes the socket could not take yet stay in the TLS session
+            // until a flush (or the next write, which may never come) pushes them.
             writer
                 .write_all(&buf)
+                .await
+                .map_err(|e| format!("write failed: {e}"))?;
+            writer
+                .flush()
                 .await
                 .map_err(|e| format!("write failed: {e}"))?;
         }

@@ -53,6 +53,10 @@ pub async fn handshake(stream: &mut Stream, name: &str, policy: &str) -> Result<
         .write_all(&buf)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     let mut replies = read_replies(stream, 3)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
