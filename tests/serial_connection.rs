@@ -60,6 +60,21 @@ async fn commands_pipelines_transactions_and_scripts_answer_as_on_the_crates_con
         .await
         .unwrap();
     assert_eq!((x, y), (1, 11));
+    // A transaction the server refuses (a queued command with the wrong arity): the error says
+    // why, not only EXECABORT.
+    let err = redis::pipe()
+        .atomic()
+        .incr("t", 1)
+        .cmd("GET")
+        .query_async::<(i64, ())>(&mut serial)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("wrong number of arguments"),
+        "{err}"
+    );
+    let t: i64 = serial.get("t").await.unwrap();
+    assert_eq!(t, 11, "a refused transaction ran");
 
     // A script the server does not know yet: EVALSHA, NOSCRIPT, then EVAL.
     let script = redis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");

@@ -70,6 +70,8 @@ impl SerialConnection {
         };
         let exchange = async {
             stream.write_all(packed).await?;
+            // Over TLS, what the socket could not take yet waits in the session for a flush.
+            stream.flush().await?;
             read_replies(&mut stream, skip + count).await
         };
         let replies = match tokio::time::timeout(self.timeout, exchange).await {
@@ -84,11 +86,21 @@ impl SerialConnection {
         };
         *slot = Some(stream);
         drop(slot);
-        replies
+        let values: Vec<Value> = replies
             .iter()
             .skip(skip)
             .map(|reply| redis::parse_redis_value(reply))
-            .collect()
+            .collect::<RedisResult<_>>()?;
+        // A transaction whose EXEC was refused (`-EXECABORT`): its cause is the error one of
+        // the skipped `QUEUED` replies carries, as the multiplexed connection reports it.
+        if skip > 0 && values.iter().any(|v| matches!(v, Value::ServerError(_))) {
+            for reply in replies.iter().take(skip) {
+                if let Value::ServerError(cause) = redis::parse_redis_value(reply)? {
+                    return Err(cause.into());
+                }
+            }
+        }
+        Ok(values)
     }
 }
 
