@@ -65,11 +65,15 @@ say() { printf '    %s\n' "$*"; }
 # The failure, printed where it happens and again as the run's last lines (after the
 # diagnostics and the cluster's teardown), with the tail of the failing README block's output:
 # a log read from its end shows why.
-FAILURE=""
+# Kept in files: `fail` may run in a subshell (`plan="$(settle …)"`), whose variables die with it.
+FAILURE_FILE="$(mktemp)"
 FAILURE_OUTPUT=""
 fail() {
-  FAILURE="$(printf 'FAILED in step %d (%s): %s' "$STEP" "${STEP_NAMES[$((STEP - 1))]:-}" "$*")"
-  printf '\n\033[1;31m%s\033[0m\n' "$FAILURE" >&2
+  local failure
+  failure="$(printf 'FAILED in step %d (%s): %s' "$STEP" "${STEP_NAMES[$((STEP - 1))]:-}" "$*")"
+  printf '%s\n' "$failure" >"$FAILURE_FILE"
+  [[ -z "$FAILURE_OUTPUT" ]] || printf '%s\n' "$FAILURE_OUTPUT" >"$FAILURE_FILE.output"
+  printf '\n\033[1;31m%s\033[0m\n' "$failure" >&2
   diagnose >&2 || true
   exit 1
 }
@@ -301,12 +305,13 @@ cleanup() {
   else
     "$E2E_HACK/cluster.sh" down
   fi
-  if [[ -n "$FAILURE" ]]; then
-    if [[ -n "$FAILURE_OUTPUT" ]]; then
-      printf '\nthe end of its output:\n%s\n' "$FAILURE_OUTPUT" >&2
+  if [[ -s "$FAILURE_FILE" ]]; then
+    if [[ -s "$FAILURE_FILE.output" ]]; then
+      printf '\nthe end of its output:\n%s\n' "$(cat "$FAILURE_FILE.output")" >&2
     fi
-    printf '\n\033[1;31m%s\033[0m\n' "$FAILURE" >&2
+    printf '\n\033[1;31m%s\033[0m\n' "$(cat "$FAILURE_FILE")" >&2
   fi
+  rm -f "$FAILURE_FILE" "$FAILURE_FILE.output"
   exit "$rc"
 }
 
