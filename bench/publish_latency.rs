@@ -162,7 +162,8 @@ async fn main() {
                 })
                 .unwrap()
             {
-                (Seen::Phase(p), at) if p == want => seen_phase = Some(at),
+                // The first status with the phase: later writes repeat it.
+                (Seen::Phase(p), at) if p == want && seen_phase.is_none() => seen_phase = Some(at),
                 (Seen::Table(v, f), at) if Some(v) != version && f == failed_over => {
                     version = Some(v);
                     seen_table = Some(at);

@@ -357,18 +357,21 @@ async fn run_operator(
     // What the Events written during the window say (a steady operator writes none).
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
     let mut event_reasons: BTreeMap<String, i32> = BTreeMap::new();
+    let window_start =
+        jiff::Timestamp::now() - jiff::SignedDuration::from_secs_f64(t0.elapsed().as_secs_f64());
     for e in events.list(&Default::default()).await.unwrap() {
-        let last = e
-            .last_timestamp
-            .as_ref()
+        // kube's recorder writes `eventTime` once and counts repeats in `series`.
+        let series = e.series.as_ref();
+        let last = series
+            .and_then(|s| s.last_observed_time.as_ref())
             .map(|t| t.0)
+            .or(e.last_timestamp.as_ref().map(|t| t.0))
             .or(e.event_time.as_ref().map(|t| t.0));
-        let window_start = jiff::Timestamp::now()
-            - jiff::SignedDuration::from_secs_f64(t0.elapsed().as_secs_f64());
         if last.is_some_and(|t| t >= window_start) {
+            let count = series.and_then(|s| s.count).or(e.count).unwrap_or(1);
             *event_reasons
                 .entry(e.reason.clone().unwrap_or_default())
-                .or_default() += e.count.unwrap_or(1);
+                .or_default() += count;
         }
     }
     let figures = OperatorFigures {
