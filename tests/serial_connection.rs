@@ -257,14 +257,17 @@ async fn tls_with_the_servers_ca() {
         tls: true,
         ..RedisOptions::default()
     });
-    let tls = Target {
+    // `port` over TLS, trusting the CA `ca` only.
+    let tls = |ca: Vec<u8>, port: u16| Target {
         tls: Some(TlsOptions {
-            ca_pem: Some(server.ca_pem()),
+            ca_pem: Some(ca),
             insecure_skip_verify: false,
         }),
-        ..Target::plain("localhost", server.port)
+        ..Target::plain("localhost", port)
     };
-    let mut conn = SerialConnection::open(&tls, TIMEOUT).await.unwrap();
+    let mut conn = SerialConnection::open(&tls(server.ca_pem(), server.port), TIMEOUT)
+        .await
+        .unwrap();
     let _: () = conn.set("over", "tls").await.unwrap();
     let v: String = conn.get("over").await.unwrap();
     assert_eq!(v, "tls");
@@ -274,14 +277,7 @@ async fn tls_with_the_servers_ca() {
         tls: true,
         ..RedisOptions::default()
     });
-    let wrong_ca = Target {
-        tls: Some(TlsOptions {
-            ca_pem: Some(other.ca_pem()),
-            insecure_skip_verify: false,
-        }),
-        ..Target::plain("localhost", server.port)
-    };
-    let err = SerialConnection::open(&wrong_ca, TIMEOUT)
+    let err = SerialConnection::open(&tls(other.ca_pem(), server.port), TIMEOUT)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");

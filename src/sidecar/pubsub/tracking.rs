@@ -390,6 +390,7 @@ async fn listen(
     let mut out = BytesMut::new();
     encode_request(&[&b"CLIENT"[..], b"ID"], &mut out);
     writer.write_all(&out).await.map_err(|e| e.to_string())?;
+    writer.flush().await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = FrameScanner::new();
     let limits = Limits::replies();
@@ -426,6 +427,7 @@ async fn listen(
                     );
                     encode_request(&[&b"SUBSCRIBE"[..], CHANNEL], &mut out);
                     writer.write_all(&out).await.map_err(|e| e.to_string())?;
+                    writer.flush().await.map_err(|e| e.to_string())?;
                 }
                 Value::Error(e) => {
                     return Err(format!(
@@ -471,21 +473,22 @@ async fn listen(
             }
         }
         tokio::select! {
-            _ = &mut *stop => return Ok(()),
-            read = reader.read_buf(&mut buf) => match read {
-                Ok(0) => return Err("the server closed the connection".to_owned()),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            },
-            _ = keepalive.tick() => {
-                if last_heard.elapsed() > KEEPALIVE * 2 {
-                    return Err("no answer to PING".to_owned());
+                _ = &mut *stop => return Ok(()),
+                read = reader.read_buf(&mut buf) => match read {
+                    Ok(0) => return Err("the server closed the connection".to_owned()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                },
+                _ = keepalive.tick() => {
+                    if last_heard.elapsed() > KEEPALIVE * 2 {
+                        return Err("no answer to PING".to_owned());
+                    }
+                    let mut out = BytesMut::new();
+                    encode_request(&[&b"PING"[..]], &mut out);
+                    writer.write_all(&out).await.map_err(|e| e.to_string())?;
+        writer.flush().await.map_err(|e| e.to_string())?;
                 }
-                let mut out = BytesMut::new();
-                encode_request(&[&b"PING"[..]], &mut out);
-                writer.write_all(&out).await.map_err(|e| e.to_string())?;
             }
-        }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
