@@ -17,11 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use super::connect::Target;
-use super::stream::{OpenError, Stream, open_within, read_replies};
+use super::stream::{OpenError, Stream, open_within, read_replies, write_flushed};
 
 /// A connection with one request at a time (see the module's documentation).
 #[derive(Clone)]
@@ -69,9 +68,7 @@ impl SerialConnection {
                 .map_err(|e| open_error(e, &self.target.address()))?,
         };
         let exchange = async {
-            stream.write_all(packed).await?;
-            // Over TLS, what the socket could not take yet waits in the session for a flush.
-            stream.flush().await?;
+            write_flushed(&mut stream, packed).await?;
             read_replies(&mut stream, skip + count).await
         };
         let replies = match tokio::time::timeout(self.timeout, exchange).await {

@@ -64,6 +64,14 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Writes `bytes` and flushes them. Over TLS the flush matters: tokio-rustls counts bytes as
+/// written once the TLS session holds them, and what the socket could not take yet stays in
+/// the session until a flush (or a later write, which may never come) pushes it out.
+pub async fn write_flushed<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
 /// Why a connection could not be opened. No text in it contains credentials.
 #[derive(Debug)]
 pub enum OpenError {
@@ -135,8 +143,9 @@ async fn open_inner(target: &Target) -> Result<Stream, OpenError> {
         args.push(password.expose().as_bytes());
         let mut buf = BytesMut::new();
         encode_request(&args, &mut buf);
-        stream.write_all(&buf).await.map_err(OpenError::Io)?;
-        stream.flush().await.map_err(OpenError::Io)?;
+        write_flushed(&mut stream, &buf)
+            .await
+            .map_err(OpenError::Io)?;
         let reply = read_one(&mut stream).await.map_err(OpenError::Io)?;
         if !reply.starts_with(b"+OK") {
             let text = String::from_utf8_lossy(&reply).trim().to_owned();

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -47,6 +47,7 @@ use super::backend::open;
 use super::router::Router;
 use crate::redis::connect::Target;
 use crate::redis::resp::{FrameScanner, Limits, Value, encode_request, parse_value};
+use crate::redis::stream::write_flushed;
 use crate::routing::slots::crc16;
 
 mod tracking;
@@ -670,8 +671,9 @@ async fn listen(
         let names: Vec<Bytes> = wanted.names[kind.index()].iter().cloned().collect();
         command(kind.subscribe(), &names, &mut out);
     }
-    writer.write_all(&out).await.map_err(|e| e.to_string())?;
-    writer.flush().await.map_err(|e| e.to_string())?;
+    write_flushed(&mut writer, &out)
+        .await
+        .map_err(|e| e.to_string())?;
     connected.store(true, Ordering::Release);
     let result = async {
         let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -700,8 +702,9 @@ async fn listen(
                                 let verb = if add { kind.subscribe() } else { kind.unsubscribe() };
                                 command(verb, &names, &mut out);
                                 if !out.is_empty() {
-                                    writer.write_all(&out).await.map_err(|e| e.to_string())?;
-            writer.flush().await.map_err(|e| e.to_string())?;
+                                    write_flushed(&mut writer, &out)
+        .await
+        .map_err(|e| e.to_string())?;
                                 }
                                 for n in held {
                                     wanted.confirmed(kind, &n);
@@ -719,8 +722,9 @@ async fn listen(
                             }
                             let mut out = BytesMut::new();
                             encode_request(&[&b"PING"[..]], &mut out);
-                            writer.write_all(&out).await.map_err(|e| e.to_string())?;
-            writer.flush().await.map_err(|e| e.to_string())?;
+                            write_flushed(&mut writer, &out)
+        .await
+        .map_err(|e| e.to_string())?;
                         }
                     }
             if buf.capacity() - buf.len() < 4096 {

@@ -4,7 +4,7 @@
 use std::io;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use super::super::fleet::{FleetView, Lease};
 use super::super::metrics::BackendMetrics;
 use super::{BackendError, Naming, Replies, Stream};
 use crate::redis::resp::{FrameScanner, Limits, encode_request};
+use crate::redis::stream::write_flushed;
 
 /// A connection used by one client only.
 pub struct Dedicated {
@@ -129,9 +130,7 @@ impl Dedicated {
             instance: self.name.clone(),
             reason: e.to_string(),
         };
-        self.stream.write_all(bytes).await.map_err(lost)?;
-        // Over TLS, what the socket could not take yet waits in the session for a flush.
-        self.stream.flush().await.map_err(lost)?;
+        write_flushed(&mut self.stream, bytes).await.map_err(lost)?;
         let mut out = Vec::with_capacity(replies);
         let limits = Limits::replies();
         while out.len() < replies {

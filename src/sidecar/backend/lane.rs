@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -19,6 +19,7 @@ use super::{
     confirm_timeout, handshake, open, unconfirmed,
 };
 use crate::redis::resp::{FrameScanner, Limits, encode_request};
+use crate::redis::stream::write_flushed;
 
 pub(super) async fn run_lane(
     setup: LaneSetup,
@@ -237,14 +238,7 @@ async fn pipeline(
                 }
             }
             metrics.writes.inc();
-            // Flushed: over TLS, bytes the socket could not take yet stay in the TLS session
-            // until a flush (or the next write, which may never come) pushes them.
-            writer
-                .write_all(&buf)
-                .await
-                .map_err(|e| format!("write failed: {e}"))?;
-            writer
-                .flush()
+            write_flushed(&mut writer, &buf)
                 .await
                 .map_err(|e| format!("write failed: {e}"))?;
         }

@@ -3,13 +3,12 @@
 //! `docs/protocol.md`).
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
 use crate::redis::protocol::fence::{self, Fences};
 use crate::redis::protocol::names;
 use crate::redis::resp::{Limits, encode_request, parse_frame};
-use crate::redis::stream::read_replies;
 pub use crate::redis::stream::{Stream, open};
+use crate::redis::stream::{read_replies, write_flushed};
 
 /// What a handshake learnt.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,12 +48,7 @@ pub async fn handshake(stream: &mut Stream, name: &str, policy: &str) -> Result<
         &mut buf,
     );
     encode_request(&[b"INFO".as_slice(), b"server"], &mut buf);
-    stream
-        .write_all(&buf)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    stream
-        .flush()
+    write_flushed(stream, &buf)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let mut replies = read_replies(stream, 3)

@@ -26,7 +26,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
@@ -35,6 +35,7 @@ use super::{Hub, KEEPALIVE, State, SubKind, lock};
 use crate::redis::connect::Target;
 use crate::redis::keys::RESERVED_PREFIX;
 use crate::redis::resp::{FrameScanner, Limits, Value, encode_request, parse_value};
+use crate::redis::stream::write_flushed;
 
 /// The channel Redis sends invalidations on (RESP2 redirection).
 pub const CHANNEL: &[u8] = b"__redis__:invalidate";
@@ -389,8 +390,9 @@ async fn listen(
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut out = BytesMut::new();
     encode_request(&[&b"CLIENT"[..], b"ID"], &mut out);
-    writer.write_all(&out).await.map_err(|e| e.to_string())?;
-    writer.flush().await.map_err(|e| e.to_string())?;
+    write_flushed(&mut writer, &out)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = FrameScanner::new();
     let limits = Limits::replies();
@@ -426,8 +428,9 @@ async fn listen(
                         &mut out,
                     );
                     encode_request(&[&b"SUBSCRIBE"[..], CHANNEL], &mut out);
-                    writer.write_all(&out).await.map_err(|e| e.to_string())?;
-                    writer.flush().await.map_err(|e| e.to_string())?;
+                    write_flushed(&mut writer, &out)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
                 Value::Error(e) => {
                     return Err(format!(
@@ -485,8 +488,9 @@ async fn listen(
                     }
                     let mut out = BytesMut::new();
                     encode_request(&[&b"PING"[..]], &mut out);
-                    writer.write_all(&out).await.map_err(|e| e.to_string())?;
-        writer.flush().await.map_err(|e| e.to_string())?;
+                    write_flushed(&mut writer, &out)
+        .await
+        .map_err(|e| e.to_string())?;
                 }
             }
         if buf.capacity() - buf.len() < 4096 {
