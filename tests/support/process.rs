@@ -14,12 +14,40 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server a test starts.
+///
+/// Taken outside the kernel's ephemeral range: a port `bind(0)` hands out is also what the
+/// next outgoing connection (a client, a probe, the API server's) may take as its local port
+/// before the test's server binds it, and a restarted server needs its port back. Each call
+/// in one process gets a different port (a counter from a per-process offset), checked free.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = server_port_range();
+    let span = u32::from(high - low);
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((offset + step) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding an ephemeral port on 127.0.0.1")
+}
+
+/// Ports below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), at most
+/// 15000..30000, so that no outgoing connection is given one of them.
+fn server_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.clamp(2048, 30000);
+    (high.saturating_sub(15000).max(1024), high)
 }
 
 /// A fresh directory under the system temp dir, removed by the reaper at exit.

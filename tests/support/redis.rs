@@ -93,6 +93,17 @@ impl RedisServer {
             options,
             process: None,
         };
+        // A port found free can be taken by another process before the server binds it;
+        // a fresh server then takes another port (a restart keeps its own).
+        for _ in 0..3 {
+            match server.try_launch() {
+                Ok(()) => return server,
+                Err(tail) if tail.contains("Address already in use") => {
+                    server.port = free_port();
+                }
+                Err(tail) => panic!("redis-server on port {} did not start\n{tail}", server.port),
+            }
+        }
         server.launch();
         server
     }
@@ -204,6 +215,13 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
+        if let Err(tail) = self.try_launch() {
+            panic!("redis-server on port {} did not start\n{tail}", self.port);
+        }
+    }
+
+    /// Starts the process and waits until it answers; the end of its log when it does not.
+    fn try_launch(&mut self) -> Result<(), String> {
         let mut cmd = match &self.options.binary {
             Some(b) => Command::new(b),
             None => Command::new("redis-server"),
@@ -237,15 +255,15 @@ impl RedisServer {
         }
         cmd.args(&self.options.extra_args);
         let mut process = ChildGuard::spawn("redis-server", cmd, &self.dir.join("redis.log"));
+        let mut exited = false;
         let up = wait_until(Duration::from_secs(20), || {
-            process.is_running() && self.is_up()
+            exited = !process.is_running();
+            exited || self.is_up()
         });
-        assert!(
-            up,
-            "redis-server on port {} did not start\n{}",
-            self.port,
-            process.log_tail(20)
-        );
+        if !up || exited {
+            return Err(process.log_tail(20));
+        }
         self.process = Some(process);
+        Ok(())
     }
 }
