@@ -319,7 +319,9 @@ pub struct HealthSpec {
     #[schemars(range(min = 1, max = 100))]
     pub recovery_threshold: i32,
 
-    /// PING round trip above which the instance is Degraded.
+    /// PING round trip above which the instance is slow: Degraded (`HighLatency`) after
+    /// `failureThreshold` slow probes in a row, Ready again after `recoveryThreshold` fast ones
+    /// (one slow PING on a busy network does not flip the phase).
     #[serde(default = "default_latency_threshold")]
     pub latency_threshold: Duration,
 }
@@ -441,6 +443,14 @@ pub struct RedisInstanceStatus {
     /// Probes succeeded in a row.
     #[serde(default)]
     pub consecutive_successes: i32,
+
+    /// Answered probes slower than `health.latencyThreshold` in a row.
+    #[serde(default)]
+    pub consecutive_slow_probes: i32,
+
+    /// Answered probes within `health.latencyThreshold` in a row.
+    #[serde(default)]
+    pub consecutive_fast_probes: i32,
 
     /// When the probe this status reports finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]

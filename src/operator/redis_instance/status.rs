@@ -7,8 +7,10 @@
 //! - Back from `Unreachable` only after `recoveryThreshold` good probes in a row (no flapping).
 //! - `Pending` until the first good probe, while a managed StatefulSet is not ready, or while
 //!   the capacity is unknown (no `spec.capacity` and `maxmemory` 0).
-//! - `Degraded` when reachable but slow (latency above `latencyThreshold`), over 100 % of
-//!   capacity, or evicting keys during the last window.
+//! - `Degraded` when reachable but slow, over 100 % of capacity, or evicting keys during the
+//!   last window. Slow has the failure rules' hysteresis: `failureThreshold` PINGs above
+//!   `latencyThreshold` in a row make it slow, `recoveryThreshold` PINGs within it in a row make
+//!   it fast again (one PING delayed by a busy network or host flips nothing).
 //! - `Draining` when `spec.drain` is set and it is reachable; else `Ready`.
 
 use std::time::Duration;
@@ -33,6 +35,9 @@ pub mod condition_type {
     pub const READY: &str = "Ready";
 }
 use condition_type::{REACHABLE, READY, WITHIN_CAPACITY};
+
+/// The `Ready` reason of an instance that answers slowly.
+const HIGH_LATENCY: &str = "HighLatency";
 
 /// What one successful probe measured, reduced to what status needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,6 +232,17 @@ pub fn next_status(prev: Option<&RedisInstanceStatus>, obs: &Observation<'_>) ->
         Ok(probe) => {
             status.consecutive_successes = prev_status.consecutive_successes.saturating_add(1);
             status.consecutive_failures = 0;
+            if probe.latency > health.latency_threshold.get() {
+                status.consecutive_slow_probes =
+                    prev_status.consecutive_slow_probes.saturating_add(1);
+                status.consecutive_fast_probes = 0;
+            } else {
+                status.consecutive_fast_probes =
+                    prev_status.consecutive_fast_probes.saturating_add(1);
+                status.consecutive_slow_probes = 0;
+            }
+            let was_slow = prev_phase == InstancePhase::Degraded
+                && find(&prev_status.conditions, READY).is_some_and(|c| c.reason == HIGH_LATENCY);
             set_condition(
                 &mut status.conditions,
                 condition(
@@ -239,7 +255,7 @@ pub fn next_status(prev: Option<&RedisInstanceStatus>, obs: &Observation<'_>) ->
                 ),
             );
             apply_probe(&mut status, probe, obs);
-            judge_reachable(&mut status, prev_phase, probe, obs)
+            judge_reachable(&mut status, prev_phase, was_slow, probe, obs)
         }
     };
 
@@ -363,6 +379,7 @@ fn apply_probe(status: &mut RedisInstanceStatus, probe: &ProbeSummary, obs: &Obs
 fn judge_reachable(
     status: &mut RedisInstanceStatus,
     prev_phase: InstancePhase,
+    was_slow: bool,
     probe: &ProbeSummary,
     obs: &Observation<'_>,
 ) -> (InstancePhase, String, String) {
@@ -394,13 +411,29 @@ fn judge_reachable(
         );
     };
     let used_percent = percent(probe.used_bytes, capacity);
+    let slow = if was_slow {
+        status.consecutive_fast_probes < health.recovery_threshold
+    } else {
+        status.consecutive_slow_probes >= health.failure_threshold
+    };
     let mut degraded = Vec::new();
-    if probe.latency > health.latency_threshold.get() {
-        degraded.push(format!(
-            "PING took {} (threshold {})",
-            format_latency(probe.latency),
-            health.latency_threshold
-        ));
+    if slow {
+        degraded.push(if was_slow && status.consecutive_fast_probes > 0 {
+            format!(
+                "PING slower than {}: {} of {} fast probes needed to clear (last {})",
+                health.latency_threshold,
+                status.consecutive_fast_probes,
+                health.recovery_threshold,
+                format_latency(probe.latency)
+            )
+        } else {
+            format!(
+                "PING took {} (threshold {}), {} slow probes in a row",
+                format_latency(probe.latency),
+                health.latency_threshold,
+                status.consecutive_slow_probes
+            )
+        });
     }
     if probe.used_bytes > capacity {
         degraded.push(format!("{used_percent}% of capacity used"));
@@ -411,8 +444,8 @@ fn judge_reachable(
         degraded.push(format!("{} keys evicted since the last probe", w.evictions));
     }
     if !degraded.is_empty() {
-        let reason = if probe.latency > health.latency_threshold.get() {
-            "HighLatency"
+        let reason = if slow {
+            HIGH_LATENCY
         } else if probe.used_bytes > capacity {
             "OverCapacity"
         } else {

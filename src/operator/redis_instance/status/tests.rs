@@ -148,7 +148,9 @@ fn degraded_when_slow_over_capacity_or_evicting() {
     let s = spec();
     let mut slow = probe(1 << 20);
     slow.latency = Duration::from_millis(80);
-    let n = observe(&s, None, Ok(slow), 1);
+    let mut st = observe(&s, None, Ok(slow.clone()), 1).status;
+    st = observe(&s, Some(&st), Ok(slow.clone()), 2).status;
+    let n = observe(&s, Some(&st), Ok(slow), 3);
     assert_eq!(phase(&n), InstancePhase::Degraded);
     assert!(crate::api::conditions::is_true(&n.status.conditions, READY));
 
@@ -165,6 +167,79 @@ fn degraded_when_slow_over_capacity_or_evicting() {
         phase(&observe(&s, None, Ok(evicting), 1)),
         InstancePhase::Degraded
     );
+}
+
+fn with_latency(millis: u64) -> Result<ProbeSummary, Failure> {
+    let mut p = probe(1 << 20);
+    p.latency = Duration::from_millis(millis);
+    Ok(p)
+}
+
+fn ready_reason(n: &Next) -> String {
+    find(&n.status.conditions, READY).unwrap().reason.clone()
+}
+
+#[test]
+fn slow_takes_failure_threshold_slow_probes_and_clears_after_recovery_threshold_fast_ones() {
+    // failureThreshold 3, recoveryThreshold 2, latencyThreshold 50ms.
+    let s = spec();
+    let mut n = observe(&s, None, with_latency(1), 0);
+    for (t, millis, want) in [
+        (1, 80, InstancePhase::Ready),
+        (2, 80, InstancePhase::Ready),
+        (3, 80, InstancePhase::Degraded),
+        (4, 1, InstancePhase::Degraded),
+        (5, 80, InstancePhase::Degraded),
+        (6, 1, InstancePhase::Degraded),
+        (7, 1, InstancePhase::Ready),
+    ] {
+        n = observe(&s, Some(&n.status), with_latency(millis), t);
+        assert_eq!(phase(&n), want, "after the probe at {t} ({millis} ms)");
+    }
+    // While it clears, the message says how far it got.
+    let mut st = n.status;
+    for t in 8..11 {
+        st = observe(&s, Some(&st), with_latency(80), t).status;
+    }
+    let clearing = observe(&s, Some(&st), with_latency(1), 11);
+    assert_eq!(ready_reason(&clearing), "HighLatency");
+    let message = &find(&clearing.status.conditions, READY).unwrap().message;
+    assert!(message.contains("1 of 2 fast probes"), "{message}");
+}
+
+#[test]
+fn alternating_slow_and_fast_pings_never_flip_the_phase() {
+    let s = spec();
+    let mut n = observe(&s, None, with_latency(1), 0);
+    for t in 1..40 {
+        let millis = if t % 3 == 0 { 1 } else { 80 };
+        n = observe(&s, Some(&n.status), with_latency(millis), t);
+        assert_eq!(phase(&n), InstancePhase::Ready, "probe {t}");
+        assert!(n.transitions.is_empty(), "probe {t}: {:?}", n.transitions);
+    }
+}
+
+#[test]
+fn over_capacity_is_not_taken_for_slow() {
+    // An instance Degraded for memory that turns slow is HighLatency only after the slow
+    // probes, and its fast probes are counted while it is Degraded for memory.
+    let s = spec();
+    let full = |millis: u64| {
+        let mut p = probe(31 << 20);
+        p.latency = Duration::from_millis(millis);
+        Ok(p)
+    };
+    let mut n = observe(&s, None, full(1), 0);
+    assert_eq!(ready_reason(&n), "OverCapacity");
+    n = observe(&s, Some(&n.status), full(80), 1);
+    assert_eq!(ready_reason(&n), "OverCapacity");
+    n = observe(&s, Some(&n.status), full(80), 2);
+    n = observe(&s, Some(&n.status), full(80), 3);
+    assert_eq!(ready_reason(&n), "HighLatency");
+    n = observe(&s, Some(&n.status), full(1), 4);
+    assert_eq!(ready_reason(&n), "HighLatency");
+    n = observe(&s, Some(&n.status), full(1), 5);
+    assert_eq!(ready_reason(&n), "OverCapacity");
 }
 
 #[test]
