@@ -563,12 +563,20 @@ fn slow_copy(policy: String) -> String {
 
 /// Waits until the running plan reports at least `moved` keys copied.
 async fn wait_copying(shop: &Shop, node: &Node, moved: i64) {
+    wait_copying_in(shop, node, moved, 1).await;
+}
+
+/// Waits until attempt `attempt` (or a later one) of the running plan reports at least
+/// `moved` keys copied (each attempt counts its own).
+async fn wait_copying_in(shop: &Shop, node: &Node, moved: i64, attempt: i32) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let p = shop.policies.get("shop").await.unwrap();
         let r = p.status.and_then(|s| s.rebalance);
         if r.as_ref().is_some_and(|r| {
-            r.step.as_deref() == Some("Copying") && r.keys_moved.unwrap_or(0) >= moved
+            r.attempts >= attempt
+                && r.step.as_deref() == Some("Copying")
+                && r.keys_moved.unwrap_or(0) >= moved
         }) {
             return;
         }
@@ -610,8 +618,18 @@ async fn a_killed_job_and_a_restarted_operator_resume_where_they_stopped() {
         .map(|r| r.plan_id)
         .unwrap();
     assert_eq!(node.kill_running(), 1);
-    // And the operator restarts while the copy goes on.
-    wait_copying(&shop, &node, 1_000).await;
+    // And the operator restarts while the second attempt copies: its pod runs and its status
+    // is written (not on the first attempt's last status, before the second one started).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.running().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no second attempt: {}",
+            node.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_copying_in(&shop, &node, 1_000, 2).await;
     shop.operator.kill();
     shop.operator = Operator::start(shop.cp, &shop.ns);
 
@@ -623,7 +641,8 @@ async fn a_killed_job_and_a_restarted_operator_resume_where_they_stopped() {
     assert_eq!(
         node.finished.lock().unwrap().len(),
         2,
-        "one killed pod, one that finished: {logs}"
+        "one killed pod, one that finished: {logs}\n==> the operator\n{}",
+        shop.operator.logs()
     );
     assert_eq!(
         (r.plan_id, r.attempts),
