@@ -66,6 +66,8 @@ struct Size {
     sidecars: usize,
     watchers: usize,
     settle: Duration,
+    /// Longest wait for the routing to converge before the steady window.
+    converge_limit: Duration,
     window: Duration,
 }
 
@@ -85,6 +87,7 @@ impl Size {
                 sidecars: env("SCALE_SIDECARS", 10_000),
                 watchers: env("SCALE_WATCHERS", 10_000),
                 settle: Duration::from_secs(30),
+                converge_limit: Duration::from_secs(900),
                 window: Duration::from_secs(env("SCALE_WINDOW", 60) as u64),
             }
         } else {
@@ -95,6 +98,7 @@ impl Size {
                 sidecars: 200,
                 watchers: 20,
                 settle: Duration::from_secs(2),
+                converge_limit: Duration::from_secs(120),
                 window: Duration::from_secs(5),
             }
         }
@@ -178,6 +182,11 @@ struct OperatorFigures {
     rss_file: u64,
     /// Events last seen in the window, by reason (their counts).
     event_reasons: BTreeMap<String, i32>,
+    /// Since the start, when the routing table had been stable (and listed no copies to free)
+    /// for the settle time; `None` when that never happened.
+    converged: Option<Duration>,
+    /// The operator's routing work logged in the window, by kind.
+    window_log: BTreeMap<&'static str, usize>,
     peak_rss: u64,
     connections_in_window: u64,
     connections_total: u64,
@@ -327,9 +336,22 @@ async fn run_operator(
         },
     )
     .await;
-    tokio::time::sleep(size.settle).await;
+    // Steady means converged: the joins' tables published and every copy they left freed
+    // (the purges of a join scan each instance gaining ranges; on these shared servers each
+    // scan reads a hundred instances' keys), then the same table for `settle`.
+    let converged = converged(&cms, size.settle, size.converge_limit)
+        .await
+        .map(|_| started.elapsed().saturating_sub(size.settle));
+    match converged {
+        Some(c) => println!("  routing converged after {c:.1?}"),
+        None => println!(
+            "  routing not converged within {:?}: measuring all the same",
+            size.converge_limit
+        ),
+    }
 
     // The steady window.
+    let log_before = log_counts(&operator.logs());
     let before = apiserver::requests(client).await;
     let conns_before = proxy.accepted();
     let cpu = procstat::CpuMeter::start(pid);
@@ -337,6 +359,11 @@ async fn run_operator(
     tokio::time::sleep(size.window).await;
     let cores = cpu.cores();
     let after = apiserver::requests(client).await;
+    let window_log: BTreeMap<&'static str, usize> = log_counts(&operator.logs())
+        .into_iter()
+        .map(|(what, n)| (what, n - log_before.get(what).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     let window = t0.elapsed().as_secs_f64();
     let (rss, peak_rss) = procstat::memory(pid);
     let rss_file = procstat::file_backed(pid);
@@ -384,6 +411,8 @@ async fn run_operator(
         rss_file,
         peak_rss,
         event_reasons,
+        converged,
+        window_log,
         connections_in_window: proxy.accepted() - conns_before,
         connections_total: proxy.accepted(),
         connections_open: proxy.open(),
@@ -392,6 +421,48 @@ async fn run_operator(
     println!("  {figures:#?}");
     std::mem::forget(proxy); // keeps serving the operator that is still running
     (figures, ns, operator)
+}
+
+/// Waits until the routing ConfigMap has kept its version, listing no copies to free, for
+/// `settle`; how long the wait took (`None`: not within `limit`).
+async fn converged(cms: &Api<ConfigMap>, settle: Duration, limit: Duration) -> Option<Duration> {
+    use redis_fleet::operator::cache_policy::unfreed::UNFREED_ANNOTATION;
+    let started = Instant::now();
+    let mut last: Option<(Option<u64>, Instant)> = None;
+    while started.elapsed() < limit {
+        if let Ok(cm) = cms.get("scale-routing").await {
+            let version = redis_fleet::routing::config_map::annotated_version(&cm);
+            let unfreed = cm
+                .annotations()
+                .get(UNFREED_ANNOTATION)
+                .is_some_and(|v| !v.trim().is_empty());
+            match last {
+                Some((v, since)) if v == version && !unfreed => {
+                    if since.elapsed() >= settle {
+                        return Some(started.elapsed());
+                    }
+                }
+                _ => last = (!unfreed).then_some((version, Instant::now())),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    None
+}
+
+/// How many times the operator's log says it published a table or purged an instance.
+fn log_counts(log: &str) -> BTreeMap<&'static str, usize> {
+    [
+        ("tables published", "published routing table"),
+        (
+            "purges before publishing",
+            "removed stale copies before routing",
+        ),
+        ("purges of copies to free", "freed copies of ranges"),
+    ]
+    .into_iter()
+    .map(|(what, needle)| (what, log.matches(needle).count()))
+    .collect()
 }
 
 /// 200 writes/s of keys that expire after 30 s, forever.
@@ -508,6 +579,17 @@ fn operator_rows(
             None,
         ),
         (
+            "routing converged (table stable, nothing to free)".into(),
+            Box::new(|f| {
+                f.converged.map_or_else(
+                    || "never".to_owned(),
+                    |c| format!("{:.1} s", c.as_secs_f64()),
+                )
+            }),
+            String::new(),
+            None,
+        ),
+        (
             "steady state: API writes/s (all kinds)".into(),
             Box::new(|f| format!("{:.2}", f.writes_per_second)),
             "≤ 5".into(),
@@ -588,7 +670,17 @@ fn operator_rows(
             .map(|(k, v)| format!("{k} {v:.2}/s"))
             .collect::<Vec<_>>()
             .join(", ");
-        format!("{writes}; Events in the window: {events}")
+        let log = f
+            .window_log
+            .iter()
+            .map(|(what, n)| format!("{what} ×{n}"))
+            .collect::<Vec<_>>();
+        let log = if log.is_empty() {
+            "no routing work".to_owned()
+        } else {
+            log.join(", ")
+        };
+        format!("{writes}; Events in the window: {events}; operator log in the window: {log}")
     };
     if let Some(b) = before {
         report
