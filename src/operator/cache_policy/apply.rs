@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
@@ -36,6 +37,11 @@ use super::build;
 use super::credentials;
 use super::fences;
 use super::unfreed::{UNFREED_ANNOTATION, Unfreed};
+
+/// Instances purged at the same time (each purge scans one instance): a join at 1 000
+/// instances gives ranges to nearly all of them, and one after the other delays its table by
+/// the sum of their scans.
+const PURGES_AT_ONCE: usize = 16;
 
 /// What the apply step left published.
 #[derive(Debug)]
@@ -396,21 +402,26 @@ async fn prepare_targets(
         instance: String::new(),
         message: e.to_string(),
     })?;
-    for (instance, ranges) in fresh {
-        let Some(ri) = selected.iter().find(|ri| ri.name_any() == instance) else {
-            continue;
-        };
-        let deleted = purge(ctx, namespace, ri, &resolver, &ranges)
-            .await
-            .map_err(|message| Error::Purge {
-                instance: instance.clone(),
-                message,
-            })?;
-        if deleted > 0 {
-            info!(%instance, deleted, "removed stale copies before routing ranges to the instance");
-        }
-    }
-    Ok(())
+    let purges = fresh.into_iter().filter_map(|(instance, ranges)| {
+        let ri = selected.iter().find(|ri| ri.name_any() == instance)?;
+        let resolver = &resolver;
+        Some(async move {
+            let deleted = purge(ctx, namespace, ri, resolver, &ranges)
+                .await
+                .map_err(|message| Error::Purge {
+                    instance: instance.clone(),
+                    message,
+                })?;
+            if deleted > 0 {
+                info!(%instance, deleted, "removed stale copies before routing ranges to the instance");
+            }
+            Ok::<(), Error>(())
+        })
+    });
+    futures::stream::iter(purges)
+        .buffer_unordered(PURGES_AT_ONCE)
+        .try_collect::<()>()
+        .await
 }
 
 /// Deletes the copies to free (`super::unfreed`) on every instance that serves traffic, and
@@ -427,41 +438,27 @@ async fn free_copies(
     if !unfreed.is_empty()
         && let Ok(resolver) = Resolver::new(written.table.clone())
     {
-        for instance in unfreed.instances() {
-            let Some(ri) = selected.iter().find(|ri| ri.name_any() == instance) else {
-                continue;
-            };
+        let frees = unfreed.instances().into_iter().filter_map(|instance| {
+            let ri = selected.iter().find(|ri| ri.name_any() == instance)?;
             let phase = ri.status.as_ref().and_then(|s| s.phase);
             if !matches!(phase, Some(p) if p.serves_traffic()) {
-                continue;
+                return None;
             }
-            // An instance back from an outage is fenced on itself first, its connections of
-            // older tables closed: a sidecar that missed the handoff must not write there once
-            // its copies are gone (its replies would be withheld, but the writes would run).
-            if written.cm.returning.contains(&instance)
-                && let Err(e) = fences::fence_returning(
-                    ctx,
-                    namespace,
-                    &written.table.policy,
-                    ri,
-                    written.table.version,
-                )
-                .await
-            {
-                warn!(%instance, error = %e, "could not fence a returning instance; its copies are freed at the next reconcile");
-                continue;
-            }
-            match purge(ctx, namespace, ri, &resolver, &unfreed.ranges_of(&instance)).await {
-                Ok(n) => {
-                    if n > 0 {
-                        info!(%instance, deleted = n, "freed copies of ranges the instance no longer serves");
-                    }
-                    unfreed.freed(&instance);
-                }
-                Err(e) => {
-                    warn!(%instance, error = %e, "could not free copies of ranges the instance no longer serves; retrying at the next reconcile")
-                }
-            }
+            let ranges = unfreed.ranges_of(&instance);
+            let (written, resolver) = (&written, &resolver);
+            Some(async move {
+                free_on(ctx, namespace, ri, written, resolver, &instance, &ranges)
+                    .await
+                    .then_some(instance)
+            })
+        });
+        let freed: Vec<String> = futures::stream::iter(frees)
+            .buffer_unordered(PURGES_AT_ONCE)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        for instance in &freed {
+            unfreed.freed(instance);
         }
     }
     if unfreed == written.unfreed {
@@ -481,6 +478,47 @@ async fn free_copies(
         Err(e) => {
             warn!(error = %e, "could not record the copies left to free");
             written.unfreed
+        }
+    }
+}
+
+/// Frees `instance`'s copies of `ranges` (fenced first when it returns from an outage);
+/// whether they are gone.
+async fn free_on(
+    ctx: &Context,
+    namespace: &str,
+    ri: &RedisInstance,
+    written: &Written<'_>,
+    resolver: &Resolver,
+    instance: &str,
+    ranges: &[(String, SlotRange)],
+) -> bool {
+    // An instance back from an outage is fenced on itself first, its connections of older
+    // tables closed: a sidecar that missed the handoff must not write there once its copies
+    // are gone (its replies would be withheld, but the writes would run).
+    if written.cm.returning.contains(instance)
+        && let Err(e) = fences::fence_returning(
+            ctx,
+            namespace,
+            &written.table.policy,
+            ri,
+            written.table.version,
+        )
+        .await
+    {
+        warn!(%instance, error = %e, "could not fence a returning instance; its copies are freed at the next reconcile");
+        return false;
+    }
+    match purge(ctx, namespace, ri, resolver, ranges).await {
+        Ok(n) => {
+            if n > 0 {
+                info!(%instance, deleted = n, "freed copies of ranges the instance no longer serves");
+            }
+            true
+        }
+        Err(e) => {
+            warn!(%instance, error = %e, "could not free copies of ranges the instance no longer serves; retrying at the next reconcile");
+            false
         }
     }
 }
