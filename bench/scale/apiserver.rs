@@ -1,5 +1,6 @@
 //! The API server's own count of requests (`apiserver_request_total` at /metrics, read with
-//! the admin token): writes are PATCH, PUT, POST and DELETE.
+//! the admin token): writes are APPLY (server-side apply, the operator's status writes), PATCH,
+//! PUT, POST and DELETE.
 
 use std::collections::BTreeMap;
 
@@ -36,7 +37,7 @@ pub async fn requests(client: &Client) -> BTreeMap<String, f64> {
 
 /// Whether `key` (from [`requests`]) counts a write.
 pub fn is_write(key: &str) -> bool {
-    ["PATCH ", "PUT ", "POST ", "DELETE "]
+    ["APPLY ", "PATCH ", "PUT ", "POST ", "DELETE "]
         .iter()
         .any(|v| key.starts_with(v))
 }
