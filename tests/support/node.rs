@@ -75,6 +75,27 @@ impl Node {
         pods.len()
     }
 
+    /// The log of pod `name` so far, without terminal colours.
+    pub fn pod_log(&self, name: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // An escape sequence `ESC [ … m`.
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// The logs of every pod run so far.
     pub fn all_logs(&self) -> String {
         let mut out = String::new();
