@@ -39,15 +39,16 @@ pub fn free_port() -> u16 {
         .expect("binding an ephemeral port on 127.0.0.1")
 }
 
-/// Ports below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), at most
-/// 15000..30000, so that no outgoing connection is given one of them.
+/// 12 000 ports ending 10 000 below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`) or below 20 000, so that no outgoing connection is given
+/// one of them, nor the cluster bus port (`port + 10000`) of a server in cluster mode.
 fn server_port_range() -> (u16, u16) {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let high = ephemeral_low.clamp(2048, 30000);
-    (high.saturating_sub(15000).max(1024), high)
+    let high = ephemeral_low.min(30000).saturating_sub(10000).max(2048);
+    (high.saturating_sub(12000).max(1024), high)
 }
 
 /// A fresh directory under the system temp dir, removed by the reaper at exit.
