@@ -653,34 +653,32 @@ fn operator_rows(
             met,
         });
     }
-    let breakdown = |f: &OperatorFigures| {
-        let events = f
-            .event_reasons
+    // `a ×1, b ×2`, or `none` for an empty tally.
+    fn tally<K: std::fmt::Display, N: std::fmt::Display>(
+        counts: &BTreeMap<K, N>,
+        none: &str,
+    ) -> String {
+        if counts.is_empty() {
+            return none.to_owned();
+        }
+        counts
             .iter()
-            .map(|(reason, n)| format!("{reason} ×{n}"))
-            .collect::<Vec<_>>();
-        let events = if events.is_empty() {
-            "none".to_owned()
-        } else {
-            events.join(", ")
-        };
+            .map(|(what, n)| format!("{what} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    let breakdown = |f: &OperatorFigures| {
         let writes = f
             .writes
             .iter()
             .map(|(k, v)| format!("{k} {v:.2}/s"))
             .collect::<Vec<_>>()
             .join(", ");
-        let log = f
-            .window_log
-            .iter()
-            .map(|(what, n)| format!("{what} ×{n}"))
-            .collect::<Vec<_>>();
-        let log = if log.is_empty() {
-            "no routing work".to_owned()
-        } else {
-            log.join(", ")
-        };
-        format!("{writes}; Events in the window: {events}; operator log in the window: {log}")
+        format!(
+            "{writes}; Events in the window: {}; operator log in the window: {}",
+            tally(&f.event_reasons, "none"),
+            tally(&f.window_log, "no routing work")
+        )
     };
     if let Some(b) = before {
         report

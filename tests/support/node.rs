@@ -75,25 +75,9 @@ impl Node {
         pods.len()
     }
 
-    /// The log of pod `name` so far, without terminal colours.
+    /// The log of pod `name` so far.
     pub fn pod_log(&self, name: &str) -> String {
-        let text =
-            std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default();
-        let mut out = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // An escape sequence `ESC [ … m`.
-                for c in chars.by_ref() {
-                    if c == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
     }
 
     /// The logs of every pod run so far.
@@ -165,6 +149,8 @@ async fn run(
                 .env("KUBECONFIG", &kubeconfig)
                 .env("POD_NAME", &name)
                 .env("RUST_LOG", "info,redis_fleet=debug")
+                // Plain text logs, as tests read them (tracing's formatter honours NO_COLOR).
+                .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(out.map_or_else(Stdio::null, Stdio::from))
                 .stderr(err.map_or_else(Stdio::null, Stdio::from))
