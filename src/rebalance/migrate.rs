@@ -192,18 +192,32 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
 }
 
+/// How long a Job waits for the policy's status to record its attempt.
+const ATTEMPT_RECORD_WAIT: Duration = Duration::from_secs(30);
+
 async fn run_steps(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await?;
     let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &config.namespace);
-    let policy = policies.get(&config.policy).await?;
-    let Some(plan) = current_plan(&policy, config.plan_id) else {
-        info!(
-            plan = config.plan_id,
-            "the plan is finished or superseded; nothing to do"
-        );
-        return Ok(());
+    let mut policy = policies.get(&config.policy).await?;
+    let deadline = Instant::now() + ATTEMPT_RECORD_WAIT;
+    let (plan, attempt) = loop {
+        let Some(plan) = current_plan(&policy, config.plan_id) else {
+            info!(
+                plan = config.plan_id,
+                "the plan is finished or superseded; nothing to do"
+            );
+            return Ok(());
+        };
+        let attempt = config.attempt.unwrap_or(plan.attempts);
+        // The operator creates an attempt's Job before it writes the status that records the
+        // attempt: a pod that starts in between waits for that status (an older attempt in
+        // status is not a newer one in charge).
+        if attempt <= plan.attempts || Instant::now() >= deadline {
+            break (plan, attempt);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        policy = policies.get(&config.policy).await?;
     };
-    let attempt = config.attempt.unwrap_or(plan.attempts);
     if attempt != plan.attempts {
         return Err(Error::Superseded);
     }
