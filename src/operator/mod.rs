@@ -244,8 +244,16 @@ async fn run_scope(
     // The CachePolicy controller: its own cache of policies (also used for the instances'
     // capacity thresholds) and a cache of instances fed by the same watch that triggers it, so
     // a reconcile never sees an instance older than the change that woke it.
-    let policy_controller = Controller::new(api::<CachePolicy>(&client, ns), wc.clone());
-    let policy_reader = policy_controller.store();
+    // Its watch wakes it on what it acts on ([`cache_policy::fetch::own_trigger`]), not on its
+    // own status writes; the store behind it sees every change.
+    let (policy_reader, policy_writer) = reflector::store::<CachePolicy>();
+    let policy_changes = watcher(api::<CachePolicy>(&client, ns), wc.clone())
+        .default_backoff()
+        .modify(slim)
+        .reflect(policy_writer)
+        .applied_objects()
+        .predicate_filter(cache_policy::fetch::own_trigger, Default::default());
+    let policy_controller = Controller::for_stream(policy_changes, policy_reader.clone());
     let (all_instances, all_instances_writer) = reflector::store::<RedisInstance>();
     let instance_changes = relevant_to_policies(
         watcher(api::<RedisInstance>(&client, ns), wc.clone())

@@ -13,6 +13,7 @@ use tracing::warn;
 use crate::api::cache_policy::{CachePolicy, RebalanceStatus, selects};
 use crate::api::redis_instance::{InstancePhase, RedisInstance, TIER_LABEL};
 use crate::operator::context::Context;
+use crate::operator::redis_instance::status::condition_type::WITHIN_CAPACITY;
 use crate::redis::endpoint::endpoint_of;
 use crate::routing::config_map::{annotated_version, table_of};
 use crate::routing::table::RoutingTable;
@@ -92,9 +93,12 @@ pub fn selected_instances(
 }
 
 /// What of an instance its policies act on, as a number: its labels (selectors, tiers), its
-/// spec (generation), deletion, phase, capacity and whole percent of memory used — the
-/// fields [`view_of`] reads, memory to the point of capacity that status is written at. A
-/// change of anything else (a status refresh, live figures) need not wake a policy.
+/// spec (generation), deletion, phase, capacity and which side of the capacity threshold its
+/// memory is on (the `WithinCapacity` condition) — what planning reacts to. A change of
+/// anything else (a status refresh, live figures, memory moving within the threshold) need
+/// not wake a policy: its periodic reconcile picks the figures up. Whole percents used were
+/// in here once: at 1 000 instances one of them moved every second or so, and each move
+/// reconciled the policy and rewrote its status.
 pub fn trigger_fingerprint(ri: &RedisInstance) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -103,11 +107,35 @@ pub fn trigger_fingerprint(ri: &RedisInstance) -> u64 {
     ri.metadata.deletion_timestamp.is_some().hash(&mut h);
     let status = ri.status.as_ref();
     status.and_then(|s| s.phase).hash(&mut h);
-    let memory = status.and_then(|s| s.memory.as_ref());
-    memory
-        .map(|m| (m.capacity_bytes, m.used_percent))
+    status
+        .and_then(|s| s.memory.as_ref())
+        .map(|m| m.capacity_bytes)
+        .hash(&mut h);
+    status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == WITHIN_CAPACITY))
+        .map(|c| c.status.as_str())
         .hash(&mut h);
     h.finish()
+}
+
+/// What of a policy its own controller acts on, as a number (a `predicate_filter` for its
+/// watch): its spec (generation), annotations (`redisfleet.io/rebalance` pause, resume and
+/// cancel, a rebalance asked for now), finalizers and deletion, and the rebalance in its
+/// status, where the Job reports its steps. The rest of the status is the controller's own
+/// output: its writes must not wake it again. They did: at 1 000 instances each status write
+/// started the next reconcile, about one a second instead of one per resync.
+pub fn own_trigger(policy: &CachePolicy) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    policy.metadata.generation.hash(&mut h);
+    policy.metadata.annotations.hash(&mut h);
+    policy.metadata.finalizers.hash(&mut h);
+    policy.metadata.deletion_timestamp.is_some().hash(&mut h);
+    let rebalance = policy.status.as_ref().and_then(|s| s.rebalance.as_ref());
+    rebalance
+        .and_then(|r| serde_json::to_string(r).ok())
+        .hash(&mut h);
+    Some(h.finish())
 }
 
 /// Policies of the instance's namespace that select it (the trigger mapping).
@@ -172,4 +200,114 @@ pub async fn read_published(api: &Api<ConfigMap>, name: &str) -> Result<Current,
         resource_version: cm.resource_version(),
         unfreed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn instance(used_percent: i32, within: &str) -> RedisInstance {
+        let mut ri = RedisInstance::new(
+            "hot",
+            serde_json::from_value(json!({"endpoint": {"host": "redis", "port": 6379}})).unwrap(),
+        );
+        ri.status = Some(
+            serde_json::from_value(json!({
+                "phase": "Ready",
+                "memory": {
+                    "usedBytes": used_percent * 300_000,
+                    "capacityBytes": 30_000_000,
+                    "usedPercent": used_percent,
+                    "used": "", "capacity": "",
+                },
+                "conditions": [{
+                    "type": "WithinCapacity", "status": within, "reason": "R", "message": "",
+                    "lastTransitionTime": "2026-12-01T00:00:00Z",
+                }],
+                "lastProbeTime": format!("2026-12-01T00:00:{:02}Z", used_percent % 60),
+            }))
+            .unwrap(),
+        );
+        ri
+    }
+
+    #[test]
+    fn memory_wakes_policies_only_across_the_threshold() {
+        let quiet = trigger_fingerprint(&instance(40, "True"));
+        assert_eq!(quiet, trigger_fingerprint(&instance(41, "True")));
+        assert_eq!(quiet, trigger_fingerprint(&instance(79, "True")));
+        assert_ne!(quiet, trigger_fingerprint(&instance(80, "False")));
+        let mut failed = instance(40, "True");
+        failed.status.as_mut().unwrap().phase = Some(InstancePhase::Unreachable);
+        assert_ne!(quiet, trigger_fingerprint(&failed));
+        let mut relabelled = instance(40, "True");
+        relabelled
+            .labels_mut()
+            .insert(TIER_LABEL.into(), "warm".into());
+        assert_ne!(quiet, trigger_fingerprint(&relabelled));
+        let mut bigger = instance(40, "True");
+        bigger
+            .status
+            .as_mut()
+            .unwrap()
+            .memory
+            .as_mut()
+            .unwrap()
+            .capacity_bytes = 60_000_000;
+        assert_ne!(quiet, trigger_fingerprint(&bigger));
+    }
+
+    fn policy(status: serde_json::Value) -> CachePolicy {
+        let mut p = CachePolicy::new("shop", serde_json::from_value(json!({})).unwrap());
+        p.metadata.generation = Some(3);
+        p.status = Some(serde_json::from_value(status).unwrap());
+        p
+    }
+
+    #[test]
+    fn a_policy_is_not_woken_by_its_own_status_but_by_what_it_acts_on() {
+        let written = policy(json!({
+            "observedGeneration": 3,
+            "instances": [{"name": "hot", "phase": "Ready", "usedPercent": 40}],
+            "recommendations": ["hot at 40%"],
+        }));
+        let before = own_trigger(&written);
+        // Its own output changing: conditions, instances, usage, advice.
+        let rewritten = policy(json!({
+            "observedGeneration": 3,
+            "instances": [{"name": "hot", "phase": "Ready", "usedPercent": 47}],
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "R", "message": "",
+                "lastTransitionTime": "2026-12-01T00:00:00Z",
+            }],
+            "recommendations": ["hot at 47%"],
+        }));
+        assert_eq!(before, own_trigger(&rewritten));
+
+        let mut edited = written.clone();
+        edited.metadata.generation = Some(4);
+        assert_ne!(before, own_trigger(&edited));
+        let mut paused = written.clone();
+        paused
+            .annotations_mut()
+            .insert("redisfleet.io/rebalance".into(), "pause".into());
+        assert_ne!(before, own_trigger(&paused));
+        let mut finalized = written.clone();
+        finalized.metadata.finalizers = Some(vec!["redisfleet.io/cleanup".into()]);
+        assert_ne!(before, own_trigger(&finalized));
+        let mut deleted = written.clone();
+        deleted.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-12-01T00:00:00Z".parse().unwrap(),
+            ));
+        assert_ne!(before, own_trigger(&deleted));
+
+        // The Job reports its steps into the rebalance: each report wakes the controller.
+        let copying =
+            policy(json!({"rebalance": {"phase": "Migrating", "planId": 7, "step": "copying"}}));
+        let copied =
+            policy(json!({"rebalance": {"phase": "Migrating", "planId": 7, "step": "copied"}}));
+        assert_ne!(own_trigger(&copying), own_trigger(&copied));
+    }
 }
