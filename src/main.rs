@@ -94,7 +94,8 @@ struct OperatorArgs {
     /// How often an unchanged status is rewritten (each object's interval is stretched by up
     /// to a quarter). Changes of phase, conditions and memory (by a point of capacity) are
     /// written at once; live figures are in the metrics. N instances cost about N / this
-    /// interval writes per second.
+    /// interval writes per second, and never much more than one: a fleet of more instances
+    /// than this interval has seconds refreshes each every N seconds instead.
     #[arg(long, default_value = "5m", value_parser = parse_duration, env = "REDIS_FLEET_STATUS_REFRESH")]
     status_refresh: std::time::Duration,
     /// How long the data of a Secret a RedisInstance references is used before it is read

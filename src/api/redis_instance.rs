@@ -395,8 +395,9 @@ impl std::fmt::Display for InstancePhase {
 
 /// What the operator last observed of an instance. Never contains credentials. Written when
 /// the phase, a condition or the memory (by a point of capacity) changes, else once per
-/// status refresh (5 minutes by default): latency, traffic and keys are as of that write, the
-/// operator's metrics have them at every probe.
+/// status refresh (5 minutes by default; a second per instance in a fleet of more than 300):
+/// latency, traffic and keys are as of that write, the operator's metrics have them at every
+/// probe.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisInstanceStatus {

@@ -33,7 +33,7 @@ use crate::redis::probe::{classify, probe_on, timed_out};
 
 use super::context::Context;
 use super::metrics::{InstanceLabels, RedisCounters, error_variants};
-use super::status_writes::refresh_interval;
+use super::status_writes::{fleet_refresh, refresh_interval};
 use status::{Failure, Observation, ProbeSummary, Transition, WindowStats};
 
 /// Controller name in metrics and logs.
@@ -219,7 +219,10 @@ pub async fn reconcile(
                 .map(Duration::from_secs),
         ),
     };
-    let refresh = refresh_interval(ictx.status_refresh, &name);
+    let refresh = refresh_interval(
+        fleet_refresh(ictx.status_refresh, ctx.instances.len()),
+        &name,
+    );
     let decision = status::write_decision(written, &next.status, age, refresh);
     ctx.metrics.status_write(CONTROLLER, decision.as_str());
     if decision.writes() {
