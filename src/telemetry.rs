@@ -1,6 +1,8 @@
 //! Logging setup shared by every subcommand: `tracing` with `RUST_LOG` filtering, as text for
 //! terminals or JSON lines for log collectors.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Log line format.
@@ -21,7 +23,15 @@ pub fn init(format: LogFormat, default_filter: &str) {
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_target(true).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_target(true)
+                    .with_ansi(colour(
+                        std::io::stderr().is_terminal(),
+                        std::env::var_os("NO_COLOR").as_deref(),
+                    ))
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -33,4 +43,26 @@ pub fn init(format: LogFormat, default_filter: &str) {
             )
             .try_init(),
     };
+}
+
+/// Whether text logs are coloured: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string. Logs read by `kubectl logs` or a collector (a pipe, a file)
+/// are plain, whatever the environment.
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_coloured_on_a_terminal_only() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new(""))));
+    }
 }

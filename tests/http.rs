@@ -83,3 +83,53 @@ async fn a_thousand_idle_half_open_connections_neither_block_metrics_nor_stay() 
         .unwrap();
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
 }
+
+/// Text logs written to a pipe — what `kubectl logs` and collectors read — carry no terminal
+/// colour codes, without `NO_COLOR` in the environment (they did: every rebalance Job's and
+/// every text-format operator's log was full of escape sequences).
+#[test]
+fn text_logs_to_a_pipe_are_plain() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redis-fleet"))
+        .args([
+            "sidecar",
+            "--routing-file",
+            "/nonexistent/routing.json",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--id",
+            "plain-logs",
+        ])
+        .env_remove("NO_COLOR")
+        .env_remove("REDIS_FLEET_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The warning about the missing table names the field `error=`: a key-value pair, which
+    // the coloured format wraps in escapes too.
+    while let Some(Ok(line)) = lines.next() {
+        let done = line.contains("keeping the previous routing table");
+        seen.push(line);
+        if done || seen.len() > 50 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = seen.join("\n");
+    assert!(
+        text.contains("keeping the previous routing table") && text.contains("error="),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in a piped log:\n{text}"
+    );
+}

@@ -149,8 +149,6 @@ async fn run(
                 .env("KUBECONFIG", &kubeconfig)
                 .env("POD_NAME", &name)
                 .env("RUST_LOG", "info,redis_fleet=debug")
-                // Plain text logs, as tests read them (tracing's formatter honours NO_COLOR).
-                .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(out.map_or_else(Stdio::null, Stdio::from))
                 .stderr(err.map_or_else(Stdio::null, Stdio::from))
