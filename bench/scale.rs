@@ -590,10 +590,10 @@ fn operator_rows(
             None,
         ),
         (
-            "steady state: API writes/s (all kinds)".into(),
+            "steady state: API writes/s in the window (all kinds)".into(),
             Box::new(|f| format!("{:.2}", f.writes_per_second)),
-            "≤ 5".into(),
-            Some(f.writes_per_second <= 5.0),
+            String::new(),
+            None,
         ),
         (
             "steady state: API reads/s (incl. watch events)".into(),
@@ -653,6 +653,25 @@ fn operator_rows(
             met,
         });
     }
+    // The window is shorter than one round of status refreshes (the first come due minutes
+    // after the instances turned Ready), so what they add in steady state is computed from
+    // this build's rule for the bench's instances; the other build's rule is unknown here.
+    let refreshes = refreshes_per_second(n);
+    let with_refreshes = f.writes_per_second + refreshes;
+    report.rows.push(Row {
+        figure: "  status refreshes/s, computed (none fall in the window)".into(),
+        before: None,
+        measured: format!("{refreshes:.2}"),
+        target: String::new(),
+        met: None,
+    });
+    report.rows.push(Row {
+        figure: "steady state: API writes/s with the refreshes".into(),
+        before: None,
+        measured: format!("{with_refreshes:.2}"),
+        target: "≤ 5".into(),
+        met: Some(with_refreshes <= 5.0),
+    });
     // `a ×1, b ×2`, or `none` for an empty tally.
     fn tally<K: std::fmt::Display, N: std::fmt::Display>(
         counts: &BTreeMap<K, N>,
@@ -686,6 +705,16 @@ fn operator_rows(
             .push(format!("writes before: {}", breakdown(b)));
     }
     report.notes.push(format!("writes now: {}", breakdown(f)));
+}
+
+/// Status refreshes per second of `instances` unchanged RedisInstances named as this bench
+/// names them, with the default `--status-refresh`, by this build's rule.
+fn refreshes_per_second(instances: usize) -> f64 {
+    use redis_fleet::operator::status_writes::{DEFAULT_REFRESH, fleet_refresh, refresh_interval};
+    let base = fleet_refresh(DEFAULT_REFRESH, instances);
+    (0..instances)
+        .map(|i| 1.0 / refresh_interval(base, &format!("redis-{i:04}")).as_secs_f64())
+        .sum()
 }
 
 async fn swarm_rows(report: &mut Report, servers: &[RedisServer], policy: &str, size: Size) {
