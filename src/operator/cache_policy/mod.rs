@@ -509,7 +509,12 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     if held_back {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(planning::next_look(
+        next.rebalance.as_ref(),
+        policy.spec.balancing.rebalance.cooldown.get(),
+        Timestamp::now(),
+        RESYNC,
+    )))
 }
 
 /// Gives a plan that just started the planner's estimate (from the table and sample it was

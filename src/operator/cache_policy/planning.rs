@@ -167,6 +167,32 @@ pub fn wants_measurement(r: &RebalanceStatus) -> bool {
             .is_some_and(|b| b.measured_bytes.is_none())
 }
 
+/// When to look at a policy again without a change to wake it: at `resync`, or just after a
+/// finished plan's `cooldown` ends when that is sooner, so that a plan held back by the
+/// cooldown starts then (the controller is not woken by its own status, nor by memory moving
+/// below the threshold).
+pub fn next_look(
+    r: Option<&RebalanceStatus>,
+    cooldown: std::time::Duration,
+    now: Timestamp,
+    resync: std::time::Duration,
+) -> std::time::Duration {
+    let Some(finished) = r
+        .filter(|r| !r.is_active())
+        .and_then(|r| r.finished_at.as_ref())
+    else {
+        return resync;
+    };
+    let since = now.duration_since(finished.0);
+    let left = SignedDuration::try_from(cooldown)
+        .unwrap_or(SignedDuration::MAX)
+        .saturating_sub(since);
+    match std::time::Duration::try_from(left) {
+        Ok(left) if !left.is_zero() => resync.min(left + std::time::Duration::from_millis(200)),
+        _ => resync,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +287,45 @@ mod tests {
         assert!(settled_since(finished, later(11), &probes));
         let probes = [(Some(later(1)), interval), (Some(later(2)), interval)];
         assert!(settled_since(finished, later(3), &probes));
+    }
+
+    #[test]
+    fn a_cooling_plan_is_looked_at_again_when_its_cooldown_ends() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use std::time::Duration;
+        let resync = Duration::from_secs(30);
+        let now: Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
+        let finished = |ago: i64| RebalanceStatus {
+            phase: rebalance_phase::SUCCEEDED.to_owned(),
+            finished_at: Some(Time(now - SignedDuration::from_secs(ago))),
+            ..RebalanceStatus::default()
+        };
+        let secs = Duration::from_secs;
+        // 1 s cooldown, finished just now: look again in a second and a bit.
+        assert_eq!(
+            next_look(Some(&finished(0)), secs(1), now, resync),
+            Duration::from_millis(1200)
+        );
+        // 10 s cooldown, 4 s ago: in 6 s and a bit.
+        assert_eq!(
+            next_look(Some(&finished(4)), secs(10), now, resync),
+            Duration::from_millis(6200)
+        );
+        // A cooldown longer than the resync, or one that has passed: the resync.
+        assert_eq!(
+            next_look(Some(&finished(0)), secs(300), now, resync),
+            resync
+        );
+        assert_eq!(
+            next_look(Some(&finished(20)), secs(10), now, resync),
+            resync
+        );
+        // No plan, or one still running: the resync.
+        assert_eq!(next_look(None, secs(1), now, resync), resync);
+        let running = RebalanceStatus {
+            phase: rebalance_phase::PREPARING.to_owned(),
+            ..finished(0)
+        };
+        assert_eq!(next_look(Some(&running), secs(1), now, resync), resync);
     }
 }
