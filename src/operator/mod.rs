@@ -260,6 +260,7 @@ async fn run_scope(
             .default_backoff()
             .modify(slim)
             .reflect(all_instances_writer),
+        policy_reader.clone(),
     );
 
     // Secrets are read by name and re-read on a timer ([`secrets`]), never listed or watched:
@@ -380,6 +381,7 @@ async fn run_scope(
 /// figures wake no policy (at 1 000 instances they would wake it several times a second).
 fn relevant_to_policies<S>(
     events: S,
+    policies: reflector::Store<CachePolicy>,
 ) -> impl futures::Stream<Item = Result<RedisInstance, watcher::Error>>
 where
     S: futures::Stream<Item = Result<watcher::Event<RedisInstance>, watcher::Error>>,
@@ -389,7 +391,8 @@ where
     events.filter_map(move |event| {
         let out = match event {
             Ok(watcher::Event::Apply(ri) | watcher::Event::InitApply(ri)) => {
-                let fingerprint = cache_policy::fetch::trigger_fingerprint(&ri);
+                let thresholds = cache_policy::fetch::thresholds_for(&policies, &ri);
+                let fingerprint = cache_policy::fetch::trigger_fingerprint(&ri, &thresholds);
                 let changed =
                     seen.insert(ObjectRef::from_obj(&ri), fingerprint) != Some(fingerprint);
                 changed.then_some(Ok(ri))

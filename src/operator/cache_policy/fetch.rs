@@ -20,6 +20,7 @@ use crate::routing::table::RoutingTable;
 
 use super::Error;
 use super::build::InstanceView;
+use super::planning::threshold_percent;
 use super::unfreed::{UNFREED_ANNOTATION, Unfreed};
 
 /// The policy as last written: with rebalancing on, or a plan under way, read from the API,
@@ -93,13 +94,13 @@ pub fn selected_instances(
 }
 
 /// What of an instance its policies act on, as a number: its labels (selectors, tiers), its
-/// spec (generation), deletion, phase, capacity and which side of the capacity threshold its
-/// memory is on (the `WithinCapacity` condition) — what planning reacts to. A change of
-/// anything else (a status refresh, live figures, memory moving within the threshold) need
-/// not wake a policy: its periodic reconcile picks the figures up. Whole percents used were
-/// in here once: at 1 000 instances one of them moved every second or so, and each move
-/// reconciled the policy and rewrote its status.
-pub fn trigger_fingerprint(ri: &RedisInstance) -> u64 {
+/// spec (generation), deletion, phase, capacity and, for each capacity threshold in
+/// `thresholds` (those of the policies that select it), which side of it the memory used is
+/// on — what planning reacts to. A change of anything else (a status refresh, live figures,
+/// memory moving between thresholds) need not wake a policy: its periodic reconcile picks
+/// the figures up. Whole percents used were in here once: at 1 000 instances one of them
+/// moved every second or so, and each move reconciled the policy and rewrote its status.
+pub fn trigger_fingerprint(ri: &RedisInstance, thresholds: &[u32]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ri.metadata.labels.hash(&mut h);
@@ -107,15 +108,32 @@ pub fn trigger_fingerprint(ri: &RedisInstance) -> u64 {
     ri.metadata.deletion_timestamp.is_some().hash(&mut h);
     let status = ri.status.as_ref();
     status.and_then(|s| s.phase).hash(&mut h);
-    status
-        .and_then(|s| s.memory.as_ref())
-        .map(|m| m.capacity_bytes)
-        .hash(&mut h);
+    let memory = status.and_then(|s| s.memory.as_ref());
+    memory.map(|m| m.capacity_bytes).hash(&mut h);
+    // The planner's test (`plan.rs`): whole percent used at or above the threshold.
+    let used = memory.and_then(|m| m.used_percent);
+    for t in thresholds {
+        (t, used.map(|u| i64::from(u) >= i64::from(*t))).hash(&mut h);
+    }
     status
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == WITHIN_CAPACITY))
         .map(|c| c.status.as_str())
         .hash(&mut h);
     h.finish()
+}
+
+/// The capacity thresholds of the policies in `policies` that select `ri`, sorted.
+pub fn thresholds_for(policies: &Store<CachePolicy>, ri: &RedisInstance) -> Vec<u32> {
+    let ns = ri.namespace();
+    let mut v: Vec<u32> = policies
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns && selects(p, ri))
+        .map(|p| threshold_percent(&p.spec))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// What of a policy its own controller acts on, as a number (a `predicate_filter` for its
@@ -234,18 +252,19 @@ mod tests {
 
     #[test]
     fn memory_wakes_policies_only_across_the_threshold() {
-        let quiet = trigger_fingerprint(&instance(40, "True"));
-        assert_eq!(quiet, trigger_fingerprint(&instance(41, "True")));
-        assert_eq!(quiet, trigger_fingerprint(&instance(79, "True")));
-        assert_ne!(quiet, trigger_fingerprint(&instance(80, "False")));
+        let one = [80];
+        let quiet = trigger_fingerprint(&instance(40, "True"), &one);
+        assert_eq!(quiet, trigger_fingerprint(&instance(41, "True"), &one));
+        assert_eq!(quiet, trigger_fingerprint(&instance(79, "True"), &one));
+        assert_ne!(quiet, trigger_fingerprint(&instance(80, "False"), &one));
         let mut failed = instance(40, "True");
         failed.status.as_mut().unwrap().phase = Some(InstancePhase::Unreachable);
-        assert_ne!(quiet, trigger_fingerprint(&failed));
+        assert_ne!(quiet, trigger_fingerprint(&failed, &one));
         let mut relabelled = instance(40, "True");
         relabelled
             .labels_mut()
             .insert(TIER_LABEL.into(), "warm".into());
-        assert_ne!(quiet, trigger_fingerprint(&relabelled));
+        assert_ne!(quiet, trigger_fingerprint(&relabelled, &one));
         let mut bigger = instance(40, "True");
         bigger
             .status
@@ -255,7 +274,15 @@ mod tests {
             .as_mut()
             .unwrap()
             .capacity_bytes = 60_000_000;
-        assert_ne!(quiet, trigger_fingerprint(&bigger));
+        assert_ne!(quiet, trigger_fingerprint(&bigger, &one));
+
+        // Two policies at 70 % and 80 % select it: its condition follows the lower one, and
+        // crossing the higher one still wakes (the policy at 80 % plans then).
+        let two = [70, 80];
+        let at = |percent| trigger_fingerprint(&instance(percent, "False"), &two);
+        assert_eq!(at(70), at(79));
+        assert_ne!(at(79), at(80));
+        assert_eq!(at(80), at(95));
     }
 
     fn policy(status: serde_json::Value) -> CachePolicy {
