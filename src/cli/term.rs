@@ -67,7 +67,10 @@ pub fn width_from_env() -> Option<usize> {
 
 /// Whether to use ANSI colors: stdout is a terminal and `NO_COLOR` is unset or empty.
 pub fn color_from_env() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    crate::telemetry::colour(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
 }
 
 /// Indentation of the blocks under a policy header.

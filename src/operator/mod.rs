@@ -243,23 +243,21 @@ async fn run_scope(
 
     // The CachePolicy controller: its own cache of policies (also used for the instances'
     // capacity thresholds) and a cache of instances fed by the same watch that triggers it, so
-    // a reconcile never sees an instance older than the change that woke it.
-    // Its watch wakes it on what it acts on ([`cache_policy::fetch::own_trigger`]), not on its
-    // own status writes; the store behind it sees every change.
+    // a reconcile never sees an instance older than the change that woke it. Its watch wakes
+    // it on what it acts on ([`cache_policy::fetch::own_trigger`]), not on its own status
+    // writes; the store behind it sees every change.
     let (policy_reader, policy_writer) = reflector::store::<CachePolicy>();
-    let policy_changes = watcher(api::<CachePolicy>(&client, ns), wc.clone())
-        .default_backoff()
-        .modify(slim)
-        .reflect(policy_writer)
+    let policy_changes = cached_watch(api::<CachePolicy>(&client, ns), wc.clone(), policy_writer)
         .applied_objects()
         .predicate_filter(cache_policy::fetch::own_trigger, Default::default());
     let policy_controller = Controller::for_stream(policy_changes, policy_reader.clone());
     let (all_instances, all_instances_writer) = reflector::store::<RedisInstance>();
     let instance_changes = relevant_to_policies(
-        watcher(api::<RedisInstance>(&client, ns), wc.clone())
-            .default_backoff()
-            .modify(slim)
-            .reflect(all_instances_writer),
+        cached_watch(
+            api::<RedisInstance>(&client, ns),
+            wc.clone(),
+            all_instances_writer,
+        ),
         policy_reader.clone(),
     );
 
@@ -308,12 +306,13 @@ async fn run_scope(
     // The RedisInstance controller reconciles on spec changes only: its own status writes
     // must not trigger extra probes (probes are paced by requeues).
     let (instance_reader, instance_writer) = reflector::store::<RedisInstance>();
-    let instances = watcher(api::<RedisInstance>(&client, ns), wc.clone())
-        .default_backoff()
-        .modify(slim)
-        .reflect(instance_writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+    let instances = cached_watch(
+        api::<RedisInstance>(&client, ns),
+        wc.clone(),
+        instance_writer,
+    )
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
     let instance_ctx = Arc::new(InstanceContext::new(shared.clone(), config.status_refresh));
     // Probes in flight at once: each takes a round trip (or its timeout, when the instance is
     // down); bounding them keeps memory and API bursts flat when 1 000 instances start.
@@ -374,6 +373,23 @@ async fn run_scope(
     spawn_until(janitor, stop.clone());
 
     futures::future::join(instance_controller, policies).await;
+}
+
+/// A watch of `api` that retries with backoff, slims its objects ([`slim`]) and keeps
+/// `writer`'s store up to date with every change, before any filter.
+fn cached_watch<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    writer: reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    watcher(api, wc)
+        .default_backoff()
+        .modify(slim::<K>)
+        .reflect(writer)
 }
 
 /// The instances whose change matters to a policy ([`cache_policy::fetch::trigger_fingerprint`])

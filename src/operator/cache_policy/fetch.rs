@@ -13,7 +13,6 @@ use tracing::warn;
 use crate::api::cache_policy::{CachePolicy, RebalanceStatus, selects};
 use crate::api::redis_instance::{InstancePhase, RedisInstance, TIER_LABEL};
 use crate::operator::context::Context;
-use crate::operator::redis_instance::status::condition_type::WITHIN_CAPACITY;
 use crate::redis::endpoint::endpoint_of;
 use crate::routing::config_map::{annotated_version, table_of};
 use crate::routing::table::RoutingTable;
@@ -96,7 +95,7 @@ pub fn selected_instances(
 /// What of an instance its policies act on, as a number: its labels (selectors, tiers), its
 /// spec (generation), deletion, phase, capacity and, for each capacity threshold in
 /// `thresholds` (those of the policies that select it), which side of it the memory used is
-/// on — what planning reacts to. A change of anything else (a status refresh, live figures,
+/// on — what planning reacts to (its `WithinCapacity` condition is the lowest one's side). A change of anything else (a status refresh, live figures,
 /// memory moving between thresholds) need not wake a policy: its periodic reconcile picks
 /// the figures up. Whole percents used were in here once: at 1 000 instances one of them
 /// moved every second or so, and each move reconciled the policy and rewrote its status.
@@ -115,20 +114,12 @@ pub fn trigger_fingerprint(ri: &RedisInstance, thresholds: &[u32]) -> u64 {
     for t in thresholds {
         (t, used.map(|u| i64::from(u) >= i64::from(*t))).hash(&mut h);
     }
-    status
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == WITHIN_CAPACITY))
-        .map(|c| c.status.as_str())
-        .hash(&mut h);
     h.finish()
 }
 
 /// The capacity thresholds of the policies in `policies` that select `ri`, sorted.
 pub fn thresholds_for(policies: &Store<CachePolicy>, ri: &RedisInstance) -> Vec<u32> {
-    let ns = ri.namespace();
-    let mut v: Vec<u32> = policies
-        .state()
-        .iter()
-        .filter(|p| p.namespace() == ns && selects(p, ri))
+    let mut v: Vec<u32> = selecting(policies, ri)
         .map(|p| threshold_percent(&p.spec))
         .collect();
     v.sort_unstable();
@@ -161,13 +152,21 @@ pub fn policies_selecting(
     ctx_policies: &Store<CachePolicy>,
     ri: &RedisInstance,
 ) -> Vec<ObjectRef<CachePolicy>> {
-    let ns = ri.namespace();
-    ctx_policies
-        .state()
-        .iter()
-        .filter(|p| p.namespace() == ns && selects(p, ri))
+    selecting(ctx_policies, ri)
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
+}
+
+/// The policies in `policies` of the instance's namespace that select it.
+fn selecting<'a>(
+    policies: &Store<CachePolicy>,
+    ri: &'a RedisInstance,
+) -> impl Iterator<Item = Arc<CachePolicy>> + 'a {
+    let ns = ri.namespace();
+    policies
+        .state()
+        .into_iter()
+        .filter(move |p| p.namespace() == ns && selects(p, ri))
 }
 
 /// What the routing ConfigMap holds now.
