@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 #
-# The redis-fleet image: one static-ish binary (`redis-fleet operator | sidecar | rebalance |
-# crds | status | where`) on distroless, running as uid 65532.
+# The redis-fleet image: two binaries on distroless, running as uid 65532 —
+#   /redis-fleet            the entrypoint: `sidecar | rebalance | operator | crds | status |
+#                           where | plan` (the system allocator);
+#   /redis-fleet-operator   the operator alone, linked with jemalloc (less memory for its
+#                           caches); the chart's Deployment runs it as its `command`.
 #
 # Reproducible build (same sources + same base images => same image digest):
 #   docker buildx build \
@@ -15,14 +18,15 @@
 #
 # Where the binary comes from (BINARY_FROM):
 #   builder   (default) compiled by the `builder` stage below, inside the build;
-#   prebuilt  the `prebuilt` stage: the file redis-fleet of the build context named
-#             "redis-fleet-bin", made by `cargo build --release --locked --bin redis-fleet` on a
-#             Debian 12 (bookworm, glibc 2.36) machine, for builders without a Rust image.
+#   prebuilt  the `prebuilt` stage: the files redis-fleet and redis-fleet-operator of the build
+#             context named "redis-fleet-bin", made by `cargo build --release --locked
+#             --bin redis-fleet --bin redis-fleet-operator` on a Debian 12 (bookworm, glibc
+#             2.36) machine, for builders without a Rust image.
 #             `make image` builds so with buildah and locally made base images
 #             (hack/e2e/images.sh), and `make e2e` runs that image. Either way the image is the
 #             final stage below: the same base, user and entrypoint.
 #   docker buildx build --build-arg BINARY_FROM=prebuilt \
-#     --build-context redis-fleet-bin=<dir holding redis-fleet> -t redis-fleet:0.1.0 .
+#     --build-context redis-fleet-bin=<dir holding both> -t redis-fleet:0.1.0 .
 
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
@@ -42,31 +46,40 @@ ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} \
     CARGO_TERM_COLOR=never \
     RUSTFLAGS="--remap-path-prefix=/build=/redis-fleet --remap-path-prefix=/usr/local/cargo/registry/src=/cargo --remap-path-prefix=/usr/local/cargo/git/checkouts=/cargo-git --remap-path-prefix=/usr/local/rustup=/rustup"
 
+# jemalloc (the operator binary's allocator) is built from C by `make`, which the slim image
+# lacks; gcc is there.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /build
 
 # 1. Dependencies only: the manifest, the lock file and an empty crate. This layer is rebuilt
 #    only when Cargo.toml or Cargo.lock change, not on every source edit. Only the binary is
 #    built, so the examples, tests and benches Cargo.toml declares need not be here.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+RUN mkdir -p src/bin \
  && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > src/bin/redis-fleet-operator.rs \
  && : > src/lib.rs \
- && cargo build --locked --release --bin redis-fleet \
+ && cargo build --locked --release --bin redis-fleet --bin redis-fleet-operator \
  && rm -rf src target/release/.fingerprint/redis-fleet-* target/release/deps/redis_fleet-* \
            target/release/deps/libredis_fleet-* target/release/redis-fleet*
 
 # 2. The real sources.
 COPY src ./src
-RUN cargo build --locked --release --bin redis-fleet \
+RUN cargo build --locked --release --bin redis-fleet --bin redis-fleet-operator \
  && install -D -m 0755 target/release/redis-fleet /out/redis-fleet \
- && touch -h -d "@${SOURCE_DATE_EPOCH}" /out/redis-fleet /out \
- && /out/redis-fleet --version
+ && install -D -m 0755 target/release/redis-fleet-operator /out/redis-fleet-operator \
+ && touch -h -d "@${SOURCE_DATE_EPOCH}" /out/redis-fleet /out/redis-fleet-operator /out \
+ && /out/redis-fleet --version \
+ && /out/redis-fleet-operator --version
 
 # ---------------------------------------------------------------------------------------------
 # The binary built outside (BINARY_FROM=prebuilt), from the named build context
 # "redis-fleet-bin" (not the main context, which holds the sources only).
 FROM scratch AS prebuilt
-COPY --from=redis-fleet-bin redis-fleet /out/redis-fleet
+COPY --from=redis-fleet-bin redis-fleet redis-fleet-operator /out/
 
 # The stage the image takes its binary from (builders skip the stage not chosen).
 FROM ${BINARY_FROM} AS binary
@@ -88,9 +101,9 @@ LABEL org.opencontainers.image.title="redis-fleet" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
 
-# Only the binary (root-owned, not writable by the runtime user). The base image brings glibc,
+# Only the binaries (root-owned, not writable by the runtime user). The base image brings glibc,
 # libgcc, CA certificates (TLS to hosted Redis, the API server) and /etc/passwd with "nonroot".
-COPY --from=binary /out/redis-fleet /redis-fleet
+COPY --from=binary /out/redis-fleet /out/redis-fleet-operator /
 
 # distroless "nonroot": uid/gid 65532, matching the chart's securityContext.
 USER 65532:65532

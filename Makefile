@@ -128,7 +128,7 @@ bench-scale: deps control-plane ## 1 000 instances, 10 000 sidecars: API writes/
 
 .PHONY: demo
 demo: deps control-plane ## the story: routing, a rebalance past 80 %, a third instance, a failover; ends cleanly
-	$(CARGO) build --locked --quiet --bin redis-fleet --example demo
+	$(CARGO) build --locked --quiet --bin redis-fleet --bin redis-fleet-operator --example demo
 	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" target/debug/examples/demo
 
 .PHONY: playground

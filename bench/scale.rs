@@ -16,8 +16,9 @@
 //! - **routing table size** at 1 000, 1 400 and 5 000 instances × 200 categories, per schema.
 //!
 //! Numbers are printed side by side with the targets of issue 17; nothing here asserts a
-//! timing. `REDIS_FLEET_BASELINE_BIN=<another redis-fleet binary>` measures that build's
-//! operator first, in the same run, for a before/after. Sizes can be changed with
+//! timing. This build's operator is `redis-fleet-operator`, as the chart runs it;
+//! `REDIS_FLEET_BASELINE_BIN=<another redis-fleet binary>` (run as `redis-fleet operator`)
+//! measures that build's operator first, in the same run, for a before/after. Sizes can be changed with
 //! `SCALE_INSTANCES`, `SCALE_SIDECARS`, `SCALE_WATCHERS`, `SCALE_WINDOW` (seconds) and
 //! `SCALE_KEYS` (keys per redis-server, 20 000: sampling memory per category does real work);
 //! `SCALE_PHASES=operator,swarm,watches,tables` picks phases. Every server takes 200 writes/s
@@ -242,7 +243,7 @@ async fn main() {
     };
     println!("== operator (this build)");
     let (after, ns, _operator) =
-        run_operator(cp, &client, &servers, size, &support::redis_fleet_binary()).await;
+        run_operator(cp, &client, &servers, size, &support::operator_binary()).await;
     operator_rows(&mut report, before.as_ref(), &after, size);
 
     // 2. The sidecar swarm: heartbeats and the converge check.

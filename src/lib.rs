@@ -8,7 +8,8 @@
 //!   [`shutdown`], [`telemetry`]: process plumbing.
 //! - [`sidecar`]: the RESP proxy applications talk to; [`rebalance`]: the planner and the Job
 //!   that moves data (`redis-fleet rebalance`).
-//! - [`operator`]: the controllers (`redis-fleet operator`).
+//! - [`operator`]: the controllers (`redis-fleet operator`, or the `redis-fleet-operator`
+//!   binary on jemalloc that the chart runs).
 //! - [`cli`]: terminal views (`redis-fleet status`).
 //!
 //! See `docs/architecture.md` for the layer picture and where a request goes, and `README.md`

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controllers (RedisInstance, CachePolicy).
-    Operator(OperatorArgs),
+    Operator(redis_fleet::operator::command::OperatorArgs),
     /// Run the RESP proxy applications talk to (beside the application, on 127.0.0.1:6379).
     Sidecar(SidecarArgs),
     /// Move the data of one rebalance plan (run by the operator as a Job).
@@ -32,83 +32,6 @@ enum Command {
     /// The views for people: `status`, `where` and `plan` (also `kubectl fleet status|where|plan`).
     #[command(flatten)]
     View(redis_fleet::cli::View),
-}
-
-#[derive(Debug, clap::Args)]
-struct OperatorArgs {
-    /// Namespace to watch; repeat for several. Default: all namespaces.
-    #[arg(
-        long = "namespace",
-        short = 'n',
-        env = "REDIS_FLEET_NAMESPACES",
-        value_delimiter = ','
-    )]
-    namespaces: Vec<String>,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "0.0.0.0:8080", env = "REDIS_FLEET_METRICS_ADDR")]
-    metrics_addr: SocketAddr,
-    /// Name of this operator replica on Events (the pod name in a cluster); also its
-    /// leader-election identity (default: the host name with a random suffix).
-    #[arg(long, env = "POD_NAME")]
-    instance_name: Option<String>,
-    /// Run the controllers only while holding the leader Lease (for more than one replica).
-    #[arg(long, env = "REDIS_FLEET_LEADER_ELECTION")]
-    leader_election: bool,
-    /// Name of the leader Lease.
-    #[arg(long, default_value = redis_fleet::operator::leader::DEFAULT_LEASE_NAME)]
-    lease_name: String,
-    /// Namespace of the leader Lease. Default: the service account's namespace, else `default`.
-    #[arg(long, env = "POD_NAMESPACE")]
-    lease_namespace: Option<String>,
-    /// How long the Lease stays valid after a renewal; the leader renews every third of it,
-    /// a standby looks every sixth.
-    #[arg(long, default_value = "15s", value_parser = redis_fleet::operator::leader::parse_lease_duration)]
-    lease_duration: std::time::Duration,
-    /// Image of rebalance Jobs (normally the operator's own image).
-    #[arg(
-        long,
-        env = "REDIS_FLEET_IMAGE",
-        default_value = "ghcr.io/redis-fleet/redis-fleet:0.1.0"
-    )]
-    rebalance_image: String,
-    /// Pull policy of that image.
-    #[arg(long, env = "REDIS_FLEET_IMAGE_PULL_POLICY")]
-    rebalance_image_pull_policy: Option<String>,
-    /// Namespace of rebalance Jobs. Default: the policy's namespace (the Job is then owned by
-    /// the policy).
-    #[arg(long, env = "REDIS_FLEET_REBALANCE_NAMESPACE")]
-    rebalance_namespace: Option<String>,
-    /// ServiceAccount of rebalance Jobs.
-    #[arg(long, env = "REDIS_FLEET_REBALANCE_SERVICE_ACCOUNT")]
-    rebalance_service_account: Option<String>,
-    /// How long a rebalance Job waits for every sidecar to load the table that announces a
-    /// migration; sidecars still behind then are fenced off the instances it moves data between
-    /// (their clients get -TRYAGAIN there until the sidecar has the new table).
-    #[arg(long, default_value = "2m", value_parser = parse_duration, env = "REDIS_FLEET_REBALANCE_CONVERGE_TIMEOUT")]
-    rebalance_converge_timeout: std::time::Duration,
-    /// Scheduling and resources of rebalance Jobs' pods, a JSON object with any of
-    /// `resources`, `nodeSelector`, `tolerations` and `priorityClassName` (Kubernetes' own
-    /// shapes). Absent: 100m CPU and 64Mi requested, 512Mi memory limit, no placement.
-    #[arg(long, value_parser = parse_job_pod, env = "REDIS_FLEET_REBALANCE_POD")]
-    rebalance_pod: Option<Box<redis_fleet::operator::cache_policy::job::JobPod>>,
-    /// How often an unchanged status is rewritten (each object's interval is stretched by up
-    /// to a quarter). Changes of phase, conditions and memory (by a point of capacity) are
-    /// written at once; live figures are in the metrics. N instances cost about N / this
-    /// interval writes per second, and never much more than one: a fleet of more instances
-    /// than this interval has seconds refreshes each every N seconds instead.
-    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "REDIS_FLEET_STATUS_REFRESH")]
-    status_refresh: std::time::Duration,
-    /// How long the data of a Secret a RedisInstance references is used before it is read
-    /// again (by name: the operator neither lists nor watches Secrets). A rotated password is
-    /// noticed within this period plus one probe interval; N referenced Secrets cost about
-    /// N / this period GETs per second.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "REDIS_FLEET_SECRET_REREAD")]
-    secret_reread: std::time::Duration,
-    /// Schema of the routing tables published: 2 (compact, gzip'ed in the ConfigMap's
-    /// binaryData) or 1 (plain JSON, for sidecars and Jobs older than 0.2 during an upgrade;
-    /// it stops fitting a ConfigMap near 1 400 instances × 200 categories).
-    #[arg(long, default_value_t = redis_fleet::routing::SCHEMA_VERSION, value_parser = clap::value_parser!(u32).range(1..=2), env = "REDIS_FLEET_ROUTING_SCHEMA")]
-    routing_schema: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -185,17 +108,6 @@ struct SidecarArgs {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     redis_fleet::api::duration::parse_duration(s).map_err(|e| e.to_string())
-}
-
-// Boxed: the settings are several times the size of the other commands' arguments.
-fn parse_job_pod(s: &str) -> Result<Box<redis_fleet::operator::cache_policy::job::JobPod>, String> {
-    redis_fleet::operator::cache_policy::job::JobPod::from_json(s)
-        .map(Box::new)
-        .map_err(|e| {
-            format!(
-                "not a JSON object of resources, nodeSelector, tolerations, priorityClassName: {e}"
-            )
-        })
 }
 
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -330,48 +242,7 @@ fn main() -> anyhow::Result<()> {
             std::io::stdout().write_all(yaml.as_bytes())?;
             Ok(())
         }
-        Command::Operator(args) => {
-            telemetry::init(cli.log_format, "info,kube=warn,kube_runtime=warn");
-            install_crypto_provider();
-            // One worker thread, whatever the node's size: the controllers run on this thread
-            // (in `block_on`), the worker carries the connections' tasks. `Runtime::new()`
-            // starts one worker per core, and glibc gives each thread its own malloc arena
-            // that fragments on its own: at 1 000 instances on 2 cores, one worker instead of
-            // two took the steady RSS from ~108 to 91 MiB and the CPU from ~0.15 to 0.13 core
-            // (`make bench-scale`); on a 32-core node it would have been 33 arenas.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(redis_fleet::operator::run(redis_fleet::operator::Config {
-                namespaces: args.namespaces,
-                metrics_addr: args.metrics_addr,
-                controller_name: "redis-fleet-operator".to_owned(),
-                instance_name: args.instance_name,
-                jobs: redis_fleet::operator::cache_policy::job::JobSettings {
-                    namespace: args.rebalance_namespace,
-                    image: args.rebalance_image,
-                    pull_policy: args.rebalance_image_pull_policy,
-                    service_account: args.rebalance_service_account,
-                    // One pod per attempt: a retry is a new Job with a new mover token.
-                    backoff_limit: 0,
-                    converge_timeout: args.rebalance_converge_timeout,
-                    pod: args.rebalance_pod.map(|p| *p).unwrap_or_default(),
-                },
-                status_refresh: args.status_refresh,
-                routing_schema: args.routing_schema,
-                secret_reread: args.secret_reread,
-                leader_election: args.leader_election.then_some(
-                    redis_fleet::operator::leader::ElectionConfig {
-                        lease_name: args.lease_name,
-                        lease_namespace: args.lease_namespace,
-                        lease_duration: args.lease_duration,
-                    },
-                ),
-            }))?;
-            Ok(())
-        }
+        Command::Operator(args) => redis_fleet::operator::command::run(args, cli.log_format),
     }
 }
 

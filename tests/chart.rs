@@ -684,9 +684,12 @@ fn default_values_run_one_operator_cluster_wide_with_leader_election() {
     assert_eq!(deployment["metadata"]["namespace"], "redis-fleet-system");
     assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
     assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["command"],
+        serde_json::json!(["/redis-fleet-operator"])
+    );
+    assert_eq!(
         args(&objects),
         [
-            "operator",
             "--metrics-addr=0.0.0.0:8080",
             "--log-format=json",
             "--leader-election",
@@ -1946,7 +1949,7 @@ async fn the_operator_works_under_the_chart_role_reading_secrets_by_name_only() 
     // short re-read period so the rotation is seen quickly.
     let jobs_namespace = format!("--rebalance-namespace={ns}");
     let mut operator = Operator::launch(
-        &support::redis_fleet_binary(),
+        &support::operator_binary(),
         &kubeconfig,
         &watched,
         &[
@@ -2085,23 +2088,32 @@ fn sidecar_args(example: &str) -> Vec<String> {
         .collect()
 }
 
-/// Runs the real binary with `args` followed by `--help`: clap parses (and validates) every
-/// argument before `--help` and exits 0 only when they are all known.
+/// Runs the real `redis-fleet` binary with `args` followed by `--help`: clap parses (and
+/// validates) every argument before `--help` and exits 0 only when they are all known.
 fn binary_accepts(args: &[String]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-fleet"));
+    accepts(env!("CARGO_BIN_EXE_redis-fleet"), args)
+}
+
+/// Like [`binary_accepts`], for the `redis-fleet-operator` binary the Deployment runs.
+fn operator_accepts(args: &[String]) -> Output {
+    accepts(env!("CARGO_BIN_EXE_redis-fleet-operator"), args)
+}
+
+fn accepts(binary: &str, args: &[String]) -> Output {
+    let mut cmd = Command::new(binary);
     cmd.args(args).arg("--help").env_remove("RUST_LOG");
     run(cmd)
 }
 
 /// Flags the chart passes that the operator does not implement yet (the "coming soon" part of
-/// the design). While `redis-fleet operator --help` does not list one, it is left out of the
+/// the design). While `redis-fleet-operator --help` does not list one, it is left out of the
 /// check below; as soon as the binary knows it, it is checked like every other argument.
 /// (`--leader-election` is implemented: none is pending.)
 const PENDING_OPERATOR_FLAGS: &[&str] = &[];
 
 #[test]
 fn the_binary_accepts_the_arguments_the_chart_gives_it() {
-    let help = text(&binary_accepts(&["operator".into()]).stdout);
+    let help = text(&operator_accepts(&[]).stdout);
     for values in [
         vec![],
         vec!["ci/namespaced-values.yaml"],
@@ -2116,10 +2128,10 @@ fn the_binary_accepts_the_arguments_the_chart_gives_it() {
                 rendered.retain(|a| a != flag);
             }
         }
-        let out = binary_accepts(&rendered);
+        let out = operator_accepts(&rendered);
         assert!(
             out.status.success(),
-            "redis-fleet refuses the chart's arguments {rendered:?}:\n{}",
+            "redis-fleet-operator refuses the chart's arguments {rendered:?}:\n{}",
             text(&out.stderr)
         );
     }
@@ -2169,7 +2181,14 @@ fn the_dockerfile_builds_from_what_its_context_contains() {
         "a workspace: COPY its members in the Dockerfile and allow them in .dockerignore"
     );
     assert!(manifest.contains("[[bin]]\nname = \"redis-fleet\"\npath = \"src/main.rs\""));
-    assert!(dockerfile.contains("cargo build --locked --release --bin redis-fleet"));
+    assert!(manifest.contains(
+        "[[bin]]\nname = \"redis-fleet-operator\"\npath = \"src/bin/redis-fleet-operator.rs\""
+    ));
+    assert!(
+        dockerfile.contains(
+            "cargo build --locked --release --bin redis-fleet --bin redis-fleet-operator"
+        )
+    );
 
     // The builder's Rust is not older than the crate's rust-version.
     let rust_version = manifest
@@ -2194,6 +2213,7 @@ fn the_dockerfile_builds_from_what_its_context_contains() {
         "gcr.io/distroless/cc-debian12:nonroot",
         "USER 65532:65532",
         "ENTRYPOINT [\"/redis-fleet\"]",
+        "/out/redis-fleet-operator /",
         "org.opencontainers.image.source",
         &format!("ARG VERSION={}", env!("CARGO_PKG_VERSION")),
     ] {

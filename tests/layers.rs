@@ -1,7 +1,7 @@
 //! The crate's layers, checked on its source so they cannot erode unnoticed:
 //!
 //! ```text
-//! 5  main.rs                          wiring only
+//! 5  main.rs, bin/*.rs                wiring only (the binaries; not part of the library)
 //! 4  cli                              terminal views
 //! 3  operator                         the controllers
 //! 2  sidecar · rebalance              the data path: the proxy and the rebalance Job

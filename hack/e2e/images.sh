@@ -15,7 +15,8 @@
 #   hack/e2e/images.sh           # all of them (the base images only when missing)
 #   hack/e2e/images.sh fleet     # only the redis-fleet image (`make image`)
 #   REDIS_FLEET_BINARY=path hack/e2e/images.sh fleet
-#                                # package that release binary instead of building one
+#                                # package that release binary (and the redis-fleet-operator
+#                                # beside it) instead of building them
 #
 # Cold: about a minute plus the release build of redis-fleet; warm: seconds (buildah's layer
 # cache, and an archive is rewritten only when its image changed).
@@ -175,20 +176,21 @@ base_images() {
 
 # The redis-fleet image: the project's Dockerfile. Compiling Rust inside the build needs a Rust
 # image, which no registry here serves, so the Dockerfile's `prebuilt` stage takes the binary
-# `cargo build --release` made on this Debian 12 host; the runtime stage (base, user 65532,
+# `cargo build --release` made on this Debian 12 host (both of them); the runtime stage (base, user 65532,
 # entrypoint) is the one every user builds.
 fleet_image() {
   local binary="${REDIS_FLEET_BINARY:-}"
   if [[ -z "$binary" ]]; then
-    e2e_log "cargo build --release --locked --bin redis-fleet"
-    (cd "$E2E_ROOT" && nice cargo build --quiet --release --locked --bin redis-fleet)
+    e2e_log "cargo build --release --locked --bin redis-fleet --bin redis-fleet-operator"
+    (cd "$E2E_ROOT" && nice cargo build --quiet --release --locked --bin redis-fleet --bin redis-fleet-operator)
     binary="$E2E_ROOT/target/release/redis-fleet"
   fi
-  # The named context holds the binary alone (not all of target/release).
+  # The named context holds the binaries alone (not all of target/release).
   local bin="$E2E_IMAGES/context/redis-fleet-bin"
   rm -rf "$bin"
   mkdir -p "$bin"
   cp "$binary" "$bin/redis-fleet"
+  cp "$(dirname "$binary")/redis-fleet-operator" "$bin/redis-fleet-operator"
   build "$E2E_FLEET_IMAGE" "$E2E_ROOT" -f "$E2E_ROOT/Dockerfile" \
     --build-arg BINARY_FROM=prebuilt --build-context redis-fleet-bin="$bin" \
     --build-arg RUNTIME_IMAGE="$E2E_RUNTIME_BASE_IMAGE" \

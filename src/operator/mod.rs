@@ -16,6 +16,7 @@
 
 pub mod api_client;
 pub mod cache_policy;
+pub mod command;
 pub mod connections;
 pub mod context;
 pub mod leader;

@@ -35,6 +35,14 @@ pub fn redis_fleet_binary() -> PathBuf {
     }
 }
 
+/// The `redis-fleet-operator` binary (the operator alone, on jemalloc) of this build.
+pub fn operator_binary() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_redis-fleet-operator") {
+        Some(path) => PathBuf::from(path),
+        None => redis_fleet_binary().with_file_name("redis-fleet-operator"),
+    }
+}
+
 /// Waits (with a watch, not a sleep loop) until object `name` satisfies `cond`, and returns
 /// it; panics with `what` and the last state seen after `timeout`.
 pub async fn wait_for<K>(

@@ -127,6 +127,14 @@ async fn run(
             continue;
         };
         let args = container.args.clone().unwrap_or_default();
+        // The image's two binaries: the operator's (its Deployment's `command`) and
+        // `redis-fleet` (the entrypoint: Jobs and sidecars give only `args`).
+        let binary = match container.command.as_deref() {
+            Some([command, ..]) if command.ends_with("/redis-fleet-operator") => {
+                super::operator_binary()
+            }
+            _ => super::redis_fleet_binary(),
+        };
         let log = logs.join(format!("{name}.log"));
         let (pods, running, finished, kubeconfig) = (
             pods.clone(),
@@ -144,7 +152,7 @@ async fn run(
                 .await;
             let out = std::fs::File::create(&log).ok();
             let err = out.as_ref().and_then(|f| f.try_clone().ok());
-            let mut cmd = tokio::process::Command::new(super::redis_fleet_binary());
+            let mut cmd = tokio::process::Command::new(&binary);
             cmd.args(&args)
                 .env("KUBECONFIG", &kubeconfig)
                 .env("POD_NAME", &name)

@@ -1,5 +1,5 @@
-//! The real `redis-fleet operator` binary, started against the test control plane and scoped
-//! to the test's namespace, so tests can run side by side.
+//! The real operator binary (`redis-fleet-operator`, as the chart runs it), started against
+//! the test control plane and scoped to the test's namespace, so tests can run side by side.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -35,7 +35,7 @@ impl Operator {
     /// Like [`Operator::start`], with extra command-line arguments (`namespace` empty: all).
     pub fn start_with(cp: &ControlPlane, namespace: &str, extra: &[&str]) -> Operator {
         Self::launch(
-            &super::redis_fleet_binary(),
+            &super::operator_binary(),
             &cp.kubeconfig,
             namespace,
             extra,
@@ -44,7 +44,8 @@ impl Operator {
     }
 
     /// Starts `binary` as the operator with `kubeconfig` and `RUST_LOG=log_filter` (benchmarks:
-    /// another build, the API server reached through a proxy, quieter logs).
+    /// another build, the API server reached through a proxy, quieter logs). `binary` is
+    /// `redis-fleet-operator`, or a `redis-fleet` binary, run as `redis-fleet operator`.
     pub fn launch(
         binary: &std::path::Path,
         kubeconfig: &std::path::Path,
@@ -56,7 +57,9 @@ impl Operator {
         let log = dir.join("operator.log");
         let metrics_port = free_port();
         let mut cmd = Command::new(binary);
-        cmd.arg("operator");
+        if binary.file_name() != Some(std::ffi::OsStr::new("redis-fleet-operator")) {
+            cmd.arg("operator");
+        }
         if !namespace.is_empty() {
             cmd.args(["--namespace", namespace]);
         }
