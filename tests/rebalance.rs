@@ -1014,15 +1014,12 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
         .unwrap();
     assert_eq!(condition.reason, "Paused", "{condition:?}");
     let held = moved_off(&shop, &tertiary, &prefixes).await;
-    let moved = paused
-        .status
-        .unwrap()
-        .rebalance
-        .unwrap()
-        .keys_moved
-        .unwrap();
+    let paused_report = paused.status.unwrap().rebalance.unwrap();
+    let moved = paused_report.keys_moved.unwrap();
     assert!(held > 0 && (held as i64) < 30_000, "{held}");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Longer than the paused Job's report interval (5 s): with no key asked for, it writes
+    // nothing (each write of `status.rebalance` would wake the operator's reconcile).
+    tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(
         moved_off(&shop, &tertiary, &prefixes).await,
         held,
@@ -1031,6 +1028,10 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     let still = rebalance_of(&shop).await;
     assert_eq!(still.keys_moved, Some(moved), "{still:#?}");
     assert_eq!(still.step.as_deref(), Some("Paused"));
+    assert_eq!(
+        still.keys_per_second, paused_report.keys_per_second,
+        "a paused Job with nothing to move reported again: {still:#?}"
+    );
 
     // Commands over moved and unmoved keys at once make the sidecar ask the Job for the
     // unmoved ones: the paused Job still moves those, and every such command answers.

@@ -15,7 +15,10 @@ use super::{Error, Job, current_plan};
 
 /// How often the copy reads the policy's annotation.
 const CONTROL_EVERY: Duration = Duration::from_secs(1);
-/// How often a paused Job reports (a report also finds out that a newer attempt took over).
+/// How often, at most, a paused Job reports the keys sidecars asked it to move. With none
+/// moved it writes nothing: every write of the policy's `status.rebalance` wakes the operator's
+/// reconcile, and a plan may stay paused for days. (A newer attempt is noticed by reading the
+/// policy every [`CONTROL_EVERY`].)
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How often a paused Job moves the keys sidecars ask for (as often as the copy would).
 pub(super) const URGENT_EVERY: Duration = Duration::from_millis(20);
@@ -51,6 +54,7 @@ impl Job {
             "paused"
         );
         self.report(rebalance_step::PAUSED, &[]).await?;
+        let mut reported = self.moved;
         let mut read = Instant::now();
         loop {
             tokio::time::sleep(URGENT_EVERY).await;
@@ -67,8 +71,9 @@ impl Job {
             if !paused(&policy) {
                 break;
             }
-            if self.last_report.elapsed() >= REPORT_EVERY {
+            if self.moved != reported && self.last_report.elapsed() >= REPORT_EVERY {
                 self.report(rebalance_step::PAUSED, &[]).await?;
+                reported = self.moved;
             }
         }
         let held = since.elapsed();
