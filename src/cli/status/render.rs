@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use jiff::Timestamp;
 
-use crate::api::cache_policy::{RebalanceBalance, RebalanceStatus};
+use crate::api::cache_policy::{RebalanceBalance, RebalanceStatus, rebalance_step};
 use crate::api::quantity::format_bytes_human;
 use crate::api::redis_instance::InstancePhase;
 use crate::routing::slots::SLOT_COUNT;
@@ -574,7 +574,9 @@ fn write_rebalance(
         if keys_per_second > 0 {
             let _ = write!(text, " · {} keys/s", group(keys_per_second));
             let left = total - keys_moved;
-            if left > 0 && r.finished_at.is_none() {
+            // A paused plan moves nothing until it is resumed: no time left to promise.
+            let paused = r.step.as_deref() == Some(rebalance_step::PAUSED);
+            if left > 0 && r.finished_at.is_none() && !paused {
                 let secs = (left + keys_per_second - 1) / keys_per_second;
                 let _ = write!(text, " · ~{} left", human_secs(secs));
             }

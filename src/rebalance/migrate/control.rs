@@ -53,8 +53,10 @@ impl Job {
             annotation = REBALANCE_CONTROL_ANNOTATION,
             "paused"
         );
-        self.report(rebalance_step::PAUSED, &[]).await?;
-        let mut reported = self.moved;
+        // What the status says the Job moved; `None` until a report went through (`report`
+        // gives up, without an error, after repeated write conflicts).
+        let mut reported = None;
+        self.report_paused(&mut reported).await?;
         let mut read = Instant::now();
         loop {
             tokio::time::sleep(URGENT_EVERY).await;
@@ -71,9 +73,8 @@ impl Job {
             if !paused(&policy) {
                 break;
             }
-            if self.moved != reported && self.last_report.elapsed() >= REPORT_EVERY {
-                self.report(rebalance_step::PAUSED, &[]).await?;
-                reported = self.moved;
+            if reported != Some(self.moved) && self.last_report.elapsed() >= REPORT_EVERY {
+                self.report_paused(&mut reported).await?;
             }
         }
         let held = since.elapsed();
@@ -86,5 +87,16 @@ impl Job {
             "resumed"
         );
         self.report(rebalance_step::COPYING, &[]).await
+    }
+
+    /// Reports the pause with the keys moved so far; `reported` is what the status holds once
+    /// the report was written (it stays as it was when the write gave up).
+    async fn report_paused(&mut self, reported: &mut Option<u64>) -> Result<(), Error> {
+        let before = self.last_report;
+        self.report(rebalance_step::PAUSED, &[]).await?;
+        if self.last_report != before {
+            *reported = Some(self.moved);
+        }
+        Ok(())
     }
 }

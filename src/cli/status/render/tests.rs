@@ -448,6 +448,15 @@ fn renders_a_rebalance_in_progress_and_sidecars_behind() {
         "{progress}"
     );
     assert!(progress.trim_start().starts_with("[███"), "{progress}");
+    // Paused: the rate is the copy's before the pause, and no time left is promised.
+    let mut paused = s.clone();
+    paused.policies[0].rebalance.as_mut().unwrap().step = Some("Paused".into());
+    let paused = render(&paused, 100, false);
+    let progress = line_with(&paused, "keys/s");
+    assert!(
+        progress.ends_with("]  81,234 / 120,000 keys  68% · 12,000 keys/s"),
+        "{progress}"
+    );
     assert!(line_with(&text, "advice").contains("primary is at 86% of 30Mi"));
     // The planner's estimate, each instance before → planned.
     assert_eq!(
