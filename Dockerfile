@@ -36,14 +36,19 @@ ARG BINARY_FROM=builder
 FROM ${RUST_IMAGE} AS builder
 
 # Timestamps embedded anywhere in the build come from here (0 = 1970 unless the caller passes
-# the commit time), and the source paths in panic messages and debug info are rewritten, so the
-# binary does not depend on when or where it was built.
+# the commit time), and the source paths in panic messages are rewritten, so the binaries do
+# not depend on when or where they were built. jemalloc's build would otherwise ask the build
+# machine's CPU how many address bits it has (48 or 57): it is told 48, what Linux gives a
+# process unless it asks for more. The binaries keep their symbols but not the line tables
+# of the release profile (`strip = "debuginfo"`): ~52 MB for both instead of ~230 MB.
 ARG SOURCE_DATE_EPOCH=0
 ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} \
     CARGO_HOME=/usr/local/cargo \
     CARGO_INCREMENTAL=0 \
     CARGO_NET_RETRY=10 \
     CARGO_TERM_COLOR=never \
+    CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+    JEMALLOC_SYS_WITH_LG_VADDR=48 \
     RUSTFLAGS="--remap-path-prefix=/build=/redis-fleet --remap-path-prefix=/usr/local/cargo/registry/src=/cargo --remap-path-prefix=/usr/local/cargo/git/checkouts=/cargo-git --remap-path-prefix=/usr/local/rustup=/rustup"
 
 # jemalloc (the operator binary's allocator) is built from C by `make`, which the slim image
@@ -55,8 +60,8 @@ RUN apt-get update \
 WORKDIR /build
 
 # 1. Dependencies only: the manifest, the lock file and an empty crate. This layer is rebuilt
-#    only when Cargo.toml or Cargo.lock change, not on every source edit. Only the binary is
-#    built, so the examples, tests and benches Cargo.toml declares need not be here.
+#    only when Cargo.toml or Cargo.lock change, not on every source edit. Only the binaries
+#    are built, so the examples, tests and benches Cargo.toml declares need not be here.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src/bin \
  && echo 'fn main() {}' > src/main.rs \
@@ -64,7 +69,8 @@ RUN mkdir -p src/bin \
  && : > src/lib.rs \
  && cargo build --locked --release --bin redis-fleet --bin redis-fleet-operator \
  && rm -rf src target/release/.fingerprint/redis-fleet-* target/release/deps/redis_fleet-* \
-           target/release/deps/libredis_fleet-* target/release/redis-fleet*
+           target/release/deps/libredis_fleet-* target/release/deps/redis_fleet_operator-* \
+           target/release/redis-fleet*
 
 # 2. The real sources.
 COPY src ./src

@@ -42,7 +42,7 @@ INSTALL_ROOT ?= $(or $(CARGO_INSTALL_ROOT),$(CARGO_HOME),$(HOME)/.cargo)
 
 .PHONY: install
 install: ## install redis-fleet and the kubectl plugin kubectl-fleet (a link to it) into $(INSTALL_ROOT)/bin
-	$(CARGO) install --locked --path . --root "$(INSTALL_ROOT)"
+	$(CARGO) install --locked --path . --bin redis-fleet --root "$(INSTALL_ROOT)"
 	ln -sf redis-fleet "$(INSTALL_ROOT)/bin/kubectl-fleet"
 	@echo "kubectl fleet: $(INSTALL_ROOT)/bin/kubectl-fleet (that directory must be on PATH)"
 

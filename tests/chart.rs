@@ -2134,6 +2134,16 @@ fn the_binary_accepts_the_arguments_the_chart_gives_it() {
             "redis-fleet-operator refuses the chart's arguments {rendered:?}:\n{}",
             text(&out.stderr)
         );
+        // `redis-fleet operator` takes the same arguments (the same controllers on glibc).
+        let subcommand: Vec<String> = std::iter::once("operator".to_owned())
+            .chain(rendered.iter().cloned())
+            .collect();
+        let out = binary_accepts(&subcommand);
+        assert!(
+            out.status.success(),
+            "redis-fleet operator refuses the chart's arguments {rendered:?}:\n{}",
+            text(&out.stderr)
+        );
     }
 
     // The example sidecar's arguments, once the binary has the sidecar subcommand.

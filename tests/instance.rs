@@ -1,5 +1,5 @@
 //! The RedisInstance reconciler against a real kube-apiserver and real redis-servers, with
-//! the real `redis-fleet operator` binary.
+//! the real `redis-fleet-operator` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

@@ -1,4 +1,4 @@
-//! Leader election against the real kube-apiserver: several real `redis-fleet operator`
+//! Leader election against the real kube-apiserver: several real `redis-fleet-operator`
 //! processes for one namespace, one Lease; only the holder writes, a killed leader is replaced
 //! within the lease duration and a terminated one hands over at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -175,9 +175,9 @@ base_images() {
 }
 
 # The redis-fleet image: the project's Dockerfile. Compiling Rust inside the build needs a Rust
-# image, which no registry here serves, so the Dockerfile's `prebuilt` stage takes the binary
-# `cargo build --release` made on this Debian 12 host (both of them); the runtime stage (base, user 65532,
-# entrypoint) is the one every user builds.
+# image, which no registry here serves, so the Dockerfile's `prebuilt` stage takes the two
+# binaries `cargo build --release` made on this Debian 12 host; the runtime stage (base, user
+# 65532, entrypoint) is the one every user builds.
 fleet_image() {
   local binary="${REDIS_FLEET_BINARY:-}"
   if [[ -z "$binary" ]]; then
@@ -185,12 +185,16 @@ fleet_image() {
     (cd "$E2E_ROOT" && nice cargo build --quiet --release --locked --bin redis-fleet --bin redis-fleet-operator)
     binary="$E2E_ROOT/target/release/redis-fleet"
   fi
-  # The named context holds the binaries alone (not all of target/release).
+  local operator
+  operator="$(dirname "$binary")/redis-fleet-operator"
+  [[ -x "$operator" ]] || e2e_die "$operator is missing: build it from the same sources as $binary"
+  # The named context holds the binaries alone (not all of target/release), without their
+  # line tables, as the Dockerfile's builder makes them (CARGO_PROFILE_RELEASE_STRIP).
   local bin="$E2E_IMAGES/context/redis-fleet-bin"
   rm -rf "$bin"
   mkdir -p "$bin"
-  cp "$binary" "$bin/redis-fleet"
-  cp "$(dirname "$binary")/redis-fleet-operator" "$bin/redis-fleet-operator"
+  strip --strip-debug -o "$bin/redis-fleet" "$binary"
+  strip --strip-debug -o "$bin/redis-fleet-operator" "$operator"
   build "$E2E_FLEET_IMAGE" "$E2E_ROOT" -f "$E2E_ROOT/Dockerfile" \
     --build-arg BINARY_FROM=prebuilt --build-context redis-fleet-bin="$bin" \
     --build-arg RUNTIME_IMAGE="$E2E_RUNTIME_BASE_IMAGE" \

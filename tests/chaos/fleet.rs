@@ -1,6 +1,6 @@
 //! The fleet under test, all of it real: the shared control plane, one namespace per seed,
 //! redis-servers (the user's `primary`, `secondary` and `tertiary`, and the ones the faults
-//! add), the `redis-fleet operator`, the stand-in node that runs rebalance Job pods, and the
+//! add), the `redis-fleet-operator`, the stand-in node that runs rebalance Job pods, and the
 //! sidecars — one that follows the routing ConfigMap through the API, the others reading a
 //! table file that [`deliver`] copies from the ConfigMap late, as a kubelet does.
 //!
