@@ -43,14 +43,14 @@ struct RebalanceArgs {
     #[arg(long)]
     plan: i64,
     /// Longest wait for the operator to publish the next routing table.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = redis_fleet::api::duration::parse_duration)]
     publish_timeout: std::time::Duration,
     /// This attempt of the plan (the operator passes it); default: the attempt in status.
     #[arg(long)]
     attempt: Option<i32>,
     /// Longest wait for every sidecar to use the migrating table; sidecars still behind then
     /// are fenced off the instances the plan moves data between.
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, default_value = "2m", value_parser = redis_fleet::api::duration::parse_duration)]
     converge_timeout: std::time::Duration,
     /// The pod name, for logs.
     #[arg(long, env = "POD_NAME")]
@@ -92,10 +92,10 @@ struct SidecarArgs {
     #[arg(long, default_value_t = 1)]
     connections_per_instance: usize,
     /// A connection whose oldest request has waited this long is considered dead.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = redis_fleet::api::duration::parse_duration)]
     request_timeout: std::time::Duration,
     /// How often the table file and the credentials are re-read.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = redis_fleet::api::duration::parse_duration)]
     poll: std::time::Duration,
     /// Worker threads (1: a single-threaded event loop, like Redis itself).
     #[arg(long, default_value_t = 1)]
@@ -104,10 +104,6 @@ struct SidecarArgs {
     /// bookkeeping stays). Without it they are refused.
     #[arg(long, env = "REDIS_FLEET_ALLOW_FLUSH")]
     allow_flush: bool,
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    redis_fleet::api::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {

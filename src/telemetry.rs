@@ -48,8 +48,8 @@ pub fn init(format: LogFormat, default_filter: &str) {
 /// Whether output is coloured: only on a terminal, and not when `NO_COLOR` is set to anything
 /// but the empty string. Logs read by `kubectl logs` or a collector (a pipe, a file) are plain,
 /// whatever the environment; the command-line views follow the same rule on stdout.
-pub fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+pub fn colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]

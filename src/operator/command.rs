@@ -62,7 +62,7 @@ pub struct OperatorArgs {
     /// How long a rebalance Job waits for every sidecar to load the table that announces a
     /// migration; sidecars still behind then are fenced off the instances it moves data between
     /// (their clients get -TRYAGAIN there until the sidecar has the new table).
-    #[arg(long, default_value = "2m", value_parser = parse_duration, env = "REDIS_FLEET_REBALANCE_CONVERGE_TIMEOUT")]
+    #[arg(long, default_value = "2m", value_parser = crate::api::duration::parse_duration, env = "REDIS_FLEET_REBALANCE_CONVERGE_TIMEOUT")]
     pub rebalance_converge_timeout: std::time::Duration,
     /// Scheduling and resources of rebalance Jobs' pods, a JSON object with any of
     /// `resources`, `nodeSelector`, `tolerations` and `priorityClassName` (Kubernetes' own
@@ -74,13 +74,13 @@ pub struct OperatorArgs {
     /// written at once; live figures are in the metrics. N instances cost about N / this
     /// interval writes per second, and never much more than one: a fleet of more instances
     /// than this interval has seconds refreshes each every N seconds instead.
-    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "REDIS_FLEET_STATUS_REFRESH")]
+    #[arg(long, default_value = "5m", value_parser = crate::api::duration::parse_duration, env = "REDIS_FLEET_STATUS_REFRESH")]
     pub status_refresh: std::time::Duration,
     /// How long the data of a Secret a RedisInstance references is used before it is read
     /// again (by name: the operator neither lists nor watches Secrets). A rotated password is
     /// noticed within this period plus one probe interval; N referenced Secrets cost about
     /// N / this period GETs per second.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "REDIS_FLEET_SECRET_REREAD")]
+    #[arg(long, default_value = "30s", value_parser = crate::api::duration::parse_duration, env = "REDIS_FLEET_SECRET_REREAD")]
     pub secret_reread: std::time::Duration,
     /// Schema of the routing tables published: 2 (compact, gzip'ed in the ConfigMap's
     /// binaryData) or 1 (plain JSON, for sidecars and Jobs older than 0.2 during an upgrade;
@@ -131,10 +131,6 @@ pub fn run(args: OperatorArgs, log_format: LogFormat) -> anyhow::Result<()> {
             }),
     }))?;
     Ok(())
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    crate::api::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 // Boxed: the settings are several times the size of the other arguments.

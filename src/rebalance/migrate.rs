@@ -394,7 +394,8 @@ impl Job {
     /// Merge-patches the Job-owned fields of `status.rebalance`, on the condition (the
     /// resourceVersion it read) that the plan and attempt in status are still this Job's: a
     /// Job of an older plan or attempt never reports into a newer one.
-    async fn report(&mut self, step: &str, stragglers: &[String]) -> Result<(), Error> {
+    /// `Ok(false)`: the status kept changing under it, nothing was written this time.
+    async fn report(&mut self, step: &str, stragglers: &[String]) -> Result<bool, Error> {
         let rate = self.moved as f64 / self.started.elapsed().as_secs_f64().max(0.001);
         for _ in 0..10 {
             let policy = self.policies.get_status(&self.config.policy).await?;
@@ -428,7 +429,7 @@ impl Job {
                 Ok(_) => {
                     self.last_report = Instant::now();
                     info!(step, moved = self.moved, total = self.total, "progress");
-                    return Ok(());
+                    return Ok(true);
                 }
                 // Someone wrote the status meanwhile: read it again.
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -439,7 +440,7 @@ impl Job {
             step,
             "the status kept changing; progress not reported this time"
         );
-        Ok(())
+        Ok(false)
     }
 
     /// The instances a move reads from or writes to.

@@ -95,9 +95,9 @@ pub fn selected_instances(
 /// What of an instance its policies act on, as a number: its labels (selectors, tiers), its
 /// spec (generation), deletion, phase, capacity and, for each capacity threshold in
 /// `thresholds` (those of the policies that select it), which side of it the memory used is
-/// on — what planning reacts to (its `WithinCapacity` condition is the lowest one's side). A change of anything else (a status refresh, live figures,
-/// memory moving between thresholds) need not wake a policy: its periodic reconcile picks
-/// the figures up. Whole percents used were in here once: at 1 000 instances one of them
+/// on — what planning reacts to (its `WithinCapacity` condition is the lowest one's side). A
+/// change of anything else (a status refresh, live figures, memory moving between
+/// thresholds) need not wake a policy: its periodic reconcile picks the figures up. Whole percents used were in here once: at 1 000 instances one of them
 /// moved every second or so, and each move reconciled the policy and rewrote its status.
 pub fn trigger_fingerprint(ri: &RedisInstance, thresholds: &[u32]) -> u64 {
     use std::hash::{Hash, Hasher};

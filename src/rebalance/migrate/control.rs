@@ -56,7 +56,9 @@ impl Job {
         // What the status says the Job moved; `None` until a report went through (`report`
         // gives up, without an error, after repeated write conflicts).
         let mut reported = None;
-        self.report_paused(&mut reported).await?;
+        if self.report(rebalance_step::PAUSED, &[]).await? {
+            reported = Some(self.moved);
+        }
         let mut read = Instant::now();
         loop {
             tokio::time::sleep(URGENT_EVERY).await;
@@ -73,8 +75,11 @@ impl Job {
             if !paused(&policy) {
                 break;
             }
-            if reported != Some(self.moved) && self.last_report.elapsed() >= REPORT_EVERY {
-                self.report_paused(&mut reported).await?;
+            if reported != Some(self.moved)
+                && self.last_report.elapsed() >= REPORT_EVERY
+                && self.report(rebalance_step::PAUSED, &[]).await?
+            {
+                reported = Some(self.moved);
             }
         }
         let held = since.elapsed();
@@ -86,17 +91,7 @@ impl Job {
             policy = %self.config.policy,
             "resumed"
         );
-        self.report(rebalance_step::COPYING, &[]).await
-    }
-
-    /// Reports the pause with the keys moved so far; `reported` is what the status holds once
-    /// the report was written (it stays as it was when the write gave up).
-    async fn report_paused(&mut self, reported: &mut Option<u64>) -> Result<(), Error> {
-        let before = self.last_report;
-        self.report(rebalance_step::PAUSED, &[]).await?;
-        if self.last_report != before {
-            *reported = Some(self.moved);
-        }
+        self.report(rebalance_step::COPYING, &[]).await?;
         Ok(())
     }
 }
