@@ -258,8 +258,12 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
     // Reads in order of their start, so "what earlier reads saw" is known.
     let mut reads: Vec<&Read> = h.reads.iter().collect();
     reads.sort_by_key(|r| r.start);
-    // (end time, index seen) of the reads checked so far; -1 is the absence before any write.
-    let mut seen: Vec<(u64, i64)> = Vec::new();
+    // (end time, index seen, first index still possible) of the reads checked so far; -1 is
+    // the absence before any write. A read rules out every write before the one it saw,
+    // except a write's reply explained by a failover's drop that stands after that write (the
+    // harness places a drop where the table was surely out): the drop came before the write,
+    // so it rules out only the writes before the write.
+    let mut seen: Vec<(u64, i64, i64)> = Vec::new();
     for r in reads {
         report.reads += 1;
         // A write's reply saw the key before that write: only earlier writes explain it.
@@ -280,17 +284,18 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
         let dropped = |i: i64| i >= 0 && writes[i as usize].dropped;
         let floor_seen = seen
             .iter()
-            .filter(|(end, _)| *end < r.start)
-            .map(|(_, i)| *i)
+            .filter(|(end, _, _)| *end < r.start)
+            .map(|(_, _, from)| *from)
             .max()
             .unwrap_or(-1);
         // What earlier reads saw, but for the absence a failover's drop explains.
         let floor_kept = seen
             .iter()
-            .filter(|(end, i)| *end < r.start && !dropped(*i))
-            .map(|(_, i)| *i)
+            .filter(|(end, i, _)| *end < r.start && !dropped(*i))
+            .map(|(_, _, from)| *from)
             .max()
             .unwrap_or(-1);
+        let saw = |i: i64| (r.end, i, i.min(limit as i64));
         let mut fits: Vec<i64> = Vec::new();
         let mut expired: Vec<i64> = Vec::new();
         if r.saw == State::Absent {
@@ -322,7 +327,7 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
                 .find(|&&i| allowed(i) && i >= floor_ack && i >= floor_kept && !dropped(i))
         {
             report.resurfaced += 1;
-            seen.push((r.end, i));
+            seen.push(saw(i));
             continue;
         }
         // Prefer an explanation without a failover's drop.
@@ -334,7 +339,7 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
             if dropped(i) {
                 report.failover_drops += 1;
             }
-            seen.push((r.end, i));
+            seen.push(saw(i));
             continue;
         }
         let describe = |i: i64| {
@@ -401,7 +406,7 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
         // Count it as seen at its best candidate, so one lost write is not counted again and
         // again by every later read.
         if let Some(&i) = fits.iter().filter(|&&i| allowed(i)).max() {
-            seen.push((r.end, i));
+            seen.push(saw(i));
         }
     }
     report
@@ -638,6 +643,58 @@ mod tests {
             reads: vec![seen_absent],
         };
         assert_eq!(check_key("k", &h).lost_writes, 1);
+    }
+
+    #[test]
+    fn a_write_that_saw_the_drop_may_be_read_after_it() {
+        // Chaos seed 1 in CI: the drop stands after write b (the table was surely out at 25),
+        // b's reply saw the key absent (the drop came first), c's outcome is unknown; an
+        // EXPIRE's reply then saw some value, and a later SET … GET saw b. Nothing was lost:
+        // c did not run. The drop's place must not make b look older than what was seen.
+        let reply = |at: u64, saw: State| Read {
+            saw,
+            before: Some(at),
+            ..r(at, at + 1, "")
+        };
+        let h = KeyHistory {
+            writes: vec![
+                w(0, 10, "a", Outcome::Ok),
+                w(20, 21, "b", Outcome::Ok),
+                drop_at(15, 25),
+                w(30, 31, "c", Outcome::Unknown),
+                w(50, 51, "d", Outcome::Ok),
+            ],
+            reads: vec![
+                reply(20, State::Absent),
+                reply(40, State::Present),
+                reply(50, State::Value("b".into())),
+                r(60, 61, "d"),
+            ],
+        };
+        let rep = check_key("k", &h);
+        assert!(rep.clean() && rep.failover_drops == 1, "{rep:?}");
+        // b once d was acknowledged is still a lost write.
+        let mut late = h.clone();
+        late.reads.push(r(70, 71, "b"));
+        assert_eq!(check_key("k", &late).lost_writes, 1);
+        // Still, once the drop was seen, the value it removed coming back is counted.
+        let h = KeyHistory {
+            writes: vec![
+                w(0, 10, "a", Outcome::Ok),
+                w(20, 21, "b", Outcome::Unknown),
+                drop_at(15, 25),
+            ],
+            reads: vec![reply(20, State::Absent), r(40, 41, "a")],
+        };
+        let rep = check_key("k", &h);
+        assert!(rep.clean() && rep.resurfaced == 1, "{rep:?}");
+    }
+
+    fn drop_at(start: u64, end: u64) -> Write {
+        Write {
+            dropped: true,
+            ..w(start, end, "", Outcome::Unknown)
+        }
     }
 
     #[test]

@@ -14,11 +14,11 @@
 //!   history checks that a value is gone once its TTL has run out, wherever it moved.
 //!
 //! After an operation with an unknown outcome (other than `-TRYAGAIN`, which the sidecar
-//! answers for commands it did not run) its writer leaves the key alone for [`QUIET`]: the
-//! command may still sit in a stopped Redis's input buffer, and run after a later write of the
-//! same key sent on another connection (any client that retries after a timeout sees that
-//! reordering, with or without a sidecar). The checker still counts every error as an unknown
-//! outcome.
+//! answers for commands it did not send, or whose reply it had in hand and withheld) its
+//! writer leaves the key alone for [`QUIET`]: the command may still sit in a stopped Redis's
+//! input buffer, and run after a later write of the same key sent on another connection (any
+//! client that retries after a timeout sees that reordering, with or without a sidecar). The
+//! checker still counts every error as an unknown outcome.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -574,8 +574,9 @@ pub async fn writer(shared: Arc<Shared>, w: usize, mut rng: Rng) -> Log {
                     log.error(key, op.name(), via, f);
                     st.known = Known::Uncertain;
                     st.ttl = TtlExpect::Unknown;
-                    // A command refused with -TRYAGAIN was not sent, or ran nowhere (the
-                    // guard's answer): nothing of it can run later.
+                    // A command answered -TRYAGAIN was not sent, ran nowhere (the guard's
+                    // answer), or ran already (a reply the sidecar withheld): nothing of it
+                    // can run later.
                     if f.kind != "TRYAGAIN" {
                         st.quiet_until = t.end + QUIET.as_nanos() as u64;
                     }
