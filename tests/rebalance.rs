@@ -16,7 +16,9 @@ use redis_fleet::routing::table::RoutingTable;
 use support::RedisServer;
 use support::node::Node;
 use support::operator::Operator;
-use support::shop::{Shop, example, kubectl_apply, server_with_password, shop_with};
+use support::shop::{
+    Shop, apply_third_instance, example, kubectl_apply, server_with_password, shop_with,
+};
 use support::sidecar::Sidecar;
 
 /// A key's content: value, and absolute expiry (ms since the epoch; 0 without one).
@@ -498,17 +500,7 @@ async fn a_third_instance_takes_a_share_of_the_data_under_live_traffic() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // GitOps applies the third instance.
-    let tertiary = server_with_password("change-me-tertiary");
-    let yaml = example(
-        "third-instance.yaml",
-        &[("redis-tertiary.example.com", &tertiary)],
-    );
-    let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let tertiary = apply_third_instance(&shop);
 
     let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -26,7 +26,9 @@ use crate::support::node::Node;
 use crate::support::operator::Operator;
 use crate::support::operator::http_get;
 use crate::support::process::signal;
-use crate::support::shop::{MB, example, kubectl_apply, server_with_password, shop_configured};
+use crate::support::shop::{
+    MB, apply_third_instance, kubectl_apply, server_with_password, shop_configured,
+};
 use crate::support::sidecar::{Sidecar, replace_table};
 use crate::support::{ControlPlane, RedisServer};
 
@@ -219,17 +221,7 @@ impl Fleet {
     pub async fn start(file_sidecars: usize) -> Fleet {
         let clock = Clock(Instant::now());
         let shop = shop_configured("chaos", chaos_policy, &operator_args()).await;
-        let tertiary = server_with_password("change-me-tertiary");
-        let yaml = example(
-            "third-instance.yaml",
-            &[("redis-tertiary.example.com", &tertiary)],
-        );
-        let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let tertiary = apply_third_instance(&shop);
         let members = vec![
             Member {
                 name: "primary".into(),

@@ -155,3 +155,21 @@ pub async fn shop_configured(
         operator,
     }
 }
+
+/// Applies `examples/third-instance.yaml` (a Secret and the RedisInstance `tertiary` of the
+/// warm tier) into `shop`'s namespace, on a new server with its password: the user's third
+/// instance joining by `kubectl apply`. Returns the server.
+pub fn apply_third_instance(shop: &Shop) -> RedisServer {
+    let tertiary = server_with_password("change-me-tertiary");
+    let yaml = example(
+        "third-instance.yaml",
+        &[("redis-tertiary.example.com", &tertiary)],
+    );
+    let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tertiary
+}
