@@ -14,7 +14,8 @@ use kube::api::{Patch, PatchParams};
 use redis_fleet::routing::config_map::table_of;
 use support::ControlPlane;
 use support::RedisServer;
-use support::shop::{Shop, example, kubectl_apply, server_with_password, shop, shop_configured};
+use support::operator::Operator;
+use support::shop::{Shop, apply_third_instance, shop, shop_configured};
 use support::sidecar::Sidecar;
 
 const ROUTING: &str = "shop-redis-routing";
@@ -119,6 +120,35 @@ async fn heartbeats(shop: &Shop, servers: &[&RedisServer]) -> Sidecar {
     sidecar
 }
 
+/// Waits until the published table no longer names `instance`.
+async fn out_of_the_table(shop: &Shop, instance: &str, timeout: Duration) {
+    let what = format!("{instance} out of the table");
+    wait_until(timeout, &what, || async {
+        !table_instances(shop).await.contains(&instance.to_owned())
+    })
+    .await;
+}
+
+/// The fence of `instance` that `server` holds for `policy`.
+async fn own_fence(server: &RedisServer, policy: &str, instance: &str) -> Option<u64> {
+    redis::cmd("HGET")
+        .arg(format!("redisfleet:fences:{policy}"))
+        .arg(instance)
+        .query_async(&mut conn(server).await)
+        .await
+        .unwrap()
+}
+
+/// Adds `examples/third-instance.yaml` on a new server; returns once the table names it.
+async fn join_tertiary(shop: &Shop) -> RedisServer {
+    let tertiary = apply_third_instance(shop);
+    wait_until(Duration::from_secs(30), "tertiary in the table", || async {
+        table_instances(shop).await.len() == 3
+    })
+    .await;
+    tertiary
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_policy_takes_its_keys_and_leaves_the_applications() {
     let shop = shop("cleanup").await;
@@ -164,21 +194,7 @@ async fn an_instance_that_leaves_the_policy_loses_its_keys() {
     let shop = shop("leave").await;
     let ns = shop.ns.clone();
     let policy = format!("{ns}/shop");
-    let tertiary = server_with_password("change-me-tertiary");
-    let yaml = example(
-        "third-instance.yaml",
-        &[("redis-tertiary.example.com", &tertiary)],
-    );
-    let out = kubectl_apply(shop.cp, &ns, &yaml);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_until(Duration::from_secs(30), "tertiary in the table", || async {
-        table_instances(&shop).await.len() == 3
-    })
-    .await;
+    let tertiary = join_tertiary(&shop).await;
     let mut sidecar = heartbeats(&shop, &[&shop.primary, &tertiary]).await;
     sidecar.kill();
     let cm = shop.configmaps.get(ROUTING).await.unwrap();
@@ -195,16 +211,7 @@ async fn an_instance_that_leaves_the_policy_loses_its_keys() {
         .patch("tertiary", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    wait_until(
-        Duration::from_secs(30),
-        "tertiary out of the table",
-        || async {
-            !table_instances(&shop)
-                .await
-                .contains(&"tertiary".to_owned())
-        },
-    )
-    .await;
+    out_of_the_table(&shop, "tertiary", Duration::from_secs(30)).await;
     // All but its fences: it is fenced on itself at the table that no longer names it, so a
     // sidecar still on an older table is refused there (it could write there unfenced, and the
     // guard would answer from it once the importing markers are gone).
@@ -218,12 +225,7 @@ async fn an_instance_that_leaves_the_policy_loses_its_keys() {
     untouched(&keys(&tertiary).await, &ns);
     let cm = shop.configmaps.get(ROUTING).await.unwrap();
     let version = table_of(&cm).unwrap().unwrap().version;
-    let fence: Option<u64> = redis::cmd("HGET")
-        .arg(&fences)
-        .arg("tertiary")
-        .query_async(&mut conn(&tertiary).await)
-        .await
-        .unwrap();
+    let fence = own_fence(&tertiary, &policy, "tertiary").await;
     assert!(
         fence.is_some_and(|f| f > named && f <= version),
         "tertiary fenced on itself at the table without it (named until v{named}, v{version} now): {fence:?}"
@@ -235,6 +237,66 @@ async fn an_instance_that_leaves_the_policy_loses_its_keys() {
         primary.contains(&marker),
         "primary keeps the policy's keys: {primary:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_deleted_while_stopped_is_fenced_when_it_returns_after_an_operator_restart() {
+    let mut shop = shop("left-stopped").await;
+    let ns = shop.ns.clone();
+    let policy = format!("{ns}/shop");
+    let mut tertiary = join_tertiary(&shop).await;
+    let mut sidecar = heartbeats(&shop, &[&tertiary]).await;
+    sidecar.kill();
+    seed(&tertiary, &ns).await;
+    let cm = shop.configmaps.get(ROUTING).await.unwrap();
+    let named = table_of(&cm).unwrap().unwrap().version;
+
+    // Tertiary stops (a stalled VM), and its RedisInstance is deleted meanwhile (GitOps
+    // removed it): the table without it is published while it cannot be fenced.
+    let pid = tertiary.pid().unwrap();
+    assert!(support::process::signal(pid, "-STOP"));
+    shop.instances
+        .delete("tertiary", &Default::default())
+        .await
+        .unwrap();
+    out_of_the_table(&shop, "tertiary", Duration::from_secs(60)).await;
+    let cm = shop.configmaps.get(ROUTING).await.unwrap();
+    let version = table_of(&cm).unwrap().unwrap().version;
+    // The operator restarts (a new leader, a node lost) before tertiary answers again: what
+    // is left to do there must not live only in the old process.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    shop.operator.kill();
+    shop.operator = Operator::start(shop.cp, &ns);
+    assert!(support::process::signal(pid, "-CONT"));
+
+    // A sidecar still on an older table would write there unfenced, and nothing reads it.
+    let fences = format!("redisfleet:fences:{policy}");
+    wait_until(
+        Duration::from_secs(60),
+        "tertiary fenced and the policy's other keys gone from it",
+        || async { of_policy(&keys(&tertiary).await, &policy) == [fences.clone()] },
+    )
+    .await;
+    untouched(&keys(&tertiary).await, &ns);
+    let fence = own_fence(&tertiary, &policy, "tertiary").await;
+    assert!(
+        fence.is_some_and(|f| f > named && f <= version),
+        "tertiary fenced on itself at the table without it (named until v{named}, v{version} now): {fence:?}"
+    );
+    // Done: the ConfigMap no longer lists it as leaving.
+    wait_until(
+        Duration::from_secs(30),
+        "the departure forgotten",
+        || async {
+            let cm = shop.configmaps.get(ROUTING).await.unwrap();
+            !cm.metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key("redisfleet.io/departures")
+        },
+    )
+    .await;
+    tertiary.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

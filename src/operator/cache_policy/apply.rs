@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -35,6 +36,7 @@ use crate::routing::table::{RoutingTable, VERSION_ANNOTATION};
 use super::Error;
 use super::build;
 use super::credentials;
+use super::departures::{DEPARTURES_ANNOTATION, Departures};
 use super::fences;
 use super::unfreed::{UNFREED_ANNOTATION, Unfreed};
 
@@ -54,6 +56,21 @@ pub struct Published {
     pub held_back: bool,
     /// Instances that still hold copies of ranges no table routes to them (`super::unfreed`).
     pub copies_to_free: BTreeSet<String>,
+    /// Instances leaving the policy, as the ConfigMap lists them now (`super::departures`).
+    pub departures: Departures,
+}
+
+impl Published {
+    /// Nothing published by this reconcile: what the ConfigMap held stays.
+    pub fn unchanged(current: &super::fetch::Current) -> Self {
+        Self {
+            table: current.table.clone(),
+            now: false,
+            held_back: false,
+            copies_to_free: current.unfreed.instances(),
+            departures: current.departures.clone(),
+        }
+    }
 }
 
 /// The instances `next` fails over that `previous` did not.
@@ -148,13 +165,17 @@ pub async fn fence_returning_instances(
 /// brought in step with `table` before anything is published. `before_write` runs right
 /// before a new table is written, after every wait and purge (the keys in transit of the moves
 /// given up go back to their sources then: `rebalance::GiveBack`), or when a failover is held
-/// back; not when nothing new is published or a step before it fails.
+/// back; not when nothing new is published or a step before it fails. The instances a new
+/// table leaves out are listed as leaving in the same write (`super::departures`); entries
+/// `done` (instance, version) leave the list.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish_routing(
     ctx: &Context,
     policy: &CachePolicy,
     namespace: &str,
     selected: &[Arc<RedisInstance>],
     current: &super::fetch::Current,
+    done: &BTreeSet<(String, u64)>,
     mut table: RoutingTable,
     mut before_write: Option<impl Future<Output = Result<(), Error>>>,
 ) -> Result<Published, Error> {
@@ -165,6 +186,10 @@ pub async fn publish_routing(
     let cm_name = config_map_name(policy);
     let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let names: BTreeSet<String> = selected.iter().map(|ri| ri.name_any()).collect();
+    let mut leaving = current.departures.clone();
+    for (name, version) in done {
+        leaving.finished(name, *version);
+    }
     let cm = RoutingConfigMap {
         api: &cm_api,
         policy,
@@ -194,10 +219,8 @@ pub async fn publish_routing(
                     before_write.await?;
                 }
                 return Ok(Published {
-                    table: previous.cloned(),
-                    now: false,
                     held_back: true,
-                    copies_to_free: current.unfreed.instances(),
+                    ..Published::unchanged(current)
                 });
             }
         }
@@ -226,55 +249,74 @@ pub async fn publish_routing(
         // recorded in the same write as the table: a restart between the two forgets nothing.
         let mut unfreed = current.unfreed.after(previous, &table);
         unfreed.retain_instances(&names);
+        // So are the instances it leaves out: a restart between the two forgets none.
+        let leaving = leaving.after(previous, &names, &table, Timestamp::now());
         if let Some(before_write) = before_write {
             before_write.await?;
         }
-        let written = cm.write(resource_version, &table, &unfreed).await?;
+        let lists = Lists { unfreed, leaving };
+        let written = cm.write(resource_version, &table, &lists).await?;
         info!(version = table.version, configmap = %cm_name, "published routing table");
         publish_events(ctx, policy, previous, &table).await;
-        let left = free_copies(ctx, namespace, selected, written, unfreed).await;
+        let lists = free_copies(ctx, namespace, selected, written, lists).await;
         return Ok(Published {
             table: Some(table),
             now: true,
             held_back: false,
-            copies_to_free: left.instances(),
+            copies_to_free: lists.unfreed.instances(),
+            departures: lists.leaving,
         });
     }
     let mut unfreed = current.unfreed.clone();
     unfreed.retain_instances(&names);
     if let Some(previous) = previous {
         unfreed.without_served(previous);
+        leaving.retain_leaving(previous);
     }
+    let lists = Lists { unfreed, leaving };
     if previous_version > 0 && previous.is_some_and(|p| p.version != previous_version) {
         // Keep the annotation and the table's own version in step.
         table.version = previous_version;
-        let written = cm.write(resource_version, &table, &unfreed).await?;
-        let left = free_copies(ctx, namespace, selected, written, unfreed).await;
+        let written = cm.write(resource_version, &table, &lists).await?;
+        let lists = free_copies(ctx, namespace, selected, written, lists).await;
         return Ok(Published {
             table: Some(table),
             now: false,
             held_back: false,
-            copies_to_free: left.instances(),
+            copies_to_free: lists.unfreed.instances(),
+            departures: lists.leaving,
         });
     }
-    let left = match previous {
-        Some(previous) if !current.unfreed.is_empty() => {
+    let lists = match previous {
+        Some(previous) if !current.unfreed.is_empty() || lists.leaving != current.departures => {
             let written = Written {
                 cm: &cm,
                 resource_version: current.resource_version.clone(),
                 table: previous,
-                unfreed: current.unfreed.clone(),
+                lists: Lists {
+                    unfreed: current.unfreed.clone(),
+                    leaving: current.departures.clone(),
+                },
             };
-            free_copies(ctx, namespace, selected, written, unfreed).await
+            free_copies(ctx, namespace, selected, written, lists).await
         }
-        _ => unfreed,
+        _ => lists,
     };
     Ok(Published {
         table: previous.cloned(),
         now: false,
         held_back: false,
-        copies_to_free: left.instances(),
+        copies_to_free: lists.unfreed.instances(),
+        departures: lists.leaving,
     })
+}
+
+/// What the routing ConfigMap lists beside the table: the copies to free
+/// (`super::unfreed`) and the instances leaving the policy (`super::departures`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Lists {
+    unfreed: Unfreed,
+    leaving: Departures,
 }
 
 /// The policy's routing ConfigMap, for the writes of one reconcile.
@@ -289,12 +331,12 @@ struct RoutingConfigMap<'a> {
 }
 
 impl RoutingConfigMap<'_> {
-    /// Writes `table` with its list of copies to free, on condition of `resource_version`.
+    /// Writes `table` with its lists, on condition of `resource_version`.
     async fn write<'b>(
         &'b self,
         resource_version: Option<&str>,
         table: &'b RoutingTable,
-        unfreed: &Unfreed,
+        lists: &Lists,
     ) -> Result<Written<'b>, Error> {
         let written = apply_config_map(
             self.api,
@@ -302,26 +344,25 @@ impl RoutingConfigMap<'_> {
             self.name,
             resource_version,
             table,
-            unfreed,
+            lists,
         )
         .await?;
         Ok(Written {
             cm: self,
             resource_version: written,
             table,
-            unfreed: unfreed.clone(),
+            lists: lists.clone(),
         })
     }
 }
 
-/// The routing ConfigMap as last written (or read): what writing its list of copies to free
-/// again needs.
+/// The routing ConfigMap as last written (or read): what writing its lists again needs.
 struct Written<'a> {
     cm: &'a RoutingConfigMap<'a>,
     resource_version: Option<String>,
     table: &'a RoutingTable,
-    /// The copies to free it lists.
-    unfreed: Unfreed,
+    /// What it lists.
+    lists: Lists,
 }
 
 /// Applies the routing ConfigMap (server-side apply, owned by the policy), the table in its
@@ -333,13 +374,16 @@ async fn apply_config_map(
     name: &str,
     resource_version: Option<&str>,
     table: &RoutingTable,
-    unfreed: &Unfreed,
+    lists: &Lists,
 ) -> Result<Option<String>, Error> {
     let (data, binary_data) = contents(table, table.schema_version);
     let mut annotations: BTreeMap<String, String> =
         [(VERSION_ANNOTATION.to_owned(), table.version.to_string())].into();
-    if let Some(list) = unfreed.render() {
+    if let Some(list) = lists.unfreed.render() {
         annotations.insert(UNFREED_ANNOTATION.to_owned(), list);
+    }
+    if let Some(list) = lists.leaving.render() {
+        annotations.insert(DEPARTURES_ANNOTATION.to_owned(), list);
     }
     let cm = ConfigMap {
         metadata: ObjectMeta {
@@ -425,16 +469,17 @@ async fn prepare_targets(
 }
 
 /// Deletes the copies to free (`super::unfreed`) on every instance that serves traffic, and
-/// writes the list that is left back to the ConfigMap when it differs from what it lists.
-/// Returns what is left (what the ConfigMap lists when that write fails: deleting a copy
-/// twice is harmless, forgetting one is not).
+/// writes the lists that are left back to the ConfigMap when they differ from what it lists
+/// (`lists.leaving` without the departures done). Returns what is left (what the ConfigMap
+/// lists when that write fails: deleting a copy twice is harmless, forgetting one is not).
 async fn free_copies(
     ctx: &Context,
     namespace: &str,
     selected: &[Arc<RedisInstance>],
     written: Written<'_>,
-    mut unfreed: Unfreed,
-) -> Unfreed {
+    mut lists: Lists,
+) -> Lists {
+    let unfreed = &mut lists.unfreed;
     if !unfreed.is_empty()
         && let Ok(resolver) = Resolver::new(written.table.clone())
     {
@@ -461,8 +506,8 @@ async fn free_copies(
             unfreed.freed(instance);
         }
     }
-    if unfreed == written.unfreed {
-        return unfreed;
+    if lists == written.lists {
+        return lists;
     }
     match apply_config_map(
         written.cm.api,
@@ -470,14 +515,14 @@ async fn free_copies(
         written.cm.name,
         written.resource_version.as_deref(),
         written.table,
-        &unfreed,
+        &lists,
     )
     .await
     {
-        Ok(_) => unfreed,
+        Ok(_) => lists,
         Err(e) => {
-            warn!(error = %e, "could not record the copies left to free");
-            written.unfreed
+            warn!(error = %e, "could not record the copies left to free and the instances leaving");
+            written.lists
         }
     }
 }

@@ -9,16 +9,18 @@
 //!   instance is retried, and [`CLEANUP_DEADLINE`] after the deletion the finalizer goes
 //!   anyway, with a Warning Event naming what was left. Deleting a policy never hangs.
 //! - An instance that leaves a live policy (no longer selected, or its RedisInstance deleted)
-//!   loses that policy's keys once a table without it is published ([`departed`], pure), in
-//!   the background ([`Departures`]): tried again every [`CLEANUP_RETRY`] while it does not
-//!   answer, for at most [`DEPARTED_RETRY_FOR`] — all but its fences: it is first fenced on itself at
+//!   loses that policy's keys once a table without it is published, in the background
+//!   ([`Departures`]): tried again every [`CLEANUP_RETRY`] while it does not answer, for at
+//!   most [`departures::GIVE_UP_AFTER`] — all but its fences: it is first fenced on itself at
 //!   the published table's version (its own fence raised, the connections of older tables
 //!   closed), and the fences hash stays. A sidecar still on an older table that names it (a
 //!   straggler, which may route a range through the guard there) is refused by it from then
 //!   on, reconnecting or not; without the fence and with its importing markers gone, the
 //!   guard would run that sidecar's commands on an instance no table reads (chaos seed 1).
 //!   An instance that cannot be fenced keeps every key (it answers nothing anyway) until it
-//!   can; one selected again before that is left alone.
+//!   can; one selected again before that is left alone. What is left to do is listed in the
+//!   routing ConfigMap with the table ([`departures`]), so an operator that restarts before
+//!   the instance answers again takes it up where the last one stopped.
 //!   A deleted policy's cleanup removes the fences too: no table of it is left.
 //!
 //! Application keys are never touched, nor another policy's: exact names, or SCAN MATCH on
@@ -44,8 +46,10 @@ use crate::redis::keys::RESERVED_PREFIX;
 use crate::redis::protocol::names;
 use crate::routing::table::RoutingTable;
 
+use super::departures::{self, Departure};
+use super::fences::{self, Place};
 use super::job::{COMPONENT_LABEL, JobSettings, POLICY_LABEL, POLICY_NAMESPACE_LABEL};
-use super::{Error, PolicyContext, fences, fetch};
+use super::{Error, PolicyContext, fetch};
 use crate::operator::context::Context;
 
 /// The finalizer on CachePolicies.
@@ -58,29 +62,11 @@ pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(120);
 /// How often an unfinished cleanup is tried again.
 pub const CLEANUP_RETRY: Duration = Duration::from_secs(10);
 
-/// How long an instance that left a live policy is tried again while it does not answer.
-pub const DEPARTED_RETRY_FOR: Duration = Duration::from_secs(3600);
-
 /// How long the keys of one instance may take to remove.
 const INSTANCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// SCAN page size.
 const SCAN_COUNT: usize = 1000;
-
-/// Instances the previous table named that are neither selected nor in the table published
-/// now: they left the policy.
-pub fn departed(
-    previous: &RoutingTable,
-    selected: &BTreeSet<String>,
-    published: &RoutingTable,
-) -> Vec<String> {
-    previous
-        .instances
-        .keys()
-        .filter(|n| !selected.contains(*n) && !published.instances.contains_key(*n))
-        .cloned()
-        .collect()
-}
 
 /// Instances a deleted policy's keys are removed from: those its last table names and those
 /// it selects (the ConfigMap may already be garbage-collected).
@@ -158,18 +144,25 @@ pub async fn remove_policy_keys(
     Ok(removed)
 }
 
-/// The RedisInstance `name` of `namespace`: from the cache, else as the policy last selected
-/// it (a deleted one).
-fn instance(
+/// Where instance `name` of `namespace` is: as its RedisInstance says (from the cache, else as
+/// the policy last selected it), else as `table` named it (a RedisInstance deleted before
+/// this process saw it).
+fn place(
     ctx: &PolicyContext,
     namespace: &str,
     policy: &str,
     name: &str,
-) -> Option<Arc<RedisInstance>> {
+    table: Option<&RoutingTable>,
+) -> Option<Place> {
     ctx.shared
         .instances
         .get(&ObjectRef::new(name).within(namespace))
         .or_else(|| ctx.remembered(policy, name))
+        .map(|ri| Place::of(&ri, namespace))
+        .or_else(|| {
+            let endpoint = table?.instances.get(name)?;
+            Some(Place::named_by(name, endpoint))
+        })
 }
 
 /// What a cleanup removes from an instance.
@@ -182,12 +175,13 @@ enum Removal {
     LeftAt(u64),
 }
 
-/// Removes `policy`'s keys from instance `ri`; the error says why not (credentials redacted).
+/// Removes `policy`'s keys from the instance at `place`; the error says why not (credentials
+/// redacted).
 async fn clean_instance(
     ctx: &Context,
     namespace: &str,
     policy: &str,
-    ri: &RedisInstance,
+    place: &Place,
     removal: Removal,
 ) -> Result<u64, String> {
     let attempt = async {
@@ -196,13 +190,13 @@ async fn clean_instance(
             Removal::LeftAt(version) => {
                 // Fenced before anything goes: the guard answers a sidecar of an older table
                 // from this instance as soon as the importing markers are gone.
-                fences::fence_returning(ctx, namespace, policy, ri, version)
+                fences::fence_on_itself(ctx, namespace, policy, place, version)
                     .await
                     .map_err(|e| format!("fencing it at v{version}: {e}"))?;
                 true
             }
         };
-        let mut conn = fences::connect(ctx, namespace, ri).await?;
+        let mut conn = fences::connect_to(ctx, namespace, place).await?;
         remove_policy_keys(&mut conn, policy, keep_fences)
             .await
             .map_err(|e| e.to_string())
@@ -212,80 +206,154 @@ async fn clean_instance(
         Err(_) => Err(format!("no answer within {INSTANCE_TIMEOUT:?}")),
     };
     result.inspect_err(|_| {
-        ctx.connections.drop_connection(&ObjectRef::from_obj(ri));
+        ctx.connections.drop_connection(&place.reference(namespace));
     })
 }
 
 /// Instances that left a live policy, being fenced and cleaned in the background (by policy
-/// key and instance name): a reconcile never waits for an instance that does not answer.
+/// key and instance name): a reconcile never waits for an instance that does not answer. The
+/// list of what is left to do is the routing ConfigMap's ([`departures::Departures`]); this
+/// runs it, and tells the reconcile which entries are done.
 #[derive(Debug, Default, Clone)]
-pub struct Departures(Arc<Mutex<HashMap<(String, String), Departure>>>);
+pub struct Departures {
+    running: Arc<Mutex<HashMap<(String, String), Running>>>,
+    /// Entries done (fenced and cleaned, or given up), by policy key.
+    finished: Arc<Mutex<HashMap<String, Done>>>,
+}
+
+/// Departures done: (instance, the version it left at).
+pub type Done = BTreeSet<(String, u64)>;
 
 /// One instance's departure under way.
 #[derive(Debug)]
-struct Departure {
+struct Running {
     task: tokio::task::JoinHandle<()>,
-    instance: Arc<RedisInstance>,
+    place: Place,
+    version: u64,
 }
 
 impl Departures {
-    /// Fences instance `ri`, which left policy `key` when table `version` was published, on
-    /// itself at that version, then removes the policy's other keys from it; tried again every
-    /// [`CLEANUP_RETRY`] while it fails, for at most [`DEPARTED_RETRY_FOR`]. Nothing new when
-    /// that is under way already.
+    /// Fences the instance `name` of policy `key` on itself at the version it left at, then
+    /// removes the policy's other keys from it (waiting `timeout` for it, else
+    /// [`Place::named_by`]'s); tried again every [`CLEANUP_RETRY`] while it fails, until the
+    /// departure is given up ([`departures::Departure::given_up`]). Nothing new when that is
+    /// under way already, or done.
     pub fn start(
         &self,
         ctx: Arc<Context>,
         namespace: &str,
         key: &str,
-        ri: Arc<RedisInstance>,
-        version: u64,
+        name: &str,
+        departure: &Departure,
+        timeout: Option<Duration>,
     ) {
-        let id = (key.to_owned(), ri.name_any());
-        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if running.contains_key(&id) {
+        let id = (key.to_owned(), name.to_owned());
+        let version = departure.version;
+        if self.is_finished(key, name, version) {
             return;
+        }
+        let mut running = self.lock_running();
+        if running.get(&id).is_some_and(|r| r.version == version) {
+            return;
+        }
+        if let Some(stale) = running.remove(&id) {
+            stale.task.abort();
         }
         let (namespace, key) = (namespace.to_owned(), key.to_owned());
         let this = self.clone();
-        let finished = id.clone();
-        let instance = ri.clone();
-        let task = tokio::spawn(async move {
-            let name = ri.name_any();
-            let give_up = tokio::time::Instant::now() + DEPARTED_RETRY_FOR;
-            let mut tries = 0u32;
-            loop {
-                tries += 1;
-                let removal = Removal::LeftAt(version);
-                match clean_instance(&ctx, &namespace, &key, &ri, removal).await {
-                    Ok(removed) => {
-                        info!(policy = %key, instance = %name, removed, version, tries, "fenced an instance that left the policy and removed the policy's other keys from it");
-                        break;
-                    }
-                    Err(e) if tokio::time::Instant::now() + CLEANUP_RETRY < give_up => {
-                        warn!(policy = %key, instance = %name, error = %e, tries, "could not fence an instance that left the policy or remove the policy's keys from it; trying again in {CLEANUP_RETRY:?}");
-                        tokio::time::sleep(CLEANUP_RETRY).await;
-                    }
-                    Err(e) => {
-                        warn!(policy = %key, instance = %name, error = %e, tries, "could not fence an instance that left the policy for {DEPARTED_RETRY_FOR:?}; giving up, its keys stay");
-                        break;
+        let mut place = Place::named_by(name, &departure.endpoint);
+        if let Some(timeout) = timeout {
+            place.timeout = timeout;
+        }
+        let departure = departure.clone();
+        let task = {
+            let place = place.clone();
+            tokio::spawn(async move {
+                let name = place.name.clone();
+                let mut tries = 0u32;
+                loop {
+                    tries += 1;
+                    let removal = Removal::LeftAt(version);
+                    match clean_instance(&ctx, &namespace, &key, &place, removal).await {
+                        Ok(removed) => {
+                            info!(policy = %key, instance = %name, removed, version, tries, "fenced an instance that left the policy and removed the policy's other keys from it");
+                            break;
+                        }
+                        Err(e) if !departure.given_up(Timestamp::now()) => {
+                            warn!(policy = %key, instance = %name, error = %e, tries, "could not fence an instance that left the policy or remove the policy's keys from it; trying again in {CLEANUP_RETRY:?}");
+                            tokio::time::sleep(CLEANUP_RETRY).await;
+                        }
+                        Err(e) => {
+                            warn!(policy = %key, instance = %name, error = %e, tries, since = %departure.since, "could not fence an instance that left the policy for {:?}; giving up, its keys stay", departures::GIVE_UP_AFTER);
+                            break;
+                        }
                     }
                 }
+                this.finish(&key, &name, version);
+            })
+        };
+        running.insert(
+            id,
+            Running {
+                task,
+                place,
+                version,
+            },
+        );
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_finished(&self) -> std::sync::MutexGuard<'_, HashMap<String, Done>> {
+        self.finished.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_finished(&self, key: &str, name: &str, version: u64) -> bool {
+        self.lock_finished()
+            .get(key)
+            .is_some_and(|f| f.contains(&(name.to_owned(), version)))
+    }
+
+    /// Records a departure as done (its task ends).
+    fn finish(&self, key: &str, name: &str, version: u64) {
+        self.lock_finished()
+            .entry(key.to_owned())
+            .or_default()
+            .insert((name.to_owned(), version));
+        let mut running = self.lock_running();
+        let id = (key.to_owned(), name.to_owned());
+        if running.get(&id).is_some_and(|r| r.version == version) {
+            running.remove(&id);
+        }
+    }
+
+    /// The departures of policy `key` that are done: (instance, version).
+    pub fn finished(&self, key: &str) -> Done {
+        self.lock_finished().get(key).cloned().unwrap_or_default()
+    }
+
+    /// Forgets the finished departures of policy `key` that `list` no longer holds (the
+    /// ConfigMap was written without them).
+    pub fn settled(&self, key: &str, list: &departures::Departures) {
+        let mut finished = self.lock_finished();
+        if let Some(f) = finished.get_mut(key) {
+            f.retain(|(name, version)| {
+                list.iter().any(|(n, d)| n == name && d.version == *version)
+            });
+            if f.is_empty() {
+                finished.remove(key);
             }
-            this.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&finished);
-        });
-        running.insert(id, Departure { task, instance });
+        }
     }
 
     /// Stops the work on policy `key`'s instances for which `stop` holds (selected again, or
     /// the policy deleted), and waits until it stopped: no command of it lands afterwards.
-    /// Returns those instances.
-    pub async fn stop(&self, key: &str, stop: impl Fn(&str) -> bool) -> Vec<Arc<RedisInstance>> {
-        let halted: Vec<Departure> = {
-            let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// Returns where those instances are.
+    pub async fn stop(&self, key: &str, stop: impl Fn(&str) -> bool) -> Vec<Place> {
+        let halted: Vec<Running> = {
+            let mut running = self.lock_running();
             let ids: Vec<(String, String)> = running
                 .keys()
                 .filter(|(k, name)| k == key && stop(name))
@@ -294,35 +362,43 @@ impl Departures {
             ids.iter().filter_map(|id| running.remove(id)).collect()
         };
         let mut out = Vec::new();
-        for d in halted {
-            d.task.abort();
-            let _ = d.task.await;
-            out.push(d.instance);
+        for r in halted {
+            r.task.abort();
+            let _ = r.task.await;
+            out.push(r.place);
         }
         out
     }
+
+    /// Forgets everything of deleted policy `key`.
+    pub fn forget(&self, key: &str) {
+        self.lock_finished().remove(key);
+    }
 }
 
-/// Starts the fencing and cleaning of the instances that left policy `key` ([`departed`]),
-/// now that table `version` without them is published. A RedisInstance this process cannot
-/// find any more (deleted before it was ever seen selected) is logged and left alone.
+/// Starts (or keeps going) the fencing and cleaning of the instances leaving policy `key`,
+/// as the routing ConfigMap lists them, but for those `selected` again (left alone while they
+/// are: an entry goes once a table names the instance again).
 pub fn clean_departed(
     ctx: &PolicyContext,
     namespace: &str,
     key: &str,
-    left: &[String],
-    version: u64,
+    list: &departures::Departures,
+    selected: &[Arc<RedisInstance>],
 ) {
-    for name in left {
-        match instance(ctx, namespace, key, name) {
-            Some(ri) => {
-                ctx.departures
-                    .start(ctx.shared.clone(), namespace, key, ri, version);
-            }
-            None => {
-                info!(instance = %name, "an instance left the policy; its RedisInstance is gone, its keys of the policy stay");
-            }
+    ctx.departures.settled(key, list);
+    for (name, departure) in list.iter() {
+        if selected.iter().any(|ri| ri.name_any() == *name) {
+            continue;
         }
+        // Waited for as long as its RedisInstance says, if it still exists.
+        let timeout = ctx
+            .shared
+            .instances
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|ri| Place::of(&ri, namespace).timeout);
+        ctx.departures
+            .start(ctx.shared.clone(), namespace, key, name, departure, timeout);
     }
 }
 
@@ -370,11 +446,11 @@ pub async fn on_delete(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result<
     }
 
     let cm_api = Api::namespaced(shared.client.clone(), &namespace);
-    let table = match fetch::read_published(&cm_api, &config_map_name(&policy)).await {
-        Ok(current) => current.table,
+    let (table, departing) = match fetch::read_published(&cm_api, &config_map_name(&policy)).await {
+        Ok(current) => (current.table, current.departures),
         Err(e) => {
             warn!(policy = %key, error = %e, "cleanup: reading the last routing table failed");
-            None
+            (None, departures::Departures::default())
         }
     };
     let selected: BTreeSet<String> = fetch::selected_instances(shared, &policy, &namespace)
@@ -384,27 +460,31 @@ pub async fn on_delete(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result<
         .collect();
     let mut unknown = Vec::new();
     // Instances still leaving the policy are cleaned with the rest.
-    let leaving: BTreeMap<String, Arc<RedisInstance>> = ctx
-        .departures
-        .stop(&key, |_| true)
-        .await
-        .into_iter()
-        .map(|ri| (ri.name_any(), ri))
+    let mut leaving: BTreeMap<String, Place> = departing
+        .iter()
+        .map(|(name, d)| (name.clone(), Place::named_by(name, &d.endpoint)))
         .collect();
+    leaving.extend(
+        ctx.departures
+            .stop(&key, |_| true)
+            .await
+            .into_iter()
+            .map(|place| (place.name.clone(), place)),
+    );
     let names = to_clean(table.as_ref(), &selected)
         .into_iter()
         .chain(leaving.keys().cloned())
         .collect::<BTreeSet<String>>();
     for instance in names {
-        let ri = leaving
+        let place = leaving
             .get(&instance)
             .cloned()
-            .or_else(|| self::instance(ctx, &namespace, &key, &instance));
-        let Some(ri) = ri else {
+            .or_else(|| place(ctx, &namespace, &key, &instance, table.as_ref()));
+        let Some(place) = place else {
             unknown.push(instance);
             continue;
         };
-        match clean_instance(&ctx.shared, &namespace, &key, &ri, Removal::All).await {
+        match clean_instance(&ctx.shared, &namespace, &key, &place, Removal::All).await {
             Ok(removed) => {
                 info!(policy = %key, %instance, removed, "removed the deleted policy's keys");
             }
@@ -444,6 +524,7 @@ pub async fn on_delete(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result<
         }
     }
     ctx.forget(&key);
+    ctx.departures.forget(&key);
     Ok(Action::await_change())
 }
 
@@ -480,21 +561,6 @@ mod tests {
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn instances_that_left_are_those_neither_selected_nor_published() {
-        let previous = table(&["a", "b", "c"]);
-        // c deselected (or deleted) and no longer published: it left.
-        assert_eq!(
-            departed(&previous, &set(&["a", "b"]), &table(&["a", "b"])),
-            ["c"]
-        );
-        // Still published (the new table could not drop it yet): it has not left.
-        assert!(departed(&previous, &set(&["a", "b"]), &table(&["a", "b", "c"])).is_empty());
-        // Selected again: not left. Nothing changed: nothing left.
-        assert!(departed(&previous, &set(&["a", "b", "c"]), &table(&["a", "b"])).is_empty());
-        assert!(departed(&previous, &set(&["a", "b", "c"]), &previous).is_empty());
     }
 
     #[test]

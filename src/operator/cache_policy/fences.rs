@@ -20,12 +20,51 @@ use tracing::{info, warn};
 use crate::api::redis_instance::RedisInstance;
 use crate::operator::context::Context;
 use crate::redis::connect::redact;
+use crate::redis::endpoint::{self, endpoint_of};
 use crate::redis::keys::{in_ranges, prefix_pattern};
 use crate::redis::protocol::mover::{self, MoveError};
 use crate::redis::protocol::{fence, names};
 use crate::redis::serial::SerialConnection;
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
+use crate::routing::table::InstanceEndpoint;
+
+/// How the operator reaches an instance: its name (which keys the kept connection), where it
+/// is, and how long to wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The RedisInstance's name.
+    pub name: String,
+    /// Host, port, TLS and credentials (Secret references).
+    pub endpoint: InstanceEndpoint,
+    /// How long to wait for it to connect and answer.
+    pub timeout: Duration,
+}
+
+impl Place {
+    /// Where `ri` of `namespace` is, as its spec says.
+    pub fn of(ri: &RedisInstance, namespace: &str) -> Self {
+        Self {
+            name: ri.name_any(),
+            endpoint: endpoint_of(ri, namespace),
+            timeout: ri.spec.health.timeout.get().max(Duration::from_millis(500)),
+        }
+    }
+
+    /// Where a routing table said instance `name` is (its RedisInstance may be gone).
+    pub fn named_by(name: &str, endpoint: &InstanceEndpoint) -> Self {
+        Self {
+            name: name.to_owned(),
+            endpoint: endpoint.clone(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The key of its kept connection.
+    pub fn reference(&self, namespace: &str) -> ObjectRef<RedisInstance> {
+        ObjectRef::new(&self.name).within(namespace)
+    }
+}
 
 /// A connection to `ri`, kept between reconciles; errors carry no credentials.
 pub async fn connect(
@@ -33,14 +72,21 @@ pub async fn connect(
     namespace: &str,
     ri: &RedisInstance,
 ) -> Result<SerialConnection, String> {
-    let target = ctx
-        .secrets
-        .target_of(ri, namespace)
+    connect_to(ctx, namespace, &Place::of(ri, namespace)).await
+}
+
+/// A connection to the instance at `place`, kept between reconciles; errors carry no
+/// credentials.
+pub async fn connect_to(
+    ctx: &Context,
+    namespace: &str,
+    place: &Place,
+) -> Result<SerialConnection, String> {
+    let target = endpoint::target(&place.endpoint, &ctx.secrets.in_namespace(namespace))
         .await
         .map_err(|e| e.to_string())?;
-    let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(500));
     ctx.connections
-        .connection(&ObjectRef::from_obj(ri), &target, timeout)
+        .connection(&place.reference(namespace), &target, place.timeout)
         .await
         .map_err(|e| redact(&e, &target.credentials))
 }
@@ -110,8 +156,20 @@ pub async fn fence_returning(
     ri: &RedisInstance,
     version: u64,
 ) -> Result<(), String> {
-    let mut conn = connect(ctx, namespace, ri).await?;
-    let name = ri.name_any();
+    fence_on_itself(ctx, namespace, policy, &Place::of(ri, namespace), version).await
+}
+
+/// Raises the fence of the instance at `place` to `version` on itself, and closes the
+/// connections of older tables there.
+pub async fn fence_on_itself(
+    ctx: &Context,
+    namespace: &str,
+    policy: &str,
+    place: &Place,
+    version: u64,
+) -> Result<(), String> {
+    let mut conn = connect_to(ctx, namespace, place).await?;
+    let name = &place.name;
     fence::raise(&mut conn, policy, &[(name.clone(), version)])
         .await
         .map_err(|e| e.to_string())?;

@@ -19,6 +19,7 @@ use crate::routing::table::RoutingTable;
 
 use super::Error;
 use super::build::InstanceView;
+use super::departures::{DEPARTURES_ANNOTATION, Departures};
 use super::planning::threshold_percent;
 use super::unfreed::{UNFREED_ANNOTATION, Unfreed};
 
@@ -182,6 +183,8 @@ pub struct Current {
     pub resource_version: Option<String>,
     /// Copies of ranges no table routes to their instance any more, still to be deleted.
     pub unfreed: Unfreed,
+    /// Instances that left the policy, still to be fenced and cleaned.
+    pub departures: Departures,
 }
 
 /// Reads the table in the routing ConfigMap.
@@ -211,11 +214,19 @@ pub async fn read_published(api: &Api<ConfigMap>, name: &str) -> Result<Current,
             Unfreed::default()
         }),
     };
+    let departures = match cm.annotations().get(DEPARTURES_ANNOTATION) {
+        None => Departures::default(),
+        Some(value) => Departures::parse(value).unwrap_or_else(|e| {
+            warn!(configmap = name, annotation = DEPARTURES_ANNOTATION, error = %e, "ignoring an unreadable list of instances leaving the policy");
+            Departures::default()
+        }),
+    };
     Ok(Current {
         table,
         version,
         resource_version: cm.resource_version(),
         unfreed,
+        departures,
     })
 }
 

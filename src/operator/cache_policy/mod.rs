@@ -23,6 +23,7 @@ pub mod apply;
 pub mod build;
 pub mod cleanup;
 pub mod credentials;
+pub mod departures;
 pub mod fences;
 pub mod fetch;
 pub mod job;
@@ -291,6 +292,9 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     ctx.departures
         .stop(&key, |name| selected.iter().any(|ri| ri.name_any() == name))
         .await;
+    // The others listed as leaving are worked on from here (after a restart too), whatever
+    // this reconcile does next.
+    cleanup::clean_departed(ctx, &namespace, &key, &current.departures, &selected);
 
     // A plan whose source or target died is abandoned before anything else is decided.
     // Turning rebalancing off starts no new plan; one under way runs to its end (stopped
@@ -339,12 +343,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
             } else {
                 "no selected instance is usable yet (healthy, with a known capacity)".to_owned()
             });
-            Published {
-                table: previous.clone(),
-                now: false,
-                held_back: false,
-                copies_to_free: current.unfreed.instances(),
-            }
+            Published::unchanged(&current)
         }
         Some(planned_table) => {
             let (mut table, transition) = rebalance::table_to_publish(
@@ -367,12 +366,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 return_previous = true;
             }
             let published = if return_previous {
-                Published {
-                    table: previous.clone(),
-                    now: false,
-                    held_back: false,
-                    copies_to_free: current.unfreed.instances(),
-                }
+                Published::unchanged(&current)
             } else {
                 apply::publish_routing(
                     shared,
@@ -380,6 +374,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                     &namespace,
                     &selected,
                     &current,
+                    &ctx.departures.finished(&key),
                     table,
                     give_back.as_ref().map(|g| g.run(ctx, &selected)),
                 )
@@ -403,6 +398,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
             ..v
         })
         .collect();
+    let departures = published.departures;
     let published = published.table;
     if let Some(t) = &published {
         apply::fence_returning_instances(shared, &namespace, &selected, t).await;
@@ -416,15 +412,10 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         }
         rebalance::unmark_given_back(ctx, &policy, &selected, &candidates, now).await;
     }
-    // Instances a table no longer names since this reconcile are fenced at its version and
-    // lose the policy's other keys (in the background, until they answer).
-    if let (Some(before), Some(now)) = (&previous, &published) {
-        let names = selected.iter().map(|ri| ri.name_any()).collect();
-        let left = cleanup::departed(before, &names, now);
-        if !left.is_empty() {
-            cleanup::clean_departed(ctx, &namespace, &key, &left, now.version);
-        }
-    }
+    // Instances a table no longer names are fenced at the version of the first table without
+    // them and lose the policy's other keys (in the background, until they answer), as the
+    // ConfigMap lists them: also after a restart.
+    cleanup::clean_departed(ctx, &namespace, &key, &departures, &selected);
     ctx.remember(&key, &selected);
 
     // Rebalance: samples (memory per category, sidecar heartbeats), then rebalance Jobs. An
