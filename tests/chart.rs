@@ -392,6 +392,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
             &operator.rebalance_estimated_bytes,
             &operator.rebalance_least_bytes,
             &operator.rebalance_measured_bytes,
+            &operator.departing_instances,
         ] {
             f.get_or_create(&policy).set(1);
         }
@@ -977,7 +978,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
         "a sidecar's series must not overwrite its pod's target labels"
     );
 
-    // The four alerts, each with a summary, a runbook-style description and a runbook link.
+    // The five alerts, each with a summary, a runbook-style description and a runbook link.
     let rule = one(&objects, "PrometheusRule");
     let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
     let alert = |n: &str| -> &Value {
@@ -1017,6 +1018,15 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
             && lag_expr.contains("redisfleet_routing_version")
     );
     assert_eq!(lag["for"], "5m");
+    let unfenced = alert("RedisFleetInstanceLeftUnfenced");
+    assert!(
+        unfenced["expr"]
+            .as_str()
+            .unwrap()
+            .contains("redisfleet_departing_instances) > 0"),
+        "{unfenced}"
+    );
+    assert_eq!(unfenced["for"], "15m");
     for r in rules {
         let n = r["alert"].as_str().unwrap();
         let summary = r["annotations"]["summary"].as_str().unwrap_or_default();
@@ -1055,7 +1065,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
             );
         }
     }
-    assert_eq!(rules.len(), 4);
+    assert_eq!(rules.len(), 5);
 
     // The dashboard: a ConfigMap for the Grafana sidecar, with valid dashboard JSON.
     let cm = one(&objects, "ConfigMap");

@@ -267,6 +267,16 @@ async fn an_instance_deleted_while_stopped_is_fenced_when_it_returns_after_an_op
     tokio::time::sleep(Duration::from_secs(2)).await;
     shop.operator.kill();
     shop.operator = Operator::start(shop.cp, &ns);
+    // The new operator knows what is left to do from the ConfigMap alone.
+    let departing = |n: u32| {
+        format!("redisfleet_departing_instances{{namespace=\"{ns}\",policy=\"shop\"}} {n}")
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "one instance departing",
+        || async { shop.operator.metrics().contains(&departing(1)) },
+    )
+    .await;
     assert!(support::process::signal(pid, "-CONT"));
 
     // A sidecar still on an older table would write there unfenced, and nothing reads it.
@@ -285,7 +295,7 @@ async fn an_instance_deleted_while_stopped_is_fenced_when_it_returns_after_an_op
     );
     // Done: the ConfigMap no longer lists it as leaving.
     wait_until(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "the departure forgotten",
         || async {
             let cm = shop.configmaps.get(ROUTING).await.unwrap();
@@ -293,6 +303,7 @@ async fn an_instance_deleted_while_stopped_is_fenced_when_it_returns_after_an_op
                 .annotations
                 .unwrap_or_default()
                 .contains_key("redisfleet.io/departures")
+                && shop.operator.metrics().contains(&departing(0))
         },
     )
     .await;

@@ -154,6 +154,8 @@ pub struct Metrics {
     pub rebalance_least_bytes: Family<PolicyLabels, Gauge>,
     /// Bytes the last finished rebalance moved, as measured.
     pub rebalance_measured_bytes: Family<PolicyLabels, Gauge>,
+    /// Instances that left the policy and are not fenced and cleaned yet, per policy.
+    pub departing_instances: Family<PolicyLabels, Gauge>,
     /// The category series last set per policy, to remove those that went away.
     category_series: Mutex<BTreeMap<PolicyLabels, BTreeSet<CategoryLabels>>>,
     /// The instances and policies that have series, and the probe error reasons seen: what
@@ -228,6 +230,7 @@ impl Metrics {
             rebalance_estimated_bytes: Family::default(),
             rebalance_least_bytes: Family::default(),
             rebalance_measured_bytes: Family::default(),
+            departing_instances: Family::default(),
             category_series: Mutex::default(),
             known: Mutex::new(Known::default()),
         };
@@ -377,6 +380,11 @@ impl Metrics {
             "rebalance_measured_bytes",
             "Bytes the last finished rebalance moved, as measured from the instances' memory",
             m.rebalance_measured_bytes.clone(),
+        );
+        r.register(
+            "departing_instances",
+            "Instances that left the policy and are not fenced on themselves and cleaned yet (they did not answer since)",
+            m.departing_instances.clone(),
         );
         m
     }
@@ -559,6 +567,7 @@ impl Metrics {
         self.rebalance_estimated_bytes.remove(labels);
         self.rebalance_least_bytes.remove(labels);
         self.rebalance_measured_bytes.remove(labels);
+        self.departing_instances.remove(labels);
         let series = self
             .category_series
             .lock()
@@ -731,6 +740,7 @@ mod tests {
                 &m.rebalance_estimated_bytes,
                 &m.rebalance_least_bytes,
                 &m.rebalance_measured_bytes,
+                &m.departing_instances,
             ] {
                 family.get_or_create(labels).set(3);
             }

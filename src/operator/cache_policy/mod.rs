@@ -469,6 +469,11 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         policy: name.clone(),
     };
     status::record_metrics(&shared.metrics, &labels, published.as_ref(), &next);
+    shared
+        .metrics
+        .departing_instances
+        .get_or_create(&labels)
+        .set(departures.iter().count() as i64);
     match planning::mean_usage(&views) {
         Some(mean) => {
             shared
