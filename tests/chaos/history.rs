@@ -19,7 +19,8 @@
 //!   that some value was there);
 //! - a **dropped** write stands for a failover: data held only by an instance that was declared
 //!   dead may be dropped (`docs/protocol.md`, "What is guaranteed"), so the harness inserts a
-//!   possible delete, of unknown outcome, where the outage began.
+//!   possible delete, of unknown outcome, where it surely saw the failover table; a write whose
+//!   reply saw that delete shows it came earlier, and places it just before that write.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -258,14 +259,18 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
     // Reads in order of their start, so "what earlier reads saw" is known.
     let mut reads: Vec<&Read> = h.reads.iter().collect();
     reads.sort_by_key(|r| r.start);
-    // (end time, index seen, first index still possible) of the reads checked so far; -1 is
-    // the absence before any write. A read rules out every write before the one it saw,
-    // except a write's reply explained by a failover's drop that stands after that write (the
-    // harness places a drop where the table was surely out): the drop came before the write,
-    // so it rules out only the writes before the write.
+    // Failovers' drops that a write's reply showed came before that write (drop index → the
+    // write's index): the harness places a drop where it surely saw the failover table, which
+    // can be after writes that began once the table was out.
+    let mut placed: BTreeMap<i64, usize> = BTreeMap::new();
+    // (end time, index seen, its place) of the reads checked so far; -1 is the absence before
+    // any write. A read rules out every write placed before the one it saw.
     let mut seen: Vec<(u64, i64, i64)> = Vec::new();
     for r in reads {
         report.reads += 1;
+        // Where write `i` stands in the key's order, in half steps: write i at 2i + 2 (the
+        // absence before any write at 0); a drop placed before write p at 2p + 1.
+        let place = |i: i64| placed.get(&i).map_or(2 * i + 2, |&p| 2 * p as i64 + 1);
         // A write's reply saw the key before that write: only earlier writes explain it.
         let limit = r.before.map_or(writes.len(), |t| {
             writes
@@ -281,21 +286,22 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
             .map(|(i, _)| i as i64)
             .max()
             .unwrap_or(-1);
+        let ack_place = place(floor_ack);
         let dropped = |i: i64| i >= 0 && writes[i as usize].dropped;
-        let floor_seen = seen
+        // What earlier reads saw: the latest of it, and its place.
+        let (floor_seen, seen_place) = seen
             .iter()
             .filter(|(end, _, _)| *end < r.start)
-            .map(|(_, _, from)| *from)
-            .max()
-            .unwrap_or(-1);
+            .map(|(_, i, at)| (*i, *at))
+            .max_by_key(|(_, at)| *at)
+            .unwrap_or((-1, 0));
         // What earlier reads saw, but for the absence a failover's drop explains.
-        let floor_kept = seen
+        let kept_place = seen
             .iter()
             .filter(|(end, i, _)| *end < r.start && !dropped(*i))
-            .map(|(_, _, from)| *from)
+            .map(|(_, _, at)| *at)
             .max()
-            .unwrap_or(-1);
-        let saw = |i: i64| (r.end, i, i.min(limit as i64));
+            .unwrap_or(0);
         let mut fits: Vec<i64> = Vec::new();
         let mut expired: Vec<i64> = Vec::new();
         if r.saw == State::Absent {
@@ -315,31 +321,35 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
             }
         }
         let allowed = |i: i64| i == -1 || writes[i as usize].start < r.end;
+        let after_floor = |i: i64| allowed(i) && place(i) >= ack_place;
         let valid: Vec<i64> = fits
             .iter()
             .copied()
-            .filter(|&i| allowed(i) && i >= floor_ack && i >= floor_seen)
+            .filter(|&i| after_floor(i) && place(i) >= seen_place)
             .collect();
         // Older only than a failover's drop an earlier read saw: the data came back.
-        if valid.is_empty()
-            && let Some(&i) = fits
-                .iter()
-                .find(|&&i| allowed(i) && i >= floor_ack && i >= floor_kept && !dropped(i))
-        {
-            report.resurfaced += 1;
-            seen.push(saw(i));
-            continue;
-        }
-        // Prefer an explanation without a failover's drop.
-        if let Some(&i) = valid
+        let resurfaced = fits
             .iter()
-            .find(|&&i| !dropped(i))
-            .or_else(|| valid.first())
-        {
-            if dropped(i) {
+            .copied()
+            .find(|&i| after_floor(i) && place(i) >= kept_place && !dropped(i));
+        // Prefer an explanation without a failover's drop.
+        let explained = valid
+            .iter()
+            .copied()
+            .find(|&i| !dropped(i))
+            .or_else(|| valid.first().copied());
+        if let Some(i) = explained.or(resurfaced) {
+            if explained.is_none() {
+                report.resurfaced += 1;
+            } else if dropped(i) {
                 report.failover_drops += 1;
+                if i >= limit as i64 {
+                    let before = placed.entry(i).or_insert(limit);
+                    *before = (*before).min(limit);
+                }
             }
-            seen.push(saw(i));
+            let at = placed.get(&i).map_or(2 * i + 2, |&p| 2 * p as i64 + 1);
+            seen.push((r.end, i, at));
             continue;
         }
         let describe = |i: i64| {
@@ -381,8 +391,10 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
             describe(floor_ack),
             describe(floor_seen),
         );
-        let after_floor = |i: i64| allowed(i) && i >= floor_ack;
-        let kind = if expired.iter().any(|&i| after_floor(i) && i >= floor_seen) {
+        let kind = if expired
+            .iter()
+            .any(|&i| after_floor(i) && place(i) >= seen_place)
+        {
             report.expired_served += 1;
             "expired value served"
         } else if fits.iter().chain(&expired).all(|&i| !allowed(i)) {
@@ -405,8 +417,13 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
         }
         // Count it as seen at its best candidate, so one lost write is not counted again and
         // again by every later read.
-        if let Some(&i) = fits.iter().filter(|&&i| allowed(i)).max() {
-            seen.push(saw(i));
+        if let Some(i) = fits
+            .iter()
+            .copied()
+            .filter(|&i| allowed(i))
+            .max_by_key(|&i| place(i))
+        {
+            seen.push((r.end, i, place(i)));
         }
     }
     report
@@ -677,14 +694,33 @@ mod tests {
         let mut late = h.clone();
         late.reads.push(r(70, 71, "b"));
         assert_eq!(check_key("k", &late).lost_writes, 1);
-        // Still, once the drop was seen, the value it removed coming back is counted.
+        // Once b's reply saw the drop, the drop stands before b: the value it removed is
+        // older than b, and so is the drop itself once b and c were acknowledged.
         let h = KeyHistory {
             writes: vec![
                 w(0, 10, "a", Outcome::Ok),
-                w(20, 21, "b", Outcome::Unknown),
+                w(20, 21, "b", Outcome::Ok),
                 drop_at(15, 25),
             ],
             reads: vec![reply(20, State::Absent), r(40, 41, "a")],
+        };
+        assert_eq!(check_key("k", &h).lost_writes, 1);
+        let h = KeyHistory {
+            writes: vec![
+                w(0, 10, "a", Outcome::Ok),
+                w(20, 21, "b", Outcome::Ok),
+                w(22, 23, "c", Outcome::Ok),
+                drop_at(15, 25),
+            ],
+            reads: vec![reply(20, State::Absent), r(30, 31, "c"), r(40, 41, "")],
+        };
+        let rep = check_key("k", &h);
+        assert_eq!(rep.lost_writes, 1, "{rep:?}");
+        // An EXPIRE's reply (not a write: the drop keeps its place) that saw the drop, then
+        // the value it removed: it came back, which is counted.
+        let h = KeyHistory {
+            writes: vec![w(0, 10, "a", Outcome::Ok), drop_at(15, 25)],
+            reads: vec![reply(30, State::Absent), r(40, 41, "a")],
         };
         let rep = check_key("k", &h);
         assert!(rep.clean() && rep.resurfaced == 1, "{rep:?}");
