@@ -16,9 +16,7 @@ use redis_fleet::routing::table::RoutingTable;
 use support::RedisServer;
 use support::node::Node;
 use support::operator::Operator;
-use support::shop::{
-    Shop, apply_third_instance, example, kubectl_apply, server_with_password, shop_with,
-};
+use support::shop::{Shop, apply_third_instance, kubectl_apply, server_with_password, shop_with};
 use support::sidecar::Sidecar;
 
 /// A key's content: value, and absolute expiry (ms since the epoch; 0 without one).
@@ -686,12 +684,7 @@ async fn turning_rebalancing_off_mid_plan_lets_the_plan_finish_and_loses_nothing
     let keys = fill(&shop.secondary, &["user:s", "menu:s", "ml:s"], 30_000).await;
     let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
     let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
-    let tertiary = server_with_password("change-me-tertiary");
-    let yaml = example(
-        "third-instance.yaml",
-        &[("redis-tertiary.example.com", &tertiary)],
-    );
-    assert!(kubectl_apply(shop.cp, &shop.ns, &yaml).status.success());
+    let tertiary = apply_third_instance(&shop);
 
     wait_copying(&shop, &node, 2_000).await;
     shop.policies
@@ -982,12 +975,7 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     let keys = fill(&shop.secondary, &prefixes, 30_000).await;
     let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
     let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
-    let tertiary = server_with_password("change-me-tertiary");
-    let yaml = example(
-        "third-instance.yaml",
-        &[("redis-tertiary.example.com", &tertiary)],
-    );
-    assert!(kubectl_apply(shop.cp, &shop.ns, &yaml).status.success());
+    let tertiary = apply_third_instance(&shop);
 
     wait_copying(&shop, &node, 1_000).await;
     control(&shop, Some("pause")).await;
@@ -1129,12 +1117,7 @@ async fn a_paused_plan_is_not_flipped_and_a_cancel_rolls_it_back_then_resume_pla
     let keys = fill(&shop.secondary, &prefixes, 20_000).await;
     let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
     let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
-    let tertiary = server_with_password("change-me-tertiary");
-    let yaml = example(
-        "third-instance.yaml",
-        &[("redis-tertiary.example.com", &tertiary)],
-    );
-    assert!(kubectl_apply(shop.cp, &shop.ns, &yaml).status.success());
+    let tertiary = apply_third_instance(&shop);
     // No node yet: the plan waits for its Job to run.
     let started = wait_status(&shop, None, "no plan for the join", |r| {
         r.plan_id > plan && r.phase == rebalance_phase::PREPARING
