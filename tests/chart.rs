@@ -399,6 +399,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
         operator.mean_usage_ratio.get_or_create(&policy).set(0.5);
         operator.set_category_usage(&policy, [("c".into(), "i".into(), 1, Some(1))]);
         operator.rebalance_failed(&policy);
+        operator.departure_given_up(&policy);
         let category = sidecar.category("c");
         for c in [
             &category.commands,
@@ -1024,6 +1025,13 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
             .as_str()
             .unwrap()
             .contains("redisfleet_departing_instances) > 0"),
+        "{unfenced}"
+    );
+    assert!(
+        unfenced["expr"]
+            .as_str()
+            .unwrap()
+            .contains("increase(redisfleet_departures_given_up_total[1h])"),
         "{unfenced}"
     );
     assert_eq!(unfenced["for"], "15m");

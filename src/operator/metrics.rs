@@ -156,6 +156,8 @@ pub struct Metrics {
     pub rebalance_measured_bytes: Family<PolicyLabels, Gauge>,
     /// Instances that left the policy and are not fenced and cleaned yet, per policy.
     pub departing_instances: Family<PolicyLabels, Gauge>,
+    /// Instances that left the policy and were given up on unfenced, per policy.
+    pub departures_given_up: Family<PolicyLabels, Counter>,
     /// The category series last set per policy, to remove those that went away.
     category_series: Mutex<BTreeMap<PolicyLabels, BTreeSet<CategoryLabels>>>,
     /// The instances and policies that have series, and the probe error reasons seen: what
@@ -231,6 +233,7 @@ impl Metrics {
             rebalance_least_bytes: Family::default(),
             rebalance_measured_bytes: Family::default(),
             departing_instances: Family::default(),
+            departures_given_up: Family::default(),
             category_series: Mutex::default(),
             known: Mutex::new(Known::default()),
         };
@@ -385,6 +388,11 @@ impl Metrics {
             "departing_instances",
             "Instances that left the policy and are not fenced on themselves and cleaned yet (they did not answer since)",
             m.departing_instances.clone(),
+        );
+        r.register(
+            "departures_given_up",
+            "Instances that left the policy and did not answer for an hour after: never fenced, their keys of the policy stay",
+            m.departures_given_up.clone(),
         );
         m
     }
@@ -542,6 +550,12 @@ impl Metrics {
         }
     }
 
+    /// Counts an instance that left the policy and was given up on, unfenced.
+    pub fn departure_given_up(&self, labels: &PolicyLabels) {
+        self.note_policy(labels);
+        self.departures_given_up.get_or_create(labels).inc();
+    }
+
     /// Counts a failed rebalance Job of the policy.
     pub fn rebalance_failed(&self, labels: &PolicyLabels) {
         self.note_policy(labels);
@@ -568,6 +582,7 @@ impl Metrics {
         self.rebalance_least_bytes.remove(labels);
         self.rebalance_measured_bytes.remove(labels);
         self.departing_instances.remove(labels);
+        self.departures_given_up.remove(labels);
         let series = self
             .category_series
             .lock()
@@ -747,6 +762,7 @@ mod tests {
             m.mean_usage_ratio.get_or_create(labels).set(0.5);
             m.set_category_usage(labels, [("auth".into(), "a".into(), 3, Some(1))]);
             m.rebalance_failed(labels);
+            m.departure_given_up(labels);
         }
         let mut known = m.policies();
         known.sort_by(|x, y| x.policy.cmp(&y.policy));

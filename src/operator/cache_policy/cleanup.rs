@@ -51,6 +51,7 @@ use super::fences::{self, Place};
 use super::job::{COMPONENT_LABEL, JobSettings, POLICY_LABEL, POLICY_NAMESPACE_LABEL};
 use super::{Error, PolicyContext, fetch};
 use crate::operator::context::Context;
+use crate::operator::metrics::PolicyLabels;
 
 /// The finalizer on CachePolicies.
 pub const FINALIZER: &str = "redisfleet.io/cleanup";
@@ -284,7 +285,12 @@ impl Departures {
                             tokio::time::sleep(CLEANUP_RETRY).await;
                         }
                         Err(e) => {
-                            warn!(policy = %key, instance = %name, error = %e, tries, since = %departure.since, "could not fence an instance that left the policy for {:?}; giving up, its keys stay", departures::GIVE_UP_AFTER);
+                            warn!(policy = %key, instance = %name, error = %e, tries, since = %departure.since, "could not fence an instance that left the policy for {:?} after it left; giving up, its keys stay", departures::GIVE_UP_AFTER);
+                            let policy = key.rsplit('/').next().unwrap_or_default().to_owned();
+                            ctx.metrics.departure_given_up(&PolicyLabels {
+                                namespace: namespace.clone(),
+                                policy,
+                            });
                             break;
                         }
                     }
@@ -332,6 +338,22 @@ impl Departures {
     /// The departures of policy `key` that are done: (instance, version).
     pub fn finished(&self, key: &str) -> Done {
         self.lock_finished().get(key).cloned().unwrap_or_default()
+    }
+
+    /// How many of `list`'s instances policy `key` still waits for: neither done nor
+    /// `selected` again.
+    pub fn waiting(
+        &self,
+        key: &str,
+        list: &departures::Departures,
+        selected: &[Arc<RedisInstance>],
+    ) -> usize {
+        list.iter()
+            .filter(|(name, d)| {
+                !selected.iter().any(|ri| ri.name_any() == **name)
+                    && !self.is_finished(key, name, d.version)
+            })
+            .count()
     }
 
     /// Forgets the finished departures of policy `key` that `list` no longer holds (the
@@ -391,11 +413,12 @@ pub fn clean_departed(
         if selected.iter().any(|ri| ri.name_any() == *name) {
             continue;
         }
-        // Waited for as long as its RedisInstance says, if it still exists.
+        // Waited for as long as its RedisInstance says, if this process knows it.
         let timeout = ctx
             .shared
             .instances
             .get(&ObjectRef::new(name).within(namespace))
+            .or_else(|| ctx.remembered(key, name))
             .map(|ri| Place::of(&ri, namespace).timeout);
         ctx.departures
             .start(ctx.shared.clone(), namespace, key, name, departure, timeout);

@@ -473,7 +473,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         .metrics
         .departing_instances
         .get_or_create(&labels)
-        .set(departures.iter().count() as i64);
+        .set(ctx.departures.waiting(&key, &departures, &selected) as i64);
     match planning::mean_usage(&views) {
         Some(mean) => {
             shared
