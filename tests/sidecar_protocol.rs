@@ -883,3 +883,86 @@ async fn a_request_queued_before_the_fences_are_heard_never_reaches_a_fenced_ins
     );
     assert!(!replies.iter().any(|r| r == "OK"), "{replies:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_while_the_first_connection_is_made_never_reaches_a_fenced_instance() {
+    // Chaos seed 15 (60 s): a sidecar restarted with a lagging table took a write the moment
+    // it accepted clients. The write waited for the instance's first connection, whose
+    // greeting then showed the instance fenced above that table, and was sent all the same
+    // (its reply withheld): it recreated a key on an instance whose range had moved and whose
+    // copies were freed, and a sidecar on the migrating table read it back through the guard.
+    let (a, b) = (server(), server());
+    // b recorded its own fence (as the Job does on the instances it moves data between).
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    fence::raise(&mut on_b, "test/test", &[("b".to_owned(), 2)])
+        .await
+        .unwrap();
+    let stale = two(&a, &b, 1, TtlRules::default());
+    // b answers nothing while the sidecar starts: its first connection waits in the handshake,
+    // and the client's write waits for it.
+    let pid = b.pid().unwrap();
+    assert!(support::process::signal(pid, "-STOP"));
+    let sidecar = Sidecar::start(&stale, &SECRETS);
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let write = tokio::spawn(async move {
+        let r: redis::RedisResult<()> = c.set("user:late", "v").await;
+        r.map_err(|e| e.to_string())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(support::process::signal(pid, "-CONT"));
+    let reply = write.await.unwrap();
+    let landed: Option<String> = on_b.get("user:late").await.unwrap();
+    assert_eq!(
+        landed, None,
+        "a write routed by a fenced table ran on b; its reply: {reply:?}"
+    );
+    let refused = reply.expect_err("refused");
+    assert!(refused.contains("behind the fleet"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_command_whose_connection_hears_a_fence_never_runs_there() {
+    // The same race on a connection of its own (blocking commands, WATCH): admitted before
+    // the fences were heard, opened, greeted with the fence — and then sent all the same.
+    let (a, b) = (server(), server());
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    fence::raise(&mut on_b, "test/test", &[("b".to_owned(), 2)])
+        .await
+        .unwrap();
+    let _: () = on_b.rpush("user:{q}src", "job-1").await.unwrap();
+    let stale = two(&a, &b, 1, TtlRules::default());
+    let pid = b.pid().unwrap();
+    assert!(support::process::signal(pid, "-STOP"));
+    let sidecar = Sidecar::start(&stale, &SECRETS);
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pop = tokio::spawn(async move {
+        let r: redis::RedisResult<Option<String>> = redis::cmd("BLMOVE")
+            .arg("user:{q}src")
+            .arg("user:{q}dst")
+            .arg("LEFT")
+            .arg("RIGHT")
+            .arg(1)
+            .query_async(&mut c)
+            .await;
+        r.map_err(|e| e.to_string())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(support::process::signal(pid, "-CONT"));
+    let reply = pop.await.unwrap();
+    let left: Vec<String> = on_b.lrange("user:{q}src", 0, -1).await.unwrap();
+    assert_eq!(
+        left,
+        ["job-1"],
+        "a pop routed by a fenced table ran on b; its reply: {reply:?}"
+    );
+    let refused = reply.expect_err("refused");
+    assert!(refused.contains("behind the fleet"), "{refused}");
+}

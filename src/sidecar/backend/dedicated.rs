@@ -8,11 +8,11 @@ use tokio::io::AsyncReadExt;
 
 use std::sync::Arc;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::super::fleet::{FleetView, Lease};
 use super::super::metrics::BackendMetrics;
-use super::{BackendError, Naming, Replies, Stream};
+use super::{BackendError, Naming, Replies, SendError, Stream};
 use crate::redis::resp::{FrameScanner, Limits, encode_request};
 use crate::redis::stream::write_flushed;
 
@@ -101,7 +101,7 @@ impl Dedicated {
                 &[b"CLIENT".as_slice(), b"SETNAME", name.as_bytes()],
                 &mut buf,
             );
-            self.call(&buf, 1).await?;
+            self.call_as(&buf, 1, version).await?;
             self.version = version;
         }
         Ok(true)
@@ -110,11 +110,36 @@ impl Dedicated {
     /// Writes `bytes` and waits (without a deadline: blocking commands may wait long) for
     /// `replies` replies, which the fleet vouches for (see [`FleetView::vouch`]).
     pub async fn call(&mut self, bytes: &[u8], replies: usize) -> Result<Replies, BackendError> {
+        self.call_as(bytes, replies, self.version).await
+    }
+
+    /// [`Dedicated::call`] for commands routed by table `version`: refused unsent when the
+    /// instance is fenced above it (a fence heard since the caller was admitted: the greeting
+    /// of this very connection, say).
+    async fn call_as(
+        &mut self,
+        bytes: &[u8],
+        replies: usize,
+        version: u64,
+    ) -> Result<Replies, BackendError> {
+        if let Some(v) = &self.vouching {
+            let fence = v.fence.load(Ordering::Acquire);
+            if version < fence {
+                let refusal = SendError::Fenced {
+                    instance: self.name.clone(),
+                    fence,
+                    version,
+                };
+                return Err(BackendError::NotSent(
+                    String::from_utf8_lossy(&refusal.reply()).into_owned(),
+                ));
+            }
+        }
         let out = self.call_unvouched(bytes, replies).await?;
         if let Some(v) = &self.vouching {
-            let verdict = match v.view.check(&v.fence, &v.lease, self.version) {
+            let verdict = match v.view.check(&v.fence, &v.lease, version) {
                 Some(verdict) => verdict,
-                None => v.view.vouch(&self.name, self.version).await,
+                None => v.view.vouch(&self.name, version).await,
             };
             verdict.map_err(|why| BackendError::unvouched(&self.name, &why))?;
         }

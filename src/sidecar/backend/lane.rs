@@ -15,8 +15,8 @@ use tracing::{debug, warn};
 use super::super::fleet::FleetView;
 use super::super::metrics::BackendMetrics;
 use super::{
-    BackendError, BackendOptions, Job, LaneSetup, Naming, Replies, Slot, Stream, YIELD_ROUNDS,
-    confirm_timeout, handshake, open, unconfirmed,
+    BackendError, BackendOptions, Job, LaneSetup, Naming, Replies, SendError, Slot, Stream,
+    YIELD_ROUNDS, confirm_timeout, handshake, open, unconfirmed,
 };
 use crate::redis::resp::{FrameScanner, Limits, encode_request};
 use crate::redis::stream::write_flushed;
@@ -206,6 +206,22 @@ async fn pipeline(
                         version,
                         tx,
                     } => {
+                        // Checked again now: a request queued while the connection was being
+                        // made was admitted before its greeting and the confirming round told
+                        // the fences. One of an older table than the instance's fence must
+                        // not run there (chaos seed 15): it is refused, unsent.
+                        let fence_now = fence.load(Ordering::Acquire);
+                        if version < fence_now {
+                            let refusal = SendError::Fenced {
+                                instance: name.to_owned(),
+                                fence: fence_now,
+                                version,
+                            };
+                            let _ = tx.send(Err(BackendError::NotSent(
+                                String::from_utf8_lossy(&refusal.reply()).into_owned(),
+                            )));
+                            return;
+                        }
                         buf.extend_from_slice(&bytes);
                         (tx, replies, Some(version))
                     }
