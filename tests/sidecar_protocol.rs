@@ -884,6 +884,25 @@ async fn a_request_queued_before_the_fences_are_heard_never_reaches_a_fenced_ins
     assert!(!replies.iter().any(|r| r == "OK"), "{replies:?}");
 }
 
+/// A client that waits for its replies as long as they take (the refusal comes once the
+/// stopped instance greets and a heartbeat round confirmed it).
+async fn unhurried(sidecar: &Sidecar) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    sidecar
+        .client()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap()
+}
+
+/// The task's result, within ten seconds.
+async fn within_seconds<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("an answer within 10 s")
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_queued_while_the_first_connection_is_made_never_reaches_a_fenced_instance() {
     // Chaos seed 15 (60 s): a sidecar restarted with a lagging table took a write the moment
@@ -903,18 +922,14 @@ async fn a_request_queued_while_the_first_connection_is_made_never_reaches_a_fen
     let pid = b.pid().unwrap();
     assert!(support::process::signal(pid, "-STOP"));
     let sidecar = Sidecar::start(&stale, &SECRETS);
-    let mut c = sidecar
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = unhurried(&sidecar).await;
     let write = tokio::spawn(async move {
         let r: redis::RedisResult<()> = c.set("user:late", "v").await;
         r.map_err(|e| e.to_string())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(support::process::signal(pid, "-CONT"));
-    let reply = write.await.unwrap();
+    let reply = within_seconds(write).await;
     let landed: Option<String> = on_b.get("user:late").await.unwrap();
     assert_eq!(
         landed, None,
@@ -938,11 +953,7 @@ async fn a_blocking_command_whose_connection_hears_a_fence_never_runs_there() {
     let pid = b.pid().unwrap();
     assert!(support::process::signal(pid, "-STOP"));
     let sidecar = Sidecar::start(&stale, &SECRETS);
-    let mut c = sidecar
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = unhurried(&sidecar).await;
     let pop = tokio::spawn(async move {
         let r: redis::RedisResult<Option<String>> = redis::cmd("BLMOVE")
             .arg("user:{q}src")
@@ -956,7 +967,7 @@ async fn a_blocking_command_whose_connection_hears_a_fence_never_runs_there() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(support::process::signal(pid, "-CONT"));
-    let reply = pop.await.unwrap();
+    let reply = within_seconds(pop).await;
     let left: Vec<String> = on_b.lrange("user:{q}src", 0, -1).await.unwrap();
     assert_eq!(
         left,
