@@ -977,3 +977,65 @@ async fn a_blocking_command_whose_connection_hears_a_fence_never_runs_there() {
     let refused = reply.expect_err("refused");
     assert!(refused.contains("behind the fleet"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_transaction_after_a_failed_watch_is_refused() {
+    // Review: a WATCH the sidecar could not carry out (keys on another instance than the ones
+    // already watched, a connection lost, keys in transit) answered an error, and the next EXEC
+    // ran as if every key named were watched — a change to one of them went unnoticed.
+    let (a, b) = (server(), server());
+    let sidecar = Sidecar::start(&two(&a, &b, 1, TtlRules::default()), &SECRETS);
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut other = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("WATCH")
+        .arg("user:k")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let refused: redis::RedisResult<()> =
+        redis::cmd("WATCH").arg("auth:k").query_async(&mut c).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("CROSSINSTANCE")),
+        "{refused:?}"
+    );
+    // Another client changes the key whose WATCH failed.
+    let _: () = other.set("auth:k", "changed").await.unwrap();
+    let _: () = redis::cmd("MULTI").query_async(&mut c).await.unwrap();
+    let queued: String = redis::cmd("SET")
+        .arg("user:k")
+        .arg("written")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(queued, "QUEUED");
+    let exec: redis::RedisResult<redis::Value> = redis::cmd("EXEC").query_async(&mut c).await;
+    let text = format!("{exec:?}");
+    assert!(text.to_lowercase().contains("execabort"), "{text}");
+    let written: Option<String> = other.get("user:k").await.unwrap();
+    assert_eq!(written, None, "the transaction ran: {text}");
+    // Then the client starts over: a new WATCH and EXEC work.
+    let _: () = redis::cmd("WATCH")
+        .arg("user:k")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let ok: Option<Vec<String>> = redis::pipe()
+        .atomic()
+        .set("user:k", "written")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ok.is_some());
+    let written: Option<String> = other.get("user:k").await.unwrap();
+    assert_eq!(written.as_deref(), Some("written"));
+}

@@ -492,6 +492,10 @@ struct Client {
     transaction: Option<Transaction>,
     /// A connection holding WATCHed keys: (table instance name, connection).
     watching: Option<(String, Dedicated)>,
+    /// A WATCH failed since the last EXEC, DISCARD or UNWATCH: the keys the client believes
+    /// watched may not be (a failed WATCH also drops the connection holding the earlier
+    /// ones), so the next EXEC is refused.
+    watch_failed: bool,
     /// Connections for blocking commands, by instance name.
     dedicated: HashMap<String, Dedicated>,
     sample: u32,
@@ -539,6 +543,7 @@ impl Client {
             authenticated,
             transaction: None,
             watching: None,
+            watch_failed: false,
             dedicated: HashMap::new(),
             sample: (id as u32).wrapping_mul(2_654_435_761) | 1,
             protocol: protocol::Protocol::default(),

@@ -167,7 +167,21 @@ impl Client {
                 }
             },
             TxnCommand::Exec => self.exec().await,
-            TxnCommand::Watch => self.watch(request).await,
+            TxnCommand::Watch => {
+                let inside = self.transaction.is_some();
+                let reply = self.watch(request).await;
+                // Refused inside MULTI, as by Redis, the watches stand; any other failure may
+                // have left the client's keys unwatched, while it may go on as if they were.
+                let failed = match &reply {
+                    Ok(Pending::Ready(b)) => b.starts_with(b"-"),
+                    Err(Interrupt::Reply(_)) => true,
+                    _ => false,
+                };
+                if failed && !inside {
+                    self.watch_failed = true;
+                }
+                reply
+            }
             TxnCommand::Unwatch => {
                 self.unwatch().await;
                 Ok(Pending::Ready(Frame::ok().to_bytes()))
@@ -261,6 +275,7 @@ impl Client {
     }
 
     pub(super) async fn unwatch(&mut self) {
+        self.watch_failed = false;
         if let Some((_, mut conn)) = self.watching.take() {
             let mut out = BytesMut::new();
             encode_request(&[b"UNWATCH".as_slice()], &mut out);
@@ -272,6 +287,12 @@ impl Client {
         let Some(t) = self.transaction.take() else {
             return Ok(Pending::Ready(error_reply("ERR EXEC without MULTI")));
         };
+        if self.watch_failed {
+            self.unwatch().await;
+            return Ok(Pending::Ready(error_reply(
+                "EXECABORT Transaction discarded because a WATCH before it failed; WATCH and run it again",
+            )));
+        }
         if t.aborted {
             self.unwatch().await;
             return Ok(Pending::Ready(error_reply(
