@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use super::super::fleet::{FleetView, Lease};
 use super::super::metrics::BackendMetrics;
@@ -123,17 +123,7 @@ impl Dedicated {
         version: u64,
     ) -> Result<Replies, BackendError> {
         if let Some(v) = &self.vouching {
-            let fence = v.fence.load(Ordering::Acquire);
-            if version < fence {
-                let refusal = SendError::Fenced {
-                    instance: self.name.clone(),
-                    fence,
-                    version,
-                };
-                return Err(BackendError::NotSent(
-                    String::from_utf8_lossy(&refusal.reply()).into_owned(),
-                ));
-            }
+            SendError::check_fence(&self.name, &v.fence, version)?;
         }
         let out = self.call_unvouched(bytes, replies).await?;
         if let Some(v) = &self.vouching {

@@ -210,16 +210,8 @@ async fn pipeline(
                         // made was admitted before its greeting and the confirming round told
                         // the fences. One of an older table than the instance's fence must
                         // not run there (chaos seed 15): it is refused, unsent.
-                        let fence_now = fence.load(Ordering::Acquire);
-                        if version < fence_now {
-                            let refusal = SendError::Fenced {
-                                instance: name.to_owned(),
-                                fence: fence_now,
-                                version,
-                            };
-                            let _ = tx.send(Err(BackendError::NotSent(
-                                String::from_utf8_lossy(&refusal.reply()).into_owned(),
-                            )));
+                        if let Err(refusal) = SendError::check_fence(name, &fence, version) {
+                            let _ = tx.send(Err(refusal.into()));
                             return;
                         }
                         buf.extend_from_slice(&bytes);

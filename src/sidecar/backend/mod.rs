@@ -112,6 +112,20 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// `Ok` when a request routed by table `version` may go to `instance`, whose fence cell is
+    /// `fence`; `Fenced` when the instance is fenced above that version.
+    pub fn check_fence(instance: &str, fence: &AtomicU64, version: u64) -> Result<(), Self> {
+        let fence = fence.load(Ordering::Acquire);
+        if version < fence {
+            return Err(Self::Fenced {
+                instance: instance.to_owned(),
+                fence,
+                version,
+            });
+        }
+        Ok(())
+    }
+
     /// The error reply for the client (for `Stale`, once retries ran out).
     pub fn reply(&self) -> Bytes {
         match self {
@@ -161,6 +175,13 @@ pub enum BackendError {
         /// What the sidecar found.
         reason: String,
     },
+}
+
+impl From<SendError> for BackendError {
+    /// A request refused unsent: the refusal is the client's reply.
+    fn from(e: SendError) -> Self {
+        Self::NotSent(String::from_utf8_lossy(&e.reply()).into_owned())
+    }
 }
 
 impl BackendError {
@@ -362,11 +383,6 @@ impl Backend {
         self.legacy.load(Ordering::Acquire)
     }
 
-    /// The instance's fence: the lowest table version allowed to send here.
-    pub fn fence(&self) -> u64 {
-        self.fence.load(Ordering::Acquire)
-    }
-
     /// How this sidecar names its connections.
     pub fn naming(&self) -> &Naming {
         &self.naming
@@ -401,15 +417,7 @@ impl Backend {
     /// Whether a request routed by table `version` may go here: not when the instance is
     /// fenced above that version.
     pub fn admits(&self, version: u64) -> Result<(), SendError> {
-        let fence = self.fence();
-        if version < fence {
-            return Err(SendError::Fenced {
-                instance: self.name.clone(),
-                fence,
-                version,
-            });
-        }
-        Ok(())
+        SendError::check_fence(&self.name, &self.fence, version)
     }
 
     /// Sends `bytes` (one or more encoded commands routed by table `version`, `replies`
@@ -458,8 +466,7 @@ impl Backend {
             Ok(rx) => rx,
             Err(e) => {
                 let (tx, rx) = oneshot::channel();
-                let text = String::from_utf8_lossy(&e.reply()).into_owned();
-                let _ = tx.send(Err(BackendError::NotSent(text)));
+                let _ = tx.send(Err(e.into()));
                 rx
             }
         }
