@@ -884,23 +884,54 @@ async fn a_request_queued_before_the_fences_are_heard_never_reaches_a_fenced_ins
     assert!(!replies.iter().any(|r| r == "OK"), "{replies:?}");
 }
 
-/// A client that waits for its replies as long as they take (the refusal comes once the
-/// stopped instance greets and a heartbeat round confirmed it).
-async fn unhurried(sidecar: &Sidecar) -> redis::aio::MultiplexedConnection {
+/// What [`while_b_greets`] leaves: the request's reply, and b to look at (the servers and the
+/// sidecar live as long as this).
+struct Raced {
+    reply: Result<redis::Value, String>,
+    on_b: redis::aio::MultiplexedConnection,
+    _fleet: (RedisServer, RedisServer, Sidecar),
+}
+
+/// Two servers, b fenced at v2 on itself (as the Job does on the instances it moves data
+/// between) after `prepare` ran on it, and a sidecar started on table v1 while b is stopped:
+/// b's first connection waits in its handshake, and `request` — sent by a client that waits
+/// for its reply as long as it takes — waits for it. b is continued 300 ms later; the reply
+/// comes within 10 s.
+async fn while_b_greets(
+    prepare: impl AsyncFnOnce(&mut redis::aio::MultiplexedConnection),
+    request: redis::Cmd,
+) -> Raced {
+    let (a, b) = (server(), server());
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    prepare(&mut on_b).await;
+    fence::raise(&mut on_b, "test/test", &[("b".to_owned(), 2)])
+        .await
+        .unwrap();
+    let stale = two(&a, &b, 1, TtlRules::default());
+    let pid = b.pid().unwrap();
+    assert!(support::process::signal(pid, "-STOP"));
+    let sidecar = Sidecar::start(&stale, &SECRETS);
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    sidecar
+    let mut c = sidecar
         .client()
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .unwrap()
-}
-
-/// The task's result, within ten seconds.
-async fn within_seconds<T>(task: tokio::task::JoinHandle<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), task)
+        .unwrap();
+    let sent = tokio::spawn(async move {
+        let r: redis::RedisResult<redis::Value> = request.query_async(&mut c).await;
+        r.map_err(|e| e.to_string())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(support::process::signal(pid, "-CONT"));
+    let reply = tokio::time::timeout(Duration::from_secs(10), sent)
         .await
         .expect("an answer within 10 s")
-        .unwrap()
+        .unwrap();
+    Raced {
+        reply,
+        on_b,
+        _fleet: (a, b, sidecar),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -910,26 +941,14 @@ async fn a_request_queued_while_the_first_connection_is_made_never_reaches_a_fen
     // greeting then showed the instance fenced above that table, and was sent all the same
     // (its reply withheld): it recreated a key on an instance whose range had moved and whose
     // copies were freed, and a sidecar on the migrating table read it back through the guard.
-    let (a, b) = (server(), server());
-    // b recorded its own fence (as the Job does on the instances it moves data between).
-    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
-    fence::raise(&mut on_b, "test/test", &[("b".to_owned(), 2)])
-        .await
-        .unwrap();
-    let stale = two(&a, &b, 1, TtlRules::default());
-    // b answers nothing while the sidecar starts: its first connection waits in the handshake,
-    // and the client's write waits for it.
-    let pid = b.pid().unwrap();
-    assert!(support::process::signal(pid, "-STOP"));
-    let sidecar = Sidecar::start(&stale, &SECRETS);
-    let mut c = unhurried(&sidecar).await;
-    let write = tokio::spawn(async move {
-        let r: redis::RedisResult<()> = c.set("user:late", "v").await;
-        r.map_err(|e| e.to_string())
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(support::process::signal(pid, "-CONT"));
-    let reply = within_seconds(write).await;
+    let mut set = redis::cmd("SET");
+    set.arg("user:late").arg("v");
+    // Bound whole: the servers and the sidecar must outlive the checks.
+    let Raced {
+        reply,
+        mut on_b,
+        _fleet,
+    } = while_b_greets(async |_| {}, set).await;
     let landed: Option<String> = on_b.get("user:late").await.unwrap();
     assert_eq!(
         landed, None,
@@ -943,31 +962,21 @@ async fn a_request_queued_while_the_first_connection_is_made_never_reaches_a_fen
 async fn a_blocking_command_whose_connection_hears_a_fence_never_runs_there() {
     // The same race on a connection of its own (blocking commands, WATCH): admitted before
     // the fences were heard, opened, greeted with the fence — and then sent all the same.
-    let (a, b) = (server(), server());
-    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
-    fence::raise(&mut on_b, "test/test", &[("b".to_owned(), 2)])
-        .await
-        .unwrap();
-    let _: () = on_b.rpush("user:{q}src", "job-1").await.unwrap();
-    let stale = two(&a, &b, 1, TtlRules::default());
-    let pid = b.pid().unwrap();
-    assert!(support::process::signal(pid, "-STOP"));
-    let sidecar = Sidecar::start(&stale, &SECRETS);
-    let mut c = unhurried(&sidecar).await;
-    let pop = tokio::spawn(async move {
-        let r: redis::RedisResult<Option<String>> = redis::cmd("BLMOVE")
-            .arg("user:{q}src")
-            .arg("user:{q}dst")
-            .arg("LEFT")
-            .arg("RIGHT")
-            .arg(1)
-            .query_async(&mut c)
-            .await;
-        r.map_err(|e| e.to_string())
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(support::process::signal(pid, "-CONT"));
-    let reply = within_seconds(pop).await;
+    let mut pop = redis::cmd("BLMOVE");
+    pop.arg("user:{q}src")
+        .arg("user:{q}dst")
+        .arg("LEFT")
+        .arg("RIGHT")
+        .arg(1);
+    let push = async |b: &mut redis::aio::MultiplexedConnection| {
+        let _: () = b.rpush("user:{q}src", "job-1").await.unwrap();
+    };
+    // Bound whole: the servers and the sidecar must outlive the checks.
+    let Raced {
+        reply,
+        mut on_b,
+        _fleet,
+    } = while_b_greets(push, pop).await;
     let left: Vec<String> = on_b.lrange("user:{q}src", 0, -1).await.unwrap();
     assert_eq!(
         left,
