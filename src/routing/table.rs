@@ -463,6 +463,25 @@ pub(crate) mod tests {
         }
     }
 
+    /// Table `version` naming `names` (on ports 7001, 7002, …) and no category: for code that
+    /// looks at the instances only.
+    pub(crate) fn naming(version: u64, names: &[&str]) -> RoutingTable {
+        RoutingTable {
+            schema_version: SCHEMA_VERSION,
+            version,
+            policy: "apps/shop".into(),
+            instances: (7001..)
+                .zip(names)
+                .map(|(port, n)| ((*n).to_owned(), endpoint(port)))
+                .collect(),
+            categories: Vec::new(),
+            migrating: Vec::new(),
+            failover: Vec::new(),
+            placement_bases: Vec::new(),
+            strategy: None,
+        }
+    }
+
     pub(crate) fn two_instance_table() -> RoutingTable {
         RoutingTable {
             schema_version: SCHEMA_VERSION,

@@ -554,32 +554,10 @@ pub async fn on_delete(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::table::InstanceEndpoint;
+    use crate::routing::table::tests::naming;
 
     fn table(names: &[&str]) -> RoutingTable {
-        RoutingTable {
-            schema_version: 1,
-            version: 1,
-            policy: "apps/shop".into(),
-            instances: names
-                .iter()
-                .map(|n| {
-                    let endpoint = InstanceEndpoint {
-                        host: format!("{n}.apps"),
-                        port: 6379,
-                        tls: None,
-                        username_secret: None,
-                        password_secret: None,
-                    };
-                    ((*n).to_owned(), endpoint)
-                })
-                .collect(),
-            categories: Vec::new(),
-            migrating: Vec::new(),
-            failover: Vec::new(),
-            placement_bases: Vec::new(),
-            strategy: None,
-        }
+        naming(1, names)
     }
 
     fn set(names: &[&str]) -> BTreeSet<String> {

@@ -139,32 +139,15 @@ pub fn departed(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn endpoint(name: &str) -> InstanceEndpoint {
-        InstanceEndpoint {
-            host: format!("{name}.apps"),
-            port: 6379,
-            tls: None,
-            username_secret: None,
-            password_secret: None,
-        }
-    }
+    use crate::routing::table::tests::naming;
 
     fn table(version: u64, names: &[&str]) -> RoutingTable {
-        RoutingTable {
-            schema_version: 1,
-            version,
-            policy: "apps/shop".into(),
-            instances: names
-                .iter()
-                .map(|n| ((*n).to_owned(), endpoint(n)))
-                .collect(),
-            categories: Vec::new(),
-            migrating: Vec::new(),
-            failover: Vec::new(),
-            placement_bases: Vec::new(),
-            strategy: None,
-        }
+        naming(version, names)
+    }
+
+    /// Where `table(_, names)` puts `name`.
+    fn endpoint(names: &[&str], name: &str) -> InstanceEndpoint {
+        naming(0, names).instances[name].clone()
     }
 
     fn set(names: &[&str]) -> BTreeSet<String> {
@@ -201,7 +184,7 @@ mod tests {
         );
         let expected = Departure {
             version: 5,
-            endpoint: endpoint("c"),
+            endpoint: endpoint(&["a", "b", "c"], "c"),
             since: now,
         };
         assert_eq!(list.iter().collect::<Vec<_>>(), [(&"c".into(), &expected)]);
@@ -255,7 +238,7 @@ mod tests {
     fn a_departure_is_given_up_an_hour_after_it_began() {
         let d = Departure {
             version: 5,
-            endpoint: endpoint("c"),
+            endpoint: endpoint(&["c"], "c"),
             since: at("2026-12-01T10:00:00Z"),
         };
         assert!(!d.given_up(at("2026-12-01T10:59:59Z")));
