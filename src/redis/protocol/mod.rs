@@ -1,7 +1,8 @@
 //! The data protocol shared by the operator, the sidecars and the rebalance Job: the names of
 //! redis-fleet's own keys and connections, fences, heartbeats, the guard that runs commands on
-//! migrating ranges, and the move scripts. `docs/protocol.md` explains how they fit together
-//! and what they guarantee.
+//! migrating ranges, the move scripts, and the scripts that carry a write's result to a replica.
+//! `docs/protocol.md` and `docs/replication.md` explain how they fit together and what they
+//! guarantee.
 
 /// The first line of every script that writes redis-fleet's own small keys (mover token,
 /// fences, heartbeats, the importing marker, the guard's urgent queue): a `DEL` of a key that
@@ -24,3 +25,4 @@ pub mod guard;
 pub mod heartbeat;
 pub mod mover;
 pub mod names;
+pub mod replica;

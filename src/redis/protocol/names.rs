@@ -75,8 +75,26 @@ pub fn checkpoint_prefix(policy: &str) -> String {
     format!("redisfleet:checkpoint:{policy}:")
 }
 
+/// String: the writer epoch of an instance for `policy`'s replicated categories — the table
+/// version that made it a writer (see `replica.rs`).
+pub fn writer_epoch(policy: &str) -> String {
+    format!("redisfleet:writer-epoch:{policy}")
+}
+
+/// String: the counter a writer numbers its results with (see `replica.rs`).
+pub fn version_counter(policy: &str) -> String {
+    format!("redisfleet:version-counter:{policy}")
+}
+
+/// Hash, one per slot: key → version of the last result applied to (or written on) this
+/// instance for that key (see `replica.rs`).
+pub fn applied_versions(policy: &str, slot: u16) -> String {
+    format!("redisfleet:applied:{policy}:{slot}")
+}
+
 /// The keys of `policy` with fixed names, on each instance it uses: fences, sidecar
-/// heartbeats and versions, the mover token and the urgent queue.
+/// heartbeats and versions, the mover token, the urgent queue, and a replicating writer's
+/// epoch and counter.
 pub fn policy_keys(policy: &str) -> Vec<String> {
     vec![
         fences(policy),
@@ -84,17 +102,20 @@ pub fn policy_keys(policy: &str) -> Vec<String> {
         sidecar_versions(policy),
         mover(policy),
         urgent(policy),
+        writer_epoch(policy),
+        version_counter(policy),
     ]
 }
 
-/// SCAN MATCH patterns of the other keys of `policy`: importing markers and the Jobs' scan
-/// checkpoints. Each ends with `<policy>:*`, so it matches no other policy's keys (names hold
+/// SCAN MATCH patterns of the other keys of `policy`: importing markers, the Jobs' scan
+/// checkpoints and the replicas' applied versions. Each ends with `<policy>:*`, so it matches no other policy's keys (names hold
 /// no `:`) and, under the reserved prefix, no application key. Tombstones and restore
 /// temporaries are named after application keys, not policies: they are not among these.
 pub fn policy_key_patterns(policy: &str) -> Vec<Vec<u8>> {
     [
         format!("redisfleet:importing:{policy}:"),
         checkpoint_prefix(policy),
+        format!("redisfleet:applied:{policy}:"),
     ]
     .iter()
     .map(|p| crate::redis::keys::prefix_pattern(p.as_bytes()))
@@ -157,6 +178,8 @@ mod tests {
             sidecar_versions("a/b"),
             mover("a/b"),
             urgent("a/b"),
+            writer_epoch("a/b"),
+            version_counter("a/b"),
         ];
         assert_eq!(policy_keys("a/b"), own);
         let patterns = policy_key_patterns("a/b");
@@ -168,6 +191,8 @@ mod tests {
         };
         assert!(matches(&importing("a/b", &m)));
         assert!(matches("redisfleet:checkpoint:a/b:7:user:0-99:x:y"));
+        assert!(matches(&applied_versions("a/b", 16383)));
+        assert!(!matches(&applied_versions("a/bc", 0)));
         // Another policy whose name extends this one's, and application keys, never match.
         assert!(!matches(&importing("a/bc", &m)));
         assert!(!matches("redisfleet:checkpoint:a/bc:7:user:0-99:x:y"));

@@ -1,0 +1,588 @@
+//! Replicas of a category's data on another instance (issue 15, `docs/replication.md`): the
+//! two scripts that carry a write's *result* from the range's writer to its replica, ordered by
+//! versions, so that concurrent writers through different sidecars, results delivered late or
+//! twice, and a dead writer's results arriving after a promoted replica wrote can never leave
+//! the replica with an older state than the writer's.
+//!
+//! - [`WRITE_SCRIPT`] runs on the writer: it runs the client's command(s), gives the result a
+//!   version — *(epoch, counter)*: the writer's epoch, which the operator raises to the table
+//!   version that made it a writer, and the next value of the policy's counter on it — records
+//!   that version for each written key, and returns the reply with each key's state (`DUMP`
+//!   and `PTTL`). An instance without an epoch is not a writer: nothing runs.
+//! - [`APPLY_SCRIPT`] runs on the replica: for each key whose recorded version is older than
+//!   the result's, it restores the state (`RESTORE … REPLACE`, the TTL less the time the result
+//!   was held, never extended) or deletes the key, and records the version; a result that is
+//!   not newer is ignored.
+//!
+//! The versions recorded *on the writer* matter: when a replica is promoted in an outage it
+//! becomes a writer with a larger epoch, and its own writes must outrank a late result of the
+//! old writer that arrives afterwards.
+//!
+//! Nothing routes through these yet: the sidecar, the operator and the Job use them in the next
+//! steps of `docs/replication.md`.
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::ConnectionLike;
+
+use super::names;
+use crate::redis::resp::Frame;
+use crate::routing::slots::key_slot;
+
+/// Orders the results of writes to one key: a later epoch (a later writer) wins, then a larger
+/// counter (a later write of the same writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    /// The table version that made the writer a writer.
+    pub epoch: u64,
+    /// The writer's counter: one step per write.
+    pub counter: u64,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.counter)
+    }
+}
+
+impl std::str::FromStr for Version {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (e, c) = s
+            .split_once(':')
+            .ok_or_else(|| format!("version {s:?} is not <epoch>:<counter>"))?;
+        let number = |t: &str| {
+            t.parse::<u64>()
+                .map_err(|_| format!("version {s:?} is not <epoch>:<counter>"))
+        };
+        Ok(Version {
+            epoch: number(e)?,
+            counter: number(c)?,
+        })
+    }
+}
+
+/// A key's state on the writer after a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// The key does not exist (deleted, expired, never written).
+    Absent,
+    /// `DUMP` of the key, and its TTL left in milliseconds (`None`: no expiry).
+    Present { payload: Bytes, ttl_ms: Option<u64> },
+}
+
+/// What [`WRITE_SCRIPT`] returned: the client's reply and the result to replicate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The first command's reply, for the client.
+    pub reply: Frame,
+    /// The version the writer gave this result.
+    pub version: Version,
+    /// Each written key and its state, in the order the keys were given.
+    pub states: Vec<(Bytes, KeyState)>,
+}
+
+/// Why [`WRITE_SCRIPT`] returned no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The instance has no writer epoch for the policy: it is not a writer, nothing ran.
+    #[error("the instance is not a writer of replicated data (no epoch)")]
+    NotWriter,
+    /// The script failed as a whole (`-NOSCRIPT`, `-OOM` before anything was written, a busy
+    /// server): the reply says why.
+    #[error("the write script failed: {}", String::from_utf8_lossy(.0))]
+    Failed(Bytes),
+    /// A reply of another shape than the script's.
+    #[error("unexpected reply from the write script: {0}")]
+    Malformed(String),
+}
+
+/// What [`APPLY_SCRIPT`] did with a result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Keys whose state was applied (the result was newer).
+    pub applied: u64,
+    /// Keys left as they were (the replica had this result or a newer one).
+    pub ignored: u64,
+    /// Keys whose state could not be written (`-OOM`, a payload this server cannot read); their
+    /// version was not recorded, so the same result applies later.
+    pub failed: u64,
+    /// The first failure's error.
+    pub error: Option<Bytes>,
+}
+
+impl Applied {
+    /// Whether the replica now holds this result or a newer one, for every key.
+    pub fn complete(&self) -> bool {
+        self.failed == 0
+    }
+}
+
+/// KEYS: the writer's epoch, the policy's counter, then for each written key its slot's
+/// applied-versions hash and the key. ARGV: the commands, as the guard takes them (their
+/// count, then each one's length and arguments; the first one's reply is the client's).
+/// Replies `{epoch, counter, reply, (DUMP, PTTL) per key}`, or `-REDISFLEET-NOEPOCH` without
+/// running anything.
+pub const WRITE_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  return {err = 'REDISFLEET-NOEPOCH this instance is not a writer of replicated data (redis-fleet)'}
+end
+local first
+local at = 2
+for c = 1, tonumber(ARGV[1]) do
+  local len = tonumber(ARGV[at])
+  local r = redis.pcall(unpack(ARGV, at + 1, at + len))
+  if c == 1 then first = r end
+  at = at + len + 1
+end
+local counter = redis.call('INCR', KEYS[2])
+local version = epoch .. ':' .. counter
+local out = {epoch, counter, first}
+for i = 3, #KEYS, 2 do
+  redis.call('HSET', KEYS[i], KEYS[i + 1], version)
+  out[#out + 1] = redis.call('DUMP', KEYS[i + 1])
+  out[#out + 1] = redis.call('PTTL', KEYS[i + 1])
+end
+return out
+";
+
+/// KEYS: for each key its slot's applied-versions hash and the key. ARGV: epoch, counter,
+/// milliseconds the result was held since the writer answered, then for each key its `DUMP`
+/// payload and `PTTL` (-2: absent, -1: no expiry). Replies `{applied, ignored, failed, first
+/// error}`.
+pub const APPLY_SCRIPT: &str = r"
+local epoch, counter = tonumber(ARGV[1]), tonumber(ARGV[2])
+local held = tonumber(ARGV[3])
+local version = ARGV[1] .. ':' .. ARGV[2]
+local applied, ignored, failed, first = 0, 0, 0, ''
+for i = 1, #KEYS, 2 do
+  local h, key = KEYS[i], KEYS[i + 1]
+  local payload, pttl = ARGV[3 + i], tonumber(ARGV[4 + i])
+  local newer = true
+  local seen = redis.call('HGET', h, key)
+  if seen then
+    local e, c = string.match(seen, '^(%d+):(%d+)$')
+    e, c = tonumber(e), tonumber(c)
+    if e > epoch or (e == epoch and c >= counter) then newer = false end
+  end
+  if not newer then
+    ignored = ignored + 1
+  else
+    local r
+    if pttl == -2 or (pttl >= 0 and pttl <= held) then
+      r = redis.pcall('DEL', key)
+    else
+      local ttl = 0
+      if pttl >= 0 then ttl = pttl - held end
+      r = redis.pcall('RESTORE', key, ttl, payload, 'REPLACE')
+    end
+    if type(r) == 'table' and r.err then
+      failed = failed + 1
+      if first == '' then first = r.err end
+    else
+      redis.call('HSET', h, key, version)
+      applied = applied + 1
+    end
+  end
+end
+return {applied, ignored, failed, first}
+";
+
+/// KEYS: the writer's epoch. ARGV: the epoch. Raises the epoch (it never goes down) and returns
+/// it.
+pub const RAISE_EPOCH_SCRIPT: &str = concat!(
+    oom_exempt!(),
+    r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return tonumber(ARGV[1])
+end
+return cur
+"
+);
+
+fn sha(script: &'static str, cell: &'static OnceLock<String>) -> &'static str {
+    cell.get_or_init(|| redis::Script::new(script).get_hash().to_owned())
+}
+
+/// SHA1 of [`WRITE_SCRIPT`].
+pub fn write_sha() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    sha(WRITE_SCRIPT, &SHA)
+}
+
+/// SHA1 of [`APPLY_SCRIPT`].
+pub fn apply_sha() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    sha(APPLY_SCRIPT, &SHA)
+}
+
+fn script_head(script: &'static str, sha: &'static str, by_body: bool) -> [Bytes; 2] {
+    if by_body {
+        [
+            Bytes::from_static(b"EVAL"),
+            Bytes::from_static(script.as_bytes()),
+        ]
+    } else {
+        [
+            Bytes::from_static(b"EVALSHA"),
+            Bytes::from_static(sha.as_bytes()),
+        ]
+    }
+}
+
+/// The applied-versions hash and the key, for each key.
+fn key_pairs<'a>(policy: &'a str, keys: impl Iterator<Item = &'a Bytes> + 'a) -> Vec<Bytes> {
+    keys.flat_map(|k| {
+        [
+            Bytes::from(names::applied_versions(policy, key_slot(k))),
+            k.clone(),
+        ]
+    })
+    .collect()
+}
+
+/// `EVALSHA <write> …` (`EVAL` and the body when `by_body`, after a `NOSCRIPT`): runs
+/// `commands` on the writer and returns the state of `keys` — every key the commands may
+/// write — with the result's version. The reply is read by [`parse_written`].
+pub fn write_command(
+    policy: &str,
+    keys: &[Bytes],
+    commands: &[Vec<Bytes>],
+    by_body: bool,
+) -> Vec<Bytes> {
+    let pairs = key_pairs(policy, keys.iter());
+    let argc: usize = commands.iter().map(|c| c.len() + 1).sum();
+    let mut out = Vec::with_capacity(6 + pairs.len() + argc);
+    out.extend(script_head(WRITE_SCRIPT, write_sha(), by_body));
+    out.push(Bytes::from((pairs.len() + 2).to_string()));
+    out.push(Bytes::from(names::writer_epoch(policy)));
+    out.push(Bytes::from(names::version_counter(policy)));
+    out.extend(pairs);
+    out.push(Bytes::from(commands.len().to_string()));
+    for c in commands {
+        out.push(Bytes::from(c.len().to_string()));
+        out.extend(c.iter().cloned());
+    }
+    out
+}
+
+/// Reads the reply of a [`write_command`] for `keys` (the same keys, in the same order).
+pub fn parse_written(reply: Frame, keys: &[Bytes]) -> Result<Written, WriteError> {
+    let items = match reply {
+        Frame::Array(items) => items,
+        Frame::Error(e) if e.starts_with(b"REDISFLEET-NOEPOCH") => {
+            return Err(WriteError::NotWriter);
+        }
+        Frame::Error(e) => return Err(WriteError::Failed(e)),
+        other => return Err(WriteError::Malformed(format!("{other:?}"))),
+    };
+    if items.len() != 3 + 2 * keys.len() {
+        return Err(WriteError::Malformed(format!(
+            "{} items for {} keys",
+            items.len(),
+            keys.len()
+        )));
+    }
+    let mut items = items.into_iter();
+    let mut number = |what: &str| -> Result<u64, WriteError> {
+        match items.next() {
+            Some(Frame::Integer(n)) => u64::try_from(n).ok(),
+            Some(Frame::Bulk(b)) => std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()),
+            _ => None,
+        }
+        .ok_or_else(|| WriteError::Malformed(format!("the {what} is not a number")))
+    };
+    let version = Version {
+        epoch: number("epoch")?,
+        counter: number("counter")?,
+    };
+    let reply = items
+        .next()
+        .ok_or_else(|| WriteError::Malformed("no reply".into()))?;
+    let mut states = Vec::with_capacity(keys.len());
+    for key in keys {
+        let payload = items.next();
+        let ttl = items.next();
+        let state = match (payload, ttl) {
+            (Some(Frame::Null), Some(Frame::Integer(_))) => KeyState::Absent,
+            (Some(Frame::Bulk(payload)), Some(Frame::Integer(t))) => KeyState::Present {
+                payload,
+                ttl_ms: u64::try_from(t).ok(),
+            },
+            other => {
+                return Err(WriteError::Malformed(format!(
+                    "the state of {:?}: {other:?}",
+                    String::from_utf8_lossy(key)
+                )));
+            }
+        };
+        states.push((key.clone(), state));
+    }
+    Ok(Written {
+        reply,
+        version,
+        states,
+    })
+}
+
+/// `EVALSHA <apply> …` on the replica: applies `written`'s states where they are newer. `held`
+/// is the time since the writer answered (taken off every TTL, so a replica's key never
+/// outlives the writer's). The reply is read by [`parse_applied`].
+pub fn apply_command(policy: &str, written: &Written, held: Duration, by_body: bool) -> Vec<Bytes> {
+    let pairs = key_pairs(policy, written.states.iter().map(|(k, _)| k));
+    let mut out = Vec::with_capacity(6 + 2 * pairs.len());
+    out.extend(script_head(APPLY_SCRIPT, apply_sha(), by_body));
+    out.push(Bytes::from(pairs.len().to_string()));
+    out.extend(pairs);
+    out.push(Bytes::from(written.version.epoch.to_string()));
+    out.push(Bytes::from(written.version.counter.to_string()));
+    let held_ms = u64::try_from(held.as_millis()).unwrap_or(u64::MAX);
+    out.push(Bytes::from(held_ms.to_string()));
+    for (_, state) in &written.states {
+        match state {
+            KeyState::Absent => {
+                out.push(Bytes::new());
+                out.push(Bytes::from_static(b"-2"));
+            }
+            KeyState::Present { payload, ttl_ms } => {
+                out.push(payload.clone());
+                out.push(match ttl_ms {
+                    Some(ms) => Bytes::from(ms.to_string()),
+                    None => Bytes::from_static(b"-1"),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Reads the reply of an [`apply_command`].
+pub fn parse_applied(reply: &Frame) -> Result<Applied, String> {
+    let Frame::Array(items) = reply else {
+        return Err(format!("the apply script answered {reply:?}"));
+    };
+    let n = |i: usize| match items.get(i) {
+        Some(Frame::Integer(v)) => u64::try_from(*v).map_err(|_| format!("negative count {v}")),
+        other => Err(format!("the apply script answered {other:?} as a count")),
+    };
+    let error = match items.get(3) {
+        Some(Frame::Bulk(e)) if !e.is_empty() => Some(e.clone()),
+        _ => None,
+    };
+    Ok(Applied {
+        applied: n(0)?,
+        ignored: n(1)?,
+        failed: n(2)?,
+        error,
+    })
+}
+
+/// Raises the writer epoch of `policy` on one instance to at least `epoch` (the operator does,
+/// before it publishes the table that makes the instance a writer); returns the epoch now.
+pub async fn raise_epoch(
+    conn: &mut (impl ConnectionLike + Send),
+    policy: &str,
+    epoch: u64,
+) -> redis::RedisResult<u64> {
+    static RAISE: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(RAISE_EPOCH_SCRIPT));
+    RAISE
+        .key(names::writer_epoch(policy))
+        .arg(epoch)
+        .invoke_async(conn)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Frame {
+        Frame::Bulk(Bytes::from(s.to_owned()))
+    }
+
+    #[test]
+    fn a_later_writer_outranks_every_write_of_the_one_before() {
+        let old = Version {
+            epoch: 3,
+            counter: 1_000_000,
+        };
+        let promoted = Version {
+            epoch: 10,
+            counter: 1,
+        };
+        assert!(promoted > old);
+        assert!(
+            Version {
+                epoch: 3,
+                counter: 7
+            } > Version {
+                epoch: 3,
+                counter: 6
+            }
+        );
+        let v: Version = "10:42".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            v,
+            Version {
+                epoch: 10,
+                counter: 42
+            }
+        );
+        assert_eq!(v.to_string(), "10:42");
+        for bad in ["10", "10:", ":4", "a:b", "-1:2", "1:2:3"] {
+            assert!(bad.parse::<Version>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn write_replies_are_read_key_by_key() {
+        let keys = [Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+        let reply = Frame::Array(vec![
+            bulk("7"),
+            Frame::Integer(12),
+            Frame::ok(),
+            bulk("\x00payload"),
+            Frame::Integer(1500),
+            Frame::Null,
+            Frame::Integer(-2),
+        ]);
+        let w = parse_written(reply, &keys).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            w.version,
+            Version {
+                epoch: 7,
+                counter: 12
+            }
+        );
+        assert_eq!(w.reply, Frame::ok());
+        assert_eq!(
+            w.states,
+            vec![
+                (
+                    keys[0].clone(),
+                    KeyState::Present {
+                        payload: Bytes::from_static(b"\x00payload"),
+                        ttl_ms: Some(1500)
+                    }
+                ),
+                (keys[1].clone(), KeyState::Absent),
+            ]
+        );
+        // No expiry is -1.
+        let reply = Frame::Array(vec![
+            bulk("7"),
+            Frame::Integer(13),
+            Frame::Integer(1),
+            bulk("p"),
+            Frame::Integer(-1),
+        ]);
+        let w = parse_written(reply, &keys[..1]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            &w.states[0].1,
+            KeyState::Present { ttl_ms: None, .. }
+        ));
+    }
+
+    #[test]
+    fn refused_and_malformed_write_replies_are_errors() {
+        let keys = [Bytes::from_static(b"a")];
+        assert_eq!(
+            parse_written(
+                Frame::Error(Bytes::from_static(b"REDISFLEET-NOEPOCH no")),
+                &keys
+            ),
+            Err(WriteError::NotWriter)
+        );
+        assert!(matches!(
+            parse_written(Frame::Error(Bytes::from_static(b"NOSCRIPT x")), &keys),
+            Err(WriteError::Failed(_))
+        ));
+        // Fewer states than keys, a non-number version, a reply that is no array.
+        for bad in [
+            Frame::Array(vec![bulk("7"), Frame::Integer(1), Frame::ok()]),
+            Frame::Array(vec![
+                bulk("x"),
+                Frame::Integer(1),
+                Frame::ok(),
+                Frame::Null,
+                Frame::Integer(-2),
+            ]),
+            Frame::ok(),
+        ] {
+            assert!(
+                matches!(
+                    parse_written(bad.clone(), &keys),
+                    Err(WriteError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_apply_carries_each_state_and_the_time_held() {
+        let w = Written {
+            reply: Frame::ok(),
+            version: Version {
+                epoch: 4,
+                counter: 9,
+            },
+            states: vec![
+                (
+                    Bytes::from_static(b"user:{1}"),
+                    KeyState::Present {
+                        payload: Bytes::from_static(b"P"),
+                        ttl_ms: None,
+                    },
+                ),
+                (Bytes::from_static(b"user:{1}:x"), KeyState::Absent),
+            ],
+        };
+        let cmd = apply_command("a/b", &w, Duration::from_millis(25), false);
+        let text: Vec<String> = cmd
+            .iter()
+            .skip(2)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        let hash = names::applied_versions("a/b", key_slot(b"{1}"));
+        assert_eq!(
+            text,
+            [
+                "4",
+                &hash,
+                "user:{1}",
+                &hash,
+                "user:{1}:x",
+                "4",
+                "9",
+                "25",
+                "P",
+                "-1",
+                "",
+                "-2"
+            ]
+        );
+        assert_eq!(cmd[0], "EVALSHA");
+        assert_eq!(cmd[1], apply_sha());
+        let applied = parse_applied(&Frame::Array(vec![
+            Frame::Integer(1),
+            Frame::Integer(0),
+            Frame::Integer(1),
+            bulk("OOM command not allowed"),
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!applied.complete());
+        assert_eq!(
+            applied.error.as_deref(),
+            Some(&b"OOM command not allowed"[..])
+        );
+    }
+}

@@ -1,0 +1,485 @@
+//! The replica scripts (`redis::protocol::replica`, `docs/replication.md`) against real
+//! redis-servers: a writer and its replica, and a plain server as the reference for replies.
+//! Each test tries to make the replica end with another state than the writer's: commands of
+//! every shape, results delivered late, twice and out of order, many writers at once, a
+//! promoted replica racing the old writer's late results, TTLs, a full replica.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis_fleet::redis::protocol::replica::{self, Applied, KeyState, WriteError, Written};
+use redis_fleet::redis::resp::{Frame, Limits, parse_frame};
+use support::resp::RawConn;
+use support::{RedisOptions, RedisServer};
+
+const POLICY: &str = "shop/shop";
+
+fn frame(raw: &[u8]) -> Frame {
+    parse_frame(raw, &Limits::replies())
+        .expect("a valid reply")
+        .expect("a whole reply")
+        .0
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::from(s.to_owned())
+}
+
+fn args(line: &str) -> Vec<Bytes> {
+    line.split_whitespace().map(b).collect()
+}
+
+/// Raises the writer epoch of `conn`'s instance.
+fn raise_epoch(conn: &mut RawConn, epoch: u64) -> u64 {
+    let reply = conn.call_raw(&[
+        "EVAL",
+        replica::RAISE_EPOCH_SCRIPT,
+        "1",
+        &redis_fleet::redis::protocol::names::writer_epoch(POLICY),
+        &epoch.to_string(),
+    ]);
+    match frame(&reply) {
+        Frame::Integer(n) => u64::try_from(n).unwrap(),
+        other => panic!("raising the epoch answered {other:?}"),
+    }
+}
+
+/// Runs `command` on the writer through the write script, with `keys` as the keys it writes.
+fn write(conn: &mut RawConn, keys: &[&str], command: &str) -> Result<Written, WriteError> {
+    let keys: Vec<Bytes> = keys.iter().map(|k| b(k)).collect();
+    let cmd = replica::write_command(POLICY, &keys, &[args(command)], true);
+    replica::parse_written(frame(&conn.call_raw(&cmd)), &keys)
+}
+
+fn apply(conn: &mut RawConn, written: &Written, held: Duration) -> Applied {
+    let cmd = replica::apply_command(POLICY, written, held, true);
+    replica::parse_applied(&frame(&conn.call_raw(&cmd))).unwrap()
+}
+
+/// `DUMP` of `key` (None when absent).
+fn dump(conn: &mut RawConn, key: &str) -> Option<Bytes> {
+    match frame(&conn.call_raw(&["DUMP", key])) {
+        Frame::Bulk(p) => Some(p),
+        Frame::Null => None,
+        other => panic!("DUMP answered {other:?}"),
+    }
+}
+
+fn pttl(conn: &mut RawConn, key: &str) -> i64 {
+    match frame(&conn.call_raw(&["PTTL", key])) {
+        Frame::Integer(n) => n,
+        other => panic!("PTTL answered {other:?}"),
+    }
+}
+
+/// `key`'s type and value in a form that does not depend on how the server laid it out (a
+/// restored set may iterate in another order than the original): None when absent.
+fn value(conn: &mut RawConn, key: &str) -> Option<String> {
+    let kind = match frame(&conn.call_raw(&["TYPE", key])) {
+        Frame::Simple(t) => String::from_utf8(t.to_vec()).unwrap(),
+        other => panic!("TYPE answered {other:?}"),
+    };
+    let read: &[&str] = match kind.as_str() {
+        "none" => return None,
+        "string" => &["GET"],
+        "list" => &["LRANGE", "0", "-1"],
+        "hash" => &["HGETALL"],
+        "set" => &["SMEMBERS"],
+        "zset" => &["ZRANGE", "0", "-1", "WITHSCORES"],
+        other => panic!("{key} is a {other}"),
+    };
+    let mut cmd = vec![read[0], key];
+    cmd.extend(&read[1..]);
+    let mut items = match frame(&conn.call_raw(&cmd)) {
+        Frame::Bulk(v) => vec![String::from_utf8_lossy(&v).into_owned()],
+        Frame::Array(items) => items.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>(),
+        other => panic!("{cmd:?} answered {other:?}"),
+    };
+    match kind.as_str() {
+        "set" => items.sort(),
+        "hash" => {
+            let mut pairs: Vec<String> = items.chunks(2).map(|p| p.join("=")).collect();
+            pairs.sort();
+            items = pairs;
+        }
+        _ => {}
+    }
+    Some(format!("{kind} {items:?}"))
+}
+
+/// Asserts the replica holds what the writer holds for `keys`: the same value and a TTL never
+/// longer than the writer's, nor much shorter.
+fn assert_same(writer: &mut RawConn, replica: &mut RawConn, keys: &[&str], when: &str) {
+    for key in keys {
+        assert_eq!(
+            value(writer, key),
+            value(replica, key),
+            "{when}: {key} differs between writer and replica"
+        );
+        let (w, r) = (pttl(writer, key), pttl(replica, key));
+        if w < 0 {
+            assert_eq!(w, r, "{when}: {key}'s expiry (writer {w}, replica {r})");
+        } else {
+            assert!(
+                r <= w + 50 && r > w - 5_000,
+                "{when}: {key}'s TTL: writer {w} ms, replica {r} ms"
+            );
+        }
+    }
+}
+
+struct Pair {
+    _writer: RedisServer,
+    _replica: RedisServer,
+    w: RawConn,
+    r: RawConn,
+}
+
+fn pair(epoch: u64) -> Pair {
+    let writer = RedisServer::start(RedisOptions::default());
+    let replica = RedisServer::start(RedisOptions::default());
+    let mut w = RawConn::open(writer.port);
+    let r = RawConn::open(replica.port);
+    raise_epoch(&mut w, epoch);
+    Pair {
+        w,
+        r,
+        _writer: writer,
+        _replica: replica,
+    }
+}
+
+#[test]
+fn every_kind_of_write_reaches_the_replica_with_the_reply_redis_gives() {
+    let Pair {
+        mut w,
+        mut r,
+        _writer,
+        _replica,
+    } = pair(5);
+    let reference_server = RedisServer::start(RedisOptions::default());
+    let mut reference = RawConn::open(reference_server.port);
+    // (the keys the command writes, the command), run in this order.
+    let steps: &[(&[&str], &str)] = &[
+        (&["user:1"], "SET user:1 alice"),
+        (&["user:1"], "SET user:1 bob NX"),
+        (&["user:1"], "SET user:1 carol XX GET"),
+        (&["session:1"], "SET session:1 token EX 600"),
+        (&["counter"], "INCR counter"),
+        (&["counter"], "INCRBY counter 41"),
+        (&["counter"], "INCRBYFLOAT counter 0.5"),
+        (&["user:1"], "INCR user:1"),
+        (&["cart:1"], "HSET cart:1 sku-1 2 sku-2 1"),
+        (&["cart:1"], "HINCRBY cart:1 sku-1 3"),
+        (&["cart:1"], "HDEL cart:1 sku-2"),
+        (&["queue"], "RPUSH queue a b c"),
+        (&["queue"], "LPOP queue"),
+        (&["queue", "done"], "LMOVE queue done LEFT RIGHT"),
+        (&["tags"], "SADD tags x y z"),
+        (&["tags"], "SREM tags y"),
+        (&["rank"], "ZADD rank 1 a 2 b"),
+        (&["rank"], "ZINCRBY rank 2.5 a"),
+        (&["user:1"], "EXPIRE user:1 100"),
+        (&["user:1"], "PERSIST user:1"),
+        (&["session:1"], "PEXPIRE session:1 90000"),
+        (&["cart:1", "cart:2"], "RENAME cart:1 cart:2"),
+        (&["a", "b"], "MSET a 1 b 2"),
+        (&["a", "b"], "MSETNX a 3 b 4"),
+        (&["queue"], "DEL queue"),
+        (&["missing"], "DEL missing"),
+        (&["counter"], "GETDEL counter"),
+        (&["rank"], "HSET rank f v"),
+        (&["s"], "APPEND s hello"),
+        (&["s"], "SETRANGE s 1 a"),
+    ];
+    let mut all: Vec<&str> = Vec::new();
+    for (keys, command) in steps {
+        all.extend(keys.iter());
+        let expected = frame(&reference.call_raw(&args(command)));
+        let written = write(&mut w, keys, command).unwrap_or_else(|e| panic!("{command}: {e}"));
+        assert_eq!(written.reply, expected, "{command}: the client's reply");
+        let applied = apply(&mut r, &written, Duration::ZERO);
+        assert_eq!(applied.failed, 0, "{command}: {applied:?}");
+        assert_eq!(applied.applied, keys.len() as u64, "{command}: {applied:?}");
+        assert_same(&mut w, &mut r, &all, command);
+    }
+}
+
+#[test]
+fn results_delivered_out_of_order_or_twice_leave_the_newest() {
+    let Pair {
+        mut w,
+        mut r,
+        _writer,
+        _replica,
+    } = pair(5);
+    let v1 = write(&mut w, &["k"], "SET k one").unwrap();
+    let v2 = write(&mut w, &["k"], "SET k two").unwrap();
+    let gone = write(&mut w, &["k"], "DEL k").unwrap();
+    let v3 = write(&mut w, &["j"], "SET j three").unwrap();
+    assert!(v1.version < v2.version && v2.version < gone.version);
+    assert_eq!(gone.states[0].1, KeyState::Absent);
+
+    // The delete arrives first: the sets that came before it must not bring the key back.
+    assert_eq!(apply(&mut r, &gone, Duration::ZERO).applied, 1);
+    for late in [&v2, &v1, &v2] {
+        let a = apply(&mut r, late, Duration::ZERO);
+        assert_eq!((a.applied, a.ignored), (0, 1), "{a:?}");
+    }
+    assert_eq!(
+        dump(&mut r, "k"),
+        None,
+        "a late result resurrected a deleted key"
+    );
+
+    // Newest last, then an older one and a repeat: the newest stays.
+    let again = write(&mut w, &["k"], "SET k four").unwrap();
+    apply(&mut r, &v1, Duration::ZERO);
+    apply(&mut r, &again, Duration::ZERO);
+    apply(&mut r, &v2, Duration::ZERO);
+    apply(&mut r, &again, Duration::ZERO);
+    apply(&mut r, &v3, Duration::ZERO);
+    assert_same(&mut w, &mut r, &["k", "j"], "after shuffled deliveries");
+}
+
+#[test]
+fn a_promoted_replica_outranks_late_results_of_the_writer_before_it() {
+    let Pair {
+        mut w,
+        mut r,
+        _writer,
+        _replica,
+    } = pair(3);
+    // The owner wrote a lot under epoch 3; the last results are still in flight when it dies.
+    let mut late = Vec::new();
+    for i in 0..500 {
+        let written = write(&mut w, &["session:7"], &format!("SET session:7 v{i}")).unwrap();
+        if i < 400 {
+            apply(&mut r, &written, Duration::ZERO);
+        } else {
+            late.push(written);
+        }
+    }
+    // Failover table 10: the operator makes the replica a writer, it takes writes.
+    assert_eq!(raise_epoch(&mut r, 10), 10);
+    let outage = write(&mut r, &["session:7"], "SET session:7 outage").unwrap();
+    assert_eq!(outage.version.epoch, 10);
+    // The old owner's late results arrive afterwards: every one is older.
+    for written in &late {
+        let a = apply(&mut r, written, Duration::ZERO);
+        assert_eq!(
+            a.ignored, 1,
+            "{:?} overwrote an outage write",
+            written.version
+        );
+    }
+    assert_eq!(
+        frame(&r.call_raw(&["GET", "session:7"])),
+        Frame::Bulk(b("outage"))
+    );
+
+    // Failback at table 14: the owner is a writer again, after the outage writes came home.
+    let home = Written {
+        reply: Frame::ok(),
+        ..outage.clone()
+    };
+    apply(&mut w, &home, Duration::ZERO);
+    assert_eq!(raise_epoch(&mut w, 14), 14);
+    // An epoch never goes down (a late or repeated raise changes nothing).
+    assert_eq!(raise_epoch(&mut w, 9), 14);
+    let back = write(&mut w, &["session:7"], "APPEND session:7 +home").unwrap();
+    assert_eq!(back.reply, Frame::Integer(11));
+    assert_eq!(apply(&mut r, &back, Duration::ZERO).applied, 1);
+    assert_same(&mut w, &mut r, &["session:7"], "after failback");
+}
+
+#[test]
+fn an_instance_that_is_no_writer_runs_nothing() {
+    let server = RedisServer::start(RedisOptions::default());
+    let mut c = RawConn::open(server.port);
+    assert_eq!(write(&mut c, &["k"], "SET k v"), Err(WriteError::NotWriter));
+    assert_eq!(dump(&mut c, "k"), None, "the command ran without a version");
+}
+
+#[test]
+fn a_ttl_is_never_extended_by_the_trip() {
+    let Pair {
+        mut w,
+        mut r,
+        _writer,
+        _replica,
+    } = pair(2);
+    let written = write(&mut w, &["t"], "SET t v PX 5000").unwrap();
+    apply(&mut r, &written, Duration::from_millis(1_500));
+    let left = pttl(&mut r, "t");
+    assert!(
+        (1..=3_500).contains(&left),
+        "held 1.5 s of a 5 s TTL, the replica has {left} ms"
+    );
+    // Held longer than the key had to live: it has expired on the writer by now.
+    let short = write(&mut w, &["u"], "SET u v PX 200").unwrap();
+    let a = apply(&mut r, &short, Duration::from_millis(300));
+    assert_eq!(a.applied, 1);
+    assert_eq!(dump(&mut r, "u"), None);
+}
+
+#[test]
+fn a_replica_that_cannot_take_a_result_records_nothing_and_takes_it_later() {
+    let Pair {
+        mut w,
+        mut r,
+        _writer,
+        _replica,
+    } = pair(4);
+    // The replica is over its maxmemory and evicts nothing: writes that add data are refused.
+    let big = "x".repeat(64 * 1024);
+    for i in 0..16 {
+        r.call_raw(&["SET", &format!("fill:{i}"), &big]);
+    }
+    r.cmd("CONFIG SET maxmemory-policy noeviction");
+    r.cmd("CONFIG SET maxmemory 100000");
+    let written = write(&mut w, &["k"], &format!("SET k {big}")).unwrap();
+    let a = apply(&mut r, &written, Duration::ZERO);
+    assert_eq!((a.applied, a.failed), (0, 1), "{a:?}");
+    assert!(!a.complete());
+    assert!(
+        String::from_utf8_lossy(a.error.as_deref().unwrap_or_default()).contains("OOM"),
+        "{a:?}"
+    );
+    // Room again: the same result applies (its version was not recorded).
+    r.cmd("CONFIG SET maxmemory 0");
+    let a = apply(&mut r, &written, Duration::ZERO);
+    assert_eq!((a.applied, a.failed), (1, 0), "{a:?}");
+    assert_same(&mut w, &mut r, &["k"], "after room was made");
+}
+
+/// A small deterministic generator (splitmix64), so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Many sidecars write the same few keys on one writer at once; their results reach the
+/// replica through several connections, delayed, some twice and some only at the very end.
+/// The replica must end with exactly the writer's state.
+#[test]
+fn concurrent_writers_and_shuffled_deliveries_converge() {
+    const WRITERS: u64 = 6;
+    const APPLIERS: u64 = 3;
+    const OPS: u64 = 400;
+    let writer = RedisServer::start(RedisOptions::default());
+    let replica_server = RedisServer::start(RedisOptions::default());
+    raise_epoch(&mut RawConn::open(writer.port), 8);
+    let keys = ["k0", "k1", "k2", "k3", "{t}a", "{t}b"];
+    let (tx, rx) = mpsc::channel::<(Written, Instant)>();
+    let rx = Arc::new(Mutex::new(rx));
+    let late: Arc<Mutex<Vec<(Written, Instant)>>> = Arc::default();
+    let seed = std::env::var("REPLICA_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_u64);
+
+    let appliers: Vec<_> = (0..APPLIERS)
+        .map(|n| {
+            let rx = rx.clone();
+            let late = late.clone();
+            let port = replica_server.port;
+            std::thread::spawn(move || {
+                let mut r = RawConn::open(port);
+                let mut rng = Rng(seed * 1_000 + n);
+                let mut counts = HashMap::new();
+                loop {
+                    let next = rx.lock().unwrap().recv();
+                    let Ok((written, at)) = next else { break };
+                    match rng.below(10) {
+                        0 => late.lock().unwrap().push((written, at)),
+                        1 => {
+                            apply(&mut r, &written, at.elapsed());
+                            let a = apply(&mut r, &written, at.elapsed());
+                            *counts.entry("repeated").or_insert(0) += a.ignored;
+                        }
+                        _ => {
+                            std::thread::sleep(Duration::from_micros(rng.below(2_000)));
+                            let a = apply(&mut r, &written, at.elapsed());
+                            assert!(a.complete(), "{a:?}");
+                            *counts.entry("ignored").or_insert(0) += a.ignored;
+                        }
+                    }
+                }
+                counts
+            })
+        })
+        .collect();
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|n| {
+            let tx = tx.clone();
+            let port = writer.port;
+            std::thread::spawn(move || {
+                let mut w = RawConn::open(port);
+                let mut rng = Rng(seed * 7_919 + n);
+                for i in 0..OPS {
+                    let k = keys[rng.below(keys.len() as u64) as usize];
+                    let (written_keys, command) = match rng.below(9) {
+                        0 => (vec![k], format!("INCR {k}")),
+                        1 => (vec![k], format!("SET {k} w{n}-{i}")),
+                        2 => (vec![k], format!("DEL {k}")),
+                        3 => (vec![k], format!("APPEND {k} .{n}")),
+                        4 => (vec![k], format!("SET {k} w{n}-{i} PX 60000")),
+                        5 => (vec![k], format!("HINCRBY {k} f{n} 1")),
+                        6 => (vec![k], format!("RPUSH {k} {n}")),
+                        7 => (vec![k], format!("EXPIRE {k} 90")),
+                        _ => (vec!["{t}a", "{t}b"], "RENAME {t}a {t}b".to_owned()),
+                    };
+                    let written = write(&mut w, &written_keys, &command)
+                        .unwrap_or_else(|e| panic!("{command}: {e}"));
+                    tx.send((written, Instant::now())).unwrap();
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for t in writers {
+        t.join().unwrap();
+    }
+    let mut ignored = 0;
+    for t in appliers {
+        ignored += t.join().unwrap().get("ignored").copied().unwrap_or(0);
+    }
+    // The late ones arrive last, newest first (the worst order).
+    let mut late = std::mem::take(&mut *late.lock().unwrap());
+    late.sort_by_key(|(w, _)| std::cmp::Reverse(w.version));
+    let mut r = RawConn::open(replica_server.port);
+    let mut late_ignored = 0;
+    for (written, at) in &late {
+        late_ignored += apply(&mut r, written, at.elapsed()).ignored;
+    }
+    let mut w = RawConn::open(writer.port);
+    assert_same(&mut w, &mut r, &keys, &format!("seed {seed}"));
+    // The test reordered for real: some results arrived after newer ones.
+    assert!(
+        ignored + late_ignored > 0,
+        "no result was ever older than what the replica had: nothing was reordered"
+    );
+    eprintln!(
+        "{} results, {} late ({late_ignored} of them outdated), {ignored} outdated on arrival",
+        WRITERS * OPS,
+        late.len()
+    );
+}
