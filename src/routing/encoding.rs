@@ -273,6 +273,7 @@ mod tests {
                 (100, 16383, "primary".to_owned()).into(),
             ],
             placement_basis: None,
+            replication: None,
         };
         t.categories.insert(1, alike("menu", "menu:"));
         t.categories.insert(2, alike("user", "user:"));

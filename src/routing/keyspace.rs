@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::slots::{SlotRange, key_slot};
-use super::table::{RoutingTable, TableError, TtlRules};
+use super::table::{ReplicationMode, RoutingTable, TableError, TtlRules};
 
 /// Index of an instance in [`Resolver::instances`].
 pub type InstanceId = u16;
@@ -43,6 +43,8 @@ pub struct ResolvedCategory {
     runs: Vec<(SlotRange, InstanceId)>,
     failover: Vec<(SlotRange, InstanceId, InstanceId, u16)>,
     migrating: Vec<(SlotRange, InstanceId, InstanceId, u16)>,
+    /// Set when the category's writes are replicated: the mode and the replicas' runs.
+    replication: Option<(ReplicationMode, Vec<(SlotRange, InstanceId)>)>,
 }
 
 impl ResolvedCategory {
@@ -89,6 +91,7 @@ pub struct Resolver {
     instances: Vec<String>,
     categories: Vec<ResolvedCategory>,
     prefixes: PrefixIndex,
+    replicates: bool,
 }
 
 impl Resolver {
@@ -145,13 +148,23 @@ impl Resolver {
                         .map(|(i, m)| (m.range(), m.from.as_str(), m.to.as_str(), i))
                         .collect(),
                 ),
+                replication: cat.replication.as_ref().map(|r| {
+                    let runs = r
+                        .replicas
+                        .iter()
+                        .map(|o| (o.range, id_of(&o.instance)))
+                        .collect();
+                    (r.mode, runs)
+                }),
             });
         }
+        let replicates = categories.iter().any(|c| c.replication.is_some());
         Ok(Self {
             table,
             instances,
             categories,
             prefixes,
+            replicates,
         })
     }
 
@@ -193,6 +206,27 @@ impl Resolver {
         self.prefixes
             .lookup(key)
             .unwrap_or((self.categories.len() - 1) as CategoryId)
+    }
+
+    /// Whether any category's writes are replicated.
+    pub fn replicates(&self) -> bool {
+        self.replicates
+    }
+
+    /// For a key of a replicated category: the mode, and the replica of its slot if it has one
+    /// (`None` for the keys of other categories). Every write of such a key runs through the
+    /// write script on its target (`redis::protocol::replica`), also where no replica is to be
+    /// written — the target may be the replica itself, promoted in an outage.
+    pub fn replication(&self, route: &Route) -> Option<(ReplicationMode, Option<InstanceId>)> {
+        let (mode, runs) = self.categories[usize::from(route.category)]
+            .replication
+            .as_ref()?;
+        let i = runs.partition_point(|(r, _)| r.end < route.slot);
+        let replica = runs
+            .get(i)
+            .filter(|(r, _)| r.contains(route.slot))
+            .map(|(_, id)| *id);
+        Some((*mode, replica))
     }
 
     /// Where `key` goes now.
@@ -264,6 +298,7 @@ mod tests {
                 ttl: TtlRules::default(),
                 slots: vec![(0, 16383, "secondary".to_owned()).into()],
                 placement_basis: None,
+                replication: None,
             },
         );
         Resolver::new(t).unwrap()
@@ -335,5 +370,50 @@ mod tests {
         assert_eq!(r.route(auth, 150).migration, Some(0));
         assert_eq!(r.route(auth, 250).target, p);
         assert_eq!(r.route(auth, 9000).target, s);
+    }
+
+    #[test]
+    fn a_replicated_categorys_slots_name_their_replica() {
+        use crate::routing::table::{CategoryReplication, ReplicationMode};
+        let mut t = two_instance_table();
+        assert!(!Resolver::new(t.clone()).unwrap().replicates());
+        // Slots 0-8191 (owned by primary) replicate on secondary; the rest have no replica.
+        t.categories[0].replication = Some(CategoryReplication {
+            mode: ReplicationMode::Sync,
+            replicas: vec![(0, 8191, "secondary".to_owned()).into()],
+        });
+        let json = t.to_json();
+        let back = RoutingTable::from_json(&json).unwrap();
+        assert_eq!(back, t, "the replicas survive the table's JSON");
+        let r = Resolver::new(t.clone()).unwrap();
+        assert!(r.replicates());
+        let s = r.instance_id("secondary").unwrap();
+        assert_eq!(
+            r.replication(&r.route(0, 100)),
+            Some((ReplicationMode::Sync, Some(s)))
+        );
+        assert_eq!(
+            r.replication(&r.route(0, 9000)),
+            Some((ReplicationMode::Sync, None))
+        );
+        assert_eq!(r.replication(&r.route(1, 100)), None, "default replicates nothing");
+
+        // Runs out of order, overlapping, or naming an unknown instance are refused.
+        for bad in [
+            vec![(10, 20, "secondary"), (0, 5, "secondary")],
+            vec![(0, 20, "secondary"), (20, 30, "primary")],
+            vec![(0, 20, "tertiary")],
+            vec![(0, 16384, "secondary")],
+        ] {
+            let mut t = t.clone();
+            t.categories[0].replication = Some(CategoryReplication {
+                mode: ReplicationMode::Async,
+                replicas: bad
+                    .iter()
+                    .map(|(a, b, n)| (*a, *b, (*n).to_owned()).into())
+                    .collect(),
+            });
+            assert!(Resolver::new(t).is_err(), "{bad:?}");
+        }
     }
 }

@@ -123,6 +123,42 @@ pub struct Category {
     /// change, so rebalance decisions recorded in the table are not undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement_basis: Option<usize>,
+    /// Where the category's writes are replicated, if they are (`docs/replication.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<CategoryReplication>,
+}
+
+/// How a category's writes reach a replica (`docs/replication.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CategoryReplication {
+    /// When a write is acknowledged.
+    pub mode: ReplicationMode,
+    /// The replica of each slot that has one, as `[start, end, instance]` runs in slot order;
+    /// slots outside every run have none.
+    #[serde(default)]
+    pub replicas: Vec<SlotOwner>,
+}
+
+/// When a replicated write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// Once the writer ran it; the replica follows.
+    Async,
+    /// Once the writer ran it and the replica has its result.
+    Sync,
+}
+
+impl CategoryReplication {
+    /// The replica of `slot`, if it has one.
+    pub fn replica_of(&self, slot: u16) -> Option<&str> {
+        let idx = self.replicas.partition_point(|o| o.range.end < slot);
+        self.replicas
+            .get(idx)
+            .filter(|o| o.range.contains(slot))
+            .map(|o| o.instance.as_str())
+    }
 }
 
 /// TTL rules of a category, in milliseconds.
@@ -359,6 +395,21 @@ impl RoutingTable {
                     detail: format!("runs end at {}", next.saturating_sub(1)),
                 });
             }
+            let replicas = cat.replication.iter().flat_map(|r| &r.replicas);
+            let mut after: Option<u16> = None;
+            for replica in replicas {
+                let context = || format!("replicas of category {:?}", cat.name);
+                self.check_range(replica.range.start, replica.range.end, context)?;
+                if after.is_some_and(|end| replica.range.start <= end) {
+                    return Err(TableError::BadRange {
+                        context: format!("{} (out of order or overlapping)", context()),
+                        start: replica.range.start,
+                        end: replica.range.end,
+                    });
+                }
+                self.check_instance(&replica.instance, context)?;
+                after = Some(replica.range.end);
+            }
         }
         for m in &self.migrating {
             let context = || format!("migrating {} {}-{}", m.category, m.start, m.end);
@@ -506,6 +557,7 @@ pub(crate) mod tests {
                         (8192, 16383, "secondary".to_owned()).into(),
                     ],
                     placement_basis: None,
+                    replication: None,
                 },
                 Category {
                     name: "default".into(),
@@ -513,6 +565,7 @@ pub(crate) mod tests {
                     ttl: TtlRules::default(),
                     slots: vec![(0, 16383, "secondary".to_owned()).into()],
                     placement_basis: None,
+                    replication: None,
                 },
             ],
             migrating: vec![],

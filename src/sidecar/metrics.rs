@@ -39,6 +39,11 @@ pub struct SidecarMetrics {
     connections: Family<InstanceLabels, Gauge>,
     in_flight: Family<InstanceLabels, Gauge>,
     writes: Family<InstanceLabels, Counter>,
+    replicated: Family<CategoryLabels, Counter>,
+    replica_failures: Family<CategoryLabels, Counter>,
+    replication_lag: Family<CategoryLabels, Histogram>,
+    /// Results of `async` writes on their way to a replica.
+    pub replication_backlog: Gauge,
     /// Client connections open.
     pub clients: Gauge,
     /// Routing table version in use.
@@ -52,7 +57,7 @@ pub struct SidecarMetrics {
 }
 
 /// The counters of one category.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CategoryMetrics {
     /// Commands routed to the category.
     pub commands: Counter,
@@ -62,6 +67,13 @@ pub struct CategoryMetrics {
     pub misses: Counter,
     /// Error replies.
     pub errors: Counter,
+    /// Writes whose result reached the replica.
+    pub replicated: Counter,
+    /// Writes whose result did not reach the replica (refused, lost, or dropped from a full
+    /// backlog): the replica misses them until it is repaired.
+    pub replica_failures: Counter,
+    /// Time from the writer's reply to the replica's.
+    pub replication_lag: Histogram,
 }
 
 /// The handles of one instance.
@@ -105,6 +117,10 @@ impl SidecarMetrics {
             connections: Family::default(),
             in_flight: Family::default(),
             writes: Family::default(),
+            replicated: Family::default(),
+            replica_failures: Family::default(),
+            replication_lag: Family::new_with_constructor(latency_histogram),
+            replication_backlog: Gauge::default(),
             clients: Gauge::default(),
             routing_version: Gauge::default(),
             reloads: Counter::default(),
@@ -149,6 +165,26 @@ impl SidecarMetrics {
             m.writes.clone(),
         );
         r.register(
+            "replicated_writes",
+            "Writes whose result reached the replica, by category",
+            m.replicated.clone(),
+        );
+        r.register(
+            "replica_failures",
+            "Writes whose result did not reach the replica, by category",
+            m.replica_failures.clone(),
+        );
+        r.register(
+            "replication_lag_seconds",
+            "Time from a replicated write's reply on its writer to the replica's, by category",
+            m.replication_lag.clone(),
+        );
+        r.register(
+            "replication_backlog",
+            "Results of async writes on their way to a replica",
+            m.replication_backlog.clone(),
+        );
+        r.register(
             "client_connections",
             "Client connections open",
             m.clients.clone(),
@@ -186,6 +222,9 @@ impl SidecarMetrics {
             hits: self.hits.get_or_create_owned(&labels),
             misses: self.misses.get_or_create_owned(&labels),
             errors: self.errors.get_or_create_owned(&labels),
+            replicated: self.replicated.get_or_create_owned(&labels),
+            replica_failures: self.replica_failures.get_or_create_owned(&labels),
+            replication_lag: self.replication_lag.get_or_create_owned(&labels),
         }
     }
 

@@ -286,6 +286,7 @@ pub fn category(
             .map(|(s, e, i)| SlotOwner::from((*s, *e, (*i).to_owned())))
             .collect(),
         placement_basis: None,
+        replication: None,
     }
 }
 

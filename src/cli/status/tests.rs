@@ -101,6 +101,7 @@ fn objects() -> Objects {
                 ttl: TtlRules::default(),
                 slots: vec![(0, 16383, "primary".to_owned()).into()],
                 placement_basis: None,
+                replication: None,
             },
             Category {
                 name: "user".into(),
@@ -113,6 +114,7 @@ fn objects() -> Objects {
                     (12288, 16383, "tertiary".to_owned()).into(),
                 ],
                 placement_basis: None,
+                replication: None,
             },
             Category {
                 name: "default".into(),
@@ -127,6 +129,7 @@ fn objects() -> Objects {
                     (10001, 16383, "tertiary".to_owned()).into(),
                 ],
                 placement_basis: None,
+                replication: None,
             },
         ],
         migrating: vec![],

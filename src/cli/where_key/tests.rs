@@ -33,6 +33,7 @@ fn category(name: &str, prefixes: &[&str], slots: &[(u16, u16, &str)]) -> Catego
             .map(|(start, end, owner)| (*start, *end, (*owner).to_owned()).into())
             .collect(),
         placement_basis: None,
+        replication: None,
     }
 }
 

@@ -281,6 +281,7 @@ pub fn plan_routing_with(
                     ttl,
                     slots: c.slots.clone(),
                     placement_basis: None,
+                    replication: None,
                 },
                 placement::basis_of(&candidates),
                 fallback_tier,
@@ -323,6 +324,7 @@ pub fn plan_routing_with(
                     .map(|(range, instance)| SlotOwner { range, instance })
                     .collect(),
                 placement_basis: None,
+                replication: None,
             },
             placement::basis_of(&candidates),
             fallback_tier,

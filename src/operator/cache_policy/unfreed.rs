@@ -189,6 +189,7 @@ mod tests {
                     instance: owner.to_owned(),
                 }],
                 placement_basis: None,
+                replication: None,
             }],
             migrating: Vec::new(),
             failover: Vec::new(),

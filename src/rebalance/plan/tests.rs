@@ -35,6 +35,7 @@ fn table(cats: &[(&str, &str)]) -> RoutingTable {
                 ttl: TtlRules::default(),
                 slots: vec![(0, 16383, (*owner).to_owned()).into()],
                 placement_basis: None,
+                replication: None,
             })
             .collect(),
         migrating: vec![],

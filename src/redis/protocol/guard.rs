@@ -47,32 +47,9 @@ pub const GUARD_SCRIPT: &str = concat!(
     r"
 local d = decide()
 if d ~= 'RUN' then return {err = 'REDISFLEET-' .. d .. ' decided by the redis-fleet guard'} end
-local function run(at, len)
-  -- PEXPIRE … NX / GT as Redis 7 runs them, on any version (the sidecar's TTL rules).
-  if len == 4 and string.upper(ARGV[at + 1]) == 'PEXPIRE' then
-    local flag = string.upper(ARGV[at + 4])
-    local key, ms = ARGV[at + 2], tonumber(ARGV[at + 3])
-    if flag == 'NX' then
-      if redis.call('PTTL', key) == -1 then return redis.call('PEXPIRE', key, ms) end
-      return 0
-    elseif flag == 'GT' then
-      local t = redis.call('PTTL', key)
-      if t > 0 and t < ms then return redis.call('PEXPIRE', key, ms) end
-      return 0
-    end
-  end
-  return redis.pcall(unpack(ARGV, at + 1, at + len))
-end
-local first
-local at = 2
-for c = 1, tonumber(ARGV[1]) do
-  local len = tonumber(ARGV[at])
-  local r = run(at, len)
-  if c == 1 then first = r end
-  at = at + len + 1
-end
-return first
-"
+",
+    run_commands!(),
+    "return first\n"
 );
 
 /// Only the decision, as a status reply (`+RUN`, `+ASK`, `+BUSY`, `+TRYAGAIN`).

@@ -20,6 +20,40 @@ macro_rules! oom_exempt {
     };
 }
 
+/// Runs the commands of ARGV — their count, then each one's length and arguments — and keeps
+/// the first one's reply in `first` (the guard's `RUN` branch and the replicas' write script).
+/// An error reply does not stop the others. `PEXPIRE … NX / GT` (the sidecar's TTL rules) runs
+/// as Redis 7 runs it, on any version.
+macro_rules! run_commands {
+    () => {
+        r"
+local function run(at, len)
+  if len == 4 and string.upper(ARGV[at + 1]) == 'PEXPIRE' then
+    local flag = string.upper(ARGV[at + 4])
+    local key, ms = ARGV[at + 2], tonumber(ARGV[at + 3])
+    if flag == 'NX' then
+      if redis.call('PTTL', key) == -1 then return redis.call('PEXPIRE', key, ms) end
+      return 0
+    elseif flag == 'GT' then
+      local t = redis.call('PTTL', key)
+      if t > 0 and t < ms then return redis.call('PEXPIRE', key, ms) end
+      return 0
+    end
+  end
+  return redis.pcall(unpack(ARGV, at + 1, at + len))
+end
+local first
+local at = 2
+for c = 1, tonumber(ARGV[1]) do
+  local len = tonumber(ARGV[at])
+  local r = run(at, len)
+  if c == 1 then first = r end
+  at = at + len + 1
+end
+"
+    };
+}
+
 pub mod fence;
 pub mod guard;
 pub mod heartbeat;

@@ -124,22 +124,19 @@ impl Applied {
 
 /// KEYS: the writer's epoch, the policy's counter, then for each written key its slot's
 /// applied-versions hash and the key. ARGV: the commands, as the guard takes them (their
-/// count, then each one's length and arguments; the first one's reply is the client's).
+/// count, then each one's length and arguments; the first one's reply is the client's;
+/// `PEXPIRE … NX / GT` of the TTL rules runs on any version, as in the guard).
 /// Replies `{epoch, counter, reply, (DUMP, PTTL) per key}`, or `-REDISFLEET-NOEPOCH` without
 /// running anything.
-pub const WRITE_SCRIPT: &str = r"
+pub const WRITE_SCRIPT: &str = concat!(
+    r"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   return {err = 'REDISFLEET-NOEPOCH this instance is not a writer of replicated data (redis-fleet)'}
 end
-local first
-local at = 2
-for c = 1, tonumber(ARGV[1]) do
-  local len = tonumber(ARGV[at])
-  local r = redis.pcall(unpack(ARGV, at + 1, at + len))
-  if c == 1 then first = r end
-  at = at + len + 1
-end
+",
+    run_commands!(),
+    r"
 local counter = redis.call('INCR', KEYS[2])
 local version = epoch .. ':' .. counter
 local out = {epoch, counter, first}
@@ -149,7 +146,8 @@ for i = 3, #KEYS, 2 do
   out[#out + 1] = redis.call('PTTL', KEYS[i + 1])
 end
 return out
-";
+"
+);
 
 /// KEYS: for each key its slot's applied-versions hash and the key. ARGV: epoch, counter,
 /// milliseconds the result was held since the writer answered, then for each key its `DUMP`

@@ -22,6 +22,7 @@ mod keyed;
 mod local;
 mod protocol;
 mod pubsub;
+mod replicated;
 mod scan;
 mod tracking;
 mod transaction;
@@ -650,6 +651,20 @@ impl Client {
         let spec = resolved.spec;
         if let Kind::Transaction(t) = spec.kind {
             return Box::pin(self.transaction_command(t, request)).await;
+        }
+        // Writes on replicated categories take their own path (`replicated.rs`); a table
+        // without any costs this one check.
+        let replicating = self
+            .shared
+            .router
+            .load()
+            .as_ref()
+            .is_some_and(|r| r.resolver.replicates());
+        if replicating
+            && let Some(router) = self.shared.router.load_full()
+            && let Some(dispatched) = Box::pin(self.replicated(&router, request, resolved)).await
+        {
+            return dispatched;
         }
         if self.transaction.is_some() {
             return Box::pin(self.queue(request, resolved)).await;

@@ -1,0 +1,377 @@
+//! Writes on keys of replicated categories (`docs/replication.md`). A write runs on its target
+//! inside the write script (`redis::protocol::replica`), which versions its result; the result
+//! then goes to the replica of each written key's slot — before the client's reply for a `sync`
+//! category, after it for an `async` one. The target runs the script also where there is no
+//! replica to write (a promoted replica in an outage is the target itself): its versions must
+//! outrank the late results of the writer before it.
+//!
+//! What this first step carries: commands on one key, commands whose keys share one instance,
+//! and MSET / DEL / UNLINK split per instance. Writes the scripts cannot carry yet — scripts,
+//! blocking pops, writes queued in MULTI, writes on a migrating range, FLUSHDB / FLUSHALL — are
+//! refused on replicated categories, never run unreplicated.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::super::backend::{BackendError, Replies};
+use super::super::command::{Kind, Resolved, Split};
+use super::super::metrics::CategoryMetrics;
+use super::super::router::Router;
+use super::super::ttl::TtlAction;
+use super::keyed::ttl_action;
+use super::{
+    Client, Dispatched, Interrupt, Pending, bundle, encode, error_reply, lost, parse, stop,
+};
+use crate::redis::protocol::replica::{self, WriteError, Written};
+use crate::redis::resp::{Frame, Request};
+use crate::routing::keyspace::{InstanceId, Route};
+use crate::routing::table::ReplicationMode;
+
+/// Results of `async` writes on their way to replicas, beyond which a result is dropped (and
+/// counted as a replica failure) rather than held: a replica that stopped answering must not
+/// grow the sidecar without bound.
+const BACKLOG_LIMIT: i64 = 100_000;
+
+fn refused(what: &str) -> Interrupt {
+    stop(&format!(
+        "ERR redis-fleet: {what} on a replicated category is not supported yet (docs/replication.md)"
+    ))
+}
+
+/// The result of a write for one replica: the states of the keys it holds.
+struct ForReplica {
+    replica: InstanceId,
+    sync: bool,
+    written: Written,
+    metrics: CategoryMetrics,
+}
+
+impl Client {
+    /// Routes `request` when it may write a key of a replicated category; `None` when it
+    /// writes none, and the ordinary dispatch routes it.
+    pub(super) async fn replicated(
+        &mut self,
+        router: &Arc<Router>,
+        request: &Request,
+        resolved: &Resolved,
+    ) -> Option<Dispatched> {
+        let spec = resolved.spec;
+        if !(spec.write || spec.kind == Kind::Script) {
+            return None;
+        }
+        if let Kind::FanOut(_) = spec.kind {
+            // FLUSHDB / FLUSHALL: the replicas would keep what the owners lost.
+            return Some(Err(refused(&spec.name.to_ascii_uppercase())));
+        }
+        let routes: Vec<Route> = resolved
+            .keys
+            .iter()
+            .map(|i| router.resolver.resolve(&request.args[*i]))
+            .collect();
+        if !routes
+            .iter()
+            .any(|r| router.resolver.replication(r).is_some())
+        {
+            return None;
+        }
+        if let Some(t) = &mut self.transaction {
+            t.aborted = true;
+            return Some(Err(refused("a write queued in MULTI")));
+        }
+        if routes.iter().any(|r| r.migration.is_some()) {
+            return Some(Err(stop(
+                "TRYAGAIN redis-fleet: this key's range is being migrated, and replicated ranges \
+                 do not move yet (docs/replication.md); retry",
+            )));
+        }
+        let keys: Vec<Bytes> = resolved
+            .keys
+            .iter()
+            .map(|i| request.args[*i].clone())
+            .collect();
+        let category = routes[0].category;
+        let result = match spec.kind {
+            Kind::SingleKey | Kind::SameInstance => {
+                let target = routes[0].target;
+                if routes.iter().any(|r| r.target != target) {
+                    return Some(Ok(Pending::Ready(error_reply(&format!(
+                        "CROSSINSTANCE the keys of this {} command live on different instances",
+                        spec.name.to_ascii_uppercase()
+                    )))));
+                }
+                let cmds = match ttl_action(
+                    router,
+                    spec,
+                    &request.args,
+                    routes.iter().map(|r| r.category),
+                ) {
+                    TtlAction::Unchanged => vec![request.args.clone()],
+                    TtlAction::Replace(args) => vec![args],
+                    TtlAction::Append(extra) => {
+                        let mut c = vec![request.args.clone()];
+                        c.extend(extra);
+                        c
+                    }
+                    TtlAction::Refuse(text) => return Some(Ok(Pending::Ready(error_reply(&text)))),
+                };
+                Box::pin(self.write_replicated(router, target, &keys, &routes, cmds)).await
+            }
+            Kind::MultiKey(split) => {
+                Box::pin(self.split_replicated(router, request, split, resolved, &routes)).await
+            }
+            Kind::Script => Err(refused("a script")),
+            Kind::Blocking => Err(refused("a blocking write")),
+            _ => Err(refused(&spec.name.to_ascii_uppercase())),
+        };
+        Some(result.map(|reply| {
+            let m = &router.categories[usize::from(category)];
+            m.commands.inc();
+            if reply.first() == Some(&b'-') {
+                m.errors.inc();
+            }
+            Pending::Ready(reply)
+        }))
+    }
+
+    /// MSET / DEL / UNLINK: one write per instance, each replicated; the replies merged.
+    async fn split_replicated(
+        &mut self,
+        router: &Arc<Router>,
+        request: &Request,
+        split: Split,
+        resolved: &Resolved,
+        routes: &[Route],
+    ) -> Result<Bytes, Interrupt> {
+        let per_key = if split == Split::Mset { 2 } else { 1 };
+        let mut groups: BTreeMap<InstanceId, Vec<usize>> = BTreeMap::new();
+        for (n, r) in routes.iter().enumerate() {
+            groups.entry(r.target).or_default().push(n);
+        }
+        let mut sum = 0i64;
+        for (target, members) in groups {
+            let mut cmd = vec![request.args[0].clone()];
+            for &n in &members {
+                let at = resolved.keys[n];
+                cmd.extend(request.args[at..at + per_key].iter().cloned());
+            }
+            let group_keys: Vec<Bytes> = members
+                .iter()
+                .map(|&n| request.args[resolved.keys[n]].clone())
+                .collect();
+            let group_routes: Vec<Route> = members.iter().map(|&n| routes[n]).collect();
+            let mut cmds = vec![cmd];
+            if split == Split::Mset {
+                for (key, route) in group_keys.iter().zip(&group_routes) {
+                    let rules = &router.resolver.categories()[usize::from(route.category)].ttl;
+                    cmds.extend(super::super::ttl::default_expiry(rules, key));
+                }
+            }
+            let reply = self
+                .write_replicated(router, target, &group_keys, &group_routes, cmds)
+                .await?;
+            match parse(&reply) {
+                Ok(Frame::Integer(n)) => sum += n,
+                Ok(Frame::Error(_)) | Err(_) => return Ok(reply),
+                Ok(_) => {}
+            }
+        }
+        Ok(match split {
+            Split::Mset => Frame::ok().to_bytes(),
+            _ => encode(&Frame::Integer(sum)),
+        })
+    }
+
+    /// Runs `cmds` on `target` through the write script, then hands each written key's state to
+    /// its slot's replica; returns the client's reply.
+    async fn write_replicated(
+        &mut self,
+        router: &Arc<Router>,
+        target: InstanceId,
+        keys: &[Bytes],
+        routes: &[Route],
+        cmds: Vec<Vec<Bytes>>,
+    ) -> Result<Bytes, Interrupt> {
+        let policy = router.policy().to_owned();
+        let mut by_body = false;
+        let written = loop {
+            let args = replica::write_command(&policy, keys, &cmds, by_body);
+            let reply = self.call(router, target, bundle(&[args]), 1).await?.first();
+            if reply.starts_with(b"-NOSCRIPT") && !by_body {
+                by_body = true;
+                continue;
+            }
+            let frame = match parse(&reply) {
+                Ok(f) => f,
+                Err(e) => return Ok(e),
+            };
+            match replica::parse_written(frame, keys) {
+                Ok(w) => break w,
+                Err(WriteError::NotWriter) => {
+                    return Err(stop(&format!(
+                        "TRYAGAIN redis-fleet: {} is not a writer of this replicated category \
+                         yet (nothing ran); retry",
+                        router.resolver.instance_name(target)
+                    )));
+                }
+                Err(WriteError::Failed(e)) => return Ok(encode(&Frame::Error(e))),
+                Err(e @ WriteError::Malformed(_)) => return Err(stop(&format!("ERR {e}"))),
+            }
+        };
+        let answered = Instant::now();
+        let reply = encode(&written.reply);
+        for part in for_replicas(router, target, routes, &written) {
+            let name = router.resolver.instance_name(part.replica).to_owned();
+            if part.sync {
+                if let Err(why) = apply_now(router, self.lane(), &policy, &part, answered).await {
+                    part.metrics.replica_failures.inc();
+                    return Err(stop(&format!(
+                        "TRYAGAIN redis-fleet: the write ran, but its replica {name} did not \
+                         take it ({why}); retry"
+                    )));
+                }
+                part.metrics.replicated.inc();
+            } else {
+                apply_later(router, self.lane(), &policy, part, answered, self.backlog());
+            }
+        }
+        Ok(reply)
+    }
+
+    fn backlog(&self) -> prometheus_client::metrics::gauge::Gauge {
+        self.shared.metrics.replication_backlog.clone()
+    }
+}
+
+/// The parts of `written` each replica takes: the keys whose category replicates and whose
+/// slot has a replica other than the target.
+fn for_replicas(
+    router: &Router,
+    target: InstanceId,
+    routes: &[Route],
+    written: &Written,
+) -> Vec<ForReplica> {
+    let mut parts: Vec<ForReplica> = Vec::new();
+    for (route, state) in routes.iter().zip(&written.states) {
+        let Some((mode, Some(replica))) = router.resolver.replication(route) else {
+            continue;
+        };
+        if replica == target {
+            continue;
+        }
+        let sync = mode == ReplicationMode::Sync;
+        match parts.iter_mut().find(|p| p.replica == replica) {
+            Some(p) => {
+                p.sync |= sync;
+                p.written.states.push(state.clone());
+            }
+            None => parts.push(ForReplica {
+                replica,
+                sync,
+                written: Written {
+                    reply: Frame::Null,
+                    version: written.version,
+                    states: vec![state.clone()],
+                },
+                metrics: router.categories[usize::from(route.category)].clone(),
+            }),
+        }
+    }
+    parts
+}
+
+/// Sends the apply of `part` to its replica; `Err` with the reason when the replica did not
+/// take all of it.
+async fn apply_now(
+    router: &Router,
+    lane: usize,
+    policy: &str,
+    part: &ForReplica,
+    answered: Instant,
+) -> Result<(), String> {
+    let mut by_body = false;
+    loop {
+        let args = replica::apply_command(policy, &part.written, answered.elapsed(), by_body);
+        let rx = router
+            .send(part.replica, lane, bundle(&[args]), 1)
+            .map_err(|e| String::from_utf8_lossy(&e.reply()).trim().to_owned())?;
+        let reply = rx
+            .await
+            .unwrap_or_else(|_| Err(lost()))
+            .map(Replies::first)
+            .map_err(|e: BackendError| String::from_utf8_lossy(&e.reply()).trim().to_owned())?;
+        if reply.starts_with(b"-NOSCRIPT") && !by_body {
+            by_body = true;
+            continue;
+        }
+        let frame = parse(&reply).map_err(|_| "an unreadable reply".to_owned())?;
+        let applied = replica::parse_applied(&frame)?;
+        part.metrics
+            .replication_lag
+            .observe(answered.elapsed().as_secs_f64());
+        return if applied.complete() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(applied.error.as_deref().unwrap_or_default()).into_owned())
+        };
+    }
+}
+
+/// Hands `part` to its replica in the background (an `async` category). The request is queued
+/// on the replica's connection now, so the results of one client reach it in order (the
+/// versions would sort them out anyway).
+fn apply_later(
+    router: &Arc<Router>,
+    lane: usize,
+    policy: &str,
+    part: ForReplica,
+    answered: Instant,
+    backlog: prometheus_client::metrics::gauge::Gauge,
+) {
+    if backlog.get() >= BACKLOG_LIMIT {
+        part.metrics.replica_failures.inc();
+        return;
+    }
+    let args = replica::apply_command(policy, &part.written, answered.elapsed(), false);
+    let first = router.send(part.replica, lane, bundle(&[args]), 1);
+    backlog.inc();
+    let router = router.clone();
+    let policy = policy.to_owned();
+    tokio::spawn(async move {
+        let sent = match first {
+            Ok(rx) => rx.await.unwrap_or_else(|_| Err(lost())).map(Replies::first),
+            Err(e) => Ok(e.reply()),
+        };
+        let done = match sent {
+            Ok(reply) if reply.starts_with(b"-NOSCRIPT") => {
+                apply_now(&router, lane, &policy, &part, answered).await
+            }
+            Ok(reply) => match parse(&reply)
+                .map_err(|_| "an unreadable reply".to_owned())
+                .and_then(|f| replica::parse_applied(&f))
+            {
+                Ok(applied) if applied.complete() => {
+                    part.metrics
+                        .replication_lag
+                        .observe(answered.elapsed().as_secs_f64());
+                    Ok(())
+                }
+                Ok(_) => Err("refused".to_owned()),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(String::from_utf8_lossy(&e.reply()).into_owned()),
+        };
+        match done {
+            Ok(()) => {
+                part.metrics.replicated.inc();
+            }
+            Err(why) => {
+                part.metrics.replica_failures.inc();
+                tracing::debug!(%why, "a replicated write's result did not reach its replica");
+            }
+        };
+        backlog.dec();
+    });
+}
