@@ -34,25 +34,16 @@ fn args(line: &str) -> Vec<Bytes> {
     line.split_whitespace().map(b).collect()
 }
 
-/// Raises the writer epoch of `conn`'s instance.
-fn raise_epoch(conn: &mut RawConn, epoch: u64) -> u64 {
-    let reply = conn.call_raw(&[
-        "EVAL",
-        replica::RAISE_EPOCH_SCRIPT,
-        "1",
-        &redis_fleet::redis::protocol::names::writer_epoch(POLICY),
-        &epoch.to_string(),
-    ]);
-    match frame(&reply) {
-        Frame::Integer(n) => u64::try_from(n).unwrap(),
-        other => panic!("raising the epoch answered {other:?}"),
-    }
-}
-
-/// Runs `command` on the writer through the write script, with `keys` as the keys it writes.
-fn write(conn: &mut RawConn, keys: &[&str], command: &str) -> Result<Written, WriteError> {
+/// Runs `command` on the writer through the write script, as routed there by table `table`,
+/// with `keys` as the keys it writes.
+fn write(
+    conn: &mut RawConn,
+    table: u64,
+    keys: &[&str],
+    command: &str,
+) -> Result<Written, WriteError> {
     let keys: Vec<Bytes> = keys.iter().map(|k| b(k)).collect();
-    let cmd = replica::write_command(POLICY, &keys, &[args(command)], true);
+    let cmd = replica::write_command(POLICY, table, &keys, &[args(command)], true);
     replica::parse_written(frame(&conn.call_raw(&cmd)), &keys)
 }
 
@@ -140,12 +131,11 @@ struct Pair {
     r: RawConn,
 }
 
-fn pair(epoch: u64) -> Pair {
+fn pair() -> Pair {
     let writer = RedisServer::start(RedisOptions::default());
     let replica = RedisServer::start(RedisOptions::default());
-    let mut w = RawConn::open(writer.port);
+    let w = RawConn::open(writer.port);
     let r = RawConn::open(replica.port);
-    raise_epoch(&mut w, epoch);
     Pair {
         w,
         r,
@@ -161,7 +151,7 @@ fn every_kind_of_write_reaches_the_replica_with_the_reply_redis_gives() {
         mut r,
         _writer,
         _replica,
-    } = pair(5);
+    } = pair();
     let reference_server = RedisServer::start(RedisOptions::default());
     let mut reference = RawConn::open(reference_server.port);
     // (the keys the command writes, the command), run in this order.
@@ -201,7 +191,7 @@ fn every_kind_of_write_reaches_the_replica_with_the_reply_redis_gives() {
     for (keys, command) in steps {
         all.extend(keys.iter());
         let expected = frame(&reference.call_raw(&args(command)));
-        let written = write(&mut w, keys, command).unwrap_or_else(|e| panic!("{command}: {e}"));
+        let written = write(&mut w, 5, keys, command).unwrap_or_else(|e| panic!("{command}: {e}"));
         assert_eq!(written.reply, expected, "{command}: the client's reply");
         let applied = apply(&mut r, &written, Duration::ZERO);
         assert_eq!(applied.failed, 0, "{command}: {applied:?}");
@@ -217,11 +207,11 @@ fn results_delivered_out_of_order_or_twice_leave_the_newest() {
         mut r,
         _writer,
         _replica,
-    } = pair(5);
-    let v1 = write(&mut w, &["k"], "SET k one").unwrap();
-    let v2 = write(&mut w, &["k"], "SET k two").unwrap();
-    let gone = write(&mut w, &["k"], "DEL k").unwrap();
-    let v3 = write(&mut w, &["j"], "SET j three").unwrap();
+    } = pair();
+    let v1 = write(&mut w, 5, &["k"], "SET k one").unwrap();
+    let v2 = write(&mut w, 5, &["k"], "SET k two").unwrap();
+    let gone = write(&mut w, 5, &["k"], "DEL k").unwrap();
+    let v3 = write(&mut w, 5, &["j"], "SET j three").unwrap();
     assert!(v1.version < v2.version && v2.version < gone.version);
     assert_eq!(gone.states[0].1, KeyState::Absent);
 
@@ -238,7 +228,7 @@ fn results_delivered_out_of_order_or_twice_leave_the_newest() {
     );
 
     // Newest last, then an older one and a repeat: the newest stays.
-    let again = write(&mut w, &["k"], "SET k four").unwrap();
+    let again = write(&mut w, 5, &["k"], "SET k four").unwrap();
     apply(&mut r, &v1, Duration::ZERO);
     apply(&mut r, &again, Duration::ZERO);
     apply(&mut r, &v2, Duration::ZERO);
@@ -254,20 +244,19 @@ fn a_promoted_replica_outranks_late_results_of_the_writer_before_it() {
         mut r,
         _writer,
         _replica,
-    } = pair(3);
+    } = pair();
     // The owner wrote a lot under epoch 3; the last results are still in flight when it dies.
     let mut late = Vec::new();
     for i in 0..500 {
-        let written = write(&mut w, &["session:7"], &format!("SET session:7 v{i}")).unwrap();
+        let written = write(&mut w, 3, &["session:7"], &format!("SET session:7 v{i}")).unwrap();
         if i < 400 {
             apply(&mut r, &written, Duration::ZERO);
         } else {
             late.push(written);
         }
     }
-    // Failover table 10: the operator makes the replica a writer, it takes writes.
-    assert_eq!(raise_epoch(&mut r, 10), 10);
-    let outage = write(&mut r, &["session:7"], "SET session:7 outage").unwrap();
+    // Failover table 10 routes the range to the replica: it takes writes.
+    let outage = write(&mut r, 10, &["session:7"], "SET session:7 outage").unwrap();
     assert_eq!(outage.version.epoch, 10);
     // The old owner's late results arrive afterwards: every one is older.
     for written in &late {
@@ -289,21 +278,31 @@ fn a_promoted_replica_outranks_late_results_of_the_writer_before_it() {
         ..outage.clone()
     };
     apply(&mut w, &home, Duration::ZERO);
-    assert_eq!(raise_epoch(&mut w, 14), 14);
-    // An epoch never goes down (a late or repeated raise changes nothing).
-    assert_eq!(raise_epoch(&mut w, 9), 14);
-    let back = write(&mut w, &["session:7"], "APPEND session:7 +home").unwrap();
+    let back = write(&mut w, 14, &["session:7"], "APPEND session:7 +home").unwrap();
     assert_eq!(back.reply, Frame::Integer(11));
+    assert_eq!(back.version.epoch, 14);
     assert_eq!(apply(&mut r, &back, Duration::ZERO).applied, 1);
     assert_same(&mut w, &mut r, &["session:7"], "after failback");
 }
 
 #[test]
-fn an_instance_that_is_no_writer_runs_nothing() {
-    let server = RedisServer::start(RedisOptions::default());
+fn a_writers_versions_keep_rising_across_older_tables_and_a_restart() {
+    let mut server = RedisServer::start(RedisOptions::default());
     let mut c = RawConn::open(server.port);
-    assert_eq!(write(&mut c, &["k"], "SET k v"), Err(WriteError::NotWriter));
-    assert_eq!(dump(&mut c, "k"), None, "the command ran without a version");
+    let first = write(&mut c, 7, &["k"], "SET k 1").unwrap().version;
+    assert_eq!(first.epoch, 7);
+    // A straggler on an older table: its result is still newer (the epoch never goes down).
+    let straggler = write(&mut c, 5, &["k"], "SET k 2").unwrap().version;
+    assert!(straggler > first && straggler.epoch == 7, "{straggler:?}");
+    // The instance restarts empty (its epoch and counter are gone) and the same table routes
+    // writes to it again: their results must still outrank the ones from before.
+    server.restart();
+    let mut c = RawConn::open(server.port);
+    let after = write(&mut c, 7, &["k"], "SET k 3").unwrap().version;
+    assert!(
+        after > straggler,
+        "{after:?} after a restart is not newer than {straggler:?}"
+    );
 }
 
 #[test]
@@ -313,8 +312,8 @@ fn a_ttl_is_never_extended_by_the_trip() {
         mut r,
         _writer,
         _replica,
-    } = pair(2);
-    let written = write(&mut w, &["t"], "SET t v PX 5000").unwrap();
+    } = pair();
+    let written = write(&mut w, 2, &["t"], "SET t v PX 5000").unwrap();
     apply(&mut r, &written, Duration::from_millis(1_500));
     let left = pttl(&mut r, "t");
     assert!(
@@ -322,7 +321,7 @@ fn a_ttl_is_never_extended_by_the_trip() {
         "held 1.5 s of a 5 s TTL, the replica has {left} ms"
     );
     // Held longer than the key had to live: it has expired on the writer by now.
-    let short = write(&mut w, &["u"], "SET u v PX 200").unwrap();
+    let short = write(&mut w, 2, &["u"], "SET u v PX 200").unwrap();
     let a = apply(&mut r, &short, Duration::from_millis(300));
     assert_eq!(a.applied, 1);
     assert_eq!(dump(&mut r, "u"), None);
@@ -335,7 +334,7 @@ fn a_replica_that_cannot_take_a_result_records_nothing_and_takes_it_later() {
         mut r,
         _writer,
         _replica,
-    } = pair(4);
+    } = pair();
     // The replica is over its maxmemory and evicts nothing: writes that add data are refused.
     let big = "x".repeat(64 * 1024);
     for i in 0..16 {
@@ -343,7 +342,7 @@ fn a_replica_that_cannot_take_a_result_records_nothing_and_takes_it_later() {
     }
     r.cmd("CONFIG SET maxmemory-policy noeviction");
     r.cmd("CONFIG SET maxmemory 100000");
-    let written = write(&mut w, &["k"], &format!("SET k {big}")).unwrap();
+    let written = write(&mut w, 4, &["k"], &format!("SET k {big}")).unwrap();
     let a = apply(&mut r, &written, Duration::ZERO);
     assert_eq!((a.applied, a.failed), (0, 1), "{a:?}");
     assert!(!a.complete());
@@ -385,7 +384,6 @@ fn concurrent_writers_and_shuffled_deliveries_converge() {
     const OPS: u64 = 400;
     let writer = RedisServer::start(RedisOptions::default());
     let replica_server = RedisServer::start(RedisOptions::default());
-    raise_epoch(&mut RawConn::open(writer.port), 8);
     let keys = ["k0", "k1", "k2", "k3", "{t}a", "{t}b"];
     let (tx, rx) = mpsc::channel::<(Written, Instant)>();
     let rx = Arc::new(Mutex::new(rx));
@@ -447,7 +445,7 @@ fn concurrent_writers_and_shuffled_deliveries_converge() {
                         7 => (vec![k], format!("EXPIRE {k} 90")),
                         _ => (vec!["{t}a", "{t}b"], "RENAME {t}a {t}b".to_owned()),
                     };
-                    let written = write(&mut w, &written_keys, &command)
+                    let written = write(&mut w, 8, &written_keys, &command)
                         .unwrap_or_else(|e| panic!("{command}: {e}"));
                     tx.send((written, Instant::now())).unwrap();
                 }
@@ -514,19 +512,6 @@ fn replicated_table(
     )
 }
 
-/// The fleet's own epoch key, as the operator will raise it (`docs/replication.md`).
-fn raise_epoch_on(server: &RedisServer, epoch: u64) {
-    let mut c = RawConn::open(server.port);
-    let reply = c.call_raw(&[
-        "EVAL",
-        replica::RAISE_EPOCH_SCRIPT,
-        "1",
-        &redis_fleet::redis::protocol::names::writer_epoch("test/test"),
-        &epoch.to_string(),
-    ]);
-    assert!(matches!(frame(&reply), Frame::Integer(_)), "{reply:?}");
-}
-
 fn text(f: &Frame) -> String {
     match f {
         Frame::Error(e) | Frame::Simple(e) | Frame::Bulk(e) => String::from_utf8_lossy(e).into(),
@@ -540,7 +525,6 @@ fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
         RedisServer::start(RedisOptions::default()),
         RedisServer::start(RedisOptions::default()),
     );
-    raise_epoch_on(&a, 1);
     let sidecar = Sidecar::start(&replicated_table(&a, &b, 1, ReplicationMode::Sync), &[]);
     let mut c = RawConn::open(sidecar.port);
     let (mut on_a, mut on_b) = (RawConn::open(a.port), RawConn::open(b.port));
@@ -613,27 +597,11 @@ fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
 }
 
 #[test]
-fn an_instance_without_an_epoch_is_asked_again_not_written_unreplicated() {
-    let (a, b) = (
-        RedisServer::start(RedisOptions::default()),
-        RedisServer::start(RedisOptions::default()),
-    );
-    let sidecar = Sidecar::start(&replicated_table(&a, &b, 1, ReplicationMode::Sync), &[]);
-    let mut c = RawConn::open(sidecar.port);
-    let reply = frame(&c.call_raw(&args("SET auth:1 x")));
-    assert!(text(&reply).starts_with("TRYAGAIN"), "{reply:?}");
-    assert_eq!(dump(&mut RawConn::open(a.port), "auth:1"), None);
-    raise_epoch_on(&a, 1);
-    assert_eq!(frame(&c.call_raw(&args("SET auth:1 x"))), Frame::ok());
-}
-
-#[test]
 fn async_writes_reach_the_replica_and_report_their_lag() {
     let (a, b) = (
         RedisServer::start(RedisOptions::default()),
         RedisServer::start(RedisOptions::default()),
     );
-    raise_epoch_on(&a, 1);
     let sidecar = Sidecar::start(&replicated_table(&a, &b, 1, ReplicationMode::Async), &[]);
     let mut c = RawConn::open(sidecar.port);
     let keys: Vec<String> = (0..300).map(|i| format!("auth:{i}")).collect();
@@ -682,7 +650,6 @@ fn async_writes_reach_the_replica_and_report_their_lag() {
 fn after_the_owner_is_killed_every_acknowledged_sync_write_is_served_by_the_replica() {
     let mut a = RedisServer::start(RedisOptions::default());
     let b = RedisServer::start(RedisOptions::default());
-    raise_epoch_on(&a, 1);
     let v1 = replicated_table(&a, &b, 1, ReplicationMode::Sync);
     let sidecar = Sidecar::start(&v1, &[]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -722,9 +689,7 @@ fn after_the_owner_is_killed_every_acknowledged_sync_write_is_served_by_the_repl
     // lost): the writes in flight then have no known outcome.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let histories: Vec<History> = clients.into_iter().map(|t| t.join().unwrap()).collect();
-    // The operator's part: the replica becomes the writer at the failover table's version,
-    // then that table is published.
-    raise_epoch_on(&b, 2);
+    // The failover table routes the category to its replica.
     let mut v2 = v1.clone();
     v2.version = 2;
     v2.failover.push(Failover {

@@ -396,7 +396,11 @@ mod tests {
             r.replication(&r.route(0, 9000)),
             Some((ReplicationMode::Sync, None))
         );
-        assert_eq!(r.replication(&r.route(1, 100)), None, "default replicates nothing");
+        assert_eq!(
+            r.replication(&r.route(1, 100)),
+            None,
+            "default replicates nothing"
+        );
 
         // Runs out of order, overlapping, or naming an unknown instance are refused.
         for bad in [

@@ -5,10 +5,13 @@
 //! the replica with an older state than the writer's.
 //!
 //! - [`WRITE_SCRIPT`] runs on the writer: it runs the client's command(s), gives the result a
-//!   version — *(epoch, counter)*: the writer's epoch, which the operator raises to the table
-//!   version that made it a writer, and the next value of the policy's counter on it — records
-//!   that version for each written key, and returns the reply with each key's state (`DUMP`
-//!   and `PTTL`). An instance without an epoch is not a writer: nothing runs.
+//!   version — *(epoch, counter)* — records that version for each written key, and returns the
+//!   reply with each key's state (`DUMP` and `PTTL`). The epoch is the highest routing table
+//!   version any sidecar wrote to this instance with (a table that routes a write here makes
+//!   the instance that range's writer, so a writer's epoch is never below the table that made
+//!   it one); the counter is the instance's clock in microseconds, or one more than the last
+//!   counter when the clock has not moved on — so it keeps rising across a restart that lost
+//!   the counter.
 //! - [`APPLY_SCRIPT`] runs on the replica: for each key whose recorded version is older than
 //!   the result's, it restores the state (`RESTORE … REPLACE`, the TTL less the time the result
 //!   was held, never extended) or deletes the key, and records the version; a result that is
@@ -18,15 +21,14 @@
 //! becomes a writer with a larger epoch, and its own writes must outrank a late result of the
 //! old writer that arrives afterwards.
 //!
-//! Nothing routes through these yet: the sidecar, the operator and the Job use them in the next
-//! steps of `docs/replication.md`.
+//! The sidecar runs them (`sidecar/session/replicated.rs`) for the categories its routing table
+//! replicates.
 
 use std::fmt;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::ConnectionLike;
 
 use super::names;
 use crate::redis::resp::Frame;
@@ -89,9 +91,6 @@ pub struct Written {
 /// Why [`WRITE_SCRIPT`] returned no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    /// The instance has no writer epoch for the policy: it is not a writer, nothing ran.
-    #[error("the instance is not a writer of replicated data (no epoch)")]
-    NotWriter,
     /// The script failed as a whole (`-NOSCRIPT`, `-OOM` before anything was written, a busy
     /// server): the reply says why.
     #[error("the write script failed: {}", String::from_utf8_lossy(.0))]
@@ -125,21 +124,30 @@ impl Applied {
 /// KEYS: the writer's epoch, the policy's counter, then for each written key its slot's
 /// applied-versions hash and the key. ARGV: the commands, as the guard takes them (their
 /// count, then each one's length and arguments; the first one's reply is the client's;
-/// `PEXPIRE … NX / GT` of the TTL rules runs on any version, as in the guard).
-/// Replies `{epoch, counter, reply, (DUMP, PTTL) per key}`, or `-REDISFLEET-NOEPOCH` without
-/// running anything.
+/// `PEXPIRE … NX / GT` of the TTL rules runs on any version, as in the guard), then the
+/// sidecar's table version. Replies `{epoch, counter, reply, (DUMP, PTTL) per key}`.
+///
+/// The epoch and the counter are written after the commands: on an instance above `maxmemory`
+/// a command refused there leaves the script nothing to write, and its error is the reply.
 pub const WRITE_SCRIPT: &str = concat!(
     r"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  return {err = 'REDISFLEET-NOEPOCH this instance is not a writer of replicated data (redis-fleet)'}
-end
+local epoch = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[#ARGV])
 ",
     run_commands!(),
     r"
-local counter = redis.call('INCR', KEYS[2])
-local version = epoch .. ':' .. counter
-local out = {epoch, counter, first}
+if floor > epoch then
+  epoch = floor
+  redis.call('SET', KEYS[1], ARGV[#ARGV])
+end
+local t = redis.call('TIME')
+local counter = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if counter <= last then counter = last + 1 end
+local e, c = string.format('%.0f', epoch), string.format('%.0f', counter)
+redis.call('SET', KEYS[2], c)
+local version = e .. ':' .. c
+local out = {e, c, first}
 for i = 3, #KEYS, 2 do
   redis.call('HSET', KEYS[i], KEYS[i + 1], version)
   out[#out + 1] = redis.call('DUMP', KEYS[i + 1])
@@ -191,20 +199,6 @@ end
 return {applied, ignored, failed, first}
 ";
 
-/// KEYS: the writer's epoch. ARGV: the epoch. Raises the epoch (it never goes down) and returns
-/// it.
-pub const RAISE_EPOCH_SCRIPT: &str = concat!(
-    oom_exempt!(),
-    r"
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > cur then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return tonumber(ARGV[1])
-end
-return cur
-"
-);
-
 fn sha(script: &'static str, cell: &'static OnceLock<String>) -> &'static str {
     cell.get_or_init(|| redis::Script::new(script).get_hash().to_owned())
 }
@@ -247,17 +241,19 @@ fn key_pairs<'a>(policy: &'a str, keys: impl Iterator<Item = &'a Bytes> + 'a) ->
 }
 
 /// `EVALSHA <write> …` (`EVAL` and the body when `by_body`, after a `NOSCRIPT`): runs
-/// `commands` on the writer and returns the state of `keys` — every key the commands may
-/// write — with the result's version. The reply is read by [`parse_written`].
+/// `commands` on the writer, routed there by table `version`, and returns the state of `keys`
+/// — every key the commands may write — with the result's version. The reply is read by
+/// [`parse_written`].
 pub fn write_command(
     policy: &str,
+    version: u64,
     keys: &[Bytes],
     commands: &[Vec<Bytes>],
     by_body: bool,
 ) -> Vec<Bytes> {
     let pairs = key_pairs(policy, keys.iter());
     let argc: usize = commands.iter().map(|c| c.len() + 1).sum();
-    let mut out = Vec::with_capacity(6 + pairs.len() + argc);
+    let mut out = Vec::with_capacity(7 + pairs.len() + argc);
     out.extend(script_head(WRITE_SCRIPT, write_sha(), by_body));
     out.push(Bytes::from((pairs.len() + 2).to_string()));
     out.push(Bytes::from(names::writer_epoch(policy)));
@@ -268,6 +264,7 @@ pub fn write_command(
         out.push(Bytes::from(c.len().to_string()));
         out.extend(c.iter().cloned());
     }
+    out.push(Bytes::from(version.to_string()));
     out
 }
 
@@ -275,9 +272,6 @@ pub fn write_command(
 pub fn parse_written(reply: Frame, keys: &[Bytes]) -> Result<Written, WriteError> {
     let items = match reply {
         Frame::Array(items) => items,
-        Frame::Error(e) if e.starts_with(b"REDISFLEET-NOEPOCH") => {
-            return Err(WriteError::NotWriter);
-        }
         Frame::Error(e) => return Err(WriteError::Failed(e)),
         other => return Err(WriteError::Malformed(format!("{other:?}"))),
     };
@@ -382,22 +376,6 @@ pub fn parse_applied(reply: &Frame) -> Result<Applied, String> {
     })
 }
 
-/// Raises the writer epoch of `policy` on one instance to at least `epoch` (the operator does,
-/// before it publishes the table that makes the instance a writer); returns the epoch now.
-pub async fn raise_epoch(
-    conn: &mut (impl ConnectionLike + Send),
-    policy: &str,
-    epoch: u64,
-) -> redis::RedisResult<u64> {
-    static RAISE: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(RAISE_EPOCH_SCRIPT));
-    RAISE
-        .key(names::writer_epoch(policy))
-        .arg(epoch)
-        .invoke_async(conn)
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,13 +470,6 @@ mod tests {
     #[test]
     fn refused_and_malformed_write_replies_are_errors() {
         let keys = [Bytes::from_static(b"a")];
-        assert_eq!(
-            parse_written(
-                Frame::Error(Bytes::from_static(b"REDISFLEET-NOEPOCH no")),
-                &keys
-            ),
-            Err(WriteError::NotWriter)
-        );
         assert!(matches!(
             parse_written(Frame::Error(Bytes::from_static(b"NOSCRIPT x")), &keys),
             Err(WriteError::Failed(_))

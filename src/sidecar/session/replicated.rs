@@ -197,7 +197,7 @@ impl Client {
         let policy = router.policy().to_owned();
         let mut by_body = false;
         let written = loop {
-            let args = replica::write_command(&policy, keys, &cmds, by_body);
+            let args = replica::write_command(&policy, router.version(), keys, &cmds, by_body);
             let reply = self.call(router, target, bundle(&[args]), 1).await?.first();
             if reply.starts_with(b"-NOSCRIPT") && !by_body {
                 by_body = true;
@@ -209,13 +209,6 @@ impl Client {
             };
             match replica::parse_written(frame, keys) {
                 Ok(w) => break w,
-                Err(WriteError::NotWriter) => {
-                    return Err(stop(&format!(
-                        "TRYAGAIN redis-fleet: {} is not a writer of this replicated category \
-                         yet (nothing ran); retry",
-                        router.resolver.instance_name(target)
-                    )));
-                }
                 Err(WriteError::Failed(e)) => return Ok(encode(&Frame::Error(e))),
                 Err(e @ WriteError::Malformed(_)) => return Err(stop(&format!("ERR {e}"))),
             }
