@@ -258,6 +258,16 @@ fn a_promoted_replica_outranks_late_results_of_the_writer_before_it() {
     // Failover table 10 routes the range to the replica: it takes writes.
     let outage = write(&mut r, 10, &["session:7"], "SET session:7 outage").unwrap();
     assert_eq!(outage.version.epoch, 10);
+    // Table 10 still routes another slot to the old owner (say no fallback had room for it),
+    // and a sidecar still on table 9 writes session:7 there a moment later (its reply will be
+    // withheld, but the result may still reach the replica): the old owner saw table 10, yet
+    // not for this slot, so this late result is older too.
+    write(&mut w, 10, &["menu:1"], "SET menu:1 x").unwrap();
+    assert_ne!(
+        redis_fleet::routing::slots::key_slot(b"menu:1"),
+        redis_fleet::routing::slots::key_slot(b"session:7")
+    );
+    late.push(write(&mut w, 9, &["session:7"], "SET session:7 after").unwrap());
     // The old owner's late results arrive afterwards: every one is older.
     for written in &late {
         let a = apply(&mut r, written, Duration::ZERO);

@@ -75,8 +75,9 @@ pub fn checkpoint_prefix(policy: &str) -> String {
     format!("redisfleet:checkpoint:{policy}:")
 }
 
-/// String: the writer epoch of an instance for `policy`'s replicated categories — the highest
-/// table version a sidecar wrote to it with (see `replica.rs`).
+/// Hash: slot → the writer epoch of an instance for that slot of `policy`'s replicated
+/// categories — the highest table version a sidecar wrote the slot to it with (see
+/// `replica.rs`).
 pub fn writer_epoch(policy: &str) -> String {
     format!("redisfleet:writer-epoch:{policy}")
 }

@@ -6,10 +6,11 @@
 //!
 //! - [`WRITE_SCRIPT`] runs on the writer: it runs the client's command(s), gives the result a
 //!   version — *(epoch, counter)* — records that version for each written key, and returns the
-//!   reply with each key's state (`DUMP` and `PTTL`). The epoch is the highest routing table
-//!   version any sidecar wrote to this instance with (a table that routes a write here makes
-//!   the instance that range's writer, so a writer's epoch is never below the table that made
-//!   it one); the counter is the instance's clock in microseconds, or one more than the last
+//!   reply with each key's state (`DUMP` and `PTTL`). The epoch is, per slot, the highest
+//!   routing table version any sidecar wrote that slot here with (a table that routes a slot's
+//!   write here makes the instance that slot's writer, so a writer's epoch is never below the
+//!   table that made it one, and an instance the slot was taken from never sees a newer one);
+//!   the counter is the instance's clock in microseconds, or one more than the last
 //!   counter when the clock has not moved on — so it keeps rising across a restart that lost
 //!   the counter.
 //! - [`APPLY_SCRIPT`] runs on the replica: for each key whose recorded version is older than
@@ -125,26 +126,32 @@ impl Applied {
 /// applied-versions hash and the key. ARGV: the commands, as the guard takes them (their
 /// count, then each one's length and arguments; the first one's reply is the client's;
 /// `PEXPIRE … NX / GT` of the TTL rules runs on any version, as in the guard), then the
-/// sidecar's table version. Replies `{epoch, counter, reply, (DUMP, PTTL) per key}`.
+/// sidecar's table version and each written key's slot. Replies `{epoch, counter, reply,
+/// (DUMP, PTTL) per key}`.
 ///
 /// The epoch and the counter are written after the commands: on an instance above `maxmemory`
 /// a command refused there leaves the script nothing to write, and its error is the reply.
 pub const WRITE_SCRIPT: &str = concat!(
     r"
-local epoch = tonumber(redis.call('GET', KEYS[1]) or '0')
-local floor = tonumber(ARGV[#ARGV])
+local n = (#KEYS - 2) / 2
+local epoch = tonumber(ARGV[#ARGV - n])
+for i = 1, n do
+  local e = tonumber(redis.call('HGET', KEYS[1], ARGV[#ARGV - n + i]) or '0')
+  if e > epoch then epoch = e end
+end
+local e = string.format('%.0f', epoch)
+local slots = {unpack(ARGV, #ARGV - n + 1, #ARGV)}
 ",
     run_commands!(),
     r"
-if floor > epoch then
-  epoch = floor
-  redis.call('SET', KEYS[1], ARGV[#ARGV])
+for i = 1, n do
+  redis.call('HSET', KEYS[1], slots[i], e)
 end
 local t = redis.call('TIME')
 local counter = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 if counter <= last then counter = last + 1 end
-local e, c = string.format('%.0f', epoch), string.format('%.0f', counter)
+local c = string.format('%.0f', counter)
 redis.call('SET', KEYS[2], c)
 local version = e .. ':' .. c
 local out = {e, c, first}
@@ -265,6 +272,7 @@ pub fn write_command(
         out.extend(c.iter().cloned());
     }
     out.push(Bytes::from(version.to_string()));
+    out.extend(keys.iter().map(|k| Bytes::from(key_slot(k).to_string())));
     out
 }
 
