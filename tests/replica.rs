@@ -742,3 +742,127 @@ fn after_the_owner_is_killed_every_acknowledged_sync_write_is_served_by_the_repl
     assert_eq!(after, Frame::ok());
     eprintln!("{checked} keys checked, {acknowledged} with an acknowledged write");
 }
+
+/// The repair pass (`replica::repair`): a replica that missed results of every kind is made to
+/// hold the writer's state, while writes race it (their results delivered during and after
+/// the pass), without touching other categories or undoing a newer writer's results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_brings_the_replica_to_the_writers_state_without_undoing_racing_writes() {
+    use redis_fleet::routing::keyspace::Resolver;
+    use redis_fleet::routing::slots::SlotRange;
+    let Pair {
+        mut w,
+        mut r,
+        _writer: writer,
+        _replica: replica_server,
+    } = pair();
+    // In sync: 50 keys, and 5 000 more so that the pass takes a while.
+    for i in 0..50 {
+        let k = format!("auth:{i}");
+        let written = write(&mut w, 5, &[&k], &format!("SET {k} v{i}")).unwrap();
+        apply(&mut r, &written, Duration::ZERO);
+    }
+    for i in 0..5_000 {
+        let k = format!("auth:bulk{i}");
+        let written = write(&mut w, 5, &[&k], &format!("SET {k} {i}")).unwrap();
+        apply(&mut r, &written, Duration::ZERO);
+    }
+    // Missed: new keys, a delete, a newer value, data written before replication was on.
+    for i in 0..10 {
+        let k = format!("auth:new{i}");
+        write(&mut w, 5, &[&k], &format!("SADD {k} a b c")).unwrap();
+    }
+    for i in 0..5 {
+        let k = format!("auth:stale{i}");
+        let set = write(&mut w, 5, &[&k], &format!("SET {k} x")).unwrap();
+        apply(&mut r, &set, Duration::ZERO);
+        write(&mut w, 5, &[&k], &format!("DEL {k}")).unwrap();
+    }
+    let old = write(&mut w, 5, &["auth:old"], "SET auth:old 1").unwrap();
+    apply(&mut r, &old, Duration::ZERO);
+    write(&mut w, 5, &["auth:old"], "SET auth:old 2 EX 500").unwrap();
+    w.cmd("SET auth:legacy plain");
+    // Not the repaired category: left alone.
+    r.cmd("SET user:1 mine");
+    // The replica was the writer under a newer table for this key (a failover after table 5):
+    // a repair under table 5 must not undo it.
+    write(&mut w, 5, &["auth:newer"], "SET auth:newer from-w").unwrap();
+    write(&mut r, 9, &["auth:newer"], "SET auth:newer from-r").unwrap();
+
+    // Writes race the pass; a third of their results arrive only after it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let (stop, wp, rp) = (stop.clone(), writer.port, replica_server.port);
+        std::thread::spawn(move || {
+            let (mut w, mut r) = (RawConn::open(wp), RawConn::open(rp));
+            let mut held = Vec::new();
+            let mut i = 0u64;
+            // Until the pass is over, and at least 300 writes.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 300 {
+                i += 1;
+                let k = format!("auth:race{}", i % 20);
+                let written = write(&mut w, 5, &[&k], &format!("INCR {k}")).unwrap();
+                if i % 3 == 0 {
+                    held.push(written);
+                } else {
+                    apply(&mut r, &written, Duration::ZERO);
+                }
+            }
+            held
+        })
+    };
+    let table = replicated_table(&writer, &replica_server, 5, ReplicationMode::Async);
+    let resolver = Resolver::new(table).unwrap();
+    let auth = resolver.category_of(b"auth:");
+    let mut wc = writer
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut rc = replica_server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let repaired = replica::repair(
+        &mut wc,
+        &mut rc,
+        &resolver,
+        auth,
+        &[SlotRange::new(0, 16383)],
+        POLICY,
+        5,
+    )
+    .await
+    .unwrap();
+    let racing = value(&mut w, "auth:race1");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    eprintln!("auth:race1 when the pass ended: {racing:?}");
+    for written in racer.join().unwrap() {
+        apply(&mut r, &written, Duration::ZERO);
+    }
+    eprintln!("{repaired:?}");
+    assert_eq!(repaired.failed, 0);
+    assert!(
+        repaired.kept >= 1,
+        "the newer writer's key was not kept: {repaired:?}"
+    );
+
+    let mut keys: Vec<String> = (0..50).map(|i| format!("auth:{i}")).collect();
+    keys.extend((0..10).map(|i| format!("auth:new{i}")));
+    keys.extend((0..5).map(|i| format!("auth:stale{i}")));
+    keys.extend((0..20).map(|i| format!("auth:race{i}")));
+    keys.extend((0..5_000).step_by(50).map(|i| format!("auth:bulk{i}")));
+    keys.extend(["auth:old".to_owned(), "auth:legacy".to_owned()]);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    assert_same(&mut w, &mut r, &keys, "after the repair");
+    assert_eq!(
+        value(&mut r, "auth:newer").as_deref(),
+        Some("string [\"from-r\"]"),
+        "a repair under an older table undid a newer writer's result"
+    );
+    assert_eq!(
+        value(&mut r, "user:1").as_deref(),
+        Some("string [\"mine\"]")
+    );
+}

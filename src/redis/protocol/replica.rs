@@ -30,6 +30,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
+use redis::aio::ConnectionLike;
 
 use super::names;
 use crate::redis::resp::Frame;
@@ -144,6 +145,8 @@ local slots = {unpack(ARGV, #ARGV - n + 1, #ARGV)}
 ",
     run_commands!(),
     r"
+-- No command (a repair reads the state only): the reply slot must not be a hole.
+if first == nil then first = false end
 for i = 1, n do
   redis.call('HSET', KEYS[1], slots[i], e)
 end
@@ -382,6 +385,112 @@ pub fn parse_applied(reply: &Frame) -> Result<Applied, String> {
         failed: n(2)?,
         error,
     })
+}
+
+/// What a repair pass did ([`repair`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Keys looked at (on the writer, then on the replica; a key on both counts twice).
+    pub keys: u64,
+    /// Keys whose state the replica took from the writer.
+    pub applied: u64,
+    /// Keys the replica already had a newer result for (a write raced the pass).
+    pub kept: u64,
+    /// Keys the replica could not take (`-OOM`, an unreadable payload).
+    pub failed: u64,
+}
+
+/// Makes `replica` hold what `writer` holds for the keys of `category` in `ranges`: present
+/// keys with their value and TTL, and keys only the replica has deleted — the seeding of a new
+/// replica, and the repair of one that missed results (an `async` backlog dropped, a replica
+/// that was down). Each batch's state is read with a fresh version in one script on the
+/// writer, under table `version` (the table that makes `writer` the ranges' writer), and
+/// applied by the ordinary rule: a write that races the pass is newer and is never undone, and
+/// a newer writer's results (a table after `version` moved the range) are never overwritten.
+#[allow(clippy::too_many_arguments)]
+pub async fn repair(
+    writer: &mut (impl ConnectionLike + Send),
+    replica_conn: &mut (impl ConnectionLike + Send),
+    resolver: &crate::routing::keyspace::Resolver,
+    category: crate::routing::keyspace::CategoryId,
+    ranges: &[crate::routing::slots::SlotRange],
+    policy: &str,
+    version: u64,
+) -> redis::RedisResult<Repaired> {
+    use crate::redis::keys::RangeScan;
+    let mut done = Repaired::default();
+    for side in 0..2 {
+        let mut scan = RangeScan::new(resolver, category, ranges);
+        loop {
+            let batch = if side == 0 {
+                scan.next_batch(writer).await?
+            } else {
+                scan.next_batch(replica_conn).await?
+            };
+            let Some(batch) = batch else { break };
+            for chunk in batch.chunks(100) {
+                let keys: Vec<Bytes> = chunk.iter().map(|k| Bytes::from(k.clone())).collect();
+                let written = query(writer, write_command(policy, version, &keys, &[], true))
+                    .await
+                    .and_then(|f| {
+                        parse_written(f, &keys).map_err(|e| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Client,
+                                "the write script",
+                                e.to_string(),
+                            ))
+                        })
+                    })?;
+                let read_at = std::time::Instant::now();
+                let applied = query(
+                    replica_conn,
+                    apply_command(policy, &written, read_at.elapsed(), true),
+                )
+                .await
+                .and_then(|f| {
+                    parse_applied(&f).map_err(|e| {
+                        redis::RedisError::from((redis::ErrorKind::Client, "the apply script", e))
+                    })
+                })?;
+                done.keys += keys.len() as u64;
+                done.applied += applied.applied;
+                done.kept += applied.ignored;
+                done.failed += applied.failed;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Sends `args` and reads the reply as a [`Frame`].
+async fn query(
+    conn: &mut (impl ConnectionLike + Send),
+    args: Vec<Bytes>,
+) -> redis::RedisResult<Frame> {
+    let mut cmd = redis::cmd(std::str::from_utf8(&args[0]).unwrap_or("EVAL"));
+    for a in &args[1..] {
+        cmd.arg(a.as_ref());
+    }
+    let value: redis::Value = cmd.query_async(conn).await?;
+    Ok(to_frame(value))
+}
+
+/// The [`Frame`] of a `redis` crate reply (RESP2 shapes only: the scripts' replies).
+fn to_frame(value: redis::Value) -> Frame {
+    match value {
+        redis::Value::Nil => Frame::Null,
+        redis::Value::Int(n) => Frame::Integer(n),
+        redis::Value::BulkString(b) => Frame::Bulk(Bytes::from(b)),
+        redis::Value::SimpleString(s) => Frame::Simple(Bytes::from(s)),
+        redis::Value::Okay => Frame::ok(),
+        redis::Value::Array(items) => Frame::Array(items.into_iter().map(to_frame).collect()),
+        redis::Value::ServerError(e) => Frame::Error(Bytes::from(format!(
+            "{} {}",
+            e.code(),
+            e.details().unwrap_or_default()
+        ))),
+        other => Frame::Error(Bytes::from(format!("unexpected reply {other:?}"))),
+    }
 }
 
 #[cfg(test)]
