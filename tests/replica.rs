@@ -802,7 +802,7 @@ async fn a_repair_brings_the_replica_to_the_writers_state_without_undoing_racing
                 i += 1;
                 let k = format!("auth:race{}", i % 20);
                 let written = write(&mut w, 5, &[&k], &format!("INCR {k}")).unwrap();
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     held.push(written);
                 } else {
                     apply(&mut r, &written, Duration::ZERO);
