@@ -64,6 +64,31 @@ wait_port "$side_port"
 idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$side_pid/status")
 idle_file=$(awk '/RssFile/ {print $2}' "/proc/$side_pid/status")
 
+# Replication (docs/replication.md): the same category replicated onto a second redis-server,
+# async and sync, each through a sidecar of its own, measured beside the unreplicated sidecar.
+replica_port=$(port)
+redis-server --port "$replica_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+  --maxmemory 1gb --logfile "$work/replica.log" &
+pids+=($!)
+wait_port "$replica_port"
+declare -A rep_port rep_pid
+for mode in async sync; do
+  cat > "$work/routing-$mode.json" <<EOF
+{"schemaVersion":1,"version":1,"policy":"bench/bench",
+ "instances":{"redis":{"host":"127.0.0.1","port":$redis_port},
+              "replica":{"host":"127.0.0.1","port":$replica_port}},
+ "categories":[{"name":"default","slots":[[0,16383,"redis"]],
+   "replication":{"mode":"$mode","replicas":[[0,16383,"replica"]]}}]}
+EOF
+  rep_port[$mode]=$(port)
+  RUST_LOG=warn "$bin" sidecar --routing-file "$work/routing-$mode.json" \
+    --listen "127.0.0.1:${rep_port[$mode]}" --metrics-addr "127.0.0.1:$(port)" --id "bench-$mode" \
+    > "$work/sidecar-$mode.log" 2>&1 &
+  rep_pid[$mode]=$!
+  pids+=($!)
+  wait_port "${rep_port[$mode]}"
+done
+
 # REDIS_FLEET_BASELINE_BIN=<another redis-fleet binary>: its sidecar is measured in the same
 # run (the "before" columns), so that a change is judged side by side on the same noise.
 base_pid=0
@@ -150,6 +175,37 @@ if [ "$base_pid" != 0 ]; then
     done
   done
 fi
+
+# Replication's cost, same run: writes pay the write script (and, for sync, the replica's
+# round trip before the reply); reads pay nothing.
+declare -A RR CR
+for t in set:1 set:16 get:1; do
+  IFS=: read -r cmd P <<<"$t"
+  read -r RR[off,$cmd,$P] CR[off,$cmd,$P] <<<"$(run "$side_port" "$cmd" "$P" "$CLIENTS" "$side_pid")"
+  for mode in async sync; do
+    read -r RR[$mode,$cmd,$P] CR[$mode,$cmd,$P] \
+      <<<"$(run "${rep_port[$mode]}" "$cmd" "$P" "$CLIENTS" "${rep_pid[$mode]}")"
+  done
+done
+printf '\nreplication (one category, its replica on a second redis-server), %s clients, requests/s\n' "$CLIENTS"
+printf '%-10s %-4s %10s %10s %10s %9s %9s %9s %9s %9s\n' \
+  pipeline cmd off async sync async/off sync/off cpu-off cpu-async cpu-sync
+for t in set:1 set:16 get:1; do
+  IFS=: read -r cmd P <<<"$t"
+  o=${RR[off,$cmd,$P]}; a=${RR[async,$cmd,$P]}; y=${RR[sync,$cmd,$P]}
+  printf '%-10s %-4s %10.0f %10.0f %10.0f %9.2f %9.2f %9.2f %9.2f %9.2f\n' "-P $P" "$cmd" "$o" "$a" "$y" \
+    "$(echo "$a / $o" | bc -l)" "$(echo "$y / $o" | bc -l)" \
+    "${CR[off,$cmd,$P]}" "${CR[async,$cmd,$P]}" "${CR[sync,$cmd,$P]}"
+done
+read -r o50 o99 <<<"$(lat "$side_port" set)"
+read -r a50 a99 <<<"$(lat "${rep_port[async]}" set)"
+read -r y50 y99 <<<"$(lat "${rep_port[sync]}" set)"
+printf 'one client, SET: off p50 %.3f p99 %.3f ms; async p50 %.3f p99 %.3f ms; sync p50 %.3f p99 %.3f ms\n' \
+  "$o50" "$o99" "$a50" "$a99" "$y50" "$y99"
+for mode in async sync; do
+  printf '%s sidecar: RSS %.1f MB\n' "$mode" \
+    "$(echo "$(awk '/VmRSS/ {print $2}' "/proc/${rep_pid[$mode]}/status") / 1024" | bc -l)"
+done
 
 printf '\n'
 for resp in 2 3; do

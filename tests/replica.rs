@@ -592,6 +592,11 @@ fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
             "{refused:?}: {reply:?}"
         );
     }
+    let mut big = vec!["SADD".to_owned(), "auth:big".to_owned()];
+    big.extend((0..8_000).map(|i| i.to_string()));
+    let reply = frame(&c.call_raw(&big));
+    assert!(text(&reply).contains("split it"), "{reply:?}");
+    assert_eq!(dump(&mut on_a, "auth:big"), None);
     assert_eq!(dump(&mut on_a, "auth:s"), None);
     assert!(dump(&mut on_a, "auth:l").is_some(), "BLPOP popped");
     c.call_raw(&args("MULTI"));

@@ -652,14 +652,15 @@ impl Client {
         if let Kind::Transaction(t) = spec.kind {
             return Box::pin(self.transaction_command(t, request)).await;
         }
-        // Writes on replicated categories take their own path (`replicated.rs`); a table
-        // without any costs this one check.
-        let replicating = self
-            .shared
-            .router
-            .load()
-            .as_ref()
-            .is_some_and(|r| r.resolver.replicates());
+        // Writes on replicated categories take their own path (`replicated.rs`); reads, and
+        // every command of a table without replication, cost this one check.
+        let replicating = (spec.write || spec.kind == Kind::Script)
+            && self
+                .shared
+                .router
+                .load()
+                .as_ref()
+                .is_some_and(|r| r.resolver.replicates());
         if replicating
             && let Some(router) = self.shared.router.load_full()
             && let Some(dispatched) = Box::pin(self.replicated(&router, request, resolved)).await

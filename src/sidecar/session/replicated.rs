@@ -25,6 +25,7 @@ use super::keyed::ttl_action;
 use super::{
     Client, Dispatched, Interrupt, Pending, bundle, encode, error_reply, lost, parse, stop,
 };
+use crate::redis::protocol::guard;
 use crate::redis::protocol::replica::{self, WriteError, Written};
 use crate::redis::resp::{Frame, Request};
 use crate::routing::keyspace::{InstanceId, Route};
@@ -194,6 +195,16 @@ impl Client {
         routes: &[Route],
         cmds: Vec<Vec<Bytes>>,
     ) -> Result<Bytes, Interrupt> {
+        // Lua's `unpack` stops near 8 000 values: the script could not run the command.
+        if keys.len() > guard::MAX_GUARDED_ARGS
+            || cmds.iter().any(|c| c.len() > guard::MAX_GUARDED_ARGS)
+        {
+            return Err(stop(&format!(
+                "ERR redis-fleet: a write of more than {} arguments on a replicated category is \
+                 not supported; split it",
+                guard::MAX_GUARDED_ARGS
+            )));
+        }
         let policy = router.policy().to_owned();
         let mut by_body = false;
         let written = loop {
