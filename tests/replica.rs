@@ -871,3 +871,69 @@ async fn a_repair_brings_the_replica_to_the_writers_state_without_undoing_racing
         Some("string [\"mine\"]")
     );
 }
+
+/// Replicated writes are pipelined: sent in the client's order, each answered once its result
+/// is on the replica. A `SCRIPT FLUSH` on the owner costs one write a `-TRYAGAIN` (it did not
+/// run), and the next one runs.
+#[test]
+fn pipelined_replicated_writes_keep_the_clients_order() {
+    let (a, b) = (
+        RedisServer::start(RedisOptions::default()),
+        RedisServer::start(RedisOptions::default()),
+    );
+    let sidecar = Sidecar::start(&replicated_table(&a, &b, 1, ReplicationMode::Sync), &[]);
+    let mut c = RawConn::open(sidecar.port);
+    let mut batch = bytes::BytesMut::new();
+    let commands = [
+        "SET auth:p 1",
+        "GET auth:p",
+        "INCR auth:p",
+        "GET auth:p",
+        "SET user:q x",
+        "APPEND auth:p 0",
+        "GET auth:p",
+        "DEL auth:p",
+        "GET auth:p",
+    ];
+    for command in commands {
+        redis_fleet::redis::resp::encode_request(&args(command), &mut batch);
+    }
+    c.send_raw(&batch);
+    let replies: Vec<Frame> = commands
+        .iter()
+        .map(|_| frame(&c.read_raw().expect("a reply")))
+        .collect();
+    let bulk = |s: &str| Frame::Bulk(Bytes::from(s.to_owned()));
+    assert_eq!(
+        replies,
+        vec![
+            Frame::ok(),
+            bulk("1"),
+            Frame::Integer(2),
+            bulk("2"),
+            Frame::ok(),
+            Frame::Integer(2),
+            bulk("20"),
+            Frame::Integer(1),
+            Frame::Null,
+        ]
+    );
+    let (mut on_a, mut on_b) = (RawConn::open(a.port), RawConn::open(b.port));
+    assert_same(&mut on_a, &mut on_b, &["auth:p"], "after the pipeline");
+
+    on_a.cmd("SCRIPT FLUSH");
+    let lost = frame(&c.call_raw(&args("SET auth:f 1")));
+    assert!(text(&lost).starts_with("TRYAGAIN"), "{lost:?}");
+    assert_eq!(
+        dump(&mut on_a, "auth:f"),
+        None,
+        "a write answered TRYAGAIN ran"
+    );
+    assert_eq!(frame(&c.call_raw(&args("SET auth:f 2"))), Frame::ok());
+    assert_same(
+        &mut on_a,
+        &mut on_b,
+        &["auth:f"],
+        "after the script came back",
+    );
+}

@@ -6,6 +6,7 @@ use bytes::BytesMut;
 
 use crate::redis::protocol::fence::{self, Fences};
 use crate::redis::protocol::names;
+use crate::redis::protocol::replica;
 use crate::redis::resp::{Limits, encode_request, parse_frame};
 pub use crate::redis::stream::{Stream, open};
 use crate::redis::stream::{read_replies, write_flushed};
@@ -29,7 +30,7 @@ fn major_version(info: &[u8]) -> Option<u32> {
 }
 
 /// Names a fresh connection and reads the policy's fences on it: `CLIENT SETNAME <name>`, then
-/// the fences, then the server's version. The name goes first, so a fence raised after this
+/// the fences, then the server's version (and loads the replicas' scripts). The name goes first, so a fence raised after this
 /// read finds the connection by its name and closes it (see `docs/protocol.md`).
 pub async fn handshake(stream: &mut Stream, name: &str, policy: &str) -> Result<Greeting, String> {
     let mut buf = BytesMut::new();
@@ -48,12 +49,22 @@ pub async fn handshake(stream: &mut Stream, name: &str, policy: &str) -> Result<
         &mut buf,
     );
     encode_request(&[b"INFO".as_slice(), b"server"], &mut buf);
+    // The replicas' scripts, so that a replicated write goes out as `EVALSHA` in the client's
+    // order (`sidecar/session/replicated.rs`). Their replies are not needed: an instance that
+    // refuses them answers the writes `NOSCRIPT`, and they are refused.
+    for script in [replica::WRITE_SCRIPT, replica::APPLY_SCRIPT] {
+        encode_request(
+            &[b"SCRIPT".as_slice(), b"LOAD", script.as_bytes()],
+            &mut buf,
+        );
+    }
     write_flushed(stream, &buf)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    let mut replies = read_replies(stream, 3)
+    let mut replies = read_replies(stream, 5)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+    replies.truncate(3);
     let info = replies.pop().unwrap_or_default();
     let fences = replies.pop().unwrap_or_default();
     let named = replies.pop().unwrap_or_default();

@@ -16,19 +16,22 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::super::backend::{BackendError, Replies};
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::super::backend::{BackendError, Replies, ReplyReceiver};
 use super::super::command::{Kind, Resolved, Split};
 use super::super::metrics::CategoryMetrics;
 use super::super::router::Router;
 use super::super::ttl::TtlAction;
 use super::keyed::ttl_action;
 use super::{
-    Client, Dispatched, Interrupt, Pending, bundle, encode, error_reply, lost, parse, stop,
+    Client, Dispatched, Interrupt, Pending, backend_reply, bundle, encode, error_reply, lost,
+    parse, stop,
 };
 use crate::redis::protocol::guard;
 use crate::redis::protocol::replica::{self, WriteError, Written};
 use crate::redis::resp::{Frame, Request};
-use crate::routing::keyspace::{InstanceId, Route};
+use crate::routing::keyspace::{CategoryId, InstanceId, Route};
 use crate::routing::table::ReplicationMode;
 
 /// Results of `async` writes on their way to replicas, beyond which a result is dropped (and
@@ -118,7 +121,11 @@ impl Client {
                     }
                     TtlAction::Refuse(text) => return Some(Ok(Pending::Ready(error_reply(&text)))),
                 };
-                Box::pin(self.write_replicated(router, target, &keys, &routes, cmds)).await
+                // Sent now, in the client's order; answered when its result is in.
+                return Some(
+                    self.send_write(router, target, keys, routes, cmds)
+                        .map(|sent| Pending::Future(Box::pin(sent.finish(category)))),
+                );
             }
             Kind::MultiKey(split) => {
                 Box::pin(self.split_replicated(router, request, split, resolved, &routes)).await
@@ -171,8 +178,9 @@ impl Client {
                 }
             }
             let reply = self
-                .write_replicated(router, target, &group_keys, &group_routes, cmds)
-                .await?;
+                .send_write(router, target, group_keys, group_routes, cmds)?
+                .finish_uncounted()
+                .await;
             match parse(&reply) {
                 Ok(Frame::Integer(n)) => sum += n,
                 Ok(Frame::Error(_)) | Err(_) => return Ok(reply),
@@ -185,16 +193,16 @@ impl Client {
         })
     }
 
-    /// Runs `cmds` on `target` through the write script, then hands each written key's state to
-    /// its slot's replica; returns the client's reply.
-    async fn write_replicated(
-        &mut self,
+    /// Sends `cmds` to `target` inside the write script, onto the client's lane now (so the
+    /// requests after it stay after it), with `keys` the keys they may write.
+    fn send_write(
+        &self,
         router: &Arc<Router>,
         target: InstanceId,
-        keys: &[Bytes],
-        routes: &[Route],
+        keys: Vec<Bytes>,
+        routes: Vec<Route>,
         cmds: Vec<Vec<Bytes>>,
-    ) -> Result<Bytes, Interrupt> {
+    ) -> Result<Sent, Interrupt> {
         // Lua's `unpack` stops near 8 000 values: the script could not run the command.
         if keys.len() > guard::MAX_GUARDED_ARGS
             || cmds.iter().any(|c| c.len() > guard::MAX_GUARDED_ARGS)
@@ -205,47 +213,97 @@ impl Client {
                 guard::MAX_GUARDED_ARGS
             )));
         }
-        let policy = router.policy().to_owned();
-        let mut by_body = false;
-        let written = loop {
-            let args = replica::write_command(&policy, router.version(), keys, &cmds, by_body);
-            let reply = self.call(router, target, bundle(&[args]), 1).await?.first();
-            if reply.starts_with(b"-NOSCRIPT") && !by_body {
-                by_body = true;
-                continue;
-            }
-            let frame = match parse(&reply) {
-                Ok(f) => f,
-                Err(e) => return Ok(e),
-            };
-            match replica::parse_written(frame, keys) {
-                Ok(w) => break w,
-                Err(WriteError::Failed(e)) => return Ok(encode(&Frame::Error(e))),
-                Err(e @ WriteError::Malformed(_)) => return Err(stop(&format!("ERR {e}"))),
-            }
+        let args = replica::write_command(router.policy(), router.version(), &keys, &cmds, false);
+        let rx = router.send(target, self.lane(), bundle(&[args]), 1)?;
+        Ok(Sent {
+            router: router.clone(),
+            lane: self.lane(),
+            target,
+            keys,
+            routes,
+            rx,
+            backlog: self.shared.metrics.replication_backlog.clone(),
+        })
+    }
+}
+
+/// A replicated write on its way to its target.
+struct Sent {
+    router: Arc<Router>,
+    lane: usize,
+    target: InstanceId,
+    keys: Vec<Bytes>,
+    routes: Vec<Route>,
+    rx: ReplyReceiver,
+    backlog: Gauge,
+}
+
+impl Sent {
+    /// [`Sent::finish_uncounted`], counted as a command of `category`.
+    async fn finish(self, category: CategoryId) -> Bytes {
+        let router = self.router.clone();
+        let reply = self.finish_uncounted().await;
+        let m = &router.categories[usize::from(category)];
+        m.commands.inc();
+        if reply.first() == Some(&b'-') {
+            m.errors.inc();
+        }
+        reply
+    }
+
+    /// Waits for the writer's result, hands each written key's state to its slot's replica
+    /// (before the reply for `sync`, after it for `async`), and returns the client's reply.
+    async fn finish_uncounted(self) -> Bytes {
+        let reply = backend_reply(self.rx.await.unwrap_or_else(|_| Err(lost())), true);
+        if reply.starts_with(b"-NOSCRIPT") {
+            // The instance lost its scripts (`SCRIPT FLUSH`; each connection loads them when
+            // it is made): load it again for the next writes. This one did not run, and is
+            // not sent again: the client's later requests may have run already.
+            let load = vec![
+                Bytes::from_static(b"SCRIPT"),
+                Bytes::from_static(b"LOAD"),
+                Bytes::from_static(replica::WRITE_SCRIPT.as_bytes()),
+            ];
+            let _ = self.router.send(self.target, self.lane, bundle(&[load]), 1);
+            return error_reply(
+                "TRYAGAIN redis-fleet: the instance had lost the write script (nothing ran); retry",
+            );
+        }
+        let frame = match parse(&reply) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
+        let written = match replica::parse_written(frame, &self.keys) {
+            Ok(w) => w,
+            Err(WriteError::Failed(e)) => return encode(&Frame::Error(e)),
+            Err(e @ WriteError::Malformed(_)) => return error_reply(&format!("ERR {e}")),
         };
         let answered = Instant::now();
-        let reply = encode(&written.reply);
-        for part in for_replicas(router, target, routes, &written) {
-            let name = router.resolver.instance_name(part.replica).to_owned();
+        let policy = self.router.policy().to_owned();
+        for part in for_replicas(&self.router, self.target, &self.routes, &written) {
             if part.sync {
-                if let Err(why) = apply_now(router, self.lane(), &policy, &part, answered).await {
+                if let Err(why) = apply_now(&self.router, self.lane, &policy, &part, answered).await
+                {
                     part.metrics.replica_failures.inc();
-                    return Err(stop(&format!(
+                    let name = self.router.resolver.instance_name(part.replica);
+                    return error_reply(&format!(
                         "TRYAGAIN redis-fleet: the write ran, but its replica {name} did not \
                          take it ({why}); retry"
-                    )));
+                    ));
                 }
                 part.metrics.replicated.inc();
             } else {
-                apply_later(router, self.lane(), &policy, part, answered, self.backlog());
+                apply_later(
+                    &self.router,
+                    self.lane,
+                    &policy,
+                    part,
+                    answered,
+                    self.backlog.clone(),
+                );
             }
         }
-        Ok(reply)
-    }
-
-    fn backlog(&self) -> prometheus_client::metrics::gauge::Gauge {
-        self.shared.metrics.replication_backlog.clone()
+        encode(&written.reply)
     }
 }
 
@@ -332,7 +390,7 @@ fn apply_later(
     policy: &str,
     part: ForReplica,
     answered: Instant,
-    backlog: prometheus_client::metrics::gauge::Gauge,
+    backlog: Gauge,
 ) {
     if backlog.get() >= BACKLOG_LIMIT {
         part.metrics.replica_failures.inc();
