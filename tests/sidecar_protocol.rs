@@ -1048,3 +1048,39 @@ async fn a_transaction_after_a_failed_watch_is_refused() {
     let written: Option<String> = other.get("user:k").await.unwrap();
     assert_eq!(written.as_deref(), Some("written"));
 }
+
+/// A frozen instance (SIGSTOP: the connection stays open, nothing answers) fails a request
+/// within the request timeout — also when the connection was idle before it, so that its read
+/// had begun with nothing in flight. Before, that read waited without a limit and the client
+/// hung until the instance woke up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_instance_fails_requests_within_the_request_timeout_after_an_idle_spell() {
+    let (a, b) = (server(), server());
+    let sidecar = Sidecar::start_with(
+        &two(&a, &b, 1, TtlRules::default()),
+        &SECRETS,
+        &["--request-timeout", "1s"],
+    );
+    // The client waits as long as it takes: the sidecar must be the one to answer.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let _: () = c.set("user:1", "x").await.unwrap();
+    // Idle: the lane's reader waits for bytes with nothing in flight.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let pid = b.pid().unwrap();
+    assert!(support::process::signal(pid, "-STOP"));
+    let started = Instant::now();
+    let reply: redis::RedisResult<Option<String>> =
+        tokio::time::timeout(Duration::from_secs(8), c.get("user:1"))
+            .await
+            .expect("an answer, not a hang");
+    let took = started.elapsed();
+    assert!(support::process::signal(pid, "-CONT"));
+    let err = reply.expect_err("the instance is frozen");
+    assert!(err.to_string().contains("no reply within"), "{err}");
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+}

@@ -308,19 +308,41 @@ async fn pipeline(
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(64 * 1024);
             }
-            let n = if in_flight.load(Ordering::Acquire) > 0 {
-                match tokio::time::timeout(options.request_timeout, reader.read_buf(&mut buf)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(format!(
-                            "no reply within {}ms",
-                            options.request_timeout.as_millis()
-                        ));
+            // The server is dead to us when a request has waited `request_timeout` for its
+            // reply and nothing came meanwhile. Checked against the oldest request in flight,
+            // not only when the read began: a read that began on an idle connection is still
+            // waiting when the next request goes out (a frozen server would hang it forever).
+            let n = loop {
+                let oldest = current.as_ref().map(|s| s.sent).or_else(|| {
+                    slots
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .front()
+                        .map(|s| s.sent)
+                });
+                let wait = match oldest {
+                    Some(sent) => {
+                        let since = sent.max(read_at);
+                        (since + options.request_timeout)
+                            .saturating_duration_since(Instant::now())
+                            .max(Duration::from_millis(1))
                     }
+                    None => options.request_timeout,
+                };
+                match tokio::time::timeout(wait, reader.read_buf(&mut buf)).await {
+                    Ok(r) => break r,
+                    Err(_) if oldest.is_some() && in_flight.load(Ordering::Acquire) > 0 => {
+                        let since = oldest.unwrap_or(read_at).max(read_at);
+                        if since.elapsed() >= options.request_timeout {
+                            return Err(format!(
+                                "no reply within {}ms",
+                                options.request_timeout.as_millis()
+                            ));
+                        }
+                    }
+                    // Idle, or a request went out meanwhile: look again.
+                    Err(_) => {}
                 }
-            } else {
-                reader.read_buf(&mut buf).await
             }
             .map_err(|e| format!("read failed: {e}"))?;
             if n == 0 {
