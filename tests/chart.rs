@@ -979,7 +979,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
         "a sidecar's series must not overwrite its pod's target labels"
     );
 
-    // The five alerts, each with a summary, a runbook-style description and a runbook link.
+    // The six alerts, each with a summary, a runbook-style description and a runbook link.
     let rule = one(&objects, "PrometheusRule");
     let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
     let alert = |n: &str| -> &Value {
@@ -1035,6 +1035,13 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
         "{unfenced}"
     );
     assert_eq!(unfenced["for"], "15m");
+    let replica = alert("RedisFleetReplicaBehind");
+    let replica_expr = replica["expr"].as_str().unwrap();
+    assert!(
+        replica_expr.contains("increase(redisfleet_sidecar_replica_failures_total[15m])")
+            && replica_expr.contains("redisfleet_sidecar_replication_lag_seconds_bucket"),
+        "{replica}"
+    );
     for r in rules {
         let n = r["alert"].as_str().unwrap();
         let summary = r["annotations"]["summary"].as_str().unwrap_or_default();

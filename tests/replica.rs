@@ -937,3 +937,128 @@ fn pipelined_replicated_writes_keep_the_clients_order() {
         "after the script came back",
     );
 }
+
+/// The recorded versions do not pile up: each write and apply forgets a few older than ten
+/// minutes in its slot's hash, so the hashes hold about the keys written lately.
+#[test]
+fn old_versions_are_forgotten() {
+    let Pair {
+        mut w,
+        mut r,
+        _writer,
+        _replica,
+    } = pair();
+    let slot = redis_fleet::routing::slots::key_slot(b"k");
+    let hash = redis_fleet::redis::protocol::names::applied_versions(POLICY, slot);
+    // 2 000 versions from long ago (counter 1 µs after the epoch) on both sides.
+    for conn in [&mut w, &mut r] {
+        let mut cmd = vec!["HSET".to_owned(), hash.clone()];
+        for i in 0..2_000 {
+            cmd.push(format!("gone:{i}"));
+            cmd.push("3:1".to_owned());
+        }
+        conn.call_raw(&cmd);
+    }
+    for i in 0..2_000 {
+        let written = write(&mut w, 5, &["k"], &format!("SET k {i}")).unwrap();
+        apply(&mut r, &written, Duration::ZERO);
+    }
+    for (side, conn) in [("writer", &mut w), ("replica", &mut r)] {
+        let left = match frame(&conn.call_raw(&["HLEN", &hash])) {
+            Frame::Integer(n) => n,
+            other => panic!("{other:?}"),
+        };
+        assert!(left < 200, "{side}: {left} of 2 001 versions left");
+        assert_eq!(
+            frame(&conn.call_raw(&["HEXISTS", &hash, "k"])),
+            Frame::Integer(1),
+            "{side}: the fresh version was forgotten"
+        );
+    }
+}
+
+/// A table loaded while a write waits for its writer: the write's result still reaches the
+/// replica (sent again by the new table), and the client hears OK.
+#[test]
+fn a_table_loaded_while_a_write_waits_does_not_lose_its_apply() {
+    let (a, b) = (
+        RedisServer::start(RedisOptions::default()),
+        RedisServer::start(RedisOptions::default()),
+    );
+    let v1 = replicated_table(&a, &b, 1, ReplicationMode::Sync);
+    let sidecar = Sidecar::start(&v1, &[]);
+    let mut c = RawConn::open(sidecar.port);
+    assert_eq!(frame(&c.call_raw(&args("SET auth:s old"))), Frame::ok());
+    let pid = a.pid().unwrap();
+    assert!(support::process::signal(pid, "-STOP"));
+    c.send(&args("SET auth:s new"));
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    sidecar.update_table(&v2);
+    assert!(support::process::wait_until(Duration::from_secs(5), || {
+        sidecar
+            .metrics()
+            .contains("redisfleet_sidecar_routing_version 2")
+    }));
+    assert!(support::process::signal(pid, "-CONT"));
+    let reply = frame(&c.read_raw().expect("a reply"));
+    assert_eq!(reply, Frame::ok(), "{reply:?}");
+    assert_same(
+        &mut RawConn::open(a.port),
+        &mut RawConn::open(b.port),
+        &["auth:s"],
+        "after the reload",
+    );
+}
+
+/// A `sync` write whose replica does not answer: the client hears `-NOREPLICA` (not
+/// `-TRYAGAIN`, which clients retry on their own: the write ran), within the request timeout.
+/// An `async` one is acknowledged and counted as a replica failure.
+#[test]
+fn a_replica_that_does_not_answer_fails_sync_writes_with_noreplica() {
+    let (a, b) = (
+        RedisServer::start(RedisOptions::default()),
+        RedisServer::start(RedisOptions::default()),
+    );
+    for mode in [ReplicationMode::Sync, ReplicationMode::Async] {
+        let sidecar = Sidecar::start_with(
+            &replicated_table(&a, &b, 1, mode),
+            &[],
+            &["--request-timeout", "1s"],
+        );
+        let mut c = RawConn::open(sidecar.port);
+        assert_eq!(frame(&c.call_raw(&args("SET auth:r 1"))), Frame::ok());
+        let pid = b.pid().unwrap();
+        assert!(support::process::signal(pid, "-STOP"));
+        c.send(&args("INCR auth:r"));
+        let reply = c.read_raw().map(|r| frame(&r));
+        // Longer than the request timeout: an async apply waiting for the replica fails too.
+        std::thread::sleep(Duration::from_millis(1_500));
+        assert!(support::process::signal(pid, "-CONT"));
+        let reply = reply.unwrap_or_else(|| panic!("{mode:?}: no reply\n{}", sidecar.log_tail(20)));
+        let mut on_a = RawConn::open(a.port);
+        assert_eq!(
+            frame(&on_a.call_raw(&["GET", "auth:r"])),
+            Frame::Bulk(Bytes::from_static(b"2")),
+            "{mode:?}: the write ran on the owner"
+        );
+        match mode {
+            ReplicationMode::Sync => {
+                assert!(text(&reply).starts_with("NOREPLICA"), "{reply:?}");
+            }
+            ReplicationMode::Async => {
+                assert_eq!(reply, Frame::Integer(2));
+                assert!(
+                    support::process::wait_until(Duration::from_secs(10), || {
+                        sidecar.metrics().contains(
+                            "redisfleet_sidecar_replica_failures_total{category=\"auth\"} 1",
+                        )
+                    }),
+                    "{}",
+                    sidecar.metrics()
+                );
+            }
+        }
+        on_a.cmd("DEL auth:r");
+    }
+}

@@ -44,6 +44,8 @@ pub struct SidecarMetrics {
     replication_lag: Family<CategoryLabels, Histogram>,
     /// Results of `async` writes on their way to a replica.
     pub replication_backlog: Gauge,
+    /// Their bytes (keys and `DUMP` payloads).
+    pub replication_backlog_bytes: Gauge,
     /// Client connections open.
     pub clients: Gauge,
     /// Routing table version in use.
@@ -121,6 +123,7 @@ impl SidecarMetrics {
             replica_failures: Family::default(),
             replication_lag: Family::new_with_constructor(latency_histogram),
             replication_backlog: Gauge::default(),
+            replication_backlog_bytes: Gauge::default(),
             clients: Gauge::default(),
             routing_version: Gauge::default(),
             reloads: Counter::default(),
@@ -183,6 +186,11 @@ impl SidecarMetrics {
             "replication_backlog",
             "Results of async writes on their way to a replica",
             m.replication_backlog.clone(),
+        );
+        r.register(
+            "replication_backlog_bytes",
+            "Bytes of the results of async writes on their way to a replica",
+            m.replication_backlog_bytes.clone(),
         );
         r.register(
             "client_connections",

@@ -123,6 +123,29 @@ impl Applied {
     }
 }
 
+/// Forgets a few versions older than [`FORGET_AFTER`] (600 s) in hash `h`: a result can arrive only so
+/// late (the sidecar drops one held longer than a minute), so an older version orders nothing
+/// any more, and without this the hashes would keep one entry per key ever written.
+macro_rules! forget_old {
+    () => {
+        r"
+local function forget_old(h)
+  local t = redis.call('TIME')
+  local horizon = (tonumber(t[1]) - 600) * 1000000
+  local sample = redis.call('HRANDFIELD', h, 3, 'WITHVALUES')
+  for j = 1, #sample, 2 do
+    local c = tonumber(string.match(sample[j + 1], ':(%d+)$'))
+    if c and c < horizon then redis.call('HDEL', h, sample[j]) end
+  end
+end
+"
+    };
+}
+
+/// How long a recorded version is kept (see `forget_old!`); results held longer than a
+/// fraction of this are never applied (the sidecar's `MAX_HELD`).
+pub const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// KEYS: the writer's epoch, the policy's counter, then for each written key its slot's
 /// applied-versions hash and the key. ARGV: the commands, as the guard takes them (their
 /// count, then each one's length and arguments; the first one's reply is the client's;
@@ -133,6 +156,7 @@ impl Applied {
 /// The epoch and the counter are written after the commands: on an instance above `maxmemory`
 /// a command refused there leaves the script nothing to write, and its error is the reply.
 pub const WRITE_SCRIPT: &str = concat!(
+    forget_old!(),
     r"
 local n = (#KEYS - 2) / 2
 local epoch = tonumber(ARGV[#ARGV - n])
@@ -160,6 +184,7 @@ local version = e .. ':' .. c
 local out = {e, c, first}
 for i = 3, #KEYS, 2 do
   redis.call('HSET', KEYS[i], KEYS[i + 1], version)
+  forget_old(KEYS[i])
   out[#out + 1] = redis.call('DUMP', KEYS[i + 1])
   out[#out + 1] = redis.call('PTTL', KEYS[i + 1])
 end
@@ -171,7 +196,9 @@ return out
 /// milliseconds the result was held since the writer answered, then for each key its `DUMP`
 /// payload and `PTTL` (-2: absent, -1: no expiry). Replies `{applied, ignored, failed, first
 /// error}`.
-pub const APPLY_SCRIPT: &str = r"
+pub const APPLY_SCRIPT: &str = concat!(
+    forget_old!(),
+    r"
 local epoch, counter = tonumber(ARGV[1]), tonumber(ARGV[2])
 local held = tonumber(ARGV[3])
 local version = ARGV[1] .. ':' .. ARGV[2]
@@ -202,12 +229,14 @@ for i = 1, #KEYS, 2 do
       if first == '' then first = r.err end
     else
       redis.call('HSET', h, key, version)
+      forget_old(h)
       applied = applied + 1
     end
   end
 end
 return {applied, ignored, failed, first}
-";
+"
+);
 
 fn sha(script: &'static str, cell: &'static OnceLock<String>) -> &'static str {
     cell.get_or_init(|| redis::Script::new(script).get_hash().to_owned())

@@ -16,28 +16,33 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use prometheus_client::metrics::gauge::Gauge;
-
-use super::super::backend::{BackendError, Replies, ReplyReceiver};
+use super::super::backend::{BackendError, Replies, ReplyReceiver, SendError};
 use super::super::command::{Kind, Resolved, Split};
 use super::super::metrics::CategoryMetrics;
 use super::super::router::Router;
 use super::super::ttl::TtlAction;
 use super::keyed::ttl_action;
 use super::{
-    Client, Dispatched, Interrupt, Pending, backend_reply, bundle, encode, error_reply, lost,
-    parse, stop,
+    Client, Dispatched, Interrupt, Pending, ROUTING_ATTEMPTS, Shared, backend_reply, bundle,
+    encode, error_reply, lost, parse, stop,
 };
 use crate::redis::protocol::guard;
-use crate::redis::protocol::replica::{self, WriteError, Written};
+use crate::redis::protocol::replica::{self, KeyState, WriteError, Written};
 use crate::redis::resp::{Frame, Request};
 use crate::routing::keyspace::{CategoryId, InstanceId, Route};
 use crate::routing::table::ReplicationMode;
 
-/// Results of `async` writes on their way to replicas, beyond which a result is dropped (and
-/// counted as a replica failure) rather than held: a replica that stopped answering must not
-/// grow the sidecar without bound.
+/// Results of `async` writes on their way to replicas, and their bytes, beyond which a result
+/// is dropped (and counted as a replica failure) rather than held: a replica that stopped
+/// answering must not grow the sidecar without bound.
 const BACKLOG_LIMIT: i64 = 100_000;
+const BACKLOG_BYTES_LIMIT: i64 = 64 << 20;
+
+/// An `async` result held longer than this is dropped (and counted), not applied: replicas
+/// forget the versions they applied after a while (`replica.rs`), so a result may only arrive
+/// that late.
+const MAX_HELD: std::time::Duration = std::time::Duration::from_secs(60);
+const _: () = assert!(MAX_HELD.as_secs() * 5 <= replica::FORGET_AFTER.as_secs());
 
 fn refused(what: &str) -> Interrupt {
     stop(&format!(
@@ -63,27 +68,35 @@ impl Client {
         resolved: &Resolved,
     ) -> Option<Dispatched> {
         let spec = resolved.spec;
-        if !(spec.write || spec.kind == Kind::Script) {
+        let read_only_script = spec.name.ends_with("_ro");
+        if !(spec.write || spec.kind == Kind::Script) || read_only_script {
             return None;
-        }
-        if let Kind::FanOut(_) = spec.kind {
-            // FLUSHDB / FLUSHALL: the replicas would keep what the owners lost.
-            return Some(Err(refused(&spec.name.to_ascii_uppercase())));
         }
         let routes: Vec<Route> = resolved
             .keys
             .iter()
             .map(|i| router.resolver.resolve(&request.args[*i]))
             .collect();
-        if !routes
-            .iter()
-            .any(|r| router.resolver.replication(r).is_some())
+        // FLUSHDB / FLUSHALL (the replicas would keep what the owners lost), and a script that
+        // declares no key (it could write any: there is no telling which to replicate).
+        let anywhere = matches!(spec.kind, Kind::FanOut(_))
+            || (spec.kind == Kind::Script && routes.is_empty());
+        if !anywhere
+            && !routes
+                .iter()
+                .any(|r| router.resolver.replication(r).is_some())
         {
             return None;
         }
         if let Some(t) = &mut self.transaction {
             t.aborted = true;
             return Some(Err(refused("a write queued in MULTI")));
+        }
+        if anywhere {
+            return Some(Err(refused(&format!(
+                "{} (the fleet replicates a category)",
+                spec.name.to_ascii_uppercase()
+            ))));
         }
         if routes.iter().any(|r| r.migration.is_some()) {
             return Some(Err(stop(
@@ -124,7 +137,7 @@ impl Client {
                 // Sent now, in the client's order; answered when its result is in.
                 return Some(
                     self.send_write(router, target, keys, routes, cmds)
-                        .map(|sent| Pending::Future(Box::pin(sent.finish(category)))),
+                        .map(|sent| sent.pending(Some(category))),
                 );
             }
             Kind::MultiKey(split) => {
@@ -177,10 +190,13 @@ impl Client {
                     cmds.extend(super::super::ttl::default_expiry(rules, key));
                 }
             }
-            let reply = self
+            let reply = match self
                 .send_write(router, target, group_keys, group_routes, cmds)?
-                .finish_uncounted()
-                .await;
+                .pending(None)
+            {
+                Pending::Future(f) => f.await,
+                _ => error_reply("ERR redis-fleet: no reply"),
+            };
             match parse(&reply) {
                 Ok(Frame::Integer(n)) => sum += n,
                 Ok(Frame::Error(_)) | Err(_) => return Ok(reply),
@@ -217,12 +233,12 @@ impl Client {
         let rx = router.send(target, self.lane(), bundle(&[args]), 1)?;
         Ok(Sent {
             router: router.clone(),
+            shared: self.shared.clone(),
             lane: self.lane(),
             target,
             keys,
             routes,
             rx,
-            backlog: self.shared.metrics.replication_backlog.clone(),
         })
     }
 }
@@ -230,31 +246,43 @@ impl Client {
 /// A replicated write on its way to its target.
 struct Sent {
     router: Arc<Router>,
+    shared: Arc<Shared>,
     lane: usize,
     target: InstanceId,
     keys: Vec<Bytes>,
     routes: Vec<Route>,
     rx: ReplyReceiver,
-    backlog: Gauge,
 }
 
 impl Sent {
-    /// [`Sent::finish_uncounted`], counted as a command of `category`.
-    async fn finish(self, category: CategoryId) -> Bytes {
+    /// The client's pending reply. The rest runs in a task of its own from now on: it waits
+    /// for the writer's result as it arrives (so the time a result is held, taken off the
+    /// replica's TTL, is measured from then), and the replicas get it even when the client
+    /// hangs up before its reply. Counted as a command of `category` when given.
+    fn pending(self, category: Option<CategoryId>) -> Pending {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let router = self.router.clone();
-        let reply = self.finish_uncounted().await;
-        let m = &router.categories[usize::from(category)];
-        m.commands.inc();
-        if reply.first() == Some(&b'-') {
-            m.errors.inc();
-        }
-        reply
+        tokio::spawn(self.run(tx));
+        Pending::Future(Box::pin(async move {
+            let reply = rx.await.unwrap_or_else(|_| {
+                error_reply("UNKNOWN redis-fleet: the write's outcome was lost; it may have run")
+            });
+            if let Some(c) = category {
+                let m = &router.categories[usize::from(c)];
+                m.commands.inc();
+                if reply.first() == Some(&b'-') {
+                    m.errors.inc();
+                }
+            }
+            reply
+        }))
     }
 
-    /// Waits for the writer's result, hands each written key's state to its slot's replica
-    /// (before the reply for `sync`, after it for `async`), and returns the client's reply.
-    async fn finish_uncounted(self) -> Bytes {
+    /// Waits for the writer's result, hands each written key's state to its slot's replica —
+    /// before the client's reply (`tx`) for a `sync` category, after it for an `async` one.
+    async fn run(self, tx: tokio::sync::oneshot::Sender<Bytes>) {
         let reply = backend_reply(self.rx.await.unwrap_or_else(|_| Err(lost())), true);
+        let answered = Instant::now();
         if reply.starts_with(b"-NOSCRIPT") {
             // The instance lost its scripts (`SCRIPT FLUSH`; each connection loads them when
             // it is made): load it again for the next writes. This one did not run, and is
@@ -265,45 +293,96 @@ impl Sent {
                 Bytes::from_static(replica::WRITE_SCRIPT.as_bytes()),
             ];
             let _ = self.router.send(self.target, self.lane, bundle(&[load]), 1);
-            return error_reply(
+            let _ = tx.send(error_reply(
                 "TRYAGAIN redis-fleet: the instance had lost the write script (nothing ran); retry",
-            );
+            ));
+            return;
         }
         let frame = match parse(&reply) {
             Ok(f) => f,
-            Err(e) => return e,
+            Err(e) => {
+                let _ = tx.send(e);
+                return;
+            }
         };
         let written = match replica::parse_written(frame, &self.keys) {
             Ok(w) => w,
-            Err(WriteError::Failed(e)) => return encode(&Frame::Error(e)),
-            Err(e @ WriteError::Malformed(_)) => return error_reply(&format!("ERR {e}")),
+            Err(WriteError::Failed(e)) => {
+                let _ = tx.send(encode(&Frame::Error(e)));
+                return;
+            }
+            Err(e @ WriteError::Malformed(_)) => {
+                let _ = tx.send(error_reply(&format!("ERR {e}")));
+                return;
+            }
         };
-        let answered = Instant::now();
+        let parts = for_replicas(&self.router, self.target, &self.routes, &written);
+        let (sync, later): (Vec<ForReplica>, Vec<ForReplica>) =
+            parts.into_iter().partition(|p| p.sync);
         let policy = self.router.policy().to_owned();
-        for part in for_replicas(&self.router, self.target, &self.routes, &written) {
-            if part.sync {
-                if let Err(why) = apply_now(&self.router, self.lane, &policy, &part, answered).await
-                {
-                    part.metrics.replica_failures.inc();
-                    let name = self.router.resolver.instance_name(part.replica);
-                    return error_reply(&format!(
-                        "TRYAGAIN redis-fleet: the write ran, but its replica {name} did not \
-                         take it ({why}); retry"
-                    ));
-                }
-                part.metrics.replicated.inc();
+        for part in &sync {
+            if let Err(why) = apply(
+                &self.router,
+                &self.shared,
+                self.lane,
+                &policy,
+                part,
+                answered,
+            )
+            .await
+            {
+                part.metrics.replica_failures.inc();
+                let name = self.router.resolver.instance_name(part.replica);
+                // Not -TRYAGAIN: the write ran, and clients retry that code on their own.
+                let _ = tx.send(error_reply(&format!(
+                    "NOREPLICA redis-fleet: the write ran, but its replica {name} did not take \
+                     it ({why})"
+                )));
+                return;
+            }
+            part.metrics.replicated.inc();
+        }
+        let _ = tx.send(encode(&written.reply));
+        if later.is_empty() {
+            return;
+        }
+        let backlog = &self.shared.metrics.replication_backlog;
+        let bytes: i64 = later.iter().map(ForReplica::size).sum();
+        let backlog_bytes = &self.shared.metrics.replication_backlog_bytes;
+        if backlog.get() >= BACKLOG_LIMIT || backlog_bytes.get() + bytes > BACKLOG_BYTES_LIMIT {
+            for part in &later {
+                part.metrics.replica_failures.inc();
+            }
+            return;
+        }
+        backlog.inc();
+        backlog_bytes.inc_by(bytes);
+        for part in &later {
+            let outcome = if answered.elapsed() > MAX_HELD {
+                Err("held too long".to_owned())
             } else {
-                apply_later(
+                apply(
                     &self.router,
+                    &self.shared,
                     self.lane,
                     &policy,
                     part,
                     answered,
-                    self.backlog.clone(),
-                );
+                )
+                .await
+            };
+            match outcome {
+                Ok(()) => {
+                    part.metrics.replicated.inc();
+                }
+                Err(why) => {
+                    part.metrics.replica_failures.inc();
+                    tracing::debug!(%why, "a replicated write's result did not reach its replica");
+                }
             }
         }
-        encode(&written.reply)
+        backlog.dec();
+        backlog_bytes.dec_by(bytes);
     }
 }
 
@@ -344,21 +423,53 @@ fn for_replicas(
     parts
 }
 
-/// Sends the apply of `part` to its replica; `Err` with the reason when the replica did not
-/// take all of it.
-async fn apply_now(
-    router: &Router,
+impl ForReplica {
+    /// The bytes of the states it carries.
+    fn size(&self) -> i64 {
+        self.written
+            .states
+            .iter()
+            .map(|(k, s)| {
+                let payload = match s {
+                    KeyState::Present { payload, .. } => payload.len(),
+                    KeyState::Absent => 0,
+                };
+                i64::try_from(k.len() + payload).unwrap_or(i64::MAX)
+            })
+            .sum()
+    }
+}
+
+/// Sends the apply of `part` to its replica and waits for it; `Err` with the reason when the
+/// replica did not take all of it. A table loaded meanwhile (the replica's connection then
+/// refuses requests routed by the older one) sends it again by the table in use: results are
+/// versioned, so one applied twice changes nothing.
+async fn apply(
+    router: &Arc<Router>,
+    shared: &Shared,
     lane: usize,
     policy: &str,
     part: &ForReplica,
     answered: Instant,
 ) -> Result<(), String> {
+    let name = router.resolver.instance_name(part.replica).to_owned();
+    let mut current = router.clone();
+    let mut id = part.replica;
     let mut by_body = false;
-    loop {
+    for _ in 0..ROUTING_ATTEMPTS {
         let args = replica::apply_command(policy, &part.written, answered.elapsed(), by_body);
-        let rx = router
-            .send(part.replica, lane, bundle(&[args]), 1)
-            .map_err(|e| String::from_utf8_lossy(&e.reply()).trim().to_owned())?;
+        let rx = match current.send(id, lane, bundle(&[args]), 1) {
+            Ok(rx) => rx,
+            Err(SendError::Stale) => {
+                current = shared.router.load_full().ok_or("no routing table")?;
+                id = current
+                    .resolver
+                    .instance_id(&name)
+                    .ok_or_else(|| format!("{name} left the routing table"))?;
+                continue;
+            }
+            Err(e) => return Err(String::from_utf8_lossy(&e.reply()).trim().to_owned()),
+        };
         let reply = rx
             .await
             .unwrap_or_else(|_| Err(lost()))
@@ -379,61 +490,5 @@ async fn apply_now(
             Err(String::from_utf8_lossy(applied.error.as_deref().unwrap_or_default()).into_owned())
         };
     }
-}
-
-/// Hands `part` to its replica in the background (an `async` category). The request is queued
-/// on the replica's connection now, so the results of one client reach it in order (the
-/// versions would sort them out anyway).
-fn apply_later(
-    router: &Arc<Router>,
-    lane: usize,
-    policy: &str,
-    part: ForReplica,
-    answered: Instant,
-    backlog: Gauge,
-) {
-    if backlog.get() >= BACKLOG_LIMIT {
-        part.metrics.replica_failures.inc();
-        return;
-    }
-    let args = replica::apply_command(policy, &part.written, answered.elapsed(), false);
-    let first = router.send(part.replica, lane, bundle(&[args]), 1);
-    backlog.inc();
-    let router = router.clone();
-    let policy = policy.to_owned();
-    tokio::spawn(async move {
-        let sent = match first {
-            Ok(rx) => rx.await.unwrap_or_else(|_| Err(lost())).map(Replies::first),
-            Err(e) => Ok(e.reply()),
-        };
-        let done = match sent {
-            Ok(reply) if reply.starts_with(b"-NOSCRIPT") => {
-                apply_now(&router, lane, &policy, &part, answered).await
-            }
-            Ok(reply) => match parse(&reply)
-                .map_err(|_| "an unreadable reply".to_owned())
-                .and_then(|f| replica::parse_applied(&f))
-            {
-                Ok(applied) if applied.complete() => {
-                    part.metrics
-                        .replication_lag
-                        .observe(answered.elapsed().as_secs_f64());
-                    Ok(())
-                }
-                Ok(_) => Err("refused".to_owned()),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(String::from_utf8_lossy(&e.reply()).into_owned()),
-        };
-        match done {
-            Ok(()) => {
-                part.metrics.replicated.inc();
-            }
-            Err(why) => {
-                part.metrics.replica_failures.inc();
-                tracing::debug!(%why, "a replicated write's result did not reach its replica");
-            }
-        };
-        backlog.dec();
-    });
+    Err("the routing table kept changing".to_owned())
 }
