@@ -585,6 +585,8 @@ fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
         ],
         vec!["BLPOP", "auth:l", "1"],
         vec!["FLUSHALL"],
+        // A script declaring no key could write any, replicated or not.
+        vec!["EVAL", "return redis.call('SET', 'auth:k0', 'x')", "0"],
     ] {
         let reply = frame(&c.call_raw(&refused));
         assert!(
@@ -604,6 +606,20 @@ fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
     assert!(text(&queued).contains("MULTI"), "{queued:?}");
     let exec = frame(&c.call_raw(&args("EXEC")));
     assert!(text(&exec).starts_with("EXECABORT"), "{exec:?}");
+    c.call_raw(&args("MULTI"));
+    c.call_raw(&args("SET user:t 1"));
+    c.call_raw(&args("FLUSHALL"));
+    let exec = frame(&c.call_raw(&args("EXEC")));
+    assert!(text(&exec).starts_with("EXECABORT"), "{exec:?}");
+    assert_eq!(dump(&mut on_a, "auth:k0"), None);
+    // A read-only script runs.
+    let ro = frame(&c.call_raw(&[
+        "EVAL_RO",
+        "return redis.call('GET', KEYS[1])",
+        "1",
+        "auth:m3",
+    ]));
+    assert_eq!(ro, Frame::Bulk(Bytes::from_static(b"3")));
     let metrics = sidecar.metrics();
     assert!(
         metrics.contains("redisfleet_sidecar_replicated_writes_total{category=\"auth\"}"),
