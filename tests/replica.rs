@@ -499,6 +499,14 @@ use redis_fleet::routing::table::{
 };
 use support::sidecar::{Sidecar, category, endpoint, table};
 
+/// Two plain servers: an owner and its replica.
+fn two_servers() -> (RedisServer, RedisServer) {
+    (
+        RedisServer::start(RedisOptions::default()),
+        RedisServer::start(RedisOptions::default()),
+    )
+}
+
 /// `auth:` owned by a and replicated (`mode`) on b; `user:` on a, not replicated.
 fn replicated_table(
     a: &RedisServer,
@@ -531,10 +539,7 @@ fn text(f: &Frame) -> String {
 
 #[test]
 fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
-    let (a, b) = (
-        RedisServer::start(RedisOptions::default()),
-        RedisServer::start(RedisOptions::default()),
-    );
+    let (a, b) = two_servers();
     let sidecar = Sidecar::start(&replicated_table(&a, &b, 1, ReplicationMode::Sync), &[]);
     let mut c = RawConn::open(sidecar.port);
     let (mut on_a, mut on_b) = (RawConn::open(a.port), RawConn::open(b.port));
@@ -629,10 +634,7 @@ fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
 
 #[test]
 fn async_writes_reach_the_replica_and_report_their_lag() {
-    let (a, b) = (
-        RedisServer::start(RedisOptions::default()),
-        RedisServer::start(RedisOptions::default()),
-    );
+    let (a, b) = two_servers();
     let sidecar = Sidecar::start(&replicated_table(&a, &b, 1, ReplicationMode::Async), &[]);
     let mut c = RawConn::open(sidecar.port);
     let keys: Vec<String> = (0..300).map(|i| format!("auth:{i}")).collect();
@@ -893,10 +895,7 @@ async fn a_repair_brings_the_replica_to_the_writers_state_without_undoing_racing
 /// run), and the next one runs.
 #[test]
 fn pipelined_replicated_writes_keep_the_clients_order() {
-    let (a, b) = (
-        RedisServer::start(RedisOptions::default()),
-        RedisServer::start(RedisOptions::default()),
-    );
+    let (a, b) = two_servers();
     let sidecar = Sidecar::start(&replicated_table(&a, &b, 1, ReplicationMode::Sync), &[]);
     let mut c = RawConn::open(sidecar.port);
     let mut batch = bytes::BytesMut::new();
@@ -997,10 +996,7 @@ fn old_versions_are_forgotten() {
 /// replica (sent again by the new table), and the client hears OK.
 #[test]
 fn a_table_loaded_while_a_write_waits_does_not_lose_its_apply() {
-    let (a, b) = (
-        RedisServer::start(RedisOptions::default()),
-        RedisServer::start(RedisOptions::default()),
-    );
+    let (a, b) = two_servers();
     let v1 = replicated_table(&a, &b, 1, ReplicationMode::Sync);
     let sidecar = Sidecar::start(&v1, &[]);
     let mut c = RawConn::open(sidecar.port);
@@ -1032,10 +1028,7 @@ fn a_table_loaded_while_a_write_waits_does_not_lose_its_apply() {
 /// An `async` one is acknowledged and counted as a replica failure.
 #[test]
 fn a_replica_that_does_not_answer_fails_sync_writes_with_noreplica() {
-    let (a, b) = (
-        RedisServer::start(RedisOptions::default()),
-        RedisServer::start(RedisOptions::default()),
-    );
+    let (a, b) = two_servers();
     for mode in [ReplicationMode::Sync, ReplicationMode::Async] {
         let sidecar = Sidecar::start_with(
             &replicated_table(&a, &b, 1, mode),

@@ -238,7 +238,7 @@ impl Client {
             target,
             keys,
             routes,
-            rx,
+            rx: Some(rx),
         })
     }
 }
@@ -251,7 +251,8 @@ struct Sent {
     target: InstanceId,
     keys: Vec<Bytes>,
     routes: Vec<Route>,
-    rx: ReplyReceiver,
+    /// The writer's reply (taken when it is awaited).
+    rx: Option<ReplyReceiver>,
 }
 
 impl Sent {
@@ -280,8 +281,12 @@ impl Sent {
 
     /// Waits for the writer's result, hands each written key's state to its slot's replica —
     /// before the client's reply (`tx`) for a `sync` category, after it for an `async` one.
-    async fn run(self, tx: tokio::sync::oneshot::Sender<Bytes>) {
-        let reply = backend_reply(self.rx.await.unwrap_or_else(|_| Err(lost())), true);
+    async fn run(mut self, tx: tokio::sync::oneshot::Sender<Bytes>) {
+        let result = match self.rx.take() {
+            Some(rx) => rx.await.unwrap_or_else(|_| Err(lost())),
+            None => Err(lost()),
+        };
+        let reply = backend_reply(result, true);
         let answered = Instant::now();
         if reply.starts_with(b"-NOSCRIPT") {
             // The instance lost its scripts (`SCRIPT FLUSH`; each connection loads them when
@@ -321,16 +326,7 @@ impl Sent {
             parts.into_iter().partition(|p| p.sync);
         let policy = self.router.policy().to_owned();
         for part in &sync {
-            if let Err(why) = apply(
-                &self.router,
-                &self.shared,
-                self.lane,
-                &policy,
-                part,
-                answered,
-            )
-            .await
-            {
+            if let Err(why) = self.apply(&policy, part, answered).await {
                 part.metrics.replica_failures.inc();
                 let name = self.router.resolver.instance_name(part.replica);
                 // Not -TRYAGAIN: the write ran, and clients retry that code on their own.
@@ -361,15 +357,7 @@ impl Sent {
             let outcome = if answered.elapsed() > MAX_HELD {
                 Err("held too long".to_owned())
             } else {
-                apply(
-                    &self.router,
-                    &self.shared,
-                    self.lane,
-                    &policy,
-                    part,
-                    answered,
-                )
-                .await
+                self.apply(&policy, part, answered).await
             };
             match outcome {
                 Ok(()) => {
@@ -383,6 +371,24 @@ impl Sent {
         }
         backlog.dec();
         backlog_bytes.dec_by(bytes);
+    }
+
+    /// [`apply`] of `part` from this write's connection lane.
+    async fn apply(
+        &self,
+        policy: &str,
+        part: &ForReplica,
+        answered: Instant,
+    ) -> Result<(), String> {
+        apply(
+            &self.router,
+            &self.shared,
+            self.lane,
+            policy,
+            part,
+            answered,
+        )
+        .await
     }
 }
 
