@@ -1080,7 +1080,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
             );
         }
     }
-    assert_eq!(rules.len(), 5);
+    assert_eq!(rules.len(), 6);
 
     // The dashboard: a ConfigMap for the Grafana sidecar, with valid dashboard JSON.
     let cm = one(&objects, "ConfigMap");
