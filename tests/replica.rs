@@ -1071,3 +1071,80 @@ fn a_replica_that_does_not_answer_fails_sync_writes_with_noreplica() {
         on_a.cmd("DEL auth:r");
     }
 }
+
+/// A writer whose clock runs twenty minutes behind its replica's: the replica must not take
+/// the versions it records for fresh results as old, or a late older result could overwrite a
+/// newer one.
+#[test]
+fn a_writer_clock_behind_the_replicas_does_not_make_fresh_versions_old() {
+    let Pair {
+        mut w,
+        mut r,
+        _writer,
+        _replica,
+    } = pair();
+    w.cmd("SET {s}k v");
+    let payload = dump(&mut w, "{s}k").unwrap();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let behind = now_us - 20 * 60 * 1_000_000;
+    for i in 0..300u64 {
+        let written = Written {
+            reply: Frame::ok(),
+            version: replica::Version {
+                epoch: 5,
+                counter: behind + i,
+            },
+            states: vec![(
+                Bytes::from(format!("{{s}}k{i}")),
+                KeyState::Present {
+                    payload: payload.clone(),
+                    ttl_ms: None,
+                },
+            )],
+        };
+        assert_eq!(apply(&mut r, &written, Duration::ZERO).applied, 1);
+    }
+    let slot = redis_fleet::routing::slots::key_slot(b"{s}k");
+    let hash = redis_fleet::redis::protocol::names::applied_versions(POLICY, slot);
+    assert_eq!(
+        frame(&r.call_raw(&["HLEN", &hash])),
+        Frame::Integer(300),
+        "fresh versions were forgotten"
+    );
+}
+
+/// One write, two replicas (its keys' slots are replicated on different instances), one of
+/// them frozen: the client hears `-NOREPLICA`, and the other replica still has its key.
+#[test]
+fn a_replica_that_fails_does_not_hold_back_the_others() {
+    let (a, b) = two_servers();
+    let c_server = RedisServer::start(RedisOptions::default());
+    let mut t = replicated_table(&a, &b, 1, ReplicationMode::Sync);
+    t.instances.insert("c".into(), endpoint(&c_server, None));
+    t.categories[0].replication = Some(CategoryReplication {
+        mode: ReplicationMode::Sync,
+        replicas: vec![
+            SlotOwner::from((0, 8191, "b".to_owned())),
+            SlotOwner::from((8192, 16383, "c".to_owned())),
+        ],
+    });
+    let (on_b, on_c) = ("auth:{b}", "auth:{a}");
+    assert!(redis_fleet::routing::slots::key_slot(on_b.as_bytes()) <= 8191);
+    assert!(redis_fleet::routing::slots::key_slot(on_c.as_bytes()) > 8191);
+    let sidecar = Sidecar::start_with(&t, &[], &["--request-timeout", "1s"]);
+    let mut client = RawConn::open(sidecar.port);
+    let pid = b.pid().unwrap();
+    assert!(support::process::signal(pid, "-STOP"));
+    let reply = frame(&client.call_raw(&["MSET", on_b, "1", on_c, "2"]));
+    assert!(support::process::signal(pid, "-CONT"));
+    assert!(text(&reply).starts_with("NOREPLICA"), "{reply:?}");
+    assert_same(
+        &mut RawConn::open(a.port),
+        &mut RawConn::open(c_server.port),
+        &[on_c],
+        "the replica that answered",
+    );
+}

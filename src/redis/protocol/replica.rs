@@ -123,15 +123,20 @@ impl Applied {
     }
 }
 
-/// Forgets a few versions older than [`FORGET_AFTER`] (600 s) in hash `h`: a result can arrive only so
+/// Forgets a few versions older than [`FORGET_AFTER`] (600 s) in hash `h` — older than the
+/// server's clock or the version just recorded, whichever is earlier, so that a replica whose
+/// clock runs ahead of its writer's never forgets a fresh one: a result can arrive only so
 /// late (the sidecar drops one held longer than a minute), so an older version orders nothing
 /// any more, and without this the hashes would keep one entry per key ever written.
 macro_rules! forget_old {
     () => {
         r"
-local function forget_old(h)
+local function forget_old(h, newest)
   local t = redis.call('TIME')
-  local horizon = (tonumber(t[1]) - 600) * 1000000
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  -- Never beyond the version just recorded: the clocks of writer and replica may disagree.
+  if newest < now then now = newest end
+  local horizon = now - 600000000
   local sample = redis.call('HRANDFIELD', h, 3, 'WITHVALUES')
   for j = 1, #sample, 2 do
     local c = tonumber(string.match(sample[j + 1], ':(%d+)$'))
@@ -184,7 +189,7 @@ local version = e .. ':' .. c
 local out = {e, c, first}
 for i = 3, #KEYS, 2 do
   redis.call('HSET', KEYS[i], KEYS[i + 1], version)
-  forget_old(KEYS[i])
+  forget_old(KEYS[i], counter)
   out[#out + 1] = redis.call('DUMP', KEYS[i + 1])
   out[#out + 1] = redis.call('PTTL', KEYS[i + 1])
 end
@@ -229,7 +234,7 @@ for i = 1, #KEYS, 2 do
       if first == '' then first = r.err end
     else
       redis.call('HSET', h, key, version)
-      forget_old(h)
+      forget_old(h, counter)
       applied = applied + 1
     end
   end
@@ -528,6 +533,14 @@ mod tests {
 
     fn bulk(s: &str) -> Frame {
         Frame::Bulk(Bytes::from(s.to_owned()))
+    }
+
+    #[test]
+    fn the_scripts_forget_after_forget_after() {
+        let micros = FORGET_AFTER.as_micros().to_string();
+        for script in [WRITE_SCRIPT, APPLY_SCRIPT] {
+            assert!(script.contains(&format!("now - {micros}")), "{script}");
+        }
     }
 
     #[test]

@@ -325,20 +325,27 @@ impl Sent {
         let (sync, later): (Vec<ForReplica>, Vec<ForReplica>) =
             parts.into_iter().partition(|p| p.sync);
         let policy = self.router.policy().to_owned();
+        // Every part is tried, also after one failed: the other replicas must not fall behind.
+        let mut failure = None;
         for part in &sync {
-            if let Err(why) = self.apply(&policy, part, answered).await {
-                part.metrics.replica_failures.inc();
-                let name = self.router.resolver.instance_name(part.replica);
-                // Not -TRYAGAIN: the write ran, and clients retry that code on their own.
-                let _ = tx.send(error_reply(&format!(
-                    "NOREPLICA redis-fleet: the write ran, but its replica {name} did not take \
-                     it ({why})"
-                )));
-                return;
+            match self.apply(&policy, part, answered).await {
+                Ok(()) => {
+                    part.metrics.replicated.inc();
+                }
+                Err(why) => {
+                    part.metrics.replica_failures.inc();
+                    let name = self.router.resolver.instance_name(part.replica);
+                    failure.get_or_insert_with(|| {
+                        // Not -TRYAGAIN: the write ran, and clients retry that code on their own.
+                        error_reply(&format!(
+                            "NOREPLICA redis-fleet: the write ran, but its replica {name} did not \
+                             take it ({why})"
+                        ))
+                    });
+                }
             }
-            part.metrics.replicated.inc();
         }
-        let _ = tx.send(encode(&written.reply));
+        let _ = tx.send(failure.unwrap_or_else(|| encode(&written.reply)));
         if later.is_empty() {
             return;
         }
@@ -448,8 +455,10 @@ impl ForReplica {
 
 /// Sends the apply of `part` to its replica and waits for it; `Err` with the reason when the
 /// replica did not take all of it. A table loaded meanwhile (the replica's connection then
-/// refuses requests routed by the older one) sends it again by the table in use: results are
-/// versioned, so one applied twice changes nothing.
+/// refuses requests routed by the older one) sends it again by the table in use, if that table
+/// still makes the same instance the replica of every key in it (results are versioned: one
+/// applied twice changes nothing); if it does not, the part fails — the replica the new table
+/// names is left to the repair, and no instance keeps a copy nothing routes to.
 async fn apply(
     router: &Arc<Router>,
     shared: &Shared,
@@ -472,6 +481,16 @@ async fn apply(
                     .resolver
                     .instance_id(&name)
                     .ok_or_else(|| format!("{name} left the routing table"))?;
+                let still = part.written.states.iter().all(|(key, _)| {
+                    let route = current.resolver.resolve(key);
+                    route.target != id
+                        && matches!(current.resolver.replication(&route), Some((_, Some(r))) if r == id)
+                });
+                if !still {
+                    return Err(format!(
+                        "the routing table changed the replica of {name}'s keys"
+                    ));
+                }
                 continue;
             }
             Err(e) => return Err(String::from_utf8_lossy(&e.reply()).trim().to_owned()),
