@@ -96,20 +96,16 @@ pub fn check_decision(reply: &[u8]) -> Option<Decision> {
     }
 }
 
-fn sha(script: &'static str, cell: &'static OnceLock<String>) -> &'static str {
-    cell.get_or_init(|| redis::Script::new(script).get_hash().to_owned())
-}
-
 /// SHA1 of [`GUARD_SCRIPT`].
 pub fn guard_sha() -> &'static str {
     static SHA: OnceLock<String> = OnceLock::new();
-    sha(GUARD_SCRIPT, &SHA)
+    super::script_sha(GUARD_SCRIPT, &SHA)
 }
 
 /// SHA1 of [`CHECK_SCRIPT`].
 pub fn check_sha() -> &'static str {
     static SHA: OnceLock<String> = OnceLock::new();
-    sha(CHECK_SCRIPT, &SHA)
+    super::script_sha(CHECK_SCRIPT, &SHA)
 }
 
 fn keys_args(marker: &str, keys: &[Bytes], urgent: &str) -> Vec<Bytes> {
@@ -133,20 +129,10 @@ pub fn guard_command(
     let k = keys_args(marker, keys, urgent);
     let argc: usize = commands.iter().map(|c| c.len() + 1).sum();
     let mut out = Vec::with_capacity(4 + k.len() + argc);
-    if by_body {
-        out.push(Bytes::from_static(b"EVAL"));
-        out.push(Bytes::from_static(GUARD_SCRIPT.as_bytes()));
-    } else {
-        out.push(Bytes::from_static(b"EVALSHA"));
-        out.push(Bytes::from_static(guard_sha().as_bytes()));
-    }
+    out.extend(super::script_head(GUARD_SCRIPT, guard_sha(), by_body));
     out.push(Bytes::from(k.len().to_string()));
     out.extend(k);
-    out.push(Bytes::from(commands.len().to_string()));
-    for c in commands {
-        out.push(Bytes::from(c.len().to_string()));
-        out.extend(c.iter().cloned());
-    }
+    super::push_commands(&mut out, commands);
     out
 }
 

@@ -54,6 +54,37 @@ end
     };
 }
 
+/// SHA1 of `script`, computed once into `cell`.
+fn script_sha(script: &'static str, cell: &'static std::sync::OnceLock<String>) -> &'static str {
+    cell.get_or_init(|| redis::Script::new(script).get_hash().to_owned())
+}
+
+/// `EVALSHA <sha>`, or `EVAL <body>` when `by_body` (after a `NOSCRIPT`).
+fn script_head(script: &'static str, sha: &'static str, by_body: bool) -> [bytes::Bytes; 2] {
+    use bytes::Bytes;
+    if by_body {
+        [
+            Bytes::from_static(b"EVAL"),
+            Bytes::from_static(script.as_bytes()),
+        ]
+    } else {
+        [
+            Bytes::from_static(b"EVALSHA"),
+            Bytes::from_static(sha.as_bytes()),
+        ]
+    }
+}
+
+/// Appends `commands` as [`run_commands!`] reads them from ARGV: their count, then each one's
+/// length and arguments.
+fn push_commands(out: &mut Vec<bytes::Bytes>, commands: &[Vec<bytes::Bytes>]) {
+    out.push(bytes::Bytes::from(commands.len().to_string()));
+    for c in commands {
+        out.push(bytes::Bytes::from(c.len().to_string()));
+        out.extend(c.iter().cloned());
+    }
+}
+
 pub mod fence;
 pub mod guard;
 pub mod heartbeat;

@@ -243,34 +243,16 @@ return {applied, ignored, failed, first}
 "
 );
 
-fn sha(script: &'static str, cell: &'static OnceLock<String>) -> &'static str {
-    cell.get_or_init(|| redis::Script::new(script).get_hash().to_owned())
-}
-
 /// SHA1 of [`WRITE_SCRIPT`].
 pub fn write_sha() -> &'static str {
     static SHA: OnceLock<String> = OnceLock::new();
-    sha(WRITE_SCRIPT, &SHA)
+    super::script_sha(WRITE_SCRIPT, &SHA)
 }
 
 /// SHA1 of [`APPLY_SCRIPT`].
 pub fn apply_sha() -> &'static str {
     static SHA: OnceLock<String> = OnceLock::new();
-    sha(APPLY_SCRIPT, &SHA)
-}
-
-fn script_head(script: &'static str, sha: &'static str, by_body: bool) -> [Bytes; 2] {
-    if by_body {
-        [
-            Bytes::from_static(b"EVAL"),
-            Bytes::from_static(script.as_bytes()),
-        ]
-    } else {
-        [
-            Bytes::from_static(b"EVALSHA"),
-            Bytes::from_static(sha.as_bytes()),
-        ]
-    }
+    super::script_sha(APPLY_SCRIPT, &SHA)
 }
 
 /// The applied-versions hash and the key, for each key.
@@ -298,16 +280,12 @@ pub fn write_command(
     let pairs = key_pairs(policy, keys.iter());
     let argc: usize = commands.iter().map(|c| c.len() + 1).sum();
     let mut out = Vec::with_capacity(7 + pairs.len() + argc);
-    out.extend(script_head(WRITE_SCRIPT, write_sha(), by_body));
+    out.extend(super::script_head(WRITE_SCRIPT, write_sha(), by_body));
     out.push(Bytes::from((pairs.len() + 2).to_string()));
     out.push(Bytes::from(names::writer_epoch(policy)));
     out.push(Bytes::from(names::version_counter(policy)));
     out.extend(pairs);
-    out.push(Bytes::from(commands.len().to_string()));
-    for c in commands {
-        out.push(Bytes::from(c.len().to_string()));
-        out.extend(c.iter().cloned());
-    }
+    super::push_commands(&mut out, commands);
     out.push(Bytes::from(version.to_string()));
     out.extend(keys.iter().map(|k| Bytes::from(key_slot(k).to_string())));
     out
@@ -375,7 +353,7 @@ pub fn parse_written(reply: Frame, keys: &[Bytes]) -> Result<Written, WriteError
 pub fn apply_command(policy: &str, written: &Written, held: Duration, by_body: bool) -> Vec<Bytes> {
     let pairs = key_pairs(policy, written.states.iter().map(|(k, _)| k));
     let mut out = Vec::with_capacity(6 + 2 * pairs.len());
-    out.extend(script_head(APPLY_SCRIPT, apply_sha(), by_body));
+    out.extend(super::script_head(APPLY_SCRIPT, apply_sha(), by_body));
     out.push(Bytes::from(pairs.len().to_string()));
     out.extend(pairs);
     out.push(Bytes::from(written.version.epoch.to_string()));
@@ -475,10 +453,10 @@ pub async fn repair(
                             ))
                         })
                     })?;
-                let read_at = std::time::Instant::now();
                 let applied = query(
                     replica_conn,
-                    apply_command(policy, &written, read_at.elapsed(), true),
+                    // Applied straight after it was read: nothing held.
+                    apply_command(policy, &written, Duration::ZERO, true),
                 )
                 .await
                 .and_then(|f| {
@@ -506,25 +484,7 @@ async fn query(
         cmd.arg(a.as_ref());
     }
     let value: redis::Value = cmd.query_async(conn).await?;
-    Ok(to_frame(value))
-}
-
-/// The [`Frame`] of a `redis` crate reply (RESP2 shapes only: the scripts' replies).
-fn to_frame(value: redis::Value) -> Frame {
-    match value {
-        redis::Value::Nil => Frame::Null,
-        redis::Value::Int(n) => Frame::Integer(n),
-        redis::Value::BulkString(b) => Frame::Bulk(Bytes::from(b)),
-        redis::Value::SimpleString(s) => Frame::Simple(Bytes::from(s)),
-        redis::Value::Okay => Frame::ok(),
-        redis::Value::Array(items) => Frame::Array(items.into_iter().map(to_frame).collect()),
-        redis::Value::ServerError(e) => Frame::Error(Bytes::from(format!(
-            "{} {}",
-            e.code(),
-            e.details().unwrap_or_default()
-        ))),
-        other => Frame::Error(Bytes::from(format!("unexpected reply {other:?}"))),
-    }
+    Ok(super::mover::value_to_frame(&value))
 }
 
 #[cfg(test)]
