@@ -654,15 +654,17 @@ impl Client {
         }
         // Writes on replicated categories take their own path (`replicated.rs`); reads, and
         // every command of a table without replication, cost this one check.
-        let replicating = (spec.write || spec.kind == Kind::Script)
-            && self
-                .shared
+        let replicating = if spec.write || spec.kind == Kind::Script {
+            self.shared
                 .router
                 .load()
                 .as_ref()
-                .is_some_and(|r| r.resolver.replicates());
-        if replicating
-            && let Some(router) = self.shared.router.load_full()
+                .filter(|r| r.resolver.replicates())
+                .cloned()
+        } else {
+            None
+        };
+        if let Some(router) = replicating
             && let Some(dispatched) = Box::pin(self.replicated(&router, request, resolved)).await
         {
             return dispatched;

@@ -137,7 +137,15 @@ impl Client {
                 // Sent now, in the client's order; answered when its result is in.
                 return Some(
                     self.send_write(router, target, keys, routes, cmds)
-                        .map(|sent| sent.pending(Some(category))),
+                        .map(|sent| {
+                            let router = router.clone();
+                            let reply = sent.spawn();
+                            Pending::Future(Box::pin(async move {
+                                let reply = reply.await;
+                                count(&router, category, &reply);
+                                reply
+                            }))
+                        }),
                 );
             }
             Kind::MultiKey(split) => {
@@ -148,11 +156,7 @@ impl Client {
             _ => Err(refused(&spec.name.to_ascii_uppercase())),
         };
         Some(result.map(|reply| {
-            let m = &router.categories[usize::from(category)];
-            m.commands.inc();
-            if reply.first() == Some(&b'-') {
-                m.errors.inc();
-            }
+            count(router, category, &reply);
             Pending::Ready(reply)
         }))
     }
@@ -190,13 +194,10 @@ impl Client {
                     cmds.extend(super::super::ttl::default_expiry(rules, key));
                 }
             }
-            let reply = match self
+            let reply = self
                 .send_write(router, target, group_keys, group_routes, cmds)?
-                .pending(None)
-            {
-                Pending::Future(f) => f.await,
-                _ => error_reply("ERR redis-fleet: no reply"),
-            };
+                .spawn()
+                .await;
             match parse(&reply) {
                 Ok(Frame::Integer(n)) => sum += n,
                 Ok(Frame::Error(_)) | Err(_) => return Ok(reply),
@@ -256,27 +257,18 @@ struct Sent {
 }
 
 impl Sent {
-    /// The client's pending reply. The rest runs in a task of its own from now on: it waits
-    /// for the writer's result as it arrives (so the time a result is held, taken off the
-    /// replica's TTL, is measured from then), and the replicas get it even when the client
-    /// hangs up before its reply. Counted as a command of `category` when given.
-    fn pending(self, category: Option<CategoryId>) -> Pending {
+    /// Runs the rest in a task of its own from now on: it waits for the writer's result as it
+    /// arrives (so the time a result is held, taken off the replica's TTL, is measured from
+    /// then), and the replicas get it even when the client hangs up before its reply. The
+    /// future returned is the client's reply.
+    fn spawn(self) -> impl Future<Output = Bytes> + Send + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let router = self.router.clone();
         tokio::spawn(self.run(tx));
-        Pending::Future(Box::pin(async move {
-            let reply = rx.await.unwrap_or_else(|_| {
+        async move {
+            rx.await.unwrap_or_else(|_| {
                 error_reply("UNKNOWN redis-fleet: the write's outcome was lost; it may have run")
-            });
-            if let Some(c) = category {
-                let m = &router.categories[usize::from(c)];
-                m.commands.inc();
-                if reply.first() == Some(&b'-') {
-                    m.errors.inc();
-                }
-            }
-            reply
-        }))
+            })
+        }
     }
 
     /// Waits for the writer's result, hands each written key's state to its slot's replica —
@@ -396,6 +388,15 @@ impl Sent {
             answered,
         )
         .await
+    }
+}
+
+/// Counts `reply` as a command of `category`.
+fn count(router: &Router, category: CategoryId, reply: &[u8]) {
+    let m = &router.categories[usize::from(category)];
+    m.commands.inc();
+    if reply.first() == Some(&b'-') {
+        m.errors.inc();
     }
 }
 
