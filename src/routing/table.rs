@@ -150,17 +150,6 @@ pub enum ReplicationMode {
     Sync,
 }
 
-impl CategoryReplication {
-    /// The replica of `slot`, if it has one.
-    pub fn replica_of(&self, slot: u16) -> Option<&str> {
-        let idx = self.replicas.partition_point(|o| o.range.end < slot);
-        self.replicas
-            .get(idx)
-            .filter(|o| o.range.contains(slot))
-            .map(|o| o.instance.as_str())
-    }
-}
-
 /// TTL rules of a category, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
