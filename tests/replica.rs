@@ -124,34 +124,20 @@ fn assert_same(writer: &mut RawConn, replica: &mut RawConn, keys: &[&str], when:
     }
 }
 
-struct Pair {
-    _writer: RedisServer,
-    _replica: RedisServer,
-    w: RawConn,
-    r: RawConn,
-}
-
-fn pair() -> Pair {
-    let writer = RedisServer::start(RedisOptions::default());
-    let replica = RedisServer::start(RedisOptions::default());
-    let w = RawConn::open(writer.port);
-    let r = RawConn::open(replica.port);
-    Pair {
-        w,
-        r,
-        _writer: writer,
-        _replica: replica,
-    }
+/// Connections to a writer and its replica, and the two servers (keep them bound: dropping
+/// them stops the servers).
+fn pair() -> (RawConn, RawConn, (RedisServer, RedisServer)) {
+    let servers = two_servers();
+    (
+        RawConn::open(servers.0.port),
+        RawConn::open(servers.1.port),
+        servers,
+    )
 }
 
 #[test]
 fn every_kind_of_write_reaches_the_replica_with_the_reply_redis_gives() {
-    let Pair {
-        mut w,
-        mut r,
-        _writer,
-        _replica,
-    } = pair();
+    let (mut w, mut r, _servers) = pair();
     let reference_server = RedisServer::start(RedisOptions::default());
     let mut reference = RawConn::open(reference_server.port);
     // (the keys the command writes, the command), run in this order.
@@ -202,12 +188,7 @@ fn every_kind_of_write_reaches_the_replica_with_the_reply_redis_gives() {
 
 #[test]
 fn results_delivered_out_of_order_or_twice_leave_the_newest() {
-    let Pair {
-        mut w,
-        mut r,
-        _writer,
-        _replica,
-    } = pair();
+    let (mut w, mut r, _servers) = pair();
     let v1 = write(&mut w, 5, &["k"], "SET k one").unwrap();
     let v2 = write(&mut w, 5, &["k"], "SET k two").unwrap();
     let gone = write(&mut w, 5, &["k"], "DEL k").unwrap();
@@ -239,12 +220,7 @@ fn results_delivered_out_of_order_or_twice_leave_the_newest() {
 
 #[test]
 fn a_promoted_replica_outranks_late_results_of_the_writer_before_it() {
-    let Pair {
-        mut w,
-        mut r,
-        _writer,
-        _replica,
-    } = pair();
+    let (mut w, mut r, _servers) = pair();
     // The owner wrote a lot under epoch 3; the last results are still in flight when it dies.
     let mut late = Vec::new();
     for i in 0..500 {
@@ -317,12 +293,7 @@ fn a_writers_versions_keep_rising_across_older_tables_and_a_restart() {
 
 #[test]
 fn a_ttl_is_never_extended_by_the_trip() {
-    let Pair {
-        mut w,
-        mut r,
-        _writer,
-        _replica,
-    } = pair();
+    let (mut w, mut r, _servers) = pair();
     let written = write(&mut w, 2, &["t"], "SET t v PX 5000").unwrap();
     apply(&mut r, &written, Duration::from_millis(1_500));
     let left = pttl(&mut r, "t");
@@ -339,12 +310,7 @@ fn a_ttl_is_never_extended_by_the_trip() {
 
 #[test]
 fn a_replica_that_cannot_take_a_result_records_nothing_and_takes_it_later() {
-    let Pair {
-        mut w,
-        mut r,
-        _writer,
-        _replica,
-    } = pair();
+    let (mut w, mut r, _servers) = pair();
     // The replica is over its maxmemory and evicts nothing: writes that add data are refused.
     let big = "x".repeat(64 * 1024);
     for i in 0..16 {
@@ -773,12 +739,7 @@ fn after_the_owner_is_killed_every_acknowledged_sync_write_is_served_by_the_repl
 async fn a_repair_brings_the_replica_to_the_writers_state_without_undoing_racing_writes() {
     use redis_fleet::routing::keyspace::Resolver;
     use redis_fleet::routing::slots::SlotRange;
-    let Pair {
-        mut w,
-        mut r,
-        _writer: writer,
-        _replica: replica_server,
-    } = pair();
+    let (mut w, mut r, (writer, replica_server)) = pair();
     // In sync: 50 keys, and 5 000 more so that the pass takes a while.
     for i in 0..50 {
         let k = format!("auth:{i}");
@@ -957,12 +918,7 @@ fn pipelined_replicated_writes_keep_the_clients_order() {
 /// minutes in its slot's hash, so the hashes hold about the keys written lately.
 #[test]
 fn old_versions_are_forgotten() {
-    let Pair {
-        mut w,
-        mut r,
-        _writer,
-        _replica,
-    } = pair();
+    let (mut w, mut r, _servers) = pair();
     let slot = redis_fleet::routing::slots::key_slot(b"k");
     let hash = redis_fleet::redis::protocol::names::applied_versions(POLICY, slot);
     // 2 000 versions from long ago (counter 1 µs after the epoch) on both sides.
@@ -1077,12 +1033,7 @@ fn a_replica_that_does_not_answer_fails_sync_writes_with_noreplica() {
 /// newer one.
 #[test]
 fn a_writer_clock_behind_the_replicas_does_not_make_fresh_versions_old() {
-    let Pair {
-        mut w,
-        mut r,
-        _writer,
-        _replica,
-    } = pair();
+    let (mut w, mut r, _servers) = pair();
     w.cmd("SET {s}k v");
     let payload = dump(&mut w, "{s}k").unwrap();
     let now_us = std::time::SystemTime::now()

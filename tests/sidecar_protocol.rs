@@ -892,6 +892,16 @@ struct Raced {
     _fleet: (RedisServer, RedisServer, Sidecar),
 }
 
+/// A connection to `sidecar` that waits for a reply as long as it takes.
+async fn patient_client(sidecar: &Sidecar) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    sidecar
+        .client()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap()
+}
+
 /// Two servers, b fenced at v2 on itself (as the Job does on the instances it moves data
 /// between) after `prepare` ran on it, and a sidecar started on table v1 while b is stopped:
 /// b's first connection waits in its handshake, and `request` — sent by a client that waits
@@ -911,12 +921,7 @@ async fn while_b_greets(
     let pid = b.pid().unwrap();
     assert!(support::process::signal(pid, "-STOP"));
     let sidecar = Sidecar::start(&stale, &SECRETS);
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    let mut c = sidecar
-        .client()
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap();
+    let mut c = patient_client(&sidecar).await;
     let sent = tokio::spawn(async move {
         let r: redis::RedisResult<redis::Value> = request.query_async(&mut c).await;
         r.map_err(|e| e.to_string())
@@ -1062,12 +1067,7 @@ async fn a_frozen_instance_fails_requests_within_the_request_timeout_after_an_id
         &["--request-timeout", "1s"],
     );
     // The client waits as long as it takes: the sidecar must be the one to answer.
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    let mut c = sidecar
-        .client()
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap();
+    let mut c = patient_client(&sidecar).await;
     let _: () = c.set("user:1", "x").await.unwrap();
     // Idle: the lane's reader waits for bytes with nothing in flight.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
