@@ -484,6 +484,7 @@ fn replicated_table(
     auth.replication = Some(CategoryReplication {
         mode,
         replicas: vec![SlotOwner::from((0, 16383, "b".to_owned()))],
+        seeding: Vec::new(),
     });
     table(
         version,
@@ -1081,6 +1082,7 @@ fn a_replica_that_fails_does_not_hold_back_the_others() {
             SlotOwner::from((0, 8191, "b".to_owned())),
             SlotOwner::from((8192, 16383, "c".to_owned())),
         ],
+        seeding: Vec::new(),
     });
     let (on_b, on_c) = ("auth:{b}", "auth:{a}");
     assert!(redis_fleet::routing::slots::key_slot(on_b.as_bytes()) <= 8191);

@@ -200,6 +200,13 @@ pub struct CategorySpec {
     /// TTL rules applied by the sidecar to writes of this category.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<TtlSpec>,
+
+    /// Whether the category's writes are copied to a replica on another instance, so that its
+    /// data survives its owner's death (`docs/replication.md`). `Off` (the default): a failover
+    /// serves an empty fallback. `Async`: a write is acknowledged once its owner ran it, and
+    /// its replica follows. `Sync`: once its replica has it too.
+    #[serde(default, skip_serializing_if = "Replication::is_off")]
+    pub replication: Replication,
 }
 
 /// Placement and TTL of keys that match no category.
@@ -227,6 +234,43 @@ pub struct DefaultCategorySpec {
     /// TTL rules applied by the sidecar to writes of these keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<TtlSpec>,
+
+    /// Whether these keys' writes are copied to a replica on another instance, so that their
+    /// data survives their owner's death (`docs/replication.md`). `Off` (the default): a failover
+    /// serves an empty fallback. `Async`: a write is acknowledged once its owner ran it, and
+    /// its replica follows. `Sync`: once its replica has it too.
+    #[serde(default, skip_serializing_if = "Replication::is_off")]
+    pub replication: Replication,
+}
+
+/// Whether and how a category's writes reach a replica (`docs/replication.md`).
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum Replication {
+    /// No replica: the data lives on its owner only.
+    #[default]
+    Off,
+    /// Acknowledged once the owner ran the write; the replica follows, with a measured lag.
+    Async,
+    /// Acknowledged once the owner ran the write and the replica has its result.
+    Sync,
+}
+
+impl Replication {
+    /// Whether the category is not replicated.
+    pub fn is_off(&self) -> bool {
+        *self == Self::Off
+    }
+
+    /// The replication as written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "Off",
+            Self::Async => "Async",
+            Self::Sync => "Sync",
+        }
+    }
 }
 
 /// TTL rules of a category, applied by the sidecar.

@@ -381,6 +381,7 @@ mod tests {
         t.categories[0].replication = Some(CategoryReplication {
             mode: ReplicationMode::Sync,
             replicas: vec![(0, 8191, "secondary".to_owned()).into()],
+            seeding: Vec::new(),
         });
         let json = t.to_json();
         let back = RoutingTable::from_json(&json).unwrap();
@@ -416,6 +417,7 @@ mod tests {
                     .iter()
                     .map(|(a, b, n)| (*a, *b, (*n).to_owned()).into())
                     .collect(),
+                seeding: Vec::new(),
             });
             assert!(Resolver::new(t).is_err(), "{bad:?}");
         }

@@ -138,6 +138,11 @@ pub struct CategoryReplication {
     /// slots outside every run have none.
     #[serde(default)]
     pub replicas: Vec<SlotOwner>,
+    /// The runs of `replicas` whose replica is still being seeded (the operator copies what
+    /// the writer held before the replica was named), in slot order. Sidecars write to them
+    /// like to any replica; the operator reads this back to know what is left to seed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeding: Vec<SlotOwner>,
 }
 
 /// When a replicated write is acknowledged.
@@ -384,20 +389,12 @@ impl RoutingTable {
                     detail: format!("runs end at {}", next.saturating_sub(1)),
                 });
             }
-            let replicas = cat.replication.iter().flat_map(|r| &r.replicas);
-            let mut after: Option<u16> = None;
-            for replica in replicas {
-                let context = || format!("replicas of category {:?}", cat.name);
-                self.check_range(replica.range.start, replica.range.end, context)?;
-                if after.is_some_and(|end| replica.range.start <= end) {
-                    return Err(TableError::BadRange {
-                        context: format!("{} (out of order or overlapping)", context()),
-                        start: replica.range.start,
-                        end: replica.range.end,
-                    });
-                }
-                self.check_instance(&replica.instance, context)?;
-                after = Some(replica.range.end);
+            for (what, runs) in cat
+                .replication
+                .iter()
+                .flat_map(|r| [("replicas", &r.replicas), ("seeding", &r.seeding)])
+            {
+                self.check_runs(&cat.name, what, runs)?;
             }
         }
         for m in &self.migrating {
@@ -413,6 +410,26 @@ impl RoutingTable {
             self.check_category(&f.category, context)?;
             self.check_instance(&f.from, context)?;
             self.check_instance(&f.to, context)?;
+        }
+        Ok(())
+    }
+
+    /// `runs` (a category's replicas, or the part of them being seeded): valid ranges in slot
+    /// order, not overlapping, of instances the table names.
+    fn check_runs(&self, category: &str, what: &str, runs: &[SlotOwner]) -> Result<(), TableError> {
+        let mut after: Option<u16> = None;
+        for run in runs {
+            let context = || format!("{what} of category {category:?}");
+            self.check_range(run.range.start, run.range.end, context)?;
+            if after.is_some_and(|end| run.range.start <= end) {
+                return Err(TableError::BadRange {
+                    context: format!("{} (out of order or overlapping)", context()),
+                    start: run.range.start,
+                    end: run.range.end,
+                });
+            }
+            self.check_instance(&run.instance, context)?;
+            after = Some(run.range.end);
         }
         Ok(())
     }
