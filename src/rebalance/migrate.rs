@@ -240,6 +240,7 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     }
     job.report(rebalance_step::FENCING, &[]).await?;
     job.fence(flip, true).await?;
+    job.empty_targets(true).await?;
     job.report(rebalance_step::IMPORTING, &[]).await?;
     job.import(true, false).await?;
     job.total = job.count().await?;
@@ -498,18 +499,61 @@ impl Job {
     }
 
     async fn prepare(&mut self) -> Result<(), Error> {
-        let work: Vec<(String, CategoryId, SlotRange)> = self
+        self.empty_targets(false).await?;
+        // Moves from a legacy instance into ranges their target serves already: the target
+        // holds live data, so absent keys live there from the first guarded command on.
+        self.import(true, true).await?;
+        Ok(())
+    }
+
+    /// Deletes the targets' keys of the moved ranges: stale copies, which the guard and the
+    /// restores would take for moved data. With `replicated_only`, after the fence, only the
+    /// ranges of replicated categories whose source does not import yet (no key moved): the
+    /// target may have been the range's replica, taking results from sidecars on tables
+    /// before the flip until the fence closed their connections (`docs/replication.md`).
+    async fn empty_targets(&mut self, replicated_only: bool) -> Result<(), Error> {
+        let work: Vec<(String, String, CategoryId, SlotRange)> = self
             .steps
             .iter()
-            .map(|s| (s.to.clone(), s.category, s.range))
+            .map(|s| (s.from.clone(), s.to.clone(), s.category, s.range))
             .collect();
         let mover = self.mover.clone();
-        for (to, category, range) in work {
+        let migrations = self.migrations();
+        for (from, to, category, range) in work {
             let resolver = self.resolver.clone();
-            let name = &resolver.categories()[usize::from(category)].name;
+            let cat = &resolver.categories()[usize::from(category)];
+            let name = &cat.name;
             if super::plan::target_serves(resolver.table(), name, range, &to) {
                 // Emptying a legacy instance into the range's live owner: nothing is stale.
                 continue;
+            }
+            if replicated_only {
+                let replicated = resolver
+                    .table()
+                    .category(name)
+                    .is_some_and(|c| c.replication.is_some());
+                if !replicated {
+                    continue;
+                }
+                let Some((_, m)) = migrations.iter().find(|(f, m)| {
+                    *f == from
+                        && m.category == *name
+                        && m.start == range.start
+                        && m.end == range.end
+                }) else {
+                    continue;
+                };
+                let marker = names::importing(&mover.policy, m);
+                let source = self.instance(&from)?;
+                let importing: bool = redis::cmd("EXISTS")
+                    .arg(&marker)
+                    .query_async(&mut source.conn)
+                    .await
+                    .map_err(|e| source.err(&e))?;
+                if importing {
+                    // An earlier attempt began moving keys: the target holds moved data.
+                    continue;
+                }
             }
             let target = self.instance(&to)?;
             let mut scan = RangeScan::new(&resolver, category, &[range]);
@@ -529,9 +573,6 @@ impl Job {
                 info!(instance = %to, deleted, "removed stale keys from the target");
             }
         }
-        // Moves from a legacy instance into ranges their target serves already: the target
-        // holds live data, so absent keys live there from the first guarded command on.
-        self.import(true, true).await?;
         Ok(())
     }
 
