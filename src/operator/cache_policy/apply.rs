@@ -270,7 +270,7 @@ pub async fn publish_routing(
     let mut unfreed = current.unfreed.clone();
     unfreed.retain_instances(&names);
     if let Some(previous) = previous {
-        unfreed.without_served(previous);
+        unfreed.without_held(previous);
         leaving.retain_leaving(previous);
     }
     let lists = Lists { unfreed, leaving };

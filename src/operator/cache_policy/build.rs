@@ -380,19 +380,33 @@ pub fn plan_routing_with(
                     .filter_map(|f| Some((f.range().intersection(&piece)?, f.to.clone())))
                     .collect();
                 let covered: Vec<SlotRange> = kept.iter().map(|(r, _)| *r).collect();
-                let fresh = piece.minus(&covered).into_iter().map(|range| {
-                    let to = handoff.clone().or_else(|| {
-                        choose_fallback(
-                            &cat.name,
-                            range,
-                            owner,
-                            fallback_tier,
-                            tier,
-                            instances,
-                            &share,
-                        )
-                    });
-                    (range, to)
+                // A replicated range fails over to its replica, which holds its data
+                // (`docs/replication.md`); the rest to a fallback.
+                let replicas_before = previous.map(|t| replicas::replicas_of(t, &cat.name));
+                let fresh = piece.minus(&covered).into_iter().flat_map(|range| {
+                    let pieces: Vec<(SlotRange, Option<String>)> = match &handoff {
+                        Some(to) => vec![(range, Some(to.clone()))],
+                        None => by_replica(range, replicas_before.as_deref(), |r| {
+                            r != owner.name && by_name.get(r).is_some_and(|i| i.serving())
+                        }),
+                    };
+                    pieces
+                        .into_iter()
+                        .map(|(range, to)| {
+                            let to = to.or_else(|| {
+                                choose_fallback(
+                                    &cat.name,
+                                    range,
+                                    owner,
+                                    fallback_tier,
+                                    tier,
+                                    instances,
+                                    &share,
+                                )
+                            });
+                            (range, to)
+                        })
+                        .collect::<Vec<_>>()
                 });
                 let pieces: Vec<(SlotRange, Option<String>)> = kept
                     .into_iter()
@@ -417,7 +431,11 @@ pub fn plan_routing_with(
             }
         }
     }
-    if sticky {
+    // A replicated category's failover entries stay too when no data moves: its data is on
+    // the replica that serves it, and the returning owner becomes that range's replica
+    // (`replicas`), never its server again with what it held before.
+    let replicated = |category: &str| !replicas::replication_of(spec, category).is_off();
+    {
         // Whole, whatever placement wants for their ranges now: placement may give part of a
         // recovered owner's range to an instance that joined, but the owner keeps it until a
         // rebalance moves it (`rebalance::hold_back`), and the data written to the fallback
@@ -430,7 +448,8 @@ pub fn plan_routing_with(
             prev_failover
                 .iter()
                 .filter(|f| {
-                    categories.iter().any(|(c, ..)| c.name == f.category)
+                    (sticky || replicated(&f.category))
+                        && categories.iter().any(|(c, ..)| c.name == f.category)
                         && by_name
                             .get(f.from.as_str())
                             .is_some_and(|o| o.phase.serves_traffic())
@@ -587,6 +606,33 @@ fn handoff_pieces(
     out
 }
 
+/// `range` cut where the replica `replicas` names changes: each piece with its replica when
+/// `usable` accepts it.
+fn by_replica(
+    range: SlotRange,
+    replicas: Option<&[(Option<&str>, bool)]>,
+    usable: impl Fn(&str) -> bool,
+) -> Vec<(SlotRange, Option<String>)> {
+    let Some(replicas) = replicas else {
+        return vec![(range, None)];
+    };
+    let of = |slot: u16| {
+        replicas[usize::from(slot)]
+            .0
+            .filter(|r| usable(r))
+            .map(str::to_owned)
+    };
+    let mut out: Vec<(SlotRange, Option<String>)> = Vec::new();
+    for slot in range.start..=range.end {
+        let replica = of(slot);
+        match out.last_mut() {
+            Some((r, last)) if *last == replica => r.end = slot,
+            _ => out.push((SlotRange::new(slot, slot), replica)),
+        }
+    }
+    out
+}
+
 /// Past this share of its capacity an instance is a fallback of last resort: the failed
 /// instance's writes would soon be refused there (`-OOM`).
 const FALLBACK_FULL_PERCENT: u64 = 90;
@@ -696,6 +742,23 @@ pub fn served_ranges(table: &RoutingTable) -> BTreeMap<String, Vec<(String, Slot
         .collect()
 }
 
+/// Per instance, the (category, range) pairs whose keys it holds as live data in `table`: what
+/// it serves ([`served_ranges`]) and what it holds as a replica.
+pub fn held_ranges(table: &RoutingTable) -> BTreeMap<String, Vec<(String, SlotRange)>> {
+    let mut held = served_ranges(table);
+    for cat in &table.categories {
+        for run in cat.replication.iter().flat_map(|r| &r.replicas) {
+            held.entry(run.instance.clone())
+                .or_default()
+                .push((cat.name.clone(), run.range));
+        }
+    }
+    for ranges in held.values_mut() {
+        ranges.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    }
+    held
+}
+
 /// `ranges` as the maximal runs of the slots they cover, in slot order.
 fn merged(mut ranges: Vec<SlotRange>) -> Vec<SlotRange> {
     ranges.sort_unstable();
@@ -712,21 +775,31 @@ fn merged(mut ranges: Vec<SlotRange>) -> Vec<SlotRange> {
 }
 
 /// The ranges whose stale copies must be deleted from each instance before `next` is
-/// published: what it serves in `next` but did not serve in `previous`, except the source of
-/// a range migrating in `next`, which holds the very data being moved (a draining legacy
-/// Redis enters the table that way).
+/// published: what it holds in `next` ([`held_ranges`]: serves, or replicates) but did not
+/// hold in `previous`, except the source of a range migrating in `next`, which holds the very
+/// data being moved (a draining legacy Redis enters the table that way). A replica that
+/// serves its range after a failover held it before: its copies are the range's data.
 pub fn stale_before_publishing(
     previous: Option<&RoutingTable>,
     next: &RoutingTable,
 ) -> BTreeMap<String, Vec<(String, SlotRange)>> {
-    let mut before = previous.map(served_ranges).unwrap_or_default();
+    let mut before = previous.map(held_ranges).unwrap_or_default();
     for m in &next.migrating {
         before
             .entry(m.from.clone())
             .or_default()
             .push((m.category.clone(), SlotRange::new(m.start, m.end)));
     }
-    difference(&served_ranges(next), &before)
+    difference(&held_ranges(next), &before)
+}
+
+/// What each instance holds in `next` but did not hold in `previous` ([`held_ranges`]).
+pub fn newly_held(
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+) -> BTreeMap<String, Vec<(String, SlotRange)>> {
+    let before = previous.map(held_ranges).unwrap_or_default();
+    difference(&held_ranges(next), &before)
 }
 
 /// What each instance serves in `next` but did not serve in `previous`.
@@ -782,6 +855,8 @@ fn difference(
     }
     out
 }
+
+pub mod replicas;
 
 #[cfg(test)]
 pub mod fixtures;

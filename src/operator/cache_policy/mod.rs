@@ -29,6 +29,7 @@ pub mod fetch;
 pub mod job;
 pub mod planning;
 pub mod rebalance;
+pub mod seeding;
 pub mod status;
 pub mod unfreed;
 
@@ -63,6 +64,9 @@ pub const CONTROLLER: &str = "CachePolicy";
 
 /// Periodic reconcile: refreshes recommendations and catches anything a watch missed.
 const RESYNC: Duration = Duration::from_secs(30);
+
+/// How soon a policy with replicas being seeded is looked at again.
+const SEEDING_LOOK: Duration = Duration::from_secs(1);
 
 /// Reconcile errors; metric labels use the variant name.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +152,8 @@ pub struct PolicyContext {
     selected: Mutex<HashMap<String, Vec<Arc<RedisInstance>>>>,
     /// Instances that left a policy, being fenced and cleaned (`cleanup`).
     departures: cleanup::Departures,
+    /// Replicas being seeded (`seeding`).
+    seedings: Arc<seeding::Seedings>,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.
@@ -177,6 +183,7 @@ impl PolicyContext {
             written: Mutex::new(HashMap::new()),
             selected: Mutex::new(HashMap::new()),
             departures: cleanup::Departures::default(),
+            seedings: Arc::default(),
             status_refresh,
             routing_schema,
             started: Instant::now(),
@@ -223,6 +230,7 @@ impl PolicyContext {
     fn forget(&self, key: &str) {
         let mut remembered = self.selected.lock().unwrap_or_else(|e| e.into_inner());
         remembered.remove(key);
+        self.seedings.forget(key);
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         written.remove(key);
     }
@@ -354,6 +362,20 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 rebalance_on,
             );
             desired = Some(planned_table);
+            let moves = rb
+                .as_ref()
+                .filter(|r| r.is_active())
+                .map_or(&[][..], |r| r.moves.as_slice());
+            build::replicas::place_replicas(
+                &mut table,
+                &build::replicas::ReplicaInputs {
+                    spec: &policy.spec,
+                    instances: &views,
+                    previous: previous.as_ref(),
+                    moves,
+                    seeded: &ctx.seedings.finished(&key),
+                },
+            );
             table.schema_version = ctx.routing_schema;
             let mut return_previous = false;
             if let Err(e) = table.validate() {
@@ -437,6 +459,22 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         None => PolicySample::default(),
     };
     debug!(categories = ?sample.category_bytes, sidecars = sample.sidecars.len(), "sampled");
+    // Replicas named by the published table get what their writer held before.
+    let seeding = match &published {
+        Some(t) => {
+            ctx.seedings
+                .drive(
+                    &key,
+                    &shared.secrets,
+                    &namespace,
+                    &selected,
+                    t,
+                    &sample.sidecars,
+                )
+                .await
+        }
+        None => seeding::SeedingProgress::default(),
+    };
     if rebalance_on && let (Some(table), Some(desired)) = (&published, &desired) {
         rb = rebalance::drive(ctx, &policy, rb, table, desired, &views, &sample).await?;
         debug!(rebalance = ?rb.as_ref().map(|r| (&r.phase, r.plan_id, &r.job)), "rebalance driven");
@@ -504,6 +542,10 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     }
     if held_back {
         return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    if seeding.pending > 0 {
+        // A seeding finishes in a task of its own: look again soon to publish that it did.
+        return Ok(Action::requeue(SEEDING_LOOK));
     }
     Ok(Action::requeue(planning::next_look(
         next.rebalance.as_ref(),

@@ -2,10 +2,10 @@
 //! to it any more (`docs/protocol.md`, "Copies no instance serves").
 //!
 //! When a table stops routing a range to an instance — a move finished, a failover ended, a
-//! move's dead source handed its range to the target — the instance's keys of that range are
-//! garbage: the range's data is elsewhere. They must go before anything could take them for
-//! data: a draining instance that owns no slot is emptied by moving *every* key it holds into
-//! the owners (the legacy-Redis path), and a stale copy moved that way would answer reads and
+//! move's dead source handed its range to the target — or stops naming it the range's replica
+//! (`docs/replication.md`), the instance's keys of that range are garbage: the range's data is
+//! elsewhere. They must go before anything could take them for data: a draining instance that
+//! owns no slot is emptied by moving *every* key it holds into the owners (the legacy-Redis path), and a stale copy moved that way would answer reads and
 //! take writes meant for the owner's newer value. An instance that is down when its ranges are
 //! handed off cannot be cleaned then, so the list is kept with the table, in an annotation of
 //! the routing ConfigMap written in the same request as the table: an operator restarted
@@ -112,14 +112,15 @@ impl Unfreed {
         self.0.retain(|instance, _| names.contains(instance));
     }
 
-    /// Drops what `table` routes to an instance: those keys are its live data again (the
-    /// instance's stale copies were deleted before the table routed the range to it).
-    pub fn without_served(&mut self, table: &RoutingTable) {
-        // Nothing to drop (the steady state): skip working out what `table` serves.
+    /// Drops what `table` routes to an instance or names it the replica of: those keys are its
+    /// live data again (the instance's stale copies were deleted before the table gave it the
+    /// range).
+    pub fn without_held(&mut self, table: &RoutingTable) {
+        // Nothing to drop (the steady state): skip working out what `table` holds.
         if self.0.is_empty() {
             return;
         }
-        for (instance, ranges) in build::served_ranges(table) {
+        for (instance, ranges) in build::held_ranges(table) {
             let Some(categories) = self.0.get_mut(&instance) else {
                 continue;
             };
@@ -138,17 +139,18 @@ impl Unfreed {
     }
 
     /// The list once `next` replaces `previous`: what was to be freed, plus every range an
-    /// instance served in `previous` and does not serve in `next`, less what `next` routes.
+    /// instance held in `previous` (served, or replicated) and does not hold in `next`, less
+    /// what `next` gives it.
     pub fn after(&self, previous: Option<&RoutingTable>, next: &RoutingTable) -> Self {
         let mut out = self.clone();
         if let Some(previous) = previous {
-            for (instance, ranges) in build::newly_served(Some(next), previous) {
+            for (instance, ranges) in build::newly_held(Some(next), previous) {
                 for (cat, range) in ranges {
                     out.add(&instance, &cat, range);
                 }
             }
         }
-        out.without_served(next);
+        out.without_held(next);
         out
     }
 }

@@ -1,0 +1,318 @@
+//! Replica placement, the last pure step of a build: which instance holds the replica of each
+//! slot of a replicated category (`docs/replication.md`, "Placement").
+//!
+//! - A slot's replica is never the instance that serves it (its owner, or the instance its
+//!   failover entry names). The owner of a failed-over slot may be its replica: it holds the
+//!   outage's writes then, warm for the day the server dies in turn.
+//! - Candidates serve traffic, are not draining and have a known capacity; the category's
+//!   fallback tier is preferred, then its own tier, then any selected instance.
+//! - Stable: a slot keeps its replica while that replica remains a candidate. A new replica is
+//!   chosen by weighted rendezvous hashing per run of slots with one server, so a run keeps
+//!   one replica and a change of candidates moves few runs.
+//! - A slot in a migrating range has no replica (its writes are plain guarded commands while
+//!   it moves), and neither end of a move — in the previous table or in the plan under way —
+//!   is made a replica of the moved slots: the source keeps its importing marker until the
+//!   plan's cleanup, and the guard there would run a straggler's command on a replica copy.
+//! - A replica new to a slot is *seeding* until the operator reports that it copied what the
+//!   slot's writer held ([`Seeded`]); a seeding replica still receives every write.
+
+use std::collections::BTreeMap;
+
+use crate::api::cache_policy::{CachePolicySpec, DEFAULT_CATEGORY, MoveStatus, Replication};
+use crate::routing::placement::{self, Candidate};
+use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
+use crate::routing::table::{CategoryReplication, ReplicationMode, RoutingTable, SlotOwner};
+
+use super::InstanceView;
+
+/// A seeding that finished: `instance` holds, for `range` of `category`, what `writer` held
+/// when the seeding began and every write since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seeded {
+    /// Category.
+    pub category: String,
+    /// The replica seeded.
+    pub instance: String,
+    /// The instance it was seeded from (the slots' server).
+    pub writer: String,
+    /// The slots seeded.
+    pub range: SlotRange,
+}
+
+/// What replica placement needs besides the table.
+#[derive(Debug)]
+pub struct ReplicaInputs<'a> {
+    /// The policy.
+    pub spec: &'a CachePolicySpec,
+    /// The selected instances.
+    pub instances: &'a [InstanceView],
+    /// The table published before.
+    pub previous: Option<&'a RoutingTable>,
+    /// The moves of the plan under way (none when no plan is active).
+    pub moves: &'a [MoveStatus],
+    /// Seedings that finished since the previous table.
+    pub seeded: &'a [Seeded],
+}
+
+/// The replication a category's spec asks for.
+pub fn replication_of(spec: &CachePolicySpec, category: &str) -> Replication {
+    if category == DEFAULT_CATEGORY {
+        return spec.default_category.replication;
+    }
+    spec.categories
+        .iter()
+        .find(|c| c.name == category)
+        .map_or(Replication::Off, |c| c.replication)
+}
+
+/// Sets `replication` of every category of `table` (built by the steps before: owners,
+/// failover entries, migrations) and names the replicas' instances in it.
+pub fn place_replicas(table: &mut RoutingTable, inputs: &ReplicaInputs<'_>) {
+    let by_name: BTreeMap<&str, &InstanceView> = inputs
+        .instances
+        .iter()
+        .map(|i| (i.name.as_str(), i))
+        .collect();
+    let mut named = Vec::new();
+    for index in 0..table.categories.len() {
+        let name = table.categories[index].name.clone();
+        let mode = match replication_of(inputs.spec, &name) {
+            Replication::Off => {
+                table.categories[index].replication = None;
+                continue;
+            }
+            Replication::Async => ReplicationMode::Async,
+            Replication::Sync => ReplicationMode::Sync,
+        };
+        let placed = place_category(table, &name, &by_name, inputs);
+        named.extend(placed.replicas.iter().map(|r| r.instance.clone()));
+        table.categories[index].replication = Some(CategoryReplication {
+            mode,
+            replicas: placed.replicas,
+            seeding: placed.seeding,
+        });
+    }
+    for name in named {
+        if let Some(view) = by_name.get(name.as_str()) {
+            table
+                .instances
+                .entry(name)
+                .or_insert_with(|| view.endpoint.clone());
+        }
+    }
+}
+
+struct Placed {
+    replicas: Vec<SlotOwner>,
+    seeding: Vec<SlotOwner>,
+}
+
+/// Per slot, the instance that serves it in `table` (its owner unless a failover entry
+/// names another).
+pub fn servers<'t>(table: &'t RoutingTable, category: &str) -> Vec<&'t str> {
+    let Some(cat) = table.category(category) else {
+        return Vec::new();
+    };
+    let mut servers = cat.owners();
+    for f in table.failover.iter().filter(|f| f.category == category) {
+        for slot in f.start..=f.end {
+            if servers[usize::from(slot)] == f.from {
+                servers[usize::from(slot)] = f.to.as_str();
+            }
+        }
+    }
+    servers
+}
+
+/// Per slot, the replica `table` names for `category`, and whether it is seeding.
+pub fn replicas_of<'t>(table: &'t RoutingTable, category: &str) -> Vec<(Option<&'t str>, bool)> {
+    let mut out = vec![(None, false); usize::from(SLOT_COUNT)];
+    let Some(r) = table
+        .category(category)
+        .and_then(|c| c.replication.as_ref())
+    else {
+        return out;
+    };
+    for run in &r.replicas {
+        for slot in run.range.start..=run.range.end {
+            out[usize::from(slot)].0 = Some(run.instance.as_str());
+        }
+    }
+    for run in &r.seeding {
+        for slot in run.range.start..=run.range.end {
+            if out[usize::from(slot)].0 == Some(run.instance.as_str()) {
+                out[usize::from(slot)].1 = true;
+            }
+        }
+    }
+    out
+}
+
+fn place_category(
+    table: &RoutingTable,
+    category: &str,
+    by_name: &BTreeMap<&str, &InstanceView>,
+    inputs: &ReplicaInputs<'_>,
+) -> Placed {
+    let slots = usize::from(SLOT_COUNT);
+    let servers = servers(table, category);
+    let previous = inputs
+        .previous
+        .map(|t| replicas_of(t, category))
+        .unwrap_or_else(|| vec![(None, false); slots]);
+    // Slots without a replica (migrating), and per slot the instances that may not replicate
+    // it (the ends of a move, now, in the previous table or in the plan under way).
+    let mut blocked = vec![false; slots];
+    let mut ends: Vec<Vec<String>> = vec![Vec::new(); slots];
+    let mut mark = |start: u16, end: u16, from: &str, to: &str| {
+        for slot in start..=end.min(SLOT_COUNT - 1) {
+            for e in [from, to] {
+                let list = &mut ends[usize::from(slot)];
+                if !list.iter().any(|x| x == e) {
+                    list.push(e.to_owned());
+                }
+            }
+        }
+    };
+    for m in table.migrating.iter().filter(|m| m.category == category) {
+        for slot in m.start..=m.end {
+            blocked[usize::from(slot)] = true;
+        }
+        mark(m.start, m.end, &m.from, &m.to);
+    }
+    for m in inputs
+        .previous
+        .into_iter()
+        .flat_map(|t| &t.migrating)
+        .filter(|m| m.category == category)
+    {
+        mark(m.start, m.end, &m.from, &m.to);
+    }
+    for m in inputs.moves.iter().filter(|m| m.category == category) {
+        let (Ok(start), Ok(end)) = (u16::try_from(m.start), u16::try_from(m.end)) else {
+            continue;
+        };
+        mark(start, end, &m.from, &m.to);
+    }
+
+    let spec_tiers = tiers_of(inputs.spec, category);
+    let candidate = |i: &&InstanceView| i.serving() && !i.drain && i.capacity_bytes.is_some();
+    let in_tier =
+        |t: Option<&str>, i: &&InstanceView| t.is_none_or(|t| i.tier.as_deref() == Some(t));
+    // Preference order: the fallback tier, the category's tier, any.
+    let pools: Vec<Vec<Candidate>> = [
+        spec_tiers.fallback.as_deref(),
+        spec_tiers.tier.as_deref(),
+        None,
+    ]
+    .into_iter()
+    .enumerate()
+    .filter(|(n, t)| *n == 2 || t.is_some())
+    .map(|(_, t)| {
+        by_name
+            .values()
+            .filter(|i| candidate(i))
+            .filter(|i| in_tier(t, i))
+            .map(|i| Candidate {
+                name: i.name.clone(),
+                share: i.capacity_mib() * u64::from(i.weight.max(1)),
+            })
+            .collect()
+    })
+    .collect();
+    let eligible = |name: &str, slot: usize| {
+        by_name.get(name).is_some_and(candidate)
+            && servers[slot] != name
+            && !ends[slot].iter().any(|e| e == name)
+    };
+    let seeded = |name: &str, slot: usize| {
+        inputs.seeded.iter().any(|s| {
+            s.category == category
+                && s.instance == name
+                && s.writer == servers[slot]
+                && s.range.contains(slot as u16)
+        })
+    };
+
+    let mut chosen: Vec<(Option<String>, bool)> = vec![(None, false); slots];
+    // One choice per run of slots with the same server and the same excluded ends.
+    let keyed: Vec<(&str, &[String])> = (0..slots)
+        .map(|s| (servers[s], ends[s].as_slice()))
+        .collect();
+    for (range, _) in runs(&keyed) {
+        let mut fresh: Option<Option<String>> = None;
+        for slot in range.start..=range.end {
+            let s = usize::from(slot);
+            if blocked[s] {
+                continue;
+            }
+            if let (Some(prev), was_seeding) = previous[s]
+                && eligible(prev, s)
+            {
+                chosen[s] = (Some(prev.to_owned()), was_seeding && !seeded(prev, s));
+                continue;
+            }
+            let pick = fresh.get_or_insert_with(|| {
+                let key = format!("{category}/replica/{}", range.start);
+                pools.iter().find_map(|pool| {
+                    let pool: Vec<Candidate> = pool
+                        .iter()
+                        .filter(|c| eligible(&c.name, s))
+                        .cloned()
+                        .collect();
+                    (!pool.is_empty()).then(|| placement::rendezvous_winner(&key, &pool).to_owned())
+                })
+            });
+            chosen[s] = (pick.clone(), pick.is_some());
+        }
+    }
+    Placed {
+        replicas: runs(&chosen)
+            .into_iter()
+            .filter_map(|(range, (r, _))| {
+                Some(SlotOwner {
+                    range,
+                    instance: r?,
+                })
+            })
+            .collect(),
+        seeding: runs(&chosen)
+            .into_iter()
+            .filter_map(|(range, (r, seeding))| {
+                seeding.then_some(())?;
+                Some(SlotOwner {
+                    range,
+                    instance: r?,
+                })
+            })
+            .collect(),
+    }
+}
+
+struct Tiers {
+    tier: Option<String>,
+    fallback: Option<String>,
+}
+
+fn tiers_of(spec: &CachePolicySpec, category: &str) -> Tiers {
+    if category == DEFAULT_CATEGORY {
+        let d = &spec.default_category;
+        return Tiers {
+            tier: d.tier.clone(),
+            fallback: d.fallback_tier.clone(),
+        };
+    }
+    spec.categories.iter().find(|c| c.name == category).map_or(
+        Tiers {
+            tier: None,
+            fallback: None,
+        },
+        |c| Tiers {
+            tier: c.tier.clone(),
+            fallback: c.fallback_tier.clone(),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,374 @@
+//! Tests of replica placement, warm failover and what replicas hold.
+
+use super::*;
+use crate::api::redis_instance::InstancePhase;
+use crate::operator::cache_policy::build::fixtures::{example_view as view, shop, two};
+use crate::operator::cache_policy::build::{
+    newly_held, plan_routing, plan_routing_with, stale_before_publishing,
+};
+use crate::operator::cache_policy::unfreed::Unfreed;
+use crate::routing::table::Migration;
+
+/// The shop with `auth` replicated.
+fn replicated(mode: Replication) -> CachePolicySpec {
+    let mut spec = shop();
+    spec.categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .unwrap()
+        .replication = mode;
+    spec
+}
+
+/// What the operator would publish: the build, then replica placement.
+fn publish(
+    spec: &CachePolicySpec,
+    instances: &[InstanceView],
+    previous: Option<&RoutingTable>,
+    seeded: &[Seeded],
+) -> RoutingTable {
+    let mut t = plan_routing("shop/shop", spec, instances, previous)
+        .table
+        .unwrap();
+    place(&mut t, spec, instances, previous, &[], seeded);
+    t.version = previous.map_or(1, |p| p.version + 1);
+    t.validate().unwrap();
+    t
+}
+
+fn place(
+    t: &mut RoutingTable,
+    spec: &CachePolicySpec,
+    instances: &[InstanceView],
+    previous: Option<&RoutingTable>,
+    moves: &[MoveStatus],
+    seeded: &[Seeded],
+) {
+    place_replicas(
+        t,
+        &ReplicaInputs {
+            spec,
+            instances,
+            previous,
+            moves,
+            seeded,
+        },
+    );
+}
+
+fn all_seeded(t: &RoutingTable) -> Vec<Seeded> {
+    crate::operator::cache_policy::seeding::pending(t)
+        .into_iter()
+        .map(|j| Seeded {
+            category: j.category,
+            instance: j.replica,
+            writer: j.writer,
+            range: j.range,
+        })
+        .collect()
+}
+
+fn replica_runs(t: &RoutingTable, cat: &str) -> Vec<(u16, u16, String)> {
+    t.category(cat)
+        .and_then(|c| c.replication.as_ref())
+        .map(|r| {
+            r.replicas
+                .iter()
+                .map(|o| (o.range.start, o.range.end, o.instance.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn seeding_runs(t: &RoutingTable, cat: &str) -> usize {
+    t.category(cat)
+        .and_then(|c| c.replication.as_ref())
+        .map_or(0, |r| r.seeding.len())
+}
+
+fn phase(mut views: Vec<InstanceView>, name: &str, phase: InstancePhase) -> Vec<InstanceView> {
+    views.iter_mut().find(|v| v.name == name).unwrap().phase = phase;
+    views
+}
+
+#[test]
+fn a_replica_lives_on_the_fallback_tier_is_seeded_then_stays() {
+    let spec = replicated(Replication::Sync);
+    let first = publish(&spec, &two(), None, &[]);
+    let r = first
+        .category("auth")
+        .unwrap()
+        .replication
+        .as_ref()
+        .unwrap();
+    assert_eq!(r.mode, ReplicationMode::Sync);
+    assert_eq!(
+        replica_runs(&first, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+    assert_eq!(
+        seeding_runs(&first, "auth"),
+        1,
+        "a new replica is seeded first"
+    );
+    assert!(
+        first.category("order").unwrap().replication.is_none(),
+        "other categories are not replicated"
+    );
+    // Not seeded yet: the next table still says so; seeded: it no longer does, and the
+    // replica stays where it is.
+    let again = publish(&spec, &two(), Some(&first), &[]);
+    assert_eq!(seeding_runs(&again, "auth"), 1);
+    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
+    assert_eq!(seeding_runs(&seeded, "auth"), 0);
+    assert_eq!(replica_runs(&seeded, "auth"), replica_runs(&first, "auth"));
+    let steady = publish(&spec, &two(), Some(&seeded), &[]);
+    assert_eq!(steady.category("auth"), seeded.category("auth"));
+    // A seeding finished from another writer does not count.
+    let wrong = vec![Seeded {
+        writer: "secondary".into(),
+        ..all_seeded(&first)[0].clone()
+    }];
+    assert_eq!(
+        seeding_runs(&publish(&spec, &two(), Some(&first), &wrong), "auth"),
+        1
+    );
+    // Turned off: no replication in the table.
+    let off = publish(&shop(), &two(), Some(&seeded), &[]);
+    assert!(off.category("auth").unwrap().replication.is_none());
+}
+
+#[test]
+fn a_replica_is_never_the_server_and_prefers_the_fallback_tier() {
+    let spec = replicated(Replication::Async);
+    let mut three = two();
+    three.push(view("hot-2", "hot", InstancePhase::Ready, 30));
+    let t = publish(&spec, &three, None, &[]);
+    let served = super::servers(&t, "auth");
+    let replicas = replicas_of(&t, "auth");
+    for slot in 0..usize::from(SLOT_COUNT) {
+        let r = replicas[slot].0.expect("every slot has a replica");
+        assert_ne!(r, served[slot], "slot {slot}");
+        assert_eq!(r, "secondary", "the fallback tier first (slot {slot})");
+    }
+    // Without a fallback tier instance, another hot instance replicates.
+    let hot_only = vec![
+        view("primary", "hot", InstancePhase::Ready, 30),
+        view("hot-2", "hot", InstancePhase::Ready, 30),
+    ];
+    let mut spec2 = spec.clone();
+    for c in &mut spec2.categories {
+        c.tier = Some("hot".into());
+    }
+    spec2.default_category.tier = Some("hot".into());
+    let t = publish(&spec2, &hot_only, None, &[]);
+    let served = super::servers(&t, "auth");
+    let replicas = replicas_of(&t, "auth");
+    for slot in 0..usize::from(SLOT_COUNT) {
+        let r = replicas[slot].0.expect("a replica");
+        assert_ne!(r, served[slot]);
+    }
+    // One instance: nobody to replicate to.
+    let alone = vec![view("primary", "hot", InstancePhase::Ready, 30)];
+    let t = publish(&spec2, &alone, None, &[]);
+    assert!(replica_runs(&t, "auth").is_empty());
+}
+
+#[test]
+fn a_dead_owner_fails_over_to_its_replica_whose_copies_are_kept() {
+    let spec = replicated(Replication::Sync);
+    let mut three = two();
+    three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
+    let first = publish(&spec, &three, None, &[]);
+    for replica in ["secondary", "tertiary"] {
+        // Either warm instance may be the replica: the failover follows it, not the choice a
+        // fallback would get.
+        let mut seeded = publish(&spec, &three, Some(&first), &all_seeded(&first));
+        let auth = seeded
+            .categories
+            .iter_mut()
+            .find(|c| c.name == "auth")
+            .unwrap();
+        auth.replication.as_mut().unwrap().replicas = vec![SlotOwner {
+            range: SlotRange::ALL,
+            instance: replica.to_owned(),
+        }];
+        fails_over_to_the_replica(&spec, &three, &seeded);
+    }
+}
+
+fn fails_over_to_the_replica(
+    spec: &CachePolicySpec,
+    three: &[InstanceView],
+    seeded: &RoutingTable,
+) {
+    let spec = spec.clone();
+    let seeded = seeded.clone();
+    let replicas = replicas_of(&seeded, "auth");
+    let down = phase(three.to_vec(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&seeded), &[]);
+    let auth: Vec<_> = during
+        .failover
+        .iter()
+        .filter(|f| f.category == "auth")
+        .collect();
+    assert!(!auth.is_empty());
+    for f in &auth {
+        for slot in f.start..=f.end {
+            assert_eq!(
+                Some(f.to.as_str()),
+                replicas[usize::from(slot)].0,
+                "slot {slot} fails over to its replica"
+            );
+        }
+    }
+    // The replica's copies are the range's data: nothing of auth is purged where it fails
+    // over to, and the other failed-over categories are (a fallback's leftovers, as before).
+    let stale = stale_before_publishing(Some(&seeded), &during);
+    for f in &auth {
+        let purged = stale.get(&f.to).into_iter().flatten();
+        assert!(
+            purged
+                .filter(|(cat, _)| cat == "auth")
+                .all(|(_, r)| r.intersection(&f.range()).is_none()),
+            "{}: {:?}",
+            f.to,
+            stale.get(&f.to)
+        );
+    }
+    assert!(stale.values().flatten().any(|(cat, _)| cat == "order"));
+    // During the outage the range's replica is the other warm instance (never the server),
+    // and it is seeded afresh.
+    let servers_now = servers(&during, "auth");
+    for (slot, (r, seeding)) in replicas_of(&during, "auth").into_iter().enumerate() {
+        let r = r.expect("a replica during the outage");
+        assert_ne!(r, servers_now[slot]);
+        assert_ne!(r, "primary", "a dead instance replicates nothing");
+        assert!(seeding);
+    }
+}
+
+#[test]
+fn the_returning_owner_becomes_the_replica_and_keeps_no_stale_copy() {
+    let spec = replicated(Replication::Sync);
+    let first = publish(&spec, &two(), None, &[]);
+    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
+    let down = phase(two(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&seeded), &[]);
+    assert!(
+        replica_runs(&during, "auth").is_empty(),
+        "two instances: no replica while one is down"
+    );
+    // The failover entries stay with rebalancing off too: the data is on the replica.
+    let mut off = spec.clone();
+    off.balancing.rebalance.enabled = false;
+    let back = {
+        let mut t = plan_routing_with("shop/shop", &off, &two(), Some(&during), false)
+            .table
+            .unwrap();
+        place(&mut t, &off, &two(), Some(&during), &[], &[]);
+        t
+    };
+    assert!(back.failover.iter().any(|f| f.category == "auth"));
+    assert!(
+        !back.failover.iter().any(|f| f.category == "order"),
+        "unreplicated categories fail back as before"
+    );
+    // The owner is the replica of its failed-over slots now, seeded from scratch: its old
+    // copies are purged before the table names it.
+    assert_eq!(replica_runs(&back, "auth"), [(0, 16383, "primary".into())]);
+    assert_eq!(seeding_runs(&back, "auth"), 1);
+    let stale = stale_before_publishing(Some(&during), &back);
+    assert!(stale["primary"].iter().any(|(cat, _)| cat == "auth"));
+}
+
+#[test]
+fn migrating_slots_have_no_replica_and_a_move_end_replicates_none_of_them() {
+    let spec = replicated(Replication::Sync);
+    let mut three = two();
+    three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
+    let first = publish(&spec, &three, None, &[]);
+    let mut flip = first.clone();
+    flip.version += 1;
+    flip.migrating.push(Migration {
+        category: "auth".into(),
+        start: 0,
+        end: 99,
+        from: "primary".into(),
+        to: "secondary".into(),
+        epoch: 1,
+    });
+    place(&mut flip, &spec, &three, Some(&first), &[], &[]);
+    flip.validate().unwrap();
+    let replicas = replicas_of(&flip, "auth");
+    assert!(replicas[..100].iter().all(|(r, _)| r.is_none()));
+    assert!(replicas[100..].iter().all(|(r, _)| r.is_some()));
+    // The table after the flip: slots 0-99 are the target's, and neither end of the move
+    // replicates them while the plan runs (the source keeps its importing marker).
+    let mut after = first.clone();
+    after.version += 2;
+    after
+        .categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .unwrap()
+        .slots = vec![
+        SlotOwner {
+            range: SlotRange::new(0, 99),
+            instance: "secondary".into(),
+        },
+        SlotOwner {
+            range: SlotRange::new(100, 16383),
+            instance: "primary".into(),
+        },
+    ];
+    let moves = [MoveStatus {
+        category: "auth".into(),
+        start: 0,
+        end: 99,
+        from: "primary".into(),
+        to: "secondary".into(),
+    }];
+    place(&mut after, &spec, &three, Some(&flip), &moves, &[]);
+    after.validate().unwrap();
+    let replicas = replicas_of(&after, "auth");
+    assert!(
+        replicas[..100]
+            .iter()
+            .all(|(r, seeding)| *r == Some("tertiary") && *seeding),
+        "{:?}",
+        &replicas[..3]
+    );
+}
+
+#[test]
+fn a_replica_that_stops_being_one_has_its_copies_freed() {
+    let spec = replicated(Replication::Async);
+    let first = publish(&spec, &two(), None, &[]);
+    let down = phase(two(), "secondary", InstancePhase::Unreachable);
+    let without = publish(&spec, &down, Some(&first), &[]);
+    assert!(replica_runs(&without, "auth").is_empty());
+    let unfreed = Unfreed::default().after(Some(&first), &without);
+    assert!(
+        unfreed
+            .ranges_of("secondary")
+            .iter()
+            .any(|(cat, r)| cat == "auth" && *r == SlotRange::ALL),
+        "{:?}",
+        unfreed.ranges_of("secondary")
+    );
+    // Named again once it answers: its copies leave the list (they are purged before the
+    // table names it) and it is seeded.
+    let again = publish(&spec, &two(), Some(&without), &[]);
+    assert!(
+        newly_held(Some(&without), &again)["secondary"].contains(&("auth".into(), SlotRange::ALL))
+    );
+    assert!(
+        unfreed
+            .after(Some(&without), &again)
+            .ranges_of("secondary")
+            .iter()
+            .all(|(cat, _)| cat != "auth")
+    );
+    assert_eq!(seeding_runs(&again, "auth"), 1);
+}

@@ -1,0 +1,252 @@
+//! Seeding replicas: a replica new to a range gets what the range's writer held before it was
+//! named (`docs/replication.md`, "Repair"). The table that names it lists the range as
+//! `seeding`; once every live sidecar reports that table (or a later one) — so every write from
+//! then on reaches the replica — the operator runs [`replica::repair`] from the writer to the
+//! replica in a task of its own, and the next table no longer lists the range as seeding.
+//! Writes that race the pass are newer than what it copies and are never undone.
+//!
+//! What finished is kept in memory until a table without it is published: an operator that
+//! restarts meanwhile seeds the range again, which is harmless (the pass is idempotent).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use tracing::{info, warn};
+
+use crate::api::RedisInstance;
+use crate::redis::connect::redact;
+use crate::redis::protocol::replica;
+use crate::redis::serial::SerialConnection;
+use crate::routing::Resolver;
+use crate::routing::slots::SlotRange;
+use crate::routing::table::RoutingTable;
+
+use super::build::replicas::{Seeded, servers};
+
+/// How long a seeding's connection waits to be made.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The seedings of every policy: running, and finished but not yet out of the table.
+#[derive(Debug, Default)]
+pub struct Seedings {
+    state: Mutex<HashMap<String, PolicySeedings>>,
+}
+
+#[derive(Debug, Default)]
+struct PolicySeedings {
+    running: BTreeSet<SeedJob>,
+    done: Vec<Seeded>,
+}
+
+/// One range to seed: category, replica, writer, slots.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SeedJob {
+    /// Category.
+    pub category: String,
+    /// The replica to seed.
+    pub replica: String,
+    /// The instance that serves the range (the pass reads it).
+    pub writer: String,
+    /// The slots.
+    pub range: SlotRange,
+}
+
+impl SeedJob {
+    fn seeded(&self) -> Seeded {
+        Seeded {
+            category: self.category.clone(),
+            instance: self.replica.clone(),
+            writer: self.writer.clone(),
+            range: self.range,
+        }
+    }
+}
+
+/// Where seeding stands for a policy after [`Seedings::drive`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeedingProgress {
+    /// Ranges the table lists as seeding.
+    pub pending: usize,
+    /// Live sidecars still on a table older than the published one (no pass starts before
+    /// they are on it).
+    pub behind: usize,
+}
+
+/// The ranges `table` lists as seeding, cut where their writer changes.
+pub fn pending(table: &RoutingTable) -> Vec<SeedJob> {
+    let mut out = Vec::new();
+    for cat in &table.categories {
+        let Some(r) = &cat.replication else { continue };
+        if r.seeding.is_empty() {
+            continue;
+        }
+        let servers = servers(table, &cat.name);
+        for run in &r.seeding {
+            let mut start = run.range.start;
+            for slot in run.range.start..=run.range.end {
+                let last = slot == run.range.end;
+                let cut = last || servers[usize::from(slot) + 1] != servers[usize::from(slot)];
+                if cut {
+                    out.push(SeedJob {
+                        category: cat.name.clone(),
+                        replica: run.instance.clone(),
+                        writer: servers[usize::from(slot)].to_owned(),
+                        range: SlotRange::new(start, slot),
+                    });
+                    start = slot.saturating_add(1);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Seedings {
+    /// The seedings of policy `key` that finished (for [`super::build::replicas`]).
+    pub fn finished(&self, key: &str) -> Vec<Seeded> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.get(key).map(|p| p.done.clone()).unwrap_or_default()
+    }
+
+    /// Forgets policy `key` (deleted).
+    pub fn forget(&self, key: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.remove(key);
+    }
+
+    /// Starts a pass for each range `table` (published) lists as seeding, once `sidecars`
+    /// (live sidecar → table version) are all on it; forgets what finished and the table no
+    /// longer lists.
+    pub async fn drive(
+        self: &Arc<Self>,
+        key: &str,
+        secrets: &crate::operator::secrets::SecretReader,
+        namespace: &str,
+        selected: &[Arc<RedisInstance>],
+        table: &RoutingTable,
+        sidecars: &BTreeMap<String, u64>,
+    ) -> SeedingProgress {
+        let jobs = pending(table);
+        let behind = sidecars.values().filter(|v| **v < table.version).count();
+        let to_start: Vec<SeedJob> = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let policy = state.entry(key.to_owned()).or_default();
+            policy.done.retain(|d| {
+                jobs.iter().any(|j| {
+                    j.category == d.category
+                        && j.replica == d.instance
+                        && j.writer == d.writer
+                        && d.range.start <= j.range.start
+                        && j.range.end <= d.range.end
+                })
+            });
+            if behind > 0 {
+                Vec::new()
+            } else {
+                jobs.iter()
+                    .filter(|j| !policy.running.contains(*j))
+                    .filter(|j| {
+                        !policy.done.iter().any(|d| {
+                            d.category == j.category
+                                && d.instance == j.replica
+                                && d.writer == j.writer
+                                && d.range.start <= j.range.start
+                                && j.range.end <= d.range.end
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            }
+        };
+        let progress = SeedingProgress {
+            pending: jobs.len(),
+            behind,
+        };
+        if to_start.is_empty() {
+            return progress;
+        }
+        let resolver = match Resolver::new(table.clone()) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                warn!(error = %e, "cannot seed replicas: the published table does not resolve");
+                return progress;
+            }
+        };
+        let find = |name: &str| selected.iter().find(|ri| ri.name_any() == name);
+        for job in to_start {
+            let (Some(writer), Some(replica)) = (find(&job.writer), find(&job.replica)) else {
+                continue;
+            };
+            let (Ok(writer_target), Ok(replica_target)) = (
+                secrets.target_of(writer, namespace).await,
+                secrets.target_of(replica, namespace).await,
+            ) else {
+                warn!(writer = %job.writer, replica = %job.replica, "cannot seed a replica: an instance's credentials are missing");
+                continue;
+            };
+            let Some(category) = resolver
+                .categories()
+                .iter()
+                .position(|c| c.name == job.category)
+                .and_then(|i| u16::try_from(i).ok())
+            else {
+                continue;
+            };
+            {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                state
+                    .entry(key.to_owned())
+                    .or_default()
+                    .running
+                    .insert(job.clone());
+            }
+            let this = Arc::clone(self);
+            let key = key.to_owned();
+            let resolver = Arc::clone(&resolver);
+            let (policy, version) = (table.policy.clone(), table.version);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                info!(category = %job.category, replica = %job.replica, writer = %job.writer,
+                    slots = %format!("{}-{}", job.range.start, job.range.end), "seeding a replica");
+                let result = async {
+                    let mut w = SerialConnection::open(&writer_target, CONNECT_TIMEOUT)
+                        .await
+                        .map_err(|e| redact(&e.to_string(), &writer_target.credentials))?;
+                    let mut r = SerialConnection::open(&replica_target, CONNECT_TIMEOUT)
+                        .await
+                        .map_err(|e| redact(&e.to_string(), &replica_target.credentials))?;
+                    replica::repair(
+                        &mut w,
+                        &mut r,
+                        &resolver,
+                        category,
+                        &[job.range],
+                        &policy,
+                        version,
+                    )
+                    .await
+                    .map_err(|e| redact(&e.to_string(), &writer_target.credentials))
+                }
+                .await;
+                let mut state = this.state.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = state.entry(key).or_default();
+                entry.running.remove(&job);
+                match result {
+                    Ok(done) if done.failed == 0 => {
+                        info!(category = %job.category, replica = %job.replica,
+                            keys = done.keys, applied = done.applied, kept = done.kept,
+                            seconds = started.elapsed().as_secs_f64(), "replica seeded");
+                        entry.done.push(job.seeded());
+                    }
+                    Ok(done) => warn!(category = %job.category, replica = %job.replica,
+                        failed = done.failed, "seeding a replica: some keys were refused; trying again"),
+                    Err(e) => warn!(category = %job.category, replica = %job.replica,
+                        error = %e, "seeding a replica failed; trying again"),
+                }
+            });
+        }
+        progress
+    }
+}
