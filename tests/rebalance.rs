@@ -1191,3 +1191,125 @@ async fn a_paused_plan_is_not_flipped_and_a_cancel_rolls_it_back_then_resume_pla
         ledger.errors.len()
     );
 }
+
+/// The shop with `auth` (and `session:`) replicated `Sync`, and a short cooldown.
+fn replicated_auth(policy: String) -> String {
+    let auth = "      fallbackTier: warm\n      ttl: {default: 1h, max: 24h, adaptive: true}\n";
+    assert!(policy.contains(auth), "the example's auth category changed");
+    fast_cooldown(policy).replace(auth, &format!("{auth}      replication: Sync\n"))
+}
+
+/// Keys of the replicated category, and of a warm one its owner's death does not touch.
+const REPLICATED_TRAFFIC: &[&str] = &["auth:", "session:", "user:"];
+
+/// Waits until `auth` is replicated everywhere and its replica seeded.
+async fn wait_replicated(shop: &Shop, what: &str) -> RoutingTable {
+    wait_table(shop, what, |t| {
+        t.failover.is_empty()
+            && t.migrating.is_empty()
+            && t.category("auth")
+                .and_then(|c| c.replication.as_ref())
+                .is_some_and(|r| {
+                    r.seeding.is_empty()
+                        && r.replicas.len() == 1
+                        && r.replicas[0].range == redis_fleet::routing::slots::SlotRange::ALL
+                })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_category_survives_its_owners_death_twice_and_fails_back_with_every_write() {
+    let mut shop = shop_with("warm-failover", replicated_auth).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let t = wait_replicated(&shop, "auth replicated on the secondary").await;
+    assert_eq!(t.category("auth").unwrap().slots[0].instance, "primary");
+    assert_eq!(
+        t.category("auth")
+            .unwrap()
+            .replication
+            .as_ref()
+            .unwrap()
+            .replicas[0]
+            .instance,
+        "secondary"
+    );
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for n in 0..300 {
+        let _: () = c.set(format!("auth:k{n}"), "before").await.unwrap();
+    }
+    let traffic = Traffic::start(sidecar.port, REPLICATED_TRAFFIC, 3);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 1. The owner dies: its replica serves the category at once, with its data.
+    shop.primary.kill();
+    let during = wait_table(&shop, "auth failed over", |t| {
+        t.failover.iter().any(|f| f.category == "auth")
+    })
+    .await;
+    assert!(
+        during
+            .failover
+            .iter()
+            .filter(|f| f.category == "auth")
+            .all(|f| f.to == "secondary")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut missing = 0;
+    for n in 0..300 {
+        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
+        if v.as_deref() != Some("before") {
+            missing += 1;
+        }
+    }
+    assert_eq!(missing, 0, "the replica served the category warm");
+
+    // 2. It comes back (empty): the failback moves the outage's writes home (the secondary's
+    // copies leave with them), then the secondary is the replica again, seeded from the
+    // owner: only the seeding puts back on it what was written before.
+    shop.primary.restart();
+    let _ = wait_rebalanced(&shop, &node, plan, Duration::from_secs(120)).await;
+    let after = wait_replicated(&shop, "auth replicated again after the failback").await;
+    assert_eq!(after.category("auth").unwrap().slots[0].instance, "primary");
+    let plan = shop
+        .policies
+        .get("shop")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.rebalance)
+        .map_or(0, |r| r.plan_id);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 3. It dies again: everything acknowledged — before, during and after the first outage,
+    // and through the failback — is read back from the replica.
+    shop.primary.kill();
+    wait_table(&shop, "auth failed over again", |t| {
+        t.failover.iter().any(|f| f.category == "auth")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ledger = traffic.stop().await;
+    for n in 0..300 {
+        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
+        assert_eq!(v.as_deref(), Some("before"), "auth:k{n}");
+    }
+    assert_ledger(sidecar.port, &ledger).await;
+    let acked = ledger
+        .values
+        .iter()
+        .filter(|(k, (v, _))| !k.starts_with("user:") && v.is_some())
+        .count();
+    eprintln!(
+        "warm failover twice: {} ops, {acked} replicated keys acknowledged and read back, {} errors \
+         (while the owner was down), plan {plan}",
+        ledger.ops,
+        ledger.errors.len()
+    );
+}
