@@ -980,6 +980,67 @@ fn a_table_loaded_while_a_write_waits_does_not_lose_its_apply() {
     );
 }
 
+/// A table loaded while a `sync` write waits for its writer may promote the replica (a
+/// failover) or name no replica any more (the range moves, or the replica was dropped): the
+/// write is answered all the same — its result goes to the promoted replica (it must not be
+/// lost with the old owner, and the promoted replica's own later writes outrank it), or is
+/// left to the table that governs the keys now, without a copy where nothing routes.
+#[test]
+fn a_table_that_promotes_or_drops_the_replica_while_a_write_waits_still_answers_it() {
+    let (a, b) = two_servers();
+    for promote in [true, false] {
+        let v1 = replicated_table(&a, &b, 1, ReplicationMode::Sync);
+        let sidecar = Sidecar::start(&v1, &[]);
+        let mut c = RawConn::open(sidecar.port);
+        let key = if promote {
+            "auth:promoted"
+        } else {
+            "auth:dropped"
+        };
+        assert_eq!(
+            frame(&c.call_raw(&args(&format!("SET {key} old")))),
+            Frame::ok()
+        );
+        let pid = a.pid().unwrap();
+        assert!(support::process::signal(pid, "-STOP"));
+        c.send(&args(&format!("SET {key} new")));
+        let mut v2 = v1.clone();
+        v2.version = 2;
+        if promote {
+            v2.failover.push(redis_fleet::routing::table::Failover {
+                category: "auth".into(),
+                start: 0,
+                end: 16383,
+                from: "a".into(),
+                to: "b".into(),
+            });
+        } else {
+            v2.categories[0]
+                .replication
+                .as_mut()
+                .unwrap()
+                .replicas
+                .clear();
+        }
+        sidecar.update_table(&v2);
+        assert!(support::process::wait_until(Duration::from_secs(5), || {
+            sidecar
+                .metrics()
+                .contains("redisfleet_sidecar_routing_version 2")
+        }));
+        assert!(support::process::signal(pid, "-CONT"));
+        let reply = frame(&c.read_raw().expect("a reply"));
+        assert_eq!(reply, Frame::ok(), "promote: {promote}: {reply:?}");
+        let on_b = value(&mut RawConn::open(b.port), key);
+        let expected = if promote { "new" } else { "old" };
+        assert_eq!(
+            on_b,
+            Some(format!("string [\"{expected}\"]")),
+            "promote: {promote}"
+        );
+    }
+}
+
 /// A `sync` write whose replica does not answer: the client hears `-NOREPLICA` (not
 /// `-TRYAGAIN`, which clients retry on their own: the write ran), within the request timeout.
 /// An `async` one is acknowledged and counted as a replica failure.

@@ -329,9 +329,10 @@ impl Sent {
         let mut failure = None;
         for part in &sync {
             match self.apply(&policy, part, answered).await {
-                Ok(()) => {
+                Ok(Handed::Applied) => {
                     part.metrics.replicated.inc();
                 }
+                Ok(Handed::Over) => {}
                 Err(why) => {
                     part.metrics.replica_failures.inc();
                     let name = self.router.resolver.instance_name(part.replica);
@@ -367,9 +368,10 @@ impl Sent {
                 self.apply(&policy, part, answered).await
             };
             match outcome {
-                Ok(()) => {
+                Ok(Handed::Applied) => {
                     part.metrics.replicated.inc();
                 }
+                Ok(Handed::Over) => {}
                 Err(why) => {
                     part.metrics.replica_failures.inc();
                     tracing::debug!(%why, "a replicated write's result did not reach its replica");
@@ -386,7 +388,7 @@ impl Sent {
         policy: &str,
         part: &ForReplica,
         answered: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<Handed, String> {
         apply(
             &self.router,
             &self.shared,
@@ -462,12 +464,24 @@ impl ForReplica {
     }
 }
 
+/// What became of a result sent to its replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handed {
+    /// The replica took it.
+    Applied,
+    /// A table loaded meanwhile no longer makes the instance anything of these keys: the new
+    /// table's replica of them (if any) is seeded from the writer after every sidecar routes
+    /// by it, which copies this result too; no instance keeps a copy nothing routes to.
+    Over,
+}
+
 /// Sends the apply of `part` to its replica and waits for it; `Err` with the reason when the
 /// replica did not take all of it. A table loaded meanwhile (the replica's connection then
-/// refuses requests routed by the older one) sends it again by the table in use, if that table
-/// still makes the same instance the replica of every key in it (results are versioned: one
-/// applied twice changes nothing); if it does not, the part fails — the replica the new table
-/// names is left to the repair, and no instance keeps a copy nothing routes to.
+/// refuses requests routed by the older one) sends it again by the table in use when that
+/// table still gives every key in it to the same instance, as replica or promoted to serve
+/// them (results are versioned: one applied twice changes nothing, and a promoted replica's
+/// own later writes outrank it); when it gives none of them to it, the result is handed over
+/// ([`Handed::Over`]); a mix fails.
 async fn apply(
     router: &Arc<Router>,
     shared: &Shared,
@@ -475,7 +489,7 @@ async fn apply(
     policy: &str,
     part: &ForReplica,
     answered: Instant,
-) -> Result<(), String> {
+) -> Result<Handed, String> {
     let name = router.resolver.instance_name(part.replica).to_owned();
     let mut current = router.clone();
     let mut id = part.replica;
@@ -486,20 +500,35 @@ async fn apply(
             Ok(rx) => rx,
             Err(SendError::Stale) => {
                 current = shared.router.load_full().ok_or("no routing table")?;
-                id = current
-                    .resolver
-                    .instance_id(&name)
-                    .ok_or_else(|| format!("{name} left the routing table"))?;
-                let still = part.written.states.iter().all(|(key, _)| {
-                    let route = current.resolver.resolve(key);
-                    route.target != id
-                        && matches!(current.resolver.replication(&route), Some((_, Some(r))) if r == id)
-                });
-                if !still {
+                let Some(now) = current.resolver.instance_id(&name) else {
+                    // It left the table: these keys have another replica or none now.
+                    return Ok(Handed::Over);
+                };
+                // Per key: does the new table still give it to this instance — as its replica,
+                // or as its server (promoted by a failover: its own later writes outrank
+                // this result, which must not be lost with the old owner)?
+                let kept: Vec<bool> = part
+                    .written
+                    .states
+                    .iter()
+                    .map(|(key, _)| {
+                        let route = current.resolver.resolve(key);
+                        route.target == now
+                            || matches!(current.resolver.replication(&route), Some((_, Some(r))) if r == now)
+                    })
+                    .collect();
+                if kept.iter().all(|k| !k) {
+                    // The new table names another replica for them (seeded from the writer
+                    // once every sidecar routes by it: this result is in what it copies) or
+                    // none (the range is unreplicated, or moving): it governs them now.
+                    return Ok(Handed::Over);
+                }
+                if !kept.iter().all(|k| *k) {
                     return Err(format!(
-                        "the routing table changed the replica of {name}'s keys"
+                        "the routing table changed the replica of some of {name}'s keys"
                     ));
                 }
+                id = now;
                 continue;
             }
             Err(e) => return Err(String::from_utf8_lossy(&e.reply()).trim().to_owned()),
@@ -519,7 +548,7 @@ async fn apply(
             .replication_lag
             .observe(answered.elapsed().as_secs_f64());
         return if applied.complete() {
-            Ok(())
+            Ok(Handed::Applied)
         } else {
             Err(String::from_utf8_lossy(applied.error.as_deref().unwrap_or_default()).into_owned())
         };
