@@ -196,10 +196,14 @@ fn operator_args() -> [&'static str; 2] {
     ["--rebalance-converge-timeout", CONVERGE_TIMEOUT]
 }
 
-/// The user's policy, with a short cooldown (plans follow each other quickly) and a slower copy
-/// (so that faults land in the middle of it).
+/// The user's policy, with `auth` replicated `Sync` (the checker allows its keys no drop when
+/// their replica takes over), a short cooldown (plans follow each other quickly) and a slower
+/// copy (so that faults land in the middle of it).
 fn chaos_policy(policy: String) -> String {
+    let auth = "      fallbackTier: warm\n      ttl: {default: 1h, max: 24h, adaptive: true}\n";
+    assert!(policy.contains(auth), "the example's auth category changed");
     policy
+        .replace(auth, &format!("{auth}      replication: Sync\n"))
         .replace("      cooldown: 5m\n", "      cooldown: 1s\n")
         .replace(
             "      keysPerSecond: 50000\n",

@@ -319,15 +319,47 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Vec<(usize, u64, Wri
                 .get(&p.instance)
                 .map_or(0, |ranges| ranges.iter().map(|(_, r)| r.len()).sum())
         };
-        let published = tables
-            .windows(2)
-            .find(|w| {
-                w[1].at + 2_000_000_000 >= p.at
-                    && (failed_over(&w[1].table) > failed_over(&w[0].table)
-                        || migrating(&w[1].table) < migrating(&w[0].table)
-                        || (w[1].at >= p.at && served(&w[1].table) < served(&w[0].table)))
-            })
-            .map(|w| (w[1].after, w[1].at));
+        let window = tables.windows(2).find(|w| {
+            w[1].at + 2_000_000_000 >= p.at
+                && (failed_over(&w[1].table) > failed_over(&w[0].table)
+                    || migrating(&w[1].table) < migrating(&w[0].table)
+                    || (w[1].at >= p.at && served(&w[1].table) < served(&w[0].table)))
+        });
+        let published = window.map(|w| (w[1].after, w[1].at));
+        // A replicated key that the failover table serves from the replica the table before
+        // named for it, seeded, and that served it: nothing of it is dropped
+        // (`docs/replication.md`).
+        let resolvers = window.and_then(|w| {
+            Some((
+                &w[0].table,
+                Resolver::new(w[0].table.clone()).ok()?,
+                Resolver::new(w[1].table.clone()).ok()?,
+            ))
+        });
+        let warm = |name: &str| -> bool {
+            let Some((table, before, after)) = &resolvers else {
+                return false;
+            };
+            let route = before.resolve(name.as_bytes());
+            if before.instance_name(route.target) != p.instance || route.migration.is_some() {
+                return false;
+            }
+            let Some((_, Some(replica))) = before.replication(&route) else {
+                return false;
+            };
+            let replica = before.instance_name(replica);
+            let category = &before.categories()[usize::from(route.category)].name;
+            let seeding = table
+                .category(category)
+                .and_then(|c| c.replication.as_ref())
+                .is_some_and(|r| {
+                    r.seeding
+                        .iter()
+                        .any(|s| s.range.contains(route.slot) && s.instance == replica)
+                });
+            let now = after.resolve(name.as_bytes());
+            !seeding && after.instance_name(now.target) == replica
+        };
         // Published between `start` and `stands`.
         let (start, stands) = published.unwrap_or((p.at, p.at + 2_000_000_000));
         // Every table that may have placed data on it: those published from a while before
@@ -351,7 +383,7 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Vec<(usize, u64, Wri
             }
         }
         for (k, on) in homes.into_iter().enumerate() {
-            if on {
+            if on && !warm(&keys[k].name) {
                 drops.push((
                     k,
                     stands,
