@@ -31,6 +31,12 @@ pub struct Context {
     pub instances: Store<RedisInstance>,
     /// Connections for sampling and purging, kept between reconciles.
     pub connections: Connections,
+    /// Returning instances, as (policy, instance), and the version they were fenced at when
+    /// they answered again: each reconcile raises that fence again (an instance that restarted
+    /// empty lost it), never a newer one — a failover entry that stays (a replicated range's,
+    /// with rebalancing off) must not close, at each new table, the connections of every
+    /// sidecar not on it yet.
+    pub fenced_on_return: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -57,6 +63,7 @@ impl Context {
             policies,
             instances,
             connections: Connections::default(),
+            fenced_on_return: std::sync::Mutex::default(),
         }
     }
 }

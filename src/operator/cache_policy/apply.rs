@@ -142,18 +142,38 @@ pub async fn fence_returning_instances(
     let mut from: Vec<&str> = table.failover.iter().map(|f| f.from.as_str()).collect();
     from.sort_unstable();
     from.dedup();
-    for name in from {
-        let Some(ri) = selected.iter().find(|ri| ri.name_any() == name) else {
-            continue;
-        };
-        let phase = ri.status.as_ref().and_then(|s| s.phase);
-        if !matches!(phase, Some(p) if p.serves_traffic()) {
-            continue;
-        }
-        if let Err(e) =
-            fences::fence_returning(ctx, namespace, &table.policy, ri, table.version).await
-        {
-            warn!(instance = %name, error = %e, "could not fence a returning instance");
+    let returned: Vec<&Arc<RedisInstance>> = from
+        .into_iter()
+        .filter_map(|name| selected.iter().find(|ri| ri.name_any() == name))
+        .filter(|ri| {
+            let phase = ri.status.as_ref().and_then(|s| s.phase);
+            matches!(phase, Some(p) if p.serves_traffic())
+        })
+        .collect();
+    let key = |ri: &RedisInstance| (table.policy.clone(), ri.name_any());
+    {
+        // An instance no longer back (down again, or its entries gone) is fenced at the table
+        // of its next return.
+        let mut fenced = ctx
+            .fenced_on_return
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        fenced.retain(|(policy, name), _| {
+            *policy != table.policy || returned.iter().any(|ri| ri.name_any() == *name)
+        });
+    }
+    for ri in returned {
+        let version = *ctx
+            .fenced_on_return
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key(ri))
+            .or_insert(table.version);
+        match fences::fence_returning(ctx, namespace, &table.policy, ri, version).await {
+            Ok(()) => {}
+            Err(e) => {
+                warn!(instance = %ri.name_any(), error = %e, "could not fence a returning instance")
+            }
         }
     }
 }
