@@ -507,11 +507,11 @@ impl Job {
     }
 
     /// Deletes the targets' keys of the moved ranges: stale copies, which the guard and the
-    /// restores would take for moved data. With `replicated_only`, after the fence, only the
-    /// ranges of replicated categories whose source does not import yet (no key moved): the
-    /// target may have been the range's replica, taking results from sidecars on tables
-    /// before the flip until the fence closed their connections (`docs/replication.md`).
-    async fn empty_targets(&mut self, replicated_only: bool) -> Result<(), Error> {
+    /// restores would take for moved data. With `after_fence`, again, for the ranges whose
+    /// source does not import yet (no key moved): the target may have been the range's replica
+    /// (`docs/replication.md`), taking results from sidecars on tables before the flip until
+    /// the fence closed their connections — also where replication was turned off since.
+    async fn empty_targets(&mut self, after_fence: bool) -> Result<(), Error> {
         let work: Vec<(String, String, CategoryId, SlotRange)> = self
             .steps
             .iter()
@@ -527,14 +527,7 @@ impl Job {
                 // Emptying a legacy instance into the range's live owner: nothing is stale.
                 continue;
             }
-            if replicated_only {
-                let replicated = resolver
-                    .table()
-                    .category(name)
-                    .is_some_and(|c| c.replication.is_some());
-                if !replicated {
-                    continue;
-                }
+            if after_fence {
                 let Some((_, m)) = migrations.iter().find(|(f, m)| {
                     *f == from
                         && m.category == *name
@@ -555,8 +548,19 @@ impl Job {
                     continue;
                 }
             }
+            // Before the flip, a replicated range's target may be its replica: its copies are
+            // the range's data, not stale (a failover to it before the flip must find them);
+            // they are deleted after the fence instead, when the flip table names no replica.
+            let ranges = if after_fence {
+                vec![range]
+            } else {
+                not_replicated_on(resolver.table(), name, range, &to)
+            };
+            if ranges.is_empty() {
+                continue;
+            }
             let target = self.instance(&to)?;
-            let mut scan = RangeScan::new(&resolver, category, &[range]);
+            let mut scan = RangeScan::new(&resolver, category, &ranges);
             let mut deleted = 0;
             while let Some(batch) = scan
                 .next_batch(&mut target.conn)
@@ -708,6 +712,27 @@ impl Job {
         }
         Ok(())
     }
+}
+
+/// The parts of `range` of `category` whose replica `table` does not name `instance`.
+fn not_replicated_on(
+    table: &crate::routing::RoutingTable,
+    category: &str,
+    range: SlotRange,
+    instance: &str,
+) -> Vec<SlotRange> {
+    let held: Vec<SlotRange> = table
+        .category(category)
+        .and_then(|c| c.replication.as_ref())
+        .map(|r| {
+            r.replicas
+                .iter()
+                .filter(|o| o.instance == instance)
+                .filter_map(|o| o.range.intersection(&range))
+                .collect()
+        })
+        .unwrap_or_default();
+    range.minus(&held)
 }
 
 fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Step, Error> {
