@@ -35,6 +35,9 @@ pub struct PolicySample {
     pub category_keys: BTreeMap<(String, String), u64>,
     /// Live sidecars (id → table version), over all instances.
     pub sidecars: BTreeMap<String, u64>,
+    /// Whether any instance's heartbeats were read: without, `sidecars` being empty says
+    /// nothing.
+    pub heartbeats_read: bool,
 }
 
 impl PolicySample {
@@ -195,6 +198,7 @@ pub async fn sample_instances(
             match heartbeat::read(&mut conn, &table.policy).await {
                 Ok(beats) => {
                     heartbeats_read += 1;
+                    out.heartbeats_read = true;
                     for (id, v) in beats {
                         let e = out.sidecars.entry(id).or_insert(v);
                         *e = (*e).min(v);

@@ -1,14 +1,16 @@
 //! Seeding replicas: a replica new to a range gets what the range's writer held before it was
 //! named (`docs/replication.md`, "Repair"). The table that names it lists the range as
 //! `seeding`; once every live sidecar reports that table (or a later one) — so every write from
-//! then on reaches the replica — the operator runs [`replica::repair`] from the writer to the
-//! replica in a task of its own, and the next table no longer lists the range as seeding.
+//! then on reaches the replica — the operator fences the writer at that version (a straggler
+//! still on an older table must not write there unreplicated) and runs [`replica::repair`] from
+//! the writer to the replica in a task of its own; the next table no longer lists the range as
+//! seeding.
 //! Writes that race the pass are newer than what it copies and are never undone.
 //!
 //! What finished is kept in memory until a table without it is published: an operator that
 //! restarts meanwhile seeds the range again, which is harmless (the pass is idempotent).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::api::RedisInstance;
 use crate::redis::connect::redact;
-use crate::redis::protocol::replica;
+use crate::redis::protocol::{fence, names, replica};
 use crate::redis::serial::SerialConnection;
 use crate::routing::Resolver;
 use crate::routing::slots::SlotRange;
@@ -36,7 +38,7 @@ pub struct Seedings {
 
 #[derive(Debug, Default)]
 struct PolicySeedings {
-    running: BTreeSet<SeedJob>,
+    running: BTreeMap<SeedJob, tokio::task::AbortHandle>,
     done: Vec<Seeded>,
 }
 
@@ -70,8 +72,9 @@ pub struct SeedingProgress {
     /// Ranges the table lists as seeding.
     pub pending: usize,
     /// Live sidecars still on a table older than the published one (no pass starts before
-    /// they are on it).
-    pub behind: usize,
+    /// they are on it); `None` when no instance's heartbeats could be read (none starts then
+    /// either).
+    pub behind: Option<usize>,
 }
 
 /// The ranges `table` lists as seeding, cut where their writer changes.
@@ -126,13 +129,24 @@ impl Seedings {
         namespace: &str,
         selected: &[Arc<RedisInstance>],
         table: &RoutingTable,
-        sidecars: &BTreeMap<String, u64>,
+        sidecars: Option<&BTreeMap<String, u64>>,
     ) -> SeedingProgress {
         let jobs = pending(table);
-        let behind = sidecars.values().filter(|v| **v < table.version).count();
+        // Heartbeats not read: how many are behind is unknown, so none may start.
+        let behind = sidecars.map(|s| s.values().filter(|v| **v < table.version).count());
         let to_start: Vec<SeedJob> = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let policy = state.entry(key.to_owned()).or_default();
+            // A pass whose range the published table no longer seeds (its replica dropped or
+            // changed, its writer changed) stops: it must not write into copies that are freed,
+            // or into the target of a move, meanwhile.
+            policy.running.retain(|job, task| {
+                let wanted = jobs.contains(job);
+                if !wanted {
+                    task.abort();
+                }
+                wanted
+            });
             policy.done.retain(|d| {
                 jobs.iter().any(|j| {
                     j.category == d.category
@@ -142,11 +156,11 @@ impl Seedings {
                         && j.range.end <= d.range.end
                 })
             });
-            if behind > 0 {
+            if behind != Some(0) {
                 Vec::new()
             } else {
                 jobs.iter()
-                    .filter(|j| !policy.running.contains(*j))
+                    .filter(|j| !policy.running.contains_key(*j))
                     .filter(|j| {
                         !policy.done.iter().any(|d| {
                             d.category == j.category
@@ -194,19 +208,14 @@ impl Seedings {
             else {
                 continue;
             };
-            {
-                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                state
-                    .entry(key.to_owned())
-                    .or_default()
-                    .running
-                    .insert(job.clone());
-            }
             let this = Arc::clone(self);
-            let key = key.to_owned();
+            let task_key = key.to_owned();
             let resolver = Arc::clone(&resolver);
             let (policy, version) = (table.policy.clone(), table.version);
-            tokio::spawn(async move {
+            let started_job = job.clone();
+            // Held until the task is registered below, so that it cannot finish first.
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let task = tokio::spawn(async move {
                 let started = Instant::now();
                 info!(category = %job.category, replica = %job.replica, writer = %job.writer,
                     slots = %format!("{}-{}", job.range.start, job.range.end), "seeding a replica");
@@ -217,6 +226,29 @@ impl Seedings {
                     let mut r = SerialConnection::open(&replica_target, CONNECT_TIMEOUT)
                         .await
                         .map_err(|e| redact(&e.to_string(), &replica_target.credentials))?;
+                    // Named like a sidecar's connection of this table: a fence raised above it
+                    // on either end (a move into the replica, the replica leaving) closes it,
+                    // so a pass the operator has not stopped yet cannot write there after.
+                    for (conn, target) in [(&mut w, &writer_target), (&mut r, &replica_target)] {
+                        let name = names::connection_name(&policy, "operator-seeding", version);
+                        let () = redis::cmd("CLIENT")
+                            .arg("SETNAME")
+                            .arg(name)
+                            .query_async(conn)
+                            .await
+                            .map_err(|e| redact(&e.to_string(), &target.credentials))?;
+                    }
+                    // Every live sidecar routes by this table, so every write from now on
+                    // reaches the replica; a straggler on an older one (a mounted table can lag
+                    // by minutes) must not write there unreplicated behind the pass: the
+                    // writer is fenced at this version first, as a move fences its ends.
+                    let fenced = [(job.writer.clone(), version)];
+                    fence::raise(&mut w, &policy, &fenced)
+                        .await
+                        .map_err(|e| redact(&e.to_string(), &writer_target.credentials))?;
+                    fence::close_older_connections(&mut w, &policy, version)
+                        .await
+                        .map_err(|e| redact(&e.to_string(), &writer_target.credentials))?;
                     replica::repair(
                         &mut w,
                         &mut r,
@@ -227,11 +259,15 @@ impl Seedings {
                         version,
                     )
                     .await
-                    .map_err(|e| redact(&e.to_string(), &writer_target.credentials))
+                    .map_err(|e| {
+                        // From either connection: neither end's password may show.
+                        let text = redact(&e.to_string(), &writer_target.credentials);
+                        redact(&text, &replica_target.credentials)
+                    })
                 }
                 .await;
                 let mut state = this.state.lock().unwrap_or_else(|e| e.into_inner());
-                let entry = state.entry(key).or_default();
+                let entry = state.entry(task_key).or_default();
                 entry.running.remove(&job);
                 match result {
                     Ok(done) if done.failed == 0 => {
@@ -246,6 +282,11 @@ impl Seedings {
                         error = %e, "seeding a replica failed; trying again"),
                 }
             });
+            state
+                .entry(key.to_owned())
+                .or_default()
+                .running
+                .insert(started_job, task.abort_handle());
         }
         progress
     }
