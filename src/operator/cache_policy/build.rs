@@ -352,6 +352,9 @@ pub fn plan_routing_with(
     let sticky = moving;
     let prev_failover = failovers_in(previous, &by_name);
     let mut failover = Vec::new();
+    // Per category, the replicas the previous table named (computed once, and only for a
+    // category whose owner is down or whose failover target is).
+    let mut replicas_before: BTreeMap<&str, Option<replicas::SlotReplicas>> = BTreeMap::new();
     for (cat, _, fallback_tier, tier) in &categories {
         for run in &cat.slots {
             let Some(owner) = by_name.get(run.instance.as_str()) else {
@@ -382,11 +385,14 @@ pub fn plan_routing_with(
                 let covered: Vec<SlotRange> = kept.iter().map(|(r, _)| *r).collect();
                 // A replicated range fails over to its replica, which holds its data
                 // (`docs/replication.md`); the rest to a fallback.
-                let replicas_before = previous.map(|t| replicas::replicas_of(t, &cat.name));
+                let replicas_before: Option<&[(Option<&str>, bool)]> = replicas_before
+                    .entry(cat.name.as_str())
+                    .or_insert_with(|| previous.map(|t| replicas::replicas_of(t, &cat.name)))
+                    .as_deref();
                 let fresh = piece.minus(&covered).into_iter().flat_map(|range| {
                     let pieces: Vec<(SlotRange, Option<String>)> = match &handoff {
                         Some(to) => vec![(range, Some(to.clone()))],
-                        None => by_replica(range, replicas_before.as_deref(), |r| {
+                        None => by_replica(range, replicas_before, |r| {
                             r != owner.name && by_name.get(r).is_some_and(|i| i.serving())
                         }),
                     };
@@ -459,6 +465,37 @@ pub fn plan_routing_with(
                 })
                 .cloned(),
         );
+        // A replicated range whose failover target died in turn, its owner back: it goes to
+        // the replica the previous table named for it (it holds the outage's writes), not to
+        // the owner — unless the owner is that replica (then the entry simply ends).
+        for f in prev_failover.iter().filter(|f| {
+            replicated(&f.category)
+                && categories.iter().any(|(c, ..)| c.name == f.category)
+                && by_name
+                    .get(f.from.as_str())
+                    .is_some_and(|o| o.phase.serves_traffic())
+                && !by_name
+                    .get(f.to.as_str())
+                    .is_some_and(|i| i.phase.serves_traffic())
+        }) {
+            let before: Option<&[(Option<&str>, bool)]> = replicas_before
+                .entry(f.category.as_str())
+                .or_insert_with(|| previous.map(|t| replicas::replicas_of(t, &f.category)))
+                .as_deref();
+            let usable =
+                |r: &str| r != f.from && r != f.to && by_name.get(r).is_some_and(|i| i.serving());
+            for (range, to) in by_replica(f.range(), before, usable) {
+                if let Some(to) = to {
+                    failover.push(Failover {
+                        category: f.category.clone(),
+                        start: range.start,
+                        end: range.end,
+                        from: f.from.clone(),
+                        to,
+                    });
+                }
+            }
+        }
     }
     let mut problems_dedup = Vec::new();
     for p in problems {
@@ -783,7 +820,12 @@ pub fn stale_before_publishing(
     previous: Option<&RoutingTable>,
     next: &RoutingTable,
 ) -> BTreeMap<String, Vec<(String, SlotRange)>> {
-    let mut before = previous.map(held_ranges).unwrap_or_default();
+    let mut before = previous.map(served_ranges).unwrap_or_default();
+    if let Some(previous) = previous {
+        for (instance, ranges) in replica_copies_kept(previous, next) {
+            before.entry(instance).or_default().extend(ranges);
+        }
+    }
     for m in &next.migrating {
         before
             .entry(m.from.clone())
@@ -791,6 +833,48 @@ pub fn stale_before_publishing(
             .push((m.category.clone(), SlotRange::new(m.start, m.end)));
     }
     difference(&held_ranges(next), &before)
+}
+
+/// The replica copies of `previous` that are the range's data in `next` too: all of them,
+/// except on an instance that `next` makes the slot's *owner* by a change of placement (with
+/// rebalancing off, ownership changes move no data; an `async` or seeding replica's copies may
+/// be older than what the owner acknowledged, so they are purged, as any new owner's are). A
+/// replica that serves the slot through a failover entry, or as the owner whose entry ended
+/// (the server died, the owner was its replica), keeps them: they are the range's data.
+fn replica_copies_kept(
+    previous: &RoutingTable,
+    next: &RoutingTable,
+) -> BTreeMap<String, Vec<(String, SlotRange)>> {
+    let mut out: BTreeMap<String, Vec<(String, SlotRange)>> = BTreeMap::new();
+    for cat in &previous.categories {
+        let Some(r) = &cat.replication else { continue };
+        let owners_before = cat.owners();
+        let owners_after = next.category(&cat.name).map(Category::owners);
+        for run in &r.replicas {
+            let x = run.instance.as_str();
+            let mut start: Option<u16> = None;
+            let mut flush = |start: &mut Option<u16>, end: u16| {
+                if let Some(st) = start.take() {
+                    out.entry(x.to_owned())
+                        .or_default()
+                        .push((cat.name.clone(), SlotRange::new(st, end)));
+                }
+            };
+            for slot in run.range.start..=run.range.end {
+                let i = usize::from(slot);
+                let made_owner = owners_after
+                    .as_ref()
+                    .is_some_and(|a| a[i] == x && owners_before[i] != x);
+                match (made_owner, start) {
+                    (false, None) => start = Some(slot),
+                    (true, Some(_)) => flush(&mut start, slot - 1),
+                    _ => {}
+                }
+            }
+            flush(&mut start, run.range.end);
+        }
+    }
+    out
 }
 
 /// What each instance holds in `next` but did not hold in `previous` ([`held_ranges`]).

@@ -124,8 +124,11 @@ pub fn servers<'t>(table: &'t RoutingTable, category: &str) -> Vec<&'t str> {
     servers
 }
 
+/// Per slot (16 384 entries), the replica a table names, and whether it is seeding.
+pub type SlotReplicas<'t> = Vec<(Option<&'t str>, bool)>;
+
 /// Per slot, the replica `table` names for `category`, and whether it is seeding.
-pub fn replicas_of<'t>(table: &'t RoutingTable, category: &str) -> Vec<(Option<&'t str>, bool)> {
+pub fn replicas_of<'t>(table: &'t RoutingTable, category: &str) -> SlotReplicas<'t> {
     let mut out = vec![(None, false); usize::from(SLOT_COUNT)];
     let Some(r) = table
         .category(category)
@@ -160,6 +163,8 @@ fn place_category(
         .previous
         .map(|t| replicas_of(t, category))
         .unwrap_or_else(|| vec![(None, false); slots]);
+    // A kept replica whose slot changed server is seeded again from the new one.
+    let servers_before = inputs.previous.map(|t| self::servers(t, category));
     // Slots without a replica (migrating), and per slot the instances that may not replicate
     // it (the ends of a move, now, in the previous table or in the plan under way).
     let mut blocked = vec![false; slots];
@@ -249,7 +254,13 @@ fn place_category(
             if let (Some(prev), was_seeding) = previous[s]
                 && eligible(prev, s)
             {
-                chosen[s] = (Some(prev.to_owned()), was_seeding && !seeded(prev, s));
+                let moved = servers_before
+                    .as_ref()
+                    .is_some_and(|b| b.get(s).is_some_and(|w| *w != servers[s]));
+                chosen[s] = (
+                    Some(prev.to_owned()),
+                    (was_seeding || moved) && !seeded(prev, s),
+                );
                 continue;
             }
             let pick = fresh.get_or_insert_with(|| {
@@ -287,6 +298,37 @@ fn place_category(
             })
             .collect(),
     }
+}
+
+/// Where each replicated category of `table` stands, for status and metrics.
+pub fn summary(table: &RoutingTable) -> Vec<crate::api::cache_policy::CategoryReplicationStatus> {
+    let count = |runs: &[SlotOwner]| -> i32 {
+        i32::try_from(runs.iter().map(|r| r.range.len()).sum::<u32>()).unwrap_or(i32::MAX)
+    };
+    table
+        .categories
+        .iter()
+        .filter_map(|c| {
+            let r = c.replication.as_ref()?;
+            let named = count(&r.replicas);
+            let seeding = count(&r.seeding);
+            let mut replicas: Vec<String> = r.replicas.iter().map(|o| o.instance.clone()).collect();
+            replicas.sort();
+            replicas.dedup();
+            Some(crate::api::cache_policy::CategoryReplicationStatus {
+                category: c.name.clone(),
+                mode: match r.mode {
+                    ReplicationMode::Async => "Async",
+                    ReplicationMode::Sync => "Sync",
+                }
+                .to_owned(),
+                replicated_slots: named - seeding,
+                seeding_slots: seeding,
+                unreplicated_slots: i32::from(SLOT_COUNT) - named,
+                replicas,
+            })
+        })
+        .collect()
 }
 
 struct Tiers {

@@ -372,3 +372,71 @@ fn a_replica_that_stops_being_one_has_its_copies_freed() {
     );
     assert_eq!(seeding_runs(&again, "auth"), 1);
 }
+
+#[test]
+fn a_promoted_replica_that_dies_after_the_owner_returned_hands_over_to_the_next_replica() {
+    let spec = replicated(Replication::Sync);
+    let mut three = two();
+    three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
+    let first = publish(&spec, &three, None, &[]);
+    let mut seeded = publish(&spec, &three, Some(&first), &all_seeded(&first));
+    // The secondary replicates auth; the primary dies: the secondary serves, the tertiary
+    // becomes the replica and is seeded.
+    let auth = seeded.categories.iter_mut().find(|c| c.name == "auth").unwrap();
+    auth.replication.as_mut().unwrap().replicas = vec![SlotOwner {
+        range: SlotRange::ALL,
+        instance: "secondary".into(),
+    }];
+    let down = phase(three.clone(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&seeded), &[]);
+    let during = publish(&spec, &down, Some(&during), &all_seeded(&during));
+    assert_eq!(replica_runs(&during, "auth"), [(0, 16383, "tertiary".into())]);
+    // The primary is back (its copies were freed); the failover entries stay until the
+    // failback. Then the secondary dies in turn: auth goes to the tertiary, which holds it —
+    // not to the primary, which holds nothing of it.
+    let back = publish(&spec, &three, Some(&during), &[]);
+    assert!(back.failover.iter().any(|f| f.category == "auth" && f.to == "secondary"));
+    let second = phase(three.clone(), "secondary", InstancePhase::Unreachable);
+    let after = publish(&spec, &second, Some(&back), &[]);
+    let auth: Vec<_> = after.failover.iter().filter(|f| f.category == "auth").collect();
+    assert!(!auth.is_empty(), "{:?}", after.failover);
+    assert!(
+        auth.iter().all(|f| f.from == "primary" && f.to == "tertiary"),
+        "{auth:?}"
+    );
+    let stale = stale_before_publishing(Some(&back), &after);
+    assert!(
+        stale
+            .get("tertiary")
+            .is_none_or(|r| r.iter().all(|(cat, _)| cat != "auth")),
+        "the tertiary's copies are auth's data: {stale:?}"
+    );
+}
+
+#[test]
+fn a_replica_made_owner_by_placement_is_purged_but_one_that_serves_after_a_failover_is_not() {
+    let spec = replicated(Replication::Async);
+    let first = publish(&spec, &two(), None, &[]);
+    // Placement gives auth to the secondary, its replica (rebalancing off: no data moves).
+    let mut moved = first.clone();
+    moved.version += 1;
+    moved.categories.iter_mut().find(|c| c.name == "auth").unwrap().slots = vec![SlotOwner {
+        range: SlotRange::ALL,
+        instance: "secondary".into(),
+    }];
+    let stale = stale_before_publishing(Some(&first), &moved);
+    assert!(
+        stale["secondary"].contains(&("auth".into(), SlotRange::ALL)),
+        "an async replica's copies may be older than what the owner acknowledged: {stale:?}"
+    );
+    // A failover to it keeps them.
+    let down = phase(two(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&first), &[]);
+    let stale = stale_before_publishing(Some(&first), &during);
+    assert!(
+        stale
+            .get("secondary")
+            .is_none_or(|r| r.iter().all(|(cat, _)| cat != "auth")),
+        "{stale:?}"
+    );
+}
