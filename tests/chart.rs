@@ -979,7 +979,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
         "a sidecar's series must not overwrite its pod's target labels"
     );
 
-    // The six alerts, each with a summary, a runbook-style description and a runbook link.
+    // The seven alerts, each with a summary, a runbook-style description and a runbook link.
     let rule = one(&objects, "PrometheusRule");
     let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
     let alert = |n: &str| -> &Value {
@@ -1042,6 +1042,15 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
             && replica_expr.contains("redisfleet_sidecar_replication_lag_seconds_bucket"),
         "{replica}"
     );
+    let unreplicated = alert("RedisFleetRangesUnreplicated");
+    assert!(
+        unreplicated["expr"]
+            .as_str()
+            .unwrap()
+            .contains(r#"redisfleet_replica_slots{state!="replicated"})) > 0"#),
+        "{unreplicated}"
+    );
+    assert_eq!(unreplicated["for"], "10m");
     for r in rules {
         let n = r["alert"].as_str().unwrap();
         let summary = r["annotations"]["summary"].as_str().unwrap_or_default();
@@ -1080,7 +1089,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
             );
         }
     }
-    assert_eq!(rules.len(), 6);
+    assert_eq!(rules.len(), 7);
 
     // The dashboard: a ConfigMap for the Grafana sidecar, with valid dashboard JSON.
     let cm = one(&objects, "ConfigMap");

@@ -243,6 +243,29 @@ pub struct DefaultCategorySpec {
     pub replication: Replication,
 }
 
+/// Where a replicated category's replicas stand.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CategoryReplicationStatus {
+    /// Category name.
+    pub category: String,
+    /// `Async` or `Sync`.
+    pub mode: String,
+    /// Slots whose replica is seeded: `Sync` writes acknowledged on them survive their owner's
+    /// death (`Async` ones, once older than the replication lag).
+    pub replicated_slots: i32,
+    /// Slots whose replica is being seeded.
+    #[serde(default)]
+    pub seeding_slots: i32,
+    /// Slots without a replica (moving, or no instance can hold one): their owner's death
+    /// drops what only it held.
+    #[serde(default)]
+    pub unreplicated_slots: i32,
+    /// The instances holding its replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+}
+
 /// Whether and how a category's writes reach a replica (`docs/replication.md`).
 #[derive(
     schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
@@ -261,15 +284,6 @@ impl Replication {
     /// Whether the category is not replicated.
     pub fn is_off(&self) -> bool {
         *self == Self::Off
-    }
-
-    /// The replication as written in the spec.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Off => "Off",
-            Self::Async => "Async",
-            Self::Sync => "Sync",
-        }
     }
 }
 
@@ -438,6 +452,11 @@ pub struct CachePolicyStatus {
     /// `instance: "*"`, so that the status stays small.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage: Vec<CategoryUsage>,
+
+    /// The replicated categories: how many of their slots have a seeded replica, one being
+    /// seeded, or none (`docs/replication.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replication: Vec<CategoryReplicationStatus>,
 
     /// Capacity-planning advice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -146,6 +146,8 @@ pub struct Metrics {
     pub category_bytes: Family<CategoryLabels, Gauge>,
     /// Sampled keys per category and instance, per policy.
     pub category_keys: Family<CategoryLabels, Gauge>,
+    /// Slots of each replicated category by replica state, per policy.
+    pub replica_slots: Family<ReplicaLabels, Gauge>,
     /// The fleet's mean used share (the centre of the balance band), per policy.
     pub mean_usage_ratio: Family<PolicyLabels, FloatGauge>,
     /// Bytes the rebalance in progress or last finished moves, as planned.
@@ -160,6 +162,9 @@ pub struct Metrics {
     pub departures_given_up: Family<PolicyLabels, Counter>,
     /// The category series last set per policy, to remove those that went away.
     category_series: Mutex<BTreeMap<PolicyLabels, BTreeSet<CategoryLabels>>>,
+    /// The replica series set for each policy, so that a category no longer replicated loses
+    /// its series.
+    replica_series: Mutex<BTreeMap<PolicyLabels, BTreeSet<ReplicaLabels>>>,
     /// The instances and policies that have series, and the probe error reasons seen: what
     /// the janitor compares with what exists, and what forgetting must remove.
     known: Mutex<Known>,
@@ -184,6 +189,19 @@ pub struct CategoryLabels {
     pub category: String,
     /// RedisInstance name (not `instance`, Prometheus's target label).
     pub redis_instance: String,
+}
+
+/// Labels of a replicated category's slot counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    /// Namespace of the CachePolicy.
+    pub namespace: String,
+    /// Name of the CachePolicy.
+    pub policy: String,
+    /// Category name.
+    pub category: String,
+    /// `replicated`, `seeding` or `unreplicated`.
+    pub state: String,
 }
 
 /// Labels of per-policy series.
@@ -228,6 +246,7 @@ impl Metrics {
             sidecar_min_version: Family::default(),
             category_bytes: Family::default(),
             category_keys: Family::default(),
+            replica_slots: Family::default(),
             mean_usage_ratio: Family::default(),
             rebalance_estimated_bytes: Family::default(),
             rebalance_least_bytes: Family::default(),
@@ -235,6 +254,7 @@ impl Metrics {
             departing_instances: Family::default(),
             departures_given_up: Family::default(),
             category_series: Mutex::default(),
+            replica_series: Mutex::default(),
             known: Mutex::new(Known::default()),
         };
         let r = registry.sub_registry_with_prefix("redisfleet");
@@ -365,6 +385,11 @@ impl Metrics {
             m.category_keys.clone(),
         );
         r.register(
+            "replica_slots",
+            "Slots of a replicated category whose replica is seeded (state=replicated), being seeded (seeding) or missing (unreplicated)",
+            m.replica_slots.clone(),
+        );
+        r.register(
             "policy_mean_usage_ratio",
             "The fleet's mean used share: the policy's bytes over the capacity of the instances that may hold them",
             m.mean_usage_ratio.clone(),
@@ -431,6 +456,40 @@ impl Metrics {
             for gone in before.difference(&now) {
                 self.category_bytes.remove(gone);
                 self.category_keys.remove(gone);
+            }
+        }
+    }
+
+    /// Sets the slot counts of each replicated category of a policy (category, replicated,
+    /// seeding, unreplicated); the series of categories not given are removed.
+    pub fn set_replica_slots(
+        &self,
+        policy: &PolicyLabels,
+        counts: impl IntoIterator<Item = (String, [i64; 3])>,
+    ) {
+        let mut now = BTreeSet::new();
+        for (category, values) in counts {
+            for (state, value) in ["replicated", "seeding", "unreplicated"]
+                .into_iter()
+                .zip(values)
+            {
+                let labels = ReplicaLabels {
+                    namespace: policy.namespace.clone(),
+                    policy: policy.policy.clone(),
+                    category: category.clone(),
+                    state: state.to_owned(),
+                };
+                self.replica_slots.get_or_create(&labels).set(value);
+                now.insert(labels);
+            }
+        }
+        let mut series = self
+            .replica_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(before) = series.insert(policy.clone(), now.clone()) {
+            for gone in before.difference(&now) {
+                self.replica_slots.remove(gone);
             }
         }
     }
@@ -592,6 +651,7 @@ impl Metrics {
             self.category_bytes.remove(&gone);
             self.category_keys.remove(&gone);
         }
+        self.set_replica_slots(labels, []);
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {

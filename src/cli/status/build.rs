@@ -392,6 +392,7 @@ fn build_policy(
             .as_ref()
             .map(|t| t.migrating.clone())
             .unwrap_or_default(),
+        replication: status.replication.clone(),
         rebalance: status.rebalance.clone(),
         recommendations: status.recommendations.clone(),
         conditions: conditions_of(&status.conditions),

@@ -290,6 +290,38 @@ fn render_policy(
             p.paint(l, Some(YELLOW))
         });
     }
+    let replicas: Vec<String> = policy
+        .replication
+        .iter()
+        .map(|r| {
+            let mut parts = vec![format!("{} slots replicated", r.replicated_slots)];
+            if r.seeding_slots > 0 {
+                parts.push(format!("{} seeding", r.seeding_slots));
+            }
+            if r.unreplicated_slots > 0 {
+                parts.push(format!("{} without a replica", r.unreplicated_slots));
+            }
+            let on = if r.replicas.is_empty() {
+                String::new()
+            } else {
+                format!(" on {}", r.replicas.join(", "))
+            };
+            format!("{} {}{on}: {}", r.category, r.mode, parts.join(", "))
+        })
+        .collect();
+    if !replicas.is_empty() {
+        out.push('\n');
+        // A category with slots seeding or without a replica is not yet safe from its
+        // owner's death: yellow.
+        let partial: Vec<bool> = policy
+            .replication
+            .iter()
+            .map(|r| r.seeding_slots > 0 || r.unreplicated_slots > 0)
+            .collect();
+        write_block(out, "replicas", &replicas, width, p, |i, _, l| {
+            p.paint(l, partial[i].then_some(YELLOW))
+        });
+    }
     let migrating: Vec<String> = policy
         .migrating
         .iter()

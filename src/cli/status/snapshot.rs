@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::api::cache_policy::{RebalanceStatus, Strategy};
+use crate::api::cache_policy::{CategoryReplicationStatus, RebalanceStatus, Strategy};
 use crate::api::redis_instance::InstancePhase;
 use crate::routing::table::Migration;
 
@@ -72,6 +72,9 @@ pub struct PolicySnapshot {
     /// Slot ranges in flight (from the routing table).
     #[serde(default)]
     pub migrating: Vec<Migration>,
+    /// The replicated categories and where their replicas stand (`status.replication`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replication: Vec<CategoryReplicationStatus>,
     /// The rebalance in progress or last finished (`status.rebalance` verbatim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<RebalanceStatus>,

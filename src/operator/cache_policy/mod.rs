@@ -469,7 +469,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                     &namespace,
                     &selected,
                     t,
-                    &sample.sidecars,
+                    sample.heartbeats_read.then_some(&sample.sidecars),
                 )
                 .await
         }
@@ -500,6 +500,10 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     let mut next = status::policy_status(policy.status.as_ref(), &observation);
     next.rebalance = rb;
     next.usage = sample.usage();
+    next.replication = published
+        .as_ref()
+        .map(build::replicas::summary)
+        .unwrap_or_default();
     next.sidecars = sample.sidecars(published.as_ref());
     status::set_rebalancing_condition(&mut next, policy.metadata.generation, Timestamp::now());
     let labels = PolicyLabels {
@@ -544,6 +548,11 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if seeding.pending > 0 {
+        debug!(
+            ranges = seeding.pending,
+            sidecars_behind = ?seeding.behind,
+            "replicas being seeded"
+        );
         // A seeding finishes in a task of its own: look again soon to publish that it did.
         return Ok(Action::requeue(SEEDING_LOOK));
     }

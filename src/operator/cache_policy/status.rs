@@ -533,6 +533,19 @@ pub fn record_metrics(
             .iter()
             .map(|u| (u.category.clone(), u.instance.clone(), u.bytes, u.keys)),
     );
+    metrics.set_replica_slots(
+        labels,
+        status.replication.iter().map(|r| {
+            (
+                r.category.clone(),
+                [
+                    i64::from(r.replicated_slots),
+                    i64::from(r.seeding_slots),
+                    i64::from(r.unreplicated_slots),
+                ],
+            )
+        }),
+    );
     let count = status.sidecars.as_ref().map_or(0, |s| s.count);
     metrics.sidecars.get_or_create(labels).set(i64::from(count));
     match status.sidecars.as_ref().and_then(|s| s.min_version) {

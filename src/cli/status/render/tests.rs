@@ -143,6 +143,7 @@ fn healthy() -> Snapshot {
             ],
             failovers: vec![],
             migrating: vec![],
+            replication: vec![],
             rebalance: None,
             recommendations: vec![],
             conditions: vec![
@@ -617,4 +618,43 @@ fn number_formats() {
     assert_eq!(human_secs(125), "2m");
     assert_eq!(human_secs(59), "59s");
     assert_eq!(human_secs(3 * 86400), "3d");
+}
+
+#[test]
+fn shows_where_replicated_categories_stand() {
+    let mut s = healthy();
+    s.policies[0].replication = vec![
+        crate::api::cache_policy::CategoryReplicationStatus {
+            category: "auth".into(),
+            mode: "Sync".into(),
+            replicated_slots: 16384,
+            seeding_slots: 0,
+            unreplicated_slots: 0,
+            replicas: vec!["secondary".into()],
+        },
+        crate::api::cache_policy::CategoryReplicationStatus {
+            category: "order".into(),
+            mode: "Async".into(),
+            replicated_slots: 0,
+            seeding_slots: 8192,
+            unreplicated_slots: 8192,
+            replicas: vec!["secondary".into()],
+        },
+    ];
+    let text = render(&s, 100, false);
+    assert_eq!(
+        line_with(&text, "replicas").trim(),
+        "replicas    auth Sync on secondary: 16384 slots replicated"
+    );
+    assert!(
+        text.contains(
+            "order Async on secondary: 0 slots replicated, 8192 seeding, 8192 without a replica"
+        ),
+        "{text}"
+    );
+    let colored = render(&s, 100, true);
+    assert!(
+        line_with(&colored, "order Async").contains("\u{1b}["),
+        "a category not yet safe is highlighted\n{colored}"
+    );
 }
