@@ -398,6 +398,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
         }
         operator.mean_usage_ratio.get_or_create(&policy).set(0.5);
         operator.set_category_usage(&policy, [("c".into(), "i".into(), 1, Some(1))]);
+        operator.set_replica_slots(&policy, [("c".into(), [1, 0, 0])]);
         operator.rebalance_failed(&policy);
         operator.departure_given_up(&policy);
         let category = sidecar.category("c");
