@@ -68,6 +68,15 @@ fn all_seeded(t: &RoutingTable) -> Vec<Seeded> {
         .collect()
 }
 
+/// Makes `instance` the replica of every slot of `auth` in `t`.
+fn replicate_auth_on(t: &mut RoutingTable, instance: &str) {
+    let auth = t.categories.iter_mut().find(|c| c.name == "auth").unwrap();
+    auth.replication.as_mut().unwrap().replicas = vec![SlotOwner {
+        range: SlotRange::ALL,
+        instance: instance.to_owned(),
+    }];
+}
+
 fn replica_runs(t: &RoutingTable, cat: &str) -> Vec<(u16, u16, String)> {
     t.category(cat)
         .and_then(|c| c.replication.as_ref())
@@ -184,15 +193,7 @@ fn a_dead_owner_fails_over_to_its_replica_whose_copies_are_kept() {
         // Either warm instance may be the replica: the failover follows it, not the choice a
         // fallback would get.
         let mut seeded = publish(&spec, &three, Some(&first), &all_seeded(&first));
-        let auth = seeded
-            .categories
-            .iter_mut()
-            .find(|c| c.name == "auth")
-            .unwrap();
-        auth.replication.as_mut().unwrap().replicas = vec![SlotOwner {
-            range: SlotRange::ALL,
-            instance: replica.to_owned(),
-        }];
+        replicate_auth_on(&mut seeded, replica);
         fails_over_to_the_replica(&spec, &three, &seeded);
     }
 }
@@ -382,26 +383,34 @@ fn a_promoted_replica_that_dies_after_the_owner_returned_hands_over_to_the_next_
     let mut seeded = publish(&spec, &three, Some(&first), &all_seeded(&first));
     // The secondary replicates auth; the primary dies: the secondary serves, the tertiary
     // becomes the replica and is seeded.
-    let auth = seeded.categories.iter_mut().find(|c| c.name == "auth").unwrap();
-    auth.replication.as_mut().unwrap().replicas = vec![SlotOwner {
-        range: SlotRange::ALL,
-        instance: "secondary".into(),
-    }];
+    replicate_auth_on(&mut seeded, "secondary");
     let down = phase(three.clone(), "primary", InstancePhase::Unreachable);
     let during = publish(&spec, &down, Some(&seeded), &[]);
     let during = publish(&spec, &down, Some(&during), &all_seeded(&during));
-    assert_eq!(replica_runs(&during, "auth"), [(0, 16383, "tertiary".into())]);
+    assert_eq!(
+        replica_runs(&during, "auth"),
+        [(0, 16383, "tertiary".into())]
+    );
     // The primary is back (its copies were freed); the failover entries stay until the
     // failback. Then the secondary dies in turn: auth goes to the tertiary, which holds it —
     // not to the primary, which holds nothing of it.
     let back = publish(&spec, &three, Some(&during), &[]);
-    assert!(back.failover.iter().any(|f| f.category == "auth" && f.to == "secondary"));
+    assert!(
+        back.failover
+            .iter()
+            .any(|f| f.category == "auth" && f.to == "secondary")
+    );
     let second = phase(three.clone(), "secondary", InstancePhase::Unreachable);
     let after = publish(&spec, &second, Some(&back), &[]);
-    let auth: Vec<_> = after.failover.iter().filter(|f| f.category == "auth").collect();
+    let auth: Vec<_> = after
+        .failover
+        .iter()
+        .filter(|f| f.category == "auth")
+        .collect();
     assert!(!auth.is_empty(), "{:?}", after.failover);
     assert!(
-        auth.iter().all(|f| f.from == "primary" && f.to == "tertiary"),
+        auth.iter()
+            .all(|f| f.from == "primary" && f.to == "tertiary"),
         "{auth:?}"
     );
     let stale = stale_before_publishing(Some(&back), &after);
@@ -420,7 +429,12 @@ fn a_replica_made_owner_by_placement_is_purged_but_one_that_serves_after_a_failo
     // Placement gives auth to the secondary, its replica (rebalancing off: no data moves).
     let mut moved = first.clone();
     moved.version += 1;
-    moved.categories.iter_mut().find(|c| c.name == "auth").unwrap().slots = vec![SlotOwner {
+    moved
+        .categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .unwrap()
+        .slots = vec![SlotOwner {
         range: SlotRange::ALL,
         instance: "secondary".into(),
     }];
