@@ -4,9 +4,8 @@ use super::*;
 use crate::api::redis_instance::InstancePhase;
 use crate::operator::cache_policy::build::fixtures::{example_view as view, shop, two};
 use crate::operator::cache_policy::build::{
-    newly_held, plan_routing, plan_routing_with, stale_before_publishing,
+    held_ranges, newly_held, plan_routing, plan_routing_with, stale_before_publishing,
 };
-use crate::operator::cache_policy::unfreed::Unfreed;
 use crate::routing::table::Migration;
 
 /// The shop with `auth` replicated.
@@ -57,15 +56,28 @@ fn place(
 }
 
 fn all_seeded(t: &RoutingTable) -> Vec<Seeded> {
-    crate::operator::cache_policy::seeding::pending(t)
-        .into_iter()
-        .map(|j| Seeded {
-            category: j.category,
-            instance: j.replica,
-            writer: j.writer,
-            range: j.range,
-        })
-        .collect()
+    // What the operator records once every seeding pass of `t` finished: one per seeding
+    // run and writer.
+    let mut out = Vec::new();
+    for cat in &t.categories {
+        let Some(r) = &cat.replication else { continue };
+        let writers = servers(t, &cat.name);
+        for run in &r.seeding {
+            let span = &writers[usize::from(run.range.start)..=usize::from(run.range.end)];
+            for (range, writer) in runs(span) {
+                out.push(Seeded {
+                    category: cat.name.clone(),
+                    instance: run.instance.clone(),
+                    writer: (*writer).to_owned(),
+                    range: SlotRange::new(
+                        range.start + run.range.start,
+                        range.end + run.range.start,
+                    ),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Makes `instance` the replica of every slot of `auth` in `t`.
@@ -349,28 +361,19 @@ fn a_replica_that_stops_being_one_has_its_copies_freed() {
     let down = phase(two(), "secondary", InstancePhase::Unreachable);
     let without = publish(&spec, &down, Some(&first), &[]);
     assert!(replica_runs(&without, "auth").is_empty());
-    let unfreed = Unfreed::default().after(Some(&first), &without);
+    // What it held and no longer holds is listed to free (`unfreed::Unfreed::after`).
     assert!(
-        unfreed
-            .ranges_of("secondary")
-            .iter()
-            .any(|(cat, r)| cat == "auth" && *r == SlotRange::ALL),
+        newly_held(Some(&without), &first)["secondary"].contains(&("auth".into(), SlotRange::ALL)),
         "{:?}",
-        unfreed.ranges_of("secondary")
+        newly_held(Some(&without), &first)
     );
-    // Named again once it answers: its copies leave the list (they are purged before the
-    // table names it) and it is seeded.
+    // Named again once it answers: it holds the range again, so its copies leave the list
+    // (they are purged before the table names it), and it is seeded.
     let again = publish(&spec, &two(), Some(&without), &[]);
     assert!(
         newly_held(Some(&without), &again)["secondary"].contains(&("auth".into(), SlotRange::ALL))
     );
-    assert!(
-        unfreed
-            .after(Some(&without), &again)
-            .ranges_of("secondary")
-            .iter()
-            .all(|(cat, _)| cat != "auth")
-    );
+    assert!(held_ranges(&again)["secondary"].contains(&("auth".into(), SlotRange::ALL)));
     assert_eq!(seeding_runs(&again, "auth"), 1);
 }
 
