@@ -56,6 +56,15 @@ pub struct SeedJob {
 }
 
 impl SeedJob {
+    /// Whether seeding `d` covers this job: same category, replica and writer, and its slots.
+    fn finished_by(&self, d: &Seeded) -> bool {
+        self.category == d.category
+            && self.replica == d.instance
+            && self.writer == d.writer
+            && d.range.start <= self.range.start
+            && self.range.end <= d.range.end
+    }
+
     fn seeded(&self) -> Seeded {
         Seeded {
             category: self.category.clone(),
@@ -147,29 +156,15 @@ impl Seedings {
                 }
                 wanted
             });
-            policy.done.retain(|d| {
-                jobs.iter().any(|j| {
-                    j.category == d.category
-                        && j.replica == d.instance
-                        && j.writer == d.writer
-                        && d.range.start <= j.range.start
-                        && j.range.end <= d.range.end
-                })
-            });
+            policy
+                .done
+                .retain(|d| jobs.iter().any(|j| j.finished_by(d)));
             if behind != Some(0) {
                 Vec::new()
             } else {
                 jobs.iter()
                     .filter(|j| !policy.running.contains_key(*j))
-                    .filter(|j| {
-                        !policy.done.iter().any(|d| {
-                            d.category == j.category
-                                && d.instance == j.replica
-                                && d.writer == j.writer
-                                && d.range.start <= j.range.start
-                                && j.range.end <= d.range.end
-                        })
-                    })
+                    .filter(|j| !policy.done.iter().any(|d| j.finished_by(d)))
                     .cloned()
                     .collect()
             }

@@ -277,27 +277,21 @@ fn place_category(
             chosen[s] = (pick.clone(), pick.is_some());
         }
     }
-    Placed {
-        replicas: runs(&chosen)
-            .into_iter()
-            .filter_map(|(range, (r, _))| {
-                Some(SlotOwner {
-                    range,
-                    instance: r?,
-                })
-            })
-            .collect(),
-        seeding: runs(&chosen)
-            .into_iter()
-            .filter_map(|(range, (r, seeding))| {
-                seeding.then_some(())?;
-                Some(SlotOwner {
-                    range,
-                    instance: r?,
-                })
-            })
-            .collect(),
+    let mut placed = Placed {
+        replicas: Vec::new(),
+        seeding: Vec::new(),
+    };
+    for (range, (replica, seeding)) in runs(&chosen) {
+        let Some(instance) = replica else { continue };
+        if seeding {
+            placed.seeding.push(SlotOwner {
+                range,
+                instance: instance.clone(),
+            });
+        }
+        placed.replicas.push(SlotOwner { range, instance });
     }
+    placed
 }
 
 /// Where each replicated category of `table` stands, for status and metrics.
