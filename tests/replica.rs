@@ -852,6 +852,107 @@ async fn a_repair_brings_the_replica_to_the_writers_state_without_undoing_racing
     );
 }
 
+/// The divergence check (`replica_check::check`): it finds exactly the keys whose results the
+/// replica missed — a dropped result, a delete it never saw, a key written on the replica
+/// alone — repairs them, and leaves alone the keys in sync, a result still on its way (applied
+/// during the pause), a newer writer's result, and other categories; a second pass finds
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_repairs_only_what_the_replica_missed() {
+    use redis_fleet::redis::protocol::replica_check;
+    use redis_fleet::routing::keyspace::Resolver;
+    use redis_fleet::routing::slots::SlotRange;
+    let (mut w, mut r, (writer, replica_server)) = pair();
+    for i in 0..2_000 {
+        let k = format!("auth:{i}");
+        let written = write(&mut w, 5, &[&k], &format!("SET {k} v{i}")).unwrap();
+        apply(&mut r, &written, Duration::ZERO);
+    }
+    // Missed: 7 dropped results (an update, new keys, a delete), and a key on the replica
+    // alone (with no version there: the writer never wrote it).
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        let k = format!("auth:{i}");
+        write(&mut w, 5, &[&k], &format!("SET {k} newer")).unwrap();
+        missed.push(k);
+    }
+    for i in 0..3 {
+        let k = format!("auth:dropped{i}");
+        write(&mut w, 5, &[&k], &format!("HSET {k} f {i}")).unwrap();
+        missed.push(k);
+    }
+    write(&mut w, 5, &["auth:10"], "DEL auth:10").unwrap();
+    missed.push("auth:10".to_owned());
+    r.cmd("SET auth:only-here x");
+    missed.push("auth:only-here".to_owned());
+    // Not missed: another category, and a newer writer's result on the replica.
+    r.cmd("SET user:1 mine");
+    write(&mut w, 5, &["auth:newer"], "SET auth:newer from-w").unwrap();
+    write(&mut r, 9, &["auth:newer"], "SET auth:newer from-r").unwrap();
+    // On its way: applied only during the pause, so not a divergence.
+    let late = write(&mut w, 5, &["auth:late"], "SET auth:late 1").unwrap();
+
+    let table = replicated_table(&writer, &replica_server, 5, ReplicationMode::Async);
+    let resolver = Resolver::new(table).unwrap();
+    let auth = resolver.category_of(b"auth:");
+    let connect = |s: &RedisServer| {
+        let client = s.client();
+        async move { client.get_multiplexed_async_connection().await.unwrap() }
+    };
+    let (mut wc, mut rc) = (connect(&writer).await, connect(&replica_server).await);
+    let all = [SlotRange::new(0, 16383)];
+    let applier = {
+        let port = replica_server.port;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            apply(&mut RawConn::open(port), &late, Duration::ZERO);
+        })
+    };
+    let first = replica_check::check(
+        &mut wc,
+        &mut rc,
+        &resolver,
+        auth,
+        &all,
+        POLICY,
+        5,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    applier.join().unwrap();
+    eprintln!("{first:?}");
+    assert_eq!(first.divergent, missed.len() as u64, "{first:?}");
+    assert_eq!((first.repaired, first.failed), (missed.len() as u64, 0));
+    let mut keys: Vec<String> = (0..30).map(|i| format!("auth:{i}")).collect();
+    keys.extend(missed.iter().cloned());
+    keys.push("auth:late".into());
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    assert_same(&mut w, &mut r, &keys, "after the check");
+    assert_eq!(
+        value(&mut r, "auth:newer").as_deref(),
+        Some("string [\"from-r\"]")
+    );
+    assert_eq!(
+        value(&mut r, "user:1").as_deref(),
+        Some("string [\"mine\"]")
+    );
+    let second = replica_check::check(
+        &mut wc,
+        &mut rc,
+        &resolver,
+        auth,
+        &all,
+        POLICY,
+        5,
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.divergent, 0, "{second:?}");
+    assert!(second.keys >= 4_000, "{second:?}");
+}
+
 /// Replicated writes are pipelined: sent in the client's order, each answered once its result
 /// is on the replica. A `SCRIPT FLUSH` on the owner costs one write a `-TRYAGAIN` (it did not
 /// run), and the next one runs.

@@ -91,3 +91,4 @@ pub mod heartbeat;
 pub mod mover;
 pub mod names;
 pub mod replica;
+pub mod replica_check;

@@ -442,28 +442,7 @@ pub async fn repair(
             let Some(batch) = batch else { break };
             for chunk in batch.chunks(100) {
                 let keys: Vec<Bytes> = chunk.iter().map(|k| Bytes::from(k.clone())).collect();
-                let written = query(writer, write_command(policy, version, &keys, &[], true))
-                    .await
-                    .and_then(|f| {
-                        parse_written(f, &keys).map_err(|e| {
-                            redis::RedisError::from((
-                                redis::ErrorKind::Client,
-                                "the write script",
-                                e.to_string(),
-                            ))
-                        })
-                    })?;
-                let applied = query(
-                    replica_conn,
-                    // Applied straight after it was read: nothing held.
-                    apply_command(policy, &written, Duration::ZERO, true),
-                )
-                .await
-                .and_then(|f| {
-                    parse_applied(&f).map_err(|e| {
-                        redis::RedisError::from((redis::ErrorKind::Client, "the apply script", e))
-                    })
-                })?;
+                let applied = copy_states(writer, replica_conn, policy, version, &keys).await?;
                 done.keys += keys.len() as u64;
                 done.applied += applied.applied;
                 done.kept += applied.ignored;
@@ -472,6 +451,39 @@ pub async fn repair(
         }
     }
     Ok(done)
+}
+
+/// Reads the state of `keys` on `writer` with a fresh version (the write script without a
+/// command, under table `version`) and applies it on `replica_conn`: the ordinary rule keeps
+/// whichever result is newer there.
+pub async fn copy_states(
+    writer: &mut (impl ConnectionLike + Send),
+    replica_conn: &mut (impl ConnectionLike + Send),
+    policy: &str,
+    version: u64,
+    keys: &[Bytes],
+) -> redis::RedisResult<Applied> {
+    let written = query(writer, write_command(policy, version, keys, &[], true))
+        .await
+        .and_then(|f| {
+            parse_written(f, keys).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the write script",
+                    e.to_string(),
+                ))
+            })
+        })?;
+    query(
+        replica_conn,
+        // Applied straight after it was read: nothing held.
+        apply_command(policy, &written, Duration::ZERO, true),
+    )
+    .await
+    .and_then(|f| {
+        parse_applied(&f)
+            .map_err(|e| redis::RedisError::from((redis::ErrorKind::Client, "the apply script", e)))
+    })
 }
 
 /// Sends `args` and reads the reply as a [`Frame`].
