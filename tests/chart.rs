@@ -401,6 +401,8 @@ fn exported_metrics() -> &'static BTreeSet<String> {
         operator.set_replica_slots(&policy, [("c".into(), [1, 0, 0])]);
         operator.rebalance_failed(&policy);
         operator.departure_given_up(&policy);
+        operator.instance_lost_data(&policy);
+        operator.replica_checked(&policy, 1, 1);
         let category = sidecar.category("c");
         for c in [
             &category.commands,

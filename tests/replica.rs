@@ -853,10 +853,10 @@ async fn a_repair_brings_the_replica_to_the_writers_state_without_undoing_racing
 }
 
 /// The divergence check (`replica_check::check`): it finds exactly the keys whose results the
-/// replica missed — a dropped result, a delete it never saw, a key written on the replica
-/// alone — repairs them, and leaves alone the keys in sync, a result still on its way (applied
-/// during the pause), a newer writer's result, and other categories; a second pass finds
-/// nothing.
+/// replica missed — a dropped result, a delete it never saw, a refused apply — repairs them,
+/// and leaves alone the keys in sync, a result still on its way (applied during the pause), a
+/// newer writer's result, a key the writer lost without a delete, and other categories; a
+/// second pass finds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_check_repairs_only_what_the_replica_missed() {
     use redis_fleet::redis::protocol::replica_check;
@@ -868,8 +868,7 @@ async fn the_check_repairs_only_what_the_replica_missed() {
         let written = write(&mut w, 5, &[&k], &format!("SET {k} v{i}")).unwrap();
         apply(&mut r, &written, Duration::ZERO);
     }
-    // Missed: 7 dropped results (an update, new keys, a delete), and a key on the replica
-    // alone (with no version there: the writer never wrote it).
+    // Missed: 7 dropped results (updates, new keys, a delete).
     let mut missed = Vec::new();
     for i in 0..3 {
         let k = format!("auth:{i}");
@@ -883,8 +882,13 @@ async fn the_check_repairs_only_what_the_replica_missed() {
     }
     write(&mut w, 5, &["auth:10"], "DEL auth:10").unwrap();
     missed.push("auth:10".to_owned());
+    // A refused apply: the replica holds an older value and no version for it.
+    r.cmd("SET auth:refused old");
+    write(&mut w, 5, &["auth:refused"], "SET auth:refused new").unwrap();
+    missed.push("auth:refused".to_owned());
+    // A key on the replica alone, with no record of a delete on the writer (which lost it):
+    // kept, not deleted.
     r.cmd("SET auth:only-here x");
-    missed.push("auth:only-here".to_owned());
     // Not missed: another category, and a newer writer's result on the replica.
     r.cmd("SET user:1 mine");
     write(&mut w, 5, &["auth:newer"], "SET auth:newer from-w").unwrap();
@@ -936,6 +940,11 @@ async fn the_check_repairs_only_what_the_replica_missed() {
     assert_eq!(
         value(&mut r, "user:1").as_deref(),
         Some("string [\"mine\"]")
+    );
+    assert_eq!(
+        value(&mut r, "auth:only-here").as_deref(),
+        Some("string [\"x\"]"),
+        "a key the writer lost without a delete was deleted on the replica"
     );
     let second = replica_check::check(
         &mut wc,

@@ -24,6 +24,7 @@ pub fn table(instances: usize, categories: usize) -> RoutingTable {
                 weight: 100,
                 drain: false,
                 copies_to_free: false,
+                lost_data: false,
                 endpoint: InstanceEndpoint {
                     host: format!("{name}.shop.svc.cluster.local"),
                     port: 6379,

@@ -160,6 +160,13 @@ pub struct Metrics {
     pub departing_instances: Family<PolicyLabels, Gauge>,
     /// Instances that left the policy and were given up on unfenced, per policy.
     pub departures_given_up: Family<PolicyLabels, Counter>,
+    /// Instances found answering without the replicated data they held (restarted empty or
+    /// flushed), per policy.
+    pub instances_lost_data: Family<PolicyLabels, Counter>,
+    /// Keys the periodic replica check compared, per policy.
+    pub replica_checked_keys: Family<PolicyLabels, Counter>,
+    /// Keys the periodic replica check found behind their writer (and repaired), per policy.
+    pub replica_divergent_keys: Family<PolicyLabels, Counter>,
     /// The category series last set per policy, to remove those that went away.
     category_series: Mutex<BTreeMap<PolicyLabels, BTreeSet<CategoryLabels>>>,
     /// The replica series set for each policy, so that a category no longer replicated loses
@@ -253,6 +260,9 @@ impl Metrics {
             rebalance_measured_bytes: Family::default(),
             departing_instances: Family::default(),
             departures_given_up: Family::default(),
+            instances_lost_data: Family::default(),
+            replica_checked_keys: Family::default(),
+            replica_divergent_keys: Family::default(),
             category_series: Mutex::default(),
             replica_series: Mutex::default(),
             known: Mutex::new(Known::default()),
@@ -418,6 +428,21 @@ impl Metrics {
             "departures_given_up",
             "Instances that left the policy and did not answer for an hour after: never fenced, their keys of the policy stay",
             m.departures_given_up.clone(),
+        );
+        r.register(
+            "instances_lost_data",
+            "Instances found answering without the replicated data they held (restarted empty or flushed): their replicated ranges failed over to their replicas",
+            m.instances_lost_data.clone(),
+        );
+        r.register(
+            "replica_checked_keys",
+            "Keys the periodic replica check compared between writers and their replicas",
+            m.replica_checked_keys.clone(),
+        );
+        r.register(
+            "replica_divergent_keys",
+            "Keys the periodic replica check found behind their writer on a replica (a dropped async result, a refused apply), and repaired",
+            m.replica_divergent_keys.clone(),
         );
         m
     }
@@ -615,6 +640,21 @@ impl Metrics {
         self.departures_given_up.get_or_create(labels).inc();
     }
 
+    /// Counts an instance found without the replicated data it held.
+    pub fn instance_lost_data(&self, labels: &PolicyLabels) {
+        self.note_policy(labels);
+        self.instances_lost_data.get_or_create(labels).inc();
+    }
+
+    /// Counts what a replica check of the policy compared and found diverging.
+    pub fn replica_checked(&self, labels: &PolicyLabels, keys: u64, divergent: u64) {
+        self.note_policy(labels);
+        self.replica_checked_keys.get_or_create(labels).inc_by(keys);
+        self.replica_divergent_keys
+            .get_or_create(labels)
+            .inc_by(divergent);
+    }
+
     /// Counts a failed rebalance Job of the policy.
     pub fn rebalance_failed(&self, labels: &PolicyLabels) {
         self.note_policy(labels);
@@ -642,6 +682,9 @@ impl Metrics {
         self.rebalance_measured_bytes.remove(labels);
         self.departing_instances.remove(labels);
         self.departures_given_up.remove(labels);
+        self.instances_lost_data.remove(labels);
+        self.replica_checked_keys.remove(labels);
+        self.replica_divergent_keys.remove(labels);
         let series = self
             .category_series
             .lock()

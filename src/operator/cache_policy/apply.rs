@@ -187,7 +187,8 @@ pub async fn fence_returning_instances(
 /// given up go back to their sources then: `rebalance::GiveBack`), or when a failover is held
 /// back; not when nothing new is published or a step before it fails. The instances a new
 /// table leaves out are listed as leaving in the same write (`super::departures`); entries
-/// `done` (instance, version) leave the list.
+/// `done` (instance, version) leave the list. The instances that `lost` their data are failed
+/// over although they answer.
 #[allow(clippy::too_many_arguments)]
 pub async fn publish_routing(
     ctx: &Context,
@@ -196,6 +197,7 @@ pub async fn publish_routing(
     selected: &[Arc<RedisInstance>],
     current: &super::fetch::Current,
     done: &BTreeSet<(String, u64)>,
+    lost: &BTreeSet<String>,
     mut table: RoutingTable,
     mut before_write: Option<impl Future<Output = Result<(), Error>>>,
 ) -> Result<Published, Error> {
@@ -228,6 +230,7 @@ pub async fn publish_routing(
         let newly = newly_failed_over(previous, &table);
         for name in &newly {
             if !only_restores_failbacks(previous, &table, name)
+                && !lost.contains(name)
                 && let Some(ri) = selected.iter().find(|ri| ri.name_any() == *name)
                 && fences::answers(ctx, namespace, ri).await
             {

@@ -43,6 +43,10 @@ pub struct InstanceView {
     /// It still holds copies of ranges no table routes to it any more (`super::unfreed`):
     /// until they are deleted, what it holds is not legacy data to move into the owners.
     pub copies_to_free: bool,
+    /// It answers without the marker of replicated data it should hold
+    /// ([`replicas::must_hold_marker`]): it restarted empty or was flushed. Its replicated
+    /// ranges fail over to their replicas as if it had died, and its replicas are seeded again.
+    pub lost_data: bool,
     /// How to reach it.
     pub endpoint: InstanceEndpoint,
 }
@@ -355,12 +359,46 @@ pub fn plan_routing_with(
     // Per category, the replicas the previous table named (computed once, and only for a
     // category whose owner is down or whose failover target is).
     let mut replicas_before: BTreeMap<&str, Option<replicas::SlotReplicas>> = BTreeMap::new();
+    let replicated = |category: &str| !replicas::replication_of(spec, category).is_off();
     for (cat, _, fallback_tier, tier) in &categories {
         for run in &cat.slots {
             let Some(owner) = by_name.get(run.instance.as_str()) else {
                 continue;
             };
-            if owner.phase != InstancePhase::Unreachable {
+            // An owner that answers without the data it held (restarted empty, flushed):
+            // its replicated ranges go to their replicas, which hold that data, as if it had
+            // died (`docs/replication.md`); what has no replica stays (there is nothing
+            // better to serve it from), and the failback brings the data home.
+            let lost = owner.lost_data && owner.serving() && replicated(&cat.name);
+            if owner.phase != InstancePhase::Unreachable && !lost {
+                continue;
+            }
+            if lost {
+                // Entries it already has stay by the rules for returned owners below.
+                let covered: Vec<SlotRange> = prev_failover
+                    .iter()
+                    .filter(|f| f.category == cat.name && f.from == run.instance)
+                    .map(Failover::range)
+                    .collect();
+                let replicas_before: Option<&[(Option<&str>, bool)]> = replicas_before
+                    .entry(cat.name.as_str())
+                    .or_insert_with(|| previous.map(|t| replicas::replicas_of(t, &cat.name)))
+                    .as_deref();
+                for range in run.range.minus(&covered) {
+                    let usable =
+                        |r: &str| r != owner.name && by_name.get(r).is_some_and(|i| i.serving());
+                    for (range, to) in by_replica(range, replicas_before, usable) {
+                        if let Some(to) = to {
+                            failover.push(Failover {
+                                category: cat.name.clone(),
+                                start: range.start,
+                                end: range.end,
+                                from: run.instance.clone(),
+                                to,
+                            });
+                        }
+                    }
+                }
                 continue;
             }
             // A dead source's migrating ranges go to the migration's target, which holds
@@ -440,7 +478,6 @@ pub fn plan_routing_with(
     // A replicated category's failover entries stay too when no data moves: its data is on
     // the replica that serves it, and the returning owner becomes that range's replica
     // (`replicas`), never its server again with what it held before.
-    let replicated = |category: &str| !replicas::replication_of(spec, category).is_off();
     {
         // Whole, whatever placement wants for their ranges now: placement may give part of a
         // recovered owner's range to an instance that joined, but the owner keeps it until a

@@ -71,6 +71,7 @@ pub fn view_of(ri: &RedisInstance, namespace: &str) -> InstanceView {
         weight: u32::try_from(ri.spec.weight).unwrap_or(100),
         drain: ri.spec.drain,
         copies_to_free: false,
+        lost_data: false,
         endpoint: endpoint_of(ri, namespace),
     }
 }

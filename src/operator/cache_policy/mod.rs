@@ -27,8 +27,10 @@ pub mod departures;
 pub mod fences;
 pub mod fetch;
 pub mod job;
+pub mod lost_data;
 pub mod planning;
 pub mod rebalance;
+pub mod replica_checks;
 pub mod seeding;
 pub mod status;
 pub mod unfreed;
@@ -154,6 +156,8 @@ pub struct PolicyContext {
     departures: cleanup::Departures,
     /// Replicas being seeded (`seeding`).
     seedings: Arc<seeding::Seedings>,
+    /// Periodic divergence checks of seeded replicas.
+    replica_checks: Arc<replica_checks::ReplicaChecks>,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.
@@ -184,6 +188,7 @@ impl PolicyContext {
             selected: Mutex::new(HashMap::new()),
             departures: cleanup::Departures::default(),
             seedings: Arc::default(),
+            replica_checks: Arc::default(),
             status_refresh,
             routing_schema,
             started: Instant::now(),
@@ -231,6 +236,7 @@ impl PolicyContext {
         let mut remembered = self.selected.lock().unwrap_or_else(|e| e.into_inner());
         remembered.remove(key);
         self.seedings.forget(key);
+        self.replica_checks.forget(key);
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         written.remove(key);
     }
@@ -285,15 +291,26 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     };
     let cm_name = config_map_name(&policy);
     let selected = fetch::selected_instances(shared, &policy, &namespace);
-    let views: Vec<InstanceView> = selected
-        .iter()
-        .map(|ri| fetch::view_of(ri, &namespace))
-        .collect();
-    ctx.record_usage(&namespace, &views);
     let cm_api = kube::Api::namespaced(shared.client.clone(), &namespace);
     let current = fetch::read_published(&cm_api, &cm_name).await?;
     let (previous, previous_version) = (current.table.clone(), current.version);
     let key = format!("{namespace}/{name}");
+    let labels = PolicyLabels {
+        namespace: namespace.clone(),
+        policy: name.clone(),
+    };
+    // Instances that answer without the replicated data they held are failed over like dead
+    // ones for their replicated ranges (`lost_data`).
+    let lost = lost_data::find(shared, &namespace, &key, &selected, previous.as_ref()).await;
+    lost_data::report(shared, &policy, &labels, &lost).await;
+    let views: Vec<InstanceView> = selected
+        .iter()
+        .map(|ri| InstanceView {
+            lost_data: lost.contains(&ri.name_any()),
+            ..fetch::view_of(ri, &namespace)
+        })
+        .collect();
+    ctx.record_usage(&namespace, &views);
 
     // An instance that left and is selected again is no longer fenced and emptied: that
     // stops before anything could give it ranges or a Job could import into it.
@@ -397,6 +414,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                     &selected,
                     &current,
                     &ctx.departures.finished(&key),
+                    &lost,
                     table,
                     give_back.as_ref().map(|g| g.run(ctx, &selected)),
                 )
@@ -424,6 +442,9 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     let published = published.table;
     if let Some(t) = &published {
         apply::fence_returning_instances(shared, &namespace, &selected, t).await;
+        if !held_back && publish_error.is_none() {
+            lost_data::mark_again(shared, &namespace, &key, &selected, t, &lost).await;
+        }
     }
     // A move given back to its source loses the source's importing marker only now that the
     // table that takes its range off the target is published.
@@ -475,6 +496,21 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         }
         None => seeding::SeedingProgress::default(),
     };
+    // Seeded replicas are compared with their writers every few minutes.
+    if let Some(t) = &published {
+        use kube::Resource;
+        ctx.replica_checks
+            .drive(
+                shared,
+                &key,
+                &namespace,
+                &selected,
+                t,
+                &labels,
+                policy.object_ref(&()),
+            )
+            .await;
+    }
     if rebalance_on && let (Some(table), Some(desired)) = (&published, &desired) {
         rb = rebalance::drive(ctx, &policy, rb, table, desired, &views, &sample).await?;
         debug!(rebalance = ?rb.as_ref().map(|r| (&r.phase, r.plan_id, &r.job)), "rebalance driven");
@@ -506,10 +542,11 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         .unwrap_or_default();
     next.sidecars = sample.sidecars(published.as_ref());
     status::set_rebalancing_condition(&mut next, policy.metadata.generation, Timestamp::now());
-    let labels = PolicyLabels {
-        namespace: namespace.clone(),
-        policy: name.clone(),
-    };
+    if let Some(replicated) =
+        status::set_replicated_condition(&mut next, policy.metadata.generation, Timestamp::now())
+    {
+        status::replication_event(shared, &policy, &replicated).await;
+    }
     status::record_metrics(&shared.metrics, &labels, published.as_ref(), &next);
     shared
         .metrics

@@ -9,6 +9,8 @@
 //!
 //! What finished is kept in memory until a table without it is published: an operator that
 //! restarts meanwhile seeds the range again, which is harmless (the pass is idempotent).
+//!
+//! A pass first writes the marker of replicated data on both ends (`super::lost_data`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -230,6 +232,13 @@ impl Seedings {
                             .arg("SETNAME")
                             .arg(name)
                             .query_async(conn)
+                            .await
+                            .map_err(|e| redact(&e.to_string(), &target.credentials))?;
+                    }
+                    // Both ends hold the range's data from now on: an end that later answers
+                    // without the marker lost it (`super::lost_data`).
+                    for (conn, target) in [(&mut w, &writer_target), (&mut r, &replica_target)] {
+                        super::lost_data::mark(conn, &policy)
                             .await
                             .map_err(|e| redact(&e.to_string(), &target.credentials))?;
                     }

@@ -15,13 +15,14 @@ use tracing::debug;
 
 use crate::api::FIELD_MANAGER;
 use crate::api::cache_policy::{
-    CachePolicy, CachePolicyStatus, CategoryUsage, FailoverStatus, JOB_OWNED_REBALANCE_FIELDS,
-    PolicyInstanceStatus, RoutingStatus,
+    CachePolicy, CachePolicyStatus, CategoryReplicationStatus, CategoryUsage, FailoverStatus,
+    JOB_OWNED_REBALANCE_FIELDS, PolicyInstanceStatus, RoutingStatus,
 };
 use crate::api::conditions::{Time, condition, set_condition};
 use crate::api::quantity::format_bytes_human;
 use crate::api::redis_instance::InstancePhase;
 use crate::routing::table::RoutingTable;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::operator::context::Context;
 use crate::operator::metrics::{Metrics, PolicyLabels};
@@ -40,6 +41,9 @@ pub mod condition_type {
     pub const DEGRADED: &str = "Degraded";
     /// Every category is served.
     pub const READY: &str = "Ready";
+    /// Every slot of every replicated category has a seeded replica (absent when no category
+    /// is replicated).
+    pub const REPLICATED: &str = "Replicated";
 }
 use condition_type::{DEGRADED, READY, ROUTING_PUBLISHED};
 
@@ -303,6 +307,89 @@ pub fn set_rebalancing_condition(
             now,
         ),
     );
+}
+
+/// Sets the `Replicated` condition from `status.replication` (removes it when no category is
+/// replicated): `True` when every slot of every replicated category has a seeded replica,
+/// else `False` with reason `Unreplicated` (slots without a replica: moving, or no instance
+/// can hold one) or `Seeding` (replicas being seeded). Returns the condition when it is set.
+pub fn set_replicated_condition(
+    status: &mut CachePolicyStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<Condition> {
+    use condition_type::REPLICATED;
+    if status.replication.is_empty() {
+        status.conditions.retain(|c| c.type_ != REPLICATED);
+        return None;
+    }
+    let describe = |count: fn(&CategoryReplicationStatus) -> i32, what: &str| -> Vec<String> {
+        status
+            .replication
+            .iter()
+            .filter(|r| count(r) > 0)
+            .map(|r| format!("{}: {} slots {what}", r.category, count(r)))
+            .collect()
+    };
+    let missing = describe(|r| r.unreplicated_slots, "without a replica");
+    let seeding = describe(|r| r.seeding_slots, "being seeded");
+    let (on, reason, message) = if !missing.is_empty() {
+        let mut all = missing;
+        all.extend(seeding);
+        (
+            false,
+            "Unreplicated",
+            format!(
+                "{} (moving, or no instance can hold a replica): the owner's death drops what only it holds",
+                all.join("; ")
+            ),
+        )
+    } else if !seeding.is_empty() {
+        (false, "Seeding", seeding.join("; "))
+    } else {
+        let names: Vec<&str> = status
+            .replication
+            .iter()
+            .map(|r| r.category.as_str())
+            .collect();
+        (
+            true,
+            "Replicated",
+            format!("every slot of {} has a seeded replica", names.join(", ")),
+        )
+    };
+    let c = condition(REPLICATED, on, reason, message, generation, now);
+    set_condition(&mut status.conditions, c.clone());
+    Some(c)
+}
+
+/// Records an Event when the `Replicated` condition changes (status or reason) from what
+/// `policy`'s status said: `Warning` when slots lost their replica, `Normal` otherwise.
+pub async fn replication_event(ctx: &Context, policy: &CachePolicy, now: &Condition) {
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType};
+    let before = policy.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::REPLICATED)
+    });
+    if before.is_some_and(|b| b.status == now.status && b.reason == now.reason) {
+        return;
+    }
+    let event = Event {
+        type_: if now.reason == "Unreplicated" {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: now.reason.clone(),
+        note: Some(now.message.chars().take(1000).collect()),
+        action: "Replicate".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        tracing::warn!(error = %e, "recording an event failed");
+    }
 }
 
 /// Capacity-planning advice: instances over the threshold, growth and time to full, and
@@ -704,6 +791,57 @@ mod tests {
 
     const REFRESH: Duration = Duration::from_secs(300);
     const RECENT: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn the_replicated_condition_says_which_slots_lack_a_replica() {
+        let now = Timestamp::now();
+        let auth = |replicated, seeding, unreplicated| CategoryReplicationStatus {
+            category: "auth".into(),
+            mode: "Sync".into(),
+            replicated_slots: replicated,
+            seeding_slots: seeding,
+            unreplicated_slots: unreplicated,
+            replicas: vec!["secondary".into()],
+        };
+        let mut status = CachePolicyStatus::default();
+        assert!(set_replicated_condition(&mut status, Some(1), now).is_none());
+        assert!(status.conditions.is_empty());
+        let cases = [
+            ((16384, 0, 0), "True", "Replicated", "every slot of auth"),
+            (
+                (0, 16384, 0),
+                "False",
+                "Seeding",
+                "auth: 16384 slots being seeded",
+            ),
+            (
+                (16000, 0, 384),
+                "False",
+                "Unreplicated",
+                "auth: 384 slots without a replica",
+            ),
+            (
+                (15000, 1000, 384),
+                "False",
+                "Unreplicated",
+                "auth: 1000 slots being seeded",
+            ),
+        ];
+        for ((r, s, u), want_status, want_reason, want_text) in cases {
+            status.replication = vec![auth(r, s, u)];
+            let c = set_replicated_condition(&mut status, Some(1), now).unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                (want_status, want_reason)
+            );
+            assert!(c.message.contains(want_text), "{}", c.message);
+            assert_eq!(status.conditions.len(), 1);
+        }
+        // Replication turned off: the condition goes.
+        status.replication.clear();
+        assert!(set_replicated_condition(&mut status, Some(1), now).is_none());
+        assert!(status.conditions.is_empty());
+    }
 
     fn written() -> CachePolicyStatus {
         CachePolicyStatus {

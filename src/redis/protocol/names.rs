@@ -93,9 +93,18 @@ pub fn applied_versions(policy: &str, slot: u16) -> String {
     format!("redisfleet:applied:{policy}:{slot}")
 }
 
+/// String: set on an instance when it starts to hold replicated data of `policy` (the seeding
+/// of a replica, on the writer and the replica). An instance that should hold it and answers
+/// without it lost what it held — it restarted empty or was flushed — and its replicated
+/// ranges fail over to their replicas (`docs/replication.md`, "An instance that lost its
+/// data").
+pub fn holds(policy: &str) -> String {
+    format!("redisfleet:holds:{policy}")
+}
+
 /// The keys of `policy` with fixed names, on each instance it uses: fences, sidecar
-/// heartbeats and versions, the mover token, the urgent queue, and a replicating writer's
-/// epoch and counter.
+/// heartbeats and versions, the mover token, the urgent queue, a replicating writer's epoch
+/// and counter, and the marker of replicated data.
 pub fn policy_keys(policy: &str) -> Vec<String> {
     vec![
         fences(policy),
@@ -105,6 +114,7 @@ pub fn policy_keys(policy: &str) -> Vec<String> {
         urgent(policy),
         writer_epoch(policy),
         version_counter(policy),
+        holds(policy),
     ]
 }
 
@@ -181,6 +191,7 @@ mod tests {
             urgent("a/b"),
             writer_epoch("a/b"),
             version_counter("a/b"),
+            holds("a/b"),
         ];
         assert_eq!(policy_keys("a/b"), own);
         let patterns = policy_key_patterns("a/b");

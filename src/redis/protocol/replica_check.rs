@@ -7,7 +7,9 @@
 //! that races it.
 //!
 //! What it cannot see: a value that differs while both sides exist and neither still records
-//! a version for the key (versions are forgotten after [`replica::FORGET_AFTER`]). Comparing
+//! a recent version for the key (versions are forgotten after [`replica::FORGET_AFTER`]); and
+//! it never deletes a replica's key that the writer lacks without a record of its delete (a
+//! writer that lost its data must not empty its replica). Comparing
 //! `DUMP` payloads would see it, but a value restored from a payload may take another
 //! encoding than the writer's (a hash that grew and shrank), and the check would then report
 //! and repair the same key on every pass.
@@ -23,10 +25,12 @@ use super::replica::{self, Version};
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::{SlotRange, key_slot};
 
-/// KEYS: for each key its slot's applied-versions hash and the key. Replies, per key, the
-/// version recorded for it (nil when none) and whether it exists. Reads only.
+/// KEYS: for each key its slot's applied-versions hash and the key. Replies the server's
+/// clock (microseconds), then per key the version recorded for it (nil when none) and whether
+/// it exists. Reads only.
 pub const STANDING_SCRIPT: &str = r"
-local out = {}
+local t = redis.call('TIME')
+local out = {string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))}
 for i = 1, #KEYS, 2 do
   out[#out + 1] = redis.call('HGET', KEYS[i], KEYS[i + 1])
   out[#out + 1] = redis.call('EXISTS', KEYS[i + 1])
@@ -43,12 +47,24 @@ pub struct Standing {
     pub exists: bool,
 }
 
-/// Whether the replica misses what the writer holds for a key: a result newer than the one
-/// it applied, or — where either side forgot its versions — the key on one side only.
-pub fn diverges(writer: &Standing, replica: &Standing) -> bool {
+/// Whether the replica misses what the writer holds for a key (`writer_now`: the writer's
+/// clock in microseconds, which its version counters follow):
+/// - both record a version: the writer's is newer;
+/// - only the writer does: it is too recent for the replica to have forgotten its own (half
+///   of [`replica::FORGET_AFTER`]), or it is a delete the replica does not show;
+/// - neither does: the writer has the key and the replica not. The other way round is no
+///   divergence: a key the writer lacks without any record of a delete is one it lost (an
+///   eviction, which is not replicated, or its data — `docs/replication.md`), and copying that
+///   absence would delete the replica's copy.
+pub fn diverges(writer: &Standing, replica: &Standing, writer_now: u64) -> bool {
+    let recent = |v: Version| {
+        let horizon = u64::try_from(replica::FORGET_AFTER.as_micros() / 2).unwrap_or(u64::MAX);
+        v.counter.saturating_add(horizon) > writer_now
+    };
     match (writer.version, replica.version) {
         (Some(w), Some(r)) => w > r,
-        _ => writer.exists != replica.exists,
+        (Some(w), None) => recent(w) || (!writer.exists && replica.exists),
+        (None, _) => writer.exists && !replica.exists,
     }
 }
 
@@ -70,7 +86,7 @@ async fn standings(
     conn: &mut (impl ConnectionLike + Send),
     policy: &str,
     keys: &[Vec<u8>],
-) -> redis::RedisResult<Vec<Standing>> {
+) -> redis::RedisResult<(u64, Vec<Standing>)> {
     let script = redis::Script::new(STANDING_SCRIPT);
     let mut invocation = script.prepare_invoke();
     for k in keys {
@@ -78,8 +94,15 @@ async fn standings(
         invocation.key(k.as_slice());
     }
     let values: Vec<redis::Value> = invocation.invoke_async(conn).await?;
+    let now = match values.first() {
+        Some(redis::Value::BulkString(b)) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0),
+        _ => 0,
+    };
     let mut out = Vec::with_capacity(keys.len());
-    for pair in values.chunks(2) {
+    for pair in values.get(1..).unwrap_or_default().chunks(2) {
         let version = match &pair[0] {
             redis::Value::BulkString(b) => std::str::from_utf8(b)
                 .ok()
@@ -96,7 +119,7 @@ async fn standings(
             format!("{} answers for {} keys", out.len(), keys.len()),
         )));
     }
-    Ok(out)
+    Ok((now, out))
 }
 
 /// The keys of `keys` whose replica standing diverges from the writer's.
@@ -108,10 +131,10 @@ async fn diverging(
 ) -> redis::RedisResult<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     for chunk in keys.chunks(100) {
-        let on_writer = standings(writer, policy, chunk).await?;
-        let on_replica = standings(replica_conn, policy, chunk).await?;
+        let (now, on_writer) = standings(writer, policy, chunk).await?;
+        let (_, on_replica) = standings(replica_conn, policy, chunk).await?;
         for (i, key) in chunk.iter().enumerate() {
-            if diverges(&on_writer[i], &on_replica[i]) {
+            if diverges(&on_writer[i], &on_replica[i], now) {
                 out.push(key.clone());
             }
         }
@@ -176,16 +199,26 @@ mod tests {
     #[test]
     fn a_replica_diverges_when_it_missed_a_newer_result_or_holds_another_existence() {
         let s = |version, exists| Standing { version, exists };
+        let minute = 60_000_000;
+        let now = 100 * minute;
+        let (old, fresh) = (now - 6 * minute, now - minute);
         // Versions on both sides decide alone.
-        assert!(diverges(&s(at(3, 10), true), &s(at(3, 9), true)));
-        assert!(diverges(&s(at(4, 1), false), &s(at(3, 9), true)));
-        assert!(!diverges(&s(at(3, 10), true), &s(at(3, 10), true)));
+        assert!(diverges(&s(at(3, fresh), true), &s(at(3, old), true), now));
+        assert!(diverges(&s(at(4, 1), false), &s(at(3, fresh), true), now));
+        assert!(!diverges(&s(at(3, old), true), &s(at(3, old), true), now));
         // A replica ahead (a newer writer's result, the range moved since) is not behind.
-        assert!(!diverges(&s(at(3, 10), true), &s(at(5, 1), true)));
-        // A version forgotten on either side: existence decides.
-        assert!(diverges(&s(None, true), &s(None, false)));
-        assert!(diverges(&s(at(3, 10), false), &s(None, true)));
-        assert!(!diverges(&s(at(3, 10), true), &s(None, true)));
-        assert!(!diverges(&s(None, false), &s(None, false)));
+        assert!(!diverges(&s(at(3, fresh), true), &s(at(5, 1), true), now));
+        // Only the writer remembers: a recent result the replica cannot have forgotten is
+        // missing there (a refused apply); an old one may be forgotten, unless it is a delete
+        // the replica does not show.
+        assert!(diverges(&s(at(3, fresh), true), &s(None, true), now));
+        assert!(!diverges(&s(at(3, old), true), &s(None, true), now));
+        assert!(diverges(&s(at(3, old), false), &s(None, true), now));
+        // Neither remembers: a key the replica lacks is missing; a key only the replica has
+        // is kept (the writer lost it without a delete: copying that would delete the copy).
+        assert!(diverges(&s(None, true), &s(None, false), now));
+        assert!(!diverges(&s(None, false), &s(None, true), now));
+        assert!(!diverges(&s(None, false), &s(None, false), now));
+        assert!(!diverges(&s(None, false), &s(at(3, old), true), now));
     }
 }

@@ -62,6 +62,7 @@ pub fn view(name: &str) -> InstanceView {
         weight: 100,
         drain: false,
         copies_to_free: false,
+        lost_data: false,
         endpoint: InstanceEndpoint {
             host: "h".into(),
             port: 1,

@@ -15,8 +15,9 @@
 //!   plan's cleanup, and the guard there would run a straggler's command on a replica copy.
 //! - A replica new to a slot is *seeding* until the operator reports that it copied what the
 //!   slot's writer held ([`Seeded`]); a seeding replica still receives every write.
+//! - A replica that lost its data ([`InstanceView::lost_data`]) is seeded again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::cache_policy::{CachePolicySpec, DEFAULT_CATEGORY, MoveStatus, Replication};
 use crate::routing::placement::{self, Candidate};
@@ -257,9 +258,12 @@ fn place_category(
                 let moved = servers_before
                     .as_ref()
                     .is_some_and(|b| b.get(s).is_some_and(|w| *w != servers[s]));
+                // A replica that lost its data is seeded again, even where a seeding of it
+                // finished before the loss was seen.
+                let lost = by_name.get(prev).is_some_and(|i| i.lost_data);
                 chosen[s] = (
                     Some(prev.to_owned()),
-                    (was_seeding || moved) && !seeded(prev, s),
+                    lost || ((was_seeding || moved) && !seeded(prev, s)),
                 );
                 continue;
             }
@@ -292,6 +296,33 @@ fn place_category(
         placed.replicas.push(SlotOwner { range, instance });
     }
     placed
+}
+
+/// The instances that must hold the marker of replicated data ([`names::holds`]) while `table`
+/// is published: the server and the replica of every slot whose replica is seeded. A seeding
+/// wrote the marker on both (before it copied anything), and no slot gets a new server or
+/// replica without a seeding, so one of them that answers without it lost its data.
+///
+/// [`names::holds`]: crate::redis::protocol::names::holds
+pub fn must_hold_marker(table: &RoutingTable) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for cat in &table.categories {
+        if cat.replication.is_none() {
+            continue;
+        }
+        let servers = servers(table, &cat.name);
+        for (slot, (replica, seeding)) in replicas_of(table, &cat.name).into_iter().enumerate() {
+            if let (Some(replica), false) = (replica, seeding) {
+                if !out.contains(replica) {
+                    out.insert(replica.to_owned());
+                }
+                if !out.contains(servers[slot]) {
+                    out.insert(servers[slot].to_owned());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Where each replicated category of `table` stands, for status and metrics.

@@ -457,3 +457,105 @@ fn a_replica_made_owner_by_placement_is_purged_but_one_that_serves_after_a_failo
         "{stale:?}"
     );
 }
+
+fn lost(mut views: Vec<InstanceView>, name: &str) -> Vec<InstanceView> {
+    views.iter_mut().find(|v| v.name == name).unwrap().lost_data = true;
+    views
+}
+
+#[test]
+fn the_marker_is_needed_where_a_seeded_replica_and_its_server_hold_a_range() {
+    let spec = replicated(Replication::Sync);
+    let first = publish(&spec, &two(), None, &[]);
+    // Seeding: neither end has been marked for sure yet.
+    assert!(must_hold_marker(&first).is_empty());
+    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
+    assert_eq!(
+        must_hold_marker(&seeded),
+        BTreeSet::from(["primary".to_owned(), "secondary".to_owned()])
+    );
+    // Not replicated: nothing to mark.
+    let off = publish(&shop(), &two(), Some(&seeded), &[]);
+    assert!(must_hold_marker(&off).is_empty());
+}
+
+#[test]
+fn an_owner_that_lost_its_data_fails_over_to_its_replica_while_it_answers() {
+    let spec = replicated(Replication::Sync);
+    let first = publish(&spec, &two(), None, &[]);
+    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
+    let during = publish(&spec, &lost(two(), "primary"), Some(&seeded), &[]);
+    // Its replicated range goes to the replica; the rest stays on it (nothing better holds
+    // it: the loss of an unreplicated category is a cache's).
+    let auth: Vec<_> = during
+        .failover
+        .iter()
+        .filter(|f| f.category == "auth")
+        .collect();
+    assert_eq!(auth.len(), 1, "{:?}", during.failover);
+    assert_eq!(
+        (auth[0].range(), auth[0].to.as_str()),
+        (SlotRange::ALL, "secondary")
+    );
+    assert!(
+        during.failover.iter().all(|f| f.category == "auth"),
+        "{:?}",
+        during.failover
+    );
+    // The replica's copies are kept: they are the range's data now.
+    let stale = stale_before_publishing(Some(&seeded), &during);
+    assert!(
+        stale
+            .get("secondary")
+            .into_iter()
+            .flatten()
+            .all(|(cat, _)| cat != "auth"),
+        "{stale:?}"
+    );
+    // The owner becomes the range's replica, seeded from the replica that serves it, and the
+    // marker is no longer needed on it until that seeding wrote it again.
+    assert_eq!(
+        replica_runs(&during, "auth"),
+        [(0, 16383, "primary".into())]
+    );
+    assert_eq!(seeding_runs(&during, "auth"), 1);
+    assert!(!must_hold_marker(&during).contains("primary"));
+    // Found again with its marker (the next reconcile): the entry stays, as for an owner back
+    // from an outage, until the failback moves the range home.
+    let after = publish(&spec, &two(), Some(&during), &[]);
+    assert_eq!(after.failover, during.failover);
+    // Without a replica that answers, nothing fails over, and the marker is still needed
+    // there (it is written again: the loss is reported, not repaired).
+    let down = phase(
+        lost(two(), "primary"),
+        "secondary",
+        InstancePhase::Unreachable,
+    );
+    let stuck = publish(&spec, &down, Some(&seeded), &[]);
+    assert!(
+        stuck.failover.iter().all(|f| f.category != "auth"),
+        "{:?}",
+        stuck.failover
+    );
+}
+
+#[test]
+fn a_replica_that_lost_its_data_is_seeded_again() {
+    let spec = replicated(Replication::Async);
+    let first = publish(&spec, &two(), None, &[]);
+    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
+    // Even with a finished seeding on record (it finished before the loss was seen).
+    let again = publish(
+        &spec,
+        &lost(two(), "secondary"),
+        Some(&seeded),
+        &all_seeded(&first),
+    );
+    assert_eq!(replica_runs(&again, "auth"), replica_runs(&seeded, "auth"));
+    assert_eq!(seeding_runs(&again, "auth"), 1);
+    assert!(
+        again.failover.is_empty(),
+        "a replica's loss fails nothing over"
+    );
+    assert!(must_hold_marker(&again).is_empty());
+}

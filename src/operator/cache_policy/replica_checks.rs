@@ -1,0 +1,347 @@
+//! The periodic divergence check of seeded replicas (`docs/replication.md`, "The check"):
+//! every [`CHECK_EVERY`], per policy, a task compares each seeded replica run with its writer
+//! ([`replica_check::check`]) and repairs what the replica missed — an `async` result dropped,
+//! an apply refused or lost. What it found is logged, counted
+//! (`redisfleet_replica_checked_keys_total`, `redisfleet_replica_divergent_keys_total`) and,
+//! when anything diverged, recorded as a Warning Event `ReplicaDiverged`.
+//!
+//! A check runs under one table version and stops when another is published (its ranges may
+//! be moving); a writer found without the marker of replicated data is skipped — it lost its
+//! data, and copying its emptiness would empty the replica (`super::lost_data`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::ResourceExt;
+use kube::runtime::events::{Event, EventType};
+use tracing::{info, warn};
+
+use crate::api::RedisInstance;
+use crate::operator::context::Context;
+use crate::operator::metrics::PolicyLabels;
+use crate::redis::connect::redact;
+use crate::redis::protocol::{names, replica_check};
+use crate::redis::serial::SerialConnection;
+use crate::routing::Resolver;
+use crate::routing::slots::{SLOT_COUNT, runs};
+use crate::routing::table::RoutingTable;
+
+use super::build::replicas::{replicas_of, servers};
+use super::seeding::SeedJob;
+
+/// How often the replicas of a policy are checked.
+pub const CHECK_EVERY: Duration = Duration::from_secs(300);
+
+/// How long a key found diverging is given before it is compared again: a result on its way
+/// (an `async` one within its lag) is not a divergence.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// How long a check's connection waits to be made.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The checks of every policy.
+#[derive(Debug, Default)]
+pub struct ReplicaChecks {
+    state: Mutex<HashMap<String, PolicyCheck>>,
+}
+
+#[derive(Debug)]
+struct PolicyCheck {
+    /// The table version the running (or last) check works under.
+    version: u64,
+    task: Option<tokio::task::AbortHandle>,
+    started: Instant,
+}
+
+/// The seeded replica runs of `table`, cut where their writer changes (a check per run).
+pub fn seeded_runs(table: &RoutingTable) -> Vec<SeedJob> {
+    let mut out = Vec::new();
+    for cat in &table.categories {
+        if cat.replication.is_none() {
+            continue;
+        }
+        let servers = servers(table, &cat.name);
+        let replicas = replicas_of(table, &cat.name);
+        let per_slot: Vec<Option<(&str, &str)>> = (0..usize::from(SLOT_COUNT))
+            .map(|s| match replicas[s] {
+                (Some(replica), false) => Some((replica, servers[s])),
+                _ => None,
+            })
+            .collect();
+        for (range, pair) in runs(&per_slot) {
+            if let Some((replica, writer)) = pair {
+                out.push(SeedJob {
+                    category: cat.name.clone(),
+                    replica: (*replica).to_owned(),
+                    writer: (*writer).to_owned(),
+                    range,
+                });
+            }
+        }
+    }
+    out
+}
+
+impl ReplicaChecks {
+    /// Forgets policy `key` (deleted), stopping its check.
+    pub fn forget(&self, key: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(PolicyCheck { task: Some(t), .. }) = state.remove(key) {
+            t.abort();
+        }
+    }
+
+    /// Stops a check of policy `key` that works under another table than `table` (published),
+    /// and starts one when none ran for [`CHECK_EVERY`] and `table` has seeded replicas.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn drive(
+        self: &Arc<Self>,
+        ctx: &Arc<Context>,
+        key: &str,
+        namespace: &str,
+        selected: &[Arc<RedisInstance>],
+        table: &RoutingTable,
+        labels: &PolicyLabels,
+        policy_ref: ObjectReference,
+    ) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = state.get_mut(key) {
+                let finished = c.task.as_ref().is_none_or(|t| t.is_finished());
+                if !finished && c.version != table.version {
+                    if let Some(t) = c.task.take() {
+                        t.abort();
+                    }
+                    // Under the new table, the next check may start at once.
+                    state.remove(key);
+                } else if !finished || c.started.elapsed() < CHECK_EVERY {
+                    return;
+                }
+            }
+        }
+        let jobs = seeded_runs(table);
+        if jobs.is_empty() {
+            return;
+        }
+        let find = |name: &str| selected.iter().find(|ri| ri.name_any() == name);
+        let mut work = Vec::new();
+        for job in jobs {
+            let (Some(writer), Some(replica)) = (find(&job.writer), find(&job.replica)) else {
+                continue;
+            };
+            let (Ok(w), Ok(r)) = (
+                ctx.secrets.target_of(writer, namespace).await,
+                ctx.secrets.target_of(replica, namespace).await,
+            ) else {
+                continue;
+            };
+            work.push((job, w, r));
+        }
+        let resolver = match Resolver::new(table.clone()) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                warn!(error = %e, "cannot check replicas: the published table does not resolve");
+                return;
+            }
+        };
+        let (ctx, labels, policy, version) = (
+            Arc::clone(ctx),
+            labels.clone(),
+            table.policy.clone(),
+            table.version,
+        );
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut per_category: BTreeMap<String, replica_check::Checked> = BTreeMap::new();
+            for (job, writer_target, replica_target) in work {
+                let Some(category) = resolver
+                    .categories()
+                    .iter()
+                    .position(|c| c.name == job.category)
+                    .and_then(|i| u16::try_from(i).ok())
+                else {
+                    continue;
+                };
+                let result = async {
+                    let mut w = SerialConnection::open(&writer_target, CONNECT_TIMEOUT)
+                        .await
+                        .map_err(|e| redact(&e.to_string(), &writer_target.credentials))?;
+                    let mut r = SerialConnection::open(&replica_target, CONNECT_TIMEOUT)
+                        .await
+                        .map_err(|e| redact(&e.to_string(), &replica_target.credentials))?;
+                    // Named like a sidecar's connection of this table: a fence raised above
+                    // it (a move into either end) closes it.
+                    for (conn, target) in [(&mut w, &writer_target), (&mut r, &replica_target)] {
+                        let name = names::connection_name(&policy, "operator-check", version);
+                        let () = redis::cmd("CLIENT")
+                            .arg("SETNAME")
+                            .arg(name)
+                            .query_async(conn)
+                            .await
+                            .map_err(|e| redact(&e.to_string(), &target.credentials))?;
+                    }
+                    let marked: i64 = redis::cmd("EXISTS")
+                        .arg(names::holds(&policy))
+                        .query_async(&mut w)
+                        .await
+                        .map_err(|e| redact(&e.to_string(), &writer_target.credentials))?;
+                    if marked == 0 {
+                        return Ok(None);
+                    }
+                    replica_check::check(
+                        &mut w,
+                        &mut r,
+                        &resolver,
+                        category,
+                        &[job.range],
+                        &policy,
+                        version,
+                        SETTLE,
+                    )
+                    .await
+                    .map(Some)
+                    .map_err(|e| {
+                        let text = redact(&e.to_string(), &writer_target.credentials);
+                        redact(&text, &replica_target.credentials)
+                    })
+                }
+                .await;
+                match result {
+                    Ok(Some(checked)) => {
+                        let total = per_category.entry(job.category.clone()).or_default();
+                        total.keys += checked.keys;
+                        total.divergent += checked.divergent;
+                        total.repaired += checked.repaired;
+                        total.failed += checked.failed;
+                    }
+                    Ok(None) => warn!(writer = %job.writer, category = %job.category,
+                        "replica check skipped: the writer answers without the marker of replicated data"),
+                    Err(e) => warn!(writer = %job.writer, replica = %job.replica,
+                        category = %job.category, error = %e, "replica check failed"),
+                }
+            }
+            report(&ctx, &labels, &policy_ref, &per_category, started.elapsed()).await;
+        });
+        state.insert(
+            key.to_owned(),
+            PolicyCheck {
+                version,
+                task: Some(task.abort_handle()),
+                started: Instant::now(),
+            },
+        );
+    }
+}
+
+/// Logs, counts and (when anything diverged) records an Event of a finished check.
+async fn report(
+    ctx: &Context,
+    labels: &PolicyLabels,
+    policy_ref: &ObjectReference,
+    per_category: &BTreeMap<String, replica_check::Checked>,
+    took: Duration,
+) {
+    let keys: u64 = per_category.values().map(|c| c.keys).sum();
+    let divergent: u64 = per_category.values().map(|c| c.divergent).sum();
+    ctx.metrics.replica_checked(labels, keys, divergent);
+    info!(
+        keys,
+        divergent,
+        seconds = took.as_secs_f64(),
+        "replicas checked"
+    );
+    if divergent == 0 {
+        return;
+    }
+    let what: Vec<String> = per_category
+        .iter()
+        .filter(|(_, c)| c.divergent > 0)
+        .map(|(cat, c)| {
+            format!(
+                "{cat}: {} of {} keys behind their writer, {} repaired, {} refused",
+                c.divergent, c.keys, c.repaired, c.failed
+            )
+        })
+        .collect();
+    warn!(found = %what.join("; "), "replicas had diverged from their writers");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ReplicaDiverged".to_owned(),
+        note: Some(what.join("; ").chars().take(1000).collect()),
+        action: "Repair".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, policy_ref).await {
+        warn!(error = %e, "recording an event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cache_policy::Replication;
+    use crate::operator::cache_policy::build::fixtures::{shop, two};
+    use crate::operator::cache_policy::build::plan_routing;
+    use crate::operator::cache_policy::build::replicas::{ReplicaInputs, place_replicas};
+    use crate::operator::cache_policy::seeding::pending;
+    use crate::routing::slots::SlotRange;
+
+    #[test]
+    fn only_seeded_runs_are_checked_each_with_its_writer() {
+        let mut spec = shop();
+        for c in &mut spec.categories {
+            if c.name == "auth" {
+                c.replication = Replication::Async;
+            }
+        }
+        let views = two();
+        let mut t = plan_routing("shop/shop", &spec, &views, None)
+            .table
+            .unwrap();
+        let inputs = |seeded| ReplicaInputs {
+            spec: &spec,
+            instances: &views,
+            previous: None,
+            moves: &[],
+            seeded,
+        };
+        place_replicas(&mut t, &inputs(&[]));
+        // Seeding: nothing to check yet.
+        assert!(seeded_runs(&t).is_empty());
+        assert_eq!(pending(&t).len(), 1);
+        let done: Vec<_> = pending(&t)
+            .iter()
+            .map(|j| super::super::build::replicas::Seeded {
+                category: j.category.clone(),
+                instance: j.replica.clone(),
+                writer: j.writer.clone(),
+                range: j.range,
+            })
+            .collect();
+        let previous = t.clone();
+        let mut t = plan_routing("shop/shop", &spec, &views, Some(&previous))
+            .table
+            .unwrap();
+        place_replicas(
+            &mut t,
+            &ReplicaInputs {
+                previous: Some(&previous),
+                ..inputs(&done)
+            },
+        );
+        let runs = seeded_runs(&t);
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(
+            (
+                runs[0].category.as_str(),
+                runs[0].writer.as_str(),
+                runs[0].replica.as_str(),
+                runs[0].range
+            ),
+            ("auth", "primary", "secondary", SlotRange::ALL)
+        );
+    }
+}
