@@ -436,12 +436,12 @@ impl Metrics {
         );
         r.register(
             "replica_checked_keys",
-            "Keys the periodic replica check compared between writers and their replicas",
+            "Keys the periodic replica check compared between writers and their replicas (a key on both counts twice)",
             m.replica_checked_keys.clone(),
         );
         r.register(
             "replica_divergent_keys",
-            "Keys the periodic replica check found behind their writer on a replica (a dropped async result, a refused apply), and repaired",
+            "Keys the periodic replica check found behind their writer on a replica (a dropped async result, a refused apply); each is repaired unless the replica refuses it again",
             m.replica_divergent_keys.clone(),
         );
         m

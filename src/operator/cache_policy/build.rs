@@ -385,8 +385,10 @@ pub fn plan_routing_with(
                     .or_insert_with(|| previous.map(|t| replicas::replicas_of(t, &cat.name)))
                     .as_deref();
                 for range in run.range.minus(&covered) {
-                    let usable =
-                        |r: &str| r != owner.name && by_name.get(r).is_some_and(|i| i.serving());
+                    let usable = |r: &str| {
+                        r != owner.name
+                            && by_name.get(r).is_some_and(|i| i.serving() && !i.lost_data)
+                    };
                     for (range, to) in by_replica(range, replicas_before, usable) {
                         if let Some(to) = to {
                             failover.push(Failover {
@@ -487,6 +489,12 @@ pub fn plan_routing_with(
         // joined, and the fallback's copies were freed: chaos seed 8, 103 writes lost.) An
         // owner that came back draining keeps them too: hold_back keeps it as the owner, so
         // the writes of the outage fail back to it before the drain moves them on.
+        // A replicated range's target that answers without its data is dead to it.
+        let target_holds = |f: &Failover| {
+            by_name.get(f.to.as_str()).is_some_and(|i| {
+                i.phase.serves_traffic() && !(i.lost_data && replicated(&f.category))
+            })
+        };
         failover.extend(
             prev_failover
                 .iter()
@@ -496,24 +504,21 @@ pub fn plan_routing_with(
                         && by_name
                             .get(f.from.as_str())
                             .is_some_and(|o| o.phase.serves_traffic())
-                        && by_name
-                            .get(f.to.as_str())
-                            .is_some_and(|i| i.phase.serves_traffic())
+                        && target_holds(f)
                 })
                 .cloned(),
         );
-        // A replicated range whose failover target died in turn, its owner back: it goes to
-        // the replica the previous table named for it (it holds the outage's writes), not to
-        // the owner — unless the owner is that replica (then the entry simply ends).
+        // A replicated range whose failover target died in turn (or lost its data), its owner
+        // back: it goes to the replica the previous table named for it (it holds the outage's
+        // writes), not to the owner — unless the owner is that replica (then the entry simply
+        // ends).
         for f in prev_failover.iter().filter(|f| {
             replicated(&f.category)
                 && categories.iter().any(|(c, ..)| c.name == f.category)
                 && by_name
                     .get(f.from.as_str())
                     .is_some_and(|o| o.phase.serves_traffic())
-                && !by_name
-                    .get(f.to.as_str())
-                    .is_some_and(|i| i.phase.serves_traffic())
+                && !target_holds(f)
         }) {
             let before: Option<&[(Option<&str>, bool)]> = replicas_before
                 .entry(f.category.as_str())

@@ -8,13 +8,13 @@
 //! ([`must_hold_marker`]). Each reconcile checks the marker on those instances; one that
 //! answers without it lost its data: the build fails its replicated ranges over to their
 //! replicas as if it had died (the failback then brings the data home) and seeds its replicas
-//! again. Once a table that does so is published, the marker is written again
-//! ([`mark_again`]) where the table still needs it — there the loss could not be repaired (no
-//! replica answers), and is only reported.
+//! again. Once a table that does so is published, the instance is fenced at it and the
+//! marker is written again ([`mark_again`]) where the table still needs it — there the loss
+//! could not be repaired (no replica answers), and is only reported.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use kube::runtime::events::{Event, EventType};
@@ -29,8 +29,16 @@ use crate::routing::table::RoutingTable;
 use super::build::replicas::must_hold_marker;
 use super::fences;
 
+/// How often a policy with seeded replicas is reconciled at least, so that an instance that
+/// lost its data is found within this much (its writes meanwhile see it empty).
+pub const LOOK_EVERY: Duration = Duration::from_secs(5);
+
 /// The instances `table` needs the marker on that answer without it. An instance that does
 /// not answer, or whose answer cannot be read, is not counted (its probes tell the rest).
+///
+/// When none of them has it — a policy replicated by a release that wrote no marker, or every
+/// one of them lost its data at once, when there is nothing to fail over to anyway — the
+/// markers are written instead (with a warning), so an upgrade fails nothing over.
 pub async fn find(
     ctx: &Context,
     namespace: &str,
@@ -43,6 +51,7 @@ pub async fn find(
         return lost;
     };
     let marker = names::holds(policy);
+    let mut marked = 0;
     for name in must_hold_marker(table) {
         let Some(ri) = selected.iter().find(|ri| ri.name_any() == name) else {
             continue;
@@ -59,29 +68,84 @@ pub async fn find(
             continue;
         };
         let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(200));
-        let exists = redis::cmd("EXISTS").arg(&marker).clone();
-        match tokio::time::timeout(timeout, exists.query_async::<i64>(&mut conn)).await {
-            Ok(Ok(0)) => {
+        // GET, not EXISTS: a read keeps the marker recent for an LRU eviction policy.
+        let read = redis::cmd("GET").arg(&marker).clone();
+        match tokio::time::timeout(timeout, read.query_async::<Option<String>>(&mut conn)).await {
+            Ok(Ok(None)) => {
                 lost.insert(name);
             }
-            Ok(Ok(_)) => {}
+            Ok(Ok(Some(_))) => marked += 1,
             Ok(Err(e)) => debug!(instance = %name, error = %e, "could not read the data marker"),
             Err(_) => debug!(instance = %name, "reading the data marker timed out"),
         }
     }
+    if marked == 0 && !lost.is_empty() {
+        warn!(instances = ?lost, "no instance holding replicated data has its data marker (replicas seeded by an earlier release): writing them");
+        for name in std::mem::take(&mut lost) {
+            if let Some(ri) = selected.iter().find(|ri| ri.name_any() == name) {
+                let written = async {
+                    let mut conn = fences::connect(ctx, namespace, ri).await?;
+                    mark(&mut conn, policy).await.map_err(|e| e.to_string())
+                }
+                .await;
+                if let Err(e) = written {
+                    warn!(instance = %name, error = %e, "could not write the data marker");
+                }
+            }
+        }
+    }
     lost
+}
+
+/// When each instance's loss was last reported, per policy: a loss whose failover waits (held
+/// back, a failed publish) is found again at each reconcile, and reported once a minute.
+#[derive(Debug, Default)]
+pub struct Reported {
+    at: Mutex<HashMap<(String, String), Instant>>,
+}
+
+/// How often the same loss is reported again while it is not failed over.
+const REPORT_AGAIN: Duration = Duration::from_secs(60);
+
+impl Reported {
+    /// The instances of `lost` not reported for `policy` within [`REPORT_AGAIN`]; they count
+    /// as reported now.
+    fn fresh(&self, policy: &str, lost: &BTreeSet<String>) -> Vec<String> {
+        let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+        at.retain(|_, when| when.elapsed() < REPORT_AGAIN);
+        lost.iter()
+            .filter(|name| {
+                let key = (policy.to_owned(), (*name).clone());
+                if at.contains_key(&key) {
+                    return false;
+                }
+                at.insert(key, Instant::now());
+                true
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 /// Reports the instances that lost their data: a Warning Event on the policy and the metric
 /// `redisfleet_instances_lost_data_total`.
 pub async fn report(
     ctx: &Context,
+    reported: &Reported,
     policy: &crate::api::cache_policy::CachePolicy,
+    selected: &[Arc<RedisInstance>],
     labels: &PolicyLabels,
     lost: &BTreeSet<String>,
 ) {
     use kube::Resource;
-    for name in lost {
+    let key = format!("{}/{}", labels.namespace, labels.policy);
+    for name in reported.fresh(&key, lost) {
+        // The instance is the Event's related object: the recorder folds Events of one
+        // reason on one object into a series that keeps the first note.
+        let related = selected
+            .iter()
+            .find(|ri| ri.name_any() == name)
+            .map(|ri| ri.object_ref(&()));
         warn!(instance = %name, "the instance answers without the replicated data it held (restarted empty or flushed): its replicated ranges fail over to their replicas");
         ctx.metrics.instance_lost_data(labels);
         let event = Event {
@@ -91,7 +155,7 @@ pub async fn report(
                 "{name} answers without the replicated data it held (restarted empty or flushed): its replicated ranges fail over to their replicas and come back by a failback, its replicas are seeded again"
             )),
             action: "FailOver".to_owned(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
             warn!(error = %e, "recording an event failed");
@@ -99,8 +163,10 @@ pub async fn report(
     }
 }
 
-/// Writes the marker again on the instances of `lost` that `published` (the table published
-/// after they were found) still needs it on: what they lost could not go elsewhere.
+/// After `published` (the table published once they were found): fences each instance of
+/// `lost` at its version on itself (closing the connections of older tables, whose sidecars
+/// may still route replicated ranges there), and writes the marker again where `published`
+/// still needs it — what they lost could not go elsewhere.
 pub async fn mark_again(
     ctx: &Context,
     namespace: &str,
@@ -111,6 +177,15 @@ pub async fn mark_again(
 ) {
     if lost.is_empty() {
         return;
+    }
+    for name in lost {
+        let Some(ri) = selected.iter().find(|ri| ri.name_any() == *name) else {
+            continue;
+        };
+        if let Err(e) = fences::fence_returning(ctx, namespace, policy, ri, published.version).await
+        {
+            warn!(instance = %name, error = %e, "could not fence an instance that lost its data");
+        }
     }
     let needed = must_hold_marker(published);
     for name in lost.intersection(&needed) {

@@ -158,6 +158,8 @@ pub struct PolicyContext {
     seedings: Arc<seeding::Seedings>,
     /// Periodic divergence checks of seeded replicas.
     replica_checks: Arc<replica_checks::ReplicaChecks>,
+    /// Instances found without their data, and when that was last reported.
+    lost_reported: lost_data::Reported,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.
@@ -189,6 +191,7 @@ impl PolicyContext {
             departures: cleanup::Departures::default(),
             seedings: Arc::default(),
             replica_checks: Arc::default(),
+            lost_reported: lost_data::Reported::default(),
             status_refresh,
             routing_schema,
             started: Instant::now(),
@@ -302,7 +305,15 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     // Instances that answer without the replicated data they held are failed over like dead
     // ones for their replicated ranges (`lost_data`).
     let lost = lost_data::find(shared, &namespace, &key, &selected, previous.as_ref()).await;
-    lost_data::report(shared, &policy, &labels, &lost).await;
+    lost_data::report(
+        shared,
+        &ctx.lost_reported,
+        &policy,
+        &selected,
+        &labels,
+        &lost,
+    )
+    .await;
     let views: Vec<InstanceView> = selected
         .iter()
         .map(|ri| InstanceView {
@@ -593,11 +604,21 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         // A seeding finishes in a task of its own: look again soon to publish that it did.
         return Ok(Action::requeue(SEEDING_LOOK));
     }
+    // Replicas: the data markers are read at each reconcile, so an instance that lost its
+    // data is found within this much (`lost_data`).
+    let resync = if published
+        .as_ref()
+        .is_some_and(|t| !build::replicas::must_hold_marker(t).is_empty())
+    {
+        lost_data::LOOK_EVERY
+    } else {
+        RESYNC
+    };
     Ok(Action::requeue(planning::next_look(
         next.rebalance.as_ref(),
         policy.spec.balancing.rebalance.cooldown.get(),
         Timestamp::now(),
-        RESYNC,
+        resync,
     )))
 }
 

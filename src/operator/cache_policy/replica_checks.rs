@@ -35,8 +35,9 @@ use super::seeding::SeedJob;
 pub const CHECK_EVERY: Duration = Duration::from_secs(300);
 
 /// How long a key found diverging is given before it is compared again: a result on its way
-/// (an `async` one within its lag) is not a divergence.
-const SETTLE: Duration = Duration::from_secs(2);
+/// (an `async` one within its lag) is not a divergence. A result held longer is still
+/// applied correctly after the repair (it is older), but the key is counted.
+const SETTLE: Duration = Duration::from_secs(5);
 
 /// How long a check's connection waits to be made.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -183,12 +184,12 @@ impl ReplicaChecks {
                             .await
                             .map_err(|e| redact(&e.to_string(), &target.credentials))?;
                     }
-                    let marked: i64 = redis::cmd("EXISTS")
+                    let marked: Option<String> = redis::cmd("GET")
                         .arg(names::holds(&policy))
                         .query_async(&mut w)
                         .await
                         .map_err(|e| redact(&e.to_string(), &writer_target.credentials))?;
-                    if marked == 0 {
+                    if marked.is_none() {
                         return Ok(None);
                     }
                     replica_check::check(

@@ -186,6 +186,7 @@ impl Seedings {
             }
         };
         let find = |name: &str| selected.iter().find(|ri| ri.name_any() == name);
+        let needs_marker = Arc::new(super::build::replicas::must_hold_marker(table));
         for job in to_start {
             let (Some(writer), Some(replica)) = (find(&job.writer), find(&job.replica)) else {
                 continue;
@@ -206,6 +207,7 @@ impl Seedings {
                 continue;
             };
             let this = Arc::clone(self);
+            let needs_marker = Arc::clone(&needs_marker);
             let task_key = key.to_owned();
             let resolver = Arc::clone(&resolver);
             let (policy, version) = (table.policy.clone(), table.version);
@@ -236,8 +238,26 @@ impl Seedings {
                             .map_err(|e| redact(&e.to_string(), &target.credentials))?;
                     }
                     // Both ends hold the range's data from now on: an end that later answers
-                    // without the marker lost it (`super::lost_data`).
-                    for (conn, target) in [(&mut w, &writer_target), (&mut r, &replica_target)] {
+                    // without the marker lost it (`super::lost_data`). An end the table
+                    // already needs it on and that lacks it lost its data before this pass:
+                    // the pass waits for the reconcile to fail that over (copying from a
+                    // writer that lost its data would empty the replica).
+                    for (conn, target, name) in [
+                        (&mut w, &writer_target, &job.writer),
+                        (&mut r, &replica_target, &job.replica),
+                    ] {
+                        if needs_marker.contains(name) {
+                            let held: Option<String> = redis::cmd("GET")
+                                .arg(names::holds(&policy))
+                                .query_async(conn)
+                                .await
+                                .map_err(|e| redact(&e.to_string(), &target.credentials))?;
+                            if held.is_none() {
+                                return Err(format!(
+                                    "{name} answers without the marker of replicated data: it lost its data"
+                                ));
+                            }
+                        }
                         super::lost_data::mark(conn, &policy)
                             .await
                             .map_err(|e| redact(&e.to_string(), &target.credentials))?;

@@ -364,7 +364,8 @@ pub fn set_replicated_condition(
 }
 
 /// Records an Event when the `Replicated` condition changes (status or reason) from what
-/// `policy`'s status said: `Warning` when slots lost their replica, `Normal` otherwise.
+/// `policy`'s status said. Always `Normal`: every move leaves its slots without a replica for
+/// a while; a lasting gap is the alert `RedisFleetRangesUnreplicated`'s to raise.
 pub async fn replication_event(ctx: &Context, policy: &CachePolicy, now: &Condition) {
     use kube::Resource;
     use kube::runtime::events::{Event, EventType};
@@ -377,11 +378,7 @@ pub async fn replication_event(ctx: &Context, policy: &CachePolicy, now: &Condit
         return;
     }
     let event = Event {
-        type_: if now.reason == "Unreplicated" {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
+        type_: EventType::Normal,
         reason: now.reason.clone(),
         note: Some(now.message.chars().take(1000).collect()),
         action: "Replicate".to_owned(),

@@ -559,3 +559,36 @@ fn a_replica_that_lost_its_data_is_seeded_again() {
     );
     assert!(must_hold_marker(&again).is_empty());
 }
+
+#[test]
+fn a_failover_target_that_lost_its_data_hands_the_range_to_the_seeded_owner() {
+    let spec = replicated(Replication::Sync);
+    let first = publish(&spec, &two(), None, &[]);
+    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
+    // The primary dies and comes back: the secondary serves auth, the primary is its replica,
+    // seeded.
+    let down = phase(two(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&seeded), &[]);
+    let back = publish(&spec, &two(), Some(&during), &[]);
+    let back = publish(&spec, &two(), Some(&back), &all_seeded(&back));
+    assert!(back.failover.iter().any(|f| f.to == "secondary"));
+    assert_eq!(replica_runs(&back, "auth"), [(0, 16383, "primary".into())]);
+    assert_eq!(seeding_runs(&back, "auth"), 0);
+    assert!(must_hold_marker(&back).contains("secondary"));
+    // The secondary loses its data while it answers: auth goes back to the primary, which
+    // holds it as the seeded replica, and the primary's copies are kept.
+    let after = publish(&spec, &lost(two(), "secondary"), Some(&back), &[]);
+    assert!(
+        after.failover.iter().all(|f| f.category != "auth"),
+        "{:?}",
+        after.failover
+    );
+    assert!(!must_hold_marker(&after).contains("secondary"));
+    let stale = stale_before_publishing(Some(&back), &after);
+    assert!(
+        stale
+            .get("primary")
+            .is_none_or(|r| r.iter().all(|(cat, _)| cat != "auth")),
+        "the primary's copies are auth's data: {stale:?}"
+    );
+}
