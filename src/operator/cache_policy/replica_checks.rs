@@ -23,13 +23,12 @@ use crate::operator::context::Context;
 use crate::operator::metrics::PolicyLabels;
 use crate::redis::connect::redact;
 use crate::redis::protocol::{names, replica_check};
-use crate::redis::serial::SerialConnection;
 use crate::routing::Resolver;
 use crate::routing::slots::{SLOT_COUNT, runs};
 use crate::routing::table::RoutingTable;
 
 use super::build::replicas::{replicas_of, servers};
-use super::seeding::SeedJob;
+use super::seeding::{SeedJob, open_pair};
 
 /// How often the replicas of a policy are checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(300);
@@ -38,9 +37,6 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(300);
 /// (an `async` one within its lag) is not a divergence. A result held longer is still
 /// applied correctly after the repair (it is older), but the key is counted.
 const SETTLE: Duration = Duration::from_secs(5);
-
-/// How long a check's connection waits to be made.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The checks of every policy.
 #[derive(Debug, Default)]
@@ -167,23 +163,12 @@ impl ReplicaChecks {
                     continue;
                 };
                 let result = async {
-                    let mut w = SerialConnection::open(&writer_target, CONNECT_TIMEOUT)
-                        .await
-                        .map_err(|e| redact(&e.to_string(), &writer_target.credentials))?;
-                    let mut r = SerialConnection::open(&replica_target, CONNECT_TIMEOUT)
-                        .await
-                        .map_err(|e| redact(&e.to_string(), &replica_target.credentials))?;
-                    // Named like a sidecar's connection of this table: a fence raised above
-                    // it (a move into either end) closes it.
-                    for (conn, target) in [(&mut w, &writer_target), (&mut r, &replica_target)] {
-                        let name = names::connection_name(&policy, "operator-check", version);
-                        let () = redis::cmd("CLIENT")
-                            .arg("SETNAME")
-                            .arg(name)
-                            .query_async(conn)
-                            .await
-                            .map_err(|e| redact(&e.to_string(), &target.credentials))?;
-                    }
+                    let (mut w, mut r) = open_pair(
+                        &writer_target,
+                        &replica_target,
+                        &names::connection_name(&policy, "operator-check", version),
+                    )
+                    .await?;
                     let marked: Option<String> = redis::cmd("GET")
                         .arg(names::holds(&policy))
                         .query_async(&mut w)

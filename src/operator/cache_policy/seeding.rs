@@ -20,7 +20,7 @@ use kube::ResourceExt;
 use tracing::{info, warn};
 
 use crate::api::RedisInstance;
-use crate::redis::connect::redact;
+use crate::redis::connect::{Target, redact};
 use crate::redis::protocol::{fence, names, replica};
 use crate::redis::serial::SerialConnection;
 use crate::routing::Resolver;
@@ -86,6 +86,32 @@ pub struct SeedingProgress {
     /// they are on it); `None` when no instance's heartbeats could be read (none starts then
     /// either).
     pub behind: Option<usize>,
+}
+
+/// Connections to a range's writer and replica, named `name` — like a sidecar's connection of
+/// the table they work under, so that a fence raised above it on either end (a move into the
+/// replica, the replica leaving) closes them and a pass the operator has not stopped yet
+/// cannot write there after. Errors carry no credentials.
+pub async fn open_pair(
+    writer: &Target,
+    replica: &Target,
+    name: &str,
+) -> Result<(SerialConnection, SerialConnection), String> {
+    let mut w = SerialConnection::open(writer, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| redact(&e.to_string(), &writer.credentials))?;
+    let mut r = SerialConnection::open(replica, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| redact(&e.to_string(), &replica.credentials))?;
+    for (conn, target) in [(&mut w, writer), (&mut r, replica)] {
+        let () = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .query_async(conn)
+            .await
+            .map_err(|e| redact(&e.to_string(), &target.credentials))?;
+    }
+    Ok((w, r))
 }
 
 /// The ranges `table` lists as seeding, cut where their writer changes.
@@ -219,24 +245,12 @@ impl Seedings {
                 info!(category = %job.category, replica = %job.replica, writer = %job.writer,
                     slots = %format!("{}-{}", job.range.start, job.range.end), "seeding a replica");
                 let result = async {
-                    let mut w = SerialConnection::open(&writer_target, CONNECT_TIMEOUT)
-                        .await
-                        .map_err(|e| redact(&e.to_string(), &writer_target.credentials))?;
-                    let mut r = SerialConnection::open(&replica_target, CONNECT_TIMEOUT)
-                        .await
-                        .map_err(|e| redact(&e.to_string(), &replica_target.credentials))?;
-                    // Named like a sidecar's connection of this table: a fence raised above it
-                    // on either end (a move into the replica, the replica leaving) closes it,
-                    // so a pass the operator has not stopped yet cannot write there after.
-                    for (conn, target) in [(&mut w, &writer_target), (&mut r, &replica_target)] {
-                        let name = names::connection_name(&policy, "operator-seeding", version);
-                        let () = redis::cmd("CLIENT")
-                            .arg("SETNAME")
-                            .arg(name)
-                            .query_async(conn)
-                            .await
-                            .map_err(|e| redact(&e.to_string(), &target.credentials))?;
-                    }
+                    let (mut w, mut r) = open_pair(
+                        &writer_target,
+                        &replica_target,
+                        &names::connection_name(&policy, "operator-seeding", version),
+                    )
+                    .await?;
                     // Both ends hold the range's data from now on: an end that later answers
                     // without the marker lost it (`super::lost_data`). An end the table
                     // already needs it on and that lacks it lost its data before this pass:
