@@ -433,7 +433,8 @@ pub fn plan_routing_with(
                     let pieces: Vec<(SlotRange, Option<String>)> = match &handoff {
                         Some(to) => vec![(range, Some(to.clone()))],
                         None => by_replica(range, replicas_before, |r| {
-                            r != owner.name && by_name.get(r).is_some_and(|i| i.serving())
+                            r != owner.name
+                                && by_name.get(r).is_some_and(|i| i.serving() && !i.lost_data)
                         }),
                     };
                     pieces
@@ -524,8 +525,11 @@ pub fn plan_routing_with(
                 .entry(f.category.as_str())
                 .or_insert_with(|| previous.map(|t| replicas::replicas_of(t, &f.category)))
                 .as_deref();
-            let usable =
-                |r: &str| r != f.from && r != f.to && by_name.get(r).is_some_and(|i| i.serving());
+            let usable = |r: &str| {
+                r != f.from
+                    && r != f.to
+                    && by_name.get(r).is_some_and(|i| i.serving() && !i.lost_data)
+            };
             for (range, to) in by_replica(f.range(), before, usable) {
                 if let Some(to) = to {
                     failover.push(Failover {

@@ -38,7 +38,8 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 ///
 /// When none of them has it — a policy replicated by a release that wrote no marker, or every
 /// one of them lost its data at once, when there is nothing to fail over to anyway — the
-/// markers are written instead (with a warning), so an upgrade fails nothing over.
+/// markers are written instead (with a warning), so an upgrade fails nothing over; but only
+/// once every one of them answered (one that could not be asked may be the one holding it).
 pub async fn find(
     ctx: &Context,
     namespace: &str,
@@ -51,9 +52,11 @@ pub async fn find(
         return lost;
     };
     let marker = names::holds(policy);
-    let mut marked = 0;
+    // Instances that answered with the marker, and those whose marker could not be read.
+    let (mut marked, mut unread) = (0, 0);
     for name in must_hold_marker(table) {
         let Some(ri) = selected.iter().find(|ri| ri.name_any() == name) else {
+            unread += 1;
             continue;
         };
         let serving = ri
@@ -62,9 +65,11 @@ pub async fn find(
             .and_then(|s| s.phase)
             .is_some_and(|p| p.serves_traffic());
         if !serving {
+            unread += 1;
             continue;
         }
         let Ok(mut conn) = fences::connect(ctx, namespace, ri).await else {
+            unread += 1;
             continue;
         };
         let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(200));
@@ -75,9 +80,20 @@ pub async fn find(
                 lost.insert(name);
             }
             Ok(Ok(Some(_))) => marked += 1,
-            Ok(Err(e)) => debug!(instance = %name, error = %e, "could not read the data marker"),
-            Err(_) => debug!(instance = %name, "reading the data marker timed out"),
+            Ok(Err(e)) => {
+                unread += 1;
+                debug!(instance = %name, error = %e, "could not read the data marker");
+            }
+            Err(_) => {
+                unread += 1;
+                debug!(instance = %name, "reading the data marker timed out");
+            }
         }
+    }
+    if marked == 0 && unread > 0 {
+        // Nobody shows the marker, and not every instance could be asked: an upgrade or a loss
+        // cannot be told apart yet. Nothing is failed over, nothing written; ask again.
+        return BTreeSet::new();
     }
     if marked == 0 && !lost.is_empty() {
         warn!(instances = ?lost, "no instance holding replicated data has its data marker (replicas seeded by an earlier release): writing them");

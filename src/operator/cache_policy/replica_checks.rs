@@ -108,12 +108,14 @@ impl ReplicaChecks {
             if let Some(c) = state.get_mut(key) {
                 let finished = c.task.as_ref().is_none_or(|t| t.is_finished());
                 if !finished && c.version != table.version {
+                    // Its ranges may move under the new table. The next check starts when
+                    // this one was due to end at the latest: a series of tables (a seeding
+                    // range by range, a rebalance) must not restart the scan at each one.
                     if let Some(t) = c.task.take() {
                         t.abort();
                     }
-                    // Under the new table, the next check may start at once.
-                    state.remove(key);
-                } else if !finished || c.started.elapsed() < CHECK_EVERY {
+                }
+                if (!finished && c.task.is_some()) || c.started.elapsed() < CHECK_EVERY {
                     return;
                 }
             }
