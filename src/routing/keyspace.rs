@@ -201,6 +201,14 @@ impl Resolver {
         &self.categories
     }
 
+    /// The id of the category named `name`, if the table has it.
+    pub fn category_id(&self, name: &str) -> Option<CategoryId> {
+        self.categories
+            .iter()
+            .position(|c| c.name == name)
+            .and_then(|i| CategoryId::try_from(i).ok())
+    }
+
     /// The category of `key`: the longest matching prefix, else the default category.
     pub fn category_of(&self, key: &[u8]) -> CategoryId {
         self.prefixes

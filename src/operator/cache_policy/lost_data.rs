@@ -98,15 +98,10 @@ pub async fn find(
     if marked == 0 && !lost.is_empty() {
         warn!(instances = ?lost, "no instance holding replicated data has its data marker (replicas seeded by an earlier release): writing them");
         for name in std::mem::take(&mut lost) {
-            if let Some(ri) = selected.iter().find(|ri| ri.name_any() == name) {
-                let written = async {
-                    let mut conn = fences::connect(ctx, namespace, ri).await?;
-                    mark(&mut conn, policy).await.map_err(|e| e.to_string())
-                }
-                .await;
-                if let Err(e) = written {
-                    warn!(instance = %name, error = %e, "could not write the data marker");
-                }
+            if let Some(ri) = selected.iter().find(|ri| ri.name_any() == name)
+                && let Err(e) = mark_on(ctx, namespace, policy, ri).await
+            {
+                warn!(instance = %name, error = %e, "could not write the data marker");
             }
         }
     }
@@ -209,15 +204,22 @@ pub async fn mark_again(
             continue;
         };
         warn!(instance = %name, "no replica answers for some of the ranges of an instance that lost its data: they stay on it, their data is lost");
-        let result = async {
-            let mut conn = fences::connect(ctx, namespace, ri).await?;
-            mark(&mut conn, policy).await.map_err(|e| e.to_string())
-        }
-        .await;
-        if let Err(e) = result {
+        if let Err(e) = mark_on(ctx, namespace, policy, ri).await {
             warn!(instance = %name, error = %e, "could not write the data marker again");
         }
     }
+}
+
+/// Writes the marker of `policy`'s replicated data on `ri`, over the kept connection; errors
+/// carry no credentials.
+async fn mark_on(
+    ctx: &Context,
+    namespace: &str,
+    policy: &str,
+    ri: &RedisInstance,
+) -> Result<(), String> {
+    let mut conn = fences::connect(ctx, namespace, ri).await?;
+    mark(&mut conn, policy).await.map_err(|e| e.to_string())
 }
 
 /// Writes the marker of `policy`'s replicated data on an instance.

@@ -24,11 +24,10 @@ use crate::operator::metrics::PolicyLabels;
 use crate::redis::connect::redact;
 use crate::redis::protocol::{names, replica_check};
 use crate::routing::Resolver;
-use crate::routing::slots::{SLOT_COUNT, runs};
 use crate::routing::table::RoutingTable;
 
-use super::build::replicas::{replicas_of, servers};
-use super::seeding::{SeedJob, open_pair};
+use super::build::replicas::seeded_runs;
+use super::seeding::open_pair;
 
 /// How often the replicas of a policy are checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(300);
@@ -50,35 +49,6 @@ struct PolicyCheck {
     version: u64,
     task: Option<tokio::task::AbortHandle>,
     started: Instant,
-}
-
-/// The seeded replica runs of `table`, cut where their writer changes (a check per run).
-pub fn seeded_runs(table: &RoutingTable) -> Vec<SeedJob> {
-    let mut out = Vec::new();
-    for cat in &table.categories {
-        if cat.replication.is_none() {
-            continue;
-        }
-        let servers = servers(table, &cat.name);
-        let replicas = replicas_of(table, &cat.name);
-        let per_slot: Vec<Option<(&str, &str)>> = (0..usize::from(SLOT_COUNT))
-            .map(|s| match replicas[s] {
-                (Some(replica), false) => Some((replica, servers[s])),
-                _ => None,
-            })
-            .collect();
-        for (range, pair) in runs(&per_slot) {
-            if let Some((replica, writer)) = pair {
-                out.push(SeedJob {
-                    category: cat.name.clone(),
-                    replica: (*replica).to_owned(),
-                    writer: (*writer).to_owned(),
-                    range,
-                });
-            }
-        }
-    }
-    out
 }
 
 impl ReplicaChecks {
@@ -127,7 +97,7 @@ impl ReplicaChecks {
         let find = |name: &str| selected.iter().find(|ri| ri.name_any() == name);
         let mut work = Vec::new();
         for job in jobs {
-            let (Some(writer), Some(replica)) = (find(&job.writer), find(&job.replica)) else {
+            let (Some(writer), Some(replica)) = (find(&job.writer), find(&job.instance)) else {
                 continue;
             };
             let (Ok(w), Ok(r)) = (
@@ -156,12 +126,7 @@ impl ReplicaChecks {
             let started = Instant::now();
             let mut per_category: BTreeMap<String, replica_check::Checked> = BTreeMap::new();
             for (job, writer_target, replica_target) in work {
-                let Some(category) = resolver
-                    .categories()
-                    .iter()
-                    .position(|c| c.name == job.category)
-                    .and_then(|i| u16::try_from(i).ok())
-                else {
+                let Some(category) = resolver.category_id(&job.category) else {
                     continue;
                 };
                 let result = async {
@@ -207,7 +172,7 @@ impl ReplicaChecks {
                     }
                     Ok(None) => warn!(writer = %job.writer, category = %job.category,
                         "replica check skipped: the writer answers without the marker of replicated data"),
-                    Err(e) => warn!(writer = %job.writer, replica = %job.replica,
+                    Err(e) => warn!(writer = %job.writer, replica = %job.instance,
                         category = %job.category, error = %e, "replica check failed"),
                 }
             }
@@ -326,7 +291,7 @@ mod tests {
             (
                 runs[0].category.as_str(),
                 runs[0].writer.as_str(),
-                runs[0].replica.as_str(),
+                runs[0].instance.as_str(),
                 runs[0].range
             ),
             ("auth", "primary", "secondary", SlotRange::ALL)

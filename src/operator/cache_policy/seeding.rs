@@ -224,12 +224,7 @@ impl Seedings {
                 warn!(writer = %job.writer, replica = %job.replica, "cannot seed a replica: an instance's credentials are missing");
                 continue;
             };
-            let Some(category) = resolver
-                .categories()
-                .iter()
-                .position(|c| c.name == job.category)
-                .and_then(|i| u16::try_from(i).ok())
-            else {
+            let Some(category) = resolver.category_id(&job.category) else {
                 continue;
             };
             let this = Arc::clone(self);

@@ -298,31 +298,47 @@ fn place_category(
     placed
 }
 
-/// The instances that must hold the marker of replicated data ([`names::holds`]) while `table`
-/// is published: the server and the replica of every slot whose replica is seeded. A seeding
-/// wrote the marker on both (before it copied anything), and no slot gets a new server or
-/// replica without a seeding, so one of them that answers without it lost its data.
-///
-/// [`names::holds`]: crate::redis::protocol::names::holds
-pub fn must_hold_marker(table: &RoutingTable) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// The seeded replica runs of `table`, cut where their writer changes: each replica holds,
+/// for its range, what its writer held (the runs the replica check compares).
+pub fn seeded_runs(table: &RoutingTable) -> Vec<Seeded> {
+    let mut out = Vec::new();
     for cat in &table.categories {
         if cat.replication.is_none() {
             continue;
         }
         let servers = servers(table, &cat.name);
-        for (slot, (replica, seeding)) in replicas_of(table, &cat.name).into_iter().enumerate() {
-            if let (Some(replica), false) = (replica, seeding) {
-                if !out.contains(replica) {
-                    out.insert(replica.to_owned());
-                }
-                if !out.contains(servers[slot]) {
-                    out.insert(servers[slot].to_owned());
-                }
+        let replicas = replicas_of(table, &cat.name);
+        let per_slot: Vec<Option<(&str, &str)>> = (0..usize::from(SLOT_COUNT))
+            .map(|s| match replicas[s] {
+                (Some(replica), false) => Some((replica, servers[s])),
+                _ => None,
+            })
+            .collect();
+        for (range, pair) in runs(&per_slot) {
+            if let Some((replica, writer)) = pair {
+                out.push(Seeded {
+                    category: cat.name.clone(),
+                    instance: (*replica).to_owned(),
+                    writer: (*writer).to_owned(),
+                    range,
+                });
             }
         }
     }
     out
+}
+
+/// The instances that must hold the marker of replicated data ([`names::holds`]) while `table`
+/// is published: both ends of every [`seeded_runs`] run. A seeding wrote the marker on both
+/// (before it copied anything), and no slot gets a new server or replica without a seeding,
+/// so one of them that answers without it lost its data.
+///
+/// [`names::holds`]: crate::redis::protocol::names::holds
+pub fn must_hold_marker(table: &RoutingTable) -> BTreeSet<String> {
+    seeded_runs(table)
+        .into_iter()
+        .flat_map(|run| [run.instance, run.writer])
+        .collect()
 }
 
 /// Where each replicated category of `table` stands, for status and metrics.

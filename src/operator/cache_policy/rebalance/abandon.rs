@@ -14,7 +14,7 @@ use crate::api::redis_instance::{InstancePhase, RedisInstance};
 use crate::operator::cache_policy::build::{InstanceView, served_ranges};
 use crate::operator::cache_policy::{Error, PolicyContext, fences, job};
 use crate::redis::protocol::names;
-use crate::routing::keyspace::{CategoryId, Resolver};
+use crate::routing::keyspace::Resolver;
 use crate::routing::slots::SlotRange;
 use crate::routing::table::{Migration, RoutingTable};
 
@@ -265,12 +265,7 @@ async fn give_back_transit(
                 message: e.to_string(),
             })?),
         };
-        let Some(category) = resolver
-            .categories()
-            .iter()
-            .position(|c| c.name == m.category)
-            .and_then(|id| CategoryId::try_from(id).ok())
-        else {
+        let Some(category) = resolver.category_id(&m.category) else {
             continue;
         };
         let migration = migration_of(m, r.plan_id);
