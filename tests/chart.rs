@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use redis_fleet::api::cache_policy::{CachePolicy, credentials_secret_name};
+use redis_fleet::api::cache_policy::{CachePolicy, CategoryUsage, credentials_secret_name};
 use redis_fleet::api::redis_instance::{InstancePhase, RedisInstance};
 use serde_json::Value;
 use support::control_plane::{kubernetes_version, project_root};
@@ -397,7 +397,16 @@ fn exported_metrics() -> &'static BTreeSet<String> {
             f.get_or_create(&policy).set(1);
         }
         operator.mean_usage_ratio.get_or_create(&policy).set(0.5);
-        operator.set_category_usage(&policy, [("c".into(), "i".into(), 1, Some(1))]);
+        operator.set_category_usage(
+            &policy,
+            &[CategoryUsage {
+                instance: "i".into(),
+                category: "c".into(),
+                bytes: 1,
+                keys: Some(1),
+                replica_bytes: Some(1),
+            }],
+        );
         operator.set_replica_slots(&policy, [("c".into(), [1, 0, 0])]);
         operator.rebalance_failed(&policy);
         operator.departure_given_up(&policy);
@@ -1200,6 +1209,7 @@ fn check_dashboard(dashboard: &Value) {
         "redisfleet_routing_version",
         "redisfleet_sidecar_min_version",
         "redisfleet_category_used_bytes",
+        "redisfleet_category_replica_bytes",
         "redisfleet_policy_mean_usage_ratio",
         "redisfleet_rebalance_estimated_bytes",
         "redisfleet_rebalance_least_bytes",

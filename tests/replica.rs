@@ -1272,3 +1272,51 @@ fn a_replica_that_fails_does_not_hold_back_the_others() {
         "the replica that answered",
     );
 }
+
+/// The operator's sampler tells a replica's copies apart from the data an instance serves:
+/// the planner moves the latter with its slots, and the copies stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_a_replica_counts_its_copies_apart() {
+    let (a, b) = two_servers();
+    let t = replicated_table(&a, &b, 1, ReplicationMode::Sync);
+    let resolver = redis_fleet::routing::keyspace::Resolver::new(t).unwrap();
+    let value = "v".repeat(200);
+    // b holds auth's copies (its replica) and some keys of user, which it would serve.
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
+    for n in 0..3_000 {
+        let mut pipe = redis::pipe();
+        pipe.set(format!("auth:{n}"), &value).ignore();
+        if n < 1_000 {
+            pipe.set(format!("user:{n}"), &value).ignore();
+        }
+        let () = pipe.query_async(&mut on_b).await.unwrap();
+        let () = pipe.query_async(&mut on_a).await.unwrap();
+    }
+    let sample = |name: &'static str, conn: redis::aio::MultiplexedConnection| {
+        let resolver = &resolver;
+        async move {
+            let mut conn = conn;
+            redis_fleet::redis::sample::sample_categories(&mut conn, resolver, name, 2048)
+                .await
+                .unwrap()
+        }
+    };
+    let on_replica = sample("b", on_b.clone()).await;
+    let on_owner = sample("a", on_a.clone()).await;
+    // Three quarters of b's keys are auth copies, of ~280 bytes each.
+    let copies = on_replica.replica_bytes.get("auth").copied().unwrap_or(0);
+    assert!(
+        (600_000..1_100_000).contains(&copies),
+        "auth's copies on the replica: {copies} bytes ({on_replica:?})"
+    );
+    assert!(
+        !on_replica.category_bytes.contains_key("auth"),
+        "{on_replica:?}"
+    );
+    assert!(on_replica.category_bytes.get("user").copied().unwrap_or(0) > 150_000);
+    // On the owner the same keys are served data.
+    assert!(on_owner.replica_bytes.is_empty(), "{on_owner:?}");
+    let served = on_owner.category_bytes.get("auth").copied().unwrap_or(0);
+    assert!((600_000..1_100_000).contains(&served), "{on_owner:?}");
+}

@@ -702,6 +702,10 @@ pub struct CategoryUsage {
     /// Estimated keys (the sampled keys' share, scaled to the instance's key count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<i64>,
+    /// Estimated bytes the instance holds as the replica of this category's slots that
+    /// another instance serves (not in `bytes`: they stay when those slots move).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_bytes: Option<i64>,
 }
 
 /// One slot range moving between instances.

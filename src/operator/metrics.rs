@@ -34,6 +34,7 @@ macro_rules! error_variants {
 }
 pub(crate) use error_variants;
 
+use crate::api::cache_policy::CategoryUsage;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -146,6 +147,8 @@ pub struct Metrics {
     pub category_bytes: Family<CategoryLabels, Gauge>,
     /// Sampled keys per category and instance, per policy.
     pub category_keys: Family<CategoryLabels, Gauge>,
+    /// Sampled bytes an instance holds as the replica of a category's slots served elsewhere.
+    pub category_replica_bytes: Family<CategoryLabels, Gauge>,
     /// Slots of each replicated category by replica state, per policy.
     pub replica_slots: Family<ReplicaLabels, Gauge>,
     /// The fleet's mean used share (the centre of the balance band), per policy.
@@ -253,6 +256,7 @@ impl Metrics {
             sidecar_min_version: Family::default(),
             category_bytes: Family::default(),
             category_keys: Family::default(),
+            category_replica_bytes: Family::default(),
             replica_slots: Family::default(),
             mean_usage_ratio: Family::default(),
             rebalance_estimated_bytes: Family::default(),
@@ -395,6 +399,11 @@ impl Metrics {
             m.category_keys.clone(),
         );
         r.register(
+            "category_replica_bytes",
+            "Memory an instance holds as the replica of a category's slots that another instance serves, estimated from samples (not in category_used_bytes)",
+            m.category_replica_bytes.clone(),
+        );
+        r.register(
             "replica_slots",
             "Slots of a replicated category whose replica is seeded (state=replicated), being seeded (seeding) or missing (unreplicated)",
             m.replica_slots.clone(),
@@ -447,28 +456,29 @@ impl Metrics {
         m
     }
 
-    /// Sets the policy's memory and keys per (category, instance, bytes, keys), removing the
-    /// series of pairs no longer sampled.
-    pub fn set_category_usage(
-        &self,
-        policy: &PolicyLabels,
-        usage: impl IntoIterator<Item = (String, String, i64, Option<i64>)>,
-    ) {
+    /// Sets the policy's memory, keys and replica copies per (category, instance), as
+    /// `status.usage` lists them, removing the series of pairs no longer sampled.
+    pub fn set_category_usage(&self, policy: &PolicyLabels, usage: &[CategoryUsage]) {
         let mut now = BTreeSet::new();
-        for (category, instance, bytes, keys) in usage {
+        for u in usage {
             let labels = CategoryLabels {
                 namespace: policy.namespace.clone(),
                 policy: policy.policy.clone(),
-                category,
-                redis_instance: instance,
+                category: u.category.clone(),
+                redis_instance: u.instance.clone(),
             };
-            self.category_bytes.get_or_create(&labels).set(bytes);
-            match keys {
-                Some(k) => {
-                    self.category_keys.get_or_create(&labels).set(k);
-                }
-                None => {
-                    self.category_keys.remove(&labels);
+            self.category_bytes.get_or_create(&labels).set(u.bytes);
+            for (family, value) in [
+                (&self.category_keys, u.keys),
+                (&self.category_replica_bytes, u.replica_bytes),
+            ] {
+                match value {
+                    Some(v) => {
+                        family.get_or_create(&labels).set(v);
+                    }
+                    None => {
+                        family.remove(&labels);
+                    }
                 }
             }
             now.insert(labels);
@@ -479,10 +489,15 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner());
         if let Some(before) = series.insert(policy.clone(), now.clone()) {
             for gone in before.difference(&now) {
-                self.category_bytes.remove(gone);
-                self.category_keys.remove(gone);
+                self.forget_category_series(gone);
             }
         }
+    }
+
+    fn forget_category_series(&self, labels: &CategoryLabels) {
+        self.category_bytes.remove(labels);
+        self.category_keys.remove(labels);
+        self.category_replica_bytes.remove(labels);
     }
 
     /// Sets the slot counts of each replicated category of a policy (category, replicated,
@@ -691,8 +706,7 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .remove(labels);
         for gone in series.into_iter().flatten() {
-            self.category_bytes.remove(&gone);
-            self.category_keys.remove(&gone);
+            self.forget_category_series(&gone);
         }
         self.set_replica_slots(labels, []);
     }
@@ -863,7 +877,7 @@ mod tests {
                 family.get_or_create(labels).set(3);
             }
             m.mean_usage_ratio.get_or_create(labels).set(0.5);
-            m.set_category_usage(labels, [("auth".into(), "a".into(), 3, Some(1))]);
+            m.set_category_usage(labels, &[usage("auth", "a", 3, Some(1), Some(2))]);
             m.rebalance_failed(labels);
             m.departure_given_up(labels);
         }
@@ -887,6 +901,22 @@ mod tests {
         assert_eq!(m.policies(), vec![kept]);
     }
 
+    fn usage(
+        category: &str,
+        instance: &str,
+        bytes: i64,
+        keys: Option<i64>,
+        replica_bytes: Option<i64>,
+    ) -> CategoryUsage {
+        CategoryUsage {
+            instance: instance.into(),
+            category: category.into(),
+            bytes,
+            keys,
+            replica_bytes,
+        }
+    }
+
     #[test]
     fn category_series_follow_the_samples() {
         let mut registry = Registry::default();
@@ -897,9 +927,10 @@ mod tests {
         };
         m.set_category_usage(
             &shop,
-            [
-                ("auth".into(), "primary".into(), 13_000_000, Some(21_000)),
-                ("user".into(), "secondary".into(), 2_000_000, None),
+            &[
+                usage("auth", "primary", 13_000_000, Some(21_000), None),
+                usage("auth", "secondary", 1_000, Some(2), Some(12_500_000)),
+                usage("user", "secondary", 2_000_000, None, None),
             ],
         );
         let t = text(&registry);
@@ -912,10 +943,17 @@ mod tests {
         assert!(t.contains(
             r#"redisfleet_category_keys{namespace="shop",policy="shop",category="auth",redis_instance="primary"} 21000"#
         ));
-        // auth left the primary: its series go.
+        assert!(t.contains(
+            r#"redisfleet_category_replica_bytes{namespace="shop",policy="shop",category="auth",redis_instance="secondary"} 12500000"#
+        ));
+        assert!(
+            !t.contains(r#"redisfleet_category_replica_bytes{namespace="shop",policy="shop",category="auth",redis_instance="primary"}"#),
+            "{t}"
+        );
+        // auth left both instances: its series go.
         m.set_category_usage(
             &shop,
-            [("user".into(), "secondary".into(), 2_500_000, Some(4_000))],
+            &[usage("user", "secondary", 2_500_000, Some(4_000), None)],
         );
         let t = text(&registry);
         assert!(!t.contains(r#"category="auth""#), "{t}");

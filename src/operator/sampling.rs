@@ -26,6 +26,9 @@ use super::status_writes::moved_a_point;
 /// Most (category, instance) pairs `status.usage` lists one by one.
 pub const USAGE_PAIRS: usize = 256;
 
+/// Bytes, keys and replica bytes of a (category, instance).
+type Sums = (u64, Option<u64>, Option<u64>);
+
 /// What sampling the instances of a policy found.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySample {
@@ -33,6 +36,9 @@ pub struct PolicySample {
     pub category_bytes: BTreeMap<(String, String), u64>,
     /// Estimated keys per (category, instance).
     pub category_keys: BTreeMap<(String, String), u64>,
+    /// Estimated bytes per (replicated category, instance) that the instance holds as the
+    /// replica of slots another instance serves; not in `category_bytes`.
+    pub replica_bytes: BTreeMap<(String, String), u64>,
     /// Live sidecars (id → table version), over all instances.
     pub sidecars: BTreeMap<String, u64>,
     /// Whether any instance's heartbeats were read: without, `sidecars` being empty says
@@ -41,42 +47,67 @@ pub struct PolicySample {
 }
 
 impl PolicySample {
+    /// Adds what sampling `instance` found.
+    fn add(&mut self, instance: &str, sample: &sample::Sample) {
+        let pair = |cat: &String| (cat.clone(), instance.to_owned());
+        for (cat, bytes) in &sample.category_bytes {
+            self.category_bytes.insert(pair(cat), *bytes);
+        }
+        for (cat, keys) in &sample.category_keys {
+            self.category_keys.insert(pair(cat), *keys);
+        }
+        for (cat, bytes) in &sample.replica_bytes {
+            self.replica_bytes.insert(pair(cat), *bytes);
+        }
+    }
+
     /// As `status.usage`: per category and instance, or (beyond [`USAGE_PAIRS`] pairs) per
     /// category over all its instances, as instance `*` — status is an object of its own,
     /// limited to 1.5 MiB by etcd, and 1 000 instances × 50 categories are 3 MB of pairs.
     pub fn usage(&self) -> Vec<CategoryUsage> {
-        let keys_of = |keys: Option<u64>| keys.map(|k| i64::try_from(k).unwrap_or(i64::MAX));
-        let entry = |category: &str, instance: &str, bytes: u64, keys: Option<u64>| CategoryUsage {
-            instance: instance.to_owned(),
-            category: category.to_owned(),
-            bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
-            keys: keys_of(keys),
+        let int = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        // Every pair with data: served bytes, replica copies, or both.
+        let mut pairs: BTreeMap<&(String, String), Sums> = BTreeMap::new();
+        for (pair, bytes) in &self.category_bytes {
+            pairs.entry(pair).or_default().0 = *bytes;
+        }
+        for (pair, keys) in &self.category_keys {
+            pairs.entry(pair).or_default().1 = Some(*keys);
+        }
+        for (pair, bytes) in &self.replica_bytes {
+            pairs.entry(pair).or_default().2 = Some(*bytes);
+        }
+        let entry = |category: &str,
+                     instance: &str,
+                     (bytes, keys, copies): (u64, Option<u64>, Option<u64>)| {
+            CategoryUsage {
+                instance: instance.to_owned(),
+                category: category.to_owned(),
+                bytes: int(bytes),
+                keys: keys.map(int),
+                replica_bytes: copies.filter(|b| *b > 0).map(int),
+            }
         };
-        if self.category_bytes.len() <= USAGE_PAIRS {
-            return self
-                .category_bytes
-                .iter()
-                .map(|(pair, bytes)| {
-                    entry(
-                        &pair.0,
-                        &pair.1,
-                        *bytes,
-                        self.category_keys.get(pair).copied(),
-                    )
-                })
+        if pairs.len() <= USAGE_PAIRS {
+            return pairs
+                .into_iter()
+                .map(|(pair, sums)| entry(&pair.0, &pair.1, sums))
                 .collect();
         }
-        let mut totals: BTreeMap<&str, (u64, Option<u64>)> = BTreeMap::new();
-        for (pair, bytes) in &self.category_bytes {
+        let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        let mut totals: BTreeMap<&str, Sums> = BTreeMap::new();
+        for (pair, (bytes, keys, copies)) in pairs {
             let total = totals.entry(&pair.0).or_default();
             total.0 += bytes;
-            if let Some(k) = self.category_keys.get(pair) {
-                total.1 = Some(total.1.unwrap_or(0) + k);
-            }
+            total.1 = add(total.1, keys);
+            total.2 = add(total.2, copies);
         }
         totals
             .into_iter()
-            .map(|(category, (bytes, keys))| entry(category, "*", bytes, keys))
+            .map(|(category, sums)| entry(category, "*", sums))
             .collect()
     }
 
@@ -138,13 +169,8 @@ pub async fn sample_instances(
         let capacity = memory.and_then(|m| u64::try_from(m.capacity_bytes).ok());
         let kept = cache.reusable(policy, &name, used, capacity, layout);
         let wants_heartbeats = heartbeats_read < HEARTBEAT_READS;
-        if let Some((bytes, keys)) = &kept {
-            for (cat, b) in bytes {
-                out.category_bytes.insert((cat.clone(), name.clone()), *b);
-            }
-            for (cat, k) in keys {
-                out.category_keys.insert((cat.clone(), name.clone()), *k);
-            }
+        if let Some(sample) = &kept {
+            out.add(&name, sample);
             if !wants_heartbeats {
                 continue;
             }
@@ -169,23 +195,10 @@ pub async fn sample_instances(
             let Some(resolver) = &resolver else {
                 return out;
             };
-            match sample::sample_categories(&mut conn, resolver, sample::SAMPLE_KEYS).await {
+            match sample::sample_categories(&mut conn, resolver, &name, sample::SAMPLE_KEYS).await {
                 Ok(s) => {
-                    for (cat, bytes) in &s.category_bytes {
-                        out.category_bytes
-                            .insert((cat.clone(), name.clone()), *bytes);
-                    }
-                    for (cat, keys) in &s.category_keys {
-                        out.category_keys.insert((cat.clone(), name.clone()), *keys);
-                    }
-                    cache.keep(
-                        policy,
-                        &name,
-                        used,
-                        layout,
-                        s.category_bytes,
-                        s.category_keys,
-                    );
+                    out.add(&name, &s);
+                    cache.keep(policy, &name, used, layout, s);
                 }
                 Err(e) => {
                     connections.drop_connection(&instance);
@@ -226,8 +239,7 @@ pub struct Kept {
     at: Instant,
     used_bytes: u64,
     layout: u64,
-    category_bytes: BTreeMap<String, u64>,
-    category_keys: BTreeMap<String, u64>,
+    sample: sample::Sample,
 }
 
 impl Kept {
@@ -249,8 +261,7 @@ pub struct SampleCache {
 }
 
 impl SampleCache {
-    /// The kept memory and keys per category of `instance`, if they can be reused
-    /// ([`Kept::reusable`]).
+    /// The kept sample of `instance`, if it can be reused ([`Kept::reusable`]).
     pub fn reusable(
         &self,
         policy: &str,
@@ -258,11 +269,11 @@ impl SampleCache {
         used: u64,
         capacity: Option<u64>,
         layout: u64,
-    ) -> Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
+    ) -> Option<sample::Sample> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.get(&(policy.to_owned(), instance.to_owned()))
             .filter(|k| k.reusable(used, capacity, layout))
-            .map(|k| (k.category_bytes.clone(), k.category_keys.clone()))
+            .map(|k| k.sample.clone())
     }
 
     fn keep(
@@ -271,8 +282,7 @@ impl SampleCache {
         instance: &str,
         used_bytes: u64,
         layout: u64,
-        category_bytes: BTreeMap<String, u64>,
-        category_keys: BTreeMap<String, u64>,
+        sample: sample::Sample,
     ) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.insert(
@@ -281,8 +291,7 @@ impl SampleCache {
                 at: Instant::now(),
                 used_bytes,
                 layout,
-                category_bytes,
-                category_keys,
+                sample,
             },
         );
     }
@@ -305,8 +314,7 @@ mod tests {
             at: Instant::now(),
             used_bytes: 10 << 20,
             layout: 7,
-            category_bytes: BTreeMap::new(),
-            category_keys: BTreeMap::new(),
+            sample: sample::Sample::default(),
         };
         let cap = Some(30 << 20);
         assert!(kept.reusable((10 << 20) + 100_000, cap, 7));

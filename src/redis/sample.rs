@@ -1,5 +1,6 @@
 //! Sampling an instance: how its memory and keys split over the categories (RANDOMKEY +
-//! MEMORY USAGE, scaled to its key count). Read-only. The rebalance planner works from these estimates; which
+//! MEMORY USAGE, scaled to its key count), and how much of it are copies the instance holds as
+//! the replica of slots another instance serves. Read-only. The rebalance planner works from these estimates; which
 //! sidecars report which table version there is [`super::heartbeat`].
 
 use std::collections::BTreeMap;
@@ -7,17 +8,22 @@ use std::collections::BTreeMap;
 use redis::aio::ConnectionLike;
 
 use crate::redis::keys::RESERVED_PREFIX;
-use crate::routing::keyspace::Resolver;
+use crate::routing::keyspace::{InstanceId, Resolver, Route};
 
 /// What one sample saw on an instance.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sample {
     /// Keys in the database.
     pub keys: u64,
-    /// Estimated bytes per category (application keys only).
+    /// Estimated bytes per category (application keys the instance serves or holds as
+    /// anything but a replica: what moves with its slots).
     pub category_bytes: BTreeMap<String, u64>,
-    /// Estimated keys per category (application keys only).
+    /// Estimated keys per category (as `category_bytes`).
     pub category_keys: BTreeMap<String, u64>,
+    /// Estimated bytes per replicated category that the instance holds as the replica of
+    /// slots another instance serves (`docs/replication.md`): they stay where they are when
+    /// the slots move elsewhere, and the serving instance's bytes count them once more.
+    pub replica_bytes: BTreeMap<String, u64>,
 }
 
 /// Random keys looked at per sample: enough that a category holding a quarter of the keys is
@@ -33,10 +39,12 @@ pub const SAMPLE_KEYS: usize = 2048;
 /// grew them by ~45 KiB each, 45 MiB at 1 000 instances; 64 keep them in their initial 8 KiB.
 const PIPELINE: usize = 64;
 
-/// Samples `n` random keys of the instance and estimates the bytes and keys of each category.
+/// Samples `n` random keys of the instance named `instance` in the resolver's table and
+/// estimates the bytes and keys of each category, the copies it holds as a replica apart.
 pub async fn sample_categories(
     conn: &mut (impl ConnectionLike + Send),
     resolver: &Resolver,
+    instance: &str,
     n: usize,
 ) -> redis::RedisResult<Sample> {
     let keys: u64 = redis::cmd("DBSIZE").query_async(conn).await?;
@@ -71,12 +79,19 @@ pub async fn sample_categories(
         let some: Vec<Option<u64>> = pipe.query_async(conn).await?;
         sizes.extend(some);
     }
+    let me = resolver.instance_id(instance);
     let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut copies: BTreeMap<String, u64> = BTreeMap::new();
     for (k, size) in picked.iter().zip(sizes) {
         if k.starts_with(RESERVED_PREFIX) {
             continue;
         }
-        let cat = &resolver.categories()[usize::from(resolver.category_of(k))].name;
+        let route = resolver.resolve(k);
+        let cat = &resolver.categories()[usize::from(route.category)].name;
+        if me.is_some_and(|me| is_replica_copy(resolver, &route, me)) {
+            *copies.entry(cat.clone()).or_default() += size.unwrap_or(0);
+            continue;
+        }
         let sum = sums.entry(cat.clone()).or_default();
         sum.0 += size.unwrap_or(0);
         sum.1 += 1;
@@ -87,5 +102,61 @@ pub async fn sample_categories(
         keys,
         category_bytes: sums.iter().map(|(c, s)| (c.clone(), scale(s.0))).collect(),
         category_keys: sums.iter().map(|(c, s)| (c.clone(), scale(s.1))).collect(),
+        replica_bytes: copies.iter().map(|(c, b)| (c.clone(), scale(*b))).collect(),
     })
+}
+
+/// Whether a key routed as `route` is, on instance `me`, a replica's copy: the table names
+/// `me` the replica of its slot (seeded or seeding) and another instance serves it.
+fn is_replica_copy(resolver: &Resolver, route: &Route, me: InstanceId) -> bool {
+    route.target != me
+        && resolver
+            .replication(route)
+            .and_then(|(_, replica)| replica)
+            .is_some_and(|r| r == me)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::table::tests::two_instance_table;
+    use crate::routing::table::{CategoryReplication, Failover, ReplicationMode};
+
+    #[test]
+    fn a_copy_is_a_replicas_only_where_the_table_names_it_and_another_instance_serves() {
+        let mut t = two_instance_table();
+        // auth: 0-8191 on primary (replica secondary), 8192-16383 on secondary (replica primary).
+        t.categories[0].replication = Some(CategoryReplication {
+            mode: ReplicationMode::Sync,
+            replicas: vec![
+                (0, 8191, "secondary".to_owned()).into(),
+                (8192, 16383, "primary".to_owned()).into(),
+            ],
+            seeding: vec![(8192, 16383, "primary".to_owned()).into()],
+        });
+        let r = Resolver::new(t.clone()).unwrap();
+        let p = r.instance_id("primary").unwrap();
+        let s = r.instance_id("secondary").unwrap();
+        let auth = r.category_id("auth").unwrap();
+        let default = r.category_id("default").unwrap();
+        let copy = |category, slot, on| is_replica_copy(&r, &r.route(category, slot), on);
+        assert!(copy(auth, 10, s), "secondary replicates primary's slot");
+        assert!(!copy(auth, 10, p), "primary serves it");
+        assert!(copy(auth, 9000, p), "a seeding replica's copy too");
+        assert!(!copy(default, 10, s), "an unreplicated category");
+
+        // primary's range failed over to its replica: secondary serves it now.
+        t.failover.push(Failover {
+            category: "auth".into(),
+            start: 0,
+            end: 8191,
+            from: "primary".into(),
+            to: "secondary".into(),
+        });
+        let r = Resolver::new(t).unwrap();
+        assert!(
+            !is_replica_copy(&r, &r.route(auth, 10), s),
+            "served, not a copy"
+        );
+    }
 }

@@ -435,7 +435,7 @@ pub async fn sample_policy(
                 .map_err(|e| redact(&e.to_string(), &t.credentials))?;
             let s = tokio::time::timeout(
                 Duration::from_secs(10),
-                sample_categories(&mut conn, &resolver, SAMPLE_KEYS),
+                sample_categories(&mut conn, &resolver, &name, SAMPLE_KEYS),
             )
             .await
             .map_err(|_| "sampling timed out".to_owned())?

@@ -399,28 +399,43 @@ fn build_policy(
     }
 }
 
-/// `status.usage` by instance (by name), each instance's categories the largest first.
+/// `status.usage` by instance (by name), each instance's categories the largest first; the
+/// copies an instance holds as a replica are entries of their own.
 pub fn memory_by_instance(usage: &[CategoryUsage]) -> Vec<InstanceMemorySnapshot> {
-    let mut by_instance: BTreeMap<&str, Vec<&CategoryUsage>> = BTreeMap::new();
-    for u in usage.iter().filter(|u| u.bytes > 0) {
-        by_instance.entry(u.instance.as_str()).or_default().push(u);
+    let mut by_instance: BTreeMap<&str, Vec<CategoryMemorySnapshot>> = BTreeMap::new();
+    for u in usage {
+        let entry = |bytes: i64, keys: Option<i64>, replica: bool| CategoryMemorySnapshot {
+            category: u.category.clone(),
+            bytes: bytes.max(0) as u64,
+            keys: keys.map(|k| k.max(0) as u64),
+            percent: 0.0,
+            replica,
+        };
+        let cats = by_instance.entry(u.instance.as_str()).or_default();
+        if u.bytes > 0 {
+            cats.push(entry(u.bytes, u.keys, false));
+        }
+        if let Some(copies) = u.replica_bytes.filter(|b| *b > 0) {
+            cats.push(entry(copies, None, true));
+        }
     }
     by_instance
         .into_iter()
+        .filter(|(_, cats)| !cats.is_empty())
         .map(|(instance, mut cats)| {
-            cats.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.category.cmp(&b.category)));
-            let total: i64 = cats.iter().map(|u| u.bytes).sum();
+            cats.sort_by(|a, b| {
+                b.bytes
+                    .cmp(&a.bytes)
+                    .then(a.category.cmp(&b.category))
+                    .then(a.replica.cmp(&b.replica))
+            });
+            let total: u64 = cats.iter().map(|c| c.bytes).sum();
+            for c in &mut cats {
+                c.percent = round2(c.bytes as f64 * 100.0 / total.max(1) as f64);
+            }
             InstanceMemorySnapshot {
                 instance: instance.to_owned(),
-                categories: cats
-                    .iter()
-                    .map(|u| CategoryMemorySnapshot {
-                        category: u.category.clone(),
-                        bytes: u.bytes.max(0) as u64,
-                        keys: u.keys.map(|k| k.max(0) as u64),
-                        percent: round2(u.bytes as f64 * 100.0 / total.max(1) as f64),
-                    })
-                    .collect(),
+                categories: cats,
             }
         })
         .collect()
@@ -437,6 +452,7 @@ mod tests {
             category: category.into(),
             bytes,
             keys: Some(bytes / 100),
+            replica_bytes: None,
         };
         let m = memory_by_instance(&[
             usage("secondary", "user", 300),
@@ -453,6 +469,35 @@ mod tests {
             .collect();
         assert_eq!(cats, [("auth", 750, 75.0), ("order", 250, 25.0)]);
         assert_eq!(m[1].categories[0].keys, Some(3));
+    }
+
+    #[test]
+    fn replica_copies_are_entries_of_their_own() {
+        let m = memory_by_instance(&[
+            CategoryUsage {
+                instance: "secondary".into(),
+                category: "auth".into(),
+                bytes: 0,
+                keys: Some(0),
+                replica_bytes: Some(600),
+            },
+            CategoryUsage {
+                instance: "secondary".into(),
+                category: "user".into(),
+                bytes: 200,
+                keys: Some(2),
+                replica_bytes: None,
+            },
+        ]);
+        let cats: Vec<(&str, bool, u64, f64)> = m[0]
+            .categories
+            .iter()
+            .map(|c| (c.category.as_str(), c.replica, c.bytes, c.percent))
+            .collect();
+        assert_eq!(
+            cats,
+            [("auth", true, 600, 75.0), ("user", false, 200, 25.0)]
+        );
     }
 
     #[test]

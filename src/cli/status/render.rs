@@ -180,8 +180,9 @@ fn render_policy(
                     .iter()
                     .map(|c| {
                         format!(
-                            "{} {} {}",
+                            "{}{} {} {}",
                             c.category,
+                            if c.replica { " (replica)" } else { "" },
                             format_bytes_human(c.bytes),
                             share(c.percent)
                         )

@@ -191,6 +191,10 @@ pub struct CategoryMemorySnapshot {
     pub keys: Option<u64>,
     /// `bytes` as a percentage of the instance's sampled bytes (two decimals).
     pub percent: f64,
+    /// The instance holds these bytes as the replica of the category's slots that another
+    /// instance serves (an entry of its own beside the category's served bytes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replica: bool,
 }
 
 /// One category and where its slots live.

@@ -610,13 +610,7 @@ pub fn record_metrics(
             }
         }
     }
-    metrics.set_category_usage(
-        labels,
-        status
-            .usage
-            .iter()
-            .map(|u| (u.category.clone(), u.instance.clone(), u.bytes, u.keys)),
-    );
+    metrics.set_category_usage(labels, &status.usage);
     metrics.set_replica_slots(
         labels,
         status.replication.iter().map(|r| {
@@ -859,6 +853,7 @@ mod tests {
                 category: "auth".into(),
                 bytes: 10 << 20,
                 keys: None,
+                replica_bytes: None,
             }],
             recommendations: vec!["primary grows ~1.2Mi/h: is full in ~20h".into()],
             ..CachePolicyStatus::default()

@@ -81,6 +81,7 @@ fn memory(instance: &str, cats: &[(&str, f64, f64)]) -> InstanceMemorySnapshot {
                 bytes: (mib * MIB as f64) as u64,
                 keys: None,
                 percent: *pct,
+                replica: false,
             })
             .collect(),
     }
