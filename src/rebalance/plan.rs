@@ -34,7 +34,13 @@
 //!    moves to them unless that would push them past the threshold.
 //! 5. **Last resort.** Onto any other instance only to bring an instance under the capacity
 //!    threshold when neither tier can.
-//! 6. **Never onto a full instance.** Nothing moves onto an instance that is above its
+//! 6. **Replicas.** The copies an instance holds as the replica of slots served elsewhere
+//!    (`docs/replication.md`) are sampled apart and stay where they are: they are part of its
+//!    used memory, not of any group that moves. A replicated range moving onto its replica
+//!    fills nothing (the target holds the data already) and frees the holder only until the
+//!    range gets a replica again — so balance never moves a range there; slots that must
+//!    leave (a drain, a tier change) may go there, at no cost to the target's room.
+//! 7. **Never onto a full instance.** Nothing moves onto an instance that is above its
 //!    threshold before the plan, and nothing leaves an instance above
 //!    [`DRAIN_LIMIT_PERCENT`] of its capacity (or its threshold, if higher).
 //!
@@ -392,16 +398,44 @@ pub const KEY_TABLE_BYTES: u64 = 32;
 
 /// How each instance's used memory changes once `moves` are done, as `estimates` (from
 /// [`estimate`], in the same order) predict: a source gives up the sampled bytes, a target
-/// gains them and [`KEY_TABLE_BYTES`] per key.
-pub fn used_change(moves: &[Move], estimates: &[MoveEstimate]) -> BTreeMap<String, i64> {
+/// gains them and [`KEY_TABLE_BYTES`] per key — except for the slots whose replica `table`
+/// names the target ([`landing_share`]).
+pub fn used_change(
+    table: &RoutingTable,
+    moves: &[Move],
+    estimates: &[MoveEstimate],
+) -> BTreeMap<String, i64> {
     let mut change: BTreeMap<String, i64> = BTreeMap::new();
     for (m, e) in moves.iter().zip(estimates) {
         let bytes = i64::try_from(e.bytes).unwrap_or(i64::MAX);
-        let table = i64::try_from(e.keys.saturating_mul(KEY_TABLE_BYTES)).unwrap_or(i64::MAX);
+        let table_bytes = i64::try_from(e.keys.saturating_mul(KEY_TABLE_BYTES)).unwrap_or(i64::MAX);
+        let lands = landing_share(table, m);
         *change.entry(m.from.clone()).or_default() -= bytes;
-        *change.entry(m.to.clone()).or_default() += bytes.saturating_add(table);
+        *change.entry(m.to.clone()).or_default() +=
+            (bytes.saturating_add(table_bytes) as f64 * lands).round() as i64;
     }
     change
+}
+
+/// The share of `m`'s slots (0–1) whose data the target does not hold yet: those `table`
+/// does not name it the replica of. A replicated range moving onto its replica replaces the
+/// copy the target holds with the same data (`docs/replication.md`), so its memory stays as
+/// it was — the move only swaps which instance serves the range.
+pub fn landing_share(table: &RoutingTable, m: &Move) -> f64 {
+    let Some(replicas) = table
+        .category(&m.category)
+        .and_then(|c| c.replication.as_ref())
+        .map(|r| &r.replicas)
+    else {
+        return 1.0;
+    };
+    let onto_copy: u32 = replicas
+        .iter()
+        .filter(|r| r.instance == m.to)
+        .filter_map(|r| r.range.intersection(&m.range))
+        .map(|r| r.len())
+        .sum();
+    1.0 - f64::from(onto_copy) / f64::from(m.range.len().max(1))
 }
 
 /// Whether `to` already serves every slot of `range` of `category` in `table` (owner and not

@@ -198,7 +198,7 @@ pub fn preview(inputs: &Inputs<'_>, what_if: Vec<String>, mut notes: Vec<String>
     let moves = rebalance::without_overlaps(moves);
     let estimates = plan::estimate(&input, inputs.category_keys, &moves);
 
-    let delta = plan::used_change(&moves, &estimates);
+    let delta = plan::used_change(&current, &moves, &estimates);
     let balance = &assessment.balance;
     let (lower, upper) = (balance.lower(), balance.upper());
     let instances = inputs

@@ -87,7 +87,7 @@ pub fn estimated_balance(
 ) -> RebalanceBalance {
     let assessment = plan::assess(input);
     let estimates = plan::estimate(input, category_keys, moves);
-    let delta = plan::used_change(moves, &estimates);
+    let delta = plan::used_change(input.current, moves, &estimates);
     let i64_of = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
     RebalanceBalance {
         mean_percent: (assessment.balance.mean * 1000.0).round() / 10.0,

@@ -1,5 +1,5 @@
 //! The balance step of the planner: the fleet as groups of bytes — one per (category,
-//! holder) — the network whose cheapest flow is the plan, and that flow turned back into slot
+//! holder, replica of its slots) — the network whose cheapest flow is the plan, and that flow turned back into slot
 //! ranges (see the parent module for the rules it encodes).
 
 use std::collections::BTreeMap;
@@ -8,9 +8,10 @@ use super::flow::{Arc, Cost, Network};
 use super::{
     Assessment, BAND_POINTS, Balance, CHEAP_PLACEMENT_PERCENT, DRAIN_LIMIT_PERCENT,
     FORCED_BAND_POINTS, InstanceBalance, InstanceLoad, MARGIN_BUDGET, Move, Plan, PlanInput,
-    bytes_per_slot, merge_adjacent,
+    bytes_per_slot, landing_share, merge_adjacent,
 };
 use crate::routing::slots::SlotRange;
+use crate::routing::table::RoutingTable;
 
 // Costs per byte, in strict order of importance: each level outweighs any amount of the
 // levels below it for the same bytes.
@@ -142,6 +143,9 @@ struct Member<'i> {
 struct Group {
     category: String,
     holder: usize,
+    /// The member the table names the replica of every one of `slots` (a replicated
+    /// category): moving them there changes no memory, only who serves them.
+    replica: Option<usize>,
     /// Slots it owns, ascending.
     slots: Vec<u16>,
     /// The placement owner of each of `slots`, when it is a target.
@@ -260,26 +264,46 @@ impl<'i> Fleet<'i> {
                 })
                 .unwrap_or_default();
             wanted.sort_by_key(|(r, _)| r.start);
-            // Slots of each member, ascending, with their placement owner.
-            let mut held: BTreeMap<usize, (Vec<u16>, Vec<Option<usize>>)> = BTreeMap::new();
-            let mut w = 0;
+            let mut replicas: Vec<(SlotRange, Option<usize>)> = cat
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.replicas
+                        .iter()
+                        .map(|run| (run.range, index.get(run.instance.as_str()).copied()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            replicas.sort_by_key(|(r, _)| r.start);
+            // Slots of each (member, replica), ascending, with their placement owner.
+            type Held = (Vec<u16>, Vec<Option<usize>>);
+            let mut held: BTreeMap<(usize, Option<usize>), Held> = BTreeMap::new();
+            let (mut w, mut c) = (0, 0);
             for (range, owner) in runs {
                 let Some(k) = owner else { continue };
-                let entry = held.entry(k).or_default();
                 for slot in range.start..=range.end {
                     while w < wanted.len() && wanted[w].0.end < slot {
                         w += 1;
+                    }
+                    while c < replicas.len() && replicas[c].0.end < slot {
+                        c += 1;
                     }
                     let want = wanted
                         .get(w)
                         .filter(|(r, _)| r.contains(slot))
                         .and_then(|(_, o)| *o)
                         .filter(|o| *o != k);
+                    let replica = replicas
+                        .get(c)
+                        .filter(|(r, _)| r.contains(slot))
+                        .and_then(|(_, m)| *m)
+                        .filter(|m| *m != k);
+                    let entry = held.entry((k, replica)).or_default();
                     entry.0.push(slot);
                     entry.1.push(want);
                 }
             }
-            for (k, (slots, want)) in held {
+            for ((k, replica), (slots, want)) in held {
                 let m = &members[k];
                 if !m.target && !m.load.drain {
                     // Capacity unknown: it keeps what it has.
@@ -298,6 +322,7 @@ impl<'i> Fleet<'i> {
                 groups.push(Group {
                     category: cat.name.clone(),
                     holder: k,
+                    replica,
                     bytes: (per * slots.len() as f64).round() as i64,
                     slots,
                     want,
@@ -509,7 +534,8 @@ impl<'i> Fleet<'i> {
                 supply += fixed;
             }
         }
-        let mut moves: Vec<(usize, usize, bool, Arc)> = Vec::new();
+        // (group, member, onto its placement owner, arc, whether the bytes land there).
+        let mut moves: Vec<(usize, usize, bool, Arc, bool)> = Vec::new();
         let mut stays: Vec<(usize, Arc)> = Vec::new();
         for (gi, g) in self.groups.iter().enumerate() {
             if g.bytes <= 0 {
@@ -529,6 +555,16 @@ impl<'i> Fleet<'i> {
                     continue;
                 }
                 let fit = self.fit_of(g, k);
+                if g.replica == Some(k) {
+                    // Onto the slots' replica: the data is there already, so the move frees
+                    // the holder without filling the target. Worth it only for slots that
+                    // must leave (a drain, a tier change); for balance it moves nothing.
+                    if g.stay != Stay::Free {
+                        let cost = if fit == Fit::Other { OTHER_TIER } else { MOVE };
+                        moves.push((gi, k, false, net.arc(node, SINK, g.bytes, cost), false));
+                    }
+                    continue;
+                }
                 let mut cost = match fit {
                     Fit::Home => MOVE,
                     Fit::Fallback => MOVE + FALLBACK_EXTRA,
@@ -541,9 +577,10 @@ impl<'i> Fleet<'i> {
                 if aligned > 0 {
                     let bytes = ((aligned as f64 * g.per_slot).round() as i64).min(g.bytes);
                     let arc = net.arc(node, final_of(k), bytes, cost - ALIGNED_BONUS);
-                    moves.push((gi, k, true, arc));
+                    moves.push((gi, k, true, arc, true));
                 }
-                moves.push((gi, k, false, net.arc(node, final_of(k), g.bytes, cost)));
+                let arc = net.arc(node, final_of(k), g.bytes, cost);
+                moves.push((gi, k, false, arc, true));
             }
         }
         let unlimited = supply + 1;
@@ -575,11 +612,13 @@ impl<'i> Fleet<'i> {
         let mut after = used;
         let mut flows = Vec::new();
         let mut moved = 0;
-        for (gi, k, aligned, arc) in moves {
+        for (gi, k, aligned, arc, lands) in moves {
             let x = net.flow(arc);
             if x > 0 {
                 after[self.groups[gi].holder] -= x;
-                after[k] += x;
+                if lands {
+                    after[k] += x;
+                }
                 moved += x;
                 flows.push((gi, k, aligned, x));
             }
@@ -705,7 +744,7 @@ impl<'i> Fleet<'i> {
             return None;
         }
         let mut balance = now.clone();
-        apply_moves(&mut balance, &moves);
+        apply_moves(&mut balance, self.input.current, &moves);
         // Never toward the band's edges: no instance ends farther from the mean than half the
         // band, or than it was — so following placement can never set off a balance plan
         // that moves the data back.
@@ -848,12 +887,14 @@ impl<'i> Fleet<'i> {
     }
 }
 
-/// Sets each instance's `after` in `balance` to its `before` changed by `moves`' bytes.
-fn apply_moves(balance: &mut Balance, moves: &[Move]) {
+/// Sets each instance's `after` in `balance` to its `before` changed by `moves`' bytes (a
+/// target gains none for the slots `table` names it the replica of: [`landing_share`]).
+fn apply_moves(balance: &mut Balance, table: &RoutingTable, moves: &[Move]) {
     let mut delta: BTreeMap<&str, i64> = BTreeMap::new();
     for m in moves {
         *delta.entry(m.from.as_str()).or_default() -= m.bytes as i64;
-        *delta.entry(m.to.as_str()).or_default() += m.bytes as i64;
+        *delta.entry(m.to.as_str()).or_default() +=
+            (m.bytes as f64 * landing_share(table, m)).round() as i64;
     }
     for i in &mut balance.instances {
         let d = delta.get(i.name.as_str()).copied().unwrap_or(0);
@@ -922,7 +963,7 @@ pub(super) fn assess(input: &PlanInput<'_>) -> Assessment {
         return idle(balance, why);
     }
     // The balance the slot moves give (slots round the flow a little).
-    apply_moves(&mut balance, &moves);
+    apply_moves(&mut balance, input.current, &moves);
     balance.aim = aim;
     balance.least_bytes = least_bytes.max(0) as u64;
     balance.planned_bytes = moves.iter().map(|m| m.bytes).sum();

@@ -1118,13 +1118,136 @@ fn a_target_gains_the_sampled_bytes_and_a_table_entry_per_key_a_source_gives_up_
             bytes: 4_096,
         },
     ];
-    let change = used_change(&moves, &estimates);
+    let mut t = table(&[("auth", "primary"), ("default", "secondary")]);
+    let change = used_change(&t, &moves, &estimates);
     assert_eq!(change["primary"], -(MIB as i64));
     assert_eq!(
         change["secondary"],
         (MIB + 1_000 * KEY_TABLE_BYTES) as i64 - 4_096
     );
     assert_eq!(change["tertiary"], (4_096 + 10 * KEY_TABLE_BYTES) as i64);
+
+    // auth replicated, slots 0-49 on secondary: half of the first move lands on copies the
+    // secondary holds already.
+    replicate(
+        &mut t,
+        "auth",
+        &[(0, 49, "secondary"), (50, 16383, "tertiary")],
+    );
+    let change = used_change(&t, &moves, &estimates);
+    assert_eq!(
+        change["secondary"],
+        (MIB + 1_000 * KEY_TABLE_BYTES) as i64 / 2 - 4_096
+    );
+    assert_eq!(change["primary"], -(MIB as i64), "the source frees it all");
+}
+
+/// Names the replica of `category`'s slots in `t` (`[start, end, instance]` runs).
+fn replicate(t: &mut RoutingTable, category: &str, runs: &[(u16, u16, &str)]) {
+    use crate::routing::table::{CategoryReplication, ReplicationMode};
+    let cat = t
+        .categories
+        .iter_mut()
+        .find(|c| c.name == category)
+        .unwrap();
+    cat.replication = Some(CategoryReplication {
+        mode: ReplicationMode::Sync,
+        replicas: runs
+            .iter()
+            .map(|(s, e, i)| (*s, *e, (*i).to_owned()).into())
+            .collect(),
+        seeding: Vec::new(),
+    });
+}
+
+#[test]
+fn a_replicas_copies_stay_where_they_are_when_other_categories_move() {
+    // The user's two instances with auth replicated on the secondary: the primary at 83 %
+    // (auth 20 MiB, order 5 MiB), the secondary at 73 % (user 2 MiB and auth's 20 MiB of
+    // copies). Order goes; the planner's estimate keeps the copies where they are.
+    let mut w = World::shop(&[("primary", "hot"), ("secondary", "warm")]);
+    w.fill("auth", 20 * MIB);
+    w.fill("order", 5 * MIB);
+    w.fill("user", 2 * MIB);
+    replicate(&mut w.table, "auth", &[(0, 16383, "secondary")]);
+    w.loads[1].used += 20 * MIB;
+    let plan = w.plan().expect("a plan");
+    assert!(
+        plan.moves.iter().all(|m| m.category == "order"),
+        "{:?}",
+        plan.moves
+    );
+    let b = &plan.balance;
+    for i in &b.instances {
+        let after = i.share_after().unwrap();
+        assert!(
+            (after - b.mean).abs() <= b.band + 1e-9 && after <= 0.80,
+            "{} ends at {after:.3} against a mean of {:.3}",
+            i.name,
+            b.mean
+        );
+    }
+    // What the planner expects is what carrying the moves out gives (the copies stay).
+    w.settle(&plan);
+    w.loads[1].used += 20 * MIB;
+    for i in &b.instances {
+        let s = i.share_after().unwrap();
+        assert!((s - w.share(&i.name)).abs() < 0.005, "{i:?}");
+    }
+}
+
+#[test]
+fn balance_never_moves_a_replicated_range_onto_its_replica() {
+    // The secondary (warm) past the threshold: user 20 MiB, replicated on the primary, and
+    // 5 MiB of the default category, which has no fallback tier. Moving user onto the
+    // primary would change nothing — the primary holds its copies already and the secondary
+    // would become user's replica — so no plan moves it there.
+    let mut w = World::shop(&[("primary", "hot"), ("secondary", "warm")]);
+    for t in &mut w.tiers {
+        if t.name == "default" {
+            t.fallback_tier = None;
+        }
+    }
+    w.fill("auth", 3 * MIB);
+    w.fill("user", 20 * MIB);
+    w.fill("default", 5 * MIB);
+    replicate(&mut w.table, "user", &[(0, 16383, "primary")]);
+    w.loads[0].used += 20 * MIB;
+    assert!(w.share("secondary") > 0.80);
+    let moves = w.plan().map(|p| p.moves).unwrap_or_default();
+    assert!(moves.iter().all(|m| m.category != "user"), "{moves:?}");
+}
+
+#[test]
+fn a_drain_may_hand_a_replicated_range_to_its_replica_without_filling_it() {
+    // The hot primary drains; auth (8 MiB) is replicated on the secondary. The tertiary is
+    // past the threshold, so auth goes to the secondary, which holds its data already: the
+    // plan frees the primary without filling the secondary.
+    let mut w = World::shop(&[
+        ("primary", "hot"),
+        ("secondary", "warm"),
+        ("tertiary", "warm"),
+    ]);
+    w.fill("auth", 8 * MIB);
+    w.fill("user", 6 * MIB);
+    replicate(&mut w.table, "auth", &[(0, 16383, "secondary")]);
+    w.loads[1].used += 8 * MIB;
+    w.loads[2].used += 25 * MIB;
+    w.loads[0].drain = true;
+    let plan = w.plan().expect("a drain plan");
+    let auth: Vec<&Move> = plan.moves.iter().filter(|m| m.category == "auth").collect();
+    assert!(!auth.is_empty());
+    assert!(auth.iter().all(|m| m.to == "secondary"), "{auth:?}");
+    let secondary = plan
+        .balance
+        .instances
+        .iter()
+        .find(|i| i.name == "secondary")
+        .unwrap();
+    assert!(
+        secondary.after <= secondary.before,
+        "auth's bytes do not count twice on its replica: {secondary:?}"
+    );
 }
 
 #[test]
