@@ -467,9 +467,11 @@ impl Metrics {
                 category: u.category.clone(),
                 redis_instance: u.instance.clone(),
             };
-            self.category_bytes.get_or_create(&labels).set(u.bytes);
+            // A pair that holds only replica copies has no served series (no zero bar).
+            let served = (u.bytes > 0 || u.replica_bytes.is_none()).then_some(u.bytes);
             for (family, value) in [
-                (&self.category_keys, u.keys),
+                (&self.category_bytes, served),
+                (&self.category_keys, u.keys.filter(|_| served.is_some())),
                 (&self.category_replica_bytes, u.replica_bytes),
             ] {
                 match value {
@@ -929,7 +931,7 @@ mod tests {
             &shop,
             &[
                 usage("auth", "primary", 13_000_000, Some(21_000), None),
-                usage("auth", "secondary", 1_000, Some(2), Some(12_500_000)),
+                usage("auth", "secondary", 0, Some(0), Some(12_500_000)),
                 usage("user", "secondary", 2_000_000, None, None),
             ],
         );
@@ -949,6 +951,10 @@ mod tests {
         assert!(
             !t.contains(r#"redisfleet_category_replica_bytes{namespace="shop",policy="shop",category="auth",redis_instance="primary"}"#),
             "{t}"
+        );
+        assert!(
+            !t.contains(r#"redisfleet_category_used_bytes{namespace="shop",policy="shop",category="auth",redis_instance="secondary"}"#),
+            "only copies: no served series: {t}"
         );
         // auth left both instances: its series go.
         m.set_category_usage(

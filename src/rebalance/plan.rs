@@ -74,7 +74,7 @@
 use std::collections::BTreeMap;
 
 use crate::routing::slots::{SlotRange, runs};
-use crate::routing::table::RoutingTable;
+use crate::routing::table::{Category, RoutingTable};
 
 mod balance;
 mod flow;
@@ -418,24 +418,43 @@ pub fn used_change(
 }
 
 /// The share of `m`'s slots (0–1) whose data the target does not hold yet: those `table`
-/// does not name it the replica of. A replicated range moving onto its replica replaces the
-/// copy the target holds with the same data (`docs/replication.md`), so its memory stays as
-/// it was — the move only swaps which instance serves the range.
+/// does not name it the seeded replica of. A replicated range moving onto its replica
+/// replaces the copy the target holds with the same data (`docs/replication.md`), so its
+/// memory stays as it was — the move only swaps which instance serves the range. A replica
+/// still being seeded may hold little of it: the move fills it as any other target.
 pub fn landing_share(table: &RoutingTable, m: &Move) -> f64 {
-    let Some(replicas) = table
-        .category(&m.category)
-        .and_then(|c| c.replication.as_ref())
-        .map(|r| &r.replicas)
-    else {
+    let Some(cat) = table.category(&m.category) else {
         return 1.0;
     };
-    let onto_copy: u32 = replicas
-        .iter()
-        .filter(|r| r.instance == m.to)
-        .filter_map(|r| r.range.intersection(&m.range))
+    let onto_copy: u32 = seeded_replicas(cat)
+        .into_iter()
+        .filter(|(_, instance)| *instance == m.to)
+        .filter_map(|(range, _)| range.intersection(&m.range))
         .map(|r| r.len())
         .sum();
     1.0 - f64::from(onto_copy) / f64::from(m.range.len().max(1))
+}
+
+/// The runs of `category`'s replicas that are seeded (named, and not listed as seeding).
+pub fn seeded_replicas(category: &Category) -> Vec<(SlotRange, &str)> {
+    let Some(r) = category.replication.as_ref() else {
+        return Vec::new();
+    };
+    r.replicas
+        .iter()
+        .flat_map(|run| {
+            let busy: Vec<SlotRange> = r
+                .seeding
+                .iter()
+                .filter(|s| s.instance == run.instance)
+                .map(|s| s.range)
+                .collect();
+            run.range
+                .minus(&busy)
+                .into_iter()
+                .map(move |range| (range, run.instance.as_str()))
+        })
+        .collect()
 }
 
 /// Whether `to` already serves every slot of `range` of `category` in `table` (owner and not

@@ -716,9 +716,15 @@ fn usage_moved(
     next: &[CategoryUsage],
     capacities: &BTreeMap<String, u64>,
 ) -> bool {
-    let by_key = |u: &[CategoryUsage]| -> BTreeMap<(String, String), i64> {
+    // Served bytes and replica copies, each a pair of its own.
+    let by_key = |u: &[CategoryUsage]| -> BTreeMap<(String, String, bool), i64> {
         u.iter()
-            .map(|u| ((u.category.clone(), u.instance.clone()), u.bytes))
+            .flat_map(|u| {
+                let pair = |replica: bool, bytes: i64| {
+                    ((u.category.clone(), u.instance.clone(), replica), bytes)
+                };
+                std::iter::once(pair(false, u.bytes)).chain(u.replica_bytes.map(|b| pair(true, b)))
+            })
             .collect()
     };
     let (prev, next) = (by_key(prev), by_key(next));
@@ -926,6 +932,20 @@ mod tests {
         let mut next = written();
         next.usage[0].bytes += 400 << 10; // more than a point
         assert_eq!(decide(&next), Write::Changed, "usage by a point");
+
+        let mut next = written();
+        next.usage[0].replica_bytes = Some(5 << 20);
+        assert_eq!(decide(&next), Write::Changed, "replica copies appeared");
+        let mut before = written();
+        before.usage[0].replica_bytes = Some(5 << 20);
+        let mut next = before.clone();
+        next.usage[0].replica_bytes = Some(1 << 20);
+        let capacities = BTreeMap::from([("primary".to_owned(), 30u64 << 20)]);
+        assert_eq!(
+            write_decision(Some(&before), &next, &capacities, RECENT, REFRESH),
+            Write::Changed,
+            "replica copies by a point"
+        );
 
         let mut next = written();
         next.instances[0].used_percent = Some(41);

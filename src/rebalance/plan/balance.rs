@@ -8,7 +8,7 @@ use super::flow::{Arc, Cost, Network};
 use super::{
     Assessment, BAND_POINTS, Balance, CHEAP_PLACEMENT_PERCENT, DRAIN_LIMIT_PERCENT,
     FORCED_BAND_POINTS, InstanceBalance, InstanceLoad, MARGIN_BUDGET, Move, Plan, PlanInput,
-    bytes_per_slot, landing_share, merge_adjacent,
+    bytes_per_slot, landing_share, merge_adjacent, seeded_replicas,
 };
 use crate::routing::slots::SlotRange;
 use crate::routing::table::RoutingTable;
@@ -264,16 +264,11 @@ impl<'i> Fleet<'i> {
                 })
                 .unwrap_or_default();
             wanted.sort_by_key(|(r, _)| r.start);
-            let mut replicas: Vec<(SlotRange, Option<usize>)> = cat
-                .replication
-                .as_ref()
-                .map(|r| {
-                    r.replicas
-                        .iter()
-                        .map(|run| (run.range, index.get(run.instance.as_str()).copied()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            // Seeded replicas only: one still being seeded may hold little of its range.
+            let mut replicas: Vec<(SlotRange, Option<usize>)> = seeded_replicas(cat)
+                .into_iter()
+                .map(|(range, name)| (range, index.get(name).copied()))
+                .collect();
             replicas.sort_by_key(|(r, _)| r.start);
             // Slots of each (member, replica), ascending, with their placement owner.
             type Held = (Vec<u16>, Vec<Option<usize>>);
@@ -555,16 +550,6 @@ impl<'i> Fleet<'i> {
                     continue;
                 }
                 let fit = self.fit_of(g, k);
-                if g.replica == Some(k) {
-                    // Onto the slots' replica: the data is there already, so the move frees
-                    // the holder without filling the target. Worth it only for slots that
-                    // must leave (a drain, a tier change); for balance it moves nothing.
-                    if g.stay != Stay::Free {
-                        let cost = if fit == Fit::Other { OTHER_TIER } else { MOVE };
-                        moves.push((gi, k, false, net.arc(node, SINK, g.bytes, cost), false));
-                    }
-                    continue;
-                }
                 let mut cost = match fit {
                     Fit::Home => MOVE,
                     Fit::Fallback => MOVE + FALLBACK_EXTRA,
@@ -572,6 +557,15 @@ impl<'i> Fleet<'i> {
                 };
                 if fit == Fit::Home && g.fit != Fit::Home {
                     cost -= RETURN_BONUS;
+                }
+                if g.replica == Some(k) {
+                    // Onto the slots' seeded replica: the data is there already, so the move
+                    // frees the holder without filling the target. Worth it only for slots
+                    // that must leave (a drain, a tier change); for balance it moves nothing.
+                    if g.stay != Stay::Free {
+                        moves.push((gi, k, false, net.arc(node, SINK, g.bytes, cost), false));
+                    }
+                    continue;
                 }
                 let aligned = g.aligned.get(&k).copied().unwrap_or(0);
                 if aligned > 0 {
@@ -783,10 +777,12 @@ impl<'i> Fleet<'i> {
             if !self.members[g.holder].target {
                 continue;
             }
+            // Never onto the slots' replica: that fills nothing and frees nothing for long.
             let to: Vec<Option<usize>> = (0..g.slots.len())
                 .map(|i| {
                     self.placement_target(g, i).filter(|k| {
-                        self.share(*k, self.members[*k].load.used as i64) <= self.threshold
+                        g.replica != Some(*k)
+                            && self.share(*k, self.members[*k].load.used as i64) <= self.threshold
                     })
                 })
                 .collect();

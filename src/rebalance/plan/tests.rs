@@ -1140,6 +1140,15 @@ fn a_target_gains_the_sampled_bytes_and_a_table_entry_per_key_a_source_gives_up_
         (MIB + 1_000 * KEY_TABLE_BYTES) as i64 / 2 - 4_096
     );
     assert_eq!(change["primary"], -(MIB as i64), "the source frees it all");
+
+    // A replica still being seeded may hold little of the range: the move fills it in full.
+    t.categories[0].replication.as_mut().unwrap().seeding =
+        vec![(0, 16383, "secondary".to_owned()).into()];
+    let change = used_change(&t, &moves, &estimates);
+    assert_eq!(
+        change["secondary"],
+        (MIB + 1_000 * KEY_TABLE_BYTES) as i64 - 4_096
+    );
 }
 
 /// Names the replica of `category`'s slots in `t` (`[start, end, instance]` runs).
