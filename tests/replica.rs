@@ -1320,3 +1320,48 @@ async fn sampling_a_replica_counts_its_copies_apart() {
     let served = on_owner.category_bytes.get("auth").copied().unwrap_or(0);
     assert!((600_000..1_100_000).contains(&served), "{on_owner:?}");
 }
+
+/// A sidecar told to stop (SIGTERM, as Kubernetes does) while `async` results are still on
+/// their way to a replica that is slow to answer: the writes were acknowledged, so it waits for
+/// them to arrive before it exits, rather than leaving them to the five-minute check.
+#[test]
+fn a_sidecar_that_stops_delivers_its_async_results_first() {
+    let (a, b) = two_servers();
+    let mut sidecar = Sidecar::start_with(
+        &replicated_table(&a, &b, 1, ReplicationMode::Async),
+        &[],
+        &["--request-timeout", "10s"],
+    );
+    let mut c = RawConn::open(sidecar.port);
+    let replica_pid = b.pid().unwrap();
+    assert!(support::process::signal(replica_pid, "-STOP"));
+    // 50 × 512 KiB: more than the sockets between the sidecar and the replica buffer, so
+    // results wait in the sidecar itself.
+    let value = "v".repeat(512 << 10);
+    for n in 0..50 {
+        let key = format!("auth:stop{n}");
+        assert_eq!(
+            frame(&c.call_raw(&["SET", &key, &value])),
+            Frame::ok(),
+            "acknowledged while the replica is frozen"
+        );
+    }
+    assert!(support::process::signal(sidecar.pid().unwrap(), "-TERM"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(support::process::signal(replica_pid, "-CONT"));
+    assert!(
+        support::process::wait_until(Duration::from_secs(15), || !sidecar.is_running()),
+        "the sidecar exits once its results are delivered"
+    );
+    let mut on_b = RawConn::open(b.port);
+    let missing: Vec<usize> = (0..50)
+        .filter(|n| {
+            frame(&on_b.call_raw(&["EXISTS", &format!("auth:stop{n}")])) != Frame::Integer(1)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged async writes missing on the replica: {missing:?}\n{}",
+        sidecar.log_tail(10)
+    );
+}

@@ -167,5 +167,41 @@ pub async fn run(config: Config) -> Result<(), Error> {
         () = accept => {}
         () = crate::shutdown::signal() => info!("shutting down"),
     }
+    deliver_async_results(&shared.metrics.replication_backlog).await;
     Ok(())
+}
+
+/// How long a stopping sidecar waits for the results of `async` writes still on their way to
+/// a replica. Kubernetes gives a pod 30 s by default between SIGTERM and SIGKILL, and a native
+/// sidecar is stopped after the application's containers: by then no new write arrives.
+pub const SHUTDOWN_DELIVERY: Duration = Duration::from_secs(10);
+
+/// Waits (at most [`SHUTDOWN_DELIVERY`]) until no `async` result is in flight: those writes
+/// were acknowledged, and one that dies with the process would be missing on its replica until
+/// the operator's replica check (`docs/replication.md`) repairs it. Clients stay served
+/// meanwhile.
+async fn deliver_async_results(backlog: &prometheus_client::metrics::gauge::Gauge) {
+    let started = tokio::time::Instant::now();
+    let pending = backlog.get();
+    if pending <= 0 {
+        return;
+    }
+    info!(
+        pending,
+        "delivering async results to their replicas before exiting"
+    );
+    while backlog.get() > 0 && started.elapsed() < SHUTDOWN_DELIVERY {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match backlog.get() {
+        0 => info!(
+            delivered = pending,
+            ms = started.elapsed().as_millis() as u64,
+            "async results delivered"
+        ),
+        left => warn!(
+            left,
+            "exiting with async results not delivered: their replicas miss them until the operator's replica check repairs them"
+        ),
+    }
 }
