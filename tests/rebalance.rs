@@ -1445,3 +1445,102 @@ async fn events_of(shop: &Shop, reason: &str) -> Vec<String> {
         .filter_map(|e| e.note)
         .collect()
 }
+
+/// A sidecar that dies (`kill -9`) with `async` results still on their way to the replica:
+/// those acknowledged writes are missing there, and the operator — seeing the sidecar vanish
+/// from the heartbeats — checks the replicas within a minute of the last check rather than
+/// five, and repairs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_dies_with_async_results_in_flight_gets_them_repaired_soon() {
+    let shop = shop_with("async-crash", |p| {
+        replicated_auth(p).replace("replication: Sync", "replication: Async")
+    })
+    .await;
+    settled(&shop).await;
+    let mut sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    wait_replicated(&shop, "auth replicated on the secondary").await;
+    // The first check runs as soon as the replica is seeded; the next is due five minutes
+    // after it.
+    assert!(
+        support::process::wait_until(Duration::from_secs(30), || shop
+            .operator
+            .logs()
+            .contains("replicas checked")),
+        "no first check\n{}",
+        shop.operator.log_tail(30)
+    );
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = c.set("auth:warm-up", "1").await.unwrap();
+    // The replica freezes for well under the probes' threshold; 24 × 512 KiB (12 MiB of the primary's 30) are acknowledged
+    // meanwhile, more than the sockets to it hold, so results wait in the sidecar — which dies.
+    const WRITES: usize = 24;
+    let value = "v".repeat(512 << 10);
+    let replica_pid = shop.secondary.pid().unwrap();
+    assert!(support::process::signal(replica_pid, "-STOP"));
+    let frozen = Instant::now();
+    let mut pipe = redis::pipe();
+    for n in 0..WRITES {
+        pipe.set(format!("auth:crash{n}"), &value);
+    }
+    let acked: Result<Vec<String>, _> = pipe.query_async(&mut c).await;
+    sidecar.kill();
+    assert!(support::process::signal(replica_pid, "-CONT"));
+    let acked = acked.expect("the writes are acknowledged while the replica is frozen");
+    assert!(acked.iter().all(|r| r == "OK"), "{acked:?}");
+    let killed = Instant::now();
+    assert!(
+        killed - frozen < Duration::from_millis(1_500),
+        "the replica was frozen for {:?}: the probes may have declared it dead",
+        killed - frozen
+    );
+    let mut on_replica = shop
+        .secondary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let missing = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let mut n_missing = 0;
+            for n in 0..WRITES {
+                let there: bool = conn.exists(format!("auth:crash{n}")).await.unwrap();
+                n_missing += usize::from(!there);
+            }
+            n_missing
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lost = missing(&mut on_replica).await;
+    assert!(
+        lost > 0,
+        "the dead sidecar's results all reached the replica: nothing to repair"
+    );
+    // The five-minute check would come at most five minutes after the first one, which
+    // started when the replica was seeded; the sidecar's absence brings it forward.
+    let deadline = killed + Duration::from_secs(150);
+    let repaired = loop {
+        let left = missing(&mut on_replica).await;
+        if left == 0 {
+            break killed.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} of {lost} acknowledged writes still missing on the replica after {:?}\n{}",
+            killed.elapsed(),
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let diverged = events_of(&shop, "ReplicaDiverged").await;
+    assert!(!diverged.is_empty(), "no ReplicaDiverged Event");
+    eprintln!(
+        "a dead sidecar's {lost} undelivered async results repaired {:.0} s after its death: {}",
+        repaired.as_secs_f64(),
+        diverged.join(" | ")
+    );
+}

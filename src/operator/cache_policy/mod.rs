@@ -517,6 +517,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 &namespace,
                 &selected,
                 t,
+                sample.heartbeats_read.then_some(&sample.sidecars),
                 &labels,
                 policy.object_ref(&()),
             )

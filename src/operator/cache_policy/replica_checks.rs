@@ -9,7 +9,7 @@
 //! be moving); a writer found without the marker of replicated data is skipped — it lost its
 //! data, and copying its emptiness would empty the replica (`super::lost_data`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,13 +24,19 @@ use crate::operator::metrics::PolicyLabels;
 use crate::redis::connect::redact;
 use crate::redis::protocol::{names, replica_check};
 use crate::routing::Resolver;
-use crate::routing::table::RoutingTable;
+use crate::routing::table::{ReplicationMode, RoutingTable};
 
 use super::build::replicas::seeded_runs;
 use super::seeding::open_pair;
 
 /// How often the replicas of a policy are checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(300);
+
+/// How soon after the last check one starts when a sidecar of a policy with `async`
+/// categories vanished from the heartbeats: it may have died with results on their way to a
+/// replica (acknowledged writes the replica misses), which the check repairs. A sidecar that
+/// stops in order delivers them first, but the operator cannot tell the two apart.
+pub const AFTER_A_SIDECAR_LEFT: Duration = Duration::from_secs(60);
 
 /// How long a key found diverging is given before it is compared again: a result on its way
 /// (an `async` one within its lag) is not a divergence. A result held longer is still
@@ -41,6 +47,26 @@ const SETTLE: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct ReplicaChecks {
     state: Mutex<HashMap<String, PolicyCheck>>,
+    /// Per policy: the sidecars last seen heartbeating, and whether one vanished since the
+    /// last check started.
+    sidecars: Mutex<HashMap<String, SeenSidecars>>,
+}
+
+#[derive(Debug, Default)]
+struct SeenSidecars {
+    ids: BTreeSet<String>,
+    one_left: bool,
+}
+
+/// Whether a sidecar of `before` is not in `live` (it stopped heartbeating).
+fn one_left(before: &BTreeSet<String>, live: &BTreeMap<String, u64>) -> bool {
+    before.iter().any(|id| !live.contains_key(id))
+}
+
+/// Whether a check is due `since_last` after the last one started: every [`CHECK_EVERY`], or
+/// [`AFTER_A_SIDECAR_LEFT`] when a sidecar of a policy with `async` categories vanished.
+fn due(since_last: Duration, sidecar_left: bool) -> bool {
+    since_last >= CHECK_EVERY || (sidecar_left && since_last >= AFTER_A_SIDECAR_LEFT)
 }
 
 #[derive(Debug)]
@@ -58,10 +84,44 @@ impl ReplicaChecks {
         if let Some(PolicyCheck { task: Some(t), .. }) = state.remove(key) {
             t.abort();
         }
+        drop(state);
+        self.sidecars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Notes the sidecars heartbeating now (`None`: not read); returns whether one vanished
+    /// since the last check started while `table` has `async` categories.
+    fn sidecar_left(
+        &self,
+        key: &str,
+        live: Option<&BTreeMap<String, u64>>,
+        table: &RoutingTable,
+    ) -> bool {
+        let mut seen = self.sidecars.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = seen.entry(key.to_owned()).or_default();
+        if let Some(live) = live {
+            let asynchronous = table.categories.iter().any(|c| {
+                c.replication
+                    .as_ref()
+                    .is_some_and(|r| r.mode == ReplicationMode::Async)
+            });
+            if asynchronous && one_left(&entry.ids, live) && !entry.one_left {
+                info!(
+                    "a sidecar stopped heartbeating: the replicas are checked within a minute (it may have died with async results on their way)"
+                );
+                entry.one_left = true;
+            }
+            entry.ids = live.keys().cloned().collect();
+        }
+        entry.one_left
     }
 
     /// Stops a check of policy `key` that works under another table than `table` (published),
-    /// and starts one when none ran for [`CHECK_EVERY`] and `table` has seeded replicas.
+    /// and starts one when it is due ([`due`]: none ran for [`CHECK_EVERY`], or a minute after
+    /// a sidecar in `sidecars`, the live ones if read, vanished) and `table` has seeded
+    /// replicas.
     #[allow(clippy::too_many_arguments)]
     pub async fn drive(
         self: &Arc<Self>,
@@ -70,9 +130,11 @@ impl ReplicaChecks {
         namespace: &str,
         selected: &[Arc<RedisInstance>],
         table: &RoutingTable,
+        sidecars: Option<&BTreeMap<String, u64>>,
         labels: &PolicyLabels,
         policy_ref: ObjectReference,
     ) {
+        let sidecar_left = self.sidecar_left(key, sidecars, table);
         {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = state.get_mut(key) {
@@ -85,7 +147,7 @@ impl ReplicaChecks {
                         t.abort();
                     }
                 }
-                if (!finished && c.task.is_some()) || c.started.elapsed() < CHECK_EVERY {
+                if (!finished && c.task.is_some()) || !due(c.started.elapsed(), sidecar_left) {
                     return;
                 }
             }
@@ -186,6 +248,15 @@ impl ReplicaChecks {
                 started: Instant::now(),
             },
         );
+        drop(state);
+        if let Some(seen) = self
+            .sidecars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(key)
+        {
+            seen.one_left = false;
+        }
     }
 }
 
@@ -241,6 +312,61 @@ mod tests {
     use crate::operator::cache_policy::build::replicas::{ReplicaInputs, place_replicas};
     use crate::operator::cache_policy::seeding::pending;
     use crate::routing::slots::SlotRange;
+
+    #[test]
+    fn a_vanished_sidecar_brings_the_next_check_forward() {
+        let ids = |s: &[&str]| -> BTreeSet<String> { s.iter().map(|x| (*x).to_owned()).collect() };
+        let live = |s: &[&str]| -> BTreeMap<String, u64> {
+            s.iter().map(|x| ((*x).to_owned(), 3)).collect()
+        };
+        assert!(
+            !one_left(&ids(&["a", "b"]), &live(&["a", "b", "c"])),
+            "a newcomer"
+        );
+        assert!(one_left(&ids(&["a", "b"]), &live(&["a", "c"])));
+        assert!(!due(Duration::from_secs(59), true));
+        assert!(due(AFTER_A_SIDECAR_LEFT, true));
+        assert!(!due(Duration::from_secs(200), false));
+        assert!(due(CHECK_EVERY, false));
+
+        // Noted only for a table with async categories, and kept until a check starts.
+        let checks = ReplicaChecks::default();
+        let mut spec = shop();
+        let views = two();
+        let sync_table = plan_routing("shop/shop", &spec, &views, None)
+            .table
+            .unwrap();
+        for c in &mut spec.categories {
+            if c.name == "auth" {
+                c.replication = Replication::Async;
+            }
+        }
+        let mut t = plan_routing("shop/shop", &spec, &views, None)
+            .table
+            .unwrap();
+        place_replicas(
+            &mut t,
+            &ReplicaInputs {
+                spec: &spec,
+                instances: &views,
+                previous: None,
+                moves: &[],
+                seeded: &[],
+            },
+        );
+        assert!(!checks.sidecar_left("shop/shop", Some(&live(&["a", "b"])), &sync_table));
+        assert!(!checks.sidecar_left("shop/shop", Some(&live(&["a"])), &sync_table));
+        assert!(!checks.sidecar_left("shop/shop", Some(&live(&["a", "b"])), &t));
+        assert!(
+            !checks.sidecar_left("shop/shop", None, &t),
+            "not read: nothing known"
+        );
+        assert!(checks.sidecar_left("shop/shop", Some(&live(&["a"])), &t));
+        assert!(
+            checks.sidecar_left("shop/shop", Some(&live(&["a", "c"])), &t),
+            "until a check"
+        );
+    }
 
     #[test]
     fn only_seeded_runs_are_checked_each_with_its_writer() {
