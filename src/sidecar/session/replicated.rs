@@ -346,21 +346,29 @@ impl Sent {
                 }
             }
         }
-        let _ = tx.send(failure.unwrap_or_else(|| encode(&written.reply)));
-        if later.is_empty() {
-            return;
-        }
-        let backlog = &self.shared.metrics.replication_backlog;
-        let bytes: i64 = later.iter().map(ForReplica::size).sum();
-        let backlog_bytes = &self.shared.metrics.replication_backlog_bytes;
-        if backlog.get() >= BACKLOG_LIMIT || backlog_bytes.get() + bytes > BACKLOG_BYTES_LIMIT {
-            for part in &later {
-                part.metrics.replica_failures.inc();
+        // The async parts count as in flight before the client hears of the write: a sidecar
+        // told to stop waits for them (`deliver_async_results`) and must not see nothing
+        // pending in between.
+        let in_flight = if later.is_empty() {
+            None
+        } else {
+            let bytes: i64 = later.iter().map(ForReplica::size).sum();
+            let m = &self.shared.metrics;
+            if m.replication_backlog.get() >= BACKLOG_LIMIT
+                || m.replication_backlog_bytes.get() + bytes > BACKLOG_BYTES_LIMIT
+            {
+                for part in &later {
+                    part.metrics.replica_failures.inc();
+                }
+                None
+            } else {
+                Some(InFlight::new(&self.shared.metrics, bytes))
             }
+        };
+        let _ = tx.send(failure.unwrap_or_else(|| encode(&written.reply)));
+        let Some(_in_flight) = in_flight else {
             return;
-        }
-        backlog.inc();
-        backlog_bytes.inc_by(bytes);
+        };
         for part in &later {
             let outcome = if answered.elapsed() > MAX_HELD {
                 Err("held too long".to_owned())
@@ -378,8 +386,6 @@ impl Sent {
                 }
             }
         }
-        backlog.dec();
-        backlog_bytes.dec_by(bytes);
     }
 
     /// [`apply`] of `part` from this write's connection lane.
@@ -461,6 +467,33 @@ impl ForReplica {
                 i64::try_from(k.len() + payload).unwrap_or(i64::MAX)
             })
             .sum()
+    }
+}
+
+/// `async` results of one write counted in the backlog gauges while they are on their way;
+/// uncounted when dropped, also when the task ends early (cancelled, or a panic).
+struct InFlight {
+    backlog: prometheus_client::metrics::gauge::Gauge,
+    backlog_bytes: prometheus_client::metrics::gauge::Gauge,
+    bytes: i64,
+}
+
+impl InFlight {
+    fn new(metrics: &super::super::metrics::SidecarMetrics, bytes: i64) -> Self {
+        metrics.replication_backlog.inc();
+        metrics.replication_backlog_bytes.inc_by(bytes);
+        Self {
+            backlog: metrics.replication_backlog.clone(),
+            backlog_bytes: metrics.replication_backlog_bytes.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.backlog.dec();
+        self.backlog_bytes.dec_by(self.bytes);
     }
 }
 
