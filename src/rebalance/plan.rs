@@ -74,7 +74,7 @@
 use std::collections::BTreeMap;
 
 use crate::routing::slots::{SlotRange, runs};
-use crate::routing::table::{Category, RoutingTable};
+use crate::routing::table::{CategoryReplication, RoutingTable};
 
 mod balance;
 mod flow;
@@ -426,35 +426,15 @@ pub fn landing_share(table: &RoutingTable, m: &Move) -> f64 {
     let Some(cat) = table.category(&m.category) else {
         return 1.0;
     };
-    let onto_copy: u32 = seeded_replicas(cat)
-        .into_iter()
+    let onto_copy: u32 = cat
+        .replication
+        .iter()
+        .flat_map(CategoryReplication::seeded)
         .filter(|(_, instance)| *instance == m.to)
         .filter_map(|(range, _)| range.intersection(&m.range))
         .map(|r| r.len())
         .sum();
     1.0 - f64::from(onto_copy) / f64::from(m.range.len().max(1))
-}
-
-/// The runs of `category`'s replicas that are seeded (named, and not listed as seeding).
-pub fn seeded_replicas(category: &Category) -> Vec<(SlotRange, &str)> {
-    let Some(r) = category.replication.as_ref() else {
-        return Vec::new();
-    };
-    r.replicas
-        .iter()
-        .flat_map(|run| {
-            let busy: Vec<SlotRange> = r
-                .seeding
-                .iter()
-                .filter(|s| s.instance == run.instance)
-                .map(|s| s.range)
-                .collect();
-            run.range
-                .minus(&busy)
-                .into_iter()
-                .map(move |range| (range, run.instance.as_str()))
-        })
-        .collect()
 }
 
 /// Whether `to` already serves every slot of `range` of `category` in `table` (owner and not

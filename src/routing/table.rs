@@ -145,6 +145,27 @@ pub struct CategoryReplication {
     pub seeding: Vec<SlotOwner>,
 }
 
+impl CategoryReplication {
+    /// The runs of `replicas` whose replica is seeded: named, and not listed as seeding.
+    pub fn seeded(&self) -> Vec<(SlotRange, &str)> {
+        self.replicas
+            .iter()
+            .flat_map(|run| {
+                let busy: Vec<SlotRange> = self
+                    .seeding
+                    .iter()
+                    .filter(|s| s.instance == run.instance)
+                    .map(|s| s.range)
+                    .collect();
+                run.range
+                    .minus(&busy)
+                    .into_iter()
+                    .map(move |range| (range, run.instance.as_str()))
+            })
+            .collect()
+    }
+}
+
 /// When a replicated write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -180,7 +181,7 @@ pub const SHUTDOWN_DELIVERY: Duration = Duration::from_secs(10);
 /// were acknowledged, and one that dies with the process would be missing on its replica until
 /// the operator's replica check (`docs/replication.md`) repairs it. Clients stay served
 /// meanwhile.
-async fn deliver_async_results(backlog: &prometheus_client::metrics::gauge::Gauge) {
+async fn deliver_async_results(backlog: &Gauge) {
     let started = tokio::time::Instant::now();
     let pending = backlog.get();
     if pending <= 0 {

@@ -8,7 +8,7 @@ use super::flow::{Arc, Cost, Network};
 use super::{
     Assessment, BAND_POINTS, Balance, CHEAP_PLACEMENT_PERCENT, DRAIN_LIMIT_PERCENT,
     FORCED_BAND_POINTS, InstanceBalance, InstanceLoad, MARGIN_BUDGET, Move, Plan, PlanInput,
-    bytes_per_slot, landing_share, merge_adjacent, seeded_replicas,
+    bytes_per_slot, landing_share, merge_adjacent,
 };
 use crate::routing::slots::SlotRange;
 use crate::routing::table::RoutingTable;
@@ -265,8 +265,10 @@ impl<'i> Fleet<'i> {
                 .unwrap_or_default();
             wanted.sort_by_key(|(r, _)| r.start);
             // Seeded replicas only: one still being seeded may hold little of its range.
-            let mut replicas: Vec<(SlotRange, Option<usize>)> = seeded_replicas(cat)
-                .into_iter()
+            let mut replicas: Vec<(SlotRange, Option<usize>)> = cat
+                .replication
+                .iter()
+                .flat_map(|r| r.seeded())
                 .map(|(range, name)| (range, index.get(name).copied()))
                 .collect();
             replicas.sort_by_key(|(r, _)| r.start);

@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use super::super::backend::{BackendError, Replies, ReplyReceiver, SendError};
 use super::super::command::{Kind, Resolved, Split};
-use super::super::metrics::CategoryMetrics;
+use super::super::metrics::{CategoryMetrics, SidecarMetrics};
 use super::super::router::Router;
 use super::super::ttl::TtlAction;
 use super::keyed::ttl_action;
@@ -472,28 +472,23 @@ impl ForReplica {
 
 /// `async` results of one write counted in the backlog gauges while they are on their way;
 /// uncounted when dropped, also when the task ends early (cancelled, or a panic).
-struct InFlight {
-    backlog: prometheus_client::metrics::gauge::Gauge,
-    backlog_bytes: prometheus_client::metrics::gauge::Gauge,
+struct InFlight<'m> {
+    metrics: &'m SidecarMetrics,
     bytes: i64,
 }
 
-impl InFlight {
-    fn new(metrics: &super::super::metrics::SidecarMetrics, bytes: i64) -> Self {
+impl<'m> InFlight<'m> {
+    fn new(metrics: &'m SidecarMetrics, bytes: i64) -> Self {
         metrics.replication_backlog.inc();
         metrics.replication_backlog_bytes.inc_by(bytes);
-        Self {
-            backlog: metrics.replication_backlog.clone(),
-            backlog_bytes: metrics.replication_backlog_bytes.clone(),
-            bytes,
-        }
+        Self { metrics, bytes }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.backlog.dec();
-        self.backlog_bytes.dec_by(self.bytes);
+        self.metrics.replication_backlog.dec();
+        self.metrics.replication_backlog_bytes.dec_by(self.bytes);
     }
 }
 
