@@ -1165,6 +1165,17 @@ fn a_replica_that_does_not_answer_fails_sync_writes_with_noreplica() {
         );
         let mut c = RawConn::open(sidecar.port);
         assert_eq!(frame(&c.call_raw(&args("SET auth:r 1"))), Frame::ok());
+        // An async reply comes before its result reaches the replica: freezing the replica
+        // at once could fail that result too (found under CI's load).
+        assert!(
+            support::process::wait_until(Duration::from_secs(10), || {
+                sidecar
+                    .metrics()
+                    .contains("redisfleet_sidecar_replicated_writes_total{category=\"auth\"} 1")
+            }),
+            "{mode:?}: the first write never reached the replica\n{}",
+            sidecar.metrics()
+        );
         let pid = b.pid().unwrap();
         assert!(support::process::signal(pid, "-STOP"));
         c.send(&args("INCR auth:r"));
