@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use redis_fleet::redis::protocol::names;
 use redis_fleet::redis::protocol::replica::{self, Applied, KeyState, WriteError, Written};
 use redis_fleet::redis::resp::{Frame, Limits, parse_frame};
+use redis_fleet::routing::slots::key_slot;
 use support::resp::RawConn;
 use support::{RedisOptions, RedisServer};
 
@@ -547,15 +549,8 @@ fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
     c.call_raw(&args("SET user:1 plain"));
     assert_eq!(dump(&mut on_b, "user:1"), None);
     assert!(dump(&mut on_a, "user:1").is_some());
-    // What cannot be replicated yet is refused, never run unreplicated.
+    // What cannot be replicated is refused, never run unreplicated.
     for refused in [
-        vec![
-            "EVAL",
-            "return redis.call('SET', KEYS[1], 'x')",
-            "1",
-            "auth:s",
-        ],
-        vec!["BLPOP", "auth:l", "1"],
         vec!["FLUSHALL"],
         // A script declaring no key could write any, replicated or not.
         vec!["EVAL", "return redis.call('SET', 'auth:k0', 'x')", "0"],
@@ -571,19 +566,13 @@ fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
     let reply = frame(&c.call_raw(&big));
     assert!(text(&reply).contains("split it"), "{reply:?}");
     assert_eq!(dump(&mut on_a, "auth:big"), None);
-    assert_eq!(dump(&mut on_a, "auth:s"), None);
-    assert!(dump(&mut on_a, "auth:l").is_some(), "BLPOP popped");
-    c.call_raw(&args("MULTI"));
-    let queued = frame(&c.call_raw(&args("SET auth:t 1")));
-    assert!(text(&queued).contains("MULTI"), "{queued:?}");
-    let exec = frame(&c.call_raw(&args("EXEC")));
-    assert!(text(&exec).starts_with("EXECABORT"), "{exec:?}");
+    assert_eq!(dump(&mut on_a, "auth:k0"), None);
     c.call_raw(&args("MULTI"));
     c.call_raw(&args("SET user:t 1"));
     c.call_raw(&args("FLUSHALL"));
     let exec = frame(&c.call_raw(&args("EXEC")));
     assert!(text(&exec).starts_with("EXECABORT"), "{exec:?}");
-    assert_eq!(dump(&mut on_a, "auth:k0"), None);
+    assert_eq!(dump(&mut on_a, "user:t"), None);
     // A read-only script runs.
     let ro = frame(&c.call_raw(&[
         "EVAL_RO",
@@ -596,6 +585,394 @@ fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
     assert!(
         metrics.contains("redisfleet_sidecar_replicated_writes_total{category=\"auth\"}"),
         "{metrics}"
+    );
+}
+
+/// Scripts, transactions and blocking pops cannot run inside the write script; they run just
+/// before it, or poll through it. With `sync`, each one's result must be on the replica when
+/// the client hears of it — also a script that fails half-way, a transaction under WATCH, a
+/// pop that waited for its element, and a pop into another list.
+#[test]
+fn scripts_transactions_and_blocking_pops_are_on_the_replica_when_the_client_hears_of_them() {
+    let (a, b_server) = two_servers();
+    let sidecar = Sidecar::start(
+        &replicated_table(&a, &b_server, 1, ReplicationMode::Sync),
+        &[],
+    );
+    let mut c = RawConn::open(sidecar.port);
+    let (mut on_a, mut on_b) = (RawConn::open(a.port), RawConn::open(b_server.port));
+    let mut all: Vec<&str> = Vec::new();
+    let mut check = |on_a: &mut RawConn, on_b: &mut RawConn, keys: &[&'static str], what: &str| {
+        all.extend(keys);
+        assert_same(on_a, on_b, &all, what);
+    };
+    // A queue's "add job", as BullMQ's scripts do it: an id, the job's hash, the wait list.
+    let add = "local id = redis.call('INCR', KEYS[1]) \
+               redis.call('HSET', KEYS[2] .. id, 'data', ARGV[1]) \
+               redis.call('LPUSH', KEYS[3], id) return id";
+    let add_keys = ["auth:{q}id", "auth:{q}job:", "auth:{q}wait"];
+    let reply = frame(&c.call_raw(&[
+        "EVAL",
+        add,
+        "3",
+        add_keys[0],
+        add_keys[1],
+        add_keys[2],
+        "first",
+    ]));
+    assert_eq!(reply, Frame::Integer(1));
+    // `auth:{q}job:1` is not declared: the script built its name, as BullMQ's do.
+    check(
+        &mut on_a,
+        &mut on_b,
+        &["auth:{q}id", "auth:{q}wait", "auth:{q}job:1"],
+        "EVAL",
+    );
+    let sha = match frame(&c.call_raw(&["SCRIPT", "LOAD", add])) {
+        Frame::Bulk(s) => String::from_utf8(s.to_vec()).unwrap(),
+        other => panic!("SCRIPT LOAD: {other:?}"),
+    };
+    let reply = frame(&c.call_raw(&[
+        "EVALSHA",
+        sha.as_str(),
+        "3",
+        add_keys[0],
+        add_keys[1],
+        add_keys[2],
+        "second",
+    ]));
+    assert_eq!(reply, Frame::Integer(2));
+    check(&mut on_a, &mut on_b, &["auth:{q}job:2"], "EVALSHA");
+    // A script that writes, then fails: Redis keeps what it wrote; so must the replica.
+    let reply = frame(&c.call_raw(&[
+        "EVAL",
+        "redis.call('SET', KEYS[1], 'half') return redis.call('INCR', KEYS[1])",
+        "1",
+        "auth:half",
+    ]));
+    assert!(matches!(reply, Frame::Error(_)), "{reply:?}");
+    check(&mut on_a, &mut on_b, &["auth:half"], "a failed script");
+    // A transaction (with a script writing a key it does not declare), and one under WATCH.
+    for command in [
+        "MULTI",
+        "SET auth:t 1",
+        "INCR auth:t",
+        "RPUSH auth:{q}done 1",
+    ] {
+        c.call_raw(&args(command));
+    }
+    c.call_raw(&[
+        "EVAL",
+        "return redis.call('SET', KEYS[1] .. 'x', 'y')",
+        "1",
+        "auth:{q}in-multi-",
+    ]);
+    let exec = frame(&c.call_raw(&args("EXEC")));
+    assert!(
+        matches!(&exec, Frame::Array(items) if items.len() == 4),
+        "{exec:?}"
+    );
+    check(
+        &mut on_a,
+        &mut on_b,
+        &["auth:t", "auth:{q}done", "auth:{q}in-multi-x"],
+        "EXEC",
+    );
+    for command in ["WATCH auth:w", "MULTI", "SET auth:w v", "EXPIRE auth:w 100"] {
+        c.call_raw(&args(command));
+    }
+    let exec = frame(&c.call_raw(&args("EXEC")));
+    assert!(
+        matches!(&exec, Frame::Array(items) if items.len() == 2),
+        "{exec:?}"
+    );
+    check(&mut on_a, &mut on_b, &["auth:w"], "EXEC under WATCH");
+    // A pop that finds its element at once, and pops that wait for one.
+    let reply = frame(&c.call_raw(&args("BRPOPLPUSH auth:{q}wait auth:{q}active 1")));
+    assert_eq!(reply, Frame::Bulk(b("1")));
+    check(&mut on_a, &mut on_b, &["auth:{q}active"], "BRPOPLPUSH");
+    let port = sidecar.port;
+    let waiting = std::thread::spawn(move || {
+        let mut w = RawConn::open(port);
+        let first = frame(&w.call_raw(&args("BLPOP auth:{p}list 5")));
+        let second = frame(&w.call_raw(&args("BZPOPMIN auth:{p}zset 5")));
+        (first, second)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    c.call_raw(&args("RPUSH auth:{p}list x y"));
+    std::thread::sleep(Duration::from_millis(300));
+    c.call_raw(&args("ZADD auth:{p}zset 1 m 2 n"));
+    let (first, second) = waiting.join().unwrap();
+    assert_eq!(
+        first,
+        Frame::Array(vec![Frame::Bulk(b("auth:{p}list")), Frame::Bulk(b("x"))])
+    );
+    assert!(
+        matches!(&second, Frame::Array(items) if items.len() == 3 && items[1] == Frame::Bulk(b("m"))),
+        "{second:?}"
+    );
+    check(
+        &mut on_a,
+        &mut on_b,
+        &["auth:{p}list", "auth:{p}zset"],
+        "pops that waited",
+    );
+    // A wait that times out answers nil, as Redis does.
+    let started = Instant::now();
+    let nothing = frame(&c.call_raw(&args("BLPOP auth:{p}empty 0.2")));
+    assert_eq!(nothing, Frame::NullArray);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // Nothing was written unreplicated: the writer's versions name every key written.
+    let metrics = sidecar.metrics();
+    assert!(
+        !metrics.contains("redisfleet_sidecar_replica_failures_total{category=\"auth\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// The capture script names the applied-versions hash of keys it was not given by their slot,
+/// computed in Lua: it must be the slot the sidecar computes, or a replica would compare a
+/// key's versions in the wrong hash. Keys with every shape of hash tag, and binary ones.
+#[test]
+fn the_capture_script_computes_the_slots_redis_does() {
+    let (mut w, _r, _servers) = pair();
+    let mut keys: Vec<Bytes> = [
+        "a",
+        "{user1000}.following",
+        "{user1000}.followers",
+        "foo{}{bar}",
+        "foo{{bar}}zap",
+        "foo{bar}{zap}",
+        "{}x",
+        "x{",
+        "x}y{z",
+        "ключ",
+        "",
+    ]
+    .iter()
+    .map(|k| b(k))
+    .collect();
+    let mut seed = 7u64;
+    for n in 0..300 {
+        let len = 1 + n % 24;
+        let key: Vec<u8> = (0..len)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect();
+        keys.push(Bytes::from(key));
+    }
+    keys.sort();
+    keys.dedup();
+    let set = b("redisfleet:script-writes:test");
+    for key in &keys {
+        let mut sadd = vec![b("SADD"), set.clone()];
+        sadd.push(key.clone());
+        w.call_raw(&sadd);
+        w.call_raw(&[b("SET"), key.clone(), b("v")]);
+    }
+    let cmd = replica::capture_command(POLICY, 1, &[], &set);
+    let written = replica::parse_captured(frame(&w.call_raw(&cmd)), &[]).unwrap();
+    assert_eq!(written.states.len(), keys.len());
+    for key in &keys {
+        let hash = names::applied_versions(POLICY, key_slot(key));
+        let version = frame(&w.call_raw(&[b("HGET"), b(&hash), key.clone()]));
+        assert_eq!(
+            version,
+            Frame::Bulk(b(&written.version.to_string())),
+            "key {key:?} (slot {})",
+            key_slot(key)
+        );
+    }
+    assert_eq!(
+        frame(&w.call_raw(&["EXISTS", "redisfleet:script-writes:test"])),
+        Frame::Integer(0)
+    );
+}
+
+/// The adversary's queue: producers add jobs with a script, consumers move them with
+/// BLMOVE and finish them in a transaction, through two sidecars; the producers stop (so no
+/// later script rewrites the replica's wait list) and the owner is killed while the consumers
+/// still work through the backlog, then the category fails over to its replica. Every job
+/// whose "add" was acknowledged is received once the queue is drained on the replica; none is
+/// received twice (a pop the consumer heard of was on the replica first).
+#[test]
+fn a_queue_on_a_replicated_category_loses_and_repeats_no_job_when_its_owner_dies() {
+    let mut a = RedisServer::start(RedisOptions::default());
+    let b = RedisServer::start(RedisOptions::default());
+    let v1 = replicated_table(&a, &b, 1, ReplicationMode::Sync);
+    let sidecars = [Sidecar::start(&v1, &[]), Sidecar::start(&v1, &[])];
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let produce = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let add = "redis.call('HSET', KEYS[2] .. ARGV[1], 'state', 'waiting', 'data', 'of ' .. ARGV[1]) \
+               redis.call('LPUSH', KEYS[1], ARGV[1]) return 1";
+    // Producers: job ids `<producer>-<n>`; the ids acknowledged, and those of unknown outcome.
+    let producers: Vec<std::thread::JoinHandle<(Vec<String>, Vec<String>)>> = (0..4)
+        .map(|p| {
+            let (produce, port) = (produce.clone(), sidecars[p % 2].port);
+            std::thread::spawn(move || {
+                let mut c = RawConn::open(port);
+                c.set_timeout(Duration::from_secs(3));
+                let (mut acked, mut unknown) = (Vec::new(), Vec::new());
+                let mut n = 0;
+                while produce.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let id = format!("{p}-{n}");
+                    c.send(&[
+                        "EVAL",
+                        add,
+                        "2",
+                        "auth:{q}wait",
+                        "auth:{q}job:",
+                        id.as_str(),
+                    ]);
+                    match c.read_raw().map(|r| frame(&r)) {
+                        Some(Frame::Integer(1)) => acked.push(id),
+                        Some(_) => unknown.push(id),
+                        None => {
+                            unknown.push(id);
+                            c = RawConn::open(port);
+                            c.set_timeout(Duration::from_secs(3));
+                        }
+                    }
+                }
+                (acked, unknown)
+            })
+        })
+        .collect();
+    // Consumers: BLMOVE wait → active, then MULTI: LREM active, HSET state done.
+    // Per consumer: each job received, and its data as the consumer read it.
+    type Received = Vec<(String, Option<String>)>;
+    let consumers: Vec<std::thread::JoinHandle<Received>> = (0..4)
+        .map(|n| {
+            let (stop, port) = (stop.clone(), sidecars[n % 2].port);
+            std::thread::spawn(move || {
+                let mut c = RawConn::open(port);
+                c.set_timeout(Duration::from_secs(5));
+                let mut received = Vec::new();
+                let mut idle = 0;
+                // After `stop`, they drain the queue: three empty waits in a row end them.
+                while idle < 3 {
+                    let reply =
+                        c.call_raw(&args("BLMOVE auth:{q}wait auth:{q}active RIGHT LEFT 0.3"));
+                    let id = match frame(&reply) {
+                        Frame::Bulk(id) => String::from_utf8(id.to_vec()).unwrap(),
+                        Frame::Null | Frame::NullArray => {
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                idle += 1;
+                            }
+                            continue;
+                        }
+                        // The owner is gone and the failover not loaded yet.
+                        _ => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    idle = 0;
+                    c.call_raw(&["MULTI"]);
+                    c.call_raw(&["LREM", "auth:{q}active", "1", id.as_str()]);
+                    let job = format!("auth:{{q}}job:{id}");
+                    c.call_raw(&["HSET", job.as_str(), "state", "done"]);
+                    c.call_raw(&["HGET", job.as_str(), "data"]);
+                    // The job's data, as its script wrote it (None: the transaction failed).
+                    let data = match frame(&c.call_raw(&["EXEC"])) {
+                        Frame::Array(items) if items.len() == 3 => Some(text(&items[2])),
+                        _ => None,
+                    };
+                    received.push((id, data));
+                    // Slower than the producers: a backlog is still there at the kill.
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+                received
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1_500));
+    produce.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut unknown = std::collections::HashSet::new();
+    for p in producers {
+        let (a, u) = p.join().unwrap();
+        acked.extend(a);
+        unknown.extend(u);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut on_a = RawConn::open(a.port);
+    let backlog = match frame(&on_a.call_raw(&["LLEN", "auth:{q}wait"])) {
+        Frame::Integer(n) => n,
+        other => panic!("LLEN: {other:?}"),
+    };
+    a.kill();
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.failover.push(Failover {
+        category: "auth".into(),
+        start: 0,
+        end: 16383,
+        from: "a".into(),
+        to: "b".into(),
+    });
+    for s in &sidecars {
+        s.update_table(&v2);
+    }
+    for s in &sidecars {
+        assert!(
+            support::process::wait_until(Duration::from_secs(10), || {
+                s.metrics().contains("redisfleet_sidecar_routing_version 2")
+            }),
+            "a sidecar did not load the failover table"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        backlog > 100,
+        "only {backlog} jobs waiting when the owner died"
+    );
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut finished = 0;
+    for c in consumers {
+        for (id, data) in c.join().unwrap() {
+            if let Some(data) = data {
+                assert_eq!(
+                    data,
+                    format!("of {id}"),
+                    "job {id}'s data as its consumer read it"
+                );
+                finished += 1;
+            }
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    let twice: Vec<&String> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(twice.is_empty(), "jobs received twice: {twice:?}");
+    let lost: Vec<&String> = acked.iter().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged jobs never received: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let phantoms: Vec<&String> = seen
+        .keys()
+        .filter(|id| !acked.contains(id) && !unknown.contains(*id))
+        .collect();
+    assert!(phantoms.is_empty(), "jobs nobody added: {phantoms:?}");
+    assert!(acked.len() > 100, "only {} jobs acknowledged", acked.len());
+    eprintln!(
+        "{} jobs acknowledged, {} of unknown outcome, {backlog} waiting at the kill, {} received, \
+         {finished} finished",
+        acked.len(),
+        unknown.len(),
+        seen.len()
     );
 }
 

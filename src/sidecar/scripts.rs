@@ -55,7 +55,13 @@ return t end)(redis) ",
 
 /// `body` behind the prologue; a first line `#!lua …` (script flags) stays first.
 pub fn wrap(body: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(body.len() + 700);
+    behind(body, &prologue())
+}
+
+/// `body` behind `prologue` (one line, so the script's own line numbers in errors are off by
+/// one only); a first line `#!lua …` (script flags) stays first.
+fn behind(body: &[u8], prologue: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + prologue.len() + 1);
     let rest = if body.starts_with(b"#!") {
         let end = body
             .iter()
@@ -69,11 +75,59 @@ pub fn wrap(body: &[u8]) -> Bytes {
     } else {
         body
     };
-    // One line, so the script's own line numbers in errors are off by one only.
-    out.put_slice(prologue().as_bytes());
+    out.put_slice(prologue.as_bytes());
     out.put_u8(b'\n');
     out.put_slice(rest);
     out.freeze()
+}
+
+/// Whether `body` declares with its flags that it writes nothing (`#!lua flags=no-writes`).
+pub fn declares_no_writes(body: &[u8]) -> bool {
+    body.starts_with(b"#!")
+        && body
+            .split(|&b| b == b'\n')
+            .next()
+            .is_some_and(|line| line.windows(9).any(|w| w == b"no-writes"))
+}
+
+/// The recorder put before a (wrapped) script that writes a replicated category: it takes the
+/// last argument off `ARGV` — the name of a set the sidecar appended — and adds to that set
+/// every key a write command of the script named (`COMMAND GETKEYS`), declared in `KEYS` or
+/// not: queues such as BullMQ build job keys from a prefix inside their scripts. The write
+/// script that runs right after the script reads the set (`redis::protocol::replica`).
+fn recorder() -> &'static str {
+    static RECORDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RECORDER.get_or_init(|| {
+        let mut writes: Vec<String> = super::command::commands()
+            .iter()
+            .filter(|c| c.write || c.subcommands.iter().any(|s| s.write))
+            .map(|c| format!("[\"{}\"]=true", c.name))
+            .collect();
+        writes.sort();
+        format!(
+            "local __redisfleet_written = table.remove(ARGV) \
+local redis = (function(real) \
+local writes = {{{}}} \
+local expiring = false \
+local function record(...) \
+if not writes[string.lower(tostring((select(1, ...))))] then return end \
+local ok, keys = pcall(real.call, 'COMMAND', 'GETKEYS', ...) \
+if not ok or type(keys) ~= 'table' then return end \
+for i = 1, #keys do real.call('SADD', __redisfleet_written, keys[i]) end \
+if not expiring then expiring = true real.call('PEXPIRE', __redisfleet_written, 120000) end \
+end \
+local t = setmetatable({{}}, {{__index = real}}) \
+t.call = function(...) local r = real.call(...) record(...) return r end \
+t.pcall = function(...) local r = real.pcall(...) record(...) return r end \
+return t end)(redis)",
+            writes.join(",")
+        )
+    })
+}
+
+/// A wrapped script's body with the [`recorder`] before it.
+pub fn recording(wrapped: &[u8]) -> Bytes {
+    behind(wrapped, recorder())
 }
 
 /// The SHA1 of `body` in lower-case hex, as Redis names scripts.
@@ -157,6 +211,29 @@ mod tests {
         assert!(w.ends_with(b"\nreturn 1"));
         let w = wrap(b"return 1");
         assert!(w.starts_with(b"local redis"));
+    }
+
+    #[test]
+    fn the_recorder_goes_first_after_the_flags() {
+        let wrapped = wrap(b"#!lua flags=allow-oom\nreturn 1");
+        let r = recording(&wrapped);
+        assert!(r.starts_with(b"#!lua flags=allow-oom\nlocal __redisfleet_written"));
+        // The application's guard wraps the recorder: its checks run first.
+        let text = String::from_utf8_lossy(&r);
+        let recorder_at = text.find("__redisfleet_written").unwrap();
+        let guard_at = text.find("local refused").unwrap();
+        assert!(recorder_at < guard_at);
+        assert!(r.ends_with(b"\nreturn 1"));
+        // Every write command is listed, no read.
+        assert!(text.contains("[\"hset\"]=true") && text.contains("[\"lmove\"]=true"));
+        assert!(!text.contains("[\"get\"]=true"));
+    }
+
+    #[test]
+    fn no_writes_is_read_from_the_flags_line_only() {
+        assert!(declares_no_writes(b"#!lua flags=no-writes,allow-stale\nreturn 1"));
+        assert!(!declares_no_writes(b"#!lua\n-- no-writes\nreturn 1"));
+        assert!(!declares_no_writes(b"return 'no-writes'"));
     }
 
     #[test]

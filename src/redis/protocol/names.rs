@@ -87,6 +87,13 @@ pub fn version_counter(policy: &str) -> String {
     format!("redisfleet:version-counter:{policy}")
 }
 
+/// Set: the keys an application's script wrote on a replicated category, as its recorder
+/// (`sidecar/scripts.rs`) lists them for the write script that runs after it (see
+/// `replica.rs`); `token` is unique per script run.
+pub fn script_writes(token: &str) -> String {
+    format!("redisfleet:script-writes:{token}")
+}
+
 /// Hash, one per slot: key → version of the last result applied to (or written on) this
 /// instance for that key (see `replica.rs`).
 pub fn applied_versions(policy: &str, slot: u16) -> String {

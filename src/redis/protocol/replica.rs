@@ -197,6 +197,98 @@ return out
 "
 );
 
+/// Redis' key slot in Lua (CRC16/XMODEM of the hash tag or the key, modulo 16384): the
+/// [`CAPTURE_SCRIPT`] names the applied-versions hash of keys the sidecar did not know before.
+macro_rules! key_slot_lua {
+    () => {
+        r"
+local crc_table = {}
+for i = 0, 255 do
+  local c = bit.lshift(i, 8)
+  for _ = 1, 8 do
+    if bit.band(c, 0x8000) ~= 0 then
+      c = bit.bxor(bit.lshift(c, 1), 0x1021)
+    else
+      c = bit.lshift(c, 1)
+    end
+    c = bit.band(c, 0xFFFF)
+  end
+  crc_table[i] = c
+end
+local function key_slot(k)
+  local open = string.find(k, '{', 1, true)
+  if open then
+    local close = string.find(k, '}', open + 1, true)
+    if close and close > open + 1 then k = string.sub(k, open + 1, close - 1) end
+  end
+  local crc = 0
+  for i = 1, #k do
+    local index = bit.bxor(bit.rshift(crc, 8), string.byte(k, i))
+    crc = bit.band(bit.bxor(bit.lshift(crc, 8), crc_table[index]), 0xFFFF)
+  end
+  return crc % 16384
+end
+"
+    };
+}
+
+/// The write script without commands, run right after an application's script or a
+/// transaction (which cannot run inside a script): it reads and versions the states of the
+/// keys they declared and of the keys the script's recorder (`sidecar/scripts.rs`) listed in
+/// a set, which it deletes. KEYS: the writer's epoch, the policy's counter, the recorded set,
+/// then for each declared key its slot's applied-versions hash and the key. ARGV: the policy,
+/// the sidecar's table version, then each declared key's slot. Replies `{epoch, counter,
+/// false, (DUMP, PTTL) per declared key, (key, DUMP, PTTL) per other recorded key}`.
+pub const CAPTURE_SCRIPT: &str = concat!(
+    forget_old!(),
+    key_slot_lua!(),
+    r"
+local keys, hashes, slots, declared = {}, {}, {}, {}
+for i = 4, #KEYS, 2 do
+  keys[#keys + 1] = KEYS[i + 1]
+  hashes[#hashes + 1] = KEYS[i]
+  slots[#slots + 1] = ARGV[2 + #keys]
+  declared[KEYS[i + 1]] = true
+end
+local known = #keys
+for _, k in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if not declared[k] then
+    declared[k] = true
+    local slot = tostring(key_slot(k))
+    keys[#keys + 1] = k
+    hashes[#hashes + 1] = 'redisfleet:applied:' .. ARGV[1] .. ':' .. slot
+    slots[#slots + 1] = slot
+  end
+end
+redis.call('DEL', KEYS[3])
+local epoch = tonumber(ARGV[2])
+for i = 1, #slots do
+  local e = tonumber(redis.call('HGET', KEYS[1], slots[i]) or '0')
+  if e > epoch then epoch = e end
+end
+local e = string.format('%.0f', epoch)
+for i = 1, #slots do
+  redis.call('HSET', KEYS[1], slots[i], e)
+end
+local t = redis.call('TIME')
+local counter = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if counter <= last then counter = last + 1 end
+local c = string.format('%.0f', counter)
+redis.call('SET', KEYS[2], c)
+local version = e .. ':' .. c
+local out = {e, c, false}
+for i = 1, #keys do
+  redis.call('HSET', hashes[i], keys[i], version)
+  forget_old(hashes[i], counter)
+  if i > known then out[#out + 1] = keys[i] end
+  out[#out + 1] = redis.call('DUMP', keys[i])
+  out[#out + 1] = redis.call('PTTL', keys[i])
+end
+return out
+"
+);
+
 /// KEYS: for each key its slot's applied-versions hash and the key. ARGV: epoch, counter,
 /// milliseconds the result was held since the writer answered, then for each key its `DUMP`
 /// payload and `PTTL` (-2: absent, -1: no expiry). Replies `{applied, ignored, failed, first
@@ -291,6 +383,70 @@ pub fn write_command(
     out
 }
 
+/// `EVAL <capture> …`: reads and versions the states of `keys` and of the keys listed in set
+/// `recorded` (deleted), on the writer routed there by table `version`, right after a script or
+/// transaction ran there. By body: it runs after the client's command, too late for a
+/// `NOSCRIPT` to send both again. The reply is read by [`parse_captured`].
+pub fn capture_command(policy: &str, version: u64, keys: &[Bytes], recorded: &Bytes) -> Vec<Bytes> {
+    let pairs = key_pairs(policy, keys.iter());
+    let mut out = Vec::with_capacity(8 + pairs.len() + keys.len());
+    out.extend(super::script_head(CAPTURE_SCRIPT, "", true));
+    out.push(Bytes::from((pairs.len() + 3).to_string()));
+    out.push(Bytes::from(names::writer_epoch(policy)));
+    out.push(Bytes::from(names::version_counter(policy)));
+    out.push(recorded.clone());
+    out.extend(pairs);
+    out.push(Bytes::from(policy.to_owned()));
+    out.push(Bytes::from(version.to_string()));
+    out.extend(keys.iter().map(|k| Bytes::from(key_slot(k).to_string())));
+    out
+}
+
+/// Reads the reply of a [`capture_command`] for `keys`: their states, then those of the other
+/// keys the recorded set listed.
+pub fn parse_captured(reply: Frame, keys: &[Bytes]) -> Result<Written, WriteError> {
+    let items = match reply {
+        Frame::Array(items) => items,
+        Frame::Error(e) => return Err(WriteError::Failed(e)),
+        other => return Err(WriteError::Malformed(format!("{other:?}"))),
+    };
+    let known = 3 + 2 * keys.len();
+    if items.len() < known || !(items.len() - known).is_multiple_of(3) {
+        return Err(WriteError::Malformed(format!(
+            "{} items for {} keys",
+            items.len(),
+            keys.len()
+        )));
+    }
+    let mut items = items;
+    let rest = items.split_off(known);
+    let mut written = parse_written(Frame::Array(items), keys)?;
+    for triple in rest.chunks(3) {
+        let [Frame::Bulk(key), payload, ttl] = triple else {
+            return Err(WriteError::Malformed(format!("a recorded key: {triple:?}")));
+        };
+        written
+            .states
+            .push((key.clone(), key_state(key, payload.clone(), ttl.clone())?));
+    }
+    Ok(written)
+}
+
+/// A key's state from its `DUMP` and `PTTL`.
+fn key_state(key: &[u8], payload: Frame, ttl: Frame) -> Result<KeyState, WriteError> {
+    match (payload, ttl) {
+        (Frame::Null, Frame::Integer(_)) => Ok(KeyState::Absent),
+        (Frame::Bulk(payload), Frame::Integer(t)) => Ok(KeyState::Present {
+            payload,
+            ttl_ms: u64::try_from(t).ok(),
+        }),
+        other => Err(WriteError::Malformed(format!(
+            "the state of {:?}: {other:?}",
+            String::from_utf8_lossy(key)
+        ))),
+    }
+}
+
 /// Reads the reply of a [`write_command`] for `keys` (the same keys, in the same order).
 pub fn parse_written(reply: Frame, keys: &[Bytes]) -> Result<Written, WriteError> {
     let items = match reply {
@@ -323,22 +479,10 @@ pub fn parse_written(reply: Frame, keys: &[Bytes]) -> Result<Written, WriteError
         .ok_or_else(|| WriteError::Malformed("no reply".into()))?;
     let mut states = Vec::with_capacity(keys.len());
     for key in keys {
-        let payload = items.next();
-        let ttl = items.next();
-        let state = match (payload, ttl) {
-            (Some(Frame::Null), Some(Frame::Integer(_))) => KeyState::Absent,
-            (Some(Frame::Bulk(payload)), Some(Frame::Integer(t))) => KeyState::Present {
-                payload,
-                ttl_ms: u64::try_from(t).ok(),
-            },
-            other => {
-                return Err(WriteError::Malformed(format!(
-                    "the state of {:?}: {other:?}",
-                    String::from_utf8_lossy(key)
-                )));
-            }
+        let (Some(payload), Some(ttl)) = (items.next(), items.next()) else {
+            return Err(WriteError::Malformed("a key's state is missing".into()));
         };
-        states.push((key.clone(), state));
+        states.push((key.clone(), key_state(key, payload, ttl)?));
     }
     Ok(Written {
         reply,

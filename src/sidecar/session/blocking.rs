@@ -7,6 +7,11 @@
 //! In a migrating range, a wait on the source is a poll through the guard (a blocking command
 //! inside a script does not block): popping into a destination key must not happen outside the
 //! guard. On the target, or outside any migration, it is a real blocking call.
+//!
+//! On a replicated category a pop must be versioned with the state it leaves, so the wait is a
+//! poll too: a cheap `EXISTS` of the source keys every [`POLL`], and the non-blocking form
+//! inside the write script (`replicated.rs`) once one of them holds something. A wait there
+//! wakes up to [`POLL`] later than a real blocking call would.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::super::command::CommandSpec;
+use super::super::router::Router;
 use super::{Client, Dispatched, Interrupt, Pending, bundle, stop};
 use crate::redis::resp::{Frame, Request, parse_i64};
 use crate::routing::keyspace::Route;
@@ -327,6 +333,144 @@ impl Client {
                 return Ok(Pending::Ready(reply));
             }
         }
+    }
+
+    /// A blocking command on keys of a replicated category (see the module's docs): polled,
+    /// each poll that may find something run inside the write script. Falls back to the
+    /// ordinary wait (for the time left) once the newest table no longer replicates the keys,
+    /// or moves them without a replica named (the guarded path).
+    pub(super) async fn blocking_replicated(
+        &mut self,
+        router: Arc<Router>,
+        request: &Request,
+        keys: &[usize],
+        spec: &CommandSpec,
+    ) -> Dispatched {
+        let Some(at) = timeout_at(spec.name, &request.args) else {
+            // XREADGROUP without BLOCK: one write, as any other.
+            let (poll, shape) = (request.args.clone(), PollReply::Same);
+            return self
+                .poll_replicated(&router, request, keys, &poll, &shape)
+                .await
+                .map(|r| Pending::Ready(r.unwrap_or_else(|| Frame::NullArray.to_bytes())));
+        };
+        let timeout = match read_timeout(at, &request.args) {
+            Ok(t) => t,
+            Err(e) => return Ok(Pending::Ready(super::error_reply(e))),
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (poll, shape) = non_blocking(spec.name, &request.args, at);
+        // The keys that must hold something for a pop to find it: the sources.
+        let sources = match spec.name {
+            "blmove" | "brpoplpush" => &keys[..1],
+            _ => keys,
+        };
+        let probe = spec.name != "xreadgroup";
+        let mut router = router;
+        loop {
+            if self.liveness.hung_up() {
+                return Ok(Pending::Close(Bytes::new()));
+            }
+            let routes: Vec<Route> = keys
+                .iter()
+                .map(|i| router.resolver.resolve(&request.args[*i]))
+                .collect();
+            let replicated = routes
+                .iter()
+                .any(|r| router.resolver.replication(r).is_some());
+            let unnamed_move = routes.iter().any(|r| r.migration.is_some())
+                && !routes
+                    .iter()
+                    .any(|r| matches!(router.resolver.replication(r), Some((_, Some(_)))));
+            if !replicated || unnamed_move {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if left.is_some_and(|l| l.is_zero()) {
+                    return Ok(Pending::Ready(Frame::NullArray.to_bytes()));
+                }
+                let args = match left {
+                    Some(l) => with_timeout(at, &request.args, l),
+                    None => request.args.clone(),
+                };
+                let rest = Request { args, raw: None };
+                return self.blocking(router, &rest, keys, spec).await;
+            }
+            let found = if probe {
+                let mut exists = vec![Bytes::from_static(b"EXISTS")];
+                exists.extend(sources.iter().map(|i| request.args[*i].clone()));
+                let target = routes[0].target;
+                let reply = self.call(&router, target, bundle(&[exists]), 1).await;
+                match reply {
+                    Ok(r) => !r.first().starts_with(b":0"),
+                    Err(Interrupt::Stale) => {
+                        router = self.shared.router.load_full().unwrap_or(router);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                true
+            };
+            if found {
+                match self
+                    .poll_replicated(&router, request, keys, &poll, &shape)
+                    .await
+                {
+                    Ok(Some(reply)) => return Ok(Pending::Ready(reply)),
+                    Ok(None) => {}
+                    Err(Interrupt::Stale) => {
+                        router = self.shared.router.load_full().unwrap_or(router);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) || self.liveness.hung_up() {
+                return Ok(Pending::Ready(Frame::NullArray.to_bytes()));
+            }
+            {
+                let _blocked = self.liveness.block();
+                tokio::time::sleep(left.map_or(POLL, |l| l.min(POLL))).await;
+            }
+            router = self.shared.router.load_full().unwrap_or(router);
+        }
+    }
+
+    /// One poll (`poll`, the non-blocking form) of a blocking command on replicated keys,
+    /// inside the write script: the reply in the blocking command's shape, `None` when it
+    /// found nothing.
+    async fn poll_replicated(
+        &mut self,
+        router: &Arc<Router>,
+        request: &Request,
+        keys: &[usize],
+        poll: &[Bytes],
+        shape: &PollReply,
+    ) -> Result<Option<Bytes>, Interrupt> {
+        let routes: Vec<Route> = keys
+            .iter()
+            .map(|i| router.resolver.resolve(&request.args[*i]))
+            .collect();
+        let target = routes[0].target;
+        if routes.iter().any(|r| r.target != target) {
+            return Err(stop(
+                "CROSSINSTANCE the keys of this blocking command live on different instances",
+            ));
+        }
+        if routes.iter().any(|r| r.migration.is_some()) {
+            return Err(stop(
+                "TRYAGAIN redis-fleet: this key's range is being migrated, and replicated ranges \
+                 move without their replica (docs/replication.md); retry",
+            ));
+        }
+        let key_args: Vec<Bytes> = keys.iter().map(|i| request.args[*i].clone()).collect();
+        let category = routes[0].category;
+        let sent = self
+            .send_write(router, target, key_args, routes, vec![poll.to_vec()])?
+            .handing_over_what_it_took();
+        let reply = as_blocking_reply(shape, sent.spawn().await);
+        router.categories[usize::from(category)].commands.inc();
+        Ok((!is_nil(&reply)).then_some(reply))
     }
 
     /// One slice of waiting on keys of migrating range `m`: the guard is asked (a blocking

@@ -5,10 +5,16 @@
 //! replica to write (a promoted replica in an outage is the target itself): its versions must
 //! outrank the late results of the writer before it.
 //!
-//! What this first step carries: commands on one key, commands whose keys share one instance,
-//! and MSET / DEL / UNLINK split per instance. Writes the scripts cannot carry yet — scripts,
-//! blocking pops, writes queued in MULTI, writes on a migrating range, FLUSHDB / FLUSHALL — are
-//! refused on replicated categories, never run unreplicated.
+//! Commands on one key, commands whose keys share one instance, and MSET / DEL / UNLINK (split
+//! per instance) run *inside* the write script. An application's script (`EVAL`, `EVALSHA`,
+//! `FCALL`) and a transaction (`MULTI … EXEC`) cannot — Redis runs no script or transaction from
+//! a script — so they run just *before* it, in one send on the same connection, and the write
+//! script only reads and versions the states of their declared keys ([`Shape::After`]). Another
+//! client's write may run in between; the states read are then that later write's, with a
+//! version above its own, so the replica still ends with the writer's newest state. Blocking
+//! pops poll their non-blocking form inside the write script (`blocking.rs`). Writes on a
+//! migrating range whose replica is named, and FLUSHDB / FLUSHALL, are refused on replicated
+//! categories, never run unreplicated.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,14 +26,15 @@ use super::super::backend::{BackendError, Replies, ReplyReceiver, SendError};
 use super::super::command::{Kind, Resolved, Split};
 use super::super::metrics::{CategoryMetrics, SidecarMetrics};
 use super::super::router::Router;
+use super::super::scripts;
 use super::super::ttl::TtlAction;
 use super::keyed::ttl_action;
 use super::{
     Client, Dispatched, Interrupt, Pending, ROUTING_ATTEMPTS, Shared, backend_reply, bundle,
     encode, error_reply, lost, parse, stop,
 };
-use crate::redis::protocol::guard;
 use crate::redis::protocol::replica::{self, KeyState, WriteError, Written};
+use crate::redis::protocol::{guard, names};
 use crate::redis::resp::{Frame, Request};
 use crate::routing::keyspace::{CategoryId, InstanceId, Route};
 use crate::routing::table::ReplicationMode;
@@ -88,15 +95,18 @@ impl Client {
         {
             return None;
         }
-        if let Some(t) = &mut self.transaction {
-            t.aborted = true;
-            return Some(Err(refused("a write queued in MULTI")));
-        }
         if anywhere {
+            if let Some(t) = &mut self.transaction {
+                t.aborted = true;
+            }
             return Some(Err(refused(&format!(
                 "{} (the fleet replicates a category)",
                 spec.name.to_ascii_uppercase()
             ))));
+        }
+        if self.transaction.is_some() {
+            // Queued; EXEC reads the states of the keys it wrote (`transaction.rs`).
+            return None;
         }
         if routes.iter().any(|r| r.migration.is_some()) {
             // The operator names no replica for a migrating range: while it moves, its writes
@@ -145,22 +155,67 @@ impl Client {
                 // Sent now, in the client's order; answered when its result is in.
                 return Some(
                     self.send_write(router, target, keys, routes, cmds)
-                        .map(|sent| {
-                            let router = router.clone();
-                            let reply = sent.spawn();
-                            Pending::Future(Box::pin(async move {
-                                let reply = reply.await;
-                                count(&router, category, &reply);
-                                reply
-                            }))
-                        }),
+                        .map(|sent| answer_later(router, category, sent)),
+                );
+            }
+            Kind::Script => {
+                let target = routes[0].target;
+                if routes.iter().any(|r| r.target != target) {
+                    return Some(Ok(Pending::Ready(error_reply(
+                        "CROSSINSTANCE the keys of this script live on different instances",
+                    ))));
+                }
+                let mut cmds = match ttl_action(
+                    router,
+                    spec,
+                    &request.args,
+                    routes.iter().map(|r| r.category),
+                ) {
+                    TtlAction::Unchanged => vec![request.args.clone()],
+                    TtlAction::Replace(args) => vec![args],
+                    TtlAction::Append(extra) => {
+                        let mut c = vec![request.args.clone()];
+                        c.extend(extra);
+                        c
+                    }
+                    TtlAction::Refuse(text) => return Some(Ok(Pending::Ready(error_reply(&text)))),
+                };
+                let legacy = router.backend(target).legacy();
+                for c in cmds.iter_mut().skip(1) {
+                    *c = super::super::ttl::for_server(std::mem::take(c), legacy);
+                }
+                if cmds[0]
+                    .get(1)
+                    .is_some_and(|b| scripts::declares_no_writes(b))
+                {
+                    return None;
+                }
+                let recorded = recorded_set();
+                record_writes(&mut cmds[0], &recorded);
+                let capture = Capture {
+                    keys,
+                    routes,
+                    recorded,
+                };
+                return Some(
+                    self.send_before_capture(router, target, capture, cmds, 0)
+                        .map(|sent| answer_later(router, category, sent)),
                 );
             }
             Kind::MultiKey(split) => {
                 Box::pin(self.split_replicated(router, request, split, resolved, &routes)).await
             }
-            Kind::Script => Err(refused("a script")),
-            Kind::Blocking => Err(refused("a blocking write")),
+            Kind::Blocking => {
+                return Some(
+                    Box::pin(self.blocking_replicated(
+                        router.clone(),
+                        request,
+                        &resolved.keys,
+                        spec,
+                    ))
+                    .await,
+                );
+            }
             _ => Err(refused(&spec.name.to_ascii_uppercase())),
         };
         Some(result.map(|reply| {
@@ -220,7 +275,7 @@ impl Client {
 
     /// Sends `cmds` to `target` inside the write script, onto the client's lane now (so the
     /// requests after it stay after it), with `keys` the keys they may write.
-    fn send_write(
+    pub(super) fn send_write(
         &self,
         router: &Arc<Router>,
         target: InstanceId,
@@ -248,12 +303,151 @@ impl Client {
             keys,
             routes,
             rx: Some(rx),
+            shape: Shape::Inside,
+            hand_over: false,
         })
+    }
+
+    /// Sends `cmds` to `target` onto the client's lane, followed in the same send by the write
+    /// script reading and versioning the states `capture` names ([`Shape::After`]); the
+    /// client's reply is the one of `cmds[client]`.
+    pub(super) fn send_before_capture(
+        &self,
+        router: &Arc<Router>,
+        target: InstanceId,
+        capture: Capture,
+        mut cmds: Vec<Vec<Bytes>>,
+        client: usize,
+    ) -> Result<Sent, Interrupt> {
+        cmds.push(capture.command(router)?);
+        let n = cmds.len();
+        let rx = router.send(target, self.lane(), bundle(&cmds), n)?;
+        Ok(self.sent_before_capture(router, target, capture, rx, client))
+    }
+
+    /// [`Sent`] for replies already in (`replies`: of commands sent on a connection of the
+    /// client's own, the last one [`Capture::command`]).
+    pub(super) fn captured(
+        &self,
+        router: &Arc<Router>,
+        target: InstanceId,
+        capture: Capture,
+        replies: Result<Replies, BackendError>,
+        client: usize,
+    ) -> Sent {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(replies);
+        self.sent_before_capture(router, target, capture, rx, client)
+    }
+
+    fn sent_before_capture(
+        &self,
+        router: &Arc<Router>,
+        target: InstanceId,
+        capture: Capture,
+        rx: ReplyReceiver,
+        client: usize,
+    ) -> Sent {
+        Sent {
+            router: router.clone(),
+            shared: self.shared.clone(),
+            lane: self.lane(),
+            target,
+            keys: capture.keys,
+            routes: capture.routes,
+            rx: Some(rx),
+            shape: Shape::After { client },
+            hand_over: false,
+        }
     }
 }
 
+/// What the write script run after a script or a transaction reads: the keys they declared
+/// (with their routes), and the set their scripts' recorders list the other keys they wrote in.
+pub(super) struct Capture {
+    pub keys: Vec<Bytes>,
+    pub routes: Vec<Route>,
+    pub recorded: Bytes,
+}
+
+impl Capture {
+    /// The write script with no command of its own (`replica::capture_command`): it reads the
+    /// states of the keys, with a fresh version.
+    pub(super) fn command(&self, router: &Router) -> Result<Vec<Bytes>, Interrupt> {
+        if self.keys.len() > guard::MAX_GUARDED_ARGS {
+            return Err(stop(&format!(
+                "ERR redis-fleet: a write of more than {} keys on a replicated category is not \
+                 supported; split it",
+                guard::MAX_GUARDED_ARGS
+            )));
+        }
+        Ok(replica::capture_command(
+            router.policy(),
+            router.version(),
+            &self.keys,
+            &self.recorded,
+        ))
+    }
+}
+
+/// A name for the set a script's recorder lists the keys it wrote in: unique per script run
+/// (the sidecar's process, its start, a counter).
+pub(super) fn recorded_set() -> Bytes {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let process = PROCESS.get_or_init(|| {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{:x}-{started:x}", std::process::id())
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Bytes::from(names::script_writes(&format!("{process}-{n:x}")))
+}
+
+/// An `EVAL` of a wrapped script (`scripts::rewrite`) made to record the keys it writes in
+/// set `recorded` ([`scripts::recording`]); other commands (`FCALL`: functions cannot be
+/// wrapped, and must declare the keys they write) are left as they are.
+pub(super) fn record_writes(cmd: &mut Vec<Bytes>, recorded: &Bytes) {
+    let is_eval = cmd
+        .first()
+        .is_some_and(|n| n.eq_ignore_ascii_case(b"EVAL") || n.eq_ignore_ascii_case(b"EVALSHA"));
+    if !is_eval || cmd.len() < 3 {
+        return;
+    }
+    if cmd[0].eq_ignore_ascii_case(b"EVALSHA") {
+        // `scripts::rewrite` turns every known EVALSHA into an EVAL of its body.
+        return;
+    }
+    cmd[1] = scripts::recording(&cmd[1]);
+    cmd.push(recorded.clone());
+}
+
+/// The client's reply to a write sent as `sent`, once its result is in (and, for `sync`, on
+/// its replica).
+pub(super) fn answer_later(router: &Arc<Router>, category: CategoryId, sent: Sent) -> Pending {
+    let router = router.clone();
+    let reply = sent.spawn();
+    Pending::Future(Box::pin(async move {
+        let reply = reply.await;
+        count(&router, category, &reply);
+        reply
+    }))
+}
+
+/// Where the write script's reply is among the replies of what was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// The client's commands ran inside the write script: its one reply carries the client's.
+    Inside,
+    /// The client's commands ran just before the write script, which only read the keys'
+    /// states: its reply is the last one, and the client's is the one at `client`.
+    After { client: usize },
+}
+
 /// A replicated write on its way to its target.
-struct Sent {
+pub(super) struct Sent {
     router: Arc<Router>,
     shared: Arc<Shared>,
     lane: usize,
@@ -262,14 +456,25 @@ struct Sent {
     routes: Vec<Route>,
     /// The writer's reply (taken when it is awaited).
     rx: Option<ReplyReceiver>,
+    shape: Shape,
+    /// The reply is what the write took (a pop): the client gets it even when a `sync`
+    /// replica did not take the result — the element is still on the replica then, where a
+    /// failover would hand it out a second time; failing the reply would lose it.
+    hand_over: bool,
 }
 
 impl Sent {
+    /// See [`Sent::hand_over`].
+    pub(super) fn handing_over_what_it_took(mut self) -> Self {
+        self.hand_over = true;
+        self
+    }
+
     /// Runs the rest in a task of its own from now on: it waits for the writer's result as it
     /// arrives (so the time a result is held, taken off the replica's TTL, is measured from
     /// then), and the replicas get it even when the client hangs up before its reply. The
     /// future returned is the client's reply.
-    fn spawn(self) -> impl Future<Output = Bytes> + Send + 'static {
+    pub(super) fn spawn(self) -> impl Future<Output = Bytes> + Send + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(self.run(tx));
         async move {
@@ -286,9 +491,26 @@ impl Sent {
             Some(rx) => rx.await.unwrap_or_else(|_| Err(lost())),
             None => Err(lost()),
         };
-        let reply = backend_reply(result, true);
+        // The client's own reply, when its commands ran before the write script.
+        let (client_reply, reply) = match self.shape {
+            Shape::Inside => (None, backend_reply(result, true)),
+            Shape::After { client } => match result {
+                Ok(Replies::Many(mut replies)) if replies.len() > client + 1 => {
+                    let capture = replies.pop().unwrap_or_default();
+                    (Some(replies.swap_remove(client)), capture)
+                }
+                Ok(_) => {
+                    let _ = tx.send(error_reply("ERR redis-fleet: replies missing"));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(e.reply());
+                    return;
+                }
+            },
+        };
         let answered = Instant::now();
-        if reply.starts_with(b"-NOSCRIPT") {
+        if client_reply.is_none() && reply.starts_with(b"-NOSCRIPT") {
             // The instance lost its scripts (`SCRIPT FLUSH`; each connection loads them when
             // it is made): load it again for the next writes. This one did not run, and is
             // not sent again: the client's later requests may have run already.
@@ -303,24 +525,34 @@ impl Sent {
             ));
             return;
         }
-        let frame = match parse(&reply) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = tx.send(e);
-                return;
-            }
-        };
-        let written = match replica::parse_written(frame, &self.keys) {
+        let written = match parse(&reply)
+            .map_err(|e| WriteError::Malformed(String::from_utf8_lossy(&e).into_owned()))
+            .and_then(|frame| match self.shape {
+                Shape::Inside => replica::parse_written(frame, &self.keys),
+                Shape::After { .. } => replica::parse_captured(frame, &self.keys),
+            }) {
             Ok(w) => w,
-            Err(WriteError::Failed(e)) => {
-                let _ = tx.send(encode(&Frame::Error(e)));
-                return;
-            }
-            Err(e @ WriteError::Malformed(_)) => {
-                let _ = tx.send(error_reply(&format!("ERR {e}")));
+            Err(e) => {
+                let _ = tx.send(self.unread(client_reply, e));
                 return;
             }
         };
+        // Keys a script wrote without declaring them: routed now. One the table gives another
+        // instance is not this writer's to replicate (a script that strays outside its slot
+        // writes where nothing routes to).
+        let mut routes = std::mem::take(&mut self.routes);
+        let mut written = written;
+        if written.states.len() > routes.len() {
+            let extra = written.states.split_off(routes.len());
+            for (key, state) in extra {
+                let route = self.router.resolver.resolve(&key);
+                if route.target == self.target {
+                    routes.push(route);
+                    written.states.push((key, state));
+                }
+            }
+        }
+        self.routes = routes;
         let parts = for_replicas(&self.router, self.target, &self.routes, &written);
         let (sync, later): (Vec<ForReplica>, Vec<ForReplica>) =
             parts.into_iter().partition(|p| p.sync);
@@ -365,7 +597,15 @@ impl Sent {
                 Some(InFlight::new(&self.shared.metrics, bytes))
             }
         };
-        let _ = tx.send(failure.unwrap_or_else(|| encode(&written.reply)));
+        if self.hand_over && failure.is_some() {
+            tracing::debug!("a pop's result did not reach its replica; the element is handed over");
+            failure = None;
+        }
+        let _ = tx.send(
+            failure
+                .or(client_reply)
+                .unwrap_or_else(|| encode(&written.reply)),
+        );
         let Some(_in_flight) = in_flight else {
             return;
         };
@@ -388,6 +628,39 @@ impl Sent {
         }
     }
 
+    /// The client's reply when the write script returned no result. Inside it, the client's
+    /// commands did not run: its error is theirs. After them (`client_reply`), they ran but
+    /// their result was not read: it reaches no replica until the replica check repairs it,
+    /// so a `sync` category answers `-NOREPLICA`, an `async` one the commands' own reply.
+    fn unread(&self, client_reply: Option<Bytes>, e: WriteError) -> Bytes {
+        let Some(reply) = client_reply else {
+            return match e {
+                WriteError::Failed(e) => encode(&Frame::Error(e)),
+                e @ WriteError::Malformed(_) => error_reply(&format!("ERR {e}")),
+            };
+        };
+        let mut sync = false;
+        for route in &self.routes {
+            if let Some((mode, Some(replica))) = self.router.resolver.replication(route)
+                && replica != self.target
+            {
+                sync |= mode == ReplicationMode::Sync;
+                self.router.categories[usize::from(route.category)]
+                    .replica_failures
+                    .inc();
+            }
+        }
+        tracing::debug!(%e, "a script's or transaction's result could not be read for its replica");
+        if sync {
+            error_reply(&format!(
+                "NOREPLICA redis-fleet: the write ran, but its result could not be read for its \
+                 replica ({e})"
+            ))
+        } else {
+            reply
+        }
+    }
+
     /// [`apply`] of `part` from this write's connection lane.
     async fn apply(
         &self,
@@ -405,6 +678,25 @@ impl Sent {
         )
         .await
     }
+}
+
+/// The keys among `written` (once each) whose category the table replicates, with their
+/// routes: those a transaction that wrote them must hand to their replicas.
+pub(super) fn replicated_writes(router: &Router, written: &[Bytes]) -> Vec<(Bytes, Route)> {
+    if !router.resolver.replicates() {
+        return Vec::new();
+    }
+    let mut out: Vec<(Bytes, Route)> = Vec::new();
+    for key in written {
+        if out.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        let route = router.resolver.resolve(key);
+        if router.resolver.replication(&route).is_some() {
+            out.push((key.clone(), route));
+        }
+    }
+    out
 }
 
 /// Counts `reply` as a command of `category`.

@@ -17,6 +17,7 @@ use super::super::router::Router;
 use super::super::ttl::TtlAction;
 use super::guarded::exec_prefix;
 use super::keyed::ttl_action;
+use super::replicated::{Capture, record_writes, recorded_set, replicated_writes};
 use super::{Client, Dispatched, Interrupt, Pending, backend_reply, bundle, error_reply, lost};
 use crate::redis::protocol::guard::{self, Decision};
 use crate::redis::protocol::names;
@@ -29,6 +30,11 @@ pub(super) struct Transaction {
     queued: Vec<Vec<Bytes>>,
     /// Every key the queued commands touch.
     keys: Vec<Bytes>,
+    /// The keys of the queued commands that may write: on a replicated category, EXEC reads
+    /// their states for the replicas (`replicated.rs`).
+    written: Vec<Bytes>,
+    /// The set the queued scripts list the keys they write in, on a replicated fleet.
+    recorded: Option<Bytes>,
     /// Category TTL commands for keys the transaction writes, run inside it after them.
     after: Vec<Vec<Bytes>>,
     /// A command failed to queue: EXEC answers EXECABORT.
@@ -138,6 +144,17 @@ impl Client {
                     return Ok(Pending::Ready(error_reply(&text)));
                 }
             }
+        }
+        if spec.write || (spec.kind == Kind::Script && !spec.name.ends_with("_ro")) {
+            t.written.extend(keys.iter().cloned());
+        }
+        let replicated = |r: &Arc<Router>| {
+            keys.iter()
+                .any(|k| r.resolver.replication(&r.resolver.resolve(k)).is_some())
+        };
+        if spec.kind == Kind::Script && router.as_ref().is_some_and(replicated) {
+            let recorded = t.recorded.get_or_insert_with(recorded_set);
+            record_writes(&mut args, recorded);
         }
         t.keys.extend(keys);
         t.queued.push(args);
@@ -325,9 +342,80 @@ impl Client {
                 return Err(e);
             }
         };
+        let replicated = replicated_writes(&router, &t.written);
+        if !replicated.is_empty() {
+            let recorded = t.recorded.clone().unwrap_or_else(recorded_set);
+            return self
+                .exec_replicated(&router, place, cmds, n, replicated, recorded)
+                .await;
+        }
         let watching = self.watching.take();
         let result = self.run_exec(&router, place, &cmds, watching).await;
         result.map(|exec| Pending::Ready(exec_prefix(&exec, n)))
+    }
+
+    /// EXEC of a transaction that writes keys of replicated categories: `MULTI … EXEC` then, in
+    /// the same send, the write script reading the states of those keys for their replicas
+    /// (`replicated.rs`). On a migrating range whose replica is named it is refused, as any
+    /// replicated write there; one whose replica is not named yet takes the guarded path.
+    async fn exec_replicated(
+        &mut self,
+        router: &Arc<Router>,
+        place: Place,
+        cmds: Vec<Vec<Bytes>>,
+        n: usize,
+        written: Vec<(Bytes, Route)>,
+        recorded: Bytes,
+    ) -> Dispatched {
+        let target = match place {
+            Place::On(target) => target,
+            Place::Anywhere => 0,
+            Place::Migrating { .. } => {
+                let named = written
+                    .iter()
+                    .any(|(_, r)| matches!(router.resolver.replication(r), Some((_, Some(_)))));
+                if named {
+                    self.unwatch().await;
+                    return Err(Interrupt::Reply(error_reply(
+                        "TRYAGAIN redis-fleet: this transaction's range is being migrated, and \
+                         replicated ranges move without their replica (docs/replication.md); retry",
+                    )));
+                }
+                let watching = self.watching.take();
+                let exec = self.run_exec(router, place, &cmds, watching).await?;
+                return Ok(Pending::Ready(exec_prefix(&exec, n)));
+            }
+        };
+        let (keys, routes): (Vec<Bytes>, Vec<Route>) = written.into_iter().unzip();
+        let capture = Capture {
+            keys,
+            routes,
+            recorded,
+        };
+        let mut all = Vec::with_capacity(cmds.len() + 3);
+        all.push(vec![Bytes::from_static(b"MULTI")]);
+        all.extend(cmds);
+        all.push(vec![Bytes::from_static(b"EXEC")]);
+        let exec_at = all.len() - 1;
+        let sent = match self.watching.take() {
+            Some((name, mut conn)) => {
+                if router.backend(target).name() != name {
+                    return Err(Interrupt::Reply(error_reply(
+                        "CROSSINSTANCE the transaction's keys and the WATCHed keys live on different instances",
+                    )));
+                }
+                all.push(capture.command(router)?);
+                let replies = conn.call(&bundle(&all), all.len()).await;
+                self.captured(router, target, capture, replies, exec_at)
+            }
+            None => self.send_before_capture(router, target, capture, all, exec_at)?,
+        };
+        let category = (router.resolver.categories().len() - 1) as CategoryId;
+        router.categories[usize::from(category)].commands.inc();
+        let reply = sent.spawn();
+        Ok(Pending::Future(Box::pin(async move {
+            exec_prefix(&reply.await, n)
+        })))
     }
 
     async fn run_exec(
