@@ -14,7 +14,12 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use redis_fleet::routing::table::{Migration, RoutingTable, TtlRules};
+use redis_fleet::redis::resp::Value;
+use redis_fleet::routing::slots::key_slot;
+use redis_fleet::routing::table::{
+    CategoryReplication, Migration, ReplicationMode, RoutingTable, SlotOwner, TtlRules,
+};
+use support::resp::RawConn;
 use support::sidecar::{Sidecar, category, endpoint, table};
 use support::{RedisOptions, RedisServer};
 
@@ -67,6 +72,26 @@ fn migrating(a: &RedisServer, b: &RedisServer) -> RoutingTable {
             epoch: 2,
         });
     }
+    t
+}
+
+/// The settled fleet with the default category (the queues under `{bull}`) replicated `Sync`,
+/// each half on the other instance.
+fn replicated(a: &RedisServer, b: &RedisServer) -> RoutingTable {
+    let mut t = fleet(a, b);
+    let default = t
+        .categories
+        .iter_mut()
+        .find(|c| c.name == "default")
+        .unwrap();
+    default.replication = Some(CategoryReplication {
+        mode: ReplicationMode::Sync,
+        replicas: vec![
+            SlotOwner::from((0, 8191, "b".to_owned())),
+            SlotOwner::from((8192, 16383, "a".to_owned())),
+        ],
+        seeding: Vec::new(),
+    });
     t
 }
 
@@ -211,6 +236,96 @@ fn bullmq() {
         let table = if migrate { "migrating" } else { "settled" };
         node(&pods, "bullmq", &format!("BullMQ 6.7.0 (ioredis), {table}"));
     }
+}
+
+/// BullMQ on a replicated category: its Lua scripts (which build job keys they do not
+/// declare), its blocking waits and its transactions take the replicated paths. The workload
+/// passes, and then every key of the queue holds the same on its instance and on its replica.
+#[test]
+fn bullmq_on_a_replicated_category() {
+    let a = RedisServer::start(RedisOptions::default());
+    let b = RedisServer::start(RedisOptions::default());
+    let t = replicated(&a, &b);
+    let pods = Pods {
+        one: Sidecar::start(&t, &[]),
+        two: Sidecar::start(&t, &[]),
+        _a: a,
+        _b: b,
+    };
+    let dir = install("node");
+    let workload = support::control_plane::project_root().join("tests/clients/node/workload.mjs");
+    let copy = dir.join("workload.mjs");
+    std::fs::copy(&workload, &copy).unwrap();
+    let mut cmd = Command::new("node");
+    cmd.arg(&copy)
+        .arg("bullmq")
+        .arg(pods.one.port.to_string())
+        .arg(pods.two.port.to_string())
+        .env("KEEP_QUEUE", "1");
+    run("BullMQ 6.7.0 (ioredis), replicated", cmd);
+    let (owner, replica) = if key_slot(b"{bull}") <= 8191 {
+        (pods._a.port, pods._b.port)
+    } else {
+        (pods._b.port, pods._a.port)
+    };
+    let (mut owner, mut replica) = (RawConn::open(owner), RawConn::open(replica));
+    let on_owner = queue_keys(&mut owner);
+    assert!(on_owner.len() > 20, "the queue holds only {on_owner:?}");
+    let names = |keys: &[Vec<u8>]| -> Vec<String> {
+        keys.iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&on_owner),
+        names(&queue_keys(&mut replica)),
+        "the queue's keys on its instance (left) and on its replica (right)"
+    );
+    for key in &on_owner {
+        assert_eq!(
+            owner.value_of(key),
+            replica.value_of(key),
+            "{} on the replica",
+            String::from_utf8_lossy(key)
+        );
+    }
+    println!(
+        "{:<40} {} keys of the queue the same on its replica",
+        "",
+        on_owner.len()
+    );
+}
+
+/// Every key under `{bull}` on an instance, sorted.
+fn queue_keys(conn: &mut RawConn) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    let mut cursor = b"0".to_vec();
+    loop {
+        let reply = conn.call(&[
+            b"SCAN".as_slice(),
+            &cursor,
+            b"MATCH",
+            b"{bull}*",
+            b"COUNT",
+            b"1000",
+        ]);
+        let Value::Array(parts) = reply else {
+            panic!("SCAN answered {reply:?}");
+        };
+        let [Value::Bulk(next), Value::Array(found)] = parts.as_slice() else {
+            panic!("SCAN answered {parts:?}");
+        };
+        keys.extend(found.iter().map(|k| match k {
+            Value::Bulk(k) => k.to_vec(),
+            other => panic!("a key {other:?}"),
+        }));
+        if next.as_ref() == b"0" {
+            break;
+        }
+        cursor = next.to_vec();
+    }
+    keys.sort();
+    keys
 }
 
 #[test]

@@ -70,39 +70,9 @@ fn pttl(conn: &mut RawConn, key: &str) -> i64 {
     }
 }
 
-/// `key`'s type and value in a form that does not depend on how the server laid it out (a
-/// restored set may iterate in another order than the original): None when absent.
+/// `key`'s value, as `RawConn::value_of` reads it.
 fn value(conn: &mut RawConn, key: &str) -> Option<String> {
-    let kind = match frame(&conn.call_raw(&["TYPE", key])) {
-        Frame::Simple(t) => String::from_utf8(t.to_vec()).unwrap(),
-        other => panic!("TYPE answered {other:?}"),
-    };
-    let read: &[&str] = match kind.as_str() {
-        "none" => return None,
-        "string" => &["GET"],
-        "list" => &["LRANGE", "0", "-1"],
-        "hash" => &["HGETALL"],
-        "set" => &["SMEMBERS"],
-        "zset" => &["ZRANGE", "0", "-1", "WITHSCORES"],
-        other => panic!("{key} is a {other}"),
-    };
-    let mut cmd = vec![read[0], key];
-    cmd.extend(&read[1..]);
-    let mut items = match frame(&conn.call_raw(&cmd)) {
-        Frame::Bulk(v) => vec![String::from_utf8_lossy(&v).into_owned()],
-        Frame::Array(items) => items.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>(),
-        other => panic!("{cmd:?} answered {other:?}"),
-    };
-    match kind.as_str() {
-        "set" => items.sort(),
-        "hash" => {
-            let mut pairs: Vec<String> = items.chunks(2).map(|p| p.join("=")).collect();
-            pairs.sort();
-            items = pairs;
-        }
-        _ => {}
-    }
-    Some(format!("{kind} {items:?}"))
+    conn.value_of(key.as_bytes())
 }
 
 /// Asserts the replica holds what the writer holds for `keys`: the same value and a TTL never
@@ -594,7 +564,30 @@ fn a_sync_write_is_on_the_replica_when_the_client_hears_of_it() {
 /// pop that waited for its element, and a pop into another list.
 #[test]
 fn scripts_transactions_and_blocking_pops_are_on_the_replica_when_the_client_hears_of_them() {
-    let (a, b_server) = two_servers();
+    scripts_transactions_and_pops(None);
+}
+
+/// The same on today's servers: the recorder and the capture script use `table.remove` on
+/// `ARGV`, `COMMAND GETKEYS` inside a script and Lua's `bit` library.
+#[test]
+fn scripts_transactions_and_blocking_pops_replicate_on_redis_8_and_valkey_8_and_9() {
+    for (var, what) in [
+        ("REDIS_FLEET_REDIS_8", "Redis 8.2"),
+        ("REDIS_FLEET_VALKEY_8", "Valkey 8.1"),
+        ("REDIS_FLEET_VALKEY_9", "Valkey 9.0"),
+    ] {
+        if let Some(binary) = support::redis::server_from_env(var, what) {
+            scripts_transactions_and_pops(Some(binary));
+        }
+    }
+}
+
+fn scripts_transactions_and_pops(binary: Option<std::path::PathBuf>) {
+    let options = || RedisOptions {
+        binary: binary.clone(),
+        ..RedisOptions::default()
+    };
+    let (a, b_server) = (RedisServer::start(options()), RedisServer::start(options()));
     let sidecar = Sidecar::start(
         &replicated_table(&a, &b_server, 1, ReplicationMode::Sync),
         &[],
@@ -727,6 +720,51 @@ fn scripts_transactions_and_blocking_pops_are_on_the_replica_when_the_client_hea
     assert!(
         !metrics.contains("redisfleet_sidecar_replica_failures_total{category=\"auth\"} 1"),
         "{metrics}"
+    );
+}
+
+/// A pop that started waiting before the table replicated its category (a move that had no
+/// replica named yet, a policy changed to replicate) pops the replicated way once the newer
+/// table is in use: the replica must not keep the element.
+#[test]
+fn a_wait_that_began_unreplicated_pops_the_replicated_way_once_the_table_replicates() {
+    let (a, b_server) = two_servers();
+    let mut v1 = replicated_table(&a, &b_server, 1, ReplicationMode::Sync);
+    for c in &mut v1.categories {
+        c.replication = None;
+    }
+    let sidecar = Sidecar::start(&v1, &[]);
+    let port = sidecar.port;
+    let waiting = std::thread::spawn(move || {
+        let mut w = RawConn::open(port);
+        w.set_timeout(Duration::from_secs(20));
+        frame(&w.call_raw(&args("BLPOP auth:wait 15")))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let v2 = replicated_table(&a, &b_server, 2, ReplicationMode::Sync);
+    sidecar.update_table(&v2);
+    assert!(
+        support::process::wait_until(Duration::from_secs(10), || {
+            sidecar
+                .metrics()
+                .contains("redisfleet_sidecar_routing_version 2")
+        }),
+        "the sidecar did not load the replicating table"
+    );
+    // Past the blocking call's one-second slice: the wait is routed again by the new table.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let mut c = RawConn::open(sidecar.port);
+    c.call_raw(&args("RPUSH auth:wait x y"));
+    let popped = waiting.join().unwrap();
+    assert_eq!(
+        popped,
+        Frame::Array(vec![Frame::Bulk(b("auth:wait")), Frame::Bulk(b("x"))])
+    );
+    assert_same(
+        &mut RawConn::open(a.port),
+        &mut RawConn::open(b_server.port),
+        &["auth:wait"],
+        "after the pop",
     );
 }
 

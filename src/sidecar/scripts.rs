@@ -231,7 +231,9 @@ mod tests {
 
     #[test]
     fn no_writes_is_read_from_the_flags_line_only() {
-        assert!(declares_no_writes(b"#!lua flags=no-writes,allow-stale\nreturn 1"));
+        assert!(declares_no_writes(
+            b"#!lua flags=no-writes,allow-stale\nreturn 1"
+        ));
         assert!(!declares_no_writes(b"#!lua\n-- no-writes\nreturn 1"));
         assert!(!declares_no_writes(b"return 'no-writes'"));
     }

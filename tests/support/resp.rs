@@ -91,4 +91,41 @@ impl RawConn {
         let args: Vec<&str> = line.split_whitespace().collect();
         self.call(&args)
     }
+
+    /// `key`'s type and value in a form that does not depend on how the server laid it out (a
+    /// restored set may iterate in another order than the original): `None` when absent. For
+    /// comparing an instance with its replica.
+    pub fn value_of(&mut self, key: &[u8]) -> Option<String> {
+        let kind = match self.call(&[b"TYPE".as_slice(), key]) {
+            Value::Simple(t) => String::from_utf8(t.to_vec()).expect("a type name"),
+            other => panic!("TYPE answered {other:?}"),
+        };
+        let read: &[&[u8]] = match kind.as_str() {
+            "none" => return None,
+            "string" => &[b"GET"],
+            "list" => &[b"LRANGE", b"0", b"-1"],
+            "hash" => &[b"HGETALL"],
+            "set" => &[b"SMEMBERS"],
+            "zset" => &[b"ZRANGE", b"0", b"-1", b"WITHSCORES"],
+            "stream" => &[b"XRANGE", b"-", b"+"],
+            other => panic!("{} is a {other}", String::from_utf8_lossy(key)),
+        };
+        let mut cmd = vec![read[0], key];
+        cmd.extend(&read[1..]);
+        let mut items = match self.call(&cmd) {
+            Value::Bulk(v) => vec![String::from_utf8_lossy(&v).into_owned()],
+            Value::Array(items) => items.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>(),
+            other => panic!("{cmd:?} answered {other:?}"),
+        };
+        match kind.as_str() {
+            "set" => items.sort(),
+            "hash" => {
+                let mut pairs: Vec<String> = items.chunks(2).map(|p| p.join("=")).collect();
+                pairs.sort();
+                items = pairs;
+            }
+            _ => {}
+        }
+        Some(format!("{kind} {items:?}"))
+    }
 }

@@ -30,6 +30,11 @@ const SLICE: Duration = Duration::from_secs(1);
 /// How often a wait in a migrating range asks the guard again.
 const POLL: Duration = Duration::from_millis(20);
 
+/// How often a blocking `XREADGROUP` on a replicated category polls: with no cheap probe of
+/// "new entries for this group", each poll runs inside the write script, which hands the
+/// stream's whole state to the replica.
+const GROUP_POLL: Duration = Duration::from_millis(100);
+
 /// Where a blocking command carries its timeout, and in which unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Timeout {
@@ -233,6 +238,21 @@ fn as_blocking_reply(shape: &PollReply, reply: Bytes) -> Bytes {
     converted.to_bytes()
 }
 
+/// Whether a blocking write on keys routed as `routes` must wait the replicated way: a key's
+/// category replicates, and the keys are not in a move without a replica named (those take
+/// the guarded path, as any category's; the replica is seeded once the move landed).
+fn waits_replicated(router: &Router, routes: &[Route]) -> bool {
+    let resolver = &router.resolver;
+    if !resolver.replicates() || !routes.iter().any(|r| resolver.replication(r).is_some()) {
+        return false;
+    }
+    let moving = routes.iter().any(|r| r.migration.is_some());
+    !moving
+        || routes
+            .iter()
+            .any(|r| matches!(resolver.replication(r), Some((_, Some(_)))))
+}
+
 /// A nil reply: the wait ended without data.
 fn is_nil(reply: &[u8]) -> bool {
     reply.starts_with(b"*-1") || reply.starts_with(b"$-1") || reply.starts_with(b"_")
@@ -284,6 +304,16 @@ impl Client {
                 .iter()
                 .map(|i| router.resolver.resolve(&request.args[*i]))
                 .collect();
+            if spec.write && waits_replicated(&router, &routes) {
+                // The newest table replicates these keys (a move landed and named a replica):
+                // what is popped from now on must be versioned.
+                let args = match left {
+                    Some(l) => with_timeout(at, &args, l.max(Duration::from_millis(1))),
+                    None => args.clone(),
+                };
+                let rest = Request { args, raw: None };
+                return Box::pin(self.blocking_replicated(router, &rest, keys, spec)).await;
+            }
             for r in &routes {
                 router.categories[usize::from(r.category)].commands.inc();
             }
@@ -375,14 +405,7 @@ impl Client {
                 .iter()
                 .map(|i| router.resolver.resolve(&request.args[*i]))
                 .collect();
-            let replicated = routes
-                .iter()
-                .any(|r| router.resolver.replication(r).is_some());
-            let unnamed_move = routes.iter().any(|r| r.migration.is_some())
-                && !routes
-                    .iter()
-                    .any(|r| matches!(router.resolver.replication(r), Some((_, Some(_)))));
-            if !replicated || unnamed_move {
+            if !waits_replicated(&router, &routes) {
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 if left.is_some_and(|l| l.is_zero()) {
                     return Ok(Pending::Ready(Frame::NullArray.to_bytes()));
@@ -430,7 +453,8 @@ impl Client {
             }
             {
                 let _blocked = self.liveness.block();
-                tokio::time::sleep(left.map_or(POLL, |l| l.min(POLL))).await;
+                let every = if probe { POLL } else { GROUP_POLL };
+                tokio::time::sleep(left.map_or(every, |l| l.min(every))).await;
             }
             router = self.shared.router.load_full().unwrap_or(router);
         }
