@@ -102,6 +102,9 @@ pub fn details(row: &Row) -> String {
     {
         let _ = writeln!(out, "  ! {e}");
     }
+    for e in &row.slow_examples {
+        let _ = writeln!(out, "  slow: {e}");
+    }
     if let Some(dir) = &row.logs {
         let _ = writeln!(out, "  logs kept in {}", dir.display());
     }

@@ -41,6 +41,8 @@ pub struct Row {
     pub ops: u64,
     /// Of those, answered after more than five seconds.
     pub slow: u64,
+    /// Examples of those.
+    pub slow_examples: Vec<String>,
     /// The history's verdict.
     pub history: Report,
     /// The final reads' TTLs.
@@ -195,6 +197,7 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         seconds,
         ops: log.ops,
         slow: log.slow,
+        slow_examples: log.slow_examples,
         history,
         ttl,
         errors: log.errors,

@@ -269,6 +269,8 @@ pub struct Log {
     pub ops: u64,
     /// Operations that took longer than [`SLOW`] to be answered (or to time out).
     pub slow: u64,
+    /// Examples of those (the writers' only): operation, key, path, sidecar, time, reply.
+    pub slow_examples: Vec<String>,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
     /// Errors no client should see (neither retryable nor a timeout).
@@ -296,6 +298,11 @@ impl Log {
         self.last.extend(other.last);
         self.ops += other.ops;
         self.slow += other.slow;
+        for e in other.slow_examples {
+            if self.slow_examples.len() < 10 {
+                self.slow_examples.push(e);
+            }
+        }
         for (k, n) in other.errors {
             *self.errors.entry(k).or_default() += n;
         }
@@ -540,6 +547,14 @@ pub async fn writer(shared: Arc<Shared>, w: usize, mut rng: Rng) -> Log {
                     timed(&clock, &mut log, client, &script).await
                 }
             };
+            if t.end - t.start > SLOW.as_nanos() as u64 && log.slow_examples.len() < 10 {
+                log.slow_examples.push(format!(
+                    "{} {key} ({transport:?}) via sidecar {via}: answered after {} ms: {:?}",
+                    op.name(),
+                    (t.end - t.start) / 1_000_000,
+                    t.reply
+                ));
+            }
             let outcome = if t.reply.is_ok() {
                 Outcome::Ok
             } else {
