@@ -768,6 +768,70 @@ fn a_wait_that_began_unreplicated_pops_the_replicated_way_once_the_table_replica
     );
 }
 
+/// What none of ran is answered as Redis answers it, whatever the replica does: an EXEC that
+/// a WATCHed key aborted is nil (a WATCH loop retries on nil), not `-NOREPLICA … the write
+/// ran`, even with the `sync` replica frozen.
+#[test]
+fn a_transaction_that_a_watch_aborted_is_answered_nil_with_the_replica_frozen() {
+    let (a, b_server) = two_servers();
+    let sidecar = Sidecar::start_with(
+        &replicated_table(&a, &b_server, 1, ReplicationMode::Sync),
+        &[],
+        &["--request-timeout", "1s"],
+    );
+    let (mut c, mut other) = (RawConn::open(sidecar.port), RawConn::open(sidecar.port));
+    assert_eq!(frame(&c.call_raw(&args("WATCH auth:w"))), Frame::ok());
+    assert_eq!(
+        frame(&other.call_raw(&args("SET auth:w theirs"))),
+        Frame::ok()
+    );
+    let pid = b_server.pid().unwrap();
+    assert!(support::process::signal(pid, "-STOP"));
+    c.call_raw(&args("MULTI"));
+    c.call_raw(&args("SET auth:w mine"));
+    let exec = c.call_raw(&args("EXEC"));
+    assert!(support::process::signal(pid, "-CONT"));
+    assert_eq!(frame(&exec), Frame::NullArray, "{}", text(&frame(&exec)));
+    assert_eq!(
+        frame(&RawConn::open(a.port).call_raw(&["GET", "auth:w"])),
+        Frame::Bulk(b("theirs"))
+    );
+}
+
+/// A blocking pop on keys of two instances is refused at once, as outside replication, and
+/// never waits on one instance for a list that could fill on the other.
+#[test]
+fn a_replicated_wait_on_keys_of_two_instances_is_refused_at_once() {
+    let (a, b_server) = two_servers();
+    let mut t = replicated_table(&a, &b_server, 1, ReplicationMode::Sync);
+    let auth = t.categories.iter_mut().find(|c| c.name == "auth").unwrap();
+    auth.slots = vec![
+        SlotOwner::from((0, 8191, "a".to_owned())),
+        SlotOwner::from((8192, 16383, "b".to_owned())),
+    ];
+    auth.replication = Some(CategoryReplication {
+        mode: ReplicationMode::Sync,
+        replicas: vec![
+            SlotOwner::from((0, 8191, "b".to_owned())),
+            SlotOwner::from((8192, 16383, "a".to_owned())),
+        ],
+        seeding: Vec::new(),
+    });
+    let low = (0..)
+        .map(|n| format!("auth:low{n}"))
+        .find(|k| key_slot(k.as_bytes()) <= 8191)
+        .unwrap();
+    let high = (0..)
+        .map(|n| format!("auth:high{n}"))
+        .find(|k| key_slot(k.as_bytes()) > 8191)
+        .unwrap();
+    let sidecar = Sidecar::start(&t, &[]);
+    let mut c = RawConn::open(sidecar.port);
+    // Empty lists: nothing to find that could reveal the mistake later.
+    let reply = frame(&c.call_raw(&["BLPOP", low.as_str(), high.as_str(), "3"]));
+    assert!(text(&reply).starts_with("CROSSINSTANCE"), "{reply:?}");
+}
+
 /// The capture script names the applied-versions hash of keys it was not given by their slot,
 /// computed in Lua: it must be the slot the sidecar computes, or a replica would compare a
 /// key's versions in the wrong hash. Keys with every shape of hash tag, and binary ones.
@@ -812,7 +876,14 @@ fn the_capture_script_computes_the_slots_redis_does() {
         w.call_raw(&sadd);
         w.call_raw(&[b("SET"), key.clone(), b("v")]);
     }
-    let cmd = replica::capture_command(POLICY, 1, &[], &set);
+    // Without the recorder's mark, the set was lost: nothing is read.
+    let cmd = replica::capture_command(POLICY, 1, &[], &set, true);
+    let lost = replica::parse_captured(frame(&w.call_raw(&cmd)), &[]);
+    assert!(
+        matches!(&lost, Err(WriteError::Failed(e)) if e.starts_with(b"NORECORD")),
+        "{lost:?}"
+    );
+    w.call_raw(&[b("SADD"), set.clone(), b(names::RECORDING)]);
     let written = replica::parse_captured(frame(&w.call_raw(&cmd)), &[]).unwrap();
     assert_eq!(written.states.len(), keys.len());
     for key in &keys {

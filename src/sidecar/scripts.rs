@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::redis::protocol::names;
+
 /// Commands a script may not run through the sidecar (those Redis allows in scripts at all).
 const REFUSED: &[&str] = &[
     "flushall",
@@ -59,7 +61,8 @@ pub fn wrap(body: &[u8]) -> Bytes {
 }
 
 /// `body` behind `prologue` (one line, so the script's own line numbers in errors are off by
-/// one only); a first line `#!lua …` (script flags) stays first.
+/// one per prologue: one, or two behind the recorder); a first line `#!lua …` (script flags)
+/// stays first.
 fn behind(body: &[u8], prologue: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(body.len() + prologue.len() + 1);
     let rest = if body.starts_with(b"#!") {
@@ -94,7 +97,9 @@ pub fn declares_no_writes(body: &[u8]) -> bool {
 /// last argument off `ARGV` — the name of a set the sidecar appended — and adds to that set
 /// every key a write command of the script named (`COMMAND GETKEYS`), declared in `KEYS` or
 /// not: queues such as BullMQ build job keys from a prefix inside their scripts. The write
-/// script that runs right after the script reads the set (`redis::protocol::replica`).
+/// script that runs right after the script reads the set (`redis::protocol::replica`). The set
+/// holds `names::RECORDING` from the start, so that a set gone by then (evicted, or never written
+/// on an instance out of memory) is told apart from a script that wrote nothing.
 fn recorder() -> &'static str {
     static RECORDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     RECORDER.get_or_init(|| {
@@ -106,20 +111,21 @@ fn recorder() -> &'static str {
         writes.sort();
         format!(
             "local __redisfleet_written = table.remove(ARGV) \
+pcall(redis.call, 'SADD', __redisfleet_written, '{}') \
+pcall(redis.call, 'PEXPIRE', __redisfleet_written, 120000) \
 local redis = (function(real) \
 local writes = {{{}}} \
-local expiring = false \
 local function record(...) \
 if not writes[string.lower(tostring((select(1, ...))))] then return end \
 local ok, keys = pcall(real.call, 'COMMAND', 'GETKEYS', ...) \
 if not ok or type(keys) ~= 'table' then return end \
 for i = 1, #keys do real.call('SADD', __redisfleet_written, keys[i]) end \
-if not expiring then expiring = true real.call('PEXPIRE', __redisfleet_written, 120000) end \
 end \
 local t = setmetatable({{}}, {{__index = real}}) \
 t.call = function(...) local r = real.call(...) record(...) return r end \
 t.pcall = function(...) local r = real.pcall(...) record(...) return r end \
 return t end)(redis)",
+            names::RECORDING,
             writes.join(",")
         )
     })

@@ -20,9 +20,10 @@ use bytes::Bytes;
 
 use super::super::command::CommandSpec;
 use super::super::router::Router;
+use super::replicated::LOST_WRITE_SCRIPT;
 use super::{Client, Dispatched, Interrupt, Pending, bundle, stop};
 use crate::redis::resp::{Frame, Request, parse_i64};
-use crate::routing::keyspace::Route;
+use crate::routing::keyspace::{InstanceId, Route};
 
 /// The longest one blocking call lasts before the keys are routed again.
 const SLICE: Duration = Duration::from_secs(1);
@@ -238,6 +239,39 @@ fn as_blocking_reply(shape: &PollReply, reply: Bytes) -> Bytes {
     converted.to_bytes()
 }
 
+/// The one instance a replicated wait on keys routed as `routes` polls with `poll`, or why
+/// there is none: keys on several instances, a move under way (replicated ranges move without
+/// their replica), a multi-key pop on a server before Redis 7 (no `LMPOP` / `ZMPOP`).
+fn where_to_poll(
+    router: &Router,
+    routes: &[Route],
+    poll: &[Bytes],
+) -> Result<InstanceId, &'static str> {
+    let target = routes
+        .first()
+        .ok_or("ERR blocking command without keys")?
+        .target;
+    if routes.iter().any(|r| r.target != target) {
+        return Err("CROSSINSTANCE the keys of this blocking command live on different instances");
+    }
+    if routes.iter().any(|r| r.migration.is_some()) {
+        return Err(
+            "TRYAGAIN redis-fleet: this key's range is being migrated, and replicated ranges \
+             move without their replica (docs/replication.md); retry",
+        );
+    }
+    let multi_key_pop = poll
+        .first()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"LMPOP") || c.eq_ignore_ascii_case(b"ZMPOP"));
+    if multi_key_pop && router.backend(target).legacy() {
+        return Err(
+            "ERR redis-fleet: a blocking pop on several keys of a replicated category needs \
+             Redis 7 or later on the instance (LMPOP / ZMPOP); wait on one key",
+        );
+    }
+    Ok(target)
+}
+
 /// Whether a blocking write on keys routed as `routes` must wait the replicated way: a key's
 /// category replicates, and the keys are not in a move without a replica named (those take
 /// the guarded path, as any category's; the replica is seeded once the move landed).
@@ -417,10 +451,14 @@ impl Client {
                 let rest = Request { args, raw: None };
                 return self.blocking(router, &rest, keys, spec).await;
             }
+            // Before each probe: the probe asks one instance, which must hold every key.
+            let target = match where_to_poll(&router, &routes, &poll) {
+                Ok(t) => t,
+                Err(text) => return Ok(Pending::Ready(super::error_reply(text))),
+            };
             let found = if probe {
                 let mut exists = vec![Bytes::from_static(b"EXISTS")];
                 exists.extend(sources.iter().map(|i| request.args[*i].clone()));
-                let target = routes[0].target;
                 let reply = self.call(&router, target, bundle(&[exists]), 1).await;
                 match reply {
                     Ok(r) => !r.first().starts_with(b":0"),
@@ -433,6 +471,11 @@ impl Client {
             } else {
                 true
             };
+            // A client gone before the pop is popped nothing for (what it would take is lost
+            // with its socket).
+            if self.liveness.hung_up() {
+                return Ok(Pending::Close(Bytes::new()));
+            }
             if found {
                 match self
                     .poll_replicated(&router, request, keys, &poll, &shape)
@@ -475,24 +518,19 @@ impl Client {
             .iter()
             .map(|i| router.resolver.resolve(&request.args[*i]))
             .collect();
-        let target = routes[0].target;
-        if routes.iter().any(|r| r.target != target) {
-            return Err(stop(
-                "CROSSINSTANCE the keys of this blocking command live on different instances",
-            ));
-        }
-        if routes.iter().any(|r| r.migration.is_some()) {
-            return Err(stop(
-                "TRYAGAIN redis-fleet: this key's range is being migrated, and replicated ranges \
-                 move without their replica (docs/replication.md); retry",
-            ));
-        }
+        let target = where_to_poll(router, &routes, poll).map_err(stop)?;
         let key_args: Vec<Bytes> = keys.iter().map(|i| request.args[*i].clone()).collect();
         let category = routes[0].category;
         let sent = self
             .send_write(router, target, key_args, routes, vec![poll.to_vec()])?
             .handing_over_what_it_took();
-        let reply = as_blocking_reply(shape, sent.spawn().await);
+        let reply = sent.spawn().await;
+        if reply.starts_with(LOST_WRITE_SCRIPT) {
+            // Nothing ran (the instance had lost the write script, now loaded again): the
+            // next poll tries again.
+            return Ok(None);
+        }
+        let reply = as_blocking_reply(shape, reply);
         router.categories[usize::from(category)].commands.inc();
         Ok((!is_nil(&reply)).then_some(reply))
     }

@@ -9,7 +9,8 @@
 //! per instance) run *inside* the write script. An application's script (`EVAL`, `EVALSHA`,
 //! `FCALL`) and a transaction (`MULTI … EXEC`) cannot — Redis runs no script or transaction from
 //! a script — so they run just *before* it, in one send on the same connection, and the write
-//! script only reads and versions the states of their declared keys ([`Shape::After`]). Another
+//! script only reads and versions the states of their declared keys and of the keys their
+//! scripts' recorder listed (`scripts::recording`, [`Shape::After`]). Another
 //! client's write may run in between; the states read are then that later write's, with a
 //! version above its own, so the replica still ends with the writer's newest state. Blocking
 //! pops poll their non-blocking form inside the write script (`blocking.rs`). Writes on a
@@ -38,6 +39,10 @@ use crate::redis::protocol::{guard, names};
 use crate::redis::resp::{Frame, Request};
 use crate::routing::keyspace::{CategoryId, InstanceId, Route};
 use crate::routing::table::ReplicationMode;
+
+/// How the reply to a write begins when its instance had lost the write script: nothing ran.
+pub(super) const LOST_WRITE_SCRIPT: &[u8] =
+    b"-TRYAGAIN redis-fleet: the instance had lost the write script";
 
 /// Results of `async` writes on their way to replicas, and their bytes, beyond which a result
 /// is dropped (and counted as a replica failure) rather than held: a replica that stopped
@@ -191,11 +196,12 @@ impl Client {
                     return None;
                 }
                 let recorded = recorded_set();
-                record_writes(&mut cmds[0], &recorded);
+                let recorder_ran = record_writes(&mut cmds[0], &recorded);
                 let capture = Capture {
                     keys,
                     routes,
                     recorded,
+                    recorder_ran,
                 };
                 return Some(
                     self.send_before_capture(router, target, capture, cmds, 0)
@@ -368,6 +374,8 @@ pub(super) struct Capture {
     pub keys: Vec<Bytes>,
     pub routes: Vec<Route>,
     pub recorded: Bytes,
+    /// A recorder ran ahead (its set must be there).
+    pub recorder_ran: bool,
 }
 
 impl Capture {
@@ -386,6 +394,7 @@ impl Capture {
             router.version(),
             &self.keys,
             &self.recorded,
+            self.recorder_ran,
         ))
     }
 }
@@ -409,19 +418,16 @@ pub(super) fn recorded_set() -> Bytes {
 /// An `EVAL` of a wrapped script (`scripts::rewrite`) made to record the keys it writes in
 /// set `recorded` ([`scripts::recording`]); other commands (`FCALL`: functions cannot be
 /// wrapped, and must declare the keys they write) are left as they are.
-pub(super) fn record_writes(cmd: &mut Vec<Bytes>, recorded: &Bytes) {
-    let is_eval = cmd
-        .first()
-        .is_some_and(|n| n.eq_ignore_ascii_case(b"EVAL") || n.eq_ignore_ascii_case(b"EVALSHA"));
+/// Whether it did.
+pub(super) fn record_writes(cmd: &mut Vec<Bytes>, recorded: &Bytes) -> bool {
+    // `scripts::rewrite` turned every EVALSHA of a script this sidecar knows into an EVAL.
+    let is_eval = cmd.first().is_some_and(|n| n.eq_ignore_ascii_case(b"EVAL"));
     if !is_eval || cmd.len() < 3 {
-        return;
-    }
-    if cmd[0].eq_ignore_ascii_case(b"EVALSHA") {
-        // `scripts::rewrite` turns every known EVALSHA into an EVAL of its body.
-        return;
+        return false;
     }
     cmd[1] = scripts::recording(&cmd[1]);
     cmd.push(recorded.clone());
+    true
 }
 
 /// The client's reply to a write sent as `sent`, once its result is in (and, for `sync`, on
@@ -509,6 +515,13 @@ impl Sent {
                 }
             },
         };
+        if let Some(client) = client_reply.as_ref().filter(|r| nothing_ran(r)) {
+            // An EXEC that a WATCH aborted, a transaction discarded, a script that never
+            // started: there is nothing to replicate, and the client must hear what happened
+            // (a WATCH loop retries on nil), not that the write ran.
+            let _ = tx.send(client.clone());
+            return;
+        }
         let answered = Instant::now();
         if client_reply.is_none() && reply.starts_with(b"-NOSCRIPT") {
             // The instance lost its scripts (`SCRIPT FLUSH`; each connection loads them when
@@ -520,9 +533,9 @@ impl Sent {
                 Bytes::from_static(replica::WRITE_SCRIPT.as_bytes()),
             ];
             let _ = self.router.send(self.target, self.lane, bundle(&[load]), 1);
-            let _ = tx.send(error_reply(
-                "TRYAGAIN redis-fleet: the instance had lost the write script (nothing ran); retry",
-            ));
+            let mut text = String::from_utf8_lossy(&LOST_WRITE_SCRIPT[1..]).into_owned();
+            text.push_str(" (nothing ran); retry");
+            let _ = tx.send(error_reply(&text));
             return;
         }
         let written = match parse(&reply)
@@ -697,6 +710,16 @@ pub(super) fn replicated_writes(router: &Router, written: &[Bytes]) -> Vec<(Byte
         }
     }
     out
+}
+
+/// Whether a script's or transaction's own reply says none of it ran: `EXEC` answering nil (a
+/// WATCHed key changed) or `-EXECABORT`, a script that was not found or not started (`-BUSY`
+/// of another script running).
+fn nothing_ran(reply: &[u8]) -> bool {
+    reply.starts_with(b"*-1")
+        || reply.starts_with(b"-EXECABORT")
+        || reply.starts_with(b"-NOSCRIPT")
+        || reply.starts_with(b"-BUSY")
 }
 
 /// Counts `reply` as a command of `category`.

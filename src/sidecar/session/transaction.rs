@@ -33,8 +33,6 @@ pub(super) struct Transaction {
     /// The keys of the queued commands that may write: on a replicated category, EXEC reads
     /// their states for the replicas (`replicated.rs`).
     written: Vec<Bytes>,
-    /// The set the queued scripts list the keys they write in, on a replicated fleet.
-    recorded: Option<Bytes>,
     /// Category TTL commands for keys the transaction writes, run inside it after them.
     after: Vec<Vec<Bytes>>,
     /// A command failed to queue: EXEC answers EXECABORT.
@@ -147,14 +145,6 @@ impl Client {
         }
         if spec.write || (spec.kind == Kind::Script && !spec.name.ends_with("_ro")) {
             t.written.extend(keys.iter().cloned());
-        }
-        let replicated = |r: &Arc<Router>| {
-            keys.iter()
-                .any(|k| r.resolver.replication(&r.resolver.resolve(k)).is_some())
-        };
-        if spec.kind == Kind::Script && router.as_ref().is_some_and(replicated) {
-            let recorded = t.recorded.get_or_insert_with(recorded_set);
-            record_writes(&mut args, recorded);
         }
         t.keys.extend(keys);
         t.queued.push(args);
@@ -343,15 +333,38 @@ impl Client {
             }
         };
         let replicated = replicated_writes(&router, &t.written);
-        if !replicated.is_empty() {
-            let recorded = t.recorded.clone().unwrap_or_else(recorded_set);
-            return self
-                .exec_replicated(&router, place, cmds, n, replicated, recorded)
-                .await;
+        let watched = self.watching.is_some();
+        let result = if replicated.is_empty() {
+            let watching = self.watching.take();
+            let result = self.run_exec(&router, place, &cmds, watching).await;
+            result.map(|exec| Pending::Ready(exec_prefix(&exec, n)))
+        } else {
+            // The queued scripts record the keys they write (`replicated.rs`), also those
+            // queued before the table replicated their keys.
+            let recorded = recorded_set();
+            let mut cmds = cmds;
+            let mut recorder_ran = false;
+            for c in cmds.iter_mut().take(n) {
+                recorder_ran |= record_writes(c, &recorded);
+            }
+            self.exec_replicated(
+                &router,
+                place,
+                cmds,
+                n,
+                replicated,
+                (recorded, recorder_ran),
+            )
+            .await
+        };
+        if matches!(result, Err(Interrupt::Stale)) && !watched {
+            // Refused unsent: a connection went over to a newer table. The EXEC is routed
+            // again (`handle_request`) and must find its transaction. (Under WATCH, the
+            // watching connection is gone with the attempt: the retry answers as Redis does
+            // without one, `EXEC without MULTI`.)
+            self.transaction = Some(t);
         }
-        let watching = self.watching.take();
-        let result = self.run_exec(&router, place, &cmds, watching).await;
-        result.map(|exec| Pending::Ready(exec_prefix(&exec, n)))
+        result
     }
 
     /// EXEC of a transaction that writes keys of replicated categories: `MULTI … EXEC` then, in
@@ -365,7 +378,7 @@ impl Client {
         cmds: Vec<Vec<Bytes>>,
         n: usize,
         written: Vec<(Bytes, Route)>,
-        recorded: Bytes,
+        (recorded, recorder_ran): (Bytes, bool),
     ) -> Dispatched {
         let target = match place {
             Place::On(target) => target,
@@ -391,6 +404,7 @@ impl Client {
             keys,
             routes,
             recorded,
+            recorder_ran,
         };
         let mut all = Vec::with_capacity(cmds.len() + 3);
         all.push(vec![Bytes::from_static(b"MULTI")]);
