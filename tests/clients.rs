@@ -190,6 +190,10 @@ fn go_redis() {
 /// The Node workload (`tests/clients/node/workload.mjs`) with `client`, run from the
 /// installed dependencies.
 fn node(pods: &Pods, client: &str, label: &str) {
+    run(label, node_command(pods, client));
+}
+
+fn node_command(pods: &Pods, client: &str) -> Command {
     let dir = install("node");
     let workload = support::control_plane::project_root().join("tests/clients/node/workload.mjs");
     let copy = dir.join("workload.mjs");
@@ -199,7 +203,7 @@ fn node(pods: &Pods, client: &str, label: &str) {
         .arg(client)
         .arg(pods.one.port.to_string())
         .arg(pods.two.port.to_string());
-    run(label, cmd);
+    cmd
 }
 
 #[test]
@@ -252,16 +256,8 @@ fn bullmq_on_a_replicated_category() {
         _a: a,
         _b: b,
     };
-    let dir = install("node");
-    let workload = support::control_plane::project_root().join("tests/clients/node/workload.mjs");
-    let copy = dir.join("workload.mjs");
-    std::fs::copy(&workload, &copy).unwrap();
-    let mut cmd = Command::new("node");
-    cmd.arg(&copy)
-        .arg("bullmq")
-        .arg(pods.one.port.to_string())
-        .arg(pods.two.port.to_string())
-        .env("KEEP_QUEUE", "1");
+    let mut cmd = node_command(&pods, "bullmq");
+    cmd.env("KEEP_QUEUE", "1");
     run("BullMQ 6.7.0 (ioredis), replicated", cmd);
     let (owner, replica) = if key_slot(b"{bull}") <= 8191 {
         (pods._a.port, pods._b.port)

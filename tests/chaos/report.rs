@@ -7,7 +7,7 @@ use crate::run::Row;
 
 /// The table's header.
 pub fn header() -> String {
-    "| seed | faults s | ops | acked writes | reads checked | lost writes | resurrected deletes | stale reads | phantoms | TTL violations | non-retryable errors | retryable errors | plans (succeeded) | Job pods (failed) | faults | failovers |\n\
+    "| seed | faults s | ops | acked writes | reads checked | lost writes | resurrected deletes | stale reads | phantoms | TTL violations | unexpected errors | expected errors | plans (succeeded) | Job pods (failed) | faults | failovers |\n\
      |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         .to_owned()
 }

@@ -49,7 +49,7 @@ pub struct Row {
     pub ttl: TtlReport,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
-    /// Errors that are neither retryable nor timeouts.
+    /// Errors no client should see (neither retryable, nor a timeout, nor `-NOREPLICA`).
     pub fatal: u64,
     /// Examples of those.
     pub fatal_examples: Vec<String>,
@@ -79,7 +79,7 @@ impl Row {
             && self.settled.is_ok()
     }
 
-    /// Retryable errors and timeouts.
+    /// Errors the faults may cause: retryable ones, timeouts, `-NOREPLICA`.
     pub fn retryable(&self) -> u64 {
         self.errors.values().sum::<u64>() - self.fatal
     }

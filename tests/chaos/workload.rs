@@ -162,6 +162,15 @@ impl Failure {
         )
     }
 
+    /// Errors the faults may cause that a client must not retry blindly: a retryable one, or
+    /// `-NOREPLICA` (a `sync` write ran on its owner, but its replica — stopped longer than
+    /// the request timeout, before the operator declared it unreachable — did not take it;
+    /// `docs/replication.md`). Its outcome counts as unknown: the owner may die before the
+    /// replica has it.
+    pub fn expected(&self) -> bool {
+        self.retryable() || self.kind == "NOREPLICA"
+    }
+
     fn of(e: &redis::RedisError) -> Failure {
         let kind = if e.is_timeout() {
             "timeout".to_owned()
@@ -273,7 +282,7 @@ pub struct Log {
     pub slow_examples: Vec<String>,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
-    /// Errors no client should see (neither retryable nor a timeout).
+    /// Errors no client should see (neither retryable, nor a timeout, nor `-NOREPLICA`).
     pub fatal: u64,
     /// Examples of those.
     pub fatal_examples: Vec<String>,
@@ -282,7 +291,7 @@ pub struct Log {
 impl Log {
     fn error(&mut self, key: &str, op: &str, via: usize, f: &Failure) {
         *self.errors.entry(f.kind.clone()).or_default() += 1;
-        if !f.retryable() {
+        if !f.expected() {
             self.fatal += 1;
             if self.fatal_examples.len() < 10 {
                 self.fatal_examples
@@ -339,31 +348,17 @@ struct Timed {
 
 /// Runs `cmd` through `client`, counting it in `log` (and as slow when it was).
 async fn timed(clock: &Clock, log: &mut Log, client: &mut Client, cmd: &redis::Cmd) -> Timed {
-    let (start, wall_start) = (clock.now(), wall_ms());
-    let reply = client.run(cmd).await;
-    let end = clock.now();
-    log.ops += 1;
-    if end - start > SLOW.as_nanos() as u64 {
-        log.slow += 1;
-    }
-    Timed {
-        start,
-        end,
-        wall_start,
-        wall_end: wall_ms(),
-        reply,
-    }
+    timed_reply(clock, log, client.run(cmd)).await
 }
 
-/// [`timed`] for a transaction: `EXEC`'s reply.
-async fn timed_pipeline(
+/// Awaits `reply`, timed and counted in `log` (and as slow when it was).
+async fn timed_reply(
     clock: &Clock,
     log: &mut Log,
-    client: &mut Client,
-    pipe: &redis::Pipeline,
+    reply: impl Future<Output = Result<Value, Failure>>,
 ) -> Timed {
     let (start, wall_start) = (clock.now(), wall_ms());
-    let reply = client.pipeline(pipe).await.map(Value::Array);
+    let reply = reply.await;
     let end = clock.now();
     log.ops += 1;
     if end - start > SLOW.as_nanos() as u64 {
@@ -515,7 +510,10 @@ pub async fn writer(shared: Arc<Shared>, w: usize, mut rng: Rng) -> Log {
                         .add_command(cmd.clone())
                         .cmd("EXEC")
                         .ignore_errors();
-                    let mut t = timed_pipeline(&clock, &mut log, client, &pipe).await;
+                    let reply = client.pipeline(&pipe);
+                    let mut t =
+                        timed_reply(&clock, &mut log, async { reply.await.map(Value::Array) })
+                            .await;
                     t.reply = t.reply.and_then(|v| {
                         let exec = match v {
                             Value::Array(mut replies) if replies.len() == 3 => replies.pop(),

@@ -147,6 +147,24 @@ end
     };
 }
 
+/// The writer's next counter (KEYS[2]): its clock in microseconds, or one more than the last
+/// counter when the clock has not moved on; returned as a number and as its text.
+macro_rules! next_counter {
+    () => {
+        r"
+local function next_counter()
+  local t = redis.call('TIME')
+  local counter = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if counter <= last then counter = last + 1 end
+  local c = string.format('%.0f', counter)
+  redis.call('SET', KEYS[2], c)
+  return counter, c
+end
+"
+    };
+}
+
 /// How long a recorded version is kept (see `forget_old!`); results held longer than a
 /// fraction of this are never applied (the sidecar's `MAX_HELD`).
 pub const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
@@ -162,6 +180,7 @@ pub const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600
 /// a command refused there leaves the script nothing to write, and its error is the reply.
 pub const WRITE_SCRIPT: &str = concat!(
     forget_old!(),
+    next_counter!(),
     r"
 local n = (#KEYS - 2) / 2
 local epoch = tonumber(ARGV[#ARGV - n])
@@ -179,12 +198,7 @@ if first == nil then first = false end
 for i = 1, n do
   redis.call('HSET', KEYS[1], slots[i], e)
 end
-local t = redis.call('TIME')
-local counter = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-if counter <= last then counter = last + 1 end
-local c = string.format('%.0f', counter)
-redis.call('SET', KEYS[2], c)
+local counter, c = next_counter()
 local version = e .. ':' .. c
 local out = {e, c, first}
 for i = 3, #KEYS, 2 do
@@ -243,6 +257,7 @@ end
 /// PTTL) per declared key, (key, DUMP, PTTL) per other recorded key}`.
 pub const CAPTURE_SCRIPT: &str = concat!(
     forget_old!(),
+    next_counter!(),
     key_slot_lua!(),
     r"
 local recorded = redis.call('SMEMBERS', KEYS[3])
@@ -276,12 +291,7 @@ local e = string.format('%.0f', epoch)
 for i = 1, #slots do
   redis.call('HSET', KEYS[1], slots[i], e)
 end
-local t = redis.call('TIME')
-local counter = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-if counter <= last then counter = last + 1 end
-local c = string.format('%.0f', counter)
-redis.call('SET', KEYS[2], c)
+local counter, c = next_counter()
 local version = e .. ':' .. c
 local out = {e, c, false}
 for i = 1, #keys do

@@ -24,7 +24,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::super::backend::{BackendError, Replies, ReplyReceiver, SendError};
-use super::super::command::{Kind, Resolved, Split};
+use super::super::command::{CommandSpec, Kind, Resolved, Split};
 use super::super::metrics::{CategoryMetrics, SidecarMetrics};
 use super::super::router::Router;
 use super::super::scripts;
@@ -142,20 +142,9 @@ impl Client {
                         spec.name.to_ascii_uppercase()
                     )))));
                 }
-                let cmds = match ttl_action(
-                    router,
-                    spec,
-                    &request.args,
-                    routes.iter().map(|r| r.category),
-                ) {
-                    TtlAction::Unchanged => vec![request.args.clone()],
-                    TtlAction::Replace(args) => vec![args],
-                    TtlAction::Append(extra) => {
-                        let mut c = vec![request.args.clone()];
-                        c.extend(extra);
-                        c
-                    }
-                    TtlAction::Refuse(text) => return Some(Ok(Pending::Ready(error_reply(&text)))),
+                let cmds = match with_ttl_commands(router, spec, &request.args, &routes) {
+                    Ok(cmds) => cmds,
+                    Err(text) => return Some(Ok(Pending::Ready(error_reply(&text)))),
                 };
                 // Sent now, in the client's order; answered when its result is in.
                 return Some(
@@ -170,20 +159,9 @@ impl Client {
                         "CROSSINSTANCE the keys of this script live on different instances",
                     ))));
                 }
-                let mut cmds = match ttl_action(
-                    router,
-                    spec,
-                    &request.args,
-                    routes.iter().map(|r| r.category),
-                ) {
-                    TtlAction::Unchanged => vec![request.args.clone()],
-                    TtlAction::Replace(args) => vec![args],
-                    TtlAction::Append(extra) => {
-                        let mut c = vec![request.args.clone()];
-                        c.extend(extra);
-                        c
-                    }
-                    TtlAction::Refuse(text) => return Some(Ok(Pending::Ready(error_reply(&text)))),
+                let mut cmds = match with_ttl_commands(router, spec, &request.args, &routes) {
+                    Ok(cmds) => cmds,
+                    Err(text) => return Some(Ok(Pending::Ready(error_reply(&text)))),
                 };
                 let legacy = router.backend(target).legacy();
                 for c in cmds.iter_mut().skip(1) {
@@ -712,6 +690,26 @@ pub(super) fn replicated_writes(router: &Router, written: &[Bytes]) -> Vec<(Byte
     out
 }
 
+/// The client's command `args` (of `spec`, on keys routed as `routes`) with the TTL commands
+/// their categories' rules add after it (or in its place), or the text of the refusal.
+fn with_ttl_commands(
+    router: &Router,
+    spec: &CommandSpec,
+    args: &[Bytes],
+    routes: &[Route],
+) -> Result<Vec<Vec<Bytes>>, String> {
+    match ttl_action(router, spec, args, routes.iter().map(|r| r.category)) {
+        TtlAction::Unchanged => Ok(vec![args.to_vec()]),
+        TtlAction::Replace(replaced) => Ok(vec![replaced]),
+        TtlAction::Append(extra) => {
+            let mut cmds = vec![args.to_vec()];
+            cmds.extend(extra);
+            Ok(cmds)
+        }
+        TtlAction::Refuse(text) => Err(text),
+    }
+}
+
 /// Whether a script's or transaction's own reply says none of it ran: `EXEC` answering nil (a
 /// WATCHed key changed) or `-EXECABORT`, a script that was not found or not started (`-BUSY`
 /// of another script running).
@@ -818,6 +816,29 @@ enum Handed {
     Over,
 }
 
+/// How long a result waits for this sidecar to load the table an instance is fenced at.
+const NEWER_TABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until this sidecar routes by table `fence` or later (at most [`NEWER_TABLE_WAIT`]).
+async fn newer_table(shared: &Shared, fence: u64, instance: &str) -> Result<(), String> {
+    let waited = Instant::now();
+    while shared
+        .router
+        .load()
+        .as_ref()
+        .is_none_or(|r| r.version() < fence)
+    {
+        if waited.elapsed() > NEWER_TABLE_WAIT {
+            return Err(format!(
+                "this sidecar's routing table is behind the fleet (instance {instance} needs \
+                 v{fence} or later)"
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// Sends the apply of `part` to its replica and waits for it; `Err` with the reason when the
 /// replica did not take all of it. A table loaded meanwhile (the replica's connection then
 /// refuses requests routed by the older one) sends it again by the table in use when that
@@ -841,7 +862,14 @@ async fn apply(
         let args = replica::apply_command(policy, &part.written, answered.elapsed(), by_body);
         let rx = match current.send(id, lane, bundle(&[args]), 1) {
             Ok(rx) => rx,
-            Err(SendError::Stale) => {
+            Err(refused) => {
+                if let SendError::Fenced { fence, .. } = refused {
+                    // The fleet is past this sidecar's table (the replica is fenced above it):
+                    // the operator published a newer one, which this sidecar loads in a
+                    // moment. The write ran, so its result waits for that table rather than
+                    // fail; it is then routed by it, as after any table change.
+                    newer_table(shared, fence, &name).await?;
+                }
                 current = shared.router.load_full().ok_or("no routing table")?;
                 let Some(now) = current.resolver.instance_id(&name) else {
                     // It left the table: these keys have another replica or none now.
@@ -874,7 +902,6 @@ async fn apply(
                 id = now;
                 continue;
             }
-            Err(e) => return Err(String::from_utf8_lossy(&e.reply()).trim().to_owned()),
         };
         let reply = rx
             .await
