@@ -13,8 +13,6 @@ use std::sync::Mutex;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::redis::protocol::names;
-
 /// Commands a script may not run through the sidecar (those Redis allows in scripts at all).
 const REFUSED: &[&str] = &[
     "flushall",
@@ -98,8 +96,8 @@ pub fn declares_no_writes(body: &[u8]) -> bool {
 /// every key a write command of the script named (`COMMAND GETKEYS`), declared in `KEYS` or
 /// not: queues such as BullMQ build job keys from a prefix inside their scripts. The write
 /// script that runs right after the script reads the set (`redis::protocol::replica`). The set
-/// holds `names::RECORDING` from the start, so that a set gone by then (evicted, or never written
-/// on an instance out of memory) is told apart from a script that wrote nothing.
+/// is written only after the script's first write: a script that has written nothing yet can
+/// still be stopped with `SCRIPT KILL`.
 fn recorder() -> &'static str {
     static RECORDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     RECORDER.get_or_init(|| {
@@ -111,21 +109,20 @@ fn recorder() -> &'static str {
         writes.sort();
         format!(
             "local __redisfleet_written = table.remove(ARGV) \
-pcall(redis.call, 'SADD', __redisfleet_written, '{}') \
-pcall(redis.call, 'PEXPIRE', __redisfleet_written, 120000) \
 local redis = (function(real) \
 local writes = {{{}}} \
+local expiring = false \
 local function record(...) \
 if not writes[string.lower(tostring((select(1, ...))))] then return end \
 local ok, keys = pcall(real.call, 'COMMAND', 'GETKEYS', ...) \
 if not ok or type(keys) ~= 'table' then return end \
 for i = 1, #keys do real.call('SADD', __redisfleet_written, keys[i]) end \
+if not expiring then expiring = true real.call('PEXPIRE', __redisfleet_written, 120000) end \
 end \
 local t = setmetatable({{}}, {{__index = real}}) \
 t.call = function(...) local r = real.call(...) record(...) return r end \
 t.pcall = function(...) local r = real.pcall(...) record(...) return r end \
 return t end)(redis)",
-            names::RECORDING,
             writes.join(",")
         )
     })

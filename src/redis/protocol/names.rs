@@ -87,11 +87,6 @@ pub fn version_counter(policy: &str) -> String {
     format!("redisfleet:version-counter:{policy}")
 }
 
-/// The member a script's recorder puts in its [`script_writes`] set first: a set without it
-/// was lost (evicted, or never written on an instance out of memory). Under the reserved
-/// prefix, so no application key is named so.
-pub const RECORDING: &str = "redisfleet:recording";
-
 /// Set: the keys an application's script wrote on a replicated category, as its recorder
 /// (`sidecar/scripts.rs`) lists them for the write script that runs after it (see
 /// `replica.rs`); `token` is unique per script run.

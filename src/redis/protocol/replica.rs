@@ -251,24 +251,19 @@ end
 /// keys they declared and of the keys the script's recorder (`sidecar/scripts.rs`) listed in
 /// a set, which it deletes. KEYS: the writer's epoch, the policy's counter, the recorded set,
 /// then for each declared key its slot's applied-versions hash and the key. ARGV: the policy,
-/// the sidecar's table version, `1` when a recorder ran (its set must hold
-/// [`names::RECORDING`]; without it the script's keys are unknown, and nothing is read: the
-/// error `-NORECORD`), then each declared key's slot. Replies `{epoch, counter, false, (DUMP,
-/// PTTL) per declared key, (key, DUMP, PTTL) per other recorded key}`.
+/// the sidecar's table version, then each declared key's slot. Replies `{epoch, counter,
+/// false, (DUMP, PTTL) per declared key, (key, DUMP, PTTL) per other recorded key}`.
 pub const CAPTURE_SCRIPT: &str = concat!(
     forget_old!(),
     next_counter!(),
     key_slot_lua!(),
     r"
 local recorded = redis.call('SMEMBERS', KEYS[3])
-if ARGV[3] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[4]) == 0 then
-  return redis.error_reply('NORECORD the keys the script wrote were not recorded')
-end
 local keys, hashes, slots, declared = {}, {}, {}, {}
 for i = 4, #KEYS, 2 do
   keys[#keys + 1] = KEYS[i + 1]
   hashes[#hashes + 1] = KEYS[i]
-  slots[#slots + 1] = ARGV[4 + #keys]
+  slots[#slots + 1] = ARGV[2 + #keys]
   declared[KEYS[i + 1]] = true
 end
 local known = #keys
@@ -400,16 +395,10 @@ pub fn write_command(
 }
 
 /// `EVAL <capture> …`: reads and versions the states of `keys` and of the keys listed in set
-/// `recorded` (deleted; it must exist when `recorder_ran`), on the writer routed there by table
+/// `recorded` (deleted), on the writer routed there by table
 /// `version`, right after a script or transaction ran there. By body: it runs after the client's command, too late for a
 /// `NOSCRIPT` to send both again. The reply is read by [`parse_captured`].
-pub fn capture_command(
-    policy: &str,
-    version: u64,
-    keys: &[Bytes],
-    recorded: &Bytes,
-    recorder_ran: bool,
-) -> Vec<Bytes> {
+pub fn capture_command(policy: &str, version: u64, keys: &[Bytes], recorded: &Bytes) -> Vec<Bytes> {
     let pairs = key_pairs(policy, keys.iter());
     let mut out = Vec::with_capacity(10 + pairs.len() + keys.len());
     out.extend(super::script_head(CAPTURE_SCRIPT, "", true));
@@ -420,8 +409,6 @@ pub fn capture_command(
     out.extend(pairs);
     out.push(Bytes::from(policy.to_owned()));
     out.push(Bytes::from(version.to_string()));
-    out.push(Bytes::from_static(if recorder_ran { b"1" } else { b"0" }));
-    out.push(Bytes::from_static(names::RECORDING.as_bytes()));
     out.extend(keys.iter().map(|k| Bytes::from(key_slot(k).to_string())));
     out
 }

@@ -39,7 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::backend::{BackendError, Dedicated, Replies, ReplyReceiver, SendError};
-use super::command::{self, Kind, LocalCommand, Resolved};
+use super::command::{self, Kind, LocalCommand, Resolved, TxnCommand};
 use super::fleet::FleetView;
 use super::metrics::SidecarMetrics;
 use super::router::Router;
@@ -640,6 +640,12 @@ impl Client {
                 Err(Interrupt::Reply(b)) => return Pending::Ready(b),
                 Err(Interrupt::Stale) => tokio::task::yield_now().await,
             }
+        }
+        if spec.kind == Kind::Transaction(TxnCommand::Exec) {
+            // An EXEC refused unsent keeps its transaction for the next attempt; after the
+            // last one it ends, as EXEC ends it in Redis whatever its answer.
+            self.transaction = None;
+            self.unwatch().await;
         }
         Pending::Ready(SendError::Stale.reply())
     }

@@ -174,12 +174,11 @@ impl Client {
                     return None;
                 }
                 let recorded = recorded_set();
-                let recorder_ran = record_writes(&mut cmds[0], &recorded);
+                record_writes(&mut cmds[0], &recorded);
                 let capture = Capture {
                     keys,
                     routes,
                     recorded,
-                    recorder_ran,
                 };
                 return Some(
                     self.send_before_capture(router, target, capture, cmds, 0)
@@ -352,8 +351,6 @@ pub(super) struct Capture {
     pub keys: Vec<Bytes>,
     pub routes: Vec<Route>,
     pub recorded: Bytes,
-    /// A recorder ran ahead (its set must be there).
-    pub recorder_ran: bool,
 }
 
 impl Capture {
@@ -372,7 +369,6 @@ impl Capture {
             router.version(),
             &self.keys,
             &self.recorded,
-            self.recorder_ran,
         ))
     }
 }
@@ -396,16 +392,16 @@ pub(super) fn recorded_set() -> Bytes {
 /// An `EVAL` of a wrapped script (`scripts::rewrite`) made to record the keys it writes in
 /// set `recorded` ([`scripts::recording`]); other commands (`FCALL`: functions cannot be
 /// wrapped, and must declare the keys they write) are left as they are.
-/// Whether it did.
-pub(super) fn record_writes(cmd: &mut Vec<Bytes>, recorded: &Bytes) -> bool {
+/// A script declaring `flags=no-writes` is left as it is too: it writes nothing (and Redis
+/// would refuse the recorder's writes in it).
+pub(super) fn record_writes(cmd: &mut Vec<Bytes>, recorded: &Bytes) {
     // `scripts::rewrite` turned every EVALSHA of a script this sidecar knows into an EVAL.
     let is_eval = cmd.first().is_some_and(|n| n.eq_ignore_ascii_case(b"EVAL"));
-    if !is_eval || cmd.len() < 3 {
-        return false;
+    if !is_eval || cmd.len() < 3 || scripts::declares_no_writes(&cmd[1]) {
+        return;
     }
     cmd[1] = scripts::recording(&cmd[1]);
     cmd.push(recorded.clone());
-    true
 }
 
 /// The client's reply to a write sent as `sent`, once its result is in (and, for `sync`, on
@@ -714,10 +710,12 @@ fn with_ttl_commands(
 /// WATCHed key changed) or `-EXECABORT`, a script that was not found or not started (`-BUSY`
 /// of another script running).
 fn nothing_ran(reply: &[u8]) -> bool {
+    // With the space: `-BUSYGROUP` or `-BUSYKEY` from a command inside a script that had
+    // written before is not one of them.
     reply.starts_with(b"*-1")
-        || reply.starts_with(b"-EXECABORT")
-        || reply.starts_with(b"-NOSCRIPT")
-        || reply.starts_with(b"-BUSY")
+        || reply.starts_with(b"-EXECABORT ")
+        || reply.starts_with(b"-NOSCRIPT ")
+        || reply.starts_with(b"-BUSY ")
 }
 
 /// Counts `reply` as a command of `category`.
@@ -816,8 +814,10 @@ enum Handed {
     Over,
 }
 
-/// How long a result waits for this sidecar to load the table an instance is fenced at.
-const NEWER_TABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a result waits for this sidecar to load the table an instance is fenced at: about
+/// two heartbeats, within which a sidecar that keeps up has it; one further behind answers
+/// `-NOREPLICA` rather than hold the client longer.
+const NEWER_TABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Waits until this sidecar routes by table `fence` or later (at most [`NEWER_TABLE_WAIT`]).
 async fn newer_table(shared: &Shared, fence: u64, instance: &str) -> Result<(), String> {

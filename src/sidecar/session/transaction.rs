@@ -339,23 +339,8 @@ impl Client {
             let result = self.run_exec(&router, place, &cmds, watching).await;
             result.map(|exec| Pending::Ready(exec_prefix(&exec, n)))
         } else {
-            // The queued scripts record the keys they write (`replicated.rs`), also those
-            // queued before the table replicated their keys.
-            let recorded = recorded_set();
-            let mut cmds = cmds;
-            let mut recorder_ran = false;
-            for c in cmds.iter_mut().take(n) {
-                recorder_ran |= record_writes(c, &recorded);
-            }
-            self.exec_replicated(
-                &router,
-                place,
-                cmds,
-                n,
-                replicated,
-                (recorded, recorder_ran),
-            )
-            .await
+            self.exec_replicated(&router, place, cmds, n, replicated)
+                .await
         };
         if matches!(result, Err(Interrupt::Stale)) && !watched {
             // Refused unsent: a connection went over to a newer table. The EXEC is routed
@@ -378,7 +363,6 @@ impl Client {
         cmds: Vec<Vec<Bytes>>,
         n: usize,
         written: Vec<(Bytes, Route)>,
-        (recorded, recorder_ran): (Bytes, bool),
     ) -> Dispatched {
         let target = match place {
             Place::On(target) => target,
@@ -400,11 +384,17 @@ impl Client {
             }
         };
         let (keys, routes): (Vec<Bytes>, Vec<Route>) = written.into_iter().unzip();
+        // The queued scripts record the keys they write (`replicated.rs`), also those queued
+        // before the table replicated their keys.
+        let recorded = recorded_set();
+        let mut cmds = cmds;
+        for c in cmds.iter_mut().take(n) {
+            record_writes(c, &recorded);
+        }
         let capture = Capture {
             keys,
             routes,
             recorded,
-            recorder_ran,
         };
         let mut all = Vec::with_capacity(cmds.len() + 3);
         all.push(vec![Bytes::from_static(b"MULTI")]);
