@@ -98,7 +98,13 @@ pub fn script_writes(token: &str) -> String {
 /// Hash, one per slot: key → version of the last result applied to (or written on) this
 /// instance for that key (see `replica.rs`).
 pub fn applied_versions(policy: &str, slot: u16) -> String {
-    format!("redisfleet:applied:{policy}:{slot}")
+    format!("{}{slot}", applied_versions_prefix(policy))
+}
+
+/// [`applied_versions`] without its slot: a script that computes slots itself (the capture,
+/// `replica.rs`) appends them.
+pub fn applied_versions_prefix(policy: &str) -> String {
+    format!("redisfleet:applied:{policy}:")
 }
 
 /// String: set on an instance when it starts to hold replicated data of `policy` (the seeding

@@ -250,9 +250,10 @@ end
 /// transaction (which cannot run inside a script): it reads and versions the states of the
 /// keys they declared and of the keys the script's recorder (`sidecar/scripts.rs`) listed in
 /// a set, which it deletes. KEYS: the writer's epoch, the policy's counter, the recorded set,
-/// then for each declared key its slot's applied-versions hash and the key. ARGV: the policy,
-/// the sidecar's table version, then each declared key's slot. Replies `{epoch, counter,
-/// false, (DUMP, PTTL) per declared key, (key, DUMP, PTTL) per other recorded key}`.
+/// then for each declared key its slot's applied-versions hash and the key. ARGV: the policy's
+/// applied-versions hash name without its slot (`names::applied_versions_prefix`), the
+/// sidecar's table version, then each declared key's slot. Replies `{epoch, counter, false,
+/// (DUMP, PTTL) per declared key, (key, DUMP, PTTL) per other recorded key}`.
 pub const CAPTURE_SCRIPT: &str = concat!(
     forget_old!(),
     next_counter!(),
@@ -272,7 +273,7 @@ for _, k in ipairs(recorded) do
     declared[k] = true
     local slot = tostring(key_slot(k))
     keys[#keys + 1] = k
-    hashes[#hashes + 1] = 'redisfleet:applied:' .. ARGV[1] .. ':' .. slot
+    hashes[#hashes + 1] = ARGV[1] .. slot
     slots[#slots + 1] = slot
   end
 end
@@ -407,7 +408,7 @@ pub fn capture_command(policy: &str, version: u64, keys: &[Bytes], recorded: &By
     out.push(Bytes::from(names::version_counter(policy)));
     out.push(recorded.clone());
     out.extend(pairs);
-    out.push(Bytes::from(policy.to_owned()));
+    out.push(Bytes::from(names::applied_versions_prefix(policy)));
     out.push(Bytes::from(version.to_string()));
     out.extend(keys.iter().map(|k| Bytes::from(key_slot(k).to_string())));
     out

@@ -412,9 +412,13 @@ impl Client {
     ) -> Dispatched {
         let Some(at) = timeout_at(spec.name, &request.args) else {
             // XREADGROUP without BLOCK: one write, as any other.
-            let (poll, shape) = (request.args.clone(), PollReply::Same);
+            let routes: Vec<Route> = keys
+                .iter()
+                .map(|i| router.resolver.resolve(&request.args[*i]))
+                .collect();
+            let target = where_to_poll(&router, &routes, &request.args).map_err(stop)?;
             return self
-                .poll_replicated(&router, request, keys, &poll, &shape)
+                .poll_replicated(&router, request, keys, (target, routes), &request.args)
                 .await
                 .map(|r| Pending::Ready(r.unwrap_or_else(|| Frame::NullArray.to_bytes())));
         };
@@ -478,10 +482,10 @@ impl Client {
             }
             if found {
                 match self
-                    .poll_replicated(&router, request, keys, &poll, &shape)
+                    .poll_replicated(&router, request, keys, (target, routes), &poll)
                     .await
                 {
-                    Ok(Some(reply)) => return Ok(Pending::Ready(reply)),
+                    Ok(Some(reply)) => return Ok(Pending::Ready(as_blocking_reply(&shape, reply))),
                     Ok(None) => {}
                     Err(Interrupt::Stale) => {
                         router = self.shared.router.load_full().unwrap_or(router);
@@ -503,22 +507,17 @@ impl Client {
         }
     }
 
-    /// One poll (`poll`, the non-blocking form) of a blocking command on replicated keys,
-    /// inside the write script: the reply in the blocking command's shape, `None` when it
-    /// found nothing.
+    /// One poll (`poll`, the non-blocking form) of a blocking command on replicated keys, routed
+    /// as `routes` to `target` ([`where_to_poll`]), inside the write script: its reply, `None`
+    /// when it found nothing.
     async fn poll_replicated(
         &mut self,
         router: &Arc<Router>,
         request: &Request,
         keys: &[usize],
+        (target, routes): (InstanceId, Vec<Route>),
         poll: &[Bytes],
-        shape: &PollReply,
     ) -> Result<Option<Bytes>, Interrupt> {
-        let routes: Vec<Route> = keys
-            .iter()
-            .map(|i| router.resolver.resolve(&request.args[*i]))
-            .collect();
-        let target = where_to_poll(router, &routes, poll).map_err(stop)?;
         let key_args: Vec<Bytes> = keys.iter().map(|i| request.args[*i].clone()).collect();
         let category = routes[0].category;
         let sent = self
@@ -530,7 +529,6 @@ impl Client {
             // next poll tries again.
             return Ok(None);
         }
-        let reply = as_blocking_reply(shape, reply);
         router.categories[usize::from(category)].commands.inc();
         Ok((!is_nil(&reply)).then_some(reply))
     }
