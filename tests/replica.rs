@@ -1679,7 +1679,13 @@ fn a_replica_that_does_not_answer_fails_sync_writes_with_noreplica() {
         c.send(&args("INCR auth:r"));
         let reply = c.read_raw().map(|r| frame(&r));
         // Longer than the request timeout: an async apply waiting for the replica fails too.
-        std::thread::sleep(Duration::from_millis(1_500));
+        // Meanwhile an async result is on its way, and the sidecar says how old it is.
+        let frozen = Instant::now();
+        let mut oldest = 0.0f64;
+        while frozen.elapsed() < Duration::from_millis(1_500) {
+            oldest = oldest.max(backlog_age(&sidecar.metrics()));
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(support::process::signal(pid, "-CONT"));
         let reply = reply.unwrap_or_else(|| panic!("{mode:?}: no reply\n{}", sidecar.log_tail(20)));
         let mut on_a = RawConn::open(a.port);
@@ -1703,10 +1709,32 @@ fn a_replica_that_does_not_answer_fails_sync_writes_with_noreplica() {
                     "{}",
                     sidecar.metrics()
                 );
+                assert!(
+                    oldest >= 0.3,
+                    "the result's age was never reported: {oldest}"
+                );
+                assert_eq!(
+                    backlog_age(&sidecar.metrics()),
+                    0.0,
+                    "nothing is on its way"
+                );
             }
         }
+        assert!(
+            oldest == 0.0 || mode == ReplicationMode::Async,
+            "{mode:?}: {oldest}"
+        );
         on_a.cmd("DEL auth:r");
     }
+}
+
+/// `redisfleet_sidecar_replication_backlog_age_seconds` in a sidecar's metrics.
+fn backlog_age(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redisfleet_sidecar_replication_backlog_age_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no backlog age in\n{metrics}"))
 }
 
 /// A writer whose clock runs twenty minutes behind its replica's: the replica must not take

@@ -4,12 +4,15 @@
 //! The hot path never looks a series up by labels: each routing table version resolves its
 //! categories' counters once, and each backend gets its own handles.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -46,6 +49,8 @@ pub struct SidecarMetrics {
     pub replication_backlog: Gauge,
     /// Their bytes (keys and `DUMP` payloads).
     pub replication_backlog_bytes: Gauge,
+    /// How long the oldest of them has been on its way.
+    pub replication_backlog_age: Arc<BacklogAge>,
     /// Client connections open.
     pub clients: Gauge,
     /// Routing table version in use.
@@ -124,6 +129,7 @@ impl SidecarMetrics {
             replication_lag: Family::new_with_constructor(latency_histogram),
             replication_backlog: Gauge::default(),
             replication_backlog_bytes: Gauge::default(),
+            replication_backlog_age: Arc::default(),
             clients: Gauge::default(),
             routing_version: Gauge::default(),
             reloads: Counter::default(),
@@ -192,6 +198,7 @@ impl SidecarMetrics {
             "Bytes of the results of async writes on their way to a replica",
             m.replication_backlog_bytes.clone(),
         );
+        r.register_collector(Box::new(m.replication_backlog_age.clone()));
         r.register(
             "client_connections",
             "Client connections open",
@@ -254,5 +261,59 @@ impl BackendMetrics {
     /// Records a reply's latency.
     pub fn observe(&self, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
+    }
+}
+
+/// When each `async` result on its way to a replica was answered by its writer, so that a
+/// scrape tells the age of the oldest: the replication lag as it stands now. The lag histogram
+/// only learns of a result once it arrived; a replica that stopped taking them shows here at
+/// once, and a write acknowledged longer ago than this age (with no replica failure counted)
+/// is on its replica.
+#[derive(Debug, Default)]
+pub struct BacklogAge {
+    /// (answered, ticket) of each result in flight; tickets tell equal moments apart.
+    in_flight: Mutex<(u64, BTreeSet<(Instant, u64)>)>,
+}
+
+/// A result's entry in [`BacklogAge`].
+#[derive(Debug)]
+pub struct BacklogEntry(Instant, u64);
+
+impl BacklogAge {
+    /// Counts a result answered at `answered` until [`BacklogAge::leave`].
+    pub fn enter(&self, answered: Instant) -> BacklogEntry {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.0 += 1;
+        let ticket = in_flight.0;
+        in_flight.1.insert((answered, ticket));
+        BacklogEntry(answered, ticket)
+    }
+
+    /// The result of `entry` arrived, failed or was dropped.
+    pub fn leave(&self, entry: &BacklogEntry) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.1.remove(&(entry.0, entry.1));
+    }
+
+    /// How long ago the oldest result in flight was answered (zero when none is).
+    pub fn oldest(&self) -> Duration {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight
+            .1
+            .first()
+            .map_or(Duration::ZERO, |(answered, _)| answered.elapsed())
+    }
+}
+
+impl Collector for BacklogAge {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(self.oldest().as_secs_f64());
+        let metric = encoder.encode_descriptor(
+            "replication_backlog_age_seconds",
+            "Time since the writer answered the oldest async write whose result is still on its way to a replica (0: none)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
     }
 }

@@ -25,7 +25,7 @@ use bytes::Bytes;
 
 use super::super::backend::{BackendError, Replies, ReplyReceiver, SendError};
 use super::super::command::{CommandSpec, Kind, Resolved, Split};
-use super::super::metrics::{CategoryMetrics, SidecarMetrics};
+use super::super::metrics::{BacklogEntry, CategoryMetrics, SidecarMetrics};
 use super::super::router::Router;
 use super::super::scripts;
 use super::super::ttl::TtlAction;
@@ -581,7 +581,7 @@ impl Sent {
                 }
                 None
             } else {
-                Some(InFlight::new(&self.shared.metrics, bytes))
+                Some(InFlight::new(&self.shared.metrics, bytes, answered))
             }
         };
         if self.hand_over && failure.is_some() {
@@ -786,13 +786,19 @@ impl ForReplica {
 struct InFlight<'m> {
     metrics: &'m SidecarMetrics,
     bytes: i64,
+    age: BacklogEntry,
 }
 
 impl<'m> InFlight<'m> {
-    fn new(metrics: &'m SidecarMetrics, bytes: i64) -> Self {
+    fn new(metrics: &'m SidecarMetrics, bytes: i64, answered: Instant) -> Self {
         metrics.replication_backlog.inc();
         metrics.replication_backlog_bytes.inc_by(bytes);
-        Self { metrics, bytes }
+        let age = metrics.replication_backlog_age.enter(answered);
+        Self {
+            metrics,
+            bytes,
+            age,
+        }
     }
 }
 
@@ -800,6 +806,7 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.metrics.replication_backlog.dec();
         self.metrics.replication_backlog_bytes.dec_by(self.bytes);
+        self.metrics.replication_backlog_age.leave(&self.age);
     }
 }
 
