@@ -520,6 +520,22 @@ pub fn table_to_publish(
                 .or_insert_with(|| v.endpoint.clone());
         }
     }
+    // Both ends of every move of a plan under way stay reachable: its Job finds them in the
+    // published table, and the flip's migrations name them. Placement alone may no longer
+    // name a move's target (a balance plan's targets are its own), and a table migrating to an
+    // instance it does not list is invalid: the plan never flipped.
+    if let Some(r) = rb.filter(|r| r.is_active()) {
+        for m in &r.moves {
+            for name in [&m.from, &m.to] {
+                if let Some(v) = views.iter().find(|v| &v.name == name) {
+                    table
+                        .instances
+                        .entry(name.clone())
+                        .or_insert_with(|| v.endpoint.clone());
+                }
+            }
+        }
+    }
     let transition = shape_for_rebalance(&mut table, rb);
     (table, transition)
 }

@@ -857,3 +857,41 @@ fn a_held_table_names_every_instance_it_routes_to() {
         held.failover
     );
 }
+
+#[test]
+fn a_plan_s_target_that_placement_no_longer_names_stays_in_the_table() {
+    // Chaos seed 6: a balance plan moved ranges onto the secondary, which placement gave
+    // nothing of its own (and whose replica entries the plan's moves strip). The table that
+    // flipped the plan named the secondary in its migrations but not among its instances: an
+    // invalid table, so the operator published nothing, and the plan waited forever.
+    let placement = two_instance_table();
+    let mut desired = placement.clone();
+    desired.instances.remove("secondary");
+    desired.categories[0].slots = vec![(0, 16383, "primary".to_owned()).into()];
+    let views = vec![
+        view("primary", InstancePhase::Ready, false),
+        view("secondary", InstancePhase::Ready, false),
+    ];
+    let moves = to_status(&[Move {
+        category: "auth".into(),
+        range: SlotRange::new(0, 99),
+        from: "primary".into(),
+        to: "secondary".into(),
+        bytes: 0,
+    }]);
+    for step in [None, Some(rebalance_step::PREPARED)] {
+        let r = RebalanceStatus {
+            phase: rebalance_phase::PREPARING.to_owned(),
+            plan_id: 7,
+            step: step.map(str::to_owned),
+            moves: moves.clone(),
+            ..RebalanceStatus::default()
+        };
+        let (table, _) = table_to_publish(&desired, Some(&desired), &views, Some(&r), true);
+        table.validate().unwrap();
+        assert!(
+            table.instances.contains_key("secondary"),
+            "{step:?}: {table:?}"
+        );
+    }
+}
