@@ -1199,6 +1199,11 @@ fn replicated_auth(policy: String) -> String {
     fast_cooldown(policy).replace(auth, &format!("{auth}      replication: Sync\n"))
 }
 
+/// The shop's policy with `auth` replicated `Async`.
+fn async_auth(policy: String) -> String {
+    replicated_auth(policy).replace("replication: Sync", "replication: Async")
+}
+
 /// Keys of the replicated category, and of a warm one its owner's death does not touch.
 const REPLICATED_TRAFFIC: &[&str] = &["auth:", "session:", "user:"];
 
@@ -1310,6 +1315,62 @@ async fn a_replicated_category_survives_its_owners_death_twice_and_fails_back_wi
         "warm failover twice: {} ops, {acked} replicated keys acknowledged and read back, {} errors \
          (while the owner was down), plan {plan}",
         ledger.ops,
+        ledger.errors.len()
+    );
+}
+
+/// `async`: the owner is `kill -9`ed under traffic. Its results still on their way reach the
+/// replica, which serves the category at once: with no replica failure reported, every write
+/// acknowledged before the owner died is read back — the lag (`backlog_age`) bounds only what
+/// a replica failure or a sidecar's death could lose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_category_loses_no_acknowledged_write_when_its_owner_dies() {
+    let mut shop = shop_with("async-failover", async_auth).await;
+    let _ = settled(&shop).await;
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let t = wait_replicated(&shop, "auth replicated on the secondary").await;
+    assert_eq!(
+        t.category("auth")
+            .and_then(|c| c.replication.as_ref())
+            .map(|r| r.mode),
+        Some(redis_fleet::routing::table::ReplicationMode::Async)
+    );
+    let traffic = Traffic::start(sidecar.port, &["auth:", "session:"], 4);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metric = |name: &str| -> f64 {
+        sidecar
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let replicated = metric("redisfleet_sidecar_replicated_writes_total{category=\"auth\"} ");
+    assert!(replicated > 0.0, "{}", sidecar.metrics());
+
+    shop.primary.kill();
+    wait_table(&shop, "auth failed over", |t| {
+        t.failover
+            .iter()
+            .any(|f| f.category == "auth" && f.to == "secondary")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ledger = traffic.stop().await;
+    let failures = metric("redisfleet_sidecar_replica_failures_total{category=\"auth\"} ");
+    assert_eq!(failures, 0.0, "no result failed\n{}", sidecar.metrics());
+    assert_eq!(
+        metric("redisfleet_sidecar_replication_backlog_age_seconds "),
+        0.0,
+        "nothing is on its way"
+    );
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "async owner death: {} ops, {} keys acknowledged and read back from the replica, \
+         {} results replicated before the kill, {} errors while the owner was down",
+        ledger.ops,
+        ledger.values.len() + ledger.counters.len(),
+        replicated,
         ledger.errors.len()
     );
 }

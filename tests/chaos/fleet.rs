@@ -146,6 +146,26 @@ pub struct Pause {
     pub cont: u64,
 }
 
+/// The category chaos replicates `Async` (`auth` is `Sync`).
+pub const ASYNC_CATEGORY: &str = "order";
+
+/// What one sidecar's /metrics said about its `async` results.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicationSample {
+    /// The sidecar.
+    pub sidecar: usize,
+    /// Asked (before the request went out).
+    pub asked: u64,
+    /// Answered.
+    pub at: u64,
+    /// Its process: how many times it had been killed when asked.
+    pub generation: usize,
+    /// `replica_failures` of [`ASYNC_CATEGORY`].
+    pub failures: u64,
+    /// `replication_backlog_age_seconds`, in ns.
+    pub backlog_age: u64,
+}
+
 /// The fleet of one seed.
 #[derive(Debug)]
 pub struct Fleet {
@@ -179,6 +199,10 @@ pub struct Fleet {
     pub plans: Mutex<BTreeMap<i64, RebalanceStatus>>,
     /// Every pause.
     pub pauses: Mutex<Vec<Pause>>,
+    /// Every sidecar kill -9: (sidecar, when).
+    pub kills: Mutex<Vec<(usize, u64)>>,
+    /// The sidecars' reports on their `async` results, every 200 ms.
+    pub replication: Mutex<Vec<ReplicationSample>>,
     /// The instances' memory (percent of capacity, from their status) whenever it changed.
     pub memory: Mutex<Vec<(u64, String)>>,
     /// A redis-server is stopped now.
@@ -197,13 +221,20 @@ fn operator_args() -> [&'static str; 2] {
 }
 
 /// The user's policy, with `auth` replicated `Sync` (the checker allows its keys no drop when
-/// their replica takes over), a short cooldown (plans follow each other quickly) and a slower
+/// their replica takes over) and `order` `Async` (nothing older than the lag its sidecars
+/// report may be missing when the replica takes over), a short cooldown (plans follow each other quickly) and a slower
 /// copy (so that faults land in the middle of it).
 fn chaos_policy(policy: String) -> String {
     let auth = "      fallbackTier: warm\n      ttl: {default: 1h, max: 24h, adaptive: true}\n";
+    let order = "      keyPrefixes: [\"order:\"]\n      tier: hot\n      fallbackTier: warm\n      ttl: {default: 2h, max: 48h}\n";
     assert!(policy.contains(auth), "the example's auth category changed");
+    assert!(
+        policy.contains(order),
+        "the example's order category changed"
+    );
     policy
         .replace(auth, &format!("{auth}      replication: Sync\n"))
+        .replace(order, &format!("{order}      replication: Async\n"))
         .replace("      cooldown: 5m\n", "      cooldown: 1s\n")
         .replace(
             "      keysPerSecond: 50000\n",
@@ -274,6 +305,8 @@ impl Fleet {
             phases: Mutex::new(Vec::new()),
             plans: Mutex::new(BTreeMap::new()),
             pauses: Mutex::new(Vec::new()),
+            kills: Mutex::new(Vec::new()),
+            replication: Mutex::new(Vec::new()),
             memory: Mutex::new(Vec::new()),
             pausing: AtomicBool::new(false),
             settling: AtomicBool::new(false),
@@ -413,6 +446,7 @@ impl Fleet {
         let fleet = self.clone();
         tokio::task::spawn_blocking(move || {
             lock(&fleet.sidecars[i].process).kill();
+            lock(&fleet.kills).push((i, fleet.clock.now()));
             std::thread::sleep(down);
             lock(&fleet.sidecars[i].process).restart();
         })
@@ -620,6 +654,49 @@ impl Fleet {
             }
         }
         out
+    }
+}
+
+/// Reads every sidecar's `async` replication metrics every 200 ms until the run stops: what
+/// the checker allows an `async` category to have lost at a failover is what they reported.
+pub async fn watch_replication(fleet: Arc<Fleet>) {
+    while !fleet.stop.load(Ordering::SeqCst) {
+        let f = fleet.clone();
+        let samples = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (i, s) in f.sidecars.iter().enumerate() {
+                let asked = f.clock.now();
+                let generation = lock(&f.kills).iter().filter(|(k, _)| *k == i).count();
+                let Some(body) = http_get(s.metrics_port, "/metrics") else {
+                    continue;
+                };
+                let value = |prefix: &str| -> Option<f64> {
+                    body.lines()
+                        .find(|l| l.starts_with(prefix))
+                        .and_then(|l| l.split_whitespace().last())
+                        .and_then(|v| v.parse().ok())
+                };
+                let failures = format!(
+                    "redisfleet_sidecar_replica_failures_total{{category=\"{ASYNC_CATEGORY}\"}}"
+                );
+                let Some(age) = value("redisfleet_sidecar_replication_backlog_age_seconds ") else {
+                    continue;
+                };
+                out.push(ReplicationSample {
+                    sidecar: i,
+                    asked,
+                    at: f.clock.now(),
+                    generation,
+                    failures: value(&failures).unwrap_or(0.0) as u64,
+                    backlog_age: (age * 1e9) as u64,
+                });
+            }
+            out
+        })
+        .await
+        .unwrap_or_default();
+        lock(&fleet.replication).extend(samples);
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

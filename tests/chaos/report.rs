@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::fleet::ASYNC_CATEGORY;
 use crate::run::Row;
 
 /// The table's header.
@@ -92,6 +93,11 @@ pub fn details(row: &Row) -> String {
         row.ops, row.slow, row.errors
     );
     let _ = writeln!(out, "  faults: {:?}", row.faults);
+    let _ = writeln!(
+        out,
+        "  {ASYNC_CATEGORY} (async): {} keys taken over by their replica, {} of their acknowledged writes at risk by the sidecars' reports",
+        row.async_takeovers.0, row.async_takeovers.1
+    );
     for e in row
         .history
         .examples

@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 use redis_fleet::api::cache_policy::rebalance_phase;
 use redis_fleet::api::redis_instance::InstancePhase;
 use redis_fleet::routing::Resolver;
+use redis_fleet::routing::table::ReplicationMode;
 
 use crate::faults::{self, Counts};
-use crate::fleet::{Fleet, deliver, lock, observe, resume_all};
+use crate::fleet::{
+    Fleet, ReplicationSample, deliver, lock, observe, resume_all, watch_replication,
+};
 use crate::history::{self, KeyHistory, Outcome, Report, State, Tolerance, Write};
 use crate::rng::Rng;
 use crate::workload::{
@@ -65,6 +68,10 @@ pub struct Row {
     pub faults: Counts,
     /// Times an instance was declared unreachable.
     pub failovers: u64,
+    /// Keys of the `async` category that a failover handed to their replica, and of their
+    /// acknowledged writes those that the sidecars' reports left at risk (the checker allows
+    /// the replica to miss only these).
+    pub async_takeovers: (u64, u64),
     /// Where the logs of a failed seed were kept.
     pub logs: Option<PathBuf>,
 }
@@ -104,7 +111,10 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         clock: fleet.clock,
         stop: Default::default(),
     });
-    let mut background = vec![tokio::spawn(observe(fleet.clone()))];
+    let mut background = vec![
+        tokio::spawn(observe(fleet.clone())),
+        tokio::spawn(watch_replication(fleet.clone())),
+    ];
     for i in (0..fleet.sidecars.len()).filter(|i| fleet.sidecars[*i].file) {
         background.push(tokio::spawn(deliver(
             fleet.clone(),
@@ -164,14 +174,25 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         h.writes.sort_by_key(|w| w.start);
     }
     // A failover's drop stands after the writes that started before it was surely published.
-    let (failovers, drops) = failover_drops(&fleet, &shared.keys);
+    let (failovers, mut drops, warm_async) = failover_drops(&fleet, &shared.keys);
+    // An `async` key its replica took over may have lost what its sidecars reported at risk.
+    let at_risk = AtRisk::reported(&lock(&fleet.replication));
+    let mut async_takeovers = (warm_async.len() as u64, 0);
+    // Keys whose replica may hold an older write: their final TTL may be that write's too.
+    let mut reverted = std::collections::BTreeSet::new();
+    for (k, window) in warm_async {
+        let Some(h) = histories.get(&name(k)) else {
+            continue;
+        };
+        let (reverts, risky) = at_risk.reverts(&h.writes, &window);
+        async_takeovers.1 += risky;
+        if !reverts.is_empty() {
+            reverted.insert(k);
+        }
+        drops.extend(reverts.into_iter().map(|w| (k, window.stands, w)));
+    }
     for (k, stands, d) in drops {
-        let writes = &mut histories.entry(name(k)).or_default().writes;
-        let at = writes
-            .iter()
-            .position(|w| !w.dropped && w.start > stands)
-            .unwrap_or(writes.len());
-        writes.insert(at, d);
+        stand(&mut histories.entry(name(k)).or_default().writes, stands, d);
     }
     let tolerance = Tolerance {
         late: TTL_LATE_MS * 1_000_000,
@@ -181,6 +202,7 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
     let last: BTreeMap<usize, _> = log
         .last
         .iter()
+        .filter(|(k, _, _)| !reverted.contains(k))
         .map(|(k, s, t)| (*k, (s.clone(), *t)))
         .collect();
     let ttl = check_ttls(&shared.keys, &last, &finals);
@@ -209,6 +231,7 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         pods: (finished.len() as u64, failed_pods),
         faults,
         failovers,
+        async_takeovers,
         logs: None,
     };
     drop((plans, finished));
@@ -290,11 +313,12 @@ async fn settle(fleet: &Fleet, bound: Duration) -> Result<Duration, String> {
 /// soon as it is continued), and those go with it — and reads may see it from the moment the
 /// table may have been published; when no failover table was seen, from the operator's verdict
 /// to two seconds after it.
-fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Vec<(usize, u64, Write)>) {
+fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Drops, Vec<(usize, Window)>) {
     let phases = lock(&fleet.phases).clone();
     let tables = lock(&fleet.tables).clone();
     let mut failovers = 0;
     let mut drops = Vec::new();
+    let mut warm_async = Vec::new();
     for (i, p) in phases.iter().enumerate() {
         if p.phase != InstancePhase::Unreachable {
             continue;
@@ -339,16 +363,17 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Vec<(usize, u64, Wri
                 Resolver::new(w[1].table.clone()).ok()?,
             ))
         });
-        let warm = |name: &str| -> bool {
+        // Whether a key is served warm, and whether its category is `async`.
+        let warm = |name: &str| -> Option<bool> {
             let Some((table, before, after)) = &resolvers else {
-                return false;
+                return None;
             };
             let route = before.resolve(name.as_bytes());
             if before.instance_name(route.target) != p.instance || route.migration.is_some() {
-                return false;
+                return None;
             }
-            let Some((_, Some(replica))) = before.replication(&route) else {
-                return false;
+            let Some((mode, Some(replica))) = before.replication(&route) else {
+                return None;
             };
             let replica = before.instance_name(replica);
             let category = &before.categories()[usize::from(route.category)].name;
@@ -361,7 +386,8 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Vec<(usize, u64, Wri
                         .any(|s| s.range.contains(route.slot) && s.instance == replica)
                 });
             let now = after.resolve(name.as_bytes());
-            !seeding && after.instance_name(now.target) == replica
+            (!seeding && after.instance_name(now.target) == replica)
+                .then_some(mode == ReplicationMode::Async)
         };
         // Published between `start` and `stands`.
         let (start, stands) = published.unwrap_or((p.at, p.at + 2_000_000_000));
@@ -386,7 +412,21 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Vec<(usize, u64, Wri
             }
         }
         for (k, on) in homes.into_iter().enumerate() {
-            if on && !warm(&keys[k].name) {
+            if !on {
+                continue;
+            }
+            let warm = warm(&keys[k].name);
+            if warm == Some(true) {
+                warm_async.push((
+                    k,
+                    Window {
+                        start,
+                        stands,
+                        end: end.max(stands),
+                    },
+                ));
+            }
+            if warm.is_none() {
                 drops.push((
                     k,
                     stands,
@@ -403,7 +443,123 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Vec<(usize, u64, Wri
             }
         }
     }
-    (failovers, drops)
+    (failovers, drops, warm_async)
+}
+
+/// Puts a write of the harness (a drop) where it stands: after the writes that started before
+/// `stands`.
+fn stand(writes: &mut Vec<Write>, stands: u64, drop: Write) {
+    let at = writes
+        .iter()
+        .position(|w| !w.dropped && w.start > stands)
+        .unwrap_or(writes.len());
+    writes.insert(at, drop);
+}
+
+/// A failover's possible drops: (key, where it stands, the drop).
+type Drops = Vec<(usize, u64, Write)>;
+
+/// When a failover happened: published between `start` and `stands`; its instance was back
+/// (or the run over) at `end`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: u64,
+    stands: u64,
+    end: u64,
+}
+
+/// Some slack around the moments the harness reads, for the time between a sidecar's clock
+/// reading and a client's.
+const SLACK_NS: u64 = 5_000_000;
+
+/// The writes whose `async` result may be missing on their replica, by what the sidecars
+/// reported (`docs/replication.md`): per sidecar, the spans in which it counted a replica
+/// failure of the category, or was killed with results on their way. A result still in
+/// flight was answered at most `replication_backlog_age_seconds` before a scrape, so a span
+/// begins that long before the scrape that preceded the failure (or the kill). The writer
+/// answered a write between the client's sending it and its reply: the write is at risk when
+/// that time meets a span.
+struct AtRisk {
+    spans: BTreeMap<usize, Vec<(u64, u64)>>,
+}
+
+impl AtRisk {
+    fn reported(samples: &[ReplicationSample]) -> AtRisk {
+        let mut by_sidecar: BTreeMap<usize, Vec<&ReplicationSample>> = BTreeMap::new();
+        for s in samples {
+            by_sidecar.entry(s.sidecar).or_default().push(s);
+        }
+        let mut spans: BTreeMap<usize, Vec<(u64, u64)>> = BTreeMap::new();
+        for (sidecar, mut samples) in by_sidecar {
+            samples.sort_by_key(|s| s.asked);
+            let from = |s: &ReplicationSample| s.asked.saturating_sub(s.backlog_age + SLACK_NS);
+            for pair in samples.windows(2) {
+                let (a, b) = (pair[0], pair[1]);
+                // A failure counted, or a process killed with results on their way.
+                if a.generation != b.generation || a.failures != b.failures {
+                    spans.entry(sidecar).or_default().push((from(a), b.at));
+                }
+            }
+            // Failures counted (or a kill) after the last sample.
+            if let Some(last) = samples.last() {
+                spans
+                    .entry(sidecar)
+                    .or_default()
+                    .push((from(last), u64::MAX));
+            }
+        }
+        AtRisk { spans }
+    }
+
+    /// Whether `w`'s result may be missing on its replica.
+    fn risky(&self, w: &Write) -> bool {
+        w.outcome == Outcome::Unknown
+            || self
+                .spans
+                .get(&w.via)
+                .is_some_and(|s| s.iter().any(|&(a, b)| a <= w.end && w.start <= b))
+    }
+
+    /// What a replica that took over a key at `window` may hold instead of its latest write:
+    /// the state of the last write it surely got, or of any write after that one whose result
+    /// was at risk — each as a possible write of the harness (like a drop). Also how many
+    /// acknowledged writes were at risk.
+    fn reverts(&self, writes: &[Write], window: &Window) -> (Vec<Write>, u64) {
+        let before: Vec<&Write> = writes
+            .iter()
+            .filter(|w| !w.dropped && w.start < window.stands)
+            .collect();
+        let safe = before
+            .iter()
+            .rposition(|w| w.outcome == Outcome::Ok && !self.risky(w));
+        let after_safe = &before[safe.map_or(0, |i| i + 1)..];
+        let risky = after_safe
+            .iter()
+            .filter(|w| w.outcome == Outcome::Ok)
+            .count() as u64;
+        if after_safe.is_empty() {
+            return (Vec::new(), 0);
+        }
+        let revert = |after: State, expires| Write {
+            start: window.start,
+            end: window.end,
+            after,
+            outcome: Outcome::Unknown,
+            via: usize::MAX,
+            expires,
+            dropped: true,
+        };
+        let mut out = vec![match safe {
+            Some(i) => revert(before[i].after.clone(), before[i].expires),
+            None => revert(State::Absent, None),
+        }];
+        out.extend(
+            after_safe
+                .iter()
+                .map(|w| revert(w.after.clone(), w.expires)),
+        );
+        (out, risky)
+    }
 }
 
 /// Copies the logs of the operator, the sidecars, the Job pods and the redis-servers to
@@ -550,4 +706,121 @@ fn describe(key: &str, h: &KeyHistory) -> String {
     events.sort_by_key(|(t, _)| *t);
     let lines: Vec<String> = events.into_iter().map(|(_, e)| e).collect();
     format!("== {key}\n{}\n", lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn set(value: &str, at_ms: u64, via: usize) -> Write {
+        Write {
+            start: at_ms * MS,
+            end: (at_ms + 1) * MS,
+            after: State::Value(value.to_owned()),
+            outcome: Outcome::Ok,
+            via,
+            expires: None,
+            dropped: false,
+        }
+    }
+
+    fn sample(sidecar: usize, at_ms: u64, failures: u64) -> ReplicationSample {
+        ReplicationSample {
+            sidecar,
+            asked: at_ms * MS,
+            at: at_ms * MS + MS / 2,
+            generation: 0,
+            failures,
+            backlog_age: 0,
+        }
+    }
+
+    /// Three writes, the last through sidecar 1; the replica takes the key over at 30–40 ms
+    /// and a read at 60 ms finds the second write's value.
+    fn taken_over(samples: &[ReplicationSample]) -> Report {
+        let mut h = KeyHistory {
+            writes: vec![set("v0", 0, 0), set("v1", 10, 0), set("v2", 20, 1)],
+            reads: vec![crate::history::Read {
+                start: 60 * MS,
+                end: 61 * MS,
+                saw: State::Value("v1".into()),
+                via: 0,
+                last: true,
+                before: None,
+            }],
+        };
+        let window = Window {
+            start: 30 * MS,
+            stands: 40 * MS,
+            end: 50 * MS,
+        };
+        let (reverts, _) = AtRisk::reported(samples).reverts(&h.writes, &window);
+        for r in reverts {
+            stand(&mut h.writes, window.stands, r);
+        }
+        let tol = Tolerance { late: 0, early: 0 };
+        history::check_key("order:k", &h, tol)
+    }
+
+    #[test]
+    fn an_async_replica_may_miss_a_write_whose_failure_its_sidecar_reported() {
+        let reported = [
+            sample(0, 5, 0),
+            sample(1, 15, 0),
+            sample(1, 25, 1),
+            sample(0, 90, 0),
+        ];
+        let r = taken_over(&reported);
+        assert!(r.clean(), "{r}: {:?}", r.examples);
+        assert_eq!(r.failover_drops, 1, "{r}");
+    }
+
+    #[test]
+    fn an_async_replica_may_miss_what_a_killed_sidecar_had_on_its_way() {
+        let restarted = ReplicationSample {
+            generation: 1,
+            ..sample(1, 90, 0)
+        };
+        let reported = [
+            sample(0, 5, 0),
+            sample(1, 19, 0),
+            restarted,
+            sample(0, 90, 0),
+        ];
+        let r = taken_over(&reported);
+        assert!(r.clean(), "{r}: {:?}", r.examples);
+    }
+
+    #[test]
+    fn an_async_replica_missing_a_write_nobody_reported_is_a_lost_write() {
+        // No failure counted: the result was delivered, and the replica must have it.
+        let quiet = [
+            sample(0, 5, 0),
+            sample(1, 15, 0),
+            sample(1, 25, 0),
+            sample(1, 90, 0),
+        ];
+        let r = taken_over(&quiet);
+        assert_eq!(r.lost_writes, 1, "{r}");
+        // A failure counted before the write was answered does not cover it.
+        let earlier = [
+            sample(1, 12, 0),
+            sample(1, 14, 1),
+            sample(1, 25, 1),
+            sample(1, 90, 1),
+        ];
+        let r = taken_over(&earlier);
+        assert_eq!(r.lost_writes, 1, "{r}");
+        // Nor does a failure of another sidecar.
+        let other = [
+            sample(0, 15, 0),
+            sample(0, 25, 1),
+            sample(1, 5, 0),
+            sample(1, 90, 0),
+        ];
+        let r = taken_over(&other);
+        assert_eq!(r.lost_writes, 1, "{r}");
+    }
 }
