@@ -550,7 +550,7 @@ async fn free_copies(
     }
 }
 
-/// Frees `instance`'s copies of `ranges` (fenced first when it returns from an outage);
+/// Frees `instance`'s copies of `ranges` (fenced first when it returns from an outage or holds copies of a replicated category);
 /// whether they are gone.
 async fn free_on(
     ctx: &Context,
@@ -563,8 +563,18 @@ async fn free_on(
 ) -> bool {
     // An instance back from an outage is fenced on itself first, its connections of older
     // tables closed: a sidecar that missed the handoff must not write there once its copies
-    // are gone (its replies would be withheld, but the writes would run).
-    if written.cm.returning.contains(instance)
+    // are gone (its replies would be withheld, but the writes would run). So is one that
+    // holds copies of a replicated category: a sidecar on a table that still named it the
+    // range's replica would hand it results again after the purge, and the keys it left
+    // there would be taken for data — by a drain that empties the instance into the owners,
+    // over the owner's newer values (chaos seed 9).
+    let replicated = ranges.iter().any(|(category, _)| {
+        written
+            .table
+            .category(category)
+            .is_some_and(|c| c.replication.is_some())
+    });
+    if (replicated || written.cm.returning.contains(instance))
         && let Err(e) = fences::fence_returning(
             ctx,
             namespace,
@@ -574,7 +584,7 @@ async fn free_on(
         )
         .await
     {
-        warn!(%instance, error = %e, "could not fence a returning instance; its copies are freed at the next reconcile");
+        warn!(%instance, error = %e, "could not fence an instance before freeing its copies; they are freed at the next reconcile");
         return false;
     }
     match purge(ctx, namespace, ri, resolver, ranges).await {
