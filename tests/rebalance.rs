@@ -1343,7 +1343,7 @@ async fn an_async_category_loses_no_acknowledged_write_when_its_owner_dies() {
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+            .unwrap_or_else(|| panic!("no {name}in the sidecar's metrics"))
     };
     let replicated = metric("redisfleet_sidecar_replicated_writes_total{category=\"auth\"} ");
     assert!(replicated > 0.0, "{}", sidecar.metrics());

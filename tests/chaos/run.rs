@@ -178,7 +178,7 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
     // An `async` key its replica took over may have lost what its sidecars reported at risk.
     let at_risk = AtRisk::reported(&lock(&fleet.replication));
     let mut async_takeovers = (warm_async.len() as u64, 0);
-    // Keys whose replica may hold an older write: their final TTL may be that write's too.
+    // Keys whose replica may miss a write or an expiry: their final TTL may be an older one.
     let mut reverted = std::collections::BTreeSet::new();
     for (k, window) in warm_async {
         let Some(h) = histories.get(&name(k)) else {
@@ -186,7 +186,8 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         };
         let (reverts, risky) = at_risk.reverts(&h.writes, &window);
         async_takeovers.1 += risky;
-        if !reverts.is_empty() {
+        // An `EXPIRE` at risk leaves no value to tell by: its TTL may be missing too.
+        if !reverts.is_empty() || at_risk.any_before(window.stands) {
             reverted.insert(k);
         }
         drops.extend(reverts.into_iter().map(|w| (k, window.stands, w)));
@@ -476,7 +477,9 @@ const SLACK_NS: u64 = 5_000_000;
 /// reported (`docs/replication.md`): per sidecar, the spans in which it counted a replica
 /// failure of the category, or was killed with results on their way. A result still in
 /// flight was answered at most `replication_backlog_age_seconds` before a scrape, so a span
-/// begins that long before the scrape that preceded the failure (or the kill). The writer
+/// begins that long before the scrape that preceded the failure (or the kill); a scrape that
+/// found results on their way makes a span of that age (they may not have arrived when the
+/// replica took over; `docs/replication.md` promises only what is older). The writer
 /// answered a write between the client's sending it and its reply: the write is at risk when
 /// that time meets a span.
 struct AtRisk {
@@ -500,6 +503,10 @@ impl AtRisk {
                     spans.entry(sidecar).or_default().push((from(a), b.at));
                 }
             }
+            // Results on their way when asked: answered at most their age before.
+            for a in samples.iter().filter(|s| s.backlog_age > 0) {
+                spans.entry(sidecar).or_default().push((from(a), a.at));
+            }
             // Failures counted (or a kill) after the last sample.
             if let Some(last) = samples.last() {
                 spans
@@ -511,13 +518,16 @@ impl AtRisk {
         AtRisk { spans }
     }
 
-    /// Whether `w`'s result may be missing on its replica.
+    /// Whether `w`'s result may be missing on its replica (or still on its way).
     fn risky(&self, w: &Write) -> bool {
-        w.outcome == Outcome::Unknown
-            || self
-                .spans
-                .get(&w.via)
-                .is_some_and(|s| s.iter().any(|&(a, b)| a <= w.end && w.start <= b))
+        self.spans
+            .get(&w.via)
+            .is_some_and(|s| s.iter().any(|&(a, b)| a <= w.end && w.start <= b))
+    }
+
+    /// Whether any sidecar reported something at risk before `t`.
+    fn any_before(&self, t: u64) -> bool {
+        self.spans.values().flatten().any(|&(a, _)| a < t)
     }
 
     /// What a replica that took over a key at `window` may hold instead of its latest write:
@@ -529,15 +539,18 @@ impl AtRisk {
             .iter()
             .filter(|w| !w.dropped && w.start < window.stands)
             .collect();
+        // The last write surely on the replica: acknowledged before the failover table could
+        // be out (later ones may have run on the replica itself, after the reads that missed
+        // an earlier one), and not at risk.
         let safe = before
             .iter()
-            .rposition(|w| w.outcome == Outcome::Ok && !self.risky(w));
+            .rposition(|w| w.outcome == Outcome::Ok && w.end < window.start && !self.risky(w));
         let after_safe = &before[safe.map_or(0, |i| i + 1)..];
         let risky = after_safe
             .iter()
-            .filter(|w| w.outcome == Outcome::Ok)
+            .filter(|w| w.outcome == Outcome::Ok && self.risky(w))
             .count() as u64;
-        if after_safe.is_empty() {
+        if !after_safe.iter().any(|w| self.risky(w)) {
             return (Vec::new(), 0);
         }
         let revert = |after: State, expires| Write {
@@ -790,6 +803,41 @@ mod tests {
             sample(0, 90, 0),
         ];
         let r = taken_over(&reported);
+        assert!(r.clean(), "{r}: {:?}", r.examples);
+    }
+
+    #[test]
+    fn a_write_the_replica_ran_after_taking_over_does_not_hide_an_earlier_loss() {
+        // v1's result was lost (sidecar 1 counted a failure); v3 began once the failover
+        // table may have been out and ran on the replica, after a read that found v0.
+        let mut h = KeyHistory {
+            writes: vec![set("v0", 0, 0), set("v1", 20, 1), set("v3", 35, 0)],
+            reads: vec![crate::history::Read {
+                start: 33 * MS,
+                end: 34 * MS,
+                saw: State::Value("v0".into()),
+                via: 0,
+                last: false,
+                before: None,
+            }],
+        };
+        let window = Window {
+            start: 30 * MS,
+            stands: 40 * MS,
+            end: 50 * MS,
+        };
+        let reported = [
+            sample(1, 15, 0),
+            sample(1, 25, 1),
+            sample(0, 5, 0),
+            sample(0, 90, 0),
+        ];
+        let (reverts, risky) = AtRisk::reported(&reported).reverts(&h.writes, &window);
+        assert_eq!(risky, 1);
+        for r in reverts {
+            stand(&mut h.writes, window.stands, r);
+        }
+        let r = history::check_key("order:k", &h, Tolerance { late: 0, early: 0 });
         assert!(r.clean(), "{r}: {:?}", r.examples);
     }
 
