@@ -65,6 +65,9 @@ fn refused(what: &str) -> Interrupt {
 /// The result of a write for one replica: the states of the keys it holds.
 struct ForReplica {
     replica: InstanceId,
+    /// Its keys' category: a write whose keys span categories hands each its own part, so
+    /// that a failure is counted where its keys are (`replica_failures{category}`).
+    category: CategoryId,
     sync: bool,
     written: Written,
     metrics: CategoryMetrics,
@@ -727,8 +730,8 @@ fn count(router: &Router, category: CategoryId, reply: &[u8]) {
     }
 }
 
-/// The parts of `written` each replica takes: the keys whose category replicates and whose
-/// slot has a replica other than the target.
+/// The parts of `written` each replica takes, per category: the keys whose category
+/// replicates and whose slot has a replica other than the target.
 fn for_replicas(
     router: &Router,
     target: InstanceId,
@@ -744,13 +747,17 @@ fn for_replicas(
             continue;
         }
         let sync = mode == ReplicationMode::Sync;
-        match parts.iter_mut().find(|p| p.replica == replica) {
+        match parts
+            .iter_mut()
+            .find(|p| p.replica == replica && p.category == route.category)
+        {
             Some(p) => {
                 p.sync |= sync;
                 p.written.states.push(state.clone());
             }
             None => parts.push(ForReplica {
                 replica,
+                category: route.category,
                 sync,
                 written: Written {
                     reply: Frame::Null,
