@@ -739,6 +739,17 @@ mod tests {
         }
     }
 
+    fn read(saw: &str, at_ms: u64) -> crate::history::Read {
+        crate::history::Read {
+            start: at_ms * MS,
+            end: (at_ms + 1) * MS,
+            saw: State::Value(saw.to_owned()),
+            via: 0,
+            last: false,
+            before: None,
+        }
+    }
+
     fn sample(sidecar: usize, at_ms: u64, failures: u64) -> ReplicationSample {
         ReplicationSample {
             sidecar,
@@ -755,14 +766,7 @@ mod tests {
     fn taken_over(samples: &[ReplicationSample]) -> Report {
         let mut h = KeyHistory {
             writes: vec![set("v0", 0, 0), set("v1", 10, 0), set("v2", 20, 1)],
-            reads: vec![crate::history::Read {
-                start: 60 * MS,
-                end: 61 * MS,
-                saw: State::Value("v1".into()),
-                via: 0,
-                last: true,
-                before: None,
-            }],
+            reads: vec![read("v1", 60)],
         };
         let window = Window {
             start: 30 * MS,
@@ -812,14 +816,7 @@ mod tests {
         // table may have been out and ran on the replica, after a read that found v0.
         let mut h = KeyHistory {
             writes: vec![set("v0", 0, 0), set("v1", 20, 1), set("v3", 35, 0)],
-            reads: vec![crate::history::Read {
-                start: 33 * MS,
-                end: 34 * MS,
-                saw: State::Value("v0".into()),
-                via: 0,
-                last: false,
-                before: None,
-            }],
+            reads: vec![read("v0", 33)],
         };
         let window = Window {
             start: 30 * MS,
