@@ -1337,15 +1337,11 @@ async fn an_async_category_loses_no_acknowledged_write_when_its_owner_dies() {
     );
     let traffic = Traffic::start(sidecar.port, &["auth:", "session:"], 4);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let metric = |name: &str| -> f64 {
-        sidecar
-            .metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name}in the sidecar's metrics"))
+    let metric = |series: &str| -> f64 {
+        support::series_value(&sidecar.metrics(), series)
+            .unwrap_or_else(|| panic!("no {series} in the sidecar's metrics"))
     };
-    let replicated = metric("redisfleet_sidecar_replicated_writes_total{category=\"auth\"} ");
+    let replicated = metric("redisfleet_sidecar_replicated_writes_total{category=\"auth\"}");
     assert!(replicated > 0.0, "{}", sidecar.metrics());
 
     shop.primary.kill();
@@ -1357,10 +1353,10 @@ async fn an_async_category_loses_no_acknowledged_write_when_its_owner_dies() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ledger = traffic.stop().await;
-    let failures = metric("redisfleet_sidecar_replica_failures_total{category=\"auth\"} ");
+    let failures = metric("redisfleet_sidecar_replica_failures_total{category=\"auth\"}");
     assert_eq!(failures, 0.0, "no result failed\n{}", sidecar.metrics());
     assert_eq!(
-        metric("redisfleet_sidecar_replication_backlog_age_seconds "),
+        metric("redisfleet_sidecar_replication_backlog_age_seconds"),
         0.0,
         "nothing is on its way"
     );

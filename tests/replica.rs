@@ -1730,11 +1730,11 @@ fn a_replica_that_does_not_answer_fails_sync_writes_with_noreplica() {
 
 /// `redisfleet_sidecar_replication_backlog_age_seconds` in a sidecar's metrics.
 fn backlog_age(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("redisfleet_sidecar_replication_backlog_age_seconds "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no backlog age in\n{metrics}"))
+    support::series_value(
+        metrics,
+        "redisfleet_sidecar_replication_backlog_age_seconds",
+    )
+    .unwrap_or_else(|| panic!("no backlog age in\n{metrics}"))
 }
 
 /// A writer whose clock runs twenty minutes behind its replica's: the replica must not take

@@ -30,7 +30,7 @@ use crate::support::shop::{
     MB, apply_third_instance, kubectl_apply, server_with_password, shop_configured,
 };
 use crate::support::sidecar::{Sidecar, replace_table};
-use crate::support::{ControlPlane, RedisServer};
+use crate::support::{ControlPlane, RedisServer, series_value};
 
 /// The user's policy (`examples/cache-policy.yaml`) and its routing ConfigMap.
 pub const POLICY: &str = "shop";
@@ -670,16 +670,12 @@ pub async fn watch_replication(fleet: Arc<Fleet>) {
                 let Some(body) = http_get(s.metrics_port, "/metrics") else {
                     continue;
                 };
-                let value = |prefix: &str| -> Option<f64> {
-                    body.lines()
-                        .find(|l| l.starts_with(prefix))
-                        .and_then(|l| l.split_whitespace().last())
-                        .and_then(|v| v.parse().ok())
-                };
                 let failures = format!(
                     "redisfleet_sidecar_replica_failures_total{{category=\"{ASYNC_CATEGORY}\"}}"
                 );
-                let Some(age) = value("redisfleet_sidecar_replication_backlog_age_seconds ") else {
+                let Some(age) =
+                    series_value(&body, "redisfleet_sidecar_replication_backlog_age_seconds")
+                else {
                     continue;
                 };
                 out.push(ReplicationSample {
@@ -687,7 +683,7 @@ pub async fn watch_replication(fleet: Arc<Fleet>) {
                     asked,
                     at: f.clock.now(),
                     generation,
-                    failures: value(&failures).unwrap_or(0.0) as u64,
+                    failures: series_value(&body, &failures).unwrap_or(0.0) as u64,
                     backlog_age: (age * 1e9) as u64,
                 });
             }

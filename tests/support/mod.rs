@@ -23,6 +23,18 @@ use kube::Resource;
 use kube::api::Api;
 use serde::de::DeserializeOwned;
 
+/// The value of one series — its name with its labels, as `/metrics` prints them — in a
+/// `/metrics` body.
+pub fn series_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// The `redis-fleet` binary under test: the one Cargo built for this test or bench target;
 /// for other targets (the demo) `REDIS_FLEET_BIN`, else `target/debug/redis-fleet`.
 pub fn redis_fleet_binary() -> PathBuf {

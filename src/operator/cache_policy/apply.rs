@@ -550,8 +550,8 @@ async fn free_copies(
     }
 }
 
-/// Frees `instance`'s copies of `ranges` (fenced first when it returns from an outage or holds copies of a replicated category);
-/// whether they are gone.
+/// Frees `instance`'s copies of `ranges` (fenced on itself first when it returns from an
+/// outage or holds copies of a replicated category); whether they are gone.
 async fn free_on(
     ctx: &Context,
     namespace: &str,
@@ -575,11 +575,11 @@ async fn free_on(
             .is_some_and(|c| c.replication.is_some())
     });
     if (replicated || written.cm.returning.contains(instance))
-        && let Err(e) = fences::fence_returning(
+        && let Err(e) = fences::fence_on_itself(
             ctx,
             namespace,
             &written.table.policy,
-            ri,
+            &fences::Place::of(ri, namespace),
             written.table.version,
         )
         .await
