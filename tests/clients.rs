@@ -91,6 +91,7 @@ fn replicated(a: &RedisServer, b: &RedisServer) -> RoutingTable {
             SlotOwner::from((8192, 16383, "a".to_owned())),
         ],
         seeding: Vec::new(),
+        outgoing: Vec::new(),
     });
     t
 }

@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use kube::api::{Patch, PatchParams};
 use redis::AsyncCommands;
 use redis_fleet::api::cache_policy::{CachePolicy, rebalance_phase};
 use redis_fleet::routing::Resolver;
@@ -16,7 +17,9 @@ use redis_fleet::routing::table::RoutingTable;
 use support::RedisServer;
 use support::node::Node;
 use support::operator::Operator;
-use support::shop::{Shop, apply_third_instance, kubectl_apply, server_with_password, shop_with};
+use support::shop::{
+    SHOP_SECRETS, Shop, apply_third_instance, kubectl_apply, server_with_password, shop_with,
+};
 use support::sidecar::Sidecar;
 
 /// A key's content: value, and absolute expiry (ms since the epoch; 0 without one).
@@ -1600,4 +1603,180 @@ async fn a_sidecar_that_dies_with_async_results_in_flight_gets_them_repaired_soo
         repaired.as_secs_f64(),
         diverged.join(" | ")
     );
+}
+
+/// A replica that moves keeps its range replicated until its successor is seeded (issue 15,
+/// item 4). The shop's third instance joins; `auth` is replicated `Sync` on a warm instance,
+/// which is then drained while clients write. A sidecar that never loads a newer table (a
+/// straggler, still heartbeating) holds the new replica's seeding back, and the owner is
+/// `kill -9`ed in that window: the failover must promote the drained replica, which still
+/// takes every write, not the half-seeded new one. Every key written before and every
+/// acknowledged write is read back; the failback and the drain then finish, and the new
+/// replica ends seeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_moves_keeps_its_range_replicated_until_its_successor_is_seeded() {
+    let mut shop = shop_with("replica-moves", replicated_auth).await;
+    let _ = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let _tertiary = apply_third_instance(&shop);
+    let joined = wait_replicated_with(&shop, "the third instance joined, auth replicated", |t| {
+        t.instances.contains_key("tertiary")
+    })
+    .await;
+    let auth = joined.category("auth").unwrap();
+    let replica = auth.replication.as_ref().unwrap().replicas[0]
+        .instance
+        .clone();
+    let successor = if replica == "secondary" {
+        "tertiary"
+    } else {
+        "secondary"
+    };
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for n in 0..300 {
+        let _: () = c.set(format!("auth:k{n}"), "before").await.unwrap();
+    }
+    let traffic = Traffic::start(sidecar.port, REPLICATED_TRAFFIC, 3);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A straggler: heartbeats the table of now, forever.
+    let secrets = [
+        SHOP_SECRETS[0],
+        SHOP_SECRETS[1],
+        ("tertiary-redis", "password", "change-me-tertiary"),
+    ];
+    let mut straggler = Sidecar::start_as("straggler", &table(&shop).await, &secrets, &[]);
+    wait_sidecars(&shop, 2).await;
+
+    // The replica's instance drains: the table names the successor, seeding.
+    let patch = serde_json::json!({"spec": {"drain": true}});
+    shop.instances
+        .patch(&replica, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let handing = wait_table(&shop, "the successor named, seeding", |t| {
+        t.category("auth")
+            .and_then(|c| c.replication.as_ref())
+            .is_some_and(|r| r.seeding.iter().any(|s| s.instance == successor))
+    })
+    .await;
+    // The owner dies before the successor is seeded.
+    shop.primary.kill();
+    let during = wait_table(&shop, "auth failed over", |t| {
+        t.failover.iter().any(|f| f.category == "auth")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut missing = Vec::new();
+    for n in 0..300 {
+        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
+        if v.as_deref() != Some("before") {
+            missing.push(n);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of 300 keys written before are missing after the failover (auth:k{:?}): \
+         the failover table {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        during.failover
+    );
+    let r = handing
+        .category("auth")
+        .unwrap()
+        .replication
+        .clone()
+        .unwrap();
+    assert_eq!(r.outgoing.len(), 1, "{r:?}");
+    assert_eq!(r.outgoing[0].instance, replica);
+    assert!(
+        during
+            .failover
+            .iter()
+            .filter(|f| f.category == "auth")
+            .all(|f| f.to == replica)
+    );
+
+    // The straggler goes; the owner comes back (empty): the failback brings auth home, the
+    // drain empties the old replica's instance, and the successor ends seeded.
+    straggler.kill();
+    shop.primary.restart();
+    let end = wait_replicated_with(&shop, "auth home, the successor seeded", |t| {
+        t.category("auth").unwrap().slots[0].instance == "primary"
+            && t.category("auth")
+                .unwrap()
+                .replication
+                .as_ref()
+                .is_some_and(|r| r.outgoing.is_empty() && r.replicas[0].instance == successor)
+            && !t.owns_any(&replica)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ledger = traffic.stop().await;
+    for n in 0..300 {
+        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
+        assert_eq!(v.as_deref(), Some("before"), "auth:k{n}");
+    }
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "a replica that moves: {} ops, {} errors (the owner down), table v{} at the end",
+        ledger.ops,
+        ledger.errors.len(),
+        end.version
+    );
+    drop(node);
+}
+
+/// Waits until `auth` is replicated everywhere, seeded, with no failover and no move, and
+/// `cond` holds (two minutes at most: a plan may run first).
+async fn wait_replicated_with(
+    shop: &Shop,
+    what: &str,
+    cond: impl Fn(&RoutingTable) -> bool,
+) -> RoutingTable {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let t = table(shop).await;
+        let replicated = t.failover.is_empty()
+            && t.migrating.is_empty()
+            && t.category("auth")
+                .and_then(|c| c.replication.as_ref())
+                .is_some_and(|r| {
+                    r.seeding.is_empty()
+                        && r.replicas.len() == 1
+                        && r.replicas[0].range == redis_fleet::routing::slots::SlotRange::ALL
+                });
+        if replicated && cond(&t) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {t:#?}\n{}",
+            shop.operator.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the policy counts `n` live sidecars.
+async fn wait_sidecars(shop: &Shop, n: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = shop.policies.get("shop").await.unwrap();
+        if p.status
+            .as_ref()
+            .and_then(|s| s.sidecars.as_ref())
+            .is_some_and(|s| s.count >= n)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} sidecars never counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -457,6 +457,7 @@ fn replicated_table(
         mode,
         replicas: vec![SlotOwner::from((0, 16383, "b".to_owned()))],
         seeding: Vec::new(),
+        outgoing: Vec::new(),
     });
     table(
         version,
@@ -474,6 +475,59 @@ fn text(f: &Frame) -> String {
         Frame::Error(e) | Frame::Simple(e) | Frame::Bulk(e) => String::from_utf8_lossy(e).into(),
         other => format!("{other:?}"),
     }
+}
+
+/// A replica that moves (its instance drains): the table names the new one, seeding, and the
+/// old one as outgoing. Every write's result is on both the moment the client hears of it —
+/// the outgoing copy is what a failover promotes until the new one is seeded — and a `sync`
+/// write whose outgoing replica does not answer fails with `-NOREPLICA`.
+#[test]
+fn a_write_reaches_the_outgoing_replica_and_its_seeding_successor() {
+    let (a, b) = two_servers();
+    let c = RedisServer::start(RedisOptions::default());
+    let mut t = replicated_table(&a, &b, 1, ReplicationMode::Sync);
+    t.instances.insert("c".into(), endpoint(&c, None));
+    let r = t.categories[0].replication.as_mut().unwrap();
+    r.replicas = vec![SlotOwner::from((0, 16383, "c".to_owned()))];
+    r.seeding = r.replicas.clone();
+    r.outgoing = vec![SlotOwner::from((0, 16383, "b".to_owned()))];
+    let sidecar = Sidecar::start_with(&t, &[], &["--request-timeout", "1s"]);
+    let mut client = RawConn::open(sidecar.port);
+    let (mut on_a, mut on_b, mut on_c) = (
+        RawConn::open(a.port),
+        RawConn::open(b.port),
+        RawConn::open(c.port),
+    );
+    let steps: &[(&str, &[&str])] = &[
+        ("SET auth:1 token EX 600", &["auth:1"]),
+        ("INCR auth:n", &["auth:n"]),
+        ("HSET auth:h f v", &["auth:h"]),
+        (
+            "MSET auth:m1 1 auth:m2 2 auth:m3 3",
+            &["auth:m1", "auth:m2", "auth:m3"],
+        ),
+        ("DEL auth:m1", &["auth:m1"]),
+    ];
+    let mut all = Vec::new();
+    for (command, keys) in steps {
+        let reply = frame(&client.call_raw(&args(command)));
+        assert!(!matches!(reply, Frame::Error(_)), "{command}: {reply:?}");
+        all.extend(keys.iter().copied());
+        assert_same(&mut on_a, &mut on_b, &all, command);
+        assert_same(&mut on_a, &mut on_c, &all, command);
+    }
+    // The outgoing replica is waited for like the replica.
+    let pid = b.pid().unwrap();
+    assert!(support::process::signal(pid, "-STOP"));
+    let reply = frame(&client.call_raw(&args("INCR auth:n")));
+    assert!(support::process::signal(pid, "-CONT"));
+    assert!(text(&reply).starts_with("NOREPLICA"), "{reply:?}");
+    assert_eq!(
+        value(&mut on_c, "auth:n"),
+        value(&mut on_a, "auth:n"),
+        "the new replica took it"
+    );
+    assert_eq!(value(&mut on_a, "auth:n"), Some("string [\"2\"]".into()));
 }
 
 #[test]
@@ -835,6 +889,7 @@ fn a_replicated_wait_on_keys_of_two_instances_is_refused_at_once() {
             SlotOwner::from((8192, 16383, "a".to_owned())),
         ],
         seeding: Vec::new(),
+        outgoing: Vec::new(),
     });
     let low = (0..)
         .map(|n| format!("auth:low{n}"))
@@ -1791,6 +1846,7 @@ fn a_replica_that_fails_does_not_hold_back_the_others() {
             SlotOwner::from((8192, 16383, "c".to_owned())),
         ],
         seeding: Vec::new(),
+        outgoing: Vec::new(),
     });
     let (on_b, on_c) = ("auth:{b}", "auth:{a}");
     assert!(redis_fleet::routing::slots::key_slot(on_b.as_bytes()) <= 8191);

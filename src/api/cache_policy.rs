@@ -254,9 +254,13 @@ pub struct CategoryReplicationStatus {
     /// Slots whose replica is seeded: `Sync` writes acknowledged on them survive their owner's
     /// death (`Async` ones, once older than the replication lag).
     pub replicated_slots: i32,
-    /// Slots whose replica is being seeded.
+    /// Slots whose only replica is being seeded.
     #[serde(default)]
     pub seeding_slots: i32,
+    /// Slots whose replica moves to another instance (counted in `replicatedSlots`): the new
+    /// one is being seeded while the old one, seeded, still takes every write.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handover_slots: i32,
     /// Slots without a replica (moving, or no instance can hold one): their owner's death
     /// drops what only it held.
     #[serde(default)]
@@ -264,6 +268,10 @@ pub struct CategoryReplicationStatus {
     /// The instances holding its replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// Whether and how a category's writes reach a replica (`docs/replication.md`).

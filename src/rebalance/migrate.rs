@@ -714,7 +714,8 @@ impl Job {
     }
 }
 
-/// The parts of `range` of `category` whose replica `table` does not name `instance`.
+/// The parts of `range` of `category` whose replica (or outgoing replica) `table` does not name
+/// `instance`.
 fn not_replicated_on(
     table: &crate::routing::RoutingTable,
     category: &str,
@@ -727,6 +728,7 @@ fn not_replicated_on(
         .map(|r| {
             r.replicas
                 .iter()
+                .chain(&r.outgoing)
                 .filter(|o| o.instance == instance)
                 .filter_map(|o| o.range.intersection(&range))
                 .collect()

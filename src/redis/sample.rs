@@ -107,13 +107,9 @@ pub async fn sample_categories(
 }
 
 /// Whether a key routed as `route` is, on instance `me`, a replica's copy: the table names
-/// `me` the replica of its slot (seeded or seeding) and another instance serves it.
+/// `me` the replica of its slot (seeded, seeding or outgoing) and another instance serves it.
 fn is_replica_copy(resolver: &Resolver, route: &Route, me: InstanceId) -> bool {
-    route.target != me
-        && resolver
-            .replication(route)
-            .and_then(|(_, replica)| replica)
-            .is_some_and(|r| r == me)
+    route.target != me && resolver.replica_targets(route).any(|r| r == me)
 }
 
 #[cfg(test)]
@@ -133,6 +129,7 @@ mod tests {
                 (8192, 16383, "primary".to_owned()).into(),
             ],
             seeding: vec![(8192, 16383, "primary".to_owned()).into()],
+            outgoing: Vec::new(),
         });
         let r = Resolver::new(t.clone()).unwrap();
         let p = r.instance_id("primary").unwrap();

@@ -45,6 +45,9 @@ pub struct ResolvedCategory {
     migrating: Vec<(SlotRange, InstanceId, InstanceId, u16)>,
     /// Set when the category's writes are replicated: the mode and the replicas' runs.
     replication: Option<(ReplicationMode, Vec<(SlotRange, InstanceId)>)>,
+    /// The outgoing replicas' runs: seeded copies kept, and written to, while the replica
+    /// that replaces them is seeded.
+    outgoing: Vec<(SlotRange, InstanceId)>,
 }
 
 impl ResolvedCategory {
@@ -156,6 +159,12 @@ impl Resolver {
                         .collect();
                     (r.mode, runs)
                 }),
+                outgoing: cat
+                    .replication
+                    .iter()
+                    .flat_map(|r| &r.outgoing)
+                    .map(|o| (o.range, id_of(&o.instance)))
+                    .collect(),
             });
         }
         let replicates = categories.iter().any(|c| c.replication.is_some());
@@ -235,6 +244,24 @@ impl Resolver {
             .filter(|(r, _)| r.contains(route.slot))
             .map(|(_, id)| *id);
         Some((*mode, replica))
+    }
+
+    /// For a key of a replicated category whose replica moves: the outgoing replica of its
+    /// slot, which takes every write beside [`Self::replication`]'s until the new one is
+    /// seeded (`docs/replication.md`, "Moving replicas").
+    pub fn outgoing(&self, route: &Route) -> Option<InstanceId> {
+        let runs = &self.categories[usize::from(route.category)].outgoing;
+        let i = runs.partition_point(|(r, _)| r.end < route.slot);
+        runs.get(i)
+            .filter(|(r, _)| r.contains(route.slot))
+            .map(|(_, id)| *id)
+    }
+
+    /// The instances that take a replicated write's result for a key routed as `route`: its
+    /// replica, then its outgoing replica, if any.
+    pub fn replica_targets(&self, route: &Route) -> impl Iterator<Item = InstanceId> + use<> {
+        let replica = self.replication(route).and_then(|(_, r)| r);
+        replica.into_iter().chain(self.outgoing(route))
     }
 
     /// Where `key` goes now.
@@ -390,6 +417,7 @@ mod tests {
             mode: ReplicationMode::Sync,
             replicas: vec![(0, 8191, "secondary".to_owned()).into()],
             seeding: Vec::new(),
+            outgoing: Vec::new(),
         });
         let json = t.to_json();
         let back = RoutingTable::from_json(&json).unwrap();
@@ -426,6 +454,7 @@ mod tests {
                     .map(|(a, b, n)| (*a, *b, (*n).to_owned()).into())
                     .collect(),
                 seeding: Vec::new(),
+                outgoing: Vec::new(),
             });
             assert!(Resolver::new(t).is_err(), "{bad:?}");
         }

@@ -143,6 +143,13 @@ pub struct CategoryReplication {
     /// like to any replica; the operator reads this back to know what is left to seed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seeding: Vec<SlotOwner>,
+    /// The seeded replica that a run of `seeding` replaces (its instance drains, or stopped
+    /// being a candidate), kept until the new one is seeded, in slot order: sidecars write to
+    /// it as to `replicas`, and a failover meanwhile promotes it rather than the half-seeded
+    /// new one, so the range is never without a full copy (`docs/replication.md`, "Moving
+    /// replicas").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outgoing: Vec<SlotOwner>,
 }
 
 impl CategoryReplication {
@@ -321,6 +328,19 @@ impl RoutingTable {
             .any(|c| c.slots.iter().any(|o| o.instance == instance))
     }
 
+    /// Whether any category names `instance` a replica (seeding, seeded or outgoing) of a slot.
+    pub fn replicates_on(&self, instance: &str) -> bool {
+        self.categories
+            .iter()
+            .filter_map(|c| c.replication.as_ref())
+            .any(|r| {
+                r.replicas
+                    .iter()
+                    .chain(&r.outgoing)
+                    .any(|o| o.instance == instance)
+            })
+    }
+
     /// A hash of the content, ignoring `version` and the schema: equal content, equal hash.
     pub fn content_hash(&self) -> String {
         let mut unversioned = self.clone();
@@ -410,11 +430,13 @@ impl RoutingTable {
                     detail: format!("runs end at {}", next.saturating_sub(1)),
                 });
             }
-            for (what, runs) in cat
-                .replication
-                .iter()
-                .flat_map(|r| [("replicas", &r.replicas), ("seeding", &r.seeding)])
-            {
+            for (what, runs) in cat.replication.iter().flat_map(|r| {
+                [
+                    ("replicas", &r.replicas),
+                    ("seeding", &r.seeding),
+                    ("outgoing", &r.outgoing),
+                ]
+            }) {
                 self.check_runs(&cat.name, what, runs)?;
             }
         }

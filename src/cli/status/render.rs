@@ -296,6 +296,9 @@ fn render_policy(
         .iter()
         .map(|r| {
             let mut parts = vec![format!("{} slots replicated", r.replicated_slots)];
+            if r.handover_slots > 0 {
+                parts.push(format!("{} moving to a new replica", r.handover_slots));
+            }
             if r.seeding_slots > 0 {
                 parts.push(format!("{} seeding", r.seeding_slots));
             }

@@ -56,6 +56,12 @@ impl InstanceView {
         matches!(self.phase, InstancePhase::Ready | InstancePhase::Degraded)
     }
 
+    /// It answers and holds its data: a replica on it may serve a failed-over range — also
+    /// while it drains (an outgoing replica, `docs/replication.md`, "Moving replicas").
+    fn promotable(&self) -> bool {
+        self.phase.serves_traffic() && !self.lost_data
+    }
+
     fn capacity_mib(&self) -> u64 {
         self.capacity_bytes.map_or(0, |b| (b >> 20).max(1))
     }
@@ -358,7 +364,7 @@ pub fn plan_routing_with(
     let mut failover = Vec::new();
     // Per category, the replicas the previous table named (computed once, and only for a
     // category whose owner is down or whose failover target is).
-    let mut replicas_before: BTreeMap<&str, Option<replicas::SlotReplicas>> = BTreeMap::new();
+    let mut replicas_before: BTreeMap<&str, Option<replicas::PromotionOrder>> = BTreeMap::new();
     let replicated = |category: &str| !replicas::replication_of(spec, category).is_off();
     for (cat, _, fallback_tier, tier) in &categories {
         for run in &cat.slots {
@@ -380,15 +386,13 @@ pub fn plan_routing_with(
                     .filter(|f| f.category == cat.name && f.from == run.instance)
                     .map(Failover::range)
                     .collect();
-                let replicas_before: Option<&[(Option<&str>, bool)]> = replicas_before
+                let replicas_before: Option<&[[Option<&str>; 2]]> = replicas_before
                     .entry(cat.name.as_str())
-                    .or_insert_with(|| previous.map(|t| replicas::replicas_of(t, &cat.name)))
+                    .or_insert_with(|| previous.map(|t| replicas::promotion_order(t, &cat.name)))
                     .as_deref();
                 for range in run.range.minus(&covered) {
-                    let usable = |r: &str| {
-                        r != owner.name
-                            && by_name.get(r).is_some_and(|i| i.serving() && !i.lost_data)
-                    };
+                    let usable =
+                        |r: &str| r != owner.name && by_name.get(r).is_some_and(|i| i.promotable());
                     for (range, to) in by_replica(range, replicas_before, usable) {
                         if let Some(to) = to {
                             failover.push(Failover {
@@ -425,16 +429,15 @@ pub fn plan_routing_with(
                 let covered: Vec<SlotRange> = kept.iter().map(|(r, _)| *r).collect();
                 // A replicated range fails over to its replica, which holds its data
                 // (`docs/replication.md`); the rest to a fallback.
-                let replicas_before: Option<&[(Option<&str>, bool)]> = replicas_before
+                let replicas_before: Option<&[[Option<&str>; 2]]> = replicas_before
                     .entry(cat.name.as_str())
-                    .or_insert_with(|| previous.map(|t| replicas::replicas_of(t, &cat.name)))
+                    .or_insert_with(|| previous.map(|t| replicas::promotion_order(t, &cat.name)))
                     .as_deref();
                 let fresh = piece.minus(&covered).into_iter().flat_map(|range| {
                     let pieces: Vec<(SlotRange, Option<String>)> = match &handoff {
                         Some(to) => vec![(range, Some(to.clone()))],
                         None => by_replica(range, replicas_before, |r| {
-                            r != owner.name
-                                && by_name.get(r).is_some_and(|i| i.serving() && !i.lost_data)
+                            r != owner.name && by_name.get(r).is_some_and(|i| i.promotable())
                         }),
                     };
                     pieces
@@ -521,14 +524,12 @@ pub fn plan_routing_with(
                     .is_some_and(|o| o.phase.serves_traffic())
                 && !target_holds(f)
         }) {
-            let before: Option<&[(Option<&str>, bool)]> = replicas_before
+            let before: Option<&[[Option<&str>; 2]]> = replicas_before
                 .entry(f.category.as_str())
-                .or_insert_with(|| previous.map(|t| replicas::replicas_of(t, &f.category)))
+                .or_insert_with(|| previous.map(|t| replicas::promotion_order(t, &f.category)))
                 .as_deref();
             let usable = |r: &str| {
-                r != f.from
-                    && r != f.to
-                    && by_name.get(r).is_some_and(|i| i.serving() && !i.lost_data)
+                r != f.from && r != f.to && by_name.get(r).is_some_and(|i| i.promotable())
             };
             for (range, to) in by_replica(f.range(), before, usable) {
                 if let Some(to) = to {
@@ -689,11 +690,12 @@ fn handoff_pieces(
     out
 }
 
-/// `range` cut where the replica `replicas` names changes: each piece with its replica when
-/// `usable` accepts it.
+/// `range` cut where the replica to promote changes: each piece with the first instance of
+/// its slots' [`replicas::promotion_order`] that `usable` accepts (the outgoing replica, seeded,
+/// before the one seeding in its place).
 fn by_replica(
     range: SlotRange,
-    replicas: Option<&[(Option<&str>, bool)]>,
+    replicas: Option<&[[Option<&str>; 2]]>,
     usable: impl Fn(&str) -> bool,
 ) -> Vec<(SlotRange, Option<String>)> {
     let Some(replicas) = replicas else {
@@ -701,9 +703,10 @@ fn by_replica(
     };
     let of = |slot: u16| {
         replicas[usize::from(slot)]
-            .0
-            .filter(|r| usable(r))
-            .map(str::to_owned)
+            .iter()
+            .flatten()
+            .find(|r| usable(r))
+            .map(|r| (*r).to_owned())
     };
     let mut out: Vec<(SlotRange, Option<String>)> = Vec::new();
     for slot in range.start..=range.end {
@@ -830,7 +833,11 @@ pub fn served_ranges(table: &RoutingTable) -> BTreeMap<String, Vec<(String, Slot
 pub fn held_ranges(table: &RoutingTable) -> BTreeMap<String, Vec<(String, SlotRange)>> {
     let mut held = served_ranges(table);
     for cat in &table.categories {
-        for run in cat.replication.iter().flat_map(|r| &r.replicas) {
+        for run in cat
+            .replication
+            .iter()
+            .flat_map(|r| r.replicas.iter().chain(&r.outgoing))
+        {
             held.entry(run.instance.clone())
                 .or_default()
                 .push((cat.name.clone(), run.range));
@@ -881,7 +888,8 @@ pub fn stale_before_publishing(
     difference(&held_ranges(next), &before)
 }
 
-/// The replica copies of `previous` that are the range's data in `next` too: all of them,
+/// The replica copies of `previous` (of its replicas and outgoing replicas) that are the
+/// range's data in `next` too: all of them,
 /// except on an instance that `next` makes the slot's *owner* by a change of placement (with
 /// rebalancing off, ownership changes move no data; an `async` or seeding replica's copies may
 /// be older than what the owner acknowledged, so they are purged, as any new owner's are). A
@@ -896,7 +904,7 @@ fn replica_copies_kept(
         let Some(r) = &cat.replication else { continue };
         let owners_before = cat.owners();
         let owners_after = next.category(&cat.name).map(Category::owners);
-        for run in &r.replicas {
+        for run in r.replicas.iter().chain(&r.outgoing) {
             let x = run.instance.as_str();
             let mut start: Option<u16> = None;
             let mut flush = |start: &mut Option<u16>, end: u16| {

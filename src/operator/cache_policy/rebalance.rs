@@ -424,7 +424,9 @@ pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move>
 /// Moves that empty a draining instance that owns no slot but still holds data of the
 /// policy's categories (the old single Redis being migrated into the fleet): every range of
 /// every such category, from it to the range's owner. Not while it still holds copies to free
-/// (ranges handed off while it was down, say): those are stale, not data, and go first.
+/// (ranges handed off while it was down, say): those are stale, not data, and go first. Nor
+/// while the table names it a replica (an outgoing one, kept until its successor is seeded):
+/// its copies are no older than the owners' data, and are freed once it is dropped.
 pub fn legacy_moves(
     table: &RoutingTable,
     views: &[InstanceView],
@@ -432,7 +434,7 @@ pub fn legacy_moves(
 ) -> Vec<Move> {
     let mut out = Vec::new();
     for v in views.iter().filter(|v| v.drain && !v.copies_to_free) {
-        if table.owns_any(&v.name) {
+        if table.owns_any(&v.name) || table.replicates_on(&v.name) {
             continue;
         }
         for cat in &table.categories {

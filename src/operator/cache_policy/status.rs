@@ -352,11 +352,12 @@ pub fn set_replicated_condition(
             .iter()
             .map(|r| r.category.as_str())
             .collect();
-        (
-            true,
-            "Replicated",
-            format!("every slot of {} has a seeded replica", names.join(", ")),
-        )
+        let moving = describe(|r| r.handover_slots, "moving to a new replica");
+        let mut message = format!("every slot of {} has a seeded replica", names.join(", "));
+        if !moving.is_empty() {
+            message.push_str(&format!(" ({})", moving.join("; ")));
+        }
+        (true, "Replicated", message)
     };
     let c = condition(REPLICATED, on, reason, message, generation, now);
     set_condition(&mut status.conditions, c.clone());
@@ -797,6 +798,7 @@ mod tests {
             mode: "Sync".into(),
             replicated_slots: replicated,
             seeding_slots: seeding,
+            handover_slots: 0,
             unreplicated_slots: unreplicated,
             replicas: vec!["secondary".into()],
         };

@@ -1166,6 +1166,7 @@ fn replicate(t: &mut RoutingTable, category: &str, runs: &[(u16, u16, &str)]) {
             .map(|(s, e, i)| (*s, *e, (*i).to_owned()).into())
             .collect(),
         seeding: Vec::new(),
+        outgoing: Vec::new(),
     });
 }
 

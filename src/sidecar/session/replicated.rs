@@ -731,7 +731,8 @@ fn count(router: &Router, category: CategoryId, reply: &[u8]) {
 }
 
 /// The parts of `written` each replica takes, per category: the keys whose category
-/// replicates and whose slot has a replica other than the target.
+/// replicates and whose slot has a replica other than the target — and an outgoing replica
+/// while its successor seeds (a failover then promotes it: it must have every write).
 fn for_replicas(
     router: &Router,
     target: InstanceId,
@@ -740,35 +741,58 @@ fn for_replicas(
 ) -> Vec<ForReplica> {
     let mut parts: Vec<ForReplica> = Vec::new();
     for (route, state) in routes.iter().zip(&written.states) {
-        let Some((mode, Some(replica))) = router.resolver.replication(route) else {
+        let Some((mode, Some(_))) = router.resolver.replication(route) else {
             continue;
         };
-        if replica == target {
-            continue;
-        }
-        let sync = mode == ReplicationMode::Sync;
-        match parts
-            .iter_mut()
-            .find(|p| p.replica == replica && p.category == route.category)
-        {
-            Some(p) => {
-                p.sync |= sync;
-                p.written.states.push(state.clone());
+        for replica in router.resolver.replica_targets(route) {
+            if replica == target {
+                continue;
             }
-            None => parts.push(ForReplica {
+            add_part(
+                router,
+                &mut parts,
                 replica,
-                category: route.category,
-                sync,
-                written: Written {
-                    reply: Frame::Null,
-                    version: written.version,
-                    states: vec![state.clone()],
-                },
-                metrics: router.categories[usize::from(route.category)].clone(),
-            }),
+                route,
+                mode,
+                state,
+                written.version,
+            );
         }
     }
     parts
+}
+
+/// Adds the result `state` of a key routed as `route` to the part for `replica`.
+fn add_part(
+    router: &Router,
+    parts: &mut Vec<ForReplica>,
+    replica: InstanceId,
+    route: &Route,
+    mode: ReplicationMode,
+    state: &(Bytes, KeyState),
+    version: replica::Version,
+) {
+    let sync = mode == ReplicationMode::Sync;
+    match parts
+        .iter_mut()
+        .find(|p| p.replica == replica && p.category == route.category)
+    {
+        Some(p) => {
+            p.sync |= sync;
+            p.written.states.push(state.clone());
+        }
+        None => parts.push(ForReplica {
+            replica,
+            category: route.category,
+            sync,
+            written: Written {
+                reply: Frame::Null,
+                version,
+                states: vec![state.clone()],
+            },
+            metrics: router.categories[usize::from(route.category)].clone(),
+        }),
+    }
 }
 
 impl ForReplica {
@@ -899,7 +923,7 @@ async fn apply(
                     .map(|(key, _)| {
                         let route = current.resolver.resolve(key);
                         route.target == now
-                            || matches!(current.resolver.replication(&route), Some((_, Some(r))) if r == now)
+                            || current.resolver.replica_targets(&route).any(|r| r == now)
                     })
                     .collect();
                 if kept.iter().all(|k| !k) {

@@ -16,6 +16,10 @@
 //! - A replica new to a slot is *seeding* until the operator reports that it copied what the
 //!   slot's writer held ([`Seeded`]); a seeding replica still receives every write.
 //! - A replica that lost its data ([`InstanceView::lost_data`]) is seeded again.
+//! - Seed, then drop: a seeded replica that stops being a candidate (it drains, say) while it
+//!   still answers stays on as the slot's *outgoing* replica until the new one is seeded — it
+//!   takes every write meanwhile, and a failover promotes it — so a replica that moves leaves
+//!   no window without a full copy.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -87,10 +91,12 @@ pub fn place_replicas(table: &mut RoutingTable, inputs: &ReplicaInputs<'_>) {
         };
         let placed = place_category(table, &name, &by_name, inputs);
         named.extend(placed.replicas.iter().map(|r| r.instance.clone()));
+        named.extend(placed.outgoing.iter().map(|r| r.instance.clone()));
         table.categories[index].replication = Some(CategoryReplication {
             mode,
             replicas: placed.replicas,
             seeding: placed.seeding,
+            outgoing: placed.outgoing,
         });
     }
     for name in named {
@@ -106,6 +112,7 @@ pub fn place_replicas(table: &mut RoutingTable, inputs: &ReplicaInputs<'_>) {
 struct Placed {
     replicas: Vec<SlotOwner>,
     seeding: Vec<SlotOwner>,
+    outgoing: Vec<SlotOwner>,
 }
 
 /// Per slot, the instance that serves it in `table` (its owner unless a failover entry
@@ -152,6 +159,41 @@ pub fn replicas_of<'t>(table: &'t RoutingTable, category: &str) -> SlotReplicas<
     out
 }
 
+/// Per slot, the outgoing replica `table` names for `category` (the seeded one a seeding
+/// replica replaces), if any.
+pub fn outgoing_of<'t>(table: &'t RoutingTable, category: &str) -> Vec<Option<&'t str>> {
+    let mut out = vec![None; usize::from(SLOT_COUNT)];
+    let runs = table
+        .category(category)
+        .and_then(|c| c.replication.as_ref())
+        .map_or(&[][..], |r| r.outgoing.as_slice());
+    for run in runs {
+        for slot in run.range.start..=run.range.end {
+            out[usize::from(slot)] = Some(run.instance.as_str());
+        }
+    }
+    out
+}
+
+/// Per slot (16 384 entries), the instances a failover may promote, best first.
+pub type PromotionOrder<'t> = Vec<[Option<&'t str>; 2]>;
+
+/// Per slot, the instances that hold a full copy of it in `table`, in the order a failover
+/// promotes them: the outgoing replica (seeded) before the replica that replaces it (still
+/// seeding); otherwise the replica, seeded or not (a seeding replica holds part of the data,
+/// which beats an empty fallback).
+pub fn promotion_order<'t>(table: &'t RoutingTable, category: &str) -> PromotionOrder<'t> {
+    let replicas = replicas_of(table, category);
+    outgoing_of(table, category)
+        .into_iter()
+        .zip(replicas)
+        .map(|(outgoing, (replica, _))| match outgoing {
+            Some(o) => [Some(o), replica],
+            None => [replica, None],
+        })
+        .collect()
+}
+
 fn place_category(
     table: &RoutingTable,
     category: &str,
@@ -166,6 +208,10 @@ fn place_category(
         .unwrap_or_else(|| vec![(None, false); slots]);
     // A kept replica whose slot changed server is seeded again from the new one.
     let servers_before = inputs.previous.map(|t| self::servers(t, category));
+    let outgoing_before = inputs
+        .previous
+        .map(|t| outgoing_of(t, category))
+        .unwrap_or_else(|| vec![None; slots]);
     // Slots without a replica (migrating), and per slot the instances that may not replicate
     // it (the ends of a move, now, in the previous table or in the plan under way).
     let mut blocked = vec![false; slots];
@@ -240,7 +286,22 @@ fn place_category(
         })
     };
 
+    // A seeded copy that may stay on as the outgoing replica of `slot` while a new one seeds:
+    // it answers (draining or not), holds its data, is not (or no longer) the slot's server nor an end of a move
+    // of it, and the slot kept its writer (what it holds is that writer's).
+    let keepable = |name: &str, slot: usize| {
+        by_name.get(name).is_some_and(|i| i.promotable())
+            && servers[slot] != name
+            && !ends[slot].iter().any(|e| e == name)
+            && servers_before
+                .as_ref()
+                .is_some_and(|b| b.get(slot).is_some_and(|w| *w == servers[slot]))
+    };
+
     let mut chosen: Vec<(Option<String>, bool)> = vec![(None, false); slots];
+    // Per slot, the seeded copy a seeding replica replaces: the previous outgoing replica, or
+    // the previous replica if it was seeded.
+    let mut leaving: Vec<Option<&str>> = vec![None; slots];
     // One choice per run of slots with the same server and the same excluded ends.
     let keyed: Vec<(&str, &[String])> = (0..slots)
         .map(|s| (servers[s], ends[s].as_slice()))
@@ -252,6 +313,11 @@ fn place_category(
             if blocked[s] {
                 continue;
             }
+            let seeded_before = outgoing_before[s].or(match previous[s] {
+                (Some(prev), false) => Some(prev),
+                _ => None,
+            });
+            leaving[s] = seeded_before.filter(|o| keepable(o, s));
             if let (Some(prev), was_seeding) = previous[s]
                 && eligible(prev, s)
             {
@@ -281,9 +347,17 @@ fn place_category(
             chosen[s] = (pick.clone(), pick.is_some());
         }
     }
+    // The outgoing replica stays only beside a replica that is still seeding, and is not it.
+    let outgoing: Vec<Option<&str>> = (0..slots)
+        .map(|s| match &chosen[s] {
+            (Some(replica), true) => leaving[s].filter(|o| o != replica),
+            _ => None,
+        })
+        .collect();
     let mut placed = Placed {
         replicas: Vec::new(),
         seeding: Vec::new(),
+        outgoing: Vec::new(),
     };
     for (range, (replica, seeding)) in runs(&chosen) {
         let Some(instance) = replica else { continue };
@@ -294,6 +368,14 @@ fn place_category(
             });
         }
         placed.replicas.push(SlotOwner { range, instance });
+    }
+    for (range, instance) in runs(&outgoing) {
+        if let Some(instance) = instance {
+            placed.outgoing.push(SlotOwner {
+                range,
+                instance: (*instance).to_owned(),
+            });
+        }
     }
     placed
 }
@@ -335,9 +417,15 @@ pub fn seeded_runs(table: &RoutingTable) -> Vec<Seeded> {
 ///
 /// [`names::holds`]: crate::redis::protocol::names::holds
 pub fn must_hold_marker(table: &RoutingTable) -> BTreeSet<String> {
+    let outgoing = table
+        .categories
+        .iter()
+        .filter_map(|c| c.replication.as_ref())
+        .flat_map(|r| r.outgoing.iter().map(|run| run.instance.clone()));
     seeded_runs(table)
         .into_iter()
         .flat_map(|run| [run.instance, run.writer])
+        .chain(outgoing)
         .collect()
 }
 
@@ -352,8 +440,16 @@ pub fn summary(table: &RoutingTable) -> Vec<crate::api::cache_policy::CategoryRe
         .filter_map(|c| {
             let r = c.replication.as_ref()?;
             let named = count(&r.replicas);
-            let seeding = count(&r.seeding);
-            let mut replicas: Vec<String> = r.replicas.iter().map(|o| o.instance.clone()).collect();
+            // A slot whose new replica seeds beside its outgoing one has a full copy: it is
+            // replicated, and handing over.
+            let handover = count(&r.outgoing);
+            let seeding = count(&r.seeding) - handover;
+            let mut replicas: Vec<String> = r
+                .replicas
+                .iter()
+                .chain(&r.outgoing)
+                .map(|o| o.instance.clone())
+                .collect();
             replicas.sort();
             replicas.dedup();
             Some(crate::api::cache_policy::CategoryReplicationStatus {
@@ -365,6 +461,7 @@ pub fn summary(table: &RoutingTable) -> Vec<crate::api::cache_policy::CategoryRe
                 .to_owned(),
                 replicated_slots: named - seeding,
                 seeding_slots: seeding,
+                handover_slots: handover,
                 unreplicated_slots: i32::from(SLOT_COUNT) - named,
                 replicas,
             })

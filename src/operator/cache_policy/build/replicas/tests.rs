@@ -592,3 +592,161 @@ fn a_failover_target_that_lost_its_data_hands_the_range_to_the_seeded_owner() {
         "the primary's copies are auth's data: {stale:?}"
     );
 }
+
+fn outgoing_runs(t: &RoutingTable, cat: &str) -> Vec<(u16, u16, String)> {
+    t.category(cat)
+        .and_then(|c| c.replication.as_ref())
+        .map(|r| {
+            r.outgoing
+                .iter()
+                .map(|o| (o.range.start, o.range.end, o.instance.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn drained(mut views: Vec<InstanceView>, name: &str) -> Vec<InstanceView> {
+    let v = views.iter_mut().find(|v| v.name == name).unwrap();
+    v.drain = true;
+    v.phase = InstancePhase::Draining;
+    views
+}
+
+/// The shop's two instances and a third warm one, with `auth` seeded on `secondary`: the
+/// table, and the instances.
+fn replicated_on_secondary_of_three() -> (CachePolicySpec, Vec<InstanceView>, RoutingTable) {
+    let spec = replicated(Replication::Sync);
+    let mut three = two();
+    three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
+    let first = publish(&spec, &three, None, &[]);
+    let mut seeded = publish(&spec, &three, Some(&first), &all_seeded(&first));
+    replicate_auth_on(&mut seeded, "secondary");
+    (spec, three, seeded)
+}
+
+#[test]
+fn a_draining_replica_stays_outgoing_until_its_successor_is_seeded() {
+    let (spec, three, seeded) = replicated_on_secondary_of_three();
+    let draining = drained(three.clone(), "secondary");
+    let handing = publish(&spec, &draining, Some(&seeded), &[]);
+    assert_eq!(
+        replica_runs(&handing, "auth"),
+        [(0, 16383, "tertiary".into())]
+    );
+    assert_eq!(seeding_runs(&handing, "auth"), 1);
+    assert_eq!(
+        outgoing_runs(&handing, "auth"),
+        [(0, 16383, "secondary".into())],
+        "the seeded replica stays on while its successor seeds"
+    );
+    // Its copies are neither purged nor listed to free, and it still has to hold the marker.
+    let stale = stale_before_publishing(Some(&seeded), &handing);
+    assert!(
+        stale
+            .get("secondary")
+            .is_none_or(|r| r.iter().all(|(c, _)| c != "auth")),
+        "{stale:?}"
+    );
+    assert!(
+        newly_held(Some(&handing), &seeded)
+            .get("secondary")
+            .is_none_or(|r| r.iter().all(|(c, _)| c != "auth"))
+    );
+    assert!(must_hold_marker(&handing).contains("secondary"));
+    assert!(handing.replicates_on("secondary"));
+    // Every slot counts as replicated (a full copy exists), and as handing over.
+    let status = summary(&handing);
+    let auth = status.iter().find(|s| s.category == "auth").unwrap();
+    assert_eq!(
+        (
+            auth.replicated_slots,
+            auth.handover_slots,
+            auth.seeding_slots,
+            auth.unreplicated_slots
+        ),
+        (16384, 16384, 0, 0)
+    );
+    // Still seeding: it stays. Seeded: it goes, and its copies are listed to free.
+    let still = publish(&spec, &draining, Some(&handing), &[]);
+    assert_eq!(
+        outgoing_runs(&still, "auth"),
+        outgoing_runs(&handing, "auth")
+    );
+    let done = publish(&spec, &draining, Some(&still), &all_seeded(&still));
+    assert!(outgoing_runs(&done, "auth").is_empty());
+    assert_eq!(replica_runs(&done, "auth"), [(0, 16383, "tertiary".into())]);
+    assert_eq!(seeding_runs(&done, "auth"), 0);
+    assert!(
+        newly_held(Some(&done), &still)["secondary"].contains(&("auth".into(), SlotRange::ALL))
+    );
+    assert!(!done.replicates_on("secondary"));
+}
+
+#[test]
+fn a_failover_while_a_replica_moves_promotes_the_outgoing_one() {
+    let (spec, three, seeded) = replicated_on_secondary_of_three();
+    let draining = drained(three.clone(), "secondary");
+    let handing = publish(&spec, &draining, Some(&seeded), &[]);
+    let down = phase(draining.clone(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&handing), &[]);
+    let auth: Vec<_> = during
+        .failover
+        .iter()
+        .filter(|f| f.category == "auth")
+        .collect();
+    assert!(!auth.is_empty());
+    assert!(
+        auth.iter().all(|f| f.to == "secondary"),
+        "the seeded copy serves, not the half-seeded one: {auth:?}"
+    );
+    let stale = stale_before_publishing(Some(&handing), &during);
+    assert!(
+        stale
+            .get("secondary")
+            .is_none_or(|r| r.iter().all(|(c, _)| c != "auth")),
+        "the promoted copies are the range's data: {stale:?}"
+    );
+    // Now the server, it is no one's outgoing replica; the new replica is seeded again, from
+    // the new writer.
+    assert!(outgoing_runs(&during, "auth").is_empty());
+    assert_eq!(
+        replica_runs(&during, "auth"),
+        [(0, 16383, "tertiary".into())]
+    );
+    assert_eq!(seeding_runs(&during, "auth"), 1);
+}
+
+#[test]
+fn an_outgoing_replica_that_dies_or_lost_its_data_is_dropped() {
+    let (spec, three, seeded) = replicated_on_secondary_of_three();
+    let draining = drained(three.clone(), "secondary");
+    let handing = publish(&spec, &draining, Some(&seeded), &[]);
+    let dead = phase(draining.clone(), "secondary", InstancePhase::Unreachable);
+    let after = publish(&spec, &dead, Some(&handing), &[]);
+    assert!(outgoing_runs(&after, "auth").is_empty());
+    assert_eq!(
+        replica_runs(&after, "auth"),
+        [(0, 16383, "tertiary".into())]
+    );
+    let emptied = lost(draining.clone(), "secondary");
+    let after = publish(&spec, &emptied, Some(&handing), &[]);
+    assert!(outgoing_runs(&after, "auth").is_empty());
+    // A replica that was still seeding when it stopped being one leaves no outgoing copy.
+    let first = publish(&spec, &three, None, &[]);
+    let mut seeding = first.clone();
+    replicate_auth_on(&mut seeding, "secondary");
+    seeding
+        .categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .unwrap()
+        .replication
+        .as_mut()
+        .unwrap()
+        .seeding = vec![SlotOwner {
+        range: SlotRange::ALL,
+        instance: "secondary".into(),
+    }];
+    let moved = publish(&spec, &draining, Some(&seeding), &[]);
+    assert!(outgoing_runs(&moved, "auth").is_empty());
+}
