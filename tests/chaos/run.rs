@@ -355,7 +355,7 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Drops, Vec<(usize, W
         });
         let published = window.map(|w| (w[1].after, w[1].at));
         // A replicated key that the failover table serves from the replica the table before
-        // named for it, seeded, and that served it: nothing of it is dropped
+        // named for it, seeded (or outgoing), and that served it: nothing of it is dropped
         // (`docs/replication.md`).
         let resolvers = window.and_then(|w| {
             Some((
@@ -386,8 +386,11 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Drops, Vec<(usize, W
                         .iter()
                         .any(|s| s.range.contains(route.slot) && s.instance == replica)
                 });
+            // Or from the outgoing replica (seeded) that a seeding one replaces.
+            let outgoing = before.outgoing(&route).map(|o| before.instance_name(o));
             let now = after.resolve(name.as_bytes());
-            (!seeding && after.instance_name(now.target) == replica)
+            let server = after.instance_name(now.target);
+            ((!seeding && server == replica) || outgoing == Some(server))
                 .then_some(mode == ReplicationMode::Async)
         };
         // Published between `start` and `stands`.

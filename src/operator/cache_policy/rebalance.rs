@@ -425,8 +425,9 @@ pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move>
 /// policy's categories (the old single Redis being migrated into the fleet): every range of
 /// every such category, from it to the range's owner. Not while it still holds copies to free
 /// (ranges handed off while it was down, say): those are stale, not data, and go first. Nor
-/// while the table names it a replica (an outgoing one, kept until its successor is seeded):
-/// its copies are no older than the owners' data, and are freed once it is dropped.
+/// while the table names it a replica (an outgoing one, kept until its successor is seeded:
+/// its copies are no fresher than the owners' data, and are freed once it is dropped) or a
+/// failover target (it serves a dead owner's ranges, which a failback brings home).
 pub fn legacy_moves(
     table: &RoutingTable,
     views: &[InstanceView],
@@ -434,7 +435,10 @@ pub fn legacy_moves(
 ) -> Vec<Move> {
     let mut out = Vec::new();
     for v in views.iter().filter(|v| v.drain && !v.copies_to_free) {
-        if table.owns_any(&v.name) || table.replicates_on(&v.name) {
+        if table.owns_any(&v.name)
+            || table.replicates_on(&v.name)
+            || table.failover.iter().any(|f| f.to == v.name)
+        {
             continue;
         }
         for cat in &table.categories {

@@ -92,6 +92,34 @@ fn a_draining_legacy_instance_with_data_is_emptied_into_the_owners() {
         legacy_moves(&t, &views, &BTreeMap::new()).is_empty(),
         "nothing left: done"
     );
+    // Not while it holds copies the table gives it: as a replica, an outgoing replica (kept
+    // until its successor is seeded), or a failover target (it serves a dead owner's range).
+    let replica = crate::routing::table::SlotOwner::from((0, 99, "legacy".to_owned()));
+    let mut as_replica = t.clone();
+    as_replica.categories[0].replication = Some(crate::routing::table::CategoryReplication {
+        mode: crate::routing::table::ReplicationMode::Sync,
+        replicas: vec![crate::routing::table::SlotOwner::from((
+            0,
+            99,
+            "primary".to_owned(),
+        ))],
+        seeding: Vec::new(),
+        outgoing: vec![replica.clone()],
+    });
+    assert!(legacy_moves(&as_replica, &views, &bytes).is_empty());
+    let r = as_replica.categories[0].replication.as_mut().unwrap();
+    r.replicas = vec![replica];
+    r.outgoing = Vec::new();
+    assert!(legacy_moves(&as_replica, &views, &bytes).is_empty());
+    let mut serving = t.clone();
+    serving.failover.push(crate::routing::table::Failover {
+        category: "auth".into(),
+        start: 0,
+        end: 99,
+        from: "primary".into(),
+        to: "legacy".into(),
+    });
+    assert!(legacy_moves(&serving, &views, &bytes).is_empty());
 }
 
 #[test]
