@@ -407,7 +407,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
                 replica_bytes: Some(1),
             }],
         );
-        operator.set_replica_slots(&policy, [("c".into(), [1, 0, 0])]);
+        operator.set_replica_slots(&policy, [("c".into(), [1, 0, 0, 0])]);
         operator.rebalance_failed(&policy);
         operator.departure_given_up(&policy);
         operator.instance_lost_data(&policy);
@@ -1059,7 +1059,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
         unreplicated["expr"]
             .as_str()
             .unwrap()
-            .contains(r#"redisfleet_replica_slots{state!="replicated"})) > 0"#),
+            .contains(r#"redisfleet_replica_slots{state=~"seeding|unreplicated"})) > 0"#),
         "{unreplicated}"
     );
     assert_eq!(unreplicated["for"], "10m");

@@ -405,7 +405,7 @@ impl Metrics {
         );
         r.register(
             "replica_slots",
-            "Slots of a replicated category whose replica is seeded (state=replicated), being seeded (seeding) or missing (unreplicated)",
+            "Slots of a replicated category whose replica is seeded (state=replicated), being seeded (seeding) or missing (unreplicated); handover: those of replicated whose replica moves (the old one kept until the new one is seeded)",
             m.replica_slots.clone(),
         );
         r.register(
@@ -503,15 +503,15 @@ impl Metrics {
     }
 
     /// Sets the slot counts of each replicated category of a policy (category, replicated,
-    /// seeding, unreplicated); the series of categories not given are removed.
+    /// seeding, unreplicated, handover); the series of categories not given are removed.
     pub fn set_replica_slots(
         &self,
         policy: &PolicyLabels,
-        counts: impl IntoIterator<Item = (String, [i64; 3])>,
+        counts: impl IntoIterator<Item = (String, [i64; 4])>,
     ) {
         let mut now = BTreeSet::new();
         for (category, values) in counts {
-            for (state, value) in ["replicated", "seeding", "unreplicated"]
+            for (state, value) in ["replicated", "seeding", "unreplicated", "handover"]
                 .into_iter()
                 .zip(values)
             {

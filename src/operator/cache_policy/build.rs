@@ -528,11 +528,11 @@ pub fn plan_routing_with(
                 .entry(f.category.as_str())
                 .or_insert_with(|| previous.map(|t| replicas::promotion_order(t, &f.category)))
                 .as_deref();
-            let usable = |r: &str| {
-                r != f.from && r != f.to && by_name.get(r).is_some_and(|i| i.promotable())
-            };
+            // The owner may come first (it was the outgoing replica of a replica that moved):
+            // then it is the one to serve, and the entry ends for those slots.
+            let usable = |r: &str| r != f.to && by_name.get(r).is_some_and(|i| i.promotable());
             for (range, to) in by_replica(f.range(), before, usable) {
-                if let Some(to) = to {
+                if let Some(to) = to.filter(|to| *to != f.from) {
                     failover.push(Failover {
                         category: f.category.clone(),
                         start: range.start,

@@ -621,6 +621,7 @@ pub fn record_metrics(
                     i64::from(r.replicated_slots),
                     i64::from(r.seeding_slots),
                     i64::from(r.unreplicated_slots),
+                    i64::from(r.handover_slots),
                 ],
             )
         }),

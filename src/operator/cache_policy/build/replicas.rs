@@ -344,7 +344,13 @@ fn place_category(
                     (!pool.is_empty()).then(|| placement::rendezvous_winner(&key, &pool).to_owned())
                 })
             });
-            chosen[s] = (pick.clone(), pick.is_some());
+            chosen[s] = match (pick, leaving[s]) {
+                (Some(pick), _) => (Some(pick.clone()), true),
+                // Nobody else can take it: the seeded copy stays the replica (draining or not)
+                // until somebody can, rather than leave the range without one.
+                (None, Some(kept)) => (Some(kept.to_owned()), false),
+                (None, None) => (None, false),
+            };
         }
     }
     // The outgoing replica stays only beside a replica that is still seeding, and is not it.
@@ -417,16 +423,26 @@ pub fn seeded_runs(table: &RoutingTable) -> Vec<Seeded> {
 ///
 /// [`names::holds`]: crate::redis::protocol::names::holds
 pub fn must_hold_marker(table: &RoutingTable) -> BTreeSet<String> {
-    let outgoing = table
-        .categories
-        .iter()
-        .filter_map(|c| c.replication.as_ref())
-        .flat_map(|r| r.outgoing.iter().map(|run| run.instance.clone()));
-    seeded_runs(table)
+    let mut out: BTreeSet<String> = seeded_runs(table)
         .into_iter()
         .flat_map(|run| [run.instance, run.writer])
-        .chain(outgoing)
-        .collect()
+        .collect();
+    // An outgoing replica and its slots' writer are a seeded pair too: the writer's loss must
+    // be seen while the successor seeds (the seeding would copy its emptiness).
+    for cat in &table.categories {
+        let Some(r) = &cat.replication else { continue };
+        if r.outgoing.is_empty() {
+            continue;
+        }
+        let servers = servers(table, &cat.name);
+        for run in &r.outgoing {
+            out.insert(run.instance.clone());
+            for slot in run.range.start..=run.range.end {
+                out.insert(servers[usize::from(slot)].to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// Where each replicated category of `table` stands, for status and metrics.

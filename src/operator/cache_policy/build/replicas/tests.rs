@@ -653,6 +653,10 @@ fn a_draining_replica_stays_outgoing_until_its_successor_is_seeded() {
             .is_none_or(|r| r.iter().all(|(c, _)| c != "auth"))
     );
     assert!(must_hold_marker(&handing).contains("secondary"));
+    assert!(
+        must_hold_marker(&handing).contains("primary"),
+        "the writer's loss must be seen while the successor seeds"
+    );
     assert!(handing.replicates_on("secondary"));
     // Every slot counts as replicated (a full copy exists), and as handing over.
     let status = summary(&handing);
@@ -749,4 +753,94 @@ fn an_outgoing_replica_that_dies_or_lost_its_data_is_dropped() {
     }];
     let moved = publish(&spec, &draining, Some(&seeding), &[]);
     assert!(outgoing_runs(&moved, "auth").is_empty());
+}
+
+#[test]
+fn a_draining_replica_that_nobody_can_replace_stays_the_replica() {
+    // Two instances: nobody else can hold auth's copies.
+    let spec = replicated(Replication::Sync);
+    let first = publish(&spec, &two(), None, &[]);
+    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
+    let draining = drained(two(), "secondary");
+    let kept = publish(&spec, &draining, Some(&seeded), &[]);
+    assert_eq!(
+        replica_runs(&kept, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+    assert_eq!(seeding_runs(&kept, "auth"), 0, "still the seeded copy");
+    assert!(outgoing_runs(&kept, "auth").is_empty());
+    // Three: the successor seeds, then dies; the drained replica stays the replica again.
+    let (spec, three, seeded) = replicated_on_secondary_of_three();
+    let draining = drained(three.clone(), "secondary");
+    let handing = publish(&spec, &draining, Some(&seeded), &[]);
+    let dead = phase(draining.clone(), "tertiary", InstancePhase::Unreachable);
+    let back = publish(&spec, &dead, Some(&handing), &[]);
+    assert_eq!(
+        replica_runs(&back, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+    assert_eq!(seeding_runs(&back, "auth"), 0);
+    assert!(outgoing_runs(&back, "auth").is_empty());
+    let stale = stale_before_publishing(Some(&handing), &back);
+    assert!(
+        stale
+            .get("secondary")
+            .is_none_or(|r| r.iter().all(|(c, _)| c != "auth")),
+        "{stale:?}"
+    );
+    // Once the successor answers again, the handover starts over.
+    let again = publish(&spec, &draining, Some(&back), &[]);
+    assert_eq!(
+        outgoing_runs(&again, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+}
+
+#[test]
+fn an_owner_that_was_the_outgoing_replica_serves_when_its_failover_target_dies() {
+    let (spec, three, seeded) = replicated_on_secondary_of_three();
+    // The primary dies: auth is served by the secondary. It comes back, and is made the
+    // replica (seeded).
+    let down = phase(three.clone(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&seeded), &[]);
+    assert!(
+        during
+            .failover
+            .iter()
+            .any(|f| f.category == "auth" && f.to == "secondary")
+    );
+    let mut back = publish(&spec, &three, Some(&during), &[]);
+    replicate_auth_on(&mut back, "primary");
+    back.categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .unwrap()
+        .replication
+        .as_mut()
+        .unwrap()
+        .seeding
+        .clear();
+    assert!(
+        back.failover
+            .iter()
+            .any(|f| f.category == "auth" && f.to == "secondary")
+    );
+    // The primary drains before a failback: where the secondary still serves, it stays on as
+    // the outgoing replica (placement hands the other slots to the tertiary at once: with
+    // rebalancing off no data moves, and a slot whose writer changed is seeded afresh).
+    let draining = drained(three.clone(), "primary");
+    let handing = publish(&spec, &draining, Some(&back), &[]);
+    let outgoing = outgoing_of(&handing, "auth");
+    let kept: Vec<usize> = (0..usize::from(SLOT_COUNT))
+        .filter(|s| outgoing[*s] == Some("primary"))
+        .collect();
+    assert!(kept.len() > 1000, "{:?}", outgoing_runs(&handing, "auth"));
+    // The secondary dies: the primary, the full copy, serves those slots again; not the
+    // half-seeded successor.
+    let gone = phase(draining.clone(), "secondary", InstancePhase::Unreachable);
+    let after = publish(&spec, &gone, Some(&handing), &[]);
+    let servers = servers(&after, "auth");
+    for s in kept {
+        assert_eq!(servers[s], "primary", "slot {s}: {:?}", after.failover);
+    }
 }
