@@ -98,6 +98,11 @@ pub fn details(row: &Row) -> String {
         "  {ASYNC_CATEGORY} (async): {} keys taken over by their replica, {} of their acknowledged writes at risk by the sidecars' reports",
         row.async_takeovers.0, row.async_takeovers.1
     );
+    let _ = writeln!(
+        out,
+        "  replicas moved seed-first: {} (category, outgoing instance) pairs named by the tables",
+        row.handovers
+    );
     for e in row
         .history
         .examples

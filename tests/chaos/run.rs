@@ -72,6 +72,9 @@ pub struct Row {
     /// acknowledged writes those that the sidecars' reports left at risk (the checker allows
     /// the replica to miss only these).
     pub async_takeovers: (u64, u64),
+    /// Replicas that moved seed-first: the distinct (category, outgoing instance) pairs the
+    /// published tables named (`docs/replication.md`, "Moving replicas").
+    pub handovers: usize,
     /// Where the logs of a failed seed were kept.
     pub logs: Option<PathBuf>,
 }
@@ -233,6 +236,7 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         faults,
         failovers,
         async_takeovers,
+        handovers: handovers(&lock(&fleet.tables)),
         logs: None,
     };
     drop((plans, finished));
@@ -448,6 +452,17 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Drops, Vec<(usize, W
         }
     }
     (failovers, drops, warm_async)
+}
+
+/// The distinct (category, instance) pairs of outgoing replicas in `tables`.
+fn handovers(tables: &[crate::fleet::Published]) -> usize {
+    let pairs: std::collections::BTreeSet<(&str, &str)> = tables
+        .iter()
+        .flat_map(|p| &p.table.categories)
+        .filter_map(|c| Some((c.name.as_str(), c.replication.as_ref()?)))
+        .flat_map(|(name, r)| r.outgoing.iter().map(move |o| (name, o.instance.as_str())))
+        .collect();
+    pairs.len()
 }
 
 /// Puts a write of the harness (a drop) where it stands: after the writes that started before
