@@ -630,9 +630,9 @@ fn shows_where_replicated_categories_stand() {
             mode: "Sync".into(),
             replicated_slots: 16384,
             seeding_slots: 0,
-            handover_slots: 0,
+            handover_slots: 100,
             unreplicated_slots: 0,
-            replicas: vec!["secondary".into()],
+            replicas: vec!["secondary".into(), "tertiary".into()],
         },
         crate::api::cache_policy::CategoryReplicationStatus {
             category: "order".into(),
@@ -644,10 +644,10 @@ fn shows_where_replicated_categories_stand() {
             replicas: vec!["secondary".into()],
         },
     ];
-    let text = render(&s, 100, false);
+    let text = render(&s, 140, false);
     assert_eq!(
         line_with(&text, "replicas").trim(),
-        "replicas    auth Sync on secondary: 16384 slots replicated"
+        "replicas    auth Sync on secondary, tertiary: 16384 slots replicated, 100 moving to a new replica"
     );
     assert!(
         text.contains(
