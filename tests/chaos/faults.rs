@@ -143,7 +143,20 @@ async fn lifecycle(fleet: &Fleet, rng: &mut Rng, added: &mut usize) -> Option<&'
     if used > fleet_budget(fleet.serving_members()) {
         return None;
     }
-    let name = (*rng.pick(&drainable)).clone();
+    // An instance that holds replicas first: its replicas move seed-first, a path that must
+    // lose nothing while owners die and sidecars lag (`docs/replication.md`).
+    let table = fleet.table().await;
+    let holding: Vec<&String> = drainable
+        .iter()
+        .copied()
+        .filter(|n| table.as_ref().is_some_and(|t| t.replicates_on(n)))
+        .collect();
+    let pool = if holding.is_empty() {
+        &drainable
+    } else {
+        &holding
+    };
+    let name = (*rng.pick(pool)).clone();
     fleet.drain(&name).await;
     Some("instance drained")
 }

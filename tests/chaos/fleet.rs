@@ -561,7 +561,8 @@ impl Fleet {
             || table
                 .failover
                 .iter()
-                .any(|f| f.from == name || f.to == name);
+                .any(|f| f.from == name || f.to == name)
+            || table.replicates_on(name);
         if referenced || self.rebalance().await.is_some_and(|r| r.is_active()) {
             return false;
         }

@@ -375,7 +375,8 @@ pub fn plan_routing_with(
             // its replicated ranges go to their replicas, which hold that data, as if it had
             // died (`docs/replication.md`); what has no replica stays (there is nothing
             // better to serve it from), and the failback brings the data home.
-            let lost = owner.lost_data && owner.serving() && replicated(&cat.name);
+            // A draining owner too: it may write a range whose replica moves (review).
+            let lost = owner.lost_data && owner.phase.serves_traffic() && replicated(&cat.name);
             if owner.phase != InstancePhase::Unreachable && !lost {
                 continue;
             }
@@ -420,9 +421,11 @@ pub fn plan_routing_with(
                     .filter(|f| {
                         f.category == cat.name
                             && f.from == run.instance
-                            && by_name
-                                .get(f.to.as_str())
-                                .is_some_and(|i| i.phase.serves_traffic())
+                            && by_name.get(f.to.as_str()).is_some_and(|i| {
+                                // One that lost the replicated data it served hands it on
+                                // like one that died (to the replica the table named).
+                                i.phase.serves_traffic() && !(i.lost_data && replicated(&cat.name))
+                            })
                     })
                     .filter_map(|f| Some((f.range().intersection(&piece)?, f.to.clone())))
                     .collect();

@@ -788,11 +788,54 @@ fn a_draining_replica_that_nobody_can_replace_stays_the_replica() {
             .is_none_or(|r| r.iter().all(|(c, _)| c != "auth")),
         "{stale:?}"
     );
-    // Once the successor answers again, the handover starts over.
+    // A second reconcile keeps it; once the successor answers again, the handover starts
+    // over.
+    let still = publish(&spec, &dead, Some(&back), &[]);
+    assert_eq!(still.category("auth"), back.category("auth"));
     let again = publish(&spec, &draining, Some(&back), &[]);
     assert_eq!(
         outgoing_runs(&again, "auth"),
         [(0, 16383, "secondary".into())]
+    );
+    // Kept that way, it is dropped like any replica when it dies or lost its data.
+    let mut emptied = lost(dead.clone(), "secondary");
+    let after = publish(&spec, &emptied, Some(&back), &[]);
+    assert!(replica_runs(&after, "auth").is_empty(), "{after:?}");
+    emptied = phase(dead, "secondary", InstancePhase::Unreachable);
+    assert!(replica_runs(&publish(&spec, &emptied, Some(&back), &[]), "auth").is_empty());
+}
+
+#[test]
+fn a_failover_target_that_loses_its_data_while_its_replica_moves_hands_over_to_the_outgoing_one() {
+    // Four instances: the primary dies, auth is served by the secondary, whose replica (on a
+    // third) is seeded, then drains: a fourth seeds beside it.
+    let spec = replicated(Replication::Sync);
+    let mut four = two();
+    four.push(view("tertiary", "warm", InstancePhase::Ready, 30));
+    four.push(view("fourth", "warm", InstancePhase::Ready, 30));
+    let first = publish(&spec, &four, None, &[]);
+    let mut seeded = publish(&spec, &four, Some(&first), &all_seeded(&first));
+    replicate_auth_on(&mut seeded, "secondary");
+    let down = phase(four.clone(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&seeded), &[]);
+    let during = publish(&spec, &down, Some(&during), &all_seeded(&during));
+    assert!(servers(&during, "auth").iter().all(|s| *s == "secondary"));
+    let replica = replica_runs(&during, "auth")[0].2.clone();
+    assert_eq!(seeding_runs(&during, "auth"), 0);
+    let draining = drained(down.clone(), &replica);
+    let handing = publish(&spec, &draining, Some(&during), &[]);
+    assert_eq!(
+        outgoing_runs(&handing, "auth"),
+        [(0, 16383, replica.clone())]
+    );
+    assert!(must_hold_marker(&handing).contains("secondary"));
+    // The secondary loses its data (the marker check says so): the outgoing copy serves, not
+    // the emptied server, nor the half-seeded successor.
+    let after = publish(&spec, &lost(draining, "secondary"), Some(&handing), &[]);
+    assert!(
+        servers(&after, "auth").iter().all(|s| *s == replica),
+        "{:?}",
+        after.failover
     );
 }
 
@@ -826,8 +869,8 @@ fn an_owner_that_was_the_outgoing_replica_serves_when_its_failover_target_dies()
             .any(|f| f.category == "auth" && f.to == "secondary")
     );
     // The primary drains before a failback: where the secondary still serves, it stays on as
-    // the outgoing replica (placement hands the other slots to the tertiary at once: with
-    // rebalancing off no data moves, and a slot whose writer changed is seeded afresh).
+    // the outgoing replica (this build, without the operator's hold-back of ownership, hands
+    // the other slots to the tertiary at once; a slot whose writer changed is seeded afresh).
     let draining = drained(three.clone(), "primary");
     let handing = publish(&spec, &draining, Some(&back), &[]);
     let outgoing = outgoing_of(&handing, "auth");
