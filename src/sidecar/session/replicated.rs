@@ -741,10 +741,11 @@ fn for_replicas(
 ) -> Vec<ForReplica> {
     let mut parts: Vec<ForReplica> = Vec::new();
     for (route, state) in routes.iter().zip(&written.states) {
-        let Some((mode, Some(_))) = router.resolver.replication(route) else {
+        let Some((mode, Some(replica))) = router.resolver.replication(route) else {
             continue;
         };
-        for replica in router.resolver.replica_targets(route) {
+        // The replica just looked up, then the outgoing one (one lookup each per write).
+        for replica in std::iter::once(replica).chain(router.resolver.outgoing(route)) {
             if replica == target {
                 continue;
             }
