@@ -387,7 +387,7 @@ pub fn plan_routing_with(
                     .filter(|f| f.category == cat.name && f.from == run.instance)
                     .map(Failover::range)
                     .collect();
-                let replicas_before: Option<&[[Option<&str>; 2]]> = replicas_before
+                let replicas_before: Option<&[Option<&str>]> = replicas_before
                     .entry(cat.name.as_str())
                     .or_insert_with(|| previous.map(|t| replicas::promotion_order(t, &cat.name)))
                     .as_deref();
@@ -432,7 +432,7 @@ pub fn plan_routing_with(
                 let covered: Vec<SlotRange> = kept.iter().map(|(r, _)| *r).collect();
                 // A replicated range fails over to its replica, which holds its data
                 // (`docs/replication.md`); the rest to a fallback.
-                let replicas_before: Option<&[[Option<&str>; 2]]> = replicas_before
+                let replicas_before: Option<&[Option<&str>]> = replicas_before
                     .entry(cat.name.as_str())
                     .or_insert_with(|| previous.map(|t| replicas::promotion_order(t, &cat.name)))
                     .as_deref();
@@ -527,7 +527,7 @@ pub fn plan_routing_with(
                     .is_some_and(|o| o.phase.serves_traffic())
                 && !target_holds(f)
         }) {
-            let before: Option<&[[Option<&str>; 2]]> = replicas_before
+            let before: Option<&[Option<&str>]> = replicas_before
                 .entry(f.category.as_str())
                 .or_insert_with(|| previous.map(|t| replicas::promotion_order(t, &f.category)))
                 .as_deref();
@@ -693,12 +693,11 @@ fn handoff_pieces(
     out
 }
 
-/// `range` cut where the replica to promote changes: each piece with the first instance of
-/// its slots' [`replicas::promotion_order`] that `usable` accepts (the outgoing replica, seeded,
-/// before the one seeding in its place).
+/// `range` cut where the replica to promote changes: each piece with its slots'
+/// [`replicas::promotion_order`] replica if `usable` accepts it.
 fn by_replica(
     range: SlotRange,
-    replicas: Option<&[[Option<&str>; 2]]>,
+    replicas: Option<&[Option<&str>]>,
     usable: impl Fn(&str) -> bool,
 ) -> Vec<(SlotRange, Option<String>)> {
     let Some(replicas) = replicas else {
@@ -706,10 +705,8 @@ fn by_replica(
     };
     let of = |slot: u16| {
         replicas[usize::from(slot)]
-            .iter()
-            .flatten()
-            .find(|r| usable(r))
-            .map(|r| (*r).to_owned())
+            .filter(|r| usable(r))
+            .map(str::to_owned)
     };
     let mut out: Vec<(SlotRange, Option<String>)> = Vec::new();
     for slot in range.start..=range.end {
@@ -892,12 +889,18 @@ pub fn stale_before_publishing(
 }
 
 /// The replica copies of `previous` (of its replicas and outgoing replicas) that are the
-/// range's data in `next` too: all of them,
-/// except on an instance that `next` makes the slot's *owner* by a change of placement (with
-/// rebalancing off, ownership changes move no data; an `async` or seeding replica's copies may
-/// be older than what the owner acknowledged, so they are purged, as any new owner's are). A
-/// replica that serves the slot through a failover entry, or as the owner whose entry ended
-/// (the server died, the owner was its replica), keeps them: they are the range's data.
+/// range's data in `next` too: all of them, except
+/// - on an instance that `next` makes the slot's *owner* by a change of placement (with
+///   rebalancing off, ownership changes move no data; an `async` or seeding replica's copies
+///   may be older than what the owner acknowledged, so they are purged, as any new owner's
+///   are);
+/// - on a *seeding* replica that serves the slot in `next` in any way (a fallback chosen for
+///   it, or the returned owner whose failover target died): a seeding replica may hold older
+///   values than the ones acknowledged ([`replicas::promotion_order`]), and a range served
+///   from partial, stale copies answers stale reads. It starts empty instead.
+///
+/// A seeded replica that serves the slot through a failover entry, or as the owner whose entry
+/// ended (the server died, the owner was its replica), keeps them: they are the range's data.
 fn replica_copies_kept(
     previous: &RoutingTable,
     next: &RoutingTable,
@@ -907,6 +910,8 @@ fn replica_copies_kept(
         let Some(r) = &cat.replication else { continue };
         let owners_before = cat.owners();
         let owners_after = next.category(&cat.name).map(Category::owners);
+        let servers_after = replicas::servers(next, &cat.name);
+        let seeding_before = replicas::replicas_of(previous, &cat.name);
         for run in r.replicas.iter().chain(&r.outgoing) {
             let x = run.instance.as_str();
             let mut start: Option<u16> = None;
@@ -922,7 +927,9 @@ fn replica_copies_kept(
                 let made_owner = owners_after
                     .as_ref()
                     .is_some_and(|a| a[i] == x && owners_before[i] != x);
-                match (made_owner, start) {
+                let seeding_serves = seeding_before[i] == (Some(x), true)
+                    && servers_after.get(i).is_some_and(|s| *s == x);
+                match (made_owner || seeding_serves, start) {
                     (false, None) => start = Some(slot),
                     (true, Some(_)) => flush(&mut start, slot - 1),
                     _ => {}

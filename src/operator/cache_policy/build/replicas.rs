@@ -175,22 +175,20 @@ pub fn outgoing_of<'t>(table: &'t RoutingTable, category: &str) -> Vec<Option<&'
     out
 }
 
-/// Per slot (16 384 entries), the instances a failover may promote, best first.
-pub type PromotionOrder<'t> = Vec<[Option<&'t str>; 2]>;
+/// Per slot (16 384 entries), the replica a failover may promote, if any.
+pub type PromotionOrder<'t> = Vec<Option<&'t str>>;
 
-/// Per slot, the instances that hold a full copy of it in `table`, in the order a failover
-/// promotes them: the outgoing replica (seeded) before the replica that replaces it (still
-/// seeding); otherwise the replica, seeded or not (a seeding replica holds part of the data,
-/// which beats an empty fallback).
+/// Per slot, the replica of `table` that holds a full copy of it, which a failover promotes:
+/// the outgoing replica (seeded) while its successor is seeding, else the replica if it is
+/// seeded. A seeding replica is never promoted: besides missing what is not copied yet, it may
+/// hold an *older* value of a key whose newer writes came from sidecars still on the previous
+/// table and went to the previous replica only (chaos seed 2: `w0-2608` served after
+/// `w0-2683` was acknowledged). An empty fallback misses; it never answers stale.
 pub fn promotion_order<'t>(table: &'t RoutingTable, category: &str) -> PromotionOrder<'t> {
-    let replicas = replicas_of(table, category);
     outgoing_of(table, category)
         .into_iter()
-        .zip(replicas)
-        .map(|(outgoing, (replica, _))| match outgoing {
-            Some(o) => [Some(o), replica],
-            None => [replica, None],
-        })
+        .zip(replicas_of(table, category))
+        .map(|(outgoing, (replica, seeding))| outgoing.or(replica.filter(|_| !seeding)))
         .collect()
 }
 

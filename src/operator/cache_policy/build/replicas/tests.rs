@@ -446,10 +446,11 @@ fn a_replica_made_owner_by_placement_is_purged_but_one_that_serves_after_a_failo
         stale["secondary"].contains(&("auth".into(), SlotRange::ALL)),
         "an async replica's copies may be older than what the owner acknowledged: {stale:?}"
     );
-    // A failover to it keeps them.
+    // A failover to it, seeded, keeps them (a seeding one is emptied: below).
+    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
     let down = phase(two(), "primary", InstancePhase::Unreachable);
-    let during = publish(&spec, &down, Some(&first), &[]);
-    let stale = stale_before_publishing(Some(&first), &during);
+    let during = publish(&spec, &down, Some(&seeded), &[]);
+    let stale = stale_before_publishing(Some(&seeded), &during);
     assert!(
         stale
             .get("secondary")
@@ -886,4 +887,104 @@ fn an_owner_that_was_the_outgoing_replica_serves_when_its_failover_target_dies()
     for s in kept {
         assert_eq!(servers[s], "primary", "slot {s}: {:?}", after.failover);
     }
+}
+
+/// Whether `stale` lists `range` of `category` to purge from `instance`.
+fn purged(
+    stale: &BTreeMap<String, Vec<(String, SlotRange)>>,
+    instance: &str,
+    category: &str,
+    range: SlotRange,
+) -> bool {
+    (range.start..=range.end).all(|slot| {
+        stale.get(instance).is_some_and(|r| {
+            r.iter()
+                .any(|(c, r)| c == category && r.start <= slot && slot <= r.end)
+        })
+    })
+}
+
+#[test]
+fn a_failover_never_promotes_a_seeding_replica_and_its_target_starts_empty() {
+    // Chaos seed 2: a seeding replica may hold an older value than the one acknowledged
+    // (sidecars still on the previous table wrote to the previous replica only); a failover
+    // that served from it answered stale. Whoever serves the range now starts empty.
+    let spec = replicated(Replication::Sync);
+    let mut three = two();
+    three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
+    let seeding = publish(&spec, &three, None, &[]);
+    assert_eq!(seeding_runs(&seeding, "auth"), 1);
+    let down = phase(three.clone(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&seeding), &[]);
+    let auth: Vec<_> = during
+        .failover
+        .iter()
+        .filter(|f| f.category == "auth")
+        .collect();
+    assert!(!auth.is_empty(), "auth is served: {:?}", during.failover);
+    let stale = stale_before_publishing(Some(&seeding), &during);
+    for f in &auth {
+        assert!(
+            purged(&stale, &f.to, "auth", f.range()),
+            "{f:?} serves from a seeding replica's copies: {stale:?}"
+        );
+    }
+    // Two instances: the only other one is the seeding replica; it serves, emptied first.
+    let first = publish(&spec, &two(), None, &[]);
+    let down = phase(two(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&first), &[]);
+    assert!(
+        during
+            .failover
+            .iter()
+            .any(|f| f.category == "auth" && f.to == "secondary")
+    );
+    let stale = stale_before_publishing(Some(&first), &during);
+    assert!(
+        purged(&stale, "secondary", "auth", SlotRange::ALL),
+        "{stale:?}"
+    );
+    // Seeded, its copies are the range's data and stay.
+    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
+    let during = publish(&spec, &down, Some(&seeded), &[]);
+    let stale = stale_before_publishing(Some(&seeded), &during);
+    assert!(
+        stale
+            .get("secondary")
+            .is_none_or(|r| r.iter().all(|(c, _)| c != "auth")),
+        "{stale:?}"
+    );
+}
+
+#[test]
+fn a_returned_owner_still_seeding_serves_empty_when_its_failover_target_dies() {
+    // Two instances: the primary dies, the secondary (seeded) serves auth; the primary comes
+    // back and becomes auth's replica, seeding from the secondary. The secondary dies before
+    // the seeding finished: the primary serves auth again — from nothing, not from the
+    // partial copies the sidecars on the newer table gave it.
+    let spec = replicated(Replication::Sync);
+    let first = publish(&spec, &two(), None, &[]);
+    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
+    let down = phase(two(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&seeded), &[]);
+    let back = publish(&spec, &two(), Some(&during), &[]);
+    assert!(
+        back.failover
+            .iter()
+            .any(|f| f.category == "auth" && f.to == "secondary")
+    );
+    assert_eq!(replica_runs(&back, "auth"), [(0, 16383, "primary".into())]);
+    assert_eq!(seeding_runs(&back, "auth"), 1);
+    let second = phase(two(), "secondary", InstancePhase::Unreachable);
+    let after = publish(&spec, &second, Some(&back), &[]);
+    assert!(
+        after.failover.iter().all(|f| f.category != "auth"),
+        "the primary serves auth: {:?}",
+        after.failover
+    );
+    let stale = stale_before_publishing(Some(&back), &after);
+    assert!(
+        purged(&stale, "primary", "auth", SlotRange::ALL),
+        "{stale:?}"
+    );
 }
