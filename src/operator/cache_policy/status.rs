@@ -432,6 +432,33 @@ pub fn recommendations(
             }
         }
     }
+    // A draining instance that stays a category's replica: nobody else can hold the copies
+    // (placement replaces it seed-first as soon as one can), so its drain cannot finish.
+    if let Some(t) = table {
+        for i in instances.iter().filter(|i| i.drain) {
+            let kept: Vec<String> = t
+                .categories
+                .iter()
+                .filter_map(|c| {
+                    let slots: u32 = c
+                        .replication
+                        .iter()
+                        .flat_map(|r| &r.replicas)
+                        .filter(|run| run.instance == i.name)
+                        .map(|run| u32::from(run.range.end - run.range.start) + 1)
+                        .sum();
+                    (slots > 0).then(|| format!("{} ({slots} slots)", c.name))
+                })
+                .collect();
+            if !kept.is_empty() {
+                out.push(format!(
+                    "{} drains but stays the replica of {}: no other instance can hold the copies; add one (the category's fallback tier, its tier, or any) or turn its replication off to let the drain finish",
+                    i.name,
+                    kept.join(", ")
+                ));
+            }
+        }
+    }
     // Tiers as a whole: the instances each category's slots live on.
     let mut tiers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for i in instances.iter().filter(|i| !i.drain) {
@@ -1040,5 +1067,37 @@ mod tests {
             "{recs:?}"
         );
         assert!(!recs.iter().any(|r| r.starts_with("tier warm")));
+        assert!(!recs.iter().any(|r| r.contains("drains")), "{recs:?}");
+    }
+
+    #[test]
+    fn a_draining_instance_that_stays_a_replica_is_named_with_what_would_free_it() {
+        use crate::routing::slots::SlotRange;
+        use crate::routing::table::{CategoryReplication, ReplicationMode, SlotOwner};
+        let mut instances = vec![
+            view("primary", "hot", 10, 30),
+            view("secondary", "warm", 10, 30),
+        ];
+        let mut table = crate::routing::table::tests::two_instance_table();
+        table.categories[0].replication = Some(CategoryReplication {
+            mode: ReplicationMode::Sync,
+            replicas: vec![SlotOwner {
+                range: SlotRange::new(0, 99),
+                instance: "secondary".into(),
+            }],
+            seeding: Vec::new(),
+            outgoing: Vec::new(),
+        });
+        let name = table.categories[0].name.clone();
+        let recs = recommendations(&instances, Some(&table), 80, &BTreeMap::new());
+        assert!(!recs.iter().any(|r| r.contains("drains")), "{recs:?}");
+        instances[1].drain = true;
+        let recs = recommendations(&instances, Some(&table), 80, &BTreeMap::new());
+        assert!(
+            recs.iter().any(|r| r.starts_with(&format!(
+                "secondary drains but stays the replica of {name} (100 slots): no other instance"
+            ))),
+            "{recs:?}"
+        );
     }
 }
