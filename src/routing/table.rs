@@ -145,8 +145,8 @@ pub struct CategoryReplication {
     pub seeding: Vec<SlotOwner>,
     /// The seeded replica that a run of `seeding` replaces (its instance drains, or stopped
     /// being a candidate), kept until the new one is seeded, in slot order: sidecars write to
-    /// it as to `replicas`, and a failover meanwhile promotes it rather than the half-seeded
-    /// new one, so the range is never without a full copy (`docs/replication.md`, "Moving
+    /// it as to `replicas`, and a failover meanwhile promotes it (never the half-seeded new
+    /// one), so the range is never without a full copy (`docs/replication.md`, "Moving
     /// replicas").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outgoing: Vec<SlotOwner>,

@@ -90,11 +90,15 @@ fn newly_failed_over(previous: Option<&RoutingTable>, next: &RoutingTable) -> Ve
     out
 }
 
-/// Unreachable instances that serve ranges in `previous` that `next` routes elsewhere.
-fn handed_off_while_down(
+/// Instances that serve ranges in `previous` that `next` routes elsewhere while they are
+/// unreachable, or answer without the data they held (`lost`: a failover target that
+/// restarted empty, whose ranges go to their replica or back to their owner — sidecars still
+/// on `previous` would otherwise go on writing there, unfenced, after the others serve them).
+fn handed_off_from_unusable(
     previous: Option<&RoutingTable>,
     next: &RoutingTable,
     selected: &[Arc<RedisInstance>],
+    lost: &BTreeSet<String>,
 ) -> Vec<String> {
     let Some(previous) = previous else {
         return Vec::new();
@@ -102,10 +106,12 @@ fn handed_off_while_down(
     build::newly_served(Some(next), previous)
         .into_keys()
         .filter(|name| {
-            selected.iter().any(|ri| {
-                ri.name_any() == *name
-                    && ri.status.as_ref().and_then(|s| s.phase) == Some(InstancePhase::Unreachable)
-            })
+            lost.contains(name)
+                || selected.iter().any(|ri| {
+                    ri.name_any() == *name
+                        && ri.status.as_ref().and_then(|s| s.phase)
+                            == Some(InstancePhase::Unreachable)
+                })
         })
         .collect()
 }
@@ -250,9 +256,9 @@ pub async fn publish_routing(
         // An unreachable instance whose ranges go elsewhere without failover entries (a
         // draining instance's to their new owner, a dead move source's to its target) is
         // failed over all the same: a sidecar that missed this table must not use it when it
-        // answers again.
+        // answers again. So is a failover target that lost its data, whose ranges leave it.
         let mut newly = newly;
-        for name in handed_off_while_down(previous, &table, selected) {
+        for name in handed_off_from_unusable(previous, &table, selected, lost) {
             if !newly.contains(&name) {
                 newly.push(name);
             }
@@ -782,4 +788,34 @@ pub fn describe_change(previous: Option<&RoutingTable>, next: &RoutingTable) -> 
         parts.push("content changed".to_owned());
     }
     format!("version {}: {}", next.version, parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::table::Failover;
+
+    #[test]
+    fn a_failover_target_that_lost_its_data_is_failed_over_when_its_ranges_leave_it() {
+        // auth 0–8191 of the primary served by the secondary; then the entry ends (the
+        // secondary lost its data: the range goes back to its owner, who was its replica).
+        let next = crate::routing::table::tests::two_instance_table();
+        let mut previous = next.clone();
+        previous.failover.push(Failover {
+            category: "auth".into(),
+            start: 0,
+            end: 8191,
+            from: "primary".into(),
+            to: "secondary".into(),
+        });
+        let lost = BTreeSet::from(["secondary".to_owned()]);
+        assert_eq!(
+            handed_off_from_unusable(Some(&previous), &next, &[], &lost),
+            ["secondary"]
+        );
+        // Answering with its data, it is not: the ranges leave it by the usual rules.
+        assert!(handed_off_from_unusable(Some(&previous), &next, &[], &BTreeSet::new()).is_empty());
+        // Nor when it keeps what it serves.
+        assert!(handed_off_from_unusable(Some(&previous), &previous, &[], &lost).is_empty());
+    }
 }

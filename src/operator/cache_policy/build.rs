@@ -867,8 +867,9 @@ fn merged(mut ranges: Vec<SlotRange>) -> Vec<SlotRange> {
 /// The ranges whose stale copies must be deleted from each instance before `next` is
 /// published: what it holds in `next` ([`held_ranges`]: serves, or replicates) but did not
 /// hold in `previous`, except the source of a range migrating in `next`, which holds the very
-/// data being moved (a draining legacy Redis enters the table that way). A replica that
-/// serves its range after a failover held it before: its copies are the range's data.
+/// data being moved (a draining legacy Redis enters the table that way). A seeded replica that
+/// serves its range after a failover held it before: its copies are the range's data (a
+/// seeding one's are not: [`replica_copies_kept`]).
 pub fn stale_before_publishing(
     previous: Option<&RoutingTable>,
     next: &RoutingTable,
