@@ -418,9 +418,7 @@ fn a_promoted_replica_that_dies_after_the_owner_returned_hands_over_to_the_next_
     );
     let stale = stale_before_publishing(Some(&back), &after);
     assert!(
-        stale
-            .get("tertiary")
-            .is_none_or(|r| r.iter().all(|(cat, _)| cat != "auth")),
+        spared(&stale, "tertiary", "auth"),
         "the tertiary's copies are auth's data: {stale:?}"
     );
 }
@@ -451,12 +449,7 @@ fn a_replica_made_owner_by_placement_is_purged_but_one_that_serves_after_a_failo
     let down = phase(two(), "primary", InstancePhase::Unreachable);
     let during = publish(&spec, &down, Some(&seeded), &[]);
     let stale = stale_before_publishing(Some(&seeded), &during);
-    assert!(
-        stale
-            .get("secondary")
-            .is_none_or(|r| r.iter().all(|(cat, _)| cat != "auth")),
-        "{stale:?}"
-    );
+    assert!(spared(&stale, "secondary", "auth"), "{stale:?}");
 }
 
 fn lost(mut views: Vec<InstanceView>, name: &str) -> Vec<InstanceView> {
@@ -561,16 +554,22 @@ fn a_replica_that_lost_its_data_is_seeded_again() {
     assert!(must_hold_marker(&again).is_empty());
 }
 
+/// Two instances, `auth` seeded on the secondary; the primary dies (the secondary serves auth)
+/// and comes back as auth's replica, not seeded yet: the table of its return.
+fn owner_back_of_two(spec: &CachePolicySpec) -> RoutingTable {
+    let first = publish(spec, &two(), None, &[]);
+    let seeded = publish(spec, &two(), Some(&first), &all_seeded(&first));
+    let down = phase(two(), "primary", InstancePhase::Unreachable);
+    let during = publish(spec, &down, Some(&seeded), &[]);
+    publish(spec, &two(), Some(&during), &[])
+}
+
 #[test]
 fn a_failover_target_that_lost_its_data_hands_the_range_to_the_seeded_owner() {
     let spec = replicated(Replication::Sync);
-    let first = publish(&spec, &two(), None, &[]);
-    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
     // The primary dies and comes back: the secondary serves auth, the primary is its replica,
     // seeded.
-    let down = phase(two(), "primary", InstancePhase::Unreachable);
-    let during = publish(&spec, &down, Some(&seeded), &[]);
-    let back = publish(&spec, &two(), Some(&during), &[]);
+    let back = owner_back_of_two(&spec);
     let back = publish(&spec, &two(), Some(&back), &all_seeded(&back));
     assert!(back.failover.iter().any(|f| f.to == "secondary"));
     assert_eq!(replica_runs(&back, "auth"), [(0, 16383, "primary".into())]);
@@ -587,9 +586,7 @@ fn a_failover_target_that_lost_its_data_hands_the_range_to_the_seeded_owner() {
     assert!(!must_hold_marker(&after).contains("secondary"));
     let stale = stale_before_publishing(Some(&back), &after);
     assert!(
-        stale
-            .get("primary")
-            .is_none_or(|r| r.iter().all(|(cat, _)| cat != "auth")),
+        spared(&stale, "primary", "auth"),
         "the primary's copies are auth's data: {stale:?}"
     );
 }
@@ -642,17 +639,12 @@ fn a_draining_replica_stays_outgoing_until_its_successor_is_seeded() {
     );
     // Its copies are neither purged nor listed to free, and it still has to hold the marker.
     let stale = stale_before_publishing(Some(&seeded), &handing);
-    assert!(
-        stale
-            .get("secondary")
-            .is_none_or(|r| r.iter().all(|(c, _)| c != "auth")),
-        "{stale:?}"
-    );
-    assert!(
-        newly_held(Some(&handing), &seeded)
-            .get("secondary")
-            .is_none_or(|r| r.iter().all(|(c, _)| c != "auth"))
-    );
+    assert!(spared(&stale, "secondary", "auth"), "{stale:?}");
+    assert!(spared(
+        &newly_held(Some(&handing), &seeded),
+        "secondary",
+        "auth"
+    ));
     assert!(must_hold_marker(&handing).contains("secondary"));
     assert!(
         must_hold_marker(&handing).contains("primary"),
@@ -706,9 +698,7 @@ fn a_failover_while_a_replica_moves_promotes_the_outgoing_one() {
     );
     let stale = stale_before_publishing(Some(&handing), &during);
     assert!(
-        stale
-            .get("secondary")
-            .is_none_or(|r| r.iter().all(|(c, _)| c != "auth")),
+        spared(&stale, "secondary", "auth"),
         "the promoted copies are the range's data: {stale:?}"
     );
     // Now the server, it is no one's outgoing replica; the new replica is seeded again, from
@@ -783,12 +773,7 @@ fn a_draining_replica_that_nobody_can_replace_stays_the_replica() {
     assert_eq!(seeding_runs(&back, "auth"), 0);
     assert!(outgoing_runs(&back, "auth").is_empty());
     let stale = stale_before_publishing(Some(&handing), &back);
-    assert!(
-        stale
-            .get("secondary")
-            .is_none_or(|r| r.iter().all(|(c, _)| c != "auth")),
-        "{stale:?}"
-    );
+    assert!(spared(&stale, "secondary", "auth"), "{stale:?}");
     // A second reconcile keeps it; once the successor answers again, the handover starts
     // over.
     let still = publish(&spec, &dead, Some(&back), &[]);
@@ -889,6 +874,17 @@ fn an_owner_that_was_the_outgoing_replica_serves_when_its_failover_target_dies()
     }
 }
 
+/// Whether `stale` lists nothing of `category` to purge from `instance`.
+fn spared(
+    stale: &BTreeMap<String, Vec<(String, SlotRange)>>,
+    instance: &str,
+    category: &str,
+) -> bool {
+    stale
+        .get(instance)
+        .is_none_or(|r| r.iter().all(|(c, _)| c != category))
+}
+
 /// Whether `stale` lists `range` of `category` to purge from `instance`.
 fn purged(
     stale: &BTreeMap<String, Vec<(String, SlotRange)>>,
@@ -948,12 +944,7 @@ fn a_failover_never_promotes_a_seeding_replica_and_its_target_starts_empty() {
     let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
     let during = publish(&spec, &down, Some(&seeded), &[]);
     let stale = stale_before_publishing(Some(&seeded), &during);
-    assert!(
-        stale
-            .get("secondary")
-            .is_none_or(|r| r.iter().all(|(c, _)| c != "auth")),
-        "{stale:?}"
-    );
+    assert!(spared(&stale, "secondary", "auth"), "{stale:?}");
 }
 
 #[test]
@@ -963,11 +954,7 @@ fn a_returned_owner_still_seeding_serves_empty_when_its_failover_target_dies() {
     // the seeding finished: the primary serves auth again — from nothing, not from the
     // partial copies the sidecars on the newer table gave it.
     let spec = replicated(Replication::Sync);
-    let first = publish(&spec, &two(), None, &[]);
-    let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
-    let down = phase(two(), "primary", InstancePhase::Unreachable);
-    let during = publish(&spec, &down, Some(&seeded), &[]);
-    let back = publish(&spec, &two(), Some(&during), &[]);
+    let back = owner_back_of_two(&spec);
     assert!(
         back.failover
             .iter()
