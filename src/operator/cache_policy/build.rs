@@ -896,7 +896,8 @@ pub fn stale_before_publishing(
 ///   may be older than what the owner acknowledged, so they are purged, as any new owner's
 ///   are);
 /// - on a *seeding* replica that serves the slot in `next` in any way (a fallback chosen for
-///   it, or the returned owner whose failover target died): a seeding replica may hold older
+///   it, the returned owner whose failover target died, or a move's target, which serves
+///   what has moved and takes the range should the source die): a seeding replica may hold older
 ///   values than the ones acknowledged ([`replicas::promotion_order`]), and a range served
 ///   from partial, stale copies answers stale reads. It starts empty instead.
 ///
@@ -929,7 +930,10 @@ fn replica_copies_kept(
                     .as_ref()
                     .is_some_and(|a| a[i] == x && owners_before[i] != x);
                 let seeding_serves = seeding_before[i] == (Some(x), true)
-                    && servers_after.get(i).is_some_and(|s| *s == x);
+                    && (servers_after.get(i).is_some_and(|s| *s == x)
+                        || next.migrating.iter().any(|m| {
+                            m.category == cat.name && m.to == x && m.start <= slot && slot <= m.end
+                        }));
                 match (made_owner || seeding_serves, start) {
                     (false, None) => start = Some(slot),
                     (true, Some(_)) => flush(&mut start, slot - 1),

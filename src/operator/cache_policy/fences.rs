@@ -120,8 +120,9 @@ pub async fn notify(
     let mut recorded = 0;
     for ri in selected {
         let name = ri.name_any();
-        // The instances being fenced are the unreachable ones: a frozen server would hold the
-        // notice (and the failover) up for as long as it stays frozen.
+        // The instances being fenced are not asked: most are unreachable, and a frozen server
+        // would hold the notice (and the failover) up for as long as it stays frozen. One that
+        // lost its data answers; its own fence is raised once the table is out.
         if raise.iter().any(|(n, _)| *n == name) {
             continue;
         }

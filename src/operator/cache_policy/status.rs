@@ -452,7 +452,7 @@ pub fn recommendations(
                 .collect();
             if !kept.is_empty() {
                 out.push(format!(
-                    "{} drains but stays the replica of {}: no other instance can hold the copies; add one (the category's fallback tier, its tier, or any) or turn its replication off to let the drain finish",
+                    "{} drains but stays the replica of {}: no other instance can take the copies now (the others are down, draining, serving those slots or moving them); add one (the category's fallback tier, its tier, or any) or turn its replication off to let the drain finish",
                     i.name,
                     kept.join(", ")
                 ));
@@ -1095,7 +1095,7 @@ mod tests {
         let recs = recommendations(&instances, Some(&table), 80, &BTreeMap::new());
         assert!(
             recs.iter().any(|r| r.starts_with(&format!(
-                "secondary drains but stays the replica of {name} (100 slots): no other instance"
+                "secondary drains but stays the replica of {name} (100 slots): no other instance can take"
             ))),
             "{recs:?}"
         );
