@@ -445,7 +445,7 @@ pub fn recommendations(
                         .iter()
                         .flat_map(|r| &r.replicas)
                         .filter(|run| run.instance == i.name)
-                        .map(|run| u32::from(run.range.end - run.range.start) + 1)
+                        .map(|run| run.range.len())
                         .sum();
                     (slots > 0).then(|| format!("{} ({slots} slots)", c.name))
                 })

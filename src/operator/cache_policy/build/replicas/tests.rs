@@ -976,6 +976,21 @@ fn a_returned_owner_still_seeding_serves_empty_when_its_failover_target_dies() {
     );
 }
 
+/// `t`, one version on, with auth 0–99 moving from the primary to the secondary.
+fn moving_auth_to_secondary(t: &RoutingTable) -> RoutingTable {
+    let mut flip = t.clone();
+    flip.version += 1;
+    flip.migrating.push(Migration {
+        category: "auth".into(),
+        start: 0,
+        end: 99,
+        from: "primary".into(),
+        to: "secondary".into(),
+        epoch: 1,
+    });
+    flip
+}
+
 #[test]
 fn a_seeding_replica_made_a_moves_target_starts_empty() {
     // Review: the target of a move serves what has moved and takes the range should the
@@ -983,16 +998,7 @@ fn a_seeding_replica_made_a_moves_target_starts_empty() {
     let spec = replicated(Replication::Sync);
     let first = publish(&spec, &two(), None, &[]);
     assert_eq!(seeding_runs(&first, "auth"), 1);
-    let mut flip = first.clone();
-    flip.version += 1;
-    flip.migrating.push(Migration {
-        category: "auth".into(),
-        start: 0,
-        end: 99,
-        from: "primary".into(),
-        to: "secondary".into(),
-        epoch: 1,
-    });
+    let flip = moving_auth_to_secondary(&first);
     let stale = stale_before_publishing(Some(&first), &flip);
     assert!(
         purged(&stale, "secondary", "auth", SlotRange::new(0, 99)),
@@ -1000,16 +1006,7 @@ fn a_seeding_replica_made_a_moves_target_starts_empty() {
     );
     // Seeded, its copies are kept at prepare (the Job empties the target after the fence).
     let seeded = publish(&spec, &two(), Some(&first), &all_seeded(&first));
-    let mut flip = seeded.clone();
-    flip.version += 1;
-    flip.migrating.push(Migration {
-        category: "auth".into(),
-        start: 0,
-        end: 99,
-        from: "primary".into(),
-        to: "secondary".into(),
-        epoch: 1,
-    });
+    let flip = moving_auth_to_secondary(&seeded);
     let stale = stale_before_publishing(Some(&seeded), &flip);
     assert!(spared(&stale, "secondary", "auth"), "{stale:?}");
 }
