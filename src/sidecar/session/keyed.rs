@@ -82,6 +82,23 @@ fn dest(route: &Route) -> Dest {
     }
 }
 
+/// The one instance every key of a split command goes to, when nothing migrates and no TTL
+/// needs adding: the command is then forwarded as it is.
+fn plain_destination(router: &Router, split: Split, routes: &[Route]) -> Option<InstanceId> {
+    let Dest::Plain(target) = dest(routes.first()?) else {
+        return None;
+    };
+    let default_ttl = |cat: CategoryId| {
+        router.resolver.categories()[usize::from(cat)]
+            .ttl
+            .default_ms
+    };
+    let single = routes.iter().all(|r| dest(r) == Dest::Plain(target));
+    let needs_ttl =
+        split == Split::Mset && routes.iter().any(|r| default_ttl(r.category).is_some());
+    (single && !needs_ttl).then_some(target)
+}
+
 /// A part of a split command: sent and pending, or answered already (guarded parts).
 enum Part {
     Sent(ReplyReceiver),
@@ -89,59 +106,22 @@ enum Part {
 }
 
 impl Client {
-    pub(super) async fn single(
+    /// A command on one key whose range is not migrating, sent as it is (with the writes its
+    /// category's TTL rules add): no waiting, so the serve loop runs it in place.
+    pub(super) fn single_plain(
         &mut self,
         router: Arc<Router>,
         request: &Request,
         key_index: usize,
         spec: &CommandSpec,
+        route: Route,
     ) -> Dispatched {
         let key = &request.args[key_index];
-        let route = router.resolver.resolve(key);
-        let rules = router.resolver.categories()[usize::from(route.category)].ttl;
-        let read = if spec.counts_hits {
-            ReadKind::Single
-        } else {
-            ReadKind::None
-        };
-        let mut extra: Vec<Vec<Bytes>> = Vec::new();
-        let mut args_override: Option<Vec<Bytes>> = None;
-        match ttl::apply(&rules, spec, &request.args, now_if_ruled(&rules)) {
-            TtlAction::Unchanged => {}
-            TtlAction::Replace(args) => args_override = Some(args),
-            TtlAction::Append(cmds) => extra = cmds,
-            TtlAction::Refuse(text) => return Ok(Pending::Ready(error_reply(&text))),
-        }
-        if rules.adaptive && spec.adaptive_read && self.sampled() {
-            extra.extend(ttl::adaptive_extension(&rules, key));
-        }
-        if let Some(m) = route.migration {
-            let mut cmds = vec![args_override.unwrap_or_else(|| request.args.clone())];
-            cmds.extend(extra);
-            // Boxed, here and below: the guard's wait is rare and large, and every connection's
-            // task would otherwise carry room for it.
-            let reply = Box::pin(self.guarded(
-                &router,
-                m,
-                std::slice::from_ref(key),
-                cmds,
-                Guarded::command(),
-            ))
-            .await?;
-            router.categories[usize::from(route.category)]
-                .commands
-                .inc();
-            account(
-                &Accounting {
-                    router: router.clone(),
-                    category: route.category,
-                    read,
-                    first: true,
-                },
-                &reply,
-            );
-            return Ok(Pending::Ready(reply));
-        }
+        let (args_override, extra, read) =
+            match self.single_commands(&router, request, spec, key, &route) {
+                Ok(c) => c,
+                Err(refused) => return Ok(refused),
+            };
         let legacy = router.backend(route.target).legacy();
         let bytes = match (args_override, extra.is_empty(), &request.raw) {
             (None, true, Some(raw)) => raw.clone(),
@@ -161,6 +141,105 @@ impl Client {
         )
     }
 
+    /// A command on one key whose range migrates: through the guard (`guarded.rs`).
+    pub(super) async fn single_moving(
+        &mut self,
+        router: Arc<Router>,
+        request: &Request,
+        key_index: usize,
+        spec: &CommandSpec,
+        route: Route,
+        migration: u16,
+    ) -> Dispatched {
+        let key = &request.args[key_index];
+        let (args_override, extra, read) =
+            match self.single_commands(&router, request, spec, key, &route) {
+                Ok(c) => c,
+                Err(refused) => return Ok(refused),
+            };
+        let mut cmds = vec![args_override.unwrap_or_else(|| request.args.clone())];
+        cmds.extend(extra);
+        let reply = self
+            .guarded(
+                &router,
+                migration,
+                std::slice::from_ref(key),
+                cmds,
+                Guarded::command(),
+            )
+            .await?;
+        router.categories[usize::from(route.category)]
+            .commands
+            .inc();
+        account(
+            &Accounting {
+                router: router.clone(),
+                category: route.category,
+                read,
+                first: true,
+            },
+            &reply,
+        );
+        Ok(Pending::Ready(reply))
+    }
+
+    /// What a command on one key becomes under its category's TTL rules: its arguments
+    /// replaced, or commands appended (an adaptive TTL's extension on one read in sixteen),
+    /// and how its reply counts; or the refusal to answer.
+    #[allow(clippy::type_complexity)]
+    fn single_commands(
+        &mut self,
+        router: &Router,
+        request: &Request,
+        spec: &CommandSpec,
+        key: &Bytes,
+        route: &Route,
+    ) -> Result<(Option<Vec<Bytes>>, Vec<Vec<Bytes>>, ReadKind), Pending> {
+        let rules = router.resolver.categories()[usize::from(route.category)].ttl;
+        let read = if spec.counts_hits {
+            ReadKind::Single
+        } else {
+            ReadKind::None
+        };
+        let mut extra: Vec<Vec<Bytes>> = Vec::new();
+        let mut args_override: Option<Vec<Bytes>> = None;
+        match ttl::apply(&rules, spec, &request.args, now_if_ruled(&rules)) {
+            TtlAction::Unchanged => {}
+            TtlAction::Replace(args) => args_override = Some(args),
+            TtlAction::Append(cmds) => extra = cmds,
+            TtlAction::Refuse(text) => return Err(Pending::Ready(error_reply(&text))),
+        }
+        if rules.adaptive && spec.adaptive_read && self.sampled() {
+            extra.extend(ttl::adaptive_extension(&rules, key));
+        }
+        Ok((args_override, extra, read))
+    }
+
+    /// MGET/MSET/DEL/… whose keys all go to one instance, nothing migrating and no TTL to
+    /// add: forwarded as it is, in place. `None`: it is split (`split`).
+    pub(super) fn split_plain(
+        &mut self,
+        router: &Arc<Router>,
+        request: &Request,
+        split: Split,
+        keys: &[usize],
+    ) -> Option<Dispatched> {
+        let routes: Vec<Route> = keys
+            .iter()
+            .map(|i| router.resolver.resolve(&request.args[*i]))
+            .collect();
+        let target = plain_destination(router, split, &routes)?;
+        let category = routes[0].category;
+        Some(self.forward(
+            router.clone(),
+            target,
+            category,
+            wire(request),
+            1,
+            ReadKind::None,
+        ))
+    }
+
     pub(super) async fn split(
         &mut self,
         router: Arc<Router>,
@@ -177,23 +256,9 @@ impl Client {
             .map(|i| router.resolver.resolve(&request.args[*i]))
             .collect();
         let name = request.args[0].clone();
-        let category = routes[0].category;
-        let default_ttl = |cat: CategoryId| {
-            router.resolver.categories()[usize::from(cat)]
-                .ttl
-                .default_ms
-        };
-        // One instance, nothing migrating and no TTL to add: forward as it is.
-        let first = dest(&routes[0]);
-        let single = routes.iter().all(|r| dest(r) == first);
-        let needs_ttl =
-            split == Split::Mset && routes.iter().any(|r| default_ttl(r.category).is_some());
-        if let Dest::Plain(target) = first
-            && single
-            && !needs_ttl
-        {
-            let bytes = wire(request);
-            return self.forward(router, target, category, bytes, 1, ReadKind::None);
+        if let Some(target) = plain_destination(&router, split, &routes) {
+            let category = routes[0].category;
+            return self.forward(router, target, category, wire(request), 1, ReadKind::None);
         }
         // Group keys by destination, keeping the client's order inside each group.
         let mut groups: Vec<(Dest, Vec<usize>)> = Vec::new();

@@ -133,6 +133,13 @@ impl From<SendError> for Interrupt {
 /// The result of a dispatch step.
 type Dispatched = Result<Pending, Interrupt>;
 
+/// A request handled: its reply (pending or ready), or the work that routes it, which has
+/// to be awaited (a key in transit, a blocking command, a fan-out, a local command).
+enum Handled<'a> {
+    Now(Pending),
+    Later(Pin<Box<dyn Future<Output = Pending> + Send + 'a>>),
+}
+
 /// Why a dispatch cannot continue, as the client's reply.
 fn stop(text: &str) -> Interrupt {
     Interrupt::Reply(error_reply(text))
@@ -407,25 +414,28 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         while !closing {
             match decoder.decode_request(&mut buf) {
                 Ok(Some(request)) => {
-                    let waited = wait_reading(
-                        client.handle(request),
-                        &mut stream,
-                        &mut buf,
-                        &mut queue,
-                        &mut out,
-                        &mut closing,
-                        &liveness,
-                    )
-                    .await;
-                    let pending = match waited {
-                        Waited::Done(pending) => pending,
-                        Waited::HungUp => {
+                    let work = match client.handle(request) {
+                        Handled::Now(pending) => Ok(pending),
+                        Handled::Later(work) => Err(wait_reading(
+                            work,
+                            &mut stream,
+                            &mut buf,
+                            &mut queue,
+                            &mut out,
+                            &mut closing,
+                            &liveness,
+                        )
+                        .await),
+                    };
+                    let pending = match work {
+                        Ok(pending) | Err(Waited::Done(pending)) => pending,
+                        Err(Waited::HungUp) => {
                             // Its blocking call may still wait on the instance: that
                             // connection goes now, not when the replies before it are out.
                             client.dedicated.clear();
                             Pending::Close(Bytes::new())
                         }
-                        Waited::Lost => break 'conn,
+                        Err(Waited::Lost) => break 'conn,
                     };
                     closing = pending.closes();
                     queue.push_back(pending);
@@ -491,8 +501,9 @@ struct Client {
     name: Option<Bytes>,
     authenticated: bool,
     transaction: Option<Transaction>,
-    /// A connection holding WATCHed keys: (table instance name, connection).
-    watching: Option<(String, Dedicated)>,
+    /// A connection holding WATCHed keys: (table instance name, connection). Boxed: a
+    /// connection is large, and rarely held.
+    watching: Option<Box<(String, Dedicated)>>,
     /// A WATCH failed since the last EXEC, DISCARD or UNWATCH: the keys the client believes
     /// watched may not be (a failed WATCH also drops the connection holding the earlier
     /// ones), so the next EXEC is refused.
@@ -566,8 +577,11 @@ impl Client {
         self.sample & 15 == 0
     }
 
-    /// Dispatches one request; a RESP3 client's reply is converted on its way out.
-    async fn handle(&mut self, request: Request) -> Pending {
+    /// Dispatches one request; a RESP3 client's reply is converted on its way out. A command
+    /// on keys that are not migrating (nearly every request) is sent here and now; the rest is
+    /// handed back as work to await, boxed, so that a connection's task only holds room for it
+    /// while such a request waits.
+    fn handle(&mut self, request: Request) -> Handled<'_> {
         let shape = self
             .protocol
             .shape(&request.args, self.transaction.is_some());
@@ -576,21 +590,43 @@ impl Client {
             .tracking
             .on()
             .then(|| request.args.iter().take(2).cloned().collect());
-        let pending = self.handle_request(request).await;
-        if let Some(head) = head {
-            self.caching_done(&head);
+        let now = match self.admit(request) {
+            Err(answered) => Ok(answered),
+            Ok((request, resolved)) => match self.dispatch_now(&request, &resolved) {
+                Some(Ok(pending)) => Ok(pending),
+                Some(Err(Interrupt::Reply(b))) => Ok(Pending::Ready(b)),
+                Some(Err(Interrupt::Stale)) => Err((request, resolved, true)),
+                None => Err((request, resolved, false)),
+            },
+        };
+        match now {
+            Ok(pending) => {
+                if let Some(head) = head {
+                    self.caching_done(&head);
+                }
+                Handled::Now(self.protocol.wrap(pending, shape))
+            }
+            Err((request, resolved, stale)) => Handled::Later(Box::pin(async move {
+                let pending = self.route(request, resolved, stale).await;
+                if let Some(head) = head {
+                    self.caching_done(&head);
+                }
+                self.protocol.wrap(pending, shape)
+            })),
         }
-        self.protocol.wrap(pending, shape)
     }
 
-    async fn handle_request(&mut self, request: Request) -> Pending {
+    /// What every request goes through before it is routed: the command's keys, AUTH, the
+    /// reserved prefix, Pub/Sub mode, client-side caching and script wrapping. `Err` is the
+    /// answer when it goes no further.
+    fn admit(&mut self, request: Request) -> Result<(Request, Resolved), Pending> {
         let resolved = match command::resolve(&request.args) {
             Ok(r) => r,
             Err(e) => {
                 if let Some(t) = &mut self.transaction {
                     t.aborted = true;
                 }
-                return Pending::Ready(error_reply(&format!("ERR {e}")));
+                return Err(Pending::Ready(error_reply(&format!("ERR {e}"))));
             }
         };
         let spec = resolved.spec;
@@ -600,41 +636,50 @@ impl Client {
                 Kind::Local(LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit)
             )
         {
-            return Pending::Ready(error_reply("NOAUTH Authentication required."));
+            return Err(Pending::Ready(error_reply(
+                "NOAUTH Authentication required.",
+            )));
         }
         if resolved
             .keys
             .iter()
             .any(|i| request.args[*i].starts_with(RESERVED_PREFIX))
         {
-            return Pending::Ready(error_reply(
+            return Err(Pending::Ready(error_reply(
                 "ERR keys starting with 'redisfleet:' are reserved for redis-fleet",
-            ));
+            )));
         }
         if let Some(refused) = self.pubsub_gate(spec, &request) {
-            return refused;
+            return Err(refused);
         }
         // Client-side caching: a read's keys are remembered before it is sent.
         self.remember_reads(spec, &resolved.keys, &request);
         // Application scripts go to the instances wrapped (`scripts.rs`).
-        let request = if spec.kind == Kind::Script {
-            match super::scripts::rewrite(&self.shared.scripts, &request.args) {
-                Some(args) if args != request.args => Request { args, raw: None },
-                Some(_) => request,
-                None => {
-                    if let Some(t) = &mut self.transaction {
-                        t.aborted = true;
-                    }
-                    return Pending::Ready(error_reply(
-                        "NOSCRIPT No matching script. Please use EVAL.",
-                    ));
+        if spec.kind != Kind::Script {
+            return Ok((request, resolved));
+        }
+        match super::scripts::rewrite(&self.shared.scripts, &request.args) {
+            Some(args) if args != request.args => Ok((Request { args, raw: None }, resolved)),
+            Some(_) => Ok((request, resolved)),
+            None => {
+                if let Some(t) = &mut self.transaction {
+                    t.aborted = true;
                 }
+                Err(Pending::Ready(error_reply(
+                    "NOSCRIPT No matching script. Please use EVAL.",
+                )))
             }
-        } else {
-            request
-        };
-        // Routed afresh when a connection went over to a newer table meanwhile.
-        for _ in 0..ROUTING_ATTEMPTS {
+        }
+    }
+
+    /// Routes a request that has to wait (or whose connection went over to a newer table
+    /// while it was routed in place: `stale`), afresh each time that happens.
+    async fn route(&mut self, request: Request, resolved: Resolved, stale: bool) -> Pending {
+        let spec = resolved.spec;
+        if stale {
+            tokio::task::yield_now().await;
+        }
+        for _ in usize::from(stale)..ROUTING_ATTEMPTS {
             match self.dispatch(&request, &resolved).await {
                 Ok(p) => return p,
                 Err(Interrupt::Reply(b)) => return Pending::Ready(b),
@@ -650,10 +695,39 @@ impl Client {
         Pending::Ready(SendError::Stale.reply())
     }
 
-    /// Routes one request. Only the commands on keys are awaited in place; every other kind
-    /// is boxed, so that each connection's task only has room for the common case (a
-    /// connection's task holds its largest possible dispatch for its whole life).
+    /// The requests that are sent at once, without waiting for anything: commands on keys
+    /// whose ranges are not migrating, outside a transaction, on no replicated category.
+    /// `None`: the request takes [`Client::dispatch`].
+    fn dispatch_now(&mut self, request: &Request, resolved: &Resolved) -> Option<Dispatched> {
+        let spec = resolved.spec;
+        if self.transaction.is_some() || !matches!(spec.kind, Kind::SingleKey | Kind::MultiKey(_)) {
+            return None;
+        }
+        let router = self.shared.router.load_full()?;
+        // A write may take the replicated path (`replicated.rs`).
+        if spec.write && router.resolver.replicates() {
+            return None;
+        }
+        match spec.kind {
+            Kind::SingleKey => {
+                let key_index = resolved.keys[0];
+                let route = router.resolver.resolve(&request.args[key_index]);
+                if route.migration.is_some() {
+                    return None;
+                }
+                Some(self.single_plain(router, request, key_index, spec, route))
+            }
+            Kind::MultiKey(split) => self.split_plain(&router, request, split, &resolved.keys),
+            _ => None,
+        }
+    }
+
+    /// Routes one request that [`Client::dispatch_now`] did not send. Every kind but the
+    /// common one is boxed, so that the boxed work of a waiting request stays small too.
     async fn dispatch(&mut self, request: &Request, resolved: &Resolved) -> Dispatched {
+        if let Some(dispatched) = self.dispatch_now(request, resolved) {
+            return dispatched;
+        }
         let spec = resolved.spec;
         if let Kind::Transaction(t) = spec.kind {
             return Box::pin(self.transaction_command(t, request)).await;
@@ -687,8 +761,20 @@ impl Client {
             )));
         };
         match spec.kind {
-            Kind::SingleKey => self.single(router, request, resolved.keys[0], spec).await,
-            Kind::MultiKey(split) => self.split(router, request, split, &resolved.keys).await,
+            Kind::SingleKey => {
+                let key_index = resolved.keys[0];
+                let route = router.resolver.resolve(&request.args[key_index]);
+                match route.migration {
+                    Some(m) => {
+                        Box::pin(self.single_moving(router, request, key_index, spec, route, m))
+                            .await
+                    }
+                    None => self.single_plain(router, request, key_index, spec, route),
+                }
+            }
+            Kind::MultiKey(split) => {
+                Box::pin(self.split(router, request, split, &resolved.keys)).await
+            }
             Kind::SameInstance | Kind::Script => {
                 Box::pin(self.same_instance(router, request, &resolved.keys, spec)).await
             }

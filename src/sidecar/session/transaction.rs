@@ -256,7 +256,7 @@ impl Client {
             }
         };
         let name = router.backend(instance).name().to_owned();
-        if self.watching.as_ref().is_some_and(|(n, _)| *n != name) {
+        if self.watching.as_ref().is_some_and(|w| w.0 != name) {
             return Ok(Pending::Ready(error_reply(
                 "CROSSINSTANCE WATCHed keys live on different instances",
             )));
@@ -267,9 +267,9 @@ impl Client {
                 .dedicated(router.version())
                 .await
                 .map_err(|e| Interrupt::Reply(e.reply()))?;
-            self.watching = Some((name, conn));
+            self.watching = Some(Box::new((name, conn)));
         }
-        let Some((_, conn)) = self.watching.as_mut() else {
+        let Some((_, conn)) = self.watching.as_deref_mut() else {
             return Ok(Pending::Ready(error_reply("ERR no connection")));
         };
         match conn.call(&bundle(&[watch]), 1).await {
@@ -283,7 +283,7 @@ impl Client {
 
     pub(super) async fn unwatch(&mut self) {
         self.watch_failed = false;
-        if let Some((_, mut conn)) = self.watching.take() {
+        if let Some((_, mut conn)) = self.watching.take().map(|w| *w) {
             let mut out = BytesMut::new();
             encode_request(&[b"UNWATCH".as_slice()], &mut out);
             let _ = conn.call(&out, 1).await;
@@ -335,7 +335,7 @@ impl Client {
         let replicated = replicated_writes(&router, &t.written);
         let watched = self.watching.is_some();
         let result = if replicated.is_empty() {
-            let watching = self.watching.take();
+            let watching = self.watching.take().map(|w| *w);
             let result = self.run_exec(&router, place, &cmds, watching).await;
             result.map(|exec| Pending::Ready(exec_prefix(&exec, n)))
         } else {
@@ -378,7 +378,7 @@ impl Client {
                          replicated ranges move without their replica (docs/replication.md); retry",
                     )));
                 }
-                let watching = self.watching.take();
+                let watching = self.watching.take().map(|w| *w);
                 let exec = self.run_exec(router, place, &cmds, watching).await?;
                 return Ok(Pending::Ready(exec_prefix(&exec, n)));
             }
@@ -401,7 +401,7 @@ impl Client {
         all.extend(cmds);
         all.push(vec![Bytes::from_static(b"EXEC")]);
         let exec_at = all.len() - 1;
-        let sent = match self.watching.take() {
+        let sent = match self.watching.take().map(|w| *w) {
             Some((name, mut conn)) => {
                 if router.backend(target).name() != name {
                     return Err(Interrupt::Reply(error_reply(
