@@ -39,6 +39,9 @@ impl RequestState {
     }
 }
 
+/// The longest argument list a decoder keeps for its next request (most have two or three).
+const SPARE_ARGS: usize = 8;
+
 /// One parsed request, before its bytes are turned into arguments.
 enum Parsed {
     /// A multibulk request: the byte ranges of its arguments.
@@ -50,10 +53,13 @@ enum Parsed {
 }
 
 /// Advances `state` over `buf`: the request and the bytes it used, or `None` if incomplete.
+/// A multibulk request's argument list starts from `spare` (emptied), so that a decoder that
+/// hands its lists back allocates none per request.
 fn advance_request(
     state: &mut RequestState,
     buf: &[u8],
     limits: &Limits,
+    spare: &mut Vec<Range<usize>>,
 ) -> Result<Option<(Parsed, usize)>, ProtocolError> {
     loop {
         match state {
@@ -74,10 +80,13 @@ fn advance_request(
                         limits.max_array_len,
                         ProtocolError::InvalidMultibulkLength,
                     )?;
+                    let mut args = std::mem::take(spare);
+                    args.clear();
+                    args.reserve(count.min(PREALLOC_ARGS));
                     *state = RequestState::Multibulk {
                         remaining: count,
                         pos,
-                        args: Vec::with_capacity(count.min(PREALLOC_ARGS)),
+                        args,
                         needed: None,
                     };
                 }
@@ -160,7 +169,7 @@ pub fn parse_request(
 ) -> Result<Option<(Vec<Bytes>, usize)>, ProtocolError> {
     let mut state = RequestState::Start;
     Ok(
-        advance_request(&mut state, buf, limits)?.map(|(parsed, used)| {
+        advance_request(&mut state, buf, limits, &mut Vec::new())?.map(|(parsed, used)| {
             let args = match parsed {
                 Parsed::Ranges(ranges) => ranges
                     .into_iter()
@@ -197,6 +206,8 @@ pub struct Request {
 pub struct RequestDecoder {
     limits: Limits,
     state: RequestState,
+    /// The last request's argument ranges, kept for the next one.
+    spare: Vec<Range<usize>>,
 }
 
 impl RequestDecoder {
@@ -205,6 +216,7 @@ impl RequestDecoder {
         RequestDecoder {
             limits,
             state: RequestState::Start,
+            spare: Vec::new(),
         }
     }
 
@@ -222,14 +234,15 @@ impl RequestDecoder {
             if buf.len() < self.state.examined() {
                 self.state = RequestState::Start;
             }
-            let (parsed, used) = match advance_request(&mut self.state, buf, &self.limits) {
-                Ok(Some(done)) => done,
-                Ok(None) => return Ok(None),
-                Err(error) => {
-                    self.state = RequestState::Start;
-                    return Err(error);
-                }
-            };
+            let (parsed, used) =
+                match advance_request(&mut self.state, buf, &self.limits, &mut self.spare) {
+                    Ok(Some(done)) => done,
+                    Ok(None) => return Ok(None),
+                    Err(error) => {
+                        self.state = RequestState::Start;
+                        return Err(error);
+                    }
+                };
             self.state = RequestState::Start;
             match parsed {
                 Parsed::Empty => buf.advance(used),
@@ -240,12 +253,17 @@ impl RequestDecoder {
                 Parsed::Ranges(ranges) => {
                     let request = buf.split_to(used).freeze();
                     let mut args = Vec::with_capacity(ranges.len());
-                    for range in ranges {
+                    for range in &ranges {
                         // Ranges always lie within the request; checked rather than trusted.
                         if range.end > request.len() || range.start > range.end {
                             return Err(ProtocolError::InvalidBulkLength);
                         }
-                        args.push(request.slice(range));
+                        args.push(request.slice(range.clone()));
+                    }
+                    // Kept for the next request unless this one was long: an idle connection
+                    // holds at most this little.
+                    if ranges.capacity() <= SPARE_ARGS {
+                        self.spare = ranges;
                     }
                     return Ok(Some(Request {
                         args,

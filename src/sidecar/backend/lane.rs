@@ -277,16 +277,18 @@ async fn pipeline(
                                     "a reply arrived that nobody asked for".to_owned()
                                 })?,
                         };
-                        slot.collected.push(frame);
-                        if slot.collected.len() >= slot.expected {
+                        // One reply (nearly always) goes as it is, with no list for it.
+                        let complete = if slot.expected == 1 {
+                            Some(Replies::One(frame))
+                        } else {
+                            slot.collected.push(frame);
+                            (slot.collected.len() >= slot.expected)
+                                .then(|| Replies::Many(std::mem::take(&mut slot.collected)))
+                        };
+                        if let Some(replies) = complete {
                             in_flight.fetch_sub(1, Ordering::AcqRel);
                             metrics.in_flight.dec();
                             metrics.observe(read_at.saturating_duration_since(slot.sent));
-                            let replies = if slot.expected == 1 {
-                                Replies::One(slot.collected.pop().unwrap_or_default())
-                            } else {
-                                Replies::Many(slot.collected)
-                            };
                             deliver(
                                 view,
                                 name,

@@ -25,8 +25,6 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use std::cmp::Ordering;
-
 use thiserror::Error;
 
 pub use keys::{blocks, key_indices};
@@ -522,7 +520,59 @@ pub struct Resolved {
     /// The command or subcommand.
     pub spec: &'static CommandSpec,
     /// Indices of the keys in the argument list, in Redis' order.
-    pub keys: Vec<usize>,
+    pub keys: KeyIndices,
+}
+
+/// The positions of a command's keys: one is kept inline (most commands have one, and this
+/// is made for every request), more in a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyIndices {
+    /// One key, at this index.
+    One([usize; 1]),
+    /// None, or several.
+    List(Vec<usize>),
+}
+
+impl std::ops::Deref for KeyIndices {
+    type Target = [usize];
+
+    fn deref(&self) -> &[usize] {
+        match self {
+            KeyIndices::One(one) => one,
+            KeyIndices::List(list) => list,
+        }
+    }
+}
+
+impl From<Vec<usize>> for KeyIndices {
+    fn from(list: Vec<usize>) -> Self {
+        match list.as_slice() {
+            [one] => KeyIndices::One([*one]),
+            _ => KeyIndices::List(list),
+        }
+    }
+}
+
+/// The keys of a command whose only key sits at a fixed position (GET, SET, HSET, INCR, …),
+/// found without [`key_indices`]' general walk; `None` for any other shape. What it finds is
+/// exactly what [`key_indices`] finds (a test holds the two together).
+fn fixed_key(spec: &CommandSpec, argc: usize) -> Option<KeyIndices> {
+    match spec.keys {
+        [KeySpec::Range { first, last, step }]
+            if *last >= 0
+                && last.unsigned_abs() == *first
+                && *step <= 1
+                && spec.subcommands.is_empty()
+                && spec.arity_ok(argc) =>
+        {
+            Some(if *first < argc {
+                KeyIndices::One([*first])
+            } else {
+                KeyIndices::List(Vec::new())
+            })
+        }
+        _ => None,
+    }
 }
 
 impl CommandSpec {
@@ -551,25 +601,47 @@ impl CommandSpec {
     }
 }
 
-/// The command named `name` (case-insensitive), without allocating: a binary search in the
-/// sorted table.
+/// The command named `name` (case-insensitive), without allocating: the few commands of
+/// its length and first letter (one, mostly) are compared. It runs for every request.
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
-    let index = table::COMMANDS
-        .binary_search_by(|spec| compare_lowercase(spec.name.as_bytes(), name))
-        .ok()?;
-    table::COMMANDS.get(index)
+    let &first = name.first()?;
+    let index = by_length_and_letter();
+    let candidates = index.get(bucket(name.len(), first))?;
+    candidates
+        .iter()
+        .filter_map(|&i| table::COMMANDS.get(usize::from(i)))
+        .find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Where a name of `len` bytes starting with `first` is filed in [`by_length_and_letter`].
+/// Names differing only in case land in the same bucket (`& 0x1f` folds ASCII case).
+fn bucket(len: usize, first: u8) -> usize {
+    len.min(BUCKET_LENGTHS - 1) * 32 + usize::from(first & 0x1f)
+}
+
+/// Lengths [`bucket`] tells apart; longer names share the last row.
+const BUCKET_LENGTHS: usize = 32;
+
+/// The table's commands filed by length and first letter, made once.
+fn by_length_and_letter() -> &'static [Vec<u16>] {
+    static INDEX: std::sync::OnceLock<Vec<Vec<u16>>> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index = vec![Vec::new(); BUCKET_LENGTHS * 32];
+        for (i, spec) in table::COMMANDS.iter().enumerate() {
+            let name = spec.name.as_bytes();
+            if let (Some(&first), Ok(i)) = (name.first(), u16::try_from(i))
+                && let Some(bucket) = index.get_mut(bucket(name.len(), first))
+            {
+                bucket.push(i);
+            }
+        }
+        index
+    })
 }
 
 /// Every top-level command the sidecar knows, sorted by name.
 pub fn commands() -> &'static [CommandSpec] {
     table::COMMANDS
-}
-
-fn compare_lowercase(table_name: &[u8], name: &[u8]) -> Ordering {
-    table_name
-        .iter()
-        .copied()
-        .cmp(name.iter().map(u8::to_ascii_lowercase))
 }
 
 /// Everything the proxy needs before routing a request: the command (or subcommand) and its
@@ -587,6 +659,9 @@ pub fn resolve<A: AsRef<[u8]>>(args: &[A]) -> Result<Resolved, CommandError> {
             reason,
         });
     }
-    let keys = key_indices(spec, args)?;
+    let keys = match fixed_key(spec, args.len()) {
+        Some(keys) => keys,
+        None => key_indices(spec, args)?.into(),
+    };
     Ok(Resolved { spec, keys })
 }

@@ -76,6 +76,19 @@ fn lookup_is_case_insensitive_and_exact() {
     }
     assert_eq!(lookup(b"GEORADIUS_RO").unwrap().name, "georadius_ro");
     assert_eq!(lookup(b"restore-asking").unwrap().name, "restore-asking");
+    // Every command under its own name, in either case; one letter off is another command
+    // or none.
+    for spec in commands() {
+        let upper = spec.name.to_ascii_uppercase();
+        for name in [spec.name.as_bytes(), upper.as_bytes()] {
+            assert_eq!(lookup(name).map(|s| s.name), Some(spec.name));
+        }
+        let mut off = spec.name.as_bytes().to_vec();
+        off[0] ^= 0x40;
+        assert!(lookup(&off).is_none_or(|s| s.name.as_bytes() == off.as_slice()));
+        let long = format!("{}{}", spec.name, "x".repeat(40));
+        assert!(lookup(long.as_bytes()).is_none(), "{long}");
+    }
     for name in [
         &b""[..],
         b"ge",
@@ -346,10 +359,13 @@ fn arity_is_checked_like_redis() {
 #[test]
 fn resolve_checks_everything_in_redis_order() {
     let resolved = resolve(&split("get k")).unwrap();
-    assert_eq!((resolved.spec.name, resolved.keys), ("get", vec![1]));
+    assert_eq!(
+        (resolved.spec.name, resolved.keys.to_vec()),
+        ("get", vec![1])
+    );
     let resolved = resolve(&split("OBJECT encoding k")).unwrap();
     assert_eq!(
-        (resolved.spec.name, resolved.keys),
+        (resolved.spec.name, resolved.keys.to_vec()),
         ("object|encoding", vec![2])
     );
     assert_eq!(
@@ -487,12 +503,17 @@ fn short_argument_lists_never_panic() {
         for len in 0..8 {
             for shift in 0..words.len() {
                 let args: Vec<&[u8]> = (0..len).map(|i| words[(i + shift) % words.len()]).collect();
-                if let Ok(keys) = key_indices(spec, &args) {
+                let keys = key_indices(spec, &args);
+                if let Ok(keys) = &keys {
                     assert!(
                         keys.iter().all(|&k| k > 0 && k < args.len()),
                         "{}",
                         spec.name
                     );
+                }
+                // The shortcut for one key at a fixed place finds what the walk finds.
+                if let Some(fixed) = fixed_key(spec, args.len()) {
+                    assert_eq!(Ok(fixed.to_vec()), keys, "{} {len}", spec.name);
                 }
                 let _ = blocks(spec, &args);
             }
