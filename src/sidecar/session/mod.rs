@@ -35,7 +35,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::backend::{BackendError, Dedicated, Replies, ReplyReceiver, SendError};
@@ -273,6 +273,11 @@ async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> bool {
 /// (a connection waiting for its client holds none). The read itself is tokio's, which marks
 /// the socket drained after a short read, so a request costs one read, not a read and an
 /// empty one.
+///
+/// A read into an empty buffer (the usual case: the previous requests were all complete) goes
+/// into the thread's scratch buffer, and only what came is copied into a buffer of the
+/// connection's own: a small allocation the allocator serves from its per-thread cache, where
+/// reserving a read's worth per request cost a slow large allocation and free every time.
 fn read_lazily(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
@@ -281,6 +286,14 @@ fn read_lazily(
 ) -> Poll<std::io::Result<usize>> {
     if let Err(e) = std::task::ready!(stream.poll_read_ready(cx)) {
         return Poll::Ready(Err(e));
+    }
+    if buf.is_empty() && decoder.needed().is_none() {
+        return SCRATCH.with_borrow_mut(|scratch| {
+            let mut read = tokio::io::ReadBuf::new(scratch);
+            std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+            buf.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
+        });
     }
     // Grow the buffer as data arrives, never by what a header merely announces: a
     // `$536870912` must not reserve 512 MiB before a byte of it came.
@@ -293,6 +306,12 @@ fn read_lazily(
     let read = stream.read_buf(buf);
     tokio::pin!(read);
     read.poll(cx)
+}
+
+thread_local! {
+    /// Where a connection's fresh reads land first (see [`read_lazily`]): one per thread.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
 
 /// Requests read ahead while one waits: beyond this, the client's further requests wait in
