@@ -107,12 +107,17 @@ crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 	cp crds/redis-fleet.crds.yaml charts/redis-fleet/crds/redis-fleet.crds.yaml
 
 .PHONY: bench
-bench: bench-proxy bench-publish bench-rebalance bench-scale ## all benchmarks (numbers printed side by side; never pass/fail)
+bench: bench-proxy bench-proxy-instructions bench-publish bench-rebalance bench-scale ## all benchmarks (numbers printed side by side; never pass/fail)
 
 .PHONY: bench-proxy
 bench-proxy: ## sidecar vs direct Redis vs twemproxy: throughput, added latency, memory (bench/proxy.sh)
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_PACKAGES) nutcracker"
 	bench/proxy.sh
+
+.PHONY: bench-proxy-instructions
+bench-proxy-instructions: ## the sidecar's instructions per request under callgrind: repeatable on a busy machine (bench/proxy_instructions.sh; REDIS_FLEET_BASELINE_BIN=<binary> adds a before column)
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_PACKAGES) valgrind"
+	bench/proxy_instructions.sh
 
 .PHONY: bench-publish
 bench-publish: deps control-plane ## instance phase change → routing ConfigMap published (bench/publish_latency.rs)
