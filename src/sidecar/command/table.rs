@@ -1,7 +1,8 @@
 //! The command table: every command Redis 7.0 to 8.2 and Valkey 8 and 9 know, as data — its arity, how the sidecar
 //! handles it, where its keys are, Redis' `write` flag and the sidecar's own flags (a read that
 //! counts hits, a read that extends an adaptive TTL, the keys a write creates). Sorted by name
-//! for [`super::lookup`]'s binary search; its many short names stay local to this file.
+//! (a test checks it, so an entry is easy to find and never listed twice); its many short
+//! names stay local to this file.
 
 use super::FanOut as F;
 use super::KeySpec::SortStore;
@@ -138,7 +139,7 @@ const fn streams(group: bool) -> KeySpec {
     KeySpec::Streams { group }
 }
 
-// Sorted by name (lookup is a binary search; a test checks the order). Arity, keys and the
+// Sorted by name (a test checks the order). Arity, keys and the
 // write flag are the servers' own, checked against real Redis 7.0 and 8.2 and Valkey 8.1 and
 // 9.0 servers by tests/command_table.rs, which also knows which server lacks which command.
 pub(super) static COMMANDS: &[CommandSpec] = &[

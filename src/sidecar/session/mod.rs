@@ -715,8 +715,9 @@ impl Client {
     }
 
     /// The requests that are sent at once, without waiting for anything: commands on keys
-    /// whose ranges are not migrating, outside a transaction, on no replicated category.
-    /// `None`: the request takes [`Client::dispatch`].
+    /// whose ranges are not migrating, outside a transaction, and no write while the table
+    /// replicates any category (it may take the replicated path). `None`: the request takes
+    /// [`Client::dispatch`].
     fn dispatch_now(&mut self, request: &Request, resolved: &Resolved) -> Option<Dispatched> {
         let spec = resolved.spec;
         if self.transaction.is_some() || !matches!(spec.kind, Kind::SingleKey | Kind::MultiKey(_)) {
@@ -741,12 +742,10 @@ impl Client {
         }
     }
 
-    /// Routes one request that [`Client::dispatch_now`] did not send. Every kind but the
-    /// common one is boxed, so that the boxed work of a waiting request stays small too.
+    /// Routes one request, whatever its kind (those [`Client::dispatch_now`] sends too: it
+    /// is tried first, in place, and this runs when it could not send or was stale). Each
+    /// kind is boxed, so that the boxed work of a waiting request stays small too.
     async fn dispatch(&mut self, request: &Request, resolved: &Resolved) -> Dispatched {
-        if let Some(dispatched) = self.dispatch_now(request, resolved) {
-            return dispatched;
-        }
         let spec = resolved.spec;
         if let Kind::Transaction(t) = spec.kind {
             return Box::pin(self.transaction_command(t, request)).await;

@@ -344,7 +344,7 @@ impl Client {
         };
         if matches!(result, Err(Interrupt::Stale)) && !watched {
             // Refused unsent: a connection went over to a newer table. The EXEC is routed
-            // again (`handle_request`) and must find its transaction. (Under WATCH, the
+            // again (`route`) and must find its transaction. (Under WATCH, the
             // watching connection is gone with the attempt: the retry answers as Redis does
             // without one, `EXEC without MULTI`.)
             self.transaction = Some(t);
