@@ -14,17 +14,8 @@ cd "$(dirname "$0")/.."
 REQUESTS="${REQUESTS:-200000}"
 ROUNDS="${ROUNDS:-3}"
 CLIENTS="${CLIENTS:-50}"
-work="$(mktemp -d /tmp/redis-fleet-bench.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do redis-cli -p "$1" PING >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "nothing on $1" >&2; exit 1; }
+source bench/lib.sh
+bench_setup bench
 
 echo "building the release binary..." >&2
 cargo build --release --quiet --bin redis-fleet

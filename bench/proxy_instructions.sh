@@ -15,17 +15,8 @@ cd "$(dirname "$0")/.."
 REQUESTS="${REQUESTS:-20000}"
 TESTS="${TESTS:-get set}"
 PIPELINES="${PIPELINES:-1 16}"
-work="$(mktemp -d /tmp/redis-fleet-instructions.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 600); do redis-cli -p "$1" PING >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
+source bench/lib.sh
+bench_setup instructions
 
 echo "building the release binary..." >&2
 cargo build --release --quiet --bin redis-fleet
@@ -52,7 +43,7 @@ count() {
     --metrics-addr "127.0.0.1:$(port)" --id instructions > "$work/sidecar.log" 2>&1 &
   pid=$!
   pids+=($pid)
-  wait_port "$side_port"
+  wait_port "$side_port" 60 # valgrind starts slowly
   # Warm up (connections to Redis, the first table, allocator pools), then count only the run.
   redis-benchmark -p "$side_port" -t "$2" -P "$3" -c 50 -n 2000 -r 100000 -d 64 -q > /dev/null 2>&1
   callgrind_control -i on "$pid" > /dev/null 2>&1
