@@ -301,16 +301,7 @@ fn migrating_slots_have_no_replica_and_a_move_end_replicates_none_of_them() {
     let mut three = two();
     three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
     let first = publish(&spec, &three, None, &[]);
-    let mut flip = first.clone();
-    flip.version += 1;
-    flip.migrating.push(Migration {
-        category: "auth".into(),
-        start: 0,
-        end: 99,
-        from: "primary".into(),
-        to: "secondary".into(),
-        epoch: 1,
-    });
+    let mut flip = moving_auth_to_secondary(&first);
     place(&mut flip, &spec, &three, Some(&first), &[], &[]);
     flip.validate().unwrap();
     let replicas = replicas_of(&flip, "auth");
