@@ -99,6 +99,16 @@ fn plain_destination(router: &Router, split: Split, routes: &[Route]) -> Option<
     (single && !needs_ttl).then_some(target)
 }
 
+/// What a command on one key sends ([`Client::single_commands`]).
+struct SingleCommands {
+    /// Its arguments as rewritten by the TTL rules, if they were.
+    args_override: Option<Vec<Bytes>>,
+    /// Commands sent after it (TTL rules, an adaptive extension).
+    extra: Vec<Vec<Bytes>>,
+    /// How its reply counts.
+    read: ReadKind,
+}
+
 /// A part of a split command: sent and pending, or answered already (guarded parts).
 enum Part {
     Sent(ReplyReceiver),
@@ -116,14 +126,13 @@ impl Client {
         spec: &CommandSpec,
         route: Route,
     ) -> Dispatched {
-        let key = &request.args[key_index];
-        let (args_override, extra, read) =
-            match self.single_commands(&router, request, spec, key, &route) {
-                Ok(c) => c,
-                Err(refused) => return Ok(refused),
-            };
+        let commands = match self.single_commands(&router, request, key_index, spec, &route) {
+            Ok(c) => c,
+            Err(refused) => return Ok(refused),
+        };
         let legacy = router.backend(route.target).legacy();
-        let bytes = match (args_override, extra.is_empty(), &request.raw) {
+        let extra = &commands.extra;
+        let bytes = match (commands.args_override, extra.is_empty(), &request.raw) {
             (None, true, Some(raw)) => raw.clone(),
             (args, _, _) => {
                 let mut cmds = vec![args.unwrap_or_else(|| request.args.clone())];
@@ -137,7 +146,7 @@ impl Client {
             route.category,
             bytes,
             1 + extra.len(),
-            read,
+            commands.read,
         )
     }
 
@@ -151,14 +160,17 @@ impl Client {
         route: Route,
         migration: u16,
     ) -> Dispatched {
+        let commands = match self.single_commands(&router, request, key_index, spec, &route) {
+            Ok(c) => c,
+            Err(refused) => return Ok(refused),
+        };
         let key = &request.args[key_index];
-        let (args_override, extra, read) =
-            match self.single_commands(&router, request, spec, key, &route) {
-                Ok(c) => c,
-                Err(refused) => return Ok(refused),
-            };
-        let mut cmds = vec![args_override.unwrap_or_else(|| request.args.clone())];
-        cmds.extend(extra);
+        let mut cmds = vec![
+            commands
+                .args_override
+                .unwrap_or_else(|| request.args.clone()),
+        ];
+        cmds.extend(commands.extra);
         let reply = self
             .guarded(
                 &router,
@@ -175,7 +187,7 @@ impl Client {
             &Accounting {
                 router: router.clone(),
                 category: route.category,
-                read,
+                read: commands.read,
                 first: true,
             },
             &reply,
@@ -186,15 +198,14 @@ impl Client {
     /// What a command on one key becomes under its category's TTL rules: its arguments
     /// replaced, or commands appended (an adaptive TTL's extension on one read in sixteen),
     /// and how its reply counts; or the refusal to answer.
-    #[allow(clippy::type_complexity)]
     fn single_commands(
         &mut self,
         router: &Router,
         request: &Request,
+        key_index: usize,
         spec: &CommandSpec,
-        key: &Bytes,
         route: &Route,
-    ) -> Result<(Option<Vec<Bytes>>, Vec<Vec<Bytes>>, ReadKind), Pending> {
+    ) -> Result<SingleCommands, Pending> {
         let rules = router.resolver.categories()[usize::from(route.category)].ttl;
         let read = if spec.counts_hits {
             ReadKind::Single
@@ -210,9 +221,13 @@ impl Client {
             TtlAction::Refuse(text) => return Err(Pending::Ready(error_reply(&text))),
         }
         if rules.adaptive && spec.adaptive_read && self.sampled() {
-            extra.extend(ttl::adaptive_extension(&rules, key));
+            extra.extend(ttl::adaptive_extension(&rules, &request.args[key_index]));
         }
-        Ok((args_override, extra, read))
+        Ok(SingleCommands {
+            args_override,
+            extra,
+            read,
+        })
     }
 
     /// MGET/MSET/DEL/… whose keys all go to one instance, nothing migrating and no TTL to
