@@ -1096,6 +1096,122 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     );
 }
 
+/// Writes the heartbeat of a sidecar `id` that reports `p99_micros` (of 2 000 requests) on every
+/// server, every half second, until `stop`; then one that reports nothing. Its version is far
+/// ahead of any table, so a Job never waits for it to converge.
+fn report_latency(
+    policy: String,
+    servers: Vec<redis::Client>,
+    p99_micros: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use redis_fleet::redis::protocol::heartbeat::{LatencyReport, write_command};
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut conns = Vec::new();
+        for s in &servers {
+            conns.push(s.get_multiplexed_async_connection().await.unwrap());
+        }
+        loop {
+            let done = stop.load(Ordering::Relaxed);
+            let report = (!done).then(|| LatencyReport {
+                p99_micros: p99_micros.load(Ordering::Relaxed),
+                requests: 2_000,
+            });
+            for c in &mut conns {
+                let mut cmd = redis::cmd("EVAL");
+                for arg in write_command(&policy, "probe", 1 << 40, report)
+                    .iter()
+                    .skip(1)
+                {
+                    cmd.arg(arg.as_ref());
+                }
+                let _: redis::Value = cmd.query_async(c).await.unwrap();
+            }
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_slows_while_a_sidecar_sees_its_source_answer_slower_and_speeds_up_after() {
+    // `pacing: Adaptive` (the default): the Job reads what the sidecars report of the latency
+    // of its sources and targets. A sidecar (here a probe writing the heartbeats a sidecar
+    // writes) whose p99 rises past 1.5× its lowest during the Job slows the copy, and the
+    // status says why; once it reports within budget again the copy speeds up. The real
+    // sidecar's traffic goes on throughout, and nothing is lost.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let shop = shop_with("pacing", slow_copy).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let prefixes = ["user:p", "menu:p", "ml:p"];
+    let keys = fill(&shop.secondary, &prefixes, 30_000).await;
+    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+    let tertiary = apply_third_instance(&shop);
+    let p99 = Arc::new(AtomicU64::new(300));
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = report_latency(
+        format!("{}/shop", shop.ns),
+        vec![
+            shop.primary.client(),
+            shop.secondary.client(),
+            tertiary.client(),
+        ],
+        p99.clone(),
+        stop.clone(),
+    );
+
+    // The Job learns the probe's 300 µs while it starts copying; then the probe sees 40 ms.
+    wait_copying(&shop, &node, 1_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p99.store(40_000, Ordering::Relaxed);
+    let slowed = wait_status(&shop, Some(&node), "the copy never slowed", |r| {
+        r.pacing
+            .as_deref()
+            .is_some_and(|p| p.contains("sidecar probe sees p99 40000 µs"))
+    })
+    .await;
+    let slowed = slowed.status.unwrap().rebalance.unwrap();
+    assert_eq!(slowed.step.as_deref(), Some("Copying"), "{slowed:#?}");
+    let note = slowed.pacing.clone().unwrap();
+    assert!(note.contains("(budget 450 µs)"), "{note}");
+    let logs = node.all_logs();
+    assert!(logs.contains("sidecar probe sees p99 40000 µs"), "{logs}");
+
+    // Within budget again: the probe is no longer what holds the copy back.
+    p99.store(350, Ordering::Relaxed);
+    let recovered = wait_status(&shop, Some(&node), "the copy never sped up", |r| {
+        r.pacing.as_deref().is_none_or(|p| !p.contains("probe"))
+    })
+    .await;
+    let recovered = recovered.status.unwrap().rebalance.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    probe.await.unwrap();
+
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let done = policy.status.unwrap().rebalance.unwrap();
+    assert_eq!(done.pacing, None, "{done:#?}");
+    let ledger = traffic.stop().await;
+    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
+    assert_same(&before, &after);
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "pacing: slowed at {} keys moved ({note}); recovered at {} ({:?}); {} moved in all; traffic {} ops, {} errors",
+        slowed.keys_moved.unwrap_or(0),
+        recovered.keys_moved.unwrap_or(0),
+        recovered.pacing,
+        done.keys_moved.unwrap_or(0),
+        ledger.ops,
+        ledger.errors.len()
+    );
+}
+
 async fn rebalance_of(shop: &Shop) -> redis_fleet::api::cache_policy::RebalanceStatus {
     shop.policies
         .get("shop")

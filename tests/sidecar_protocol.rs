@@ -1084,3 +1084,59 @@ async fn a_frozen_instance_fails_requests_within_the_request_timeout_after_an_id
     assert!(err.to_string().contains("no reply within"), "{err}");
     assert!(took < Duration::from_secs(4), "answered after {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_tells_each_instance_how_fast_it_answered_this_sidecar() {
+    // What a rebalance Job paces its copy by: every heartbeat carries, to each instance, the
+    // 99th percentile of that instance's answers to the sidecar since the heartbeat before.
+    use redis_fleet::redis::protocol::heartbeat::read_latencies;
+    let (a, b) = (server(), server());
+    let sidecar = Sidecar::start(&two(&a, &b, 1, TtlRules::default()), &SECRETS);
+    let client = sidecar.client();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    // One request in ten busies `a` for 25 ms: more than 1 % of its answers are that slow.
+    const SLOW: &str = "local t = redis.call('TIME') local from = t[1] * 1000000 + t[2] \
+        repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - from >= 25000 return 1";
+    let load = |slow: bool, c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        async move {
+            let until = Instant::now() + Duration::from_millis(2_500);
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                if slow && n.is_multiple_of(10) {
+                    let _: i64 = redis::cmd("EVAL")
+                        .arg(SLOW)
+                        .arg(1)
+                        .arg("auth:slow")
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                } else {
+                    let _: Option<String> = c.get(format!("auth:{n}")).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    let policy = "test/test";
+    load(true, &mut c).await;
+    let slow = read_latencies(&mut on_a, policy).await.unwrap();
+    assert_eq!(slow.len(), 1, "{slow:?}");
+    let (id, report) = slow.iter().next().unwrap();
+    assert!(id.starts_with("test-sidecar"), "{id}");
+    assert!(report.p99_micros >= 25_000, "{report:?}");
+    assert!(report.requests >= 20, "{report:?}");
+    // `b` served nothing: no report there.
+    assert!(read_latencies(&mut on_b, policy).await.unwrap().is_empty());
+
+    load(false, &mut c).await;
+    let fast = read_latencies(&mut on_a, policy).await.unwrap();
+    let report = fast[id];
+    assert!(report.p99_micros < 12_500, "{report:?}");
+    // Nothing sent since: the report goes.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(read_latencies(&mut on_a, policy).await.unwrap().is_empty());
+}

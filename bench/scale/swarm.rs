@@ -106,7 +106,7 @@ async fn write_rounds(
         for chunk in ids.chunks(BATCH) {
             let mut pipe = redis::pipe();
             for id in chunk {
-                let args = write_command(policy, id, version);
+                let args = write_command(policy, id, version, None);
                 let cmd = pipe.cmd(std::str::from_utf8(&args[0]).unwrap_or("EVAL"));
                 for a in &args[1..] {
                     cmd.arg(a.as_ref());

@@ -395,6 +395,25 @@ pub struct RebalanceSpec {
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 10000))]
     pub batch_size: i32,
+
+    /// How the copy yields to the application: `Adaptive` slows it while a sidecar sees the
+    /// instances it copies between answer slower than 1.5× their best during the Job, up to
+    /// `keysPerSecond`; `Fixed` copies at `keysPerSecond` whatever the latency.
+    #[serde(default)]
+    pub pacing: Pacing,
+}
+
+/// How a rebalance copy is paced (`docs/protocol.md`, "Pacing").
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum Pacing {
+    /// Up to `keysPerSecond`, slower while the sidecars' p99 to the source or target is above
+    /// 1.5× its lowest during the Job.
+    #[default]
+    Adaptive,
+    /// At `keysPerSecond`.
+    Fixed,
 }
 
 impl Default for RebalanceSpec {
@@ -404,6 +423,7 @@ impl Default for RebalanceSpec {
             cooldown: default_cooldown(),
             keys_per_second: default_keys_per_second(),
             batch_size: default_batch_size(),
+            pacing: Pacing::default(),
         }
     }
 }
@@ -624,6 +644,10 @@ pub struct RebalanceStatus {
     /// Job: sidecars still on an older table while converging.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stragglers: Vec<String>,
+    /// Job: why the copy runs below `keysPerSecond` (`pacing: Adaptive`: a sidecar sees the
+    /// source or target answer slower than its budget), absent while it runs at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<String>,
     /// How the plan balances the fleet: the planner's estimate, and what was measured once
     /// it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]

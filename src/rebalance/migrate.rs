@@ -27,6 +27,7 @@
 mod batch;
 mod control;
 mod copy;
+mod pacing;
 mod piecewise;
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,7 +45,7 @@ use tracing::{info, warn};
 
 use crate::api::CachePolicy;
 use crate::api::cache_policy::{
-    MoveStatus, RebalanceStatus, config_map_name, rebalance_phase, rebalance_step,
+    MoveStatus, Pacing, RebalanceStatus, config_map_name, rebalance_phase, rebalance_step,
 };
 use crate::redis::connect::{Credentials, redact};
 use crate::redis::endpoint::{self, Available, SecretSource, read_secrets, referenced_secrets};
@@ -166,8 +167,16 @@ struct Job {
     keys_per_second: u64,
     batch_size: usize,
     moved: u64,
-    /// Keys the copy has sent on their way (paced by `keys_per_second`).
+    /// Keys the copy has sent on their way (paced by `clock`).
     launched: u64,
+    /// When the copy may send its next keys: at `keys_per_second`, or the rate `pacing` says.
+    clock: pacing::RateClock,
+    /// The sidecars' latency reports as the copy's guide (`None`: `pacing: Fixed`).
+    pacing: Option<pacing::Pacing>,
+    /// When the copy last read the sidecars' latency reports.
+    latency_read: Instant,
+    /// Why the copy runs below `keys_per_second`, for `status.rebalance.pacing`.
+    pacing_note: Option<String>,
     total: u64,
     started: Instant,
     last_report: Instant,
@@ -248,8 +257,12 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // `keysPerSecond` counts from here: the time before (a paused flip, converging, counting)
     // gives the copy no allowance to burst with.
     job.started = Instant::now();
+    job.clock = pacing::RateClock::new(job.keys_per_second as f64, job.started);
+    // What the sidecars see before the copy's load: the lowest latencies to compare with.
+    job.pace_by_latency(false).await?;
     job.copy().await?;
     job.sweep().await?;
+    job.pacing_note = None;
     job.report(rebalance_step::COPIED, &[]).await?;
     let Some(last) = job.wait_for(|r| r.final_version).await? else {
         return Ok(());
@@ -358,6 +371,7 @@ impl Job {
             steps.push(resolve_step(&resolver, index, m)?);
         }
         let spec = &policy.spec.balancing.rebalance;
+        let keys_per_second = u64::try_from(spec.keys_per_second).unwrap_or(50_000).max(1);
         let mover = mover::Mover {
             policy: format!("{}/{}", config.namespace, config.policy),
             token: names::mover_token(
@@ -372,10 +386,14 @@ impl Job {
             resolver,
             instances,
             steps,
-            keys_per_second: u64::try_from(spec.keys_per_second).unwrap_or(50_000).max(1),
+            keys_per_second,
             batch_size: usize::try_from(spec.batch_size).unwrap_or(256).max(1),
             moved: 0,
             launched: 0,
+            clock: pacing::RateClock::new(keys_per_second as f64, Instant::now()),
+            pacing: (spec.pacing == Pacing::Adaptive).then(|| pacing::Pacing::new(keys_per_second)),
+            latency_read: Instant::now(),
+            pacing_note: None,
             total: 0,
             started: Instant::now(),
             last_report: Instant::now(),
@@ -416,6 +434,7 @@ impl Job {
                     "keysTotal": self.total.max(self.moved),
                     "keysPerSecond": rate.round() as i64,
                     "stragglers": stragglers,
+                    "pacing": self.pacing_note,
                 }},
             });
             match self

@@ -1,7 +1,8 @@
 //! The sidecar's heartbeat: every second (and whenever a new connection asks), on every
-//! instance of its table, the routing table version it uses — the keys and scripts are in
-//! [`crate::redis::protocol::heartbeat`]. Rebalance Jobs wait for it before moving data; the
-//! operator counts live sidecars from it. Every answer carries the policy's fences, which the
+//! instance of its table, the routing table version it uses and how fast that instance
+//! answered since the last round — the keys and scripts are in
+//! [`crate::redis::protocol::heartbeat`]. Rebalance Jobs wait for it before moving data, and
+//! pace their copy by the latencies; the operator counts live sidecars from it. Every answer carries the policy's fences, which the
 //! [`FleetView`] keeps; a completed round confirms them for new connections.
 //!
 //! The heartbeat has connections of its own (named as control connections, never fenced), so
@@ -39,10 +40,6 @@ pub async fn run(shared: Arc<Shared>) {
         };
         let began = view.clock();
         let id = view.begin_round();
-        let command = write_command(router.policy(), &shared.id, router.version());
-        let mut bytes = BytesMut::new();
-        encode_request(&command, &mut bytes);
-        let bytes = bytes.freeze();
         // Connections of instances that left the table go.
         conns.retain(|name, _| router.resolver.instance_id(name).is_some());
         let mut taken: Vec<(String, Option<Dedicated>)> = router
@@ -55,7 +52,14 @@ pub async fn run(shared: Arc<Shared>) {
             .iter()
             .zip(taken.iter_mut())
             .map(|(backend, (_, conn))| {
-                let bytes = bytes.clone();
+                let command = write_command(
+                    router.policy(),
+                    &shared.id,
+                    router.version(),
+                    backend.take_latency(),
+                );
+                let mut bytes = BytesMut::new();
+                encode_request(&command, &mut bytes);
                 let conn = conn.take();
                 async move {
                     let mut conn = match conn {
@@ -66,7 +70,8 @@ pub async fn run(shared: Arc<Shared>) {
                             _ => return (None, None),
                         },
                     };
-                    match tokio::time::timeout(ANSWER_TIMEOUT, conn.call(&bytes, 1)).await {
+                    match tokio::time::timeout(ANSWER_TIMEOUT, conn.call(&bytes.freeze(), 1)).await
+                    {
                         Ok(Ok(replies)) => {
                             let reply = replies.first();
                             let fences = parse_frame(&reply, &Limits::replies())

@@ -16,6 +16,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::latency_window::LatencyWindow;
+
 /// Labels of per-category series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CategoryLabels {
@@ -94,6 +96,8 @@ pub struct BackendMetrics {
     pub in_flight: Gauge,
     /// Writes to the instance (requests / writes = how many requests one write carries).
     pub writes: Counter,
+    /// Request → reply times since the heartbeat last reported them to the instance.
+    pub window: Arc<LatencyWindow>,
 }
 
 /// Unregistered handles, for backends used outside the sidecar (the rebalance Job).
@@ -104,6 +108,7 @@ impl Default for BackendMetrics {
             connections: Gauge::default(),
             in_flight: Gauge::default(),
             writes: Counter::default(),
+            window: Arc::default(),
         }
     }
 }
@@ -253,6 +258,7 @@ impl SidecarMetrics {
             connections: self.connections.get_or_create_owned(&labels),
             in_flight: self.in_flight.get_or_create_owned(&labels),
             writes: self.writes.get_or_create_owned(&labels),
+            window: Arc::default(),
         }
     }
 }
@@ -261,6 +267,7 @@ impl BackendMetrics {
     /// Records a reply's latency.
     pub fn observe(&self, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
+        self.window.record(latency);
     }
 }
 

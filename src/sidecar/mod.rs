@@ -17,6 +17,7 @@ pub mod command;
 pub mod fleet;
 pub mod heartbeat;
 pub mod keyspace;
+pub mod latency_window;
 pub mod metrics;
 pub mod pubsub;
 pub mod reload;

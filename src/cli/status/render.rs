@@ -593,6 +593,9 @@ fn write_rebalance(
     if let Some(b) = &r.balance {
         entries.extend(balance_lines(b));
     }
+    if let Some(note) = r.pacing.as_ref().filter(|_| r.finished_at.is_none()) {
+        entries.push(format!("pacing: {note}"));
+    }
     let avail = width.saturating_sub(INDENT + LABEL);
     let (keys_moved, keys_total, keys_per_second) = (
         r.keys_moved.unwrap_or(0),

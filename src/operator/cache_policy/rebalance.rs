@@ -60,7 +60,7 @@ pub use abandon::{
 };
 
 /// Every field of a [`RebalanceStatus`] as it is written (camelCase).
-const REBALANCE_FIELDS: [&str; 20] = [
+const REBALANCE_FIELDS: [&str; 21] = [
     "phase",
     "planId",
     "job",
@@ -80,6 +80,7 @@ const REBALANCE_FIELDS: [&str; 20] = [
     "keysTotal",
     "keysPerSecond",
     "stragglers",
+    "pacing",
     "balance",
 ];
 

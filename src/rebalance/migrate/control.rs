@@ -84,6 +84,7 @@ impl Job {
         }
         let held = since.elapsed();
         self.started += held;
+        self.clock.hold(held);
         self.pausing = false;
         self.control_read = Instant::now();
         info!(

@@ -7,16 +7,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::cache_policy::rebalance_step;
 use crate::redis::keys::{RangeScan, ScanCheckpoint, in_ranges};
+use crate::redis::protocol::heartbeat::{self, HEARTBEAT_EVERY};
 use crate::redis::protocol::names;
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::SlotRange;
 
 use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher};
 use super::control::URGENT_EVERY;
+use super::pacing::Adjustment;
 use super::{Error, Instance, Job};
 
 /// How often the copy saves its scan position: an attempt that replaces a failed one rescans
@@ -141,6 +143,7 @@ impl Job {
             let mut urgent_tick = tokio::time::interval(URGENT_EVERY);
             urgent_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                self.pace_by_latency(true).await?;
                 while in_flight.len() < BATCHES_IN_FLIGHT && !pending.is_empty() {
                     if self.pause_requested().await? {
                         if !in_flight.is_empty() {
@@ -388,14 +391,74 @@ impl Job {
         Ok(())
     }
 
-    /// Keeps the copy at or below `keysPerSecond`: how long the next batch must wait until
-    /// it fits the rate, counting every key the copy sent before it (urgent keys, which
-    /// clients wait for, are not paced).
+    /// Keeps the copy at or below its rate (`keysPerSecond`, or slower as [`pacing`] says):
+    /// how long the next batch must wait until it fits, counting every key the copy sent
+    /// before it (urgent keys, which clients wait for, are not paced).
     fn pace(&self) -> Option<Duration> {
-        let earliest = Duration::from_secs_f64(self.launched as f64 / self.keys_per_second as f64);
-        earliest
-            .checked_sub(self.started.elapsed())
-            .filter(|d| !d.is_zero())
+        self.clock.wait(self.launched, Instant::now())
+    }
+
+    /// Reads what the sidecars report of the sources' and targets' latency (once per
+    /// heartbeat) and sets the copy's rate by it (`pacing: Adaptive`). With `copying` false
+    /// the reports only teach the pacing each sidecar's latency without the copy.
+    pub(super) async fn pace_by_latency(&mut self, copying: bool) -> Result<(), Error> {
+        if self.pacing.is_none() || (copying && self.latency_read.elapsed() < HEARTBEAT_EVERY) {
+            return Ok(());
+        }
+        self.latency_read = Instant::now();
+        let policy = self.mover.policy.clone();
+        let mut reports = Vec::new();
+        for name in self.moving_instances() {
+            let instance = self.instance(&name)?;
+            let read = heartbeat::read_latencies(&mut instance.conn, &policy)
+                .await
+                .map_err(|e| instance.err(&e))?;
+            reports.extend(read.into_iter().map(|(id, r)| (id, name.clone(), r)));
+        }
+        let Some(pacing) = self.pacing.as_mut() else {
+            return Ok(());
+        };
+        let before = pacing.rate();
+        let adjustment = pacing.adjust(
+            reports
+                .iter()
+                .map(|(id, n, r)| (id.as_str(), n.as_str(), *r)),
+            copying,
+        );
+        let rate = pacing.rate();
+        match &adjustment {
+            Adjustment::Slowed(over) => {
+                let note = format!(
+                    "slowed to {} keys/s: sidecar {} sees p99 {} µs from {} (budget {} µs)",
+                    rate as u64, over.sidecar, over.p99_micros, over.instance, over.budget_micros
+                );
+                if rate != before {
+                    info!(keys_per_second = rate as u64, "{note}");
+                }
+                self.pacing_note = Some(note);
+            }
+            Adjustment::Held if rate < self.keys_per_second as f64 => {
+                debug!(
+                    keys_per_second = rate as u64,
+                    "the sidecars' latency is within budget: speeding the copy up"
+                );
+                self.pacing_note = Some(format!(
+                    "recovering at {} keys/s: the sidecars' latency is within budget",
+                    rate as u64
+                ));
+            }
+            Adjustment::Held => {
+                if before < rate {
+                    info!(
+                        keys_per_second = rate as u64,
+                        "the copy is back at keysPerSecond"
+                    );
+                }
+                self.pacing_note = None;
+            }
+        }
+        self.clock.set_rate(rate, self.launched, Instant::now());
+        Ok(())
     }
 
     /// What batches from `from` to `to` need, to be cloned into each batch in flight.

@@ -1,11 +1,14 @@
 //! Heartbeats: every second each sidecar records, on every instance of its table, the table
-//! version it routes by, and learns the policy's fences from the reply. A rebalance Job waits
-//! until every live sidecar reports the version that announced a migration; the operator counts
-//! live sidecars for `status.sidecars`.
+//! version it routes by and how fast that instance answered it since its last heartbeat, and
+//! learns the policy's fences from the reply. A rebalance Job waits until every live sidecar
+//! reports the version that announced a migration, and slows its copy when the sidecars see
+//! the instances it copies between answer slower (`docs/protocol.md`, "Pacing"); the
+//! operator counts live sidecars for `status.sidecars`.
 //!
-//! Per policy, two keys on each instance hold them, whatever the number of keys in the
-//! database: a sorted set (sidecar id → last heartbeat, ms, the server's clock) and a hash
-//! (sidecar id → version). The write script drops entries older than [`HEARTBEAT_TTL`]; both
+//! Per policy, three keys on each instance hold them, whatever the number of keys in the
+//! database: a sorted set (sidecar id → last heartbeat, ms, the server's clock), a hash
+//! (sidecar id → version) and a hash (sidecar id → [`LatencyReport`], absent when the sidecar
+//! sent nothing there). The write script drops entries older than [`HEARTBEAT_TTL`]; both
 //! scripts use the server's clock, so sidecar clocks do not matter.
 
 use std::collections::BTreeMap;
@@ -37,7 +40,8 @@ pub const LEASE: Duration = Duration::from_secs(5);
 /// acknowledged once other instances serve its ranges.
 pub const NOTICE_WAIT: Duration = Duration::from_secs(LEASE.as_secs() + 1);
 
-/// KEYS: live, versions, fences. ARGV: id, version, ttl (ms). Returns `{now_ms, fences…}`.
+/// KEYS: live, versions, fences, latencies. ARGV: id, version, ttl (ms), latency report (empty:
+/// none). Returns `{now_ms, fences…}`.
 pub const WRITE_SCRIPT: &str = concat!(
     oom_exempt!(),
     r"
@@ -48,16 +52,24 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - ttl), 'L
 if #dead > 0 then
   redis.call('ZREM', KEYS[1], unpack(dead))
   redis.call('HDEL', KEYS[2], unpack(dead))
+  redis.call('HDEL', KEYS[4], unpack(dead))
 end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[4], ARGV[1])
+else
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[4], ttl)
+end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 return {now, redis.call('HGETALL', KEYS[3])}
 "
 );
 
-/// KEYS: live, versions. ARGV: ttl (ms). Returns id, version, id, version, …
+/// KEYS: live, a hash by sidecar id (versions or latencies). ARGV: ttl (ms). Returns id, value,
+/// id, value, … of the live sidecars that have a value.
 pub const READ_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -78,18 +90,53 @@ end
 return out
 ";
 
-/// The heartbeat command of sidecar `id` of `policy` at table `version`.
-pub fn write_command(policy: &str, id: &str, version: u64) -> Vec<Bytes> {
+/// How fast an instance answered one sidecar between two of its heartbeats: the 99th
+/// percentile of its request → reply times (rounded up to the sidecar's bucket, at most a
+/// fifth above the true value) and how many replies that was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyReport {
+    /// The 99th percentile, µs.
+    pub p99_micros: u64,
+    /// Replies counted.
+    pub requests: u64,
+}
+
+impl LatencyReport {
+    /// `<p99 µs> <requests>`, as the heartbeat stores it.
+    pub fn encode(&self) -> String {
+        format!("{} {}", self.p99_micros, self.requests)
+    }
+
+    /// The report `encode` wrote, or `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (p99, requests) = text.split_once(' ')?;
+        Some(Self {
+            p99_micros: p99.parse().ok()?,
+            requests: requests.parse().ok()?,
+        })
+    }
+}
+
+/// The heartbeat command of sidecar `id` of `policy` at table `version`, with what it saw of
+/// the instance's latency since its last heartbeat there.
+pub fn write_command(
+    policy: &str,
+    id: &str,
+    version: u64,
+    latency: Option<LatencyReport>,
+) -> Vec<Bytes> {
     vec![
         Bytes::from_static(b"EVAL"),
         Bytes::from_static(WRITE_SCRIPT.as_bytes()),
-        Bytes::from_static(b"3"),
+        Bytes::from_static(b"4"),
         Bytes::from(names::sidecars(policy)),
         Bytes::from(names::sidecar_versions(policy)),
         Bytes::from(names::fences(policy)),
+        Bytes::from(names::sidecar_latencies(policy)),
         Bytes::from(id.to_owned()),
         Bytes::from(version.to_string()),
         Bytes::from(HEARTBEAT_TTL.as_millis().to_string()),
+        Bytes::from(latency.map_or_else(String::new, |l| l.encode())),
     ]
 }
 
@@ -106,14 +153,60 @@ pub async fn read(
     conn: &mut (impl ConnectionLike + Send),
     policy: &str,
 ) -> redis::RedisResult<BTreeMap<String, u64>> {
+    read_live(conn, policy, names::sidecar_versions(policy), |v| {
+        v.parse().ok()
+    })
+    .await
+}
+
+/// What the live sidecars of `policy` last reported of an instance's latency (those that sent
+/// it nothing since their heartbeat before are not among them): sidecar id → report.
+pub async fn read_latencies(
+    conn: &mut (impl ConnectionLike + Send),
+    policy: &str,
+) -> redis::RedisResult<BTreeMap<String, LatencyReport>> {
+    read_live(
+        conn,
+        policy,
+        names::sidecar_latencies(policy),
+        LatencyReport::parse,
+    )
+    .await
+}
+
+/// Live sidecar id → `parse` of its entry in hash `by_id`.
+async fn read_live<T>(
+    conn: &mut (impl ConnectionLike + Send),
+    policy: &str,
+    by_id: String,
+    parse: impl Fn(&str) -> Option<T>,
+) -> redis::RedisResult<BTreeMap<String, T>> {
     let flat: Vec<String> = redis::Script::new(READ_SCRIPT)
         .key(names::sidecars(policy))
-        .key(names::sidecar_versions(policy))
+        .key(by_id)
         .arg(HEARTBEAT_TTL.as_millis() as u64)
         .invoke_async(conn)
         .await?;
     Ok(flat
         .chunks_exact(2)
-        .filter_map(|pair| Some((pair[0].clone(), pair[1].parse().ok()?)))
+        .filter_map(|pair| Some((pair[0].clone(), parse(&pair[1])?)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_latency_report_reads_back_and_nothing_else_reads_as_one() {
+        let r = LatencyReport {
+            p99_micros: 1_250,
+            requests: 1_999,
+        };
+        assert_eq!(r.encode(), "1250 1999");
+        assert_eq!(LatencyReport::parse(&r.encode()), Some(r));
+        for bad in ["", "1250", "1250 ", " 1999", "x 1", "1 -2", "1 2 3"] {
+            assert_eq!(LatencyReport::parse(bad), None, "{bad:?}");
+        }
+    }
 }

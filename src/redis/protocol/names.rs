@@ -35,6 +35,12 @@ pub fn sidecar_versions(policy: &str) -> String {
     format!("redisfleet:sidecar-versions:{policy}")
 }
 
+/// Hash: sidecar id → how fast the instance answered it since its previous heartbeat there
+/// (see [`LatencyReport`](super::heartbeat::LatencyReport)).
+pub fn sidecar_latencies(policy: &str) -> String {
+    format!("redisfleet:sidecar-latencies:{policy}")
+}
+
 /// String: the mover token of the Job attempt allowed to move keys (see
 /// [`mover_token`]).
 pub fn mover(policy: &str) -> String {
@@ -117,13 +123,14 @@ pub fn holds(policy: &str) -> String {
 }
 
 /// The keys of `policy` with fixed names, on each instance it uses: fences, sidecar
-/// heartbeats and versions, the mover token, the urgent queue, a replicating writer's epoch
+/// heartbeats, versions and latencies, the mover token, the urgent queue, a replicating writer's epoch
 /// and counter, and the marker of replicated data.
 pub fn policy_keys(policy: &str) -> Vec<String> {
     vec![
         fences(policy),
         sidecars(policy),
         sidecar_versions(policy),
+        sidecar_latencies(policy),
         mover(policy),
         urgent(policy),
         writer_epoch(policy),
@@ -201,6 +208,7 @@ mod tests {
             fences("a/b"),
             sidecars("a/b"),
             sidecar_versions("a/b"),
+            sidecar_latencies("a/b"),
             mover("a/b"),
             urgent("a/b"),
             writer_epoch("a/b"),

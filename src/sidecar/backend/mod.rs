@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::fleet::{FleetView, Unvouched};
 use super::metrics::BackendMetrics;
 use crate::redis::connect::Target;
+use crate::redis::protocol::heartbeat::LatencyReport;
 use crate::redis::protocol::names;
 use crate::redis::resp::encode_request;
 
@@ -391,6 +392,11 @@ impl Backend {
     /// Instance name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How fast the instance answered since the last call (the heartbeat's, once a round).
+    pub fn take_latency(&self) -> Option<LatencyReport> {
+        self.metrics.window.take()
     }
 
     /// What the lanes connect to.

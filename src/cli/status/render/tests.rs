@@ -391,6 +391,10 @@ fn renders_a_rebalance_in_progress_and_sidecars_behind() {
         keys_moved: Some(81_234),
         keys_total: Some(120_000),
         keys_per_second: Some(12_000),
+        pacing: Some(
+            "slowed to 12000 keys/s: sidecar shop-7f9c sees p99 900 µs from primary (budget 375 µs)"
+                .into(),
+        ),
         attempts: 1,
         started_at: Some(Time(at(190))),
         step: Some("Copying".into()),
@@ -434,6 +438,10 @@ fn renders_a_rebalance_in_progress_and_sidecars_behind() {
         "{text}"
     );
     assert!(words(line_with(&text, "  primary ")).contains(&"86%"));
+    assert!(
+        text.contains("pacing: slowed to 12000 keys/s: sidecar shop-7f9c sees p99 900 µs from"),
+        "{text}"
+    );
     assert_eq!(
         line_with(&text, "migrating").trim(),
         "migrating   auth slots 0-4095 primary → secondary (since v17)"
@@ -444,7 +452,7 @@ fn renders_a_rebalance_in_progress_and_sidecars_behind() {
     );
     assert!(text.contains("primary is at 86% of 30Mi, over the 80% threshold"));
     assert!(text.contains("moves: auth 0-4095 primary → secondary"));
-    let progress = line_with(&text, "keys/s");
+    let progress = line_with(&text, "120,000 keys");
     assert!(
         progress.ends_with("]  81,234 / 120,000 keys  68% · 12,000 keys/s · ~4s left"),
         "{progress}"
@@ -454,7 +462,7 @@ fn renders_a_rebalance_in_progress_and_sidecars_behind() {
     let mut paused = s.clone();
     paused.policies[0].rebalance.as_mut().unwrap().step = Some("Paused".into());
     let paused = render(&paused, 100, false);
-    let progress = line_with(&paused, "keys/s");
+    let progress = line_with(&paused, "120,000 keys");
     assert!(
         progress.ends_with("]  81,234 / 120,000 keys  68% · 12,000 keys/s"),
         "{progress}"

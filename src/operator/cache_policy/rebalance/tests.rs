@@ -483,6 +483,7 @@ fn a_new_plan_clears_every_field_of_the_previous_one() {
         keys_total: Some(1),
         keys_per_second: Some(1),
         stragglers: vec!["s".into()],
+        pacing: Some("slowed".into()),
         balance: Some(crate::api::cache_policy::RebalanceBalance {
             measured_bytes: Some(1),
             ..Default::default()

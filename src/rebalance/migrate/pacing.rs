@@ -1,0 +1,325 @@
+//! Adaptive pacing: the copy yields to the application. Every second each sidecar reports, on
+//! each instance it uses, the 99th percentile of that instance's answers to it since its last
+//! heartbeat ([`LatencyReport`]). While the Job copies, it reads those of its sources and
+//! targets; when a sidecar's p99 rises above [`RATIO`] × the lowest it reported during this
+//! Job (what that instance answers it without the copy's load, or nearest to it), the copy's
+//! rate halves, and it grows back a quarter per round (at least a twentieth of
+//! `keysPerSecond`) while every sidecar is within its budget. `keysPerSecond` stays the
+//! ceiling; with no foreground traffic the copy runs at it (`docs/protocol.md`, "Pacing").
+//!
+//! Pure: the Job feeds the reports in and asks for the rate.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::redis::protocol::heartbeat::LatencyReport;
+
+/// A sidecar's p99 may rise to this multiple of its lowest before the copy slows.
+pub const RATIO: f64 = 1.5;
+/// Budgets below this are raised to it (µs): a p99 this small moves with the machine's noise.
+pub const FLOOR_MICROS: u64 = 250;
+/// A report of fewer replies says too little about the 99th percentile to act on.
+pub const MIN_REQUESTS: u64 = 50;
+/// The slowest the copy goes, as a fraction of `keysPerSecond` (it never stops: a plan ends).
+const MIN_FRACTION: f64 = 0.01;
+/// The slowest the copy goes, keys per second, whatever `keysPerSecond` says (unless lower).
+const MIN_RATE: f64 = 100.0;
+
+/// The copy's rate, adjusted by what the sidecars report.
+#[derive(Debug)]
+pub struct Pacing {
+    ceiling: f64,
+    rate: f64,
+    /// The lowest p99 each (sidecar, instance) reported during the Job, µs.
+    lowest: HashMap<(String, String), u64>,
+}
+
+/// The report furthest above its budget in a round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Over {
+    /// The sidecar's heartbeat id.
+    pub sidecar: String,
+    /// The instance it reported on.
+    pub instance: String,
+    /// Its p99, µs.
+    pub p99_micros: u64,
+    /// Its budget, µs.
+    pub budget_micros: u64,
+}
+
+/// One round's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adjustment {
+    /// A sidecar's p99 is above its budget: the rate was halved.
+    Slowed(Over),
+    /// Every report is within budget (or none says enough): the rate grew, or stayed at the
+    /// ceiling.
+    Held,
+}
+
+impl Pacing {
+    /// Pacing up to `keys_per_second`, starting there.
+    pub fn new(keys_per_second: u64) -> Self {
+        let ceiling = keys_per_second.max(1) as f64;
+        Self {
+            ceiling,
+            rate: ceiling,
+            lowest: HashMap::new(),
+        }
+    }
+
+    /// The rate, keys per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The slowest the copy goes.
+    fn floor(&self) -> f64 {
+        (self.ceiling * MIN_FRACTION)
+            .max(MIN_RATE)
+            .min(self.ceiling)
+    }
+
+    /// The budget of a (sidecar, instance) whose lowest p99 is `lowest` µs.
+    pub fn budget(lowest: u64) -> u64 {
+        ((lowest as f64 * RATIO) as u64).max(FLOOR_MICROS)
+    }
+
+    /// Takes one round of reports (sidecar id, instance, report) and adjusts the rate. With
+    /// `copying` false (nothing of this Job's in flight before the round) the reports only
+    /// teach the lowest p99s.
+    pub fn adjust<'a>(
+        &mut self,
+        reports: impl IntoIterator<Item = (&'a str, &'a str, LatencyReport)>,
+        copying: bool,
+    ) -> Adjustment {
+        let mut worst: Option<Over> = None;
+        for (sidecar, instance, report) in reports {
+            if report.requests < MIN_REQUESTS {
+                continue;
+            }
+            let lowest = self
+                .lowest
+                .entry((sidecar.to_owned(), instance.to_owned()))
+                .or_insert(report.p99_micros);
+            *lowest = (*lowest).min(report.p99_micros);
+            let budget = Self::budget(*lowest);
+            let further = |w: &Over| {
+                report.p99_micros as f64 / budget as f64
+                    > w.p99_micros as f64 / w.budget_micros as f64
+            };
+            if copying && report.p99_micros > budget && worst.as_ref().is_none_or(further) {
+                worst = Some(Over {
+                    sidecar: sidecar.to_owned(),
+                    instance: instance.to_owned(),
+                    p99_micros: report.p99_micros,
+                    budget_micros: budget,
+                });
+            }
+        }
+        if let Some(over) = worst {
+            self.rate = (self.rate / 2.0).max(self.floor());
+            Adjustment::Slowed(over)
+        } else {
+            self.rate = (self.rate * 1.25)
+                .max(self.rate + self.ceiling / 20.0)
+                .min(self.ceiling);
+            Adjustment::Held
+        }
+    }
+}
+
+/// When the next keys may go at a rate that changes: at a steady rate every key counts from
+/// the start (a batch held back by a slow landing may catch up); a new rate counts from the
+/// moment it was set, and a debt the copy ran up before is forgiven rather than sent in a
+/// burst.
+#[derive(Debug, Clone, Copy)]
+pub struct RateClock {
+    anchor: Instant,
+    sent_at_anchor: u64,
+    rate: f64,
+}
+
+impl RateClock {
+    /// A clock at `rate` keys per second from `now`, nothing sent.
+    pub fn new(rate: f64, now: Instant) -> Self {
+        Self {
+            anchor: now,
+            sent_at_anchor: 0,
+            rate,
+        }
+    }
+
+    /// When the copy, having sent `sent` keys, may send more.
+    fn due(&self, sent: u64) -> Instant {
+        let ahead = sent.saturating_sub(self.sent_at_anchor) as f64 / self.rate;
+        self.anchor + Duration::from_secs_f64(ahead)
+    }
+
+    /// How long to wait at `now` before sending more, having sent `sent`; `None`: go.
+    pub fn wait(&self, sent: u64, now: Instant) -> Option<Duration> {
+        self.due(sent)
+            .checked_duration_since(now)
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Changes the rate at `now`, having sent `sent`.
+    pub fn set_rate(&mut self, rate: f64, sent: u64, now: Instant) {
+        if rate == self.rate {
+            return;
+        }
+        self.anchor = self.due(sent).max(now);
+        self.sent_at_anchor = sent;
+        self.rate = rate;
+    }
+
+    /// The copy held for `held` (paused): that time does not count toward the rate.
+    pub fn hold(&mut self, held: Duration) {
+        self.anchor += held;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(p99_micros: u64, requests: u64) -> LatencyReport {
+        LatencyReport {
+            p99_micros,
+            requests,
+        }
+    }
+
+    #[test]
+    fn with_no_one_to_disturb_the_copy_runs_at_keys_per_second() {
+        let mut p = Pacing::new(60_000);
+        assert_eq!(p.rate(), 60_000.0);
+        assert_eq!(p.adjust([], true), Adjustment::Held);
+        // A sidecar that sent a handful of requests says nothing about its p99.
+        assert_eq!(
+            p.adjust([("s1", "a", report(90_000, MIN_REQUESTS - 1))], true),
+            Adjustment::Held
+        );
+        assert_eq!(p.rate(), 60_000.0);
+    }
+
+    #[test]
+    fn a_sidecar_above_its_budget_halves_the_rate_down_to_the_floor_and_it_grows_back() {
+        let mut p = Pacing::new(60_000);
+        // Before the copy: the lowest p99 is learnt, nothing is judged.
+        assert_eq!(
+            p.adjust([("s1", "a", report(400, 2_000))], false),
+            Adjustment::Held
+        );
+        // Within 1.5×: held at the ceiling.
+        assert_eq!(
+            p.adjust([("s1", "a", report(600, 2_000))], true),
+            Adjustment::Held
+        );
+        assert_eq!(p.rate(), 60_000.0);
+        // Above it on one instance of two: halved, round after round, to 1 % of the ceiling.
+        let slow = [("s1", "a", report(601, 2_000)), ("s1", "b", report(100, 9))];
+        let over = Over {
+            sidecar: "s1".into(),
+            instance: "a".into(),
+            p99_micros: 601,
+            budget_micros: 600,
+        };
+        assert_eq!(p.adjust(slow, true), Adjustment::Slowed(over));
+        assert_eq!(p.rate(), 30_000.0);
+        for _ in 0..20 {
+            p.adjust(slow, true);
+        }
+        assert_eq!(p.rate(), 600.0);
+        // Back within budget: it grows a quarter (at least 5 % of the ceiling) a round.
+        p.adjust([("s1", "a", report(500, 2_000))], true);
+        assert_eq!(p.rate(), 3_600.0);
+        p.adjust([("s1", "a", report(500, 2_000))], true);
+        assert_eq!(p.rate(), 6_600.0);
+        for _ in 0..20 {
+            p.adjust([("s1", "a", report(500, 2_000))], true);
+        }
+        assert_eq!(p.rate(), 60_000.0);
+    }
+
+    #[test]
+    fn each_sidecar_is_judged_by_its_own_lowest_p99_and_small_ones_by_the_floor() {
+        let mut p = Pacing::new(10_000);
+        p.adjust(
+            [
+                ("near", "a", report(100, 500)),
+                ("far", "a", report(2_000, 500)),
+            ],
+            false,
+        );
+        // 240 µs is 2.4× near's lowest, but under the floor; 2 900 µs is within far's 1.5×.
+        assert_eq!(
+            p.adjust(
+                [
+                    ("near", "a", report(FLOOR_MICROS, 500)),
+                    ("far", "a", report(2_900, 500)),
+                ],
+                true
+            ),
+            Adjustment::Held
+        );
+        // Both above budget: the one furthest above it is named.
+        let Adjustment::Slowed(over) = p.adjust(
+            [
+                ("near", "a", report(FLOOR_MICROS * 2, 500)),
+                ("far", "a", report(3_001, 500)),
+            ],
+            true,
+        ) else {
+            panic!("not slowed");
+        };
+        assert_eq!(
+            (over.sidecar.as_str(), over.budget_micros),
+            ("near", FLOOR_MICROS)
+        );
+        // A lower p99 seen later lowers the budget.
+        p.adjust([("far", "a", report(1_000, 500))], true);
+        assert!(matches!(
+            p.adjust([("far", "a", report(1_600, 500))], true),
+            Adjustment::Slowed(Over {
+                p99_micros: 1_600,
+                budget_micros: 1_500,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_tiny_ceiling_is_its_own_floor() {
+        let mut p = Pacing::new(50);
+        p.adjust([("s", "a", report(100, 500))], false);
+        p.adjust([("s", "a", report(100_000, 500))], true);
+        assert_eq!(p.rate(), 50.0);
+    }
+
+    #[test]
+    fn the_clock_keeps_a_steady_rate_exactly_and_forgives_a_debt_when_the_rate_changes() {
+        let t0 = Instant::now();
+        let mut c = RateClock::new(1_000.0, t0);
+        assert_eq!(c.wait(0, t0), None);
+        assert_eq!(c.wait(500, t0), Some(Duration::from_millis(500)));
+        // Behind (the landing was slow): go at once, and catch up at a steady rate.
+        assert_eq!(c.wait(500, t0 + Duration::from_secs(2)), None);
+        assert_eq!(
+            c.wait(2_500, t0 + Duration::from_secs(2)),
+            Some(Duration::from_millis(500))
+        );
+        // Halved while 1 000 keys behind: the new rate counts from now.
+        let t2 = t0 + Duration::from_secs(2);
+        c.set_rate(500.0, 1_000, t2);
+        assert_eq!(c.wait(1_000, t2), None);
+        assert_eq!(c.wait(1_250, t2), Some(Duration::from_millis(500)));
+        // Set while ahead: what was sent at the old rate is waited for first.
+        c.set_rate(1_000.0, 1_500, t2);
+        assert_eq!(c.wait(1_500, t2), Some(Duration::from_secs(1)));
+        assert_eq!(c.wait(2_500, t2), Some(Duration::from_secs(2)));
+        // A pause moves everything later.
+        c.hold(Duration::from_secs(10));
+        assert_eq!(c.wait(1_500, t2), Some(Duration::from_secs(11)));
+    }
+}
