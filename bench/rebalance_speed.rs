@@ -7,9 +7,12 @@
 //! sidecar empty it into a two-instance fleet on loopback. The copy's own rate limit is lifted
 //! (`keysPerSecond: 10000000`) so that the engine, not the throttle, is measured.
 //!
-//! Foreground traffic — GETs of the keys being moved and SETs of new keys through the
-//! sidecar, at a steady rate — runs before the move (baseline) and during it; its latency
-//! percentiles are printed side by side. Nothing here is a pass/fail assertion on time: the
+//! The first drain runs with the sidecar idle: the engine's speed. Then foreground traffic —
+//! GETs of the keys being moved and SETs of new keys through the sidecar, at a steady rate —
+//! runs before the moves (baseline) and during two more drains with no rate limit, one with
+//! `pacing: Adaptive` (the copy yields to the latency the sidecar reports; paused once, to
+//! measure the guard alone) and one with `pacing: Fixed`; the latency percentiles and the
+//! copies' rates are printed side by side. Nothing here is a pass/fail assertion on time: the
 //! machine is shared and noisy. The bench does check that every key arrived.
 //!
 //! `cargo bench --bench rebalance_speed` moves 1 000 000 keys; under `cargo test` (no
@@ -291,8 +294,8 @@ async fn main() {
     stop.store(true, Ordering::Relaxed);
     let (baseline, baseline_errors) = base.await.unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let during = tokio::spawn(foreground(sidecar.port, keys, stop.clone()));
+    // The engine's speed: the sidecar runs, idle (with traffic, `pacing: Adaptive` would
+    // slow the copy for it: measured below).
     let applied = Instant::now();
     let out = kubectl_apply(cp, &ns, &instance("legacy", "legacy", &legacy, true));
     assert!(
@@ -302,8 +305,6 @@ async fn main() {
     );
     let fast = follow(&policies, &node, 0, if full { 900 } else { 120 }).await;
     let total = applied.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let (moving, moving_errors) = during.await.unwrap();
 
     // Every key arrived: nothing left behind, nothing lost.
     let left = app_keys(&legacy).await;
@@ -340,43 +341,36 @@ async fn main() {
     let paced = follow(&policies, &node, fast.done.plan_id, 300).await;
     assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
 
-    // Where the foreground's latency goes during a copy: the same traffic during a slower copy,
-    // and while that copy is paused (every key still routed through the guard on the legacy
-    // Redis, most answered from the target: the guard and its redirects alone).
+    // What a copy costs the application: the foreground traffic during a drain with no rate
+    // limit, paced by the sidecars' latency (`pacing: Adaptive`, the default) and paused once
+    // (every key still routed through the guard on the legacy Redis, most answered from the
+    // target: the guard and its redirects alone); then the same drain with `pacing: Fixed`.
     // (Enough keys to move the legacy instance's memory by a point of its capacity, as the
     // paced drain: the operator samples an instance again when its use changed by a point.)
-    let (slow_keys, slow_rate) = if full {
-        (200_000, 10_000)
-    } else {
-        (10_000, 5_000)
-    };
-    set_keys_per_second(&policies, slow_rate).await;
-    fill(&legacy, keys + paced_keys, slow_keys).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let slow_traffic = tokio::spawn(foreground(sidecar.port, keys, stop.clone()));
-    let pausing = tokio::spawn(pause_once(policies.clone(), paced.done.plan_id));
-    let slow = follow(&policies, &node, paced.done.plan_id, 300).await;
-    stop.store(true, Ordering::Relaxed);
-    let (slow_latencies, _) = slow_traffic.await.unwrap();
-    let paused_window = pausing.await.unwrap();
-    assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
-    let in_window =
-        |(at, _): &&(Instant, u64), (from, to): (Instant, Instant)| *at >= from && *at <= to;
-    let mut slow_copying: Vec<u64> = slow_latencies
-        .iter()
-        .filter(|l| in_window(l, (slow.copying.0, slow.copied.0)))
-        .filter(|l| paused_window.is_none_or(|w| !in_window(l, w)))
-        .map(|(_, l)| *l)
-        .collect();
-    let mut paused_latencies: Vec<u64> = paused_window.map_or(Vec::new(), |w| {
-        slow_latencies
-            .iter()
-            .filter(|l| in_window(l, w))
-            .map(|(_, l)| *l)
-            .collect()
-    });
-    slow_copying.sort_unstable();
-    paused_latencies.sort_unstable();
+    let gentle_keys = if full { 200_000 } else { 10_000 };
+    set_keys_per_second(&policies, 10_000_000).await;
+    let mut filled = keys + paced_keys;
+    let mut after = paced.done.plan_id;
+    let mut drains = Vec::new();
+    for pacing in ["Adaptive", "Fixed"] {
+        set_pacing(&policies, pacing).await;
+        fill(&legacy, filled, gentle_keys).await;
+        filled += gentle_keys;
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = tokio::spawn(foreground(sidecar.port, keys, stop.clone()));
+        let pausing =
+            (pacing == "Adaptive").then(|| tokio::spawn(pause_once(policies.clone(), after)));
+        let drain = follow(&policies, &node, after, 300).await;
+        stop.store(true, Ordering::Relaxed);
+        let (latencies, errors) = traffic.await.unwrap();
+        let paused_window = match pausing {
+            Some(p) => p.await.unwrap(),
+            None => None,
+        };
+        assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
+        after = drain.done.plan_id;
+        drains.push(Drain::new(pacing, drain, &latencies, errors, paused_window));
+    }
 
     let copy_secs = (fast.copied.0 - fast.copying.0).as_secs_f64();
     let job_moved = fast
@@ -437,40 +431,115 @@ async fn main() {
         None => println!("  keysPerSecond {paced_rate:>6}         (too few reports to measure)"),
     }
     println!();
-    let (copy_from, copy_to) = (fast.copying.0, fast.copied.0);
-    let mut copying: Vec<u64> = moving
-        .iter()
-        .filter(|(at, _)| *at >= copy_from && *at <= copy_to)
-        .map(|(_, l)| *l)
-        .collect();
-    let mut moving: Vec<u64> = moving.into_iter().map(|(_, l)| l).collect();
     let mut baseline: Vec<u64> = baseline.into_iter().map(|(_, l)| l).collect();
     baseline.sort_unstable();
-    moving.sort_unstable();
-    copying.sort_unstable();
-    let slow_label = format!("copy at {slow_rate} keys/s");
-    println!("foreground through the sidecar ({FOREGROUND_RATE} ops/s, 3 GET : 1 SET)");
-    println!("                            requests  errors   p50 µs   p99 µs  p99.9 µs");
-    for (label, l, e) in [
-        ("before the move", &baseline, Some(baseline_errors)),
-        ("apply → Succeeded", &moving, Some(moving_errors)),
-        ("during the copy step", &copying, None),
-        (slow_label.as_str(), &slow_copying, None),
-        ("that copy paused (guard)", &paused_latencies, None),
-    ] {
-        let e = e.map_or("".to_owned(), |e| e.to_string());
+    println!(
+        "foreground through the sidecar ({FOREGROUND_RATE} ops/s, 3 GET : 1 SET) during a drain of {gentle_keys} keys, no keysPerSecond limit"
+    );
+    println!(
+        "                                requests  errors   p50 µs   p99 µs  p99.9 µs   copy keys/s"
+    );
+    let row = |label: &str, l: &[u64], errors: String, rate: String| {
         println!(
-            "  {label:<25} {:>9} {e:>7} {:>8} {:>8} {:>9}",
+            "  {label:<29} {:>9} {errors:>7} {:>8} {:>8} {:>9} {rate:>13}",
             l.len(),
             percentile(l, 0.5),
             percentile(l, 0.99),
             percentile(l, 0.999)
         );
-    }
-    println!(
-        "  p99 during the copy / before: {:.2}×",
-        percentile(&copying, 0.99) as f64 / percentile(&baseline, 0.99).max(1) as f64
+    };
+    row(
+        "before the moves",
+        &baseline,
+        baseline_errors.to_string(),
+        String::new(),
     );
+    for d in &drains {
+        row(
+            &format!("pacing: {}, copying", d.pacing),
+            &d.copying,
+            d.errors.to_string(),
+            format!("{:.0}", d.rate),
+        );
+        if !d.paused.is_empty() {
+            row(
+                "  that copy paused (guard)",
+                &d.paused,
+                String::new(),
+                String::new(),
+            );
+        }
+    }
+    let p99 = |l: &[u64]| percentile(l, 0.99) as f64;
+    for d in &drains {
+        print!(
+            "  pacing: {:<8} p99 while copying / before: {:.2}×",
+            d.pacing,
+            p99(&d.copying) / p99(&baseline).max(1.0)
+        );
+        if !d.paused.is_empty() {
+            print!(
+                ", / paused (the guard alone): {:.2}×",
+                p99(&d.copying) / p99(&d.paused).max(1.0)
+            );
+        }
+        println!();
+    }
+}
+
+/// One drain under foreground traffic: its pacing, the traffic's latencies while it copied
+/// (outside its pause) and while it was paused, and the copy's rate.
+struct Drain {
+    pacing: &'static str,
+    copying: Vec<u64>,
+    paused: Vec<u64>,
+    errors: u64,
+    rate: f64,
+}
+
+impl Drain {
+    fn new(
+        pacing: &'static str,
+        drain: Followed,
+        latencies: &[(Instant, u64)],
+        errors: u64,
+        paused: Option<(Instant, Instant)>,
+    ) -> Self {
+        let within = |at: Instant, (from, to): (Instant, Instant)| at >= from && at <= to;
+        let copy = (drain.copying.0, drain.copied.0);
+        let mut copying: Vec<u64> = latencies
+            .iter()
+            .filter(|(at, _)| within(*at, copy) && paused.is_none_or(|w| !within(*at, w)))
+            .map(|(_, l)| *l)
+            .collect();
+        let mut held: Vec<u64> = paused.map_or(Vec::new(), |w| {
+            latencies
+                .iter()
+                .filter(|(at, _)| within(*at, w))
+                .map(|(_, l)| *l)
+                .collect()
+        });
+        copying.sort_unstable();
+        held.sort_unstable();
+        let secs = (copy.1 - copy.0).as_secs_f64()
+            - paused.map_or(0.0, |(from, to)| (to - from).as_secs_f64());
+        Self {
+            pacing,
+            copying,
+            paused: held,
+            errors,
+            rate: (drain.copied.1 - drain.copying.1) as f64 / secs.max(0.001),
+        }
+    }
+}
+
+/// Sets the policy's `pacing` (`Adaptive` or `Fixed`).
+async fn set_pacing(policies: &Api<CachePolicy>, pacing: &str) {
+    let patch = serde_json::json!({"spec": {"balancing": {"rebalance": {"pacing": pacing}}}});
+    policies
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
 }
 
 /// Sets the policy's `keysPerSecond`.

@@ -443,7 +443,7 @@ impl Job {
                     "the sidecars' latency is within budget: speeding the copy up"
                 );
                 self.pacing_note = Some(format!(
-                    "recovering at {} keys/s: the sidecars' latency is within budget",
+                    "at {} keys/s, growing while the sidecars' latency stays within budget",
                     rate as u64
                 ));
             }

@@ -1,13 +1,19 @@
 //! Adaptive pacing: the copy yields to the application. Every second each sidecar reports, on
 //! each instance it uses, the 99th percentile of that instance's answers to it since its last
-//! heartbeat ([`LatencyReport`]). While the Job copies, it reads those of its sources and
-//! targets; when a sidecar's p99 rises above [`RATIO`] × the lowest it reported during this
-//! Job (what that instance answers it without the copy's load, or nearest to it), the copy's
-//! rate halves, and it grows back a quarter per round (at least a twentieth of
-//! `keysPerSecond`) while every sidecar is within its budget. `keysPerSecond` stays the
-//! ceiling; with no foreground traffic the copy runs at it (`docs/protocol.md`, "Pacing").
+//! heartbeat ([`LatencyReport`]). The Job reads those of its sources and targets once before
+//! the copy and once a second during it:
 //!
-//! Pure: the Job feeds the reports in and asks for the rate.
+//! - no sidecar sends them traffic: the copy runs at `keysPerSecond`;
+//! - some do: the copy starts at [`START_RATE`] (a burst would be felt before the first
+//!   report could say so);
+//! - a sidecar's p99 above its budget — [`RATIO`] × the lowest it reported during this Job
+//!   (what the instance answers it without the copy's load, or nearest to it), at least
+//!   [`FLOOR_MICROS`] — divides the rate by how far over it is (by 2 to 8), down to
+//!   [`MIN_RATE`];
+//! - every sidecar within budget: the rate grows by a quarter plus [`STEP`], up to
+//!   `keysPerSecond`.
+//!
+//! Pure: the Job feeds the reports in and asks for the rate (`docs/protocol.md`, "Pacing").
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,10 +26,15 @@ pub const RATIO: f64 = 1.5;
 pub const FLOOR_MICROS: u64 = 250;
 /// A report of fewer replies says too little about the 99th percentile to act on.
 pub const MIN_REQUESTS: u64 = 50;
-/// The slowest the copy goes, as a fraction of `keysPerSecond` (it never stops: a plan ends).
-const MIN_FRACTION: f64 = 0.01;
-/// The slowest the copy goes, keys per second, whatever `keysPerSecond` says (unless lower).
-const MIN_RATE: f64 = 100.0;
+/// The slowest the copy goes, keys per second (unless `keysPerSecond` is lower): it never
+/// stops, so a plan ends.
+pub const MIN_RATE: f64 = 200.0;
+/// Where a copy that sidecars send traffic beside starts, keys per second.
+pub const START_RATE: f64 = 2_000.0;
+/// What a round within budget adds to the rate besides a quarter, keys per second.
+pub const STEP: f64 = 1_000.0;
+/// The most one round divides the rate by.
+const MAX_CUT: f64 = 8.0;
 
 /// The copy's rate, adjusted by what the sidecars report.
 #[derive(Debug)]
@@ -75,9 +86,7 @@ impl Pacing {
 
     /// The slowest the copy goes.
     fn floor(&self) -> f64 {
-        (self.ceiling * MIN_FRACTION)
-            .max(MIN_RATE)
-            .min(self.ceiling)
+        MIN_RATE.min(self.ceiling)
     }
 
     /// The budget of a (sidecar, instance) whose lowest p99 is `lowest` µs.
@@ -94,21 +103,24 @@ impl Pacing {
         copying: bool,
     ) -> Adjustment {
         let mut worst: Option<Over> = None;
+        let mut traffic = false;
         for (sidecar, instance, report) in reports {
             if report.requests < MIN_REQUESTS {
                 continue;
             }
+            traffic = true;
             let lowest = self
                 .lowest
                 .entry((sidecar.to_owned(), instance.to_owned()))
                 .or_insert(report.p99_micros);
             *lowest = (*lowest).min(report.p99_micros);
             let budget = Self::budget(*lowest);
-            let further = |w: &Over| {
-                report.p99_micros as f64 / budget as f64
-                    > w.p99_micros as f64 / w.budget_micros as f64
-            };
-            if copying && report.p99_micros > budget && worst.as_ref().is_none_or(further) {
+            if copying
+                && report.p99_micros > budget
+                && worst
+                    .as_ref()
+                    .is_none_or(|w| w.ratio() < ratio(report.p99_micros, budget))
+            {
                 worst = Some(Over {
                     sidecar: sidecar.to_owned(),
                     instance: instance.to_owned(),
@@ -117,15 +129,30 @@ impl Pacing {
                 });
             }
         }
+        if !copying {
+            if traffic {
+                self.rate = START_RATE.min(self.ceiling);
+            }
+            return Adjustment::Held;
+        }
         if let Some(over) = worst {
-            self.rate = (self.rate / 2.0).max(self.floor());
+            self.rate = (self.rate / over.ratio().clamp(2.0, MAX_CUT)).max(self.floor());
             Adjustment::Slowed(over)
         } else {
-            self.rate = (self.rate * 1.25)
-                .max(self.rate + self.ceiling / 20.0)
-                .min(self.ceiling);
+            self.rate = (self.rate * 1.25 + STEP).min(self.ceiling);
             Adjustment::Held
         }
+    }
+}
+
+fn ratio(p99_micros: u64, budget_micros: u64) -> f64 {
+    p99_micros as f64 / budget_micros.max(1) as f64
+}
+
+impl Over {
+    /// How many times its budget the p99 is.
+    fn ratio(&self) -> f64 {
+        ratio(self.p99_micros, self.budget_micros)
     }
 }
 
@@ -194,30 +221,35 @@ mod tests {
     fn with_no_one_to_disturb_the_copy_runs_at_keys_per_second() {
         let mut p = Pacing::new(60_000);
         assert_eq!(p.rate(), 60_000.0);
-        assert_eq!(p.adjust([], true), Adjustment::Held);
         // A sidecar that sent a handful of requests says nothing about its p99.
-        assert_eq!(
-            p.adjust([("s1", "a", report(90_000, MIN_REQUESTS - 1))], true),
-            Adjustment::Held
-        );
+        let quiet = [("s1", "a", report(90_000, MIN_REQUESTS - 1))];
+        assert_eq!(p.adjust(quiet, false), Adjustment::Held);
+        assert_eq!(p.rate(), 60_000.0);
+        assert_eq!(p.adjust([], true), Adjustment::Held);
+        assert_eq!(p.adjust(quiet, true), Adjustment::Held);
         assert_eq!(p.rate(), 60_000.0);
     }
 
     #[test]
-    fn a_sidecar_above_its_budget_halves_the_rate_down_to_the_floor_and_it_grows_back() {
+    fn beside_traffic_the_copy_starts_gently_slows_by_how_far_over_and_grows_back() {
         let mut p = Pacing::new(60_000);
-        // Before the copy: the lowest p99 is learnt, nothing is judged.
+        // Before the copy: the lowest p99 is learnt, and there is traffic to spare.
         assert_eq!(
             p.adjust([("s1", "a", report(400, 2_000))], false),
             Adjustment::Held
         );
-        // Within 1.5×: held at the ceiling.
+        assert_eq!(p.rate(), START_RATE);
+        // Within 1.5×: grows by a quarter and a step each round, up to the ceiling.
         assert_eq!(
             p.adjust([("s1", "a", report(600, 2_000))], true),
             Adjustment::Held
         );
+        assert_eq!(p.rate(), 3_500.0);
+        for _ in 0..30 {
+            p.adjust([("s1", "a", report(600, 2_000))], true);
+        }
         assert_eq!(p.rate(), 60_000.0);
-        // Above it on one instance of two: halved, round after round, to 1 % of the ceiling.
+        // Just above on one instance of two: halved.
         let slow = [("s1", "a", report(601, 2_000)), ("s1", "b", report(100, 9))];
         let over = Over {
             sidecar: "s1".into(),
@@ -227,19 +259,18 @@ mod tests {
         };
         assert_eq!(p.adjust(slow, true), Adjustment::Slowed(over));
         assert_eq!(p.rate(), 30_000.0);
-        for _ in 0..20 {
+        // Three times over: divided by three; twenty times over: by eight at most.
+        p.adjust([("s1", "a", report(1_800, 2_000))], true);
+        assert_eq!(p.rate(), 10_000.0);
+        p.adjust([("s1", "a", report(12_000, 2_000))], true);
+        assert_eq!(p.rate(), 1_250.0);
+        // Never below the floor.
+        for _ in 0..5 {
             p.adjust(slow, true);
         }
-        assert_eq!(p.rate(), 600.0);
-        // Back within budget: it grows a quarter (at least 5 % of the ceiling) a round.
+        assert_eq!(p.rate(), MIN_RATE);
         p.adjust([("s1", "a", report(500, 2_000))], true);
-        assert_eq!(p.rate(), 3_600.0);
-        p.adjust([("s1", "a", report(500, 2_000))], true);
-        assert_eq!(p.rate(), 6_600.0);
-        for _ in 0..20 {
-            p.adjust([("s1", "a", report(500, 2_000))], true);
-        }
-        assert_eq!(p.rate(), 60_000.0);
+        assert_eq!(p.rate(), MIN_RATE * 1.25 + STEP);
     }
 
     #[test]
@@ -290,9 +321,10 @@ mod tests {
     }
 
     #[test]
-    fn a_tiny_ceiling_is_its_own_floor() {
+    fn a_small_ceiling_is_its_own_floor_and_start() {
         let mut p = Pacing::new(50);
         p.adjust([("s", "a", report(100, 500))], false);
+        assert_eq!(p.rate(), 50.0);
         p.adjust([("s", "a", report(100_000, 500))], true);
         assert_eq!(p.rate(), 50.0);
     }
