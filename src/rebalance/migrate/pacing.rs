@@ -6,10 +6,12 @@
 //! - no sidecar sends them traffic: the copy runs at `keysPerSecond`;
 //! - some do: the copy starts at [`START_RATE`] (a burst would be felt before the first
 //!   report could say so);
-//! - a sidecar's p99 above its budget — [`RATIO`] × the lowest it reported during this Job
-//!   (what the instance answers it without the copy's load, or nearest to it), at least
-//!   [`FLOOR_MICROS`] — divides the rate by how far over it is (by 2 to 8), down to
-//!   [`MIN_RATE`];
+//! - a sidecar's p99 above its budget — [`RATIO`] × its baseline, at least [`FLOOR_MICROS`] —
+//!   divides the rate by how far over it is (by 2 to 8), down to [`MIN_RATE`]. The baseline
+//!   is what that instance answers it without the copy's load: the lowest p99 it reported
+//!   during this Job, but a quiet second lowers it by a fifth at most (a p99 of one second is
+//!   noisy), and a p99 over budget while the copy already runs at [`MIN_RATE`] raises it (the
+//!   copy is not what the sidecar feels);
 //! - every sidecar within budget: the rate grows by a quarter plus [`STEP`], up to
 //!   `keysPerSecond`.
 //!
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::redis::protocol::heartbeat::LatencyReport;
 
-/// A sidecar's p99 may rise to this multiple of its lowest before the copy slows.
+/// A sidecar's p99 may rise to this multiple of its baseline before the copy slows.
 pub const RATIO: f64 = 1.5;
 /// Budgets below this are raised to it (µs): a p99 this small moves with the machine's noise.
 pub const FLOOR_MICROS: u64 = 250;
@@ -41,8 +43,10 @@ const MAX_CUT: f64 = 8.0;
 pub struct Pacing {
     ceiling: f64,
     rate: f64,
-    /// The lowest p99 each (sidecar, instance) reported during the Job, µs.
-    lowest: HashMap<(String, String), u64>,
+    /// What each (sidecar, instance) sees without the copy's load, µs: its lowest p99 during
+    /// the Job, lowered by a fifth at most per report, and raised to what it sees while the
+    /// copy runs at [`MIN_RATE`].
+    baseline: HashMap<(String, String), u64>,
 }
 
 /// The report furthest above its budget in a round.
@@ -75,7 +79,7 @@ impl Pacing {
         Self {
             ceiling,
             rate: ceiling,
-            lowest: HashMap::new(),
+            baseline: HashMap::new(),
         }
     }
 
@@ -89,14 +93,14 @@ impl Pacing {
         MIN_RATE.min(self.ceiling)
     }
 
-    /// The budget of a (sidecar, instance) whose lowest p99 is `lowest` µs.
-    pub fn budget(lowest: u64) -> u64 {
-        ((lowest as f64 * RATIO) as u64).max(FLOOR_MICROS)
+    /// The budget of a (sidecar, instance) whose baseline is `baseline` µs.
+    pub fn budget(baseline: u64) -> u64 {
+        ((baseline as f64 * RATIO) as u64).max(FLOOR_MICROS)
     }
 
     /// Takes one round of reports (sidecar id, instance, report) and adjusts the rate. With
     /// `copying` false (nothing of this Job's in flight before the round) the reports only
-    /// teach the lowest p99s.
+    /// teach the baselines (and, if some sidecar sends traffic, start the copy gently).
     pub fn adjust<'a>(
         &mut self,
         reports: impl IntoIterator<Item = (&'a str, &'a str, LatencyReport)>,
@@ -104,17 +108,27 @@ impl Pacing {
     ) -> Adjustment {
         let mut worst: Option<Over> = None;
         let mut traffic = false;
+        let at_floor = self.rate <= self.floor();
         for (sidecar, instance, report) in reports {
             if report.requests < MIN_REQUESTS {
                 continue;
             }
             traffic = true;
-            let lowest = self
-                .lowest
+            let baseline = self
+                .baseline
                 .entry((sidecar.to_owned(), instance.to_owned()))
                 .or_insert(report.p99_micros);
-            *lowest = (*lowest).min(report.p99_micros);
-            let budget = Self::budget(*lowest);
+            if report.p99_micros < *baseline {
+                // One quiet second lowers it by a fifth at most.
+                *baseline = report.p99_micros.max(*baseline * 4 / 5);
+            }
+            let mut budget = Self::budget(*baseline);
+            if copying && at_floor && report.p99_micros > budget {
+                // Over budget with the copy at its slowest: the copy is not what this sidecar
+                // feels, and what it sees now is what it gets without the copy.
+                *baseline = (report.p99_micros as f64 / RATIO).ceil() as u64;
+                budget = Self::budget(*baseline);
+            }
             if copying
                 && report.p99_micros > budget
                 && worst
@@ -233,7 +247,7 @@ mod tests {
     #[test]
     fn beside_traffic_the_copy_starts_gently_slows_by_how_far_over_and_grows_back() {
         let mut p = Pacing::new(60_000);
-        // Before the copy: the lowest p99 is learnt, and there is traffic to spare.
+        // Before the copy: the baseline is learnt, and there is traffic to spare.
         assert_eq!(
             p.adjust([("s1", "a", report(400, 2_000))], false),
             Adjustment::Held
@@ -265,16 +279,32 @@ mod tests {
         p.adjust([("s1", "a", report(12_000, 2_000))], true);
         assert_eq!(p.rate(), 1_250.0);
         // Never below the floor.
-        for _ in 0..5 {
-            p.adjust(slow, true);
+        for _ in 0..3 {
+            assert!(matches!(p.adjust(slow, true), Adjustment::Slowed(_)));
         }
         assert_eq!(p.rate(), MIN_RATE);
-        p.adjust([("s1", "a", report(500, 2_000))], true);
+        // Still over budget with the copy at the floor: the copy is not the cause. What the
+        // sidecar sees now becomes its baseline, and the copy grows again.
+        assert_eq!(
+            p.adjust([("s1", "a", report(900, 2_000))], true),
+            Adjustment::Held
+        );
         assert_eq!(p.rate(), MIN_RATE * 1.25 + STEP);
+        assert_eq!(
+            p.adjust([("s1", "a", report(900, 2_000))], true),
+            Adjustment::Held
+        );
+        assert!(matches!(
+            p.adjust([("s1", "a", report(1_351, 2_000))], true),
+            Adjustment::Slowed(Over {
+                budget_micros: 900,
+                ..
+            })
+        ));
     }
 
     #[test]
-    fn each_sidecar_is_judged_by_its_own_lowest_p99_and_small_ones_by_the_floor() {
+    fn each_sidecar_is_judged_by_its_own_baseline_and_small_ones_by_the_floor() {
         let mut p = Pacing::new(10_000);
         p.adjust(
             [
@@ -283,7 +313,7 @@ mod tests {
             ],
             false,
         );
-        // 240 µs is 2.4× near's lowest, but under the floor; 2 900 µs is within far's 1.5×.
+        // 250 µs is 2.5× near's baseline, but not over the floor; 2 900 µs is within far's 1.5×.
         assert_eq!(
             p.adjust(
                 [
@@ -308,13 +338,25 @@ mod tests {
             (over.sidecar.as_str(), over.budget_micros),
             ("near", FLOOR_MICROS)
         );
-        // A lower p99 seen later lowers the budget.
+        // A lower p99 seen later lowers the budget, by a fifth at most per report.
+        p.adjust([("far", "a", report(1_000, 500))], true);
+        assert_eq!(
+            p.adjust([("far", "a", report(2_400, 500))], true),
+            Adjustment::Held
+        );
+        assert!(matches!(
+            p.adjust([("far", "a", report(2_401, 500))], true),
+            Adjustment::Slowed(Over {
+                budget_micros: 2_400,
+                ..
+            })
+        ));
+        p.adjust([("far", "a", report(1_000, 500))], true);
         p.adjust([("far", "a", report(1_000, 500))], true);
         assert!(matches!(
             p.adjust([("far", "a", report(1_600, 500))], true),
             Adjustment::Slowed(Over {
-                p99_micros: 1_600,
-                budget_micros: 1_500,
+                budget_micros: 1_536,
                 ..
             })
         ));
