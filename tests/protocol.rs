@@ -374,7 +374,7 @@ async fn raising_a_fence_closes_older_sidecar_connections_and_later_handshakes_s
 
     // A heartbeat answers with the fences, and is read back per policy.
     let reply: redis::Value = {
-        let args = heartbeat::write_command(POLICY, "b", 17, None);
+        let args = heartbeat::write_command(POLICY, "b", 17, heartbeat::Latency::Nothing);
         let mut cmd = redis::cmd("EVAL");
         for a in &args[1..] {
             cmd.arg(a.as_ref());
@@ -441,7 +441,7 @@ async fn a_full_source_can_still_be_emptied_and_a_full_target_takes_nothing() {
     fence::raise(&mut s, POLICY, &[("source".to_owned(), 12)])
         .await
         .expect("a fence on a full instance");
-    let hb = heartbeat::write_command(POLICY, "sidecar-a", 12, None);
+    let hb = heartbeat::write_command(POLICY, "sidecar-a", 12, heartbeat::Latency::Nothing);
     let mut call = redis::cmd("EVAL");
     for a in &hb[1..] {
         call.arg(a.as_ref());

@@ -1105,7 +1105,7 @@ fn report_latency(
     p99_micros: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
-    use redis_fleet::redis::protocol::heartbeat::{LatencyReport, write_command};
+    use redis_fleet::redis::protocol::heartbeat::{Latency, LatencyReport, write_command};
     use std::sync::atomic::Ordering;
     tokio::spawn(async move {
         let mut conns = Vec::new();
@@ -1114,10 +1114,14 @@ fn report_latency(
         }
         loop {
             let done = stop.load(Ordering::Relaxed);
-            let report = (!done).then(|| LatencyReport {
-                p99_micros: p99_micros.load(Ordering::Relaxed),
-                requests: 2_000,
-            });
+            let report = if done {
+                Latency::Nothing
+            } else {
+                Latency::Report(LatencyReport {
+                    p99_micros: p99_micros.load(Ordering::Relaxed),
+                    requests: 2_000,
+                })
+            };
             for c in &mut conns {
                 let mut cmd = redis::cmd("EVAL");
                 for arg in write_command(&policy, "probe", 1 << 40, report)
@@ -1180,7 +1184,7 @@ async fn a_copy_slows_while_a_sidecar_sees_its_source_answer_slower_and_speeds_u
     let slowed = slowed.status.unwrap().rebalance.unwrap();
     assert_eq!(slowed.step.as_deref(), Some("Copying"), "{slowed:#?}");
     let note = slowed.pacing.clone().unwrap();
-    assert!(note.contains("(budget 450 µs)"), "{note}");
+    assert!(note.contains("(budget 1300 µs)"), "{note}");
     let logs = node.all_logs();
     assert!(logs.contains("sidecar probe sees p99 40000 µs"), "{logs}");
 

@@ -1125,7 +1125,8 @@ async fn the_heartbeat_tells_each_instance_how_fast_it_answered_this_sidecar() {
     load(true, &mut c).await;
     let slow = read_latencies(&mut on_a, policy).await.unwrap();
     assert_eq!(slow.len(), 1, "{slow:?}");
-    let (id, report) = slow.iter().next().unwrap();
+    let (id, stamped) = slow.iter().next().unwrap();
+    let report = stamped.report;
     assert!(id.starts_with("test-sidecar"), "{id}");
     assert!(report.p99_micros >= 25_000, "{report:?}");
     assert!(report.requests >= 20, "{report:?}");
@@ -1134,8 +1135,13 @@ async fn the_heartbeat_tells_each_instance_how_fast_it_answered_this_sidecar() {
 
     load(false, &mut c).await;
     let fast = read_latencies(&mut on_a, policy).await.unwrap();
-    let report = fast[id];
+    let report = fast[id].report;
     assert!(report.p99_micros < 12_500, "{report:?}");
+    assert!(
+        fast[id].at_ms > stamped.at_ms,
+        "{:?} after {stamped:?}",
+        fast[id]
+    );
     // Nothing sent since: the report goes.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert!(read_latencies(&mut on_a, policy).await.unwrap().is_empty());

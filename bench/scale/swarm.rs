@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis_fleet::redis::protocol::heartbeat::write_command;
+use redis_fleet::redis::protocol::heartbeat::{Latency, write_command};
 use tokio::task::JoinHandle;
 
 /// Heartbeats pipelined in one round trip.
@@ -106,7 +106,7 @@ async fn write_rounds(
         for chunk in ids.chunks(BATCH) {
             let mut pipe = redis::pipe();
             for id in chunk {
-                let args = write_command(policy, id, version, None);
+                let args = write_command(policy, id, version, Latency::Nothing);
                 let cmd = pipe.cmd(std::str::from_utf8(&args[0]).unwrap_or("EVAL"));
                 for a in &args[1..] {
                     cmd.arg(a.as_ref());

@@ -713,12 +713,13 @@ impl RebalanceStatus {
 
 /// The `status.rebalance` fields the Job writes; the operator leaves them out of its own
 /// writes so that the two never overwrite each other.
-pub const JOB_OWNED_REBALANCE_FIELDS: [&str; 5] = [
+pub const JOB_OWNED_REBALANCE_FIELDS: [&str; 6] = [
     "step",
     "keysMoved",
     "keysTotal",
     "keysPerSecond",
     "stragglers",
+    "pacing",
 ];
 
 /// Sampled memory of one category on one instance.

@@ -189,6 +189,27 @@ struct Job {
     mover: mover::Mover,
 }
 
+/// The Job's fields of `status.rebalance` (exactly
+/// [`JOB_OWNED_REBALANCE_FIELDS`](crate::api::cache_policy::JOB_OWNED_REBALANCE_FIELDS): the
+/// operator's own status writes leave these out).
+fn progress(
+    step: &str,
+    moved: u64,
+    total: u64,
+    keys_per_second: i64,
+    stragglers: &[String],
+    pacing: Option<&str>,
+) -> serde_json::Value {
+    json!({
+        "step": step,
+        "keysMoved": moved,
+        "keysTotal": total,
+        "keysPerSecond": keys_per_second,
+        "stragglers": stragglers,
+        "pacing": pacing,
+    })
+}
+
 /// Runs the Job to completion. A Job that finds a newer plan or attempt in charge stops
 /// quietly (`Ok`).
 pub async fn run(config: Config) -> Result<(), Error> {
@@ -261,8 +282,9 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // What the sidecars see before the copy's load: the lowest latencies to compare with.
     job.pace_by_latency(false).await?;
     job.copy().await?;
-    job.sweep().await?;
+    // The sweeps are not paced (what is left is what sidecars kept writing).
     job.pacing_note = None;
+    job.sweep().await?;
     job.report(rebalance_step::COPIED, &[]).await?;
     let Some(last) = job.wait_for(|r| r.final_version).await? else {
         return Ok(());
@@ -428,14 +450,14 @@ impl Job {
             }
             let patch = json!({
                 "metadata": {"resourceVersion": policy.resource_version()},
-                "status": {"rebalance": {
-                    "step": step,
-                    "keysMoved": self.moved,
-                    "keysTotal": self.total.max(self.moved),
-                    "keysPerSecond": rate.round() as i64,
-                    "stragglers": stragglers,
-                    "pacing": self.pacing_note,
-                }},
+                "status": {"rebalance": progress(
+                    step,
+                    self.moved,
+                    self.total.max(self.moved),
+                    rate.round() as i64,
+                    stragglers,
+                    self.pacing_note.as_deref(),
+                )},
             });
             match self
                 .policies
@@ -777,4 +799,27 @@ fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Ste
         from: m.from.clone(),
         to: m.to.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cache_policy::JOB_OWNED_REBALANCE_FIELDS;
+
+    #[test]
+    fn the_job_writes_exactly_the_fields_the_operator_leaves_to_it() {
+        // A Job field the operator also writes would be overwritten by the operator's stale
+        // copy at its next status write (server-side apply, forced).
+        let patch = progress("Copying", 1, 2, 3, &[], Some("slowed"));
+        let mut written: Vec<&str> = patch
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        written.sort_unstable();
+        let mut owned = JOB_OWNED_REBALANCE_FIELDS.to_vec();
+        owned.sort_unstable();
+        assert_eq!(written, owned);
+    }
 }

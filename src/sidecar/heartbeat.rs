@@ -10,13 +10,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures::future::join_all;
 use tracing::debug;
 
-use crate::redis::protocol::heartbeat::{HEARTBEAT_EVERY, parse_write_reply, write_command};
+use crate::redis::protocol::heartbeat::{
+    HEARTBEAT_EVERY, Latency, parse_write_reply, write_command,
+};
 use crate::redis::resp::{Limits, encode_request, parse_frame};
 
 use super::backend::Dedicated;
@@ -26,10 +28,14 @@ use super::session::Shared;
 /// How long one round waits for an instance's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The shortest stretch a latency report covers.
+const REPORT_AT_LEAST: Duration = Duration::from_millis(900);
+
 /// Writes heartbeats every second, and at once when a round is requested, forever.
 pub async fn run(shared: Arc<Shared>) {
     let view: Arc<FleetView> = shared.fleet.clone();
     let mut conns: HashMap<String, Dedicated> = HashMap::new();
+    let mut last_report = Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
@@ -40,6 +46,13 @@ pub async fn run(shared: Arc<Shared>) {
         };
         let began = view.clock();
         let id = view.begin_round();
+        // Rounds a connection asked for come between the regular ones: they leave the latency
+        // reports alone, so that each covers about a second (a few milliseconds say nothing
+        // of a 99th percentile).
+        let fresh = last_report.elapsed() >= REPORT_AT_LEAST;
+        if fresh {
+            last_report = Instant::now();
+        }
         // Connections of instances that left the table go.
         conns.retain(|name, _| router.resolver.instance_id(name).is_some());
         let mut taken: Vec<(String, Option<Dedicated>)> = router
@@ -52,12 +65,14 @@ pub async fn run(shared: Arc<Shared>) {
             .iter()
             .zip(taken.iter_mut())
             .map(|(backend, (_, conn))| {
-                let command = write_command(
-                    router.policy(),
-                    &shared.id,
-                    router.version(),
-                    backend.take_latency(),
-                );
+                let latency = if fresh {
+                    backend
+                        .take_latency()
+                        .map_or(Latency::Nothing, Latency::Report)
+                } else {
+                    Latency::Keep
+                };
+                let command = write_command(router.policy(), &shared.id, router.version(), latency);
                 let mut bytes = BytesMut::new();
                 encode_request(&command, &mut bytes);
                 let conn = conn.take();

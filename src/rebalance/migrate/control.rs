@@ -47,6 +47,8 @@ impl Job {
     /// that ended meanwhile (abandoned, rolled back) or a newer attempt stops the Job.
     pub(super) async fn hold(&mut self) -> Result<(), Error> {
         let since = Instant::now();
+        // Held, the copy is not paced: the note returns with the next reading after it resumes.
+        self.pacing_note = None;
         info!(
             moved = self.moved,
             total = self.total,
@@ -85,6 +87,11 @@ impl Job {
         let held = since.elapsed();
         self.started += held;
         self.clock.hold(held);
+        if let Some(pacing) = self.pacing.as_mut() {
+            pacing.resume();
+            self.clock
+                .set_rate(pacing.rate(), self.launched, Instant::now());
+        }
         self.pausing = false;
         self.control_read = Instant::now();
         info!(

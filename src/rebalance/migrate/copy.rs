@@ -144,6 +144,8 @@ impl Job {
             urgent_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 self.pace_by_latency(true).await?;
+                // When the rate lets the next batch go, if it holds it back now.
+                let mut due: Option<Instant> = None;
                 while in_flight.len() < BATCHES_IN_FLIGHT && !pending.is_empty() {
                     if self.pause_requested().await? {
                         if !in_flight.is_empty() {
@@ -153,12 +155,10 @@ impl Job {
                         self.hold().await?;
                     }
                     if let Some(wait) = self.pace() {
-                        if !in_flight.is_empty() {
-                            // Land (and report) what is in flight while the rate holds the
-                            // next batch back.
-                            break;
-                        }
-                        tokio::time::sleep(wait).await;
+                        // Land (and report) what is in flight, and move the keys sidecars
+                        // ask for, while the rate holds the next batch back.
+                        due = Some(Instant::now() + wait);
+                        break;
                     }
                     let Some((chunk, at)) = pending.pop_front() else {
                         break;
@@ -177,10 +177,12 @@ impl Job {
                 // the batches by more than their number.)
                 let wants_page =
                     pending.is_empty() && !scanned_all && in_flight.len() < BATCHES_IN_FLIGHT;
-                if in_flight.is_empty() && !wants_page {
+                if in_flight.is_empty() && pending.is_empty() && !wants_page {
                     break;
                 }
+                let paced = tokio::time::Instant::from_std(due.unwrap_or_else(Instant::now));
                 tokio::select! {
+                    () = tokio::time::sleep_until(paced), if due.is_some() => {}
                     _ = urgent_tick.tick() => {
                         if self.urgent_read.elapsed() >= URGENT_EVERY {
                             self.urgent().await?;
@@ -198,7 +200,7 @@ impl Job {
                         }
                         Some(Ok((keys, position))) => {
                             let chunks: Vec<Vec<Bytes>> =
-                                keys.chunks(self.batch_size).map(<[_]>::to_vec).collect();
+                                keys.chunks(self.chunk_size()).map(<[_]>::to_vec).collect();
                             let last = chunks.len().saturating_sub(1);
                             for (n, chunk) in chunks.into_iter().enumerate() {
                                 pending.push_back((chunk, (n == last).then_some(position)));
@@ -391,11 +393,19 @@ impl Job {
         Ok(())
     }
 
-    /// Keeps the copy at or below its rate (`keysPerSecond`, or slower as [`pacing`] says):
+    /// Keeps the copy at or below its rate (`keysPerSecond`, or slower as the pacing says):
     /// how long the next batch must wait until it fits, counting every key the copy sent
     /// before it (urgent keys, which clients wait for, are not paced).
     fn pace(&self) -> Option<Duration> {
         self.clock.wait(self.launched, Instant::now())
+    }
+
+    /// Keys per batch of the scan: `batchSize`, but no more than a tenth of a second of the
+    /// copy's rate, so that a slow copy moves a few keys often rather than a burst now and
+    /// then (a key in transit makes its clients wait).
+    fn chunk_size(&self) -> usize {
+        let tenth = (self.clock.rate() / 10.0) as usize;
+        self.batch_size.min(tenth.max(1))
     }
 
     /// Reads what the sidecars report of the sources' and targets' latency (once per

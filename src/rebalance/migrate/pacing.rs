@@ -6,7 +6,8 @@
 //! - no sidecar sends them traffic: the copy runs at `keysPerSecond`;
 //! - some do: the copy starts at [`START_RATE`] (a burst would be felt before the first
 //!   report could say so);
-//! - a sidecar's p99 above its budget — [`RATIO`] × its baseline, at least [`FLOOR_MICROS`] —
+//! - a sidecar's p99 above its budget — [`RATIO`] × its baseline, or its baseline plus
+//!   [`HEADROOM_MICROS`] if more —
 //!   divides the rate by how far over it is (by 2 to 8), down to [`MIN_RATE`]. The baseline
 //!   is what that instance answers it without the copy's load: the lowest p99 it reported
 //!   during this Job, but a quiet second lowers it by a fifth at most (a p99 of one second is
@@ -20,12 +21,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::redis::protocol::heartbeat::LatencyReport;
+use crate::redis::protocol::heartbeat::StampedReport;
 
 /// A sidecar's p99 may rise to this multiple of its baseline before the copy slows.
 pub const RATIO: f64 = 1.5;
-/// Budgets below this are raised to it (µs): a p99 this small moves with the machine's noise.
-pub const FLOOR_MICROS: u64 = 250;
+/// What the copy may add to a sidecar's p99 in any case (µs): a move script holds the
+/// instance for a fraction of a millisecond, so any copy at all raises the p99 of a busy
+/// instance by about that much, and a p99 of a few hundred µs moves with the machine's noise.
+pub const HEADROOM_MICROS: u64 = 1_000;
 /// A report of fewer replies says too little about the 99th percentile to act on.
 pub const MIN_REQUESTS: u64 = 50;
 /// The slowest the copy goes, keys per second (unless `keysPerSecond` is lower): it never
@@ -43,10 +46,22 @@ const MAX_CUT: f64 = 8.0;
 pub struct Pacing {
     ceiling: f64,
     rate: f64,
-    /// What each (sidecar, instance) sees without the copy's load, µs: its lowest p99 during
-    /// the Job, lowered by a fifth at most per report, and raised to what it sees while the
-    /// copy runs at [`MIN_RATE`].
-    baseline: HashMap<(String, String), u64>,
+    /// What is known of each (sidecar, instance).
+    pairs: HashMap<(String, String), Pair>,
+}
+
+/// One sidecar's view of one instance.
+#[derive(Debug)]
+struct Pair {
+    /// What it sees without the copy's load, µs: its lowest p99 during the Job, lowered by a
+    /// fifth at most per report, and raised to what it sees while the copy runs at
+    /// [`MIN_RATE`].
+    baseline: u64,
+    /// When its newest report used was written (the server's ms): a report read twice counts
+    /// once.
+    seen_at: u64,
+    /// Its reports over budget in a row.
+    strikes: u32,
 }
 
 /// The report furthest above its budget in a round.
@@ -65,10 +80,10 @@ pub struct Over {
 /// One round's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Adjustment {
-    /// A sidecar's p99 is above its budget: the rate was halved.
+    /// A sidecar's p99 is over its budget (twice in a row, or twice over once): the rate was
+    /// cut.
     Slowed(Over),
-    /// Every report is within budget (or none says enough): the rate grew, or stayed at the
-    /// ceiling.
+    /// Every report is within budget (or none says enough): the rate grew, or stayed.
     Held,
 }
 
@@ -79,7 +94,7 @@ impl Pacing {
         Self {
             ceiling,
             rate: ceiling,
-            baseline: HashMap::new(),
+            pairs: HashMap::new(),
         }
     }
 
@@ -93,9 +108,21 @@ impl Pacing {
         MIN_RATE.min(self.ceiling)
     }
 
+    /// Where a copy beside traffic starts (again).
+    fn start(&self) -> f64 {
+        START_RATE.min(self.ceiling)
+    }
+
     /// The budget of a (sidecar, instance) whose baseline is `baseline` µs.
     pub fn budget(baseline: u64) -> u64 {
-        ((baseline as f64 * RATIO) as u64).max(FLOOR_MICROS)
+        ((baseline as f64 * RATIO) as u64).max(baseline + HEADROOM_MICROS)
+    }
+
+    /// The copy resumes after a pause: beside traffic it starts again gently.
+    pub fn resume(&mut self) {
+        if !self.pairs.is_empty() {
+            self.rate = self.rate.min(self.start());
+        }
     }
 
     /// Takes one round of reports (sidecar id, instance, report) and adjusts the rate. With
@@ -103,37 +130,58 @@ impl Pacing {
     /// teach the baselines (and, if some sidecar sends traffic, start the copy gently).
     pub fn adjust<'a>(
         &mut self,
-        reports: impl IntoIterator<Item = (&'a str, &'a str, LatencyReport)>,
+        reports: impl IntoIterator<Item = (&'a str, &'a str, StampedReport)>,
         copying: bool,
     ) -> Adjustment {
         let mut worst: Option<Over> = None;
-        let mut traffic = false;
+        let (mut fresh, mut stale, mut newcomer) = (0, 0, false);
         let at_floor = self.rate <= self.floor();
-        for (sidecar, instance, report) in reports {
+        for (sidecar, instance, StampedReport { report, at_ms }) in reports {
             if report.requests < MIN_REQUESTS {
                 continue;
             }
-            traffic = true;
-            let baseline = self
-                .baseline
-                .entry((sidecar.to_owned(), instance.to_owned()))
-                .or_insert(report.p99_micros);
-            if report.p99_micros < *baseline {
-                // One quiet second lowers it by a fifth at most.
-                *baseline = report.p99_micros.max(*baseline * 4 / 5);
+            let key = (sidecar.to_owned(), instance.to_owned());
+            let Some(pair) = self.pairs.get_mut(&key) else {
+                // First seen: its report is its baseline; judged from its next one.
+                self.pairs.insert(
+                    key,
+                    Pair {
+                        baseline: report.p99_micros,
+                        seen_at: at_ms,
+                        strikes: 0,
+                    },
+                );
+                fresh += 1;
+                newcomer = true;
+                continue;
+            };
+            if at_ms <= pair.seen_at {
+                stale += 1;
+                continue;
             }
-            let mut budget = Self::budget(*baseline);
+            fresh += 1;
+            pair.seen_at = at_ms;
+            if report.p99_micros < pair.baseline {
+                // One quiet second lowers it by a fifth at most.
+                pair.baseline = report.p99_micros.max(pair.baseline * 4 / 5);
+            }
+            let mut budget = Self::budget(pair.baseline);
             if copying && at_floor && report.p99_micros > budget {
                 // Over budget with the copy at its slowest: the copy is not what this sidecar
                 // feels, and what it sees now is what it gets without the copy.
-                *baseline = (report.p99_micros as f64 / RATIO).ceil() as u64;
-                budget = Self::budget(*baseline);
+                pair.baseline = (report.p99_micros as f64 / RATIO)
+                    .min(report.p99_micros.saturating_sub(HEADROOM_MICROS) as f64)
+                    .ceil() as u64;
+                budget = Self::budget(pair.baseline);
             }
-            if copying
-                && report.p99_micros > budget
-                && worst
-                    .as_ref()
-                    .is_none_or(|w| w.ratio() < ratio(report.p99_micros, budget))
+            if !copying || report.p99_micros <= budget {
+                pair.strikes = 0;
+                continue;
+            }
+            pair.strikes += 1;
+            let how_far = ratio(report.p99_micros, budget);
+            if (pair.strikes >= 2 || how_far >= 2.0)
+                && worst.as_ref().is_none_or(|w| w.ratio() < how_far)
             {
                 worst = Some(Over {
                     sidecar: sidecar.to_owned(),
@@ -144,18 +192,25 @@ impl Pacing {
             }
         }
         if !copying {
-            if traffic {
-                self.rate = START_RATE.min(self.ceiling);
+            if fresh > 0 {
+                self.rate = self.start();
             }
             return Adjustment::Held;
         }
         if let Some(over) = worst {
             self.rate = (self.rate / over.ratio().clamp(2.0, MAX_CUT)).max(self.floor());
-            Adjustment::Slowed(over)
-        } else {
-            self.rate = (self.rate * 1.25 + STEP).min(self.ceiling);
-            Adjustment::Held
+            // What comes next was measured partly before this cut.
+            self.pairs.values_mut().for_each(|p| p.strikes = 0);
+            return Adjustment::Slowed(over);
         }
+        if newcomer {
+            // A sidecar that just started sending traffic has no baseline without the copy.
+            self.rate = self.rate.min(self.start());
+        } else if fresh > 0 || stale == 0 {
+            // Grows on news (or with no one to disturb), not on reports already weighed.
+            self.rate = (self.rate * 1.25 + STEP).min(self.ceiling);
+        }
+        Adjustment::Held
     }
 }
 
@@ -197,6 +252,11 @@ impl RateClock {
         self.anchor + Duration::from_secs_f64(ahead)
     }
 
+    /// The rate, keys per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
     /// How long to wait at `now` before sending more, having sent `sent`; `None`: go.
     pub fn wait(&self, sent: u64, now: Instant) -> Option<Duration> {
         self.due(sent)
@@ -223,152 +283,213 @@ impl RateClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis::protocol::heartbeat::LatencyReport;
 
-    fn report(p99_micros: u64, requests: u64) -> LatencyReport {
-        LatencyReport {
-            p99_micros,
-            requests,
+    /// Feeds one round of fresh reports (sidecar, instance, p99 µs, replies).
+    struct Rounds {
+        p: Pacing,
+        at: u64,
+    }
+
+    impl Rounds {
+        fn new(keys_per_second: u64) -> Self {
+            Self {
+                p: Pacing::new(keys_per_second),
+                at: 0,
+            }
+        }
+
+        fn round(&mut self, reports: &[(&str, &str, u64, u64)], copying: bool) -> Adjustment {
+            self.at += 1_000;
+            let at_ms = self.at;
+            self.p.adjust(
+                reports.iter().map(|(s, i, p99_micros, requests)| {
+                    let report = LatencyReport {
+                        p99_micros: *p99_micros,
+                        requests: *requests,
+                    };
+                    (*s, *i, StampedReport { report, at_ms })
+                }),
+                copying,
+            )
+        }
+
+        fn rate(&self) -> f64 {
+            self.p.rate()
+        }
+    }
+
+    fn slowed(a: Adjustment) -> Over {
+        match a {
+            Adjustment::Slowed(over) => over,
+            Adjustment::Held => panic!("not slowed"),
         }
     }
 
     #[test]
     fn with_no_one_to_disturb_the_copy_runs_at_keys_per_second() {
-        let mut p = Pacing::new(60_000);
-        assert_eq!(p.rate(), 60_000.0);
+        let mut r = Rounds::new(60_000);
+        assert_eq!(r.rate(), 60_000.0);
         // A sidecar that sent a handful of requests says nothing about its p99.
-        let quiet = [("s1", "a", report(90_000, MIN_REQUESTS - 1))];
-        assert_eq!(p.adjust(quiet, false), Adjustment::Held);
-        assert_eq!(p.rate(), 60_000.0);
-        assert_eq!(p.adjust([], true), Adjustment::Held);
-        assert_eq!(p.adjust(quiet, true), Adjustment::Held);
-        assert_eq!(p.rate(), 60_000.0);
+        let quiet = [("s1", "a", 90_000, MIN_REQUESTS - 1)];
+        assert_eq!(r.round(&quiet, false), Adjustment::Held);
+        assert_eq!(r.rate(), 60_000.0);
+        assert_eq!(r.round(&[], true), Adjustment::Held);
+        assert_eq!(r.round(&quiet, true), Adjustment::Held);
+        assert_eq!(r.rate(), 60_000.0);
     }
 
     #[test]
     fn beside_traffic_the_copy_starts_gently_slows_by_how_far_over_and_grows_back() {
-        let mut p = Pacing::new(60_000);
+        let mut r = Rounds::new(60_000);
         // Before the copy: the baseline is learnt, and there is traffic to spare.
         assert_eq!(
-            p.adjust([("s1", "a", report(400, 2_000))], false),
+            r.round(&[("s1", "a", 4_000, 2_000)], false),
             Adjustment::Held
         );
-        assert_eq!(p.rate(), START_RATE);
+        assert_eq!(r.rate(), START_RATE);
         // Within 1.5×: grows by a quarter and a step each round, up to the ceiling.
         assert_eq!(
-            p.adjust([("s1", "a", report(600, 2_000))], true),
+            r.round(&[("s1", "a", 6_000, 2_000)], true),
             Adjustment::Held
         );
-        assert_eq!(p.rate(), 3_500.0);
+        assert_eq!(r.rate(), 3_500.0);
         for _ in 0..30 {
-            p.adjust([("s1", "a", report(600, 2_000))], true);
+            r.round(&[("s1", "a", 6_000, 2_000)], true);
         }
-        assert_eq!(p.rate(), 60_000.0);
-        // Just above on one instance of two: halved.
-        let slow = [("s1", "a", report(601, 2_000)), ("s1", "b", report(100, 9))];
+        assert_eq!(r.rate(), 60_000.0);
+        // Just over on one instance of two: once may be noise; twice in a row halves.
+        let slow = [("s1", "a", 6_001, 2_000), ("s1", "b", 100, 9)];
+        assert_eq!(r.round(&slow, true), Adjustment::Held);
         let over = Over {
             sidecar: "s1".into(),
             instance: "a".into(),
-            p99_micros: 601,
-            budget_micros: 600,
+            p99_micros: 6_001,
+            budget_micros: 6_000,
         };
-        assert_eq!(p.adjust(slow, true), Adjustment::Slowed(over));
-        assert_eq!(p.rate(), 30_000.0);
-        // Three times over: divided by three; twenty times over: by eight at most.
-        p.adjust([("s1", "a", report(1_800, 2_000))], true);
-        assert_eq!(p.rate(), 10_000.0);
-        p.adjust([("s1", "a", report(12_000, 2_000))], true);
-        assert_eq!(p.rate(), 1_250.0);
+        assert_eq!(r.round(&slow, true), Adjustment::Slowed(over));
+        assert_eq!(r.rate(), 30_000.0);
+        // Three times over: cut by three at once; twenty times over: by eight at most.
+        r.round(&[("s1", "a", 18_000, 2_000)], true);
+        assert_eq!(r.rate(), 10_000.0);
+        r.round(&[("s1", "a", 120_000, 2_000)], true);
+        assert_eq!(r.rate(), 1_250.0);
         // Never below the floor.
         for _ in 0..3 {
-            assert!(matches!(p.adjust(slow, true), Adjustment::Slowed(_)));
+            slowed(r.round(&[("s1", "a", 13_000, 2_000)], true));
         }
-        assert_eq!(p.rate(), MIN_RATE);
+        assert_eq!(r.rate(), MIN_RATE);
         // Still over budget with the copy at the floor: the copy is not the cause. What the
-        // sidecar sees now becomes its baseline, and the copy grows again.
+        // sidecar sees now becomes its baseline's budget, and the copy grows again.
         assert_eq!(
-            p.adjust([("s1", "a", report(900, 2_000))], true),
+            r.round(&[("s1", "a", 9_000, 2_000)], true),
             Adjustment::Held
         );
-        assert_eq!(p.rate(), MIN_RATE * 1.25 + STEP);
+        assert_eq!(r.rate(), MIN_RATE * 1.25 + STEP);
         assert_eq!(
-            p.adjust([("s1", "a", report(900, 2_000))], true),
+            r.round(&[("s1", "a", 9_000, 2_000)], true),
             Adjustment::Held
         );
-        assert!(matches!(
-            p.adjust([("s1", "a", report(1_351, 2_000))], true),
-            Adjustment::Slowed(Over {
-                budget_micros: 900,
-                ..
-            })
-        ));
+        assert_eq!(
+            slowed(r.round(&[("s1", "a", 18_000, 2_000)], true)).budget_micros,
+            9_000
+        );
     }
 
     #[test]
-    fn each_sidecar_is_judged_by_its_own_baseline_and_small_ones_by_the_floor() {
-        let mut p = Pacing::new(10_000);
-        p.adjust(
-            [
-                ("near", "a", report(100, 500)),
-                ("far", "a", report(2_000, 500)),
-            ],
-            false,
-        );
-        // 250 µs is 2.5× near's baseline, but not over the floor; 2 900 µs is within far's 1.5×.
+    fn a_small_baseline_gets_a_millisecond_of_headroom() {
+        let mut r = Rounds::new(60_000);
+        r.round(&[("s1", "a", 300, 2_000)], false);
+        assert_eq!(Pacing::budget(300), 1_300);
+        for _ in 0..3 {
+            assert_eq!(
+                r.round(&[("s1", "a", 1_300, 2_000)], true),
+                Adjustment::Held
+            );
+        }
         assert_eq!(
-            p.adjust(
-                [
-                    ("near", "a", report(FLOOR_MICROS, 500)),
-                    ("far", "a", report(2_900, 500)),
-                ],
-                true
-            ),
-            Adjustment::Held
+            slowed(r.round(&[("s1", "a", 2_600, 2_000)], true)).budget_micros,
+            1_300
         );
-        // Both above budget: the one furthest above it is named.
-        let Adjustment::Slowed(over) = p.adjust(
-            [
-                ("near", "a", report(FLOOR_MICROS * 2, 500)),
-                ("far", "a", report(3_001, 500)),
-            ],
-            true,
-        ) else {
-            panic!("not slowed");
+    }
+
+    #[test]
+    fn a_report_read_twice_counts_once() {
+        let mut r = Rounds::new(60_000);
+        r.round(&[("s1", "a", 4_000, 2_000)], false);
+        r.round(&[("s1", "a", 7_000, 2_000)], true);
+        let rate = r.rate();
+        // The same report (same stamp) again: no second strike, and no growth on old news.
+        let same = StampedReport {
+            report: LatencyReport {
+                p99_micros: 7_000,
+                requests: 2_000,
+            },
+            at_ms: r.at,
         };
+        assert_eq!(r.p.adjust([("s1", "a", same)], true), Adjustment::Held);
+        assert_eq!(r.rate(), rate);
+        // A new one over budget is the second strike.
+        slowed(r.round(&[("s1", "a", 7_000, 2_000)], true));
+    }
+
+    #[test]
+    fn a_sidecar_first_seen_during_the_copy_or_a_resume_starts_it_gently_again() {
+        let mut r = Rounds::new(60_000);
+        assert_eq!(r.round(&[], false), Adjustment::Held);
+        assert_eq!(r.rate(), 60_000.0);
+        // Traffic appears mid-copy: its first report, taken under the copy's load, is not
+        // judged, and the copy drops to where it starts beside traffic.
         assert_eq!(
-            (over.sidecar.as_str(), over.budget_micros),
-            ("near", FLOOR_MICROS)
-        );
-        // A lower p99 seen later lowers the budget, by a fifth at most per report.
-        p.adjust([("far", "a", report(1_000, 500))], true);
-        assert_eq!(
-            p.adjust([("far", "a", report(2_400, 500))], true),
+            r.round(&[("s1", "a", 5_000, 2_000)], true),
             Adjustment::Held
         );
-        assert!(matches!(
-            p.adjust([("far", "a", report(2_401, 500))], true),
-            Adjustment::Slowed(Over {
-                budget_micros: 2_400,
-                ..
-            })
+        assert_eq!(r.rate(), START_RATE);
+        for _ in 0..30 {
+            r.round(&[("s1", "a", 5_000, 2_000)], true);
+        }
+        assert_eq!(r.rate(), 60_000.0);
+        r.p.resume();
+        assert_eq!(r.rate(), START_RATE);
+    }
+
+    #[test]
+    fn each_sidecar_is_judged_by_its_own_baseline() {
+        let mut r = Rounds::new(10_000);
+        r.round(&[("near", "a", 100, 500), ("far", "a", 4_000, 500)], false);
+        // 1 100 µs is 11× near's baseline, but within its headroom; 5 900 µs within far's 1.5×.
+        assert_eq!(
+            r.round(&[("near", "a", 1_100, 500), ("far", "a", 5_900, 500)], true),
+            Adjustment::Held
+        );
+        // Both twice over budget or more: the one furthest over it is named.
+        let over = slowed(r.round(
+            &[("near", "a", 3_300, 500), ("far", "a", 12_001, 500)],
+            true,
         ));
-        p.adjust([("far", "a", report(1_000, 500))], true);
-        p.adjust([("far", "a", report(1_000, 500))], true);
-        assert!(matches!(
-            p.adjust([("far", "a", report(1_600, 500))], true),
-            Adjustment::Slowed(Over {
-                budget_micros: 1_536,
-                ..
-            })
-        ));
+        assert_eq!((over.sidecar.as_str(), over.budget_micros), ("near", 1_100));
+        // A lower p99 seen later lowers the budget, by a fifth at most per report.
+        r.round(&[("far", "a", 2_000, 500)], true);
+        assert_eq!(r.round(&[("far", "a", 4_800, 500)], true), Adjustment::Held);
+        assert_eq!(
+            slowed(r.round(&[("far", "a", 9_601, 500)], true)).budget_micros,
+            4_800
+        );
+        r.round(&[("far", "a", 2_000, 500)], true);
+        r.round(&[("far", "a", 2_000, 500)], true);
+        assert_eq!(
+            slowed(r.round(&[("far", "a", 6_145, 500)], true)).budget_micros,
+            3_072
+        );
     }
 
     #[test]
     fn a_small_ceiling_is_its_own_floor_and_start() {
-        let mut p = Pacing::new(50);
-        p.adjust([("s", "a", report(100, 500))], false);
-        assert_eq!(p.rate(), 50.0);
-        p.adjust([("s", "a", report(100_000, 500))], true);
-        assert_eq!(p.rate(), 50.0);
+        let mut r = Rounds::new(50);
+        r.round(&[("s", "a", 100, 500)], false);
+        assert_eq!(r.rate(), 50.0);
+        r.round(&[("s", "a", 100_000, 500)], true);
+        assert_eq!(r.rate(), 50.0);
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub const LEASE: Duration = Duration::from_secs(5);
 pub const NOTICE_WAIT: Duration = Duration::from_secs(LEASE.as_secs() + 1);
 
 /// KEYS: live, versions, fences, latencies. ARGV: id, version, ttl (ms), latency report (empty:
-/// none). Returns `{now_ms, fences…}`.
+/// none; `keep`: leave the last one). The report is stored with the server's time. Returns
+/// `{now_ms, fences…}`.
 pub const WRITE_SCRIPT: &str = concat!(
     oom_exempt!(),
     r"
@@ -58,8 +59,8 @@ redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if ARGV[4] == '' then
   redis.call('HDEL', KEYS[4], ARGV[1])
-else
-  redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+elseif ARGV[4] ~= 'keep' then
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[4] .. ' ' .. now)
   redis.call('PEXPIRE', KEYS[4], ttl)
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
@@ -117,14 +118,46 @@ impl LatencyReport {
     }
 }
 
+/// What a heartbeat says of the instance's latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latency {
+    /// The instance answered these replies since the last report.
+    Report(LatencyReport),
+    /// The instance answered nothing since the last report.
+    Nothing,
+    /// Too soon for a new report (an extra round): the last one stands.
+    Keep,
+}
+
+/// A report as a Job reads it: stamped with the server's time when it was written, so that a
+/// reader can tell a new one from one it has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StampedReport {
+    /// The report.
+    pub report: LatencyReport,
+    /// When the heartbeat wrote it (ms, the server's clock).
+    pub at_ms: u64,
+}
+
+impl StampedReport {
+    /// `<p99 µs> <requests> <at ms>`, as the heartbeat stores it.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (report, at) = text.rsplit_once(' ')?;
+        Some(Self {
+            report: LatencyReport::parse(report)?,
+            at_ms: at.parse().ok()?,
+        })
+    }
+}
+
 /// The heartbeat command of sidecar `id` of `policy` at table `version`, with what it saw of
 /// the instance's latency since its last heartbeat there.
-pub fn write_command(
-    policy: &str,
-    id: &str,
-    version: u64,
-    latency: Option<LatencyReport>,
-) -> Vec<Bytes> {
+pub fn write_command(policy: &str, id: &str, version: u64, latency: Latency) -> Vec<Bytes> {
+    let latency = match latency {
+        Latency::Report(r) => r.encode(),
+        Latency::Nothing => String::new(),
+        Latency::Keep => "keep".to_owned(),
+    };
     vec![
         Bytes::from_static(b"EVAL"),
         Bytes::from_static(WRITE_SCRIPT.as_bytes()),
@@ -136,7 +169,7 @@ pub fn write_command(
         Bytes::from(id.to_owned()),
         Bytes::from(version.to_string()),
         Bytes::from(HEARTBEAT_TTL.as_millis().to_string()),
-        Bytes::from(latency.map_or_else(String::new, |l| l.encode())),
+        Bytes::from(latency),
     ]
 }
 
@@ -164,12 +197,12 @@ pub async fn read(
 pub async fn read_latencies(
     conn: &mut (impl ConnectionLike + Send),
     policy: &str,
-) -> redis::RedisResult<BTreeMap<String, LatencyReport>> {
+) -> redis::RedisResult<BTreeMap<String, StampedReport>> {
     read_live(
         conn,
         policy,
         names::sidecar_latencies(policy),
-        LatencyReport::parse,
+        StampedReport::parse,
     )
     .await
 }
@@ -207,6 +240,11 @@ mod tests {
         assert_eq!(LatencyReport::parse(&r.encode()), Some(r));
         for bad in ["", "1250", "1250 ", " 1999", "x 1", "1 -2", "1 2 3"] {
             assert_eq!(LatencyReport::parse(bad), None, "{bad:?}");
+        }
+        let stamped = StampedReport::parse("1250 1999 1764763200000").unwrap();
+        assert_eq!((stamped.report, stamped.at_ms), (r, 1_764_763_200_000));
+        for bad in ["1250 1999", "1250 1999 x", "1250 1999 1 2", "keep"] {
+            assert_eq!(StampedReport::parse(bad), None, "{bad:?}");
         }
     }
 }
