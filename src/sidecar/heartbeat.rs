@@ -2,8 +2,9 @@
 //! instance of its table, the routing table version it uses and how fast that instance
 //! answered since the last round — the keys and scripts are in
 //! [`crate::redis::protocol::heartbeat`]. Rebalance Jobs wait for it before moving data, and
-//! pace their copy by the latencies; the operator counts live sidecars from it. Every answer carries the policy's fences, which the
-//! [`FleetView`] keeps; a completed round confirms them for new connections.
+//! pace their copy by the latencies; the operator counts live sidecars from it. Every answer
+//! carries the policy's fences, which the [`FleetView`] keeps; a completed round confirms them
+//! for new connections.
 //!
 //! The heartbeat has connections of its own (named as control connections, never fenced), so
 //! it runs while the lanes wait for it.
