@@ -26,6 +26,9 @@ use super::{Error, Instance, Job};
 /// trip that held the copy up each time) buys nothing.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// How long the pacing waits for an instance's latency reports.
+const LATENCY_READ_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Scan pages read ahead of the batches.
 const PAGES_AHEAD: usize = 2;
 
@@ -420,10 +423,17 @@ impl Job {
         let mut reports = Vec::new();
         for name in self.moving_instances() {
             let instance = self.instance(&name)?;
-            let read = heartbeat::read_latencies(&mut instance.conn, &policy)
-                .await
-                .map_err(|e| instance.err(&e))?;
-            reports.extend(read.into_iter().map(|(id, r)| (id, name.clone(), r)));
+            // An instance that does not answer at once reports nothing this round: the copy
+            // loop must not wait on it (batches land, urgent keys move meanwhile), and a dead
+            // end of a move is the operator's to give up, not the pacing's.
+            let read = heartbeat::read_latencies(&mut instance.conn, &policy);
+            match tokio::time::timeout(LATENCY_READ_TIMEOUT, read).await {
+                Ok(Ok(read)) => {
+                    reports.extend(read.into_iter().map(|(id, r)| (id, name.clone(), r)));
+                }
+                Ok(Err(e)) => debug!(instance = %name, error = %e, "no latency reports this round"),
+                Err(_) => debug!(instance = %name, "no latency reports this round: no answer"),
+            }
         }
         let Some(pacing) = self.pacing.as_mut() else {
             return Ok(());
