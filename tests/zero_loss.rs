@@ -1356,8 +1356,12 @@ async fn a_move_given_back_for_its_dead_target_loses_no_key_in_transit_and_reviv
     signal(pid, "-STOP");
     let deadline = Instant::now() + Duration::from_secs(20);
     let tombs = loop {
+        // The same tombstones twice, a moment apart: a batch whose restore was answered just
+        // before the stop still drops its own (its last step runs on the source), and those
+        // keys are not in transit.
         let tombs = tombstones_on(&shop.primary).await;
-        if !tombs.is_empty() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !tombs.is_empty() && tombstones_on(&shop.primary).await == tombs {
             break tombs;
         }
         assert!(
