@@ -1145,4 +1145,32 @@ async fn the_heartbeat_tells_each_instance_how_fast_it_answered_this_sidecar() {
     // Nothing sent since: the report goes.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert!(read_latencies(&mut on_a, policy).await.unwrap().is_empty());
+
+    // An instance that stops answering is slow to a copy's pacing, not silent: a request that
+    // timed out (the sidecar waits 1 s here) counts as a reply that took that long, and the
+    // reports of the rounds that could not reach the stopped instance come with the next one.
+    let pid = b.pid().unwrap();
+    assert!(support::process::signal(pid, "-STOP"));
+    let frozen = tokio::time::timeout(
+        Duration::from_secs(3),
+        c.get::<_, Option<String>>("user:frozen"),
+    )
+    .await;
+    assert!(!matches!(frozen, Ok(Ok(_))), "a stopped instance answered");
+    // Heartbeat rounds take the count meanwhile and fail (each waits 1 s for its answer,
+    // and the next begins a second later): at least one did before the instance answers again.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert!(support::process::signal(pid, "-CONT"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        if let Some(r) = read_latencies(&mut on_b, policy).await.unwrap().get(id) {
+            break r.report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report on the instance that stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(report.p99_micros >= 1_000_000, "{report:?}");
 }

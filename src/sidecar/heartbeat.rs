@@ -24,6 +24,7 @@ use crate::redis::resp::{Limits, encode_request, parse_frame};
 
 use super::backend::Dedicated;
 use super::fleet::{FleetView, Round};
+use super::latency_window::Counts;
 use super::session::Shared;
 
 /// How long one round waits for an instance's answer.
@@ -61,17 +62,21 @@ pub async fn run(shared: Arc<Shared>) {
             .iter()
             .map(|b| (b.name().to_owned(), conns.remove(b.name())))
             .collect();
+        // Taken only for a round that reports, and put back below if it never arrives.
+        let counts: Vec<Option<Counts>> = router
+            .backends
+            .iter()
+            .map(|b| fresh.then(|| b.take_latency()))
+            .collect();
         let calls = router
             .backends
             .iter()
             .zip(taken.iter_mut())
-            .map(|(backend, (_, conn))| {
-                let latency = if fresh {
-                    backend
-                        .take_latency()
-                        .map_or(Latency::Nothing, Latency::Report)
-                } else {
-                    Latency::Keep
+            .zip(&counts)
+            .map(|((backend, (_, conn)), counts)| {
+                let latency = match counts {
+                    Some(c) => c.report().map_or(Latency::Nothing, Latency::Report),
+                    None => Latency::Keep,
                 };
                 let command = write_command(router.policy(), &shared.id, router.version(), latency);
                 let mut bytes = BytesMut::new();
@@ -103,10 +108,18 @@ pub async fn run(shared: Arc<Shared>) {
             });
         let results = join_all(calls).await;
         let mut answered = Vec::new();
-        for ((name, _), (conn, fences)) in taken.into_iter().zip(results) {
+        for (((name, _), (conn, fences)), (backend, counts)) in taken
+            .into_iter()
+            .zip(results)
+            .zip(router.backends.iter().zip(counts))
+        {
             if let Some(fences) = fences {
                 view.merge(&fences);
                 answered.push(name.clone());
+            } else if let Some(counts) = counts {
+                // The report did not arrive: the next one covers these replies too (among
+                // them the requests that timed out, if the instance stopped answering).
+                backend.put_back_latency(&counts);
             }
             if let Some(conn) = conn {
                 conns.insert(name, conn);

@@ -62,19 +62,44 @@ impl LatencyWindow {
     /// The 99th percentile of the replies counted since the last call, and their number;
     /// `None` when there were none. Starts the next window.
     pub fn take(&self) -> Option<LatencyReport> {
-        let counts: Vec<u64> = self
-            .counts
-            .iter()
-            .map(|c| c.swap(0, Ordering::Relaxed))
-            .collect();
-        let requests: u64 = counts.iter().sum();
+        self.take_counts().report()
+    }
+
+    /// The counts since the last call; starts the next window. [`LatencyWindow::put_back`]
+    /// returns them when their report could not be delivered.
+    pub fn take_counts(&self) -> Counts {
+        Counts(std::array::from_fn(|i| {
+            self.counts[i].swap(0, Ordering::Relaxed)
+        }))
+    }
+
+    /// Adds counts taken earlier back into the current window (their report never arrived:
+    /// the next one covers them).
+    pub fn put_back(&self, taken: &Counts) {
+        for (c, n) in self.counts.iter().zip(taken.0) {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Reply counts by bucket, taken out of a [`LatencyWindow`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts([u64; BUCKETS]);
+
+impl Counts {
+    /// Their 99th percentile and number; `None` when there were none.
+    pub fn report(&self) -> Option<LatencyReport> {
+        let requests: u64 = self.0.iter().sum();
         if requests == 0 {
             return None;
         }
         // The smallest latency at least 99 % of the replies did not exceed.
         let wanted = requests - requests / 100;
         let mut seen = 0;
-        let index = counts
+        let index = self
+            .0
             .iter()
             .position(|c| {
                 seen += c;
@@ -135,6 +160,24 @@ mod tests {
         }
         let r = w.take().unwrap();
         assert!((20_000..=25_000).contains(&r.p99_micros), "{r:?}");
+        assert_eq!(w.take(), None);
+    }
+
+    #[test]
+    fn counts_put_back_are_reported_with_the_next_window() {
+        let w = LatencyWindow::default();
+        for _ in 0..5 {
+            w.record(Duration::from_secs(1));
+        }
+        let undelivered = w.take_counts();
+        assert_eq!(undelivered.report().map(|r| r.requests), Some(5));
+        for _ in 0..100 {
+            w.record(Duration::from_micros(100));
+        }
+        w.put_back(&undelivered);
+        let r = w.take().unwrap();
+        assert_eq!(r.requests, 105);
+        assert!(r.p99_micros >= 1_000_000, "{r:?}");
         assert_eq!(w.take(), None);
     }
 }

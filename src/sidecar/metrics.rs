@@ -269,6 +269,13 @@ impl BackendMetrics {
         self.latency.observe(latency.as_secs_f64());
         self.window.record(latency);
     }
+
+    /// Counts a request the instance never answered (it timed out, or the connection broke)
+    /// after `waited`, in the window the heartbeat reports: an instance that stops answering
+    /// is a slow one to the pacing of a copy, not a silent one. The histogram counts replies.
+    pub fn unanswered(&self, waited: Duration) {
+        self.window.record(waited);
+    }
 }
 
 /// When each `async` result on its way to a replica was answered by its writer, so that a

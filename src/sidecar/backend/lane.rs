@@ -366,6 +366,9 @@ async fn pipeline(
     let unanswered = std::mem::take(&mut *slots.lock().unwrap_or_else(|e| e.into_inner()));
     for slot in unanswered {
         metrics.in_flight.dec();
+        if result.is_err() {
+            metrics.unanswered(slot.sent.elapsed());
+        }
         let _ = slot.tx.send(Err(BackendError::Lost {
             instance: name.to_owned(),
             reason: reason.clone(),

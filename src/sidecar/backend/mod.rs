@@ -35,9 +35,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use super::fleet::{FleetView, Unvouched};
+use super::latency_window::Counts;
 use super::metrics::BackendMetrics;
 use crate::redis::connect::Target;
-use crate::redis::protocol::heartbeat::LatencyReport;
 use crate::redis::protocol::names;
 use crate::redis::resp::encode_request;
 
@@ -395,8 +395,13 @@ impl Backend {
     }
 
     /// How fast the instance answered since the last call (the heartbeat's, once a round).
-    pub fn take_latency(&self) -> Option<LatencyReport> {
-        self.metrics.window.take()
+    pub fn take_latency(&self) -> Counts {
+        self.metrics.window.take_counts()
+    }
+
+    /// Returns latencies taken by [`Backend::take_latency`] whose report was not delivered.
+    pub fn put_back_latency(&self, taken: &Counts) {
+        self.metrics.window.put_back(taken);
     }
 
     /// What the lanes connect to.
