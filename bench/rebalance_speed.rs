@@ -9,7 +9,8 @@
 //!
 //! The first drain runs with the sidecar idle: the engine's speed. Then foreground traffic —
 //! GETs of the keys being moved and SETs of new keys through the sidecar, at a steady rate —
-//! runs before the moves (baseline) and during two more drains with no rate limit, one with
+//! runs before the moves (baseline), just before each of two more drains (the same fleet,
+//! nothing moving) and during them, with no rate limit, one with
 //! `pacing: Adaptive` (the copy yields to the latency the sidecar reports; paused once, to
 //! measure the guard alone) and one with `pacing: Fixed`; the latency percentiles and the
 //! copies' rates are printed side by side. Nothing here is a pass/fail assertion on time: the
@@ -179,6 +180,22 @@ async fn anchor_copy(from: &RedisServer, to: &RedisServer) -> (u64, Duration) {
     (copied, took)
 }
 
+/// [`foreground`] on a thread and runtime of its own, so that the bench's own work (following
+/// the plan through the API server, parsing the policy) never delays a request it times.
+fn spawn_foreground(
+    port: u16,
+    keys: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<(Instant, u64)>, u64)> {
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(foreground(port, keys, stop))
+    })
+}
+
 /// Steady foreground traffic through the sidecar until `stop`; returns when each request
 /// started and its latency in microseconds, and the number of errors.
 async fn foreground(port: u16, keys: usize, stop: Arc<AtomicBool>) -> (Vec<(Instant, u64)>, u64) {
@@ -289,10 +306,11 @@ async fn main() {
 
     // Baseline: the same traffic with nothing moving.
     let stop = Arc::new(AtomicBool::new(false));
-    let base = tokio::spawn(foreground(sidecar.port, keys, stop.clone()));
+    let base = spawn_foreground(sidecar.port, keys, stop.clone());
     tokio::time::sleep(BASELINE).await;
     stop.store(true, Ordering::Relaxed);
     let (baseline, baseline_errors) = base.await.unwrap();
+    dump("baseline", &baseline, None, None);
 
     // The engine's speed: the sidecar runs, idle (with traffic, `pacing: Adaptive` would
     // slow the copy for it: measured below).
@@ -354,10 +372,15 @@ async fn main() {
     let mut drains = Vec::new();
     for pacing in ["Adaptive", "Fixed"] {
         set_pacing(&policies, pacing).await;
+        // The traffic runs a while before the keys to move arrive: the fleet as it stands
+        // just before this drain, the same instances holding the same keys, nothing moving.
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = spawn_foreground(sidecar.port, keys, stop.clone());
+        let quiet = Instant::now();
+        tokio::time::sleep(BASELINE).await;
+        let before = (quiet, Instant::now());
         fill(&legacy, filled, gentle_keys).await;
         filled += gentle_keys;
-        let stop = Arc::new(AtomicBool::new(false));
-        let traffic = tokio::spawn(foreground(sidecar.port, keys, stop.clone()));
         let pausing =
             (pacing == "Adaptive").then(|| tokio::spawn(pause_once(policies.clone(), after)));
         let drain = follow(&policies, &node, after, 300).await;
@@ -368,8 +391,21 @@ async fn main() {
             None => None,
         };
         assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
+        dump(
+            pacing,
+            &latencies,
+            Some((drain.copying.0, drain.copied.0)),
+            paused_window,
+        );
         after = drain.done.plan_id;
-        drains.push(Drain::new(pacing, drain, &latencies, errors, paused_window));
+        drains.push(Drain::new(
+            pacing,
+            drain,
+            &latencies,
+            errors,
+            before,
+            paused_window,
+        ));
     }
 
     let copy_secs = (fast.copied.0 - fast.copying.0).as_secs_f64();
@@ -456,6 +492,12 @@ async fn main() {
     );
     for d in &drains {
         row(
+            &format!("pacing: {}, just before", d.pacing),
+            &d.before,
+            String::new(),
+            String::new(),
+        );
+        row(
             &format!("pacing: {}, copying", d.pacing),
             &d.copying,
             d.errors.to_string(),
@@ -473,8 +515,9 @@ async fn main() {
     let p99 = |l: &[u64]| percentile(l, 0.99) as f64;
     for d in &drains {
         print!(
-            "  pacing: {:<8} p99 while copying / before: {:.2}×",
+            "  pacing: {:<8} p99 while copying / just before: {:.2}×, / before the moves: {:.2}×",
             d.pacing,
+            p99(&d.copying) / p99(&d.before).max(1.0),
             p99(&d.copying) / p99(&baseline).max(1.0)
         );
         if !d.paused.is_empty() {
@@ -491,6 +534,8 @@ async fn main() {
 /// (outside its pause) and while it was paused, and the copy's rate.
 struct Drain {
     pacing: &'static str,
+    /// Just before the drain: the same fleet, nothing moving.
+    before: Vec<u64>,
     copying: Vec<u64>,
     paused: Vec<u64>,
     errors: u64,
@@ -503,9 +548,16 @@ impl Drain {
         drain: Followed,
         latencies: &[(Instant, u64)],
         errors: u64,
+        before: (Instant, Instant),
         paused: Option<(Instant, Instant)>,
     ) -> Self {
         let within = |at: Instant, (from, to): (Instant, Instant)| at >= from && at <= to;
+        let mut quiet: Vec<u64> = latencies
+            .iter()
+            .filter(|(at, _)| within(*at, before))
+            .map(|(_, l)| *l)
+            .collect();
+        quiet.sort_unstable();
         let copy = (drain.copying.0, drain.copied.0);
         let mut copying: Vec<u64> = latencies
             .iter()
@@ -525,12 +577,48 @@ impl Drain {
             - paused.map_or(0.0, |(from, to)| (to - from).as_secs_f64());
         Self {
             pacing,
+            before: quiet,
             copying,
             paused: held,
             errors,
             rate: (drain.copied.1 - drain.copying.1) as f64 / secs.max(0.001),
         }
     }
+}
+
+/// With `REBALANCE_BENCH_DUMP=<dir>`, writes one drain's foreground requests to
+/// `<dir>/<name>.tsv` (`baseline`, or the drain's pacing) (when each started, in Unix milliseconds, to compare with the logs of
+/// the operator and the Job; its latency in µs; `copy`, `paused` or `-` for outside the copy),
+/// to see when the slow ones came.
+fn dump(
+    name: &str,
+    latencies: &[(Instant, u64)],
+    copy: Option<(Instant, Instant)>,
+    paused: Option<(Instant, Instant)>,
+) {
+    let Some(dir) = std::env::var_os("REBALANCE_BENCH_DUMP") else {
+        return;
+    };
+    let now = Instant::now();
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let within = |at: Instant, (from, to): (Instant, Instant)| at >= from && at <= to;
+    let mut out = String::new();
+    for (at, l) in latencies {
+        let unix = unix_now - (now - *at).as_millis();
+        let what = if paused.is_some_and(|w| within(*at, w)) {
+            "paused"
+        } else if copy.is_some_and(|w| within(*at, w)) {
+            "copy"
+        } else {
+            "-"
+        };
+        out.push_str(&format!("{unix}\t{l}\t{what}\n"));
+    }
+    let path = std::path::Path::new(&dir).join(format!("{name}.tsv"));
+    std::fs::write(&path, out).unwrap();
 }
 
 /// Sets the policy's `pacing` (`Adaptive` or `Fixed`).
@@ -569,7 +657,7 @@ async fn pause_once(policies: Api<CachePolicy>, after: i64) -> Option<(Instant, 
             Some((s, _)) if s == "Copying" => break,
             Some((_, phase)) if phase == rebalance_phase::SUCCEEDED => return None,
             _ if Instant::now() > deadline => return None,
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
     policies
@@ -591,7 +679,7 @@ async fn pause_once(policies: Api<CachePolicy>, after: i64) -> Option<(Instant, 
                 break;
             }
             Some((s, _)) if s != "Copying" => break,
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
     policies
@@ -673,6 +761,8 @@ async fn follow(policies: &Api<CachePolicy>, node: &Node, after: i64, secs: u64)
             "the drain did not finish\n{}",
             node.all_logs()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Not faster: the bench's own reads of the policy load the API server (and so the
+        // machine) the foreground traffic shares.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
