@@ -10,6 +10,11 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${REDIS_FLEET_CACHE:-$HOME/.cache/redis-fleet}/clients"
 lang="${1:?usage: install.sh python|go|node|java}"
+# One install per language at a time: the tests of one binary run in parallel, and on a cold
+# cache a second caller would remove the directory the first is installing into.
+mkdir -p "$cache"
+exec 9>"$cache/.install-$lang.lock"
+flock 9
 # A tool this machine lacks comes from Debian (CI runs as root on a fresh machine).
 need() {
   command -v "$1" >/dev/null 2>&1 && return 0
