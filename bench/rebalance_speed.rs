@@ -551,28 +551,10 @@ impl Drain {
         before: (Instant, Instant),
         paused: Option<(Instant, Instant)>,
     ) -> Self {
-        let within = |at: Instant, (from, to): (Instant, Instant)| at >= from && at <= to;
-        let mut quiet: Vec<u64> = latencies
-            .iter()
-            .filter(|(at, _)| within(*at, before))
-            .map(|(_, l)| *l)
-            .collect();
-        quiet.sort_unstable();
         let copy = (drain.copying.0, drain.copied.0);
-        let mut copying: Vec<u64> = latencies
-            .iter()
-            .filter(|(at, _)| within(*at, copy) && paused.is_none_or(|w| !within(*at, w)))
-            .map(|(_, l)| *l)
-            .collect();
-        let mut held: Vec<u64> = paused.map_or(Vec::new(), |w| {
-            latencies
-                .iter()
-                .filter(|(at, _)| within(*at, w))
-                .map(|(_, l)| *l)
-                .collect()
-        });
-        copying.sort_unstable();
-        held.sort_unstable();
+        let quiet = sorted_within(latencies, before, None);
+        let copying = sorted_within(latencies, copy, paused);
+        let held = paused.map_or(Vec::new(), |w| sorted_within(latencies, w, None));
         let secs = (copy.1 - copy.0).as_secs_f64()
             - paused.map_or(0.0, |(from, to)| (to - from).as_secs_f64());
         Self {
@@ -604,7 +586,6 @@ fn dump(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    let within = |at: Instant, (from, to): (Instant, Instant)| at >= from && at <= to;
     let mut out = String::new();
     for (at, l) in latencies {
         let unix = unix_now - (now - *at).as_millis();
@@ -619,6 +600,26 @@ fn dump(
     }
     let path = std::path::Path::new(&dir).join(format!("{name}.tsv"));
     std::fs::write(&path, out).unwrap();
+}
+
+/// Whether `at` falls in `window` (both ends included).
+fn within(at: Instant, (from, to): (Instant, Instant)) -> bool {
+    at >= from && at <= to
+}
+
+/// The latencies of the requests that started in `window` and not in `except`, sorted.
+fn sorted_within(
+    latencies: &[(Instant, u64)],
+    window: (Instant, Instant),
+    except: Option<(Instant, Instant)>,
+) -> Vec<u64> {
+    let mut out: Vec<u64> = latencies
+        .iter()
+        .filter(|(at, _)| within(*at, window) && except.is_none_or(|w| !within(*at, w)))
+        .map(|(_, l)| *l)
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// Sets the policy's `pacing` (`Adaptive` or `Fixed`).
