@@ -16,7 +16,7 @@ const SUB_BITS: u32 = 2;
 /// Buckets: everything from 67 s up shares the last.
 const BUCKETS: usize = 100;
 
-/// Reply counts by latency since the last [`LatencyWindow::take`].
+/// Reply counts by latency since the last [`LatencyWindow::take_counts`].
 #[derive(Debug)]
 pub struct LatencyWindow {
     counts: [AtomicU64; BUCKETS],
@@ -57,12 +57,6 @@ impl LatencyWindow {
     pub fn record(&self, latency: Duration) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.counts[bucket(micros)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The 99th percentile of the replies counted since the last call, and their number;
-    /// `None` when there were none. Starts the next window.
-    pub fn take(&self) -> Option<LatencyReport> {
-        self.take_counts().report()
     }
 
     /// The counts since the last call; starts the next window. [`LatencyWindow::put_back`]
@@ -141,14 +135,14 @@ mod tests {
     #[test]
     fn the_report_is_the_99th_percentile_of_the_window_and_the_next_window_starts_empty() {
         let w = LatencyWindow::default();
-        assert_eq!(w.take(), None);
+        assert_eq!(w.take_counts().report(), None);
         for _ in 0..990 {
             w.record(Duration::from_micros(100));
         }
         for _ in 0..10 {
             w.record(Duration::from_millis(20));
         }
-        let r = w.take().unwrap();
+        let r = w.take_counts().report().unwrap();
         assert_eq!(r.requests, 1_000);
         assert!((100..=125).contains(&r.p99_micros), "{r:?}");
         // One slow reply more, and the 99th percentile is the slow ones'.
@@ -158,9 +152,9 @@ mod tests {
         for _ in 0..11 {
             w.record(Duration::from_millis(20));
         }
-        let r = w.take().unwrap();
+        let r = w.take_counts().report().unwrap();
         assert!((20_000..=25_000).contains(&r.p99_micros), "{r:?}");
-        assert_eq!(w.take(), None);
+        assert_eq!(w.take_counts().report(), None);
     }
 
     #[test]
@@ -175,9 +169,9 @@ mod tests {
             w.record(Duration::from_micros(100));
         }
         w.put_back(&undelivered);
-        let r = w.take().unwrap();
+        let r = w.take_counts().report().unwrap();
         assert_eq!(r.requests, 105);
         assert!(r.p99_micros >= 1_000_000, "{r:?}");
-        assert_eq!(w.take(), None);
+        assert_eq!(w.take_counts().report(), None);
     }
 }
