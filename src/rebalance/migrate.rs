@@ -273,16 +273,20 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     job.empty_targets(true).await?;
     job.report(rebalance_step::IMPORTING, &[]).await?;
     job.import(true, false).await?;
+    // What the sidecars see before the copy's load: the lowest latencies to compare with
+    // (and whether they send traffic, which the count's scan then yields to).
+    job.pace_by_latency(false).await?;
     job.total = job.count().await?;
     job.report(rebalance_step::COPYING, &[]).await?;
     // `keysPerSecond` counts from here: the time before (a paused flip, converging, counting)
     // gives the copy no allowance to burst with.
     job.started = Instant::now();
     job.clock = pacing::RateClock::new(job.keys_per_second as f64, job.started);
-    // What the sidecars see before the copy's load: the lowest latencies to compare with.
+    // The copy's starting rate (gentle beside traffic), on the clock just set.
     job.pace_by_latency(false).await?;
     job.copy().await?;
-    // The sweeps are not paced (what is left is what sidecars kept writing).
+    // The sweeps move what is left at once (what sidecars kept writing); their scans yield
+    // to traffic as the count's do.
     job.pacing_note = None;
     job.sweep().await?;
     job.report(rebalance_step::COPIED, &[]).await?;

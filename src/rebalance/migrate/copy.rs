@@ -64,27 +64,57 @@ fn scan_ahead(
 }
 
 impl Job {
-    /// Keys left to move in every range (for progress).
+    /// Keys left to move in every range (for progress). One walk of each source's keyspace
+    /// (`SCAN` unfiltered, the keys classified here), not one per move and key prefix: a drain
+    /// of the shop's five categories walked the source seven times, back to back, while
+    /// every command of the moving ranges already went through the guard there.
     pub(super) async fn count(&mut self) -> Result<u64, Error> {
-        let mut total = 0;
-        let work: Vec<(String, CategoryId, SlotRange)> = self
-            .steps
-            .iter()
-            .map(|s| (s.from.clone(), s.category, s.range))
-            .collect();
         let resolver = self.resolver.clone();
-        for (from, category, range) in work {
-            let source = self.instance(&from)?;
-            let mut scan = RangeScan::new(&resolver, category, &[range]);
-            while let Some(batch) = scan
-                .next_batch(&mut source.conn)
-                .await
-                .map_err(|e| source.err(&e))?
-            {
-                total += batch.len() as u64;
+        let mut total = 0;
+        for from in self.sources() {
+            let moves: Vec<(CategoryId, SlotRange)> = self
+                .steps
+                .iter()
+                .filter(|s| s.from == from)
+                .map(|s| (s.category, s.range))
+                .collect();
+            let mut cursor = 0u64;
+            loop {
+                let started = Instant::now();
+                let source = self.instance(&from)?;
+                let (next, keys) = crate::redis::keys::scan_page(&mut source.conn, cursor, b"*")
+                    .await
+                    .map_err(|e| source.err(&e))?;
+                total += keys
+                    .iter()
+                    .filter(|k| {
+                        moves
+                            .iter()
+                            .any(|(c, r)| in_ranges(&resolver, *c, &[*r], k))
+                    })
+                    .count() as u64;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+                self.yield_to_traffic(started.elapsed()).await;
             }
         }
         Ok(total)
+    }
+
+    /// After a scan page outside the copy (the count, the sweeps) that took `took`: beside
+    /// traffic (`pacing: Adaptive`, some sidecar sends the moving instances requests) waits
+    /// as long again, so that these scans hold a source at most half the time; they are not
+    /// paced otherwise.
+    async fn yield_to_traffic(&self, took: Duration) {
+        if self
+            .pacing
+            .as_ref()
+            .is_some_and(super::pacing::Pacing::beside_traffic)
+        {
+            tokio::time::sleep(took).await;
+        }
     }
 
     /// The scan checkpoint of one move, named after the move itself (not its position: the
@@ -260,10 +290,7 @@ impl Job {
         self.urgent_read = Instant::now();
         let resolver = self.resolver.clone();
         let list = names::urgent(&self.mover.policy);
-        let mut sources: Vec<String> = self.steps.iter().map(|s| s.from.clone()).collect();
-        sources.sort();
-        sources.dedup();
-        for from in sources {
+        for from in self.sources() {
             let source = self.instance(&from)?;
             let popped: Option<Vec<Vec<u8>>> = redis::cmd("LPOP")
                 .arg(&list)
@@ -293,41 +320,60 @@ impl Job {
     }
 
     /// Moves the keys of the ranges still in transit (tombstones of an earlier attempt) and
-    /// the urgent ones; how many there were.
+    /// the urgent ones; how many there were. One walk of each source for its tombstones, the
+    /// keys sorted into its moves here.
     async fn leftovers(&mut self) -> Result<usize, Error> {
         let resolver = self.resolver.clone();
+        let pattern = crate::redis::keys::prefix_pattern(names::TOMB_PREFIX);
         let mut found = 0;
-        for i in 0..self.steps.len() {
-            let (category, range, from, to) = {
-                let s = &self.steps[i];
-                (s.category, s.range, s.from.clone(), s.to.clone())
-            };
-            let mut keys: Vec<Bytes> = Vec::new();
-            let source = self.instance(&from)?;
-            let pattern = crate::redis::keys::prefix_pattern(names::TOMB_PREFIX);
+        for from in self.sources() {
+            let moves: Vec<(CategoryId, SlotRange, String)> = self
+                .steps
+                .iter()
+                .filter(|s| s.from == from)
+                .map(|s| (s.category, s.range, s.to.clone()))
+                .collect();
+            let mut keys: Vec<Vec<Bytes>> = vec![Vec::new(); moves.len()];
             let mut cursor = 0u64;
             loop {
+                let started = Instant::now();
+                let source = self.instance(&from)?;
                 let (next, batch) =
                     crate::redis::keys::scan_page(&mut source.conn, cursor, &pattern)
                         .await
                         .map_err(|e| source.err(&e))?;
                 for tomb in batch {
-                    if let Some(key) = names::key_of_tomb(&tomb)
-                        && in_ranges(&resolver, category, &[range], key)
+                    let Some(key) = names::key_of_tomb(&tomb) else {
+                        continue;
+                    };
+                    if let Some(m) = moves
+                        .iter()
+                        .position(|(c, r, _)| in_ranges(&resolver, *c, &[*r], key))
                     {
-                        keys.push(Bytes::copy_from_slice(key));
+                        keys[m].push(Bytes::copy_from_slice(key));
                     }
                 }
                 if next == 0 {
                     break;
                 }
                 cursor = next;
+                self.yield_to_traffic(started.elapsed()).await;
             }
-            found += keys.len();
-            self.move_keys(&from, &to, &keys).await?;
+            for ((_, _, to), keys) in moves.iter().zip(keys) {
+                found += keys.len();
+                self.move_keys(&from, to, &keys).await?;
+            }
         }
         self.urgent().await?;
         Ok(found)
+    }
+
+    /// The moves' sources, each once, in order.
+    fn sources(&self) -> Vec<String> {
+        let mut sources: Vec<String> = self.steps.iter().map(|s| s.from.clone()).collect();
+        sources.sort();
+        sources.dedup();
+        sources
     }
 
     /// Rescans every range until nothing of it is left on the sources: no key (new keys only
@@ -343,14 +389,19 @@ impl Job {
                     (s.category, s.range, s.from.clone(), s.to.clone())
                 };
                 let mut keys: Vec<Bytes> = Vec::new();
-                let source = self.instance(&from)?;
                 let mut scan = RangeScan::new(&resolver, category, &[range]);
-                while let Some(batch) = scan
-                    .next_batch(&mut source.conn)
-                    .await
-                    .map_err(|e| source.err(&e))?
-                {
+                loop {
+                    let started = Instant::now();
+                    let source = self.instance(&from)?;
+                    let Some(batch) = scan
+                        .next_batch(&mut source.conn)
+                        .await
+                        .map_err(|e| source.err(&e))?
+                    else {
+                        break;
+                    };
                     keys.extend(batch.into_iter().map(Bytes::from));
+                    self.yield_to_traffic(started.elapsed()).await;
                 }
                 found += keys.len();
                 self.move_keys(&from, &to, &keys).await?;

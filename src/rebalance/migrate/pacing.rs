@@ -118,6 +118,12 @@ impl Pacing {
         ((baseline as f64 * RATIO) as u64).max(baseline + HEADROOM_MICROS)
     }
 
+    /// Whether some sidecar sent a moving instance traffic during this Job (enough of it for
+    /// a report to count): then the Job's scans outside the copy yield to it too.
+    pub fn beside_traffic(&self) -> bool {
+        !self.pairs.is_empty()
+    }
+
     /// The copy resumes after a pause: beside traffic it starts again gently.
     pub fn resume(&mut self) {
         if !self.pairs.is_empty() {
@@ -324,6 +330,16 @@ mod tests {
             Adjustment::Slowed(over) => over,
             Adjustment::Held => panic!("not slowed"),
         }
+    }
+
+    #[test]
+    fn the_job_is_beside_traffic_once_a_report_counts() {
+        let mut r = Rounds::new(60_000);
+        assert!(!r.p.beside_traffic());
+        r.round(&[("s1", "a", 900, MIN_REQUESTS - 1)], false);
+        assert!(!r.p.beside_traffic(), "too few replies to count");
+        r.round(&[("s1", "a", 900, MIN_REQUESTS)], false);
+        assert!(r.p.beside_traffic());
     }
 
     #[test]
