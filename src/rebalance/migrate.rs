@@ -274,7 +274,7 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     job.report(rebalance_step::IMPORTING, &[]).await?;
     job.import(true, false).await?;
     // What the sidecars see before the copy's load: the lowest latencies to compare with
-    // (and whether they send traffic, which the count's scan then yields to).
+    // (and whether they sent traffic, which the count's scan then yields to).
     job.pace_by_latency(false).await?;
     job.total = job.count().await?;
     job.report(rebalance_step::COPYING, &[]).await?;
@@ -285,8 +285,8 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // The copy's starting rate (gentle beside traffic), on the clock just set.
     job.pace_by_latency(false).await?;
     job.copy().await?;
-    // The sweeps move what is left at once (what sidecars kept writing); their scans yield
-    // to traffic as the count's do.
+    // The sweeps move what is left at once (what sidecars kept writing); their range scans
+    // yield to traffic as the count's do.
     job.pacing_note = None;
     job.sweep().await?;
     job.report(rebalance_step::COPIED, &[]).await?;

@@ -97,23 +97,35 @@ impl Job {
                     break;
                 }
                 cursor = next;
-                self.yield_to_traffic(started.elapsed()).await;
+                self.yield_to_traffic(started.elapsed()).await?;
             }
         }
         Ok(total)
     }
 
-    /// After a scan page outside the copy (the count, the sweeps) that took `took`: beside
-    /// traffic (`pacing: Adaptive`, some sidecar sends the moving instances requests) waits
-    /// as long again, so that these scans hold a source at most half the time; they are not
-    /// paced otherwise.
-    async fn yield_to_traffic(&self, took: Duration) {
-        if self
+    /// After a scan page outside the copy (the count, the sweeps' range scans) that took
+    /// `took`: once some sidecar has sent the moving instances traffic during this Job
+    /// (`pacing: Adaptive`), waits as long again, so that these scans hold a source at most
+    /// half the time; they are not paced otherwise. The keys sidecars ask for move meanwhile,
+    /// every [`URGENT_EVERY`], as while the copy is paused (a client waits on them).
+    async fn yield_to_traffic(&mut self, took: Duration) -> Result<(), Error> {
+        if !self
             .pacing
             .as_ref()
             .is_some_and(super::pacing::Pacing::beside_traffic)
         {
-            tokio::time::sleep(took).await;
+            return Ok(());
+        }
+        let until = Instant::now() + took;
+        loop {
+            if self.urgent_read.elapsed() >= URGENT_EVERY {
+                self.urgent().await?;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            tokio::time::sleep((until - now).min(URGENT_EVERY)).await;
         }
     }
 
@@ -335,8 +347,9 @@ impl Job {
                 .collect();
             let mut keys: Vec<Vec<Bytes>> = vec![Vec::new(); moves.len()];
             let mut cursor = 0u64;
+            // Not yielded like the other scans outside the copy: the keys it finds are in
+            // transit, and their clients get `-REDISFLEET-BUSY` until they move.
             loop {
-                let started = Instant::now();
                 let source = self.instance(&from)?;
                 let (next, batch) =
                     crate::redis::keys::scan_page(&mut source.conn, cursor, &pattern)
@@ -357,7 +370,6 @@ impl Job {
                     break;
                 }
                 cursor = next;
-                self.yield_to_traffic(started.elapsed()).await;
             }
             for ((_, _, to), keys) in moves.iter().zip(keys) {
                 found += keys.len();
@@ -401,7 +413,9 @@ impl Job {
                         break;
                     };
                     keys.extend(batch.into_iter().map(Bytes::from));
-                    self.yield_to_traffic(started.elapsed()).await;
+                    if !scan.is_done() {
+                        self.yield_to_traffic(started.elapsed()).await?;
+                    }
                 }
                 found += keys.len();
                 self.move_keys(&from, &to, &keys).await?;
