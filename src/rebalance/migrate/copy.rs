@@ -10,11 +10,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::api::cache_policy::rebalance_step;
-use crate::redis::keys::{RangeScan, ScanCheckpoint, in_ranges};
+use crate::redis::keys::{RESERVED_PREFIX, RangeScan, ScanCheckpoint, in_ranges};
 use crate::redis::protocol::heartbeat::{self, HEARTBEAT_EVERY};
 use crate::redis::protocol::names;
 use crate::routing::keyspace::{CategoryId, Resolver};
-use crate::routing::slots::SlotRange;
+use crate::routing::slots::{SlotRange, key_slot};
 
 use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher};
 use super::control::URGENT_EVERY;
@@ -72,12 +72,7 @@ impl Job {
         let resolver = self.resolver.clone();
         let mut total = 0;
         for from in self.sources() {
-            let moves: Vec<(CategoryId, SlotRange)> = self
-                .steps
-                .iter()
-                .filter(|s| s.from == from)
-                .map(|s| (s.category, s.range))
-                .collect();
+            let moves = self.moves_from(&from);
             let mut cursor = 0u64;
             loop {
                 let started = Instant::now();
@@ -87,11 +82,7 @@ impl Job {
                     .map_err(|e| source.err(&e))?;
                 total += keys
                     .iter()
-                    .filter(|k| {
-                        moves
-                            .iter()
-                            .any(|(c, r)| in_ranges(&resolver, *c, &[*r], k))
-                    })
+                    .filter(|k| move_of(&resolver, &moves, k).is_some())
                     .count() as u64;
                 if next == 0 {
                     break;
@@ -339,12 +330,7 @@ impl Job {
         let pattern = crate::redis::keys::prefix_pattern(names::TOMB_PREFIX);
         let mut found = 0;
         for from in self.sources() {
-            let moves: Vec<(CategoryId, SlotRange, String)> = self
-                .steps
-                .iter()
-                .filter(|s| s.from == from)
-                .map(|s| (s.category, s.range, s.to.clone()))
-                .collect();
+            let moves = self.moves_from(&from);
             let mut keys: Vec<Vec<Bytes>> = vec![Vec::new(); moves.len()];
             let mut cursor = 0u64;
             // Not yielded like the other scans outside the copy: the keys it finds are in
@@ -359,10 +345,7 @@ impl Job {
                     let Some(key) = names::key_of_tomb(&tomb) else {
                         continue;
                     };
-                    if let Some(m) = moves
-                        .iter()
-                        .position(|(c, r, _)| in_ranges(&resolver, *c, &[*r], key))
-                    {
+                    if let Some(m) = move_of(&resolver, &moves, key) {
                         keys[m].push(Bytes::copy_from_slice(key));
                     }
                 }
@@ -378,6 +361,15 @@ impl Job {
         }
         self.urgent().await?;
         Ok(found)
+    }
+
+    /// The moves out of `from`: category, range and target of each.
+    fn moves_from(&self, from: &str) -> Vec<(CategoryId, SlotRange, String)> {
+        self.steps
+            .iter()
+            .filter(|s| s.from == from)
+            .map(|s| (s.category, s.range, s.to.clone()))
+            .collect()
     }
 
     /// The moves' sources, each once, in order.
@@ -587,6 +579,22 @@ impl Job {
         }
         Ok(moved)
     }
+}
+
+/// Which of `moves` (from [`Job::moves_from`]) application key `key` belongs to, if any (as
+/// [`in_ranges`] for each, its category and slot computed once).
+fn move_of(
+    resolver: &Resolver,
+    moves: &[(CategoryId, SlotRange, String)],
+    key: &[u8],
+) -> Option<usize> {
+    if key.starts_with(RESERVED_PREFIX) {
+        return None;
+    }
+    let (category, slot) = (resolver.category_of(key), key_slot(key));
+    moves
+        .iter()
+        .position(|(c, r, _)| *c == category && r.contains(slot))
 }
 
 pub(super) fn parse_checkpoint(text: &str) -> Option<ScanCheckpoint> {
