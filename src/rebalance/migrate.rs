@@ -731,7 +731,12 @@ impl Job {
     }
 
     /// Sets (`on`) or removes the importing markers of the ranges on their sources (only of
-    /// the moves into ranges their target already serves, with `legacy_only`).
+    /// the moves into ranges their target already serves, with `legacy_only`), and the
+    /// imported markers on their targets (not of those moves: there the target's copies are
+    /// not all the range's live data). An imported marker is set only after its importing
+    /// marker and removed before it, so a target that has one holds only keys that moved or
+    /// were written through the guard's redirect (`docs/protocol.md`, "Reading on the target
+    /// first").
     async fn import(&mut self, on: bool, legacy_only: bool) -> Result<(), Error> {
         let mover = self.mover.clone();
         for (from, m) in self.migrations() {
@@ -749,11 +754,26 @@ impl Job {
                 continue;
             }
             let marker = names::importing(&mover.policy, &m);
+            let imported = (!serves).then(|| names::imported(&mover.policy, &m));
+            if let (false, Some(imported)) = (on, &imported) {
+                let target = self.instance(&m.to)?;
+                mover
+                    .mark_importing(&mut target.conn, imported, false, false)
+                    .await
+                    .map_err(|e| move_error(imported.as_bytes(), e))?;
+            }
             let source = self.instance(&from)?;
             mover
                 .mark_importing(&mut source.conn, &marker, on, serves)
                 .await
                 .map_err(|e| move_error(marker.as_bytes(), e))?;
+            if let (true, Some(imported)) = (on, &imported) {
+                let target = self.instance(&m.to)?;
+                mover
+                    .mark_importing(&mut target.conn, imported, true, false)
+                    .await
+                    .map_err(|e| move_error(imported.as_bytes(), e))?;
+            }
         }
         Ok(())
     }

@@ -475,8 +475,9 @@ impl Mover {
             .map_err(|e| MoveError::from_redis(&e))
     }
 
-    /// Sets (`on`) or deletes the importing marker of a range on its source; `target_serves`
-    /// when the move's target serves the range already (its source is being emptied).
+    /// Sets (`on`) or deletes the importing marker of a range on its source (or its imported
+    /// marker on its target); `target_serves` when the move's target serves the range already
+    /// (its source is being emptied).
     pub async fn mark_importing(
         &self,
         conn: &mut (impl ConnectionLike + Send),

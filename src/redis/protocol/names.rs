@@ -61,6 +61,16 @@ pub fn importing(policy: &str, m: &Migration) -> String {
     )
 }
 
+/// The imported marker of one migrating range, on its target: set by the Job once the source
+/// imports (and never for a move into a range the target served already), so a key the
+/// target holds is the range's live copy of it. Sidecars read such keys there first.
+pub fn imported(policy: &str, m: &Migration) -> String {
+    format!(
+        "redisfleet:imported:{policy}:{}:{}:{}-{}",
+        m.epoch, m.category, m.start, m.end
+    )
+}
+
 /// Where a big value is assembled on the target, piece by piece, before it is renamed into
 /// place: one per mover token, so two movers never write into the same one.
 pub fn restore_temp(token: u64, key: &[u8]) -> Bytes {
@@ -139,13 +149,14 @@ pub fn policy_keys(policy: &str) -> Vec<String> {
     ]
 }
 
-/// SCAN MATCH patterns of the other keys of `policy`: importing markers, the Jobs' scan
+/// SCAN MATCH patterns of the other keys of `policy`: importing and imported markers, the Jobs' scan
 /// checkpoints and the replicas' applied versions. Each ends with `<policy>:*`, so it matches no other policy's keys (names hold
 /// no `:`) and, under the reserved prefix, no application key. Tombstones and restore
 /// temporaries are named after application keys, not policies: they are not among these.
 pub fn policy_key_patterns(policy: &str) -> Vec<Vec<u8>> {
     [
         format!("redisfleet:importing:{policy}:"),
+        format!("redisfleet:imported:{policy}:"),
         checkpoint_prefix(policy),
         format!("redisfleet:applied:{policy}:"),
     ]
@@ -224,6 +235,8 @@ mod tests {
             })
         };
         assert!(matches(&importing("a/b", &m)));
+        assert!(matches(&imported("a/b", &m)));
+        assert!(!matches(&imported("a/bc", &m)));
         assert!(matches("redisfleet:checkpoint:a/b:7:user:0-99:x:y"));
         assert!(matches(&applied_versions("a/b", 16383)));
         assert!(!matches(&applied_versions("a/bc", 0)));
