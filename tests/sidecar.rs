@@ -600,8 +600,11 @@ async fn malformed_bytes_get_a_protocol_error_and_never_crash_it() {
 }
 
 /// Moves every `user:` key from `b` to `a` the way the rebalance Job does (mover token,
-/// importing marker, take → restore → finish), in small batches, until none is left on `b`.
-async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, marker: &str) -> u64 {
+/// importing marker, imported marker, take → restore → finish), in small batches, until none
+/// is left on `b`.
+async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, migration: &Migration) -> u64 {
+    use redis_fleet::redis::protocol::names;
+    let marker = names::importing("test/test", migration);
     use redis_fleet::redis::protocol::mover::{Mover, Restore, Taken};
     let mover = Mover {
         policy: "test/test".into(),
@@ -612,7 +615,16 @@ async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, marker: &str) -> u
     mover.claim(&mut src).await.unwrap();
     mover.claim(&mut dst).await.unwrap();
     mover
-        .mark_importing(&mut src, marker, true, false)
+        .mark_importing(&mut src, &marker, true, false)
+        .await
+        .unwrap();
+    mover
+        .mark_importing(
+            &mut dst,
+            &names::imported("test/test", migration),
+            true,
+            false,
+        )
         .await
         .unwrap();
     let mut moved = 0;
@@ -714,7 +726,6 @@ async fn a_migrating_range_is_served_through_the_guard_while_its_keys_move() {
     assert!(there, "nothing moves before the Job says so");
 
     // Concurrent INCRs of one key while the Job moves every key: none is lost.
-    let marker = redis_fleet::redis::protocol::names::importing("test/test", &migration);
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let client = sidecar.client();
@@ -725,7 +736,7 @@ async fn a_migrating_range_is_served_through_the_guard_while_its_keys_move() {
             }
         }));
     }
-    let moved = move_all_user_keys(&b, &a, &marker).await;
+    let moved = move_all_user_keys(&b, &a, &migration).await;
     for t in tasks {
         t.await.unwrap();
     }
@@ -765,6 +776,100 @@ async fn a_migrating_range_is_served_through_the_guard_while_its_keys_move() {
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A counter of the sidecar's metrics.
+fn counter(sidecar: &Sidecar, name: &str) -> f64 {
+    let m = sidecar.metrics();
+    support::series_value(&m, name).unwrap_or_else(|| panic!("no {name} in\n{m}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_moved_keys_ask_the_target_first_and_only_where_it_imports() {
+    use redis_fleet::redis::protocol::names;
+    let (a, b) = servers();
+    let base = two(&a, &b, 1, no_ttl());
+    let sidecar = Sidecar::start(&base, &SECRETS);
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for i in 0..40 {
+        let _: () = conn.set(format!("user:{i}"), i).await.unwrap();
+    }
+    let mut flipped = base.clone();
+    flipped.version = 2;
+    let migration = Migration {
+        category: "user".into(),
+        start: 0,
+        end: 16383,
+        from: "b".into(),
+        to: "a".into(),
+        epoch: 2,
+    };
+    flipped.migrating.push(migration.clone());
+    sidecar.update_table(&flipped);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sidecar
+        .metrics()
+        .contains("redisfleet_sidecar_routing_version 2")
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let served = "redisfleet_sidecar_reads_on_target_total";
+    let missed = "redisfleet_sidecar_reads_not_on_target_total";
+
+    // Nothing moved: reads go through the guard, which runs them on the source.
+    for i in 0..40 {
+        let v: i64 = conn.get(format!("user:{i}")).await.unwrap();
+        assert_eq!(v, i);
+    }
+    assert_eq!(counter(&sidecar, served), 0.0);
+    assert_eq!(counter(&sidecar, missed), 0.0);
+
+    // Everything moved: after the first reads found their keys moved (the guard's `ASK`),
+    // reads ask the target first and take one round trip.
+    move_all_user_keys(&b, &a, &migration).await;
+    let _: () = conn.set("user:0", "written after the move").await.unwrap();
+    for round in 0..5 {
+        for i in 1..40 {
+            let v: i64 = conn.get(format!("user:{i}")).await.unwrap();
+            assert_eq!(v, i, "round {round}");
+        }
+        let v: String = conn.get("user:0").await.unwrap();
+        assert_eq!(v, "written after the move");
+        let many: Vec<i64> = conn.mget(&["user:1", "user:2", "user:3"]).await.unwrap();
+        assert_eq!(many, [1, 2, 3]);
+    }
+    let on_target = counter(&sidecar, served);
+    // 205 reads, the first 17 through the guard (the 40 before the move weigh against).
+    assert!(
+        on_target >= 150.0,
+        "{on_target} reads served by the target first"
+    );
+    // Missing keys go through the guard too: nil, never an error.
+    let none: Option<String> = conn.get("user:missing").await.unwrap();
+    assert_eq!(none, None);
+
+    // Without its imported marker the target's copies are not trusted, however the reads went
+    // so far (a move into a range the target already served keeps its live data on the
+    // source where the source has it): a copy only the target has is not read there.
+    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    let _: () = on_a
+        .del(names::imported("test/test", &migration))
+        .await
+        .unwrap();
+    let _: () = on_a.set("user:5", "the target's old copy").await.unwrap();
+    let _: () = on_b.set("user:5", "live on the source").await.unwrap();
+    let missed_before = counter(&sidecar, missed);
+    for _ in 0..5 {
+        let v: String = conn.get("user:5").await.unwrap();
+        assert_eq!(v, "live on the source");
+    }
+    assert!(counter(&sidecar, missed) > missed_before);
 }
 
 #[tokio::test]

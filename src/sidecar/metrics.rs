@@ -61,8 +61,10 @@ pub struct SidecarMetrics {
     pub reloads: Counter,
     /// Tables that could not be loaded.
     pub reload_errors: Counter,
-    /// Keys moved on access during migrations.
-    pub keys_moved: Counter,
+    /// Reads of a migrating range that the target, asked first, served.
+    pub reads_on_target: Counter,
+    /// Reads of a migrating range that asked the target first in vain.
+    pub reads_not_on_target: Counter,
 }
 
 /// The counters of one category.
@@ -139,7 +141,8 @@ impl SidecarMetrics {
             routing_version: Gauge::default(),
             reloads: Counter::default(),
             reload_errors: Counter::default(),
-            keys_moved: Counter::default(),
+            reads_on_target: Counter::default(),
+            reads_not_on_target: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("redisfleet_sidecar");
         r.register(
@@ -225,9 +228,14 @@ impl SidecarMetrics {
             m.reload_errors.clone(),
         );
         r.register(
-            "keys_moved",
-            "Keys moved on access during a migration",
-            m.keys_moved.clone(),
+            "reads_on_target",
+            "Reads of a migrating range that its target, asked first, served in one round trip",
+            m.reads_on_target.clone(),
+        );
+        r.register(
+            "reads_not_on_target",
+            "Reads of a migrating range that asked its target first in vain, then went through the guard",
+            m.reads_not_on_target.clone(),
         );
         m
     }

@@ -25,6 +25,7 @@ pub mod resp3;
 pub mod router;
 pub mod scripts;
 pub mod session;
+pub mod target_first;
 pub mod ttl;
 
 use std::net::SocketAddr;

@@ -18,6 +18,7 @@ use crate::routing::table::RoutingTable;
 use super::backend::{Backend, BackendOptions, Naming, ReplyReceiver, SendError};
 use super::fleet::FleetView;
 use super::metrics::{CategoryMetrics, SidecarMetrics};
+use super::target_first::TargetFirst;
 
 /// A migrating range as the sidecar routes it.
 #[derive(Debug, Clone)]
@@ -28,6 +29,10 @@ pub struct MigrationRoute {
     pub target: InstanceId,
     /// The range's importing marker on the source.
     pub marker: String,
+    /// The range's imported marker on the target (`target_first.rs`).
+    pub imported: String,
+    /// Whether its reads ask the target first.
+    pub target_first: Arc<TargetFirst>,
 }
 
 /// A routing table version with its backends.
@@ -164,6 +169,11 @@ pub async fn build(
             source: id(&m.from),
             target: id(&m.to),
             marker: names::importing(&naming.policy, m),
+            imported: names::imported(&naming.policy, m),
+            target_first: Arc::new(TargetFirst::new(
+                metrics.reads_on_target.clone(),
+                metrics.reads_not_on_target.clone(),
+            )),
         })
         .collect();
     let urgent = Bytes::from(names::urgent(&naming.policy));

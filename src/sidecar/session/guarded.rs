@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::super::backend::{BackendError, Dedicated};
+use super::super::backend::{BackendError, Dedicated, Replies};
 use super::super::router::Router;
+use super::super::target_first::ReadFound;
 use super::super::ttl;
 use super::{Client, Interrupt, backend_reply, bundle, encode, lost, parse, stop};
 use crate::redis::protocol::guard::{self, Decision};
@@ -31,14 +32,18 @@ pub(super) struct Guarded {
     pub ask: bool,
     /// It is a script: it cannot run inside the guard.
     pub script: bool,
+    /// It changes nothing (no `write` flag, not a script, nothing added by TTL rules): it may
+    /// ask the target first (`target_first.rs`).
+    pub read: bool,
 }
 
 impl Guarded {
-    /// An ordinary command whose keys all migrate.
-    pub fn command() -> Self {
+    /// An ordinary command whose keys all migrate; `read` as [`Guarded::read`].
+    pub fn command(read: bool) -> Self {
         Self {
             ask: true,
             script: false,
+            read,
         }
     }
 }
@@ -68,6 +73,13 @@ impl Backoff {
         self.pause = (self.pause * 2).min(Duration::from_millis(50));
         Ok(())
     }
+}
+
+/// Whether a read's reply says its key was absent: a nil (GET, HGET, …), an empty array where
+/// a missing key has none (MGET answers an array of nils, never `*-1`), or a zero count
+/// (EXISTS, STRLEN, …). A guess, for [`ReadFound`] only.
+fn found_nothing(reply: &[u8]) -> bool {
+    matches!(reply, b"$-1\r\n" | b"*-1\r\n" | b"*0\r\n" | b":0\r\n")
 }
 
 fn split_by_move() -> Interrupt {
@@ -124,8 +136,27 @@ impl Client {
             let exec = self.watched(router, m, keys, &cmds, how.ask, None).await?;
             return Ok(first_of_exec(&exec));
         }
+        let read = how.read && how.ask && cmds.len() == 1;
+        let hint = &router.migrations[usize::from(m)].target_first;
+        let tried_target = read && hint.ask_target();
+        if tried_target {
+            if let Some(reply) = self.read_on_target(router, m, keys, &cmds[0]).await? {
+                hint.record(ReadFound::OnTarget);
+                return Ok(reply);
+            }
+            hint.record(ReadFound::NotOnTarget);
+        }
+        // What the guard found, when the target was not asked first.
+        let record = |found| {
+            if read && !tried_target {
+                hint.record(found);
+            }
+        };
         match self.guard_decide(router, m, keys, &cmds).await? {
-            Some(reply) => Ok(reply),
+            Some(reply) => {
+                record(ReadFound::OnSource);
+                Ok(reply)
+            }
             None if how.ask => {
                 let target = router.migrations[usize::from(m)].target;
                 let legacy = router.backend(target).legacy();
@@ -141,10 +172,47 @@ impl Client {
                     })
                     .collect();
                 let n = cmds.len();
-                Ok(self.call(router, target, bundle(&cmds), n).await?.first())
+                let reply = self.call(router, target, bundle(&cmds), n).await?.first();
+                // A read of keys on neither side would not have been served by the target
+                // first either.
+                if !found_nothing(&reply) {
+                    record(ReadFound::Asked);
+                }
+                Ok(reply)
             }
             None => Err(split_by_move()),
         }
+    }
+
+    /// Asks the target of migrating range `m` first for read `cmd` on `keys`: its reply when
+    /// the target has the range's imported marker and every key (they are then the range's
+    /// live copies: `docs/protocol.md`, "Reading on the target first"), else `None`. The check
+    /// and the read go in one round trip; a read that was not wanted is simply dropped. An
+    /// error (the target fenced, stopped, unreachable) is `None` too: the guard may find the
+    /// keys on the source.
+    async fn read_on_target(
+        &mut self,
+        router: &Arc<Router>,
+        m: u16,
+        keys: &[Bytes],
+        cmd: &[Bytes],
+    ) -> Result<Option<Bytes>, Interrupt> {
+        let mig = &router.migrations[usize::from(m)];
+        let mut exists = Vec::with_capacity(keys.len() + 2);
+        exists.push(Bytes::from_static(b"EXISTS"));
+        exists.push(Bytes::from(mig.imported.clone()));
+        exists.extend(keys.iter().cloned());
+        let sent = self
+            .call(router, mig.target, bundle(&[exists, cmd.to_vec()]), 2)
+            .await;
+        let mut replies = match sent {
+            Ok(Replies::Many(replies)) if replies.len() == 2 => replies,
+            Err(Interrupt::Stale) => return Err(Interrupt::Stale),
+            Ok(_) | Err(Interrupt::Reply(_)) => return Ok(None),
+        };
+        // EXISTS counts a key named twice twice: every key and the marker are there.
+        let all = format!(":{}\r\n", keys.len() + 1);
+        Ok((replies[0] == all.as_bytes()).then(|| replies.swap_remove(1)))
     }
 
     /// Runs `cmds` through the guard of migrating range `m`, waiting while keys are in
@@ -314,7 +382,7 @@ impl Client {
                     m,
                     std::slice::from_ref(key),
                     vec![cmd],
-                    Guarded::command(),
+                    Guarded::command(false),
                 )
                 .await
             }

@@ -165,6 +165,8 @@ impl Client {
             Err(refused) => return Ok(refused),
         };
         let key = &request.args[key_index];
+        // Unchanged by TTL rules (they only rewrite writes; `guarded` sees what they add).
+        let read = !spec.write && commands.args_override.is_none();
         let mut cmds = vec![
             commands
                 .args_override
@@ -177,7 +179,7 @@ impl Client {
                 migration,
                 std::slice::from_ref(key),
                 cmds,
-                Guarded::command(),
+                Guarded::command(read),
             )
             .await?;
         router.categories[usize::from(route.category)]
@@ -321,8 +323,14 @@ impl Client {
                         .map(|n| request.args[keys[*n]].clone())
                         .collect();
                     Part::Done(
-                        Box::pin(self.guarded(&router, *m, &group_keys, cmds, Guarded::command()))
-                            .await?,
+                        Box::pin(self.guarded(
+                            &router,
+                            *m,
+                            &group_keys,
+                            cmds,
+                            Guarded::command(matches!(split, Split::Mget | Split::Exists)),
+                        ))
+                        .await?,
                     )
                 }
             };
@@ -388,9 +396,11 @@ impl Client {
                 .map(|(i, _)| request.args[*i].clone())
                 .collect();
             let all_migrating = guard_keys.len() == keys.len();
+            let script = spec.kind == Kind::Script;
             let how = Guarded {
                 ask: all_migrating,
-                script: spec.kind == Kind::Script,
+                script,
+                read: !spec.write && !script && cmds.len() == 1 && cmds[0] == request.args,
             };
             let reply =
                 Box::pin(self.guarded(&router, m, &guard_keys, std::mem::take(&mut cmds), how))
