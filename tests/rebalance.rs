@@ -314,6 +314,10 @@ struct Ledger {
     deleted: std::collections::BTreeSet<String>,
     /// Keys acknowledged with an EXPIRE of an hour.
     expiring: std::collections::BTreeSet<String>,
+    /// Keys whose DEL failed since their last acknowledged SET: they may be gone.
+    maybe_deleted: std::collections::BTreeSet<String>,
+    /// Reads that returned what no write of the key could have left there.
+    stale: Vec<String>,
     ops: u64,
     errors: Vec<String>,
     latencies_us: Vec<u64>,
@@ -325,9 +329,24 @@ impl Ledger {
         self.counters.extend(other.counters);
         self.deleted.extend(other.deleted);
         self.expiring.extend(other.expiring);
+        self.maybe_deleted.extend(other.maybe_deleted);
+        self.stale.extend(other.stale);
         self.ops += other.ops;
         self.errors.extend(other.errors);
         self.latencies_us.extend(other.latencies_us);
+    }
+
+    /// Whether `got` is what a read of `key` may return: its last acknowledged value, a value
+    /// of a failed SET since, or nothing when it was never written, deleted, or may have been.
+    fn readable(&self, key: &str, got: &Option<String>) -> bool {
+        match self.values.get(key) {
+            None => got.is_none(),
+            Some((acked, failed)) => {
+                got == acked
+                    || got.as_ref().is_some_and(|g| failed.contains(g))
+                    || (got.is_none() && self.maybe_deleted.contains(key))
+            }
+        }
     }
 
     fn p99_us(&self) -> u64 {
@@ -337,8 +356,9 @@ impl Ledger {
     }
 }
 
-/// Clients writing through the sidecar at a steady pace until stopped: SET, INCR, DEL and
-/// EXPIRE over keys of `prefixes` (each worker its own keys).
+/// Clients writing through the sidecar at a steady pace until stopped: SET, INCR, DEL, EXPIRE
+/// and GET over keys of `prefixes` (each worker its own keys), every read checked against the
+/// worker's ledger as it returns.
 struct Traffic {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     workers: Vec<tokio::task::JoinHandle<Ledger>>,
@@ -378,10 +398,10 @@ async fn work(
     let mut i: u64 = 0;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         i += 1;
-        let prefix = prefixes[(i as usize / 4) % prefixes.len()];
+        let prefix = prefixes[(i as usize / 5) % prefixes.len()];
         let n = (i * 7919) % 400;
         let started = Instant::now();
-        let (key, outcome) = match i % 4 {
+        let (key, outcome) = match i % 5 {
             0 | 1 => {
                 let key = format!("{prefix}t{worker}:{n}");
                 let value = format!("{worker}-{i}");
@@ -393,6 +413,9 @@ async fn work(
                 }
                 ledger.deleted.remove(&key);
                 ledger.expiring.remove(&key);
+                if r.is_ok() {
+                    ledger.maybe_deleted.remove(&key);
+                }
                 (key, r.map(|_| ()))
             }
             2 => {
@@ -405,6 +428,19 @@ async fn work(
                 }
                 (key, r.map(|_| ()))
             }
+            3 => {
+                let key = format!("{prefix}t{worker}:{n}");
+                let r: redis::RedisResult<Option<String>> = conn.get(&key).await;
+                if let Ok(got) = &r
+                    && !ledger.readable(&key, got)
+                {
+                    ledger.stale.push(format!(
+                        "{key}: read {got:?}, {:?}",
+                        ledger.values.get(&key)
+                    ));
+                }
+                (key, r.map(|_| ()))
+            }
             _ => {
                 let key = format!("{prefix}t{worker}:{n}");
                 if n.is_multiple_of(2) {
@@ -412,10 +448,12 @@ async fn work(
                     if r.is_ok() {
                         ledger.values.remove(&key);
                         ledger.expiring.remove(&key);
+                        ledger.maybe_deleted.remove(&key);
                         ledger.deleted.insert(key.clone());
                     } else {
                         // Deleted or not: either is fine, as long as the value is a known one.
                         ledger.deleted.remove(&key);
+                        ledger.maybe_deleted.insert(key.clone());
                     }
                     (key, r.map(|_| ()))
                 } else {
@@ -443,11 +481,16 @@ async fn work(
 async fn assert_ledger(port: u16, ledger: &Ledger) {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    assert!(
+        ledger.stale.is_empty(),
+        "{} stale reads while the data moved: {:?}",
+        ledger.stale.len(),
+        &ledger.stale[..ledger.stale.len().min(5)]
+    );
     for (key, (acked, failed)) in &ledger.values {
         let got: Option<String> = c.get(key).await.unwrap();
-        let fine = got == *acked || got.as_ref().is_some_and(|g| failed.contains(g));
         assert!(
-            fine,
+            ledger.readable(key, &got),
             "{key}: {got:?}, acknowledged {acked:?} (failed attempts {failed:?})"
         );
         if ledger.expiring.contains(key) && got == *acked {
@@ -527,9 +570,33 @@ async fn a_third_instance_takes_a_share_of_the_data_under_live_traffic() {
         on_tertiary > 1000,
         "only {on_tertiary} keys moved to tertiary"
     );
-    // The traffic: every acknowledged write, counter and delete.
+    // The traffic: every acknowledged write, counter and delete, and every read as it
+    // returned.
     assert_ledger(sidecar.port, &ledger).await;
     assert!(ledger.ops > 1000, "only {} operations", ledger.ops);
+    // The newcomer's imported markers went with the plan.
+    let on_target = support::series_value(
+        &sidecar.metrics(),
+        "redisfleet_sidecar_reads_on_target_total",
+    )
+    .unwrap();
+    let mut on_tertiary_conn = tertiary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let markers: Vec<String> = on_tertiary_conn
+            .keys("redisfleet:imported:*")
+            .await
+            .unwrap();
+        if markers.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the target kept {markers:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
         ledger.errors.len() * 100 <= ledger.ops as usize,
         "{} of {} commands failed: {:?}",
@@ -538,7 +605,7 @@ async fn a_third_instance_takes_a_share_of_the_data_under_live_traffic() {
         &ledger.errors[..ledger.errors.len().min(5)]
     );
     eprintln!(
-        "join: {} keys moved in plan {}, traffic {} ops, {} errors, p99 {} µs",
+        "join: {} keys moved in plan {}, traffic {} ops, {} errors, p99 {} µs, {on_target} reads served by the target first",
         r.keys_moved.unwrap_or(0),
         r.plan_id,
         ledger.ops,
@@ -997,6 +1064,44 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
         .unwrap();
     assert_eq!(condition.reason, "Paused", "{condition:?}");
     let held = moved_off(&shop, &tertiary, &prefixes).await;
+    // The targets import: reads of keys that moved there are served by them, asked first,
+    // in one round trip, once most reads find their keys moved.
+    let mut moved_keys: Vec<String> = Vec::new();
+    let mut markers = 0;
+    for target in [&shop.primary, &tertiary] {
+        let mut c = target
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let imported: Vec<String> = c.keys("redisfleet:imported:*").await.unwrap();
+        markers += imported.len();
+        for k in &keys {
+            if moved_keys.len() == 200 {
+                break;
+            }
+            if c.exists::<_, bool>(k).await.unwrap() {
+                moved_keys.push(k.clone());
+            }
+        }
+    }
+    assert!(markers > 0, "the Job set no imported marker");
+    assert!(!moved_keys.is_empty());
+    let served = || {
+        support::series_value(
+            &sidecar.metrics(),
+            "redisfleet_sidecar_reads_on_target_total",
+        )
+        .unwrap()
+    };
+    let served_before = served();
+    let through: Digest = digest_through(sidecar.port, &moved_keys).await;
+    assert!(moved_keys.iter().all(|k| through[k].0 == before[k].0));
+    assert!(
+        served() > served_before,
+        "no read asked the target first\n{}",
+        sidecar.metrics()
+    );
     let paused_report = paused.status.unwrap().rebalance.unwrap();
     let moved = paused_report.keys_moved.unwrap();
     assert!(held > 0 && (held as i64) < 30_000, "{held}");
