@@ -26,6 +26,11 @@ pub enum ReadFound {
     /// The guard, asked first, ran it on the source: asking the target first would have cost
     /// a round trip.
     OnSource,
+    /// Asked first, the target could not serve reads of the range at all: it has no imported
+    /// marker (not yet, or never: a move into a range the target served already, a retried
+    /// failback) or did not answer. The score drops to its floor, so reads take the guard
+    /// first until as many again have found their keys moved.
+    Unusable,
     /// The guard, asked first, answered `ASK` and the target found the keys: asking the
     /// target first would have saved a round trip. (When the target found nothing either, the
     /// read is not recorded: the keys are on neither side, and asking the target first would
@@ -38,6 +43,7 @@ impl ReadFound {
         match self {
             Self::OnTarget | Self::Asked => 1,
             Self::NotOnTarget | Self::OnSource => -1,
+            Self::Unusable => -2 * LIMIT,
         }
     }
 }
@@ -75,7 +81,7 @@ impl TargetFirst {
             ReadFound::OnTarget => {
                 self.served.inc();
             }
-            ReadFound::NotOnTarget => {
+            ReadFound::NotOnTarget | ReadFound::Unusable => {
                 self.missed.inc();
             }
             ReadFound::OnSource | ReadFound::Asked => {}
@@ -132,5 +138,23 @@ mod tests {
         t.record(ReadFound::OnTarget);
         t.record(ReadFound::NotOnTarget);
         assert!(!t.ask_target());
+    }
+
+    #[test]
+    fn a_target_without_its_marker_is_asked_again_only_after_a_full_swing() {
+        let t = TargetFirst::default();
+        for _ in 0..LIMIT {
+            t.record(ReadFound::Asked);
+        }
+        assert!(t.ask_target());
+        t.record(ReadFound::Unusable);
+        assert!(!t.ask_target());
+        for _ in 0..LIMIT {
+            t.record(ReadFound::Asked);
+        }
+        assert!(!t.ask_target(), "the floor is {LIMIT} below zero");
+        t.record(ReadFound::Asked);
+        assert!(t.ask_target());
+        assert_eq!(t.missed.get(), 1);
     }
 }

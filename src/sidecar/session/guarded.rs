@@ -75,11 +75,21 @@ impl Backoff {
     }
 }
 
-/// Whether a read's reply says its key was absent: a nil (GET, HGET, …), an empty array where
-/// a missing key has none (MGET answers an array of nils, never `*-1`), or a zero count
-/// (EXISTS, STRLEN, …). A guess, for [`ReadFound`] only.
+/// Whether a read's reply says its keys were absent: a nil (GET, HGET, …), an array of nils
+/// only (MGET), an empty array where a missing key has none, a zero count (EXISTS, STRLEN,
+/// …), or an error (it says nothing). A guess, for [`ReadFound`] only.
 fn found_nothing(reply: &[u8]) -> bool {
-    matches!(reply, b"$-1\r\n" | b"*-1\r\n" | b"*0\r\n" | b":0\r\n")
+    if matches!(reply, b"$-1\r\n" | b"*-1\r\n" | b"*0\r\n" | b":0\r\n") || reply.starts_with(b"-") {
+        return true;
+    }
+    let Some(rest) = reply.strip_prefix(b"*") else {
+        return false;
+    };
+    let Some(header) = rest.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let items = &rest[header + 1..];
+    !items.is_empty() && items.len() % 5 == 0 && items.chunks(5).all(|c| c == b"$-1\r\n")
 }
 
 fn split_by_move() -> Interrupt {
@@ -140,11 +150,11 @@ impl Client {
         let hint = &router.migrations[usize::from(m)].target_first;
         let tried_target = read && hint.ask_target();
         if tried_target {
-            if let Some(reply) = self.read_on_target(router, m, keys, &cmds[0]).await? {
-                hint.record(ReadFound::OnTarget);
+            let (found, reply) = self.read_on_target(router, m, keys, &cmds[0]).await?;
+            hint.record(found);
+            if let Some(reply) = reply {
                 return Ok(reply);
             }
-            hint.record(ReadFound::NotOnTarget);
         }
         // What the guard found, when the target was not asked first.
         let record = |found| {
@@ -186,33 +196,48 @@ impl Client {
 
     /// Asks the target of migrating range `m` first for read `cmd` on `keys`: its reply when
     /// the target has the range's imported marker and every key (they are then the range's
-    /// live copies: `docs/protocol.md`, "Reading on the target first"), else `None`. The check
-    /// and the read go in one round trip; a read that was not wanted is simply dropped. An
-    /// error (the target fenced, stopped, unreachable) is `None` too: the guard may find the
-    /// keys on the source.
+    /// live copies: `docs/protocol.md`, "Reading on the target first"). The checks and the
+    /// read go in one round trip; a read that was not wanted is simply dropped. No marker, or
+    /// an error (the target fenced, stopped, unreachable), is [`ReadFound::Unusable`]: the
+    /// guard may find the keys on the source.
     async fn read_on_target(
         &mut self,
         router: &Arc<Router>,
         m: u16,
         keys: &[Bytes],
         cmd: &[Bytes],
-    ) -> Result<Option<Bytes>, Interrupt> {
+    ) -> Result<(ReadFound, Option<Bytes>), Interrupt> {
         let mig = &router.migrations[usize::from(m)];
-        let mut exists = Vec::with_capacity(keys.len() + 2);
+        let marker = vec![
+            Bytes::from_static(b"EXISTS"),
+            Bytes::from(mig.imported.clone()),
+        ];
+        let mut exists = Vec::with_capacity(keys.len() + 1);
         exists.push(Bytes::from_static(b"EXISTS"));
-        exists.push(Bytes::from(mig.imported.clone()));
         exists.extend(keys.iter().cloned());
         let sent = self
-            .call(router, mig.target, bundle(&[exists, cmd.to_vec()]), 2)
+            .call(
+                router,
+                mig.target,
+                bundle(&[marker, exists, cmd.to_vec()]),
+                3,
+            )
             .await;
         let mut replies = match sent {
-            Ok(Replies::Many(replies)) if replies.len() == 2 => replies,
+            Ok(Replies::Many(replies)) if replies.len() == 3 => replies,
             Err(Interrupt::Stale) => return Err(Interrupt::Stale),
-            Ok(_) | Err(Interrupt::Reply(_)) => return Ok(None),
+            Ok(_) | Err(Interrupt::Reply(_)) => return Ok((ReadFound::Unusable, None)),
         };
-        // EXISTS counts a key named twice twice: every key and the marker are there.
-        let all = format!(":{}\r\n", keys.len() + 1);
-        Ok((replies[0] == all.as_bytes()).then(|| replies.swap_remove(1)))
+        if replies[0].as_ref() != b":1\r\n" {
+            return Ok((ReadFound::Unusable, None));
+        }
+        // EXISTS counts a key named twice twice.
+        let all = format!(":{}\r\n", keys.len());
+        if replies[1] == all.as_bytes() {
+            Ok((ReadFound::OnTarget, Some(replies.swap_remove(2))))
+        } else {
+            Ok((ReadFound::NotOnTarget, None))
+        }
     }
 
     /// Runs `cmds` through the guard of migrating range `m`, waiting while keys are in
@@ -395,6 +420,42 @@ impl Client {
                     true,
                 ))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::found_nothing;
+
+    #[test]
+    fn replies_that_found_nothing() {
+        for nothing in [
+            &b"$-1\r\n"[..],
+            b"*-1\r\n",
+            b"*0\r\n",
+            b":0\r\n",
+            b"*2\r\n$-1\r\n$-1\r\n",
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+        ] {
+            assert!(
+                found_nothing(nothing),
+                "{}",
+                String::from_utf8_lossy(nothing)
+            );
+        }
+        for something in [
+            &b"$1\r\nx\r\n"[..],
+            b":3\r\n",
+            b"*2\r\n$-1\r\n$1\r\nx\r\n",
+            b"*1\r\n$3\r\n$-1\r\n",
+            b"+OK\r\n",
+        ] {
+            assert!(
+                !found_nothing(something),
+                "{}",
+                String::from_utf8_lossy(something)
+            );
         }
     }
 }
