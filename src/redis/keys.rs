@@ -15,22 +15,29 @@ use crate::routing::slots::{SlotRange, key_slot};
 /// tombstones and checkpoints) and are never purged or moved as application data.
 pub const RESERVED_PREFIX: &[u8] = b"redisfleet:";
 
-/// SCAN page size: large enough to keep round trips few, small enough not to block Redis.
-const SCAN_COUNT: usize = 1000;
+/// SCAN page size: large enough to keep round trips few, small enough not to block Redis for
+/// long (about a millisecond on a million keys).
+pub const SCAN_COUNT: usize = 1000;
 
-/// One SCAN round trip over the keys matching `pattern`: the next cursor (0 at the end) and
-/// the keys of this page.
+/// SCAN page size beside an application's traffic: a tenth of [`SCAN_COUNT`], so that a page
+/// holds the instance for about a tenth of a millisecond (a command that arrives meanwhile
+/// waits behind it).
+pub const GENTLE_SCAN_COUNT: usize = 100;
+
+/// One SCAN round trip over the keys matching `pattern`, `count` of them asked for: the next
+/// cursor (0 at the end) and the keys of this page.
 pub async fn scan_page(
     conn: &mut (impl ConnectionLike + Send),
     cursor: u64,
     pattern: &[u8],
+    count: usize,
 ) -> redis::RedisResult<(u64, Vec<Vec<u8>>)> {
     redis::cmd("SCAN")
         .arg(cursor)
         .arg("MATCH")
         .arg(pattern)
         .arg("COUNT")
-        .arg(SCAN_COUNT)
+        .arg(count)
         .query_async(conn)
         .await
 }
@@ -73,6 +80,7 @@ pub struct RangeScan<'r> {
     patterns: Vec<Option<Vec<u8>>>,
     pattern: usize,
     cursor: u64,
+    count: usize,
 }
 
 /// Where a [`RangeScan`] stands: which prefix pattern, and the SCAN cursor within it.
@@ -113,7 +121,13 @@ impl<'r> RangeScan<'r> {
             patterns,
             pattern: checkpoint.pattern,
             cursor: checkpoint.cursor,
+            count: SCAN_COUNT,
         }
+    }
+
+    /// Asks SCAN for `count` keys per page from now on ([`SCAN_COUNT`] at first).
+    pub fn set_count(&mut self, count: usize) {
+        self.count = count.max(1);
     }
 
     /// Where to resume.
@@ -143,7 +157,7 @@ impl<'r> RangeScan<'r> {
         if let Some(p) = pattern {
             cmd.arg("MATCH").arg(p);
         }
-        cmd.arg("COUNT").arg(SCAN_COUNT);
+        cmd.arg("COUNT").arg(self.count);
         let (next, keys): (u64, Vec<Vec<u8>>) = cmd.query_async(conn).await?;
         if next == 0 {
             self.pattern += 1;

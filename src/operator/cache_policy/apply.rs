@@ -661,7 +661,9 @@ async fn delete_tombstones(
     let mut cursor = 0u64;
     let mut deleted = 0;
     loop {
-        let (next, batch) = crate::redis::keys::scan_page(conn, cursor, &pattern).await?;
+        let (next, batch) =
+            crate::redis::keys::scan_page(conn, cursor, &pattern, crate::redis::keys::SCAN_COUNT)
+                .await?;
         let stale: Vec<&Vec<u8>> = batch
             .iter()
             .filter(|tomb| {

@@ -331,9 +331,14 @@ pub async fn give_back_transit(
     let pattern = prefix_pattern(names::TOMB_PREFIX);
     let (mut cursor, mut back) = (0u64, 0u64);
     loop {
-        let (next, batch) = crate::redis::keys::scan_page(&mut conn, cursor, &pattern)
-            .await
-            .map_err(|e| failed(MoveError::Server(e.to_string())))?;
+        let (next, batch) = crate::redis::keys::scan_page(
+            &mut conn,
+            cursor,
+            &pattern,
+            crate::redis::keys::SCAN_COUNT,
+        )
+        .await
+        .map_err(|e| failed(MoveError::Server(e.to_string())))?;
         let mut by_move: Vec<Vec<bytes::Bytes>> = vec![Vec::new(); taking_back.len()];
         for key in batch.iter().filter_map(|tomb| names::key_of_tomb(tomb)) {
             if let Some(i) = taking_back

@@ -3,6 +3,8 @@
 //! the cleanup once the table no longer routes by the sources.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,7 +12,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::api::cache_policy::rebalance_step;
-use crate::redis::keys::{RESERVED_PREFIX, RangeScan, ScanCheckpoint, in_ranges};
+use crate::redis::keys::{
+    GENTLE_SCAN_COUNT, RESERVED_PREFIX, RangeScan, SCAN_COUNT, ScanCheckpoint, in_ranges,
+};
 use crate::redis::protocol::heartbeat::{self, HEARTBEAT_EVERY};
 use crate::redis::protocol::names;
 use crate::routing::keyspace::{CategoryId, Resolver};
@@ -41,11 +45,13 @@ fn scan_ahead(
     range: SlotRange,
     checkpoint: ScanCheckpoint,
     mut source: Instance,
+    page_size: Arc<AtomicUsize>,
 ) -> mpsc::Receiver<Result<(Vec<Bytes>, ScanCheckpoint), Error>> {
     let (tx, rx) = mpsc::channel(PAGES_AHEAD);
     tokio::spawn(async move {
         let mut scan = RangeScan::resume(&resolver, category, &[range], checkpoint);
         loop {
+            scan.set_count(page_size.load(Ordering::Relaxed));
             let page = match scan.next_batch(&mut source.conn).await {
                 Ok(Some(keys)) => Ok((
                     keys.into_iter().map(Bytes::from).collect(),
@@ -76,10 +82,12 @@ impl Job {
             let mut cursor = 0u64;
             loop {
                 let started = Instant::now();
+                let count = self.scan_count();
                 let source = self.instance(&from)?;
-                let (next, keys) = crate::redis::keys::scan_page(&mut source.conn, cursor, b"*")
-                    .await
-                    .map_err(|e| source.err(&e))?;
+                let (next, keys) =
+                    crate::redis::keys::scan_page(&mut source.conn, cursor, b"*", count)
+                        .await
+                        .map_err(|e| source.err(&e))?;
                 total += keys
                     .iter()
                     .filter(|k| move_of(&resolver, &moves, k).is_some())
@@ -92,6 +100,22 @@ impl Job {
             }
         }
         Ok(total)
+    }
+
+    /// Keys each `SCAN` page of the Job asks for: fewer once some sidecar has sent the moving
+    /// instances traffic during this Job (`pacing: Adaptive`), so that a page holds a source
+    /// for about a tenth of a millisecond, not one (a command that arrives meanwhile waits
+    /// behind it; a paced copy needs few keys per second anyway).
+    fn scan_count(&self) -> usize {
+        if self
+            .pacing
+            .as_ref()
+            .is_some_and(super::pacing::Pacing::beside_traffic)
+        {
+            GENTLE_SCAN_COUNT
+        } else {
+            SCAN_COUNT
+        }
     }
 
     /// After a scan page outside the copy (the count, the sweeps' range scans) that took
@@ -163,7 +187,15 @@ impl Job {
             }
             let batcher = self.batcher(&from, &to, true)?;
             let source = self.instance(&from)?.clone();
-            let mut scanned = scan_ahead(resolver.clone(), category, range, checkpoint, source);
+            let page_size = Arc::new(AtomicUsize::new(self.scan_count()));
+            let mut scanned = scan_ahead(
+                resolver.clone(),
+                category,
+                range,
+                checkpoint,
+                source,
+                page_size.clone(),
+            );
             // Batches in flight, in scan order: the source takes the next ones while the
             // target restores earlier ones. A scan position is checkpointed once every batch
             // before it has landed.
@@ -180,6 +212,7 @@ impl Job {
             urgent_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 self.pace_by_latency(true).await?;
+                page_size.store(self.scan_count(), Ordering::Relaxed);
                 // When the rate lets the next batch go, if it holds it back now.
                 let mut due: Option<Instant> = None;
                 while in_flight.len() < BATCHES_IN_FLIGHT && !pending.is_empty() {
@@ -336,9 +369,10 @@ impl Job {
             // Not yielded like the other scans outside the copy: the keys it finds are in
             // transit, and their clients get `-REDISFLEET-BUSY` until they move.
             loop {
+                let count = self.scan_count();
                 let source = self.instance(&from)?;
                 let (next, batch) =
-                    crate::redis::keys::scan_page(&mut source.conn, cursor, &pattern)
+                    crate::redis::keys::scan_page(&mut source.conn, cursor, &pattern, count)
                         .await
                         .map_err(|e| source.err(&e))?;
                 for tomb in batch {
@@ -396,6 +430,7 @@ impl Job {
                 let mut scan = RangeScan::new(&resolver, category, &[range]);
                 loop {
                     let started = Instant::now();
+                    scan.set_count(self.scan_count());
                     let source = self.instance(&from)?;
                     let Some(batch) = scan
                         .next_batch(&mut source.conn)
