@@ -599,6 +599,32 @@ async fn malformed_bytes_get_a_protocol_error_and_never_crash_it() {
     assert_eq!(cli(&sidecar, &["PING"]), "PONG");
 }
 
+/// Publishes `base` again as version 2 with the whole `user` category migrating from `b` to
+/// `a` (the operator's flip), and waits until `sidecar` routes by it.
+async fn migrate_user_to_a(sidecar: &Sidecar, base: &RoutingTable) -> Migration {
+    let mut flipped = base.clone();
+    flipped.version = 2;
+    let migration = Migration {
+        category: "user".into(),
+        start: 0,
+        end: 16383,
+        from: "b".into(),
+        to: "a".into(),
+        epoch: 2,
+    };
+    flipped.migrating.push(migration.clone());
+    sidecar.update_table(&flipped);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sidecar
+        .metrics()
+        .contains("redisfleet_sidecar_routing_version 2")
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    migration
+}
+
 /// Moves every `user:` key from `b` to `a` the way the rebalance Job does (mover token,
 /// importing marker, imported marker, take → restore → finish), in small batches, until none
 /// is left on `b`.
@@ -696,26 +722,7 @@ async fn a_migrating_range_is_served_through_the_guard_while_its_keys_move() {
     let _: () = conn.set("user:counter", 1000).await.unwrap();
 
     // The operator flips the user category to migrate from b to a.
-    let mut flipped = base.clone();
-    flipped.version = 2;
-    let migration = Migration {
-        category: "user".into(),
-        start: 0,
-        end: 16383,
-        from: "b".into(),
-        to: "a".into(),
-        epoch: 2,
-    };
-    flipped.migrating.push(migration.clone());
-    sidecar.update_table(&flipped);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sidecar
-        .metrics()
-        .contains("redisfleet_sidecar_routing_version 2")
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let migration = migrate_user_to_a(&sidecar, &base).await;
     let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
     let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
 
@@ -798,26 +805,7 @@ async fn reads_of_moved_keys_ask_the_target_first_and_only_where_it_imports() {
     for i in 0..40 {
         let _: () = conn.set(format!("user:{i}"), i).await.unwrap();
     }
-    let mut flipped = base.clone();
-    flipped.version = 2;
-    let migration = Migration {
-        category: "user".into(),
-        start: 0,
-        end: 16383,
-        from: "b".into(),
-        to: "a".into(),
-        epoch: 2,
-    };
-    flipped.migrating.push(migration.clone());
-    sidecar.update_table(&flipped);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sidecar
-        .metrics()
-        .contains("redisfleet_sidecar_routing_version 2")
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let migration = migrate_user_to_a(&sidecar, &base).await;
     let served = "redisfleet_sidecar_reads_on_target_total";
     let missed = "redisfleet_sidecar_reads_not_on_target_total";
 
