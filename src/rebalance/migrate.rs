@@ -756,11 +756,15 @@ impl Job {
             let marker = names::importing(&mover.policy, &m);
             let imported = (!serves).then(|| names::imported(&mover.policy, &m));
             if let (false, Some(imported)) = (on, &imported) {
+                // Every sidecar routes by the final table by now: a marker left on a target
+                // that does not answer is harmless (`docs/protocol.md`), not a failed cleanup.
                 let target = self.instance(&m.to)?;
-                mover
+                if let Err(e) = mover
                     .mark_importing(&mut target.conn, imported, false, false)
                     .await
-                    .map_err(|e| move_error(imported.as_bytes(), e))?;
+                {
+                    warn!(instance = %m.to, marker = %imported, error = %e, "could not remove an imported marker; it stays, harmless");
+                }
             }
             let source = self.instance(&from)?;
             mover

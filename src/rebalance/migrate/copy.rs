@@ -82,10 +82,9 @@ impl Job {
             let mut cursor = 0u64;
             loop {
                 let started = Instant::now();
-                let count = self.scan_count();
                 let source = self.instance(&from)?;
                 let (next, keys) =
-                    crate::redis::keys::scan_page(&mut source.conn, cursor, b"*", count)
+                    crate::redis::keys::scan_page(&mut source.conn, cursor, b"*", SCAN_COUNT)
                         .await
                         .map_err(|e| source.err(&e))?;
                 total += keys
@@ -102,10 +101,13 @@ impl Job {
         Ok(total)
     }
 
-    /// Keys each `SCAN` page of the Job asks for: fewer once some sidecar has sent the moving
+    /// Keys each `SCAN` page of the copy asks for: fewer once some sidecar has sent the moving
     /// instances traffic during this Job (`pacing: Adaptive`), so that a page holds a source
     /// for about a tenth of a millisecond, not one (a command that arrives meanwhile waits
-    /// behind it; a paced copy needs few keys per second anyway).
+    /// behind it; a paced copy needs few keys per second anyway). The walks outside the copy
+    /// keep [`SCAN_COUNT`]: the count and the sweeps yield after each page instead, and ten
+    /// times the round trips would make a sweep's pass, and the tombstone walk that clients
+    /// wait on, ten times longer where round trips are slow.
     fn scan_count(&self) -> usize {
         if self
             .pacing
@@ -369,10 +371,9 @@ impl Job {
             // Not yielded like the other scans outside the copy: the keys it finds are in
             // transit, and their clients get `-REDISFLEET-BUSY` until they move.
             loop {
-                let count = self.scan_count();
                 let source = self.instance(&from)?;
                 let (next, batch) =
-                    crate::redis::keys::scan_page(&mut source.conn, cursor, &pattern, count)
+                    crate::redis::keys::scan_page(&mut source.conn, cursor, &pattern, SCAN_COUNT)
                         .await
                         .map_err(|e| source.err(&e))?;
                 for tomb in batch {
@@ -430,7 +431,6 @@ impl Job {
                 let mut scan = RangeScan::new(&resolver, category, &[range]);
                 loop {
                     let started = Instant::now();
-                    scan.set_count(self.scan_count());
                     let source = self.instance(&from)?;
                     let Some(batch) = scan
                         .next_batch(&mut source.conn)
