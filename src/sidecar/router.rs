@@ -30,7 +30,7 @@ pub struct MigrationRoute {
     /// The range's importing marker on the source.
     pub marker: String,
     /// The range's imported marker on the target (`target_first.rs`).
-    pub imported: String,
+    pub imported: Bytes,
     /// Whether its reads ask the target first.
     pub target_first: Arc<TargetFirst>,
 }
@@ -169,7 +169,7 @@ pub async fn build(
             source: id(&m.from),
             target: id(&m.to),
             marker: names::importing(&naming.policy, m),
-            imported: names::imported(&naming.policy, m),
+            imported: Bytes::from(names::imported(&naming.policy, m)),
             target_first: Arc::new(TargetFirst::new(
                 metrics.reads_on_target.clone(),
                 metrics.reads_not_on_target.clone(),

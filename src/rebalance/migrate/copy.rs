@@ -101,6 +101,14 @@ impl Job {
         Ok(total)
     }
 
+    /// Whether some sidecar has sent the moving instances traffic during this Job
+    /// (`pacing: Adaptive`): the Job's scans then go gently.
+    fn beside_traffic(&self) -> bool {
+        self.pacing
+            .as_ref()
+            .is_some_and(super::pacing::Pacing::beside_traffic)
+    }
+
     /// Keys each `SCAN` page of the copy asks for: fewer once some sidecar has sent the moving
     /// instances traffic during this Job (`pacing: Adaptive`), so that a page holds a source
     /// for about a tenth of a millisecond, not one (a command that arrives meanwhile waits
@@ -109,11 +117,7 @@ impl Job {
     /// times the round trips would make a sweep's pass, and the tombstone walk that clients
     /// wait on, ten times longer where round trips are slow.
     fn scan_count(&self) -> usize {
-        if self
-            .pacing
-            .as_ref()
-            .is_some_and(super::pacing::Pacing::beside_traffic)
-        {
+        if self.beside_traffic() {
             GENTLE_SCAN_COUNT
         } else {
             SCAN_COUNT
@@ -126,11 +130,7 @@ impl Job {
     /// half the time; they are not paced otherwise. The keys sidecars ask for move meanwhile,
     /// every [`URGENT_EVERY`], as while the copy is paused (a client waits on them).
     async fn yield_to_traffic(&mut self, took: Duration) -> Result<(), Error> {
-        if !self
-            .pacing
-            .as_ref()
-            .is_some_and(super::pacing::Pacing::beside_traffic)
-        {
+        if !self.beside_traffic() {
             return Ok(());
         }
         let until = Instant::now() + took;

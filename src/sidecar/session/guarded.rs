@@ -208,10 +208,7 @@ impl Client {
         cmd: &[Bytes],
     ) -> Result<(ReadFound, Option<Bytes>), Interrupt> {
         let mig = &router.migrations[usize::from(m)];
-        let marker = vec![
-            Bytes::from_static(b"EXISTS"),
-            Bytes::from(mig.imported.clone()),
-        ];
+        let marker = vec![Bytes::from_static(b"EXISTS"), mig.imported.clone()];
         let mut exists = Vec::with_capacity(keys.len() + 1);
         exists.push(Bytes::from_static(b"EXISTS"));
         exists.extend(keys.iter().cloned());

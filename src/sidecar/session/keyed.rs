@@ -378,6 +378,8 @@ impl Client {
             }) {
                 return cross();
             }
+            // The client's command as it is, nothing added: a read may ask the target first.
+            let unchanged = matches!(action, TtlAction::Unchanged);
             let mut cmds = match action {
                 TtlAction::Unchanged => vec![request.args.clone()],
                 TtlAction::Replace(args) => vec![args],
@@ -400,7 +402,7 @@ impl Client {
             let how = Guarded {
                 ask: all_migrating,
                 script,
-                read: !spec.write && !script && cmds.len() == 1 && cmds[0] == request.args,
+                read: !spec.write && !script && unchanged,
             };
             let reply =
                 Box::pin(self.guarded(&router, m, &guard_keys, std::mem::take(&mut cmds), how))
