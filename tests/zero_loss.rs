@@ -1354,38 +1354,7 @@ async fn a_move_given_back_for_its_dead_target_loses_no_key_in_transit_and_reviv
     // restore hangs on the target, so the batch stays in transit.
     let pid = shop.secondary.pid().unwrap();
     signal(pid, "-STOP");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let tombs = loop {
-        // The same tombstones twice, a moment apart: a batch whose restore was answered just
-        // before the stop still drops its own (its last step runs on the source), and those
-        // keys are not in transit.
-        let tombs = tombstones_on(&shop.primary).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if !tombs.is_empty() && tombstones_on(&shop.primary).await == tombs {
-            break tombs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no key in transit on the source\n{}",
-            node.all_logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    // What each key in transit last held (acknowledged: written before the move began).
-    let mut in_transit: Vec<(String, String)> = Vec::new();
-    {
-        let mut c = shop
-            .primary
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        for t in &tombs {
-            let v: Option<String> = c.get(t).await.unwrap();
-            let key = t.strip_prefix("redisfleet:tomb:").unwrap().to_owned();
-            in_transit.push((key, v.expect("a tombstone with a value")));
-        }
-    }
+    let in_transit = keys_in_transit(&shop.primary, &node).await;
     println!(
         "{} keys in transit when the target stopped (plan {})",
         in_transit.len(),
@@ -1490,6 +1459,174 @@ async fn a_move_given_back_for_its_dead_target_loses_no_key_in_transit_and_reviv
     );
     assert!(revived.is_empty(), "deleted keys back: {revived:?}");
     ledger.check(&fresh, "a sidecar on the newest table").await;
+}
+
+/// What each tombstone on `server` holds, once the same tombstones are there twice a moment
+/// apart (a batch whose restore was answered just before its target stopped still drops its
+/// own, and those keys are not in transit): (key, value).
+async fn keys_in_transit(server: &RedisServer, node: &Node) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tombs = loop {
+        let tombs = tombstones_on(server).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !tombs.is_empty() && tombstones_on(server).await == tombs {
+            break tombs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no key in transit on the source\n{}",
+            node.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut in_transit = Vec::new();
+    for t in &tombs {
+        let v: Option<String> = c.get(t).await.unwrap();
+        let key = t.strip_prefix("redisfleet:tomb:").unwrap().to_owned();
+        in_transit.push((key, v.expect("a tombstone with a value")));
+    }
+    in_transit
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failback_retried_after_its_flip_gives_its_keys_in_transit_back_when_its_owner_dies_again()
+ {
+    // A failback's first attempt dies after the flip, before it imported. The next attempt
+    // read the flip table, where the failover entries gave way to the migration: the owner
+    // looked like a target that served the range already (a draining instance emptied into
+    // it), so the attempt marked the fallback as a source that never takes the range back.
+    // When the owner died again mid-copy, the keys in transit stayed under their tombstones on
+    // the fallback, which served the range again: acknowledged writes read as absent.
+    let slow = |p: String| paced(p, 500, 50);
+    let shop = shop_configured("refailback", slow, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    settled_table(&shop).await;
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    let mut a = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // The primary stops; its ranges fail over to the secondary, which takes the writes of the
+    // outage.
+    let pid = shop.primary.pid().unwrap();
+    signal(pid, "-STOP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failover = loop {
+        let t = table(&shop).await;
+        if !t.failover.is_empty() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..3_000 {
+        let key = format!("{}r-{i}", ["auth:", "session:"][i % 2]);
+        let () = a.set(&key, format!("outage-{i}")).await.unwrap();
+    }
+    // A sidecar that stays on the failover table holds every attempt's converge step for the
+    // converge timeout (8 s): the window to kill the first attempt in, after the flip.
+    let _behind = stuck_sidecar(&failover);
+
+    // The primary returns: a failback plan. Its first attempt dies while it converges.
+    signal(pid, "-CONT");
+    let first = wait_rebalance(
+        &shop,
+        &node,
+        "the failback never flipped",
+        Duration::from_secs(120),
+        |r| {
+            r.flip_version.is_some()
+                && r.step.as_deref() == Some("Converging")
+                && r.moves
+                    .iter()
+                    .all(|m| m.from == "secondary" && m.to == "primary")
+        },
+    )
+    .await;
+    assert_eq!(first.attempts, 1, "{first:#?}");
+    assert!(
+        first.moves.iter().all(|m| m.target_serves == Some(false)),
+        "the plan records that the owner's copies are stale: {first:#?}"
+    );
+    assert_eq!(node.kill_running(), 1);
+    // The next attempt starts after the flip, and copies.
+    wait_rebalance(
+        &shop,
+        &node,
+        "no second attempt copying",
+        Duration::from_secs(90),
+        |r| {
+            r.plan_id == first.plan_id
+                && r.attempts >= 2
+                && r.step.as_deref() == Some("Copying")
+                && r.keys_moved.unwrap_or(0) >= 200
+        },
+    )
+    .await;
+
+    // The owner stops again mid-copy, with a batch in transit.
+    signal(pid, "-STOP");
+    let in_transit = keys_in_transit(&shop.secondary, &node).await;
+    println!(
+        "{} keys in transit when the owner stopped again (plan {})",
+        in_transit.len(),
+        first.plan_id
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !table(&shop).await.migrating.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the range never went back to the fallback\n{}",
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut lost = Vec::new();
+    for (k, v) in &in_transit {
+        let got: Option<String> = retrying(&fresh, redis::cmd("GET").arg(k)).await;
+        if got.as_deref() != Some(v.as_str()) {
+            lost.push(format!("{k}: read {got:?}"));
+        }
+    }
+    let tombs_left = tombstones_on(&shop.secondary).await;
+    assert!(
+        lost.is_empty(),
+        "{} of {} keys in transit read wrong once the range was back on the fallback: {:?}\n{}",
+        lost.len(),
+        in_transit.len(),
+        &lost[..lost.len().min(5)],
+        shop.operator.log_tail(40)
+    );
+    assert!(
+        tombs_left.is_empty(),
+        "tombstones left on the fallback: {:?}",
+        &tombs_left[..tombs_left.len().min(5)]
+    );
+
+    // The owner returns for good; the next failback brings the keys in transit home with the
+    // rest of what the fallback held. (The keys that had moved to the owner before it stopped
+    // again were dropped with it — the data of an instance that dies, without replicas.)
+    signal(pid, "-CONT");
+    wait_rebalance(
+        &shop,
+        &node,
+        "no later failback finished",
+        Duration::from_secs(180),
+        |r| r.plan_id > first.plan_id && r.phase == rebalance_phase::SUCCEEDED,
+    )
+    .await;
+    for (k, v) in &in_transit {
+        let got: Option<String> = retrying(&fresh, redis::cmd("GET").arg(k)).await;
+        assert_eq!(got.as_deref(), Some(v.as_str()), "{k} after the failback");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

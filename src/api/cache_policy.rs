@@ -755,6 +755,14 @@ pub struct MoveStatus {
     pub from: String,
     /// Target instance.
     pub to: String,
+    /// Whether the target served the range already when the plan was made (a draining
+    /// instance emptied into the range's owner: the target's copies are live and no
+    /// failback gives the range to the source). Recorded at planning, before the flip: a
+    /// failback's flip table looks the same as such a move's, so a Job attempt started after
+    /// it cannot tell them apart from the table. Absent in plans of older operators (the Job
+    /// then reads it off the table it finds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_serves: Option<bool>,
 }
 
 /// Sidecars that use this policy's routing table.

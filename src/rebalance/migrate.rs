@@ -155,6 +155,9 @@ struct Step {
     range: SlotRange,
     from: String,
     to: String,
+    /// The target served the range already when the plan was made (a draining instance
+    /// emptied into its owner): its copies are live, not stale.
+    target_serves: bool,
 }
 
 struct Job {
@@ -560,20 +563,18 @@ impl Job {
         let work: Vec<(String, String, CategoryId, SlotRange)> = self
             .steps
             .iter()
+            .filter(|s| !s.target_serves)
             .map(|s| (s.from.clone(), s.to.clone(), s.category, s.range))
             .collect();
         let mover = self.mover.clone();
         let migrations = self.migrations();
+        // Emptying a legacy instance into the range's live owner: nothing there is stale.
         for (from, to, category, range) in work {
             let resolver = self.resolver.clone();
             let cat = &resolver.categories()[usize::from(category)];
             let name = &cat.name;
-            if super::plan::target_serves(resolver.table(), name, range, &to) {
-                // Emptying a legacy instance into the range's live owner: nothing is stale.
-                continue;
-            }
             if after_fence {
-                let Some((_, m)) = migrations.iter().find(|(f, m)| {
+                let Some((_, m, _)) = migrations.iter().find(|(f, m, _)| {
                     *f == from
                         && m.category == *name
                         && m.start == range.start
@@ -707,8 +708,8 @@ impl Job {
     }
 
     /// The migration entries of this plan, as the flip table publishes them (their epoch is
-    /// the plan).
-    fn migrations(&self) -> Vec<(String, Migration)> {
+    /// the plan), each with its source and whether its target served the range already.
+    fn migrations(&self) -> Vec<(String, Migration, bool)> {
         let plan = u64::try_from(self.config.plan_id).unwrap_or_default();
         let resolver = &self.resolver;
         self.steps
@@ -725,6 +726,7 @@ impl Job {
                         to: s.to.clone(),
                         epoch: plan,
                     },
+                    s.target_serves,
                 )
             })
             .collect()
@@ -739,17 +741,7 @@ impl Job {
     /// first").
     async fn import(&mut self, on: bool, legacy_only: bool) -> Result<(), Error> {
         let mover = self.mover.clone();
-        for (from, m) in self.migrations() {
-            // Read from the table this attempt started with. After the flip a failback looks
-            // the same (its failover entries gave way to the migration): should its target die,
-            // its source then keeps the marker (commands fail until the failover table is
-            // out) instead of taking the range back — slower, never wrong.
-            let serves = super::plan::target_serves(
-                self.resolver.table(),
-                &m.category,
-                SlotRange::new(m.start, m.end),
-                &m.to,
-            );
+        for (from, m, serves) in self.migrations() {
             if legacy_only && !serves {
                 continue;
             }
@@ -820,12 +812,19 @@ fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Ste
     let start =
         u16::try_from(m.start).map_err(|_| Error::Setup(format!("bad slot {}", m.start)))?;
     let end = u16::try_from(m.end).map_err(|_| Error::Setup(format!("bad slot {}", m.end)))?;
+    let range = SlotRange::new(start, end);
+    // A plan of an older operator does not say: the table tells, right before the flip (an
+    // attempt that starts after it takes a failback for a move into a served range).
+    let target_serves = m
+        .target_serves
+        .unwrap_or_else(|| super::plan::target_serves(resolver.table(), &m.category, range, &m.to));
     Ok(Step {
         index,
         category: category as CategoryId,
-        range: SlotRange::new(start, end),
+        range,
         from: m.from.clone(),
         to: m.to.clone(),
+        target_serves,
     })
 }
 

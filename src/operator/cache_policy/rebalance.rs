@@ -314,8 +314,10 @@ fn to_runs(owners: &[String]) -> Vec<SlotOwner> {
         .collect()
 }
 
-/// The moves of a plan as written in status.
-pub fn to_status(moves: &[Move]) -> Vec<MoveStatus> {
+/// The moves of a plan as written in status, with whether each target serves its range in
+/// `published`, the table the plan starts from (its Job attempts read that from the plan:
+/// after the flip the table no longer tells a failback from a move into a served range).
+pub fn to_status(moves: &[Move], published: &RoutingTable) -> Vec<MoveStatus> {
     moves
         .iter()
         .map(|m| MoveStatus {
@@ -324,6 +326,7 @@ pub fn to_status(moves: &[Move]) -> Vec<MoveStatus> {
             end: i32::from(m.range.end),
             from: m.from.clone(),
             to: m.to.clone(),
+            target_serves: Some(plan::target_serves(published, &m.category, m.range, &m.to)),
         })
         .collect()
 }
@@ -1055,7 +1058,7 @@ impl<'a> Driver<'a> {
             plan_id,
             job: Some(job::job_name(&self.policy.name_any(), plan_id, 1)),
             reason: Some(reasons.join("; ")),
-            moves: to_status(moves),
+            moves: to_status(moves, published),
             attempts: 1,
             started_at: Some(Time(Timestamp::now())),
             forced_by: self

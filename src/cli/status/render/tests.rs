@@ -387,6 +387,7 @@ fn renders_a_rebalance_in_progress_and_sidecars_behind() {
             end: 4095,
             from: "primary".into(),
             to: "secondary".into(),
+            target_serves: None,
         }],
         keys_moved: Some(81_234),
         keys_total: Some(120_000),

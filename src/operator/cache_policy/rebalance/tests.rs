@@ -59,6 +59,17 @@ fn a_failback_replaces_the_failover_entries_with_a_migration_then_clears_them() 
     assert!(flipped.failover.is_empty());
     assert_eq!(flipped.migrating[0].epoch, 9);
     flipped.validate().unwrap();
+    // The plan records that the owner does not serve the range (its copies are stale): once
+    // the flip replaced the failover entries, the table alone says it does, and a Job attempt
+    // started after the flip skipped the post-fence purge and marked the source as one that
+    // never takes the range back (its keys in transit then lost when the owner dies again).
+    assert_eq!(to_status(&moves, &t)[0].target_serves, Some(false));
+    assert!(crate::rebalance::plan::target_serves(
+        &flipped,
+        "auth",
+        moves[0].range,
+        "primary"
+    ));
     // While it migrates, commands go to the recovered owner, moving keys back on access.
     let r = crate::routing::Resolver::new(flipped.clone()).unwrap();
     let route = r.route(0, 100);
@@ -87,6 +98,12 @@ fn a_draining_legacy_instance_with_data_is_emptied_into_the_owners() {
         moves
             .iter()
             .all(|m| m.from == "legacy" && m.category == "auth")
+    );
+    assert!(
+        to_status(&moves, &t)
+            .iter()
+            .all(|m| m.target_serves == Some(true)),
+        "the owners' copies are live: no purge, no failback of the range to the legacy instance"
     );
     assert!(
         legacy_moves(&t, &views, &BTreeMap::new()).is_empty(),
@@ -217,6 +234,7 @@ fn a_dead_end_takes_only_its_own_moves_out_of_the_plan() {
                 end: 16383,
                 from: "secondary".into(),
                 to: "tertiary".into(),
+                target_serves: None,
             },
             MoveStatus {
                 category: "auth".into(),
@@ -224,6 +242,7 @@ fn a_dead_end_takes_only_its_own_moves_out_of_the_plan() {
                 end: 8191,
                 from: "primary".into(),
                 to: "tertiary".into(),
+                target_serves: None,
             },
         ],
         ..RebalanceStatus::default()
@@ -406,9 +425,11 @@ fn the_moves_given_up_are_those_the_plan_no_longer_runs() {
         end: 4095,
         from: "primary".into(),
         to: "secondary".into(),
+        target_serves: None,
     };
     let dead = MoveStatus {
         to: "tertiary".into(),
+        target_serves: None,
         ..live.clone()
     };
     let before = RebalanceStatus {
@@ -468,6 +489,7 @@ fn a_new_plan_clears_every_field_of_the_previous_one() {
             end: 1,
             from: "a".into(),
             to: "b".into(),
+            target_serves: None,
         }],
         flip_version: Some(1),
         final_version: Some(2),
@@ -621,6 +643,7 @@ fn with_rebalancing_off_the_last_plan_s_result_stands() {
             end: 99,
             from: warm.clone(),
             to: hot.clone(),
+            target_serves: None,
         }],
         ..RebalanceStatus::default()
     };
@@ -641,6 +664,7 @@ fn with_rebalancing_off_the_last_plan_s_result_stands() {
             end: 99,
             from: hot.clone(),
             to: warm.clone(),
+            target_serves: None,
         }],
         ..done.clone()
     };
@@ -677,13 +701,16 @@ fn a_paused_plan_is_not_flipped_until_it_resumes() {
         phase: rebalance_phase::PREPARING.to_owned(),
         plan_id: 7,
         step: Some(rebalance_step::PREPARED.to_owned()),
-        moves: to_status(&[Move {
-            category: "auth".into(),
-            range: SlotRange::new(0, 99),
-            from: "primary".into(),
-            to: "secondary".into(),
-            bytes: 0,
-        }]),
+        moves: to_status(
+            &[Move {
+                category: "auth".into(),
+                range: SlotRange::new(0, 99),
+                from: "primary".into(),
+                to: "secondary".into(),
+                bytes: 0,
+            }],
+            &t,
+        ),
         paused: Some(true),
         ..RebalanceStatus::default()
     };
@@ -901,13 +928,16 @@ fn a_plan_s_target_that_placement_no_longer_names_stays_in_the_table() {
         view("primary", InstancePhase::Ready, false),
         view("secondary", InstancePhase::Ready, false),
     ];
-    let moves = to_status(&[Move {
-        category: "auth".into(),
-        range: SlotRange::new(0, 99),
-        from: "primary".into(),
-        to: "secondary".into(),
-        bytes: 0,
-    }]);
+    let moves = to_status(
+        &[Move {
+            category: "auth".into(),
+            range: SlotRange::new(0, 99),
+            from: "primary".into(),
+            to: "secondary".into(),
+            bytes: 0,
+        }],
+        &placement,
+    );
     for step in [None, Some(rebalance_step::PREPARED)] {
         let r = RebalanceStatus {
             phase: rebalance_phase::PREPARING.to_owned(),

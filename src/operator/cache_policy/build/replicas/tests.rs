@@ -332,6 +332,7 @@ fn migrating_slots_have_no_replica_and_a_move_end_replicates_none_of_them() {
         end: 99,
         from: "primary".into(),
         to: "secondary".into(),
+        target_serves: None,
     }];
     place(&mut after, &spec, &three, Some(&flip), &moves, &[]);
     after.validate().unwrap();
