@@ -10,8 +10,10 @@
 //! The first drain runs with the sidecar idle: the engine's speed. Then foreground traffic —
 //! GETs of the keys being moved and SETs of new keys through the sidecar, at a steady rate —
 //! runs before the moves (baseline), just before each of two more drains (the same fleet,
-//! nothing moving) and during them, with no rate limit, one with `pacing: Adaptive` (the copy
-//! yields to the latency the sidecar reports) and one with `pacing: Fixed`. Each drain is
+//! nothing moving) and during them, with no rate limit: one with `pacing: Adaptive` (the copy
+//! yields to the latency the sidecar reports; the default headroom of 1 ms), one with
+//! `pacing: Adaptive` and `latencyHeadroomMicroseconds: 0` (the p99 held to 1.5× its
+//! baseline; "Adaptive 0µs"), and one with `pacing: Fixed`. Each drain is
 //! paused and resumed every few seconds while it copies, so that the traffic with and without
 //! the copy (the guard alone) is measured in the same minutes: on this shared machine the
 //! p99 of a quiet fleet varies several-fold from one minute to the next, so only interleaved
@@ -374,8 +376,13 @@ async fn main() {
     let mut filled = keys + paced_keys;
     let mut after = paced.done.plan_id;
     let mut drains = Vec::new();
-    for pacing in ["Adaptive", "Fixed"] {
-        set_pacing(&policies, pacing).await;
+    for (pacing, headroom) in [("Adaptive", 1_000), ("Adaptive", 0), ("Fixed", 1_000)] {
+        set_pacing(&policies, pacing, headroom).await;
+        let label = if pacing == "Adaptive" && headroom != 1_000 {
+            format!("{pacing} {headroom}µs")
+        } else {
+            pacing.to_owned()
+        };
         // The traffic runs a while before the keys to move arrive: the fleet as it stands
         // just before this drain, the same instances holding the same keys, nothing moving.
         let stop = Arc::new(AtomicBool::new(false));
@@ -392,14 +399,14 @@ async fn main() {
         let paused = pausing.await.unwrap();
         assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
         dump(
-            pacing,
+            &label.replace(' ', "-").replace('µ', "u"),
             &latencies,
             Some((drain.copying.0, drain.copied.0)),
             &paused,
         );
         after = drain.done.plan_id;
         drains.push(Drain::new(
-            pacing, drain, &latencies, errors, before, &paused,
+            label, drain, &latencies, errors, before, &paused,
         ));
     }
 
@@ -468,11 +475,11 @@ async fn main() {
         "foreground through the sidecar ({FOREGROUND_RATE} ops/s, 3 GET : 1 SET) during a drain of {gentle_keys} keys, no keysPerSecond limit"
     );
     println!(
-        "                                requests  errors   p50 µs   p99 µs  p99.9 µs   copy keys/s"
+        "                                       requests  errors   p50 µs   p99 µs  p99.9 µs   copy keys/s"
     );
     let row = |label: &str, l: &[u64], errors: String, rate: String| {
         println!(
-            "  {label:<29} {:>9} {errors:>7} {:>8} {:>8} {:>9} {rate:>13}",
+            "  {label:<36} {:>9} {errors:>7} {:>8} {:>8} {:>9} {rate:>13}",
             l.len(),
             percentile(l, 0.5),
             percentile(l, 0.99),
@@ -510,7 +517,7 @@ async fn main() {
     let p99 = |l: &[u64]| percentile(l, 0.99) as f64;
     for d in &drains {
         print!(
-            "  pacing: {:<8} p99 while copying / just before: {:.2}×, / before the moves: {:.2}×",
+            "  pacing: {:<12} p99 while copying / just before: {:.2}×, / before the moves: {:.2}×",
             d.pacing,
             p99(&d.copying) / p99(&d.before).max(1.0),
             p99(&d.copying) / p99(&baseline).max(1.0)
@@ -528,7 +535,8 @@ async fn main() {
 /// One drain under foreground traffic: its pacing, the traffic's latencies just before it,
 /// while it copied (outside its pauses) and while it was paused, and the copy's rate.
 struct Drain {
-    pacing: &'static str,
+    /// Its pacing (and headroom, when not the default).
+    pacing: String,
     /// Just before the drain: the same fleet, nothing moving.
     before: Vec<u64>,
     /// While it copied (outside its pauses).
@@ -544,7 +552,7 @@ struct Drain {
 
 impl Drain {
     fn new(
-        pacing: &'static str,
+        pacing: String,
         drain: Followed,
         latencies: &[(Instant, u64)],
         errors: u64,
@@ -629,9 +637,12 @@ fn sorted_within(
     out
 }
 
-/// Sets the policy's `pacing` (`Adaptive` or `Fixed`).
-async fn set_pacing(policies: &Api<CachePolicy>, pacing: &str) {
-    let patch = serde_json::json!({"spec": {"balancing": {"rebalance": {"pacing": pacing}}}});
+/// Sets the policy's `pacing` (`Adaptive` or `Fixed`) and `latencyHeadroomMicroseconds`.
+async fn set_pacing(policies: &Api<CachePolicy>, pacing: &str, headroom_micros: u32) {
+    let patch = serde_json::json!({"spec": {"balancing": {"rebalance": {
+        "pacing": pacing,
+        "latencyHeadroomMicroseconds": headroom_micros,
+    }}}});
     policies
         .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
         .await

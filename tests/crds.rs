@@ -334,6 +334,14 @@ fn invalid_objects() -> Vec<Invalid> {
             expect: &["spec.balancing.rebalance.cooldown", "should match"],
         },
         Invalid {
+            case: "negative latency headroom",
+            yaml: policy("balancing: {rebalance: {latencyHeadroomMicroseconds: -1}}"),
+            expect: &[
+                "spec.balancing.rebalance.latencyHeadroomMicroseconds",
+                "should be greater than or equal to 0",
+            ],
+        },
+        Invalid {
             case: "ttl default above max",
             yaml: policy(
                 "categories:\n- {name: auth, keyPrefixes: [\"auth:\"], ttl: {default: 2h, max: 1h}}",

@@ -397,10 +397,19 @@ pub struct RebalanceSpec {
     pub batch_size: i32,
 
     /// How the copy yields to the application: `Adaptive` slows it while a sidecar sees the
-    /// instances it copies between answer slower than 1.5× their best during the Job, up to
-    /// `keysPerSecond`; `Fixed` copies at `keysPerSecond` whatever the latency.
+    /// instances it copies between answer slower than its budget (1.5× their best during the
+    /// Job, or that best plus `latencyHeadroomMicroseconds` if more), up to `keysPerSecond`;
+    /// `Fixed` copies at `keysPerSecond` whatever the latency.
     #[serde(default)]
     pub pacing: Pacing,
+
+    /// With `pacing: Adaptive`, what a copy may always add to a sidecar's p99 to an instance,
+    /// in microseconds, where 1.5× its best is less. The default (1000) lets a copy beside a
+    /// fast instance run at thousands of keys per second; 0 holds the p99 to 1.5× its best,
+    /// at the cost of a slower copy.
+    #[serde(default = "default_latency_headroom")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub latency_headroom_microseconds: i32,
 }
 
 /// How a rebalance copy is paced (`docs/protocol.md`, "Pacing").
@@ -424,6 +433,7 @@ impl Default for RebalanceSpec {
             keys_per_second: default_keys_per_second(),
             batch_size: default_batch_size(),
             pacing: Pacing::default(),
+            latency_headroom_microseconds: default_latency_headroom(),
         }
     }
 }
@@ -439,6 +449,9 @@ fn default_keys_per_second() -> i32 {
 }
 fn default_batch_size() -> i32 {
     256
+}
+fn default_latency_headroom() -> i32 {
+    1_000
 }
 
 /// What the operator published and observed for a policy.

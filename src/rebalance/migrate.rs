@@ -420,7 +420,11 @@ impl Job {
             moved: 0,
             launched: 0,
             clock: pacing::RateClock::new(keys_per_second as f64, Instant::now()),
-            pacing: (spec.pacing == Pacing::Adaptive).then(|| pacing::Pacing::new(keys_per_second)),
+            pacing: (spec.pacing == Pacing::Adaptive).then(|| {
+                let headroom = u64::try_from(spec.latency_headroom_microseconds)
+                    .unwrap_or(pacing::DEFAULT_HEADROOM_MICROS);
+                pacing::Pacing::new(keys_per_second, headroom)
+            }),
             latency_read: Instant::now(),
             pacing_note: None,
             total: 0,

@@ -7,7 +7,7 @@
 //! - some do: the copy starts at [`START_RATE`] (a burst would be felt before the first
 //!   report could say so);
 //! - a sidecar's p99 above its budget — [`RATIO`] × its baseline, or its baseline plus
-//!   [`HEADROOM_MICROS`] if more —
+//!   the headroom (`latencyHeadroomMicroseconds`, [`DEFAULT_HEADROOM_MICROS`]) if more —
 //!   divides the rate by how far over it is (by 2 to 8), down to [`MIN_RATE`]. The baseline
 //!   is what that instance answers it without the copy's load: the lowest p99 it reported
 //!   during this Job, but a quiet second lowers it by a fifth at most (a p99 of one second is
@@ -25,10 +25,11 @@ use crate::redis::protocol::heartbeat::StampedReport;
 
 /// A sidecar's p99 may rise to this multiple of its baseline before the copy slows.
 pub const RATIO: f64 = 1.5;
-/// What the copy may add to a sidecar's p99 in any case (µs): a move script holds the
-/// instance for a fraction of a millisecond, so any copy at all raises the p99 of a busy
-/// instance by about that much, and a p99 of a few hundred µs moves with the machine's noise.
-pub const HEADROOM_MICROS: u64 = 1_000;
+/// What the copy may add to a sidecar's p99 in any case (µs), unless the policy says otherwise:
+/// a move script holds the instance for a fraction of a millisecond, so any copy at all raises
+/// the p99 of a busy instance by about that much, and a p99 of a few hundred µs moves with the
+/// machine's noise.
+pub const DEFAULT_HEADROOM_MICROS: u64 = 1_000;
 /// A report of fewer replies says too little about the 99th percentile to act on.
 pub const MIN_REQUESTS: u64 = 50;
 /// The slowest the copy goes, keys per second (unless `keysPerSecond` is lower): it never
@@ -46,6 +47,8 @@ const MAX_CUT: f64 = 8.0;
 pub struct Pacing {
     ceiling: f64,
     rate: f64,
+    /// What the copy may add to a sidecar's p99 where [`RATIO`] allows less, µs.
+    headroom_micros: u64,
     /// What is known of each (sidecar, instance).
     pairs: HashMap<(String, String), Pair>,
 }
@@ -88,12 +91,13 @@ pub enum Adjustment {
 }
 
 impl Pacing {
-    /// Pacing up to `keys_per_second`, starting there.
-    pub fn new(keys_per_second: u64) -> Self {
+    /// Pacing up to `keys_per_second`, starting there, with `headroom_micros` of headroom.
+    pub fn new(keys_per_second: u64, headroom_micros: u64) -> Self {
         let ceiling = keys_per_second.max(1) as f64;
         Self {
             ceiling,
             rate: ceiling,
+            headroom_micros,
             pairs: HashMap::new(),
         }
     }
@@ -111,11 +115,6 @@ impl Pacing {
     /// Where a copy beside traffic starts (again).
     fn start(&self) -> f64 {
         START_RATE.min(self.ceiling)
-    }
-
-    /// The budget of a (sidecar, instance) whose baseline is `baseline` µs.
-    pub fn budget(baseline: u64) -> u64 {
-        ((baseline as f64 * RATIO) as u64).max(baseline + HEADROOM_MICROS)
     }
 
     /// Whether some sidecar sent a moving instance traffic during this Job (enough of it for
@@ -142,6 +141,7 @@ impl Pacing {
         let mut worst: Option<Over> = None;
         let (mut fresh, mut stale, mut newcomer) = (0, 0, false);
         let at_floor = self.rate <= self.floor();
+        let headroom = self.headroom_micros;
         for (sidecar, instance, StampedReport { report, at_ms }) in reports {
             if report.requests < MIN_REQUESTS {
                 continue;
@@ -171,21 +171,21 @@ impl Pacing {
                 // One quiet second lowers it by a fifth at most.
                 pair.baseline = report.p99_micros.max(pair.baseline * 4 / 5);
             }
-            let mut budget = Self::budget(pair.baseline);
-            if copying && at_floor && report.p99_micros > budget {
+            let mut allowed = budget(pair.baseline, headroom);
+            if copying && at_floor && report.p99_micros > allowed {
                 // Over budget with the copy at its slowest: the copy is not what this sidecar
                 // feels, and what it sees now is what it gets without the copy.
                 pair.baseline = (report.p99_micros as f64 / RATIO)
-                    .min(report.p99_micros.saturating_sub(HEADROOM_MICROS) as f64)
+                    .min(report.p99_micros.saturating_sub(headroom) as f64)
                     .ceil() as u64;
-                budget = Self::budget(pair.baseline);
+                allowed = budget(pair.baseline, headroom);
             }
-            if !copying || report.p99_micros <= budget {
+            if !copying || report.p99_micros <= allowed {
                 pair.strikes = 0;
                 continue;
             }
             pair.strikes += 1;
-            let how_far = ratio(report.p99_micros, budget);
+            let how_far = ratio(report.p99_micros, allowed);
             if (pair.strikes >= 2 || how_far >= 2.0)
                 && worst.as_ref().is_none_or(|w| w.ratio() < how_far)
             {
@@ -193,7 +193,7 @@ impl Pacing {
                     sidecar: sidecar.to_owned(),
                     instance: instance.to_owned(),
                     p99_micros: report.p99_micros,
-                    budget_micros: budget,
+                    budget_micros: allowed,
                 });
             }
         }
@@ -218,6 +218,12 @@ impl Pacing {
         }
         Adjustment::Held
     }
+}
+
+/// The budget of a (sidecar, instance) whose baseline is `baseline` µs: [`RATIO`] × it, or it
+/// plus `headroom_micros` if more.
+pub fn budget(baseline: u64, headroom_micros: u64) -> u64 {
+    ((baseline as f64 * RATIO) as u64).max(baseline + headroom_micros)
 }
 
 fn ratio(p99_micros: u64, budget_micros: u64) -> f64 {
@@ -299,8 +305,12 @@ mod tests {
 
     impl Rounds {
         fn new(keys_per_second: u64) -> Self {
+            Self::with_headroom(keys_per_second, DEFAULT_HEADROOM_MICROS)
+        }
+
+        fn with_headroom(keys_per_second: u64, headroom_micros: u64) -> Self {
             Self {
-                p: Pacing::new(keys_per_second),
+                p: Pacing::new(keys_per_second, headroom_micros),
                 at: 0,
             }
         }
@@ -416,7 +426,7 @@ mod tests {
     fn a_small_baseline_gets_a_millisecond_of_headroom() {
         let mut r = Rounds::new(60_000);
         r.round(&[("s1", "a", 300, 2_000)], false);
-        assert_eq!(Pacing::budget(300), 1_300);
+        assert_eq!(budget(300, DEFAULT_HEADROOM_MICROS), 1_300);
         for _ in 0..3 {
             assert_eq!(
                 r.round(&[("s1", "a", 1_300, 2_000)], true),
@@ -426,6 +436,36 @@ mod tests {
         assert_eq!(
             slowed(r.round(&[("s1", "a", 2_600, 2_000)], true)).budget_micros,
             1_300
+        );
+    }
+
+    #[test]
+    fn without_headroom_a_small_baseline_gets_half_of_itself() {
+        // `latencyHeadroomMicroseconds: 0`: the p99 is held to 1.5× the baseline, which the
+        // default's millisecond lets a copy beside a 300 µs instance exceed fourfold.
+        let mut r = Rounds::with_headroom(60_000, 0);
+        r.round(&[("s1", "a", 300, 2_000)], false);
+        assert_eq!(budget(300, 0), 450);
+        assert_eq!(r.round(&[("s1", "a", 450, 2_000)], true), Adjustment::Held);
+        let start = r.rate();
+        assert_eq!(r.round(&[("s1", "a", 700, 2_000)], true), Adjustment::Held);
+        let over = slowed(r.round(&[("s1", "a", 700, 2_000)], true));
+        assert_eq!(over.budget_micros, 450);
+        assert!(r.rate() < start, "{} !< {start}", r.rate());
+        // At the floor, a p99 the copy does not cause becomes the baseline: 1.5× under it.
+        let mut rounds = 0;
+        while r.rate() > MIN_RATE {
+            slowed(r.round(&[("s1", "a", 1_000, 2_000)], true));
+            rounds += 1;
+            assert!(rounds < 8, "never at the floor: {}", r.rate());
+        }
+        assert_eq!(
+            r.round(&[("s1", "a", 1_000, 2_000)], true),
+            Adjustment::Held
+        );
+        assert_eq!(
+            slowed(r.round(&[("s1", "a", 2_100, 2_000)], true)).budget_micros,
+            1_000
         );
     }
 
