@@ -455,7 +455,7 @@ async fn a_full_source_can_still_be_emptied_and_a_full_target_takes_nothing() {
         "{reply:?}"
     );
     let marker = "redisfleet:importing:shop/shop:12:user:0-16383";
-    m.mark_importing(&mut s, marker, true, false)
+    m.set_marker(&mut s, marker, true, false)
         .await
         .expect("the importing marker on a full source");
     // One key present, one absent: the guard queues the present one for the Job.
@@ -588,7 +588,7 @@ async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_o
 
     let job = mover(names::mover_token(7, 3));
     job.claim(&mut s).await.unwrap();
-    job.mark_importing(&mut s, marker, true, false)
+    job.set_marker(&mut s, marker, true, false)
         .await
         .unwrap();
     let taken = job
@@ -635,7 +635,7 @@ async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_o
     let drained = "redisfleet:importing:shop/shop:7:auth:0-99";
     let job = mover(names::mover_token(7, 5));
     job.claim(&mut s).await.unwrap();
-    job.mark_importing(&mut s, drained, true, true)
+    job.set_marker(&mut s, drained, true, true)
         .await
         .unwrap();
     job.take(&mut s, &[b("auth:1")], 8 << 20, 0).await.unwrap();

@@ -641,11 +641,11 @@ async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, migration: &Migrat
     mover.claim(&mut src).await.unwrap();
     mover.claim(&mut dst).await.unwrap();
     mover
-        .mark_importing(&mut src, &marker, true, false)
+        .set_marker(&mut src, &marker, true, false)
         .await
         .unwrap();
     mover
-        .mark_importing(
+        .set_marker(
             &mut dst,
             &names::imported("test/test", migration),
             true,

@@ -360,7 +360,7 @@ async fn a_blocked_pop_follows_its_list_when_the_range_moves() {
     let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
     mover.claim(&mut on_b).await.unwrap();
     mover
-        .mark_importing(&mut on_b, &names::importing("test/test", &m), true, false)
+        .set_marker(&mut on_b, &names::importing("test/test", &m), true, false)
         .await
         .unwrap();
     let mut c = sidecar

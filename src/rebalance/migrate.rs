@@ -756,7 +756,7 @@ impl Job {
                 // that does not answer is harmless (`docs/protocol.md`), not a failed cleanup.
                 let target = self.instance(&m.to)?;
                 if let Err(e) = mover
-                    .mark_importing(&mut target.conn, imported, false, false)
+                    .set_marker(&mut target.conn, imported, false, false)
                     .await
                 {
                     warn!(instance = %m.to, marker = %imported, error = %e, "could not remove an imported marker; it stays, harmless");
@@ -764,13 +764,13 @@ impl Job {
             }
             let source = self.instance(&from)?;
             mover
-                .mark_importing(&mut source.conn, &marker, on, serves)
+                .set_marker(&mut source.conn, &marker, on, serves)
                 .await
                 .map_err(|e| move_error(marker.as_bytes(), e))?;
             if let (true, Some(imported)) = (on, &imported) {
                 let target = self.instance(&m.to)?;
                 mover
-                    .mark_importing(&mut target.conn, imported, true, false)
+                    .set_marker(&mut target.conn, imported, true, false)
                     .await
                     .map_err(|e| move_error(imported.as_bytes(), e))?;
             }

@@ -475,10 +475,11 @@ impl Mover {
             .map_err(|e| MoveError::from_redis(&e))
     }
 
-    /// Sets (`on`) or deletes the importing marker of a range on its source (or its imported
-    /// marker on its target); `target_serves` when the move's target serves the range already
-    /// (its source is being emptied).
-    pub async fn mark_importing(
+    /// Sets (`on`) or deletes one of a move's markers under the mover token: the importing
+    /// marker of its range on its source, or the imported marker on its target;
+    /// `target_serves` when the move's target serves the range already (its source is being
+    /// emptied: the importing marker says so).
+    pub async fn set_marker(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         marker: &str,
