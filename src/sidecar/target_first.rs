@@ -27,9 +27,9 @@ pub enum ReadFound {
     /// a round trip.
     OnSource,
     /// Asked first, the target could not serve reads of the range at all: it has no imported
-    /// marker (not yet, or never: a move into a range the target served already, a failback
-    /// whose first attempt died before importing) or did not answer. The score drops to its floor, so reads take the guard
-    /// first until as many again have found their keys moved.
+    /// marker (not yet, or never: a move into a range the target served already) or did not
+    /// answer. The score drops to its floor, so reads take the guard first until as many again
+    /// have found their keys moved.
     Unusable,
     /// The guard, asked first, answered `ASK` and the target found the keys: asking the
     /// target first would have saved a round trip. (When the target found nothing either, the

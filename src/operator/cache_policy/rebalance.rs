@@ -667,6 +667,12 @@ pub async fn drive(
         // serving the failed-over ranges) until the annotation says resume or goes.
         return Ok(rb);
     }
+    if !published.migrating.is_empty() {
+        // An ended plan's migrations are still out (the table that ends them was held back):
+        // a plan starts from a table that moves nothing. In a flip table a failback reads as a
+        // move into a range its target serves, and the new plan would record it so.
+        return Ok(rb);
+    }
     // Nothing running: plan.
     let forced = driver.forced.is_some();
     let (moves, reasons) = moves_to_make(
