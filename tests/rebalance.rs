@@ -349,6 +349,17 @@ impl Ledger {
         }
     }
 
+    /// Takes note of a read of `key` that returned `got` (readable): a failed SET or DEL that
+    /// a read saw has landed, so the last acknowledged value, written before it, may not be
+    /// read again (the history is judged as a whole, not read by read). Every failed write
+    /// stays possible: one the sidecar was still retrying when the client gave up may land
+    /// after a later one.
+    fn observe(&mut self, key: &str, got: &Option<String>) {
+        if let Some((acked, _)) = self.values.get_mut(key) {
+            acked.clone_from(got);
+        }
+    }
+
     fn p99_us(&self) -> u64 {
         let mut l = self.latencies_us.clone();
         l.sort_unstable();
@@ -454,12 +465,15 @@ async fn work(
                 // Across a failover without replicas a key may read as missing meanwhile.
                 if let Ok(got) = &r
                     && !(failover && got.is_none())
-                    && !ledger.readable(&key, got)
                 {
-                    ledger.stale.push(format!(
-                        "{key}: read {got:?}, {:?}",
-                        ledger.values.get(&key)
-                    ));
+                    if ledger.readable(&key, got) {
+                        ledger.observe(&key, got);
+                    } else {
+                        ledger.stale.push(format!(
+                            "{key}: read {got:?}, {:?}",
+                            ledger.values.get(&key)
+                        ));
+                    }
                 }
                 (key, r.map(|_| ()))
             }
