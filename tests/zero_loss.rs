@@ -1512,6 +1512,14 @@ async fn a_failback_retried_after_its_flip_gives_its_keys_in_transit_back_when_i
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    // What the primary holds before its outage: stale once the outage's writes land on the
+    // secondary, never to be read again.
+    let keys: Vec<String> = (0..5_000)
+        .map(|i| format!("{}r-{i}", ["auth:", "session:"][i % 2]))
+        .collect();
+    for k in &keys {
+        let () = a.set(k, "before").await.unwrap();
+    }
 
     // The primary stops; its ranges fail over to the secondary, which takes the writes of the
     // outage.
@@ -1527,9 +1535,8 @@ async fn a_failback_retried_after_its_flip_gives_its_keys_in_transit_back_when_i
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for i in 0..3_000 {
-        let key = format!("{}r-{i}", ["auth:", "session:"][i % 2]);
-        let () = a.set(&key, format!("outage-{i}")).await.unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        let () = a.set(k, format!("outage-{i}")).await.unwrap();
     }
     // A sidecar that stays on the failover table holds every attempt's converge step for the
     // converge timeout (8 s): the window to kill the first attempt in, after the flip.
@@ -1627,6 +1634,118 @@ async fn a_failback_retried_after_its_flip_gives_its_keys_in_transit_back_when_i
         let got: Option<String> = retrying(&fresh, redis::cmd("GET").arg(k)).await;
         assert_eq!(got.as_deref(), Some(v.as_str()), "{k} after the failback");
     }
+    // The rest read their outage value, or nothing where they had moved to the owner before it
+    // stopped again; never the owner's stale copy.
+    let mut stale = Vec::new();
+    for chunk in keys.chunks(500) {
+        let got: Vec<Option<String>> = retrying(&fresh, redis::cmd("MGET").arg(chunk)).await;
+        for (k, g) in chunk.iter().zip(got) {
+            if g.as_deref() == Some("before") {
+                stale.push(k.clone());
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} keys read the owner's copy from before its outage, e.g. {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_created_again_after_its_plan_cleaned_up_deletes_none_of_the_moved_keys() {
+    // A plan's Job finished its cleanup (the importing markers gone) while the operator was
+    // away, and its Job object went (`ttlSecondsAfterFinished`, or `kubectl delete job`).
+    // The operator came back, found the plan Finalizing and its Job missing, and created it
+    // again. The new Job ran steps 5-7 again: with no importing marker on a source, its
+    // purge took the targets' keys of the moved ranges (their owners' data by then) for
+    // stale copies, and deleted every key the plan had moved.
+    let mut shop = shop_configured("recreated", quick, &[]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    settled_table(&shop).await;
+    let keys = fill_primary(&shop.primary).await;
+    let finalizing = wait_rebalance(
+        &shop,
+        &node,
+        "no plan finalizing",
+        Duration::from_secs(180),
+        |r| r.phase == rebalance_phase::FINALIZING,
+    )
+    .await;
+    // The operator goes away; the Job cleans up and finishes meanwhile.
+    shop.operator.kill();
+    let done = wait_rebalance(
+        &shop,
+        &node,
+        "the Job never finished its cleanup",
+        Duration::from_secs(60),
+        |r| r.step.as_deref() == Some("Done"),
+    )
+    .await;
+    assert_eq!(done.plan_id, finalizing.plan_id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.running().is_empty() {
+        assert!(Instant::now() < deadline, "the Job's pod never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved = done.keys_moved.unwrap_or(0);
+    assert!(moved > 1_000, "{done:#?}");
+    // Its Job object goes before the operator saw it succeed.
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
+        kube::Api::namespaced(shop.cp.client().await, &shop.ns);
+    jobs.delete(
+        done.job.as_deref().unwrap(),
+        &kube::api::DeleteParams::background(),
+    )
+    .await
+    .unwrap();
+    shop.operator = support::operator::Operator::start(shop.cp, &shop.ns);
+    let r = wait_rebalance(
+        &shop,
+        &node,
+        "the plan never succeeded",
+        Duration::from_secs(120),
+        |r| r.plan_id == done.plan_id && r.phase == rebalance_phase::SUCCEEDED,
+    )
+    .await;
+    assert_eq!(
+        node.finished.lock().unwrap().len(),
+        2,
+        "the Job ran again: {r:#?}\n{}",
+        node.all_logs()
+    );
+    // Every key the primary held is on exactly one instance, with its value.
+    let mut missing = Vec::new();
+    let mut p = shop
+        .primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut s = shop
+        .secondary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for chunk in keys.chunks(1_000) {
+        let on_p: Vec<Option<String>> = p.mget(chunk).await.unwrap();
+        let on_s: Vec<Option<String>> = s.mget(chunk).await.unwrap();
+        for ((k, a), b) in chunk.iter().zip(on_p).zip(on_s) {
+            let want = format!("{k}:{}", "v".repeat(500));
+            if a.as_ref().or(b.as_ref()) != Some(&want) {
+                missing.push(k.clone());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} keys gone after the plan moved {moved}, e.g. {:?}",
+        missing.len(),
+        keys.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,6 +158,9 @@ struct Step {
     /// The target served the range already when the plan was made (a draining instance
     /// emptied into its owner): its copies are live, not stale.
     target_serves: bool,
+    /// The plan recorded `target_serves` (plans of older operators, or a CRD not yet upgraded,
+    /// do not).
+    recorded: bool,
 }
 
 struct Job {
@@ -256,6 +259,19 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     }
     let mut job = Job::connect(client, policies, &policy, &plan, config, attempt).await?;
     job.claim().await?;
+    if plan.flip_version.is_some() {
+        job.serves_by_markers().await?;
+    }
+    if let Some(last) = plan.final_version {
+        // The new owners are out: an earlier attempt copied everything, and may have cleaned
+        // up (its markers gone). Steps 5-7 again would take the targets' keys, the owners'
+        // data now, for stale copies and delete them. Only the cleanup is left.
+        info!(
+            version = last,
+            "the new owners are published already: cleaning up only"
+        );
+        return job.finish(u64::try_from(last).unwrap_or_default()).await;
+    }
     if plan.flip_version.is_none() {
         job.report(rebalance_step::PREPARING, &[]).await?;
         job.prepare().await?;
@@ -296,14 +312,7 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     let Some(last) = job.wait_for(|r| r.final_version).await? else {
         return Ok(());
     };
-    job.cleanup(u64::try_from(last).unwrap_or_default()).await?;
-    job.report(rebalance_step::DONE, &[]).await?;
-    info!(
-        keys = job.moved,
-        seconds = job.started.elapsed().as_secs_f64(),
-        "rebalance done"
-    );
-    Ok(())
+    job.finish(u64::try_from(last).unwrap_or_default()).await
 }
 
 /// The rebalance status if it is still plan `plan_id` and still running.
@@ -435,6 +444,46 @@ impl Job {
             pausing: false,
             mover,
         })
+    }
+
+    /// For the moves whose plan does not record whether their target served the range already,
+    /// once the plan flipped (the flip table no longer tells a failback from such a move):
+    /// what the source's importing marker says. A move into a served range gets its marker,
+    /// marked so (`…:target-serves`), before the flip; a failback never does.
+    async fn serves_by_markers(&mut self) -> Result<(), Error> {
+        let policy = self.mover.policy.clone();
+        let unrecorded: Vec<(usize, String, Migration)> = self
+            .migrations()
+            .into_iter()
+            .zip(&self.steps)
+            .enumerate()
+            .filter(|(_, (_, s))| !s.recorded)
+            .map(|(i, ((from, m, _), _))| (i, from, m))
+            .collect();
+        for (i, from, m) in unrecorded {
+            let source = self.instance(&from)?;
+            let value: Option<String> = redis::cmd("GET")
+                .arg(names::importing(&policy, &m))
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?;
+            let serves = value.is_some_and(|v| v.ends_with(mover::TARGET_SERVES));
+            warn!(category = %m.category, from = %m.from, to = %m.to, serves, "the plan does not record whether the target serves the range (an older operator, or an older CRD); read from the source's marker");
+            self.steps[i].target_serves = serves;
+        }
+        Ok(())
+    }
+
+    /// Step 9, once the new owners are published at version `last`: the cleanup, then done.
+    async fn finish(&mut self, last: u64) -> Result<(), Error> {
+        self.cleanup(last).await?;
+        self.report(rebalance_step::DONE, &[]).await?;
+        info!(
+            keys = self.moved,
+            seconds = self.started.elapsed().as_secs_f64(),
+            "rebalance done"
+        );
+        Ok(())
     }
 
     fn instance(&mut self, name: &str) -> Result<&mut Instance, Error> {
@@ -817,8 +866,8 @@ fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Ste
         u16::try_from(m.start).map_err(|_| Error::Setup(format!("bad slot {}", m.start)))?;
     let end = u16::try_from(m.end).map_err(|_| Error::Setup(format!("bad slot {}", m.end)))?;
     let range = SlotRange::new(start, end);
-    // A plan of an older operator does not say: the table tells, right before the flip (an
-    // attempt that starts after it takes a failback for a move into a served range).
+    // A plan of an older operator does not say: the table tells before the flip; after it
+    // the sources' markers do (`Job::serves_by_markers`).
     let target_serves = m
         .target_serves
         .unwrap_or_else(|| super::plan::target_serves(resolver.table(), &m.category, range, &m.to));
@@ -829,6 +878,7 @@ fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Ste
         from: m.from.clone(),
         to: m.to.clone(),
         target_serves,
+        recorded: m.target_serves.is_some(),
     })
 }
 
