@@ -588,9 +588,7 @@ async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_o
 
     let job = mover(names::mover_token(7, 3));
     job.claim(&mut s).await.unwrap();
-    job.set_marker(&mut s, marker, true, false)
-        .await
-        .unwrap();
+    job.set_marker(&mut s, marker, true, false).await.unwrap();
     let taken = job
         .take(&mut s, &[b("auth:1"), b("auth:2")], 8 << 20, 0)
         .await
@@ -635,9 +633,7 @@ async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_o
     let drained = "redisfleet:importing:shop/shop:7:auth:0-99";
     let job = mover(names::mover_token(7, 5));
     job.claim(&mut s).await.unwrap();
-    job.set_marker(&mut s, drained, true, true)
-        .await
-        .unwrap();
+    job.set_marker(&mut s, drained, true, true).await.unwrap();
     job.take(&mut s, &[b("auth:1")], 8 << 20, 0).await.unwrap();
     let operator = mover(names::mover_token(7, 6));
     assert_eq!(

@@ -467,7 +467,11 @@ impl Job {
                 .query_async(&mut source.conn)
                 .await
                 .map_err(|e| source.err(&e))?;
-            let serves = value.is_some_and(|v| v.ends_with(mover::TARGET_SERVES));
+            // No marker (not imported yet, or lost with a restarted source): the table's
+            // answer stands, as before plans recorded it (a purge of a live owner is the
+            // harm to avoid).
+            let Some(value) = value else { continue };
+            let serves = value.ends_with(mover::TARGET_SERVES);
             warn!(category = %m.category, from = %m.from, to = %m.to, serves, "the plan does not record whether the target serves the range (an older operator, or an older CRD); read from the source's marker");
             self.steps[i].target_serves = serves;
         }
