@@ -70,6 +70,7 @@ fn migrating(a: &RedisServer, b: &RedisServer) -> RoutingTable {
             from: from.into(),
             to: to.into(),
             epoch: 2,
+            target_serves: None,
         });
     }
     t

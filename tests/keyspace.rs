@@ -206,6 +206,7 @@ fn a_scan_survives_a_table_change_that_moves_its_keys_behind_it() {
         from: second.clone(),
         to: first.clone(),
         epoch: 2,
+        target_serves: None,
     });
     sidecar.update_table(&t2);
     wait_version(&sidecar, 2);

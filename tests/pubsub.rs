@@ -257,6 +257,7 @@ fn shard_channels_follow_their_slot_through_a_migration_and_a_failover() {
         from: "a".into(),
         to: "b".into(),
         epoch: 2,
+        target_serves: None,
     });
     pod2.update_table(&t2);
     eventually("pod2 on v2", || {

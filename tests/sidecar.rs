@@ -611,6 +611,7 @@ async fn migrate_user_to_a(sidecar: &Sidecar, base: &RoutingTable) -> Migration 
         from: "b".into(),
         to: "a".into(),
         epoch: 2,
+        target_serves: None,
     };
     flipped.migrating.push(migration.clone());
     sidecar.update_table(&flipped);

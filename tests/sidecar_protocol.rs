@@ -349,6 +349,7 @@ async fn a_blocked_pop_follows_its_list_when_the_range_moves() {
         from: "b".into(),
         to: "a".into(),
         epoch: 2,
+        target_serves: None,
     };
     flipped.migrating.push(m.clone());
     sidecar.update_table(&flipped);
@@ -704,6 +705,7 @@ async fn blocking_commands_wait_in_a_range_that_migrates_before_it_imports() {
         from: "b".into(),
         to: "a".into(),
         epoch: 2,
+        target_serves: None,
     });
     let sidecar = Sidecar::start(&t, &SECRETS);
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);

@@ -782,6 +782,7 @@ impl Job {
                         from: s.from.clone(),
                         to: s.to.clone(),
                         epoch: plan,
+                        target_serves: None,
                     },
                     s.target_serves,
                 )
@@ -870,10 +871,13 @@ fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Ste
         u16::try_from(m.start).map_err(|_| Error::Setup(format!("bad slot {}", m.start)))?;
     let end = u16::try_from(m.end).map_err(|_| Error::Setup(format!("bad slot {}", m.end)))?;
     let range = SlotRange::new(start, end);
-    // A plan of an older operator does not say: the table tells before the flip; after it
-    // the sources' markers do (`Job::serves_by_markers`).
-    let target_serves = m
-        .target_serves
+    // A plan of an older operator (or one whose CRD is older) does not say: a flip table of
+    // a newer operator records it; an older one's tells before the flip; after it the
+    // sources' markers do (`Job::serves_by_markers`).
+    let recorded = m.target_serves.or_else(|| {
+        super::plan::recorded_target_serves(resolver.table(), &m.category, range, &m.to)
+    });
+    let target_serves = recorded
         .unwrap_or_else(|| super::plan::target_serves(resolver.table(), &m.category, range, &m.to));
     Ok(Step {
         index,
@@ -882,7 +886,7 @@ fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Ste
         from: m.from.clone(),
         to: m.to.clone(),
         target_serves,
-        recorded: m.target_serves.is_some(),
+        recorded: recorded.is_some(),
     })
 }
 

@@ -439,8 +439,13 @@ pub fn landing_share(table: &RoutingTable, m: &Move) -> f64 {
 
 /// Whether `to` already serves every slot of `range` of `category` in `table` (owner and not
 /// failed over, or the failover target): its keys there are live, not stale, and a move into
-/// it (emptying a legacy instance) must not purge them first.
+/// it (emptying a legacy instance) must not purge them first. Once the move is flipped, what
+/// its migration recorded ([`recorded_target_serves`]): a failback's flip table names its
+/// target the owner of a range it did not serve.
 pub fn target_serves(table: &RoutingTable, category: &str, range: SlotRange, to: &str) -> bool {
+    if let Some(serves) = recorded_target_serves(table, category, range, to) {
+        return serves;
+    }
     let Some(cat) = table.category(category) else {
         return false;
     };
@@ -455,6 +460,23 @@ pub fn target_serves(table: &RoutingTable, category: &str, range: SlotRange, to:
             None => owner == to,
         }
     })
+}
+
+/// What `table`'s migration of `range` of `category` into `to` records of its target serving
+/// the range already, when one covers the range and records it.
+pub fn recorded_target_serves(
+    table: &RoutingTable,
+    category: &str,
+    range: SlotRange,
+    to: &str,
+) -> Option<bool> {
+    table
+        .migrating
+        .iter()
+        .find(|m| {
+            m.category == category && m.to == to && m.start <= range.start && range.end <= m.end
+        })
+        .and_then(|m| m.target_serves)
 }
 
 /// Merges moves of the same category and direction whose ranges touch.

@@ -383,6 +383,7 @@ mod tests {
             from: "primary".into(),
             to: "secondary".into(),
             epoch: 7,
+            target_serves: None,
         });
         // An entry whose `from` is not the owner is ignored (stale entry).
         t.failover.push(Failover {

@@ -246,12 +246,37 @@ pub struct Migration {
     pub to: String,
     /// Table version at which the migration was flipped on.
     pub epoch: u64,
+    /// Whether the target served the range already in the table the plan started from (a
+    /// draining instance emptied into the range's owner), as opposed to a failback (the
+    /// owner takes its range back from the instance that served it while it was away),
+    /// whose flip table looks the same. Absent in the tables of older operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_serves: Option<bool>,
 }
 
 impl Migration {
     /// The slots.
     pub fn range(&self) -> SlotRange {
         SlotRange::new(self.start, self.end)
+    }
+
+    /// Whether `other` is the same move of the same plan (what it records aside).
+    pub fn same_move(&self, other: &Migration) -> bool {
+        (
+            &self.category,
+            self.start,
+            self.end,
+            &self.from,
+            &self.to,
+            self.epoch,
+        ) == (
+            &other.category,
+            other.start,
+            other.end,
+            &other.from,
+            &other.to,
+            other.epoch,
+        )
     }
 }
 
@@ -698,6 +723,7 @@ pub(crate) mod tests {
             from: "primary".into(),
             to: "secondary".into(),
             epoch: 1,
+            target_serves: None,
         });
         assert!(matches!(t.validate(), Err(TableError::BadRange { .. })));
 

@@ -214,6 +214,7 @@ mod tests {
             from: from.clone(),
             to: to.clone(),
             epoch: t2.version,
+            target_serves: None,
         });
         let history = History::default();
         history.record(&t1);

@@ -66,6 +66,7 @@ fn table() -> RoutingTable {
             from: "secondary".into(),
             to: "tertiary".into(),
             epoch: 7,
+            target_serves: None,
         }],
         failover: vec![Failover {
             category: "auth".into(),

@@ -615,10 +615,12 @@ pub fn data_elsewhere(previous: &RoutingTable, views: &[InstanceView]) -> Vec<Fa
 
 /// The failover entries of `previous`, and the ones its failbacks stand in for: while a
 /// failback migrates, the table carries its ranges as `migrating` (from the failover target
-/// back to the owner) instead of their failover entries. A migration to the range's owner from
-/// an instance that is not a draining one owning nothing (the old single Redis being emptied)
-/// is a failback; should it end without finishing (rolled back, or its owner lost again), its
-/// ranges stay where their data is, on the failover target.
+/// back to the owner) instead of their failover entries. Should it end without finishing
+/// (rolled back, or its owner lost again), its ranges stay where their data is, on the
+/// failover target. A migration to the range's owner is a failback when it records that its
+/// target did not serve the range; one of an older operator's tables, when its source is not
+/// a draining instance that owns nothing (the old single Redis being emptied) — a guess that
+/// takes a draining fallback's failback for such a move.
 fn failovers_in(
     previous: Option<&RoutingTable>,
     by_name: &BTreeMap<&str, &InstanceView>,
@@ -635,9 +637,10 @@ fn failovers_in(
             .slots
             .iter()
             .any(|o| o.instance == m.to && o.range.contains(m.start) && o.range.contains(m.end));
-        let legacy =
-            by_name.get(m.from.as_str()).is_some_and(|i| i.drain) && !previous.owns_any(&m.from);
-        if owned_by_target && !legacy {
+        let target_served = m.target_serves.unwrap_or_else(|| {
+            by_name.get(m.from.as_str()).is_some_and(|i| i.drain) && !previous.owns_any(&m.from)
+        });
+        if owned_by_target && !target_served {
             out.push(Failover {
                 category: m.category.clone(),
                 start: m.start,

@@ -347,6 +347,16 @@ pub fn from_status(moves: &[MoveStatus]) -> Vec<Move> {
         .collect()
 }
 
+/// What the moves written in status record of their targets serving their ranges already,
+/// by the moves [`from_status`] returns.
+pub fn recorded_target_serves(moves: &[MoveStatus]) -> Vec<Option<bool>> {
+    moves
+        .iter()
+        .filter(|m| u16::try_from(m.start).is_ok() && u16::try_from(m.end).is_ok())
+        .map(|m| m.target_serves)
+        .collect()
+}
+
 /// Failover entries that cover any slot of a move (a failback's own entries).
 fn covered(table: &RoutingTable, moves: &[Move]) -> Vec<usize> {
     table
@@ -363,8 +373,27 @@ fn covered(table: &RoutingTable, moves: &[Move]) -> Vec<usize> {
 }
 
 /// Publishes the moves as `migrating` (version `epoch`), replacing the failover entries of
-/// failback moves: from now on commands go to the targets, keys moving on access.
-pub fn overlay_migrating(table: &mut RoutingTable, moves: &[Move], epoch: u64) {
+/// failback moves: from now on commands go to the targets, keys moving on access. Each
+/// migration records whether its target served the range already: as `recorded` (the plan's
+/// `targetServes`, by move) says, else as `table` says before the overlay — after it, a
+/// failback looks like a move into a served range ([`plan::target_serves`]).
+pub fn overlay_migrating(
+    table: &mut RoutingTable,
+    moves: &[Move],
+    recorded: &[Option<bool>],
+    epoch: u64,
+) {
+    let serves: Vec<bool> = moves
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            recorded
+                .get(i)
+                .copied()
+                .flatten()
+                .unwrap_or_else(|| plan::target_serves(table, &m.category, m.range, &m.to))
+        })
+        .collect();
     let gone = covered(table, moves);
     let mut i = 0;
     table.failover.retain(|_| {
@@ -374,13 +403,15 @@ pub fn overlay_migrating(table: &mut RoutingTable, moves: &[Move], epoch: u64) {
     });
     table.migrating = moves
         .iter()
-        .map(|m| Migration {
+        .zip(serves)
+        .map(|(m, serves)| Migration {
             category: m.category.clone(),
             start: m.range.start,
             end: m.range.end,
             from: m.from.clone(),
             to: m.to.clone(),
             epoch,
+            target_serves: Some(serves),
         })
         .collect();
 }
@@ -572,6 +603,7 @@ fn shape_for_rebalance(
 ) -> Option<Transition> {
     let r = rb.filter(|r| r.is_active())?;
     let moves = from_status(&r.moves);
+    let recorded = recorded_target_serves(&r.moves);
     let step = r.step.as_deref();
     // The migrations carry the plan as their epoch: the sources' importing markers are named
     // after it, so the Job can set them before the flip (moves into ranges the target already
@@ -582,7 +614,7 @@ fn shape_for_rebalance(
         rebalance_phase::PREPARING
             if step == Some(rebalance_step::PREPARED) && r.paused != Some(true) =>
         {
-            overlay_migrating(table, &moves, epoch);
+            overlay_migrating(table, &moves, &recorded, epoch);
             Some(Transition::Flip)
         }
         rebalance_phase::MIGRATING if step == Some(rebalance_step::COPIED) => {
@@ -590,7 +622,7 @@ fn shape_for_rebalance(
             Some(Transition::Finalize)
         }
         rebalance_phase::MIGRATING => {
-            overlay_migrating(table, &moves, epoch);
+            overlay_migrating(table, &moves, &recorded, epoch);
             None
         }
         rebalance_phase::FINALIZING => {

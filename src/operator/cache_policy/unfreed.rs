@@ -206,6 +206,7 @@ mod tests {
                 from: from.to_owned(),
                 to: to.to_owned(),
                 epoch: 1,
+                target_serves: None,
             });
         }
         t

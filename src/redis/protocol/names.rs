@@ -214,6 +214,7 @@ mod tests {
             end: 99,
             from: "x".into(),
             to: "y".into(),
+            target_serves: None,
         };
         let own = [
             fences("a/b"),

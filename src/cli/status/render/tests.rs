@@ -376,6 +376,7 @@ fn renders_a_rebalance_in_progress_and_sidecars_behind() {
         from: "primary".into(),
         to: "secondary".into(),
         epoch: 17,
+        target_serves: None,
     }];
     policy.rebalance = Some(RebalanceStatus {
         phase: "Migrating".into(),

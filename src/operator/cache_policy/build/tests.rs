@@ -376,6 +376,7 @@ fn a_failback_that_ends_before_finishing_leaves_its_ranges_on_the_failover_targe
             from: f.to,
             to: f.from,
             epoch: 9,
+            target_serves: None,
         })
         .collect();
 
@@ -463,6 +464,7 @@ fn served_ranges_are_the_maximal_runs_of_served_slots() {
             from: user.instance.clone(),
             to: "primary".into(),
             epoch: 1,
+            target_serves: None,
         });
     }
     let served = served_ranges(&table);

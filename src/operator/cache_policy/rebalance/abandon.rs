@@ -233,6 +233,7 @@ pub(super) fn migration_of(m: &MoveStatus, plan: i64) -> Migration {
         from: m.from.clone(),
         to: m.to.clone(),
         epoch: u64::try_from(plan).unwrap_or_default(),
+        target_serves: m.target_serves,
     }
 }
 
@@ -341,8 +342,8 @@ pub fn given_back<'a>(
     };
     let mut out: Vec<Migration> = Vec::new();
     for m in candidates {
-        if !table.migrating.contains(m)
-            && !out.contains(m)
+        if !table.migrating.iter().any(|t| t.same_move(m))
+            && !out.iter().any(|o| o.same_move(m))
             && (m.start..=m.end).all(|s| covers(&m.from, &m.category, s))
             && !(m.start..=m.end).any(|s| covers(&m.to, &m.category, s))
         {

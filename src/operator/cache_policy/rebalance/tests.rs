@@ -55,21 +55,25 @@ fn a_failback_replaces_the_failover_entries_with_a_migration_then_clears_them() 
         ("secondary", "primary")
     );
     let mut flipped = t.clone();
-    overlay_migrating(&mut flipped, &moves, 9);
+    overlay_migrating(&mut flipped, &moves, &[], 9);
     assert!(flipped.failover.is_empty());
     assert_eq!(flipped.migrating[0].epoch, 9);
     flipped.validate().unwrap();
-    // The plan records that the owner does not serve the range (its copies are stale): once
-    // the flip replaced the failover entries, the table alone says it does, and a Job attempt
-    // started after the flip skipped the post-fence purge and marked the source as one that
-    // never takes the range back (its keys in transit then lost when the owner dies again).
+    // The plan records that the owner does not serve the range (its copies are stale), and
+    // so does the flip table's migration: once the flip replaced the failover entries, the
+    // table's owners alone say it does (an older operator's flip table, which records
+    // nothing), and a Job attempt started after the flip skipped the post-fence purge and
+    // marked the source as one that never takes the range back (its keys in transit then
+    // lost when the owner dies again).
     assert_eq!(to_status(&moves, &t)[0].target_serves, Some(false));
-    assert!(crate::rebalance::plan::target_serves(
-        &flipped,
-        "auth",
-        moves[0].range,
-        "primary"
-    ));
+    assert_eq!(flipped.migrating[0].target_serves, Some(false));
+    let serves = |t: &RoutingTable| {
+        crate::rebalance::plan::target_serves(t, "auth", moves[0].range, "primary")
+    };
+    assert!(!serves(&flipped));
+    let mut older = flipped.clone();
+    older.migrating[0].target_serves = None;
+    assert!(serves(&older));
     // While it migrates, commands go to the recovered owner, moving keys back on access.
     let r = crate::routing::Resolver::new(flipped.clone()).unwrap();
     let route = r.route(0, 100);
@@ -165,7 +169,7 @@ fn data_moved_by_a_rebalance_is_never_purged_as_stale() {
         bytes: 0,
     }];
     let mut migrating = before.clone();
-    overlay_migrating(&mut migrating, &moves, 2);
+    overlay_migrating(&mut migrating, &moves, &[], 2);
     let finalized = finalize(&migrating, &moves);
     // The flip: the target's stale copies of the range go before it serves it.
     let flip = stale_before_publishing(Some(&before), &migrating);
@@ -195,7 +199,7 @@ fn a_draining_legacy_source_is_never_purged_when_it_first_appears() {
         bytes: 0,
     }];
     let mut migrating = before.clone();
-    overlay_migrating(&mut migrating, &moves, 2);
+    overlay_migrating(&mut migrating, &moves, &[], 2);
     let flip = stale_before_publishing(Some(&before), &migrating);
     assert!(
         !flip.contains_key("legacy"),
@@ -372,6 +376,7 @@ fn only_a_move_whose_range_went_back_to_its_source_is_given_back() {
         from: "primary".into(),
         to: "secondary".into(),
         epoch: 4,
+        target_serves: None,
     };
     migrating.migrating.push(m.clone());
     // Still migrating: nothing given back.
@@ -445,6 +450,7 @@ fn the_moves_given_up_are_those_the_plan_no_longer_runs() {
         from: m.from.clone(),
         to: m.to.clone(),
         epoch: 7,
+        target_serves: None,
     };
     // Nothing given up.
     assert!(dropped_moves(Some(&before), Some(&before)).is_empty());
@@ -793,7 +799,7 @@ fn a_failback_given_up_for_its_dead_owner_keeps_the_range_on_the_fallback_when_a
     let moves = failback_moves(&during, &views);
     assert!(!moves.is_empty());
     let mut failing_back = during.clone();
-    overlay_migrating(&mut failing_back, &moves, 9);
+    overlay_migrating(&mut failing_back, &moves, &[], 9);
     views[0].phase = InstancePhase::Unreachable;
     views.push(fixtures::example_view(
         "extra",
@@ -832,7 +838,7 @@ fn a_dead_source_s_range_stays_with_the_move_s_target_when_placement_wants_it_el
         bytes: 0,
     }];
     let mut flipped = before.clone();
-    overlay_migrating(&mut flipped, &moving, 5);
+    overlay_migrating(&mut flipped, &moving, &[], 5);
     let mut views = views3.clone();
     for v in &mut views {
         if v.name == auth {
@@ -953,4 +959,73 @@ fn a_plan_s_target_that_placement_no_longer_names_stays_in_the_table() {
             "{step:?}: {table:?}"
         );
     }
+}
+
+#[test]
+fn a_draining_fallback_s_failback_given_up_keeps_its_ranges_on_the_fallback() {
+    // Review of the failback fix: the fallback of a dead owner began draining, and its drain
+    // emptied it of its own ranges before the owner came back. Its failback then looked like
+    // a legacy instance emptied into the range's owner (a draining source that owns nothing),
+    // so a table after the failback gave up (rolled back, cancelled, or the owner lost again)
+    // routed the ranges to the owner — whose stale copies the Job had purged — and not to the
+    // fallback holding the outage's writes.
+    let mut views = two();
+    views.push(fixtures::example_view(
+        "tertiary",
+        "warm",
+        InstancePhase::Ready,
+        30,
+    ));
+    let mut during = primary_failed_over(&mut views);
+    let fallback = during.failover[0].to.clone();
+    let other = if fallback == "secondary" {
+        "tertiary"
+    } else {
+        "secondary"
+    };
+    // The fallback's drain has finished: the other warm instance owns what it owned.
+    for cat in &mut during.categories {
+        for run in &mut cat.slots {
+            if run.instance == fallback {
+                run.instance = other.to_owned();
+            }
+        }
+    }
+    assert!(!during.owns_any(&fallback));
+    for v in &mut views {
+        if v.name == fallback {
+            v.drain = true;
+        }
+    }
+    views[0].phase = InstancePhase::Ready;
+    let moves = failback_moves(&during, &views);
+    assert!(!moves.is_empty());
+    let mut failing_back = during.clone();
+    overlay_migrating(&mut failing_back, &moves, &[], 9);
+    assert!(
+        failing_back
+            .migrating
+            .iter()
+            .all(|m| m.target_serves == Some(false)),
+        "{:?}",
+        failing_back.migrating
+    );
+    // Given up with the owner back, and with the owner lost again: the fallback serves.
+    for owner in [InstancePhase::Ready, InstancePhase::Unreachable] {
+        views[0].phase = owner;
+        let desired = plan_routing("shop/shop", &shop(), &views, Some(&failing_back))
+            .table
+            .unwrap();
+        let (published, _) = table_to_publish(&desired, Some(&failing_back), &views, None, true);
+        fixtures::assert_failed_over_slots_stay_with_their_fallback(&during, &published);
+    }
+    // What the plan recorded wins over what the table says before the overlay.
+    let mut recorded = during.clone();
+    overlay_migrating(&mut recorded, &moves, &vec![Some(true); moves.len()], 9);
+    assert!(
+        recorded
+            .migrating
+            .iter()
+            .all(|m| m.target_serves == Some(true))
+    );
 }

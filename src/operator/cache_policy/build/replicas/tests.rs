@@ -979,6 +979,7 @@ fn moving_auth_to_secondary(t: &RoutingTable) -> RoutingTable {
         from: "primary".into(),
         to: "secondary".into(),
         epoch: 1,
+        target_serves: None,
     });
     flip
 }
