@@ -1716,7 +1716,19 @@ async fn a_job_created_again_after_its_plan_cleaned_up_deletes_none_of_the_moved
         node.all_logs()
     );
     // Every key the primary held is on exactly one instance, with its value.
-    let mut missing = Vec::new();
+    let missing = keys_not_whole(&shop, &keys, &[]).await;
+    assert!(
+        missing.is_empty(),
+        "{} of {} keys gone after the plan moved {moved}, e.g. {:?}",
+        missing.len(),
+        keys.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+/// Every key of `keys` not in `except` is on exactly one of the shop's instances with the
+/// value `fill_primary` gave it: the keys, of those, that are not.
+async fn keys_not_whole(shop: &Shop, keys: &[String], except: &[String]) -> Vec<String> {
     let mut p = shop
         .primary
         .client()
@@ -1729,21 +1741,110 @@ async fn a_job_created_again_after_its_plan_cleaned_up_deletes_none_of_the_moved
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    let mut missing = Vec::new();
+    let keys: Vec<&String> = keys.iter().filter(|k| !except.contains(k)).collect();
     for chunk in keys.chunks(1_000) {
         let on_p: Vec<Option<String>> = p.mget(chunk).await.unwrap();
         let on_s: Vec<Option<String>> = s.mget(chunk).await.unwrap();
         for ((k, a), b) in chunk.iter().zip(on_p).zip(on_s) {
             let want = format!("{k}:{}", "v".repeat(500));
             if a.as_ref().or(b.as_ref()) != Some(&want) {
-                missing.push(k.clone());
+                missing.push((*k).clone());
             }
         }
     }
+    missing
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_while_its_pod_runs_on_is_fenced_off_by_the_next_attempt() {
+    // `kubectl delete job` (or a node that went away with the pod) mid-copy: the pod runs on
+    // for its grace period, or until its node is back. The operator used to create the
+    // missing Job again under the same attempt, with the same mover token, so nothing fenced
+    // the old pod off: resumed after the new attempt had finished the plan, it restored the
+    // batch it had taken before it stopped ("only where the target lacks the key") — onto
+    // keys clients had deleted since.
+    let shop = shop_configured("deleted-job", |p| paced(p, 3_000, 64), &[]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    settled_table(&shop).await;
+    let keys = fill_primary(&shop.primary).await;
+    let copying = wait_rebalance(&shop, &node, "no copy", Duration::from_secs(120), |r| {
+        r.step.as_deref() == Some("Copying") && r.keys_moved.unwrap_or(0) > 200
+    })
+    .await;
+    let (pod, pid) = node.running().first().cloned().expect("the Job's pod");
+    // The pod stops (SIGSTOP) with a batch taken out of the source and not yet finished.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let in_transit: Vec<String> = loop {
+        signal(pid, "-STOP");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let tombs = tombstones_on(&shop.primary).await;
+        if !tombs.is_empty() {
+            break tombs
+                .iter()
+                .map(|t| t.strip_prefix("redisfleet:tomb:").unwrap().to_owned())
+                .collect();
+        }
+        signal(pid, "-CONT");
+        assert!(
+            Instant::now() < deadline,
+            "never stopped with keys in transit"
+        );
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    };
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
+        kube::Api::namespaced(shop.cp.client().await, &shop.ns);
+    jobs.delete(
+        copying.job.as_deref().unwrap(),
+        &kube::api::DeleteParams::background(),
+    )
+    .await
+    .unwrap();
+    // The next attempt finishes the plan, the keys in transit included.
+    let done = wait_rebalance(
+        &shop,
+        &node,
+        "the plan never succeeded without its first pod",
+        Duration::from_secs(240),
+        |r| r.plan_id == copying.plan_id && r.phase == rebalance_phase::SUCCEEDED,
+    )
+    .await;
+    assert!(
+        done.attempts > copying.attempts,
+        "the missing Job was created again under the same attempt (its mover token does not fence the pod still running): {done:#?}"
+    );
+    assert!(tombstones_on(&shop.primary).await.is_empty());
+    // Clients delete the keys that were in transit; then the old pod resumes.
+    let mut c = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut ledger = Ledger::default();
+    for k in &in_transit {
+        ledger.del(&mut c, k).await;
+    }
+    assert!(ledger.errors.is_empty(), "{:?}", ledger.errors);
+    signal(pid, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.running().iter().any(|(n, _)| *n == pod) {
+        assert!(Instant::now() < deadline, "the old pod never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        node.pod_log(&pod)
+            .contains("a newer plan or attempt is in charge"),
+        "the old pod was not fenced off:\n{}",
+        node.pod_log(&pod)
+    );
+    // No delete undone, and every other key where it is, with its value.
+    ledger.check(&fresh, "the sidecar").await;
+    let missing = keys_not_whole(&shop, &keys, &in_transit).await;
     assert!(
         missing.is_empty(),
-        "{} of {} keys gone after the plan moved {moved}, e.g. {:?}",
+        "{} keys lost, e.g. {:?}",
         missing.len(),
-        keys.len(),
         &missing[..missing.len().min(5)]
     );
 }

@@ -257,8 +257,24 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     if attempt != plan.attempts {
         return Err(Error::Superseded);
     }
-    let mut job = Job::connect(client, policies, &policy, &plan, config, attempt).await?;
+    let mut job = Job::connect(client, policies.clone(), &policy, &plan, config, attempt).await?;
     job.claim().await?;
+    // The plan again, read after the claim: an earlier attempt still running (its Job deleted
+    // while its pod ran on) is fenced off from the claim on, so whatever it did before — a
+    // cleanup once the new owners were out, which only starts after the operator recorded
+    // them — shows in this read. Read before the claim, the new owners' recording could be
+    // missed while the cleanup that follows it was not, and steps 5-7 below would purge them.
+    let Some(plan) = current_plan(&policies.get(&job.config.policy).await?, job.config.plan_id)
+    else {
+        info!(
+            plan = job.config.plan_id,
+            "the plan finished meanwhile; nothing to do"
+        );
+        return Ok(());
+    };
+    if plan.attempts != attempt {
+        return Err(Error::Superseded);
+    }
     if plan.flip_version.is_some() {
         job.serves_by_markers().await?;
     }

@@ -894,7 +894,7 @@ impl<'a> Driver<'a> {
         Ok(r)
     }
 
-    /// Follows the Job of the rebalance in progress `r`: recreates it when it is gone,
+    /// Follows the Job of the rebalance in progress `r`: starts a new attempt when it is gone,
     /// records its success, retries a failure with a fresh Job up to a limit.
     async fn follow(&self, mut r: RebalanceStatus) -> Result<RebalanceStatus, Error> {
         let Some(name) = r.job.clone() else {
@@ -903,8 +903,17 @@ impl<'a> Driver<'a> {
         let existing = self.jobs.get_opt(&name).await.map_err(Error::Rebalance)?;
         let outcome = existing.as_ref().and_then(job::outcome);
         match (existing, outcome) {
+            // Gone (deleted by hand, by `ttlSecondsAfterFinished`, or never created): a new
+            // attempt with a new mover token, never the same one again — a pod of the deleted
+            // Job may still run (until its grace period ends, or its node is back), and only
+            // a newer token fences it off the instances the new attempt moves between.
             (None, _) => {
-                self.create_job(&r).await?;
+                info!(
+                    plan = r.plan_id,
+                    job = %name,
+                    "the plan's Job is gone: starting a new attempt"
+                );
+                return self.retry(r).await;
             }
             (Some(_), Some(true)) if r.phase == rebalance_phase::FINALIZING => {
                 r.phase = rebalance_phase::SUCCEEDED.to_owned();
