@@ -192,6 +192,9 @@ struct Job {
     pausing: bool,
     /// When the copy last emptied the urgent list.
     urgent_read: Instant,
+    /// Whether this attempt's reports carry its key counts: not when it only cleans up, whose
+    /// plan's counts are an earlier attempt's (which copied the keys).
+    counts: bool,
     mover: mover::Mover,
 }
 
@@ -286,6 +289,7 @@ async fn run_steps(config: Config) -> Result<(), Error> {
             version = last,
             "the new owners are published already: cleaning up only"
         );
+        job.counts = false;
         return job.finish(u64::try_from(last).unwrap_or_default()).await;
     }
     if plan.flip_version.is_none() {
@@ -458,6 +462,7 @@ impl Job {
             urgent_read: Instant::now(),
             control_read: Instant::now(),
             pausing: false,
+            counts: true,
             mover,
         })
     }
@@ -528,16 +533,24 @@ impl Job {
             if !mine {
                 return Err(Error::Superseded);
             }
+            let mut fields = progress(
+                step,
+                self.moved,
+                self.total.max(self.moved),
+                rate.round() as i64,
+                stragglers,
+                self.pacing_note.as_deref(),
+            );
+            if !self.counts
+                && let Some(fields) = fields.as_object_mut()
+            {
+                for count in ["keysMoved", "keysTotal", "keysPerSecond"] {
+                    fields.remove(count);
+                }
+            }
             let patch = json!({
                 "metadata": {"resourceVersion": policy.resource_version()},
-                "status": {"rebalance": progress(
-                    step,
-                    self.moved,
-                    self.total.max(self.moved),
-                    rate.round() as i64,
-                    stragglers,
-                    self.pacing_note.as_deref(),
-                )},
+                "status": {"rebalance": fields},
             });
             match self
                 .policies
