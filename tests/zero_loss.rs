@@ -17,7 +17,7 @@ use redis_fleet::routing::config_map::table_of;
 use redis_fleet::routing::table::RoutingTable;
 use support::RedisServer;
 use support::node::Node;
-use support::shop::{SHOP_SECRETS, Shop, shop_configured};
+use support::shop::{SHOP_SECRETS, Shop, kubectl_apply, shop_configured};
 use support::sidecar::Sidecar;
 
 fn quick(policy: String) -> String {
@@ -1849,6 +1849,123 @@ async fn a_job_deleted_while_its_pod_runs_on_is_fenced_off_by_the_next_attempt()
         missing.len(),
         &missing[..missing.len().min(5)]
     );
+}
+
+/// A ValidatingAdmissionPolicy (and its binding, both named `name`) refusing, in namespace
+/// `ns`, the status write that records a plan's final version.
+fn refuse_final_version(name: &str, ns: &str) -> String {
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: {name}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - apiGroups: ["redisfleet.io"]
+        apiVersions: ["*"]
+        operations: ["UPDATE"]
+        resources: ["cachepolicies/status"]
+  validations:
+    - expression: >-
+        !has(object.status) || !has(object.status.rebalance)
+        || !has(object.status.rebalance.finalVersion)
+        || (has(oldObject.status) && has(oldObject.status.rebalance)
+            && has(oldObject.status.rebalance.finalVersion))
+      message: the test refuses to record the final version
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: {name}
+spec:
+  policyName: {name}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels:
+        kubernetes.io/metadata.name: {ns}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_table_out_before_its_status_write_still_ends_the_plan() {
+    // An operator stopped (or its status write failed) between writing the final table into
+    // the routing ConfigMap and recording its version in the plan. The next one built the
+    // same table, found it published already, and recorded nothing (a transition was only
+    // ever recorded with a new version): the Job waited for a final version nobody would
+    // record, and its attempts copied again under the final owners, time after time.
+    let shop = shop_configured("unrecorded", quick, &[]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    settled_table(&shop).await;
+    let name = format!("{}-no-final", shop.ns);
+    let out = kubectl_apply(shop.cp, &shop.ns, &refuse_final_version(&name, &shop.ns));
+    assert!(out.status.success(), "{out:?}");
+    // The API server takes a moment to load a new policy.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let keys = fill_primary(&shop.primary).await;
+    // The final table goes out, its version unrecorded (for 3 s on end: longer than an
+    // operator takes between its two writes).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut since: Option<Instant> = None;
+    let copied = loop {
+        let r = rebalance(&shop).await;
+        let t = table(&shop).await;
+        match r {
+            Some(r)
+                if r.step.as_deref() == Some("Copied")
+                    && r.final_version.is_none()
+                    && r.flip_version
+                        .is_some_and(|f| t.version > u64::try_from(f).unwrap())
+                    && t.migrating.is_empty() =>
+            {
+                if since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(3) {
+                    break r;
+                }
+            }
+            _ => since = None,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the final table never went out unrecorded: {:#?}\n{}",
+            rebalance(&shop).await,
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(copied.final_version, None);
+    assert!(
+        shop.operator
+            .log_tail(2_000)
+            .contains("the test refuses to record the final version"),
+        "{}",
+        shop.operator.log_tail(40)
+    );
+    let out = shop
+        .cp
+        .kubectl()
+        .args([
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &name,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r = wait_rebalance(
+        &shop,
+        &node,
+        "the plan never ended",
+        Duration::from_secs(90),
+        |r| r.plan_id == copied.plan_id && r.phase == rebalance_phase::SUCCEEDED,
+    )
+    .await;
+    assert_eq!(r.attempts, copied.attempts, "the copy ran again: {r:#?}");
+    markers_gone(&shop).await;
+    let missing = keys_not_whole(&shop, &keys, &[]).await;
+    assert!(missing.is_empty(), "{} keys lost", missing.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

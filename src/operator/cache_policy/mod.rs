@@ -415,6 +415,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 ));
                 return_previous = true;
             }
+            let wanted = table.content_hash();
             let published = if return_previous {
                 Published::unchanged(&current)
             } else {
@@ -431,10 +432,15 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 )
                 .await?
             };
-            if published.now
-                && let (Some(r), Some(t), Some(table)) = (rb.as_mut(), transition, &published.table)
+            // A transition is recorded with the version that carried it out: this one's, or
+            // — when an operator stopped between writing the ConfigMap and the status — the
+            // version already out with the very same content. (Only ever recorded on a new
+            // version, the plan waited for a table nobody would publish again: its attempts
+            // redid the copy under the final owners, time after time.)
+            if let (Some(r), Some(t), Some(out)) = (rb.as_mut(), transition, &published.table)
+                && (published.now || (!return_previous && out.content_hash() == wanted))
             {
-                rebalance::record_transition(r, t, table.version);
+                rebalance::record_transition(r, t, out.version);
             }
             published
         }
