@@ -161,6 +161,10 @@ pub async fn abandon_dead_ends(
             )
             .await;
         warn!(plan = r.plan_id, dead = ?dead, attempt = next_attempt, "rebalance partly abandoned; the moves between live instances go on");
+        // Its Job is created here: `follow` takes a missing Job for a deleted one, whose pod
+        // may run on, and starts the attempt after it (the next attempt's token is this one's
+        // fence, and no pod has run under it).
+        driver.create_job(&r).await?;
         return Ok((Some(r), give_back));
     }
     r.phase = rebalance_phase::FAILED.to_owned();
