@@ -900,13 +900,12 @@ fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Ste
         u16::try_from(m.start).map_err(|_| Error::Setup(format!("bad slot {}", m.start)))?;
     let end = u16::try_from(m.end).map_err(|_| Error::Setup(format!("bad slot {}", m.end)))?;
     let range = SlotRange::new(start, end);
-    // A plan of an older operator (or one whose CRD is older) does not say: a flip table of
-    // a newer operator records it; an older one's tells before the flip; after it the
-    // sources' markers do (`Job::serves_by_markers`).
-    let recorded = m.target_serves.or_else(|| {
-        super::plan::recorded_target_serves(resolver.table(), &m.category, range, &m.to)
-    });
-    let target_serves = recorded
+    // A plan of an older operator (or one whose CRD is older) does not say: the table tells
+    // (before the flip by its owners, after it by what its migration records, when it does);
+    // after the flip the sources' markers win (`Job::serves_by_markers`): a table republished
+    // mid-plan by a newer operator may record what an older one's guessed.
+    let target_serves = m
+        .target_serves
         .unwrap_or_else(|| super::plan::target_serves(resolver.table(), &m.category, range, &m.to));
     Ok(Step {
         index,
@@ -915,7 +914,7 @@ fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Ste
         from: m.from.clone(),
         to: m.to.clone(),
         target_serves,
-        recorded: recorded.is_some(),
+        recorded: m.target_serves.is_some(),
     })
 }
 
