@@ -701,8 +701,9 @@ pub async fn drive(
     }
     if !published.migrating.is_empty() {
         // An ended plan's migrations are still out (the table that ends them was held back):
-        // a plan starts from a table that moves nothing. In a flip table a failback reads as a
-        // move into a range its target serves, and the new plan would record it so.
+        // a plan starts from a table that moves nothing. In a flip table of an older operator
+        // (whose migrations record nothing) a failback reads as a move into a range its target
+        // serves, and the new plan would record it so.
         return Ok(rb);
     }
     // Nothing running: plan.
