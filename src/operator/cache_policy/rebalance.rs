@@ -899,6 +899,14 @@ impl<'a> Driver<'a> {
     /// records its success, retries a failure with a fresh Job up to a limit.
     async fn follow(&self, mut r: RebalanceStatus) -> Result<RebalanceStatus, Error> {
         let Some(name) = r.job.clone() else {
+            // An attempt recorded without a Job (a partial abandon names the next attempt,
+            // whose token fenced the running one off): its Job, which no pod has run yet.
+            r.job = Some(job::job_name(
+                &self.policy.name_any(),
+                r.plan_id,
+                r.attempts,
+            ));
+            self.create_job(&r).await?;
             return Ok(r);
         };
         let existing = self.jobs.get_opt(&name).await.map_err(Error::Rebalance)?;

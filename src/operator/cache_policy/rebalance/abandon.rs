@@ -12,7 +12,7 @@ use crate::api::cache_policy::{CachePolicy, MoveStatus, RebalanceStatus, rebalan
 use crate::api::conditions::Time;
 use crate::api::redis_instance::{InstancePhase, RedisInstance};
 use crate::operator::cache_policy::build::{InstanceView, served_ranges};
-use crate::operator::cache_policy::{Error, PolicyContext, fences, job};
+use crate::operator::cache_policy::{Error, PolicyContext, fences};
 use crate::redis::protocol::names;
 use crate::routing::keyspace::Resolver;
 use crate::routing::slots::SlotRange;
@@ -147,7 +147,9 @@ pub async fn abandon_dead_ends(
         let dropped = r.moves.len() - live.len();
         r.moves = live;
         r.attempts = next_attempt;
-        r.job = Some(job::job_name(&policy.name_any(), r.plan_id, next_attempt));
+        // No Job yet: `follow` creates it once the table is out (a Job it finds missing it
+        // takes for a deleted one, whose pod may run on, and starts the attempt after it).
+        r.job = None;
         r.message = Some(format!(
             "{} became unreachable: {dropped} moves with it resolved toward the instances that are alive (data only the unreachable instance held is unavailable until it returns, then dropped); the {} moves between live instances go on with attempt {next_attempt}",
             dead.join(", "),
@@ -161,10 +163,6 @@ pub async fn abandon_dead_ends(
             )
             .await;
         warn!(plan = r.plan_id, dead = ?dead, attempt = next_attempt, "rebalance partly abandoned; the moves between live instances go on");
-        // Its Job is created here: `follow` takes a missing Job for a deleted one, whose pod
-        // may run on, and starts the attempt after it (the next attempt's token is this one's
-        // fence, and no pod has run under it).
-        driver.create_job(&r).await?;
         return Ok((Some(r), give_back));
     }
     r.phase = rebalance_phase::FAILED.to_owned();
