@@ -201,22 +201,24 @@ struct Job {
 /// The Job's fields of `status.rebalance` (exactly
 /// [`JOB_OWNED_REBALANCE_FIELDS`](crate::api::cache_policy::JOB_OWNED_REBALANCE_FIELDS): the
 /// operator's own status writes leave these out).
+/// `counts` (keys moved, keys in all, keys per second) are left out when `None`.
 fn progress(
     step: &str,
-    moved: u64,
-    total: u64,
-    keys_per_second: i64,
+    counts: Option<(u64, u64, i64)>,
     stragglers: &[String],
     pacing: Option<&str>,
 ) -> serde_json::Value {
-    json!({
+    let mut fields = json!({
         "step": step,
-        "keysMoved": moved,
-        "keysTotal": total,
-        "keysPerSecond": keys_per_second,
         "stragglers": stragglers,
         "pacing": pacing,
-    })
+    });
+    if let Some((moved, total, keys_per_second)) = counts {
+        fields["keysMoved"] = moved.into();
+        fields["keysTotal"] = total.into();
+        fields["keysPerSecond"] = keys_per_second.into();
+    }
+    fields
 }
 
 /// Runs the Job to completion. A Job that finds a newer plan or attempt in charge stops
@@ -533,21 +535,10 @@ impl Job {
             if !mine {
                 return Err(Error::Superseded);
             }
-            let mut fields = progress(
-                step,
-                self.moved,
-                self.total.max(self.moved),
-                rate.round() as i64,
-                stragglers,
-                self.pacing_note.as_deref(),
-            );
-            if !self.counts
-                && let Some(fields) = fields.as_object_mut()
-            {
-                for count in ["keysMoved", "keysTotal", "keysPerSecond"] {
-                    fields.remove(count);
-                }
-            }
+            let counts = self
+                .counts
+                .then(|| (self.moved, self.total.max(self.moved), rate.round() as i64));
+            let fields = progress(step, counts, stragglers, self.pacing_note.as_deref());
             let patch = json!({
                 "metadata": {"resourceVersion": policy.resource_version()},
                 "status": {"rebalance": fields},
@@ -927,7 +918,7 @@ mod tests {
     fn the_job_writes_exactly_the_fields_the_operator_leaves_to_it() {
         // A Job field the operator also writes would be overwritten by the operator's stale
         // copy at its next status write (server-side apply, forced).
-        let patch = progress("Copying", 1, 2, 3, &[], Some("slowed"));
+        let patch = progress("Copying", Some((1, 2, 3)), &[], Some("slowed"));
         let mut written: Vec<&str> = patch
             .as_object()
             .unwrap()

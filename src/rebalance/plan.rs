@@ -464,7 +464,7 @@ pub fn target_serves(table: &RoutingTable, category: &str, range: SlotRange, to:
 
 /// What `table`'s migration of `range` of `category` into `to` records of its target serving
 /// the range already, when one covers the range and records it.
-pub fn recorded_target_serves(
+fn recorded_target_serves(
     table: &RoutingTable,
     category: &str,
     range: SlotRange,

@@ -415,7 +415,8 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 ));
                 return_previous = true;
             }
-            let wanted = table.content_hash();
+            // What a plan's transition wants out, to find it out already (below).
+            let wanted = (transition.is_some() && !return_previous).then(|| table.content_hash());
             let published = if return_previous {
                 Published::unchanged(&current)
             } else {
@@ -438,7 +439,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
             // version, the plan waited for a table nobody would publish again: its attempts
             // redid the copy under the final owners, time after time.)
             if let (Some(r), Some(t), Some(out)) = (rb.as_mut(), transition, &published.table)
-                && (published.now || (!return_previous && out.content_hash() == wanted))
+                && (published.now || wanted.is_some_and(|w| out.content_hash() == w))
             {
                 rebalance::record_transition(r, t, out.version);
             }

@@ -333,27 +333,27 @@ pub fn to_status(moves: &[Move], published: &RoutingTable) -> Vec<MoveStatus> {
 
 /// The moves written in status.
 pub fn from_status(moves: &[MoveStatus]) -> Vec<Move> {
+    from_status_recorded(moves)
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect()
+}
+
+/// The moves written in status, each with what it records of its target serving its range
+/// already (`targetServes`).
+fn from_status_recorded(moves: &[MoveStatus]) -> Vec<(Move, Option<bool>)> {
     moves
         .iter()
         .filter_map(|m| {
-            Some(Move {
+            let moved = Move {
                 category: m.category.clone(),
                 range: SlotRange::new(u16::try_from(m.start).ok()?, u16::try_from(m.end).ok()?),
                 from: m.from.clone(),
                 to: m.to.clone(),
                 bytes: 0,
-            })
+            };
+            Some((moved, m.target_serves))
         })
-        .collect()
-}
-
-/// What the moves written in status record of their targets serving their ranges already,
-/// by the moves [`from_status`] returns.
-pub fn recorded_target_serves(moves: &[MoveStatus]) -> Vec<Option<bool>> {
-    moves
-        .iter()
-        .filter(|m| u16::try_from(m.start).is_ok() && u16::try_from(m.end).is_ok())
-        .map(|m| m.target_serves)
         .collect()
 }
 
@@ -602,8 +602,8 @@ fn shape_for_rebalance(
     rb: Option<&RebalanceStatus>,
 ) -> Option<Transition> {
     let r = rb.filter(|r| r.is_active())?;
-    let moves = from_status(&r.moves);
-    let recorded = recorded_target_serves(&r.moves);
+    let (moves, recorded): (Vec<Move>, Vec<Option<bool>>) =
+        from_status_recorded(&r.moves).into_iter().unzip();
     let step = r.step.as_deref();
     // The migrations carry the plan as their epoch: the sources' importing markers are named
     // after it, so the Job can set them before the flip (moves into ranges the target already
