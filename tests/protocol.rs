@@ -22,6 +22,19 @@ async fn conn(server: &RedisServer) -> MultiplexedConnection {
         .expect("connecting")
 }
 
+/// The names of a migrating range of plan 1 of [`POLICY`], with importing marker `marker`.
+fn range<'a>(marker: &'a str, urgent: &'a str) -> guard::RangeNames<'a> {
+    guard::RangeNames {
+        marker,
+        groups: GROUPS,
+        urgent,
+        urgent_groups: URGENT_GROUPS,
+    }
+}
+
+const GROUPS: &str = "redisfleet:group:shop/shop:1:";
+const URGENT_GROUPS: &str = "redisfleet:urgent-groups:shop/shop";
+
 /// Runs a guarded command and returns the raw reply as a frame-ish value.
 async fn guarded(
     c: &mut MultiplexedConnection,
@@ -31,7 +44,8 @@ async fn guarded(
 ) -> (Decision, redis::Value) {
     let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::from(k.to_string())).collect();
     let command: Vec<Bytes> = command.iter().map(|k| Bytes::from(k.to_string())).collect();
-    let args = guard::guard_command(marker, &keys, &names::urgent(POLICY), &[command], true);
+    let urgent = names::urgent(POLICY);
+    let args = guard::guard_command(range(marker, &urgent), &keys, &[command], true);
     let mut cmd = redis::cmd(std::str::from_utf8(&args[0]).unwrap());
     for a in &args[1..] {
         cmd.arg(a.as_ref());
@@ -113,9 +127,8 @@ async fn the_guard_runs_on_the_source_until_importing_then_redirects_absent_keys
     // Errors of the command itself come back as they are.
     let keys = [Bytes::from_static(b"user:a")];
     let args = guard::guard_command(
-        marker,
+        range(marker, "u"),
         &keys,
-        "u",
         &[vec![
             Bytes::from_static(b"LPUSH"),
             Bytes::from_static(b"user:a"),
@@ -129,6 +142,216 @@ async fn the_guard_runs_on_the_source_until_importing_then_redirects_absent_keys
     }
     let err = cmd.query_async::<redis::Value>(&mut c).await.unwrap_err();
     assert_eq!(err.code(), Some("WRONGTYPE"));
+}
+
+/// The script check's decision for a script declaring `keys` (`None`: not a decision).
+async fn script_decision(
+    c: &mut MultiplexedConnection,
+    marker: &str,
+    keys: &[&str],
+) -> Option<Decision> {
+    let keys: Vec<Bytes> = keys.iter().map(|k| b(k)).collect();
+    let args = guard::script_check_command(range(marker, "u"), &keys);
+    let mut cmd = redis::cmd("EVAL");
+    for a in &args[1..] {
+        cmd.arg(a.as_ref());
+    }
+    let v: redis::Value = cmd.query_async(c).await.unwrap();
+    let text = match v {
+        redis::Value::SimpleString(s) => format!("+{s}\r\n"),
+        redis::Value::Okay => "+OK\r\n".to_owned(),
+        other => panic!("{other:?}"),
+    };
+    guard::check_decision(text.as_bytes())
+}
+
+async fn set(c: &mut MultiplexedConnection, key: &str, value: &str) {
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(c)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_script_runs_where_its_whole_slot_groups_are_and_waits_for_them_in_between() {
+    let source = RedisServer::start(RedisOptions::default());
+    let mut c = conn(&source).await;
+    let marker = "redisfleet:importing:shop/shop:1:auth:0-16383";
+    // Three queues in three slot groups, BullMQ-style: the script declares the counter and
+    // builds the job keys itself.
+    let (q1, q2, q3) = ("auth:{q1}:id", "auth:{q2}:id", "auth:{q3}:id");
+    let group = |k: &str| names::slot_group_of_key(GROUPS, k.as_bytes());
+    assert!(group(q1) != group(q2) && group(q2) != group(q3) && group(q1) != group(q3));
+
+    // Not importing: the source.
+    assert_eq!(
+        script_decision(&mut c, marker, &[q1]).await,
+        Some(Decision::Ran)
+    );
+    set(&mut c, marker, "1").await;
+    // A Job of an older version keeps no group states: the script decides by its keys.
+    let older = "auth:{q7}:id";
+    assert!(![q1, q2, q3].iter().any(|q| group(q) == group(older)));
+    assert_eq!(
+        script_decision(&mut c, marker, &[older]).await,
+        Some(Decision::Ask)
+    );
+    let m = mover(names::mover_token(1, 1));
+    m.claim(&mut c).await.unwrap();
+    let all = names::slot_groups(POLICY, 1);
+    m.set_group_states(
+        &mut c,
+        std::slice::from_ref(&all),
+        names::GROUPS_OPEN,
+        names::KEEP_ANY,
+    )
+    .await
+    .unwrap();
+    // Importing, the move has touched none of its groups: the source, declared keys present
+    // or not (no key of theirs is anywhere else).
+    assert_eq!(
+        script_decision(&mut c, marker, &[q1]).await,
+        Some(Decision::Ran)
+    );
+
+    // The Job takes a key of q1's group (not the declared one): the script waits, and asks
+    // for the group.
+    set(&mut c, "auth:{q1}:job:1", "data").await;
+    let taken = m
+        .take(&mut c, &[b("auth:{q1}:job:1")], GROUPS, 8 << 20, 0)
+        .await
+        .unwrap();
+    assert!(matches!(taken[0], Taken::Value { .. }), "{taken:?}");
+    set(&mut c, q1, "1").await;
+    assert_eq!(
+        script_decision(&mut c, marker, &[q1]).await,
+        Some(Decision::TryAgain),
+        "a script whose group is half moved must not run on the source"
+    );
+    let asked: Vec<String> = redis::cmd("LRANGE")
+        .arg(URGENT_GROUPS)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(asked, vec![String::from_utf8(group(q1).to_vec()).unwrap()]);
+    // Once the Job says the group moved: the target.
+    m.set_group_states(
+        &mut c,
+        &[String::from_utf8(group(q1).to_vec()).unwrap()],
+        names::GROUP_MOVED,
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        script_decision(&mut c, marker, &[q1]).await,
+        Some(Decision::Ask)
+    );
+    // A script over a moved and an untouched group waits for both to be moved whole.
+    assert_eq!(
+        script_decision(&mut c, marker, &[q1, q2]).await,
+        Some(Decision::TryAgain)
+    );
+
+    // A command the guard sends to the target (its key absent here) marks its group: the
+    // target may hold a key of it now.
+    assert_eq!(
+        script_decision(&mut c, marker, &[q2]).await,
+        Some(Decision::Ran)
+    );
+    let (d, _) = guarded(
+        &mut c,
+        marker,
+        &["auth:{q2}:job:9"],
+        &["SET", "auth:{q2}:job:9", "x"],
+    )
+    .await;
+    assert_eq!(d, Decision::Ask);
+    assert_eq!(
+        script_decision(&mut c, marker, &[q2]).await,
+        Some(Decision::TryAgain)
+    );
+
+    // A key of the script's in transit: wait.
+    set(&mut c, "redisfleet:tomb:auth:{q3}:id", "v").await;
+    assert_eq!(
+        script_decision(&mut c, marker, &[q3]).await,
+        Some(Decision::Busy)
+    );
+    let () = redis::cmd("DEL")
+        .arg("redisfleet:tomb:auth:{q3}:id")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        script_decision(&mut c, marker, &[q3]).await,
+        Some(Decision::Ran)
+    );
+
+    // The copy is over (the sweep runs): an untouched group counts as moving.
+    m.set_group_states(
+        &mut c,
+        std::slice::from_ref(&all),
+        names::GROUPS_CLOSING,
+        names::GROUP_MOVED,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        script_decision(&mut c, marker, &[q3]).await,
+        Some(Decision::TryAgain)
+    );
+    // The sweep found the source empty: every group moved.
+    m.set_group_states(&mut c, std::slice::from_ref(&all), names::GROUP_MOVED, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        script_decision(&mut c, marker, &[q3]).await,
+        Some(Decision::Ask)
+    );
+    // `closing` never takes the place of `moved`.
+    m.set_group_states(
+        &mut c,
+        std::slice::from_ref(&all),
+        names::GROUPS_CLOSING,
+        names::GROUP_MOVED,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        script_decision(&mut c, marker, &[q2]).await,
+        Some(Decision::Ask)
+    );
+
+    // A stale Job attempt changes no state.
+    let old = mover(names::mover_token(1, 0));
+    assert_eq!(
+        old.set_group_states(
+            &mut c,
+            std::slice::from_ref(&all),
+            names::GROUPS_CLOSING,
+            ""
+        )
+        .await,
+        Err(MoveError::Fenced)
+    );
+
+    // A move into a range its target serves already decides by the keys.
+    let legacy = "redisfleet:importing:shop/shop:2:auth:0-16383";
+    set(&mut c, legacy, "5:target-serves").await;
+    set(&mut c, "auth:{q9}:id", "1").await;
+    assert_eq!(
+        script_decision(&mut c, legacy, &["auth:{q9}:id"]).await,
+        Some(Decision::Ran)
+    );
+    assert_eq!(
+        script_decision(&mut c, legacy, &["auth:{q9}:absent"]).await,
+        Some(Decision::Ask)
+    );
 }
 
 fn mover(token: u64) -> Mover {
@@ -169,7 +392,13 @@ async fn a_move_takes_restores_and_finishes_and_keeps_the_expiry() {
         .unwrap();
 
     let taken = m
-        .take(&mut s, &[b("k1"), b("k2"), b("gone")], 8 << 20, 0)
+        .take(
+            &mut s,
+            &[b("k1"), b("k2"), b("gone")],
+            "redisfleet:group:test:1:",
+            8 << 20,
+            0,
+        )
         .await
         .unwrap();
     assert_eq!(taken[2], Taken::None);
@@ -210,8 +439,20 @@ async fn a_move_takes_restores_and_finishes_and_keeps_the_expiry() {
     let done = m.restore(&mut t, &restores).await.unwrap();
     assert_eq!(done, vec![Restored::Done, Restored::Present]);
     m.finish(&mut s, &[b("k1"), b("k2")]).await.unwrap();
-    let left: i64 = redis::cmd("DBSIZE").query_async(&mut s).await.unwrap();
-    assert_eq!(left, 1, "only the mover token is left on the source");
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    let left: Vec<&String> = left
+        .iter()
+        .filter(|k| !k.starts_with("redisfleet:group:"))
+        .collect();
+    assert_eq!(
+        left,
+        vec![&names::mover(POLICY)],
+        "only the mover token (and the groups' states) is left on the source"
+    );
     let at_target: i64 = redis::cmd("PEXPIRETIME")
         .arg("k1")
         .query_async(&mut t)
@@ -253,7 +494,10 @@ async fn a_replaced_mover_can_no_longer_restore_what_it_took() {
         .query_async(&mut s)
         .await
         .unwrap();
-    let taken = old.take(&mut s, &[b("session:1")], 0, 0).await.unwrap();
+    let taken = old
+        .take(&mut s, &[b("session:1")], "redisfleet:group:test:1:", 0, 0)
+        .await
+        .unwrap();
     let Taken::Value { dump, .. } = taken[0].clone() else {
         panic!()
     };
@@ -261,7 +505,10 @@ async fn a_replaced_mover_can_no_longer_restore_what_it_took() {
     let new = mover(names::mover_token(9, 2));
     new.claim(&mut s).await.unwrap();
     new.claim(&mut t).await.unwrap();
-    let again = new.take(&mut s, &[b("session:1")], 0, 0).await.unwrap();
+    let again = new
+        .take(&mut s, &[b("session:1")], "redisfleet:group:test:1:", 0, 0)
+        .await
+        .unwrap();
     let Taken::Value { dump: d2, .. } = again[0].clone() else {
         panic!("the tombstone is taken over: {again:?}")
     };
@@ -473,16 +720,25 @@ async fn a_full_source_can_still_be_emptied_and_a_full_target_takes_nothing() {
         .await
         .unwrap();
     assert_eq!(queued, 1);
-    let taken = m.take(&mut s, &[b("user:1")], 8 << 20, 0).await.unwrap();
+    let taken = m
+        .take(
+            &mut s,
+            &[b("user:1")],
+            "redisfleet:group:test:1:",
+            8 << 20,
+            0,
+        )
+        .await
+        .unwrap();
     let Taken::Value { dump, .. } = &taken[0] else {
         panic!("{taken:?}")
     };
 
     // The application's writes on a full instance stay refused, through the guard too.
+    let urgent = names::urgent(POLICY);
     let args = guard::guard_command(
-        marker,
+        range(marker, &urgent),
         &[b("fill:0")],
-        &names::urgent(POLICY),
         &[vec![b("SET"), b("fill:0"), b("y")]],
         true,
     );
@@ -543,7 +799,16 @@ async fn a_tombstone_beside_a_live_key_is_stale_and_the_live_key_moves() {
     let tomb = names::tomb(b"user:k");
     let _: () = s.set(tomb.as_ref(), "old").await.unwrap();
     let _: () = s.set("user:k", "new").await.unwrap();
-    let taken = m.take(&mut s, &[b("user:k")], 8 << 20, 0).await.unwrap();
+    let taken = m
+        .take(
+            &mut s,
+            &[b("user:k")],
+            "redisfleet:group:test:1:",
+            8 << 20,
+            0,
+        )
+        .await
+        .unwrap();
     let Taken::Value { dump, .. } = &taken[0] else {
         panic!("{taken:?}");
     };
@@ -590,7 +855,13 @@ async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_o
     job.claim(&mut s).await.unwrap();
     job.set_marker(&mut s, marker, true, false).await.unwrap();
     let taken = job
-        .take(&mut s, &[b("auth:1"), b("auth:2")], 8 << 20, 0)
+        .take(
+            &mut s,
+            &[b("auth:1"), b("auth:2")],
+            "redisfleet:group:test:1:",
+            8 << 20,
+            0,
+        )
         .await
         .unwrap();
     assert!(matches!(taken[0], Taken::Value { .. }), "{taken:?}");
@@ -626,7 +897,14 @@ async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_o
     assert!(tombs.is_empty(), "{tombs:?}");
     // The attempt that had the keys in transit can no longer take or finish anything.
     assert_eq!(
-        job.take(&mut s, &[b("auth:1")], 8 << 20, 0).await,
+        job.take(
+            &mut s,
+            &[b("auth:1")],
+            "redisfleet:group:test:1:",
+            8 << 20,
+            0
+        )
+        .await,
         Err(MoveError::Fenced)
     );
     // A move into a range its target served already gives nothing back to its draining source.
@@ -634,7 +912,15 @@ async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_o
     let job = mover(names::mover_token(7, 5));
     job.claim(&mut s).await.unwrap();
     job.set_marker(&mut s, drained, true, true).await.unwrap();
-    job.take(&mut s, &[b("auth:1")], 8 << 20, 0).await.unwrap();
+    job.take(
+        &mut s,
+        &[b("auth:1")],
+        "redisfleet:group:test:1:",
+        8 << 20,
+        0,
+    )
+    .await
+    .unwrap();
     let operator = mover(names::mover_token(7, 6));
     assert_eq!(
         operator.give_back(&mut s, drained, &[b("auth:1")]).await,

@@ -676,7 +676,10 @@ async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, migration: &Migrat
             return moved;
         }
         for batch in all.chunks(3) {
-            let taken = mover.take(&mut src, batch, 8 << 20, 0).await.unwrap();
+            let taken = mover
+                .take(&mut src, batch, "redisfleet:group:test:1:", 8 << 20, 0)
+                .await
+                .unwrap();
             let mut restores = Vec::new();
             let mut done = Vec::new();
             for (k, t) in batch.iter().zip(taken) {

@@ -654,7 +654,10 @@ async fn the_job_holds_at_most_its_budget_of_big_values_at_once() {
     let huge = vec![b'y'; 9 << 20];
     let _: () = s.set("user:huge", &huge).await.unwrap();
     keys.push(Bytes::from_static(b"user:huge"));
-    let taken = mover.take(&mut s, &keys, 8 << 20, 2 << 20).await.unwrap();
+    let taken = mover
+        .take(&mut s, &keys, "redisfleet:group:test:1:", 8 << 20, 2 << 20)
+        .await
+        .unwrap();
     let dumped: usize = taken
         .iter()
         .map(|t| match t {

@@ -27,6 +27,7 @@
 mod batch;
 mod control;
 mod copy;
+mod groups;
 mod pacing;
 mod piecewise;
 
@@ -313,6 +314,7 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     job.fence(flip, true).await?;
     job.empty_targets(true).await?;
     job.report(rebalance_step::IMPORTING, &[]).await?;
+    job.open_groups().await?;
     job.import(true, false).await?;
     // What the sidecars see before the copy's load: the lowest latencies to compare with
     // (and whether they sent traffic, which the count's scan then yields to).

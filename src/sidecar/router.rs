@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use crate::redis::connect::Target;
 use crate::redis::endpoint::{self, Available, SecretValues};
+use crate::redis::protocol::guard::RangeNames;
 use crate::redis::protocol::names;
 use crate::routing::keyspace::{InstanceId, Resolver};
 use crate::routing::table::RoutingTable;
@@ -31,6 +32,8 @@ pub struct MigrationRoute {
     pub marker: String,
     /// The range's imported marker on the target (`target_first.rs`).
     pub imported: Bytes,
+    /// The names of its plan's slot group states (`docs/protocol.md`, "Scripts").
+    pub groups: String,
     /// Whether its reads ask the target first.
     pub target_first: Arc<TargetFirst>,
 }
@@ -47,13 +50,26 @@ pub struct Router {
     /// The table's migrating ranges, indexed like `migrating` in the table.
     pub migrations: Vec<MigrationRoute>,
     /// The policy's urgent list (keys the guard asks the Job to move first).
-    pub urgent: Bytes,
+    pub urgent: String,
+    /// The policy's urgent group list (slot groups a script waits to see moved whole).
+    pub urgent_groups: String,
 }
 
 impl Router {
     /// The backend of `id`.
     pub fn backend(&self, id: InstanceId) -> &Arc<Backend> {
         &self.backends[usize::from(id)]
+    }
+
+    /// The names the guard of migrating range `m` works with.
+    pub fn range_names(&self, m: u16) -> RangeNames<'_> {
+        let mig = &self.migrations[usize::from(m)];
+        RangeNames {
+            marker: &mig.marker,
+            groups: &mig.groups,
+            urgent: &self.urgent,
+            urgent_groups: &self.urgent_groups,
+        }
     }
 
     /// Table version.
@@ -170,18 +186,19 @@ pub async fn build(
             target: id(&m.to),
             marker: names::importing(&naming.policy, m),
             imported: Bytes::from(names::imported(&naming.policy, m)),
+            groups: names::slot_group_prefix(&naming.policy, m.epoch),
             target_first: Arc::new(TargetFirst::new(
                 metrics.reads_on_target.clone(),
                 metrics.reads_not_on_target.clone(),
             )),
         })
         .collect();
-    let urgent = Bytes::from(names::urgent(&naming.policy));
     Ok(Router {
         resolver,
         backends,
         categories,
         migrations,
-        urgent,
+        urgent: names::urgent(&naming.policy),
+        urgent_groups: names::urgent_groups(&naming.policy),
     })
 }

@@ -32,6 +32,8 @@ pub(super) struct Batcher {
     pub(super) from: Instance,
     pub(super) to: Instance,
     pub(super) mover: mover::Mover,
+    /// The plan's slot group states ([`names::slot_group_prefix`](crate::redis::protocol::names::slot_group_prefix)): a take marks its keys' groups moving.
+    pub(super) groups: String,
     /// Takes and restores wait for their turn ([`SCRIPTS_AT_ONCE`]): the bulk copy. Keys a
     /// sidecar waits for, and the few left over, go past the queue.
     pub(super) queued: bool,
@@ -65,17 +67,18 @@ impl Batcher {
     pub(super) async fn move_batch(self, keys: Vec<Bytes>) -> Result<BatchOutcome, Error> {
         let first = keys.first().cloned().unwrap_or_default();
         // 1. Take them out of the source: concurrent calls, pipelined on the connection.
-        let calls = keys.chunks(KEYS_PER_SCRIPT).map(|group| {
+        let calls = keys.chunks(KEYS_PER_SCRIPT).map(|chunk| {
             let mut conn = self.from.data.clone();
             let scripts = self.queued.then(|| self.from.scripts.clone());
             let mover = self.mover.clone();
+            let groups = self.groups.clone();
             async move {
                 let _turn = match &scripts {
                     Some(s) => s.acquire().await.ok(),
                     None => None,
                 };
                 mover
-                    .take(&mut conn, group, BIG_VALUE_BYTES, TAKE_BUDGET)
+                    .take(&mut conn, chunk, &groups, BIG_VALUE_BYTES, TAKE_BUDGET)
                     .await
             }
         });

@@ -96,6 +96,11 @@ impl Job {
                 }
                 cursor = next;
                 self.yield_to_traffic(started.elapsed()).await?;
+                // The sources import already: a command the guard sent to a target marked its
+                // slot groups moving, and a script of theirs waits for them (`groups.rs`).
+                if self.urgent_read.elapsed() >= URGENT_EVERY {
+                    self.urgent().await?;
+                }
             }
         }
         Ok(total)
@@ -323,7 +328,8 @@ impl Job {
             .map_err(|e| source.err(&e))
     }
 
-    /// Moves the keys sidecars asked for (a command touched moved and unmoved keys at once).
+    /// Moves the keys sidecars asked for (a command touched moved and unmoved keys at once),
+    /// and the slot groups they asked for whole (a script waits on them: `groups.rs`).
     pub(super) async fn urgent(&mut self) -> Result<(), Error> {
         self.urgent_read = Instant::now();
         let resolver = self.resolver.clone();
@@ -354,7 +360,7 @@ impl Job {
                 self.move_keys(&from, &to, &keys).await?;
             }
         }
-        Ok(())
+        self.urgent_groups().await
     }
 
     /// Moves the keys of the ranges still in transit (tombstones of an earlier attempt) and
@@ -399,7 +405,7 @@ impl Job {
     }
 
     /// The moves out of `from`: category, range and target of each.
-    fn moves_from(&self, from: &str) -> Vec<(CategoryId, SlotRange, String)> {
+    pub(super) fn moves_from(&self, from: &str) -> Vec<(CategoryId, SlotRange, String)> {
         self.steps
             .iter()
             .filter(|s| s.from == from)
@@ -408,7 +414,7 @@ impl Job {
     }
 
     /// The moves' sources, each once, in order.
-    fn sources(&self) -> Vec<String> {
+    pub(super) fn sources(&self) -> Vec<String> {
         let mut sources: Vec<String> = self.steps.iter().map(|s| s.from.clone()).collect();
         sources.sort();
         sources.dedup();
@@ -416,8 +422,17 @@ impl Job {
     }
 
     /// Rescans every range until nothing of it is left on the sources: no key (new keys only
-    /// appear there if every key of their command was there) and no tombstone.
+    /// appear there if every key of their command was there, or by a script of a slot group
+    /// the move had not touched) and no tombstone. Every group counts as moving from its
+    /// start (no script creates a key on a source from then on), and as moved once a pass
+    /// found nothing.
     pub(super) async fn sweep(&mut self) -> Result<(), Error> {
+        self.close_groups().await?;
+        self.sweep_passes().await?;
+        self.groups_moved().await
+    }
+
+    async fn sweep_passes(&mut self) -> Result<(), Error> {
         let resolver = self.resolver.clone();
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
@@ -443,6 +458,11 @@ impl Job {
                     if !scan.is_done() {
                         self.yield_to_traffic(started.elapsed()).await?;
                     }
+                    // Once the copy is over every script of a moving range waits for its
+                    // groups (`groups.rs`): they move as the copy would move them.
+                    if self.urgent_read.elapsed() >= URGENT_EVERY {
+                        self.urgent().await?;
+                    }
                 }
                 found += keys.len();
                 self.move_keys(&from, &to, &keys).await?;
@@ -465,6 +485,7 @@ impl Job {
         if self.converge(last).await? {
             self.fence(last, false).await?;
             self.import(false, false).await?;
+            self.remove_group_states().await?;
         } else {
             warn!(
                 version = last,
@@ -581,13 +602,19 @@ impl Job {
             from,
             to,
             mover: self.mover.clone(),
+            groups: self.group_prefix(),
             queued,
         })
     }
 
     /// Moves `keys` one batch at a time (leftovers, urgent keys, the sweep); adds them to
     /// `moved`.
-    async fn move_keys(&mut self, from: &str, to: &str, keys: &[Bytes]) -> Result<(), Error> {
+    pub(super) async fn move_keys(
+        &mut self,
+        from: &str,
+        to: &str,
+        keys: &[Bytes],
+    ) -> Result<(), Error> {
         let mut queue: Vec<Bytes> = keys.to_vec();
         while !queue.is_empty() {
             let take = queue.len().min(self.batch_size);
@@ -618,7 +645,7 @@ impl Job {
 
 /// Which of `moves` (from [`Job::moves_from`]) application key `key` belongs to, if any (as
 /// [`in_ranges`] for each, its category and slot computed once).
-fn move_of(
+pub(super) fn move_of(
     resolver: &Resolver,
     moves: &[(CategoryId, SlotRange, String)],
     key: &[u8],

@@ -3,23 +3,28 @@
 //! script that decides, atomically with the Job's moves, whether it runs there or belongs on the
 //! target.
 //!
-//! KEYS: the range's importing marker, the command's keys, their tombstones, the urgent list.
-//! ARGV: the commands to run: their count, then for each its number of arguments and the
-//! arguments (the client's command first; the category's TTL rules may add `PEXPIRE`s).
+//! KEYS: the range's importing marker, the command's keys, their tombstones, their slot groups'
+//! state keys, the urgent list ([`SCRIPT_CHECK_SCRIPT`] adds the plan's group state and the
+//! urgent group list). ARGV: the commands to run: their count, then for each its number of
+//! arguments and the arguments (the client's command first; the category's TTL rules may add
+//! `PEXPIRE`s).
 
 use std::sync::OnceLock;
 
 use bytes::Bytes;
 
+use super::mover::TARGET_SERVES;
 use super::names;
 
-/// The decision part, shared by [`GUARD_SCRIPT`] (which then runs the command) and
-/// [`CHECK_SCRIPT`] (which only answers, for commands that cannot run inside a script).
+/// The decision part, shared by [`GUARD_SCRIPT`] (which then runs the command), [`CHECK_SCRIPT`]
+/// (which only answers, for commands that cannot run inside a script) and
+/// [`SCRIPT_CHECK_SCRIPT`]. A command sent to the target (`ASK`) marks its keys' slot groups
+/// moving: the target may now hold keys of them, so a script of those groups must not run on
+/// the source (`docs/protocol.md`, "Scripts").
 macro_rules! decide {
     () => {
         r"
-local function decide()
-  local n = (#KEYS - 2) / 2
+local function decide(n, urgent)
   if redis.call('EXISTS', KEYS[1]) == 0 then return 'RUN' end
   local present = {}
   for i = 1, n do
@@ -27,13 +32,16 @@ local function decide()
     if redis.call('EXISTS', KEYS[1 + i]) == 1 then present[#present + 1] = KEYS[1 + i] end
   end
   if #present == n then return 'RUN' end
-  if #present == 0 then return 'ASK' end
-  -- The queue must take the keys on a full source too (see `oom_exempt!`).
+  -- The groups and the queue must be written on a full source too (see `oom_exempt!`).
   redis.call('DEL', 'redisfleet:oom-exempt')
-  for i = 1, #present, 1000 do
-    redis.call('RPUSH', KEYS[#KEYS], unpack(present, i, math.min(i + 999, #present)))
+  if #present == 0 then
+    for i = 1, n do redis.call('SET', KEYS[1 + 2 * n + i], 'moving', 'NX') end
+    return 'ASK'
   end
-  redis.call('LTRIM', KEYS[#KEYS], -100000, -1)
+  for i = 1, #present, 1000 do
+    redis.call('RPUSH', urgent, unpack(present, i, math.min(i + 999, #present)))
+  end
+  redis.call('LTRIM', urgent, -100000, -1)
   return 'TRYAGAIN'
 end
 "
@@ -45,7 +53,7 @@ end
 pub const GUARD_SCRIPT: &str = concat!(
     decide!(),
     r"
-local d = decide()
+local d = decide((#KEYS - 2) / 3, KEYS[#KEYS])
 if d ~= 'RUN' then return {err = 'REDISFLEET-' .. d .. ' decided by the redis-fleet guard'} end
 ",
     run_commands!(),
@@ -53,7 +61,51 @@ if d ~= 'RUN' then return {err = 'REDISFLEET-' .. d .. ' decided by the redis-fl
 );
 
 /// Only the decision, as a status reply (`+RUN`, `+ASK`, `+BUSY`, `+TRYAGAIN`).
-pub const CHECK_SCRIPT: &str = concat!(decide!(), "return {ok = decide()}\n");
+pub const CHECK_SCRIPT: &str = concat!(
+    decide!(),
+    "return {ok = decide((#KEYS - 2) / 3, KEYS[#KEYS])}\n"
+);
+
+/// The decision for a script (or a transaction that holds one), which may touch keys it does
+/// not declare, in its declared keys' slot groups: it runs on the source while none of its
+/// groups has been touched by the move (every key of them is still there), on the target
+/// once all of them moved (none can come back), and otherwise asks the Job to move its groups
+/// whole (the urgent group list) and answers `+TRYAGAIN`. A move into a range its target
+/// served already (the importing marker ends with ARGV[1]), and a plan whose Job keeps no
+/// group states (an older version's: the plan's own state is absent), decide by the keys. KEYS: as
+/// [`CHECK_SCRIPT`], then the plan's group state and the urgent group list.
+pub const SCRIPT_CHECK_SCRIPT: &str = concat!(
+    decide!(),
+    r"
+local n = (#KEYS - 4) / 3
+local marker = redis.call('GET', KEYS[1])
+if not marker then return {ok = 'RUN'} end
+if string.sub(marker, -#ARGV[1]) == ARGV[1] then return {ok = decide(n, KEYS[3 * n + 2])} end
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then return {ok = 'BUSY'} end
+end
+local all = redis.call('GET', KEYS[3 * n + 3])
+if not all then return {ok = decide(n, KEYS[3 * n + 2])} end
+if all == 'moved' then return {ok = 'ASK'} end
+local untouched, moved, wait = 0, 0, {}
+for i = 1, n do
+  local group = KEYS[1 + 2 * n + i]
+  local state = redis.call('GET', group)
+  if state == 'moved' then
+    moved = moved + 1
+  else
+    if not state and all ~= 'closing' then untouched = untouched + 1 end
+    wait[#wait + 1] = group
+  end
+end
+if untouched == n then return {ok = 'RUN'} end
+if moved == n then return {ok = 'ASK'} end
+redis.call('DEL', 'redisfleet:oom-exempt')
+redis.call('RPUSH', KEYS[3 * n + 4], unpack(wait))
+redis.call('LTRIM', KEYS[3 * n + 4], -10000, -1)
+return {ok = 'TRYAGAIN'}
+"
+);
 
 /// Arguments a guarded command may have: Lua's `unpack` stops near 8,000 values. Longer
 /// commands take the WATCH path ([`CHECK_SCRIPT`]).
@@ -108,25 +160,41 @@ pub fn check_sha() -> &'static str {
     super::script_sha(CHECK_SCRIPT, &SHA)
 }
 
-fn keys_args(marker: &str, keys: &[Bytes], urgent: &str) -> Vec<Bytes> {
-    let mut out = Vec::with_capacity(keys.len() * 2 + 2);
-    out.push(Bytes::from(marker.to_owned()));
+/// The names the guard of one migrating range works with.
+#[derive(Debug, Clone, Copy)]
+pub struct RangeNames<'a> {
+    /// The range's importing marker.
+    pub marker: &'a str,
+    /// [`names::slot_group_prefix`] of the range's plan.
+    pub groups: &'a str,
+    /// The policy's urgent list ([`names::urgent`]).
+    pub urgent: &'a str,
+    /// The policy's urgent group list ([`names::urgent_groups`]).
+    pub urgent_groups: &'a str,
+}
+
+fn keys_args(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(keys.len() * 3 + 2);
+    out.push(Bytes::from(range.marker.to_owned()));
     out.extend(keys.iter().cloned());
     out.extend(keys.iter().map(|k| names::tomb(k)));
-    out.push(Bytes::from(urgent.to_owned()));
+    out.extend(
+        keys.iter()
+            .map(|k| names::slot_group_of_key(range.groups, k)),
+    );
+    out.push(Bytes::from(range.urgent.to_owned()));
     out
 }
 
-/// `EVALSHA <guard> <n> marker keys… tombs… urgent <commands>` (with `EVAL` and the body
-/// instead when `by_body`, after a `NOSCRIPT`). The reply is the first command's.
+/// `EVALSHA <guard> <n> marker keys… tombs… groups… urgent <commands>` (with `EVAL` and the
+/// body instead when `by_body`, after a `NOSCRIPT`). The reply is the first command's.
 pub fn guard_command(
-    marker: &str,
+    range: RangeNames<'_>,
     keys: &[Bytes],
-    urgent: &str,
     commands: &[Vec<Bytes>],
     by_body: bool,
 ) -> Vec<Bytes> {
-    let k = keys_args(marker, keys, urgent);
+    let k = keys_args(range, keys);
     let argc: usize = commands.iter().map(|c| c.len() + 1).sum();
     let mut out = Vec::with_capacity(4 + k.len() + argc);
     out.extend(super::script_head(GUARD_SCRIPT, guard_sha(), by_body));
@@ -138,17 +206,45 @@ pub fn guard_command(
 
 /// Arguments the guard needs for `commands` on `keys` (see [`MAX_GUARDED_ARGS`]).
 pub fn guarded_args(keys: usize, commands: &[Vec<Bytes>]) -> usize {
-    2 * keys + 2 + 1 + commands.iter().map(|c| c.len() + 1).sum::<usize>()
+    3 * keys + 2 + 1 + commands.iter().map(|c| c.len() + 1).sum::<usize>()
 }
 
-/// `EVAL <check> <n> marker keys… tombs… urgent` (sent between WATCH and MULTI).
-pub fn check_command(marker: &str, keys: &[Bytes], urgent: &str) -> Vec<Bytes> {
-    let k = keys_args(marker, keys, urgent);
+/// `EVAL <check> <n> marker keys… tombs… groups… urgent` (sent between WATCH and MULTI).
+pub fn check_command(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
+    let k = keys_args(range, keys);
     let mut out = Vec::with_capacity(3 + k.len());
     out.push(Bytes::from_static(b"EVAL"));
     out.push(Bytes::from_static(CHECK_SCRIPT.as_bytes()));
     out.push(Bytes::from(k.len().to_string()));
     out.extend(k);
+    out
+}
+
+/// `EVAL <script check> <n> marker keys… tombs… groups… urgent all urgent-groups <suffix>`
+/// (sent between WATCH and MULTI, for a script).
+pub fn script_check_command(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
+    let mut k = keys_args(range, keys);
+    k.push(Bytes::from(format!("{}all", range.groups)));
+    k.push(Bytes::from(range.urgent_groups.to_owned()));
+    let mut out = Vec::with_capacity(4 + k.len());
+    out.push(Bytes::from_static(b"EVAL"));
+    out.push(Bytes::from_static(SCRIPT_CHECK_SCRIPT.as_bytes()));
+    out.push(Bytes::from(k.len().to_string()));
+    out.extend(k);
+    out.push(Bytes::from_static(TARGET_SERVES.as_bytes()));
+    out
+}
+
+/// What a script's WATCH must cover besides its keys and their tombstones: the state keys of
+/// their slot groups and the plan's own (a change of any is a move the script must see).
+pub fn script_watch_keys(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
+    let mut out: Vec<Bytes> = keys
+        .iter()
+        .map(|k| names::slot_group_of_key(range.groups, k))
+        .collect();
+    out.sort();
+    out.dedup();
+    out.push(Bytes::from(format!("{}all", range.groups)));
     out
 }
 
@@ -171,22 +267,43 @@ mod tests {
     fn command_layout() {
         let keys = [Bytes::from_static(b"a"), Bytes::from_static(b"b")];
         let cmd = vec![vec![Bytes::from_static(b"MSET"), Bytes::from_static(b"a")]];
-        let c = guard_command("m", &keys, "u", &cmd, false);
+        let range = RangeNames {
+            marker: "m",
+            groups: "g:",
+            urgent: "u",
+            urgent_groups: "ug",
+        };
+        let c = guard_command(range, &keys, &cmd, false);
         let text: Vec<&[u8]> = c.iter().map(|b| b.as_ref()).collect();
         assert_eq!(text[0], b"EVALSHA");
-        assert_eq!(text[2], b"6");
+        assert_eq!(text[2], b"8");
+        // Slot 15495 ("a") and 3300 ("b"), 16 slots a group.
         assert_eq!(
-            &text[3..9],
+            &text[3..11],
             &[
                 b"m".as_slice(),
                 b"a",
                 b"b",
                 b"redisfleet:tomb:a",
                 b"redisfleet:tomb:b",
+                b"g:968",
+                b"g:206",
                 b"u"
             ]
         );
-        assert_eq!(&text[9..], &[b"1".as_slice(), b"2", b"MSET", b"a"]);
+        assert_eq!(&text[11..], &[b"1".as_slice(), b"2", b"MSET", b"a"]);
+        assert_eq!(guarded_args(2, &cmd), c.len() - 3);
+        let s = script_check_command(range, &keys);
+        let text: Vec<&[u8]> = s.iter().map(|b| b.as_ref()).collect();
+        assert_eq!(text[2], b"10");
+        assert_eq!(
+            &text[11..],
+            &[b"g:all".as_slice(), b"ug", b":target-serves"]
+        );
+        assert_eq!(
+            script_watch_keys(range, &[keys[0].clone(), keys[0].clone()]),
+            vec![Bytes::from_static(b"g:968"), Bytes::from_static(b"g:all")]
+        );
         assert_eq!(guard_sha().len(), 40);
     }
 }

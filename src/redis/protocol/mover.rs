@@ -33,8 +33,10 @@ return 0
 "
 );
 
-/// KEYS: mover, then (key, tombstone) pairs. ARGV: token, largest value to DUMP (bytes, by
-/// MEMORY USAGE; 0: any), and a budget of DUMP bytes for this call (0: none). Takes each key
+/// KEYS: mover, then (key, tombstone) pairs, then the keys' slot group states. ARGV: token,
+/// largest value to DUMP (bytes, by MEMORY USAGE; 0: any), a budget of DUMP bytes for this
+/// call (0: none), and how many group states follow the pairs. Marks the groups moving (a
+/// script of theirs no longer runs on the source: `docs/protocol.md`, "Scripts"), then takes each key
 /// out of the source: a tombstone left by an earlier attempt is taken as it is, unless the key
 /// exists beside it (written after that move ended: the tombstone is stale and is dropped); a
 /// present key is renamed to its tombstone. One reply per key: `{'NONE'}`, `{'MOVED', dump, expire_at}`,
@@ -49,9 +51,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[2])
 local budget = tonumber(ARGV[3] or '0')
+local groups = tonumber(ARGV[4] or '0')
+if groups > 0 then
+  -- Written on a full source too (see `oom_exempt!`); the renames below free nothing and
+  -- take nothing.
+  redis.call('DEL', 'redisfleet:oom-exempt')
+  for i = #KEYS - groups + 1, #KEYS do redis.call('SET', KEYS[i], 'moving', 'NX') end
+end
 local spent = 0
 local out = {}
-for i = 2, #KEYS, 2 do
+for i = 2, #KEYS - groups, 2 do
   local key, tomb = KEYS[i], KEYS[i + 1]
   local from = nil
   if redis.call('EXISTS', tomb) == 1 then
@@ -133,6 +142,20 @@ pub const IMPORT_SCRIPT: &str = concat!(
     "redis.call('SET', KEYS[2], ARGV[2] or ARGV[1])\nreturn 1\n"
 );
 
+/// KEYS: mover, slot group states ([`names::slot_group`], [`names::slot_groups`]). ARGV: token,
+/// the state, and a state to leave as it is (`*`: any state; empty: none). Sets the states.
+pub const GROUP_STATES_SCRIPT: &str = concat!(
+    oom_exempt!(),
+    check_token!(),
+    r"
+for i = 2, #KEYS do
+  local now = redis.call('GET', KEYS[i])
+  if not (now and (ARGV[3] == '*' or now == ARGV[3])) then redis.call('SET', KEYS[i], ARGV[2]) end
+end
+return #KEYS - 1
+"
+);
+
 /// What the importing marker of a move into a range its target serves already holds after the
 /// token: should the target die, the source (a draining instance) never held the range's live
 /// data, so the operator leaves the marker where it is (`docs/protocol.md`).
@@ -198,6 +221,8 @@ static IMPORT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(IMP
 static UNMARK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UNMARK_SCRIPT));
 static DELETE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DELETE_SCRIPT));
 static PLACE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PLACE_SCRIPT));
+static GROUP_STATES: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(GROUP_STATES_SCRIPT));
 static GIVE_BACK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GIVE_BACK_SCRIPT));
 
 /// What the take script answered for one key.
@@ -347,6 +372,32 @@ impl Mover {
         Ok(u64::try_from(back).ok())
     }
 
+    /// Sets slot group states `states` to `state`, leaving those that are `keep` as they are
+    /// (`*`: any state, so only absent ones are set; empty: none).
+    pub async fn set_group_states(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        states: &[String],
+        state: &str,
+        keep: &str,
+    ) -> Result<(), MoveError> {
+        for chunk in states.chunks(1_000) {
+            let mut call = GROUP_STATES.prepare_invoke();
+            call.key(names::mover(&self.policy));
+            for s in chunk {
+                call.key(s);
+            }
+            let _: i64 = call
+                .arg(self.token)
+                .arg(state)
+                .arg(keep)
+                .invoke_async(conn)
+                .await
+                .map_err(|e| MoveError::from_redis(&e))?;
+        }
+        Ok(())
+    }
+
     /// Raises the instance's mover token to ours; `Fenced` when a newer one is there.
     pub async fn claim(&self, conn: &mut (impl ConnectionLike + Send)) -> Result<(), MoveError> {
         let ours: i64 = RAISE_TOKEN
@@ -364,11 +415,13 @@ impl Mover {
 
     /// Takes `keys` out of the source; one answer per key, in order. Values over `dump_limit`
     /// bytes are left in their tombstones for a piecewise copy; once the DUMPs of this call
-    /// passed `budget` bytes, further keys are left alone ([`Taken::Later`]).
+    /// passed `budget` bytes, further keys are left alone ([`Taken::Later`]). The keys' slot
+    /// groups (from `groups`, a [`names::slot_group_prefix`]) are marked moving first.
     pub async fn take(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         keys: &[Bytes],
+        groups: &str,
         dump_limit: u64,
         budget: u64,
     ) -> Result<Vec<Taken>, MoveError> {
@@ -377,7 +430,19 @@ impl Mover {
         for k in keys {
             call.key(k.as_ref()).key(names::tomb(k).as_ref());
         }
-        call.arg(self.token).arg(dump_limit).arg(budget);
+        let mut states: Vec<Bytes> = keys
+            .iter()
+            .map(|k| names::slot_group_of_key(groups, k))
+            .collect();
+        states.sort();
+        states.dedup();
+        for g in &states {
+            call.key(g.as_ref());
+        }
+        call.arg(self.token)
+            .arg(dump_limit)
+            .arg(budget)
+            .arg(states.len());
         let reply: redis::Value = call
             .invoke_async(conn)
             .await

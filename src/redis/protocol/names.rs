@@ -52,6 +52,61 @@ pub fn urgent(policy: &str) -> String {
     format!("redisfleet:urgent:{policy}")
 }
 
+/// List: slot groups a sidecar needs moved whole now, named by their [`slot_group`] keys (a
+/// script of a migrating range waits for them: `docs/protocol.md`, "Scripts").
+pub fn urgent_groups(policy: &str) -> String {
+    format!("redisfleet:urgent-groups:{policy}")
+}
+
+/// Slots per *slot group*: the unit a script's keys move in (`docs/protocol.md`, "Scripts").
+/// A group state key per group that a plan touched, on its source: at most 1 024 per plan.
+pub const SLOTS_PER_GROUP: u16 = 16;
+
+/// The group of `slot`.
+pub fn group_of(slot: u16) -> u16 {
+    slot / SLOTS_PER_GROUP
+}
+
+/// What the names of plan `epoch`'s group states start with (`<prefix><group>`, and
+/// `<prefix>all` for the plan's own state).
+pub fn slot_group_prefix(policy: &str, epoch: u64) -> String {
+    format!("redisfleet:group:{policy}:{epoch}:")
+}
+
+/// String, on a move's source: the state of slot group `group` in plan `epoch`'s moves out of
+/// it. Absent: no key of the group's moving slots has left the source, or been written on a
+/// target (scripts on it run on the source); [`GROUP_MOVING`]; [`GROUP_MOVED`]: every such key
+/// is on its target, and none can come back.
+pub fn slot_group(policy: &str, epoch: u64, group: u16) -> String {
+    format!("{}{group}", slot_group_prefix(policy, epoch))
+}
+
+/// The group state key of `key`'s slot, from [`slot_group_prefix`].
+pub fn slot_group_of_key(prefix: &str, key: &[u8]) -> Bytes {
+    let slot = crate::routing::slots::key_slot(key);
+    Bytes::from(format!("{prefix}{}", group_of(slot)))
+}
+
+/// String, on a move's source: the state of every group of plan `epoch` at once —
+/// [`GROUPS_OPEN`] (the Job keeps the groups' states: set before the source imports; absent,
+/// a script decides by its declared keys, as a Job of an older version leaves it),
+/// [`GROUPS_CLOSING`] (the copy is over: a group with no state counts as moving) or
+/// [`GROUP_MOVED`] (every group moved).
+pub fn slot_groups(policy: &str, epoch: u64) -> String {
+    format!("{}all", slot_group_prefix(policy, epoch))
+}
+
+/// A group some of whose keys moved (or were written on the target).
+pub const GROUP_MOVING: &str = "moving";
+/// A group all of whose keys moved.
+pub const GROUP_MOVED: &str = "moved";
+/// The Job keeps the states of the plan's groups.
+pub const GROUPS_OPEN: &str = "open";
+/// State that a group state (or the plan's) leaves as it is: any.
+pub const KEEP_ANY: &str = "*";
+/// The copy is over and the sweep runs: every group without a state counts as moving.
+pub const GROUPS_CLOSING: &str = "closing";
+
 /// The importing marker of one migrating range, on its source: once set, absent keys of the
 /// range live on the target.
 pub fn importing(policy: &str, m: &Migration) -> String {
@@ -143,13 +198,14 @@ pub fn policy_keys(policy: &str) -> Vec<String> {
         sidecar_latencies(policy),
         mover(policy),
         urgent(policy),
+        urgent_groups(policy),
         writer_epoch(policy),
         version_counter(policy),
         holds(policy),
     ]
 }
 
-/// SCAN MATCH patterns of the other keys of `policy`: importing and imported markers, the Jobs' scan
+/// SCAN MATCH patterns of the other keys of `policy`: importing and imported markers, slot group states, the Jobs' scan
 /// checkpoints and the replicas' applied versions. Each ends with `<policy>:*`, so it matches no other policy's keys (names hold
 /// no `:`) and, under the reserved prefix, no application key. Tombstones and restore
 /// temporaries are named after application keys, not policies: they are not among these.
@@ -157,6 +213,7 @@ pub fn policy_key_patterns(policy: &str) -> Vec<Vec<u8>> {
     [
         format!("redisfleet:importing:{policy}:"),
         format!("redisfleet:imported:{policy}:"),
+        format!("redisfleet:group:{policy}:"),
         checkpoint_prefix(policy),
         format!("redisfleet:applied:{policy}:"),
     ]
@@ -223,6 +280,7 @@ mod tests {
             sidecar_latencies("a/b"),
             mover("a/b"),
             urgent("a/b"),
+            urgent_groups("a/b"),
             writer_epoch("a/b"),
             version_counter("a/b"),
             holds("a/b"),
@@ -240,6 +298,9 @@ mod tests {
         assert!(!matches(&imported("a/bc", &m)));
         assert!(matches("redisfleet:checkpoint:a/b:7:user:0-99:x:y"));
         assert!(matches(&applied_versions("a/b", 16383)));
+        assert!(matches(&slot_group("a/b", 7, 1023)));
+        assert!(matches(&slot_groups("a/b", 7)));
+        assert!(!matches(&slot_group("a/bc", 7, 0)));
         assert!(!matches(&applied_versions("a/bc", 0)));
         // Another policy whose name extends this one's, and application keys, never match.
         assert!(!matches(&importing("a/bc", &m)));

@@ -38,6 +38,15 @@ pub(super) struct Guarded {
 }
 
 impl Guarded {
+    /// A transaction (a script among its commands with `script`); `ask` as [`Guarded::ask`].
+    pub fn transaction(ask: bool, script: bool) -> Self {
+        Self {
+            ask,
+            script,
+            read: false,
+        }
+    }
+
     /// An ordinary command whose keys all migrate; `read` as [`Guarded::read`].
     pub fn command(read: bool) -> Self {
         Self {
@@ -143,7 +152,7 @@ impl Client {
                 .enumerate()
                 .map(|(i, c)| if i == 0 { c } else { ttl::for_server(c, true) })
                 .collect();
-            let exec = self.watched(router, m, keys, &cmds, how.ask, None).await?;
+            let exec = self.watched(router, m, keys, &cmds, how, None).await?;
             return Ok(first_of_exec(&exec));
         }
         let read = how.read && how.ask && cmds.len() == 1;
@@ -248,11 +257,10 @@ impl Client {
         cmds: &[Vec<Bytes>],
     ) -> Result<Option<Bytes>, Interrupt> {
         let mig = &router.migrations[usize::from(m)];
-        let urgent = String::from_utf8_lossy(&router.urgent).into_owned();
         let mut backoff = Backoff::new();
         let mut by_body = false;
         loop {
-            let args = guard::guard_command(&mig.marker, keys, &urgent, cmds, by_body);
+            let args = guard::guard_command(router.range_names(m), keys, cmds, by_body);
             let reply = self
                 .call(router, mig.source, bundle(&[args]), 1)
                 .await?
@@ -301,7 +309,10 @@ impl Client {
     }
 
     /// The WATCH path: runs `cmds` atomically (`MULTI … EXEC`) where the keys of migrating
-    /// range `m` live, and returns EXEC's reply. With `watching`, the client's own WATCHed
+    /// range `m` live, and returns EXEC's reply; on the target only with `how.ask`. With
+    /// `how.script` (a script, or a transaction that holds one: it may touch keys it does not
+    /// declare), where all the keys of their slot groups live (`docs/protocol.md`, "Scripts").
+    /// With `watching`, the client's own WATCHed
     /// connection to the source is used (taken out of the client by the caller): its WATCH
     /// stays in force, and a move of the keys to the target aborts the transaction, as a
     /// change of a WATCHed key would.
@@ -311,23 +322,29 @@ impl Client {
         m: u16,
         keys: &[Bytes],
         cmds: &[Vec<Bytes>],
-        ask: bool,
+        how: Guarded,
         mut watching: Option<&mut Dedicated>,
     ) -> Result<Bytes, Interrupt> {
+        let (ask, script) = (how.ask, how.script);
         enum Next {
             Done(Bytes),
             Target,
             Retry,
         }
         let mig = router.migrations[usize::from(m)].clone();
-        let urgent = String::from_utf8_lossy(&router.urgent).into_owned();
+        let range = router.range_names(m);
         let mut watch = vec![
             Bytes::from_static(b"WATCH"),
             Bytes::from(mig.marker.clone()),
         ];
         watch.extend(keys.iter().cloned());
         watch.extend(keys.iter().map(|k| names::tomb(k)));
-        let check = guard::check_command(&mig.marker, keys, &urgent);
+        let check = if script {
+            watch.extend(guard::script_watch_keys(range, keys));
+            guard::script_check_command(range, keys)
+        } else {
+            guard::check_command(range, keys)
+        };
         let probe = bundle(&[watch, check]);
         let unwatch = bundle(&[vec![Bytes::from_static(b"UNWATCH")]]);
         let client_watch = watching.is_some();

@@ -15,7 +15,7 @@ use super::super::backend::Dedicated;
 use super::super::command::{Kind, LocalCommand, PubSub, Resolved, TxnCommand};
 use super::super::router::Router;
 use super::super::ttl::TtlAction;
-use super::guarded::exec_prefix;
+use super::guarded::{Guarded, exec_prefix};
 use super::keyed::ttl_action;
 use super::replicated::{Capture, record_writes, recorded_set, replicated_writes};
 use super::{Client, Dispatched, Interrupt, Pending, backend_reply, bundle, error_reply, lost};
@@ -37,6 +37,9 @@ pub(super) struct Transaction {
     after: Vec<Vec<Bytes>>,
     /// A command failed to queue: EXEC answers EXECABORT.
     pub(super) aborted: bool,
+    /// A script is queued: it may touch keys it does not declare, so a migrating range's
+    /// transaction runs where its keys' whole slot groups are (`guarded.rs`).
+    script: bool,
 }
 
 /// Where a transaction's keys live, decided at EXEC.
@@ -146,6 +149,7 @@ impl Client {
         if spec.write || (spec.kind == Kind::Script && !spec.name.ends_with("_ro")) {
             t.written.extend(keys.iter().cloned());
         }
+        t.script |= spec.kind == Kind::Script;
         t.keys.extend(keys);
         t.queued.push(args);
         Ok(Pending::Ready(Bytes::from_static(b"+QUEUED\r\n")))
@@ -226,8 +230,7 @@ impl Client {
                 // WATCH where the keys are now; on the source, moves must abort the
                 // transaction too, so the marker and the tombstones are WATCHed as well.
                 let mig = router.migrations[usize::from(m)].clone();
-                let urgent = String::from_utf8_lossy(&router.urgent).into_owned();
-                let check = guard::check_command(&mig.marker, &guard_keys, &urgent);
+                let check = guard::check_command(router.range_names(m), &guard_keys);
                 let mut waited = 0;
                 loop {
                     let reply = self
@@ -336,10 +339,12 @@ impl Client {
         let watched = self.watching.is_some();
         let result = if replicated.is_empty() {
             let watching = self.watching.take().map(|w| *w);
-            let result = self.run_exec(&router, place, &cmds, watching).await;
+            let result = self
+                .run_exec(&router, place, &cmds, t.script, watching)
+                .await;
             result.map(|exec| Pending::Ready(exec_prefix(&exec, n)))
         } else {
-            self.exec_replicated(&router, place, cmds, n, replicated)
+            self.exec_replicated(&router, place, cmds, n, t.script, replicated)
                 .await
         };
         if matches!(result, Err(Interrupt::Stale)) && !watched {
@@ -362,6 +367,7 @@ impl Client {
         place: Place,
         cmds: Vec<Vec<Bytes>>,
         n: usize,
+        script: bool,
         written: Vec<(Bytes, Route)>,
     ) -> Dispatched {
         let target = match place {
@@ -379,7 +385,9 @@ impl Client {
                     )));
                 }
                 let watching = self.watching.take().map(|w| *w);
-                let exec = self.run_exec(router, place, &cmds, watching).await?;
+                let exec = self
+                    .run_exec(router, place, &cmds, script, watching)
+                    .await?;
                 return Ok(Pending::Ready(exec_prefix(&exec, n)));
             }
         };
@@ -427,6 +435,7 @@ impl Client {
         router: &Arc<Router>,
         place: Place,
         cmds: &[Vec<Bytes>],
+        script: bool,
         watching: Option<(String, Dedicated)>,
     ) -> Result<Bytes, Interrupt> {
         let multi_exec = || {
@@ -443,7 +452,14 @@ impl Client {
                 if name == router.backend(mig.source).name() {
                     let keys = guard_keys.clone();
                     return self
-                        .watched(router, m, &keys, cmds, all, Some(&mut conn))
+                        .watched(
+                            router,
+                            m,
+                            &keys,
+                            cmds,
+                            Guarded::transaction(all, script),
+                            Some(&mut conn),
+                        )
                         .await;
                 }
                 if name != router.backend(mig.target).name() {
@@ -455,7 +471,15 @@ impl Client {
                     .map_err(fail)
             }
             (Place::Migrating { m, guard_keys, all }, None) => {
-                self.watched(router, m, &guard_keys, cmds, all, None).await
+                self.watched(
+                    router,
+                    m,
+                    &guard_keys,
+                    cmds,
+                    Guarded::transaction(all, script),
+                    None,
+                )
+                .await
             }
             (place, Some((name, mut conn))) => {
                 if let Place::On(target) = place
