@@ -197,6 +197,11 @@ struct Job {
     /// plan's counts are an earlier attempt's (which copied the keys).
     counts: bool,
     mover: mover::Mover,
+    /// Keys the copy's batches have under way.
+    in_transit: batch::InTransit,
+    /// Slot groups sidecars asked for while the copy had batches in flight, per source: they
+    /// move once those have landed (`groups.rs`).
+    groups_asked: BTreeMap<String, std::collections::BTreeSet<u16>>,
 }
 
 /// The Job's fields of `status.rebalance` (exactly
@@ -468,6 +473,8 @@ impl Job {
             pausing: false,
             counts: true,
             mover,
+            in_transit: batch::InTransit::default(),
+            groups_asked: BTreeMap::new(),
         })
     }
 

@@ -32,11 +32,55 @@ pub(super) struct Batcher {
     pub(super) from: Instance,
     pub(super) to: Instance,
     pub(super) mover: mover::Mover,
+    /// Keys of the copy's batches in flight (registered by the copy when it launches one,
+    /// [`InTransit`]): the Job's other moves leave them to their batch.
+    pub(super) in_transit: InTransit,
     /// The plan's slot group states ([`names::slot_group_prefix`](crate::redis::protocol::names::slot_group_prefix)): a take marks its keys' groups moving.
     pub(super) groups: String,
     /// Takes and restores wait for their turn ([`SCRIPTS_AT_ONCE`]): the bulk copy. Keys a
     /// sidecar waits for, and the few left over, go past the queue.
     pub(super) queued: bool,
+}
+
+/// The keys the copy's batches have under way. Another move of the same key meanwhile (the
+/// urgent keys, which the Job moves while batches are in flight) would take its tombstone as
+/// an earlier attempt's and restore it a second time: after the first copy landed and a client
+/// deleted the key on the target, that second restore would bring it back. A batch's keys are
+/// registered when the copy launches it and leave when the batch ends, except those left in
+/// their tombstones for a piecewise copy, which leave once it is done (`Job::settle`).
+#[derive(Clone, Default)]
+pub(super) struct InTransit(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Bytes>>>);
+
+impl InTransit {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Bytes>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers `keys` (a batch about to be launched).
+    pub(super) fn enter(&self, keys: &[Bytes]) {
+        self.set().extend(keys.iter().cloned());
+    }
+
+    /// `keys` are no longer under way.
+    pub(super) fn leave<'a>(&self, keys: impl IntoIterator<Item = &'a Bytes>) {
+        let mut set = self.set();
+        for k in keys {
+            set.remove(k);
+        }
+    }
+
+    /// `keys` without those under way.
+    pub(super) fn not_under_way(&self, keys: &[Bytes]) -> Vec<Bytes> {
+        let set = self.set();
+        keys.iter().filter(|k| !set.contains(*k)).cloned().collect()
+    }
+
+    /// Whether no key is under way.
+    pub(super) fn is_empty(&self) -> bool {
+        self.set().is_empty()
+    }
 }
 
 /// What a batch left to the Job.
@@ -65,6 +109,19 @@ impl Batcher {
     /// Moves a batch: takes every key out of the source (into its tombstone), restores them
     /// on the target (a key the target has already stays as it is there), finishes the moves.
     pub(super) async fn move_batch(self, keys: Vec<Bytes>) -> Result<BatchOutcome, Error> {
+        let in_transit = self.in_transit.clone();
+        let outcome = self.move_keys(&keys).await;
+        // Whatever happened, the batch is over; a key left in its tombstone for the piecewise
+        // copy stays under way until that copy is done.
+        let piecewise: std::collections::HashSet<&Bytes> = match &outcome {
+            Ok(o) => o.piecewise.iter().map(|(k, _)| k).collect(),
+            Err(_) => Default::default(),
+        };
+        in_transit.leave(keys.iter().filter(|k| !piecewise.contains(k)));
+        outcome
+    }
+
+    async fn move_keys(&self, keys: &[Bytes]) -> Result<BatchOutcome, Error> {
         let first = keys.first().cloned().unwrap_or_default();
         // 1. Take them out of the source: concurrent calls, pipelined on the connection.
         let calls = keys.chunks(KEYS_PER_SCRIPT).map(|chunk| {

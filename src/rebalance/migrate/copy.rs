@@ -220,9 +220,17 @@ impl Job {
             loop {
                 self.pace_by_latency(true).await?;
                 page_size.store(self.scan_count(), Ordering::Relaxed);
+                // Slot groups a script waits for move with no batch in flight: a batch could
+                // rename a key of theirs while the walk for them passes (it would find neither
+                // name), and a key in transit could land after the group counts as moved.
+                let groups_asked = !self.groups_asked.is_empty();
+                if groups_asked && in_flight.is_empty() {
+                    self.move_asked_groups().await?;
+                }
+                let groups_asked = !self.groups_asked.is_empty();
                 // When the rate lets the next batch go, if it holds it back now.
                 let mut due: Option<Instant> = None;
-                while in_flight.len() < BATCHES_IN_FLIGHT && !pending.is_empty() {
+                while in_flight.len() < BATCHES_IN_FLIGHT && !pending.is_empty() && !groups_asked {
                     if self.pause_requested().await? {
                         if !in_flight.is_empty() {
                             // Pause with no key in transit: land what is in flight first.
@@ -240,6 +248,7 @@ impl Job {
                         break;
                     };
                     self.launched += chunk.len() as u64;
+                    self.in_transit.enter(&chunk);
                     let batcher = batcher.clone();
                     // A task of its own: a batch holds keys in transit, so it runs to the end
                     // while the Job paces, checkpoints or reports.
@@ -251,8 +260,10 @@ impl Job {
                 // positions land in scan order.
                 // (An empty page takes a place in flight too, so the scan never runs ahead of
                 // the batches by more than their number.)
-                let wants_page =
-                    pending.is_empty() && !scanned_all && in_flight.len() < BATCHES_IN_FLIGHT;
+                let wants_page = pending.is_empty()
+                    && !scanned_all
+                    && in_flight.len() < BATCHES_IN_FLIGHT
+                    && !groups_asked;
                 if in_flight.is_empty() && pending.is_empty() && !wants_page {
                     break;
                 }
@@ -261,7 +272,8 @@ impl Job {
                     () = tokio::time::sleep_until(paced), if due.is_some() => {}
                     _ = urgent_tick.tick() => {
                         if self.urgent_read.elapsed() >= URGENT_EVERY {
-                            self.urgent().await?;
+                            self.urgent_keys().await?;
+                            self.ask_groups().await?;
                         }
                     }
                     page = scanned.recv(), if wants_page => match page {
@@ -330,7 +342,16 @@ impl Job {
 
     /// Moves the keys sidecars asked for (a command touched moved and unmoved keys at once),
     /// and the slot groups they asked for whole (a script waits on them: `groups.rs`).
+    /// Call with no batch of the copy in flight (see [`Job::urgent_keys`]).
     pub(super) async fn urgent(&mut self) -> Result<(), Error> {
+        self.urgent_keys().await?;
+        self.ask_groups().await?;
+        self.move_asked_groups().await
+    }
+
+    /// Moves the keys sidecars asked for, except those a batch of the copy has under way
+    /// (they land in a moment, and the sidecar asks again if it must).
+    pub(super) async fn urgent_keys(&mut self) -> Result<(), Error> {
         self.urgent_read = Instant::now();
         let resolver = self.resolver.clone();
         let list = names::urgent(&self.mover.policy);
@@ -360,7 +381,7 @@ impl Job {
                 self.move_keys(&from, &to, &keys).await?;
             }
         }
-        self.urgent_groups().await
+        Ok(())
     }
 
     /// Moves the keys of the ranges still in transit (tombstones of an earlier attempt) and
@@ -602,6 +623,7 @@ impl Job {
             from,
             to,
             mover: self.mover.clone(),
+            in_transit: self.in_transit.clone(),
             groups: self.group_prefix(),
             queued,
         })
@@ -615,7 +637,8 @@ impl Job {
         to: &str,
         keys: &[Bytes],
     ) -> Result<(), Error> {
-        let mut queue: Vec<Bytes> = keys.to_vec();
+        // A key a batch of the copy has under way is that batch's to move.
+        let mut queue: Vec<Bytes> = self.in_transit.not_under_way(keys);
         while !queue.is_empty() {
             let take = queue.len().min(self.batch_size);
             let chunk: Vec<Bytes> = queue.drain(..take).collect();
@@ -633,6 +656,7 @@ impl Job {
         for (key, expire_at) in outcome.piecewise {
             self.copy_piecewise(from, to, &key, expire_at).await?;
             self.finish_keys(from, std::slice::from_ref(&key)).await?;
+            self.in_transit.leave([&key]);
             moved += 1;
         }
         if !outcome.later.is_empty() {

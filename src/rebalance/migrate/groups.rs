@@ -40,8 +40,9 @@ impl Job {
         )
     }
 
-    /// Moves whole the slot groups that sidecars asked for (a script waits on them).
-    pub(super) async fn urgent_groups(&mut self) -> Result<(), Error> {
+    /// Takes the slot groups that sidecars asked for (a script waits on them) off the urgent
+    /// group lists, to move with [`Job::move_asked_groups`].
+    pub(super) async fn ask_groups(&mut self) -> Result<(), Error> {
         let list = names::urgent_groups(&self.mover.policy);
         let prefix = self.group_prefix();
         for from in self.sources() {
@@ -54,7 +55,36 @@ impl Job {
                 .map_err(|e| source.err(&e))?;
             let groups = requested_groups(&prefix, &popped.unwrap_or_default());
             if !groups.is_empty() {
-                self.move_groups(&from, &groups).await?;
+                self.groups_asked.entry(from).or_default().extend(groups);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves whole the slot groups asked for that have not moved yet. Call with no batch of
+    /// the copy in flight: one could rename a key of theirs while the walk passes it (the walk
+    /// would see neither name), or land after the group counts as moved.
+    pub(super) async fn move_asked_groups(&mut self) -> Result<(), Error> {
+        debug_assert!(self.in_transit.is_empty());
+        let prefix = self.group_prefix();
+        for (from, groups) in std::mem::take(&mut self.groups_asked) {
+            // A request repeated while its groups moved (a script retries every few
+            // milliseconds) costs no second walk.
+            let states: Vec<String> = groups.iter().map(|g| format!("{prefix}{g}")).collect();
+            let source = self.instance(&from)?;
+            let now: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&states)
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?;
+            let left: BTreeSet<u16> = groups
+                .into_iter()
+                .zip(now)
+                .filter(|(_, state)| state.as_deref() != Some(GROUP_MOVED))
+                .map(|(g, _)| g)
+                .collect();
+            if !left.is_empty() {
+                self.move_groups(&from, &left).await?;
             }
         }
         Ok(())
@@ -135,7 +165,13 @@ impl Job {
     /// no states while keys moved: its groups are `closing` (every one counts as moving).
     pub(super) async fn open_groups(&mut self) -> Result<(), Error> {
         let mut markers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for (from, m, _) in self.migrations() {
+        // Not the markers of moves into ranges their targets serve already: those are set
+        // before the flip, and decide by the keys anyway.
+        for (from, m, _) in self
+            .migrations()
+            .into_iter()
+            .filter(|(_, _, serves)| !serves)
+        {
             markers
                 .entry(from)
                 .or_default()

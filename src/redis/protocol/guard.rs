@@ -87,7 +87,7 @@ end
 local all = redis.call('GET', KEYS[3 * n + 3])
 if not all then return {ok = decide(n, KEYS[3 * n + 2])} end
 if all == 'moved' then return {ok = 'ASK'} end
-local untouched, moved, wait = 0, 0, {}
+local untouched, moved, wait, asked = 0, 0, {}, {}
 for i = 1, n do
   local group = KEYS[1 + 2 * n + i]
   local state = redis.call('GET', group)
@@ -95,13 +95,18 @@ for i = 1, n do
     moved = moved + 1
   else
     if not state and all ~= 'closing' then untouched = untouched + 1 end
-    wait[#wait + 1] = group
+    if not asked[group] then
+      asked[group] = true
+      wait[#wait + 1] = group
+    end
   end
 end
 if untouched == n then return {ok = 'RUN'} end
 if moved == n then return {ok = 'ASK'} end
 redis.call('DEL', 'redisfleet:oom-exempt')
-redis.call('RPUSH', KEYS[3 * n + 4], unpack(wait))
+for i = 1, #wait, 1000 do
+  redis.call('RPUSH', KEYS[3 * n + 4], unpack(wait, i, math.min(i + 999, #wait)))
+end
 redis.call('LTRIM', KEYS[3 * n + 4], -10000, -1)
 return {ok = 'TRYAGAIN'}
 "

@@ -430,6 +430,30 @@ impl Client {
         })))
     }
 
+    /// Whether every key of `keys` in migrating range `m` (with `script`, every key of their
+    /// slot groups) is on the range's target, as the source's guard decides now. Once so, it
+    /// stays so: nothing of theirs goes back to the source.
+    async fn all_on_target(
+        &mut self,
+        router: &Arc<Router>,
+        m: u16,
+        keys: &[Bytes],
+        script: bool,
+    ) -> Result<bool, Interrupt> {
+        let range = router.range_names(m);
+        let check = if script {
+            guard::script_check_command(range, keys)
+        } else {
+            guard::check_command(range, keys)
+        };
+        let source = router.migrations[usize::from(m)].source;
+        let reply = self
+            .call(router, source, bundle(std::slice::from_ref(&check)), 1)
+            .await?
+            .first();
+        Ok(guard::check_decision(&reply) == Some(Decision::Ask))
+    }
+
     async fn run_exec(
         &mut self,
         router: &Arc<Router>,
@@ -464,6 +488,19 @@ impl Client {
                 }
                 if name != router.backend(mig.target).name() {
                     return Err(cross());
+                }
+                // The WATCH went to the target because its keys had moved; the transaction's
+                // keys (for a script, every key of their slot groups) must all be there too,
+                // else it would read absent keys the source still holds and write beside them.
+                if !all {
+                    return Err(Interrupt::Reply(error_reply(
+                        "TRYAGAIN the keys of this transaction are split by a migration in progress, retry",
+                    )));
+                }
+                if !self.all_on_target(router, m, &guard_keys, script).await? {
+                    // As if a WATCHed key had changed: the client starts over, and its next
+                    // WATCH goes where the keys are.
+                    return Ok(Bytes::from_static(b"*-1\r\n"));
                 }
                 conn.call(&multi_exec(), replies)
                     .await
