@@ -2523,3 +2523,139 @@ async fn scripts_that_write_keys_they_do_not_declare_lose_nothing_while_their_ra
         at(1.0)
     );
 }
+
+/// A ValidatingAdmissionPolicy (and its binding) named `name` that refuses every update of
+/// the routing ConfigMap `shop-redis-routing` in namespace `ns`.
+fn refuse_routing_updates(name: &str, ns: &str) -> String {
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: {name}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - apiGroups: [""]
+        apiVersions: ["v1"]
+        operations: ["UPDATE"]
+        resources: ["configmaps"]
+  validations:
+    - expression: object.metadata.name != 'shop-redis-routing'
+      message: the test refuses to publish a routing table
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: {name}
+spec:
+  policyName: {name}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels:
+        kubernetes.io/metadata.name: {ns}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_fenced_by_a_failover_notice_whose_table_never_went_out_serves_again_when_it_answers()
+ {
+    // Before it publishes a failover the operator fences the instance at the coming version on
+    // every other instance. When the table's write failed (an API error, the operator killed)
+    // and the instance answered again before the next try, the table built was the published
+    // one: nothing went out, and every sidecar, on the published version, stayed fenced off
+    // the instance — its keys unreadable until some other change published a table.
+    let shop = shop_configured("notice", quick, &[]).await;
+    let settled = settled_table(&shop).await;
+    let app = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app");
+    let mut a = app
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // `user:` is a warm category: the secondary's.
+    let () = a.set("user:notice", "kept").await.unwrap();
+    assert_eq!(
+        a.get::<_, Option<String>>("user:notice").await.unwrap(),
+        Some("kept".to_owned())
+    );
+    let name = format!("{}-no-table", shop.ns);
+    let out = kubectl_apply(shop.cp, &shop.ns, &refuse_routing_updates(&name, &shop.ns));
+    assert!(out.status.success(), "{out:?}");
+    // The API server takes a moment to load a new policy.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let pid = shop.secondary.pid().unwrap();
+    signal(pid, "-STOP");
+    let mut on_primary = shop
+        .primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let fences = format!("redisfleet:fences:{}/shop", shop.ns);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let fenced: Option<u64> = on_primary.hget(&fences, "secondary").await.unwrap();
+        if fenced.is_some_and(|v| v > settled.version) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover notice\n{}",
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The notice's table is refused (after the notice's wait for the sidecars' leases).
+    while !shop
+        .operator
+        .log_tail(2_000)
+        .contains("the test refuses to publish a routing table")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the table was never refused
+{}",
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        table(&shop).await.version,
+        settled.version,
+        "a table went out"
+    );
+    // The secondary answers again, and the tables may go out once more.
+    signal(pid, "-CONT");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let out = shop
+        .cp
+        .kubectl()
+        .args([
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &name,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match a.get::<_, Option<String>>("user:notice").await {
+            Ok(v) => {
+                assert_eq!(v.as_deref(), Some("kept"));
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the secondary stayed out of reach: {e}; table version {}\n{}",
+                table(&shop).await.version,
+                shop.operator.log_tail(40)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -37,6 +37,10 @@ pub struct Context {
     /// with rebalancing off) must not close, at each new table, the connections of every
     /// sidecar not on it yet.
     pub fenced_on_return: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    /// Per policy, the highest fence a failover notice raised (`fences::notify`), or that this
+    /// process found on the instances when it first published for the policy. One above the
+    /// published table is a notice whose table never went out (`fences::unpublished_notice`).
+    pub notices: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -64,6 +68,7 @@ impl Context {
             instances,
             connections: Connections::default(),
             fenced_on_return: std::sync::Mutex::default(),
+            notices: std::sync::Mutex::default(),
         }
     }
 }

@@ -226,11 +226,26 @@ pub async fn publish_routing(
     };
     // A new schema (`--routing-schema` changed, or the previous operator wrote another) is
     // published as a new version too, so that the ConfigMap moves to it at once.
-    let changed = previous.is_none_or(|p| {
+    let mut changed = previous.is_none_or(|p| {
         p.content_hash() != table.content_hash() || p.schema_version != table.schema_version
     });
+    // A failover notice whose table never went out fenced an instance at a version no table
+    // has: the same table goes out again at that version, or every sidecar stays fenced off
+    // the instance once it answers again.
+    let mut at_least = previous_version + 1;
+    if let Some(fenced) =
+        fences::unpublished_notice(ctx, namespace, &table.policy, selected, previous_version).await
+    {
+        info!(
+            version = fenced,
+            published = previous_version,
+            "a failover notice's table never went out: publishing at its version"
+        );
+        changed = true;
+        at_least = at_least.max(fenced);
+    }
     if changed {
-        table.version = previous_version + 1;
+        table.version = at_least;
         // A failover of an instance that answers right now waits (it is back, or was never
         // gone for the sidecars); otherwise every other instance learns its fence first.
         let newly = newly_failed_over(previous, &table);

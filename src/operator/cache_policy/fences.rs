@@ -108,8 +108,54 @@ pub async fn answers(ctx: &Context, namespace: &str, ri: &RedisInstance) -> bool
     }
 }
 
+fn notices(ctx: &Context) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, u64>> {
+    ctx.notices
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The version a failover notice fenced an instance of `policy` at, when no table at that
+/// version went out (`published` is below it): the reconcile that raised it stopped before its
+/// table was written (an API error, the operator killed). Should that instance answer again,
+/// the table it builds is the published one, and without a new version every sidecar stays
+/// fenced off the instance. The first time this process asks for a policy, it reads the
+/// fences on every instance of `selected` that answers (an earlier process's notice).
+pub async fn unpublished_notice(
+    ctx: &Context,
+    namespace: &str,
+    policy: &str,
+    selected: &[Arc<RedisInstance>],
+    published: u64,
+) -> Option<u64> {
+    let known = notices(ctx).get(policy).copied();
+    let highest = match known {
+        Some(v) => v,
+        None => {
+            let mut highest = 0;
+            for ri in selected {
+                let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(500));
+                let read = async {
+                    let mut conn = connect(ctx, namespace, ri).await?;
+                    fence::read(&mut conn, policy)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                if let Ok(Ok(fences)) = tokio::time::timeout(timeout, read).await {
+                    highest = fences.values().copied().fold(highest, u64::max);
+                }
+            }
+            let mut n = notices(ctx);
+            let v = n.entry(policy.to_owned()).or_insert(0);
+            *v = (*v).max(highest);
+            *v
+        }
+    };
+    (highest > published).then_some(highest)
+}
+
 /// Raises the fences `raise` (instance → version) of `policy` on every instance of
-/// `selected` that answers; how many recorded them.
+/// `selected` that answers; how many recorded them. The highest is remembered until a table
+/// at that version goes out ([`unpublished_notice`]).
 pub async fn notify(
     ctx: &Context,
     namespace: &str,
@@ -117,6 +163,11 @@ pub async fn notify(
     selected: &[Arc<RedisInstance>],
     raise: &[(String, u64)],
 ) -> usize {
+    if let Some(highest) = raise.iter().map(|(_, v)| *v).max() {
+        let mut n = notices(ctx);
+        let v = n.entry(policy.to_owned()).or_insert(0);
+        *v = (*v).max(highest);
+    }
     let mut recorded = 0;
     for ri in selected {
         let name = ri.name_any();
