@@ -2510,13 +2510,27 @@ async fn scripts_that_write_keys_they_do_not_declare_lose_nothing_while_their_ra
         wrong.len(),
         &wrong[..wrong.len().min(8)]
     );
-    // The test means something only if queues moved while they were written.
+    // The test means something only if queues moved while they were written, and scripts
+    // waited for their groups to move whole.
     assert!(moved >= 10, "only {moved} of {QUEUES} queues moved");
+    let waited: f64 = [&one, &two]
+        .iter()
+        .map(|s| {
+            s.metrics()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("redisfleet_sidecar_scripts_waited_for_groups_total ")
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                })
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(waited > 0.0, "no script waited for its slot groups");
     let mut micros = ledger.script_micros.clone();
     micros.sort_unstable();
     let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize];
     eprintln!(
-        "{acked} enqueues acknowledged, {} failed (TRYAGAIN), {moved} of {QUEUES} queues moved: all whole; scripts p50 {} µs, p99 {} µs, max {} µs",
+        "{acked} enqueues acknowledged, {} failed (TRYAGAIN), {moved} of {QUEUES} queues moved, {waited} scripts waited for their groups: all whole; scripts p50 {} µs, p99 {} µs, max {} µs",
         ledger.errors.len(),
         at(0.5),
         at(0.99),

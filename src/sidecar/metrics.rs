@@ -65,6 +65,9 @@ pub struct SidecarMetrics {
     pub reads_on_target: Counter,
     /// Reads of a migrating range that asked the target first in vain.
     pub reads_not_on_target: Counter,
+    /// Scripts (and transactions holding one) of a migrating range that waited for the Job to
+    /// move their slot groups whole.
+    pub scripts_waited_for_groups: Counter,
 }
 
 /// The counters of one category.
@@ -143,6 +146,7 @@ impl SidecarMetrics {
             reload_errors: Counter::default(),
             reads_on_target: Counter::default(),
             reads_not_on_target: Counter::default(),
+            scripts_waited_for_groups: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("redisfleet_sidecar");
         r.register(
@@ -236,6 +240,11 @@ impl SidecarMetrics {
             "reads_not_on_target",
             "Reads of a migrating range that asked its target first in vain, then went through the guard",
             m.reads_not_on_target.clone(),
+        );
+        r.register(
+            "scripts_waited_for_groups",
+            "Scripts of a migrating range that waited for the rebalance Job to move their slot groups whole",
+            m.scripts_waited_for_groups.clone(),
         );
         m
     }

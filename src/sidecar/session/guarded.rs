@@ -350,6 +350,9 @@ impl Client {
         let client_watch = watching.is_some();
         let fail = |e: BackendError| Interrupt::Reply(e.reply());
         let mut backoff = Backoff::new();
+        // Counted once per call.
+        let waits = self.shared.metrics.scripts_waited_for_groups.clone();
+        let mut waited = false;
         loop {
             let next = {
                 let conn: &mut Dedicated = match watching.as_deref_mut() {
@@ -382,7 +385,11 @@ impl Client {
                             return Err(split_by_move());
                         }
                     }
-                    Some(Decision::Busy | Decision::TryAgain) => {
+                    Some(d @ (Decision::Busy | Decision::TryAgain)) => {
+                        if script && d == Decision::TryAgain && !waited {
+                            waited = true;
+                            waits.inc();
+                        }
                         if !client_watch {
                             conn.call(&unwatch, 1).await.map_err(fail)?;
                         }
