@@ -236,12 +236,14 @@ pub async fn publish_routing(
     if let Some(fenced) =
         fences::unpublished_notice(ctx, namespace, &table.policy, selected, previous_version).await
     {
-        info!(
-            version = fenced,
-            published = previous_version,
-            "a failover notice's table never went out: publishing at its version"
-        );
-        changed = true;
+        if !changed {
+            info!(
+                version = fenced,
+                published = previous_version,
+                "a failover notice's table never went out: publishing the table again at its version"
+            );
+            changed = true;
+        }
         at_least = at_least.max(fenced);
     }
     if changed {
@@ -800,6 +802,12 @@ pub fn describe_change(previous: Option<&RoutingTable>, next: &RoutingTable) -> 
     }
     if next.instances != prev.instances {
         parts.push("instance endpoints changed".to_owned());
+    }
+    if parts.is_empty() && next.content_hash() == prev.content_hash() {
+        parts.push(
+            "the same table again, at the version a failover notice fenced an instance at"
+                .to_owned(),
+        );
     }
     if parts.is_empty() {
         parts.push("content changed".to_owned());

@@ -131,26 +131,56 @@ pub async fn unpublished_notice(
     let highest = match known {
         Some(v) => v,
         None => {
-            let mut highest = 0;
-            for ri in selected {
-                let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(500));
-                let read = async {
-                    let mut conn = connect(ctx, namespace, ri).await?;
-                    fence::read(&mut conn, policy)
-                        .await
-                        .map_err(|e| e.to_string())
-                };
-                if let Ok(Ok(fences)) = tokio::time::timeout(timeout, read).await {
-                    highest = fences.values().copied().fold(highest, u64::max);
-                }
-            }
+            let found = read_fences(ctx, namespace, policy, selected).await?;
             let mut n = notices(ctx);
             let v = n.entry(policy.to_owned()).or_insert(0);
-            *v = (*v).max(highest);
+            *v = (*v).max(found);
             *v
         }
     };
     (highest > published).then_some(highest)
+}
+
+/// Instances whose fences are read at once.
+const FENCE_READS_AT_ONCE: usize = 16;
+
+/// How long the read of every instance's fences may take.
+const FENCE_READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The highest fence of `policy` on the instances of `selected` that answer (those found
+/// unreachable are not asked), or `None` when none answered (the read is to be tried again).
+async fn read_fences(
+    ctx: &Context,
+    namespace: &str,
+    policy: &str,
+    selected: &[Arc<RedisInstance>],
+) -> Option<u64> {
+    use futures::StreamExt;
+    let mut reads: Vec<futures::future::BoxFuture<'_, Option<u64>>> = Vec::new();
+    for ri in selected {
+        let phase = ri.status.as_ref().and_then(|s| s.phase);
+        if phase == Some(crate::api::redis_instance::InstancePhase::Unreachable) {
+            continue;
+        }
+        let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(500));
+        reads.push(Box::pin(async move {
+            let read = async {
+                let mut conn = connect(ctx, namespace, ri).await?;
+                fence::read(&mut conn, policy)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(timeout, read).await {
+                Ok(Ok(fences)) => Some(fences.values().copied().max().unwrap_or(0)),
+                _ => None,
+            }
+        }));
+    }
+    let all = futures::stream::iter(reads)
+        .buffer_unordered(FENCE_READS_AT_ONCE)
+        .collect::<Vec<_>>();
+    let answers = tokio::time::timeout(FENCE_READ_DEADLINE, all).await.ok()?;
+    answers.into_iter().flatten().max()
 }
 
 /// Raises the fences `raise` (instance → version) of `policy` on every instance of

@@ -242,6 +242,12 @@ impl PolicyContext {
         self.replica_checks.forget(key);
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         written.remove(key);
+        let mut notices = self
+            .shared
+            .notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        notices.remove(key);
     }
 
     /// Records the memory of `views` for growth estimates.
