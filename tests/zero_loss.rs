@@ -1862,6 +1862,32 @@ async fn a_job_deleted_while_its_pod_runs_on_is_fenced_off_by_the_next_attempt()
 /// A ValidatingAdmissionPolicy (and its binding, both named `name`) refusing, in namespace
 /// `ns`, the status write that records a plan's final version.
 fn refuse_final_version(name: &str, ns: &str) -> String {
+    refusing_policy(
+        name,
+        ns,
+        r#"["redisfleet.io"]"#,
+        r#"["*"]"#,
+        "cachepolicies/status",
+        "!has(object.status) || !has(object.status.rebalance)
+        || !has(object.status.rebalance.finalVersion)
+        || (has(oldObject.status) && has(oldObject.status.rebalance)
+            && has(oldObject.status.rebalance.finalVersion))",
+        "the test refuses to record the final version",
+    )
+}
+
+/// A ValidatingAdmissionPolicy (and its binding) named `name` that refuses, in namespace
+/// `ns`, the updates of `resource` (of `groups`, `versions`) for which `expression` is false,
+/// with `message`.
+fn refusing_policy(
+    name: &str,
+    ns: &str,
+    groups: &str,
+    versions: &str,
+    resource: &str,
+    expression: &str,
+    message: &str,
+) -> String {
     format!(
         r#"apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicy
@@ -1871,17 +1897,14 @@ spec:
   failurePolicy: Fail
   matchConstraints:
     resourceRules:
-      - apiGroups: ["redisfleet.io"]
-        apiVersions: ["*"]
+      - apiGroups: {groups}
+        apiVersions: {versions}
         operations: ["UPDATE"]
-        resources: ["cachepolicies/status"]
+        resources: ["{resource}"]
   validations:
     - expression: >-
-        !has(object.status) || !has(object.status.rebalance)
-        || !has(object.status.rebalance.finalVersion)
-        || (has(oldObject.status) && has(oldObject.status.rebalance)
-            && has(oldObject.status.rebalance.finalVersion))
-      message: the test refuses to record the final version
+        {expression}
+      message: {message}
 ---
 apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicyBinding
@@ -2541,35 +2564,14 @@ async fn scripts_that_write_keys_they_do_not_declare_lose_nothing_while_their_ra
 /// A ValidatingAdmissionPolicy (and its binding) named `name` that refuses every update of
 /// the routing ConfigMap `shop-redis-routing` in namespace `ns`.
 fn refuse_routing_updates(name: &str, ns: &str) -> String {
-    format!(
-        r#"apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicy
-metadata:
-  name: {name}
-spec:
-  failurePolicy: Fail
-  matchConstraints:
-    resourceRules:
-      - apiGroups: [""]
-        apiVersions: ["v1"]
-        operations: ["UPDATE"]
-        resources: ["configmaps"]
-  validations:
-    - expression: object.metadata.name != 'shop-redis-routing'
-      message: the test refuses to publish a routing table
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicyBinding
-metadata:
-  name: {name}
-spec:
-  policyName: {name}
-  validationActions: [Deny]
-  matchResources:
-    namespaceSelector:
-      matchLabels:
-        kubernetes.io/metadata.name: {ns}
-"#
+    refusing_policy(
+        name,
+        ns,
+        r#"[""]"#,
+        r#"["v1"]"#,
+        "configmaps",
+        "object.metadata.name != 'shop-redis-routing'",
+        "the test refuses to publish a routing table",
     )
 }
 
