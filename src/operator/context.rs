@@ -38,8 +38,9 @@ pub struct Context {
     /// sidecar not on it yet.
     pub fenced_on_return: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
     /// Per policy, the highest fence a failover notice raised (`fences::notify`), or that this
-    /// process found on the instances when it first published for the policy. One above the
-    /// published table is a notice whose table never went out (`fences::unpublished_notice`).
+    /// process found on the instances when it first published for the policy. A version above
+    /// the published table's is a notice whose table never went out
+    /// (`fences::unpublished_notice`).
     pub notices: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 

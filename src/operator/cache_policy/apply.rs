@@ -803,6 +803,12 @@ pub fn describe_change(previous: Option<&RoutingTable>, next: &RoutingTable) -> 
     if next.instances != prev.instances {
         parts.push("instance endpoints changed".to_owned());
     }
+    if next.schema_version != prev.schema_version {
+        parts.push(format!(
+            "schema {} → {}",
+            prev.schema_version, next.schema_version
+        ));
+    }
     if parts.is_empty() && next.content_hash() == prev.content_hash() {
         parts.push(
             "the same table again, at the version a failover notice fenced an instance at"

@@ -58,9 +58,15 @@ impl InTransit {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers `keys` (a batch about to be launched).
-    pub(super) fn enter(&self, keys: &[Bytes]) {
-        self.set().extend(keys.iter().cloned());
+    /// Registers the keys of `keys` that no batch has under way yet (a batch about to be
+    /// launched), and returns them: a key a scan returned twice (`SCAN` may, while the
+    /// source's table rehashes) stays with the batch that has it.
+    pub(super) fn claim(&self, keys: &[Bytes]) -> Vec<Bytes> {
+        let mut set = self.set();
+        keys.iter()
+            .filter(|k| set.insert((*k).clone()))
+            .cloned()
+            .collect()
     }
 
     /// `keys` are no longer under way.
@@ -110,7 +116,7 @@ impl Batcher {
     /// on the target (a key the target has already stays as it is there), finishes the moves.
     pub(super) async fn move_batch(self, keys: Vec<Bytes>) -> Result<BatchOutcome, Error> {
         let in_transit = self.in_transit.clone();
-        let outcome = self.move_keys(&keys).await;
+        let outcome = self.run(&keys).await;
         // Whatever happened, the batch is over; a key left in its tombstone for the piecewise
         // copy stays under way until that copy is done.
         let piecewise: std::collections::HashSet<&Bytes> = match &outcome {
@@ -121,7 +127,7 @@ impl Batcher {
         outcome
     }
 
-    async fn move_keys(&self, keys: &[Bytes]) -> Result<BatchOutcome, Error> {
+    async fn run(&self, keys: &[Bytes]) -> Result<BatchOutcome, Error> {
         let first = keys.first().cloned().unwrap_or_default();
         // 1. Take them out of the source: concurrent calls, pipelined on the connection.
         let calls = keys.chunks(KEYS_PER_SCRIPT).map(|chunk| {

@@ -247,8 +247,16 @@ impl Job {
                     let Some((chunk, at)) = pending.pop_front() else {
                         break;
                     };
+                    let chunk = self.in_transit.claim(&chunk);
+                    if chunk.is_empty() {
+                        // Every key is another batch's already: only the position moves.
+                        in_flight.push_back(tokio::spawn(futures::future::ready(Ok((
+                            BatchOutcome::default(),
+                            at,
+                        )))));
+                        continue;
+                    }
                     self.launched += chunk.len() as u64;
-                    self.in_transit.enter(&chunk);
                     let batcher = batcher.clone();
                     // A task of its own: a batch holds keys in transit, so it runs to the end
                     // while the Job paces, checkpoints or reports.
@@ -342,7 +350,8 @@ impl Job {
 
     /// Moves the keys sidecars asked for (a command touched moved and unmoved keys at once),
     /// and the slot groups they asked for whole (a script waits on them: `groups.rs`).
-    /// Call with no batch of the copy in flight (see [`Job::urgent_keys`]).
+    /// The keys and the slot groups sidecars asked for. Call with no batch of the copy in
+    /// flight (see [`Job::move_asked_groups`]).
     pub(super) async fn urgent(&mut self) -> Result<(), Error> {
         self.urgent_keys().await?;
         self.ask_groups().await?;
@@ -510,7 +519,7 @@ impl Job {
         } else {
             warn!(
                 version = last,
-                "sidecars still route by the migrating table: the importing markers stay (they are harmless; a later plan removes them)"
+                "sidecars still route by the migrating table: the importing markers and the plan's slot group states stay (they are harmless; a later plan removes the markers, the policy's cleanup the states)"
             );
         }
         let work: Vec<(usize, String)> = self

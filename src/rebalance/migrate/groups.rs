@@ -70,7 +70,10 @@ impl Job {
         for (from, groups) in std::mem::take(&mut self.groups_asked) {
             // A request repeated while its groups moved (a script retries every few
             // milliseconds) costs no second walk.
-            let states: Vec<String> = groups.iter().map(|g| format!("{prefix}{g}")).collect();
+            let states: Vec<String> = groups
+                .iter()
+                .map(|g| names::slot_group_in(&prefix, *g))
+                .collect();
             let source = self.instance(&from)?;
             let now: Vec<Option<String>> = redis::cmd("MGET")
                 .arg(&states)
@@ -96,7 +99,10 @@ impl Job {
     /// are), so the one walk below finds every key of theirs the source will ever hold.
     async fn move_groups(&mut self, from: &str, groups: &BTreeSet<u16>) -> Result<(), Error> {
         let prefix = self.group_prefix();
-        let states: Vec<String> = groups.iter().map(|g| format!("{prefix}{g}")).collect();
+        let states: Vec<String> = groups
+            .iter()
+            .map(|g| names::slot_group_in(&prefix, *g))
+            .collect();
         let mover = self.mover.clone();
         let source = self.instance(from)?;
         mover
@@ -130,6 +136,12 @@ impl Job {
                 break;
             }
             cursor = next;
+            // Commands split by the move wait on the urgent keys meanwhile. Moved here, in
+            // this task, they are moved and finished before the group counts as moved (only
+            // batches launched alongside could rename a key under the walk).
+            if self.urgent_read.elapsed() >= super::control::URGENT_EVERY {
+                self.urgent_keys().await?;
+            }
         }
         let found: usize = keys.iter().map(Vec::len).sum();
         for ((_, _, to), keys) in moves.iter().zip(keys) {
@@ -217,9 +229,9 @@ impl Job {
     pub(super) async fn remove_group_states(&mut self) -> Result<(), Error> {
         let prefix = self.group_prefix();
         let mut states: Vec<Bytes> = (0..=names::group_of(crate::routing::slots::MAX_SLOT))
-            .map(|g| Bytes::from(format!("{prefix}{g}")))
+            .map(|g| Bytes::from(names::slot_group_in(&prefix, g)))
             .collect();
-        states.push(Bytes::from(format!("{prefix}all")));
+        states.push(Bytes::from(names::slot_groups_in(&prefix)));
         let mover = self.mover.clone();
         for from in self.sources() {
             let source = self.instance(&from)?;

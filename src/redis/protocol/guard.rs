@@ -70,7 +70,7 @@ pub const CHECK_SCRIPT: &str = concat!(
 /// not declare, in its declared keys' slot groups: it runs on the source while none of its
 /// groups has been touched by the move (every key of them is still there), on the target
 /// once all of them moved (none can come back), and otherwise asks the Job to move its groups
-/// whole (the urgent group list) and answers `+TRYAGAIN`. A move into a range its target
+/// whole (the urgent group list) and answers `+TRYAGAIN-GROUPS` ([`WAIT_FOR_GROUPS`]). A move into a range its target
 /// served already (the importing marker ends with ARGV[1]), and a plan whose Job keeps no
 /// group states (an older version's: the plan's own state is absent), decide by the keys. KEYS: as
 /// [`CHECK_SCRIPT`], then the plan's group state and the urgent group list.
@@ -108,7 +108,7 @@ for i = 1, #wait, 1000 do
   redis.call('RPUSH', KEYS[3 * n + 4], unpack(wait, i, math.min(i + 999, #wait)))
 end
 redis.call('LTRIM', KEYS[3 * n + 4], -10000, -1)
-return {ok = 'TRYAGAIN'}
+return {ok = 'TRYAGAIN-GROUPS'}
 "
 );
 
@@ -142,13 +142,19 @@ pub fn decision(reply: &[u8]) -> Decision {
     }
 }
 
-/// What a reply of [`CHECK_SCRIPT`] means (`Ran` standing for "run it on the source").
+/// [`SCRIPT_CHECK_SCRIPT`]'s `TryAgain` when the script waits for its slot groups to move
+/// whole (not for keys split by a move, as in a move into a served range).
+pub const WAIT_FOR_GROUPS: &[u8] = b"+TRYAGAIN-GROUPS\r\n";
+
+/// What a reply of [`CHECK_SCRIPT`] or [`SCRIPT_CHECK_SCRIPT`] means (`Ran` standing for "run
+/// it on the source").
 pub fn check_decision(reply: &[u8]) -> Option<Decision> {
     match reply {
         b"+RUN\r\n" => Some(Decision::Ran),
         b"+ASK\r\n" => Some(Decision::Ask),
         b"+BUSY\r\n" => Some(Decision::Busy),
         b"+TRYAGAIN\r\n" => Some(Decision::TryAgain),
+        WAIT_FOR_GROUPS => Some(Decision::TryAgain),
         _ => None,
     }
 }
@@ -229,7 +235,7 @@ pub fn check_command(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
 /// (sent between WATCH and MULTI, for a script).
 pub fn script_check_command(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
     let mut k = keys_args(range, keys);
-    k.push(Bytes::from(format!("{}all", range.groups)));
+    k.push(Bytes::from(names::slot_groups_in(range.groups)));
     k.push(Bytes::from(range.urgent_groups.to_owned()));
     let mut out = Vec::with_capacity(4 + k.len());
     out.push(Bytes::from_static(b"EVAL"));
@@ -243,13 +249,19 @@ pub fn script_check_command(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes>
 /// What a script's WATCH must cover besides its keys and their tombstones: the state keys of
 /// their slot groups and the plan's own (a change of any is a move the script must see).
 pub fn script_watch_keys(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
+    let mut out = script_groups(range, keys);
+    out.push(Bytes::from(names::slot_groups_in(range.groups)));
+    out
+}
+
+/// The state keys of the slot groups of `keys`, each once.
+pub fn script_groups(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
     let mut out: Vec<Bytes> = keys
         .iter()
         .map(|k| names::slot_group_of_key(range.groups, k))
         .collect();
     out.sort();
     out.dedup();
-    out.push(Bytes::from(format!("{}all", range.groups)));
     out
 }
 
@@ -266,6 +278,7 @@ mod tests {
         assert_eq!(decision(b"+OK\r\n"), Decision::Ran);
         assert_eq!(check_decision(b"+ASK\r\n"), Some(Decision::Ask));
         assert_eq!(check_decision(b"-ERR\r\n"), None);
+        assert_eq!(check_decision(WAIT_FOR_GROUPS), Some(Decision::TryAgain));
     }
 
     #[test]

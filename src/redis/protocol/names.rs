@@ -78,7 +78,17 @@ pub fn slot_group_prefix(policy: &str, epoch: u64) -> String {
 /// target (scripts on it run on the source); [`GROUP_MOVING`]; [`GROUP_MOVED`]: every such key
 /// is on its target, and none can come back.
 pub fn slot_group(policy: &str, epoch: u64, group: u16) -> String {
-    format!("{}{group}", slot_group_prefix(policy, epoch))
+    slot_group_in(&slot_group_prefix(policy, epoch), group)
+}
+
+/// [`slot_group`] from its plan's [`slot_group_prefix`].
+pub fn slot_group_in(prefix: &str, group: u16) -> String {
+    format!("{prefix}{group}")
+}
+
+/// [`slot_groups`] from its plan's [`slot_group_prefix`].
+pub fn slot_groups_in(prefix: &str) -> String {
+    format!("{prefix}all")
 }
 
 /// The group state key of `key`'s slot, from [`slot_group_prefix`].
@@ -93,10 +103,11 @@ pub fn slot_group_of_key(prefix: &str, key: &[u8]) -> Bytes {
 /// [`GROUPS_CLOSING`] (the copy is over: a group with no state counts as moving) or
 /// [`GROUP_MOVED`] (every group moved).
 pub fn slot_groups(policy: &str, epoch: u64) -> String {
-    format!("{}all", slot_group_prefix(policy, epoch))
+    slot_groups_in(&slot_group_prefix(policy, epoch))
 }
 
-/// A group some of whose keys moved (or were written on the target).
+/// A group some of whose keys moved (or were written on the target). The guard's scripts spell
+/// the three states out (`guard.rs`, `mover.rs`).
 pub const GROUP_MOVING: &str = "moving";
 /// A group all of whose keys moved.
 pub const GROUP_MOVED: &str = "moved";

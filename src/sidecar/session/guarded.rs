@@ -2,8 +2,9 @@
 //! to the range's source inside the guard script, which runs them there or answers where they
 //! belong; scripts and transactions, which cannot run inside another script, take the WATCH
 //! path on a connection of their own: WATCH the keys, their tombstones and the importing
-//! marker, ask the guard's decision, then `MULTI … EXEC` — if the Job touched anything
-//! meanwhile, EXEC fails and the decision is asked again.
+//! marker (for a script, its slot groups' states too), ask the guard's decision, then
+//! `MULTI … EXEC` — if the Job touched anything meanwhile, EXEC fails and the decision is
+//! asked again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -385,8 +386,8 @@ impl Client {
                             return Err(split_by_move());
                         }
                     }
-                    Some(d @ (Decision::Busy | Decision::TryAgain)) => {
-                        if script && d == Decision::TryAgain && !waited {
+                    Some(Decision::Busy | Decision::TryAgain) => {
+                        if decided.as_ref() == guard::WAIT_FOR_GROUPS && !waited {
                             waited = true;
                             waits.inc();
                         }

@@ -431,8 +431,11 @@ impl Client {
     }
 
     /// Whether every key of `keys` in migrating range `m` (with `script`, every key of their
-    /// slot groups) is on the range's target, as the source's guard decides now. Once so, it
-    /// stays so: nothing of theirs goes back to the source.
+    /// slot groups) is on the range's target, as the source's guard decides now (`Err` with
+    /// its reply when it answers an error). Once so, it stays so: nothing of theirs goes back
+    /// to the source. When they are all on the source, the Job is asked to move them (the
+    /// keys, or a script's groups) first, so that a client starting over does not find them
+    /// there again until the copy comes by.
     async fn all_on_target(
         &mut self,
         router: &Arc<Router>,
@@ -451,7 +454,24 @@ impl Client {
             .call(router, source, bundle(std::slice::from_ref(&check)), 1)
             .await?
             .first();
-        Ok(guard::check_decision(&reply) == Some(Decision::Ask))
+        match guard::check_decision(&reply) {
+            Some(Decision::Ask) => Ok(true),
+            Some(Decision::Ran) => {
+                let mut ask = vec![Bytes::from_static(b"RPUSH")];
+                if script {
+                    ask.push(Bytes::from(range.urgent_groups.to_owned()));
+                    ask.extend(guard::script_groups(range, keys));
+                } else {
+                    ask.push(Bytes::from(range.urgent.to_owned()));
+                    ask.extend(keys.iter().cloned());
+                }
+                // Best effort: a full source refuses it, and the client starts over anyway.
+                let _ = self.call(router, source, bundle(&[ask]), 1).await;
+                Ok(false)
+            }
+            Some(Decision::Busy | Decision::TryAgain) => Ok(false),
+            None => Err(Interrupt::Reply(reply)),
+        }
     }
 
     async fn run_exec(
