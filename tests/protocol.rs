@@ -174,6 +174,13 @@ async fn set(c: &mut MultiplexedConnection, key: &str, value: &str) {
         .unwrap();
 }
 
+/// Sets group state `key` to `state` as mover `m` (leaving it when it is `keep`).
+async fn set_state(m: &Mover, c: &mut MultiplexedConnection, key: &str, state: &str, keep: &str) {
+    m.set_group_states(c, &[key.to_owned()], state, keep)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_script_runs_where_its_whole_slot_groups_are_and_waits_for_them_in_between() {
     let source = RedisServer::start(RedisOptions::default());
@@ -201,14 +208,7 @@ async fn a_script_runs_where_its_whole_slot_groups_are_and_waits_for_them_in_bet
     let m = mover(names::mover_token(1, 1));
     m.claim(&mut c).await.unwrap();
     let all = names::slot_groups(POLICY, 1);
-    m.set_group_states(
-        &mut c,
-        std::slice::from_ref(&all),
-        names::GROUPS_OPEN,
-        names::KEEP_ANY,
-    )
-    .await
-    .unwrap();
+    set_state(&m, &mut c, &all, names::GROUPS_OPEN, names::KEEP_ANY).await;
     // Importing, the move has touched none of its groups: the source, declared keys present
     // or not (no key of theirs is anywhere else).
     assert_eq!(
@@ -239,14 +239,14 @@ async fn a_script_runs_where_its_whole_slot_groups_are_and_waits_for_them_in_bet
         .unwrap();
     assert_eq!(asked, vec![String::from_utf8(group(q1).to_vec()).unwrap()]);
     // Once the Job says the group moved: the target.
-    m.set_group_states(
+    set_state(
+        &m,
         &mut c,
-        &[String::from_utf8(group(q1).to_vec()).unwrap()],
+        std::str::from_utf8(&group(q1)).unwrap(),
         names::GROUP_MOVED,
         "",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         script_decision(&mut c, marker, &[q1]).await,
         Some(Decision::Ask)
@@ -293,35 +293,19 @@ async fn a_script_runs_where_its_whole_slot_groups_are_and_waits_for_them_in_bet
     );
 
     // The copy is over (the sweep runs): an untouched group counts as moving.
-    m.set_group_states(
-        &mut c,
-        std::slice::from_ref(&all),
-        names::GROUPS_CLOSING,
-        names::GROUP_MOVED,
-    )
-    .await
-    .unwrap();
+    set_state(&m, &mut c, &all, names::GROUPS_CLOSING, names::GROUP_MOVED).await;
     assert_eq!(
         script_decision(&mut c, marker, &[q3]).await,
         Some(Decision::TryAgain)
     );
     // The sweep found the source empty: every group moved.
-    m.set_group_states(&mut c, std::slice::from_ref(&all), names::GROUP_MOVED, "")
-        .await
-        .unwrap();
+    set_state(&m, &mut c, &all, names::GROUP_MOVED, "").await;
     assert_eq!(
         script_decision(&mut c, marker, &[q3]).await,
         Some(Decision::Ask)
     );
     // `closing` never takes the place of `moved`.
-    m.set_group_states(
-        &mut c,
-        std::slice::from_ref(&all),
-        names::GROUPS_CLOSING,
-        names::GROUP_MOVED,
-    )
-    .await
-    .unwrap();
+    set_state(&m, &mut c, &all, names::GROUPS_CLOSING, names::GROUP_MOVED).await;
     assert_eq!(
         script_decision(&mut c, marker, &[q2]).await,
         Some(Decision::Ask)

@@ -1876,6 +1876,29 @@ fn refuse_final_version(name: &str, ns: &str) -> String {
     )
 }
 
+/// Applies an admission policy (`yaml`) and waits until the API server enforces it.
+async fn impose_policy(shop: &Shop, yaml: &str) {
+    let out = kubectl_apply(shop.cp, &shop.ns, yaml);
+    assert!(out.status.success(), "{out:?}");
+    // The API server takes a moment to load a new policy.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+/// Deletes the admission policy `name` and its binding.
+fn lift_policy(shop: &Shop, name: &str) {
+    let out = shop
+        .cp
+        .kubectl()
+        .args([
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            name,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// A ValidatingAdmissionPolicy (and its binding) named `name` that refuses, in namespace
 /// `ns`, the updates of `resource` (of `groups`, `versions`) for which `expression` is false,
 /// with `message`.
@@ -1932,10 +1955,7 @@ async fn a_final_table_out_before_its_status_write_still_ends_the_plan() {
     let node = Node::start(shop.cp, &shop.ns);
     settled_table(&shop).await;
     let name = format!("{}-no-final", shop.ns);
-    let out = kubectl_apply(shop.cp, &shop.ns, &refuse_final_version(&name, &shop.ns));
-    assert!(out.status.success(), "{out:?}");
-    // The API server takes a moment to load a new policy.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    impose_policy(&shop, &refuse_final_version(&name, &shop.ns)).await;
     let keys = fill_primary(&shop.primary).await;
     // The final table goes out, its version unrecorded (for 3 s on end: longer than an
     // operator takes between its two writes).
@@ -1974,17 +1994,7 @@ async fn a_final_table_out_before_its_status_write_still_ends_the_plan() {
         "{}",
         shop.operator.log_tail(40)
     );
-    let out = shop
-        .cp
-        .kubectl()
-        .args([
-            "delete",
-            "validatingadmissionpolicybinding,validatingadmissionpolicy",
-            &name,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    lift_policy(&shop, &name);
     let r = wait_rebalance(
         &shop,
         &node,
@@ -2598,10 +2608,7 @@ async fn an_instance_fenced_by_a_failover_notice_whose_table_never_went_out_serv
         Some("kept".to_owned())
     );
     let name = format!("{}-no-table", shop.ns);
-    let out = kubectl_apply(shop.cp, &shop.ns, &refuse_routing_updates(&name, &shop.ns));
-    assert!(out.status.success(), "{out:?}");
-    // The API server takes a moment to load a new policy.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    impose_policy(&shop, &refuse_routing_updates(&name, &shop.ns)).await;
 
     let pid = shop.secondary.pid().unwrap();
     signal(pid, "-STOP");
@@ -2647,17 +2654,7 @@ async fn an_instance_fenced_by_a_failover_notice_whose_table_never_went_out_serv
     // The secondary answers again, and the tables may go out once more.
     signal(pid, "-CONT");
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let out = shop
-        .cp
-        .kubectl()
-        .args([
-            "delete",
-            "validatingadmissionpolicybinding,validatingadmissionpolicy",
-            &name,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    lift_policy(&shop, &name);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match a.get::<_, Option<String>>("user:notice").await {

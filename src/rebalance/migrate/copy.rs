@@ -223,8 +223,7 @@ impl Job {
                 // Slot groups a script waits for move with no batch in flight: a batch could
                 // rename a key of theirs while the walk for them passes (it would find neither
                 // name), and a key in transit could land after the group counts as moved.
-                let groups_asked = !self.groups_asked.is_empty();
-                if groups_asked && in_flight.is_empty() {
+                if !self.groups_asked.is_empty() && in_flight.is_empty() {
                     self.move_asked_groups().await?;
                 }
                 let groups_asked = !self.groups_asked.is_empty();

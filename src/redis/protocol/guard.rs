@@ -246,6 +246,16 @@ pub fn script_check_command(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes>
     out
 }
 
+/// The check a command sends between WATCH and MULTI: [`script_check_command`] for a script
+/// (or a transaction holding one), else [`check_command`].
+pub fn decision_command(range: RangeNames<'_>, keys: &[Bytes], script: bool) -> Vec<Bytes> {
+    if script {
+        script_check_command(range, keys)
+    } else {
+        check_command(range, keys)
+    }
+}
+
 /// What a script's WATCH must cover besides its keys and their tombstones: the state keys of
 /// their slot groups and the plan's own (a change of any is a move the script must see).
 pub fn script_watch_keys(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {

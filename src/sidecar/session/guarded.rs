@@ -340,12 +340,10 @@ impl Client {
         ];
         watch.extend(keys.iter().cloned());
         watch.extend(keys.iter().map(|k| names::tomb(k)));
-        let check = if script {
+        if script {
             watch.extend(guard::script_watch_keys(range, keys));
-            guard::script_check_command(range, keys)
-        } else {
-            guard::check_command(range, keys)
-        };
+        }
+        let check = guard::decision_command(range, keys, script);
         let probe = bundle(&[watch, check]);
         let unwatch = bundle(&[vec![Bytes::from_static(b"UNWATCH")]]);
         let client_watch = watching.is_some();

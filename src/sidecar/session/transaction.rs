@@ -444,11 +444,7 @@ impl Client {
         script: bool,
     ) -> Result<bool, Interrupt> {
         let range = router.range_names(m);
-        let check = if script {
-            guard::script_check_command(range, keys)
-        } else {
-            guard::check_command(range, keys)
-        };
+        let check = guard::decision_command(range, keys, script);
         let source = router.migrations[usize::from(m)].source;
         let reply = self
             .call(router, source, bundle(std::slice::from_ref(&check)), 1)
