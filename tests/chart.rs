@@ -340,6 +340,7 @@ fn exported_metrics() -> &'static BTreeSet<String> {
         };
         for f in [
             &operator.instance_up,
+            &operator.evicts_keys_without_ttl,
             &operator.used_bytes,
             &operator.capacity_bytes,
             &operator.keys,
@@ -991,7 +992,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
         "a sidecar's series must not overwrite its pod's target labels"
     );
 
-    // The seven alerts, each with a summary, a runbook-style description and a runbook link.
+    // The eight alerts, each with a summary, a runbook-style description and a runbook link.
     let rule = one(&objects, "PrometheusRule");
     let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
     let alert = |n: &str| -> &Value {
@@ -1063,6 +1064,14 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
         "{unreplicated}"
     );
     assert_eq!(unreplicated["for"], "10m");
+    let evicting = alert("RedisFleetInstanceEvictsKeysWithoutTTL");
+    assert!(
+        evicting["expr"]
+            .as_str()
+            .unwrap()
+            .contains("redisfleet_instance_evicts_keys_without_ttl) == 1"),
+        "{evicting}"
+    );
     for r in rules {
         let n = r["alert"].as_str().unwrap();
         let summary = r["annotations"]["summary"].as_str().unwrap_or_default();
@@ -1101,7 +1110,7 @@ fn monitoring_values_render_the_alerts_the_monitors_and_a_real_dashboard() {
             );
         }
     }
-    assert_eq!(rules.len(), 7);
+    assert_eq!(rules.len(), 8);
 
     // The dashboard: a ConfigMap for the Grafana sidecar, with valid dashboard JSON.
     let cm = one(&objects, "ConfigMap");

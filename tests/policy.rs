@@ -236,6 +236,7 @@ async fn resolve_agrees_with_redis_cluster_keyslot() {
             drain: false,
             copies_to_free: false,
             lost_data: false,
+            evicting_policy: None,
             endpoint: redis_fleet::routing::table::InstanceEndpoint {
                 host: "127.0.0.1".into(),
                 port: 1,

@@ -302,6 +302,140 @@ async fn an_instance_past_its_threshold_is_rebalanced_and_nothing_is_lost() {
     }
 }
 
+async fn set_eviction_policy(server: &RedisServer, policy: &str) {
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg(policy)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+/// The `status`, `reason` and `message` of a condition of the policy, once `cond` holds.
+async fn wait_policy_condition(
+    shop: &Shop,
+    kind: &str,
+    what: &str,
+    cond: impl Fn(&str, &str, &str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = shop.policies.get("shop").await.unwrap();
+        let c = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == kind).cloned());
+        if let Some(c) = &c
+            && cond(&c.status, &c.reason, &c.message)
+        {
+            return c.message.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {c:#?}\n{}",
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A source whose `maxmemory-policy` may evict keys without a TTL (`allkeys-lru`) could lose
+/// the protocol's own keys mid-move (a marker, a tombstone, a slot group state) and with them
+/// acknowledged writes. The operator reports the policy on the RedisInstance, moves nothing
+/// out of it while it stands — the primary past its threshold keeps every key, and the policy
+/// says why — and rebalances once the policy is one that keeps keys without a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_data_moves_out_of_an_instance_that_may_evict_keys_without_a_ttl_until_its_policy_is_fixed()
+ {
+    let shop = shop_with("evicting", fast_cooldown).await;
+    let (_, plan) = settled(&shop).await;
+    set_eviction_policy(&shop.primary, "allkeys-lru").await;
+    let hot = fill(
+        &shop.primary,
+        &["auth:", "session:", "order:", "notification:"],
+        37_000,
+    )
+    .await;
+    let before = digest(&[&shop.primary, &shop.secondary], &hot).await;
+    let node = Node::start(shop.cp, &shop.ns);
+
+    // The instance says what its policy is and why it matters.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ri = shop.instances.get("primary").await.unwrap();
+        let status = ri.status.clone().unwrap_or_default();
+        let safe = status.conditions.iter().find(|c| c.type_ == "EvictionSafe");
+        if status.eviction_policy.as_deref() == Some("allkeys-lru")
+            && safe.is_some_and(|c| c.status == "False" && c.reason == "EvictsKeysWithoutTTL")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The policy holds the threshold's moves back, says why, and records one Event.
+    let note = wait_policy_condition(&shop, "Rebalancing", "moves held back", |s, r, _| {
+        s == "False" && r == "HeldBack"
+    })
+    .await;
+    assert!(note.contains("primary (allkeys-lru)"), "{note}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let p = shop.policies.get("shop").await.unwrap();
+    let status = p.status.clone().unwrap();
+    assert!(
+        status.rebalance.as_ref().is_none_or(|r| r.plan_id == plan),
+        "a plan started out of an evicting source: {:#?}",
+        status.rebalance
+    );
+    assert!(
+        status
+            .recommendations
+            .iter()
+            .any(|r| r.starts_with("primary: maxmemory-policy allkeys-lru")),
+        "{:?}",
+        status.recommendations
+    );
+    assert_eq!(
+        events_of(&shop, "RebalanceHeldBack").await.len(),
+        1,
+        "one Event, not one per reconcile"
+    );
+    assert!(
+        events_of(&shop, "EvictionPolicyUnsafe")
+            .await
+            .iter()
+            .any(|n| n.contains("allkeys-lru")),
+    );
+    let prefixes = ["auth:", "session:", "order:", "notification:"];
+    assert_eq!(count_on(&shop.primary, &prefixes).await, hot.len());
+    assert_eq!(count_on(&shop.secondary, &prefixes).await, 0);
+
+    // Fixed: the instance is safe again, the plan runs, nothing is lost.
+    set_eviction_policy(&shop.primary, "volatile-lru").await;
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(120)).await;
+    let r = policy.status.unwrap().rebalance.unwrap();
+    assert!(r.moves.iter().all(|m| m.from == "primary"), "{r:#?}");
+    assert_eq!(r.keys_moved, r.keys_total);
+    assert!(r.keys_moved.unwrap_or(0) > 0, "{r:#?}");
+    let after = digest(&[&shop.primary, &shop.secondary], &hot).await;
+    assert_same(&before, &after);
+    let ri = shop.instances.get("primary").await.unwrap();
+    assert!(
+        ri.status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "EvictionSafe" && c.status == "True")
+    );
+    assert!(!events_of(&shop, "EvictionPolicySafe").await.is_empty());
+}
+
 /// What the clients of [`traffic`] were told, per key; each worker owns its keys, so this is
 /// exact. A command that failed leaves its key uncertain between the outcomes it could have had.
 #[derive(Debug, Default)]

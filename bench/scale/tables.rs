@@ -25,6 +25,7 @@ pub fn table(instances: usize, categories: usize) -> RoutingTable {
                 drain: false,
                 copies_to_free: false,
                 lost_data: false,
+                evicting_policy: None,
                 endpoint: InstanceEndpoint {
                     host: format!("{name}.shop.svc.cluster.local"),
                     port: 6379,

@@ -134,6 +134,9 @@ user_copy() {
 k() { kubectl "$@"; }
 shop() { k -n "$NS" exec deploy/shop-backend -c app -- shop "$@"; }
 ri_field() { k -n "$NS" get ri "$1" -o jsonpath="{.status.$2}"; }
+eviction_safe_is() {
+  [[ "$(k -n "$NS" get ri "$1" -o jsonpath='{.status.conditions[?(@.type=="EvictionSafe")].status}')" == "$2" ]]
+}
 rebalance_field() { k -n "$NS" get cp shop -o jsonpath="{.status.rebalance.$1}"; }
 # The routing table document: schema 1 is text in data, schema 2 gzip'ed in binaryData (both
 # under routing.json; failover, migrating and version are the same fields in both).
@@ -357,6 +360,18 @@ EOF
   endpoint="$(ri_field primary endpoint)"
   [[ "$endpoint" == "primary-redis.$NS.svc:6379" ]] || fail "primary's endpoint is '$endpoint'"
   say "the operator (in its pod) probes primary at $endpoint: Service DNS from CoreDNS, the ClusterIP from kube-proxy"
+  local policy pod_uid
+  policy="$(ri_field primary evictionPolicy)"
+  [[ "$policy" == volatile-lru ]] || fail "primary runs maxmemory-policy '$policy', not the example's volatile-lru"
+  pod_uid="$(k -n "$NS" get pod primary-redis-0 -o jsonpath='{.metadata.uid}')"
+  k -n "$NS" patch ri primary --type merge -p '{"spec":{"managed":{"evictionPolicy":"allkeys-lru"}}}' >/dev/null
+  wait_until 30 "EvictionSafe=False on primary" eviction_safe_is primary False
+  say "primary switched to allkeys-lru: $(k -n "$NS" get ri primary -o jsonpath='{.status.conditions[?(@.type=="EvictionSafe")].message}')"
+  k -n "$NS" patch ri primary --type merge -p '{"spec":{"managed":{"evictionPolicy":"volatile-lru"}}}' >/dev/null
+  wait_until 30 "EvictionSafe=True on primary" eviction_safe_is primary True
+  [[ "$(k -n "$NS" get pod primary-redis-0 -o jsonpath='{.metadata.uid}')" == "$pod_uid" ]] ||
+    fail "changing the eviction policy restarted primary's pod"
+  say "and back to volatile-lru, both applied to the running server (CONFIG SET): the pod was not restarted"
 
   step "the application: the chart's sidecar example, with the application container replaced"
   user_copy charts/redis-fleet/examples/app-with-sidecar.yaml app-with-sidecar.yaml \
@@ -393,7 +408,7 @@ EOF
 
   step "a third instance with its own Secret, applied with kubectl as GitOps would: data spreads, the application untouched"
   setsid redis-server --bind "$E2E_HOST_IP" --port "$EXTERNAL_PORT" --requirepass change-me-tertiary \
-    --maxmemory 30mb --maxmemory-policy allkeys-lru --save "" --appendonly no \
+    --maxmemory 30mb --maxmemory-policy volatile-lru --save "" --appendonly no \
     >"$E2E_WORK/logs/external-redis.log" 2>&1 </dev/null &
   echo $! >"$E2E_WORK/pids/external-redis"
   wait_until 10 "the external Redis" external_cli ping >/dev/null 2>&1

@@ -88,6 +88,13 @@ pub const TIER_LABEL: &str = "redisfleet.io/tier";
         priority = 1
     ),
     printcolumn(
+        name = "Eviction",
+        type_ = "string",
+        json_path = ".status.evictionPolicy",
+        description = "maxmemory-policy as the server reports it",
+        priority = 1
+    ),
+    printcolumn(
         name = "Message",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].message",
@@ -261,14 +268,17 @@ pub struct StorageSpec {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum EvictionPolicy {
-    /// Evict any key, least recently used first.
-    #[default]
+    /// Evict any key, least recently used first. Not for an instance rebalancing moves data
+    /// out of: it may evict the fleet's own bookkeeping keys, which carry no TTL.
     AllkeysLru,
     /// Evict any key, least frequently used first.
     AllkeysLfu,
     /// Evict random keys.
     AllkeysRandom,
-    /// Evict keys with an expiry, least recently used first.
+    /// Evict keys with an expiry, least recently used first (the default: with `ttl.default`
+    /// on every category, every application key can be evicted, and the fleet's own keys,
+    /// which carry no TTL, never are).
+    #[default]
     VolatileLru,
     /// Evict keys with an expiry, least frequently used first.
     VolatileLfu,
@@ -294,6 +304,14 @@ impl EvictionPolicy {
             Self::Noeviction => "noeviction",
         }
     }
+}
+
+/// Whether a server with this `maxmemory-policy` (as `INFO memory` reports it) may evict
+/// keys without a TTL: the `allkeys-*` policies. The fleet's own keys — markers, tombstones,
+/// slot group states, fences — carry no TTL, and a move out of such an instance could lose
+/// one mid-way (`docs/protocol.md`, "Eviction").
+pub fn evicts_keys_without_ttl(policy: &str) -> bool {
+    policy.starts_with("allkeys-")
 }
 
 /// How the operator probes an instance and judges its health.
@@ -425,6 +443,10 @@ pub struct RedisInstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<i64>,
 
+    /// `maxmemory-policy` as the server reports it (`INFO memory`), e.g. `volatile-lru`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction_policy: Option<String>,
+
     /// Traffic statistics over the last probe window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsStatus>,
@@ -457,7 +479,7 @@ pub struct RedisInstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
 
-    /// `Reachable`, `WithinCapacity` and `Ready`.
+    /// `Reachable`, `WithinCapacity`, `EvictionSafe` and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "super::conditions::schema")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

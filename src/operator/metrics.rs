@@ -97,6 +97,8 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub struct Metrics {
     /// 1 when the last probe succeeded.
     pub instance_up: Family<InstanceLabels, Gauge>,
+    /// 1 when the server's `maxmemory-policy` may evict keys without a TTL (`allkeys-*`).
+    pub evicts_keys_without_ttl: Family<InstanceLabels, Gauge>,
     /// `used_memory`.
     pub used_bytes: Family<InstanceLabels, Gauge>,
     /// Effective capacity.
@@ -229,6 +231,7 @@ impl Metrics {
         let latency = || Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         let m = Self {
             instance_up: Family::default(),
+            evicts_keys_without_ttl: Family::default(),
             used_bytes: Family::default(),
             capacity_bytes: Family::default(),
             usage_ratio: Family::default(),
@@ -276,6 +279,11 @@ impl Metrics {
             "instance_up",
             "1 when the last probe of the instance succeeded",
             m.instance_up.clone(),
+        );
+        r.register(
+            "instance_evicts_keys_without_ttl",
+            "1 when the instance's maxmemory-policy may evict keys without a TTL (allkeys-*): no rebalance moves data out of it",
+            m.evicts_keys_without_ttl.clone(),
         );
         r.register(
             "instance_used_bytes",
@@ -622,6 +630,7 @@ impl Metrics {
     pub fn forget_instance(&self, labels: &InstanceLabels) {
         self.known().instances.remove(labels);
         self.instance_up.remove(labels);
+        self.evicts_keys_without_ttl.remove(labels);
         self.used_bytes.remove(labels);
         self.capacity_bytes.remove(labels);
         self.usage_ratio.remove(labels);

@@ -195,7 +195,9 @@ pub fn preview(inputs: &Inputs<'_>, what_if: Vec<String>, mut notes: Vec<String>
         reasons.push("draining instances hold data of the policy's categories".to_owned());
         moves.extend(legacy);
     }
-    let moves = rebalance::without_overlaps(moves);
+    let (moves, held) =
+        rebalance::hold_evicting_sources(rebalance::without_overlaps(moves), inputs.views);
+    notes.extend(rebalance::held_back_note(&held, inputs.views));
     let estimates = plan::estimate(&input, inputs.category_keys, &moves);
 
     let delta = plan::used_change(&current, &moves, &estimates);

@@ -71,6 +71,32 @@ fn preview_of(s: &Shop, views: &[InstanceView], threshold: u32) -> Preview {
 }
 
 #[test]
+fn moves_out_of_a_primary_that_may_evict_keys_without_a_ttl_are_shown_held_back() {
+    let s = shop();
+    let views: Vec<InstanceView> = s
+        .views
+        .iter()
+        .map(|v| {
+            if v.name == "primary" {
+                v.clone().evicting("allkeys-lru")
+            } else {
+                v.clone()
+            }
+        })
+        .collect();
+    let p = preview_of(&s, &views, 80);
+    assert!(p.moves.is_empty(), "{p:#?}");
+    assert_eq!(p.total_bytes, 0);
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("out of primary (allkeys-lru) wait")),
+        "{:?}",
+        p.notes
+    );
+}
+
+#[test]
 fn a_full_primary_shows_its_moves_and_both_instances_in_the_band() {
     let s = shop();
     let p = preview_of(&s, &s.views, 80);

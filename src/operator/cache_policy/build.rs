@@ -47,6 +47,10 @@ pub struct InstanceView {
     /// ([`replicas::must_hold_marker`]): it restarted empty or was flushed. Its replicated
     /// ranges fail over to their replicas as if it had died, and its replicas are seeded again.
     pub lost_data: bool,
+    /// Its `maxmemory-policy` when that may evict keys without a TTL (`allkeys-*`): the
+    /// protocol's own keys could go mid-move, so no rebalance moves data out of it
+    /// (`docs/protocol.md`, "Eviction").
+    pub evicting_policy: Option<String>,
     /// How to reach it.
     pub endpoint: InstanceEndpoint,
 }

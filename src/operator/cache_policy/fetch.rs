@@ -11,7 +11,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::warn;
 
 use crate::api::cache_policy::{CachePolicy, RebalanceStatus, selects};
-use crate::api::redis_instance::{InstancePhase, RedisInstance, TIER_LABEL};
+use crate::api::redis_instance::{
+    InstancePhase, RedisInstance, TIER_LABEL, evicts_keys_without_ttl,
+};
 use crate::operator::context::Context;
 use crate::redis::endpoint::endpoint_of;
 use crate::routing::config_map::{annotated_version, table_of};
@@ -72,6 +74,9 @@ pub fn view_of(ri: &RedisInstance, namespace: &str) -> InstanceView {
         drain: ri.spec.drain,
         copies_to_free: false,
         lost_data: false,
+        evicting_policy: status
+            .and_then(|s| s.eviction_policy.clone())
+            .filter(|p| evicts_keys_without_ttl(p)),
         endpoint: endpoint_of(ri, namespace),
     }
 }

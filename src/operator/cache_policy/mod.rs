@@ -160,6 +160,8 @@ pub struct PolicyContext {
     replica_checks: Arc<replica_checks::ReplicaChecks>,
     /// Instances found without their data, and when that was last reported.
     lost_reported: lost_data::Reported,
+    /// Why each policy's wanted moves wait, as last reported (`rebalance::Driven::held`).
+    held_reported: Mutex<HashMap<String, String>>,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.
@@ -192,6 +194,7 @@ impl PolicyContext {
             seedings: Arc::default(),
             replica_checks: Arc::default(),
             lost_reported: lost_data::Reported::default(),
+            held_reported: Mutex::new(HashMap::new()),
             status_refresh,
             routing_schema,
             started: Instant::now(),
@@ -536,8 +539,11 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
             )
             .await;
     }
+    let mut held = None;
     if rebalance_on && let (Some(table), Some(desired)) = (&published, &desired) {
-        rb = rebalance::drive(ctx, &policy, rb, table, desired, &views, &sample).await?;
+        let driven = rebalance::drive(ctx, &policy, rb, table, desired, &views, &sample).await?;
+        rb = driven.rebalance;
+        held = driven.held;
         debug!(rebalance = ?rb.as_ref().map(|r| (&r.phase, r.plan_id, &r.job)), "rebalance driven");
         if let Some(r) = rb.as_mut() {
             note_balance(r, &policy, table, desired, &views, &selected, &sample);
@@ -566,7 +572,12 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         .map(build::replicas::summary)
         .unwrap_or_default();
     next.sidecars = sample.sidecars(published.as_ref());
-    status::set_rebalancing_condition(&mut next, policy.metadata.generation, Timestamp::now());
+    status::set_rebalancing_condition(
+        &mut next,
+        held.as_deref(),
+        policy.metadata.generation,
+        Timestamp::now(),
+    );
     if let Some(replicated) =
         status::set_replicated_condition(&mut next, policy.metadata.generation, Timestamp::now())
     {

@@ -671,7 +671,7 @@ pub async fn drive(
     desired: &RoutingTable,
     views: &[InstanceView],
     sample: &PolicySample,
-) -> Result<Option<RebalanceStatus>, Error> {
+) -> Result<Driven, Error> {
     let driver = Driver::new(&ctx.shared, &ctx.jobs, policy, rb.as_ref());
     let control = driver.control().await;
     if let Some(r) = rb.clone().filter(RebalanceStatus::is_active) {
@@ -681,34 +681,44 @@ pub async fn drive(
             r
         };
         if !r.is_active() {
-            return Ok(Some(r));
+            return Ok(Driven::plan(Some(r)));
         }
         return driver.follow(r).await.map(|mut r| {
             if !r.is_active() {
                 r.paused = None;
             }
-            Some(r)
+            Driven::plan(Some(r))
         });
     }
     if !policy.spec.balancing.rebalance.enabled {
         // Turned off while a plan ran: that plan is over, no other starts.
-        return Ok(rb);
+        return Ok(Driven::plan(rb));
     }
     if control != RebalanceControl::Run {
         // Paused or cancelled: no plan starts (failbacks included: the fallback keeps
         // serving the failed-over ranges) until the annotation says resume or goes.
-        return Ok(rb);
+        return Ok(Driven::plan(rb));
     }
     if !published.migrating.is_empty() {
         // An ended plan's migrations are still out (the table that ends them was held back):
         // a plan starts from a table that moves nothing. In a flip table of an older operator
         // (whose migrations record nothing) a failback reads as a move into a range its target
         // serves, and the new plan would record it so.
-        return Ok(rb);
+        return Ok(Driven {
+            rebalance: rb,
+            held: Some(
+                "no plan starts until the table that ends the last plan's migrations is published"
+                    .to_owned(),
+            ),
+        });
     }
     // Nothing running: plan.
     let forced = driver.forced.is_some();
-    let (moves, reasons) = moves_to_make(
+    let Wanted {
+        moves,
+        reasons,
+        held,
+    } = moves_to_make(
         policy,
         rb.as_ref(),
         published,
@@ -717,6 +727,8 @@ pub async fn drive(
         sample,
         forced,
     );
+    let held = held_back_note(&held, views);
+    driver.report_held(ctx, held.as_deref()).await;
     if moves.is_empty() {
         if forced {
             // Remember the request even when nothing needed to move.
@@ -725,15 +737,91 @@ pub async fn drive(
             if r.phase.is_empty() {
                 r.phase = rebalance_phase::SUCCEEDED.to_owned();
             }
-            return Ok(Some(r));
+            return Ok(Driven {
+                rebalance: Some(r),
+                held,
+            });
         }
-        return Ok(rb);
+        return Ok(Driven {
+            rebalance: rb,
+            held,
+        });
     }
-    driver.start(rb, &moves, reasons, published).await.map(Some)
+    driver
+        .start(rb, &moves, reasons, published)
+        .await
+        .map(|r| Driven {
+            rebalance: Some(r),
+            held,
+        })
+}
+
+/// What [`drive`] did: the rebalance status to write, and why moves the fleet wants wait.
+#[derive(Debug)]
+pub struct Driven {
+    /// The rebalance status to write.
+    pub rebalance: Option<RebalanceStatus>,
+    /// Why moves wait, for the `Rebalancing` condition (`HeldBack`).
+    pub held: Option<String>,
+}
+
+impl Driven {
+    fn plan(rebalance: Option<RebalanceStatus>) -> Self {
+        Self {
+            rebalance,
+            held: None,
+        }
+    }
+}
+
+/// The moves a new plan would make, why, and the moves held back.
+struct Wanted {
+    moves: Vec<Move>,
+    reasons: Vec<String>,
+    /// Moves out of instances whose `maxmemory-policy` may evict keys without a TTL: the
+    /// protocol's own keys could go mid-move (`docs/protocol.md`, "Eviction").
+    held: Vec<Move>,
+}
+
+/// Splits off the moves whose source may evict keys without a TTL.
+pub fn hold_evicting_sources(moves: Vec<Move>, views: &[InstanceView]) -> (Vec<Move>, Vec<Move>) {
+    let evicting: BTreeSet<&str> = views
+        .iter()
+        .filter(|v| v.evicting_policy.is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    moves
+        .into_iter()
+        .partition(|m| !evicting.contains(m.from.as_str()))
+}
+
+/// What the `Rebalancing` condition and the `RebalanceHeldBack` Event say of `held`.
+pub fn held_back_note(held: &[Move], views: &[InstanceView]) -> Option<String> {
+    let sources: BTreeSet<&str> = held.iter().map(|m| m.from.as_str()).collect();
+    if sources.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = sources
+        .iter()
+        .map(|name| {
+            let policy = views
+                .iter()
+                .find(|v| v.name == *name)
+                .and_then(|v| v.evicting_policy.as_deref())
+                .unwrap_or("allkeys-*");
+            format!("{name} ({policy})")
+        })
+        .collect();
+    Some(format!(
+        "{} move(s) out of {} wait: a maxmemory-policy that may evict keys without a TTL could evict the fleet's own bookkeeping mid-move and lose writes; set a volatile-* policy or noeviction there",
+        held.len(),
+        named.join(", ")
+    ))
 }
 
 /// The moves of a new plan and why: failbacks first, then — once the cooldown has passed, or
-/// when forced — the planner's moves, then the emptying of draining (legacy) instances.
+/// when forced — the planner's moves, then the emptying of draining (legacy) instances. Moves
+/// out of an instance that may evict keys without a TTL are held back.
 fn moves_to_make(
     policy: &CachePolicy,
     rb: Option<&RebalanceStatus>,
@@ -742,7 +830,7 @@ fn moves_to_make(
     views: &[InstanceView],
     sample: &PolicySample,
     forced: bool,
-) -> (Vec<Move>, Vec<String>) {
+) -> Wanted {
     let cooldown = policy.spec.balancing.rebalance.cooldown.get();
     let cooled = rb
         .and_then(|r| r.finished_at.as_ref())
@@ -780,7 +868,12 @@ fn moves_to_make(
         reasons.push("draining instances hold data of the policy's categories".to_owned());
         moves.extend(legacy);
     }
-    (without_overlaps(moves), reasons)
+    let (moves, held) = hold_evicting_sources(without_overlaps(moves), views);
+    Wanted {
+        moves,
+        reasons,
+        held,
+    }
 }
 
 /// The rebalance Jobs of one policy, and what following them needs.
@@ -1162,6 +1255,26 @@ impl<'a> Driver<'a> {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
             Err(e) => Err(Error::Rebalance(e)),
+        }
+    }
+
+    /// Logs and records an Event for `held` when it differs from what was last reported for
+    /// the policy (once per change, not per reconcile).
+    async fn report_held(&self, ctx: &PolicyContext, held: Option<&str>) {
+        let key = format!("{}/{}", self.policy_ns, self.policy.name_any());
+        let changed = {
+            let mut reported = ctx.held_reported.lock().unwrap_or_else(|e| e.into_inner());
+            match held {
+                Some(note) => reported.insert(key, note.to_owned()).as_deref() != Some(note),
+                None => {
+                    reported.remove(&key);
+                    false
+                }
+            }
+        };
+        if let (true, Some(note)) = (changed, held) {
+            warn!(%note, "rebalance held back");
+            self.event("RebalanceHeldBack", true, note.to_owned()).await;
         }
     }
 

@@ -254,9 +254,11 @@ pub fn policy_status(
     status
 }
 
-/// Sets the `Rebalancing` condition from `status.rebalance`.
+/// Sets the `Rebalancing` condition from `status.rebalance`, and — no plan running — from
+/// `held`, why the moves the fleet wants wait (reason `HeldBack`).
 pub fn set_rebalancing_condition(
     status: &mut CachePolicyStatus,
+    held: Option<&str>,
     generation: Option<i64>,
     now: Timestamp,
 ) {
@@ -284,6 +286,11 @@ pub fn set_rebalancing_condition(
                 r.keys_total.unwrap_or(0)
             ),
         ),
+        r if let Some(held) = held
+            && r.as_ref().is_none_or(|r| !r.is_active()) =>
+        {
+            (false, "HeldBack".to_owned(), held.to_owned())
+        }
         Some(r) if r.phase == rebalance_phase::FAILED => (
             false,
             "Failed".to_owned(),
@@ -401,6 +408,12 @@ pub fn recommendations(
     let mut out = Vec::new();
     let threshold_f = f64::from(threshold) / 100.0;
     for i in instances {
+        if let Some(policy) = &i.evicting_policy {
+            out.push(format!(
+                "{}: maxmemory-policy {policy} may evict the fleet's own keys, which carry no TTL; set volatile-lru (with ttl.default on every category) or noeviction, or no rebalance moves data out of it",
+                i.name
+            ));
+        }
         let Some(cap) = i.capacity_bytes.filter(|c| *c > 0) else {
             continue;
         };
@@ -1099,5 +1112,54 @@ mod tests {
             ))),
             "{recs:?}"
         );
+    }
+
+    #[test]
+    fn an_instance_that_may_evict_keys_without_a_ttl_is_named_and_holds_back_no_running_plan() {
+        use crate::api::cache_policy::{RebalanceStatus, rebalance_phase};
+        use crate::api::conditions::find;
+        let instances = vec![
+            view("primary", "hot", 10, 30).evicting("allkeys-lru"),
+            view("secondary", "warm", 10, 30),
+        ];
+        let recs = recommendations(&instances, None, 80, &BTreeMap::new());
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert!(recs[0].starts_with("primary: maxmemory-policy allkeys-lru"));
+        let rebalancing = |status: &CachePolicyStatus| {
+            find(&status.conditions, condition_type::REBALANCING)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+                .unwrap()
+        };
+        let mut status = CachePolicyStatus::default();
+        set_rebalancing_condition(
+            &mut status,
+            Some("1 move(s) out of primary wait"),
+            None,
+            Timestamp::now(),
+        );
+        assert_eq!(
+            rebalancing(&status),
+            (
+                "False".into(),
+                "HeldBack".into(),
+                "1 move(s) out of primary wait".into()
+            )
+        );
+        // A plan under way is what the condition reports.
+        status.rebalance = Some(RebalanceStatus {
+            phase: rebalance_phase::MIGRATING.into(),
+            plan_id: 7,
+            ..RebalanceStatus::default()
+        });
+        set_rebalancing_condition(
+            &mut status,
+            Some("1 move(s) out of primary wait"),
+            None,
+            Timestamp::now(),
+        );
+        assert_eq!(rebalancing(&status).1, "Migrating");
+        status.rebalance.as_mut().unwrap().phase = rebalance_phase::SUCCEEDED.into();
+        set_rebalancing_condition(&mut status, None, None, Timestamp::now());
+        assert_eq!(rebalancing(&status).1, "Idle");
     }
 }

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::api::redis_instance::{
-    ManagedRedis, Names, PASSWORD_KEY, REDIS_PORT, RedisInstance, password_ref,
+    EvictionPolicy, ManagedRedis, Names, PASSWORD_KEY, REDIS_PORT, RedisInstance, password_ref,
 };
 
 /// UID/GID of the `redis` user in the official images.
@@ -80,6 +80,22 @@ pub fn redis_conf(managed: &ManagedRedis) -> String {
          {persistence}",
         managed.max_memory.bytes(),
         managed.eviction_policy.as_redis()
+    )
+}
+
+/// The pod template's `redisfleet.io/config-hash`: a change restarts the pod, which empties a
+/// cache without persistence. `maxmemory-policy` is left out of it — the operator applies a
+/// new policy to the running server with `CONFIG SET` — by hashing the file with the policy
+/// older releases hashed for their default, `allkeys-lru`: an instance that kept that default
+/// keeps its hash across the upgrade, and is not restarted by it.
+pub fn config_hash(managed: &ManagedRedis) -> String {
+    let pinned = ManagedRedis {
+        eviction_policy: EvictionPolicy::AllkeysLru,
+        ..managed.clone()
+    };
+    format!(
+        "{:016x}",
+        crate::routing::table::fnv1a64(redis_conf(&pinned).as_bytes())
     )
 }
 
@@ -293,14 +309,7 @@ pub fn stateful_set(instance: &RedisInstance, managed: &ManagedRedis) -> Statefu
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(&name)),
                     annotations: Some(
-                        [(
-                            "redisfleet.io/config-hash".to_owned(),
-                            format!(
-                                "{:016x}",
-                                crate::routing::table::fnv1a64(redis_conf(managed).as_bytes())
-                            ),
-                        )]
-                        .into(),
+                        [("redisfleet.io/config-hash".to_owned(), config_hash(managed))].into(),
                     ),
                     ..ObjectMeta::default()
                 }),
@@ -358,6 +367,26 @@ mod tests {
 
     fn managed(ri: &RedisInstance) -> &ManagedRedis {
         ri.spec.managed.as_ref().unwrap()
+    }
+
+    #[test]
+    fn an_eviction_policy_change_restarts_no_pod_and_the_old_default_keeps_its_hash() {
+        let ri = instance(false);
+        let mut m = managed(&ri).clone();
+        let before = config_hash(&m);
+        m.eviction_policy = EvictionPolicy::VolatileLru;
+        assert_eq!(config_hash(&m), before, "applied live with CONFIG SET");
+        m.max_memory = serde_json::from_value(serde_json::json!("64Mi")).unwrap();
+        assert_ne!(config_hash(&m), before, "maxmemory still restarts");
+        // What releases before this one hashed for an instance on their default, allkeys-lru.
+        m.eviction_policy = EvictionPolicy::AllkeysLru;
+        assert_eq!(
+            config_hash(&m),
+            format!(
+                "{:016x}",
+                crate::routing::table::fnv1a64(redis_conf(&m).as_bytes())
+            )
+        );
     }
 
     #[test]

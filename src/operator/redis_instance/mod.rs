@@ -25,7 +25,9 @@ use tracing::{debug, info, warn};
 
 use crate::api::FIELD_MANAGER;
 use crate::api::cache_policy::selects;
-use crate::api::redis_instance::{InstancePhase, Names, RedisInstance, RedisInstanceStatus};
+use crate::api::redis_instance::{
+    InstancePhase, Names, RedisInstance, RedisInstanceStatus, evicts_keys_without_ttl,
+};
 use crate::redis::connect::Target;
 use crate::redis::endpoint::{self, endpoint_of};
 use crate::redis::info::{Counters, window};
@@ -183,7 +185,21 @@ pub async fn reconcile(
     let outcome = match &target {
         Ok(target) => {
             let instance = ObjectRef::from_obj(ri.as_ref());
-            probe(ctx, &instance, &mut state, target, health.timeout.get()).await
+            // A managed instance's eviction policy is applied live: a restart would empty it.
+            let policy = ri
+                .spec
+                .managed
+                .as_ref()
+                .map(|m| m.eviction_policy.as_redis());
+            probe(
+                ctx,
+                &instance,
+                &mut state,
+                target,
+                health.timeout.get(),
+                policy,
+            )
+            .await
         }
         Err(e) => Err(Failure {
             reason: e.reason().to_owned(),
@@ -266,6 +282,7 @@ async fn probe(
     state: &mut InstanceState,
     target: &Target,
     timeout: Duration,
+    eviction_policy: Option<&str>,
 ) -> Result<ProbeSummary, Failure> {
     // The instance's one kept connection (shared with sampling and purging).
     let attempt = async {
@@ -274,7 +291,29 @@ async fn probe(
             .connect(instance, target, timeout)
             .await
             .map_err(|e| classify(&e, target))?;
-        probe_on(&mut conn, target).await
+        let mut probe = probe_on(&mut conn, target).await?;
+        if let Some(wanted) = eviction_policy
+            && probe.info.maxmemory_policy.as_deref() != Some(wanted)
+        {
+            let set: redis::RedisResult<()> = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg(wanted)
+                .query_async(&mut conn)
+                .await;
+            match set {
+                Ok(()) => {
+                    info!(
+                        from = probe.info.maxmemory_policy.as_deref().unwrap_or("unknown"),
+                        to = wanted,
+                        "maxmemory-policy applied to the running server"
+                    );
+                    probe.info.maxmemory_policy = Some(wanted.to_owned());
+                }
+                Err(e) => warn!(error = %e, wanted, "applying maxmemory-policy failed"),
+            }
+        }
+        Ok(probe)
     };
     let outcome = tokio::time::timeout(timeout, attempt)
         .await
@@ -311,6 +350,7 @@ async fn probe(
         keys: info.total_keys(),
         connected_clients: info.connected_clients.unwrap_or(0),
         evicted_keys: info.evicted_keys.unwrap_or(0),
+        eviction_policy: info.maxmemory_policy.clone(),
         counters: RedisCounters {
             commands_processed: info.total_commands_processed,
             keyspace_hits: info.keyspace_hits,
@@ -464,6 +504,11 @@ fn record_status_metrics(
     if let Some(keys) = status.keys {
         m.keys.get_or_create(labels).set(keys);
     }
+    if let Some(policy) = &status.eviction_policy {
+        m.evicts_keys_without_ttl
+            .get_or_create(labels)
+            .set(i64::from(evicts_keys_without_ttl(policy)));
+    }
     if let Some(stats) = &status.stats {
         m.connected_clients
             .get_or_create(labels)
@@ -519,6 +564,22 @@ async fn publish(ctx: &Context, ri: &RedisInstance, transition: &Transition) {
             note: Some(format!(
                 "memory use {used_percent}% is back below the capacity threshold of {threshold}%"
             )),
+            action: "Probe".to_owned(),
+            secondary: None,
+        },
+        Transition::EvictionPolicy { policy, safe } => Event {
+            type_: if *safe {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: if *safe {
+                "EvictionPolicySafe"
+            } else {
+                "EvictionPolicyUnsafe"
+            }
+            .to_owned(),
+            note: Some(status::eviction_message(policy, *safe)),
             action: "Probe".to_owned(),
             secondary: None,
         },

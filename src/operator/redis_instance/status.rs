@@ -12,6 +12,9 @@
 //!   `latencyThreshold` in a row make it slow, `recoveryThreshold` PINGs within it in a row make
 //!   it fast again (one PING delayed by a busy network or host flips nothing).
 //! - `Draining` when `spec.drain` is set and it is reachable; else `Ready`.
+//!
+//! `EvictionSafe` is False while the server's `maxmemory-policy` is an `allkeys-*` one: it may
+//! evict the fleet's own keys (they carry no TTL), so no rebalance moves data out of it.
 
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use crate::api::conditions::{Time, condition, find, set_condition};
 use crate::api::quantity::format_bytes_human;
 use crate::api::redis_instance::{
     InstancePhase, MemoryStatus, RedisInstanceSpec, RedisInstanceStatus, StatsStatus,
+    evicts_keys_without_ttl,
 };
 use crate::operator::metrics::RedisCounters;
 use crate::operator::status_writes::{Write, moved_a_point};
@@ -33,8 +37,11 @@ pub mod condition_type {
     pub const WITHIN_CAPACITY: &str = "WithinCapacity";
     /// The instance can serve traffic.
     pub const READY: &str = "Ready";
+    /// Its `maxmemory-policy` never evicts a key without a TTL (`noeviction`, `volatile-*`),
+    /// so rebalancing may move data out of it.
+    pub const EVICTION_SAFE: &str = "EvictionSafe";
 }
-use condition_type::{REACHABLE, READY, WITHIN_CAPACITY};
+use condition_type::{EVICTION_SAFE, REACHABLE, READY, WITHIN_CAPACITY};
 
 /// The `Ready` reason of an instance that answers slowly.
 const HIGH_LATENCY: &str = "HighLatency";
@@ -56,6 +63,8 @@ pub struct ProbeSummary {
     pub connected_clients: u64,
     /// `evicted_keys` since the server started.
     pub evicted_keys: u64,
+    /// `maxmemory_policy`, when INFO reports it.
+    pub eviction_policy: Option<String>,
     /// Redis's own counters as INFO reported them, mirrored by the metrics.
     pub counters: RedisCounters,
     /// Rates over the window since the previous probe; `None` on the first probe.
@@ -130,6 +139,14 @@ pub enum Transition {
         used_percent: i32,
         /// The threshold.
         threshold: i32,
+    },
+    /// The `maxmemory-policy` changed from one that keeps keys without a TTL to one that may
+    /// evict them (`safe` false), or back (`safe` true).
+    EvictionPolicy {
+        /// The policy now.
+        policy: String,
+        /// Whether it keeps keys without a TTL.
+        safe: bool,
     },
 }
 
@@ -320,6 +337,14 @@ pub fn next_status(prev: Option<&RedisInstanceStatus>, obs: &Observation<'_>) ->
         );
     }
 
+    if let Ok(ProbeSummary {
+        eviction_policy: Some(policy),
+        ..
+    }) = &obs.outcome
+    {
+        judge_eviction(&mut status, &prev_status, policy, obs, &mut transitions);
+    }
+
     let serving = phase.serves_traffic();
     set_condition(
         &mut status.conditions,
@@ -343,6 +368,55 @@ pub fn next_status(prev: Option<&RedisInstanceStatus>, obs: &Observation<'_>) ->
     }
 }
 
+/// The `EvictionSafe` condition from the policy the server reported, and a transition when
+/// it changed sides (or on the first report of an unsafe one).
+fn judge_eviction(
+    status: &mut RedisInstanceStatus,
+    prev: &RedisInstanceStatus,
+    policy: &str,
+    obs: &Observation<'_>,
+    transitions: &mut Vec<Transition>,
+) {
+    let safe = !evicts_keys_without_ttl(policy);
+    let reason = if safe {
+        "KeepsKeysWithoutTTL"
+    } else {
+        "EvictsKeysWithoutTTL"
+    };
+    let message = eviction_message(policy, safe);
+    set_condition(
+        &mut status.conditions,
+        condition(
+            EVICTION_SAFE,
+            safe,
+            reason,
+            message,
+            obs.generation,
+            obs.now,
+        ),
+    );
+    let was_safe = find(&prev.conditions, EVICTION_SAFE).map(|c| c.status == "True");
+    if was_safe.map_or(!safe, |was| was != safe) {
+        transitions.push(Transition::EvictionPolicy {
+            policy: policy.to_owned(),
+            safe,
+        });
+    }
+}
+
+/// What the `EvictionSafe` condition and its Event say of `policy`.
+pub fn eviction_message(policy: &str, safe: bool) -> String {
+    if safe {
+        format!(
+            "maxmemory-policy {policy} never evicts a key without a TTL: rebalancing may move data out of this instance"
+        )
+    } else {
+        format!(
+            "maxmemory-policy {policy} may evict keys without a TTL, the fleet's own bookkeeping among them: no rebalance moves data out of this instance until it is a volatile-* policy or noeviction"
+        )
+    }
+}
+
 fn apply_probe(status: &mut RedisInstanceStatus, probe: &ProbeSummary, obs: &Observation<'_>) {
     let capacity = capacity_bytes(obs.spec, Some(probe.maxmemory));
     status.redis_version = probe.redis_version.clone();
@@ -354,6 +428,9 @@ fn apply_probe(status: &mut RedisInstanceStatus, probe: &ProbeSummary, obs: &Obs
         capacity: capacity.map_or_else(|| "unknown".to_owned(), format_bytes_human),
     });
     status.keys = Some(i64::try_from(probe.keys).unwrap_or(i64::MAX));
+    if probe.eviction_policy.is_some() {
+        status.eviction_policy = probe.eviction_policy.clone();
+    }
     let (hits, misses, hit_ratio, ops) = match probe.window {
         Some(w) => {
             let reads = w.hits + w.misses;
@@ -479,7 +556,7 @@ fn judge_reachable(
 /// (`None`: unknown, treated as due).
 ///
 /// Material, written at once: the phase, a condition's status or reason (the `Reachable`
-/// error text too), the observed generation, endpoint and Redis version, the capacity, and
+/// error text too), the observed generation, endpoint, Redis version and eviction policy, the capacity, and
 /// used memory once it moved by at least one point of capacity from what was written (so a
 /// slow drift is written too, once it adds up). Not material: timestamps, PING latency,
 /// traffic, keys, clients, probe counters — live figures, which go to the metrics at every
@@ -530,6 +607,7 @@ fn changed_materially(written: &RedisInstanceStatus, next: &RedisInstanceStatus)
         || written.observed_generation != next.observed_generation
         || written.endpoint != next.endpoint
         || written.redis_version != next.redis_version
+        || written.eviction_policy != next.eviction_policy
         || memory_moved(written.memory.as_ref(), next.memory.as_ref())
         || conditions(written) != conditions(next)
 }

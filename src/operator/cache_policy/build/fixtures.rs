@@ -63,6 +63,7 @@ pub fn view(name: &str) -> InstanceView {
         drain: false,
         copies_to_free: false,
         lost_data: false,
+        evicting_policy: None,
         endpoint: InstanceEndpoint {
             host: "h".into(),
             port: 1,
@@ -106,6 +107,14 @@ impl InstanceView {
     /// Draining or not.
     pub fn draining(self, drain: bool) -> Self {
         Self { drain, ..self }
+    }
+
+    /// Whose `maxmemory-policy` is `policy`, one that may evict keys without a TTL.
+    pub fn evicting(self, policy: &str) -> Self {
+        Self {
+            evicting_policy: Some(policy.into()),
+            ..self
+        }
     }
 
     /// Reached at `endpoint`.

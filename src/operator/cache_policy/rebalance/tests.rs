@@ -1029,3 +1029,51 @@ fn a_draining_fallback_s_failback_given_up_keeps_its_ranges_on_the_fallback() {
             .all(|m| m.target_serves == Some(true))
     );
 }
+
+#[test]
+fn moves_out_of_an_instance_that_may_evict_keys_without_a_ttl_are_held_back() {
+    // A failback out of a fallback whose policy is allkeys-lru, and a move into it.
+    let mut t = two_instance_table();
+    t.failover.push(Failover {
+        category: "auth".into(),
+        start: 0,
+        end: 8191,
+        from: "primary".into(),
+        to: "secondary".into(),
+    });
+    let views = vec![
+        view("primary", InstancePhase::Ready, false),
+        view("secondary", InstancePhase::Ready, false).evicting("allkeys-lru"),
+    ];
+    let mut moves = failback_moves(&t, &views);
+    assert_eq!(moves.len(), 1);
+    let into = Move {
+        category: "cache".into(),
+        range: SlotRange::new(0, 99),
+        from: "primary".into(),
+        to: "secondary".into(),
+        bytes: 1,
+    };
+    moves.push(into.clone());
+    let (go, held) = hold_evicting_sources(moves, &views);
+    assert_eq!(
+        go,
+        vec![into],
+        "a move into it goes on: the source keeps its keys"
+    );
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].from, "secondary");
+    let note = held_back_note(&held, &views).unwrap();
+    assert!(
+        note.contains("secondary (allkeys-lru)") && note.contains("volatile-*"),
+        "{note}"
+    );
+    assert_eq!(held_back_note(&[], &views), None);
+    // With the policy fixed, nothing is held.
+    let fixed = vec![
+        view("primary", InstancePhase::Ready, false),
+        view("secondary", InstancePhase::Ready, false),
+    ];
+    let (go, held) = hold_evicting_sources(failback_moves(&t, &fixed), &fixed);
+    assert_eq!((go.len(), held.len()), (1, 0));
+}

@@ -20,6 +20,7 @@ fn probe(used: u64) -> ProbeSummary {
         keys: 10,
         connected_clients: 2,
         evicted_keys: 0,
+        eviction_policy: Some("noeviction".into()),
         counters: RedisCounters::default(),
         window: Some(WindowStats {
             hits: 90,
@@ -414,4 +415,77 @@ fn latency_formatting() {
     assert_eq!(format_latency(Duration::from_micros(420)), "420µs");
     assert_eq!(format_latency(Duration::from_micros(1234)), "1.2ms");
     assert_eq!(format_latency(Duration::from_millis(35)), "35ms");
+}
+
+fn with_policy(policy: &str) -> Result<ProbeSummary, Failure> {
+    let mut p = probe(1 << 20);
+    p.eviction_policy = Some(policy.into());
+    Ok(p)
+}
+
+fn eviction_safe(n: &Next) -> Option<(String, String)> {
+    find(&n.status.conditions, EVICTION_SAFE).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[test]
+fn an_allkeys_policy_is_not_eviction_safe_and_changes_of_side_are_reported_once() {
+    let s = spec();
+    // A safe policy on the first probe says so, with no Event.
+    let n = observe(&s, None, with_policy("volatile-lru"), 1);
+    assert_eq!(n.status.eviction_policy.as_deref(), Some("volatile-lru"));
+    assert_eq!(
+        eviction_safe(&n),
+        Some(("True".into(), "KeepsKeysWithoutTTL".into()))
+    );
+    assert!(
+        !n.transitions
+            .iter()
+            .any(|t| matches!(t, Transition::EvictionPolicy { .. }))
+    );
+    // Turned to allkeys-lru: False, once.
+    let n = observe(&s, Some(&n.status), with_policy("allkeys-lru"), 2);
+    assert_eq!(
+        eviction_safe(&n),
+        Some(("False".into(), "EvictsKeysWithoutTTL".into()))
+    );
+    assert!(n.transitions.contains(&Transition::EvictionPolicy {
+        policy: "allkeys-lru".into(),
+        safe: false
+    }));
+    assert_eq!(
+        decide(
+            &observe(&s, None, with_policy("volatile-lru"), 1).status,
+            &n.status
+        ),
+        Write::Changed,
+        "a policy change is written at once"
+    );
+    let again = observe(&s, Some(&n.status), with_policy("allkeys-random"), 3);
+    assert!(
+        !again
+            .transitions
+            .iter()
+            .any(|t| matches!(t, Transition::EvictionPolicy { .. })),
+        "still unsafe: no second Event"
+    );
+    // A failed probe keeps what was known.
+    let failed = observe(&s, Some(&again.status), fail(), 4);
+    assert_eq!(
+        failed.status.eviction_policy.as_deref(),
+        Some("allkeys-random")
+    );
+    assert_eq!(eviction_safe(&failed).unwrap().0, "False");
+    // Back to noeviction: True, once.
+    let back = observe(&s, Some(&failed.status), with_policy("noeviction"), 5);
+    assert_eq!(eviction_safe(&back).unwrap().0, "True");
+    assert!(back.transitions.contains(&Transition::EvictionPolicy {
+        policy: "noeviction".into(),
+        safe: true
+    }));
+    // An unsafe policy on the very first probe is reported.
+    let first = observe(&s, None, with_policy("allkeys-lfu"), 1);
+    assert!(first.transitions.contains(&Transition::EvictionPolicy {
+        policy: "allkeys-lfu".into(),
+        safe: false
+    }));
 }
