@@ -4,8 +4,9 @@
 //! - A slot's replica is never the instance that serves it (its owner, or the instance its
 //!   failover entry names). The owner of a failed-over slot may be its replica: it holds the
 //!   outage's writes then, warm for the day the server dies in turn.
-//! - Candidates serve traffic, are not draining and have a known capacity; the category's
-//!   fallback tier is preferred, then its own tier, then any selected instance.
+//! - Candidates serve traffic, are not draining, have a known capacity and a `maxmemory-policy`
+//!   that keeps keys without a TTL; the category's fallback tier is preferred, then its own
+//!   tier, then any selected instance.
 //! - Stable: a slot keeps its replica while that replica remains a candidate. A new replica is
 //!   chosen by weighted rendezvous hashing per run of slots with one server, so a run keeps
 //!   one replica and a change of candidates moves few runs.
@@ -246,7 +247,11 @@ fn place_category(
     }
 
     let spec_tiers = tiers_of(inputs.spec, category);
-    let candidate = |i: &&InstanceView| i.serving() && !i.drain && i.capacity_bytes.is_some();
+    // An instance that may evict keys without a TTL is no candidate: the replica's copies,
+    // never read, and the slots' applied versions would be the first keys it evicts.
+    let candidate = |i: &&InstanceView| {
+        i.serving() && !i.drain && i.capacity_bytes.is_some() && i.evicting_policy.is_none()
+    };
     let in_tier =
         |t: Option<&str>, i: &&InstanceView| t.is_none_or(|t| i.tier.as_deref() == Some(t));
     // Preference order: the fallback tier, the category's tier, any.

@@ -1003,3 +1003,41 @@ fn a_seeding_replica_made_a_moves_target_starts_empty() {
     let stale = stale_before_publishing(Some(&seeded), &flip);
     assert!(spared(&stale, "secondary", "auth"), "{stale:?}");
 }
+
+#[test]
+fn a_replica_on_an_instance_turned_allkeys_hands_over_to_one_that_keeps_keys_without_a_ttl() {
+    let (spec, three, seeded) = replicated_on_secondary_of_three();
+    let evicting = |mut views: Vec<InstanceView>, name: &str| {
+        let v = views.iter_mut().find(|v| v.name == name).unwrap();
+        v.evicting_policy = Some("allkeys-lru".into());
+        views
+    };
+    // Seed, then drop: the seeded copy stays on while the successor seeds.
+    let turned = evicting(three.clone(), "secondary");
+    let handing = publish(&spec, &turned, Some(&seeded), &[]);
+    assert_eq!(
+        replica_runs(&handing, "auth"),
+        [(0, 16383, "tertiary".into())]
+    );
+    assert_eq!(
+        outgoing_runs(&handing, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+    let done = publish(&spec, &turned, Some(&handing), &all_seeded(&handing));
+    assert!(outgoing_runs(&done, "auth").is_empty());
+    assert!(!done.replicates_on("secondary"));
+    // Every other instance evicts too: the seeded copy stays the replica, better than none.
+    let all = evicting(evicting(turned, "tertiary"), "primary");
+    let kept = publish(&spec, &all, Some(&seeded), &[]);
+    assert_eq!(
+        replica_runs(&kept, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+    // A new replica is never placed on one.
+    let fresh = publish(&spec, &evicting(three, "secondary"), None, &[]);
+    assert!(
+        !fresh.replicates_on("secondary"),
+        "{:?}",
+        replica_runs(&fresh, "auth")
+    );
+}
