@@ -42,10 +42,21 @@ async fn guarded(
     keys: &[&str],
     command: &[&str],
 ) -> (Decision, redis::Value) {
+    guarded_as(c, marker, keys, command, false).await
+}
+
+/// [`guarded`], for a command that changes nothing when `read`.
+async fn guarded_as(
+    c: &mut MultiplexedConnection,
+    marker: &str,
+    keys: &[&str],
+    command: &[&str],
+    read: bool,
+) -> (Decision, redis::Value) {
     let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::from(k.to_string())).collect();
     let command: Vec<Bytes> = command.iter().map(|k| Bytes::from(k.to_string())).collect();
     let urgent = names::urgent(POLICY);
-    let args = guard::guard_command(range(marker, &urgent), &keys, &[command], true);
+    let args = guard::guard_command(range(marker, &urgent), &keys, &[command], true, read);
     let mut cmd = redis::cmd(std::str::from_utf8(&args[0]).unwrap());
     for a in &args[1..] {
         cmd.arg(a.as_ref());
@@ -135,6 +146,7 @@ async fn the_guard_runs_on_the_source_until_importing_then_redirects_absent_keys
             Bytes::from_static(b"x"),
         ]],
         true,
+        false,
     );
     let mut cmd = redis::cmd("EVAL");
     for a in &args[1..] {
@@ -257,12 +269,23 @@ async fn a_script_runs_where_its_whole_slot_groups_are_and_waits_for_them_in_bet
         Some(Decision::TryAgain)
     );
 
-    // A command the guard sends to the target (its key absent here) marks its group: the
-    // target may hold a key of it now.
+    // A read the guard sends to the target (a miss here) creates nothing there: its group
+    // stays untouched, and the script still runs on the source.
+    let (d, _) = guarded_as(
+        &mut c,
+        marker,
+        &["auth:{q2}:job:8"],
+        &["GET", "auth:{q2}:job:8"],
+        true,
+    )
+    .await;
+    assert_eq!(d, Decision::Ask);
     assert_eq!(
         script_decision(&mut c, marker, &[q2]).await,
         Some(Decision::Ran)
     );
+    // A command the guard sends to the target (its key absent here) marks its group: the
+    // target may hold a key of it now.
     let (d, _) = guarded(
         &mut c,
         marker,
@@ -725,6 +748,7 @@ async fn a_full_source_can_still_be_emptied_and_a_full_target_takes_nothing() {
         &[b("fill:0")],
         &[vec![b("SET"), b("fill:0"), b("y")]],
         true,
+        false,
     );
     let mut call = redis::cmd(std::str::from_utf8(&args[0]).unwrap());
     for a in &args[1..] {

@@ -19,12 +19,14 @@ use super::names;
 /// The decision part, shared by [`GUARD_SCRIPT`] (which then runs the command), [`CHECK_SCRIPT`]
 /// (which only answers, for commands that cannot run inside a script) and
 /// [`SCRIPT_CHECK_SCRIPT`]. A command sent to the target (`ASK`) marks its keys' slot groups
-/// moving: the target may now hold keys of them, so a script of those groups must not run on
-/// the source (`docs/protocol.md`, "Scripts").
+/// moving when `mark` is true: the target may now hold keys of them, so a script of those groups
+/// must not run on the source (`docs/protocol.md`, "Scripts"). A read ([`GUARD_READ_SCRIPT`])
+/// creates nothing there and marks nothing: a cache miss would otherwise make the next script
+/// of its group wait for a walk of the source.
 macro_rules! decide {
     () => {
         r"
-local function decide(n, urgent)
+local function decide(n, urgent, mark)
   if redis.call('EXISTS', KEYS[1]) == 0 then return 'RUN' end
   local present = {}
   for i = 1, n do
@@ -35,7 +37,9 @@ local function decide(n, urgent)
   -- The groups and the queue must be written on a full source too (see `oom_exempt!`).
   redis.call('DEL', 'redisfleet:oom-exempt')
   if #present == 0 then
-    for i = 1, n do redis.call('SET', KEYS[1 + 2 * n + i], 'moving', 'NX') end
+    if mark then
+      for i = 1, n do redis.call('SET', KEYS[1 + 2 * n + i], 'moving', 'NX') end
+    end
     return 'ASK'
   end
   for i = 1, #present, 1000 do
@@ -48,22 +52,34 @@ end
     };
 }
 
-/// Runs the commands of ARGV here when `decide` says `RUN` and answers the first one's reply,
-/// else answers `-REDISFLEET-<decision>`.
-pub const GUARD_SCRIPT: &str = concat!(
-    decide!(),
-    r"
-local d = decide((#KEYS - 2) / 3, KEYS[#KEYS])
+/// The guard proper: `decide`, then the commands of ARGV when it says `RUN`.
+macro_rules! guard_script {
+    ($mark:literal) => {
+        concat!(
+            decide!(),
+            "local d = decide((#KEYS - 2) / 3, KEYS[#KEYS], ",
+            $mark,
+            r")
 if d ~= 'RUN' then return {err = 'REDISFLEET-' .. d .. ' decided by the redis-fleet guard'} end
 ",
-    run_commands!(),
-    "return first\n"
-);
+            run_commands!(),
+            "return first\n"
+        )
+    };
+}
+
+/// Runs the commands of ARGV here when `decide` says `RUN` and answers the first one's reply,
+/// else answers `-REDISFLEET-<decision>`; an `ASK` marks the keys' slot groups moving.
+pub const GUARD_SCRIPT: &str = guard_script!("true");
+
+/// [`GUARD_SCRIPT`] for a command that changes nothing ([`guard_command`]'s `read`): its `ASK`
+/// marks no slot group.
+pub const GUARD_READ_SCRIPT: &str = guard_script!("false");
 
 /// Only the decision, as a status reply (`+RUN`, `+ASK`, `+BUSY`, `+TRYAGAIN`).
 pub const CHECK_SCRIPT: &str = concat!(
     decide!(),
-    "return {ok = decide((#KEYS - 2) / 3, KEYS[#KEYS])}\n"
+    "return {ok = decide((#KEYS - 2) / 3, KEYS[#KEYS], true)}\n"
 );
 
 /// The decision for a script (or a transaction that holds one), which may touch keys it does
@@ -80,12 +96,12 @@ pub const SCRIPT_CHECK_SCRIPT: &str = concat!(
 local n = (#KEYS - 4) / 3
 local marker = redis.call('GET', KEYS[1])
 if not marker then return {ok = 'RUN'} end
-if string.sub(marker, -#ARGV[1]) == ARGV[1] then return {ok = decide(n, KEYS[3 * n + 2])} end
+if string.sub(marker, -#ARGV[1]) == ARGV[1] then return {ok = decide(n, KEYS[3 * n + 2], true)} end
 for i = 1, n do
   if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then return {ok = 'BUSY'} end
 end
 local all = redis.call('GET', KEYS[3 * n + 3])
-if not all then return {ok = decide(n, KEYS[3 * n + 2])} end
+if not all then return {ok = decide(n, KEYS[3 * n + 2], true)} end
 if all == 'moved' then return {ok = 'ASK'} end
 local untouched, moved, wait, asked = 0, 0, {}, {}
 for i = 1, n do
@@ -165,6 +181,12 @@ pub fn guard_sha() -> &'static str {
     super::script_sha(GUARD_SCRIPT, &SHA)
 }
 
+/// SHA1 of [`GUARD_READ_SCRIPT`].
+pub fn guard_read_sha() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    super::script_sha(GUARD_READ_SCRIPT, &SHA)
+}
+
 /// SHA1 of [`CHECK_SCRIPT`].
 pub fn check_sha() -> &'static str {
     static SHA: OnceLock<String> = OnceLock::new();
@@ -198,17 +220,23 @@ fn keys_args(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
 }
 
 /// `EVALSHA <guard> <n> marker keys… tombs… groups… urgent <commands>` (with `EVAL` and the
-/// body instead when `by_body`, after a `NOSCRIPT`). The reply is the first command's.
+/// body instead when `by_body`, after a `NOSCRIPT`). The reply is the first command's. `read`:
+/// the commands change nothing ([`GUARD_READ_SCRIPT`]).
 pub fn guard_command(
     range: RangeNames<'_>,
     keys: &[Bytes],
     commands: &[Vec<Bytes>],
     by_body: bool,
+    read: bool,
 ) -> Vec<Bytes> {
     let k = keys_args(range, keys);
     let argc: usize = commands.iter().map(|c| c.len() + 1).sum();
     let mut out = Vec::with_capacity(4 + k.len() + argc);
-    out.extend(super::script_head(GUARD_SCRIPT, guard_sha(), by_body));
+    out.extend(if read {
+        super::script_head(GUARD_READ_SCRIPT, guard_read_sha(), by_body)
+    } else {
+        super::script_head(GUARD_SCRIPT, guard_sha(), by_body)
+    });
     out.push(Bytes::from(k.len().to_string()));
     out.extend(k);
     super::push_commands(&mut out, commands);
@@ -301,9 +329,14 @@ mod tests {
             urgent: "u",
             urgent_groups: "ug",
         };
-        let c = guard_command(range, &keys, &cmd, false);
+        let c = guard_command(range, &keys, &cmd, false, false);
         let text: Vec<&[u8]> = c.iter().map(|b| b.as_ref()).collect();
         assert_eq!(text[0], b"EVALSHA");
+        assert_eq!(text[1], guard_sha().as_bytes());
+        let read = guard_command(range, &keys, &cmd, false, true);
+        assert_eq!(read[1].as_ref(), guard_read_sha().as_bytes());
+        assert_ne!(guard_sha(), guard_read_sha());
+        assert_eq!(&read[2..], &c[2..], "the same keys and arguments");
         assert_eq!(text[2], b"8");
         // Slot 15495 ("a") and 3300 ("b"), 16 slots a group.
         assert_eq!(

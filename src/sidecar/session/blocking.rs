@@ -556,7 +556,7 @@ impl Client {
         };
         loop {
             match self
-                .guard_decide(router, m, &key_args, std::slice::from_ref(&poll))
+                .guard_decide(router, m, &key_args, std::slice::from_ref(&poll), false)
                 .await?
                 .map(|reply| as_blocking_reply(&shape, reply))
             {

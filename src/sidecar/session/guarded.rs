@@ -172,7 +172,7 @@ impl Client {
                 hint.record(found);
             }
         };
-        match self.guard_decide(router, m, keys, &cmds).await? {
+        match self.guard_decide(router, m, keys, &cmds, how.read).await? {
             Some(reply) => {
                 record(ReadFound::OnSource);
                 Ok(reply)
@@ -249,19 +249,21 @@ impl Client {
 
     /// Runs `cmds` through the guard of migrating range `m`, waiting while keys are in
     /// transit: `Some(reply)` when they ran on the source, `None` when the keys are on the
-    /// target (nothing ran).
+    /// target (nothing ran). `read`: they change nothing (see [`Guarded::read`]), and a
+    /// decision to send them to the target marks no slot group moving.
     pub(super) async fn guard_decide(
         &mut self,
         router: &Arc<Router>,
         m: u16,
         keys: &[Bytes],
         cmds: &[Vec<Bytes>],
+        read: bool,
     ) -> Result<Option<Bytes>, Interrupt> {
         let mig = &router.migrations[usize::from(m)];
         let mut backoff = Backoff::new();
         let mut by_body = false;
         loop {
-            let args = guard::guard_command(router.range_names(m), keys, cmds, by_body);
+            let args = guard::guard_command(router.range_names(m), keys, cmds, by_body, read);
             let reply = self
                 .call(router, mig.source, bundle(&[args]), 1)
                 .await?
