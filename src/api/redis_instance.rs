@@ -291,6 +291,18 @@ pub enum EvictionPolicy {
 }
 
 impl EvictionPolicy {
+    /// Every policy.
+    pub const ALL: [Self; 8] = [
+        Self::AllkeysLru,
+        Self::AllkeysLfu,
+        Self::AllkeysRandom,
+        Self::VolatileLru,
+        Self::VolatileLfu,
+        Self::VolatileRandom,
+        Self::VolatileTtl,
+        Self::Noeviction,
+    ];
+
     /// The value Redis expects in `maxmemory-policy`.
     pub fn as_redis(self) -> &'static str {
         match self {

@@ -177,27 +177,23 @@ pub fn preview(inputs: &Inputs<'_>, what_if: Vec<String>, mut notes: Vec<String>
     };
     let assessment = plan::assess(&input);
 
-    // As the rebalance step composes them: failbacks, the planner's moves, legacy instances.
-    let mut reasons = Vec::new();
-    let mut moves = rebalance::failback_moves(&current, inputs.views);
-    if !moves.is_empty() {
-        reasons.push(
-            "failback: recovered instances take their ranges back, with the data written meanwhile"
-                .to_owned(),
-        );
-    }
-    if let Some(p) = &assessment.plan {
-        reasons.push(p.reason.clone());
-        moves.extend(p.moves.iter().cloned());
-    }
-    let legacy = rebalance::legacy_moves(&current, inputs.views, inputs.category_bytes);
-    if !legacy.is_empty() {
-        reasons.push("draining instances hold data of the policy's categories".to_owned());
-        moves.extend(legacy);
-    }
-    let (moves, held) =
-        rebalance::hold_evicting_sources(rebalance::without_overlaps(moves), inputs.views);
-    notes.extend(rebalance::held_back_note(&held, inputs.views));
+    // As the rebalance step composes them: failbacks, the planner's moves, legacy instances,
+    // with the moves out of instances that may evict keys without a TTL held back.
+    let rebalance::Wanted {
+        moves,
+        reasons,
+        held,
+    } = rebalance::hold_evicting_sources(
+        rebalance::failback_moves(&current, inputs.views),
+        assessment
+            .plan
+            .as_ref()
+            .map(|p| (p.moves.clone(), p.reason.clone())),
+        rebalance::legacy_moves(&current, inputs.views, inputs.category_bytes),
+        inputs.views,
+    );
+    let held = rebalance::held_back_note(&held, inputs.views);
+    notes.extend(held.clone());
     let estimates = plan::estimate(&input, inputs.category_keys, &moves);
 
     let delta = plan::used_change(&current, &moves, &estimates);
@@ -239,7 +235,9 @@ pub fn preview(inputs: &Inputs<'_>, what_if: Vec<String>, mut notes: Vec<String>
         notes,
         when: when(policy, inputs.now),
         reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
-        idle: moves.is_empty().then(|| assessment.idle.clone()),
+        idle: moves
+            .is_empty()
+            .then(|| held.unwrap_or_else(|| assessment.idle.clone())),
         total_bytes: estimates.iter().map(|e| e.bytes).sum(),
         total_keys: estimates.iter().map(|e| e.keys).sum(),
         moves: moves

@@ -245,6 +245,8 @@ impl PolicyContext {
         self.replica_checks.forget(key);
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         written.remove(key);
+        let mut held = self.held_reported.lock().unwrap_or_else(|e| e.into_inner());
+        held.remove(key);
         let mut notices = self
             .shared
             .notices
@@ -543,7 +545,10 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     if rebalance_on && let (Some(table), Some(desired)) = (&published, &desired) {
         let driven = rebalance::drive(ctx, &policy, rb, table, desired, &views, &sample).await?;
         rb = driven.rebalance;
-        held = driven.held;
+        held = driven.held.map(|note| ("HeldBack", note));
+        if let Some(waiting) = driven.waiting {
+            held = Some(("WaitingForTable", waiting));
+        }
         debug!(rebalance = ?rb.as_ref().map(|r| (&r.phase, r.plan_id, &r.job)), "rebalance driven");
         if let Some(r) = rb.as_mut() {
             note_balance(r, &policy, table, desired, &views, &selected, &sample);
@@ -574,7 +579,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     next.sidecars = sample.sidecars(published.as_ref());
     status::set_rebalancing_condition(
         &mut next,
-        held.as_deref(),
+        held.as_ref().map(|(reason, note)| (*reason, note.as_str())),
         policy.metadata.generation,
         Timestamp::now(),
     );

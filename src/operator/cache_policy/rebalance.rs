@@ -706,7 +706,8 @@ pub async fn drive(
         // serves, and the new plan would record it so.
         return Ok(Driven {
             rebalance: rb,
-            held: Some(
+            held: None,
+            waiting: Some(
                 "no plan starts until the table that ends the last plan's migrations is published"
                     .to_owned(),
             ),
@@ -727,11 +728,14 @@ pub async fn drive(
         sample,
         forced,
     );
-    let held = held_back_note(&held, views);
-    driver.report_held(ctx, held.as_deref()).await;
+    let note = held_back_note(&held, views);
+    let held = driver
+        .report_held(ctx, note.as_deref(), !moves.is_empty(), views)
+        .await;
     if moves.is_empty() {
-        if forced {
-            // Remember the request even when nothing needed to move.
+        if forced && note.is_none() {
+            // Remember the request even when nothing needed to move (a request whose moves
+            // are held back stays to be acted on once they may start).
             let mut r = rb.unwrap_or_default();
             r.forced_by = driver.forced;
             if r.phase.is_empty() {
@@ -740,11 +744,13 @@ pub async fn drive(
             return Ok(Driven {
                 rebalance: Some(r),
                 held,
+                waiting: None,
             });
         }
         return Ok(Driven {
             rebalance: rb,
             held,
+            waiting: None,
         });
     }
     driver
@@ -753,6 +759,7 @@ pub async fn drive(
         .map(|r| Driven {
             rebalance: Some(r),
             held,
+            waiting: None,
         })
 }
 
@@ -761,8 +768,11 @@ pub async fn drive(
 pub struct Driven {
     /// The rebalance status to write.
     pub rebalance: Option<RebalanceStatus>,
-    /// Why moves wait, for the `Rebalancing` condition (`HeldBack`).
+    /// Moves held back because their source may evict keys without a TTL, for the
+    /// `Rebalancing` condition (`HeldBack`).
     pub held: Option<String>,
+    /// Why no plan may start now (`WaitingForTable`).
+    pub waiting: Option<String>,
 }
 
 impl Driven {
@@ -770,51 +780,103 @@ impl Driven {
         Self {
             rebalance,
             held: None,
+            waiting: None,
         }
     }
 }
 
 /// The moves a new plan would make, why, and the moves held back.
-struct Wanted {
-    moves: Vec<Move>,
-    reasons: Vec<String>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wanted {
+    /// The moves to make.
+    pub moves: Vec<Move>,
+    /// Why, one reason per kind of move made.
+    pub reasons: Vec<String>,
     /// Moves out of instances whose `maxmemory-policy` may evict keys without a TTL: the
     /// protocol's own keys could go mid-move (`docs/protocol.md`, "Eviction").
-    held: Vec<Move>,
+    pub held: Vec<Move>,
 }
 
-/// Splits off the moves whose source may evict keys without a TTL.
-pub fn hold_evicting_sources(moves: Vec<Move>, views: &[InstanceView]) -> (Vec<Move>, Vec<Move>) {
+/// The moves of a new plan, composed from its parts (after [`without_overlaps`] over all of
+/// them, so a failback held back still keeps another move of its range from starting), with
+/// the moves out of instances that may evict keys without a TTL held back: a failback or a
+/// legacy instance's move each on its own (each brings one range's data to its owner), the
+/// balance planner's plan whole (its moves make room for each other).
+pub fn hold_evicting_sources(
+    failbacks: Vec<Move>,
+    planned: Option<(Vec<Move>, String)>,
+    legacy: Vec<Move>,
+    views: &[InstanceView],
+) -> Wanted {
     let evicting: BTreeSet<&str> = views
         .iter()
         .filter(|v| v.evicting_policy.is_some())
         .map(|v| v.name.as_str())
         .collect();
-    moves
-        .into_iter()
-        .partition(|m| !evicting.contains(m.from.as_str()))
+    let (planned, plan_reason) = planned.unzip();
+    let planned = planned.unwrap_or_default();
+    let all = without_overlaps(
+        failbacks
+            .iter()
+            .chain(&planned)
+            .chain(&legacy)
+            .cloned()
+            .collect(),
+    );
+    let kept =
+        |part: &[Move]| -> Vec<Move> { part.iter().filter(|m| all.contains(m)).cloned().collect() };
+    let held_out = |m: &Move| evicting.contains(m.from.as_str());
+    let mut wanted = Wanted {
+        moves: Vec::new(),
+        reasons: Vec::new(),
+        held: Vec::new(),
+    };
+    let mut add = |moves: Vec<Move>, reason: &str| {
+        if !moves.is_empty() {
+            wanted.reasons.push(reason.to_owned());
+            wanted.moves.extend(moves);
+        }
+    };
+    let (failbacks, held): (Vec<Move>, Vec<Move>) =
+        kept(&failbacks).into_iter().partition(|m| !held_out(m));
+    add(
+        failbacks,
+        "failback: recovered instances take their ranges back, with the data written meanwhile",
+    );
+    let planned = kept(&planned);
+    let plan_held = planned.iter().any(held_out);
+    let (legacy, legacy_held): (Vec<Move>, Vec<Move>) =
+        kept(&legacy).into_iter().partition(|m| !held_out(m));
+    if plan_held {
+        wanted.held.extend(planned);
+    } else if let Some(reason) = &plan_reason {
+        add(planned, reason);
+    }
+    add(
+        legacy,
+        "draining instances hold data of the policy's categories",
+    );
+    wanted.held.extend(held);
+    wanted.held.extend(legacy_held);
+    wanted
 }
 
-/// What the `Rebalancing` condition and the `RebalanceHeldBack` Event say of `held`.
+/// What the `Rebalancing` condition and the `RebalanceHeldBack` Event say of `held`: the
+/// instances named with their policies (the same text while the same instances hold moves
+/// back, however many moves the planner would make).
 pub fn held_back_note(held: &[Move], views: &[InstanceView]) -> Option<String> {
+    // A plan held whole holds moves of other sources too: name the instances that hold it.
     let sources: BTreeSet<&str> = held.iter().map(|m| m.from.as_str()).collect();
-    if sources.is_empty() {
+    let named: Vec<String> = views
+        .iter()
+        .filter(|v| sources.contains(v.name.as_str()))
+        .filter_map(|v| Some(format!("{} ({})", v.name, v.evicting_policy.as_deref()?)))
+        .collect();
+    if named.is_empty() {
         return None;
     }
-    let named: Vec<String> = sources
-        .iter()
-        .map(|name| {
-            let policy = views
-                .iter()
-                .find(|v| v.name == *name)
-                .and_then(|v| v.evicting_policy.as_deref())
-                .unwrap_or("allkeys-*");
-            format!("{name} ({policy})")
-        })
-        .collect();
     Some(format!(
-        "{} move(s) out of {} wait: a maxmemory-policy that may evict keys without a TTL could evict the fleet's own bookkeeping mid-move and lose writes; set a volatile-* policy or noeviction there",
-        held.len(),
+        "moves out of {} wait: a maxmemory-policy that may evict keys without a TTL could evict the fleet's own bookkeeping mid-move and lose writes; set a volatile-* policy or noeviction there",
         named.join(", ")
     ))
 }
@@ -835,14 +897,8 @@ fn moves_to_make(
     let cooled = rb
         .and_then(|r| r.finished_at.as_ref())
         .is_none_or(|t| Timestamp::now().duration_since(t.0).unsigned_abs() >= cooldown);
-    let mut moves = failback_moves(published, views);
-    let mut reasons = Vec::new();
-    if !moves.is_empty() {
-        reasons.push(
-            "failback: recovered instances take their ranges back, with the data written meanwhile"
-                .to_owned(),
-        );
-    }
+    let failbacks = failback_moves(published, views);
+    let mut planned = None;
     if cooled || forced {
         let loads = planning::loads(views);
         let tiers = planning::tiers(&policy.spec);
@@ -855,25 +911,13 @@ fn moves_to_make(
             threshold_percent: planning::threshold_percent(&policy.spec),
             force: forced,
         };
-        let planned = plan::plan(&input);
-        debug!(instances = ?loads, bytes = ?sample.category_bytes, plan = ?planned, "planned");
-        if let Some(plan) = planned {
-            reasons.push(plan.reason.clone());
-            moves.extend(plan.moves);
-        }
+        let plan = plan::plan(&input);
+        debug!(instances = ?loads, bytes = ?sample.category_bytes, ?plan, "planned");
+        planned = plan.map(|p| (p.moves, p.reason));
     }
     // Emptying a legacy instance does not wait for the cooldown either.
     let legacy = legacy_moves(published, views, &sample.category_bytes);
-    if !legacy.is_empty() {
-        reasons.push("draining instances hold data of the policy's categories".to_owned());
-        moves.extend(legacy);
-    }
-    let (moves, held) = hold_evicting_sources(without_overlaps(moves), views);
-    Wanted {
-        moves,
-        reasons,
-        held,
-    }
+    hold_evicting_sources(failbacks, planned, legacy, views)
 }
 
 /// The rebalance Jobs of one policy, and what following them needs.
@@ -1259,23 +1303,37 @@ impl<'a> Driver<'a> {
     }
 
     /// Logs and records an Event for `held` when it differs from what was last reported for
-    /// the policy (once per change, not per reconcile).
-    async fn report_held(&self, ctx: &PolicyContext, held: Option<&str>) {
+    /// the policy (once per change, not per reconcile), and returns what the `Rebalancing`
+    /// condition says: the last note while an instance still evicts and no plan started (the
+    /// planner is not asked during the cooldown, and moves held then are still held).
+    async fn report_held(
+        &self,
+        ctx: &PolicyContext,
+        held: Option<&str>,
+        started: bool,
+        views: &[InstanceView],
+    ) -> Option<String> {
         let key = format!("{}/{}", self.policy_ns, self.policy.name_any());
-        let changed = {
+        let (changed, now) = {
             let mut reported = ctx.held_reported.lock().unwrap_or_else(|e| e.into_inner());
             match held {
-                Some(note) => reported.insert(key, note.to_owned()).as_deref() != Some(note),
-                None => {
-                    reported.remove(&key);
-                    false
+                Some(note) => {
+                    let changed =
+                        reported.insert(key.clone(), note.to_owned()).as_deref() != Some(note);
+                    (changed, Some(note.to_owned()))
                 }
+                None if started || views.iter().all(|v| v.evicting_policy.is_none()) => {
+                    reported.remove(&key);
+                    (false, None)
+                }
+                None => (false, reported.get(&key).cloned()),
             }
         };
         if let (true, Some(note)) = (changed, held) {
             warn!(%note, "rebalance held back");
             self.event("RebalanceHeldBack", true, note.to_owned()).await;
         }
+        now
     }
 
     async fn event(&self, reason: &str, warning: bool, note: String) {

@@ -254,11 +254,12 @@ pub fn policy_status(
     status
 }
 
-/// Sets the `Rebalancing` condition from `status.rebalance`, and — no plan running — from
-/// `held`, why the moves the fleet wants wait (reason `HeldBack`).
+/// Sets the `Rebalancing` condition from `status.rebalance`, and — no plan running, the last
+/// one not failed — from `held`: the reason (`HeldBack`, `WaitingForTable`) and why the moves
+/// the fleet wants wait.
 pub fn set_rebalancing_condition(
     status: &mut CachePolicyStatus,
-    held: Option<&str>,
+    held: Option<(&str, &str)>,
     generation: Option<i64>,
     now: Timestamp,
 ) {
@@ -286,16 +287,12 @@ pub fn set_rebalancing_condition(
                 r.keys_total.unwrap_or(0)
             ),
         ),
-        r if let Some(held) = held
-            && r.as_ref().is_none_or(|r| !r.is_active()) =>
-        {
-            (false, "HeldBack".to_owned(), held.to_owned())
-        }
         Some(r) if r.phase == rebalance_phase::FAILED => (
             false,
             "Failed".to_owned(),
             r.message.clone().unwrap_or_default(),
         ),
+        _ if let Some((reason, held)) = held => (false, reason.to_owned(), held.to_owned()),
         Some(r) => (
             false,
             "Idle".to_owned(),
@@ -1133,7 +1130,7 @@ mod tests {
         let mut status = CachePolicyStatus::default();
         set_rebalancing_condition(
             &mut status,
-            Some("1 move(s) out of primary wait"),
+            Some(("HeldBack", "moves out of primary wait")),
             None,
             Timestamp::now(),
         );
@@ -1142,7 +1139,7 @@ mod tests {
             (
                 "False".into(),
                 "HeldBack".into(),
-                "1 move(s) out of primary wait".into()
+                "moves out of primary wait".into()
             )
         );
         // A plan under way is what the condition reports.
@@ -1153,11 +1150,20 @@ mod tests {
         });
         set_rebalancing_condition(
             &mut status,
-            Some("1 move(s) out of primary wait"),
+            Some(("HeldBack", "moves out of primary wait")),
             None,
             Timestamp::now(),
         );
         assert_eq!(rebalancing(&status).1, "Migrating");
+        // A failed plan's message is not hidden.
+        status.rebalance.as_mut().unwrap().phase = rebalance_phase::FAILED.into();
+        set_rebalancing_condition(
+            &mut status,
+            Some(("HeldBack", "moves out of primary wait")),
+            None,
+            Timestamp::now(),
+        );
+        assert_eq!(rebalancing(&status).1, "Failed");
         status.rebalance.as_mut().unwrap().phase = rebalance_phase::SUCCEEDED.into();
         set_rebalancing_condition(&mut status, None, None, Timestamp::now());
         assert_eq!(rebalancing(&status).1, "Idle");

@@ -85,18 +85,35 @@ pub fn redis_conf(managed: &ManagedRedis) -> String {
 
 /// The pod template's `redisfleet.io/config-hash`: a change restarts the pod, which empties a
 /// cache without persistence. `maxmemory-policy` is left out of it — the operator applies a
-/// new policy to the running server with `CONFIG SET` — by hashing the file with the policy
-/// older releases hashed for their default, `allkeys-lru`: an instance that kept that default
-/// keeps its hash across the upgrade, and is not restarted by it.
-pub fn config_hash(managed: &ManagedRedis) -> String {
-    let pinned = ManagedRedis {
-        eviction_policy: EvictionPolicy::AllkeysLru,
-        ..managed.clone()
+/// new policy to the running server with `CONFIG SET` — and `live`, the hash the running
+/// StatefulSet carries, is kept whenever it is the hash of this very file under some policy:
+/// so neither a policy change nor the upgrade from a release that hashed the policy in
+/// restarts a pod. Any other change (`maxMemory`, storage) gives the file's hash with the
+/// policy pinned to `allkeys-lru`.
+pub fn config_hash(managed: &ManagedRedis, live: Option<&str>) -> String {
+    let hash_with = |policy: EvictionPolicy| {
+        let conf = redis_conf(&ManagedRedis {
+            eviction_policy: policy,
+            ..managed.clone()
+        });
+        format!("{:016x}", crate::routing::table::fnv1a64(conf.as_bytes()))
     };
-    format!(
-        "{:016x}",
-        crate::routing::table::fnv1a64(redis_conf(&pinned).as_bytes())
-    )
+    match live {
+        Some(live) if EvictionPolicy::ALL.iter().any(|p| hash_with(*p) == live) => live.to_owned(),
+        _ => hash_with(EvictionPolicy::AllkeysLru),
+    }
+}
+
+/// The `redisfleet.io/config-hash` of a StatefulSet's pod template.
+pub fn live_config_hash(sts: &StatefulSet) -> Option<String> {
+    sts.spec
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(CONFIG_HASH)
+        .cloned()
 }
 
 /// The ConfigMap with `redis.conf`.
@@ -173,7 +190,15 @@ pub fn restricted_security_context() -> SecurityContext {
 }
 
 /// The one-replica StatefulSet running Redis.
-pub fn stateful_set(instance: &RedisInstance, managed: &ManagedRedis) -> StatefulSet {
+/// The pod template annotation whose change restarts a managed pod ([`config_hash`]).
+pub const CONFIG_HASH: &str = "redisfleet.io/config-hash";
+
+/// The StatefulSet of a managed instance; `live_hash`: the [`CONFIG_HASH`] of the one running.
+pub fn stateful_set(
+    instance: &RedisInstance,
+    managed: &ManagedRedis,
+    live_hash: Option<&str>,
+) -> StatefulSet {
     let name = instance.name_any();
     let names = Names::of(&name);
     let password = password_ref(&name, managed);
@@ -309,7 +334,7 @@ pub fn stateful_set(instance: &RedisInstance, managed: &ManagedRedis) -> Statefu
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(&name)),
                     annotations: Some(
-                        [("redisfleet.io/config-hash".to_owned(), config_hash(managed))].into(),
+                        [(CONFIG_HASH.to_owned(), config_hash(managed, live_hash))].into(),
                     ),
                     ..ObjectMeta::default()
                 }),
@@ -370,22 +395,48 @@ mod tests {
     }
 
     #[test]
-    fn an_eviction_policy_change_restarts_no_pod_and_the_old_default_keeps_its_hash() {
+    fn an_eviction_policy_change_or_the_upgrade_restarts_no_pod_but_maxmemory_does() {
         let ri = instance(false);
         let mut m = managed(&ri).clone();
-        let before = config_hash(&m);
-        m.eviction_policy = EvictionPolicy::VolatileLru;
-        assert_eq!(config_hash(&m), before, "applied live with CONFIG SET");
-        m.max_memory = serde_json::from_value(serde_json::json!("64Mi")).unwrap();
-        assert_ne!(config_hash(&m), before, "maxmemory still restarts");
-        // What releases before this one hashed for an instance on their default, allkeys-lru.
-        m.eviction_policy = EvictionPolicy::AllkeysLru;
-        assert_eq!(
-            config_hash(&m),
+        // What releases before this one hashed: the file, policy included.
+        let legacy = |m: &ManagedRedis| {
             format!(
                 "{:016x}",
-                crate::routing::table::fnv1a64(redis_conf(&m).as_bytes())
+                crate::routing::table::fnv1a64(redis_conf(m).as_bytes())
             )
+        };
+        for policy in EvictionPolicy::ALL {
+            m.eviction_policy = policy;
+            let old = legacy(&m);
+            assert_eq!(config_hash(&m, Some(&old)), old, "{policy:?}: upgrade");
+            for other in EvictionPolicy::ALL {
+                let mut changed = m.clone();
+                changed.eviction_policy = other;
+                assert_eq!(
+                    config_hash(&changed, Some(&old)),
+                    old,
+                    "{policy:?} → {other:?}"
+                );
+            }
+        }
+        let fresh = config_hash(&m, None);
+        m.eviction_policy = EvictionPolicy::VolatileLru;
+        assert_eq!(
+            config_hash(&m, None),
+            fresh,
+            "no StatefulSet yet: policy left out"
+        );
+        assert_eq!(config_hash(&m, Some(&fresh)), fresh);
+        let before = config_hash(&m, Some(&fresh));
+        m.max_memory = serde_json::from_value(serde_json::json!("64Mi")).unwrap();
+        assert_ne!(
+            config_hash(&m, Some(&before)),
+            before,
+            "maxmemory still restarts"
+        );
+        assert_ne!(
+            config_hash(&m, Some("0123456789abcdef")),
+            "0123456789abcdef"
         );
     }
 
@@ -409,7 +460,7 @@ mod tests {
     #[test]
     fn statefulset_is_hardened_and_reads_the_password_from_the_secret() {
         let ri = instance(false);
-        let sts = stateful_set(&ri, managed(&ri));
+        let sts = stateful_set(&ri, managed(&ri), None);
         let spec = &sts.spec;
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(spec.service_name.as_deref(), Some("cache-redis"));
@@ -468,7 +519,7 @@ mod tests {
     #[test]
     fn storage_becomes_a_volume_claim_template_and_enables_snapshots() {
         let ri = instance(true);
-        let sts = stateful_set(&ri, managed(&ri));
+        let sts = stateful_set(&ri, managed(&ri), None);
         let claims = sts.spec.volume_claim_templates.as_ref().unwrap();
         let pvc = claims[0].spec.as_ref().unwrap();
         assert_eq!(pvc.storage_class_name.as_deref(), Some("fast"));

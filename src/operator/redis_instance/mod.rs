@@ -102,6 +102,11 @@ pub struct InstanceState {
     pub last_status: Option<RedisInstanceStatus>,
     /// The status this process last wrote, and when.
     pub written: Option<(Instant, RedisInstanceStatus)>,
+    /// A managed instance's StatefulSet: the pod template's config hash it carries, once read
+    /// (`Some(None)`: there is none yet).
+    pub live_config_hash: Option<Option<String>>,
+    /// Why the last `CONFIG SET maxmemory-policy` was not made (logged once per change).
+    pub policy_not_applied: Option<String>,
 }
 
 impl InstanceContext {
@@ -155,7 +160,7 @@ pub async fn reconcile(
     let interval = health.interval.get();
 
     let managed_ready = match &ri.spec.managed {
-        Some(_) => Some(apply_managed(&ri, &namespace, ctx).await?),
+        Some(_) => Some(apply_managed(&ri, &namespace, ctx, &mut state).await?),
         None => None,
     };
 
@@ -185,21 +190,45 @@ pub async fn reconcile(
     let outcome = match &target {
         Ok(target) => {
             let instance = ObjectRef::from_obj(ri.as_ref());
+            let mut outcome = probe(ctx, &instance, &mut state, target, health.timeout.get()).await;
             // A managed instance's eviction policy is applied live: a restart would empty it.
-            let policy = ri
-                .spec
-                .managed
-                .as_ref()
-                .map(|m| m.eviction_policy.as_redis());
-            probe(
-                ctx,
-                &instance,
-                &mut state,
-                target,
-                health.timeout.get(),
-                policy,
-            )
-            .await
+            if let (Ok(summary), Some(managed)) = (&mut outcome, &ri.spec.managed) {
+                let wanted = managed.eviction_policy.as_redis();
+                let applied = if summary.eviction_policy.as_deref() == Some(wanted) {
+                    Ok(())
+                } else {
+                    let plan = moving_data_out(&ri, ctx);
+                    apply_eviction_policy(
+                        ctx,
+                        &instance,
+                        target,
+                        health.timeout.get(),
+                        wanted,
+                        plan,
+                    )
+                    .await
+                };
+                match applied {
+                    Ok(()) => {
+                        if summary.eviction_policy.as_deref() != Some(wanted) {
+                            info!(
+                                from = summary.eviction_policy.as_deref().unwrap_or("unknown"),
+                                to = wanted,
+                                "maxmemory-policy applied to the running server"
+                            );
+                            summary.eviction_policy = Some(wanted.to_owned());
+                        }
+                        state.policy_not_applied = None;
+                    }
+                    Err(why) => {
+                        if state.policy_not_applied.as_ref() != Some(&why) {
+                            warn!(%why, "maxmemory-policy not applied");
+                        }
+                        state.policy_not_applied = Some(why);
+                    }
+                }
+            }
+            outcome
         }
         Err(e) => Err(Failure {
             reason: e.reason().to_owned(),
@@ -282,7 +311,6 @@ async fn probe(
     state: &mut InstanceState,
     target: &Target,
     timeout: Duration,
-    eviction_policy: Option<&str>,
 ) -> Result<ProbeSummary, Failure> {
     // The instance's one kept connection (shared with sampling and purging).
     let attempt = async {
@@ -291,29 +319,7 @@ async fn probe(
             .connect(instance, target, timeout)
             .await
             .map_err(|e| classify(&e, target))?;
-        let mut probe = probe_on(&mut conn, target).await?;
-        if let Some(wanted) = eviction_policy
-            && probe.info.maxmemory_policy.as_deref() != Some(wanted)
-        {
-            let set: redis::RedisResult<()> = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("maxmemory-policy")
-                .arg(wanted)
-                .query_async(&mut conn)
-                .await;
-            match set {
-                Ok(()) => {
-                    info!(
-                        from = probe.info.maxmemory_policy.as_deref().unwrap_or("unknown"),
-                        to = wanted,
-                        "maxmemory-policy applied to the running server"
-                    );
-                    probe.info.maxmemory_policy = Some(wanted.to_owned());
-                }
-                Err(e) => warn!(error = %e, wanted, "applying maxmemory-policy failed"),
-            }
-        }
-        Ok(probe)
+        probe_on(&mut conn, target).await
     };
     let outcome = tokio::time::timeout(timeout, attempt)
         .await
@@ -361,6 +367,58 @@ async fn probe(
     })
 }
 
+/// `CONFIG SET maxmemory-policy <wanted>` on the instance's kept connection. An `allkeys-*`
+/// policy waits while `plan` (a rebalance plan that moves data out of the instance) runs: the
+/// move's own keys, which carry no TTL, could be evicted under it (`docs/protocol.md`,
+/// "Eviction"). The error says why it was not applied, free of credentials.
+async fn apply_eviction_policy(
+    ctx: &Context,
+    instance: &ObjectRef<RedisInstance>,
+    target: &Target,
+    timeout: Duration,
+    wanted: &str,
+    plan: Option<String>,
+) -> Result<(), String> {
+    if let Some(plan) = plan.filter(|_| evicts_keys_without_ttl(wanted)) {
+        return Err(format!(
+            "{wanted} waits: {plan} moves data out of this instance"
+        ));
+    }
+    let set = async {
+        let mut conn = ctx.connections.connect(instance, target, timeout).await?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(wanted)
+            .query_async::<()>(&mut conn)
+            .await
+    };
+    match tokio::time::timeout(timeout, set).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("CONFIG SET maxmemory-policy {wanted}: {e}")),
+        Err(_) => Err(format!("CONFIG SET maxmemory-policy {wanted}: timed out")),
+    }
+}
+
+/// The active rebalance plan of a CachePolicy of the instance's namespace that moves data out
+/// of it (`namespace/policy plan N`), if any.
+fn moving_data_out(ri: &RedisInstance, ctx: &Context) -> Option<String> {
+    let namespace = ri.namespace();
+    let name = ri.name_any();
+    ctx.policies.state().iter().find_map(|p| {
+        let r = p.status.as_ref()?.rebalance.as_ref()?;
+        (p.namespace() == namespace && r.is_active() && r.moves.iter().any(|m| m.from == name))
+            .then(|| {
+                format!(
+                    "rebalance plan {} of CachePolicy {}/{}",
+                    r.plan_id,
+                    p.namespace().unwrap_or_default(),
+                    p.name_any()
+                )
+            })
+    })
+}
+
 /// The lowest capacity threshold among the CachePolicies of the namespace that select the
 /// instance (the strictest one decides when a crossing is reported).
 fn capacity_threshold(ri: &RedisInstance, ctx: &Context) -> i32 {
@@ -375,7 +433,12 @@ fn capacity_threshold(ri: &RedisInstance, ctx: &Context) -> i32 {
 }
 
 /// Applies the managed children and returns whether the StatefulSet is ready.
-async fn apply_managed(ri: &RedisInstance, namespace: &str, ctx: &Context) -> Result<bool, Error> {
+async fn apply_managed(
+    ri: &RedisInstance,
+    namespace: &str,
+    ctx: &Context,
+    state: &mut InstanceState,
+) -> Result<bool, Error> {
     let Some(managed) = &ri.spec.managed else {
         return Ok(false);
     };
@@ -414,14 +477,25 @@ async fn apply_managed(ri: &RedisInstance, namespace: &str, ctx: &Context) -> Re
         &params,
     )
     .await?;
-    let sts = build::stateful_set(ri, managed);
-    let applied = apply(
-        &Api::<StatefulSet>::namespaced(client, namespace),
-        &sts,
-        "StatefulSet",
-        &params,
-    )
-    .await?;
+    let statefulsets = Api::<StatefulSet>::namespaced(client, namespace);
+    if state.live_config_hash.is_none() {
+        // Read once per process: the hash the running pod was made with decides whether
+        // what changed needs a restart (`build::config_hash`).
+        let names = Names::of(&ri.name_any());
+        let live = statefulsets
+            .get_opt(&names.workload)
+            .await
+            .map_err(|source| Error::ApplyChild {
+                kind: "StatefulSet",
+                name: names.workload.clone(),
+                source,
+            })?;
+        state.live_config_hash = Some(live.as_ref().and_then(build::live_config_hash));
+    }
+    let live = state.live_config_hash.clone().flatten();
+    let sts = build::stateful_set(ri, managed, live.as_deref());
+    let applied = apply(&statefulsets, &sts, "StatefulSet", &params).await?;
+    state.live_config_hash = Some(build::live_config_hash(&applied));
     Ok(build::stateful_set_ready(&applied))
 }
 

@@ -1032,7 +1032,7 @@ fn a_draining_fallback_s_failback_given_up_keeps_its_ranges_on_the_fallback() {
 
 #[test]
 fn moves_out_of_an_instance_that_may_evict_keys_without_a_ttl_are_held_back() {
-    // A failback out of a fallback whose policy is allkeys-lru, and a move into it.
+    // A failback out of a fallback whose policy is allkeys-lru.
     let mut t = two_instance_table();
     t.failover.push(Failover {
         category: "auth".into(),
@@ -1044,36 +1044,70 @@ fn moves_out_of_an_instance_that_may_evict_keys_without_a_ttl_are_held_back() {
     let views = vec![
         view("primary", InstancePhase::Ready, false),
         view("secondary", InstancePhase::Ready, false).evicting("allkeys-lru"),
+        view("tertiary", InstancePhase::Ready, false),
     ];
-    let mut moves = failback_moves(&t, &views);
-    assert_eq!(moves.len(), 1);
-    let into = Move {
-        category: "cache".into(),
-        range: SlotRange::new(0, 99),
-        from: "primary".into(),
-        to: "secondary".into(),
+    let failbacks = failback_moves(&t, &views);
+    assert_eq!(failbacks.len(), 1);
+    let mv = |category: &str, start: u16, end: u16, from: &str, to: &str| Move {
+        category: category.into(),
+        range: SlotRange::new(start, end),
+        from: from.into(),
+        to: to.into(),
         bytes: 1,
     };
-    moves.push(into.clone());
-    let (go, held) = hold_evicting_sources(moves, &views);
-    assert_eq!(
-        go,
-        vec![into],
-        "a move into it goes on: the source keeps its keys"
+    // The balance planner's plan: one move into the evicting instance, one out of it.
+    let into = mv("cache", 0, 99, "primary", "secondary");
+    let out = mv("cache", 200, 299, "secondary", "tertiary");
+    // A legacy move of another instance.
+    let legacy = mv("cache", 300, 399, "tertiary", "primary");
+    let wanted = hold_evicting_sources(
+        failbacks.clone(),
+        Some((vec![into.clone(), out.clone()], "threshold".into())),
+        vec![legacy.clone()],
+        &views,
     );
-    assert_eq!(held.len(), 1);
-    assert_eq!(held[0].from, "secondary");
-    let note = held_back_note(&held, &views).unwrap();
+    assert_eq!(
+        wanted.moves,
+        vec![legacy.clone()],
+        "the plan is held whole: its moves make room for each other"
+    );
+    assert_eq!(
+        wanted.reasons,
+        vec!["draining instances hold data of the policy's categories".to_owned()],
+        "no reason for moves that do not start"
+    );
+    assert_eq!(wanted.held.len(), 3);
+    let note = held_back_note(&wanted.held, &views).unwrap();
     assert!(
-        note.contains("secondary (allkeys-lru)") && note.contains("volatile-*"),
+        note.contains("out of secondary (allkeys-lru) wait") && note.contains("volatile-*"),
         "{note}"
     );
+    // The same instances, fewer moves: the same note (one Event, not one per plan size).
+    assert_eq!(held_back_note(&wanted.held[2..], &views).unwrap(), note);
     assert_eq!(held_back_note(&[], &views), None);
+    // A plan that only moves into it goes on: its keys are its own data there.
+    let into_only = hold_evicting_sources(
+        Vec::new(),
+        Some((vec![into.clone()], "threshold".into())),
+        Vec::new(),
+        &views,
+    );
+    assert_eq!(into_only.moves, vec![into]);
+    assert_eq!(into_only.reasons, vec!["threshold".to_owned()]);
+    // A held failback still keeps a move of its range out of the stale owner from starting.
+    let stale = mv("auth", 0, 8191, "primary", "tertiary");
+    let w = hold_evicting_sources(
+        failbacks.clone(),
+        Some((vec![stale], "threshold".into())),
+        Vec::new(),
+        &views,
+    );
+    assert!(w.moves.is_empty(), "{w:?}");
     // With the policy fixed, nothing is held.
     let fixed = vec![
         view("primary", InstancePhase::Ready, false),
         view("secondary", InstancePhase::Ready, false),
     ];
-    let (go, held) = hold_evicting_sources(failback_moves(&t, &fixed), &fixed);
-    assert_eq!((go.len(), held.len()), (1, 0));
+    let w = hold_evicting_sources(failback_moves(&t, &fixed), None, Vec::new(), &fixed);
+    assert_eq!((w.moves.len(), w.held.len(), w.reasons.len()), (1, 0, 1));
 }
