@@ -183,6 +183,7 @@ pub fn preview(inputs: &Inputs<'_>, what_if: Vec<String>, mut notes: Vec<String>
         moves,
         reasons,
         held,
+        ..
     } = rebalance::hold_evicting_sources(
         rebalance::failback_moves(&current, inputs.views),
         assessment

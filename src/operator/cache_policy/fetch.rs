@@ -74,9 +74,18 @@ pub fn view_of(ri: &RedisInstance, namespace: &str) -> InstanceView {
         drain: ri.spec.drain,
         copies_to_free: false,
         lost_data: false,
+        // What the server reports, or — for a managed instance — what the operator is about
+        // to apply to it (`CONFIG SET` waits for no plan this one has not seen).
         evicting_policy: status
             .and_then(|s| s.eviction_policy.clone())
-            .filter(|p| evicts_keys_without_ttl(p)),
+            .into_iter()
+            .chain(
+                ri.spec
+                    .managed
+                    .as_ref()
+                    .map(|m| m.eviction_policy.as_redis().to_owned()),
+            )
+            .find(|p| evicts_keys_without_ttl(p)),
         endpoint: endpoint_of(ri, namespace),
     }
 }
@@ -352,5 +361,35 @@ mod tests {
         let copied =
             policy(json!({"rebalance": {"phase": "Migrating", "planId": 7, "step": "copied"}}));
         assert_ne!(own_trigger(&copying), own_trigger(&copied));
+    }
+
+    #[test]
+    fn an_instance_evicts_by_what_it_reports_or_by_what_its_managed_spec_is_about_to_apply() {
+        let managed = |policy: &str, reported: Option<&str>| {
+            let mut ri = RedisInstance::new(
+                "hot",
+                serde_json::from_value(json!({
+                    "managed": {"maxMemory": "30Mi", "evictionPolicy": policy}
+                }))
+                .unwrap(),
+            );
+            ri.status = Some(
+                serde_json::from_value(json!({"phase": "Ready", "evictionPolicy": reported}))
+                    .unwrap(),
+            );
+            view_of(&ri, "shop").evicting_policy
+        };
+        assert_eq!(managed("volatile-lru", Some("volatile-lru")), None);
+        assert_eq!(managed("volatile-lru", None), None);
+        // Applied, not yet reported: it counts already.
+        assert_eq!(
+            managed("allkeys-lru", Some("volatile-lru")).as_deref(),
+            Some("allkeys-lru")
+        );
+        // Asked back to volatile-lru, still reported allkeys: it counts until it is applied.
+        assert_eq!(
+            managed("volatile-lru", Some("allkeys-lfu")).as_deref(),
+            Some("allkeys-lfu")
+        );
     }
 }

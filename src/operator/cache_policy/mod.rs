@@ -35,7 +35,7 @@ pub mod seeding;
 pub mod status;
 pub mod unfreed;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -160,8 +160,9 @@ pub struct PolicyContext {
     replica_checks: Arc<replica_checks::ReplicaChecks>,
     /// Instances found without their data, and when that was last reported.
     lost_reported: lost_data::Reported,
-    /// Why each policy's wanted moves wait, as last reported (`rebalance::Driven::held`).
-    held_reported: Mutex<HashMap<String, String>>,
+    /// The instances each policy's wanted moves wait for, and the note last reported of them
+    /// (`rebalance::Driven::held`).
+    held_reported: Mutex<HashMap<String, (BTreeSet<String>, String)>>,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.

@@ -672,7 +672,7 @@ pub async fn drive(
     views: &[InstanceView],
     sample: &PolicySample,
 ) -> Result<Driven, Error> {
-    let driver = Driver::new(&ctx.shared, &ctx.jobs, policy, rb.as_ref());
+    let mut driver = Driver::new(&ctx.shared, &ctx.jobs, policy, rb.as_ref());
     let control = driver.control().await;
     if let Some(r) = rb.clone().filter(RebalanceStatus::is_active) {
         let r = if control == RebalanceControl::Cancel {
@@ -719,6 +719,7 @@ pub async fn drive(
         moves,
         reasons,
         held,
+        planner_asked,
     } = moves_to_make(
         policy,
         rb.as_ref(),
@@ -728,10 +729,13 @@ pub async fn drive(
         sample,
         forced,
     );
-    let note = held_back_note(&held, views);
-    let held = driver
-        .report_held(ctx, note.as_deref(), !moves.is_empty(), views)
-        .await;
+    let fresh = planner_asked || !held.is_empty() || !moves.is_empty();
+    let note = driver.report_held(ctx, &held, fresh, views).await;
+    if note.is_some() {
+        // A `rebalance-now` whose moves wait stays to be acted on once they may start, also
+        // when other moves (a failback) start now.
+        driver.forced = None;
+    }
     if moves.is_empty() {
         if forced && note.is_none() {
             // Remember the request even when nothing needed to move (a request whose moves
@@ -743,13 +747,13 @@ pub async fn drive(
             }
             return Ok(Driven {
                 rebalance: Some(r),
-                held,
+                held: note,
                 waiting: None,
             });
         }
         return Ok(Driven {
             rebalance: rb,
-            held,
+            held: note,
             waiting: None,
         });
     }
@@ -758,7 +762,7 @@ pub async fn drive(
         .await
         .map(|r| Driven {
             rebalance: Some(r),
-            held,
+            held: note,
             waiting: None,
         })
 }
@@ -795,6 +799,8 @@ pub struct Wanted {
     /// Moves out of instances whose `maxmemory-policy` may evict keys without a TTL: the
     /// protocol's own keys could go mid-move (`docs/protocol.md`, "Eviction").
     pub held: Vec<Move>,
+    /// The balance planner was asked (it is not during the cooldown).
+    pub planner_asked: bool,
 }
 
 /// The moves of a new plan, composed from its parts (after [`without_overlaps`] over all of
@@ -830,6 +836,7 @@ pub fn hold_evicting_sources(
         moves: Vec::new(),
         reasons: Vec::new(),
         held: Vec::new(),
+        planner_asked: false,
     };
     let mut add = |moves: Vec<Move>, reason: &str| {
         if !moves.is_empty() {
@@ -865,11 +872,39 @@ pub fn hold_evicting_sources(
 /// instances named with their policies (the same text while the same instances hold moves
 /// back, however many moves the planner would make).
 pub fn held_back_note(held: &[Move], views: &[InstanceView]) -> Option<String> {
+    held_note(&held.iter().map(|m| m.from.clone()).collect(), views)
+}
+
+/// What is held back after a reconcile, from what was (`before`: the instances named and the
+/// note), the moves held now (`held`, all that is held when `fresh`, else the balance planner
+/// was not asked and the instances of `before` still count while they evict), and whether the
+/// note changed (an Event is due).
+pub fn next_held(
+    before: Option<&(BTreeSet<String>, String)>,
+    held: &[Move],
+    fresh: bool,
+    views: &[InstanceView],
+) -> (Option<(BTreeSet<String>, String)>, bool) {
+    let sources: BTreeSet<String> = if fresh {
+        held.iter().map(|m| m.from.clone()).collect()
+    } else {
+        before.map(|(s, _)| s.clone()).unwrap_or_default()
+    };
+    match held_note(&sources, views) {
+        Some(note) => {
+            let changed = before.is_none_or(|(_, n)| *n != note);
+            (Some((sources, note)), changed)
+        }
+        None => (None, false),
+    }
+}
+
+/// [`held_back_note`] of moves out of `sources`: the ones that still evict.
+fn held_note(sources: &BTreeSet<String>, views: &[InstanceView]) -> Option<String> {
     // A plan held whole holds moves of other sources too: name the instances that hold it.
-    let sources: BTreeSet<&str> = held.iter().map(|m| m.from.as_str()).collect();
     let named: Vec<String> = views
         .iter()
-        .filter(|v| sources.contains(v.name.as_str()))
+        .filter(|v| sources.contains(&v.name))
         .filter_map(|v| Some(format!("{} ({})", v.name, v.evicting_policy.as_deref()?)))
         .collect();
     if named.is_empty() {
@@ -917,7 +952,10 @@ fn moves_to_make(
     }
     // Emptying a legacy instance does not wait for the cooldown either.
     let legacy = legacy_moves(published, views, &sample.category_bytes);
-    hold_evicting_sources(failbacks, planned, legacy, views)
+    Wanted {
+        planner_asked: cooled || forced,
+        ..hold_evicting_sources(failbacks, planned, legacy, views)
+    }
 }
 
 /// The rebalance Jobs of one policy, and what following them needs.
@@ -1302,38 +1340,34 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Logs and records an Event for `held` when it differs from what was last reported for
-    /// the policy (once per change, not per reconcile), and returns what the `Rebalancing`
-    /// condition says: the last note while an instance still evicts and no plan started (the
-    /// planner is not asked during the cooldown, and moves held then are still held).
+    /// What the `Rebalancing` condition says of the moves held back, with a log line and an
+    /// Event when that changed (once per change of the instances named, not per reconcile).
+    /// `fresh`: `held` is all that is held now; otherwise (the balance planner not asked, in
+    /// its cooldown, and nothing else wanted) the instances that held moves back last time
+    /// still count, as long as they still evict.
     async fn report_held(
         &self,
         ctx: &PolicyContext,
-        held: Option<&str>,
-        started: bool,
+        held: &[Move],
+        fresh: bool,
         views: &[InstanceView],
     ) -> Option<String> {
         let key = format!("{}/{}", self.policy_ns, self.policy.name_any());
-        let (changed, now) = {
+        let (changed, note) = {
             let mut reported = ctx.held_reported.lock().unwrap_or_else(|e| e.into_inner());
-            match held {
-                Some(note) => {
-                    let changed =
-                        reported.insert(key.clone(), note.to_owned()).as_deref() != Some(note);
-                    (changed, Some(note.to_owned()))
-                }
-                None if started || views.iter().all(|v| v.evicting_policy.is_none()) => {
-                    reported.remove(&key);
-                    (false, None)
-                }
-                None => (false, reported.get(&key).cloned()),
-            }
+            let (next, changed) = next_held(reported.get(&key), held, fresh, views);
+            let note = next.as_ref().map(|(_, note)| note.clone());
+            match next {
+                Some(next) => reported.insert(key, next),
+                None => reported.remove(&key),
+            };
+            (changed, note)
         };
-        if let (true, Some(note)) = (changed, held) {
+        if let (true, Some(note)) = (changed, &note) {
             warn!(%note, "rebalance held back");
-            self.event("RebalanceHeldBack", true, note.to_owned()).await;
+            self.event("RebalanceHeldBack", true, note.clone()).await;
         }
-        now
+        note
     }
 
     async fn event(&self, reason: &str, warning: bool, note: String) {

@@ -72,7 +72,7 @@ if d ~= 'RUN' then return {err = 'REDISFLEET-' .. d .. ' decided by the redis-fl
 /// else answers `-REDISFLEET-<decision>`; an `ASK` marks the keys' slot groups moving.
 pub const GUARD_SCRIPT: &str = guard_script!("true");
 
-/// [`GUARD_SCRIPT`] for a command that changes nothing ([`guard_command`]'s `read`): its `ASK`
+/// [`GUARD_SCRIPT`] for a command that creates no key ([`guard_command`]'s `read`): its `ASK`
 /// marks no slot group.
 pub const GUARD_READ_SCRIPT: &str = guard_script!("false");
 

@@ -249,8 +249,9 @@ impl Client {
 
     /// Runs `cmds` through the guard of migrating range `m`, waiting while keys are in
     /// transit: `Some(reply)` when they ran on the source, `None` when the keys are on the
-    /// target (nothing ran). `read`: they change nothing (see [`Guarded::read`]), and a
-    /// decision to send them to the target marks no slot group moving.
+    /// target (nothing ran). `read`: they create no key (a command without the `write` flag,
+    /// with at most the TTL rules' expiry changes of keys that exist), and a decision to send
+    /// them to the target marks no slot group moving.
     pub(super) async fn guard_decide(
         &mut self,
         router: &Arc<Router>,

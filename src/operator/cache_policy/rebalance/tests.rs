@@ -1111,3 +1111,40 @@ fn moves_out_of_an_instance_that_may_evict_keys_without_a_ttl_are_held_back() {
     let w = hold_evicting_sources(failback_moves(&t, &fixed), None, Vec::new(), &fixed);
     assert_eq!((w.moves.len(), w.held.len(), w.reasons.len()), (1, 0, 1));
 }
+
+#[test]
+fn a_hold_is_reported_once_per_change_of_its_instances_and_outlives_the_cooldown_not_the_fix() {
+    let mv = |from: &str| Move {
+        category: "cache".into(),
+        range: SlotRange::new(0, 99),
+        from: from.into(),
+        to: "tertiary".into(),
+        bytes: 1,
+    };
+    let views = vec![
+        view("primary", InstancePhase::Ready, false).evicting("allkeys-lru"),
+        view("secondary", InstancePhase::Ready, false).evicting("allkeys-lfu"),
+        view("tertiary", InstancePhase::Ready, false),
+    ];
+    // First held: an Event.
+    let (first, changed) = next_held(None, &[mv("primary"), mv("primary")], true, &views);
+    assert!(changed);
+    let first = first.unwrap();
+    // The same instance, another number of moves: no Event.
+    let (again, changed) = next_held(Some(&first), &[mv("primary")], true, &views);
+    assert!(!changed);
+    assert_eq!(again.as_ref(), Some(&first));
+    // Another instance: an Event.
+    let (other, changed) = next_held(Some(&first), &[mv("secondary")], true, &views);
+    assert!(changed && other.unwrap().1.contains("secondary (allkeys-lfu)"));
+    // The planner not asked (its cooldown), nothing held meanwhile: still held.
+    let (cooling, changed) = next_held(Some(&first), &[], false, &views);
+    assert!(!changed);
+    assert_eq!(cooling.as_ref(), Some(&first));
+    // Asked, and nothing held: the hold is over.
+    assert_eq!(next_held(Some(&first), &[], true, &views), (None, false));
+    // Fixed while cooling: over too, though the other instance still evicts.
+    let mut fixed = views.clone();
+    fixed[0].evicting_policy = None;
+    assert_eq!(next_held(Some(&first), &[], false, &fixed), (None, false));
+}
