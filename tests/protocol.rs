@@ -646,6 +646,36 @@ async fn raising_a_fence_closes_older_sidecar_connections_and_later_handshakes_s
             .unwrap()
             .is_empty()
     );
+
+    // A sidecar of a release before features were reported: its heartbeat (that release's
+    // script: live and versions, no features) makes it one without the `groups` feature.
+    let older = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+";
+    let () = redis::Script::new(older)
+        .key(names::sidecars(POLICY))
+        .key(names::sidecar_versions(POLICY))
+        .arg("a-older")
+        .arg(17)
+        .invoke_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        heartbeat::live_without(&mut admin, POLICY, heartbeat::GROUPS_FEATURE)
+            .await
+            .unwrap(),
+        vec!["a-older".to_owned()],
+        "b reports the feature, a-older does not"
+    );
+    assert_eq!(
+        heartbeat::live_without(&mut admin, POLICY, "no-such-feature")
+            .await
+            .unwrap(),
+        vec!["a-older".to_owned(), "b".to_owned()]
+    );
 }
 
 /// Fills `server` past its `maxmemory` (writes until Redis answers OOM).

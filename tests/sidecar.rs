@@ -891,7 +891,8 @@ async fn heartbeats_and_metrics() {
                 assert!(id.starts_with("test-sidecar"), "{id}");
                 assert_eq!(*version, 7);
                 assert_eq!(beats.len(), 1);
-                // Bookkeeping expires with the sidecars: two keys, with a TTL.
+                // Bookkeeping expires with the sidecars: three keys (live, versions, features),
+                // with a TTL.
                 let ttl: i64 = c.pttl("redisfleet:sidecars:test/test").await.unwrap();
                 assert!(ttl > 0 && ttl <= 15_000, "{ttl}");
                 let keys: Vec<String> = redis::cmd("KEYS")
@@ -899,7 +900,11 @@ async fn heartbeats_and_metrics() {
                     .query_async(&mut c)
                     .await
                     .unwrap();
-                assert_eq!(keys.len(), 2, "{keys:?}");
+                assert_eq!(keys.len(), 3, "{keys:?}");
+                for key in &keys {
+                    let ttl: i64 = c.pttl(key).await.unwrap();
+                    assert!(ttl > 0 && ttl <= 15_000, "{key}: {ttl}");
+                }
                 // A sidecar that stopped beating long ago no longer counts.
                 let () = redis::pipe()
                     .cmd("ZADD")

@@ -2408,6 +2408,86 @@ async fn enqueue_until(
     }
 }
 
+/// A sidecar of a release before slot groups sends commands to a move's target without marking
+/// their groups, so an absent group state would not mean that nothing of the group left the
+/// source. Sidecars report their features in their heartbeats; a Job that finds a live one
+/// without `groups` on a source opens that source's groups at `closing` (every group counts as
+/// moving), where it would open them otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_of_an_older_release_on_a_source_makes_the_job_count_every_group_as_moving() {
+    let shop = shop_configured("older", |p| paced(p, 3_000, 64), &[]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    settled_table(&shop).await;
+    let _current = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "current");
+    // The older sidecar's heartbeat, as its release wrote it: live and version, no features
+    // (a version far ahead, so the Job does not wait for it to converge).
+    use redis_fleet::redis::protocol::names;
+    let policy = format!("{}/shop", shop.ns);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beating = {
+        let client = shop.primary.client();
+        let policy = policy.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let older = redis::Script::new(
+                r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+",
+            );
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let () = older
+                    .key(names::sidecars(&policy))
+                    .key(names::sidecar_versions(&policy))
+                    .arg("older-release")
+                    .arg(1_000_000)
+                    .invoke_async(&mut c)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    fill_primary(&shop.primary).await;
+    let r = wait_rebalance(&shop, &node, "no copy", Duration::from_secs(90), |r| {
+        r.step.as_deref() == Some("Copying")
+    })
+    .await;
+    let state = names::slot_groups(&policy, u64::try_from(r.plan_id).unwrap());
+    let mut c = shop
+        .primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let all: Option<String> = c.get(&state).await.unwrap();
+    assert_eq!(
+        all.as_deref(),
+        Some("closing"),
+        "the source's groups opened as if every sidecar marked them\n{}",
+        node.all_logs()
+    );
+    assert!(
+        node.all_logs()
+            .contains("sidecars of an older release route here"),
+        "{}",
+        node.all_logs()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    beating.await.unwrap();
+    wait_rebalance(
+        &shop,
+        &node,
+        "the plan never finished",
+        Duration::from_secs(180),
+        |r| r.phase == rebalance_phase::SUCCEEDED,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_that_write_keys_they_do_not_declare_lose_nothing_while_their_range_moves() {
     // A script declared a queue's counter, still on the source, and appended to the queue's

@@ -9,9 +9,10 @@
 use std::collections::{BTreeSet, HashSet};
 
 use bytes::Bytes;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::redis::keys::SCAN_COUNT;
+use crate::redis::protocol::heartbeat;
 use crate::redis::protocol::names::{
     self, GROUP_MOVED, GROUP_MOVING, GROUPS_CLOSING, GROUPS_OPEN, KEEP_ANY,
 };
@@ -174,7 +175,10 @@ impl Job {
     /// Tells the sidecars that this Job keeps the plan's group states, before the sources
     /// import (until then every script runs on the source): `open`, unless a state is there
     /// already. A source that imports already had an attempt of an older version, which kept
-    /// no states while keys moved: its groups are `closing` (every one counts as moving).
+    /// no states while keys moved: its groups are `closing` (every one counts as moving). So
+    /// are those of a source where a live sidecar does not report the `groups` feature: its
+    /// guard sends commands to the target without marking their groups, so an absent state
+    /// would not mean that nothing of the group left.
     pub(super) async fn open_groups(&mut self) -> Result<(), Error> {
         let mut markers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         // Not the markers of moves into ranges their targets serve already: those are set
@@ -189,6 +193,7 @@ impl Job {
                 .or_default()
                 .push(names::importing(&self.mover.policy, &m));
         }
+        let policy = self.mover.policy.clone();
         for (from, markers) in markers {
             let source = self.instance(&from)?;
             let importing: u64 = redis::cmd("EXISTS")
@@ -196,7 +201,18 @@ impl Job {
                 .query_async(&mut source.conn)
                 .await
                 .map_err(|e| source.err(&e))?;
-            let state = if importing > 0 {
+            let older =
+                heartbeat::live_without(&mut source.conn, &policy, heartbeat::GROUPS_FEATURE)
+                    .await
+                    .map_err(|e| source.err(&e))?;
+            if !older.is_empty() {
+                warn!(
+                    instance = %from,
+                    sidecars = %older.join(", "),
+                    "sidecars of an older release route here: every slot group counts as moving (scripts of the moving ranges wait for theirs to move whole)"
+                );
+            }
+            let state = if importing > 0 || !older.is_empty() {
                 GROUPS_CLOSING
             } else {
                 GROUPS_OPEN

@@ -40,9 +40,18 @@ pub const LEASE: Duration = Duration::from_secs(5);
 /// acknowledged once other instances serve its ranges.
 pub const NOTICE_WAIT: Duration = Duration::from_secs(LEASE.as_secs() + 1);
 
-/// KEYS: live, versions, fences, latencies. ARGV: id, version, ttl (ms), latency report (empty:
-/// none; `keep`: leave the last one). The report is stored with the server's time. Returns
-/// `{now_ms, fences…}`.
+/// The protocol features a sidecar of this release speaks, as its heartbeat reports them:
+/// `groups`, its guard marks the slot groups of a command it sends to a move's target
+/// (`docs/protocol.md`, "Scripts: whole slot groups"). A Job that finds a live sidecar without
+/// it opens its plan's group states at `closing`.
+pub const FEATURES: &str = "groups";
+
+/// The feature [`FEATURES`] names for slot group marking.
+pub const GROUPS_FEATURE: &str = "groups";
+
+/// KEYS: live, versions, fences, latencies, features. ARGV: id, version, ttl (ms), latency
+/// report (empty: none; `keep`: leave the last one), features. The report is stored with the
+/// server's time. Returns `{now_ms, fences…}`.
 pub const WRITE_SCRIPT: &str = concat!(
     oom_exempt!(),
     r"
@@ -54,6 +63,7 @@ if #dead > 0 then
   redis.call('ZREM', KEYS[1], unpack(dead))
   redis.call('HDEL', KEYS[2], unpack(dead))
   redis.call('HDEL', KEYS[4], unpack(dead))
+  redis.call('HDEL', KEYS[5], unpack(dead))
 end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -63,8 +73,10 @@ elseif ARGV[4] ~= 'keep' then
   redis.call('HSET', KEYS[4], ARGV[1], ARGV[4] .. ' ' .. now)
   redis.call('PEXPIRE', KEYS[4], ttl)
 end
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[5], ttl)
 return {now, redis.call('HGETALL', KEYS[3])}
 "
 );
@@ -161,15 +173,17 @@ pub fn write_command(policy: &str, id: &str, version: u64, latency: Latency) -> 
     vec![
         Bytes::from_static(b"EVAL"),
         Bytes::from_static(WRITE_SCRIPT.as_bytes()),
-        Bytes::from_static(b"4"),
+        Bytes::from_static(b"5"),
         Bytes::from(names::sidecars(policy)),
         Bytes::from(names::sidecar_versions(policy)),
         Bytes::from(names::fences(policy)),
         Bytes::from(names::sidecar_latencies(policy)),
+        Bytes::from(names::sidecar_features(policy)),
         Bytes::from(id.to_owned()),
         Bytes::from(version.to_string()),
         Bytes::from(HEARTBEAT_TTL.as_millis().to_string()),
         Bytes::from(latency),
+        Bytes::from_static(FEATURES.as_bytes()),
     ]
 }
 
@@ -205,6 +219,24 @@ pub async fn read_latencies(
         StampedReport::parse,
     )
     .await
+}
+
+/// The live sidecars of `policy` on an instance that do not report `feature`: those of a
+/// release before it (or before features were reported at all).
+pub async fn live_without(
+    conn: &mut (impl ConnectionLike + Send),
+    policy: &str,
+    feature: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let live = read(conn, policy).await?;
+    let features = read_live(conn, policy, names::sidecar_features(policy), |f| {
+        Some(f.split(' ').any(|f| f == feature))
+    })
+    .await?;
+    Ok(live
+        .into_keys()
+        .filter(|id| features.get(id) != Some(&true))
+        .collect())
 }
 
 /// Live sidecar id → `parse` of its entry in hash `by_id`.

@@ -41,6 +41,13 @@ pub fn sidecar_latencies(policy: &str) -> String {
     format!("redisfleet:sidecar-latencies:{policy}")
 }
 
+/// Hash: sidecar id → the protocol features it speaks, space-separated (see
+/// [`FEATURES`](super::heartbeat::FEATURES)); a sidecar of a release before features were
+/// reported has no entry.
+pub fn sidecar_features(policy: &str) -> String {
+    format!("redisfleet:sidecar-features:{policy}")
+}
+
 /// String: the mover token of the Job attempt allowed to move keys (see
 /// [`mover_token`]).
 pub fn mover(policy: &str) -> String {
@@ -207,6 +214,7 @@ pub fn policy_keys(policy: &str) -> Vec<String> {
         sidecars(policy),
         sidecar_versions(policy),
         sidecar_latencies(policy),
+        sidecar_features(policy),
         mover(policy),
         urgent(policy),
         urgent_groups(policy),
@@ -289,6 +297,7 @@ mod tests {
             sidecars("a/b"),
             sidecar_versions("a/b"),
             sidecar_latencies("a/b"),
+            sidecar_features("a/b"),
             mover("a/b"),
             urgent("a/b"),
             urgent_groups("a/b"),
