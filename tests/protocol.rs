@@ -676,6 +676,46 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
             .unwrap(),
         vec!["a-older".to_owned(), "b".to_owned()]
     );
+    // The pod rolled back to the older release keeps its name: its beat moves the heartbeat
+    // on, not the features a newer beat left, and it reads as older again.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let () = redis::Script::new(older)
+        .key(names::sidecars(POLICY))
+        .key(names::sidecar_versions(POLICY))
+        .arg("b")
+        .arg(17)
+        .invoke_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        heartbeat::live_without(&mut admin, POLICY, heartbeat::GROUPS_FEATURE)
+            .await
+            .unwrap(),
+        vec!["a-older".to_owned(), "b".to_owned()]
+    );
+
+    // The features of an id no longer live (an older release's script dropped it from the
+    // sorted set only) go with a later beat.
+    let swept = "sweep/p";
+    let () = redis::cmd("HSET")
+        .arg(names::sidecar_features(swept))
+        .arg("gone")
+        .arg("groups 1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let args = heartbeat::write_command(swept, "here", 3, heartbeat::Latency::Nothing);
+    let mut cmd = redis::cmd("EVAL");
+    for a in &args[1..] {
+        cmd.arg(a.as_ref());
+    }
+    let _: redis::Value = cmd.query_async(&mut admin).await.unwrap();
+    let left: Vec<String> = redis::cmd("HKEYS")
+        .arg(names::sidecar_features(swept))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["here".to_owned()]);
 }
 
 /// Fills `server` past its `maxmemory` (writes until Redis answers OOM).

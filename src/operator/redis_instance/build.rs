@@ -189,11 +189,11 @@ pub fn restricted_security_context() -> SecurityContext {
     }
 }
 
-/// The one-replica StatefulSet running Redis.
 /// The pod template annotation whose change restarts a managed pod ([`config_hash`]).
 pub const CONFIG_HASH: &str = "redisfleet.io/config-hash";
 
-/// The StatefulSet of a managed instance; `live_hash`: the [`CONFIG_HASH`] of the one running.
+/// The one-replica StatefulSet running Redis; `live_hash`: the [`CONFIG_HASH`] of the one
+/// running.
 pub fn stateful_set(
     instance: &RedisInstance,
     managed: &ManagedRedis,

@@ -208,11 +208,16 @@ impl Job {
             if !older.is_empty() {
                 warn!(
                     instance = %from,
-                    sidecars = %older.join(", "),
+                    count = older.len(),
+                    first = %older.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
                     "sidecars of an older release route here: every slot group counts as moving (scripts of the moving ranges wait for theirs to move whole)"
                 );
+                // Also over an `open` an earlier attempt set (never over `moved`).
+                self.set_plan_groups(&from, GROUPS_CLOSING, GROUP_MOVED)
+                    .await?;
+                continue;
             }
-            let state = if importing > 0 || !older.is_empty() {
+            let state = if importing > 0 {
                 GROUPS_CLOSING
             } else {
                 GROUPS_OPEN

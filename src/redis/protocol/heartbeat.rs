@@ -5,11 +5,12 @@
 //! the instances it copies between answer slower (`docs/protocol.md`, "Pacing"); the
 //! operator counts live sidecars for `status.sidecars`.
 //!
-//! Per policy, three keys on each instance hold them, whatever the number of keys in the
+//! Per policy, four keys on each instance hold them, whatever the number of keys in the
 //! database: a sorted set (sidecar id → last heartbeat, ms, the server's clock), a hash
-//! (sidecar id → version) and a hash (sidecar id → [`LatencyReport`], absent when the sidecar
-//! sent nothing there). The write script drops entries older than [`HEARTBEAT_TTL`]; both
-//! scripts use the server's clock, so sidecar clocks do not matter.
+//! (sidecar id → version), a hash (sidecar id → [`LatencyReport`], absent when the sidecar
+//! sent nothing there) and a hash (sidecar id → the protocol [`FEATURES`] it speaks, stamped
+//! with the heartbeat that wrote them). The write script drops entries older than
+//! [`HEARTBEAT_TTL`]; the scripts use the server's clock, so sidecar clocks do not matter.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,18 +41,21 @@ pub const LEASE: Duration = Duration::from_secs(5);
 /// acknowledged once other instances serve its ranges.
 pub const NOTICE_WAIT: Duration = Duration::from_secs(LEASE.as_secs() + 1);
 
-/// The protocol features a sidecar of this release speaks, as its heartbeat reports them:
-/// `groups`, its guard marks the slot groups of a command it sends to a move's target
-/// (`docs/protocol.md`, "Scripts: whole slot groups"). A Job that finds a live sidecar without
-/// it opens its plan's group states at `closing`.
-pub const FEATURES: &str = "groups";
-
-/// The feature [`FEATURES`] names for slot group marking.
+/// Slot group marking: the sidecar's guard marks the slot groups of a command it sends to a
+/// move's target (`docs/protocol.md`, "Scripts: whole slot groups"). A Job that finds a live
+/// sidecar without it opens its plan's group states at `closing`.
 pub const GROUPS_FEATURE: &str = "groups";
 
+/// The protocol features a sidecar of this release speaks (space-separated), as its heartbeat
+/// reports them.
+pub const FEATURES: &str = GROUPS_FEATURE;
+
 /// KEYS: live, versions, fences, latencies, features. ARGV: id, version, ttl (ms), latency
-/// report (empty: none; `keep`: leave the last one), features. The report is stored with the
-/// server's time. Returns `{now_ms, fences…}`.
+/// report (empty: none; `keep`: leave the last one), features. The report and the features are
+/// stored with the server's time: the features count only while that time is the id's last
+/// heartbeat (a sidecar of an older release beating under the same id moves the heartbeat on,
+/// not the features). Each beat also drops two features entries of ids no longer live (an
+/// older release's script drops the dead from the sorted set only). Returns `{now_ms, fences…}`.
 pub const WRITE_SCRIPT: &str = concat!(
     oom_exempt!(),
     r"
@@ -73,7 +77,10 @@ elseif ARGV[4] ~= 'keep' then
   redis.call('HSET', KEYS[4], ARGV[1], ARGV[4] .. ' ' .. now)
   redis.call('PEXPIRE', KEYS[4], ttl)
 end
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[5])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[5] .. ' ' .. now)
+for _, id in ipairs(redis.call('HRANDFIELD', KEYS[5], 2)) do
+  if not redis.call('ZSCORE', KEYS[1], id) then redis.call('HDEL', KEYS[5], id) end
+end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[5], ttl)
@@ -221,22 +228,48 @@ pub async fn read_latencies(
     .await
 }
 
-/// The live sidecars of `policy` on an instance that do not report `feature`: those of a
-/// release before it (or before features were reported at all).
+/// KEYS: live, features. ARGV: ttl (ms), feature. Returns the live ids whose last heartbeat
+/// did not report the feature: no entry, an entry without it, or one stamped with an earlier
+/// heartbeat than the id's last (a sidecar of an older release beat since, under the same id).
+pub const LIVE_WITHOUT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf', 'WITHSCORES', 'LIMIT', 0, 100000)
+local out = {}
+for i = 1, #live, 2 do
+  local id, beat = live[i], tonumber(live[i + 1])
+  local entry = redis.call('HGET', KEYS[2], id)
+  local has = false
+  if entry then
+    local words = {}
+    for w in string.gmatch(entry, '%S+') do words[#words + 1] = w end
+    if tonumber(words[#words]) == beat then
+      for j = 1, #words - 1 do
+        if words[j] == ARGV[2] then has = true end
+      end
+    end
+  end
+  if not has then out[#out + 1] = id end
+end
+return out
+";
+
+/// The live sidecars of `policy` on an instance whose last heartbeat does not report
+/// `feature`: those of a release before it (or before features were reported at all), by id.
 pub async fn live_without(
     conn: &mut (impl ConnectionLike + Send),
     policy: &str,
     feature: &str,
 ) -> redis::RedisResult<Vec<String>> {
-    let live = read(conn, policy).await?;
-    let features = read_live(conn, policy, names::sidecar_features(policy), |f| {
-        Some(f.split(' ').any(|f| f == feature))
-    })
-    .await?;
-    Ok(live
-        .into_keys()
-        .filter(|id| features.get(id) != Some(&true))
-        .collect())
+    let mut ids: Vec<String> = redis::Script::new(LIVE_WITHOUT_SCRIPT)
+        .key(names::sidecars(policy))
+        .key(names::sidecar_features(policy))
+        .arg(HEARTBEAT_TTL.as_millis() as u64)
+        .arg(feature)
+        .invoke_async(conn)
+        .await?;
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// Live sidecar id → `parse` of its entry in hash `by_id`.

@@ -206,7 +206,7 @@ pub fn holds(policy: &str) -> String {
 }
 
 /// The keys of `policy` with fixed names, on each instance it uses: fences, sidecar
-/// heartbeats, versions and latencies, the mover token, the urgent queue, a replicating writer's epoch
+/// heartbeats, versions, latencies and features, the mover token, the urgent queue, a replicating writer's epoch
 /// and counter, and the marker of replicated data.
 pub fn policy_keys(policy: &str) -> Vec<String> {
     vec![
