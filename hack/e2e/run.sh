@@ -364,11 +364,13 @@ EOF
   policy="$(ri_field primary evictionPolicy)"
   [[ "$policy" == volatile-lru ]] || fail "primary runs maxmemory-policy '$policy', not the example's volatile-lru"
   pod_uid="$(k -n "$NS" get pod primary-redis-0 -o jsonpath='{.metadata.uid}')"
+  # (A plan moving data out of primary, none expected here, would hold the switch to
+  # allkeys-lru until it ends.)
   k -n "$NS" patch ri primary --type merge -p '{"spec":{"managed":{"evictionPolicy":"allkeys-lru"}}}' >/dev/null
-  wait_until 30 "EvictionSafe=False on primary" eviction_safe_is primary False
+  wait_until 120 "EvictionSafe=False on primary" eviction_safe_is primary False
   say "primary switched to allkeys-lru: $(k -n "$NS" get ri primary -o jsonpath='{.status.conditions[?(@.type=="EvictionSafe")].message}')"
   k -n "$NS" patch ri primary --type merge -p '{"spec":{"managed":{"evictionPolicy":"volatile-lru"}}}' >/dev/null
-  wait_until 30 "EvictionSafe=True on primary" eviction_safe_is primary True
+  wait_until 120 "EvictionSafe=True on primary" eviction_safe_is primary True
   [[ "$(k -n "$NS" get pod primary-redis-0 -o jsonpath='{.metadata.uid}')" == "$pod_uid" ]] ||
     fail "changing the eviction policy restarted primary's pod"
   say "and back to volatile-lru, both applied to the running server (CONFIG SET): the pod was not restarted"
