@@ -1011,3 +1011,79 @@ async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_o
         .unwrap();
     assert_eq!(tomb, 1);
 }
+
+/// A value copied piece by piece is placed only whole: an assembly that lost pieces on the
+/// target (it evicted or expired the temporary key mid-way, and the next piece started it
+/// again) is dropped, never renamed into place, where before it became the key's value and
+/// its tombstone on the source was deleted.
+#[tokio::test]
+async fn an_assembly_that_lost_pieces_is_never_placed() {
+    use redis::AsyncCommands;
+    use redis_fleet::redis::protocol::mover::Placed;
+    let target = RedisServer::start(RedisOptions::default());
+    let mut c = conn(&target).await;
+    let m = mover(names::mover_token(1, 1));
+    m.claim(&mut c).await.unwrap();
+    let temp = names::restore_temp(m.token, b"auth:big");
+    // The source's list has 3 000 items; the first 1 000 were lost with the key, and the
+    // assembly started again from the second piece.
+    let () = redis::cmd("RPUSH")
+        .arg(temp.as_ref())
+        .arg((1_000..3_000).collect::<Vec<i32>>())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let placed = m
+        .place(&mut c, &temp, b"auth:big", true, "LLEN", 3_000)
+        .await
+        .unwrap();
+    assert_eq!(placed, Placed::Incomplete);
+    let exists: (bool, bool) = redis::pipe()
+        .exists(temp.as_ref())
+        .exists("auth:big")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        exists,
+        (false, false),
+        "the partial assembly is gone, nothing placed"
+    );
+    // Nothing assembled at all.
+    assert_eq!(
+        m.place(&mut c, &temp, b"auth:big", true, "LLEN", 3_000)
+            .await
+            .unwrap(),
+        Placed::Missing
+    );
+    // Whole: placed.
+    let () = redis::cmd("RPUSH")
+        .arg(temp.as_ref())
+        .arg((0..3_000).collect::<Vec<i32>>())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.place(&mut c, &temp, b"auth:big", true, "LLEN", 3_000)
+            .await
+            .unwrap(),
+        Placed::Placed
+    );
+    let len: i64 = c.llen("auth:big").await.unwrap();
+    assert_eq!(len, 3_000);
+    // Written on the target meanwhile: the target's value is newer, the assembly is dropped.
+    let () = redis::cmd("APPEND")
+        .arg(temp.as_ref())
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.place(&mut c, &temp, b"auth:big", true, "STRLEN", 1)
+            .await
+            .unwrap(),
+        Placed::TargetNewer
+    );
+    let left: bool = c.exists(temp.as_ref()).await.unwrap();
+    assert!(!left);
+}

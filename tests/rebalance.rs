@@ -436,6 +436,78 @@ async fn no_data_moves_out_of_an_instance_that_may_evict_keys_without_a_ttl_unti
     assert!(!events_of(&shop, "EvictionPolicySafe").await.is_empty());
 }
 
+/// Values too big for one DUMP (over 8 MiB) move piece by piece, and arrive whole: a string
+/// and a list on the primary, which drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_too_big_for_one_dump_move_piece_by_piece_and_arrive_whole() {
+    let shop = shop_with("big", fast_cooldown).await;
+    let (_, plan) = settled(&shop).await;
+    let mut p = shop
+        .primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let text: String = (0..(8 << 20) + (256 << 10))
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let () = redis::cmd("SET")
+        .arg("auth:big-string")
+        .arg(&text)
+        .query_async(&mut p)
+        .await
+        .unwrap();
+    let items: Vec<String> = (0..85_000).map(|i| format!("{i:0>100}")).collect();
+    for chunk in items.chunks(10_000) {
+        let () = redis::cmd("RPUSH")
+            .arg("auth:big-list")
+            .arg(chunk)
+            .query_async(&mut p)
+            .await
+            .unwrap();
+    }
+    let node = Node::start(shop.cp, &shop.ns);
+    let patch = serde_json::json!({"spec": {"drain": true}});
+    shop.instances
+        .patch("primary", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let r = policy.status.unwrap().rebalance.unwrap();
+    assert!(r.keys_moved.unwrap_or(0) >= 2, "{r:#?}");
+    let mut s = shop
+        .secondary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let moved: Option<String> = s.get("auth:big-string").await.unwrap();
+    assert!(
+        moved.as_deref() == Some(text.as_str()),
+        "the big string did not arrive whole"
+    );
+    let list: Vec<String> = s.lrange("auth:big-list", 0, -1).await.unwrap();
+    assert!(
+        list == items,
+        "the big list did not arrive whole ({} items)",
+        list.len()
+    );
+    let left: usize = p
+        .exists(&["auth:big-string", "auth:big-list"])
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let temps: Vec<String> = redis::cmd("KEYS")
+        .arg("redisfleet:*")
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    assert!(
+        !temps.iter().any(|k| k.contains("restore")),
+        "assemblies left on the target: {temps:?}"
+    );
+}
+
 /// What the clients of [`traffic`] were told, per key; each worker owns its keys, so this is
 /// exact. A command that failed leaves its key uncertain between the outcomes it could have had.
 #[derive(Debug, Default)]

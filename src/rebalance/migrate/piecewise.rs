@@ -5,8 +5,9 @@
 //! the mover token, so a replaced Job cannot place anything.
 
 use bytes::Bytes;
+use tracing::warn;
 
-use crate::redis::protocol::mover::MoveError;
+use crate::redis::protocol::mover::{MoveError, Placed};
 use crate::redis::protocol::names;
 
 use super::batch::move_error;
@@ -16,9 +17,29 @@ use super::{Error, Job};
 /// pieces of a Job that dies midway do not stay forever.
 const ASSEMBLY_TTL_MS: u64 = 3_600_000;
 
+/// Assemblies of one value before the move gives up on it (the attempt fails; the value waits
+/// in its tombstone on the source for the next).
+const ASSEMBLY_TRIES: u32 = 3;
+
+/// The command that sizes a value of type `kind`, to tell a whole assembly from one that lost
+/// pieces.
+fn size_command(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "string" => "STRLEN",
+        "list" => "LLEN",
+        "hash" => "HLEN",
+        "set" => "SCARD",
+        "zset" => "ZCARD",
+        "stream" => "XLEN",
+        _ => return None,
+    })
+}
+
 impl Job {
     /// Copies the tombstone of `key` to the target type by type, in pieces. `expire_at` is
-    /// the key's expiry (Unix ms by the source's clock; -1: none).
+    /// the key's expiry (Unix ms by the source's clock; -1: none). The assembly is placed only
+    /// whole: one that lost pieces (the target evicted or expired it mid-way, and the next
+    /// piece started it again) is assembled again.
     pub(super) async fn copy_piecewise(
         &mut self,
         from: &str,
@@ -26,11 +47,69 @@ impl Job {
         key: &[u8],
         expire_at: i64,
     ) -> Result<(), Error> {
+        for tried in 1..=ASSEMBLY_TRIES {
+            match self.assemble(from, to, key, expire_at).await? {
+                Placed::Placed | Placed::TargetNewer => return Ok(()),
+                Placed::Missing => {
+                    // Gone whole: expired (then its tombstone has too), or evicted.
+                    let tomb = names::tomb(key);
+                    let source = self.instance(from)?;
+                    let alive: bool = redis::cmd("EXISTS")
+                        .arg(tomb.as_ref())
+                        .query_async(&mut source.conn)
+                        .await
+                        .map_err(|e| source.err(&e))?;
+                    if !alive {
+                        return Ok(());
+                    }
+                }
+                Placed::Incomplete => {}
+            }
+            warn!(
+                key = %String::from_utf8_lossy(key),
+                tried,
+                "a value copied piece by piece lost pieces on the target (evicted or expired mid-way): assembling it again"
+            );
+        }
+        Err(move_error(
+            key,
+            MoveError::Server(format!(
+                "the target lost pieces of the value {ASSEMBLY_TRIES} times (does it evict keys with a TTL while full?); it stays on the source"
+            )),
+        ))
+    }
+
+    /// One assembly of `key`'s value on the target, placed if whole.
+    async fn assemble(
+        &mut self,
+        from: &str,
+        to: &str,
+        key: &[u8],
+        expire_at: i64,
+    ) -> Result<Placed, Error> {
         let tomb = names::tomb(key);
         let temp = names::restore_temp(self.mover.token, key);
         let kind: String = {
             let source = self.instance(from)?;
             redis::cmd("TYPE")
+                .arg(tomb.as_ref())
+                .query_async(&mut source.conn)
+                .await
+                .map_err(|e| source.err(&e))?
+        };
+        if kind == "none" {
+            return Ok(Placed::Missing);
+        }
+        let Some(size) = size_command(&kind) else {
+            return Err(move_error(
+                key,
+                MoveError::Server(format!("cannot copy a {kind} piece by piece")),
+            ));
+        };
+        // The tombstone takes no write while the key is in transit: its size is the whole's.
+        let expected: i64 = {
+            let source = self.instance(from)?;
+            redis::cmd(size)
                 .arg(tomb.as_ref())
                 .query_async(&mut source.conn)
                 .await
@@ -191,10 +270,9 @@ impl Job {
         let mover = self.mover.clone();
         let target = self.instance(to)?;
         mover
-            .place(&mut target.conn, &temp, key, expire_at < 0)
+            .place(&mut target.conn, &temp, key, expire_at < 0, size, expected)
             .await
-            .map_err(|e| move_error(key, e))?;
-        Ok(())
+            .map_err(|e| move_error(key, e))
     }
 
     /// Finishes the move of keys copied piece by piece.

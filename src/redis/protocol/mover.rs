@@ -198,14 +198,21 @@ return back
 "
 );
 
-/// KEYS: mover, temporary key, key. ARGV: token, persist (1 when the source key had no TTL).
-/// Renames a value assembled piece by piece into place if the key is still absent (else the
-/// target's value is newer); 1 placed, 0 not.
+/// KEYS: mover, temporary key, key. ARGV: token, persist (1 when the source key had no TTL),
+/// the command that sizes the value (`STRLEN`, `LLEN`, …) and the size the source's value
+/// has. Renames a value assembled piece by piece into place if the key is still absent (else
+/// the target's value is newer) and the assembly is whole: 1 placed, 0 not (the target's
+/// value is newer), -1 the assembly is not whole (deleted: a piece was lost with a key the
+/// target evicted or expired mid-way), -2 there is no assembly.
 pub const PLACE_SCRIPT: &str = concat!(
     check_token!(),
     r"
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('DEL', KEYS[2]); return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
+if redis.call(ARGV[3], KEYS[2]) ~= tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[2])
+  return -1
+end
 redis.call('RENAME', KEYS[2], KEYS[3])
 if ARGV[2] == '1' then redis.call('PERSIST', KEYS[3]) end
 return 1
@@ -224,6 +231,20 @@ static PLACE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PLAC
 static GROUP_STATES: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(GROUP_STATES_SCRIPT));
 static GIVE_BACK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GIVE_BACK_SCRIPT));
+
+/// What [`Mover::place`] did with a value assembled piece by piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// It is the key's value on the target now.
+    Placed,
+    /// The target holds the key already (written there since): the assembly was dropped.
+    TargetNewer,
+    /// The assembly lacked pieces (lost with a key the target evicted or expired mid-way):
+    /// dropped; assemble it again.
+    Incomplete,
+    /// There was no assembly (expired, or evicted whole).
+    Missing,
+}
 
 /// What the take script answered for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -568,24 +589,34 @@ impl Mover {
         Ok(())
     }
 
-    /// Renames a value assembled in `temp` to `key` if `key` is still absent on the target.
+    /// Renames a value assembled in `temp` to `key` if `key` is still absent on the target
+    /// and `temp` is whole: its size by `size` (`STRLEN`, `LLEN`, …) is `expected`.
     pub async fn place(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         temp: &[u8],
         key: &[u8],
         persist: bool,
-    ) -> Result<bool, MoveError> {
+        size: &str,
+        expected: i64,
+    ) -> Result<Placed, MoveError> {
         let placed: i64 = PLACE
             .key(names::mover(&self.policy))
             .key(temp)
             .key(key)
             .arg(self.token)
             .arg(if persist { "1" } else { "0" })
+            .arg(size)
+            .arg(expected)
             .invoke_async(conn)
             .await
             .map_err(|e| MoveError::from_redis(&e))?;
-        Ok(placed == 1)
+        Ok(match placed {
+            1 => Placed::Placed,
+            0 => Placed::TargetNewer,
+            -1 => Placed::Incomplete,
+            _ => Placed::Missing,
+        })
     }
 }
 
