@@ -436,8 +436,8 @@ async fn no_data_moves_out_of_an_instance_that_may_evict_keys_without_a_ttl_unti
     assert!(!events_of(&shop, "EvictionPolicySafe").await.is_empty());
 }
 
-/// Values too big for one DUMP (over 8 MiB) move piece by piece, and arrive whole: a string
-/// and a list on the primary, which drains.
+/// Values too big for one DUMP (over 8 MiB of `MEMORY USAGE`) move piece by piece, and arrive
+/// whole: a hash and a list on the primary, which drains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_too_big_for_one_dump_move_piece_by_piece_and_arrive_whole() {
     let shop = shop_with("big", fast_cooldown).await;
@@ -448,15 +448,18 @@ async fn values_too_big_for_one_dump_move_piece_by_piece_and_arrive_whole() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let text: String = (0..(8 << 20) + (256 << 10))
-        .map(|i| char::from(b'a' + (i % 26) as u8))
+    // A hash (pieces counted by HSET's replies) and a list (by the items pushed).
+    let fields: Vec<(String, String)> = (0..60_000)
+        .map(|i| (format!("f{i}"), format!("{i:0>150}")))
         .collect();
-    let () = redis::cmd("SET")
-        .arg("auth:big-string")
-        .arg(&text)
-        .query_async(&mut p)
-        .await
-        .unwrap();
+    for chunk in fields.chunks(5_000) {
+        let () = redis::cmd("HSET")
+            .arg("auth:big-hash")
+            .arg(chunk)
+            .query_async(&mut p)
+            .await
+            .unwrap();
+    }
     let items: Vec<String> = (0..85_000).map(|i| format!("{i:0>100}")).collect();
     for chunk in items.chunks(10_000) {
         let () = redis::cmd("RPUSH")
@@ -465,6 +468,16 @@ async fn values_too_big_for_one_dump_move_piece_by_piece_and_arrive_whole() {
             .query_async(&mut p)
             .await
             .unwrap();
+    }
+    // The Job copies a value piece by piece above 8 MiB of MEMORY USAGE.
+    for key in ["auth:big-hash", "auth:big-list"] {
+        let size: i64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .query_async(&mut p)
+            .await
+            .unwrap();
+        assert!(size > 8 << 20, "{key}: {size} bytes are moved in one DUMP");
     }
     let node = Node::start(shop.cp, &shop.ns);
     let patch = serde_json::json!({"spec": {"drain": true}});
@@ -481,10 +494,11 @@ async fn values_too_big_for_one_dump_move_piece_by_piece_and_arrive_whole() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let moved: Option<String> = s.get("auth:big-string").await.unwrap();
+    let hash: std::collections::HashMap<String, String> = s.hgetall("auth:big-hash").await.unwrap();
     assert!(
-        moved.as_deref() == Some(text.as_str()),
-        "the big string did not arrive whole"
+        hash.len() == fields.len() && fields.iter().all(|(f, v)| hash.get(f) == Some(v)),
+        "the big hash did not arrive whole ({} fields)",
+        hash.len()
     );
     let list: Vec<String> = s.lrange("auth:big-list", 0, -1).await.unwrap();
     assert!(
@@ -492,11 +506,13 @@ async fn values_too_big_for_one_dump_move_piece_by_piece_and_arrive_whole() {
         "the big list did not arrive whole ({} items)",
         list.len()
     );
-    let left: usize = p
-        .exists(&["auth:big-string", "auth:big-list"])
-        .await
-        .unwrap();
+    let left: usize = p.exists(&["auth:big-hash", "auth:big-list"]).await.unwrap();
     assert_eq!(left, 0);
+    // The assembly's hour-long TTL was lifted: the values had none.
+    for key in ["auth:big-hash", "auth:big-list"] {
+        let ttl: i64 = s.pttl(key).await.unwrap();
+        assert_eq!(ttl, -1, "{key}");
+    }
     let temps: Vec<String> = redis::cmd("KEYS")
         .arg("redisfleet:*")
         .query_async(&mut s)

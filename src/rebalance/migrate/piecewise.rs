@@ -48,29 +48,27 @@ impl Job {
         expire_at: i64,
     ) -> Result<(), Error> {
         for tried in 1..=ASSEMBLY_TRIES {
-            match self.assemble(from, to, key, expire_at).await? {
-                Placed::Placed | Placed::TargetNewer => return Ok(()),
-                Placed::Missing => {
-                    // Gone whole: expired (then its tombstone has too), or evicted.
-                    let tomb = names::tomb(key);
-                    let source = self.instance(from)?;
-                    let alive: bool = redis::cmd("EXISTS")
-                        .arg(tomb.as_ref())
-                        .query_async(&mut source.conn)
-                        .await
-                        .map_err(|e| source.err(&e))?;
-                    if !alive {
-                        return Ok(());
-                    }
-                }
-                Placed::Incomplete => {}
+            if matches!(
+                self.assemble(from, to, key, expire_at).await?,
+                Placed::Placed | Placed::TargetNewer
+            ) || self.expired(from, to, key, expire_at).await?
+            {
+                return Ok(());
             }
             warn!(
                 key = %String::from_utf8_lossy(key),
                 tried,
-                "a value copied piece by piece lost pieces on the target (evicted or expired mid-way): assembling it again"
+                of = ASSEMBLY_TRIES,
+                "a value copied piece by piece lost pieces on the target (evicted mid-way)"
             );
         }
+        // What is left of the last assembly goes (it would expire within the hour anyway).
+        let temp = names::restore_temp(self.mover.token, key);
+        let target = self.instance(to)?;
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(temp.as_ref())
+            .query_async(&mut target.conn)
+            .await;
         Err(move_error(
             key,
             MoveError::Server(format!(
@@ -79,7 +77,37 @@ impl Job {
         ))
     }
 
-    /// One assembly of `key`'s value on the target, placed if whole.
+    /// Whether `key`, whose assembly came out missing or not whole, has expired meanwhile: its
+    /// tombstone is gone from the source, or its expiry has passed by the target's clock (where
+    /// the assembly carried it).
+    async fn expired(
+        &mut self,
+        from: &str,
+        to: &str,
+        key: &[u8],
+        expire_at: i64,
+    ) -> Result<bool, Error> {
+        let tomb = names::tomb(key);
+        let source = self.instance(from)?;
+        let alive: bool = redis::cmd("EXISTS")
+            .arg(tomb.as_ref())
+            .query_async(&mut source.conn)
+            .await
+            .map_err(|e| source.err(&e))?;
+        if !alive || expire_at < 0 {
+            return Ok(!alive);
+        }
+        let target = self.instance(to)?;
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut target.conn)
+            .await
+            .map_err(|e| target.err(&e))?;
+        Ok(secs * 1000 + micros / 1000 >= expire_at)
+    }
+
+    /// One assembly of `key`'s value on the target, placed if whole: if the target holds as
+    /// many bytes, items or entries as the assembly wrote (counted from the commands' own
+    /// replies, so duplicates a scan returned twice count once).
     async fn assemble(
         &mut self,
         from: &str,
@@ -106,15 +134,8 @@ impl Job {
                 MoveError::Server(format!("cannot copy a {kind} piece by piece")),
             ));
         };
-        // The tombstone takes no write while the key is in transit: its size is the whole's.
-        let expected: i64 = {
-            let source = self.instance(from)?;
-            redis::cmd(size)
-                .arg(tomb.as_ref())
-                .query_async(&mut source.conn)
-                .await
-                .map_err(|e| source.err(&e))?
-        };
+        // What the pieces added: bytes of a string, else items or entries.
+        let mut written: i64 = 0;
         {
             let target = self.instance(to)?;
             let _: () = redis::cmd("DEL")
@@ -128,7 +149,9 @@ impl Job {
         let mut last_id = "-".to_owned();
         let mut first_piece = true;
         loop {
-            let mut cmds: Vec<redis::Cmd> = Vec::new();
+            // Each command, and what it adds: its reply (`HSET`, `SADD`, `ZADD` answer how many
+            // were new) or a known count.
+            let mut cmds: Vec<(redis::Cmd, Option<i64>)> = Vec::new();
             let done = match kind.as_str() {
                 "none" => true,
                 "string" => {
@@ -142,9 +165,12 @@ impl Job {
                         .map_err(|e| source.err(&e))?;
                     index += chunk.len() as i64;
                     let done = chunk.len() < 1 << 20;
+                    let added = chunk.len() as i64;
                     let mut c = redis::cmd("APPEND");
                     c.arg(temp.as_ref()).arg(chunk);
-                    cmds.push(c);
+                    if added > 0 {
+                        cmds.push((c, Some(added)));
+                    }
                     done
                 }
                 "hash" | "set" | "zset" => {
@@ -182,7 +208,7 @@ impl Job {
                                 c.arg(item);
                             }
                         }
-                        cmds.push(c);
+                        cmds.push((c, None));
                     }
                     next == 0
                 }
@@ -198,9 +224,10 @@ impl Job {
                     index += items.len() as i64;
                     let done = items.len() < 1000;
                     if !items.is_empty() {
+                        let added = items.len() as i64;
                         let mut c = redis::cmd("RPUSH");
                         c.arg(temp.as_ref()).arg(items);
-                        cmds.push(c);
+                        cmds.push((c, Some(added)));
                     }
                     done
                 }
@@ -224,8 +251,24 @@ impl Job {
                     for (id, fields) in &entries {
                         let mut c = redis::cmd("XADD");
                         c.arg(temp.as_ref()).arg(id).arg(fields);
-                        cmds.push(c);
+                        cmds.push((c, Some(1)));
                         last_id = id.clone();
+                    }
+                    if done && written == 0 && cmds.is_empty() {
+                        // A stream without entries (all deleted, or made by `XGROUP CREATE …
+                        // MKSTREAM`) still exists: make it so on the target too.
+                        let mut c = redis::cmd("XGROUP");
+                        c.arg("CREATE")
+                            .arg(temp.as_ref())
+                            .arg("redisfleet-assembly")
+                            .arg("$")
+                            .arg("MKSTREAM");
+                        cmds.push((c, Some(0)));
+                        let mut c = redis::cmd("XGROUP");
+                        c.arg("DESTROY")
+                            .arg(temp.as_ref())
+                            .arg("redisfleet-assembly");
+                        cmds.push((c, Some(0)));
                     }
                     done
                 }
@@ -237,30 +280,33 @@ impl Job {
                 }
             };
             if !cmds.is_empty() {
-                let target = self.instance(to)?;
-                for c in cmds {
-                    let _: redis::Value = c
-                        .query_async(&mut target.conn)
-                        .await
-                        .map_err(|e| target.err(&e))?;
+                let mut pipe = redis::pipe();
+                for (c, _) in &cmds {
+                    pipe.add_command(c.clone());
                 }
                 if first_piece {
-                    // The key's expiry from the start: a key that runs out mid-copy runs out
-                    // here too, and never comes back partly filled.
+                    // The key's expiry from the start, in the same transaction as the first
+                    // piece (an assembly is never left without one): a key that runs out
+                    // mid-copy runs out here too, and never comes back partly filled.
                     first_piece = false;
-                    let c = if expire_at >= 0 {
-                        let mut c = redis::cmd("PEXPIREAT");
-                        c.arg(temp.as_ref()).arg(expire_at);
-                        c
+                    pipe.atomic();
+                    if expire_at >= 0 {
+                        pipe.cmd("PEXPIREAT").arg(temp.as_ref()).arg(expire_at);
                     } else {
-                        let mut c = redis::cmd("PEXPIRE");
-                        c.arg(temp.as_ref()).arg(ASSEMBLY_TTL_MS);
-                        c
+                        pipe.cmd("PEXPIRE").arg(temp.as_ref()).arg(ASSEMBLY_TTL_MS);
+                    }
+                }
+                let target = self.instance(to)?;
+                let replies: Vec<redis::Value> = pipe
+                    .query_async(&mut target.conn)
+                    .await
+                    .map_err(|e| target.err(&e))?;
+                for ((_, count), reply) in cmds.iter().zip(&replies) {
+                    written += match (count, reply) {
+                        (Some(n), _) => *n,
+                        (None, redis::Value::Int(n)) => *n,
+                        (None, _) => 0,
                     };
-                    let _: i64 = c
-                        .query_async(&mut target.conn)
-                        .await
-                        .map_err(|e| target.err(&e))?;
                 }
             }
             if done {
@@ -270,7 +316,7 @@ impl Job {
         let mover = self.mover.clone();
         let target = self.instance(to)?;
         mover
-            .place(&mut target.conn, &temp, key, expire_at < 0, size, expected)
+            .place(&mut target.conn, &temp, key, expire_at < 0, size, written)
             .await
             .map_err(|e| move_error(key, e))
     }

@@ -199,8 +199,8 @@ return back
 );
 
 /// KEYS: mover, temporary key, key. ARGV: token, persist (1 when the source key had no TTL),
-/// the command that sizes the value (`STRLEN`, `LLEN`, …) and the size the source's value
-/// has. Renames a value assembled piece by piece into place if the key is still absent (else
+/// the command that sizes the value (`STRLEN`, `LLEN`, …) and the size the assembly's pieces
+/// added up to. Renames a value assembled piece by piece into place if the key is still absent (else
 /// the target's value is newer) and the assembly is whole: 1 placed, 0 not (the target's
 /// value is newer), -1 the assembly is not whole (deleted: a piece was lost with a key the
 /// target evicted or expired mid-way), -2 there is no assembly.
@@ -590,7 +590,8 @@ impl Mover {
     }
 
     /// Renames a value assembled in `temp` to `key` if `key` is still absent on the target
-    /// and `temp` is whole: its size by `size` (`STRLEN`, `LLEN`, …) is `expected`.
+    /// and `temp` is whole: its size by `size` (`STRLEN`, `LLEN`, …) is `expected`, what its
+    /// pieces added up to.
     pub async fn place(
         &self,
         conn: &mut (impl ConnectionLike + Send),
@@ -611,12 +612,15 @@ impl Mover {
             .invoke_async(conn)
             .await
             .map_err(|e| MoveError::from_redis(&e))?;
-        Ok(match placed {
-            1 => Placed::Placed,
-            0 => Placed::TargetNewer,
-            -1 => Placed::Incomplete,
-            _ => Placed::Missing,
-        })
+        match placed {
+            1 => Ok(Placed::Placed),
+            0 => Ok(Placed::TargetNewer),
+            -1 => Ok(Placed::Incomplete),
+            -2 => Ok(Placed::Missing),
+            other => Err(MoveError::Server(format!(
+                "the place script answered {other}"
+            ))),
+        }
     }
 }
 
