@@ -494,13 +494,38 @@ async fn values_too_big_for_one_dump_move_piece_by_piece_and_arrive_whole() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let hash: std::collections::HashMap<String, String> = s.hgetall("auth:big-hash").await.unwrap();
+    // Read back in slices: one reply of 9 MB can outlast the client's response timeout on a
+    // busy machine.
+    let mut hash = std::collections::HashMap::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+            .arg("auth:big-hash")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(2_000)
+            .query_async(&mut s)
+            .await
+            .unwrap();
+        hash.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
     assert!(
         hash.len() == fields.len() && fields.iter().all(|(f, v)| hash.get(f) == Some(v)),
         "the big hash did not arrive whole ({} fields)",
         hash.len()
     );
-    let list: Vec<String> = s.lrange("auth:big-list", 0, -1).await.unwrap();
+    let mut list: Vec<String> = Vec::new();
+    for start in (0..items.len()).step_by(5_000) {
+        let slice: Vec<String> = s
+            .lrange("auth:big-list", start as isize, start as isize + 4_999)
+            .await
+            .unwrap();
+        list.extend(slice);
+    }
     assert!(
         list == items,
         "the big list did not arrive whole ({} items)",
