@@ -649,20 +649,7 @@ async fn raising_a_fence_closes_older_sidecar_connections_and_later_handshakes_s
 
     // A sidecar of a release before features were reported: its heartbeat (that release's
     // script: live and versions, no features) makes it one without the `groups` feature.
-    let older = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-";
-    let () = redis::Script::new(older)
-        .key(names::sidecars(POLICY))
-        .key(names::sidecar_versions(POLICY))
-        .arg("a-older")
-        .arg(17)
-        .invoke_async(&mut admin)
-        .await
-        .unwrap();
+    support::sidecar::beat_as_older_release(&mut admin, POLICY, "a-older", 17).await;
     assert_eq!(
         heartbeat::live_without(&mut admin, POLICY, heartbeat::GROUPS_FEATURE)
             .await
@@ -679,14 +666,7 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
     // The pod rolled back to the older release keeps its name: its beat moves the heartbeat
     // on, not the features a newer beat left, and it reads as older again.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let () = redis::Script::new(older)
-        .key(names::sidecars(POLICY))
-        .key(names::sidecar_versions(POLICY))
-        .arg("b")
-        .arg(17)
-        .invoke_async(&mut admin)
-        .await
-        .unwrap();
+    support::sidecar::beat_as_older_release(&mut admin, POLICY, "b", 17).await;
     assert_eq!(
         heartbeat::live_without(&mut admin, POLICY, heartbeat::GROUPS_FEATURE)
             .await

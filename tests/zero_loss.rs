@@ -2430,23 +2430,14 @@ async fn a_sidecar_of_an_older_release_on_a_source_makes_the_job_count_every_gro
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut c = client.get_multiplexed_async_connection().await.unwrap();
-            let older = redis::Script::new(
-                r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-",
-            );
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let () = older
-                    .key(names::sidecars(&policy))
-                    .key(names::sidecar_versions(&policy))
-                    .arg("older-release")
-                    .arg(1_000_000)
-                    .invoke_async(&mut c)
-                    .await
-                    .unwrap();
+                support::sidecar::beat_as_older_release(
+                    &mut c,
+                    &policy,
+                    "older-release",
+                    1_000_000,
+                )
+                .await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         })

@@ -313,3 +313,30 @@ pub fn table(
     t.validate().expect("a valid test table");
     t
 }
+
+/// One heartbeat of sidecar `id` of `policy` at table `version`, as a release before sidecars
+/// reported their protocol features wrote it (its script: the live sorted set and the version,
+/// no features).
+pub async fn beat_as_older_release(
+    conn: &mut redis::aio::MultiplexedConnection,
+    policy: &str,
+    id: &str,
+    version: u64,
+) {
+    use redis_fleet::redis::protocol::names;
+    let () = redis::Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+",
+    )
+    .key(names::sidecars(policy))
+    .key(names::sidecar_versions(policy))
+    .arg(id)
+    .arg(version)
+    .invoke_async(conn)
+    .await
+    .unwrap();
+}
