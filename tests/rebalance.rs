@@ -1484,6 +1484,85 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     );
 }
 
+/// A source switched by hand to a policy that may evict keys without a TTL *after* its plan
+/// started (the planner only looks when it plans): the Job's copy holds, as if paused — no key
+/// of the copy leaves the source, status says `HeldBack` and names the source and its policy —
+/// until the policy is fixed, then finishes with every acknowledged write where it belongs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_switched_to_an_evicting_policy_mid_copy_holds_the_copy_until_it_is_fixed() {
+    let shop = shop_with("evict-mid-copy", slow_copy).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let prefixes = ["user:s", "menu:s", "ml:s"];
+    let keys = fill(&shop.secondary, &prefixes, 30_000).await;
+    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+    let tertiary = apply_third_instance(&shop);
+
+    wait_copying(&shop, &node, 1_000).await;
+    set_eviction_policy(&shop.secondary, "allkeys-lru").await;
+    let held_back = wait_status(&shop, Some(&node), "the copy never held", |r| {
+        r.step.as_deref() == Some("HeldBack")
+    })
+    .await;
+    let r = held_back.status.unwrap().rebalance.unwrap();
+    assert!(
+        r.moves.iter().all(|m| m.from == "secondary"),
+        "the plan moves out of the secondary: {r:#?}"
+    );
+    let note = r.pacing.clone().unwrap_or_default();
+    assert!(
+        note.contains("secondary (maxmemory-policy allkeys-lru) may evict keys without a TTL"),
+        "{r:#?}"
+    );
+    let condition = wait_policy_condition(&shop, "Rebalancing", "not held back", |s, r, _| {
+        s == "True" && r == "HeldBack"
+    })
+    .await;
+    assert!(
+        condition.contains("secondary (maxmemory-policy allkeys-lru)"),
+        "{condition}"
+    );
+    let held = moved_off(&shop, &tertiary, &prefixes).await;
+    assert!(held > 0 && held < keys.len(), "{held}");
+    // Held: nothing more leaves the source, for longer than the Job reads the policy (1 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        moved_off(&shop, &tertiary, &prefixes).await,
+        held,
+        "keys moved while a source may evict keys without a TTL"
+    );
+    assert_eq!(rebalance_of(&shop).await.step.as_deref(), Some("HeldBack"));
+
+    set_eviction_policy(&shop.secondary, "volatile-lru").await;
+    wait_status(&shop, Some(&node), "the copy never went on", |r| {
+        r.step.as_deref() != Some("HeldBack")
+            && r.pacing.as_deref().is_none_or(|p| !p.starts_with("held"))
+    })
+    .await;
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let done = policy.status.unwrap().rebalance.unwrap();
+    assert_eq!(done.plan_id, r.plan_id, "the same plan finished: {done:#?}");
+    assert_eq!(done.keys_moved, done.keys_total, "{done:#?}");
+    let logs = node.all_logs();
+    assert!(
+        logs.contains("may evict keys without a TTL") && logs.contains("resumed"),
+        "{logs}"
+    );
+
+    let ledger = traffic.stop().await;
+    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
+    assert_same(&before, &after);
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "evicting source mid-copy: {held} keys on the targets when held, {} moved in all; traffic {} ops, {} errors",
+        done.keys_moved.unwrap_or(0),
+        ledger.ops,
+        ledger.errors.len()
+    );
+}
+
 /// Writes the heartbeat of a sidecar `id` that reports `p99_micros` (of 2 000 requests) on every
 /// server, every half second, until `stop`; then one that reports nothing. Its version is far
 /// ahead of any table, so a Job never waits for it to converge.

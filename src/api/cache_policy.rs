@@ -573,6 +573,10 @@ pub mod rebalance_step {
     /// Holding the copy (`redisfleet.io/rebalance: pause`): no key in transit, keys that
     /// sidecars ask for still move.
     pub const PAUSED: &str = "Paused";
+    /// Holding the copy, as paused, because a source may evict keys without a TTL (its
+    /// `maxmemory-policy` was switched to `allkeys-*` after the plan started); `pacing` names
+    /// it. The copy goes on once the policy is fixed.
+    pub const HELD_BACK: &str = "HeldBack";
     /// Every key moved; waiting for the operator to publish the new owners.
     pub const COPIED: &str = "Copied";
     /// Finished and cleaned up.

@@ -613,8 +613,12 @@ fn write_rebalance(
         if keys_per_second > 0 {
             let _ = write!(text, " · {} keys/s", group(keys_per_second));
             let left = total - keys_moved;
-            // A paused plan moves nothing until it is resumed: no time left to promise.
-            let paused = r.step.as_deref() == Some(rebalance_step::PAUSED);
+            // A paused (or held back) plan moves nothing until it goes on: no time left to
+            // promise.
+            let paused = matches!(
+                r.step.as_deref(),
+                Some(rebalance_step::PAUSED | rebalance_step::HELD_BACK)
+            );
             if left > 0 && r.finished_at.is_none() && !paused {
                 let secs = (left + keys_per_second - 1) / keys_per_second;
                 let _ = write!(text, " · ~{} left", human_secs(secs));

@@ -263,7 +263,7 @@ pub fn set_rebalancing_condition(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    use crate::api::cache_policy::rebalance_phase;
+    use crate::api::cache_policy::{rebalance_phase, rebalance_step};
     let (on, reason, message) = match &status.rebalance {
         Some(r) if r.is_active() && r.paused == Some(true) => (
             true,
@@ -271,6 +271,18 @@ pub fn set_rebalancing_condition(
             format!(
                 "plan {} paused (redisfleet.io/rebalance=pause) in {}: {} of {} keys moved",
                 r.plan_id,
+                r.phase,
+                r.keys_moved.unwrap_or(0),
+                r.keys_total.unwrap_or(0)
+            ),
+        ),
+        Some(r) if r.is_active() && r.step.as_deref() == Some(rebalance_step::HELD_BACK) => (
+            true,
+            "HeldBack".to_owned(),
+            format!(
+                "plan {} {} in {}: {} of {} keys moved",
+                r.plan_id,
+                r.pacing.as_deref().unwrap_or("held"),
                 r.phase,
                 r.keys_moved.unwrap_or(0),
                 r.keys_total.unwrap_or(0)
@@ -1155,6 +1167,23 @@ mod tests {
             Timestamp::now(),
         );
         assert_eq!(rebalancing(&status).1, "Migrating");
+        // A running copy the Job holds for a source switched to such a policy says so.
+        {
+            let r = status.rebalance.as_mut().unwrap();
+            r.step = Some(crate::api::cache_policy::rebalance_step::HELD_BACK.into());
+            r.pacing = Some("held: primary (maxmemory-policy allkeys-lru) may evict".into());
+            r.keys_moved = Some(10);
+            r.keys_total = Some(40);
+        }
+        set_rebalancing_condition(&mut status, None, None, Timestamp::now());
+        assert_eq!(
+            rebalancing(&status),
+            (
+                "True".into(),
+                "HeldBack".into(),
+                "plan 7 held: primary (maxmemory-policy allkeys-lru) may evict in Migrating: 10 of 40 keys moved".into()
+            )
+        );
         // A failed plan's message is not hidden.
         status.rebalance.as_mut().unwrap().phase = rebalance_phase::FAILED.into();
         set_rebalancing_condition(

@@ -1,20 +1,28 @@
-//! `redisfleet.io/rebalance: pause` as the Job sees it. The copy holds between batches —
-//! every batch in flight has landed, so no key is in transit — and stays there, moving only
-//! the keys sidecars ask for (a client waits on them), until the annotation says `resume` or
-//! goes. Before the flip the operator holds the plan itself (it publishes no migrating
-//! ranges), and the Job's wait for the flip does not time out meanwhile.
+//! What holds a running copy: `redisfleet.io/rebalance: pause` as the Job sees it, and a
+//! source whose `maxmemory-policy` was switched to one that may evict keys without a TTL after
+//! the plan started. The copy holds between batches — every batch in flight has landed, so no
+//! key is in transit — and stays there, moving only the keys sidecars ask for (a client waits
+//! on them), until the annotation says `resume` or goes and no source evicts such keys. Before
+//! the flip the operator holds the plan itself (it publishes no migrating ranges, and plans no
+//! move out of an instance that evicts such keys), and the Job's wait for the flip does not
+//! time out meanwhile.
 
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::CachePolicy;
 use crate::api::cache_policy::{REBALANCE_CONTROL_ANNOTATION, RebalanceControl, rebalance_step};
+use crate::api::redis_instance::evicts_keys_without_ttl;
+use crate::redis::info::parse_info;
 
 use super::{Error, Job, current_plan};
 
-/// How often the copy reads the policy's annotation.
+/// How often the copy reads the policy's annotation, and its sources' `maxmemory-policy`.
 const CONTROL_EVERY: Duration = Duration::from_secs(1);
+/// How long the copy waits for a source's `INFO memory`. One that does not answer keeps its
+/// last verdict: its batches fail on their own.
+const EVICTION_READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often, at most, a paused Job reports the keys sidecars asked it to move. With none
 /// moved it writes nothing: every write of the policy's `status.rebalance` wakes the operator's
 /// reconcile, and a plan may stay paused for days. (A newer attempt is noticed by reading the
@@ -28,38 +36,114 @@ pub(super) fn paused(policy: &CachePolicy) -> bool {
     RebalanceControl::of(policy) == RebalanceControl::Pause
 }
 
+/// `status.rebalance.pacing` while sources may evict keys without a TTL (`(instance, policy)`
+/// pairs); `None` when none does.
+pub(super) fn evicting_note(evicting: &[(String, String)]) -> Option<String> {
+    if evicting.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = evicting
+        .iter()
+        .map(|(instance, policy)| format!("{instance} (maxmemory-policy {policy})"))
+        .collect();
+    Some(format!(
+        "held: {} may evict keys without a TTL, this move's markers and tombstones among them; \
+         the copy goes on once it runs a volatile-* policy or noeviction",
+        named.join(", ")
+    ))
+}
+
+/// The step a held copy reports.
+fn held_step(evicting: &[(String, String)]) -> &'static str {
+    if evicting.is_empty() {
+        rebalance_step::PAUSED
+    } else {
+        rebalance_step::HELD_BACK
+    }
+}
+
 impl Job {
-    /// Whether the policy asks the copy to pause: the annotation is read at most once per
-    /// [`CONTROL_EVERY`]; once seen, the request stands until [`Job::hold`] ran.
+    /// Whether the copy must hold: the policy asks for a pause (the annotation is read at most
+    /// once per [`CONTROL_EVERY`]; once seen, the request stands until [`Job::hold`] ran), or a
+    /// source may evict keys without a TTL (read as often).
     pub(super) async fn pause_requested(&mut self) -> Result<bool, Error> {
         if !self.pausing && self.control_read.elapsed() >= CONTROL_EVERY {
             self.control_read = Instant::now();
             let policy = self.policies.get(&self.config.policy).await?;
             self.pausing = paused(&policy);
         }
-        Ok(self.pausing)
+        if self
+            .eviction_read
+            .is_none_or(|read| read.elapsed() >= CONTROL_EVERY)
+        {
+            self.read_evicting().await;
+        }
+        Ok(self.pausing || !self.evicting.is_empty())
     }
 
-    /// Holds the copy while the policy says pause (call with no batch in flight). Keys that
-    /// sidecars ask for still move, the list emptied every [`URGENT_EVERY`] (a client waits on
-    /// them, and its sidecar gives up after a couple of seconds); the time held does not count
-    /// toward the copy's rate, so the copy does not burst to catch up when it resumes. A plan
-    /// that ended meanwhile (abandoned, rolled back) or a newer attempt stops the Job.
+    /// Reads each source's `maxmemory_policy` from `INFO memory` into `self.evicting`. The
+    /// planner left out every move whose source evicted keys without a TTL when the plan was
+    /// made; this catches a policy switched by hand since (or a spec change the instance
+    /// controller applied before it saw the plan). A source that does not answer, or whose
+    /// `INFO` names no policy, keeps its last verdict.
+    async fn read_evicting(&mut self) {
+        self.eviction_read = Some(Instant::now());
+        let mut found = Vec::new();
+        for name in self.sources() {
+            let was = self.evicting.iter().find(|(n, _)| *n == name).cloned();
+            let Ok(source) = self.instance(&name) else {
+                continue;
+            };
+            let mut conn = source.conn.clone();
+            let mut info = redis::cmd("INFO");
+            info.arg("memory");
+            let read = info.query_async::<String>(&mut conn);
+            let policy = match tokio::time::timeout(EVICTION_READ_TIMEOUT, read).await {
+                Ok(Ok(text)) => parse_info(&text).ok().and_then(|i| i.maxmemory_policy),
+                _ => None,
+            };
+            match policy {
+                Some(policy) if evicts_keys_without_ttl(&policy) => found.push((name, policy)),
+                Some(_) => {}
+                None => found.extend(was),
+            }
+        }
+        if found != self.evicting {
+            if found.is_empty() {
+                info!("no source may evict keys without a TTL any more");
+            } else {
+                warn!(
+                    sources = ?found,
+                    "a source may evict keys without a TTL (the move's own keys have none): the copy holds until its maxmemory-policy is fixed"
+                );
+            }
+            self.evicting = found;
+        }
+    }
+
+    /// Holds the copy while the policy says pause or a source may evict keys without a TTL
+    /// (call with no batch in flight). Keys that sidecars ask for still move, the list emptied
+    /// every [`URGENT_EVERY`] (a client waits on them, and its sidecar gives up after a couple
+    /// of seconds); the time held does not count toward the copy's rate, so the copy does not
+    /// burst to catch up when it resumes. A plan that ended meanwhile (abandoned, rolled back)
+    /// or a newer attempt stops the Job.
     pub(super) async fn hold(&mut self) -> Result<(), Error> {
         let since = Instant::now();
+        let mut step = held_step(&self.evicting);
         // Held, the copy is not paced: the note returns with the next reading after it resumes.
-        self.pacing_note = None;
+        self.pacing_note = evicting_note(&self.evicting);
         info!(
             moved = self.moved,
             total = self.total,
             annotation = REBALANCE_CONTROL_ANNOTATION,
+            step,
             "paused"
         );
-        // What the status says the Job moved; `None` until a report went through (`report`
-        // gives up, without an error, after repeated write conflicts).
+        // What the status says: the step and the keys the Job moved; `None` until a report
+        // went through (`report` gives up, without an error, after repeated write conflicts).
         let mut reported = None;
-        if self.report(rebalance_step::PAUSED, &[]).await? {
-            reported = Some(self.moved);
+        if self.report(step, &[]).await? {
+            reported = Some((step, self.moved));
         }
         let mut read = Instant::now();
         loop {
@@ -74,14 +158,18 @@ impl Job {
             {
                 return Err(Error::Superseded);
             }
-            if !paused(&policy) {
+            self.read_evicting().await;
+            if !paused(&policy) && self.evicting.is_empty() {
                 break;
             }
-            if reported != Some(self.moved)
-                && self.last_report.elapsed() >= REPORT_EVERY
-                && self.report(rebalance_step::PAUSED, &[]).await?
+            step = held_step(&self.evicting);
+            self.pacing_note = evicting_note(&self.evicting);
+            let changed = reported.is_none_or(|(s, _)| s != step);
+            if reported != Some((step, self.moved))
+                && (changed || self.last_report.elapsed() >= REPORT_EVERY)
+                && self.report(step, &[]).await?
             {
-                reported = Some(self.moved);
+                reported = Some((step, self.moved));
             }
         }
         let held = since.elapsed();
@@ -93,6 +181,7 @@ impl Job {
                 .set_rate(pacing.rate(), self.launched, Instant::now());
         }
         self.pausing = false;
+        self.pacing_note = None;
         self.control_read = Instant::now();
         info!(
             seconds = held.as_secs_f64(),
@@ -101,5 +190,24 @@ impl Job {
         );
         self.report(rebalance_step::COPYING, &[]).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_held_for_an_evicting_source_says_which_and_how_to_go_on() {
+        assert_eq!(evicting_note(&[]), None);
+        assert_eq!(held_step(&[]), rebalance_step::PAUSED);
+        let found = vec![
+            ("primary".to_owned(), "allkeys-lru".to_owned()),
+            ("legacy".to_owned(), "allkeys-random".to_owned()),
+        ];
+        let note = evicting_note(&found).unwrap();
+        assert!(note.starts_with("held: primary (maxmemory-policy allkeys-lru), legacy (maxmemory-policy allkeys-random) may evict keys without a TTL"), "{note}");
+        assert!(note.contains("volatile-* policy or noeviction"), "{note}");
+        assert_eq!(held_step(&found), rebalance_step::HELD_BACK);
     }
 }
