@@ -18,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::api::redis_instance::{
-    EvictionPolicy, ManagedRedis, Names, PASSWORD_KEY, REDIS_PORT, RedisInstance, password_ref,
+    EvictionPolicy, ManagedRedis, Names, PASSWORD_KEY, REDIS_PORT, RedisInstance,
+    evicts_keys_without_ttl, password_ref,
 };
 
 /// UID/GID of the `redis` user in the official images.
@@ -116,12 +117,38 @@ pub fn live_config_hash(sts: &StatefulSet) -> Option<String> {
         .cloned()
 }
 
-/// The ConfigMap with `redis.conf`.
-pub fn config_map(instance: &RedisInstance, managed: &ManagedRedis) -> ConfigMap {
+/// The `maxmemory-policy` `redis.conf` names: the spec's, except that an `allkeys-*` one
+/// waits, as its `CONFIG SET` does, while a plan moves data out of the instance — a pod that
+/// restarts meanwhile boots with the policy the server ran (`running`, from the probe), or
+/// `volatile-lru` when that is unknown or evicts keys without a TTL too.
+pub fn file_policy(
+    wanted: EvictionPolicy,
+    running: Option<&str>,
+    moving_data_out: bool,
+) -> EvictionPolicy {
+    if !moving_data_out || !evicts_keys_without_ttl(wanted.as_redis()) {
+        return wanted;
+    }
+    EvictionPolicy::ALL
+        .into_iter()
+        .find(|p| Some(p.as_redis()) == running && !evicts_keys_without_ttl(p.as_redis()))
+        .unwrap_or(EvictionPolicy::VolatileLru)
+}
+
+/// The ConfigMap with `redis.conf`, naming `policy` (see [`file_policy`]).
+pub fn config_map(
+    instance: &RedisInstance,
+    managed: &ManagedRedis,
+    policy: EvictionPolicy,
+) -> ConfigMap {
     let names = Names::of(&instance.name_any());
+    let managed = ManagedRedis {
+        eviction_policy: policy,
+        ..managed.clone()
+    };
     ConfigMap {
         metadata: meta(instance, &names.config),
-        data: Some([("redis.conf".to_owned(), redis_conf(managed))].into()),
+        data: Some([("redis.conf".to_owned(), redis_conf(&managed))].into()),
         ..ConfigMap::default()
     }
 }
@@ -441,9 +468,42 @@ mod tests {
     }
 
     #[test]
+    fn an_evicting_policy_waits_in_the_file_too_while_a_plan_moves_data_out() {
+        use EvictionPolicy::*;
+        // No plan, or a safe policy: the spec's.
+        assert_eq!(
+            file_policy(AllkeysLru, Some("volatile-ttl"), false),
+            AllkeysLru
+        );
+        assert_eq!(
+            file_policy(VolatileLfu, Some("allkeys-lru"), true),
+            VolatileLfu
+        );
+        assert_eq!(file_policy(Noeviction, None, true), Noeviction);
+        // An `allkeys-*` one while data moves out: what the server runs, if safe.
+        assert_eq!(
+            file_policy(AllkeysLfu, Some("volatile-ttl"), true),
+            VolatileTtl
+        );
+        assert_eq!(
+            file_policy(AllkeysLfu, Some("noeviction"), true),
+            Noeviction
+        );
+        assert_eq!(
+            file_policy(AllkeysLfu, Some("allkeys-lru"), true),
+            VolatileLru
+        );
+        assert_eq!(file_policy(AllkeysRandom, None, true), VolatileLru);
+        let ri = instance(false);
+        let cm = config_map(&ri, managed(&ri), VolatileTtl);
+        let conf = &cm.data.as_ref().unwrap()["redis.conf"];
+        assert!(conf.contains("maxmemory-policy volatile-ttl\n"), "{conf}");
+    }
+
+    #[test]
     fn config_carries_maxmemory_and_policy_but_no_password() {
         let ri = instance(false);
-        let cm = config_map(&ri, managed(&ri));
+        let cm = config_map(&ri, managed(&ri), managed(&ri).eviction_policy);
         let conf = &cm.data.as_ref().unwrap()["redis.conf"];
         assert!(conf.contains("maxmemory 31457280\n"));
         assert!(conf.contains("maxmemory-policy allkeys-lfu\n"));

@@ -461,7 +461,18 @@ async fn apply_managed(
             }
         }
     }
-    let cm = build::config_map(ri, managed);
+    // While a plan moves data out, the file holds back an evicting policy as `CONFIG SET`
+    // does: a pod that restarts meanwhile must not boot with it.
+    let running = ri
+        .status
+        .as_ref()
+        .and_then(|s| s.eviction_policy.as_deref());
+    let policy = build::file_policy(
+        managed.eviction_policy,
+        running,
+        moving_data_out(ri, ctx).is_some(),
+    );
+    let cm = build::config_map(ri, managed, policy);
     apply(
         &Api::<ConfigMap>::namespaced(client.clone(), namespace),
         &cm,
