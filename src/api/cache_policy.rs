@@ -646,7 +646,7 @@ pub struct RebalanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_refused: Option<bool>,
     /// Job: its current step (Preparing, Prepared, Converging, Fencing, Importing, Copying,
-    /// Paused, Copied, Done).
+    /// Paused, HeldBack, Copied, Done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// Job: keys moved so far.
