@@ -1517,7 +1517,7 @@ async fn a_source_switched_to_an_evicting_policy_mid_copy_holds_the_copy_until_i
         "{r:#?}"
     );
     let condition = wait_policy_condition(&shop, "Rebalancing", "not held back", |s, r, _| {
-        s == "True" && r == "HeldBack"
+        s == "True" && r == "SourceEvicting"
     })
     .await;
     assert!(

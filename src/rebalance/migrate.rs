@@ -191,11 +191,9 @@ struct Job {
     control_read: Instant,
     /// The annotation asked for a pause: the copy holds once its batches in flight landed.
     pausing: bool,
-    /// When the copy last read its sources' `maxmemory-policy` (`None`: not yet).
-    eviction_read: Option<Instant>,
-    /// Sources found on a policy that may evict keys without a TTL, with that policy: the
-    /// copy holds, as paused, until none is (`control.rs`).
-    evicting: Vec<(String, String)>,
+    /// The sources' `maxmemory-policy`: while one may evict keys without a TTL, the copy
+    /// holds as paused (`control.rs`).
+    eviction: control::EvictionWatch,
     /// When the copy last emptied the urgent list.
     urgent_read: Instant,
     /// Whether this attempt's reports carry its key counts: not when it only cleans up, whose
@@ -476,8 +474,7 @@ impl Job {
             urgent_read: Instant::now(),
             control_read: Instant::now(),
             pausing: false,
-            eviction_read: None,
-            evicting: Vec::new(),
+            eviction: control::EvictionWatch::default(),
             counts: true,
             mover,
             in_transit: batch::InTransit::default(),

@@ -265,24 +265,33 @@ pub fn set_rebalancing_condition(
 ) {
     use crate::api::cache_policy::{rebalance_phase, rebalance_step};
     let (on, reason, message) = match &status.rebalance {
+        // The Job holds the copy for a source switched to an evicting policy (it may be
+        // paused too: the hold lasts until both are lifted).
+        Some(r) if r.is_active() && r.step.as_deref() == Some(rebalance_step::HELD_BACK) => (
+            true,
+            "SourceEvicting".to_owned(),
+            format!(
+                "plan {} holds its copy in {} ({} of {} keys moved){}: {}",
+                r.plan_id,
+                r.phase,
+                r.keys_moved.unwrap_or(0),
+                r.keys_total.unwrap_or(0),
+                if r.paused == Some(true) {
+                    ", and is paused (redisfleet.io/rebalance=pause)"
+                } else {
+                    ""
+                },
+                r.pacing
+                    .as_deref()
+                    .unwrap_or("a source may evict keys without a TTL")
+            ),
+        ),
         Some(r) if r.is_active() && r.paused == Some(true) => (
             true,
             "Paused".to_owned(),
             format!(
                 "plan {} paused (redisfleet.io/rebalance=pause) in {}: {} of {} keys moved",
                 r.plan_id,
-                r.phase,
-                r.keys_moved.unwrap_or(0),
-                r.keys_total.unwrap_or(0)
-            ),
-        ),
-        Some(r) if r.is_active() && r.step.as_deref() == Some(rebalance_step::HELD_BACK) => (
-            true,
-            "HeldBack".to_owned(),
-            format!(
-                "plan {} {} in {}: {} of {} keys moved",
-                r.plan_id,
-                r.pacing.as_deref().unwrap_or("held"),
                 r.phase,
                 r.keys_moved.unwrap_or(0),
                 r.keys_total.unwrap_or(0)
@@ -1180,10 +1189,17 @@ mod tests {
             rebalancing(&status),
             (
                 "True".into(),
-                "HeldBack".into(),
-                "plan 7 held: primary (maxmemory-policy allkeys-lru) may evict in Migrating: 10 of 40 keys moved".into()
+                "SourceEvicting".into(),
+                "plan 7 holds its copy in Migrating (10 of 40 keys moved): held: primary (maxmemory-policy allkeys-lru) may evict".into()
             )
         );
+        // Paused as well: the hold is what the condition names, and it says both.
+        status.rebalance.as_mut().unwrap().paused = Some(true);
+        set_rebalancing_condition(&mut status, None, None, Timestamp::now());
+        let (_, reason, message) = rebalancing(&status);
+        assert_eq!(reason, "SourceEvicting");
+        assert!(message.contains("and is paused"), "{message}");
+        status.rebalance.as_mut().unwrap().paused = None;
         // A failed plan's message is not hidden.
         status.rebalance.as_mut().unwrap().phase = rebalance_phase::FAILED.into();
         set_rebalancing_condition(

@@ -1,12 +1,15 @@
 //! What holds a running copy: `redisfleet.io/rebalance: pause` as the Job sees it, and a
 //! source whose `maxmemory-policy` was switched to one that may evict keys without a TTL after
-//! the plan started. The copy holds between batches — every batch in flight has landed, so no
-//! key is in transit — and stays there, moving only the keys sidecars ask for (a client waits
-//! on them), until the annotation says `resume` or goes and no source evicts such keys. Before
-//! the flip the operator holds the plan itself (it publishes no migrating ranges, and plans no
-//! move out of an instance that evicts such keys), and the Job's wait for the flip does not
-//! time out meanwhile.
+//! the plan was made. The copy holds between batches — every batch in flight has landed, so
+//! no key is in transit — and stays there, moving only the keys sidecars ask for (a client
+//! waits on them), until the annotation says `resume` or goes and no source evicts such keys.
+//! Before the flip the operator holds a paused plan itself (it publishes no migrating
+//! ranges), and the Job's wait for the flip does not time out meanwhile. The policy is read
+//! during the copy only: a switch made before it is caught at its first batch, and the sweeps
+//! and the cleanup after it do not hold. Every source of the plan counts, also one whose
+//! moves are done.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -14,15 +17,16 @@ use tracing::{info, warn};
 use crate::api::CachePolicy;
 use crate::api::cache_policy::{REBALANCE_CONTROL_ANNOTATION, RebalanceControl, rebalance_step};
 use crate::api::redis_instance::evicts_keys_without_ttl;
+use crate::redis::connect::redact;
 use crate::redis::info::parse_info;
 
 use super::{Error, Job, current_plan};
 
 /// How often the copy reads the policy's annotation, and its sources' `maxmemory-policy`.
 const CONTROL_EVERY: Duration = Duration::from_secs(1);
-/// How long the copy waits for a source's `INFO memory`. One that does not answer keeps its
+/// How long the copy waits for the sources' `INFO memory`. One that does not answer keeps its
 /// last verdict: its batches fail on their own.
-const EVICTION_READ_TIMEOUT: Duration = Duration::from_secs(1);
+const EVICTION_READ_TIMEOUT: Duration = Duration::from_millis(250);
 /// How often, at most, a paused Job reports the keys sidecars asked it to move. With none
 /// moved it writes nothing: every write of the policy's `status.rebalance` wakes the operator's
 /// reconcile, and a plan may stay paused for days. (A newer attempt is noticed by reading the
@@ -62,6 +66,24 @@ fn held_step(evicting: &[(String, String)]) -> &'static str {
     }
 }
 
+/// What the copy last read of its sources' `maxmemory-policy`.
+#[derive(Debug, Default)]
+pub(super) struct EvictionWatch {
+    /// When (`None`: not yet).
+    read: Option<Instant>,
+    /// Sources on a policy that may evict keys without a TTL, with that policy.
+    evicting: Vec<(String, String)>,
+    /// Sources whose last read failed (warned once, until one succeeds).
+    unreadable: BTreeSet<String>,
+}
+
+impl EvictionWatch {
+    /// Whether some source may evict keys without a TTL.
+    fn holds(&self) -> bool {
+        !self.evicting.is_empty()
+    }
+}
+
 impl Job {
     /// Whether the copy must hold: the policy asks for a pause (the annotation is read at most
     /// once per [`CONTROL_EVERY`]; once seen, the request stands until [`Job::hold`] ran), or a
@@ -73,42 +95,76 @@ impl Job {
             self.pausing = paused(&policy);
         }
         if self
-            .eviction_read
+            .eviction
+            .read
             .is_none_or(|read| read.elapsed() >= CONTROL_EVERY)
         {
             self.read_evicting().await;
         }
-        Ok(self.pausing || !self.evicting.is_empty())
+        Ok(self.pausing || self.eviction.holds())
     }
 
-    /// Reads each source's `maxmemory_policy` from `INFO memory` into `self.evicting`. The
-    /// planner left out every move whose source evicted keys without a TTL when the plan was
-    /// made; this catches a policy switched by hand since (or a spec change the instance
-    /// controller applied before it saw the plan). A source that does not answer, or whose
-    /// `INFO` names no policy, keeps its last verdict.
+    /// Reads every source's `maxmemory_policy` from `INFO memory` at once (each waits
+    /// [`EVICTION_READ_TIMEOUT`] at most: the copy loop and the hold's urgent keys wait on it).
+    /// The planner left out every move whose source evicted keys without a TTL when the plan
+    /// was made; this catches a policy switched by hand since (or a spec change the instance
+    /// controller applied before it saw the plan). An `INFO` that names no policy counts as
+    /// safe; a source that does not answer, or whose `INFO` cannot be read, keeps its last
+    /// verdict (and is warned of once).
     async fn read_evicting(&mut self) {
-        self.eviction_read = Some(Instant::now());
+        let sources = self.sources();
+        let reads = sources.iter().map(|name| {
+            let source = self
+                .instances
+                .get(name)
+                .map(|i| (i.conn.clone(), i.credentials.clone()));
+            async move {
+                let (mut conn, credentials) = source.ok_or_else(|| "not connected".to_owned())?;
+                let mut info = redis::cmd("INFO");
+                info.arg("memory");
+                match tokio::time::timeout(
+                    EVICTION_READ_TIMEOUT,
+                    info.query_async::<String>(&mut conn),
+                )
+                .await
+                {
+                    Ok(Ok(text)) => parse_info(&text)
+                        .map(|i| i.maxmemory_policy)
+                        .map_err(|e| format!("INFO memory: {e}")),
+                    Ok(Err(e)) => Err(format!(
+                        "INFO memory: {}",
+                        redact(&e.to_string(), &credentials)
+                    )),
+                    Err(_) => Err("INFO memory timed out".to_owned()),
+                }
+            }
+        });
+        let results = futures::future::join_all(reads).await;
+        self.eviction.read = Some(Instant::now());
         let mut found = Vec::new();
-        for name in self.sources() {
-            let was = self.evicting.iter().find(|(n, _)| *n == name).cloned();
-            let Ok(source) = self.instance(&name) else {
-                continue;
-            };
-            let mut conn = source.conn.clone();
-            let mut info = redis::cmd("INFO");
-            info.arg("memory");
-            let read = info.query_async::<String>(&mut conn);
-            let policy = match tokio::time::timeout(EVICTION_READ_TIMEOUT, read).await {
-                Ok(Ok(text)) => parse_info(&text).ok().and_then(|i| i.maxmemory_policy),
-                _ => None,
-            };
-            match policy {
-                Some(policy) if evicts_keys_without_ttl(&policy) => found.push((name, policy)),
-                Some(_) => {}
-                None => found.extend(was),
+        for (name, result) in sources.into_iter().zip(results) {
+            match result {
+                Ok(policy) => {
+                    self.eviction.unreadable.remove(&name);
+                    if let Some(policy) = policy.filter(|p| evicts_keys_without_ttl(p)) {
+                        found.push((name, policy));
+                    }
+                }
+                Err(why) => {
+                    if self.eviction.unreadable.insert(name.clone()) {
+                        warn!(instance = %name, %why, "could not read the source's maxmemory-policy: its last verdict stands");
+                    }
+                    found.extend(
+                        self.eviction
+                            .evicting
+                            .iter()
+                            .find(|(n, _)| *n == name)
+                            .cloned(),
+                    );
+                }
             }
         }
-        if found != self.evicting {
+        if found != self.eviction.evicting {
             if found.is_empty() {
                 info!("no source may evict keys without a TTL any more");
             } else {
@@ -117,7 +173,7 @@ impl Job {
                     "a source may evict keys without a TTL (the move's own keys have none): the copy holds until its maxmemory-policy is fixed"
                 );
             }
-            self.evicting = found;
+            self.eviction.evicting = found;
         }
     }
 
@@ -129,21 +185,27 @@ impl Job {
     /// or a newer attempt stops the Job.
     pub(super) async fn hold(&mut self) -> Result<(), Error> {
         let since = Instant::now();
-        let mut step = held_step(&self.evicting);
+        let mut step = held_step(&self.eviction.evicting);
         // Held, the copy is not paced: the note returns with the next reading after it resumes.
-        self.pacing_note = evicting_note(&self.evicting);
-        info!(
-            moved = self.moved,
-            total = self.total,
-            annotation = REBALANCE_CONTROL_ANNOTATION,
-            step,
-            "paused"
-        );
-        // What the status says: the step and the keys the Job moved; `None` until a report
-        // went through (`report` gives up, without an error, after repeated write conflicts).
+        self.pacing_note = evicting_note(&self.eviction.evicting);
+        if self.eviction.holds() {
+            info!(moved = self.moved, total = self.total, sources = ?self.eviction.evicting, "held: a source may evict keys without a TTL");
+        } else {
+            info!(
+                moved = self.moved,
+                total = self.total,
+                annotation = REBALANCE_CONTROL_ANNOTATION,
+                "paused"
+            );
+        }
+        // What the status says: the step, the keys the Job moved and the note; `None` until a
+        // report went through (`report` gives up, without an error, after repeated write
+        // conflicts). A new step or note is reported at once, a new count every
+        // [`REPORT_EVERY`] at most.
         let mut reported = None;
+        let mut tried = (step, self.pacing_note.clone());
         if self.report(step, &[]).await? {
-            reported = Some((step, self.moved));
+            reported = Some((step, self.moved, self.pacing_note.clone()));
         }
         let mut read = Instant::now();
         loop {
@@ -159,17 +221,20 @@ impl Job {
                 return Err(Error::Superseded);
             }
             self.read_evicting().await;
-            if !paused(&policy) && self.evicting.is_empty() {
+            if !paused(&policy) && !self.eviction.holds() {
                 break;
             }
-            step = held_step(&self.evicting);
-            self.pacing_note = evicting_note(&self.evicting);
-            let changed = reported.is_none_or(|(s, _)| s != step);
-            if reported != Some((step, self.moved))
+            step = held_step(&self.eviction.evicting);
+            self.pacing_note = evicting_note(&self.eviction.evicting);
+            let now = (step, self.moved, self.pacing_note.clone());
+            let changed = (step, self.pacing_note.clone()) != tried;
+            if reported.as_ref() != Some(&now)
                 && (changed || self.last_report.elapsed() >= REPORT_EVERY)
-                && self.report(step, &[]).await?
             {
-                reported = Some((step, self.moved));
+                tried = (step, self.pacing_note.clone());
+                if self.report(step, &[]).await? {
+                    reported = Some(now);
+                }
             }
         }
         let held = since.elapsed();
