@@ -246,10 +246,68 @@ async fn an_instance_past_its_threshold_is_rebalanced_and_nothing_is_lost() {
     let used = shop.primary.used_memory().await;
     assert!(used * 100 > 31_457_280 * 80, "primary only at {used} bytes");
     let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    // What older plans left (a rolled-back plan, an abandoned one; plans are named by the
+    // table version they were made from): the plan's cleanup removes it from its source and
+    // target; another policy's stays.
+    let policy_key = format!("{}/shop", shop.ns);
+    // The plan is made from the settled table or a later one.
+    let (old, older) = (0, t.version.saturating_sub(1));
+    let (older_on_source, older_on_target) = (
+        [
+            format!("redisfleet:group:{policy_key}:{old}:all"),
+            format!("redisfleet:group:{policy_key}:{older}:7"),
+            format!("redisfleet:importing:{policy_key}:{older}:auth:0-99"),
+            format!("redisfleet:imported:{policy_key}:{old}:auth:0-99"),
+        ],
+        [format!(
+            "redisfleet:imported:{policy_key}:{older}:auth:0-99"
+        )],
+    );
+    let others = format!("redisfleet:group:{}-other/shop:1:7", shop.ns);
+    let mut source = shop
+        .primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut target = shop
+        .secondary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for k in older_on_source.iter().chain([&others]) {
+        let () = source.set(k, "moved").await.unwrap();
+    }
+    for k in &older_on_target {
+        let () = target.set(k, "1").await.unwrap();
+    }
     // Jobs run from now on (the plan may already wait for its Job).
     let node = Node::start(shop.cp, &shop.ns);
 
     let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(120)).await;
+    for k in &older_on_source {
+        assert!(
+            !source.exists::<_, bool>(k).await.unwrap(),
+            "{k} left on the source (table {})",
+            t.version
+        );
+    }
+    for k in &older_on_target {
+        assert!(
+            !target.exists::<_, bool>(k).await.unwrap(),
+            "{k} left on the target"
+        );
+    }
+    assert!(
+        source.exists::<_, bool>(&others).await.unwrap(),
+        "another policy's key went"
+    );
+    let left: Vec<String> = source
+        .keys(format!("redisfleet:group:{policy_key}:*"))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "slot group states left: {left:?}");
     let r = policy.status.as_ref().unwrap().rebalance.clone().unwrap();
     assert!(
         r.reason

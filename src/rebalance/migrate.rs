@@ -27,6 +27,7 @@
 mod batch;
 mod control;
 mod copy;
+mod garbage;
 mod groups;
 mod pacing;
 mod piecewise;

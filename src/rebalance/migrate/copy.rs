@@ -515,10 +515,11 @@ impl Job {
             self.fence(last, false).await?;
             self.import(false, false).await?;
             self.remove_group_states().await?;
+            self.remove_older_plans_keys().await?;
         } else {
             warn!(
                 version = last,
-                "sidecars still route by the migrating table: the importing markers and the plan's slot group states stay (they are harmless; a later plan removes the markers, the policy's cleanup the states)"
+                "sidecars still route by the migrating table: the importing markers and the plan's slot group states stay (they are harmless; a later plan's cleanup removes them)"
             );
         }
         let work: Vec<(usize, String)> = self

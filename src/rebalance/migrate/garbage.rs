@@ -1,0 +1,144 @@
+//! What older plans left behind on this plan's instances. A plan rolled back or abandoned
+//! (its target died), or one whose cleanup ran out of time to converge, leaves its importing
+//! markers and slot group states on its sources and its imported markers on its targets:
+//! a few hundred bytes each, up to a thousand group states per source, with no TTL, on
+//! instances that may hold 30 MB in all. Nothing else removes them while the policy lives.
+//!
+//! A finished plan's cleanup removes them once it may (`Job::cleanup`): every live sidecar
+//! routes by the final table, and the sources are fenced at it, so a straggler on an older
+//! plan's migrating table cannot reach a source any more. Importing markers and group states
+//! go from the sources only; imported markers from sources and targets alike, since a missing
+//! one only ever sends a read through the guard. Markers of a migration the published table
+//! still carries are kept whatever their plan.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use tracing::{info, warn};
+
+use crate::api::cache_policy::config_map_name;
+use crate::redis::keys::{SCAN_COUNT, prefix_pattern, scan_page};
+use crate::routing::config_map::table_of;
+
+use super::batch::move_error;
+use super::{Error, Job};
+
+/// The kinds of key a plan leaves, by the prefix of their names, and whether they are removed
+/// from the plan's targets too (not only its sources).
+const KINDS: [(&str, bool); 3] = [("importing", false), ("group", false), ("imported", true)];
+
+/// Whether `key`, named under `prefix` (`redisfleet:<kind>:<policy>:<plan>:…`), belongs to a
+/// plan older than `plan` whose migrations the published table no longer carries (`live`:
+/// the plans of its migrations).
+pub(super) fn of_an_older_plan(key: &[u8], prefix: &[u8], plan: u64, live: &BTreeSet<u64>) -> bool {
+    let Some(rest) = key.strip_prefix(prefix) else {
+        return false;
+    };
+    let Some(epoch) = rest
+        .split(|b| *b == b':')
+        .next()
+        .and_then(|e| std::str::from_utf8(e).ok())
+        .and_then(|e| e.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    epoch < plan && !live.contains(&epoch)
+}
+
+impl Job {
+    /// The plans whose migrations the published routing table carries; `None` when it cannot
+    /// be read (then nothing is removed).
+    async fn live_plans(&self) -> Option<BTreeSet<u64>> {
+        let policy = self.policies.get(&self.config.policy).await.ok()?;
+        let cms: Api<ConfigMap> =
+            Api::namespaced(self.policies.clone().into_client(), &self.config.namespace);
+        let cm = cms.get(&config_map_name(&policy)).await.ok()?;
+        let table = table_of(&cm)?.ok()?;
+        Some(table.migrating.iter().map(|m| m.epoch).collect())
+    }
+
+    /// Deletes the markers and slot group states of older plans (above) from this plan's
+    /// sources (and imported markers from its targets). Call once every live sidecar routes
+    /// by the final table and the sources are fenced at it.
+    pub(super) async fn remove_older_plans_keys(&mut self) -> Result<(), Error> {
+        let Some(live) = self.live_plans().await else {
+            warn!("could not read the routing table: older plans' markers stay for now");
+            return Ok(());
+        };
+        let plan = u64::try_from(self.config.plan_id).unwrap_or_default();
+        let sources = self.sources();
+        let mut targets: Vec<String> = self.steps.iter().map(|s| s.to.clone()).collect();
+        targets.sort();
+        targets.dedup();
+        let mover = self.mover.clone();
+        for (kind, on_targets) in KINDS {
+            let prefix = format!("redisfleet:{kind}:{}:", self.mover.policy);
+            let pattern = prefix_pattern(prefix.as_bytes());
+            let mut instances = sources.clone();
+            if on_targets {
+                instances.extend(targets.iter().filter(|t| !sources.contains(t)).cloned());
+            }
+            for name in instances {
+                let instance = self.instance(&name)?;
+                let mut cursor = 0u64;
+                let mut removed = 0u64;
+                loop {
+                    let (next, page) = scan_page(&mut instance.conn, cursor, &pattern, SCAN_COUNT)
+                        .await
+                        .map_err(|e| instance.err(&e))?;
+                    let old: Vec<Bytes> = page
+                        .into_iter()
+                        .filter(|k| of_an_older_plan(k, prefix.as_bytes(), plan, &live))
+                        .map(Bytes::from)
+                        .collect();
+                    if !old.is_empty() {
+                        removed += mover
+                            .delete(&mut instance.conn, &old)
+                            .await
+                            .map_err(|e| move_error(prefix.as_bytes(), e))?;
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+                if removed > 0 {
+                    info!(instance = %name, kind, removed, "removed what older plans left");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_keys_of_older_plans_no_migration_carries_are_garbage() {
+        let prefix = b"redisfleet:group:ns/shop:";
+        let live: BTreeSet<u64> = [12].into();
+        let older = |key: &str| of_an_older_plan(key.as_bytes(), prefix, 20, &live);
+        assert!(older("redisfleet:group:ns/shop:7:12"));
+        assert!(older("redisfleet:group:ns/shop:7:all"));
+        assert!(older("redisfleet:group:ns/shop:19:3"));
+        // This plan, a newer one, one the table still migrates, a key not of this policy or
+        // not named by a plan.
+        assert!(!older("redisfleet:group:ns/shop:20:3"));
+        assert!(!older("redisfleet:group:ns/shop:21:3"));
+        assert!(!older("redisfleet:group:ns/shop:12:3"));
+        assert!(!older("redisfleet:group:ns/shopping:7:3"));
+        assert!(!older("redisfleet:group:ns/shop:x7:3"));
+        assert!(!older("redisfleet:group:ns/shop:"));
+        let importing = b"redisfleet:importing:ns/shop:";
+        assert!(of_an_older_plan(
+            b"redisfleet:importing:ns/shop:7:user:0-8191",
+            importing,
+            20,
+            &live
+        ));
+    }
+}
