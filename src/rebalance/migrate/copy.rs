@@ -108,7 +108,7 @@ impl Job {
 
     /// Whether some sidecar has sent the moving instances traffic during this Job
     /// (`pacing: Adaptive`): the Job's scans then go gently.
-    fn beside_traffic(&self) -> bool {
+    pub(super) fn beside_traffic(&self) -> bool {
         self.pacing
             .as_ref()
             .is_some_and(super::pacing::Pacing::beside_traffic)
@@ -121,7 +121,7 @@ impl Job {
     /// keep [`SCAN_COUNT`]: the count and the sweeps yield after each page instead, and ten
     /// times the round trips would make a sweep's pass, and the tombstone walk that clients
     /// wait on, ten times longer where round trips are slow.
-    fn scan_count(&self) -> usize {
+    pub(super) fn scan_count(&self) -> usize {
         if self.beside_traffic() {
             GENTLE_SCAN_COUNT
         } else {

@@ -19,7 +19,7 @@ use kube::Api;
 use tracing::{info, warn};
 
 use crate::api::cache_policy::config_map_name;
-use crate::redis::keys::{SCAN_COUNT, prefix_pattern, scan_page};
+use crate::redis::keys::{prefix_pattern, scan_page};
 use crate::routing::config_map::table_of;
 
 use super::batch::move_error;
@@ -60,8 +60,10 @@ impl Job {
     }
 
     /// Deletes the markers and slot group states of older plans (above) from this plan's
-    /// sources (and imported markers from its targets). Call once every live sidecar routes
-    /// by the final table and the sources are fenced at it.
+    /// sources (and imported markers from its targets): one walk of each instance's
+    /// `redisfleet:` keys, which beside traffic waits after each page as long as it took.
+    /// Call once every live sidecar routes by the final table and the sources are fenced at
+    /// it.
     pub(super) async fn remove_older_plans_keys(&mut self) -> Result<(), Error> {
         let Some(live) = self.live_plans().await else {
             warn!("could not read the routing table: older plans' markers stay for now");
@@ -69,44 +71,59 @@ impl Job {
         };
         let plan = u64::try_from(self.config.plan_id).unwrap_or_default();
         let sources = self.sources();
-        let mut targets: Vec<String> = self.steps.iter().map(|s| s.to.clone()).collect();
-        targets.sort();
-        targets.dedup();
+        let mut instances = sources.clone();
+        instances.extend(self.steps.iter().map(|s| s.to.clone()));
+        instances.sort();
+        instances.dedup();
+        let prefixes: Vec<(String, bool)> = KINDS
+            .iter()
+            .map(|(kind, on_targets)| {
+                (
+                    format!("redisfleet:{kind}:{}:", self.mover.policy),
+                    *on_targets,
+                )
+            })
+            .collect();
+        let pattern = prefix_pattern(b"redisfleet:");
+        let count = self.scan_count();
+        let gentle = self.beside_traffic();
         let mover = self.mover.clone();
-        for (kind, on_targets) in KINDS {
-            let prefix = format!("redisfleet:{kind}:{}:", self.mover.policy);
-            let pattern = prefix_pattern(prefix.as_bytes());
-            let mut instances = sources.clone();
-            if on_targets {
-                instances.extend(targets.iter().filter(|t| !sources.contains(t)).cloned());
-            }
-            for name in instances {
-                let instance = self.instance(&name)?;
-                let mut cursor = 0u64;
-                let mut removed = 0u64;
-                loop {
-                    let (next, page) = scan_page(&mut instance.conn, cursor, &pattern, SCAN_COUNT)
+        for name in instances {
+            let source = sources.contains(&name);
+            let instance = self.instance(&name)?;
+            let mut cursor = 0u64;
+            let mut removed = 0u64;
+            loop {
+                let started = std::time::Instant::now();
+                let (next, page) = scan_page(&mut instance.conn, cursor, &pattern, count)
+                    .await
+                    .map_err(|e| instance.err(&e))?;
+                let old: Vec<Bytes> = page
+                    .into_iter()
+                    .filter(|k| {
+                        prefixes.iter().any(|(prefix, on_targets)| {
+                            (source || *on_targets)
+                                && of_an_older_plan(k, prefix.as_bytes(), plan, &live)
+                        })
+                    })
+                    .map(Bytes::from)
+                    .collect();
+                if !old.is_empty() {
+                    removed += mover
+                        .delete(&mut instance.conn, &old)
                         .await
-                        .map_err(|e| instance.err(&e))?;
-                    let old: Vec<Bytes> = page
-                        .into_iter()
-                        .filter(|k| of_an_older_plan(k, prefix.as_bytes(), plan, &live))
-                        .map(Bytes::from)
-                        .collect();
-                    if !old.is_empty() {
-                        removed += mover
-                            .delete(&mut instance.conn, &old)
-                            .await
-                            .map_err(|e| move_error(prefix.as_bytes(), e))?;
-                    }
-                    if next == 0 {
-                        break;
-                    }
-                    cursor = next;
+                        .map_err(|e| move_error(&old[0], e))?;
                 }
-                if removed > 0 {
-                    info!(instance = %name, kind, removed, "removed what older plans left");
+                if next == 0 {
+                    break;
                 }
+                cursor = next;
+                if gentle {
+                    tokio::time::sleep(started.elapsed()).await;
+                }
+            }
+            if removed > 0 {
+                info!(instance = %name, removed, "removed the markers and slot group states older plans left");
             }
         }
         Ok(())
