@@ -1082,6 +1082,107 @@ async fn a_killed_job_and_a_restarted_operator_resume_where_they_stopped() {
     );
 }
 
+/// A plan's Job deleted again and again mid-copy (by hand, by a tool that prunes what it did
+/// not create), its pods left running: each deletion starts a new attempt with a new mover
+/// token, until the plan's attempts are spent; then a missing Job waits for its retry as a
+/// failed one does, and the status says so, rather than the operator creating Jobs in a loop.
+/// A `rebalance-now` annotation retries at once, and the plan finishes with every
+/// acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_again_and_again_is_retried_slower_once_its_attempts_are_spent() {
+    let shop = shop_with("deleted-jobs", slow_copy).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let prefixes = ["user:s", "menu:s", "ml:s"];
+    let keys = fill(&shop.secondary, &prefixes, 30_000).await;
+    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+    let tertiary = apply_third_instance(&shop);
+    wait_copying(&shop, &node, 1_000).await;
+
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
+        kube::Api::namespaced(shop.cp.client().await, &shop.ns);
+    let mut attempts = rebalance_of(&shop).await.attempts;
+    let plan_id = rebalance_of(&shop).await.plan_id;
+    loop {
+        let r = rebalance_of(&shop).await;
+        jobs.delete(
+            r.job.as_deref().unwrap(),
+            &kube::api::DeleteParams::background(),
+        )
+        .await
+        .unwrap();
+        if attempts == 4 {
+            break;
+        }
+        let next = wait_status(&shop, Some(&node), "no new attempt", |r| {
+            r.attempts > attempts
+        })
+        .await;
+        attempts = next.status.unwrap().rebalance.unwrap().attempts;
+        // Let the new attempt start copying before its Job goes too.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(attempts, 4, "the plan's attempts");
+    let waiting = wait_status(
+        &shop,
+        Some(&node),
+        "the missing Job was not reported",
+        |r| {
+            r.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("the Job of attempt 4 is gone; retrying in"))
+        },
+    )
+    .await;
+    let r = waiting.status.unwrap().rebalance.unwrap();
+    assert_eq!((r.plan_id, r.attempts), (plan_id, 4), "{r:#?}");
+    // No Job is created meanwhile: the fifth attempt waits for its delay (a minute).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let still = rebalance_of(&shop).await;
+    assert_eq!(still.attempts, 4, "{still:#?}");
+    let listed = jobs.list(&Default::default()).await.unwrap();
+    assert!(
+        listed.items.is_empty(),
+        "a Job was created while the retry waits: {:?}",
+        listed
+            .items
+            .iter()
+            .map(|j| j.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+
+    // The user asks for it now: the next attempt starts at once and the plan finishes.
+    shop.policies
+        .patch(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"redisfleet.io/rebalance-now": "after-deletes"}}
+            })),
+        )
+        .await
+        .unwrap();
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let done = policy.status.unwrap().rebalance.unwrap();
+    assert_eq!(done.plan_id, plan_id, "the same plan finished: {done:#?}");
+    assert!(done.attempts >= 5, "{done:#?}");
+    assert_eq!(done.keys_moved, done.keys_total, "{done:#?}");
+
+    let ledger = traffic.stop().await;
+    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
+    assert_same(&before, &after);
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "deleted Jobs: {} attempts, {} keys moved; traffic {} ops, {} errors",
+        done.attempts,
+        done.keys_moved.unwrap_or(0),
+        ledger.ops,
+        ledger.errors.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turning_rebalancing_off_mid_plan_lets_the_plan_finish_and_loses_nothing() {
     // `spec.balancing.rebalance.enabled: false` while a join's Job copies: the operator

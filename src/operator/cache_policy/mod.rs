@@ -163,6 +163,9 @@ pub struct PolicyContext {
     /// The instances each policy's wanted moves wait for, and the note last reported of them
     /// (`rebalance::Driven::held`).
     held_reported: Mutex<HashMap<String, (BTreeSet<String>, String)>>,
+    /// When this process first found a plan's Job missing, by Job name: once a plan's attempts
+    /// are spent, a missing Job waits for its retry as a failed one does.
+    missing_jobs: Mutex<HashMap<String, Instant>>,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.
@@ -196,6 +199,7 @@ impl PolicyContext {
             replica_checks: Arc::default(),
             lost_reported: lost_data::Reported::default(),
             held_reported: Mutex::new(HashMap::new()),
+            missing_jobs: Mutex::new(HashMap::new()),
             status_refresh,
             routing_schema,
             started: Instant::now(),

@@ -21,7 +21,8 @@
 //! moves between live instances go on with a new attempt (the plan fails only when none is
 //! left).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -672,7 +673,13 @@ pub async fn drive(
     views: &[InstanceView],
     sample: &PolicySample,
 ) -> Result<Driven, Error> {
-    let mut driver = Driver::new(&ctx.shared, &ctx.jobs, policy, rb.as_ref());
+    let mut driver = Driver::new(
+        &ctx.shared,
+        &ctx.jobs,
+        policy,
+        rb.as_ref(),
+        &ctx.missing_jobs,
+    );
     let control = driver.control().await;
     if let Some(r) = rb.clone().filter(RebalanceStatus::is_active) {
         let r = if control == RebalanceControl::Cancel {
@@ -968,6 +975,8 @@ struct Driver<'a> {
     reference: ObjectReference,
     /// A `rebalance-now` annotation value not acted on yet.
     forced: Option<String>,
+    /// When this process first found each Job of a plan missing (`PolicyContext`).
+    missing_jobs: &'a Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl<'a> Driver<'a> {
@@ -976,6 +985,7 @@ impl<'a> Driver<'a> {
         settings: &'a JobSettings,
         policy: &'a CachePolicy,
         rb: Option<&RebalanceStatus>,
+        missing_jobs: &'a Mutex<HashMap<String, std::time::Instant>>,
     ) -> Self {
         let policy_ns = policy.namespace().unwrap_or_default();
         let job_ns = settings
@@ -995,6 +1005,7 @@ impl<'a> Driver<'a> {
             policy_ns,
             reference: policy.object_ref(&()),
             forced,
+            missing_jobs,
         }
     }
 
@@ -1092,12 +1103,27 @@ impl<'a> Driver<'a> {
             // Job may still run (until its grace period ends, or its node is back), and only
             // a newer token fences it off the instances the new attempt moves between.
             (None, _) => {
-                info!(
-                    plan = r.plan_id,
-                    job = %name,
-                    "the plan's Job is gone: starting a new attempt"
-                );
-                return self.retry(r).await;
+                let first_seen = *self
+                    .missing_jobs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(name.clone())
+                    .or_insert_with(std::time::Instant::now);
+                if self.forced.is_some() || r.attempts < MAX_ATTEMPTS {
+                    info!(
+                        plan = r.plan_id,
+                        job = %name,
+                        "the plan's Job is gone: starting a new attempt"
+                    );
+                    return self.retry(r).await;
+                }
+                // Spent: a Job deleted again and again (by hand, by a tool that prunes what it
+                // did not create) must not have the operator create Jobs in a loop. The next
+                // attempt waits as after a failed one; but the plan is neither rolled back nor
+                // called done meanwhile, as after a failed one: the deleted Job's pod may still
+                // run, and only the next attempt's token fences it off.
+                let what = format!("the Job of attempt {} is gone", r.attempts);
+                return self.retry_after(r, first_seen.elapsed(), &what).await;
             }
             (Some(_), Some(true)) if r.phase == rebalance_phase::FINALIZING => {
                 r.phase = rebalance_phase::SUCCEEDED.to_owned();
@@ -1131,52 +1157,82 @@ impl<'a> Driver<'a> {
                 if self.forced.is_some() || r.attempts < MAX_ATTEMPTS {
                     return self.retry(r).await;
                 }
-                if r.phase == rebalance_phase::FINALIZING {
-                    // The new owners are published: only the cleanup failed.
-                    r.phase = rebalance_phase::SUCCEEDED.to_owned();
-                    r.finished_at = Some(Time(Timestamp::now()));
-                    r.message = Some(format!(
-                        "the data moved; the cleanup failed {} times (importing markers and checkpoints stay on the sources, harmless)",
-                        r.attempts
-                    ));
-                    return Ok(r);
-                }
-                if before_import(&r) && self.nothing_imported(&r).await {
-                    r.phase = rebalance_phase::FAILED.to_owned();
-                    r.finished_at = Some(Time(Timestamp::now()));
-                    r.message = Some(format!(
-                        "rolled back after {} attempts, before any key moved: the old owners serve every range again",
-                        r.attempts
-                    ));
-                    self.event(
-                        "RebalanceRolledBack",
-                        true,
-                        r.message.clone().unwrap_or_default(),
-                    )
-                    .await;
-                    return Ok(r);
-                }
-                // Keys moved: only finishing leaves every key in one place. Retry, slower.
                 let ended = job::ended_at(&done).unwrap_or_else(Timestamp::now);
-                let wait = retry_delay(r.attempts + 1);
                 let since = Timestamp::now().duration_since(ended).unsigned_abs();
-                if since < wait {
-                    r.message = Some(format!(
-                        "attempt {} failed; retrying in {}s (the moving ranges are served through their sources meanwhile)",
-                        r.attempts,
-                        (wait - since).as_secs()
-                    ));
-                    return Ok(r);
-                }
-                return self.retry(r).await;
+                let what = format!("attempt {} failed", r.attempts);
+                return self.spent(r, since, &what).await;
             }
             (Some(_), None) => {}
         }
         Ok(r)
     }
 
+    /// Plan `r` after its [`MAX_ATTEMPTS`] are spent, its last attempt over `since` ago
+    /// (`what` ended it): a plan whose new owners are out succeeds (only its cleanup failed);
+    /// one that never imported is rolled back; otherwise it is retried, more slowly each time
+    /// ([`retry_delay`]), since only finishing leaves every key in one place.
+    async fn spent(
+        &self,
+        mut r: RebalanceStatus,
+        since: std::time::Duration,
+        what: &str,
+    ) -> Result<RebalanceStatus, Error> {
+        if r.phase == rebalance_phase::FINALIZING {
+            // The new owners are published: only the cleanup failed.
+            r.phase = rebalance_phase::SUCCEEDED.to_owned();
+            r.finished_at = Some(Time(Timestamp::now()));
+            r.message = Some(format!(
+                "the data moved; the cleanup failed {} times (importing markers and checkpoints stay on the sources, harmless)",
+                r.attempts
+            ));
+            return Ok(r);
+        }
+        if before_import(&r) && self.nothing_imported(&r).await {
+            r.phase = rebalance_phase::FAILED.to_owned();
+            r.finished_at = Some(Time(Timestamp::now()));
+            r.message = Some(format!(
+                "rolled back after {} attempts, before any key moved: the old owners serve every range again",
+                r.attempts
+            ));
+            self.event(
+                "RebalanceRolledBack",
+                true,
+                r.message.clone().unwrap_or_default(),
+            )
+            .await;
+            return Ok(r);
+        }
+        // Keys moved: only finishing leaves every key in one place. Retry, slower.
+        self.retry_after(r, since, what).await
+    }
+
+    /// Starts the next attempt of plan `r` once [`retry_delay`] has passed since its last one
+    /// ended (`since` ago, as `what` says); until then, says when in `message`.
+    async fn retry_after(
+        &self,
+        mut r: RebalanceStatus,
+        since: std::time::Duration,
+        what: &str,
+    ) -> Result<RebalanceStatus, Error> {
+        let wait = retry_delay(r.attempts + 1);
+        if since < wait {
+            r.message = Some(format!(
+                "{what}; retrying in {}s (the moving ranges are served through their sources meanwhile)",
+                (wait - since).as_secs()
+            ));
+            return Ok(r);
+        }
+        self.retry(r).await
+    }
+
     /// Starts attempt `attempts + 1` of plan `r` with a new Job.
     async fn retry(&self, mut r: RebalanceStatus) -> Result<RebalanceStatus, Error> {
+        if let Some(gone) = &r.job {
+            self.missing_jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(gone);
+        }
         r.attempts = if self.forced.is_some() {
             r.attempts.max(1) + 1
         } else {
