@@ -163,9 +163,10 @@ pub struct PolicyContext {
     /// The instances each policy's wanted moves wait for, and the note last reported of them
     /// (`rebalance::Driven::held`).
     held_reported: Mutex<HashMap<String, (BTreeSet<String>, String)>>,
-    /// When this process first found a plan's Job missing, by Job name: once a plan's attempts
-    /// are spent, a missing Job waits for its retry as a failed one does.
-    missing_jobs: Mutex<HashMap<String, Instant>>,
+    /// Per policy (`namespace/name`), the Job of its plan this process found missing and when
+    /// it first did: once a plan's attempts are spent, a missing Job waits for its retry as a
+    /// failed one does.
+    missing_jobs: Mutex<HashMap<String, (String, Instant)>>,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.
@@ -252,6 +253,8 @@ impl PolicyContext {
         written.remove(key);
         let mut held = self.held_reported.lock().unwrap_or_else(|e| e.into_inner());
         held.remove(key);
+        let mut missing = self.missing_jobs.lock().unwrap_or_else(|e| e.into_inner());
+        missing.remove(key);
         let mut notices = self
             .shared
             .notices

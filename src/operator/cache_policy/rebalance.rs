@@ -693,10 +693,12 @@ pub async fn drive(
         return driver.follow(r).await.map(|mut r| {
             if !r.is_active() {
                 r.paused = None;
+                driver.forget_missing_job();
             }
             Driven::plan(Some(r))
         });
     }
+    driver.forget_missing_job();
     if !policy.spec.balancing.rebalance.enabled {
         // Turned off while a plan ran: that plan is over, no other starts.
         return Ok(Driven::plan(rb));
@@ -975,8 +977,9 @@ struct Driver<'a> {
     reference: ObjectReference,
     /// A `rebalance-now` annotation value not acted on yet.
     forced: Option<String>,
-    /// When this process first found each Job of a plan missing (`PolicyContext`).
-    missing_jobs: &'a Mutex<HashMap<String, std::time::Instant>>,
+    /// Per policy (`namespace/name`), the Job this process found missing and when it first
+    /// did (`PolicyContext`).
+    missing_jobs: &'a Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl<'a> Driver<'a> {
@@ -985,7 +988,7 @@ impl<'a> Driver<'a> {
         settings: &'a JobSettings,
         policy: &'a CachePolicy,
         rb: Option<&RebalanceStatus>,
-        missing_jobs: &'a Mutex<HashMap<String, std::time::Instant>>,
+        missing_jobs: &'a Mutex<HashMap<String, (String, std::time::Instant)>>,
     ) -> Self {
         let policy_ns = policy.namespace().unwrap_or_default();
         let job_ns = settings
@@ -1103,12 +1106,16 @@ impl<'a> Driver<'a> {
             // Job may still run (until its grace period ends, or its node is back), and only
             // a newer token fences it off the instances the new attempt moves between.
             (None, _) => {
-                let first_seen = *self
-                    .missing_jobs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(name.clone())
-                    .or_insert_with(std::time::Instant::now);
+                let first_seen = {
+                    let mut missing = self.missing_jobs.lock().unwrap_or_else(|e| e.into_inner());
+                    let seen = missing
+                        .entry(self.policy_key())
+                        .or_insert_with(|| (name.clone(), std::time::Instant::now()));
+                    if seen.0 != name {
+                        *seen = (name.clone(), std::time::Instant::now());
+                    }
+                    seen.1
+                };
                 if self.forced.is_some() || r.attempts < MAX_ATTEMPTS {
                     info!(
                         plan = r.plan_id,
@@ -1225,14 +1232,22 @@ impl<'a> Driver<'a> {
         self.retry(r).await
     }
 
+    /// The policy as `namespace/name`.
+    fn policy_key(&self) -> String {
+        format!("{}/{}", self.policy_ns, self.policy.name_any())
+    }
+
+    /// Forgets when this policy's Job was first found missing: a new attempt, or no plan.
+    fn forget_missing_job(&self) {
+        self.missing_jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.policy_key());
+    }
+
     /// Starts attempt `attempts + 1` of plan `r` with a new Job.
     async fn retry(&self, mut r: RebalanceStatus) -> Result<RebalanceStatus, Error> {
-        if let Some(gone) = &r.job {
-            self.missing_jobs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(gone);
-        }
+        self.forget_missing_job();
         r.attempts = if self.forced.is_some() {
             r.attempts.max(1) + 1
         } else {

@@ -4,12 +4,12 @@
 //! a few hundred bytes each, up to a thousand group states per source, with no TTL, on
 //! instances that may hold 30 MB in all. Nothing else removes them while the policy lives.
 //!
-//! A finished plan's cleanup removes them once it may (`Job::cleanup`): every live sidecar
-//! routes by the final table, and the sources are fenced at it, so a straggler on an older
-//! plan's migrating table cannot reach a source any more. Importing markers and group states
-//! go from the sources only; imported markers from sources and targets alike, since a missing
-//! one only ever sends a read through the guard. Markers of a migration the published table
-//! still carries are kept whatever their plan.
+//! A finished plan's cleanup removes them from its sources and targets once it may
+//! (`Job::cleanup`): every live sidecar routes by the final table. No plan starts while the
+//! published table carries migrations, so every table that carried an older plan's is older
+//! than this plan's flip, which fenced its sources and targets: no straggler on such a table
+//! reaches them any more. Markers of a migration the published table still carries (a move
+//! given back whose marker is not removed yet) are kept whatever their plan.
 
 use std::collections::BTreeSet;
 
@@ -25,9 +25,8 @@ use crate::routing::config_map::table_of;
 use super::batch::move_error;
 use super::{Error, Job};
 
-/// The kinds of key a plan leaves, by the prefix of their names, and whether they are removed
-/// from the plan's targets too (not only its sources).
-const KINDS: [(&str, bool); 3] = [("importing", false), ("group", false), ("imported", true)];
+/// The kinds of key a plan leaves, by the word in their names.
+const KINDS: [&str; 3] = ["importing", "group", "imported"];
 
 /// Whether `key`, named under `prefix` (`redisfleet:<kind>:<policy>:<plan>:…`), belongs to a
 /// plan older than `plan` whose migrations the published table no longer carries (`live`:
@@ -60,73 +59,82 @@ impl Job {
     }
 
     /// Deletes the markers and slot group states of older plans (above) from this plan's
-    /// sources (and imported markers from its targets): one walk of each instance's
-    /// `redisfleet:` keys, which beside traffic waits after each page as long as it took.
-    /// Call once every live sidecar routes by the final table and the sources are fenced at
-    /// it.
+    /// sources and targets: one walk of each instance's `redisfleet:` keys, which beside
+    /// traffic waits after each page as long as it took. Best effort: what it cannot remove
+    /// now is only garbage, which the next plan's cleanup finds again, so only a newer attempt
+    /// in charge fails the cleanup. Call once every live sidecar routes by the final table.
     pub(super) async fn remove_older_plans_keys(&mut self) -> Result<(), Error> {
         let Some(live) = self.live_plans().await else {
             warn!("could not read the routing table: older plans' markers stay for now");
             return Ok(());
         };
-        let plan = u64::try_from(self.config.plan_id).unwrap_or_default();
-        let sources = self.sources();
-        let mut instances = sources.clone();
+        let mut instances = self.sources();
         instances.extend(self.steps.iter().map(|s| s.to.clone()));
         instances.sort();
         instances.dedup();
-        let prefixes: Vec<(String, bool)> = KINDS
+        for name in instances {
+            match self.remove_older_plans_keys_on(&name, &live).await {
+                Ok(0) => {}
+                Ok(removed) => info!(
+                    instance = %name,
+                    removed,
+                    "removed the markers and slot group states older plans left"
+                ),
+                Err(Error::Superseded) => return Err(Error::Superseded),
+                Err(e) => {
+                    warn!(instance = %name, error = %e, "could not remove what older plans left; the next plan's cleanup tries again")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Job::remove_older_plans_keys`] on one instance: how many keys it removed.
+    async fn remove_older_plans_keys_on(
+        &mut self,
+        name: &str,
+        live: &BTreeSet<u64>,
+    ) -> Result<u64, Error> {
+        let plan = u64::try_from(self.config.plan_id).unwrap_or_default();
+        let prefixes: Vec<String> = KINDS
             .iter()
-            .map(|(kind, on_targets)| {
-                (
-                    format!("redisfleet:{kind}:{}:", self.mover.policy),
-                    *on_targets,
-                )
-            })
+            .map(|kind| format!("redisfleet:{kind}:{}:", self.mover.policy))
             .collect();
         let pattern = prefix_pattern(b"redisfleet:");
         let count = self.scan_count();
         let gentle = self.beside_traffic();
         let mover = self.mover.clone();
-        for name in instances {
-            let source = sources.contains(&name);
-            let instance = self.instance(&name)?;
-            let mut cursor = 0u64;
-            let mut removed = 0u64;
-            loop {
-                let started = std::time::Instant::now();
-                let (next, page) = scan_page(&mut instance.conn, cursor, &pattern, count)
+        let instance = self.instance(name)?;
+        let mut cursor = 0u64;
+        let mut removed = 0u64;
+        loop {
+            let started = std::time::Instant::now();
+            let (next, page) = scan_page(&mut instance.conn, cursor, &pattern, count)
+                .await
+                .map_err(|e| instance.err(&e))?;
+            let old: Vec<Bytes> = page
+                .into_iter()
+                .filter(|k| {
+                    prefixes
+                        .iter()
+                        .any(|prefix| of_an_older_plan(k, prefix.as_bytes(), plan, live))
+                })
+                .map(Bytes::from)
+                .collect();
+            if !old.is_empty() {
+                removed += mover
+                    .delete(&mut instance.conn, &old)
                     .await
-                    .map_err(|e| instance.err(&e))?;
-                let old: Vec<Bytes> = page
-                    .into_iter()
-                    .filter(|k| {
-                        prefixes.iter().any(|(prefix, on_targets)| {
-                            (source || *on_targets)
-                                && of_an_older_plan(k, prefix.as_bytes(), plan, &live)
-                        })
-                    })
-                    .map(Bytes::from)
-                    .collect();
-                if !old.is_empty() {
-                    removed += mover
-                        .delete(&mut instance.conn, &old)
-                        .await
-                        .map_err(|e| move_error(&old[0], e))?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-                if gentle {
-                    tokio::time::sleep(started.elapsed()).await;
-                }
+                    .map_err(|e| move_error(&old[0], e))?;
             }
-            if removed > 0 {
-                info!(instance = %name, removed, "removed the markers and slot group states older plans left");
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+            if gentle {
+                tokio::time::sleep(started.elapsed()).await;
             }
         }
-        Ok(())
     }
 }
 
