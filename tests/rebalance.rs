@@ -1090,23 +1090,15 @@ async fn a_killed_job_and_a_restarted_operator_resume_where_they_stopped() {
 /// acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_deleted_again_and_again_is_retried_slower_once_its_attempts_are_spent() {
-    let shop = shop_with("deleted-jobs", slow_copy).await;
-    let (_, plan) = settled(&shop).await;
-    let node = Node::start(shop.cp, &shop.ns);
-    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
-    let prefixes = ["user:s", "menu:s", "ml:s"];
-    let keys = fill(&shop.secondary, &prefixes, 30_000).await;
-    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
-    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
-    let tertiary = apply_third_instance(&shop);
-    wait_copying(&shop, &node, 1_000).await;
+    let join = SlowJoin::start("deleted-jobs").await;
+    let (shop, node, plan) = (&join.shop, &join.node, join.plan);
 
     let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
         kube::Api::namespaced(shop.cp.client().await, &shop.ns);
-    let mut attempts = rebalance_of(&shop).await.attempts;
-    let plan_id = rebalance_of(&shop).await.plan_id;
+    let mut attempts = rebalance_of(shop).await.attempts;
+    let plan_id = rebalance_of(shop).await.plan_id;
     loop {
-        let r = rebalance_of(&shop).await;
+        let r = rebalance_of(shop).await;
         jobs.delete(
             r.job.as_deref().unwrap(),
             &kube::api::DeleteParams::background(),
@@ -1116,7 +1108,7 @@ async fn a_job_deleted_again_and_again_is_retried_slower_once_its_attempts_are_s
         if attempts == 4 {
             break;
         }
-        let next = wait_status(&shop, Some(&node), "no new attempt", |r| {
+        let next = wait_status(shop, Some(node), "no new attempt", |r| {
             r.attempts > attempts
         })
         .await;
@@ -1125,22 +1117,17 @@ async fn a_job_deleted_again_and_again_is_retried_slower_once_its_attempts_are_s
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     assert_eq!(attempts, 4, "the plan's attempts");
-    let waiting = wait_status(
-        &shop,
-        Some(&node),
-        "the missing Job was not reported",
-        |r| {
-            r.message
-                .as_deref()
-                .is_some_and(|m| m.starts_with("the Job of attempt 4 is gone; retrying in"))
-        },
-    )
+    let waiting = wait_status(shop, Some(node), "the missing Job was not reported", |r| {
+        r.message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("the Job of attempt 4 is gone; retrying in"))
+    })
     .await;
     let r = waiting.status.unwrap().rebalance.unwrap();
     assert_eq!((r.plan_id, r.attempts), (plan_id, 4), "{r:#?}");
     // No Job is created meanwhile: the fifth attempt waits for its delay (a minute).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let still = rebalance_of(&shop).await;
+    let still = rebalance_of(shop).await;
     assert_eq!(still.attempts, 4, "{still:#?}");
     let listed = jobs.list(&Default::default()).await.unwrap();
     assert!(
@@ -1164,16 +1151,13 @@ async fn a_job_deleted_again_and_again_is_retried_slower_once_its_attempts_are_s
         )
         .await
         .unwrap();
-    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let policy = wait_rebalanced(shop, node, plan, Duration::from_secs(180)).await;
     let done = policy.status.unwrap().rebalance.unwrap();
     assert_eq!(done.plan_id, plan_id, "the same plan finished: {done:#?}");
     assert!(done.attempts >= 5, "{done:#?}");
     assert_eq!(done.keys_moved, done.keys_total, "{done:#?}");
 
-    let ledger = traffic.stop().await;
-    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
-    assert_same(&before, &after);
-    assert_ledger(sidecar.port, &ledger).await;
+    let ledger = join.check().await;
     eprintln!(
         "deleted Jobs: {} attempts, {} keys moved; traffic {} ops, {} errors",
         done.attempts,
@@ -1472,6 +1456,67 @@ async fn moved_off(shop: &Shop, tertiary: &RedisServer, prefixes: &[&str]) -> us
     count_on(&shop.primary, prefixes).await + count_on(tertiary, prefixes).await
 }
 
+/// The prefixes a [`SlowJoin`] fills the secondary with.
+const JOIN_PREFIXES: [&str; 3] = ["user:s", "menu:s", "ml:s"];
+
+/// A third instance joins while the secondary holds 30 000 keys of [`JOIN_PREFIXES`]: a plan
+/// moves some of them out of it, slowly (`slow_copy`), under sidecar traffic. [`SlowJoin::start`]
+/// returns once it copies.
+struct SlowJoin {
+    shop: Shop,
+    /// The plan before the join's (`settled`).
+    plan: i64,
+    node: Node,
+    sidecar: Sidecar,
+    keys: Vec<String>,
+    before: Digest,
+    traffic: Traffic,
+    tertiary: RedisServer,
+}
+
+impl SlowJoin {
+    async fn start(name: &str) -> Self {
+        let shop = shop_with(name, slow_copy).await;
+        let (_, plan) = settled(&shop).await;
+        let node = Node::start(shop.cp, &shop.ns);
+        let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+        let keys = fill(&shop.secondary, &JOIN_PREFIXES, 30_000).await;
+        let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+        let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+        let tertiary = apply_third_instance(&shop);
+        wait_copying(&shop, &node, 1_000).await;
+        Self {
+            shop,
+            plan,
+            node,
+            sidecar,
+            keys,
+            before,
+            traffic,
+            tertiary,
+        }
+    }
+
+    /// Keys of the join that left the secondary.
+    async fn moved_off(&self) -> usize {
+        moved_off(&self.shop, &self.tertiary, &JOIN_PREFIXES).await
+    }
+
+    /// Stops the traffic, then checks that every key has its value and every acknowledged
+    /// operation its outcome; the traffic's ledger.
+    async fn check(self) -> Ledger {
+        let ledger = self.traffic.stop().await;
+        let after = digest(
+            &[&self.shop.primary, &self.shop.secondary, &self.tertiary],
+            &self.keys,
+        )
+        .await;
+        assert_same(&self.before, &after);
+        assert_ledger(self.sidecar.port, &ledger).await;
+        ledger
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_finish() {
     // `redisfleet.io/rebalance: pause` mid-copy: the Job lands its batches in flight and moves
@@ -1479,19 +1524,11 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     // goes on through the sidecar; `resume` goes on; a `cancel` after keys moved cannot roll
     // the plan back without moving them again, so it is refused and the plan finishes —
     // and no new plan starts until the annotation goes. Every acknowledged write survives.
-    let shop = shop_with("pause", slow_copy).await;
-    let (_, plan) = settled(&shop).await;
-    let node = Node::start(shop.cp, &shop.ns);
-    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
-    let prefixes = ["user:s", "menu:s", "ml:s"];
-    let keys = fill(&shop.secondary, &prefixes, 30_000).await;
-    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
-    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
-    let tertiary = apply_third_instance(&shop);
+    let join = SlowJoin::start("pause").await;
+    let (shop, node, plan, keys) = (&join.shop, &join.node, join.plan, &join.keys);
 
-    wait_copying(&shop, &node, 1_000).await;
-    control(&shop, Some("pause")).await;
-    let paused = wait_status(&shop, Some(&node), "never paused", |r| {
+    control(shop, Some("pause")).await;
+    let paused = wait_status(shop, Some(node), "never paused", |r| {
         r.step.as_deref() == Some("Paused") && r.paused == Some(true)
     })
     .await;
@@ -1505,12 +1542,12 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
         .cloned()
         .unwrap();
     assert_eq!(condition.reason, "Paused", "{condition:?}");
-    let held = moved_off(&shop, &tertiary, &prefixes).await;
+    let held = join.moved_off().await;
     // The targets import: reads of keys that moved there are served by them, asked first,
     // in one round trip, once most reads find their keys moved.
     let mut moved_keys: Vec<String> = Vec::new();
     let mut markers = 0;
-    for target in [&shop.primary, &tertiary] {
+    for target in [&shop.primary, &join.tertiary] {
         let mut c = target
             .client()
             .get_multiplexed_async_connection()
@@ -1518,7 +1555,7 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
             .unwrap();
         let imported: Vec<String> = c.keys("redisfleet:imported:*").await.unwrap();
         markers += imported.len();
-        for k in &keys {
+        for k in keys {
             if moved_keys.len() == 200 {
                 break;
             }
@@ -1531,18 +1568,18 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     assert!(!moved_keys.is_empty());
     let served = || {
         support::series_value(
-            &sidecar.metrics(),
+            &join.sidecar.metrics(),
             "redisfleet_sidecar_reads_on_target_total",
         )
         .unwrap()
     };
     let served_before = served();
-    let through: Digest = digest_through(sidecar.port, &moved_keys).await;
-    assert!(moved_keys.iter().all(|k| through[k].0 == before[k].0));
+    let through: Digest = digest_through(join.sidecar.port, &moved_keys).await;
+    assert!(moved_keys.iter().all(|k| through[k].0 == join.before[k].0));
     assert!(
         served() > served_before,
         "no read asked the target first\n{}",
-        sidecar.metrics()
+        join.sidecar.metrics()
     );
     let paused_report = paused.status.unwrap().rebalance.unwrap();
     let moved = paused_report.keys_moved.unwrap();
@@ -1550,12 +1587,8 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     // Longer than the paused Job's report interval (5 s): with no key asked for, it writes
     // nothing (each write of `status.rebalance` would wake the operator's reconcile).
     tokio::time::sleep(Duration::from_secs(7)).await;
-    assert_eq!(
-        moved_off(&shop, &tertiary, &prefixes).await,
-        held,
-        "keys moved while paused"
-    );
-    let still = rebalance_of(&shop).await;
+    assert_eq!(join.moved_off().await, held, "keys moved while paused");
+    let still = rebalance_of(shop).await;
     assert_eq!(still.keys_moved, Some(moved), "{still:#?}");
     assert_eq!(still.step.as_deref(), Some("Paused"));
     assert_eq!(
@@ -1565,7 +1598,7 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
 
     // Commands over moved and unmoved keys at once make the sidecar ask the Job for the
     // unmoved ones: the paused Job still moves those, and every such command answers.
-    let client = redis::Client::open(format!("redis://127.0.0.1:{}", sidecar.port)).unwrap();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", join.sidecar.port)).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let until = Instant::now() + Duration::from_secs(5);
     let mut mgets = 0;
@@ -1581,35 +1614,28 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
             .await
             .unwrap_or_else(|e| panic!("MGET while paused: {e}"));
         for (k, v) in some.iter().zip(got) {
-            assert_eq!(v.as_ref(), before.get(*k).map(|(v, _)| v), "{k}");
+            assert_eq!(v.as_ref(), join.before.get(*k).map(|(v, _)| v), "{k}");
         }
         mgets += 1;
     }
-    let asked = moved_off(&shop, &tertiary, &prefixes).await;
+    let asked = join.moved_off().await;
     let urgent_moved = asked - held;
     // Beyond what the commands asked for, the copy still moves nothing.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        moved_off(&shop, &tertiary, &prefixes).await,
-        asked,
-        "keys moved while paused"
-    );
-    assert_eq!(rebalance_of(&shop).await.step.as_deref(), Some("Paused"));
+    assert_eq!(join.moved_off().await, asked, "keys moved while paused");
+    assert_eq!(rebalance_of(shop).await.step.as_deref(), Some("Paused"));
 
-    control(&shop, Some("resume")).await;
-    wait_status(&shop, Some(&node), "never resumed", |r| {
+    control(shop, Some("resume")).await;
+    wait_status(shop, Some(node), "never resumed", |r| {
         r.step.as_deref() == Some("Copying") && r.keys_moved.unwrap_or(0) > moved
     })
     .await;
-    assert!(moved_off(&shop, &tertiary, &prefixes).await > held);
+    assert!(join.moved_off().await > held);
 
-    control(&shop, Some("cancel")).await;
-    let refused = wait_status(
-        &shop,
-        Some(&node),
-        "the late cancel was not answered",
-        |r| r.cancel_refused == Some(true),
-    )
+    control(shop, Some("cancel")).await;
+    let refused = wait_status(shop, Some(node), "the late cancel was not answered", |r| {
+        r.cancel_refused == Some(true)
+    })
     .await;
     let r = refused.status.unwrap().rebalance.unwrap();
     assert!(
@@ -1619,7 +1645,7 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
             .contains("after keys moved"),
         "{r:#?}"
     );
-    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let policy = wait_rebalanced(shop, node, plan, Duration::from_secs(180)).await;
     let done = policy.status.unwrap().rebalance.unwrap();
     assert_eq!(done.plan_id, r.plan_id, "the same plan finished: {done:#?}");
     assert_eq!(done.paused, None);
@@ -1629,12 +1655,9 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
         "{logs}"
     );
 
-    let ledger = traffic.stop().await;
-    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
-    assert_same(&before, &after);
-    assert_ledger(sidecar.port, &ledger).await;
-    let table = table(&shop).await;
+    let table = table(shop).await;
     assert!(table.migrating.is_empty(), "{table:#?}");
+    let ledger = join.check().await;
     eprintln!(
         "pause: {held} keys on the target when paused, {urgent_moved} more that {mgets} MGETs asked for while paused, {} moved in all; traffic {} ops, {} errors",
         done.keys_moved.unwrap_or(0),
@@ -1649,19 +1672,11 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
 /// until the policy is fixed, then finishes with every acknowledged write where it belongs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_switched_to_an_evicting_policy_mid_copy_holds_the_copy_until_it_is_fixed() {
-    let shop = shop_with("evict-mid-copy", slow_copy).await;
-    let (_, plan) = settled(&shop).await;
-    let node = Node::start(shop.cp, &shop.ns);
-    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
-    let prefixes = ["user:s", "menu:s", "ml:s"];
-    let keys = fill(&shop.secondary, &prefixes, 30_000).await;
-    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
-    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
-    let tertiary = apply_third_instance(&shop);
+    let join = SlowJoin::start("evict-mid-copy").await;
+    let (shop, node, plan, keys) = (&join.shop, &join.node, join.plan, &join.keys);
 
-    wait_copying(&shop, &node, 1_000).await;
     set_eviction_policy(&shop.secondary, "allkeys-lru").await;
-    let held_back = wait_status(&shop, Some(&node), "the copy never held", |r| {
+    let held_back = wait_status(shop, Some(node), "the copy never held", |r| {
         r.step.as_deref() == Some("HeldBack")
     })
     .await;
@@ -1675,7 +1690,7 @@ async fn a_source_switched_to_an_evicting_policy_mid_copy_holds_the_copy_until_i
         note.contains("secondary (maxmemory-policy allkeys-lru) may evict keys without a TTL"),
         "{r:#?}"
     );
-    let condition = wait_policy_condition(&shop, "Rebalancing", "not held back", |s, r, _| {
+    let condition = wait_policy_condition(shop, "Rebalancing", "not held back", |s, r, _| {
         s == "True" && r == "SourceEvicting"
     })
     .await;
@@ -1683,24 +1698,24 @@ async fn a_source_switched_to_an_evicting_policy_mid_copy_holds_the_copy_until_i
         condition.contains("secondary (maxmemory-policy allkeys-lru)"),
         "{condition}"
     );
-    let held = moved_off(&shop, &tertiary, &prefixes).await;
+    let held = join.moved_off().await;
     assert!(held > 0 && held < keys.len(), "{held}");
     // Held: nothing more leaves the source, for longer than the Job reads the policy (1 s).
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
-        moved_off(&shop, &tertiary, &prefixes).await,
+        join.moved_off().await,
         held,
         "keys moved while a source may evict keys without a TTL"
     );
-    assert_eq!(rebalance_of(&shop).await.step.as_deref(), Some("HeldBack"));
+    assert_eq!(rebalance_of(shop).await.step.as_deref(), Some("HeldBack"));
 
     set_eviction_policy(&shop.secondary, "volatile-lru").await;
-    wait_status(&shop, Some(&node), "the copy never went on", |r| {
+    wait_status(shop, Some(node), "the copy never went on", |r| {
         r.step.as_deref() != Some("HeldBack")
             && r.pacing.as_deref().is_none_or(|p| !p.starts_with("held"))
     })
     .await;
-    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let policy = wait_rebalanced(shop, node, plan, Duration::from_secs(180)).await;
     let done = policy.status.unwrap().rebalance.unwrap();
     assert_eq!(done.plan_id, r.plan_id, "the same plan finished: {done:#?}");
     assert_eq!(done.keys_moved, done.keys_total, "{done:#?}");
@@ -1710,10 +1725,7 @@ async fn a_source_switched_to_an_evicting_policy_mid_copy_holds_the_copy_until_i
         "{logs}"
     );
 
-    let ledger = traffic.stop().await;
-    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
-    assert_same(&before, &after);
-    assert_ledger(sidecar.port, &ledger).await;
+    let ledger = join.check().await;
     eprintln!(
         "evicting source mid-copy: {held} keys on the targets when held, {} moved in all; traffic {} ops, {} errors",
         done.keys_moved.unwrap_or(0),
@@ -1798,7 +1810,6 @@ async fn a_copy_slows_while_a_sidecar_sees_its_source_answer_slower_and_speeds_u
     );
 
     // The Job learns the probe's 300 µs while it starts copying; then the probe sees 40 ms.
-    wait_copying(&shop, &node, 1_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     p99.store(40_000, Ordering::Relaxed);
     let slowed = wait_status(&shop, Some(&node), "the copy never slowed", |r| {
