@@ -1105,7 +1105,7 @@ async fn a_job_deleted_again_and_again_is_retried_slower_once_its_attempts_are_s
         )
         .await
         .unwrap();
-        if attempts == 4 {
+        if attempts >= 4 {
             break;
         }
         let next = wait_status(shop, Some(node), "no new attempt", |r| {
@@ -1668,7 +1668,7 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
 
 /// A source switched by hand to a policy that may evict keys without a TTL *after* its plan
 /// started (the planner only looks when it plans): the Job's copy holds, as if paused — no key
-/// of the copy leaves the source, status says `HeldBack` and names the source and its policy —
+/// of the copy leaves the source, status says `SourceEvicting` and names the source and its policy —
 /// until the policy is fixed, then finishes with every acknowledged write where it belongs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_switched_to_an_evicting_policy_mid_copy_holds_the_copy_until_it_is_fixed() {
@@ -1677,7 +1677,7 @@ async fn a_source_switched_to_an_evicting_policy_mid_copy_holds_the_copy_until_i
 
     set_eviction_policy(&shop.secondary, "allkeys-lru").await;
     let held_back = wait_status(shop, Some(node), "the copy never held", |r| {
-        r.step.as_deref() == Some("HeldBack")
+        r.step.as_deref() == Some("SourceEvicting")
     })
     .await;
     let r = held_back.status.unwrap().rebalance.unwrap();
@@ -1707,11 +1707,14 @@ async fn a_source_switched_to_an_evicting_policy_mid_copy_holds_the_copy_until_i
         held,
         "keys moved while a source may evict keys without a TTL"
     );
-    assert_eq!(rebalance_of(shop).await.step.as_deref(), Some("HeldBack"));
+    assert_eq!(
+        rebalance_of(shop).await.step.as_deref(),
+        Some("SourceEvicting")
+    );
 
     set_eviction_policy(&shop.secondary, "volatile-lru").await;
     wait_status(shop, Some(node), "the copy never went on", |r| {
-        r.step.as_deref() != Some("HeldBack")
+        r.step.as_deref() != Some("SourceEvicting")
             && r.pacing.as_deref().is_none_or(|p| !p.starts_with("held"))
     })
     .await;
@@ -1810,6 +1813,7 @@ async fn a_copy_slows_while_a_sidecar_sees_its_source_answer_slower_and_speeds_u
     );
 
     // The Job learns the probe's 300 µs while it starts copying; then the probe sees 40 ms.
+    wait_copying(&shop, &node, 1_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     p99.store(40_000, Ordering::Relaxed);
     let slowed = wait_status(&shop, Some(&node), "the copy never slowed", |r| {

@@ -576,7 +576,7 @@ pub mod rebalance_step {
     /// Holding the copy, as paused, because a source may evict keys without a TTL (its
     /// `maxmemory-policy` was switched to `allkeys-*` after the plan started); `pacing` names
     /// it. The copy goes on once the policy is fixed.
-    pub const HELD_BACK: &str = "HeldBack";
+    pub const SOURCE_EVICTING: &str = "SourceEvicting";
     /// Every key moved; waiting for the operator to publish the new owners.
     pub const COPIED: &str = "Copied";
     /// Finished and cleaned up.
@@ -646,7 +646,7 @@ pub struct RebalanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_refused: Option<bool>,
     /// Job: its current step (Preparing, Prepared, Converging, Fencing, Importing, Copying,
-    /// Paused, HeldBack, Copied, Done).
+    /// Paused, SourceEvicting, Copied, Done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// Job: keys moved so far.
@@ -662,7 +662,8 @@ pub struct RebalanceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stragglers: Vec<String>,
     /// Job: why the copy runs below `keysPerSecond` (`pacing: Adaptive`: a sidecar sees the
-    /// source or target answer slower than its budget), absent while it runs at it.
+    /// source or target answer slower than its budget), or why it holds (step
+    /// `SourceEvicting`: a source may evict keys without a TTL); absent while it runs at it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pacing: Option<String>,
     /// How the plan balances the fleet: the planner's estimate, and what was measured once

@@ -617,7 +617,7 @@ fn write_rebalance(
             // promise.
             let paused = matches!(
                 r.step.as_deref(),
-                Some(rebalance_step::PAUSED | rebalance_step::HELD_BACK)
+                Some(rebalance_step::PAUSED | rebalance_step::SOURCE_EVICTING)
             );
             if left > 0 && r.finished_at.is_none() && !paused {
                 let secs = (left + keys_per_second - 1) / keys_per_second;

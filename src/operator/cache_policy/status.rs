@@ -267,7 +267,7 @@ pub fn set_rebalancing_condition(
     let (on, reason, message) = match &status.rebalance {
         // The Job holds the copy for a source switched to an evicting policy (it may be
         // paused too: the hold lasts until both are lifted).
-        Some(r) if r.is_active() && r.step.as_deref() == Some(rebalance_step::HELD_BACK) => (
+        Some(r) if r.is_active() && r.step.as_deref() == Some(rebalance_step::SOURCE_EVICTING) => (
             true,
             "SourceEvicting".to_owned(),
             format!(
@@ -1179,7 +1179,7 @@ mod tests {
         // A running copy the Job holds for a source switched to such a policy says so.
         {
             let r = status.rebalance.as_mut().unwrap();
-            r.step = Some(crate::api::cache_policy::rebalance_step::HELD_BACK.into());
+            r.step = Some(crate::api::cache_policy::rebalance_step::SOURCE_EVICTING.into());
             r.pacing = Some("held: primary (maxmemory-policy allkeys-lru) may evict".into());
             r.keys_moved = Some(10);
             r.keys_total = Some(40);

@@ -51,7 +51,7 @@ pub(super) fn evicting_note(evicting: &[(String, String)]) -> Option<String> {
         .map(|(instance, policy)| format!("{instance} (maxmemory-policy {policy})"))
         .collect();
     Some(format!(
-        "held: {} may evict keys without a TTL, this move's markers and tombstones among them; \
+        "held: {} may evict keys without a TTL, this move's markers and slot group states among them; \
          the copy goes on once it runs a volatile-* policy or noeviction",
         named.join(", ")
     ))
@@ -62,7 +62,7 @@ fn held_step(evicting: &[(String, String)]) -> &'static str {
     if evicting.is_empty() {
         rebalance_step::PAUSED
     } else {
-        rebalance_step::HELD_BACK
+        rebalance_step::SOURCE_EVICTING
     }
 }
 
@@ -186,7 +186,8 @@ impl Job {
     pub(super) async fn hold(&mut self) -> Result<(), Error> {
         let since = Instant::now();
         let mut step = held_step(&self.eviction.evicting);
-        // Held, the copy is not paced: the note returns with the next reading after it resumes.
+        // Held, the copy is not paced: the note names the evicting sources, if any, and the
+        // pacing note returns with the next reading after it resumes.
         self.pacing_note = evicting_note(&self.eviction.evicting);
         if self.eviction.holds() {
             info!(moved = self.moved, total = self.total, sources = ?self.eviction.evicting, "held: a source may evict keys without a TTL");
@@ -273,6 +274,6 @@ mod tests {
         let note = evicting_note(&found).unwrap();
         assert!(note.starts_with("held: primary (maxmemory-policy allkeys-lru), legacy (maxmemory-policy allkeys-random) may evict keys without a TTL"), "{note}");
         assert!(note.contains("volatile-* policy or noeviction"), "{note}");
-        assert_eq!(held_step(&found), rebalance_step::HELD_BACK);
+        assert_eq!(held_step(&found), rebalance_step::SOURCE_EVICTING);
     }
 }

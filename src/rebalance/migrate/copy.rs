@@ -507,9 +507,9 @@ impl Job {
         }
     }
 
-    /// Once every live sidecar routes by the final table `last`, fences the sources to it and
-    /// removes the importing markers (no sidecar uses the guard any more); removes the
-    /// checkpoints.
+    /// Once every live sidecar routes by the final table `last`, fences the sources to it,
+    /// removes the importing markers (no sidecar uses the guard any more), the plan's slot
+    /// group states and what older plans left (`garbage.rs`); removes the checkpoints.
     pub(super) async fn cleanup(&mut self, last: u64) -> Result<(), Error> {
         if self.converge(last).await? {
             self.fence(last, false).await?;
