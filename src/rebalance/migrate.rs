@@ -169,6 +169,8 @@ struct Job {
     config: Config,
     attempt: i32,
     policies: Api<CachePolicy>,
+    /// The policy's routing ConfigMap.
+    routing: Routing,
     resolver: Resolver,
     instances: HashMap<String, Instance>,
     steps: Vec<Step>,
@@ -359,6 +361,22 @@ fn current_plan(policy: &CachePolicy, plan_id: i64) -> Option<RebalanceStatus> {
         .filter(|r| r.phase != rebalance_phase::SUCCEEDED && r.phase != rebalance_phase::FAILED)
 }
 
+/// Where the policy's routing table is published.
+struct Routing {
+    config_maps: Api<k8s_openapi::api::core::v1::ConfigMap>,
+    name: String,
+}
+
+impl Routing {
+    /// The table the routing ConfigMap holds now.
+    async fn published(&self) -> Result<crate::routing::table::RoutingTable, Error> {
+        let cm = self.config_maps.get(&self.name).await?;
+        table_of(&cm)
+            .ok_or_else(|| Error::Setup("the routing ConfigMap has no table".to_owned()))?
+            .map_err(|e| Error::Setup(e.to_string()))
+    }
+}
+
 impl Job {
     async fn connect(
         client: Client,
@@ -369,12 +387,11 @@ impl Job {
         attempt: i32,
     ) -> Result<Self, Error> {
         let namespace = policy.namespace().unwrap_or_default();
-        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
-            Api::namespaced(client.clone(), &namespace);
-        let cm = cms.get(&config_map_name(policy)).await?;
-        let table = table_of(&cm)
-            .ok_or_else(|| Error::Setup("the routing ConfigMap has no table".to_owned()))?
-            .map_err(|e| Error::Setup(e.to_string()))?;
+        let routing = Routing {
+            config_maps: Api::namespaced(client.clone(), &namespace),
+            name: config_map_name(policy),
+        };
+        let table = routing.published().await?;
         let secrets = read_secrets(
             &SecretSource::Api(namespace.clone()),
             Some(&client),
@@ -454,6 +471,7 @@ impl Job {
             config,
             attempt,
             policies,
+            routing,
             resolver,
             instances,
             steps,

@@ -1106,16 +1106,6 @@ impl<'a> Driver<'a> {
             // Job may still run (until its grace period ends, or its node is back), and only
             // a newer token fences it off the instances the new attempt moves between.
             (None, _) => {
-                let first_seen = {
-                    let mut missing = self.missing_jobs.lock().unwrap_or_else(|e| e.into_inner());
-                    let seen = missing
-                        .entry(self.policy_key())
-                        .or_insert_with(|| (name.clone(), std::time::Instant::now()));
-                    if seen.0 != name {
-                        *seen = (name.clone(), std::time::Instant::now());
-                    }
-                    seen.1
-                };
                 if self.forced.is_some() || r.attempts < MAX_ATTEMPTS {
                     info!(
                         plan = r.plan_id,
@@ -1129,6 +1119,7 @@ impl<'a> Driver<'a> {
                 // attempt waits as after a failed one; but the plan is neither rolled back nor
                 // called done meanwhile, as after a failed one: the deleted Job's pod may still
                 // run, and only the next attempt's token fences it off.
+                let first_seen = self.missing_since(&name);
                 let what = format!("the Job of attempt {} is gone", r.attempts);
                 return self.retry_after(r, first_seen.elapsed(), &what).await;
             }
@@ -1235,6 +1226,19 @@ impl<'a> Driver<'a> {
     /// The policy as `namespace/name`.
     fn policy_key(&self) -> String {
         format!("{}/{}", self.policy_ns, self.policy.name_any())
+    }
+
+    /// When this process first found Job `job` of this policy's plan missing (now, if it just
+    /// did).
+    fn missing_since(&self, job: &str) -> std::time::Instant {
+        let mut missing = self.missing_jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = missing
+            .entry(self.policy_key())
+            .or_insert_with(|| (job.to_owned(), std::time::Instant::now()));
+        if seen.0 != job {
+            *seen = (job.to_owned(), std::time::Instant::now());
+        }
+        seen.1
     }
 
     /// Forgets when this policy's Job was first found missing: a new attempt, or no plan.

@@ -14,13 +14,9 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
 use tracing::{info, warn};
 
-use crate::api::cache_policy::config_map_name;
 use crate::redis::keys::{prefix_pattern, scan_page};
-use crate::routing::config_map::table_of;
 
 use super::batch::move_error;
 use super::{Error, Job};
@@ -50,11 +46,7 @@ impl Job {
     /// The plans whose migrations the published routing table carries; `None` when it cannot
     /// be read (then nothing is removed).
     async fn live_plans(&self) -> Option<BTreeSet<u64>> {
-        let policy = self.policies.get(&self.config.policy).await.ok()?;
-        let cms: Api<ConfigMap> =
-            Api::namespaced(self.policies.clone().into_client(), &self.config.namespace);
-        let cm = cms.get(&config_map_name(&policy)).await.ok()?;
-        let table = table_of(&cm)?.ok()?;
+        let table = self.routing.published().await.ok()?;
         Some(table.migrating.iter().map(|m| m.epoch).collect())
     }
 
