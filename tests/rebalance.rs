@@ -1226,7 +1226,17 @@ fn signal(pid: u32, sig: &str) {
 
 /// Waits until the routing table satisfies `cond`.
 async fn wait_table(shop: &Shop, what: &str, cond: impl Fn(&RoutingTable) -> bool) -> RoutingTable {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_until_table(shop, what, Duration::from_secs(30), cond).await
+}
+
+/// [`wait_table`], for up to `timeout`.
+async fn wait_until_table(
+    shop: &Shop,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&RoutingTable) -> bool,
+) -> RoutingTable {
+    let deadline = Instant::now() + timeout;
     loop {
         let t = table(shop).await;
         if cond(&t) {
@@ -2039,9 +2049,9 @@ async fn a_replicated_category_survives_its_owners_death_twice_and_fails_back_wi
     }
     assert_eq!(missing, 0, "the replica served the category warm");
 
-    // 2. It comes back (empty): the failback moves the outage's writes home (the secondary's
-    // copies leave with them), then the secondary is the replica again, seeded from the
-    // owner: only the seeding puts back on it what was written before.
+    // 2. It comes back (empty): it becomes auth's replica, seeded from the secondary, and then
+    // the two swap roles — the primary serves auth again with everything the secondary held,
+    // which stays on as its seeded replica (the unreplicated categories fail back by a plan).
     shop.primary.restart();
     let _ = wait_rebalanced(&shop, &node, plan, Duration::from_secs(120)).await;
     let after = wait_replicated(&shop, "auth replicated again after the failback").await;
@@ -2079,6 +2089,93 @@ async fn a_replicated_category_survives_its_owners_death_twice_and_fails_back_wi
         "warm failover twice: {} ops, {acked} replicated keys acknowledged and read back, {} errors \
          (while the owner was down), plan {plan}",
         ledger.ops,
+        ledger.errors.len()
+    );
+}
+
+/// Whether `t` serves `auth` from the primary again: no failover entry and no migration of it.
+fn auth_home(t: &RoutingTable) -> bool {
+    t.failover.iter().all(|f| f.category != "auth")
+        && t.migrating.iter().all(|m| m.category != "auth")
+        && t.category("auth")
+            .is_some_and(|c| c.slots.iter().all(|o| o.instance == "primary"))
+}
+
+/// `Sync`: the failback leaves no moment without a full copy. The owner is `kill -9`ed,
+/// restarted empty, and `kill -9`ed again the moment the table serves `auth` from it once more
+/// — before anything could seed a replica afresh. Every acknowledged write, and the 300 keys
+/// written before, must be read back from the replica. A failback *move* fails this: the move
+/// takes the keys off the secondary, whose copies come back only with a new seeding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_owner_killed_the_moment_it_serves_again_loses_nothing() {
+    let mut shop = shop_with("swap-failback", replicated_auth).await;
+    let _ = settled(&shop).await;
+    let _node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    wait_replicated(&shop, "auth replicated on the secondary").await;
+    let mut c = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for n in 0..300 {
+        let _: () = c.set(format!("auth:k{n}"), "before").await.unwrap();
+    }
+    let traffic = Traffic::start(sidecar.port, REPLICATED_TRAFFIC, 3);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    shop.primary.kill();
+    wait_table(&shop, "auth failed over", |t| {
+        t.failover
+            .iter()
+            .any(|f| f.category == "auth" && f.to == "secondary")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    shop.primary.restart();
+    // Polled every 100 ms: the owner dies within a moment of serving again.
+    let home = wait_until_table(
+        &shop,
+        "auth served by the primary again",
+        Duration::from_secs(120),
+        auth_home,
+    )
+    .await;
+    shop.primary.kill();
+    let replicas = home
+        .category("auth")
+        .and_then(|c| c.replication.clone())
+        .expect("auth is replicated");
+    eprintln!(
+        "auth home at v{}: replicas {:?}, seeding {:?}",
+        home.version, replicas.replicas, replicas.seeding
+    );
+    wait_table(&shop, "auth failed over again", |t| {
+        t.failover
+            .iter()
+            .any(|f| f.category == "auth" && f.to == "secondary")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ledger = traffic.stop().await;
+    let mut missing = Vec::new();
+    for n in 0..300 {
+        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
+        if v.as_deref() != Some("before") {
+            missing.push(n);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of the 300 keys written before are gone, e.g. auth:k{}",
+        missing.len(),
+        missing[0]
+    );
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "owner killed the moment it served again: {} ops, {} keys acknowledged and read back, {} errors",
+        ledger.ops,
+        ledger.values.len() + ledger.counters.len(),
         ledger.errors.len()
     );
 }

@@ -291,6 +291,26 @@ pub async fn publish_routing(
             tokio::time::sleep(NOTICE_WAIT).await;
         }
         prepare_targets(ctx, namespace, selected, previous, &table).await?;
+        // A failover that ends by swapping roles: its server, the replica from now on, is
+        // fenced on itself first (`docs/replication.md`, "Failback by swapping roles").
+        for name in build::demoted_to_replica(previous, &table) {
+            let Some(ri) = selected.iter().find(|ri| ri.name_any() == name) else {
+                continue;
+            };
+            fences::fence_on_itself(
+                ctx,
+                namespace,
+                &table.policy,
+                &fences::Place::of(ri, namespace),
+                table.version,
+            )
+            .await
+            .map_err(|message| Error::Fence {
+                instance: name.clone(),
+                message,
+            })?;
+            info!(instance = %name, version = table.version, "fenced the instance before it hands its ranges back to their owner and stays their replica");
+        }
         // The copies of what `previous` routed to an instance and `table` does not are
         // recorded in the same write as the table: a restart between the two forgets nothing.
         let mut unfreed = current.unfreed.after(previous, &table);
@@ -741,13 +761,22 @@ async fn publish_events(
             });
         }
     }
+    let swapped: BTreeSet<String> = build::demoted_to_replica(previous, next)
+        .into_iter()
+        .collect();
     for ((from, to), cats) in &before {
         if !after.contains_key(&(from.clone(), to.clone())) {
+            // A failover that ended by swapping roles leaves its server as the replica.
+            let roles = if swapped.contains(to) {
+                format!("; roles swapped, {to} is the replica")
+            } else {
+                String::new()
+            };
             events.push(Event {
                 type_: EventType::Normal,
                 reason: "FailoverEnded".to_owned(),
                 note: Some(format!(
-                    "{from} serves {} again (was {to})",
+                    "{from} serves {} again (was {to}){roles}",
                     cats.join(", ")
                 )),
                 action: "Failback".to_owned(),

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::cache_policy::{CachePolicySpec, DEFAULT_CATEGORY, Strategy, TtlSpec};
+use crate::api::cache_policy::{CachePolicySpec, DEFAULT_CATEGORY, Replication, Strategy, TtlSpec};
 use crate::api::redis_instance::InstancePhase;
 use crate::routing::placement::{self, Candidate, Mode, Previous};
 use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
@@ -64,6 +64,15 @@ impl InstanceView {
     /// while it drains (an outgoing replica, `docs/replication.md`, "Moving replicas").
     fn promotable(&self) -> bool {
         self.phase.serves_traffic() && !self.lost_data
+    }
+
+    /// It may be named a new replica: it serves, is not draining, has a known capacity and a
+    /// `maxmemory-policy` that keeps keys without a TTL (`docs/replication.md`, "Placement").
+    fn may_hold_replicas(&self) -> bool {
+        self.serving()
+            && !self.drain
+            && self.capacity_bytes.is_some()
+            && self.evicting_policy.is_none()
     }
 
     fn capacity_mib(&self) -> u64 {
@@ -506,6 +515,20 @@ pub fn plan_routing_with(
                 i.phase.serves_traffic() && !(i.lost_data && replicated(&f.category))
             })
         };
+        // A `Sync` range whose owner is back and is its seeded replica ends by swapping roles
+        // (`replicas::owner_return`): the owner serves it again, and its server becomes the
+        // replica (`replicas`), rebalancing on or off. No data moves.
+        let swapped = |f: &Failover| {
+            replicas::replication_of(spec, &f.category) == Replication::Sync
+                && previous.is_some_and(|p| {
+                    by_name
+                        .get(f.from.as_str())
+                        .zip(by_name.get(f.to.as_str()))
+                        .is_some_and(|(owner, server)| {
+                            replicas::owner_return(p, f, owner, server) == OwnerReturn::Swap
+                        })
+                })
+        };
         failover.extend(
             prev_failover
                 .iter()
@@ -516,6 +539,7 @@ pub fn plan_routing_with(
                             .get(f.from.as_str())
                             .is_some_and(|o| o.phase.serves_traffic())
                         && target_holds(f)
+                        && !swapped(f)
                 })
                 .cloned(),
         );
@@ -909,7 +933,8 @@ pub fn stale_before_publishing(
 ///   from partial, stale copies answers stale reads. It starts empty instead.
 ///
 /// A seeded replica that serves the slot through a failover entry, or as the owner whose entry
-/// ended (the server died, the owner was its replica), keeps them: they are the range's data.
+/// ended (the server died, the owner was its replica; or the two swapped roles), keeps them:
+/// they are the range's data.
 fn replica_copies_kept(
     previous: &RoutingTable,
     next: &RoutingTable,
@@ -951,6 +976,33 @@ fn replica_copies_kept(
         }
     }
     out
+}
+
+/// The instances that serve a range in `previous` which `next` has them hold only as its
+/// replica (a failover that ends by swapping roles, [`replicas::OwnerReturn::Swap`]): each
+/// must be fenced on itself at `next`'s version before `next` is published, or a sidecar
+/// still on `previous` would go on writing the range there while others write it on its
+/// owner — two writers, and the older one's results lose to the newer epoch.
+pub fn demoted_to_replica(previous: Option<&RoutingTable>, next: &RoutingTable) -> Vec<String> {
+    let Some(previous) = previous else {
+        return Vec::new();
+    };
+    let served_next = served_ranges(next);
+    let replica_only = difference(&held_ranges(next), &served_next);
+    let served_before = served_ranges(previous);
+    let unserved = difference(&served_before, &served_next);
+    unserved
+        .into_iter()
+        .filter(|(instance, ranges)| {
+            replica_only.get(instance).is_some_and(|held| {
+                ranges.iter().any(|(cat, r)| {
+                    held.iter()
+                        .any(|(c, h)| c == cat && h.start <= r.end && r.start <= h.end)
+                })
+            })
+        })
+        .map(|(instance, _)| instance)
+        .collect()
 }
 
 /// What each instance holds in `next` but did not hold in `previous` ([`held_ranges`]).
@@ -1017,6 +1069,8 @@ fn difference(
 }
 
 pub mod replicas;
+
+use replicas::OwnerReturn;
 
 #[cfg(test)]
 pub mod fixtures;

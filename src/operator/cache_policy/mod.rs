@@ -111,6 +111,15 @@ pub enum Error {
         /// Cause (credentials redacted).
         message: String,
     },
+    /// An instance that hands ranges back to their owner, staying their replica, could not be
+    /// fenced on itself before the table that does so.
+    #[error("fencing {instance} before it hands its ranges back to their owner: {message}")]
+    Fence {
+        /// The instance that served the ranges.
+        instance: String,
+        /// Cause (credentials redacted).
+        message: String,
+    },
     /// Writing status failed.
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
@@ -131,6 +140,7 @@ error_variants!(Error {
     Credentials,
     Purge,
     GiveBack,
+    Fence,
     WriteStatus,
     Rebalance,
     Cleanup,

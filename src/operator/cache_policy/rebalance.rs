@@ -46,7 +46,8 @@ use crate::rebalance::plan::{self, Move, PlanInput, apply_moves};
 use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
 use crate::routing::table::{Failover, Migration, RoutingTable, SlotOwner};
 
-use super::build::{InstanceView, data_elsewhere};
+use super::build::replicas::OwnerReturn;
+use super::build::{self, InstanceView, data_elsewhere};
 use super::job::{self, JobSettings};
 use super::{Error, PolicyContext};
 use super::{fences, planning};
@@ -446,6 +447,16 @@ pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move>
         .filter(|f| {
             phase(&f.from).is_some_and(InstancePhase::serves_traffic)
                 && phase(&f.to).is_some_and(InstancePhase::serves_traffic)
+        })
+        // A `Sync` range whose owner is named its replica ends by swapping roles once the
+        // owner is seeded (`build`): no data moves, and the range never goes without a copy.
+        .filter(|f| {
+            let view = |name: &str| views.iter().find(|v| v.name == name);
+            view(&f.from)
+                .zip(view(&f.to))
+                .is_none_or(|(owner, server)| {
+                    build::replicas::owner_return(table, f, owner, server) == OwnerReturn::Move
+                })
         })
         .map(|f| Move {
             category: f.category.clone(),

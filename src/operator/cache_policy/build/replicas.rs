@@ -21,13 +21,18 @@
 //!   still answers stays on as the slot's *outgoing* replica until the new one is seeded — it
 //!   takes every write meanwhile, and a failover promotes it — so a replica that moves leaves
 //!   no window without a full copy.
+//! - Failback by swapping roles ([`owner_return`]): a failed-over `Sync` slot whose owner is
+//!   back gets the owner as its replica (seeded from the server); once it is seeded the build
+//!   ends the failover entry, and the server becomes the replica, seeded at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::cache_policy::{CachePolicySpec, DEFAULT_CATEGORY, MoveStatus, Replication};
 use crate::routing::placement::{self, Candidate};
 use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
-use crate::routing::table::{CategoryReplication, ReplicationMode, RoutingTable, SlotOwner};
+use crate::routing::table::{
+    CategoryReplication, Failover, ReplicationMode, RoutingTable, SlotOwner,
+};
 
 use super::InstanceView;
 
@@ -90,7 +95,7 @@ pub fn place_replicas(table: &mut RoutingTable, inputs: &ReplicaInputs<'_>) {
             Replication::Async => ReplicationMode::Async,
             Replication::Sync => ReplicationMode::Sync,
         };
-        let placed = place_category(table, &name, &by_name, inputs);
+        let placed = place_category(table, &name, mode, &by_name, inputs);
         named.extend(placed.replicas.iter().map(|r| r.instance.clone()));
         named.extend(placed.outgoing.iter().map(|r| r.instance.clone()));
         table.categories[index].replication = Some(CategoryReplication {
@@ -176,6 +181,66 @@ pub fn outgoing_of<'t>(table: &'t RoutingTable, category: &str) -> Vec<Option<&'
     out
 }
 
+/// How a failover entry of a replicated category ends once its owner answers again
+/// (`docs/replication.md`, "Failback by swapping roles").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerReturn {
+    /// The owner is the seeded replica of the whole entry: the entry ends, the owner serves
+    /// the range again and the instance that served it becomes its replica, seeded. No data
+    /// moves, and the range keeps a full copy throughout.
+    Swap,
+    /// The owner is named the replica of the whole entry and is still being seeded: the swap
+    /// follows once it is seeded.
+    Seeding,
+    /// By a failback move (rebalancing on), which leaves the range without a replica while it
+    /// moves and until its replica is seeded again, or not at all (rebalancing off).
+    Move,
+}
+
+/// How `entry` of `table` ends ([`OwnerReturn`]); `owner` and `server` are the views of its
+/// owner and of the instance serving it. A swap needs a `Sync` category (an `Async` replica
+/// may lack acknowledged results still on their way, which a move never loses), an owner that
+/// answers with its data and is not draining, a server that may hold the replica afterwards
+/// ([`InstanceView::may_hold_replicas`]), and no migration of the range.
+pub fn owner_return(
+    table: &RoutingTable,
+    entry: &Failover,
+    owner: &InstanceView,
+    server: &InstanceView,
+) -> OwnerReturn {
+    let sync = table
+        .category(&entry.category)
+        .and_then(|c| c.replication.as_ref())
+        .is_some_and(|r| r.mode == ReplicationMode::Sync);
+    let migrating = table
+        .migrating
+        .iter()
+        .any(|m| m.category == entry.category && m.start <= entry.end && entry.start <= m.end);
+    if !sync || migrating || !swappable(owner, server) {
+        return OwnerReturn::Move;
+    }
+    let replicas = replicas_of(table, &entry.category);
+    let mut seeding = false;
+    for slot in entry.start..=entry.end {
+        match replicas[usize::from(slot)] {
+            (Some(r), s) if r == entry.from => seeding |= s,
+            _ => return OwnerReturn::Move,
+        }
+    }
+    if seeding {
+        OwnerReturn::Seeding
+    } else {
+        OwnerReturn::Swap
+    }
+}
+
+/// Whether a range `server` serves for `owner` may end by swapping their roles, as far as the
+/// two instances go: the owner answers with its data and is not draining, and the server may
+/// hold the range's replica afterwards.
+fn swappable(owner: &InstanceView, server: &InstanceView) -> bool {
+    owner.promotable() && !owner.drain && server.may_hold_replicas() && !server.lost_data
+}
+
 /// Per slot (16 384 entries), the replica a failover may promote, if any.
 pub type PromotionOrder<'t> = Vec<Option<&'t str>>;
 
@@ -196,11 +261,20 @@ pub fn promotion_order<'t>(table: &'t RoutingTable, category: &str) -> Promotion
 fn place_category(
     table: &RoutingTable,
     category: &str,
+    mode: ReplicationMode,
     by_name: &BTreeMap<&str, &InstanceView>,
     inputs: &ReplicaInputs<'_>,
 ) -> Placed {
     let slots = usize::from(SLOT_COUNT);
     let servers = servers(table, category);
+    let owners = table
+        .category(category)
+        .map(|c| c.owners())
+        .unwrap_or_default();
+    let owners_before = inputs
+        .previous
+        .and_then(|t| t.category(category))
+        .map(|c| c.owners());
     let previous = inputs
         .previous
         .map(|t| replicas_of(t, category))
@@ -249,9 +323,7 @@ fn place_category(
     let spec_tiers = tiers_of(inputs.spec, category);
     // An instance that may evict keys without a TTL is no candidate: the replica's copies,
     // never read, and the slots' applied versions would be the first keys it evicts.
-    let candidate = |i: &&InstanceView| {
-        i.serving() && !i.drain && i.capacity_bytes.is_some() && i.evicting_policy.is_none()
-    };
+    let candidate = |i: &&InstanceView| i.may_hold_replicas();
     let in_tier =
         |t: Option<&str>, i: &&InstanceView| t.is_none_or(|t| i.tier.as_deref() == Some(t));
     // Preference order: the fallback tier, the category's tier, any.
@@ -321,6 +393,37 @@ fn place_category(
                 _ => None,
             });
             leaving[s] = seeded_before.filter(|o| keepable(o, s));
+            // A failover that ended by swapping roles (`owner_return`): the owner, the seeded
+            // replica, serves again, and the instance that served the slot holds everything
+            // it holds — it becomes the replica, seeded.
+            if let Some(before) = servers_before.as_ref().and_then(|b| b.get(s).copied())
+                && before != servers[s]
+                && previous[s] == (Some(servers[s]), false)
+                && owners.get(s) == Some(&servers[s])
+                && owners_before.as_ref().and_then(|o| o.get(s)) == Some(&servers[s])
+                && by_name.get(before).is_some_and(|i| i.promotable())
+                && eligible(before, s)
+            {
+                chosen[s] = (Some(before.to_owned()), false);
+                continue;
+            }
+            // A failed-over slot of a `Sync` category whose owner is back: the owner becomes
+            // its replica (seeded from the server, the stable replica staying on as the
+            // outgoing one meanwhile), so that the failover can end by swapping roles rather
+            // than by a failback move, which would leave the range without a replica.
+            if mode == ReplicationMode::Sync
+                && let Some(owner) = owners.get(s).copied()
+                && owner != servers[s]
+                && previous[s].0 != Some(owner)
+                && eligible(owner, s)
+                && by_name
+                    .get(owner)
+                    .zip(by_name.get(servers[s]))
+                    .is_some_and(|(o, server)| swappable(o, server))
+            {
+                chosen[s] = (Some(owner.to_owned()), true);
+                continue;
+            }
             if let (Some(prev), was_seeding) = previous[s]
                 && eligible(prev, s)
             {

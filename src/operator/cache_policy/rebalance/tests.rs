@@ -1148,3 +1148,51 @@ fn a_hold_is_reported_once_per_change_of_its_instances_and_outlives_the_cooldown
     fixed[0].evicting_policy = None;
     assert_eq!(next_held(Some(&first), &[], false, &fixed), (None, false));
 }
+
+#[test]
+fn a_sync_range_whose_owner_is_its_replica_gets_no_failback_move() {
+    use crate::api::cache_policy::Replication;
+    use crate::operator::cache_policy::build::replicas::{ReplicaInputs, place_replicas};
+    let publish = |spec: &crate::api::cache_policy::CachePolicySpec,
+                   views: &[InstanceView],
+                   previous: Option<&RoutingTable>| {
+        let mut t = plan_routing("shop/shop", spec, views, previous)
+            .table
+            .unwrap();
+        place_replicas(
+            &mut t,
+            &ReplicaInputs {
+                spec,
+                instances: views,
+                previous,
+                moves: &[],
+                seeded: &[],
+            },
+        );
+        t
+    };
+    for (mode, failback) in [(Replication::Sync, false), (Replication::Async, true)] {
+        let mut spec = shop();
+        for c in spec.categories.iter_mut().filter(|c| c.name == "auth") {
+            c.replication = mode;
+        }
+        let before = publish(&spec, &two(), None);
+        let mut down = two();
+        down[0].phase = InstancePhase::Unreachable;
+        let during = publish(&spec, &down, Some(&before));
+        // The primary is back: named auth's replica (seeding) in the table of its return.
+        let back = publish(&spec, &two(), Some(&during));
+        let moves = failback_moves(&back, &two());
+        assert!(
+            moves.iter().all(|m| m.to == "primary"),
+            "{mode:?}: {moves:?}"
+        );
+        // Unreplicated categories fail back by moves as before; auth only when `Async`.
+        assert!(moves.iter().any(|m| m.category == "order"), "{mode:?}");
+        assert_eq!(
+            moves.iter().any(|m| m.category == "auth"),
+            failback,
+            "{mode:?}: {moves:?}"
+        );
+    }
+}

@@ -1041,3 +1041,140 @@ fn a_replica_on_an_instance_turned_allkeys_hands_over_to_one_that_keeps_keys_wit
         replica_runs(&fresh, "auth")
     );
 }
+
+#[test]
+fn a_sync_failover_ends_by_swapping_roles_once_the_returned_owner_is_seeded() {
+    let spec = replicated(Replication::Sync);
+    // The primary came back: the secondary serves auth, the primary is its replica, seeding.
+    let back = owner_back_of_two(&spec);
+    let entry = back
+        .failover
+        .iter()
+        .find(|f| f.category == "auth")
+        .unwrap()
+        .clone();
+    let (primary, secondary) = (&two()[0], &two()[1]);
+    assert_eq!(
+        owner_return(&back, &entry, primary, secondary),
+        OwnerReturn::Seeding
+    );
+    // Seeded: the table that says so still has the secondary serve.
+    let seeded = publish(&spec, &two(), Some(&back), &all_seeded(&back));
+    assert!(seeded.failover.iter().any(|f| f.category == "auth"));
+    assert_eq!(
+        owner_return(&seeded, &entry, primary, secondary),
+        OwnerReturn::Swap
+    );
+    // The next one swaps the roles — with rebalancing on or off, since no data moves: the
+    // primary serves auth again, and the secondary is its replica, seeded.
+    let mut off = spec.clone();
+    off.balancing.rebalance.enabled = false;
+    for (spec, moving) in [(&spec, true), (&off, false)] {
+        let mut swapped = plan_routing_with("shop/shop", spec, &two(), Some(&seeded), moving)
+            .table
+            .unwrap();
+        place(&mut swapped, spec, &two(), Some(&seeded), &[], &[]);
+        assert!(
+            swapped.failover.iter().all(|f| f.category != "auth"),
+            "{:?}",
+            swapped.failover
+        );
+        assert_eq!(servers(&swapped, "auth")[0], "primary");
+        assert_eq!(
+            replica_runs(&swapped, "auth"),
+            [(0, 16383, "secondary".into())]
+        );
+        assert_eq!(seeding_runs(&swapped, "auth"), 0, "no seeding: no window");
+        // Nothing of auth is purged anywhere, and both ends keep the marker.
+        let stale = stale_before_publishing(Some(&seeded), &swapped);
+        assert!(spared(&stale, "primary", "auth"), "{stale:?}");
+        assert!(spared(&stale, "secondary", "auth"), "{stale:?}");
+        let held = must_hold_marker(&swapped);
+        assert!(held.contains("primary") && held.contains("secondary"));
+        // The secondary is fenced on itself before the table goes out.
+        assert_eq!(
+            crate::operator::cache_policy::build::demoted_to_replica(Some(&seeded), &swapped),
+            ["secondary"]
+        );
+    }
+    // Nothing else is fenced so: not the table of the failover, nor the seeding's.
+    assert!(
+        crate::operator::cache_policy::build::demoted_to_replica(Some(&back), &seeded).is_empty()
+    );
+}
+
+#[test]
+fn an_async_failover_or_one_whose_server_cannot_hold_the_replica_does_not_swap() {
+    // `Async`: the replica may lack results still on their way; the failback moves the data.
+    let spec = replicated(Replication::Async);
+    let back = owner_back_of_two(&spec);
+    let seeded = publish(&spec, &two(), Some(&back), &all_seeded(&back));
+    let entry = seeded
+        .failover
+        .iter()
+        .find(|f| f.category == "auth")
+        .unwrap();
+    assert_eq!(
+        owner_return(&seeded, entry, &two()[0], &two()[1]),
+        OwnerReturn::Move
+    );
+    let after = publish(&spec, &two(), Some(&seeded), &[]);
+    assert!(after.failover.iter().any(|f| f.category == "auth"));
+
+    // `Sync`, but the server turned `allkeys-*` (it could not keep the replica's copies), or
+    // the owner drains: no swap either.
+    let spec = replicated(Replication::Sync);
+    let back = owner_back_of_two(&spec);
+    let seeded = publish(&spec, &two(), Some(&back), &all_seeded(&back));
+    let mut evicting = two();
+    evicting[1].evicting_policy = Some("allkeys-lru".into());
+    let after = publish(&spec, &evicting, Some(&seeded), &[]);
+    assert!(after.failover.iter().any(|f| f.category == "auth"));
+    let draining = drained(two(), "primary");
+    let entry = seeded
+        .failover
+        .iter()
+        .find(|f| f.category == "auth")
+        .unwrap();
+    assert_eq!(
+        owner_return(&seeded, entry, &draining[0], &draining[1]),
+        OwnerReturn::Move
+    );
+}
+
+#[test]
+fn with_three_instances_the_returned_owner_takes_the_replica_over_then_swaps() {
+    let (spec, three, seeded) = replicated_on_secondary_of_three();
+    // The primary dies: auth fails over to the secondary, and the tertiary becomes the
+    // replica, seeded from it.
+    let down = phase(three.clone(), "primary", InstancePhase::Unreachable);
+    let during = publish(&spec, &down, Some(&seeded), &[]);
+    assert_eq!(
+        replica_runs(&during, "auth"),
+        [(0, 16383, "tertiary".into())]
+    );
+    let during = publish(&spec, &down, Some(&during), &all_seeded(&during));
+    assert_eq!(seeding_runs(&during, "auth"), 0);
+    // It comes back: it becomes the replica (seeding), the tertiary staying on as the
+    // outgoing one until it is seeded.
+    let back = publish(&spec, &three, Some(&during), &[]);
+    assert!(back.failover.iter().any(|f| f.category == "auth"));
+    assert_eq!(replica_runs(&back, "auth"), [(0, 16383, "primary".into())]);
+    assert_eq!(seeding_runs(&back, "auth"), 1);
+    assert_eq!(
+        outgoing_runs(&back, "auth"),
+        [(0, 16383, "tertiary".into())]
+    );
+    // Seeded, then swapped: the primary serves, the secondary is the seeded replica, and the
+    // tertiary's copies are freed.
+    let seeded_back = publish(&spec, &three, Some(&back), &all_seeded(&back));
+    assert!(outgoing_runs(&seeded_back, "auth").is_empty());
+    let swapped = publish(&spec, &three, Some(&seeded_back), &[]);
+    assert!(swapped.failover.iter().all(|f| f.category != "auth"));
+    assert_eq!(
+        replica_runs(&swapped, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+    assert_eq!(seeding_runs(&swapped, "auth"), 0);
+    assert!(!swapped.replicates_on("tertiary"));
+}
