@@ -1090,7 +1090,7 @@ async fn a_killed_job_and_a_restarted_operator_resume_where_they_stopped() {
 /// acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_deleted_again_and_again_is_retried_slower_once_its_attempts_are_spent() {
-    let join = SlowJoin::start("deleted-jobs").await;
+    let mut join = SlowJoin::start("deleted-jobs").await;
     let (shop, node, plan) = (&join.shop, &join.node, join.plan);
 
     let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
@@ -1138,6 +1138,39 @@ async fn a_job_deleted_again_and_again_is_retried_slower_once_its_attempts_are_s
             .iter()
             .map(|j| j.metadata.name.clone())
             .collect::<Vec<_>>()
+    );
+    // The wait is kept in status: an operator restarted meanwhile goes on with it rather than
+    // starting it again (one that restarts more often than the wait would never retry).
+    let since = still.job_missing_since.clone().expect("jobMissingSince");
+    let left = |r: &redis_fleet::api::cache_policy::RebalanceStatus| -> u64 {
+        let m = r.message.as_deref().unwrap_or_default();
+        m.split("retrying in ")
+            .nth(1)
+            .and_then(|t| t.split('s').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no wait in {m:?}"))
+    };
+    let first_left = left(&r);
+    join.shop.operator.kill();
+    join.shop.operator = Operator::start(join.shop.cp, &join.shop.ns);
+    let shop = &join.shop;
+    let restarted = wait_status(shop, Some(node), "the restarted operator's wait", |r| {
+        r.job_missing_since.as_ref() == Some(&since)
+            && r.message
+                .as_deref()
+                .is_some_and(|m| m.contains("retrying in"))
+    })
+    .await
+    .status
+    .unwrap()
+    .rebalance
+    .unwrap();
+    assert_eq!(restarted.attempts, 4, "{restarted:#?}");
+    // At least the 5 s above have passed since the first report of the wait.
+    assert!(
+        left(&restarted) + 5 <= first_left,
+        "the wait started again after the restart: {} s left, {first_left} s when first reported",
+        left(&restarted)
     );
 
     // The user asks for it now: the next attempt starts at once and the plan finishes.

@@ -634,6 +634,11 @@ pub struct RebalanceStatus {
     /// Last error, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the operator first found the Job of the current attempt gone once the plan's
+    /// attempts were spent: the next attempt waits the failed-attempt delay from then (kept
+    /// here, so that an operator restart does not start the wait again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_missing_since: Option<Time>,
     /// The value of the `redisfleet.io/rebalance-now` annotation this plan answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced_by: Option<String>,

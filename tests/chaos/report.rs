@@ -103,6 +103,7 @@ pub fn details(row: &Row) -> String {
         "  replicas moved seed-first: {} (category, outgoing instance) pairs named by the tables",
         row.handovers
     );
+    let _ = writeln!(out, "  failovers ended by swapping roles: {}", row.swaps);
     for e in row
         .history
         .examples

@@ -75,6 +75,9 @@ pub struct Row {
     /// Replicas that moved seed-first: the distinct (category, outgoing instance) pairs the
     /// published tables named (`docs/replication.md`, "Moving replicas").
     pub handovers: usize,
+    /// Failovers of `Sync` ranges that ended by swapping roles: the owner serves again and the
+    /// instance that served the range is its seeded replica (`docs/replication.md`).
+    pub swaps: usize,
     /// Where the logs of a failed seed were kept.
     pub logs: Option<PathBuf>,
 }
@@ -237,6 +240,7 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         failovers,
         async_takeovers,
         handovers: handovers(&lock(&fleet.tables)),
+        swaps: swaps(&lock(&fleet.tables)),
         logs: None,
     };
     drop((plans, finished));
@@ -463,6 +467,43 @@ fn handovers(tables: &[crate::fleet::Published]) -> usize {
         .flat_map(|(name, r)| r.outgoing.iter().map(move |o| (name, o.instance.as_str())))
         .collect();
     pairs.len()
+}
+
+/// The failover entries that a table of `tables` ended by swapping roles: gone from the next
+/// table, whose owner of the range serves it, with the entry's server its seeded replica.
+fn swaps(tables: &[crate::fleet::Published]) -> usize {
+    tables
+        .windows(2)
+        .map(|pair| {
+            let (before, after) = (&pair[0].table, &pair[1].table);
+            before
+                .failover
+                .iter()
+                .filter(|f| !after.failover.contains(f))
+                .filter(|f| {
+                    let Some(cat) = after.category(&f.category) else {
+                        return false;
+                    };
+                    let Some(r) = &cat.replication else {
+                        return false;
+                    };
+                    let owners = cat.owners();
+                    let covers = |runs: &[redis_fleet::routing::table::SlotOwner], slot: u16| {
+                        runs.iter()
+                            .any(|o| o.instance == f.to && o.range.contains(slot))
+                    };
+                    (f.start..=f.end).all(|slot| {
+                        owners[usize::from(slot)] == f.from
+                            && covers(&r.replicas, slot)
+                            && !covers(&r.seeding, slot)
+                            && !after.failover.iter().any(|g| {
+                                g.category == f.category && g.start <= slot && slot <= g.end
+                            })
+                    })
+                })
+                .count()
+        })
+        .sum()
 }
 
 /// Puts a write of the harness (a drop) where it stands: after the writes that started before

@@ -31,6 +31,7 @@ use crate::redis::protocol::names;
 use crate::routing::config_map::contents;
 use crate::routing::keyspace::Resolver;
 use crate::routing::slots::SlotRange;
+use crate::routing::table::Failover;
 use crate::routing::table::{RoutingTable, VERSION_ANNOTATION};
 
 use super::Error;
@@ -184,6 +185,42 @@ pub async fn fence_returning_instances(
     }
 }
 
+/// Of the failovers `ready` to end by swapping roles ([`build::replicas::ready_swaps`]), those
+/// whose server is now fenced on itself at `version`, the least version of the next table: the
+/// build ends only those. A server that cannot be fenced keeps serving its range (the swap
+/// waits; the reconcile goes on).
+pub async fn fence_swaps(
+    ctx: &Context,
+    namespace: &str,
+    policy: &str,
+    selected: &[Arc<RedisInstance>],
+    ready: Vec<Failover>,
+    version: u64,
+) -> Vec<Failover> {
+    let mut servers: Vec<&str> = ready.iter().map(|f| f.to.as_str()).collect();
+    servers.sort_unstable();
+    servers.dedup();
+    let mut fenced = BTreeSet::new();
+    for name in servers {
+        let Some(ri) = selected.iter().find(|ri| ri.name_any() == name) else {
+            continue;
+        };
+        match fences::fence_for_swap(ctx, namespace, policy, ri, version).await {
+            Ok(()) => {
+                info!(instance = %name, version, "fenced the instance on itself: it hands ranges back to their owner and stays their replica");
+                fenced.insert(name.to_owned());
+            }
+            Err(e) => {
+                warn!(instance = %name, error = %e, "could not fence the instance; its ranges stay with it until it can be (the failback by swapping roles waits)");
+            }
+        }
+    }
+    ready
+        .into_iter()
+        .filter(|f| fenced.contains(&f.to))
+        .collect()
+}
+
 /// Publishes `table` when its content differs from the previous one: as the next version,
 /// after deleting stale copies on the instances about to serve ranges, followed by Events and
 /// the freeing of copies no longer served. An unchanged table is published again only when
@@ -291,26 +328,6 @@ pub async fn publish_routing(
             tokio::time::sleep(NOTICE_WAIT).await;
         }
         prepare_targets(ctx, namespace, selected, previous, &table).await?;
-        // A failover that ends by swapping roles: its server, the replica from now on, is
-        // fenced on itself first (`docs/replication.md`, "Failback by swapping roles").
-        for name in build::demoted_to_replica(previous, &table) {
-            let Some(ri) = selected.iter().find(|ri| ri.name_any() == name) else {
-                continue;
-            };
-            fences::fence_on_itself(
-                ctx,
-                namespace,
-                &table.policy,
-                &fences::Place::of(ri, namespace),
-                table.version,
-            )
-            .await
-            .map_err(|message| Error::Fence {
-                instance: name.clone(),
-                message,
-            })?;
-            info!(instance = %name, version = table.version, "fenced the instance before it hands its ranges back to their owner and stays their replica");
-        }
         // The copies of what `previous` routed to an instance and `table` does not are
         // recorded in the same write as the table: a restart between the two forgets nothing.
         let mut unfreed = current.unfreed.after(previous, &table);
@@ -761,13 +778,16 @@ async fn publish_events(
             });
         }
     }
-    let swapped: BTreeSet<String> = build::demoted_to_replica(previous, next)
+    let swapped: Vec<(String, String)> = previous
+        .map(|p| build::replicas::swapped_entries(p, next))
+        .unwrap_or_default()
         .into_iter()
+        .map(|f| (f.from, f.to))
         .collect();
     for ((from, to), cats) in &before {
         if !after.contains_key(&(from.clone(), to.clone())) {
             // A failover that ended by swapping roles leaves its server as the replica.
-            let roles = if swapped.contains(to) {
+            let roles = if swapped.contains(&(from.clone(), to.clone())) {
                 format!("; roles swapped, {to} is the replica")
             } else {
                 String::new()

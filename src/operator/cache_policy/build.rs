@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::cache_policy::{CachePolicySpec, DEFAULT_CATEGORY, Replication, Strategy, TtlSpec};
+use crate::api::cache_policy::{CachePolicySpec, DEFAULT_CATEGORY, Strategy, TtlSpec};
 use crate::api::redis_instance::InstancePhase;
 use crate::routing::placement::{self, Candidate, Mode, Previous};
 use crate::routing::slots::{SLOT_COUNT, SlotRange, runs};
@@ -195,18 +195,22 @@ pub fn plan_routing(
         instances,
         previous,
         spec.balancing.rebalance.enabled,
+        &[],
     )
 }
 
 /// [`plan_routing`], saying whether data moves through rebalances (`moving`: rebalancing is
 /// on, or a plan still runs after it was turned off): then a recovered owner keeps its
-/// failover entries until the failback migration replaces them.
+/// failover entries until the failback migration replaces them. The failover entries of
+/// `previous` in `swaps` end by swapping roles ([`replicas::ready_swaps`]; their servers are
+/// fenced already).
 pub fn plan_routing_with(
     policy: &str,
     spec: &CachePolicySpec,
     instances: &[InstanceView],
     previous: Option<&RoutingTable>,
     moving: bool,
+    swaps: &[Failover],
 ) -> Planned {
     let mut problems = Vec::new();
     let by_name: BTreeMap<&str, &InstanceView> =
@@ -518,17 +522,7 @@ pub fn plan_routing_with(
         // A `Sync` range whose owner is back and is its seeded replica ends by swapping roles
         // (`replicas::owner_return`): the owner serves it again, and its server becomes the
         // replica (`replicas`), rebalancing on or off. No data moves.
-        let swapped = |f: &Failover| {
-            replicas::replication_of(spec, &f.category) == Replication::Sync
-                && previous.is_some_and(|p| {
-                    by_name
-                        .get(f.from.as_str())
-                        .zip(by_name.get(f.to.as_str()))
-                        .is_some_and(|(owner, server)| {
-                            replicas::owner_return(p, f, owner, server) == OwnerReturn::Swap
-                        })
-                })
-        };
+        let swapped = |f: &Failover| swaps.contains(f);
         failover.extend(
             prev_failover
                 .iter()
@@ -978,33 +972,6 @@ fn replica_copies_kept(
     out
 }
 
-/// The instances that serve a range in `previous` which `next` has them hold only as its
-/// replica (a failover that ends by swapping roles, [`replicas::OwnerReturn::Swap`]): each
-/// must be fenced on itself at `next`'s version before `next` is published, or a sidecar
-/// still on `previous` would go on writing the range there while others write it on its
-/// owner — two writers, and the older one's results lose to the newer epoch.
-pub fn demoted_to_replica(previous: Option<&RoutingTable>, next: &RoutingTable) -> Vec<String> {
-    let Some(previous) = previous else {
-        return Vec::new();
-    };
-    let served_next = served_ranges(next);
-    let replica_only = difference(&held_ranges(next), &served_next);
-    let served_before = served_ranges(previous);
-    let unserved = difference(&served_before, &served_next);
-    unserved
-        .into_iter()
-        .filter(|(instance, ranges)| {
-            replica_only.get(instance).is_some_and(|held| {
-                ranges.iter().any(|(cat, r)| {
-                    held.iter()
-                        .any(|(c, h)| c == cat && h.start <= r.end && r.start <= h.end)
-                })
-            })
-        })
-        .map(|(instance, _)| instance)
-        .collect()
-}
-
 /// What each instance holds in `next` but did not hold in `previous` ([`held_ranges`]).
 pub fn newly_held(
     previous: Option<&RoutingTable>,
@@ -1069,8 +1036,6 @@ fn difference(
 }
 
 pub mod replicas;
-
-use replicas::OwnerReturn;
 
 #[cfg(test)]
 pub mod fixtures;

@@ -266,6 +266,39 @@ pub async fn fence_on_itself(
     Ok(())
 }
 
+/// Fences the server of a failover that is about to end by swapping roles on itself at
+/// `version`, the version the table that ends it will have at least
+/// (`docs/replication.md`, "Failback by swapping roles"), within `ri`'s health timeout. The
+/// fence is remembered as a failover notice is ([`unpublished_notice`]): should that table not
+/// go out, the next one goes out at that version, or every sidecar would stay fenced off the
+/// instance.
+pub async fn fence_for_swap(
+    ctx: &Context,
+    namespace: &str,
+    policy: &str,
+    ri: &RedisInstance,
+    version: u64,
+) -> Result<(), String> {
+    {
+        let mut n = notices(ctx);
+        let v = n.entry(policy.to_owned()).or_insert(0);
+        *v = (*v).max(version);
+    }
+    let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(500));
+    match tokio::time::timeout(
+        timeout,
+        fence_returning(ctx, namespace, policy, ri, version),
+    )
+    .await
+    {
+        Ok(done) => done,
+        Err(_) => {
+            ctx.connections.drop_connection(&ObjectRef::from_obj(ri));
+            Err(format!("no answer within {timeout:?}"))
+        }
+    }
+}
+
 /// The operator's mover for `plan`: the highest token of the plan, above every attempt.
 pub fn operator_mover(policy: &str, plan: i64) -> mover::Mover {
     mover::Mover {

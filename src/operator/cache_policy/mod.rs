@@ -111,15 +111,6 @@ pub enum Error {
         /// Cause (credentials redacted).
         message: String,
     },
-    /// An instance that hands ranges back to their owner, staying their replica, could not be
-    /// fenced on itself before the table that does so.
-    #[error("fencing {instance} before it hands its ranges back to their owner: {message}")]
-    Fence {
-        /// The instance that served the ranges.
-        instance: String,
-        /// Cause (credentials redacted).
-        message: String,
-    },
     /// Writing status failed.
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
@@ -140,7 +131,6 @@ error_variants!(Error {
     Credentials,
     Purge,
     GiveBack,
-    Fence,
     WriteStatus,
     Rebalance,
     Cleanup,
@@ -173,10 +163,6 @@ pub struct PolicyContext {
     /// The instances each policy's wanted moves wait for, and the note last reported of them
     /// (`rebalance::Driven::held`).
     held_reported: Mutex<HashMap<String, (BTreeSet<String>, String)>>,
-    /// Per policy (`namespace/name`), the Job of its plan this process found missing and when
-    /// it first did: once a plan's attempts are spent, a missing Job waits for its retry as a
-    /// failed one does.
-    missing_jobs: Mutex<HashMap<String, (String, Instant)>>,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.
@@ -210,7 +196,6 @@ impl PolicyContext {
             replica_checks: Arc::default(),
             lost_reported: lost_data::Reported::default(),
             held_reported: Mutex::new(HashMap::new()),
-            missing_jobs: Mutex::new(HashMap::new()),
             status_refresh,
             routing_schema,
             started: Instant::now(),
@@ -263,8 +248,6 @@ impl PolicyContext {
         written.remove(key);
         let mut held = self.held_reported.lock().unwrap_or_else(|e| e.into_inner());
         held.remove(key);
-        let mut missing = self.missing_jobs.lock().unwrap_or_else(|e| e.into_inner());
-        missing.remove(key);
         let mut notices = self
             .shared
             .notices
@@ -397,8 +380,41 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         r.paused = None;
     }
 
+    // Failovers that end by swapping roles: their servers are fenced on themselves first, at
+    // the least version the next table can have (`docs/replication.md`).
+    let swaps = match previous.as_ref() {
+        Some(prev) => {
+            let moves = rb
+                .as_ref()
+                .filter(|r| r.is_active())
+                .map_or(&[][..], |r| r.moves.as_slice());
+            let ready = build::replicas::ready_swaps(prev, &policy.spec, &views, moves);
+            if ready.is_empty() {
+                Vec::new()
+            } else {
+                apply::fence_swaps(
+                    shared,
+                    &namespace,
+                    &key,
+                    &selected,
+                    ready,
+                    previous_version + 1,
+                )
+                .await
+            }
+        }
+        None => Vec::new(),
+    };
+
     // Build, then apply.
-    let planned = plan_routing_with(&key, &policy.spec, &views, previous.as_ref(), rebalance_on);
+    let planned = plan_routing_with(
+        &key,
+        &policy.spec,
+        &views,
+        previous.as_ref(),
+        rebalance_on,
+        &swaps,
+    );
     let mut publish_error = None;
     let mut desired = None;
     let published = match planned.table {
@@ -435,6 +451,20 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
             );
             table.schema_version = ctx.routing_schema;
             let mut return_previous = false;
+            let swapped = previous
+                .as_ref()
+                .map(|p| build::replicas::swapped_entries(p, &table))
+                .unwrap_or_default();
+            if let Some(f) = swaps.iter().find(|f| !swapped.contains(f)) {
+                // A bug: the entry ended without its server named the range's seeded replica
+                // (the range would be left without a copy, its server's copies freed).
+                error!(entry = ?f, "a failover meant to end by swapping roles did not; the published table stays");
+                publish_error = Some(format!(
+                    "the failover of {} {}-{} from {} to {} did not end by swapping roles; the published table stays",
+                    f.category, f.start, f.end, f.from, f.to
+                ));
+                return_previous = true;
+            }
             if let Err(e) = table.validate() {
                 // A bug, never a table: sidecars would refuse it and the next reconcile could
                 // not read it back (losing every hold and failover it knows of).

@@ -21,8 +21,7 @@
 //! moves between live instances go on with a new attempt (the plan fails only when none is
 //! left).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -62,7 +61,7 @@ pub use abandon::{
 };
 
 /// Every field of a [`RebalanceStatus`] as it is written (camelCase).
-const REBALANCE_FIELDS: [&str; 21] = [
+const REBALANCE_FIELDS: [&str; 22] = [
     "phase",
     "planId",
     "job",
@@ -71,6 +70,7 @@ const REBALANCE_FIELDS: [&str; 21] = [
     "flipVersion",
     "finalVersion",
     "attempts",
+    "jobMissingSince",
     "startedAt",
     "finishedAt",
     "message",
@@ -455,7 +455,7 @@ pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move>
             view(&f.from)
                 .zip(view(&f.to))
                 .is_none_or(|(owner, server)| {
-                    build::replicas::owner_return(table, f, owner, server) == OwnerReturn::Move
+                    build::replicas::owner_return(table, f, owner, server, &[]) == OwnerReturn::Move
                 })
         })
         .map(|f| Move {
@@ -673,6 +673,19 @@ fn before_import(r: &RebalanceStatus) -> bool {
             ))
 }
 
+/// No Job of plan `r` runs (its attempt ended; the next one waits): a hold the last one
+/// reported for an evicting source ended with it, and the plan reads as copying again until
+/// the next attempt reports its own step.
+/// Whether it changed `r`.
+fn no_job_holds(r: &mut RebalanceStatus) -> bool {
+    if r.step.as_deref() != Some(rebalance_step::SOURCE_EVICTING) {
+        return false;
+    }
+    r.step = Some(rebalance_step::COPYING.to_owned());
+    r.pacing = None;
+    true
+}
+
 /// Follows the Job of the rebalance in progress, or plans and starts a new one. Returns the
 /// rebalance status to write.
 pub async fn drive(
@@ -684,13 +697,7 @@ pub async fn drive(
     views: &[InstanceView],
     sample: &PolicySample,
 ) -> Result<Driven, Error> {
-    let mut driver = Driver::new(
-        &ctx.shared,
-        &ctx.jobs,
-        policy,
-        rb.as_ref(),
-        &ctx.missing_jobs,
-    );
+    let mut driver = Driver::new(&ctx.shared, &ctx.jobs, policy, rb.as_ref());
     let control = driver.control().await;
     if let Some(r) = rb.clone().filter(RebalanceStatus::is_active) {
         let r = if control == RebalanceControl::Cancel {
@@ -704,12 +711,10 @@ pub async fn drive(
         return driver.follow(r).await.map(|mut r| {
             if !r.is_active() {
                 r.paused = None;
-                driver.forget_missing_job();
             }
             Driven::plan(Some(r))
         });
     }
-    driver.forget_missing_job();
     if !policy.spec.balancing.rebalance.enabled {
         // Turned off while a plan ran: that plan is over, no other starts.
         return Ok(Driven::plan(rb));
@@ -988,9 +993,6 @@ struct Driver<'a> {
     reference: ObjectReference,
     /// A `rebalance-now` annotation value not acted on yet.
     forced: Option<String>,
-    /// Per policy (`namespace/name`), the Job this process found missing and when it first
-    /// did (`PolicyContext`).
-    missing_jobs: &'a Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl<'a> Driver<'a> {
@@ -999,7 +1001,6 @@ impl<'a> Driver<'a> {
         settings: &'a JobSettings,
         policy: &'a CachePolicy,
         rb: Option<&RebalanceStatus>,
-        missing_jobs: &'a Mutex<HashMap<String, (String, std::time::Instant)>>,
     ) -> Self {
         let policy_ns = policy.namespace().unwrap_or_default();
         let job_ns = settings
@@ -1019,7 +1020,6 @@ impl<'a> Driver<'a> {
             policy_ns,
             reference: policy.object_ref(&()),
             forced,
-            missing_jobs,
         }
     }
 
@@ -1130,9 +1130,13 @@ impl<'a> Driver<'a> {
                 // attempt waits as after a failed one; but the plan is neither rolled back nor
                 // called done meanwhile, as after a failed one: the deleted Job's pod may still
                 // run, and only the next attempt's token fences it off.
-                let first_seen = self.missing_since(&name);
+                let first_seen = r
+                    .job_missing_since
+                    .get_or_insert_with(|| Time(Timestamp::now()))
+                    .0;
+                let since = Timestamp::now().duration_since(first_seen).unsigned_abs();
                 let what = format!("the Job of attempt {} is gone", r.attempts);
-                return self.retry_after(r, first_seen.elapsed(), &what).await;
+                return self.retry_after(r, since, &what).await;
             }
             (Some(_), Some(true)) if r.phase == rebalance_phase::FINALIZING => {
                 r.phase = rebalance_phase::SUCCEEDED.to_owned();
@@ -1225,6 +1229,19 @@ impl<'a> Driver<'a> {
     ) -> Result<RebalanceStatus, Error> {
         let wait = retry_delay(r.attempts + 1);
         if since < wait {
+            if no_job_holds(&mut r) {
+                // Job-owned fields, which the operator's status writes leave alone.
+                let api: Api<CachePolicy> =
+                    Api::namespaced(self.ctx.client.clone(), &self.policy_ns);
+                let ended = json!({"status": {"rebalance": {"step": r.step, "pacing": null}}});
+                api.patch_status(
+                    &self.policy.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&ended),
+                )
+                .await
+                .map_err(Error::WriteStatus)?;
+            }
             r.message = Some(format!(
                 "{what}; retrying in {}s (the moving ranges are served through their sources meanwhile)",
                 (wait - since).as_secs()
@@ -1234,35 +1251,9 @@ impl<'a> Driver<'a> {
         self.retry(r).await
     }
 
-    /// The policy as `namespace/name`.
-    fn policy_key(&self) -> String {
-        format!("{}/{}", self.policy_ns, self.policy.name_any())
-    }
-
-    /// When this process first found Job `job` of this policy's plan missing (now, if it just
-    /// did).
-    fn missing_since(&self, job: &str) -> std::time::Instant {
-        let mut missing = self.missing_jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = missing
-            .entry(self.policy_key())
-            .or_insert_with(|| (job.to_owned(), std::time::Instant::now()));
-        if seen.0 != job {
-            *seen = (job.to_owned(), std::time::Instant::now());
-        }
-        seen.1
-    }
-
-    /// Forgets when this policy's Job was first found missing: a new attempt, or no plan.
-    fn forget_missing_job(&self) {
-        self.missing_jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.policy_key());
-    }
-
     /// Starts attempt `attempts + 1` of plan `r` with a new Job.
     async fn retry(&self, mut r: RebalanceStatus) -> Result<RebalanceStatus, Error> {
-        self.forget_missing_job();
+        r.job_missing_since = None;
         r.attempts = if self.forced.is_some() {
             r.attempts.max(1) + 1
         } else {

@@ -198,24 +198,33 @@ pub enum OwnerReturn {
 }
 
 /// How `entry` of `table` ends ([`OwnerReturn`]); `owner` and `server` are the views of its
-/// owner and of the instance serving it. A swap needs a `Sync` category (an `Async` replica
-/// may lack acknowledged results still on their way, which a move never loses), an owner that
-/// answers with its data and is not draining, a server that may hold the replica afterwards
-/// ([`InstanceView::may_hold_replicas`]), and no migration of the range.
+/// owner and of the instance serving it, `moves` those of the plan under way. A swap needs a
+/// `Sync` category (an `Async` replica may lack acknowledged results still on their way, which
+/// a move never loses), an owner that answers with its data, is not draining and keeps keys
+/// without a TTL, a server that may hold the replica afterwards
+/// ([`InstanceView::may_hold_replicas`]), and no migration of the range, published or planned
+/// (a failback move planned earlier goes on as a move: its Job empties the owner's copies).
 pub fn owner_return(
     table: &RoutingTable,
     entry: &Failover,
     owner: &InstanceView,
     server: &InstanceView,
+    moves: &[MoveStatus],
 ) -> OwnerReturn {
     let sync = table
         .category(&entry.category)
         .and_then(|c| c.replication.as_ref())
         .is_some_and(|r| r.mode == ReplicationMode::Sync);
+    let overlaps = |category: &str, start: i64, end: i64| {
+        category == entry.category && start <= i64::from(entry.end) && i64::from(entry.start) <= end
+    };
     let migrating = table
         .migrating
         .iter()
-        .any(|m| m.category == entry.category && m.start <= entry.end && entry.start <= m.end);
+        .any(|m| overlaps(&m.category, i64::from(m.start), i64::from(m.end)))
+        || moves
+            .iter()
+            .any(|m| overlaps(&m.category, i64::from(m.start), i64::from(m.end)));
     if !sync || migrating || !swappable(owner, server) {
         return OwnerReturn::Move;
     }
@@ -238,7 +247,57 @@ pub fn owner_return(
 /// two instances go: the owner answers with its data and is not draining, and the server may
 /// hold the range's replica afterwards.
 fn swappable(owner: &InstanceView, server: &InstanceView) -> bool {
-    owner.promotable() && !owner.drain && server.may_hold_replicas() && !server.lost_data
+    owner.promotable()
+        && !owner.drain
+        && owner.evicting_policy.is_none()
+        && server.may_hold_replicas()
+        && !server.lost_data
+}
+
+/// The failover entries of `previous` ready to end by swapping roles now
+/// ([`OwnerReturn::Swap`]), for a policy whose `spec` still asks `Sync` of their category;
+/// `moves` are those of the plan under way. The operator fences each one's server on itself
+/// before it builds the table that ends it, and builds it only with the swaps so fenced.
+pub fn ready_swaps(
+    previous: &RoutingTable,
+    spec: &CachePolicySpec,
+    instances: &[InstanceView],
+    moves: &[MoveStatus],
+) -> Vec<Failover> {
+    let view = |name: &str| instances.iter().find(|i| i.name == name);
+    previous
+        .failover
+        .iter()
+        .filter(|f| replication_of(spec, &f.category) == Replication::Sync)
+        .filter(|f| {
+            view(&f.from)
+                .zip(view(&f.to))
+                .is_some_and(|(owner, server)| {
+                    owner_return(previous, f, owner, server, moves) == OwnerReturn::Swap
+                })
+        })
+        .cloned()
+        .collect()
+}
+
+/// The failover entries of `previous` that `next` ends by swapping roles: the entry's owner
+/// serves its range in `next`, and its server is the range's seeded replica there.
+pub fn swapped_entries(previous: &RoutingTable, next: &RoutingTable) -> Vec<Failover> {
+    previous
+        .failover
+        .iter()
+        .filter(|f| !next.failover.contains(f))
+        .filter(|f| {
+            let servers = servers(next, &f.category);
+            let replicas = replicas_of(next, &f.category);
+            !servers.is_empty()
+                && (f.start..=f.end).all(|slot| {
+                    let s = usize::from(slot);
+                    servers[s] == f.from && replicas[s] == (Some(f.to.as_str()), false)
+                })
+        })
+        .cloned()
+        .collect()
 }
 
 /// Per slot (16 384 entries), the replica a failover may promote, if any.
@@ -275,6 +334,11 @@ fn place_category(
         .previous
         .and_then(|t| t.category(category))
         .map(|c| c.owners());
+    let was_async = inputs
+        .previous
+        .and_then(|t| t.category(category))
+        .and_then(|c| c.replication.as_ref())
+        .is_some_and(|r| r.mode == ReplicationMode::Async);
     let previous = inputs
         .previous
         .map(|t| replicas_of(t, category))
@@ -411,10 +475,12 @@ fn place_category(
             // its replica (seeded from the server, the stable replica staying on as the
             // outgoing one meanwhile), so that the failover can end by swapping roles rather
             // than by a failback move, which would leave the range without a replica.
+            // A replica seeded while the category was `Async` may lack results that never
+            // reached it: the owner is seeded again before it may swap.
             if mode == ReplicationMode::Sync
                 && let Some(owner) = owners.get(s).copied()
                 && owner != servers[s]
-                && previous[s].0 != Some(owner)
+                && (previous[s].0 != Some(owner) || was_async)
                 && eligible(owner, s)
                 && by_name
                     .get(owner)

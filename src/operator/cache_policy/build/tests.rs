@@ -141,7 +141,7 @@ fn unreachable_owner_fails_over_to_the_fallback_tier_and_back() {
     // Turned off while a failback still prepares: that plan moves the outage's writes home,
     // so the entries stay until it replaces them (dropped, the owner served the ranges
     // without those writes and the fallback's copies were freed).
-    let preparing = plan_routing_with("shop/shop", &off, &two(), Some(&during), true)
+    let preparing = plan_routing_with("shop/shop", &off, &two(), Some(&during), true, &[])
         .table
         .unwrap();
     assert_eq!(preparing.failover, during.failover);

@@ -136,13 +136,13 @@ pub async fn abandon_dead_ends(
     let raise: Vec<(String, u64)> = dead.iter().map(|d| (d.clone(), next_version)).collect();
     fences::notify(shared, &namespace, &key, selected, &raise).await;
     if let Some(name) = r.job.clone() {
-        let driver = Driver::new(shared, &ctx.jobs, policy, Some(&r), &ctx.missing_jobs);
+        let driver = Driver::new(shared, &ctx.jobs, policy, Some(&r));
         let _ = driver
             .jobs
             .delete(&name, &kube::api::DeleteParams::background())
             .await;
     }
-    let driver = Driver::new(shared, &ctx.jobs, policy, Some(&r), &ctx.missing_jobs);
+    let driver = Driver::new(shared, &ctx.jobs, policy, Some(&r));
     if goes_on {
         let dropped = r.moves.len() - live.len();
         r.moves = live;

@@ -503,6 +503,7 @@ fn a_new_plan_clears_every_field_of_the_previous_one() {
         started_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
         finished_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
         message: Some("abandoned".into()),
+        job_missing_since: Some(Time(k8s_openapi::jiff::Timestamp::now())),
         forced_by: Some("me".into()),
         paused: Some(true),
         cancel_refused: Some(true),
@@ -1194,5 +1195,43 @@ fn a_sync_range_whose_owner_is_its_replica_gets_no_failback_move() {
             failback,
             "{mode:?}: {moves:?}"
         );
+    }
+}
+
+#[test]
+fn a_hold_ends_with_the_job_that_reported_it() {
+    // A Job that died while it held the copy for an evicting source: while the next attempt
+    // waits, the plan no longer reads as held (its condition said SourceEvicting until then).
+    let held = RebalanceStatus {
+        phase: rebalance_phase::MIGRATING.to_owned(),
+        plan_id: 7,
+        step: Some(rebalance_step::SOURCE_EVICTING.to_owned()),
+        pacing: Some("held: secondary (maxmemory-policy allkeys-lru) may evict".into()),
+        attempts: 2,
+        ..RebalanceStatus::default()
+    };
+    let mut r = held.clone();
+    assert!(no_job_holds(&mut r));
+    assert_eq!(r.step.as_deref(), Some(rebalance_step::COPYING));
+    assert_eq!(r.pacing, None);
+    assert!(
+        !before_import(&r),
+        "keys may have moved: it is retried, never rolled back"
+    );
+    assert_eq!(before_import(&r), before_import(&held));
+    // Any other step is the plan's progress, and stays.
+    for step in [
+        rebalance_step::FENCING,
+        rebalance_step::COPYING,
+        rebalance_step::PAUSED,
+    ] {
+        let mut r = RebalanceStatus {
+            step: Some(step.to_owned()),
+            pacing: Some("slower".into()),
+            ..held.clone()
+        };
+        assert!(!no_job_holds(&mut r));
+        assert_eq!(r.step.as_deref(), Some(step));
+        assert!(r.pacing.is_some());
     }
 }

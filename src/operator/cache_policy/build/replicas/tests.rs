@@ -4,7 +4,7 @@ use super::*;
 use crate::api::redis_instance::InstancePhase;
 use crate::operator::cache_policy::build::fixtures::{example_view as view, shop, two};
 use crate::operator::cache_policy::build::{
-    held_ranges, newly_held, plan_routing, plan_routing_with, stale_before_publishing,
+    held_ranges, newly_held, plan_routing_with, stale_before_publishing,
 };
 use crate::routing::table::Migration;
 
@@ -26,9 +26,18 @@ fn publish(
     previous: Option<&RoutingTable>,
     seeded: &[Seeded],
 ) -> RoutingTable {
-    let mut t = plan_routing("shop/shop", spec, instances, previous)
-        .table
-        .unwrap();
+    // As the operator does: the swaps ready in `previous` (their servers fenced).
+    let swaps = previous.map_or_else(Vec::new, |p| ready_swaps(p, spec, instances, &[]));
+    let mut t = plan_routing_with(
+        "shop/shop",
+        spec,
+        instances,
+        previous,
+        spec.balancing.rebalance.enabled,
+        &swaps,
+    )
+    .table
+    .unwrap();
     place(&mut t, spec, instances, previous, &[], seeded);
     t.version = previous.map_or(1, |p| p.version + 1);
     t.validate().unwrap();
@@ -276,7 +285,7 @@ fn the_returning_owner_becomes_the_replica_and_keeps_no_stale_copy() {
     let mut off = spec.clone();
     off.balancing.rebalance.enabled = false;
     let back = {
-        let mut t = plan_routing_with("shop/shop", &off, &two(), Some(&during), false)
+        let mut t = plan_routing_with("shop/shop", &off, &two(), Some(&during), false, &[])
             .table
             .unwrap();
         place(&mut t, &off, &two(), Some(&during), &[], &[]);
@@ -1055,14 +1064,14 @@ fn a_sync_failover_ends_by_swapping_roles_once_the_returned_owner_is_seeded() {
         .clone();
     let (primary, secondary) = (&two()[0], &two()[1]);
     assert_eq!(
-        owner_return(&back, &entry, primary, secondary),
+        owner_return(&back, &entry, primary, secondary, &[]),
         OwnerReturn::Seeding
     );
     // Seeded: the table that says so still has the secondary serve.
     let seeded = publish(&spec, &two(), Some(&back), &all_seeded(&back));
     assert!(seeded.failover.iter().any(|f| f.category == "auth"));
     assert_eq!(
-        owner_return(&seeded, &entry, primary, secondary),
+        owner_return(&seeded, &entry, primary, secondary, &[]),
         OwnerReturn::Swap
     );
     // The next one swaps the roles — with rebalancing on or off, since no data moves: the
@@ -1070,9 +1079,12 @@ fn a_sync_failover_ends_by_swapping_roles_once_the_returned_owner_is_seeded() {
     let mut off = spec.clone();
     off.balancing.rebalance.enabled = false;
     for (spec, moving) in [(&spec, true), (&off, false)] {
-        let mut swapped = plan_routing_with("shop/shop", spec, &two(), Some(&seeded), moving)
-            .table
-            .unwrap();
+        let swaps = ready_swaps(&seeded, spec, &two(), &[]);
+        assert_eq!(swaps, std::slice::from_ref(&entry));
+        let mut swapped =
+            plan_routing_with("shop/shop", spec, &two(), Some(&seeded), moving, &swaps)
+                .table
+                .unwrap();
         place(&mut swapped, spec, &two(), Some(&seeded), &[], &[]);
         assert!(
             swapped.failover.iter().all(|f| f.category != "auth"),
@@ -1091,16 +1103,19 @@ fn a_sync_failover_ends_by_swapping_roles_once_the_returned_owner_is_seeded() {
         assert!(spared(&stale, "secondary", "auth"), "{stale:?}");
         let held = must_hold_marker(&swapped);
         assert!(held.contains("primary") && held.contains("secondary"));
-        // The secondary is fenced on itself before the table goes out.
+        // The table is recognised as ending the entry by swapping roles.
         assert_eq!(
-            crate::operator::cache_policy::build::demoted_to_replica(Some(&seeded), &swapped),
-            ["secondary"]
+            swapped_entries(&seeded, &swapped),
+            std::slice::from_ref(&entry)
         );
+        // Built without the swap (its server could not be fenced), the entry stays.
+        let waits = plan_routing_with("shop/shop", spec, &two(), Some(&seeded), moving, &[])
+            .table
+            .unwrap();
+        assert!(waits.failover.contains(&entry));
     }
-    // Nothing else is fenced so: not the table of the failover, nor the seeding's.
-    assert!(
-        crate::operator::cache_policy::build::demoted_to_replica(Some(&back), &seeded).is_empty()
-    );
+    // No other table is taken for one: not the failover's, nor the seeding's.
+    assert!(swapped_entries(&back, &seeded).is_empty());
 }
 
 #[test]
@@ -1115,7 +1130,7 @@ fn an_async_failover_or_one_whose_server_cannot_hold_the_replica_does_not_swap()
         .find(|f| f.category == "auth")
         .unwrap();
     assert_eq!(
-        owner_return(&seeded, entry, &two()[0], &two()[1]),
+        owner_return(&seeded, entry, &two()[0], &two()[1], &[]),
         OwnerReturn::Move
     );
     let after = publish(&spec, &two(), Some(&seeded), &[]);
@@ -1137,7 +1152,7 @@ fn an_async_failover_or_one_whose_server_cannot_hold_the_replica_does_not_swap()
         .find(|f| f.category == "auth")
         .unwrap();
     assert_eq!(
-        owner_return(&seeded, entry, &draining[0], &draining[1]),
+        owner_return(&seeded, entry, &draining[0], &draining[1], &[]),
         OwnerReturn::Move
     );
 }
@@ -1177,4 +1192,56 @@ fn with_three_instances_the_returned_owner_takes_the_replica_over_then_swaps() {
     );
     assert_eq!(seeding_runs(&swapped, "auth"), 0);
     assert!(!swapped.replicates_on("tertiary"));
+}
+
+#[test]
+fn a_planned_failback_move_an_evicting_owner_or_a_replica_seeded_under_async_do_not_swap() {
+    let spec = replicated(Replication::Sync);
+    let back = owner_back_of_two(&spec);
+    let seeded = publish(&spec, &two(), Some(&back), &all_seeded(&back));
+    let entry = seeded
+        .failover
+        .iter()
+        .find(|f| f.category == "auth")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        ready_swaps(&seeded, &spec, &two(), &[]),
+        std::slice::from_ref(&entry)
+    );
+    // A failback move of the range planned earlier (its server was briefly not swappable):
+    // it goes on as a move — its Job empties the owner's copies, so a swap beside it would
+    // lose the range.
+    let planned = MoveStatus {
+        category: "auth".into(),
+        start: i32::from(entry.start),
+        end: i32::from(entry.start),
+        from: entry.to.clone(),
+        to: entry.from.clone(),
+        target_serves: Some(false),
+    };
+    assert!(ready_swaps(&seeded, &spec, &two(), &[planned]).is_empty());
+    // An owner turned `allkeys-*`: its copies may be evicted.
+    let mut evicting = two();
+    evicting[0].evicting_policy = Some("allkeys-lru".into());
+    assert!(ready_swaps(&seeded, &spec, &evicting, &[]).is_empty());
+    // Seeded while the category was `Async`, then switched to `Sync`: seeded again first.
+    let async_spec = replicated(Replication::Async);
+    let back = owner_back_of_two(&async_spec);
+    let seeded_async = publish(&async_spec, &two(), Some(&back), &all_seeded(&back));
+    assert_eq!(seeding_runs(&seeded_async, "auth"), 0);
+    assert!(ready_swaps(&seeded_async, &spec, &two(), &[]).is_empty());
+    let switched = publish(&spec, &two(), Some(&seeded_async), &[]);
+    assert!(switched.failover.iter().any(|f| f.category == "auth"));
+    assert_eq!(
+        replica_runs(&switched, "auth"),
+        [(0, 16383, "primary".into())]
+    );
+    assert_eq!(
+        seeding_runs(&switched, "auth"),
+        1,
+        "seeded again under Sync"
+    );
+    let reseeded = publish(&spec, &two(), Some(&switched), &all_seeded(&switched));
+    assert_eq!(ready_swaps(&reseeded, &spec, &two(), &[]).len(), 1);
 }
