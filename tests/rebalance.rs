@@ -1152,19 +1152,30 @@ async fn a_job_deleted_again_and_again_is_retried_slower_once_its_attempts_are_s
     };
     let first_left = left(&r);
     join.shop.operator.kill();
+    let written_before = join
+        .shop
+        .policies
+        .get("shop")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
     join.shop.operator = Operator::start(join.shop.cp, &join.shop.ns);
     let shop = &join.shop;
-    let restarted = wait_status(shop, Some(node), "the restarted operator's wait", |r| {
-        r.job_missing_since.as_ref() == Some(&since)
-            && r.message
-                .as_deref()
-                .is_some_and(|m| m.contains("retrying in"))
-    })
-    .await
-    .status
-    .unwrap()
-    .rebalance
-    .unwrap();
+    // A status the restarted operator wrote (the countdown changes it every second).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let restarted = loop {
+        let p = shop.policies.get("shop").await.unwrap();
+        if p.metadata.resource_version != written_before {
+            break p.status.unwrap().rebalance.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted operator wrote no status"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(restarted.job_missing_since, Some(since), "{restarted:#?}");
     assert_eq!(restarted.attempts, 4, "{restarted:#?}");
     // At least the 5 s above have passed since the first report of the wait.
     assert!(
@@ -2014,6 +2025,39 @@ fn async_auth(policy: String) -> String {
 /// Keys of the replicated category, and of a warm one its owner's death does not touch.
 const REPLICATED_TRAFFIC: &[&str] = &["auth:", "session:", "user:"];
 
+/// How many keys `auth:k0` … are written "before" an outage: what a replica must hold.
+const BEFORE_KEYS: usize = 300;
+
+/// Writes the keys of [`BEFORE_KEYS`] through `c`.
+async fn write_before(c: &mut redis::aio::MultiplexedConnection) {
+    for n in 0..BEFORE_KEYS {
+        let _: () = c.set(format!("auth:k{n}"), "before").await.unwrap();
+    }
+}
+
+/// Which of the keys written before read otherwise than "before" through `c`.
+async fn missing_before(c: &mut redis::aio::MultiplexedConnection) -> Vec<usize> {
+    let mut missing = Vec::new();
+    for n in 0..BEFORE_KEYS {
+        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
+        if v.as_deref() != Some("before") {
+            missing.push(n);
+        }
+    }
+    missing
+}
+
+/// Asserts that every key written before still reads "before" (`when` says at which point).
+async fn assert_before(c: &mut redis::aio::MultiplexedConnection, when: &str) {
+    let missing = missing_before(c).await;
+    assert!(
+        missing.is_empty(),
+        "{} of the {BEFORE_KEYS} keys written before are gone {when}, e.g. auth:k{}",
+        missing.len(),
+        missing[0]
+    );
+}
+
 /// Waits until `auth` is replicated everywhere and its replica seeded.
 async fn wait_replicated(shop: &Shop, what: &str) -> RoutingTable {
     wait_table(shop, what, |t| {
@@ -2053,9 +2097,7 @@ async fn a_replicated_category_survives_its_owners_death_twice_and_fails_back_wi
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    for n in 0..300 {
-        let _: () = c.set(format!("auth:k{n}"), "before").await.unwrap();
-    }
+    write_before(&mut c).await;
     let traffic = Traffic::start(sidecar.port, REPLICATED_TRAFFIC, 3);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -2073,14 +2115,8 @@ async fn a_replicated_category_survives_its_owners_death_twice_and_fails_back_wi
             .all(|f| f.to == "secondary")
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut missing = 0;
-    for n in 0..300 {
-        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
-        if v.as_deref() != Some("before") {
-            missing += 1;
-        }
-    }
-    assert_eq!(missing, 0, "the replica served the category warm");
+    // The replica served the category warm.
+    assert_before(&mut c, "during the outage").await;
 
     // 2. It comes back (empty): it becomes auth's replica, seeded from the secondary, and then
     // the two swap roles — the primary serves auth again with everything the secondary held,
@@ -2108,10 +2144,7 @@ async fn a_replicated_category_survives_its_owners_death_twice_and_fails_back_wi
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ledger = traffic.stop().await;
-    for n in 0..300 {
-        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
-        assert_eq!(v.as_deref(), Some("before"), "auth:k{n}");
-    }
+    assert_before(&mut c, "at the end").await;
     assert_ledger(sidecar.port, &ledger).await;
     let acked = ledger
         .values
@@ -2151,9 +2184,7 @@ async fn a_sync_owner_killed_the_moment_it_serves_again_loses_nothing() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    for n in 0..300 {
-        let _: () = c.set(format!("auth:k{n}"), "before").await.unwrap();
-    }
+    write_before(&mut c).await;
     let traffic = Traffic::start(sidecar.port, REPLICATED_TRAFFIC, 3);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -2183,6 +2214,17 @@ async fn a_sync_owner_killed_the_moment_it_serves_again_loses_nothing() {
         "auth home at v{}: replicas {:?}, seeding {:?}",
         home.version, replicas.replicas, replicas.seeding
     );
+    // The table that serves auth from the primary again names the secondary its replica,
+    // seeded: nothing of auth is without a full copy at any time.
+    assert_eq!(
+        replicas
+            .replicas
+            .iter()
+            .map(|r| (r.range, r.instance.as_str()))
+            .collect::<Vec<_>>(),
+        [(redis_fleet::routing::slots::SlotRange::ALL, "secondary")]
+    );
+    assert!(replicas.seeding.is_empty(), "{replicas:?}");
     wait_table(&shop, "auth failed over again", |t| {
         t.failover
             .iter()
@@ -2191,19 +2233,7 @@ async fn a_sync_owner_killed_the_moment_it_serves_again_loses_nothing() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ledger = traffic.stop().await;
-    let mut missing = Vec::new();
-    for n in 0..300 {
-        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
-        if v.as_deref() != Some("before") {
-            missing.push(n);
-        }
-    }
-    assert!(
-        missing.is_empty(),
-        "{} of the 300 keys written before are gone, e.g. auth:k{}",
-        missing.len(),
-        missing[0]
-    );
+    assert_before(&mut c, "after the owner died the moment it served again").await;
     assert_ledger(sidecar.port, &ledger).await;
     eprintln!(
         "owner killed the moment it served again: {} ops, {} keys acknowledged and read back, {} errors",
@@ -2288,9 +2318,7 @@ async fn an_instance_that_loses_its_data_while_it_answers_gets_it_back_from_its_
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    for n in 0..300 {
-        let _: () = c.set(format!("auth:k{n}"), "before").await.unwrap();
-    }
+    write_before(&mut c).await;
     let traffic = Traffic::start(sidecar.port, &["auth:a"], 3);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -2324,14 +2352,7 @@ async fn an_instance_that_loses_its_data_while_it_answers_gets_it_back_from_its_
         during.failover
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for n in 0..300 {
-        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
-        assert_eq!(
-            v.as_deref(),
-            Some("before"),
-            "auth:k{n} after the owner's loss"
-        );
-    }
+    assert_before(&mut c, "after the owner's loss").await;
     assert_ledger(sidecar.port, &before).await;
     let traffic = Traffic::start(sidecar.port, &["auth:b"], 3);
 
@@ -2342,10 +2363,7 @@ async fn an_instance_that_loses_its_data_while_it_answers_gets_it_back_from_its_
     assert_eq!(after.category("auth").unwrap().slots[0].instance, "primary");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let meanwhile = traffic.stop().await;
-    for n in 0..300 {
-        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
-        assert_eq!(v.as_deref(), Some("before"), "auth:k{n} after the failback");
-    }
+    assert_before(&mut c, "after the failback").await;
     assert_ledger(sidecar.port, &before).await;
     assert_ledger(sidecar.port, &meanwhile).await;
     let events = events_of(&shop, "InstanceLostData").await;
@@ -2529,9 +2547,7 @@ async fn a_replica_that_moves_keeps_its_range_replicated_until_its_successor_is_
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    for n in 0..300 {
-        let _: () = c.set(format!("auth:k{n}"), "before").await.unwrap();
-    }
+    write_before(&mut c).await;
     let traffic = Traffic::start(sidecar.port, REPLICATED_TRAFFIC, 3);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -2563,13 +2579,7 @@ async fn a_replica_that_moves_keeps_its_range_replicated_until_its_successor_is_
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut missing = Vec::new();
-    for n in 0..300 {
-        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
-        if v.as_deref() != Some("before") {
-            missing.push(n);
-        }
-    }
+    let missing = missing_before(&mut c).await;
     assert!(
         missing.is_empty(),
         "{} of 300 keys written before are missing after the failover (auth:k{:?}): \
@@ -2610,10 +2620,7 @@ async fn a_replica_that_moves_keeps_its_range_replicated_until_its_successor_is_
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ledger = traffic.stop().await;
-    for n in 0..300 {
-        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
-        assert_eq!(v.as_deref(), Some("before"), "auth:k{n}");
-    }
+    assert_before(&mut c, "at the end").await;
     assert_ledger(sidecar.port, &ledger).await;
     eprintln!(
         "a replica that moves: {} ops, {} errors (the owner down), table v{} at the end",

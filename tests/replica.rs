@@ -1958,3 +1958,42 @@ fn a_sidecar_that_stops_delivers_its_async_results_first() {
         sidecar.log_tail(10)
     );
 }
+
+/// A `sync` result that reaches its replica more than 5 s after the write was sent is not
+/// acknowledged, however long `--request-timeout` is: the operator relies on that bound when
+/// it swaps a failed-over range's roles (it waits 6 s after fencing the old writer, and a
+/// result later than that would be ignored on the new writer while its client heard success).
+#[test]
+fn a_sync_result_later_than_five_seconds_is_not_acknowledged_whatever_the_request_timeout() {
+    let (a, b) = two_servers();
+    let sidecar = Sidecar::start_with(
+        &replicated_table(&a, &b, 1, ReplicationMode::Sync),
+        &[],
+        &["--request-timeout", "20s"],
+    );
+    let mut c = RawConn::open(sidecar.port);
+    assert_eq!(frame(&c.call_raw(&["SET", "auth:quick", "1"])), Frame::ok());
+    let replica_pid = b.pid().unwrap();
+    assert!(support::process::signal(replica_pid, "-STOP"));
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(7));
+        assert!(support::process::signal(replica_pid, "-CONT"));
+    });
+    let reply = frame(&c.call_raw(&["SET", "auth:late", "1"]));
+    thaw.join().unwrap();
+    match &reply {
+        Frame::Error(e) => {
+            let text = String::from_utf8_lossy(e);
+            assert!(text.starts_with("NOREPLICA"), "{text}");
+        }
+        other => panic!("a result 7 s late was acknowledged: {other:?}"),
+    }
+    // It ran on the writer, and reached the replica after all.
+    let mut on_a = RawConn::open(a.port);
+    assert_eq!(
+        frame(&on_a.call_raw(&["GET", "auth:late"])),
+        Frame::Bulk("1".into())
+    );
+    // Once the replica answers again, writes are acknowledged as before.
+    assert_eq!(frame(&c.call_raw(&["SET", "auth:after", "1"])), Frame::ok());
+}

@@ -221,6 +221,11 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         .count() as u64;
     let finished = lock(&fleet.node.finished);
     let failed_pods = finished.iter().filter(|(_, code)| *code != 0).count() as u64;
+    // One lock for both: a second `lock` in the same expression would wait for the first.
+    let (handovers, swaps) = {
+        let tables = lock(&fleet.tables);
+        (handovers(&tables), swaps(&tables))
+    };
     let mut row = Row {
         seed,
         seconds,
@@ -239,8 +244,8 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         faults,
         failovers,
         async_takeovers,
-        handovers: handovers(&lock(&fleet.tables)),
-        swaps: swaps(&lock(&fleet.tables)),
+        handovers,
+        swaps,
         logs: None,
     };
     drop((plans, finished));

@@ -185,6 +185,11 @@ pub async fn fence_returning_instances(
     }
 }
 
+/// How long the operator waits between fencing a swap's server and building the table that
+/// ends it: a `sync` result's deadline, and a second for the sidecars' scheduling.
+const SWAP_WAIT: Duration =
+    Duration::from_secs(crate::redis::protocol::replica::SYNC_RESULT_DEADLINE.as_secs() + 1);
+
 /// Of the failovers `ready` to end by swapping roles ([`build::replicas::ready_swaps`]), those
 /// whose server is now fenced on itself at `version`, the least version of the next table: the
 /// build ends only those. A server that cannot be fenced keeps serving its range (the swap
@@ -214,6 +219,16 @@ pub async fn fence_swaps(
                 warn!(instance = %name, error = %e, "could not fence the instance; its ranges stay with it until it can be (the failback by swapping roles waits)");
             }
         }
+    }
+    if !fenced.is_empty() {
+        // A `Sync` write that ran on a fenced server before its fence may still have its
+        // result on the way to the owner; a sidecar acknowledges it only if it got there
+        // within `SYNC_RESULT_DEADLINE` of sending the write. The owner takes no write under
+        // the new table until every such result is there, or an `INCR` there could be built on
+        // the value before it — the late result, of an older epoch, then ignored although
+        // acknowledged.
+        info!(servers = ?fenced, wait = ?SWAP_WAIT, "waiting for results still on their way before the failovers end by swapping roles");
+        tokio::time::sleep(SWAP_WAIT).await;
     }
     ready
         .into_iter()

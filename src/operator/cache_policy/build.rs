@@ -522,7 +522,20 @@ pub fn plan_routing_with(
         // A `Sync` range whose owner is back and is its seeded replica ends by swapping roles
         // (`replicas::owner_return`): the owner serves it again, and its server becomes the
         // replica (`replicas`), rebalancing on or off. No data moves.
-        let swapped = |f: &Failover| swaps.contains(f);
+        // Only where the owner keeps the whole range in this build (placement may hand part
+        // of it to another instance, with rebalancing off): elsewhere the entry stays, and ends
+        // by the usual rules later.
+        let swapped = |f: &Failover| {
+            swaps.contains(f)
+                && categories.iter().any(|(c, ..)| {
+                    c.name == f.category
+                        && c.slots.iter().any(|o| {
+                            o.instance == f.from
+                                && o.range.contains(f.start)
+                                && o.range.contains(f.end)
+                        })
+                })
+        };
         failover.extend(
             prev_failover
                 .iter()

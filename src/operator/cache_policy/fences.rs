@@ -253,11 +253,21 @@ pub async fn fence_on_itself(
     version: u64,
 ) -> Result<(), String> {
     let mut conn = connect_to(ctx, namespace, place).await?;
-    let name = &place.name;
-    fence::raise(&mut conn, policy, &[(name.clone(), version)])
+    raise_own_fence(&mut conn, policy, &place.name, version).await
+}
+
+/// Raises the fence of instance `name` to `version` on it (`conn`), and closes the
+/// connections of older tables there.
+async fn raise_own_fence(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    policy: &str,
+    name: &str,
+    version: u64,
+) -> Result<(), String> {
+    fence::raise(conn, policy, &[(name.to_owned(), version)])
         .await
         .map_err(|e| e.to_string())?;
-    let closed = fence::close_older_connections(&mut conn, policy, version)
+    let closed = fence::close_older_connections(conn, policy, version)
         .await
         .map_err(|e| e.to_string())?;
     if closed > 0 {
@@ -268,10 +278,11 @@ pub async fn fence_on_itself(
 
 /// Fences the server of a failover that is about to end by swapping roles on itself at
 /// `version`, the version the table that ends it will have at least
-/// (`docs/replication.md`, "Failback by swapping roles"), within `ri`'s health timeout. The
-/// fence is remembered as a failover notice is ([`unpublished_notice`]): should that table not
-/// go out, the next one goes out at that version, or every sidecar would stay fenced off the
-/// instance.
+/// (`docs/replication.md`, "Failback by swapping roles"), within `ri`'s health timeout. Once
+/// the instance is connected (the raise may reach it from then on), the fence is remembered as
+/// a failover notice is ([`unpublished_notice`]): should that table not go out, the next one
+/// goes out at that version, or every sidecar would stay fenced off the instance. One that
+/// cannot be reached records nothing, so it does not make every later table a new version.
 pub async fn fence_for_swap(
     ctx: &Context,
     namespace: &str,
@@ -279,22 +290,25 @@ pub async fn fence_for_swap(
     ri: &RedisInstance,
     version: u64,
 ) -> Result<(), String> {
-    {
-        let mut n = notices(ctx);
-        let v = n.entry(policy.to_owned()).or_insert(0);
-        *v = (*v).max(version);
-    }
-    let timeout = ri.spec.health.timeout.get().max(Duration::from_millis(500));
-    match tokio::time::timeout(
-        timeout,
-        fence_returning(ctx, namespace, policy, ri, version),
-    )
-    .await
-    {
-        Ok(done) => done,
+    let place = Place::of(ri, namespace);
+    let fence = async {
+        let mut conn = connect_to(ctx, namespace, &place).await?;
+        {
+            let mut n = notices(ctx);
+            let v = n.entry(policy.to_owned()).or_insert(0);
+            *v = (*v).max(version);
+        }
+        raise_own_fence(&mut conn, policy, &place.name, version).await
+    };
+    match tokio::time::timeout(place.timeout, fence).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            ctx.connections.drop_connection(&ObjectRef::from_obj(ri));
+            Err(e)
+        }
         Err(_) => {
             ctx.connections.drop_connection(&ObjectRef::from_obj(ri));
-            Err(format!("no answer within {timeout:?}"))
+            Err(format!("no answer within {:?}", place.timeout))
         }
     }
 }

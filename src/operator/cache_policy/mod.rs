@@ -50,7 +50,7 @@ use crate::api::cache_policy::{
     CachePolicy, REBALANCE_NOW_ANNOTATION, RebalanceControl, RebalanceStatus, config_map_name,
 };
 use crate::rebalance::plan::PlanInput;
-use crate::routing::table::RoutingTable;
+use crate::routing::table::{Failover, RoutingTable};
 
 use super::context::Context;
 use super::metrics::{PolicyLabels, error_variants};
@@ -388,7 +388,11 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 .as_ref()
                 .filter(|r| r.is_active())
                 .map_or(&[][..], |r| r.moves.as_slice());
-            let ready = build::replicas::ready_swaps(prev, &policy.spec, &views, moves);
+            let mut ready = build::replicas::ready_swaps(prev, &policy.spec, &views, moves);
+            if RebalanceControl::of(&policy) != RebalanceControl::Run {
+                // `redisfleet.io/rebalance: pause|cancel`: no failback, a swap included.
+                ready.clear();
+            }
             if ready.is_empty() {
                 Vec::new()
             } else {
@@ -455,12 +459,17 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 .as_ref()
                 .map(|p| build::replicas::swapped_entries(p, &table))
                 .unwrap_or_default();
-            if let Some(f) = swaps.iter().find(|f| !swapped.contains(f)) {
-                // A bug: the entry ended without its server named the range's seeded replica
-                // (the range would be left without a copy, its server's copies freed).
-                error!(entry = ?f, "a failover meant to end by swapping roles did not; the published table stays");
+            // Exactly the fenced swaps that this table ends end by swapping roles. Anything
+            // else is a bug: an entry ended without its server named the range's seeded
+            // replica (the range left without a copy, the server's copies freed), or a swap
+            // whose server was not fenced (two writers of one range).
+            let ended = |f: &&Failover| !table.failover.contains(f);
+            let unswapped = swaps.iter().filter(ended).find(|f| !swapped.contains(f));
+            let unfenced = swapped.iter().find(|f| !swaps.contains(f));
+            if let Some(f) = unswapped.or(unfenced) {
+                error!(entry = ?f, "a failover's end does not match the swaps fenced for it; the published table stays");
                 publish_error = Some(format!(
-                    "the failover of {} {}-{} from {} to {} did not end by swapping roles; the published table stays",
+                    "the failover of {} {}-{} from {} to {} did not end as its fenced swap; the published table stays",
                     f.category, f.start, f.end, f.from, f.to
                 ));
                 return_previous = true;

@@ -673,6 +673,17 @@ fn before_import(r: &RebalanceStatus) -> bool {
             ))
 }
 
+/// How long ago `then` was by this process's clock (none when another clock, a restarted
+/// operator's on another node, put it ahead).
+fn elapsed_since(then: Timestamp) -> std::time::Duration {
+    let span = Timestamp::now().duration_since(then);
+    if span.is_negative() {
+        std::time::Duration::ZERO
+    } else {
+        span.unsigned_abs()
+    }
+}
+
 /// No Job of plan `r` runs (its attempt ended; the next one waits): a hold the last one
 /// reported for an evicting source ended with it, and the plan reads as copying again until
 /// the next attempt reports its own step.
@@ -1134,9 +1145,10 @@ impl<'a> Driver<'a> {
                     .job_missing_since
                     .get_or_insert_with(|| Time(Timestamp::now()))
                     .0;
-                let since = Timestamp::now().duration_since(first_seen).unsigned_abs();
+                let since = elapsed_since(first_seen);
                 let what = format!("the Job of attempt {} is gone", r.attempts);
-                return self.retry_after(r, since, &what).await;
+                // Its pod may still run and report its step: what it reported stays.
+                return self.retry_after(r, since, &what, false).await;
             }
             (Some(_), Some(true)) if r.phase == rebalance_phase::FINALIZING => {
                 r.phase = rebalance_phase::SUCCEEDED.to_owned();
@@ -1171,7 +1183,7 @@ impl<'a> Driver<'a> {
                     return self.retry(r).await;
                 }
                 let ended = job::ended_at(&done).unwrap_or_else(Timestamp::now);
-                let since = Timestamp::now().duration_since(ended).unsigned_abs();
+                let since = elapsed_since(ended);
                 let what = format!("attempt {} failed", r.attempts);
                 return self.spent(r, since, &what).await;
             }
@@ -1216,20 +1228,23 @@ impl<'a> Driver<'a> {
             return Ok(r);
         }
         // Keys moved: only finishing leaves every key in one place. Retry, slower.
-        self.retry_after(r, since, what).await
+        self.retry_after(r, since, what, true).await
     }
 
     /// Starts the next attempt of plan `r` once [`retry_delay`] has passed since its last one
-    /// ended (`since` ago, as `what` says); until then, says when in `message`.
+    /// ended (`since` ago, as `what` says); until then, says when in `message` — and, when the
+    /// last attempt's Job has `ended` (no pod of it reports any more), that no hold it reported
+    /// lasts.
     async fn retry_after(
         &self,
         mut r: RebalanceStatus,
         since: std::time::Duration,
         what: &str,
+        ended: bool,
     ) -> Result<RebalanceStatus, Error> {
         let wait = retry_delay(r.attempts + 1);
         if since < wait {
-            if no_job_holds(&mut r) {
+            if ended && no_job_holds(&mut r) {
                 // Job-owned fields, which the operator's status writes leave alone.
                 let api: Api<CachePolicy> =
                     Api::namespaced(self.ctx.client.clone(), &self.policy_ns);

@@ -420,6 +420,7 @@ mod tests {
                 instance: j.replica.clone(),
                 writer: j.writer.clone(),
                 range: j.range,
+                sync: j.sync,
             })
             .collect();
         let previous = t.clone();

@@ -25,7 +25,7 @@ use crate::redis::protocol::{fence, names, replica};
 use crate::redis::serial::SerialConnection;
 use crate::routing::Resolver;
 use crate::routing::slots::SlotRange;
-use crate::routing::table::RoutingTable;
+use crate::routing::table::{ReplicationMode, RoutingTable};
 
 use super::build::replicas::{Seeded, servers};
 
@@ -55,12 +55,15 @@ pub struct SeedJob {
     pub writer: String,
     /// The slots.
     pub range: SlotRange,
+    /// The category is replicated `Sync` in the table that asks for it ([`Seeded::sync`]).
+    pub sync: bool,
 }
 
 impl SeedJob {
     /// Whether seeding `d` covers this job: same category, replica and writer, and its slots.
     fn finished_by(&self, d: &Seeded) -> bool {
         self.category == d.category
+            && self.sync == d.sync
             && self.replica == d.instance
             && self.writer == d.writer
             && d.range.start <= self.range.start
@@ -73,6 +76,7 @@ impl SeedJob {
             instance: self.replica.clone(),
             writer: self.writer.clone(),
             range: self.range,
+            sync: self.sync,
         }
     }
 }
@@ -134,6 +138,7 @@ pub fn pending(table: &RoutingTable) -> Vec<SeedJob> {
                         replica: run.instance.clone(),
                         writer: servers[usize::from(slot)].to_owned(),
                         range: SlotRange::new(start, slot),
+                        sync: r.mode == ReplicationMode::Sync,
                     });
                     start = slot.saturating_add(1);
                 }

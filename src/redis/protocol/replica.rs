@@ -165,6 +165,13 @@ end
     };
 }
 
+/// The longest a `sync` write's result may take to reach its replica, counted from when the
+/// write was sent to its writer, for the write to be acknowledged; later, the client hears
+/// `-NOREPLICA` (it ran). The operator relies on it: once it fenced a writer, every result of
+/// a write that ran there is on its replica, or was never acknowledged, within this time
+/// (`docs/replication.md`, "Failback by swapping roles").
+pub const SYNC_RESULT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long a recorded version is kept (see `forget_old!`); results held longer than a
 /// fraction of this are never applied (the sidecar's `MAX_HELD`).
 pub const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);

@@ -280,8 +280,10 @@ impl Client {
             )));
         }
         let args = replica::write_command(router.policy(), router.version(), &keys, &cmds, false);
+        let sent = Instant::now();
         let rx = router.send(target, self.lane(), bundle(&[args]), 1)?;
         Ok(Sent {
+            sent,
             router: router.clone(),
             shared: self.shared.clone(),
             lane: self.lane(),
@@ -307,8 +309,9 @@ impl Client {
     ) -> Result<Sent, Interrupt> {
         cmds.push(capture.command(router)?);
         let n = cmds.len();
+        let sent = Instant::now();
         let rx = router.send(target, self.lane(), bundle(&cmds), n)?;
-        Ok(self.sent_before_capture(router, target, capture, rx, client))
+        Ok(self.sent_before_capture(router, target, capture, rx, client, sent))
     }
 
     /// [`Sent`] for replies already in (`replies`: of commands sent on a connection of the
@@ -323,7 +326,8 @@ impl Client {
     ) -> Sent {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = tx.send(replies);
-        self.sent_before_capture(router, target, capture, rx, client)
+        // The commands ran already: now is the latest they were sent.
+        self.sent_before_capture(router, target, capture, rx, client, Instant::now())
     }
 
     fn sent_before_capture(
@@ -333,8 +337,10 @@ impl Client {
         capture: Capture,
         rx: ReplyReceiver,
         client: usize,
+        sent: Instant,
     ) -> Sent {
         Sent {
+            sent,
             router: router.clone(),
             shared: self.shared.clone(),
             lane: self.lane(),
@@ -431,6 +437,9 @@ enum Shape {
 
 /// A replicated write on its way to its target.
 pub(super) struct Sent {
+    /// When the write went to its writer (it ran after): a `sync` result that reaches its
+    /// replica more than [`replica::SYNC_RESULT_DEADLINE`] later is not acknowledged.
+    sent: Instant,
     router: Arc<Router>,
     shared: Arc<Shared>,
     lane: usize,
@@ -550,7 +559,17 @@ impl Sent {
         // Every part is tried, also after one failed: the other replicas must not fall behind.
         let mut failure = None;
         for part in &sync {
-            match self.apply(&policy, part, answered).await {
+            let handed = match self.apply(&policy, part, answered).await {
+                Ok(Handed::Applied) if self.sent.elapsed() > replica::SYNC_RESULT_DEADLINE => {
+                    Err(format!(
+                        "its result reached it more than {:?} after the write was sent, later \
+                         than a newer writer may take the key",
+                        replica::SYNC_RESULT_DEADLINE
+                    ))
+                }
+                handed => handed,
+            };
+            match handed {
                 Ok(Handed::Applied) => {
                     part.metrics.replicated.inc();
                 }

@@ -48,6 +48,9 @@ pub struct Seeded {
     pub writer: String,
     /// The slots seeded.
     pub range: SlotRange,
+    /// Seeded while the category was replicated `Sync` (an `Async` seeding may lack results
+    /// that never reached the replica: it does not count once the category is `Sync`).
+    pub sync: bool,
 }
 
 /// What replica placement needs besides the table.
@@ -419,6 +422,7 @@ fn place_category(
     let seeded = |name: &str, slot: usize| {
         inputs.seeded.iter().any(|s| {
             s.category == category
+                && s.sync == (mode == ReplicationMode::Sync)
                 && s.instance == name
                 && s.writer == servers[slot]
                 && s.range.contains(slot as u16)
@@ -581,6 +585,10 @@ pub fn seeded_runs(table: &RoutingTable) -> Vec<Seeded> {
                     instance: (*replica).to_owned(),
                     writer: (*writer).to_owned(),
                     range,
+                    sync: cat
+                        .replication
+                        .as_ref()
+                        .is_some_and(|r| r.mode == ReplicationMode::Sync),
                 });
             }
         }

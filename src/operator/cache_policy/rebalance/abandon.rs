@@ -147,6 +147,7 @@ pub async fn abandon_dead_ends(
         let dropped = r.moves.len() - live.len();
         r.moves = live;
         r.attempts = next_attempt;
+        r.job_missing_since = None;
         // No Job yet: `follow` creates it once the table is out (a Job it finds missing it
         // takes for a deleted one, whose pod may run on, and starts the attempt after it).
         r.job = None;

@@ -82,6 +82,7 @@ fn all_seeded(t: &RoutingTable) -> Vec<Seeded> {
                         range.start + run.range.start,
                         range.end + run.range.start,
                     ),
+                    sync: r.mode == ReplicationMode::Sync,
                 });
             }
         }
@@ -563,6 +564,24 @@ fn owner_back_of_two(spec: &CachePolicySpec) -> RoutingTable {
     let down = phase(two(), "primary", InstancePhase::Unreachable);
     let during = publish(spec, &down, Some(&seeded), &[]);
     publish(spec, &two(), Some(&during), &[])
+}
+
+/// [`owner_back_of_two`], then the table that says the primary is seeded: the swap is ready.
+/// With `auth`'s failover entry.
+fn owner_seeded_of_two(spec: &CachePolicySpec) -> (RoutingTable, Failover) {
+    let back = owner_back_of_two(spec);
+    let seeded = publish(spec, &two(), Some(&back), &all_seeded(&back));
+    let entry = auth_entry(&seeded);
+    (seeded, entry)
+}
+
+/// `auth`'s failover entry in `t`.
+fn auth_entry(t: &RoutingTable) -> Failover {
+    t.failover
+        .iter()
+        .find(|f| f.category == "auth")
+        .expect("auth is failed over")
+        .clone()
 }
 
 #[test]
@@ -1056,12 +1075,7 @@ fn a_sync_failover_ends_by_swapping_roles_once_the_returned_owner_is_seeded() {
     let spec = replicated(Replication::Sync);
     // The primary came back: the secondary serves auth, the primary is its replica, seeding.
     let back = owner_back_of_two(&spec);
-    let entry = back
-        .failover
-        .iter()
-        .find(|f| f.category == "auth")
-        .unwrap()
-        .clone();
+    let entry = auth_entry(&back);
     let (primary, secondary) = (&two()[0], &two()[1]);
     assert_eq!(
         owner_return(&back, &entry, primary, secondary, &[]),
@@ -1122,15 +1136,9 @@ fn a_sync_failover_ends_by_swapping_roles_once_the_returned_owner_is_seeded() {
 fn an_async_failover_or_one_whose_server_cannot_hold_the_replica_does_not_swap() {
     // `Async`: the replica may lack results still on their way; the failback moves the data.
     let spec = replicated(Replication::Async);
-    let back = owner_back_of_two(&spec);
-    let seeded = publish(&spec, &two(), Some(&back), &all_seeded(&back));
-    let entry = seeded
-        .failover
-        .iter()
-        .find(|f| f.category == "auth")
-        .unwrap();
+    let (seeded, entry) = owner_seeded_of_two(&spec);
     assert_eq!(
-        owner_return(&seeded, entry, &two()[0], &two()[1], &[]),
+        owner_return(&seeded, &entry, &two()[0], &two()[1], &[]),
         OwnerReturn::Move
     );
     let after = publish(&spec, &two(), Some(&seeded), &[]);
@@ -1139,20 +1147,14 @@ fn an_async_failover_or_one_whose_server_cannot_hold_the_replica_does_not_swap()
     // `Sync`, but the server turned `allkeys-*` (it could not keep the replica's copies), or
     // the owner drains: no swap either.
     let spec = replicated(Replication::Sync);
-    let back = owner_back_of_two(&spec);
-    let seeded = publish(&spec, &two(), Some(&back), &all_seeded(&back));
+    let (seeded, entry) = owner_seeded_of_two(&spec);
     let mut evicting = two();
     evicting[1].evicting_policy = Some("allkeys-lru".into());
     let after = publish(&spec, &evicting, Some(&seeded), &[]);
     assert!(after.failover.iter().any(|f| f.category == "auth"));
     let draining = drained(two(), "primary");
-    let entry = seeded
-        .failover
-        .iter()
-        .find(|f| f.category == "auth")
-        .unwrap();
     assert_eq!(
-        owner_return(&seeded, entry, &draining[0], &draining[1], &[]),
+        owner_return(&seeded, &entry, &draining[0], &draining[1], &[]),
         OwnerReturn::Move
     );
 }
@@ -1197,14 +1199,7 @@ fn with_three_instances_the_returned_owner_takes_the_replica_over_then_swaps() {
 #[test]
 fn a_planned_failback_move_an_evicting_owner_or_a_replica_seeded_under_async_do_not_swap() {
     let spec = replicated(Replication::Sync);
-    let back = owner_back_of_two(&spec);
-    let seeded = publish(&spec, &two(), Some(&back), &all_seeded(&back));
-    let entry = seeded
-        .failover
-        .iter()
-        .find(|f| f.category == "auth")
-        .unwrap()
-        .clone();
+    let (seeded, entry) = owner_seeded_of_two(&spec);
     assert_eq!(
         ready_swaps(&seeded, &spec, &two(), &[]),
         std::slice::from_ref(&entry)
@@ -1242,6 +1237,12 @@ fn a_planned_failback_move_an_evicting_owner_or_a_replica_seeded_under_async_do_
         1,
         "seeded again under Sync"
     );
+    // A seeding that ran while the category was `Async` does not count for it.
+    let async_era = all_seeded(&back);
+    assert!(async_era.iter().all(|d| !d.sync));
+    let still = publish(&spec, &two(), Some(&switched), &async_era);
+    assert_eq!(seeding_runs(&still, "auth"), 1);
+    assert!(ready_swaps(&still, &spec, &two(), &[]).is_empty());
     let reseeded = publish(&spec, &two(), Some(&switched), &all_seeded(&switched));
     assert_eq!(ready_swaps(&reseeded, &spec, &two(), &[]).len(), 1);
 }
