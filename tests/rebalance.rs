@@ -1152,22 +1152,20 @@ async fn a_job_deleted_again_and_again_is_retried_slower_once_its_attempts_are_s
     };
     let first_left = left(&r);
     join.shop.operator.kill();
-    let written_before = join
-        .shop
-        .policies
-        .get("shop")
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
+    let message_before = rebalance_of(&join.shop).await.message;
     join.shop.operator = Operator::start(join.shop.cp, &join.shop.ns);
     let shop = &join.shop;
-    // A status the restarted operator wrote (the countdown changes it every second).
+    // The countdown the restarted operator wrote (it changes the message every second; the
+    // one the killed operator left stays as it was).
     let deadline = Instant::now() + Duration::from_secs(30);
     let restarted = loop {
-        let p = shop.policies.get("shop").await.unwrap();
-        if p.metadata.resource_version != written_before {
-            break p.status.unwrap().rebalance.unwrap();
+        let r = rebalance_of(shop).await;
+        if r.message != message_before
+            && r.message
+                .as_deref()
+                .is_some_and(|m| m.contains("retrying in"))
+        {
+            break r;
         }
         assert!(
             Instant::now() < deadline,
@@ -2582,7 +2580,7 @@ async fn a_replica_that_moves_keeps_its_range_replicated_until_its_successor_is_
     let missing = missing_before(&mut c).await;
     assert!(
         missing.is_empty(),
-        "{} of 300 keys written before are missing after the failover (auth:k{:?}): \
+        "{} of {BEFORE_KEYS} keys written before are missing after the failover (auth:k{:?}): \
          the failover table {:?}",
         missing.len(),
         &missing[..missing.len().min(5)],

@@ -1988,11 +1988,18 @@ fn a_sync_result_later_than_five_seconds_is_not_acknowledged_whatever_the_reques
         }
         other => panic!("a result 7 s late was acknowledged: {other:?}"),
     }
-    // It ran on the writer, and reached the replica after all.
+    // It ran on the writer (the client was told so), and reached the replica after all.
     let mut on_a = RawConn::open(a.port);
     assert_eq!(
         frame(&on_a.call_raw(&["GET", "auth:late"])),
         Frame::Bulk("1".into())
+    );
+    let mut on_b = RawConn::open(b.port);
+    assert!(
+        support::process::wait_until(Duration::from_secs(5), || {
+            frame(&on_b.call_raw(&["GET", "auth:late"])) == Frame::Bulk("1".into())
+        }),
+        "the late result never reached the replica"
     );
     // Once the replica answers again, writes are acknowledged as before.
     assert_eq!(frame(&c.call_raw(&["SET", "auth:after", "1"])), Frame::ok());

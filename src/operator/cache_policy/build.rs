@@ -624,6 +624,27 @@ pub fn plan_routing_with(
     }
 }
 
+/// Of the swaps `ready` ([`replicas::ready_swaps`]), those that the build would end: where
+/// the owner keeps the whole range (placement may hand part of it to another instance). Only
+/// these are worth fencing a server for.
+pub fn swaps_that_end(
+    policy: &str,
+    spec: &CachePolicySpec,
+    instances: &[InstanceView],
+    previous: Option<&RoutingTable>,
+    moving: bool,
+    ready: Vec<Failover>,
+) -> Vec<Failover> {
+    let Some(table) = plan_routing_with(policy, spec, instances, previous, moving, &ready).table
+    else {
+        return Vec::new();
+    };
+    ready
+        .into_iter()
+        .filter(|f| !table.failover.contains(f))
+        .collect()
+}
+
 /// Where the data of `previous`'s unreachable owners is: its failover entries, the failbacks
 /// that stand in for them ([`failovers_in`]), and — for a migration whose source is dead and
 /// whose target serves — the target, which holds what moved and what was written since.

@@ -393,6 +393,16 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 // `redisfleet.io/rebalance: pause|cancel`: no failback, a swap included.
                 ready.clear();
             }
+            if !ready.is_empty() {
+                ready = build::swaps_that_end(
+                    &key,
+                    &policy.spec,
+                    &views,
+                    previous.as_ref(),
+                    rebalance_on,
+                    ready,
+                );
+            }
             if ready.is_empty() {
                 Vec::new()
             } else {

@@ -63,7 +63,7 @@ impl SeedJob {
     /// Whether seeding `d` covers this job: same category, replica and writer, and its slots.
     fn finished_by(&self, d: &Seeded) -> bool {
         self.category == d.category
-            && self.sync == d.sync
+            && (d.sync || !self.sync)
             && self.replica == d.instance
             && self.writer == d.writer
             && d.range.start <= self.range.start

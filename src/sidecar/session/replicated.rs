@@ -315,7 +315,7 @@ impl Client {
     }
 
     /// [`Sent`] for replies already in (`replies`: of commands sent on a connection of the
-    /// client's own, the last one [`Capture::command`]).
+    /// client's own at `sent`, the last one [`Capture::command`]).
     pub(super) fn captured(
         &self,
         router: &Arc<Router>,
@@ -323,11 +323,11 @@ impl Client {
         capture: Capture,
         replies: Result<Replies, BackendError>,
         client: usize,
+        sent: Instant,
     ) -> Sent {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = tx.send(replies);
-        // The commands ran already: now is the latest they were sent.
-        self.sent_before_capture(router, target, capture, rx, client, Instant::now())
+        self.sent_before_capture(router, target, capture, rx, client, sent)
     }
 
     fn sent_before_capture(

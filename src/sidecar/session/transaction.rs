@@ -417,8 +417,9 @@ impl Client {
                     )));
                 }
                 all.push(capture.command(router)?);
+                let sent = std::time::Instant::now();
                 let replies = conn.call(&bundle(&all), all.len()).await;
-                self.captured(router, target, capture, replies, exec_at)
+                self.captured(router, target, capture, replies, exec_at, sent)
             }
             None => self.send_before_capture(router, target, capture, all, exec_at)?,
         };

@@ -422,7 +422,8 @@ fn place_category(
     let seeded = |name: &str, slot: usize| {
         inputs.seeded.iter().any(|s| {
             s.category == category
-                && s.sync == (mode == ReplicationMode::Sync)
+                // An `Async` seeding does not count for `Sync`; a `Sync` one counts for both.
+                && (s.sync || mode != ReplicationMode::Sync)
                 && s.instance == name
                 && s.writer == servers[slot]
                 && s.range.contains(slot as u16)

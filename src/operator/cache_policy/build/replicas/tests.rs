@@ -1239,10 +1239,45 @@ fn a_planned_failback_move_an_evicting_owner_or_a_replica_seeded_under_async_do_
     );
     // A seeding that ran while the category was `Async` does not count for it.
     let async_era = all_seeded(&back);
-    assert!(async_era.iter().all(|d| !d.sync));
+    assert!(!async_era.is_empty() && async_era.iter().all(|d| !d.sync));
     let still = publish(&spec, &two(), Some(&switched), &async_era);
     assert_eq!(seeding_runs(&still, "auth"), 1);
     assert!(ready_swaps(&still, &spec, &two(), &[]).is_empty());
     let reseeded = publish(&spec, &two(), Some(&switched), &all_seeded(&switched));
     assert_eq!(ready_swaps(&reseeded, &spec, &two(), &[]).len(), 1);
+}
+
+#[test]
+fn a_swap_is_fenced_for_only_where_the_owner_keeps_the_whole_range() {
+    use crate::operator::cache_policy::build::swaps_that_end;
+    let spec = replicated(Replication::Sync);
+    let (seeded, entry) = owner_seeded_of_two(&spec);
+    let ready = ready_swaps(&seeded, &spec, &two(), &[]);
+    assert_eq!(
+        swaps_that_end(
+            "shop/shop",
+            &spec,
+            &two(),
+            Some(&seeded),
+            true,
+            ready.clone()
+        ),
+        std::slice::from_ref(&entry)
+    );
+    // Rebalancing off, and a second hot instance: placement gives it part of auth's slots
+    // (nothing holds them back), so the entry does not end now and its server is not fenced.
+    let mut off = spec.clone();
+    off.balancing.rebalance.enabled = false;
+    let mut three = two();
+    three.push(view("hot-2", "hot", InstancePhase::Ready, 30));
+    let planned = plan_routing_with("shop/shop", &off, &three, Some(&seeded), false, &ready)
+        .table
+        .unwrap();
+    let owners = planned.category("auth").unwrap().owners();
+    assert!(
+        (entry.start..=entry.end).any(|s| owners[usize::from(s)] != entry.from),
+        "placement kept the whole range on the owner: the case is not made"
+    );
+    assert!(planned.failover.contains(&entry));
+    assert!(swaps_that_end("shop/shop", &off, &three, Some(&seeded), false, ready).is_empty());
 }
