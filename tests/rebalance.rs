@@ -2063,6 +2063,48 @@ async fn assert_before(c: &mut redis::aio::MultiplexedConnection, when: &str) {
     );
 }
 
+/// The shop with `auth` replicated `Sync` and seeded on the secondary, the keys written before
+/// in place, and traffic on replicated and warm keys through a sidecar for two seconds.
+struct ReplicatedShop {
+    shop: Shop,
+    node: Node,
+    /// The last plan when the shop settled.
+    plan: i64,
+    /// The table that replicates `auth`.
+    table: RoutingTable,
+    sidecar: Sidecar,
+    /// A client of the sidecar.
+    c: redis::aio::MultiplexedConnection,
+    traffic: Traffic,
+}
+
+impl ReplicatedShop {
+    async fn start(prefix: &str) -> Self {
+        let shop = shop_with(prefix, replicated_auth).await;
+        let (_, plan) = settled(&shop).await;
+        let node = Node::start(shop.cp, &shop.ns);
+        let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+        let table = wait_replicated(&shop, "auth replicated on the secondary").await;
+        let mut c = sidecar
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        write_before(&mut c).await;
+        let traffic = Traffic::start(sidecar.port, REPLICATED_TRAFFIC, 3);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Self {
+            shop,
+            node,
+            plan,
+            table,
+            sidecar,
+            c,
+            traffic,
+        }
+    }
+}
+
 /// Waits until `auth` is replicated everywhere and its replica seeded.
 async fn wait_replicated(shop: &Shop, what: &str) -> RoutingTable {
     wait_table(shop, what, |t| {
@@ -2081,11 +2123,15 @@ async fn wait_replicated(shop: &Shop, what: &str) -> RoutingTable {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicated_category_survives_its_owners_death_twice_and_fails_back_with_every_write() {
-    let mut shop = shop_with("warm-failover", replicated_auth).await;
-    let (_, plan) = settled(&shop).await;
-    let node = Node::start(shop.cp, &shop.ns);
-    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
-    let t = wait_replicated(&shop, "auth replicated on the secondary").await;
+    let ReplicatedShop {
+        mut shop,
+        node,
+        plan,
+        table: t,
+        sidecar,
+        mut c,
+        traffic,
+    } = ReplicatedShop::start("warm-failover").await;
     assert_eq!(t.category("auth").unwrap().slots[0].instance, "primary");
     assert_eq!(
         t.category("auth")
@@ -2097,14 +2143,6 @@ async fn a_replicated_category_survives_its_owners_death_twice_and_fails_back_wi
             .instance,
         "secondary"
     );
-    let mut c = sidecar
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    write_before(&mut c).await;
-    let traffic = Traffic::start(sidecar.port, REPLICATED_TRAFFIC, 3);
-    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // 1. The owner dies: its replica serves the category at once, with its data.
     shop.primary.kill();
@@ -2179,19 +2217,14 @@ fn auth_home(t: &RoutingTable) -> bool {
 /// takes the keys off the secondary, whose copies come back only with a new seeding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_owner_killed_the_moment_it_serves_again_loses_nothing() {
-    let mut shop = shop_with("swap-failback", replicated_auth).await;
-    let _ = settled(&shop).await;
-    let _node = Node::start(shop.cp, &shop.ns);
-    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
-    wait_replicated(&shop, "auth replicated on the secondary").await;
-    let mut c = sidecar
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    write_before(&mut c).await;
-    let traffic = Traffic::start(sidecar.port, REPLICATED_TRAFFIC, 3);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ReplicatedShop {
+        mut shop,
+        node: _node,
+        sidecar,
+        mut c,
+        traffic,
+        ..
+    } = ReplicatedShop::start("swap-failback").await;
 
     shop.primary.kill();
     wait_table(&shop, "auth failed over", |t| {

@@ -114,6 +114,15 @@ fn notices(ctx: &Context) -> std::sync::MutexGuard<'_, std::collections::BTreeMa
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Remembers that an instance of `policy` may be fenced at `version` ([`unpublished_notice`]);
+/// returns the highest version remembered.
+fn remember_notice(ctx: &Context, policy: &str, version: u64) -> u64 {
+    let mut n = notices(ctx);
+    let v = n.entry(policy.to_owned()).or_insert(0);
+    *v = (*v).max(version);
+    *v
+}
+
 /// The version a failover notice fenced an instance of `policy` at, when no table at that
 /// version went out (`published` is below it): the reconcile that raised it stopped before its
 /// table was written (an API error, the operator killed). Should that instance answer again,
@@ -132,10 +141,7 @@ pub async fn unpublished_notice(
         Some(v) => v,
         None => {
             let found = read_fences(ctx, namespace, policy, selected).await?;
-            let mut n = notices(ctx);
-            let v = n.entry(policy.to_owned()).or_insert(0);
-            *v = (*v).max(found);
-            *v
+            remember_notice(ctx, policy, found)
         }
     };
     (highest > published).then_some(highest)
@@ -196,9 +202,7 @@ pub async fn notify(
     raise: &[(String, u64)],
 ) -> usize {
     if let Some(highest) = raise.iter().map(|(_, v)| *v).max() {
-        let mut n = notices(ctx);
-        let v = n.entry(policy.to_owned()).or_insert(0);
-        *v = (*v).max(highest);
+        remember_notice(ctx, policy, highest);
     }
     let mut recorded = 0;
     for ri in selected {
@@ -293,11 +297,7 @@ pub async fn fence_for_swap(
     let place = Place::of(ri, namespace);
     let fence = async {
         let mut conn = connect_to(ctx, namespace, &place).await?;
-        {
-            let mut n = notices(ctx);
-            let v = n.entry(policy.to_owned()).or_insert(0);
-            *v = (*v).max(version);
-        }
+        remember_notice(ctx, policy, version);
         raise_own_fence(&mut conn, policy, &place.name, version).await
     };
     match tokio::time::timeout(place.timeout, fence).await {

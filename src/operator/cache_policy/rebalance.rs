@@ -1246,16 +1246,8 @@ impl<'a> Driver<'a> {
         if since < wait {
             if ended && no_job_holds(&mut r) {
                 // Job-owned fields, which the operator's status writes leave alone.
-                let api: Api<CachePolicy> =
-                    Api::namespaced(self.ctx.client.clone(), &self.policy_ns);
-                let ended = json!({"status": {"rebalance": {"step": r.step, "pacing": null}}});
-                api.patch_status(
-                    &self.policy.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&ended),
-                )
-                .await
-                .map_err(Error::WriteStatus)?;
+                self.merge_rebalance_status(json!({"step": r.step, "pacing": null}))
+                    .await?;
             }
             r.message = Some(format!(
                 "{what}; retrying in {}s (the moving ranges are served through their sources meanwhile)",
@@ -1264,6 +1256,20 @@ impl<'a> Driver<'a> {
             return Ok(r);
         }
         self.retry(r).await
+    }
+
+    /// Merge-patches `status.rebalance` with `fields` (`null` clears one): also the fields the
+    /// Job owns, which the operator's status writes leave alone.
+    async fn merge_rebalance_status(&self, fields: serde_json::Value) -> Result<(), Error> {
+        let api: Api<CachePolicy> = Api::namespaced(self.ctx.client.clone(), &self.policy_ns);
+        api.patch_status(
+            &self.policy.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"rebalance": fields}})),
+        )
+        .await
+        .map_err(Error::WriteStatus)?;
+        Ok(())
     }
 
     /// Starts attempt `attempts + 1` of plan `r` with a new Job.
@@ -1394,15 +1400,7 @@ impl<'a> Driver<'a> {
         // and final versions: the Job may start before the reconcile writes the full status,
         // and would then carry out the earlier plan's moves under this plan's id (moving
         // nothing, while this plan's finalize frees its sources) or skip its prepare.
-        let api: Api<CachePolicy> = Api::namespaced(self.ctx.client.clone(), &self.policy_ns);
-        let clear = json!({"status": {"rebalance": new_plan_patch(&r)}});
-        api.patch_status(
-            &self.policy.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&clear),
-        )
-        .await
-        .map_err(Error::WriteStatus)?;
+        self.merge_rebalance_status(new_plan_patch(&r)).await?;
         self.create_job(&r).await?;
         info!(
             plan = plan_id,
