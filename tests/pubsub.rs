@@ -311,6 +311,7 @@ fn shard_channels_follow_their_slot_through_a_migration_and_a_failover() {
         end: 8191,
         from: "a".into(),
         to: "b".into(),
+        handover: false,
     });
     pod1.update_table(&t4);
     pod2.update_table(&t4);

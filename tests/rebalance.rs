@@ -18,7 +18,8 @@ use support::RedisServer;
 use support::node::Node;
 use support::operator::Operator;
 use support::shop::{
-    SHOP_SECRETS, Shop, apply_third_instance, kubectl_apply, server_with_password, shop_with,
+    SHOP_SECRETS, Shop, apply_third_instance, apply_third_instance_in, kubectl_apply,
+    server_with_password, shop_with,
 };
 use support::sidecar::Sidecar;
 
@@ -2275,6 +2276,129 @@ async fn a_sync_owner_killed_the_moment_it_serves_again_loses_nothing() {
     assert_ledger(sidecar.port, &ledger).await;
     eprintln!(
         "owner killed the moment it served again: {} ops, {} keys acknowledged and read back, {} errors",
+        ledger.ops,
+        ledger.values.len() + ledger.counters.len(),
+        ledger.errors.len()
+    );
+}
+
+/// Per slot of `category`, the instance that serves it in `t` (its owner, unless a failover or
+/// handover entry names another).
+fn serving(t: &RoutingTable, category: &str) -> Vec<String> {
+    let mut out: Vec<String> = t
+        .category(category)
+        .map(|c| c.owners().into_iter().map(str::to_owned).collect())
+        .unwrap_or_default();
+    for f in t.failover.iter().filter(|f| f.category == category) {
+        for slot in f.start..=f.end {
+            if out[usize::from(slot)] == f.from {
+                out[usize::from(slot)].clone_from(&f.to);
+            }
+        }
+    }
+    out
+}
+
+/// Issue 15 item 4: a `Sync` range that a plan moves keeps a full copy beside its owner at
+/// every moment. A hot third instance joins the shop, and placement hands it a share of
+/// `auth`. The moment a table serves part of `auth` from it (polled every 100 ms), it is
+/// `kill -9`ed. That table must name a seeded replica for every slot it serves, and every
+/// acknowledged write and all 300 keys written before must be read back. A Job move fails
+/// this: the moved slots have no replica while they move, and a new one, seeding, after —
+/// never promoted, so they fail over to an empty fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_range_a_join_moves_keeps_a_seeded_replica_and_survives_its_new_owners_death() {
+    let ReplicatedShop {
+        shop,
+        node: _node,
+        sidecar,
+        mut c,
+        traffic,
+        ..
+    } = ReplicatedShop::start("handover").await;
+    let mut tertiary = apply_third_instance_in(&shop, "hot");
+    // Handed over: the tertiary owns part of auth while the primary still serves it.
+    let handed = wait_until_table(
+        &shop,
+        "part of auth handed over to the tertiary",
+        Duration::from_secs(120),
+        |t| {
+            t.failover
+                .iter()
+                .any(|f| f.category == "auth" && f.handover && f.from == "tertiary")
+        },
+    )
+    .await;
+    assert!(
+        serving(&handed, "auth").iter().all(|s| s == "primary"),
+        "{handed:#?}"
+    );
+    let moved = wait_until_table(
+        &shop,
+        "part of auth served by the tertiary",
+        Duration::from_secs(180),
+        |t| serving(t, "auth").iter().any(|s| s == "tertiary"),
+    )
+    .await;
+    tertiary.kill();
+    let serves = serving(&moved, "auth");
+    let replication = moved
+        .category("auth")
+        .and_then(|c| c.replication.clone())
+        .expect("auth is replicated");
+    eprintln!(
+        "auth on the tertiary at v{}: owners {:?}, replicas {:?}, seeding {:?}, outgoing {:?}",
+        moved.version,
+        moved.category("auth").map(|c| &c.slots),
+        replication.replicas,
+        replication.seeding,
+        replication.outgoing
+    );
+    let replica_of = |slot: u16| {
+        replication
+            .replicas
+            .iter()
+            .find(|r| r.range.contains(slot))
+            .map(|r| r.instance.as_str())
+    };
+    let seeding = |slot: u16| replication.seeding.iter().any(|r| r.range.contains(slot));
+    for slot in 0..16384u16 {
+        if serves[usize::from(slot)] == "tertiary" {
+            assert!(
+                replica_of(slot).is_some_and(|r| r != "tertiary") && !seeding(slot),
+                "slot {slot} of auth is served by the tertiary without a seeded replica"
+            );
+        }
+    }
+    wait_table(&shop, "auth failed over from the tertiary", |t| {
+        t.failover
+            .iter()
+            .any(|f| f.category == "auth" && f.from == "tertiary" && !f.handover)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ledger = traffic.stop().await;
+    assert_before(&mut c, "after the new owner died the moment it served").await;
+    assert_ledger(sidecar.port, &ledger).await;
+    // It was handed over, not moved by a Job.
+    let policy = shop.policies.get("shop").await.unwrap();
+    let moves = policy
+        .status
+        .and_then(|s| s.rebalance)
+        .map(|r| r.moves)
+        .unwrap_or_default();
+    assert!(
+        moves.iter().all(|m| m.category != "auth"),
+        "a Job moved auth: {moves:#?}"
+    );
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &ledger.errors {
+        *kinds
+            .entry(e.split_whitespace().nth(1).unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    eprintln!(
+        "new owner killed the moment it served: {} ops, {} keys acknowledged and read back, {} errors {kinds:?}",
         ledger.ops,
         ledger.values.len() + ledger.counters.len(),
         ledger.errors.len()

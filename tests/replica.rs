@@ -1091,6 +1091,7 @@ fn a_queue_on_a_replicated_category_loses_and_repeats_no_job_when_its_owner_dies
         end: 16383,
         from: "a".into(),
         to: "b".into(),
+        handover: false,
     });
     for s in &sidecars {
         s.update_table(&v2);
@@ -1251,6 +1252,7 @@ fn after_the_owner_is_killed_every_acknowledged_sync_write_is_served_by_the_repl
         end: 16383,
         from: "a".into(),
         to: "b".into(),
+        handover: false,
     });
     sidecar.update_table(&v2);
     assert!(
@@ -1676,6 +1678,7 @@ fn a_table_that_promotes_or_drops_the_replica_while_a_write_waits_still_answers_
                 end: 16383,
                 from: "a".into(),
                 to: "b".into(),
+                handover: false,
             });
         } else {
             v2.categories[0]

@@ -149,6 +149,7 @@ mod tests {
             end: 8191,
             from: "primary".into(),
             to: "secondary".into(),
+            handover: false,
         });
         let r = Resolver::new(t).unwrap();
         assert!(

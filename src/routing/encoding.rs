@@ -240,6 +240,7 @@ mod tests {
             end: 99,
             from: "primary".into(),
             to: "secondary".into(),
+            handover: false,
         });
         let v1 = to_json(&table, 1);
         assert!(v1.contains(r#""schemaVersion":1"#), "{v1}");

@@ -375,6 +375,7 @@ mod tests {
             end: 99,
             from: "primary".into(),
             to: "secondary".into(),
+            handover: false,
         });
         t.migrating.push(Migration {
             category: "auth".into(),
@@ -392,6 +393,7 @@ mod tests {
             end: 9001,
             from: "primary".into(),
             to: "primary".into(),
+            handover: false,
         });
         let r = Resolver::new(t).unwrap();
         let (p, s) = (

@@ -290,10 +290,17 @@ pub struct Failover {
     pub start: u16,
     /// Last slot (inclusive).
     pub end: u16,
-    /// The unreachable owner.
+    /// The unreachable owner — or, for a handover, the range's new owner, being seeded.
     pub from: String,
     /// The instance serving the range meanwhile.
     pub to: String,
+    /// Not an outage: a move of a replicated (`Sync`) range from `to` to `from` that hands the
+    /// range over by swapping roles (`docs/replication.md`, "Moves that hand over"). `to`
+    /// serves the range as before, while `from`, its owner from now on, is seeded as a third
+    /// copy; no sidecar was ever told to write the range to `from`, so no failover notice or
+    /// fence of `from` goes with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handover: bool,
 }
 
 impl Failover {
@@ -734,6 +741,7 @@ pub(crate) mod tests {
             end: 5,
             from: "primary".into(),
             to: "secondary".into(),
+            handover: false,
         });
         assert!(matches!(
             t.validate(),

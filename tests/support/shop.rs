@@ -160,11 +160,21 @@ pub async fn shop_configured(
 /// warm tier) into `shop`'s namespace, on a new server with its password: the user's third
 /// instance joining by `kubectl apply`. Returns the server.
 pub fn apply_third_instance(shop: &Shop) -> RedisServer {
+    apply_third_instance_in(shop, "warm")
+}
+
+/// [`apply_third_instance`], the newcomer labelled into `tier`.
+pub fn apply_third_instance_in(shop: &Shop, tier: &str) -> RedisServer {
     let tertiary = server_with_password("change-me-tertiary");
     let yaml = example(
         "third-instance.yaml",
         &[("redis-tertiary.example.com", &tertiary)],
+    )
+    .replace(
+        "redisfleet.io/tier: warm\n",
+        &format!("redisfleet.io/tier: {tier}\n"),
     );
+    assert!(yaml.contains(&format!("redisfleet.io/tier: {tier}\n")));
     let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
     assert!(
         out.status.success(),

@@ -330,7 +330,7 @@ fn build_policy(
     let failovers = match &table {
         Some(t) => {
             let mut grouped: BTreeMap<(&str, &str, &str), u32> = BTreeMap::new();
-            for f in &t.failover {
+            for f in t.failover.iter().filter(|f| !f.handover) {
                 *grouped
                     .entry((f.category.as_str(), f.from.as_str(), f.to.as_str()))
                     .or_default() += f.range().len();

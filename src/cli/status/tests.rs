@@ -140,6 +140,7 @@ fn objects() -> Objects {
                 end: 8191,
                 from: "primary".into(),
                 to: "secondary".into(),
+                handover: false,
             },
             Failover {
                 category: "auth".into(),
@@ -147,6 +148,7 @@ fn objects() -> Objects {
                 end: 16383,
                 from: "primary".into(),
                 to: "secondary".into(),
+                handover: false,
             },
         ],
         placement_bases: vec![],

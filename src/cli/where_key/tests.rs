@@ -74,6 +74,7 @@ fn table() -> RoutingTable {
             end: 8191,
             from: "primary".into(),
             to: "tertiary".into(),
+            handover: false,
         }],
         placement_bases: vec![],
         strategy: None,

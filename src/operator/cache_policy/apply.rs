@@ -74,14 +74,33 @@ impl Published {
     }
 }
 
-/// The instances `next` fails over that `previous` did not.
+/// The instances `next` fails over that `previous` did not. A handover fails nothing over, and
+/// neither does an entry whose owner did not serve its range in `previous` (a handover's new
+/// owner, once the range's server failed in turn): no sidecar routed that range to it.
 fn newly_failed_over(previous: Option<&RoutingTable>, next: &RoutingTable) -> Vec<String> {
     let before: std::collections::BTreeSet<&str> = previous
-        .map(|p| p.failover.iter().map(|f| f.from.as_str()).collect())
+        .map(|p| {
+            p.failover
+                .iter()
+                .filter(|f| !f.handover)
+                .map(|f| f.from.as_str())
+                .collect()
+        })
         .unwrap_or_default();
+    let served = previous.map(build::served_ranges);
+    let served_before = |f: &Failover| {
+        served.as_ref().is_none_or(|s| {
+            s.get(&f.from).is_some_and(|ranges| {
+                ranges
+                    .iter()
+                    .any(|(c, r)| *c == f.category && r.overlaps(&f.range()))
+            })
+        })
+    };
     let mut out: Vec<String> = next
         .failover
         .iter()
+        .filter(|f| !f.handover && served_before(f))
         .map(|f| f.from.as_str())
         .filter(|f| !before.contains(f))
         .map(str::to_owned)
@@ -146,7 +165,13 @@ pub async fn fence_returning_instances(
     selected: &[Arc<RedisInstance>],
     table: &RoutingTable,
 ) {
-    let mut from: Vec<&str> = table.failover.iter().map(|f| f.from.as_str()).collect();
+    // A handover's new owner was never routed its range: nothing to fence it against.
+    let mut from: Vec<&str> = table
+        .failover
+        .iter()
+        .filter(|f| !f.handover)
+        .map(|f| f.from.as_str())
+        .collect();
     from.sort_unstable();
     from.dedup();
     let returned: Vec<&Arc<RedisInstance>> = from
@@ -770,7 +795,12 @@ async fn publish_events(
     }];
     let pairs = |t: Option<&RoutingTable>| -> BTreeMap<(String, String), Vec<String>> {
         let mut m: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-        for f in t.map(|t| t.failover.as_slice()).unwrap_or_default() {
+        for f in t
+            .map(|t| t.failover.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|f| !f.handover)
+        {
             let cats = m.entry((f.from.clone(), f.to.clone())).or_default();
             if !cats.contains(&f.category) {
                 cats.push(f.category.clone());
@@ -819,11 +849,58 @@ async fn publish_events(
             });
         }
     }
+    events.extend(handover_events(previous, next, &swapped));
     for event in events {
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             warn!(error = %e, "recording an event failed");
         }
     }
+}
+
+/// The Events of handovers (`build::handovers`) that `next` starts or ends; `swapped` are the
+/// (owner, server) pairs of the entries it ends by swapping roles.
+fn handover_events(
+    previous: Option<&RoutingTable>,
+    next: &RoutingTable,
+    swapped: &[(String, String)],
+) -> Vec<Event> {
+    let handovers = |t: Option<&RoutingTable>| -> Vec<Failover> {
+        t.map(|t| t.failover.iter().filter(|f| f.handover).cloned().collect())
+            .unwrap_or_default()
+    };
+    let (before, after) = (handovers(previous), handovers(Some(next)));
+    let event = |reason: &str, note: String| Event {
+        type_: EventType::Normal,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Rebalance".to_owned(),
+        secondary: None,
+    };
+    let mut out = Vec::new();
+    for f in after.iter().filter(|f| !before.contains(f)) {
+        out.push(event(
+            "HandoverStarted",
+            format!(
+                "{} {}-{} moves from {} to {} by handing over: {} is seeded as a third copy while {} serves, then the two swap roles; the range keeps its replica throughout",
+                f.category, f.start, f.end, f.to, f.from, f.from, f.to
+            ),
+        ));
+    }
+    for f in before.iter().filter(|f| !after.contains(f)) {
+        let note = if swapped.contains(&(f.from.clone(), f.to.clone())) {
+            format!(
+                "{} serves {} {}-{} (was {}); its copies there are freed",
+                f.from, f.category, f.start, f.end, f.to
+            )
+        } else {
+            format!(
+                "the handover of {} {}-{} from {} to {} ended without a swap (an instance failed or left); the failover rules serve the range",
+                f.category, f.start, f.end, f.to, f.from
+            )
+        };
+        out.push(event("HandoverEnded", note));
+    }
+    out
 }
 
 /// A one-line summary of what changed between two tables.
@@ -902,6 +979,7 @@ mod tests {
             end: 8191,
             from: "primary".into(),
             to: "secondary".into(),
+            handover: false,
         });
         let lost = BTreeSet::from(["secondary".to_owned()]);
         assert_eq!(
@@ -912,5 +990,51 @@ mod tests {
         assert!(handed_off_from_unusable(Some(&previous), &next, &[], &BTreeSet::new()).is_empty());
         // Nor when it keeps what it serves.
         assert!(handed_off_from_unusable(Some(&previous), &previous, &[], &lost).is_empty());
+    }
+
+    #[test]
+    fn a_handover_fails_nothing_over_and_neither_does_its_server_dying() {
+        // auth 0–8191 (the primary's) is handed over to a third instance: the table names the
+        // tertiary its owner, the primary serving it.
+        let before = crate::routing::table::tests::two_instance_table();
+        let mut handed = before.clone();
+        handed
+            .instances
+            .insert("tertiary".into(), handed.instances["secondary"].clone());
+        let auth = handed
+            .categories
+            .iter_mut()
+            .find(|c| c.name == "auth")
+            .unwrap();
+        assert_eq!(auth.slots[0].instance, "primary", "the fixture changed");
+        assert_eq!(
+            auth.slots[0].range,
+            SlotRange::new(0, 8191),
+            "the fixture changed"
+        );
+        auth.slots[0].instance = "tertiary".into();
+        let entry = |to: &str, handover: bool| Failover {
+            category: "auth".into(),
+            start: 0,
+            end: 8191,
+            from: "tertiary".into(),
+            to: to.into(),
+            handover,
+        };
+        handed.failover.push(entry("primary", true));
+        // No failover notice for the new owner, whom no sidecar was ever routed the range to.
+        assert!(newly_failed_over(Some(&before), &handed).is_empty());
+        // The primary dies: the range goes to the secondary (its replica). That fails the
+        // tertiary over no more than the handover did (a notice for it would hold the table
+        // back: it answers).
+        let mut after = handed.clone();
+        after.failover = vec![entry("secondary", false)];
+        assert!(newly_failed_over(Some(&handed), &after).is_empty());
+        // The tertiary dies in turn while it serves the range: that is a failover of it.
+        let mut served = handed.clone();
+        served.failover.clear();
+        let mut dead = served.clone();
+        dead.failover = vec![entry("secondary", false)];
+        assert_eq!(newly_failed_over(Some(&served), &dead), ["tertiary"]);
     }
 }

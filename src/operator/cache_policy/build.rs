@@ -419,6 +419,7 @@ pub fn plan_routing_with(
                                 end: range.end,
                                 from: run.instance.clone(),
                                 to,
+                                handover: false,
                             });
                         }
                     }
@@ -491,6 +492,7 @@ pub fn plan_routing_with(
                             end: range.end,
                             from: run.instance.clone(),
                             to,
+                            handover: false,
                         }),
                         None => problems.push(Problem::NoFallback {
                             category: cat.name.clone(),
@@ -525,16 +527,24 @@ pub fn plan_routing_with(
         // Only where the owner keeps the whole range in this build (placement may hand part
         // of it to another instance, with rebalancing off): elsewhere the entry stays, and ends
         // by the usual rules later.
+        // With rebalancing on, the owners of `previous` stay wherever placement would move
+        // data off a serving instance (`rebalance::hold_back`): an owner that owns the whole
+        // range there keeps it whatever placement asks (a handover's target off the category's
+        // tier, say).
+        let owned_whole = |slots: &[SlotOwner], f: &Failover| {
+            slots.iter().any(|o| {
+                o.instance == f.from && o.range.contains(f.start) && o.range.contains(f.end)
+            })
+        };
         let swapped = |f: &Failover| {
             swaps.contains(f)
-                && categories.iter().any(|(c, ..)| {
-                    c.name == f.category
-                        && c.slots.iter().any(|o| {
-                            o.instance == f.from
-                                && o.range.contains(f.start)
-                                && o.range.contains(f.end)
-                        })
-                })
+                && (categories
+                    .iter()
+                    .any(|(c, ..)| c.name == f.category && owned_whole(&c.slots, f))
+                    || (sticky
+                        && previous
+                            .and_then(|p| p.category(&f.category))
+                            .is_some_and(|c| owned_whole(&c.slots, f))))
         };
         failover.extend(
             prev_failover
@@ -577,6 +587,7 @@ pub fn plan_routing_with(
                         end: range.end,
                         from: f.from.clone(),
                         to,
+                        handover: false,
                     });
                 }
             }
@@ -663,6 +674,7 @@ pub fn data_elsewhere(previous: &RoutingTable, views: &[InstanceView]) -> Vec<Fa
                 end: m.end,
                 from: m.from.clone(),
                 to: m.to.clone(),
+                handover: false,
             });
         }
     }
@@ -703,6 +715,7 @@ fn failovers_in(
                 end: m.end,
                 from: m.to.clone(),
                 to: m.from.clone(),
+                handover: false,
             });
         }
     }
@@ -1069,6 +1082,7 @@ fn difference(
     out
 }
 
+pub mod handovers;
 pub mod replicas;
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, finalizer};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::RedisInstance;
 use crate::api::cache_policy::{
@@ -163,6 +163,9 @@ pub struct PolicyContext {
     /// The instances each policy's wanted moves wait for, and the note last reported of them
     /// (`rebalance::Driven::held`).
     held_reported: Mutex<HashMap<String, (BTreeSet<String>, String)>>,
+    /// Per policy, the moves the last reconcile decided to hand over (`build::handovers`):
+    /// the next one publishes them, if they still may be.
+    handovers: Mutex<HashMap<String, Vec<crate::rebalance::plan::Move>>>,
     /// How often an unchanged status is rewritten.
     status_refresh: Duration,
     /// Schema of the routing tables published.
@@ -196,6 +199,7 @@ impl PolicyContext {
             replica_checks: Arc::default(),
             lost_reported: lost_data::Reported::default(),
             held_reported: Mutex::new(HashMap::new()),
+            handovers: Mutex::new(HashMap::new()),
             status_refresh,
             routing_schema,
             started: Instant::now(),
@@ -449,6 +453,27 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 rebalance_on,
             );
             desired = Some(planned_table);
+            // The handovers the last reconcile decided go out now (before replica placement,
+            // which names each new owner its range's replica), if they still may.
+            let handovers = ctx
+                .handovers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key)
+                .unwrap_or_default();
+            if let Some(prev) = previous.as_ref()
+                && policy.spec.balancing.rebalance.enabled
+                && RebalanceControl::of(&policy) == RebalanceControl::Run
+                && rb.as_ref().is_none_or(|r| !r.is_active())
+            {
+                for m in &handovers {
+                    if build::handovers::may_hand_over(prev, &policy.spec, &views, m)
+                        && build::handovers::hand_over(&mut table, m)
+                    {
+                        info!(category = %m.category, start = m.range.start, end = m.range.end, from = %m.from, to = %m.to, "handing a Sync range over: its new owner is seeded as a third copy, then the two swap roles");
+                    }
+                }
+            }
             let moves = rb
                 .as_ref()
                 .filter(|r| r.is_active())
@@ -615,6 +640,9 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         held = driven.held.map(|note| ("HeldBack", note));
         if let Some(waiting) = driven.waiting {
             held = Some(("WaitingForTable", waiting));
+        }
+        if let Some(handing_over) = driven.handing_over {
+            held = Some((status::HANDING_OVER, handing_over));
         }
         debug!(rebalance = ?rb.as_ref().map(|r| (&r.phase, r.plan_id, &r.job)), "rebalance driven");
         if let Some(r) = rb.as_mut() {

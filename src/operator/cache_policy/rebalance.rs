@@ -741,12 +741,11 @@ pub async fn drive(
         // (whose migrations record nothing) a failback reads as a move into a range its target
         // serves, and the new plan would record it so.
         return Ok(Driven {
-            rebalance: rb,
-            held: None,
             waiting: Some(
                 "no plan starts until the table that ends the last plan's migrations is published"
                     .to_owned(),
             ),
+            ..Driven::plan(rb)
         });
     }
     // Nothing running: plan.
@@ -767,6 +766,26 @@ pub async fn drive(
     );
     let fresh = planner_asked || !held.is_empty() || !moves.is_empty();
     let note = driver.report_held(ctx, &held, fresh, views).await;
+    // `Sync` ranges the plan would move are handed over instead (`build::handovers`): the
+    // next reconcile publishes them, and the rest is planned again once they are done.
+    let handovers: Vec<Move> = moves
+        .iter()
+        .filter(|m| build::handovers::may_hand_over(published, &policy.spec, views, m))
+        .cloned()
+        .collect();
+    if !handovers.is_empty() {
+        let list = describe_moves(&handovers);
+        info!(moves = %list, "handing Sync ranges over instead of moving them with a Job");
+        ctx.handovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(driver.policy_key(), handovers);
+        return Ok(Driven {
+            held: note,
+            handing_over: Some(format!("to be handed over: {list}")),
+            ..Driven::plan(rb)
+        });
+    }
     if note.is_some() {
         // A `rebalance-now` whose moves wait stays to be acted on once they may start, also
         // when other moves (a failback) start now.
@@ -782,25 +801,37 @@ pub async fn drive(
                 r.phase = rebalance_phase::SUCCEEDED.to_owned();
             }
             return Ok(Driven {
-                rebalance: Some(r),
                 held: note,
-                waiting: None,
+                ..Driven::plan(Some(r))
             });
         }
         return Ok(Driven {
-            rebalance: rb,
             held: note,
-            waiting: None,
+            handing_over: build::handovers::under_way(published),
+            ..Driven::plan(rb)
         });
     }
     driver
         .start(rb, &moves, reasons, published)
         .await
         .map(|r| Driven {
-            rebalance: Some(r),
             held: note,
-            waiting: None,
+            ..Driven::plan(Some(r))
         })
+}
+
+/// `moves` in one line: `category start-end from → to`, comma-separated.
+fn describe_moves(moves: &[Move]) -> String {
+    moves
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}-{} {} → {}",
+                m.category, m.range.start, m.range.end, m.from, m.to
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What [`drive`] did: the rebalance status to write, and why moves the fleet wants wait.
@@ -813,6 +844,9 @@ pub struct Driven {
     pub held: Option<String>,
     /// Why no plan may start now (`WaitingForTable`).
     pub waiting: Option<String>,
+    /// The `Sync` ranges handed over, or to be handed over by the next table
+    /// (`status::HANDING_OVER`).
+    pub handing_over: Option<String>,
 }
 
 impl Driven {
@@ -821,6 +855,7 @@ impl Driven {
             rebalance,
             held: None,
             waiting: None,
+            handing_over: None,
         }
     }
 }
@@ -970,7 +1005,10 @@ fn moves_to_make(
         .is_none_or(|t| Timestamp::now().duration_since(t.0).unsigned_abs() >= cooldown);
     let failbacks = failback_moves(published, views);
     let mut planned = None;
-    if cooled || forced {
+    // Not while a range waits to swap roles (a handover, a failback): its bytes are on its
+    // server, not on its owner, and the planner could move the range itself meanwhile.
+    let swapping = build::handovers::swap_pending(published, views);
+    if (cooled || forced) && !swapping {
         let loads = planning::loads(views);
         let tiers = planning::tiers(&policy.spec);
         let input = PlanInput {
@@ -989,7 +1027,7 @@ fn moves_to_make(
     // Emptying a legacy instance does not wait for the cooldown either.
     let legacy = legacy_moves(published, views, &sample.category_bytes);
     Wanted {
-        planner_asked: cooled || forced,
+        planner_asked: (cooled || forced) && !swapping,
         ..hold_evicting_sources(failbacks, planned, legacy, views)
     }
 }
@@ -1442,7 +1480,7 @@ impl<'a> Driver<'a> {
         fresh: bool,
         views: &[InstanceView],
     ) -> Option<String> {
-        let key = format!("{}/{}", self.policy_ns, self.policy.name_any());
+        let key = self.policy_key();
         let (changed, note) = {
             let mut reported = ctx.held_reported.lock().unwrap_or_else(|e| e.into_inner());
             let (next, changed) = next_held(reported.get(&key), held, fresh, views);
@@ -1458,6 +1496,11 @@ impl<'a> Driver<'a> {
             self.event("RebalanceHeldBack", true, note.clone()).await;
         }
         note
+    }
+
+    /// `namespace/name` of the policy, the key of its state in the operator's context.
+    fn policy_key(&self) -> String {
+        format!("{}/{}", self.policy_ns, self.policy.name_any())
     }
 
     async fn event(&self, reason: &str, warning: bool, note: String) {

@@ -128,7 +128,8 @@ pub fn policy_status(
     // Failovers, keeping `since` across reconciles.
     let mut failovers: BTreeMap<(String, String, String), i32> = BTreeMap::new();
     if let Some(table) = obs.published {
-        for f in &table.failover {
+        // A handover is a move, not an outage.
+        for f in table.failover.iter().filter(|f| !f.handover) {
             *failovers
                 .entry((f.category.clone(), f.from.clone(), f.to.clone()))
                 .or_default() += i32::from(f.end - f.start) + 1;
@@ -254,9 +255,13 @@ pub fn policy_status(
     status
 }
 
+/// The `Rebalancing` condition's reason while `Sync` ranges are handed over
+/// (`build::handovers`): `True`, though no plan runs.
+pub const HANDING_OVER: &str = "HandingOver";
+
 /// Sets the `Rebalancing` condition from `status.rebalance`, and — no plan running, the last
-/// one not failed — from `held`: the reason (`HeldBack`, `WaitingForTable`) and why the moves
-/// the fleet wants wait.
+/// one not failed — from `held`: the reason (`HeldBack`, `WaitingForTable`, [`HANDING_OVER`])
+/// and why the moves the fleet wants wait, or what is handed over.
 pub fn set_rebalancing_condition(
     status: &mut CachePolicyStatus,
     held: Option<(&str, &str)>,
@@ -313,7 +318,10 @@ pub fn set_rebalancing_condition(
             "Failed".to_owned(),
             r.message.clone().unwrap_or_default(),
         ),
-        _ if let Some((reason, held)) = held => (false, reason.to_owned(), held.to_owned()),
+        // A handover is a move under way, outside any plan.
+        _ if let Some((reason, held)) = held => {
+            (reason == HANDING_OVER, reason.to_owned(), held.to_owned())
+        }
         Some(r) => (
             false,
             "Idle".to_owned(),
@@ -633,7 +641,7 @@ pub fn record_metrics(
         metrics
             .failovers
             .get_or_create(labels)
-            .set(t.failover.len() as i64);
+            .set(t.failover.iter().filter(|f| !f.handover).count() as i64);
     }
     if let Some(r) = &status.rebalance {
         metrics

@@ -1277,6 +1277,7 @@ fn live_targets_are_told_apart_from_stale_ones() {
         end: 16383,
         from: "primary".into(),
         to: "secondary".into(),
+        handover: false,
     });
     assert!(!target_serves(&t, "auth", all, "primary"));
     assert!(target_serves(&t, "auth", all, "secondary"));

@@ -249,7 +249,7 @@ pub fn owner_return(
 /// Whether a range `server` serves for `owner` may end by swapping their roles, as far as the
 /// two instances go: the owner answers with its data and is not draining, and the server may
 /// hold the range's replica afterwards.
-fn swappable(owner: &InstanceView, server: &InstanceView) -> bool {
+pub(super) fn swappable(owner: &InstanceView, server: &InstanceView) -> bool {
     owner.promotable()
         && !owner.drain
         && owner.evicting_policy.is_none()
@@ -284,7 +284,8 @@ pub fn ready_swaps(
 }
 
 /// The failover entries of `previous` that `next` ends by swapping roles: the entry's owner
-/// serves its range in `next`, and its server is the range's seeded replica there.
+/// serves its range in `next`, and its server — or the outgoing replica `previous` named beside
+/// the owner — is the range's seeded replica there.
 pub fn swapped_entries(previous: &RoutingTable, next: &RoutingTable) -> Vec<Failover> {
     previous
         .failover
@@ -293,10 +294,13 @@ pub fn swapped_entries(previous: &RoutingTable, next: &RoutingTable) -> Vec<Fail
         .filter(|f| {
             let servers = servers(next, &f.category);
             let replicas = replicas_of(next, &f.category);
+            let outgoing = outgoing_of(previous, &f.category);
             !servers.is_empty()
                 && (f.start..=f.end).all(|slot| {
                     let s = usize::from(slot);
-                    servers[s] == f.from && replicas[s] == (Some(f.to.as_str()), false)
+                    servers[s] == f.from
+                        && matches!(replicas[s], (Some(r), false)
+                            if r == f.to || outgoing[s] == Some(r))
                 })
         })
         .cloned()
@@ -462,19 +466,28 @@ fn place_category(
                 _ => None,
             });
             leaving[s] = seeded_before.filter(|o| keepable(o, s));
-            // A failover that ended by swapping roles (`owner_return`): the owner, the seeded
-            // replica, serves again, and the instance that served the slot holds everything
-            // it holds — it becomes the replica, seeded.
+            // A failover or handover that ended by swapping roles (`owner_return`): the owner,
+            // the seeded replica, serves the slot now. The outgoing replica that stayed on
+            // beside it holds every result, and stays the replica, seeded; the instance that
+            // served the slot goes (a handover's source frees what it held). Without one, the
+            // instance that served the slot holds everything the owner holds: it becomes the
+            // replica, seeded.
             if let Some(before) = servers_before.as_ref().and_then(|b| b.get(s).copied())
                 && before != servers[s]
                 && previous[s] == (Some(servers[s]), false)
                 && owners.get(s) == Some(&servers[s])
                 && owners_before.as_ref().and_then(|o| o.get(s)) == Some(&servers[s])
-                && by_name.get(before).is_some_and(|i| i.promotable())
-                && eligible(before, s)
             {
-                chosen[s] = (Some(before.to_owned()), false);
-                continue;
+                let stays = |name: &str| {
+                    by_name.get(name).is_some_and(|i| i.promotable()) && eligible(name, s)
+                };
+                if let Some(kept) = outgoing_before[s]
+                    .filter(|o| stays(o))
+                    .or(Some(before).filter(|b| stays(b)))
+                {
+                    chosen[s] = (Some(kept.to_owned()), false);
+                    continue;
+                }
             }
             // A failed-over slot of a `Sync` category whose owner is back: the owner becomes
             // its replica (seeded from the server, the stable replica staying on as the
@@ -530,10 +543,23 @@ fn place_category(
             };
         }
     }
-    // The outgoing replica stays only beside a replica that is still seeding, and is not it.
+    // The outgoing replica stays only beside a replica that is still seeding, and is not it —
+    // or beside a seeded one that owns the slot while another instance serves it (a swap of
+    // roles is pending: the outgoing replica stays the replica then, and the server goes).
     let outgoing: Vec<Option<&str>> = (0..slots)
         .map(|s| match &chosen[s] {
             (Some(replica), true) => leaving[s].filter(|o| o != replica),
+            (Some(replica), false)
+                if mode == ReplicationMode::Sync
+                    && owners.get(s).copied() == Some(replica.as_str())
+                    && servers[s] != replica.as_str()
+                    && by_name
+                        .get(replica.as_str())
+                        .zip(by_name.get(servers[s]))
+                        .is_some_and(|(o, server)| swappable(o, server)) =>
+            {
+                leaving[s].filter(|o| o != replica)
+            }
             _ => None,
         })
         .collect();
@@ -691,5 +717,7 @@ fn tiers_of(spec: &CachePolicySpec, category: &str) -> Tiers {
     )
 }
 
+#[cfg(test)]
+pub mod fixtures;
 #[cfg(test)]
 mod tests;

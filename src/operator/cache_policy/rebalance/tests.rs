@@ -43,6 +43,7 @@ fn a_failback_replaces_the_failover_entries_with_a_migration_then_clears_them() 
         end: 8191,
         from: "primary".into(),
         to: "secondary".into(),
+        handover: false,
     });
     let views = vec![
         view("primary", InstancePhase::Ready, false),
@@ -139,6 +140,7 @@ fn a_draining_legacy_instance_with_data_is_emptied_into_the_owners() {
         end: 99,
         from: "primary".into(),
         to: "legacy".into(),
+        handover: false,
     });
     assert!(legacy_moves(&serving, &views, &bytes).is_empty());
 }
@@ -305,6 +307,7 @@ fn a_held_back_owner_keeps_its_ranges_out_of_another_instances_failover() {
         end: 16383,
         from: "secondary".into(),
         to: "primary".into(),
+        handover: false,
     }];
     let views = vec![
         view("primary", InstancePhase::Ready, false),
@@ -408,6 +411,7 @@ fn only_a_move_whose_range_went_back_to_its_source_is_given_back() {
         end: 8191,
         from: "primary".into(),
         to: "secondary".into(),
+        handover: false,
     });
     assert_eq!(given_back(&failback.migrating, &failed_over), vec![fb]);
     // A dead source's range handed to its target is not given back.
@@ -418,6 +422,7 @@ fn only_a_move_whose_range_went_back_to_its_source_is_given_back() {
         end: 8191,
         from: "primary".into(),
         to: "secondary".into(),
+        handover: false,
     });
     assert!(given_back(&migrating.migrating, &handed).is_empty());
 }
@@ -887,6 +892,7 @@ fn a_held_table_names_every_instance_it_routes_to() {
         end: 8191,
         from: "primary".into(),
         to: "spare".into(),
+        handover: false,
     });
     previous.validate().unwrap();
     // primary was deleted: placement gives its slots to the secondary.
@@ -1041,6 +1047,7 @@ fn moves_out_of_an_instance_that_may_evict_keys_without_a_ttl_are_held_back() {
         end: 8191,
         from: "primary".into(),
         to: "secondary".into(),
+        handover: false,
     });
     let views = vec![
         view("primary", InstancePhase::Ready, false),

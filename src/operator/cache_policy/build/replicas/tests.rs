@@ -1,5 +1,6 @@
 //! Tests of replica placement, warm failover and what replicas hold.
 
+use super::fixtures::*;
 use super::*;
 use crate::api::redis_instance::InstancePhase;
 use crate::operator::cache_policy::build::fixtures::{example_view as view, shop, two};
@@ -7,120 +8,6 @@ use crate::operator::cache_policy::build::{
     held_ranges, newly_held, plan_routing_with, stale_before_publishing,
 };
 use crate::routing::table::Migration;
-
-/// The shop with `auth` replicated.
-fn replicated(mode: Replication) -> CachePolicySpec {
-    let mut spec = shop();
-    spec.categories
-        .iter_mut()
-        .find(|c| c.name == "auth")
-        .unwrap()
-        .replication = mode;
-    spec
-}
-
-/// What the operator would publish: the build, then replica placement.
-fn publish(
-    spec: &CachePolicySpec,
-    instances: &[InstanceView],
-    previous: Option<&RoutingTable>,
-    seeded: &[Seeded],
-) -> RoutingTable {
-    // As the operator does: the swaps ready in `previous` (their servers fenced).
-    let swaps = previous.map_or_else(Vec::new, |p| ready_swaps(p, spec, instances, &[]));
-    let mut t = plan_routing_with(
-        "shop/shop",
-        spec,
-        instances,
-        previous,
-        spec.balancing.rebalance.enabled,
-        &swaps,
-    )
-    .table
-    .unwrap();
-    place(&mut t, spec, instances, previous, &[], seeded);
-    t.version = previous.map_or(1, |p| p.version + 1);
-    t.validate().unwrap();
-    t
-}
-
-fn place(
-    t: &mut RoutingTable,
-    spec: &CachePolicySpec,
-    instances: &[InstanceView],
-    previous: Option<&RoutingTable>,
-    moves: &[MoveStatus],
-    seeded: &[Seeded],
-) {
-    place_replicas(
-        t,
-        &ReplicaInputs {
-            spec,
-            instances,
-            previous,
-            moves,
-            seeded,
-        },
-    );
-}
-
-fn all_seeded(t: &RoutingTable) -> Vec<Seeded> {
-    // What the operator records once every seeding pass of `t` finished: one per seeding
-    // run and writer.
-    let mut out = Vec::new();
-    for cat in &t.categories {
-        let Some(r) = &cat.replication else { continue };
-        let writers = servers(t, &cat.name);
-        for run in &r.seeding {
-            let span = &writers[usize::from(run.range.start)..=usize::from(run.range.end)];
-            for (range, writer) in runs(span) {
-                out.push(Seeded {
-                    category: cat.name.clone(),
-                    instance: run.instance.clone(),
-                    writer: (*writer).to_owned(),
-                    range: SlotRange::new(
-                        range.start + run.range.start,
-                        range.end + run.range.start,
-                    ),
-                    sync: r.mode == ReplicationMode::Sync,
-                });
-            }
-        }
-    }
-    out
-}
-
-/// Makes `instance` the replica of every slot of `auth` in `t`.
-fn replicate_auth_on(t: &mut RoutingTable, instance: &str) {
-    let auth = t.categories.iter_mut().find(|c| c.name == "auth").unwrap();
-    auth.replication.as_mut().unwrap().replicas = vec![SlotOwner {
-        range: SlotRange::ALL,
-        instance: instance.to_owned(),
-    }];
-}
-
-fn replica_runs(t: &RoutingTable, cat: &str) -> Vec<(u16, u16, String)> {
-    t.category(cat)
-        .and_then(|c| c.replication.as_ref())
-        .map(|r| {
-            r.replicas
-                .iter()
-                .map(|o| (o.range.start, o.range.end, o.instance.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn seeding_runs(t: &RoutingTable, cat: &str) -> usize {
-    t.category(cat)
-        .and_then(|c| c.replication.as_ref())
-        .map_or(0, |r| r.seeding.len())
-}
-
-fn phase(mut views: Vec<InstanceView>, name: &str, phase: InstancePhase) -> Vec<InstanceView> {
-    views.iter_mut().find(|v| v.name == name).unwrap().phase = phase;
-    views
-}
 
 #[test]
 fn a_replica_lives_on_the_fallback_tier_is_seeded_then_stays() {
@@ -611,35 +498,11 @@ fn a_failover_target_that_lost_its_data_hands_the_range_to_the_seeded_owner() {
     );
 }
 
-fn outgoing_runs(t: &RoutingTable, cat: &str) -> Vec<(u16, u16, String)> {
-    t.category(cat)
-        .and_then(|c| c.replication.as_ref())
-        .map(|r| {
-            r.outgoing
-                .iter()
-                .map(|o| (o.range.start, o.range.end, o.instance.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn drained(mut views: Vec<InstanceView>, name: &str) -> Vec<InstanceView> {
     let v = views.iter_mut().find(|v| v.name == name).unwrap();
     v.drain = true;
     v.phase = InstancePhase::Draining;
     views
-}
-
-/// The shop's two instances and a third warm one, with `auth` seeded on `secondary`: the
-/// table, and the instances.
-fn replicated_on_secondary_of_three() -> (CachePolicySpec, Vec<InstanceView>, RoutingTable) {
-    let spec = replicated(Replication::Sync);
-    let mut three = two();
-    three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
-    let first = publish(&spec, &three, None, &[]);
-    let mut seeded = publish(&spec, &three, Some(&first), &all_seeded(&first));
-    replicate_auth_on(&mut seeded, "secondary");
-    (spec, three, seeded)
 }
 
 #[test]
@@ -1182,18 +1045,56 @@ fn with_three_instances_the_returned_owner_takes_the_replica_over_then_swaps() {
         outgoing_runs(&back, "auth"),
         [(0, 16383, "tertiary".into())]
     );
-    // Seeded, then swapped: the primary serves, the secondary is the seeded replica, and the
-    // tertiary's copies are freed.
+    // Seeded: the tertiary stays on as the outgoing replica until the swap (a failover now
+    // would promote it: it holds every result).
     let seeded_back = publish(&spec, &three, Some(&back), &all_seeded(&back));
-    assert!(outgoing_runs(&seeded_back, "auth").is_empty());
+    assert_eq!(seeding_runs(&seeded_back, "auth"), 0);
+    assert_eq!(
+        outgoing_runs(&seeded_back, "auth"),
+        [(0, 16383, "tertiary".into())]
+    );
+    // Swapped: the primary serves, the tertiary, which took every result beside it, stays
+    // the seeded replica, and the secondary that served the outage is dropped (its copies
+    // freed).
     let swapped = publish(&spec, &three, Some(&seeded_back), &[]);
+    assert!(swapped.failover.iter().all(|f| f.category != "auth"));
+    assert_eq!(
+        replica_runs(&swapped, "auth"),
+        [(0, 16383, "tertiary".into())]
+    );
+    assert_eq!(seeding_runs(&swapped, "auth"), 0);
+    assert!(outgoing_runs(&swapped, "auth").is_empty());
+    assert_eq!(
+        swapped_entries(&seeded_back, &swapped),
+        [auth_entry(&seeded_back)]
+    );
+    let freed = newly_held(Some(&swapped), &seeded_back);
+    assert!(
+        freed
+            .get("secondary")
+            .is_some_and(|r| r.iter().any(|(c, _)| c == "auth")),
+        "{freed:?}"
+    );
+    // The outgoing replica that can no longer hold replicas at the swap: the server stays on
+    // as the replica, as on two instances.
+    let tertiary_allkeys: Vec<InstanceView> = three
+        .iter()
+        .cloned()
+        .map(|v| {
+            if v.name == "tertiary" {
+                v.evicting("allkeys-lru")
+            } else {
+                v
+            }
+        })
+        .collect();
+    let swapped = publish(&spec, &tertiary_allkeys, Some(&seeded_back), &[]);
     assert!(swapped.failover.iter().all(|f| f.category != "auth"));
     assert_eq!(
         replica_runs(&swapped, "auth"),
         [(0, 16383, "secondary".into())]
     );
     assert_eq!(seeding_runs(&swapped, "auth"), 0);
-    assert!(!swapped.replicates_on("tertiary"));
 }
 
 #[test]

@@ -1,0 +1,155 @@
+//! Moves that hand a `Sync` range over by swapping roles instead of copying it with a Job
+//! (`docs/replication.md`, "Moves that hand over"). Pure.
+//!
+//! A Job move leaves a replicated range without a replica while it copies, and until the new
+//! owner's replica is seeded: one copy of the range, on an instance that just took it. A
+//! handover keeps two full copies throughout:
+//! 1. The table names the target the range's owner while the source serves it through a
+//!    *handover* entry (a failover entry marked as such; sidecars route the range as before).
+//!    Placement then names the target the range's replica, seeded from the source, while the
+//!    range's replica stays on beside it as the outgoing one (`replicas::place_category`).
+//! 2. Once the target is seeded, the entry ends like a failover whose owner is back: by
+//!    swapping roles (`replicas::ready_swaps`, fence and wait, `build::swaps_that_end`). The
+//!    target serves the range, the replica stays its replica, seeded, and the source's copies
+//!    are freed.
+
+use crate::api::cache_policy::{CachePolicySpec, Replication};
+use crate::rebalance::plan::Move;
+use crate::routing::slots::runs;
+use crate::routing::table::{Failover, ReplicationMode, RoutingTable, SlotOwner};
+
+use super::InstanceView;
+use super::replicas::{self, OwnerReturn};
+
+/// Whether `m`, a move the planner wants in `table`, may be made by handing its range over:
+/// a `Sync` category (in `spec` and in the table), no failover entry or migration on the range,
+/// its owner `m.from` with a seeded replica (neither end of the move) on every slot, and two
+/// instances that may swap roles — the target may hold the range's replica while it seeds, and
+/// answers with its data, not draining, keeping keys without a TTL; the source may hold a
+/// replica afterwards (`replicas::swappable`). Any other move is made by a Job.
+pub fn may_hand_over(
+    table: &RoutingTable,
+    spec: &CachePolicySpec,
+    views: &[InstanceView],
+    m: &Move,
+) -> bool {
+    if m.from == m.to || replicas::replication_of(spec, &m.category) != Replication::Sync {
+        return false;
+    }
+    let Some(cat) = table.category(&m.category) else {
+        return false;
+    };
+    if cat
+        .replication
+        .as_ref()
+        .is_none_or(|r| r.mode != ReplicationMode::Sync)
+    {
+        return false;
+    }
+    let overlaps = |category: &str, start: u16, end: u16| {
+        category == m.category && start <= m.range.end && m.range.start <= end
+    };
+    if table
+        .failover
+        .iter()
+        .any(|f| overlaps(&f.category, f.start, f.end))
+        || table
+            .migrating
+            .iter()
+            .any(|x| overlaps(&x.category, x.start, x.end))
+    {
+        return false;
+    }
+    let view = |name: &str| views.iter().find(|v| v.name == name);
+    let (Some(source), Some(target)) = (view(&m.from), view(&m.to)) else {
+        return false;
+    };
+    if !target.may_hold_replicas() || !replicas::swappable(target, source) {
+        return false;
+    }
+    let owners = cat.owners();
+    let replicas_now = replicas::replicas_of(table, &m.category);
+    let outgoing = replicas::outgoing_of(table, &m.category);
+    (m.range.start..=m.range.end).all(|slot| {
+        let s = usize::from(slot);
+        owners.get(s) == Some(&m.from.as_str())
+            && matches!(replicas_now[s], (Some(r), false) if r != m.to && r != m.from)
+            && outgoing[s].is_none_or(|o| o != m.to)
+    })
+}
+
+/// Hands `m`'s range over in `table` (the table about to be published): `m.to` becomes the
+/// range's owner, and a handover entry keeps `m.from` serving it. Nothing changes when the
+/// table no longer has `m.from` own the whole range with nothing else on it; whether it did.
+pub fn hand_over(table: &mut RoutingTable, m: &Move) -> bool {
+    let clear = !table
+        .failover
+        .iter()
+        .any(|f| f.category == m.category && f.start <= m.range.end && m.range.start <= f.end)
+        && !table
+            .migrating
+            .iter()
+            .any(|x| x.category == m.category && x.start <= m.range.end && m.range.start <= x.end);
+    let Some(cat) = table.categories.iter_mut().find(|c| c.name == m.category) else {
+        return false;
+    };
+    let mut owners: Vec<String> = cat.owners().into_iter().map(str::to_owned).collect();
+    let range = usize::from(m.range.start)..=usize::from(m.range.end);
+    if !clear
+        || owners
+            .get(range.clone())
+            .is_none_or(|o| o.iter().any(|o| *o != m.from))
+    {
+        return false;
+    }
+    for owner in &mut owners[range] {
+        owner.clone_from(&m.to);
+    }
+    cat.slots = runs(&owners)
+        .into_iter()
+        .map(|(range, instance)| SlotOwner { range, instance })
+        .collect();
+    table.failover.push(Failover {
+        category: m.category.clone(),
+        start: m.range.start,
+        end: m.range.end,
+        from: m.to.clone(),
+        to: m.from.clone(),
+        handover: true,
+    });
+    true
+}
+
+/// Whether a range of `table` waits to end by swapping roles — a handover, or a failover whose
+/// owner is back and named the range's replica (`replicas::owner_return`). No balance plan is
+/// made meanwhile: the planner would read the range's bytes on its server as another range's,
+/// and could move the range itself while its new owner seeds.
+pub fn swap_pending(table: &RoutingTable, views: &[InstanceView]) -> bool {
+    let view = |name: &str| views.iter().find(|v| v.name == name);
+    table.failover.iter().any(|f| {
+        view(&f.from)
+            .zip(view(&f.to))
+            .is_some_and(|(owner, server)| {
+                replicas::owner_return(table, f, owner, server, &[]) != OwnerReturn::Move
+            })
+    })
+}
+
+/// The handovers of `table` in one line (`category start-end source → target`), if any.
+pub fn under_way(table: &RoutingTable) -> Option<String> {
+    let list: Vec<String> = table
+        .failover
+        .iter()
+        .filter(|f| f.handover)
+        .map(|f| format!("{} {}-{} {} → {}", f.category, f.start, f.end, f.to, f.from))
+        .collect();
+    (!list.is_empty()).then(|| {
+        format!(
+            "handing over (the new owner is seeded as a third copy, then the two swap roles): {}",
+            list.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;

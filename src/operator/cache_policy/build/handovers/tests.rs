@@ -1,0 +1,278 @@
+//! Tests of moves that hand a `Sync` range over.
+
+use super::*;
+use crate::api::redis_instance::InstancePhase;
+use crate::operator::cache_policy::build::replicas::fixtures::*;
+use crate::operator::cache_policy::build::replicas::{
+    Seeded, promotion_order, ready_swaps, servers, swapped_entries,
+};
+use crate::operator::cache_policy::build::{
+    newly_held, plan_routing_with, stale_before_publishing,
+};
+use crate::operator::cache_policy::rebalance::table_to_publish;
+use crate::routing::slots::SlotRange;
+
+/// `auth` 0-8191 from the primary to the tertiary.
+fn half_of_auth_to_tertiary() -> Move {
+    Move {
+        category: "auth".into(),
+        range: SlotRange::new(0, 8191),
+        from: "primary".into(),
+        to: "tertiary".into(),
+        bytes: 0,
+    }
+}
+
+/// What the operator publishes from `previous` with rebalancing on: the swaps ready (their
+/// servers fenced), the build, owners held back until a rebalance moves their data
+/// (`rebalance::table_to_publish`), the `handovers` decided at the last reconcile, then
+/// replica placement with what is `seeded`.
+fn publish_held(
+    spec: &CachePolicySpec,
+    instances: &[InstanceView],
+    previous: &RoutingTable,
+    handovers: &[Move],
+    seeded: &[Seeded],
+) -> RoutingTable {
+    let swaps = ready_swaps(previous, spec, instances, &[]);
+    let desired = plan_routing_with("shop/shop", spec, instances, Some(previous), true, &swaps)
+        .table
+        .unwrap();
+    let (mut t, _) = table_to_publish(&desired, Some(previous), instances, None, true);
+    for m in handovers {
+        assert!(may_hand_over(previous, spec, instances, m), "{m:?}");
+        assert!(hand_over(&mut t, m), "{m:?}");
+    }
+    place(&mut t, spec, instances, Some(previous), &[], seeded);
+    t.version = previous.version + 1;
+    t.validate().unwrap();
+    t
+}
+
+fn publish_handing_over(
+    spec: &CachePolicySpec,
+    instances: &[InstanceView],
+    previous: &RoutingTable,
+    handovers: &[Move],
+) -> RoutingTable {
+    publish_held(spec, instances, previous, handovers, &[])
+}
+
+fn entry() -> Failover {
+    Failover {
+        category: "auth".into(),
+        start: 0,
+        end: 8191,
+        from: "tertiary".into(),
+        to: "primary".into(),
+        handover: true,
+    }
+}
+
+fn ranges_of<'a>(
+    map: &'a std::collections::BTreeMap<String, Vec<(String, SlotRange)>>,
+    instance: &str,
+) -> Vec<&'a SlotRange> {
+    map.get(instance)
+        .map(|r| {
+            r.iter()
+                .filter(|(c, _)| c == "auth")
+                .map(|(_, r)| r)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_sync_move_is_handed_over_with_two_full_copies_throughout() {
+    let (spec, three, before) = replicated_on_secondary_of_three();
+    let m = half_of_auth_to_tertiary();
+
+    // 1. The table that starts it: routing is as before (the primary serves every slot), the
+    //    tertiary owns the range through a handover entry and seeds as its replica, and the
+    //    secondary stays on as the outgoing replica.
+    let handed = publish_handing_over(&spec, &three, &before, std::slice::from_ref(&m));
+    assert_eq!(handed.failover, [entry()]);
+    assert!(servers(&handed, "auth").iter().all(|s| *s == "primary"));
+    assert_eq!(
+        replica_runs(&handed, "auth"),
+        [
+            (0, 8191, "tertiary".into()),
+            (8192, 16383, "secondary".into())
+        ]
+    );
+    assert_eq!(seeding_runs(&handed, "auth"), 1);
+    assert_eq!(
+        outgoing_runs(&handed, "auth"),
+        [(0, 8191, "secondary".into())]
+    );
+    // Only the tertiary, the new copy, is purged of the range first; the primary's data and
+    // the secondary's copies stay.
+    let stale = stale_before_publishing(Some(&before), &handed);
+    assert_eq!(ranges_of(&stale, "tertiary"), [&SlotRange::new(0, 8191)]);
+    assert!(ranges_of(&stale, "primary").is_empty(), "{stale:?}");
+    assert!(ranges_of(&stale, "secondary").is_empty(), "{stale:?}");
+    // A failover now promotes the outgoing secondary, never the seeding tertiary; no swap is
+    // ready, and the planner waits.
+    assert_eq!(promotion_order(&handed, "auth")[0], Some("secondary"));
+    assert!(ready_swaps(&handed, &spec, &three, &[]).is_empty());
+    assert!(swap_pending(&handed, &three));
+    assert!(!swap_pending(&before, &three));
+    assert!(under_way(&handed).is_some_and(|n| n.contains("auth 0-8191 primary → tertiary")));
+    // Not handed over twice.
+    assert!(!may_hand_over(&handed, &spec, &three, &m));
+
+    // 2. Seeded: the secondary stays on beside it until the swap.
+    let seeded = publish_held(&spec, &three, &handed, &[], &all_seeded(&handed));
+    assert_eq!(seeding_runs(&seeded, "auth"), 0);
+    assert_eq!(
+        outgoing_runs(&seeded, "auth"),
+        [(0, 8191, "secondary".into())]
+    );
+    assert_eq!(seeded.failover, [entry()]);
+    assert_eq!(ready_swaps(&seeded, &spec, &three, &[]), [entry()]);
+
+    // 3. Swapped: the tertiary serves the range, the secondary is the seeded replica of the
+    //    whole category, and the primary's copies of the range are freed.
+    let swapped = publish_held(&spec, &three, &seeded, &[], &[]);
+    assert!(swapped.failover.is_empty());
+    let serving = servers(&swapped, "auth");
+    assert!(serving[..8192].iter().all(|s| *s == "tertiary"));
+    assert!(serving[8192..].iter().all(|s| *s == "primary"));
+    assert_eq!(
+        replica_runs(&swapped, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+    assert_eq!(seeding_runs(&swapped, "auth"), 0);
+    assert!(outgoing_runs(&swapped, "auth").is_empty());
+    assert_eq!(swapped_entries(&seeded, &swapped), [entry()]);
+    let freed = newly_held(Some(&swapped), &seeded);
+    assert_eq!(ranges_of(&freed, "primary"), [&SlotRange::new(0, 8191)]);
+    let stale = stale_before_publishing(Some(&seeded), &swapped);
+    assert!(ranges_of(&stale, "tertiary").is_empty(), "{stale:?}");
+    assert!(ranges_of(&stale, "secondary").is_empty(), "{stale:?}");
+    assert!(!swap_pending(&swapped, &three));
+    assert!(under_way(&swapped).is_none());
+}
+
+#[test]
+fn a_handover_whose_server_dies_goes_to_the_outgoing_replica() {
+    let (spec, three, before) = replicated_on_secondary_of_three();
+    let handed = publish_handing_over(&spec, &three, &before, &[half_of_auth_to_tertiary()]);
+    let down = phase(three.clone(), "primary", InstancePhase::Unreachable);
+    let after = publish_held(&spec, &down, &handed, &[], &[]);
+    // The range goes to the secondary, which held every result; it is a failover now.
+    let serving = servers(&after, "auth");
+    assert!(
+        serving.iter().all(|s| *s == "secondary"),
+        "{:?}",
+        after.failover
+    );
+    assert!(after.failover.iter().all(|f| !f.handover));
+    let stale = stale_before_publishing(Some(&handed), &after);
+    assert!(ranges_of(&stale, "secondary").is_empty(), "{stale:?}");
+}
+
+#[test]
+fn only_a_seeded_sync_range_between_instances_that_may_swap_is_handed_over() {
+    let (spec, three, before) = replicated_on_secondary_of_three();
+    let m = half_of_auth_to_tertiary();
+    assert!(may_hand_over(&before, &spec, &three, &m));
+    // `Async`: its replica may lack results on their way; a Job moves it.
+    let async_spec = replicated(Replication::Async);
+    assert!(!may_hand_over(&before, &async_spec, &three, &m));
+    // Onto the range's replica, or from an instance that does not own it.
+    let onto_replica = Move {
+        to: "secondary".into(),
+        ..m.clone()
+    };
+    assert!(!may_hand_over(&before, &spec, &three, &onto_replica));
+    let not_owner = Move {
+        from: "secondary".into(),
+        ..m.clone()
+    };
+    assert!(!may_hand_over(&before, &spec, &three, &not_owner));
+    // A replica still seeding: the range has one full copy only.
+    let (_, _, mut seeding) = replicated_on_secondary_of_three();
+    if let Some(r) = seeding
+        .categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .and_then(|c| c.replication.as_mut())
+    {
+        r.seeding = r.replicas.clone();
+    }
+    assert!(!may_hand_over(&seeding, &spec, &three, &m));
+    // A target that drains or may evict keys without a TTL, a source that could not hold a
+    // replica afterwards (a drain: the Job moves it), an unknown instance.
+    let with = |name: &str, f: &dyn Fn(InstanceView) -> InstanceView| -> Vec<InstanceView> {
+        three
+            .iter()
+            .cloned()
+            .map(|v| if v.name == name { f(v) } else { v })
+            .collect()
+    };
+    assert!(!may_hand_over(
+        &before,
+        &spec,
+        &with("tertiary", &|v| v.draining(true)),
+        &m
+    ));
+    assert!(!may_hand_over(
+        &before,
+        &spec,
+        &with("tertiary", &|v| v.evicting("allkeys-lru")),
+        &m
+    ));
+    assert!(!may_hand_over(
+        &before,
+        &spec,
+        &with("primary", &|v| v.draining(true)),
+        &m
+    ));
+    assert!(!may_hand_over(
+        &before,
+        &spec,
+        &phase(three.clone(), "tertiary", InstancePhase::Unreachable),
+        &m
+    ));
+    // A range that is failed over or migrating.
+    let mut failed_over = before.clone();
+    failed_over.failover.push(Failover {
+        handover: false,
+        ..entry()
+    });
+    assert!(!may_hand_over(&failed_over, &spec, &three, &m));
+}
+
+#[test]
+fn a_handover_is_not_applied_to_a_table_whose_owners_changed() {
+    let (_, _, before) = replicated_on_secondary_of_three();
+    let m = half_of_auth_to_tertiary();
+    // The table to publish gives part of the range elsewhere: nothing changes.
+    let mut moved = before.clone();
+    let auth = moved
+        .categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .unwrap();
+    auth.slots = vec![
+        SlotOwner {
+            range: SlotRange::new(0, 99),
+            instance: "secondary".into(),
+        },
+        SlotOwner {
+            range: SlotRange::new(100, 16383),
+            instance: "primary".into(),
+        },
+    ];
+    let unchanged = moved.clone();
+    assert!(!hand_over(&mut moved, &m));
+    assert_eq!(moved, unchanged);
+    // Applied, it is not applied twice.
+    let mut t = before.clone();
+    assert!(hand_over(&mut t, &m));
+    let once = t.clone();
+    assert!(!hand_over(&mut t, &m));
+    assert_eq!(t, once);
+}
