@@ -2007,3 +2007,72 @@ fn a_sync_result_later_than_five_seconds_is_not_acknowledged_whatever_the_reques
     // Once the replica answers again, writes are acknowledged as before.
     assert_eq!(frame(&c.call_raw(&["SET", "auth:after", "1"])), Frame::ok());
 }
+
+/// A `sync` write whose replica did not take its result in time (frozen past the request
+/// timeout) is answered `-NOREPLICA`: it ran on the writer, where reads see it. Its result is
+/// delivered again once the replica answers. Before, the replica missed it until the replica
+/// check's pass, minutes later, and a failover meanwhile served the value before it — a read
+/// going back in time (`make chaos` seed 3). A newer write is not undone by the late one.
+#[test]
+fn a_sync_result_the_replica_missed_reaches_it_once_it_answers_again() {
+    let (a, b) = two_servers();
+    let sidecar = Sidecar::start_with(
+        &replicated_table(&a, &b, 1, ReplicationMode::Sync),
+        &[],
+        &["--request-timeout", "1s"],
+    );
+    let mut c = RawConn::open(sidecar.port);
+    assert_eq!(
+        frame(&c.call_raw(&["SET", "auth:k", "before"])),
+        Frame::ok()
+    );
+    let replica_pid = b.pid().unwrap();
+    assert!(support::process::signal(replica_pid, "-STOP"));
+    let reply = frame(&c.call_raw(&["SET", "auth:k", "missed"]));
+    let other = frame(&c.call_raw(&["SET", "auth:other", "missed"]));
+    assert!(support::process::signal(replica_pid, "-CONT"));
+    for r in [&reply, &other] {
+        match r {
+            Frame::Error(e) => {
+                let text = String::from_utf8_lossy(e);
+                assert!(text.starts_with("NOREPLICA"), "{text}");
+            }
+            other => panic!("acknowledged with the replica frozen: {other:?}"),
+        }
+    }
+    // It ran on the writer, where reads see it …
+    assert_eq!(
+        frame(&c.call_raw(&["GET", "auth:k"])),
+        Frame::Bulk("missed".into())
+    );
+    // … and reaches the replica once it answers.
+    let mut on_b = RawConn::open(b.port);
+    for key in ["auth:k", "auth:other"] {
+        assert!(
+            support::process::wait_until(Duration::from_secs(10), || {
+                frame(&on_b.call_raw(&["GET", key])) == Frame::Bulk("missed".into())
+            }),
+            "{key}: the result the replica missed never reached it\n{}",
+            sidecar.log_tail(10)
+        );
+    }
+    let redelivered = support::series_value(
+        &sidecar.metrics(),
+        "redisfleet_sidecar_replica_redeliveries_total{category=\"auth\"}",
+    );
+    assert!(
+        redelivered.is_some_and(|n| n >= 2.0),
+        "{}",
+        sidecar.metrics()
+    );
+    // A newer write stays: a late delivery never undoes it.
+    assert_eq!(
+        frame(&c.call_raw(&["SET", "auth:k", "newest"])),
+        Frame::ok()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        frame(&on_b.call_raw(&["GET", "auth:k"])),
+        Frame::Bulk("newest".into())
+    );
+}

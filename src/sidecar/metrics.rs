@@ -46,6 +46,7 @@ pub struct SidecarMetrics {
     writes: Family<InstanceLabels, Counter>,
     replicated: Family<CategoryLabels, Counter>,
     replica_failures: Family<CategoryLabels, Counter>,
+    redelivered: Family<CategoryLabels, Counter>,
     replication_lag: Family<CategoryLabels, Histogram>,
     /// Results of `async` writes on their way to a replica.
     pub replication_backlog: Gauge,
@@ -86,6 +87,8 @@ pub struct CategoryMetrics {
     /// Writes whose result did not reach the replica (refused, lost, or dropped from a full
     /// backlog): the replica misses them until it is repaired.
     pub replica_failures: Counter,
+    /// Of those, results the replica took later, delivered again.
+    pub redelivered: Counter,
     /// Time from the writer's reply to the replica's.
     pub replication_lag: Histogram,
 }
@@ -136,6 +139,7 @@ impl SidecarMetrics {
             writes: Family::default(),
             replicated: Family::default(),
             replica_failures: Family::default(),
+            redelivered: Family::default(),
             replication_lag: Family::new_with_constructor(latency_histogram),
             replication_backlog: Gauge::default(),
             replication_backlog_bytes: Gauge::default(),
@@ -194,6 +198,11 @@ impl SidecarMetrics {
             "replica_failures",
             "Writes whose result did not reach the replica, by category",
             m.replica_failures.clone(),
+        );
+        r.register(
+            "replica_redeliveries",
+            "Results a replica missed at first and took when delivered again, by category",
+            m.redelivered.clone(),
         );
         r.register(
             "replication_lag_seconds",
@@ -261,6 +270,7 @@ impl SidecarMetrics {
             errors: self.errors.get_or_create_owned(&labels),
             replicated: self.replicated.get_or_create_owned(&labels),
             replica_failures: self.replica_failures.get_or_create_owned(&labels),
+            redelivered: self.redelivered.get_or_create_owned(&labels),
             replication_lag: self.replication_lag.get_or_create_owned(&labels),
         }
     }

@@ -558,9 +558,13 @@ impl Sent {
         let policy = self.router.policy().to_owned();
         // Every part is tried, also after one failed: the other replicas must not fall behind.
         let mut failure = None;
+        // The `sync` parts a replica did not take: delivered again after the reply (below).
+        let mut missed: Vec<&ForReplica> = Vec::new();
         for part in &sync {
+            let mut taken_late = false;
             let handed = match self.apply(&policy, part, answered).await {
                 Ok(Handed::Applied) if self.sent.elapsed() > replica::SYNC_RESULT_DEADLINE => {
+                    taken_late = true;
                     Err(format!(
                         "its result reached it more than {:?} after the write was sent, later \
                          than a newer writer may take the key",
@@ -576,6 +580,9 @@ impl Sent {
                 Ok(Handed::Over) => {}
                 Err(why) => {
                     part.metrics.replica_failures.inc();
+                    if !taken_late {
+                        missed.push(part);
+                    }
                     let name = self.router.resolver.instance_name(part.replica);
                     failure.get_or_insert_with(|| {
                         // Not -TRYAGAIN: the write ran, and clients retry that code on their own.
@@ -587,13 +594,17 @@ impl Sent {
                 }
             }
         }
-        // The async parts count as in flight before the client hears of the write: a sidecar
-        // told to stop waits for them (`deliver_async_results`) and must not see nothing
-        // pending in between.
-        let in_flight = if later.is_empty() {
+        // The async parts, and the sync ones a replica missed, count as in flight before the
+        // client hears of the write: a sidecar told to stop waits for them
+        // (`deliver_async_results`) and must not see nothing pending in between.
+        let in_flight = if later.is_empty() && missed.is_empty() {
             None
         } else {
-            let bytes: i64 = later.iter().map(ForReplica::size).sum();
+            let bytes: i64 = later
+                .iter()
+                .chain(missed.iter().copied())
+                .map(ForReplica::size)
+                .sum();
             let m = &self.shared.metrics;
             if m.replication_backlog.get() >= BACKLOG_LIMIT
                 || m.replication_backlog_bytes.get() + bytes > BACKLOG_BYTES_LIMIT
@@ -632,8 +643,45 @@ impl Sent {
                 Err(why) => {
                     part.metrics.replica_failures.inc();
                     tracing::debug!(%why, "a replicated write's result did not reach its replica");
+                    missed.push(part);
                 }
             }
+        }
+        self.deliver_again(&policy, &missed, answered).await;
+    }
+
+    /// Delivers `parts` — results their replica did not take (frozen past the request
+    /// timeout, a connection lost, a fence this sidecar's table was behind) — again, backing
+    /// off, until each is taken or handed over, or has been held [`MAX_HELD`]. A `sync` write
+    /// whose client heard `-NOREPLICA` ran on its writer, where reads see it: without this, a
+    /// replica promoted minutes later (before the replica check repaired it) would answer
+    /// with the value before it — a read going back in time (`make chaos` seed 3). Results
+    /// are versioned, so one applied late never overwrites a newer one, and a new writer's
+    /// own writes outrank it.
+    async fn deliver_again(&self, policy: &str, parts: &[&ForReplica], answered: Instant) {
+        let mut pause = std::time::Duration::from_millis(100);
+        let mut left: Vec<&ForReplica> = parts.to_vec();
+        while !left.is_empty() {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            if answered.elapsed() > MAX_HELD {
+                tracing::debug!(
+                    results = left.len(),
+                    "results their replica missed were held too long; the replica check repairs them"
+                );
+                return;
+            }
+            let mut still = Vec::new();
+            for part in left {
+                match self.apply(policy, part, answered).await {
+                    Ok(Handed::Applied) => {
+                        part.metrics.redelivered.inc();
+                    }
+                    Ok(Handed::Over) => {}
+                    Err(_) => still.push(part),
+                }
+            }
+            left = still;
         }
     }
 
