@@ -103,7 +103,11 @@ pub fn details(row: &Row) -> String {
         "  replicas moved seed-first: {} (category, outgoing instance) pairs named by the tables",
         row.handovers
     );
-    let _ = writeln!(out, "  failovers ended by swapping roles: {}", row.swaps);
+    let _ = writeln!(
+        out,
+        "  failovers and handovers ended by swapping roles: {}; Sync moves handed over: {}",
+        row.swaps, row.handed_over
+    );
     for e in row
         .history
         .examples

@@ -75,9 +75,13 @@ pub struct Row {
     /// Replicas that moved seed-first: the distinct (category, outgoing instance) pairs the
     /// published tables named (`docs/replication.md`, "Moving replicas").
     pub handovers: usize,
-    /// Failovers of `Sync` ranges that ended by swapping roles: the owner serves again and the
-    /// instance that served the range is its seeded replica (`docs/replication.md`).
+    /// Failovers and handovers of `Sync` ranges that ended by swapping roles: the owner serves
+    /// and the range has a seeded replica — the instance that served it, or the outgoing
+    /// replica that stayed on beside the owner (`docs/replication.md`).
     pub swaps: usize,
+    /// `Sync` ranges a plan moved by handing them over (`docs/replication.md`, "Moves that
+    /// hand over"): distinct handover entries named by the tables.
+    pub handed_over: usize,
     /// Where the logs of a failed seed were kept.
     pub logs: Option<PathBuf>,
 }
@@ -222,9 +226,9 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
     let finished = lock(&fleet.node.finished);
     let failed_pods = finished.iter().filter(|(_, code)| *code != 0).count() as u64;
     // One lock for both: a second `lock` in the same expression would wait for the first.
-    let (handovers, swaps) = {
+    let (handovers, swaps, handed_over) = {
         let tables = lock(&fleet.tables);
-        (handovers(&tables), swaps(&tables))
+        (handovers(&tables), swaps(&tables), handed_over(&tables))
     };
     let mut row = Row {
         seed,
@@ -246,6 +250,7 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         async_takeovers,
         handovers,
         swaps,
+        handed_over,
         logs: None,
     };
     drop((plans, finished));
@@ -474,8 +479,28 @@ fn handovers(tables: &[crate::fleet::Published]) -> usize {
     pairs.len()
 }
 
-/// The failover entries that a table of `tables` ended by swapping roles: gone from the next
-/// table, whose owner of the range serves it, with the entry's server its seeded replica.
+/// The distinct handover entries of `tables`.
+fn handed_over(tables: &[crate::fleet::Published]) -> usize {
+    let entries: std::collections::BTreeSet<(&str, u16, u16, &str, &str)> = tables
+        .iter()
+        .flat_map(|p| &p.table.failover)
+        .filter(|f| f.handover)
+        .map(|f| {
+            (
+                f.category.as_str(),
+                f.start,
+                f.end,
+                f.from.as_str(),
+                f.to.as_str(),
+            )
+        })
+        .collect();
+    entries.len()
+}
+
+/// The failover and handover entries that a table of `tables` ended by swapping roles: gone
+/// from the next table, whose owner of the range serves it, with a seeded replica (the entry's
+/// server, or the outgoing replica that stayed on beside the owner).
 fn swaps(tables: &[crate::fleet::Published]) -> usize {
     tables
         .windows(2)
@@ -495,7 +520,7 @@ fn swaps(tables: &[crate::fleet::Published]) -> usize {
                     let owners = cat.owners();
                     let covers = |runs: &[redis_fleet::routing::table::SlotOwner], slot: u16| {
                         runs.iter()
-                            .any(|o| o.instance == f.to && o.range.contains(slot))
+                            .any(|o| o.instance != f.from && o.range.contains(slot))
                     };
                     (f.start..=f.end).all(|slot| {
                         owners[usize::from(slot)] == f.from

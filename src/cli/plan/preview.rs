@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::api::cache_policy::{CachePolicy, REBALANCE_CONTROL_ANNOTATION, RebalanceControl};
-use crate::operator::cache_policy::build::{InstanceView, plan_routing};
+use crate::operator::cache_policy::build::{self, InstanceView, plan_routing};
 use crate::operator::cache_policy::{planning, rebalance};
 use crate::rebalance::plan::{self, PlanInput};
 use crate::routing::table::RoutingTable;
@@ -102,6 +102,11 @@ pub struct PlannedMove {
     pub keys: u64,
     /// Estimated bytes.
     pub bytes: u64,
+    /// Handed over rather than moved by a Job: a `Sync` range whose new owner is seeded as a
+    /// third copy, then takes over by swapping roles (`docs/replication.md`, "Moves that hand
+    /// over"). The operator hands these over first, and plans the rest again afterwards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handover: bool,
 }
 
 /// One instance before and after.
@@ -234,7 +239,11 @@ pub fn preview(inputs: &Inputs<'_>, what_if: Vec<String>, mut notes: Vec<String>
         threshold_percent: inputs.threshold_percent,
         what_if,
         notes,
-        when: when(policy, inputs.now),
+        when: when(policy, inputs.now).or_else(|| {
+            build::handovers::swap_pending(inputs.published, inputs.views).then(|| {
+                "a range is handed over, or fails back, by swapping roles: the operator plans again once that ended".to_owned()
+            })
+        }),
         reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
         idle: moves
             .is_empty()
@@ -252,6 +261,12 @@ pub fn preview(inputs: &Inputs<'_>, what_if: Vec<String>, mut notes: Vec<String>
                 to: m.to.clone(),
                 keys: e.keys,
                 bytes: e.bytes,
+                handover: build::handovers::may_hand_over(
+                    inputs.published,
+                    spec,
+                    inputs.views,
+                    m,
+                ),
             })
             .collect(),
         least_bytes: assessment.plan.as_ref().map(|p| p.balance.least_bytes),

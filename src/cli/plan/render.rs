@@ -82,7 +82,11 @@ pub fn render(preview: &Preview, width: usize, color: bool) -> String {
                 Cell::styled(&m.category, Some(BOLD), p),
                 Cell::plain(slots),
                 Cell::plain(m.from.clone()),
-                Cell::plain(m.to.clone()),
+                Cell::plain(if m.handover {
+                    format!("{} (handover)", m.to)
+                } else {
+                    m.to.clone()
+                }),
                 Cell::plain(compact(m.keys as i64)).right(),
                 Cell::plain(format_bytes_human(m.bytes)).right(),
             ]);
@@ -97,6 +101,17 @@ pub fn render(preview: &Preview, width: usize, color: bool) -> String {
             Cell::plain(format_bytes_human(preview.total_bytes)).right(),
         ]);
         write_table(&mut out, &rows, INDENT);
+        if preview.moves.iter().any(|m| m.handover) {
+            let _ = writeln!(
+                out,
+                "{}{}",
+                " ".repeat(INDENT),
+                p.paint(
+                    "(handover): a Sync range whose new owner is seeded as a third copy, then takes over by swapping roles; no Job copies it, and the rest is planned again afterwards",
+                    Some(DIM)
+                )
+            );
+        }
         if let Some(least) = preview.least_bytes {
             let _ = writeln!(
                 out,

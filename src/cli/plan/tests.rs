@@ -248,3 +248,89 @@ fn a_held_rebalance_says_so_and_still_shows_what_would_move() {
     )]));
     assert_eq!(preview_of(&s, &s.views, 80).when, None);
 }
+
+#[test]
+fn a_sync_range_the_plan_moves_is_shown_handed_over() {
+    let mut s = shop();
+    // auth replicated `Sync`, seeded on the secondary.
+    s.policy
+        .spec
+        .categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .unwrap()
+        .replication = crate::api::cache_policy::Replication::Sync;
+    s.table
+        .categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .unwrap()
+        .replication = Some(crate::routing::table::CategoryReplication {
+        mode: crate::routing::table::ReplicationMode::Sync,
+        replicas: vec![crate::routing::table::SlotOwner {
+            range: crate::routing::slots::SlotRange::ALL,
+            instance: "secondary".into(),
+        }],
+        seeding: Vec::new(),
+        outgoing: Vec::new(),
+    });
+    let mut views = s.views.clone();
+    views.push(fixtures::example_view(
+        "tertiary",
+        "hot",
+        InstancePhase::Ready,
+        30,
+    ));
+    let p = preview_of(&s, &views, 80);
+    let auth: Vec<&preview::PlannedMove> =
+        p.moves.iter().filter(|m| m.category == "auth").collect();
+    assert!(
+        auth.iter().any(|m| m.to == "tertiary"),
+        "the plan moves auth to the newcomer: {p:#?}"
+    );
+    for m in &p.moves {
+        assert_eq!(
+            m.handover,
+            m.category == "auth" && m.from == "primary" && m.to == "tertiary",
+            "{m:#?}"
+        );
+    }
+    let text = render::render(&p, 120, false);
+    assert!(text.contains("tertiary (handover)"), "{text}");
+    assert!(text.contains("no Job copies it"), "{text}");
+    // While it is handed over, the operator plans nothing else.
+    let m = auth.iter().find(|m| m.to == "tertiary").unwrap();
+    let mut handed = s.table.clone();
+    assert!(crate::operator::cache_policy::build::handovers::hand_over(
+        &mut handed,
+        &crate::rebalance::plan::Move {
+            category: m.category.clone(),
+            range: crate::routing::slots::SlotRange::new(m.start, m.end),
+            from: m.from.clone(),
+            to: m.to.clone(),
+            bytes: 0,
+        }
+    ));
+    if let Some(r) = handed
+        .categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .and_then(|c| c.replication.as_mut())
+    {
+        r.replicas.insert(
+            0,
+            crate::routing::table::SlotOwner {
+                range: crate::routing::slots::SlotRange::new(m.start, m.end),
+                instance: "tertiary".into(),
+            },
+        );
+        r.replicas[1].range = crate::routing::slots::SlotRange::new(m.end + 1, 16383);
+        r.seeding = vec![r.replicas[0].clone()];
+    }
+    s.table = handed;
+    let p = preview_of(&s, &views, 80);
+    assert!(
+        p.when.as_deref().is_some_and(|w| w.contains("handed over")),
+        "{p:#?}"
+    );
+}

@@ -434,7 +434,7 @@ pub fn plan_routing_with(
                 // slots: another instance of its tier began draining). Kept only for the very
                 // same range, a grown piece got a fallback of its own choosing and the first
                 // one's copies were freed (chaos seed 2, 361 writes lost).
-                let kept: Vec<(SlotRange, String)> = prev_failover
+                let kept: Vec<(SlotRange, String, bool)> = prev_failover
                     .iter()
                     .filter(|f| {
                         f.category == cat.name
@@ -445,9 +445,11 @@ pub fn plan_routing_with(
                                 i.phase.serves_traffic() && !(i.lost_data && replicated(&cat.name))
                             })
                     })
-                    .filter_map(|f| Some((f.range().intersection(&piece)?, f.to.clone())))
+                    .filter_map(|f| {
+                        Some((f.range().intersection(&piece)?, f.to.clone(), f.handover))
+                    })
                     .collect();
-                let covered: Vec<SlotRange> = kept.iter().map(|(r, _)| *r).collect();
+                let covered: Vec<SlotRange> = kept.iter().map(|(r, ..)| *r).collect();
                 // A replicated range fails over to its replica, which holds its data
                 // (`docs/replication.md`); the rest to a fallback.
                 let replicas_before: Option<&[Option<&str>]> = replicas_before
@@ -475,16 +477,18 @@ pub fn plan_routing_with(
                                     &share,
                                 )
                             });
-                            (range, to)
+                            (range, to, false)
                         })
                         .collect::<Vec<_>>()
                 });
-                let pieces: Vec<(SlotRange, Option<String>)> = kept
+                // A handover whose target died stays one (its source serves the range, as
+                // before): it is given back to the source (`handovers::give_back_stalled`).
+                let pieces: Vec<(SlotRange, Option<String>, bool)> = kept
                     .into_iter()
-                    .map(|(r, to)| (r, Some(to)))
+                    .map(|(r, to, handover)| (r, Some(to), handover))
                     .chain(fresh)
                     .collect();
-                for (range, target) in pieces {
+                for (range, target, handover) in pieces {
                     match target {
                         Some(to) => failover.push(Failover {
                             category: cat.name.clone(),
@@ -492,7 +496,7 @@ pub fn plan_routing_with(
                             end: range.end,
                             from: run.instance.clone(),
                             to,
-                            handover: false,
+                            handover,
                         }),
                         None => problems.push(Problem::NoFallback {
                             category: cat.name.clone(),

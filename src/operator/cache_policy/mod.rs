@@ -461,6 +461,17 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key)
                 .unwrap_or_default();
+            // Handovers that can no longer swap (their target drains or died; rebalancing
+            // off or cancelled) go back to their sources, which serve them still.
+            for f in build::handovers::give_back_stalled(
+                &mut table,
+                &policy.spec,
+                &views,
+                policy.spec.balancing.rebalance.enabled
+                    && RebalanceControl::of(&policy) != RebalanceControl::Cancel,
+            ) {
+                info!(category = %f.category, start = f.start, end = f.end, source = %f.to, target = %f.from, "a handover is given back to its source: it can no longer end by swapping roles");
+            }
             if let Some(prev) = previous.as_ref()
                 && policy.spec.balancing.rebalance.enabled
                 && RebalanceControl::of(&policy) == RebalanceControl::Run

@@ -448,6 +448,9 @@ pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move>
             phase(&f.from).is_some_and(InstancePhase::serves_traffic)
                 && phase(&f.to).is_some_and(InstancePhase::serves_traffic)
         })
+        // A handover ends by swapping roles or is given back to its source
+        // (`build::handovers`), never by a move into its target.
+        .filter(|f| !f.handover)
         // A `Sync` range whose owner is named its replica ends by swapping roles once the
         // owner is seeded (`build`): no data moves, and the range never goes without a copy.
         .filter(|f| {
@@ -1024,8 +1027,13 @@ fn moves_to_make(
         debug!(instances = ?loads, bytes = ?sample.category_bytes, ?plan, "planned");
         planned = plan.map(|p| (p.moves, p.reason));
     }
-    // Emptying a legacy instance does not wait for the cooldown either.
-    let legacy = legacy_moves(published, views, &sample.category_bytes);
+    // Emptying a legacy instance does not wait for the cooldown either — but for handovers:
+    // it moves keys into a range's owner, which a handover's target is before it serves.
+    let legacy = if build::handovers::under_way(published).is_some() {
+        Vec::new()
+    } else {
+        legacy_moves(published, views, &sample.category_bytes)
+    };
     Wanted {
         planner_asked: (cooled || forced) && !swapping,
         ..hold_evicting_sources(failbacks, planned, legacy, views)

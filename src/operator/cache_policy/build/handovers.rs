@@ -120,6 +120,58 @@ pub fn hand_over(table: &mut RoutingTable, m: &Move) -> bool {
     true
 }
 
+/// Gives back, in `table` (about to be published), the handovers that can no longer end by
+/// swapping roles: their category is no longer `Sync`, their target may no longer hold the
+/// range's replica or swap with the source (it drains, turned `allkeys-*`, died, lost its
+/// data), or — `go_on` false — rebalancing was turned off or cancelled
+/// (`redisfleet.io/rebalance: cancel`). The source owns the range again and the entry goes: no
+/// data moves, since the source served the range throughout, and the range's replica stays
+/// (`replicas::place_category` keeps the outgoing one). Returns the entries given back.
+pub fn give_back_stalled(
+    table: &mut RoutingTable,
+    spec: &CachePolicySpec,
+    views: &[InstanceView],
+    go_on: bool,
+) -> Vec<Failover> {
+    let view = |name: &str| views.iter().find(|v| v.name == name);
+    let stalled: Vec<Failover> = table
+        .failover
+        .iter()
+        .filter(|f| f.handover)
+        .filter(|f| {
+            let continues = go_on
+                && replicas::replication_of(spec, &f.category) == Replication::Sync
+                && view(&f.from)
+                    .zip(view(&f.to))
+                    .is_some_and(|(target, source)| {
+                        target.may_hold_replicas() && replicas::swappable(target, source)
+                    });
+            !continues
+        })
+        .cloned()
+        .collect();
+    for f in &stalled {
+        table.failover.retain(|g| g != f);
+        if let Some(cat) = table.categories.iter_mut().find(|c| c.name == f.category) {
+            let mut owners: Vec<String> = cat.owners().into_iter().map(str::to_owned).collect();
+            for owner in owners
+                .iter_mut()
+                .take(usize::from(f.end) + 1)
+                .skip(usize::from(f.start))
+            {
+                if *owner == f.from {
+                    owner.clone_from(&f.to);
+                }
+            }
+            cat.slots = runs(&owners)
+                .into_iter()
+                .map(|(range, instance)| SlotOwner { range, instance })
+                .collect();
+        }
+    }
+    stalled
+}
+
 /// Whether a range of `table` waits to end by swapping roles — a handover, or a failover whose
 /// owner is back and named the range's replica (`replicas::owner_return`). No balance plan is
 /// made meanwhile: the planner would read the range's bytes on its server as another range's,

@@ -523,6 +523,14 @@ fn place_category(
                 );
                 continue;
             }
+            // A seeded copy that may still hold the replica stays it, seeded, rather than a
+            // fresh pick seeding anew: the outgoing replica whose successor went (it drains,
+            // turned `allkeys-*`, died — a handover's target, say). Picked fresh, it would be
+            // named seeding and never promoted, and the range would have no promotable copy.
+            if let Some(kept) = leaving[s].filter(|l| eligible(l, s)) {
+                chosen[s] = (Some(kept.to_owned()), false);
+                continue;
+            }
             let pick = fresh.get_or_insert_with(|| {
                 let key = format!("{category}/replica/{}", range.start);
                 pools.iter().find_map(|pool| {
@@ -663,10 +671,23 @@ pub fn summary(table: &RoutingTable) -> Vec<crate::api::cache_policy::CategoryRe
         .filter_map(|c| {
             let r = c.replication.as_ref()?;
             let named = count(&r.replicas);
-            // A slot whose new replica seeds beside its outgoing one has a full copy: it is
-            // replicated, and handing over.
+            // A slot with an outgoing replica has a full copy: it is replicated, and handing
+            // over (to a new replica seeding beside it, or to an owner about to swap roles).
             let handover = count(&r.outgoing);
-            let seeding = count(&r.seeding) - handover;
+            let mut outgoing = vec![false; usize::from(SLOT_COUNT)];
+            for run in &r.outgoing {
+                for slot in run.range.start..=run.range.end {
+                    outgoing[usize::from(slot)] = true;
+                }
+            }
+            let seeding = i32::try_from(
+                r.seeding
+                    .iter()
+                    .flat_map(|run| run.range.start..=run.range.end)
+                    .filter(|slot| !outgoing[usize::from(*slot)])
+                    .count(),
+            )
+            .unwrap_or(i32::MAX);
             let mut replicas: Vec<String> = r
                 .replicas
                 .iter()

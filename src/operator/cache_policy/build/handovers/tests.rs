@@ -4,7 +4,7 @@ use super::*;
 use crate::api::redis_instance::InstancePhase;
 use crate::operator::cache_policy::build::replicas::fixtures::*;
 use crate::operator::cache_policy::build::replicas::{
-    Seeded, promotion_order, ready_swaps, servers, swapped_entries,
+    Seeded, promotion_order, ready_swaps, servers, summary, swapped_entries,
 };
 use crate::operator::cache_policy::build::{
     newly_held, plan_routing_with, stale_before_publishing,
@@ -39,6 +39,7 @@ fn publish_held(
         .table
         .unwrap();
     let (mut t, _) = table_to_publish(&desired, Some(previous), instances, None, true);
+    give_back_stalled(&mut t, spec, instances, true);
     for m in handovers {
         assert!(may_hand_over(previous, spec, instances, m), "{m:?}");
         assert!(hand_over(&mut t, m), "{m:?}");
@@ -275,4 +276,117 @@ fn a_handover_is_not_applied_to_a_table_whose_owners_changed() {
     let once = t.clone();
     assert!(!hand_over(&mut t, &m));
     assert_eq!(t, once);
+}
+
+/// `views` with `name` changed by `f`.
+fn with(
+    views: &[InstanceView],
+    name: &str,
+    f: &dyn Fn(InstanceView) -> InstanceView,
+) -> Vec<InstanceView> {
+    views
+        .iter()
+        .cloned()
+        .map(|v| if v.name == name { f(v) } else { v })
+        .collect()
+}
+
+/// Asserts that `t` serves every slot of auth from the primary, the handover given back, with
+/// the secondary the copy a failover promotes on every slot. `kept`: the secondary is the
+/// seeded replica, nothing else named (a target that still answers, having lost its data, may
+/// stay named and seed again, the secondary outgoing meanwhile).
+fn given_back(t: &RoutingTable, kept: bool) {
+    assert!(
+        t.failover.iter().all(|f| f.category != "auth"),
+        "{:?}",
+        t.failover
+    );
+    assert!(servers(t, "auth").iter().all(|s| *s == "primary"));
+    assert!(
+        promotion_order(t, "auth")
+            .iter()
+            .all(|p| *p == Some("secondary"))
+    );
+    if kept {
+        assert_eq!(replica_runs(t, "auth"), [(0, 16383, "secondary".into())]);
+        assert_eq!(seeding_runs(t, "auth"), 0);
+        assert!(outgoing_runs(t, "auth").is_empty());
+    }
+}
+
+#[test]
+fn a_handover_whose_target_can_no_longer_take_the_range_is_given_back_with_its_replica_kept() {
+    let (spec, three, before) = replicated_on_secondary_of_three();
+    let handed = publish_handing_over(&spec, &three, &before, &[half_of_auth_to_tertiary()]);
+    let seeded = publish_held(&spec, &three, &handed, &[], &all_seeded(&handed));
+    assert_eq!(seeded.failover, [entry()]);
+    // While it seeds, and once it is seeded: the target drains, turns `allkeys-*`, dies, or
+    // loses its data.
+    let drains = with(&three, "tertiary", &|v| v.draining(true));
+    let evicts = with(&three, "tertiary", &|v| v.evicting("allkeys-lru"));
+    let dies = phase(three.clone(), "tertiary", InstancePhase::Unreachable);
+    let empty = with(&three, "tertiary", &|v| InstanceView {
+        lost_data: true,
+        ..v
+    });
+    for (at, table) in [("seeding", &handed), ("seeded", &seeded)] {
+        for (what, views) in [
+            ("drains", &drains),
+            ("evicts", &evicts),
+            ("dies", &dies),
+            ("lost its data", &empty),
+        ] {
+            let after = publish_held(&spec, views, table, &[], &[]);
+            eprintln!("the target {what} while {at}");
+            given_back(&after, what != "lost its data");
+            // Nothing of the range is purged on the primary or the secondary.
+            let stale = stale_before_publishing(Some(table), &after);
+            assert!(ranges_of(&stale, "primary").is_empty(), "{stale:?}");
+            assert!(ranges_of(&stale, "secondary").is_empty(), "{stale:?}");
+        }
+    }
+    // Rebalancing turned off or cancelled, or the category no longer `Sync`: given back too.
+    let mut t = seeded.clone();
+    assert_eq!(give_back_stalled(&mut t, &spec, &three, false), [entry()]);
+    assert!(t.failover.is_empty());
+    assert!(
+        t.category("auth")
+            .unwrap()
+            .slots
+            .iter()
+            .all(|o| o.instance == "primary")
+    );
+    let mut t = seeded.clone();
+    let async_spec = replicated(Replication::Async);
+    assert_eq!(
+        give_back_stalled(&mut t, &async_spec, &three, true),
+        [entry()]
+    );
+    // A handover that can go on stays.
+    let mut t = seeded.clone();
+    assert!(give_back_stalled(&mut t, &spec, &three, true).is_empty());
+    assert_eq!(t, seeded);
+}
+
+#[test]
+fn status_counts_a_pending_swap_as_replicated_and_handing_over() {
+    let (spec, three, before) = replicated_on_secondary_of_three();
+    let handed = publish_handing_over(&spec, &three, &before, &[half_of_auth_to_tertiary()]);
+    let seeded = publish_held(&spec, &three, &handed, &[], &all_seeded(&handed));
+    for (t, seeding) in [(&handed, 0), (&seeded, 0)] {
+        let auth = summary(t)
+            .into_iter()
+            .find(|c| c.category == "auth")
+            .unwrap();
+        assert_eq!(
+            (
+                auth.replicated_slots,
+                auth.seeding_slots,
+                auth.handover_slots,
+                auth.unreplicated_slots
+            ),
+            (16384, seeding, 8192, 0),
+            "{auth:?}"
+        );
+    }
 }
