@@ -819,6 +819,28 @@ async fn work(
     ledger
 }
 
+/// `cmd` through `c`, sent again (for up to 10 s) while the fleet answers with an error a
+/// client is told to retry (a fence closed a connection, a range is handed on): what is checked
+/// is the value, once the fleet answers.
+async fn retrying<T: redis::FromRedisValue>(
+    c: &mut redis::aio::MultiplexedConnection,
+    cmd: &redis::Cmd,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cmd.query_async(c).await {
+            Ok(v) => return v,
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(e.code(), Some("TRYAGAIN" | "UNAVAILABLE")) =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{cmd:?}: {e}"),
+        }
+    }
+}
+
 /// Checks every acknowledged write through a connection to the fleet (the sidecar).
 async fn assert_ledger(port: u16, ledger: &Ledger) {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
@@ -830,18 +852,18 @@ async fn assert_ledger(port: u16, ledger: &Ledger) {
         &ledger.stale[..ledger.stale.len().min(5)]
     );
     for (key, (acked, failed)) in &ledger.values {
-        let got: Option<String> = c.get(key).await.unwrap();
+        let got: Option<String> = retrying(&mut c, redis::cmd("GET").arg(key)).await;
         assert!(
             ledger.readable(key, &got),
             "{key}: {got:?}, acknowledged {acked:?} (failed attempts {failed:?})"
         );
         if ledger.expiring.contains(key) && got == *acked {
-            let ttl: i64 = c.pttl(key).await.unwrap();
+            let ttl: i64 = retrying(&mut c, redis::cmd("PTTL").arg(key)).await;
             assert!(ttl > 0, "{key} lost its TTL ({ttl})");
         }
     }
     for (key, (acked, failed)) in &ledger.counters {
-        let got: Option<i64> = c.get(key).await.unwrap();
+        let got: Option<i64> = retrying(&mut c, redis::cmd("GET").arg(key)).await;
         let got = got.unwrap_or(0);
         assert!(
             (*acked..=acked + failed).contains(&got),
@@ -849,7 +871,7 @@ async fn assert_ledger(port: u16, ledger: &Ledger) {
         );
     }
     for key in &ledger.deleted {
-        let there: bool = c.exists(key).await.unwrap();
+        let there: bool = retrying(&mut c, redis::cmd("EXISTS").arg(key)).await;
         assert!(!there, "{key} came back after its DEL was acknowledged");
     }
 }
@@ -2045,7 +2067,7 @@ async fn write_before(c: &mut redis::aio::MultiplexedConnection) {
 async fn missing_before(c: &mut redis::aio::MultiplexedConnection) -> Vec<usize> {
     let mut missing = Vec::new();
     for n in 0..BEFORE_KEYS {
-        let v: Option<String> = c.get(format!("auth:k{n}")).await.unwrap();
+        let v: Option<String> = retrying(c, redis::cmd("GET").arg(format!("auth:k{n}"))).await;
         if v.as_deref() != Some("before") {
             missing.push(n);
         }
@@ -2399,6 +2421,70 @@ async fn a_sync_range_a_join_moves_keeps_a_seeded_replica_and_survives_its_new_o
     }
     eprintln!(
         "new owner killed the moment it served: {} ops, {} keys acknowledged and read back, {} errors {kinds:?}",
+        ledger.ops,
+        ledger.values.len() + ledger.counters.len(),
+        ledger.errors.len()
+    );
+}
+
+/// Issue 15 item 4, the other end: the *source* of a `Sync` range a plan moves dies the moment
+/// the move begins — a hot third instance joins, and the primary is `kill -9`ed as soon as a
+/// table hands part of `auth` to the newcomer (or, moved by a Job, migrates it). The range must
+/// go to a copy that holds every acknowledged write: the secondary, kept on as the outgoing
+/// replica beside the seeding newcomer. A Job move fails this: while the range migrates it has
+/// no replica, and the keys not copied yet die with the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_range_whose_source_dies_as_it_is_handed_over_loses_nothing() {
+    let ReplicatedShop {
+        mut shop,
+        node: _node,
+        sidecar,
+        mut c,
+        traffic,
+        ..
+    } = ReplicatedShop::start("handover-source").await;
+    let _tertiary = apply_third_instance_in(&shop, "hot");
+    let moving = wait_until_table(
+        &shop,
+        "part of auth handed over to the tertiary",
+        Duration::from_secs(120),
+        |t| {
+            t.failover
+                .iter()
+                .any(|f| f.category == "auth" && f.from == "tertiary")
+                || t.migrating
+                    .iter()
+                    .any(|m| m.category == "auth" && m.to == "tertiary")
+        },
+    )
+    .await;
+    shop.primary.kill();
+    let replication = moving
+        .category("auth")
+        .and_then(|c| c.replication.clone())
+        .expect("auth is replicated");
+    eprintln!(
+        "auth moving at v{}: failover {:?}, migrating {:?}, replicas {:?}, seeding {:?}, outgoing {:?}",
+        moving.version,
+        moving.failover,
+        moving.migrating,
+        replication.replicas,
+        replication.seeding,
+        replication.outgoing
+    );
+    wait_until_table(
+        &shop,
+        "auth served without the primary",
+        Duration::from_secs(60),
+        |t| !serving(t, "auth").iter().any(|s| s == "primary"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ledger = traffic.stop().await;
+    assert_before(&mut c, "after the source died as the move began").await;
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "source killed as the handover began: {} ops, {} keys acknowledged and read back, {} errors",
         ledger.ops,
         ledger.values.len() + ledger.counters.len(),
         ledger.errors.len()

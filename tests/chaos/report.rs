@@ -105,8 +105,8 @@ pub fn details(row: &Row) -> String {
     );
     let _ = writeln!(
         out,
-        "  failovers and handovers ended by swapping roles: {}; Sync moves handed over: {}",
-        row.swaps, row.handed_over
+        "  failovers ended by swapping roles: {}; Sync moves handed over: {} ({} swapped, the rest given back)",
+        row.swaps, row.handed_over.0, row.handed_over.1
     );
     for e in row
         .history

@@ -75,13 +75,14 @@ pub struct Row {
     /// Replicas that moved seed-first: the distinct (category, outgoing instance) pairs the
     /// published tables named (`docs/replication.md`, "Moving replicas").
     pub handovers: usize,
-    /// Failovers and handovers of `Sync` ranges that ended by swapping roles: the owner serves
-    /// and the range has a seeded replica — the instance that served it, or the outgoing
-    /// replica that stayed on beside the owner (`docs/replication.md`).
+    /// Failovers of `Sync` ranges that ended by swapping roles: the owner serves again and the
+    /// range has a seeded replica — the instance that served it, or the outgoing replica that
+    /// stayed on beside the owner (`docs/replication.md`).
     pub swaps: usize,
     /// `Sync` ranges a plan moved by handing them over (`docs/replication.md`, "Moves that
-    /// hand over"): distinct handover entries named by the tables.
-    pub handed_over: usize,
+    /// hand over"): distinct handover entries named by the tables, and of them those that
+    /// ended by swapping roles (the rest were given back, or are under way).
+    pub handed_over: (usize, usize),
     /// Where the logs of a failed seed were kept.
     pub logs: Option<PathBuf>,
 }
@@ -228,7 +229,12 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
     // One lock for both: a second `lock` in the same expression would wait for the first.
     let (handovers, swaps, handed_over) = {
         let tables = lock(&fleet.tables);
-        (handovers(&tables), swaps(&tables), handed_over(&tables))
+        let (swaps, handovers_swapped) = swaps(&tables);
+        (
+            handovers(&tables),
+            swaps,
+            (handed_over(&tables), handovers_swapped),
+        )
     };
     let mut row = Row {
         seed,
@@ -501,10 +507,10 @@ fn handed_over(tables: &[crate::fleet::Published]) -> usize {
 /// The failover and handover entries that a table of `tables` ended by swapping roles: gone
 /// from the next table, whose owner of the range serves it, with a seeded replica (the entry's
 /// server, or the outgoing replica that stayed on beside the owner).
-fn swaps(tables: &[crate::fleet::Published]) -> usize {
-    tables
+fn swaps(tables: &[crate::fleet::Published]) -> (usize, usize) {
+    let ended: Vec<&redis_fleet::routing::table::Failover> = tables
         .windows(2)
-        .map(|pair| {
+        .flat_map(|pair| {
             let (before, after) = (&pair[0].table, &pair[1].table);
             before
                 .failover
@@ -531,9 +537,11 @@ fn swaps(tables: &[crate::fleet::Published]) -> usize {
                             })
                     })
                 })
-                .count()
+                .collect::<Vec<_>>()
         })
-        .sum()
+        .collect();
+    let handovers = ended.iter().filter(|f| f.handover).count();
+    (ended.len() - handovers, handovers)
 }
 
 /// Puts a write of the harness (a drop) where it stands: after the writes that started before

@@ -465,6 +465,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
             // off or cancelled) go back to their sources, which serve them still.
             for f in build::handovers::give_back_stalled(
                 &mut table,
+                previous.as_ref(),
                 &policy.spec,
                 &views,
                 policy.spec.balancing.rebalance.enabled

@@ -453,14 +453,7 @@ pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move>
         .filter(|f| !f.handover)
         // A `Sync` range whose owner is named its replica ends by swapping roles once the
         // owner is seeded (`build`): no data moves, and the range never goes without a copy.
-        .filter(|f| {
-            let view = |name: &str| views.iter().find(|v| v.name == name);
-            view(&f.from)
-                .zip(view(&f.to))
-                .is_none_or(|(owner, server)| {
-                    build::replicas::owner_return(table, f, owner, server, &[]) == OwnerReturn::Move
-                })
-        })
+        .filter(|f| build::replicas::owner_return(table, f, views, &[]) == OwnerReturn::Move)
         .map(|f| Move {
             category: f.category.clone(),
             range: f.range(),

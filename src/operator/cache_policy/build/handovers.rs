@@ -64,16 +64,20 @@ pub fn may_hand_over(
     let (Some(source), Some(target)) = (view(&m.from), view(&m.to)) else {
         return false;
     };
-    if !target.may_hold_replicas() || !replicas::swappable(target, source) {
+    if !target.may_hold_replicas() {
         return false;
     }
     let owners = cat.owners();
     let replicas_now = replicas::replicas_of(table, &m.category);
     let outgoing = replicas::outgoing_of(table, &m.category);
+    // The range's replica stays on beside the target as its outgoing one, and stays the
+    // replica at the swap when it may: the source may drain then.
     (m.range.start..=m.range.end).all(|slot| {
         let s = usize::from(slot);
         owners.get(s) == Some(&m.from.as_str())
-            && matches!(replicas_now[s], (Some(r), false) if r != m.to && r != m.from)
+            && matches!(replicas_now[s], (Some(r), false)
+                if r != m.to && r != m.from
+                    && replicas::swappable(target, source, view(r)))
             && outgoing[s].is_none_or(|o| o != m.to)
     })
 }
@@ -129,11 +133,21 @@ pub fn hand_over(table: &mut RoutingTable, m: &Move) -> bool {
 /// (`replicas::place_category` keeps the outgoing one). Returns the entries given back.
 pub fn give_back_stalled(
     table: &mut RoutingTable,
+    previous: Option<&RoutingTable>,
     spec: &CachePolicySpec,
     views: &[InstanceView],
     go_on: bool,
 ) -> Vec<Failover> {
     let view = |name: &str| views.iter().find(|v| v.name == name);
+    // The outgoing replica `previous` named beside the target on the whole range, if any.
+    let keeper = |f: &Failover| {
+        let outgoing = replicas::outgoing_of(previous?, &f.category);
+        let k = outgoing.get(usize::from(f.start)).copied().flatten()?;
+        (f.start..=f.end)
+            .all(|s| outgoing.get(usize::from(s)) == Some(&Some(k)))
+            .then(|| view(k))
+            .flatten()
+    };
     let stalled: Vec<Failover> = table
         .failover
         .iter()
@@ -144,7 +158,8 @@ pub fn give_back_stalled(
                 && view(&f.from)
                     .zip(view(&f.to))
                     .is_some_and(|(target, source)| {
-                        target.may_hold_replicas() && replicas::swappable(target, source)
+                        target.may_hold_replicas()
+                            && replicas::swappable(target, source, keeper(f))
                     });
             !continues
         })
@@ -177,14 +192,10 @@ pub fn give_back_stalled(
 /// made meanwhile: the planner would read the range's bytes on its server as another range's,
 /// and could move the range itself while its new owner seeds.
 pub fn swap_pending(table: &RoutingTable, views: &[InstanceView]) -> bool {
-    let view = |name: &str| views.iter().find(|v| v.name == name);
-    table.failover.iter().any(|f| {
-        view(&f.from)
-            .zip(view(&f.to))
-            .is_some_and(|(owner, server)| {
-                replicas::owner_return(table, f, owner, server, &[]) != OwnerReturn::Move
-            })
-    })
+    table
+        .failover
+        .iter()
+        .any(|f| replicas::owner_return(table, f, views, &[]) != OwnerReturn::Move)
 }
 
 /// The handovers of `table` in one line (`category start-end source → target`), if any.

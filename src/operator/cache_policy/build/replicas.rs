@@ -200,20 +200,36 @@ pub enum OwnerReturn {
     Move,
 }
 
-/// How `entry` of `table` ends ([`OwnerReturn`]); `owner` and `server` are the views of its
-/// owner and of the instance serving it, `moves` those of the plan under way. A swap needs a
-/// `Sync` category (an `Async` replica may lack acknowledged results still on their way, which
-/// a move never loses), an owner that answers with its data, is not draining and keeps keys
-/// without a TTL, a server that may hold the replica afterwards
-/// ([`InstanceView::may_hold_replicas`]), and no migration of the range, published or planned
-/// (a failback move planned earlier goes on as a move: its Job empties the owner's copies).
+/// How `entry` of `table` ends ([`OwnerReturn`]); `views` are the instances' views, `moves`
+/// those of the plan under way. A swap needs a `Sync` category (an `Async` replica may lack
+/// acknowledged results still on their way, which a move never loses), an owner that answers
+/// with its data, is not draining and keeps keys without a TTL, a server that may hold the
+/// replica afterwards ([`InstanceView::may_hold_replicas`]) — or an outgoing replica beside
+/// the owner on the whole range that may (it stays the replica, and the server goes:
+/// [`swappable`]) — and no migration of the range, published or planned (a failback move
+/// planned earlier goes on as a move: its Job empties the owner's copies).
 pub fn owner_return(
     table: &RoutingTable,
     entry: &Failover,
-    owner: &InstanceView,
-    server: &InstanceView,
+    views: &[InstanceView],
     moves: &[MoveStatus],
 ) -> OwnerReturn {
+    let view = |name: &str| views.iter().find(|v| v.name == name);
+    let (Some(owner), Some(server)) = (view(&entry.from), view(&entry.to)) else {
+        return OwnerReturn::Move;
+    };
+    // The outgoing replica of the whole range, if one instance is.
+    let outgoing = outgoing_of(table, &entry.category);
+    let keeper = outgoing
+        .get(usize::from(entry.start))
+        .copied()
+        .flatten()
+        .filter(|k| {
+            (entry.start..=entry.end).all(|s| outgoing.get(usize::from(s)) == Some(&Some(*k)))
+                && *k != entry.from
+                && *k != entry.to
+        })
+        .and_then(view);
     let sync = table
         .category(&entry.category)
         .and_then(|c| c.replication.as_ref())
@@ -228,7 +244,7 @@ pub fn owner_return(
         || moves
             .iter()
             .any(|m| overlaps(&m.category, i64::from(m.start), i64::from(m.end)));
-    if !sync || migrating || !swappable(owner, server) {
+    if !sync || migrating || !swappable(owner, server, keeper) {
         return OwnerReturn::Move;
     }
     let replicas = replicas_of(table, &entry.category);
@@ -247,14 +263,21 @@ pub fn owner_return(
 }
 
 /// Whether a range `server` serves for `owner` may end by swapping their roles, as far as the
-/// two instances go: the owner answers with its data and is not draining, and the server may
-/// hold the range's replica afterwards.
-pub(super) fn swappable(owner: &InstanceView, server: &InstanceView) -> bool {
+/// instances go: the owner answers with its data and is not draining, and the server may hold
+/// the range's replica afterwards — or `keeper`, a seeded copy beside the owner (the outgoing
+/// replica, which stays the replica at the swap), may, and the server then goes (it may drain:
+/// a draining instance's `Sync` ranges are handed over too).
+pub(super) fn swappable(
+    owner: &InstanceView,
+    server: &InstanceView,
+    keeper: Option<&InstanceView>,
+) -> bool {
     owner.promotable()
         && !owner.drain
         && owner.evicting_policy.is_none()
-        && server.may_hold_replicas()
-        && !server.lost_data
+        && server.promotable()
+        && (server.may_hold_replicas()
+            || keeper.is_some_and(|k| k.may_hold_replicas() && k.promotable()))
 }
 
 /// The failover entries of `previous` ready to end by swapping roles now
@@ -267,18 +290,11 @@ pub fn ready_swaps(
     instances: &[InstanceView],
     moves: &[MoveStatus],
 ) -> Vec<Failover> {
-    let view = |name: &str| instances.iter().find(|i| i.name == name);
     previous
         .failover
         .iter()
         .filter(|f| replication_of(spec, &f.category) == Replication::Sync)
-        .filter(|f| {
-            view(&f.from)
-                .zip(view(&f.to))
-                .is_some_and(|(owner, server)| {
-                    owner_return(previous, f, owner, server, moves) == OwnerReturn::Swap
-                })
-        })
+        .filter(|f| owner_return(previous, f, instances, moves) == OwnerReturn::Swap)
         .cloned()
         .collect()
 }
@@ -446,6 +462,13 @@ fn place_category(
                 .is_some_and(|b| b.get(slot).is_some_and(|w| *w == servers[slot]))
     };
 
+    // The seeded copy `leaving` (below) of a slot, when it may stay the slot's replica through
+    // a swap of roles ([`swappable`]'s keeper).
+    let keeper_of = |leaving: Option<&str>, s: usize| {
+        leaving
+            .filter(|l| eligible(l, s) && by_name.get(l).is_some_and(|i| i.promotable()))
+            .and_then(|l| by_name.get(l).copied())
+    };
     let mut chosen: Vec<(Option<String>, bool)> = vec![(None, false); slots];
     // Per slot, the seeded copy a seeding replica replaces: the previous outgoing replica, or
     // the previous replica if it was seeded.
@@ -503,7 +526,7 @@ fn place_category(
                 && by_name
                     .get(owner)
                     .zip(by_name.get(servers[s]))
-                    .is_some_and(|(o, server)| swappable(o, server))
+                    .is_some_and(|(o, server)| swappable(o, server, keeper_of(leaving[s], s)))
             {
                 chosen[s] = (Some(owner.to_owned()), true);
                 continue;
@@ -564,7 +587,7 @@ fn place_category(
                     && by_name
                         .get(replica.as_str())
                         .zip(by_name.get(servers[s]))
-                        .is_some_and(|(o, server)| swappable(o, server)) =>
+                        .is_some_and(|(o, server)| swappable(o, server, keeper_of(leaving[s], s))) =>
             {
                 leaving[s].filter(|o| o != replica)
             }

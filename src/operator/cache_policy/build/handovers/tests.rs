@@ -39,7 +39,7 @@ fn publish_held(
         .table
         .unwrap();
     let (mut t, _) = table_to_publish(&desired, Some(previous), instances, None, true);
-    give_back_stalled(&mut t, spec, instances, true);
+    give_back_stalled(&mut t, Some(previous), spec, instances, true);
     for m in handovers {
         assert!(may_hand_over(previous, spec, instances, m), "{m:?}");
         assert!(hand_over(&mut t, m), "{m:?}");
@@ -225,12 +225,22 @@ fn only_a_seeded_sync_range_between_instances_that_may_swap_is_handed_over() {
         &with("tertiary", &|v| v.evicting("allkeys-lru")),
         &m
     ));
-    assert!(!may_hand_over(
-        &before,
-        &spec,
-        &with("primary", &|v| v.draining(true)),
-        &m
-    ));
+    // A draining source is handed over when its range's replica may stay the replica (it
+    // goes at the swap), not when that replica could not.
+    let source_drains = with("primary", &|v| v.draining(true));
+    assert!(may_hand_over(&before, &spec, &source_drains, &m));
+    let no_keeper: Vec<InstanceView> = source_drains
+        .iter()
+        .cloned()
+        .map(|v| {
+            if v.name == "secondary" {
+                v.evicting("allkeys-lru")
+            } else {
+                v
+            }
+        })
+        .collect();
+    assert!(!may_hand_over(&before, &spec, &no_keeper, &m));
     assert!(!may_hand_over(
         &before,
         &spec,
@@ -347,7 +357,7 @@ fn a_handover_whose_target_can_no_longer_take_the_range_is_given_back_with_its_r
     }
     // Rebalancing turned off or cancelled, or the category no longer `Sync`: given back too.
     let mut t = seeded.clone();
-    assert_eq!(give_back_stalled(&mut t, &spec, &three, false), [entry()]);
+    assert_eq!(give_back_stalled(&mut t, Some(&seeded), &spec, &three, false), [entry()]);
     assert!(t.failover.is_empty());
     assert!(
         t.category("auth")
@@ -359,12 +369,12 @@ fn a_handover_whose_target_can_no_longer_take_the_range_is_given_back_with_its_r
     let mut t = seeded.clone();
     let async_spec = replicated(Replication::Async);
     assert_eq!(
-        give_back_stalled(&mut t, &async_spec, &three, true),
+        give_back_stalled(&mut t, Some(&seeded), &async_spec, &three, true),
         [entry()]
     );
     // A handover that can go on stays.
     let mut t = seeded.clone();
-    assert!(give_back_stalled(&mut t, &spec, &three, true).is_empty());
+    assert!(give_back_stalled(&mut t, Some(&seeded), &spec, &three, true).is_empty());
     assert_eq!(t, seeded);
 }
 
@@ -389,4 +399,50 @@ fn status_counts_a_pending_swap_as_replicated_and_handing_over() {
             "{auth:?}"
         );
     }
+}
+
+#[test]
+fn a_draining_sources_sync_range_is_handed_over_and_the_source_goes_at_the_swap() {
+    let (spec, three, before) = replicated_on_secondary_of_three();
+    let drains = with(&three, "primary", &|v| InstanceView {
+        phase: InstancePhase::Draining,
+        ..v.draining(true)
+    });
+    let m = half_of_auth_to_tertiary();
+    let handed = publish_handing_over(&spec, &drains, &before, std::slice::from_ref(&m));
+    assert_eq!(handed.failover, [entry()]);
+    assert_eq!(
+        outgoing_runs(&handed, "auth"),
+        [(0, 8191, "secondary".into())]
+    );
+    assert!(swap_pending(&handed, &drains));
+    let seeded = publish_held(&spec, &drains, &handed, &[], &all_seeded(&handed));
+    assert_eq!(seeded.failover, [entry()]);
+    assert_eq!(
+        outgoing_runs(&seeded, "auth"),
+        [(0, 8191, "secondary".into())]
+    );
+    assert_eq!(ready_swaps(&seeded, &spec, &drains, &[]), [entry()]);
+    let swapped = publish_held(&spec, &drains, &seeded, &[], &[]);
+    assert!(swapped.failover.iter().all(|f| f.category != "auth"));
+    assert!(servers(&swapped, "auth")[..8192].iter().all(|s| *s == "tertiary"));
+    assert_eq!(swapped_entries(&seeded, &swapped), [entry()]);
+    // The secondary is the replica of the range, seeded; the draining primary holds nothing
+    // of it any more (freed).
+    assert_eq!(
+        replica_runs(&swapped, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+    assert_eq!(seeding_runs(&swapped, "auth"), 0);
+    let freed = newly_held(Some(&swapped), &seeded);
+    assert_eq!(ranges_of(&freed, "primary"), [&SlotRange::new(0, 8191)]);
+    // Should the secondary turn `allkeys-*` before the swap, the handover is given back to
+    // the draining primary (a Job then moves it).
+    let keeper_evicts = with(&drains, "secondary", &|v| v.evicting("allkeys-lru"));
+    assert!(ready_swaps(&seeded, &spec, &keeper_evicts, &[]).is_empty());
+    let mut t = seeded.clone();
+    assert_eq!(
+        give_back_stalled(&mut t, Some(&seeded), &spec, &keeper_evicts, true),
+        [entry()]
+    );
 }

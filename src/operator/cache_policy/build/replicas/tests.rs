@@ -939,16 +939,15 @@ fn a_sync_failover_ends_by_swapping_roles_once_the_returned_owner_is_seeded() {
     // The primary came back: the secondary serves auth, the primary is its replica, seeding.
     let back = owner_back_of_two(&spec);
     let entry = auth_entry(&back);
-    let (primary, secondary) = (&two()[0], &two()[1]);
     assert_eq!(
-        owner_return(&back, &entry, primary, secondary, &[]),
+        owner_return(&back, &entry, &two(), &[]),
         OwnerReturn::Seeding
     );
     // Seeded: the table that says so still has the secondary serve.
     let seeded = publish(&spec, &two(), Some(&back), &all_seeded(&back));
     assert!(seeded.failover.iter().any(|f| f.category == "auth"));
     assert_eq!(
-        owner_return(&seeded, &entry, primary, secondary, &[]),
+        owner_return(&seeded, &entry, &two(), &[]),
         OwnerReturn::Swap
     );
     // The next one swaps the roles — with rebalancing on or off, since no data moves: the
@@ -1001,7 +1000,7 @@ fn an_async_failover_or_one_whose_server_cannot_hold_the_replica_does_not_swap()
     let spec = replicated(Replication::Async);
     let (seeded, entry) = owner_seeded_of_two(&spec);
     assert_eq!(
-        owner_return(&seeded, &entry, &two()[0], &two()[1], &[]),
+        owner_return(&seeded, &entry, &two(), &[]),
         OwnerReturn::Move
     );
     let after = publish(&spec, &two(), Some(&seeded), &[]);
@@ -1017,7 +1016,7 @@ fn an_async_failover_or_one_whose_server_cannot_hold_the_replica_does_not_swap()
     assert!(after.failover.iter().any(|f| f.category == "auth"));
     let draining = drained(two(), "primary");
     assert_eq!(
-        owner_return(&seeded, &entry, &draining[0], &draining[1], &[]),
+        owner_return(&seeded, &entry, &draining, &[]),
         OwnerReturn::Move
     );
 }
