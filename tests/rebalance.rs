@@ -2491,6 +2491,93 @@ async fn a_sync_range_whose_source_dies_as_it_is_handed_over_loses_nothing() {
     );
 }
 
+/// Issue 15 item 4, drains: the owner of a `Sync` range is drained. With a hot third instance
+/// in the fleet (its join handed half of `auth` over), the primary is drained: the rest of
+/// `auth` is handed over to the tertiary too, the secondary staying its replica, and the
+/// primary goes at the swap. The tertiary is `kill -9`ed the moment it serves all of `auth`:
+/// the secondary must hold every acknowledged write and the 300 keys written before. A Job
+/// move fails this: the moved range's new replica is still seeding then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_owners_sync_range_is_handed_over_and_survives_its_new_owners_death() {
+    let ReplicatedShop {
+        shop,
+        node: _node,
+        sidecar,
+        mut c,
+        traffic,
+        ..
+    } = ReplicatedShop::start("handover-drain").await;
+    let mut tertiary = apply_third_instance_in(&shop, "hot");
+    // The join's handover ends: the tertiary serves part of auth, seeded beside the secondary.
+    wait_until_table(
+        &shop,
+        "the join's handover swapped",
+        Duration::from_secs(120),
+        |t| {
+            t.failover.iter().all(|f| f.category != "auth")
+                && serving(t, "auth").iter().any(|s| s == "tertiary")
+                && serving(t, "auth").iter().any(|s| s == "primary")
+        },
+    )
+    .await;
+    let patch = serde_json::json!({"spec": {"drain": true}});
+    shop.instances
+        .patch("primary", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_until_table(
+        &shop,
+        "the primary's auth handed over",
+        Duration::from_secs(120),
+        |t| {
+            t.failover
+                .iter()
+                .any(|f| f.category == "auth" && f.handover && f.to == "primary")
+        },
+    )
+    .await;
+    let moved = wait_until_table(
+        &shop,
+        "all of auth served by the tertiary",
+        Duration::from_secs(120),
+        |t| serving(t, "auth").iter().all(|s| s == "tertiary"),
+    )
+    .await;
+    tertiary.kill();
+    let replication = moved
+        .category("auth")
+        .and_then(|c| c.replication.clone())
+        .expect("auth is replicated");
+    assert!(replication.seeding.is_empty(), "{replication:?}");
+    assert!(
+        replication
+            .replicas
+            .iter()
+            .all(|r| r.instance == "secondary"),
+        "{replication:?}"
+    );
+    wait_table(&shop, "auth failed over from the tertiary", |t| {
+        t.failover
+            .iter()
+            .any(|f| f.category == "auth" && f.from == "tertiary" && !f.handover)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ledger = traffic.stop().await;
+    assert_before(
+        &mut c,
+        "after the drain's new owner died the moment it served",
+    )
+    .await;
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "drained owner's range handed over, new owner killed: {} ops, {} keys acknowledged and read back, {} errors",
+        ledger.ops,
+        ledger.values.len() + ledger.counters.len(),
+        ledger.errors.len()
+    );
+}
+
 /// `async`: the owner is `kill -9`ed under traffic. Its results still on their way reach the
 /// replica, which serves the category at once: with no replica failure reported, every write
 /// acknowledged before the owner died is read back — the lag (`backlog_age`) bounds only what

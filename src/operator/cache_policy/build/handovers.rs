@@ -158,8 +158,7 @@ pub fn give_back_stalled(
                 && view(&f.from)
                     .zip(view(&f.to))
                     .is_some_and(|(target, source)| {
-                        target.may_hold_replicas()
-                            && replicas::swappable(target, source, keeper(f))
+                        target.may_hold_replicas() && replicas::swappable(target, source, keeper(f))
                     });
             !continues
         })

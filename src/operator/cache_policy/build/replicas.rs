@@ -587,7 +587,9 @@ fn place_category(
                     && by_name
                         .get(replica.as_str())
                         .zip(by_name.get(servers[s]))
-                        .is_some_and(|(o, server)| swappable(o, server, keeper_of(leaving[s], s))) =>
+                        .is_some_and(|(o, server)| {
+                            swappable(o, server, keeper_of(leaving[s], s))
+                        }) =>
             {
                 leaving[s].filter(|o| o != replica)
             }

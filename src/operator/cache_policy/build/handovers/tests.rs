@@ -357,7 +357,10 @@ fn a_handover_whose_target_can_no_longer_take_the_range_is_given_back_with_its_r
     }
     // Rebalancing turned off or cancelled, or the category no longer `Sync`: given back too.
     let mut t = seeded.clone();
-    assert_eq!(give_back_stalled(&mut t, Some(&seeded), &spec, &three, false), [entry()]);
+    assert_eq!(
+        give_back_stalled(&mut t, Some(&seeded), &spec, &three, false),
+        [entry()]
+    );
     assert!(t.failover.is_empty());
     assert!(
         t.category("auth")
@@ -425,7 +428,11 @@ fn a_draining_sources_sync_range_is_handed_over_and_the_source_goes_at_the_swap(
     assert_eq!(ready_swaps(&seeded, &spec, &drains, &[]), [entry()]);
     let swapped = publish_held(&spec, &drains, &seeded, &[], &[]);
     assert!(swapped.failover.iter().all(|f| f.category != "auth"));
-    assert!(servers(&swapped, "auth")[..8192].iter().all(|s| *s == "tertiary"));
+    assert!(
+        servers(&swapped, "auth")[..8192]
+            .iter()
+            .all(|s| *s == "tertiary")
+    );
     assert_eq!(swapped_entries(&seeded, &swapped), [entry()]);
     // The secondary is the replica of the range, seeded; the draining primary holds nothing
     // of it any more (freed).
