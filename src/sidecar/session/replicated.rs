@@ -63,6 +63,7 @@ fn refused(what: &str) -> Interrupt {
 }
 
 /// The result of a write for one replica: the states of the keys it holds.
+#[derive(Clone)]
 struct ForReplica {
     replica: InstanceId,
     /// Its keys' category: a write whose keys span categories hands each its own part, so
@@ -594,17 +595,14 @@ impl Sent {
                 }
             }
         }
-        // The async parts, and the sync ones a replica missed, count as in flight before the
-        // client hears of the write: a sidecar told to stop waits for them
-        // (`deliver_async_results`) and must not see nothing pending in between.
-        let in_flight = if later.is_empty() && missed.is_empty() {
+        // The async parts count as in flight before the client hears of the write: a sidecar
+        // told to stop waits for them (`deliver_async_results`) and must not see nothing
+        // pending in between. (The sync parts a replica missed are not: their clients were
+        // told the write did not reach the replica, and the backlog measures the async lag.)
+        let in_flight = if later.is_empty() {
             None
         } else {
-            let bytes: i64 = later
-                .iter()
-                .chain(missed.iter().copied())
-                .map(ForReplica::size)
-                .sum();
+            let bytes: i64 = later.iter().map(ForReplica::size).sum();
             let m = &self.shared.metrics;
             if m.replication_backlog.get() >= BACKLOG_LIMIT
                 || m.replication_backlog_bytes.get() + bytes > BACKLOG_BYTES_LIMIT
@@ -626,10 +624,8 @@ impl Sent {
                 .or(client_reply)
                 .unwrap_or_else(|| encode(&written.reply)),
         );
-        let Some(_in_flight) = in_flight else {
-            return;
-        };
-        for part in &later {
+        let delivering: &[ForReplica] = if in_flight.is_some() { &later } else { &[] };
+        for part in delivering {
             let outcome = if answered.elapsed() > MAX_HELD {
                 Err("held too long".to_owned())
             } else {
@@ -648,6 +644,7 @@ impl Sent {
             }
         }
         self.deliver_again(&policy, &missed, answered).await;
+        drop(in_flight);
     }
 
     /// Delivers `parts` — results their replica did not take (frozen past the request
@@ -658,6 +655,11 @@ impl Sent {
     /// with the value before it — a read going back in time (`make chaos` seed 3). Results
     /// are versioned, so one applied late never overwrites a newer one, and a new writer's
     /// own writes outrank it.
+    ///
+    /// Only while the table in use still names the instance the replica of every key of a
+    /// part, by that table: once it serves them (promoted: the result would reach the keys'
+    /// new writer without reaching its replicas) or another instance replicates them (seeded
+    /// from the writer), they are not its to take; a replica that is gone is not waited for.
     async fn deliver_again(&self, policy: &str, parts: &[&ForReplica], answered: Instant) {
         let mut pause = std::time::Duration::from_millis(100);
         let mut left: Vec<&ForReplica> = parts.to_vec();
@@ -671,9 +673,36 @@ impl Sent {
                 );
                 return;
             }
+            let Some(current) = self.shared.router.load_full() else {
+                return;
+            };
             let mut still = Vec::new();
             for part in left {
-                match self.apply(policy, part, answered).await {
+                let name = self.router.resolver.instance_name(part.replica);
+                let Some(id) = current.resolver.instance_id(name) else {
+                    continue;
+                };
+                let replica_of_all = part.written.states.iter().all(|(key, _)| {
+                    let route = current.resolver.resolve(key);
+                    route.target != id && current.resolver.replica_targets(&route).any(|r| r == id)
+                });
+                if !replica_of_all {
+                    continue;
+                }
+                let by_current = ForReplica {
+                    replica: id,
+                    ..(*part).clone()
+                };
+                match apply(
+                    &current,
+                    &self.shared,
+                    self.lane,
+                    policy,
+                    &by_current,
+                    answered,
+                )
+                .await
+                {
                     Ok(Handed::Applied) => {
                         part.metrics.redelivered.inc();
                     }

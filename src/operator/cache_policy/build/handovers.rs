@@ -71,15 +71,21 @@ pub fn may_hand_over(
     let replicas_now = replicas::replicas_of(table, &m.category);
     let outgoing = replicas::outgoing_of(table, &m.category);
     // The range's replica stays on beside the target as its outgoing one, and stays the
-    // replica at the swap when it may: the source may drain then.
-    (m.range.start..=m.range.end).all(|slot| {
-        let s = usize::from(slot);
-        owners.get(s) == Some(&m.from.as_str())
-            && matches!(replicas_now[s], (Some(r), false)
-                if r != m.to && r != m.from
-                    && replicas::swappable(target, source, view(r)))
-            && outgoing[s].is_none_or(|o| o != m.to)
-    })
+    // replica at the swap when it may: the source may drain then. One instance over the
+    // whole range, as the swap looks for one (`replicas::owner_return`): a range whose slots
+    // have different replicas is moved by a Job.
+    let Some((Some(replica), false)) = replicas_now.get(usize::from(m.range.start)).copied() else {
+        return false;
+    };
+    replica != m.to
+        && replica != m.from
+        && replicas::swappable(target, source, view(replica))
+        && (m.range.start..=m.range.end).all(|slot| {
+            let s = usize::from(slot);
+            owners.get(s) == Some(&m.from.as_str())
+                && replicas_now[s] == (Some(replica), false)
+                && outgoing[s].is_none_or(|o| o != m.to)
+        })
 }
 
 /// Hands `m`'s range over in `table` (the table about to be published): `m.to` becomes the

@@ -247,6 +247,35 @@ fn only_a_seeded_sync_range_between_instances_that_may_swap_is_handed_over() {
         &phase(three.clone(), "tertiary", InstancePhase::Unreachable),
         &m
     ));
+    // A range whose slots have different replicas.
+    let mut split = before.clone();
+    if let Some(r) = split
+        .categories
+        .iter_mut()
+        .find(|c| c.name == "auth")
+        .and_then(|c| c.replication.as_mut())
+    {
+        r.replicas = vec![
+            SlotOwner {
+                range: SlotRange::new(0, 4095),
+                instance: "secondary".into(),
+            },
+            SlotOwner {
+                range: SlotRange::new(4096, 16383),
+                instance: "quaternary".into(),
+            },
+        ];
+    }
+    let mut four = three.clone();
+    four.push(
+        crate::operator::cache_policy::build::fixtures::example_view(
+            "quaternary",
+            "warm",
+            InstancePhase::Ready,
+            30,
+        ),
+    );
+    assert!(!may_hand_over(&split, &spec, &four, &m));
     // A range that is failed over or migrating.
     let mut failed_over = before.clone();
     failed_over.failover.push(Failover {
