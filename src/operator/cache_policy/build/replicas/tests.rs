@@ -1076,17 +1076,7 @@ fn with_three_instances_the_returned_owner_takes_the_replica_over_then_swaps() {
     );
     // The outgoing replica that can no longer hold replicas at the swap: the server stays on
     // as the replica, as on two instances.
-    let tertiary_allkeys: Vec<InstanceView> = three
-        .iter()
-        .cloned()
-        .map(|v| {
-            if v.name == "tertiary" {
-                v.evicting("allkeys-lru")
-            } else {
-                v
-            }
-        })
-        .collect();
+    let tertiary_allkeys = with(&three, "tertiary", &|v| v.evicting("allkeys-lru"));
     let swapped = publish(&spec, &tertiary_allkeys, Some(&seeded_back), &[]);
     assert!(swapped.failover.iter().all(|f| f.category != "auth"));
     assert_eq!(
