@@ -268,14 +268,9 @@ fn a_replica_that_stops_being_one_has_its_copies_freed() {
 
 #[test]
 fn a_promoted_replica_that_dies_after_the_owner_returned_hands_over_to_the_next_replica() {
-    let spec = replicated(Replication::Sync);
-    let mut three = two();
-    three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
-    let first = publish(&spec, &three, None, &[]);
-    let mut seeded = publish(&spec, &three, Some(&first), &all_seeded(&first));
     // The secondary replicates auth; the primary dies: the secondary serves, the tertiary
     // becomes the replica and is seeded.
-    replicate_auth_on(&mut seeded, "secondary");
+    let (spec, three, seeded) = replicated_on_secondary_of_three();
     let down = phase(three.clone(), "primary", InstancePhase::Unreachable);
     let during = publish(&spec, &down, Some(&seeded), &[]);
     let during = publish(&spec, &down, Some(&during), &all_seeded(&during));
