@@ -74,13 +74,18 @@ pub enum KeyState {
     Migrating,
 }
 
-/// A failover: the unavailable owner and the instance serving its range meanwhile.
+/// A failover: the unavailable owner and the instance serving its range meanwhile — or a
+/// handover: the range's new owner, being seeded, and the instance serving it until the two
+/// swap roles (`docs/replication.md`, "Moves that hand over").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hop {
     /// The owner.
     pub from: String,
     /// The instance serving meanwhile.
     pub to: String,
+    /// A handover, not an outage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handover: bool,
 }
 
 /// A slot range in flight.
@@ -116,9 +121,16 @@ pub fn locate(resolver: &Resolver, key: &str) -> KeyLocation {
             epoch: m.epoch,
         });
     // The resolver sends a key elsewhere than its owner for a migration or a failover only.
+    let category = &resolver.categories()[usize::from(route.category)].name;
     let failover = (migrating.is_none() && route.target != route.owner).then(|| Hop {
         from: owner.clone(),
         to: instance.clone(),
+        handover: table.failover.iter().any(|f| {
+            f.handover
+                && f.category == *category
+                && f.from == owner
+                && (f.start..=f.end).contains(&route.slot)
+        }),
     });
     let state = match (&failover, &migrating) {
         (_, Some(_)) => KeyState::Migrating,
@@ -128,9 +140,7 @@ pub fn locate(resolver: &Resolver, key: &str) -> KeyLocation {
     let hashed = hash_tag(key.as_bytes());
     KeyLocation {
         key: key.to_owned(),
-        category: resolver.categories()[usize::from(route.category)]
-            .name
-            .clone(),
+        category: category.clone(),
         slot: route.slot,
         hash_tag: (hashed.len() != key.len()).then(|| String::from_utf8_lossy(hashed).into_owned()),
         address: table.instances.get(&instance).map(|e| e.address()),
@@ -184,6 +194,12 @@ pub fn render(answer: &Answer) -> String {
                 "migrating {} → {} (slots {}-{}, since v{})",
                 m.from, m.to, m.start, m.end, m.epoch
             ),
+            (Some(f), None) if f.handover => {
+                format!(
+                    "handing over to {} (seeded, then the two swap roles)",
+                    f.from
+                )
+            }
             (Some(f), None) => format!("failed over: {} unavailable", f.from),
             (None, None) => "owner".to_owned(),
         };

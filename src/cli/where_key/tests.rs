@@ -122,10 +122,35 @@ fn a_key_whose_owner_is_failed_over() {
         k.failover,
         Some(locate::Hop {
             from: "primary".into(),
-            to: "tertiary".into()
+            to: "tertiary".into(),
+            handover: false,
         })
     );
     assert_eq!(k.migrating, None);
+}
+
+#[test]
+fn a_key_whose_range_is_handed_over_says_so() {
+    let mut t = table();
+    t.failover[0].handover = true;
+    let k = locate(&Resolver::new(t).unwrap(), "auth:{bar}");
+    assert_eq!(k.state, KeyState::FailedOver);
+    assert!(k.failover.as_ref().is_some_and(|f| f.handover), "{k:?}");
+    let json = serde_json::to_string(&k).unwrap();
+    assert!(json.contains("\"handover\":true"), "{json}");
+    let text = locate::render(&locate::answer(
+        &Resolver::new({
+            let mut t = table();
+            t.failover[0].handover = true;
+            t
+        })
+        .unwrap(),
+        "shop",
+        "shop",
+        "shop-redis-routing",
+        &["auth:{bar}".to_owned()],
+    ));
+    assert!(text.contains("handing over to primary"), "{text}");
 }
 
 #[test]
