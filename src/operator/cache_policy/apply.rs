@@ -237,7 +237,7 @@ pub async fn fence_swaps(
         };
         match fences::fence_for_swap(ctx, namespace, policy, ri, version).await {
             Ok(()) => {
-                info!(instance = %name, version, "fenced the instance on itself: it hands ranges back to their owner and stays their replica");
+                info!(instance = %name, version, "fenced the instance on itself: ranges it serves go to their owners by swapping roles (a failback, or a handover)");
                 fenced.insert(name.to_owned());
             }
             Err(e) => {
