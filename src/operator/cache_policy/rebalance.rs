@@ -1523,4 +1523,6 @@ impl<'a> Driver<'a> {
 }
 
 #[cfg(test)]
+mod handover_tests;
+#[cfg(test)]
 mod tests;

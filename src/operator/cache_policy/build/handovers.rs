@@ -218,6 +218,3 @@ pub fn under_way(table: &RoutingTable) -> Option<String> {
         )
     })
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,7 +1,12 @@
-//! Tests of moves that hand a `Sync` range over.
+//! Tests of moves that hand a `Sync` range over (`build::handovers`), through what the
+//! operator publishes from one table to the next: the swaps ready, the build, the owners held
+//! back until a rebalance moves their data (`table_to_publish`), the handovers, replica
+//! placement.
 
-use super::*;
+use crate::api::cache_policy::{CachePolicySpec, Replication};
 use crate::api::redis_instance::InstancePhase;
+use crate::operator::cache_policy::build::InstanceView;
+use crate::operator::cache_policy::build::handovers::*;
 use crate::operator::cache_policy::build::replicas::fixtures::*;
 use crate::operator::cache_policy::build::replicas::{
     Seeded, promotion_order, ready_swaps, servers, summary, swapped_entries,
@@ -9,7 +14,10 @@ use crate::operator::cache_policy::build::replicas::{
 use crate::operator::cache_policy::build::{
     newly_held, plan_routing_with, stale_before_publishing,
 };
-use crate::operator::cache_policy::rebalance::table_to_publish;
+use crate::rebalance::plan::Move;
+use crate::routing::table::{Failover, RoutingTable, SlotOwner};
+
+use super::table_to_publish;
 use crate::routing::slots::SlotRange;
 
 /// `auth` 0-8191 from the primary to the tertiary.
