@@ -54,6 +54,8 @@ pub struct SidecarMetrics {
     pub replication_backlog_bytes: Gauge,
     /// How long the oldest of them has been on its way.
     pub replication_backlog_age: Arc<BacklogAge>,
+    /// Bytes of `sync` results a replica missed, held to be delivered again.
+    pub redelivery_bytes: Gauge,
     /// Client connections open.
     pub clients: Gauge,
     /// Routing table version in use.
@@ -143,6 +145,7 @@ impl SidecarMetrics {
             replication_lag: Family::new_with_constructor(latency_histogram),
             replication_backlog: Gauge::default(),
             replication_backlog_bytes: Gauge::default(),
+            redelivery_bytes: Gauge::default(),
             replication_backlog_age: Arc::default(),
             clients: Gauge::default(),
             routing_version: Gauge::default(),
@@ -203,6 +206,11 @@ impl SidecarMetrics {
             "replica_redeliveries",
             "Results a replica missed at first and took when delivered again, by category",
             m.redelivered.clone(),
+        );
+        r.register(
+            "replica_redelivery_bytes",
+            "Bytes of sync results a replica missed, held to be delivered again",
+            m.redelivery_bytes.clone(),
         );
         r.register(
             "replication_lag_seconds",

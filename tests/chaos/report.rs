@@ -101,7 +101,7 @@ pub fn details(row: &Row) -> String {
     let _ = writeln!(
         out,
         "  replicas moved seed-first: {} (category, outgoing instance) pairs named by the tables",
-        row.handovers
+        row.replica_moves
     );
     let _ = writeln!(
         out,

@@ -74,7 +74,7 @@ pub struct Row {
     pub async_takeovers: (u64, u64),
     /// Replicas that moved seed-first: the distinct (category, outgoing instance) pairs the
     /// published tables named (`docs/replication.md`, "Moving replicas").
-    pub handovers: usize,
+    pub replica_moves: usize,
     /// Failovers of `Sync` ranges that ended by swapping roles: the owner serves again and the
     /// range has a seeded replica — the instance that served it, or the outgoing replica that
     /// stayed on beside the owner (`docs/replication.md`).
@@ -227,11 +227,11 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
     let finished = lock(&fleet.node.finished);
     let failed_pods = finished.iter().filter(|(_, code)| *code != 0).count() as u64;
     // One lock for both: a second `lock` in the same expression would wait for the first.
-    let (handovers, swaps, handed_over) = {
+    let (replica_moves, swaps, handed_over) = {
         let tables = lock(&fleet.tables);
         let (swaps, handovers_swapped) = swaps(&tables);
         (
-            handovers(&tables),
+            replica_moves(&tables),
             swaps,
             (handed_over(&tables), handovers_swapped),
         )
@@ -254,7 +254,7 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         faults,
         failovers,
         async_takeovers,
-        handovers,
+        replica_moves,
         swaps,
         handed_over,
         logs: None,
@@ -475,7 +475,7 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Drops, Vec<(usize, W
 }
 
 /// The distinct (category, instance) pairs of outgoing replicas in `tables`.
-fn handovers(tables: &[crate::fleet::Published]) -> usize {
+fn replica_moves(tables: &[crate::fleet::Published]) -> usize {
     let pairs: std::collections::BTreeSet<(&str, &str)> = tables
         .iter()
         .flat_map(|p| &p.table.categories)

@@ -823,19 +823,26 @@ async fn publish_events(
             });
         }
     }
-    let swapped: Vec<(String, String)> = previous
+    // The entries ended by swapping roles, with the range's replica after the swap (its
+    // server, or the outgoing replica that stayed on).
+    let swapped: Vec<(String, String, String)> = previous
         .map(|p| build::replicas::swapped_entries(p, next))
         .unwrap_or_default()
         .into_iter()
-        .map(|f| (f.from, f.to))
+        .map(|f| {
+            let replica = build::replicas::replicas_of(next, &f.category)
+                .get(usize::from(f.start))
+                .and_then(|(r, _)| *r)
+                .unwrap_or_default()
+                .to_owned();
+            (f.from, f.to, replica)
+        })
         .collect();
     for ((from, to), cats) in &before {
         if !after.contains_key(&(from.clone(), to.clone())) {
-            // A failover that ended by swapping roles leaves its server as the replica.
-            let roles = if swapped.contains(&(from.clone(), to.clone())) {
-                format!("; roles swapped, {to} is the replica")
-            } else {
-                String::new()
+            let roles = match swapped.iter().find(|(f, t, _)| f == from && t == to) {
+                Some((.., replica)) => format!("; roles swapped, {replica} is the replica"),
+                None => String::new(),
             };
             events.push(Event {
                 type_: EventType::Normal,
@@ -858,11 +865,11 @@ async fn publish_events(
 }
 
 /// The Events of handovers (`build::handovers`) that `next` starts or ends; `swapped` are the
-/// (owner, server) pairs of the entries it ends by swapping roles.
+/// (owner, server, replica after the swap) of the entries it ends by swapping roles.
 fn handover_events(
     previous: Option<&RoutingTable>,
     next: &RoutingTable,
-    swapped: &[(String, String)],
+    swapped: &[(String, String, String)],
 ) -> Vec<Event> {
     let handovers = |t: Option<&RoutingTable>| -> Vec<Failover> {
         t.map(|t| t.failover.iter().filter(|f| f.handover).cloned().collect())
@@ -887,9 +894,12 @@ fn handover_events(
         ));
     }
     for f in before.iter().filter(|f| !after.contains(f)) {
-        let note = if swapped.contains(&(f.from.clone(), f.to.clone())) {
+        let note = if let Some((.., replica)) = swapped
+            .iter()
+            .find(|(from, to, _)| *from == f.from && *to == f.to)
+        {
             format!(
-                "{} serves {} {}-{} (was {}); its copies there are freed",
+                "{} serves {} {}-{} (was {}); {replica} is its replica",
                 f.from, f.category, f.start, f.end, f.to
             )
         } else {

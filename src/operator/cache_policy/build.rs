@@ -585,13 +585,16 @@ pub fn plan_routing_with(
             let usable = |r: &str| r != f.to && by_name.get(r).is_some_and(|i| i.promotable());
             for (range, to) in by_replica(f.range(), before, usable) {
                 if let Some(to) = to.filter(|to| *to != f.from) {
+                    // A handover whose source died stays one, from the copy that serves now:
+                    // its target was never routed the range, and still takes it over by a swap
+                    // (or is given back to that copy).
                     failover.push(Failover {
                         category: f.category.clone(),
                         start: range.start,
                         end: range.end,
                         from: f.from.clone(),
                         to,
-                        handover: false,
+                        handover: f.handover,
                     });
                 }
             }

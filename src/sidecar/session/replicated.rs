@@ -54,6 +54,11 @@ const BACKLOG_BYTES_LIMIT: i64 = 64 << 20;
 /// forget the versions they applied after a while (`replica.rs`), so a result may only arrive
 /// that late.
 const MAX_HELD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Bytes of `sync` results a replica missed that a sidecar holds to deliver again; one that
+/// would go past it is not held (the replica check repairs it): a replica that refuses every
+/// write while the table still names it must not make the sidecar hold a minute of them.
+const REDELIVERY_BYTES_LIMIT: i64 = 16 << 20;
 const _: () = assert!(MAX_HELD.as_secs() * 5 <= replica::FORGET_AFTER.as_secs());
 
 fn refused(what: &str) -> Interrupt {
@@ -643,7 +648,22 @@ impl Sent {
                 }
             }
         }
+        // The sync parts among them are held within their own budget (the async ones are in
+        // the backlog's).
+        let held_bytes: i64 = missed.iter().filter(|p| p.sync).map(|p| p.size()).sum();
+        let gauge = &self.shared.metrics.redelivery_bytes;
+        if held_bytes > 0 && gauge.get() + held_bytes > REDELIVERY_BYTES_LIMIT {
+            missed.retain(|p| !p.sync);
+        } else {
+            gauge.inc_by(held_bytes);
+        }
+        let held_bytes = if missed.iter().any(|p| p.sync) {
+            held_bytes
+        } else {
+            0
+        };
         self.deliver_again(&policy, &missed, answered).await;
+        gauge.dec_by(held_bytes);
         drop(in_flight);
     }
 

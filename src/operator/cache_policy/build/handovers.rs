@@ -26,7 +26,8 @@ use super::replicas::{self, OwnerReturn};
 /// its owner `m.from` with a seeded replica (neither end of the move) on every slot, and two
 /// instances that may swap roles — the target may hold the range's replica while it seeds, and
 /// answers with its data, not draining, keeping keys without a TTL; the source may hold a
-/// replica afterwards (`replicas::swappable`). Any other move is made by a Job.
+/// replica afterwards, or the range's replica may stay the replica, the source then going
+/// (`replicas::swappable`). Any other move is made by a Job.
 pub fn may_hand_over(
     table: &RoutingTable,
     spec: &CachePolicySpec,

@@ -170,16 +170,31 @@ fn a_handover_whose_server_dies_goes_to_the_outgoing_replica() {
     let handed = publish_handing_over(&spec, &three, &before, &[half_of_auth_to_tertiary()]);
     let down = phase(three.clone(), "primary", InstancePhase::Unreachable);
     let after = publish_held(&spec, &down, &handed, &[], &[]);
-    // The range goes to the secondary, which held every result; it is a failover now.
+    // The range goes to the secondary, which held every result. The primary's own range
+    // fails over to it; the handed-over range stays a handover, now from the secondary: the
+    // tertiary was never routed it (no failover notice, no fence, no failover in status).
     let serving = servers(&after, "auth");
     assert!(
         serving.iter().all(|s| *s == "secondary"),
         "{:?}",
         after.failover
     );
-    assert!(after.failover.iter().all(|f| !f.handover));
+    assert!(
+        after.failover.contains(&Failover {
+            to: "secondary".into(),
+            ..entry()
+        }),
+        "{:?}",
+        after.failover
+    );
     let stale = stale_before_publishing(Some(&handed), &after);
     assert!(ranges_of(&stale, "secondary").is_empty(), "{stale:?}");
+    // It goes on from there: the tertiary is seeded again (from its new writer), then swaps.
+    let seeded = publish_held(&spec, &down, &after, &[], &all_seeded(&after));
+    assert!(ready_swaps(&seeded, &spec, &down, &[]).contains(&Failover {
+        to: "secondary".into(),
+        ..entry()
+    }));
 }
 
 #[test]
@@ -393,7 +408,7 @@ fn status_counts_a_pending_swap_as_replicated_and_handing_over() {
     let (spec, three, before) = replicated_on_secondary_of_three();
     let handed = publish_handing_over(&spec, &three, &before, &[half_of_auth_to_tertiary()]);
     let seeded = publish_held(&spec, &three, &handed, &[], &all_seeded(&handed));
-    for (t, seeding) in [(&handed, 0), (&seeded, 0)] {
+    for t in [&handed, &seeded] {
         let auth = summary(t)
             .into_iter()
             .find(|c| c.category == "auth")
@@ -405,7 +420,7 @@ fn status_counts_a_pending_swap_as_replicated_and_handing_over() {
                 auth.handover_slots,
                 auth.unreplicated_slots
             ),
-            (16384, seeding, 8192, 0),
+            (16384, 0, 8192, 0),
             "{auth:?}"
         );
     }
