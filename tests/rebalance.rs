@@ -19,7 +19,7 @@ use support::node::Node;
 use support::operator::Operator;
 use support::shop::{
     SHOP_SECRETS, Shop, apply_third_instance, apply_third_instance_in, kubectl_apply,
-    server_with_password, shop_with,
+    server_with_password, shop_configured, shop_with,
 };
 use support::sidecar::Sidecar;
 
@@ -2103,7 +2103,12 @@ struct ReplicatedShop {
 
 impl ReplicatedShop {
     async fn start(prefix: &str) -> Self {
-        let shop = shop_with(prefix, replicated_auth).await;
+        Self::start_configured(prefix, &[]).await
+    }
+
+    /// [`ReplicatedShop::start`] with extra arguments for the operator.
+    async fn start_configured(prefix: &str, operator_args: &[&str]) -> Self {
+        let shop = shop_configured(prefix, replicated_auth, operator_args).await;
         let (_, plan) = settled(&shop).await;
         let node = Node::start(shop.cp, &shop.ns);
         let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
@@ -2431,6 +2436,101 @@ async fn a_sync_range_a_join_moves_keeps_a_seeded_replica_and_survives_its_new_o
         &sidecar,
         traffic,
         "after the new owner died the moment it served",
+    )
+    .await;
+}
+
+/// Keys of the straggler's traffic: `auth`, apart from the main traffic's keys.
+const STRAGGLER_TRAFFIC: &[&str] = &["auth:late:"];
+
+/// A sidecar stuck on an old table (a straggler, still heartbeating — a mounted table that
+/// never updates) holds a `Sync` handover back only for the converge timeout. A hot third
+/// instance joins the shop while the straggler writes `auth` keys; its old table sends them
+/// to the source and the old replica only, never to the new owner, so the new owner's seeding
+/// waits for it. After `--rebalance-converge-timeout` the seeding starts all the same: the
+/// source is fenced for the straggler (its clients get errors there from then on, never a
+/// write acknowledged and left behind), the operator says so in a Warning Event, and the
+/// handover ends. Every write either sidecar acknowledged is read back at the end. On the old
+/// code the seeding waited for the straggler for as long as it lived: the tertiary never
+/// served `auth`, and no plan could start meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_stuck_on_an_old_table_holds_a_handover_back_only_until_the_converge_timeout() {
+    let ReplicatedShop {
+        shop,
+        node: _node,
+        sidecar,
+        mut c,
+        traffic,
+        ..
+    } = ReplicatedShop::start_configured(
+        "handover-stuck",
+        &["--rebalance-converge-timeout", "20s"],
+    )
+    .await;
+    let secrets = [
+        SHOP_SECRETS[0],
+        SHOP_SECRETS[1],
+        ("tertiary-redis", "password", "change-me-tertiary"),
+    ];
+    let mut straggler = Sidecar::start_as("straggler", &table(&shop).await, &secrets, &[]);
+    wait_sidecars(&shop, 2).await;
+    let late = Traffic::start(straggler.port, STRAGGLER_TRAFFIC, 2);
+    let _tertiary = apply_third_instance_in(&shop, "hot");
+    let handed = wait_until_table(
+        &shop,
+        "part of auth handed over to the tertiary",
+        Duration::from_secs(120),
+        |t| {
+            t.failover
+                .iter()
+                .any(|f| f.category == "auth" && f.handover && f.from == "tertiary")
+        },
+    )
+    .await;
+    let moved = wait_until_table(
+        &shop,
+        "part of auth served by the tertiary although a sidecar never loads a newer table",
+        Duration::from_secs(240),
+        |t| serving(t, "auth").iter().any(|s| s == "tertiary"),
+    )
+    .await;
+    let logs = shop.operator.logs();
+    assert!(
+        logs.contains("after the converge timeout"),
+        "the seeding did not say it went ahead of a sidecar behind:\n{}",
+        shop.operator.log_tail(40)
+    );
+    let events = events_of(&shop, "SidecarsBehind").await;
+    assert!(
+        events.iter().any(|e| e.contains("fenced off")),
+        "no SidecarsBehind Event: {events:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let late = late.stop().await;
+    straggler.kill();
+    eprintln!(
+        "the straggler: {} ops, {} keys written, {} errors; handed over at v{}, served by the tertiary at v{}",
+        late.ops,
+        late.values.len() + late.counters.len(),
+        late.errors.len(),
+        handed.version,
+        moved.version
+    );
+    assert!(
+        late.values.values().any(|(acked, _)| acked.is_some()),
+        "the straggler had no write acknowledged: {:?}",
+        &late.errors[..late.errors.len().min(5)]
+    );
+    assert!(
+        !late.errors.is_empty(),
+        "the straggler was never refused on the fenced source"
+    );
+    assert_ledger(sidecar.port, &late).await;
+    read_back_after(
+        &mut c,
+        &sidecar,
+        traffic,
+        "after a handover a straggler held back until the converge timeout",
     )
     .await;
 }

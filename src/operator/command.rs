@@ -60,8 +60,10 @@ pub struct OperatorArgs {
     #[arg(long, env = "REDIS_FLEET_REBALANCE_SERVICE_ACCOUNT")]
     pub rebalance_service_account: Option<String>,
     /// How long a rebalance Job waits for every sidecar to load the table that announces a
-    /// migration; sidecars still behind then are fenced off the instances it moves data between
-    /// (their clients get -TRYAGAIN there until the sidecar has the new table).
+    /// migration, and a new replica's seeding for every sidecar to load the table that names
+    /// it; sidecars still behind then are fenced off the instances the data moves between, or
+    /// the range's writer (their clients get -TRYAGAIN there until the sidecar has a newer
+    /// table).
     #[arg(long, default_value = "2m", value_parser = crate::api::duration::parse_duration, env = "REDIS_FLEET_REBALANCE_CONVERGE_TIMEOUT")]
     pub rebalance_converge_timeout: std::time::Duration,
     /// Scheduling and resources of rebalance Jobs' pods, a JSON object with any of

@@ -624,11 +624,16 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                     &selected,
                     t,
                     sample.heartbeats_read.then_some(&sample.sidecars),
+                    ctx.jobs.converge_timeout,
                 )
                 .await
         }
         None => seeding::SeedingProgress::default(),
     };
+    if seeding.started_overdue > 0 {
+        status::seeding_overdue_event(shared, &policy, seeding.started_overdue, seeding.behind)
+            .await;
+    }
     // Seeded replicas are compared with their writers every few minutes.
     if let Some(t) = &published {
         use kube::Resource;

@@ -4,7 +4,10 @@
 //! then on reaches the replica — the operator fences the writer at that version (a straggler
 //! still on an older table must not write there unreplicated) and runs [`replica::repair`] from
 //! the writer to the replica in a task of its own; the next table no longer lists the range as
-//! seeding.
+//! seeding. A range waits for the sidecars at most the converge timeout (as a rebalance Job
+//! does): then the pass starts anyway, and the fence keeps the sidecars still behind off the
+//! writer until they load a newer table (their clients get `-TRYAGAIN` there meanwhile), so one
+//! stuck sidecar cannot hold a replica, a failback or a handover back for as long as it lives.
 //! Writes that race the pass are newer than what it copies and are never undone.
 //!
 //! What finished is kept in memory until a table without it is published: an operator that
@@ -42,6 +45,8 @@ pub struct Seedings {
 struct PolicySeedings {
     running: BTreeMap<SeedJob, tokio::task::AbortHandle>,
     done: Vec<Seeded>,
+    /// Since when each pending range has waited for sidecars behind the published table.
+    waiting: BTreeMap<SeedJob, Instant>,
 }
 
 /// One range to seed: category, replica, writer, slots.
@@ -87,9 +92,29 @@ pub struct SeedingProgress {
     /// Ranges the table lists as seeding.
     pub pending: usize,
     /// Live sidecars still on a table older than the published one (no pass starts before
-    /// they are on it); `None` when no instance's heartbeats could be read (none starts then
-    /// either).
+    /// they are on it, or until the converge timeout); `None` when no instance's heartbeats
+    /// could be read (none starts then either).
     pub behind: Option<usize>,
+    /// Passes started this time although sidecars were behind: the range had waited the
+    /// converge timeout.
+    pub started_overdue: usize,
+}
+
+/// Whether a pending seeding may start: every live sidecar is on the published table
+/// (`behind == Some(0)`), or some are behind but the range has waited `timeout` since
+/// `waiting_since`. Heartbeats that could not be read (`None`) start nothing: the fence would
+/// not know whom it keeps off.
+pub fn may_start(
+    behind: Option<usize>,
+    waiting_since: Instant,
+    now: Instant,
+    timeout: Duration,
+) -> bool {
+    match behind {
+        Some(0) => true,
+        Some(_) => now.saturating_duration_since(waiting_since) >= timeout,
+        None => false,
+    }
 }
 
 /// Connections to a range's writer and replica, named `name` — like a sidecar's connection of
@@ -162,8 +187,10 @@ impl Seedings {
     }
 
     /// Starts a pass for each range `table` (published) lists as seeding, once `sidecars`
-    /// (live sidecar → table version) are all on it; forgets what finished and the table no
+    /// (live sidecar → table version) are all on it or the range has waited
+    /// `converge_timeout` for them ([`may_start`]); forgets what finished and the table no
     /// longer lists.
+    #[allow(clippy::too_many_arguments)]
     pub async fn drive(
         self: &Arc<Self>,
         key: &str,
@@ -172,6 +199,7 @@ impl Seedings {
         selected: &[Arc<RedisInstance>],
         table: &RoutingTable,
         sidecars: Option<&BTreeMap<String, u64>>,
+        converge_timeout: Duration,
     ) -> SeedingProgress {
         let jobs = pending(table);
         // Heartbeats not read: how many are behind is unknown, so none may start.
@@ -192,19 +220,41 @@ impl Seedings {
             policy
                 .done
                 .retain(|d| jobs.iter().any(|j| j.finished_by(d)));
-            if behind != Some(0) {
-                Vec::new()
-            } else {
-                jobs.iter()
-                    .filter(|j| !policy.running.contains_key(*j))
-                    .filter(|j| !policy.done.iter().any(|d| j.finished_by(d)))
-                    .cloned()
-                    .collect()
-            }
+            let now = Instant::now();
+            let waiting: Vec<SeedJob> = jobs
+                .iter()
+                .filter(|j| !policy.running.contains_key(*j))
+                .filter(|j| !policy.done.iter().any(|d| j.finished_by(d)))
+                .cloned()
+                .collect();
+            // A range's wait lasts while it is pending, over failed passes: the writer is
+            // fenced already, so a pass tried again need not wait again.
+            policy.waiting.retain(|j, _| jobs.contains(j));
+            waiting
+                .into_iter()
+                .filter(|j| {
+                    let since = *policy.waiting.entry(j.clone()).or_insert(now);
+                    may_start(behind, since, now, converge_timeout)
+                })
+                .collect()
         };
+        let started_overdue = if behind.is_some_and(|n| n > 0) {
+            to_start.len()
+        } else {
+            0
+        };
+        if started_overdue > 0 {
+            warn!(
+                ranges = started_overdue,
+                sidecars_behind = ?behind,
+                version = table.version,
+                "seeding replicas although sidecars are still on an older table after the converge timeout: they are fenced off the writers until they load a newer one"
+            );
+        }
         let progress = SeedingProgress {
             pending: jobs.len(),
             behind,
+            started_overdue,
         };
         if to_start.is_empty() {
             return progress;
@@ -327,5 +377,27 @@ impl Seedings {
                 .insert(started_job, task.abort_handle());
         }
         progress
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seeding_waits_for_sidecars_behind_only_until_the_converge_timeout() {
+        let since = Instant::now();
+        let timeout = Duration::from_secs(120);
+        let soon = since + Duration::from_secs(5);
+        let later = since + timeout;
+        // Every live sidecar on the table: at once.
+        assert!(may_start(Some(0), since, since, timeout));
+        // Some behind: not before the timeout, then yes (the writer's fence keeps them off).
+        assert!(!may_start(Some(2), since, soon, timeout));
+        assert!(may_start(Some(2), since, later, timeout));
+        // Heartbeats unread: never — who is behind is unknown.
+        assert!(!may_start(None, since, later, timeout));
+        // A clock that reads earlier than the start of the wait counts as no wait.
+        assert!(!may_start(Some(1), soon, since, timeout));
     }
 }

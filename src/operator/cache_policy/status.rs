@@ -423,6 +423,34 @@ pub async fn replication_event(ctx: &Context, policy: &CachePolicy, now: &Condit
     }
 }
 
+/// Records a `Warning` Event when replicas started seeding although sidecars were still on
+/// an older table after the converge timeout (`seeding::may_start`): those sidecars are fenced
+/// off the ranges' writers, and their clients get `-TRYAGAIN` there until they load a newer
+/// table.
+pub async fn seeding_overdue_event(
+    ctx: &Context,
+    policy: &CachePolicy,
+    started: usize,
+    behind: Option<usize>,
+) {
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType};
+    let behind = behind.map_or_else(|| "some".to_owned(), |n| n.to_string());
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "SidecarsBehind".to_owned(),
+        note: Some(format!(
+            "{} replica range(s) started seeding after the converge timeout with {behind} sidecar(s) still on an older routing table; they are fenced off the ranges' writers until they load a newer one",
+            started
+        )),
+        action: "Seed".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        tracing::warn!(error = %e, "recording an event failed");
+    }
+}
+
 /// Capacity-planning advice: instances over the threshold, growth and time to full, and
 /// instances to add when a whole tier is over the threshold.
 pub fn recommendations(
