@@ -2388,6 +2388,13 @@ async fn a_sync_range_a_join_moves_keeps_a_seeded_replica_and_survives_its_new_o
         serving(&handed, "auth").iter().all(|s| s == "primary"),
         "{handed:#?}"
     );
+    // The policy says so while it lasts, and starts no Job for it (a Job would have made the
+    // range a migration, never a handover entry).
+    let note = wait_policy_condition(&shop, "Rebalancing", "the handover shown", |s, r, _| {
+        s == "True" && r == "HandingOver"
+    })
+    .await;
+    assert!(note.contains("auth") && note.contains("tertiary"), "{note}");
     let moved = wait_until_table(
         &shop,
         "part of auth served by the tertiary",
