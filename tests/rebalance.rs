@@ -2482,7 +2482,7 @@ async fn a_sidecar_stuck_on_an_old_table_holds_a_handover_back_only_until_the_co
     let mut straggler = Sidecar::start_as("straggler", &table(&shop).await, &secrets, &[]);
     wait_sidecars(&shop, 2).await;
     let late = Traffic::start(straggler.port, STRAGGLER_TRAFFIC, 2);
-    let _tertiary = apply_third_instance_in(&shop, "hot");
+    let tertiary = apply_third_instance_in(&shop, "hot");
     let handed = wait_until_table(
         &shop,
         "part of auth handed over to the tertiary",
@@ -2494,6 +2494,7 @@ async fn a_sidecar_stuck_on_an_old_table_holds_a_handover_back_only_until_the_co
         },
     )
     .await;
+    let handed_at = Instant::now();
     let moved = wait_until_table(
         &shop,
         "part of auth served by the tertiary although a sidecar never loads a newer table",
@@ -2501,6 +2502,32 @@ async fn a_sidecar_stuck_on_an_old_table_holds_a_handover_back_only_until_the_co
         |t| serving(t, "auth").iter().any(|s| s == "tertiary"),
     )
     .await;
+    // The seeding waited the timeout (20 s from the table's publication, before the test saw
+    // it) and the swap 6 s more: at least 20 s from the handover table to the swap.
+    let took = handed_at.elapsed();
+    assert!(
+        took >= Duration::from_secs(20),
+        "the handover ended {took:?} after its table, before the converge timeout"
+    );
+    // Ahead of a sidecar behind, the seeding fenced its replica's end too, at its table's
+    // version — before the swap's table (a plan's fences come after it).
+    let mut on_tertiary = tertiary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let fences: BTreeMap<String, u64> = on_tertiary
+        .hgetall(redis_fleet::redis::protocol::names::fences(&handed.policy))
+        .await
+        .unwrap();
+    assert!(
+        fences
+            .get("tertiary")
+            .is_some_and(|v| (handed.version..moved.version).contains(v)),
+        "the new owner was not fenced by its seeding: {fences:?} (handed over at v{}, swapped at v{})",
+        handed.version,
+        moved.version
+    );
     let logs = shop.operator.logs();
     assert!(
         logs.contains("after the converge timeout"),
@@ -2509,8 +2536,14 @@ async fn a_sidecar_stuck_on_an_old_table_holds_a_handover_back_only_until_the_co
     );
     let events = events_of(&shop, "SidecarsBehind").await;
     assert!(
-        events.iter().any(|e| e.contains("fenced off")),
+        events.iter().any(|e| e.contains("fences them off")),
         "no SidecarsBehind Event: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains(" (v") && e.contains("straggler-")),
+        "the Event does not name the sidecar behind: {events:?}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let late = late.stop().await;
@@ -2532,6 +2565,7 @@ async fn a_sidecar_stuck_on_an_old_table_holds_a_handover_back_only_until_the_co
         !late.errors.is_empty(),
         "the straggler was never refused on the fenced source"
     );
+    drop(tertiary);
     assert_ledger(sidecar.port, &late).await;
     read_back_after(
         &mut c,

@@ -630,9 +630,9 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         }
         None => seeding::SeedingProgress::default(),
     };
-    if seeding.started_overdue > 0 {
-        status::seeding_overdue_event(shared, &policy, seeding.started_overdue, seeding.behind)
-            .await;
+    if let Some(note) = &seeding.overdue {
+        warn!(%note, "replicas seeded ahead of sidecars still behind");
+        status::seeding_overdue_event(shared, &policy, note).await;
     }
     // Seeded replicas are compared with their writers every few minutes.
     if let Some(t) = &published {

@@ -4,9 +4,12 @@
 //! then on reaches the replica — the operator fences the writer at that version (a straggler
 //! still on an older table must not write there unreplicated) and runs [`replica::repair`] from
 //! the writer to the replica in a task of its own; the next table no longer lists the range as
-//! seeding. A range waits for the sidecars at most the converge timeout (as a rebalance Job
-//! does): then the pass starts anyway, and the fence keeps the sidecars still behind off the
-//! writer until they load a newer table (their clients get `-TRYAGAIN` there meanwhile), so one
+//! seeding. A range waits for the sidecars at most the converge timeout after the table was
+//! published (as a rebalance Job does): then the pass starts anyway and fences *both* ends at
+//! the table's version, so the sidecars still behind are refused on the writer and on the
+//! replica until they load it (their clients get `-TRYAGAIN` there meanwhile). The replica is
+//! fenced too because a straggler's table may send it commands: a migrating table whose
+//! source is now the replica runs guarded commands there once its copy holds the keys. So one
 //! stuck sidecar cannot hold a replica, a failback or a handover back for as long as it lives.
 //! Writes that race the pass are newer than what it copies and are never undone.
 //!
@@ -45,9 +48,51 @@ pub struct Seedings {
 struct PolicySeedings {
     running: BTreeMap<SeedJob, tokio::task::AbortHandle>,
     done: Vec<Seeded>,
-    /// Since when each pending range has waited for sidecars behind the published table.
-    waiting: BTreeMap<SeedJob, Instant>,
+    /// Since when each pending range has waited for sidecars behind the published table, and
+    /// that table's version: a newer table starts the wait again, so that a pass never fences
+    /// sidecars that merely have not loaded a table just published.
+    waiting: BTreeMap<SeedJob, (u64, Instant)>,
+    /// When passes that started ahead of sidecars were last reported (a log line and an
+    /// Event, at most once a minute: a failing pass is tried again every second).
+    overdue_reported: Option<Instant>,
 }
+
+impl PolicySeedings {
+    /// The passes of `jobs` (pending in the table at `version`) to start now, each with
+    /// whether it starts ahead of sidecars still behind (`behind` of them, the converge
+    /// timeout spent): those neither running nor finished, once [`may_start`] says so. A
+    /// range's wait lasts while it is pending at one table version, over failed passes (both
+    /// ends are fenced at that version already, so a pass tried again need not wait again);
+    /// a newer table starts it again, so that no pass fences sidecars that have merely not
+    /// loaded a table just published.
+    fn due(
+        &mut self,
+        jobs: &[SeedJob],
+        version: u64,
+        behind: Option<usize>,
+        now: Instant,
+        timeout: Duration,
+    ) -> Vec<(SeedJob, bool)> {
+        self.waiting.retain(|j, _| jobs.contains(j));
+        let mut out = Vec::new();
+        for j in jobs {
+            if self.running.contains_key(j) || self.done.iter().any(|d| j.finished_by(d)) {
+                continue;
+            }
+            let wait = self.waiting.entry(j.clone()).or_insert((version, now));
+            if wait.0 != version {
+                *wait = (version, now);
+            }
+            if may_start(behind, wait.1, now, timeout) {
+                out.push((j.clone(), behind.is_some_and(|n| n > 0)));
+            }
+        }
+        out
+    }
+}
+
+/// How often passes that start ahead of sidecars behind are reported.
+const OVERDUE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// One range to seed: category, replica, writer, slots.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,7 +132,7 @@ impl SeedJob {
 }
 
 /// Where seeding stands for a policy after [`Seedings::drive`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeedingProgress {
     /// Ranges the table lists as seeding.
     pub pending: usize,
@@ -95,9 +140,9 @@ pub struct SeedingProgress {
     /// they are on it, or until the converge timeout); `None` when no instance's heartbeats
     /// could be read (none starts then either).
     pub behind: Option<usize>,
-    /// Passes started this time although sidecars were behind: the range had waited the
-    /// converge timeout.
-    pub started_overdue: usize,
+    /// What to report (once a minute at most) of passes started this time although sidecars
+    /// were behind, after the converge timeout: the ranges, the sidecars and their tables.
+    pub overdue: Option<String>,
 }
 
 /// Whether a pending seeding may start: every live sidecar is on the published table
@@ -141,6 +186,25 @@ pub async fn open_pair(
             .map_err(|e| redact(&e.to_string(), &target.credentials))?;
     }
     Ok((w, r))
+}
+
+/// Fences `name` (reached by `conn` at `target`) at `version` in `policy`'s hash there and
+/// closes the connections sidecars opened there with older tables. Errors carry no
+/// credentials.
+async fn fence_end(
+    conn: &mut SerialConnection,
+    target: &Target,
+    policy: &str,
+    name: &str,
+    version: u64,
+) -> Result<(), String> {
+    fence::raise(conn, policy, &[(name.to_owned(), version)])
+        .await
+        .map_err(|e| redact(&e.to_string(), &target.credentials))?;
+    fence::close_older_connections(conn, policy, version)
+        .await
+        .map_err(|e| redact(&e.to_string(), &target.credentials))?;
+    Ok(())
 }
 
 /// The ranges `table` lists as seeding, cut where their writer changes.
@@ -204,7 +268,7 @@ impl Seedings {
         let jobs = pending(table);
         // Heartbeats not read: how many are behind is unknown, so none may start.
         let behind = sidecars.map(|s| s.values().filter(|v| **v < table.version).count());
-        let to_start: Vec<SeedJob> = {
+        let to_start: Vec<(SeedJob, bool)> = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let policy = state.entry(key.to_owned()).or_default();
             // A pass whose range the published table no longer seeds (its replica dropped or
@@ -220,41 +284,18 @@ impl Seedings {
             policy
                 .done
                 .retain(|d| jobs.iter().any(|j| j.finished_by(d)));
-            let now = Instant::now();
-            let waiting: Vec<SeedJob> = jobs
-                .iter()
-                .filter(|j| !policy.running.contains_key(*j))
-                .filter(|j| !policy.done.iter().any(|d| j.finished_by(d)))
-                .cloned()
-                .collect();
-            // A range's wait lasts while it is pending, over failed passes: the writer is
-            // fenced already, so a pass tried again need not wait again.
-            policy.waiting.retain(|j, _| jobs.contains(j));
-            waiting
-                .into_iter()
-                .filter(|j| {
-                    let since = *policy.waiting.entry(j.clone()).or_insert(now);
-                    may_start(behind, since, now, converge_timeout)
-                })
-                .collect()
+            policy.due(
+                &jobs,
+                table.version,
+                behind,
+                Instant::now(),
+                converge_timeout,
+            )
         };
-        let started_overdue = if behind.is_some_and(|n| n > 0) {
-            to_start.len()
-        } else {
-            0
-        };
-        if started_overdue > 0 {
-            warn!(
-                ranges = started_overdue,
-                sidecars_behind = ?behind,
-                version = table.version,
-                "seeding replicas although sidecars are still on an older table after the converge timeout: they are fenced off the writers until they load a newer one"
-            );
-        }
-        let progress = SeedingProgress {
+        let mut progress = SeedingProgress {
             pending: jobs.len(),
             behind,
-            started_overdue,
+            overdue: None,
         };
         if to_start.is_empty() {
             return progress;
@@ -268,7 +309,8 @@ impl Seedings {
         };
         let find = |name: &str| selected.iter().find(|ri| ri.name_any() == name);
         let needs_marker = Arc::new(super::build::replicas::must_hold_marker(table));
-        for job in to_start {
+        let mut overdue_started = Vec::new();
+        for (job, overdue) in to_start {
             let (Some(writer), Some(replica)) = (find(&job.writer), find(&job.replica)) else {
                 continue;
             };
@@ -329,14 +371,15 @@ impl Seedings {
                     // Every live sidecar routes by this table, so every write from now on
                     // reaches the replica; a straggler on an older one (a mounted table can lag
                     // by minutes) must not write there unreplicated behind the pass: the
-                    // writer is fenced at this version first, as a move fences its ends.
-                    let fenced = [(job.writer.clone(), version)];
-                    fence::raise(&mut w, &policy, &fenced)
-                        .await
-                        .map_err(|e| redact(&e.to_string(), &writer_target.credentials))?;
-                    fence::close_older_connections(&mut w, &policy, version)
-                        .await
-                        .map_err(|e| redact(&e.to_string(), &writer_target.credentials))?;
+                    // writer is fenced at this version first, as a move fences its ends. A pass
+                    // that starts ahead of sidecars still behind (the converge timeout ran
+                    // out) fences the replica too: an older table may send commands there (a
+                    // migrating table whose source is now the replica), which would run on
+                    // the replica's copy once the pass filled it.
+                    fence_end(&mut w, &writer_target, &policy, &job.writer, version).await?;
+                    if overdue {
+                        fence_end(&mut r, &replica_target, &policy, &job.replica, version).await?;
+                    }
                     replica::repair(
                         &mut w,
                         &mut r,
@@ -370,11 +413,40 @@ impl Seedings {
                         error = %e, "seeding a replica failed; trying again"),
                 }
             });
-            state
-                .entry(key.to_owned())
-                .or_default()
-                .running
-                .insert(started_job, task.abort_handle());
+            let policy = state.entry(key.to_owned()).or_default();
+            if overdue {
+                overdue_started.push(format!(
+                    "{} {}-{} {} → {}",
+                    started_job.category,
+                    started_job.range.start,
+                    started_job.range.end,
+                    started_job.writer,
+                    started_job.replica
+                ));
+            }
+            policy.running.insert(started_job, task.abort_handle());
+        }
+        if !overdue_started.is_empty() {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let policy = state.entry(key.to_owned()).or_default();
+            if policy
+                .overdue_reported
+                .is_none_or(|at| at.elapsed() >= OVERDUE_REPORT_INTERVAL)
+            {
+                policy.overdue_reported = Some(Instant::now());
+                let stragglers: Vec<String> = sidecars
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, v)| **v < table.version)
+                    .map(|(id, v)| format!("{id} (v{v})"))
+                    .collect();
+                progress.overdue = Some(format!(
+                    "seeding {} after the converge timeout although sidecar(s) {} are still on an older routing table: the seeding fences them off the ranges' writers and replicas until they load v{} or later",
+                    overdue_started.join(", "),
+                    stragglers.join(", "),
+                    table.version
+                ));
+            }
         }
         progress
     }
@@ -383,6 +455,85 @@ impl Seedings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(category: &str) -> SeedJob {
+        SeedJob {
+            category: category.to_owned(),
+            replica: "secondary".to_owned(),
+            writer: "primary".to_owned(),
+            range: SlotRange::ALL,
+            sync: true,
+        }
+    }
+
+    #[test]
+    fn a_ranges_wait_starts_again_with_each_table_and_lasts_over_failed_passes() {
+        let mut p = PolicySeedings::default();
+        let timeout = Duration::from_secs(120);
+        let t0 = Instant::now();
+        let auth = job("auth");
+        let jobs = [auth.clone()];
+        // v5 published; a sidecar stays behind.
+        assert!(p.due(&jobs, 5, Some(1), t0, timeout).is_empty());
+        assert!(
+            p.due(&jobs, 5, Some(1), t0 + timeout / 2, timeout)
+                .is_empty()
+        );
+        // v6 published just before the timeout would have run out: the wait starts again,
+        // and the sidecars that have not loaded v6 yet are not fenced off.
+        assert!(p.due(&jobs, 6, Some(3), t0 + timeout, timeout).is_empty());
+        assert!(
+            p.due(&jobs, 6, Some(1), t0 + timeout + timeout / 2, timeout)
+                .is_empty()
+        );
+        // The timeout at v6 runs out: the pass starts ahead of the sidecar behind.
+        assert_eq!(
+            p.due(&jobs, 6, Some(1), t0 + timeout * 2, timeout),
+            vec![(auth.clone(), true)]
+        );
+        // It failed (neither running nor done): tried again at once at the same table.
+        assert_eq!(
+            p.due(
+                &jobs,
+                6,
+                Some(1),
+                t0 + timeout * 2 + Duration::from_secs(1),
+                timeout
+            ),
+            vec![(auth.clone(), true)]
+        );
+        // Running: not started twice.
+        let handle = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async { tokio::spawn(async {}).abort_handle() });
+        p.running.insert(auth.clone(), handle);
+        assert!(
+            p.due(&jobs, 6, Some(0), t0 + timeout * 3, timeout)
+                .is_empty()
+        );
+        p.running.clear();
+        // Finished: not started again; a range no longer pending forgets its wait.
+        p.done.push(auth.seeded());
+        assert!(
+            p.due(&jobs, 6, Some(0), t0 + timeout * 3, timeout)
+                .is_empty()
+        );
+        assert!(p.due(&[], 7, Some(0), t0 + timeout * 3, timeout).is_empty());
+        assert!(p.waiting.is_empty());
+        // Every sidecar on the table: at once, and not ahead of anyone.
+        let order = job("order");
+        assert_eq!(
+            p.due(
+                std::slice::from_ref(&order),
+                7,
+                Some(0),
+                t0 + timeout * 3,
+                timeout
+            ),
+            vec![(order, false)]
+        );
+    }
 
     #[test]
     fn a_seeding_waits_for_sidecars_behind_only_until_the_converge_timeout() {

@@ -423,26 +423,17 @@ pub async fn replication_event(ctx: &Context, policy: &CachePolicy, now: &Condit
     }
 }
 
-/// Records a `Warning` Event when replicas started seeding although sidecars were still on
-/// an older table after the converge timeout (`seeding::may_start`): those sidecars are fenced
-/// off the ranges' writers, and their clients get `-TRYAGAIN` there until they load a newer
-/// table.
-pub async fn seeding_overdue_event(
-    ctx: &Context,
-    policy: &CachePolicy,
-    started: usize,
-    behind: Option<usize>,
-) {
+/// Records a `Warning` Event `SidecarsBehind` with `note` when replicas started seeding
+/// although sidecars were still on an older table after the converge timeout
+/// (`seeding::may_start`, at most once a minute): those sidecars are fenced off the ranges'
+/// writers and replicas, and their clients get `-TRYAGAIN` there until they load the table.
+pub async fn seeding_overdue_event(ctx: &Context, policy: &CachePolicy, note: &str) {
     use kube::Resource;
     use kube::runtime::events::{Event, EventType};
-    let behind = behind.map_or_else(|| "some".to_owned(), |n| n.to_string());
     let event = Event {
         type_: EventType::Warning,
         reason: "SidecarsBehind".to_owned(),
-        note: Some(format!(
-            "{} replica range(s) started seeding after the converge timeout with {behind} sidecar(s) still on an older routing table; they are fenced off the ranges' writers until they load a newer one",
-            started
-        )),
+        note: Some(note.chars().take(1000).collect()),
         action: "Seed".to_owned(),
         secondary: None,
     };
