@@ -2354,6 +2354,35 @@ async fn read_back_after(
     );
 }
 
+/// A straggler: a sidecar that heartbeats the shop's table of now, forever (it reads a file
+/// nobody updates), with the credentials of the three instances; waits until the policy
+/// counts it beside the shop's sidecar.
+async fn start_straggler(shop: &Shop) -> Sidecar {
+    let secrets = [
+        SHOP_SECRETS[0],
+        SHOP_SECRETS[1],
+        ("tertiary-redis", "password", "change-me-tertiary"),
+    ];
+    let straggler = Sidecar::start_as("straggler", &table(shop).await, &secrets, &[]);
+    wait_sidecars(shop, 2).await;
+    straggler
+}
+
+/// Waits (two minutes at most) for a table that hands part of `auth` over to the tertiary.
+async fn wait_handed_to_tertiary(shop: &Shop) -> RoutingTable {
+    wait_until_table(
+        shop,
+        "part of auth handed over to the tertiary",
+        Duration::from_secs(120),
+        |t| {
+            t.failover
+                .iter()
+                .any(|f| f.category == "auth" && f.handover && f.from == "tertiary")
+        },
+    )
+    .await
+}
+
 /// Issue 15 item 4: a `Sync` range that a plan moves keeps a full copy beside its owner at
 /// every moment. A hot third instance joins the shop, and placement hands it a share of
 /// `auth`. The moment a table serves part of `auth` from it (polled every 100 ms), it is
@@ -2373,17 +2402,7 @@ async fn a_sync_range_a_join_moves_keeps_a_seeded_replica_and_survives_its_new_o
     } = ReplicatedShop::start("handover").await;
     let mut tertiary = apply_third_instance_in(&shop, "hot");
     // Handed over: the tertiary owns part of auth while the primary still serves it.
-    let handed = wait_until_table(
-        &shop,
-        "part of auth handed over to the tertiary",
-        Duration::from_secs(120),
-        |t| {
-            t.failover
-                .iter()
-                .any(|f| f.category == "auth" && f.handover && f.from == "tertiary")
-        },
-    )
-    .await;
+    let handed = wait_handed_to_tertiary(&shop).await;
     assert!(
         serving(&handed, "auth").iter().all(|s| s == "primary"),
         "{handed:#?}"
@@ -2474,26 +2493,10 @@ async fn a_sidecar_stuck_on_an_old_table_holds_a_handover_back_only_until_the_co
         &["--rebalance-converge-timeout", "20s"],
     )
     .await;
-    let secrets = [
-        SHOP_SECRETS[0],
-        SHOP_SECRETS[1],
-        ("tertiary-redis", "password", "change-me-tertiary"),
-    ];
-    let mut straggler = Sidecar::start_as("straggler", &table(&shop).await, &secrets, &[]);
-    wait_sidecars(&shop, 2).await;
+    let mut straggler = start_straggler(&shop).await;
     let late = Traffic::start(straggler.port, STRAGGLER_TRAFFIC, 2);
     let tertiary = apply_third_instance_in(&shop, "hot");
-    let handed = wait_until_table(
-        &shop,
-        "part of auth handed over to the tertiary",
-        Duration::from_secs(120),
-        |t| {
-            t.failover
-                .iter()
-                .any(|f| f.category == "auth" && f.handover && f.from == "tertiary")
-        },
-    )
-    .await;
+    let handed = wait_handed_to_tertiary(&shop).await;
     let handed_at = Instant::now();
     let moved = wait_until_table(
         &shop,
@@ -3025,14 +3028,7 @@ async fn a_replica_that_moves_keeps_its_range_replicated_until_its_successor_is_
     let traffic = Traffic::start(sidecar.port, REPLICATED_TRAFFIC, 3);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // A straggler: heartbeats the table of now, forever.
-    let secrets = [
-        SHOP_SECRETS[0],
-        SHOP_SECRETS[1],
-        ("tertiary-redis", "password", "change-me-tertiary"),
-    ];
-    let mut straggler = Sidecar::start_as("straggler", &table(&shop).await, &secrets, &[]);
-    wait_sidecars(&shop, 2).await;
+    let mut straggler = start_straggler(&shop).await;
 
     // The replica's instance drains: the table names the successor, seeding.
     let patch = serde_json::json!({"spec": {"drain": true}});

@@ -262,7 +262,7 @@ pub async fn fence_on_itself(
 
 /// Raises the fence of instance `name` to `version` on it (`conn`), and closes the
 /// connections of older tables there.
-async fn raise_own_fence(
+pub(super) async fn raise_own_fence(
     conn: &mut (impl redis::aio::ConnectionLike + Send),
     policy: &str,
     name: &str,

@@ -27,13 +27,14 @@ use tracing::{info, warn};
 
 use crate::api::RedisInstance;
 use crate::redis::connect::{Target, redact};
-use crate::redis::protocol::{fence, names, replica};
+use crate::redis::protocol::{names, replica};
 use crate::redis::serial::SerialConnection;
 use crate::routing::Resolver;
 use crate::routing::slots::SlotRange;
 use crate::routing::table::{ReplicationMode, RoutingTable};
 
 use super::build::replicas::{Seeded, servers};
+use super::fences::raise_own_fence;
 
 /// How long a seeding's connection waits to be made.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -186,25 +187,6 @@ pub async fn open_pair(
             .map_err(|e| redact(&e.to_string(), &target.credentials))?;
     }
     Ok((w, r))
-}
-
-/// Fences `name` (reached by `conn` at `target`) at `version` in `policy`'s hash there and
-/// closes the connections sidecars opened there with older tables. Errors carry no
-/// credentials.
-async fn fence_end(
-    conn: &mut SerialConnection,
-    target: &Target,
-    policy: &str,
-    name: &str,
-    version: u64,
-) -> Result<(), String> {
-    fence::raise(conn, policy, &[(name.to_owned(), version)])
-        .await
-        .map_err(|e| redact(&e.to_string(), &target.credentials))?;
-    fence::close_older_connections(conn, policy, version)
-        .await
-        .map_err(|e| redact(&e.to_string(), &target.credentials))?;
-    Ok(())
 }
 
 /// The ranges `table` lists as seeding, cut where their writer changes.
@@ -376,9 +358,13 @@ impl Seedings {
                     // out) fences the replica too: an older table may send commands there (a
                     // migrating table whose source is now the replica), which would run on
                     // the replica's copy once the pass filled it.
-                    fence_end(&mut w, &writer_target, &policy, &job.writer, version).await?;
+                    raise_own_fence(&mut w, &policy, &job.writer, version)
+                        .await
+                        .map_err(|e| redact(&e, &writer_target.credentials))?;
                     if overdue {
-                        fence_end(&mut r, &replica_target, &policy, &job.replica, version).await?;
+                        raise_own_fence(&mut r, &policy, &job.replica, version)
+                            .await
+                            .map_err(|e| redact(&e, &replica_target.credentials))?;
                     }
                     replica::repair(
                         &mut w,
