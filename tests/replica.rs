@@ -2030,7 +2030,10 @@ fn a_sync_result_later_than_five_seconds_is_not_acknowledged_whatever_the_reques
 /// timeout) is answered `-NOREPLICA`: it ran on the writer, where reads see it. Its result is
 /// delivered again once the replica answers. Before, the replica missed it until the replica
 /// check's pass, minutes later, and a failover meanwhile served the value before it — a read
-/// going back in time (`make chaos` seed 3). A newer write is not undone by the late one.
+/// going back in time (`make chaos` seed 3). A newer write of the key, made as soon as the
+/// replica answers, races the redelivery: in either order the newer value stays on both ends
+/// (`results_delivered_out_of_order_or_twice_leave_the_newest` shows the late-delivery order
+/// deterministically).
 #[test]
 fn a_sync_result_the_replica_missed_reaches_it_once_it_answers_again() {
     let (a, b) = two_servers();

@@ -61,9 +61,9 @@ pub struct OperatorArgs {
     pub rebalance_service_account: Option<String>,
     /// How long a rebalance Job waits for every sidecar to load the table that announces a
     /// migration, and a new replica's seeding for every sidecar to load the table that names
-    /// it; sidecars still behind then are fenced off the instances the data moves between, or
-    /// the range's writer (their clients get -TRYAGAIN there until the sidecar has a newer
-    /// table).
+    /// it (a sidecar behind that long no longer holds seedings back); sidecars still behind
+    /// then are fenced off the instances the data moves between, or the range's writer and
+    /// replica (their clients get -TRYAGAIN there until the sidecar has a newer table).
     #[arg(long, default_value = "2m", value_parser = crate::api::duration::parse_duration, env = "REDIS_FLEET_REBALANCE_CONVERGE_TIMEOUT")]
     pub rebalance_converge_timeout: std::time::Duration,
     /// Scheduling and resources of rebalance Jobs' pods, a JSON object with any of

@@ -1,16 +1,16 @@
 //! Seeding replicas: a replica new to a range gets what the range's writer held before it was
 //! named (`docs/replication.md`, "Repair"). The table that names it lists the range as
 //! `seeding`; once every live sidecar reports that table (or a later one) — so every write from
-//! then on reaches the replica — the operator fences the writer at that version (a straggler
-//! still on an older table must not write there unreplicated) and runs [`replica::repair`] from
-//! the writer to the replica in a task of its own; the next table no longer lists the range as
-//! seeding. A range waits for the sidecars at most the converge timeout after the table was
-//! published (as a rebalance Job does): then the pass starts anyway and fences *both* ends at
-//! the table's version, so the sidecars still behind are refused on the writer and on the
-//! replica until they load it (their clients get `-TRYAGAIN` there meanwhile). The replica is
-//! fenced too because a straggler's table may send it commands: a migrating table whose
-//! source is now the replica runs guarded commands there once its copy holds the keys. So one
-//! stuck sidecar cannot hold a replica, a failback or a handover back for as long as it lives.
+//! then on reaches the replica — the operator fences the range's writer and replica at that
+//! version (a straggler still on an older table must not write there unreplicated, nor send
+//! the replica commands its table meant for a writer) and runs [`replica::repair`] from the
+//! writer to the replica in a task of its own; the next table no longer lists the range as
+//! seeding. A sidecar that has been behind the published table — whichever tables were
+//! published meanwhile — for the converge timeout (as a rebalance Job waits) no longer holds
+//! passes back: they start, and the fences keep it off both ends until it loads the table
+//! (its clients get `-TRYAGAIN` there meanwhile). So one stuck sidecar cannot hold a replica,
+//! a failback or a handover back for as long as it lives, and a sidecar that merely has not
+//! loaded a table just published is never fenced for it.
 //! Writes that race the pass are newer than what it copies and are never undone.
 //!
 //! What finished is kept in memory until a table without it is published: an operator that
@@ -49,46 +49,79 @@ pub struct Seedings {
 struct PolicySeedings {
     running: BTreeMap<SeedJob, tokio::task::AbortHandle>,
     done: Vec<Seeded>,
-    /// Since when each pending range has waited for sidecars behind the published table, and
-    /// that table's version: a newer table starts the wait again, so that a pass never fences
-    /// sidecars that merely have not loaded a table just published.
-    waiting: BTreeMap<SeedJob, (u64, Instant)>,
-    /// When passes that started ahead of sidecars were last reported (a log line and an
-    /// Event, at most once a minute: a failing pass is tried again every second).
-    overdue_reported: Option<Instant>,
+    /// Per live sidecar behind the published table: since when, over every table published
+    /// meanwhile. One seen on the published table, or no longer live, is forgotten.
+    behind_since: BTreeMap<String, Instant>,
+    /// When each pending range was last reported started ahead of sidecars behind (a log
+    /// line and an Event, at most once a minute per range: a failing pass is tried again
+    /// every second).
+    overdue_reported: BTreeMap<SeedJob, Instant>,
+}
+
+/// Whether seeding passes may start, from the live sidecars' tables ([`PolicySeedings::gate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Gate {
+    /// Every live sidecar is on the published table.
+    Open,
+    /// Some are not, but each has been behind for the converge timeout: passes start ahead
+    /// of them (named with their tables' versions).
+    Overdue(Vec<(String, u64)>),
+    /// Some have been behind for less than the converge timeout, or no instance's heartbeats
+    /// could be read (whom a fence would keep off is unknown).
+    Closed,
 }
 
 impl PolicySeedings {
-    /// The passes of `jobs` (pending in the table at `version`) to start now, each with
-    /// whether it starts ahead of sidecars still behind (`behind` of them, the converge
-    /// timeout spent): those neither running nor finished, once [`may_start`] says so. A
-    /// range's wait lasts while it is pending at one table version, over failed passes (both
-    /// ends are fenced at that version already, so a pass tried again need not wait again);
-    /// a newer table starts it again, so that no pass fences sidecars that have merely not
-    /// loaded a table just published.
-    fn due(
+    /// Notes which of the live `sidecars` (id → table version; `None`: heartbeats unread,
+    /// nothing noted) are behind the published table `version` and since when, and says
+    /// whether passes may start.
+    fn gate(
         &mut self,
-        jobs: &[SeedJob],
+        sidecars: Option<&BTreeMap<String, u64>>,
         version: u64,
-        behind: Option<usize>,
         now: Instant,
         timeout: Duration,
-    ) -> Vec<(SeedJob, bool)> {
-        self.waiting.retain(|j, _| jobs.contains(j));
-        let mut out = Vec::new();
-        for j in jobs {
-            if self.running.contains_key(j) || self.done.iter().any(|d| j.finished_by(d)) {
-                continue;
-            }
-            let wait = self.waiting.entry(j.clone()).or_insert((version, now));
-            if wait.0 != version {
-                *wait = (version, now);
-            }
-            if may_start(behind, wait.1, now, timeout) {
-                out.push((j.clone(), behind.is_some_and(|n| n > 0)));
-            }
+    ) -> Gate {
+        let Some(sidecars) = sidecars else {
+            return Gate::Closed;
+        };
+        let behind: Vec<(String, u64)> = sidecars
+            .iter()
+            .filter(|(_, v)| **v < version)
+            .map(|(id, v)| (id.clone(), *v))
+            .collect();
+        self.behind_since
+            .retain(|id, _| behind.iter().any(|(b, _)| b == id));
+        for (id, _) in &behind {
+            self.behind_since.entry(id.clone()).or_insert(now);
         }
-        out
+        if behind.is_empty() {
+            Gate::Open
+        } else if self
+            .behind_since
+            .values()
+            .all(|since| now.saturating_duration_since(*since) >= timeout)
+        {
+            Gate::Overdue(behind)
+        } else {
+            Gate::Closed
+        }
+    }
+
+    /// The passes of `jobs` (pending in the published table) to start now, as `gate` allows,
+    /// each with whether it starts ahead of sidecars behind: those neither running nor
+    /// finished.
+    fn due(&self, jobs: &[SeedJob], gate: &Gate) -> Vec<(SeedJob, bool)> {
+        let overdue = match gate {
+            Gate::Open => false,
+            Gate::Overdue(_) => true,
+            Gate::Closed => return Vec::new(),
+        };
+        jobs.iter()
+            .filter(|j| !self.running.contains_key(*j))
+            .filter(|j| !self.done.iter().any(|d| j.finished_by(d)))
+            .map(|j| (j.clone(), overdue))
+            .collect()
     }
 }
 
@@ -138,29 +171,12 @@ pub struct SeedingProgress {
     /// Ranges the table lists as seeding.
     pub pending: usize,
     /// Live sidecars still on a table older than the published one (no pass starts before
-    /// they are on it, or until the converge timeout); `None` when no instance's heartbeats
-    /// could be read (none starts then either).
+    /// they are on it, or have each been behind for the converge timeout); `None` when no
+    /// instance's heartbeats could be read (none starts then either).
     pub behind: Option<usize>,
     /// What to report (once a minute at most) of passes started this time although sidecars
     /// were behind, after the converge timeout: the ranges, the sidecars and their tables.
     pub overdue: Option<String>,
-}
-
-/// Whether a pending seeding may start: every live sidecar is on the published table
-/// (`behind == Some(0)`), or some are behind but the range has waited `timeout` since
-/// `waiting_since`. Heartbeats that could not be read (`None`) start nothing: the fence would
-/// not know whom it keeps off.
-pub fn may_start(
-    behind: Option<usize>,
-    waiting_since: Instant,
-    now: Instant,
-    timeout: Duration,
-) -> bool {
-    match behind {
-        Some(0) => true,
-        Some(_) => now.saturating_duration_since(waiting_since) >= timeout,
-        None => false,
-    }
 }
 
 /// Connections to a range's writer and replica, named `name` — like a sidecar's connection of
@@ -233,8 +249,8 @@ impl Seedings {
     }
 
     /// Starts a pass for each range `table` (published) lists as seeding, once `sidecars`
-    /// (live sidecar → table version) are all on it or the range has waited
-    /// `converge_timeout` for them ([`may_start`]); forgets what finished and the table no
+    /// (live sidecar → table version) are all on it, or each one behind has been behind for
+    /// `converge_timeout` ([`PolicySeedings::gate`]); forgets what finished and the table no
     /// longer lists.
     #[allow(clippy::too_many_arguments)]
     pub async fn drive(
@@ -250,7 +266,7 @@ impl Seedings {
         let jobs = pending(table);
         // Heartbeats not read: how many are behind is unknown, so none may start.
         let behind = sidecars.map(|s| s.values().filter(|v| **v < table.version).count());
-        let to_start: Vec<(SeedJob, bool)> = {
+        let (to_start, gate) = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let policy = state.entry(key.to_owned()).or_default();
             // A pass whose range the published table no longer seeds (its replica dropped or
@@ -266,13 +282,9 @@ impl Seedings {
             policy
                 .done
                 .retain(|d| jobs.iter().any(|j| j.finished_by(d)));
-            policy.due(
-                &jobs,
-                table.version,
-                behind,
-                Instant::now(),
-                converge_timeout,
-            )
+            let gate = policy.gate(sidecars, table.version, Instant::now(), converge_timeout);
+            policy.overdue_reported.retain(|j, _| jobs.contains(j));
+            (policy.due(&jobs, &gate), gate)
         };
         let mut progress = SeedingProgress {
             pending: jobs.len(),
@@ -350,21 +362,21 @@ impl Seedings {
                             .await
                             .map_err(|e| redact(&e.to_string(), &target.credentials))?;
                     }
-                    // Every live sidecar routes by this table, so every write from now on
-                    // reaches the replica; a straggler on an older one (a mounted table can lag
-                    // by minutes) must not write there unreplicated behind the pass: the
-                    // writer is fenced at this version first, as a move fences its ends. A pass
-                    // that starts ahead of sidecars still behind (the converge timeout ran
-                    // out) fences the replica too: an older table may send commands there (a
-                    // migrating table whose source is now the replica), which would run on
-                    // the replica's copy once the pass filled it.
-                    raise_own_fence(&mut w, &policy, &job.writer, version)
-                        .await
-                        .map_err(|e| redact(&e, &writer_target.credentials))?;
-                    if overdue {
-                        raise_own_fence(&mut r, &policy, &job.replica, version)
+                    // Every live sidecar routes by this table — but those the gate let the pass
+                    // go ahead of, and any whose heartbeats lapsed — so every write from now on
+                    // reaches the replica. A straggler on an older table (a mounted table can
+                    // lag by minutes) must not write on the writer unreplicated behind the pass,
+                    // nor reach the replica with commands its table meant for a writer (a
+                    // migrating table whose source is now the replica runs guarded commands
+                    // there, on the copy the pass fills): both ends are fenced at this version
+                    // first, as a move fences its ends.
+                    for (conn, target, name) in [
+                        (&mut w, &writer_target, &job.writer),
+                        (&mut r, &replica_target, &job.replica),
+                    ] {
+                        raise_own_fence(conn, &policy, name, version)
                             .await
-                            .map_err(|e| redact(&e, &replica_target.credentials))?;
+                            .map_err(|e| redact(&e, &target.credentials))?;
                     }
                     replica::repair(
                         &mut w,
@@ -400,9 +412,18 @@ impl Seedings {
                 }
             });
             let policy = state.entry(key.to_owned()).or_default();
-            if overdue {
+            // Reported once a minute per range: a failing pass is tried again every second.
+            if overdue
+                && policy
+                    .overdue_reported
+                    .get(&started_job)
+                    .is_none_or(|at| at.elapsed() >= OVERDUE_REPORT_INTERVAL)
+            {
+                policy
+                    .overdue_reported
+                    .insert(started_job.clone(), Instant::now());
                 overdue_started.push(format!(
-                    "{} {}-{} {} → {}",
+                    "{} {}-{} {} -> {}",
                     started_job.category,
                     started_job.range.start,
                     started_job.range.end,
@@ -412,30 +433,47 @@ impl Seedings {
             }
             policy.running.insert(started_job, task.abort_handle());
         }
-        if !overdue_started.is_empty() {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let policy = state.entry(key.to_owned()).or_default();
-            if policy
-                .overdue_reported
-                .is_none_or(|at| at.elapsed() >= OVERDUE_REPORT_INTERVAL)
-            {
-                policy.overdue_reported = Some(Instant::now());
-                let stragglers: Vec<String> = sidecars
-                    .into_iter()
-                    .flatten()
-                    .filter(|(_, v)| **v < table.version)
-                    .map(|(id, v)| format!("{id} (v{v})"))
-                    .collect();
-                progress.overdue = Some(format!(
-                    "seeding {} after the converge timeout although sidecar(s) {} are still on an older routing table: the seeding fences them off the ranges' writers and replicas until they load v{} or later",
-                    overdue_started.join(", "),
-                    stragglers.join(", "),
-                    table.version
-                ));
-            }
+        if let Gate::Overdue(stragglers) = &gate
+            && !overdue_started.is_empty()
+        {
+            progress.overdue = Some(overdue_note(stragglers, &overdue_started, table.version));
         }
         progress
     }
+}
+
+/// The report of passes (`ranges`) started ahead of `stragglers` (sidecar, table version),
+/// fenced until they load `version`: the sidecars first, the ranges cut short, under the
+/// 1 KiB an Event's note may hold.
+fn overdue_note(stragglers: &[(String, u64)], ranges: &[String], version: u64) -> String {
+    const SHOWN: usize = 8;
+    let list = |items: Vec<String>, total: usize| {
+        let mut text = items.join(", ");
+        if total > SHOWN {
+            text.push_str(&format!(" and {} more", total - SHOWN));
+        }
+        text
+    };
+    let sidecars = list(
+        stragglers
+            .iter()
+            .take(SHOWN)
+            .map(|(id, v)| format!("{id} (v{v})"))
+            .collect(),
+        stragglers.len(),
+    );
+    let ranges = list(ranges.iter().take(SHOWN).cloned().collect(), ranges.len());
+    let mut note = format!(
+        "sidecar(s) {sidecars} stayed on an older routing table past the converge timeout: seeding {ranges} went ahead, and fences them off the ranges' writers and replicas until they load v{version} or later"
+    );
+    if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    note
 }
 
 #[cfg(test)]
@@ -452,89 +490,117 @@ mod tests {
         }
     }
 
+    fn sidecars(of: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        of.iter().map(|(id, v)| ((*id).to_owned(), *v)).collect()
+    }
+
     #[test]
-    fn a_ranges_wait_starts_again_with_each_table_and_lasts_over_failed_passes() {
+    fn a_sidecar_holds_seedings_back_only_until_it_has_been_behind_for_the_converge_timeout() {
         let mut p = PolicySeedings::default();
         let timeout = Duration::from_secs(120);
         let t0 = Instant::now();
-        let auth = job("auth");
-        let jobs = [auth.clone()];
-        // v5 published; a sidecar stays behind.
-        assert!(p.due(&jobs, 5, Some(1), t0, timeout).is_empty());
-        assert!(
-            p.due(&jobs, 5, Some(1), t0 + timeout / 2, timeout)
-                .is_empty()
-        );
-        // v6 published just before the timeout would have run out: the wait starts again,
-        // and the sidecars that have not loaded v6 yet are not fenced off.
-        assert!(p.due(&jobs, 6, Some(3), t0 + timeout, timeout).is_empty());
-        assert!(
-            p.due(&jobs, 6, Some(1), t0 + timeout + timeout / 2, timeout)
-                .is_empty()
-        );
-        // The timeout at v6 runs out: the pass starts ahead of the sidecar behind.
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        // Every live sidecar on the published table: passes start at once.
         assert_eq!(
-            p.due(&jobs, 6, Some(1), t0 + timeout * 2, timeout),
-            vec![(auth.clone(), true)]
+            p.gate(Some(&sidecars(&[("a", 5), ("b", 5)])), 5, t0, timeout),
+            Gate::Open
         );
-        // It failed (neither running nor done): tried again at once at the same table.
+        // v6 published; b sticks on v5, a follows in a second.
         assert_eq!(
-            p.due(
-                &jobs,
-                6,
-                Some(1),
-                t0 + timeout * 2 + Duration::from_secs(1),
-                timeout
-            ),
-            vec![(auth.clone(), true)]
+            p.gate(Some(&sidecars(&[("a", 5), ("b", 5)])), 6, at(0), timeout),
+            Gate::Closed
         );
-        // Running: not started twice.
+        assert_eq!(
+            p.gate(Some(&sidecars(&[("a", 6), ("b", 5)])), 6, at(1), timeout),
+            Gate::Closed
+        );
+        // Tables published meanwhile do not start b's wait again; a, lagging on each new table
+        // for a moment, is never the one passes go ahead of.
+        assert_eq!(
+            p.gate(Some(&sidecars(&[("a", 6), ("b", 5)])), 7, at(100), timeout),
+            Gate::Closed
+        );
+        assert_eq!(
+            p.gate(Some(&sidecars(&[("a", 7), ("b", 5)])), 7, at(101), timeout),
+            Gate::Closed
+        );
+        assert_eq!(
+            p.gate(Some(&sidecars(&[("a", 7), ("b", 5)])), 7, at(120), timeout),
+            Gate::Overdue(vec![("b".to_owned(), 5)])
+        );
+        // A table just published: a has not loaded it yet, so nothing goes ahead of a.
+        assert_eq!(
+            p.gate(Some(&sidecars(&[("a", 7), ("b", 5)])), 8, at(130), timeout),
+            Gate::Closed
+        );
+        assert_eq!(
+            p.gate(Some(&sidecars(&[("a", 8), ("b", 5)])), 8, at(131), timeout),
+            Gate::Overdue(vec![("b".to_owned(), 5)])
+        );
+        // Heartbeats unread: nothing starts, and nothing is forgotten.
+        assert_eq!(p.gate(None, 8, at(200), timeout), Gate::Closed);
+        assert_eq!(
+            p.gate(Some(&sidecars(&[("a", 8), ("b", 5)])), 8, at(201), timeout),
+            Gate::Overdue(vec![("b".to_owned(), 5)])
+        );
+        // b catches up, then falls behind again: its wait starts afresh.
+        assert_eq!(
+            p.gate(Some(&sidecars(&[("a", 8), ("b", 8)])), 8, at(202), timeout),
+            Gate::Open
+        );
+        assert_eq!(
+            p.gate(Some(&sidecars(&[("a", 9), ("b", 8)])), 9, at(203), timeout),
+            Gate::Closed
+        );
+        // b gone (no longer live): forgotten.
+        assert_eq!(
+            p.gate(Some(&sidecars(&[("a", 9)])), 9, at(204), timeout),
+            Gate::Open
+        );
+        assert!(p.behind_since.is_empty());
+    }
+
+    #[test]
+    fn only_ranges_neither_running_nor_finished_start_as_the_gate_allows() {
+        let mut p = PolicySeedings::default();
+        let (auth, order) = (job("auth"), job("order"));
+        let jobs = [auth.clone(), order.clone()];
+        assert!(p.due(&jobs, &Gate::Closed).is_empty());
+        assert_eq!(
+            p.due(&jobs, &Gate::Open),
+            vec![(auth.clone(), false), (order.clone(), false)]
+        );
         let handle = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
             .block_on(async { tokio::spawn(async {}).abort_handle() });
         p.running.insert(auth.clone(), handle);
-        assert!(
-            p.due(&jobs, 6, Some(0), t0 + timeout * 3, timeout)
-                .is_empty()
-        );
+        p.done.push(order.seeded());
+        assert!(p.due(&jobs, &Gate::Open).is_empty());
         p.running.clear();
-        // Finished: not started again; a range no longer pending forgets its wait.
-        p.done.push(auth.seeded());
-        assert!(
-            p.due(&jobs, 6, Some(0), t0 + timeout * 3, timeout)
-                .is_empty()
-        );
-        assert!(p.due(&[], 7, Some(0), t0 + timeout * 3, timeout).is_empty());
-        assert!(p.waiting.is_empty());
-        // Every sidecar on the table: at once, and not ahead of anyone.
-        let order = job("order");
+        // A failed pass (neither running nor finished) is tried again, ahead of stragglers
+        // when the gate says so.
         assert_eq!(
-            p.due(
-                std::slice::from_ref(&order),
-                7,
-                Some(0),
-                t0 + timeout * 3,
-                timeout
-            ),
-            vec![(order, false)]
+            p.due(&jobs, &Gate::Overdue(vec![("b".to_owned(), 5)])),
+            vec![(auth, true)]
         );
     }
 
     #[test]
-    fn a_seeding_waits_for_sidecars_behind_only_until_the_converge_timeout() {
-        let since = Instant::now();
-        let timeout = Duration::from_secs(120);
-        let soon = since + Duration::from_secs(5);
-        let later = since + timeout;
-        // Every live sidecar on the table: at once.
-        assert!(may_start(Some(0), since, since, timeout));
-        // Some behind: not before the timeout, then yes (the writer's fence keeps them off).
-        assert!(!may_start(Some(2), since, soon, timeout));
-        assert!(may_start(Some(2), since, later, timeout));
-        // Heartbeats unread: never — who is behind is unknown.
-        assert!(!may_start(None, since, later, timeout));
-        // A clock that reads earlier than the start of the wait counts as no wait.
-        assert!(!may_start(Some(1), soon, since, timeout));
+    fn the_report_names_the_sidecars_first_and_fits_an_events_note() {
+        let stragglers: Vec<(String, u64)> = (0..40)
+            .map(|n| (format!("app-{n}-sidecar-7f9c2b"), 3))
+            .collect();
+        let ranges: Vec<String> = (0..40)
+            .map(|n| format!("category-{n} 0-16383 primary -> secondary"))
+            .collect();
+        let note = overdue_note(&stragglers, &ranges, 9);
+        assert!(
+            note.starts_with("sidecar(s) app-0-sidecar-7f9c2b (v3), "),
+            "{note}"
+        );
+        assert!(note.contains("and 32 more"), "{note}");
+        assert!(note.contains("until they load v9 or later"), "{note}");
+        assert!(note.len() <= 1000, "{}", note.len());
     }
 }
