@@ -5,12 +5,12 @@
 //! version (a straggler still on an older table must not write there unreplicated, nor send
 //! the replica commands its table meant for a writer) and runs [`replica::repair`] from the
 //! writer to the replica in a task of its own; the next table no longer lists the range as
-//! seeding. A sidecar that has been behind the published table — whichever tables were
-//! published meanwhile — for the converge timeout (as a rebalance Job waits) no longer holds
-//! passes back: they start, and the fences keep it off both ends until it loads the table
-//! (its clients get `-TRYAGAIN` there meanwhile). So one stuck sidecar cannot hold a replica,
-//! a failback or a handover back for as long as it lives, and a sidecar that merely has not
-//! loaded a table just published is never fenced for it.
+//! seeding. A sidecar that has been stuck on one table behind the published one — whichever
+//! tables were published meanwhile — for the converge timeout (as a rebalance Job waits) no
+//! longer holds passes back: they start, and the fences keep it off both ends until it loads
+//! the table (its clients get `-TRYAGAIN` there meanwhile). So one stuck sidecar cannot hold a
+//! replica, a failback or a handover back for as long as it lives, while a sidecar that loads
+//! tables late, or has not loaded one just published, is never gone ahead of.
 //! Writes that race the pass are newer than what it copies and are never undone.
 //!
 //! What finished is kept in memory until a table without it is published: an operator that
@@ -49,9 +49,11 @@ pub struct Seedings {
 struct PolicySeedings {
     running: BTreeMap<SeedJob, tokio::task::AbortHandle>,
     done: Vec<Seeded>,
-    /// Per live sidecar behind the published table: since when, over every table published
-    /// meanwhile. One seen on the published table, or no longer live, is forgotten.
-    behind_since: BTreeMap<String, Instant>,
+    /// Per live sidecar behind the published table: the table it was on, and since when it
+    /// has been on it behind, over every table published meanwhile. One that loads another
+    /// table (it is making progress, however late: a mounted table lags by a minute or two)
+    /// is timed afresh; one seen on the published table, or no longer live, is forgotten.
+    behind_since: BTreeMap<String, (u64, Instant)>,
     /// When each pending range was last reported started ahead of sidecars behind (a log
     /// line and an Event, at most once a minute per range: a failing pass is tried again
     /// every second).
@@ -92,15 +94,18 @@ impl PolicySeedings {
             .collect();
         self.behind_since
             .retain(|id, _| behind.iter().any(|(b, _)| b == id));
-        for (id, _) in &behind {
-            self.behind_since.entry(id.clone()).or_insert(now);
+        for (id, v) in &behind {
+            let since = self.behind_since.entry(id.clone()).or_insert((*v, now));
+            if since.0 != *v {
+                *since = (*v, now);
+            }
         }
         if behind.is_empty() {
             Gate::Open
         } else if self
             .behind_since
             .values()
-            .all(|since| now.saturating_duration_since(*since) >= timeout)
+            .all(|(_, since)| now.saturating_duration_since(*since) >= timeout)
         {
             Gate::Overdue(behind)
         } else {
@@ -174,8 +179,8 @@ pub struct SeedingProgress {
     /// they are on it, or have each been behind for the converge timeout); `None` when no
     /// instance's heartbeats could be read (none starts then either).
     pub behind: Option<usize>,
-    /// What to report (once a minute at most) of passes started this time although sidecars
-    /// were behind, after the converge timeout: the ranges, the sidecars and their tables.
+    /// What to report (once a minute at most per range) of passes started this time ahead of
+    /// sidecars stuck behind for the converge timeout: the sidecars, their tables, the ranges.
     pub overdue: Option<String>,
 }
 
@@ -514,8 +519,8 @@ mod tests {
             p.gate(Some(&sidecars(&[("a", 6), ("b", 5)])), 6, at(1), timeout),
             Gate::Closed
         );
-        // Tables published meanwhile do not start b's wait again; a, lagging on each new table
-        // for a moment, is never the one passes go ahead of.
+        // Tables published meanwhile do not start b's wait again (b stays on v5); a, lagging
+        // on each new table for a moment, is never the one passes go ahead of.
         assert_eq!(
             p.gate(Some(&sidecars(&[("a", 6), ("b", 5)])), 7, at(100), timeout),
             Gate::Closed
@@ -558,6 +563,55 @@ mod tests {
             Gate::Open
         );
         assert!(p.behind_since.is_empty());
+        // c keeps loading tables, each later than the next one is published (a mounted table
+        // lagging more than the tables come): behind at every look, yet timed afresh at each
+        // table it loads, so never gone ahead of.
+        assert_eq!(
+            p.gate(
+                Some(&sidecars(&[("a", 10), ("c", 9)])),
+                10,
+                at(300),
+                timeout
+            ),
+            Gate::Closed
+        );
+        assert_eq!(
+            p.gate(
+                Some(&sidecars(&[("a", 11), ("c", 10)])),
+                11,
+                at(400),
+                timeout
+            ),
+            Gate::Closed
+        );
+        assert_eq!(
+            p.gate(
+                Some(&sidecars(&[("a", 12), ("c", 11)])),
+                12,
+                at(500),
+                timeout
+            ),
+            Gate::Closed
+        );
+        // Once it stops (stuck on v11), the timeout counts from its last load.
+        assert_eq!(
+            p.gate(
+                Some(&sidecars(&[("a", 13), ("c", 11)])),
+                13,
+                at(599),
+                timeout
+            ),
+            Gate::Closed
+        );
+        assert_eq!(
+            p.gate(
+                Some(&sidecars(&[("a", 13), ("c", 11)])),
+                13,
+                at(620),
+                timeout
+            ),
+            Gate::Overdue(vec![("c".to_owned(), 11)])
+        );
     }
 
     #[test]
