@@ -113,19 +113,16 @@ impl PolicySeedings {
         }
     }
 
-    /// The passes of `jobs` (pending in the published table) to start now, as `gate` allows,
-    /// each with whether it starts ahead of sidecars behind: those neither running nor
-    /// finished.
-    fn due(&self, jobs: &[SeedJob], gate: &Gate) -> Vec<(SeedJob, bool)> {
-        let overdue = match gate {
-            Gate::Open => false,
-            Gate::Overdue(_) => true,
-            Gate::Closed => return Vec::new(),
-        };
+    /// The passes of `jobs` (pending in the published table) to start now, as `gate` allows:
+    /// those neither running nor finished.
+    fn due(&self, jobs: &[SeedJob], gate: &Gate) -> Vec<SeedJob> {
+        if *gate == Gate::Closed {
+            return Vec::new();
+        }
         jobs.iter()
             .filter(|j| !self.running.contains_key(*j))
             .filter(|j| !self.done.iter().any(|d| j.finished_by(d)))
-            .map(|j| (j.clone(), overdue))
+            .cloned()
             .collect()
     }
 }
@@ -308,8 +305,13 @@ impl Seedings {
         };
         let find = |name: &str| selected.iter().find(|ri| ri.name_any() == name);
         let needs_marker = Arc::new(super::build::replicas::must_hold_marker(table));
+        // The sidecars the passes go ahead of, if any.
+        let stragglers = match &gate {
+            Gate::Overdue(stragglers) => Some(stragglers),
+            Gate::Open | Gate::Closed => None,
+        };
         let mut overdue_started = Vec::new();
-        for (job, overdue) in to_start {
+        for job in to_start {
             let (Some(writer), Some(replica)) = (find(&job.writer), find(&job.replica)) else {
                 continue;
             };
@@ -418,7 +420,7 @@ impl Seedings {
             });
             let policy = state.entry(key.to_owned()).or_default();
             // Reported once a minute per range: a failing pass is tried again every second.
-            if overdue
+            if stragglers.is_some()
                 && policy
                     .overdue_reported
                     .get(&started_job)
@@ -438,7 +440,7 @@ impl Seedings {
             }
             policy.running.insert(started_job, task.abort_handle());
         }
-        if let Gate::Overdue(stragglers) = &gate
+        if let Some(stragglers) = stragglers
             && !overdue_started.is_empty()
         {
             progress.overdue = Some(overdue_note(stragglers, &overdue_started, table.version));
@@ -495,121 +497,83 @@ mod tests {
         }
     }
 
-    fn sidecars(of: &[(&str, u64)]) -> BTreeMap<String, u64> {
-        of.iter().map(|(id, v)| ((*id).to_owned(), *v)).collect()
-    }
-
     #[test]
     fn a_sidecar_holds_seedings_back_only_until_it_has_been_behind_for_the_converge_timeout() {
         let mut p = PolicySeedings::default();
         let timeout = Duration::from_secs(120);
         let t0 = Instant::now();
+        // What the gate says of the live sidecars `of` (id, table) at table `version`.
+        let look = |p: &mut PolicySeedings, of: &[(&str, u64)], version, when| {
+            let of: BTreeMap<String, u64> =
+                of.iter().map(|(id, v)| ((*id).to_owned(), *v)).collect();
+            p.gate(Some(&of), version, when, timeout)
+        };
         let at = |secs: u64| t0 + Duration::from_secs(secs);
         // Every live sidecar on the published table: passes start at once.
-        assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 5), ("b", 5)])), 5, t0, timeout),
-            Gate::Open
-        );
+        assert_eq!(look(&mut p, &[("a", 5), ("b", 5)], 5, t0), Gate::Open);
         // v6 published; b sticks on v5, a follows in a second.
-        assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 5), ("b", 5)])), 6, at(0), timeout),
-            Gate::Closed
-        );
-        assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 6), ("b", 5)])), 6, at(1), timeout),
-            Gate::Closed
-        );
+        assert_eq!(look(&mut p, &[("a", 5), ("b", 5)], 6, at(0)), Gate::Closed);
+        assert_eq!(look(&mut p, &[("a", 6), ("b", 5)], 6, at(1)), Gate::Closed);
         // Tables published meanwhile do not start b's wait again (b stays on v5); a, lagging
         // on each new table for a moment, is never the one passes go ahead of.
         assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 6), ("b", 5)])), 7, at(100), timeout),
+            look(&mut p, &[("a", 6), ("b", 5)], 7, at(100)),
             Gate::Closed
         );
         assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 7), ("b", 5)])), 7, at(101), timeout),
+            look(&mut p, &[("a", 7), ("b", 5)], 7, at(101)),
             Gate::Closed
         );
         assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 7), ("b", 5)])), 7, at(120), timeout),
+            look(&mut p, &[("a", 7), ("b", 5)], 7, at(120)),
             Gate::Overdue(vec![("b".to_owned(), 5)])
         );
         // A table just published: a has not loaded it yet, so nothing goes ahead of a.
         assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 7), ("b", 5)])), 8, at(130), timeout),
+            look(&mut p, &[("a", 7), ("b", 5)], 8, at(130)),
             Gate::Closed
         );
         assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 8), ("b", 5)])), 8, at(131), timeout),
+            look(&mut p, &[("a", 8), ("b", 5)], 8, at(131)),
             Gate::Overdue(vec![("b".to_owned(), 5)])
         );
         // Heartbeats unread: nothing starts, and nothing is forgotten.
         assert_eq!(p.gate(None, 8, at(200), timeout), Gate::Closed);
         assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 8), ("b", 5)])), 8, at(201), timeout),
+            look(&mut p, &[("a", 8), ("b", 5)], 8, at(201)),
             Gate::Overdue(vec![("b".to_owned(), 5)])
         );
         // b catches up, then falls behind again: its wait starts afresh.
+        assert_eq!(look(&mut p, &[("a", 8), ("b", 8)], 8, at(202)), Gate::Open);
         assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 8), ("b", 8)])), 8, at(202), timeout),
-            Gate::Open
-        );
-        assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 9), ("b", 8)])), 9, at(203), timeout),
+            look(&mut p, &[("a", 9), ("b", 8)], 9, at(203)),
             Gate::Closed
         );
         // b gone (no longer live): forgotten.
-        assert_eq!(
-            p.gate(Some(&sidecars(&[("a", 9)])), 9, at(204), timeout),
-            Gate::Open
-        );
+        assert_eq!(look(&mut p, &[("a", 9)], 9, at(204)), Gate::Open);
         assert!(p.behind_since.is_empty());
         // c keeps loading tables, each later than the next one is published (a mounted table
         // lagging more than the tables come): behind at every look, yet timed afresh at each
         // table it loads, so never gone ahead of.
         assert_eq!(
-            p.gate(
-                Some(&sidecars(&[("a", 10), ("c", 9)])),
-                10,
-                at(300),
-                timeout
-            ),
+            look(&mut p, &[("a", 10), ("c", 9)], 10, at(300)),
             Gate::Closed
         );
         assert_eq!(
-            p.gate(
-                Some(&sidecars(&[("a", 11), ("c", 10)])),
-                11,
-                at(400),
-                timeout
-            ),
+            look(&mut p, &[("a", 11), ("c", 10)], 11, at(400)),
             Gate::Closed
         );
         assert_eq!(
-            p.gate(
-                Some(&sidecars(&[("a", 12), ("c", 11)])),
-                12,
-                at(500),
-                timeout
-            ),
+            look(&mut p, &[("a", 12), ("c", 11)], 12, at(500)),
             Gate::Closed
         );
         // Once it stops (stuck on v11), the timeout counts from its last load.
         assert_eq!(
-            p.gate(
-                Some(&sidecars(&[("a", 13), ("c", 11)])),
-                13,
-                at(599),
-                timeout
-            ),
+            look(&mut p, &[("a", 13), ("c", 11)], 13, at(599)),
             Gate::Closed
         );
         assert_eq!(
-            p.gate(
-                Some(&sidecars(&[("a", 13), ("c", 11)])),
-                13,
-                at(620),
-                timeout
-            ),
+            look(&mut p, &[("a", 13), ("c", 11)], 13, at(620)),
             Gate::Overdue(vec![("c".to_owned(), 11)])
         );
     }
@@ -620,10 +584,7 @@ mod tests {
         let (auth, order) = (job("auth"), job("order"));
         let jobs = [auth.clone(), order.clone()];
         assert!(p.due(&jobs, &Gate::Closed).is_empty());
-        assert_eq!(
-            p.due(&jobs, &Gate::Open),
-            vec![(auth.clone(), false), (order.clone(), false)]
-        );
+        assert_eq!(p.due(&jobs, &Gate::Open), vec![auth.clone(), order.clone()]);
         let handle = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
@@ -636,7 +597,7 @@ mod tests {
         // when the gate says so.
         assert_eq!(
             p.due(&jobs, &Gate::Overdue(vec![("b".to_owned(), 5)])),
-            vec![(auth, true)]
+            vec![auth]
         );
     }
 

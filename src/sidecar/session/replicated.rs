@@ -629,6 +629,7 @@ impl Sent {
                 .or(client_reply)
                 .unwrap_or_else(|| encode(&written.reply)),
         );
+        // Dropped from a full backlog (no `in_flight`): not delivered, already counted failed.
         let delivering: &[ForReplica] = if in_flight.is_some() { &later } else { &[] };
         for part in delivering {
             let outcome = if answered.elapsed() > MAX_HELD {
@@ -648,22 +649,19 @@ impl Sent {
                 }
             }
         }
-        // The sync parts among them are held within their own budget (the async ones are in
-        // the backlog's).
-        let held_bytes: i64 = missed.iter().filter(|p| p.sync).map(|p| p.size()).sum();
-        let gauge = &self.shared.metrics.redelivery_bytes;
-        if held_bytes > 0 && gauge.get() + held_bytes > REDELIVERY_BYTES_LIMIT {
-            missed.retain(|p| !p.sync);
-        } else {
+        if !missed.is_empty() {
+            // The sync parts among them are held within their own budget (the async ones are
+            // in the backlog's).
+            let mut held_bytes: i64 = missed.iter().filter(|p| p.sync).map(|p| p.size()).sum();
+            let gauge = &self.shared.metrics.redelivery_bytes;
+            if gauge.get() + held_bytes > REDELIVERY_BYTES_LIMIT {
+                missed.retain(|p| !p.sync);
+                held_bytes = 0;
+            }
             gauge.inc_by(held_bytes);
+            self.deliver_again(&policy, &missed, answered).await;
+            gauge.dec_by(held_bytes);
         }
-        let held_bytes = if missed.iter().any(|p| p.sync) {
-            held_bytes
-        } else {
-            0
-        };
-        self.deliver_again(&policy, &missed, answered).await;
-        gauge.dec_by(held_bytes);
         drop(in_flight);
     }
 

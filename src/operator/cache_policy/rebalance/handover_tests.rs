@@ -303,14 +303,8 @@ fn a_handover_is_not_applied_to_a_table_whose_owners_changed() {
         .find(|c| c.name == "auth")
         .unwrap();
     auth.slots = vec![
-        SlotOwner {
-            range: SlotRange::new(0, 99),
-            instance: "secondary".into(),
-        },
-        SlotOwner {
-            range: SlotRange::new(100, 16383),
-            instance: "primary".into(),
-        },
+        (0, 99, "secondary".to_owned()).into(),
+        (100, 16383, "primary".to_owned()).into(),
     ];
     let unchanged = moved.clone();
     assert!(!hand_over(&mut moved, &m));

@@ -97,16 +97,25 @@ pub fn replicate_auth_on(t: &mut RoutingTable, instance: &str) {
     }];
 }
 
-pub fn replica_runs(t: &RoutingTable, cat: &str) -> Vec<(u16, u16, String)> {
+/// The runs `of` `cat`'s replication in `t` names, as `(start, end, instance)`.
+fn runs_named(
+    t: &RoutingTable,
+    cat: &str,
+    of: impl Fn(&crate::routing::table::CategoryReplication) -> &[SlotOwner],
+) -> Vec<(u16, u16, String)> {
     t.category(cat)
         .and_then(|c| c.replication.as_ref())
         .map(|r| {
-            r.replicas
+            of(r)
                 .iter()
                 .map(|o| (o.range.start, o.range.end, o.instance.clone()))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+pub fn replica_runs(t: &RoutingTable, cat: &str) -> Vec<(u16, u16, String)> {
+    runs_named(t, cat, |r| &r.replicas)
 }
 
 pub fn seeding_runs(t: &RoutingTable, cat: &str) -> usize {
@@ -116,15 +125,7 @@ pub fn seeding_runs(t: &RoutingTable, cat: &str) -> usize {
 }
 
 pub fn outgoing_runs(t: &RoutingTable, cat: &str) -> Vec<(u16, u16, String)> {
-    t.category(cat)
-        .and_then(|c| c.replication.as_ref())
-        .map(|r| {
-            r.outgoing
-                .iter()
-                .map(|o| (o.range.start, o.range.end, o.instance.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+    runs_named(t, cat, |r| &r.outgoing)
 }
 
 pub fn phase(mut views: Vec<InstanceView>, name: &str, phase: InstancePhase) -> Vec<InstanceView> {
