@@ -13,7 +13,7 @@ use redis::AsyncCommands;
 use redis_fleet::api::cache_policy::{CachePolicy, rebalance_phase};
 use redis_fleet::routing::Resolver;
 use redis_fleet::routing::config_map::table_of;
-use redis_fleet::routing::table::RoutingTable;
+use redis_fleet::routing::table::{ReplicationMode, RoutingTable};
 use support::RedisServer;
 use support::node::Node;
 use support::operator::Operator;
@@ -2108,7 +2108,17 @@ impl ReplicatedShop {
 
     /// [`ReplicatedShop::start`] with extra arguments for the operator.
     async fn start_configured(prefix: &str, operator_args: &[&str]) -> Self {
-        let shop = shop_configured(prefix, replicated_auth, operator_args).await;
+        Self::start_with(prefix, replicated_auth, operator_args).await
+    }
+
+    /// [`ReplicatedShop::start_configured`] with the shop's policy changed by `policy` (which
+    /// replicates `auth`).
+    async fn start_with(
+        prefix: &str,
+        policy: fn(String) -> String,
+        operator_args: &[&str],
+    ) -> Self {
+        let shop = shop_configured(prefix, policy, operator_args).await;
         let (_, plan) = settled(&shop).await;
         let node = Node::start(shop.cp, &shop.ns);
         let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
@@ -2383,6 +2393,13 @@ async fn wait_handed_to_tertiary(shop: &Shop) -> RoutingTable {
     .await
 }
 
+/// The mode `t` has `auth` written in.
+fn auth_mode(t: &RoutingTable) -> Option<ReplicationMode> {
+    t.category("auth")
+        .and_then(|c| c.replication.as_ref())
+        .map(|r| r.mode)
+}
+
 /// Issue 15 item 4: a `Sync` range that a plan moves keeps a full copy beside its owner at
 /// every moment. A hot third instance joins the shop, and placement hands it a share of
 /// `auth`. The moment a table serves part of `auth` from it (polled every 100 ms), it is
@@ -2392,14 +2409,33 @@ async fn wait_handed_to_tertiary(shop: &Shop) -> RoutingTable {
 /// never promoted, so they fail over to an empty fallback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_range_a_join_moves_keeps_a_seeded_replica_and_survives_its_new_owners_death() {
+    join_hands_over_and_the_new_owner_dies("handover", replicated_auth).await;
+}
+
+/// The same for an `Async` range: it is handed over too, its category written `Sync` while the
+/// handover lasts (an `Async` result on its way to the new owner at the swap would be missing
+/// there), and `Async` again after. The new owner dies the moment it serves: every write
+/// acknowledged (none was at risk: the replica never failed) and the 300 keys written before
+/// are read back from the replica. Before, a Job moved the range: the moved slots had no
+/// replica while they moved, and a new one, seeding, after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_range_a_join_moves_is_handed_over_and_survives_its_new_owners_death() {
+    join_hands_over_and_the_new_owner_dies("handover-async", async_auth).await;
+}
+
+/// A hot third instance joins the shop with `auth` replicated as `policy` says, part of
+/// `auth` is handed over to it, and it is `kill -9`ed the moment it serves.
+async fn join_hands_over_and_the_new_owner_dies(prefix: &str, policy: fn(String) -> String) {
     let ReplicatedShop {
         shop,
         node: _node,
+        table: before,
         sidecar,
         mut c,
         traffic,
         ..
-    } = ReplicatedShop::start("handover").await;
+    } = ReplicatedShop::start_with(prefix, policy, &[]).await;
+    let mode = auth_mode(&before);
     let mut tertiary = apply_third_instance_in(&shop, "hot");
     // Handed over: the tertiary owns part of auth while the primary still serves it.
     let handed = wait_handed_to_tertiary(&shop).await;
@@ -2407,6 +2443,8 @@ async fn a_sync_range_a_join_moves_keeps_a_seeded_replica_and_survives_its_new_o
         serving(&handed, "auth").iter().all(|s| s == "primary"),
         "{handed:#?}"
     );
+    // Its writes are `Sync` while it lasts, whatever the category's mode.
+    assert_eq!(auth_mode(&handed), Some(ReplicationMode::Sync));
     // The policy says so while it lasts, and starts no Job for it (a Job would have made the
     // range a migration, never a handover entry).
     let note = wait_policy_condition(&shop, "Rebalancing", "the handover shown", |s, r, _| {
@@ -2451,12 +2489,30 @@ async fn a_sync_range_a_join_moves_keeps_a_seeded_replica_and_survives_its_new_o
             );
         }
     }
-    wait_table(&shop, "auth failed over from the tertiary", |t| {
+    // The table that swapped roles ends the handovers it swapped: the category has its own
+    // mode again once none is left.
+    if !moved.failover.iter().any(|f| f.handover) {
+        assert_eq!(auth_mode(&moved), mode);
+    }
+    let failed = wait_table(&shop, "auth failed over from the tertiary", |t| {
         t.failover
             .iter()
             .any(|f| f.category == "auth" && f.from == "tertiary" && !f.handover)
     })
     .await;
+    assert_eq!(auth_mode(&failed), mode);
+    if mode == Some(ReplicationMode::Async) {
+        let failures = support::series_value(
+            &sidecar.metrics(),
+            "redisfleet_sidecar_replica_failures_total{category=\"auth\"}",
+        );
+        assert_eq!(
+            failures,
+            Some(0.0),
+            "no write was at risk\n{}",
+            sidecar.metrics()
+        );
+    }
     read_back_after(
         &mut c,
         &sidecar,
@@ -2734,7 +2790,7 @@ async fn an_async_category_loses_no_acknowledged_write_when_its_owner_dies() {
         t.category("auth")
             .and_then(|c| c.replication.as_ref())
             .map(|r| r.mode),
-        Some(redis_fleet::routing::table::ReplicationMode::Async)
+        Some(ReplicationMode::Async)
     );
     let traffic = Traffic::start(sidecar.port, &["auth:", "session:"], 4);
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -204,7 +204,8 @@ pub struct CategorySpec {
     /// Whether the category's writes are copied to a replica on another instance, so that its
     /// data survives its owner's death (`docs/replication.md`). `Off` (the default): a failover
     /// serves an empty fallback. `Async`: a write is acknowledged once its owner ran it, and
-    /// its replica follows. `Sync`: once its replica has it too.
+    /// its replica follows (as `Sync` while a range of it is handed over to a new owner). `Sync`:
+    /// once its replica has it too.
     #[serde(default, skip_serializing_if = "Replication::is_off")]
     pub replication: Replication,
 }
@@ -238,7 +239,8 @@ pub struct DefaultCategorySpec {
     /// Whether these keys' writes are copied to a replica on another instance, so that their
     /// data survives their owner's death (`docs/replication.md`). `Off` (the default): a failover
     /// serves an empty fallback. `Async`: a write is acknowledged once its owner ran it, and
-    /// its replica follows. `Sync`: once its replica has it too.
+    /// its replica follows (as `Sync` while a range of it is handed over to a new owner). `Sync`:
+    /// once its replica has it too.
     #[serde(default, skip_serializing_if = "Replication::is_off")]
     pub replication: Replication,
 }
@@ -249,7 +251,8 @@ pub struct DefaultCategorySpec {
 pub struct CategoryReplicationStatus {
     /// Category name.
     pub category: String,
-    /// `Async` or `Sync`.
+    /// `Async` or `Sync`: how its writes are acknowledged now (an `Async` category reads
+    /// `Sync` while a range of it is handed over to a new owner).
     pub mode: String,
     /// Slots whose replica is seeded: `Sync` writes acknowledged on them survive their owner's
     /// death (`Async` ones, once older than the replication lag).

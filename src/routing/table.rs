@@ -294,11 +294,12 @@ pub struct Failover {
     pub from: String,
     /// The instance serving the range meanwhile.
     pub to: String,
-    /// Not an outage: a move of a replicated (`Sync`) range from `to` to `from` that hands the
+    /// Not an outage: a move of a replicated range from `to` to `from` that hands the
     /// range over by swapping roles (`docs/replication.md`, "Moves that hand over"). `to`
     /// serves the range as before, while `from`, its owner from now on, is seeded as a third
     /// copy; no sidecar was ever told to write the range to `from`, so no failover notice or
-    /// fence of `from` goes with it.
+    /// fence of `from` goes with it. While one lasts, the table names its category's mode
+    /// `sync`, whatever the policy says.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub handover: bool,
 }

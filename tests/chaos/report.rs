@@ -105,7 +105,7 @@ pub fn details(row: &Row) -> String {
     );
     let _ = writeln!(
         out,
-        "  failovers ended by swapping roles: {}; Sync moves handed over: {} ({} swapped, the rest given back)",
+        "  failovers ended by swapping roles: {}; replicated moves handed over: {} ({} swapped, the rest given back)",
         row.swaps, row.handed_over.0, row.handed_over.1
     );
     for e in row

@@ -15,7 +15,7 @@ use redis_fleet::routing::table::ReplicationMode;
 
 use crate::faults::{self, Counts};
 use crate::fleet::{
-    Fleet, ReplicationSample, deliver, lock, observe, resume_all, watch_replication,
+    ASYNC_CATEGORY, Fleet, ReplicationSample, deliver, lock, observe, resume_all, watch_replication,
 };
 use crate::history::{self, KeyHistory, Outcome, Report, State, Tolerance, Write};
 use crate::rng::Rng;
@@ -79,7 +79,7 @@ pub struct Row {
     /// range has a seeded replica — the instance that served it, or the outgoing replica that
     /// stayed on beside the owner (`docs/replication.md`).
     pub swaps: usize,
-    /// `Sync` ranges a plan moved by handing them over (`docs/replication.md`, "Moves that
+    /// Replicated ranges a plan moved by handing them over (`docs/replication.md`, "Moves that
     /// hand over"): distinct handover entries named by the tables, and of them those that
     /// ended by swapping roles (the rest were given back, or are under way).
     pub handed_over: (usize, usize),
@@ -414,8 +414,11 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Drops, Vec<(usize, W
             let outgoing = before.outgoing(&route).map(|o| before.instance_name(o));
             let now = after.resolve(name.as_bytes());
             let server = after.instance_name(now.target);
+            // The `Async` category's keys get its rule, even where the table before was `Sync`
+            // for it (a range of it was handed over): writes acknowledged before that table
+            // may still have been on their way to the replica.
             ((!seeding && server == replica) || outgoing == Some(server))
-                .then_some(mode == ReplicationMode::Async)
+                .then_some(mode == ReplicationMode::Async || category == ASYNC_CATEGORY)
         };
         // Published between `start` and `stands`.
         let (start, stands) = published.unwrap_or((p.at, p.at + 2_000_000_000));

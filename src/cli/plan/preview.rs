@@ -102,7 +102,7 @@ pub struct PlannedMove {
     pub keys: u64,
     /// Estimated bytes.
     pub bytes: u64,
-    /// Handed over rather than moved by a Job: a `Sync` range whose new owner is seeded as a
+    /// Handed over rather than moved by a Job: a replicated range whose new owner is seeded as a
     /// third copy, then takes over by swapping roles (`docs/replication.md`, "Moves that hand
     /// over"). The operator hands these over first, and plans the rest again afterwards.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

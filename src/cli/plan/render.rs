@@ -107,7 +107,7 @@ pub fn render(preview: &Preview, width: usize, color: bool) -> String {
                 "{}{}",
                 " ".repeat(INDENT),
                 p.paint(
-                    "(handover): a Sync range whose new owner is seeded as a third copy, then takes over by swapping roles; no Job copies it, and the rest is planned again afterwards",
+                    "(handover): a replicated range whose new owner is seeded as a third copy (its writes Sync meanwhile), then takes over by swapping roles; no Job copies it, and the rest is planned again afterwards",
                     Some(DIM)
                 )
             );

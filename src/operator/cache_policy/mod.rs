@@ -482,7 +482,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                     if build::handovers::may_hand_over(prev, &policy.spec, &views, m)
                         && build::handovers::hand_over(&mut table, m)
                     {
-                        info!(category = %m.category, start = m.range.start, end = m.range.end, from = %m.from, to = %m.to, "handing a Sync range over: its new owner is seeded as a third copy, then the two swap roles");
+                        info!(category = %m.category, start = m.range.start, end = m.range.end, from = %m.from, to = %m.to, "handing a replicated range over: its new owner is seeded as a third copy, then the two swap roles");
                     }
                 }
             }

@@ -762,7 +762,7 @@ pub async fn drive(
     );
     let fresh = planner_asked || !held.is_empty() || !moves.is_empty();
     let note = driver.report_held(ctx, &held, fresh, views).await;
-    // `Sync` ranges the plan would move are handed over instead (`build::handovers`): the
+    // Replicated ranges the plan would move are handed over instead (`build::handovers`): the
     // next reconcile publishes them, and the rest is planned again once they are done.
     let handovers: Vec<Move> = moves
         .iter()
@@ -771,7 +771,7 @@ pub async fn drive(
         .collect();
     if !handovers.is_empty() {
         let list = describe_moves(&handovers);
-        info!(moves = %list, "handing Sync ranges over instead of moving them with a Job");
+        info!(moves = %list, "handing replicated ranges over instead of moving them with a Job");
         ctx.handovers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -840,7 +840,7 @@ pub struct Driven {
     pub held: Option<String>,
     /// Why no plan may start now (`WaitingForTable`).
     pub waiting: Option<String>,
-    /// The `Sync` ranges handed over, or to be handed over by the next table
+    /// The replicated ranges handed over, or to be handed over by the next table
     /// (`status::HANDING_OVER`).
     pub handing_over: Option<String>,
 }

@@ -255,7 +255,7 @@ pub fn policy_status(
     status
 }
 
-/// The `Rebalancing` condition's reason while `Sync` ranges are handed over
+/// The `Rebalancing` condition's reason while replicated ranges are handed over
 /// (`build::handovers`): `True`, though no plan runs.
 pub const HANDING_OVER: &str = "HandingOver";
 

@@ -1,4 +1,4 @@
-//! Moves that hand a `Sync` range over by swapping roles instead of copying it with a Job
+//! Moves that hand a replicated range over by swapping roles instead of copying it with a Job
 //! (`docs/replication.md`, "Moves that hand over"). Pure.
 //!
 //! A Job move leaves a replicated range without a replica while it copies, and until the new
@@ -12,6 +12,12 @@
 //!    swapping roles (`replicas::ready_swaps`, fence and wait, `build::swaps_that_end`). The
 //!    target serves the range, the replica stays its replica, seeded, and the source's copies
 //!    are freed.
+//!
+//! An `Async` category is handed over the same way, and written `Sync` while a range of it is
+//! (`replicas::place_replicas`): at the swap the target serves the range, and must already
+//! hold every acknowledged result — an `Async` one could still be on its way. What was
+//! acknowledged before the table that starts the handover reached the source first, and the
+//! seeding copies it from there.
 
 use crate::api::cache_policy::{CachePolicySpec, Replication};
 use crate::rebalance::plan::Move;
@@ -22,7 +28,8 @@ use super::InstanceView;
 use super::replicas::{self, OwnerReturn};
 
 /// Whether `m`, a move the planner wants in `table`, may be made by handing its range over:
-/// a `Sync` category (in `spec` and in the table), no failover entry or migration on the range,
+/// a replicated category (`Sync` in the table too where the spec says `Sync`: a replica seeded
+/// while writes were `Async` may lack results), no failover entry or migration on the range,
 /// its owner `m.from` with a seeded replica (neither end of the move) on every slot, and two
 /// instances that may swap roles — the target may hold the range's replica while it seeds, and
 /// answers with its data, not draining, keeping keys without a TTL; the source may hold a
@@ -34,16 +41,19 @@ pub fn may_hand_over(
     views: &[InstanceView],
     m: &Move,
 ) -> bool {
-    if m.from == m.to || replicas::replication_of(spec, &m.category) != Replication::Sync {
+    let wanted = replicas::replication_of(spec, &m.category);
+    if m.from == m.to || wanted == Replication::Off {
         return false;
     }
     let Some(cat) = table.category(&m.category) else {
         return false;
     };
+    // A `Sync` range whose table is not `Sync` yet (the spec just changed) has replicas seeded
+    // while writes were `Async`: they may lack results, and a swap would lose them.
     if cat
         .replication
         .as_ref()
-        .is_none_or(|r| r.mode != ReplicationMode::Sync)
+        .is_none_or(|r| wanted == Replication::Sync && r.mode != ReplicationMode::Sync)
     {
         return false;
     }
@@ -132,7 +142,7 @@ pub fn hand_over(table: &mut RoutingTable, m: &Move) -> bool {
 }
 
 /// Gives back, in `table` (about to be published), the handovers that can no longer end by
-/// swapping roles: their category is no longer `Sync`, their target may no longer hold the
+/// swapping roles: their category is no longer replicated, their target may no longer hold the
 /// range's replica or swap with the source (it drains, turned `allkeys-*`, died, lost its
 /// data), or — `go_on` false — rebalancing was turned off or cancelled
 /// (`redisfleet.io/rebalance: cancel`). The source owns the range again and the entry goes: no
@@ -161,7 +171,7 @@ pub fn give_back_stalled(
         .filter(|f| f.handover)
         .filter(|f| {
             let continues = go_on
-                && replicas::replication_of(spec, &f.category) == Replication::Sync
+                && replicas::replication_of(spec, &f.category) != Replication::Off
                 && view(&f.from)
                     .zip(view(&f.to))
                     .is_some_and(|(target, source)| {

@@ -95,6 +95,10 @@ pub fn place_replicas(table: &mut RoutingTable, inputs: &ReplicaInputs<'_>) {
                 table.categories[index].replication = None;
                 continue;
             }
+            // While a range of an `Async` category is handed over, its writes are acknowledged
+            // `Sync`: at the swap the new owner serves the range, and an `Async` result still
+            // on its way to it would be missing there (`super::handovers`).
+            Replication::Async if hands_over(table, &name) => ReplicationMode::Sync,
             Replication::Async => ReplicationMode::Async,
             Replication::Sync => ReplicationMode::Sync,
         };
@@ -116,6 +120,14 @@ pub fn place_replicas(table: &mut RoutingTable, inputs: &ReplicaInputs<'_>) {
                 .or_insert_with(|| view.endpoint.clone());
         }
     }
+}
+
+/// Whether `table` hands a range of `category` over (a failover entry marked `handover`).
+pub fn hands_over(table: &RoutingTable, category: &str) -> bool {
+    table
+        .failover
+        .iter()
+        .any(|f| f.handover && f.category == category)
 }
 
 struct Placed {
@@ -281,7 +293,8 @@ pub(super) fn swappable(
 }
 
 /// The failover entries of `previous` ready to end by swapping roles now
-/// ([`OwnerReturn::Swap`]), for a policy whose `spec` still asks `Sync` of their category;
+/// ([`OwnerReturn::Swap`]), for a policy whose `spec` still asks `Sync` of their category
+/// (or, for a handover, still replicates it);
 /// `moves` are those of the plan under way. The operator fences each one's server on itself
 /// before it builds the table that ends it, and builds it only with the swaps so fenced.
 pub fn ready_swaps(
@@ -293,7 +306,12 @@ pub fn ready_swaps(
     previous
         .failover
         .iter()
-        .filter(|f| replication_of(spec, &f.category) == Replication::Sync)
+        // A handover of an `Async` category too: its writes were `Sync` while it lasted.
+        .filter(|f| match replication_of(spec, &f.category) {
+            Replication::Sync => true,
+            Replication::Async => f.handover,
+            Replication::Off => false,
+        })
         .filter(|f| owner_return(previous, f, instances, moves) == OwnerReturn::Swap)
         .cloned()
         .collect()

@@ -1,4 +1,4 @@
-//! Tests of moves that hand a `Sync` range over (`build::handovers`), through what the
+//! Tests of moves that hand a replicated range over (`build::handovers`), through what the
 //! operator publishes from one table to the next: the swaps ready, the build, the owners held
 //! back until a rebalance moves their data (`table_to_publish`), the handovers, replica
 //! placement.
@@ -15,7 +15,7 @@ use crate::operator::cache_policy::build::{
     newly_held, plan_routing_with, stale_before_publishing,
 };
 use crate::rebalance::plan::Move;
-use crate::routing::table::{Failover, RoutingTable, SlotOwner};
+use crate::routing::table::{Failover, ReplicationMode, RoutingTable, SlotOwner};
 
 use super::table_to_publish;
 use crate::routing::slots::SlotRange;
@@ -164,6 +164,87 @@ fn a_sync_move_is_handed_over_with_two_full_copies_throughout() {
     assert!(under_way(&swapped).is_none());
 }
 
+/// The mode `auth` is written in by `t`.
+fn auth_mode(t: &RoutingTable) -> ReplicationMode {
+    t.category("auth")
+        .and_then(|c| c.replication.as_ref())
+        .map(|r| r.mode)
+        .unwrap()
+}
+
+#[test]
+fn an_async_move_is_handed_over_with_its_writes_sync_while_it_lasts() {
+    let (spec, three, before) = replicated_on_secondary_of_three_as(Replication::Async);
+    assert_eq!(auth_mode(&before), ReplicationMode::Async);
+    let m = half_of_auth_to_tertiary();
+    assert!(may_hand_over(&before, &spec, &three, &m));
+
+    // 1. Handed over as a `Sync` range is, and the category is written `Sync` from this table
+    //    on: an `Async` result on its way to the tertiary at the swap would be missing there.
+    let handed = publish_handing_over(&spec, &three, &before, std::slice::from_ref(&m));
+    assert_eq!(handed.failover, [entry()]);
+    assert_eq!(auth_mode(&handed), ReplicationMode::Sync);
+    assert!(servers(&handed, "auth").iter().all(|s| *s == "primary"));
+    assert_eq!(
+        replica_runs(&handed, "auth"),
+        [
+            (0, 8191, "tertiary".into()),
+            (8192, 16383, "secondary".into())
+        ]
+    );
+    assert_eq!(
+        outgoing_runs(&handed, "auth"),
+        [(0, 8191, "secondary".into())]
+    );
+    assert_eq!(promotion_order(&handed, "auth")[0], Some("secondary"));
+    assert!(ready_swaps(&handed, &spec, &three, &[]).is_empty());
+
+    // 2. A seeding that ran under an `Async` table does not count: the tertiary stays
+    //    seeding, and no swap is ready.
+    let async_era: Vec<Seeded> = all_seeded(&handed)
+        .into_iter()
+        .map(|s| Seeded { sync: false, ..s })
+        .collect();
+    let still = publish_held(&spec, &three, &handed, &[], &async_era);
+    assert_eq!(seeding_runs(&still, "auth"), 1);
+    assert!(ready_swaps(&still, &spec, &three, &[]).is_empty());
+    // Seeded under the handover's table: the swap is ready.
+    let seeded = publish_held(&spec, &three, &handed, &[], &all_seeded(&handed));
+    assert_eq!(seeding_runs(&seeded, "auth"), 0);
+    assert_eq!(auth_mode(&seeded), ReplicationMode::Sync);
+    assert_eq!(ready_swaps(&seeded, &spec, &three, &[]), [entry()]);
+
+    // 3. Swapped: the tertiary serves the range, the secondary stays the replica, the
+    //    primary's copies are freed, and the category is `Async` again.
+    let swapped = publish_held(&spec, &three, &seeded, &[], &[]);
+    assert!(swapped.failover.is_empty());
+    assert_eq!(auth_mode(&swapped), ReplicationMode::Async);
+    assert!(
+        servers(&swapped, "auth")[..8192]
+            .iter()
+            .all(|s| *s == "tertiary")
+    );
+    assert_eq!(
+        replica_runs(&swapped, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+    assert_eq!(seeding_runs(&swapped, "auth"), 0);
+    assert_eq!(swapped_entries(&seeded, &swapped), [entry()]);
+    let freed = newly_held(Some(&swapped), &seeded);
+    assert_eq!(ranges_of(&freed, "primary"), [&SlotRange::new(0, 8191)]);
+
+    // Given back (the target drains): `Async` again at once, nothing seeded anew.
+    let drains = with(&three, "tertiary", &|v| v.draining(true));
+    let back = publish_held(&spec, &drains, &seeded, &[], &[]);
+    assert!(back.failover.is_empty());
+    assert_eq!(auth_mode(&back), ReplicationMode::Async);
+    assert!(servers(&back, "auth").iter().all(|s| *s == "primary"));
+    assert_eq!(
+        replica_runs(&back, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+}
+
 #[test]
 fn a_handover_whose_server_dies_goes_to_the_outgoing_replica() {
     let (spec, three, before) = replicated_on_secondary_of_three();
@@ -202,9 +283,29 @@ fn only_a_seeded_sync_range_between_instances_that_may_swap_is_handed_over() {
     let (spec, three, before) = replicated_on_secondary_of_three();
     let m = half_of_auth_to_tertiary();
     assert!(may_hand_over(&before, &spec, &three, &m));
-    // `Async`: its replica may lack results on their way; a Job moves it.
-    let async_spec = replicated(Replication::Async);
-    assert!(!may_hand_over(&before, &async_spec, &three, &m));
+    // Not replicated: a Job moves it. `Sync` in the spec while the table is still `Async`:
+    // the replica was seeded while writes were `Async`, and may lack results.
+    assert!(!may_hand_over(
+        &before,
+        &replicated(Replication::Off),
+        &three,
+        &m
+    ));
+    let (_, _, async_table) = replicated_on_secondary_of_three_as(Replication::Async);
+    assert!(!may_hand_over(&async_table, &spec, &three, &m));
+    // `Async` in the spec: handed over, whatever the table says (below).
+    assert!(may_hand_over(
+        &async_table,
+        &replicated(Replication::Async),
+        &three,
+        &m
+    ));
+    assert!(may_hand_over(
+        &before,
+        &replicated(Replication::Async),
+        &three,
+        &m
+    ));
     // Onto the range's replica, or from an instance that does not own it.
     let onto_replica = Move {
         to: "secondary".into(),
@@ -385,12 +486,17 @@ fn a_handover_whose_target_can_no_longer_take_the_range_is_given_back_with_its_r
             .iter()
             .all(|o| o.instance == "primary")
     );
+    // Replication turned off: given back. Turned `Async`: it goes on, its writes `Sync`
+    // until it ends.
     let mut t = seeded.clone();
-    let async_spec = replicated(Replication::Async);
+    let off = replicated(Replication::Off);
     assert_eq!(
-        give_back_stalled(&mut t, Some(&seeded), &async_spec, &three, true),
+        give_back_stalled(&mut t, Some(&seeded), &off, &three, true),
         [entry()]
     );
+    let mut t = seeded.clone();
+    let async_spec = replicated(Replication::Async);
+    assert!(give_back_stalled(&mut t, Some(&seeded), &async_spec, &three, true).is_empty());
     // A handover that can go on stays.
     let mut t = seeded.clone();
     assert!(give_back_stalled(&mut t, Some(&seeded), &spec, &three, true).is_empty());

@@ -133,10 +133,17 @@ pub fn phase(mut views: Vec<InstanceView>, name: &str, phase: InstancePhase) -> 
     views
 }
 
-/// The shop's two instances and a third warm one, with `auth` seeded on `secondary`: the
-/// table, and the instances.
+/// The shop's two instances and a third warm one, with `auth` replicated `Sync` and seeded on
+/// `secondary`: the spec, the instances, and the table.
 pub fn replicated_on_secondary_of_three() -> (CachePolicySpec, Vec<InstanceView>, RoutingTable) {
-    let spec = replicated(Replication::Sync);
+    replicated_on_secondary_of_three_as(Replication::Sync)
+}
+
+/// [`replicated_on_secondary_of_three`] with `auth` replicated as `mode` says.
+pub fn replicated_on_secondary_of_three_as(
+    mode: Replication,
+) -> (CachePolicySpec, Vec<InstanceView>, RoutingTable) {
+    let spec = replicated(mode);
     let mut three = two();
     three.push(view("tertiary", "warm", InstancePhase::Ready, 30));
     let first = publish(&spec, &three, None, &[]);
