@@ -2635,6 +2635,110 @@ async fn a_sidecar_stuck_on_an_old_table_holds_a_handover_back_only_until_the_co
     .await;
 }
 
+/// Whether `t` hands a range of `auth` over.
+fn hands_auth_over(t: &RoutingTable) -> bool {
+    t.failover
+        .iter()
+        .any(|f| f.category == "auth" && f.handover)
+}
+
+/// Issue 14 item 4 for handovers: `redisfleet.io/rebalance: pause` starts none, and `cancel`
+/// gives one under way back, losing nothing. A hot third instance joins the shop while the policy is paused: for
+/// 15 s after the policy lists it Ready, no table hands anything over. Resumed, part of `auth`
+/// is handed over, and a straggler (a sidecar that never loads a newer table) holds its
+/// seeding back — for the default two-minute converge timeout, longer than the test needs —
+/// so the cancel finds it under way: the next table gives it back, the primary owning and
+/// serving all of `auth`, with a seeded copy of every slot on the secondary (its replica, or
+/// its outgoing one beside the tertiary, which may stay the replica and seeds on). The
+/// straggler stops and the annotation goes: the seedings it held back finish, and the policy
+/// settles with nothing handed over. Every acknowledged write and the 300 keys written before
+/// are read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_policy_hands_nothing_over_and_a_cancel_gives_a_handover_back() {
+    let ReplicatedShop {
+        shop,
+        node: _node,
+        sidecar,
+        mut c,
+        traffic,
+        ..
+    } = ReplicatedShop::start("handover-control").await;
+    let mut straggler = start_straggler(&shop).await;
+    control(&shop, Some("pause")).await;
+    let _tertiary = apply_third_instance_in(&shop, "hot");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = shop.policies.get("shop").await.unwrap();
+        let ready = p.status.iter().flat_map(|s| &s.instances).any(|i| {
+            i.name == "tertiary"
+                && i.phase == Some(redis_fleet::api::redis_instance::InstancePhase::Ready)
+        });
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tertiary never listed Ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let quiet = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < quiet {
+        let t = table(&shop).await;
+        assert!(
+            !hands_auth_over(&t),
+            "a paused policy handed auth over: {t:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    control(&shop, Some("resume")).await;
+    let handed = wait_handed_to_tertiary(&shop).await;
+    assert!(
+        serving(&handed, "auth").iter().all(|s| s == "primary"),
+        "{handed:#?}"
+    );
+    control(&shop, Some("cancel")).await;
+    let back = wait_table(&shop, "the handover given back", |t| !hands_auth_over(t)).await;
+    let auth = back.category("auth").expect("auth");
+    assert!(
+        auth.slots.iter().all(|o| o.instance == "primary"),
+        "given back, the primary owns auth: {back:#?}"
+    );
+    assert!(serving(&back, "auth").iter().all(|s| s == "primary"));
+    // Every slot keeps a seeded copy on the secondary: its replica, or — where the tertiary
+    // may stay the replica and seeds on — its outgoing one.
+    let replication = auth.replication.as_ref().expect("auth is replicated");
+    let on = |runs: &[redis_fleet::routing::table::SlotOwner], slot: u16, name: &str| {
+        runs.iter()
+            .any(|r| r.range.contains(slot) && r.instance == name)
+    };
+    for slot in 0..16384u16 {
+        let seeded = on(&replication.replicas, slot, "secondary")
+            && !replication.seeding.iter().any(|r| r.range.contains(slot));
+        assert!(
+            seeded || on(&replication.outgoing, slot, "secondary"),
+            "slot {slot} of auth lost its seeded copy on the secondary: {replication:?}"
+        );
+    }
+    assert_before(&mut c, "after the handover was given back").await;
+
+    // The straggler stops and the annotation goes: the seedings it held back finish, and
+    // the policy settles with every slot of auth seeded and nothing handed over.
+    straggler.kill();
+    control(&shop, None).await;
+    wait_until_table(
+        &shop,
+        "auth seeded and settled after the cancel",
+        Duration::from_secs(120),
+        |t| {
+            !hands_auth_over(t)
+                && t.category("auth")
+                    .and_then(|c| c.replication.as_ref())
+                    .is_some_and(|r| r.seeding.is_empty() && r.outgoing.is_empty())
+        },
+    )
+    .await;
+    read_back_after(&mut c, &sidecar, traffic, "after a cancelled handover").await;
+}
+
 /// Issue 15 item 4, the other end: the *source* of a `Sync` range a plan moves dies the moment
 /// the move begins — a hot third instance joins, and the primary is `kill -9`ed as soon as a
 /// table hands part of `auth` to the newcomer (or, moved by a Job, migrates it). The range must

@@ -105,8 +105,8 @@ pub fn details(row: &Row) -> String {
     );
     let _ = writeln!(
         out,
-        "  failovers ended by swapping roles: {}; replicated moves handed over: {} ({} swapped, the rest given back)",
-        row.swaps, row.handed_over.0, row.handed_over.1
+        "  failovers ended by swapping roles: {}; replicated moves handed over: {} ({} of {ASYNC_CATEGORY}; {} swapped, the rest given back)",
+        row.swaps, row.handed_over.0, row.async_handed_over, row.handed_over.1
     );
     for e in row
         .history

@@ -83,6 +83,8 @@ pub struct Row {
     /// hand over"): distinct handover entries named by the tables, and of them those that
     /// ended by swapping roles (the rest were given back, or are under way).
     pub handed_over: (usize, usize),
+    /// Of [`Row::handed_over`]'s entries, those of the `async` category.
+    pub async_handed_over: usize,
     /// Where the logs of a failed seed were kept.
     pub logs: Option<PathBuf>,
 }
@@ -227,13 +229,18 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
     let finished = lock(&fleet.node.finished);
     let failed_pods = finished.iter().filter(|(_, code)| *code != 0).count() as u64;
     // One lock for both: a second `lock` in the same expression would wait for the first.
-    let (replica_moves, swaps, handed_over) = {
+    let (replica_moves, swaps, handed_over, async_handed_over) = {
         let tables = lock(&fleet.tables);
         let (swaps, handovers_swapped) = swaps(&tables);
+        let entries = handed_over(&tables);
         (
             replica_moves(&tables),
             swaps,
-            (handed_over(&tables), handovers_swapped),
+            (entries.len(), handovers_swapped),
+            entries
+                .iter()
+                .filter(|(category, ..)| *category == ASYNC_CATEGORY)
+                .count(),
         )
     };
     let mut row = Row {
@@ -257,6 +264,7 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         replica_moves,
         swaps,
         handed_over,
+        async_handed_over,
         logs: None,
     };
     drop((plans, finished));
@@ -488,9 +496,14 @@ fn replica_moves(tables: &[crate::fleet::Published]) -> usize {
     pairs.len()
 }
 
+/// A handover entry: category, first and last slot, target, source.
+type HandoverEntry<'t> = (&'t str, u16, u16, &'t str, &'t str);
+
 /// The distinct handover entries of `tables`.
-fn handed_over(tables: &[crate::fleet::Published]) -> usize {
-    let entries: std::collections::BTreeSet<(&str, u16, u16, &str, &str)> = tables
+fn handed_over(
+    tables: &[crate::fleet::Published],
+) -> std::collections::BTreeSet<HandoverEntry<'_>> {
+    tables
         .iter()
         .flat_map(|p| &p.table.failover)
         .filter(|f| f.handover)
@@ -503,8 +516,7 @@ fn handed_over(tables: &[crate::fleet::Published]) -> usize {
                 f.to.as_str(),
             )
         })
-        .collect();
-    entries.len()
+        .collect()
 }
 
 /// The failover and handover entries that a table of `tables` ended by swapping roles: gone

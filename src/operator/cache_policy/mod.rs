@@ -470,6 +470,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 &views,
                 policy.spec.balancing.rebalance.enabled
                     && RebalanceControl::of(&policy) != RebalanceControl::Cancel,
+                RebalanceControl::of(&policy) == RebalanceControl::Pause,
             ) {
                 info!(category = %f.category, start = f.start, end = f.end, source = %f.to, target = %f.from, "a handover is given back to its source: it can no longer end by swapping roles");
             }

@@ -145,7 +145,9 @@ pub fn hand_over(table: &mut RoutingTable, m: &Move) -> bool {
 /// swapping roles: their category is no longer replicated, their target may no longer hold the
 /// range's replica or swap with the source (it drains, turned `allkeys-*`, died, lost its
 /// data), or — `go_on` false — rebalancing was turned off or cancelled
-/// (`redisfleet.io/rebalance: cancel`). The source owns the range again and the entry goes: no
+/// (`redisfleet.io/rebalance: cancel`). While `paused` (`redisfleet.io/rebalance: pause`, which
+/// holds every swap), the handovers of `Async` categories are given back too: a handover keeps
+/// its category written `Sync`, and a pause may last. The source owns the range again and the entry goes: no
 /// data moves, since the source served the range throughout, and the range's replica stays
 /// (`replicas::place_category` keeps the outgoing one). Returns the entries given back.
 pub fn give_back_stalled(
@@ -154,6 +156,7 @@ pub fn give_back_stalled(
     spec: &CachePolicySpec,
     views: &[InstanceView],
     go_on: bool,
+    paused: bool,
 ) -> Vec<Failover> {
     let view = |name: &str| views.iter().find(|v| v.name == name);
     // The outgoing replica `previous` named beside the target on the whole range, if any.
@@ -171,7 +174,11 @@ pub fn give_back_stalled(
         .filter(|f| f.handover)
         .filter(|f| {
             let continues = go_on
-                && replicas::replication_of(spec, &f.category) != Replication::Off
+                && match replicas::replication_of(spec, &f.category) {
+                    Replication::Off => false,
+                    Replication::Async => !paused,
+                    Replication::Sync => true,
+                }
                 && view(&f.from)
                     .zip(view(&f.to))
                     .is_some_and(|(target, source)| {

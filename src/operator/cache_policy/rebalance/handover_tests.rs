@@ -47,7 +47,7 @@ fn publish_held(
         .table
         .unwrap();
     let (mut t, _) = table_to_publish(&desired, Some(previous), instances, None, true);
-    give_back_stalled(&mut t, Some(previous), spec, instances, true);
+    give_back_stalled(&mut t, Some(previous), spec, instances, true, false);
     for m in handovers {
         assert!(may_hand_over(previous, spec, instances, m), "{m:?}");
         assert!(hand_over(&mut t, m), "{m:?}");
@@ -475,7 +475,7 @@ fn a_handover_whose_target_can_no_longer_take_the_range_is_given_back_with_its_r
     // Rebalancing turned off or cancelled, or the category no longer `Sync`: given back too.
     let mut t = seeded.clone();
     assert_eq!(
-        give_back_stalled(&mut t, Some(&seeded), &spec, &three, false),
+        give_back_stalled(&mut t, Some(&seeded), &spec, &three, false, false),
         [entry()]
     );
     assert!(t.failover.is_empty());
@@ -491,15 +491,24 @@ fn a_handover_whose_target_can_no_longer_take_the_range_is_given_back_with_its_r
     let mut t = seeded.clone();
     let off = replicated(Replication::Off);
     assert_eq!(
-        give_back_stalled(&mut t, Some(&seeded), &off, &three, true),
+        give_back_stalled(&mut t, Some(&seeded), &off, &three, true, false),
         [entry()]
     );
     let mut t = seeded.clone();
     let async_spec = replicated(Replication::Async);
-    assert!(give_back_stalled(&mut t, Some(&seeded), &async_spec, &three, true).is_empty());
+    assert!(give_back_stalled(&mut t, Some(&seeded), &async_spec, &three, true, false).is_empty());
+    // Paused: an `Async` one is given back (it keeps its category `Sync` while it lasts), a
+    // `Sync` one waits.
+    let mut t = seeded.clone();
+    assert_eq!(
+        give_back_stalled(&mut t, Some(&seeded), &async_spec, &three, true, true),
+        [entry()]
+    );
+    let mut t = seeded.clone();
+    assert!(give_back_stalled(&mut t, Some(&seeded), &spec, &three, true, true).is_empty());
     // A handover that can go on stays.
     let mut t = seeded.clone();
-    assert!(give_back_stalled(&mut t, Some(&seeded), &spec, &three, true).is_empty());
+    assert!(give_back_stalled(&mut t, Some(&seeded), &spec, &three, true, false).is_empty());
     assert_eq!(t, seeded);
 }
 
@@ -571,7 +580,7 @@ fn a_draining_sources_sync_range_is_handed_over_and_the_source_goes_at_the_swap(
     assert!(ready_swaps(&seeded, &spec, &keeper_evicts, &[]).is_empty());
     let mut t = seeded.clone();
     assert_eq!(
-        give_back_stalled(&mut t, Some(&seeded), &spec, &keeper_evicts, true),
+        give_back_stalled(&mut t, Some(&seeded), &spec, &keeper_evicts, true, false),
         [entry()]
     );
 }
