@@ -499,6 +499,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                     previous: previous.as_ref(),
                     moves,
                     seeded: &ctx.seedings.finished(&key),
+                    swaps_held: RebalanceControl::of(&policy) != RebalanceControl::Run,
                 },
             );
             table.schema_version = ctx.routing_schema;

@@ -26,7 +26,7 @@ use crate::redis::protocol::{names, replica_check};
 use crate::routing::Resolver;
 use crate::routing::table::{ReplicationMode, RoutingTable};
 
-use super::build::replicas::{hands_over, seeded_runs};
+use super::build::replicas::seeded_runs;
 use super::seeding::open_pair;
 
 /// How often the replicas of a policy are checked.
@@ -115,12 +115,14 @@ impl ReplicaChecks {
         live: Option<&BTreeMap<String, u64>>,
         table: &RoutingTable,
     ) -> bool {
-        // An `Async` category reads `Sync` while a range of it is handed over; a sidecar that
-        // left may still have held results of writes acknowledged before.
+        // An `Async` category reads `Sync` while a range of it is handed over or fails back by
+        // swapping roles (it has a failover entry); a sidecar that left may still have held
+        // results of writes acknowledged before.
         let asynchronous = table.categories.iter().any(|c| {
-            c.replication
-                .as_ref()
-                .is_some_and(|r| r.mode == ReplicationMode::Async || hands_over(table, &c.name))
+            c.replication.as_ref().is_some_and(|r| {
+                r.mode == ReplicationMode::Async
+                    || table.failover.iter().any(|f| f.category == c.name)
+            })
         });
         let mut seen = self.sidecars.lock().unwrap_or_else(|e| e.into_inner());
         let entry = seen.entry(key.to_owned()).or_default();
@@ -376,6 +378,7 @@ mod tests {
                 previous: None,
                 moves: &[],
                 seeded: &[],
+                swaps_held: false,
             },
         );
         let left = |ids: Option<&[&str]>, table| {
@@ -410,6 +413,7 @@ mod tests {
             previous: None,
             moves: &[],
             seeded,
+            swaps_held: false,
         };
         place_replicas(&mut t, &inputs(&[]));
         // Seeding: nothing to check yet.

@@ -23,7 +23,9 @@
 //!   no window without a full copy.
 //! - Failback by swapping roles ([`owner_return`]): a failed-over `Sync` slot whose owner is
 //!   back gets the owner as its replica (seeded from the server); once it is seeded the build
-//!   ends the failover entry, and the server becomes the replica, seeded at once.
+//!   ends the failover entry, and the server becomes the replica, seeded at once. An `Async`
+//!   category is written `Sync` while it has such a slot ([`place_replicas`]), or a range
+//!   handed over (`super::handovers`), so the same holds for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -66,6 +68,9 @@ pub struct ReplicaInputs<'a> {
     pub moves: &'a [MoveStatus],
     /// Seedings that finished since the previous table.
     pub seeded: &'a [Seeded],
+    /// Swaps of roles wait (`redisfleet.io/rebalance: pause|cancel`): no `Async` category is
+    /// written `Sync` for a failback swap meanwhile ([`place_replicas`]).
+    pub swaps_held: bool,
 }
 
 /// The replication a category's spec asks for.
@@ -98,7 +103,12 @@ pub fn place_replicas(table: &mut RoutingTable, inputs: &ReplicaInputs<'_>) {
             // While a range of an `Async` category is handed over, its writes are acknowledged
             // `Sync`: at the swap the new owner serves the range, and an `Async` result still
             // on its way to it would be missing there (`super::handovers`).
-            Replication::Async if hands_over(table, &name) => ReplicationMode::Sync,
+            // So it is while a failed-over range of it whose owner is back fails back by
+            // swapping roles: the owner, seeded from the server, must hold every acknowledged
+            // write when it serves again.
+            Replication::Async if hands_over(table, &name) || owner_back(table, &name, inputs) => {
+                ReplicationMode::Sync
+            }
             Replication::Async => ReplicationMode::Async,
             Replication::Sync => ReplicationMode::Sync,
         };
@@ -122,8 +132,28 @@ pub fn place_replicas(table: &mut RoutingTable, inputs: &ReplicaInputs<'_>) {
     }
 }
 
+/// Whether a failed-over range of `category` in `table` has its owner back, able to swap roles
+/// with the instance serving it ([`may_swap`]; the outgoing replica as `inputs.previous`
+/// names it), while swaps may go ahead.
+fn owner_back(table: &RoutingTable, category: &str, inputs: &ReplicaInputs<'_>) -> bool {
+    !inputs.swaps_held
+        && table
+            .failover
+            .iter()
+            .filter(|f| !f.handover && f.category == category)
+            .any(|f| {
+                may_swap(
+                    inputs.previous.unwrap_or(table),
+                    table,
+                    f,
+                    inputs.instances,
+                    inputs.moves,
+                )
+            })
+}
+
 /// Whether `table` hands a range of `category` over (a failover entry marked `handover`).
-pub fn hands_over(table: &RoutingTable, category: &str) -> bool {
+fn hands_over(table: &RoutingTable, category: &str) -> bool {
     table
         .failover
         .iter()
@@ -213,8 +243,9 @@ pub enum OwnerReturn {
 }
 
 /// How `entry` of `table` ends ([`OwnerReturn`]); `views` are the instances' views, `moves`
-/// those of the plan under way. A swap needs a `Sync` category (an `Async` replica may lack
-/// acknowledged results still on their way, which a move never loses), an owner that answers
+/// those of the plan under way. A swap needs a category `Sync` in `table` (an `Async` replica
+/// may lack acknowledged results still on their way, which a move never loses; an `Async`
+/// category's table says `Sync` while one of its ranges may swap), an owner that answers
 /// with its data, is not draining and keeps keys without a TTL, a server that may hold the
 /// replica afterwards ([`InstanceView::may_hold_replicas`]) — or an outgoing replica beside
 /// the owner on the whole range that may (it stays the replica, and the server goes:
@@ -226,37 +257,11 @@ pub fn owner_return(
     views: &[InstanceView],
     moves: &[MoveStatus],
 ) -> OwnerReturn {
-    let view = |name: &str| views.iter().find(|v| v.name == name);
-    let (Some(owner), Some(server)) = (view(&entry.from), view(&entry.to)) else {
-        return OwnerReturn::Move;
-    };
-    // The outgoing replica of the whole range, if one instance is.
-    let outgoing = outgoing_of(table, &entry.category);
-    let keeper = outgoing
-        .get(usize::from(entry.start))
-        .copied()
-        .flatten()
-        .filter(|k| {
-            (entry.start..=entry.end).all(|s| outgoing.get(usize::from(s)) == Some(&Some(*k)))
-                && *k != entry.from
-                && *k != entry.to
-        })
-        .and_then(view);
     let sync = table
         .category(&entry.category)
         .and_then(|c| c.replication.as_ref())
         .is_some_and(|r| r.mode == ReplicationMode::Sync);
-    let overlaps = |category: &str, start: i64, end: i64| {
-        category == entry.category && start <= i64::from(entry.end) && i64::from(entry.start) <= end
-    };
-    let migrating = table
-        .migrating
-        .iter()
-        .any(|m| overlaps(&m.category, i64::from(m.start), i64::from(m.end)))
-        || moves
-            .iter()
-            .any(|m| overlaps(&m.category, i64::from(m.start), i64::from(m.end)));
-    if !sync || migrating || !swappable(owner, server, keeper) {
+    if !sync || !may_swap(table, table, entry, views, moves) {
         return OwnerReturn::Move;
     }
     let replicas = replicas_of(table, &entry.category);
@@ -272,6 +277,46 @@ pub fn owner_return(
     } else {
         OwnerReturn::Swap
     }
+}
+
+/// [`owner_return`]'s conditions on the instances and the moves, whatever the mode: `entry`'s
+/// owner and server may swap roles ([`swappable`]; the keeper is the outgoing replica `placed`
+/// names over the whole range), and no migration of the range is published in `table` or
+/// planned in `moves`.
+fn may_swap(
+    placed: &RoutingTable,
+    table: &RoutingTable,
+    entry: &Failover,
+    views: &[InstanceView],
+    moves: &[MoveStatus],
+) -> bool {
+    let view = |name: &str| views.iter().find(|v| v.name == name);
+    let (Some(owner), Some(server)) = (view(&entry.from), view(&entry.to)) else {
+        return false;
+    };
+    // The outgoing replica of the whole range, if one instance is.
+    let outgoing = outgoing_of(placed, &entry.category);
+    let keeper = outgoing
+        .get(usize::from(entry.start))
+        .copied()
+        .flatten()
+        .filter(|k| {
+            (entry.start..=entry.end).all(|s| outgoing.get(usize::from(s)) == Some(&Some(*k)))
+                && *k != entry.from
+                && *k != entry.to
+        })
+        .and_then(view);
+    let overlaps = |category: &str, start: i64, end: i64| {
+        category == entry.category && start <= i64::from(entry.end) && i64::from(entry.start) <= end
+    };
+    let migrating = table
+        .migrating
+        .iter()
+        .any(|m| overlaps(&m.category, i64::from(m.start), i64::from(m.end)))
+        || moves
+            .iter()
+            .any(|m| overlaps(&m.category, i64::from(m.start), i64::from(m.end)));
+    !migrating && swappable(owner, server, keeper)
 }
 
 /// Whether a range `server` serves for `owner` may end by swapping their roles, as far as the
@@ -306,12 +351,9 @@ pub fn ready_swaps(
     previous
         .failover
         .iter()
-        // A handover of an `Async` category too: its writes were `Sync` while it lasted.
-        .filter(|f| match replication_of(spec, &f.category) {
-            Replication::Sync => true,
-            Replication::Async => f.handover,
-            Replication::Off => false,
-        })
+        // An `Async` category's too: its table is `Sync` while one waits (`place_replicas`),
+        // which `owner_return` requires.
+        .filter(|f| replication_of(spec, &f.category) != Replication::Off)
         .filter(|f| owner_return(previous, f, instances, moves) == OwnerReturn::Swap)
         .cloned()
         .collect()

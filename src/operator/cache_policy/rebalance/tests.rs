@@ -1158,12 +1158,13 @@ fn a_hold_is_reported_once_per_change_of_its_instances_and_outlives_the_cooldown
 }
 
 #[test]
-fn a_sync_range_whose_owner_is_its_replica_gets_no_failback_move() {
+fn a_replicated_range_whose_owner_is_its_replica_gets_no_failback_move() {
     use crate::api::cache_policy::Replication;
     use crate::operator::cache_policy::build::replicas::{ReplicaInputs, place_replicas};
     let publish = |spec: &crate::api::cache_policy::CachePolicySpec,
                    views: &[InstanceView],
-                   previous: Option<&RoutingTable>| {
+                   previous: Option<&RoutingTable>,
+                   swaps_held: bool| {
         let mut t = plan_routing("shop/shop", spec, views, previous)
             .table
             .unwrap();
@@ -1175,21 +1176,29 @@ fn a_sync_range_whose_owner_is_its_replica_gets_no_failback_move() {
                 previous,
                 moves: &[],
                 seeded: &[],
+                swaps_held,
             },
         );
         t
     };
-    for (mode, failback) in [(Replication::Sync, false), (Replication::Async, true)] {
+    // `Async` too, unless swaps are held (`redisfleet.io/rebalance: pause|cancel`): its table
+    // says `Sync` while the swap waits.
+    for (mode, held, failback) in [
+        (Replication::Sync, false, false),
+        (Replication::Sync, true, false),
+        (Replication::Async, false, false),
+        (Replication::Async, true, true),
+    ] {
         let mut spec = shop();
         for c in spec.categories.iter_mut().filter(|c| c.name == "auth") {
             c.replication = mode;
         }
-        let before = publish(&spec, &two(), None);
+        let before = publish(&spec, &two(), None, false);
         let mut down = two();
         down[0].phase = InstancePhase::Unreachable;
-        let during = publish(&spec, &down, Some(&before));
+        let during = publish(&spec, &down, Some(&before), false);
         // The primary is back: named auth's replica (seeding) in the table of its return.
-        let back = publish(&spec, &two(), Some(&during));
+        let back = publish(&spec, &two(), Some(&during), held);
         let moves = failback_moves(&back, &two());
         assert!(
             moves.iter().all(|m| m.to == "primary"),

@@ -24,8 +24,22 @@ pub fn publish(
     previous: Option<&RoutingTable>,
     seeded: &[Seeded],
 ) -> RoutingTable {
-    // As the operator does: the swaps ready in `previous` (their servers fenced).
-    let swaps = previous.map_or_else(Vec::new, |p| ready_swaps(p, spec, instances, &[]));
+    publish_with(spec, instances, previous, seeded, false)
+}
+
+/// [`publish`], with swaps of roles held (`redisfleet.io/rebalance: pause|cancel`) when
+/// `swaps_held`.
+pub fn publish_with(
+    spec: &CachePolicySpec,
+    instances: &[InstanceView],
+    previous: Option<&RoutingTable>,
+    seeded: &[Seeded],
+    swaps_held: bool,
+) -> RoutingTable {
+    // As the operator does: the swaps ready in `previous` (their servers fenced), unless held.
+    let swaps = previous
+        .filter(|_| !swaps_held)
+        .map_or_else(Vec::new, |p| ready_swaps(p, spec, instances, &[]));
     let mut t = plan_routing_with(
         "shop/shop",
         spec,
@@ -36,7 +50,17 @@ pub fn publish(
     )
     .table
     .unwrap();
-    place(&mut t, spec, instances, previous, &[], seeded);
+    place_replicas(
+        &mut t,
+        &ReplicaInputs {
+            spec,
+            instances,
+            previous,
+            moves: &[],
+            seeded,
+            swaps_held,
+        },
+    );
     t.version = previous.map_or(1, |p| p.version + 1);
     t.validate().unwrap();
     t
@@ -58,6 +82,7 @@ pub fn place(
             previous,
             moves,
             seeded,
+            swaps_held: false,
         },
     );
 }

@@ -441,11 +441,25 @@ fn a_replica_that_lost_its_data_is_seeded_again() {
 /// Two instances, `auth` seeded on the secondary; the primary dies (the secondary serves auth)
 /// and comes back as auth's replica, not seeded yet: the table of its return.
 fn owner_back_of_two(spec: &CachePolicySpec) -> RoutingTable {
+    owner_back_of_two_with(spec, false)
+}
+
+/// [`owner_back_of_two`], with swaps held in the table of the primary's return when
+/// `swaps_held`.
+fn owner_back_of_two_with(spec: &CachePolicySpec, swaps_held: bool) -> RoutingTable {
     let first = publish(spec, &two(), None, &[]);
     let seeded = publish(spec, &two(), Some(&first), &all_seeded(&first));
     let down = phase(two(), "primary", InstancePhase::Unreachable);
     let during = publish(spec, &down, Some(&seeded), &[]);
-    publish(spec, &two(), Some(&during), &[])
+    publish_with(spec, &two(), Some(&during), &[], swaps_held)
+}
+
+/// The mode `t` has `auth` written in.
+fn auth_mode(t: &RoutingTable) -> ReplicationMode {
+    t.category("auth")
+        .and_then(|c| c.replication.as_ref())
+        .map(|r| r.mode)
+        .unwrap()
 }
 
 /// [`owner_back_of_two`], then the table that says the primary is seeded: the swap is ready.
@@ -990,17 +1004,49 @@ fn a_sync_failover_ends_by_swapping_roles_once_the_returned_owner_is_seeded() {
 }
 
 #[test]
-fn an_async_failover_or_one_whose_server_cannot_hold_the_replica_does_not_swap() {
-    // `Async`: the replica may lack results still on their way; the failback moves the data.
+fn an_async_failover_swaps_roles_with_its_category_sync_until_it_ends() {
     let spec = replicated(Replication::Async);
-    let (seeded, entry) = owner_seeded_of_two(&spec);
+    // The primary is back: the table writes auth `Sync` (an `Async` result on its way to the
+    // owner at the swap would be missing there), and names the owner its replica, seeding.
+    let back = owner_back_of_two(&spec);
+    assert_eq!(auth_mode(&back), ReplicationMode::Sync);
+    assert_eq!(replica_runs(&back, "auth"), [(0, 16383, "primary".into())]);
+    assert_eq!(seeding_runs(&back, "auth"), 1);
+    let entry = auth_entry(&back);
     assert_eq!(
-        owner_return(&seeded, &entry, &two(), &[]),
+        owner_return(&back, &entry, &two(), &[]),
+        OwnerReturn::Seeding
+    );
+    // Seeded: the swap is ready, and ends the entry; auth is `Async` again, the secondary
+    // its seeded replica.
+    let (seeded, entry) = owner_seeded_of_two(&spec);
+    assert_eq!(auth_mode(&seeded), ReplicationMode::Sync);
+    assert_eq!(
+        ready_swaps(&seeded, &spec, &two(), &[]),
+        std::slice::from_ref(&entry)
+    );
+    let swapped = publish(&spec, &two(), Some(&seeded), &[]);
+    assert!(!swapped.failover.iter().any(|f| f.category == "auth"));
+    assert_eq!(auth_mode(&swapped), ReplicationMode::Async);
+    assert_eq!(
+        replica_runs(&swapped, "auth"),
+        [(0, 16383, "secondary".into())]
+    );
+    assert_eq!(seeding_runs(&swapped, "auth"), 0);
+    assert_eq!(swapped_entries(&seeded, &swapped), [entry]);
+
+    // Swaps held (`redisfleet.io/rebalance: pause|cancel`): the category stays `Async`, and the
+    // range fails back by a move once they are not.
+    let held = owner_back_of_two_with(&spec, true);
+    assert_eq!(auth_mode(&held), ReplicationMode::Async);
+    assert_eq!(
+        owner_return(&held, &auth_entry(&held), &two(), &[]),
         OwnerReturn::Move
     );
-    let after = publish(&spec, &two(), Some(&seeded), &[]);
-    assert!(after.failover.iter().any(|f| f.category == "auth"));
+}
 
+#[test]
+fn a_failover_whose_server_cannot_hold_the_replica_does_not_swap() {
     // `Sync`, but the server turned `allkeys-*` (it could not keep the replica's copies), or
     // the owner drains: no swap either.
     let spec = replicated(Replication::Sync);
@@ -1106,9 +1152,10 @@ fn a_planned_failback_move_an_evicting_owner_or_a_replica_seeded_under_async_do_
     evicting[0].evicting_policy = Some("allkeys-lru".into());
     assert!(ready_swaps(&seeded, &spec, &evicting, &[]).is_empty());
     // Seeded while the category was `Async`, then switched to `Sync`: seeded again first.
+    // (Swaps held while it was `Async`, so its table said `Async`.)
     let async_spec = replicated(Replication::Async);
-    let back = owner_back_of_two(&async_spec);
-    let seeded_async = publish(&async_spec, &two(), Some(&back), &all_seeded(&back));
+    let back = owner_back_of_two_with(&async_spec, true);
+    let seeded_async = publish_with(&async_spec, &two(), Some(&back), &all_seeded(&back), true);
     assert_eq!(seeding_runs(&seeded_async, "auth"), 0);
     assert!(ready_swaps(&seeded_async, &spec, &two(), &[]).is_empty());
     let switched = publish(&spec, &two(), Some(&seeded_async), &[]);
