@@ -379,11 +379,29 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Drops, Vec<(usize, W
                 .get(&p.instance)
                 .map_or(0, |ranges| ranges.iter().map(|(_, r)| r.len()).sum())
         };
-        let window = tables.windows(2).find(|w| {
+        let position = tables.windows(2).position(|w| {
             w[1].at + 2_000_000_000 >= p.at
                 && (failed_over(&w[1].table) > failed_over(&w[0].table)
                     || migrating(&w[1].table) < migrating(&w[0].table)
                     || (w[1].at >= p.at && served(&w[1].table) < served(&w[0].table)))
+        });
+        let window = position.map(|i| &tables[i..i + 2]);
+        // Where the table before named the `async` category `Sync` (a range of it handed over,
+        // or failing back by swapping roles): since when the tables in a row did, plus the
+        // time sidecars take to load one. A write sent after that was acknowledged `Sync`, and
+        // must be on the replica whatever the sidecars reported.
+        let sync_since = position.and_then(|i| {
+            let sync = |t: &crate::fleet::Published| {
+                t.table
+                    .category(ASYNC_CATEGORY)
+                    .and_then(|c| c.replication.as_ref())
+                    .is_some_and(|r| r.mode == ReplicationMode::Sync)
+            };
+            let first = tables[..=i]
+                .iter()
+                .rposition(|t| !sync(t))
+                .map_or(0, |j| j + 1);
+            (first <= i).then(|| tables[first].at + TABLE_LOADED_NS)
         });
         let published = window.map(|w| (w[1].after, w[1].at));
         // A replicated key that the failover table serves from the replica the table before
@@ -462,6 +480,7 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Drops, Vec<(usize, W
                         start,
                         stands,
                         end: end.max(stands),
+                        sync_since,
                     },
                 ));
             }
@@ -579,7 +598,13 @@ struct Window {
     start: u64,
     stands: u64,
     end: u64,
+    /// Writes sent after this were acknowledged `Sync` (see `failover_drops`).
+    sync_since: Option<u64>,
 }
+
+/// How long after a table is seen published every sidecar surely routes by it (they watch the
+/// ConfigMap; a restarted one reads it first).
+const TABLE_LOADED_NS: u64 = 3_000_000_000;
 
 /// Some slack around the moments the harness reads, for the time between a sidecar's clock
 /// reading and a client's.
@@ -654,15 +679,18 @@ impl AtRisk {
         // The last write surely on the replica: acknowledged before the failover table could
         // be out (later ones may have run on the replica itself, after the reads that missed
         // an earlier one), and not at risk.
+        // A write acknowledged `Sync` is never at risk.
+        let at_risk =
+            |w: &Write| self.risky(w) && window.sync_since.is_none_or(|since| w.start <= since);
         let safe = before
             .iter()
-            .rposition(|w| w.outcome == Outcome::Ok && w.end < window.start && !self.risky(w));
+            .rposition(|w| w.outcome == Outcome::Ok && w.end < window.start && !at_risk(w));
         let after_safe = &before[safe.map_or(0, |i| i + 1)..];
         let risky = after_safe
             .iter()
-            .filter(|w| w.outcome == Outcome::Ok && self.risky(w))
+            .filter(|w| w.outcome == Outcome::Ok && at_risk(w))
             .count() as u64;
-        if !after_safe.iter().any(|w| self.risky(w)) {
+        if !after_safe.iter().any(|w| at_risk(w)) {
             return (Vec::new(), 0);
         }
         let revert = |after: State, expires| Write {
@@ -876,6 +904,12 @@ mod tests {
     /// Three writes, the last through sidecar 1; the replica takes the key over at 30–40 ms
     /// and a read at 60 ms finds the second write's value.
     fn taken_over(samples: &[ReplicationSample]) -> Report {
+        taken_over_since(samples, None)
+    }
+
+    /// [`taken_over`], the tables naming the category `Sync` for writes sent after
+    /// `sync_since` ms.
+    fn taken_over_since(samples: &[ReplicationSample], sync_since: Option<u64>) -> Report {
         let mut h = KeyHistory {
             writes: vec![set("v0", 0, 0), set("v1", 10, 0), set("v2", 20, 1)],
             reads: vec![read("v1", 60)],
@@ -884,6 +918,7 @@ mod tests {
             start: 30 * MS,
             stands: 40 * MS,
             end: 50 * MS,
+            sync_since: sync_since.map(|ms| ms * MS),
         };
         let (reverts, _) = AtRisk::reported(samples).reverts(&h.writes, &window);
         for r in reverts {
@@ -904,6 +939,13 @@ mod tests {
         let r = taken_over(&reported);
         assert!(r.clean(), "{r}: {:?}", r.examples);
         assert_eq!(r.failover_drops, 1, "{r}");
+        // Sent once the tables named the category `Sync` (a handover, a swap of roles under
+        // way): acknowledged `Sync`, so the replica must have it, failure reported or not.
+        let r = taken_over_since(&reported, Some(15));
+        assert_eq!(r.lost_writes, 1, "{r}");
+        // Sent before: at risk as before.
+        let r = taken_over_since(&reported, Some(25));
+        assert!(r.clean(), "{r}: {:?}", r.examples);
     }
 
     #[test]
@@ -934,6 +976,7 @@ mod tests {
             start: 30 * MS,
             stands: 40 * MS,
             end: 50 * MS,
+            sync_since: None,
         };
         let reported = [
             sample(1, 15, 0),

@@ -451,7 +451,7 @@ pub fn failback_moves(table: &RoutingTable, views: &[InstanceView]) -> Vec<Move>
         // A handover ends by swapping roles or is given back to its source
         // (`build::handovers`), never by a move into its target.
         .filter(|f| !f.handover)
-        // A `Sync` range whose owner is named its replica ends by swapping roles once the
+        // A replicated range whose owner is named its replica ends by swapping roles once the
         // owner is seeded (`build`): no data moves, and the range never goes without a copy.
         .filter(|f| build::replicas::owner_return(table, f, views, &[]) == OwnerReturn::Move)
         .map(|f| Move {

@@ -132,24 +132,43 @@ pub fn place_replicas(table: &mut RoutingTable, inputs: &ReplicaInputs<'_>) {
     }
 }
 
-/// Whether a failed-over range of `category` in `table` has its owner back, able to swap roles
-/// with the instance serving it ([`may_swap`]; the outgoing replica as `inputs.previous`
-/// names it), while swaps may go ahead.
+/// Whether a failed-over range of `category` in `table` has its owner back, about to be named
+/// its replica to swap roles (`place_category`'s rule for `Sync`): the owner owns the whole
+/// range (the build ends the entry only then) and may hold a replica while it seeds, and the
+/// two may swap ([`may_swap`], with the keeper placement would keep: the outgoing replica,
+/// else the seeded one, as `inputs.previous` names them) — while swaps may go ahead.
 fn owner_back(table: &RoutingTable, category: &str, inputs: &ReplicaInputs<'_>) -> bool {
-    !inputs.swaps_held
-        && table
-            .failover
-            .iter()
-            .filter(|f| !f.handover && f.category == category)
-            .any(|f| {
-                may_swap(
-                    inputs.previous.unwrap_or(table),
-                    table,
-                    f,
-                    inputs.instances,
-                    inputs.moves,
-                )
-            })
+    if inputs.swaps_held {
+        return false;
+    }
+    let owners = table
+        .category(category)
+        .map(|c| c.owners())
+        .unwrap_or_default();
+    let placed = inputs.previous.unwrap_or(table);
+    let outgoing = outgoing_of(placed, category);
+    let replicas = replicas_of(placed, category);
+    let seeded_copy = |s: usize| {
+        outgoing[s].or(match replicas[s] {
+            (Some(r), false) => Some(r),
+            _ => None,
+        })
+    };
+    table
+        .failover
+        .iter()
+        .filter(|f| !f.handover && f.category == category)
+        .any(|f| {
+            let range = usize::from(f.start)..=usize::from(f.end);
+            owners
+                .get(range)
+                .is_some_and(|o| o.iter().all(|o| *o == f.from))
+                && inputs
+                    .instances
+                    .iter()
+                    .any(|v| v.name == f.from && v.may_hold_replicas())
+                && may_swap(seeded_copy, table, f, inputs.instances, inputs.moves)
+        })
 }
 
 /// Whether `table` hands a range of `category` over (a failover entry marked `handover`).
@@ -238,7 +257,8 @@ pub enum OwnerReturn {
     /// follows once it is seeded.
     Seeding,
     /// By a failback move (rebalancing on), which leaves the range without a replica while it
-    /// moves and until its replica is seeded again, or not at all (rebalancing off).
+    /// moves and until its replica is seeded again, or not at all (rebalancing off) — for a
+    /// range whose owner and server cannot swap.
     Move,
 }
 
@@ -261,7 +281,9 @@ pub fn owner_return(
         .category(&entry.category)
         .and_then(|c| c.replication.as_ref())
         .is_some_and(|r| r.mode == ReplicationMode::Sync);
-    if !sync || !may_swap(table, table, entry, views, moves) {
+    // The outgoing replica beside the owner is the keeper.
+    let outgoing = outgoing_of(table, &entry.category);
+    if !sync || !may_swap(|s| outgoing[s], table, entry, views, moves) {
         return OwnerReturn::Move;
     }
     let replicas = replicas_of(table, &entry.category);
@@ -280,11 +302,11 @@ pub fn owner_return(
 }
 
 /// [`owner_return`]'s conditions on the instances and the moves, whatever the mode: `entry`'s
-/// owner and server may swap roles ([`swappable`]; the keeper is the outgoing replica `placed`
-/// names over the whole range), and no migration of the range is published in `table` or
-/// planned in `moves`.
-fn may_swap(
-    placed: &RoutingTable,
+/// owner and server may swap roles ([`swappable`]; the keeper is the instance `copy` names
+/// for every slot of the range, neither end), and no migration of the range is published in
+/// `table` or planned in `moves`.
+fn may_swap<'t>(
+    copy: impl Fn(usize) -> Option<&'t str>,
     table: &RoutingTable,
     entry: &Failover,
     views: &[InstanceView],
@@ -294,14 +316,9 @@ fn may_swap(
     let (Some(owner), Some(server)) = (view(&entry.from), view(&entry.to)) else {
         return false;
     };
-    // The outgoing replica of the whole range, if one instance is.
-    let outgoing = outgoing_of(placed, &entry.category);
-    let keeper = outgoing
-        .get(usize::from(entry.start))
-        .copied()
-        .flatten()
+    let keeper = copy(usize::from(entry.start))
         .filter(|k| {
-            (entry.start..=entry.end).all(|s| outgoing.get(usize::from(s)) == Some(&Some(*k)))
+            (entry.start..=entry.end).all(|s| copy(usize::from(s)) == Some(*k))
                 && *k != entry.from
                 && *k != entry.to
         })
@@ -338,8 +355,8 @@ pub(super) fn swappable(
 }
 
 /// The failover entries of `previous` ready to end by swapping roles now
-/// ([`OwnerReturn::Swap`]), for a policy whose `spec` still asks `Sync` of their category
-/// (or, for a handover, still replicates it);
+/// ([`OwnerReturn::Swap`]), for a policy whose `spec` still replicates their category (an
+/// `Async` one is `Sync` in the table while a swap of it waits: [`place_replicas`]);
 /// `moves` are those of the plan under way. The operator fences each one's server on itself
 /// before it builds the table that ends it, and builds it only with the swaps so fenced.
 pub fn ready_swaps(
@@ -572,7 +589,8 @@ fn place_category(
                     continue;
                 }
             }
-            // A failed-over slot of a `Sync` category whose owner is back: the owner becomes
+            // A failed-over slot of a `Sync` category whose owner is back (an `Async` one is
+            // `Sync` in this table while that is so: `owner_back`): the owner becomes
             // its replica (seeded from the server, the stable replica staying on as the
             // outgoing one meanwhile), so that the failover can end by swapping roles rather
             // than by a failback move, which would leave the range without a replica.

@@ -1035,6 +1035,22 @@ fn an_async_failover_swaps_roles_with_its_category_sync_until_it_ends() {
     assert_eq!(seeding_runs(&swapped, "auth"), 0);
     assert_eq!(swapped_entries(&seeded, &swapped), [entry]);
 
+    // Rebalancing off, and a hot instance joins: placement gives part of the range to it, so
+    // the entry cannot end by a swap (the owner does not keep the whole range) — the category
+    // stays `Async` rather than `Sync` for as long as that lasts.
+    let mut off = spec.clone();
+    off.balancing.rebalance.enabled = false;
+    let mut three = two();
+    three.push(view("hot-2", "hot", InstancePhase::Ready, 30));
+    let split = publish(&off, &three, Some(&back), &[]);
+    let owners = split.category("auth").unwrap().owners();
+    let entry = auth_entry(&split);
+    assert!(
+        (entry.start..=entry.end).any(|s| owners[usize::from(s)] != entry.from),
+        "placement kept the whole range on the owner: the case is not made"
+    );
+    assert_eq!(auth_mode(&split), ReplicationMode::Async);
+
     // Swaps held (`redisfleet.io/rebalance: pause|cancel`): the category stays `Async`, and the
     // range fails back by a move once they are not.
     let held = owner_back_of_two_with(&spec, true);
