@@ -147,9 +147,10 @@ pub fn hand_over(table: &mut RoutingTable, m: &Move) -> bool {
 /// data), or — `go_on` false — rebalancing was turned off or cancelled
 /// (`redisfleet.io/rebalance: cancel`). While `paused` (`redisfleet.io/rebalance: pause`, which
 /// holds every swap), the handovers of `Async` categories are given back too: a handover keeps
-/// its category written `Sync`, and a pause may last. The source owns the range again and the entry goes: no
-/// data moves, since the source served the range throughout, and the range's replica stays
-/// (`replicas::place_category` keeps the outgoing one). Returns the entries given back.
+/// its category written `Sync`, and a pause may last. The source owns the range again and the
+/// entry goes: no data moves, since the source served the range throughout, and the range's
+/// replica stays (`replicas::place_category` keeps the outgoing one). Returns the entries
+/// given back.
 pub fn give_back_stalled(
     table: &mut RoutingTable,
     previous: Option<&RoutingTable>,
