@@ -2405,17 +2405,23 @@ async fn start_straggler(shop: &Shop) -> Sidecar {
     straggler
 }
 
+/// Whether `t` has a handover entry of `auth` that `which` accepts.
+fn auth_handover(
+    t: &RoutingTable,
+    which: impl Fn(&redis_fleet::routing::table::Failover) -> bool,
+) -> bool {
+    t.failover
+        .iter()
+        .any(|f| f.category == "auth" && f.handover && which(f))
+}
+
 /// Waits (two minutes at most) for a table that hands part of `auth` over to the tertiary.
 async fn wait_handed_to_tertiary(shop: &Shop) -> RoutingTable {
     wait_until_table(
         shop,
         "part of auth handed over to the tertiary",
         Duration::from_secs(120),
-        |t| {
-            t.failover
-                .iter()
-                .any(|f| f.category == "auth" && f.handover && f.from == "tertiary")
-        },
+        |t| auth_handover(t, |f| f.from == "tertiary"),
     )
     .await
 }
@@ -2664,9 +2670,7 @@ async fn a_sidecar_stuck_on_an_old_table_holds_a_handover_back_only_until_the_co
 
 /// Whether `t` hands a range of `auth` over.
 fn hands_auth_over(t: &RoutingTable) -> bool {
-    t.failover
-        .iter()
-        .any(|f| f.category == "auth" && f.handover)
+    auth_handover(t, |_| true)
 }
 
 /// Issue 14 item 4 for handovers: `redisfleet.io/rebalance: pause` starts none, and `cancel`
@@ -2865,11 +2869,7 @@ async fn a_drained_owners_sync_range_is_handed_over_and_survives_its_new_owners_
         &shop,
         "the primary's auth handed over",
         Duration::from_secs(120),
-        |t| {
-            t.failover
-                .iter()
-                .any(|f| f.category == "auth" && f.handover && f.to == "primary")
-        },
+        |t| auth_handover(t, |f| f.to == "primary"),
     )
     .await;
     let moved = wait_until_table(

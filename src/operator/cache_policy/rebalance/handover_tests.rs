@@ -164,14 +164,6 @@ fn a_sync_move_is_handed_over_with_two_full_copies_throughout() {
     assert!(under_way(&swapped).is_none());
 }
 
-/// The mode `auth` is written in by `t`.
-fn auth_mode(t: &RoutingTable) -> ReplicationMode {
-    t.category("auth")
-        .and_then(|c| c.replication.as_ref())
-        .map(|r| r.mode)
-        .unwrap()
-}
-
 #[test]
 fn an_async_move_is_handed_over_with_its_writes_sync_while_it_lasts() {
     let (spec, three, before) = replicated_on_secondary_of_three_as(Replication::Async);

@@ -177,6 +177,14 @@ pub fn replicated_on_secondary_of_three_as(
     (spec, three, seeded)
 }
 
+/// The mode `t` has `auth` written in.
+pub fn auth_mode(t: &RoutingTable) -> ReplicationMode {
+    t.category("auth")
+        .and_then(|c| c.replication.as_ref())
+        .map(|r| r.mode)
+        .unwrap()
+}
+
 /// `views` with `name` changed by `f`.
 pub fn with(
     views: &[InstanceView],

@@ -454,14 +454,6 @@ fn owner_back_of_two_with(spec: &CachePolicySpec, swaps_held: bool) -> RoutingTa
     publish_with(spec, &two(), Some(&during), &[], swaps_held)
 }
 
-/// The mode `t` has `auth` written in.
-fn auth_mode(t: &RoutingTable) -> ReplicationMode {
-    t.category("auth")
-        .and_then(|c| c.replication.as_ref())
-        .map(|r| r.mode)
-        .unwrap()
-}
-
 /// [`owner_back_of_two`], then the table that says the primary is seeded: the swap is ready.
 /// With `auth`'s failover entry.
 fn owner_seeded_of_two(spec: &CachePolicySpec) -> (RoutingTable, Failover) {
