@@ -9,9 +9,17 @@ use crate::redis::protocol::mover::{self, MoveError, Restore, Restored, Taken};
 
 use super::{BIG_VALUE_BYTES, Error, Instance};
 
-/// Keys per take script call: a call holds its Redis for about this many keys' work (well
-/// under a millisecond for small values).
+/// Keys per take or restore script call: a call holds its Redis for about this many keys' work
+/// (a few hundred microseconds for small values).
 const KEYS_PER_SCRIPT: usize = 64;
+
+/// Keys per take or restore script call once some sidecar sends the moving instances traffic
+/// (`pacing: Adaptive`, [`Batcher::gentle`]): an application command that arrives during a call
+/// waits until it ends, so beside traffic a call holds its Redis a quarter as long.
+const GENTLE_KEYS_PER_SCRIPT: usize = 16;
+
+/// Tombstones one finish script call deletes, per key of a take or restore call.
+const FINISHED_PER_KEY_TAKEN: usize = 4;
 
 /// DUMP bytes one take call may return: with [`BATCHES_IN_FLIGHT`] batches of a few calls
 /// each, the Job holds at most a few dozen MiB of values at a time, whatever their size.
@@ -19,7 +27,8 @@ const TAKE_BUDGET: u64 = 2 << 20;
 
 /// Take and restore scripts the bulk copy has under way on one instance at a time: an
 /// application's command there waits behind at most these (each a few hundred microseconds of
-/// the server's time), not behind every batch in flight.
+/// the server's time), not behind every batch in flight. A gentle batch's call takes every
+/// turn: beside traffic a command waits behind one call at most.
 pub(super) const SCRIPTS_AT_ONCE: usize = 2;
 
 /// Batches moving at once: the source takes the next ones while the target restores earlier
@@ -40,6 +49,9 @@ pub(super) struct Batcher {
     /// Takes and restores wait for their turn ([`SCRIPTS_AT_ONCE`]): the bulk copy. Keys a
     /// sidecar waits for, and the few left over, go past the queue.
     pub(super) queued: bool,
+    /// Some sidecar sends the moving instances traffic (`pacing: Adaptive`): script calls of
+    /// [`GENTLE_KEYS_PER_SCRIPT`] keys, and a queued one takes every turn.
+    pub(super) gentle: bool,
 }
 
 /// The keys the copy's batches have under way. Another move of the same key meanwhile (the
@@ -112,6 +124,24 @@ pub(super) fn move_error(key: &[u8], source: MoveError) -> Error {
 }
 
 impl Batcher {
+    /// Keys per take or restore script call.
+    fn keys_per_script(&self) -> usize {
+        if self.gentle {
+            GENTLE_KEYS_PER_SCRIPT
+        } else {
+            KEYS_PER_SCRIPT
+        }
+    }
+
+    /// The turns ([`SCRIPTS_AT_ONCE`]) a queued call waits for.
+    fn turns(&self) -> u32 {
+        if self.gentle {
+            SCRIPTS_AT_ONCE as u32
+        } else {
+            1
+        }
+    }
+
     /// Moves a batch: takes every key out of the source (into its tombstone), restores them
     /// on the target (a key the target has already stays as it is there), finishes the moves.
     pub(super) async fn move_batch(self, keys: Vec<Bytes>) -> Result<BatchOutcome, Error> {
@@ -129,15 +159,16 @@ impl Batcher {
 
     async fn run(&self, keys: &[Bytes]) -> Result<BatchOutcome, Error> {
         let first = keys.first().cloned().unwrap_or_default();
+        let (per_call, turns) = (self.keys_per_script(), self.turns());
         // 1. Take them out of the source: concurrent calls, pipelined on the connection.
-        let calls = keys.chunks(KEYS_PER_SCRIPT).map(|chunk| {
+        let calls = keys.chunks(per_call).map(|chunk| {
             let mut conn = self.from.data.clone();
             let scripts = self.queued.then(|| self.from.scripts.clone());
             let mover = self.mover.clone();
             let groups = self.groups.clone();
             async move {
                 let _turn = match &scripts {
-                    Some(s) => s.acquire().await.ok(),
+                    Some(s) => s.acquire_many(turns).await.ok(),
                     None => None,
                 };
                 mover
@@ -166,13 +197,13 @@ impl Batcher {
             }
         }
         // 2. Restore on the target.
-        let calls = restores.chunks(KEYS_PER_SCRIPT).map(|group| {
+        let calls = restores.chunks(per_call).map(|group| {
             let mut conn = self.to.data.clone();
             let scripts = self.queued.then(|| self.to.scripts.clone());
             let mover = self.mover.clone();
             async move {
                 let _turn = match &scripts {
-                    Some(s) => s.acquire().await.ok(),
+                    Some(s) => s.acquire_many(turns).await.ok(),
                     None => None,
                 };
                 (group, mover.restore(&mut conn, group).await)
@@ -201,7 +232,7 @@ impl Batcher {
         let mut conn = self.from.data.clone();
         // 3. Finish on the source, without waiting for a turn: deleting tombstones is cheap,
         //    and the keys are in transit (commands on them wait) until it is done.
-        for group in finish.chunks(KEYS_PER_SCRIPT * 4) {
+        for group in finish.chunks(per_call * FINISHED_PER_KEY_TAKEN) {
             self.mover
                 .finish(&mut conn, group)
                 .await

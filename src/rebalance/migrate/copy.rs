@@ -256,7 +256,9 @@ impl Job {
                         continue;
                     }
                     self.launched += chunk.len() as u64;
-                    let batcher = batcher.clone();
+                    let mut batcher = batcher.clone();
+                    // Traffic may have come since the step began.
+                    batcher.gentle = self.beside_traffic();
                     // A task of its own: a batch holds keys in transit, so it runs to the end
                     // while the Job paces, checkpoints or reports.
                     in_flight.push_back(tokio::spawn(async move {
@@ -635,6 +637,7 @@ impl Job {
             in_transit: self.in_transit.clone(),
             groups: self.group_prefix(),
             queued,
+            gentle: self.beside_traffic(),
         })
     }
 
