@@ -392,11 +392,18 @@ async fn main() {
         let before = (quiet, Instant::now());
         fill(&legacy, filled, gentle_keys).await;
         filled += gentle_keys;
+        let servers = [
+            ("legacy", &legacy),
+            ("primary", &primary),
+            ("secondary", &secondary),
+        ];
+        slowlog_start(&servers).await;
         let pausing = tokio::spawn(pause_cycles(policies.clone(), after));
         let drain = follow(&policies, &node, after, 600).await;
         stop.store(true, Ordering::Relaxed);
         let (latencies, errors) = traffic.await.unwrap();
         let paused = pausing.await.unwrap();
+        let slow = slowlog_report(&servers).await;
         assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
         dump(
             &label.replace(' ', "-").replace('µ', "u"),
@@ -406,7 +413,7 @@ async fn main() {
         );
         after = drain.done.plan_id;
         drains.push(Drain::new(
-            label, drain, &latencies, errors, before, &paused,
+            label, drain, &latencies, errors, before, &paused, slow,
         ));
     }
 
@@ -530,6 +537,13 @@ async fn main() {
         }
         println!();
     }
+    println!("commands that held an instance {SLOW_MICROS} µs or more during each drain (SLOWLOG)");
+    for d in &drains {
+        println!("  pacing: {}", d.pacing);
+        for line in &d.slow {
+            println!("    {line}");
+        }
+    }
 }
 
 /// One drain under foreground traffic: its pacing, the traffic's latencies just before it,
@@ -548,6 +562,8 @@ struct Drain {
     pauses: usize,
     errors: u64,
     rate: f64,
+    /// What held each instance [`SLOW_MICROS`] or more during the drain (copying and paused).
+    slow: Vec<String>,
 }
 
 impl Drain {
@@ -558,6 +574,7 @@ impl Drain {
         errors: u64,
         before: (Instant, Instant),
         paused: &[(Instant, Instant)],
+        slow: Vec<String>,
     ) -> Self {
         let copy = (drain.copying.0, drain.copied.0);
         let quiet = sorted_within(latencies, &[before], &[]);
@@ -576,6 +593,7 @@ impl Drain {
             pauses: paused.len(),
             errors,
             rate: (drain.copied.1 - drain.copying.1) as f64 / secs.max(0.001),
+            slow,
         }
     }
 }
@@ -635,6 +653,106 @@ fn sorted_within(
         .collect();
     out.sort_unstable();
     out
+}
+
+/// Commands that hold an instance at least this long are recorded during the paced drains
+/// (`SLOWLOG`): what the foreground waited behind.
+const SLOW_MICROS: u64 = 100;
+
+/// Clears `servers`' slow logs and records every command from [`SLOW_MICROS`] on.
+async fn slowlog_start(servers: &[(&str, &RedisServer)]) {
+    for (_, server) in servers {
+        let mut c = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::pipe()
+            .cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg(SLOW_MICROS)
+            .arg("slowlog-max-len")
+            .arg(100_000)
+            .ignore()
+            .cmd("SLOWLOG")
+            .arg("RESET")
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    }
+}
+
+/// What `servers` recorded since [`slowlog_start`], one line each: per kind of command (a
+/// script by its first key's `redisfleet:<kind>` prefix, or `app key`), how many took
+/// [`SLOW_MICROS`] or more, their median and the longest, µs; most frequent first.
+async fn slowlog_report(servers: &[(&str, &RedisServer)]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (name, server) in servers {
+        let mut c = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let mut kinds: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+        for entry in entries {
+            let redis::Value::Array(fields) = entry else {
+                continue;
+            };
+            let (Some(redis::Value::Int(micros)), Some(redis::Value::Array(args))) =
+                (fields.get(2), fields.get(3))
+            else {
+                continue;
+            };
+            let text = |v: &redis::Value| match v {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            };
+            let command = args.first().map(text).unwrap_or_default().to_uppercase();
+            let kind = if command.starts_with("EVAL") || command == "FCALL" {
+                let key = args.get(3).map(text).unwrap_or_default();
+                let what = match key.strip_prefix("redisfleet:") {
+                    Some(rest) => format!("redisfleet:{}", rest.split(':').next().unwrap_or("")),
+                    None => "app key".to_owned(),
+                };
+                format!("{command} {what}")
+            } else {
+                command
+            };
+            kinds.entry(kind).or_default().push(*micros as u64);
+        }
+        let mut kinds: Vec<(String, Vec<u64>)> = kinds.into_iter().collect();
+        kinds.sort_by_key(|(_, l)| std::cmp::Reverse(l.len()));
+        let summary: Vec<String> = kinds
+            .iter_mut()
+            .take(4)
+            .map(|(kind, l)| {
+                l.sort_unstable();
+                format!(
+                    "{kind} {}× (median {}, max {})",
+                    l.len(),
+                    percentile(l, 0.5),
+                    l[l.len() - 1]
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "{name}: {}",
+            if summary.is_empty() {
+                "none".to_owned()
+            } else {
+                summary.join("; ")
+            }
+        ));
+    }
+    lines
 }
 
 /// Sets the policy's `pacing` (`Adaptive` or `Fixed`) and `latencyHeadroomMicroseconds`.
