@@ -139,6 +139,8 @@ struct Instance {
     data: MultiplexedConnection,
     /// Move scripts under way on `data` (see [`batch::SCRIPTS_AT_ONCE`]).
     scripts: Arc<Semaphore>,
+    /// The slot group states this attempt's takes marked moving here.
+    marked: batch::MarkedGroups,
 }
 
 impl Instance {
@@ -451,6 +453,7 @@ impl Job {
                 conn,
                 data,
                 scripts: Arc::new(Semaphore::new(batch::SCRIPTS_AT_ONCE)),
+                marked: batch::MarkedGroups::default(),
             };
             instances.insert(name.clone(), instance);
         }

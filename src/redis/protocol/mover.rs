@@ -446,18 +446,29 @@ impl Mover {
         dump_limit: u64,
         budget: u64,
     ) -> Result<Vec<Taken>, MoveError> {
+        let states = names::slot_group_states_of(groups, keys);
+        self.take_marking(conn, keys, &states, dump_limit, budget)
+            .await
+    }
+
+    /// [`Mover::take`], marking group states `states` moving first: those of `keys`' groups
+    /// that may not be marked yet (a state only moves forward, absent → moving → moved, so one
+    /// an earlier take of this attempt marked needs no second mark; a source that lost its data
+    /// since fails the token check before anything is taken).
+    pub async fn take_marking(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        keys: &[Bytes],
+        states: &[Bytes],
+        dump_limit: u64,
+        budget: u64,
+    ) -> Result<Vec<Taken>, MoveError> {
         let mut call = TAKE.prepare_invoke();
         call.key(names::mover(&self.policy));
         for k in keys {
             call.key(k.as_ref()).key(names::tomb(k).as_ref());
         }
-        let mut states: Vec<Bytes> = keys
-            .iter()
-            .map(|k| names::slot_group_of_key(groups, k))
-            .collect();
-        states.sort();
-        states.dedup();
-        for g in &states {
+        for g in states {
             call.key(g.as_ref());
         }
         call.arg(self.token)

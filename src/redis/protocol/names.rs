@@ -104,6 +104,21 @@ pub fn slot_group_of_key(prefix: &str, key: &[u8]) -> Bytes {
     Bytes::from(format!("{prefix}{}", group_of(slot)))
 }
 
+/// The group state keys of `keys`' slots, from [`slot_group_prefix`]: each once, sorted by
+/// group.
+pub fn slot_group_states_of(prefix: &str, keys: &[Bytes]) -> Vec<Bytes> {
+    let mut groups: Vec<u16> = keys
+        .iter()
+        .map(|k| group_of(crate::routing::slots::key_slot(k)))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+        .into_iter()
+        .map(|g| Bytes::from(format!("{prefix}{g}")))
+        .collect()
+}
+
 /// String, on a move's source: the state of every group of plan `epoch` at once —
 /// [`GROUPS_OPEN`] (the Job keeps the groups' states: set before the source imports; absent,
 /// a script decides by its declared keys, as a Job of an older version leaves it),
