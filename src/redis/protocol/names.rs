@@ -285,6 +285,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_group_states_of_keys_name_each_group_once() {
+        let prefix = "redisfleet:group:shop/shop:7:";
+        // `{a}x` and `{a}y` share a slot; `b` lies in another group.
+        let keys: Vec<Bytes> = ["{a}x", "b", "{a}y"]
+            .iter()
+            .map(|k| Bytes::from_static(k.as_bytes()))
+            .collect();
+        let mut each: Vec<Bytes> = keys.iter().map(|k| slot_group_of_key(prefix, k)).collect();
+        each.sort_by_key(|s| {
+            std::str::from_utf8(&s[prefix.len()..])
+                .unwrap()
+                .parse::<u16>()
+                .unwrap()
+        });
+        each.dedup();
+        assert_eq!(each.len(), 2);
+        assert_eq!(slot_group_states_of(prefix, &keys), each);
+        assert!(slot_group_states_of(prefix, &[]).is_empty());
+    }
+
+    #[test]
     fn connection_names_round_trip() {
         let n = connection_name("shop/shop", "app-7d9 c", 42);
         assert_eq!(n, "redisfleet:shop/shop:app-7d9_c:v42");
