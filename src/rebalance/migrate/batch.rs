@@ -55,18 +55,28 @@ pub(super) struct Batcher {
     pub(super) gentle: bool,
 }
 
+/// A set of names the Job's tasks share.
+#[derive(Clone, Default)]
+struct SharedSet(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Bytes>>>);
+
+impl SharedSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Bytes>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The slot group states this attempt's take calls have marked moving on one source: a later
 /// take leaves them out ([`mover::Mover::take_marking`]). Without it a take of 64 keys named
 /// some 60 groups, marked again by every call after the first: about one call in seven of the
 /// take script's.
 #[derive(Clone, Default)]
-pub(super) struct MarkedGroups(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Bytes>>>);
+pub(super) struct MarkedGroups(SharedSet);
 
 impl MarkedGroups {
     fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Bytes>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.lock()
     }
 
     /// Those of `states` no take of this attempt has marked.
@@ -89,13 +99,11 @@ impl MarkedGroups {
 /// registered when the copy launches it and leave when the batch ends, except those left in
 /// their tombstones for a piecewise copy, which leave once it is done (`Job::settle`).
 #[derive(Clone, Default)]
-pub(super) struct InTransit(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Bytes>>>);
+pub(super) struct InTransit(SharedSet);
 
 impl InTransit {
     fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Bytes>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.lock()
     }
 
     /// Registers the keys of `keys` that no batch has under way yet (a batch about to be
