@@ -114,6 +114,16 @@ impl Job {
             .is_some_and(super::pacing::Pacing::beside_traffic)
     }
 
+    /// Whether the copy's move scripts go gently (small, one at a time: `batch.rs`): while
+    /// some sidecar sends the moving instances traffic (`pacing: Adaptive`). Unlike
+    /// [`Job::beside_traffic`], not for the rest of the Job once one did: small scripts cap a
+    /// copy at 16 keys per round trip to a source.
+    fn copies_gently(&self) -> bool {
+        self.pacing
+            .as_ref()
+            .is_some_and(super::pacing::Pacing::hears_traffic)
+    }
+
     /// Keys each `SCAN` page of the copy asks for: fewer once some sidecar has sent the moving
     /// instances traffic during this Job (`pacing: Adaptive`), so that a page holds a source
     /// for about a tenth of a millisecond, not one (a command that arrives meanwhile waits
@@ -257,8 +267,8 @@ impl Job {
                     }
                     self.launched += chunk.len() as u64;
                     let mut batcher = batcher.clone();
-                    // Traffic may have come since the step began.
-                    batcher.gentle = self.beside_traffic();
+                    // Traffic may have come, or gone, since the step began.
+                    batcher.gentle = self.copies_gently();
                     // A task of its own: a batch holds keys in transit, so it runs to the end
                     // while the Job paces, checkpoints or reports.
                     in_flight.push_back(tokio::spawn(async move {
@@ -637,7 +647,7 @@ impl Job {
             in_transit: self.in_transit.clone(),
             groups: self.group_prefix(),
             queued,
-            gentle: self.beside_traffic(),
+            gentle: self.copies_gently(),
         })
     }
 

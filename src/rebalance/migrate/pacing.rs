@@ -51,6 +51,8 @@ pub struct Pacing {
     headroom_micros: u64,
     /// What is known of each (sidecar, instance).
     pairs: HashMap<(String, String), Pair>,
+    /// The newest round had a report that counts: some sidecar sends traffic now.
+    hears_traffic: bool,
 }
 
 /// One sidecar's view of one instance.
@@ -99,6 +101,7 @@ impl Pacing {
             rate: ceiling,
             headroom_micros,
             pairs: HashMap::new(),
+            hears_traffic: false,
         }
     }
 
@@ -123,6 +126,13 @@ impl Pacing {
         !self.pairs.is_empty()
     }
 
+    /// Whether the newest round of reports had one that counts: some sidecar sends a moving
+    /// instance traffic now (a sidecar that stops sending any reports nothing from its next
+    /// heartbeat on). The copy's scripts are small while it does.
+    pub fn hears_traffic(&self) -> bool {
+        self.hears_traffic
+    }
+
     /// The copy resumes after a pause: beside traffic it starts again gently.
     pub fn resume(&mut self) {
         if !self.pairs.is_empty() {
@@ -142,10 +152,12 @@ impl Pacing {
         let (mut fresh, mut stale, mut newcomer) = (0, 0, false);
         let at_floor = self.rate <= self.floor();
         let headroom = self.headroom_micros;
+        self.hears_traffic = false;
         for (sidecar, instance, StampedReport { report, at_ms }) in reports {
             if report.requests < MIN_REQUESTS {
                 continue;
             }
+            self.hears_traffic = true;
             let key = (sidecar.to_owned(), instance.to_owned());
             let Some(pair) = self.pairs.get_mut(&key) else {
                 // First seen: its report is its baseline; judged from its next one.
@@ -333,6 +345,23 @@ mod tests {
         fn rate(&self) -> f64 {
             self.p.rate()
         }
+    }
+
+    #[test]
+    fn traffic_is_heard_while_a_round_has_a_report_that_counts() {
+        let mut r = Rounds::new(60_000);
+        assert!(!r.p.hears_traffic());
+        r.round(&[("s1", "a", 400, 2_000)], false);
+        assert!(r.p.hears_traffic() && r.p.beside_traffic());
+        // Too few replies to count.
+        r.round(&[("s1", "a", 400, MIN_REQUESTS - 1)], true);
+        assert!(!r.p.hears_traffic());
+        r.round(&[("s1", "a", 400, 2_000)], true);
+        assert!(r.p.hears_traffic());
+        // The sidecar stopped sending traffic: its report went. The scans stay gentle for the
+        // rest of the Job; the scripts need not.
+        r.round(&[], true);
+        assert!(!r.p.hears_traffic() && r.p.beside_traffic());
     }
 
     fn slowed(a: Adjustment) -> Over {
