@@ -19,6 +19,11 @@ const KEYS_PER_SCRIPT: usize = 64;
 /// waits until it ends, so beside traffic a call holds its Redis a quarter as long.
 const GENTLE_KEYS_PER_SCRIPT: usize = 16;
 
+/// Keys per batch of the copy while its scripts are gentle: a gentle batch's calls run one
+/// after another, and its first keys stay in transit (their clients wait) until its last
+/// restore lands, so it holds four calls, not a `batchSize` of them.
+pub(super) const GENTLE_BATCH_KEYS: usize = 4 * GENTLE_KEYS_PER_SCRIPT;
+
 /// Tombstones one finish script call deletes, per key of a take or restore call.
 const FINISHED_PER_KEY_TAKEN: usize = 4;
 
@@ -29,7 +34,8 @@ const TAKE_BUDGET: u64 = 2 << 20;
 /// Take and restore scripts the bulk copy has under way on one instance at a time: an
 /// application's command there waits behind at most these (each a few hundred microseconds of
 /// the server's time), not behind every batch in flight. A gentle batch's call takes every
-/// turn: beside traffic a command waits behind one call at most.
+/// turn: beside traffic a command waits behind one take or restore call at most (finish calls,
+/// and the calls of keys a sidecar waits for, wait for no turn).
 pub(super) const SCRIPTS_AT_ONCE: usize = 2;
 
 /// Batches moving at once: the source takes the next ones while the target restores earlier
@@ -68,7 +74,10 @@ impl SharedSet {
 }
 
 /// The slot group states this attempt's take calls have marked moving on one source: a later
-/// take leaves them out ([`mover::Mover::take_marking`]). Without it a take of 64 keys named
+/// take leaves them out ([`mover::Mover::take_marking`]). Sound because a state only moves
+/// forward and this plan's are deleted only at its own cleanup, and because the Job's
+/// connections never reconnect: a source that restarts (or fails over) breaks them and ends the
+/// attempt, and the cache with it. A connection that reconnected would have to clear it. Without it a take of 64 keys named
 /// some 60 groups, marked again by every call after the first: about one call in seven of the
 /// take script's.
 #[derive(Clone, Default)]

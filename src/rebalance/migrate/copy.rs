@@ -20,7 +20,7 @@ use crate::redis::protocol::names;
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::{SlotRange, key_slot};
 
-use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher};
+use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher, GENTLE_BATCH_KEYS};
 use super::control::URGENT_EVERY;
 use super::pacing::Adjustment;
 use super::{Error, Instance, Job};
@@ -558,12 +558,18 @@ impl Job {
         self.clock.wait(self.launched, Instant::now())
     }
 
-    /// Keys per batch of the scan: `batchSize`, but no more than a tenth of a second of the
-    /// copy's rate, so that a slow copy moves a few keys often rather than a burst now and
-    /// then (a key in transit makes its clients wait).
+    /// Keys per batch of the scan: `batchSize` ([`GENTLE_BATCH_KEYS`] while the scripts are
+    /// gentle), but no more than a tenth of a second of the copy's rate, so that a slow copy
+    /// moves a few keys often rather than a burst now and then (a key in transit makes its
+    /// clients wait).
     fn chunk_size(&self) -> usize {
         let tenth = (self.clock.rate() / 10.0) as usize;
-        self.batch_size.min(tenth.max(1))
+        let most = if self.copies_gently() {
+            self.batch_size.min(GENTLE_BATCH_KEYS)
+        } else {
+            self.batch_size
+        };
+        most.min(tenth.max(1))
     }
 
     /// Reads what the sidecars report of the sources' and targets' latency (once per

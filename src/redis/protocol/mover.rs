@@ -33,10 +33,11 @@ return 0
 "
 );
 
-/// KEYS: mover, then (key, tombstone) pairs, then the keys' slot group states. ARGV: token,
-/// largest value to DUMP (bytes, by MEMORY USAGE; 0: any), a budget of DUMP bytes for this
-/// call (0: none), and how many group states follow the pairs. Marks the groups moving (a
-/// script of theirs no longer runs on the source: `docs/protocol.md`, "Scripts"), then takes each key
+/// KEYS: mover, then (key, tombstone) pairs, then the slot group states to mark (those of the
+/// keys' groups not marked yet, maybe none). ARGV: token, largest value to DUMP (bytes, by
+/// MEMORY USAGE; 0: any), a budget of DUMP bytes for this call (0: none), and how many group
+/// states follow the pairs. Marks the groups moving (a script of theirs no longer runs on the
+/// source: `docs/protocol.md`, "Scripts"), then takes each key
 /// out of the source: a tombstone left by an earlier attempt is taken as it is, unless the key
 /// exists beside it (written after that move ended: the tombstone is stale and is dropped); a
 /// present key is renamed to its tombstone. One reply per key: `{'NONE'}`, `{'MOVED', dump, expire_at}`,
@@ -452,9 +453,9 @@ impl Mover {
     }
 
     /// [`Mover::take`], marking group states `states` moving first: those of `keys`' groups
-    /// that may not be marked yet (a state only moves forward, absent → moving → moved, so one
-    /// an earlier take of this attempt marked needs no second mark; a source that lost its data
-    /// since fails the token check before anything is taken).
+    /// that may not be marked yet. A state only moves forward (absent → moving → moved), so
+    /// one an earlier take marked on the same server needs no second mark; the caller must
+    /// know it is the same server (the Job's connections never reconnect).
     pub async fn take_marking(
         &self,
         conn: &mut (impl ConnectionLike + Send),
