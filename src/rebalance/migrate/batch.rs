@@ -74,12 +74,12 @@ impl SharedSet {
 }
 
 /// The slot group states this attempt's take calls have marked moving on one source: a later
-/// take leaves them out ([`mover::Mover::take_marking`]). Sound because a state only moves
-/// forward and this plan's are deleted only at its own cleanup, and because the Job's
-/// connections never reconnect: a source that restarts (or fails over) breaks them and ends the
-/// attempt, and the cache with it. A connection that reconnected would have to clear it. Without it a take of 64 keys named
+/// take leaves them out ([`mover::Mover::take_marking`]). Without it a take of 64 keys named
 /// some 60 groups, marked again by every call after the first: about one call in seven of the
-/// take script's.
+/// take script's. Sound because a state only moves forward and this plan's are deleted only at
+/// its own cleanup, and because the Job's connections never reconnect: a source that restarts
+/// (or fails over) breaks them and ends the attempt, and the cache with it. A connection that
+/// reconnected would have to clear it.
 #[derive(Clone, Default)]
 pub(super) struct MarkedGroups(SharedSet);
 
