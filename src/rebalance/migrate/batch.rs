@@ -84,20 +84,16 @@ impl SharedSet {
 pub(super) struct MarkedGroups(SharedSet);
 
 impl MarkedGroups {
-    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Bytes>> {
-        self.0.lock()
-    }
-
     /// Those of `states` no take of this attempt has marked.
     fn unmarked(&self, mut states: Vec<Bytes>) -> Vec<Bytes> {
-        let set = self.set();
+        let set = self.0.lock();
         states.retain(|s| !set.contains(s));
         states
     }
 
     /// A take that marked `states` succeeded.
     fn mark(&self, states: Vec<Bytes>) {
-        self.set().extend(states);
+        self.0.lock().extend(states);
     }
 }
 
@@ -111,15 +107,11 @@ impl MarkedGroups {
 pub(super) struct InTransit(SharedSet);
 
 impl InTransit {
-    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Bytes>> {
-        self.0.lock()
-    }
-
     /// Registers the keys of `keys` that no batch has under way yet (a batch about to be
     /// launched), and returns them: a key a scan returned twice (`SCAN` may, while the
     /// source's table rehashes) stays with the batch that has it.
     pub(super) fn claim(&self, keys: &[Bytes]) -> Vec<Bytes> {
-        let mut set = self.set();
+        let mut set = self.0.lock();
         keys.iter()
             .filter(|k| set.insert((*k).clone()))
             .cloned()
@@ -128,7 +120,7 @@ impl InTransit {
 
     /// `keys` are no longer under way.
     pub(super) fn leave<'a>(&self, keys: impl IntoIterator<Item = &'a Bytes>) {
-        let mut set = self.set();
+        let mut set = self.0.lock();
         for k in keys {
             set.remove(k);
         }
@@ -136,13 +128,13 @@ impl InTransit {
 
     /// `keys` without those under way.
     pub(super) fn not_under_way(&self, keys: &[Bytes]) -> Vec<Bytes> {
-        let set = self.set();
+        let set = self.0.lock();
         keys.iter().filter(|k| !set.contains(*k)).cloned().collect()
     }
 
     /// Whether no key is under way.
     pub(super) fn is_empty(&self) -> bool {
-        self.set().is_empty()
+        self.0.lock().is_empty()
     }
 }
 

@@ -294,13 +294,7 @@ pub fn script_watch_keys(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
 
 /// The state keys of the slot groups of `keys`, each once.
 pub fn script_groups(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
-    let mut out: Vec<Bytes> = keys
-        .iter()
-        .map(|k| names::slot_group_of_key(range.groups, k))
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+    names::slot_group_states_of(range.groups, keys)
 }
 
 #[cfg(test)]
