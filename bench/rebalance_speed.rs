@@ -185,20 +185,50 @@ async fn anchor_copy(from: &RedisServer, to: &RedisServer) -> (u64, Duration) {
     (copied, took)
 }
 
-/// [`foreground`] on a thread and runtime of its own, so that the bench's own work (following
-/// the plan through the API server, parsing the policy) never delays a request it times.
-fn spawn_foreground(
-    port: u16,
-    keys: usize,
+/// What foreground traffic saw: when each request started and its latency in microseconds,
+/// and the number of errors.
+type Seen = (Vec<(Instant, u64)>, u64);
+
+/// Foreground traffic under way ([`Foreground::start`]). Dropping it stops the traffic: a
+/// bench that panics (a drain that does not finish) must exit, and the runtime's own drop
+/// waits for every blocking task, this one included.
+struct Foreground {
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<(Instant, u64)>, u64)> {
-    tokio::task::spawn_blocking(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(foreground(port, keys, stop))
-    })
+    task: Option<tokio::task::JoinHandle<Seen>>,
+}
+
+impl Foreground {
+    /// [`foreground`] on a thread and runtime of its own, so that the bench's own work
+    /// (following the plan through the API server, parsing the policy) never delays a request
+    /// it times.
+    fn start(port: u16, keys: usize) -> Foreground {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(foreground(port, keys, flag))
+        });
+        Foreground {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the traffic; what it saw.
+    async fn finish(mut self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        let task = self.task.take().expect("finished once");
+        task.await.unwrap()
+    }
+}
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Steady foreground traffic through the sidecar until `stop`; returns when each request
@@ -310,11 +340,9 @@ async fn main() {
     assert_eq!(anchor_keys, keys as u64, "the anchor copied every key");
 
     // Baseline: the same traffic with nothing moving.
-    let stop = Arc::new(AtomicBool::new(false));
-    let base = spawn_foreground(sidecar.port, keys, stop.clone());
+    let base = Foreground::start(sidecar.port, keys);
     tokio::time::sleep(BASELINE).await;
-    stop.store(true, Ordering::Relaxed);
-    let (baseline, baseline_errors) = base.await.unwrap();
+    let (baseline, baseline_errors) = base.finish().await;
     dump("baseline", &baseline, None, &[]);
 
     // The engine's speed: the sidecar runs, idle (with traffic, `pacing: Adaptive` would
@@ -385,8 +413,7 @@ async fn main() {
         };
         // The traffic runs a while before the keys to move arrive: the fleet as it stands
         // just before this drain, the same instances holding the same keys, nothing moving.
-        let stop = Arc::new(AtomicBool::new(false));
-        let traffic = spawn_foreground(sidecar.port, keys, stop.clone());
+        let traffic = Foreground::start(sidecar.port, keys);
         let quiet = Instant::now();
         tokio::time::sleep(BASELINE).await;
         let before = (quiet, Instant::now());
@@ -400,8 +427,7 @@ async fn main() {
         slowlog_start(&servers).await;
         let pausing = tokio::spawn(pause_cycles(policies.clone(), after));
         let drain = follow(&policies, &node, after, 600).await;
-        stop.store(true, Ordering::Relaxed);
-        let (latencies, errors) = traffic.await.unwrap();
+        let (latencies, errors) = traffic.finish().await;
         let paused = pausing.await.unwrap();
         let slow = slowlog_report(&servers).await;
         assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
@@ -893,8 +919,11 @@ async fn follow(policies: &Api<CachePolicy>, node: &Node, after: i64, secs: u64)
     let mut copied: Option<(Instant, i64)> = None;
     let mut reports: Vec<(Instant, i64)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
+    // The newest status seen, for the message of a drain that does not finish.
+    let mut last = None;
     loop {
         let p = policies.get("shop").await.unwrap();
+        last = p.status.clone().or(last);
         if let Some(r) = p.status.and_then(|s| s.rebalance)
             && r.plan_id > after
         {
@@ -931,7 +960,9 @@ async fn follow(policies: &Api<CachePolicy>, node: &Node, after: i64, secs: u64)
         }
         assert!(
             Instant::now() < deadline,
-            "the drain did not finish\n{}",
+            "the drain did not finish in {secs} s\nthe policy's status: {last:#?}\npods run (name, exit code): {:?}\npods running: {:?}\n{}",
+            node.finished.lock().unwrap(),
+            node.running(),
             node.all_logs()
         );
         // Not faster: the bench's own reads of the policy load the API server (and so the
