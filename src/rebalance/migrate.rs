@@ -24,6 +24,7 @@
 //! 8. **Cleanup**: once every live sidecar routes by the final table, fence the sources to it
 //!    and remove the markers; remove the checkpoints.
 
+mod api_calls;
 mod batch;
 mod control;
 mod copy;
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use bytes::Bytes;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::{Client, ResourceExt};
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
@@ -196,6 +197,10 @@ struct Job {
     control_read: Instant,
     /// The annotation asked for a pause: the copy holds once its batches in flight landed.
     pausing: bool,
+    /// The copy's read of the policy (its annotation) under way: the copy does not wait on it.
+    control: api_calls::Beside<CachePolicy>,
+    /// The copy's progress report under way (`Job::report_beside`).
+    reporting: api_calls::Beside<bool>,
     /// The sources' `maxmemory-policy`: while one may evict keys without a TTL, the copy
     /// holds as paused (`control.rs`).
     eviction: control::EvictionWatch,
@@ -251,7 +256,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 const ATTEMPT_RECORD_WAIT: Duration = Duration::from_secs(30);
 
 async fn run_steps(config: Config) -> Result<(), Error> {
-    let client = Client::try_default().await?;
+    let client = api_calls::client().await?;
     let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &config.namespace);
     let mut policy = policies.get(&config.policy).await?;
     let deadline = Instant::now() + ATTEMPT_RECORD_WAIT;
@@ -496,6 +501,8 @@ impl Job {
             urgent_read: Instant::now(),
             control_read: Instant::now(),
             pausing: false,
+            control: api_calls::Beside::default(),
+            reporting: api_calls::Beside::default(),
             eviction: control::EvictionWatch::default(),
             counts: true,
             mover,
@@ -554,54 +561,53 @@ impl Job {
             .ok_or_else(|| Error::Setup(format!("instance {name} is not in the routing table")))
     }
 
-    /// Merge-patches the Job-owned fields of `status.rebalance`, on the condition (the
-    /// resourceVersion it read) that the plan and attempt in status are still this Job's: a
-    /// Job of an older plan or attempt never reports into a newer one.
-    /// `Ok(false)`: the status kept changing under it, nothing was written this time.
-    async fn report(&mut self, step: &str, stragglers: &[String]) -> Result<bool, Error> {
-        let rate = self.moved as f64 / self.started.elapsed().as_secs_f64().max(0.001);
-        for _ in 0..10 {
-            let policy = self.policies.get_status(&self.config.policy).await?;
-            let mine = policy
-                .status
-                .as_ref()
-                .and_then(|s| s.rebalance.as_ref())
-                .is_some_and(|r| r.plan_id == self.config.plan_id && r.attempts == self.attempt);
-            if !mine {
-                return Err(Error::Superseded);
-            }
-            let counts = self
-                .counts
-                .then(|| (self.moved, self.total.max(self.moved), rate.round() as i64));
-            let fields = progress(step, counts, stragglers, self.pacing_note.as_deref());
-            let patch = json!({
-                "metadata": {"resourceVersion": policy.resource_version()},
-                "status": {"rebalance": fields},
-            });
-            match self
-                .policies
-                .patch_status(
-                    &self.config.policy,
-                    &PatchParams::apply(FIELD_MANAGER),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                Ok(_) => {
-                    self.last_report = Instant::now();
-                    info!(step, moved = self.moved, total = self.total, "progress");
-                    return Ok(true);
-                }
-                // Someone wrote the status meanwhile: read it again.
-                Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                Err(e) => return Err(e.into()),
-            }
+    /// Reports `step` ([`api_calls::write_progress`]), after the copy's report under way, if
+    /// any, so that no older step lands over this one. `Ok(false)`: the status kept changing
+    /// under it, nothing was written this time.
+    async fn report(&mut self, step: &'static str, stragglers: &[String]) -> Result<bool, Error> {
+        if let Some(earlier) = self.reporting.wait().await {
+            earlier?;
         }
-        warn!(
+        let progress = self.progress(step, stragglers);
+        let written = api_calls::write_progress(self.policies.clone(), progress).await?;
+        if written {
+            self.last_report = Instant::now();
+        }
+        Ok(written)
+    }
+
+    /// Reports `step` on a task of its own, unless the last such report is still under way:
+    /// the copy goes on meanwhile. What the last one returned counts here (a newer attempt in
+    /// charge stops the copy).
+    fn report_beside(&mut self, step: &'static str) -> Result<(), Error> {
+        if let Some(earlier) = self.reporting.finished() {
+            earlier?;
+        }
+        if self.reporting.busy() {
+            return Ok(());
+        }
+        self.last_report = Instant::now();
+        let progress = self.progress(step, &[]);
+        self.reporting
+            .start(api_calls::write_progress(self.policies.clone(), progress));
+        Ok(())
+    }
+
+    /// This Job's fields of `status.rebalance` at `step`, now.
+    fn progress(&self, step: &'static str, stragglers: &[String]) -> api_calls::Progress {
+        let rate = self.moved as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        let counts = self
+            .counts
+            .then(|| (self.moved, self.total.max(self.moved), rate.round() as i64));
+        api_calls::Progress {
+            policy: self.config.policy.clone(),
+            plan_id: self.config.plan_id,
+            attempt: self.attempt,
             step,
-            "the status kept changing; progress not reported this time"
-        );
-        Ok(false)
+            fields: progress(step, counts, stragglers, self.pacing_note.as_deref()),
+            moved: self.moved,
+            total: self.total,
+        }
     }
 
     /// The instances a move reads from or writes to.

@@ -20,7 +20,7 @@ use crate::api::redis_instance::evicts_keys_without_ttl;
 use crate::redis::connect::redact;
 use crate::redis::info::parse_info;
 
-use super::{Error, Job, current_plan};
+use super::{Error, Job, api_calls, current_plan};
 
 /// How often the copy reads the policy's annotation, and its sources' `maxmemory-policy`.
 const CONTROL_EVERY: Duration = Duration::from_secs(1);
@@ -89,10 +89,10 @@ impl Job {
     /// once per [`CONTROL_EVERY`]; once seen, the request stands until [`Job::hold`] ran), or a
     /// source may evict keys without a TTL (read as often).
     pub(super) async fn pause_requested(&mut self) -> Result<bool, Error> {
-        if !self.pausing && self.control_read.elapsed() >= CONTROL_EVERY {
-            self.control_read = Instant::now();
-            let policy = self.policies.get(&self.config.policy).await?;
-            self.pausing = paused(&policy);
+        if !self.pausing
+            && let Some(policy) = self.read_policy_beside()
+        {
+            self.pausing = paused(&policy?);
         }
         if self
             .eviction
@@ -102,6 +102,21 @@ impl Job {
             self.read_evicting().await;
         }
         Ok(self.pausing || self.eviction.holds())
+    }
+
+    /// The policy as the last read of it beside the copy found it, once that read has finished
+    /// (`None` until then); starts the next read once [`CONTROL_EVERY`] has passed since the
+    /// last one started. The copy never waits on the API server for it.
+    fn read_policy_beside(&mut self) -> Option<Result<CachePolicy, Error>> {
+        let read = self.control.finished();
+        if !self.control.busy() && self.control_read.elapsed() >= CONTROL_EVERY {
+            self.control_read = Instant::now();
+            self.control.start(api_calls::read_policy(
+                self.policies.clone(),
+                self.config.policy.clone(),
+            ));
+        }
+        read
     }
 
     /// Reads every source's `maxmemory_policy` from `INFO memory` at once (each waits
@@ -208,15 +223,14 @@ impl Job {
         if self.report(step, &[]).await? {
             reported = Some((step, self.moved, self.pacing_note.clone()));
         }
-        let mut read = Instant::now();
         loop {
             tokio::time::sleep(URGENT_EVERY).await;
             self.urgent().await?;
-            if read.elapsed() < CONTROL_EVERY {
+            // The keys sidecars ask for move while the API server takes its time.
+            let Some(policy) = self.read_policy_beside() else {
                 continue;
-            }
-            read = Instant::now();
-            let policy = self.policies.get(&self.config.policy).await?;
+            };
+            let policy = policy?;
             if current_plan(&policy, self.config.plan_id).is_none_or(|r| r.attempts != self.attempt)
             {
                 return Err(Error::Superseded);
@@ -248,6 +262,8 @@ impl Job {
         }
         self.pausing = false;
         self.pacing_note = None;
+        // A read under way may have been asked before the resume: the next one counts.
+        self.control.forget();
         self.control_read = Instant::now();
         info!(
             seconds = held.as_secs_f64(),

@@ -1,0 +1,168 @@
+//! The Job's calls of the API server. None may hold the Job for long: while the Job waits on
+//! one it moves none of the keys sidecars ask for (their clients wait on them). So every call
+//! is bounded ([`client`]), and those the copy makes as it goes (reading the `pause`
+//! annotation, reporting progress) run on tasks of their own ([`Beside`]): an API server that
+//! stops answering delays the status, not the copy.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::FutureExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::api::CachePolicy;
+
+use super::{Error, FIELD_MANAGER};
+
+/// How long one call may take, the client's own retries included (kube retries a 429, 503 or
+/// 504 up to 15 times, backing off towards 1 000 s): past it the call fails, and with it the
+/// attempt, which the next attempt resumes.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a request waits for its connection, or for the next bytes of its answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The Job's API client (configured the usual way: in the pod, else `KUBECONFIG`), every call
+/// bounded by [`CALL_TIMEOUT`] and each request by [`REQUEST_TIMEOUT`]. kube's default
+/// client sets no read timeout: a request the API server accepted and never answered held
+/// the Job for good.
+pub(super) async fn client() -> Result<Client, Error> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::Setup(format!("no Kubernetes client configuration: {e}")))?;
+    config.connect_timeout = Some(REQUEST_TIMEOUT);
+    config.read_timeout = Some(REQUEST_TIMEOUT);
+    config.write_timeout = Some(REQUEST_TIMEOUT);
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::timeout::TimeoutLayer::new(CALL_TIMEOUT))
+        .build())
+}
+
+/// A call of the copy's on a task of its own: the copy starts it, goes on, and takes its
+/// result once it has finished.
+pub(super) struct Beside<T>(Option<JoinHandle<Result<T, Error>>>);
+
+impl<T> Default for Beside<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T: Send + 'static> Beside<T> {
+    /// Whether a call is under way.
+    pub(super) fn busy(&self) -> bool {
+        self.0.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Starts `call`; one under way still is left to finish on its own, its result unread.
+    pub(super) fn start(&mut self, call: impl Future<Output = Result<T, Error>> + Send + 'static) {
+        self.0 = Some(tokio::spawn(call));
+    }
+
+    /// What the call returned, once it has finished (then it is gone).
+    pub(super) fn finished(&mut self) -> Option<Result<T, Error>> {
+        if !self.0.as_ref()?.is_finished() {
+            return None;
+        }
+        self.0.take()?.now_or_never().map(joined)
+    }
+
+    /// Waits for the call under way, if any, and returns what it returned.
+    pub(super) async fn wait(&mut self) -> Option<Result<T, Error>> {
+        Some(joined(self.0.take()?.await))
+    }
+
+    /// Forgets the call under way: it finishes on its own, its result unread.
+    pub(super) fn forget(&mut self) {
+        self.0 = None;
+    }
+}
+
+fn joined<T>(r: Result<Result<T, Error>, tokio::task::JoinError>) -> Result<T, Error> {
+    r.unwrap_or_else(|e| {
+        Err(Error::Internal(format!(
+            "a call of the API server failed: {e}"
+        )))
+    })
+}
+
+/// Reads the policy (its annotations, its status).
+pub(super) async fn read_policy(
+    policies: Api<CachePolicy>,
+    name: String,
+) -> Result<CachePolicy, Error> {
+    Ok(policies.get(&name).await?)
+}
+
+/// One progress report: the Job-owned fields of `status.rebalance` for the plan and attempt
+/// this Job runs.
+pub(super) struct Progress {
+    pub(super) policy: String,
+    pub(super) plan_id: i64,
+    pub(super) attempt: i32,
+    pub(super) step: &'static str,
+    /// The fields ([`super::progress`]).
+    pub(super) fields: serde_json::Value,
+    /// For the log: keys moved, keys in all.
+    pub(super) moved: u64,
+    pub(super) total: u64,
+}
+
+/// Merge-patches the Job-owned fields of `status.rebalance`, on the condition (the
+/// resourceVersion it read) that the plan and attempt in status are still this Job's: a Job of
+/// an older plan or attempt never reports into a newer one. `Ok(false)`: the status kept
+/// changing under it, nothing was written this time.
+pub(super) async fn write_progress(
+    policies: Api<CachePolicy>,
+    progress: Progress,
+) -> Result<bool, Error> {
+    let Progress {
+        policy: name,
+        plan_id,
+        attempt,
+        step,
+        fields,
+        moved,
+        total,
+    } = progress;
+    for _ in 0..10 {
+        let policy = policies.get_status(&name).await?;
+        let mine = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.rebalance.as_ref())
+            .is_some_and(|r| r.plan_id == plan_id && r.attempts == attempt);
+        if !mine {
+            return Err(Error::Superseded);
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": policy.resource_version()},
+            "status": {"rebalance": &fields},
+        });
+        match policies
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                info!(step, moved, total, "progress");
+                return Ok(true);
+            }
+            // Someone wrote the status meanwhile: read it again.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    warn!(
+        step,
+        "the status kept changing; progress not reported this time"
+    );
+    Ok(false)
+}
