@@ -584,6 +584,7 @@ impl Job {
         self.latency_read = Instant::now();
         let policy = self.mover.policy.clone();
         let mut reports = Vec::new();
+        let mut answered = 0;
         for name in self.moving_instances() {
             let instance = self.instance(&name)?;
             // An instance that does not answer at once reports nothing this round: the copy
@@ -592,6 +593,7 @@ impl Job {
             let read = heartbeat::read_latencies(&mut instance.conn, &policy);
             match tokio::time::timeout(LATENCY_READ_TIMEOUT, read).await {
                 Ok(Ok(read)) => {
+                    answered += 1;
                     reports.extend(read.into_iter().map(|(id, r)| (id, name.clone(), r)));
                 }
                 Ok(Err(e)) => debug!(instance = %name, error = %e, "no latency reports this round"),
@@ -602,6 +604,24 @@ impl Job {
             return Ok(());
         };
         let before = pacing.rate();
+        if answered == 0 {
+            // Not a round with nothing to disturb: one that could not be read.
+            pacing.unanswered(copying);
+            let rate = pacing.rate();
+            if rate < before {
+                info!(
+                    keys_per_second = rate as u64,
+                    "slowed: no moving instance answered the read of the sidecars' latency"
+                );
+            }
+            self.pacing_note = Some(format!(
+                "at {} keys/s: no moving instance answered the read of the sidecars' latency in {} ms",
+                rate as u64,
+                LATENCY_READ_TIMEOUT.as_millis()
+            ));
+            self.clock.set_rate(rate, self.launched, Instant::now());
+            return Ok(());
+        }
         let adjustment = pacing.adjust(
             reports
                 .iter()

@@ -140,6 +140,16 @@ impl Pacing {
         }
     }
 
+    /// No moving instance answered this round's read of the reports in time. Nothing is known
+    /// of what the sidecars see, but an instance too slow to answer one read is no place to go
+    /// faster: while copying, the rate halves (to [`MIN_RATE`] at the least). Whether traffic
+    /// is heard stays as the last round that was read said (its scripts stay small).
+    pub fn unanswered(&mut self, copying: bool) {
+        if copying {
+            self.rate = (self.rate / 2.0).max(self.floor());
+        }
+    }
+
     /// Takes one round of reports (sidecar id, instance, report) and adjusts the rate. With
     /// `copying` false (nothing of this Job's in flight before the round) the reports only
     /// teach the baselines (and, if some sidecar sends traffic, start the copy gently).
@@ -362,6 +372,27 @@ mod tests {
         // rest of the Job; the scripts need not.
         r.round(&[], true);
         assert!(!r.p.hears_traffic() && r.p.beside_traffic());
+    }
+
+    #[test]
+    fn a_round_no_instance_answered_slows_the_copy_and_keeps_its_scripts_small() {
+        let mut r = Rounds::new(60_000);
+        r.round(&[("s1", "a", 400, 2_000)], false);
+        for _ in 0..3 {
+            r.round(&[("s1", "a", 400, 2_000)], true);
+        }
+        let before = r.rate();
+        r.p.unanswered(true);
+        assert_eq!(r.rate(), before / 2.0);
+        assert!(r.p.hears_traffic(), "the scripts stay small");
+        for _ in 0..10 {
+            r.p.unanswered(true);
+        }
+        assert_eq!(r.rate(), MIN_RATE);
+        // Not copying (learning the baselines): nothing changes.
+        let mut r = Rounds::new(60_000);
+        r.p.unanswered(false);
+        assert_eq!(r.rate(), 60_000.0);
     }
 
     fn slowed(a: Adjustment) -> Over {
