@@ -132,13 +132,24 @@ impl PolicySample {
 /// 1 000 instances one sample per reconcile would cost four million commands every 30 s.
 pub const SAMPLE_REUSE: Duration = Duration::from_secs(600);
 
+/// While a plan moves data, a kept sample younger than this stands whatever changed. Every
+/// status write of the Job (one a second) wakes a reconcile, memory moves a point of a small
+/// instance's capacity about as often, and each of the plan's tables is another layout: each
+/// instance was sampled again about once a second, 4 096 commands each time — on the targets
+/// of the bench's 20 000-key drain as many as the copy's own per key moved (`make
+/// bench-rebalance` counts them). No plan is made while one runs, and its estimate is the
+/// sample it was planned from; the categories in status lag this much at most, and once the
+/// plan is over its final table (another layout) is sampled at once.
+pub const SAMPLE_EVERY_WHILE_MOVING: Duration = Duration::from_secs(30);
+
 /// Instances read per reconcile for sidecar heartbeats: every sidecar heartbeats every
 /// instance of its table, so a few show them all; the read is O(sidecars) per instance.
 pub const HEARTBEAT_READS: usize = 3;
 
 /// Samples the serving instances of the table (and draining ones): memory per category where
-/// the kept sample cannot be reused ([`Kept::reusable`]), heartbeats on the first
-/// [`HEARTBEAT_READS`] instances that answer.
+/// the kept sample cannot be reused ([`Kept::reusable`]; `moving`: a plan moves data now),
+/// heartbeats on the first [`HEARTBEAT_READS`] instances that answer.
+#[allow(clippy::too_many_arguments)]
 pub async fn sample_instances(
     secrets: &SecretReader,
     connections: &Connections,
@@ -147,6 +158,7 @@ pub async fn sample_instances(
     namespace: &str,
     selected: &[Arc<RedisInstance>],
     table: &RoutingTable,
+    moving: bool,
 ) -> PolicySample {
     let mut out = PolicySample::default();
     let layout = layout_of(table);
@@ -167,7 +179,7 @@ pub async fn sample_instances(
         let memory = status.and_then(|s| s.memory.as_ref());
         let used = memory.map_or(0, |m| m.used_bytes.max(0) as u64);
         let capacity = memory.and_then(|m| u64::try_from(m.capacity_bytes).ok());
-        let kept = cache.reusable(policy, &name, used, capacity, layout);
+        let kept = cache.reusable(policy, &name, used, capacity, layout, moving);
         let wants_heartbeats = heartbeats_read < HEARTBEAT_READS;
         if let Some(sample) = &kept {
             out.add(&name, sample);
@@ -246,10 +258,15 @@ impl Kept {
     /// Whether this sample still stands for an instance using `used` bytes of `capacity`
     /// under a table of `layout`: taken under the same categories, less than
     /// [`SAMPLE_REUSE`] ago, and the memory has not moved a point of capacity since (then
-    /// the instance's status was written anew, and a planner needs a sample taken after it).
-    pub fn reusable(&self, used: u64, capacity: Option<u64>, layout: u64) -> bool {
+    /// the instance's status was written anew, and a planner needs a sample taken after it);
+    /// while a plan is `moving` data, any sample younger than [`SAMPLE_EVERY_WHILE_MOVING`].
+    pub fn reusable(&self, used: u64, capacity: Option<u64>, layout: u64, moving: bool) -> bool {
+        let age = self.at.elapsed();
+        if moving && age < SAMPLE_EVERY_WHILE_MOVING {
+            return true;
+        }
         self.layout == layout
-            && self.at.elapsed() < SAMPLE_REUSE
+            && age < SAMPLE_REUSE
             && !moved_a_point(self.used_bytes, used, capacity)
     }
 }
@@ -269,10 +286,11 @@ impl SampleCache {
         used: u64,
         capacity: Option<u64>,
         layout: u64,
+        moving: bool,
     ) -> Option<sample::Sample> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.get(&(policy.to_owned(), instance.to_owned()))
-            .filter(|k| k.reusable(used, capacity, layout))
+            .filter(|k| k.reusable(used, capacity, layout, moving))
             .map(|k| k.sample.clone())
     }
 
@@ -309,7 +327,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_kept_sample_stands_until_memory_moves_a_point_the_layout_changes_or_it_ages() {
+    fn a_kept_sample_stands_until_memory_moves_a_point_the_layout_changes_or_it_ages_and_longer_while_a_plan_moves_data()
+     {
         let kept = Kept {
             at: Instant::now(),
             used_bytes: 10 << 20,
@@ -317,17 +336,29 @@ mod tests {
             sample: sample::Sample::default(),
         };
         let cap = Some(30 << 20);
-        assert!(kept.reusable((10 << 20) + 100_000, cap, 7));
+        assert!(kept.reusable((10 << 20) + 100_000, cap, 7, false));
         assert!(
-            !kept.reusable((10 << 20) + 400_000, cap, 7),
+            !kept.reusable((10 << 20) + 400_000, cap, 7, false),
             "a point moved"
         );
-        assert!(!kept.reusable(10 << 20, cap, 8), "other categories");
+        assert!(!kept.reusable(10 << 20, cap, 8, false), "other categories");
+        // While a plan moves data a young sample stands, a point moved or another layout
+        // (the plan's tables) or not; an older one as at other times.
+        assert!(kept.reusable((10 << 20) + 400_000, cap, 7, true));
+        assert!(kept.reusable(10 << 20, cap, 8, true));
+        let older = Kept {
+            at: Instant::now() - SAMPLE_EVERY_WHILE_MOVING,
+            ..kept.clone()
+        };
+        assert!(!older.reusable((10 << 20) + 400_000, cap, 7, true));
+        assert!(!older.reusable(10 << 20, cap, 8, true));
+        assert!(older.reusable((10 << 20) + 100_000, cap, 7, true));
         let old = Kept {
             at: Instant::now() - SAMPLE_REUSE,
             ..kept
         };
-        assert!(!old.reusable(10 << 20, cap, 7), "too old");
+        assert!(!old.reusable(10 << 20, cap, 7, false), "too old");
+        assert!(!old.reusable(10 << 20, cap, 7, true), "too old");
     }
 
     #[test]

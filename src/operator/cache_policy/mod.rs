@@ -599,6 +599,12 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     // Rebalance: samples (memory per category, sidecar heartbeats), then rebalance Jobs. An
     // instance whose memory moved a point since its sample is sampled again, so planning
     // works from a sample taken after the change that woke us.
+    // While a plan moves data, no plan is made: a sample serves status for a while longer.
+    let moving = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.rebalance.as_ref())
+        .is_some_and(RebalanceStatus::is_active);
     let sample = match &published {
         Some(t) => {
             sample_instances(
@@ -609,6 +615,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 &namespace,
                 &selected,
                 t,
+                moving,
             )
             .await
         }
