@@ -347,6 +347,7 @@ async fn main() {
 
     // The engine's speed: the sidecar runs, idle (with traffic, `pacing: Adaptive` would
     // slow the copy for it: measured below).
+    reset_commandstats(&[&legacy, &primary, &secondary]).await;
     let applied = Instant::now();
     let out = kubectl_apply(cp, &ns, &instance("legacy", "legacy", &legacy, true));
     assert!(
@@ -356,6 +357,21 @@ async fn main() {
     );
     let fast = follow(&policies, &node, 0, if full { 900 } else { 120 }).await;
     let total = applied.elapsed();
+    let moved_by_job = fast
+        .done
+        .keys_moved
+        .unwrap_or(fast.copied.1)
+        .max(fast.copied.1) as u64;
+    let (source_per_key, source_sampled, source_calls) =
+        per_key(&commandstats(&[&legacy]).await, moved_by_job);
+    let (target_per_key, target_sampled, target_calls) =
+        per_key(&commandstats(&[&primary, &secondary]).await, moved_by_job);
+    assert!(
+        source_per_key <= SOURCE_COMMANDS_PER_KEY && target_per_key <= TARGET_COMMANDS_PER_KEY,
+        "moving a key costs more Redis commands than it did: source {source_per_key:.2} per key \
+         ({source_calls}; at most {SOURCE_COMMANDS_PER_KEY}), targets {target_per_key:.2} \
+         ({target_calls}; at most {TARGET_COMMANDS_PER_KEY}), {moved_by_job} keys moved by the Job"
+    );
 
     // Every key arrived: nothing left behind, nothing lost.
     let left = app_keys(&legacy).await;
@@ -480,6 +496,9 @@ async fn main() {
             None => println!("  measured                     not yet (the instances' probes lag)"),
         }
     }
+    println!(
+        "  Redis commands per key moved  source {source_per_key:.2} ({source_calls}); targets {target_per_key:.2} ({target_calls}); the operator's samples besides: source {source_sampled:.2}, targets {target_sampled:.2}"
+    );
     println!("                                  keys/s     MB/s  (keys + values)");
     println!(
         "  the Job (keysPerSecond off)  {rate:>10.0} {:>8.1}",
@@ -686,6 +705,90 @@ fn sorted_within(
 const SLOW_MICROS: u64 = 100;
 
 /// Clears `servers`' slow logs and records every command from [`SLOW_MICROS`] on.
+/// The most Redis commands the copy may run on its source per key it moves, its move scripts'
+/// own calls included (`INFO commandstats` counts those). A take is six per key (`EXISTS` of
+/// the tombstone and the key, `MEMORY USAGE`, `PTTL`, `RENAME`, `DUMP`); each call, each finish
+/// and each scan page add a share. Timings cannot be asserted on a shared machine; this count
+/// is the same on a slow day, and a change that makes every move dearer shows in it (marking
+/// each key's slot group in every take call, not once per attempt, added about one per key).
+const SOURCE_COMMANDS_PER_KEY: f64 = 6.6;
+
+/// The same for the targets together: a restore is two per key (`EXISTS`, `RESTORE`).
+const TARGET_COMMANDS_PER_KEY: f64 = 2.5;
+
+/// Zeroes `servers`' `INFO commandstats`.
+async fn reset_commandstats(servers: &[&RedisServer]) {
+    for server in servers {
+        let mut c = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+}
+
+/// Calls per command on `servers` since [`reset_commandstats`] (`INFO commandstats`), summed.
+async fn commandstats(servers: &[&RedisServer]) -> std::collections::BTreeMap<String, u64> {
+    let mut calls = std::collections::BTreeMap::new();
+    for server in servers {
+        let mut c = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let text: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        for line in text.lines() {
+            let Some((name, fields)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let n: u64 = fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            *calls.entry(name.to_owned()).or_default() += n;
+        }
+    }
+    calls
+}
+
+/// Commands per key moved, the copy's (in all, and those that make up a hundredth of a key or
+/// more: `exists 2.00, dump 1.00, …`), and the operator's samples of the instances apart (a
+/// `RANDOMKEY` and a `MEMORY USAGE` per key looked at: `redis/sample.rs`). A sample looks at
+/// 2 048 keys whatever the plan: a tenth of a command per key of the smoke run's 20 000.
+fn per_key(calls: &std::collections::BTreeMap<String, u64>, keys: u64) -> (f64, f64, String) {
+    let mut copy = calls.clone();
+    let sampled = copy.remove("randomkey").unwrap_or(0);
+    if let Some(usage) = copy.get_mut("memory|usage") {
+        *usage = usage.saturating_sub(sampled);
+    }
+    let keys = keys.max(1) as f64;
+    let total = copy.values().sum::<u64>() as f64 / keys;
+    let mut big: Vec<(&String, f64)> = copy
+        .iter()
+        .map(|(name, n)| (name, *n as f64 / keys))
+        .filter(|(_, per)| *per >= 0.01)
+        .collect();
+    big.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let parts: Vec<String> = big
+        .iter()
+        .map(|(name, per)| format!("{name} {per:.2}"))
+        .collect();
+    (total, 2.0 * sampled as f64 / keys, parts.join(", "))
+}
+
 async fn slowlog_start(servers: &[(&str, &RedisServer)]) {
     for (_, server) in servers {
         let mut c = server
