@@ -1,7 +1,8 @@
 //! The API server stops answering in the middle of a copy (its process stopped, as a hung or
 //! overloaded one would be): the rebalance Job reads and writes the policy while it copies
-//! (the `pause` annotation, its progress), and none of that may hold the copy up. Alone in its
-//! test binary: it stops the binary's control plane.
+//! (the `pause` annotation, its progress), and none of that may hold the copy up, nor, while
+//! the copy is paused, the keys sidecars ask for. Alone in its test binary: it stops the
+//! binary's control plane.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -9,12 +10,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use kube::api::{Patch, PatchParams};
 use redis::AsyncCommands;
-use redis_fleet::api::cache_policy::rebalance_phase;
+use redis_fleet::api::cache_policy::{REBALANCE_CONTROL_ANNOTATION, rebalance_phase};
+use redis_fleet::routing::config_map::table_of;
 use support::RedisServer;
 use support::node::Node;
 use support::process::signal;
-use support::shop::shop_with;
+use support::shop::{Shop, shop_with};
+use support::sidecar::Sidecar;
 
 /// The hot categories: filled on the primary past its threshold, so the plan moves some of
 /// their slots to the secondary.
@@ -63,8 +67,36 @@ async fn hot_keys(server: &RedisServer) -> usize {
     n
 }
 
+/// Sets (or, with `None`, removes) the policy's `redisfleet.io/rebalance` annotation.
+async fn control(shop: &Shop, value: Option<&str>) {
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {REBALANCE_CONTROL_ANNOTATION: value}}});
+    shop.policies
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// Two keys of one slot that a migration of the published table moves (`order:{tN}a`,
+/// `order:{tN}b`).
+async fn pair_in_migrating_range(shop: &Shop) -> (String, String) {
+    let cm = shop.configmaps.get("shop-redis-routing").await.unwrap();
+    let table = table_of(&cm).unwrap().unwrap();
+    (0..100_000)
+        .map(|n| format!("{{t{n}}}"))
+        .find(|tag| {
+            let slot = redis_fleet::routing::slots::key_slot(tag.as_bytes());
+            table
+                .migrating
+                .iter()
+                .any(|m| m.category == "order" && (m.start..=m.end).contains(&slot))
+        })
+        .map(|tag| (format!("order:{tag}a"), format!("order:{tag}b")))
+        .expect("a migration of the order category")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_goes_on_while_the_api_server_does_not_answer() {
+async fn a_copy_and_a_paused_copys_urgent_keys_go_on_while_the_api_server_does_not_answer() {
     let shop = shop_with("outage", |p| {
         p.replace("      cooldown: 5m\n", "      cooldown: 1s\n")
             .replace(
@@ -73,6 +105,7 @@ async fn a_copy_goes_on_while_the_api_server_does_not_answer() {
             )
     })
     .await;
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
     let written = fill(&shop.primary, 37_000).await;
     let node = Node::start(shop.cp, &shop.ns);
 
@@ -110,6 +143,60 @@ async fn a_copy_goes_on_while_the_api_server_does_not_answer() {
         landed_during > 2 * in_flight,
         "the copy stood still while the API server did not answer: {landed_during} keys landed in {OUTAGE:?} at {KEYS_PER_SECOND} keys/s\n{logs}"
     );
+
+    // Paused, the copy still moves the keys a sidecar asks for (an `MGET` of a key that moved
+    // and one that did not): with the API server stopped too.
+    control(&shop, Some("pause")).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = shop.policies.get("shop").await.unwrap();
+        let r = p.status.and_then(|s| s.rebalance).unwrap();
+        if r.step.as_deref() == Some("Paused") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy never held: {r:#?}\n{}",
+            node.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One of them moved already (on the target only), the other not yet (on the source).
+    let (moved, waiting) = pair_in_migrating_range(&shop).await;
+    let mut target = shop
+        .secondary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut source = shop
+        .primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = target.set(&moved, "landed").await.unwrap();
+    let () = source.set(&waiting, "to move").await.unwrap();
+    assert!(signal(apiserver, "-STOP"));
+    // Long enough for the held Job to read the policy again (once a second).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut app = redis::Client::open(format!("redis://127.0.0.1:{}", sidecar.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let answered: redis::RedisResult<Vec<Option<Vec<u8>>>> = app.mget(&[&moved, &waiting]).await;
+    let moved_meanwhile: bool = target.exists(&waiting).await.unwrap();
+    assert!(signal(apiserver, "-CONT"));
+    assert_eq!(
+        answered.unwrap_or_else(|e| panic!(
+            "MGET {moved} {waiting} through the sidecar, the copy paused, the API server stopped: {e}\n{}",
+            node.all_logs()
+        )),
+        vec![Some(b"landed".to_vec()), Some(b"to move".to_vec())]
+    );
+    assert!(moved_meanwhile, "{waiting} was not moved for the MGET");
+    control(&shop, None).await;
 
     // And the plan finishes with every key where the table says, value intact.
     let deadline = Instant::now() + Duration::from_secs(180);

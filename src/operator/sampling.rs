@@ -138,8 +138,9 @@ pub const SAMPLE_REUSE: Duration = Duration::from_secs(600);
 /// instance was sampled again about once a second, 4 096 commands each time — on the targets
 /// of the bench's 20 000-key drain as many as the copy's own per key moved (`make
 /// bench-rebalance` counts them). No plan is made while one runs, and its estimate is the
-/// sample it was planned from; the categories in status lag this much at most, and once the
-/// plan is over its final table (another layout) is sampled at once.
+/// sample it was planned from; the categories in status lag this much at most. Once the plan
+/// is over the usual rules hold again: a sample taken under an older table is taken again at
+/// once (one taken under the final table stands while memory holds still).
 pub const SAMPLE_EVERY_WHILE_MOVING: Duration = Duration::from_secs(30);
 
 /// Instances read per reconcile for sidecar heartbeats: every sidecar heartbeats every

@@ -561,12 +561,12 @@ impl Job {
             .ok_or_else(|| Error::Setup(format!("instance {name} is not in the routing table")))
     }
 
-    /// Reports `step` ([`api_calls::write_progress`]), after the copy's report under way, if
-    /// any, so that no older step lands over this one. `Ok(false)`: the status kept changing
-    /// under it, nothing was written this time.
+    /// Reports `step` ([`api_calls::write_progress`]), after the report beside the copy under
+    /// way, if any, so that no older step lands over this one. `Ok(false)`: the status kept
+    /// changing under it, nothing was written this time.
     async fn report(&mut self, step: &'static str, stragglers: &[String]) -> Result<bool, Error> {
         if let Some(earlier) = self.reporting.wait().await {
-            earlier?;
+            api_calls::outcome("a progress report", earlier)?;
         }
         let progress = self.progress(step, stragglers);
         let written = api_calls::write_progress(self.policies.clone(), progress).await?;
@@ -576,21 +576,31 @@ impl Job {
         Ok(written)
     }
 
-    /// Reports `step` on a task of its own, unless the last such report is still under way:
-    /// the copy goes on meanwhile. What the last one returned counts here (a newer attempt in
-    /// charge stops the copy).
-    fn report_beside(&mut self, step: &'static str) -> Result<(), Error> {
-        if let Some(earlier) = self.reporting.finished() {
-            earlier?;
+    /// What the last report beside the copy returned, once it has finished: `Some(true)` it
+    /// was written, `Some(false)` it was not (the status kept changing, or the call failed,
+    /// logged). A newer plan or attempt in charge stops the Job.
+    fn report_landed(&mut self) -> Result<Option<bool>, Error> {
+        match self.reporting.finished() {
+            None => Ok(None),
+            Some(done) => Ok(Some(
+                api_calls::outcome("a progress report", done)?.unwrap_or(false),
+            )),
         }
-        if self.reporting.busy() {
-            return Ok(());
+    }
+
+    /// Reports `step` on a task of its own, unless the last such report is still under way
+    /// (then `Ok(false)`): the copy goes on meanwhile, and an API server that takes its time
+    /// delays the status, not the keys sidecars wait for.
+    fn report_beside(&mut self, step: &'static str) -> Result<bool, Error> {
+        self.report_landed()?;
+        if !self.reporting.idle() {
+            return Ok(false);
         }
         self.last_report = Instant::now();
         let progress = self.progress(step, &[]);
         self.reporting
             .start(api_calls::write_progress(self.policies.clone(), progress));
-        Ok(())
+        Ok(true)
     }
 
     /// This Job's fields of `status.rebalance` at `step`, now.

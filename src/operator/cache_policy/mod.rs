@@ -600,11 +600,8 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     // instance whose memory moved a point since its sample is sampled again, so planning
     // works from a sample taken after the change that woke us.
     // While a plan moves data, no plan is made: a sample serves status for a while longer.
-    let moving = policy
-        .status
-        .as_ref()
-        .and_then(|s| s.rebalance.as_ref())
-        .is_some_and(RebalanceStatus::is_active);
+    // (The plan as this reconcile left it: one given up just now is followed by planning.)
+    let moving = rb.as_ref().is_some_and(RebalanceStatus::is_active);
     let sample = match &published {
         Some(t) => {
             sample_instances(

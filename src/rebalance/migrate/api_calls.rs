@@ -37,13 +37,18 @@ pub(super) async fn client() -> Result<Client, Error> {
     config.connect_timeout = Some(REQUEST_TIMEOUT);
     config.read_timeout = Some(REQUEST_TIMEOUT);
     config.write_timeout = Some(REQUEST_TIMEOUT);
+    // Without it the time a pooled connection sat idle counts against the next answer's read
+    // timeout (an idle HTTP/1 connection keeps a read pending): a call after a quiet spell
+    // could fail at once.
+    config.reset_reader_on_write = true;
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&tower::timeout::TimeoutLayer::new(CALL_TIMEOUT))
         .build())
 }
 
 /// A call of the copy's on a task of its own: the copy starts it, goes on, and takes its
-/// result once it has finished.
+/// result once it has finished. One at a time: a call is started only once the last one's
+/// result was taken (or forgotten), so that two reports never race.
 pub(super) struct Beside<T>(Option<JoinHandle<Result<T, Error>>>);
 
 impl<T> Default for Beside<T> {
@@ -53,32 +58,62 @@ impl<T> Default for Beside<T> {
 }
 
 impl<T: Send + 'static> Beside<T> {
-    /// Whether a call is under way.
-    pub(super) fn busy(&self) -> bool {
-        self.0.as_ref().is_some_and(|h| !h.is_finished())
+    /// Whether no call is under way, nor a result waiting to be taken.
+    pub(super) fn idle(&self) -> bool {
+        self.0.is_none()
     }
 
-    /// Starts `call`; one under way still is left to finish on its own, its result unread.
+    /// Starts `call`. Only when [`Beside::idle`].
     pub(super) fn start(&mut self, call: impl Future<Output = Result<T, Error>> + Send + 'static) {
+        debug_assert!(self.idle(), "a call is under way");
         self.0 = Some(tokio::spawn(call));
     }
 
     /// What the call returned, once it has finished (then it is gone).
     pub(super) fn finished(&mut self) -> Option<Result<T, Error>> {
-        if !self.0.as_ref()?.is_finished() {
+        let handle = self.0.as_mut()?;
+        if !handle.is_finished() {
             return None;
         }
-        self.0.take()?.now_or_never().map(joined)
+        // Polled in place: a finished task's handle may still answer `Pending` once (the
+        // runtime's cooperative budget), and the result must not go with it.
+        let done = handle.now_or_never()?;
+        self.0 = None;
+        Some(joined(done))
+    }
+
+    /// What the call returns if it finishes within `wait` (the call stays under way if not).
+    pub(super) async fn finished_within(&mut self, wait: Duration) -> Option<Result<T, Error>> {
+        let handle = self.0.as_mut()?;
+        let done = tokio::time::timeout(wait, handle).await.ok()?;
+        self.0 = None;
+        Some(joined(done))
     }
 
     /// Waits for the call under way, if any, and returns what it returned.
     pub(super) async fn wait(&mut self) -> Option<Result<T, Error>> {
-        Some(joined(self.0.take()?.await))
+        let done = self.0.as_mut()?.await;
+        self.0 = None;
+        Some(joined(done))
     }
 
     /// Forgets the call under way: it finishes on its own, its result unread.
     pub(super) fn forget(&mut self) {
         self.0 = None;
+    }
+}
+
+/// What a call beside the copy that finished means for the Job: a newer plan or attempt in
+/// charge stops it; any other failure is logged and the call is made again later (the status
+/// and the pause lag, the copy goes on). `Ok(None)`: it failed.
+pub(super) fn outcome<T>(what: &str, done: Result<T, Error>) -> Result<Option<T>, Error> {
+    match done {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::Superseded) => Err(Error::Superseded),
+        Err(e) => {
+            warn!(error = %e, "{what} failed; tried again later");
+            Ok(None)
+        }
     }
 }
 

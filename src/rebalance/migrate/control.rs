@@ -32,6 +32,9 @@ const EVICTION_READ_TIMEOUT: Duration = Duration::from_millis(250);
 /// reconcile, and a plan may stay paused for days. (A newer attempt is noticed by reading the
 /// policy every [`CONTROL_EVERY`].)
 const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How long the copy waits for its first read of the policy before its first batch (an API
+/// server that does not answer sooner delays the pause, not the copy).
+const FIRST_READ_WAIT: Duration = Duration::from_secs(2);
 /// How often a paused Job moves the keys sidecars ask for (as often as the copy would).
 pub(super) const URGENT_EVERY: Duration = Duration::from_millis(20);
 
@@ -92,7 +95,7 @@ impl Job {
         if !self.pausing
             && let Some(policy) = self.read_policy_beside()
         {
-            self.pausing = paused(&policy?);
+            self.pausing = paused(&policy);
         }
         if self
             .eviction
@@ -105,11 +108,17 @@ impl Job {
     }
 
     /// The policy as the last read of it beside the copy found it, once that read has finished
-    /// (`None` until then); starts the next read once [`CONTROL_EVERY`] has passed since the
-    /// last one started. The copy never waits on the API server for it.
-    fn read_policy_beside(&mut self) -> Option<Result<CachePolicy, Error>> {
-        let read = self.control.finished();
-        if !self.control.busy() && self.control_read.elapsed() >= CONTROL_EVERY {
+    /// (`None` until then, and when it failed: logged); starts the next read once
+    /// [`CONTROL_EVERY`] has passed since the last one started. The copy never waits on the
+    /// API server for it.
+    fn read_policy_beside(&mut self) -> Option<CachePolicy> {
+        let read = self.control.finished().and_then(|done| {
+            done.inspect_err(
+                |e| warn!(error = %e, "reading the policy failed; tried again in a second"),
+            )
+            .ok()
+        });
+        if self.control.idle() && self.control_read.elapsed() >= CONTROL_EVERY {
             self.control_read = Instant::now();
             self.control.start(api_calls::read_policy(
                 self.policies.clone(),
@@ -117,6 +126,24 @@ impl Job {
             ));
         }
         read
+    }
+
+    /// Before the copy's first batch: a pause asked for while the Job prepared (the operator
+    /// holds a plan not flipped yet itself, so one asked for since the flip) holds the copy
+    /// before any key moves, as long as the API server answers within [`FIRST_READ_WAIT`].
+    pub(super) async fn read_control_first(&mut self) {
+        if self.control.idle() {
+            self.control_read = Instant::now();
+            self.control.start(api_calls::read_policy(
+                self.policies.clone(),
+                self.config.policy.clone(),
+            ));
+        }
+        match self.control.finished_within(FIRST_READ_WAIT).await {
+            Some(Ok(policy)) => self.pausing = paused(&policy),
+            Some(Err(e)) => warn!(error = %e, "reading the policy failed; tried again in a second"),
+            None => {}
+        }
     }
 
     /// Reads every source's `maxmemory_policy` from `INFO memory` at once (each waits
@@ -214,23 +241,39 @@ impl Job {
                 "paused"
             );
         }
-        // What the status says: the step, the keys the Job moved and the note; `None` until a
-        // report went through (`report` gives up, without an error, after repeated write
-        // conflicts). A new step or note is reported at once, a new count every
-        // [`REPORT_EVERY`] at most.
-        let mut reported = None;
-        let mut tried = (step, self.pacing_note.clone());
-        if self.report(step, &[]).await? {
-            reported = Some((step, self.moved, self.pacing_note.clone()));
-        }
+        // What the status says: the step, the keys the Job moved and the note of the last
+        // report that landed (`None` until one did), and what the one under way says. Reports
+        // go beside the hold, one at a time, so that the keys sidecars ask for never wait on
+        // the API server: a new step or note goes as soon as the last report is done, a new
+        // count every [`REPORT_EVERY`] at most, and a report that did not land (the status
+        // kept changing, or the call failed) is sent again as often.
+        type Said = (&'static str, u64, Option<String>);
+        let mut reported: Option<Said> = None;
+        let mut sent: Option<Said> = None;
+        let mut tried: (&str, Option<String>) = ("", None);
         loop {
+            match self.report_landed()? {
+                Some(true) => reported = sent.take(),
+                Some(false) => sent = None,
+                None => {}
+            }
+            let now = (step, self.moved, self.pacing_note.clone());
+            let changed = (step, self.pacing_note.clone()) != tried;
+            if self.reporting.idle()
+                && reported.as_ref() != Some(&now)
+                && (changed || self.last_report.elapsed() >= REPORT_EVERY)
+            {
+                tried = (step, self.pacing_note.clone());
+                if self.report_beside(step)? {
+                    sent = Some(now);
+                }
+            }
             tokio::time::sleep(URGENT_EVERY).await;
             self.urgent().await?;
             // The keys sidecars ask for move while the API server takes its time.
             let Some(policy) = self.read_policy_beside() else {
                 continue;
             };
-            let policy = policy?;
             if current_plan(&policy, self.config.plan_id).is_none_or(|r| r.attempts != self.attempt)
             {
                 return Err(Error::Superseded);
@@ -241,16 +284,6 @@ impl Job {
             }
             step = held_step(&self.eviction.evicting);
             self.pacing_note = evicting_note(&self.eviction.evicting);
-            let now = (step, self.moved, self.pacing_note.clone());
-            let changed = (step, self.pacing_note.clone()) != tried;
-            if reported.as_ref() != Some(&now)
-                && (changed || self.last_report.elapsed() >= REPORT_EVERY)
-            {
-                tried = (step, self.pacing_note.clone());
-                if self.report(step, &[]).await? {
-                    reported = Some(now);
-                }
-            }
         }
         let held = since.elapsed();
         self.started += held;
@@ -270,7 +303,9 @@ impl Job {
             policy = %self.config.policy,
             "resumed"
         );
-        self.report(rebalance_step::COPYING, &[]).await?;
+        // Beside the copy too (after the hold's last report, if that is still under way: the
+        // copy's next report then says so).
+        self.report_beside(rebalance_step::COPYING)?;
         Ok(())
     }
 }

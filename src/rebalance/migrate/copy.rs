@@ -182,6 +182,7 @@ impl Job {
     pub(super) async fn copy(&mut self) -> Result<(), Error> {
         // Keys earlier attempts left in transit, and keys sidecars wait for, come first.
         self.leftovers().await?;
+        self.read_control_first().await;
         let resolver = self.resolver.clone();
         for i in 0..self.steps.len() {
             let (index, category, range, from, to) = {
@@ -605,8 +606,12 @@ impl Job {
         };
         let before = pacing.rate();
         if answered == 0 {
-            // Not a round with nothing to disturb: one that could not be read.
-            pacing.unanswered(copying);
+            // Not a round with nothing to disturb: one that could not be read. Before the copy
+            // it teaches nothing.
+            if !copying {
+                return Ok(());
+            }
+            pacing.unanswered();
             let rate = pacing.rate();
             if rate < before {
                 info!(

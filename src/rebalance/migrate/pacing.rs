@@ -142,12 +142,11 @@ impl Pacing {
 
     /// No moving instance answered this round's read of the reports in time. Nothing is known
     /// of what the sidecars see, but an instance too slow to answer one read is no place to go
-    /// faster: while copying, the rate halves (to [`MIN_RATE`] at the least). Whether traffic
-    /// is heard stays as the last round that was read said (its scripts stay small).
-    pub fn unanswered(&mut self, copying: bool) {
-        if copying {
-            self.rate = (self.rate / 2.0).max(self.floor());
-        }
+    /// faster: the rate halves (to [`MIN_RATE`] at the least). Whether traffic is heard stays
+    /// as the last round that was read said (its scripts stay small). (Before the copy, such a
+    /// round teaches nothing and changes nothing.)
+    pub fn unanswered(&mut self) {
+        self.rate = (self.rate / 2.0).max(self.floor());
     }
 
     /// Takes one round of reports (sidecar id, instance, report) and adjusts the rate. With
@@ -382,17 +381,13 @@ mod tests {
             r.round(&[("s1", "a", 400, 2_000)], true);
         }
         let before = r.rate();
-        r.p.unanswered(true);
+        r.p.unanswered();
         assert_eq!(r.rate(), before / 2.0);
         assert!(r.p.hears_traffic(), "the scripts stay small");
         for _ in 0..10 {
-            r.p.unanswered(true);
+            r.p.unanswered();
         }
         assert_eq!(r.rate(), MIN_RATE);
-        // Not copying (learning the baselines): nothing changes.
-        let mut r = Rounds::new(60_000);
-        r.p.unanswered(false);
-        assert_eq!(r.rate(), 60_000.0);
     }
 
     fn slowed(a: Adjustment) -> Over {
