@@ -201,6 +201,9 @@ struct Job {
     control: api_calls::Beside<CachePolicy>,
     /// The copy's progress report under way (`Job::report_beside`).
     reporting: api_calls::Beside<bool>,
+    /// The copy resumed while the hold's last report was under way: `Copying` is reported
+    /// once that one is done.
+    copying_owed: bool,
     /// The sources' `maxmemory-policy`: while one may evict keys without a TTL, the copy
     /// holds as paused (`control.rs`).
     eviction: control::EvictionWatch,
@@ -338,7 +341,9 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // (and whether they sent traffic, which the count's scan then yields to).
     job.pace_by_latency(false).await?;
     job.total = job.count().await?;
-    job.report(rebalance_step::COPYING, &[]).await?;
+    // The sources import already: sidecars may wait on keys the Job moves for them, so from
+    // here on no report holds the Job up.
+    job.report_beside(rebalance_step::COPYING)?;
     // `keysPerSecond` counts from here: the time before (a paused flip, converging, counting)
     // gives the copy no allowance to burst with.
     job.started = Instant::now();
@@ -503,6 +508,7 @@ impl Job {
             pausing: false,
             control: api_calls::Beside::default(),
             reporting: api_calls::Beside::default(),
+            copying_owed: false,
             eviction: control::EvictionWatch::default(),
             counts: true,
             mover,

@@ -82,14 +82,6 @@ impl<T: Send + 'static> Beside<T> {
         Some(joined(done))
     }
 
-    /// What the call returns if it finishes within `wait` (the call stays under way if not).
-    pub(super) async fn finished_within(&mut self, wait: Duration) -> Option<Result<T, Error>> {
-        let handle = self.0.as_mut()?;
-        let done = tokio::time::timeout(wait, handle).await.ok()?;
-        self.0 = None;
-        Some(joined(done))
-    }
-
     /// Waits for the call under way, if any, and returns what it returned.
     pub(super) async fn wait(&mut self) -> Option<Result<T, Error>> {
         let done = self.0.as_mut()?.await;

@@ -131,19 +131,32 @@ impl Job {
     /// Before the copy's first batch: a pause asked for while the Job prepared (the operator
     /// holds a plan not flipped yet itself, so one asked for since the flip) holds the copy
     /// before any key moves, as long as the API server answers within [`FIRST_READ_WAIT`].
-    pub(super) async fn read_control_first(&mut self) {
+    /// The keys sidecars ask for move meanwhile, and the wait does not count toward the
+    /// copy's rate.
+    pub(super) async fn read_control_first(&mut self) -> Result<(), Error> {
+        let since = Instant::now();
         if self.control.idle() {
-            self.control_read = Instant::now();
+            self.control_read = since;
             self.control.start(api_calls::read_policy(
                 self.policies.clone(),
                 self.config.policy.clone(),
             ));
         }
-        match self.control.finished_within(FIRST_READ_WAIT).await {
-            Some(Ok(policy)) => self.pausing = paused(&policy),
-            Some(Err(e)) => warn!(error = %e, "reading the policy failed; tried again in a second"),
-            None => {}
+        while since.elapsed() < FIRST_READ_WAIT {
+            if let Some(read) = self.control.finished() {
+                match read {
+                    Ok(policy) => self.pausing = paused(&policy),
+                    Err(e) => {
+                        warn!(error = %e, "reading the policy failed; tried again in a second");
+                    }
+                }
+                break;
+            }
+            tokio::time::sleep(URGENT_EVERY).await;
+            self.urgent().await?;
         }
+        self.clock.hold(since.elapsed());
+        Ok(())
     }
 
     /// Reads every source's `maxmemory_policy` from `INFO memory` at once (each waits
@@ -254,7 +267,12 @@ impl Job {
         loop {
             match self.report_landed()? {
                 Some(true) => reported = sent.take(),
-                Some(false) => sent = None,
+                // Not written, or not known to be (an answer that timed out may follow a
+                // write that landed): what the status says is not known.
+                Some(false) => {
+                    sent = None;
+                    reported = None;
+                }
                 None => {}
             }
             let now = (step, self.moved, self.pacing_note.clone());
@@ -303,9 +321,9 @@ impl Job {
             policy = %self.config.policy,
             "resumed"
         );
-        // Beside the copy too (after the hold's last report, if that is still under way: the
-        // copy's next report then says so).
-        self.report_beside(rebalance_step::COPYING)?;
+        // Beside the copy too; after the hold's last report, if that is still under way (the
+        // copy sends it once that one is done).
+        self.copying_owed = !self.report_beside(rebalance_step::COPYING)?;
         Ok(())
     }
 }

@@ -182,7 +182,7 @@ impl Job {
     pub(super) async fn copy(&mut self) -> Result<(), Error> {
         // Keys earlier attempts left in transit, and keys sidecars wait for, come first.
         self.leftovers().await?;
-        self.read_control_first().await;
+        self.read_control_first().await?;
         let resolver = self.resolver.clone();
         for i in 0..self.steps.len() {
             let (index, category, range, from, to) = {
@@ -230,6 +230,9 @@ impl Job {
             urgent_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 self.pace_by_latency(true).await?;
+                if self.copying_owed && self.report_beside(rebalance_step::COPYING)? {
+                    self.copying_owed = false;
+                }
                 page_size.store(self.scan_count(), Ordering::Relaxed);
                 // Slot groups a script waits for move with no batch in flight: a batch could
                 // rename a key of theirs while the walk for them passes (it would find neither
@@ -609,6 +612,8 @@ impl Job {
             // Not a round with nothing to disturb: one that could not be read. Before the copy
             // it teaches nothing.
             if !copying {
+                let rate = pacing.rate();
+                self.clock.set_rate(rate, self.launched, Instant::now());
                 return Ok(());
             }
             pacing.unanswered();
