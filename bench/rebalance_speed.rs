@@ -722,11 +722,7 @@ const TARGET_COMMANDS_PER_KEY: f64 = 2.5;
 /// Zeroes `servers`' `INFO commandstats`.
 async fn reset_commandstats(servers: &[&RedisServer]) {
     for server in servers {
-        let mut c = server
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = server.connection().await;
         let () = redis::cmd("CONFIG")
             .arg("RESETSTAT")
             .query_async(&mut c)
@@ -739,11 +735,7 @@ async fn reset_commandstats(servers: &[&RedisServer]) {
 async fn commandstats(servers: &[&RedisServer]) -> std::collections::BTreeMap<String, u64> {
     let mut calls = std::collections::BTreeMap::new();
     for server in servers {
-        let mut c = server
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = server.connection().await;
         let text: String = redis::cmd("INFO")
             .arg("commandstats")
             .query_async(&mut c)

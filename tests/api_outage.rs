@@ -34,11 +34,7 @@ const OUTAGE: Duration = Duration::from_secs(10);
 /// Writes `count` keys of `HOT` on `server` (values of 200–800 bytes); returns each with its
 /// value.
 async fn fill(server: &RedisServer, count: usize) -> BTreeMap<String, Vec<u8>> {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = server.connection().await;
     let mut written = BTreeMap::new();
     for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
         let mut pipe = redis::pipe();
@@ -55,11 +51,7 @@ async fn fill(server: &RedisServer, count: usize) -> BTreeMap<String, Vec<u8>> {
 
 /// Keys of `HOT` on `server`.
 async fn hot_keys(server: &RedisServer) -> usize {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = server.connection().await;
     let mut n = 0;
     for p in HOT {
         let keys: Vec<String> = c.keys(format!("{p}*")).await.unwrap();
@@ -170,18 +162,8 @@ async fn a_copy_and_a_paused_copys_urgent_keys_go_on_while_the_api_server_does_n
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .unwrap();
-    let mut target = shop
-        .secondary
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let mut source = shop
-        .primary
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut target = shop.secondary.connection().await;
+    let mut source = shop.primary.connection().await;
     assert!(signal(apiserver, "-STOP"));
     // Long enough for the held Job to read the policy again (once a second). Then twice: the
     // key moved for the first MGET makes a report of the hold due (its count changed) before
@@ -233,11 +215,7 @@ async fn a_copy_and_a_paused_copys_urgent_keys_go_on_while_the_api_server_does_n
     };
     let mut found = 0;
     for server in [&shop.primary, &shop.secondary] {
-        let mut c = server
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = server.connection().await;
         let keys: Vec<&String> = written.keys().collect();
         for chunk in keys.chunks(500) {
             let values: Vec<Option<Vec<u8>>> = c.mget(chunk).await.unwrap();

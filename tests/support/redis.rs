@@ -109,7 +109,7 @@ impl RedisServer {
     }
 
     /// A fresh connection (panics if the server does not answer).
-    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         self.client()
             .get_multiplexed_async_connection()
             .await
