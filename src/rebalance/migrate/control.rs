@@ -112,20 +112,31 @@ impl Job {
     /// [`CONTROL_EVERY`] has passed since the last one started. The copy never waits on the
     /// API server for it.
     fn read_policy_beside(&mut self) -> Option<CachePolicy> {
-        let read = self.control.finished().and_then(|done| {
-            done.inspect_err(
+        let read = self.policy_read();
+        if self.control.idle() && self.control_read.elapsed() >= CONTROL_EVERY {
+            self.start_policy_read();
+        }
+        read
+    }
+
+    /// The policy, if the read of it under way has finished (a failed read is logged, and
+    /// taken too).
+    fn policy_read(&mut self) -> Option<CachePolicy> {
+        self.control
+            .finished()?
+            .inspect_err(
                 |e| warn!(error = %e, "reading the policy failed; tried again in a second"),
             )
             .ok()
-        });
-        if self.control.idle() && self.control_read.elapsed() >= CONTROL_EVERY {
-            self.control_read = Instant::now();
-            self.control.start(api_calls::read_policy(
-                self.policies.clone(),
-                self.config.policy.clone(),
-            ));
-        }
-        read
+    }
+
+    /// Starts a read of the policy beside the copy (none may be under way).
+    fn start_policy_read(&mut self) {
+        self.control_read = Instant::now();
+        self.control.start(api_calls::read_policy(
+            self.policies.clone(),
+            self.config.policy.clone(),
+        ));
     }
 
     /// Before the copy's first batch: a pause asked for while the Job prepared (the operator
@@ -136,20 +147,14 @@ impl Job {
     pub(super) async fn read_control_first(&mut self) -> Result<(), Error> {
         let since = Instant::now();
         if self.control.idle() {
-            self.control_read = since;
-            self.control.start(api_calls::read_policy(
-                self.policies.clone(),
-                self.config.policy.clone(),
-            ));
+            self.start_policy_read();
         }
         while since.elapsed() < FIRST_READ_WAIT {
-            if let Some(read) = self.control.finished() {
-                match read {
-                    Ok(policy) => self.pausing = paused(&policy),
-                    Err(e) => {
-                        warn!(error = %e, "reading the policy failed; tried again in a second");
-                    }
-                }
+            if let Some(policy) = self.policy_read() {
+                self.pausing = paused(&policy);
+            }
+            if self.control.idle() {
+                // The read finished (a failed one was logged).
                 break;
             }
             tokio::time::sleep(URGENT_EVERY).await;

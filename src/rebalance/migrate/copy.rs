@@ -610,26 +610,24 @@ impl Job {
         let before = pacing.rate();
         if answered == 0 {
             // Not a round with nothing to disturb: one that could not be read. Before the copy
-            // it teaches nothing.
-            if !copying {
+            // it teaches nothing (the copy's starting rate still goes on the clock).
+            if copying {
+                pacing.unanswered();
                 let rate = pacing.rate();
-                self.clock.set_rate(rate, self.launched, Instant::now());
-                return Ok(());
+                if rate < before {
+                    info!(
+                        keys_per_second = rate as u64,
+                        "slowed: no moving instance answered the read of the sidecars' latency"
+                    );
+                }
+                self.pacing_note = Some(format!(
+                    "at {} keys/s: no moving instance answered the read of the sidecars' latency in {} ms",
+                    rate as u64,
+                    LATENCY_READ_TIMEOUT.as_millis()
+                ));
             }
-            pacing.unanswered();
-            let rate = pacing.rate();
-            if rate < before {
-                info!(
-                    keys_per_second = rate as u64,
-                    "slowed: no moving instance answered the read of the sidecars' latency"
-                );
-            }
-            self.pacing_note = Some(format!(
-                "at {} keys/s: no moving instance answered the read of the sidecars' latency in {} ms",
-                rate as u64,
-                LATENCY_READ_TIMEOUT.as_millis()
-            ));
-            self.clock.set_rate(rate, self.launched, Instant::now());
+            self.clock
+                .set_rate(pacing.rate(), self.launched, Instant::now());
             return Ok(());
         }
         let adjustment = pacing.adjust(
