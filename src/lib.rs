@@ -5,7 +5,7 @@
 //!   them; [`routing`]: the routing table contract, slots, placement and key resolution (pure).
 //! - [`redis`]: talking to Redis — the RESP codec, INFO, connections and endpoints, probes,
 //!   and the key-move, heartbeat and sampling protocols every component shares; [`http`],
-//!   [`shutdown`], [`telemetry`]: process plumbing.
+//!   [`kube_client`], [`shutdown`], [`telemetry`]: process plumbing.
 //! - [`sidecar`]: the RESP proxy applications talk to; [`rebalance`]: the planner and the Job
 //!   that moves data (`redis-fleet rebalance`).
 //! - [`operator`]: the controllers (`redis-fleet operator`, or the `redis-fleet-operator`
@@ -18,6 +18,7 @@
 pub mod api;
 pub mod cli;
 pub mod http;
+pub mod kube_client;
 pub mod operator;
 pub mod rebalance;
 pub mod redis;

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("routing", 0),
     ("redis", 1),
     ("http", 1),
+    ("kube_client", 1),
     ("shutdown", 1),
     ("telemetry", 1),
     ("sidecar", 2),

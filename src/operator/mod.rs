@@ -10,11 +10,10 @@
 //! - [`cache_policy`]: computes, publishes and rebalances each policy's routing table;
 //! - [`context`], [`secrets`], [`connections`], [`sampling`], [`metrics`], [`status_writes`]:
 //!   what both use;
-//! - [`api_client`]: the one API connection every reconcile and watch shares;
+//! - [`crate::kube_client`]: the one API connection every reconcile and watch shares;
 //! - [`leader`]: with `--leader-election` the scopes start only once this replica holds the
 //!   Lease; a standby serves `/metrics`, `/healthz` and a passing `/readyz` meanwhile.
 
-pub mod api_client;
 pub mod cache_policy;
 pub mod command;
 pub mod connections;
@@ -109,7 +108,7 @@ pub enum Error {
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> Result<(), Error> {
     // One HTTP/2 connection for everything the process asks of the API server.
-    let client = api_client::infer().await.map_err(Error::Client)?;
+    let client = crate::kube_client::infer().await.map_err(Error::Client)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let leader_gauge = leader::register_gauge(&mut registry);

@@ -94,7 +94,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     let client = match (&config.table, &config.secrets) {
         (TableSource::ConfigMap { .. }, _) | (_, SecretSource::Api(_)) => {
-            Some(kube::Client::try_default().await.map_err(Error::Client)?)
+            Some(crate::kube_client::infer().await.map_err(Error::Client)?)
         }
         _ => None,
     };

@@ -14,6 +14,7 @@ pub use control_plane::ControlPlane;
 pub use redis::{RedisOptions, RedisServer};
 pub mod node;
 pub mod operator;
+pub mod relay;
 pub mod sidecar;
 
 use std::path::PathBuf;

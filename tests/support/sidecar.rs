@@ -144,6 +144,11 @@ impl Sidecar {
     /// Starts a sidecar that follows routing ConfigMap `namespace/name` through the API (and
     /// reads the Secrets there), as a pod without a mounted table would; waits until ready.
     pub fn follow(cp: &super::ControlPlane, namespace: &str, name: &str, id: &str) -> Sidecar {
+        Self::follow_through(&cp.kubeconfig, namespace, name, id)
+    }
+
+    /// [`Sidecar::follow`] with the API server (and credentials) of `kubeconfig`.
+    pub fn follow_through(kubeconfig: &Path, namespace: &str, name: &str, id: &str) -> Sidecar {
         let dir = temp_dir("sidecar");
         let port = free_port();
         let metrics_port = free_port();
@@ -163,7 +168,7 @@ impl Sidecar {
         let launch = Launch {
             args: args.iter().map(OsString::from).collect(),
             env: vec![
-                ("KUBECONFIG", cp.kubeconfig.clone().into()),
+                ("KUBECONFIG", kubeconfig.into()),
                 ("RUST_LOG", "info,redis_fleet=debug".into()),
             ],
             dir: dir.clone(),
