@@ -885,6 +885,79 @@ async fn a_tombstone_beside_a_live_key_is_stale_and_the_live_key_moves() {
 }
 
 #[tokio::test]
+async fn a_take_finds_sizes_and_leaves_for_later_each_kind_of_key_as_it_should() {
+    // Every branch of the take script in one call with a small budget: a key that moves, a
+    // key beside a stale tombstone and a tombstone alone both left for later (the budget is
+    // spent), a key that is nowhere; then the same two keys again with no budget.
+    use redis::AsyncCommands;
+    let source = RedisServer::start(RedisOptions::default());
+    let mut s = conn(&source).await;
+    let m = mover(names::mover_token(9, 1));
+    m.claim(&mut s).await.unwrap();
+    let big = vec![b'a'; 100 * 1024];
+    let _: () = s.set("user:a", &big).await.unwrap();
+    let _: () = s.set(names::tomb(b"user:b").as_ref(), "old").await.unwrap();
+    let _: () = s.set("user:b", "new").await.unwrap();
+    let _: () = s
+        .set_ex(names::tomb(b"user:c").as_ref(), "in transit", 600)
+        .await
+        .unwrap();
+    let keys = [b("user:a"), b("user:b"), b("user:c"), b("user:d")];
+    let group = "redisfleet:group:test:1:";
+    let taken = m
+        .take(&mut s, &keys, group, 8 << 20, 64 * 1024)
+        .await
+        .unwrap();
+    assert!(
+        matches!(taken[0], Taken::Value { expire_at: -1, .. }),
+        "{:?}",
+        taken[0]
+    );
+    assert_eq!(taken[1..], [Taken::Later, Taken::Later, Taken::None]);
+    // user:a is in transit; user:b is where it was, its stale tombstone gone; user:c still
+    // waits in its tombstone.
+    let a: Option<Vec<u8>> = s.get("user:a").await.unwrap();
+    let b_now: Option<String> = s.get("user:b").await.unwrap();
+    let b_tomb: Option<String> = s.get(names::tomb(b"user:b").as_ref()).await.unwrap();
+    let c_tomb: Option<String> = s.get(names::tomb(b"user:c").as_ref()).await.unwrap();
+    assert_eq!(a, None);
+    assert_eq!(b_now.as_deref(), Some("new"));
+    assert_eq!(
+        b_tomb, None,
+        "the stale tombstone beside a key left for later stays"
+    );
+    assert_eq!(c_tomb.as_deref(), Some("in transit"));
+
+    let taken = m
+        .take(&mut s, &keys[1..3], group, 8 << 20, 0)
+        .await
+        .unwrap();
+    let target = RedisServer::start(RedisOptions::default());
+    let mut t = conn(&target).await;
+    for (name, taken) in ["b", "c"].iter().zip(&taken) {
+        let Taken::Value { dump, .. } = taken else {
+            panic!("{taken:?}");
+        };
+        let () = redis::cmd("RESTORE")
+            .arg(*name)
+            .arg(0)
+            .arg(dump.as_ref())
+            .query_async(&mut t)
+            .await
+            .unwrap();
+    }
+    let (b_moved, c_moved): (String, String) =
+        (t.get("b").await.unwrap(), t.get("c").await.unwrap());
+    assert_eq!((b_moved.as_str(), c_moved.as_str()), ("new", "in transit"));
+    assert!(matches!(taken[0], Taken::Value { expire_at: -1, .. }));
+    assert!(
+        matches!(taken[1], Taken::Value { expire_at, .. } if expire_at > 0),
+        "the tombstone's expiry moves with it: {:?}",
+        taken[1]
+    );
+}
+
+#[tokio::test]
 async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_off() {
     // A move's target died with keys in transit: the operator gives them back to the source
     // before the range returns there. A tombstone whose key is absent is the key's last

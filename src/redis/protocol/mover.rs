@@ -63,34 +63,30 @@ local spent = 0
 local out = {}
 for i = 2, #KEYS - groups, 2 do
   local key, tomb = KEYS[i], KEYS[i + 1]
-  local from = nil
-  if redis.call('EXISTS', tomb) == 1 then
-    if redis.call('EXISTS', key) == 1 then
-      -- Written after its tombstone's move ended (the guard never lets a key in transit be
-      -- written): the tombstone is stale, the key moves.
-      redis.call('DEL', tomb)
-      from = key
-    else
-      from = tomb
-    end
-  elseif redis.call('EXISTS', key) == 1 then from = key end
-  if not from then
+  -- MEMORY USAGE answers nil for a key that is not there: one call both finds and sizes it.
+  local from, size = key, redis.call('MEMORY', 'USAGE', key)
+  if not size then from, size = tomb, redis.call('MEMORY', 'USAGE', tomb) end
+  if not size then
     out[#out + 1] = {'NONE'}
+  elseif budget > 0 and spent > 0 and spent + size > budget then
+    -- A tombstone beside its key is stale (below): dropped as it would be if the key moved.
+    if from == key then redis.call('DEL', tomb) end
+    out[#out + 1] = {'LATER'}
   else
-    local size = redis.call('MEMORY', 'USAGE', from) or 0
-    if budget > 0 and spent > 0 and spent + size > budget then
-      out[#out + 1] = {'LATER'}
+    local ttl = redis.call('PTTL', from)
+    if ttl >= 0 then ttl = now + ttl end
+    local big = limit > 0 and size > limit
+    -- A key beside a tombstone left by an earlier attempt was written after that move ended
+    -- (the guard never lets a key in transit be written): the tombstone is stale, the key
+    -- replaces it. Without one, RENAMENX alone renames.
+    if from == key and redis.call('RENAMENX', key, tomb) == 0 then
+      redis.call('RENAME', key, tomb)
+    end
+    if big then
+      out[#out + 1] = {'BIG', redis.call('TYPE', tomb)['ok'], ttl}
     else
-      local ttl = redis.call('PTTL', from)
-      if ttl >= 0 then ttl = now + ttl end
-      local big = limit > 0 and size > limit
-      if from == key then redis.call('RENAME', key, tomb) end
-      if big then
-        out[#out + 1] = {'BIG', redis.call('TYPE', tomb)['ok'], ttl}
-      else
-        spent = spent + size
-        out[#out + 1] = {'MOVED', redis.call('DUMP', tomb), ttl}
-      end
+      spent = spent + size
+      out[#out + 1] = {'MOVED', redis.call('DUMP', tomb), ttl}
     end
   end
 end
@@ -114,16 +110,19 @@ pub const RESTORE_SCRIPT: &str = concat!(
 local out = {}
 for i = 2, #KEYS do
   local j = i - 1
-  if redis.call('EXISTS', KEYS[i]) == 1 then
+  local r
+  -- Without REPLACE, RESTORE refuses a key that is there (BUSYKEY): the target's value stays.
+  if ARGV[2 * j] == '0' then
+    r = redis.pcall('RESTORE', KEYS[i], 0, ARGV[2 * j + 1])
+  else
+    r = redis.pcall('RESTORE', KEYS[i], ARGV[2 * j], ARGV[2 * j + 1], 'ABSTTL')
+  end
+  if type(r) ~= 'table' or not r.err then
+    out[#out + 1] = 1
+  elseif string.sub(r.err, 1, 7) == 'BUSYKEY' then
     out[#out + 1] = 0
   else
-    local r
-    if ARGV[2 * j] == '0' then
-      r = redis.pcall('RESTORE', KEYS[i], 0, ARGV[2 * j + 1])
-    else
-      r = redis.pcall('RESTORE', KEYS[i], ARGV[2 * j], ARGV[2 * j + 1], 'ABSTTL')
-    end
-    if type(r) == 'table' and r.err then out[#out + 1] = r.err else out[#out + 1] = 1 end
+    out[#out + 1] = r.err
   end
 end
 return out
