@@ -705,19 +705,20 @@ fn sorted_within(
 const SLOW_MICROS: u64 = 100;
 
 /// The most Redis commands the copy may run on its source per key it moves, its move scripts'
-/// own calls included (`INFO commandstats` counts those). A take is six per key (`EXISTS` of
-/// the tombstone and the key, `MEMORY USAGE`, `PTTL`, `RENAME`, `DUMP`); each call, each finish
-/// and each scan page add a share. Timings cannot be asserted on a shared machine; this count
-/// hardly moves on a slow day (a few commands come by the clock: the urgent list's `LPOP`
-/// every 20 ms, the latency and `INFO` reads once a second, about a hundredth of a command per
-/// key of the smoke run's 4 s copy), and a change that makes every move dearer shows in it
-/// (marking each key's slot group in every take call, not once per attempt, added about one
-/// per key). Today's count: 6.36.
-const SOURCE_COMMANDS_PER_KEY: f64 = 6.6;
+/// own calls included (`INFO commandstats` counts those). A take is four per key (`MEMORY
+/// USAGE`, which also tells whether the key is there, `PTTL`, `RENAMENX`, `DUMP`); each call,
+/// each finish and each scan page add a share. Timings cannot be asserted on a shared machine;
+/// this count hardly moves on a slow day (a few commands come by the clock: the urgent list's
+/// `LPOP` every 20 ms, the latency and `INFO` reads once a second, about a hundredth of a
+/// command per key of the smoke run's 4 s copy), and a change that makes every move dearer
+/// shows in it (marking each key's slot group in every take call, not once per attempt, added
+/// about one per key; the take's two `EXISTS` and a `RENAME` before `RENAMENX`, two). Today's
+/// count: 4.36.
+const SOURCE_COMMANDS_PER_KEY: f64 = 4.6;
 
-/// The same for the targets together: a restore is two per key (`EXISTS`, `RESTORE`). Today's
-/// count: 2.12.
-const TARGET_COMMANDS_PER_KEY: f64 = 2.5;
+/// The same for the targets together: a restore is one per key (`RESTORE`, which refuses a key
+/// that is there; an `EXISTS` before it made two). Today's count: 1.12.
+const TARGET_COMMANDS_PER_KEY: f64 = 1.5;
 
 /// Zeroes `servers`' `INFO commandstats`.
 async fn reset_commandstats(servers: &[&RedisServer]) {
