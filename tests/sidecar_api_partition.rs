@@ -3,7 +3,7 @@
 //! a partition, packets that stop arriving and no reset. Nothing tells the sidecar; only its
 //! own bounds can. Once the network heals it must follow the table again (a sidecar left on
 //! an old table is fenced off by the instances: its clients' commands fail until it catches
-//! up), and read its Secrets again.
+//! up), and read its Secrets again. Also: the API client honours a kubeconfig's `tls-server-name`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -128,6 +128,7 @@ async fn a_sidecar_whose_api_connections_were_lost_silently_follows_the_table_on
     let () = app.set("before", "1").await.unwrap();
 
     // Every connection it holds now is lost, and the table changes meanwhile.
+    let before_cut = relay.accepted();
     relay.cut();
     maps.replace(
         ROUTING,
@@ -140,10 +141,17 @@ async fn a_sidecar_whose_api_connections_were_lost_silently_follows_the_table_on
         !loads(&sidecar, 2, Duration::from_secs(5)).await,
         "the sidecar saw a table through a cut network: the test does not cut it"
     );
-    // Long enough for its Secret reads (every 30 s) to start on lost connections too.
-    tokio::time::sleep(Duration::from_secs(35)).await;
+    // Long enough for the sidecar to notice (a ping unanswered for 20 s, one every 30 s) and
+    // to try new connections while the network is still down (lost too: only their bounds
+    // free them), and for its Secret reads (every 30 s) to start on lost connections.
+    tokio::time::sleep(Duration::from_secs(65)).await;
     assert_eq!(loaded_version(&sidecar), 1);
-    let reached = relay.accepted();
+    let tried = relay.accepted() - before_cut;
+    assert!(
+        tried > 0,
+        "in 70 s the sidecar did not notice that its API connection was lost\n{}",
+        sidecar.log_tail(30)
+    );
     relay.heal();
 
     // Once the network is back the sidecar notices on its own, within its bounds (a minute
@@ -158,10 +166,9 @@ async fn a_sidecar_whose_api_connections_were_lost_silently_follows_the_table_on
         sidecar.log_tail(30)
     );
     eprintln!(
-        "table version 2 loaded {:.1} s after the network healed ({} connections through the \
-         relay before it healed, {} after)",
+        "table version 2 loaded {:.1} s after the network healed ({tried} connections tried \
+         during the cut, {} in all)",
         healed.elapsed().as_secs_f64(),
-        reached,
         relay.accepted()
     );
     // And its Secret reads work again: a new password, rotated in the Secret and the server,
@@ -214,4 +221,33 @@ async fn a_sidecar_whose_api_connections_were_lost_silently_follows_the_table_on
             }
         }
     }
+}
+
+#[tokio::test]
+async fn the_api_client_checks_the_servers_certificate_for_the_kubeconfigs_tls_server_name() {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let cp = ControlPlane::shared();
+    let namespaces = |name: Option<&str>| {
+        let name = name.map(str::to_owned);
+        async move {
+            let kc = Kubeconfig::read_from(&cp.kubeconfig).unwrap();
+            let mut config =
+                kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .unwrap();
+            config.tls_server_name = name;
+            let client = redis_fleet::kube_client::client(config).unwrap();
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+                .list(&Default::default())
+                .await
+        }
+    };
+    // The test API server's certificate names 127.0.0.1 and localhost.
+    namespaces(None).await.unwrap();
+    namespaces(Some("localhost")).await.unwrap();
+    let refused = namespaces(Some("elsewhere.invalid")).await;
+    assert!(
+        refused.is_err(),
+        "a certificate for 127.0.0.1 and localhost was taken for elsewhere.invalid"
+    );
 }

@@ -170,6 +170,8 @@ impl Reloader {
             .boxed();
         let mut latest: Option<String> = None;
         let mut tick = tokio::time::interval(every);
+        // After a slow read, the next tick comes `every` later, not all the missed ones at once.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ev = events.next() => match ev {

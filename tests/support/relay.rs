@@ -2,7 +2,9 @@
 //! API server), it plays a network that stops delivering the packets of the connections open
 //! at some moment and never tells either end (a lost NAT or conntrack entry, a partition): no
 //! reset, no close, only silence, for good. Connections opened after the network heals work.
-//! A client that bounds nothing waits on a lost connection for ever.
+//! A client that bounds nothing waits on a lost connection for ever. The relay's own sockets
+//! stay healthy, so TCP keep-alive notices nothing here: only a client's own bounds (pings,
+//! request timeouts) do.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
