@@ -7,10 +7,11 @@
 //!
 //! Nothing waits on the API server for ever. kube's default client sets no read timeout, so a
 //! connection the network lost without a reset (a NAT or conntrack entry dropped, a
-//! partition) held its requests and watches for good: a sidecar stopped following its
-//! routing table. Here a connection that does not answer its pings is closed (its watches
-//! fail and start again), and each request has [`REQUEST_TIMEOUT`] to get its answer's
-//! headers, the connection and TLS handshake included.
+//! partition) held its requests for good (a watch until the watcher's own idle timeout, about
+//! five minutes): a sidecar whose Secret read hung stopped following its routing table. Here
+//! a connection that does not answer its pings is closed (its watches fail and start again),
+//! and each request has [`REQUEST_TIMEOUT`] to get its answer's headers, the connection and
+//! TLS handshake included.
 
 use std::time::Duration;
 
