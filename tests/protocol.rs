@@ -958,6 +958,121 @@ async fn a_take_finds_sizes_and_leaves_for_later_each_kind_of_key_as_it_should()
 }
 
 #[tokio::test]
+async fn a_key_whose_time_ran_out_before_its_take_is_nowhere_and_the_rest_of_the_call_moves() {
+    // Redis removes an expired key when something looks it up, or when its expiry cycle finds
+    // it: until then some commands (MEMORY USAGE) still see it. A take that sized such a key
+    // and then could not rename it failed whole, the keys it had taken before stuck in
+    // transit. Keys whose TTL runs out between a scan page and their take are common in a
+    // cache. The expiry cycle is off here, so the expired keys are surely still stored.
+    use redis::AsyncCommands;
+    let source = RedisServer::start(RedisOptions {
+        extra_args: vec!["--enable-debug-command".into(), "yes".into()],
+        ..Default::default()
+    });
+    let mut s = conn(&source).await;
+    let () = redis::cmd("DEBUG")
+        .arg("SET-ACTIVE-EXPIRE")
+        .arg(0)
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    let m = mover(names::mover_token(11, 1));
+    m.claim(&mut s).await.unwrap();
+    let _: () = s.set("user:live", "v").await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("user:gone")
+        .arg("x")
+        .arg("PX")
+        .arg(1)
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    // A value whose time ran out while it was in transit.
+    let _: () = redis::cmd("SET")
+        .arg(names::tomb(b"user:was-moving").as_ref())
+        .arg("y")
+        .arg("PX")
+        .arg(1)
+        .query_async(&mut s)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let keys = [b("user:live"), b("user:gone"), b("user:was-moving")];
+    let taken = m
+        .take(&mut s, &keys, "redisfleet:group:test:1:", 8 << 20, 0)
+        .await
+        .expect("a take with expired keys among its own");
+    assert!(
+        matches!(taken[0], Taken::Value { expire_at: -1, .. }),
+        "{taken:?}"
+    );
+    assert_eq!(taken[1..], [Taken::None, Taken::None]);
+    let in_transit: bool = s.exists(names::tomb(b"user:live").as_ref()).await.unwrap();
+    assert!(in_transit);
+}
+
+#[tokio::test]
+async fn a_full_target_still_answers_that_a_key_is_there() {
+    // A full target refuses RESTORE for being full before it looks at the key: a key an
+    // earlier attempt restored is still "present", so the move of it can finish.
+    use redis::AsyncCommands;
+    let (source, target) = (
+        RedisServer::start(RedisOptions::default()),
+        RedisServer::start(RedisOptions::default()),
+    );
+    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
+    let m = mover(names::mover_token(12, 1));
+    m.claim(&mut s).await.unwrap();
+    m.claim(&mut t).await.unwrap();
+    for k in ["user:there", "user:new"] {
+        let _: () = s.set(k, "v").await.unwrap();
+    }
+    let taken = m
+        .take(
+            &mut s,
+            &[b("user:there"), b("user:new")],
+            "redisfleet:group:test:1:",
+            8 << 20,
+            0,
+        )
+        .await
+        .unwrap();
+    let restores: Vec<Restore> = taken
+        .iter()
+        .zip(["user:there", "user:new"])
+        .map(|(t, k)| {
+            let Taken::Value { dump, .. } = t else {
+                panic!("{t:?}");
+            };
+            Restore {
+                key: b(k),
+                expire_at: 0,
+                dump: dump.clone(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        m.restore(&mut t, &restores[..1]).await.unwrap(),
+        [Restored::Done]
+    );
+    for (name, value) in [("maxmemory", "1"), ("maxmemory-policy", "noeviction")] {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut t)
+            .await
+            .unwrap();
+    }
+    let answers = m.restore(&mut t, &restores).await.unwrap();
+    assert_eq!(answers[0], Restored::Present, "{answers:?}");
+    assert!(
+        matches!(&answers[1], Restored::Failed(e) if e.contains("OOM")),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_move_given_back_renames_its_keys_in_transit_back_and_fences_its_job_off() {
     // A move's target died with keys in transit: the operator gives them back to the source
     // before the range returns there. A tombstone whose key is absent is the key's last

@@ -63,30 +63,34 @@ local spent = 0
 local out = {}
 for i = 2, #KEYS - groups, 2 do
   local key, tomb = KEYS[i], KEYS[i + 1]
-  -- MEMORY USAGE answers nil for a key that is not there: one call both finds and sizes it.
-  local from, size = key, redis.call('MEMORY', 'USAGE', key)
-  if not size then from, size = tomb, redis.call('MEMORY', 'USAGE', tomb) end
-  if not size then
+  -- PTTL answers -2 for a key that is not there, and removes one whose time ran out
+  -- (MEMORY USAGE would size it still, and then nothing could rename it): one call finds the
+  -- key and reads its expiry.
+  local from, ttl = key, redis.call('PTTL', key)
+  if ttl == -2 then from, ttl = tomb, redis.call('PTTL', tomb) end
+  if ttl == -2 then
     out[#out + 1] = {'NONE'}
-  elseif budget > 0 and spent > 0 and spent + size > budget then
-    -- A tombstone beside its key is stale (below): dropped as it would be if the key moved.
-    if from == key then redis.call('DEL', tomb) end
-    out[#out + 1] = {'LATER'}
   else
-    local ttl = redis.call('PTTL', from)
-    if ttl >= 0 then ttl = now + ttl end
-    local big = limit > 0 and size > limit
-    -- A key beside a tombstone left by an earlier attempt was written after that move ended
-    -- (the guard never lets a key in transit be written): the tombstone is stale, the key
-    -- replaces it. Without one, RENAMENX alone renames.
-    if from == key and redis.call('RENAMENX', key, tomb) == 0 then
-      redis.call('RENAME', key, tomb)
-    end
-    if big then
-      out[#out + 1] = {'BIG', redis.call('TYPE', tomb)['ok'], ttl}
+    local size = redis.call('MEMORY', 'USAGE', from) or 0
+    if budget > 0 and spent > 0 and spent + size > budget then
+      -- A tombstone beside its key is stale (below): dropped as it would be if the key moved.
+      if from == key then redis.call('DEL', tomb) end
+      out[#out + 1] = {'LATER'}
     else
-      spent = spent + size
-      out[#out + 1] = {'MOVED', redis.call('DUMP', tomb), ttl}
+      if ttl >= 0 then ttl = now + ttl end
+      local big = limit > 0 and size > limit
+      -- A key beside a tombstone left by an earlier attempt was written after that move
+      -- ended (the guard never lets a key in transit be written): the tombstone is stale, the
+      -- key replaces it. Without one, RENAMENX alone renames.
+      if from == key and redis.call('RENAMENX', key, tomb) == 0 then
+        redis.call('RENAME', key, tomb)
+      end
+      if big then
+        out[#out + 1] = {'BIG', redis.call('TYPE', tomb)['ok'], ttl}
+      else
+        spent = spent + size
+        out[#out + 1] = {'MOVED', redis.call('DUMP', tomb), ttl}
+      end
     end
   end
 end
@@ -117,9 +121,11 @@ for i = 2, #KEYS do
   else
     r = redis.pcall('RESTORE', KEYS[i], ARGV[2 * j], ARGV[2 * j + 1], 'ABSTTL')
   end
+  -- A target that refuses writes (full, too few replicas) says so before it looks at the
+  -- key: a key there is still 'present'.
   if type(r) ~= 'table' or not r.err then
     out[#out + 1] = 1
-  elseif string.sub(r.err, 1, 7) == 'BUSYKEY' then
+  elseif string.sub(r.err, 1, 7) == 'BUSYKEY' or redis.call('EXISTS', KEYS[i]) == 1 then
     out[#out + 1] = 0
   else
     out[#out + 1] = r.err
