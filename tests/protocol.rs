@@ -368,20 +368,45 @@ fn mover(token: u64) -> Mover {
     }
 }
 
+/// A source and a target, a connection to each, and a mover of attempt `token` that claimed
+/// both.
+/// (Bind `_servers` where it is taken apart: the servers stop when it is dropped.)
+struct Pair {
+    _servers: (RedisServer, RedisServer),
+    s: MultiplexedConnection,
+    t: MultiplexedConnection,
+    m: Mover,
+}
+
+async fn claimed_pair(token: u64) -> Pair {
+    let (source, target) = (
+        RedisServer::start(RedisOptions::default()),
+        RedisServer::start(RedisOptions::default()),
+    );
+    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
+    let m = mover(token);
+    m.claim(&mut s).await.unwrap();
+    m.claim(&mut t).await.unwrap();
+    Pair {
+        _servers: (source, target),
+        s,
+        t,
+        m,
+    }
+}
+
 fn b(s: &str) -> Bytes {
     Bytes::from(s.to_owned())
 }
 
 #[tokio::test]
 async fn a_move_takes_restores_and_finishes_and_keeps_the_expiry() {
-    let (source, target) = (
-        RedisServer::start(RedisOptions::default()),
-        RedisServer::start(RedisOptions::default()),
-    );
-    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
-    let m = mover(names::mover_token(5, 1));
-    m.claim(&mut s).await.unwrap();
-    m.claim(&mut t).await.unwrap();
+    let Pair {
+        _servers,
+        mut s,
+        mut t,
+        m,
+    } = claimed_pair(names::mover_token(5, 1)).await;
     let _: () = redis::cmd("SET")
         .arg("k1")
         .arg("v1")
@@ -487,14 +512,12 @@ async fn a_replaced_mover_can_no_longer_restore_what_it_took() {
     // A Job attempt takes a key and stalls; a newer attempt finishes the key from its
     // tombstone; the application deletes it on the target; the stalled attempt wakes up and
     // tries to RESTORE its old copy. The mover token must refuse it.
-    let (source, target) = (
-        RedisServer::start(RedisOptions::default()),
-        RedisServer::start(RedisOptions::default()),
-    );
-    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
-    let old = mover(names::mover_token(9, 1));
-    old.claim(&mut s).await.unwrap();
-    old.claim(&mut t).await.unwrap();
+    let Pair {
+        mut s,
+        mut t,
+        m: old,
+        _servers,
+    } = claimed_pair(names::mover_token(9, 1)).await;
     let _: () = redis::cmd("SET")
         .arg("session:1")
         .arg("alive")
@@ -845,15 +868,13 @@ async fn a_tombstone_beside_a_live_key_is_stale_and_the_live_key_moves() {
     // where the key in transit stayed as a tombstone. The application wrote the key again
     // (plain commands: no migration, no guard), and a later plan took the old tombstone
     // first: it reached the target and the live key's newer value was kept out by it.
-    let (source, target) = (
-        RedisServer::start(RedisOptions::default()),
-        RedisServer::start(RedisOptions::default()),
-    );
     use redis::AsyncCommands;
-    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
-    let m = mover(names::mover_token(7, 1));
-    m.claim(&mut s).await.unwrap();
-    m.claim(&mut t).await.unwrap();
+    let Pair {
+        _servers,
+        mut s,
+        mut t,
+        m,
+    } = claimed_pair(names::mover_token(7, 1)).await;
     let tomb = names::tomb(b"user:k");
     let _: () = s.set(tomb.as_ref(), "old").await.unwrap();
     let _: () = s.set("user:k", "new").await.unwrap();
@@ -1016,14 +1037,12 @@ async fn a_full_target_still_answers_that_a_key_is_there() {
     // A full target refuses RESTORE for being full before it looks at the key: a key an
     // earlier attempt restored is still "present", so the move of it can finish.
     use redis::AsyncCommands;
-    let (source, target) = (
-        RedisServer::start(RedisOptions::default()),
-        RedisServer::start(RedisOptions::default()),
-    );
-    let (mut s, mut t) = (conn(&source).await, conn(&target).await);
-    let m = mover(names::mover_token(12, 1));
-    m.claim(&mut s).await.unwrap();
-    m.claim(&mut t).await.unwrap();
+    let Pair {
+        _servers,
+        mut s,
+        mut t,
+        m,
+    } = claimed_pair(names::mover_token(12, 1)).await;
     for k in ["user:there", "user:new"] {
         let _: () = s.set(k, "v").await.unwrap();
     }

@@ -209,22 +209,19 @@ pub async fn read_secrets(
             };
             let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
             // All at once: each read is bounded by the client, and so is the whole.
-            let reads = wanted.iter().map(|r| {
-                let api = api.clone();
-                async move {
-                    let secret = api
-                        .get(&r.name)
-                        .await
-                        .map_err(|e| format!("reading Secret {}/{}: {e}", namespace, r.name))?;
-                    let value =
-                        secret
-                            .data
-                            .and_then(|mut d| d.remove(&r.key))
-                            .ok_or_else(|| {
-                                format!("Secret {}/{} has no key {}", namespace, r.name, r.key)
-                            })?;
-                    Ok::<_, String>((r.clone(), value.0))
-                }
+            let api = &api;
+            let reads = wanted.iter().map(|r| async move {
+                let secret = api
+                    .get(&r.name)
+                    .await
+                    .map_err(|e| format!("reading Secret {}/{}: {e}", namespace, r.name))?;
+                let value = secret
+                    .data
+                    .and_then(|mut d| d.remove(&r.key))
+                    .ok_or_else(|| {
+                        format!("Secret {}/{} has no key {}", namespace, r.name, r.key)
+                    })?;
+                Ok::<_, String>((r.clone(), value.0))
             });
             out.extend(futures::future::try_join_all(reads).await?);
         }
