@@ -676,10 +676,10 @@ async fn two_operators_never_publish_two_tables_under_one_version() {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let shop = shop_configured("twins", quick, &[]).await;
-    let _node = Node::start(shop.cp, &shop.ns);
+    let node = Node::start(shop.cp, &shop.ns);
     settled_table(&shop).await;
     // A second operator without leader election, as a misconfigured install would run.
-    let _twin = support::operator::Operator::start(shop.cp, &shop.ns);
+    let twin = support::operator::Operator::start(shop.cp, &shop.ns);
     let seen: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, std::collections::BTreeSet<String>>>> =
         Default::default();
     let recorder = {
@@ -701,19 +701,39 @@ async fn two_operators_never_publish_two_tables_under_one_version() {
     };
     // Instances that come and go make both operators publish, racing each other.
     let pid = shop.secondary.pid().unwrap();
-    for _ in 0..3 {
+    for round in 0..3 {
+        let stopped = Instant::now();
         signal(pid, "-STOP");
         let deadline = Instant::now() + Duration::from_secs(30);
         while table(&shop).await.failover.is_empty() {
-            assert!(Instant::now() < deadline, "no failover");
+            assert!(
+                Instant::now() < deadline,
+                "no failover\n{}\n{}",
+                shop.operator.log_tail(60),
+                twin.log_tail(60)
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let failed_over = stopped.elapsed();
         signal(pid, "-CONT");
+        let resumed = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(90);
         while !table(&shop).await.failover.is_empty() {
-            assert!(Instant::now() < deadline, "no failback");
+            assert!(
+                Instant::now() < deadline,
+                "no failback: {:#?}\n{:#?}\n--- operator\n{}\n--- twin\n{}\n--- node\n{}",
+                table(&shop).await,
+                rebalance(&shop).await,
+                shop.operator.log_tail(80),
+                twin.log_tail(80),
+                node.all_logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        eprintln!(
+            "round {round}: failover after {failed_over:?}, failback after {:?}",
+            resumed.elapsed()
+        );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     recorder.abort();
@@ -731,6 +751,99 @@ async fn two_operators_never_publish_two_tables_under_one_version() {
     assert!(
         doubled.is_empty(),
         "versions published with different content: {doubled:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_lost_again_while_its_failback_cleans_up_fails_over_at_once() {
+    // The failback's new owners were out and its Job cleaned up (`Finalizing`) when the owner
+    // stopped again. The table that finishes a plan drops the failback's failover entries,
+    // and it was built again at every reconcile while the plan finalized: the new failover's
+    // entries went with them, and the owner's ranges stayed routed to the dead instance until
+    // the cleanup had failed its last attempt, 30 s and more. (The twins test above stops the
+    // owner the moment a failback's table is out, so on a slow machine it can land here.)
+    let shop = shop_configured("relapse", quick, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let settled = settled_table(&shop).await;
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+    // A sidecar that never loads a newer table holds each step that waits for the sidecars
+    // (the failback's cleanup among them) for the 8 s of the converge timeout.
+    let _stuck = stuck_sidecar(&settled);
+    let mut c = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..40).map(|i| format!("user:r-{i}")).collect();
+    let pid = shop.secondary.pid().unwrap();
+    signal(pid, "-STOP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while table(&shop).await.failover.is_empty() {
+        assert!(Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(pid, "-CONT");
+    let failback = wait_rebalance(
+        &shop,
+        &node,
+        "no failback cleanup",
+        Duration::from_secs(60),
+        |r| r.phase == rebalance_phase::FINALIZING,
+    )
+    .await;
+    signal(pid, "-STOP");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while table(&shop).await.failover.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no failover while the failback cleans up: {:#?}\n{}",
+            rebalance(&shop).await,
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Failed over while the cleanup still runs (it cannot finish without its target), not
+    // once the plan gave up on it.
+    let during = rebalance(&shop).await.unwrap();
+    assert_eq!(
+        (during.plan_id, during.phase.as_str()),
+        (failback.plan_id, rebalance_phase::FINALIZING),
+        "the failover waited for the plan to end"
+    );
+    // What is written meanwhile is served by the fallback and comes home with the next
+    // failback. (What the stopped owner held is dropped at that failback, as any failover
+    // drops what only a dead instance holds: the ledger starts here.)
+    let mut ledger = Ledger::default();
+    for k in &keys {
+        ledger.set(&mut c, k, "during").await;
+    }
+    for k in keys.iter().step_by(4) {
+        ledger.del(&mut c, k).await;
+    }
+    assert!(
+        ledger.errors.is_empty(),
+        "writes refused while failed over: {:?}\n{}",
+        &ledger.errors[..ledger.errors.len().min(3)],
+        fresh.log_tail(20)
+    );
+    signal(pid, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !table(&shop).await.failover.is_empty()
+        || rebalance(&shop).await.is_some_and(|r| r.is_active())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no second failback: {:#?}\n{}",
+            rebalance(&shop).await,
+            shop.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ledger.check(&fresh, "the sidecar").await;
+    assert_eq!(
+        keys_on(&shop.secondary, "user:r-").await,
+        keys.len() - keys.len().div_ceil(4),
+        "the writes of the outage are home"
     );
 }
 

@@ -633,8 +633,12 @@ fn shape_for_rebalance(
             overlay_migrating(table, &moves, &recorded, epoch);
             None
         }
+        // The new owners are out, and with them the failback's failover entries went
+        // ([`finalize`] at the transition): an entry now is a new failover, of a target that
+        // died after it took its ranges (the plan's cleanup still runs), and stays, as any
+        // owner's does — dropping it routed the range to the dead target until the plan ended.
         rebalance_phase::FINALIZING => {
-            *table = finalize(table, &moves);
+            *table = apply_moves(table, &moves);
             None
         }
         _ => None,

@@ -92,6 +92,57 @@ fn a_failback_replaces_the_failover_entries_with_a_migration_then_clears_them() 
 }
 
 #[test]
+fn an_owner_lost_again_while_its_failback_finalizes_keeps_its_new_failover() {
+    // The failback's new owners are out (`Finalizing`, its Job cleaning up) when the owner
+    // stops again: the build fails its range over afresh, and the plan's table must not take
+    // that entry for the failback's own, which the transition dropped already.
+    let mut t = two_instance_table();
+    let lost = Failover {
+        category: "auth".into(),
+        start: 0,
+        end: 8191,
+        from: "primary".into(),
+        to: "secondary".into(),
+        handover: false,
+    };
+    t.failover.push(lost.clone());
+    let back = vec![
+        view("primary", InstancePhase::Ready, false),
+        view("secondary", InstancePhase::Ready, false),
+    ];
+    let moves = failback_moves(&t, &back);
+    let mut flipped = t.clone();
+    overlay_migrating(&mut flipped, &moves, &[], 9);
+    let mut r = RebalanceStatus {
+        phase: rebalance_phase::MIGRATING.to_owned(),
+        plan_id: 9,
+        step: Some(rebalance_step::COPIED.to_owned()),
+        moves: to_status(&moves, &t),
+        ..RebalanceStatus::default()
+    };
+    let (done, transition) = table_to_publish(&flipped, Some(&flipped), &back, Some(&r), true);
+    assert!(matches!(transition, Some(Transition::Finalize)));
+    assert!(
+        done.failover.is_empty() && done.migrating.is_empty(),
+        "{done:?}"
+    );
+    r.phase = rebalance_phase::FINALIZING.to_owned();
+    let again = vec![
+        view("primary", InstancePhase::Unreachable, false),
+        view("secondary", InstancePhase::Ready, false),
+    ];
+    let mut failed_over = done.clone();
+    failed_over.failover.push(lost.clone());
+    let (published, transition) =
+        table_to_publish(&failed_over, Some(&done), &again, Some(&r), true);
+    assert!(transition.is_none());
+    assert_eq!(published.failover, vec![lost.clone()]);
+    // It stays once the owner answers again, until a failback brings the outage's writes home.
+    let (published, _) = table_to_publish(&failed_over, Some(&failed_over), &back, Some(&r), true);
+    assert_eq!(published.failover, vec![lost]);
+}
+
+#[test]
 fn a_draining_legacy_instance_with_data_is_emptied_into_the_owners() {
     let mut t = two_instance_table();
     t.instances.insert("legacy".into(), endpoint(7009));
