@@ -585,7 +585,7 @@ pub fn table_to_publish(
             }
         }
     }
-    let transition = shape_for_rebalance(&mut table, rb);
+    let transition = shape_for_rebalance(&mut table, rb, previous);
     (table, transition)
 }
 
@@ -608,6 +608,7 @@ pub fn record_transition(r: &mut RebalanceStatus, transition: Transition, versio
 fn shape_for_rebalance(
     table: &mut RoutingTable,
     rb: Option<&RebalanceStatus>,
+    previous: Option<&RoutingTable>,
 ) -> Option<Transition> {
     let r = rb.filter(|r| r.is_active())?;
     let (moves, recorded): (Vec<Move>, Vec<Option<bool>>) =
@@ -637,8 +638,15 @@ fn shape_for_rebalance(
         // ([`finalize`] at the transition): an entry now is a new failover, of a target that
         // died after it took its ranges (the plan's cleanup still runs), and stays, as any
         // owner's does — dropping it routed the range to the dead target until the plan ended.
+        // Unless the published table migrates still (a second operator, behind, published the
+        // migrating table again over the final one): the build then derives the failback's
+        // own entries from its migrations, and those go, as at the transition.
         rebalance_phase::FINALIZING => {
-            *table = apply_moves(table, &moves);
+            *table = if previous.is_some_and(|p| !p.migrating.is_empty()) {
+                finalize(table, &moves)
+            } else {
+                apply_moves(table, &moves)
+            };
             None
         }
         _ => None,
