@@ -34,17 +34,22 @@ fn hold_back_keeps_owners_whose_data_must_move() {
     assert_eq!(held.categories[0].owners()[16383], "secondary");
 }
 
-#[test]
-fn a_failback_replaces_the_failover_entries_with_a_migration_then_clears_them() {
-    let mut t = two_instance_table();
-    t.failover.push(Failover {
+/// The first half of auth's slots, the primary's, failed over to the secondary.
+fn auth_failed_over_to_secondary() -> Failover {
+    Failover {
         category: "auth".into(),
         start: 0,
         end: 8191,
         from: "primary".into(),
         to: "secondary".into(),
         handover: false,
-    });
+    }
+}
+
+#[test]
+fn a_failback_replaces_the_failover_entries_with_a_migration_then_clears_them() {
+    let mut t = two_instance_table();
+    t.failover.push(auth_failed_over_to_secondary());
     let views = vec![
         view("primary", InstancePhase::Ready, false),
         view("secondary", InstancePhase::Ready, false),
@@ -97,14 +102,7 @@ fn an_owner_lost_again_while_its_failback_finalizes_keeps_its_new_failover() {
     // stops again: the build fails its range over afresh, and the plan's table must not take
     // that entry for the failback's own, which the transition dropped already.
     let mut t = two_instance_table();
-    let lost = Failover {
-        category: "auth".into(),
-        start: 0,
-        end: 8191,
-        from: "primary".into(),
-        to: "secondary".into(),
-        handover: false,
-    };
+    let lost = auth_failed_over_to_secondary();
     t.failover.push(lost.clone());
     let back = vec![
         view("primary", InstancePhase::Ready, false),
@@ -462,25 +460,11 @@ fn only_a_move_whose_range_went_back_to_its_source_is_given_back() {
     };
     failback.migrating.push(fb.clone());
     let mut failed_over = two_instance_table();
-    failed_over.failover.push(Failover {
-        category: "auth".into(),
-        start: 0,
-        end: 8191,
-        from: "primary".into(),
-        to: "secondary".into(),
-        handover: false,
-    });
+    failed_over.failover.push(auth_failed_over_to_secondary());
     assert_eq!(given_back(&failback.migrating, &failed_over), vec![fb]);
     // A dead source's range handed to its target is not given back.
     let mut handed = two_instance_table();
-    handed.failover.push(Failover {
-        category: "auth".into(),
-        start: 0,
-        end: 8191,
-        from: "primary".into(),
-        to: "secondary".into(),
-        handover: false,
-    });
+    handed.failover.push(auth_failed_over_to_secondary());
     assert!(given_back(&migrating.migrating, &handed).is_empty());
 }
 
@@ -1098,14 +1082,7 @@ fn a_draining_fallback_s_failback_given_up_keeps_its_ranges_on_the_fallback() {
 fn moves_out_of_an_instance_that_may_evict_keys_without_a_ttl_are_held_back() {
     // A failback out of a fallback whose policy is allkeys-lru.
     let mut t = two_instance_table();
-    t.failover.push(Failover {
-        category: "auth".into(),
-        start: 0,
-        end: 8191,
-        from: "primary".into(),
-        to: "secondary".into(),
-        handover: false,
-    });
+    t.failover.push(auth_failed_over_to_secondary());
     let views = vec![
         view("primary", InstancePhase::Ready, false),
         view("secondary", InstancePhase::Ready, false).evicting("allkeys-lru"),
