@@ -810,6 +810,16 @@ async fn an_owner_lost_again_while_its_failback_cleans_up_fails_over_at_once() {
         (failback.plan_id, rebalance_phase::FINALIZING),
         "the failover waited for the plan to end"
     );
+    // The sidecar routes by it before the writes below.
+    let failed_over = table(&shop).await.version;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while routing_version(&fresh) < failed_over {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never loaded v{failed_over}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // What is written meanwhile is served by the fallback and comes home with the next
     // failback. (What the stopped owner held is dropped at that failback, as any failover
     // drops what only a dead instance holds: the ledger starts here.)
@@ -845,6 +855,16 @@ async fn an_owner_lost_again_while_its_failback_cleans_up_fails_over_at_once() {
         keys.len() - keys.len().div_ceil(4),
         "the writes of the outage are home"
     );
+}
+
+/// The table version `sidecar` routes by, from its metrics (0 before it loaded one).
+fn routing_version(sidecar: &Sidecar) -> u64 {
+    sidecar
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("redisfleet_sidecar_routing_version "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A RedisInstance of `examples/third-instance.yaml` named `name` on `tier`, on `server`,
