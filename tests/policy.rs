@@ -729,3 +729,52 @@ async fn runtime_changes_republish_and_bad_ones_are_refused_or_reported() {
     assert!(c.message.contains("no RedisInstance is selected"), "{c:?}");
     assert_eq!(routing_version(&shop).await, kept);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_start_from_a_stale_read_of_the_policy_is_refused() {
+    // The operator starts a plan with a merge patch of `status.rebalance` that carries the
+    // policy's resourceVersion as it read it (`rebalance::Driver::start`): a second operator
+    // (no leader election, or a leader that lost its lease without knowing yet) that read the
+    // policy before the first started the plan must not clear that plan. This is what the
+    // operator relies on: the status subresource honours the precondition.
+    let shop = shop("stale-start").await;
+    let read = shop.policies.get("shop").await.unwrap();
+    let stale = read.metadata.resource_version.clone().unwrap();
+    let rebalance = |plan: i64| serde_json::json!({"rebalance": {"phase": "Succeeded", "planId": plan, "attempts": 1}});
+    let policies = &shop.policies;
+    let patch = |body: serde_json::Value| async move {
+        policies
+            .patch_status("shop", &PatchParams::default(), &Patch::Merge(&body))
+            .await
+    };
+    // Another writer got there first.
+    patch(serde_json::json!({"status": rebalance(900)}))
+        .await
+        .unwrap();
+    let refused = patch(serde_json::json!({
+        "metadata": {"resourceVersion": stale},
+        "status": rebalance(901),
+    }))
+    .await;
+    match refused {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 409, "{e:?}"),
+        other => panic!("a start from a stale read was not refused: {other:?}"),
+    }
+    let plan = |p: CachePolicy| p.status.and_then(|s| s.rebalance).map(|r| r.plan_id);
+    assert_ne!(plan(shop.policies.get("shop").await.unwrap()), Some(901));
+    // From a fresh read it goes through (read again should the operator write in between).
+    let mut accepted = false;
+    for _ in 0..5 {
+        let fresh = shop.policies.get("shop").await.unwrap();
+        let version = fresh.metadata.resource_version.unwrap();
+        let body = serde_json::json!({
+            "metadata": {"resourceVersion": version},
+            "status": rebalance(902),
+        });
+        if patch(body).await.is_ok() {
+            accepted = true;
+            break;
+        }
+    }
+    assert!(accepted, "a start from a fresh read was refused");
+}

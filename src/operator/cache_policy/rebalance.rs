@@ -1312,11 +1312,34 @@ impl<'a> Driver<'a> {
     /// Merge-patches `status.rebalance` with `fields` (`null` clears one): also the fields the
     /// Job owns, which the operator's status writes leave alone.
     async fn merge_rebalance_status(&self, fields: serde_json::Value) -> Result<(), Error> {
+        self.patch_rebalance_status(json!({"status": {"rebalance": fields}}))
+            .await
+    }
+
+    /// [`Self::merge_rebalance_status`], only if the policy is still as this reconcile read it
+    /// (its `resourceVersion`, a precondition): a plan is started from what the status said
+    /// then. Two operators without leader election (or a leader that does not know yet that
+    /// it lost the lease) may both find no plan and start the same one. The one behind used
+    /// to clear the plan the other had started — the Job's `Prepared` step among it — and the
+    /// Job then waited for a flip nobody would publish, 10 minutes, until its publish timeout.
+    /// Now its patch is refused with a conflict, and its next reconcile follows that plan.
+    async fn merge_rebalance_status_unchanged(
+        &self,
+        fields: serde_json::Value,
+    ) -> Result<(), Error> {
+        let mut body = json!({"status": {"rebalance": fields}});
+        if let Some(version) = self.policy.resource_version() {
+            body["metadata"] = json!({ "resourceVersion": version });
+        }
+        self.patch_rebalance_status(body).await
+    }
+
+    async fn patch_rebalance_status(&self, body: serde_json::Value) -> Result<(), Error> {
         let api: Api<CachePolicy> = Api::namespaced(self.ctx.client.clone(), &self.policy_ns);
         api.patch_status(
             &self.policy.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(&json!({"status": {"rebalance": fields}})),
+            &Patch::Merge(&body),
         )
         .await
         .map_err(Error::WriteStatus)?;
@@ -1451,7 +1474,8 @@ impl<'a> Driver<'a> {
         // and final versions: the Job may start before the reconcile writes the full status,
         // and would then carry out the earlier plan's moves under this plan's id (moving
         // nothing, while this plan's finalize frees its sources) or skip its prepare.
-        self.merge_rebalance_status(new_plan_patch(&r)).await?;
+        self.merge_rebalance_status_unchanged(new_plan_patch(&r))
+            .await?;
         self.create_job(&r).await?;
         info!(
             plan = plan_id,
