@@ -2038,6 +2038,131 @@ async fn a_paused_plan_is_not_flipped_and_a_cancel_rolls_it_back_then_resume_pla
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_step_lost_from_the_status_is_reported_again_and_the_plan_flips() {
+    // The operator flips a plan only once its Job's `Prepared` is in the status, and the Job
+    // reports it once. A status write from an older read (a second operator while leadership
+    // changes hands) can put an older step back; a report that gave up on a status that kept
+    // changing never lands. Either way the operator never flipped, and the Job waited out its
+    // 10-minute publish timeout. Here the plan is paused before its flip, its `Prepared` is
+    // overwritten with `Preparing`, and the plan resumed: the Job must say `Prepared` again,
+    // in the same attempt; likewise `Copied`, overwritten while the operator is stopped; and
+    // the plan then move everything with traffic on.
+    let shop = shop_with("lost-step", slow_copy).await;
+    let (_, plan) = settled(&shop).await;
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let prefixes = ["user:s", "menu:s", "ml:s"];
+    let keys = fill(&shop.secondary, &prefixes, 5_000).await;
+    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+    let tertiary = apply_third_instance(&shop);
+    wait_status(&shop, None, "no plan for the join", |r| {
+        r.plan_id > plan && r.phase == rebalance_phase::PREPARING
+    })
+    .await;
+    control(&shop, Some("pause")).await;
+    wait_status(&shop, None, "never marked paused", |r| {
+        r.paused == Some(true)
+    })
+    .await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let prepared = wait_status(&shop, Some(&node), "the Job never prepared", |r| {
+        r.step.as_deref() == Some("Prepared")
+    })
+    .await;
+    let attempt = prepared.status.unwrap().rebalance.unwrap().attempts;
+
+    // A stale writer puts the step before `Prepared` back.
+    shop.policies
+        .patch_status(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "status": {"rebalance": {"step": "Preparing"}}
+            })),
+        )
+        .await
+        .unwrap();
+    let again = wait_status(
+        &shop,
+        Some(&node),
+        "the Job never reported Prepared again",
+        |r| r.step.as_deref() == Some("Prepared"),
+    )
+    .await
+    .status
+    .unwrap()
+    .rebalance
+    .unwrap();
+    assert_eq!(again.attempts, attempt, "{again:#?}");
+    assert_eq!(again.flip_version, None, "flipped while paused: {again:#?}");
+    let reported_again = |node: &Node| node.all_logs().matches("reporting it again").count();
+    let after_prepared = reported_again(&node);
+    assert!(after_prepared >= 1, "{}", node.all_logs());
+
+    // The same for `Copied`, which the operator finalizes on: with the operator stopped
+    // (SIGSTOP) before the copy ends, the Job's `Copied` is overwritten with `Copying`.
+    control(&shop, Some("resume")).await;
+    wait_status(&shop, Some(&node), "never flipped", |r| {
+        r.phase == rebalance_phase::MIGRATING
+    })
+    .await;
+    let operator = shop.operator.pid().expect("the operator runs");
+    signal(operator, "-STOP");
+    let copied = wait_status(&shop, Some(&node), "the Job never copied", |r| {
+        r.step.as_deref() == Some("Copied")
+    })
+    .await
+    .status
+    .unwrap()
+    .rebalance
+    .unwrap();
+    assert_eq!(copied.final_version, None, "{copied:#?}");
+    shop.policies
+        .patch_status(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "status": {"rebalance": {"step": "Copying"}}
+            })),
+        )
+        .await
+        .unwrap();
+    let again = wait_status(
+        &shop,
+        Some(&node),
+        "the Job never reported Copied again",
+        |r| r.step.as_deref() == Some("Copied"),
+    )
+    .await;
+    signal(operator, "-CONT");
+    assert_eq!(again.status.unwrap().rebalance.unwrap().attempts, attempt);
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(180)).await;
+    let done = policy.status.unwrap().rebalance.unwrap();
+    assert_eq!(
+        done.attempts, attempt,
+        "the plan needed another attempt: {done:#?}"
+    );
+    assert!(
+        reported_again(&node) > after_prepared,
+        "{}",
+        node.all_logs()
+    );
+    assert!(done.keys_moved.unwrap_or(0) > 0, "{done:#?}");
+    let ledger = traffic.stop().await;
+    let after = digest(&[&shop.primary, &shop.secondary, &tertiary], &keys).await;
+    assert_same(&before, &after);
+    assert_ledger(sidecar.port, &ledger).await;
+    eprintln!(
+        "lost step: plan {} attempt {} reported Prepared again and moved {} keys; traffic {} ops, {} errors",
+        done.plan_id,
+        done.attempts,
+        done.keys_moved.unwrap_or(0),
+        ledger.ops,
+        ledger.errors.len()
+    );
+}
+
 /// The shop with `auth` (and `session:`) replicated `Sync`, and a short cooldown.
 fn replicated_auth(policy: String) -> String {
     let auth = "      fallbackTier: warm\n      ttl: {default: 1h, max: 24h, adaptive: true}\n";

@@ -258,6 +258,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
 /// How long a Job waits for the policy's status to record its attempt.
 const ATTEMPT_RECORD_WAIT: Duration = Duration::from_secs(30);
 
+/// How often a Job waiting for the operator reports its step again when the status lost it
+/// ([`Job::wait_for`]).
+const REASSERT_EVERY: Duration = Duration::from_secs(1);
+
 async fn run_steps(config: Config) -> Result<(), Error> {
     let client = api_calls::client().await?;
     let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &config.namespace);
@@ -321,7 +325,10 @@ async fn run_steps(config: Config) -> Result<(), Error> {
         job.prepare().await?;
         job.report(rebalance_step::PREPARED, &[]).await?;
     }
-    let Some(flip) = job.wait_for(|r| r.flip_version).await? else {
+    let Some(flip) = job
+        .wait_for(|r| r.flip_version, rebalance_step::PREPARED)
+        .await?
+    else {
         return Ok(());
     };
     let flip = u64::try_from(flip).unwrap_or_default();
@@ -356,7 +363,10 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     job.pacing_note = None;
     job.sweep().await?;
     job.report(rebalance_step::COPIED, &[]).await?;
-    let Some(last) = job.wait_for(|r| r.final_version).await? else {
+    let Some(last) = job
+        .wait_for(|r| r.final_version, rebalance_step::COPIED)
+        .await?
+    else {
         return Ok(());
     };
     job.finish(u64::try_from(last).unwrap_or_default()).await
@@ -651,13 +661,23 @@ impl Job {
         Ok(())
     }
 
-    /// Waits until the operator publishes what `field` reads (flip or final version). `None`
-    /// when the plan was superseded meanwhile.
+    /// Waits until the operator publishes what `field` reads (flip or final version), which
+    /// it does once it reads `step` (`Prepared`, `Copied`) in the status. `None` when the plan
+    /// was superseded meanwhile.
+    ///
+    /// The step is reported once, and a status write can lose it: a report that gave up on a
+    /// status that kept changing, or an operator's write from an older read (a second operator
+    /// while leadership changes hands) putting an older step back. The operator would then
+    /// never publish, and the Job wait out its `--publish-timeout` (10 minutes) before the
+    /// plan is tried again. So while it waits, a step the status no longer shows is reported
+    /// again (at most once per [`REASSERT_EVERY`]).
     async fn wait_for(
-        &self,
+        &mut self,
         field: impl Fn(&RebalanceStatus) -> Option<i64>,
+        step: &'static str,
     ) -> Result<Option<i64>, Error> {
         let mut deadline = Instant::now() + self.config.publish_timeout;
+        let mut reasserted: Option<Instant> = None;
         loop {
             let policy = self.policies.get(&self.config.policy).await?;
             let Some(plan) = current_plan(&policy, self.config.plan_id) else {
@@ -666,6 +686,21 @@ impl Job {
             };
             if let Some(v) = field(&plan) {
                 return Ok(Some(v));
+            }
+            if plan.attempts != self.attempt {
+                return Err(Error::Superseded);
+            }
+            if plan.step.as_deref() != Some(step)
+                && reasserted.is_none_or(|at| at.elapsed() >= REASSERT_EVERY)
+            {
+                warn!(
+                    step,
+                    found = plan.step.as_deref().unwrap_or("none"),
+                    "the status lost this Job's step while it waits for the operator; reporting it again"
+                );
+                reasserted = Some(Instant::now());
+                self.report(step, &[]).await?;
+                continue;
             }
             if control::paused(&policy) {
                 // A paused plan is not flipped: the wait starts again once it resumes.
