@@ -2052,7 +2052,9 @@ async fn a_prepared_step_lost_from_the_status_is_reported_again_and_the_plan_fli
     let (_, plan) = settled(&shop).await;
     let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
     let prefixes = ["user:s", "menu:s", "ml:s"];
-    let keys = fill(&shop.secondary, &prefixes, 5_000).await;
+    // About half of them move: at 2 500 keys/s the copy takes seconds, and the operator is
+    // stopped well before it ends.
+    let keys = fill(&shop.secondary, &prefixes, 10_000).await;
     let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
     let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
     let tertiary = apply_third_instance(&shop);

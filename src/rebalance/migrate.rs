@@ -684,13 +684,17 @@ impl Job {
                 info!("the plan was superseded");
                 return Ok(None);
             };
+            // A newer attempt is in charge (its token fenced this one off the instances).
+            if plan.attempts > self.attempt {
+                return Err(Error::Superseded);
+            }
             if let Some(v) = field(&plan) {
                 return Ok(Some(v));
             }
-            if plan.attempts != self.attempt {
-                return Err(Error::Superseded);
-            }
-            if plan.step.as_deref() != Some(step)
+            // An older attempt in the status can only be a stale write, which the next one
+            // may undo: this Job waits, and cannot report into it meanwhile.
+            if plan.attempts == self.attempt
+                && plan.step.as_deref() != Some(step)
                 && reasserted.is_none_or(|at| at.elapsed() >= REASSERT_EVERY)
             {
                 warn!(
