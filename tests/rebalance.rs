@@ -1949,6 +1949,75 @@ async fn rebalance_of(shop: &Shop) -> redis_fleet::api::cache_policy::RebalanceS
         .unwrap()
 }
 
+/// A join's plan paused before its flip, its Job prepared and waiting (`paused_join`).
+struct PausedJoin {
+    /// The last plan before the join's.
+    plan: i64,
+    sidecar: Sidecar,
+    prefixes: [&'static str; 3],
+    keys: Vec<String>,
+    before: Digest,
+    traffic: Traffic,
+    tertiary: RedisServer,
+    node: Node,
+    /// The join's plan as the operator started it.
+    planned: redis_fleet::api::cache_policy::RebalanceStatus,
+}
+
+/// Fills the shop's secondary with `count` keys, starts traffic through a sidecar, applies a
+/// third instance and pauses the plan for its join before a node runs its Job; returns once
+/// that Job prepared and waits for the flip.
+async fn paused_join(shop: &Shop, count: usize) -> PausedJoin {
+    let (_, plan) = settled(shop).await;
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let prefixes = ["user:s", "menu:s", "ml:s"];
+    let keys = fill(&shop.secondary, &prefixes, count).await;
+    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+    let tertiary = apply_third_instance(shop);
+    // No node yet: the plan waits for its Job to run.
+    let started = wait_status(shop, None, "no plan for the join", |r| {
+        r.plan_id > plan && r.phase == rebalance_phase::PREPARING
+    })
+    .await;
+    let planned = started.status.unwrap().rebalance.unwrap();
+    control(shop, Some("pause")).await;
+    wait_status(shop, None, "never marked paused", |r| {
+        r.paused == Some(true)
+    })
+    .await;
+    let node = Node::start(shop.cp, &shop.ns);
+    wait_status(shop, Some(&node), "the Job never prepared", |r| {
+        r.step.as_deref() == Some("Prepared")
+    })
+    .await;
+    PausedJoin {
+        plan,
+        sidecar,
+        prefixes,
+        keys,
+        before,
+        traffic,
+        tertiary,
+        node,
+        planned,
+    }
+}
+
+/// Writes `status.rebalance.step` as a status write from an older read would.
+async fn overwrite_step(shop: &Shop, step: &str) {
+    shop.policies
+        .patch_status(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "status": {"rebalance": {"step": step}}
+            })),
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_plan_is_not_flipped_and_a_cancel_rolls_it_back_then_resume_plans_again() {
     // A join's plan is paused before its flip: its Job prepares the targets and waits, and the
@@ -1957,29 +2026,17 @@ async fn a_paused_plan_is_not_flipped_and_a_cancel_rolls_it_back_then_resume_pla
     // and no plan starts while the annotation says cancel; `resume` lets the operator plan
     // again, and that plan moves the data with every key intact.
     let shop = shop_with("cancel", slow_copy).await;
-    let (_, plan) = settled(&shop).await;
-    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
-    let prefixes = ["user:s", "menu:s", "ml:s"];
-    let keys = fill(&shop.secondary, &prefixes, 20_000).await;
-    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
-    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
-    let tertiary = apply_third_instance(&shop);
-    // No node yet: the plan waits for its Job to run.
-    let started = wait_status(&shop, None, "no plan for the join", |r| {
-        r.plan_id > plan && r.phase == rebalance_phase::PREPARING
-    })
-    .await;
-    let planned = started.status.unwrap().rebalance.unwrap();
-    control(&shop, Some("pause")).await;
-    wait_status(&shop, None, "never marked paused", |r| {
-        r.paused == Some(true)
-    })
-    .await;
-    let node = Node::start(shop.cp, &shop.ns);
-    wait_status(&shop, Some(&node), "the Job never prepared", |r| {
-        r.step.as_deref() == Some("Prepared")
-    })
-    .await;
+    let PausedJoin {
+        sidecar,
+        prefixes,
+        keys,
+        before,
+        traffic,
+        tertiary,
+        node,
+        planned,
+        ..
+    } = paused_join(&shop, 20_000).await;
     let version = table(&shop).await.version;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let held = rebalance_of(&shop).await;
@@ -2049,42 +2106,22 @@ async fn a_prepared_step_lost_from_the_status_is_reported_again_and_the_plan_fli
     // in the same attempt; likewise `Copied`, overwritten while the operator is stopped; and
     // the plan then move everything with traffic on.
     let shop = shop_with("lost-step", slow_copy).await;
-    let (_, plan) = settled(&shop).await;
-    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
-    let prefixes = ["user:s", "menu:s", "ml:s"];
-    // About half of them move: at 2 500 keys/s the copy takes seconds, and the operator is
-    // stopped well before it ends.
-    let keys = fill(&shop.secondary, &prefixes, 10_000).await;
-    let before = digest(&[&shop.primary, &shop.secondary], &keys).await;
-    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
-    let tertiary = apply_third_instance(&shop);
-    wait_status(&shop, None, "no plan for the join", |r| {
-        r.plan_id > plan && r.phase == rebalance_phase::PREPARING
-    })
-    .await;
-    control(&shop, Some("pause")).await;
-    wait_status(&shop, None, "never marked paused", |r| {
-        r.paused == Some(true)
-    })
-    .await;
-    let node = Node::start(shop.cp, &shop.ns);
-    let prepared = wait_status(&shop, Some(&node), "the Job never prepared", |r| {
-        r.step.as_deref() == Some("Prepared")
-    })
-    .await;
-    let attempt = prepared.status.unwrap().rebalance.unwrap().attempts;
+    // About half of the keys move: at 2 500 keys/s the copy takes seconds, and the operator
+    // is stopped well before it ends.
+    let PausedJoin {
+        plan,
+        sidecar,
+        keys,
+        before,
+        traffic,
+        tertiary,
+        node,
+        ..
+    } = paused_join(&shop, 10_000).await;
+    let attempt = rebalance_of(&shop).await.attempts;
 
     // A stale writer puts the step before `Prepared` back.
-    shop.policies
-        .patch_status(
-            "shop",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({
-                "status": {"rebalance": {"step": "Preparing"}}
-            })),
-        )
-        .await
-        .unwrap();
+    overwrite_step(&shop, "Preparing").await;
     let again = wait_status(
         &shop,
         Some(&node),
@@ -2120,16 +2157,7 @@ async fn a_prepared_step_lost_from_the_status_is_reported_again_and_the_plan_fli
     .rebalance
     .unwrap();
     assert_eq!(copied.final_version, None, "{copied:#?}");
-    shop.policies
-        .patch_status(
-            "shop",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({
-                "status": {"rebalance": {"step": "Copying"}}
-            })),
-        )
-        .await
-        .unwrap();
+    overwrite_step(&shop, "Copying").await;
     let again = wait_status(
         &shop,
         Some(&node),
