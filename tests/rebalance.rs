@@ -2098,10 +2098,10 @@ async fn a_paused_plan_is_not_flipped_and_a_cancel_rolls_it_back_then_resume_pla
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_step_lost_from_the_status_is_reported_again_and_the_plan_flips() {
     // The operator flips a plan only once its Job's `Prepared` is in the status, and the Job
-    // reports it once. A status write from an older read (a second operator while leadership
-    // changes hands) can put an older step back; a report that gave up on a status that kept
-    // changing never lands. Either way the operator never flipped, and the Job waited out its
-    // 10-minute publish timeout. Here the plan is paused before its flip, its `Prepared` is
+    // reports it once. Another writer of the status can put an older step back (a plan start
+    // from a stale read did); a report that gave up on a status that kept changing never
+    // lands. Either way the operator never flipped, and the Job waited out its 10-minute
+    // publish timeout. Here the plan is paused before its flip, its `Prepared` is
     // overwritten with `Preparing`, and the plan resumed: the Job must say `Prepared` again,
     // in the same attempt; likewise `Copied`, overwritten while the operator is stopped; and
     // the plan then move everything with traffic on.

@@ -666,11 +666,11 @@ impl Job {
     /// was superseded meanwhile.
     ///
     /// The step is reported once, and a status write can lose it: a report that gave up on a
-    /// status that kept changing, or an operator's write from an older read (a second operator
-    /// while leadership changes hands) putting an older step back. The operator would then
-    /// never publish, and the Job wait out its `--publish-timeout` (10 minutes) before the
-    /// plan is tried again. So while it waits, a step the status no longer shows is reported
-    /// again (at most once per [`REASSERT_EVERY`]).
+    /// status that kept changing, or another writer putting an older step back (a plan start
+    /// from a stale read did, before it carried a precondition; a tool or a hand edit can).
+    /// The operator would then never publish, and the Job wait out its `--publish-timeout`
+    /// (10 minutes) before the plan is tried again. So while it waits, a step the status no
+    /// longer shows is reported again (at most once per [`REASSERT_EVERY`]).
     async fn wait_for(
         &mut self,
         field: impl Fn(&RebalanceStatus) -> Option<i64>,
