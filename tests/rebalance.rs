@@ -1475,6 +1475,80 @@ async fn a_legacy_redis_is_emptied_into_the_fleet_while_every_key_stays_readable
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_instance_refilled_before_its_next_probe_is_drained_again() {
+    // An instance's status shows its memory as its last probe found it (written when it moved
+    // a point of capacity), and the policy keeps a sample of each instance until that figure
+    // moves a point. A draining instance that gets about as much data again before its next
+    // probe (here probes are five minutes apart) shows the figure it had before it was
+    // drained: a sample of it empty, kept with that figure, stood for ten minutes, and the
+    // new data was not planned away meanwhile (`make test`'s bench waited 600 s for a drain).
+    let shop = shop_with("refill", fast_cooldown).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let legacy = server_with_password("change-me-legacy");
+    // Little data (2–3 points of the legacy instance's capacity, as many of the secondary's):
+    // the fleet stays within its balance band, so no plan follows the drain.
+    let first = fill(&legacy, &["user:a", "menu:a"], 1_500).await;
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: legacy-redis}}\nstringData: {{password: change-me-legacy}}\n---\n\
+         apiVersion: redisfleet.io/v1alpha1\nkind: RedisInstance\nmetadata:\n  name: legacy\n  labels: {{app.kubernetes.io/part-of: shop}}\n\
+         spec:\n  drain: true\n  external: {{host: 127.0.0.1, port: {}, passwordSecretRef: {{name: legacy-redis, key: password}}}}\n  capacity: 30Mi\n  health: {{interval: 5m, timeout: 500ms, failureThreshold: 2, recoveryThreshold: 2}}\n",
+        legacy.port
+    );
+    let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Drained, and quiet: the legacy instance empty, and no plan running or starting for
+    // 5 s (a new table would have the legacy instance sampled again).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut quiet = (plan, Instant::now());
+    let drained = loop {
+        let r = shop
+            .policies
+            .get("shop")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.rebalance);
+        let empty = digest(&[&legacy], &first).await.is_empty();
+        let id = r.as_ref().map_or(0, |r| r.plan_id);
+        if r.as_ref().is_none_or(|r| r.is_active()) || !empty || id != quiet.0 {
+            quiet = (id, Instant::now());
+        } else if let Some(r) = &r
+            && quiet.1.elapsed() >= Duration::from_secs(5)
+        {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never drained and quiet: {r:#?}\n{}",
+            node.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(drained.plan_id > plan, "{drained:#?}");
+    // As much again, other keys, well within the probe interval.
+    let second = fill(&legacy, &["user:b", "menu:b"], 1_500).await;
+    let again = Instant::now();
+    let policy = wait_rebalanced(&shop, &node, drained.plan_id, Duration::from_secs(120)).await;
+    let r = policy.status.unwrap().rebalance.unwrap();
+    assert!(r.moves.iter().all(|m| m.from == "legacy"), "{r:#?}");
+    assert!(digest(&[&legacy], &second).await.is_empty());
+    let moved = settled_digest(&shop, &[&shop.primary, &shop.secondary], &second).await;
+    assert_eq!(moved.len(), second.len());
+    eprintln!(
+        "refill: drained by plan {}, then {} keys more drained by plan {}, {:.1} s after they arrived",
+        drained.plan_id,
+        r.keys_moved.unwrap_or(0),
+        r.plan_id,
+        again.elapsed().as_secs_f64()
+    );
+}
+
 /// Sets the policy's `redisfleet.io/rebalance` annotation (`None`: removes it).
 async fn control(shop: &Shop, value: Option<&str>) {
     shop.policies
