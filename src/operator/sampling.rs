@@ -208,16 +208,10 @@ pub async fn sample_instances(
             let Some(resolver) = &resolver else {
                 return out;
             };
-            // The memory the sample stands for, read now rather than from the instance's
-            // status, which lags up to a probe: a drain that emptied an instance and a refill
-            // of about as much within one probe left the status where it was, and a sample of
-            // the empty instance kept with that figure stood for `SAMPLE_REUSE` (ten minutes,
-            // no drain planned) while the instance held data again (`make test`'s bench run).
-            let measured = used_memory(&mut conn).await.unwrap_or(used);
             match sample::sample_categories(&mut conn, resolver, &name, sample::SAMPLE_KEYS).await {
                 Ok(s) => {
                     out.add(&name, &s);
-                    cache.keep(policy, &name, measured, layout, s);
+                    cache.keep(policy, &name, used, layout, s);
                 }
                 Err(e) => {
                     connections.drop_connection(&instance);
@@ -250,16 +244,6 @@ pub async fn sample_instances(
 /// "holding" them, and the planner kept planning moves of nothing (found by `make chaos`).
 fn layout_of(table: &RoutingTable) -> u64 {
     crate::routing::table::fnv1a64(table.content_hash().as_bytes())
-}
-
-/// `used_memory` of `INFO memory`, now.
-async fn used_memory(conn: &mut (impl redis::aio::ConnectionLike + Send)) -> Option<u64> {
-    let text: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(conn)
-        .await
-        .ok()?;
-    crate::redis::info::parse_info(&text).ok()?.used_memory
 }
 
 /// A kept sample of one instance.
