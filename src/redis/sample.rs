@@ -1,5 +1,5 @@
 //! Sampling an instance: how its memory and keys split over the categories (RANDOMKEY +
-//! MEMORY USAGE, scaled to its key count), and how much of it are copies the instance holds as
+//! MEMORY USAGE, scaled to its key count; every key of a small instance), and how much of it are copies the instance holds as
 //! the replica of slots another instance serves. Read-only. The rebalance planner works from these estimates; which
 //! sidecars report which table version there is [`super::heartbeat`].
 
@@ -39,8 +39,8 @@ pub const SAMPLE_KEYS: usize = 2048;
 /// grew them by ~45 KiB each, 45 MiB at 1 000 instances; 64 keep them in their initial 8 KiB.
 const PIPELINE: usize = 64;
 
-/// Samples `n` random keys of the instance named `instance` in the resolver's table and
-/// estimates the bytes and keys of each category, the copies it holds as a replica apart.
+/// Samples `n` random keys (every key, when it holds no more than `n`) of the instance named
+/// `instance` in the resolver's table and estimates the bytes and keys of each category, the copies it holds as a replica apart.
 pub async fn sample_categories(
     conn: &mut (impl ConnectionLike + Send),
     resolver: &Resolver,
@@ -51,17 +51,11 @@ pub async fn sample_categories(
     if keys == 0 {
         return Ok(Sample::default());
     }
-    let mut picked: Vec<Vec<u8>> = Vec::with_capacity(n);
-    let mut left = n;
-    while left > 0 {
-        let mut pipe = redis::pipe();
-        for _ in 0..left.min(PIPELINE) {
-            pipe.cmd("RANDOMKEY");
-        }
-        left -= left.min(PIPELINE);
-        let some: Vec<Option<Vec<u8>>> = pipe.query_async(conn).await?;
-        picked.extend(some.into_iter().flatten());
-    }
+    let picked = if keys <= n as u64 {
+        every_key(conn, n).await?
+    } else {
+        random_keys(conn, n).await?
+    };
     if picked.is_empty() {
         return Ok(Sample {
             keys,
@@ -104,6 +98,51 @@ pub async fn sample_categories(
         category_keys: sums.iter().map(|(c, s)| (c.clone(), scale(s.1))).collect(),
         replica_bytes: copies.iter().map(|(c, b)| (c.clone(), scale(*b))).collect(),
     })
+}
+
+/// `n` keys picked by RANDOMKEY (some may repeat).
+async fn random_keys(
+    conn: &mut (impl ConnectionLike + Send),
+    n: usize,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let mut picked = Vec::with_capacity(n);
+    let mut left = n;
+    while left > 0 {
+        let mut pipe = redis::pipe();
+        for _ in 0..left.min(PIPELINE) {
+            pipe.cmd("RANDOMKEY");
+        }
+        left -= left.min(PIPELINE);
+        let some: Vec<Option<Vec<u8>>> = pipe.query_async(conn).await?;
+        picked.extend(some.into_iter().flatten());
+    }
+    Ok(picked)
+}
+
+/// Every key of an instance that holds at most about `n` (one SCAN, each key once): exact,
+/// and cheaper than `n` RANDOMKEYs that pick the same few keys again and again — a drained
+/// instance holding only the fleet's own keys is sampled at every reconcile. Stops at `n`
+/// keys should the instance have grown meanwhile.
+async fn every_key(
+    conn: &mut (impl ConnectionLike + Send),
+    n: usize,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(PIPELINE * 8)
+            .query_async(conn)
+            .await?;
+        seen.extend(batch);
+        cursor = next;
+        if cursor == 0 || seen.len() >= n {
+            break;
+        }
+    }
+    Ok(seen.into_iter().take(n).collect())
 }
 
 /// Whether a key routed as `route` is, on instance `me`, a replica's copy: the table names
