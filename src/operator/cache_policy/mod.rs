@@ -54,7 +54,7 @@ use crate::routing::table::{Failover, RoutingTable};
 
 use super::context::Context;
 use super::metrics::{PolicyLabels, error_variants};
-use super::sampling::{PolicySample, SampleCache, sample_instances};
+use super::sampling::{PlanEpoch, PolicySample, SampleCache, sample_instances};
 use super::status_writes::refresh_interval;
 use apply::Published;
 use build::{InstanceView, plan_routing_with};
@@ -601,7 +601,10 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     // works from a sample taken after the change that woke us.
     // While a plan moves data, no plan is made: a sample serves status for a while longer.
     // (The plan as this reconcile left it: one given up just now is followed by planning.)
-    let moving = rb.as_ref().is_some_and(RebalanceStatus::is_active);
+    let epoch = PlanEpoch {
+        plan_id: rb.as_ref().map_or(0, |r| r.plan_id),
+        moving: rb.as_ref().is_some_and(RebalanceStatus::is_active),
+    };
     let sample = match &published {
         Some(t) => {
             sample_instances(
@@ -612,7 +615,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
                 &namespace,
                 &selected,
                 t,
-                moving,
+                epoch,
             )
             .await
         }
