@@ -1475,6 +1475,103 @@ async fn a_legacy_redis_is_emptied_into_the_fleet_while_every_key_stays_readable
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_instance_refilled_before_its_next_probe_is_drained_again() {
+    // An instance's status shows its memory as its last probe found it (written when it moved
+    // a point of capacity), and the policy keeps a sample of each instance until that figure
+    // moves a point, the table's layout changes or a plan ends. Here probes are five minutes
+    // apart, so the legacy instance's status never sees it emptied or refilled. Two ways this
+    // went wrong (`make test`'s bench: a drain waited 600 s):
+    // - a sample of it empty, kept with the status figure of before the drain, stood for ten
+    //   minutes once it held as much again: the new data was not planned away;
+    // - a sample of it full, taken when a drain was planned, stood after the drain (emptying
+    //   a legacy instance leaves the table's layout as it was from the second drain on): plan
+    //   after plan moved nothing, and keys that arrived meanwhile were left behind.
+    // So: filled and drained three times, each drain followed by a quiet fleet.
+    let shop = shop_with("refill", fast_cooldown).await;
+    let (_, mut plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let legacy = server_with_password("change-me-legacy");
+    // Little data (2–3 points of the legacy instance's capacity, as many of the secondary's):
+    // the fleet stays within its balance band, so no plan but the drains.
+    let mut keys = fill(&legacy, &["user:r0", "menu:r0"], 1_500).await;
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: legacy-redis}}\nstringData: {{password: change-me-legacy}}\n---\n\
+         apiVersion: redisfleet.io/v1alpha1\nkind: RedisInstance\nmetadata:\n  name: legacy\n  labels: {{app.kubernetes.io/part-of: shop}}\n\
+         spec:\n  drain: true\n  external: {{host: 127.0.0.1, port: {}, passwordSecretRef: {{name: legacy-redis, key: password}}}}\n  capacity: 30Mi\n  health: {{interval: 5m, timeout: 500ms, failureThreshold: 2, recoveryThreshold: 2}}\n",
+        legacy.port
+    );
+    let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for round in 0..3 {
+        let arrived = Instant::now();
+        let drained = drained_and_quiet(&shop, &node, &legacy, &keys, plan).await;
+        assert!(drained.plan_id > plan, "round {round}: {drained:#?}");
+        assert!(
+            drained.moves.iter().all(|m| m.from == "legacy"),
+            "round {round}: {drained:#?}"
+        );
+        let moved = settled_digest(&shop, &[&shop.primary, &shop.secondary], &keys).await;
+        assert_eq!(moved.len(), keys.len(), "round {round}: keys lost");
+        eprintln!(
+            "refill round {round}: {} keys drained by plan {} ({} plans), {:.1} s after they arrived",
+            keys.len(),
+            drained.plan_id,
+            drained.plan_id - plan,
+            arrived.elapsed().as_secs_f64()
+        );
+        plan = drained.plan_id;
+        // As much again, other keys, well within the probe interval.
+        let prefixes = [
+            format!("user:r{}", round + 1),
+            format!("menu:r{}", round + 1),
+        ];
+        keys = fill(&legacy, &[&prefixes[0], &prefixes[1]], 1_500).await;
+    }
+}
+
+/// Waits until a plan after `after` drained `keys` off `legacy` and the fleet is quiet: the
+/// legacy instance empty of them, and no plan running or starting for 5 s (one that moves
+/// nothing, made from a stale sample, would start at once). Returns the last plan.
+async fn drained_and_quiet(
+    shop: &Shop,
+    node: &Node,
+    legacy: &RedisServer,
+    keys: &[String],
+    after: i64,
+) -> redis_fleet::api::cache_policy::RebalanceStatus {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut quiet = (after, Instant::now());
+    loop {
+        let r = shop
+            .policies
+            .get("shop")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.rebalance);
+        let empty = digest(&[legacy], keys).await.is_empty();
+        let id = r.as_ref().map_or(0, |r| r.plan_id);
+        if r.as_ref().is_none_or(|r| r.is_active()) || !empty || id != quiet.0 || id <= after {
+            quiet = (id, Instant::now());
+        } else if let Some(r) = &r
+            && quiet.1.elapsed() >= Duration::from_secs(5)
+        {
+            return r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never drained and quiet (plans after {after}; legacy empty: {empty}): {r:#?}\n{}",
+            node.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Sets the policy's `redisfleet.io/rebalance` annotation (`None`: removes it).
 async fn control(shop: &Shop, value: Option<&str>) {
     shop.policies
