@@ -360,7 +360,7 @@ async fn main() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let fast = follow(&policies, &node, 0, if full { 900 } else { 120 }).await;
+    let fast = follow(&policies, &node, &legacy, 0, if full { 900 } else { 120 }).await;
     let total = applied.elapsed();
     let moved_by_job = fast
         .done
@@ -410,7 +410,7 @@ async fn main() {
     };
     set_keys_per_second(&policies, paced_rate).await;
     fill(&legacy, keys, paced_keys).await;
-    let paced = follow(&policies, &node, fast.done.plan_id, 300).await;
+    let paced = follow(&policies, &node, &legacy, fast.done.plan_id, 300).await;
     assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
 
     // What a copy costs the application: the foreground traffic during a drain with no rate
@@ -447,7 +447,7 @@ async fn main() {
         ];
         slowlog_start(&servers).await;
         let pausing = tokio::spawn(pause_cycles(policies.clone(), after));
-        let drain = follow(&policies, &node, after, 600).await;
+        let drain = follow(&policies, &node, &legacy, after, 600).await;
         let (latencies, errors) = traffic.finish().await;
         let paused = pausing.await.unwrap();
         let slow = slowlog_report(&servers).await;
@@ -1018,8 +1018,17 @@ impl Followed {
     }
 }
 
-/// Follows the first plan after `after` that drains the legacy Redis until it succeeds.
-async fn follow(policies: &Api<CachePolicy>, node: &Node, after: i64, secs: u64) -> Followed {
+/// Follows the first plan after `after` that drains the legacy Redis until it succeeds. A
+/// plan that began while the bench still filled the legacy Redis (the operator samples an
+/// instance again as soon as its memory differs from the sample's) moves the keys there so
+/// far, and can end between two looks: the plan that moves the rest is followed instead.
+async fn follow(
+    policies: &Api<CachePolicy>,
+    node: &Node,
+    legacy: &RedisServer,
+    mut after: i64,
+    secs: u64,
+) -> Followed {
     let mut copying: Option<(Instant, i64)> = None;
     let mut copied: Option<(Instant, i64)> = None;
     let mut reports: Vec<(Instant, i64)> = Vec::new();
@@ -1054,6 +1063,19 @@ async fn follow(policies: &Api<CachePolicy>, node: &Node, after: i64, secs: u64)
                 "{r:#?}\n{}",
                 node.all_logs()
             );
+            if r.phase == rebalance_phase::SUCCEEDED
+                && r.moves.iter().any(|m| m.from == "legacy")
+                && app_keys(legacy).await > 0
+            {
+                eprintln!(
+                    "plan {} moved {} keys of a fill still under way; following the next",
+                    r.plan_id,
+                    r.keys_moved.unwrap_or(0)
+                );
+                after = r.plan_id;
+                (copying, copied, reports) = (None, None, Vec::new());
+                continue;
+            }
             if r.phase == rebalance_phase::SUCCEEDED && r.moves.iter().any(|m| m.from == "legacy") {
                 return Followed {
                     done: r,
