@@ -1,7 +1,8 @@
 //! Sampling an instance: how its memory and keys split over the categories (RANDOMKEY +
-//! MEMORY USAGE, scaled to its key count; every key of a small instance), and how much of it are copies the instance holds as
-//! the replica of slots another instance serves. Read-only. The rebalance planner works from these estimates; which
-//! sidecars report which table version there is [`super::heartbeat`].
+//! MEMORY USAGE scaled to its key count, or every key of a small instance), and how much of it
+//! are copies the instance holds as the replica of slots another instance serves. Read-only.
+//! The rebalance planner works from these estimates; which sidecars report which table version
+//! there is [`super::heartbeat`].
 
 use std::collections::BTreeMap;
 
@@ -31,7 +32,8 @@ pub struct Sample {
 /// plan for an instance at 85 % ended up to 5 points away from where it was planned to, and
 /// the preview of `redis-fleet plan` (its own sample) as far from the operator's plan. A
 /// sample is reused (by the operator, for up to ten minutes) while memory holds still, so the
-/// cost is per change, not per probe: 4 096 commands in 64 pipelines.
+/// cost is per change, not per probe: 4 096 commands in 64 pipelines (an instance being
+/// emptied, a legacy Redis, is sampled at every 30 s resync: `operator/sampling.rs`).
 pub const SAMPLE_KEYS: usize = 2048;
 
 /// Commands per pipeline. The operator keeps one connection per instance, and a connection's
@@ -40,7 +42,8 @@ pub const SAMPLE_KEYS: usize = 2048;
 const PIPELINE: usize = 64;
 
 /// Samples `n` random keys (every key, when it holds no more than `n`) of the instance named
-/// `instance` in the resolver's table and estimates the bytes and keys of each category, the copies it holds as a replica apart.
+/// `instance` in the resolver's table and estimates the bytes and keys of each category, the
+/// copies it holds as a replica apart.
 pub async fn sample_categories(
     conn: &mut (impl ConnectionLike + Send),
     resolver: &Resolver,
@@ -51,10 +54,20 @@ pub async fn sample_categories(
     if keys == 0 {
         return Ok(Sample::default());
     }
-    let picked = if keys <= n as u64 {
+    let mut keys = keys;
+    let every = if keys <= n as u64 {
         every_key(conn, n).await?
     } else {
-        random_keys(conn, n).await?
+        None
+    };
+    let picked = match every {
+        // Counted, not estimated: no scaling by DBSIZE, which counts keys whose time ran
+        // out and that no one removed yet (SCAN skips them).
+        Some(all) => {
+            keys = all.len() as u64;
+            all
+        }
+        None => random_keys(conn, n).await?,
     };
     if picked.is_empty() {
         return Ok(Sample {
@@ -119,17 +132,22 @@ async fn random_keys(
     Ok(picked)
 }
 
-/// Every key of an instance that holds at most about `n` (one SCAN, each key once): exact,
-/// and cheaper than `n` RANDOMKEYs that pick the same few keys again and again — a drained
-/// instance holding only the fleet's own keys is sampled at every reconcile. Stops at `n`
-/// keys should the instance have grown meanwhile.
+/// SCAN calls [`every_key`] makes at most: a big instance just emptied keeps its large hash
+/// table (Redis shrinks it lazily), and each call walks empty buckets.
+const SCAN_CALLS: usize = 64;
+
+/// Every key of an instance that holds at most about `n`, by SCAN (each key once): exact, and
+/// cheaper than `n` RANDOMKEYs that pick the same few keys again and again — an instance being
+/// emptied, holding only the fleet's own keys in the end, is sampled at every resync. `None` when
+/// the walk does not end within [`SCAN_CALLS`] calls or finds more than `n` keys (the instance
+/// grew meanwhile): RANDOMKEY then.
 async fn every_key(
     conn: &mut (impl ConnectionLike + Send),
     n: usize,
-) -> redis::RedisResult<Vec<Vec<u8>>> {
+) -> redis::RedisResult<Option<Vec<Vec<u8>>>> {
     let mut seen = std::collections::HashSet::new();
     let mut cursor: u64 = 0;
-    loop {
+    for _ in 0..SCAN_CALLS {
         let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("COUNT")
@@ -137,12 +155,15 @@ async fn every_key(
             .query_async(conn)
             .await?;
         seen.extend(batch);
+        if seen.len() > n {
+            return Ok(None);
+        }
         cursor = next;
-        if cursor == 0 || seen.len() >= n {
-            break;
+        if cursor == 0 {
+            return Ok(Some(seen.into_iter().collect()));
         }
     }
-    Ok(seen.into_iter().take(n).collect())
+    Ok(None)
 }
 
 /// Whether a key routed as `route` is, on instance `me`, a replica's copy: the table names
