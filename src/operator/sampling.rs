@@ -3,7 +3,7 @@
 //! credentials through a [`SecretReader`] and reuses kept [`Connections`]; a sample is kept a
 //! little while per policy ([`SampleCache`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,8 +148,8 @@ pub const SAMPLE_EVERY_WHILE_MOVING: Duration = Duration::from_secs(30);
 pub const HEARTBEAT_READS: usize = 3;
 
 /// Which plan a sample was taken under: the newest plan's id, and whether it still moved data.
-/// A plan moves data out of some instances and into others, so a sample taken before it ended
-/// is not reused after (see [`Kept::reusable`]).
+/// A plan moves data out of some instances and into others, so a sample of one of them taken
+/// before the plan ended is not reused after (see [`Kept::reusable`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PlanEpoch {
     /// `status.rebalance.planId` (0 before the first plan).
@@ -158,9 +158,18 @@ pub struct PlanEpoch {
     pub moving: bool,
 }
 
+/// The newest plan as sampling sees it: its epoch, and the instances it moves data out of or
+/// into (`status.rebalance.moves`).
+#[derive(Debug, Clone, Default)]
+pub struct NewestPlan {
+    pub epoch: PlanEpoch,
+    pub instances: BTreeSet<String>,
+}
+
 /// Samples the serving instances of the table (and draining ones): memory per category where
-/// the kept sample cannot be reused ([`Kept::reusable`]; `epoch`: the newest plan, and whether
-/// it moves data now), heartbeats on the first [`HEARTBEAT_READS`] instances that answer.
+/// the kept sample cannot be reused ([`Kept::reusable`]; `plan`: the newest plan, whether it
+/// moves data now, and between which instances), heartbeats on the first [`HEARTBEAT_READS`]
+/// instances that answer.
 #[allow(clippy::too_many_arguments)]
 pub async fn sample_instances(
     secrets: &SecretReader,
@@ -170,8 +179,9 @@ pub async fn sample_instances(
     namespace: &str,
     selected: &[Arc<RedisInstance>],
     table: &RoutingTable,
-    epoch: PlanEpoch,
+    plan: &NewestPlan,
 ) -> PolicySample {
+    let epoch = plan.epoch;
     let mut out = PolicySample::default();
     let layout = layout_of(table);
     let mut resolver: Option<Resolver> = None;
@@ -191,8 +201,13 @@ pub async fn sample_instances(
         let memory = status.and_then(|s| s.memory.as_ref());
         let used = memory.map_or(0, |m| m.used_bytes.max(0) as u64);
         let capacity = memory.and_then(|m| u64::try_from(m.capacity_bytes).ok());
-        let draining = ri.spec.drain;
-        let kept = cache.reusable(policy, &name, used, capacity, layout, epoch, draining);
+        let reuse = Reuse {
+            layout,
+            epoch,
+            in_plan: plan.instances.contains(&name),
+            emptied: ri.spec.drain && is_emptied(table, &name),
+        };
+        let kept = cache.reusable(policy, &name, used, capacity, &reuse);
         let wants_heartbeats = heartbeats_read < HEARTBEAT_READS;
         if let Some(sample) = &kept {
             out.add(&name, sample);
@@ -259,6 +274,32 @@ fn layout_of(table: &RoutingTable) -> u64 {
     crate::routing::table::fnv1a64(table.content_hash().as_bytes())
 }
 
+/// Whether a draining instance is emptied by moving every key it holds (the legacy-Redis
+/// path, `legacy_moves`): it owns no slot, holds no replica and serves no failover.
+fn is_emptied(table: &RoutingTable, instance: &str) -> bool {
+    !table.owns_any(instance)
+        && !table.replicates_on(instance)
+        && !table.failover.iter().any(|f| f.to == instance)
+}
+
+/// What decides whether a kept sample of an instance is reused ([`Kept::reusable`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Reuse {
+    /// The table's [`layout_of`].
+    pub layout: u64,
+    /// The newest plan.
+    pub epoch: PlanEpoch,
+    /// Whether the newest plan moves data out of or into the instance.
+    pub in_plan: bool,
+    /// Whether the instance drains by being emptied ([`is_emptied`]).
+    pub emptied: bool,
+}
+
+/// A draining instance that is emptied by moving every key it holds is sampled again after
+/// this long, whatever its memory: whether its keys are moved off rests on its sample alone.
+/// Shorter than the policy's 30 s resync, so that every resync samples it.
+pub const EMPTIED_SAMPLE_REUSE: Duration = Duration::from_secs(20);
+
 /// A kept sample of one instance.
 #[derive(Debug, Clone)]
 pub struct Kept {
@@ -271,15 +312,16 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// Whether this sample still stands for an instance using `used` bytes of `capacity`
-    /// under a table of `layout`, the newest plan being `epoch`.
+    /// Whether this sample still stands for an instance using `used` bytes of `capacity`,
+    /// as `reuse` says.
     ///
     /// While a plan moves data, any sample younger than [`SAMPLE_EVERY_WHILE_MOVING`] stands.
-    /// Otherwise it must be of an instance that does not drain, taken under the same
-    /// categories and owners, under the same plan in the same state, less than
-    /// [`SAMPLE_REUSE`] ago, and the memory must not have moved a point of capacity since
-    /// (then the instance's status was written anew, and a planner needs a sample taken after
-    /// it).
+    /// Otherwise it must have been taken under the same categories and owners, less than
+    /// [`SAMPLE_REUSE`] ago ([`EMPTIED_SAMPLE_REUSE`] for an instance being emptied), and the
+    /// memory must not have moved a point of capacity since (then the instance's status was
+    /// written anew, and a planner needs a sample taken after it). Of an instance the newest
+    /// plan moves data out of or into, it must have been taken under that plan in its present
+    /// state: once the plan is over, a sample taken before it ended is taken again.
     ///
     /// The plan counts because the layout does not always tell: emptying a legacy instance
     /// moves every key it holds into the ranges' owners, and the table after it has the
@@ -287,29 +329,26 @@ impl Kept {
     /// made, stood after it: the planner saw the emptied instance still holding data and made
     /// plan after plan that moved nothing.
     ///
-    /// A `draining` instance is sampled every time: whether its data is moved off rests on
-    /// its sample alone, and its memory figure tells too little. The status is written when a
-    /// probe finds memory a point away, so an instance emptied and refilled between two
-    /// probes shows no change; and at the sizes a legacy Redis is refilled by, the server's
-    /// own buffers move its memory by as much as a point (`make test`'s bench: an empty
-    /// legacy instance at 1.7–2.3 MB of 64 MiB, 10 000 keys 1.4 MB). A stale sample of it
-    /// empty left keys behind on an instance about to be retired.
-    pub fn reusable(
-        &self,
-        used: u64,
-        capacity: Option<u64>,
-        layout: u64,
-        epoch: PlanEpoch,
-        draining: bool,
-    ) -> bool {
+    /// An instance being emptied is sampled at every resync at least, because its memory figure
+    /// tells too little: the status is written when a probe finds memory a point away, so an
+    /// instance emptied and refilled between two probes shows no change; and at the sizes a
+    /// legacy Redis is refilled by, the server's own buffers move its memory by as much as a
+    /// point (`make test`'s bench: the empty legacy instance at 1.7–2.3 MB of 64 MiB, 10 000
+    /// keys 1.4 MB). A stale sample of it empty left keys behind on an instance about to be
+    /// retired.
+    pub fn reusable(&self, used: u64, capacity: Option<u64>, reuse: &Reuse) -> bool {
         let age = self.at.elapsed();
-        if epoch.moving && age < SAMPLE_EVERY_WHILE_MOVING {
+        if reuse.epoch.moving && age < SAMPLE_EVERY_WHILE_MOVING {
             return true;
         }
-        !draining
-            && self.layout == layout
-            && self.epoch == epoch
-            && age < SAMPLE_REUSE
+        let most = if reuse.emptied {
+            EMPTIED_SAMPLE_REUSE
+        } else {
+            SAMPLE_REUSE
+        };
+        self.layout == reuse.layout
+            && (!reuse.in_plan || self.epoch == reuse.epoch)
+            && age < most
             && !moved_a_point(self.used_bytes, used, capacity)
     }
 }
@@ -322,20 +361,17 @@ pub struct SampleCache {
 
 impl SampleCache {
     /// The kept sample of `instance`, if it can be reused ([`Kept::reusable`]).
-    #[allow(clippy::too_many_arguments)]
     pub fn reusable(
         &self,
         policy: &str,
         instance: &str,
         used: u64,
         capacity: Option<u64>,
-        layout: u64,
-        epoch: PlanEpoch,
-        draining: bool,
+        reuse: &Reuse,
     ) -> Option<sample::Sample> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.get(&(policy.to_owned(), instance.to_owned()))
-            .filter(|k| k.reusable(used, capacity, layout, epoch, draining))
+            .filter(|k| k.reusable(used, capacity, reuse))
             .map(|k| k.sample.clone())
     }
 
@@ -374,7 +410,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_kept_sample_stands_until_memory_moves_a_point_the_layout_changes_a_plan_ends_or_it_ages_and_longer_while_a_plan_moves_data()
+    fn a_kept_sample_stands_until_memory_moves_a_point_the_layout_changes_its_plan_ends_or_it_ages_and_longer_while_a_plan_moves_data()
      {
         let idle = PlanEpoch {
             plan_id: 3,
@@ -388,6 +424,12 @@ mod tests {
             plan_id: 4,
             moving: false,
         };
+        let reuse = |layout, epoch, in_plan| Reuse {
+            layout,
+            epoch,
+            in_plan,
+            emptied: false,
+        };
         let kept = Kept {
             at: Instant::now(),
             used_bytes: 10 << 20,
@@ -396,65 +438,74 @@ mod tests {
             sample: sample::Sample::default(),
         };
         let cap = Some(30 << 20);
-        assert!(kept.reusable((10 << 20) + 100_000, cap, 7, idle, false));
+        assert!(kept.reusable((10 << 20) + 100_000, cap, &reuse(7, idle, false)));
         assert!(
-            !kept.reusable((10 << 20) + 400_000, cap, 7, idle, false),
+            !kept.reusable((10 << 20) + 400_000, cap, &reuse(7, idle, false)),
             "a point moved"
         );
         assert!(
-            !kept.reusable(10 << 20, cap, 8, idle, false),
+            !kept.reusable(10 << 20, cap, &reuse(8, idle, false)),
             "other categories"
         );
         // While a plan moves data a young sample stands, a point moved or another layout
         // (the plan's tables) or not; an older one as at other times.
-        assert!(kept.reusable((10 << 20) + 400_000, cap, 7, during, false));
-        assert!(kept.reusable(10 << 20, cap, 8, during, false));
-        // Once the plan is over, a sample taken before it or while it moved data is taken
-        // again, even under a table of the same layout (a legacy instance emptied).
+        assert!(kept.reusable((10 << 20) + 400_000, cap, &reuse(7, during, true)));
+        assert!(kept.reusable(10 << 20, cap, &reuse(8, during, true)));
+        // Once the plan is over, a sample of an instance it moved data out of or into, taken
+        // before it or while it moved data, is taken again, even under a table of the same
+        // layout (a legacy instance emptied); one of an instance it left alone stands.
         assert!(
-            !kept.reusable(10 << 20, cap, 7, after, false),
+            !kept.reusable(10 << 20, cap, &reuse(7, after, true)),
             "taken before the plan"
+        );
+        assert!(
+            kept.reusable(10 << 20, cap, &reuse(7, after, false)),
+            "not in it"
         );
         let in_plan = Kept {
             epoch: during,
             ..kept.clone()
         };
         assert!(
-            !in_plan.reusable(10 << 20, cap, 7, after, false),
+            !in_plan.reusable(10 << 20, cap, &reuse(7, after, true)),
             "taken during it"
         );
         let older = Kept {
             at: Instant::now() - SAMPLE_EVERY_WHILE_MOVING,
             ..in_plan.clone()
         };
-        assert!(!older.reusable((10 << 20) + 400_000, cap, 7, during, false));
-        assert!(!older.reusable(10 << 20, cap, 8, during, false));
-        assert!(older.reusable((10 << 20) + 100_000, cap, 7, during, false));
-        let older_than_the_plan = Kept {
-            at: Instant::now() - SAMPLE_EVERY_WHILE_MOVING,
-            ..kept.clone()
-        };
-        assert!(!older_than_the_plan.reusable(10 << 20, cap, 7, during, false));
+        assert!(!older.reusable((10 << 20) + 400_000, cap, &reuse(7, during, true)));
+        assert!(!older.reusable(10 << 20, cap, &reuse(8, during, true)));
+        assert!(older.reusable((10 << 20) + 100_000, cap, &reuse(7, during, true)));
         let taken_after = Kept {
             epoch: after,
             ..kept.clone()
         };
-        assert!(taken_after.reusable(10 << 20, cap, 7, after, false));
-        // A draining instance is sampled every time, but while a plan moves data.
-        assert!(
-            !taken_after.reusable(10 << 20, cap, 7, after, true),
-            "draining"
-        );
-        assert!(
-            kept.reusable(10 << 20, cap, 7, during, true),
-            "draining, moving"
-        );
+        assert!(taken_after.reusable(10 << 20, cap, &reuse(7, after, true)));
+        // An instance being emptied is sampled again after 20 s, whatever its memory.
+        let emptied = Reuse {
+            emptied: true,
+            ..reuse(7, after, true)
+        };
+        assert!(taken_after.reusable(10 << 20, cap, &emptied));
+        let older_after = Kept {
+            at: Instant::now() - EMPTIED_SAMPLE_REUSE,
+            ..taken_after.clone()
+        };
+        assert!(!older_after.reusable(10 << 20, cap, &emptied), "emptied");
+        assert!(older_after.reusable(10 << 20, cap, &reuse(7, after, true)));
         let old = Kept {
             at: Instant::now() - SAMPLE_REUSE,
             ..kept
         };
-        assert!(!old.reusable(10 << 20, cap, 7, idle, false), "too old");
-        assert!(!old.reusable(10 << 20, cap, 7, during, false), "too old");
+        assert!(
+            !old.reusable(10 << 20, cap, &reuse(7, idle, false)),
+            "too old"
+        );
+        assert!(
+            !old.reusable(10 << 20, cap, &reuse(7, during, true)),
+            "too old"
+        );
     }
 
     #[test]
