@@ -1510,21 +1510,30 @@ async fn a_drained_instance_refilled_before_its_next_probe_is_drained_again() {
     for round in 0..3 {
         let arrived = Instant::now();
         let drained = drained_and_quiet(&shop, &node, &legacy, &keys, plan).await;
-        assert!(drained.plan_id > plan, "round {round}: {drained:#?}");
+        // A plan, two at most, moving the keys (a plan's id is the table version it was made
+        // under, and a drain publishes two tables: ids go up by two a plan).
         assert!(
-            drained.moves.iter().all(|m| m.from == "legacy"),
+            drained.plan_id > plan && drained.plan_id - plan <= 4,
+            "round {round}: more than two plans to drain {} keys: {drained:#?}",
+            keys.len()
+        );
+        assert!(
+            drained.moves.iter().all(|m| m.from == "legacy") && drained.keys_moved.unwrap_or(0) > 0,
             "round {round}: {drained:#?}"
         );
         let moved = settled_digest(&shop, &[&shop.primary, &shop.secondary], &keys).await;
         assert_eq!(moved.len(), keys.len(), "round {round}: keys lost");
         eprintln!(
-            "refill round {round}: {} keys drained by plan {} ({} plans), {:.1} s after they arrived",
+            "refill round {round}: {} keys drained by plan {} (plan id +{}), {:.1} s after they arrived",
             keys.len(),
             drained.plan_id,
             drained.plan_id - plan,
             arrived.elapsed().as_secs_f64()
         );
         plan = drained.plan_id;
+        if round == 2 {
+            break;
+        }
         // As much again, other keys, well within the probe interval.
         let prefixes = [
             format!("user:r{}", round + 1),
