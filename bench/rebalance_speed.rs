@@ -419,7 +419,8 @@ async fn main() {
     // (paused, every key is still routed through the guard on the legacy Redis, most answered
     // from the target: the guard and its redirects alone, in the same minutes as the copy).
     // (Enough keys to move the legacy instance's memory by a point of its capacity, as the
-    // paced drain: the operator samples an instance again when its use changed by a point.)
+    // paced drain: the operator samples an instance again when its use changed by a point —
+    // a draining one every 30 s besides — so the drain starts within a probe of the fill.)
     let gentle_keys = if full { 200_000 } else { 10_000 };
     set_keys_per_second(&policies, 10_000_000).await;
     let mut filled = keys + paced_keys;
@@ -1020,8 +1021,9 @@ impl Followed {
 
 /// Follows the first plan after `after` that drains the legacy Redis until it succeeds. A
 /// plan that began while the bench still filled the legacy Redis (the operator samples an
-/// instance again as soon as its memory differs from the sample's) moves the keys there so
-/// far, and can end between two looks: the plan that moves the rest is followed instead.
+/// instance again when a probe finds its memory moved a point, which can fall within the fill)
+/// moves the keys there so far: the plan that moves the rest is followed instead, and what was
+/// seen of a plan is dropped when a newer one shows.
 async fn follow(
     policies: &Api<CachePolicy>,
     node: &Node,
@@ -1035,12 +1037,17 @@ async fn follow(
     let deadline = Instant::now() + Duration::from_secs(secs);
     // The newest status seen, for the message of a drain that does not finish.
     let mut last = None;
+    let mut seen_plan = after;
     loop {
         let p = policies.get("shop").await.unwrap();
         last = p.status.clone().or(last);
         if let Some(r) = p.status.and_then(|s| s.rebalance)
             && r.plan_id > after
         {
+            if r.plan_id != seen_plan {
+                seen_plan = r.plan_id;
+                (copying, copied, reports) = (None, None, Vec::new());
+            }
             let moved = r.keys_moved.unwrap_or(0);
             let now = Instant::now();
             match r.step.as_deref() {
