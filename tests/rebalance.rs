@@ -1422,18 +1422,7 @@ async fn a_legacy_redis_is_emptied_into_the_fleet_while_every_key_stays_readable
     )
     .await;
     let before = digest(&[&legacy], &keys).await;
-    let yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: legacy-redis}}\nstringData: {{password: change-me-legacy}}\n---\n\
-         apiVersion: redisfleet.io/v1alpha1\nkind: RedisInstance\nmetadata:\n  name: legacy\n  labels: {{app.kubernetes.io/part-of: shop}}\n\
-         spec:\n  drain: true\n  external: {{host: 127.0.0.1, port: {}, passwordSecretRef: {{name: legacy-redis, key: password}}}}\n  capacity: 30Mi\n  health: {{interval: 1s, timeout: 500ms, failureThreshold: 2, recoveryThreshold: 2}}\n",
-        legacy.port
-    );
-    let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_legacy(&shop, &legacy, "1s");
 
     // While the data moves, the sidecar serves every key.
     wait_copying(&shop, &node, 500).await;
@@ -1495,18 +1484,7 @@ async fn a_drained_instance_refilled_before_its_next_probe_is_drained_again() {
     // Little data (2–3 points of the legacy instance's capacity, as many of the secondary's):
     // the fleet stays within its balance band, so no plan but the drains.
     let mut keys = fill(&legacy, &["user:r0", "menu:r0"], 1_500).await;
-    let yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: legacy-redis}}\nstringData: {{password: change-me-legacy}}\n---\n\
-         apiVersion: redisfleet.io/v1alpha1\nkind: RedisInstance\nmetadata:\n  name: legacy\n  labels: {{app.kubernetes.io/part-of: shop}}\n\
-         spec:\n  drain: true\n  external: {{host: 127.0.0.1, port: {}, passwordSecretRef: {{name: legacy-redis, key: password}}}}\n  capacity: 30Mi\n  health: {{interval: 5m, timeout: 500ms, failureThreshold: 2, recoveryThreshold: 2}}\n",
-        legacy.port
-    );
-    let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_legacy(&shop, &legacy, "5m");
     for round in 0..3 {
         let arrived = Instant::now();
         let drained = drained_and_quiet(&shop, &node, &legacy, &keys, plan).await;
@@ -1541,6 +1519,23 @@ async fn a_drained_instance_refilled_before_its_next_probe_is_drained_again() {
         ];
         keys = fill(&legacy, &[&prefixes[0], &prefixes[1]], 1_500).await;
     }
+}
+
+/// Applies the legacy Redis `legacy` (password `change-me-legacy`) as a draining instance of
+/// the shop, probed every `interval`.
+fn apply_legacy(shop: &Shop, legacy: &RedisServer, interval: &str) {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: legacy-redis}}\nstringData: {{password: change-me-legacy}}\n---\n\
+         apiVersion: redisfleet.io/v1alpha1\nkind: RedisInstance\nmetadata:\n  name: legacy\n  labels: {{app.kubernetes.io/part-of: shop}}\n\
+         spec:\n  drain: true\n  external: {{host: 127.0.0.1, port: {}, passwordSecretRef: {{name: legacy-redis, key: password}}}}\n  capacity: 30Mi\n  health: {{interval: {interval}, timeout: 500ms, failureThreshold: 2, recoveryThreshold: 2}}\n",
+        legacy.port
+    );
+    let out = kubectl_apply(shop.cp, &shop.ns, &yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Waits until a plan after `after` drained `keys` off `legacy` and the fleet is quiet: the
