@@ -33,7 +33,7 @@ pub struct Sample {
 /// the preview of `redis-fleet plan` (its own sample) as far from the operator's plan. A
 /// sample is reused (by the operator, for up to ten minutes) while memory holds still, so the
 /// cost is per change, not per probe: 4 096 commands in 64 pipelines (an instance being
-/// emptied, a legacy Redis, is sampled at every 30 s resync: `operator/sampling.rs`).
+/// emptied, a legacy Redis, is sampled about every 30 s: `operator/sampling.rs`).
 pub const SAMPLE_KEYS: usize = 2048;
 
 /// Commands per pipeline. The operator keeps one connection per instance, and a connection's
@@ -132,13 +132,14 @@ async fn random_keys(
     Ok(picked)
 }
 
-/// SCAN calls [`every_key`] makes at most: a big instance just emptied keeps its large hash
-/// table (Redis shrinks it lazily), and each call walks empty buckets.
-const SCAN_CALLS: usize = 64;
+/// SCAN calls [`every_key`] makes at most, [`PIPELINE`] buckets each: an instance of up to
+/// [`SAMPLE_KEYS`] keys has a table of up to 4 096 buckets, but a big instance just emptied
+/// keeps its large one a while (Redis shrinks it in the background, not while it forks).
+const SCAN_CALLS: usize = 256;
 
 /// Every key of an instance that holds at most about `n`, by SCAN (each key once): exact, and
 /// cheaper than `n` RANDOMKEYs that pick the same few keys again and again — an instance being
-/// emptied, holding only the fleet's own keys in the end, is sampled at every resync. `None` when
+/// emptied, holding only the fleet's own keys in the end, is sampled about every 30 s. `None` when
 /// the walk does not end within [`SCAN_CALLS`] calls or finds more than `n` keys (the instance
 /// grew meanwhile): RANDOMKEY then.
 async fn every_key(
@@ -151,7 +152,7 @@ async fn every_key(
         let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("COUNT")
-            .arg(PIPELINE * 8)
+            .arg(PIPELINE)
             .query_async(conn)
             .await?;
         seen.extend(batch);
