@@ -139,8 +139,8 @@ pub const SAMPLE_REUSE: Duration = Duration::from_secs(600);
 /// of the bench's 20 000-key drain as many as the copy's own per key moved (`make
 /// bench-rebalance` counts them). No plan is made while one runs, and its estimate is the
 /// sample it was planned from; the categories in status lag this much at most. Once the plan
-/// is over every instance is sampled again (a sample taken before it ended stands for data
-/// that moved), and then the usual rules hold.
+/// is over, the instances it moved data out of or into are sampled again (a sample taken
+/// before it ended stands for data that moved), and then the usual rules hold.
 pub const SAMPLE_EVERY_WHILE_MOVING: Duration = Duration::from_secs(30);
 
 /// Instances read per reconcile for sidecar heartbeats: every sidecar heartbeats every
@@ -285,19 +285,19 @@ fn is_emptied(table: &RoutingTable, instance: &str) -> bool {
 /// What decides whether a kept sample of an instance is reused ([`Kept::reusable`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Reuse {
-    /// The table's [`layout_of`].
+    /// The table's layout (`layout_of`).
     pub layout: u64,
     /// The newest plan.
     pub epoch: PlanEpoch,
     /// Whether the newest plan moves data out of or into the instance.
     pub in_plan: bool,
-    /// Whether the instance drains by being emptied ([`is_emptied`]).
+    /// Whether the instance drains by being emptied (`is_emptied`).
     pub emptied: bool,
 }
 
 /// A draining instance that is emptied by moving every key it holds is sampled again after
 /// this long, whatever its memory: whether its keys are moved off rests on its sample alone.
-/// Shorter than the policy's 30 s resync, so that every resync samples it.
+/// Shorter than the policy's 30 s resync, which then samples it (some 20–50 s apart).
 pub const EMPTIED_SAMPLE_REUSE: Duration = Duration::from_secs(20);
 
 /// A kept sample of one instance.
@@ -329,11 +329,11 @@ impl Kept {
     /// made, stood after it: the planner saw the emptied instance still holding data and made
     /// plan after plan that moved nothing.
     ///
-    /// An instance being emptied is sampled at every resync at least, because its memory figure
-    /// tells too little: the status is written when a probe finds memory a point away, so an
-    /// instance emptied and refilled between two probes shows no change; and at the sizes a
-    /// legacy Redis is refilled by, the server's own buffers move its memory by as much as a
-    /// point (`make test`'s bench: the empty legacy instance at 1.7–2.3 MB of 64 MiB, 10 000
+    /// An instance being emptied is sampled again once its sample is 20 s old (at the next
+    /// reconcile: the policy resyncs every 30 s), because its memory figure tells too little:
+    /// the status is written when a probe finds memory a point away, so an instance emptied
+    /// and refilled between two probes shows no change; and at the sizes a legacy Redis is
+    /// refilled by, the server's own buffers move its memory by as much as a point (`make test`'s bench: the empty legacy instance at 1.7–2.3 MB of 64 MiB, 10 000
     /// keys 1.4 MB). A stale sample of it empty left keys behind on an instance about to be
     /// retired.
     pub fn reusable(&self, used: u64, capacity: Option<u64>, reuse: &Reuse) -> bool {
