@@ -6,7 +6,7 @@
 //! Three steps:
 //! 1. fetch (this file, the only I/O): the policy, the RedisInstances it selects, the routing
 //!    ConfigMap; the what-ifs applied to the instances; a sample of each serving instance,
-//!    read-only (DBSIZE, RANDOMKEY, MEMORY USAGE), through the instance's Secrets like the
+//!    read-only (DBSIZE, RANDOMKEY or SCAN, MEMORY USAGE), through the instance's Secrets like the
 //!    operator does (`redis::endpoint`, `redis::sample`);
 //! 2. [`preview`](mod@preview): the moves the operator would plan, composed as its rebalance step
 //!    composes them (pure) — also the `-o json` document;
