@@ -12,7 +12,7 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, warn};
 
 use crate::api::RedisInstance;
-use crate::api::cache_policy::{CategoryUsage, SidecarsStatus};
+use crate::api::cache_policy::{CategoryUsage, RebalanceStatus, SidecarsStatus};
 use crate::redis::connect::redact;
 use crate::redis::protocol::heartbeat;
 use crate::redis::sample;
@@ -166,6 +166,26 @@ pub struct NewestPlan {
     pub instances: BTreeSet<String>,
 }
 
+impl NewestPlan {
+    /// From `status.rebalance` (`None`: no plan yet).
+    pub fn of(rebalance: Option<&RebalanceStatus>) -> Self {
+        let Some(r) = rebalance else {
+            return Self::default();
+        };
+        NewestPlan {
+            epoch: PlanEpoch {
+                plan_id: r.plan_id,
+                moving: r.is_active(),
+            },
+            instances: r
+                .moves
+                .iter()
+                .flat_map(|m| [m.from.clone(), m.to.clone()])
+                .collect(),
+        }
+    }
+}
+
 /// Samples the serving instances of the table (and draining ones): memory per category where
 /// the kept sample cannot be reused ([`Kept::reusable`]; `plan`: the newest plan, whether it
 /// moves data now, and between which instances), heartbeats on the first [`HEARTBEAT_READS`]
@@ -205,7 +225,7 @@ pub async fn sample_instances(
             layout,
             epoch,
             in_plan: plan.instances.contains(&name),
-            emptied: ri.spec.drain && is_emptied(table, &name),
+            emptied: ri.spec.drain && table.serves_nothing(&name),
         };
         let kept = cache.reusable(policy, &name, used, capacity, &reuse);
         let wants_heartbeats = heartbeats_read < HEARTBEAT_READS;
@@ -274,14 +294,6 @@ fn layout_of(table: &RoutingTable) -> u64 {
     crate::routing::table::fnv1a64(table.content_hash().as_bytes())
 }
 
-/// Whether a draining instance is emptied by moving every key it holds (the legacy-Redis
-/// path, `legacy_moves`): it owns no slot, holds no replica and serves no failover.
-fn is_emptied(table: &RoutingTable, instance: &str) -> bool {
-    !table.owns_any(instance)
-        && !table.replicates_on(instance)
-        && !table.failover.iter().any(|f| f.to == instance)
-}
-
 /// What decides whether a kept sample of an instance is reused ([`Kept::reusable`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Reuse {
@@ -291,7 +303,8 @@ pub struct Reuse {
     pub epoch: PlanEpoch,
     /// Whether the newest plan moves data out of or into the instance.
     pub in_plan: bool,
-    /// Whether the instance drains by being emptied (`is_emptied`).
+    /// Whether the instance drains by being emptied: draining, and the table gives it nothing
+    /// ([`RoutingTable::serves_nothing`]).
     pub emptied: bool,
 }
 
@@ -333,9 +346,9 @@ impl Kept {
     /// reconcile: the policy resyncs every 30 s), because its memory figure tells too little:
     /// the status is written when a probe finds memory a point away, so an instance emptied
     /// and refilled between two probes shows no change; and at the sizes a legacy Redis is
-    /// refilled by, the server's own buffers move its memory by as much as a point (`make test`'s bench: the empty legacy instance at 1.7–2.3 MB of 64 MiB, 10 000
-    /// keys 1.4 MB). A stale sample of it empty left keys behind on an instance about to be
-    /// retired.
+    /// refilled by, the server's own buffers move its memory by as much as a point (`make
+    /// test`'s bench: the empty legacy instance at 1.7–2.3 MB of 64 MiB, 10 000 keys 1.4 MB).
+    /// A stale sample of it empty left keys behind on an instance about to be retired.
     pub fn reusable(&self, used: u64, capacity: Option<u64>, reuse: &Reuse) -> bool {
         let age = self.at.elapsed();
         if reuse.epoch.moving && age < SAMPLE_EVERY_WHILE_MOVING {

@@ -374,6 +374,15 @@ impl RoutingTable {
             })
     }
 
+    /// Whether the table gives `instance` nothing to serve or keep: no slot, no replica, no
+    /// failover of a dead owner's ranges. A draining instance of which this holds is emptied by
+    /// moving every key it holds into the owners (a legacy Redis).
+    pub fn serves_nothing(&self, instance: &str) -> bool {
+        !self.owns_any(instance)
+            && !self.replicates_on(instance)
+            && !self.failover.iter().any(|f| f.to == instance)
+    }
+
     /// A hash of the content, ignoring `version` and the schema: equal content, equal hash.
     pub fn content_hash(&self) -> String {
         let mut unversioned = self.clone();

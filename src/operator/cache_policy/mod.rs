@@ -54,7 +54,7 @@ use crate::routing::table::{Failover, RoutingTable};
 
 use super::context::Context;
 use super::metrics::{PolicyLabels, error_variants};
-use super::sampling::{NewestPlan, PlanEpoch, PolicySample, SampleCache, sample_instances};
+use super::sampling::{NewestPlan, PolicySample, SampleCache, sample_instances};
 use super::status_writes::refresh_interval;
 use apply::Published;
 use build::{InstanceView, plan_routing_with};
@@ -601,17 +601,7 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
     // works from a sample taken after the change that woke us.
     // While a plan moves data, no plan is made: a sample serves status for a while longer.
     // (The plan as this reconcile left it: one given up just now is followed by planning.)
-    let newest = NewestPlan {
-        epoch: PlanEpoch {
-            plan_id: rb.as_ref().map_or(0, |r| r.plan_id),
-            moving: rb.as_ref().is_some_and(RebalanceStatus::is_active),
-        },
-        instances: rb
-            .iter()
-            .flat_map(|r| &r.moves)
-            .flat_map(|m| [m.from.clone(), m.to.clone()])
-            .collect(),
-    };
+    let newest = NewestPlan::of(rb.as_ref());
     let sample = match &published {
         Some(t) => {
             sample_instances(

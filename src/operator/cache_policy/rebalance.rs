@@ -478,10 +478,7 @@ pub fn legacy_moves(
 ) -> Vec<Move> {
     let mut out = Vec::new();
     for v in views.iter().filter(|v| v.drain && !v.copies_to_free) {
-        if table.owns_any(&v.name)
-            || table.replicates_on(&v.name)
-            || table.failover.iter().any(|f| f.to == v.name)
-        {
+        if !table.serves_nothing(&v.name) {
             continue;
         }
         for cat in &table.categories {
