@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use redis::aio::ConnectionLike;
 
-use crate::redis::keys::RESERVED_PREFIX;
+use crate::redis::keys::{RESERVED_PREFIX, scan_page};
 use crate::routing::keyspace::{InstanceId, Resolver, Route};
 
 /// What one sample saw on an instance.
@@ -54,20 +54,16 @@ pub async fn sample_categories(
     if keys == 0 {
         return Ok(Sample::default());
     }
-    let mut keys = keys;
-    let every = if keys <= n as u64 {
+    let counted = if keys <= n as u64 {
         every_key(conn, n).await?
     } else {
         None
     };
-    let picked = match every {
+    let (keys, picked) = match counted {
         // Counted, not estimated: no scaling by DBSIZE, which counts keys whose time ran
         // out and that no one removed yet (SCAN skips them).
-        Some(all) => {
-            keys = all.len() as u64;
-            all
-        }
-        None => random_keys(conn, n).await?,
+        Some(all) => (all.len() as u64, all),
+        None => (keys, random_keys(conn, n).await?),
     };
     if picked.is_empty() {
         return Ok(Sample {
@@ -149,12 +145,7 @@ async fn every_key(
     let mut seen = std::collections::HashSet::new();
     let mut cursor: u64 = 0;
     for _ in 0..SCAN_CALLS {
-        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(PIPELINE)
-            .query_async(conn)
-            .await?;
+        let (next, batch) = scan_page(conn, cursor, b"*", PIPELINE).await?;
         seen.extend(batch);
         if seen.len() > n {
             return Ok(None);
