@@ -1072,20 +1072,16 @@ async fn follow(
                 "{r:#?}\n{}",
                 node.all_logs()
             );
-            if r.phase == rebalance_phase::SUCCEEDED
-                && r.moves.iter().any(|m| m.from == "legacy")
-                && app_keys(legacy).await > 0
-            {
-                eprintln!(
-                    "plan {} moved {} keys of a fill still under way; following the next",
-                    r.plan_id,
-                    r.keys_moved.unwrap_or(0)
-                );
-                after = r.plan_id;
-                (copying, copied, reports) = (None, None, Vec::new());
-                continue;
-            }
             if r.phase == rebalance_phase::SUCCEEDED && r.moves.iter().any(|m| m.from == "legacy") {
+                if app_keys(legacy).await > 0 {
+                    eprintln!(
+                        "plan {} moved {} keys of a fill still under way; following the next",
+                        r.plan_id,
+                        r.keys_moved.unwrap_or(0)
+                    );
+                    after = r.plan_id;
+                    continue;
+                }
                 return Followed {
                     done: r,
                     copying: copying.expect("the Copying step was seen"),
