@@ -17,7 +17,10 @@
 //! paused and resumed every few seconds while it copies, so that the traffic with and without
 //! the copy (the guard alone) is measured in the same minutes: on this shared machine the
 //! p99 of a quiet fleet varies several-fold from one minute to the next, so only interleaved
-//! windows compare fairly. The latency percentiles and the copies' rates are printed side by
+//! windows compare fairly. A second after each switch is left out of both: the switch itself
+//! (the annotation, the operator's reconciles, the Job's report of its new step) is the
+//! bench's instrument, not the copy. `REBALANCE_BENCH_DRAINS` runs other drains (see
+//! [`gentle_drains`]). The latency percentiles and the copies' rates are printed side by
 //! side. Nothing here is a pass/fail assertion on time. The bench does check that every key
 //! arrived.
 //!
@@ -346,7 +349,7 @@ async fn main() {
     let base = Foreground::start(sidecar.port, keys);
     tokio::time::sleep(BASELINE).await;
     let (baseline, baseline_errors) = base.finish().await;
-    dump("baseline", &baseline, None, &[]);
+    dump("baseline", &baseline, None, &[], &[]);
 
     // The engine's speed: the sidecar runs, idle (with traffic, `pacing: Adaptive` would
     // slow the copy for it: measured below). Its reports of the baseline traffic age out
@@ -422,17 +425,20 @@ async fn main() {
     // paced drain: the operator samples an instance again when its use changed by a point —
     // a draining one every 30 s besides — so the drain starts within a probe of the fill.)
     let gentle_keys = if full { 200_000 } else { 10_000 };
-    set_keys_per_second(&policies, 10_000_000).await;
     let mut filled = keys + paced_keys;
     let mut after = paced.done.plan_id;
     let mut drains = Vec::new();
-    for (pacing, headroom) in [("Adaptive", 1_000), ("Adaptive", 0), ("Fixed", 1_000)] {
-        set_pacing(&policies, pacing, headroom).await;
-        let label = if pacing == "Adaptive" && headroom != 1_000 {
+    for (pacing, headroom, keys_per_second) in gentle_drains() {
+        set_pacing(&policies, &pacing, headroom).await;
+        set_keys_per_second(&policies, keys_per_second).await;
+        let mut label = if pacing == "Adaptive" && headroom != 1_000 {
             format!("{pacing} {headroom}µs")
         } else {
-            pacing.to_owned()
+            pacing.clone()
         };
+        if keys_per_second != UNLIMITED {
+            label += &format!(" {keys_per_second}/s");
+        }
         // The traffic runs a while before the keys to move arrive: the fleet as it stands
         // just before this drain, the same instances holding the same keys, nothing moving.
         let traffic = Foreground::start(sidecar.port, keys);
@@ -450,18 +456,19 @@ async fn main() {
         let pausing = tokio::spawn(pause_cycles(policies.clone(), after));
         let drain = follow(&policies, &node, &legacy, after, 600).await;
         let (latencies, errors) = traffic.finish().await;
-        let paused = pausing.await.unwrap();
+        let cycles = pausing.await.unwrap();
         let slow = slowlog_report(&servers).await;
         assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
         dump(
-            &label.replace(' ', "-").replace('µ', "u"),
+            &label.replace([' ', '/'], "-").replace('µ', "u"),
             &latencies,
             Some((drain.copying.0, drain.copied.0)),
-            &paused,
+            &cycles.copying,
+            &cycles.paused,
         );
         after = drain.done.plan_id;
         drains.push(Drain::new(
-            label, drain, &latencies, errors, before, &paused, slow,
+            label, drain, &latencies, errors, before, &cycles, slow,
         ));
     }
 
@@ -604,7 +611,7 @@ struct Drain {
     pacing: String,
     /// Just before the drain: the same fleet, nothing moving.
     before: Vec<u64>,
-    /// While it copied (outside its pauses).
+    /// While it copied steadily (outside its pauses and the switches to and from them).
     copying: Vec<u64>,
     /// While it was paused, between stretches of copying: the same minutes, the same fleet,
     /// every moving key still behind the guard, no copy.
@@ -624,15 +631,22 @@ impl Drain {
         latencies: &[(Instant, u64)],
         errors: u64,
         before: (Instant, Instant),
-        paused: &[(Instant, Instant)],
+        cycles: &Cycles,
         slow: Vec<String>,
     ) -> Self {
         let copy = (drain.copying.0, drain.copied.0);
         let quiet = sorted_within(latencies, &[before], &[]);
-        let copying = sorted_within(latencies, &[copy], paused);
-        let held = sorted_within(latencies, paused, &[]);
+        // Without pauses (no pause cycles ran): the whole copy.
+        let steady: Vec<(Instant, Instant)> = if cycles.copying.is_empty() {
+            vec![copy]
+        } else {
+            cycles.copying.clone()
+        };
+        let copying = sorted_within(latencies, &clip(&steady, copy), &[]);
+        let held = sorted_within(latencies, &cycles.paused, &[]);
         let secs = (copy.1 - copy.0).as_secs_f64()
-            - paused
+            - cycles
+                .held
                 .iter()
                 .map(|(from, to)| (*to - *from).as_secs_f64())
                 .sum::<f64>();
@@ -641,7 +655,7 @@ impl Drain {
             before: quiet,
             copying,
             paused: held,
-            pauses: paused.len(),
+            pauses: cycles.paused.len(),
             errors,
             rate: (drain.copied.1 - drain.copying.1) as f64 / secs.max(0.001),
             slow,
@@ -650,13 +664,15 @@ impl Drain {
 }
 
 /// With `REBALANCE_BENCH_DUMP=<dir>`, writes one drain's foreground requests to
-/// `<dir>/<name>.tsv` (`baseline`, or the drain's pacing) (when each started, in Unix milliseconds, to compare with the logs of
-/// the operator and the Job; its latency in µs; `copy`, `paused` or `-` for outside the copy),
-/// to see when the slow ones came.
+/// `<dir>/<name>.tsv` (`baseline`, or the drain's pacing) (when each started, in Unix
+/// milliseconds, to compare with the logs of the operator and the Job; its latency in µs;
+/// `copy` or `paused` within the windows measured, `switch` between them, `-` outside the
+/// copy), to see when the slow ones came.
 fn dump(
     name: &str,
     latencies: &[(Instant, u64)],
     copy: Option<(Instant, Instant)>,
+    copying: &[(Instant, Instant)],
     paused: &[(Instant, Instant)],
 ) {
     let Some(dir) = std::env::var_os("REBALANCE_BENCH_DUMP") else {
@@ -673,7 +689,11 @@ fn dump(
         let what = if paused.iter().any(|w| within(*at, *w)) {
             "paused"
         } else if copy.is_some_and(|w| within(*at, w)) {
-            "copy"
+            if copying.is_empty() || copying.iter().any(|w| within(*at, *w)) {
+                "copy"
+            } else {
+                "switch"
+            }
         } else {
             "-"
         };
@@ -684,6 +704,15 @@ fn dump(
 }
 
 /// Whether `at` falls in `window` (both ends included).
+/// `windows`, each cut to `bounds` (those outside it dropped).
+fn clip(windows: &[(Instant, Instant)], bounds: (Instant, Instant)) -> Vec<(Instant, Instant)> {
+    windows
+        .iter()
+        .map(|(from, to)| ((*from).max(bounds.0), (*to).min(bounds.1)))
+        .filter(|(from, to)| from < to)
+        .collect()
+}
+
 fn within(at: Instant, (from, to): (Instant, Instant)) -> bool {
     at >= from && at <= to
 }
@@ -901,6 +930,34 @@ async fn set_pacing(policies: &Api<CachePolicy>, pacing: &str, headroom_micros: 
         .unwrap();
 }
 
+/// `keysPerSecond` when the copy's own limit is lifted.
+const UNLIMITED: u64 = 10_000_000;
+
+/// The drains beside foreground traffic: (pacing, latencyHeadroomMicroseconds, keysPerSecond).
+/// By default `Adaptive` with the default headroom, `Adaptive` with none and `Fixed`, all
+/// unlimited; `REBALANCE_BENCH_DRAINS=Fixed:1000:200,Adaptive:0:10000000` runs others.
+fn gentle_drains() -> Vec<(String, u32, u64)> {
+    let Ok(spec) = std::env::var("REBALANCE_BENCH_DRAINS") else {
+        return [("Adaptive", 1_000), ("Adaptive", 0), ("Fixed", 1_000)]
+            .into_iter()
+            .map(|(p, h)| (p.to_owned(), h, UNLIMITED))
+            .collect();
+    };
+    spec.split(',')
+        .map(|drain| {
+            let parts: Vec<&str> = drain.split(':').collect();
+            let [pacing, headroom, rate] = parts[..] else {
+                panic!("REBALANCE_BENCH_DRAINS: {drain:?} is not pacing:headroom:keysPerSecond");
+            };
+            let number = |s: &str| {
+                s.parse::<u64>()
+                    .unwrap_or_else(|_| panic!("REBALANCE_BENCH_DRAINS: {s:?} is not a number"))
+            };
+            (pacing.to_owned(), number(headroom) as u32, number(rate))
+        })
+        .collect()
+}
+
 /// Sets the policy's `keysPerSecond`.
 async fn set_keys_per_second(policies: &Api<CachePolicy>, rate: u64) {
     let patch = serde_json::json!({"spec": {"balancing": {"rebalance": {"keysPerSecond": rate}}}});
@@ -910,14 +967,32 @@ async fn set_keys_per_second(policies: &Api<CachePolicy>, rate: u64) {
         .unwrap();
 }
 
-/// How long the copy runs, and then stays paused, in each cycle of [`pause_cycles`].
+/// How long the copy runs, and then stays paused, in each cycle of [`pause_cycles`] (after
+/// [`SETTLE`]).
 const PAUSE_CYCLE: Duration = Duration::from_secs(3);
+/// What each window of [`pause_cycles`] leaves out after the copy resumed or paused: the
+/// bench's annotation, the operator's reconcile of it and of the Job's report of its new step
+/// (API writes, a few each way) are the bench's instrument, not the copy.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// When a drain copied and when it was held, as [`pause_cycles`] saw them.
+#[derive(Default)]
+struct Cycles {
+    /// Stretches of steady copying: from [`SETTLE`] after the copy (re)started until the bench
+    /// asked for the next pause (or the copy ended).
+    copying: Vec<(Instant, Instant)>,
+    /// Stretches of steady pause: from [`SETTLE`] after the Job said it paused until the bench
+    /// resumed it.
+    paused: Vec<(Instant, Instant)>,
+    /// From the Job saying it paused until the bench resumed it: time the copy did not run.
+    held: Vec<(Instant, Instant)>,
+}
 
 /// Alternates the plan after `after` between copying and paused ([`PAUSE_CYCLE`] each, by the
 /// `redisfleet.io/rebalance` annotation) for as long as it copies, so that the foreground
 /// traffic with and without the copy is measured in the same minutes, on the same fleet,
-/// through the same noise; the windows in which it was paused.
-async fn pause_cycles(policies: Api<CachePolicy>, after: i64) -> Vec<(Instant, Instant)> {
+/// through the same noise; the windows of each (the switches between them left out).
+async fn pause_cycles(policies: Api<CachePolicy>, after: i64) -> Cycles {
     let annotate = |value: Option<&str>| serde_json::json!({"metadata": {"annotations": {REBALANCE_CONTROL_ANNOTATION: value}}});
     let control = |value: Option<&'static str>| {
         let policies = policies.clone();
@@ -949,19 +1024,23 @@ async fn pause_cycles(policies: Api<CachePolicy>, after: i64) -> Vec<(Instant, I
             None => Some(String::new()),
         }
     };
-    let mut windows = Vec::new();
+    let mut cycles = Cycles::default();
     let deadline = Instant::now() + Duration::from_secs(600);
     // Until it copies.
     loop {
         match step().await.as_deref() {
             Some("Copying") => break,
-            None => return windows,
-            _ if Instant::now() > deadline => return windows,
+            None => return cycles,
+            _ if Instant::now() > deadline => return cycles,
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
     while Instant::now() < deadline {
+        tokio::time::sleep(SETTLE).await;
+        let from = Instant::now();
         tokio::time::sleep(PAUSE_CYCLE).await;
+        // (A copy that ended meanwhile: the drain's own end clips the window.)
+        cycles.copying.push((from, Instant::now()));
         if step().await.as_deref() != Some("Copying") || !control(Some("pause")).await {
             break;
         }
@@ -977,9 +1056,12 @@ async fn pause_cycles(policies: Api<CachePolicy>, after: i64) -> Vec<(Instant, I
                 _ => break,
             }
         }
-        if let Some(from) = paused_at {
+        if let Some(held) = paused_at {
+            tokio::time::sleep(SETTLE).await;
+            let from = Instant::now();
             tokio::time::sleep(PAUSE_CYCLE).await;
-            windows.push((from, Instant::now()));
+            cycles.paused.push((from, Instant::now()));
+            cycles.held.push((held, Instant::now()));
         }
         if !control(None).await || paused_at.is_none() {
             break;
@@ -991,13 +1073,13 @@ async fn pause_cycles(policies: Api<CachePolicy>, after: i64) -> Vec<(Instant, I
                 Some("Copying") => break,
                 _ => {
                     let _ = control(None).await;
-                    return windows;
+                    return cycles;
                 }
             }
         }
     }
     let _ = control(None).await;
-    windows
+    cycles
 }
 
 /// What following one plan through `status.rebalance` saw.
