@@ -190,6 +190,10 @@ struct Job {
     latency_read: Instant,
     /// Why the copy runs below `keys_per_second`, for `status.rebalance.pacing`.
     pacing_note: Option<String>,
+    /// The kind of [`Job::pacing_note`] without its figures (`slowed`, `growing`,
+    /// `unanswered`): the copy reports a new kind at once, new figures every
+    /// [`control::REPORT_EVERY`].
+    pacing_kind: Option<&'static str>,
     total: u64,
     started: Instant,
     last_report: Instant,
@@ -361,6 +365,7 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // The sweeps move what is left at once (what sidecars kept writing); their range scans
     // yield to traffic as the count's do.
     job.pacing_note = None;
+    job.pacing_kind = None;
     job.sweep().await?;
     job.report(rebalance_step::COPIED, &[]).await?;
     let Some(last) = job
@@ -510,6 +515,7 @@ impl Job {
             }),
             latency_read: Instant::now(),
             pacing_note: None,
+            pacing_kind: None,
             total: 0,
             started: Instant::now(),
             last_report: Instant::now(),
