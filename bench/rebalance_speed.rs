@@ -636,17 +636,16 @@ impl Drain {
     ) -> Self {
         let copy = (drain.copying.0, drain.copied.0);
         let quiet = sorted_within(latencies, &[before], &[]);
-        // Without pauses (no pause cycles ran): the whole copy.
-        let steady: Vec<(Instant, Instant)> = if cycles.copying.is_empty() {
-            vec![copy]
-        } else {
-            cycles.copying.clone()
+        // Without a window within the copy (no pause cycles ran, or a copy shorter than a
+        // settle): the whole copy.
+        let steady = match clip(&cycles.copying, copy) {
+            windows if windows.is_empty() => vec![copy],
+            windows => windows,
         };
-        let copying = sorted_within(latencies, &clip(&steady, copy), &[]);
+        let copying = sorted_within(latencies, &steady, &[]);
         let held = sorted_within(latencies, &cycles.paused, &[]);
         let secs = (copy.1 - copy.0).as_secs_f64()
-            - cycles
-                .held
+            - clip(&cycles.held, copy)
                 .iter()
                 .map(|(from, to)| (*to - *from).as_secs_f64())
                 .sum::<f64>();
@@ -704,6 +703,10 @@ fn dump(
 }
 
 /// Whether `at` falls in `window` (both ends included).
+fn within(at: Instant, (from, to): (Instant, Instant)) -> bool {
+    at >= from && at <= to
+}
+
 /// `windows`, each cut to `bounds` (those outside it dropped).
 fn clip(windows: &[(Instant, Instant)], bounds: (Instant, Instant)) -> Vec<(Instant, Instant)> {
     windows
@@ -711,10 +714,6 @@ fn clip(windows: &[(Instant, Instant)], bounds: (Instant, Instant)) -> Vec<(Inst
         .map(|(from, to)| ((*from).max(bounds.0), (*to).min(bounds.1)))
         .filter(|(from, to)| from < to)
         .collect()
-}
-
-fn within(at: Instant, (from, to): (Instant, Instant)) -> bool {
-    at >= from && at <= to
 }
 
 /// The latencies of the requests that started in one of `windows` and in none of `except`,
@@ -967,9 +966,12 @@ async fn set_keys_per_second(policies: &Api<CachePolicy>, rate: u64) {
         .unwrap();
 }
 
-/// How long the copy runs, and then stays paused, in each cycle of [`pause_cycles`] (after
-/// [`SETTLE`]).
+/// How long the copy stays paused in each cycle of [`pause_cycles`] (after [`SETTLE`]).
 const PAUSE_CYCLE: Duration = Duration::from_secs(3);
+/// How long the copy runs in each cycle of [`pause_cycles`] (after [`SETTLE`]): longer than
+/// the Job's 5 s between reports of its count, so that each window holds one, as a copy
+/// that is never paused does.
+const COPY_CYCLE: Duration = Duration::from_secs(6);
 /// What each window of [`pause_cycles`] leaves out after the copy resumed or paused: the
 /// bench's annotation, the operator's reconcile of it and of the Job's report of its new step
 /// (API writes, a few each way) are the bench's instrument, not the copy.
@@ -988,10 +990,11 @@ struct Cycles {
     held: Vec<(Instant, Instant)>,
 }
 
-/// Alternates the plan after `after` between copying and paused ([`PAUSE_CYCLE`] each, by the
-/// `redisfleet.io/rebalance` annotation) for as long as it copies, so that the foreground
-/// traffic with and without the copy is measured in the same minutes, on the same fleet,
-/// through the same noise; the windows of each (the switches between them left out).
+/// Alternates the plan after `after` between copying ([`COPY_CYCLE`]) and paused
+/// ([`PAUSE_CYCLE`]), by the `redisfleet.io/rebalance` annotation, for as long as it copies,
+/// so that the foreground traffic with and without the copy is measured in the same minutes,
+/// on the same fleet, through the same noise; the windows of each (the switches between them
+/// left out).
 async fn pause_cycles(policies: Api<CachePolicy>, after: i64) -> Cycles {
     let annotate = |value: Option<&str>| serde_json::json!({"metadata": {"annotations": {REBALANCE_CONTROL_ANNOTATION: value}}});
     let control = |value: Option<&'static str>| {
@@ -1038,7 +1041,7 @@ async fn pause_cycles(policies: Api<CachePolicy>, after: i64) -> Cycles {
     while Instant::now() < deadline {
         tokio::time::sleep(SETTLE).await;
         let from = Instant::now();
-        tokio::time::sleep(PAUSE_CYCLE).await;
+        tokio::time::sleep(COPY_CYCLE).await;
         // (A copy that ended meanwhile: the drain's own end clips the window.)
         cycles.copying.push((from, Instant::now()));
         if step().await.as_deref() != Some("Copying") || !control(Some("pause")).await {
@@ -1095,7 +1098,7 @@ struct Followed {
 
 impl Followed {
     /// The copy's rate between its first and last progress report while copying (the
-    /// Job reports about once a second).
+    /// Job reports a second after the copy starts, then every 5 s).
     fn steady_rate(&self) -> Option<f64> {
         let (first, last) = (self.reports.first()?, self.reports.last()?);
         let secs = (last.0 - first.0).as_secs_f64();

@@ -194,6 +194,9 @@ struct Job {
     /// `unanswered`): the copy reports a new kind at once, new figures every
     /// [`control::REPORT_EVERY`].
     pacing_kind: Option<&'static str>,
+    /// The copy (re)started and has not reported a count yet: the first goes after
+    /// `copy::FIRST_COUNT_AFTER`, not a full [`control::REPORT_EVERY`].
+    count_owed: bool,
     total: u64,
     started: Instant,
     last_report: Instant,
@@ -355,6 +358,7 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // The sources import already: sidecars may wait on keys the Job moves for them, so from
     // here on no report holds the Job up.
     job.report_beside(rebalance_step::COPYING)?;
+    job.count_owed = true;
     // `keysPerSecond` counts from here: the time before (a paused flip, converging, counting)
     // gives the copy no allowance to burst with.
     job.started = Instant::now();
@@ -516,6 +520,7 @@ impl Job {
             latency_read: Instant::now(),
             pacing_note: None,
             pacing_kind: None,
+            count_owed: false,
             total: 0,
             started: Instant::now(),
             last_report: Instant::now(),

@@ -32,6 +32,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// How long the pacing waits for an instance's latency reports.
 const LATENCY_READ_TIMEOUT: Duration = Duration::from_millis(250);
+/// When the copy's first count goes to the status after it started or resumed (then every
+/// [`REPORT_EVERY`]): whoever watches sees it move, and at what rate, within a second or so.
+const FIRST_COUNT_AFTER: Duration = Duration::from_secs(1);
 /// How often the copy logs its count between its reports to the status ([`REPORT_EVERY`]).
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -340,12 +343,18 @@ impl Job {
                         // A new reason the copy runs below keysPerSecond goes at once, new
                         // figures every REPORT_EVERY.
                         let why = self.pacing_kind;
-                        if (why != reported_why || self.last_report.elapsed() >= REPORT_EVERY)
+                        let every = if self.count_owed {
+                            FIRST_COUNT_AFTER
+                        } else {
+                            REPORT_EVERY
+                        };
+                        if (why != reported_why || self.last_report.elapsed() >= every)
                             // Beside the copy: an API server that takes its time delays the
                             // status, not the keys sidecars wait for.
                             && self.report_beside(rebalance_step::COPYING)?
                         {
                             reported_why = why;
+                            self.count_owed = self.moved == 0;
                             logged = Instant::now();
                         } else if logged.elapsed() >= LOG_EVERY {
                             // The log follows the copy closer than the status (no API work).
