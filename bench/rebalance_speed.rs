@@ -968,9 +968,9 @@ async fn set_keys_per_second(policies: &Api<CachePolicy>, rate: u64) {
 
 /// How long the copy stays paused in each cycle of [`pause_cycles`] (after [`SETTLE`]).
 const PAUSE_CYCLE: Duration = Duration::from_secs(3);
-/// How long the copy runs in each cycle of [`pause_cycles`] (after [`SETTLE`]): longer than
-/// the Job's 5 s between reports of its count, so that each window holds one, as a copy
-/// that is never paused does.
+/// How long the copy runs in each cycle of [`pause_cycles`] (after [`SETTLE`]): long enough
+/// to hold the Job's reports of its count (API writes, each waking the operator's reconcile)
+/// as a copy that is never paused does, were they a few seconds apart.
 const COPY_CYCLE: Duration = Duration::from_secs(6);
 /// What each window of [`pause_cycles`] leaves out after the copy resumed or paused: the
 /// bench's annotation, the operator's reconcile of it and of the Job's report of its new step
@@ -1098,7 +1098,7 @@ struct Followed {
 
 impl Followed {
     /// The copy's rate between its first and last progress report while copying (the
-    /// Job reports a second after the copy starts, then every 5 s).
+    /// Job reports about once a second).
     fn steady_rate(&self) -> Option<f64> {
         let (first, last) = (self.reports.first()?, self.reports.last()?);
         let secs = (last.0 - first.0).as_secs_f64();

@@ -190,13 +190,6 @@ struct Job {
     latency_read: Instant,
     /// Why the copy runs below `keys_per_second`, for `status.rebalance.pacing`.
     pacing_note: Option<String>,
-    /// The kind of [`Job::pacing_note`] without its figures (`slowed`, `growing`,
-    /// `unanswered`): the copy reports a new kind at once, new figures every
-    /// [`control::REPORT_EVERY`].
-    pacing_kind: Option<&'static str>,
-    /// The copy (re)started and has not reported a count yet: the first goes after
-    /// `copy::FIRST_COUNT_AFTER`, not a full [`control::REPORT_EVERY`].
-    count_owed: bool,
     total: u64,
     started: Instant,
     last_report: Instant,
@@ -358,7 +351,6 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // The sources import already: sidecars may wait on keys the Job moves for them, so from
     // here on no report holds the Job up.
     job.report_beside(rebalance_step::COPYING)?;
-    job.count_owed = true;
     // `keysPerSecond` counts from here: the time before (a paused flip, converging, counting)
     // gives the copy no allowance to burst with.
     job.started = Instant::now();
@@ -369,7 +361,6 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // The sweeps move what is left at once (what sidecars kept writing); their range scans
     // yield to traffic as the count's do.
     job.pacing_note = None;
-    job.pacing_kind = None;
     job.sweep().await?;
     job.report(rebalance_step::COPIED, &[]).await?;
     let Some(last) = job
@@ -519,8 +510,6 @@ impl Job {
             }),
             latency_read: Instant::now(),
             pacing_note: None,
-            pacing_kind: None,
-            count_owed: false,
             total: 0,
             started: Instant::now(),
             last_report: Instant::now(),

@@ -27,16 +27,11 @@ const CONTROL_EVERY: Duration = Duration::from_secs(1);
 /// How long the copy waits for the sources' `INFO memory`. One that does not answer keeps its
 /// last verdict: its batches fail on their own.
 const EVICTION_READ_TIMEOUT: Duration = Duration::from_millis(250);
-/// How often a Job reports its count of keys moved: while it copies (the first count a
-/// second after the copy starts or resumes; a new step or a new kind of pacing note goes at
-/// once), and while it is paused (the keys sidecars asked it to move; with none moved it
-/// writes nothing). Every write of the policy's `status.rebalance` is API work and wakes the
-/// operator's reconcile, which writes the policy's conditions: on a small node that is CPU the
-/// application's requests wait for (`bench/rebalance_speed.rs` at 200 keys/s: the
-/// foreground's p99 while copying was 1.68× the paused minutes' with a report a second, 1.14×
-/// in windows that held no report), and a plan may stay paused for days. (A newer attempt is
-/// noticed by reading the policy every [`CONTROL_EVERY`].)
-pub(super) const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How often, at most, a paused Job reports the keys sidecars asked it to move. With none
+/// moved it writes nothing: every write of the policy's `status.rebalance` wakes the operator's
+/// reconcile, and a plan may stay paused for days. (A newer attempt is noticed by reading the
+/// policy every [`CONTROL_EVERY`].)
+const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How long the copy waits for its first read of the policy before its first batch (an API
 /// server that does not answer sooner delays the pause, not the copy).
 const FIRST_READ_WAIT: Duration = Duration::from_secs(2);
@@ -323,7 +318,6 @@ impl Job {
         }
         self.pausing = false;
         self.pacing_note = None;
-        self.pacing_kind = None;
         // A read under way may have been asked before the resume: the next one counts.
         self.control.forget();
         self.control_read = Instant::now();
@@ -335,7 +329,6 @@ impl Job {
         // Beside the copy too; after the hold's last report, if that is still under way (the
         // copy sends it once that one is done).
         self.copying_owed = !self.report_beside(rebalance_step::COPYING)?;
-        self.count_owed = true;
         Ok(())
     }
 }

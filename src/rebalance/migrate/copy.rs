@@ -21,7 +21,7 @@ use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::{SlotRange, key_slot};
 
 use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher, GENTLE_BATCH_KEYS};
-use super::control::{REPORT_EVERY, URGENT_EVERY};
+use super::control::URGENT_EVERY;
 use super::pacing::Adjustment;
 use super::{Error, Instance, Job};
 
@@ -32,11 +32,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// How long the pacing waits for an instance's latency reports.
 const LATENCY_READ_TIMEOUT: Duration = Duration::from_millis(250);
-/// When the copy's first count goes to the status after it started or resumed (then every
-/// [`REPORT_EVERY`]): whoever watches sees it move, and at what rate, within a second or so.
-const FIRST_COUNT_AFTER: Duration = Duration::from_secs(1);
-/// How often the copy logs its count between its reports to the status ([`REPORT_EVERY`]).
-const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Scan pages read ahead of the batches.
 const PAGES_AHEAD: usize = 2;
@@ -230,9 +225,6 @@ impl Job {
             // The newest position every batch before has landed at, not saved yet.
             let mut landed: Option<ScanCheckpoint> = None;
             let mut saved = Instant::now();
-            let mut logged = Instant::now();
-            // The kind of pacing note the last report sent.
-            let mut reported_why = self.pacing_kind;
             // Keys sidecars wait for move even while the oldest batch has not landed.
             let mut urgent_tick = tokio::time::interval(URGENT_EVERY);
             urgent_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -340,31 +332,10 @@ impl Job {
                             self.save_checkpoint(&from, &key, cp).await?;
                             saved = Instant::now();
                         }
-                        // A new reason the copy runs below keysPerSecond goes at once, new
-                        // figures every REPORT_EVERY.
-                        let why = self.pacing_kind;
-                        let every = if self.count_owed {
-                            FIRST_COUNT_AFTER
-                        } else {
-                            REPORT_EVERY
-                        };
-                        if (why != reported_why || self.last_report.elapsed() >= every)
+                        if self.last_report.elapsed() > Duration::from_secs(1) {
                             // Beside the copy: an API server that takes its time delays the
                             // status, not the keys sidecars wait for.
-                            && self.report_beside(rebalance_step::COPYING)?
-                        {
-                            reported_why = why;
-                            self.count_owed = self.moved == 0;
-                            logged = Instant::now();
-                        } else if logged.elapsed() >= LOG_EVERY {
-                            // The log follows the copy closer than the status (no API work).
-                            info!(
-                                step = rebalance_step::COPYING,
-                                moved = self.moved,
-                                total = self.total,
-                                "progress (logged only)"
-                            );
-                            logged = Instant::now();
+                            self.report_beside(rebalance_step::COPYING)?;
                         }
                     }
                 }
@@ -649,7 +620,6 @@ impl Job {
                         "slowed: no moving instance answered the read of the sidecars' latency"
                     );
                 }
-                self.pacing_kind = Some("unanswered");
                 self.pacing_note = Some(format!(
                     "at {} keys/s: no moving instance answered the read of the sidecars' latency in {} ms",
                     rate as u64,
@@ -676,7 +646,6 @@ impl Job {
                 if rate != before {
                     info!(keys_per_second = rate as u64, "{note}");
                 }
-                self.pacing_kind = Some("slowed");
                 self.pacing_note = Some(note);
             }
             Adjustment::Held if rate < self.keys_per_second as f64 => {
@@ -684,7 +653,6 @@ impl Job {
                     keys_per_second = rate as u64,
                     "the sidecars' latency is within budget: speeding the copy up"
                 );
-                self.pacing_kind = Some("growing");
                 self.pacing_note = Some(format!(
                     "at {} keys/s, growing while the sidecars' latency stays within budget",
                     rate as u64
@@ -697,7 +665,6 @@ impl Job {
                         "the copy is back at keysPerSecond"
                     );
                 }
-                self.pacing_kind = None;
                 self.pacing_note = None;
             }
         }
