@@ -459,11 +459,12 @@ async fn main() {
         let cycles = pausing.await.unwrap();
         let slow = slowlog_report(&servers).await;
         assert_eq!(app_keys(&legacy).await, 0, "keys left on the legacy Redis");
+        let copy = (drain.copying.0, drain.copied.0);
         dump(
             &label.replace([' ', '/'], "-").replace('µ', "u"),
             &latencies,
-            Some((drain.copying.0, drain.copied.0)),
-            &cycles.copying,
+            Some(copy),
+            &cycles.steady(copy),
             &cycles.paused,
         );
         after = drain.done.plan_id;
@@ -636,13 +637,7 @@ impl Drain {
     ) -> Self {
         let copy = (drain.copying.0, drain.copied.0);
         let quiet = sorted_within(latencies, &[before], &[]);
-        // Without a window within the copy (no pause cycles ran, or a copy shorter than a
-        // settle): the whole copy.
-        let steady = match clip(&cycles.copying, copy) {
-            windows if windows.is_empty() => vec![copy],
-            windows => windows,
-        };
-        let copying = sorted_within(latencies, &steady, &[]);
+        let copying = sorted_within(latencies, &cycles.steady(copy), &[]);
         let held = sorted_within(latencies, &cycles.paused, &[]);
         let secs = (copy.1 - copy.0).as_secs_f64()
             - clip(&cycles.held, copy)
@@ -665,13 +660,13 @@ impl Drain {
 /// With `REBALANCE_BENCH_DUMP=<dir>`, writes one drain's foreground requests to
 /// `<dir>/<name>.tsv` (`baseline`, or the drain's pacing) (when each started, in Unix
 /// milliseconds, to compare with the logs of the operator and the Job; its latency in µs;
-/// `copy` or `paused` within the windows measured, `switch` between them, `-` outside the
-/// copy), to see when the slow ones came.
+/// `copy` or `paused` within the windows measured (`steady`, `paused`), `switch` between them
+/// within the `copy`, `-` outside it), to see when the slow ones came.
 fn dump(
     name: &str,
     latencies: &[(Instant, u64)],
     copy: Option<(Instant, Instant)>,
-    copying: &[(Instant, Instant)],
+    steady: &[(Instant, Instant)],
     paused: &[(Instant, Instant)],
 ) {
     let Some(dir) = std::env::var_os("REBALANCE_BENCH_DUMP") else {
@@ -687,12 +682,10 @@ fn dump(
         let unix = unix_now - (now - *at).as_millis();
         let what = if paused.iter().any(|w| within(*at, *w)) {
             "paused"
+        } else if steady.iter().any(|w| within(*at, *w)) {
+            "copy"
         } else if copy.is_some_and(|w| within(*at, w)) {
-            if copying.is_empty() || copying.iter().any(|w| within(*at, *w)) {
-                "copy"
-            } else {
-                "switch"
-            }
+            "switch"
         } else {
             "-"
         };
@@ -990,6 +983,17 @@ struct Cycles {
     held: Vec<(Instant, Instant)>,
 }
 
+impl Cycles {
+    /// The windows of steady copying within `copy` (the drain's copy step); the whole step if
+    /// none falls in it (no pause cycle ran, or the copy was over within a settle).
+    fn steady(&self, copy: (Instant, Instant)) -> Vec<(Instant, Instant)> {
+        match clip(&self.copying, copy) {
+            windows if windows.is_empty() => vec![copy],
+            windows => windows,
+        }
+    }
+}
+
 /// Alternates the plan after `after` between copying ([`COPY_CYCLE`]) and paused
 /// ([`PAUSE_CYCLE`]), by the `redisfleet.io/rebalance` annotation, for as long as it copies,
 /// so that the foreground traffic with and without the copy is measured in the same minutes,
@@ -1063,8 +1067,9 @@ async fn pause_cycles(policies: Api<CachePolicy>, after: i64) -> Cycles {
             tokio::time::sleep(SETTLE).await;
             let from = Instant::now();
             tokio::time::sleep(PAUSE_CYCLE).await;
-            cycles.paused.push((from, Instant::now()));
-            cycles.held.push((held, Instant::now()));
+            let to = Instant::now();
+            cycles.paused.push((from, to));
+            cycles.held.push((held, to));
         }
         if !control(None).await || paused_at.is_none() {
             break;
