@@ -34,7 +34,7 @@ macro_rules! error_variants {
 }
 pub(crate) use error_variants;
 
-use crate::api::cache_policy::CategoryUsage;
+use crate::api::cache_policy::{CategoryUsage, RebalanceStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -690,6 +690,20 @@ impl Metrics {
     /// The policies that have series, for the janitor to compare with the ones that exist.
     pub fn policies(&self) -> Vec<PolicyLabels> {
         self.known().policies.iter().cloned().collect()
+    }
+
+    /// The copy's figures that `r` reports: keys moved and keys in all (none: no plan so far).
+    /// Set by each reconcile and by every change the policy's watch sees, as the Job reports
+    /// them: their changes do not wake a reconcile.
+    pub fn rebalance_figures(&self, labels: &PolicyLabels, r: Option<&RebalanceStatus>) {
+        if let Some(r) = r {
+            self.rebalance_keys_moved
+                .get_or_create(labels)
+                .set(r.keys_moved.unwrap_or(0));
+            self.rebalance_keys_total
+                .get_or_create(labels)
+                .set(r.keys_total.unwrap_or(0));
+        }
     }
 
     /// Forgets every series of a deleted policy.

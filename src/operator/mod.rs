@@ -39,7 +39,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::runtime::{Controller, WatchStreamExt, predicates};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -48,7 +48,7 @@ use crate::api::{CachePolicy, RedisInstance};
 use crate::http;
 use cache_policy::PolicyContext;
 use context::Context;
-use metrics::Metrics;
+use metrics::{Metrics, PolicyLabels};
 use redis_instance::InstanceContext;
 use secrets::SecretReader;
 
@@ -246,9 +246,24 @@ async fn run_scope(
     // a reconcile never sees an instance older than the change that woke it. Its watch wakes
     // it on what it acts on ([`cache_policy::fetch::own_trigger`]), not on its own status
     // writes; the store behind it sees every change.
+    // The copy's figures, which wake no reconcile, go to the metrics from the watch itself.
     let (policy_reader, policy_writer) = reflector::store::<CachePolicy>();
+    let figures = metrics.clone();
     let policy_changes = cached_watch(api::<CachePolicy>(&client, ns), wc.clone(), policy_writer)
         .applied_objects()
+        .inspect(move |changed| {
+            if let Ok(policy) = changed
+                && policy.metadata.deletion_timestamp.is_none()
+            {
+                let labels = PolicyLabels {
+                    namespace: policy.namespace().unwrap_or_default(),
+                    policy: policy.name_any(),
+                };
+                figures.note_policy(&labels);
+                let rebalance = policy.status.as_ref().and_then(|s| s.rebalance.as_ref());
+                figures.rebalance_figures(&labels, rebalance);
+            }
+        })
         .predicate_filter(cache_policy::fetch::own_trigger, Default::default());
     let policy_controller = Controller::for_stream(policy_changes, policy_reader.clone());
     let (all_instances, all_instances_writer) = reflector::store::<RedisInstance>();

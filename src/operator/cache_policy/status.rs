@@ -261,7 +261,10 @@ pub const HANDING_OVER: &str = "HandingOver";
 
 /// Sets the `Rebalancing` condition from `status.rebalance`, and — no plan running, the last
 /// one not failed — from `held`: the reason (`HeldBack`, `WaitingForTable`, [`HANDING_OVER`])
-/// and why the moves the fleet wants wait, or what is handed over.
+/// and why the moves the fleet wants wait, or what is handed over. The message quotes no
+/// figure the Job reports as the copy goes (keys moved, the rate): they are in
+/// `status.rebalance` and the `kubectl get` columns, and a message that changed with them was
+/// a status write for each of the Job's reports.
 pub fn set_rebalancing_condition(
     status: &mut CachePolicyStatus,
     held: Option<(&str, &str)>,
@@ -276,11 +279,9 @@ pub fn set_rebalancing_condition(
             true,
             "SourceEvicting".to_owned(),
             format!(
-                "plan {} holds its copy in {} ({} of {} keys moved){}: {}",
+                "plan {} holds its copy in {}{}: {}",
                 r.plan_id,
                 r.phase,
-                r.keys_moved.unwrap_or(0),
-                r.keys_total.unwrap_or(0),
                 if r.paused == Some(true) {
                     ", and is paused (redisfleet.io/rebalance=pause)"
                 } else {
@@ -295,22 +296,21 @@ pub fn set_rebalancing_condition(
             true,
             "Paused".to_owned(),
             format!(
-                "plan {} paused (redisfleet.io/rebalance=pause) in {}: {} of {} keys moved",
-                r.plan_id,
-                r.phase,
-                r.keys_moved.unwrap_or(0),
-                r.keys_total.unwrap_or(0)
+                "plan {} paused (redisfleet.io/rebalance=pause) in {}",
+                r.plan_id, r.phase,
             ),
         ),
         Some(r) if r.is_active() => (
             true,
             r.phase.clone(),
             format!(
-                "plan {}: {} moves, {} of {} keys moved",
+                "plan {}: {} moves{}",
                 r.plan_id,
                 r.moves.len(),
-                r.keys_moved.unwrap_or(0),
-                r.keys_total.unwrap_or(0)
+                r.step
+                    .as_deref()
+                    .map(|step| format!(", step {step}"))
+                    .unwrap_or_default()
             ),
         ),
         Some(r) if r.phase == rebalance_phase::FAILED => (
@@ -662,16 +662,7 @@ pub fn record_metrics(
             .get_or_create(labels)
             .set(t.failover.iter().filter(|f| !f.handover).count() as i64);
     }
-    if let Some(r) = &status.rebalance {
-        metrics
-            .rebalance_keys_moved
-            .get_or_create(labels)
-            .set(r.keys_moved.unwrap_or(0));
-        metrics
-            .rebalance_keys_total
-            .get_or_create(labels)
-            .set(r.keys_total.unwrap_or(0));
-    }
+    metrics.rebalance_figures(labels, status.rebalance.as_ref());
     let balance = status.rebalance.as_ref().and_then(|r| r.balance.as_ref());
     for (family, value) in [
         (
@@ -1217,7 +1208,7 @@ mod tests {
             (
                 "True".into(),
                 "SourceEvicting".into(),
-                "plan 7 holds its copy in Migrating (10 of 40 keys moved): held: primary (maxmemory-policy allkeys-lru) may evict".into()
+                "plan 7 holds its copy in Migrating: held: primary (maxmemory-policy allkeys-lru) may evict".into()
             )
         );
         // Paused as well: the hold is what the condition names, and it says both.
