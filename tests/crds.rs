@@ -552,3 +552,87 @@ async fn conditions_have_the_upstream_bounds() {
         assert!(stderr.contains(expect), "{case}: {stderr}");
     }
 }
+
+/// What the rebalance Job's progress report relies on (`write_progress`): a JSON patch of the
+/// status whose `test` of the plan and attempt fails is refused with 422 and writes nothing;
+/// one whose tests pass sets the fields, a `null` one (a cleared pacing note) reading as
+/// absent.
+#[tokio::test]
+async fn a_progress_patch_for_another_attempt_is_refused_with_422_and_writes_nothing() {
+    use kube::api::{Patch, PatchParams, PostParams};
+    use redis_fleet::api::CachePolicy;
+    use serde_json::json;
+
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    cp.install_crds(&client).await;
+    let ns = cp.namespace(&client, "progress-patch").await;
+    let policies: kube::Api<CachePolicy> = kube::Api::namespaced(client, &ns);
+    let policy: CachePolicy = serde_json::from_value(json!({
+        "apiVersion": "redisfleet.io/v1alpha1", "kind": "CachePolicy",
+        "metadata": {"name": "shop"},
+        "spec": {
+            "instanceSelector": {"matchLabels": {"app.kubernetes.io/part-of": "shop"}},
+            "routingConfigMap": "shop-redis-routing",
+            "categories": [{"name": "auth", "keyPrefixes": ["auth:"], "tier": "hot"}],
+        },
+    }))
+    .unwrap();
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let pp = PatchParams::default();
+    policies
+        .patch_status(
+            "shop",
+            &pp,
+            &Patch::Merge(json!({"status": {"rebalance": {
+                "phase": "Migrating", "planId": 7, "attempts": 2, "pacing": "slowed",
+            }}})),
+        )
+        .await
+        .unwrap();
+    let report = |plan: i64, attempt: i32| {
+        Patch::<()>::Json(
+            serde_json::from_value(json!([
+                {"op": "test", "path": "/status/rebalance/planId", "value": plan},
+                {"op": "test", "path": "/status/rebalance/attempts", "value": attempt},
+                {"op": "add", "path": "/status/rebalance/keysMoved", "value": 40},
+                {"op": "add", "path": "/status/rebalance/pacing", "value": null},
+            ]))
+            .unwrap(),
+        )
+    };
+    for (plan, attempt) in [(7, 1), (8, 2)] {
+        match policies
+            .patch_status("shop", &pp, &report(plan, attempt))
+            .await
+        {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 422, "{e:?}"),
+            other => panic!("plan {plan} attempt {attempt}: {other:?}"),
+        }
+    }
+    let r = policies
+        .get_status("shop")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .rebalance
+        .unwrap();
+    assert_eq!((r.keys_moved, r.pacing.as_deref()), (None, Some("slowed")));
+    policies
+        .patch_status("shop", &pp, &report(7, 2))
+        .await
+        .unwrap();
+    let r = policies
+        .get_status("shop")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .rebalance
+        .unwrap();
+    assert_eq!((r.keys_moved, r.pacing), (Some(40), None));
+}
