@@ -693,8 +693,8 @@ impl Metrics {
     }
 
     /// The copy's figures that `r` reports: keys moved and keys in all (none: no plan so far).
-    /// Set by each reconcile and by every change the policy's watch sees, as the Job reports
-    /// them: their changes do not wake a reconcile.
+    /// Set from every change the policy's watch sees, as the Job reports them (their changes do
+    /// not wake a reconcile, and a reconcile's status may be older than the last report).
     pub fn rebalance_figures(&self, labels: &PolicyLabels, r: Option<&RebalanceStatus>) {
         if let Some(r) = r {
             self.rebalance_keys_moved

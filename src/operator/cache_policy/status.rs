@@ -662,7 +662,9 @@ pub fn record_metrics(
             .get_or_create(labels)
             .set(t.failover.iter().filter(|f| !f.handover).count() as i64);
     }
-    metrics.rebalance_figures(labels, status.rebalance.as_ref());
+    // The copy's figures (keys moved, in all) come from the policy's watch
+    // (`Metrics::rebalance_figures`): a reconcile's status may be older than the Job's last
+    // report, and would set the count back.
     let balance = status.rebalance.as_ref().and_then(|r| r.balance.as_ref());
     for (family, value) in [
         (
