@@ -962,8 +962,8 @@ async fn set_keys_per_second(policies: &Api<CachePolicy>, rate: u64) {
 /// How long the copy stays paused in each cycle of [`pause_cycles`] (after [`SETTLE`]).
 const PAUSE_CYCLE: Duration = Duration::from_secs(3);
 /// How long the copy runs in each cycle of [`pause_cycles`] (after [`SETTLE`]): long enough
-/// to hold the Job's reports of its count (API writes, each waking the operator's reconcile)
-/// as a copy that is never paused does, were they a few seconds apart.
+/// to hold the Job's reports of its count (API writes, at most 5 s apart) as a copy that is
+/// never paused does.
 const COPY_CYCLE: Duration = Duration::from_secs(6);
 /// What each window of [`pause_cycles`] leaves out after the copy resumed or paused: the
 /// bench's annotation, the operator's reconcile of it and of the Job's report of its new step
@@ -1103,7 +1103,7 @@ struct Followed {
 
 impl Followed {
     /// The copy's rate between its first and last progress report while copying (the
-    /// Job reports about once a second).
+    /// Job reports every 1–5 s).
     fn steady_rate(&self) -> Option<f64> {
         let (first, last) = (self.reports.first()?, self.reports.last()?);
         let secs = (last.0 - first.0).as_secs_f64();

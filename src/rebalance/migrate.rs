@@ -193,6 +193,15 @@ struct Job {
     total: u64,
     started: Instant,
     last_report: Instant,
+    /// The copy's next report of its count is its first since it started or resumed
+    /// ([`control::count_every`]).
+    first_count: bool,
+    /// Whether [`Job::pacing_note`] says the copy slowed for the sidecars' latency (or for
+    /// their silence), rather than that it grows toward `keys_per_second`.
+    slowed: bool,
+    /// Whether a report has said the copy slowed since it started or resumed: the first such
+    /// note goes at once, later ones with the count.
+    slowed_sent: bool,
     /// When the copy last read the policy's `redisfleet.io/rebalance` annotation.
     control_read: Instant,
     /// The annotation asked for a pause: the copy holds once its batches in flight landed.
@@ -351,6 +360,8 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // The sources import already: sidecars may wait on keys the Job moves for them, so from
     // here on no report holds the Job up.
     job.report_beside(rebalance_step::COPYING)?;
+    job.first_count = true;
+    job.slowed_sent = false;
     // `keysPerSecond` counts from here: the time before (a paused flip, converging, counting)
     // gives the copy no allowance to burst with.
     job.started = Instant::now();
@@ -361,6 +372,7 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // The sweeps move what is left at once (what sidecars kept writing); their range scans
     // yield to traffic as the count's do.
     job.pacing_note = None;
+    job.slowed = false;
     job.sweep().await?;
     job.report(rebalance_step::COPIED, &[]).await?;
     let Some(last) = job
@@ -513,6 +525,9 @@ impl Job {
             total: 0,
             started: Instant::now(),
             last_report: Instant::now(),
+            first_count: false,
+            slowed: false,
+            slowed_sent: false,
             urgent_read: Instant::now(),
             control_read: Instant::now(),
             pausing: false,
@@ -585,6 +600,7 @@ impl Job {
             api_calls::outcome("a progress report", earlier)?;
         }
         let progress = self.progress(step, stragglers);
+        self.slowed_sent |= self.slowed;
         let written = api_calls::write_progress(self.policies.clone(), progress).await?;
         if written {
             self.last_report = Instant::now();
@@ -614,6 +630,7 @@ impl Job {
         }
         self.last_report = Instant::now();
         let progress = self.progress(step, &[]);
+        self.slowed_sent |= self.slowed;
         self.reporting
             .start(api_calls::write_progress(self.policies.clone(), progress));
         Ok(true)

@@ -150,7 +150,7 @@ pub fn thresholds_for(policies: &Store<CachePolicy>, ri: &RedisInstance) -> Vec<
 /// output: its writes must not wake it again. They did: at 1 000 instances each status write
 /// started the next reconcile, about one a second instead of one per resync.
 ///
-/// Nor do the copy's figures wake it ([`without_figures`]): the Job reports them every second,
+/// Nor do the copy's figures wake it ([`without_figures`]): the Job reports them every 1–5 s,
 /// and each reconcile they started wrote the conditions again — on the 2-core bench that API
 /// work was most of what a copy cost the foreground's p99. The metrics take the figures from
 /// the watch itself ([`crate::operator::metrics::Metrics::rebalance_figures`]).

@@ -145,8 +145,9 @@ pub(super) struct Progress {
 /// one the API server refuses is told apart by a read ([`write_progress_read_first`]).
 /// `Ok(false)`: the status kept changing under it, nothing was written this time.
 ///
-/// One call, not a read and a write: the Job reports every second while it copies, and on a
-/// small node each call of the API server is CPU the foreground's requests wait for.
+/// One call, not a read and a write: the Job reports every 1–5 s while it copies
+/// ([`super::control::count_every`]), and on a small node each call of the API server is CPU
+/// the foreground's requests wait for.
 pub(super) async fn write_progress(
     policies: Api<CachePolicy>,
     progress: Progress,

@@ -27,11 +27,36 @@ const CONTROL_EVERY: Duration = Duration::from_secs(1);
 /// How long the copy waits for the sources' `INFO memory`. One that does not answer keeps its
 /// last verdict: its batches fail on their own.
 const EVICTION_READ_TIMEOUT: Duration = Duration::from_millis(250);
-/// How often, at most, a paused Job reports the keys sidecars asked it to move. With none
-/// moved it writes nothing: every write of the policy's `status.rebalance` wakes the operator's
-/// reconcile, and a plan may stay paused for days. (A newer attempt is noticed by reading the
-/// policy every [`CONTROL_EVERY`].)
+/// How often, at most, a paused Job reports the keys sidecars asked it to move (with none
+/// moved it writes nothing: every write of the policy's `status.rebalance` is API work, and a
+/// plan may stay paused for days), and the longest between two reports of a copy's count
+/// ([`count_every`]). (A newer attempt is noticed by reading the policy every
+/// [`CONTROL_EVERY`].)
 const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// The least time between two reports of the copy's count, and the time to its first one
+/// after it starts or resumes.
+pub(super) const COUNT_EVERY_MIN: Duration = Duration::from_secs(1);
+
+/// How long after its last report the copy reports its count again: [`COUNT_EVERY_MIN`] for
+/// the first count since it started or resumed (`first`), then a quarter of the time it has
+/// left at its rate so far (`moved` of `total` keys in `copying`), between
+/// [`COUNT_EVERY_MIN`] and [`REPORT_EVERY`]. A short copy shows its count about every second;
+/// a long one, where writing it each second would be most of its API work for minutes, every
+/// few. Each report is a write of the policy's status: API server and etcd work that, on a
+/// small node, the application's requests wait for (`bench/rebalance_speed.rs`: a copy held
+/// to 200 keys/s cost the foreground's p99 1.14× the paused minutes without its reports in
+/// the window, 1.68× with one a second when each also woke the operator).
+pub(super) fn count_every(first: bool, moved: u64, total: u64, copying: Duration) -> Duration {
+    if first || moved == 0 {
+        return COUNT_EVERY_MIN;
+    }
+    let rate = moved as f64 / copying.as_secs_f64().max(0.001);
+    let left = total.saturating_sub(moved) as f64 / rate;
+    Duration::try_from_secs_f64(left / 4.0)
+        .unwrap_or(REPORT_EVERY)
+        .clamp(COUNT_EVERY_MIN, REPORT_EVERY)
+}
+
 /// How long the copy waits for its first read of the policy before its first batch (an API
 /// server that does not answer sooner delays the pause, not the copy).
 const FIRST_READ_WAIT: Duration = Duration::from_secs(2);
@@ -318,6 +343,9 @@ impl Job {
         }
         self.pausing = false;
         self.pacing_note = None;
+        self.slowed = false;
+        self.first_count = true;
+        self.slowed_sent = false;
         // A read under way may have been asked before the resume: the next one counts.
         self.control.forget();
         self.control_read = Instant::now();
@@ -336,6 +364,28 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_copy_reports_its_count_less_often_than_a_short_one() {
+        let secs = Duration::from_secs;
+        // The first count after a start or resume, and one with nothing moved yet: soon.
+        assert_eq!(count_every(true, 50_000, 1_000_000, secs(10)), secs(1));
+        assert_eq!(count_every(false, 0, 1_000_000, secs(3)), secs(1));
+        // 14 000 keys at 2 000 keys/s, 2 000 moved: 6 s left, a count every 1.5 s.
+        assert_eq!(
+            count_every(false, 2_000, 14_000, secs(1)),
+            Duration::from_millis(1_500)
+        );
+        // Near its end, every second; a long copy, every REPORT_EVERY.
+        assert_eq!(count_every(false, 13_000, 14_000, secs(6)), secs(1));
+        assert_eq!(count_every(false, 10_000, 1_000_000, secs(2)), REPORT_EVERY);
+        // Counts past the total (keys written meanwhile) or an instant copy do not break it.
+        assert_eq!(count_every(false, 20_000, 14_000, secs(6)), secs(1));
+        assert_eq!(
+            count_every(false, 5, 1_000_000, Duration::ZERO),
+            REPORT_EVERY
+        );
+    }
 
     #[test]
     fn a_copy_held_for_an_evicting_source_says_which_and_how_to_go_on() {

@@ -21,7 +21,7 @@ use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::{SlotRange, key_slot};
 
 use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher, GENTLE_BATCH_KEYS};
-use super::control::URGENT_EVERY;
+use super::control::{COUNT_EVERY_MIN, URGENT_EVERY, count_every};
 use super::pacing::Adjustment;
 use super::{Error, Instance, Job};
 
@@ -332,10 +332,10 @@ impl Job {
                             self.save_checkpoint(&from, &key, cp).await?;
                             saved = Instant::now();
                         }
-                        if self.last_report.elapsed() > Duration::from_secs(1) {
-                            // Beside the copy: an API server that takes its time delays the
-                            // status, not the keys sidecars wait for.
-                            self.report_beside(rebalance_step::COPYING)?;
+                        // Beside the copy: an API server that takes its time delays the
+                        // status, not the keys sidecars wait for.
+                        if self.count_due() && self.report_beside(rebalance_step::COPYING)? {
+                            self.first_count = false;
                         }
                     }
                 }
@@ -557,6 +557,23 @@ impl Job {
         Ok(())
     }
 
+    /// Whether the copy reports its count now: [`count_every`] after its last report, or — a
+    /// second after it at least — when it first slowed for the sidecars' latency since it
+    /// started or resumed (a slowdown may pass before the next count; later ones, as the
+    /// pacing goes up and down, go with the count).
+    fn count_due(&self) -> bool {
+        let since = self.last_report.elapsed();
+        since >= COUNT_EVERY_MIN
+            && ((self.slowed && !self.slowed_sent)
+                || since
+                    >= count_every(
+                        self.first_count,
+                        self.moved,
+                        self.total,
+                        self.started.elapsed(),
+                    ))
+    }
+
     /// Keeps the copy at or below its rate (`keysPerSecond`, or slower as the pacing says):
     /// how long the next batch must wait until it fits, counting every key the copy sent
     /// before it (urgent keys, which clients wait for, are not paced).
@@ -620,6 +637,7 @@ impl Job {
                         "slowed: no moving instance answered the read of the sidecars' latency"
                     );
                 }
+                self.slowed = true;
                 self.pacing_note = Some(format!(
                     "at {} keys/s: no moving instance answered the read of the sidecars' latency in {} ms",
                     rate as u64,
@@ -646,6 +664,7 @@ impl Job {
                 if rate != before {
                     info!(keys_per_second = rate as u64, "{note}");
                 }
+                self.slowed = true;
                 self.pacing_note = Some(note);
             }
             Adjustment::Held if rate < self.keys_per_second as f64 => {
@@ -653,6 +672,7 @@ impl Job {
                     keys_per_second = rate as u64,
                     "the sidecars' latency is within budget: speeding the copy up"
                 );
+                self.slowed = false;
                 self.pacing_note = Some(format!(
                     "at {} keys/s, growing while the sidecars' latency stays within budget",
                     rate as u64
@@ -665,6 +685,7 @@ impl Job {
                         "the copy is back at keysPerSecond"
                     );
                 }
+                self.slowed = false;
                 self.pacing_note = None;
             }
         }
