@@ -34,7 +34,8 @@ macro_rules! error_variants {
 }
 pub(crate) use error_variants;
 
-use crate::api::cache_policy::{CategoryUsage, RebalanceStatus};
+use crate::api::cache_policy::{CachePolicy, CategoryUsage};
+use kube::ResourceExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -692,16 +693,25 @@ impl Metrics {
         self.known().policies.iter().cloned().collect()
     }
 
-    /// The copy's figures that `r` reports: keys moved and keys in all (none: no plan so far).
-    /// Set from every change the policy's watch sees, as the Job reports them (their changes do
-    /// not wake a reconcile, and a reconcile's status may be older than the last report).
-    pub fn rebalance_figures(&self, labels: &PolicyLabels, r: Option<&RebalanceStatus>) {
-        if let Some(r) = r {
+    /// A policy as its watch sees it (not one being deleted): noted, with the copy's figures
+    /// its status reports, keys moved and keys in all (none: no plan so far). They are set
+    /// here, from every change, as the Job reports them: their changes do not wake a
+    /// reconcile, and a reconcile's status may be older than the last report.
+    pub fn policy_watched(&self, policy: &CachePolicy) {
+        if policy.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let labels = PolicyLabels {
+            namespace: policy.namespace().unwrap_or_default(),
+            policy: policy.name_any(),
+        };
+        self.note_policy(&labels);
+        if let Some(r) = policy.status.as_ref().and_then(|s| s.rebalance.as_ref()) {
             self.rebalance_keys_moved
-                .get_or_create(labels)
+                .get_or_create(&labels)
                 .set(r.keys_moved.unwrap_or(0));
             self.rebalance_keys_total
-                .get_or_create(labels)
+                .get_or_create(&labels)
                 .set(r.keys_total.unwrap_or(0));
         }
     }

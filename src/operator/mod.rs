@@ -39,7 +39,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::runtime::{Controller, WatchStreamExt, predicates};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -48,7 +48,7 @@ use crate::api::{CachePolicy, RedisInstance};
 use crate::http;
 use cache_policy::PolicyContext;
 use context::Context;
-use metrics::{Metrics, PolicyLabels};
+use metrics::Metrics;
 use redis_instance::InstanceContext;
 use secrets::SecretReader;
 
@@ -252,16 +252,8 @@ async fn run_scope(
     let policy_changes = cached_watch(api::<CachePolicy>(&client, ns), wc.clone(), policy_writer)
         .applied_objects()
         .inspect(move |changed| {
-            if let Ok(policy) = changed
-                && policy.metadata.deletion_timestamp.is_none()
-            {
-                let labels = PolicyLabels {
-                    namespace: policy.namespace().unwrap_or_default(),
-                    policy: policy.name_any(),
-                };
-                figures.note_policy(&labels);
-                let rebalance = policy.status.as_ref().and_then(|s| s.rebalance.as_ref());
-                figures.rebalance_figures(&labels, rebalance);
+            if let Ok(policy) = changed {
+                figures.policy_watched(policy);
             }
         })
         .predicate_filter(cache_policy::fetch::own_trigger, Default::default());

@@ -360,8 +360,7 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     // The sources import already: sidecars may wait on keys the Job moves for them, so from
     // here on no report holds the Job up.
     job.report_beside(rebalance_step::COPYING)?;
-    job.first_count = true;
-    job.slowed_sent = false;
+    job.count_afresh();
     // `keysPerSecond` counts from here: the time before (a paused flip, converging, counting)
     // gives the copy no allowance to burst with.
     job.started = Instant::now();

@@ -153,7 +153,7 @@ pub fn thresholds_for(policies: &Store<CachePolicy>, ri: &RedisInstance) -> Vec<
 /// Nor do the copy's figures wake it ([`without_figures`]): the Job reports them every 1–5 s,
 /// and each reconcile they started wrote the conditions again — on the 2-core bench that API
 /// work was most of what a copy cost the foreground's p99. The metrics take the figures from
-/// the watch itself ([`crate::operator::metrics::Metrics::rebalance_figures`]).
+/// the watch itself ([`crate::operator::metrics::Metrics::policy_watched`]).
 pub fn own_trigger(policy: &CachePolicy) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -663,7 +663,7 @@ pub fn record_metrics(
             .set(t.failover.iter().filter(|f| !f.handover).count() as i64);
     }
     // The copy's figures (keys moved, in all) come from the policy's watch
-    // (`Metrics::rebalance_figures`): a reconcile's status may be older than the Job's last
+    // (`Metrics::policy_watched`): a reconcile's status may be older than the Job's last
     // report, and would set the count back.
     let balance = status.rebalance.as_ref().and_then(|r| r.balance.as_ref());
     for (family, value) in [

@@ -152,28 +152,25 @@ pub(super) async fn write_progress(
     policies: Api<CachePolicy>,
     progress: Progress,
 ) -> Result<bool, Error> {
+    let (step, moved, total) = (progress.step, progress.moved, progress.total);
     let patch = checked_patch(progress.plan_id, progress.attempt, &progress.fields)?;
-    match policies
+    let written = match policies
         .patch_status(&progress.policy, &PatchParams::apply(FIELD_MANAGER), &patch)
         .await
     {
-        Ok(_) => {
-            info!(
-                step = progress.step,
-                moved = progress.moved,
-                total = progress.total,
-                "progress"
-            );
-            Ok(true)
-        }
+        Ok(_) => true,
         // A `test` failed (a newer plan or attempt, or a status with no plan), or the patch
         // was refused otherwise: the read tells which.
         Err(kube::Error::Api(e)) if e.code == 422 => {
             info!(refusal = %e.message, "the progress report was refused; reading the status");
-            write_progress_read_first(policies, progress).await
+            write_progress_read_first(policies, progress).await?
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    if written {
+        info!(step, moved, total, "progress");
     }
+    Ok(written)
 }
 
 /// The JSON patch that sets `fields` in `status.rebalance` if its plan is `plan_id` at
@@ -211,8 +208,7 @@ async fn write_progress_read_first(
         attempt,
         step,
         fields,
-        moved,
-        total,
+        ..
     } = progress;
     for _ in 0..10 {
         let policy = policies.get_status(&name).await?;
@@ -236,10 +232,7 @@ async fn write_progress_read_first(
             )
             .await
         {
-            Ok(_) => {
-                info!(step, moved, total, "progress");
-                return Ok(true);
-            }
+            Ok(_) => return Ok(true),
             // Someone wrote the status meanwhile: read it again.
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
             Err(e) => return Err(e.into()),

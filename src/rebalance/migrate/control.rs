@@ -344,8 +344,7 @@ impl Job {
         self.pausing = false;
         self.pacing_note = None;
         self.slowed = false;
-        self.first_count = true;
-        self.slowed_sent = false;
+        self.count_afresh();
         // A read under way may have been asked before the resume: the next one counts.
         self.control.forget();
         self.control_read = Instant::now();

@@ -557,6 +557,13 @@ impl Job {
         Ok(())
     }
 
+    /// The copy starts or resumes: its first count, and the first note that it slowed, go
+    /// soon ([`Job::count_due`]).
+    pub(super) fn count_afresh(&mut self) {
+        self.first_count = true;
+        self.slowed_sent = false;
+    }
+
     /// Whether the copy reports its count now: [`count_every`] after its last report, or — a
     /// second after it at least — when it first slowed for the sidecars' latency since it
     /// started or resumed (a slowdown may pass before the next count; later ones, as the
