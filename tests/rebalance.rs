@@ -1974,12 +1974,20 @@ fn report_latency(
 async fn a_copy_slows_while_a_sidecar_sees_its_source_answer_slower_and_speeds_up_after() {
     // `pacing: Adaptive` (the default): the Job reads what the sidecars report of the latency
     // of its sources and targets. A sidecar (here a probe writing the heartbeats a sidecar
-    // writes) whose p99 rises past 1.5× its lowest during the Job slows the copy, and the
-    // status says why; once it reports within budget again the copy speeds up. The real
-    // sidecar's traffic goes on throughout, and nothing is lost.
+    // writes) whose p99 rises past its budget (here its lowest during the Job plus 1 ms) slows
+    // the copy, and the status says why; once it reports within its aim again the copy speeds
+    // up. The real sidecar's traffic goes on throughout, and nothing is lost.
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let shop = shop_with("pacing", slow_copy).await;
+    // With a millisecond of headroom (the default has none), the real sidecar's own p99,
+    // noisy on a shared machine, stays within its aim: what the copy heeds is the probe.
+    let shop = shop_with("pacing", |p| {
+        slow_copy(p).replace(
+            "      keysPerSecond: 2500\n",
+            "      keysPerSecond: 2500\n      latencyHeadroomMicroseconds: 1000\n",
+        )
+    })
+    .await;
     let (_, plan) = settled(&shop).await;
     let node = Node::start(shop.cp, &shop.ns);
     let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
@@ -2213,8 +2221,8 @@ async fn a_prepared_step_lost_from_the_status_is_reported_again_and_the_plan_fli
     // in the same attempt; likewise `Copied`, overwritten while the operator is stopped; and
     // the plan then move everything with traffic on.
     let shop = shop_with("lost-step", slow_copy).await;
-    // About half of the keys move: at 2 500 keys/s the copy takes seconds, and the operator
-    // is stopped well before it ends.
+    // About half of the keys move: at 2 500 keys/s at most (slower beside traffic) the copy
+    // takes seconds, and the operator is stopped well before it ends.
     let PausedJoin {
         plan,
         sidecar,

@@ -399,17 +399,18 @@ pub struct RebalanceSpec {
     #[schemars(range(min = 1, max = 10000))]
     pub batch_size: i32,
 
-    /// How the copy yields to the application: `Adaptive` slows it while a sidecar sees the
-    /// instances it copies between answer slower than its budget (1.5× their best during the
-    /// Job, or that best plus `latencyHeadroomMicroseconds` if more), up to `keysPerSecond`;
-    /// `Fixed` copies at `keysPerSecond` whatever the latency.
+    /// How the copy yields to the application: `Adaptive` steers it, up to `keysPerSecond`, so
+    /// that the p99 each sidecar sees from the instances it copies between stays near 1.25×
+    /// their best during the Job and within its budget of 1.5× (or that best plus
+    /// `latencyHeadroomMicroseconds` if more, the aim halfway); `Fixed` copies at
+    /// `keysPerSecond` whatever the latency.
     #[serde(default)]
     pub pacing: Pacing,
 
     /// With `pacing: Adaptive`, what a copy may always add to a sidecar's p99 to an instance,
-    /// in microseconds, where 1.5× its best is less. The default (1000) lets a copy beside a
-    /// fast instance run at thousands of keys per second; 0 holds the p99 to 1.5× its best,
-    /// at the cost of a slower copy.
+    /// in microseconds, where 1.5× its best is less. The default (0) holds the p99 to 1.5× its
+    /// best; 1000 lets a copy beside a fast instance run several times faster, adding up to a
+    /// millisecond to its p99.
     #[serde(default = "default_latency_headroom")]
     #[schemars(range(min = 0, max = 1000000))]
     pub latency_headroom_microseconds: i32,
@@ -453,8 +454,12 @@ fn default_keys_per_second() -> i32 {
 fn default_batch_size() -> i32 {
     256
 }
+/// `latencyHeadroomMicroseconds` unless the policy says otherwise: none, so that an Adaptive
+/// copy holds each sidecar's p99 within 1.5× what it sees without the copy.
+pub const DEFAULT_LATENCY_HEADROOM_MICROS: i32 = 0;
+
 fn default_latency_headroom() -> i32 {
-    1_000
+    DEFAULT_LATENCY_HEADROOM_MICROS
 }
 
 /// What the operator published and observed for a policy.
@@ -670,7 +675,8 @@ pub struct RebalanceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stragglers: Vec<String>,
     /// Job: why the copy runs below `keysPerSecond` (`pacing: Adaptive`: a sidecar sees the
-    /// source or target answer slower than its budget), or why it holds (step
+    /// source or target answer slower than its budget or its aim, or the copy grows back
+    /// toward it), or why it holds (step
     /// `SourceEvicting`: a source may evict keys without a TTL); absent while it runs at it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pacing: Option<String>,

@@ -674,16 +674,54 @@ impl Job {
                 self.slowed = true;
                 self.pacing_note = Some(note);
             }
-            Adjustment::Held if rate < self.keys_per_second as f64 => {
+            Adjustment::Eased(over) => {
                 debug!(
                     keys_per_second = rate as u64,
-                    "the sidecars' latency is within budget: speeding the copy up"
+                    "easing: sidecar {} sees p99 {} µs from {} (aim {} µs)",
+                    over.sidecar,
+                    over.p99_micros,
+                    over.instance,
+                    over.aim_micros
                 );
-                self.slowed = false;
+                // `slowed` stays as it was: an ease is the copy's steering, not news worth a
+                // report of its own.
+                let how = if rate < before {
+                    format!("easing to {} keys/s", rate as u64)
+                } else {
+                    format!("at its slowest, {} keys/s", rate as u64)
+                };
                 self.pacing_note = Some(format!(
-                    "at {} keys/s, growing while the sidecars' latency stays within budget",
-                    rate as u64
+                    "{how}: sidecar {} sees p99 {} µs from {} (aim {} µs, budget {} µs)",
+                    over.sidecar,
+                    over.p99_micros,
+                    over.instance,
+                    over.aim_micros,
+                    over.budget_micros
                 ));
+            }
+            Adjustment::Held if rate < self.keys_per_second as f64 => {
+                if rate > before {
+                    debug!(
+                        keys_per_second = rate as u64,
+                        "the sidecars' latency is within its aim: speeding the copy up"
+                    );
+                    self.slowed = false;
+                    self.pacing_note = Some(format!(
+                        "at {} keys/s, growing while the sidecars' latency stays within its aim",
+                        rate as u64
+                    ));
+                } else if rate < before {
+                    // A sidecar began sending traffic: the copy starts gently again.
+                    self.slowed = false;
+                    self.pacing_note = Some(format!(
+                        "at {} keys/s: a sidecar began sending traffic",
+                        rate as u64
+                    ));
+                } else if self.pacing_note.is_none() {
+                    self.pacing_note = Some(format!("at {} keys/s beside traffic", rate as u64));
+                }
+                // (Held at the same rate: a report over its aim once, or none new; the note
+                // stays.)
             }
             Adjustment::Held => {
                 if before < rate {
