@@ -199,9 +199,12 @@ struct Job {
     /// Whether [`Job::pacing_note`] says the copy slowed for the sidecars' latency (or for
     /// their silence), rather than that it grows toward `keys_per_second`.
     slowed: bool,
-    /// Whether a report has said the copy slowed since it started or resumed: the first such
-    /// note goes at once, later ones with the count.
+    /// Whether a report has said the copy slowed since it started or resumed, or since a
+    /// sidecar other than [`Job::slowed_by`] slowed it: such a note goes at once, later ones
+    /// (as the pacing goes up and down for the same sidecar) with the count.
     slowed_sent: bool,
+    /// The sidecar and instance whose latency last cut the copy's rate.
+    slowed_by: Option<(String, String)>,
     /// When the copy last read the policy's `redisfleet.io/rebalance` annotation.
     control_read: Instant,
     /// The annotation asked for a pause: the copy holds once its batches in flight landed.
@@ -527,6 +530,7 @@ impl Job {
             first_count: false,
             slowed: false,
             slowed_sent: false,
+            slowed_by: None,
             urgent_read: Instant::now(),
             control_read: Instant::now(),
             pausing: false,

@@ -566,8 +566,8 @@ impl Job {
 
     /// Whether the copy reports its count now: [`count_every`] after its last report, or — a
     /// second after it at least — when it first slowed for the sidecars' latency since it
-    /// started or resumed (a slowdown may pass before the next count; later ones, as the
-    /// pacing goes up and down, go with the count).
+    /// started or resumed, or first for another sidecar or instance (a slowdown may pass
+    /// before the next count; later ones, as the pacing goes up and down, go with the count).
     fn count_due(&self) -> bool {
         let since = self.last_report.elapsed();
         since >= COUNT_EVERY_MIN
@@ -670,6 +670,12 @@ impl Job {
                 );
                 if rate != before {
                     info!(keys_per_second = rate as u64, "{note}");
+                }
+                let by = Some((over.sidecar.clone(), over.instance.clone()));
+                if self.slowed_by != by {
+                    // Another sidecar (or instance) holds the copy back: news, reported soon.
+                    self.slowed_sent = false;
+                    self.slowed_by = by;
                 }
                 self.slowed = true;
                 self.pacing_note = Some(note);
