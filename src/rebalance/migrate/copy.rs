@@ -665,8 +665,8 @@ impl Job {
         match &adjustment {
             Adjustment::Slowed(over) => {
                 let note = format!(
-                    "slowed to {} keys/s: sidecar {} sees p99 {} µs from {} (budget {} µs)",
-                    rate as u64, over.sidecar, over.p99_micros, over.instance, over.budget_micros
+                    "slowed to {} keys/s: {over} (budget {} µs)",
+                    rate as u64, over.budget_micros
                 );
                 if rate != before {
                     info!(keys_per_second = rate as u64, "{note}");
@@ -683,11 +683,7 @@ impl Job {
             Adjustment::Eased(over) => {
                 debug!(
                     keys_per_second = rate as u64,
-                    "easing: sidecar {} sees p99 {} µs from {} (aim {} µs)",
-                    over.sidecar,
-                    over.p99_micros,
-                    over.instance,
-                    over.aim_micros
+                    "easing: {over} (aim {} µs)", over.aim_micros
                 );
                 // `slowed` stays as it was: an ease is the copy's steering, not news worth a
                 // report of its own.
@@ -697,12 +693,8 @@ impl Job {
                     format!("at its slowest, {} keys/s", rate as u64)
                 };
                 self.pacing_note = Some(format!(
-                    "{how}: sidecar {} sees p99 {} µs from {} (aim {} µs, budget {} µs)",
-                    over.sidecar,
-                    over.p99_micros,
-                    over.instance,
-                    over.aim_micros,
-                    over.budget_micros
+                    "{how}: {over} (aim {} µs, budget {} µs)",
+                    over.aim_micros, over.budget_micros
                 ));
             }
             Adjustment::Held if rate < self.keys_per_second as f64 => {

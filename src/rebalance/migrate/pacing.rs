@@ -90,6 +90,13 @@ struct Pair {
     aim_strikes: u32,
 }
 
+impl Pair {
+    /// Its next report over its aim or budget is a first strike.
+    fn strikes_afresh(&mut self) {
+        (self.strikes, self.aim_strikes) = (0, 0);
+    }
+}
+
 /// The report furthest above its budget (or its aim) in a round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Over {
@@ -163,9 +170,7 @@ impl Pacing {
         if !self.pairs.is_empty() {
             self.rate = self.rate.min(self.start());
         }
-        self.pairs
-            .values_mut()
-            .for_each(|p| (p.strikes, p.aim_strikes) = (0, 0));
+        self.pairs.values_mut().for_each(Pair::strikes_afresh);
     }
 
     /// No moving instance answered this round's read of the reports in time. Nothing is known
@@ -219,7 +224,7 @@ impl Pacing {
             }
             fresh += 1;
             if at_ms.abs_diff(pair.seen_at) > STRIKES_LAPSE_MS {
-                (pair.strikes, pair.aim_strikes) = (0, 0);
+                pair.strikes_afresh();
             }
             pair.seen_at = at_ms;
             if p99 < pair.baseline {
@@ -227,7 +232,7 @@ impl Pacing {
                 pair.baseline = p99.max(pair.baseline - pair.baseline / 5);
             }
             if !copying {
-                (pair.strikes, pair.aim_strikes) = (0, 0);
+                pair.strikes_afresh();
                 continue;
             }
             if p99 > aim(pair.baseline, headroom) {
@@ -286,9 +291,7 @@ impl Pacing {
             self.rate = (self.rate / over.ratio().clamp(2.0, MAX_CUT)).max(self.floor());
             if self.rate < before {
                 // What comes next was measured partly before this cut.
-                self.pairs
-                    .values_mut()
-                    .for_each(|p| (p.strikes, p.aim_strikes) = (0, 0));
+                self.pairs.values_mut().for_each(Pair::strikes_afresh);
             }
             return Adjustment::Slowed(over);
         }
@@ -352,6 +355,17 @@ fn baseline_aiming_at(p99: u64, headroom_micros: u64) -> u64 {
 
 fn ratio(p99_micros: u64, budget_micros: u64) -> f64 {
     p99_micros as f64 / budget_micros.max(1) as f64
+}
+
+/// "sidecar S sees p99 P µs from I": who holds the copy back, for its notes and logs.
+impl std::fmt::Display for Over {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sidecar {} sees p99 {} µs from {}",
+            self.sidecar, self.p99_micros, self.instance
+        )
+    }
 }
 
 impl Over {
