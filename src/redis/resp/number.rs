@@ -41,6 +41,9 @@ pub(super) fn number_line(
 ) -> Result<Option<(i64, usize)>, ProtocolError> {
     let body = start + 1;
     let rest = buf.get(body..).unwrap_or_default();
+    if let Some(line) = short_length_line(rest, body) {
+        return line;
+    }
     let window = rest.get(..=MAX_DECIMAL_LEN).unwrap_or(rest);
     match memchr::memchr(b'\r', window) {
         Some(cr) => {
@@ -56,6 +59,42 @@ pub(super) fn number_line(
         None => Err(error),
     }
 }
+
+/// The common line, read in one pass: up to [`SHORT_DIGITS`] digits in canonical form (no
+/// leading zero but a lone `0`) and a CR, as in nearly every length and count on the wire.
+/// `None` for anything else (a sign, a long number, a malformed or unfinished line), which
+/// [`number_line`] reads the general way; where this answers, that way answers the same.
+/// (Measured under `-P 16` GETs, the general way's `memchr` setup on these short lines cost
+/// more than the whole scan.)
+#[inline]
+fn short_length_line(
+    rest: &[u8],
+    body: usize,
+) -> Option<Result<Option<(i64, usize)>, ProtocolError>> {
+    let mut value: i64 = 0;
+    let mut digits = 0;
+    while digits < SHORT_DIGITS {
+        match *rest.get(digits)? {
+            d @ b'0'..=b'9' => {
+                value = value * 10 + i64::from(d - b'0');
+                digits += 1;
+            }
+            b'\r' => break,
+            _ => return None,
+        }
+    }
+    if digits == 0 || rest.get(digits) != Some(&b'\r') || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    Some(match rest.get(digits + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((value, body + digits + 2))),
+        Some(&other) => Err(ProtocolError::ExpectedCrlf(other)),
+    })
+}
+
+/// The most digits [`short_length_line`] reads: any 18 digits fit in an `i64`.
+const SHORT_DIGITS: usize = 18;
 
 /// Checks for `\r\n` at `at`: `Ok(None)` while it has not fully arrived.
 pub(super) fn crlf_at(buf: &[u8], at: usize) -> Result<Option<()>, ProtocolError> {
@@ -85,6 +124,64 @@ pub(super) fn checked_len(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `number_line` without its one-pass shortcut.
+    fn general(buf: &[u8]) -> Result<Option<(i64, usize)>, ProtocolError> {
+        let rest = &buf[1..];
+        let window = rest.get(..=MAX_DECIMAL_LEN).unwrap_or(rest);
+        match memchr::memchr(b'\r', window) {
+            Some(cr) => {
+                let value = parse_i64(&window[..cr]).ok_or(ProtocolError::InvalidBulkLength)?;
+                match rest.get(cr + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => Ok(Some((value, 1 + cr + 2))),
+                    Some(&other) => Err(ProtocolError::ExpectedCrlf(other)),
+                }
+            }
+            None if window.len() > MAX_DECIMAL_LEN => Err(ProtocolError::InvalidBulkLength),
+            None if window.iter().all(|b| b.is_ascii_digit() || *b == b'-') => Ok(None),
+            None => Err(ProtocolError::InvalidBulkLength),
+        }
+    }
+
+    #[test]
+    fn the_short_line_shortcut_answers_as_the_general_way() {
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        for body in [
+            "0",
+            "7",
+            "16",
+            "00",
+            "01",
+            "-1",
+            "-0",
+            "123456789012345678",
+            "1234567890123456789",
+            "9223372036854775807",
+            "9223372036854775808",
+            "99999999999999999999999",
+            "1a",
+            "",
+            "+1",
+            " 1",
+        ] {
+            for end in ["", "\r", "\r\n", "\rx", "\n", "\r\nrest"] {
+                lines.push(format!("${body}{end}").into_bytes());
+            }
+        }
+        for line in lines {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            // Every prefix too: a line arrives in pieces.
+            for cut in 1..=line.len() {
+                let part = &line[..cut];
+                assert_eq!(
+                    number_line(part, 0, ProtocolError::InvalidBulkLength),
+                    general(part),
+                    "{text:?} cut at {cut}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn integers_are_parsed_like_string2ll() {
