@@ -24,7 +24,8 @@ bin=target/release/redis-fleet
 redis_port=$(port); twem_port=$(port); side_port=$(port); metrics_port=$(port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
   --maxmemory 1gb --logfile "$work/redis.log" &
-pids+=($!)
+redis_pid=$!
+pids+=($redis_pid)
 wait_port "$redis_port"
 
 cat > "$work/nutcracker.yml" <<EOF
@@ -166,6 +167,62 @@ if [ "$base_pid" != 0 ]; then
     done
   done
 fi
+
+# Where the CPU goes: one longer run per target, each process's CPU per request (the client is
+# redis-benchmark itself) and the machine's idle share. On loopback the three processes share
+# the machine's cores, so a proxy's CPU per request is taken from Redis and the client: with the
+# cores as busy as in the direct run, the ratio a proxy can reach is the direct run's CPU per
+# request over the proxied run's ("bound"); the proxy's kernel share is what every proxy pays
+# for its extra TCP hop (a read and a write per client batch).
+hz=$(getconf CLK_TCK)
+# split <port> <test> <pipeline> <proxy pid or 0>
+#   -> "<client µs/req> <redis µs/req> <proxy user µs/req> <proxy sys µs/req> <idle %> <requests/s>"
+split() {
+  local r0 r1 p0 p1 i0 i1 out
+  r0=$(cpu_ns "$redis_pid"); p0=$([ "$4" != 0 ] && awk '{print $14, $15}' "/proc/$4/stat" || echo 0 0)
+  i0=$(awk '/^cpu / {print $5 + $6}' /proc/stat)
+  out=$(python3 - "$@" <<'PY'
+import os, resource, subprocess, sys
+port, test, pipeline = sys.argv[1:4]
+n = os.environ["cpu_req"]
+res = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", port, "-t", test, "-P", pipeline,
+                      "-c", os.environ["CLIENTS"], "-n", n, "-r", "100000", "-d", "64", "--csv", "-q"],
+                     capture_output=True, text=True, check=True)
+rate = res.stdout.splitlines()[1].split('","')[1]
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print((r.ru_utime + r.ru_stime) * 1e6 / int(n), rate)
+PY
+)
+  i1=$(awk '/^cpu / {print $5 + $6}' /proc/stat)
+  r1=$(cpu_ns "$redis_pid"); p1=$([ "$4" != 0 ] && awk '{print $14, $15}' "/proc/$4/stat" || echo 0 0)
+  read -r client rate <<<"$out"
+  read -r pu0 ps0 <<<"$p0"; read -r pu1 ps1 <<<"$p1"
+  local secs; secs=$(echo "$cpu_req / $rate" | bc -l)
+  printf '%s %s %s %s %s %s\n' "$client" "$(echo "($r1 - $r0) / 1000 / $cpu_req" | bc -l)" \
+    "$(echo "($pu1 - $pu0) * 1000000 / $hz / $cpu_req" | bc -l)" \
+    "$(echo "($ps1 - $ps0) * 1000000 / $hz / $cpu_req" | bc -l)" \
+    "$(echo "100 * ($i1 - $i0) / $hz / $(nproc) / $secs" | bc -l)" "$rate"
+}
+export CLIENTS
+printf '\nwhere the CPU goes (%s requests per run, 5 times that with -P 16; RESP2): µs per request of each process, the\n' "$REQUESTS"
+printf 'machine idle, and the ratio the proxy could reach with the cores as busy as directly ("bound")\n'
+printf '%-10s %-4s %-9s %10s %8s %8s %10s %9s %7s %9s %7s\n' pipeline cmd target requests/s client redis \
+  proxy-usr proxy-sys idle ratio bound
+for P in 1 16; do
+  export cpu_req=$((P == 1 ? REQUESTS : REQUESTS * 5))
+  for t in set get; do
+    read -r dc dr _ _ di drate <<<"$(split "$redis_port" "$t" "$P" 0)"
+    printf '%-10s %-4s %-9s %10.0f %8.2f %8.2f %10s %9s %6.0f%% %9s %7s\n' "-P $P" "$t" direct "$drate" \
+      "$dc" "$dr" - - "$di" - -
+    for target in twemproxy:$twem_port:$twem_pid sidecar:$side_port:$side_pid; do
+      IFS=: read -r name p pid <<<"$target"
+      read -r c r pu ps i rate <<<"$(split "$p" "$t" "$P" "$pid")"
+      printf '%-10s %-4s %-9s %10.0f %8.2f %8.2f %10.2f %9.2f %6.0f%% %9.2f %7.2f\n' "-P $P" "$t" "$name" \
+        "$rate" "$c" "$r" "$pu" "$ps" "$i" "$(echo "$rate / $drate" | bc -l)" \
+        "$(echo "($dc + $dr) / ($c + $r + $pu + $ps)" | bc -l)"
+    done
+  done
+done
 
 # Replication's cost, same run: writes pay the write script (and, for sync, the replica's
 # round trip before the reply); reads pay nothing.
