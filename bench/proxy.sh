@@ -175,33 +175,40 @@ fi
 # request over the proxied run's ("bound"); the proxy's kernel share is what every proxy pays
 # for its extra TCP hop (a read and a write per client batch).
 hz=$(getconf CLK_TCK)
-# split <port> <test> <pipeline> <proxy pid or 0>
+cpus=$(grep -c '^cpu[0-9]' /proc/stat)
+# A process's user and system CPU ticks so far, all its threads (fields 14 and 15 of its stat,
+# counted after the name, which may hold spaces; ticks of 1/CLK_TCK s: a run lasts hundreds).
+ticks() { [ "$1" != 0 ] && sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}' || echo 0 0; }
+# cpu_split <port> <test> <pipeline> <proxy pid or 0>
 #   -> "<client µs/req> <redis µs/req> <proxy user µs/req> <proxy sys µs/req> <idle %> <requests/s>"
-split() {
-  local r0 r1 p0 p1 i0 i1 out
-  r0=$(cpu_ns "$redis_pid"); p0=$([ "$4" != 0 ] && awk '{print $14, $15}' "/proc/$4/stat" || echo 0 0)
+# The idle share is taken over the whole benchmark process (connecting its clients included).
+cpu_split() {
+  local r0 r1 p0 p1 i0 i1 out client rate secs pu0 ps0 pu1 ps1
+  r0=$(cpu_ns "$redis_pid"); p0=$(ticks "$4")
   i0=$(awk '/^cpu / {print $5 + $6}' /proc/stat)
   out=$(python3 - "$@" <<'PY'
-import os, resource, subprocess, sys
+import os, resource, subprocess, sys, time
 port, test, pipeline = sys.argv[1:4]
 n = os.environ["cpu_req"]
+began = time.monotonic()
 res = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", port, "-t", test, "-P", pipeline,
                       "-c", os.environ["CLIENTS"], "-n", n, "-r", "100000", "-d", "64", "--csv", "-q"],
                      capture_output=True, text=True, check=True)
+took = time.monotonic() - began
 rate = res.stdout.splitlines()[1].split('","')[1]
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print((r.ru_utime + r.ru_stime) * 1e6 / int(n), rate)
+print((r.ru_utime + r.ru_stime) * 1e6 / int(n), rate, took)
 PY
-)
+) || return 1
   i1=$(awk '/^cpu / {print $5 + $6}' /proc/stat)
-  r1=$(cpu_ns "$redis_pid"); p1=$([ "$4" != 0 ] && awk '{print $14, $15}' "/proc/$4/stat" || echo 0 0)
-  read -r client rate <<<"$out"
+  r1=$(cpu_ns "$redis_pid"); p1=$(ticks "$4")
+  read -r client rate secs <<<"$out"
+  [ -n "$secs" ] || return 1
   read -r pu0 ps0 <<<"$p0"; read -r pu1 ps1 <<<"$p1"
-  local secs; secs=$(echo "$cpu_req / $rate" | bc -l)
   printf '%s %s %s %s %s %s\n' "$client" "$(echo "($r1 - $r0) / 1000 / $cpu_req" | bc -l)" \
     "$(echo "($pu1 - $pu0) * 1000000 / $hz / $cpu_req" | bc -l)" \
     "$(echo "($ps1 - $ps0) * 1000000 / $hz / $cpu_req" | bc -l)" \
-    "$(echo "100 * ($i1 - $i0) / $hz / $(nproc) / $secs" | bc -l)" "$rate"
+    "$(echo "100 * ($i1 - $i0) / $hz / $cpus / $secs" | bc -l)" "$rate"
 }
 export CLIENTS
 printf '\nwhere the CPU goes (%s requests per run, 5 times that with -P 16; RESP2): µs per request of each process, the\n' "$REQUESTS"
@@ -211,12 +218,14 @@ printf '%-10s %-4s %-9s %10s %8s %8s %10s %9s %7s %9s %7s\n' pipeline cmd target
 for P in 1 16; do
   export cpu_req=$((P == 1 ? REQUESTS : REQUESTS * 5))
   for t in set get; do
-    read -r dc dr _ _ di drate <<<"$(split "$redis_port" "$t" "$P" 0)"
+    row=$(cpu_split "$redis_port" "$t" "$P" 0) || exit 1
+    read -r dc dr _ _ di drate <<<"$row"
     printf '%-10s %-4s %-9s %10.0f %8.2f %8.2f %10s %9s %6.0f%% %9s %7s\n' "-P $P" "$t" direct "$drate" \
       "$dc" "$dr" - - "$di" - -
     for target in twemproxy:$twem_port:$twem_pid sidecar:$side_port:$side_pid; do
       IFS=: read -r name p pid <<<"$target"
-      read -r c r pu ps i rate <<<"$(split "$p" "$t" "$P" "$pid")"
+      row=$(cpu_split "$p" "$t" "$P" "$pid") || exit 1
+      read -r c r pu ps i rate <<<"$row"
       printf '%-10s %-4s %-9s %10.0f %8.2f %8.2f %10.2f %9.2f %6.0f%% %9.2f %7.2f\n' "-P $P" "$t" "$name" \
         "$rate" "$c" "$r" "$pu" "$ps" "$i" "$(echo "$rate / $drate" | bc -l)" \
         "$(echo "($dc + $dr) / ($c + $r + $pu + $ps)" | bc -l)"

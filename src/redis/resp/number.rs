@@ -171,13 +171,21 @@ mod tests {
         }
         for line in lines {
             let text = String::from_utf8_lossy(&line).into_owned();
-            // Every prefix too: a line arrives in pieces.
+            // Every prefix too: a line arrives in pieces. And behind other bytes, as a line
+            // after the first of a request is read, so offsets count from the buffer's start.
             for cut in 1..=line.len() {
                 let part = &line[..cut];
+                let expected = general(part);
                 assert_eq!(
                     number_line(part, 0, ProtocolError::InvalidBulkLength),
-                    general(part),
+                    expected,
                     "{text:?} cut at {cut}"
+                );
+                let behind = [b"*2\r\n".as_slice(), part].concat();
+                assert_eq!(
+                    number_line(&behind, 4, ProtocolError::InvalidBulkLength),
+                    expected.map(|line| line.map(|(value, end)| (value, end + 4))),
+                    "{text:?} cut at {cut}, at offset 4"
                 );
             }
         }
