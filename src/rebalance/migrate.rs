@@ -213,6 +213,9 @@ struct Job {
     control: api_calls::Beside<CachePolicy>,
     /// The copy's progress report under way (`Job::report_beside`).
     reporting: api_calls::Beside<bool>,
+    /// What the report under way says once only (`control::Once`): said again when it does
+    /// not land.
+    reporting_once: control::Once,
     /// The copy resumed while the hold's last report was under way: `Copying` is reported
     /// once that one is done.
     copying_owed: bool,
@@ -536,6 +539,7 @@ impl Job {
             pausing: false,
             control: api_calls::Beside::default(),
             reporting: api_calls::Beside::default(),
+            reporting_once: control::Once::default(),
             copying_owed: false,
             eviction: control::EvictionWatch::default(),
             counts: true,
@@ -600,11 +604,14 @@ impl Job {
     /// changing under it, nothing was written this time.
     async fn report(&mut self, step: &'static str, stragglers: &[String]) -> Result<bool, Error> {
         if let Some(earlier) = self.reporting.wait().await {
-            api_calls::outcome("a progress report", earlier)?;
+            let landed = api_calls::outcome("a progress report", earlier)?.unwrap_or(false);
+            self.settle_once(landed);
         }
         let progress = self.progress(step, stragglers);
+        self.reporting_once = self.once_said();
         self.slowed_sent |= self.slowed;
         let written = api_calls::write_progress(self.policies.clone(), progress).await?;
+        self.settle_once(written);
         if written {
             self.last_report = Instant::now();
         }
@@ -613,14 +620,36 @@ impl Job {
 
     /// What the last report beside the copy returned, once it has finished: `Some(true)` it
     /// was written, `Some(false)` it was not (the status kept changing, or the call failed,
-    /// logged). A newer plan or attempt in charge stops the Job.
+    /// logged; what it said once only is then said again). A newer plan or attempt in charge
+    /// stops the Job.
     fn report_landed(&mut self) -> Result<Option<bool>, Error> {
         match self.reporting.finished() {
             None => Ok(None),
-            Some(done) => Ok(Some(
-                api_calls::outcome("a progress report", done)?.unwrap_or(false),
-            )),
+            Some(done) => {
+                let landed = api_calls::outcome("a progress report", done)?.unwrap_or(false);
+                self.settle_once(landed);
+                Ok(Some(landed))
+            }
         }
+    }
+
+    /// What a report about to go says once only: the copy's first count since it started or
+    /// resumed, the first note that it slowed.
+    fn once_said(&self) -> control::Once {
+        control::Once {
+            first_count: self.first_count,
+            slowed: self.slowed && !self.slowed_sent,
+        }
+    }
+
+    /// The report that said [`Job::reporting_once`] has finished: when it did not land, its
+    /// first count and its note that the copy slowed are due again ([`Job::count_due`]).
+    fn settle_once(&mut self, landed: bool) {
+        std::mem::take(&mut self.reporting_once).settle(
+            landed,
+            &mut self.first_count,
+            &mut self.slowed_sent,
+        );
     }
 
     /// Reports `step` on a task of its own, unless the last such report is still under way
@@ -633,6 +662,7 @@ impl Job {
         }
         self.last_report = Instant::now();
         let progress = self.progress(step, &[]);
+        self.reporting_once = self.once_said();
         self.slowed_sent |= self.slowed;
         self.reporting
             .start(api_calls::write_progress(self.policies.clone(), progress));

@@ -57,6 +57,29 @@ pub(super) fn count_every(first: bool, moved: u64, total: u64, copying: Duration
         .clamp(COUNT_EVERY_MIN, REPORT_EVERY)
 }
 
+/// What a progress report says once only: the copy's first count since it started or resumed
+/// ([`count_every`]), and the first note that it slowed for the sidecars' latency. A report
+/// that does not land (the status kept changing, the call failed) leaves both due again.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Once {
+    pub first_count: bool,
+    pub slowed: bool,
+}
+
+impl Once {
+    /// The report that said `self` has finished, `landed` or not: the copy's `first_count`
+    /// and `slowed_sent` as they are now.
+    pub(super) fn settle(self, landed: bool, first_count: &mut bool, slowed_sent: &mut bool) {
+        if landed {
+            return;
+        }
+        *first_count |= self.first_count;
+        if self.slowed {
+            *slowed_sent = false;
+        }
+    }
+}
+
 /// How long the copy waits for its first read of the policy before its first batch (an API
 /// server that does not answer sooner delays the pause, not the copy).
 const FIRST_READ_WAIT: Duration = Duration::from_secs(2);
@@ -363,6 +386,26 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_that_did_not_land_leaves_its_first_count_and_slowed_note_due() {
+        // The copy's state as the Job keeps it: the first count and a slowed note go out in
+        // one report (the copy clears `first_count` once the report is on its way).
+        let said = Once {
+            first_count: true,
+            slowed: true,
+        };
+        let (mut first_count, mut slowed_sent) = (false, true);
+        said.settle(true, &mut first_count, &mut slowed_sent);
+        assert_eq!((first_count, slowed_sent), (false, true), "landed: said");
+        said.settle(false, &mut first_count, &mut slowed_sent);
+        assert_eq!((first_count, slowed_sent), (true, false), "lost: due again");
+        // A report that said neither changes neither, landed or not (a slowed note sent by
+        // an earlier report that landed stays sent).
+        let (mut first_count, mut slowed_sent) = (false, true);
+        Once::default().settle(false, &mut first_count, &mut slowed_sent);
+        assert_eq!((first_count, slowed_sent), (false, true));
+    }
 
     #[test]
     fn a_long_copy_reports_its_count_less_often_than_a_short_one() {
