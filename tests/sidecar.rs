@@ -626,23 +626,30 @@ async fn migrate_user_to_a(sidecar: &Sidecar, base: &RoutingTable) -> Migration 
     migration
 }
 
-/// Moves every `user:` key from `b` to `a` the way the rebalance Job does (mover token,
-/// importing marker, imported marker, take → restore → finish), in small batches, until none
-/// is left on `b`.
-async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, migration: &Migration) -> u64 {
+/// Starts importing the `user:` range on `b` the way the rebalance Job does: mover token,
+/// importing marker on the source, imported marker on the target. Returns the mover.
+async fn start_importing(
+    b: &RedisServer,
+    a: &RedisServer,
+    migration: &Migration,
+) -> redis_fleet::redis::protocol::mover::Mover {
+    use redis_fleet::redis::protocol::mover::Mover;
     use redis_fleet::redis::protocol::names;
-    let marker = names::importing("test/test", migration);
-    use redis_fleet::redis::protocol::mover::{Mover, Restore, Taken};
     let mover = Mover {
         policy: "test/test".into(),
-        token: redis_fleet::redis::protocol::names::mover_token(2, 1),
+        token: names::mover_token(2, 1),
     };
     let mut src = b.client().get_multiplexed_async_connection().await.unwrap();
     let mut dst = a.client().get_multiplexed_async_connection().await.unwrap();
     mover.claim(&mut src).await.unwrap();
     mover.claim(&mut dst).await.unwrap();
     mover
-        .set_marker(&mut src, &marker, true, false)
+        .set_marker(
+            &mut src,
+            &names::importing("test/test", migration),
+            true,
+            false,
+        )
         .await
         .unwrap();
     mover
@@ -654,6 +661,17 @@ async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, migration: &Migrat
         )
         .await
         .unwrap();
+    mover
+}
+
+/// Moves every `user:` key from `b` to `a` the way the rebalance Job does (mover token,
+/// importing marker, imported marker, take → restore → finish), in small batches, until none
+/// is left on `b`.
+async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, migration: &Migration) -> u64 {
+    use redis_fleet::redis::protocol::mover::{Restore, Taken};
+    let mover = start_importing(b, a, migration).await;
+    let mut src = b.client().get_multiplexed_async_connection().await.unwrap();
+    let mut dst = a.client().get_multiplexed_async_connection().await.unwrap();
     let mut moved = 0;
     loop {
         let keys: Vec<String> = redis::cmd("KEYS")
@@ -836,32 +854,131 @@ async fn reads_of_moved_keys_ask_the_target_first_and_only_where_it_imports() {
         assert_eq!(many, [1, 2, 3]);
     }
     let on_target = counter(&sidecar, served);
-    // 205 reads, the first 17 through the guard (the 40 before the move weigh against).
+    let known = counter(&sidecar, "redisfleet_sidecar_reads_known_moved_total");
+    // 205 reads, the first 17 through the guard (the 40 before the move weigh against); once
+    // the target served a key first, later reads of it go to the target alone.
     assert!(
-        on_target >= 150.0,
-        "{on_target} reads served by the target first"
+        on_target + known >= 150.0,
+        "{on_target} reads served by the target first, {known} by the target alone"
     );
+    assert!(known >= 100.0, "{known} reads of keys known moved");
     // Missing keys go through the guard too: nil, never an error.
     let none: Option<String> = conn.get("user:missing").await.unwrap();
     assert_eq!(none, None);
 
     // Without its imported marker the target's copies are not trusted, however the reads went
     // so far (a move into a range the target already served keeps its live data on the
-    // source where the source has it): a copy only the target has is not read there.
+    // source where the source has it): a copy only the target has is not read there. (A key
+    // this sidecar has not read: one it found on the target beside the marker is off the
+    // source for the rest of this table, whatever is done to the marker afterwards.)
     let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
     let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
     let _: () = on_a
         .del(names::imported("test/test", &migration))
         .await
         .unwrap();
-    let _: () = on_a.set("user:5", "the target's old copy").await.unwrap();
-    let _: () = on_b.set("user:5", "live on the source").await.unwrap();
+    let _: () = on_a.set("user:40", "the target's old copy").await.unwrap();
+    let _: () = on_b.set("user:40", "live on the source").await.unwrap();
     let missed_before = counter(&sidecar, missed);
     for _ in 0..5 {
-        let v: String = conn.get("user:5").await.unwrap();
+        let v: String = conn.get("user:40").await.unwrap();
         assert_eq!(v, "live on the source");
     }
     assert!(counter(&sidecar, missed) > missed_before);
+}
+
+/// Keys known moved (`target_first::KnownMoved`) are read on the target alone, in one round
+/// trip; what proves nothing for later is not taken for knowledge: an `ASK` to a read (it marks
+/// no slot group, so a script of the group may still create the key on the source) or the
+/// guard running a command on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing() {
+    use redis_fleet::redis::protocol::names;
+    let (a, b) = servers();
+    let base = two(&a, &b, 1, no_ttl());
+    let sidecar = Sidecar::start(&base, &SECRETS);
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = conn.set("user:kept", "on the source").await.unwrap();
+    let migration = migrate_user_to_a(&sidecar, &base).await;
+    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    // The Job keeps the plan's slot group states: a script runs on the source while its groups
+    // are untouched by the move.
+    let _: () = on_b
+        .set(names::slot_groups("test/test", 2), names::GROUPS_OPEN)
+        .await
+        .unwrap();
+    start_importing(&b, &a, &migration).await;
+    let known = "redisfleet_sidecar_reads_known_moved_total";
+
+    // A write of a key the source does not have: the guard's `ASK` (which marks its slot
+    // group moving), the target. From then on its reads go to the target alone.
+    let _: () = conn.set("user:written", "w").await.unwrap();
+    assert!(on_a.exists::<_, bool>("user:written").await.unwrap());
+    for _ in 0..5 {
+        let v: String = conn.get("user:written").await.unwrap();
+        assert_eq!(v, "w");
+    }
+    assert_eq!(counter(&sidecar, known), 5.0);
+    // Deleted, it is missing there, and still known: nothing brings it back to the source.
+    let _: () = conn.del("user:written").await.unwrap();
+    let gone: Option<String> = conn.get("user:written").await.unwrap();
+    assert_eq!(gone, None);
+    assert_eq!(counter(&sidecar, known), 6.0);
+    let _: () = conn.set("user:written", "again").await.unwrap();
+    let v: String = conn.get("user:written").await.unwrap();
+    assert_eq!(v, "again");
+    assert!(!on_b.exists::<_, bool>("user:written").await.unwrap());
+
+    // A read of a key on neither side: the guard's `ASK`, nil on the target. It marked no
+    // group, so a script of the key's group still runs on the source and may create the key
+    // there: the next read must find it there, not take the earlier `ASK` for knowledge.
+    let fresh: Option<String> = conn.get("user:fresh").await.unwrap();
+    assert_eq!(fresh, None);
+    let _: () = redis::cmd("EVAL")
+        .arg("return redis.call('SET', KEYS[1], ARGV[1])")
+        .arg(1)
+        .arg("user:fresh")
+        .arg("from a script")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        on_b.exists::<_, bool>("user:fresh").await.unwrap(),
+        "the script ran on the source (its group untouched by the move)"
+    );
+    for _ in 0..3 {
+        let v: String = conn.get("user:fresh").await.unwrap();
+        assert_eq!(v, "from a script");
+    }
+    // A key the guard ran on the source is not known moved either.
+    for _ in 0..3 {
+        let v: String = conn.get("user:kept").await.unwrap();
+        assert_eq!(v, "on the source");
+    }
+    assert_eq!(counter(&sidecar, known), 7.0);
+
+    // A new table version starts knowing nothing: its first read of the key goes through the
+    // guard again (or the target first), never on an earlier version's knowledge.
+    let mut next = base.clone();
+    next.version = 3;
+    next.migrating.push(migration.clone());
+    sidecar.update_table(&next);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sidecar
+        .metrics()
+        .contains("redisfleet_sidecar_routing_version 3")
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v: String = conn.get("user:written").await.unwrap();
+    assert_eq!(v, "again");
+    assert_eq!(counter(&sidecar, known), 7.0);
 }
 
 #[tokio::test]

@@ -68,6 +68,8 @@ pub struct SidecarMetrics {
     pub reads_on_target: Counter,
     /// Reads of a migrating range that asked the target first in vain.
     pub reads_not_on_target: Counter,
+    /// Reads of keys of a migrating range known moved, sent to the target alone.
+    pub reads_known_moved: Counter,
     /// Scripts (and transactions holding one) of a migrating range that waited for the Job to
     /// move their slot groups whole.
     pub scripts_waited_for_groups: Counter,
@@ -152,6 +154,7 @@ impl SidecarMetrics {
             reloads: Counter::default(),
             reload_errors: Counter::default(),
             reads_on_target: Counter::default(),
+            reads_known_moved: Counter::default(),
             reads_not_on_target: Counter::default(),
             scripts_waited_for_groups: Counter::default(),
         };
@@ -257,6 +260,11 @@ impl SidecarMetrics {
             "reads_not_on_target",
             "Reads of a migrating range that asked its target first in vain, then went through the guard",
             m.reads_not_on_target.clone(),
+        );
+        r.register(
+            "reads_known_moved",
+            "Reads of a migrating range whose keys the sidecar knew had moved, sent to the target alone in one round trip",
+            m.reads_known_moved.clone(),
         );
         r.register(
             "scripts_waited_for_groups",

@@ -19,7 +19,7 @@ use crate::routing::table::RoutingTable;
 use super::backend::{Backend, BackendOptions, Naming, ReplyReceiver, SendError};
 use super::fleet::FleetView;
 use super::metrics::{CategoryMetrics, SidecarMetrics};
-use super::target_first::TargetFirst;
+use super::target_first::{KnownMoved, TargetFirst};
 
 /// A migrating range as the sidecar routes it.
 #[derive(Debug, Clone)]
@@ -53,6 +53,8 @@ pub struct Router {
     pub urgent: String,
     /// The policy's urgent group list (slot groups a script waits to see moved whole).
     pub urgent_groups: String,
+    /// Keys of the migrating ranges known off their sources for good, in this version.
+    pub known_moved: KnownMoved,
 }
 
 impl Router {
@@ -200,5 +202,6 @@ pub async fn build(
         migrations,
         urgent: names::urgent(&naming.policy),
         urgent_groups: names::urgent_groups(&naming.policy),
+        known_moved: KnownMoved::default(),
     })
 }

@@ -6,9 +6,15 @@
 //! round trip more than the guard alone. Early in a move most keys are on the source, late in
 //! it most are on the target: each migrating range keeps a score of what the last reads found,
 //! and reads go to the target first while that saves more round trips than it costs.
+//!
+//! Whatever the score says, a read of keys the sidecar already knows are off the source for
+//! good ([`KnownMoved`]) goes to the target alone.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 
 /// What one read of a migrating range found. Each counts what asking the target first gains
@@ -95,9 +101,168 @@ impl TargetFirst {
     }
 }
 
+/// Keys of a table version's migrating ranges that the sidecar knows have left the source for
+/// good (`docs/protocol.md`, "Reading on the target first"): a read of such keys goes to the
+/// target alone and takes one round trip, with no check, whatever the range's score says.
+/// A key is known moved when
+/// - the target, asked first, held it beside the range's imported marker ([`ReadFound::OnTarget`]):
+///   a key of the range on the target is then its live copy, and the source never gets it back;
+/// - the guard answered `ASK` to a command that may write it: the source had neither the key
+///   nor its tombstone, and the `ASK` marked its slot group moving, so no script creates it on
+///   the source again, and no other command does (the guard runs a command there only where
+///   all its keys are present; older tables are fenced off).
+///
+/// An `ASK` to a read proves nothing for later: it marks no slot group, so a script of the
+/// group may still create the key on the source. Nor does a read that found the key on a
+/// target without the marker: a move into a range the target served already trusts the
+/// source's copy.
+///
+/// The facts hold for as long as the table version that routed the commands: a new version
+/// starts with nothing known. The set is bounded: two generations of at most
+/// [`GENERATION_BYTES`] each; when the newer fills up, the older is dropped, and a key found
+/// in the older one is carried into the newer, so keys read often stay known. Keys longer than
+/// [`LONGEST_KEY`] are not kept.
+#[derive(Debug, Default)]
+pub struct KnownMoved(Mutex<Generations>);
+
+#[derive(Debug, Default)]
+struct Generations {
+    newer: HashSet<(u16, Bytes)>,
+    older: HashSet<(u16, Bytes)>,
+    /// What [`Generations::newer`] holds, by [`footprint`].
+    newer_bytes: usize,
+}
+
+/// The most one generation of [`KnownMoved`] holds, counting [`footprint`].
+const GENERATION_BYTES: usize = 512 * 1024;
+/// The longest key [`KnownMoved`] keeps.
+const LONGEST_KEY: usize = 512;
+
+/// What one known key costs: its bytes and about as much again for the set's entry.
+fn footprint(key: &[u8]) -> usize {
+    key.len() + 64
+}
+
+impl KnownMoved {
+    /// Records that `keys` of migrating range `m` are off its source for good (see the type's
+    /// rules: the caller vouches for them). The keys are copied: they often point into a
+    /// client's read buffer, which must not stay alive with them.
+    pub fn remember(&self, m: u16, keys: &[Bytes]) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            if key.len() > LONGEST_KEY {
+                continue;
+            }
+            g.insert((m, Bytes::copy_from_slice(key)));
+        }
+    }
+
+    /// Whether every one of `keys` of migrating range `m` is known off the source.
+    pub fn all(&self, m: u16, keys: &[Bytes]) -> bool {
+        if keys.is_empty() {
+            return false;
+        }
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            let entry = (m, key.clone());
+            if g.newer.contains(&entry) {
+                continue;
+            }
+            match g.older.take(&entry) {
+                Some(known) => g.insert(known),
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Generations {
+    fn insert(&mut self, entry: (u16, Bytes)) {
+        if self.newer.contains(&entry) {
+            return;
+        }
+        let size = footprint(&entry.1);
+        if self.newer_bytes + size > GENERATION_BYTES {
+            self.older = std::mem::take(&mut self.newer);
+            self.newer_bytes = 0;
+        }
+        self.newer_bytes += size;
+        self.newer.insert(entry);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_keys_are_per_range_and_all_must_be_known() {
+        let k = KnownMoved::default();
+        let keys = [Bytes::from_static(b"user:1"), Bytes::from_static(b"user:2")];
+        assert!(!k.all(0, &keys[..1]));
+        k.remember(0, &keys[..1]);
+        assert!(k.all(0, &keys[..1]));
+        assert!(
+            !k.all(1, &keys[..1]),
+            "another range's key of the same name"
+        );
+        assert!(!k.all(0, &keys), "one of two known");
+        k.remember(0, &keys[1..]);
+        assert!(k.all(0, &keys));
+        assert!(!k.all(0, &[]), "no key, nothing to read on the target");
+        let long = Bytes::from(vec![b'x'; LONGEST_KEY + 1]);
+        k.remember(0, std::slice::from_ref(&long));
+        assert!(!k.all(0, &[long]), "too long to keep");
+    }
+
+    #[test]
+    fn a_full_memory_forgets_the_keys_not_read_since_the_last_turn() {
+        let k = KnownMoved::default();
+        let key = |i: usize| Bytes::from(format!("user:{i:08}"));
+        let per_generation = GENERATION_BYTES / footprint(&key(0));
+        let hot = Bytes::from_static(b"hot");
+        k.remember(3, std::slice::from_ref(&hot));
+        for i in 0..per_generation * 3 {
+            k.remember(3, &[key(i)]);
+            // The hot key is read now and then: it stays known.
+            if i % (per_generation / 4) == 0 {
+                assert!(k.all(3, std::slice::from_ref(&hot)), "after {i} keys");
+            }
+        }
+        let g = k.0.lock().unwrap();
+        let held: usize = g
+            .newer
+            .iter()
+            .chain(&g.older)
+            .map(|e| footprint(&e.1))
+            .sum();
+        assert!(held <= 2 * GENERATION_BYTES, "{held} bytes");
+        assert_eq!(
+            g.newer_bytes,
+            g.newer.iter().map(|e| footprint(&e.1)).sum::<usize>()
+        );
+        drop(g);
+        assert!(
+            k.all(3, &[key(per_generation * 3 - 1)]),
+            "the latest is known"
+        );
+        assert!(!k.all(3, &[key(0)]), "the oldest was forgotten");
+    }
+
+    #[test]
+    fn known_keys_do_not_hold_the_buffer_they_came_from() {
+        let k = KnownMoved::default();
+        let buffer = Bytes::from(vec![b'k'; 16 * 1024]);
+        k.remember(0, &[buffer.slice(0..8)]);
+        let g = k.0.lock().unwrap();
+        let (_, kept) = g.newer.iter().next().unwrap();
+        assert_eq!(kept.len(), 8);
+        assert!(
+            !std::ptr::eq(kept.as_ptr(), buffer.as_ptr()),
+            "the key was copied out of the buffer"
+        );
+    }
 
     #[test]
     fn reads_start_through_the_guard_and_turn_to_the_target_as_keys_move() {

@@ -157,11 +157,24 @@ impl Client {
             return Ok(first_of_exec(&exec));
         }
         let read = how.read && how.ask && cmds.len() == 1;
-        let hint = &router.migrations[usize::from(m)].target_first;
+        let mig = &router.migrations[usize::from(m)];
+        if read && router.known_moved.all(m, keys) {
+            // Off the source for good (`target_first::KnownMoved`): the target's answer is the
+            // answer, a missing key's included.
+            self.shared.metrics.reads_known_moved.inc();
+            return Ok(self
+                .call(router, mig.target, bundle(&cmds), 1)
+                .await?
+                .first());
+        }
+        let hint = &mig.target_first;
         let tried_target = read && hint.ask_target();
         if tried_target {
             let (found, reply) = self.read_on_target(router, m, keys, &cmds[0]).await?;
             hint.record(found);
+            if found == ReadFound::OnTarget {
+                router.known_moved.remember(m, keys);
+            }
             if let Some(reply) = reply {
                 return Ok(reply);
             }
@@ -178,7 +191,12 @@ impl Client {
                 Ok(reply)
             }
             None if how.ask => {
-                let target = router.migrations[usize::from(m)].target;
+                if !how.read {
+                    // The `ASK` marked the keys' slot groups moving: none of them comes back
+                    // to the source (`target_first::KnownMoved`).
+                    router.known_moved.remember(m, keys);
+                }
+                let target = mig.target;
                 let legacy = router.backend(target).legacy();
                 let cmds: Vec<Vec<Bytes>> = cmds
                     .into_iter()
