@@ -107,7 +107,7 @@ crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 	cp crds/redis-fleet.crds.yaml charts/redis-fleet/crds/redis-fleet.crds.yaml
 
 .PHONY: bench
-bench: bench-proxy bench-proxy-instructions bench-publish bench-rebalance bench-scale ## all benchmarks (numbers printed side by side; their timings never fail a run; a bench fails on wrong results, and bench-rebalance on a copy that costs more Redis commands per key)
+bench: bench-proxy bench-proxy-instructions bench-guard bench-publish bench-rebalance bench-scale ## all benchmarks (numbers printed side by side; their timings never fail a run; a bench fails on wrong results, and bench-rebalance on a copy that costs more Redis commands per key)
 
 .PHONY: bench-proxy
 bench-proxy: ## sidecar vs direct Redis vs twemproxy: throughput, added latency, memory (bench/proxy.sh)
@@ -118,6 +118,10 @@ bench-proxy: ## sidecar vs direct Redis vs twemproxy: throughput, added latency,
 bench-proxy-instructions: ## the sidecar's instructions per request under callgrind: repeatable on a busy machine (bench/proxy_instructions.sh; REDIS_FLEET_BASELINE_BIN=<binary> adds a before column)
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_PACKAGES) valgrind"
 	bench/proxy_instructions.sh
+
+.PHONY: bench-guard
+bench-guard: ## one read through the sidecar during a drain, by where its key is: a range that does not move, the source, the target, a key known moved (bench/guard_latency.rs)
+	$(CARGO) bench --locked --bench guard_latency
 
 .PHONY: bench-publish
 bench-publish: deps control-plane ## instance phase change → routing ConfigMap published (bench/publish_latency.rs)

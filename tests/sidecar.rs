@@ -962,6 +962,31 @@ async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing
     }
     assert_eq!(counter(&sidecar, known), 7.0);
 
+    // What the write's `ASK` rests on: it marked the key's slot group moving, so a script of
+    // that group no longer runs on the source (it waits for the Job to move the group whole;
+    // there is no Job here, so after 2 s the client is told to retry).
+    let mut patient = sidecar
+        .client()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .unwrap();
+    let refused: redis::RedisResult<()> = redis::cmd("EVAL")
+        .arg("return redis.call('SET', KEYS[1], ARGV[1])")
+        .arg(1)
+        .arg("user:written")
+        .arg("from a script")
+        .query_async(&mut patient)
+        .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.code() == Some("TRYAGAIN")),
+        "{refused:?}"
+    );
+    assert!(!on_b.exists::<_, bool>("user:written").await.unwrap());
+
     // A new table version starts knowing nothing: its first read of the key goes through the
     // guard again (or the target first), never on an earlier version's knowledge.
     let mut next = base.clone();
@@ -979,6 +1004,139 @@ async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing
     let v: String = conn.get("user:written").await.unwrap();
     assert_eq!(v, "again");
     assert_eq!(counter(&sidecar, known), 7.0);
+    // Known again in this version (the target served it first, beside the marker).
+    for _ in 0..20 {
+        let v: String = conn.get("user:written").await.unwrap();
+        assert_eq!(v, "again");
+    }
+    assert!(counter(&sidecar, known) > 7.0);
+
+    // The target fails over while this sidecar is still on the migrating table: the
+    // operator's notice fences it, the source serves the range again (its importing marker
+    // removed once the failover table is out) and takes writes from sidecars on that table.
+    // A read of the known key is not refused for the fenced target: the guard answers.
+    let fence = |conn| async move {
+        let mut conn = conn;
+        redis_fleet::redis::protocol::fence::raise(&mut conn, "test/test", &[("a".to_owned(), 4)])
+            .await
+            .unwrap();
+        conn
+    };
+    let mut on_b = fence(on_b).await;
+    let mut on_a = fence(on_a).await;
+    redis_fleet::redis::protocol::fence::close_older_connections(&mut on_a, "test/test", 4)
+        .await
+        .unwrap();
+    let _: () = on_b
+        .del(names::importing("test/test", &migration))
+        .await
+        .unwrap();
+    let _: () = on_b
+        .set("user:written", "after the failover")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let read: redis::RedisResult<String> = conn.get("user:written").await;
+        match read {
+            Ok(v) if v == "after the failover" => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the known key is still read on the fenced target: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// In a move into a range its target served already (a legacy instance drained into the
+/// fleet), the guard's `ASK` to a write proves nothing for later: scripts there are decided by
+/// their declared keys, so a script whose declared key is still on the source may create the
+/// asked key there, and reads must then find it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
+    use redis_fleet::redis::protocol::mover::Mover;
+    use redis_fleet::redis::protocol::names;
+    let (a, b) = servers();
+    let base = two(&a, &b, 1, no_ttl());
+    let sidecar = Sidecar::start(&base, &SECRETS);
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = conn.set("user:meta", "on the source").await.unwrap();
+    let mut flipped = base.clone();
+    flipped.version = 2;
+    let migration = Migration {
+        category: "user".into(),
+        start: 0,
+        end: 16383,
+        from: "b".into(),
+        to: "a".into(),
+        epoch: 2,
+        target_serves: Some(true),
+    };
+    flipped.migrating.push(migration.clone());
+    sidecar.update_table(&flipped);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sidecar
+        .metrics()
+        .contains("redisfleet_sidecar_routing_version 2")
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    let mover = Mover {
+        policy: "test/test".into(),
+        token: names::mover_token(2, 1),
+    };
+    mover.claim(&mut on_b).await.unwrap();
+    mover.claim(&mut on_a).await.unwrap();
+    mover
+        .set_marker(
+            &mut on_b,
+            &names::importing("test/test", &migration),
+            true,
+            true,
+        )
+        .await
+        .unwrap();
+    // The plan's own group state may be on the source all the same (another of its moves
+    // from there keeps group states): the served range's marker decides.
+    let _: () = on_b
+        .set(names::slot_groups("test/test", 2), names::GROUPS_OPEN)
+        .await
+        .unwrap();
+
+    let _: () = conn.set("user:job", "written on the target").await.unwrap();
+    assert!(on_a.exists::<_, bool>("user:job").await.unwrap());
+    let _: () = redis::cmd("EVAL")
+        .arg("return redis.call('SET', ARGV[1], ARGV[2])")
+        .arg(1)
+        .arg("user:meta")
+        .arg("user:job")
+        .arg("from a script")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        on_b.exists::<_, bool>("user:job").await.unwrap(),
+        "the script ran on the source (its declared key is there)"
+    );
+    for _ in 0..3 {
+        let v: String = conn.get("user:job").await.unwrap();
+        assert_eq!(
+            v, "from a script",
+            "the source's copy wins in a served range"
+        );
+    }
+    assert_eq!(
+        counter(&sidecar, "redisfleet_sidecar_reads_known_moved_total"),
+        0.0
+    );
 }
 
 #[tokio::test]

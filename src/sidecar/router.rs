@@ -19,7 +19,7 @@ use crate::routing::table::RoutingTable;
 use super::backend::{Backend, BackendOptions, Naming, ReplyReceiver, SendError};
 use super::fleet::FleetView;
 use super::metrics::{CategoryMetrics, SidecarMetrics};
-use super::target_first::{KnownMoved, TargetFirst};
+use super::target_first::{AskProves, KnownMoved, TargetFirst};
 
 /// A migrating range as the sidecar routes it.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct MigrationRoute {
     pub groups: String,
     /// Whether its reads ask the target first.
     pub target_first: Arc<TargetFirst>,
+    /// Whether the guard's `ASK` to a write proves its keys moved for good.
+    pub ask_proves: Arc<AskProves>,
 }
 
 /// A routing table version with its backends.
@@ -193,6 +195,7 @@ pub async fn build(
                 metrics.reads_on_target.clone(),
                 metrics.reads_not_on_target.clone(),
             )),
+            ask_proves: Arc::default(),
         })
         .collect();
     Ok(Router {

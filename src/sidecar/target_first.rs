@@ -12,10 +12,12 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
+
+use crate::redis::protocol::mover::TARGET_SERVES;
 
 /// What one read of a migrating range found. Each counts what asking the target first gains
 /// against asking the guard first: a key on the target takes one round trip instead of two; a
@@ -107,10 +109,11 @@ impl TargetFirst {
 /// A key is known moved when
 /// - the target, asked first, held it beside the range's imported marker ([`ReadFound::OnTarget`]):
 ///   a key of the range on the target is then its live copy, and the source never gets it back;
-/// - the guard answered `ASK` to a command that may write it: the source had neither the key
-///   nor its tombstone, and the `ASK` marked its slot group moving, so no script creates it on
-///   the source again, and no other command does (the guard runs a command there only where
-///   all its keys are present; older tables are fenced off).
+/// - the guard answered `ASK` to a command that may write it, in a move where that proves it
+///   ([`AskProves`]): the source had neither the key nor its tombstone, and the `ASK` marked
+///   its slot group moving, so no script creates it on the source again, and no other command
+///   does (the guard runs a command there only where all its keys are present; older tables
+///   are fenced off).
 ///
 /// An `ASK` to a read proves nothing for later: it marks no slot group, so a script of the
 /// group may still create the key on the source. Nor does a read that found the key on a
@@ -131,6 +134,42 @@ struct Generations {
     older: HashSet<(u16, Bytes)>,
     /// What [`Generations::newer`] holds, by [`footprint`].
     newer_bytes: usize,
+}
+
+/// Whether the guard's `ASK` to a write proves its keys off a move's source for good: only
+/// where scripts of the move are decided by slot groups, which the `ASK` marks. Not in a move
+/// into a range its target served already (its importing marker ends with
+/// [`TARGET_SERVES`]: scripts there are decided by their declared keys and may create any
+/// other key on the source), nor in a plan whose Job keeps no group states (its own state
+/// absent on the source: a Job of an older release). Asked of the source once per move and
+/// table version ([`ask_proves`]), on the first such `ASK`.
+#[derive(Debug, Default)]
+pub struct AskProves(AtomicU8);
+
+impl AskProves {
+    /// `None` until the source was asked.
+    pub fn get(&self) -> Option<bool> {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    /// What the source answered.
+    pub fn set(&self, proves: bool) {
+        self.0.store(if proves { 1 } else { 2 }, Ordering::Relaxed);
+    }
+}
+
+/// [`AskProves`] from the source's replies to `GET <importing marker>` and `GET <the plan's
+/// own slot group state>` (RESP2 or RESP3): a marker that is there and not a served range's,
+/// and a state that is there.
+pub fn ask_proves(marker: &[u8], plan_state: &[u8]) -> bool {
+    let value = |reply: &[u8]| reply.starts_with(b"$") && !reply.starts_with(b"$-1");
+    value(marker)
+        && !marker.ends_with(format!("{TARGET_SERVES}\r\n").as_bytes())
+        && value(plan_state)
 }
 
 /// The most one generation of [`KnownMoved`] holds, counting [`footprint`].
@@ -195,6 +234,32 @@ impl Generations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ask_proves_keys_moved_only_where_scripts_go_by_slot_groups() {
+        let marker = b"$6\r\n655361\r\n";
+        let served = format!("${}\r\n655361{TARGET_SERVES}\r\n", 6 + TARGET_SERVES.len());
+        let open = b"$4\r\nopen\r\n";
+        assert!(ask_proves(marker, open));
+        assert!(ask_proves(marker, b"$7\r\nclosing\r\n"));
+        assert!(
+            !ask_proves(served.as_bytes(), open),
+            "a served range's move"
+        );
+        assert!(
+            !ask_proves(marker, b"$-1\r\n"),
+            "a Job that keeps no group states"
+        );
+        assert!(!ask_proves(marker, b"_\r\n"), "the same in RESP3");
+        assert!(!ask_proves(b"$-1\r\n", open), "no longer importing");
+        assert!(!ask_proves(marker, b"-ERR fenced\r\n"));
+        let a = AskProves::default();
+        assert_eq!(a.get(), None);
+        a.set(false);
+        assert_eq!(a.get(), Some(false));
+        a.set(true);
+        assert_eq!(a.get(), Some(true));
+    }
 
     #[test]
     fn known_keys_are_per_range_and_all_must_be_known() {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::super::backend::{BackendError, Dedicated, Replies};
 use super::super::router::Router;
-use super::super::target_first::ReadFound;
+use super::super::target_first::{ReadFound, ask_proves};
 use super::super::ttl;
 use super::{Client, Interrupt, backend_reply, bundle, encode, lost, parse, stop};
 use crate::redis::protocol::guard::{self, Decision};
@@ -158,16 +158,22 @@ impl Client {
         }
         let read = how.read && how.ask && cmds.len() == 1;
         let mig = &router.migrations[usize::from(m)];
+        let hint = &mig.target_first;
         if read && router.known_moved.all(m, keys) {
             // Off the source for good (`target_first::KnownMoved`): the target's answer is the
             // answer, a missing key's included.
-            self.shared.metrics.reads_known_moved.inc();
-            return Ok(self
-                .call(router, mig.target, bundle(&cmds), 1)
-                .await?
-                .first());
+            match self.call(router, mig.target, bundle(&cmds), 1).await {
+                Ok(replies) => {
+                    self.shared.metrics.reads_known_moved.inc();
+                    return Ok(replies.first());
+                }
+                Err(Interrupt::Stale) => return Err(Interrupt::Stale),
+                // The target fenced, stopped or gone: the guard answers (after a failover
+                // of the target, the source serves the range again), and reads take it
+                // first until the target serves again.
+                Err(Interrupt::Reply(_)) => hint.record(ReadFound::Unusable),
+            }
         }
-        let hint = &mig.target_first;
         let tried_target = read && hint.ask_target();
         if tried_target {
             let (found, reply) = self.read_on_target(router, m, keys, &cmds[0]).await?;
@@ -191,7 +197,7 @@ impl Client {
                 Ok(reply)
             }
             None if how.ask => {
-                if !how.read {
+                if !how.read && self.ask_proves(router, m).await {
                     // The `ASK` marked the keys' slot groups moving: none of them comes back
                     // to the source (`target_first::KnownMoved`).
                     router.known_moved.remember(m, keys);
@@ -219,6 +225,37 @@ impl Client {
                 Ok(reply)
             }
             None => Err(split_by_move()),
+        }
+    }
+
+    /// Whether the guard's `ASK` to a write in migrating range `m` proves its keys off the
+    /// source for good (`target_first::AskProves`): asked of the source once per table
+    /// version. A source that does not answer (or a connection that moved on to a newer table)
+    /// proves nothing this time; the command goes on to the target either way.
+    async fn ask_proves(&mut self, router: &Arc<Router>, m: u16) -> bool {
+        let mig = &router.migrations[usize::from(m)];
+        if let Some(proves) = mig.ask_proves.get() {
+            return proves;
+        }
+        let get = |key: String| vec![Bytes::from_static(b"GET"), Bytes::from(key)];
+        let asked = self
+            .call(
+                router,
+                mig.source,
+                bundle(&[
+                    get(mig.marker.clone()),
+                    get(names::slot_groups_in(&mig.groups)),
+                ]),
+                2,
+            )
+            .await;
+        match asked {
+            Ok(Replies::Many(replies)) if replies.len() == 2 => {
+                let proves = ask_proves(&replies[0], &replies[1]);
+                mig.ask_proves.set(proves);
+                proves
+            }
+            _ => false,
         }
     }
 
