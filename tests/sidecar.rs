@@ -602,6 +602,15 @@ async fn malformed_bytes_get_a_protocol_error_and_never_crash_it() {
 /// Publishes `base` again as version 2 with the whole `user` category migrating from `b` to
 /// `a` (the operator's flip), and waits until `sidecar` routes by it.
 async fn migrate_user_to_a(sidecar: &Sidecar, base: &RoutingTable) -> Migration {
+    migrate_user_to_a_serving(sidecar, base, None).await
+}
+
+/// [`migrate_user_to_a`], the table saying whether `a` served the range already.
+async fn migrate_user_to_a_serving(
+    sidecar: &Sidecar,
+    base: &RoutingTable,
+    target_serves: Option<bool>,
+) -> Migration {
     let mut flipped = base.clone();
     flipped.version = 2;
     let migration = Migration {
@@ -611,23 +620,17 @@ async fn migrate_user_to_a(sidecar: &Sidecar, base: &RoutingTable) -> Migration 
         from: "b".into(),
         to: "a".into(),
         epoch: 2,
-        target_serves: None,
+        target_serves,
     };
     flipped.migrating.push(migration.clone());
     sidecar.update_table(&flipped);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sidecar
-        .metrics()
-        .contains("redisfleet_sidecar_routing_version 2")
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sidecar.wait_for_version(2).await;
     migration
 }
 
 /// Starts importing the `user:` range on `b` the way the rebalance Job does: mover token,
-/// importing marker on the source, imported marker on the target. Returns the mover.
+/// importing marker on the source, imported marker on the target (none for a move into a range
+/// the target served already, `migration.target_serves`). Returns the mover.
 async fn start_importing(
     b: &RedisServer,
     a: &RedisServer,
@@ -643,24 +646,27 @@ async fn start_importing(
     let mut dst = a.client().get_multiplexed_async_connection().await.unwrap();
     mover.claim(&mut src).await.unwrap();
     mover.claim(&mut dst).await.unwrap();
+    let serves = migration.target_serves == Some(true);
     mover
         .set_marker(
             &mut src,
             &names::importing("test/test", migration),
             true,
-            false,
+            serves,
         )
         .await
         .unwrap();
-    mover
-        .set_marker(
-            &mut dst,
-            &names::imported("test/test", migration),
-            true,
-            false,
-        )
-        .await
-        .unwrap();
+    if !serves {
+        mover
+            .set_marker(
+                &mut dst,
+                &names::imported("test/test", migration),
+                true,
+                false,
+            )
+            .await
+            .unwrap();
+    }
     mover
 }
 
@@ -809,8 +815,7 @@ async fn a_migrating_range_is_served_through_the_guard_while_its_keys_move() {
 
 /// A counter of the sidecar's metrics.
 fn counter(sidecar: &Sidecar, name: &str) -> f64 {
-    let m = sidecar.metrics();
-    support::series_value(&m, name).unwrap_or_else(|| panic!("no {name} in\n{m}"))
+    sidecar.metric(name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -915,6 +920,10 @@ async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing
     start_importing(&b, &a, &migration).await;
     let known = "redisfleet_sidecar_reads_known_moved_total";
 
+    // The first write's `ASK` in the move has the sidecar ask the source whether such `ASK`s
+    // prove their keys moved for good (here they do: the plan keeps group states, the target
+    // did not serve the range); the answer counts for the writes after it.
+    let _: () = conn.set("user:first", "1").await.unwrap();
     // A write of a key the source does not have: the guard's `ASK` (which marks its slot
     // group moving), the target. From then on its reads go to the target alone.
     let _: () = conn.set("user:written", "w").await.unwrap();
@@ -993,14 +1002,7 @@ async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing
     next.version = 3;
     next.migrating.push(migration.clone());
     sidecar.update_table(&next);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sidecar
-        .metrics()
-        .contains("redisfleet_sidecar_routing_version 3")
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sidecar.wait_for_version(3).await;
     let v: String = conn.get("user:written").await.unwrap();
     assert_eq!(v, "again");
     assert_eq!(counter(&sidecar, known), 7.0);
@@ -1055,7 +1057,6 @@ async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing
 /// asked key there, and reads must then find it there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
-    use redis_fleet::redis::protocol::mover::Mover;
     use redis_fleet::redis::protocol::names;
     let (a, b) = servers();
     let base = two(&a, &b, 1, no_ttl());
@@ -1066,44 +1067,10 @@ async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
         .await
         .unwrap();
     let _: () = conn.set("user:meta", "on the source").await.unwrap();
-    let mut flipped = base.clone();
-    flipped.version = 2;
-    let migration = Migration {
-        category: "user".into(),
-        start: 0,
-        end: 16383,
-        from: "b".into(),
-        to: "a".into(),
-        epoch: 2,
-        target_serves: Some(true),
-    };
-    flipped.migrating.push(migration.clone());
-    sidecar.update_table(&flipped);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sidecar
-        .metrics()
-        .contains("redisfleet_sidecar_routing_version 2")
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let migration = migrate_user_to_a_serving(&sidecar, &base, Some(true)).await;
     let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
     let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
-    let mover = Mover {
-        policy: "test/test".into(),
-        token: names::mover_token(2, 1),
-    };
-    mover.claim(&mut on_b).await.unwrap();
-    mover.claim(&mut on_a).await.unwrap();
-    mover
-        .set_marker(
-            &mut on_b,
-            &names::importing("test/test", &migration),
-            true,
-            true,
-        )
-        .await
-        .unwrap();
+    start_importing(&b, &a, &migration).await;
     // The plan's own group state may be on the source all the same (another of its moves
     // from there keeps group states): the served range's marker decides.
     let _: () = on_b
@@ -1111,6 +1078,9 @@ async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
         .await
         .unwrap();
 
+    // The first write's `ASK` has the sidecar ask the source what `ASK`s prove; the next
+    // write's would count, were they proof.
+    let _: () = conn.set("user:first", "1").await.unwrap();
     let _: () = conn.set("user:job", "written on the target").await.unwrap();
     assert!(on_a.exists::<_, bool>("user:job").await.unwrap());
     let _: () = redis::cmd("EVAL")

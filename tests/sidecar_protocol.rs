@@ -63,18 +63,6 @@ fn raw(stream: &mut TcpStream, request: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn wait_version(sidecar: &Sidecar, version: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let want = format!("redisfleet_sidecar_routing_version {version}");
-    while !sidecar.metrics().contains(&want) {
-        assert!(
-            Instant::now() < deadline,
-            "the sidecar never loaded v{version}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn connection_commands_inside_multi_never_reach_a_shared_connection() {
     let (a, b) = (server(), server());
@@ -163,7 +151,7 @@ async fn a_transaction_runs_where_the_table_in_use_at_exec_says() {
     );
     v2.categories[2] = category("default", &[], TtlRules::default(), &[(0, 16383, "aaa")]);
     sidecar.update_table(&v2);
-    wait_version(&sidecar, 2).await;
+    sidecar.wait_for_version(2).await;
     let exec: Vec<String> = redis::cmd("EXEC").query_async(&mut conn).await.unwrap();
     assert_eq!(exec, vec!["OK"]);
     for (server, there) in [(&a, false), (&b, true), (&c, false)] {
@@ -193,7 +181,7 @@ async fn a_transaction_runs_where_the_table_in_use_at_exec_says() {
         ],
     );
     sidecar.update_table(&v3);
-    wait_version(&sidecar, 3).await;
+    sidecar.wait_for_version(3).await;
     let exec: Vec<String> = redis::cmd("EXEC").query_async(&mut conn).await.unwrap();
     assert_eq!(exec, vec!["OK"]);
     let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
@@ -353,7 +341,7 @@ async fn a_blocked_pop_follows_its_list_when_the_range_moves() {
     };
     flipped.migrating.push(m.clone());
     sidecar.update_table(&flipped);
-    wait_version(&sidecar, 2).await;
+    sidecar.wait_for_version(2).await;
     let mover = Mover {
         policy: "test/test".into(),
         token: names::mover_token(2, 1),
@@ -605,7 +593,7 @@ async fn a_fence_turns_a_sidecar_on_an_older_table_away() {
     let _: () = c.set("auth:k", "fine").await.unwrap();
     // With the newer table it writes again.
     sidecar.update_table(&two(&a, &b, 5, TtlRules::default()));
-    wait_version(&sidecar, 5).await;
+    sidecar.wait_for_version(5).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if c.set::<_, _, ()>("user:k", "v5").await.is_ok() {

@@ -142,7 +142,7 @@ struct Generations {
 /// [`TARGET_SERVES`]: scripts there are decided by their declared keys and may create any
 /// other key on the source), nor in a plan whose Job keeps no group states (its own state
 /// absent on the source: a Job of an older release). Asked of the source once per move and
-/// table version ([`ask_proves`]), on the first such `ASK`.
+/// table version ([`ask_proves`]), after the first such `ASK`.
 #[derive(Debug, Default)]
 pub struct AskProves(AtomicU8);
 
@@ -163,13 +163,17 @@ impl AskProves {
 }
 
 /// [`AskProves`] from the source's replies to `GET <importing marker>` and `GET <the plan's
-/// own slot group state>` (RESP2 or RESP3): a marker that is there and not a served range's,
-/// and a state that is there.
-pub fn ask_proves(marker: &[u8], plan_state: &[u8]) -> bool {
-    let value = |reply: &[u8]| reply.starts_with(b"$") && !reply.starts_with(b"$-1");
-    value(marker)
-        && !marker.ends_with(format!("{TARGET_SERVES}\r\n").as_bytes())
-        && value(plan_state)
+/// own slot group state>`, after an `ASK`: `true` for a marker that is not a served range's and
+/// a state that is there, `false` for a served range's marker or no state; `None` when a reply
+/// is neither a value nor nil, or the marker is gone (the move's cleanup removed it: nothing
+/// to keep).
+pub fn ask_proves(marker: &[u8], plan_state: &[u8]) -> Option<bool> {
+    let nil = |reply: &[u8]| reply == b"$-1\r\n" || reply == b"_\r\n";
+    let value = |reply: &[u8]| reply.starts_with(b"$") && !nil(reply);
+    if !value(marker) || !(value(plan_state) || nil(plan_state)) {
+        return None;
+    }
+    Some(!marker.ends_with(format!("{TARGET_SERVES}\r\n").as_bytes()) && value(plan_state))
 }
 
 /// The most one generation of [`KnownMoved`] holds, counting [`footprint`].
@@ -240,19 +244,26 @@ mod tests {
         let marker = b"$6\r\n655361\r\n";
         let served = format!("${}\r\n655361{TARGET_SERVES}\r\n", 6 + TARGET_SERVES.len());
         let open = b"$4\r\nopen\r\n";
-        assert!(ask_proves(marker, open));
-        assert!(ask_proves(marker, b"$7\r\nclosing\r\n"));
-        assert!(
-            !ask_proves(served.as_bytes(), open),
+        assert_eq!(ask_proves(marker, open), Some(true));
+        assert_eq!(ask_proves(marker, b"$7\r\nclosing\r\n"), Some(true));
+        assert_eq!(
+            ask_proves(served.as_bytes(), open),
+            Some(false),
             "a served range's move"
         );
-        assert!(
-            !ask_proves(marker, b"$-1\r\n"),
+        assert_eq!(
+            ask_proves(marker, b"$-1\r\n"),
+            Some(false),
             "a Job that keeps no group states"
         );
-        assert!(!ask_proves(marker, b"_\r\n"), "the same in RESP3");
-        assert!(!ask_proves(b"$-1\r\n", open), "no longer importing");
-        assert!(!ask_proves(marker, b"-ERR fenced\r\n"));
+        assert_eq!(
+            ask_proves(marker, b"_\r\n"),
+            Some(false),
+            "the same in RESP3"
+        );
+        assert_eq!(ask_proves(b"$-1\r\n", open), None, "no longer importing");
+        assert_eq!(ask_proves(marker, b"-BUSY a script runs\r\n"), None);
+        assert_eq!(ask_proves(b"-LOADING\r\n", open), None);
         let a = AskProves::default();
         assert_eq!(a.get(), None);
         a.set(false);

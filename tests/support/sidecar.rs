@@ -207,6 +207,25 @@ impl Sidecar {
         super::operator::http_get(self.metrics_port, "/metrics").unwrap_or_default()
     }
 
+    /// The value of one series of /metrics (`name` with its labels, if any); panics when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let m = self.metrics();
+        super::series_value(&m, series).unwrap_or_else(|| panic!("no {series} in\n{m}"))
+    }
+
+    /// Waits (up to 10 s) until the sidecar routes by table `version`.
+    pub async fn wait_for_version(&self, version: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let want = format!("redisfleet_sidecar_routing_version {version}");
+        while !self.metrics().contains(&want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sidecar never loaded v{version}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()

@@ -229,9 +229,12 @@ impl Client {
     }
 
     /// Whether the guard's `ASK` to a write in migrating range `m` proves its keys off the
-    /// source for good (`target_first::AskProves`): asked of the source once per table
-    /// version. A source that does not answer (or a connection that moved on to a newer table)
-    /// proves nothing this time; the command goes on to the target either way.
+    /// source for good (`target_first::AskProves`). The source is asked once per table version,
+    /// after the first such `ASK`: its answer counts for the `ASK`s after it, not for that one
+    /// (a plan state seen after an `ASK` may have been set after it, by a newer Job attempt
+    /// taking over from one that kept none). An answer that is not a value or nil (an error, a
+    /// connection that failed or moved on to a newer table) is not kept; the command goes on
+    /// to the target either way.
     async fn ask_proves(&mut self, router: &Arc<Router>, m: u16) -> bool {
         let mig = &router.migrations[usize::from(m)];
         if let Some(proves) = mig.ask_proves.get() {
@@ -249,14 +252,13 @@ impl Client {
                 2,
             )
             .await;
-        match asked {
-            Ok(Replies::Many(replies)) if replies.len() == 2 => {
-                let proves = ask_proves(&replies[0], &replies[1]);
-                mig.ask_proves.set(proves);
-                proves
-            }
-            _ => false,
+        if let Ok(Replies::Many(replies)) = asked
+            && let [marker, plan_state] = replies.as_slice()
+            && let Some(proves) = ask_proves(marker, plan_state)
+        {
+            mig.ask_proves.set(proves);
         }
+        false
     }
 
     /// Asks the target of migrating range `m` first for read `cmd` on `keys`: its reply when
