@@ -813,11 +813,6 @@ async fn a_migrating_range_is_served_through_the_guard_while_its_keys_move() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// A counter of the sidecar's metrics.
-fn counter(sidecar: &Sidecar, name: &str) -> f64 {
-    sidecar.metric(name)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_of_moved_keys_ask_the_target_first_and_only_where_it_imports() {
     use redis_fleet::redis::protocol::names;
@@ -841,8 +836,8 @@ async fn reads_of_moved_keys_ask_the_target_first_and_only_where_it_imports() {
         let v: i64 = conn.get(format!("user:{i}")).await.unwrap();
         assert_eq!(v, i);
     }
-    assert_eq!(counter(&sidecar, served), 0.0);
-    assert_eq!(counter(&sidecar, missed), 0.0);
+    assert_eq!(sidecar.metric(served), 0.0);
+    assert_eq!(sidecar.metric(missed), 0.0);
 
     // Everything moved: after the first reads found their keys moved (the guard's `ASK`),
     // reads ask the target first and take one round trip.
@@ -858,8 +853,8 @@ async fn reads_of_moved_keys_ask_the_target_first_and_only_where_it_imports() {
         let many: Vec<i64> = conn.mget(&["user:1", "user:2", "user:3"]).await.unwrap();
         assert_eq!(many, [1, 2, 3]);
     }
-    let on_target = counter(&sidecar, served);
-    let known = counter(&sidecar, "redisfleet_sidecar_reads_known_moved_total");
+    let on_target = sidecar.metric(served);
+    let known = sidecar.metric("redisfleet_sidecar_reads_known_moved_total");
     // 205 reads, the first 17 through the guard (the 40 before the move weigh against); once
     // the target served a key first, later reads of it go to the target alone.
     assert!(
@@ -884,12 +879,12 @@ async fn reads_of_moved_keys_ask_the_target_first_and_only_where_it_imports() {
         .unwrap();
     let _: () = on_a.set("user:40", "the target's old copy").await.unwrap();
     let _: () = on_b.set("user:40", "live on the source").await.unwrap();
-    let missed_before = counter(&sidecar, missed);
+    let missed_before = sidecar.metric(missed);
     for _ in 0..5 {
         let v: String = conn.get("user:40").await.unwrap();
         assert_eq!(v, "live on the source");
     }
-    assert!(counter(&sidecar, missed) > missed_before);
+    assert!(sidecar.metric(missed) > missed_before);
 }
 
 /// Keys known moved (`target_first::KnownMoved`) are read on the target alone, in one round
@@ -932,12 +927,12 @@ async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing
         let v: String = conn.get("user:written").await.unwrap();
         assert_eq!(v, "w");
     }
-    assert_eq!(counter(&sidecar, known), 5.0);
+    assert_eq!(sidecar.metric(known), 5.0);
     // Deleted, it is missing there, and still known: nothing brings it back to the source.
     let _: () = conn.del("user:written").await.unwrap();
     let gone: Option<String> = conn.get("user:written").await.unwrap();
     assert_eq!(gone, None);
-    assert_eq!(counter(&sidecar, known), 6.0);
+    assert_eq!(sidecar.metric(known), 6.0);
     let _: () = conn.set("user:written", "again").await.unwrap();
     let v: String = conn.get("user:written").await.unwrap();
     assert_eq!(v, "again");
@@ -969,7 +964,7 @@ async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing
         let v: String = conn.get("user:kept").await.unwrap();
         assert_eq!(v, "on the source");
     }
-    assert_eq!(counter(&sidecar, known), 7.0);
+    assert_eq!(sidecar.metric(known), 7.0);
 
     // What the write's `ASK` rests on: it marked the key's slot group moving, so a script of
     // that group no longer runs on the source (it waits for the Job to move the group whole;
@@ -1005,13 +1000,13 @@ async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing
     sidecar.wait_for_version(3).await;
     let v: String = conn.get("user:written").await.unwrap();
     assert_eq!(v, "again");
-    assert_eq!(counter(&sidecar, known), 7.0);
+    assert_eq!(sidecar.metric(known), 7.0);
     // Known again in this version (the target served it first, beside the marker).
     for _ in 0..20 {
         let v: String = conn.get("user:written").await.unwrap();
         assert_eq!(v, "again");
     }
-    assert!(counter(&sidecar, known) > 7.0);
+    assert!(sidecar.metric(known) > 7.0);
 
     // The target fails over while this sidecar is still on the migrating table: the
     // operator's notice fences it, the source serves the range again (its importing marker
@@ -1104,7 +1099,7 @@ async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
         );
     }
     assert_eq!(
-        counter(&sidecar, "redisfleet_sidecar_reads_known_moved_total"),
+        sidecar.metric("redisfleet_sidecar_reads_known_moved_total"),
         0.0
     );
 }
