@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use redis::AsyncCommands;
-use redis_fleet::redis::protocol::mover::{Mover, Restore, Taken};
+use redis_fleet::redis::protocol::mover::Mover;
 use redis_fleet::redis::protocol::names;
 use redis_fleet::routing::table::{Migration, TtlRules};
 use support::sidecar::{Sidecar, category, endpoint, table};
@@ -167,24 +167,16 @@ async fn main() {
         .map(|i| Bytes::from(Kind::MovedOnce.key(i)))
         .collect();
     for batch in moved.chunks(100) {
-        let taken = mover
-            .take(&mut on_b, batch, &groups, 8 << 20, 0)
-            .await
-            .unwrap();
-        let restores: Vec<Restore> = batch
-            .iter()
-            .zip(taken)
-            .map(|(key, t)| match t {
-                Taken::Value { dump, expire_at } => Restore {
-                    key: key.clone(),
-                    expire_at: u64::try_from(expire_at).unwrap_or(0),
-                    dump,
-                },
-                other => panic!("{key:?} not taken: {other:?}"),
-            })
-            .collect();
-        mover.restore(&mut on_a, &restores).await.unwrap();
-        mover.finish(&mut on_b, batch).await.unwrap();
+        let n = support::redis::move_batch(
+            &mover,
+            &mut on_b,
+            &mut on_a,
+            batch,
+            &groups,
+            std::time::Duration::ZERO,
+        )
+        .await;
+        assert_eq!(n, batch.len(), "every key of the batch taken");
     }
 
     let client = sidecar.client();

@@ -674,7 +674,6 @@ async fn start_importing(
 /// importing marker, imported marker, take → restore → finish), in small batches, until none
 /// is left on `b`.
 async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, migration: &Migration) -> u64 {
-    use redis_fleet::redis::protocol::mover::{Restore, Taken};
     let mover = start_importing(b, a, migration).await;
     let mut src = b.client().get_multiplexed_async_connection().await.unwrap();
     let mut dst = a.client().get_multiplexed_async_connection().await.unwrap();
@@ -700,27 +699,16 @@ async fn move_all_user_keys(b: &RedisServer, a: &RedisServer, migration: &Migrat
             return moved;
         }
         for batch in all.chunks(3) {
-            let taken = mover
-                .take(&mut src, batch, "redisfleet:group:test:1:", 8 << 20, 0)
-                .await
-                .unwrap();
-            let mut restores = Vec::new();
-            let mut done = Vec::new();
-            for (k, t) in batch.iter().zip(taken) {
-                if let Taken::Value { dump, expire_at } = t {
-                    restores.push(Restore {
-                        key: k.clone(),
-                        expire_at: u64::try_from(expire_at).unwrap_or(0),
-                        dump,
-                    });
-                    done.push(k.clone());
-                }
-            }
             // A pause in transit, as a slow Job has: commands on these keys wait.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            mover.restore(&mut dst, &restores).await.unwrap();
-            mover.finish(&mut src, &done).await.unwrap();
-            moved += done.len() as u64;
+            moved += support::redis::move_batch(
+                &mover,
+                &mut src,
+                &mut dst,
+                batch,
+                "redisfleet:group:test:1:",
+                Duration::from_millis(2),
+            )
+            .await as u64;
         }
     }
 }

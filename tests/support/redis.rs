@@ -267,3 +267,37 @@ impl RedisServer {
         Ok(())
     }
 }
+
+/// Moves `keys` from `src` to `dst` with the rebalance Job's own scripts (take, restore,
+/// finish) under `mover`, pausing `in_transit` between the take and the restore as a slow Job
+/// does; `groups` is the plan's slot group prefix. Returns how many keys moved (a key not on
+/// the source is skipped).
+pub async fn move_batch(
+    mover: &redis_fleet::redis::protocol::mover::Mover,
+    src: &mut (impl ::redis::aio::ConnectionLike + Send),
+    dst: &mut (impl ::redis::aio::ConnectionLike + Send),
+    keys: &[bytes::Bytes],
+    groups: &str,
+    in_transit: Duration,
+) -> usize {
+    use redis_fleet::redis::protocol::mover::{Restore, Taken};
+    let taken = mover.take(src, keys, groups, 8 << 20, 0).await.unwrap();
+    let mut restores = Vec::new();
+    let mut done = Vec::new();
+    for (key, t) in keys.iter().zip(taken) {
+        if let Taken::Value { dump, expire_at } = t {
+            restores.push(Restore {
+                key: key.clone(),
+                expire_at: u64::try_from(expire_at).unwrap_or(0),
+                dump,
+            });
+            done.push(key.clone());
+        }
+    }
+    if !in_transit.is_zero() {
+        tokio::time::sleep(in_transit).await;
+    }
+    mover.restore(dst, &restores).await.unwrap();
+    mover.finish(src, &done).await.unwrap();
+    done.len()
+}
