@@ -53,10 +53,22 @@ async fn guarded_as(
     command: &[&str],
     read: bool,
 ) -> (Decision, redis::Value) {
+    guarded_seen(c, marker, keys, command, read, guard::Seen::Unknown).await
+}
+
+/// [`guarded_as`], with what the sidecar found on the target (`seen`).
+async fn guarded_seen(
+    c: &mut MultiplexedConnection,
+    marker: &str,
+    keys: &[&str],
+    command: &[&str],
+    read: bool,
+    seen: guard::Seen,
+) -> (Decision, redis::Value) {
     let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::from(k.to_string())).collect();
     let command: Vec<Bytes> = command.iter().map(|k| Bytes::from(k.to_string())).collect();
     let urgent = names::urgent(POLICY);
-    let args = guard::guard_command(range(marker, &urgent), &keys, &[command], true, read);
+    let args = guard::guard_command(range(marker, &urgent), &keys, &[command], true, read, seen);
     let mut cmd = redis::cmd(std::str::from_utf8(&args[0]).unwrap());
     for a in &args[1..] {
         cmd.arg(a.as_ref());
@@ -69,6 +81,87 @@ async fn guarded_as(
             (guard::decision(reply.as_bytes()), redis::Value::Nil)
         }
     }
+}
+
+/// The guard of a move into a range its target served already (a drained legacy instance):
+/// the source's copy may be older than the target's, so a read of keys all on the source runs
+/// there only once the sidecar found the target without them, and a write, a transaction or
+/// a script of such keys waits for their move.
+#[tokio::test]
+async fn the_guard_of_a_served_range_trusts_the_source_only_where_the_target_lacks_the_keys() {
+    use guard::Seen;
+    use redis::AsyncCommands;
+    use redis_fleet::redis::protocol::mover::TARGET_SERVES;
+    let source = RedisServer::start(RedisOptions::default());
+    let mut c = conn(&source).await;
+    let marker = "redisfleet:importing:shop/shop:7:user:0-16383";
+    let _: () = c.set(marker, format!("9{TARGET_SERVES}")).await.unwrap();
+    let _: () = c.set("user:a", "legacy").await.unwrap();
+    let urgent = names::urgent(POLICY);
+    let queued = |c: &mut MultiplexedConnection| {
+        let mut c = c.clone();
+        let urgent = urgent.clone();
+        async move {
+            let q: Vec<String> = c.lrange(&urgent, 0, -1).await.unwrap();
+            let _: () = c.del(&urgent).await.unwrap();
+            q
+        }
+    };
+    let get = ["GET", "user:a"];
+    assert_eq!(
+        guarded_as(&mut c, marker, &["user:a"], &get, true).await.0,
+        Decision::Check
+    );
+    let (d, v) = guarded_seen(&mut c, marker, &["user:a"], &get, true, Seen::Lacked).await;
+    assert_eq!(
+        (d, v),
+        (Decision::Ran, redis::Value::BulkString(b"legacy".to_vec()))
+    );
+    let (d, _) = guarded_seen(&mut c, marker, &["user:a"], &get, true, Seen::Held).await;
+    assert_eq!(d, Decision::TryAgain);
+    assert_eq!(queued(&mut c).await, vec!["user:a"]);
+    // A write, whatever was seen: its key moves first.
+    for seen in [Seen::Unknown, Seen::Lacked] {
+        let (d, _) = guarded_seen(
+            &mut c,
+            marker,
+            &["user:a"],
+            &["SET", "user:a", "x"],
+            false,
+            seen,
+        )
+        .await;
+        assert_eq!(d, Decision::TryAgain);
+        assert_eq!(queued(&mut c).await, vec!["user:a"]);
+    }
+    // A key the source lacks is the target's.
+    assert_eq!(
+        guarded(&mut c, marker, &["user:new"], &["SET", "user:new", "x"])
+            .await
+            .0,
+        Decision::Ask
+    );
+    let script = |c: &mut MultiplexedConnection, keys: &[&str], script: bool| {
+        let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::from(k.to_string())).collect();
+        let args = guard::decision_command(range(marker, &urgent), &keys, script);
+        let mut cmd = redis::cmd(std::str::from_utf8(&args[0]).unwrap());
+        for a in &args[1..] {
+            cmd.arg(a.as_ref());
+        }
+        let mut c = c.clone();
+        async move { cmd.query_async::<String>(&mut c).await.unwrap() }
+    };
+    assert_eq!(
+        script(&mut c, &["user:a"], false).await,
+        "TRYAGAIN",
+        "a transaction"
+    );
+    assert_eq!(
+        script(&mut c, &["user:a"], true).await,
+        "TRYAGAIN",
+        "a script"
+    );
+    assert_eq!(queued(&mut c).await, vec!["user:a", "user:a"]);
 }
 
 #[tokio::test]
@@ -147,6 +240,7 @@ async fn the_guard_runs_on_the_source_until_importing_then_redirects_absent_keys
         ]],
         true,
         false,
+        guard::Seen::Unknown,
     );
     let mut cmd = redis::cmd("EVAL");
     for a in &args[1..] {
@@ -347,13 +441,15 @@ async fn a_script_runs_where_its_whole_slot_groups_are_and_waits_for_them_in_bet
         Err(MoveError::Fenced)
     );
 
-    // A move into a range its target serves already decides by the keys.
+    // A move into a range its target serves already decides by the keys, and never runs a
+    // script on the source (it could write a key the target holds, and the move keeps the
+    // target's copy): its declared keys move first.
     let legacy = "redisfleet:importing:shop/shop:2:auth:0-16383";
     set(&mut c, legacy, "5:target-serves").await;
     set(&mut c, "auth:{q9}:id", "1").await;
     assert_eq!(
         script_decision(&mut c, legacy, &["auth:{q9}:id"]).await,
-        Some(Decision::Ran)
+        Some(Decision::TryAgain)
     );
     assert_eq!(
         script_decision(&mut c, legacy, &["auth:{q9}:absent"]).await,
@@ -822,6 +918,7 @@ async fn a_full_source_can_still_be_emptied_and_a_full_target_takes_nothing() {
         &[vec![b("SET"), b("fill:0"), b("y")]],
         true,
         false,
+        guard::Seen::Unknown,
     );
     let mut call = redis::cmd(std::str::from_utf8(&args[0]).unwrap());
     for a in &args[1..] {

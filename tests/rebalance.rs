@@ -696,20 +696,47 @@ impl Traffic {
         Self::spawn(port, prefixes, workers, true)
     }
 
+    /// Traffic that goes on from `ledgers` (one per worker, from [`Traffic::stop_each`]).
+    fn resume(port: u16, prefixes: &'static [&'static str], ledgers: Vec<Ledger>) -> Traffic {
+        Self::spawn_with(port, prefixes, ledgers, false)
+    }
+
     fn spawn(
         port: u16,
         prefixes: &'static [&'static str],
         workers: usize,
         failover: bool,
     ) -> Traffic {
+        let ledgers = (0..workers).map(|_| Ledger::default()).collect();
+        Self::spawn_with(port, prefixes, ledgers, failover)
+    }
+
+    fn spawn_with(
+        port: u16,
+        prefixes: &'static [&'static str],
+        ledgers: Vec<Ledger>,
+        failover: bool,
+    ) -> Traffic {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let workers = (0..workers)
-            .map(|w| {
+        let workers = ledgers
+            .into_iter()
+            .enumerate()
+            .map(|(w, ledger)| {
                 let stop = stop.clone();
-                tokio::spawn(async move { work(port, prefixes, w, failover, stop).await })
+                tokio::spawn(async move { work(port, prefixes, w, failover, stop, ledger).await })
             })
             .collect();
         Traffic { stop, workers }
+    }
+
+    /// Stops the workers; each one's ledger, in order.
+    async fn stop_each(self) -> Vec<Ledger> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut all = Vec::new();
+        for w in self.workers {
+            all.push(w.await.unwrap());
+        }
+        all
     }
 
     async fn stop(self) -> Ledger {
@@ -728,11 +755,11 @@ async fn work(
     worker: usize,
     failover: bool,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut ledger: Ledger,
 ) -> Ledger {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut ledger = Ledger::default();
-    let mut i: u64 = 0;
+    let mut i: u64 = ledger.ops;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         i += 1;
         let prefix = prefixes[(i as usize / 5) % prefixes.len()];
@@ -1461,6 +1488,79 @@ async fn a_legacy_redis_is_emptied_into_the_fleet_while_every_key_stays_readable
     eprintln!(
         "legacy: {} keys moved into the fleet",
         r.keys_moved.unwrap_or(0)
+    );
+}
+
+/// The migration README's parenthesis, tried: pods already on the sidecar wrote to the fleet
+/// before the legacy Redis was applied as a draining instance, so the legacy Redis holds older
+/// copies of keys the fleet holds (and keys of its own). While it drains, under live traffic,
+/// no read may return a legacy copy of such a key, and no write, INCR or DEL may land where
+/// the move then drops it. Before the fix the guard answered from the legacy copies and ran
+/// writes there, and the move kept the fleet's older copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_redis_with_stale_copies_of_the_fleets_keys_drains_without_serving_them() {
+    let shop = shop_with("legacy-stale", slow_copy).await;
+    let (_, plan) = settled(&shop).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
+    let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ledgers = traffic.stop_each().await;
+
+    let legacy = server_with_password("change-me-legacy");
+    let mut lc = legacy
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut stale = 0;
+    for ledger in &ledgers {
+        let mut pipe = redis::pipe();
+        for (key, (acked, _)) in &ledger.values {
+            if acked.is_some() && !ledger.maybe_deleted.contains(key) {
+                pipe.set(key, "legacy, stale").ignore();
+                stale += 1;
+            }
+        }
+        for key in ledger.counters.keys() {
+            pipe.set(key, 1_000_000).ignore();
+            stale += 1;
+        }
+        let _: () = pipe.query_async(&mut lc).await.unwrap();
+    }
+    assert!(stale > 100, "only {stale} keys written before the drain");
+    let own = fill(&legacy, &["user:", "order:", "menu:"], 3_000).await;
+    let own_before = digest(&[&legacy], &own).await;
+    apply_legacy(&shop, &legacy, "1s");
+
+    let traffic = Traffic::resume(sidecar.port, TRAFFIC_PREFIXES, ledgers);
+    let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ledger = traffic.stop().await;
+    let r = policy.status.unwrap().rebalance.unwrap();
+    assert!(r.moves.iter().all(|m| m.from == "legacy"), "{r:#?}");
+    eprintln!(
+        "legacy with stale copies: {stale} stale copies, {} keys of its own, {} ops ({} errors), p99 {} µs, {} keys moved",
+        own.len(),
+        ledger.ops,
+        ledger.errors.len(),
+        ledger.p99_us(),
+        r.keys_moved.unwrap_or(0)
+    );
+    assert_ledger(sidecar.port, &ledger).await;
+    let own_after = digest_through(sidecar.port, &own).await;
+    for (k, (v, _)) in &own_before {
+        assert_eq!(own_after.get(k).map(|(v, _)| v), Some(v), "{k}");
+    }
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut lc)
+        .await
+        .unwrap();
+    assert!(
+        left.iter().all(|k| k.starts_with("redisfleet:")),
+        "left on the legacy Redis: {:?}",
+        &left[..left.len().min(5)]
     );
 }
 

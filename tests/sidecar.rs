@@ -1035,9 +1035,10 @@ async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing
 }
 
 /// In a move into a range its target served already (a legacy instance drained into the
-/// fleet), the guard's `ASK` to a write proves nothing for later: scripts there are decided by
-/// their declared keys, so a script whose declared key is still on the source may create the
-/// asked key there, and reads must then find it there.
+/// fleet), the guard's `ASK` to a write proves nothing for later (a sidecar of an earlier
+/// release runs a script there by its declared keys, which may create the asked key on the
+/// source); a script of this release waits for its declared keys to move and runs on the
+/// target, and reads find what it wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
     use redis_fleet::redis::protocol::names;
@@ -1053,7 +1054,8 @@ async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
     let migration = migrate_user_to_a_serving(&sidecar, &base, Some(true)).await;
     let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
     let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
-    start_importing(&b, &a, &migration).await;
+    let mover = start_importing(&b, &a, &migration).await;
+    let _job = serve_urgent_keys(&b, &a, mover).abort_handle();
     // The plan's own group state may be on the source all the same (another of its moves
     // from there keeps group states): the served range's marker decides.
     let _: () = on_b
@@ -1075,16 +1077,14 @@ async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(
-        on_b.exists::<_, bool>("user:job").await.unwrap(),
-        "the script ran on the source (its declared key is there)"
-    );
+    // A script of a served range never runs on the source (it could write a key the target
+    // holds, whose copy the move keeps): its declared key moved first, then it ran on the
+    // target.
+    assert!(!on_b.exists::<_, bool>("user:job").await.unwrap());
+    assert!(!on_b.exists::<_, bool>("user:meta").await.unwrap());
     for _ in 0..3 {
         let v: String = conn.get("user:job").await.unwrap();
-        assert_eq!(
-            v, "from a script",
-            "the source's copy wins in a served range"
-        );
+        assert_eq!(v, "from a script");
     }
     assert_eq!(
         sidecar.metric("redisfleet_sidecar_reads_known_moved_total"),
@@ -1172,5 +1172,141 @@ async fn heartbeats_and_metrics() {
         "redisfleet_sidecar_client_connections 1",
     ] {
         assert!(m.contains(series), "missing {series}\n{m}");
+    }
+}
+
+/// Moves the keys sidecars queue on `b`'s urgent list to `a`, as the rebalance Job does every
+/// few milliseconds while it copies, until the task is dropped.
+fn serve_urgent_keys(
+    b: &RedisServer,
+    a: &RedisServer,
+    mover: redis_fleet::redis::protocol::mover::Mover,
+) -> tokio::task::JoinHandle<()> {
+    use redis_fleet::redis::protocol::names;
+    let (b, a) = (b.client(), a.client());
+    tokio::spawn(async move {
+        let mut src = b.get_multiplexed_async_connection().await.unwrap();
+        let mut dst = a.get_multiplexed_async_connection().await.unwrap();
+        loop {
+            let popped: Option<Vec<Vec<u8>>> = redis::cmd("LPOP")
+                .arg(names::urgent("test/test"))
+                .arg(64)
+                .query_async(&mut src)
+                .await
+                .unwrap();
+            let keys: Vec<bytes::Bytes> = popped
+                .unwrap_or_default()
+                .into_iter()
+                .map(bytes::Bytes::from)
+                .collect();
+            if keys.is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            } else {
+                support::redis::move_batch(
+                    &mover,
+                    &mut src,
+                    &mut dst,
+                    &keys,
+                    "redisfleet:group:test:2:",
+                    Duration::ZERO,
+                )
+                .await;
+            }
+        }
+    })
+}
+
+/// A draining instance emptied into a range its target already serves (a legacy Redis): the
+/// target's copy of a key is the fleet's, written since the fleet served the range, and the
+/// draining instance's the legacy one. Reads must see the fleet's copy, a write must not land
+/// where the move then drops it, and a delete must not bring the legacy copy back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_into_a_served_range_never_prefers_the_legacy_copy() {
+    let (a, b) = servers();
+    let base = two(&a, &b, 1, no_ttl());
+    let sidecar = Sidecar::start(&base, &SECRETS);
+    let mut conn = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
+    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    for k in [
+        "user:both",
+        "user:written",
+        "user:deleted",
+        "user:both-later",
+        "user:deleted-later",
+    ] {
+        let _: () = on_b.set(k, "legacy").await.unwrap();
+        let _: () = on_a.set(k, "fleet").await.unwrap();
+    }
+    for k in ["user:legacy-only", "user:legacy-later"] {
+        let _: () = on_b.set(k, "legacy").await.unwrap();
+    }
+    let migration = migrate_user_to_a_serving(&sidecar, &base, Some(true)).await;
+    let mover = start_importing(&b, &a, &migration).await;
+    let job = serve_urgent_keys(&b, &a, mover.clone());
+
+    // Reads of keys on the source ask the target whether it holds a newer copy; writes of
+    // such keys wait for their move, which keeps the target's copy.
+    let v: String = conn.get("user:both").await.unwrap();
+    assert_eq!(v, "fleet", "a read of a key on both sides");
+    let v: String = conn.get("user:legacy-only").await.unwrap();
+    assert_eq!(v, "legacy", "a key only the draining instance has");
+    assert!(sidecar.metric("redisfleet_sidecar_reads_checked_on_target_total") >= 2.0);
+    let _: () = conn.set("user:written", "new").await.unwrap();
+    let _: () = conn.del("user:deleted").await.unwrap();
+    let v: Option<String> = conn.get("user:deleted").await.unwrap();
+    assert_eq!(v, None, "a deleted key stays deleted");
+    let _: () = conn.append("user:legacy-only", "+1").await.unwrap();
+    let v: String = conn.get("user:written").await.unwrap();
+    assert_eq!(v, "new");
+
+    // Reads ask the target first now (the guard answered `CHECK` before): a key there is
+    // answered there, one that is not goes through the guard.
+    let checked = sidecar.metric("redisfleet_sidecar_reads_checked_on_target_total");
+    let v: String = conn.get("user:both-later").await.unwrap();
+    assert_eq!(v, "fleet");
+    let v: String = conn.get("user:legacy-later").await.unwrap();
+    assert_eq!(v, "legacy");
+    assert_eq!(
+        sidecar.metric("redisfleet_sidecar_reads_checked_on_target_total"),
+        checked + 2.0
+    );
+    let _: () = conn.del("user:deleted-later").await.unwrap();
+    let v: Option<String> = conn.get("user:deleted-later").await.unwrap();
+    assert_eq!(v, None);
+    let _: () = conn.set("user:legacy-later", "written").await.unwrap();
+    assert!(
+        !on_b.exists::<_, bool>("user:legacy-later").await.unwrap(),
+        "a write never runs on the source: its key moved first"
+    );
+
+    // A script never runs on the source: it may write keys the target holds.
+    let _: () = redis::cmd("EVAL")
+        .arg("redis.call('SET', KEYS[1], ARGV[1]); return redis.call('SET', ARGV[2], ARGV[1])")
+        .arg(1)
+        .arg("user:legacy-later")
+        .arg("from a script")
+        .arg("user:both-later")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    job.abort();
+    move_all_user_keys(&b, &a, &migration).await;
+    for (key, want) in [
+        ("user:both", Some("fleet")),
+        ("user:written", Some("new")),
+        ("user:deleted", None),
+        ("user:legacy-only", Some("legacy+1")),
+        ("user:both-later", Some("from a script")),
+        ("user:deleted-later", None),
+        ("user:legacy-later", Some("from a script")),
+    ] {
+        let v: Option<String> = conn.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), want, "{key} after the move");
     }
 }

@@ -70,6 +70,9 @@ pub struct SidecarMetrics {
     pub reads_not_on_target: Counter,
     /// Reads of keys of a migrating range known moved, sent to the target alone.
     pub reads_known_moved: Counter,
+    /// Reads of a drain into a range its target served already that asked the target whether
+    /// it held a newer copy of their keys.
+    pub reads_checked_on_target: Counter,
     /// Scripts (and transactions holding one) of a migrating range that waited for the Job to
     /// move their slot groups whole.
     pub scripts_waited_for_groups: Counter,
@@ -155,6 +158,7 @@ impl SidecarMetrics {
             reload_errors: Counter::default(),
             reads_on_target: Counter::default(),
             reads_known_moved: Counter::default(),
+            reads_checked_on_target: Counter::default(),
             reads_not_on_target: Counter::default(),
             scripts_waited_for_groups: Counter::default(),
         };
@@ -265,6 +269,11 @@ impl SidecarMetrics {
             "reads_known_moved",
             "Reads of a migrating range whose keys the sidecar knew had moved, sent to the target alone in one round trip",
             m.reads_known_moved.clone(),
+        );
+        r.register(
+            "reads_checked_on_target",
+            "Reads of a drain into a range its target served already (a legacy Redis) that asked the target whether it held a newer copy of their keys",
+            m.reads_checked_on_target.clone(),
         );
         r.register(
             "scripts_waited_for_groups",

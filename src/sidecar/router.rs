@@ -5,6 +5,7 @@
 //! requests in flight finish on the version they started with.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
@@ -38,6 +39,9 @@ pub struct MigrationRoute {
     pub target_first: Arc<TargetFirst>,
     /// Whether the guard's `ASK` to a write proves its keys moved for good.
     pub ask_proves: Arc<AskProves>,
+    /// Whether the guard answered `CHECK` here (a move into a range its target served
+    /// already): reads then ask the target first.
+    pub served: Arc<AtomicBool>,
 }
 
 /// A routing table version with its backends.
@@ -196,6 +200,7 @@ pub async fn build(
                 metrics.reads_not_on_target.clone(),
             )),
             ask_proves: Arc::default(),
+            served: Arc::default(),
         })
         .collect();
     Ok(Router {

@@ -23,17 +23,33 @@ use super::names;
 /// must not run on the source (`docs/protocol.md`, "Scripts"). A read ([`GUARD_READ_SCRIPT`])
 /// creates nothing there and marks nothing: a cache miss would otherwise make the next script
 /// of its group wait for a walk of the source.
+///
+/// In a move into a range its target served already (the marker ends with
+/// [`TARGET_SERVES`]) the target may hold a newer copy of a key the source holds (the fleet's,
+/// written before the drain, by a script the target ran, or while pods wrote the legacy Redis
+/// straight), and the move keeps the target's: nothing but a read runs on the source there,
+/// and a read only once the sidecar found the target without its keys (`seen` is
+/// [`Seen::Lacked`]); with nothing seen it answers `CHECK` ([`Decision::Check`]). Anything
+/// else with keys on the source queues them for the Job, which moves them keeping the target's
+/// copy where there is one (`docs/protocol.md`, "Draining into a served range"). `seen`: `?`,
+/// `lacked`, `held` (a guarded command, [`Seen`]), `tx` (a transaction's check), `script` (a
+/// script's).
 macro_rules! decide {
     () => {
         r"
-local function decide(n, urgent, mark)
-  if redis.call('EXISTS', KEYS[1]) == 0 then return 'RUN' end
+local function decide(n, urgent, mark, seen)
+  local marker = redis.call('GET', KEYS[1])
+  if not marker then return 'RUN' end
   local present = {}
   for i = 1, n do
     if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then return 'BUSY' end
     if redis.call('EXISTS', KEYS[1 + i]) == 1 then present[#present + 1] = KEYS[1 + i] end
   end
-  if #present == n then return 'RUN' end
+  if #present == n then
+    if n == 0 or string.sub(marker, -14) ~= ':target-serves' then return 'RUN' end
+    if not mark and seen == 'lacked' then return 'RUN' end
+    if not mark and seen == '?' then return 'CHECK' end
+  end
   -- The groups and the queue must be written on a full source too (see `oom_exempt!`).
   redis.call('DEL', 'redisfleet:oom-exempt')
   if #present == 0 then
@@ -59,7 +75,7 @@ macro_rules! guard_script {
             decide!(),
             "local d = decide((#KEYS - 2) / 3, KEYS[#KEYS], ",
             $mark,
-            r")
+            r", ARGV[#ARGV])
 if d ~= 'RUN' then return {err = 'REDISFLEET-' .. d .. ' decided by the redis-fleet guard'} end
 ",
             run_commands!(),
@@ -79,7 +95,7 @@ pub const GUARD_READ_SCRIPT: &str = guard_script!("false");
 /// Only the decision, as a status reply (`+RUN`, `+ASK`, `+BUSY`, `+TRYAGAIN`).
 pub const CHECK_SCRIPT: &str = concat!(
     decide!(),
-    "return {ok = decide((#KEYS - 2) / 3, KEYS[#KEYS], true)}\n"
+    "return {ok = decide((#KEYS - 2) / 3, KEYS[#KEYS], true, 'tx')}\n"
 );
 
 /// The decision for a script (or a transaction that holds one), which may touch keys it does
@@ -96,12 +112,12 @@ pub const SCRIPT_CHECK_SCRIPT: &str = concat!(
 local n = (#KEYS - 4) / 3
 local marker = redis.call('GET', KEYS[1])
 if not marker then return {ok = 'RUN'} end
-if string.sub(marker, -#ARGV[1]) == ARGV[1] then return {ok = decide(n, KEYS[3 * n + 2], true)} end
+if string.sub(marker, -#ARGV[1]) == ARGV[1] then return {ok = decide(n, KEYS[3 * n + 2], true, 'script')} end
 for i = 1, n do
   if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then return {ok = 'BUSY'} end
 end
 local all = redis.call('GET', KEYS[3 * n + 3])
-if not all then return {ok = decide(n, KEYS[3 * n + 2], true)} end
+if not all then return {ok = decide(n, KEYS[3 * n + 2], true, 'script')} end
 if all == 'moved' then return {ok = 'ASK'} end
 local untouched, moved, wait, asked = 0, 0, {}, {}
 for i = 1, n do
@@ -143,6 +159,32 @@ pub enum Decision {
     Busy,
     /// Some keys moved, some did not: they were queued for the Job; retry in a moment.
     TryAgain,
+    /// A read in a move into a range its target served already, whose keys are all on the
+    /// source: ask the target whether it holds them, then the guard again with what it said
+    /// ([`Seen`]).
+    Check,
+}
+
+/// What the sidecar found on the target of a move into a range it served already, before it
+/// sent a read through the guard (see [`decide!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// The target was not asked.
+    Unknown,
+    /// The target held none of the keys: the source's copies are the live ones.
+    Lacked,
+    /// The target held some of them: its copies are newer; the source's must go first.
+    Held,
+}
+
+impl Seen {
+    fn arg(self) -> &'static [u8] {
+        match self {
+            Seen::Unknown => b"?",
+            Seen::Lacked => b"lacked",
+            Seen::Held => b"held",
+        }
+    }
 }
 
 /// What a reply of [`GUARD_SCRIPT`] means.
@@ -153,6 +195,8 @@ pub fn decision(reply: &[u8]) -> Decision {
         Decision::Busy
     } else if reply.starts_with(b"-REDISFLEET-TRYAGAIN") {
         Decision::TryAgain
+    } else if reply.starts_with(b"-REDISFLEET-CHECK") {
+        Decision::Check
     } else {
         Decision::Ran
     }
@@ -219,19 +263,21 @@ fn keys_args(range: RangeNames<'_>, keys: &[Bytes]) -> Vec<Bytes> {
     out
 }
 
-/// `EVALSHA <guard> <n> marker keys… tombs… groups… urgent <commands>` (with `EVAL` and the
-/// body instead when `by_body`, after a `NOSCRIPT`). The reply is the first command's. `read`:
-/// the commands change nothing ([`GUARD_READ_SCRIPT`]).
+/// `EVALSHA <guard> <n> marker keys… tombs… groups… urgent <commands> <seen>` (with `EVAL`
+/// and the body instead when `by_body`, after a `NOSCRIPT`). The reply is the first command's.
+/// `read`: the commands change nothing ([`GUARD_READ_SCRIPT`]); `seen`: what the target said
+/// of the keys ([`Seen`]).
 pub fn guard_command(
     range: RangeNames<'_>,
     keys: &[Bytes],
     commands: &[Vec<Bytes>],
     by_body: bool,
     read: bool,
+    seen: Seen,
 ) -> Vec<Bytes> {
     let k = keys_args(range, keys);
     let argc: usize = commands.iter().map(|c| c.len() + 1).sum();
-    let mut out = Vec::with_capacity(4 + k.len() + argc);
+    let mut out = Vec::with_capacity(5 + k.len() + argc);
     out.extend(if read {
         super::script_head(GUARD_READ_SCRIPT, guard_read_sha(), by_body)
     } else {
@@ -240,12 +286,13 @@ pub fn guard_command(
     out.push(Bytes::from(k.len().to_string()));
     out.extend(k);
     super::push_commands(&mut out, commands);
+    out.push(Bytes::from_static(seen.arg()));
     out
 }
 
 /// Arguments the guard needs for `commands` on `keys` (see [`MAX_GUARDED_ARGS`]).
 pub fn guarded_args(keys: usize, commands: &[Vec<Bytes>]) -> usize {
-    3 * keys + 2 + 1 + commands.iter().map(|c| c.len() + 1).sum::<usize>()
+    3 * keys + 2 + 2 + commands.iter().map(|c| c.len() + 1).sum::<usize>()
 }
 
 /// `EVAL <check> <n> marker keys… tombs… groups… urgent` (sent between WATCH and MULTI).
@@ -308,9 +355,26 @@ mod tests {
         assert_eq!(decision(b"-REDISFLEET-TRYAGAIN\r\n"), Decision::TryAgain);
         assert_eq!(decision(b"-WRONGTYPE x\r\n"), Decision::Ran);
         assert_eq!(decision(b"+OK\r\n"), Decision::Ran);
+        assert_eq!(decision(b"-REDISFLEET-CHECK x\r\n"), Decision::Check);
         assert_eq!(check_decision(b"+ASK\r\n"), Some(Decision::Ask));
         assert_eq!(check_decision(b"-ERR\r\n"), None);
         assert_eq!(check_decision(WAIT_FOR_GROUPS), Some(Decision::TryAgain));
+    }
+
+    #[test]
+    fn the_scripts_read_the_markers_suffix() {
+        let served = format!(
+            "string.sub(marker, -{}) ~= '{TARGET_SERVES}'",
+            TARGET_SERVES.len()
+        );
+        for script in [
+            GUARD_SCRIPT,
+            GUARD_READ_SCRIPT,
+            CHECK_SCRIPT,
+            SCRIPT_CHECK_SCRIPT,
+        ] {
+            assert!(script.contains(&served), "{script}");
+        }
     }
 
     #[test]
@@ -323,11 +387,11 @@ mod tests {
             urgent: "u",
             urgent_groups: "ug",
         };
-        let c = guard_command(range, &keys, &cmd, false, false);
+        let c = guard_command(range, &keys, &cmd, false, false, Seen::Unknown);
         let text: Vec<&[u8]> = c.iter().map(|b| b.as_ref()).collect();
         assert_eq!(text[0], b"EVALSHA");
         assert_eq!(text[1], guard_sha().as_bytes());
-        let read = guard_command(range, &keys, &cmd, false, true);
+        let read = guard_command(range, &keys, &cmd, false, true, Seen::Unknown);
         assert_eq!(read[1].as_ref(), guard_read_sha().as_bytes());
         assert_ne!(guard_sha(), guard_read_sha());
         assert_eq!(&read[2..], &c[2..], "the same keys and arguments");
@@ -346,7 +410,7 @@ mod tests {
                 b"u"
             ]
         );
-        assert_eq!(&text[11..], &[b"1".as_slice(), b"2", b"MSET", b"a"]);
+        assert_eq!(&text[11..], &[b"1".as_slice(), b"2", b"MSET", b"a", b"?"]);
         assert_eq!(guarded_args(2, &cmd), c.len() - 3);
         let s = script_check_command(range, &keys);
         let text: Vec<&[u8]> = s.iter().map(|b| b.as_ref()).collect();

@@ -556,7 +556,14 @@ impl Client {
         };
         loop {
             match self
-                .guard_decide(router, m, &key_args, std::slice::from_ref(&poll), false)
+                .guard_decide(
+                    router,
+                    m,
+                    &key_args,
+                    std::slice::from_ref(&poll),
+                    false,
+                    true,
+                )
                 .await?
                 .map(|reply| as_blocking_reply(&shape, reply))
             {

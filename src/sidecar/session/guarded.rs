@@ -7,6 +7,7 @@
 //! asked again.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use super::super::router::Router;
 use super::super::target_first::{ReadFound, ask_proves};
 use super::super::ttl;
 use super::{Client, Interrupt, backend_reply, bundle, encode, lost, parse, stop};
-use crate::redis::protocol::guard::{self, Decision};
+use crate::redis::protocol::guard::{self, Decision, Seen};
 use crate::redis::protocol::names;
 use crate::redis::resp::Frame;
 use crate::routing::keyspace::InstanceId;
@@ -80,7 +81,8 @@ impl Backoff {
             ));
         }
         tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(Duration::from_millis(50));
+        // The Job looks for the keys sidecars ask it to move every 5 ms.
+        self.pause = (self.pause * 2).min(Duration::from_millis(8));
         Ok(())
     }
 }
@@ -191,7 +193,10 @@ impl Client {
                 hint.record(found);
             }
         };
-        match self.guard_decide(router, m, keys, &cmds, how.read).await? {
+        match self
+            .guard_decide(router, m, keys, &cmds, how.read, how.ask)
+            .await?
+        {
             Some(reply) => {
                 record(ReadFound::OnSource);
                 Ok(reply)
@@ -305,10 +310,12 @@ impl Client {
     }
 
     /// Runs `cmds` through the guard of migrating range `m`, waiting while keys are in
-    /// transit: `Some(reply)` when they ran on the source, `None` when the keys are on the
-    /// target (nothing ran). `read`: they create no key (a command without the `write` flag,
-    /// with at most the TTL rules' expiry changes of keys that exist), and a decision to send
-    /// them to the target marks no slot group moving.
+    /// transit: `Some(reply)` when they ran on the source (or, for a read in a move into a
+    /// range its target served already, the target answered it), `None` when the keys are on
+    /// the target (nothing ran). `read`: they create no key (a command without the `write`
+    /// flag, with at most the TTL rules' expiry changes of keys that exist), and a decision to
+    /// send them to the target marks no slot group moving; `ask`: the command may run on the
+    /// target (all its keys are in the range).
     pub(super) async fn guard_decide(
         &mut self,
         router: &Arc<Router>,
@@ -316,12 +323,24 @@ impl Client {
         keys: &[Bytes],
         cmds: &[Vec<Bytes>],
         read: bool,
+        ask: bool,
     ) -> Result<Option<Bytes>, Interrupt> {
         let mig = &router.migrations[usize::from(m)];
         let mut backoff = Backoff::new();
         let mut by_body = false;
+        // A read the target may answer: all its keys migrate, and nothing is added to it.
+        let on_target = (read && ask && cmds.len() == 1).then(|| cmds[0].as_slice());
+        let mut seen = Seen::Unknown;
+        if on_target.is_some() && mig.served.load(Ordering::Relaxed) {
+            // The guard would answer `CHECK` unless no key is on the source: ask first.
+            let (found, reply) = self.check_target(router, m, keys, on_target).await?;
+            if reply.is_some() {
+                return Ok(reply);
+            }
+            seen = found;
+        }
         loop {
-            let args = guard::guard_command(router.range_names(m), keys, cmds, by_body, read);
+            let args = guard::guard_command(router.range_names(m), keys, cmds, by_body, read, seen);
             let reply = self
                 .call(router, mig.source, bundle(&[args]), 1)
                 .await?
@@ -333,8 +352,58 @@ impl Client {
             match guard::decision(&reply) {
                 Decision::Ran => return Ok(Some(reply)),
                 Decision::Ask => return Ok(None),
+                Decision::Check => {
+                    mig.served.store(true, Ordering::Relaxed);
+                    let (found, reply) = self.check_target(router, m, keys, on_target).await?;
+                    if reply.is_some() {
+                        return Ok(reply);
+                    }
+                    seen = found;
+                }
                 Decision::Busy | Decision::TryAgain => backoff.wait().await?,
             }
+        }
+    }
+
+    /// Asks the target of migrating range `m` (a move into a range it served already) whether
+    /// it holds `keys`, with `read` after the check in the same round trip when there is one.
+    /// Every key there: the read's reply (the target's copies are the newer ones) or, without
+    /// a read, [`Seen::Held`]. Otherwise what the guard is to know: [`Seen::Lacked`] when none
+    /// is there, else [`Seen::Held`]. A key the source holds does not reach the target while
+    /// the source holds it, so what the target lacks now it still lacks when the guard runs,
+    /// unless the source lost the key meanwhile (`docs/protocol.md`, "Draining into a served
+    /// range").
+    async fn check_target(
+        &mut self,
+        router: &Arc<Router>,
+        m: u16,
+        keys: &[Bytes],
+        read: Option<&[Bytes]>,
+    ) -> Result<(Seen, Option<Bytes>), Interrupt> {
+        let mig = &router.migrations[usize::from(m)];
+        let mut exists = Vec::with_capacity(keys.len() + 1);
+        exists.push(Bytes::from_static(b"EXISTS"));
+        exists.extend(keys.iter().cloned());
+        let mut sent = vec![exists];
+        sent.extend(read.map(<[Bytes]>::to_vec));
+        let n = sent.len();
+        let mut replies = match self.call(router, mig.target, bundle(&sent), n).await? {
+            Replies::Many(replies) if replies.len() == n => replies,
+            Replies::One(reply) if n == 1 => vec![reply],
+            _ => {
+                return Err(Interrupt::Reply(super::error_reply(
+                    "ERR unreadable reply from the instance",
+                )));
+            }
+        };
+        self.shared.metrics.reads_checked_on_target.inc();
+        // EXISTS counts a key named twice twice.
+        if replies[0].as_ref() == b":0\r\n" {
+            Ok((Seen::Lacked, None))
+        } else if n == 2 && replies[0] == format!(":{}\r\n", keys.len()).as_bytes() {
+            Ok((Seen::Held, replies.pop()))
+        } else {
+            Ok((Seen::Held, None))
         }
     }
 
@@ -444,7 +513,8 @@ impl Client {
                             return Err(split_by_move());
                         }
                     }
-                    Some(Decision::Busy | Decision::TryAgain) => {
+                    // (A check never answers `CHECK`: only a read's guard does.)
+                    Some(Decision::Busy | Decision::TryAgain | Decision::Check) => {
                         if decided.as_ref() == guard::WAIT_FOR_GROUPS && !waited {
                             waited = true;
                             waits.inc();

@@ -466,7 +466,7 @@ impl Client {
                 let _ = self.call(router, source, bundle(&[ask]), 1).await;
                 Ok(false)
             }
-            Some(Decision::Busy | Decision::TryAgain) => Ok(false),
+            Some(Decision::Busy | Decision::TryAgain | Decision::Check) => Ok(false),
             None => Err(Interrupt::Reply(reply)),
         }
     }
