@@ -85,8 +85,8 @@ async fn guarded_seen(
 
 /// The guard of a move into a range its target served already (a drained legacy instance):
 /// the source's copy may be older than the target's, so a read of keys all on the source runs
-/// there only once the sidecar found the target without them, and a write, a transaction or
-/// a script of such keys waits for their move.
+/// there only once the sidecar found the target without them, a write or a transaction of
+/// such keys waits for their move, and a script for its slot groups to move whole.
 #[tokio::test]
 async fn the_guard_of_a_served_range_trusts_the_source_only_where_the_target_lacks_the_keys() {
     use guard::Seen;
@@ -158,10 +158,10 @@ async fn the_guard_of_a_served_range_trusts_the_source_only_where_the_target_lac
     );
     assert_eq!(
         script(&mut c, &["user:a"], true).await,
-        "TRYAGAIN",
-        "a script"
+        "TRYAGAIN-GROUPS",
+        "a script waits for its slot group to move whole"
     );
-    assert_eq!(queued(&mut c).await, vec!["user:a", "user:a"]);
+    assert_eq!(queued(&mut c).await, vec!["user:a"]);
 }
 
 #[tokio::test]
@@ -441,16 +441,39 @@ async fn a_script_runs_where_its_whole_slot_groups_are_and_waits_for_them_in_bet
         Err(MoveError::Fenced)
     );
 
-    // A move into a range its target serves already decides by the keys, and never runs a
-    // script on the source (it could write a key the target holds, and the move keeps the
-    // target's copy): its declared keys move first.
+    // A move into a range its target serves already never runs a script on the source (it
+    // could write a key the target holds, and the move keeps the target's copy): its groups
+    // move whole first, whatever the plan's own state, and it runs on the target.
     let legacy = "redisfleet:importing:shop/shop:2:auth:0-16383";
     set(&mut c, legacy, "5:target-serves").await;
     set(&mut c, "auth:{q9}:id", "1").await;
-    assert_eq!(
-        script_decision(&mut c, legacy, &["auth:{q9}:id"]).await,
-        Some(Decision::TryAgain)
-    );
+    let () = redis::cmd("DEL")
+        .arg(&all)
+        .arg(URGENT_GROUPS)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for key in ["auth:{q9}:id", "auth:{q9}:absent"] {
+        assert_eq!(
+            script_decision(&mut c, legacy, &[key]).await,
+            Some(Decision::TryAgain),
+            "{key}"
+        );
+    }
+    let asked: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(URGENT_GROUPS)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(asked, vec![group("auth:{q9}:id").to_vec(); 2]);
+    set(
+        &mut c,
+        std::str::from_utf8(&group("auth:{q9}:id")).unwrap(),
+        "moved",
+    )
+    .await;
     assert_eq!(
         script_decision(&mut c, legacy, &["auth:{q9}:absent"]).await,
         Some(Decision::Ask)

@@ -1540,10 +1540,15 @@ async fn a_legacy_redis_with_stale_copies_of_the_fleets_keys_drains_without_serv
     let r = policy.status.unwrap().rebalance.unwrap();
     assert!(r.moves.iter().all(|m| m.from == "legacy"), "{r:#?}");
     eprintln!(
-        "legacy with stale copies: {stale} stale copies, {} keys of its own, {} ops ({} errors), p99 {} µs, {} keys moved",
+        "legacy with stale copies: {stale} stale copies, {} keys of its own, {} ops ({} errors{}), p99 {} µs, {} keys moved",
         own.len(),
         ledger.ops,
         ledger.errors.len(),
+        ledger
+            .errors
+            .first()
+            .map(|e| format!(", first: {e}"))
+            .unwrap_or_default(),
         ledger.p99_us(),
         r.keys_moved.unwrap_or(0)
     );

@@ -1176,7 +1176,8 @@ async fn heartbeats_and_metrics() {
 }
 
 /// Moves the keys sidecars queue on `b`'s urgent list to `a`, as the rebalance Job does every
-/// few milliseconds while it copies, until the task is dropped.
+/// few milliseconds while it copies, until the task is aborted; for a slot group a script
+/// waits on (the urgent group list), every `user:` key, then the group counts as moved.
 fn serve_urgent_keys(
     b: &RedisServer,
     a: &RedisServer,
@@ -1194,14 +1195,27 @@ fn serve_urgent_keys(
                 .query_async(&mut src)
                 .await
                 .unwrap();
-            let keys: Vec<bytes::Bytes> = popped
+            let mut keys: Vec<bytes::Bytes> = popped
                 .unwrap_or_default()
                 .into_iter()
                 .map(bytes::Bytes::from)
                 .collect();
-            if keys.is_empty() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            } else {
+            let groups: Option<Vec<String>> = redis::cmd("LPOP")
+                .arg(names::urgent_groups("test/test"))
+                .arg(64)
+                .query_async(&mut src)
+                .await
+                .unwrap();
+            let groups = groups.unwrap_or_default();
+            if !groups.is_empty() {
+                let all: Vec<String> = redis::cmd("KEYS")
+                    .arg("user:*")
+                    .query_async(&mut src)
+                    .await
+                    .unwrap();
+                keys.extend(all.into_iter().map(bytes::Bytes::from));
+            }
+            if !keys.is_empty() {
                 support::redis::move_batch(
                     &mover,
                     &mut src,
@@ -1211,6 +1225,17 @@ fn serve_urgent_keys(
                     Duration::ZERO,
                 )
                 .await;
+            }
+            for g in &groups {
+                let _: () = redis::cmd("SET")
+                    .arg(g)
+                    .arg(names::GROUP_MOVED)
+                    .query_async(&mut src)
+                    .await
+                    .unwrap();
+            }
+            if keys.is_empty() && groups.is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     })
@@ -1245,6 +1270,9 @@ async fn a_drain_into_a_served_range_never_prefers_the_legacy_copy() {
     for k in ["user:legacy-only", "user:legacy-later"] {
         let _: () = on_b.set(k, "legacy").await.unwrap();
     }
+    // A queue on the legacy Redis: its counter, and a job whose key scripts build from it.
+    let _: () = on_b.set("user:{q}:id", 7).await.unwrap();
+    let _: () = on_b.hset("user:{q}:7", "data", "legacy job").await.unwrap();
     let migration = migrate_user_to_a_serving(&sidecar, &base, Some(true)).await;
     let mover = start_importing(&b, &a, &migration).await;
     let job = serve_urgent_keys(&b, &a, mover.clone());
@@ -1295,8 +1323,28 @@ async fn a_drain_into_a_served_range_never_prefers_the_legacy_copy() {
         .await
         .unwrap();
 
+    // A script reads and writes a key it does not declare: its slot group moves whole first
+    // (declared keys alone, it ran on the target beside no job and the move then dropped the
+    // job's data).
+    let data: Option<String> = redis::cmd("EVAL")
+        .arg(
+            "local job = 'user:{q}:' .. redis.call('GET', KEYS[1]) \
+             redis.call('HSET', job, 'processed', '1') \
+             return redis.call('HGET', job, 'data')",
+        )
+        .arg(1)
+        .arg("user:{q}:id")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(data.as_deref(), Some("legacy job"));
+
     job.abort();
     move_all_user_keys(&b, &a, &migration).await;
+    let fields: std::collections::HashMap<String, String> =
+        conn.hgetall("user:{q}:7").await.unwrap();
+    assert_eq!(fields.get("data").map(String::as_str), Some("legacy job"));
+    assert_eq!(fields.get("processed").map(String::as_str), Some("1"));
     for (key, want) in [
         ("user:both", Some("fleet")),
         ("user:written", Some("new")),

@@ -882,30 +882,7 @@ impl Job {
             if self.last_report.elapsed() > Duration::from_secs(1) {
                 self.report(rebalance_step::CONVERGING, &stragglers).await?;
             }
-            self.wait_serving_urgent(Duration::from_millis(200)).await?;
-        }
-    }
-
-    /// Waits `pause`. Meanwhile, where a move goes into a range its target served already,
-    /// moves the keys sidecars ask for there: its importing marker is set before the flip, and
-    /// a write of a key still on the source waits for the key's move (`docs/protocol.md`,
-    /// "Draining into a served range"). Only those: a move that is not imported yet takes
-    /// every command on its source, and older tables may still write there directly.
-    async fn wait_serving_urgent(&mut self, pause: Duration) -> Result<(), Error> {
-        if !self.steps.iter().any(|s| s.target_serves) {
-            tokio::time::sleep(pause).await;
-            return Ok(());
-        }
-        let until = Instant::now() + pause;
-        loop {
-            if self.urgent_read.elapsed() >= control::URGENT_EVERY {
-                self.urgent_keys_of(true).await?;
-            }
-            let now = Instant::now();
-            if now >= until {
-                return Ok(());
-            }
-            tokio::time::sleep((until - now).min(control::URGENT_EVERY)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -83,10 +83,10 @@ impl Once {
 /// How long the copy waits for its first read of the policy before its first batch (an API
 /// server that does not answer sooner delays the pause, not the copy).
 const FIRST_READ_WAIT: Duration = Duration::from_secs(2);
-/// How often the Job moves the keys sidecars ask for (copying, paused, walking or waiting
-/// for sidecars to converge): a client's command waits for it, a write of a key still on a
-/// drained legacy Redis among them (`docs/protocol.md`, "Draining into a served range"). An
-/// `LPOP` of an empty list per source each time is all it costs while nobody asks.
+/// How often the Job moves the keys sidecars ask for (copying, paused or walking a source):
+/// a client's command waits for it, a write of a key still on a drained legacy Redis among
+/// them (`docs/protocol.md`, "Draining into a served range"). An `LPOP` of an empty list per
+/// source each time is all it costs while nobody asks.
 pub(super) const URGENT_EVERY: Duration = Duration::from_millis(5);
 
 /// Whether `policy` asks the plan to hold.

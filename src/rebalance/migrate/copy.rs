@@ -378,13 +378,6 @@ impl Job {
     /// Moves the keys sidecars asked for, except those a batch of the copy has under way
     /// (they land in a moment, and the sidecar asks again if it must).
     pub(super) async fn urgent_keys(&mut self) -> Result<(), Error> {
-        self.urgent_keys_of(false).await
-    }
-
-    /// [`Job::urgent_keys`]; with `served_only`, only those of moves into ranges their target
-    /// served already (the others' keys are dropped from the list: a sidecar that still waits
-    /// for one asks again).
-    pub(super) async fn urgent_keys_of(&mut self, served_only: bool) -> Result<(), Error> {
         self.urgent_read = Instant::now();
         let resolver = self.resolver.clone();
         let list = names::urgent(&self.mover.policy);
@@ -400,7 +393,7 @@ impl Job {
             let work: Vec<(String, Vec<Bytes>)> = self
                 .steps
                 .iter()
-                .filter(|s| s.from == from && (s.target_serves || !served_only))
+                .filter(|s| s.from == from)
                 .map(|s| {
                     let keys = popped
                         .iter()

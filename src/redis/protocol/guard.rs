@@ -102,23 +102,26 @@ pub const CHECK_SCRIPT: &str = concat!(
 /// not declare, in its declared keys' slot groups: it runs on the source while none of its
 /// groups has been touched by the move (every key of them is still there), on the target
 /// once all of them moved (none can come back), and otherwise asks the Job to move its groups
-/// whole (the urgent group list) and answers `+TRYAGAIN-GROUPS` ([`WAIT_FOR_GROUPS`]). A move into a range its target
-/// served already (the importing marker ends with ARGV[1]), and a plan whose Job keeps no
-/// group states (an older version's: the plan's own state is absent), decide by the keys. KEYS: as
-/// [`CHECK_SCRIPT`], then the plan's group state and the urgent group list.
+/// whole (the urgent group list) and answers `+TRYAGAIN-GROUPS` ([`WAIT_FOR_GROUPS`]). In a
+/// move into a range its target served already (the importing marker ends with ARGV[1]) it
+/// never runs on the source, whose copies the target's may be newer than: every group counts
+/// as touched. A plan whose Job keeps no group states (an older version's: the plan's own
+/// state is absent) decides by the keys elsewhere. KEYS: as [`CHECK_SCRIPT`], then the plan's
+/// group state and the urgent group list.
 pub const SCRIPT_CHECK_SCRIPT: &str = concat!(
     decide!(),
     r"
 local n = (#KEYS - 4) / 3
 local marker = redis.call('GET', KEYS[1])
 if not marker then return {ok = 'RUN'} end
-if string.sub(marker, -#ARGV[1]) == ARGV[1] then return {ok = decide(n, KEYS[3 * n + 2], true, 'script')} end
+local served = string.sub(marker, -#ARGV[1]) == ARGV[1]
 for i = 1, n do
   if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then return {ok = 'BUSY'} end
 end
 local all = redis.call('GET', KEYS[3 * n + 3])
-if not all then return {ok = decide(n, KEYS[3 * n + 2], true, 'script')} end
+if not all and not served then return {ok = decide(n, KEYS[3 * n + 2], true, 'script')} end
 if all == 'moved' then return {ok = 'ASK'} end
+if served then all = 'closing' end
 local untouched, moved, wait, asked = 0, 0, {}, {}
 for i = 1, n do
   local group = KEYS[1 + 2 * n + i]

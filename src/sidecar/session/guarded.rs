@@ -81,8 +81,15 @@ impl Backoff {
             ));
         }
         tokio::time::sleep(self.pause).await;
-        // The Job looks for the keys sidecars ask it to move every 5 ms.
-        self.pause = (self.pause * 2).min(Duration::from_millis(8));
+        // The Job looks for the keys sidecars ask it to move every 5 ms: the first tries
+        // follow closely; a longer wait (a big value in transit, a walk for slot groups)
+        // retries less often.
+        let most = if self.started.elapsed() < Duration::from_millis(100) {
+            Duration::from_millis(8)
+        } else {
+            Duration::from_millis(50)
+        };
+        self.pause = (self.pause * 2).min(most);
         Ok(())
     }
 }
@@ -360,7 +367,11 @@ impl Client {
                     }
                     seen = found;
                 }
-                Decision::Busy | Decision::TryAgain => backoff.wait().await?,
+                Decision::Busy | Decision::TryAgain => {
+                    // What the target lacked may have moved there meanwhile: ask again.
+                    seen = Seen::Unknown;
+                    backoff.wait().await?;
+                }
             }
         }
     }
