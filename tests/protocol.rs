@@ -156,12 +156,36 @@ async fn the_guard_of_a_served_range_trusts_the_source_only_where_the_target_lac
         "TRYAGAIN",
         "a transaction"
     );
+    assert_eq!(queued(&mut c).await, vec!["user:a"]);
+    // A script: by its keys under a Job that keeps no group states (an earlier release's)…
+    assert_eq!(
+        script(&mut c, &["user:a"], true).await,
+        "TRYAGAIN",
+        "a script under an older Job"
+    );
+    assert_eq!(queued(&mut c).await, vec!["user:a"]);
+    // … else it waits for its slot group to move whole, then for its keys.
+    let _: () = c
+        .set(names::slot_groups_in(GROUPS), names::GROUPS_OPEN)
+        .await
+        .unwrap();
     assert_eq!(
         script(&mut c, &["user:a"], true).await,
         "TRYAGAIN-GROUPS",
         "a script waits for its slot group to move whole"
     );
+    let group = names::slot_group_of_key(GROUPS, b"user:a");
+    let asked: Vec<Vec<u8>> = c.lrange(URGENT_GROUPS, 0, -1).await.unwrap();
+    assert_eq!(asked, vec![group.to_vec()]);
+    let _: () = c.set(group.as_ref(), names::GROUP_MOVED).await.unwrap();
+    assert_eq!(
+        script(&mut c, &["user:a"], true).await,
+        "TRYAGAIN",
+        "its group moved, but a pod wrote its key on the source again"
+    );
     assert_eq!(queued(&mut c).await, vec!["user:a"]);
+    let _: () = c.del("user:a").await.unwrap();
+    assert_eq!(script(&mut c, &["user:a"], true).await, "ASK");
 }
 
 #[tokio::test]
@@ -443,16 +467,17 @@ async fn a_script_runs_where_its_whole_slot_groups_are_and_waits_for_them_in_bet
 
     // A move into a range its target serves already never runs a script on the source (it
     // could write a key the target holds, and the move keeps the target's copy): its groups
-    // move whole first, whatever the plan's own state, and it runs on the target.
+    // move whole first, even while the plan's own state is `open` (untouched groups would run
+    // on the source elsewhere), and it runs on the target.
     let legacy = "redisfleet:importing:shop/shop:2:auth:0-16383";
     set(&mut c, legacy, "5:target-serves").await;
     set(&mut c, "auth:{q9}:id", "1").await;
     let () = redis::cmd("DEL")
-        .arg(&all)
         .arg(URGENT_GROUPS)
         .query_async(&mut c)
         .await
         .unwrap();
+    set(&mut c, &all, names::GROUPS_OPEN).await;
     for key in ["auth:{q9}:id", "auth:{q9}:absent"] {
         assert_eq!(
             script_decision(&mut c, legacy, &[key]).await,

@@ -1275,6 +1275,14 @@ async fn a_drain_into_a_served_range_never_prefers_the_legacy_copy() {
     let _: () = on_b.hset("user:{q}:7", "data", "legacy job").await.unwrap();
     let migration = migrate_user_to_a_serving(&sidecar, &base, Some(true)).await;
     let mover = start_importing(&b, &a, &migration).await;
+    // The Job keeps the plan's slot group states (scripts wait for their groups).
+    let _: () = on_b
+        .set(
+            redis_fleet::redis::protocol::names::slot_groups("test/test", 2),
+            redis_fleet::redis::protocol::names::GROUPS_OPEN,
+        )
+        .await
+        .unwrap();
     let job = serve_urgent_keys(&b, &a, mover.clone());
 
     // Reads of keys on the source ask the target whether it holds a newer copy; writes of

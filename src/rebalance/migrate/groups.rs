@@ -182,25 +182,28 @@ impl Job {
     pub(super) async fn open_groups(&mut self) -> Result<(), Error> {
         let mut markers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         // Not the markers of moves into ranges their targets serve already: those are set
-        // before the flip, and decide by the keys anyway.
-        for (from, m, _) in self
-            .migrations()
-            .into_iter()
-            .filter(|(_, _, serves)| !serves)
-        {
-            markers
-                .entry(from)
-                .or_default()
-                .push(names::importing(&self.mover.policy, &m));
+        // before the flip. Their sources get a state all the same: it tells the sidecars that
+        // this Job moves slot groups, which their scripts wait for (`docs/protocol.md`,
+        // "Draining into a served range"); with none (a Job of an earlier release) they go by
+        // their keys.
+        for (from, m, serves) in self.migrations() {
+            let markers = markers.entry(from).or_default();
+            if !serves {
+                markers.push(names::importing(&self.mover.policy, &m));
+            }
         }
         let policy = self.mover.policy.clone();
         for (from, markers) in markers {
             let source = self.instance(&from)?;
-            let importing: u64 = redis::cmd("EXISTS")
-                .arg(&markers)
-                .query_async(&mut source.conn)
-                .await
-                .map_err(|e| source.err(&e))?;
+            let importing: u64 = if markers.is_empty() {
+                0
+            } else {
+                redis::cmd("EXISTS")
+                    .arg(&markers)
+                    .query_async(&mut source.conn)
+                    .await
+                    .map_err(|e| source.err(&e))?
+            };
             let older =
                 heartbeat::live_without(&mut source.conn, &policy, heartbeat::GROUPS_FEATURE)
                     .await

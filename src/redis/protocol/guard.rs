@@ -105,9 +105,10 @@ pub const CHECK_SCRIPT: &str = concat!(
 /// whole (the urgent group list) and answers `+TRYAGAIN-GROUPS` ([`WAIT_FOR_GROUPS`]). In a
 /// move into a range its target served already (the importing marker ends with ARGV[1]) it
 /// never runs on the source, whose copies the target's may be newer than: every group counts
-/// as touched. A plan whose Job keeps no group states (an older version's: the plan's own
-/// state is absent) decides by the keys elsewhere. KEYS: as [`CHECK_SCRIPT`], then the plan's
-/// group state and the urgent group list.
+/// as touched, and once they moved the declared keys must have left too (a pod writing the
+/// legacy Redis straight may write one there again). A plan whose Job keeps no group states
+/// (an older version's: the plan's own state is absent) decides by the keys. KEYS: as
+/// [`CHECK_SCRIPT`], then the plan's group state and the urgent group list.
 pub const SCRIPT_CHECK_SCRIPT: &str = concat!(
     decide!(),
     r"
@@ -119,8 +120,13 @@ for i = 1, n do
   if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then return {ok = 'BUSY'} end
 end
 local all = redis.call('GET', KEYS[3 * n + 3])
-if not all and not served then return {ok = decide(n, KEYS[3 * n + 2], true, 'script')} end
-if all == 'moved' then return {ok = 'ASK'} end
+if not all then return {ok = decide(n, KEYS[3 * n + 2], true, 'script')} end
+-- Served: on the target once the groups moved, and the declared keys too (a pod writing the
+-- legacy Redis straight may have written one there again).
+if all == 'moved' then
+  if served then return {ok = decide(n, KEYS[3 * n + 2], true, 'script')} end
+  return {ok = 'ASK'}
+end
 if served then all = 'closing' end
 local untouched, moved, wait, asked = 0, 0, {}, {}
 for i = 1, n do
@@ -137,7 +143,10 @@ for i = 1, n do
   end
 end
 if untouched == n then return {ok = 'RUN'} end
-if moved == n then return {ok = 'ASK'} end
+if moved == n then
+  if served then return {ok = decide(n, KEYS[3 * n + 2], true, 'script')} end
+  return {ok = 'ASK'}
+end
 redis.call('DEL', 'redisfleet:oom-exempt')
 for i = 1, #wait, 1000 do
   redis.call('RPUSH', KEYS[3 * n + 4], unpack(wait, i, math.min(i + 999, #wait)))

@@ -338,15 +338,15 @@ impl Client {
         // A read the target may answer: all its keys migrate, and nothing is added to it.
         let on_target = (read && ask && cmds.len() == 1).then(|| cmds[0].as_slice());
         let mut seen = Seen::Unknown;
-        if on_target.is_some() && mig.served.load(Ordering::Relaxed) {
-            // The guard would answer `CHECK` unless no key is on the source: ask first.
-            let (found, reply) = self.check_target(router, m, keys, on_target).await?;
-            if reply.is_some() {
-                return Ok(reply);
-            }
-            seen = found;
-        }
         loop {
+            if read && seen == Seen::Unknown && mig.served.load(Ordering::Relaxed) {
+                // The guard would answer `CHECK` unless no key is on the source: ask first.
+                let (found, reply) = self.check_target(router, m, keys, on_target).await?;
+                if reply.is_some() {
+                    return Ok(reply);
+                }
+                seen = found;
+            }
             let args = guard::guard_command(router.range_names(m), keys, cmds, by_body, read, seen);
             let reply = self
                 .call(router, mig.source, bundle(&[args]), 1)
