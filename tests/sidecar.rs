@@ -1034,34 +1034,71 @@ async fn keys_known_moved_are_read_on_the_target_alone_and_a_read_proves_nothing
     }
 }
 
-/// In a move into a range its target served already (a legacy instance drained into the
-/// fleet), the guard's `ASK` to a write proves nothing for later (a sidecar of an earlier
-/// release runs a script there by its declared keys, which may create the asked key on the
-/// source); a script of this release waits for its declared keys to move and runs on the
-/// target, and reads find what it wrote.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
+/// The `user:` range of `b` draining into `a`, which served it already (a legacy instance
+/// emptied into the fleet), as the Job runs it: importing, the plan's slot group states open,
+/// and the keys and slot groups sidecars ask for moved (`job`, until aborted).
+struct ServedDrain {
+    a: RedisServer,
+    b: RedisServer,
+    sidecar: Sidecar,
+    /// Through the sidecar.
+    conn: redis::aio::MultiplexedConnection,
+    on_a: redis::aio::MultiplexedConnection,
+    on_b: redis::aio::MultiplexedConnection,
+    migration: Migration,
+    job: tokio::task::JoinHandle<()>,
+}
+
+async fn served_drain() -> ServedDrain {
     use redis_fleet::redis::protocol::names;
     let (a, b) = servers();
     let base = two(&a, &b, 1, no_ttl());
     let sidecar = Sidecar::start(&base, &SECRETS);
-    let mut conn = sidecar
+    let conn = sidecar
         .client()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: () = conn.set("user:meta", "on the source").await.unwrap();
-    let migration = migrate_user_to_a_serving(&sidecar, &base, Some(true)).await;
-    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
+    let on_a = a.client().get_multiplexed_async_connection().await.unwrap();
     let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    let migration = migrate_user_to_a_serving(&sidecar, &base, Some(true)).await;
     let mover = start_importing(&b, &a, &migration).await;
-    let _job = serve_urgent_keys(&b, &a, mover).abort_handle();
-    // The plan's own group state may be on the source all the same (another of its moves
-    // from there keeps group states): the served range's marker decides.
     let _: () = on_b
         .set(names::slot_groups("test/test", 2), names::GROUPS_OPEN)
         .await
         .unwrap();
+    let job = serve_urgent_keys(&b, &a, mover);
+    ServedDrain {
+        a,
+        b,
+        sidecar,
+        conn,
+        on_a,
+        on_b,
+        migration,
+        job,
+    }
+}
+
+/// In a move into a range its target served already (a legacy instance drained into the
+/// fleet), the guard's `ASK` to a write proves nothing for later (a sidecar of an earlier
+/// release runs a script there by its declared keys, which may create the asked key on the
+/// source); a script of this release waits for its slot groups to move whole and runs on the
+/// target, and reads find what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
+    // (Every part is kept until the end: the servers stop when dropped.)
+    let ServedDrain {
+        a: _a,
+        b: _b,
+        sidecar,
+        mut conn,
+        mut on_a,
+        mut on_b,
+        migration: _,
+        job: _job,
+    } = served_drain().await;
+    let _: () = on_b.set("user:meta", "on the source").await.unwrap();
 
     // The first write's `ASK` has the sidecar ask the source what `ASK`s prove; the next
     // write's would count, were they proof.
@@ -1247,16 +1284,16 @@ fn serve_urgent_keys(
 /// where the move then drops it, and a delete must not bring the legacy copy back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_into_a_served_range_never_prefers_the_legacy_copy() {
-    let (a, b) = servers();
-    let base = two(&a, &b, 1, no_ttl());
-    let sidecar = Sidecar::start(&base, &SECRETS);
-    let mut conn = sidecar
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let mut on_a = a.client().get_multiplexed_async_connection().await.unwrap();
-    let mut on_b = b.client().get_multiplexed_async_connection().await.unwrap();
+    let ServedDrain {
+        a,
+        b,
+        sidecar,
+        mut conn,
+        mut on_a,
+        mut on_b,
+        migration,
+        job,
+    } = served_drain().await;
     for k in [
         "user:both",
         "user:written",
@@ -1273,17 +1310,6 @@ async fn a_drain_into_a_served_range_never_prefers_the_legacy_copy() {
     // A queue on the legacy Redis: its counter, and a job whose key scripts build from it.
     let _: () = on_b.set("user:{q}:id", 7).await.unwrap();
     let _: () = on_b.hset("user:{q}:7", "data", "legacy job").await.unwrap();
-    let migration = migrate_user_to_a_serving(&sidecar, &base, Some(true)).await;
-    let mover = start_importing(&b, &a, &migration).await;
-    // The Job keeps the plan's slot group states (scripts wait for their groups).
-    let _: () = on_b
-        .set(
-            redis_fleet::redis::protocol::names::slot_groups("test/test", 2),
-            redis_fleet::redis::protocol::names::GROUPS_OPEN,
-        )
-        .await
-        .unwrap();
-    let job = serve_urgent_keys(&b, &a, mover.clone());
 
     // Reads of keys on the source ask the target whether it holds a newer copy; writes of
     // such keys wait for their move, which keeps the target's copy.

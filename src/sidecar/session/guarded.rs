@@ -94,6 +94,20 @@ impl Backoff {
     }
 }
 
+/// `EXISTS <keys…>`.
+fn exists_command(keys: &[Bytes]) -> Vec<Bytes> {
+    let mut exists = Vec::with_capacity(keys.len() + 1);
+    exists.push(Bytes::from_static(b"EXISTS"));
+    exists.extend(keys.iter().cloned());
+    exists
+}
+
+/// Whether `reply` to [`exists_command`] says every one of `keys` is there (`EXISTS` counts a
+/// key named twice twice).
+fn all_exist(reply: &[u8], keys: &[Bytes]) -> bool {
+    reply == format!(":{}\r\n", keys.len()).as_bytes()
+}
+
 /// Whether a read's reply says its keys were absent: a nil (GET, HGET, …), an array of nils
 /// only (MGET), an empty array where a missing key has none, a zero count (EXISTS, STRLEN,
 /// …), or an error (it says nothing). A guess, for [`ReadFound`] only.
@@ -288,9 +302,7 @@ impl Client {
     ) -> Result<(ReadFound, Option<Bytes>), Interrupt> {
         let mig = &router.migrations[usize::from(m)];
         let marker = vec![Bytes::from_static(b"EXISTS"), mig.imported.clone()];
-        let mut exists = Vec::with_capacity(keys.len() + 1);
-        exists.push(Bytes::from_static(b"EXISTS"));
-        exists.extend(keys.iter().cloned());
+        let exists = exists_command(keys);
         let sent = self
             .call(
                 router,
@@ -307,9 +319,7 @@ impl Client {
         if replies[0].as_ref() != b":1\r\n" {
             return Ok((ReadFound::Unusable, None));
         }
-        // EXISTS counts a key named twice twice.
-        let all = format!(":{}\r\n", keys.len());
-        if replies[1] == all.as_bytes() {
+        if all_exist(&replies[1], keys) {
             Ok((ReadFound::OnTarget, Some(replies.swap_remove(2))))
         } else {
             Ok((ReadFound::NotOnTarget, None))
@@ -340,7 +350,8 @@ impl Client {
         let mut seen = Seen::Unknown;
         loop {
             if read && seen == Seen::Unknown && mig.served.load(Ordering::Relaxed) {
-                // The guard would answer `CHECK` unless no key is on the source: ask first.
+                // A move into a range its target served already (the guard answered `CHECK`
+                // once): the guard would answer it again unless no key is on the source.
                 let (found, reply) = self.check_target(router, m, keys, on_target).await?;
                 if reply.is_some() {
                     return Ok(reply);
@@ -359,14 +370,8 @@ impl Client {
             match guard::decision(&reply) {
                 Decision::Ran => return Ok(Some(reply)),
                 Decision::Ask => return Ok(None),
-                Decision::Check => {
-                    mig.served.store(true, Ordering::Relaxed);
-                    let (found, reply) = self.check_target(router, m, keys, on_target).await?;
-                    if reply.is_some() {
-                        return Ok(reply);
-                    }
-                    seen = found;
-                }
+                // Only a read with nothing seen gets it: the target is asked at the top.
+                Decision::Check => mig.served.store(true, Ordering::Relaxed),
                 Decision::Busy | Decision::TryAgain => {
                     // What the target lacked may have moved there meanwhile: ask again.
                     seen = Seen::Unknown;
@@ -392,10 +397,7 @@ impl Client {
         read: Option<&[Bytes]>,
     ) -> Result<(Seen, Option<Bytes>), Interrupt> {
         let mig = &router.migrations[usize::from(m)];
-        let mut exists = Vec::with_capacity(keys.len() + 1);
-        exists.push(Bytes::from_static(b"EXISTS"));
-        exists.extend(keys.iter().cloned());
-        let mut sent = vec![exists];
+        let mut sent = vec![exists_command(keys)];
         sent.extend(read.map(<[Bytes]>::to_vec));
         let n = sent.len();
         let mut replies = match self.call(router, mig.target, bundle(&sent), n).await? {
@@ -408,10 +410,9 @@ impl Client {
             }
         };
         self.shared.metrics.reads_checked_on_target.inc();
-        // EXISTS counts a key named twice twice.
         if replies[0].as_ref() == b":0\r\n" {
             Ok((Seen::Lacked, None))
-        } else if n == 2 && replies[0] == format!(":{}\r\n", keys.len()).as_bytes() {
+        } else if n == 2 && all_exist(&replies[0], keys) {
             Ok((Seen::Held, replies.pop()))
         } else {
             Ok((Seen::Held, None))
