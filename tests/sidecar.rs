@@ -1129,6 +1129,147 @@ async fn a_drain_into_a_served_range_takes_no_ask_for_proof_that_a_key_moved() {
     );
 }
 
+/// In a move into a range its target served already, once the Job wrote the legacy source's
+/// roster (every key it held), a write that replaces keys the roster lacks goes straight to the
+/// target; everything else still takes the guard: the fleet's copy wins over a stale legacy
+/// one, a legacy key is read where it is, a write of it waits for its move, and a key a pod
+/// wrote to the legacy Redis straight after the roster is seen by `INCR` and `DEL`. A roster
+/// the sidecar cannot read changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_into_a_served_range_sends_blind_writes_of_keys_the_legacy_roster_lacks_straight_to_the_fleet()
+ {
+    use redis_fleet::redis::protocol::mover::Mover;
+    use redis_fleet::redis::protocol::names;
+    use redis_fleet::redis::protocol::roster::{Covered, Roster};
+    use redis_fleet::routing::slots::SlotRange;
+    const BLIND_WRITES: &str = "redisfleet_sidecar_blind_writes_to_target_total";
+    // (Every part is kept until the end: the servers stop when dropped.)
+    let ServedDrain {
+        a: _a,
+        b: _b,
+        sidecar,
+        mut conn,
+        mut on_a,
+        mut on_b,
+        migration: _,
+        job: _job,
+    } = served_drain().await;
+    // The legacy Redis: a key of its own, and a stale copy of one the fleet holds.
+    let _: () = on_b.set("user:legacy", "legacy").await.unwrap();
+    let _: () = on_b.set("user:both", "stale").await.unwrap();
+    let _: () = on_a.set("user:both", "fleet").await.unwrap();
+    let name = names::roster("test/test", 2);
+
+    // Something that is not a roster: ignored, looked for again later.
+    let _: () = on_b.set(&name, "RFR1 not a roster").await.unwrap();
+    for i in 0..3 {
+        let _: () = conn.set(format!("user:early:{i}"), i).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(sidecar.metric(BLIND_WRITES), 0.0);
+
+    // The Job's roster: every key of the legacy Redis (it writes none over one that is there).
+    let _: () = on_b.del(&name).await.unwrap();
+    // (Sized for many keys: 200 kB, read in pieces.)
+    let mut roster = Roster::with_capacity(
+        100_000,
+        vec![Covered {
+            category: "user".into(),
+            range: SlotRange::new(0, 16383),
+        }],
+    );
+    for key in ["user:legacy", "user:both"] {
+        roster.insert(key.as_bytes());
+    }
+    let mover = Mover {
+        policy: "test/test".into(),
+        token: names::mover_token(2, 1),
+    };
+    mover
+        .set_roster(&mut on_b, &name, &roster.encode())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sidecar.metric(BLIND_WRITES) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never used the roster"
+        );
+        let _: () = conn.set("user:probe", "p").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Blind writes of keys the roster lacks: straight to the target.
+    let off = sidecar.metric(BLIND_WRITES);
+    let _: () = conn.set("user:fresh", 1).await.unwrap();
+    let _: () = conn.set_ex("user:fresh:ttl", "t", 100).await.unwrap();
+    let _: () = conn
+        .mset(&[("user:m1", "1"), ("user:m2", "2")])
+        .await
+        .unwrap();
+    assert_eq!(sidecar.metric(BLIND_WRITES) - off, 3.0);
+    for key in ["user:fresh", "user:fresh:ttl", "user:m1", "user:m2"] {
+        assert!(on_a.exists::<_, bool>(key).await.unwrap(), "{key}");
+        assert!(!on_b.exists::<_, bool>(key).await.unwrap(), "{key}");
+    }
+
+    // Everything else takes the guard: reads, writes that read first, deletes, and any
+    // command on a key the roster holds.
+    let off = sidecar.metric(BLIND_WRITES);
+    let n: i64 = conn.incr("user:fresh", 1).await.unwrap();
+    assert_eq!(n, 2);
+    let got: Vec<Option<String>> = conn.mget(&["user:fresh", "user:none"]).await.unwrap();
+    assert_eq!(got, [Some("2".to_owned()), None]);
+    let deleted: i64 = conn.del("user:early:0").await.unwrap();
+    assert_eq!(
+        deleted, 1,
+        "written through the guard's ASK before the roster"
+    );
+    let v: String = conn.get("user:both").await.unwrap();
+    assert_eq!(v, "fleet", "the stale legacy copy was read");
+    let v: String = conn.get("user:legacy").await.unwrap();
+    assert_eq!(v, "legacy");
+    let got: Vec<String> = conn.mget(&["user:fresh", "user:legacy"]).await.unwrap();
+    assert_eq!(got, ["2", "legacy"]);
+    let deleted: i64 = conn.del("user:both").await.unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(
+        conn.get::<_, Option<String>>("user:both").await.unwrap(),
+        None
+    );
+    let _: () = conn.set("user:legacy", "rewritten").await.unwrap();
+    let v: String = conn.get("user:legacy").await.unwrap();
+    assert_eq!(v, "rewritten");
+    for key in ["user:both", "user:legacy"] {
+        assert!(
+            !on_b.exists::<_, bool>(key).await.unwrap(),
+            "{key} is still on the legacy Redis"
+        );
+    }
+    assert_eq!(
+        on_a.get::<_, Option<String>>("user:both").await.unwrap(),
+        None
+    );
+
+    // Keys a pod writes to the legacy Redis straight, after the roster: what reads them first
+    // sees them; a blind write replaces one, and wins over it when it moves.
+    let _: () = on_b.set("user:late:count", 10).await.unwrap();
+    let _: () = on_b.set("user:late:gone", "x").await.unwrap();
+    let _: () = on_b.set("user:late:read", "straight").await.unwrap();
+    let n: i64 = conn.incr("user:late:count", 1).await.unwrap();
+    assert_eq!(n, 11);
+    let deleted: i64 = conn.del("user:late:gone").await.unwrap();
+    assert_eq!(deleted, 1);
+    let v: String = conn.get("user:late:read").await.unwrap();
+    assert_eq!(v, "straight");
+    assert_eq!(sidecar.metric(BLIND_WRITES), off);
+    let _: () = on_b.set("user:late:set", "straight").await.unwrap();
+    let _: () = conn.set("user:late:set", "sidecar").await.unwrap();
+    assert_eq!(sidecar.metric(BLIND_WRITES) - off, 1.0);
+    let v: String = conn.get("user:late:set").await.unwrap();
+    assert_eq!(v, "sidecar");
+}
+
 #[tokio::test]
 async fn heartbeats_and_metrics() {
     let (a, b) = servers();

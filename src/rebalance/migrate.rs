@@ -32,6 +32,7 @@ mod garbage;
 mod groups;
 mod pacing;
 mod piecewise;
+mod roster;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

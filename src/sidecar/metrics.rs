@@ -73,6 +73,9 @@ pub struct SidecarMetrics {
     /// Reads of a drain into a range its target served already that asked the target whether
     /// it held a newer copy of their keys.
     pub reads_checked_on_target: Counter,
+    /// Blind writes (`SET`, `SETEX`, `MSET`) of a drain into a range its target served already
+    /// whose keys the source's roster lacks: sent straight to the target.
+    pub blind_writes_to_target: Counter,
     /// Scripts (and transactions holding one) of a migrating range that waited for the Job to
     /// move their slot groups whole.
     pub scripts_waited_for_groups: Counter,
@@ -159,6 +162,7 @@ impl SidecarMetrics {
             reads_on_target: Counter::default(),
             reads_known_moved: Counter::default(),
             reads_checked_on_target: Counter::default(),
+            blind_writes_to_target: Counter::default(),
             reads_not_on_target: Counter::default(),
             scripts_waited_for_groups: Counter::default(),
         };
@@ -274,6 +278,11 @@ impl SidecarMetrics {
             "reads_checked_on_target",
             "Reads of a drain into a range its target served already (a legacy Redis) that asked the target whether it held a newer copy of their keys",
             m.reads_checked_on_target.clone(),
+        );
+        r.register(
+            "blind_writes_to_target",
+            "Blind writes (SET, SETEX, MSET) of a drain into a range its target served already (a legacy Redis) whose keys the source's roster lacks, sent straight to the target",
+            m.blind_writes_to_target.clone(),
         );
         r.register(
             "scripts_waited_for_groups",

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pubsub;
 pub mod reload;
 pub mod resp3;
+pub mod roster;
 pub mod router;
 pub mod scripts;
 pub mod session;

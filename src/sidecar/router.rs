@@ -20,6 +20,7 @@ use crate::routing::table::RoutingTable;
 use super::backend::{Backend, BackendOptions, Naming, ReplyReceiver, SendError};
 use super::fleet::FleetView;
 use super::metrics::{CategoryMetrics, SidecarMetrics};
+use super::roster::{RosterUse, SourceRoster};
 use super::target_first::{AskProves, KnownMoved, TargetFirst};
 
 /// A migrating range as the sidecar routes it.
@@ -42,6 +43,9 @@ pub struct MigrationRoute {
     /// Whether the guard answered `CHECK` here (a move into a range its target served
     /// already): reads then ask the target first.
     pub served: Arc<AtomicBool>,
+    /// In a move into a range its target served already (as the table records it), the
+    /// source's roster: blind writes of keys it lacks go straight to the target.
+    pub roster: Option<RosterUse>,
 }
 
 /// A routing table version with its backends.
@@ -185,11 +189,23 @@ pub async fn build(
         .map(|c| metrics.category(&c.name))
         .collect();
     let id = |name: &str| resolver.instance_id(name).unwrap_or_default();
+    // One roster per source and plan, shared by its moves.
+    let mut rosters: HashMap<(String, u64), Arc<SourceRoster>> = HashMap::new();
     let migrations = resolver
         .table()
         .migrating
         .iter()
         .map(|m| MigrationRoute {
+            roster: (m.target_serves == Some(true)).then(|| RosterUse {
+                roster: rosters
+                    .entry((m.from.clone(), m.epoch))
+                    .or_insert_with(|| {
+                        Arc::new(SourceRoster::new(names::roster(&naming.policy, m.epoch)))
+                    })
+                    .clone(),
+                category: m.category.clone(),
+                range: m.range(),
+            }),
             source: id(&m.from),
             target: id(&m.to),
             marker: names::importing(&naming.policy, m),

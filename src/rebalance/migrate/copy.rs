@@ -79,6 +79,7 @@ impl Job {
         let mut total = 0;
         for from in self.sources() {
             let moves = self.moves_from(&from);
+            let mut roster = self.start_roster(&from).await;
             let mut cursor = 0u64;
             loop {
                 let started = Instant::now();
@@ -91,7 +92,23 @@ impl Job {
                     .iter()
                     .filter(|k| move_of(&resolver, &moves, k).is_some())
                     .count() as u64;
+                if let Some(roster) = &mut roster {
+                    // Every key, not only the moving ranges': what the roster lacks, the
+                    // source does not hold, whatever category a sidecar finds it in. A key in
+                    // transit (an earlier attempt's tombstone) counts as held: the guard
+                    // answers `BUSY` for it until it is restored.
+                    for k in &keys {
+                        match names::key_of_tomb(k) {
+                            Some(key) => roster.insert(key),
+                            None if !k.starts_with(RESERVED_PREFIX) => roster.insert(k),
+                            None => {}
+                        }
+                    }
+                }
                 if next == 0 {
+                    if let Some(roster) = &roster {
+                        self.keep_roster(&from, roster).await?;
+                    }
                     break;
                 }
                 cursor = next;
@@ -527,17 +544,19 @@ impl Job {
 
     /// Once every live sidecar routes by the final table `last`, fences the sources to it,
     /// removes the importing markers (no sidecar uses the guard any more), the plan's slot
-    /// group states and what older plans left (`garbage.rs`); removes the checkpoints.
+    /// group states and rosters, and what older plans left (`garbage.rs`); removes the
+    /// checkpoints.
     pub(super) async fn cleanup(&mut self, last: u64) -> Result<(), Error> {
         if self.converge(last).await? {
             self.fence(last, false).await?;
             self.import(false, false).await?;
             self.remove_group_states().await?;
+            self.remove_rosters().await?;
             self.remove_older_plans_keys().await?;
         } else {
             warn!(
                 version = last,
-                "sidecars still route by the migrating table: the importing markers and the plan's slot group states stay (they are harmless; a later plan's cleanup removes them)"
+                "sidecars still route by the migrating table: the importing markers, the plan's slot group states and rosters stay (they are harmless; a later plan's cleanup removes them)"
             );
         }
         let work: Vec<(usize, String)> = self

@@ -1,8 +1,8 @@
 //! What older plans left behind on this plan's instances. A plan rolled back or abandoned
 //! (its target died), or one whose cleanup ran out of time to converge, leaves its importing
-//! markers and slot group states on its sources and its imported markers on its targets:
-//! a few hundred bytes each, up to a thousand group states per source, with no TTL, on
-//! instances that may hold 30 MB in all. Nothing else removes them while the policy lives.
+//! markers, slot group states and rosters on its sources and its imported markers on its targets:
+//! a few hundred bytes each, up to a thousand group states per source, with no TTL (a roster,
+//! up to 2 bytes per key of the source), on instances that may hold 30 MB in all. Nothing else removes them while the policy lives.
 //!
 //! A finished plan's cleanup removes them from its sources and targets once it may
 //! (`Job::cleanup`): every live sidecar routes by the final table. No plan starts while the
@@ -22,7 +22,7 @@ use super::batch::move_error;
 use super::{Error, Job};
 
 /// The kinds of key a plan leaves, by the word in their names.
-const KINDS: [&str; 3] = ["importing", "group", "imported"];
+const KINDS: [&str; 4] = ["importing", "group", "imported", "roster"];
 
 /// Whether `key`, named under `prefix` (`redisfleet:<kind>:<policy>:<plan>:…`), belongs to a
 /// plan older than `plan` whose migrations the published table no longer carries (`live`:
@@ -70,7 +70,7 @@ impl Job {
                 Ok(removed) => info!(
                     instance = %name,
                     removed,
-                    "removed the markers and slot group states older plans left"
+                    "removed the markers, slot group states and rosters older plans left"
                 ),
                 Err(Error::Superseded) => return Err(Error::Superseded),
                 Err(e) => {
@@ -154,6 +154,13 @@ mod tests {
         assert!(of_an_older_plan(
             b"redisfleet:importing:ns/shop:7:user:0-8191",
             importing,
+            20,
+            &live
+        ));
+        let roster = crate::redis::protocol::names::roster("ns/shop", 7);
+        assert!(of_an_older_plan(
+            roster.as_bytes(),
+            b"redisfleet:roster:ns/shop:",
             20,
             &live
         ));

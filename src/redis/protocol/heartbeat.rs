@@ -46,9 +46,15 @@ pub const NOTICE_WAIT: Duration = Duration::from_secs(LEASE.as_secs() + 1);
 /// sidecar without it opens its plan's group states at `closing`.
 pub const GROUPS_FEATURE: &str = "groups";
 
+/// Served-range drains: in a move into a range its target served already, the sidecar runs
+/// nothing but reads on the source, and scripts only once their slot groups moved
+/// (`docs/protocol.md`, "Draining into a served range"). A Job writes a source's roster only
+/// when every live sidecar reports it: an older one could still create keys there.
+pub const SERVED_FEATURE: &str = "served";
+
 /// The protocol features a sidecar of this release speaks (space-separated), as its heartbeat
 /// reports them.
-pub const FEATURES: &str = GROUPS_FEATURE;
+pub const FEATURES: &str = "groups served";
 
 /// KEYS: live, versions, fences, latencies, features. ARGV: id, version, ttl (ms), latency
 /// report (empty: none; `keep`: leave the last one), features. The report and the features are
@@ -294,6 +300,12 @@ async fn read_live<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sidecar_of_this_release_reports_every_feature() {
+        let spoken: Vec<&str> = FEATURES.split(' ').collect();
+        assert_eq!(spoken, [GROUPS_FEATURE, SERVED_FEATURE]);
+    }
 
     #[test]
     fn a_latency_report_reads_back_and_nothing_else_reads_as_one() {

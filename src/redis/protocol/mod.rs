@@ -92,3 +92,4 @@ pub mod mover;
 pub mod names;
 pub mod replica;
 pub mod replica_check;
+pub mod roster;

@@ -162,6 +162,16 @@ return #KEYS - 1
 "
 );
 
+/// KEYS: mover, roster ([`names::roster`]). ARGV: token, the encoded roster. Writes the roster
+/// of a source (`roster.rs`) unless one is there: an earlier attempt's of the plan is as good
+/// (no key came to the source since), and a roster never changes while sidecars read it in
+/// pieces. Not exempt from `maxmemory`: a full source refuses it, and the sidecars then go
+/// without.
+pub const ROSTER_SCRIPT: &str = concat!(
+    check_token!(),
+    "redis.call('SET', KEYS[2], ARGV[2], 'NX')\nreturn 1\n"
+);
+
 /// What the importing marker of a move into a range its target serves already holds after the
 /// token: should the target die, the source (a draining instance) never held the range's live
 /// data, so the operator leaves the marker where it is (`docs/protocol.md`).
@@ -236,6 +246,7 @@ static DELETE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DEL
 static PLACE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PLACE_SCRIPT));
 static GROUP_STATES: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(GROUP_STATES_SCRIPT));
+static ROSTER: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ROSTER_SCRIPT));
 static GIVE_BACK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GIVE_BACK_SCRIPT));
 
 /// What [`Mover::place`] did with a value assembled piece by piece.
@@ -422,6 +433,24 @@ impl Mover {
                 .await
                 .map_err(|e| MoveError::from_redis(&e))?;
         }
+        Ok(())
+    }
+
+    /// Writes `roster` (encoded) as `name` ([`ROSTER_SCRIPT`]).
+    pub async fn set_roster(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        name: &str,
+        roster: &[u8],
+    ) -> Result<(), MoveError> {
+        let _: i64 = ROSTER
+            .key(names::mover(&self.policy))
+            .key(name)
+            .arg(self.token)
+            .arg(roster)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| MoveError::from_redis(&e))?;
         Ok(())
     }
 

@@ -220,6 +220,12 @@ pub fn holds(policy: &str) -> String {
     format!("redisfleet:holds:{policy}")
 }
 
+/// String, on the source of plan `epoch`'s moves into ranges their targets served already:
+/// the source's roster (`roster.rs`), written once the Job counted its keys.
+pub fn roster(policy: &str, epoch: u64) -> String {
+    format!("redisfleet:roster:{policy}:{epoch}")
+}
+
 /// The keys of `policy` with fixed names, on each instance it uses: fences, sidecar
 /// heartbeats, versions, latencies and features, the mover token, the urgent queue, a replicating writer's epoch
 /// and counter, and the marker of replicated data.
@@ -239,7 +245,7 @@ pub fn policy_keys(policy: &str) -> Vec<String> {
     ]
 }
 
-/// SCAN MATCH patterns of the other keys of `policy`: importing and imported markers, slot group states, the Jobs' scan
+/// SCAN MATCH patterns of the other keys of `policy`: importing and imported markers, slot group states, rosters, the Jobs' scan
 /// checkpoints and the replicas' applied versions. Each ends with `<policy>:*`, so it matches no other policy's keys (names hold
 /// no `:`) and, under the reserved prefix, no application key. Tombstones and restore
 /// temporaries are named after application keys, not policies: they are not among these.
@@ -248,6 +254,7 @@ pub fn policy_key_patterns(policy: &str) -> Vec<Vec<u8>> {
         format!("redisfleet:importing:{policy}:"),
         format!("redisfleet:imported:{policy}:"),
         format!("redisfleet:group:{policy}:"),
+        format!("redisfleet:roster:{policy}:"),
         checkpoint_prefix(policy),
         format!("redisfleet:applied:{policy}:"),
     ]
@@ -357,6 +364,8 @@ mod tests {
         assert!(matches(&slot_group("a/b", 7, 1023)));
         assert!(matches(&slot_groups("a/b", 7)));
         assert!(!matches(&slot_group("a/bc", 7, 0)));
+        assert!(matches(&roster("a/b", 7)));
+        assert!(!matches(&roster("a/bc", 7)));
         assert!(!matches(&applied_versions("a/bc", 0)));
         // Another policy whose name extends this one's, and application keys, never match.
         assert!(!matches(&importing("a/bc", &m)));

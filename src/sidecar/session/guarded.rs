@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::super::backend::{BackendError, Dedicated, Replies};
+use super::super::roster::blind_write;
 use super::super::router::Router;
 use super::super::target_first::{ReadFound, ask_proves};
 use super::super::ttl;
@@ -181,6 +182,20 @@ impl Client {
         }
         let read = how.read && how.ask && cmds.len() == 1;
         let mig = &router.migrations[usize::from(m)];
+        if how.ask
+            && let Some(roster) = &mig.roster
+        {
+            if !how.read && blind_write(&cmds[0]) && roster.lacks_all(keys) {
+                // Not on the source when the Job counted its keys, and no command puts them
+                // there in this move; a write that replaces them wins over a copy a pod put
+                // there straight since (`roster.rs`).
+                self.shared.metrics.blind_writes_to_target.inc();
+                return self.run_on_target(router, m, cmds).await;
+            }
+            roster
+                .roster
+                .fetch_if_due(router.backend(mig.source), self.lane(), router.version());
+        }
         let hint = &mig.target_first;
         if read && router.known_moved.all(m, keys) {
             // Off the source for good (`target_first::KnownMoved`): the target's answer is the
@@ -228,21 +243,7 @@ impl Client {
                     // to the source (`target_first::KnownMoved`).
                     router.known_moved.remember(m, keys);
                 }
-                let target = mig.target;
-                let legacy = router.backend(target).legacy();
-                let cmds: Vec<Vec<Bytes>> = cmds
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        if i == 0 {
-                            c
-                        } else {
-                            ttl::for_server(c, legacy)
-                        }
-                    })
-                    .collect();
-                let n = cmds.len();
-                let reply = self.call(router, target, bundle(&cmds), n).await?.first();
+                let reply = self.run_on_target(router, m, cmds).await?;
                 // A read of keys on neither side would not have been served by the target
                 // first either.
                 if !found_nothing(&reply) {
@@ -252,6 +253,31 @@ impl Client {
             }
             None => Err(split_by_move()),
         }
+    }
+
+    /// Runs `cmds` (a command, then the sidecar's TTL commands for it) on the target of
+    /// migrating range `m`; the reply is the first command's.
+    async fn run_on_target(
+        &mut self,
+        router: &Arc<Router>,
+        m: u16,
+        cmds: Vec<Vec<Bytes>>,
+    ) -> Result<Bytes, Interrupt> {
+        let target = router.migrations[usize::from(m)].target;
+        let legacy = router.backend(target).legacy();
+        let cmds: Vec<Vec<Bytes>> = cmds
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    c
+                } else {
+                    ttl::for_server(c, legacy)
+                }
+            })
+            .collect();
+        let n = cmds.len();
+        Ok(self.call(router, target, bundle(&cmds), n).await?.first())
     }
 
     /// Whether the guard's `ASK` to a write in migrating range `m` proves its keys off the
