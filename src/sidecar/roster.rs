@@ -20,6 +20,10 @@ use crate::routing::slots::SlotRange;
 /// whole).
 pub const ROSTER_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a sidecar waits before it looks again at a roster it cannot read: in effect until
+/// the next table version, which starts afresh.
+const GIVE_UP: Duration = Duration::from_secs(24 * 3600);
+
 /// Bytes a sidecar reads of a roster at a time (`GETRANGE`): each reply holds the source's
 /// output buffer for that much only, and the lane's other requests wait behind no more.
 const PIECE: usize = 64 * 1024;
@@ -44,8 +48,6 @@ pub struct SourceRoster {
     /// When to look again, while it is not loaded.
     next_try: Mutex<Instant>,
     fetching: AtomicBool,
-    /// Set once an unreadable roster was logged (a warning each second would flood).
-    warned: AtomicBool,
 }
 
 impl SourceRoster {
@@ -55,7 +57,6 @@ impl SourceRoster {
             loaded: OnceLock::new(),
             next_try: Mutex::new(Instant::now()),
             fetching: AtomicBool::new(false),
-            warned: AtomicBool::new(false),
         }
     }
 
@@ -71,8 +72,9 @@ impl SourceRoster {
         if self.loaded.get().is_some() || self.fetching.swap(true, Ordering::AcqRel) {
             return;
         }
+        // (Loaded again: a fetch may have settled since the first look.)
         let due = Instant::now() >= *self.next_try.lock().unwrap_or_else(|e| e.into_inner());
-        if !due {
+        if !due || self.loaded.get().is_some() {
             self.fetching.store(false, Ordering::Release);
             return;
         }
@@ -130,20 +132,18 @@ impl SourceRoster {
                     let _ = self.loaded.set(roster);
                     None
                 }
+                // Removed while it was read: a later look may find a new one whole.
+                Err(e) if e.cut_short() => Some(ROSTER_RETRY),
+                // Whole and unreadable: reading it again (up to 16 MB) finds the same.
                 Err(e) => {
-                    if !self.warned.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(roster = %String::from_utf8_lossy(&self.name), error = %e, "ignoring the source's roster for now: blind writes of its moves take the guard");
-                    }
-                    Some(ROSTER_RETRY)
+                    tracing::warn!(roster = %String::from_utf8_lossy(&self.name), error = %e, "ignoring the source's roster: blind writes of its moves take the guard");
+                    Some(GIVE_UP)
                 }
             },
             Fetched::Nothing => Some(ROSTER_RETRY),
             Fetched::Foreign => {
-                if !self.warned.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(roster = %String::from_utf8_lossy(&self.name), "the source's roster is of another format: blind writes of its moves take the guard");
-                }
-                // Until the next table version, which starts afresh.
-                Some(Duration::from_secs(24 * 3600))
+                tracing::warn!(roster = %String::from_utf8_lossy(&self.name), "the source's roster is of another format: blind writes of its moves take the guard");
+                Some(GIVE_UP)
             }
         };
         if let Some(after) = retry {

@@ -45,14 +45,27 @@ impl Job {
     /// a range its target serves already, holds no more than [`MAX_KEYS`] keys, and every live
     /// sidecar there speaks [`heartbeat::SERVED_FEATURE`] (one of an earlier release may run a
     /// script on the source, creating a key the roster would lack). `None` otherwise, or when
-    /// the source does not say (logged: the roster only saves time).
+    /// the source does not say (logged: the roster only saves time), or when an earlier
+    /// attempt of the plan wrote one (it stays: [`Job::keep_roster`]).
     pub(super) async fn start_roster(&mut self, from: &str) -> Option<Roster> {
         let covers = self.roster_covers(from);
         if covers.is_empty() {
             return None;
         }
         let policy = self.mover.policy.clone();
+        let name = names::roster(
+            &policy,
+            u64::try_from(self.config.plan_id).unwrap_or_default(),
+        );
         let source = self.instance(from).ok()?;
+        let kept: redis::RedisResult<bool> = redis::cmd("EXISTS")
+            .arg(&name)
+            .query_async(&mut source.conn)
+            .await;
+        if kept == Ok(true) {
+            info!(instance = %from, "an earlier attempt of the plan wrote the source's roster: it stays");
+            return None;
+        }
         let keys: redis::RedisResult<u64> =
             redis::cmd("DBSIZE").query_async(&mut source.conn).await;
         let older =

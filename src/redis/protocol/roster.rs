@@ -51,6 +51,18 @@ pub struct Roster {
 #[error("unreadable roster: {0}")]
 pub struct Unreadable(&'static str);
 
+/// What [`Roster::decode`] says of a roster whose filter is not as long as its header says:
+/// one read while it was removed, which a later read may find whole.
+const CUT_SHORT: &str = "the filter is not as long as its header says";
+
+impl Unreadable {
+    /// Whether the roster only seemed cut short (or too long): every other fault is in the
+    /// roster itself, and reading it again finds it again.
+    pub fn cut_short(&self) -> bool {
+        self.0 == CUT_SHORT
+    }
+}
+
 /// Whether `head`, the start of a string, may be a roster of this format (a newer format, or
 /// something else, is not fetched further).
 pub fn of_this_format(head: &[u8]) -> bool {
@@ -143,7 +155,7 @@ impl Roster {
         }
         let rest = r.0;
         if words == 0 || rest.len() != words * 8 {
-            return Err(Unreadable("the filter is not as long as its header says"));
+            return Err(Unreadable(CUT_SHORT));
         }
         let bits = rest
             .chunks_exact(8)
@@ -249,6 +261,12 @@ mod tests {
         let good = Roster::with_capacity(10, covers()).encode();
         let mut longer = good.clone();
         longer.extend_from_slice(&[0; 8]);
+        assert!(
+            Roster::decode(&good[..good.len() - 8])
+                .unwrap_err()
+                .cut_short()
+        );
+        assert!(!Roster::decode(b"RFR2").unwrap_err().cut_short());
         for bad in [
             &b""[..],
             b"RFR2\x0b\x00\x00",
