@@ -295,8 +295,9 @@ async fn two_instances_at_85_and_10_percent_end_within_40_to_60() {
         before.0 * 100.0,
         before.1 * 100.0
     );
-    probed_above(&shop, "primary", 0.84).await;
-    probed_above(&shop, "secondary", 0.09).await;
+    // (The status shows memory to within a point: it is rewritten once it moved one.)
+    probed_above(&shop, "primary", before.0 - 0.01).await;
+    probed_above(&shop, "secondary", before.1 - 0.01).await;
 
     // See it first: with an identity that may only read.
     let preview = plan(&viewer, &policy, &[]);
