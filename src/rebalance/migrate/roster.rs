@@ -41,6 +41,14 @@ impl Job {
             .collect()
     }
 
+    /// The name of this plan's rosters on its sources.
+    fn roster_name(&self) -> String {
+        names::roster(
+            &self.mover.policy,
+            u64::try_from(self.config.plan_id).unwrap_or_default(),
+        )
+    }
+
     /// An empty roster for `from`, sized by its keys now, when it is the source of a move into
     /// a range its target serves already, holds no more than [`MAX_KEYS`] keys, and every live
     /// sidecar there speaks [`heartbeat::SERVED_FEATURE`] (one of an earlier release may run a
@@ -53,10 +61,7 @@ impl Job {
             return None;
         }
         let policy = self.mover.policy.clone();
-        let name = names::roster(
-            &policy,
-            u64::try_from(self.config.plan_id).unwrap_or_default(),
-        );
+        let name = self.roster_name();
         let source = self.instance(from).ok()?;
         let kept: redis::RedisResult<bool> = redis::cmd("EXISTS")
             .arg(&name)
@@ -94,10 +99,7 @@ impl Job {
     /// otherwise. Only a newer attempt in charge is an error.
     pub(super) async fn keep_roster(&mut self, from: &str, roster: &Roster) -> Result<(), Error> {
         let encoded = roster.encode();
-        let name = names::roster(
-            &self.mover.policy,
-            u64::try_from(self.config.plan_id).unwrap_or_default(),
-        );
+        let name = self.roster_name();
         let mover = self.mover.clone();
         let source = self.instance(from)?;
         let bytes = encoded.len() as u64;
@@ -136,10 +138,7 @@ impl Job {
     /// Removes the plan's rosters from the sources (once no sidecar routes by the migrating
     /// table).
     pub(super) async fn remove_rosters(&mut self) -> Result<(), Error> {
-        let name = bytes::Bytes::from(names::roster(
-            &self.mover.policy,
-            u64::try_from(self.config.plan_id).unwrap_or_default(),
-        ));
+        let name = bytes::Bytes::from(self.roster_name());
         let mover = self.mover.clone();
         for from in self.sources() {
             let source = self.instance(&from)?;

@@ -126,6 +126,21 @@ fn found_nothing(reply: &[u8]) -> bool {
     !items.is_empty() && items.len() % 5 == 0 && items.chunks(5).all(|c| c == b"$-1\r\n")
 }
 
+/// `cmds` (a command, then the sidecar's TTL commands for it) with the TTL commands as the
+/// server runs them ([`ttl::for_server`]; `legacy`: as scripts).
+fn ttl_for_server(cmds: Vec<Vec<Bytes>>, legacy: bool) -> Vec<Vec<Bytes>> {
+    cmds.into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 0 {
+                c
+            } else {
+                ttl::for_server(c, legacy)
+            }
+        })
+        .collect()
+}
+
 fn split_by_move() -> Interrupt {
     stop("TRYAGAIN the keys of this command are split by a migration in progress, retry")
 }
@@ -172,11 +187,7 @@ impl Client {
     ) -> Result<Bytes, Interrupt> {
         if how.script || guard::guarded_args(keys.len(), &cmds) > guard::MAX_GUARDED_ARGS {
             // The sidecar's TTL commands as scripts: MULTI runs them on any Redis version.
-            let cmds: Vec<Vec<Bytes>> = cmds
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| if i == 0 { c } else { ttl::for_server(c, true) })
-                .collect();
+            let cmds = ttl_for_server(cmds, true);
             let exec = self.watched(router, m, keys, &cmds, how, None).await?;
             return Ok(first_of_exec(&exec));
         }
@@ -264,18 +275,7 @@ impl Client {
         cmds: Vec<Vec<Bytes>>,
     ) -> Result<Bytes, Interrupt> {
         let target = router.migrations[usize::from(m)].target;
-        let legacy = router.backend(target).legacy();
-        let cmds: Vec<Vec<Bytes>> = cmds
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i == 0 {
-                    c
-                } else {
-                    ttl::for_server(c, legacy)
-                }
-            })
-            .collect();
+        let cmds = ttl_for_server(cmds, router.backend(target).legacy());
         let n = cmds.len();
         Ok(self.call(router, target, bundle(&cmds), n).await?.first())
     }
