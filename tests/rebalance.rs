@@ -1534,9 +1534,15 @@ async fn a_legacy_redis_with_stale_copies_of_the_fleets_keys_drains_without_serv
     apply_legacy(&shop, &legacy, "1s");
 
     let traffic = Traffic::resume(sidecar.port, TRAFFIC_PREFIXES, ledgers);
+    // Writes of keys the legacy Redis never held, all through the drain (the traffic above
+    // writes mostly keys it holds).
+    let fresh_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fresh = tokio::spawn(write_fresh_keys(sidecar.port, fresh_stop.clone()));
     let policy = wait_rebalanced(&shop, &node, plan, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ledger = traffic.stop().await;
+    fresh_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let fresh = fresh.await.unwrap();
     let r = policy.status.unwrap().rebalance.unwrap();
     assert!(r.moves.iter().all(|m| m.from == "legacy"), "{r:#?}");
     eprintln!(
@@ -1552,8 +1558,17 @@ async fn a_legacy_redis_with_stale_copies_of_the_fleets_keys_drains_without_serv
         ledger.p99_us(),
         r.keys_moved.unwrap_or(0)
     );
-    // Commands on keys the legacy Redis never held went straight to the fleet once the Job
-    // wrote its roster (the traffic keeps creating keys).
+    // Writes of keys the legacy Redis never held went straight to the fleet once the Job
+    // wrote its roster, and every one acknowledged reads back.
+    let mut through = sidecar
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for (key, value) in &fresh {
+        let got: Option<u64> = through.get(key).await.unwrap();
+        assert_eq!(got, Some(*value), "{key}");
+    }
     let blind = sidecar.metric("redisfleet_sidecar_blind_writes_to_target_total");
     eprintln!("legacy with stale copies: {blind} blind writes sent past the guard by the roster");
     assert!(
@@ -1576,6 +1591,27 @@ async fn a_legacy_redis_with_stale_copies_of_the_fleets_keys_drains_without_serv
         "left on the legacy Redis: {:?}",
         &left[..left.len().min(5)]
     );
+}
+
+/// `SET user:fresh:<n> <n>` through the sidecar on `port` every few milliseconds until `stop`;
+/// the keys and values acknowledged.
+async fn write_fresh_keys(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(String, u64)> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut acked = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        n += 1;
+        let key = format!("user:fresh:{n}");
+        if conn.set::<_, _, ()>(&key, n).await.is_ok() {
+            acked.push((key, n));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    acked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
