@@ -38,19 +38,25 @@ pub async fn inject(fleet: Arc<Fleet>, mut rng: Rng, until: Instant) -> Counts {
         let kinds = [4, 2, 2, 2, 2, 3, 1, 2, 2];
         match rng.weighted(&kinds) {
             0 => {
+                let pods: Vec<String> = fleet.node.running().into_iter().map(|(n, _)| n).collect();
                 if fleet.node.kill_running() > 0 {
+                    fleet.event(format!("Job pod kill -9: {}", pods.join(", ")));
                     *counts.entry("Job pod kill -9").or_default() += 1;
                 }
             }
             1 => {
                 let down = Duration::from_millis(rng.range(500, 4_000));
+                fleet.event(format!("operator kill -9, down {} ms", down.as_millis()));
                 fleet.restart_operator(down).await;
+                fleet.event("operator started again");
                 *counts.entry("operator kill -9").or_default() += 1;
             }
             2 => {
                 let i = rng.range(0, fleet.sidecars.len() as u64) as usize;
                 let down = Duration::from_millis(rng.range(200, 3_000));
+                fleet.event(format!("sidecar {i} kill -9, down {} ms", down.as_millis()));
                 fleet.restart_sidecar(i, down).await;
+                fleet.event(format!("sidecar {i} started again"));
                 *counts.entry("sidecar kill -9").or_default() += 1;
             }
             k @ (3 | 4) => {
@@ -71,11 +77,13 @@ pub async fn inject(fleet: Arc<Fleet>, mut rng: Rng, until: Instant) -> Counts {
             5 => {
                 fills += 1;
                 if fill(&fleet, &mut rng, fills).await {
+                    fleet.event("fill ended");
                     *counts.entry("category filled").or_default() += 1;
                 }
             }
             6 => {
                 forced += 1;
+                fleet.event(format!("rebalance-now chaos-{forced}"));
                 fleet.rebalance_now(&format!("chaos-{forced}")).await;
                 *counts.entry("rebalance-now").or_default() += 1;
             }
@@ -86,17 +94,20 @@ pub async fn inject(fleet: Arc<Fleet>, mut rng: Rng, until: Instant) -> Counts {
                 } else {
                     ("cancel", "rebalance cancelled, then resumed")
                 };
+                fleet.event(format!("rebalance {value}"));
                 fleet.rebalance_control(Some(value)).await;
                 let hold = Duration::from_millis(rng.range(1_000, 8_000));
                 let f = fleet.clone();
                 pauses.push(tokio::spawn(async move {
                     tokio::time::sleep(hold).await;
+                    f.event(format!("rebalance {value} removed"));
                     f.rebalance_control(None).await;
                     Some(what)
                 }));
             }
             _ => {
                 if let Some(what) = lifecycle(&fleet, &mut rng, &mut added).await {
+                    fleet.event(what);
                     *counts.entry(what).or_default() += 1;
                 }
             }
@@ -168,6 +179,7 @@ async fn fill(fleet: &Fleet, rng: &mut Rng, round: u64) -> bool {
     let prefix = *rng.pick(&["order:", "menu:", "ml:", "auth:", "user:", "restaurant:"]);
     let ttl = rng.range(60_000, 150_000);
     let value = "f".repeat(2_000);
+    fleet.event(format!("fill of {prefix} keys began"));
     let mut client = Client::new(fleet.sidecars[0].port);
     let mut written = 0;
     for batch in 0..60u64 {

@@ -201,6 +201,8 @@ pub struct Fleet {
     pub pauses: Mutex<Vec<Pause>>,
     /// Every sidecar kill -9: (sidecar, when).
     pub kills: Mutex<Vec<(usize, u64)>>,
+    /// What the faults did and how plans went, with the test's clock: a failed seed's timeline.
+    pub events: Mutex<Vec<(u64, String)>>,
     /// The sidecars' reports on their `async` results, every 200 ms.
     pub replication: Mutex<Vec<ReplicationSample>>,
     /// The instances' memory (percent of capacity, from their status) whenever it changed.
@@ -306,6 +308,7 @@ impl Fleet {
             plans: Mutex::new(BTreeMap::new()),
             pauses: Mutex::new(Vec::new()),
             kills: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
             replication: Mutex::new(Vec::new()),
             memory: Mutex::new(Vec::new()),
             pausing: AtomicBool::new(false),
@@ -366,6 +369,11 @@ impl Fleet {
     pub async fn table(&self) -> Option<RoutingTable> {
         let cm = self.configmaps.get_opt(ROUTING).await.ok()??;
         table_of(&cm)?.ok()
+    }
+
+    /// Notes `what` at this moment in the timeline a failed seed prints.
+    pub fn event(&self, what: impl Into<String>) {
+        lock(&self.events).push((self.clock.now(), what.into()));
     }
 
     /// The policy's rebalance status now.
@@ -741,6 +749,7 @@ async fn app_keys(client: &redis::Client) -> Option<u64> {
 /// stops.
 pub async fn observe(fleet: Arc<Fleet>) {
     let mut phases: BTreeMap<String, InstancePhase> = BTreeMap::new();
+    let mut plan_seen = String::new();
     let mut asked = 0;
     while !fleet.stop.load(Ordering::SeqCst) {
         let asking = fleet.clock.now();
@@ -790,10 +799,51 @@ pub async fn observe(fleet: Arc<Fleet>) {
         if let Some(r) = fleet.rebalance().await
             && r.plan_id > 0
         {
+            let now = plan_summary(&r, false);
+            if now != plan_seen {
+                let first = !plan_seen.starts_with(&format!("plan {} ", r.plan_id));
+                fleet.event(plan_summary(&r, first));
+                plan_seen = now;
+            }
             lock(&fleet.plans).insert(r.plan_id, r);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A plan's status in one line (`moves`: with its moves, for the plan's first line).
+fn plan_summary(r: &RebalanceStatus, moves: bool) -> String {
+    let mut line = format!(
+        "plan {} {} step {} attempts {} job {}{}",
+        r.plan_id,
+        r.phase,
+        r.step.as_deref().unwrap_or("-"),
+        r.attempts,
+        r.job.as_deref().unwrap_or("-"),
+        if r.paused == Some(true) {
+            " paused"
+        } else {
+            ""
+        },
+    );
+    if moves {
+        for m in &r.moves {
+            line.push_str(&format!(
+                "; {} {}..{} {} → {}{}",
+                m.category,
+                m.start,
+                m.end,
+                m.from,
+                m.to,
+                if m.target_serves == Some(true) {
+                    " (target serves)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    line
 }
 
 /// Copies each new table into file sidecar `i`'s file late, as a kubelet syncs a mounted

@@ -132,6 +132,10 @@ pub struct Report {
     pub resurfaced: u64,
     /// Keys with a violation (the first few).
     pub keys: Vec<String>,
+    /// How many keys have a violation.
+    pub keys_violated: u64,
+    /// When the first read that broke a rule began (test clock, ns).
+    pub first_at: Option<u64>,
     /// Reads checked.
     pub reads: u64,
     /// Writes acknowledged.
@@ -172,6 +176,11 @@ impl Report {
                 self.keys.push(k.clone());
             }
         }
+        self.keys_violated += other.keys_violated;
+        self.first_at = match (self.first_at, other.first_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.reads += other.reads;
         self.acknowledged += other.acknowledged;
         for e in &other.examples {
@@ -414,7 +423,9 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
         report.note(kind, example);
         if report.keys.is_empty() {
             report.keys.push(key.to_owned());
+            report.keys_violated = 1;
         }
+        report.first_at = Some(report.first_at.map_or(r.start, |t| t.min(r.start)));
         // Count it as seen at its best candidate, so one lost write is not counted again and
         // again by every later read.
         if let Some(i) = fits
@@ -497,12 +508,23 @@ mod tests {
         };
         let rep = check_key("user:k", &h);
         assert_eq!(rep.lost_writes, 1, "{rep:?}");
+        assert_eq!((rep.keys_violated, rep.first_at), (1, Some(40)), "{rep:?}");
         // Nothing at all is a lost write too.
         let h = KeyHistory {
             writes: vec![w(0, 10, "v2", Outcome::Ok)],
-            reads: vec![r(40, 50, "")],
+            reads: vec![r(35, 50, "")],
         };
-        assert_eq!(check_key("k", &h).lost_writes, 1);
+        let other = check_key("k", &h);
+        assert_eq!(other.lost_writes, 1);
+        // The run's report counts both keys, and the first broken rule is the earlier read.
+        let mut total = Report::default();
+        total.add(&rep);
+        total.add(&other);
+        assert_eq!(
+            (total.keys_violated, total.first_at),
+            (2, Some(35)),
+            "{total:?}"
+        );
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub fn details(row: &Row) -> String {
     {
         let _ = writeln!(out, "  ! {e}");
     }
+    for d in &row.diagnosis {
+        let _ = writeln!(out, "  | {d}");
+    }
     for e in &row.slow_examples {
         let _ = writeln!(out, "  slow: {e}");
     }

@@ -87,6 +87,8 @@ pub struct Row {
     pub async_handed_over: usize,
     /// Where the logs of a failed seed were kept.
     pub logs: Option<PathBuf>,
+    /// A failed seed's evidence, printed with its details ([`diagnose`]).
+    pub diagnosis: Vec<String>,
 }
 
 impl Row {
@@ -266,9 +268,11 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         handed_over,
         async_handed_over,
         logs: None,
+        diagnosis: Vec::new(),
     };
     drop((plans, finished));
     if !row.clean() {
+        row.diagnosis = diagnose(&fleet, &row.history);
         row.logs = keep_logs(&fleet, seed);
         if let Some(dir) = &row.logs {
             let dump: Vec<String> = row
@@ -715,6 +719,89 @@ impl AtRisk {
     }
 }
 
+/// Nanoseconds of the test clock in seconds, for reports.
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// How far before and after the first broken rule [`diagnose`]'s timeline reaches (ns).
+const TIMELINE_BEFORE_NS: u64 = 15_000_000_000;
+const TIMELINE_AFTER_NS: u64 = 5_000_000_000;
+
+/// A failed seed's evidence, short enough for a CI log whose files are gone: how many keys
+/// broke a rule, the first one's route in every table (when it changed), and what the faults,
+/// plans, instances and tables did around the first broken rule.
+fn diagnose(fleet: &Fleet, report: &Report) -> Vec<String> {
+    let mut out = vec![format!(
+        "{} keys broke a rule: {}",
+        report.keys_violated,
+        report
+            .keys
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    )];
+    let tables = lock(&fleet.tables).clone();
+    if let Some(key) = report.keys.first() {
+        let mut last = String::new();
+        for t in &tables {
+            let Ok(resolver) = Resolver::new(t.table.clone()) else {
+                continue;
+            };
+            let route = resolver.resolve(key.as_bytes());
+            let name = |id| resolver.instance_name(id).to_owned();
+            let now = format!(
+                "slot {} owner {}, served by {}{}",
+                route.slot,
+                name(route.owner),
+                name(route.target),
+                route
+                    .migrating_from
+                    .map(|f| format!(", migrating from {}", name(f)))
+                    .unwrap_or_default()
+            );
+            if now != last {
+                out.push(format!(
+                    "{:8.3} s  v{}: {key}: {now}",
+                    secs(t.at),
+                    t.table.version
+                ));
+                last = now;
+            }
+        }
+    }
+    let Some(first) = report.first_at else {
+        return out;
+    };
+    let window = first.saturating_sub(TIMELINE_BEFORE_NS)..first + TIMELINE_AFTER_NS;
+    let mut timeline: Vec<(u64, String)> = lock(&fleet.events).clone();
+    timeline.extend(
+        tables
+            .iter()
+            .map(|t| (t.at, format!("table v{} seen", t.table.version))),
+    );
+    timeline.extend(
+        lock(&fleet.phases)
+            .iter()
+            .map(|p| (p.at, format!("{} {:?}", p.instance, p.phase))),
+    );
+    for p in lock(&fleet.pauses).iter() {
+        timeline.push((p.stop, format!("{} SIGSTOP", p.instance)));
+        timeline.push((p.cont, format!("{} SIGCONT", p.instance)));
+    }
+    timeline.push((first, "← the first read that broke a rule began".to_owned()));
+    timeline.retain(|(at, _)| window.contains(at));
+    timeline.sort_by_key(|(at, _)| *at);
+    out.extend(
+        timeline
+            .into_iter()
+            .map(|(at, what)| format!("{:8.3} s  {what}", secs(at))),
+    );
+    out
+}
+
 /// Copies the logs of the operator, the sidecars, the Job pods and the redis-servers to
 /// `target/chaos/seed-<seed>/` (the temporary originals go when the test binary exits).
 fn keep_logs(fleet: &Fleet, seed: u64) -> Option<PathBuf> {
@@ -760,6 +847,11 @@ fn keep_logs(fleet: &Fleet, seed: u64) -> Option<PathBuf> {
         .map(|p| format!("{:.3} s: {} {:?}", p.at as f64 / 1e9, p.instance, p.phase))
         .collect();
     let _ = std::fs::write(dir.join("phases.txt"), phases.join("\n"));
+    let events: Vec<String> = lock(&fleet.events)
+        .iter()
+        .map(|(at, what)| format!("{:.3} s: {what}", secs(*at)))
+        .collect();
+    let _ = std::fs::write(dir.join("events.txt"), events.join("\n"));
     let pauses: Vec<String> = lock(&fleet.pauses)
         .iter()
         .map(|p| {
