@@ -273,6 +273,9 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
     drop((plans, finished));
     if !row.clean() {
         row.diagnosis = diagnose(&fleet, &row.history);
+    }
+    // `CHAOS_KEEP_LOGS=1` keeps a clean seed's logs too (to read a timeline that worked).
+    if !row.clean() || std::env::var_os("CHAOS_KEEP_LOGS").is_some() {
         row.logs = keep_logs(&fleet, seed);
         if let Some(dir) = &row.logs {
             let dump: Vec<String> = row
