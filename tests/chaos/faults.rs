@@ -1,6 +1,8 @@
 //! The faults, at moments the seed draws: kill -9 of the running rebalance Job pod, of the
 //! operator and of a sidecar (each restarted, as Kubernetes would); SIGSTOP … SIGCONT of a
-//! redis-server, shorter and longer than the failover threshold (probes every 1 s, 2 failures);
+//! redis-server, shorter and longer than the failover threshold (probes every 1 s, 2 failures;
+//! the longer ones end within the failover notice's wait or after it, so some are held back
+//! and some fail over);
 //! an instance added, drained and removed once empty; a category filled past the capacity
 //! threshold; `redisfleet.io/rebalance-now`; and `redisfleet.io/rebalance` set to `pause` or
 //! `cancel` for 1–8 s, then removed. Fills and drains keep the fleet within its
@@ -65,7 +67,10 @@ pub async fn inject(fleet: Arc<Fleet>, mut rng: Rng, until: Instant) -> Counts {
                 let (what, ms) = if k == 3 {
                     ("Redis SIGSTOP < threshold", rng.range(200, 1_200))
                 } else {
-                    ("Redis SIGSTOP > threshold", rng.range(4_000, 9_000))
+                    // Found unreachable after 1.5–2.5 s, then the failover notice's 6 s
+                    // wait: a pause that ends before it is held back (a blip, data kept),
+                    // a longer one fails the instance over.
+                    ("Redis SIGSTOP > threshold", rng.range(4_000, 16_000))
                 };
                 let f = fleet.clone();
                 pauses.push(tokio::spawn(async move {

@@ -261,6 +261,50 @@ pub async fn fence_swaps(
         .collect()
 }
 
+/// What decides whether a failover waits for an instance that answers again.
+struct Returning<'a> {
+    ctx: &'a Context,
+    namespace: &'a str,
+    selected: &'a [Arc<RedisInstance>],
+    previous: Option<&'a RoutingTable>,
+    table: &'a RoutingTable,
+    lost: &'a BTreeSet<String>,
+}
+
+impl Returning<'_> {
+    /// The first of `names` (failed over by `table`) that answers right now and whose failover
+    /// may wait: it kept its data, and the failover does more than restore failbacks'.
+    async fn first_answering(&self, names: &[String]) -> Option<String> {
+        for name in names {
+            if !only_restores_failbacks(self.previous, self.table, name)
+                && !self.lost.contains(name)
+                && let Some(ri) = self.selected.iter().find(|ri| ri.name_any() == *name)
+                && fences::answers(self.ctx, self.namespace, ri).await
+            {
+                return Some(name.clone());
+            }
+        }
+        None
+    }
+}
+
+/// A failover held back: nothing is published. What was decided stands (the plan's status is
+/// written without the moves given up), so their keys in transit go back now all the same
+/// (`before_write`); the table that gives their ranges back follows once the instance serves
+/// again.
+async fn hold_back(
+    current: &super::fetch::Current,
+    before_write: Option<impl Future<Output = Result<(), Error>>>,
+) -> Result<Published, Error> {
+    if let Some(before_write) = before_write {
+        before_write.await?;
+    }
+    Ok(Published {
+        held_back: true,
+        ..Published::unchanged(current)
+    })
+}
+
 /// Publishes `table` when its content differs from the previous one: as the next version,
 /// after deleting stale copies on the instances about to serve ranges, followed by Events and
 /// the freeing of copies no longer served. An unchanged table is published again only when
@@ -282,7 +326,7 @@ pub async fn publish_routing(
     done: &BTreeSet<(String, u64)>,
     lost: &BTreeSet<String>,
     mut table: RoutingTable,
-    mut before_write: Option<impl Future<Output = Result<(), Error>>>,
+    before_write: Option<impl Future<Output = Result<(), Error>>>,
 ) -> Result<Published, Error> {
     credentials::sync(ctx, policy, namespace, &table).await?;
     let previous = current.table.as_ref();
@@ -328,24 +372,17 @@ pub async fn publish_routing(
         // A failover of an instance that answers right now waits (it is back, or was never
         // gone for the sidecars); otherwise every other instance learns its fence first.
         let newly = newly_failed_over(previous, &table);
-        for name in &newly {
-            if !only_restores_failbacks(previous, &table, name)
-                && !lost.contains(name)
-                && let Some(ri) = selected.iter().find(|ri| ri.name_any() == *name)
-                && fences::answers(ctx, namespace, ri).await
-            {
-                info!(instance = %name, "holding a failover back: the instance answers again");
-                // What was decided stands (the plan's status is written without the moves
-                // given up), so their keys in transit go back now all the same; the table
-                // that gives their ranges back follows once the instance serves again.
-                if let Some(before_write) = before_write.take() {
-                    before_write.await?;
-                }
-                return Ok(Published {
-                    held_back: true,
-                    ..Published::unchanged(current)
-                });
-            }
+        let back = Returning {
+            ctx,
+            namespace,
+            selected,
+            previous,
+            table: &table,
+            lost,
+        };
+        if let Some(name) = back.first_answering(&newly).await {
+            info!(instance = %name, "holding a failover back: the instance answers again");
+            return hold_back(current, before_write).await;
         }
         // An unreachable instance whose ranges go elsewhere without failover entries (a
         // draining instance's to their new owner, a dead move source's to its target) is
@@ -366,6 +403,18 @@ pub async fn publish_routing(
             // instance while its lease lasts: none may be acknowledged once other instances
             // serve the ranges.
             tokio::time::sleep(NOTICE_WAIT).await;
+            // An instance back within the wait (a blip: a few seconds' pause, a network
+            // hiccup) keeps its ranges and its data: no other instance has served them yet.
+            // The notice fenced it at this table's version on the others, so the next table
+            // goes out at that version at least (`fences::unpublished_notice`), and sidecars
+            // use it again once they load that one.
+            if let Some(name) = back
+                .first_answering(&newly_failed_over(previous, &table))
+                .await
+            {
+                info!(instance = %name, version = table.version, "holding a failover back: the instance answered again within the notice's wait; its data stays");
+                return hold_back(current, before_write).await;
+            }
         }
         prepare_targets(ctx, namespace, selected, previous, &table).await?;
         // The copies of what `previous` routed to an instance and `table` does not are
