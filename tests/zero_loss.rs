@@ -2789,6 +2789,29 @@ fn refuse_routing_updates(name: &str, ns: &str) -> String {
     )
 }
 
+/// Waits for the operator's failover notice for the secondary (its fence on the primary raised
+/// above `settled`); returns the fenced version.
+async fn failover_notice(
+    shop: &Shop,
+    on_primary: &mut redis::aio::MultiplexedConnection,
+    settled: &RoutingTable,
+) -> u64 {
+    let fences = format!("redisfleet:fences:{}/shop", shop.ns);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let fenced: Option<u64> = on_primary.hget(&fences, "secondary").await.unwrap();
+        if let Some(v) = fenced.filter(|v| *v > settled.version) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover notice\n{}",
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_fenced_by_a_failover_notice_whose_table_never_went_out_serves_again_when_it_answers()
  {
@@ -2822,20 +2845,8 @@ async fn an_instance_fenced_by_a_failover_notice_whose_table_never_went_out_serv
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let fences = format!("redisfleet:fences:{}/shop", shop.ns);
+    failover_notice(&shop, &mut on_primary, &settled).await;
     let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let fenced: Option<u64> = on_primary.hget(&fences, "secondary").await.unwrap();
-        if fenced.is_some_and(|v| v > settled.version) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no failover notice\n{}",
-            shop.operator.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     // The notice's table is refused (after the notice's wait for the sidecars' leases).
     while !shop
         .operator
@@ -2917,21 +2928,8 @@ async fn an_instance_back_within_the_failover_notice_s_wait_keeps_its_ranges_and
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let fences = format!("redisfleet:fences:{}/shop", shop.ns);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let fenced = loop {
-        let fenced: Option<u64> = on_primary.hget(&fences, "secondary").await.unwrap();
-        if let Some(v) = fenced.filter(|v| *v > settled.version) {
-            break v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no failover notice\n{}",
-            shop.operator.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    // Back at once: the notice's wait (7 s) has just begun.
+    let fenced = failover_notice(&shop, &mut on_primary, &settled).await;
+    // Back at once: the notice's wait (6 s) has just begun.
     signal(pid, "-CONT");
     let acknowledged = in_flight.await.unwrap();
 
