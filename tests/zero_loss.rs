@@ -2957,7 +2957,7 @@ async fn an_instance_back_within_the_failover_notice_s_wait_keeps_its_ranges_and
     assert!(
         shop.operator
             .log_tail(2_000)
-            .contains("the instance answered again within the notice's wait"),
+            .contains("the routing in force is published again at the notice's version"),
         "{}",
         shop.operator.log_tail(40)
     );

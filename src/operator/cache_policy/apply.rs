@@ -405,15 +405,36 @@ pub async fn publish_routing(
             tokio::time::sleep(NOTICE_WAIT).await;
             // An instance back within the wait (a blip: a few seconds' pause, a network
             // hiccup) keeps its ranges and its data: no other instance has served them yet.
-            // The notice fenced it at this table's version on the others, so the next table
-            // goes out at that version at least (`fences::unpublished_notice`), and sidecars
-            // use it again once they load that one.
+            // The notice fenced it at this table's version on the others, so the routing in
+            // force goes out again at that version at once: sidecars use the instance again as
+            // soon as they load it, not only once probes find it `Ready` and a table without
+            // the failover is built (until then each reconcile holds the failover back again,
+            // without a notice, while it answers).
             if let Some(name) = back
                 .first_answering(&newly_failed_over(previous, &table))
                 .await
             {
-                info!(instance = %name, version = table.version, "holding a failover back: the instance answered again within the notice's wait; its data stays");
-                return hold_back(current, before_write).await;
+                let Some(previous) = previous else {
+                    return hold_back(current, before_write).await;
+                };
+                if let Some(before_write) = before_write {
+                    before_write.await?;
+                }
+                let mut again = previous.clone();
+                again.version = table.version;
+                again.schema_version = table.schema_version;
+                let lists = Lists {
+                    unfreed: current.unfreed.clone(),
+                    leaving: current.departures.clone(),
+                };
+                cm.write(resource_version, &again, &lists).await?;
+                info!(instance = %name, version = again.version, "holding a failover back: the instance answered again within the notice's wait; the routing in force is published again at the notice's version, and its data stays");
+                // Not `now`: no plan's transition is carried out by this table.
+                return Ok(Published {
+                    table: Some(again),
+                    held_back: true,
+                    ..Published::unchanged(current)
+                });
             }
         }
         prepare_targets(ctx, namespace, selected, previous, &table).await?;
