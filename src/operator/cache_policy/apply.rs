@@ -286,6 +286,23 @@ impl Returning<'_> {
         }
         None
     }
+
+    /// Whether every one of `names` (a notice's) is failed over by `table`, may wait and
+    /// answers right now ([`Self::first_answering`]).
+    async fn all_answering(&self, names: &[String]) -> bool {
+        let failed_over = newly_failed_over(self.previous, self.table);
+        for name in names {
+            if !failed_over.contains(name)
+                || self
+                    .first_answering(std::slice::from_ref(name))
+                    .await
+                    .is_none()
+            {
+                return false;
+            }
+        }
+        !names.is_empty()
+    }
 }
 
 /// A failover held back: nothing is published. What was decided stands (the plan's status is
@@ -409,14 +426,12 @@ pub async fn publish_routing(
             // force goes out again at that version at once: sidecars use the instance again as
             // soon as they load it, not only once probes find it `Ready` and a table without
             // the failover is built (until then each reconcile holds the failover back again,
-            // without a notice, while it answers).
-            if let Some(name) = back
-                .first_answering(&newly_failed_over(previous, &table))
-                .await
+            // without a notice, while it answers). Only when every instance of the notice is
+            // back so: that table lifts the notice's fence for all of them, and one that is
+            // still down, or lost its data, must stay fenced off and fail over.
+            if let Some(previous) = previous
+                && back.all_answering(&newly).await
             {
-                let Some(previous) = previous else {
-                    return hold_back(current, before_write).await;
-                };
                 if let Some(before_write) = before_write {
                     before_write.await?;
                 }
@@ -428,7 +443,7 @@ pub async fn publish_routing(
                     leaving: current.departures.clone(),
                 };
                 cm.write(resource_version, &again, &lists).await?;
-                info!(instance = %name, version = again.version, "holding a failover back: the instance answered again within the notice's wait; the routing in force is published again at the notice's version, and its data stays");
+                info!(instances = ?newly, version = again.version, "holding a failover back: the instance answered again within the notice's wait; the routing in force is published again at the notice's version, and its data stays");
                 // Not `now`: no plan's transition is carried out by this table.
                 return Ok(Published {
                     table: Some(again),
