@@ -749,7 +749,8 @@ async fn app_keys(client: &redis::Client) -> Option<u64> {
 /// stops.
 pub async fn observe(fleet: Arc<Fleet>) {
     let mut phases: BTreeMap<String, InstancePhase> = BTreeMap::new();
-    let mut plan_seen = String::new();
+    // The last plan line noted: (plan, line).
+    let mut plan_seen: Option<(i64, String)> = None;
     let mut asked = 0;
     while !fleet.stop.load(Ordering::SeqCst) {
         let asking = fleet.clock.now();
@@ -800,10 +801,10 @@ pub async fn observe(fleet: Arc<Fleet>) {
             && r.plan_id > 0
         {
             let now = plan_summary(&r, false);
-            if now != plan_seen {
-                let first = !plan_seen.starts_with(&format!("plan {} ", r.plan_id));
+            if plan_seen.as_ref().is_none_or(|(_, seen)| *seen != now) {
+                let first = plan_seen.as_ref().is_none_or(|(id, _)| *id != r.plan_id);
                 fleet.event(plan_summary(&r, first));
-                plan_seen = now;
+                plan_seen = Some((r.plan_id, now));
             }
             lock(&fleet.plans).insert(r.plan_id, r);
         }

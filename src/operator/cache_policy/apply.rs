@@ -272,32 +272,32 @@ struct Returning<'a> {
 }
 
 impl Returning<'_> {
-    /// The first of `names` (failed over by `table`) that answers right now and whose failover
-    /// may wait: it kept its data, and the failover does more than restore failbacks'.
+    /// Whether `name`'s failover may wait for it: it kept its data, the failover does more
+    /// than restore failbacks', and it answers right now.
+    async fn may_wait(&self, name: &str) -> bool {
+        !only_restores_failbacks(self.previous, self.table, name)
+            && !self.lost.contains(name)
+            && match self.selected.iter().find(|ri| ri.name_any() == name) {
+                Some(ri) => fences::answers(self.ctx, self.namespace, ri).await,
+                None => false,
+            }
+    }
+
+    /// The first of `names` (failed over by `table`) whose failover may wait.
     async fn first_answering(&self, names: &[String]) -> Option<String> {
         for name in names {
-            if !only_restores_failbacks(self.previous, self.table, name)
-                && !self.lost.contains(name)
-                && let Some(ri) = self.selected.iter().find(|ri| ri.name_any() == *name)
-                && fences::answers(self.ctx, self.namespace, ri).await
-            {
+            if self.may_wait(name).await {
                 return Some(name.clone());
             }
         }
         None
     }
 
-    /// Whether every one of `names` (a notice's) is failed over by `table`, may wait and
-    /// answers right now ([`Self::first_answering`]).
+    /// Whether every one of `names` (a notice's) is failed over by `table` and may wait.
     async fn all_answering(&self, names: &[String]) -> bool {
         let failed_over = newly_failed_over(self.previous, self.table);
         for name in names {
-            if !failed_over.contains(name)
-                || self
-                    .first_answering(std::slice::from_ref(name))
-                    .await
-                    .is_none()
-            {
+            if !failed_over.contains(name) || !self.may_wait(name).await {
                 return false;
             }
         }
