@@ -20,7 +20,8 @@
 //! - a **dropped** write stands for a failover: data held only by an instance that was declared
 //!   dead may be dropped (`docs/protocol.md`, "What is guaranteed"), so the harness inserts a
 //!   possible delete, of unknown outcome, where it surely saw the failover table; a write whose
-//!   reply saw that delete shows it came earlier, and places it just before that write.
+//!   reply saw that delete (it may have, when the failover may have been out before the
+//!   write's reply came) shows it came earlier, and places it just before that write.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -317,11 +318,13 @@ pub fn check_key(key: &str, h: &KeyHistory, tol: Tolerance) -> Report {
             fits.push(-1);
         }
         // A failover's drop stands where the harness saw the table, which can be after a write
-        // that began once the table was already out: that write's reply may see the drop too.
+        // that began once the table was already out: that write's reply may see the drop too,
+        // and so may a write that began just before it, since a write takes effect at some
+        // moment before its reply (its end, this reply's end).
         let candidates = writes
             .iter()
             .enumerate()
-            .filter(|(i, w)| *i < limit || (w.dropped && r.before.is_some_and(|t| w.start < t)));
+            .filter(|(i, w)| *i < limit || (w.dropped && r.before.is_some() && w.start < r.end));
         for (i, w) in candidates {
             match fit(w, r, tol) {
                 Fit::Yes => fits.push(i as i64),
@@ -671,7 +674,25 @@ mod tests {
         };
         let rep = check_key("k", &h);
         assert!(rep.clean() && rep.failover_drops == 1, "{rep:?}");
-        // Not when the failover surely came after the write began.
+        // Chaos seed 5: the failover may have been out only from just after the write began
+        // (a `SET … GET` at 20..22, the table possible from 21), but before its reply: the
+        // write took effect somewhere in between, so its reply may have seen the drop.
+        let mut slow = seen_absent.clone();
+        slow.end = 22;
+        let h = KeyHistory {
+            writes: vec![
+                w(0, 10, "a", Outcome::Ok),
+                w(20, 22, "b", Outcome::Ok),
+                Write {
+                    start: 21,
+                    ..drop.clone()
+                },
+            ],
+            reads: vec![slow, r(30, 31, "b")],
+        };
+        let rep = check_key("k", &h);
+        assert!(rep.clean() && rep.failover_drops == 1, "{rep:?}");
+        // Not when the failover surely came after the write ended.
         let late = Write { start: 22, ..drop };
         let h = KeyHistory {
             writes: vec![
