@@ -2961,6 +2961,34 @@ async fn an_instance_back_within_the_failover_notice_s_wait_keeps_its_ranges_and
         "{}",
         shop.operator.log_tail(40)
     );
+    // Where people look, not only in the log: an Event on the policy and a counter.
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(shop.policies.clone().into_client(), &shop.ns);
+    let withdrawn = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("FailoverWithdrawn"))
+        .expect("a FailoverWithdrawn Event");
+    let note = withdrawn.note.unwrap_or_default();
+    assert!(
+        note.contains("secondary") && note.contains(&format!("version {fenced}")),
+        "{note}"
+    );
+    assert_eq!(
+        support::series_value(
+            &shop.operator.metrics(),
+            &format!(
+                "redisfleet_failover_notices_withdrawn_total{{namespace=\"{}\",policy=\"shop\"}}",
+                shop.ns
+            )
+        ),
+        Some(1.0),
+        "{}",
+        shop.operator.metrics()
+    );
     // Every key is still on the secondary, and reads back through the sidecar.
     let mut on_secondary = shop
         .secondary
@@ -2991,4 +3019,128 @@ async fn an_instance_back_within_the_failover_notice_s_wait_keeps_its_ranges_and
         let v: Option<String> = a.get("user:blip:in-flight").await.unwrap();
         assert_eq!(v.as_deref(), Some("late"), "an acknowledged write was lost");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_target_back_within_the_failover_notice_s_wait_takes_no_write_its_given_up_move_drops()
+ {
+    // A move's target stops and is back within the failover notice's wait. Its move was given
+    // up when it stopped (the range goes back to the source, the target's copies of it are
+    // dropped with the next table), so the failover must not be withdrawn by publishing the
+    // routing in force again: that table still ran the move, the target served the keys it
+    // holds again and acknowledged writes to them, and the next table (the range back on the
+    // source) freed them with its copies.
+    let slow = |p: String| paced(p, 500, 50);
+    let shop = shop_configured("withdraw", slow, &["--rebalance-converge-timeout", "8s"]).await;
+    let node = Node::start(shop.cp, &shop.ns);
+    fill_primary(&shop.primary).await;
+    wait_rebalance(&shop, &node, "no copy", Duration::from_secs(120), |r| {
+        r.step.as_deref() == Some("Copying")
+            && r.keys_moved.unwrap_or(0) >= 500
+            && r.moves.iter().all(|m| m.to == "secondary")
+    })
+    .await;
+    let migrating = table(&shop).await;
+    let runs_the_move = |t: &RoutingTable| {
+        migrating
+            .migrating
+            .iter()
+            .any(|m| t.migrating.iter().any(|n| n == m))
+    };
+    assert!(
+        migrating.migrating.iter().any(|m| m.to == "secondary"),
+        "{migrating:#?}"
+    );
+    let taken = some_keys_on(&shop.secondary, &["auth:", "session:", "order:"], 40).await;
+    assert!(taken.len() >= 20, "{} keys on the target", taken.len());
+    let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
+
+    // The target stops until the operator has recorded its failover notice, then is back at
+    // once: the notice's wait (6 s) has just begun.
+    let pid = shop.secondary.pid().unwrap();
+    signal(pid, "-STOP");
+    wait_logged(&shop, "failover notice recorded").await;
+    signal(pid, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let next = loop {
+        let t = table(&shop).await;
+        if t.version > migrating.version {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no table after the notice\n{}",
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "after the notice: version {}, {} failover entries, the given-up move {}",
+        next.version,
+        next.failover.len(),
+        if runs_the_move(&next) {
+            "runs again"
+        } else {
+            "stays given up"
+        }
+    );
+
+    // Writes of the keys the target holds, through a sidecar on that table: each one
+    // acknowledged must read back once the fleet has settled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while routing_version(&fresh) < next.version {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never loaded the table"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = fresh
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut ledger = Ledger::default();
+    for (i, k) in taken.iter().enumerate() {
+        let value = format!("after-{i}");
+        for _ in 0..20 {
+            ledger.set(&mut c, k, &value).await;
+            if ledger.acked.get(k) == Some(&Some(value.clone())) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let acked = ledger.acked.len();
+    assert!(
+        acked > 0,
+        "no write acknowledged: {:?}\n{}",
+        &ledger.errors[..ledger.errors.len().min(5)],
+        shop.operator.log_tail(40)
+    );
+
+    // The target is Ready again, nothing is failed over, the move is not run, and no copy is
+    // left to free.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let cm = shop.configmaps.get("shop-redis-routing").await.unwrap();
+        let t = table_of(&cm).unwrap().unwrap();
+        let unfreed = cm
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("redisfleet.io/unfreed-copies"))
+            .is_some_and(|v| v.contains("secondary"));
+        if t.failover.is_empty() && !runs_the_move(&t) && !unfreed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet never settled: {t:#?}\n{}",
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!("{acked} of {} writes acknowledged", taken.len());
+    ledger.check(&fresh, "a sidecar on the settled table").await;
 }

@@ -134,6 +134,10 @@ pub struct Metrics {
     pub routing_version: Family<PolicyLabels, Gauge>,
     /// Failed-over slot ranges per policy.
     pub failovers: Family<PolicyLabels, Gauge>,
+    /// Instances whose failover the last reconcile held back because they answer again.
+    pub failovers_held_back: Family<PolicyLabels, Gauge>,
+    /// Failover notices withdrawn: every instance they named answered again within the wait.
+    pub failover_notices_withdrawn: Family<PolicyLabels, Counter>,
     /// Seconds from an instance status change to the routing ConfigMap update.
     pub publish_latency: Histogram,
     /// Keys moved by the rebalance in progress (or last finished), per policy.
@@ -252,6 +256,8 @@ impl Metrics {
             status_writes: Family::default(),
             routing_version: Family::default(),
             failovers: Family::default(),
+            failovers_held_back: Family::default(),
+            failover_notices_withdrawn: Family::default(),
             publish_latency: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             rebalance_keys_moved: Family::default(),
             rebalance_keys_total: Family::default(),
@@ -366,6 +372,16 @@ impl Metrics {
             "failover_ranges",
             "Slot ranges currently served by a fallback instance",
             m.failovers.clone(),
+        );
+        r.register(
+            "failovers_held_back",
+            "Instances whose failover the last reconcile built but held back because they answer again (not Ready yet)",
+            m.failovers_held_back.clone(),
+        );
+        r.register(
+            "failover_notices_withdrawn",
+            "Failover notices withdrawn because every instance they named answered again within the notice's wait: the routing in force went out again, no failover",
+            m.failover_notices_withdrawn.clone(),
         );
         r.register(
             "routing_publish_latency_seconds",
@@ -667,6 +683,12 @@ impl Metrics {
         self.departures_given_up.get_or_create(labels).inc();
     }
 
+    /// Counts a failover notice withdrawn: its instances answered again within the wait.
+    pub fn failover_notice_withdrawn(&self, labels: &PolicyLabels) {
+        self.note_policy(labels);
+        self.failover_notices_withdrawn.get_or_create(labels).inc();
+    }
+
     /// Counts an instance found without the replicated data it held.
     pub fn instance_lost_data(&self, labels: &PolicyLabels) {
         self.note_policy(labels);
@@ -721,6 +743,8 @@ impl Metrics {
         self.known().policies.remove(labels);
         self.routing_version.remove(labels);
         self.failovers.remove(labels);
+        self.failovers_held_back.remove(labels);
+        self.failover_notices_withdrawn.remove(labels);
         self.rebalance_keys_moved.remove(labels);
         self.rebalance_keys_total.remove(labels);
         self.rebalance_failures.remove(labels);
@@ -900,6 +924,7 @@ mod tests {
             for family in [
                 &m.routing_version,
                 &m.failovers,
+                &m.failovers_held_back,
                 &m.rebalance_keys_moved,
                 &m.rebalance_keys_total,
                 &m.sidecars,
@@ -915,6 +940,7 @@ mod tests {
             m.set_category_usage(labels, &[usage("auth", "a", 3, Some(1), Some(2))]);
             m.rebalance_failed(labels);
             m.departure_given_up(labels);
+            m.failover_notice_withdrawn(labels);
         }
         let mut known = m.policies();
         known.sort_by(|x, y| x.policy.cmp(&y.policy));

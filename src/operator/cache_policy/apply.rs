@@ -24,6 +24,7 @@ use crate::api::FIELD_MANAGER;
 use crate::api::cache_policy::{CachePolicy, config_map_name};
 use crate::api::redis_instance::{InstancePhase, RedisInstance};
 use crate::operator::context::Context;
+use crate::operator::metrics::PolicyLabels;
 use crate::redis::connect::redact;
 use crate::redis::keys::{delete_ranges, in_ranges, prefix_pattern};
 use crate::redis::protocol::heartbeat::NOTICE_WAIT;
@@ -31,7 +32,7 @@ use crate::redis::protocol::names;
 use crate::routing::config_map::contents;
 use crate::routing::keyspace::Resolver;
 use crate::routing::slots::SlotRange;
-use crate::routing::table::Failover;
+use crate::routing::table::{Failover, Migration};
 use crate::routing::table::{RoutingTable, VERSION_ANNOTATION};
 
 use super::Error;
@@ -53,8 +54,9 @@ pub struct Published {
     pub table: Option<RoutingTable>,
     /// Whether this reconcile published a new version.
     pub now: bool,
-    /// A failover was held back because the instance answered again: reconcile again soon.
-    pub held_back: bool,
+    /// Instances whose failover was held back because they answer again (none: nothing held
+    /// back): reconcile again soon.
+    pub held_back: Vec<String>,
     /// Instances that still hold copies of ranges no table routes to them (`super::unfreed`).
     pub copies_to_free: BTreeSet<String>,
     /// Instances leaving the policy, as the ConfigMap lists them now (`super::departures`).
@@ -67,7 +69,7 @@ impl Published {
         Self {
             table: current.table.clone(),
             now: false,
-            held_back: false,
+            held_back: Vec::new(),
             copies_to_free: current.unfreed.instances(),
             departures: current.departures.clone(),
         }
@@ -108,6 +110,33 @@ fn newly_failed_over(previous: Option<&RoutingTable>, next: &RoutingTable) -> Ve
     out.sort();
     out.dedup();
     out
+}
+
+/// The migrations `previous` runs that `next` does not: moves given up (a dead end) or
+/// finished. Publishing `previous` again would run them once more, although their plan let
+/// them go: a move given up for its dead target, run again, has its target take writes for the
+/// keys it holds that the next table drops with its copies of the range.
+fn migrations_let_go<'a>(previous: &'a RoutingTable, next: &RoutingTable) -> Vec<&'a Migration> {
+    let same = |a: &Migration, b: &Migration| {
+        (
+            a.category.as_str(),
+            a.start,
+            a.end,
+            a.from.as_str(),
+            a.to.as_str(),
+        ) == (
+            b.category.as_str(),
+            b.start,
+            b.end,
+            b.from.as_str(),
+            b.to.as_str(),
+        )
+    };
+    previous
+        .migrating
+        .iter()
+        .filter(|m| !next.migrating.iter().any(|n| same(m, n)))
+        .collect()
 }
 
 /// Instances that serve ranges in `previous` that `next` routes elsewhere while they are
@@ -311,13 +340,14 @@ impl Returning<'_> {
 /// again.
 async fn hold_back(
     current: &super::fetch::Current,
+    instance: String,
     before_write: Option<impl Future<Output = Result<(), Error>>>,
 ) -> Result<Published, Error> {
     if let Some(before_write) = before_write {
         before_write.await?;
     }
     Ok(Published {
-        held_back: true,
+        held_back: vec![instance],
         ..Published::unchanged(current)
     })
 }
@@ -399,7 +429,7 @@ pub async fn publish_routing(
         };
         if let Some(name) = back.first_answering(&newly).await {
             info!(instance = %name, "holding a failover back: the instance answers again");
-            return hold_back(current, before_write).await;
+            return hold_back(current, name, before_write).await;
         }
         // An unreachable instance whose ranges go elsewhere without failover entries (a
         // draining instance's to their new owner, a dead move source's to its target) is
@@ -428,8 +458,21 @@ pub async fn publish_routing(
             // the failover is built (until then each reconcile holds the failover back again,
             // without a notice, while it answers). Only when every instance of the notice is
             // back so: that table lifts the notice's fence for all of them, and one that is
-            // still down, or lost its data, must stay fenced off and fail over.
-            if let Some(previous) = previous
+            // still down, or lost its data, must stay fenced off and fail over. And only when
+            // the routing in force runs no move that this table lets go: a move given up for
+            // its dead target stays given up (its keys in transit go back to the source, the
+            // target's copies of the range are dropped), so the target must not serve it again.
+            let let_go = previous.map_or_else(Vec::new, |p| migrations_let_go(p, &table));
+            if !let_go.is_empty() {
+                let moves: Vec<String> = let_go
+                    .iter()
+                    .map(|m| format!("{} {}-{} {} → {}", m.category, m.start, m.end, m.from, m.to))
+                    .collect();
+                info!(
+                    ?moves,
+                    "the failover goes on even if its instances answer again: the routing in force runs moves given up since"
+                );
+            } else if let Some(previous) = previous
                 && back.all_answering(&newly).await
             {
                 if let Some(before_write) = before_write {
@@ -444,10 +487,11 @@ pub async fn publish_routing(
                 };
                 cm.write(resource_version, &again, &lists).await?;
                 info!(instances = ?newly, version = again.version, "holding a failover back: the instance answered again within the notice's wait; the routing in force is published again at the notice's version, and its data stays");
+                notice_withdrawn(ctx, policy, &newly, again.version).await;
                 // Not `now`: no plan's transition is carried out by this table.
                 return Ok(Published {
                     table: Some(again),
-                    held_back: true,
+                    held_back: newly,
                     ..Published::unchanged(current)
                 });
             }
@@ -470,7 +514,7 @@ pub async fn publish_routing(
         return Ok(Published {
             table: Some(table),
             now: true,
-            held_back: false,
+            held_back: Vec::new(),
             copies_to_free: lists.unfreed.instances(),
             departures: lists.leaving,
         });
@@ -490,7 +534,7 @@ pub async fn publish_routing(
         return Ok(Published {
             table: Some(table),
             now: false,
-            held_back: false,
+            held_back: Vec::new(),
             copies_to_free: lists.unfreed.instances(),
             departures: lists.leaving,
         });
@@ -513,7 +557,7 @@ pub async fn publish_routing(
     Ok(Published {
         table: previous.cloned(),
         now: false,
-        held_back: false,
+        held_back: Vec::new(),
         copies_to_free: lists.unfreed.instances(),
         departures: lists.leaving,
     })
@@ -863,6 +907,28 @@ async fn delete_tombstones(
     }
 }
 
+/// The Event and count of a failover notice withdrawn: every instance it named (`instances`)
+/// answered again within its wait, and the routing in force went out again at `version`.
+async fn notice_withdrawn(ctx: &Context, policy: &CachePolicy, instances: &[String], version: u64) {
+    ctx.metrics.failover_notice_withdrawn(&PolicyLabels {
+        namespace: policy.namespace().unwrap_or_default(),
+        policy: policy.name_any(),
+    });
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "FailoverWithdrawn".to_owned(),
+        note: Some(format!(
+            "{} answered again within the failover notice's wait: not failed over, it keeps its ranges and data (the routing in force is published again at version {version})",
+            instances.join(", ")
+        )),
+        action: "Failover".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        warn!(error = %e, "recording an event failed");
+    }
+}
+
 /// Events for a newly published table: what changed, and failovers starting or ending.
 async fn publish_events(
     ctx: &Context,
@@ -1085,6 +1151,36 @@ mod tests {
         assert!(handed_off_from_unusable(Some(&previous), &next, &[], &BTreeSet::new()).is_empty());
         // Nor when it keeps what it serves.
         assert!(handed_off_from_unusable(Some(&previous), &previous, &[], &lost).is_empty());
+    }
+
+    #[test]
+    fn a_move_the_next_table_no_longer_runs_is_let_go_whatever_its_epoch() {
+        let previous = {
+            let mut t = crate::routing::table::tests::two_instance_table();
+            t.migrating.push(Migration {
+                category: "auth".into(),
+                start: 0,
+                end: 4095,
+                from: "primary".into(),
+                to: "secondary".into(),
+                epoch: 7,
+                target_serves: None,
+            });
+            t
+        };
+        // Given up (its target stopped): the next table no longer runs it.
+        let given_up = crate::routing::table::tests::two_instance_table();
+        let let_go = migrations_let_go(&previous, &given_up);
+        assert_eq!(let_go.len(), 1);
+        assert_eq!((let_go[0].start, let_go[0].to.as_str()), (0, "secondary"));
+        // Run on (the next table only adds a failover): nothing is let go, at a new epoch too.
+        let mut runs_on = previous.clone();
+        runs_on.migrating[0].epoch = 9;
+        assert!(migrations_let_go(&previous, &runs_on).is_empty());
+        // Another range of the same move is another migration.
+        let mut narrower = previous.clone();
+        narrower.migrating[0].end = 2047;
+        assert_eq!(migrations_let_go(&previous, &narrower).len(), 1);
     }
 
     #[test]

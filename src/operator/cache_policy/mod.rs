@@ -564,7 +564,12 @@ async fn reconcile_live(policy: Arc<CachePolicy>, ctx: &PolicyContext) -> Result
         }
     };
     let published_now = published.now;
-    let held_back = published.held_back;
+    let held_back = !published.held_back.is_empty();
+    shared
+        .metrics
+        .failovers_held_back
+        .get_or_create(&labels)
+        .set(i64::try_from(published.held_back.len()).unwrap_or(i64::MAX));
     // What an instance holds while copies are left to free there is not data to move.
     let views: Vec<InstanceView> = views
         .into_iter()
