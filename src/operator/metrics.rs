@@ -134,7 +134,7 @@ pub struct Metrics {
     pub routing_version: Family<PolicyLabels, Gauge>,
     /// Failed-over slot ranges per policy.
     pub failovers: Family<PolicyLabels, Gauge>,
-    /// Instances whose failover the last reconcile held back because they answer again.
+    /// Instances whose failover the last reconcile held back (one of them answers again).
     pub failovers_held_back: Family<PolicyLabels, Gauge>,
     /// Failover notices withdrawn: every instance they named answered again within the wait.
     pub failover_notices_withdrawn: Family<PolicyLabels, Counter>,
@@ -375,7 +375,7 @@ impl Metrics {
         );
         r.register(
             "failovers_held_back",
-            "Instances whose failover the last reconcile built but held back because they answer again (not Ready yet)",
+            "Instances whose failover the last reconcile built but held back because one of them answers again (not Ready yet)",
             m.failovers_held_back.clone(),
         );
         r.register(

@@ -189,7 +189,15 @@ pub async fn run_seed(seed: u64, seconds: u64) -> Row {
         h.writes.sort_by_key(|w| w.start);
     }
     // A failover's drop stands after the writes that started before it was surely published.
-    let (failovers, mut drops, warm_async) = failover_drops(&fleet, &shared.keys);
+    let withdrawn = withdrawals(&fleet).await;
+    for w in &withdrawn {
+        eprintln!(
+            "seed {seed}: failover notice of {} withdrawn at version {}",
+            w.instances.join(", "),
+            w.version
+        );
+    }
+    let (failovers, mut drops, warm_async) = failover_drops(&fleet, &shared.keys, &withdrawn);
     // An `async` key its replica took over may have lost what its sidecars reported at risk.
     let at_risk = AtRisk::reported(&lock(&fleet.replication));
     let mut async_takeovers = (warm_async.len() as u64, 0);
@@ -346,14 +354,60 @@ async fn settle(fleet: &Fleet, bound: Duration) -> Result<Duration, String> {
     }
 }
 
+/// A failover notice the operator withdrew: every instance it named answered again within its
+/// wait, and the routing in force went out again at `version` (a `FailoverWithdrawn` Event).
+#[derive(Debug, Clone)]
+struct Withdrawal {
+    instances: Vec<String>,
+    version: u64,
+}
+
+/// The failover notices withdrawn during the run, from the policy's Events.
+async fn withdrawals(fleet: &Fleet) -> Vec<Withdrawal> {
+    use k8s_openapi::api::events::v1::Event;
+    let events: kube::Api<Event> =
+        kube::Api::namespaced(fleet.policies.clone().into_client(), &fleet.ns);
+    let Ok(list) = events.list(&Default::default()).await else {
+        eprintln!("the Events could not be listed: withdrawn failover notices unknown");
+        return Vec::new();
+    };
+    list.items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("FailoverWithdrawn"))
+        .filter_map(|e| parse_withdrawal(e.note.as_deref()?))
+        .collect()
+}
+
+/// A `FailoverWithdrawn` Event's note: "a, b answered again within … at version 12)".
+fn parse_withdrawal(note: &str) -> Option<Withdrawal> {
+    let (names, _) = note.split_once(" answered again")?;
+    let (_, tail) = note.rsplit_once("at version ")?;
+    let version = tail
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    Some(Withdrawal {
+        instances: names.split(", ").map(str::to_owned).collect(),
+        version,
+    })
+}
+
 /// The failovers of the run, and for each the keys whose data the dead instance may have held
 /// alone, with a possible drop (a delete of unknown outcome): the one loss `docs/protocol.md`
 /// allows. The drop stands where the failover table was surely published — until then the
 /// instance may acknowledge writes (a stopped Redis runs what waits in its input buffer as
 /// soon as it is continued), and those go with it — and reads may see it from the moment the
 /// table may have been published; when no failover table was seen, from the operator's verdict
-/// to two seconds after it.
-fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Drops, Vec<(usize, Window)>) {
+/// to two seconds after it. A failover whose notice was `withdrawn` (the instance kept its
+/// ranges and its data) drops nothing, unless a table after that withdrawal fails the instance
+/// over after all (it stopped again before it was `Ready`).
+fn failover_drops(
+    fleet: &Fleet,
+    keys: &[KeySpec],
+    withdrawn: &[Withdrawal],
+) -> (u64, Drops, Vec<(usize, Window)>) {
     let phases = lock(&fleet.phases).clone();
     let tables = lock(&fleet.tables).clone();
     let mut failovers = 0;
@@ -386,12 +440,37 @@ fn failover_drops(fleet: &Fleet, keys: &[KeySpec]) -> (u64, Drops, Vec<(usize, W
                 .get(&p.instance)
                 .map_or(0, |ranges| ranges.iter().map(|(_, r)| r.len()).sum())
         };
+        let back = phases[i + 1..]
+            .iter()
+            .find(|q| q.instance == p.instance)
+            .map_or(u64::MAX, |q| q.at);
+        // The latest notice naming it withdrawn during this outage (its table seen from a
+        // little before the verdict to its return).
+        let withdrawal = withdrawn
+            .iter()
+            .filter(|w| w.instances.contains(&p.instance))
+            .filter(|w| {
+                tables
+                    .iter()
+                    .find(|t| t.table.version >= w.version)
+                    .is_some_and(|t| t.at + 2_000_000_000 >= p.at && t.after <= back)
+            })
+            .map(|w| w.version)
+            .max();
         let position = tables.windows(2).position(|w| {
+            if let Some(v) = withdrawal {
+                // Only a failover after the withdrawal drops anything.
+                return w[1].table.version > v
+                    && failed_over(&w[1].table) > failed_over(&w[0].table);
+            }
             w[1].at + 2_000_000_000 >= p.at
                 && (failed_over(&w[1].table) > failed_over(&w[0].table)
                     || migrating(&w[1].table) < migrating(&w[0].table)
                     || (w[1].at >= p.at && served(&w[1].table) < served(&w[0].table)))
         });
+        if position.is_none() && withdrawal.is_some() {
+            continue;
+        }
         let window = position.map(|i| &tables[i..i + 2]);
         // Where the table before named the `async` category `Sync` (a range of it handed over,
         // or failing back by swapping roles): since when the tables in a row did, plus the
@@ -961,6 +1040,16 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_withdrawn_notice_is_read_from_its_event_s_note() {
+        // The note as the operator writes it (`apply::notice_withdrawn`).
+        let note = "primary, tertiary answered again within the failover notice's wait: not failed over, it keeps its ranges and data (the routing in force is published again at version 17)";
+        let w = parse_withdrawal(note).unwrap();
+        assert_eq!(w.instances, ["primary", "tertiary"]);
+        assert_eq!(w.version, 17);
+        assert!(parse_withdrawal("the routing table changed").is_none());
+    }
 
     fn set(value: &str, at_ms: u64, via: usize) -> Write {
         Write {

@@ -340,14 +340,14 @@ impl Returning<'_> {
 /// again.
 async fn hold_back(
     current: &super::fetch::Current,
-    instance: String,
+    instances: Vec<String>,
     before_write: Option<impl Future<Output = Result<(), Error>>>,
 ) -> Result<Published, Error> {
     if let Some(before_write) = before_write {
         before_write.await?;
     }
     Ok(Published {
-        held_back: vec![instance],
+        held_back: instances,
         ..Published::unchanged(current)
     })
 }
@@ -429,7 +429,7 @@ pub async fn publish_routing(
         };
         if let Some(name) = back.first_answering(&newly).await {
             info!(instance = %name, "holding a failover back: the instance answers again");
-            return hold_back(current, name, before_write).await;
+            return hold_back(current, newly, before_write).await;
         }
         // An unreachable instance whose ranges go elsewhere without failover entries (a
         // draining instance's to their new owner, a dead move source's to its target) is
