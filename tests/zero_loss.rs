@@ -2812,6 +2812,23 @@ async fn failover_notice(
     }
 }
 
+/// The first table published at `version` or later (within a minute).
+async fn table_from(shop: &Shop, version: u64) -> RoutingTable {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = table(shop).await;
+        if t.version >= version {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no table at version {version} or later\n{}",
+            shop.operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_fenced_by_a_failover_notice_whose_table_never_went_out_serves_again_when_it_answers()
  {
@@ -2935,19 +2952,7 @@ async fn an_instance_back_within_the_failover_notice_s_wait_keeps_its_ranges_and
 
     // The table at the notice's version goes out without a failover, and the sidecar reads
     // through it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let published = loop {
-        let t = table(&shop).await;
-        if t.version >= fenced {
-            break t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no table at the notice's version {fenced}\n{}",
-            shop.operator.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let published = table_from(&shop, fenced).await;
     assert!(
         published.failover.is_empty(),
         "the secondary was failed over although it was back: {:?}\n{}",
@@ -3061,19 +3066,7 @@ async fn a_move_target_back_within_the_failover_notice_s_wait_takes_no_write_its
     signal(pid, "-STOP");
     wait_logged(&shop, "failover notice recorded").await;
     signal(pid, "-CONT");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let next = loop {
-        let t = table(&shop).await;
-        if t.version > migrating.version {
-            break t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no table after the notice\n{}",
-            shop.operator.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let next = table_from(&shop, migrating.version + 1).await;
     println!(
         "after the notice: version {}, {} failover entries, the given-up move {}",
         next.version,
