@@ -440,12 +440,15 @@ fn failover_drops(
                 .get(&p.instance)
                 .map_or(0, |ranges| ranges.iter().map(|(_, r)| r.len()).sum())
         };
-        let back = phases[i + 1..]
+        // Its next outage: the notice of this one is withdrawn, if at all, before it. (Not its
+        // return: the instance is `Ready` two probes after it answers again, while the
+        // withdrawal goes out only when the notice's wait ends, seconds later.)
+        let next_outage = phases[i + 1..]
             .iter()
-            .find(|q| q.instance == p.instance)
+            .find(|q| q.instance == p.instance && q.phase == InstancePhase::Unreachable)
             .map_or(u64::MAX, |q| q.at);
         // The latest notice naming it withdrawn during this outage (its table seen from a
-        // little before the verdict to its return).
+        // little before the verdict to the next outage).
         let withdrawal = withdrawn
             .iter()
             .filter(|w| w.instances.contains(&p.instance))
@@ -453,14 +456,16 @@ fn failover_drops(
                 tables
                     .iter()
                     .find(|t| t.table.version >= w.version)
-                    .is_some_and(|t| t.at + 2_000_000_000 >= p.at && t.after <= back)
+                    .is_some_and(|t| t.at + 2_000_000_000 >= p.at && t.after < next_outage)
             })
             .map(|w| w.version)
             .max();
         let position = tables.windows(2).position(|w| {
             if let Some(v) = withdrawal {
-                // Only a failover after the withdrawal drops anything.
+                // Only a failover after the withdrawal (and before the next outage, which has
+                // drops of its own) drops anything.
                 return w[1].table.version > v
+                    && w[1].after < next_outage
                     && failed_over(&w[1].table) > failed_over(&w[0].table);
             }
             w[1].at + 2_000_000_000 >= p.at
