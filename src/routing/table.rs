@@ -262,21 +262,20 @@ impl Migration {
 
     /// Whether `other` is the same move of the same plan (what it records aside).
     pub fn same_move(&self, other: &Migration) -> bool {
-        (
-            &self.category,
-            self.start,
-            self.end,
-            &self.from,
-            &self.to,
-            self.epoch,
-        ) == (
-            &other.category,
-            other.start,
-            other.end,
-            &other.from,
-            &other.to,
-            other.epoch,
-        )
+        self.same_range_and_ends(other) && self.epoch == other.epoch
+    }
+
+    /// Whether `other` moves the same slots of the same category between the same instances,
+    /// whatever plan it belongs to.
+    pub fn same_range_and_ends(&self, other: &Migration) -> bool {
+        (&self.category, self.start, self.end, &self.from, &self.to)
+            == (
+                &other.category,
+                other.start,
+                other.end,
+                &other.from,
+                &other.to,
+            )
     }
 }
 

@@ -1048,9 +1048,12 @@ mod tests {
 
     #[test]
     fn a_withdrawn_notice_is_read_from_its_event_s_note() {
-        // The note as the operator writes it (`apply::notice_withdrawn`).
-        let note = "primary, tertiary answered again within the failover notice's wait: not failed over, it keeps its ranges and data (the routing in force is published again at version 17)";
-        let w = parse_withdrawal(note).unwrap();
+        // The note as the operator writes it.
+        let note = redis_fleet::operator::cache_policy::apply::withdrawal_note(
+            &["primary".to_owned(), "tertiary".to_owned()],
+            17,
+        );
+        let w = parse_withdrawal(&note).unwrap();
         assert_eq!(w.instances, ["primary", "tertiary"]);
         assert_eq!(w.version, 17);
         assert!(parse_withdrawal("the routing table changed").is_none());

@@ -117,25 +117,10 @@ fn newly_failed_over(previous: Option<&RoutingTable>, next: &RoutingTable) -> Ve
 /// them go: a move given up for its dead target, run again, has its target take writes for the
 /// keys it holds that the next table drops with its copies of the range.
 fn migrations_let_go<'a>(previous: &'a RoutingTable, next: &RoutingTable) -> Vec<&'a Migration> {
-    let same = |a: &Migration, b: &Migration| {
-        (
-            a.category.as_str(),
-            a.start,
-            a.end,
-            a.from.as_str(),
-            a.to.as_str(),
-        ) == (
-            b.category.as_str(),
-            b.start,
-            b.end,
-            b.from.as_str(),
-            b.to.as_str(),
-        )
-    };
     previous
         .migrating
         .iter()
-        .filter(|m| !next.migrating.iter().any(|n| same(m, n)))
+        .filter(|m| !next.migrating.iter().any(|n| n.same_range_and_ends(m)))
         .collect()
 }
 
@@ -917,16 +902,21 @@ async fn notice_withdrawn(ctx: &Context, policy: &CachePolicy, instances: &[Stri
     let event = Event {
         type_: EventType::Normal,
         reason: "FailoverWithdrawn".to_owned(),
-        note: Some(format!(
-            "{} answered again within the failover notice's wait: not failed over, it keeps its ranges and data (the routing in force is published again at version {version})",
-            instances.join(", ")
-        )),
+        note: Some(withdrawal_note(instances, version)),
         action: "Failover".to_owned(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
         warn!(error = %e, "recording an event failed");
     }
+}
+
+/// The note of a `FailoverWithdrawn` Event (the chaos test reads it back).
+pub fn withdrawal_note(instances: &[String], version: u64) -> String {
+    format!(
+        "{} answered again within the failover notice's wait: not failed over, it keeps its ranges and data (the routing in force is published again at version {version})",
+        instances.join(", ")
+    )
 }
 
 /// Events for a newly published table: what changed, and failovers starting or ending.
