@@ -64,11 +64,7 @@ fn key(n: usize) -> String {
 /// Writes keys `first..first + count` straight into `server`; returns the bytes of keys and
 /// values written.
 async fn fill(server: &RedisServer, first: usize, count: usize) -> u64 {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = server.bookkeeping_connection().await;
     let value = [b'v'; VALUE_BYTES];
     let mut bytes = 0u64;
     for start in (first..first + count).step_by(2_000) {
@@ -90,11 +86,7 @@ async fn fill(server: &RedisServer, first: usize, count: usize) -> u64 {
 
 /// Application keys (not the operator's `redisfleet:` bookkeeping) on `server`.
 async fn app_keys(server: &RedisServer) -> u64 {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = server.bookkeeping_connection().await;
     let total: u64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
     let mut internal = 0u64;
     let mut cursor = 0u64;
@@ -123,14 +115,10 @@ async fn app_keys(server: &RedisServer) -> u64 {
 /// No atomicity, no tombstones, no token: the speed of the servers and the loopback alone.
 /// Returns the keys copied and the time it took; database 1 is flushed afterwards.
 async fn anchor_copy(from: &RedisServer, to: &RedisServer) -> (u64, Duration) {
-    let mut src = from
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut src = from.bookkeeping_connection().await;
     let mut dst = redis::Client::open(format!("redis://127.0.0.1:{}/1", to.port))
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&support::redis::bookkeeping_config())
         .await
         .unwrap();
     let started = Instant::now();
@@ -841,11 +829,7 @@ fn per_key(calls: &std::collections::BTreeMap<String, u64>, keys: u64) -> (f64, 
 /// Clears `servers`' slow logs and records every command from [`SLOW_MICROS`] on.
 async fn slowlog_start(servers: &[(&str, &RedisServer)]) {
     for (_, server) in servers {
-        let mut c = server
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = server.bookkeeping_connection().await;
         redis::pipe()
             .cmd("CONFIG")
             .arg("SET")
@@ -869,11 +853,7 @@ async fn slowlog_start(servers: &[(&str, &RedisServer)]) {
 async fn slowlog_report(servers: &[(&str, &RedisServer)]) -> Vec<String> {
     let mut lines = Vec::new();
     for (name, server) in servers {
-        let mut c = server
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = server.bookkeeping_connection().await;
         let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
             .arg("GET")
             .arg(-1)

@@ -493,11 +493,7 @@ async fn traffic(url: String, categories: usize) {
 
 /// Writes `keys` keys of 100 bytes over the categories' prefixes into `server`.
 async fn fill(server: &RedisServer, categories: usize, keys: usize) {
-    let mut conn = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = server.bookkeeping_connection().await;
     for start in (0..keys).step_by(1000) {
         let mut pipe = redis::pipe();
         for n in start..(start + 1000).min(keys) {

@@ -166,6 +166,16 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("a redis client")
     }
 
+    /// A connection for a test's or bench's own bulk and bookkeeping commands (fills, SCAN,
+    /// `SLOWLOG GET`): it waits up to [`bookkeeping_config`]'s minute for a reply, not the
+    /// `redis` crate's default 500 ms.
+    pub async fn bookkeeping_connection(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection_with_config(&bookkeeping_config())
+            .await
+            .expect("a connection to the test's Redis")
+    }
+
     /// `redis-cli` pointed at this server.
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new("redis-cli");
@@ -300,4 +310,12 @@ pub async fn move_batch(
     mover.restore(dst, &restores).await.unwrap();
     mover.finish(src, &done).await.unwrap();
     done.len()
+}
+
+/// How long a test's or bench's own bulk and bookkeeping commands may wait for a reply. The
+/// `redis` crate's default of 500 ms is too short for them on a busy machine (a `SLOWLOG GET` of
+/// tens of thousands of entries in a debug build under CI timed out), and their speed is never
+/// what is measured.
+pub fn bookkeeping_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)))
 }
