@@ -1883,7 +1883,10 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
     assert_eq!(condition.reason, "Paused", "{condition:?}");
     let held = join.moved_off().await;
     // The targets import: reads of keys that moved there are served by them, asked first,
-    // in one round trip, once most reads find their keys moved.
+    // in one round trip, once most reads find their keys moved. (Not `user:` keys: their
+    // category's TTL is adaptive, so one GET through the sidecar in sixteen extends a key's
+    // TTL to the category's max, which the final digest would take for a drifted expiry. The
+    // copy walks every category of a pair at once, so they move from the start.)
     let mut moved_keys: Vec<String> = Vec::new();
     let mut markers = 0;
     for target in [&shop.primary, &join.tertiary] {
@@ -1894,7 +1897,7 @@ async fn a_paused_plan_moves_no_key_until_resumed_and_a_late_cancel_lets_it_fini
             .unwrap();
         let imported: Vec<String> = c.keys("redisfleet:imported:*").await.unwrap();
         markers += imported.len();
-        for k in keys {
+        for k in keys.iter().filter(|k| !k.starts_with("user:")) {
             if moved_keys.len() == 200 {
                 break;
             }

@@ -17,9 +17,10 @@
 //!    connections of older tables there — sidecars that did not converge are fenced off.
 //! 5. **Import**: set the importing markers: from now on, absent keys live on the target.
 //! 6. **Copy**: tombstones of earlier attempts first, then keys the sidecars asked for, then a
-//!    SCAN of each range (checkpointed, paced by `keysPerSecond`, batches in flight — see
-//!    `migrate/batch.rs`; big or non-portable values piece by piece, `migrate/piecewise.rs`),
-//!    then sweeps until nothing of the ranges is left on the sources.
+//!    SCAN of each source per target, for all the ranges moving between the two (checkpointed,
+//!    paced by `keysPerSecond`, batches in flight — see `migrate/batch.rs`; big or non-portable
+//!    values piece by piece, `migrate/piecewise.rs`), then sweeps (one walk of each source)
+//!    until nothing of the ranges is left on the sources.
 //! 7. **Finalize** (operator): publish the targets as owners.
 //! 8. **Cleanup**: once every live sidecar routes by the final table, fence the sources to it
 //!    and remove the markers; remove the checkpoints.
@@ -156,7 +157,6 @@ impl Instance {
 
 /// One move, resolved.
 struct Step {
-    index: usize,
     category: CategoryId,
     range: SlotRange,
     from: String,
@@ -496,8 +496,8 @@ impl Job {
             instances.insert(name.clone(), instance);
         }
         let mut steps = Vec::new();
-        for (index, m) in plan.moves.iter().enumerate() {
-            steps.push(resolve_step(&resolver, index, m)?);
+        for m in &plan.moves {
+            steps.push(resolve_step(&resolver, m)?);
         }
         let spec = &policy.spec.balancing.rebalance;
         let keys_per_second = u64::try_from(spec.keys_per_second).unwrap_or(50_000).max(1);
@@ -1023,7 +1023,7 @@ fn not_replicated_on(
     range.minus(&held)
 }
 
-fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Step, Error> {
+fn resolve_step(resolver: &Resolver, m: &MoveStatus) -> Result<Step, Error> {
     let category = resolver
         .categories()
         .iter()
@@ -1046,7 +1046,6 @@ fn resolve_step(resolver: &Resolver, index: usize, m: &MoveStatus) -> Result<Ste
         .target_serves
         .unwrap_or_else(|| super::plan::target_serves(resolver.table(), &m.category, range, &m.to));
     Ok(Step {
-        index,
         category: category as CategoryId,
         range,
         from: m.from.clone(),

@@ -68,15 +68,20 @@ pub fn in_ranges(
         && ranges.iter().any(|r| r.contains(key_slot(key)))
 }
 
-/// A resumable SCAN over the keys of one category in some slot ranges on one instance.
+/// A resumable SCAN over the keys of some slot ranges of some categories on one instance.
 ///
 /// Each call to [`RangeScan::next_batch`] runs one SCAN round trip and returns the matching
 /// keys (possibly none); [`RangeScan::checkpoint`] says where to resume after a crash.
+///
+/// Ranges of one category are scanned with `MATCH` on each of its prefixes; ranges of several
+/// categories in one walk of the whole keyspace, each key sorted here: `MATCH` saves only reply
+/// bytes (SCAN visits every key either way), so one walk costs the instance about what one of
+/// the per-prefix walks does, not their sum.
 #[derive(Debug, Clone)]
 pub struct RangeScan<'r> {
     resolver: &'r Resolver,
-    category: CategoryId,
-    ranges: Vec<SlotRange>,
+    /// The category and range of each set of keys scanned for.
+    wanted: Vec<(CategoryId, SlotRange)>,
     patterns: Vec<Option<Vec<u8>>>,
     pattern: usize,
     cursor: u64,
@@ -105,19 +110,36 @@ impl<'r> RangeScan<'r> {
         ranges: &[SlotRange],
         checkpoint: ScanCheckpoint,
     ) -> Self {
-        let cat = &resolver.categories()[usize::from(category)];
-        let patterns = if cat.prefixes.is_empty() {
+        let wanted: Vec<(CategoryId, SlotRange)> = ranges.iter().map(|r| (category, *r)).collect();
+        Self::resume_wanted(resolver, &wanted, checkpoint)
+    }
+
+    /// A scan of the keys of each category and range of `wanted`, resuming at `checkpoint`
+    /// (a checkpoint of a scan of the same `wanted`, or of a part of it: the position says
+    /// where the walk stands, whatever it looks for).
+    pub fn resume_wanted(
+        resolver: &'r Resolver,
+        wanted: &[(CategoryId, SlotRange)],
+        checkpoint: ScanCheckpoint,
+    ) -> Self {
+        let one_category = match wanted {
+            [(first, _), rest @ ..] if rest.iter().all(|(c, _)| c == first) => Some(*first),
+            _ => None,
+        };
+        let prefixes = one_category.map_or(&[][..], |c| {
+            resolver.categories()[usize::from(c)].prefixes.as_slice()
+        });
+        let patterns = if prefixes.is_empty() {
             vec![None]
         } else {
-            cat.prefixes
+            prefixes
                 .iter()
                 .map(|p| Some(prefix_pattern(p.as_bytes())))
                 .collect()
         };
         Self {
             resolver,
-            category,
-            ranges: ranges.to_vec(),
+            wanted: wanted.to_vec(),
             patterns,
             pattern: checkpoint.pattern,
             cursor: checkpoint.cursor,
@@ -136,6 +158,17 @@ impl<'r> RangeScan<'r> {
             pattern: self.pattern,
             cursor: self.cursor,
         }
+    }
+
+    /// Whether `key` is application data of one of the categories and ranges scanned for.
+    fn wants(&self, key: &[u8]) -> bool {
+        if key.starts_with(RESERVED_PREFIX) {
+            return false;
+        }
+        let (category, slot) = (self.resolver.category_of(key), key_slot(key));
+        self.wanted
+            .iter()
+            .any(|(c, r)| *c == category && r.contains(slot))
     }
 
     /// Whether the scan has covered everything.
@@ -163,11 +196,7 @@ impl<'r> RangeScan<'r> {
             self.pattern += 1;
         }
         self.cursor = next;
-        Ok(Some(
-            keys.into_iter()
-                .filter(|k| in_ranges(self.resolver, self.category, &self.ranges, k))
-                .collect(),
-        ))
+        Ok(Some(keys.into_iter().filter(|k| self.wants(k)).collect()))
     }
 }
 
@@ -220,5 +249,48 @@ mod tests {
             &[SlotRange::new(slot + 1, slot + 1)],
             b"auth:1"
         ));
+    }
+
+    #[test]
+    fn a_scan_for_several_categories_walks_the_keyspace_once_and_sorts_the_keys() {
+        let table = crate::routing::table::tests::two_instance_table();
+        let r = Resolver::new(table).unwrap();
+        let (auth, default) = (r.category_of(b"auth:1"), r.category_of(b"anything"));
+        // One category: MATCH on each of its prefixes, one walk per prefix.
+        let one =
+            RangeScan::resume_wanted(&r, &[(auth, SlotRange::ALL)], ScanCheckpoint::default());
+        assert_eq!(
+            one.patterns,
+            vec![Some(b"auth:*".to_vec()), Some(b"session:*".to_vec())]
+        );
+        // Several: one walk of everything, however many prefixes they have.
+        let slot = key_slot(b"menu:1");
+        let both = RangeScan::resume_wanted(
+            &r,
+            &[
+                (auth, SlotRange::ALL),
+                (default, SlotRange::new(slot, slot)),
+            ],
+            ScanCheckpoint::default(),
+        );
+        assert_eq!(both.patterns, vec![None]);
+        assert!(both.wants(b"auth:1") && both.wants(b"session:9") && both.wants(b"menu:1"));
+        // The default category's other slots, and the fleet's own keys, are not asked for.
+        let elsewhere = (0..)
+            .map(|n| format!("menu:{n}"))
+            .find(|k| key_slot(k.as_bytes()) != slot)
+            .unwrap();
+        assert!(!both.wants(elsewhere.as_bytes()));
+        assert!(!both.wants(b"redisfleet:tomb:auth:1"));
+        // A scan of one category's ranges is what it was.
+        let ranges = RangeScan::new(&r, auth, &[SlotRange::new(0, 99), SlotRange::new(200, 299)]);
+        assert_eq!(ranges.patterns.len(), 2);
+        assert_eq!(
+            ranges.wanted,
+            vec![
+                (auth, SlotRange::new(0, 99)),
+                (auth, SlotRange::new(200, 299))
+            ]
+        );
     }
 }

@@ -36,20 +36,20 @@ const LATENCY_READ_TIMEOUT: Duration = Duration::from_millis(250);
 /// Scan pages read ahead of the batches.
 const PAGES_AHEAD: usize = 2;
 
-/// Scans `range` of `category` on `source` from `checkpoint` in a task of its own, so that the
-/// next page is there when a batch slot frees: each page's keys and the position after it;
-/// the channel closes at the end of the range (or when the copy stops listening).
+/// Scans the `wanted` ranges (each of a category) on `source` from `checkpoint` in a task of
+/// its own, so that the next page is there when a batch slot frees: each page's keys and the
+/// position after it; the channel closes at the end of the scan (or when the copy stops
+/// listening).
 fn scan_ahead(
     resolver: Resolver,
-    category: CategoryId,
-    range: SlotRange,
+    wanted: Vec<(CategoryId, SlotRange)>,
     checkpoint: ScanCheckpoint,
     mut source: Instance,
     page_size: Arc<AtomicUsize>,
 ) -> mpsc::Receiver<Result<(Vec<Bytes>, ScanCheckpoint), Error>> {
     let (tx, rx) = mpsc::channel(PAGES_AHEAD);
     tokio::spawn(async move {
-        let mut scan = RangeScan::resume(&resolver, category, &[range], checkpoint);
+        let mut scan = RangeScan::resume_wanted(&resolver, &wanted, checkpoint);
         loop {
             scan.set_count(page_size.load(Ordering::Relaxed));
             let page = match scan.next_batch(&mut source.conn).await {
@@ -67,6 +67,15 @@ fn scan_ahead(
         }
     });
     rx
+}
+
+/// A source and a target of the plan's moves: the copy walks the source once for all the
+/// moves between the two.
+struct Pair {
+    from: String,
+    to: String,
+    /// The category and range of each of the pair's moves.
+    wanted: Vec<(CategoryId, SlotRange)>,
 }
 
 impl Job {
@@ -178,22 +187,35 @@ impl Job {
         }
     }
 
-    /// The scan checkpoint of one move, named after the move itself (not its position: the
-    /// operator removes the moves of a plan whose source or target became unreachable, and the
-    /// other moves go on with their checkpoints).
-    fn checkpoint_key(&self, index: usize) -> String {
-        let s = &self.steps[index];
-        let category = &self.resolver.categories()[usize::from(s.category)].name;
+    /// The scan checkpoint of the moves from `from` to `to` (one walk of the source copies
+    /// them all), named after the two instances (not the moves' positions: the operator
+    /// removes the moves of a plan whose source or target became unreachable, all of a pair's
+    /// at once, and the other pairs go on with their checkpoints). A checkpoint that skipped
+    /// keys of a move would delay them, never lose them: the sweep rescans every range until
+    /// nothing of it is left on its source.
+    fn checkpoint_key(&self, from: &str, to: &str) -> String {
         format!(
-            "redisfleet:checkpoint:{}/{}:{}:{category}:{}-{}:{}:{}",
-            self.config.namespace,
-            self.config.policy,
-            self.config.plan_id,
-            s.range.start,
-            s.range.end,
-            s.from,
-            s.to
+            "redisfleet:checkpoint:{}/{}:{}:{from}:{to}",
+            self.config.namespace, self.config.policy, self.config.plan_id,
         )
+    }
+
+    /// The sources and targets of the moves, each pair once, in the order of their first
+    /// move.
+    fn pairs(&self) -> Vec<Pair> {
+        let mut pairs: Vec<Pair> = Vec::new();
+        for s in &self.steps {
+            let wanted = (s.category, s.range);
+            match pairs.iter_mut().find(|p| p.from == s.from && p.to == s.to) {
+                Some(pair) => pair.wanted.push(wanted),
+                None => pairs.push(Pair {
+                    from: s.from.clone(),
+                    to: s.to.clone(),
+                    wanted: vec![wanted],
+                }),
+            }
+        }
+        pairs
     }
 
     pub(super) async fn copy(&mut self) -> Result<(), Error> {
@@ -201,12 +223,10 @@ impl Job {
         self.leftovers().await?;
         self.read_control_first().await?;
         let resolver = self.resolver.clone();
-        for i in 0..self.steps.len() {
-            let (index, category, range, from, to) = {
-                let s = &self.steps[i];
-                (s.index, s.category, s.range, s.from.clone(), s.to.clone())
-            };
-            let key = self.checkpoint_key(index);
+        // One walk of a source per target: a drain of the shop's nine categories walked it
+        // eleven times (once per category prefix), each walk visiting every key left there.
+        for Pair { from, to, wanted } in self.pairs() {
+            let key = self.checkpoint_key(&from, &to);
             let source = self.instance(&from)?;
             let saved: Option<String> = redis::cmd("GET")
                 .arg(&key)
@@ -218,15 +238,14 @@ impl Job {
                 .and_then(parse_checkpoint)
                 .unwrap_or_default();
             if checkpoint != ScanCheckpoint::default() {
-                info!(move = index, ?checkpoint, "resuming from the checkpoint");
+                info!(%from, %to, ?checkpoint, "resuming from the checkpoint");
             }
             let batcher = self.batcher(&from, &to, true)?;
             let source = self.instance(&from)?.clone();
             let page_size = Arc::new(AtomicUsize::new(self.scan_count()));
             let mut scanned = scan_ahead(
                 resolver.clone(),
-                category,
-                range,
+                wanted,
                 checkpoint,
                 source,
                 page_size.clone(),
@@ -501,13 +520,14 @@ impl Job {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let mut found = self.leftovers().await?;
-            for i in 0..self.steps.len() {
-                let (category, range, from, to) = {
-                    let s = &self.steps[i];
-                    (s.category, s.range, s.from.clone(), s.to.clone())
-                };
-                let mut keys: Vec<Bytes> = Vec::new();
-                let mut scan = RangeScan::new(&resolver, category, &[range]);
+            // One walk of each source for all its moves, the keys sorted into them here.
+            for from in self.sources() {
+                let moves = self.moves_from(&from);
+                let wanted: Vec<(CategoryId, SlotRange)> =
+                    moves.iter().map(|(c, r, _)| (*c, *r)).collect();
+                let mut keys: Vec<Vec<Bytes>> = vec![Vec::new(); moves.len()];
+                let mut scan =
+                    RangeScan::resume_wanted(&resolver, &wanted, ScanCheckpoint::default());
                 loop {
                     let started = Instant::now();
                     let source = self.instance(&from)?;
@@ -518,7 +538,11 @@ impl Job {
                     else {
                         break;
                     };
-                    keys.extend(batch.into_iter().map(Bytes::from));
+                    for key in batch {
+                        if let Some(m) = move_of(&resolver, &moves, &key) {
+                            keys[m].push(Bytes::from(key));
+                        }
+                    }
                     if !scan.is_done() {
                         self.yield_to_traffic(started.elapsed()).await?;
                     }
@@ -528,8 +552,10 @@ impl Job {
                         self.urgent().await?;
                     }
                 }
-                found += keys.len();
-                self.move_keys(&from, &to, &keys).await?;
+                for ((_, _, to), keys) in moves.iter().zip(keys) {
+                    found += keys.len();
+                    self.move_keys(&from, to, &keys).await?;
+                }
             }
             if found == 0 {
                 return Ok(());
@@ -559,13 +585,8 @@ impl Job {
                 "sidecars still route by the migrating table: the importing markers, the plan's slot group states and rosters stay (they are harmless; a later plan's cleanup removes them)"
             );
         }
-        let work: Vec<(usize, String)> = self
-            .steps
-            .iter()
-            .map(|s| (s.index, s.from.clone()))
-            .collect();
-        for (index, from) in work {
-            let key = self.checkpoint_key(index);
+        for Pair { from, to, .. } in self.pairs() {
+            let key = self.checkpoint_key(&from, &to);
             let source = self.instance(&from)?;
             let _: () = redis::cmd("DEL")
                 .arg(&key)
