@@ -19,8 +19,9 @@
 //! 6. **Copy**: tombstones of earlier attempts first, then keys the sidecars asked for, then a
 //!    SCAN of each source per target, for all the ranges moving between the two (checkpointed,
 //!    paced by `keysPerSecond`, batches in flight — see `migrate/batch.rs`; big or non-portable
-//!    values piece by piece, `migrate/piecewise.rs`), then sweeps (one walk of each source)
-//!    until nothing of the ranges is left on the sources.
+//!    values piece by piece, `migrate/piecewise.rs`), then sweeps (one walk of each source,
+//!    or one per prefix when its moves are ranges of one category) until nothing of the ranges
+//!    is left on the sources.
 //! 7. **Finalize** (operator): publish the targets as owners.
 //! 8. **Cleanup**: once every live sidecar routes by the final table, fence the sources to it
 //!    and remove the markers; remove the checkpoints.

@@ -73,10 +73,11 @@ pub fn in_ranges(
 /// Each call to [`RangeScan::next_batch`] runs one SCAN round trip and returns the matching
 /// keys (possibly none); [`RangeScan::checkpoint`] says where to resume after a crash.
 ///
-/// Ranges of one category are scanned with `MATCH` on each of its prefixes; ranges of several
-/// categories in one walk of the whole keyspace, each key sorted here: `MATCH` saves only reply
-/// bytes (SCAN visits every key either way), so one walk costs the instance about what one of
-/// the per-prefix walks does, not their sum.
+/// Ranges of one category are scanned with `MATCH` on each of its prefixes (one walk per
+/// prefix: two for a category of two); ranges of several categories in one walk of the whole
+/// keyspace, each key sorted here: `MATCH` saves only reply bytes (SCAN visits every key either
+/// way), so that walk costs the instance about what one of the per-prefix walks does, not
+/// their sum.
 #[derive(Debug, Clone)]
 pub struct RangeScan<'r> {
     resolver: &'r Resolver,
@@ -114,9 +115,10 @@ impl<'r> RangeScan<'r> {
         Self::resume_wanted(resolver, &wanted, checkpoint)
     }
 
-    /// A scan of the keys of each category and range of `wanted`, resuming at `checkpoint`
-    /// (a checkpoint of a scan of the same `wanted`, or of a part of it: the position says
-    /// where the walk stands, whatever it looks for).
+    /// A scan of the keys of each category and range of `wanted`, resuming at `checkpoint`:
+    /// a checkpoint of a scan of the same `wanted` only (its pattern index and cursor mean
+    /// something for the same patterns alone; a scan of a part of it may walk with `MATCH`
+    /// where this one walks everything).
     pub fn resume_wanted(
         resolver: &'r Resolver,
         wanted: &[(CategoryId, SlotRange)],

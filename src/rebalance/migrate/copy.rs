@@ -223,8 +223,9 @@ impl Job {
         self.leftovers().await?;
         self.read_control_first().await?;
         let resolver = self.resolver.clone();
-        // One walk of a source per target: a drain of the shop's nine categories walked it
-        // eleven times (once per category prefix), each walk visiting every key left there.
+        // One walk of a source per target (one per prefix when the pair moves ranges of a
+        // single category): a drain of the shop's nine categories walked it eleven times
+        // (once per category prefix), each walk visiting every key left there.
         for Pair { from, to, wanted } in self.pairs() {
             let key = self.checkpoint_key(&from, &to);
             let source = self.instance(&from)?;
@@ -520,7 +521,8 @@ impl Job {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let mut found = self.leftovers().await?;
-            // One walk of each source for all its moves, the keys sorted into them here.
+            // One walk of each source for all its moves (one per prefix when they are ranges of a
+            // single category), the keys sorted into them here.
             for from in self.sources() {
                 let moves = self.moves_from(&from);
                 let wanted: Vec<(CategoryId, SlotRange)> =
