@@ -1067,7 +1067,20 @@ fn a_queue_on_a_replicated_category_loses_and_repeats_no_job_when_its_owner_dies
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1_500));
+    // The producers run until the backlog on the owner is deep enough that the consumers are
+    // still working through it at the kill, however slow this machine is today: a fixed time
+    // left only 85 jobs waiting on a loaded CI machine.
+    let mut on_a = RawConn::open(a.port);
+    let mut waiting = || match frame(&on_a.call_raw(&["LLEN", "auth:{q}wait"])) {
+        Frame::Integer(n) => n,
+        other => panic!("LLEN: {other:?}"),
+    };
+    let producing = Instant::now();
+    while producing.elapsed() < Duration::from_millis(1_500)
+        || (waiting() < 600 && producing.elapsed() < Duration::from_secs(60))
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     produce.store(false, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();
     let mut unknown = std::collections::HashSet::new();
@@ -1077,11 +1090,7 @@ fn a_queue_on_a_replicated_category_loses_and_repeats_no_job_when_its_owner_dies
         unknown.extend(u);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let mut on_a = RawConn::open(a.port);
-    let backlog = match frame(&on_a.call_raw(&["LLEN", "auth:{q}wait"])) {
-        Frame::Integer(n) => n,
-        other => panic!("LLEN: {other:?}"),
-    };
+    let backlog = waiting();
     a.kill();
     let mut v2 = v1.clone();
     v2.version = 2;
