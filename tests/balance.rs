@@ -35,11 +35,7 @@ fn value(key: &str) -> String {
 /// Writes keys of `prefixes` straight into `server` (100 per pipeline) until its used memory
 /// reaches `until` bytes; returns the keys.
 async fn fill(server: &RedisServer, prefixes: &[&str], first: usize, until: u64) -> Vec<String> {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = server.bookkeeping_connection().await;
     let mut keys = Vec::new();
     let mut n = first;
     while server.used_memory().await < until {
@@ -59,11 +55,7 @@ async fn fill(server: &RedisServer, prefixes: &[&str], first: usize, until: u64)
 async fn intact(servers: &[&RedisServer], keys: &[String]) -> usize {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for server in servers {
-        let mut c = server
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = server.bookkeeping_connection().await;
         for chunk in keys.chunks(1_000) {
             let values: Vec<Option<String>> = redis::cmd("MGET")
                 .arg(chunk)

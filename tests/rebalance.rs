@@ -29,11 +29,7 @@ type Digest = BTreeMap<String, (Vec<u8>, u64)>;
 /// Writes `count` keys named `<prefix><n>` directly on `server`, values of 200–800 bytes, every
 /// other one with a TTL of 1–2 h.
 async fn fill(server: &RedisServer, prefixes: &[&str], count: usize) -> Vec<String> {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = server.bookkeeping_connection().await;
     let mut keys = Vec::with_capacity(count);
     for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
         let mut pipe = redis::pipe();
@@ -85,11 +81,7 @@ async fn read_keys(
 async fn digest(servers: &[&RedisServer], keys: &[String]) -> Digest {
     let mut out = Digest::new();
     for server in servers {
-        let mut c = server
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = server.bookkeeping_connection().await;
         for (k, entry) in read_keys(&mut c, keys, 500).await {
             let previous = out.insert(k.clone(), entry);
             assert!(previous.is_none(), "{k} exists on two instances");
@@ -1505,7 +1497,25 @@ async fn a_legacy_redis_with_stale_copies_of_the_fleets_keys_drains_without_serv
     let sidecar = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "app-1");
     let traffic = Traffic::start(sidecar.port, TRAFFIC_PREFIXES, 2);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let ledgers = traffic.stop_each().await;
+    let mut ledgers = traffic.stop_each().await;
+    // Enough keys for the drain to overwrite, however slow this machine is today.
+    let written = |ledgers: &[Ledger]| -> usize {
+        ledgers
+            .iter()
+            .map(|l| {
+                l.values
+                    .values()
+                    .filter(|(acked, _)| acked.is_some())
+                    .count()
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written(&ledgers) < 300 && Instant::now() < deadline {
+        let traffic = Traffic::resume(sidecar.port, TRAFFIC_PREFIXES, ledgers);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ledgers = traffic.stop_each().await;
+    }
 
     let legacy = server_with_password("change-me-legacy");
     let mut lc = legacy
@@ -1776,11 +1786,7 @@ async fn wait_status(
 
 /// Keys of `prefixes` on `server` (read straight from it).
 async fn count_on(server: &RedisServer, prefixes: &[&str]) -> usize {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = server.bookkeeping_connection().await;
     let mut n = 0;
     for p in prefixes {
         let keys: Vec<String> = c.keys(format!("{p}*")).await.unwrap();

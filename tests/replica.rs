@@ -1216,11 +1216,13 @@ fn after_the_owner_is_killed_every_acknowledged_sync_write_is_served_by_the_repl
     let v1 = replicated_table(&a, &b, 1, ReplicationMode::Sync);
     let sidecar = Sidecar::start(&v1, &[]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Writes acknowledged so far, by every client.
+    let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Per client: key → (last acknowledged value, a value sent after it whose reply was lost).
     type History = HashMap<String, (Option<u64>, Option<u64>)>;
     let clients: Vec<std::thread::JoinHandle<History>> = (0..4)
         .map(|n| {
-            let stop = stop.clone();
+            let (stop, acks) = (stop.clone(), acks.clone());
             let port = sidecar.port;
             std::thread::spawn(move || {
                 let mut c = RawConn::open(port);
@@ -1233,7 +1235,10 @@ fn after_the_owner_is_killed_every_acknowledged_sync_write_is_served_by_the_repl
                     c.send(&["SET", key.as_str(), &i.to_string()]);
                     let entry = history.entry(key).or_default();
                     match c.read_raw().map(|r| frame(&r)) {
-                        Some(Frame::Simple(_)) => *entry = (Some(i), None),
+                        Some(Frame::Simple(_)) => {
+                            *entry = (Some(i), None);
+                            acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         Some(_) => entry.1 = Some(i),
                         None => {
                             entry.1 = Some(i);
@@ -1246,7 +1251,15 @@ fn after_the_owner_is_killed_every_acknowledged_sync_write_is_served_by_the_repl
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1_500));
+    // At least 1.5 s, and enough writes that every client's keys were all written (however
+    // slow this machine is today).
+    let writing = Instant::now();
+    while writing.elapsed() < Duration::from_millis(1_500)
+        || (acks.load(std::sync::atomic::Ordering::Relaxed) < 1_000
+            && writing.elapsed() < Duration::from_secs(60))
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     a.kill();
     // The clients stop once the owner is gone (what they write after it would hide what was
     // lost): the writes in flight then have no known outcome.

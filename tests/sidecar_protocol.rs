@@ -1126,8 +1126,17 @@ async fn the_heartbeat_tells_each_instance_how_fast_it_answered_this_sidecar() {
     // `b` served nothing: no report there.
     assert!(read_latencies(&mut on_b, policy).await.unwrap().is_empty());
 
-    load(false, &mut c).await;
-    let fast = read_latencies(&mut on_a, policy).await.unwrap();
+    // Fast requests only: a later report says so. (A loaded machine may stall a few of a
+    // round's requests past 12.5 ms: another round of load then, up to a deadline; a report
+    // stuck on the slow round's latency never passes.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fast = loop {
+        load(false, &mut c).await;
+        let fast = read_latencies(&mut on_a, policy).await.unwrap();
+        if fast[id].report.p99_micros < 12_500 || Instant::now() > deadline {
+            break fast;
+        }
+    };
     let report = fast[id].report;
     assert!(report.p99_micros < 12_500, "{report:?}");
     assert!(
@@ -1135,9 +1144,15 @@ async fn the_heartbeat_tells_each_instance_how_fast_it_answered_this_sidecar() {
         "{:?} after {stamped:?}",
         fast[id]
     );
-    // Nothing sent since: the report goes.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert!(read_latencies(&mut on_a, policy).await.unwrap().is_empty());
+    // Nothing sent since: the report goes (within two heartbeats; more on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !read_latencies(&mut on_a, policy).await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the report stayed with nothing sent"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // An instance that stops answering is slow to a copy's pacing, not silent: a request that
     // timed out (the sidecar waits 1 s here) counts as a reply that took that long, and the
