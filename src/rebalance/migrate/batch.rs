@@ -15,7 +15,7 @@ use super::{BIG_VALUE_BYTES, Error, Instance};
 const KEYS_PER_SCRIPT: usize = 64;
 
 /// Keys per take or restore script call once some sidecar sends the moving instances traffic
-/// (`pacing: Adaptive`, [`Batcher::gentle`]): an application command that arrives during a call
+/// (`pacing: Adaptive`, [`Share::Gentle`]): an application command that arrives during a call
 /// waits until it ends, so beside traffic a call holds its Redis a quarter as long.
 const GENTLE_KEYS_PER_SCRIPT: usize = 16;
 
@@ -31,12 +31,48 @@ const FINISHED_PER_KEY_TAKEN: usize = 4;
 /// each, the Job holds at most a few dozen MiB of values at a time, whatever their size.
 const TAKE_BUDGET: u64 = 2 << 20;
 
-/// Take and restore scripts the bulk copy has under way on one instance at a time: an
-/// application's command there waits behind at most these (each a few hundred microseconds of
-/// the server's time), not behind every batch in flight. A gentle batch's call takes every
-/// turn: beside traffic a command waits behind one take or restore call at most (finish calls,
-/// and the calls of keys a sidecar waits for, wait for no turn).
-pub(super) const SCRIPTS_AT_ONCE: usize = 2;
+/// Turns of take and restore scripts on one instance: the bulk copy's calls each take
+/// [`Share::turns`] of them. With no traffic known on the moving instances all of them run at
+/// once; otherwise an application's command there waits behind at most two calls (each a few
+/// hundred microseconds of the server's time), not behind every batch in flight, and a gentle
+/// call takes every turn: beside traffic a command waits behind one take or restore call at
+/// most (finish calls, and the calls of keys a sidecar waits for, wait for no turn).
+pub(super) const SCRIPTS_AT_ONCE: usize = 4;
+
+/// How much of an instance the copy's take and restore calls may hold, by what the Job knows
+/// of the moving instances' traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Share {
+    /// Some sidecar sends the moving instances traffic now (`pacing: Adaptive`): calls of
+    /// [`GENTLE_KEYS_PER_SCRIPT`] keys, one at a time.
+    Gentle,
+    /// The traffic is not known (`pacing: Fixed`), or some sidecar sent some during this Job:
+    /// calls of [`KEYS_PER_SCRIPT`] keys, two at a time.
+    Bulk,
+    /// No sidecar has sent the moving instances traffic during this Job (`pacing: Adaptive`):
+    /// nobody waits behind the copy, and [`SCRIPTS_AT_ONCE`] calls keep each instance busy
+    /// while the Job's round trips for the others are under way.
+    Idle,
+}
+
+impl Share {
+    /// The turns one take or restore call of the bulk copy waits for.
+    fn turns(self) -> u32 {
+        match self {
+            Share::Gentle => SCRIPTS_AT_ONCE as u32,
+            Share::Bulk => (SCRIPTS_AT_ONCE / 2) as u32,
+            Share::Idle => 1,
+        }
+    }
+
+    /// Keys per take or restore script call.
+    fn keys_per_script(self) -> usize {
+        match self {
+            Share::Gentle => GENTLE_KEYS_PER_SCRIPT,
+            Share::Bulk | Share::Idle => KEYS_PER_SCRIPT,
+        }
+    }
+}
 
 /// Batches moving at once: the source takes the next ones while the target restores earlier
 /// ones, and neither waits for the other's round trips.
@@ -53,12 +89,11 @@ pub(super) struct Batcher {
     pub(super) in_transit: InTransit,
     /// The plan's slot group states ([`names::slot_group_prefix`](crate::redis::protocol::names::slot_group_prefix)): a take marks its keys' groups moving.
     pub(super) groups: String,
-    /// Takes and restores wait for their turn ([`SCRIPTS_AT_ONCE`]): the bulk copy. Keys a
+    /// Takes and restores wait for their turns ([`SCRIPTS_AT_ONCE`]): the bulk copy. Keys a
     /// sidecar waits for, and the few left over, go past the queue.
     pub(super) queued: bool,
-    /// Some sidecar sends the moving instances traffic (`pacing: Adaptive`): script calls of
-    /// [`GENTLE_KEYS_PER_SCRIPT`] keys, and a queued one takes every turn.
-    pub(super) gentle: bool,
+    /// How much of the instances the calls may hold ([`Share`]).
+    pub(super) share: Share,
 }
 
 /// A set of names the Job's tasks share.
@@ -161,24 +196,6 @@ pub(super) fn move_error(key: &[u8], source: MoveError) -> Error {
 }
 
 impl Batcher {
-    /// Keys per take or restore script call.
-    fn keys_per_script(&self) -> usize {
-        if self.gentle {
-            GENTLE_KEYS_PER_SCRIPT
-        } else {
-            KEYS_PER_SCRIPT
-        }
-    }
-
-    /// The turns ([`SCRIPTS_AT_ONCE`]) a queued call waits for.
-    fn turns(&self) -> u32 {
-        if self.gentle {
-            SCRIPTS_AT_ONCE as u32
-        } else {
-            1
-        }
-    }
-
     /// Moves a batch: takes every key out of the source (into its tombstone), restores them
     /// on the target (a key the target has already stays as it is there), finishes the moves.
     pub(super) async fn move_batch(self, keys: Vec<Bytes>) -> Result<BatchOutcome, Error> {
@@ -196,7 +213,7 @@ impl Batcher {
 
     async fn run(&self, keys: &[Bytes]) -> Result<BatchOutcome, Error> {
         let first = keys.first().cloned().unwrap_or_default();
-        let (per_call, turns) = (self.keys_per_script(), self.turns());
+        let (per_call, turns) = (self.share.keys_per_script(), self.share.turns());
         // 1. Take them out of the source: concurrent calls, pipelined on the connection.
         let calls = keys.chunks(per_call).map(|chunk| {
             let mut conn = self.from.data.clone();
@@ -283,5 +300,37 @@ impl Batcher {
         }
         outcome.moved = finish.len() as u64;
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many calls of one share hold an instance's turns at once.
+    fn side_by_side(share: Share) -> usize {
+        let turns = tokio::sync::Semaphore::new(SCRIPTS_AT_ONCE);
+        // (Each call holds its turns until the end: the permits are kept, not dropped.)
+        let held: Vec<_> = std::iter::from_fn(|| turns.try_acquire_many(share.turns()).ok())
+            .take(SCRIPTS_AT_ONCE + 1)
+            .collect();
+        held.len()
+    }
+
+    #[test]
+    fn beside_traffic_a_command_waits_behind_one_call_and_otherwise_behind_two_at_most() {
+        assert_eq!(side_by_side(Share::Gentle), 1);
+        assert_eq!(side_by_side(Share::Bulk), 2);
+        // Nobody waits: every turn is the copy's.
+        assert_eq!(side_by_side(Share::Idle), SCRIPTS_AT_ONCE);
+        assert!(Share::Gentle.keys_per_script() < Share::Bulk.keys_per_script());
+        // A bulk call running beside idle ones waits until two turns are free.
+        let turns = tokio::sync::Semaphore::new(SCRIPTS_AT_ONCE);
+        let idle: Vec<_> = (0..3)
+            .map(|_| turns.try_acquire_many(Share::Idle.turns()).unwrap())
+            .collect();
+        assert!(turns.try_acquire_many(Share::Bulk.turns()).is_err());
+        drop(idle);
+        assert!(turns.try_acquire_many(Share::Bulk.turns()).is_ok());
     }
 }

@@ -20,7 +20,7 @@ use crate::redis::protocol::names;
 use crate::routing::keyspace::{CategoryId, Resolver};
 use crate::routing::slots::{SlotRange, key_slot};
 
-use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher, GENTLE_BATCH_KEYS};
+use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher, GENTLE_BATCH_KEYS, Share};
 use super::control::{COUNT_EVERY_MIN, URGENT_EVERY, count_every};
 use super::pacing::Adjustment;
 use super::{Error, Instance, Job};
@@ -148,6 +148,17 @@ impl Job {
         self.pacing
             .as_ref()
             .is_some_and(super::pacing::Pacing::hears_traffic)
+    }
+
+    /// How much of the moving instances the copy's scripts may hold now (`batch.rs`).
+    fn script_share(&self) -> Share {
+        if self.copies_gently() {
+            Share::Gentle
+        } else if self.pacing.is_some() && !self.beside_traffic() {
+            Share::Idle
+        } else {
+            Share::Bulk
+        }
     }
 
     /// Keys each `SCAN` page of the copy asks for: fewer once some sidecar has sent the moving
@@ -309,7 +320,7 @@ impl Job {
                     self.launched += chunk.len() as u64;
                     let mut batcher = batcher.clone();
                     // Traffic may have come, or gone, since the step began.
-                    batcher.gentle = self.copies_gently();
+                    batcher.share = self.script_share();
                     // A task of its own: a batch holds keys in transit, so it runs to the end
                     // while the Job paces, checkpoints or reports.
                     in_flight.push_back(tokio::spawn(async move {
@@ -789,7 +800,7 @@ impl Job {
             in_transit: self.in_transit.clone(),
             groups: self.group_prefix(),
             queued,
-            gentle: self.copies_gently(),
+            share: self.script_share(),
         })
     }
 
