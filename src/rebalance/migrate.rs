@@ -263,13 +263,43 @@ fn progress(
 /// Runs the Job to completion. A Job that finds a newer plan or attempt in charge stops
 /// quietly (`Ok`).
 pub async fn run(config: Config) -> Result<(), Error> {
-    match run_steps(config).await {
+    let (namespace, policy, plan_id) = (
+        config.namespace.clone(),
+        config.policy.clone(),
+        config.plan_id,
+    );
+    let mut attempt = None;
+    match run_steps(config, &mut attempt).await {
         Err(Error::Superseded) => {
             info!("a newer plan or attempt is in charge; stopping");
             Ok(())
         }
+        // A pod stopped for long (`kubectl delete job` while its node was away, a frozen VM)
+        // resumes with its calls timed out before it reads a reply: the fence that a newer
+        // attempt raised is what holds, and that is why it stops.
+        Err(e) if superseded(&namespace, &policy, plan_id, attempt).await => {
+            info!(error = %e, "a newer plan or attempt is in charge; stopping");
+            Ok(())
+        }
         other => other,
     }
+}
+
+/// Whether the policy's status records a newer plan than `plan_id`, or a newer attempt of it
+/// than `attempt` (`None`: this Job never learnt its attempt; then no). An API error: no.
+async fn superseded(namespace: &str, policy: &str, plan_id: i64, attempt: Option<i32>) -> bool {
+    let Some(attempt) = attempt else {
+        return false;
+    };
+    let Ok(client) = api_calls::client().await else {
+        return false;
+    };
+    let policies: Api<CachePolicy> = Api::namespaced(client, namespace);
+    policies.get(policy).await.ok().is_some_and(|p| {
+        p.status
+            .and_then(|s| s.rebalance)
+            .is_some_and(|r| r.plan_id > plan_id || (r.plan_id == plan_id && r.attempts > attempt))
+    })
 }
 
 /// How long a Job waits for the policy's status to record its attempt.
@@ -279,7 +309,8 @@ const ATTEMPT_RECORD_WAIT: Duration = Duration::from_secs(30);
 /// ([`Job::wait_for`]).
 const REASSERT_EVERY: Duration = Duration::from_secs(1);
 
-async fn run_steps(config: Config) -> Result<(), Error> {
+/// The Job's steps; `in_charge` learns the attempt this Job runs as soon as it is known.
+async fn run_steps(config: Config, in_charge: &mut Option<i32>) -> Result<(), Error> {
     let client = api_calls::client().await?;
     let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &config.namespace);
     let mut policy = policies.get(&config.policy).await?;
@@ -305,6 +336,7 @@ async fn run_steps(config: Config) -> Result<(), Error> {
     if attempt != plan.attempts {
         return Err(Error::Superseded);
     }
+    *in_charge = Some(attempt);
     let mut job = Job::connect(client, policies.clone(), &policy, &plan, config, attempt).await?;
     job.claim().await?;
     // The plan again, read after the claim: an earlier attempt still running (its Job deleted
