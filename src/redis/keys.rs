@@ -98,6 +98,23 @@ pub struct ScanCheckpoint {
     pub cursor: u64,
 }
 
+/// Which of `ranges` (a category and a slot range each) holds `key`, by position: `None` for
+/// the fleet's own bookkeeping keys and for keys of no range. The one rule by which a scan
+/// keeps a key and the rebalance Job finds the move a scanned key belongs to.
+pub fn range_holding(
+    resolver: &Resolver,
+    ranges: impl IntoIterator<Item = (CategoryId, SlotRange)>,
+    key: &[u8],
+) -> Option<usize> {
+    if key.starts_with(RESERVED_PREFIX) {
+        return None;
+    }
+    let (category, slot) = (resolver.category_of(key), key_slot(key));
+    ranges
+        .into_iter()
+        .position(|(c, r)| c == category && r.contains(slot))
+}
+
 impl<'r> RangeScan<'r> {
     /// A scan from the beginning.
     pub fn new(resolver: &'r Resolver, category: CategoryId, ranges: &[SlotRange]) -> Self {
@@ -164,13 +181,7 @@ impl<'r> RangeScan<'r> {
 
     /// Whether `key` is application data of one of the categories and ranges scanned for.
     fn wants(&self, key: &[u8]) -> bool {
-        if key.starts_with(RESERVED_PREFIX) {
-            return false;
-        }
-        let (category, slot) = (self.resolver.category_of(key), key_slot(key));
-        self.wanted
-            .iter()
-            .any(|(c, r)| *c == category && r.contains(slot))
+        range_holding(self.resolver, self.wanted.iter().copied(), key).is_some()
     }
 
     /// Whether the scan has covered everything.

@@ -14,11 +14,12 @@ use tracing::{debug, info, warn};
 use crate::api::cache_policy::rebalance_step;
 use crate::redis::keys::{
     GENTLE_SCAN_COUNT, RESERVED_PREFIX, RangeScan, SCAN_COUNT, ScanCheckpoint, in_ranges,
+    range_holding,
 };
 use crate::redis::protocol::heartbeat::{self, HEARTBEAT_EVERY};
 use crate::redis::protocol::names;
 use crate::routing::keyspace::{CategoryId, Resolver};
-use crate::routing::slots::{SlotRange, key_slot};
+use crate::routing::slots::SlotRange;
 
 use super::batch::{BATCHES_IN_FLIGHT, BatchOutcome, Batcher, GENTLE_BATCH_KEYS, Share};
 use super::control::{COUNT_EVERY_MIN, URGENT_EVERY, count_every};
@@ -842,20 +843,14 @@ impl Job {
     }
 }
 
-/// Which of `moves` (from [`Job::moves_from`]) application key `key` belongs to, if any (as
-/// [`in_ranges`] for each, its category and slot computed once).
+/// Which of `moves` (from [`Job::moves_from`]) application key `key` belongs to, if any (by
+/// [`range_holding`], the rule by which the scans keep their keys).
 pub(super) fn move_of(
     resolver: &Resolver,
     moves: &[(CategoryId, SlotRange, String)],
     key: &[u8],
 ) -> Option<usize> {
-    if key.starts_with(RESERVED_PREFIX) {
-        return None;
-    }
-    let (category, slot) = (resolver.category_of(key), key_slot(key));
-    moves
-        .iter()
-        .position(|(c, r, _)| *c == category && r.contains(slot))
+    range_holding(resolver, moves.iter().map(|(c, r, _)| (*c, *r)), key)
 }
 
 pub(super) fn parse_checkpoint(text: &str) -> Option<ScanCheckpoint> {
