@@ -32,11 +32,13 @@ const FINISHED_PER_KEY_TAKEN: usize = 4;
 const TAKE_BUDGET: u64 = 2 << 20;
 
 /// Turns of take and restore scripts on one instance: the bulk copy's calls each take
-/// [`Share::turns`] of them. With no traffic known on the moving instances all of them run at
+/// [`Share::turns`] of them. While nobody is known to wait behind the copy all of them run at
 /// once; otherwise an application's command there waits behind at most two calls (each a few
 /// hundred microseconds of the server's time), not behind every batch in flight, and a gentle
 /// call takes every turn: beside traffic a command waits behind one take or restore call at
-/// most (finish calls, and the calls of keys a sidecar waits for, wait for no turn).
+/// most (finish calls, and the calls of keys a sidecar waits for, wait for no turn). A batch's
+/// share is set when it is launched: calls of batches launched before traffic was heard run
+/// out under theirs.
 pub(super) const SCRIPTS_AT_ONCE: usize = 4;
 
 /// How much of an instance the copy's take and restore calls may hold, by what the Job knows
@@ -49,9 +51,10 @@ pub(super) enum Share {
     /// The traffic is not known (`pacing: Fixed`), or some sidecar sent some during this Job:
     /// calls of [`KEYS_PER_SCRIPT`] keys, two at a time.
     Bulk,
-    /// No sidecar has sent the moving instances traffic during this Job (`pacing: Adaptive`):
-    /// nobody waits behind the copy, and [`SCRIPTS_AT_ONCE`] calls keep each instance busy
-    /// while the Job's round trips for the others are under way.
+    /// Nobody is known to wait behind the copy (`pacing: Adaptive`: the newest round of the
+    /// sidecars' reports was read, and none that counts came during this Job,
+    /// [`Pacing::known_quiet`](super::pacing::Pacing::known_quiet)): [`SCRIPTS_AT_ONCE`] calls
+    /// keep each instance busy while the Job's round trips for the others are under way.
     Idle,
 }
 

@@ -155,7 +155,11 @@ impl Job {
     fn script_share(&self) -> Share {
         if self.copies_gently() {
             Share::Gentle
-        } else if self.pacing.is_some() && !self.beside_traffic() {
+        } else if self
+            .pacing
+            .as_ref()
+            .is_some_and(super::pacing::Pacing::known_quiet)
+        {
             Share::Idle
         } else {
             Share::Bulk
@@ -689,6 +693,7 @@ impl Job {
         if answered == 0 {
             // Not a round with nothing to disturb: one that could not be read. Before the copy
             // it teaches nothing (the copy's starting rate still goes on the clock).
+            pacing.unread();
             if copying {
                 pacing.unanswered();
                 let rate = pacing.rate();

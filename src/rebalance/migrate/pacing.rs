@@ -72,6 +72,9 @@ pub struct Pacing {
     pairs: HashMap<(String, String), Pair>,
     /// The newest round had a report that counts: some sidecar sends traffic now.
     hears_traffic: bool,
+    /// The newest round of reports was read: false until one is, and after a round no moving
+    /// instance answered.
+    read: bool,
 }
 
 /// One sidecar's view of one instance.
@@ -134,6 +137,7 @@ impl Pacing {
             headroom_micros,
             pairs: HashMap::new(),
             hears_traffic: false,
+            read: false,
         }
     }
 
@@ -163,6 +167,21 @@ impl Pacing {
     /// heartbeat on). The copy's scripts are small while it does.
     pub fn hears_traffic(&self) -> bool {
         self.hears_traffic
+    }
+
+    /// Whether nobody is known to wait behind the copy: the newest round of reports was read,
+    /// and no report that counts came during this Job. (Not known while no round was read, or
+    /// after one no moving instance answered: an instance too slow to answer a read may be
+    /// busy with clients.) Sidecars that send fewer requests than a report needs to count,
+    /// and clients that bypass the sidecars, are not seen.
+    pub fn known_quiet(&self) -> bool {
+        self.read && self.pairs.is_empty()
+    }
+
+    /// No moving instance answered this round's read of the reports (before the copy too):
+    /// the traffic is not known.
+    pub fn unread(&mut self) {
+        self.read = false;
     }
 
     /// The copy resumes after a pause: beside traffic it starts again gently.
@@ -196,6 +215,7 @@ impl Pacing {
         let at_floor = self.rate <= self.floor();
         let headroom = self.headroom_micros;
         self.hears_traffic = false;
+        self.read = true;
         for (sidecar, instance, StampedReport { report, at_ms }) in reports {
             if report.requests < MIN_REQUESTS {
                 continue;
@@ -493,6 +513,23 @@ mod tests {
         // rest of the Job; the scripts need not.
         r.round(&[], true);
         assert!(!r.p.hears_traffic() && r.p.beside_traffic());
+    }
+
+    #[test]
+    fn nobody_is_known_to_wait_only_after_a_quiet_round_was_read() {
+        let mut r = Rounds::new(60_000);
+        assert!(!r.p.known_quiet(), "no round read yet");
+        r.round(&[("s1", "a", 400, 10)], false);
+        assert!(r.p.known_quiet(), "a report too small to count");
+        r.p.unread();
+        assert!(!r.p.known_quiet(), "a round no instance answered");
+        r.round(&[], true);
+        assert!(r.p.known_quiet());
+        r.round(&[("s1", "a", 400, 2_000)], true);
+        assert!(!r.p.known_quiet());
+        // Traffic seen once during the Job: never quiet again.
+        r.round(&[], true);
+        assert!(!r.p.known_quiet() && !r.p.hears_traffic());
     }
 
     #[test]
