@@ -185,14 +185,18 @@ async fn sidecars_on_different_tables_lose_no_write_and_no_delete() {
     let settled = settled_table(&shop).await;
     let fresh = Sidecar::follow(shop.cp, &shop.ns, "shop-redis-routing", "fresh");
     let stuck = stuck_sidecar(&settled);
+    // The writes under test: a loaded machine may stall one past the redis crate's 500 ms,
+    // not past 5 s (a sidecar answers its own errors within 2 s).
+    let writes =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
     let mut a = fresh
         .client()
-        .get_multiplexed_async_connection_with_config(&support::redis::bookkeeping_config())
+        .get_multiplexed_async_connection_with_config(&writes)
         .await
         .unwrap();
     let mut b = stuck
         .client()
-        .get_multiplexed_async_connection_with_config(&support::redis::bookkeeping_config())
+        .get_multiplexed_async_connection_with_config(&writes)
         .await
         .unwrap();
     fill_primary(&shop.primary).await;
@@ -1978,11 +1982,14 @@ async fn a_job_deleted_while_its_pod_runs_on_is_fenced_off_by_the_next_attempt()
         assert!(Instant::now() < deadline, "the old pod never ended");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Fenced off: its next script call was refused. (Or a call it sent before it stopped
+    // timed out as it resumed, before its reply was read; it then found the newer attempt in
+    // the status. Either way it stops; what it may not do is restore a key, below.)
+    let log = node.pod_log(&pod);
     assert!(
-        node.pod_log(&pod)
-            .contains("a newer plan or attempt is in charge"),
-        "the old pod was not fenced off:\n{}",
-        node.pod_log(&pod)
+        log.contains("a newer plan or attempt is in charge")
+            || log.contains("failed after a newer plan or attempt took over"),
+        "the old pod was not fenced off:\n{log}"
     );
     // No delete undone, and every other key where it is, with its value.
     ledger.check(&fresh, "the sidecar").await;

@@ -278,7 +278,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         // resumes with its calls timed out before it reads a reply: the fence that a newer
         // attempt raised is what holds, and that is why it stops.
         Err(e) if superseded(&namespace, &policy, plan_id, attempt).await => {
-            info!(error = %e, "a newer plan or attempt is in charge; stopping");
+            warn!(error = %e, "failed after a newer plan or attempt took over; stopping");
             Ok(())
         }
         other => other,
