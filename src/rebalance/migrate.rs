@@ -268,8 +268,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         config.policy.clone(),
         config.plan_id,
     );
+    let client = api_calls::client().await?;
     let mut attempt = None;
-    match run_steps(config, &mut attempt).await {
+    match run_steps(client.clone(), config, &mut attempt).await {
         Err(Error::Superseded) => {
             info!("a newer plan or attempt is in charge; stopping");
             Ok(())
@@ -277,7 +278,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         // A pod stopped for long (`kubectl delete job` while its node was away, a frozen VM)
         // resumes with its calls timed out before it reads a reply: the fence that a newer
         // attempt raised is what holds, and that is why it stops.
-        Err(e) if superseded(&namespace, &policy, plan_id, attempt).await => {
+        Err(e) if superseded(client, &namespace, &policy, plan_id, attempt).await => {
             warn!(error = %e, "failed after a newer plan or attempt took over; stopping");
             Ok(())
         }
@@ -287,11 +288,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
 /// Whether the policy's status records a newer plan than `plan_id`, or a newer attempt of it
 /// than `attempt` (`None`: this Job never learnt its attempt; then no). An API error: no.
-async fn superseded(namespace: &str, policy: &str, plan_id: i64, attempt: Option<i32>) -> bool {
+async fn superseded(
+    client: kube::Client,
+    namespace: &str,
+    policy: &str,
+    plan_id: i64,
+    attempt: Option<i32>,
+) -> bool {
     let Some(attempt) = attempt else {
-        return false;
-    };
-    let Ok(client) = api_calls::client().await else {
         return false;
     };
     let policies: Api<CachePolicy> = Api::namespaced(client, namespace);
@@ -310,8 +314,11 @@ const ATTEMPT_RECORD_WAIT: Duration = Duration::from_secs(30);
 const REASSERT_EVERY: Duration = Duration::from_secs(1);
 
 /// The Job's steps; `in_charge` learns the attempt this Job runs as soon as it is known.
-async fn run_steps(config: Config, in_charge: &mut Option<i32>) -> Result<(), Error> {
-    let client = api_calls::client().await?;
+async fn run_steps(
+    client: kube::Client,
+    config: Config,
+    in_charge: &mut Option<i32>,
+) -> Result<(), Error> {
     let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &config.namespace);
     let mut policy = policies.get(&config.policy).await?;
     let deadline = Instant::now() + ATTEMPT_RECORD_WAIT;
