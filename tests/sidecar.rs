@@ -466,44 +466,58 @@ async fn a_reload_under_load_loses_no_request_and_drops_no_connection() {
             n
         }));
     }
-    // Ten new versions while the workers run (TTL rules change, routes stay).
+    // Ten new versions while the workers run (TTL rules change, routes stay). Each is written
+    // once the one before is in use and the workers have had requests answered under it, so
+    // every reload lands among requests however slow the machine is.
     for v in 2..12 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let before = acked.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while acked.load(Ordering::Relaxed) < before + 50 {
+            assert!(
+                Instant::now() < deadline,
+                "the workers stalled under v{}",
+                v - 1
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let ttl = TtlRules {
             default_ms: Some(60_000 * v),
             max_ms: None,
             adaptive: false,
         };
         sidecar.update_table(&two(&a, &b, v, ttl));
+        let loaded = format!("redisfleet_sidecar_routing_version {v}\n");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sidecar.metrics().contains(&loaded) {
+            assert!(
+                Instant::now() < deadline,
+                "version {v} never loaded\n{}",
+                sidecar.metrics()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sidecar
-        .metrics()
-        .contains("redisfleet_sidecar_routing_version 11")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "version 11 never loaded\n{}",
-            sidecar.metrics()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = acked.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.load(Ordering::Relaxed) < before + 50 {
+        assert!(Instant::now() < deadline, "the workers stalled under v11");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for w in workers {
         total += w.await.unwrap();
     }
     assert_eq!(total, acked.load(Ordering::Relaxed));
-    assert!(total > 100, "only {total} requests ran");
+    assert!(total > 500, "only {total} requests ran");
     let metrics = sidecar.metrics();
-    // Versions that follow each other within one poll are coalesced: the latest wins.
+    // The first table and ten new versions, each loaded once.
     let reloads: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("redisfleet_sidecar_routing_reloads_total "))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    assert!((5..=11).contains(&reloads), "{reloads} reloads\n{metrics}");
+    assert_eq!(reloads, 11, "{metrics}");
     assert!(
         metrics.contains("redisfleet_sidecar_routing_reload_errors_total 0"),
         "{metrics}"
@@ -529,12 +543,20 @@ async fn a_dead_instance_answers_unavailable_fast_for_its_keys_only() {
     // The first request may be the one that notices; then the lane is down.
     let _ = conn.get::<_, Option<String>>("user:1").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
-    let err = conn.get::<_, Option<String>>("user:1").await.unwrap_err();
-    let took = started.elapsed();
-    assert!(err.to_string().contains("UNAVAILABLE"), "{err}");
-    assert!(err.to_string().contains("instance b"), "{err}");
-    assert!(took < Duration::from_millis(200), "took {took:?}");
+    // Every answer is the error; the fastest of five shows that none waits for a connect or
+    // reply timeout (a stall of a loaded machine slows one request, not all five).
+    let mut fastest = Duration::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let err = conn.get::<_, Option<String>>("user:1").await.unwrap_err();
+        fastest = fastest.min(started.elapsed());
+        assert!(err.to_string().contains("UNAVAILABLE"), "{err}");
+        assert!(err.to_string().contains("instance b"), "{err}");
+    }
+    assert!(
+        fastest < Duration::from_millis(200),
+        "the fastest took {fastest:?}"
+    );
     // Keys of the live instance are unaffected.
     let _: () = conn.set("auth:still", "ok").await.unwrap();
     let v: String = conn.get("auth:still").await.unwrap();
