@@ -29,6 +29,7 @@
 //! `--bench` argument) the same path runs with 20 000 keys as a smoke test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cpu_meter;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use cpu_meter::CpuMeter;
 use kube::api::{Api, Patch, PatchParams};
 use redis::AsyncCommands;
 use redis_fleet::api::CachePolicy;
@@ -278,7 +280,7 @@ async fn main() {
     let primary = RedisServer::start(RedisOptions::with_maxmemory(1 << 30));
     let secondary = RedisServer::start(RedisOptions::with_maxmemory(1 << 30));
     let legacy = RedisServer::start(RedisOptions::with_maxmemory(2 << 30));
-    let _operator = Operator::start(cp, &ns);
+    let operator = Operator::start(cp, &ns);
     // The smoke run's capacity is small enough that its second, paced drain (10 000 keys)
     // moves the legacy instance's memory by a point: the operator samples an instance again,
     // and so sees what to move, when its use changed by a point of its capacity.
@@ -349,6 +351,18 @@ async fn main() {
     // first: a Job that read one would start at 1 000 keys/s and grow a tenth a second.
     tokio::time::sleep(IDLE_REPORTS).await;
     reset_commandstats(&[&legacy, &primary, &secondary]).await;
+    // Where the machine's cores go while the Job copies.
+    let mut named = vec![(std::process::id(), "the bench".to_string())];
+    for (server, role) in [
+        (&legacy, "source redis"),
+        (&primary, "target redis (primary)"),
+        (&secondary, "target redis (secondary)"),
+    ] {
+        named.extend(server.pid().map(|p| (p, role.to_string())));
+    }
+    named.extend(operator.pid().map(|p| (p, "operator".to_string())));
+    named.extend(sidecar.pid().map(|p| (p, "sidecar".to_string())));
+    let cpu = CpuMeter::start(named, role_of, Duration::from_millis(250));
     let applied = Instant::now();
     let out = kubectl_apply(cp, &ns, &instance("legacy", "legacy", &legacy, true));
     assert!(
@@ -358,6 +372,8 @@ async fn main() {
     );
     let fast = follow(&policies, &node, &legacy, 0, if full { 900 } else { 120 }).await;
     let total = applied.elapsed();
+    let copy_cpu = cpu.between(fast.copying.0, fast.copied.0);
+    drop(cpu);
     let moved_by_job = fast
         .done
         .keys_moved
@@ -533,6 +549,10 @@ async fn main() {
         "  Job / anchor                 {:>10.2}×",
         rate / anchor_rate
     );
+    match &copy_cpu {
+        Some(c) => println!("  CPU during the copy step     {c}"),
+        None => println!("  CPU during the copy step     (too short to read)"),
+    }
     match paced.steady_rate() {
         Some(measured) => println!(
             "  keysPerSecond {paced_rate:>6}         {measured:>10.0}          ({paced_keys} more keys; {:+.1} % of the setting, between the Job's reports)",
@@ -1097,6 +1117,19 @@ async fn pause_cycles(policies: Api<CachePolicy>, after: i64) -> Cycles {
     }
     let _ = control(None).await;
     cycles
+}
+
+/// The role of a process the bench did not start itself, by its command line.
+fn role_of(argv: &[String]) -> Option<String> {
+    let program = argv.first()?.rsplit('/').next()?;
+    let role = match (program, argv.get(1).map(String::as_str)) {
+        ("redis-fleet", Some("rebalance")) => "the Job",
+        ("etcd", _) => "etcd",
+        ("kube-apiserver", _) => "kube-apiserver",
+        ("redis-server", _) => "redis (other)",
+        _ => return None,
+    };
+    Some(role.into())
 }
 
 /// What following one plan through `status.rebalance` saw.
