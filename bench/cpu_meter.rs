@@ -104,6 +104,16 @@ impl CpuMeter {
     }
 }
 
+impl CpuUse {
+    /// The cores `role` used (0 when none of its processes ran).
+    pub fn cores_of(&self, role: &str) -> f64 {
+        self.by_role
+            .iter()
+            .find(|(r, _)| r == role)
+            .map_or(0.0, |(_, c)| *c)
+    }
+}
+
 impl Drop for CpuMeter {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -336,8 +336,23 @@ async fn main() {
     let node = Node::start(cp, &ns);
     let sidecar = Sidecar::follow(cp, &ns, "shop-redis-routing", "bench-app");
 
+    // Where the machine's cores go while the anchor and the Job copy.
+    let mut named = vec![(std::process::id(), "the bench".to_string())];
+    for (server, role) in [
+        (&legacy, "source redis"),
+        (&primary, "target redis (primary)"),
+        (&secondary, "target redis (secondary)"),
+    ] {
+        named.extend(server.pid().map(|p| (p, role.to_string())));
+    }
+    named.extend(operator.pid().map(|p| (p, "operator".to_string())));
+    named.extend(sidecar.pid().map(|p| (p, "sidecar".to_string())));
+    let cpu = CpuMeter::start(named, role_of, Duration::from_millis(250));
+
     // The anchor, between the same two servers, with the fleet running beside it.
+    let anchor_started = Instant::now();
     let (anchor_keys, anchor_time) = anchor_copy(&legacy, &primary).await;
+    let anchor_cpu = cpu.between(anchor_started, Instant::now());
     assert_eq!(anchor_keys, keys as u64, "the anchor copied every key");
 
     // Baseline: the same traffic with nothing moving.
@@ -351,18 +366,6 @@ async fn main() {
     // first: a Job that read one would start at 1 000 keys/s and grow a tenth a second.
     tokio::time::sleep(IDLE_REPORTS).await;
     reset_commandstats(&[&legacy, &primary, &secondary]).await;
-    // Where the machine's cores go while the Job copies.
-    let mut named = vec![(std::process::id(), "the bench".to_string())];
-    for (server, role) in [
-        (&legacy, "source redis"),
-        (&primary, "target redis (primary)"),
-        (&secondary, "target redis (secondary)"),
-    ] {
-        named.extend(server.pid().map(|p| (p, role.to_string())));
-    }
-    named.extend(operator.pid().map(|p| (p, "operator".to_string())));
-    named.extend(sidecar.pid().map(|p| (p, "sidecar".to_string())));
-    let cpu = CpuMeter::start(named, role_of, Duration::from_millis(250));
     let applied = Instant::now();
     let out = kubectl_apply(cp, &ns, &instance("legacy", "legacy", &legacy, true));
     assert!(
@@ -549,9 +552,22 @@ async fn main() {
         "  Job / anchor                 {:>10.2}×",
         rate / anchor_rate
     );
-    match &copy_cpu {
-        Some(c) => println!("  CPU during the copy step     {c}"),
-        None => println!("  CPU during the copy step     (too short to read)"),
+    for (what, cpu) in [("the copy step", &copy_cpu), ("the anchor", &anchor_cpu)] {
+        match cpu {
+            Some(c) => println!("  CPU during {what:<17} {c}"),
+            None => println!("  CPU during {what:<17} (too short to read)"),
+        }
+    }
+    // The source's CPU time per key: what the protocol costs it, whatever the machine's load.
+    if let (Some(job), Some(anchor)) = (&copy_cpu, &anchor_cpu) {
+        let micros = |c: &cpu_meter::CpuUse, keys_per_second: f64| {
+            c.cores_of("source redis") / keys_per_second * 1e6
+        };
+        println!(
+            "  source redis CPU per key     the Job {:.1} µs, the anchor {:.1} µs",
+            micros(job, rate),
+            micros(anchor, anchor_rate)
+        );
     }
     match paced.steady_rate() {
         Some(measured) => println!(
