@@ -350,9 +350,9 @@ async fn main() {
     let cpu = CpuMeter::start(named, role_of, Duration::from_millis(250));
 
     // The anchor, between the same two servers, with the fleet running beside it.
-    let anchor_started = Instant::now();
+    let anchor_started = cpu.read_now();
     let (anchor_keys, anchor_time) = anchor_copy(&legacy, &primary).await;
-    let anchor_cpu = cpu.between(anchor_started, Instant::now());
+    let anchor_cpu = cpu.between(anchor_started, cpu.read_now());
     assert_eq!(anchor_keys, keys as u64, "the anchor copied every key");
 
     // Baseline: the same traffic with nothing moving.
@@ -558,15 +558,16 @@ async fn main() {
             None => println!("  CPU during {what:<17} (too short to read)"),
         }
     }
-    // The source's CPU time per key: what the protocol costs it, whatever the machine's load.
+    // The source's CPU time per key moved in each window (the copy step's edges are the
+    // status polls', within a reading of the meter's; the anchor's are read at once). It
+    // depends on the machine's speed and on how the calls batch the keys, not only on the
+    // commands per key.
     if let (Some(job), Some(anchor)) = (&copy_cpu, &anchor_cpu) {
-        let micros = |c: &cpu_meter::CpuUse, keys_per_second: f64| {
-            c.cores_of("source redis") / keys_per_second * 1e6
-        };
+        let job_keys = (fast.copied.1 - fast.copying.1).max(1) as f64;
         println!(
             "  source redis CPU per key     the Job {:.1} µs, the anchor {:.1} µs",
-            micros(job, rate),
-            micros(anchor, anchor_rate)
+            job.seconds_of("source redis") / job_keys * 1e6,
+            anchor.seconds_of("source redis") / anchor_keys.max(1) as f64 * 1e6
         );
     }
     match paced.steady_rate() {
