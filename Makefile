@@ -128,7 +128,7 @@ bench-publish: deps control-plane ## instance phase change → routing ConfigMap
 	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) bench --locked --bench publish_latency
 
 .PHONY: bench-rebalance
-bench-rebalance: deps control-plane ## 1M keys moved by a rebalance Job: keys/s, MB/s, foreground p99 (bench/rebalance_speed.rs)
+bench-rebalance: deps control-plane ## 1M keys moved by a rebalance Job: keys/s, MB/s, CPU by process, foreground p99 (bench/rebalance_speed.rs)
 	REDIS_FLEET_K8S_BIN="$$(tests/control-plane/build.sh)" $(CARGO) bench --locked --bench rebalance_speed
 
 .PHONY: bench-scale
