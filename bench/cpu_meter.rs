@@ -35,6 +35,10 @@ struct Readings {
 /// Reads the machine and its processes every `every` until dropped.
 pub struct CpuMeter {
     shared: Arc<Readings>,
+    /// USER_HZ: the ticks of a CPU second in `/proc`.
+    ticks_per_second: f64,
+    /// The machine's cores (`cpuN` lines of `/proc/stat`).
+    cores: usize,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -78,6 +82,8 @@ impl CpuMeter {
         };
         CpuMeter {
             shared,
+            ticks_per_second: ticks_per_second(),
+            cores: machine_cores(),
             stop,
             thread: Some(thread),
         }
@@ -101,7 +107,7 @@ impl CpuMeter {
             return None;
         }
         let wall = b.at - a.at;
-        let per_tick = 1.0 / ticks_per_second() / wall.as_secs_f64();
+        let per_tick = 1.0 / self.ticks_per_second / wall.as_secs_f64();
         let busy = b.busy.saturating_sub(a.busy) as f64 * per_tick;
         let steal = b.steal.saturating_sub(a.steal) as f64 * per_tick;
         let mut by_role: BTreeMap<String, f64> = BTreeMap::new();
@@ -117,7 +123,7 @@ impl CpuMeter {
         by_role.sort_by(|x, y| y.1.total_cmp(&x.1));
         Some(CpuUse {
             wall,
-            cores: machine_cores(),
+            cores: self.cores,
             busy,
             steal,
             by_role,

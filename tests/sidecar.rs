@@ -15,7 +15,7 @@ use redis::AsyncCommands;
 use redis_fleet::routing::Resolver;
 use redis_fleet::routing::table::{Migration, RoutingTable, TtlRules};
 use support::sidecar::{Sidecar, category, endpoint, table};
-use support::{RedisOptions, RedisServer};
+use support::{RedisOptions, RedisServer, series_value};
 
 const MB: u64 = 1024 * 1024;
 
@@ -466,43 +466,32 @@ async fn a_reload_under_load_loses_no_request_and_drops_no_connection() {
             n
         }));
     }
+    // Waits until the workers have had 50 more requests answered (under table `v`).
+    let answered_under = |v: u64| {
+        let acked = acked.clone();
+        async move {
+            let before = acked.load(Ordering::Relaxed);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while acked.load(Ordering::Relaxed) < before + 50 {
+                assert!(Instant::now() < deadline, "the workers stalled under v{v}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     // Ten new versions while the workers run (TTL rules change, routes stay). Each is written
     // once the one before is in use and the workers have had requests answered under it, so
     // every reload lands among requests however slow the machine is.
     for v in 2..12 {
-        let before = acked.load(Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while acked.load(Ordering::Relaxed) < before + 50 {
-            assert!(
-                Instant::now() < deadline,
-                "the workers stalled under v{}",
-                v - 1
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        answered_under(v - 1).await;
         let ttl = TtlRules {
             default_ms: Some(60_000 * v),
             max_ms: None,
             adaptive: false,
         };
         sidecar.update_table(&two(&a, &b, v, ttl));
-        let loaded = format!("redisfleet_sidecar_routing_version {v}\n");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sidecar.metrics().contains(&loaded) {
-            assert!(
-                Instant::now() < deadline,
-                "version {v} never loaded\n{}",
-                sidecar.metrics()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        sidecar.wait_for_version(v).await;
     }
-    let before = acked.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked.load(Ordering::Relaxed) < before + 50 {
-        assert!(Instant::now() < deadline, "the workers stalled under v11");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    answered_under(11).await;
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for w in workers {
@@ -511,12 +500,8 @@ async fn a_reload_under_load_loses_no_request_and_drops_no_connection() {
     assert_eq!(total, acked.load(Ordering::Relaxed));
     let metrics = sidecar.metrics();
     // The first table and ten new versions, each loaded once.
-    let reloads: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("redisfleet_sidecar_routing_reloads_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert_eq!(reloads, 11, "{metrics}");
+    let reloads = series_value(&metrics, "redisfleet_sidecar_routing_reloads_total");
+    assert_eq!(reloads, Some(11.0), "{metrics}");
     assert!(
         metrics.contains("redisfleet_sidecar_routing_reload_errors_total 0"),
         "{metrics}"

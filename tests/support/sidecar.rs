@@ -216,8 +216,10 @@ impl Sidecar {
     /// Waits (up to 10 s) until the sidecar routes by table `version`.
     pub async fn wait_for_version(&self, version: u64) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let want = format!("redisfleet_sidecar_routing_version {version}");
-        while !self.metrics().contains(&want) {
+        // The series' value, not a text match: "version 1" is a prefix of "version 12".
+        while super::series_value(&self.metrics(), "redisfleet_sidecar_routing_version")
+            != Some(version as f64)
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the sidecar never loaded v{version}"
